@@ -1,0 +1,131 @@
+"""One error hierarchy for everything the gateway refuses or cannot do.
+
+Every error a request can meet is a :class:`GatewayError`. Each class knows the HTTP status it
+becomes and the FHIR ``OperationOutcome.issue.code`` (http://hl7.org/fhir/R4/valueset-issue-type.html)
+it carries; :func:`middleware.fhir.outcome.render_error` is the one place that turns them into a
+response. Third-party exceptions (httpx, aiohttp, sqlite3, ...) are translated into these in exactly
+one place per integration, with ``raise ... from exc``, so nothing upstream-specific leaks into a
+response body.
+
+    GatewayError
+    ├── BadRequest                 400 invalid / structure / not-supported
+    │   └── PathRejected           400 path tricks: '..', encoded slashes, '//', ';' ...
+    ├── Forbidden                  403 forbidden
+    ├── NotFound                   404 not-found  (also: denied reads, by design)
+    ├── MethodNotAllowed           405 not-supported (carries the allowed methods)
+    ├── NotAcceptable              406 not-supported
+    ├── PayloadTooLarge            413 too-long
+    ├── UnsupportedMediaType       415 not-supported
+    ├── UnprocessableEntity        422 processing
+    ├── UpstreamError              502 transient (upstream unreachable / broken answer)
+    ├── ServiceUnavailable         503 transient (overload, ledger unavailable)
+    └── UpstreamTimeout            504 timeout
+
+:class:`SettingsError` is not an HTTP error: it stops the gateway at start with a message.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "Forbidden",
+    "GatewayError",
+    "MethodNotAllowed",
+    "NotAcceptable",
+    "NotFound",
+    "PathRejected",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "SettingsError",
+    "UnprocessableEntity",
+    "UnsupportedMediaType",
+    "UpstreamError",
+    "UpstreamTimeout",
+]
+
+
+class GatewayError(Exception):
+    """An error that becomes an HTTP response carrying a FHIR OperationOutcome.
+
+    ``diagnostics`` is shown to the client: it must never hold PHI, stack traces or
+    upstream internals. Callers write it for a human reading the response.
+    """
+
+    status: int = 500
+    code: str = "exception"
+
+    def __init__(self, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "invalid"
+
+    def __init__(self, diagnostics: str, *, code: str = "invalid") -> None:
+        super().__init__(diagnostics)
+        self.code = code
+
+
+class PathRejected(BadRequest):
+    """The request path uses a form we refuse rather than normalise (dot segments, encoded
+    slashes, empty segments, matrix parameters)."""
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not-found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    code = "not-supported"
+
+    def __init__(self, diagnostics: str, *, allowed: tuple[str, ...]) -> None:
+        super().__init__(diagnostics)
+        self.allowed = allowed
+
+
+class NotAcceptable(GatewayError):
+    status = 406
+    code = "not-supported"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "too-long"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    code = "not-supported"
+
+
+class UnprocessableEntity(GatewayError):
+    status = 422
+    code = "processing"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    code = "transient"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    code = "transient"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    code = "timeout"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; raised once at start, never per request."""

@@ -1,0 +1,1 @@
+"""FHIR knowledge without I/O: request classification, OperationOutcome rendering, JSON codec."""
