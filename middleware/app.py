@@ -1,0 +1,179 @@
+"""Wiring: :func:`create_app` builds the gateway's ASGI app from settings and injected parts.
+
+Everything with I/O comes in through the factory so tests inject instead of patching: the
+upstream (an ``httpx`` transport such as ``httpx.MockTransport(respx_router.handler)``, or any
+:class:`~middleware.proxy.upstream.Upstream`), the store, and the clock. ``signer`` is reserved
+for the ledger's signing key.
+
+Routing is by exact path before anything else: the management endpoints (``/healthz``,
+``/readyz``, ``/metrics``), then the FHIR base path (the proxy), then a 404 OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from middleware import __version__
+from middleware.errors import GatewayError, NotFound
+from middleware.fhir.outcome import render_error
+from middleware.logging import get_logger
+from middleware.ops.metrics import Metrics
+from middleware.proxy.handler import ProxyHandler
+from middleware.proxy.httpx_upstream import HttpxUpstream
+from middleware.proxy.upstream import Upstream, UpstreamRequest
+from middleware.settings import Settings
+from middleware.storage import Store, open_store
+from middleware.types import Receive, Scope, Send
+
+__all__ = ["Gateway", "create_app"]
+
+_MANAGEMENT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class Gateway:
+    """The gateway's ASGI app (see the module docstring for routing)."""
+
+    def __init__(self, settings: Settings, proxy: ProxyHandler, store: Store) -> None:
+        self.settings = settings
+        self.proxy = proxy
+        self.store = store
+        self.metrics = proxy.metrics
+        self._base = settings.base_path
+        self.management = Starlette(
+            routes=[
+                Route("/healthz", self._healthz),
+                Route("/readyz", self._readyz),
+                Route("/metrics", self._metrics),
+            ]
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path in _MANAGEMENT_PATHS:
+                await self.management(scope, receive, send)
+            elif path == self._base or path.startswith(self._base + "/"):
+                await self.proxy(scope, receive, send)
+            else:
+                status, headers, body = render_error(NotFound("not found"))
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                get_logger().info(
+                    "startup",
+                    version=__version__,
+                    upstream=self.settings.upstream,
+                    base_path=self.settings.base_path,
+                    store=self.store.name,
+                )
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def aclose(self) -> None:
+        """Close the upstream pool and the store."""
+        await self.proxy.aclose()
+        await self.store.close()
+
+    async def _healthz(self, _request: Request) -> Response:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def _readyz(self, _request: Request) -> Response:
+        checks: dict[str, str] = {}
+        try:
+            await self.store.ping()
+            checks["store"] = "ok"
+        except GatewayError:
+            checks["store"] = "unavailable"
+        try:
+            response = await self.proxy.upstream.send(
+                UpstreamRequest(
+                    "GET",
+                    f"{self.settings.upstream.rstrip('/')}/metadata",
+                    [("accept", "application/fhir+json")],
+                )
+            )
+            await response.aclose()
+            checks["upstream"] = "ok" if response.status == 200 else "unavailable"
+        except GatewayError:
+            checks["upstream"] = "unavailable"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    async def _metrics(self, _request: Request) -> Response:
+        return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    upstream: httpx.AsyncBaseTransport | Upstream | None = None,
+    store: Store | None = None,
+    signer: Any = None,
+    clock: Callable[[], float] | None = None,
+) -> Gateway:
+    """Build the gateway app.
+
+    ``upstream``: an httpx transport (wrapped in a pooled ``httpx.AsyncClient``), a ready
+    :class:`Upstream`, or ``None`` for the client ``settings.upstream_client`` names.
+    ``store``: defaults to the store ``settings.store`` names (SQLite in the working
+    directory). ``clock``: monotonic seconds, for cache ages.
+    """
+    del signer  # the ledger issue wires the signing key here
+    factory = _upstream_factory(settings, upstream)
+    proxy = ProxyHandler(
+        settings, upstream_factory=factory, metrics=Metrics(), clock=clock or time.monotonic
+    )
+    return Gateway(settings, proxy, store if store is not None else open_store(settings.store))
+
+
+def _upstream_factory(
+    settings: Settings, upstream: httpx.AsyncBaseTransport | Upstream | None
+) -> Callable[[], Upstream]:
+    if isinstance(upstream, httpx.AsyncBaseTransport):
+        transport = upstream
+        return lambda: HttpxUpstream.from_transport(
+            transport, connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout
+        )
+    if upstream is not None:
+        ready = upstream
+        return lambda: ready
+    if settings.upstream_client == "httpx":
+        return lambda: HttpxUpstream(
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+                limits=httpx.Limits(max_connections=settings.upstream_pool_size),
+                follow_redirects=False,
+            )
+        )
+
+    def aiohttp_upstream() -> Upstream:
+        # Imported here so that test runs injecting httpx never load aiohttp's client.
+        from middleware.proxy.aiohttp_upstream import AiohttpUpstream  # noqa: PLC0415
+
+        return AiohttpUpstream(
+            pool_size=settings.upstream_pool_size,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+
+    return aiohttp_upstream

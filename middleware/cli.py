@@ -1,0 +1,85 @@
+"""The ``consentry`` command.
+
+``consentry serve --upstream URL [--host H] [--port P] [--base-path /fhir] [--config FILE]``
+runs the gateway (uvicorn, uvloop, httptools) on the embedded default store. Settings come from
+the TOML file, then ``CONSENTRY_*`` variables, then these flags; a bad value stops it at once
+with every problem listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from middleware import __version__
+from middleware.errors import GatewayError, SettingsError
+from middleware.logging import configure_logging
+from middleware.settings import load_settings
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="consentry", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"consentry {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--upstream", help="upstream FHIR base URL, e.g. http://127.0.0.1:8103/fhir")
+    serve.add_argument("--host", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default 8080)")
+    serve.add_argument("--base-path", dest="base_path", help="FHIR base path (default /fhir)")
+    serve.add_argument("--public-url", dest="public_url", help="absolute FHIR base clients see")
+    serve.add_argument("--store", help="sqlite:PATH (default sqlite:consentry.db) or memory:")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``consentry`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return 2  # pragma: no cover - argparse enforces the subcommand
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {
+        key: getattr(args, key)
+        for key in ("upstream", "host", "port", "base_path", "public_url", "store")
+    }
+    try:
+        settings = load_settings(config_file=args.config, env=os.environ, overrides=overrides)
+    except SettingsError as exc:
+        print(f"consentry: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+
+    import uvicorn  # noqa: PLC0415 - only the serve command needs the server
+
+    from middleware.app import create_app  # noqa: PLC0415
+
+    try:
+        app = create_app(settings)
+    except (SettingsError, GatewayError) as exc:
+        print(f"consentry: cannot start: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        proxy_headers=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""The one place that renders errors as FHIR OperationOutcome responses.
+
+An OperationOutcome (http://hl7.org/fhir/R4/operationoutcome.html) carries one issue with
+severity ``error``, the issue code the error class names, and the error's ``diagnostics``
+text. Nothing else goes in: no stack trace, no upstream body, no resource id from the request.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from middleware.errors import GatewayError, MethodNotAllowed
+
+__all__ = ["FHIR_JSON", "operation_outcome", "render_error"]
+
+FHIR_JSON = "application/fhir+json; charset=utf-8"
+
+_encoder = msgspec.json.Encoder()
+
+
+def operation_outcome(code: str, diagnostics: str, *, severity: str = "error") -> bytes:
+    """Return the JSON bytes of an OperationOutcome with one issue."""
+    return _encoder.encode(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
+        }
+    )
+
+
+def render_error(error: GatewayError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Return (status, headers, body) for ``error``; the only renderer of errors."""
+    body = operation_outcome(error.code, error.diagnostics)
+    headers = [
+        (b"content-type", FHIR_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    if isinstance(error, MethodNotAllowed):
+        headers.append((b"allow", ", ".join(error.allowed).encode()))
+    return error.status, headers, body

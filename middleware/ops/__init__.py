@@ -1,0 +1,1 @@
+"""Operations: metrics in Prometheus text format and the health endpoints."""

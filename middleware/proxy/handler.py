@@ -1,0 +1,358 @@
+"""The FHIR proxy handler: a pure ASGI app for everything under the FHIR base path.
+
+One request, in order: classify (:mod:`middleware.fhir.classify`; anything unclassified is
+refused and never forwarded), read the body under a size cap, check negotiation, build the
+upstream request from the *classified* path (never from the raw one), send it, then release
+the answer: headers through the allow-list, ``Location`` rebased, JSON bodies rebased on
+structure, other bodies streamed under the cap. Every failure becomes an OperationOutcome
+through :func:`middleware.fhir.outcome.render_error`.
+
+JSON answers are read whole (bounded by ``max_response_bytes``) because every later stage
+(base-URL rewriting now; consent filtering and audit next) must see a whole resource before
+releasing any of it. A JSON body that does not mention the upstream base is released
+byte-for-byte as received.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from middleware import __version__
+from middleware.errors import BadRequest, GatewayError, PayloadTooLarge, UpstreamError
+from middleware.fhir import jsoncodec
+from middleware.fhir.classify import classify, classify_bundle
+from middleware.fhir.negotiate import check_request_negotiation
+from middleware.fhir.outcome import render_error
+from middleware.fhir.request import FhirRequest, Interaction
+from middleware.logging import get_logger
+from middleware.ops.metrics import Metrics
+from middleware.proxy.capability import describe_gateway
+from middleware.proxy.headers import RESPONSE_HEADERS_PASSED, request_id, upstream_request_headers
+from middleware.proxy.rewrite import Rebaser
+from middleware.proxy.upstream import Upstream, UpstreamRequest, UpstreamResponse
+from middleware.settings import Settings
+from middleware.types import Receive, Scope, Send
+
+__all__ = ["ProxyHandler"]
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class _InternalError(GatewayError):
+    status = 500
+    code = "exception"
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """What one request accumulates for the access log and metrics."""
+
+    rid: str
+    method: str
+    started: float
+    interaction: str = "invalid"
+    resource_type: str | None = None
+    status: int = 500
+    upstream_seconds: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class ProxyHandler:
+    """ASGI app forwarding classified FHIR requests to one upstream.
+
+    ``upstream_factory`` is called once, on the first request, inside the running event loop
+    (aiohttp sessions must be created there); ``clock`` returns seconds for cache ages.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        upstream_factory: Callable[[], Upstream],
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._upstream_factory = upstream_factory
+        self._upstream: Upstream | None = None
+        self.metrics = metrics
+        self._clock = clock
+        self._upstream_base = settings.upstream.rstrip("/")
+        self.rebaser = Rebaser(self._upstream_base, settings.gateway_base_url)
+        self._capability: tuple[float, bytes] | None = None
+        self._log = get_logger("consentry.proxy")
+
+    @property
+    def upstream(self) -> Upstream:
+        """The upstream client, created on first use."""
+        if self._upstream is None:
+            self._upstream = self._upstream_factory()
+        return self._upstream
+
+    async def aclose(self) -> None:
+        """Close the upstream pool if it was opened."""
+        if self._upstream is not None:
+            await self._upstream.aclose()
+            self._upstream = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _header_dict(scope["headers"])
+        exchange = _Exchange(
+            rid=request_id(headers), method=scope["method"], started=time.perf_counter()
+        )
+        self.metrics.in_flight += 1
+        try:
+            await self._handle(scope, receive, send, headers, exchange)
+        except GatewayError as error:
+            await self._send_error(send, error, exchange)
+        except Exception as exc:  # noqa: BLE001 - the last line of fail-closed error handling
+            # Never a stack trace or library message in the answer; the type is enough to
+            # find the log line by request id.
+            self._log.error("unhandled", request_id=exchange.rid, error_type=type(exc).__name__)
+            await self._send_error(send, _InternalError("internal error"), exchange)
+        finally:
+            self.metrics.in_flight -= 1
+            seconds = time.perf_counter() - exchange.started
+            self.metrics.observe_request(exchange.interaction, exchange.status, seconds)
+            if self.settings.access_log:
+                self._log.info(
+                    "request",
+                    request_id=exchange.rid,
+                    method=exchange.method,
+                    interaction=exchange.interaction,
+                    resource_type=exchange.resource_type,
+                    status=exchange.status,
+                    duration_ms=round(seconds * 1000, 3),
+                    upstream_ms=(
+                        None
+                        if exchange.upstream_seconds is None
+                        else round(exchange.upstream_seconds * 1000, 3)
+                    ),
+                    bytes_in=exchange.bytes_in,
+                    bytes_out=exchange.bytes_out,
+                )
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], ex: _Exchange
+    ) -> None:
+        request = classify(
+            scope["method"],
+            scope["path"],
+            scope.get("raw_path"),
+            scope.get("query_string", b""),
+            headers,
+            base_path=self.settings.base_path,
+        )
+        ex.interaction = request.interaction.value
+        ex.resource_type = request.resource_type
+        body = await self._read_body(receive, headers, scope["method"])
+        ex.bytes_in = len(body)
+        check_request_negotiation(request, headers, body)
+        if request.interaction is Interaction.BATCH:
+            request = classify_bundle(request, _bundle_type(body))
+            ex.interaction = request.interaction.value
+        if request.interaction is Interaction.CAPABILITIES and not request.query:
+            await self._send(
+                send, 200, [(b"content-type", _FHIR_JSON)], await self._metadata(), headers, ex
+            )
+            return
+
+        upstream_request = UpstreamRequest(
+            method=request.method,
+            url=self._upstream_url(request),
+            headers=upstream_request_headers(
+                headers,
+                rid=ex.rid,
+                client_host=(scope.get("client") or (None,))[0],
+                scheme=scope.get("scheme", "http"),
+                host=headers.get("host"),
+                prefix=self.settings.base_path,
+                extra=self.settings.upstream_headers,
+                trust_forwarded=self.settings.trust_forwarded_headers,
+            ),
+            body=body,
+        )
+        sent = time.perf_counter()
+        response = await self.upstream.send(upstream_request)
+        ex.upstream_seconds = time.perf_counter() - sent
+        self.metrics.observe_upstream(ex.interaction, ex.upstream_seconds)
+        try:
+            await self._release(send, response, headers, ex)
+        finally:
+            await response.aclose()
+
+    def _upstream_url(self, request: FhirRequest) -> str:
+        url = f"{self._upstream_base}/{request.path}" if request.path else self._upstream_base
+        if request.query:
+            url = f"{url}?{request.query.decode('ascii')}"
+        return url
+
+    async def _read_body(self, receive: Receive, headers: dict[str, str], method: str) -> bytes:
+        """The request body, whole, at most ``max_request_bytes`` after decoding gzip."""
+        limit = self.settings.max_request_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge("request body exceeds the configured size limit")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequest("client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge("request body exceeds the configured size limit")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body and method not in _BODY_METHODS:
+            raise BadRequest(f"a {method} request must not have a body")
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip" and body:
+            body = _gunzip(body, limit)
+        elif encoding not in ("identity", "gzip"):
+            raise BadRequest(f"unsupported Content-Encoding {encoding!r}", code="not-supported")
+        return body
+
+    async def _metadata(self) -> bytes:
+        """The gateway's CapabilityStatement, fetched from the upstream at most once per TTL."""
+        now = self._clock()
+        if self._capability is not None and now - self._capability[0] < self.settings.metadata_ttl:
+            return self._capability[1]
+        response = await self.upstream.send(
+            UpstreamRequest(
+                "GET", f"{self._upstream_base}/metadata", [("accept", "application/fhir+json")]
+            )
+        )
+        try:
+            raw = await response.read(self.settings.max_response_bytes)
+            if response.status != 200:
+                raise UpstreamError("upstream server did not return its CapabilityStatement")
+        finally:
+            await response.aclose()
+        document = _decode_upstream(raw)
+        if not isinstance(document, dict) or document.get("resourceType") != "CapabilityStatement":
+            raise UpstreamError("upstream server did not return a CapabilityStatement")
+        self.rebaser.rewrite(document, self.rebaser.occurrences(raw))
+        describe_gateway(document, gateway_base=self.settings.gateway_base_url, version=__version__)
+        body = jsoncodec.encode(document)
+        self._capability = (now, body)
+        return body
+
+    async def _release(
+        self, send: Send, response: UpstreamResponse, client_headers: dict[str, str], ex: _Exchange
+    ) -> None:
+        headers: list[tuple[bytes, bytes]] = []
+        content_type = ""
+        for name, value in response.headers:
+            if name not in RESPONSE_HEADERS_PASSED:
+                continue
+            if name in ("location", "content-location"):
+                value = self.rebaser.url(value)  # noqa: PLW2901
+            elif name == "content-type":
+                content_type = value
+            headers.append((name.encode("latin-1"), value.encode("latin-1")))
+        limit = self.settings.max_response_bytes
+        if "json" in content_type or response.status in _NO_BODY_STATUS:
+            raw = await response.read(limit)
+            occurrences = self.rebaser.occurrences(raw)
+            if occurrences:
+                document = _decode_upstream(raw)
+                self.rebaser.rewrite(document, occurrences)
+                raw = jsoncodec.encode(document)
+            await self._send(send, response.status, headers, raw, client_headers, ex)
+            return
+        # Not JSON (Binary content and the like): stream it through, under the cap.
+        ex.status = response.status
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status,
+                "headers": [*headers, (b"x-request-id", ex.rid.encode())],
+            }
+        )
+        async for chunk in response.iter_bytes(limit):
+            ex.bytes_out += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _send(  # noqa: PLR0917
+        self,
+        send: Send,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        client_headers: dict[str, str],
+        ex: _Exchange,
+    ) -> None:
+        out = [*headers, (b"x-request-id", ex.rid.encode())]
+        minimum = self.settings.gzip_min_bytes
+        if minimum and len(body) >= minimum and "gzip" in client_headers.get("accept-encoding", ""):
+            body = gzip.compress(body, compresslevel=5, mtime=0)
+            out += [(b"content-encoding", b"gzip"), (b"vary", b"Accept-Encoding")]
+        out.append((b"content-length", str(len(body)).encode()))
+        ex.status = status
+        ex.bytes_out = len(body)
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _send_error(self, send: Send, error: GatewayError, ex: _Exchange) -> None:
+        status, headers, body = render_error(error)
+        ex.status = status
+        ex.bytes_out = len(body)
+        headers.append((b"x-request-id", ex.rid.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+_FHIR_JSON = b"application/fhir+json; charset=utf-8"
+
+
+def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-case header names to values; repeated headers joined with ', ' (RFC 9110 §5.3)."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Decompress a gzip body, refusing more than ``limit`` bytes out (no zip bombs)."""
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequest("request body is not valid gzip") from exc
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise PayloadTooLarge("request body exceeds the configured size limit")
+    return out
+
+
+def _bundle_type(body: bytes) -> str | None:
+    """``Bundle.type`` of a request body; ``None`` when it is not a Bundle."""
+    try:
+        document: Any = jsoncodec.decode(body)
+    except jsoncodec.DecodeError as exc:
+        raise BadRequest("request body is not valid JSON", code="structure") from exc
+    if isinstance(document, dict) and document.get("resourceType") == "Bundle":
+        bundle_type = document.get("type")
+        return bundle_type if isinstance(bundle_type, str) else None
+    return None
+
+
+def _decode_upstream(raw: bytes) -> Any:
+    try:
+        return jsoncodec.decode(raw)
+    except jsoncodec.DecodeError as exc:
+        raise UpstreamError("upstream server sent invalid JSON") from exc

@@ -1,0 +1,207 @@
+"""Settings: defaults < TOML file < ``CONSENTRY_*`` environment < command-line overrides.
+
+:func:`load_settings` reads and validates everything once, at start, and raises one
+:class:`~middleware.errors.SettingsError` listing every bad value. Nothing reads the
+environment at import time; :class:`Settings` is frozen and passed to ``create_app``.
+
+Each setting's environment variable is ``CONSENTRY_`` + its name in upper case
+(``upstream`` -> ``CONSENTRY_UPSTREAM``); mapping-valued settings take JSON there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from middleware.errors import SettingsError
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+
+ENV_PREFIX = "CONSENTRY_"
+_UPSTREAM_CLIENTS = ("aiohttp", "httpx")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated gateway settings; see the README's configuration table for each one."""
+
+    upstream: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_path: str = "/fhir"
+    public_url: str = ""
+    store: str = "sqlite:consentry.db"
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_response_bytes: int = 64 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    upstream_pool_size: int = 100
+    upstream_client: str = "aiohttp"
+    upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    metadata_ttl: float = 300.0
+    gzip_min_bytes: int = 1024
+    trust_forwarded_headers: bool = False
+    log_level: str = "info"
+    access_log: bool = True
+
+    @property
+    def gateway_base_url(self) -> str:
+        """The absolute FHIR base clients see (``public_url``, else built from host/port)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port}{self.base_path}"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the sources, validate every value, and return :class:`Settings`.
+
+    Raises :class:`SettingsError` naming every unknown key and bad value at once.
+    """
+    raw: dict[str, Any] = {}
+    problems: list[str] = []
+    if config_file is not None:
+        try:
+            with config_file.open("rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
+        for key, value in data.items():
+            if key not in _FIELDS:
+                problems.append(f"{config_file}: unknown setting {key!r}")
+            else:
+                raw[key] = value
+    for key, text in (env or {}).items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in _FIELDS:
+            problems.append(f"environment: unknown setting {key}")
+            continue
+        try:
+            raw[name] = _from_text(name, text)
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}")
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        try:
+            values[name] = _coerce(name, value)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{name}: {exc}")
+    if "upstream" not in values and "upstream" not in raw:
+        problems.append(
+            "upstream: required (the upstream FHIR base URL, e.g. http://host:8103/fhir)"
+        )
+    problems.extend(_check(values))
+    if problems:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems))
+    return Settings(**values)
+
+
+def _from_text(name: str, text: str) -> Any:
+    kind = _kind(name)
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {text!r}")
+    if kind is dict:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected a JSON object: {exc.msg}") from exc
+    return text
+
+
+def _kind(name: str) -> type:
+    default = _FIELDS[name].default
+    if default is dataclasses.MISSING:
+        return str
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    if isinstance(default, str):
+        return str
+    return dict
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _kind(name)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected a boolean, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise TypeError(f"expected an integer, got {value!r}")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+    if kind is dict:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise TypeError("expected a table of strings")
+        return MappingProxyType(dict(value))
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _check(values: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for name in ("upstream", "public_url"):
+        url = values.get(name)
+        if url:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                problems.append(f"{name}: expected an absolute http(s) URL, got {url!r}")
+            elif parts.query or parts.fragment:
+                problems.append(f"{name}: must not have a query or fragment")
+    base = values.get("base_path", "/fhir")
+    if base and (not base.startswith("/") or base.endswith("/") or "//" in base):
+        problems.append(f"base_path: expected '' or '/segment[/segment]', got {base!r}")
+    port = values.get("port", 8080)
+    if not 0 <= port <= 65535:
+        problems.append(f"port: expected 0..65535, got {port}")
+    for name in ("max_request_bytes", "max_response_bytes", "upstream_pool_size"):
+        if name in values and values[name] < 1:
+            problems.append(f"{name}: must be positive")
+    for name in ("connect_timeout", "read_timeout"):
+        if name in values and values[name] <= 0:
+            problems.append(f"{name}: must be positive")
+    for name in ("metadata_ttl", "gzip_min_bytes"):
+        if name in values and values[name] < 0:
+            problems.append(f"{name}: must not be negative")
+    if values.get("upstream_client", "aiohttp") not in _UPSTREAM_CLIENTS:
+        problems.append(f"upstream_client: expected one of {', '.join(_UPSTREAM_CLIENTS)}")
+    if values.get("log_level", "info") not in _LOG_LEVELS:
+        problems.append(f"log_level: expected one of {', '.join(_LOG_LEVELS)}")
+    store = values.get("store", "sqlite:consentry.db")
+    if not (store.startswith("sqlite:") or store == "memory:"):
+        problems.append("store: expected sqlite:PATH or memory:")
+    return problems
