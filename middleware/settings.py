@@ -133,7 +133,10 @@ def _from_text(name: str, text: str) -> Any:
 
 
 def _kind(name: str) -> type:
-    default = _FIELDS[name].default
+    spec = _FIELDS[name]
+    if spec.default_factory is not dataclasses.MISSING:
+        return dict
+    default = spec.default
     if default is dataclasses.MISSING:
         return str
     if isinstance(default, bool):

@@ -1,0 +1,132 @@
+"""App tests: the gateway driven through ``httpx.ASGITransport``, the upstream mocked with respx
+through ``httpx.MockTransport`` (injected, never patched)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import pytest
+import respx
+
+from middleware.app import Gateway, create_app
+from middleware.settings import Settings, load_settings
+from middleware.storage.memory import MemoryStore
+
+UPSTREAM = "http://upstream.test:8103/fhir"
+GATEWAY = "http://gateway.test/fhir"
+
+
+class FakeClock:
+    """Monotonic seconds the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def router() -> respx.Router:
+    return respx.Router(assert_all_called=False, base_url=UPSTREAM)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_settings() -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "upstream": UPSTREAM,
+            "public_url": GATEWAY,
+            "store": "memory:",
+            "access_log": True,
+        }
+        values.update(overrides)
+        return load_settings(overrides=values)
+
+    return make
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def make_app(
+    router: respx.Router,
+    clock: FakeClock,
+    store: MemoryStore,
+    make_settings: Callable[..., Settings],
+) -> Callable[..., Gateway]:
+    def make(**overrides: Any) -> Gateway:
+        return create_app(
+            make_settings(**overrides),
+            upstream=httpx.MockTransport(router.async_handler),
+            store=store,
+            clock=clock,
+        )
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_app: Callable[..., Gateway]) -> Callable[..., httpx.AsyncClient]:
+    def make(**overrides: Any) -> httpx.AsyncClient:
+        app = make_app(**overrides)
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        return httpx.AsyncClient(transport=transport, base_url="http://gateway.test")
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., httpx.AsyncClient]) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client() as c:
+        yield c
+
+
+async def raw_asgi_request(
+    app: Gateway, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[int, bytes]:
+    """Send one request with an exact, un-normalised path (clients such as httpx would clean up
+    ``..`` and ``//`` before sending, hiding the attack); return (status, body)."""
+    path, _, query = raw_path.partition(b"?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(path.decode("latin-1")),
+        "raw_path": path,
+        "query_string": query,
+        "headers": headers or [(b"host", b"gateway.test")],
+        "client": ("203.0.113.7", 50000),
+        "server": ("gateway.test", 80),
+    }
+    received = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if received:
+            return {"type": "http.disconnect"}
+        received = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    messages: list[Any] = []
+
+    async def send(message: Any) -> None:
+        messages.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in messages if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return status, body

@@ -1,0 +1,132 @@
+"""/metadata, /healthz, /readyz, /metrics, and what the operational log may carry."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import httpx
+import respx
+
+from middleware.logging import configure_logging
+from middleware.storage.memory import MemoryStore
+from tests.app.conftest import GATEWAY, UPSTREAM, FakeClock
+
+CAPABILITY = {
+    "resourceType": "CapabilityStatement",
+    "status": "active",
+    "kind": "instance",
+    "fhirVersion": "4.0.1",
+    "format": ["json"],
+    "software": {"name": "Upstream FHIR", "version": "9.9"},
+    "implementation": {"description": "upstream", "url": UPSTREAM},
+    "rest": [
+        {"mode": "server", "resource": [{"type": "Patient", "interaction": [{"code": "read"}]}]}
+    ],
+}
+
+
+async def test_metadata_describes_the_gateway_and_keeps_the_upstream_capabilities(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    router.get("/metadata").respond(
+        200, json=CAPABILITY, headers={"content-type": "application/fhir+json"}
+    )
+    response = await client.get("/fhir/metadata")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["software"]["name"] == "Consentry"
+    assert body["implementation"]["url"] == GATEWAY
+    assert "Upstream FHIR 9.9" in body["implementation"]["description"]
+    assert body["rest"][0]["resource"] == CAPABILITY["rest"][0]["resource"]  # type: ignore[index]
+    assert UPSTREAM not in response.text
+
+
+async def test_metadata_is_cached_for_its_ttl(
+    make_client: Any, router: respx.Router, clock: FakeClock
+) -> None:
+    route = router.get("/metadata").respond(
+        200, json=CAPABILITY, headers={"content-type": "application/fhir+json"}
+    )
+    async with make_client(metadata_ttl=60) as c:
+        await c.get("/fhir/metadata")
+        clock.now += 59
+        await c.get("/fhir/metadata")
+        assert route.call_count == 1
+        clock.now += 2
+        await c.get("/fhir/metadata")
+        assert route.call_count == 2
+
+
+async def test_metadata_from_a_broken_upstream_is_502(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    router.get("/metadata").respond(200, json={"resourceType": "Patient"})
+    response = await client.get("/fhir/metadata")
+    assert response.status_code == 502
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+
+
+async def test_readyz_checks_store_and_upstream(
+    client: httpx.AsyncClient, router: respx.Router, store: MemoryStore
+) -> None:
+    route = router.get("/metadata").respond(200, json=CAPABILITY)
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"store": "ok", "upstream": "ok"}
+
+    route.side_effect = httpx.ConnectError("refused")
+    down = await client.get("/readyz")
+    assert down.status_code == 503
+    assert down.json()["checks"]["upstream"] == "unavailable"
+
+    route.side_effect = None
+    store.available = False
+    no_store = await client.get("/readyz")
+    assert no_store.status_code == 503
+    assert no_store.json()["checks"]["store"] == "unavailable"
+
+
+async def test_metrics_count_requests_by_interaction_and_status(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    router.get("/Patient/p1").respond(200, json={"resourceType": "Patient", "id": "p1"})
+    await client.get("/fhir/Patient/p1")
+    await client.get("/fhir/patient/p1")
+    text = (await client.get("/metrics")).text
+    assert 'consentry_requests_total{interaction="read",status="200"} 1' in text
+    assert 'consentry_requests_total{interaction="invalid",status="404"} 1' in text
+    assert 'consentry_upstream_duration_seconds_count{interaction="read"} 1' in text
+    assert "consentry_requests_in_flight 0" in text
+
+
+async def test_access_log_is_one_json_line_per_request_and_holds_no_phi(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    """Query values, resource ids and bodies are PHI: none may reach the operational log."""
+    stream = io.StringIO()
+    configure_logging("info", stream)
+    router.get("/Patient").respond(200, json={"resourceType": "Bundle", "type": "searchset"})
+    router.put("/Patient/secret-id-4711").respond(200, json={"resourceType": "Patient"})
+    await client.get(
+        "/fhir/Patient?name=Smithson&birthdate=1970-05-06", headers={"x-request-id": "rid-1"}
+    )
+    await client.put(
+        "/fhir/Patient/secret-id-4711",
+        json={"resourceType": "Patient", "id": "secret-id-4711", "name": [{"family": "Smithson"}]},
+        headers={"content-type": "application/fhir+json"},
+    )
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["interaction"] for line in lines] == ["search-type", "update"]
+    assert lines[0]["request_id"] == "rid-1"
+    assert lines[0]["status"] == 200
+    assert lines[0]["resource_type"] == "Patient"
+    text = stream.getvalue()
+    for phi in ("Smithson", "1970-05-06", "secret-id-4711", "birthdate"):
+        assert phi not in text, phi
