@@ -31,8 +31,17 @@ class AiohttpResponse:
 
     async def read(self, limit: int) -> bytes:
         length = self._response.content_length
-        if length is not None and length > limit:
-            raise UpstreamError("upstream response exceeds the configured size limit")
+        if length is not None:
+            if length > limit:
+                raise UpstreamError("upstream response exceeds the configured size limit")
+            if self._response.headers.get("content-encoding") is None:
+                # The common case: a declared length under the cap, read in one call.
+                try:
+                    return await self._response.read()
+                except TimeoutError as exc:
+                    raise UpstreamTimeout("upstream server timed out") from exc
+                except aiohttp.ClientError as exc:
+                    raise UpstreamError("upstream server sent a broken response") from exc
         chunks = [chunk async for chunk in self.iter_bytes(limit)]
         return b"".join(chunks)
 
