@@ -1,0 +1,28 @@
+"""Test helpers shipped with the gateway (in the spirit of ``structlog.testing``).
+
+:mod:`middleware.testing.peers` runs real peers as subprocesses for integration tests and
+benchmarks: the shared upstream FHIR server (Medplum's router under node) and the gateway
+itself. Nothing here imports pytest, so benchmarks and scripts can use it too.
+"""
+
+from middleware.testing.peers import (
+    GatewayServer,
+    PeerError,
+    UpstreamServer,
+    carebundle_dir,
+    free_port,
+    install_upstream,
+    load_carebundle,
+    shared_dir,
+)
+
+__all__ = [
+    "GatewayServer",
+    "PeerError",
+    "UpstreamServer",
+    "carebundle_dir",
+    "free_port",
+    "install_upstream",
+    "load_carebundle",
+    "shared_dir",
+]

@@ -1,0 +1,52 @@
+"""Session fixtures: the real upstream, the gateway in front of it, the carebundle loaded
+through the gateway once, and a client on each side.
+
+A peer that cannot start (no node or npm, install failure, no /healthz) raises
+:class:`~middleware.testing.PeerError` in the fixture, so every test using it errors: these
+tests fail rather than skip when their upstream is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from middleware.testing import GatewayServer, UpstreamServer, load_carebundle
+from tests.integration.sides import Sides
+
+_FHIR_JSON = {"accept": "application/fhir+json"}
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[UpstreamServer]:
+    with UpstreamServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream: UpstreamServer) -> Iterator[GatewayServer]:
+    with GatewayServer(upstream.base_url) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def sides(upstream: UpstreamServer, gateway: GatewayServer) -> Iterator[Sides]:
+    with (
+        httpx.Client(headers=_FHIR_JSON, timeout=30.0) as via,
+        httpx.Client(headers=_FHIR_JSON, timeout=30.0) as direct,
+    ):
+        yield Sides(via, direct, gateway.base_url, upstream.base_url)
+
+
+@pytest.fixture(scope="session")
+def carebundle(gateway: GatewayServer, sides: Sides) -> dict[str, list[str]]:
+    """Patient id -> ``Type/id`` of everything its transaction created (through the gateway)."""
+    return load_carebundle(gateway.base_url, sides.gateway)
+
+
+@pytest.fixture(scope="session")
+def patient_id(carebundle: dict[str, list[str]]) -> str:
+    """A carebundle patient that the tests only read (writes make their own resources)."""
+    return next(iter(carebundle))
