@@ -1,0 +1,225 @@
+"""Ledger entries: a fixed-width, versioned, PHI-free binary leaf.
+
+A :class:`Leaf` says *that* something happened, to *which* pseudonymous patient chain, *when*,
+and *commits* to the evidence (the AuditEvent or Consent kept beside the ledger). It holds no
+identifier, name, code or resource: the pseudonym is random (:func:`new_pseudonym`), never
+derived from an identifier, and the evidence appears only as a salted hash. Shredding the
+evidence and its salt leaves every leaf, root and proof verifiable (architecture invariant 4).
+
+Version 1 encoding, 80 bytes, integers unsigned big-endian:
+
+=======  =====  ===============================================================================
+offset   size   field
+=======  =====  ===============================================================================
+0        4      :data:`LEAF_TAG` ``b"CSRY"``: separates leaf bytes from anything else we hash
+4        1      :data:`LEAF_VERSION` ``0x01``
+5        1      :class:`EntryKind`
+6        2      :class:`EntryFlag` bits; bits not defined in version 1 must be zero
+8        8      recorded time, microseconds since 1970-01-01T00:00:00Z
+16       16     patient pseudonym; all zero = no patient (``admin``, ``key-event``)
+32       8      index of the previous entry with the same pseudonym; ``2**64-1`` = none
+40       8      index of the consent entry a decision relied on; ``2**64-1`` = none
+48       32     evidence commitment, :func:`commit_evidence`
+=======  =====  ===============================================================================
+
+The Merkle leaf hash is computed over exactly these stored bytes (``merkle.leaf_hash``), never
+over a re-serialised :class:`Leaf`. :func:`decode_leaf` is strict: any other length, tag,
+version, kind, flag bit or an inconsistent field raises :class:`MalformedError`, so every valid
+:class:`Leaf` has exactly one encoding.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from middleware.ledger.errors import MalformedError
+
+__all__ = [
+    "EVIDENCE_PREFIX",
+    "LEAF_SIZE",
+    "LEAF_TAG",
+    "LEAF_VERSION",
+    "NO_INDEX",
+    "PSEUDONYM_SIZE",
+    "SALT_SIZE",
+    "EntryFlag",
+    "EntryKind",
+    "Leaf",
+    "commit_evidence",
+    "decode_leaf",
+    "encode_leaf",
+    "micros",
+    "new_pseudonym",
+    "new_salt",
+]
+
+LEAF_TAG = b"CSRY"
+LEAF_VERSION = 1
+PSEUDONYM_SIZE = 16
+SALT_SIZE = 32
+COMMITMENT_SIZE = 32
+#: Reserved uint64 meaning "no index"; the largest usable index is therefore 2**64 - 2.
+NO_INDEX = 2**64 - 1
+#: Domain-separation prefix of :func:`commit_evidence` (ASCII, NUL-terminated, versioned).
+EVIDENCE_PREFIX = b"consentry/ledger/evidence/v1\x00"
+
+_LAYOUT = struct.Struct(">4sBBHQ16sQQ32s")
+LEAF_SIZE = _LAYOUT.size
+_NO_PATIENT = bytes(PSEUDONYM_SIZE)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class EntryKind(enum.IntEnum):
+    """What an entry records. Values are the kind byte; never renumber, only add."""
+
+    CONSENT = 1
+    CONSENT_REVOKE = 2
+    ACCESS_DECISION = 3
+    ACCESS_OUTCOME = 4
+    DISCLOSURE = 5
+    ADMIN = 6
+    KEY_EVENT = 7
+
+    @property
+    def label(self) -> str:
+        """The kind as the issue and exports spell it (``consent-revoke``)."""
+        return self.name.lower().replace("_", "-")
+
+
+class EntryFlag(enum.IntFlag):
+    """Flag bits of version 1. Other bits are reserved and must be zero."""
+
+    NONE = 0
+    #: The decision permitted access (absent on a decision means it denied).
+    PERMIT = 0x0001
+    #: Access was granted under break-the-glass (emergency) rules.
+    BREAK_THE_GLASS = 0x0002
+    #: Access was permitted only to a narrowed view (filtered query, redacted answer).
+    NARROWED = 0x0004
+
+
+#: Plain int on purpose: IntFlag's ``~`` only complements *defined* bits.
+_KNOWN_FLAG_BITS = int(EntryFlag.PERMIT | EntryFlag.BREAK_THE_GLASS | EntryFlag.NARROWED)
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One ledger entry, validated on construction (invalid values raise MalformedError).
+
+    ``recorded_us`` is microseconds since the Unix epoch (see :func:`micros`). ``pseudonym`` is
+    16 random bytes or ``None`` for entries about no patient; ``previous`` (the per-patient
+    chain) requires a pseudonym. Indexes are ledger positions, ``0 <= i < NO_INDEX``.
+    """
+
+    kind: EntryKind
+    recorded_us: int
+    pseudonym: bytes | None
+    commitment: bytes
+    previous: int | None = None
+    consent: int | None = None
+    flags: EntryFlag = EntryFlag.NONE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, EntryKind):
+            raise MalformedError(f"kind must be an EntryKind, not {self.kind!r}")
+        if not isinstance(self.flags, EntryFlag) or int(self.flags) & ~_KNOWN_FLAG_BITS:
+            raise MalformedError(f"undefined flag bits in {int(self.flags):#06x}")
+        if not 0 <= self.recorded_us < 2**64:
+            raise MalformedError("recorded time is outside the uint64 microsecond range")
+        if self.pseudonym is not None and (
+            len(self.pseudonym) != PSEUDONYM_SIZE or self.pseudonym == _NO_PATIENT
+        ):
+            raise MalformedError(f"a pseudonym is {PSEUDONYM_SIZE} random bytes, not all zero")
+        if len(self.commitment) != COMMITMENT_SIZE:
+            raise MalformedError(f"the evidence commitment is {COMMITMENT_SIZE} bytes")
+        for name, index in (("previous", self.previous), ("consent", self.consent)):
+            if index is not None and not 0 <= index < NO_INDEX:
+                raise MalformedError(f"{name} index {index} is out of range")
+        if self.pseudonym is None and self.previous is not None:
+            raise MalformedError("an entry without a pseudonym has no per-patient chain")
+
+    @property
+    def recorded_at(self) -> datetime:
+        """The recorded time as an aware UTC datetime."""
+        return _EPOCH + timedelta(microseconds=self.recorded_us)
+
+
+def encode_leaf(leaf: Leaf) -> bytes:
+    """The canonical version-1 bytes of ``leaf`` (layout in the module docstring)."""
+    return _LAYOUT.pack(
+        LEAF_TAG,
+        LEAF_VERSION,
+        leaf.kind,
+        leaf.flags,
+        leaf.recorded_us,
+        leaf.pseudonym or _NO_PATIENT,
+        NO_INDEX if leaf.previous is None else leaf.previous,
+        NO_INDEX if leaf.consent is None else leaf.consent,
+        leaf.commitment,
+    )
+
+
+def decode_leaf(data: bytes) -> Leaf:
+    """Parse canonical leaf bytes; raises :class:`MalformedError` on anything else."""
+    if len(data) != LEAF_SIZE:
+        raise MalformedError(f"a leaf is {LEAF_SIZE} bytes, not {len(data)}")
+    tag, version, kind, flags, recorded, pseudonym, previous, consent, commitment = _LAYOUT.unpack(
+        data
+    )
+    if tag != LEAF_TAG:
+        raise MalformedError("not a Consentry ledger leaf (bad tag)")
+    if version != LEAF_VERSION:
+        raise MalformedError(f"unsupported leaf version {version}")
+    try:
+        entry_kind = EntryKind(kind)
+    except ValueError:
+        raise MalformedError(f"unknown entry kind {kind}") from None
+    if flags & ~_KNOWN_FLAG_BITS:
+        raise MalformedError(f"undefined flag bits in {flags:#06x}")
+    return Leaf(
+        kind=entry_kind,
+        recorded_us=recorded,
+        pseudonym=None if pseudonym == _NO_PATIENT else pseudonym,
+        commitment=commitment,
+        previous=None if previous == NO_INDEX else previous,
+        consent=None if consent == NO_INDEX else consent,
+        flags=EntryFlag(flags),
+    )
+
+
+def new_pseudonym() -> bytes:
+    """16 fresh random bytes naming one patient's chain; never derived from an identifier."""
+    while True:
+        pseudonym = secrets.token_bytes(PSEUDONYM_SIZE)
+        if pseudonym != _NO_PATIENT:  # all zero means "no patient"; 2**-128, but exact
+            return pseudonym
+
+
+def new_salt() -> bytes:
+    """32 fresh random bytes for :func:`commit_evidence`; stored with the evidence."""
+    return secrets.token_bytes(SALT_SIZE)
+
+
+def commit_evidence(salt: bytes, evidence: bytes) -> bytes:
+    """``SHA-256(EVIDENCE_PREFIX || salt || evidence)``: the leaf's evidence commitment.
+
+    ``evidence`` is the stored canonical bytes (never a re-serialised model). The salt is
+    exactly :data:`SALT_SIZE` bytes, so prefix, salt and evidence split unambiguously, and it
+    is kept beside the evidence, not in the ledger: without it a commitment cannot be tested
+    against guessed evidence, and deleting both crypto-shreds the link.
+    """
+    if len(salt) != SALT_SIZE:
+        raise MalformedError(f"the evidence salt is {SALT_SIZE} bytes, not {len(salt)}")
+    return hashlib.sha256(EVIDENCE_PREFIX + salt + evidence).digest()
+
+
+def micros(moment: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime (exact integer arithmetic)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise MalformedError("a recorded time must be timezone-aware")
+    return (moment - _EPOCH) // timedelta(microseconds=1)

@@ -1,0 +1,203 @@
+"""Ed25519 signing and verification of C2SP signed notes: the only module importing pynacl.
+
+Keys follow C2SP signed-note (https://c2sp.org/signed-note), "Ed25519 signatures": RFC 8032
+Ed25519 over the note text, key ID ``SHA-256(name || 0x0A || 0x01 || public key)[:4]``. Verifier
+keys are ``<name>+<hex key ID>+<base64(0x01 || public key)>``; signing keys can be written in the
+``PRIVATE+KEY+<name>+<hex key ID>+<base64(0x01 || seed)>`` form of golang.org/x/mod/sumdb/note,
+which tools of that ecosystem read.
+
+Ed25519 is deterministic, so signing the same text with the same key always yields the same
+note, byte for byte. Third-party exceptions stop here: callers see only ledger errors.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import nacl.exceptions
+import nacl.signing
+
+from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
+from middleware.ledger.errors import MalformedError, VerificationError
+from middleware.ledger.note import (
+    SIG_TYPE_ED25519,
+    NoteSignature,
+    NoteVerifier,
+    SignedNote,
+    VerifierKey,
+    b64decode_strict,
+    check_key_name,
+    check_note_text,
+    format_note,
+    parse_note,
+    parse_vkey,
+    verify_signatures,
+)
+
+__all__ = [
+    "SEED_SIZE",
+    "SIGNATURE_SIZE",
+    "SigningKey",
+    "Verifier",
+    "verify_checkpoint",
+    "verify_note",
+]
+
+SEED_SIZE = 32
+SIGNATURE_SIZE = 64
+_SKEY_PREFIX = "PRIVATE+KEY+"
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """An Ed25519 note-signing key: a key name and a 32-byte RFC 8032 seed.
+
+    Validated on construction (invalid name or seed raises :class:`MalformedError`). The seed
+    is secret: it is left out of ``repr`` and must never be logged.
+    """
+
+    name: str
+    seed: bytes = field(repr=False)
+    _key: nacl.signing.SigningKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_key_name(self.name)
+        if not isinstance(self.seed, bytes) or len(self.seed) != SEED_SIZE:
+            raise MalformedError(f"an Ed25519 seed is {SEED_SIZE} bytes")
+        object.__setattr__(self, "_key", nacl.signing.SigningKey(self.seed))
+
+    @classmethod
+    def generate(cls, name: str) -> SigningKey:
+        """A fresh key from the operating system's CSPRNG (via libsodium)."""
+        return cls(name, bytes(nacl.signing.SigningKey.generate()))
+
+    @classmethod
+    def from_seed(cls, name: str, seed: bytes) -> SigningKey:
+        return cls(name, seed)
+
+    @classmethod
+    def from_skey(cls, skey: str) -> SigningKey:
+        """Parse ``PRIVATE+KEY+<name>+<hex id>+<base64(0x01 || seed)>``; the ID must match."""
+        if not skey.startswith(_SKEY_PREFIX):
+            raise MalformedError("a signing key starts with PRIVATE+KEY+")
+        name, _, rest = skey[len(_SKEY_PREFIX) :].partition("+")
+        hex_id, _, material = rest.partition("+")
+        raw = b64decode_strict(material)
+        if len(raw) != 1 + SEED_SIZE or raw[0] != SIG_TYPE_ED25519:
+            raise MalformedError("unsupported signing key type (only Ed25519, 0x01)")
+        key = cls(name, raw[1:])
+        if hex_id != f"{key.key_id:08x}":
+            raise MalformedError("the signing key's ID does not match its name and key")
+        return key
+
+    def skey(self) -> str:
+        """The secret key string (see :meth:`from_skey`). Handle it as the secret it is."""
+        material = base64.b64encode(bytes([SIG_TYPE_ED25519]) + self.seed).decode("ascii")
+        return f"{_SKEY_PREFIX}{self.name}+{self.key_id:08x}+{material}"
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(self._key.verify_key)
+
+    @property
+    def verifier_key(self) -> VerifierKey:
+        return VerifierKey(self.name, self.public_key)
+
+    @property
+    def key_id(self) -> int:
+        return self.verifier_key.key_id
+
+    def vkey(self) -> str:
+        """The public verifier key string to publish: ``<name>+<hex id>+<base64>``."""
+        return self.verifier_key.vkey()
+
+    def verifier(self) -> Verifier:
+        return Verifier(self.verifier_key)
+
+    def sign(self, message: bytes) -> bytes:
+        """The raw 64-byte Ed25519 signature of ``message``."""
+        return bytes(self._key.sign(message).signature)
+
+    def sign_note(self, body: str | bytes) -> str:
+        """A signed note holding ``body`` (note text ending in a newline) and one signature."""
+        if isinstance(body, bytes):
+            try:
+                body = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MalformedError("note text is UTF-8") from None
+        text = check_note_text(body)
+        signature = NoteSignature(self.name, self.key_id, self.sign(text.encode("utf-8")))
+        return format_note(text, [signature])
+
+    def sign_checkpoint(self, checkpoint: Checkpoint) -> str:
+        """The checkpoint as a signed note (C2SP tlog-checkpoint)."""
+        return self.sign_note(checkpoint.body())
+
+
+class Verifier:
+    """Verifies Ed25519 note signatures by one key; a :class:`NoteVerifier`."""
+
+    __slots__ = ("_key", "_verify_key")
+
+    def __init__(self, key: VerifierKey) -> None:
+        self._key = key
+        self._verify_key = nacl.signing.VerifyKey(key.public_key)
+
+    @classmethod
+    def from_vkey(cls, vkey: str) -> Verifier:
+        """Parse a verifier key string (``<name>+<hex id>+<base64(0x01 || key)>``)."""
+        return cls(parse_vkey(vkey))
+
+    @property
+    def name(self) -> str:
+        return self._key.name
+
+    @property
+    def key_id(self) -> int:
+        return self._key.key_id
+
+    @property
+    def key(self) -> VerifierKey:
+        return self._key
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        """True iff ``signature`` is a valid Ed25519 signature of ``message``; never raises."""
+        if len(signature) != SIGNATURE_SIZE:
+            return False
+        try:
+            self._verify_key.verify(message, signature)
+        except nacl.exceptions.BadSignatureError:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"Verifier({self._key.vkey()!r})"
+
+
+def verify_note(note: str | bytes, verifiers: Iterable[NoteVerifier]) -> SignedNote:
+    """Parse and verify a signed note; return its text with the signatures that verified.
+
+    Policy (C2SP signed-note): unknown keys are ignored, a known key's bad signature rejects
+    the note, and so does the absence of any verified signature. Raises
+    :class:`MalformedError` for a malformed note and :class:`VerificationError` otherwise.
+    """
+    parsed = parse_note(note)
+    return SignedNote(parsed.text, verify_signatures(parsed, verifiers))
+
+
+def verify_checkpoint(
+    note: str | bytes, verifiers: Iterable[NoteVerifier], *, origin: str | None = None
+) -> Checkpoint:
+    """Verify a signed checkpoint note, then parse its body (never the other way round).
+
+    With ``origin``, the checkpoint must name that log (C2SP tlog-checkpoint: clients know
+    which log they expect).
+    """
+    checkpoint = parse_checkpoint(verify_note(note, verifiers).text)
+    if origin is not None and checkpoint.origin != origin:
+        raise VerificationError(
+            "checkpoint is for another log", expected=origin, computed=checkpoint.origin
+        )
+    return checkpoint
