@@ -53,6 +53,9 @@ class GatewayError(Exception):
 
     status: int = 500
     code: str = "exception"
+    #: Problems to list one per OperationOutcome issue (e.g. every fault of an invalid
+    #: Consent); empty: one issue carrying ``diagnostics``.
+    issues: tuple[str, ...] = ()
 
     def __init__(self, diagnostics: str) -> None:
         super().__init__(diagnostics)

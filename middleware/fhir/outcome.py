@@ -18,19 +18,18 @@ FHIR_JSON = "application/fhir+json; charset=utf-8"
 _encoder = msgspec.json.Encoder()
 
 
-def operation_outcome(code: str, diagnostics: str, *, severity: str = "error") -> bytes:
-    """Return the JSON bytes of an OperationOutcome with one issue."""
-    return _encoder.encode(
-        {
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
-        }
-    )
+def operation_outcome(
+    code: str, diagnostics: str | tuple[str, ...], *, severity: str = "error"
+) -> bytes:
+    """Return the JSON bytes of an OperationOutcome: one issue per diagnostics text."""
+    texts = (diagnostics,) if isinstance(diagnostics, str) else diagnostics
+    issues = [{"severity": severity, "code": code, "diagnostics": text} for text in texts]
+    return _encoder.encode({"resourceType": "OperationOutcome", "issue": issues})
 
 
 def render_error(error: GatewayError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Return (status, headers, body) for ``error``; the only renderer of errors."""
-    body = operation_outcome(error.code, error.diagnostics)
+    body = operation_outcome(error.code, error.issues or error.diagnostics)
     headers = [
         (b"content-type", FHIR_JSON.encode()),
         (b"content-length", str(len(body)).encode()),

@@ -1,0 +1,271 @@
+"""The consent decision: pure, deterministic, no I/O.
+
+``decide(principal, action, purposes, resource, policies, *, defaults, now) -> Decision``
+
+1. **Which consents count.** Only ``active`` ones (R4/R5 ConsentState: "The consent is to be
+   followed and enforced"); draft, proposed, rejected, inactive, not-done, entered-in-error and
+   unknown are skipped with a trace step, as are consents for a patient whose compartment the
+   resource is not in and consents outside their ``period``.
+2. **One consent's answer.** The deepest matching provision wins, deny among disagreeing
+   siblings (:mod:`middleware.consent.match`). A consent whose root states no base decision and
+   in which nothing matches does not apply.
+3. **Several consents** combine by ``Defaults.combining``: ``deny-overrides`` (default: any deny
+   wins, else any permit) or ``permit-overrides`` (any permit wins, else any deny).
+4. **No consent applies:** the per-resource-type default if one is set, else the jurisdiction
+   default: ``opt-out`` permits, ``opt-in`` denies, so under opt-in only an explicit grant permits.
+5. **Sensitive data needs explicit consent.** A permit stands only for the resource's sensitive
+   labels (``Defaults.sensitive_labels``, e.g. v3-ActCode HIV, PSY, SUD, ETH) and its
+   confidentiality, when at or above ``Defaults.explicit_confidentiality``, that the permitting
+   provision *or one of its ancestors* names; defaults never name any. Otherwise, per
+   ``Defaults.uncovered``: ``deny`` (default), or permit with the obligation ``redact`` carrying the
+   uncovered labels: the enforcer must remove every part tagged with them (all of the resource
+   when the tag is in ``meta.security``).
+
+**Security labels.** v3-Confidentiality is ordered U < L < M < N < R < V and is read as a
+high-water mark. The spec says "If the consent specifies a security label of 'R' then it applies
+to all resources that are labeled 'R' or lower" (Consent.provision.securityLabel): we apply that
+to permits, whose label is a ceiling (a permit naming R reaches U..R, never V). For a deny we
+read the label as a floor (a deny naming R reaches R and V): the literal reading would let V data
+escape a deny of R and fall back to an enclosing permit. Other labels (sensitivity, compartment)
+match exactly (system and code); several labels on one provision are alternatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Final, Literal
+
+from middleware.consent.match import Request, resolve
+from middleware.consent.model import (
+    CONFIDENTIALITY_RANK,
+    CONFIDENTIALITY_SYSTEMS,
+    DENY,
+    PERMIT,
+    Coding,
+    Effect,
+    Policy,
+    Provision,
+)
+from middleware.consent.request import Principal, ResourceSummary
+
+__all__ = [
+    "DEFAULT_SENSITIVE_LABELS",
+    "Decision",
+    "Defaults",
+    "Obligation",
+    "TraceStep",
+    "decide",
+]
+
+_ACT_CODE_SYSTEMS: Final = (
+    "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+    "http://hl7.org/fhir/v3/ActCode",  # the pre-R4 URL, still seen in meta.security
+)
+DEFAULT_SENSITIVE_LABELS: Final = frozenset(
+    (system, code)
+    for system in _ACT_CODE_SYSTEMS
+    for code in (
+        "ETH",  # substance abuse information sensitivity
+        "GDIS",  # genetic disease
+        "HIV",
+        "MST",  # military sexual trauma
+        "PSY",  # psychiatry disorder
+        "PSYTHPN",  # psychotherapy note
+        "SCA",  # sickle cell anemia
+        "SDV",  # sexual assault, abuse, or domestic violence
+        "SEX",  # sexuality and reproductive health
+        "STD",  # sexually transmitted disease
+        "SUD",  # substance use disorder
+        "TBOO",  # taboo
+    )
+)
+"""v3-ActCode information-sensitivity codes that need a consent naming them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Jurisdiction and deployment settings the decision falls back on. Validated on creation."""
+
+    jurisdiction: Literal["opt-in", "opt-out"] = "opt-in"
+    category_defaults: Mapping[str, Effect] = field(default_factory=dict, hash=False)
+    combining: Literal["deny-overrides", "permit-overrides"] = "deny-overrides"
+    sensitive_labels: frozenset[Coding] = DEFAULT_SENSITIVE_LABELS
+    explicit_confidentiality: str = "R"
+    uncovered: Literal["deny", "redact"] = "deny"
+
+    def __post_init__(self) -> None:
+        if self.jurisdiction not in ("opt-in", "opt-out"):
+            raise ValueError(f"jurisdiction must be opt-in or opt-out, not {self.jurisdiction!r}")
+        if self.combining not in ("deny-overrides", "permit-overrides"):
+            raise ValueError(f"unknown combining algorithm {self.combining!r}")
+        if self.uncovered not in ("deny", "redact"):
+            raise ValueError(f"uncovered must be deny or redact, not {self.uncovered!r}")
+        if self.explicit_confidentiality not in CONFIDENTIALITY_RANK:
+            raise ValueError(f"unknown confidentiality code {self.explicit_confidentiality!r}")
+        bad = {k: v for k, v in self.category_defaults.items() if v not in (PERMIT, DENY)}
+        if bad:
+            raise ValueError(f"category defaults must be permit or deny: {bad!r}")
+        object.__setattr__(
+            self, "category_defaults", MappingProxyType(dict(self.category_defaults))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Obligation:
+    """Something the enforcer must do to release a permitted resource (``redact``: remove
+    every part tagged with one of ``labels``)."""
+
+    code: str
+    labels: frozenset[Coding] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class TraceStep:
+    """One reason in a decision: which consent (id, ledger index), where in it, and why.
+
+    Traces can reveal sensitivity labels of the resource: show them only to those entitled to
+    the explanation, never in an answer to the requester.
+    """
+
+    consent_id: str | None
+    ledger_index: int | None
+    provision_path: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """``permit`` (with ``obligations`` to honour, possibly none) or ``deny``, and the trace."""
+
+    effect: Effect
+    obligations: tuple[Obligation, ...] = ()
+    trace: tuple[TraceStep, ...] = ()
+
+    @property
+    def permitted(self) -> bool:
+        return self.effect == PERMIT
+
+
+def decide(
+    principal: Principal,
+    action: Coding,
+    purposes: frozenset[Coding],
+    resource: ResourceSummary,
+    policies: Iterable[Policy],
+    *,
+    defaults: Defaults,
+    now: datetime,
+) -> Decision:
+    """Decide whether ``principal`` may perform ``action`` for ``purposes`` on ``resource``.
+
+    ``now`` must be timezone-aware. The effect and obligations do not depend on the order of
+    ``policies``; the trace lists consents in the order given.
+    """
+    request = Request(principal, action, purposes, resource, now)
+    trace: list[TraceStep] = []
+    permitted_by: list[Provision] = []
+    denied = False
+    for policy in policies:
+        cid, index = policy.consent_id, policy.ledger_index
+        if policy.status != "active":
+            reason = f"ignored: status {policy.status}; only active consents count"
+            trace.append(TraceStep(cid, index, None, reason))
+            continue
+        if policy.patient not in resource.patients:
+            reason = "ignored: resource not in this patient's compartment"
+            trace.append(TraceStep(cid, index, None, reason))
+            continue
+        if policy.period is not None and not policy.period.contains(now):
+            trace.append(TraceStep(cid, index, None, "ignored: outside the consent period"))
+            continue
+        effect, deciders = resolve(policy.root, request)
+        first = deciders[0]
+        if effect is None:
+            reason = "not applicable: no provision matches and there is no base decision"
+            trace.append(TraceStep(cid, index, None, reason))
+            continue
+        why = "base decision" if first is policy.root else "deepest matching provision"
+        trace.append(TraceStep(cid, index, first.path, f"{effect}: {why}"))
+        if effect == DENY:
+            denied = True
+        else:
+            permitted_by.extend(deciders)
+
+    effect = _combine(denied, bool(permitted_by), resource, defaults, trace)
+    if effect == DENY:
+        return Decision(DENY, (), tuple(trace))
+    uncovered = _uncovered(resource, permitted_by, defaults)
+    if not uncovered:
+        return Decision(PERMIT, (), tuple(trace))
+    codes = ", ".join(sorted(code for _, code in uncovered))
+    if defaults.uncovered == "deny":
+        trace.append(TraceStep(None, None, None, f"deny: no permit names the labels {codes}"))
+        return Decision(DENY, (), tuple(trace))
+    trace.append(TraceStep(None, None, None, f"permit with redaction: no permit names {codes}"))
+    return Decision(PERMIT, (Obligation("redact", uncovered),), tuple(trace))
+
+
+def _combine(
+    denied: bool,
+    permitted: bool,
+    resource: ResourceSummary,
+    defaults: Defaults,
+    trace: list[TraceStep],
+) -> Effect:
+    if denied and (defaults.combining == "deny-overrides" or not permitted):
+        trace.append(TraceStep(None, None, None, f"deny: a consent denies ({defaults.combining})"))
+        return DENY
+    if permitted:
+        trace.append(
+            TraceStep(None, None, None, f"permit: a consent permits ({defaults.combining})")
+        )
+        return PERMIT
+    by_type = defaults.category_defaults.get(resource.resource_type)
+    if by_type is not None:
+        reason = f"{by_type}: no consent applies; default for {resource.resource_type}"
+        trace.append(TraceStep(None, None, None, reason))
+        return by_type
+    effect: Effect = PERMIT if defaults.jurisdiction == "opt-out" else DENY
+    reason = f"{effect}: no consent applies; jurisdiction default {defaults.jurisdiction}"
+    trace.append(TraceStep(None, None, None, reason))
+    return effect
+
+
+def _uncovered(
+    resource: ResourceSummary, permitted_by: list[Provision], defaults: Defaults
+) -> frozenset[Coding]:
+    """The resource's labels that need explicit consent and that no permitting provision names."""
+    labels = resource.security_labels
+    sensitive = labels & defaults.sensitive_labels
+    needs_level = (
+        resource.confidentiality >= CONFIDENTIALITY_RANK[defaults.explicit_confidentiality]
+    )
+    if not sensitive and not needs_level:
+        return frozenset()
+    covered: set[Coding] = set()
+    level = -1
+    for provision in permitted_by:
+        covered |= provision.covers
+        level = max(level, provision.covers_confidentiality)
+    missing = {lab for lab in sensitive if lab not in covered and ("", lab[1]) not in covered}
+    if needs_level and level < resource.confidentiality:
+        missing.add(_confidentiality_label(resource))
+    return frozenset(missing)
+
+
+def _confidentiality_label(resource: ResourceSummary) -> Coding:
+    """The resource's own confidentiality coding at its level (``N`` if it carries none)."""
+    for system, code in resource.security_labels:
+        if (
+            system in CONFIDENTIALITY_SYSTEMS
+            and CONFIDENTIALITY_RANK.get(code) == resource.confidentiality
+        ):
+            return system, code
+    return _CONFIDENTIALITY, _CODE_OF_RANK[resource.confidentiality]
+
+
+_CONFIDENTIALITY: Final = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+_CODE_OF_RANK: Final = {rank: code for code, rank in CONFIDENTIALITY_RANK.items()}

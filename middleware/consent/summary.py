@@ -1,0 +1,125 @@
+"""A best-effort :class:`~middleware.consent.request.ResourceSummary` of a FHIR resource (R4 or R5).
+
+The pipeline should pass ``patients`` from the patient compartment definition
+(http://hl7.org/fhir/R4/compartmentdefinition-patient.html); without it, the usual patient
+elements (``subject``, ``patient``, ``beneficiary``; the Patient itself) are used. The clinical
+date is the first present of the elements in ``_DATE_ELEMENTS`` (its lower bound: ``2020-05``
+counts as 2020-05-01T00:00Z); codes come from the top-level ``code``/``type``/``category``-like
+elements; every literal reference anywhere in the resource lands in ``references``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from middleware.consent.fhirtime import bounds
+from middleware.consent.model import Coding, normalize_reference
+from middleware.consent.request import ResourceSummary
+
+__all__ = ["summarize"]
+
+_CODE_ELEMENTS: Final = (
+    "code",
+    "type",
+    "category",
+    "class",
+    "vaccineCode",
+    "medicationCodeableConcept",
+)
+_DATE_ELEMENTS: Final = (
+    ("effectiveDateTime", None),
+    ("effectiveInstant", None),
+    ("effectivePeriod", "start"),
+    ("occurrenceDateTime", None),
+    ("occurrencePeriod", "start"),
+    ("performedDateTime", None),
+    ("performedPeriod", "start"),
+    ("onsetDateTime", None),
+    ("recordedDate", None),
+    ("authoredOn", None),
+    ("issued", None),
+    ("period", "start"),
+    ("date", None),
+    ("created", None),
+)
+_AUTHOR_ELEMENTS: Final = ("author", "recorder", "asserter", "requester")
+_PATIENT_ELEMENTS: Final = ("subject", "patient", "beneficiary")
+
+
+def summarize(
+    resource: Mapping[str, Any],
+    *,
+    patients: Iterable[str] | None = None,
+    referenced_by: Iterable[str] = (),
+) -> ResourceSummary:
+    """Summarise ``resource`` for :func:`~middleware.consent.decide.decide`. Pure."""
+    resource_type = str(resource.get("resourceType", ""))
+    resource_id = resource.get("id")
+    meta = resource.get("meta")
+    meta = meta if isinstance(meta, Mapping) else {}
+    refs = frozenset(normalize_reference(r) for r in _references(resource))
+    if patients is None:
+        found = {
+            r
+            for key in _PATIENT_ELEMENTS
+            for r in _refs_of(resource.get(key))
+            if r.startswith("Patient/")
+        }
+        if resource_type == "Patient" and isinstance(resource_id, str):
+            found.add(f"Patient/{resource_id}")
+        patients = found
+    return ResourceSummary(
+        resource_type=resource_type,
+        id=resource_id if isinstance(resource_id, str) else None,
+        patients=frozenset(patients),
+        codes=frozenset(coding for key in _CODE_ELEMENTS for coding in _codings(resource.get(key))),
+        security_labels=frozenset(_codings(meta.get("security"))),
+        profiles=frozenset(p for p in meta.get("profile", ()) if isinstance(p, str)),
+        clinical_date=_clinical_date(resource),
+        authors=frozenset(r for key in _AUTHOR_ELEMENTS for r in _refs_of(resource.get(key))),
+        references=refs,
+        referenced_by=frozenset(normalize_reference(r) for r in referenced_by),
+    )
+
+
+def _codings(value: object) -> Iterator[Coding]:
+    """Codings of a Coding, a CodeableConcept, or a list of either."""
+    for item in value if isinstance(value, list) else (value,):
+        if not isinstance(item, Mapping):
+            continue
+        inner = item.get("coding")
+        for coding in inner if isinstance(inner, list) else (item,):
+            if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
+                system = coding.get("system")
+                yield (system if isinstance(system, str) else ""), coding["code"]
+
+
+def _refs_of(value: object) -> Iterator[str]:
+    """Normalised literal references of a Reference or a list of References."""
+    for item in value if isinstance(value, list) else (value,):
+        if isinstance(item, Mapping) and isinstance(item.get("reference"), str):
+            yield normalize_reference(item["reference"])
+
+
+def _references(value: object) -> Iterator[str]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str):
+                yield item
+            elif key != "contained":
+                yield from _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _references(item)
+
+
+def _clinical_date(resource: Mapping[str, Any]) -> datetime | None:
+    for key, part in _DATE_ELEMENTS:
+        value = resource.get(key)
+        if part is not None:
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, str) and (interval := bounds(value)) is not None:
+            return interval[0]
+    return None
