@@ -28,6 +28,7 @@ from middleware.logging import get_logger
 from middleware.ops.metrics import Metrics
 from middleware.proxy.handler import ProxyHandler
 from middleware.proxy.httpx_upstream import HttpxUpstream
+from middleware.proxy.native_upstream import NativeUpstream
 from middleware.proxy.upstream import Upstream, UpstreamRequest
 from middleware.settings import Settings
 from middleware.storage import Store, open_store
@@ -134,7 +135,8 @@ def create_app(
     """Build the gateway app.
 
     ``upstream``: an httpx transport (wrapped in a pooled ``httpx.AsyncClient``), a ready
-    :class:`Upstream`, or ``None`` for the client ``settings.upstream_client`` names.
+    :class:`Upstream`, or ``None`` for the client ``settings.upstream_client`` names
+    (``native``, the default; ``aiohttp``; ``httpx``).
     ``store``: defaults to the store ``settings.store`` names (SQLite in the working
     directory). ``clock``: monotonic seconds, for cache ages.
     """
@@ -164,6 +166,14 @@ def _upstream_factory(
                 limits=httpx.Limits(max_connections=settings.upstream_pool_size),
                 follow_redirects=False,
             )
+        )
+
+    if settings.upstream_client == "native":
+        return lambda: NativeUpstream(
+            settings.upstream,
+            pool_size=settings.upstream_pool_size,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
         )
 
     def aiohttp_upstream() -> Upstream:

@@ -25,7 +25,7 @@ from middleware.errors import SettingsError
 __all__ = ["ENV_PREFIX", "Settings", "load_settings"]
 
 ENV_PREFIX = "CONSENTRY_"
-_UPSTREAM_CLIENTS = ("aiohttp", "httpx")
+_UPSTREAM_CLIENTS = ("native", "aiohttp", "httpx")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -44,7 +44,7 @@ class Settings:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     upstream_pool_size: int = 100
-    upstream_client: str = "aiohttp"
+    upstream_client: str = "native"
     upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     metadata_ttl: float = 300.0
     gzip_min_bytes: int = 1024
@@ -200,7 +200,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     for name in ("metadata_ttl", "gzip_min_bytes"):
         if name in values and values[name] < 0:
             problems.append(f"{name}: must not be negative")
-    if values.get("upstream_client", "aiohttp") not in _UPSTREAM_CLIENTS:
+    if values.get("upstream_client", "native") not in _UPSTREAM_CLIENTS:
         problems.append(f"upstream_client: expected one of {', '.join(_UPSTREAM_CLIENTS)}")
     if values.get("log_level", "info") not in _LOG_LEVELS:
         problems.append(f"log_level: expected one of {', '.join(_LOG_LEVELS)}")

@@ -1,10 +1,11 @@
 """The upstream seam: what the forwarder needs from an HTTP client, and nothing more.
 
-Two implementations stand behind :class:`Upstream`: :mod:`~middleware.proxy.aiohttp_upstream`
-(the default; its client costs about a fifth of httpx's CPU per request, see the README's
-benchmarks) and :mod:`~middleware.proxy.httpx_upstream` (for ``respx`` and
-``httpx.MockTransport`` in tests, and for deployments that prefer httpx). Each translates its
-library's exceptions into :mod:`middleware.errors` in exactly one place:
+Three implementations stand behind :class:`Upstream`: :mod:`~middleware.proxy.native_upstream`
+(the default: HTTP/1.1 on asyncio with httptools' parser, about half of aiohttp's CPU per
+request, see the README's benchmarks), :mod:`~middleware.proxy.aiohttp_upstream`, and
+:mod:`~middleware.proxy.httpx_upstream` (for ``respx`` and ``httpx.MockTransport`` in tests,
+and for deployments that prefer httpx). Each translates its library's exceptions into
+:mod:`middleware.errors` in exactly one place:
 
 - connect or read timeout -> :class:`~middleware.errors.UpstreamTimeout` (504)
 - refused, reset, DNS failure, broken response -> :class:`~middleware.errors.UpstreamError` (502)
