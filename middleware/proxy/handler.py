@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from middleware import __version__
 from middleware.errors import BadRequest, GatewayError, PayloadTooLarge, UpstreamError
@@ -86,6 +87,10 @@ class ProxyHandler:
         self._clock = clock
         self._upstream_base = settings.upstream.rstrip("/")
         self.rebaser = Rebaser(self._upstream_base, settings.gateway_base_url)
+        # X-Forwarded-Host/-Proto name the configured public base, never the client's Host
+        # header: an upstream that builds links from them must not be steered by a client.
+        public = urlsplit(settings.gateway_base_url)
+        self._public_scheme, self._public_host = public.scheme, public.netloc
         self._capability: tuple[float, bytes] | None = None
         self._log = get_logger("consentry.proxy")
 
@@ -171,8 +176,8 @@ class ProxyHandler:
                 headers,
                 rid=ex.rid,
                 client_host=(scope.get("client") or (None,))[0],
-                scheme=scope.get("scheme", "http"),
-                host=headers.get("host"),
+                scheme=self._public_scheme,
+                host=self._public_host,
                 prefix=self.settings.base_path,
                 extra=self.settings.upstream_headers,
                 trust_forwarded=self.settings.trust_forwarded_headers,

@@ -81,7 +81,11 @@ def upstream_request_headers(
 ) -> list[tuple[str, str]]:
     """The header list sent upstream: allowed client headers, ``X-Request-Id``, the
     ``X-Forwarded-*`` family (RFC 7239 predecessors, as de-facto proxies set them), then the
-    configured ``extra`` headers, which win over anything from the client."""
+    configured ``extra`` headers, which win over anything from the client.
+
+    ``scheme`` and ``host`` are the gateway's public ones (from settings), not the client's
+    ``Host`` header, so an upstream that builds URLs from them cannot be steered by a client.
+    """
     out = [(name, value) for name, value in headers.items() if name in REQUEST_HEADERS_PASSED]
     out.append(("x-request-id", rid))
     forwarded_for = client_host or "unknown"

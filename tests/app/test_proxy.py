@@ -88,6 +88,20 @@ async def test_request_headers_allow_list_and_forwarded_family(
         assert dropped not in sent, dropped
 
 
+async def test_client_host_header_does_not_steer_x_forwarded_host(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    """Host-header injection: a client sending ``Host: evil.example`` must not make an upstream
+    that honours X-Forwarded-Host build links to evil.example."""
+    route = router.get("/Patient/p1").respond(
+        200, content=PATIENT, headers={"content-type": "application/fhir+json"}
+    )
+    await client.get("/fhir/Patient/p1", headers={"host": "evil.example"})
+    sent = route.calls.last.request.headers
+    assert sent["x-forwarded-host"] == "gateway.test"
+    assert "evil.example" not in str(sent)
+
+
 async def test_client_x_forwarded_for_is_not_trusted_by_default(
     client: httpx.AsyncClient, router: respx.Router
 ) -> None:
