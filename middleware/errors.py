@@ -10,6 +10,7 @@ response body.
     GatewayError
     ├── BadRequest                 400 invalid / structure / not-supported
     │   └── PathRejected           400 path tricks: '..', encoded slashes, '//', ';' ...
+    ├── Unauthorized               401 login (carries the WWW-Authenticate challenge)
     ├── Forbidden                  403 forbidden
     ├── NotFound                   404 not-found  (also: denied reads, by design)
     ├── MethodNotAllowed           405 not-supported (carries the allowed methods)
@@ -37,6 +38,7 @@ __all__ = [
     "PayloadTooLarge",
     "ServiceUnavailable",
     "SettingsError",
+    "Unauthorized",
     "UnprocessableEntity",
     "UnsupportedMediaType",
     "UpstreamError",
@@ -74,6 +76,19 @@ class BadRequest(GatewayError):
 class PathRejected(BadRequest):
     """The request path uses a form we refuse rather than normalise (dot segments, encoded
     slashes, empty segments, matrix parameters)."""
+
+
+class Unauthorized(GatewayError):
+    """No acceptable credentials (RFC 9110 §15.5.2). ``www_authenticate`` is the challenge the
+    response carries, e.g. ``Bearer error="invalid_token"`` (RFC 6750 §3); it must be plain
+    ASCII and must never echo the credential."""
+
+    status = 401
+    code = "login"
+
+    def __init__(self, diagnostics: str, *, www_authenticate: str = "Bearer") -> None:
+        super().__init__(diagnostics)
+        self.www_authenticate = www_authenticate
 
 
 class Forbidden(GatewayError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from middleware.errors import GatewayError, MethodNotAllowed
+from middleware.errors import GatewayError, MethodNotAllowed, Unauthorized
 
 __all__ = ["FHIR_JSON", "operation_outcome", "render_error"]
 
@@ -37,4 +37,7 @@ def render_error(error: GatewayError) -> tuple[int, list[tuple[bytes, bytes]], b
     ]
     if isinstance(error, MethodNotAllowed):
         headers.append((b"allow", ", ".join(error.allowed).encode()))
+    if isinstance(error, Unauthorized):
+        # RFC 9110 §15.5.2: a 401 response MUST carry a WWW-Authenticate challenge.
+        headers.append((b"www-authenticate", error.www_authenticate.encode("ascii", "replace")))
     return error.status, headers, body

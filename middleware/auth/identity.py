@@ -1,0 +1,227 @@
+"""Who a verified bearer token speaks for: the frozen :class:`Identity` built from its claims.
+
+:func:`identity_from_claims` runs only on claims whose signature, issuer, audience and times
+:mod:`middleware.auth.verify` has already checked. A claim that is present but malformed raises
+:class:`ClaimError` (the token is refused): reading it loosely or skipping it could change whose
+data is released, so we fail closed.
+
+Claims read (SMART App Launch 2.x, "Scopes and Launch Context"; RFC 9068 §2.2):
+``sub``, ``iss``, ``exp``, ``jti``, ``client_id`` (else ``azp``), ``scope`` (a space-separated
+string, or a list of strings), ``fhirUser`` (absolute or relative URL of a Patient,
+Practitioner, PractitionerRole, RelatedPerson or Person), ``patient`` (the launch context id),
+the purpose-of-use claim (IHE IUA, ITI-71 ``purpose_of_use``: codings or codes) and the roles
+claim. Claim names may be dotted paths into nested objects (``realm_access.roles``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from middleware.auth.scopes import Coding, ParsedScopes, Scope, parse_scopes
+
+__all__ = [
+    "V3_ACT_REASON",
+    "ClaimError",
+    "Identity",
+    "IdentityKind",
+    "IdentityRules",
+    "identity_from_claims",
+    "parse_fhir_user",
+]
+
+#: HL7 v3 ActReason, the code system of PurposeOfUse values (TREAT, ETREAT, HPAYMT, ...).
+V3_ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+
+IdentityKind = Literal["patient", "user", "system", "none"]
+
+# SMART 2.x §"fhirUser": the user is one of these resource types.
+_USER_TYPES: Final = frozenset(
+    {"Patient", "Practitioner", "PractitionerRole", "RelatedPerson", "Person"}
+)
+_FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 "id"
+_FHIR_USER: Final = re.compile(
+    rf"(?:.*/)?(?P<type>[A-Za-z]+)/(?P<id>{_FHIR_ID.pattern})(?:/_history/[A-Za-z0-9\-.]+)?"
+)
+
+
+class ClaimError(ValueError):
+    """A claim is present but malformed; the message names the claim, never its value."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRules:
+    """How claims become an :class:`Identity`; one per gateway, from the auth settings.
+
+    ``purpose_system`` is given to purpose-of-use codes that arrive without a system.
+    Break-the-glass is *allowed* when the token carries one of ``break_glass_scopes`` or one of
+    ``break_glass_roles``; invoking it is the consent decision's business.
+    """
+
+    purpose_claim: str = "purpose_of_use"
+    purpose_system: str = V3_ACT_REASON
+    roles_claim: str = "roles"
+    break_glass_scopes: frozenset[str] = frozenset()
+    break_glass_roles: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The verified caller. ``fhir_user`` is a ``Type/id`` reference; ``patient`` the launch
+    patient id; ``purpose_of_use`` ``(system, code)`` pairs; ``expires_at`` the ``exp`` claim
+    (seconds since the epoch). ``dropped_scopes`` lists scopes that were not understood and
+    grant nothing."""
+
+    subject: str
+    issuer: str
+    expires_at: float
+    scopes: tuple[Scope, ...] = ()
+    client_id: str | None = None
+    fhir_user: str | None = None
+    patient: str | None = None
+    purpose_of_use: tuple[Coding, ...] = ()
+    roles: frozenset[str] = frozenset()
+    break_the_glass: bool = False
+    token_id: str | None = None
+    dropped_scopes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def kind(self) -> IdentityKind:
+        """``patient`` with a launch patient and patient/ scopes; else ``user`` with a
+        ``fhirUser`` or user/ scopes; else ``system`` with system/ scopes; else ``none``."""
+        contexts = {scope.context for scope in self.scopes}
+        if self.patient is not None and "patient" in contexts:
+            return "patient"
+        if self.fhir_user is not None or "user" in contexts:
+            return "user"
+        if "system" in contexts:
+            return "system"
+        return "none"
+
+
+def identity_from_claims(claims: Mapping[str, Any], rules: IdentityRules | None = None) -> Identity:
+    """Build the :class:`Identity` of verified ``claims``; raise :class:`ClaimError` when a
+    claim it reads is present but malformed."""
+    rules = rules or IdentityRules()
+    subject = _required_str(claims, "sub")
+    issuer = _required_str(claims, "iss")
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not -1e18 < exp < 1e18:
+        raise ClaimError("exp: expected a NumericDate")
+    parsed = _scopes(claims.get("scope"), rules.break_glass_scopes)
+    fhir_user = claims.get("fhirUser")
+    patient = _optional_str(claims, "patient")
+    if patient is not None and not _FHIR_ID.fullmatch(patient):
+        raise ClaimError("patient: expected a FHIR resource id")
+    roles = _roles(_claim(claims, rules.roles_claim), rules.roles_claim)
+    client_id = _optional_str(claims, "client_id") or _optional_str(claims, "azp")
+    return Identity(
+        subject=subject,
+        issuer=issuer,
+        expires_at=float(exp),
+        scopes=parsed.scopes,
+        client_id=client_id,
+        fhir_user=None if fhir_user is None else parse_fhir_user(fhir_user),
+        patient=patient,
+        purpose_of_use=_purposes(_claim(claims, rules.purpose_claim), rules),
+        roles=roles,
+        break_the_glass=bool(
+            parsed.recognised & rules.break_glass_scopes or roles & rules.break_glass_roles
+        ),
+        token_id=_optional_str(claims, "jti"),
+        dropped_scopes=parsed.dropped,
+    )
+
+
+def parse_fhir_user(value: object) -> str:
+    """``Type/id`` of a ``fhirUser`` claim: an absolute or relative URL of a user resource,
+    optionally versioned (``.../_history/2``, the version is dropped)."""
+    match = _FHIR_USER.fullmatch(value) if isinstance(value, str) else None
+    if match is None or match["type"] not in _USER_TYPES:
+        raise ClaimError(f"fhirUser: expected a URL of a {', '.join(sorted(_USER_TYPES))}")
+    return f"{match['type']}/{match['id']}"
+
+
+def _claim(claims: Mapping[str, Any], name: str) -> Any:
+    # A top-level claim of exactly this name wins (names may be URLs holding dots); otherwise
+    # a dotted name walks nested objects.
+    if name in claims:
+        return claims[name]
+    value: Any = claims
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _required_str(claims: Mapping[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str) or not value:
+        raise ClaimError(f"{name}: expected a non-empty string")
+    return value
+
+
+def _optional_str(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ClaimError(f"{name}: expected a non-empty string")
+    return value
+
+
+def _scopes(value: Any, extra: frozenset[str]) -> ParsedScopes:
+    if value is None:
+        return ParsedScopes()
+    if isinstance(value, str):
+        return parse_scopes(value, extra=extra)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return parse_scopes(value, extra=extra)
+    raise ClaimError("scope: expected a space-separated string or a list of strings")
+
+
+def _roles(value: Any, name: str) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+        raise ClaimError(f"{name}: expected a string or a list of strings")
+    return frozenset(items)
+
+
+def _purposes(value: Any, rules: IdentityRules) -> tuple[Coding, ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list) else [value]
+    out: dict[Coding, None] = {}
+    for item in items:
+        for coding in _purpose(item, rules):
+            out.setdefault(coding)
+    return tuple(out)
+
+
+def _purpose(item: Any, rules: IdentityRules) -> list[Coding]:
+    # IHE IUA (ITI-71) carries purpose of use as Codings; plain codes and "system|code" are
+    # accepted too, and a code without a system is read as v3 ActReason (or as configured).
+    where = rules.purpose_claim
+    if isinstance(item, str):
+        system, bar, code = item.rpartition("|")
+        if not code or (bar and not system):
+            raise ClaimError(f"{where}: expected a code or system|code")
+        return [(system if bar else rules.purpose_system, code)]
+    if isinstance(item, Mapping) and isinstance(item.get("coding"), list):
+        return [c for coding in item["coding"] for c in _purpose(_as_coding(coding, where), rules)]
+    if isinstance(item, Mapping):
+        value, given = item.get("code"), item.get("system", rules.purpose_system)
+        if isinstance(value, str) and value and isinstance(given, str) and given:
+            return [(given, value)]
+    raise ClaimError(f"{where}: expected codes, Codings or CodeableConcepts")
+
+
+def _as_coding(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ClaimError(f"{where}: a CodeableConcept's coding must hold Codings")
+    return value

@@ -1,0 +1,208 @@
+"""Bearer token verification: ``Authorization`` header in, :class:`Identity` or 401 out.
+
+:meth:`TokenVerifier.verify` checks, in this order, and refuses at the first failure with
+:class:`~middleware.errors.Unauthorized` carrying an RFC 6750 §3 challenge:
+
+1. the header is ``Bearer <b64token>`` (RFC 6750 §2.1); absent: a bare ``Bearer`` challenge
+   (§3.1: no error code when no credentials were sent); malformed: ``invalid_request``;
+2. the token is a compact JWS whose ``alg`` is RS256, ES256 or EdDSA
+   (:func:`~middleware.auth.jose.parse_compact`, *before any key is looked up*);
+3. ``iss`` names a configured issuer, which also allows this ``alg``;
+4. ``kid`` names a key of that issuer's JWK Set (after at most one rotation reload);
+5. the signature verifies with that key;
+6. ``exp`` is present and not passed, ``nbf`` and ``iat`` are not in the future (RFC 7519
+   §4.1.4-6, each with ``leeway`` seconds for clock skew), ``aud`` contains one of the
+   issuer's audiences (§4.1.3), ``sub`` is present (SMART 2.x; RFC 9068 §2.2);
+7. the SMART claims read into an :class:`Identity`
+   (:func:`~middleware.auth.identity.identity_from_claims`).
+
+Failures 2-7 answer ``invalid_token``. A key source that cannot be read raises
+:class:`~middleware.errors.ServiceUnavailable`. The token itself is never logged or echoed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from joserfc.jwk import Key
+
+from middleware.auth.identity import ClaimError, Identity, IdentityRules, identity_from_claims
+from middleware.auth.jose import ALGORITHMS, JoseError, parse_compact, verify_signature
+from middleware.auth.jwks import JwksUnavailable
+from middleware.errors import ServiceUnavailable, Unauthorized
+from middleware.logging import get_logger
+
+__all__ = [
+    "DEFAULT_LEEWAY",
+    "IssuerConfig",
+    "KeySource",
+    "TokenVerifier",
+    "bearer_challenge",
+    "check_claims",
+]
+
+#: Seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
+DEFAULT_LEEWAY: Final = 30.0
+# RFC 6750 §2.1: credentials = "Bearer" 1*SP b64token (the scheme is case-insensitive).
+_BEARER: Final = re.compile(r"(?i:bearer) +(?P<token>[A-Za-z0-9\-._~+/]+=*)")
+# RFC 6750 §3: error_description is %x20-21 / %x23-5B / %x5D-7E (no '"' and no '\').
+_UNSAFE_IN_QUOTES: Final = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+
+
+class KeySource(Protocol):
+    """Where an issuer's verification keys come from (:class:`~middleware.auth.jwks.JwksCache`,
+    :class:`~middleware.auth.jwks.StaticJwks`)."""
+
+    async def find(self, kid: str, alg: str) -> Key | None:
+        """The key named ``kid`` that fits ``alg``, or None; may raise ``JwksUnavailable``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerConfig:
+    """One trusted issuer: its keys, the audiences its tokens must name (at least one of), and
+    the algorithms it may use (a non-empty subset of RS256, ES256, EdDSA)."""
+
+    keys: KeySource
+    audiences: frozenset[str]
+    algorithms: frozenset[str] = ALGORITHMS
+
+    def __post_init__(self) -> None:
+        if not self.audiences:
+            raise ValueError("an issuer needs at least one audience")
+        if not self.algorithms or not self.algorithms <= ALGORITHMS:
+            raise ValueError(f"algorithms must be a non-empty subset of {sorted(ALGORITHMS)}")
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, error: str = "invalid_token") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+class TokenVerifier:
+    """Verifies SMART bearer tokens against ``issuers`` (keyed by exact ``iss`` value).
+
+    ``clock`` gives seconds since the epoch (token times are wall-clock times).
+    """
+
+    def __init__(
+        self,
+        issuers: Mapping[str, IssuerConfig],
+        *,
+        rules: IdentityRules | None = None,
+        leeway: float = DEFAULT_LEEWAY,
+        clock: Callable[[], float] = time.time,
+        realm: str | None = None,
+    ) -> None:
+        if leeway < 0:
+            raise ValueError("leeway must not be negative")
+        self._issuers = dict(issuers)
+        self._rules = rules or IdentityRules()
+        self._leeway = leeway
+        self._clock = clock
+        self._realm = realm
+        self._log = get_logger("consentry.auth")
+
+    async def verify(self, authorization: str | None) -> Identity:
+        """The :class:`Identity` the ``Authorization`` header value proves; raises
+        :class:`Unauthorized` (401) or :class:`ServiceUnavailable` (503, keys unreadable)."""
+        if authorization is None or not authorization.strip():
+            raise Unauthorized("authentication required", www_authenticate=self._challenge())
+        try:
+            return await self._verify(authorization.strip())
+        except _Refused as refused:
+            self._log.info("bearer token refused", reason=refused.reason)
+            raise Unauthorized(
+                refused.reason,
+                www_authenticate=self._challenge(refused.error, refused.reason),
+            ) from None
+        except JwksUnavailable as exc:
+            self._log.warning("bearer token not verifiable", error=str(exc))
+            raise ServiceUnavailable("the token issuer's signing keys are unavailable") from exc
+
+    async def _verify(self, authorization: str) -> Identity:
+        match = _BEARER.fullmatch(authorization)
+        if match is None:
+            raise _Refused("the Authorization header is not a bearer token", "invalid_request")
+        try:
+            jws = parse_compact(match["token"])
+        except JoseError as exc:
+            raise _Refused(str(exc)) from None
+        issuer = jws.claims.get("iss")
+        config = self._issuers.get(issuer) if isinstance(issuer, str) else None
+        if config is None:
+            raise _Refused("the token's issuer is not trusted")
+        if jws.alg not in config.algorithms:
+            raise _Refused("the token's algorithm is not allowed for its issuer")
+        if jws.kid is None:
+            raise _Refused("the token names no signing key (kid)")
+        key = await config.keys.find(jws.kid, jws.alg)
+        if key is None:
+            raise _Refused("the token's signing key is unknown")
+        if not verify_signature(jws, key):
+            raise _Refused("the token's signature is invalid")
+        try:
+            check_claims(
+                jws.claims, audiences=config.audiences, now=self._clock(), leeway=self._leeway
+            )
+            return identity_from_claims(jws.claims, self._rules)
+        except ClaimError as exc:
+            raise _Refused(f"the token's claims are invalid: {exc}") from None
+
+    def _challenge(self, error: str | None = None, description: str | None = None) -> str:
+        return bearer_challenge(realm=self._realm, error=error, description=description)
+
+
+def check_claims(
+    claims: Mapping[str, Any], *, audiences: frozenset[str], now: float, leeway: float
+) -> None:
+    """Check the registered claims of a token whose signature is valid (RFC 7519 §4.1);
+    raise :class:`ClaimError` naming the first failure."""
+    exp = _number(claims, "exp", required=True)
+    if exp is not None and now >= exp + leeway:
+        raise ClaimError("the token has expired")
+    nbf = _number(claims, "nbf")
+    if nbf is not None and now + leeway < nbf:
+        raise ClaimError("the token is not valid yet")
+    iat = _number(claims, "iat")
+    if iat is not None and now + leeway < iat:
+        raise ClaimError("the token was issued in the future")
+    aud = claims.get("aud")
+    named = [aud] if isinstance(aud, str) else aud
+    if not isinstance(named, list) or not all(isinstance(a, str) for a in named):
+        raise ClaimError("aud: expected a string or a list of strings")
+    if audiences.isdisjoint(named):
+        raise ClaimError("the token is not meant for this server (aud)")
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise ClaimError("sub: expected a non-empty string")
+
+
+def bearer_challenge(
+    *, realm: str | None = None, error: str | None = None, description: str | None = None
+) -> str:
+    """A ``WWW-Authenticate`` value for the Bearer scheme (RFC 6750 §3), ASCII only."""
+    params = [
+        f'{name}="{_UNSAFE_IN_QUOTES.sub("?", value)}"'
+        for name, value in (("realm", realm), ("error", error), ("error_description", description))
+        if value
+    ]
+    return "Bearer " + ", ".join(params) if params else "Bearer"
+
+
+def _number(claims: Mapping[str, Any], name: str, *, required: bool = False) -> float | None:
+    value = claims.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ClaimError(f"{name}: expected a NumericDate")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ClaimError(f"{name}: NumericDate out of range") from None

@@ -1,0 +1,112 @@
+"""``consentry token issue``: stdout is the token and nothing else; it verifies at the gateway."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from middleware.auth.cli import issue_token_command
+from middleware.auth.jwks import StaticJwks
+from middleware.auth.verify import IssuerConfig, TokenVerifier
+
+from .tokens import AUDIENCE
+
+DEV = "http://127.0.0.1:8080/dev-issuer"
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """The command configures logging for its process; put structlog back afterwards."""
+    yield
+    structlog.reset_defaults()
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = issue_token_command(argv, stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def base_args(key_file: Path) -> list[str]:
+    return ["--key-file", str(key_file), "--issuer", DEV, "--audience", AUDIENCE]
+
+
+async def test_issued_token_verifies(tmp_path: Path) -> None:
+    key_file = tmp_path / "dev.jwk"
+    code, out, err = run(
+        [
+            "--sub",
+            "alice",
+            "--scope",
+            "launch/patient patient/*.rs",
+            "--scope",
+            "openid",
+            "--patient",
+            "123",
+            "--fhir-user",
+            "Practitioner/1",
+            "--purpose",
+            "TREAT",
+            "--role",
+            "doctor",
+            "--ttl",
+            "600",
+            *base_args(key_file),
+        ]
+    )
+    assert code == 0
+    token = out.strip()
+    assert out == token + "\n"
+    assert token.count(".") == 2
+    assert "development token issuer enabled" in err
+    assert f"created key file {key_file}" in err
+
+    public = json.loads(key_file.read_text())
+    public.pop("d")
+    jwk_set = {"keys": [{**public, "use": "sig", "alg": "EdDSA"}]}
+    verifier = TokenVerifier({DEV: IssuerConfig(StaticJwks(jwk_set), frozenset({AUDIENCE}))})
+    identity = await verifier.verify(f"Bearer {token}")
+    assert identity.subject == "alice"
+    assert identity.kind == "patient"
+    assert identity.fhir_user == "Practitioner/1"
+    assert identity.roles == {"doctor"}
+    assert [s.text for s in identity.scopes] == ["patient/*.rs"]
+
+
+def test_second_run_reuses_the_key_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "dev.jwk"
+    run(["--sub", "a", "--scope", "openid", *base_args(key_file)])
+    before = key_file.read_text()
+    code, _, err = run(["--sub", "b", "--scope", "openid", *base_args(key_file)])
+    assert code == 0
+    assert "created" not in err
+    assert key_file.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--sub", "a", "--scope", "openid", "--fhir-user", "Observation/1"], "fhirUser"),
+        (["--sub", "a", "--scope", "openid", "--ttl", "0"], "ttl"),
+        (["--sub", "a", "--scope", "openid", "--purpose", "|X"], "purpose"),
+    ],
+    ids=["bad-fhir-user", "zero-ttl", "bad-purpose"],
+)
+def test_bad_values_exit_2_without_output(tmp_path: Path, argv: list[str], message: str) -> None:
+    code, out, err = run([*argv, *base_args(tmp_path / "dev.jwk")])
+    assert code == 2
+    assert out == ""
+    assert message in err
+
+
+def test_usage_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--scope", "openid", *base_args(tmp_path / "dev.jwk")])
+    assert code == 2
+    assert out == ""
+    assert "--sub" in capsys.readouterr().err
+    assert not (tmp_path / "dev.jwk").exists()
