@@ -1,0 +1,180 @@
+"""The ledger's single writer: group commit over a log store (``storage.ledger_base``).
+
+Appenders call :meth:`LedgerWriter.append` and wait; one background task collects what they
+queued into batches and records each batch with one ``store.append`` (one transaction: leaves,
+evidence, tree state and a signed checkpoint). An appender's ``append`` returns only once its
+batch has committed, so "the response waits for a durable entry" (ARCHITECTURE invariant 1)
+costs one commit per *batch*, not per entry.
+
+Bounds:
+
+- ``max_batch`` entries per transaction at most;
+- ``max_wait`` seconds: the writer waits at most this long after the oldest queued entry
+  was queued for the batch to fill, then commits what it has. The default is 0: batches form
+  by themselves from what queues up while the previous batch commits (classic group commit),
+  and a measured wait of 2 ms only cost throughput and latency on both backends (1 appender:
+  SQLite 1,480 -> 310 appends/s; 64 appenders: 20,900 -> 12,600). A wait can pay off where a
+  commit is much cheaper than the time between appends;
+- ``max_pending`` queued entries: beyond that ``append`` raises
+  :class:`~middleware.errors.ServiceUnavailable` (503) at once instead of queueing without
+  limit.
+
+If a batch fails (the store is down, a constraint fires), every appender in it gets
+``ServiceUnavailable``, the batch is not recorded (short of a commit whose answer was lost,
+which a retry under the same idempotency key resolves: see the store's contract), and the
+writer carries on with the next batch. The signing key comes in as a
+:class:`~middleware.ledger.signing.SigningKey`; the store only ever sees
+:func:`checkpoint_signer`'s callable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import TYPE_CHECKING
+
+from middleware.errors import ServiceUnavailable
+from middleware.ledger.checkpoint import Checkpoint
+from middleware.ledger.entry import NewEntry
+from middleware.ledger.sequencer import CheckpointSigner
+from middleware.ledger.signing import SigningKey
+
+if TYPE_CHECKING:
+    from middleware.storage.ledger_base import LogStore
+
+__all__ = ["LedgerWriter", "checkpoint_signer"]
+
+
+def checkpoint_signer(key: SigningKey, origin: str | None = None) -> CheckpointSigner:
+    """``sign(size, root)``: a C2SP checkpoint for ``origin`` (default: the key's name, as
+    C2SP tlog-checkpoint recommends), signed by ``key``."""
+    log = key.name if origin is None else origin
+    Checkpoint(log, 0, bytes(32))  # validate the origin now, not at the first append
+
+    def sign(size: int, root: bytes) -> str:
+        return key.sign_checkpoint(Checkpoint(log, size, root))
+
+    return sign
+
+
+class LedgerWriter:
+    """Group-commit writer; :meth:`start` it, :meth:`append` to it, :meth:`stop` it."""
+
+    def __init__(
+        self,
+        store: LogStore,
+        key: SigningKey,
+        *,
+        origin: str | None = None,
+        max_batch: int = 256,
+        max_wait: float = 0.0,
+        max_pending: int = 10_000,
+    ) -> None:
+        if max_batch < 1 or max_pending < 1 or max_wait < 0:
+            raise ValueError("max_batch and max_pending are positive, max_wait is not negative")
+        self._store = store
+        self._sign = checkpoint_signer(key, origin)
+        self._max_batch = max_batch
+        self._max_wait = max_wait
+        self._max_pending = max_pending
+        self._pending: deque[tuple[NewEntry, asyncio.Future[int], float]] = deque()
+        self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        #: Batches committed and batches that failed, for metrics and tests.
+        self.batches = 0
+        self.failed_batches = 0
+
+    @property
+    def pending(self) -> int:
+        """Entries queued and not yet taken into a batch."""
+        return len(self._pending)
+
+    async def start(self) -> None:
+        """Sign the current state if no checkpoint covers it yet (an empty log, a state
+        rebuilt after a crash), then start the background task. Store errors propagate."""
+        if self._task is not None:
+            raise RuntimeError("the writer is already started")
+        await self._store.append([], sign=self._sign)
+        self._task = asyncio.create_task(self._run(), name="consentry-ledger-writer")
+        self._task.add_done_callback(self._stopped)
+
+    async def stop(self) -> None:
+        """Refuse new entries, commit every queued one, then end the task (idempotent)."""
+        self._closing = True
+        self._wakeup.set()
+        self._full.set()
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def append(self, entry: NewEntry) -> int:
+        """Queue ``entry`` and return its index once its batch has committed.
+
+        Raises :class:`ServiceUnavailable` when the queue is full, the writer is not running,
+        or the batch failed. A retried entry with the same idempotency key returns the index
+        recorded the first time. Cancelling the caller does not withdraw the entry.
+        """
+        if self._task is None or self._task.done() or self._closing:
+            raise ServiceUnavailable("ledger writer is not running")
+        if len(self._pending) >= self._max_pending:
+            raise ServiceUnavailable("ledger queue is full")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._pending.append((entry, future, loop.time()))
+        self._wakeup.set()
+        if len(self._pending) >= self._max_batch:
+            self._full.set()
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            delay = self._pending[0][2] + self._max_wait - loop.time()
+            if len(self._pending) < self._max_batch and delay > 0 and not self._closing:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._full.wait()
+            count = min(self._max_batch, len(self._pending))
+            batch = [self._pending.popleft() for _ in range(count)]
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[NewEntry, asyncio.Future[int], float]]) -> None:
+        try:
+            results = await self._store.append([e for e, _, _ in batch], sign=self._sign)
+        except Exception as exc:  # noqa: BLE001  # any store failure fails this batch, only it
+            self.failed_batches += 1
+            for _, future, _ in batch:
+                _fail(future, exc)
+            return
+        except BaseException as exc:  # cancelled: the outcome is unknown to us, say so
+            for _, future, _ in batch:
+                _fail(future, exc)
+            raise
+        self.batches += 1
+        for (_, future, _), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result.index)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """Fail whatever is still queued when the task ends (normally nothing is)."""
+        cause = None if task.cancelled() else task.exception()
+        while self._pending:
+            _, future, _ = self._pending.popleft()
+            _fail(future, cause)
+
+
+def _fail(future: asyncio.Future[int], cause: BaseException | None) -> None:
+    if future.done():
+        return
+    error = ServiceUnavailable("ledger unavailable")
+    error.__cause__ = cause
+    future.set_exception(error)

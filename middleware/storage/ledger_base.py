@@ -1,0 +1,119 @@
+"""The log store contract: an append-only RFC 9162 log with signed checkpoints.
+
+Every backend (memory, SQLite, PostgreSQL) honours this contract, and one behaviour suite
+(``tests/contract/test_log_store.py``) runs on all of them. Value types live in
+:mod:`middleware.ledger.entry`; the sequencing step shared by every backend is
+:func:`middleware.ledger.sequencer.plan_batch`.
+
+Tables (SQL backends; names are prefixed ``consentry_ledger_``):
+
+=============  ====================================================  ===========================
+table          holds                                                 UPDATE / DELETE
+=============  ====================================================  ===========================
+``leaves``     index, leaf bytes, leaf hash, pseudonym, idem. key    refused by triggers
+``checkpoints``  size, root, signed note; one row per size            refused by triggers
+``evidence``   index, salt, evidence bytes (opaque, maybe ciphertext)  allowed: crypto-shredding
+``state``      the one row: size, compact range, root                 updated by each append
+=============  ====================================================  ===========================
+
+The evidence commitment lives in the leaf, so deleting or overwriting evidence (shredding)
+breaks no root or proof. The state row is mutable by design; it is protected by replaying the
+leaves against it (:mod:`middleware.ledger.replay`) when the store opens. The triggers stop a
+DBA's accidental or casual edit; a superuser who disables them is caught by that replay and by
+anyone holding an earlier checkpoint (a consistency proof to it fails).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
+from middleware.ledger.sequencer import CheckpointSigner
+
+__all__ = ["LogStore"]
+
+
+class LogStore(Protocol):
+    """An append-only log of leaves with evidence beside them and one signed checkpoint per size.
+
+    Contract:
+
+    - :meth:`append` runs as ONE transaction under the log's sequencing lock (SQLite
+      ``BEGIN IMMEDIATE``; PostgreSQL a row lock on the state row): it skips entries whose
+      idempotency key is recorded (returning the recorded index), gives the others consecutive
+      indexes in batch order, fills each leaf's ``previous`` from the pseudonym's latest index,
+      writes leaves, evidence, the new tree state and a checkpoint signed by ``sign`` for the
+      new size, and commits. It returns only after the commit is durable. If it raises, the
+      batch was recorded entirely or not at all, and not at all unless the commit's answer
+      was lost on the way (a connection dropped during ``COMMIT``): an entry with an
+      idempotency key can always be retried safely. When the batch adds nothing (empty, or all
+      duplicates) and the current size has no checkpoint yet (an empty log; a state rebuilt
+      after a crash), it signs one. Never two checkpoints for one size; never a gap.
+      Several store objects, in several processes, may append to one log at once.
+    - Reads see only committed appends. Ranges are half-open ``[start, end)`` and raise
+      :class:`~middleware.ledger.errors.OutOfRangeError` unless ``0 <= start <= end <= size``.
+    - The log never changes once written: leaves and checkpoints are not updated or deleted,
+      by the store or (SQL backends) by anyone issuing SQL, which triggers refuse. Evidence
+      may be removed for crypto-shredding; :meth:`evidence` then returns ``None``.
+    - A store that cannot reach its database raises
+      :class:`~middleware.errors.ServiceUnavailable`; a store whose tables disagree with their
+      own leaves raises :class:`~middleware.ledger.errors.VerificationError` on open and on
+      :meth:`rebuild_state`.
+    - :meth:`close` is idempotent.
+    """
+
+    name: str
+
+    async def append(
+        self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
+    ) -> list[AppendResult]:
+        """Record ``batch`` in one transaction; results are in batch order (see the contract)."""
+        ...
+
+    async def size(self) -> int:
+        """Committed leaves."""
+        ...
+
+    async def state(self) -> TreeState:
+        """The stored tree state (size, compact range, root)."""
+        ...
+
+    async def leaves(self, start: int, end: int) -> list[bytes]:
+        """Leaf bytes of indexes ``[start, end)``."""
+        ...
+
+    async def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        """RFC 9162 leaf hashes of indexes ``[start, end)``."""
+        ...
+
+    async def evidence(self, index: int) -> Evidence | None:
+        """The evidence of leaf ``index``; ``None`` once shredded. OutOfRangeError past size."""
+        ...
+
+    async def chain(self, pseudonym: bytes) -> list[int]:
+        """Indexes of the entries with ``pseudonym``, ascending (empty if none)."""
+        ...
+
+    async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
+        """The checkpoint for ``size``, or the latest when ``size`` is ``None``; ``None`` if
+        there is none."""
+        ...
+
+    async def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every checkpoint, by ascending size."""
+        ...
+
+    async def rebuild_state(self) -> TreeState:
+        """Replay every leaf (:mod:`middleware.ledger.replay`), check the stored leaf hashes,
+        chains and checkpoints against them, rewrite the state row if it is behind, and return
+        the state. Stores run this when they open."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store can serve now; raise ``ServiceUnavailable`` otherwise."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (idempotent)."""
+        ...

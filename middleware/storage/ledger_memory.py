@@ -1,0 +1,146 @@
+"""In-memory log store for tests: the :class:`~middleware.storage.ledger_base.LogStore`
+contract, nothing durable.
+
+Several :class:`MemoryLogStore` objects may share one :class:`MemoryLog` (the "database"), which
+is how tests reopen a store. An append computes everything (plan, signature) before it changes
+anything, so a failing signer or an outage leaves the log as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from middleware.errors import ServiceUnavailable
+from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
+from middleware.ledger.errors import OutOfRangeError
+from middleware.ledger.merkle import CompactRange
+from middleware.ledger.replay import Replay
+from middleware.ledger.sequencer import (
+    CheckpointSigner,
+    distinct_keys,
+    distinct_pseudonyms,
+    plan_batch,
+    sign_state,
+)
+
+__all__ = ["MemoryLog", "MemoryLogStore"]
+
+
+@dataclass
+class MemoryLog:
+    """The tables of a memory log; share it between stores to model one database."""
+
+    leaves: list[bytes] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)
+    pseudonyms: list[bytes | None] = field(default_factory=list)
+    keys: dict[str, int] = field(default_factory=dict)
+    chains: dict[bytes, list[int]] = field(default_factory=dict)
+    evidence: dict[int, Evidence] = field(default_factory=dict)
+    checkpoints: dict[int, StoredCheckpoint] = field(default_factory=dict)
+    state: TreeState = field(default_factory=lambda: TreeState.of(CompactRange()))
+
+
+class MemoryLogStore:
+    """A log store in this process; set ``available = False`` to simulate an outage."""
+
+    name = "memory"
+
+    def __init__(self, log: MemoryLog | None = None) -> None:
+        self.log = log if log is not None else MemoryLog()
+        self.available = True
+
+    @classmethod
+    async def open(cls, log: MemoryLog | None = None) -> MemoryLogStore:
+        """A store over ``log`` (a fresh one by default), replayed like the SQL stores."""
+        store = cls(log)
+        await store.rebuild_state()
+        return store
+
+    async def append(
+        self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
+    ) -> list[AppendResult]:
+        self._check()
+        log = self.log
+        recorded = {k: log.keys[k] for k in distinct_keys(batch) if k in log.keys}
+        last = {p: log.chains[p][-1] for p in distinct_pseudonyms(batch) if p in log.chains}
+        plan = plan_batch(log.state, batch, recorded=recorded, last_index=last)
+        signed = None
+        if plan.leaves or plan.state.size not in log.checkpoints:
+            signed = sign_state(sign, plan.state)
+        # Nothing above changed the log; everything below cannot fail.
+        for row in plan.leaves:
+            log.leaves.append(row.leaf)
+            log.hashes.append(row.leaf_hash)
+            log.pseudonyms.append(row.pseudonym)
+            if row.idempotency_key is not None:
+                log.keys[row.idempotency_key] = row.index
+            if row.pseudonym is not None:
+                log.chains.setdefault(row.pseudonym, []).append(row.index)
+            log.evidence[row.index] = Evidence(row.salt, row.evidence)
+        log.state = plan.state
+        if signed is not None:
+            log.checkpoints[signed.size] = signed
+        return list(plan.results)
+
+    async def size(self) -> int:
+        self._check()
+        return self.log.state.size
+
+    async def state(self) -> TreeState:
+        self._check()
+        return self.log.state
+
+    async def leaves(self, start: int, end: int) -> list[bytes]:
+        self._range(start, end)
+        return self.log.leaves[start:end]
+
+    async def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        self._range(start, end)
+        return self.log.hashes[start:end]
+
+    async def evidence(self, index: int) -> Evidence | None:
+        self._range(index, index + 1)
+        return self.log.evidence.get(index)
+
+    async def chain(self, pseudonym: bytes) -> list[int]:
+        self._check()
+        return list(self.log.chains.get(pseudonym, ()))
+
+    async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
+        self._check()
+        if size is None:
+            return self.log.checkpoints[max(self.log.checkpoints)] if self.log.checkpoints else None
+        return self.log.checkpoints.get(size)
+
+    async def checkpoints(self) -> list[StoredCheckpoint]:
+        self._check()
+        return [self.log.checkpoints[s] for s in sorted(self.log.checkpoints)]
+
+    async def rebuild_state(self) -> TreeState:
+        self._check()
+        log = self.log
+        replay = Replay(log.checkpoints.values())
+        for index, (leaf, hashed, pseudonym) in enumerate(
+            zip(log.leaves, log.hashes, log.pseudonyms, strict=True)
+        ):
+            replay.feed(index, leaf, hashed, pseudonym)
+        outcome = replay.finish(log.state)
+        if outcome.rebuilt:
+            log.state = outcome.state
+        return outcome.state
+
+    async def ping(self) -> None:
+        self._check()
+
+    async def close(self) -> None:
+        self.available = False
+
+    def _check(self) -> None:
+        if not self.available:
+            raise ServiceUnavailable("ledger store unavailable")
+
+    def _range(self, start: int, end: int) -> None:
+        self._check()
+        if not 0 <= start <= end <= self.log.state.size:
+            raise OutOfRangeError(f"[{start}, {end}) is not within the log's {self.log.state.size}")

@@ -1,0 +1,26 @@
+"""Open the log store a ``store`` setting names (the same URLs as :func:`open_store`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from middleware.errors import SettingsError
+from middleware.storage.ledger_base import LogStore
+from middleware.storage.ledger_memory import MemoryLogStore
+from middleware.storage.ledger_postgres import PostgresLogStore
+from middleware.storage.ledger_sqlite import SqliteLogStore
+
+__all__ = ["open_log_store"]
+
+
+async def open_log_store(url: str, *, schema: str = "public") -> LogStore:
+    """``memory:``, ``sqlite:PATH`` (relative to the working directory) or a PostgreSQL DSN
+    (``postgresql://`` or ``postgres://``; tables in ``schema``). The store is replayed
+    before it is returned (``rebuild_state``), so a forged log refuses to open."""
+    if url == "memory:":
+        return await MemoryLogStore.open()
+    if url.startswith("sqlite:"):
+        return await SqliteLogStore.open(Path(url.removeprefix("sqlite:")))
+    if url.startswith(("postgresql://", "postgres://")):
+        return await PostgresLogStore.open(url, schema=schema)
+    raise SettingsError(f"store: unsupported log store {url!r}")

@@ -1,0 +1,275 @@
+"""PostgreSQL log store: the store several gateway replicas share.
+
+Sequencing (ARCHITECTURE "Scale"): an append transaction first locks the one state row
+(``SELECT ... FOR UPDATE``), so appends from every process are serialised on that row while
+reads never wait. Still holding it, the transaction takes the *signer* advisory lock
+(:data:`~middleware.storage.ledger_postgres_schema.SIGNER_LOCK`): whoever holds it is the one
+integrator allowed to sign a checkpoint. Here that is always the appender that holds the row
+lock, so the second lock costs one round trip and no waiting; it exists so that any later path
+that signs without appending (key rotation, a standalone integrator) serialises with the
+appenders through the same lock, taken in the same order (row, then advisory: no deadlock).
+
+Transactions run at READ COMMITTED: after the row lock is granted, each later statement sees
+every append committed before it, which is exactly the log the new batch extends.
+
+asyncpg, OS and timeout errors become :class:`~middleware.errors.ServiceUnavailable` in
+:func:`_translated`, the one place. Tables live in ``schema`` (default ``public``), set as the
+pool's ``search_path``; tests use a fresh schema each.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeAlias
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
+
+from middleware.errors import ServiceUnavailable
+from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
+from middleware.ledger.errors import OutOfRangeError
+from middleware.ledger.replay import Outcome, Replay
+from middleware.ledger.sequencer import (
+    CheckpointSigner,
+    distinct_keys,
+    distinct_pseudonyms,
+    plan_batch,
+    sign_state,
+)
+from middleware.storage.ledger_postgres_schema import DDL_LOCK, SCHEMA, SIGNER_LOCK
+
+__all__ = ["PostgresLogStore"]
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy  # type: ignore[import-untyped,unused-ignore]
+
+    _Connection: TypeAlias = (
+        "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+    )
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SCHEMA_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
+_STATE = "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1"
+_LOCK_STATE = "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1 FOR UPDATE"
+_LATEST_CHECKPOINT = (
+    "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size DESC LIMIT 1"
+)
+_CHECKPOINT_AT = "SELECT size, root, note FROM consentry_ledger_checkpoints WHERE size = $1"
+_RANGES = {
+    "leaf": "SELECT leaf FROM consentry_ledger_leaves WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+    "leaf_hash": "SELECT leaf_hash FROM consentry_ledger_leaves "
+    "WHERE idx >= $1 AND idx < $2 ORDER BY idx",
+}
+
+
+@asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise ServiceUnavailable("ledger store unavailable") from exc
+
+
+class PostgresLogStore:
+    """A log store in PostgreSQL; create it with :meth:`open`."""
+
+    name = "postgresql"
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self._pool = pool
+        self.schema = schema
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, schema: str = "public", min_size: int = 1, max_size: int = 10
+    ) -> PostgresLogStore:
+        """Connect, create ``schema`` and the tables if missing, then replay the log."""
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"schema name {schema!r} is not a plain lowercase identifier")
+        async with _translated():
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, server_settings={"search_path": schema}
+            )
+        store = cls(pool, schema)
+        try:
+            async with _translated(), pool.acquire() as conn, conn.transaction():
+                await conn.execute(DDL_LOCK, schema)
+                # Look before creating: CREATE SCHEMA IF NOT EXISTS still needs the CREATE
+                # privilege on the database, which a least-privilege role may lack.
+                if not await conn.fetchval(_SCHEMA_EXISTS, schema):
+                    await conn.execute(f'CREATE SCHEMA "{schema}"')
+                await conn.execute(SCHEMA)
+            await store.rebuild_state()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def append(
+        self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
+    ) -> list[AppendResult]:
+        async with _translated(), self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_LOCK_STATE)
+            if row is None:
+                raise ServiceUnavailable("ledger state row is missing; rebuild_state() restores it")
+            await conn.execute(SIGNER_LOCK, self.schema)
+            state = TreeState.unpack(row["size"], row["compact"], row["root"])
+            recorded: dict[str, int] = {}
+            if keys := distinct_keys(batch):
+                sql = (
+                    "SELECT idem_key, idx FROM consentry_ledger_leaves "
+                    "WHERE idem_key = ANY($1::text[])"
+                )
+                recorded = {r["idem_key"]: r["idx"] for r in await conn.fetch(sql, keys)}
+            last: dict[bytes, int] = {}
+            if pseudonyms := distinct_pseudonyms(batch):
+                sql = (
+                    "SELECT pseudonym, max(idx) AS idx FROM consentry_ledger_leaves "
+                    "WHERE pseudonym = ANY($1::bytea[]) GROUP BY pseudonym"
+                )
+                last = {r["pseudonym"]: r["idx"] for r in await conn.fetch(sql, pseudonyms)}
+            plan = plan_batch(state, batch, recorded=recorded, last_index=last)
+            new = plan.state
+            if plan.leaves:
+                rows = plan.leaves
+                await conn.execute(
+                    "INSERT INTO consentry_ledger_leaves "
+                    "(idx, leaf, leaf_hash, pseudonym, idem_key) "
+                    "SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], "
+                    "$5::text[])",
+                    [r.index for r in rows],
+                    [r.leaf for r in rows],
+                    [r.leaf_hash for r in rows],
+                    [r.pseudonym for r in rows],
+                    [r.idempotency_key for r in rows],
+                )
+                await conn.execute(
+                    "INSERT INTO consentry_ledger_evidence (idx, salt, data) "
+                    "SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])",
+                    [r.index for r in rows],
+                    [r.salt for r in rows],
+                    [r.evidence for r in rows],
+                )
+                await conn.execute(
+                    "UPDATE consentry_ledger_state SET size = $1, compact = $2, root = $3 "
+                    "WHERE id = 1",
+                    new.size,
+                    new.packed_hashes(),
+                    new.root,
+                )
+            signed_sql = "SELECT 1 FROM consentry_ledger_checkpoints WHERE size = $1"
+            if plan.leaves or await conn.fetchval(signed_sql, new.size) is None:
+                signed = sign_state(sign, new)
+                await conn.execute(
+                    "INSERT INTO consentry_ledger_checkpoints (size, root, note) "
+                    "VALUES ($1, $2, $3)",
+                    signed.size,
+                    signed.root,
+                    signed.note,
+                )
+            return list(plan.results)
+
+    async def size(self) -> int:
+        return (await self.state()).size
+
+    async def state(self) -> TreeState:
+        async with _translated():
+            row = await self._pool.fetchrow(_STATE)
+        if row is None:
+            raise ServiceUnavailable("ledger state row is missing; rebuild_state() restores it")
+        return TreeState.unpack(row["size"], row["compact"], row["root"])
+
+    async def leaves(self, start: int, end: int) -> list[bytes]:
+        return await self._column("leaf", start, end)
+
+    async def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        return await self._column("leaf_hash", start, end)
+
+    async def evidence(self, index: int) -> Evidence | None:
+        sql = (
+            "SELECT e.salt, e.data FROM consentry_ledger_leaves l "
+            "LEFT JOIN consentry_ledger_evidence e ON e.idx = l.idx WHERE l.idx = $1"
+        )
+        async with _translated():
+            row = await self._pool.fetchrow(sql, index)
+        if row is None:
+            raise OutOfRangeError(f"leaf {index} is not in the log")
+        return None if row[0] is None or row[1] is None else Evidence(row[0], row[1])
+
+    async def chain(self, pseudonym: bytes) -> list[int]:
+        sql = "SELECT idx FROM consentry_ledger_leaves WHERE pseudonym = $1 ORDER BY idx"
+        async with _translated():
+            return [r[0] for r in await self._pool.fetch(sql, pseudonym)]
+
+    async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
+        async with _translated():
+            if size is None:
+                row = await self._pool.fetchrow(_LATEST_CHECKPOINT)
+            else:
+                row = await self._pool.fetchrow(_CHECKPOINT_AT, size)
+        return None if row is None else StoredCheckpoint(row[0], row[1], row[2])
+
+    async def checkpoints(self) -> list[StoredCheckpoint]:
+        async with _translated(), self._pool.acquire() as conn:
+            return await _read_checkpoints(conn)
+
+    async def rebuild_state(self) -> TreeState:
+        """Replay in a REPEATABLE READ snapshot without blocking appenders; only if the state
+        row is behind (or missing), replay again holding the row and signer locks and rewrite
+        it."""
+        async with _translated(), self._pool.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                outcome = await _replay(conn)
+            if not outcome.rebuilt:
+                return outcome.state
+            async with conn.transaction():
+                await conn.fetchrow(_LOCK_STATE)
+                await conn.execute(SIGNER_LOCK, self.schema)
+                outcome = await _replay(conn)
+                if outcome.rebuilt:
+                    new = outcome.state
+                    await conn.execute(
+                        "INSERT INTO consentry_ledger_state (id, size, compact, root) "
+                        "VALUES (1, $1, $2, $3) "
+                        "ON CONFLICT (id) DO UPDATE SET size = excluded.size, "
+                        "compact = excluded.compact, root = excluded.root",
+                        new.size,
+                        new.packed_hashes(),
+                        new.root,
+                    )
+            return outcome.state
+
+    async def ping(self) -> None:
+        async with _translated():
+            await self._pool.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        await self._pool.close()  # idempotent in asyncpg
+
+    async def _column(self, column: str, start: int, end: int) -> list[bytes]:
+        if not 0 <= start <= end:
+            raise OutOfRangeError(f"[{start}, {end}) is not a range of leaf indexes")
+        async with _translated():
+            values = [r[0] for r in await self._pool.fetch(_RANGES[column], start, end)]
+        if len(values) != end - start:
+            raise OutOfRangeError(f"[{start}, {end}) is not within the log")
+        return values
+
+
+async def _read_checkpoints(conn: _Connection) -> list[StoredCheckpoint]:
+    rows = await conn.fetch(
+        "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size"
+    )
+    return [StoredCheckpoint(r[0], r[1], r[2]) for r in rows]
+
+
+async def _replay(conn: _Connection) -> Outcome:
+    """Replay inside the caller's transaction (a cursor needs one), streaming the leaves."""
+    replay = Replay(await _read_checkpoints(conn))
+    sql = "SELECT idx, leaf, leaf_hash, pseudonym FROM consentry_ledger_leaves ORDER BY idx"
+    async for leaf in conn.cursor(sql, prefetch=5000):
+        replay.feed(leaf[0], leaf[1], leaf[2], leaf[3])
+    row = await conn.fetchrow(_STATE)
+    stored = None if row is None else TreeState.unpack(row[0], row[1], row[2])
+    return replay.finish(stored)

@@ -1,0 +1,97 @@
+"""The PostgreSQL schema of the log store (tables are described in ``ledger_base``).
+
+Row triggers refuse ``UPDATE`` and ``DELETE`` on leaves and checkpoints, and statement
+triggers refuse ``TRUNCATE`` (which fires no row trigger). A statement trigger over the
+inserted rows (a transition table) refuses leaves that do not take the next indexes, so a
+hand-made row cannot open a gap or land beyond the end. PostgreSQL has no
+``INSERT OR REPLACE``; ``INSERT ... ON CONFLICT DO UPDATE`` fires the update trigger. The
+evidence table has no triggers on purpose (crypto-shredding). Requires PostgreSQL 14 or later
+(``CREATE OR REPLACE TRIGGER``).
+
+:data:`SCHEMA` runs in one transaction under :data:`DDL_LOCK`, a transaction-level advisory
+lock, because concurrent ``CREATE ... IF NOT EXISTS`` of one table can fail in PostgreSQL
+when several replicas start at once.
+"""
+
+from __future__ import annotations
+
+from middleware.ledger.merkle import EMPTY_ROOT
+
+__all__ = ["DDL_LOCK", "SCHEMA", "SIGNER_LOCK"]
+
+#: First key of the two-key advisory locks this store takes; the second is derived from the
+#: schema name (``$1``), so logs in different schemas do not wait for each other.
+_LOCK_CLASS = 0x43535259  # "CSRY", the leaf tag
+
+#: Held while creating or upgrading the schema; ``$1`` is the schema name.
+DDL_LOCK = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, hashtext($1::text) # 1)"
+#: Held by whoever signs a checkpoint, the integrator role (see ``ledger_postgres``); ``$1``
+#: is the schema name.
+SIGNER_LOCK = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, hashtext($1::text))"
+
+
+def _append_only(table: str) -> str:
+    return f"""
+CREATE OR REPLACE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}
+    FOR EACH ROW EXECUTE FUNCTION consentry_ledger_refuse();
+CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION consentry_ledger_refuse();
+"""
+
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS consentry_ledger_leaves (
+    idx bigint PRIMARY KEY CHECK (idx >= 0),
+    leaf bytea NOT NULL,
+    leaf_hash bytea NOT NULL CHECK (octet_length(leaf_hash) = 32),
+    pseudonym bytea CHECK (pseudonym IS NULL OR octet_length(pseudonym) = 16),
+    idem_key text UNIQUE
+);
+CREATE INDEX IF NOT EXISTS consentry_ledger_leaves_pseudonym
+    ON consentry_ledger_leaves (pseudonym, idx) WHERE pseudonym IS NOT NULL;
+CREATE TABLE IF NOT EXISTS consentry_ledger_evidence (
+    idx bigint PRIMARY KEY REFERENCES consentry_ledger_leaves (idx),
+    salt bytea,
+    data bytea
+);
+CREATE TABLE IF NOT EXISTS consentry_ledger_checkpoints (
+    size bigint PRIMARY KEY CHECK (size >= 0),
+    root bytea NOT NULL CHECK (octet_length(root) = 32),
+    note text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consentry_ledger_state (
+    id integer PRIMARY KEY CHECK (id = 1),
+    size bigint NOT NULL CHECK (size >= 0),
+    compact bytea NOT NULL,
+    root bytea NOT NULL CHECK (octet_length(root) = 32)
+);
+INSERT INTO consentry_ledger_state (id, size, compact, root)
+    VALUES (1, 0, ''::bytea, '\\x{EMPTY_ROOT.hex()}'::bytea) ON CONFLICT (id) DO NOTHING;
+CREATE OR REPLACE FUNCTION consentry_ledger_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'consentry ledger: % is append-only (% refused)', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'restrict_violation';
+END
+$$;
+CREATE OR REPLACE FUNCTION consentry_ledger_contiguous() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE lo bigint; hi bigint; n bigint; below bigint; above boolean;
+BEGIN
+    SELECT min(idx), max(idx), count(*) INTO lo, hi, n FROM inserted;
+    IF n = 0 THEN RETURN NULL; END IF;
+    EXECUTE format('SELECT max(idx) FROM %I.%I WHERE idx < $1', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+        INTO below USING lo;
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE idx > $1)',
+                   TG_TABLE_SCHEMA, TG_TABLE_NAME) INTO above USING hi;
+    IF hi - lo + 1 <> n OR coalesce(below + 1, 0) <> lo OR above THEN
+        RAISE EXCEPTION 'consentry ledger: leaves take the next indexes (append-only)'
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    RETURN NULL;
+END
+$$;
+{_append_only("consentry_ledger_leaves")}
+CREATE OR REPLACE TRIGGER consentry_ledger_leaves_in_order AFTER INSERT ON consentry_ledger_leaves
+    REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT
+    EXECUTE FUNCTION consentry_ledger_contiguous();
+{_append_only("consentry_ledger_checkpoints")}
+"""  # noqa: S608  (built from constants only)

@@ -1,0 +1,273 @@
+"""SQLite log store: the embedded default. One file, WAL mode, ``synchronous=FULL``.
+
+WAL lets readers run beside the writer; ``synchronous=FULL`` syncs the WAL on every commit,
+so a commit that returned survives power loss (https://sqlite.org/pragma.html#pragma_synchronous).
+``BEGIN IMMEDIATE`` takes the database's write lock before the first read, so the state an
+append reads is the state it extends, also when several processes append to one file; the
+others wait up to ``busy_timeout`` seconds (https://sqlite.org/lang_transaction.html).
+
+Each store owns one connection and one worker thread (a single-thread executor): every call
+runs there, one at a time. A single thread rather than ``asyncio.to_thread`` plus a lock
+because a cancelled awaiter does not stop its thread; with one worker the next call still
+waits until the transaction in flight has committed or rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from middleware.errors import ServiceUnavailable
+from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
+from middleware.ledger.errors import OutOfRangeError
+from middleware.ledger.replay import Outcome, Replay
+from middleware.ledger.sequencer import (
+    CheckpointSigner,
+    distinct_keys,
+    distinct_pseudonyms,
+    plan_batch,
+    sign_state,
+)
+from middleware.storage.ledger_sqlite_schema import SCHEMA
+
+__all__ = ["SqliteLogStore"]
+
+T = TypeVar("T")
+_LATEST_CHECKPOINT = (
+    "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size DESC LIMIT 1"
+)
+_CHECKPOINT_AT = "SELECT size, root, note FROM consentry_ledger_checkpoints WHERE size = ?"
+_RANGES = {
+    "leaf": "SELECT leaf FROM consentry_ledger_leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+    "leaf_hash": "SELECT leaf_hash FROM consentry_ledger_leaves "
+    "WHERE idx >= ? AND idx < ? ORDER BY idx",
+}
+
+
+class SqliteLogStore:
+    """A log store in one SQLite file; create it with :meth:`open`."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
+        """Connect only; :meth:`open` also creates the tables and replays the log."""
+        self.path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="consentry-sqlite-ledger")
+        self._busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, *, busy_timeout: float = 10.0) -> SqliteLogStore:
+        """Open (and create) the log at ``path``, then replay it (``rebuild_state``)."""
+        store = cls(path, busy_timeout=busy_timeout)
+        try:
+            await store._call(store._connect)
+            await store.rebuild_state()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def append(
+        self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
+    ) -> list[AppendResult]:
+        return await self._run(lambda c: self._transaction(c, lambda: _append(c, batch, sign)))
+
+    async def size(self) -> int:
+        return (await self.state()).size
+
+    async def state(self) -> TreeState:
+        return await self._run(_read_state)
+
+    async def leaves(self, start: int, end: int) -> list[bytes]:
+        return await self._run(lambda c: _column(c, "leaf", start, end))
+
+    async def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        return await self._run(lambda c: _column(c, "leaf_hash", start, end))
+
+    async def evidence(self, index: int) -> Evidence | None:
+        sql = (
+            "SELECT e.salt, e.data FROM consentry_ledger_leaves l "
+            "LEFT JOIN consentry_ledger_evidence e ON e.idx = l.idx WHERE l.idx = ?"
+        )
+        row = await self._run(lambda c: c.execute(sql, (index,)).fetchone())
+        if row is None:
+            raise OutOfRangeError(f"leaf {index} is not in the log")
+        return None if row[0] is None or row[1] is None else Evidence(row[0], row[1])
+
+    async def chain(self, pseudonym: bytes) -> list[int]:
+        sql = "SELECT idx FROM consentry_ledger_leaves WHERE pseudonym = ? ORDER BY idx"
+        rows = await self._run(lambda c: c.execute(sql, (pseudonym,)).fetchall())
+        return [r[0] for r in rows]
+
+    async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
+        sql, args = (_LATEST_CHECKPOINT, ()) if size is None else (_CHECKPOINT_AT, (size,))
+        row = await self._run(lambda c: c.execute(sql, args).fetchone())
+        return None if row is None else StoredCheckpoint(*row)
+
+    async def checkpoints(self) -> list[StoredCheckpoint]:
+        return await self._run(_read_checkpoints)
+
+    async def rebuild_state(self) -> TreeState:
+        """Replay in a read snapshot; only if the state row is behind, replay again under the
+        write lock and rewrite it (a WAL read transaction never blocks writers)."""
+        outcome = await self._run(lambda c: self._transaction(c, lambda: _replay(c), "BEGIN"))
+        if outcome.rebuilt:
+            outcome = await self._run(lambda c: self._transaction(c, lambda: _rewrite(c)))
+        return outcome.state
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=False)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            # The script brackets itself in BEGIN IMMEDIATE ... COMMIT: Python 3.11's
+            # executescript() commits any open transaction first, so it cannot run in ours.
+            conn.executescript(SCHEMA)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` with the connection on the worker thread."""
+
+        def call() -> T:
+            if self._conn is None:
+                raise ServiceUnavailable("ledger store is closed")
+            return fn(self._conn)
+
+        return await self._call(call)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the worker thread; translate SQLite errors (the one place)."""
+        if self._closed:
+            raise ServiceUnavailable("ledger store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable("ledger store unavailable") from exc
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, body: Callable[[], T], begin: str = "") -> T:
+        conn.execute(begin or "BEGIN IMMEDIATE")
+        try:
+            result = body()
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+
+def _append(
+    c: sqlite3.Connection, batch: Sequence[NewEntry], sign: CheckpointSigner
+) -> list[AppendResult]:
+    state = _read_state(c)
+    recorded: dict[str, int] = {}
+    for key in distinct_keys(batch):
+        row = c.execute(
+            "SELECT idx FROM consentry_ledger_leaves WHERE idem_key = ?", (key,)
+        ).fetchone()
+        if row is not None:
+            recorded[key] = row[0]
+    last: dict[bytes, int] = {}
+    for pseudonym in distinct_pseudonyms(batch):
+        sql = "SELECT max(idx) FROM consentry_ledger_leaves WHERE pseudonym = ?"
+        row = c.execute(sql, (pseudonym,)).fetchone()
+        if row[0] is not None:
+            last[pseudonym] = row[0]
+    plan = plan_batch(state, batch, recorded=recorded, last_index=last)
+    new = plan.state
+    if plan.leaves:
+        c.executemany(
+            "INSERT INTO consentry_ledger_leaves (idx, leaf, leaf_hash, pseudonym, idem_key) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(r.index, r.leaf, r.leaf_hash, r.pseudonym, r.idempotency_key) for r in plan.leaves],
+        )
+        c.executemany(
+            "INSERT INTO consentry_ledger_evidence (idx, salt, data) VALUES (?, ?, ?)",
+            [(r.index, r.salt, r.evidence) for r in plan.leaves],
+        )
+        c.execute(
+            "UPDATE consentry_ledger_state SET size = ?, compact = ?, root = ? WHERE id = 1",
+            (new.size, new.packed_hashes(), new.root),
+        )
+    signed_sql = "SELECT 1 FROM consentry_ledger_checkpoints WHERE size = ?"
+    if plan.leaves or c.execute(signed_sql, (new.size,)).fetchone() is None:
+        signed = sign_state(sign, new)
+        c.execute(
+            "INSERT INTO consentry_ledger_checkpoints (size, root, note) VALUES (?, ?, ?)",
+            (signed.size, signed.root, signed.note),
+        )
+    return list(plan.results)
+
+
+def _read_state(c: sqlite3.Connection) -> TreeState:
+    row = c.execute(
+        "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1"
+    ).fetchone()
+    if row is None:
+        raise ServiceUnavailable("ledger state row is missing; rebuild_state() restores it")
+    return TreeState.unpack(*row)
+
+
+def _column(c: sqlite3.Connection, column: str, start: int, end: int) -> list[bytes]:
+    if not 0 <= start <= end:
+        raise OutOfRangeError(f"[{start}, {end}) is not a range of leaf indexes")
+    values = [r[0] for r in c.execute(_RANGES[column], (start, end))]
+    if len(values) != end - start:
+        raise OutOfRangeError(f"[{start}, {end}) is not within the log")
+    return values
+
+
+def _read_checkpoints(c: sqlite3.Connection) -> list[StoredCheckpoint]:
+    sql = "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size"
+    return [StoredCheckpoint(*row) for row in c.execute(sql)]
+
+
+def _replay(c: sqlite3.Connection) -> Outcome:
+    replay = Replay(_read_checkpoints(c))
+    sql = "SELECT idx, leaf, leaf_hash, pseudonym FROM consentry_ledger_leaves ORDER BY idx"
+    for index, leaf, hashed, pseudonym in c.execute(sql):
+        replay.feed(index, leaf, hashed, pseudonym)
+    row = c.execute(
+        "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1"
+    ).fetchone()
+    return replay.finish(None if row is None else TreeState.unpack(*row))
+
+
+def _rewrite(c: sqlite3.Connection) -> Outcome:
+    outcome = _replay(c)
+    if outcome.rebuilt:
+        new = outcome.state
+        c.execute(
+            "INSERT INTO consentry_ledger_state (id, size, compact, root) VALUES (1, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET size = excluded.size, compact = excluded.compact, "
+            "root = excluded.root",
+            (new.size, new.packed_hashes(), new.root),
+        )
+    return outcome
