@@ -2,8 +2,8 @@
 
 Everything with I/O comes in through the factory so tests inject instead of patching: the
 upstream (an ``httpx`` transport such as ``httpx.MockTransport(respx_router.handler)``, or any
-:class:`~middleware.proxy.upstream.Upstream`), the store, and the clock. ``signer`` is reserved
-for the ledger's signing key.
+:class:`~middleware.proxy.upstream.Upstream`), the ledger's log store, its signing key
+(``signer``), and the clock.
 
 Routing is by exact path before anything else: the management endpoints (``/healthz``,
 ``/readyz``, ``/metrics``), then the FHIR base path (the proxy), then a 404 OperationOutcome.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 import httpx
 from starlette.applications import Starlette
@@ -24,6 +24,9 @@ from starlette.routing import Route
 from middleware import __version__
 from middleware.errors import GatewayError, NotFound
 from middleware.fhir.outcome import render_error
+from middleware.ledger.keyfile import load_or_create_signing_key
+from middleware.ledger.service import LedgerService
+from middleware.ledger.signing import SigningKey
 from middleware.logging import get_logger
 from middleware.ops.metrics import Metrics
 from middleware.proxy.handler import ProxyHandler
@@ -31,7 +34,7 @@ from middleware.proxy.httpx_upstream import HttpxUpstream
 from middleware.proxy.native_upstream import NativeUpstream
 from middleware.proxy.upstream import Upstream, UpstreamRequest
 from middleware.settings import Settings
-from middleware.storage import Store, open_store
+from middleware.storage import LogStore, open_log_store
 from middleware.types import Receive, Scope, Send
 
 __all__ = ["Gateway", "create_app"]
@@ -42,10 +45,10 @@ _MANAGEMENT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 class Gateway:
     """The gateway's ASGI app (see the module docstring for routing)."""
 
-    def __init__(self, settings: Settings, proxy: ProxyHandler, store: Store) -> None:
+    def __init__(self, settings: Settings, proxy: ProxyHandler, ledger: LedgerService) -> None:
         self.settings = settings
         self.proxy = proxy
-        self.store = store
+        self.ledger = ledger
         self.metrics = proxy.metrics
         self._base = settings.base_path
         self.management = Starlette(
@@ -74,12 +77,22 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                get_logger().info(
+                log = get_logger()
+                try:
+                    store = await self.ledger.store()
+                except GatewayError:
+                    # Serve anyway: /readyz reports it, and whatever needs the ledger fails
+                    # closed with 503 until it opens.
+                    log.error("ledger unavailable at startup")
+                    store_name = "unavailable"
+                else:
+                    store_name = store.name
+                log.info(
                     "startup",
                     version=__version__,
                     upstream=self.settings.upstream,
                     base_path=self.settings.base_path,
-                    store=self.store.name,
+                    store=store_name,
                 )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -88,9 +101,9 @@ class Gateway:
                 return
 
     async def aclose(self) -> None:
-        """Close the upstream pool and the store."""
+        """Close the upstream pool, then the ledger (committing what is queued)."""
         await self.proxy.aclose()
-        await self.store.close()
+        await self.ledger.aclose()
 
     async def _healthz(self, _request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -98,7 +111,7 @@ class Gateway:
     async def _readyz(self, _request: Request) -> Response:
         checks: dict[str, str] = {}
         try:
-            await self.store.ping()
+            await (await self.ledger.store()).ping()
             checks["store"] = "ok"
         except GatewayError:
             checks["store"] = "unavailable"
@@ -128,8 +141,8 @@ def create_app(
     settings: Settings,
     *,
     upstream: httpx.AsyncBaseTransport | Upstream | None = None,
-    store: Store | None = None,
-    signer: Any = None,
+    store: LogStore | None = None,
+    signer: SigningKey | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Gateway:
     """Build the gateway app.
@@ -137,15 +150,29 @@ def create_app(
     ``upstream``: an httpx transport (wrapped in a pooled ``httpx.AsyncClient``), a ready
     :class:`Upstream`, or ``None`` for the client ``settings.upstream_client`` names
     (``native``, the default; ``aiohttp``; ``httpx``).
-    ``store``: defaults to the store ``settings.store`` names (SQLite in the working
-    directory). ``clock``: monotonic seconds, for cache ages.
+    ``store``: the ledger's log store; defaults to the one ``settings.store`` names (SQLite
+    in the working directory), opened on first need. ``signer``: the ledger's checkpoint
+    key; defaults to ``settings.ledger_key_file`` (created when missing). ``clock``:
+    monotonic seconds, for cache ages.
     """
-    del signer  # the ledger issue wires the signing key here
     factory = _upstream_factory(settings, upstream)
     proxy = ProxyHandler(
         settings, upstream_factory=factory, metrics=Metrics(), clock=clock or time.monotonic
     )
-    return Gateway(settings, proxy, store if store is not None else open_store(settings.store))
+    origin = settings.checkpoint_origin
+    key = signer or load_or_create_signing_key(Path(settings.ledger_key_file), origin)
+
+    async def open_store() -> LogStore:
+        return store if store is not None else await open_log_store(settings.store)
+
+    ledger = LedgerService(
+        open_store,
+        key,
+        origin=origin,
+        max_batch=settings.ledger_max_batch,
+        max_pending=settings.ledger_max_pending,
+    )
+    return Gateway(settings, proxy, ledger)
 
 
 def _upstream_factory(

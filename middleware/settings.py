@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from middleware.auth.settings import AuthSettings
 from middleware.errors import SettingsError
 
 __all__ = ["ENV_PREFIX", "Settings", "load_settings"]
@@ -51,6 +52,11 @@ class Settings:
     trust_forwarded_headers: bool = False
     log_level: str = "info"
     access_log: bool = True
+    ledger_key_file: str = "consentry-ledger.key"
+    ledger_origin: str = ""
+    ledger_max_batch: int = 256
+    ledger_max_pending: int = 10_000
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
     def gateway_base_url(self) -> str:
@@ -58,6 +64,14 @@ class Settings:
         if self.public_url:
             return self.public_url.rstrip("/")
         return f"http://{self.host}:{self.port}{self.base_path}"
+
+    @property
+    def checkpoint_origin(self) -> str:
+        """The C2SP checkpoint origin line: ``ledger_origin``, else the public host + path."""
+        if self.ledger_origin:
+            return self.ledger_origin
+        parts = urlsplit(self.gateway_base_url)
+        return f"{parts.netloc}{parts.path}/ledger"
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -124,7 +138,7 @@ def _from_text(name: str, text: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"expected a boolean, got {text!r}")
-    if kind is dict:
+    if kind in (dict, AuthSettings):
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
@@ -133,6 +147,8 @@ def _from_text(name: str, text: str) -> Any:
 
 
 def _kind(name: str) -> type:
+    if name == "auth":
+        return AuthSettings
     spec = _FIELDS[name]
     if spec.default_factory is not dataclasses.MISSING:
         return dict
@@ -152,6 +168,15 @@ def _kind(name: str) -> type:
 
 def _coerce(name: str, value: Any) -> Any:
     kind = _kind(name)
+    if kind is AuthSettings:
+        if isinstance(value, AuthSettings):
+            return value
+        if not isinstance(value, Mapping):
+            raise TypeError("expected a table")
+        try:
+            return AuthSettings.from_mapping(value)
+        except SettingsError as exc:
+            raise ValueError(str(exc)) from exc
     if kind is bool:
         if not isinstance(value, bool):
             raise TypeError(f"expected a boolean, got {value!r}")
@@ -191,7 +216,13 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     port = values.get("port", 8080)
     if not 0 <= port <= 65535:
         problems.append(f"port: expected 0..65535, got {port}")
-    for name in ("max_request_bytes", "max_response_bytes", "upstream_pool_size"):
+    for name in (
+        "max_request_bytes",
+        "max_response_bytes",
+        "upstream_pool_size",
+        "ledger_max_batch",
+        "ledger_max_pending",
+    ):
         if name in values and values[name] < 1:
             problems.append(f"{name}: must be positive")
     for name in ("connect_timeout", "read_timeout"):
@@ -205,6 +236,6 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     if values.get("log_level", "info") not in _LOG_LEVELS:
         problems.append(f"log_level: expected one of {', '.join(_LOG_LEVELS)}")
     store = values.get("store", "sqlite:consentry.db")
-    if not (store.startswith("sqlite:") or store == "memory:"):
-        problems.append("store: expected sqlite:PATH or memory:")
+    if not (store.startswith(("sqlite:", "postgresql://", "postgres://")) or store == "memory:"):
+        problems.append("store: expected sqlite:PATH, postgresql://... or memory:")
     return problems

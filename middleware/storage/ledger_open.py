@@ -1,4 +1,4 @@
-"""Open the log store a ``store`` setting names (the same URLs as :func:`open_store`)."""
+"""Open the log store a ``store`` setting names."""
 
 from __future__ import annotations
 

@@ -308,7 +308,11 @@ class GatewayServer(_Peer):
                 *self.args,
             ]
 
-        self._launch(argv, {**os.environ, **self.env}, cwd=repo_root())
+        # Its own working directory: the SQLite file and the ledger key it may create land
+        # there, never in the checkout. PYTHONPATH keeps this checkout's package first.
+        workdir = Path(tempfile.mkdtemp(prefix="consentry-gateway-"))
+        env = {**os.environ, "PYTHONPATH": str(repo_root()), **self.env}
+        self._launch(argv, env, cwd=workdir)
         return self
 
 

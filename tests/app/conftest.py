@@ -12,8 +12,9 @@ import pytest
 import respx
 
 from middleware.app import Gateway, create_app
+from middleware.ledger.signing import SigningKey
 from middleware.settings import Settings, load_settings
-from middleware.storage.memory import MemoryStore
+from middleware.storage.ledger_memory import MemoryLogStore
 
 UPSTREAM = "http://upstream.test:8103/fhir"
 GATEWAY = "http://gateway.test/fhir"
@@ -55,15 +56,21 @@ def make_settings() -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+def store() -> MemoryLogStore:
+    return MemoryLogStore()
+
+
+@pytest.fixture(scope="session")
+def signer() -> SigningKey:
+    return SigningKey.generate("gateway.test/fhir/ledger")
 
 
 @pytest.fixture
 def make_app(
     router: respx.Router,
     clock: FakeClock,
-    store: MemoryStore,
+    store: MemoryLogStore,
+    signer: SigningKey,
     make_settings: Callable[..., Settings],
 ) -> Callable[..., Gateway]:
     def make(**overrides: Any) -> Gateway:
@@ -71,6 +78,7 @@ def make_app(
             make_settings(**overrides),
             upstream=httpx.MockTransport(router.async_handler),
             store=store,
+            signer=signer,
             clock=clock,
         )
 

@@ -10,7 +10,7 @@ import httpx
 import respx
 
 from middleware.logging import configure_logging
-from middleware.storage.memory import MemoryStore
+from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.conftest import GATEWAY, UPSTREAM, FakeClock
 
 CAPABILITY = {
@@ -74,7 +74,7 @@ async def test_healthz(client: httpx.AsyncClient) -> None:
 
 
 async def test_readyz_checks_store_and_upstream(
-    client: httpx.AsyncClient, router: respx.Router, store: MemoryStore
+    client: httpx.AsyncClient, router: respx.Router, store: MemoryLogStore
 ) -> None:
     route = router.get("/metadata").respond(200, json=CAPABILITY)
     ready = await client.get("/readyz")

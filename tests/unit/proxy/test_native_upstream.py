@@ -26,10 +26,11 @@ import uvloop
 
 from middleware.app import create_app
 from middleware.errors import SettingsError, UpstreamError, UpstreamTimeout
+from middleware.ledger.signing import SigningKey
 from middleware.proxy.native_upstream import NativeUpstream
 from middleware.proxy.upstream import UpstreamRequest
 from middleware.settings import load_settings
-from middleware.storage.memory import MemoryStore
+from middleware.storage.ledger_memory import MemoryLogStore
 from middleware.testing import UpstreamServer, free_port
 
 
@@ -591,7 +592,7 @@ async def test_settings_select_the_native_client() -> None:
     settings = load_settings(
         overrides={"upstream": "http://upstream.test:8103/fhir", "upstream_client": "native"}
     )
-    gateway = create_app(settings, store=MemoryStore())
+    gateway = create_app(settings, store=MemoryLogStore(), signer=SigningKey.generate("t"))
     assert isinstance(gateway.proxy.upstream, NativeUpstream)
     await gateway.aclose()
 

@@ -3,7 +3,6 @@ URL, and an unreachable PostgreSQL failing loudly."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from middleware.storage import open_log_store
 from middleware.storage.ledger_memory import MemoryLogStore
 from middleware.storage.ledger_postgres import PostgresLogStore
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.storage.sqlite import SqliteStore
 
 
 async def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
@@ -29,21 +27,6 @@ async def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
         assert (mode, sync) == ("wal", 2)  # 2 = FULL
     finally:
         await store.close()
-
-
-async def test_sqlite_and_an_app_store_share_one_file(tmp_path: Path) -> None:
-    """The ledger tables sit beside the app store's tables in the same file."""
-    path = tmp_path / "consentry.sqlite3"
-    app_store = SqliteStore(path)
-    log = await SqliteLogStore.open(path)
-    try:
-        await app_store.ping()
-        await log.ping()
-        tables = {r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
-        assert {"consentry_meta", "consentry_ledger_leaves"} <= tables
-    finally:
-        await log.close()
-        await app_store.close()
 
 
 async def test_open_log_store_by_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

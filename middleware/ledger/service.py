@@ -1,0 +1,85 @@
+"""The ledger as the app sees it: one store, one writer, opened once, on first need.
+
+The store is opened (and replayed, so a forged log refuses to open) and the writer started
+lazily, under a lock, by the first caller of :meth:`LedgerService.writer`: ASGI servers run the
+lifespan startup (which calls it eagerly), test transports do not. If opening fails, the
+caller gets :class:`~middleware.errors.ServiceUnavailable` and the next caller tries again:
+nothing that needs the ledger proceeds without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from middleware.errors import ServiceUnavailable
+from middleware.ledger.entry import NewEntry
+from middleware.ledger.errors import LedgerError
+from middleware.ledger.signing import SigningKey
+from middleware.ledger.writer import LedgerWriter
+from middleware.storage.ledger_base import LogStore
+
+__all__ = ["LedgerService"]
+
+
+class LedgerService:
+    """Owns the log store and the group-commit writer for the app's lifetime."""
+
+    def __init__(
+        self,
+        open_store: Callable[[], Awaitable[LogStore]],
+        key: SigningKey,
+        *,
+        origin: str,
+        max_batch: int = 256,
+        max_pending: int = 10_000,
+    ) -> None:
+        self._open_store = open_store
+        self.key = key
+        self.origin = origin
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._store: LogStore | None = None
+        self._writer: LedgerWriter | None = None
+        self._lock = asyncio.Lock()
+
+    async def writer(self) -> LedgerWriter:
+        """The running writer; opens the store and starts the writer on first use."""
+        if self._writer is not None:
+            return self._writer
+        async with self._lock:
+            if self._writer is None:
+                try:
+                    store = self._store or await self._open_store()
+                    self._store = store
+                    writer = LedgerWriter(
+                        store,
+                        self.key,
+                        origin=self.origin,
+                        max_batch=self._max_batch,
+                        max_pending=self._max_pending,
+                    )
+                    await writer.start()
+                except (OSError, LedgerError) as exc:
+                    raise ServiceUnavailable("ledger unavailable") from exc
+                self._writer = writer
+        return self._writer
+
+    async def store(self) -> LogStore:
+        """The opened store (opening it, and starting the writer, if needed)."""
+        await self.writer()
+        assert self._store is not None  # set together with the writer
+        return self._store
+
+    async def append(self, entry: NewEntry) -> int:
+        """Record ``entry`` durably and return its index (see :meth:`LedgerWriter.append`)."""
+        return await (await self.writer()).append(entry)
+
+    async def aclose(self) -> None:
+        """Stop the writer (committing what is queued), then close the store."""
+        if self._writer is not None:
+            await self._writer.stop()
+            self._writer = None
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
