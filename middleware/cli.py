@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", dest="public_url", help="absolute FHIR base clients see")
     serve.add_argument("--store", help="sqlite:PATH (default sqlite:consentry.db) or memory:")
     serve.add_argument("--config", type=Path, help="TOML settings file")
+    token = commands.add_parser("token", help="development tokens (see `token issue --help`)")
+    token.add_argument("action", choices=["issue"], help="mint a token from a local key")
+    token.add_argument("rest", nargs=argparse.REMAINDER, help="options of `token issue`")
     return parser
 
 
@@ -42,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "token":
+        from middleware.auth.cli import issue_token_command  # noqa: PLC0415
+
+        return issue_token_command(args.rest)
     return 2  # pragma: no cover - argparse enforces the subcommand
 
 
