@@ -12,11 +12,20 @@ from typing import Any
 
 __all__ = ["describe_gateway"]
 
+_SMART_SERVICE = {
+    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+    "code": "SMART-on-FHIR",
+}
+
 
 def describe_gateway(
-    capability: dict[str, Any], *, gateway_base: str, version: str
+    capability: dict[str, Any], *, gateway_base: str, version: str, smart: bool = False
 ) -> dict[str, Any]:
-    """Return ``capability`` changed in place to describe the gateway in front of it."""
+    """Return ``capability`` changed in place to describe the gateway in front of it.
+
+    ``smart``: the gateway verifies SMART on FHIR bearer tokens, so ``rest.security.service``
+    says so (http://terminology.hl7.org/CodeSystem/restful-security-service ``SMART-on-FHIR``).
+    """
     upstream_software = capability.get("software")
     behind = ""
     if isinstance(upstream_software, dict) and isinstance(upstream_software.get("name"), str):
@@ -30,10 +39,13 @@ def describe_gateway(
     }
     for rest in capability.get("rest") or []:
         if isinstance(rest, dict) and rest.get("mode") == "server":
-            rest["security"] = {
+            security: dict[str, Any] = {
                 "description": (
                     "Requests pass through the Consentry gateway, which classifies every "
                     "interaction and refuses what it cannot classify."
                 )
             }
+            if smart:
+                security["service"] = [{"coding": [_SMART_SERVICE]}]
+            rest["security"] = security
     return capability

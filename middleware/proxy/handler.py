@@ -248,7 +248,13 @@ class ProxyHandler:
         if not isinstance(document, dict) or document.get("resourceType") != "CapabilityStatement":
             raise UpstreamError("upstream server did not return a CapabilityStatement")
         self.rebaser.rewrite(document, self.rebaser.occurrences(raw))
-        describe_gateway(document, gateway_base=self.settings.gateway_base_url, version=__version__)
+        auth = self.settings.auth
+        describe_gateway(
+            document,
+            gateway_base=self.settings.gateway_base_url,
+            version=__version__,
+            smart=bool(auth.issuers) or auth.dev_issuer_enabled,
+        )
         body = jsoncodec.encode(document)
         self._capability = (now, body)
         return body

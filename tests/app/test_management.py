@@ -43,6 +43,22 @@ async def test_metadata_describes_the_gateway_and_keeps_the_upstream_capabilitie
     assert UPSTREAM not in response.text
 
 
+async def test_metadata_names_smart_when_tokens_are_verified(
+    make_client: Any, router: respx.Router, tmp_path: Any
+) -> None:
+    router.get("/metadata").respond(
+        200, json=CAPABILITY, headers={"content-type": "application/fhir+json"}
+    )
+    auth = {
+        "audiences": [GATEWAY],
+        "issuers": [{"issuer": "https://idp.example", "jwks_file": str(tmp_path / "jwks.json")}],
+    }
+    async with make_client(auth=auth) as c:
+        body = (await c.get("/fhir/metadata")).json()
+    service = body["rest"][0]["security"]["service"][0]["coding"][0]
+    assert service["code"] == "SMART-on-FHIR"
+
+
 async def test_metadata_is_cached_for_its_ttl(
     make_client: Any, router: respx.Router, clock: FakeClock
 ) -> None:
