@@ -1,0 +1,1 @@
+"""The per-request stages that enforce a decision (pure: no I/O)."""
