@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from middleware.ledger.errors import MalformedError, OutOfRangeError, VerificationError
 
@@ -33,7 +33,10 @@ __all__ = [
     "LEAF_PREFIX",
     "NODE_PREFIX",
     "CompactRange",
+    "SubtreeHash",
+    "consistency_path",
     "consistency_proof",
+    "inclusion_path",
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
@@ -49,6 +52,9 @@ LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
 #: MTH({}) = SHA-256() (RFC 9162 §2.1.1).
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+#: ``subtree(lo, hi)``: MTH(D[lo:hi]), the hash of the leaves ``lo`` to ``hi - 1``.
+SubtreeHash = Callable[[int, int], bytes]
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -80,15 +86,25 @@ def inclusion_proof(leaf_hashes: Sequence[bytes], index: int, size: int) -> list
     if not 0 <= index < size:
         raise OutOfRangeError(f"leaf index {index} is not in a tree of size {size}")
     _check_hashes(leaf_hashes[:size])
+    return inclusion_path(lambda lo, hi: _subtree(leaf_hashes, lo, hi), index, size)
+
+
+def inclusion_path(subtree: SubtreeHash, index: int, size: int) -> list[bytes]:
+    """PATH(index, D[0:size]) of RFC 9162 §2.1.3.1 over any ``subtree(lo, hi)`` = MTH(D[lo:hi]).
+
+    The caller has checked ``0 <= index < size``. Every range asked for starts at a multiple
+    of the largest power of two not above its length (an aligned subtree, or the right edge of
+    one), which lets a store of complete subtrees answer in O(log n).
+    """
     path: list[bytes] = []
     lo, hi = 0, size
     while hi - lo > 1:
         k = _split(hi - lo)
         if index < lo + k:
-            path.append(_subtree(leaf_hashes, lo + k, hi))
+            path.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            path.append(_subtree(leaf_hashes, lo, lo + k))
+            path.append(subtree(lo, lo + k))
             lo += k
     path.reverse()  # built top-down; the RFC lists the sibling nearest the leaf first
     return path
@@ -104,6 +120,15 @@ def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int, new_size: int
     if not 0 <= old_size <= new_size:
         raise OutOfRangeError(f"old size {old_size} is not within new size {new_size}")
     _check_hashes(leaf_hashes[:new_size])
+    return consistency_path(lambda lo, hi: _subtree(leaf_hashes, lo, hi), old_size, new_size)
+
+
+def consistency_path(subtree: SubtreeHash, old_size: int, new_size: int) -> list[bytes]:
+    """PROOF(old_size, D[0:new_size]) of RFC 9162 §2.1.4.1 over any ``subtree(lo, hi)``.
+
+    The caller has checked ``0 <= old_size <= new_size``; ranges are aligned as in
+    :func:`inclusion_path`.
+    """
     if old_size in (0, new_size):
         return []
     proof: list[bytes] = []
@@ -111,13 +136,13 @@ def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int, new_size: int
     while m != hi - lo:  # SUBPROOF(m, D[lo:hi], whole_old_tree)
         k = _split(hi - lo)
         if m <= k:
-            proof.append(_subtree(leaf_hashes, lo + k, hi))
+            proof.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            proof.append(_subtree(leaf_hashes, lo, lo + k))
+            proof.append(subtree(lo, lo + k))
             lo, m, whole_old_tree = lo + k, m - k, False
     if not whole_old_tree:
-        proof.append(_subtree(leaf_hashes, lo, hi))
+        proof.append(subtree(lo, hi))
     proof.reverse()
     return proof
 

@@ -37,16 +37,19 @@ from middleware.ledger.note import (
 )
 
 __all__ = [
+    "PUBLIC_KEY_SIZE",
     "SEED_SIZE",
     "SIGNATURE_SIZE",
     "SigningKey",
     "Verifier",
     "verify_checkpoint",
+    "verify_detached",
     "verify_note",
 ]
 
 SEED_SIZE = 32
 SIGNATURE_SIZE = 64
+PUBLIC_KEY_SIZE = 32
 _SKEY_PREFIX = "PRIVATE+KEY+"
 
 
@@ -201,3 +204,16 @@ def verify_checkpoint(
             "checkpoint is for another log", expected=origin, computed=checkpoint.origin
         )
     return checkpoint
+
+
+def verify_detached(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True when ``signature`` is a valid RFC 8032 Ed25519 signature of ``message`` under the
+    32-byte ``public_key``. Wrong lengths, a key that is not a curve point and a bad signature
+    are all False: a detached signature either verifies or it does not, never raises."""
+    if len(public_key) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
+        return False
+    return True
