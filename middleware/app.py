@@ -6,7 +6,9 @@ upstream (an ``httpx`` transport such as ``httpx.MockTransport(respx_router.hand
 (``signer``), and the clock.
 
 Routing is by exact path before anything else: the management endpoints (``/healthz``,
-``/readyz``, ``/metrics``), then the FHIR base path (the proxy), then a 404 OperationOutcome.
+``/readyz``, ``/metrics``, the ``/ledger/`` API of ``ledger.http``; ``/auth/jwks`` when the
+development issuer is on), then the patient consent API (``{base}/Consent`` and below, served
+here and never forwarded), then the FHIR base path (the proxy), then a 404 OperationOutcome.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 import httpx
 from starlette.applications import Starlette
@@ -22,8 +26,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from middleware import __version__
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.auth.factory import build_dev_issuer, build_verifier
+from middleware.consent.api import ConsentApi, serves
+from middleware.consent.decide import Defaults
+from middleware.consent.service import ConsentService
 from middleware.errors import GatewayError, NotFound
 from middleware.fhir.outcome import render_error
+from middleware.ledger.http import ledger_routes
 from middleware.ledger.keyfile import load_or_create_signing_key
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey
@@ -34,7 +44,7 @@ from middleware.proxy.httpx_upstream import HttpxUpstream
 from middleware.proxy.native_upstream import NativeUpstream
 from middleware.proxy.upstream import Upstream, UpstreamRequest
 from middleware.settings import Settings
-from middleware.storage import LogStore, open_log_store
+from middleware.storage import ConsentStore, LogStore, open_consent_store, open_log_store
 from middleware.types import Receive, Scope, Send
 
 __all__ = ["Gateway", "create_app"]
@@ -45,25 +55,40 @@ _MANAGEMENT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 class Gateway:
     """The gateway's ASGI app (see the module docstring for routing)."""
 
-    def __init__(self, settings: Settings, proxy: ProxyHandler, ledger: LedgerService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        proxy: ProxyHandler,
+        ledger: LedgerService,
+        *,
+        consent: ConsentApi | None = None,
+        dev_issuer: UnsafeDevelopmentIssuer | None = None,
+    ) -> None:
         self.settings = settings
         self.proxy = proxy
         self.ledger = ledger
+        self.consent = consent
+        self.dev_issuer = dev_issuer
         self.metrics = proxy.metrics
         self._base = settings.base_path
+        self._management_paths = _MANAGEMENT_PATHS | ({"/auth/jwks"} if dev_issuer else set())
         self.management = Starlette(
             routes=[
                 Route("/healthz", self._healthz),
                 Route("/readyz", self._readyz),
                 Route("/metrics", self._metrics),
+                Route("/auth/jwks", self._jwks),
+                *ledger_routes(ledger),
             ]
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if path in _MANAGEMENT_PATHS:
+            if path in self._management_paths or path.startswith("/ledger/"):
                 await self.management(scope, receive, send)
+            elif self.consent is not None and serves(path, self._base):
+                await self.consent(scope, receive, send)
             elif path == self._base or path.startswith(self._base + "/"):
                 await self.proxy(scope, receive, send)
             else:
@@ -101,8 +126,11 @@ class Gateway:
                 return
 
     async def aclose(self) -> None:
-        """Close the upstream pool, then the ledger (committing what is queued)."""
+        """Close the upstream pool and the consent API, then the ledger (committing what is
+        queued)."""
         await self.proxy.aclose()
+        if self.consent is not None:
+            await self.consent.aclose()
         await self.ledger.aclose()
 
     async def _healthz(self, _request: Request) -> Response:
@@ -133,6 +161,11 @@ class Gateway:
             status_code=200 if ready else 503,
         )
 
+    async def _jwks(self, _request: Request) -> Response:
+        if self.dev_issuer is None:  # not routed then; kept for a direct call
+            raise NotFound("not found")
+        return JSONResponse(self.dev_issuer.jwks(), headers={"cache-control": "no-store"})
+
     async def _metrics(self, _request: Request) -> Response:
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -144,6 +177,7 @@ def create_app(
     store: LogStore | None = None,
     signer: SigningKey | None = None,
     clock: Callable[[], float] | None = None,
+    consents: ConsentStore | None = None,
 ) -> Gateway:
     """Build the gateway app.
 
@@ -153,7 +187,8 @@ def create_app(
     ``store``: the ledger's log store; defaults to the one ``settings.store`` names (SQLite
     in the working directory), opened on first need. ``signer``: the ledger's checkpoint
     key; defaults to ``settings.ledger_key_file`` (created when missing). ``clock``:
-    monotonic seconds, for cache ages.
+    monotonic seconds, for cache ages. ``consents``: the consent store (pseudonyms and the
+    consent index); defaults to the one ``settings.store`` names, beside the ledger.
     """
     factory = _upstream_factory(settings, upstream)
     proxy = ProxyHandler(
@@ -172,7 +207,48 @@ def create_app(
         max_batch=settings.ledger_max_batch,
         max_pending=settings.ledger_max_pending,
     )
-    return Gateway(settings, proxy, ledger)
+    dev_issuer = build_dev_issuer(settings.auth)
+    consent = _consent_api(settings, ledger, consents, dev_issuer)
+    return Gateway(settings, proxy, ledger, consent=consent, dev_issuer=dev_issuer)
+
+
+def _consent_api(
+    settings: Settings,
+    ledger: LedgerService,
+    consents: ConsentStore | None,
+    dev_issuer: UnsafeDevelopmentIssuer | None,
+) -> ConsentApi:
+    """The consent API: token verifier (an httpx client only when an issuer's keys are at a
+    URL), consent service over the consent store, opened on first need."""
+    client = None
+    if any(issuer.jwks_url for issuer in settings.auth.issuers):
+        client = httpx.AsyncClient(timeout=httpx.Timeout(settings.read_timeout))
+    verifier = build_verifier(settings.auth, client=client, dev_issuer=dev_issuer)
+
+    async def open_consents() -> ConsentStore:
+        return consents if consents is not None else await open_consent_store(settings.store)
+
+    public = urlsplit(settings.gateway_base_url)
+    path = public.path.rstrip("/")
+    root = path[: len(path) - len(settings.base_path)] if path.endswith(settings.base_path) else ""
+    jurisdiction: Literal["opt-in", "opt-out"] = (
+        "opt-out" if settings.consent_jurisdiction == "opt-out" else "opt-in"
+    )
+    service = ConsentService(
+        ledger,
+        open_consents,
+        admin_role=settings.consent_admin_role,
+        defaults=Defaults(jurisdiction=jurisdiction),
+        base_url=settings.gateway_base_url,
+        receipt_base=f"{public.scheme}://{public.netloc}{root}",
+    )
+    return ConsentApi(
+        service,
+        verifier,
+        base_path=settings.base_path,
+        max_request_bytes=settings.max_request_bytes,
+        closers=() if client is None else (client.aclose,),
+    )
 
 
 def _upstream_factory(

@@ -4,6 +4,9 @@
 runs the gateway (uvicorn, uvloop, httptools) on the embedded default store. Settings come from
 the TOML file, then ``CONSENTRY_*`` variables, then these flags; a bad value stops it at once
 with every problem listed.
+
+``consentry ledger verify|export`` and ``consentry keys generate|policy|rotate`` are described
+in :mod:`middleware.ledger.cli`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="development tokens (see `token issue --help`)")
     token.add_argument("action", choices=["issue"], help="mint a token from a local key")
     token.add_argument("rest", nargs=argparse.REMAINDER, help="options of `token issue`")
+    for group, actions, about in (
+        ("ledger", ("verify", "export"), "verify the ledger offline, or export it"),
+        ("keys", ("generate", "policy", "rotate"), "manage the ledger's signing keys"),
+    ):
+        sub = commands.add_parser(group, help=f"{about} (see `{group} {actions[0]} --help`)")
+        sub.add_argument("action", choices=actions)
+        sub.add_argument("rest", nargs=argparse.REMAINDER, help=f"options of `{group} ACTION`")
     return parser
 
 
@@ -49,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from middleware.auth.cli import issue_token_command  # noqa: PLC0415
 
         return issue_token_command(args.rest)
+    if args.command in ("ledger", "keys"):
+        from middleware.ledger.cli import run_command  # noqa: PLC0415
+
+        return run_command(args.command, args.action, args.rest)
     return 2  # pragma: no cover - argparse enforces the subcommand
 
 

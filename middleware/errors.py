@@ -15,6 +15,8 @@ response body.
     ├── NotFound                   404 not-found  (also: denied reads, by design)
     ├── MethodNotAllowed           405 not-supported (carries the allowed methods)
     ├── NotAcceptable              406 not-supported
+    ├── Conflict                   409 conflict (the resource's state forbids the change)
+    ├── PreconditionFailed         412 conflict (If-Match names another version)
     ├── PayloadTooLarge            413 too-long
     ├── UnsupportedMediaType       415 not-supported
     ├── UnprocessableEntity        422 processing
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequest",
+    "Conflict",
     "Forbidden",
     "GatewayError",
     "MethodNotAllowed",
@@ -36,6 +39,7 @@ __all__ = [
     "NotFound",
     "PathRejected",
     "PayloadTooLarge",
+    "PreconditionFailed",
     "ServiceUnavailable",
     "SettingsError",
     "Unauthorized",
@@ -113,6 +117,19 @@ class MethodNotAllowed(GatewayError):
 class NotAcceptable(GatewayError):
     status = 406
     code = "not-supported"
+
+
+class Conflict(GatewayError):
+    status = 409
+    code = "conflict"
+
+
+class PreconditionFailed(GatewayError):
+    """A conditional request's precondition (``If-Match``, RFC 9110 §13.1.1) does not hold;
+    FHIR R4 http.html#concurrency answers version conflicts with 412."""
+
+    status = 412
+    code = "conflict"
 
 
 class PayloadTooLarge(GatewayError):

@@ -56,6 +56,8 @@ class Settings:
     ledger_origin: str = ""
     ledger_max_batch: int = 256
     ledger_max_pending: int = 10_000
+    consent_admin_role: str = "consent-admin"
+    consent_jurisdiction: str = "opt-in"
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
@@ -235,6 +237,10 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append(f"upstream_client: expected one of {', '.join(_UPSTREAM_CLIENTS)}")
     if values.get("log_level", "info") not in _LOG_LEVELS:
         problems.append(f"log_level: expected one of {', '.join(_LOG_LEVELS)}")
+    if values.get("consent_jurisdiction", "opt-in") not in ("opt-in", "opt-out"):
+        problems.append("consent_jurisdiction: expected opt-in or opt-out")
+    if values.get("consent_admin_role", "consent-admin") == "":
+        problems.append("consent_admin_role: must not be empty")
     store = values.get("store", "sqlite:consentry.db")
     if not (store.startswith(("sqlite:", "postgresql://", "postgres://")) or store == "memory:"):
         problems.append("store: expected sqlite:PATH, postgresql://... or memory:")

@@ -13,12 +13,13 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["DecodeError", "decode", "encode"]
+__all__ = ["DecodeError", "decode", "encode", "encode_canonical"]
 
 DecodeError = msgspec.DecodeError
 
 _decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(float_hook=msgspec.Raw)
 _encoder = msgspec.json.Encoder()
+_canonical = msgspec.json.Encoder(order="sorted")
 
 
 def decode(data: bytes) -> Any:
@@ -32,3 +33,15 @@ def decode(data: bytes) -> Any:
 def encode(value: Any) -> bytes:
     """Serialise what :func:`decode` produced (or plain data) to compact JSON bytes."""
     return _encoder.encode(value)
+
+
+def encode_canonical(value: Any) -> bytes:
+    """The canonical bytes of what :func:`decode` produced: object keys sorted by code point
+    at every level, no insignificant whitespace, UTF-8, decimals exactly as written.
+
+    For FHIR JSON (ASCII keys, no floats re-rounded) this is the RFC 8785 (JCS) form, so a
+    signer can compute it with any JCS library or with ``json.dumps(value, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)``. Encoding the decoded canonical bytes again
+    gives the same bytes.
+    """
+    return _canonical.encode(value)

@@ -1,0 +1,103 @@
+"""Who may use the consent API for what: a pure decision over the verified :class:`Identity`.
+
+Two kinds of caller are let in, and nobody else (403):
+
+* **the patient**: a patient-context token (SMART 2.x launch context ``patient`` with
+  ``patient/`` scopes, :attr:`Identity.kind` ``patient``) whose scopes grant the operation's
+  permission on Consent (``patient/Consent.c`` to create, ``.u`` to update or revoke, ``.r`` to
+  read, read a version, read the history or ask for an explanation, ``.s`` to search). It acts
+  only on consents of its own patient, ``Patient/<launch patient>``.
+* **a consent administrator**: a token carrying the configured role (``consent-admin`` by
+  default; the roles claim is set in ``[auth]``) *and* a ``user/`` or ``system/`` scope granting
+  the permission on Consent. The role is the person's authority, the scope the client's: both
+  must agree. It may act for any patient and is recorded as the performer.
+
+An administrator's rule is checked first, so a token that satisfies both acts as administrator.
+Granular scopes (``?category=``) never grant here: consents are not filtered by category.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from middleware.auth.identity import Identity
+from middleware.auth.scopes import allows
+from middleware.errors import Forbidden
+
+__all__ = [
+    "DEFAULT_ADMIN_ROLE",
+    "OPERATIONS",
+    "Acting",
+    "Operation",
+    "authorize",
+    "check_patient",
+    "performer",
+]
+
+Operation = Literal["create", "update", "revoke", "read", "vread", "history", "search", "explain"]
+
+#: The SMART permission letter each operation needs on Consent.
+OPERATIONS: Final[dict[Operation, str]] = {
+    "create": "c",
+    "update": "u",
+    "revoke": "u",
+    "read": "r",
+    "vread": "r",
+    "history": "r",
+    "search": "s",
+    "explain": "r",
+}
+DEFAULT_ADMIN_ROLE: Final = "consent-admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Acting:
+    """How an authorized caller acts: ``as_`` ``patient`` (then ``patient`` is its
+    ``Patient/<id>``) or ``consent-admin`` (``patient`` None: any patient)."""
+
+    as_: Literal["patient", "consent-admin"]
+    patient: str | None = None
+
+
+def authorize(identity: Identity, operation: Operation, *, admin_role: str) -> Acting:
+    """How ``identity`` may perform ``operation``; raises :class:`Forbidden` (403) when it may
+    not at all. The target patient is checked afterwards with :func:`check_patient`."""
+    permission = OPERATIONS[operation]
+    scopes = identity.scopes
+    if admin_role in identity.roles and (
+        allows(scopes, "user", "Consent", permission, ())
+        or allows(scopes, "system", "Consent", permission, ())
+    ):
+        return Acting("consent-admin")
+    if (
+        identity.kind == "patient"
+        and identity.patient is not None
+        and allows(scopes, "patient", "Consent", permission, ())
+    ):
+        return Acting("patient", f"Patient/{identity.patient}")
+    raise Forbidden(
+        f"not allowed to {operation} consents: needs a patient-context token with "
+        f"patient/Consent.{permission}, or the {admin_role} role with user/Consent.{permission}"
+    )
+
+
+def check_patient(acting: Acting, patient: str) -> None:
+    """Raise :class:`Forbidden` unless ``acting`` may act for ``patient`` (``Patient/<id>``)."""
+    if acting.as_ == "patient" and acting.patient != patient:
+        raise Forbidden("a patient may only act on their own consents")
+
+
+def performer(identity: Identity) -> dict[str, object]:
+    """Who acted, for the attempt evidence: no token, no scopes, no purpose of use, and no
+    patient (a ``fhirUser`` that is a Patient is left out; the entry's pseudonym links it)."""
+    who: dict[str, object] = {"sub": identity.subject, "iss": identity.issuer}
+    if identity.client_id is not None:
+        who["clientId"] = identity.client_id
+    if identity.fhir_user is not None and not identity.fhir_user.startswith("Patient/"):
+        who["fhirUser"] = identity.fhir_user
+    if identity.roles:
+        who["roles"] = sorted(identity.roles)
+    if identity.token_id is not None:
+        who["jti"] = identity.token_id
+    return who

@@ -1,0 +1,258 @@
+"""The patient consent API: a small ASGI app the gateway serves itself, never forwarding.
+
+The gateway hands it ``{base}/Consent`` and everything below ``{base}/Consent/`` (exact,
+case-sensitive; :func:`serves`). One request, in order:
+
+1. the path is checked (no percent-encoding, no empty, ``.`` or ``..`` segment: 400) and
+   routed to an operation (:mod:`middleware.consent.operations`), else 404 / 405;
+2. the bearer token is verified (:class:`~middleware.auth.verify.TokenVerifier`; 401 with a
+   ``WWW-Authenticate`` challenge, not recorded: see :mod:`middleware.consent.service`);
+3. negotiation: answers are FHIR JSON only (``Accept``, ``_format``: 406); bodies must be FHIR
+   JSON (415) of at most ``max_request_bytes`` (413), not content-encoded;
+4. the detached signature headers are read: ``X-Consent-Signature`` (base64 of the 64-byte
+   Ed25519 signature) with ``X-Consent-Signer-Key`` (base64 of the 32-byte public key), both or
+   neither;
+5. :meth:`ConsentService.handle` runs the operation, records the attempt, builds the reply.
+
+Every error is an OperationOutcome from :func:`~middleware.fhir.outcome.render_error`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Final, Protocol
+from urllib.parse import parse_qsl
+
+from middleware.auth.identity import Identity
+from middleware.consent.access import Operation
+from middleware.consent.operations import HANDLERS
+from middleware.consent.service import Call, ConsentService, Reply
+from middleware.errors import (
+    BadRequest,
+    GatewayError,
+    MethodNotAllowed,
+    NotAcceptable,
+    NotFound,
+    PathRejected,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from middleware.fhir.outcome import render_error
+from middleware.logging import get_logger
+from middleware.types import Receive, Scope, Send
+
+__all__ = ["ConsentApi", "TokenCheck", "serves"]
+
+_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 "id"
+_JSON_TYPES: Final = frozenset(
+    {"*/*", "application/*", "application/fhir+json", "application/json", "application/json+fhir"}
+)
+_FORMAT_JSON: Final = frozenset({"json", "application/json", "application/fhir+json"})
+_BODY_TYPES: Final = frozenset({"application/fhir+json", "application/json"})
+_NO_QUERY: Final = frozenset({"_format"})
+_OVERRIDE_HEADERS: Final = ("x-http-method-override", "x-http-method", "x-method-override")
+
+
+class TokenCheck(Protocol):
+    """What the API needs of :class:`~middleware.auth.verify.TokenVerifier`."""
+
+    async def verify(self, authorization: str | None) -> Identity: ...
+
+
+def serves(path: str, base_path: str) -> bool:
+    """True when the consent API (not the proxy) answers ``path``."""
+    root = f"{base_path}/Consent"
+    return path == root or path.startswith(root + "/")
+
+
+class ConsentApi:
+    """ASGI app for the consent paths under ``base_path``."""
+
+    def __init__(
+        self,
+        service: ConsentService,
+        verifier: TokenCheck,
+        *,
+        base_path: str,
+        max_request_bytes: int,
+        closers: Sequence[Callable[[], Awaitable[None]]] = (),
+    ) -> None:
+        """``closers`` release what the API was given to own (the verifier's HTTP client)."""
+        self.service = service
+        self._closers = tuple(closers)
+        self.verifier = verifier
+        self._base = base_path
+        self._root = f"{base_path}/Consent"
+        self._max = max_request_bytes
+        self._log = get_logger("consentry.consent")
+
+    async def aclose(self) -> None:
+        """Close the consent store and whatever ``closers`` release (idempotent)."""
+        await self.service.aclose()
+        closers, self._closers = self._closers, ()
+        for close in closers:
+            await close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            reply = await self._handle(scope, receive)
+        except GatewayError as error:
+            reply = _error_reply(error)
+        except Exception as exc:  # noqa: BLE001 - the last line of fail-closed error handling
+            # Never a stack trace or library message in the answer (as in the proxy).
+            self._log.error("consent api unhandled", error_type=type(exc).__name__)
+            reply = _error_reply(_InternalError("internal error"))
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        if not any(k == b"content-length" for k, _ in headers):
+            headers.append((b"content-length", str(len(reply.body)).encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    async def _handle(self, scope: Scope, receive: Receive) -> Reply:
+        method: str = scope["method"]
+        headers = _header_dict(scope.get("headers", []))
+        if any(name in headers for name in _OVERRIDE_HEADERS):
+            # As the proxy does (fhir.classify): a method is what the request line says.
+            raise BadRequest("method-override headers are not accepted", code="not-supported")
+        operation, consent_id, version = self._route(scope, method)
+        identity = await self.verifier.verify(headers.get("authorization"))
+        query = _query(scope.get("query_string", b""))
+        _negotiate(headers, query)
+        if operation != "search" and any(name not in _NO_QUERY for name, _ in query):
+            raise BadRequest(f"{operation} takes no search parameters", code="not-supported")
+        body = await self._body(receive, headers) if method in ("POST", "PUT") else b""
+        call = Call(
+            operation=operation,
+            consent_id=consent_id,
+            version=version,
+            body=body,
+            query=tuple((n, v) for n, v in query if n not in _NO_QUERY),
+            signature=_signature(headers),
+            if_match=headers.get("if-match"),
+            self_link=self._self_link(consent_id),
+        )
+        reply = await self.service.handle(identity, call, HANDLERS[operation])
+        self._log.info(
+            "consent api", operation=operation, status=reply.status, acting=identity.kind
+        )
+        return reply
+
+    def _route(self, scope: Scope, method: str) -> tuple[Operation, str | None, str | None]:
+        raw = scope.get("raw_path") or b""
+        path: str = scope["path"]
+        if b"%" in raw.split(b"?", 1)[0] or "%" in path or not serves(path, self._base):
+            raise PathRejected("consent paths take no percent-encoding")
+        rest = path[len(self._root) :]
+        segments = rest.split("/")[1:] if rest else []
+        if any(s in ("", ".", "..") for s in segments):
+            raise PathRejected("the path has an empty, '.' or '..' segment")
+        match segments:
+            case []:
+                return _method(method, {"GET": "search", "POST": "create"}), None, None
+            case ["$explain"]:
+                return _method(method, {"POST": "explain"}), None, None
+            case [cid]:
+                return _method(method, {"GET": "read", "PUT": "update"}), _id(cid), None
+            case [cid, "$revoke"]:
+                return _method(method, {"POST": "revoke"}), _id(cid), None
+            case [cid, "_history"]:
+                return _method(method, {"GET": "history"}), _id(cid), None
+            case [cid, "_history", vid]:
+                return _method(method, {"GET": "vread"}), _id(cid), vid
+        raise NotFound("not a consent API path")
+
+    async def _body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max:
+            raise PayloadTooLarge("request body exceeds the configured size limit")
+        if headers.get("content-encoding", "identity").strip().lower() != "identity":
+            raise UnsupportedMediaType("consent API bodies are not content-encoded")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequest("client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max:
+                raise PayloadTooLarge("request body exceeds the configured size limit")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if body and media not in _BODY_TYPES:
+            raise UnsupportedMediaType("request bodies must be FHIR JSON (application/fhir+json)")
+        return body
+
+    def _self_link(self, consent_id: str | None) -> str:
+        base = self.service.base_url
+        return f"{base}/Consent/{consent_id}/_history" if consent_id else f"{base}/Consent"
+
+
+class _InternalError(GatewayError):
+    status = 500
+    code = "exception"
+
+
+def _error_reply(error: GatewayError) -> Reply:
+    status, raw, body = render_error(error)
+    return Reply(status, tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in raw), body)
+
+
+def _method(method: str, allowed: Mapping[str, Operation]) -> Operation:
+    operation = allowed.get(method)
+    if operation is None:
+        raise MethodNotAllowed(f"{method} is not allowed here", allowed=tuple(sorted(allowed)))
+    return operation
+
+
+def _id(value: str) -> str:
+    if not _ID.fullmatch(value) or not value.strip("."):
+        raise NotFound("not a valid Consent id")
+    return value
+
+
+def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def _query(raw: bytes) -> list[tuple[str, str]]:
+    try:
+        return parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the query string must be percent-encoded ASCII") from exc
+
+
+def _negotiate(headers: Mapping[str, str], query: list[tuple[str, str]]) -> None:
+    accept = headers.get("accept")
+    if accept and not any(
+        part.split(";", 1)[0].strip().lower() in _JSON_TYPES for part in accept.split(",")
+    ):
+        raise NotAcceptable("the consent API answers in FHIR JSON only (application/fhir+json)")
+    for name, value in query:
+        if name == "_format" and value.split(";", 1)[0].strip().lower() not in _FORMAT_JSON:
+            raise NotAcceptable("the consent API answers in FHIR JSON only (_format=json)")
+
+
+def _signature(headers: Mapping[str, str]) -> tuple[bytes, bytes] | None:
+    signature, key = headers.get("x-consent-signature"), headers.get("x-consent-signer-key")
+    if signature is None and key is None:
+        return None
+    if signature is None or key is None:
+        raise BadRequest("X-Consent-Signature and X-Consent-Signer-Key go together")
+    try:
+        decoded = base64.b64decode(signature, validate=True), base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest("X-Consent-Signature and X-Consent-Signer-Key are base64") from exc
+    if len(decoded[0]) != 64 or len(decoded[1]) != 32:
+        raise BadRequest("an Ed25519 signature is 64 bytes and its public key 32 bytes")
+    return decoded[1], decoded[0]

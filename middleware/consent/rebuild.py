@@ -1,0 +1,90 @@
+"""Rebuild the consent index and pseudonym table from the ledger, the source of truth.
+
+The consent API appends a change to the ledger first and records it in the
+:class:`~middleware.storage.consent_base.ConsentStore` second. If a process dies between the
+two, the index lacks an entry the ledger has. :func:`rebuild_from_ledger` closes such gaps: it
+reads every leaf from ``start`` (default: the store's scanned size) to the ledger's size, and
+records each ``consent`` and ``consent-revoke`` entry from its evidence (idempotent by ledger
+index, so entries already recorded are left as they are) and the pseudonym its leaf carries.
+The consent API runs it when it first opens the store; run it with ``start=0`` on an empty
+store to rebuild everything.
+
+Evidence that has been shredded (crypto-shredding) cannot be rebuilt and is skipped with a
+warning; a leaf that names a pseudonym other than the stored one for its patient is reported,
+and the stored pseudonym kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from middleware.consent.records import consent_keys
+from middleware.fhir import jsoncodec
+from middleware.ledger.leaf import EntryKind, decode_leaf
+from middleware.logging import get_logger
+from middleware.storage.consent_base import ConsentRecord, ConsentStore
+from middleware.storage.ledger_base import LogStore
+
+__all__ = ["RebuildReport", "rebuild_from_ledger"]
+
+_CHUNK: Final = 4096
+_KINDS: Final = frozenset({EntryKind.CONSENT, EntryKind.CONSENT_REVOKE})
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildReport:
+    """What a rebuild did: the ledger range ``[start, end)`` it scanned, the consent entries
+    it found, and the ones it could not record (shredded or unreadable evidence)."""
+
+    start: int
+    end: int
+    consents: int
+    skipped: tuple[int, ...] = ()
+
+
+async def rebuild_from_ledger(
+    log: LogStore, consents: ConsentStore, *, start: int | None = None, chunk: int = _CHUNK
+) -> RebuildReport:
+    """Record every consent entry of ``log`` in ``[start, size)`` into ``consents``, then
+    raise the store's scanned size to ``size``; returns a :class:`RebuildReport`."""
+    begin = await consents.scanned() if start is None else start
+    end = await log.size()
+    found = 0
+    skipped: list[int] = []
+    log_ = get_logger("consentry.consent")
+    for first in range(begin, end, chunk):
+        last = min(first + chunk, end)
+        for index, raw in enumerate(await log.leaves(first, last), start=first):
+            leaf = decode_leaf(raw)
+            if leaf.kind not in _KINDS:
+                continue
+            found += 1
+            evidence = await log.evidence(index)
+            keys = None
+            if evidence is not None:
+                try:
+                    keys = consent_keys(jsoncodec.decode(evidence.data))
+                except jsoncodec.DecodeError:
+                    keys = None
+            if evidence is None or keys is None or leaf.pseudonym is None:
+                log_.warning("consent entry not rebuildable", ledger_index=index)
+                skipped.append(index)
+                continue
+            consent_id, status, patient = keys
+            stored = await consents.pseudonym_for(patient, leaf.pseudonym)
+            if stored != leaf.pseudonym:
+                log_.error("consent entry names another pseudonym", ledger_index=index)
+            await consents.record(
+                ConsentRecord(
+                    ledger_index=index,
+                    consent_id=consent_id,
+                    patient=patient,
+                    status=status,
+                    revoked=leaf.kind is EntryKind.CONSENT_REVOKE,
+                    recorded_us=leaf.recorded_us,
+                    data=evidence.data,
+                )
+            )
+    await consents.set_scanned(end)
+    return RebuildReport(begin, end, found, tuple(skipped))

@@ -1,0 +1,222 @@
+"""The consent API's work, behind HTTP: authorize, validate, record on the ledger, answer.
+
+:meth:`ConsentService.handle` runs one :class:`Call` for a verified identity and returns a
+:class:`Reply` ready to send. Whatever happens, it first records the attempt on the ledger (an
+``admin`` entry, :func:`~middleware.consent.records.attempt_evidence`, flag ``permit`` when it
+succeeded), allowed or refused, and only then releases the answer; if that record cannot be
+made, the answer is 503 and nothing else. Unauthenticated requests never get here (the API
+answers 401 before): they name nobody, and recording them would let anyone grow an
+append-only log without bound; they are logged instead.
+
+A change (create, update, revoke) is, in this order: a ``consent`` or ``consent-revoke`` ledger
+entry whose evidence is the Consent's canonical bytes (leaf ``consent`` field: the entry of
+the version it supersedes; pseudonym: the patient's), then its row in the consent store, then
+the attempt entry. So when the answer leaves, every replica's next
+:meth:`ConsentRegistry.policies` call sees the change. If the process dies between the first
+two steps, :func:`~middleware.consent.rebuild.rebuild_from_ledger` records it on the next
+start. Concurrent updates of one consent are numbered by ledger order; ``If-Match`` makes an
+update conditional on the version the client read.
+
+Operations and their rules are in :mod:`middleware.consent.operations`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from middleware.auth.identity import Identity
+from middleware.consent.access import Operation, performer
+from middleware.consent.decide import Defaults
+from middleware.consent.rebuild import rebuild_from_ledger
+from middleware.consent.records import attempt_evidence
+from middleware.consent.registry import ConsentRegistry
+from middleware.errors import GatewayError, ServiceUnavailable
+from middleware.fhir.outcome import FHIR_JSON, render_error
+from middleware.ledger.entry import NewEntry
+from middleware.ledger.leaf import EntryFlag, EntryKind
+from middleware.logging import get_logger
+from middleware.storage.consent_base import ConsentStore
+from middleware.storage.ledger_base import LogStore
+
+__all__ = [
+    "AUDIT_HEADER",
+    "Call",
+    "ConsentService",
+    "Handler",
+    "Ledger",
+    "Reply",
+    "Result",
+    "Trail",
+]
+
+#: Response header naming the ledger index of the attempt entry.
+AUDIT_HEADER: Final = "x-consentry-audit-index"
+
+
+class Ledger(Protocol):
+    """What the consent API needs of :class:`~middleware.ledger.service.LedgerService`."""
+
+    async def append(self, entry: NewEntry) -> int: ...
+
+    async def store(self) -> LogStore: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One routed consent API request. ``signature`` is ``(public key, signature)`` from the
+    detached-signature headers; ``if_match`` the raw ``If-Match`` value."""
+
+    operation: Operation
+    consent_id: str | None = None
+    version: str | None = None
+    body: bytes = b""
+    query: tuple[tuple[str, str], ...] = ()
+    signature: tuple[bytes, bytes] | None = None
+    if_match: str | None = None
+    self_link: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response to send: status, headers (lower-case names), body bytes."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Trail:
+    """What an operation learned, for its attempt record: acting as whom, on which consent of
+    which patient, the consent entry it made and the signature it verified."""
+
+    acting_as: str | None = None
+    consent_id: str | None = None
+    patient: str | None = None
+    consent_entry: int | None = None
+    version: int | None = None
+    signature: dict[str, str] | None = None
+
+
+#: What an operation returns: status, headers (lower-case names), body bytes (JSON).
+Result = tuple[int, list[tuple[str, str]], bytes]
+Handler = Callable[["ConsentService", Identity, Call, Trail], Awaitable[Result]]
+
+
+class ConsentService:
+    """Owns the consent store (opened on first need, then caught up with the ledger) and the
+    registry; ``wall_clock`` is seconds since the epoch (ledger times, decision time)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        open_store: Callable[[], Awaitable[ConsentStore]],
+        *,
+        admin_role: str,
+        defaults: Defaults,
+        base_url: str,
+        receipt_base: str,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self._open_store = open_store
+        self.admin_role = admin_role
+        self.defaults = defaults
+        self.base_url = base_url.rstrip("/")
+        self.receipt_base = receipt_base.rstrip("/")
+        self.wall_clock = wall_clock
+        self._store: ConsentStore | None = None
+        self._registry: ConsentRegistry | None = None
+        self._lock = asyncio.Lock()
+        self._log = get_logger("consentry.consent")
+
+    async def registry(self) -> ConsentRegistry:
+        """The registry over the opened store; the first call opens the store and records
+        consent entries the store lacks (:func:`rebuild_from_ledger` from its scanned size)."""
+        if self._registry is not None:
+            return self._registry
+        async with self._lock:
+            if self._registry is None:
+                log = await self.ledger.store()
+                store = self._store or await self._open_store()
+                self._store = store
+                report = await rebuild_from_ledger(log, store)
+                if report.consents:
+                    self._log.info(
+                        "consent index caught up with the ledger",
+                        start=report.start,
+                        end=report.end,
+                        consents=report.consents,
+                    )
+                self._registry = ConsentRegistry(store)
+        return self._registry
+
+    async def aclose(self) -> None:
+        """Close the consent store if it was opened (idempotent)."""
+        store, self._store, self._registry = self._store, None, None
+        if store is not None:
+            await store.close()
+
+    async def store(self) -> ConsentStore:
+        """The opened consent store (see :meth:`registry`)."""
+        return (await self.registry()).store
+
+    def receipt_url(self, index: int) -> str:
+        """Where the ledger receipt of entry ``index`` is served."""
+        return f"{self.receipt_base}/ledger/receipt/{index}"
+
+    async def handle(self, identity: Identity, call: Call, handler: Handler) -> Reply:
+        """Run ``handler``, record the attempt (see the module docstring), build the reply."""
+        trail = Trail(consent_id=call.consent_id)
+        try:
+            status, headers, body = await handler(self, identity, call, trail)
+        except GatewayError as error:
+            if isinstance(error, ServiceUnavailable):
+                raise  # the store or ledger is down: the attempt cannot be recorded either
+            # Our diagnostics never hold PHI; validation issues may quote the submitted
+            # resource, so only their number is recorded.
+            reason = f"{len(error.issues)} problems" if error.issues else error.diagnostics
+            index = await self._attempt(identity, call, trail, error.status, reason)
+            status, raw, body = render_error(error)
+            pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+            return Reply(status, (*pairs, (AUDIT_HEADER, str(index))), body)
+        index = await self._attempt(identity, call, trail, status, None)
+        if not any(name == "content-type" for name, _ in headers):
+            headers = [("content-type", FHIR_JSON), *headers]
+        headers = [*headers, ("cache-control", "no-store"), (AUDIT_HEADER, str(index))]
+        return Reply(status, tuple(headers), body)
+
+    async def _attempt(
+        self, identity: Identity, call: Call, trail: Trail, status: int, reason: str | None
+    ) -> int:
+        pseudonym = None
+        if trail.patient is not None:
+            pseudonym = await (await self.store()).pseudonym(trail.patient)
+        evidence = attempt_evidence(
+            operation=call.operation,
+            status=status,
+            principal=performer(identity),
+            acting_as=trail.acting_as,
+            consent_id=trail.consent_id,
+            consent_entry=trail.consent_entry,
+            version=trail.version,
+            signature=trail.signature,
+            reason=reason if status >= 400 else None,
+        )
+        entry = NewEntry.create(
+            EntryKind.ADMIN,
+            evidence,
+            recorded_us=self.now_us(),
+            pseudonym=pseudonym,
+            consent=trail.consent_entry,
+            flags=EntryFlag.PERMIT if status < 400 else EntryFlag.NONE,
+        )
+        return await self.ledger.append(entry)
+
+    def now_us(self) -> int:
+        """The wall clock in microseconds since the epoch (ledger recorded times)."""
+        return int(self.wall_clock() * 1_000_000)

@@ -1,0 +1,131 @@
+"""The consent store contract: patient pseudonyms and an index of the Consents on the ledger.
+
+The ledger is the source of truth for consents: each version of a Consent is the evidence of
+a ``consent`` or ``consent-revoke`` entry. This store holds what the gateway must find without
+scanning the ledger, and nothing that cannot be rebuilt from it
+(:func:`middleware.consent.rebuild.rebuild_from_ledger`):
+
+=================  ================================================================  ==========
+table              holds                                                             rebuilt
+=================  ================================================================  ==========
+``pseudonyms``     patient reference -> 16 random bytes (the ledger chain's name)    from leaf
+                                                                                     + evidence
+``versions``       one row per recorded Consent version: ledger index, consent id,   from
+                   version, patient, status, revoked?, recorded time, the evidence   evidence
+``scan``           the one row: the ledger size up to which the ledger was scanned   by a scan
+=================  ================================================================  ==========
+
+SQL backends prefix the tables ``consentry_consent_``. The pseudonym is random
+(:func:`middleware.ledger.leaf.new_pseudonym`) and never derived from the reference: this
+table is the only link between a patient and their chain, so deleting a row unlinks them.
+
+Every backend (memory, SQLite, PostgreSQL) honours this contract; one behaviour suite
+(``tests/contract/test_consent_store.py``) runs on all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["ConsentRecord", "ConsentStore", "PatientMark"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRecord:
+    """One recorded version of a Consent.
+
+    ``ledger_index`` is the entry whose evidence is ``data`` (the Consent's canonical bytes,
+    exactly as committed); ``revoked`` says the entry is a ``consent-revoke``. ``patient`` is
+    ``Patient/<id>``. ``version`` is the record's 1-based position among the records of
+    ``consent_id`` in ledger order; the store assigns it (a record handed in carries 0).
+    """
+
+    ledger_index: int
+    consent_id: str
+    patient: str
+    status: str
+    revoked: bool
+    recorded_us: int
+    data: bytes
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PatientMark:
+    """What changes whenever a consent of a patient is recorded: the number of records and the
+    highest ledger index among them (None when there are none).
+
+    The count matters as well as the index: two replicas may record ledger entries 10 and 11
+    in the order 11, 10, and only the count tells the second insert apart."""
+
+    count: int
+    latest: int | None
+
+
+class ConsentStore(Protocol):
+    """Pseudonyms and the consent index (see the module docstring).
+
+    Contract:
+
+    - :meth:`pseudonym_for` is atomic across processes: of two concurrent callers for one
+      patient, both get the pseudonym that was stored first. A pseudonym is never replaced.
+    - :meth:`record` is idempotent by ledger index: recording an index already present changes
+      nothing and returns the stored record. It numbers versions by ledger order even when
+      records arrive out of order (later versions are renumbered in the same transaction).
+    - Reads see only committed writes; every method raises
+      :class:`~middleware.errors.ServiceUnavailable` when the database cannot be reached.
+    - :meth:`close` is idempotent.
+    """
+
+    name: str
+
+    async def pseudonym(self, patient: str) -> bytes | None:
+        """The pseudonym of ``patient``, or None if it has none yet."""
+        ...
+
+    async def pseudonym_for(self, patient: str, candidate: bytes) -> bytes:
+        """The pseudonym of ``patient``, storing ``candidate`` (16 random bytes) if it has
+        none; returns whichever is stored."""
+        ...
+
+    async def record(self, record: ConsentRecord) -> ConsentRecord:
+        """Store ``record`` (see the contract) and return it with its version."""
+        ...
+
+    async def current(self, consent_id: str) -> ConsentRecord | None:
+        """The latest version of ``consent_id``, or None."""
+        ...
+
+    async def version(self, consent_id: str, version: int) -> ConsentRecord | None:
+        """Version ``version`` of ``consent_id``, or None."""
+        ...
+
+    async def history(self, consent_id: str) -> list[ConsentRecord]:
+        """Every version of ``consent_id``, oldest first (empty if unknown)."""
+        ...
+
+    async def for_patient(self, patient: str) -> list[ConsentRecord]:
+        """The latest version of each consent of ``patient``, by ascending ledger index."""
+        ...
+
+    async def mark(self, patient: str) -> PatientMark:
+        """The patient's :class:`PatientMark`: one indexed query, asked before every use of a
+        cached policy set."""
+        ...
+
+    async def scanned(self) -> int:
+        """The ledger size up to which a scan has recorded every consent entry (0 at first)."""
+        ...
+
+    async def set_scanned(self, size: int) -> None:
+        """Raise the scanned size to ``size`` (a lower value is ignored)."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store can serve now; raise ``ServiceUnavailable`` otherwise."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections (idempotent)."""
+        ...

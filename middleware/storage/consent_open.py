@@ -1,0 +1,25 @@
+"""Open the consent store a ``store`` setting names (the same URL as the log store's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from middleware.errors import SettingsError
+from middleware.storage.consent_base import ConsentStore
+from middleware.storage.consent_memory import MemoryConsentStore
+from middleware.storage.consent_postgres import PostgresConsentStore
+from middleware.storage.consent_sqlite import SqliteConsentStore
+
+__all__ = ["open_consent_store"]
+
+
+async def open_consent_store(url: str, *, schema: str = "public") -> ConsentStore:
+    """``memory:`` (a fresh, private store), ``sqlite:PATH`` (relative to the working
+    directory; normally the ledger's own file) or a PostgreSQL DSN (tables in ``schema``)."""
+    if url == "memory:":
+        return MemoryConsentStore()
+    if url.startswith("sqlite:"):
+        return await SqliteConsentStore.open(Path(url.removeprefix("sqlite:")))
+    if url.startswith(("postgresql://", "postgres://")):
+        return await PostgresConsentStore.open(url, schema=schema)
+    raise SettingsError(f"store: unsupported consent store {url!r}")

@@ -1,0 +1,224 @@
+"""SQLite consent store, beside the log store in the same file (or any other).
+
+Same discipline as :mod:`middleware.storage.ledger_sqlite`: WAL mode, ``synchronous=FULL``, one
+connection driven by one worker thread, writes under ``BEGIN IMMEDIATE`` so several processes
+may share the file. SQLite errors become :class:`~middleware.errors.ServiceUnavailable` in
+:meth:`SqliteConsentStore._call`, the one place. Tables are described in ``consent_base``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from middleware.errors import ServiceUnavailable
+from middleware.storage.consent_base import ConsentRecord, PatientMark
+
+__all__ = ["SqliteConsentStore"]
+
+T = TypeVar("T")
+
+SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS consentry_consent_pseudonyms (
+    patient TEXT PRIMARY KEY,
+    pseudonym BLOB NOT NULL UNIQUE CHECK (length(pseudonym) = 16)
+);
+CREATE TABLE IF NOT EXISTS consentry_consent_versions (
+    ledger_idx INTEGER PRIMARY KEY CHECK (ledger_idx >= 0),
+    consent_id TEXT NOT NULL,
+    version INTEGER NOT NULL CHECK (version >= 1),
+    patient TEXT NOT NULL,
+    status TEXT NOT NULL,
+    revoked INTEGER NOT NULL CHECK (revoked IN (0, 1)),
+    recorded_us INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consentry_consent_versions_consent
+    ON consentry_consent_versions (consent_id, ledger_idx);
+CREATE INDEX IF NOT EXISTS consentry_consent_versions_patient
+    ON consentry_consent_versions (patient, ledger_idx);
+CREATE TABLE IF NOT EXISTS consentry_consent_scan (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    size INTEGER NOT NULL CHECK (size >= 0)
+);
+INSERT OR IGNORE INTO consentry_consent_scan (id, size) VALUES (1, 0);
+COMMIT;
+"""
+
+_COLUMNS = "ledger_idx, consent_id, patient, status, revoked, recorded_us, data, version"
+_SELECT = f"SELECT {_COLUMNS} FROM consentry_consent_versions"  # noqa: S608 (constants)
+_CURRENT = f"{_SELECT} WHERE consent_id = ? ORDER BY ledger_idx DESC LIMIT 1"
+_VERSION = f"{_SELECT} WHERE consent_id = ? AND version = ?"
+_HISTORY = f"{_SELECT} WHERE consent_id = ? ORDER BY ledger_idx"
+_LATEST = (
+    "ledger_idx = (SELECT max(ledger_idx) FROM consentry_consent_versions AS w "
+    "WHERE w.consent_id = v.consent_id) ORDER BY ledger_idx"
+)
+_FOR_PATIENT = f"{_SELECT} AS v WHERE patient = ? AND {_LATEST}"
+_MARK = "SELECT count(*), max(ledger_idx) FROM consentry_consent_versions WHERE patient = ?"
+
+
+def _row(row: Any) -> ConsentRecord:
+    index, cid, patient, status, revoked, recorded, data, version = row
+    return ConsentRecord(index, cid, patient, status, bool(revoked), recorded, bytes(data), version)
+
+
+class SqliteConsentStore:
+    """A consent store in one SQLite file; create it with :meth:`open`."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="consentry-sqlite-consent")
+        self._busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path, *, busy_timeout: float = 10.0) -> SqliteConsentStore:
+        """Open (and create) the tables in the file at ``path``."""
+        store = cls(path, busy_timeout=busy_timeout)
+        try:
+            await store._call(store._connect)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def pseudonym(self, patient: str) -> bytes | None:
+        sql = "SELECT pseudonym FROM consentry_consent_pseudonyms WHERE patient = ?"
+        row = await self._run(lambda c: c.execute(sql, (patient,)).fetchone())
+        return None if row is None else bytes(row[0])
+
+    async def pseudonym_for(self, patient: str, candidate: bytes) -> bytes:
+        def run(c: sqlite3.Connection) -> bytes:
+            c.execute(
+                "INSERT INTO consentry_consent_pseudonyms (patient, pseudonym) VALUES (?, ?) "
+                "ON CONFLICT (patient) DO NOTHING",
+                (patient, candidate),
+            )
+            sql = "SELECT pseudonym FROM consentry_consent_pseudonyms WHERE patient = ?"
+            return bytes(c.execute(sql, (patient,)).fetchone()[0])
+
+        return await self._run(lambda c: self._transaction(c, lambda: run(c)))
+
+    async def record(self, record: ConsentRecord) -> ConsentRecord:
+        def run(c: sqlite3.Connection) -> ConsentRecord:
+            r = record
+            inserted = c.execute(
+                "INSERT INTO consentry_consent_versions (ledger_idx, consent_id, version, "
+                "patient, status, revoked, recorded_us, data) VALUES (?, ?, 1 + (SELECT "
+                "count(*) FROM consentry_consent_versions WHERE consent_id = ? AND "
+                "ledger_idx < ?), ?, ?, ?, ?, ?) ON CONFLICT (ledger_idx) DO NOTHING",
+                (
+                    r.ledger_index,
+                    r.consent_id,
+                    r.consent_id,
+                    r.ledger_index,
+                    r.patient,
+                    r.status,
+                    int(r.revoked),
+                    r.recorded_us,
+                    r.data,
+                ),
+            ).rowcount
+            if inserted:  # a later version recorded first moves up by one
+                c.execute(
+                    "UPDATE consentry_consent_versions SET version = version + 1 "
+                    "WHERE consent_id = ? AND ledger_idx > ?",
+                    (r.consent_id, r.ledger_index),
+                )
+            return _row(c.execute(f"{_SELECT} WHERE ledger_idx = ?", (r.ledger_index,)).fetchone())
+
+        return await self._run(lambda c: self._transaction(c, lambda: run(c)))
+
+    async def current(self, consent_id: str) -> ConsentRecord | None:
+        row = await self._run(lambda c: c.execute(_CURRENT, (consent_id,)).fetchone())
+        return None if row is None else _row(row)
+
+    async def version(self, consent_id: str, version: int) -> ConsentRecord | None:
+        row = await self._run(lambda c: c.execute(_VERSION, (consent_id, version)).fetchone())
+        return None if row is None else _row(row)
+
+    async def history(self, consent_id: str) -> list[ConsentRecord]:
+        rows = await self._run(lambda c: c.execute(_HISTORY, (consent_id,)).fetchall())
+        return [_row(r) for r in rows]
+
+    async def for_patient(self, patient: str) -> list[ConsentRecord]:
+        rows = await self._run(lambda c: c.execute(_FOR_PATIENT, (patient,)).fetchall())
+        return [_row(r) for r in rows]
+
+    async def mark(self, patient: str) -> PatientMark:
+        count, latest = await self._run(lambda c: c.execute(_MARK, (patient,)).fetchone())
+        return PatientMark(count, latest)
+
+    async def scanned(self) -> int:
+        sql = "SELECT size FROM consentry_consent_scan WHERE id = 1"
+        row = await self._run(lambda c: c.execute(sql).fetchone())
+        return int(row[0])
+
+    async def set_scanned(self, size: int) -> None:
+        sql = "UPDATE consentry_consent_scan SET size = max(size, ?) WHERE id = 1"
+        await self._run(lambda c: self._transaction(c, lambda: c.execute(sql, (size,))))
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=False)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.executescript(SCHEMA)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            if self._conn is None:
+                raise ServiceUnavailable("consent store is closed")
+            return fn(self._conn)
+
+        return await self._call(call)
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the worker thread; translate SQLite errors (the one place)."""
+        if self._closed:
+            raise ServiceUnavailable("consent store is closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except sqlite3.Error as exc:
+            raise ServiceUnavailable("consent store unavailable") from exc
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body()
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result

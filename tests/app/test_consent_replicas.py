@@ -1,0 +1,148 @@
+"""A consent change takes effect for the very next request on every replica (architecture
+invariant 3): two gateways share one SQLite file; what one records the other enforces at once,
+with no timer involved, and recompiles only when the ledger position moved."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from middleware.app import Gateway, create_app
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.consent.rebuild import rebuild_from_ledger
+from middleware.ledger.signing import SigningKey
+from middleware.settings import Settings
+from middleware.storage.consent_memory import MemoryConsentStore
+from middleware.storage.consent_postgres import PostgresConsentStore
+from middleware.storage.ledger_postgres import PostgresLogStore
+from tests.app.consenting import (
+    ACT_REASON,
+    DEV_ISSUER,
+    Tokens,
+    auth_settings,
+    observation,
+    r5_consent,
+    treat_only,
+)
+from tests.contract.backends import POSTGRES, PostgresBackend
+
+EXPLAIN = "/fhir/Consent/$explain"
+ASK = {
+    "principal": {"reference": "Practitioner/dr"},
+    "purpose": [{"system": ACT_REASON, "code": "TREAT"}],
+    "resource": observation(),
+}
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Tokens:
+    key = tmp_path / "dev.jwk"
+    return Tokens(UnsafeDevelopmentIssuer.from_key_file(key, DEV_ISSUER, enabled=True))
+
+
+@pytest.fixture(params=["sqlite", POSTGRES])
+async def replicas(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    make_settings: Callable[..., Settings],
+    signer: SigningKey,
+) -> AsyncIterator[list[Gateway]]:
+    """Two gateways on one database: SQLite named by the ``store`` setting, or PostgreSQL
+    (a fresh schema, dropped after) through stores injected into each."""
+    auth = auth_settings(tmp_path / "dev.jwk")
+    upstream = httpx.MockTransport(lambda _request: httpx.Response(599))
+    if request.param == "sqlite":
+        settings = make_settings(store=f"sqlite:{tmp_path / 'shared.db'}", auth=auth)
+        yield [create_app(settings, upstream=upstream, signer=signer) for _ in range(2)]
+        return
+    backend = await PostgresBackend.create()
+    settings = make_settings(store=backend.dsn, auth=auth)
+    made: list[Gateway] = []
+    opened: list[PostgresLogStore | PostgresConsentStore] = []
+    for _ in range(2):
+        log = await PostgresLogStore.open(backend.dsn, schema=backend.schema, max_size=2)
+        consents = await PostgresConsentStore.open(backend.dsn, schema=backend.schema, max_size=2)
+        opened += [log, consents]
+        made.append(
+            create_app(settings, upstream=upstream, signer=signer, store=log, consents=consents)
+        )
+    yield made
+    for app in made:
+        await app.aclose()
+    for store in opened:  # injected: ours to close (closing twice is harmless)
+        await store.close()
+    await backend.cleanup()
+
+
+@pytest.fixture
+async def clients(replicas: list[Gateway]) -> AsyncIterator[list[httpx.AsyncClient]]:
+    made = [
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
+        for app in replicas
+    ]
+    yield made
+    for client, app in zip(made, replicas, strict=True):
+        await client.aclose()
+        await app.aclose()
+
+
+async def effect(client: httpx.AsyncClient, headers: dict[str, str]) -> Any:
+    answer = await client.post(EXPLAIN, json=ASK, headers=headers)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["effect"]
+
+
+async def test_a_change_through_one_replica_is_enforced_by_the_other_at_once(
+    clients: list[httpx.AsyncClient], replicas: list[Gateway], tokens: Tokens
+) -> None:
+    a, b = clients
+    me = tokens.patient("p1")
+    assert await effect(b, me) == "deny"  # opt-in, nothing recorded yet
+    created = await a.post("/fhir/Consent", json=treat_only(), headers=me)
+    assert created.status_code == 201
+    cid = created.json()["id"]
+    assert await effect(b, me) == "permit"
+    assert replicas[1].consent is not None
+    registry = await replicas[1].consent.service.registry()
+    compiled = registry.compiled
+    assert await effect(b, me) == "permit"
+    assert registry.compiled == compiled  # unchanged ledger position: nothing recompiled
+
+    revoked = await a.post(f"/fhir/Consent/{cid}/$revoke", headers=me)
+    assert revoked.status_code == 200
+    assert await effect(b, me) == "deny"
+    # And back, through the other replica.
+    back = await b.put(f"/fhir/Consent/{cid}", json=treat_only(id=cid), headers=me)
+    assert back.status_code == 200
+    assert back.json()["meta"]["versionId"] == "3"
+    assert await effect(a, me) == "permit"
+
+
+async def test_the_index_is_rebuilt_from_the_ledger(
+    clients: list[httpx.AsyncClient], replicas: list[Gateway], tokens: Tokens
+) -> None:
+    a, _ = clients
+    me = tokens.patient("p1")
+    cid = (await a.post("/fhir/Consent", json=r5_consent(), headers=me)).json()["id"]
+    await a.put(f"/fhir/Consent/{cid}", json=treat_only(id=cid), headers=me)
+    await a.post(f"/fhir/Consent/{cid}/$revoke", headers=me)
+    other = await a.post("/fhir/Consent", json=r5_consent("Patient/p2"), headers=tokens.admin())
+    assert other.status_code == 201
+
+    log = await replicas[0].ledger.store()
+    assert replicas[0].consent is not None
+    shared = await replicas[0].consent.service.store()
+    fresh = MemoryConsentStore()
+    report = await rebuild_from_ledger(log, fresh, start=0)
+    assert report.consents == 4
+    assert report.skipped == ()
+    for consent_id in (cid, other.json()["id"]):
+        assert await fresh.history(consent_id) == await shared.history(consent_id)
+    for patient in ("Patient/p1", "Patient/p2"):
+        assert await fresh.pseudonym(patient) == await shared.pseudonym(patient)
+        assert await fresh.mark(patient) == await shared.mark(patient)
+    assert await fresh.scanned() == await log.size()
