@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from middleware import __version__
-from middleware.errors import BadRequest, GatewayError, PayloadTooLarge, UpstreamError
+from middleware.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, UpstreamError
 from middleware.fhir import jsoncodec
 from middleware.fhir.classify import classify, classify_bundle
 from middleware.fhir.negotiate import check_request_negotiation
@@ -42,6 +42,9 @@ from middleware.types import Receive, Scope, Send
 __all__ = ["ProxyHandler"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Resource types the gateway serves itself (the patient consent API): never forwarded, in
+#: any form that names them (compartment search ``Patient/x/Consent``, ``Consent/$op``...).
+_GATEWAY_OWNED = frozenset({"Consent"})
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -157,6 +160,8 @@ class ProxyHandler:
         )
         ex.interaction = request.interaction.value
         ex.resource_type = request.resource_type
+        if request.resource_type in _GATEWAY_OWNED:
+            raise NotFound("not found")
         body = await self._read_body(receive, headers, scope["method"])
         ex.bytes_in = len(body)
         check_request_negotiation(request, headers, body)

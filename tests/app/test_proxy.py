@@ -364,6 +364,23 @@ async def test_path_tricks_sent_raw_are_refused_and_never_forwarded(
     assert not catch_all.called
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["/fhir/Patient/p1/Consent", "/fhir/Patient/p1/Consent?status=active"],
+    ids=["compartment-search", "compartment-search-with-query"],
+)
+async def test_consent_typed_requests_never_reach_the_upstream(
+    client: httpx.AsyncClient, router: respx.Router, url: str
+) -> None:
+    """The gateway owns Consent: reaching the upstream's Consents through a compartment search
+    would bypass the consent API (and its audit)."""
+    catch_all = router.route().respond(200, json={"resourceType": "Bundle"})
+    response = await client.get(url)
+    assert response.status_code == 404
+    outcome(response)
+    assert not catch_all.called
+
+
 async def test_method_override_header_is_refused(
     client: httpx.AsyncClient, router: respx.Router
 ) -> None:
