@@ -1,22 +1,19 @@
 """SQLite consent store, beside the log store in the same file (or any other).
 
-Same discipline as :mod:`middleware.storage.ledger_sqlite`: WAL mode, ``synchronous=FULL``, one
+Same discipline as :mod:`middleware.storage.ledger_sqlite`, through the same
+:class:`~middleware.storage.sqlite_worker.SqliteWorker`: WAL mode, ``synchronous=FULL``, one
 connection driven by one worker thread, writes under ``BEGIN IMMEDIATE`` so several processes
-may share the file. SQLite errors become :class:`~middleware.errors.ServiceUnavailable` in
-:meth:`SqliteConsentStore._call`, the one place. Tables are described in ``consent_base``.
+may share the file. Tables are described in ``consent_base``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from middleware.errors import ServiceUnavailable
 from middleware.storage.consent_base import ConsentRecord, PatientMark
+from middleware.storage.sqlite_worker import SqliteWorker
 
 __all__ = ["SqliteConsentStore"]
 
@@ -74,18 +71,16 @@ class SqliteConsentStore:
     name = "sqlite"
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
+        """No I/O; :meth:`open` connects and creates the tables."""
         self.path = path
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="consentry-sqlite-consent")
-        self._busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
+        self._db = SqliteWorker(path, what="consent", schema=SCHEMA, busy_timeout=busy_timeout)
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout: float = 10.0) -> SqliteConsentStore:
         """Open (and create) the tables in the file at ``path``."""
         store = cls(path, busy_timeout=busy_timeout)
         try:
-            await store._call(store._connect)
+            await store._db.connect()
         except BaseException:
             await store.close()
             raise
@@ -93,7 +88,7 @@ class SqliteConsentStore:
 
     async def pseudonym(self, patient: str) -> bytes | None:
         sql = "SELECT pseudonym FROM consentry_consent_pseudonyms WHERE patient = ?"
-        row = await self._run(lambda c: c.execute(sql, (patient,)).fetchone())
+        row = await self._db.run(lambda c: c.execute(sql, (patient,)).fetchone())
         return None if row is None else bytes(row[0])
 
     async def pseudonym_for(self, patient: str, candidate: bytes) -> bytes:
@@ -106,7 +101,7 @@ class SqliteConsentStore:
             sql = "SELECT pseudonym FROM consentry_consent_pseudonyms WHERE patient = ?"
             return bytes(c.execute(sql, (patient,)).fetchone()[0])
 
-        return await self._run(lambda c: self._transaction(c, lambda: run(c)))
+        return await self._db.transaction(run)
 
     async def record(self, record: ConsentRecord) -> ConsentRecord:
         def run(c: sqlite3.Connection) -> ConsentRecord:
@@ -136,89 +131,39 @@ class SqliteConsentStore:
                 )
             return _row(c.execute(f"{_SELECT} WHERE ledger_idx = ?", (r.ledger_index,)).fetchone())
 
-        return await self._run(lambda c: self._transaction(c, lambda: run(c)))
+        return await self._db.transaction(run)
 
     async def current(self, consent_id: str) -> ConsentRecord | None:
-        row = await self._run(lambda c: c.execute(_CURRENT, (consent_id,)).fetchone())
+        row = await self._db.run(lambda c: c.execute(_CURRENT, (consent_id,)).fetchone())
         return None if row is None else _row(row)
 
     async def version(self, consent_id: str, version: int) -> ConsentRecord | None:
-        row = await self._run(lambda c: c.execute(_VERSION, (consent_id, version)).fetchone())
+        row = await self._db.run(lambda c: c.execute(_VERSION, (consent_id, version)).fetchone())
         return None if row is None else _row(row)
 
     async def history(self, consent_id: str) -> list[ConsentRecord]:
-        rows = await self._run(lambda c: c.execute(_HISTORY, (consent_id,)).fetchall())
+        rows = await self._db.run(lambda c: c.execute(_HISTORY, (consent_id,)).fetchall())
         return [_row(r) for r in rows]
 
     async def for_patient(self, patient: str) -> list[ConsentRecord]:
-        rows = await self._run(lambda c: c.execute(_FOR_PATIENT, (patient,)).fetchall())
+        rows = await self._db.run(lambda c: c.execute(_FOR_PATIENT, (patient,)).fetchall())
         return [_row(r) for r in rows]
 
     async def mark(self, patient: str) -> PatientMark:
-        count, latest = await self._run(lambda c: c.execute(_MARK, (patient,)).fetchone())
+        count, latest = await self._db.run(lambda c: c.execute(_MARK, (patient,)).fetchone())
         return PatientMark(count, latest)
 
     async def scanned(self) -> int:
         sql = "SELECT size FROM consentry_consent_scan WHERE id = 1"
-        row = await self._run(lambda c: c.execute(sql).fetchone())
+        row = await self._db.run(lambda c: c.execute(sql).fetchone())
         return int(row[0])
 
     async def set_scanned(self, size: int) -> None:
         sql = "UPDATE consentry_consent_scan SET size = max(size, ?) WHERE id = 1"
-        await self._run(lambda c: self._transaction(c, lambda: c.execute(sql, (size,))))
+        await self._db.transaction(lambda c: c.execute(sql, (size,)))
 
     async def ping(self) -> None:
-        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+        await self._db.ping()
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        self._executor.shutdown(wait=False)
-
-    # -- plumbing ----------------------------------------------------------------------------
-
-    def _connect(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(SCHEMA)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            raise
-        self._conn = conn
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            if self._conn is None:
-                raise ServiceUnavailable("consent store is closed")
-            return fn(self._conn)
-
-        return await self._call(call)
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the worker thread; translate SQLite errors (the one place)."""
-        if self._closed:
-            raise ServiceUnavailable("consent store is closed")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
-            raise ServiceUnavailable("consent store unavailable") from exc
-
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, body: Callable[[], T]) -> T:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = body()
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+        await self._db.close()

@@ -1,23 +1,15 @@
 """SQLite log store: the embedded default. One file, WAL mode, ``synchronous=FULL``.
 
-WAL lets readers run beside the writer; ``synchronous=FULL`` syncs the WAL on every commit,
-so a commit that returned survives power loss (https://sqlite.org/pragma.html#pragma_synchronous).
-``BEGIN IMMEDIATE`` takes the database's write lock before the first read, so the state an
-append reads is the state it extends, also when several processes append to one file; the
-others wait up to ``busy_timeout`` seconds (https://sqlite.org/lang_transaction.html).
-
-Each store owns one connection and one worker thread (a single-thread executor): every call
-runs there, one at a time. A single thread rather than ``asyncio.to_thread`` plus a lock
-because a cancelled awaiter does not stop its thread; with one worker the next call still
-waits until the transaction in flight has committed or rolled back.
+The connection, its worker thread, the pragmas and the transactions are
+:class:`~middleware.storage.sqlite_worker.SqliteWorker`'s. ``BEGIN IMMEDIATE`` takes the
+database's write lock before the first read, so the state an append reads is the state it
+extends, also when several processes append to one file.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,6 +25,7 @@ from middleware.ledger.sequencer import (
     sign_state,
 )
 from middleware.storage.ledger_sqlite_schema import SCHEMA
+from middleware.storage.sqlite_worker import SqliteWorker
 
 __all__ = ["SqliteLogStore"]
 
@@ -54,19 +47,22 @@ class SqliteLogStore:
     name = "sqlite"
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
-        """Connect only; :meth:`open` also creates the tables and replays the log."""
+        """No I/O; :meth:`open` connects, creates the tables and replays the log."""
         self.path = path
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="consentry-sqlite-ledger")
-        self._busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
+        self._db = SqliteWorker(
+            path,
+            what="ledger",
+            schema=SCHEMA,
+            busy_timeout=busy_timeout,
+            pragmas=("foreign_keys=ON",),
+        )
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout: float = 10.0) -> SqliteLogStore:
         """Open (and create) the log at ``path``, then replay it (``rebuild_state``)."""
         store = cls(path, busy_timeout=busy_timeout)
         try:
-            await store._call(store._connect)
+            await store._db.connect()
             await store.rebuild_state()
         except BaseException:
             await store.close()
@@ -76,111 +72,56 @@ class SqliteLogStore:
     async def append(
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
-        return await self._run(lambda c: self._transaction(c, lambda: _append(c, batch, sign)))
+        return await self._db.transaction(lambda c: _append(c, batch, sign))
 
     async def size(self) -> int:
         return (await self.state()).size
 
     async def state(self) -> TreeState:
-        return await self._run(_read_state)
+        return await self._db.run(_read_state)
 
     async def leaves(self, start: int, end: int) -> list[bytes]:
-        return await self._run(lambda c: _column(c, "leaf", start, end))
+        return await self._db.run(lambda c: _column(c, "leaf", start, end))
 
     async def leaf_hashes(self, start: int, end: int) -> list[bytes]:
-        return await self._run(lambda c: _column(c, "leaf_hash", start, end))
+        return await self._db.run(lambda c: _column(c, "leaf_hash", start, end))
 
     async def evidence(self, index: int) -> Evidence | None:
         sql = (
             "SELECT e.salt, e.data FROM consentry_ledger_leaves l "
             "LEFT JOIN consentry_ledger_evidence e ON e.idx = l.idx WHERE l.idx = ?"
         )
-        row = await self._run(lambda c: c.execute(sql, (index,)).fetchone())
+        row = await self._db.run(lambda c: c.execute(sql, (index,)).fetchone())
         if row is None:
             raise OutOfRangeError(f"leaf {index} is not in the log")
         return None if row[0] is None or row[1] is None else Evidence(row[0], row[1])
 
     async def chain(self, pseudonym: bytes) -> list[int]:
         sql = "SELECT idx FROM consentry_ledger_leaves WHERE pseudonym = ? ORDER BY idx"
-        rows = await self._run(lambda c: c.execute(sql, (pseudonym,)).fetchall())
+        rows = await self._db.run(lambda c: c.execute(sql, (pseudonym,)).fetchall())
         return [r[0] for r in rows]
 
     async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
         sql, args = (_LATEST_CHECKPOINT, ()) if size is None else (_CHECKPOINT_AT, (size,))
-        row = await self._run(lambda c: c.execute(sql, args).fetchone())
+        row = await self._db.run(lambda c: c.execute(sql, args).fetchone())
         return None if row is None else StoredCheckpoint(*row)
 
     async def checkpoints(self) -> list[StoredCheckpoint]:
-        return await self._run(_read_checkpoints)
+        return await self._db.run(_read_checkpoints)
 
     async def rebuild_state(self) -> TreeState:
         """Replay in a read snapshot; only if the state row is behind, replay again under the
         write lock and rewrite it (a WAL read transaction never blocks writers)."""
-        outcome = await self._run(lambda c: self._transaction(c, lambda: _replay(c), "BEGIN"))
+        outcome = await self._db.transaction(_replay, begin="BEGIN")
         if outcome.rebuilt:
-            outcome = await self._run(lambda c: self._transaction(c, lambda: _rewrite(c)))
+            outcome = await self._db.transaction(_rewrite)
         return outcome.state
 
     async def ping(self) -> None:
-        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+        await self._db.ping()
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        self._executor.shutdown(wait=False)
-
-    # -- plumbing ----------------------------------------------------------------------------
-
-    def _connect(self) -> None:
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            # The script brackets itself in BEGIN IMMEDIATE ... COMMIT: Python 3.11's
-            # executescript() commits any open transaction first, so it cannot run in ours.
-            conn.executescript(SCHEMA)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            raise
-        self._conn = conn
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` with the connection on the worker thread."""
-
-        def call() -> T:
-            if self._conn is None:
-                raise ServiceUnavailable("ledger store is closed")
-            return fn(self._conn)
-
-        return await self._call(call)
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the worker thread; translate SQLite errors (the one place)."""
-        if self._closed:
-            raise ServiceUnavailable("ledger store is closed")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
-            raise ServiceUnavailable("ledger store unavailable") from exc
-
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, body: Callable[[], T], begin: str = "") -> T:
-        conn.execute(begin or "BEGIN IMMEDIATE")
-        try:
-            result = body()
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+        await self._db.close()
 
 
 def _append(

@@ -18,7 +18,7 @@ async def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     store = await SqliteLogStore.open(tmp_path / "ledger.sqlite3")
     try:
         # synchronous is per connection: ask the store's own connection.
-        mode, sync = await store._run(
+        mode, sync = await store._db.run(
             lambda c: (
                 c.execute("PRAGMA journal_mode").fetchone()[0],
                 c.execute("PRAGMA synchronous").fetchone()[0],
