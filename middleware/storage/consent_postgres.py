@@ -4,25 +4,22 @@ Recording a version takes a transaction-level advisory lock on the consent id, s
 replicas recording versions of one consent at once number them one after the other;
 pseudonyms rely on the primary key (``ON CONFLICT DO NOTHING``, then read what is stored).
 asyncpg, OS and timeout errors become :class:`~middleware.errors.ServiceUnavailable` in
-:func:`_translated`, the one place. Tables live in ``schema``, set as the pool's ``search_path``.
+:func:`~middleware.storage.postgres_pool.translated`, the one place. Tables live in
+``schema``, set as the pool's ``search_path``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 
-from middleware.errors import ServiceUnavailable
 from middleware.storage.consent_base import ConsentRecord, PatientMark
-from middleware.storage.ledger_postgres_schema import DDL_LOCK
+from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["PostgresConsentStore"]
 
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _LOCK_CLASS = 0x43534E54  # "CSNT": consent-store advisory locks
 _CONSENT_LOCK = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, hashtext('consent/' || $1::text))"
 
@@ -72,12 +69,8 @@ _INSERT = (
 )
 
 
-@asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
-    try:
-        yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise ServiceUnavailable("consent store unavailable") from exc
+def _translated() -> AbstractAsyncContextManager[None]:
+    return translated("consent")
 
 
 def _row(row: Any) -> ConsentRecord:
@@ -99,23 +92,10 @@ class PostgresConsentStore:
         cls, dsn: str, *, schema: str = "public", min_size: int = 1, max_size: int = 10
     ) -> PostgresConsentStore:
         """Connect, then create ``schema`` and the tables if missing."""
-        if not _SCHEMA_NAME.fullmatch(schema):
-            raise ValueError(f"schema name {schema!r} is not a plain lowercase identifier")
-        async with _translated():
-            pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, server_settings={"search_path": schema}
-            )
-        try:
-            async with _translated(), pool.acquire() as conn, conn.transaction():
-                # The log store's DDL lock: both stores may create the same schema at once.
-                await conn.execute(DDL_LOCK, schema)
-                exists = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
-                if not await conn.fetchval(exists, schema):
-                    await conn.execute(f'CREATE SCHEMA "{schema}"')
-                await conn.execute(SCHEMA)
-        except BaseException:
-            await pool.close()
-            raise
+        # The log store's DDL lock is taken inside: both stores may create the schema at once.
+        pool = await open_pool(
+            dsn, schema=schema, ddl=SCHEMA, what="consent", min_size=min_size, max_size=max_size
+        )
         return cls(pool, schema)
 
     async def pseudonym(self, patient: str) -> bytes | None:

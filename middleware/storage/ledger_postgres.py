@@ -12,16 +12,15 @@ appenders through the same lock, taken in the same order (row, then advisory: no
 Transactions run at READ COMMITTED: after the row lock is granted, each later statement sees
 every append committed before it, which is exactly the log the new batch extends.
 
-asyncpg, OS and timeout errors become :class:`~middleware.errors.ServiceUnavailable` in
-:func:`_translated`, the one place. Tables live in ``schema`` (default ``public``), set as the
-pool's ``search_path``; tests use a fresh schema each.
+Database errors become :class:`~middleware.errors.ServiceUnavailable` in
+:func:`~middleware.storage.postgres_pool.translated`, the one place. Tables live in ``schema``
+(default ``public``), set as the pool's ``search_path``; tests use a fresh schema each.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, TypeAlias
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
@@ -37,7 +36,8 @@ from middleware.ledger.sequencer import (
     plan_batch,
     sign_state,
 )
-from middleware.storage.ledger_postgres_schema import DDL_LOCK, SCHEMA, SIGNER_LOCK
+from middleware.storage.ledger_postgres_schema import SCHEMA, SIGNER_LOCK
+from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["PostgresLogStore"]
 
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
         "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
     )
 
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_SCHEMA_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)"
 _STATE = "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1"
 _LOCK_STATE = "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1 FOR UPDATE"
 _LATEST_CHECKPOINT = (
@@ -63,12 +61,8 @@ _RANGES = {
 }
 
 
-@asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
-    try:
-        yield
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise ServiceUnavailable("ledger store unavailable") from exc
+def _translated() -> AbstractAsyncContextManager[None]:
+    return translated("ledger")
 
 
 class PostgresLogStore:
@@ -85,21 +79,11 @@ class PostgresLogStore:
         cls, dsn: str, *, schema: str = "public", min_size: int = 1, max_size: int = 10
     ) -> PostgresLogStore:
         """Connect, create ``schema`` and the tables if missing, then replay the log."""
-        if not _SCHEMA_NAME.fullmatch(schema):
-            raise ValueError(f"schema name {schema!r} is not a plain lowercase identifier")
-        async with _translated():
-            pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, server_settings={"search_path": schema}
-            )
+        pool = await open_pool(
+            dsn, schema=schema, ddl=SCHEMA, what="ledger", min_size=min_size, max_size=max_size
+        )
         store = cls(pool, schema)
         try:
-            async with _translated(), pool.acquire() as conn, conn.transaction():
-                await conn.execute(DDL_LOCK, schema)
-                # Look before creating: CREATE SCHEMA IF NOT EXISTS still needs the CREATE
-                # privilege on the database, which a least-privilege role may lack.
-                if not await conn.fetchval(_SCHEMA_EXISTS, schema):
-                    await conn.execute(f'CREATE SCHEMA "{schema}"')
-                await conn.execute(SCHEMA)
             await store.rebuild_state()
         except BaseException:
             await store.close()
