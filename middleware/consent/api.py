@@ -27,6 +27,7 @@ from typing import Final, Protocol
 from urllib.parse import parse_qsl
 
 from middleware.auth.identity import Identity
+from middleware.body import read_body
 from middleware.consent.access import Operation
 from middleware.consent.operations import HANDLERS
 from middleware.consent.service import Call, ConsentService, Reply
@@ -37,7 +38,6 @@ from middleware.errors import (
     NotAcceptable,
     NotFound,
     PathRejected,
-    PayloadTooLarge,
     UnsupportedMediaType,
 )
 from middleware.fhir.outcome import render_error
@@ -165,25 +165,9 @@ class ConsentApi:
         raise NotFound("not a consent API path")
 
     async def _body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max:
-            raise PayloadTooLarge("request body exceeds the configured size limit")
         if headers.get("content-encoding", "identity").strip().lower() != "identity":
             raise UnsupportedMediaType("consent API bodies are not content-encoded")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise BadRequest("client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max:
-                raise PayloadTooLarge("request body exceeds the configured size limit")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive, headers, self._max)
         media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if body and media not in _BODY_TYPES:
             raise UnsupportedMediaType("request bodies must be FHIR JSON (application/fhir+json)")

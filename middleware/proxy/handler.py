@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from middleware import __version__
+from middleware.body import read_body
 from middleware.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, UpstreamError
 from middleware.fhir import jsoncodec
 from middleware.fhir.classify import classify, classify_bundle
@@ -207,23 +208,7 @@ class ProxyHandler:
     async def _read_body(self, receive: Receive, headers: dict[str, str], method: str) -> bytes:
         """The request body, whole, at most ``max_request_bytes`` after decoding gzip."""
         limit = self.settings.max_request_bytes
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge("request body exceeds the configured size limit")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise BadRequest("client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge("request body exceeds the configured size limit")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive, headers, limit)
         if body and method not in _BODY_METHODS:
             raise BadRequest(f"a {method} request must not have a body")
         encoding = headers.get("content-encoding", "identity").strip().lower()
