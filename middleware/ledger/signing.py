@@ -8,6 +8,11 @@ which tools of that ecosystem read.
 
 Ed25519 is deterministic, so signing the same text with the same key always yields the same
 note, byte for byte. Third-party exceptions stop here: callers see only ledger errors.
+
+:func:`seal` and :func:`unseal` are libsodium's ``crypto_secretbox`` (XSalsa20-Poly1305,
+authenticated encryption with a random 24-byte nonce) for short-lived gateway tokens such as
+paging cursors: the sealed bytes are ``nonce || MAC || ciphertext``; they hide the plaintext and
+any change to them, or another key, makes :func:`unseal` answer ``None``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import nacl.exceptions
+import nacl.secret
 import nacl.signing
+import nacl.utils
 
 from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
 from middleware.ledger.errors import MalformedError, VerificationError
@@ -37,11 +44,15 @@ from middleware.ledger.note import (
 )
 
 __all__ = [
+    "BOX_KEY_SIZE",
     "PUBLIC_KEY_SIZE",
     "SEED_SIZE",
     "SIGNATURE_SIZE",
     "SigningKey",
     "Verifier",
+    "new_box_key",
+    "seal",
+    "unseal",
     "verify_checkpoint",
     "verify_detached",
     "verify_note",
@@ -51,6 +62,8 @@ SEED_SIZE = 32
 SIGNATURE_SIZE = 64
 PUBLIC_KEY_SIZE = 32
 _SKEY_PREFIX = "PRIVATE+KEY+"
+#: A secret-box key is 32 bytes (libsodium ``crypto_secretbox_KEYBYTES``).
+BOX_KEY_SIZE = nacl.secret.SecretBox.KEY_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,3 +230,34 @@ def verify_detached(public_key: bytes, message: bytes, signature: bytes) -> bool
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
         return False
     return True
+
+
+def new_box_key() -> bytes:
+    """A fresh 32-byte secret-box key from the operating system's CSPRNG (via libsodium)."""
+    return bytes(nacl.utils.random(BOX_KEY_SIZE))
+
+
+def _box(key: bytes) -> nacl.secret.SecretBox:
+    if not isinstance(key, bytes) or len(key) != BOX_KEY_SIZE:
+        raise MalformedError(f"a secret-box key is {BOX_KEY_SIZE} bytes")
+    return nacl.secret.SecretBox(key)
+
+
+def seal(key: bytes, plaintext: bytes) -> bytes:
+    """``plaintext`` encrypted and authenticated under the 32-byte ``key`` (XSalsa20-Poly1305,
+    a fresh random nonce each call, so sealing the same plaintext twice gives different bytes).
+
+    A key of the wrong size raises :class:`MalformedError` (a configuration fault, not input).
+    """
+    return bytes(_box(key).encrypt(plaintext))
+
+
+def unseal(key: bytes, token: bytes) -> bytes | None:
+    """The plaintext :func:`seal` sealed under ``key``; ``None`` when ``token`` was not sealed
+    under this key, was changed in any byte, or is too short. Never raises for any ``token``;
+    a key of the wrong size raises :class:`MalformedError` as in :func:`seal`."""
+    box = _box(key)
+    try:
+        return bytes(box.decrypt(token))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        return None
