@@ -92,11 +92,11 @@ def load(path: Path) -> Any:
         return json.load(handle)
 
 
-def split_union(expression: str) -> list[str]:
-    """The top-level ``|`` operands of a FHIRPath expression (not inside parentheses/quotes)."""
+def _split_top(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` where it stands outside parentheses and quotes."""
     parts: list[str] = []
     depth, quoted, start = 0, False, 0
-    for index, char in enumerate(expression):
+    for index, char in enumerate(text):
         if char == "'":
             quoted = not quoted
         elif quoted:
@@ -105,31 +105,21 @@ def split_union(expression: str) -> list[str]:
             depth += 1
         elif char == ")":
             depth -= 1
-        elif char == "|" and depth == 0:
-            parts.append(expression[start:index].strip())
+        elif char == separator and depth == 0:
+            parts.append(text[start:index])
             start = index + 1
-    parts.append(expression[start:].strip())
-    return [part for part in parts if part]
+    parts.append(text[start:])
+    return parts
+
+
+def split_union(expression: str) -> list[str]:
+    """The top-level ``|`` operands of a FHIRPath expression (not inside parentheses/quotes)."""
+    return [part.strip() for part in _split_top(expression, "|") if part.strip()]
 
 
 def _split_steps(path: str) -> list[str]:
     """The ``.``-separated steps of one FHIRPath path, keeping function arguments whole."""
-    steps: list[str] = []
-    depth, quoted, start = 0, False, 0
-    for index, char in enumerate(path):
-        if char == "'":
-            quoted = not quoted
-        elif quoted:
-            continue
-        elif char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "." and depth == 0:
-            steps.append(path[start:index])
-            start = index + 1
-    steps.append(path[start:])
-    return steps
+    return _split_top(path, ".")
 
 
 def _unwrap(text: str) -> str:

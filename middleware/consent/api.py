@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final, Protocol
 from urllib.parse import parse_qsl
 
+from middleware.asgi import header_dict, read_body
 from middleware.auth.identity import Identity
-from middleware.body import read_body
 from middleware.consent.access import Operation
 from middleware.consent.operations import HANDLERS
 from middleware.consent.service import Call, ConsentService, Reply
@@ -35,11 +35,11 @@ from middleware.errors import (
     BadRequest,
     GatewayError,
     MethodNotAllowed,
-    NotAcceptable,
     NotFound,
     PathRejected,
     UnsupportedMediaType,
 )
+from middleware.fhir.negotiate import check_accept, check_json_body
 from middleware.fhir.outcome import render_error
 from middleware.logging import get_logger
 from middleware.types import Receive, Scope, Send
@@ -47,11 +47,6 @@ from middleware.types import Receive, Scope, Send
 __all__ = ["ConsentApi", "TokenCheck", "serves"]
 
 _ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 "id"
-_JSON_TYPES: Final = frozenset(
-    {"*/*", "application/*", "application/fhir+json", "application/json", "application/json+fhir"}
-)
-_FORMAT_JSON: Final = frozenset({"json", "application/json", "application/fhir+json"})
-_BODY_TYPES: Final = frozenset({"application/fhir+json", "application/json"})
 _NO_QUERY: Final = frozenset({"_format"})
 _OVERRIDE_HEADERS: Final = ("x-http-method-override", "x-http-method", "x-method-override")
 
@@ -113,14 +108,14 @@ class ConsentApi:
 
     async def _handle(self, scope: Scope, receive: Receive) -> Reply:
         method: str = scope["method"]
-        headers = _header_dict(scope.get("headers", []))
+        headers = header_dict(scope.get("headers", []))
         if any(name in headers for name in _OVERRIDE_HEADERS):
             # As the proxy does (fhir.classify): a method is what the request line says.
             raise BadRequest("method-override headers are not accepted", code="not-supported")
         operation, consent_id, version = self._route(scope, method)
         identity = await self.verifier.verify(headers.get("authorization"))
         query = _query(scope.get("query_string", b""))
-        _negotiate(headers, query)
+        check_accept(headers, query)
         if operation != "search" and any(name not in _NO_QUERY for name, _ in query):
             raise BadRequest(f"{operation} takes no search parameters", code="not-supported")
         body = await self._body(receive, headers) if method in ("POST", "PUT") else b""
@@ -168,9 +163,8 @@ class ConsentApi:
         if headers.get("content-encoding", "identity").strip().lower() != "identity":
             raise UnsupportedMediaType("consent API bodies are not content-encoded")
         body = await read_body(receive, headers, self._max)
-        media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if body and media not in _BODY_TYPES:
-            raise UnsupportedMediaType("request bodies must be FHIR JSON (application/fhir+json)")
+        if body:
+            check_json_body(headers)
         return body
 
     def _self_link(self, consent_id: str | None) -> str:
@@ -201,30 +195,11 @@ def _id(value: str) -> str:
     return value
 
 
-def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for name, value in raw:
-        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return headers
-
-
 def _query(raw: bytes) -> list[tuple[str, str]]:
     try:
         return parse_qsl(raw.decode("ascii"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError as exc:
         raise BadRequest("the query string must be percent-encoded ASCII") from exc
-
-
-def _negotiate(headers: Mapping[str, str], query: list[tuple[str, str]]) -> None:
-    accept = headers.get("accept")
-    if accept and not any(
-        part.split(";", 1)[0].strip().lower() in _JSON_TYPES for part in accept.split(",")
-    ):
-        raise NotAcceptable("the consent API answers in FHIR JSON only (application/fhir+json)")
-    for name, value in query:
-        if name == "_format" and value.split(";", 1)[0].strip().lower() not in _FORMAT_JSON:
-            raise NotAcceptable("the consent API answers in FHIR JSON only (_format=json)")
 
 
 def _signature(headers: Mapping[str, str]) -> tuple[bytes, bytes] | None:

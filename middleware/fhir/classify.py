@@ -45,6 +45,7 @@ from middleware.errors import (
     PathRejected,
     UnsupportedMediaType,
 )
+from middleware.fhir.negotiate import media_type
 from middleware.fhir.request import FhirRequest, Interaction, Level
 from middleware.fhir.resource_types import COMPARTMENT_TYPES, RESOURCE_TYPES
 
@@ -153,7 +154,7 @@ def classify(
             f"method not allowed here; allowed: {', '.join(allowed)}", allowed=allowed
         )
 
-    if shape.via_post and _media_type(headers) != _FORM:
+    if shape.via_post and media_type(headers.get("content-type", "")) != _FORM:
         raise UnsupportedMediaType(f"a search by POST needs a {_FORM} body")
     patch_format = _patch_format(headers) if interaction is _I.PATCH else None
     conditional = False
@@ -308,14 +309,9 @@ def _id(segment: str, what: str) -> str:
     return segment
 
 
-def _media_type(headers: Mapping[str, str]) -> str:
-    """The content type without parameters, lower-cased (media types are case-insensitive)."""
-    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
 def _patch_format(headers: Mapping[str, str]) -> str:
     """The patch format of a PATCH body (http://hl7.org/fhir/R4/http.html#patch)."""
-    patch_format = _PATCH_FORMATS.get(_media_type(headers))
+    patch_format = _PATCH_FORMATS.get(media_type(headers.get("content-type", "")))
     if patch_format is None:
         raise UnsupportedMediaType(f"a patch needs one of: {', '.join(_PATCH_FORMATS)}")
     return patch_format

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from middleware import __version__
-from middleware.body import read_body
+from middleware.asgi import header_dict, read_body
 from middleware.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, UpstreamError
 from middleware.fhir import jsoncodec
 from middleware.fhir.classify import classify, classify_bundle
@@ -112,7 +112,7 @@ class ProxyHandler:
             self._upstream = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = _header_dict(scope["headers"])
+        headers = header_dict(scope["headers"])
         exchange = _Exchange(
             rid=request_id(headers), method=scope["method"], started=time.perf_counter()
         )
@@ -316,16 +316,6 @@ class ProxyHandler:
 
 
 _FHIR_JSON = b"application/fhir+json; charset=utf-8"
-
-
-def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Lower-case header names to values; repeated headers joined with ', ' (RFC 9110 §5.3)."""
-    headers: dict[str, str] = {}
-    for name, value in raw:
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return headers
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:

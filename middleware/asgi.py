@@ -1,5 +1,5 @@
-"""Reading an ASGI request body whole, under a size cap: what every endpoint that takes a body
-does first."""
+"""What every endpoint does first with an ASGI request: its headers as a dict, its body whole
+under a size cap."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from middleware.errors import BadRequest, PayloadTooLarge
 from middleware.types import Receive
 
-__all__ = ["read_body"]
+__all__ = ["header_dict", "read_body"]
+
+
+def header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lower-case header names to values; repeated headers joined with ', ' (RFC 9110 §5.3)."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
 
 
 async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
