@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from middleware import __version__
+from middleware.app_enforcement import build_enforcement
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.auth.factory import build_dev_issuer, build_verifier
 from middleware.consent.api import ConsentApi, serves
@@ -191,9 +192,6 @@ def create_app(
     consent index); defaults to the one ``settings.store`` names, beside the ledger.
     """
     factory = _upstream_factory(settings, upstream)
-    proxy = ProxyHandler(
-        settings, upstream_factory=factory, metrics=Metrics(), clock=clock or time.monotonic
-    )
     origin = settings.checkpoint_origin
     key = signer or load_or_create_signing_key(Path(settings.ledger_key_file), origin)
 
@@ -208,22 +206,33 @@ def create_app(
         max_pending=settings.ledger_max_pending,
     )
     dev_issuer = build_dev_issuer(settings.auth)
-    consent = _consent_api(settings, ledger, consents, dev_issuer)
-    return Gateway(settings, proxy, ledger, consent=consent, dev_issuer=dev_issuer)
-
-
-def _consent_api(
-    settings: Settings,
-    ledger: LedgerService,
-    consents: ConsentStore | None,
-    dev_issuer: UnsafeDevelopmentIssuer | None,
-) -> ConsentApi:
-    """The consent API: token verifier (an httpx client only when an issuer's keys are at a
-    URL), consent service over the consent store, opened on first need."""
+    # One token verifier for the proxy and the consent API (an httpx client only when an
+    # issuer's keys are at a URL).
     client = None
     if any(issuer.jwks_url for issuer in settings.auth.issuers):
         client = httpx.AsyncClient(timeout=httpx.Timeout(settings.read_timeout))
     verifier = build_verifier(settings.auth, client=client, dev_issuer=dev_issuer)
+    service = _consent_service(settings, ledger, consents)
+    consent = ConsentApi(
+        service,
+        verifier,
+        base_path=settings.base_path,
+        max_request_bytes=settings.max_request_bytes,
+        closers=() if client is None else (client.aclose,),
+    )
+    proxy = ProxyHandler(
+        settings, upstream_factory=factory, metrics=Metrics(), clock=clock or time.monotonic
+    )
+    proxy.enforcement = build_enforcement(
+        settings, proxy, consents=service, ledger=ledger, key=key, verifier=verifier
+    )
+    return Gateway(settings, proxy, ledger, consent=consent, dev_issuer=dev_issuer)
+
+
+def _consent_service(
+    settings: Settings, ledger: LedgerService, consents: ConsentStore | None
+) -> ConsentService:
+    """The consent service over the consent store, opened on first need."""
 
     async def open_consents() -> ConsentStore:
         return consents if consents is not None else await open_consent_store(settings.store)
@@ -234,20 +243,13 @@ def _consent_api(
     jurisdiction: Literal["opt-in", "opt-out"] = (
         "opt-out" if settings.consent_jurisdiction == "opt-out" else "opt-in"
     )
-    service = ConsentService(
+    return ConsentService(
         ledger,
         open_consents,
         admin_role=settings.consent_admin_role,
         defaults=Defaults(jurisdiction=jurisdiction),
         base_url=settings.gateway_base_url,
         receipt_base=f"{public.scheme}://{public.netloc}{root}",
-    )
-    return ConsentApi(
-        service,
-        verifier,
-        base_path=settings.base_path,
-        max_request_bytes=settings.max_request_bytes,
-        closers=() if client is None else (client.aclose,),
     )
 
 

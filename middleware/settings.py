@@ -58,6 +58,8 @@ class Settings:
     ledger_max_pending: int = 10_000
     consent_admin_role: str = "consent-admin"
     consent_jurisdiction: str = "opt-in"
+    cursor_ttl_seconds: int = 900
+    unknown_patient_allowed_for: str = ""
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
@@ -66,6 +68,13 @@ class Settings:
         if self.public_url:
             return self.public_url.rstrip("/")
         return f"http://{self.host}:{self.port}{self.base_path}"
+
+    @property
+    def unknown_patient_contexts(self) -> frozenset[str]:
+        """The caller contexts a resource with an undeterminable patient is released to."""
+        return frozenset(
+            c.strip() for c in self.unknown_patient_allowed_for.split(",") if c.strip()
+        )
 
     @property
     def checkpoint_origin(self) -> str:
@@ -239,6 +248,13 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append(f"log_level: expected one of {', '.join(_LOG_LEVELS)}")
     if values.get("consent_jurisdiction", "opt-in") not in ("opt-in", "opt-out"):
         problems.append("consent_jurisdiction: expected opt-in or opt-out")
+    if not 0 < values.get("cursor_ttl_seconds", 900) <= 86_400:
+        problems.append("cursor_ttl_seconds: expected 1..86400")
+    contexts = {c.strip() for c in values.get("unknown_patient_allowed_for", "").split(",")}
+    if contexts - {"", "patient", "user", "system"}:
+        problems.append(
+            "unknown_patient_allowed_for: expected a comma list of patient, user, system"
+        )
     if values.get("consent_admin_role", "consent-admin") == "":
         problems.append("consent_admin_role: must not be empty")
     store = values.get("store", "sqlite:consentry.db")

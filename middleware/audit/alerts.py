@@ -40,6 +40,7 @@ __all__ = [
     "REVIEW_TAG",
     "break_glass_events",
     "consent_decision_event",
+    "relied_on",
 ]
 
 _AUTHZ_SUBTYPE: Final = "https://profiles.ihe.net/ITI/BALP/CodeSystem/AuthZsubType"
@@ -83,7 +84,7 @@ def consent_decision_event(
     is written (the token names none); so no ``meta.profile`` is claimed.
     """
     entities = [] if patient is None else [patient_entity(patient_reference(patient))]
-    entities += [_consent_entity(cid, index) for cid, index in _relied_on(decision)]
+    entities += [_consent_entity(cid, index) for cid, index in relied_on(decision)]
     if identity is not None and identity.token_id is not None:
         entities.append(_token_entity(identity.token_id))
     entities.append(transaction_entity(request_id))
@@ -162,8 +163,11 @@ def _security_agents(
     )
 
 
-def _relied_on(decision: Decision) -> list[tuple[str, int | None]]:
-    # A step with a provision path is a consent that answered; ignored ones carry none.
+def relied_on(decision: Decision) -> list[tuple[str, int | None]]:
+    """The consents ``decision`` relied on, as ``(consent id, ledger index or None)`` pairs in
+    trace order without repeats: the trace steps that reached a provision. Consents that were
+    ignored (not active, out of period, another patient) or did not apply carry no provision
+    path and are left out."""
     pairs = (
         (step.consent_id, step.ledger_index)
         for step in decision.trace

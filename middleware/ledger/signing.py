@@ -18,6 +18,7 @@ any change to them, or another key, makes :func:`unseal` answer ``None``.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -50,6 +51,7 @@ __all__ = [
     "SIGNATURE_SIZE",
     "SigningKey",
     "Verifier",
+    "derive_box_key",
     "new_box_key",
     "seal",
     "unseal",
@@ -230,6 +232,19 @@ def verify_detached(public_key: bytes, message: bytes, signature: bytes) -> bool
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError):
         return False
     return True
+
+
+def derive_box_key(key: SigningKey, purpose: str) -> bytes:
+    """A 32-byte secret-box key derived from ``key``'s seed for one ``purpose`` (BLAKE2b keyed
+    with the seed, personalised per purpose, RFC 7693): every replica holding the same ledger
+    key derives the same key (paging cursors sealed by one replica open on another), and a
+    derived key reveals nothing of the seed. ``purpose`` is a short ASCII label."""
+    label = purpose.encode("ascii")
+    if not 0 < len(label) <= 16:
+        raise MalformedError("a key purpose is 1..16 ASCII characters")
+    return hashlib.blake2b(
+        b"consentry/derive/v1", digest_size=BOX_KEY_SIZE, key=key.seed, person=label
+    ).digest()
 
 
 def new_box_key() -> bytes:

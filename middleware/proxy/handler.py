@@ -18,7 +18,7 @@ from __future__ import annotations
 import gzip
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +33,9 @@ from middleware.fhir.outcome import render_error
 from middleware.fhir.request import FhirRequest, Interaction
 from middleware.logging import get_logger
 from middleware.ops.metrics import Metrics
+from middleware.pipeline.exchange import Answer, Upstreamed
 from middleware.proxy.capability import describe_gateway
+from middleware.proxy.enforcement import Enforcement
 from middleware.proxy.headers import RESPONSE_HEADERS_PASSED, request_id, upstream_request_headers
 from middleware.proxy.rewrite import Rebaser
 from middleware.proxy.upstream import Upstream, UpstreamRequest, UpstreamResponse
@@ -83,8 +85,10 @@ class ProxyHandler:
         upstream_factory: Callable[[], Upstream],
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        enforcement: Enforcement | None = None,
     ) -> None:
         self.settings = settings
+        self.enforcement = enforcement
         self._upstream_factory = upstream_factory
         self._upstream: Upstream | None = None
         self.metrics = metrics
@@ -174,6 +178,16 @@ class ProxyHandler:
                 send, 200, [(b"content-type", _FHIR_JSON)], await self._metadata(), headers, ex
             )
             return
+        if request.interaction is not Interaction.CAPABILITIES:
+            # Everything but the CapabilityStatement (public by SMART App Launch 2.x) is
+            # enforced; without an enforcement stage nothing is forwarded at all.
+            if self.enforcement is None:
+                raise _InternalError("enforcement is not configured")
+            answer = await self.enforcement.run(
+                scope, request=request, body=body, headers=headers, rid=ex.rid, proxy=self
+            )
+            await self._send_answer(send, answer, headers, ex)
+            return
 
         upstream_request = UpstreamRequest(
             method=request.method,
@@ -198,6 +212,71 @@ class ProxyHandler:
             await self._release(send, response, headers, ex)
         finally:
             await response.aclose()
+
+    async def _send_answer(
+        self, send: Send, answer: Answer, client_headers: dict[str, str], ex: _Exchange
+    ) -> None:
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
+        body = b""
+        if answer.document is not None:
+            body = jsoncodec.encode(answer.document)
+            if not any(k == b"content-type" for k, _ in headers):
+                headers.append((b"content-type", _FHIR_JSON))
+        await self._send(send, answer.status, headers, body, client_headers, ex)
+
+    async def forward(
+        self,
+        method: str,
+        target: str,
+        *,
+        client: Mapping[str, str],
+        client_host: str | None,
+        rid: str,
+        body: bytes = b"",
+        headers: Sequence[tuple[str, str]] = (),
+        client_headers: bool = True,
+    ) -> Upstreamed:
+        """One upstream round trip for the pipeline (see
+        :class:`~middleware.pipeline.exchange.Forwarder`): the answer read whole under
+        ``max_response_bytes``, headers allow-listed, ``Location`` rebased, JSON decoded."""
+        base = self._upstream_base
+        # An absolute target is a redeemed paging link the pipeline checked lies on ``base``.
+        url = target if target.startswith(base) else f"{base}/{target}" if target else base
+        sent_headers = upstream_request_headers(
+            client if client_headers else {},
+            rid=rid,
+            client_host=client_host,
+            scheme=self._public_scheme,
+            host=self._public_host,
+            prefix=self.settings.base_path,
+            extra=self.settings.upstream_headers,
+            trust_forwarded=self.settings.trust_forwarded_headers,
+        )
+        if headers:
+            names = {name for name, _ in headers}
+            sent_headers = [(k, v) for k, v in sent_headers if k not in names]
+            sent_headers.extend(headers)
+        if body and not any(name == "content-type" for name, _ in sent_headers):
+            sent_headers.append(("content-type", "application/fhir+json"))
+        started = time.perf_counter()
+        response = await self.upstream.send(UpstreamRequest(method, url, sent_headers, body))
+        try:
+            raw = await response.read(self.settings.max_response_bytes)
+        finally:
+            await response.aclose()
+        self.metrics.observe_upstream("pipeline", time.perf_counter() - started)
+        passed: list[tuple[str, str]] = []
+        content_type = ""
+        for name, value in response.headers:
+            if name not in RESPONSE_HEADERS_PASSED:
+                continue
+            if name in ("location", "content-location"):
+                value = self.rebaser.url(value)  # noqa: PLW2901
+            elif name == "content-type":
+                content_type = value
+            passed.append((name, value))
+        document = _decode_upstream(raw) if raw and "json" in content_type else None
+        return Upstreamed(response.status, passed, document, raw)
 
     def _upstream_url(self, request: FhirRequest) -> str:
         url = f"{self._upstream_base}/{request.path}" if request.path else self._upstream_base

@@ -4,6 +4,7 @@ through ``httpx.MockTransport`` (injected, never patched)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -12,9 +13,11 @@ import pytest
 import respx
 
 from middleware.app import Gateway, create_app
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.ledger.signing import SigningKey
 from middleware.settings import Settings, load_settings
 from middleware.storage.ledger_memory import MemoryLogStore
+from tests.app.consenting import AUDIENCE, DEV_ISSUER, auth_settings
 
 UPSTREAM = "http://upstream.test:8103/fhir"
 GATEWAY = "http://gateway.test/fhir"
@@ -86,11 +89,38 @@ def make_app(
 
 
 @pytest.fixture
-def make_client(make_app: Callable[..., Gateway]) -> Callable[..., httpx.AsyncClient]:
+def dev_key_file(tmp_path: Path) -> Path:
+    """Where the development issuer of the proxy tests keeps its key."""
+    return tmp_path / "dev-issuer.jwk"
+
+
+@pytest.fixture
+def system_bearer(dev_key_file: Path) -> dict[str, str]:
+    """A backend-service token (SMART ``system/*.cruds``) from the development issuer."""
+    issuer = UnsafeDevelopmentIssuer.from_key_file(dev_key_file, DEV_ISSUER, enabled=True)
+    token = issuer.issue("ehr-backend", scopes="system/*.cruds", audience=AUDIENCE)
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def make_client(
+    make_app: Callable[..., Gateway], dev_key_file: Path, system_bearer: dict[str, str]
+) -> Callable[..., httpx.AsyncClient]:
+    """A client of a gateway whose proxy tests run as a trusted EHR backend: the development
+    issuer on, opt-out jurisdiction (no consent recorded means permit), and a system token
+    sent with every request unless the test overrides ``auth`` or the header."""
+
     def make(**overrides: Any) -> httpx.AsyncClient:
+        overrides.setdefault("consent_jurisdiction", "opt-out")
+        headers = {}
+        if "auth" not in overrides:
+            overrides["auth"] = auth_settings(dev_key_file)
+            headers = dict(system_bearer)
         app = make_app(**overrides)
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
-        return httpx.AsyncClient(transport=transport, base_url="http://gateway.test")
+        return httpx.AsyncClient(
+            transport=transport, base_url="http://gateway.test", headers=headers
+        )
 
     return make
 

@@ -1,0 +1,76 @@
+"""Wiring of the enforcement pipeline: the parts :func:`middleware.app.create_app` hands the proxy.
+
+Kept beside ``app.py`` so that the app module stays about routing: this one builds the
+:class:`~middleware.pipeline.flow.Flow` (consents through the consent service's registry,
+cursors sealed under a key derived from the ledger key, search guards, the consent defaults),
+its write and Bundle halves, and the audit recorder over the ledger and the consent store's
+pseudonyms.
+"""
+
+from __future__ import annotations
+
+import time
+
+from middleware.audit.parts import AgentInfo
+from middleware.audit.recorder import AuditRecorder
+from middleware.consent.model import Policy
+from middleware.consent.service import ConsentService
+from middleware.ledger.leaf import new_pseudonym
+from middleware.ledger.service import LedgerService
+from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.pipeline.bundles import Bundles
+from middleware.pipeline.cursor import CursorCodec
+from middleware.pipeline.flow import Flow
+from middleware.pipeline.guards import GuardPolicy
+from middleware.pipeline.writes import Writes
+from middleware.proxy.enforcement import Enforcement, TokenCheck
+from middleware.proxy.handler import ProxyHandler
+from middleware.settings import Settings
+
+__all__ = ["GATEWAY_NAME", "build_enforcement"]
+
+#: How the gateway names itself in AuditEvents (``source.site``, agent displays).
+GATEWAY_NAME = "consentry"
+
+
+def build_enforcement(
+    settings: Settings,
+    proxy: ProxyHandler,
+    *,
+    consents: ConsentService,
+    ledger: LedgerService,
+    key: SigningKey,
+    verifier: TokenCheck,
+) -> Enforcement:
+    """The enforcement stage of ``proxy`` (see the module docstring)."""
+
+    async def policies(patient: str) -> tuple[Policy, ...]:
+        return await (await consents.registry()).policies(patient)
+
+    async def pseudonym_of(patient: str) -> bytes:
+        return await (await consents.store()).pseudonym_for(patient, new_pseudonym())
+
+    flow = Flow(
+        policies=policies,
+        cursors=CursorCodec(derive_box_key(key, "cursor"), settings.cursor_ttl_seconds),
+        guards=GuardPolicy(),
+        defaults=consents.defaults,
+        rebaser=proxy.rebaser,
+        base_urls=(settings.upstream.rstrip("/"), settings.gateway_base_url),
+        allow_unknown=settings.unknown_patient_contexts,
+        wall_clock=time.time,
+    )
+    recorder = AuditRecorder(
+        ledger,
+        pseudonym_of,
+        gateway=AgentInfo(base_url=settings.gateway_base_url, name=GATEWAY_NAME),
+        wall_clock=time.time,
+    )
+    enforcement = Enforcement(
+        verifier=verifier, flow=flow, recorder=recorder, gateway_base=settings.gateway_base_url
+    )
+
+    writes = Writes(flow, enforcement.record)
+    writes.bundles = Bundles(writes, base_path=settings.base_path)
+    flow.writes = writes
+    return enforcement

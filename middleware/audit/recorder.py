@@ -1,0 +1,305 @@
+"""The audit recorder: one FHIR exchange through the gateway becomes ledger entries.
+
+Each entry is a PHI-free leaf (kind, flags, time, the patient's random pseudonym, the consent
+index the decision relied on) committing to its evidence: the IHE BALP AuditEvents of the
+exchange (https://profiles.ihe.net/ITI/BALP/), canonically encoded as a FHIR R4 ``collection``
+Bundle (http://hl7.org/fhir/R4/bundle.html) and kept beside the ledger, never in it.
+
+:meth:`AuditRecorder.record` writes one entry per patient of :attr:`Exchange.decisions`, in
+order, or one entry without a pseudonym when the exchange names no patient. What each entry
+says depends on the phase:
+
+========  ===============================  ====================================================
+phase     kind                             evidence
+========  ===============================  ====================================================
+exchange  ``DISCLOSURE`` for a released    the BALP AuthZconsent event (when a consent decision
+          patient (status < 400), else     was taken), then the BALP RESTful event of the
+          ``ACCESS_DECISION``              exchange for that patient
+decision  ``ACCESS_DECISION``              the AuthZconsent event; without a decision, the
+                                           RESTful event with the given status
+outcome   ``ACCESS_OUTCOME``               the RESTful event with the upstream's status
+========  ===============================  ====================================================
+
+Flags: ``PERMIT`` when the status is below 400 and the decision (if any) permits (the decision
+phase: when the decision permits); ``NARROWED`` and ``BREAK_THE_GLASS`` as the exchange says.
+Without patients, the one exchange entry is a ``DISCLOSURE`` below status 400. The RESTful
+event of a patient whose data was withheld names what was asked for (the request's own
+target), not ``resource_refs``: the resources released belong to other patients.
+
+Every entry of one call is appended concurrently, so the group-commit writer can take them in
+one batch; if any append fails the call raises :class:`~middleware.errors.ServiceUnavailable`
+and the caller must release nothing (ARCHITECTURE invariant 1: no response without a durable
+entry). No idempotency key is set: ``X-Request-Id`` comes from clients, and a reused id must
+never suppress an entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Literal, Protocol
+
+from middleware.audit.alerts import consent_decision_event, relied_on
+from middleware.audit.balp import exchange_events
+from middleware.audit.parts import AgentInfo, Json, patient_reference
+from middleware.auth.identity import Identity
+from middleware.consent.decide import Decision
+from middleware.errors import ServiceUnavailable
+from middleware.fhir.jsoncodec import encode_canonical
+from middleware.fhir.request import FhirRequest
+from middleware.ledger.entry import NewEntry
+from middleware.ledger.leaf import PSEUDONYM_SIZE, EntryFlag, EntryKind, micros
+from middleware.logging import get_logger
+
+__all__ = ["Appender", "AuditRecorder", "Exchange", "Phase"]
+
+Phase = Literal["exchange", "decision", "outcome"]
+"""``exchange``: reads, searches and every denied or failed request, once answered;
+``decision``: a write, before it is forwarded; ``outcome``: a write, once upstream answered."""
+
+_PHASES: frozenset[str] = frozenset({"exchange", "decision", "outcome"})
+_NO_PATIENT = bytes(PSEUDONYM_SIZE)
+
+
+class Appender(Protocol):
+    """Where entries go (:class:`~middleware.ledger.service.LedgerService` is one): ``append``
+    returns the entry's ledger index once it is durable, or raises."""
+
+    async def append(self, entry: NewEntry) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What the pipeline knows about one exchange when it is audited.
+
+    ``identity`` is None for an unauthenticated (401) request. ``status`` is the HTTP status
+    sent (or to be sent) to the client. ``raw_request`` is the request as received (target and
+    query, plus the form body of ``POST _search``); it may be empty except for queries.
+    ``decisions`` maps each patient the exchange touched or named (``Patient/<id>``, order
+    kept) to the consent decision taken for it, or None when none was needed (a patient
+    reading their own record). ``released`` are the patients whose data reached the client;
+    ``resource_refs`` the ``Type/id`` of the resources released or written. ``narrowed``: the
+    answer was filtered, the query pinned or the resource redacted.
+    """
+
+    request: FhirRequest
+    identity: Identity | None
+    status: int
+    request_id: str
+    raw_request: bytes
+    client_address: str | None
+    decisions: Mapping[str, Decision | None] = field(default_factory=dict, hash=False)
+    released: frozenset[str] = frozenset()
+    resource_refs: Sequence[str] = ()
+    narrowed: bool = False
+    break_glass: bool = False
+
+    def __post_init__(self) -> None:
+        # Frozen in fact, not only in name: the caller's dict or list may change afterwards.
+        object.__setattr__(self, "decisions", MappingProxyType(dict(self.decisions)))
+        object.__setattr__(self, "resource_refs", tuple(self.resource_refs))
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """One entry before its pseudonym is known: ``patient`` is ``Patient/<id>`` or None."""
+
+    kind: EntryKind
+    patient: str | None
+    events: list[Json]
+    flags: EntryFlag
+    consent: int | None
+
+
+class AuditRecorder:
+    """Writes the ledger entries of exchanges; one per gateway, shared by all requests.
+
+    ``pseudonym_of("Patient/<id>")`` returns the patient's 16-byte pseudonym (creating it on
+    first use); pseudonyms never change, so the last ``max_cached_pseudonyms`` are kept in an
+    LRU cache and the hot path makes no store round trip for a patient seen recently.
+    ``wall_clock`` gives seconds since the epoch: the leaf's time and the events' ``recorded``.
+    """
+
+    def __init__(
+        self,
+        ledger: Appender,
+        pseudonym_of: Callable[[str], Awaitable[bytes]],
+        *,
+        gateway: AgentInfo,
+        wall_clock: Callable[[], float] = time.time,
+        max_cached_pseudonyms: int = 100_000,
+    ) -> None:
+        if max_cached_pseudonyms < 1:
+            raise ValueError("max_cached_pseudonyms must be positive")
+        self._ledger = ledger
+        self._pseudonym_of = pseudonym_of
+        self._gateway = gateway
+        self._wall_clock = wall_clock
+        self._max_cached = max_cached_pseudonyms
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+
+    async def record(self, exchange: Exchange, phase: Phase) -> list[int]:
+        """Append the entries of ``exchange`` in ``phase`` and return their indexes, in order.
+
+        Raises :class:`ServiceUnavailable` ("audit trail unavailable") when a pseudonym cannot
+        be had or any append fails; :class:`ValueError` for a malformed exchange (unknown
+        phase, empty ``request_id``, a patient that is no ``Patient/<id>``, a query without
+        ``raw_request``), before anything is appended.
+        """
+        if phase not in _PHASES:
+            raise ValueError(f"unknown audit phase {phase!r}")
+        recorded = datetime.fromtimestamp(self._wall_clock(), UTC)
+        plans = _plan(exchange, phase, recorded, self._gateway)
+        pseudonyms = await self._pseudonyms(exchange, [p.patient for p in plans if p.patient])
+        recorded_us = micros(recorded)
+        entries = [
+            NewEntry.create(
+                plan.kind,
+                _bundle(plan.events),
+                recorded_us=recorded_us,
+                pseudonym=None if plan.patient is None else pseudonyms[plan.patient],
+                consent=plan.consent,
+                flags=plan.flags,
+            )
+            for plan in plans
+        ]
+        # Concurrent, so the group-commit writer takes them in one batch; wait for every one
+        # (return_exceptions) so no append is left running unobserved when one fails.
+        results = await asyncio.gather(
+            *(self._ledger.append(entry) for entry in entries), return_exceptions=True
+        )
+        indexes: list[int] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise _unavailable(exchange, result) from result
+            indexes.append(result)
+        return indexes
+
+    async def _pseudonyms(self, exchange: Exchange, patients: list[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        missing: list[str] = []
+        for patient in dict.fromkeys(patients):
+            cached = self._cache.get(patient)
+            if cached is None:
+                missing.append(patient)
+            else:
+                self._cache.move_to_end(patient)
+                found[patient] = cached
+        results = await asyncio.gather(
+            *(self._pseudonym_of(patient) for patient in missing), return_exceptions=True
+        )
+        for patient, result in zip(missing, results, strict=True):
+            if isinstance(result, BaseException):
+                raise _unavailable(exchange, result) from result
+            pseudonym = bytes(result)
+            if len(pseudonym) != PSEUDONYM_SIZE or pseudonym == _NO_PATIENT:
+                error = ValueError("the pseudonym store returned a malformed pseudonym")
+                raise _unavailable(exchange, error) from error
+            found[patient] = pseudonym
+            self._cache[patient] = pseudonym
+            if len(self._cache) > self._max_cached:
+                self._cache.popitem(last=False)
+        return found
+
+
+def _plan(
+    exchange: Exchange, phase: Phase, recorded: datetime, gateway: AgentInfo
+) -> list[_Planned]:
+    """The entries of one call, in order (pure)."""
+    x = exchange
+    released = {patient_reference(p) for p in x.released}
+    targets: list[tuple[str | None, Decision | None]] = [
+        (patient_reference(p), d) for p, d in x.decisions.items()
+    ] or [(None, None)]
+    extra = (EntryFlag.NARROWED if x.narrowed else EntryFlag.NONE) | (
+        EntryFlag.BREAK_THE_GLASS if x.break_glass else EntryFlag.NONE
+    )
+
+    def restful(patient: str | None, refs: Sequence[str]) -> Json:
+        (event,) = exchange_events(
+            x.request,
+            identity=x.identity,
+            patients=[] if patient is None else [patient],
+            outcome_status=x.status,
+            recorded=recorded,
+            request_id=x.request_id,
+            raw_request=x.raw_request,
+            gateway=gateway,
+            client_address=x.client_address,
+            resource_refs=refs,
+        )
+        return event
+
+    def authz(patient: str | None, decision: Decision | None) -> list[Json]:
+        if decision is None:
+            return []
+        event = consent_decision_event(
+            decision,
+            identity=x.identity,
+            patient=patient,
+            recorded=recorded,
+            request_id=x.request_id,
+            gateway=gateway,
+            client_address=x.client_address,
+        )
+        return [event]
+
+    plans: list[_Planned] = []
+    for patient, decision in targets:
+        flags = extra | (
+            EntryFlag.PERMIT if _permits(phase, x.status, decision) else EntryFlag.NONE
+        )
+        if phase == "exchange":
+            disclosed = x.status < 400 and (patient is None or patient in released)
+            kind = EntryKind.DISCLOSURE if disclosed else EntryKind.ACCESS_DECISION
+            # The released resources belong to released patients: a patient whose data was
+            # withheld is audited against what was asked for (the request's own target).
+            refs = x.resource_refs if disclosed or patient is None else ()
+            events = [*authz(patient, decision), restful(patient, refs)]
+        elif phase == "decision":
+            kind = EntryKind.ACCESS_DECISION
+            events = authz(patient, decision) or [restful(patient, x.resource_refs)]
+        else:
+            kind = EntryKind.ACCESS_OUTCOME
+            events = [restful(patient, x.resource_refs)]
+        plans.append(_Planned(kind, patient, events, flags, _consent_index(decision)))
+    return plans
+
+
+def _permits(phase: Phase, status: int, decision: Decision | None) -> bool:
+    """The PERMIT flag: the status is below 400 and the decision, if any, permits. Before a
+    write is forwarded (phase ``decision``) its status is not known yet: the decision counts."""
+    if phase == "decision" and decision is not None:
+        return decision.permitted
+    return status < 400 and (decision is None or decision.permitted)
+
+
+def _consent_index(decision: Decision | None) -> int | None:
+    """The leaf's consent index: the newest ledger entry among the consents relied on."""
+    if decision is None:
+        return None
+    return max((i for _, i in relied_on(decision) if i is not None), default=None)
+
+
+def _bundle(events: list[Json]) -> bytes:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": event} for event in events],
+    }
+    return encode_canonical(bundle)
+
+
+def _unavailable(exchange: Exchange, cause: BaseException) -> ServiceUnavailable:
+    # The request id and the error's type only: never a patient, a reference or request text.
+    get_logger("consentry.audit").error(
+        "audit trail unavailable",
+        request_id=exchange.request_id,
+        error_type=type(cause).__name__,
+    )
+    return ServiceUnavailable("audit trail unavailable")

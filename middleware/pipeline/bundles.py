@@ -1,0 +1,317 @@
+"""Enforcement of batch and transaction Bundles (FHIR R4 http.html#transaction).
+
+**Batch**: every entry is an independent request (R4: "there SHALL be no interdependencies
+between the different entries"), so each goes through the whole pipeline on its own, as if the
+client had sent it: classified, checked, decided, recorded, forwarded, filtered. Its answer
+becomes the entry's ``response``: a denied read is the same ``404`` a missing record gets, a
+refused write its ``403``. Entries run in order, one at a time.
+
+**Transaction**: all or nothing. Before anything is forwarded every entry is checked as the
+write or read it is: creates against the compartment their body will be in (``urn:uuid``
+references to resources created in the same transaction are read as new, consent-less
+records of that type), updates and deletes against the current version *and* (updates) the
+new body, reads and searches against the search guards. One refusal refuses the transaction,
+with one answer that says nothing of which entry or why. The decision is recorded, updates are
+pinned to the checked versions (``ifMatch``), and the answer is filtered like any other
+(one-to-one: a resource the caller may not see becomes a 404 entry). Conditional entries and
+patches inside a transaction are refused: their targets could not be checked before the
+upstream resolves them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from middleware.errors import BadRequest, Forbidden, GatewayError
+from middleware.fhir import jsoncodec
+from middleware.fhir.classify import classify
+from middleware.fhir.compartment import patients_of
+from middleware.fhir.request import FhirRequest, Interaction
+from middleware.pipeline.caller import ACTION_COLLECT, ACTION_CORRECT, check_interaction
+from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed, upstream_failure
+from middleware.pipeline.guards import check_search
+from middleware.pipeline.judge import Trail
+from middleware.pipeline.params import decode_params
+from middleware.pipeline.writes import DENIED_WRITE, Writes
+
+__all__ = ["Bundles", "MAX_ENTRIES"]
+
+#: Entries per batch or transaction; more is refused (413-like work for one request).
+MAX_ENTRIES: Final = 1000
+_REFUSED_TRANSACTION: Final = "this transaction is not allowed"
+_ENTRY_HEADERS: Final = {
+    "ifMatch": "if-match",
+    "ifNoneMatch": "if-none-match",
+    "ifNoneExist": "if-none-exist",
+    "ifModifiedSince": "if-modified-since",
+}
+_TRANSACTION_ENTRIES: Final = frozenset(
+    {
+        Interaction.CREATE,
+        Interaction.UPDATE,
+        Interaction.DELETE,
+        Interaction.READ,
+        Interaction.VREAD,
+        Interaction.SEARCH_TYPE,
+    }
+)
+
+
+class Bundles:
+    """Batch and transaction enforcement (module docstring) over the pipeline ``writes``
+    belongs to; set it as ``writes.bundles``."""
+
+    def __init__(self, writes: Writes, *, base_path: str) -> None:
+        self.writes = writes
+        self.flow = writes.flow
+        self.base_path = base_path
+
+    async def __call__(self, ask: Ask) -> Answer:
+        bundle = _bundle(ask.body)
+        entries = bundle.get("entry") or []
+        if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
+            raise BadRequest(f"a Bundle may carry at most {MAX_ENTRIES} entries")
+        if ask.request.interaction is Interaction.BATCH:
+            return await self._batch(ask, entries)
+        return await self._transaction(ask, bundle, entries)
+
+    # -- batch -------------------------------------------------------------------------------
+
+    async def _batch(self, ask: Ask, entries: list[Any]) -> Answer:
+        answers = [await self._batch_entry(ask, entry) for entry in entries]
+        return Answer(
+            200,
+            [("content-type", "application/fhir+json; charset=utf-8")],
+            {"resourceType": "Bundle", "type": "batch-response", "entry": answers},
+        )
+
+    async def _batch_entry(self, ask: Ask, entry: Any) -> dict[str, Any]:
+        try:
+            sub = self._sub_ask(ask, entry)
+        except GatewayError as error:
+            return _error_entry(error)
+        status = 500
+        try:
+            answer = await self.flow.run(sub)
+            status = answer.status
+        except GatewayError as error:
+            status = error.status
+            await self.writes.record(sub, status, _phase(sub))
+            return _error_entry(error)
+        await self.writes.record(sub, status, _phase(sub))
+        return _answer_entry(answer)
+
+    def _sub_ask(self, ask: Ask, entry: Any) -> Ask:
+        """One batch entry as the request the client could have sent on its own."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("request"), dict):
+            raise BadRequest("a batch entry needs a request")
+        spec = entry["request"]
+        method, url = spec.get("method"), spec.get("url")
+        if not isinstance(method, str) or not isinstance(url, str) or not url:
+            raise BadRequest("a batch entry's request needs a method and a url")
+        headers = {"accept": "application/fhir+json"}
+        for key, name in _ENTRY_HEADERS.items():
+            if isinstance(spec.get(key), str):
+                headers[name] = spec[key]
+        resource = entry.get("resource")
+        body = b""
+        if resource is not None:
+            headers["content-type"] = "application/fhir+json"
+            body = jsoncodec.encode(resource)
+        request = self._classify(method, url, headers)
+        if request.interaction in (Interaction.BATCH, Interaction.TRANSACTION):
+            raise BadRequest("a Bundle entry may not be another batch or transaction")
+        if request.interaction is Interaction.PATCH:
+            raise BadRequest("patches inside a Bundle are not supported by the gateway")
+        if request.resource_type == "Consent":
+            raise Forbidden(DENIED_WRITE)
+        return Ask(
+            request=request,
+            body=body,
+            headers=headers,
+            caller=ask.caller,
+            forward=_entry_forwarder(ask.forward, headers),
+            self_url=f"{self.flow.gateway_base}/{url}",
+            trail=Trail(),
+        )
+
+    def _classify(self, method: str, url: str, headers: Mapping[str, str]) -> FhirRequest:
+        parts = urlsplit(url)
+        path = parts.path
+        if parts.scheme or parts.netloc:
+            gateway = self.flow.gateway_base
+            if not url.startswith(gateway + "/"):
+                raise BadRequest("a Bundle entry's url must be on this server")
+            path = urlsplit(url[len(gateway) :]).path
+        path = "/" + path.lstrip("/") if path else "/"
+        return classify(
+            method,
+            self.base_path + path,
+            None,
+            parts.query.encode("ascii", "strict"),
+            headers,
+            base_path=self.base_path,
+        )
+
+    # -- transaction -------------------------------------------------------------------------
+
+    async def _transaction(self, ask: Ask, bundle: dict[str, Any], entries: list[Any]) -> Answer:
+        new = _new_references(entries)
+        try:
+            for entry in entries:
+                await self._check_entry(ask, entry, new)
+        except GatewayError as error:
+            if error.status >= 500:
+                raise
+            raise Forbidden(_REFUSED_TRANSACTION) from None
+        await self.writes.record(ask, 200, "decision")
+        body = jsoncodec.encode(bundle)
+        up = await ask.forward("POST", "", body=body)
+        if up.status >= 400:
+            outcome = upstream_failure(up, ask.request)
+            if isinstance(outcome, GatewayError):
+                raise outcome
+            return outcome
+        return await self.flow.release(ask, up)
+
+    async def _check_entry(self, ask: Ask, entry: Any, new: Mapping[str, str]) -> None:
+        """Raise unless the transaction entry may go through (pins updates to the checked
+        version by setting ``request.ifMatch`` in the Bundle that will be forwarded)."""
+        sub = self._sub_ask(ask, entry)
+        request = sub.request
+        if request.interaction not in _TRANSACTION_ENTRIES or request.conditional:
+            raise BadRequest("this transaction entry is not supported by the gateway")
+        check_interaction(ask.caller, request)
+        sub.trail = ask.trail
+        if request.interaction is Interaction.SEARCH_TYPE:
+            if ask.caller.patient is not None:
+                raise Forbidden("searches inside a transaction need a user or system caller")
+            check_search(
+                decode_params(request.query),
+                caller_kind=ask.caller.context,
+                sees_everything=False,
+                policy=self.flow.guards,
+            )
+            return
+        if request.interaction in (Interaction.READ, Interaction.VREAD):
+            return  # judged in the answer, like any read
+        if request.interaction is Interaction.CREATE:
+            await self._allow(sub, _local(entry["resource"], new), ACTION_COLLECT)
+            return
+        current = await self.writes._target(sub)
+        if request.interaction is Interaction.UPDATE:
+            body = _local(entry.get("resource"), new)
+            await self._allow(sub, body, ACTION_COLLECT if current is None else ACTION_CORRECT)
+        elif current is None:
+            raise Forbidden(_REFUSED_TRANSACTION)
+        if current is not None:
+            version = (current.get("meta") or {}).get("versionId")
+            if isinstance(version, str) and "ifMatch" not in entry["request"]:
+                entry["request"]["ifMatch"] = f'W/"{version}"'
+
+    async def _allow(self, sub: Ask, resource: Any, action: tuple[str, str]) -> None:
+        if not isinstance(resource, dict):
+            raise BadRequest("a transaction entry needs a resource")
+        judge = await self.flow.judge(sub.caller, action, resource, sub.trail)
+        if judge.rule(resource, patients_of(resource, base_urls=self.flow.base_urls)) is None:
+            raise Forbidden(_REFUSED_TRANSACTION)
+
+
+def _bundle(raw: bytes) -> dict[str, Any]:
+    try:
+        document = jsoncodec.decode(raw)
+    except jsoncodec.DecodeError as exc:
+        raise BadRequest("the request body is not valid JSON", code="structure") from exc
+    if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
+        raise BadRequest("the request body must be a Bundle", code="structure")
+    return document
+
+
+def _new_references(entries: list[Any]) -> dict[str, str]:
+    """``urn:uuid:`` full URLs of created entries -> a local reference for judging them:
+    ``Type/<uuid>``, a record with no consent yet (FHIR R4 http.html#trules)."""
+    found: dict[str, str] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        full_url, resource = entry.get("fullUrl"), entry.get("resource")
+        if (
+            isinstance(full_url, str)
+            and full_url.startswith("urn:uuid:")
+            and isinstance(resource, dict)
+            and isinstance(resource.get("resourceType"), str)
+        ):
+            found[full_url] = f"{resource['resourceType']}/{full_url.removeprefix('urn:uuid:')}"
+    return found
+
+
+def _local(resource: Any, new: Mapping[str, str]) -> Any:
+    """A copy of ``resource`` whose ``urn:uuid`` references name the local placeholders."""
+    if not new or not isinstance(resource, dict):
+        return resource
+    copied = copy.deepcopy(resource)
+    _replace(copied, new, 0)
+    return copied
+
+
+def _replace(node: Any, new: Mapping[str, str], depth: int) -> None:
+    if depth > 64:
+        return
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str) and value in new:
+                node[key] = new[value]
+            else:
+                _replace(value, new, depth + 1)
+    elif isinstance(node, list):
+        for item in node:
+            _replace(item, new, depth + 1)
+
+
+def _entry_forwarder(forward: Forwarder, entry_headers: Mapping[str, str]) -> Forwarder:
+    """The exchange's forwarder with a batch entry's own headers in place of the client's."""
+    own = [(k, v) for k, v in entry_headers.items() if k != "accept"]
+
+    async def call(
+        method: str,
+        target: str,
+        *,
+        body: bytes = b"",
+        headers: Any = (),
+        client_headers: bool = True,
+    ) -> Upstreamed:
+        extra = [*own, *headers] if client_headers else list(headers)
+        return await forward(method, target, body=body, headers=extra, client_headers=False)
+
+    return call
+
+
+def _phase(sub: Ask) -> Any:
+    return "outcome" if sub.request.is_write else "exchange"
+
+
+def _answer_entry(answer: Answer) -> dict[str, Any]:
+    response: dict[str, Any] = {"status": str(answer.status)}
+    for name, key in (
+        ("location", "location"),
+        ("etag", "etag"),
+        ("last-modified", "lastModified"),
+    ):
+        value = next((v for k, v in answer.headers if k == name), None)
+        if value is not None:
+            response[key] = value
+    entry: dict[str, Any] = {}
+    if answer.document is not None:
+        entry["resource"] = answer.document
+    entry["response"] = response
+    return entry
+
+
+def _error_entry(error: GatewayError) -> dict[str, Any]:
+    texts = error.issues or (error.diagnostics,)
+    issues = [{"severity": "error", "code": error.code, "diagnostics": t} for t in texts]
+    outcome = {"resourceType": "OperationOutcome", "issue": issues}
+    return {"response": {"status": str(error.status), "outcome": outcome}}

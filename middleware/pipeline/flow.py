@@ -1,0 +1,319 @@
+"""Enforcement of reads: read, vread, searches, history, ``$everything``; dispatch of the rest.
+
+:class:`Flow` takes one :class:`~middleware.pipeline.exchange.Ask` and returns the
+:class:`~middleware.pipeline.exchange.Answer` to release, or raises a
+:class:`~middleware.errors.GatewayError`. What it does per interaction (enforcement issue):
+
+- **read, vread, history of an instance**: forwarded without the client's conditional headers
+  (a ``304`` would confirm a record the caller may not see), then every resource is judged
+  (:class:`~middleware.pipeline.judge.Judge`); a denied record, a missing one and a deleted one
+  all get the same generic 404. A patient-context caller asking for another Patient gets that
+  404 without anything being forwarded.
+- **searches** (type, system, compartment; GET and ``POST _search``): search guards
+  (:func:`~middleware.pipeline.guards.check_search`), then a patient-context caller's query is
+  pinned to its compartment (:func:`~middleware.pipeline.guards.pin_patient`; a system-level
+  search cannot be and is refused); ``_summary``/``_elements`` are taken off the upstream
+  query and applied after judging full resources (:mod:`~middleware.pipeline.subset`); the
+  answer is filtered (:func:`~middleware.pipeline.filter.filter_answer`, ``Bundle.total``
+  stripped); paging links become sealed cursors bound to the caller, its purposes and the
+  query (:mod:`~middleware.pipeline.cursor`), and a redeemed cursor's page is judged again.
+- **history of a type or the system**: filtered like a search; refused to patient-context
+  callers (it cannot be narrowed to a compartment).
+- **operations**: ``Patient/[id]/$everything`` filtered (a patient-context caller only on its
+  own record); every other operation and ``$graphql`` is refused (403).
+- **writes, batch and transaction** are handed to :mod:`~middleware.pipeline.writes` and
+  :mod:`~middleware.pipeline.bundles`.
+
+All time comes from the injected wall clock (cursor expiry, consent periods).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from middleware.consent.decide import Defaults
+from middleware.consent.model import Coding, Policy
+from middleware.errors import BadRequest, Forbidden, GatewayError, UpstreamError
+from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
+from middleware.fhir.request import Interaction, Level
+from middleware.pipeline.caller import ACTION_ACCESS, Caller, check_interaction
+from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec, query_digest, rewrite_links
+from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, upstream_failure
+from middleware.pipeline.filter import filter_answer
+from middleware.pipeline.guards import GuardPolicy, check_search, pin_patient
+from middleware.pipeline.judge import Judge, Trail, patients_in
+from middleware.pipeline.params import decode_params, encode_params
+from middleware.pipeline.subset import Subset, apply_subset_to_answer, split_subset
+from middleware.proxy.rewrite import Rebaser
+
+__all__ = ["Flow", "PolicySource"]
+
+#: Operations the gateway filters; every other one is refused (deny by default).
+_FILTERED_OPERATIONS: Final = frozenset({("Patient", "$everything")})
+_RELEASED_HEADERS: Final = frozenset({"content-type", "etag", "last-modified"})
+
+#: Loads the compiled consents of one patient (``Patient/<id>``).
+PolicySource = Callable[[str], Awaitable[tuple[Policy, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Paging:
+    """How this exchange issues cursors: the search path and the client's query (cursor
+    excluded) they are bound to."""
+
+    path: str
+    params: tuple[tuple[str, str], ...]
+    digest: bytes
+
+
+class Flow:
+    """The enforcement pipeline for one gateway (see the module docstring).
+
+    ``policies`` loads a patient's consents; ``writes`` and ``bundles`` handle write
+    interactions (set by the app after construction: they call back into this flow).
+    ``allow_unknown`` names the caller contexts (``user``, ``system``, ``patient``) for which
+    a resource whose patient cannot be determined is released.
+    """
+
+    def __init__(
+        self,
+        *,
+        policies: PolicySource,
+        cursors: CursorCodec,
+        guards: GuardPolicy,
+        defaults: Defaults,
+        rebaser: Rebaser,
+        base_urls: Sequence[str],
+        allow_unknown: frozenset[str] = frozenset(),
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self._policies = policies
+        self.cursors = cursors
+        self.guards = guards
+        self.defaults = defaults
+        self.rebaser = rebaser
+        self.base_urls = tuple(base_urls)
+        self.allow_unknown = allow_unknown
+        self.wall_clock = wall_clock
+        self.gateway_base = rebaser.gateway_base
+        self.upstream_base = rebaser.upstream_base
+        self.writes: Callable[[Ask], Awaitable[Answer]] | None = None
+
+    async def run(self, ask: Ask) -> Answer:
+        """The answer to ``ask``; raises :class:`GatewayError` for every refusal."""
+        interaction = ask.request.interaction
+        if ask.request.is_write:
+            if self.writes is None:
+                raise Forbidden("writes are not enabled on this gateway")
+            return await self.writes(ask)
+        if interaction in (Interaction.READ, Interaction.VREAD, Interaction.HISTORY_INSTANCE):
+            return await self._read(ask)
+        if interaction in (
+            Interaction.SEARCH_TYPE,
+            Interaction.SEARCH_SYSTEM,
+            Interaction.SEARCH_COMPARTMENT,
+            Interaction.HISTORY_TYPE,
+            Interaction.HISTORY_SYSTEM,
+        ):
+            return await self._search(ask)
+        if interaction is Interaction.OPERATION:
+            return await self._operation(ask)
+        # $graphql and anything a later classification adds: refused until it is enforced.
+        raise Forbidden("this interaction is not allowed through the gateway")
+
+    # -- judging -----------------------------------------------------------------------------
+
+    async def judge(self, caller: Caller, action: Coding, document: Any, trail: Trail) -> Judge:
+        """A :class:`Judge` for ``document`` with the consents of every patient it touches."""
+        patients = patients_in(document, base_urls=self.base_urls)
+        policies = {patient: await self._policies(patient) for patient in sorted(patients)}
+        return Judge(
+            caller=caller,
+            action=action,
+            policies=policies,
+            defaults=self.defaults,
+            now=datetime.fromtimestamp(self.wall_clock(), UTC),
+            base_urls=self.base_urls,
+            allow_unknown=caller.context in self.allow_unknown,
+            trail=trail,
+        )
+
+    async def release(
+        self,
+        ask: Ask,
+        up: Upstreamed,
+        *,
+        paging: _Paging | None = None,
+        subset: Subset | None = None,
+        status: int | None = None,
+    ) -> Answer:
+        """Judge and filter an upstream answer read for ``ask``'s caller (see the module
+        docstring); the generic 404 when nothing of it may be released."""
+        document = up.document
+        if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
+            raise UpstreamError("the upstream server sent no FHIR resource")
+        if paging is not None and document["resourceType"] == "Bundle":
+            # Cursors first: they seal the upstream URLs, before rebasing would change them.
+            page = paging
+            rewrite_links(
+                document, lambda link: self._cursor_url(ask, page, link), self_url=ask.self_url
+            )
+        occurrences = self.rebaser.occurrences(up.raw)
+        if occurrences:
+            self.rebaser.rewrite(document, occurrences)
+        judge = await self.judge(ask.caller, ACTION_ACCESS, document, ask.trail)
+        released, _stats = filter_answer(document, judge.allowed)
+        if released is None:
+            raise not_found()
+        if subset is not None:
+            released = apply_subset_to_answer(released, subset)
+            ask.trail.narrowed = True
+        headers = [(k, v) for k, v in up.headers if k in _RELEASED_HEADERS]
+        return Answer(status or up.status, headers, released)
+
+    # -- interactions ------------------------------------------------------------------------
+
+    async def _read(self, ask: Ask) -> Answer:
+        request, caller = ask.request, ask.caller
+        check_interaction(caller, request)
+        if (
+            caller.patient is not None
+            and request.resource_type == "Patient"
+            and f"Patient/{request.resource_id}" != caller.patient
+        ):
+            raise not_found()
+        subset, rest = split_subset(decode_params(request.query))
+        target = _target(request.path, rest)
+        # Without the client's conditional headers: a 304 would confirm a hidden record.
+        up = await ask.forward("GET", target, headers=_accept(ask), client_headers=False)
+        if up.status >= 400:
+            raise _failure(up, ask)
+        paging = None
+        if request.interaction is Interaction.HISTORY_INSTANCE:
+            paging = self._paging(request.path, rest)
+        return await self.release(ask, up, paging=paging, subset=subset, status=200)
+
+    async def _search(self, ask: Ask) -> Answer:
+        request, caller = ask.request, ask.caller
+        check_interaction(caller, request)
+        params = decode_params(request.query)
+        if request.via_post:
+            params += decode_params(ask.body)
+        path = request.path.removesuffix("_search").rstrip("/")
+        token = _cursor(params)
+        client = [(n, v) for n, v in params if n != CURSOR_PARAM]
+        paging = self._paging(path, client)
+        subset, rest = split_subset(client)
+        check_search(rest, caller_kind=caller.context, sees_everything=False, policy=self.guards)
+        if token is not None:
+            link = self.cursors.redeem(
+                token,
+                principal=caller.binding,
+                purpose=caller.purpose_key,
+                query_digest=paging.digest,
+                now=self.wall_clock(),
+            )
+            if not self._on_upstream(link):
+                raise BadRequest("invalid or expired cursor")
+            target = link
+        else:
+            target = _target(path, self._narrow(ask, rest))
+        up = await ask.forward("GET", target, client_headers=False, headers=_accept(ask))
+        if up.status >= 400:
+            raise _failure(up, ask)
+        return await self.release(ask, up, paging=paging, subset=subset, status=200)
+
+    async def _operation(self, ask: Ask) -> Answer:
+        request, caller = ask.request, ask.caller
+        if (request.resource_type, request.operation) not in _FILTERED_OPERATIONS or (
+            request.level is not Level.INSTANCE
+        ):
+            raise Forbidden("this operation is not allowed through the gateway")
+        check_interaction(caller, request)
+        if caller.patient is not None and f"Patient/{request.resource_id}" != caller.patient:
+            raise not_found()
+        params = decode_params(request.query)
+        if request.method == "POST" and ask.body:
+            raise BadRequest("$everything takes its parameters in the query string")
+        token = _cursor(params)
+        client = [(n, v) for n, v in params if n != CURSOR_PARAM]
+        paging = self._paging(request.path, client)
+        if token is not None:
+            target = self.cursors.redeem(
+                token,
+                principal=caller.binding,
+                purpose=caller.purpose_key,
+                query_digest=paging.digest,
+                now=self.wall_clock(),
+            )
+            if not self._on_upstream(target):
+                raise BadRequest("invalid or expired cursor")
+        else:
+            target = _target(request.path, client)
+        up = await ask.forward("GET", target, client_headers=False, headers=_accept(ask))
+        if up.status >= 400:
+            raise _failure(up, ask)
+        return await self.release(ask, up, paging=paging, status=200)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _narrow(self, ask: Ask, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A patient-context caller's query pinned to its own compartment."""
+        request, own = ask.request, ask.caller.patient
+        if own is None:
+            return params
+        ask.trail.narrowed = True
+        if request.interaction in (Interaction.HISTORY_TYPE, Interaction.HISTORY_SYSTEM):
+            raise Forbidden("history of a type or the system is not available in a patient context")
+        if request.compartment is not None and request.compartment[0] == "Patient":
+            if f"Patient/{request.compartment[1]}" != own:
+                raise Forbidden("a patient-context search may name only the caller's patient")
+            return params
+        rtype = request.resource_type
+        if rtype is not None and rtype not in PATIENT_COMPARTMENT and rtype != "Patient":
+            return params  # not patient data: judged by scopes alone
+        return pin_patient(rtype, params, own.removeprefix("Patient/"), base_urls=self.base_urls)
+
+    def _paging(self, path: str, params: Sequence[tuple[str, str]]) -> _Paging:
+        client = tuple(params)
+        return _Paging(path, client, query_digest(path, client))
+
+    def _cursor_url(self, ask: Ask, paging: _Paging, link: str) -> str:
+        token = self.cursors.issue(
+            link,
+            principal=ask.caller.binding,
+            purpose=ask.caller.purpose_key,
+            query_digest=paging.digest,
+            now=self.wall_clock(),
+        )
+        query = encode_params([*paging.params, (CURSOR_PARAM, token)])
+        return f"{self.gateway_base}/{paging.path}?{query}"
+
+    def _on_upstream(self, link: str) -> bool:
+        base = self.upstream_base
+        return link.startswith(base) and len(link) > len(base) and link[len(base)] in "/?"
+
+
+def _cursor(params: Sequence[tuple[str, str]]) -> str | None:
+    tokens = [v for n, v in params if n == CURSOR_PARAM]
+    if len(tokens) > 1:
+        raise BadRequest("invalid or expired cursor")
+    return tokens[0] if tokens else None
+
+
+def _target(path: str, params: Sequence[tuple[str, str]]) -> str:
+    return f"{path}?{encode_params(params)}" if params else path
+
+
+def _accept(ask: Ask) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in ask.headers.items() if k == "accept"]
+
+
+def _failure(up: Upstreamed, ask: Ask) -> GatewayError:
+    outcome = upstream_failure(up, ask.request)
+    if isinstance(outcome, GatewayError):
+        return outcome
+    return UpstreamError(f"the upstream server failed ({up.status})")  # reads only: unreachable

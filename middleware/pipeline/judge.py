@@ -1,0 +1,171 @@
+"""The verdict on each resource of an exchange: scopes, patient compartment, consent, redaction.
+
+A :class:`Judge` is built once per exchange, after the policies of every patient the exchange
+can touch have been loaded (:func:`patients_in` names them; loading is I/O and happens in the
+flow), so that judging is pure and synchronous, as :func:`~middleware.pipeline.filter.filter_answer`
+needs. For one resource (contained resources included, through
+:func:`~middleware.fhir.compartment.patients_of`):
+
+1. the caller's scopes must let it see the type (and category, for granular scopes);
+2. its patient compartment (FHIR R4 Patient CompartmentDefinition) decides who is asked:
+   - not patient data (Practitioner, Medication...): the scopes alone decide;
+   - unknown patient (a reference the gateway cannot resolve): deny, unless the deployment
+     allows it for this caller's context (``allow_unknown``);
+   - patient data: a patient-context caller must be in the compartment (its own record is
+     released without a consent decision: the individual's right of access); every *other*
+     patient in the compartment must permit through their consents, each decided on its
+     own policies (:func:`~middleware.consent.decide.decide`), deny from any one withholds;
+3. obligations of the permits (``redact`` with security labels) are applied: the labelled
+   resource is withheld or its labelled elements removed (DS4P, :mod:`.redact`).
+
+Every decision lands in :attr:`Judge.trail` for the audit record: which patients were
+decided, which had data released, which resources were released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from middleware.consent.decide import Decision, Defaults, decide
+from middleware.consent.model import Coding, Policy
+from middleware.consent.summary import summarize
+from middleware.fhir.compartment import Kind, PatientRefs, patients_of
+from middleware.pipeline.caller import Caller
+from middleware.pipeline.redact import redact
+
+__all__ = ["Judge", "Trail", "patients_in"]
+
+_MAX_DEPTH: Final = 16
+
+
+@dataclass(slots=True)
+class Trail:
+    """What an exchange decided and released, for its audit record (insertion order kept)."""
+
+    decisions: dict[str, Decision | None] = field(default_factory=dict)
+    released: set[str] = field(default_factory=set)
+    refs: list[str] = field(default_factory=list)
+    narrowed: bool = False
+    break_glass: bool = False
+    withheld: int = 0
+    decision_recorded: bool = False
+
+    def decided(self, patient: str, decision: Decision | None) -> None:
+        """Keep the first permit or any deny for ``patient`` (a deny is what an auditor
+        must see when one resource of the patient was withheld)."""
+        known = self.decisions.get(patient)
+        if patient not in self.decisions or (
+            known is not None and decision is not None and not decision.permitted
+        ):
+            self.decisions[patient] = decision
+
+
+def patients_in(document: Any, *, base_urls: Sequence[str]) -> set[str]:
+    """``Patient/<id>`` of every patient compartment a resource of ``document`` (an answer,
+    or a request body) is in, through Bundles and contained resources."""
+    found: set[str] = set()
+    for resource in _resources(document, 0):
+        found |= patients_of(resource, base_urls=base_urls).references
+    return found
+
+
+def _resources(node: Any, depth: int) -> Iterator[Mapping[str, Any]]:
+    if not isinstance(node, dict) or depth > _MAX_DEPTH:
+        return
+    if node.get("resourceType") != "Bundle":
+        yield node
+        return
+    entries = node.get("entry")
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, dict):
+            yield from _resources(entry.get("resource"), depth + 1)
+
+
+@dataclass(slots=True)
+class Judge:
+    """Judges resources for one exchange (see the module docstring).
+
+    ``policies`` maps ``Patient/<id>`` to that patient's compiled consents, for every patient
+    :func:`patients_in` named; a patient missing from it is judged with no consents (the
+    jurisdiction default). ``override`` names patients whose denials break-the-glass
+    overrides (decided by the flow; the trail is flagged when it is used).
+    """
+
+    caller: Caller
+    action: Coding
+    policies: Mapping[str, tuple[Policy, ...]]
+    defaults: Defaults
+    now: datetime
+    base_urls: Sequence[str]
+    allow_unknown: bool = False
+    override: frozenset[str] = frozenset()
+    trail: Trail = field(default_factory=Trail)
+
+    def allowed(self, resource: Mapping[str, Any]) -> bool:
+        """The verdict on one resource; a permitted resource carrying labels its permits do
+        not cover has them redacted *in place* (or is withheld when the resource itself is
+        labelled). Use as :func:`~middleware.pipeline.filter.filter_answer`'s verdict."""
+        if not self.caller.may_see(resource):
+            return self._withhold()
+        refs = patients_of(resource, base_urls=self.base_urls)
+        labels = self.rule(resource, refs)
+        if labels is None:
+            return self._withhold()
+        if labels and isinstance(resource, dict):
+            redacted = redact(resource, labels)
+            if redacted is None:
+                return self._withhold()
+            resource.clear()
+            resource.update(redacted)
+            self.trail.narrowed = True
+        self.trail.released |= refs.references
+        rtype, rid = resource.get("resourceType"), resource.get("id")
+        if isinstance(rid, str):
+            self.trail.refs.append(f"{rtype}/{rid}")
+        return True
+
+    def rule(self, resource: Mapping[str, Any], refs: PatientRefs) -> frozenset[Coding] | None:
+        """None when the caller may not have ``resource`` (compartment ``refs``), else the
+        security labels to redact from it (empty: release as is). Records the decisions."""
+        if refs.kind is Kind.NOT_PATIENT_DATA:
+            return frozenset()
+        if refs.kind is Kind.UNKNOWN or (refs.unresolved and not self.allow_unknown):
+            return frozenset() if self.allow_unknown else None
+        patients = refs.references
+        own = self.caller.patient
+        if own is not None:
+            if own not in patients:
+                return None
+            self.trail.decided(own, None)
+        labels: set[Coding] = set()
+        summary = None
+        for patient in sorted(patients - {own} if own else patients):
+            if summary is None:
+                summary = summarize(resource, patients=patients)
+            decision = decide(
+                self.caller.principal,
+                self.action,
+                self.caller.purposes,
+                summary,
+                self.policies.get(patient, ()),
+                defaults=self.defaults,
+                now=self.now,
+            )
+            self.trail.decided(patient, decision)
+            if not decision.permitted:
+                if patient not in self.override:
+                    return None
+                self.trail.break_glass = True
+                continue
+            for obligation in decision.obligations:
+                if obligation.code == "redact":
+                    labels |= obligation.labels
+        return frozenset(labels)
+
+    def _withhold(self) -> bool:
+        self.trail.withheld += 1
+        self.trail.narrowed = True
+        return False

@@ -1,0 +1,311 @@
+"""Enforcement of writes: create, update, patch, delete and their conditional forms.
+
+A write is checked against the patient compartment of the resource *before* the change (the
+current version, fetched from the upstream) and *after* it (the submitted body, or the current
+version with the JSON Patch applied, :mod:`~middleware.pipeline.jsonpatch`), so a write can
+neither touch a record the caller may not see nor move a resource into or out of a compartment
+whose consent does not allow the write (FHIR consentaction ``collect`` for what is new,
+``correct`` for what exists). Then, in this order (architecture invariant 1):
+
+1. the decision is recorded on the ledger (``record(ask, status, "decision")``);
+2. the request is forwarded, pinned to the version that was checked with ``If-Match`` (FHIR
+   R4 http.html#concurrency), so a concurrent change makes the upstream refuse (412) rather
+   than apply the write to a version nobody checked;
+3. the answer is released like a read (``Prefer: return=representation`` bodies are filtered)
+   and its outcome recorded by the caller of the flow.
+
+Conditional targets (``PUT/PATCH/DELETE [type]?criteria``, ``If-None-Exist``) are resolved
+first with a search of at most two matches: one visible match becomes the instance write it
+names; several, or any the caller may not see, get the same 412 (a hidden match must not be
+written, and must not be told apart from several). A record the caller may not see, a
+missing one and a deleted one all answer the generic 404, and nothing is forwarded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Literal
+
+from middleware.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    PreconditionFailed,
+    UnsupportedMediaType,
+    UpstreamError,
+)
+from middleware.fhir import jsoncodec
+from middleware.fhir.compartment import patients_of
+from middleware.fhir.request import FhirRequest, Interaction, Level
+from middleware.pipeline.caller import (
+    ACTION_ACCESS,
+    ACTION_COLLECT,
+    ACTION_CORRECT,
+    check_interaction,
+)
+from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, upstream_failure
+from middleware.pipeline.flow import Flow
+from middleware.pipeline.guards import check_search
+from middleware.pipeline.jsonpatch import apply_patch
+from middleware.pipeline.params import decode_params, encode_params
+
+__all__ = ["DENIED_WRITE", "Recorder", "Writes"]
+
+#: The one text of every refused write: it says neither whether a consent exists nor why.
+DENIED_WRITE: Final = "this write is not allowed"
+_NO_SINGLE_MATCH: Final = "the condition does not identify exactly one resource"
+_MATCHES_LIMIT: Final = "2"
+
+#: Records one phase of an exchange on the ledger; raises ServiceUnavailable when it cannot.
+Recorder = Callable[[Ask, int, Literal["exchange", "decision", "outcome"]], Awaitable[None]]
+Bundles = Callable[[Ask], Awaitable[Answer]]
+
+
+class Writes:
+    """The write half of the pipeline (module docstring). ``bundles`` handles batch and
+    transaction."""
+
+    def __init__(self, flow: Flow, record: Recorder, bundles: Bundles | None = None) -> None:
+        self.flow = flow
+        self.record = record
+        self.bundles = bundles
+
+    async def __call__(self, ask: Ask) -> Answer:
+        interaction = ask.request.interaction
+        if interaction in (Interaction.BATCH, Interaction.TRANSACTION):
+            if self.bundles is None:
+                raise Forbidden("batch and transaction are not enabled on this gateway")
+            return await self.bundles(ask)
+        check_interaction(ask.caller, ask.request)
+        if interaction is Interaction.CREATE:
+            return await self._create(ask)
+        current = await self._target(ask)
+        if interaction is Interaction.UPDATE:
+            return await self._update(ask, current)
+        if interaction is Interaction.PATCH:
+            return await self._patch(ask, current)
+        return await self._delete(ask, current)
+
+    # -- interactions ------------------------------------------------------------------------
+
+    async def _create(self, ask: Ask) -> Answer:
+        request = ask.request
+        body = _resource(ask.body, request.resource_type)
+        criteria = ask.headers.get("if-none-exist")
+        if criteria is not None:
+            matches = await self._matches(ask, request.resource_type or "", criteria.encode())
+            if matches:
+                if len(matches) > 1:
+                    raise PreconditionFailed(_NO_SINGLE_MATCH)
+                # FHIR R4 http.html#ccreate: an existing match is answered 200, not created.
+                up = Upstreamed(200, [], matches[0], jsoncodec.encode(matches[0]))
+                return await self.flow.release(ask, up)
+        await self._check(ask, body, ACTION_COLLECT)
+        return await self._forward(ask, "POST", request.resource_type or "", [])
+
+    async def _update(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
+        request = ask.request
+        body = _resource(ask.body, request.resource_type)
+        if request.resource_id is not None and body.get("id") != request.resource_id:
+            raise BadRequest("the resource id must match the id in the URL")
+        if current is None:  # FHIR update-as-create: the body is new data
+            await self._check(ask, body, ACTION_COLLECT)
+            target = request.path
+            if request.conditional:
+                target = f"{request.path}?{request.query.decode('ascii')}"
+            return await self._forward(ask, "PUT", target, [])
+        await self._check(ask, body, ACTION_CORRECT)
+        raw = None
+        if request.conditional:  # the instance it resolved to is written, under its id
+            if body.get("id", current["id"]) != current["id"]:
+                raise BadRequest("the resource id must match the resource the condition names")
+            raw = jsoncodec.encode({**body, "id": current["id"]})
+        return await self._forward(ask, "PUT", _instance(current), _pin(ask, current), raw)
+
+    async def _patch(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
+        request = ask.request
+        if request.patch_format != "json-patch":
+            raise UnsupportedMediaType("only JSON Patch is supported through the gateway")
+        if current is None:
+            raise not_found()
+        try:
+            operations = jsoncodec.decode(ask.body)
+        except jsoncodec.DecodeError as exc:
+            raise BadRequest("the patch is not valid JSON", code="structure") from exc
+        after = apply_patch(current, operations)
+        if (
+            not isinstance(after, dict)
+            or after.get("resourceType") != current.get("resourceType")
+            or after.get("id") != current.get("id")
+        ):
+            raise BadRequest("a patch may not change the resource type or id")
+        await self._check(ask, after, ACTION_CORRECT)
+        return await self._forward(ask, "PATCH", _instance(current), _pin(ask, current))
+
+    async def _delete(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
+        if current is None:
+            raise not_found()
+        return await self._forward(ask, "DELETE", _instance(current), [])
+
+    # -- steps -------------------------------------------------------------------------------
+
+    async def _target(self, ask: Ask) -> dict[str, Any] | None:
+        """The current version of the write's target, checked visible and writable by the
+        caller (``correct``); None when it does not exist (404/410). A hidden target raises
+        the generic 404 (412 for a conditional write, as for several matches)."""
+        request = ask.request
+        if request.conditional and request.level is Level.TYPE:
+            matches = await self._matches(ask, request.resource_type or "", request.query)
+            if len(matches) > 1:
+                raise PreconditionFailed(_NO_SINGLE_MATCH)
+            current = matches[0] if matches else None
+        else:
+            up = await ask.forward(
+                "GET",
+                f"{request.resource_type}/{request.resource_id}",
+                headers=_json_accept(),
+                client_headers=False,
+            )
+            if up.status in (404, 410):
+                return None
+            if up.status >= 400:
+                raise _as_error(up, request)
+            current = _resource(up.raw, request.resource_type, upstream=True)
+        if current is not None:
+            await self._check(ask, current, ACTION_CORRECT, hidden=not_found)
+        return current
+
+    async def _matches(self, ask: Ask, rtype: str, criteria: bytes) -> list[dict[str, Any]]:
+        """The resources a conditional write's criteria match (at most two are fetched);
+        any the caller may not see makes the condition fail with 412."""
+        params = [(n, v) for n, v in decode_params(criteria) if n != "_count"]
+        if not params:
+            raise BadRequest("a conditional write needs search criteria")
+        check_search(
+            params,
+            caller_kind=ask.caller.context,
+            sees_everything=False,
+            policy=self.flow.guards,
+        )
+        target = f"{rtype}?{encode_params([*params, ('_count', _MATCHES_LIMIT)])}"
+        up = await ask.forward("GET", target, headers=_json_accept(), client_headers=False)
+        if up.status >= 400:
+            raise _as_error(up, ask.request)
+        bundle = up.document
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise UpstreamError("the upstream server sent no search result")
+        found: list[dict[str, Any]] = []
+        for entry in bundle.get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            mode = (entry.get("search") or {}).get("mode", "match") if resource else None
+            if isinstance(resource, dict) and mode == "match":
+                found.append(resource)
+        if len(found) > 1 or (
+            bundle.get("link")
+            and any(
+                isinstance(link, dict) and link.get("relation") == "next"
+                for link in bundle.get("link") or []
+            )
+        ):
+            raise PreconditionFailed(_NO_SINGLE_MATCH)
+        for resource in found:
+            await self._check(ask, resource, ACTION_ACCESS, hidden=_no_single_match)
+        return found
+
+    async def _check(
+        self,
+        ask: Ask,
+        resource: dict[str, Any],
+        action: tuple[str, str],
+        *,
+        hidden: Callable[[], GatewayError] | None = None,
+    ) -> None:
+        """Raise unless the consent and compartment rules let the caller do ``action`` on
+        ``resource`` (``hidden()`` is raised instead of the generic write refusal)."""
+        if resource.get("resourceType") == "Consent":
+            raise Forbidden(DENIED_WRITE)  # the gateway's own consent API owns them
+        judge = await self.flow.judge(ask.caller, action, resource, ask.trail)
+        refs = patients_of(resource, base_urls=self.flow.base_urls)
+        if judge.rule(resource, refs) is None:
+            raise (hidden or _denied)()
+
+    async def _forward(
+        self,
+        ask: Ask,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: bytes | None = None,
+    ) -> Answer:
+        """Record the decision, forward the write (``body``: the client's unless given),
+        release its answer."""
+        await self.record(ask, 200, "decision")
+        up = await ask.forward(
+            method, target, body=ask.body if body is None else body, headers=headers
+        )
+        if up.status >= 400:
+            outcome = upstream_failure(up, ask.request)
+            if isinstance(outcome, GatewayError):
+                raise outcome
+            return outcome
+        passed = [(k, v) for k, v in up.headers if k in _WRITE_HEADERS]
+        if isinstance(up.document, dict) and up.document.get("resourceType") not in (
+            None,
+            "OperationOutcome",
+        ):
+            answer = await self.flow.release(ask, up)
+            answer.headers = passed
+            return answer
+        return Answer(up.status, [(k, v) for k, v in passed if k != "content-type"])
+
+
+_WRITE_HEADERS: Final = frozenset({"content-type", "etag", "last-modified", "location"})
+
+
+def _resource(raw: bytes, rtype: str | None, *, upstream: bool = False) -> dict[str, Any]:
+    """``raw`` as a resource of type ``rtype``: the write's body, or an upstream read."""
+    try:
+        document = jsoncodec.decode(raw)
+    except jsoncodec.DecodeError as exc:
+        if upstream:
+            raise UpstreamError("the upstream server sent invalid JSON") from exc
+        raise BadRequest("the request body is not valid JSON", code="structure") from exc
+    if not isinstance(document, dict) or document.get("resourceType") != rtype:
+        if upstream:
+            raise UpstreamError("the upstream server sent another resource type")
+        raise BadRequest(f"the request body must be a {rtype} resource", code="structure")
+    return document
+
+
+def _instance(resource: dict[str, Any]) -> str:
+    return f"{resource['resourceType']}/{resource['id']}"
+
+
+def _pin(ask: Ask, current: dict[str, Any]) -> list[tuple[str, str]]:
+    """``If-Match`` on the version that was checked; a client's own If-Match must name it."""
+    meta = current.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    if not isinstance(version, str):
+        return []
+    etag = f'W/"{version}"'
+    given = ask.headers.get("if-match")
+    if given is not None and given.strip() not in (etag, f'"{version}"'):
+        raise PreconditionFailed("the resource has changed (If-Match does not match)")
+    return [("if-match", etag)]
+
+
+def _json_accept() -> list[tuple[str, str]]:
+    return [("accept", "application/fhir+json")]
+
+
+def _as_error(up: Upstreamed, request: FhirRequest) -> GatewayError:
+    outcome = upstream_failure(up, request)
+    return outcome if isinstance(outcome, GatewayError) else UpstreamError("upstream failed")
+
+
+def _denied() -> GatewayError:
+    return Forbidden(DENIED_WRITE)
+
+
+def _no_single_match() -> GatewayError:
+    return PreconditionFailed(_NO_SINGLE_MATCH)

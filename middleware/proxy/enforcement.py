@@ -1,0 +1,205 @@
+"""The enforced exchange: identify the caller, run the pipeline, record the audit trail.
+
+For every request but the CapabilityStatement the proxy calls :meth:`Enforcement.run`:
+
+1. **identify**: the bearer token is verified (:class:`~middleware.auth.verify.TokenVerifier`;
+   401 without a valid one) and becomes a :class:`~middleware.pipeline.caller.Caller`;
+2. **enforce**: :class:`~middleware.pipeline.flow.Flow` decides, forwards through the proxy's
+   :meth:`~middleware.proxy.handler.ProxyHandler.forward` and filters;
+3. **audit**: before the answer is returned for release, its IHE BALP AuditEvents are
+   committed to the ledger (:class:`~middleware.audit.recorder.AuditRecorder`); a write's
+   decision was committed before it was forwarded (the pipeline calls :meth:`record`). Refused
+   and failed requests are recorded too, 401s included. When the ledger cannot commit,
+   :class:`~middleware.errors.ServiceUnavailable` replaces the answer: nothing is released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, Protocol
+
+from middleware.audit.recorder import AuditRecorder, Exchange, Phase
+from middleware.auth.identity import Identity
+from middleware.errors import GatewayError
+from middleware.fhir.request import FhirRequest, Interaction
+from middleware.pipeline.caller import caller_of
+from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed
+from middleware.pipeline.flow import Flow
+from middleware.types import Scope
+
+if TYPE_CHECKING:
+    from middleware.proxy.handler import ProxyHandler
+
+__all__ = ["Enforcement", "TokenCheck"]
+
+#: Interactions whose audit events list the released resources one by one (a search's answer
+#: is named by its query instead, as BALP Query does).
+_NAMED_RESOURCES: Final = frozenset(
+    {
+        Interaction.READ,
+        Interaction.VREAD,
+        Interaction.HISTORY_INSTANCE,
+        Interaction.CREATE,
+        Interaction.UPDATE,
+        Interaction.PATCH,
+        Interaction.DELETE,
+    }
+)
+
+
+class TokenCheck(Protocol):
+    """What the enforcement needs of :class:`~middleware.auth.verify.TokenVerifier`."""
+
+    async def verify(self, authorization: str | None) -> Identity: ...
+
+
+class Enforcement:
+    """Identify, enforce, audit (module docstring)."""
+
+    def __init__(
+        self, *, verifier: TokenCheck, flow: Flow, recorder: AuditRecorder, gateway_base: str
+    ) -> None:
+        self.verifier = verifier
+        self.flow = flow
+        self.recorder = recorder
+        self._gateway_base = gateway_base.rstrip("/")
+
+    async def run(
+        self,
+        scope: Scope,
+        *,
+        request: FhirRequest,
+        body: bytes,
+        headers: dict[str, str],
+        rid: str,
+        proxy: ProxyHandler,
+    ) -> Answer:
+        """The answer to release for one classified request; raises :class:`GatewayError`
+        (already audited) for every refusal."""
+        client_host: str | None = (scope.get("client") or (None,))[0]
+        raw_request = _raw_request(scope, body if request.via_post else b"")
+        identity: Identity | None = None
+        ask: Ask | None = None
+        try:
+            identity = await self.verifier.verify(headers.get("authorization"))
+            ask = Ask(
+                request=request,
+                body=body,
+                headers=headers,
+                caller=caller_of(identity),
+                forward=_bound(proxy, headers, client_host, rid),
+                self_url=self._self_url(request),
+                request_id=rid,
+                raw_request=raw_request,
+                client_address=client_host,
+            )
+            answer = await self.flow.run(ask)
+        except GatewayError as error:
+            await self._record_refusal(
+                request,
+                identity=identity,
+                ask=ask,
+                status=error.status,
+                rid=rid,
+                raw_request=raw_request,
+                client_host=client_host,
+            )
+            raise
+        await self.record(ask, answer.status, _final_phase(ask))
+        return answer
+
+    async def record(self, ask: Ask, status: int, phase: Phase) -> None:
+        """Commit ``phase`` of ``ask``'s exchange to the ledger (raises ServiceUnavailable)."""
+        trail = ask.trail
+        refs: Sequence[str] = trail.refs if ask.request.interaction in _NAMED_RESOURCES else ()
+        await self.recorder.record(
+            Exchange(
+                request=ask.request,
+                identity=ask.caller.identity,
+                status=status,
+                request_id=ask.request_id,
+                raw_request=ask.raw_request or _fallback_raw(ask.request),
+                client_address=ask.client_address,
+                decisions=dict(trail.decisions),
+                released=frozenset(trail.released) if status < 400 else frozenset(),
+                resource_refs=tuple(refs),
+                narrowed=trail.narrowed,
+                break_glass=trail.break_glass,
+            ),
+            phase,
+        )
+        if phase == "decision":
+            trail.decision_recorded = True
+
+    async def _record_refusal(
+        self,
+        request: FhirRequest,
+        *,
+        identity: Identity | None,
+        ask: Ask | None,
+        status: int,
+        rid: str,
+        raw_request: bytes,
+        client_host: str | None,
+    ) -> None:
+        if ask is not None:
+            await self.record(ask, status, _final_phase(ask))
+            return
+        await self.recorder.record(
+            Exchange(
+                request=request,
+                identity=identity,
+                status=status,
+                request_id=rid,
+                raw_request=raw_request,
+                client_address=client_host,
+            ),
+            "exchange",
+        )
+
+    def _self_url(self, request: FhirRequest) -> str:
+        url = f"{self._gateway_base}/{request.path}" if request.path else self._gateway_base
+        return f"{url}?{request.query.decode('ascii')}" if request.query else url
+
+
+def _final_phase(ask: Ask) -> Phase:
+    return "outcome" if ask.trail.decision_recorded else "exchange"
+
+
+def _raw_request(scope: Scope, form: bytes) -> bytes:
+    """The request line's target as received (BALP ``entity[query]``), and a search form."""
+    target = bytes(scope.get("raw_path") or scope["path"].encode("utf-8"))
+    query = bytes(scope.get("query_string", b""))
+    method = str(scope["method"]).encode("ascii")
+    raw = method + b" " + target + (b"?" + query if query else b"")
+    return raw + b"\r\n\r\n" + form if form else raw
+
+
+def _fallback_raw(request: FhirRequest) -> bytes:
+    raw = f"{request.method} {request.path}".encode()
+    return raw + b"?" + request.query if request.query else raw
+
+
+def _bound(
+    proxy: ProxyHandler, client: dict[str, str], client_host: str | None, rid: str
+) -> Forwarder:
+    async def forward(
+        method: str,
+        target: str,
+        *,
+        body: bytes = b"",
+        headers: Sequence[tuple[str, str]] = (),
+        client_headers: bool = True,
+    ) -> Upstreamed:
+        return await proxy.forward(
+            method,
+            target,
+            client=client,
+            client_host=client_host,
+            rid=rid,
+            body=body,
+            headers=headers,
+            client_headers=client_headers,
+        )
+
+    return forward
