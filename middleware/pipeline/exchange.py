@@ -105,11 +105,13 @@ class Ask:
 @dataclass(slots=True)
 class Answer:
     """What to release: status, headers (lower-case names), and a JSON document (None: no
-    body)."""
+    body), or ``raw``: the upstream's own bytes when the pipeline changed nothing in them
+    (architecture invariant 6: decimals, key order and spacing pass through unchanged)."""
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     document: Any = None
+    raw: bytes | None = None
 
 
 def not_found() -> NotFound:

@@ -165,13 +165,21 @@ class Flow:
         if occurrences:
             self.rebaser.rewrite(document, occurrences)
         judge = await self.judge(ask.caller, ACTION_ACCESS, document, ask.trail)
+        redacted = ask.trail.redacted
         released, _stats = filter_answer(document, judge.allowed)
         if released is None:
             raise not_found()
+        headers = [(k, v) for k, v in up.headers if k in _RELEASED_HEADERS]
         if subset is not None:
             released = apply_subset_to_answer(released, subset)
             ask.trail.narrowed = True
-        headers = [(k, v) for k, v in up.headers if k in _RELEASED_HEADERS]
+        elif (
+            document["resourceType"] != "Bundle"
+            and not occurrences
+            and ask.trail.redacted == redacted
+        ):
+            # Released whole and unchanged: the upstream's bytes, as written.
+            return Answer(status or up.status, headers, raw=up.raw)
         return Answer(status or up.status, headers, released)
 
     # -- interactions ------------------------------------------------------------------------

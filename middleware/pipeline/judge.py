@@ -52,6 +52,7 @@ class Trail:
     break_glass: bool = False
     withheld: int = 0
     decision_recorded: bool = False
+    redacted: int = 0
 
     def decided(self, patient: str, decision: Decision | None) -> None:
         """Keep the first permit or any deny for ``patient`` (a deny is what an auditor
@@ -121,6 +122,7 @@ class Judge:
             resource.clear()
             resource.update(redacted)
             self.trail.narrowed = True
+            self.trail.redacted += 1
         self.trail.released |= refs.references
         rtype, rid = resource.get("resourceType"), resource.get("id")
         if isinstance(rid, str):

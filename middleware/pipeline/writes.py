@@ -259,7 +259,9 @@ class Writes:
         return Answer(up.status, [(k, v) for k, v in passed if k != "content-type"])
 
 
-_WRITE_HEADERS: Final = frozenset({"content-type", "etag", "last-modified", "location"})
+_WRITE_HEADERS: Final = frozenset(
+    {"content-type", "etag", "last-modified", "location", "content-location"}
+)
 
 
 def _resource(raw: bytes, rtype: str | None, *, upstream: bool = False) -> dict[str, Any]:

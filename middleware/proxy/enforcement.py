@@ -28,7 +28,7 @@ from middleware.pipeline.flow import Flow
 from middleware.types import Scope
 
 if TYPE_CHECKING:
-    from middleware.proxy.handler import ProxyHandler
+    from middleware.proxy.handler import ExchangeLog, ProxyHandler
 
 __all__ = ["Enforcement", "TokenCheck"]
 
@@ -71,12 +71,14 @@ class Enforcement:
         request: FhirRequest,
         body: bytes,
         headers: dict[str, str],
-        rid: str,
+        log: ExchangeLog,
         proxy: ProxyHandler,
     ) -> Answer:
         """The answer to release for one classified request; raises :class:`GatewayError`
-        (already audited) for every refusal."""
+        (already audited) for every refusal. ``log`` is the proxy's record of the exchange
+        (request id; upstream time is added to it)."""
         client_host: str | None = (scope.get("client") or (None,))[0]
+        rid = log.rid
         raw_request = _raw_request(scope, body if request.via_post else b"")
         identity: Identity | None = None
         ask: Ask | None = None
@@ -87,7 +89,7 @@ class Enforcement:
                 body=body,
                 headers=headers,
                 caller=caller_of(identity),
-                forward=_bound(proxy, headers, client_host, rid),
+                forward=_bound(proxy, headers, client_host, log),
                 self_url=self._self_url(request),
                 request_id=rid,
                 raw_request=raw_request,
@@ -181,7 +183,7 @@ def _fallback_raw(request: FhirRequest) -> bytes:
 
 
 def _bound(
-    proxy: ProxyHandler, client: dict[str, str], client_host: str | None, rid: str
+    proxy: ProxyHandler, client: dict[str, str], client_host: str | None, log: ExchangeLog
 ) -> Forwarder:
     async def forward(
         method: str,
@@ -196,7 +198,7 @@ def _bound(
             target,
             client=client,
             client_host=client_host,
-            rid=rid,
+            log=log,
             body=body,
             headers=headers,
             client_headers=client_headers,

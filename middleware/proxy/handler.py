@@ -42,7 +42,7 @@ from middleware.proxy.upstream import Upstream, UpstreamRequest, UpstreamRespons
 from middleware.settings import Settings
 from middleware.types import Receive, Scope, Send
 
-__all__ = ["ProxyHandler"]
+__all__ = ["ExchangeLog", "ProxyHandler"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: Resource types the gateway serves itself (the patient consent API): never forwarded, in
@@ -57,7 +57,7 @@ class _InternalError(GatewayError):
 
 
 @dataclass(slots=True)
-class _Exchange:
+class ExchangeLog:
     """What one request accumulates for the access log and metrics."""
 
     rid: str
@@ -117,7 +117,7 @@ class ProxyHandler:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_dict(scope["headers"])
-        exchange = _Exchange(
+        exchange = ExchangeLog(
             rid=request_id(headers), method=scope["method"], started=time.perf_counter()
         )
         self.metrics.in_flight += 1
@@ -153,7 +153,7 @@ class ProxyHandler:
                 )
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], ex: _Exchange
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], ex: ExchangeLog
     ) -> None:
         request = classify(
             scope["method"],
@@ -184,7 +184,7 @@ class ProxyHandler:
             if self.enforcement is None:
                 raise _InternalError("enforcement is not configured")
             answer = await self.enforcement.run(
-                scope, request=request, body=body, headers=headers, rid=ex.rid, proxy=self
+                scope, request=request, body=body, headers=headers, log=ex, proxy=self
             )
             await self._send_answer(send, answer, headers, ex)
             return
@@ -214,12 +214,12 @@ class ProxyHandler:
             await response.aclose()
 
     async def _send_answer(
-        self, send: Send, answer: Answer, client_headers: dict[str, str], ex: _Exchange
+        self, send: Send, answer: Answer, client_headers: dict[str, str], ex: ExchangeLog
     ) -> None:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
         body = b""
-        if answer.document is not None:
-            body = jsoncodec.encode(answer.document)
+        if answer.raw is not None or answer.document is not None:
+            body = answer.raw if answer.raw is not None else jsoncodec.encode(answer.document)
             if not any(k == b"content-type" for k, _ in headers):
                 headers.append((b"content-type", _FHIR_JSON))
         await self._send(send, answer.status, headers, body, client_headers, ex)
@@ -231,7 +231,7 @@ class ProxyHandler:
         *,
         client: Mapping[str, str],
         client_host: str | None,
-        rid: str,
+        log: ExchangeLog,
         body: bytes = b"",
         headers: Sequence[tuple[str, str]] = (),
         client_headers: bool = True,
@@ -244,7 +244,7 @@ class ProxyHandler:
         url = target if target.startswith(base) else f"{base}/{target}" if target else base
         sent_headers = upstream_request_headers(
             client if client_headers else {},
-            rid=rid,
+            rid=log.rid,
             client_host=client_host,
             scheme=self._public_scheme,
             host=self._public_host,
@@ -264,7 +264,9 @@ class ProxyHandler:
             raw = await response.read(self.settings.max_response_bytes)
         finally:
             await response.aclose()
-        self.metrics.observe_upstream("pipeline", time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        log.upstream_seconds = (log.upstream_seconds or 0.0) + seconds
+        self.metrics.observe_upstream(log.interaction, seconds)
         passed: list[tuple[str, str]] = []
         content_type = ""
         for name, value in response.headers:
@@ -329,7 +331,11 @@ class ProxyHandler:
         return body
 
     async def _release(
-        self, send: Send, response: UpstreamResponse, client_headers: dict[str, str], ex: _Exchange
+        self,
+        send: Send,
+        response: UpstreamResponse,
+        client_headers: dict[str, str],
+        ex: ExchangeLog,
     ) -> None:
         headers: list[tuple[bytes, bytes]] = []
         content_type = ""
@@ -372,7 +378,7 @@ class ProxyHandler:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         client_headers: dict[str, str],
-        ex: _Exchange,
+        ex: ExchangeLog,
     ) -> None:
         out = [*headers, (b"x-request-id", ex.rid.encode())]
         minimum = self.settings.gzip_min_bytes
@@ -385,7 +391,7 @@ class ProxyHandler:
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": body})
 
-    async def _send_error(self, send: Send, error: GatewayError, ex: _Exchange) -> None:
+    async def _send_error(self, send: Send, error: GatewayError, ex: ExchangeLog) -> None:
         status, headers, body = render_error(error)
         ex.status = status
         ex.bytes_out = len(body)

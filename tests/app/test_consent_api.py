@@ -483,11 +483,12 @@ async def test_a_lower_case_consent_path_goes_to_the_proxy(
 
 
 async def test_the_dev_issuer_keys_are_served_only_when_it_is_on(
-    api: httpx.AsyncClient, tokens: Tokens, client: httpx.AsyncClient
+    api: httpx.AsyncClient, tokens: Tokens, make_client: Any
 ) -> None:
     keys = (await api.get("/auth/jwks")).json()
     assert keys == tokens.issuer.jwks()
-    assert (await client.get("/auth/jwks")).status_code == 404
+    async with make_client(auth={}) as client:  # no issuer configured at all
+        assert (await client.get("/auth/jwks")).status_code == 404
 
 
 async def test_search_needs_a_patient_for_an_admin_and_takes_only_known_parameters(

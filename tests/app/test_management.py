@@ -130,6 +130,7 @@ async def test_access_log_is_one_json_line_per_request_and_holds_no_phi(
     configure_logging("info", stream)
     router.get("/Patient").respond(200, json={"resourceType": "Bundle", "type": "searchset"})
     router.put("/Patient/secret-id-4711").respond(200, json={"resourceType": "Patient"})
+    router.get("/Patient/secret-id-4711").respond(404)  # not there yet: update-as-create
     await client.get(
         "/fhir/Patient?name=Smithson&birthdate=1970-05-06", headers={"x-request-id": "rid-1"}
     )
