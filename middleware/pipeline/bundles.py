@@ -136,6 +136,9 @@ class Bundles:
             forward=_entry_forwarder(ask.forward, headers),
             self_url=f"{self.flow.gateway_base}/{url}",
             trail=Trail(),
+            request_id=ask.request_id,
+            raw_request=f"{method} {url}".encode(),
+            client_address=ask.client_address,
         )
 
     def _classify(self, method: str, url: str, headers: Mapping[str, str]) -> FhirRequest:
