@@ -179,6 +179,7 @@ def create_app(
     signer: SigningKey | None = None,
     clock: Callable[[], float] | None = None,
     consents: ConsentStore | None = None,
+    wall_clock: Callable[[], float] | None = None,
 ) -> Gateway:
     """Build the gateway app.
 
@@ -188,7 +189,9 @@ def create_app(
     ``store``: the ledger's log store; defaults to the one ``settings.store`` names (SQLite
     in the working directory), opened on first need. ``signer``: the ledger's checkpoint
     key; defaults to ``settings.ledger_key_file`` (created when missing). ``clock``:
-    monotonic seconds, for cache ages. ``consents``: the consent store (pseudonyms and the
+    monotonic seconds, for cache ages. ``wall_clock``:
+    seconds since the epoch (consent periods, cursor expiry, break-the-glass sessions, audit
+    and ledger times); ``time.time`` by default. ``consents``: the consent store (pseudonyms and the
     consent index); defaults to the one ``settings.store`` names, beside the ledger.
     """
     factory = _upstream_factory(settings, upstream)
@@ -212,7 +215,8 @@ def create_app(
     if any(issuer.jwks_url for issuer in settings.auth.issuers):
         client = httpx.AsyncClient(timeout=httpx.Timeout(settings.read_timeout))
     verifier = build_verifier(settings.auth, client=client, dev_issuer=dev_issuer)
-    service = _consent_service(settings, ledger, consents)
+    wall = wall_clock or time.time
+    service = _consent_service(settings, ledger, consents, wall)
     consent = ConsentApi(
         service,
         verifier,
@@ -230,7 +234,10 @@ def create_app(
 
 
 def _consent_service(
-    settings: Settings, ledger: LedgerService, consents: ConsentStore | None
+    settings: Settings,
+    ledger: LedgerService,
+    consents: ConsentStore | None,
+    wall_clock: Callable[[], float],
 ) -> ConsentService:
     """The consent service over the consent store, opened on first need."""
 
@@ -250,6 +257,7 @@ def _consent_service(
         defaults=Defaults(jurisdiction=jurisdiction),
         base_url=settings.gateway_base_url,
         receipt_base=f"{public.scheme}://{public.netloc}{root}",
+        wall_clock=wall_clock,
     )
 
 

@@ -4,12 +4,10 @@ Kept beside ``app.py`` so that the app module stays about routing: this one buil
 :class:`~middleware.pipeline.flow.Flow` (consents through the consent service's registry,
 cursors sealed under a key derived from the ledger key, search guards, the consent defaults),
 its write and Bundle halves, and the audit recorder over the ledger and the consent store's
-pseudonyms.
+pseudonyms. Every part reads the consent service's wall clock (injectable in ``create_app``).
 """
 
 from __future__ import annotations
-
-import time
 
 from middleware.audit.parts import AgentInfo
 from middleware.audit.recorder import AuditRecorder
@@ -18,6 +16,7 @@ from middleware.consent.service import ConsentService
 from middleware.ledger.leaf import new_pseudonym
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.pipeline.breakglass import BreakGlass
 from middleware.pipeline.bundles import Bundles
 from middleware.pipeline.cursor import CursorCodec
 from middleware.pipeline.flow import Flow
@@ -58,13 +57,14 @@ def build_enforcement(
         rebaser=proxy.rebaser,
         base_urls=(settings.upstream.rstrip("/"), settings.gateway_base_url),
         allow_unknown=settings.unknown_patient_contexts,
-        wall_clock=time.time,
+        wall_clock=consents.wall_clock,
+        break_glass=BreakGlass(settings.break_glass_minutes),
     )
     recorder = AuditRecorder(
         ledger,
         pseudonym_of,
         gateway=AgentInfo(base_url=settings.gateway_base_url, name=GATEWAY_NAME),
-        wall_clock=time.time,
+        wall_clock=consents.wall_clock,
     )
     enforcement = Enforcement(
         verifier=verifier, flow=flow, recorder=recorder, gateway_base=settings.gateway_base_url

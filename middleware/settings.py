@@ -59,6 +59,7 @@ class Settings:
     consent_admin_role: str = "consent-admin"
     consent_jurisdiction: str = "opt-in"
     cursor_ttl_seconds: int = 900
+    break_glass_minutes: int = 60
     unknown_patient_allowed_for: str = ""
     auth: AuthSettings = field(default_factory=AuthSettings)
 
@@ -248,6 +249,8 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append(f"log_level: expected one of {', '.join(_LOG_LEVELS)}")
     if values.get("consent_jurisdiction", "opt-in") not in ("opt-in", "opt-out"):
         problems.append("consent_jurisdiction: expected opt-in or opt-out")
+    if not 0 < values.get("break_glass_minutes", 60) <= 24 * 60:
+        problems.append("break_glass_minutes: expected 1..1440")
     if not 0 < values.get("cursor_ttl_seconds", 900) <= 86_400:
         problems.append("cursor_ttl_seconds: expected 1..86400")
     contexts = {c.strip() for c in values.get("unknown_patient_allowed_for", "").split(",")}

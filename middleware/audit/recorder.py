@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal, Protocol
 
-from middleware.audit.alerts import consent_decision_event, relied_on
+from middleware.audit.alerts import break_glass_events, consent_decision_event, relied_on
 from middleware.audit.balp import exchange_events
 from middleware.audit.parts import AgentInfo, Json, patient_reference
 from middleware.auth.identity import Identity
@@ -180,7 +180,65 @@ class AuditRecorder:
             indexes.append(result)
         return indexes
 
-    async def _pseudonyms(self, exchange: Exchange, patients: list[str]) -> dict[str, bytes]:
+    async def record_break_glass(
+        self,
+        phase: Literal["started", "stopped"],
+        *,
+        identity: Identity,
+        patients: Sequence[str],
+        request_id: str,
+        client_address: str | None,
+        reason: str | None = None,
+    ) -> list[int]:
+        """Append the emergency-override events (DICOM 110127 started / 110138 stopped,
+        tagged for review) of ``identity`` for ``patients``: one entry per patient, flagged
+        ``BREAK_THE_GLASS`` (and ``PERMIT`` when started). Raises ServiceUnavailable."""
+        recorded = datetime.fromtimestamp(self._wall_clock(), UTC)
+        refs = [patient_reference(p) for p in patients]
+        flags = EntryFlag.BREAK_THE_GLASS | (
+            EntryFlag.PERMIT if phase == "started" else EntryFlag.NONE
+        )
+        events = break_glass_events(
+            phase,
+            identity=identity,
+            patients=refs,
+            recorded=recorded,
+            request_id=request_id,
+            gateway=self._gateway,
+            client_address=client_address,
+        )
+        if reason is not None:
+            # The caller's stated reason, for the reviewer (R4 AuditEvent.entity.detail).
+            for event in events:
+                event["entity"].append(
+                    {
+                        "type": {"system": _BTG_DETAIL_SYSTEM, "code": "reason"},
+                        "detail": [{"type": "reason", "valueString": reason}],
+                    }
+                )
+        marker = _Marker(request_id)
+        pseudonyms = await self._pseudonyms(marker, refs)
+        entries = [
+            NewEntry.create(
+                EntryKind.ACCESS_DECISION,
+                _bundle([event]),
+                recorded_us=micros(recorded),
+                pseudonym=pseudonyms[ref],
+                flags=flags,
+            )
+            for ref, event in zip(refs, events, strict=True)
+        ]
+        results = await asyncio.gather(
+            *(self._ledger.append(entry) for entry in entries), return_exceptions=True
+        )
+        indexes: list[int] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise _unavailable(marker, result) from result
+            indexes.append(result)
+        return indexes
+
+    async def _pseudonyms(self, exchange: _HasRequestId, patients: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
         missing: list[str] = []
         for patient in dict.fromkeys(patients):
@@ -295,7 +353,22 @@ def _bundle(events: list[Json]) -> bytes:
     return encode_canonical(bundle)
 
 
-def _unavailable(exchange: Exchange, cause: BaseException) -> ServiceUnavailable:
+_BTG_DETAIL_SYSTEM = "https://consentry.dev/CodeSystem/audit-entity"
+
+
+class _HasRequestId(Protocol):
+    @property
+    def request_id(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Marker:
+    """What a failure log line names for an append that is not an exchange's."""
+
+    request_id: str
+
+
+def _unavailable(exchange: _HasRequestId, cause: BaseException) -> ServiceUnavailable:
     # The request id and the error's type only: never a patient, a reference or request text.
     get_logger("consentry.audit").error(
         "audit trail unavailable",

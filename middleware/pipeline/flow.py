@@ -39,6 +39,7 @@ from middleware.consent.model import Coding, Policy
 from middleware.errors import BadRequest, Forbidden, GatewayError, UpstreamError
 from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
 from middleware.fhir.request import Interaction, Level
+from middleware.pipeline.breakglass import BreakGlass, forbids_break_glass
 from middleware.pipeline.caller import ACTION_ACCESS, Caller, check_interaction
 from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec, query_digest, rewrite_links
 from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, upstream_failure
@@ -89,6 +90,7 @@ class Flow:
         base_urls: Sequence[str],
         allow_unknown: frozenset[str] = frozenset(),
         wall_clock: Callable[[], float],
+        break_glass: BreakGlass | None = None,
     ) -> None:
         self._policies = policies
         self.cursors = cursors
@@ -98,6 +100,7 @@ class Flow:
         self.base_urls = tuple(base_urls)
         self.allow_unknown = allow_unknown
         self.wall_clock = wall_clock
+        self.break_glass = break_glass
         self.gateway_base = rebaser.gateway_base
         self.upstream_base = rebaser.upstream_base
         self.writes: Callable[[Ask], Awaitable[Answer]] | None = None
@@ -130,15 +133,42 @@ class Flow:
         """A :class:`Judge` for ``document`` with the consents of every patient it touches."""
         patients = patients_in(document, base_urls=self.base_urls)
         policies = {patient: await self._policies(patient) for patient in sorted(patients)}
+        seconds = self.wall_clock()
+        now = datetime.fromtimestamp(seconds, UTC)
         return Judge(
             caller=caller,
             action=action,
             policies=policies,
             defaults=self.defaults,
-            now=datetime.fromtimestamp(self.wall_clock(), UTC),
+            now=now,
             base_urls=self.base_urls,
             allow_unknown=caller.context in self.allow_unknown,
+            override=self._override(
+                caller, action=action, policies=policies, trail=trail, seconds=seconds, now=now
+            ),
             trail=trail,
+        )
+
+    def _override(
+        self,
+        caller: Caller,
+        *,
+        action: Coding,
+        policies: dict[str, tuple[Policy, ...]],
+        trail: Trail,
+        seconds: float,
+        now: datetime,
+    ) -> frozenset[str]:
+        """The patients whose denials break-the-glass overrides for this read: those of an
+        open session, or all when the request asks for emergency access, minus every patient
+        whose consent refuses it. Writes are never overridden."""
+        if self.break_glass is None or action != ACTION_ACCESS:
+            return frozenset()
+        candidates = set(self.break_glass.active(caller, seconds))
+        if trail.emergency:
+            candidates |= set(policies)
+        return frozenset(
+            p for p in candidates & set(policies) if not forbids_break_glass(policies[p], now)
         )
 
     async def release(

@@ -53,6 +53,8 @@ class Trail:
     withheld: int = 0
     decision_recorded: bool = False
     redacted: int = 0
+    emergency: bool = False
+    overridden: set[str] = field(default_factory=set)
 
     def decided(self, patient: str, decision: Decision | None) -> None:
         """Keep the first permit or any deny for ``patient`` (a deny is what an auditor
@@ -161,6 +163,7 @@ class Judge:
                 if patient not in self.override:
                     return None
                 self.trail.break_glass = True
+                self.trail.overridden.add(patient)
                 continue
             for obligation in decision.obligations:
                 if obligation.code == "redact":

@@ -22,6 +22,7 @@ from middleware.audit.recorder import AuditRecorder, Exchange, Phase
 from middleware.auth.identity import Identity
 from middleware.errors import GatewayError
 from middleware.fhir.request import FhirRequest, Interaction
+from middleware.pipeline.breakglass import requested_reason
 from middleware.pipeline.caller import caller_of
 from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed
 from middleware.pipeline.flow import Flow
@@ -82,20 +83,25 @@ class Enforcement:
         raw_request = _raw_request(scope, body if request.via_post else b"")
         identity: Identity | None = None
         ask: Ask | None = None
+        await self._close_expired(rid, client_host)
         try:
             identity = await self.verifier.verify(headers.get("authorization"))
+            caller = caller_of(identity)
+            emergency = requested_reason(headers, caller)
             ask = Ask(
                 request=request,
                 body=body,
                 headers=headers,
-                caller=caller_of(identity),
+                caller=caller,
                 forward=_bound(proxy, headers, client_host, log),
                 self_url=self._self_url(request),
                 request_id=rid,
                 raw_request=raw_request,
                 client_address=client_host,
             )
+            ask.trail.emergency = emergency is not None
             answer = await self.flow.run(ask)
+            await self._open_sessions(ask, emergency)
         except GatewayError as error:
             await self._record_refusal(
                 request,
@@ -109,6 +115,37 @@ class Enforcement:
             raise
         await self.record(ask, answer.status, _final_phase(ask))
         return answer
+
+    async def _open_sessions(self, ask: Ask, reason: str | None) -> None:
+        """Start (and record, before anything is released) the emergency sessions this
+        exchange's overrides opened."""
+        sessions = self.flow.break_glass
+        if sessions is None or not ask.trail.overridden:
+            return
+        opened = sessions.open(ask.caller, sorted(ask.trail.overridden), self.flow.wall_clock())
+        if opened:
+            await self.recorder.record_break_glass(
+                "started",
+                identity=ask.caller.identity,
+                patients=opened,
+                request_id=ask.request_id,
+                client_address=ask.client_address,
+                reason=reason,
+            )
+
+    async def _close_expired(self, rid: str, client_host: str | None) -> None:
+        """Record the stop of every emergency session whose time is over."""
+        sessions = self.flow.break_glass
+        if sessions is None:
+            return
+        for session in sessions.expire(self.flow.wall_clock()):
+            await self.recorder.record_break_glass(
+                "stopped",
+                identity=session.identity,
+                patients=[session.patient],
+                request_id=rid,
+                client_address=client_host,
+            )
 
     async def record(self, ask: Ask, status: int, phase: Phase) -> None:
         """Commit ``phase`` of ``ask``'s exchange to the ledger (raises ServiceUnavailable)."""

@@ -2,10 +2,12 @@
 
 :mod:`middleware.testing.peers` runs real peers as subprocesses for integration tests and
 benchmarks: the shared upstream FHIR server (Medplum's router under node) and the gateway
-itself. Nothing here imports pytest, so benchmarks and scripts can use it too.
+itself, with tokens from the gateway's development issuer. Nothing here imports pytest, so
+benchmarks and scripts can use it too.
 """
 
 from middleware.testing.peers import (
+    SYSTEM_SCOPES,
     GatewayServer,
     PeerError,
     UpstreamServer,
@@ -17,6 +19,7 @@ from middleware.testing.peers import (
 )
 
 __all__ = [
+    "SYSTEM_SCOPES",
     "GatewayServer",
     "PeerError",
     "UpstreamServer",

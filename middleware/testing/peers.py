@@ -8,7 +8,13 @@ terminate, then kill. Both are context managers::
 
     with UpstreamServer() as upstream, GatewayServer(upstream.base_url) as gateway:
         with httpx.Client() as client:
-            ids = load_carebundle(gateway.base_url, client)
+            ids = load_carebundle(gateway, client)  # with a system/*.cruds token
+            me = gateway.bearer("dr", "user/*.rs", fhir_user="Practitioner/dr")
+            client.get(f"{gateway.base_url}/Patient", headers=me)
+
+The gateway enforces consent on every FHIR request but ``GET /metadata`` (401 without a
+token): :class:`GatewayServer` turns on the development token issuer on a key file in its
+working directory and mints tokens from the same file (:meth:`GatewayServer.token`).
 
 ``<shared>`` is ``$CONSENTRY_SHARED`` or, by default, ``../shared`` beside the repository.
 Failures raise :class:`PeerError` (never skip): a test that needs a peer must fail without one.
@@ -16,6 +22,7 @@ Failures raise :class:`PeerError` (never skip): a test that needs a peer must fa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -30,10 +37,12 @@ from typing import Any, Self
 
 import httpx
 
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer, load_or_create_key
 from middleware.fhir import jsoncodec
 
 __all__ = [
     "GatewayServer",
+    "SYSTEM_SCOPES",
     "PeerError",
     "UpstreamServer",
     "carebundle_dir",
@@ -45,7 +54,11 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
+#: The scopes of :meth:`GatewayServer.system_bearer`: every interaction on every type.
+SYSTEM_SCOPES = "system/*.cruds"
 _PORT_ATTEMPTS = 3
+_DEV_KEY = "dev-issuer.jwk"
+_LEDGER_KEY = "consentry-ledger.key"
 
 
 class PeerError(RuntimeError):
@@ -270,8 +283,24 @@ class UpstreamServer(_Peer):
 class GatewayServer(_Peer):
     """The gateway (``python -m middleware.cli serve``) in front of ``upstream``, on a free port.
 
-    It uses the ``memory:`` store unless ``args`` say otherwise (later flags win); ``env`` adds
-    ``CONSENTRY_*`` settings, e.g. ``{"CONSENTRY_ACCESS_LOG": "0"}``.
+    Each start gets its own working directory (:attr:`workdir`, removed at :meth:`stop`): the
+    ledger key, a SQLite ``store`` given as a relative ``sqlite:`` path, and the settings file
+    the gateway reads (``--config``) land there, never in the checkout.
+
+    ``dev_issuer`` (default on) makes the gateway trust the
+    :class:`~middleware.auth.devissuer.UnsafeDevelopmentIssuer` whose key is
+    ``<workdir>/dev-issuer.jwk``, for tokens naming the gateway's own FHIR base as audience:
+    :meth:`token` and :meth:`bearer` mint them from the same key file. Test tooling only: this
+    issuer lets anyone who can read the file claim to be anyone. Without it the gateway trusts
+    no issuer and answers 401 to everything but ``GET /metadata``.
+
+    ``consent_jurisdiction`` (``opt-in``/``opt-out``; None: the gateway's default, opt-in) and
+    ``settings`` (more top-level settings, e.g. ``{"unknown_patient_allowed_for": "system"}``)
+    go into the same file. ``store`` defaults to ``memory:``; :meth:`verify_ledger` needs a
+    ``sqlite:`` one. ``args`` come last (later flags win): an ``args`` ``--config`` replaces the
+    generated file, and then :meth:`token` and :meth:`verify_ledger` refuse to guess. ``env``
+    adds ``CONSENTRY_*`` settings, which win over the file (e.g. ``{"CONSENTRY_ACCESS_LOG":
+    "0"}``).
     """
 
     name = "gateway"
@@ -283,6 +312,10 @@ class GatewayServer(_Peer):
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         base_path: str = "/fhir",
+        store: str = "memory:",
+        dev_issuer: bool = True,
+        consent_jurisdiction: str | None = None,
+        settings: Mapping[str, str | int | float | bool] | None = None,
         startup_timeout: float = 30.0,
     ) -> None:
         super().__init__(startup_timeout)
@@ -290,51 +323,203 @@ class GatewayServer(_Peer):
         self.args = list(args)
         self.env = dict(env or {})
         self.base_path = base_path
+        self.store = store
+        self.dev_issuer = dev_issuer
+        self.settings: dict[str, str | int | float | bool] = dict(settings or {})
+        if consent_jurisdiction is not None:
+            self.settings["consent_jurisdiction"] = consent_jurisdiction
+        self.workdir: Path | None = None
+        self._issuer: tuple[int, UnsafeDevelopmentIssuer] | None = None
 
     @property
     def base_url(self) -> str:
-        """The gateway's FHIR base, ``http://127.0.0.1:<port>/fhir``."""
+        """The gateway's FHIR base, ``http://127.0.0.1:<port>/fhir``: also the audience its
+        tokens must name."""
         return self.root_url + self.base_path
 
+    @property
+    def issuer_url(self) -> str:
+        """The ``iss`` of the development issuer's tokens."""
+        return f"{self.root_url}/dev-issuer"
+
+    @property
+    def ledger_origin(self) -> str:
+        """The checkpoint origin the generated settings give the ledger."""
+        return f"consentry.test{self.base_path}/ledger"
+
+    @property
+    def store_url(self) -> str:
+        """``store`` with a relative ``sqlite:`` path resolved in :attr:`workdir`."""
+        if self.store.startswith("sqlite:"):
+            path = Path(self.store.removeprefix("sqlite:"))
+            if not path.is_absolute():
+                return f"sqlite:{self._workdir() / path}"
+        return self.store
+
     def start(self) -> Self:
+        workdir = self.workdir = Path(tempfile.mkdtemp(prefix="consentry-gateway-"))
+        self._issuer = None
+        if self.dev_issuer:
+            # Created here, before the gateway starts, so both sides read one key.
+            load_or_create_key(workdir / _DEV_KEY)
+        config = workdir / "consentry.toml"
+
         def argv(port: int) -> list[str]:
+            config.write_text(self._settings_file(port), encoding="utf-8")
             return [
                 sys.executable,
                 "-m",
                 "middleware.cli",
                 "serve",
                 *("--upstream", self.upstream, "--host", HOST, "--port", str(port)),
-                *("--base-path", self.base_path, "--store", "memory:"),
+                *("--base-path", self.base_path, "--store", self.store),
+                *("--config", str(config)),
                 *self.args,
             ]
 
-        # Its own working directory: the SQLite file and the ledger key it may create land
-        # there, never in the checkout. PYTHONPATH keeps this checkout's package first.
-        workdir = Path(tempfile.mkdtemp(prefix="consentry-gateway-"))
+        # PYTHONPATH keeps this checkout's package first.
         env = {**os.environ, "PYTHONPATH": str(repo_root()), **self.env}
         self._launch(argv, env, cwd=workdir)
         return self
 
+    def stop(self, *, keep_log: bool = False) -> None:
+        """Stop the gateway; unless ``keep_log``, also remove its working directory."""
+        super().stop(keep_log=keep_log)
+        if not keep_log and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def _settings_file(self, port: int) -> str:
+        """The TOML the gateway reads: the ledger and ``settings``, then the ``[auth]`` table
+        trusting the development issuer for tokens addressed to ``port``'s FHIR base."""
+        root = f"http://{HOST}:{port}"
+        top: dict[str, str | int | float | bool] = {
+            "ledger_key_file": str(self._workdir() / _LEDGER_KEY),
+            "ledger_origin": self.ledger_origin,
+            **self.settings,
+        }
+        lines = [f"{key} = {_toml(value)}" for key, value in top.items()]
+        if self.dev_issuer:
+            lines += [
+                "",
+                "[auth]",
+                "dev_issuer_enabled = true",
+                f"dev_issuer_url = {_toml(root + '/dev-issuer')}",
+                f"dev_issuer_key_file = {_toml(str(self._workdir() / _DEV_KEY))}",
+                f"audiences = [{_toml(root + self.base_path)}]",
+            ]
+        return "\n".join(lines) + "\n"
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def token(self, sub: str, scopes: str | Sequence[str], **claims: Any) -> str:
+        """A bearer token the running gateway accepts: ``sub``, SMART ``scopes``, and more
+        claims as :meth:`UnsafeDevelopmentIssuer.issue` takes them (``patient``, ``fhir_user``,
+        ``roles``, ``purpose_of_use``, ``ttl``, ``client_id``)."""
+        return self._dev_issuer().issue(sub, scopes=scopes, audience=self.base_url, **claims)
+
+    def bearer(self, sub: str, scopes: str | Sequence[str], **claims: Any) -> dict[str, str]:
+        """``{"authorization": "Bearer <token>"}`` for :meth:`token`'s arguments."""
+        return {"authorization": f"Bearer {self.token(sub, scopes, **claims)}"}
+
+    def system_bearer(self, scopes: str = SYSTEM_SCOPES) -> dict[str, str]:
+        """The bearer header of a backend service (``system/`` scopes, all by default)."""
+        return self.bearer("consentry-test-system", scopes)
+
+    def _dev_issuer(self) -> UnsafeDevelopmentIssuer:
+        if not self.dev_issuer or "--config" in self.args:
+            raise PeerError("this gateway does not trust the development issuer's key file")
+        if self._issuer is None or self._issuer[0] != self.port:
+            issuer = UnsafeDevelopmentIssuer.from_key_file(
+                self._workdir() / _DEV_KEY, self.issuer_url, enabled=True
+            )
+            self._issuer = (self.port, issuer)
+        return self._issuer[1]
+
+    # -- ledger ------------------------------------------------------------------------------
+
+    def ledger_size(self) -> int:
+        """The size of the latest signed checkpoint (``GET /ledger/checkpoint``; 0 without
+        one). Every request the gateway answered has been committed by then."""
+        response = httpx.get(f"{self.root_url}/ledger/checkpoint", timeout=30.0)
+        if response.status_code == 404:
+            return 0
+        if response.status_code != 200:
+            raise PeerError(f"/ledger/checkpoint answered {response.status_code}")
+        return int(response.text.splitlines()[1])  # C2SP tlog-checkpoint: origin, size, root
+
+    def consentry(self, *argv: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run ``python -m middleware.cli *argv`` (the ``consentry`` command) in
+        :attr:`workdir`; the result is returned whatever the exit status."""
+        env = {**os.environ, "PYTHONPATH": str(repo_root()), **self.env}
+        try:
+            return subprocess.run(  # noqa: S603 - our own argv, no shell
+                [sys.executable, "-m", "middleware.cli", *argv],
+                cwd=self._workdir(),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise PeerError(f"consentry {' '.join(argv)} did not finish in {timeout} s") from exc
+
+    def verify_ledger(self) -> dict[str, Any]:
+        """``consentry ledger verify`` on the gateway's SQLite store, trusting the key in its
+        workdir (a trust policy from ``consentry keys policy``); the JSON report, whose
+        ``ok`` is True exactly when the command exited 0. Raises :class:`PeerError` when a
+        command could not run (exit status 2)."""
+        if not self.store_url.startswith("sqlite:") or "--config" in self.args:
+            raise PeerError("verify_ledger needs the generated settings and a sqlite: store")
+        policy = self.consentry(
+            "keys",
+            "policy",
+            *("--key-file", str(self._workdir() / _LEDGER_KEY)),
+            *("--origin", self.ledger_origin),
+        )
+        if policy.returncode != 0:
+            raise PeerError(f"consentry keys policy failed: {_tail(policy.stderr)}")
+        trust = self._workdir() / "trust.toml"
+        trust.write_text(policy.stdout, encoding="utf-8")
+        done = self.consentry("ledger", "verify", "--store", self.store_url, "--trust", str(trust))
+        if done.returncode not in (0, 1):
+            raise PeerError(f"consentry ledger verify failed: {_tail(done.stderr)}")
+        report: dict[str, Any] = json.loads(done.stdout)
+        if report.get("ok") is not (done.returncode == 0):
+            raise PeerError(f"ledger verify exited {done.returncode} with ok={report.get('ok')}")
+        return report
+
+    def _workdir(self) -> Path:
+        if self.workdir is None:
+            raise PeerError("the gateway has not been started")
+        return self.workdir
+
 
 def load_carebundle(
-    base_url: str, client: httpx.Client, directory: Path | None = None
+    target: GatewayServer | str, client: httpx.Client, directory: Path | None = None
 ) -> dict[str, list[str]]:
-    """POST each carebundle transaction Bundle to ``base_url``; return what was created.
+    """POST each carebundle transaction Bundle to ``target``; return what was created.
 
-    The result maps each patient's new id to the ``Type/id`` references of every resource its
-    Bundle created, in entry order (from ``entry.response.location`` of the
-    transaction-response). Raises :class:`PeerError` unless every entry was created.
+    ``target`` is a running :class:`GatewayServer` (the Bundles go to its FHIR base with a
+    backend-service token, :meth:`GatewayServer.system_bearer`) or a FHIR base URL (sent
+    without a token, e.g. straight to the upstream). The result maps each patient's new id
+    to the ``Type/id`` references of every resource its Bundle created, in entry order (from
+    ``entry.response.location`` of the transaction-response). Raises :class:`PeerError`
+    unless every entry was created.
     """
+    headers = {"content-type": "application/fhir+json", "accept": "application/fhir+json"}
+    if isinstance(target, GatewayServer):
+        base_url = target.base_url
+        headers.update(target.system_bearer())
+    else:
+        base_url = target
     created: dict[str, list[str]] = {}
     files = sorted((directory or carebundle_dir()).glob("*.json"))
     if not files:
         raise PeerError(f"no Bundles in {directory or carebundle_dir()}")
     for path in files:
-        response = client.post(
-            base_url,
-            content=path.read_bytes(),
-            headers={"content-type": "application/fhir+json", "accept": "application/fhir+json"},
-        )
+        response = client.post(base_url, content=path.read_bytes(), headers=headers)
         if response.status_code != 200:
             raise PeerError(f"{path.name}: transaction answered {response.status_code}")
         references = [_reference(entry, path.name) for entry in _entries(response.content)]
@@ -373,3 +558,12 @@ def _which(tool: str) -> str:
 
 def _tail(text: str, chars: int = 4000) -> str:
     return text[-chars:]
+
+
+def _toml(value: str | int | float | bool) -> str:
+    """A TOML scalar: JSON's string escapes are TOML basic-string escapes."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value)

@@ -3,6 +3,7 @@ through ``httpx.MockTransport`` (injected, never patched)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,22 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class WallClock:
+    """Seconds since the epoch, starting now, moved by hand (consent periods, cursor expiry,
+    break-the-glass sessions)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def wall() -> WallClock:
+    return WallClock()
 
 
 @pytest.fixture
@@ -75,6 +92,7 @@ def make_app(
     store: MemoryLogStore,
     signer: SigningKey,
     make_settings: Callable[..., Settings],
+    wall: WallClock,
 ) -> Callable[..., Gateway]:
     def make(**overrides: Any) -> Gateway:
         return create_app(
@@ -82,6 +100,7 @@ def make_app(
             upstream=httpx.MockTransport(router.async_handler),
             store=store,
             signer=signer,
+            wall_clock=wall,
             clock=clock,
         )
 

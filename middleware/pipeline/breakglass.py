@@ -1,0 +1,131 @@
+"""Break-the-glass: time-boxed emergency access, honouring a patient's refusal of it.
+
+A caller whose token allows it (:attr:`Identity.break_the_glass`: the configured scope or role,
+see :mod:`middleware.auth.settings`) asks for emergency access by sending
+``X-Break-Glass-Reason: <why>``. From then on, for ``minutes``, the consent denials of the
+patients its requests touch are overridden, except for a patient whose active consent denies
+the purpose v3-ActReason ``BTG`` ("break the glass"): that patient's refusal stands. Each
+session (one caller, one patient) starts with a DICOM 110113/110127 "Emergency Override
+Started" event and ends with 110138 "Emergency Override Stopped", both tagged for review
+(:func:`~middleware.audit.alerts.break_glass_events`); every exchange under it carries the
+ledger flag ``BREAK_THE_GLASS``.
+
+A request without the header continues an open session; once the session is over, denials
+stand again until the caller asks again (and a new, separately reviewed session starts).
+Sessions live in the replica's memory: a replica that has not seen the request opening one
+simply requires the header again (the safe direction). Pure: the clock is injected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from middleware.auth.identity import Identity
+from middleware.consent.model import DENY, Policy, Provision
+from middleware.errors import BadRequest, Forbidden
+from middleware.pipeline.caller import Caller
+
+__all__ = [
+    "BREAK_GLASS_HEADER",
+    "BTG",
+    "BreakGlass",
+    "Session",
+    "forbids_break_glass",
+    "requested_reason",
+]
+
+BREAK_GLASS_HEADER: Final = "x-break-glass-reason"
+#: v3-ActReason BTG, "break the glass": the purpose a consent names to refuse emergency access.
+BTG: Final = ("http://terminology.hl7.org/CodeSystem/v3-ActReason", "BTG")
+_MAX_REASON: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One open emergency session of one caller (its identity, for the stop event) for one
+    patient (``Patient/<id>``)."""
+
+    caller: str
+    identity: Identity
+    patient: str
+    started: float
+    ends: float
+
+
+def requested_reason(headers: Mapping[str, str], caller: Caller) -> str | None:
+    """The emergency reason the request gives, or None when it asks for nothing. Raises
+    :class:`Forbidden` when the token does not allow break-the-glass, :class:`BadRequest` for
+    an empty or oversize reason (the reason is audit evidence: it must say something)."""
+    reason = headers.get(BREAK_GLASS_HEADER)
+    if reason is None:
+        return None
+    if not caller.identity.break_the_glass:
+        raise Forbidden("this token does not allow emergency access")
+    reason = reason.strip()
+    if not reason or len(reason) > _MAX_REASON or not reason.isprintable():
+        raise BadRequest(f"{BREAK_GLASS_HEADER} must be 1..{_MAX_REASON} printable characters")
+    return reason
+
+
+def forbids_break_glass(policies: Iterable[Policy], now: datetime) -> bool:
+    """True when an active consent in force at ``now`` denies the purpose BTG anywhere in its
+    provision tree (the patient's "no break-the-glass")."""
+    for policy in policies:
+        if policy.status != "active":
+            continue
+        if policy.period is not None and not policy.period.contains(now):
+            continue
+        if _denies_btg(policy.root):
+            return True
+    return False
+
+
+def _denies_btg(provision: Provision) -> bool:
+    if provision.effect == DENY and provision.purposes.matches(BTG):
+        return True
+    return any(_denies_btg(child) for child in provision.children)
+
+
+class BreakGlass:
+    """Open emergency sessions, time-boxed to ``minutes`` (module docstring)."""
+
+    def __init__(self, minutes: int) -> None:
+        if minutes <= 0:
+            raise ValueError("a break-the-glass session lasts a positive number of minutes")
+        self.seconds = minutes * 60
+        self._sessions: dict[tuple[str, str], Session] = {}
+
+    def active(self, caller: Caller, now: float) -> frozenset[str]:
+        """The patients ``caller`` holds an open session for."""
+        return frozenset(
+            s.patient
+            for s in self._sessions.values()
+            if s.caller == caller.binding and s.ends > now
+        )
+
+    def open(self, caller: Caller, patients: Iterable[str], now: float) -> list[str]:
+        """Open sessions for ``patients`` that have none; returns the newly opened ones
+        (their start events must be recorded)."""
+        opened: list[str] = []
+        for patient in patients:
+            key = (caller.binding, patient)
+            current = self._sessions.get(key)
+            if current is None or current.ends <= now:
+                if current is not None:
+                    continue  # expired, not yet closed: expire() records its stop first
+                self._sessions[key] = Session(
+                    caller.binding, caller.identity, patient, now, now + self.seconds
+                )
+                opened.append(patient)
+        return opened
+
+    def expire(self, now: float) -> list[Session]:
+        """Close and return every session whose time is over (their stop events must be
+        recorded)."""
+        over = [s for s in self._sessions.values() if s.ends <= now]
+        for session in over:
+            del self._sessions[(session.caller, session.patient)]
+        return over

@@ -1,0 +1,142 @@
+"""Break-the-glass through the gateway: allowed only by the token, time-boxed, refused by a
+patient's "no break-the-glass" consent, and recorded as reviewed emergency-override events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from middleware.app import Gateway
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.ledger.leaf import EntryFlag
+from middleware.storage.ledger_memory import MemoryLogStore
+from tests.app.conftest import WallClock
+from tests.app.consenting import (
+    ACT_REASON,
+    DEV_ISSUER,
+    Tokens,
+    auth_settings,
+    ledger_entries,
+    observation,
+    r5_consent,
+)
+
+BTG_SCOPE = "consentry/break-glass"
+DR = "Practitioner/dr"
+
+
+@pytest.fixture
+def tokens(dev_key_file: Path) -> Tokens:
+    return Tokens(UnsafeDevelopmentIssuer.from_key_file(dev_key_file, DEV_ISSUER, enabled=True))
+
+
+@pytest.fixture
+async def gateway(
+    make_app: Any, dev_key_file: Path, router: respx.Router
+) -> AsyncIterator[httpx.AsyncClient]:
+    for patient in ("p1", "p2"):
+        router.get(f"/Observation/o-{patient}").respond(
+            200,
+            json={**observation(f"Patient/{patient}"), "id": f"o-{patient}"},
+            headers={"content-type": "application/fhir+json"},
+        )
+    app: Gateway = make_app(
+        auth=auth_settings(dev_key_file, break_glass_scope=BTG_SCOPE),
+        consent_jurisdiction="opt-out",
+        break_glass_minutes=10,
+    )
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+        yield client
+    await app.aclose()
+
+
+async def deny_dr(client: httpx.AsyncClient, tokens: Tokens, patient: str, **extra: Any) -> None:
+    """``patient`` refuses Practitioner/dr (R5: an exception to a permitting base)."""
+    provision: dict[str, Any] = {"actor": [{"reference": {"reference": DR}}]}
+    body = r5_consent(f"Patient/{patient}", "permit", provision=[provision, *extra.get("more", [])])
+    answer = await client.post("/fhir/Consent", json=body, headers=tokens.patient(patient))
+    assert answer.status_code == 201, answer.text
+
+
+def doctor(tokens: Tokens, *, glass: bool) -> dict[str, str]:
+    scopes = "user/*.rs" + (f" {BTG_SCOPE}" if glass else "")
+    return tokens.bearer("dr", scopes, fhir_user=DR)
+
+
+async def test_emergency_access_needs_the_tokens_permission(
+    gateway: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    """A clinician without the break-the-glass scope cannot talk its way past a denial."""
+    await deny_dr(gateway, tokens, "p1")
+    headers = {**doctor(tokens, glass=False), "x-break-glass-reason": "unconscious patient"}
+    answer = await gateway.get("/fhir/Observation/o-p1", headers=headers)
+    assert answer.status_code == 403
+
+
+async def test_emergency_access_overrides_a_denial_for_a_time_box_and_is_recorded(
+    gateway: httpx.AsyncClient, tokens: Tokens, store: MemoryLogStore, wall: WallClock
+) -> None:
+    await deny_dr(gateway, tokens, "p1")
+    plain = doctor(tokens, glass=True)
+    assert (await gateway.get("/fhir/Observation/o-p1", headers=plain)).status_code == 404
+
+    before = len(await ledger_entries(store))
+    asked = {**plain, "x-break-glass-reason": "unconscious patient in ED"}
+    answer = await gateway.get("/fhir/Observation/o-p1", headers=asked)
+    assert answer.status_code == 200
+    new = (await ledger_entries(store))[before:]
+    started = [e for e in new if b"110127" in e.evidence]
+    assert len(started) == 1
+    assert started[0].leaf.flags & EntryFlag.BREAK_THE_GLASS
+    assert b"review" in started[0].evidence.lower()
+    assert b"unconscious patient in ED" in started[0].evidence
+    disclosed = [e for e in new if e.leaf.flags & EntryFlag.BREAK_THE_GLASS and e not in started]
+    assert disclosed, "the exchange itself is flagged"
+
+    # Within the session the header is not needed again; no second start is recorded.
+    wall.now += 5 * 60
+    assert (await gateway.get("/fhir/Observation/o-p1", headers=plain)).status_code == 200
+    assert sum(b"110127" in e.evidence for e in await ledger_entries(store)) == 1
+
+    # After the time box the denial stands again, and the session's stop is recorded.
+    wall.now += 6 * 60
+    assert (await gateway.get("/fhir/Observation/o-p1", headers=plain)).status_code == 404
+    stopped = [e for e in await ledger_entries(store) if b"110138" in e.evidence]
+    assert len(stopped) == 1
+    assert stopped[0].leaf.flags & EntryFlag.BREAK_THE_GLASS
+
+
+async def test_a_patients_no_break_the_glass_consent_is_honoured(
+    gateway: httpx.AsyncClient, tokens: Tokens, store: MemoryLogStore
+) -> None:
+    """p2 refused emergency access in advance (a provision denying purpose BTG): the
+    emergency request gets the same 404 as any denied read, and no override is recorded."""
+    refuse_btg = {"purpose": [{"system": ACT_REASON, "code": "BTG"}]}
+    await deny_dr(gateway, tokens, "p2", more=[refuse_btg])
+    asked = {**doctor(tokens, glass=True), "x-break-glass-reason": "unconscious patient"}
+    answer = await gateway.get("/fhir/Observation/o-p2", headers=asked)
+    assert answer.status_code == 404
+    assert not any(b"110127" in e.evidence for e in await ledger_entries(store))
+
+
+async def test_writes_are_never_overridden(
+    gateway: httpx.AsyncClient, tokens: Tokens, router: respx.Router
+) -> None:
+    """Emergency access is for reading: a write to a refusing patient's record stays refused."""
+    await deny_dr(gateway, tokens, "p1")
+    created = router.post("/Observation").respond(201)
+    headers = {
+        **tokens.bearer("dr", f"user/*.cruds {BTG_SCOPE}", fhir_user=DR),
+        "x-break-glass-reason": "unconscious patient",
+    }
+    answer = await gateway.post(
+        "/fhir/Observation", json=observation("Patient/p1"), headers=headers
+    )
+    assert answer.status_code == 403
+    assert not created.called
