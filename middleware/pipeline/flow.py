@@ -29,6 +29,7 @@ All time comes from the injected wall clock (cursor expiry, consent periods).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +47,16 @@ from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, ups
 from middleware.pipeline.filter import filter_answer
 from middleware.pipeline.guards import GuardPolicy, check_search, pin_patient
 from middleware.pipeline.judge import Judge, Trail, patients_in
+from middleware.pipeline.pages import (
+    MAX_REFILL_PAGES,
+    is_match,
+    next_link,
+    requested_count,
+    skip_matches,
+    split_skip,
+    take,
+    with_skip,
+)
 from middleware.pipeline.params import decode_params, encode_params
 from middleware.pipeline.subset import Subset, apply_subset_to_answer, split_subset
 from middleware.proxy.rewrite import Rebaser
@@ -55,9 +66,20 @@ __all__ = ["Flow", "PolicySource"]
 #: Operations the gateway filters; every other one is refused (deny by default).
 _FILTERED_OPERATIONS: Final = frozenset({("Patient", "$everything")})
 _RELEASED_HEADERS: Final = frozenset({"content-type", "etag", "last-modified"})
+#: Bundle types whose pages are refilled: results of a search and of a history.
+_PAGED: Final = frozenset({"searchset", "history"})
 
 #: Loads the compiled consents of one patient (``Patient/<id>``).
 PolicySource = Callable[[str], Awaitable[tuple[Policy, ...]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """Where a page of results comes from: the upstream URL fetched, and how many of its
+    matches earlier pages already released."""
+
+    sent: str
+    skip: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,17 +201,26 @@ class Flow:
         paging: _Paging | None = None,
         subset: Subset | None = None,
         status: int | None = None,
+        page: _Page | None = None,
     ) -> Answer:
         """Judge and filter an upstream answer read for ``ask``'s caller (see the module
-        docstring); the generic 404 when nothing of it may be released."""
+        docstring); the generic 404 when nothing of it may be released. ``page`` says where a
+        page of search or history results came from, so that it can be refilled."""
         document = up.document
         if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
             raise UpstreamError("the upstream server sent no FHIR resource")
+        if (
+            paging is not None
+            and page is not None
+            and document["resourceType"] == "Bundle"
+            and document.get("type") in _PAGED
+        ):
+            return await self._release_page(ask, up, document, paging, page, subset, status)
         if paging is not None and document["resourceType"] == "Bundle":
             # Cursors first: they seal the upstream URLs, before rebasing would change them.
-            page = paging
+            pager = paging
             rewrite_links(
-                document, lambda link: self._cursor_url(ask, page, link), self_url=ask.self_url
+                document, lambda link: self._cursor_url(ask, pager, link), self_url=ask.self_url
             )
         occurrences = self.rebaser.occurrences(up.raw)
         if occurrences:
@@ -212,6 +243,86 @@ class Flow:
             return Answer(status or up.status, headers, raw=up.raw)
         return Answer(status or up.status, headers, released)
 
+    async def _release_page(  # noqa: PLR0917 - release()'s arguments, passed on
+        self,
+        ask: Ask,
+        up: Upstreamed,
+        document: dict[str, Any],
+        paging: _Paging,
+        page: _Page,
+        subset: Subset | None,
+        status: int | None,
+    ) -> Answer:
+        """A page of results with as many matches as the client asked for (:mod:`.pages`):
+        withheld entries are made up from the following upstream pages, and the next cursor
+        continues exactly after the last match released."""
+        original_links = copy.deepcopy(document.get("link"))
+        entries, upstream_size, following = await self._page_entries(ask, up, document)
+        target = requested_count(paging.params)
+        target = upstream_size if target is None else target
+        kept, taken, left = take(skip_matches(entries, page.skip), target)
+        refilled = page.skip > 0 or left
+        resume = with_skip(page.sent, page.skip + taken) if left else following
+        fetched = 0
+        while not left and following and fetched < MAX_REFILL_PAGES:
+            have = sum(1 for entry in kept if is_match(entry))
+            if have >= target:
+                break
+            fetched += 1
+            refilled = True
+            link = following
+            more_up = await ask.forward("GET", link, client_headers=False, headers=_accept(ask))
+            if more_up.status >= 400:
+                raise _failure(more_up, ask)
+            more = more_up.document
+            if not isinstance(more, dict) or more.get("resourceType") != "Bundle":
+                raise UpstreamError("the upstream server sent no Bundle page")
+            more_entries, _, following = await self._page_entries(ask, more_up, more)
+            added, taken, left = take(more_entries, target - have)
+            kept += added
+            resume = with_skip(link, taken) if left else following
+        if kept:
+            document["entry"] = kept
+        else:
+            document.pop("entry", None)
+        if refilled:
+            links = [{"relation": "self", "url": ask.self_url}]
+            if resume:
+                links.append({"relation": "next", "url": self._cursor_url(ask, paging, resume)})
+            document["link"] = links
+        else:
+            if original_links is not None:
+                document["link"] = original_links
+            rewrite_links(
+                document, lambda link: self._cursor_url(ask, paging, link), self_url=ask.self_url
+            )
+            if document.get("link"):
+                for link in document["link"]:
+                    link["url"] = self.rebaser.url(link["url"])
+        if subset is not None:
+            apply_subset_to_answer(document, subset)
+            ask.trail.narrowed = True
+        headers = [(k, v) for k, v in up.headers if k in _RELEASED_HEADERS]
+        return Answer(status or up.status, headers, document)
+
+    async def _page_entries(
+        self, ask: Ask, up: Upstreamed, document: dict[str, Any]
+    ) -> tuple[list[Any], int, str | None]:
+        """One upstream page judged: its released entries, how many matches it held before
+        filtering, and its upstream ``next`` link (read before rebasing changes it)."""
+        following = next_link(document)  # before rebasing rewrites it
+        raw_entries = document.get("entry")
+        size = sum(1 for e in raw_entries if is_match(e)) if isinstance(raw_entries, list) else 0
+        occurrences = self.rebaser.occurrences(up.raw)
+        if occurrences:
+            self.rebaser.rewrite(document, occurrences)
+        judge = await self.judge(ask.caller, ACTION_ACCESS, document, ask.trail)
+        released, _stats = filter_answer(document, judge.allowed)
+        if released is None:
+            return [], size, following
+        entries = released.get("entry")
+        return (entries if isinstance(entries, list) else []), size, following
+
     # -- interactions ------------------------------------------------------------------------
 
     async def _read(self, ask: Ask) -> Answer:
@@ -223,16 +334,22 @@ class Flow:
             and f"Patient/{request.resource_id}" != caller.patient
         ):
             raise not_found()
-        subset, rest = split_subset(decode_params(request.query))
-        target = _target(request.path, rest)
+        params = decode_params(request.query)
+        paging = page = None
+        if request.interaction is Interaction.HISTORY_INSTANCE:
+            token = _cursor(params)
+            params = [(n, v) for n, v in params if n != CURSOR_PARAM]
+            paging = self._paging(request.path, params)
+            if token is not None:
+                page = self._redeem(ask, token, paging)
+        subset, rest = split_subset(params)
+        if page is None:
+            page = _Page(f"{self.upstream_base}/{_target(request.path, rest)}")
         # Without the client's conditional headers: a 304 would confirm a hidden record.
-        up = await ask.forward("GET", target, headers=_accept(ask), client_headers=False)
+        up = await ask.forward("GET", page.sent, headers=_accept(ask), client_headers=False)
         if up.status >= 400:
             raise _failure(up, ask)
-        paging = None
-        if request.interaction is Interaction.HISTORY_INSTANCE:
-            paging = self._paging(request.path, rest)
-        return await self.release(ask, up, paging=paging, subset=subset, status=200)
+        return await self.release(ask, up, paging=paging, subset=subset, status=200, page=page)
 
     async def _search(self, ask: Ask) -> Answer:
         request, caller = ask.request, ask.caller
@@ -247,22 +364,14 @@ class Flow:
         subset, rest = split_subset(client)
         check_search(rest, caller_kind=caller.context, sees_everything=False, policy=self.guards)
         if token is not None:
-            link = self.cursors.redeem(
-                token,
-                principal=caller.binding,
-                purpose=caller.purpose_key,
-                query_digest=paging.digest,
-                now=self.wall_clock(),
-            )
-            if not self._on_upstream(link):
-                raise BadRequest("invalid or expired cursor")
-            target = link
+            page = self._redeem(ask, token, paging)
         else:
             target = _target(path, self._narrow(ask, rest))
-        up = await ask.forward("GET", target, client_headers=False, headers=_accept(ask))
+            page = _Page(f"{self.upstream_base}/{target}")
+        up = await ask.forward("GET", page.sent, client_headers=False, headers=_accept(ask))
         if up.status >= 400:
             raise _failure(up, ask)
-        return await self.release(ask, up, paging=paging, subset=subset, status=200)
+        return await self.release(ask, up, paging=paging, subset=subset, status=200, page=page)
 
     async def _operation(self, ask: Ask) -> Answer:
         request, caller = ask.request, ask.caller
@@ -280,21 +389,13 @@ class Flow:
         client = [(n, v) for n, v in params if n != CURSOR_PARAM]
         paging = self._paging(request.path, client)
         if token is not None:
-            target = self.cursors.redeem(
-                token,
-                principal=caller.binding,
-                purpose=caller.purpose_key,
-                query_digest=paging.digest,
-                now=self.wall_clock(),
-            )
-            if not self._on_upstream(target):
-                raise BadRequest("invalid or expired cursor")
+            page = self._redeem(ask, token, paging)
         else:
-            target = _target(request.path, client)
-        up = await ask.forward("GET", target, client_headers=False, headers=_accept(ask))
+            page = _Page(f"{self.upstream_base}/{_target(request.path, client)}")
+        up = await ask.forward("GET", page.sent, client_headers=False, headers=_accept(ask))
         if up.status >= 400:
             raise _failure(up, ask)
-        return await self.release(ask, up, paging=paging, status=200)
+        return await self.release(ask, up, paging=paging, status=200, page=page)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -314,6 +415,21 @@ class Flow:
         if rtype is not None and rtype not in PATIENT_COMPARTMENT and rtype != "Patient":
             return params  # not patient data: judged by scopes alone
         return pin_patient(rtype, params, own.removeprefix("Patient/"), base_urls=self.base_urls)
+
+    def _redeem(self, ask: Ask, token: str, paging: _Paging) -> _Page:
+        """The upstream page a cursor names (400 for anything but one of ours, issued to this
+        caller for this query, unexpired, naming the upstream)."""
+        sealed = self.cursors.redeem(
+            token,
+            principal=ask.caller.binding,
+            purpose=ask.caller.purpose_key,
+            query_digest=paging.digest,
+            now=self.wall_clock(),
+        )
+        link, skip = split_skip(sealed)
+        if not self._on_upstream(link):
+            raise BadRequest("invalid or expired cursor")
+        return _Page(link, skip)
 
     def _paging(self, path: str, params: Sequence[tuple[str, str]]) -> _Paging:
         client = tuple(params)
