@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -35,7 +37,7 @@ from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed, ups
 from middleware.pipeline.guards import check_search
 from middleware.pipeline.judge import Trail
 from middleware.pipeline.params import decode_params
-from middleware.pipeline.writes import DENIED_WRITE, Writes
+from middleware.pipeline.writes import DENIED_WRITE, NEW_ID, Writes
 
 __all__ = ["Bundles", "MAX_ENTRIES"]
 
@@ -202,7 +204,8 @@ class Bundles:
         if request.interaction in (Interaction.READ, Interaction.VREAD):
             return  # judged in the answer, like any read
         if request.interaction is Interaction.CREATE:
-            await self._allow(sub, _local(entry["resource"], new), ACTION_COLLECT)
+            created = _local(entry["resource"], new, entry.get("fullUrl"))
+            await self._allow(sub, created, ACTION_COLLECT)
             return
         current = await self.writes._target(sub)
         if request.interaction is Interaction.UPDATE:
@@ -251,12 +254,18 @@ def _new_references(entries: list[Any]) -> dict[str, str]:
     return found
 
 
-def _local(resource: Any, new: Mapping[str, str]) -> Any:
-    """A copy of ``resource`` whose ``urn:uuid`` references name the local placeholders."""
-    if not new or not isinstance(resource, dict):
+def _local(resource: Any, new: Mapping[str, str], full_url: Any = None) -> Any:
+    """A copy of ``resource`` whose ``urn:uuid`` references name the local placeholders; a
+    created resource (``full_url`` given) is judged under its placeholder id, or
+    :data:`~middleware.pipeline.writes.NEW_ID`: the server assigns the real one."""
+    if not isinstance(resource, dict):
         return resource
     copied = copy.deepcopy(resource)
-    _replace(copied, new, 0)
+    if new:
+        _replace(copied, new, 0)
+    if full_url is not None or "id" not in copied:
+        placeholder = new.get(full_url) if isinstance(full_url, str) else None
+        copied["id"] = placeholder.partition("/")[2] if placeholder else NEW_ID
     return copied
 
 
@@ -298,19 +307,33 @@ def _phase(sub: Ask) -> Any:
 
 def _answer_entry(answer: Answer) -> dict[str, Any]:
     response: dict[str, Any] = {"status": str(answer.status)}
-    for name, key in (
-        ("location", "location"),
-        ("etag", "etag"),
-        ("last-modified", "lastModified"),
-    ):
+    for name, key in (("location", "location"), ("etag", "etag")):
         value = next((v for k, v in answer.headers if k == name), None)
         if value is not None:
             response[key] = value
+    modified = next((v for k, v in answer.headers if k == "last-modified"), None)
+    instant = _instant(modified) if modified is not None else None
+    if instant is not None:
+        response["lastModified"] = instant
     entry: dict[str, Any] = {}
-    if answer.document is not None:
+    if answer.raw is not None:
+        entry["resource"] = jsoncodec.decode(answer.raw)
+    elif answer.document is not None:
         entry["resource"] = answer.document
     entry["response"] = response
     return entry
+
+
+def _instant(http_date: str) -> str | None:
+    """An HTTP ``Last-Modified`` date (RFC 9110 §5.6.7) as a FHIR instant
+    (``entry.response.lastModified``); None when it does not parse."""
+    try:
+        moment = parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _error_entry(error: GatewayError) -> dict[str, Any]:

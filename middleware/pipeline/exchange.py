@@ -37,6 +37,7 @@ __all__ = [
     "Answer",
     "Ask",
     "Forwarder",
+    "UpstreamRefused",
     "Upstreamed",
     "not_found",
     "upstream_failure",
@@ -145,7 +146,20 @@ def upstream_failure(up: Upstreamed, request: FhirRequest) -> GatewayError | Ans
     cls = _BY_STATUS.get(up.status)
     if cls is not None:
         return cls(f"the upstream server refused the request ({up.status})")
+    if 400 <= up.status < 500:
+        return UpstreamRefused(up.status)
     return UpstreamError(f"the upstream server failed ({up.status})")
+
+
+class UpstreamRefused(GatewayError):
+    """Another 4xx of the upstream (405, 406, 413, 429...): the status is the client's to
+    know (what it asked for is not supported or not now), the upstream's wording is not."""
+
+    code = "not-supported"
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the upstream server refused the request ({status})")
+        self.status = status
 
 
 def _content_type(up: Upstreamed) -> list[tuple[str, str]]:

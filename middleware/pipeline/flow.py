@@ -281,6 +281,10 @@ class Flow:
             added, taken, left = take(more_entries, target - have)
             kept += added
             resume = with_skip(link, taken) if left else following
+        if not kept and page.skip == 0 and ask.request.interaction is Interaction.HISTORY_INSTANCE:
+            # Every version withheld: the history of a record the caller may not see is the
+            # same 404 as the history of a record that does not exist.
+            raise not_found()
         if kept:
             document["entry"] = kept
         else:

@@ -49,11 +49,14 @@ from middleware.pipeline.guards import check_search
 from middleware.pipeline.jsonpatch import apply_patch
 from middleware.pipeline.params import decode_params, encode_params
 
-__all__ = ["DENIED_WRITE", "Recorder", "Writes"]
+__all__ = ["DENIED_WRITE", "NEW_ID", "Recorder", "Writes"]
 
 #: The one text of every refused write: it says neither whether a consent exists nor why.
 DENIED_WRITE: Final = "this write is not allowed"
 _NO_SINGLE_MATCH: Final = "the condition does not identify exactly one resource"
+#: The id a created resource is judged under before the server assigns its own: a valid FHIR
+#: id no server hands out (it names no existing record and has no consent).
+NEW_ID: Final = "consentry-new-record"
 _MATCHES_LIMIT: Final = "2"
 
 #: Records one phase of an exchange on the ledger; raises ServiceUnavailable when it cannot.
@@ -100,7 +103,10 @@ class Writes:
                 # FHIR R4 http.html#ccreate: an existing match is answered 200, not created.
                 up = Upstreamed(200, [], matches[0], jsoncodec.encode(matches[0]))
                 return await self.flow.release(ask, up)
-        await self._check(ask, body, ACTION_COLLECT)
+        # The server assigns the id (FHIR R4 http.html#create: any id in the body is ignored):
+        # judge the record as the new one it will be, so that a new Patient is its own, not
+        # yet consented, compartment rather than an unknown one.
+        await self._check(ask, {**body, "id": NEW_ID}, ACTION_COLLECT)
         return await self._forward(ask, "POST", request.resource_type or "", [])
 
     async def _update(self, ask: Ask, current: dict[str, Any] | None) -> Answer:

@@ -42,6 +42,9 @@ def _raw_get(gateway: GatewayServer, path: str) -> tuple[int, bytes]:
 
 
 def test_paging_history_and_batch_urls_are_on_the_gateway(sides: Sides, patient_id: str) -> None:
+    """Every URL in a search page, a history and a batch answer is on the gateway. Under
+    enforcement paging links are the gateway's own opaque cursors (``_cursor=``), so the
+    upstream's paging state (Medplum's ``_offset=``) must not appear at all."""
     answers = [
         sides.gateway.get(
             f"{sides.gateway_base}/Observation?subject=Patient/{patient_id}&_count=3"
@@ -61,7 +64,8 @@ def test_paging_history_and_batch_urls_are_on_the_gateway(sides: Sides, patient_
         ),
     ]
     urls = [url for answer in answers for url in bundle_urls(answer.json())]
-    assert any("_offset=" in url for url in urls)  # a next link was among them
+    assert any("_cursor=" in url for url in urls)  # a next link was among them
+    assert not any("_offset=" in url for url in urls)
     for answer in answers:
         assert answer.status_code == 200
         sides.check_gateway_answer(answer)
@@ -155,14 +159,21 @@ def _values(body: bytes) -> list[bytes]:
     return _VALUE.findall(body)
 
 
-def test_decimals_pass_through_as_the_upstream_writes_them(sides: Sides) -> None:
+def _observation(patient_id: str) -> bytes:
+    """The Observation of ``patient_id``: a record without a patient would be withheld (its
+    patient cannot be determined, denied by default)."""
+    subject = b'"subject":{"reference":"Patient/%s"},' % patient_id.encode()
+    return _OBSERVATION.replace(b'"status":"final",', b'"status":"final",' + subject, 1)
+
+
+def test_decimals_pass_through_as_the_upstream_writes_them(sides: Sides, patient_id: str) -> None:
     """Invariant 6: the gateway changes no number. The upstream (JavaScript) may itself
     shorten decimals; whatever text it answers, the gateway answers the same text, on a
     plain read (bytes passed through) and in a searchset it rebases (decoded and
     re-encoded)."""
     created = sides.gateway.post(
         f"{sides.gateway_base}/Observation",
-        content=_OBSERVATION,
+        content=_observation(patient_id),
         headers={"content-type": _FHIR_JSON},
     )
     assert created.status_code == 201, created.text
@@ -178,10 +189,12 @@ def test_decimals_pass_through_as_the_upstream_writes_them(sides: Sides) -> None
     )
 
 
-def test_decimal_text_of_a_direct_write_reads_the_same_through_the_gateway(sides: Sides) -> None:
+def test_decimal_text_of_a_direct_write_reads_the_same_through_the_gateway(
+    sides: Sides, patient_id: str
+) -> None:
     created: Any = sides.direct.post(
         f"{sides.upstream_base}/Observation",
-        content=_OBSERVATION,
+        content=_observation(patient_id),
         headers={"content-type": _FHIR_JSON},
     ).json()
     via, direct = sides.both("GET", f"Observation?_id={created['id']}&_count=1")

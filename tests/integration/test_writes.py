@@ -1,13 +1,19 @@
 """Writes through the gateway reach the upstream unchanged: create (plain and conditional),
 update, JSON Patch, delete, instance history, batch and transaction.
 
-Each write goes through the gateway; once it has settled, the result is read both ways and
-must be equal (a write's own ids, versions and timestamps cannot be compared with a second
-write made directly). Every test makes its own resources.
+Each write goes through the gateway with a ``system/*.cruds`` token (opt-out, no consent on
+file: every write is allowed); once it has settled, the result is read both ways and must be
+equal (a write's own ids, versions and timestamps cannot be compared with a second write made
+directly). Every test makes its own resources.
+
+Under enforcement the gateway answers upstream errors with its own generic OperationOutcome
+(only a plain create/update/patch keeps the upstream's 400/422 outcome about the caller's own
+body), and it answers each batch entry itself, through the whole pipeline.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -17,11 +23,17 @@ from fhirclient.models.humanname import HumanName
 from fhirclient.models.patient import Patient
 from fhirpy import AsyncFHIRClient, SyncFHIRClient
 
-from tests.integration.sides import Sides, entries
+from tests.integration.enforcing import GENERIC_NOT_FOUND
+from tests.integration.sides import Sides, comparable, entries
 
 pytestmark = pytest.mark.integration
 
 _FHIR_JSON = "application/fhir+json"
+_INSTANT = re.compile(
+    r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?(Z|(\+|-)((0[0-9]|1[0-3])"
+    r":[0-5][0-9]|14:00))"
+)  # FHIR R4 datatypes.html#instant
 
 
 def _patient(family: str, **more: Any) -> dict[str, Any]:
@@ -51,7 +63,7 @@ def test_create_answers_gateway_location_and_reads_agree(sides: Sides) -> None:
 
 
 async def test_fhirpy_async_create_update_delete(sides: Sides) -> None:
-    client = AsyncFHIRClient(sides.gateway_base)
+    client = AsyncFHIRClient(sides.gateway_base, authorization=sides.authorization)
     patient: Any = client.resource("Patient", name=[{"family": "Fhirpy"}])
     await patient.save()
     first = sides.same("GET", f"Patient/{patient.id}")
@@ -69,6 +81,7 @@ def test_fhirclient_create_update_delete(sides: Sides) -> None:
     server = fhirclient_client.FHIRClient(
         settings={"app_id": "consentry-it", "api_base": sides.gateway_base}
     ).server
+    server.session.headers["Authorization"] = sides.authorization
     patient = Patient({"name": [{"family": "Fhirclient"}]})
     patient_id = patient.create(server)["id"]
     patient = Patient.read(patient_id, server)
@@ -110,7 +123,9 @@ def test_conditional_create_finds_the_existing_resource(sides: Sides) -> None:
 
 
 def test_json_patch_applies_and_reads_agree(sides: Sides) -> None:
-    created = SyncFHIRClient(sides.gateway_base).resource("Patient", **_patient("Patch"))
+    created = SyncFHIRClient(sides.gateway_base, authorization=sides.authorization).resource(
+        "Patient", **_patient("Patch")
+    )
     created.save()
     patched = sides.gateway.patch(
         f"{sides.gateway_base}/Patient/{created.id}",
@@ -126,6 +141,9 @@ def test_json_patch_applies_and_reads_agree(sides: Sides) -> None:
 
 
 def test_delete_through_gateway_removes_it_upstream(sides: Sides) -> None:
+    """A delete through the gateway reaches the upstream: both sides answer 404 afterwards.
+    Under enforcement the gateway's 404 is its generic one (the same for a deleted, a missing
+    and a hidden record), not the upstream's OperationOutcome."""
     created = sides.gateway.post(
         f"{sides.gateway_base}/Patient",
         json=_patient("Delete"),
@@ -135,14 +153,17 @@ def test_delete_through_gateway_removes_it_upstream(sides: Sides) -> None:
     assert deleted.status_code in (200, 204)
     via, direct = sides.both("GET", f"Patient/{created['id']}")
     assert via.status_code == direct.status_code == 404
-    assert via.json() == direct.json()
+    assert via.json() == GENERIC_NOT_FOUND
+    assert direct.json()["resourceType"] == "OperationOutcome"
 
 
 # --- history ----------------------------------------------------------------------------
 
 
 def test_instance_history_and_every_vread_equal_direct(sides: Sides) -> None:
-    patient = SyncFHIRClient(sides.gateway_base).resource("Patient", **_patient("History"))
+    patient = SyncFHIRClient(sides.gateway_base, authorization=sides.authorization).resource(
+        "Patient", **_patient("History")
+    )
     patient.save()
     for gender in ("male", "female"):
         patient["gender"] = gender
@@ -157,8 +178,8 @@ def test_instance_history_and_every_vread_equal_direct(sides: Sides) -> None:
 # --- batch and transaction --------------------------------------------------------------
 
 
-def test_read_only_batch_equals_direct(sides: Sides, patient_id: str) -> None:
-    batch = {
+def _read_only_batch(patient_id: str) -> dict[str, Any]:
+    return {
         "resourceType": "Bundle",
         "type": "batch",
         "entry": [
@@ -168,17 +189,66 @@ def test_read_only_batch_equals_direct(sides: Sides, patient_id: str) -> None:
             {"request": {"method": "GET", "url": f"Patient/{patient_id}/_history"}},
         ],
     }
-    answer = sides.same("POST", "", json=batch, headers={"content-type": _FHIR_JSON})
-    assert answer["type"] == "batch-response"
-    assert [entry["response"]["status"][:3] for entry in answer["entry"]] == [
-        "200",
-        "404",
-        "200",
-        "200",
-    ]
+
+
+def test_read_only_batch_equals_direct(sides: Sides, patient_id: str) -> None:
+    """Each entry of a read-only batch has the status the upstream's batch gives it, and each
+    search entry's Bundle equals what that search answers on its own.
+
+    Under enforcement the gateway answers every entry itself, as if the client had sent it
+    alone (each through the whole pipeline): an entry's ``response`` details are its own (no
+    ``outcome`` on success, its generic 404 outcome), and its Bundles are those of a plain
+    search (with ``fullUrl``, which Medplum leaves out of Bundles inside its own
+    batch-response), compared as ``sides.comparable`` does. The read entry's resource is
+    checked by the next test (a gateway bug)."""
+    batch = _read_only_batch(patient_id)
+    via, direct = sides.both("POST", "", json=batch, headers={"content-type": _FHIR_JSON})
+    assert via.status_code == direct.status_code == 200, via.text
+    via_entries, direct_entries = via.json()["entry"], direct.json()["entry"]
+    assert via.json()["type"] == direct.json()["type"] == "batch-response"
+    statuses = [entry["response"]["status"][:3] for entry in via_entries]
+    assert statuses == [entry["response"]["status"][:3] for entry in direct_entries]
+    assert statuses == ["200", "404", "200", "200"]
+    assert "resource" not in via_entries[1]
+    assert via_entries[1]["response"]["outcome"] == GENERIC_NOT_FOUND
+    for index in (2, 3):
+        alone = sides.direct.get(
+            sides.url(sides.upstream_base, batch["entry"][index]["request"]["url"])
+        )
+        assert comparable(sides.normalise(via_entries[index]["resource"])) == comparable(
+            alone.json()
+        )
+
+
+def test_read_only_batch_read_entry_carries_the_resource(sides: Sides, patient_id: str) -> None:
+    """A read inside a batch answers the resource, as the same read does on its own."""
+    via = sides.gateway.post(
+        sides.gateway_base, json=_read_only_batch(patient_id), headers={"content-type": _FHIR_JSON}
+    )
+    assert via.status_code == 200, via.text
+    alone = sides.direct.get(f"{sides.upstream_base}/Patient/{patient_id}").json()
+    assert via.json()["entry"][0].get("resource") == alone
+
+
+def test_batch_entry_last_modified_is_a_fhir_instant(sides: Sides, patient_id: str) -> None:
+    """``Bundle.entry.response.lastModified`` is a FHIR ``instant`` (R4 bundle.html), not an
+    HTTP date: a client parsing the batch-response with typed models rejects it otherwise."""
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": f"Patient/{patient_id}"}}],
+    }
+    answer = sides.gateway.post(
+        sides.gateway_base, json=batch, headers={"content-type": _FHIR_JSON}
+    )
+    assert answer.status_code == 200, answer.text
+    (entry,) = answer.json()["entry"]
+    assert _INSTANT.fullmatch(entry["response"].get("lastModified", "2024-01-01T00:00:00Z"))
 
 
 def test_batch_with_writes(sides: Sides) -> None:
+    """A batch create answers 201 with the created resource, which reads the same both ways;
+    a delete of a missing record answers 404 (the gateway's generic one)."""
     batch = {
         "resourceType": "Bundle",
         "type": "batch",
@@ -195,6 +265,7 @@ def test_batch_with_writes(sides: Sides) -> None:
     created, missing = answer.json()["entry"]
     assert created["response"]["status"].startswith("201")
     assert missing["response"]["status"].startswith("404")
+    assert missing["response"]["outcome"] == GENERIC_NOT_FOUND
     reference = f"Patient/{created['resource']['id']}"
     assert sides.same("GET", reference) == created["resource"]
 
@@ -236,6 +307,10 @@ def test_transaction_resolves_references_and_reads_agree(sides: Sides) -> None:
 
 
 def test_failed_transaction_changes_nothing(sides: Sides) -> None:
+    """A transaction the upstream refuses (400) changes nothing. Under enforcement the
+    gateway answers a failed transaction with its own generic OperationOutcome (the
+    upstream's could describe other entries' data); a plain create of the same invalid
+    resource still gets the upstream's outcome, which is about the caller's own body."""
     family = f"Rollback{uuid.uuid4().hex[:8]}"
     transaction = {
         "resourceType": "Bundle",
@@ -253,5 +328,15 @@ def test_failed_transaction_changes_nothing(sides: Sides) -> None:
     )
     sides.check_gateway_answer(answer)
     assert answer.status_code == 400
-    assert answer.json()["issue"][0]["expression"] == ["Patient.birthDate"]
+    outcome = answer.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert [issue["code"] for issue in outcome["issue"]] == ["invalid"]
+    assert "expression" not in outcome["issue"][0]
     assert sides.same("GET", f"Patient?family={family}")["total"] == 0
+    plain = sides.gateway.post(
+        f"{sides.gateway_base}/Patient",
+        json={"resourceType": "Patient", "birthDate": "not-a-date"},
+        headers={"content-type": _FHIR_JSON},
+    )
+    assert plain.status_code == 400
+    assert plain.json()["issue"][0]["expression"] == ["Patient.birthDate"]
