@@ -16,7 +16,14 @@ from structlog.testing import capture_logs
 
 from middleware.auth.identity import IdentityRules
 from middleware.auth.jwks import JwksCache, JwksUnavailable, StaticJwks
-from middleware.auth.verify import IssuerConfig, TokenVerifier, bearer_challenge, check_claims
+from middleware.auth.verify import (
+    CACHE_SECONDS,
+    DEFAULT_LEEWAY,
+    IssuerConfig,
+    TokenVerifier,
+    bearer_challenge,
+    check_claims,
+)
 from middleware.errors import ServiceUnavailable, Unauthorized
 from middleware.fhir.outcome import render_error
 
@@ -388,3 +395,56 @@ def test_any_byte_flip_breaks_verification(
     tampered = ".".join(parts)
     with pytest.raises(Unauthorized):
         asyncio.run(_VERIFIER.verify(f"Bearer {tampered}"))
+
+
+# --- the cache of verified tokens ---------------------------------------------------------------
+
+
+class MovingClock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_token_is_verified_once_then_taken_from_the_cache() -> None:
+    spy = SpyKeys(JWKS)
+    verifier = make_verifier(spy)
+    token = f"Bearer {mint(ED)}"
+    first = await verifier.verify(token)
+    second = await verifier.verify(token)
+    assert first == second
+    assert len(spy.lookups) == 1
+
+
+async def test_a_cached_token_still_expires() -> None:
+    """The cache never extends a token: past ``exp`` (plus leeway) it is refused as before."""
+    clock = MovingClock()
+    verifier = TokenVerifier(
+        {ISSUER: IssuerConfig(StaticJwks(JWKS), frozenset({AUDIENCE}))}, clock=clock
+    )
+    token = f"Bearer {mint(ED, exp=int(NOW) + 10)}"
+    await verifier.verify(token)
+    clock.now = NOW + 10 + DEFAULT_LEEWAY
+    with pytest.raises(Unauthorized):
+        await verifier.verify(token)
+
+
+async def test_a_cached_token_is_checked_again_after_the_cache_lifetime() -> None:
+    """A key withdrawn from the issuer's set stops its tokens within ``CACHE_SECONDS``."""
+    clock = MovingClock()
+    spy = SpyKeys(JWKS)
+    verifier = TokenVerifier({ISSUER: IssuerConfig(spy, frozenset({AUDIENCE}))}, clock=clock)
+    token = f"Bearer {mint(ED, exp=int(NOW) + 3600)}"
+    await verifier.verify(token)
+    clock.now = NOW + CACHE_SECONDS
+    await verifier.verify(token)
+    assert len(spy.lookups) == 2
+
+
+async def test_a_changed_token_is_never_a_cache_hit() -> None:
+    verifier = make_verifier()
+    token = mint(ED)
+    await verifier.verify(f"Bearer {token}")
+    await refusal(_flip_last_signature_byte(token), verifier)
