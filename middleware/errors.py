@@ -18,6 +18,7 @@ response body.
     ├── Conflict                   409 conflict (the resource's state forbids the change)
     ├── PreconditionFailed         412 conflict (If-Match names another version)
     ├── PayloadTooLarge            413 too-long
+    ├── UriTooLong                 414 too-long
     ├── UnsupportedMediaType       415 not-supported
     ├── UnprocessableEntity        422 processing
     ├── UpstreamError              502 transient (upstream unreachable / broken answer)
@@ -45,6 +46,7 @@ __all__ = [
     "Unauthorized",
     "UnprocessableEntity",
     "UnsupportedMediaType",
+    "UriTooLong",
     "UpstreamError",
     "UpstreamTimeout",
 ]
@@ -134,6 +136,13 @@ class PreconditionFailed(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     status = 413
+    code = "too-long"
+
+
+class UriTooLong(GatewayError):
+    """RFC 9110 §15.5.15: the request target is longer than the gateway interprets."""
+
+    status = 414
     code = "too-long"
 
 

@@ -71,7 +71,7 @@ _Flow = Literal["pull", "push", "delete"]
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
-    subtype: str  # restful-interaction code
+    subtype: str | None  # restful-interaction code; None: not a FHIR interaction
     action: str  # AuditEvent.action: C R U D E
     flow: _Flow  # which DICOM roles client and server take
     query: bool  # BALP entity[query] with the raw request
@@ -98,6 +98,8 @@ _SHAPES: Final = {
     Interaction.OPERATION: _Shape("operation", "E", "push", False, None),
     # R4 defines GraphQL as the $graphql operation; its query string is the query.
     Interaction.GRAPHQL: _Shape("operation", "E", "push", True, None),
+    # Refused before classification: a RESTful event with no interaction, the raw request kept.
+    Interaction.INVALID: _Shape(None, "E", "push", True, None),
 }
 
 # BALP: Read puts the client as DCM 110152 Destination Role ID and the server as 110153
@@ -203,7 +205,8 @@ def _exchange_event(
         name = f"Patient{shape.profile}" if patient is not None else f"{shape.profile}"
         event["meta"] = {"profile": [BALP_PROFILE + name]}
     event["type"] = coding(_AUDIT_EVENT_TYPE, "rest", "Restful Operation")
-    event["subtype"] = [coding(_RESTFUL, shape.subtype)]
+    if shape.subtype is not None:
+        event["subtype"] = [coding(_RESTFUL, shape.subtype)]
     event["action"] = shape.action
     event["recorded"] = instant(recorded)
     event["outcome"] = outcome

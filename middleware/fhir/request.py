@@ -36,6 +36,10 @@ class Interaction(enum.StrEnum):
     TRANSACTION = "transaction"
     OPERATION = "operation"
     GRAPHQL = "graphql"
+    #: Not a FHIR interaction: a request refused before it could be classified (a path trick,
+    #: a method-override header...). :func:`~middleware.fhir.classify.classify` never returns
+    #: it; the audit trail records such refusals under it.
+    INVALID = "invalid"
 
 
 class Level(enum.StrEnum):

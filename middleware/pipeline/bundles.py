@@ -30,12 +30,11 @@ from urllib.parse import urlsplit
 from middleware.errors import BadRequest, Forbidden, GatewayError
 from middleware.fhir import jsoncodec
 from middleware.fhir.classify import classify
-from middleware.fhir.compartment import patients_of
 from middleware.fhir.request import FhirRequest, Interaction
 from middleware.pipeline.caller import ACTION_COLLECT, ACTION_CORRECT, check_interaction
 from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed, upstream_failure
 from middleware.pipeline.guards import check_search
-from middleware.pipeline.judge import Trail
+from middleware.pipeline.judge import Trail, compartment_of
 from middleware.pipeline.params import decode_params
 from middleware.pipeline.writes import DENIED_WRITE, NEW_ID, Writes
 
@@ -222,7 +221,8 @@ class Bundles:
         if not isinstance(resource, dict):
             raise BadRequest("a transaction entry needs a resource")
         judge = await self.flow.judge(sub.caller, action, resource, sub.trail)
-        if judge.rule(resource, patients_of(resource, base_urls=self.flow.base_urls)) is None:
+        refs = compartment_of(resource, base_urls=self.flow.base_urls)
+        if judge.rule(resource, refs) is None:
             raise Forbidden(_REFUSED_TRANSACTION)
 
 

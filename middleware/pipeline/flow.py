@@ -46,7 +46,7 @@ from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec, query_digest, 
 from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, upstream_failure
 from middleware.pipeline.filter import filter_answer
 from middleware.pipeline.guards import GuardPolicy, check_search, pin_patient
-from middleware.pipeline.judge import Judge, Trail, patients_in
+from middleware.pipeline.judge import GATEWAY_OWNED, Judge, Trail, patients_in
 from middleware.pipeline.pages import (
     MAX_REFILL_PAGES,
     is_match,
@@ -66,6 +66,8 @@ __all__ = ["Flow", "PolicySource"]
 #: Operations the gateway filters; every other one is refused (deny by default).
 _FILTERED_OPERATIONS: Final = frozenset({("Patient", "$everything")})
 _RELEASED_HEADERS: Final = frozenset({"content-type", "etag", "last-modified"})
+#: Answers about one record: when all of it is withheld, the record's own 404 is answered.
+_OF_ONE_RECORD: Final = frozenset({Interaction.HISTORY_INSTANCE, Interaction.OPERATION})
 #: Bundle types whose pages are refilled: results of a search and of a history.
 _PAGED: Final = frozenset({"searchset", "history"})
 
@@ -281,10 +283,12 @@ class Flow:
             added, taken, left = take(more_entries, target - have)
             kept += added
             resume = with_skip(link, taken) if left else following
-        if not kept and page.skip == 0 and ask.request.interaction is Interaction.HISTORY_INSTANCE:
-            # Every version withheld: the history of a record the caller may not see is the
-            # same 404 as the history of a record that does not exist.
+        if not kept and page.skip == 0 and ask.request.interaction in _OF_ONE_RECORD:
+            # Everything withheld: the history or $everything of a record the caller may not
+            # see is the same 404 as that of a record that does not exist.
             raise not_found()
+        if target == 0:
+            resume = None  # a page of nothing offers no next page: "next" would tell matches exist
         if kept:
             document["entry"] = kept
         else:
@@ -304,7 +308,7 @@ class Flow:
                 for link in document["link"]:
                     link["url"] = self.rebaser.url(link["url"])
         if subset is not None:
-            apply_subset_to_answer(document, subset)
+            document = apply_subset_to_answer(document, subset)
             ask.trail.narrowed = True
         headers = [(k, v) for k, v in up.headers if k in _RELEASED_HEADERS]
         return Answer(status or up.status, headers, document)
@@ -367,6 +371,7 @@ class Flow:
         paging = self._paging(path, client)
         subset, rest = split_subset(client)
         check_search(rest, caller_kind=caller.context, sees_everything=False, policy=self.guards)
+        _refuse_gateway_types(rest)
         if token is not None:
             page = self._redeem(ask, token, paging)
         else:
@@ -453,6 +458,21 @@ class Flow:
     def _on_upstream(self, link: str) -> bool:
         base = self.upstream_base
         return link.startswith(base) and len(link) > len(base) and link[len(base)] in "/?"
+
+
+_TYPE_PARAMS: Final = frozenset({"_type", "_include", "_revinclude"})
+
+
+def _refuse_gateway_types(params: Sequence[tuple[str, str]]) -> None:
+    """A search may not bring the gateway's own types (Consent) from the upstream, by
+    ``_type``, ``_include`` or ``_revinclude`` (answers withhold them anyway: this keeps the
+    query itself from reaching the upstream)."""
+    for name, value in params:
+        if name.partition(":")[0] not in _TYPE_PARAMS:
+            continue
+        words = {w for part in value.split(",") for w in part.strip().split(":")}
+        if words & GATEWAY_OWNED:
+            raise Forbidden("these resources are served by the gateway's own API")
 
 
 def _cursor(params: Sequence[tuple[str, str]]) -> str | None:

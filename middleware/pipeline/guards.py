@@ -18,7 +18,7 @@ family         what it is, and why it leaks
 ``_list``      membership of a List the caller may not be allowed to read
 ``_query``     named queries: semantics defined by the upstream, so unknown to us
 ``_sort``      sorting by a param in :attr:`GuardPolicy.sensitive_sort` (ordering reveals it)
-``count``      ``_summary=count``: the number of matches, hidden ones included
+``count``      ``_summary=count`` or ``_count=0``: the number of matches, hidden ones included
 ``_total``     ``_total=accurate`` / ``estimate``: likewise
 =============  ==============================================================================
 
@@ -144,6 +144,8 @@ def families_of(name: str, value: str, sensitive_sort: frozenset[str]) -> set[Fa
     items = {item.strip().lower() for item in value.split(",")}
     if code == "_summary" and "count" in items:
         found.add(Family.COUNT)
+    if code == "_count" and value.strip().lstrip("0") == "" and value.strip():
+        found.add(Family.COUNT)  # a page of nothing: only its total or next link would answer
     if code == "_total" and items & {"accurate", "estimate"}:
         found.add(Family.TOTAL)
     if code == "_sort":

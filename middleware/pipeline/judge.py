@@ -24,6 +24,7 @@ decided, which had data released, which resources were released.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,9 +37,66 @@ from middleware.fhir.compartment import Kind, PatientRefs, patients_of
 from middleware.pipeline.caller import Caller
 from middleware.pipeline.redact import redact
 
-__all__ = ["Judge", "Trail", "patients_in"]
+__all__ = ["GATEWAY_OWNED", "Judge", "Trail", "compartment_of", "patients_in"]
 
 _MAX_DEPTH: Final = 16
+#: Resource types the gateway itself owns (the patient consent API): an upstream's copies are
+#: never released through the proxy.
+GATEWAY_OWNED: Final = frozenset({"Consent"})
+_PATIENT_REF: Final = re.compile(
+    r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?"
+)
+
+
+def compartment_of(resource: Mapping[str, Any], *, base_urls: Sequence[str]) -> PatientRefs:
+    """The patients whose data ``resource`` is: its FHIR R4 Patient compartment, and for a type
+    the CompartmentDefinition leaves out (Device.patient, GuidanceResponse.subject,
+    Binary.securityContext...), every local ``Patient/<id>`` it references: those types carry
+    patient data too, and releasing them on scopes alone would leak it. A Binary whose
+    ``securityContext`` names anything but a Patient has an undeterminable patient."""
+    refs = patients_of(resource, base_urls=base_urls)
+    if refs.kind is not Kind.NOT_PATIENT_DATA:
+        return refs
+    if resource.get("resourceType") == "Binary" and resource.get("securityContext") is not None:
+        context = resource["securityContext"]
+        found = _local_patient(
+            context.get("reference") if isinstance(context, dict) else None, base_urls
+        )
+        if found is None:
+            return PatientRefs(Kind.UNKNOWN, unresolved=True)
+        return PatientRefs(Kind.PATIENT_DATA, frozenset({found}))
+    ids = {
+        found
+        for reference in _references(resource, 0)
+        if (found := _local_patient(reference, base_urls)) is not None
+    }
+    return PatientRefs(Kind.PATIENT_DATA, frozenset(ids)) if ids else refs
+
+
+def _local_patient(reference: Any, base_urls: Sequence[str]) -> str | None:
+    if not isinstance(reference, str):
+        return None
+    for base in base_urls:
+        prefix = base.rstrip("/") + "/"
+        if reference.startswith(prefix):
+            reference = reference[len(prefix) :]
+            break
+    match = _PATIENT_REF.fullmatch(reference)
+    return match.group(1) if match else None
+
+
+def _references(node: Any, depth: int) -> Iterator[Any]:
+    if depth > 64:
+        return
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference":
+                yield value
+            else:
+                yield from _references(value, depth + 1)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item, depth + 1)
 
 
 @dataclass(slots=True)
@@ -71,7 +129,7 @@ def patients_in(document: Any, *, base_urls: Sequence[str]) -> set[str]:
     or a request body) is in, through Bundles and contained resources."""
     found: set[str] = set()
     for resource in _resources(document, 0):
-        found |= patients_of(resource, base_urls=base_urls).references
+        found |= compartment_of(resource, base_urls=base_urls).references
     return found
 
 
@@ -111,9 +169,9 @@ class Judge:
         """The verdict on one resource; a permitted resource carrying labels its permits do
         not cover has them redacted *in place* (or is withheld when the resource itself is
         labelled). Use as :func:`~middleware.pipeline.filter.filter_answer`'s verdict."""
-        if not self.caller.may_see(resource):
+        if resource.get("resourceType") in GATEWAY_OWNED or not self.caller.may_see(resource):
             return self._withhold()
-        refs = patients_of(resource, base_urls=self.base_urls)
+        refs = compartment_of(resource, base_urls=self.base_urls)
         labels = self.rule(resource, refs)
         if labels is None:
             return self._withhold()

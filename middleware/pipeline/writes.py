@@ -35,7 +35,6 @@ from middleware.errors import (
     UpstreamError,
 )
 from middleware.fhir import jsoncodec
-from middleware.fhir.compartment import patients_of
 from middleware.fhir.request import FhirRequest, Interaction, Level
 from middleware.pipeline.caller import (
     ACTION_ACCESS,
@@ -47,6 +46,7 @@ from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, ups
 from middleware.pipeline.flow import Flow
 from middleware.pipeline.guards import check_search
 from middleware.pipeline.jsonpatch import apply_patch
+from middleware.pipeline.judge import compartment_of
 from middleware.pipeline.params import decode_params, encode_params
 
 __all__ = ["DENIED_WRITE", "NEW_ID", "Recorder", "Writes"]
@@ -58,6 +58,25 @@ _NO_SINGLE_MATCH: Final = "the condition does not identify exactly one resource"
 #: id no server hands out (it names no existing record and has no consent).
 NEW_ID: Final = "consentry-new-record"
 _MATCHES_LIMIT: Final = "2"
+#: Search result parameters (R4 search.html#return): not criteria.
+_RESULT_PARAMS: Final = frozenset(
+    {
+        "_count",
+        "_offset",
+        "_page",
+        "_sort",
+        "_summary",
+        "_elements",
+        "_include",
+        "_revinclude",
+        "_total",
+        "_contained",
+        "_containedType",
+        "_cursor",
+        "_format",
+        "_pretty",
+    }
+)
 
 #: Records one phase of an exchange on the ledger; raises ServiceUnavailable when it cannot.
 Recorder = Callable[[Ask, int, Literal["exchange", "decision", "outcome"]], Awaitable[None]]
@@ -107,7 +126,9 @@ class Writes:
         # judge the record as the new one it will be, so that a new Patient is its own, not
         # yet consented, compartment rather than an unknown one.
         await self._check(ask, {**body, "id": NEW_ID}, ACTION_COLLECT)
-        return await self._forward(ask, "POST", request.resource_type or "", [])
+        return await self._forward(
+            ask, "POST", request.resource_type or "", [], jsoncodec.encode(body)
+        )
 
     async def _update(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
         request = ask.request
@@ -115,17 +136,26 @@ class Writes:
         if request.resource_id is not None and body.get("id") != request.resource_id:
             raise BadRequest("the resource id must match the id in the URL")
         if current is None:  # FHIR update-as-create: the body is new data
-            await self._check(ask, body, ACTION_COLLECT)
-            target = request.path
             if request.conditional:
-                target = f"{request.path}?{request.query.decode('ascii')}"
-            return await self._forward(ask, "PUT", target, [])
-        await self._check(ask, body, ACTION_CORRECT)
-        raw = None
+                # No match: a create (R4 http.html#cond-update), sent as one. Forwarding the
+                # conditional PUT would let the upstream match again, on criteria the gateway
+                # did not judge the result of.
+                if "id" in body:
+                    raise BadRequest("a conditional update that creates takes no id")
+                await self._check(ask, {**body, "id": NEW_ID}, ACTION_COLLECT)
+                return await self._forward(
+                    ask, "POST", request.resource_type or "", [], jsoncodec.encode(body)
+                )
+            await self._check(ask, body, ACTION_COLLECT)
+            return await self._forward(ask, "PUT", request.path, [], jsoncodec.encode(body))
         if request.conditional:  # the instance it resolved to is written, under its id
             if body.get("id", current["id"]) != current["id"]:
                 raise BadRequest("the resource id must match the resource the condition names")
-            raw = jsoncodec.encode({**body, "id": current["id"]})
+            body = {**body, "id": current["id"]}
+        await self._check(ask, body, ACTION_CORRECT)
+        # The bytes judged are the bytes sent (a duplicate key read one way here and another
+        # way upstream must not change whose record this is).
+        raw = jsoncodec.encode(body)
         return await self._forward(ask, "PUT", _instance(current), _pin(ask, current), raw)
 
     async def _patch(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
@@ -139,6 +169,7 @@ class Writes:
         except jsoncodec.DecodeError as exc:
             raise BadRequest("the patch is not valid JSON", code="structure") from exc
         after = apply_patch(current, operations)
+        patch = jsoncodec.encode(operations)  # the operations judged, as judged
         if (
             not isinstance(after, dict)
             or after.get("resourceType") != current.get("resourceType")
@@ -146,7 +177,7 @@ class Writes:
         ):
             raise BadRequest("a patch may not change the resource type or id")
         await self._check(ask, after, ACTION_CORRECT)
-        return await self._forward(ask, "PATCH", _instance(current), _pin(ask, current))
+        return await self._forward(ask, "PATCH", _instance(current), _pin(ask, current), patch)
 
     async def _delete(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
         if current is None:
@@ -184,9 +215,13 @@ class Writes:
     async def _matches(self, ask: Ask, rtype: str, criteria: bytes) -> list[dict[str, Any]]:
         """The resources a conditional write's criteria match (at most two are fetched);
         any the caller may not see makes the condition fail with 412."""
-        params = [(n, v) for n, v in decode_params(criteria) if n != "_count"]
+        params = decode_params(criteria)
         if not params:
             raise BadRequest("a conditional write needs search criteria")
+        if any(name.partition(":")[0] in _RESULT_PARAMS for name, _ in params):
+            # Criteria select records; these shape a result page, and an upstream that reads
+            # them differently from the gateway's own search would write another record.
+            raise BadRequest("conditional criteria may not use result parameters")
         check_search(
             params,
             caller_kind=ask.caller.context,
@@ -231,7 +266,7 @@ class Writes:
         if resource.get("resourceType") == "Consent":
             raise Forbidden(DENIED_WRITE)  # the gateway's own consent API owns them
         judge = await self.flow.judge(ask.caller, action, resource, ask.trail)
-        refs = patients_of(resource, base_urls=self.flow.base_urls)
+        refs = compartment_of(resource, base_urls=self.flow.base_urls)
         if judge.rule(resource, refs) is None:
             raise (hidden or _denied)()
 

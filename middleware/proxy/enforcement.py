@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from middleware.audit.recorder import AuditRecorder, Exchange, Phase
 from middleware.auth.identity import Identity
 from middleware.errors import GatewayError
-from middleware.fhir.request import FhirRequest, Interaction
+from middleware.fhir.request import FhirRequest, Interaction, Level
 from middleware.pipeline.breakglass import requested_reason
 from middleware.pipeline.caller import caller_of
 from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed
@@ -80,6 +80,7 @@ class Enforcement:
         (request id; upstream time is added to it)."""
         client_host: str | None = (scope.get("client") or (None,))[0]
         rid = log.rid
+        log.audited = True  # from here every outcome is recorded below
         raw_request = _raw_request(scope, body if request.via_post else b"")
         identity: Identity | None = None
         ask: Ask | None = None
@@ -102,12 +103,14 @@ class Enforcement:
             ask.trail.emergency = emergency is not None
             answer = await self.flow.run(ask)
             await self._open_sessions(ask, emergency)
-        except GatewayError as error:
+        except Exception as error:
+            # Refusals, and failures the gateway did not foresee (recorded as the 500 the
+            # proxy will answer): both are on the ledger before anything is answered.
             await self._record_refusal(
                 request,
                 identity=identity,
                 ask=ask,
-                status=error.status,
+                status=error.status if isinstance(error, GatewayError) else 500,
                 rid=rid,
                 raw_request=raw_request,
                 client_host=client_host,
@@ -192,6 +195,26 @@ class Enforcement:
                 request_id=rid,
                 raw_request=raw_request,
                 client_address=client_host,
+            ),
+            "exchange",
+        )
+
+    async def record_refused(self, scope: Scope, *, rid: str, status: int) -> None:
+        """Record a request refused before it could be classified or enforced (a path
+        trick, a method-override header, a body that is not FHIR JSON...): no identity was
+        checked, no patient touched; the raw request is kept (BALP ``entity[query]``)."""
+        method = str(scope["method"])
+        request = FhirRequest(
+            interaction=Interaction.INVALID, method=method, level=Level.SYSTEM, path=""
+        )
+        await self.recorder.record(
+            Exchange(
+                request=request,
+                identity=None,
+                status=status,
+                request_id=rid,
+                raw_request=_raw_request(scope, b""),
+                client_address=(scope.get("client") or (None,))[0],
             ),
             "exchange",
         )

@@ -25,7 +25,14 @@ from urllib.parse import urlsplit
 
 from middleware import __version__
 from middleware.asgi import header_dict, read_body
-from middleware.errors import BadRequest, GatewayError, NotFound, PayloadTooLarge, UpstreamError
+from middleware.errors import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    UpstreamError,
+    UriTooLong,
+)
 from middleware.fhir import jsoncodec
 from middleware.fhir.classify import classify, classify_bundle
 from middleware.fhir.negotiate import check_request_negotiation
@@ -42,9 +49,11 @@ from middleware.proxy.upstream import Upstream, UpstreamRequest, UpstreamRespons
 from middleware.settings import Settings
 from middleware.types import Receive, Scope, Send
 
-__all__ = ["ExchangeLog", "ProxyHandler"]
+__all__ = ["MAX_QUERY_BYTES", "ExchangeLog", "ProxyHandler"]
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Longest query string interpreted (a longer one is 414; POST _search carries long searches).
+MAX_QUERY_BYTES = 16 * 1024
 #: Resource types the gateway serves itself (the patient consent API): never forwarded, in
 #: any form that names them (compartment search ``Patient/x/Consent``, ``Consent/$op``...).
 _GATEWAY_OWNED = frozenset({"Consent"})
@@ -69,6 +78,7 @@ class ExchangeLog:
     upstream_seconds: float | None = None
     bytes_in: int = 0
     bytes_out: int = 0
+    audited: bool = False  # the enforcement stage owns this exchange's audit record
 
 
 class ProxyHandler:
@@ -124,12 +134,13 @@ class ProxyHandler:
         try:
             await self._handle(scope, receive, send, headers, exchange)
         except GatewayError as error:
-            await self._send_error(send, error, exchange)
+            await self._send_error(send, await self._audited(scope, exchange, error), exchange)
         except Exception as exc:  # noqa: BLE001 - the last line of fail-closed error handling
             # Never a stack trace or library message in the answer; the type is enough to
             # find the log line by request id.
             self._log.error("unhandled", request_id=exchange.rid, error_type=type(exc).__name__)
-            await self._send_error(send, _InternalError("internal error"), exchange)
+            internal = await self._audited(scope, exchange, _InternalError("internal error"))
+            await self._send_error(send, internal, exchange)
         finally:
             self.metrics.in_flight -= 1
             seconds = time.perf_counter() - exchange.started
@@ -152,9 +163,25 @@ class ProxyHandler:
                     bytes_out=exchange.bytes_out,
                 )
 
+    async def _audited(self, scope: Scope, ex: ExchangeLog, error: GatewayError) -> GatewayError:
+        """``error``, once a refusal the enforcement stage did not see (classification, body,
+        negotiation) is on the ledger; a 503 instead when it cannot be recorded. The public
+        CapabilityStatement is not audited."""
+        if ex.audited or self.enforcement is None or ex.interaction == "capabilities":
+            return error
+        try:
+            await self.enforcement.record_refused(scope, rid=ex.rid, status=error.status)
+        except GatewayError as failure:
+            return failure
+        return error
+
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], ex: ExchangeLog
     ) -> None:
+        if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+            raise UriTooLong(
+                f"a query string is at most {MAX_QUERY_BYTES} bytes (use POST _search)"
+            )
         request = classify(
             scope["method"],
             scope["path"],

@@ -61,14 +61,14 @@ class HttpxUpstream:
         return cls(httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False))
 
     async def send(self, request: UpstreamRequest) -> HttpxResponse:
-        built = self._client.build_request(
-            request.method, request.url, headers=request.headers, content=request.body or None
-        )
         try:
+            built = self._client.build_request(
+                request.method, request.url, headers=request.headers, content=request.body or None
+            )
             response = await self._client.send(built, stream=True)
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout("upstream server timed out") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise UpstreamError("upstream server unreachable") from exc
         return HttpxResponse(response)
 
