@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -33,12 +34,17 @@ class LoadResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def run(url: str, connections: int, duration: float) -> LoadResult:
-    """Load ``url`` with ``connections`` concurrent clients for ``duration`` seconds."""
-    return asyncio.run(_run(url, connections, duration))
+def run(
+    url: str, connections: int, duration: float, headers: Mapping[str, str] | None = None
+) -> LoadResult:
+    """Load ``url`` with ``connections`` concurrent clients for ``duration`` seconds, each
+    request carrying ``headers`` (e.g. ``Authorization``) when given."""
+    return asyncio.run(_run(url, connections, duration, headers))
 
 
-async def _run(url: str, connections: int, duration: float) -> LoadResult:
+async def _run(
+    url: str, connections: int, duration: float, headers: Mapping[str, str] | None = None
+) -> LoadResult:
     latencies: list[float] = []
     errors = 0
     started = time.perf_counter()
@@ -49,7 +55,7 @@ async def _run(url: str, connections: int, duration: float) -> LoadResult:
         nonlocal errors
         while time.perf_counter() < deadline:
             sent = time.perf_counter()
-            async with session.get(url) as response:
+            async with session.get(url, headers=headers) as response:
                 await response.read()
                 if response.status >= 400:
                     errors += 1

@@ -24,7 +24,7 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,8 @@ CPU_NOTE = (
     "(/proc/<pid>/stat) / requests completed; upstream and load generator excluded"
 )
 
-Loader = Callable[[str, int, float], LoadResult]
+#: Runs load: url, connections, seconds, request headers.
+Loader = Callable[[str, int, float, Mapping[str, str]], LoadResult]
 
 
 # --- load generators ------------------------------------------------------------------------
@@ -55,11 +56,15 @@ def find_wrk() -> str | None:
 
 
 def wrk_loader(wrk: str) -> Loader:
-    def run(url: str, connections: int, duration: float) -> LoadResult:
+    """Load from wrk, every request carrying the given headers (``wrk -H``)."""
+
+    def run(url: str, connections: int, duration: float, headers: Mapping[str, str]) -> LoadResult:
         threads = min(connections, 2)
         seconds = max(1, round(duration))  # wrk takes whole seconds
-        argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
-        output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+        argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+        for name, value in headers.items():
+            argv += ["-H", f"{name}: {value}"]
+        output = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
         return parse_wrk(output)
 
     return run
@@ -98,13 +103,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(
-    load: Loader, url: str, connections: int, duration: float, pid: int | None = None
+    load: Loader,
+    url: str,
+    connections: int,
+    duration: float,
+    headers: Mapping[str, str],
+    pid: int | None = None,
 ) -> tuple[LoadResult, float | None]:
     """One point: a warm-up second, then the measured run; with ``pid``, also the CPU
     seconds that process used during the measured run."""
-    load(url, connections, 1.0)
+    load(url, connections, 1.0, headers)
     before = cpu_seconds(pid) if pid else 0.0
-    result = load(url, connections, duration)
+    result = load(url, connections, duration, headers)
     return result, (cpu_seconds(pid) - before if pid else None)
 
 
@@ -175,8 +185,17 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with (
         UpstreamServer(seed_dir=carebundle_dir()) as upstream,
-        GatewayServer(upstream.base_url, env={"CONSENTRY_ACCESS_LOG": "0"}) as gateway,
+        GatewayServer(
+            upstream.base_url,
+            consent_jurisdiction="opt-out",
+            env={"CONSENTRY_ACCESS_LOG": "0"},
+        ) as gateway,
     ):
+        # Every request is enforced: this one runs as a trusted EHR backend (system/*.rs,
+        # opt-out, no consent on file), so it measures the enforced path's fixed costs
+        # (token, compartment, consent lookup, audit) without a consent decision to take;
+        # bench.enforced measures a practitioner under a consent.
+        headers = {"authorization": gateway.system_bearer()["authorization"]}
         bundle = httpx.get(f"{upstream.base_url}/Patient?_count=1").json()
         patient_id = bundle["entry"][0]["resource"]["id"]
         requests = {
@@ -185,13 +204,20 @@ def main() -> None:
         }
         for name, path in requests.items():
             for base in (upstream.base_url, gateway.base_url):
-                answer = httpx.get(f"{base}/{path}")
+                answer = httpx.get(f"{base}/{path}", headers=headers)
                 if answer.status_code != 200:
                     raise SystemExit(f"{base}/{path} answered {answer.status_code}")
             for connections in concurrencies:
-                direct, _ = measure(load, f"{upstream.base_url}/{path}", connections, args.duration)
+                direct, _ = measure(
+                    load, f"{upstream.base_url}/{path}", connections, args.duration, headers
+                )
                 via, cpu = measure(
-                    load, f"{gateway.base_url}/{path}", connections, args.duration, gateway.pid
+                    load,
+                    f"{gateway.base_url}/{path}",
+                    connections,
+                    args.duration,
+                    headers,
+                    gateway.pid,
                 )
                 rows.append(row(name, connections, direct, via, cpu))
                 print(f"  {name} c={connections}: done", flush=True)
