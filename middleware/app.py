@@ -213,6 +213,7 @@ def create_app(
         origin=origin,
         max_batch=settings.ledger_max_batch,
         max_pending=settings.ledger_max_pending,
+        max_wait=settings.ledger_max_wait_ms / 1000,
     )
     dev_issuer = build_dev_issuer(settings.auth)
     # One token verifier for the proxy and the consent API (an httpx client only when an

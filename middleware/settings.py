@@ -56,6 +56,7 @@ class Settings:
     ledger_origin: str = ""
     ledger_max_batch: int = 256
     ledger_max_pending: int = 10_000
+    ledger_max_wait_ms: float = 0.0
     consent_admin_role: str = "consent-admin"
     consent_jurisdiction: str = "opt-in"
     cursor_ttl_seconds: int = 900
@@ -240,7 +241,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     for name in ("connect_timeout", "read_timeout"):
         if name in values and values[name] <= 0:
             problems.append(f"{name}: must be positive")
-    for name in ("metadata_ttl", "gzip_min_bytes"):
+    for name in ("metadata_ttl", "gzip_min_bytes", "ledger_max_wait_ms"):
         if name in values and values[name] < 0:
             problems.append(f"{name}: must not be negative")
     if values.get("upstream_client", "native") not in _UPSTREAM_CLIENTS:

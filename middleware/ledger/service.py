@@ -33,12 +33,14 @@ class LedgerService:
         origin: str,
         max_batch: int = 256,
         max_pending: int = 10_000,
+        max_wait: float = 0.0,
     ) -> None:
         self._open_store = open_store
         self.key = key
         self.origin = origin
         self._max_batch = max_batch
         self._max_pending = max_pending
+        self._max_wait = max_wait
         self._store: LogStore | None = None
         self._writer: LedgerWriter | None = None
         self._lock = asyncio.Lock()
@@ -58,6 +60,7 @@ class LedgerService:
                         origin=self.origin,
                         max_batch=self._max_batch,
                         max_pending=self._max_pending,
+                        max_wait=self._max_wait,
                     )
                     await writer.start()
                 except (OSError, LedgerError) as exc:

@@ -150,7 +150,8 @@ class SqliteConsentStore:
         return [_row(r) for r in rows]
 
     async def mark(self, patient: str) -> PatientMark:
-        count, latest = await self._db.run(lambda c: c.execute(_MARK, (patient,)).fetchone())
+        # On every request, for every patient: read at once, not through the worker thread.
+        count, latest = await self._db.read_now(lambda c: c.execute(_MARK, (patient,)).fetchone())
         return PatientMark(count, latest)
 
     async def scanned(self) -> int:
