@@ -8,6 +8,7 @@ without a model. Codes are those of IHE Basic Audit Log Patterns (BALP) 1.1
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -266,6 +267,7 @@ def _gateway_who(gateway: AgentInfo) -> Json:
     }
 
 
+@functools.lru_cache(maxsize=4096)
 def _address_type(address: str) -> str:
     # http://hl7.org/fhir/network-type: 2 IP Address, 1 Machine Name.
     try:

@@ -104,15 +104,18 @@ def _refs_of(value: object) -> Iterator[str]:
 
 
 def _references(value: object) -> Iterator[str]:
-    if isinstance(value, Mapping):
+    # ``dict`` rather than ``Mapping``: this walks every node of every resource, and decoded
+    # JSON is made of dicts; an ABC isinstance check costs several times a concrete one.
+    if isinstance(value, dict):
         for key, item in value.items():
             if key == "reference" and isinstance(item, str):
                 yield item
-            elif key != "contained":
+            elif key != "contained" and isinstance(item, dict | list):
                 yield from _references(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _references(item)
+            if isinstance(item, dict | list):
+                yield from _references(item)
 
 
 def _clinical_date(resource: Mapping[str, Any]) -> datetime | None:
