@@ -9,6 +9,8 @@ pseudonyms. Every part reads the consent service's wall clock (injectable in ``c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from middleware.audit.parts import AgentInfo
 from middleware.audit.recorder import AuditRecorder
 from middleware.consent.model import Policy
@@ -16,11 +18,13 @@ from middleware.consent.service import ConsentService
 from middleware.ledger.leaf import new_pseudonym
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.mapping.loader import load_profile_with_digest
 from middleware.pipeline.breakglass import BreakGlass
 from middleware.pipeline.bundles import Bundles
 from middleware.pipeline.cursor import CursorCodec
 from middleware.pipeline.flow import Flow
 from middleware.pipeline.guards import GuardPolicy
+from middleware.pipeline.mapper import Mapper
 from middleware.pipeline.writes import Writes
 from middleware.proxy.enforcement import Enforcement, TokenCheck
 from middleware.proxy.handler import ProxyHandler
@@ -30,6 +34,15 @@ __all__ = ["GATEWAY_NAME", "build_enforcement"]
 
 #: How the gateway names itself in AuditEvents (``source.site``, agent displays).
 GATEWAY_NAME = "consentry"
+
+
+def _mapper(settings: Settings) -> Mapper | None:
+    """The mapping stage of ``settings.mapping_profile`` (a profile file in a ``mappings/``
+    folder), validated now: a bad mapping stops the gateway at start (SettingsError)."""
+    if not settings.mapping_profile:
+        return None
+    profile, digest = load_profile_with_digest(Path(settings.mapping_profile))
+    return Mapper(profile, digest)
 
 
 def build_enforcement(
@@ -59,6 +72,7 @@ def build_enforcement(
         allow_unknown=settings.unknown_patient_contexts,
         wall_clock=consents.wall_clock,
         break_glass=BreakGlass(settings.break_glass_minutes),
+        mapper=_mapper(settings),
     )
     recorder = AuditRecorder(
         ledger,

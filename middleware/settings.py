@@ -61,6 +61,7 @@ class Settings:
     consent_jurisdiction: str = "opt-in"
     cursor_ttl_seconds: int = 900
     break_glass_minutes: int = 60
+    mapping_profile: str = ""
     unknown_patient_allowed_for: str = ""
     auth: AuthSettings = field(default_factory=AuthSettings)
 

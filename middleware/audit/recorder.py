@@ -84,7 +84,9 @@ class Exchange:
     kept) to the consent decision taken for it, or None when none was needed (a patient
     reading their own record). ``released`` are the patients whose data reached the client;
     ``resource_refs`` the ``Type/id`` of the resources released or written. ``narrowed``: the
-    answer was filtered, the query pinned or the resource redacted.
+    answer was filtered, the query pinned or the resource redacted. ``mapping``: the mapping
+    profile the exchange went through and the digest of its files (``<id> sha256:<hex>``,
+    issue #6 provenance), None without one.
     """
 
     request: FhirRequest
@@ -98,6 +100,7 @@ class Exchange:
     resource_refs: Sequence[str] = ()
     narrowed: bool = False
     break_glass: bool = False
+    mapping: str | None = None
 
     def __post_init__(self) -> None:
         # Frozen in fact, not only in name: the caller's dict or list may change afterwards.
@@ -212,7 +215,7 @@ class AuditRecorder:
             for event in events:
                 event["entity"].append(
                     {
-                        "type": {"system": _BTG_DETAIL_SYSTEM, "code": "reason"},
+                        "type": {"system": _ENTITY_SYSTEM, "code": "reason"},
                         "detail": [{"type": "reason", "valueString": reason}],
                     }
                 )
@@ -291,6 +294,8 @@ def _plan(
             client_address=x.client_address,
             resource_refs=refs,
         )
+        if x.mapping is not None:
+            event["entity"].append(_mapping_entity(x.mapping))
         return event
 
     def authz(patient: str | None, decision: Decision | None) -> list[Json]:
@@ -353,7 +358,22 @@ def _bundle(events: list[Json]) -> bytes:
     return encode_canonical(bundle)
 
 
-_BTG_DETAIL_SYSTEM = "https://consentry.dev/CodeSystem/audit-entity"
+_ENTITY_SYSTEM = "https://consentry.dev/CodeSystem/audit-entity"
+
+
+_MAPPING_SYSTEM = "https://consentry.dev/CodeSystem/mapping-profile"
+
+
+def _mapping_entity(mapping: str) -> Json:
+    """An entity naming the mapping profile and the digest of its files (R4 AuditEvent.entity
+    with ``what.identifier`` and a ``detail``), so an auditor can tell which mapping shaped
+    what was released or written."""
+    profile, _, digest = mapping.partition(" ")
+    return {
+        "what": {"identifier": {"system": _MAPPING_SYSTEM, "value": profile}},
+        "type": {"system": _ENTITY_SYSTEM, "code": "mapping-profile"},
+        "detail": [{"type": "files-digest", "valueString": digest}],
+    }
 
 
 class _HasRequestId(Protocol):

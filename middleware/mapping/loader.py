@@ -9,6 +9,7 @@ before fhir.resources sees it.
 from __future__ import annotations
 
 import decimal
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from middleware.errors import SettingsError
 from middleware.mapping.profile import Profile, Reader, ReadFailed, build_profile
 
-__all__ = ["folder_reader", "load_profile", "load_profiles"]
+__all__ = ["folder_reader", "load_profile", "load_profile_with_digest", "load_profiles"]
 
 
 def load_profile(path: Path, *, root: Path | None = None) -> Profile:
@@ -29,6 +30,30 @@ def load_profile(path: Path, *, root: Path | None = None) -> Profile:
     except (ReadFailed, ValueError) as exc:
         raise SettingsError(f"invalid mapping profile {path}: {exc}") from exc
     return build_profile(raw, name=str(path), read=reader)
+
+
+def load_profile_with_digest(path: Path, *, root: Path | None = None) -> tuple[Profile, str]:
+    """:func:`load_profile` and ``sha256:<hex>`` of the files it read (the profile and every
+    ConceptMap and alias table it names, each as ``path NUL bytes NUL`` in path order): what
+    an exchange's audit record names as the mapping it went through."""
+    base = (root or path.parent.parent).resolve()
+    inner = folder_reader(base)
+    seen: dict[str, bytes] = {}
+
+    def read(relative: str) -> Any:
+        value = inner(relative)  # validates the path first
+        seen[relative] = (base / relative).resolve().read_bytes()
+        return value
+
+    try:
+        raw = read(str(path.resolve().relative_to(base)))
+    except (ReadFailed, ValueError) as exc:
+        raise SettingsError(f"invalid mapping profile {path}: {exc}") from exc
+    profile = build_profile(raw, name=str(path), read=read)
+    digest = hashlib.sha256()
+    for name in sorted(seen):
+        digest.update(name.encode() + b"\x00" + seen[name] + b"\x00")
+    return profile, f"sha256:{digest.hexdigest()}"
 
 
 def load_profiles(root: Path) -> dict[str, Profile]:

@@ -163,6 +163,12 @@ class Bundles:
     # -- transaction -------------------------------------------------------------------------
 
     async def _transaction(self, ask: Ask, bundle: dict[str, Any], entries: list[Any]) -> Answer:
+        mapper = self.flow.mapper
+        if mapper is not None:  # judged and forwarded as the upstream will store them
+            ask.trail.mapping = mapper.label
+            for entry in entries:
+                if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+                    entry["resource"] = mapper.write(entry["resource"])
         new = _new_references(entries)
         try:
             for entry in entries:

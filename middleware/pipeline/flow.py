@@ -47,6 +47,7 @@ from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, ups
 from middleware.pipeline.filter import filter_answer
 from middleware.pipeline.guards import GuardPolicy, check_search, pin_patient
 from middleware.pipeline.judge import GATEWAY_OWNED, Judge, Trail, patients_in
+from middleware.pipeline.mapper import Mapper
 from middleware.pipeline.pages import (
     MAX_REFILL_PAGES,
     is_match,
@@ -115,6 +116,7 @@ class Flow:
         allow_unknown: frozenset[str] = frozenset(),
         wall_clock: Callable[[], float],
         break_glass: BreakGlass | None = None,
+        mapper: Mapper | None = None,
     ) -> None:
         self._policies = policies
         self.cursors = cursors
@@ -125,6 +127,7 @@ class Flow:
         self.allow_unknown = allow_unknown
         self.wall_clock = wall_clock
         self.break_glass = break_glass
+        self.mapper = mapper
         self.gateway_base = rebaser.gateway_base
         self.upstream_base = rebaser.upstream_base
         self.writes: Callable[[Ask], Awaitable[Answer]] | None = None
@@ -233,14 +236,17 @@ class Flow:
         if released is None:
             raise not_found()
         headers = [(k, v) for k, v in up.headers if k in _RELEASED_HEADERS]
+        changed = bool(occurrences) or ask.trail.redacted != redacted
+        if self.mapper is not None:
+            mapped = self.mapper.answer(released)
+            headers.append(("x-consentry-mapping", self.mapper.profile.id))
+            ask.trail.mapping = self.mapper.label
+            changed |= mapped is not released
+            released = mapped
         if subset is not None:
             released = apply_subset_to_answer(released, subset)
             ask.trail.narrowed = True
-        elif (
-            document["resourceType"] != "Bundle"
-            and not occurrences
-            and ask.trail.redacted == redacted
-        ):
+        elif document["resourceType"] != "Bundle" and not changed:
             # Released whole and unchanged: the upstream's bytes, as written.
             return Answer(status or up.status, headers, raw=up.raw)
         return Answer(status or up.status, headers, released)
@@ -289,6 +295,9 @@ class Flow:
             raise not_found()
         if target == 0:
             resume = None  # a page of nothing offers no next page: "next" would tell matches exist
+        if self.mapper is not None:
+            kept = self.mapper.entries(kept)
+            ask.trail.mapping = self.mapper.label
         if kept:
             document["entry"] = kept
         else:
@@ -311,6 +320,8 @@ class Flow:
             document = apply_subset_to_answer(document, subset)
             ask.trail.narrowed = True
         headers = [(k, v) for k, v in up.headers if k in _RELEASED_HEADERS]
+        if self.mapper is not None:
+            headers.append(("x-consentry-mapping", self.mapper.profile.id))
         return Answer(status or up.status, headers, document)
 
     async def _page_entries(
@@ -375,7 +386,9 @@ class Flow:
         if token is not None:
             page = self._redeem(ask, token, paging)
         else:
-            target = _target(path, self._narrow(ask, rest))
+            target = _target(
+                path, self.map_search(ask, request.resource_type, self._narrow(ask, rest))
+            )
             page = _Page(f"{self.upstream_base}/{target}")
         up = await ask.forward("GET", page.sent, client_headers=False, headers=_accept(ask))
         if up.status >= 400:
@@ -424,6 +437,15 @@ class Flow:
         if rtype is not None and rtype not in PATIENT_COMPARTMENT and rtype != "Patient":
             return params  # not patient data: judged by scopes alone
         return pin_patient(rtype, params, own.removeprefix("Patient/"), base_urls=self.base_urls)
+
+    def map_search(
+        self, ask: Ask, resource_type: str | None, params: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """``params`` in the upstream's codes and systems when a mapping profile is on."""
+        if self.mapper is None:
+            return params
+        ask.trail.mapping = self.mapper.label
+        return self.mapper.search(resource_type, params)
 
     def _redeem(self, ask: Ask, token: str, paging: _Paging) -> _Page:
         """The upstream page a cursor names (400 for anything but one of ours, issued to this

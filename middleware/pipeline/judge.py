@@ -113,6 +113,7 @@ class Trail:
     redacted: int = 0
     emergency: bool = False
     overridden: set[str] = field(default_factory=set)
+    mapping: str | None = None  # the mapping profile and digest the exchange went through
 
     def decided(self, patient: str, decision: Decision | None) -> None:
         """Keep the first permit or any deny for ``patient`` (a deny is what an auditor

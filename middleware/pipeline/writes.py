@@ -110,9 +110,20 @@ class Writes:
 
     # -- interactions ------------------------------------------------------------------------
 
+    def _incoming(self, ask: Ask) -> dict[str, Any]:
+        """The write's body as the upstream will store it (mapped when a profile is on):
+        what consent is decided on and what is forwarded."""
+        body = _resource(ask.body, ask.request.resource_type)
+        mapper = self.flow.mapper
+        if mapper is None:
+            return body
+        ask.trail.mapping = mapper.label
+        mapped = mapper.write(body)
+        return mapped if isinstance(mapped, dict) else body
+
     async def _create(self, ask: Ask) -> Answer:
         request = ask.request
-        body = _resource(ask.body, request.resource_type)
+        body = self._incoming(ask)
         criteria = ask.headers.get("if-none-exist")
         if criteria is not None:
             matches = await self._matches(ask, request.resource_type or "", criteria.encode())
@@ -132,7 +143,7 @@ class Writes:
 
     async def _update(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
         request = ask.request
-        body = _resource(ask.body, request.resource_type)
+        body = self._incoming(ask)
         if request.resource_id is not None and body.get("id") != request.resource_id:
             raise BadRequest("the resource id must match the id in the URL")
         if current is None:  # FHIR update-as-create: the body is new data
@@ -168,15 +179,28 @@ class Writes:
             operations = jsoncodec.decode(ask.body)
         except jsoncodec.DecodeError as exc:
             raise BadRequest("the patch is not valid JSON", code="structure") from exc
-        after = apply_patch(current, operations)
-        patch = jsoncodec.encode(operations)  # the operations judged, as judged
+        mapper = self.flow.mapper
+        # Under a mapping profile the client patches the resource as *it* sees it (with the
+        # codings the gateway adds): the gateway applies the patch to that view, maps the
+        # result back and sends it as an update pinned to the version it read.
+        view = current if mapper is None else mapper.answer(current)
+        after = apply_patch(view, operations)
         if (
             not isinstance(after, dict)
             or after.get("resourceType") != current.get("resourceType")
             or after.get("id") != current.get("id")
         ):
             raise BadRequest("a patch may not change the resource type or id")
+        if mapper is not None:
+            ask.trail.mapping = mapper.label
+            after = mapper.write(after)
         await self._check(ask, after, ACTION_CORRECT)
+        if mapper is not None:
+            headers = [("content-type", "application/fhir+json"), *_pin(ask, current)]
+            return await self._forward(
+                ask, "PUT", _instance(current), headers, jsoncodec.encode(after)
+            )
+        patch = jsoncodec.encode(operations)  # the operations judged, as judged
         return await self._forward(ask, "PATCH", _instance(current), _pin(ask, current), patch)
 
     async def _delete(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
@@ -228,6 +252,7 @@ class Writes:
             sees_everything=False,
             policy=self.flow.guards,
         )
+        params = self.flow.map_search(ask, rtype, params)
         target = f"{rtype}?{encode_params([*params, ('_count', _MATCHES_LIMIT)])}"
         up = await ask.forward("GET", target, headers=_json_accept(), client_headers=False)
         if up.status >= 400:

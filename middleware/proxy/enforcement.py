@@ -167,6 +167,7 @@ class Enforcement:
                 resource_refs=tuple(refs),
                 narrowed=trail.narrowed,
                 break_glass=trail.break_glass,
+                mapping=trail.mapping,
             ),
             phase,
         )

@@ -1,0 +1,69 @@
+"""The mapping stage: the upstream's codes and identifier systems on one side, the client's on
+the other (issue #6), around the enforcement stages.
+
+Where it sits (architecture: classify, identify, decide, forward, filter, **map**, audit):
+
+- **searches**: the client's token and identifier parameters are rewritten into the
+  upstream's (:func:`~middleware.mapping.map_search`) after the guards and the patient pin
+  ran on the client's own query, before it is forwarded;
+- **writes**: the client's resource becomes the upstream's (codings the gateway added are
+  stripped, codes translated back, identifier systems renamed:
+  :func:`~middleware.mapping.prepare_write`) *before* the consent check, so consent is always
+  decided on what the upstream will hold;
+- **answers**: after the filter (consent decided on the upstream's native resources), each
+  released resource gets its translated codings added beside the source ones, marked, and
+  its identifier systems renamed (:func:`~middleware.mapping.map_response`).
+
+Pure: no I/O; the profile was loaded and validated at start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from middleware.mapping import Profile, map_response, map_search, prepare_write
+
+__all__ = ["Mapper"]
+
+
+@dataclass(frozen=True, slots=True)
+class Mapper:
+    """One upstream's mapping profile and the digest of the files it was loaded from."""
+
+    profile: Profile
+    digest: str
+
+    @property
+    def label(self) -> str:
+        """``<profile id> <digest>``: what audit records and the response header name."""
+        return f"{self.profile.id} {self.digest}"
+
+    def search(
+        self, resource_type: str | None, params: list[tuple[str, str]]
+    ) -> list[tuple[str, str]]:
+        """The query in the upstream's codes and systems (a system search is left as is)."""
+        if resource_type is None:
+            return params
+        return list(map_search(resource_type, params, self.profile).params)
+
+    def write(self, resource: Any) -> Any:
+        """The client's resource as the upstream should store it."""
+        return prepare_write(resource, self.profile).resource
+
+    def answer(self, document: Any) -> Any:
+        """A released answer (resource or Bundle) as the client should see it; the same
+        object when nothing changed."""
+        return map_response(document, self.profile).resource
+
+    def entries(self, entries: Sequence[Any]) -> list[Any]:
+        """Bundle entries whose resources are mapped for the client."""
+        out: list[Any] = []
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+                mapped = self.answer(entry["resource"])
+                if mapped is not entry["resource"]:
+                    entry = {**entry, "resource": mapped}  # noqa: PLW2901 - copy on write
+            out.append(entry)
+        return out

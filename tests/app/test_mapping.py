@@ -1,0 +1,166 @@
+"""The mapping stage through the gateway, with the hospital-a profile shipped in ``mappings/``:
+searches by LOINC reach the upstream as ORs with local codes, answers carry marked LOINC
+codings beside the local ones, writes come back clean, consent is decided on what the
+upstream holds, and the audit trail names the profile and the digest of its files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+import respx
+
+from middleware.mapping import MARKER_URL
+from middleware.storage.ledger_memory import MemoryLogStore
+from tests.app.consenting import ledger_entries
+
+PROFILE = Path(__file__).resolve().parents[2] / "mappings" / "profiles" / "hospital-a.json"
+LOCAL = "http://hospital-a.example/CodeSystem/lab"
+LOINC = "http://loinc.org"
+
+
+def potassium(**extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": "obs-k-1",
+        "meta": {"versionId": "3"},
+        "status": "final",
+        "code": {"coding": [{"system": LOCAL, "code": "K", "display": "Potassium, serum"}]},
+        "subject": {
+            "reference": "Patient/p-1",
+            "identifier": {"system": "urn:oid:1.2.3.4.5", "value": "100234"},
+        },
+        **extra,
+    }
+
+
+POTASSIUM_RAW = json.dumps(potassium()).replace(
+    '"status"', '"valueQuantity":{"value":5.40},"status"'
+)
+
+
+@pytest.fixture
+async def client(make_client: Any, router: respx.Router) -> AsyncIterator[httpx.AsyncClient]:
+    router.get("/Observation/obs-k-1").respond(
+        200, content=POTASSIUM_RAW.encode(), headers={"content-type": "application/fhir+json"}
+    )
+    async with make_client(mapping_profile=str(PROFILE)) as c:
+        yield c
+
+
+async def test_a_search_by_loinc_reaches_the_upstream_with_the_local_code(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    route = router.get("/Observation").respond(
+        200,
+        json={
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": potassium(), "search": {"mode": "match"}}],
+        },
+    )
+    answer = await client.get("/fhir/Observation?code=http://loinc.org|2823-3")
+    assert answer.status_code == 200
+    sent = dict(parse_qsl(route.calls.last.request.url.query.decode()))
+    assert set(sent["code"].split(",")) == {f"{LOINC}|2823-3", f"{LOCAL}|K"}
+    coding = answer.json()["entry"][0]["resource"]["code"]["coding"]
+    assert [c["system"] for c in coding] == [LOCAL, LOINC]
+    assert coding[1]["extension"][0]["url"] == MARKER_URL
+    assert answer.headers["x-consentry-mapping"] == "hospital-a"
+
+
+async def test_a_read_gets_marked_codings_and_client_identifier_systems(
+    client: httpx.AsyncClient,
+) -> None:
+    answer = await client.get("/fhir/Observation/obs-k-1")
+    body = answer.json()
+    assert [c["code"] for c in body["code"]["coding"]] == ["K", "2823-3"]
+    assert body["subject"]["identifier"]["system"] == "http://hospital-a.example/mrn"
+    assert '"value":5.40' in answer.text  # decimals survive the mapping path
+
+
+async def test_a_write_back_reaches_the_upstream_clean(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    """The client writes back what it read: the added LOINC coding is stripped and the MRN
+    system renamed back, so the upstream gets its own coding only."""
+    read = (await client.get("/fhir/Observation/obs-k-1")).json()
+    put = router.put("/Observation/obs-k-1").respond(
+        200, json=potassium(), headers={"content-type": "application/fhir+json"}
+    )
+    answer = await client.put(
+        "/fhir/Observation/obs-k-1",
+        json={**read, "status": "amended"},
+        headers={"content-type": "application/fhir+json"},
+    )
+    assert answer.status_code == 200
+    sent = json.loads(put.calls.last.request.content)
+    assert sent["code"]["coding"] == [{"system": LOCAL, "code": "K", "display": "Potassium, serum"}]
+    assert sent["subject"]["identifier"]["system"] == "urn:oid:1.2.3.4.5"
+    assert sent["status"] == "amended"
+
+
+async def test_a_json_patch_on_the_clients_view_is_sent_as_a_pinned_update(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    """The client patches what it sees (its coding list has the added LOINC at index 1); the
+    gateway applies the patch to that view, maps it back and sends an update pinned to the
+    version it read."""
+    put = router.put("/Observation/obs-k-1").respond(
+        200, json=potassium(), headers={"content-type": "application/fhir+json"}
+    )
+    patch = [{"op": "replace", "path": "/status", "value": "amended"}]
+    answer = await client.patch(
+        "/fhir/Observation/obs-k-1",
+        json=patch,
+        headers={"content-type": "application/json-patch+json"},
+    )
+    assert answer.status_code == 200, answer.text
+    request = put.calls.last.request
+    assert request.headers["if-match"] == 'W/"3"'
+    assert request.headers["content-type"] == "application/fhir+json"
+    sent = json.loads(request.content)
+    assert sent["status"] == "amended"
+    assert [c["system"] for c in sent["code"]["coding"]] == [LOCAL]
+
+
+async def test_the_audit_record_names_the_profile_and_its_digest(
+    client: httpx.AsyncClient, store: MemoryLogStore
+) -> None:
+    await client.get("/fhir/Observation/obs-k-1")
+    evidence = (await ledger_entries(store))[-1].json()
+    entities = [e for entry in evidence["entry"] for e in entry["resource"]["entity"]]
+    mapping = [
+        e for e in entities if e.get("what", {}).get("identifier", {}).get("value") == "hospital-a"
+    ]
+    assert mapping
+    assert mapping[0]["detail"][0]["valueString"].startswith("sha256:")
+
+
+async def test_a_broken_profile_stops_the_gateway_at_start(
+    make_client: Any, tmp_path: Path
+) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    bad = profiles / "broken.json"
+    bad.write_text('{"id": "broken", "conceptmaps": [{"canonical": "x"}]}')
+    with pytest.raises(Exception, match="broken"):
+        make_client(mapping_profile=str(bad))
+
+
+async def test_gateway_without_a_profile_adds_nothing(
+    make_client: Any, router: respx.Router
+) -> None:
+    router.get("/Observation/obs-k-1").respond(
+        200, content=POTASSIUM_RAW.encode(), headers={"content-type": "application/fhir+json"}
+    )
+    app_client: httpx.AsyncClient
+    async with make_client() as app_client:
+        answer = await app_client.get("/fhir/Observation/obs-k-1")
+    assert answer.content == POTASSIUM_RAW.encode()
+    assert "x-consentry-mapping" not in answer.headers
