@@ -1,16 +1,15 @@
 """The FHIR proxy handler: a pure ASGI app for everything under the FHIR base path.
 
 One request, in order: classify (:mod:`middleware.fhir.classify`; anything unclassified is
-refused and never forwarded), read the body under a size cap, check negotiation, build the
-upstream request from the *classified* path (never from the raw one), send it, then release
-the answer: headers through the allow-list, ``Location`` rebased, JSON bodies rebased on
-structure, other bodies streamed under the cap. Every failure becomes an OperationOutcome
-through :func:`middleware.fhir.outcome.render_error`.
-
-JSON answers are read whole (bounded by ``max_response_bytes``) because every later stage
-(base-URL rewriting now; consent filtering and audit next) must see a whole resource before
-releasing any of it. A JSON body that does not mention the upstream base is released
-byte-for-byte as received.
+refused, recorded on the ledger and never forwarded), read the body under a size cap, check
+negotiation, then hand the request to the enforcement stage
+(:mod:`middleware.proxy.enforcement`: identify, decide, forward, filter, map, audit) and
+release its answer. Only the public CapabilityStatement is served without it. Forwarding is
+:meth:`ProxyHandler.forward`: the upstream URL is built from the *classified* path (never
+from the raw one), headers cross on allow-lists both ways, answers are read whole (bounded by
+``max_response_bytes``: every later stage must see a whole resource before any of it is
+released) and ``Location`` is rebased. Every failure becomes an OperationOutcome through
+:func:`middleware.fhir.outcome.render_error`.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from middleware.fhir import jsoncodec
 from middleware.fhir.classify import classify, classify_bundle
 from middleware.fhir.negotiate import check_request_negotiation
 from middleware.fhir.outcome import render_error
-from middleware.fhir.request import FhirRequest, Interaction
+from middleware.fhir.request import Interaction
 from middleware.logging import get_logger
 from middleware.ops.metrics import Metrics
 from middleware.pipeline.exchange import Answer, Upstreamed
@@ -45,7 +44,7 @@ from middleware.proxy.capability import describe_gateway
 from middleware.proxy.enforcement import Enforcement
 from middleware.proxy.headers import RESPONSE_HEADERS_PASSED, request_id, upstream_request_headers
 from middleware.proxy.rewrite import Rebaser
-from middleware.proxy.upstream import Upstream, UpstreamRequest, UpstreamResponse
+from middleware.proxy.upstream import Upstream, UpstreamRequest
 from middleware.settings import Settings
 from middleware.types import Receive, Scope, Send
 
@@ -57,7 +56,6 @@ MAX_QUERY_BYTES = 16 * 1024
 #: Resource types the gateway serves itself (the patient consent API): never forwarded, in
 #: any form that names them (compartment search ``Patient/x/Consent``, ``Consent/$op``...).
 _GATEWAY_OWNED = frozenset({"Consent"})
-_NO_BODY_STATUS = frozenset({204, 304})
 
 
 class _InternalError(GatewayError):
@@ -216,29 +214,16 @@ class ProxyHandler:
             await self._send_answer(send, answer, headers, ex)
             return
 
-        upstream_request = UpstreamRequest(
-            method=request.method,
-            url=self._upstream_url(request),
-            headers=upstream_request_headers(
-                headers,
-                rid=ex.rid,
-                client_host=(scope.get("client") or (None,))[0],
-                scheme=self._public_scheme,
-                host=self._public_host,
-                prefix=self.settings.base_path,
-                extra=self.settings.upstream_headers,
-                trust_forwarded=self.settings.trust_forwarded_headers,
-            ),
-            body=body,
-        )
-        sent = time.perf_counter()
-        response = await self.upstream.send(upstream_request)
-        ex.upstream_seconds = time.perf_counter() - sent
-        self.metrics.observe_upstream(ex.interaction, ex.upstream_seconds)
-        try:
-            await self._release(send, response, headers, ex)
-        finally:
-            await response.aclose()
+        # The CapabilityStatement asked with parameters (``mode=terminology``...): public
+        # like the plain one, forwarded as asked, rebased, never cached.
+        target = f"{request.path}?{request.query.decode('ascii')}"
+        client_host = (scope.get("client") or (None,))[0]
+        up = await self.forward("GET", target, client=headers, client_host=client_host, log=ex)
+        document = up.document
+        if up.status != 200 or not isinstance(document, dict):
+            raise UpstreamError("upstream server did not return its capabilities")
+        self.rebaser.rewrite(document, self.rebaser.occurrences(up.raw))
+        await self._send_answer(send, Answer(200, up.headers, document), headers, ex)
 
     async def _send_answer(
         self, send: Send, answer: Answer, client_headers: dict[str, str], ex: ExchangeLog
@@ -307,12 +292,6 @@ class ProxyHandler:
         document = _decode_upstream(raw) if raw and "json" in content_type else None
         return Upstreamed(response.status, passed, document, raw)
 
-    def _upstream_url(self, request: FhirRequest) -> str:
-        url = f"{self._upstream_base}/{request.path}" if request.path else self._upstream_base
-        if request.query:
-            url = f"{url}?{request.query.decode('ascii')}"
-        return url
-
     async def _read_body(self, receive: Receive, headers: dict[str, str], method: str) -> bytes:
         """The request body, whole, at most ``max_request_bytes`` after decoding gzip."""
         limit = self.settings.max_request_bytes
@@ -356,47 +335,6 @@ class ProxyHandler:
         body = jsoncodec.encode(document)
         self._capability = (now, body)
         return body
-
-    async def _release(
-        self,
-        send: Send,
-        response: UpstreamResponse,
-        client_headers: dict[str, str],
-        ex: ExchangeLog,
-    ) -> None:
-        headers: list[tuple[bytes, bytes]] = []
-        content_type = ""
-        for name, value in response.headers:
-            if name not in RESPONSE_HEADERS_PASSED:
-                continue
-            if name in ("location", "content-location"):
-                value = self.rebaser.url(value)  # noqa: PLW2901
-            elif name == "content-type":
-                content_type = value
-            headers.append((name.encode("latin-1"), value.encode("latin-1")))
-        limit = self.settings.max_response_bytes
-        if "json" in content_type or response.status in _NO_BODY_STATUS:
-            raw = await response.read(limit)
-            occurrences = self.rebaser.occurrences(raw)
-            if occurrences:
-                document = _decode_upstream(raw)
-                self.rebaser.rewrite(document, occurrences)
-                raw = jsoncodec.encode(document)
-            await self._send(send, response.status, headers, raw, client_headers, ex)
-            return
-        # Not JSON (Binary content and the like): stream it through, under the cap.
-        ex.status = response.status
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [*headers, (b"x-request-id", ex.rid.encode())],
-            }
-        )
-        async for chunk in response.iter_bytes(limit):
-            ex.bytes_out += len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
 
     async def _send(  # noqa: PLR0917
         self,
