@@ -6,7 +6,8 @@ the TOML file, then ``CONSENTRY_*`` variables, then these flags; a bad value sto
 with every problem listed.
 
 ``consentry ledger verify|export`` and ``consentry keys generate|policy|rotate`` are described
-in :mod:`middleware.ledger.cli`.
+in :mod:`middleware.ledger.cli`; ``consentry mappings check|explain`` in
+:mod:`middleware.mapping.cli`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     for group, actions, about in (
         ("ledger", ("verify", "export"), "verify the ledger offline, or export it"),
         ("keys", ("generate", "policy", "rotate"), "manage the ledger's signing keys"),
+        ("mappings", ("check", "explain"), "lint the mapping files, or explain a mapping"),
     ):
         sub = commands.add_parser(group, help=f"{about} (see `{group} {actions[0]} --help`)")
         sub.add_argument("action", choices=actions)
@@ -63,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from middleware.ledger.cli import run_command  # noqa: PLC0415
 
         return run_command(args.command, args.action, args.rest)
+    if args.command == "mappings":
+        from middleware.mapping.cli import run_command as run_mappings  # noqa: PLC0415
+
+        return run_mappings(args.action, args.rest)
     return 2  # pragma: no cover - argparse enforces the subcommand
 
 

@@ -13,15 +13,25 @@ note, byte for byte. Third-party exceptions stop here: callers see only ledger e
 authenticated encryption with a random 24-byte nonce) for short-lived gateway tokens such as
 paging cursors: the sealed bytes are ``nonce || MAC || ciphertext``; they hide the plaintext and
 any change to them, or another key, makes :func:`unseal` answer ``None``.
+
+:func:`siv_encrypt` and :func:`siv_decrypt` are deterministic authenticated encryption in the
+SIV shape of RFC 5297 §2.6 (Rogaway-Shrimpton synthetic IV) for short identifiers that must be
+stable (the same input always gives the same bytes, so clients can compare them): the tag is
+keyed BLAKE2b-128 (RFC 7693) over the associated data and the plaintext, and the ciphertext is
+the plaintext XOR libsodium's XChaCha20 keystream with that tag as the nonce. Sealed bytes are
+``tag (16) || ciphertext`` (16 bytes of overhead); equal plaintexts are all they reveal.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
-from collections.abc import Iterable
+import hmac
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.secret
 import nacl.signing
@@ -49,11 +59,14 @@ __all__ = [
     "PUBLIC_KEY_SIZE",
     "SEED_SIZE",
     "SIGNATURE_SIZE",
+    "SIV_TAG_SIZE",
     "SigningKey",
     "Verifier",
     "derive_box_key",
     "new_box_key",
     "seal",
+    "siv_decrypt",
+    "siv_encrypt",
     "unseal",
     "verify_checkpoint",
     "verify_detached",
@@ -66,6 +79,14 @@ PUBLIC_KEY_SIZE = 32
 _SKEY_PREFIX = "PRIVATE+KEY+"
 #: A secret-box key is 32 bytes (libsodium ``crypto_secretbox_KEYBYTES``).
 BOX_KEY_SIZE = nacl.secret.SecretBox.KEY_SIZE
+#: The synthetic IV of :func:`siv_encrypt`: 128 bits, RFC 5297's size.
+SIV_TAG_SIZE = 16
+# Domain separation (BLAKE2b personalisation, 16 bytes): the MAC and stream keys of the SIV
+# construction are derived apart from one key, and the MAC input is labelled.
+_SIV_MAC_KEY: bytes = b"consentry/siv/mk"
+_SIV_ENC_KEY: bytes = b"consentry/siv/ek"
+_SIV_TAG: bytes = b"consentry/siv/v1"
+_XCHACHA_NONCE_SIZE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,3 +297,66 @@ def unseal(key: bytes, token: bytes) -> bytes | None:
         return bytes(box.decrypt(token))
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         return None
+
+
+def siv_encrypt(key: bytes, plaintext: bytes, associated: Sequence[bytes] = ()) -> bytes:
+    """``tag || ciphertext``: ``plaintext`` under the 32-byte ``key``, bound to ``associated``.
+
+    Deterministic: the same key, plaintext and associated data always give the same bytes, and
+    different ones give unrelated bytes. ``tag`` is BLAKE2b-128 keyed with the MAC key over the
+    count and the length-prefixed parts of ``associated`` then of ``plaintext`` (an unambiguous
+    vector, as RFC 5297's S2V); the ciphertext is ``plaintext`` XOR the XChaCha20 keystream
+    under the stream key with nonce ``tag || 0^8``. libsodium exposes that keystream through its
+    IETF XChaCha20-Poly1305 AEAD, whose ciphertext of zero bytes *is* the keystream (from block
+    1, block 0 keying Poly1305; the Poly1305 tag is dropped: the synthetic IV authenticates).
+    A key of the wrong size raises :class:`MalformedError`.
+    """
+    mac_key, stream_key = _siv_keys(key)
+    tag = _siv_tag(mac_key, associated, plaintext)
+    return tag + _xor_stream(stream_key, tag, plaintext)
+
+
+def siv_decrypt(key: bytes, sealed: bytes, associated: Sequence[bytes] = ()) -> bytes | None:
+    """The plaintext :func:`siv_encrypt` sealed under ``key`` with the same ``associated``;
+    ``None`` when ``sealed`` is too short, was changed in any bit, or was sealed under another
+    key or other associated data. Never raises for any ``sealed`` (tags compared in constant
+    time); a key of the wrong size raises :class:`MalformedError`."""
+    mac_key, stream_key = _siv_keys(key)
+    if len(sealed) < SIV_TAG_SIZE:
+        return None
+    tag, ciphertext = sealed[:SIV_TAG_SIZE], sealed[SIV_TAG_SIZE:]
+    plaintext = _xor_stream(stream_key, tag, ciphertext)
+    if not hmac.compare_digest(tag, _siv_tag(mac_key, associated, plaintext)):
+        return None
+    return plaintext
+
+
+@functools.lru_cache(maxsize=16)  # every id of a Bundle uses the same key
+def _siv_keys(key: bytes) -> tuple[bytes, bytes]:
+    """The MAC key and the stream key, both BLAKE2b of ``key`` under their own label."""
+    if not isinstance(key, bytes) or len(key) != BOX_KEY_SIZE:
+        raise MalformedError(f"an SIV key is {BOX_KEY_SIZE} bytes")
+    return (
+        hashlib.blake2b(digest_size=32, key=key, person=_SIV_MAC_KEY).digest(),
+        hashlib.blake2b(digest_size=32, key=key, person=_SIV_ENC_KEY).digest(),
+    )
+
+
+def _siv_tag(mac_key: bytes, associated: Sequence[bytes], plaintext: bytes) -> bytes:
+    mac = hashlib.blake2b(digest_size=SIV_TAG_SIZE, key=mac_key, person=_SIV_TAG)
+    mac.update(len(associated).to_bytes(8, "big"))
+    for part in (*associated, plaintext):
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    return mac.digest()
+
+
+def _xor_stream(stream_key: bytes, tag: bytes, data: bytes) -> bytes:
+    if not data:
+        return b""
+    nonce = tag + bytes(_XCHACHA_NONCE_SIZE - SIV_TAG_SIZE)
+    stream = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        bytes(len(data)), None, nonce, stream_key
+    )[: len(data)]
+    mixed = int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")
+    return mixed.to_bytes(len(data), "big")
