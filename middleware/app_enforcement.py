@@ -18,12 +18,15 @@ from middleware.consent.service import ConsentService
 from middleware.ledger.leaf import new_pseudonym
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey, derive_box_key
-from middleware.mapping.loader import load_profile_with_digest
+from middleware.mapping.ids_table import build_resolver
+from middleware.mapping.loader import folder_reader, load_profile_with_digest
+from middleware.mapping.references import ReferenceRewriter
 from middleware.pipeline.breakglass import BreakGlass
 from middleware.pipeline.bundles import Bundles
 from middleware.pipeline.cursor import CursorCodec
 from middleware.pipeline.flow import Flow
 from middleware.pipeline.guards import GuardPolicy
+from middleware.pipeline.idmap import IdEdge
 from middleware.pipeline.mapper import Mapper
 from middleware.pipeline.writes import Writes
 from middleware.proxy.enforcement import Enforcement, TokenCheck
@@ -45,6 +48,20 @@ def _mapper(settings: Settings) -> Mapper | None:
     return Mapper(profile, digest)
 
 
+def _id_edge(settings: Settings, mapper: Mapper | None, key: SigningKey) -> IdEdge | None:
+    """Client ids at the upstream edge when the profile's ``patients`` section asks for a
+    resolver (``{"resolver": "opaque"}`` or a table); none otherwise."""
+    if mapper is None or not mapper.profile.patients:
+        return None
+    profiles_dir = Path(settings.mapping_profile).resolve().parent.parent
+    resolver = build_resolver(
+        [mapper.profile], derive_box_key(key, "ids"), folder_reader(profiles_dir)
+    )
+    bases = (settings.upstream.rstrip("/"), settings.gateway_base_url)
+    rewriter = ReferenceRewriter(resolver, mapper.profile.upstream, bases=bases)
+    return IdEdge(rewriter, settings.upstream)
+
+
 def build_enforcement(
     settings: Settings,
     proxy: ProxyHandler,
@@ -55,6 +72,8 @@ def build_enforcement(
     verifier: TokenCheck,
 ) -> Enforcement:
     """The enforcement stage of ``proxy`` (see the module docstring)."""
+
+    mapper = _mapper(settings)
 
     async def policies(patient: str) -> tuple[Policy, ...]:
         return await (await consents.registry()).policies(patient)
@@ -72,7 +91,7 @@ def build_enforcement(
         allow_unknown=settings.unknown_patient_contexts,
         wall_clock=consents.wall_clock,
         break_glass=BreakGlass(settings.break_glass_minutes),
-        mapper=_mapper(settings),
+        mapper=mapper,
     )
     recorder = AuditRecorder(
         ledger,
@@ -81,7 +100,11 @@ def build_enforcement(
         wall_clock=consents.wall_clock,
     )
     enforcement = Enforcement(
-        verifier=verifier, flow=flow, recorder=recorder, gateway_base=settings.gateway_base_url
+        verifier=verifier,
+        flow=flow,
+        recorder=recorder,
+        gateway_base=settings.gateway_base_url,
+        ids=_id_edge(settings, mapper, key),
     )
 
     writes = Writes(flow, enforcement.record)

@@ -78,7 +78,8 @@ PolicySource = Callable[[str], Awaitable[tuple[Policy, ...]]]
 
 @dataclass(frozen=True, slots=True)
 class _Page:
-    """Where a page of results comes from: the upstream URL fetched, and how many of its
+    """Where a page of results comes from: what was fetched (a target relative to the
+    upstream base as the pipeline sent it, or an upstream paging link), and how many of its
     matches earlier pages already released."""
 
     sent: str
@@ -363,7 +364,7 @@ class Flow:
                 page = self._redeem(ask, token, paging)
         subset, rest = split_subset(params)
         if page is None:
-            page = _Page(f"{self.upstream_base}/{_target(request.path, rest)}")
+            page = _Page(_target(request.path, rest))
         # Without the client's conditional headers: a 304 would confirm a hidden record.
         up = await ask.forward("GET", page.sent, headers=_accept(ask), client_headers=False)
         if up.status >= 400:
@@ -389,7 +390,7 @@ class Flow:
             target = _target(
                 path, self.map_search(ask, request.resource_type, self._narrow(ask, rest))
             )
-            page = _Page(f"{self.upstream_base}/{target}")
+            page = _Page(target)
         up = await ask.forward("GET", page.sent, client_headers=False, headers=_accept(ask))
         if up.status >= 400:
             raise _failure(up, ask)
@@ -413,7 +414,7 @@ class Flow:
         if token is not None:
             page = self._redeem(ask, token, paging)
         else:
-            page = _Page(f"{self.upstream_base}/{_target(request.path, client)}")
+            page = _Page(_target(request.path, client))
         up = await ask.forward("GET", page.sent, client_headers=False, headers=_accept(ask))
         if up.status >= 400:
             raise _failure(up, ask)
@@ -458,7 +459,9 @@ class Flow:
             now=self.wall_clock(),
         )
         link, skip = split_skip(sealed)
-        if not self._on_upstream(link):
+        # Sealed by this gateway: an upstream link, or (for a page cut short on the first
+        # request) the relative target the gateway itself sent, in the client's ids.
+        if link.startswith(("http://", "https://")) and not self._on_upstream(link):
             raise BadRequest("invalid or expired cursor")
         return _Page(link, skip)
 

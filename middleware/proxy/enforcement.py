@@ -26,6 +26,7 @@ from middleware.pipeline.breakglass import requested_reason
 from middleware.pipeline.caller import caller_of
 from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed
 from middleware.pipeline.flow import Flow
+from middleware.pipeline.idmap import IdEdge
 from middleware.types import Scope
 
 if TYPE_CHECKING:
@@ -58,11 +59,18 @@ class Enforcement:
     """Identify, enforce, audit (module docstring)."""
 
     def __init__(
-        self, *, verifier: TokenCheck, flow: Flow, recorder: AuditRecorder, gateway_base: str
+        self,
+        *,
+        verifier: TokenCheck,
+        flow: Flow,
+        recorder: AuditRecorder,
+        gateway_base: str,
+        ids: IdEdge | None = None,
     ) -> None:
         self.verifier = verifier
         self.flow = flow
         self.recorder = recorder
+        self.ids = ids
         self._gateway_base = gateway_base.rstrip("/")
 
     async def run(
@@ -94,7 +102,7 @@ class Enforcement:
                 body=body,
                 headers=headers,
                 caller=caller,
-                forward=_bound(proxy, headers, client_host, log),
+                forward=self._forwarder(proxy, headers, client_host, log),
                 self_url=self._self_url(request),
                 request_id=rid,
                 raw_request=raw_request,
@@ -219,6 +227,12 @@ class Enforcement:
             ),
             "exchange",
         )
+
+    def _forwarder(
+        self, proxy: ProxyHandler, client: dict[str, str], client_host: str | None, log: ExchangeLog
+    ) -> Forwarder:
+        forward = _bound(proxy, client, client_host, log)
+        return forward if self.ids is None else self.ids.wrap(forward)
 
     def _self_url(self, request: FhirRequest) -> str:
         url = f"{self._gateway_base}/{request.path}" if request.path else self._gateway_base

@@ -1,0 +1,126 @@
+"""Opaque resource ids at the upstream edge: clients see only the gateway's ids, every stage
+(consent included) works with them, and the upstream sees only its own."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+import pytest
+import respx
+
+from middleware.mapping.ids import FHIR_ID
+
+FHIR = {"content-type": "application/fhir+json"}
+
+
+def observation(oid: str, patient: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "meta": {"versionId": "1"},
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{patient}"},
+    }
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> Path:
+    profiles = tmp_path / "mappings" / "profiles"
+    profiles.mkdir(parents=True)
+    path = profiles / "ids-only.json"
+    path.write_text(
+        json.dumps(
+            {
+                "id": "ids-only",
+                "upstream": "hospital",
+                "fhir": {"client": "R4", "upstream": "R4"},
+                "patients": {"resolver": "opaque"},
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture
+async def client(
+    make_client: Any, router: respx.Router, profile: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    router.get("/Observation/o-1").respond(200, json=observation("o-1", "p-1"), headers=FHIR)
+    async with make_client(mapping_profile=str(profile)) as c:
+        yield c
+
+
+async def client_id_of(
+    client: httpx.AsyncClient, router: respx.Router, rtype: str, local: str
+) -> str:
+    """The id the gateway gives the upstream's ``rtype/local`` (read through a search)."""
+    router.get(f"/{rtype}").respond(
+        200,
+        json={
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": observation(local, "p-1"), "search": {"mode": "match"}}],
+        },
+        headers=FHIR,
+    )
+    found = (await client.get(f"/fhir/{rtype}?status=final")).json()
+    return str(found["entry"][0]["resource"]["id"])
+
+
+async def test_answers_carry_opaque_ids_and_requests_reach_the_upstream_with_its_own(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    oid = await client_id_of(client, router, "Observation", "o-1")
+    assert oid != "o-1"
+    assert FHIR_ID.fullmatch(oid)
+    answer = await client.get(f"/fhir/Observation/{oid}")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["id"] == oid
+    subject = body["subject"]["reference"]
+    assert subject.startswith("Patient/")
+    assert subject != "Patient/p-1"
+    # The subject's id works for a search by subject: the upstream sees its own.
+    route = router.get("/Observation").respond(
+        200, json={"resourceType": "Bundle", "type": "searchset"}, headers=FHIR
+    )
+    await client.get(f"/fhir/Observation?subject={subject}")
+    sent = dict(parse_qsl(route.calls.last.request.url.query.decode()))
+    assert sent["subject"] == "Patient/p-1"
+
+
+async def test_an_upstream_id_or_a_forged_id_is_the_generic_404(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    """Guessing: the upstream's own id, or a gateway id with one character changed, names no
+    record through the gateway (and nothing is forwarded for it)."""
+    oid = await client_id_of(client, router, "Observation", "o-1")
+    forged = oid[:-1] + ("A" if oid[-1] != "A" else "B")
+    before = len(router.calls)
+    for guess in ("o-1", forged):
+        answer = await client.get(f"/fhir/Observation/{guess}")
+        assert answer.status_code == 404
+        assert answer.json()["issue"][0]["diagnostics"] == "not found"
+    assert len(router.calls) == before
+
+
+async def test_a_write_reaches_the_upstream_with_its_ids(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    oid = await client_id_of(client, router, "Observation", "o-1")
+    read = (await client.get(f"/fhir/Observation/{oid}")).json()
+    put = router.put("/Observation/o-1").respond(200, json=observation("o-1", "p-1"), headers=FHIR)
+    answer = await client.put(
+        f"/fhir/Observation/{oid}", json={**read, "status": "amended"}, headers=FHIR
+    )
+    assert answer.status_code == 200, answer.text
+    sent = json.loads(put.calls.last.request.content)
+    assert sent["id"] == "o-1"
+    assert sent["subject"]["reference"] == "Patient/p-1"
+    assert answer.json()["id"] == oid
