@@ -45,6 +45,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final, Protocol
 
@@ -108,6 +109,10 @@ def not_ours() -> NotFound:
     return NotFound(_NOT_FOUND)
 
 
+#: Issued client ids remembered by :class:`OpaqueResolver` (least recently issued forgotten).
+_ISSUED_CACHE = 65_536
+
+
 class OpaqueResolver:
     """The stateless default :class:`IdResolver` (format in the module docstring).
 
@@ -115,7 +120,7 @@ class OpaqueResolver:
     of every upstream whose ids it issues. Both are checked here; a bad one raises ValueError.
     """
 
-    __slots__ = ("_key", "_upstreams")
+    __slots__ = ("_issued", "_key", "_upstreams")
 
     def __init__(self, key: bytes, upstreams: Iterable[str]) -> None:
         if not isinstance(key, bytes) or len(key) != BOX_KEY_SIZE:
@@ -124,6 +129,10 @@ class OpaqueResolver:
         self._upstreams = tuple(dict.fromkeys(upstreams))
         if not self._upstreams or not all(isinstance(u, str) and u for u in self._upstreams):
             raise ValueError("the opaque id resolver needs the names of its upstreams")
+        # Ids are deterministic, so issued ones can be remembered: an answer names the same
+        # resource several times (id, fullUrl, references), a searchset the same patient in
+        # every entry. Bounded; forgetting only costs recomputing.
+        self._issued: OrderedDict[tuple[str, str, str], str] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"OpaqueResolver(upstreams={self._upstreams!r})"
@@ -133,6 +142,17 @@ class OpaqueResolver:
         return self._upstreams
 
     def to_client(self, upstream: str, resource_type: str, local_id: str) -> str:
+        key = (upstream, resource_type, local_id)
+        issued = self._issued.get(key)
+        if issued is not None:
+            return issued
+        issued = self._issue(upstream, resource_type, local_id)
+        self._issued[key] = issued
+        if len(self._issued) > _ISSUED_CACHE:
+            self._issued.popitem(last=False)
+        return issued
+
+    def _issue(self, upstream: str, resource_type: str, local_id: str) -> str:
         if upstream not in self._upstreams:
             raise ValueError(f"upstream {upstream!r} is not one of this resolver's")
         if not RESOURCE_TYPE.fullmatch(resource_type):
