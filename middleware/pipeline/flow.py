@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -42,7 +41,7 @@ from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
 from middleware.fhir.request import Interaction, Level
 from middleware.pipeline.breakglass import BreakGlass, forbids_break_glass
 from middleware.pipeline.caller import ACTION_ACCESS, Caller, check_interaction
-from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec, query_digest, rewrite_links
+from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec, rewrite_links
 from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, upstream_failure
 from middleware.pipeline.filter import filter_answer
 from middleware.pipeline.guards import GuardPolicy, check_search, pin_patient
@@ -54,10 +53,10 @@ from middleware.pipeline.pages import (
     next_link,
     requested_count,
     skip_matches,
-    split_skip,
     take,
     with_skip,
 )
+from middleware.pipeline.paging import Page, Pager, Paging, cursor_of
 from middleware.pipeline.params import decode_params, encode_params
 from middleware.pipeline.subset import Subset, apply_subset_to_answer, split_subset
 from middleware.proxy.rewrite import Rebaser
@@ -74,26 +73,6 @@ _PAGED: Final = frozenset({"searchset", "history"})
 
 #: Loads the compiled consents of one patient (``Patient/<id>``).
 PolicySource = Callable[[str], Awaitable[tuple[Policy, ...]]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Page:
-    """Where a page of results comes from: what was fetched (a target relative to the
-    upstream base as the pipeline sent it, or an upstream paging link), and how many of its
-    matches earlier pages already released."""
-
-    sent: str
-    skip: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Paging:
-    """How this exchange issues cursors: the search path and the client's query (cursor
-    excluded) they are bound to."""
-
-    path: str
-    params: tuple[tuple[str, str], ...]
-    digest: bytes
 
 
 class Flow:
@@ -120,7 +99,12 @@ class Flow:
         mapper: Mapper | None = None,
     ) -> None:
         self._policies = policies
-        self.cursors = cursors
+        self.pager = Pager(
+            cursors,
+            gateway_base=rebaser.gateway_base,
+            upstream_base=rebaser.upstream_base,
+            wall_clock=wall_clock,
+        )
         self.guards = guards
         self.defaults = defaults
         self.rebaser = rebaser
@@ -204,10 +188,10 @@ class Flow:
         ask: Ask,
         up: Upstreamed,
         *,
-        paging: _Paging | None = None,
+        paging: Paging | None = None,
         subset: Subset | None = None,
         status: int | None = None,
-        page: _Page | None = None,
+        page: Page | None = None,
     ) -> Answer:
         """Judge and filter an upstream answer read for ``ask``'s caller (see the module
         docstring); the generic 404 when nothing of it may be released. ``page`` says where a
@@ -226,7 +210,9 @@ class Flow:
             # Cursors first: they seal the upstream URLs, before rebasing would change them.
             pager = paging
             rewrite_links(
-                document, lambda link: self._cursor_url(ask, pager, link), self_url=ask.self_url
+                document,
+                lambda link: self.pager.url(ask.caller, pager, link),
+                self_url=ask.self_url,
             )
         occurrences = self.rebaser.occurrences(up.raw)
         if occurrences:
@@ -257,8 +243,8 @@ class Flow:
         ask: Ask,
         up: Upstreamed,
         document: dict[str, Any],
-        paging: _Paging,
-        page: _Page,
+        paging: Paging,
+        page: Page,
         subset: Subset | None,
         status: int | None,
     ) -> Answer:
@@ -306,13 +292,17 @@ class Flow:
         if refilled:
             links = [{"relation": "self", "url": ask.self_url}]
             if resume:
-                links.append({"relation": "next", "url": self._cursor_url(ask, paging, resume)})
+                links.append(
+                    {"relation": "next", "url": self.pager.url(ask.caller, paging, resume)}
+                )
             document["link"] = links
         else:
             if original_links is not None:
                 document["link"] = original_links
             rewrite_links(
-                document, lambda link: self._cursor_url(ask, paging, link), self_url=ask.self_url
+                document,
+                lambda link: self.pager.url(ask.caller, paging, link),
+                self_url=ask.self_url,
             )
             if document.get("link"):
                 for link in document["link"]:
@@ -357,14 +347,14 @@ class Flow:
         params = decode_params(request.query)
         paging = page = None
         if request.interaction is Interaction.HISTORY_INSTANCE:
-            token = _cursor(params)
+            token = cursor_of(params)
             params = [(n, v) for n, v in params if n != CURSOR_PARAM]
-            paging = self._paging(request.path, params)
+            paging = self.pager.paging(request.path, params)
             if token is not None:
-                page = self._redeem(ask, token, paging)
+                page = self.pager.redeem(ask.caller, token, paging)
         subset, rest = split_subset(params)
         if page is None:
-            page = _Page(_target(request.path, rest))
+            page = Page(_target(request.path, rest))
         # Without the client's conditional headers: a 304 would confirm a hidden record.
         up = await ask.forward("GET", page.sent, headers=_accept(ask), client_headers=False)
         if up.status >= 400:
@@ -378,19 +368,19 @@ class Flow:
         if request.via_post:
             params += decode_params(ask.body)
         path = request.path.removesuffix("_search").rstrip("/")
-        token = _cursor(params)
+        token = cursor_of(params)
         client = [(n, v) for n, v in params if n != CURSOR_PARAM]
-        paging = self._paging(path, client)
+        paging = self.pager.paging(path, client)
         subset, rest = split_subset(client)
         check_search(rest, caller_kind=caller.context, sees_everything=False, policy=self.guards)
         _refuse_gateway_types(rest)
         if token is not None:
-            page = self._redeem(ask, token, paging)
+            page = self.pager.redeem(ask.caller, token, paging)
         else:
             target = _target(
                 path, self.map_search(ask, request.resource_type, self._narrow(ask, rest))
             )
-            page = _Page(target)
+            page = Page(target)
         up = await ask.forward("GET", page.sent, client_headers=False, headers=_accept(ask))
         if up.status >= 400:
             raise _failure(up, ask)
@@ -408,13 +398,13 @@ class Flow:
         params = decode_params(request.query)
         if request.method == "POST" and ask.body:
             raise BadRequest("$everything takes its parameters in the query string")
-        token = _cursor(params)
+        token = cursor_of(params)
         client = [(n, v) for n, v in params if n != CURSOR_PARAM]
-        paging = self._paging(request.path, client)
+        paging = self.pager.paging(request.path, client)
         if token is not None:
-            page = self._redeem(ask, token, paging)
+            page = self.pager.redeem(ask.caller, token, paging)
         else:
-            page = _Page(_target(request.path, client))
+            page = Page(_target(request.path, client))
         up = await ask.forward("GET", page.sent, client_headers=False, headers=_accept(ask))
         if up.status >= 400:
             raise _failure(up, ask)
@@ -448,42 +438,6 @@ class Flow:
         ask.trail.mapping = self.mapper.label
         return self.mapper.search(resource_type, params)
 
-    def _redeem(self, ask: Ask, token: str, paging: _Paging) -> _Page:
-        """The upstream page a cursor names (400 for anything but one of ours, issued to this
-        caller for this query, unexpired, naming the upstream)."""
-        sealed = self.cursors.redeem(
-            token,
-            principal=ask.caller.binding,
-            purpose=ask.caller.purpose_key,
-            query_digest=paging.digest,
-            now=self.wall_clock(),
-        )
-        link, skip = split_skip(sealed)
-        # Sealed by this gateway: an upstream link, or (for a page cut short on the first
-        # request) the relative target the gateway itself sent, in the client's ids.
-        if link.startswith(("http://", "https://")) and not self._on_upstream(link):
-            raise BadRequest("invalid or expired cursor")
-        return _Page(link, skip)
-
-    def _paging(self, path: str, params: Sequence[tuple[str, str]]) -> _Paging:
-        client = tuple(params)
-        return _Paging(path, client, query_digest(path, client))
-
-    def _cursor_url(self, ask: Ask, paging: _Paging, link: str) -> str:
-        token = self.cursors.issue(
-            link,
-            principal=ask.caller.binding,
-            purpose=ask.caller.purpose_key,
-            query_digest=paging.digest,
-            now=self.wall_clock(),
-        )
-        query = encode_params([*paging.params, (CURSOR_PARAM, token)])
-        return f"{self.gateway_base}/{paging.path}?{query}"
-
-    def _on_upstream(self, link: str) -> bool:
-        base = self.upstream_base
-        return link.startswith(base) and len(link) > len(base) and link[len(base)] in "/?"
-
 
 _TYPE_PARAMS: Final = frozenset({"_type", "_include", "_revinclude"})
 
@@ -498,13 +452,6 @@ def _refuse_gateway_types(params: Sequence[tuple[str, str]]) -> None:
         words = {w for part in value.split(",") for w in part.strip().split(":")}
         if words & GATEWAY_OWNED:
             raise Forbidden("these resources are served by the gateway's own API")
-
-
-def _cursor(params: Sequence[tuple[str, str]]) -> str | None:
-    tokens = [v for n, v in params if n == CURSOR_PARAM]
-    if len(tokens) > 1:
-        raise BadRequest("invalid or expired cursor")
-    return tokens[0] if tokens else None
 
 
 def _target(path: str, params: Sequence[tuple[str, str]]) -> str:
