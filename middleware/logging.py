@@ -46,6 +46,9 @@ ALLOWED_FIELDS = frozenset(
         "version",
         "scrubbed",
         "reason",
+        "toward",
+        "carried",
+        "lost",
     }
 )
 

@@ -24,6 +24,7 @@ from middleware.mapping.index import Index, InvalidMapSet, Irreversible, build
 from middleware.mapping.model import Operation, Relationship
 from middleware.mapping.paths import ElementPath
 from middleware.mapping.policy import BindingSpec, UnmappedPolicy, parse_binding
+from middleware.mapping.versions import Conversion, load_conversion, release_of
 
 __all__ = [
     "Binding",
@@ -83,8 +84,9 @@ class Binding:
 class Profile:
     """A validated profile with its ConceptMaps indexed; immutable, shared by every request.
 
-    ``conversion`` and ``patients`` are kept as read for the R4<->R5 converter and the
-    patient-id resolver, which validate them.
+    ``conversion`` is the R4 <-> R5 conversion (:mod:`.versions`), present when the client
+    and upstream versions differ or the profile configures one; ``patients`` is kept as read
+    for the id resolver (:mod:`.ids_table`), which validates it.
     """
 
     id: str
@@ -97,7 +99,7 @@ class Profile:
     identifiers: AliasTable
     elements: Mapping[str, tuple[tuple[Binding, ElementPath], ...]]
     search: Mapping[str, Mapping[str, tuple[Binding, ...]]]
-    conversion: Mapping[str, Any]
+    conversion: Conversion | None
     patients: Mapping[str, Any]
     golden: str | None
     warnings: tuple[str, ...]
@@ -133,9 +135,16 @@ def build_profile(raw: Any, *, name: str, read: Reader) -> Profile:
         problems.append("search: may only hold 'modifiers'")
     if modifiers not in ("pass", "reject"):
         problems.append(f"search.modifiers: {modifiers!r} is not 'pass' or 'reject'")
-    for key in ("conversion", "patients"):
-        if not isinstance(raw.get(key, {}), Mapping):
-            problems.append(f"{key}: must be an object (reserved for the {key} settings)")
+    if not isinstance(raw.get("patients", {}), Mapping):
+        problems.append("patients: must be an object (the id resolver settings)")
+    conversion: Conversion | None = None
+    section = raw.get("conversion", {})
+    client, upstream = release_of(str(fhir.get("client"))), release_of(str(fhir.get("upstream")))
+    if section or (client and upstream and client != upstream):
+        try:
+            conversion = load_conversion(section, read)
+        except SettingsError as exc:
+            problems.append(str(exc))
     for key in ("golden", "identifiers"):
         if not isinstance(raw.get(key, ""), str):
             problems.append(f"{key}: must be a path below the mappings folder")
@@ -164,7 +173,7 @@ def build_profile(raw: Any, *, name: str, read: Reader) -> Profile:
         identifiers=aliases,
         elements=_by_type(bindings),
         search=_search_by_type(bindings),
-        conversion=MappingProxyType(dict(raw.get("conversion", {}))),
+        conversion=conversion,
         patients=MappingProxyType(dict(raw.get("patients", {}))),
         golden=raw.get("golden") or None,
         warnings=tuple(f"{name}: {item}" for b in bindings for item in b.irreversible),

@@ -14,6 +14,13 @@ Where it sits (architecture: classify, identify, decide, forward, filter, **map*
   released resource gets its translated codings added beside the source ones, marked, and
   its identifier systems renamed (:func:`~middleware.mapping.map_response`).
 
+When the client and the upstream speak different FHIR versions (the profile's
+``conversion``), answers are converted after the code mapping, upstream version to client
+version, and writes before it, client version to upstream version
+(:func:`~middleware.mapping.versions.convert_document`): consent is still decided on the
+upstream's version. What a conversion carries or loses is counted in the operational log (no
+values); a loss the profile refuses is a 422 for a write and a 502 for an answer.
+
 Pure: no I/O; the profile was loaded and validated at start.
 """
 
@@ -23,9 +30,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from middleware.errors import UnprocessableEntity, UpstreamError
+from middleware.logging import get_logger
 from middleware.mapping import Profile, map_response, map_search, prepare_write
+from middleware.mapping.versions import convert_document, release_of
 
 __all__ = ["Mapper"]
+
+_log = get_logger("consentry.mapping")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +62,50 @@ class Mapper:
 
     def write(self, resource: Any) -> Any:
         """The client's resource as the upstream should store it."""
+        conversion = self.profile.conversion
+        if conversion is not None and isinstance(resource, dict):
+            resource = self._convert(
+                resource, toward="upstream", refuse=conversion.refuse_on_loss("write")
+            )
         return prepare_write(resource, self.profile).resource
 
     def answer(self, document: Any) -> Any:
         """A released answer (resource or Bundle) as the client should see it; the same
         object when nothing changed."""
-        return map_response(document, self.profile).resource
+        mapped = map_response(document, self.profile).resource
+        conversion = self.profile.conversion
+        if conversion is None or not isinstance(mapped, dict):
+            return mapped
+        try:
+            return self._convert(
+                mapped, toward="client", refuse=conversion.refuse_on_loss("response")
+            )
+        except UnprocessableEntity as exc:
+            # Not the client's fault: the upstream's record cannot be shown in its version.
+            raise UpstreamError("the upstream's answer cannot be converted without loss") from exc
+
+    def _convert(self, document: dict[str, Any], *, toward: str, refuse: bool) -> Any:
+        conversion = self.profile.conversion
+        assert conversion is not None  # callers check
+        client = release_of(self.profile.client_version)
+        upstream = release_of(self.profile.upstream_version)
+        assert client is not None  # validated at load
+        assert upstream is not None
+        source, target = (client, upstream) if toward == "upstream" else (upstream, client)
+        converted = convert_document(
+            document,
+            source=source,
+            target=target,
+            rules=conversion.rules,
+            refuse_on_loss=refuse,
+            status="raise" if toward == "upstream" else "report",
+        )
+        if converted.losses:
+            lost = len(converted.lost)
+            _log.info(
+                "version conversion", toward=toward, carried=len(converted.losses) - lost, lost=lost
+            )
+        return converted.resource
 
     def entries(self, entries: Sequence[Any]) -> list[Any]:
         """Bundle entries whose resources are mapped for the client."""

@@ -22,6 +22,7 @@ from tests.app.consenting import ledger_entries
 PROFILE = Path(__file__).resolve().parents[2] / "mappings" / "profiles" / "hospital-a.json"
 LOCAL = "http://hospital-a.example/CodeSystem/lab"
 LOINC = "http://loinc.org"
+FHIR_JSON = {"content-type": "application/fhir+json"}
 
 
 def potassium(**extra: Any) -> dict[str, Any]:
@@ -164,3 +165,56 @@ async def test_gateway_without_a_profile_adds_nothing(
         answer = await app_client.get("/fhir/Observation/obs-k-1")
     assert answer.content == POTASSIUM_RAW.encode()
     assert "x-consentry-mapping" not in answer.headers
+
+
+# --- an R5 client in front of an R4 server ------------------------------------------------------
+
+R5_PROFILE = PROFILE.parent / "r5-client-r4-server.json"
+R4_ENCOUNTER = {
+    "resourceType": "Encounter",
+    "id": "e-1",
+    "meta": {"versionId": "1"},
+    "status": "in-progress",
+    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"},
+    "subject": {"reference": "Patient/p-9"},
+    "period": {"start": "2024-03-01T08:00:00Z"},
+}
+
+
+async def test_an_r5_client_reads_and_writes_an_r4_upstream(
+    make_client: Any, router: respx.Router
+) -> None:
+    router.get("/Encounter/e-1").respond(200, json=R4_ENCOUNTER, headers=FHIR_JSON)
+    put = router.put("/Encounter/e-1").respond(200, json=R4_ENCOUNTER, headers=FHIR_JSON)
+    async with make_client(mapping_profile=str(R5_PROFILE)) as c:
+        read = (await c.get("/fhir/Encounter/e-1")).json()
+        # R5 shapes: class is a list of CodeableConcepts, period is actualPeriod.
+        assert read["class"][0]["coding"][0]["code"] == "EMER"
+        assert read["actualPeriod"] == {"start": "2024-03-01T08:00:00Z"}
+        assert "period" not in read
+        written = await c.put(
+            "/fhir/Encounter/e-1", json={**read, "status": "completed"}, headers=FHIR_JSON
+        )
+    assert written.status_code == 200, written.text
+    sent = json.loads(put.calls.last.request.content)
+    assert sent["class"] == R4_ENCOUNTER["class"]  # back to an R4 Coding
+    assert sent["period"] == {"start": "2024-03-01T08:00:00Z"}
+    assert sent["status"] == "finished"  # R5 completed is R4 finished
+    assert "actualPeriod" not in sent
+
+
+async def test_an_r5_write_with_a_status_r4_cannot_hold_is_refused(
+    make_client: Any, router: respx.Router
+) -> None:
+    put = router.put("/Encounter/e-1").respond(200, json=R4_ENCOUNTER, headers=FHIR_JSON)
+    router.get("/Encounter/e-1").respond(200, json=R4_ENCOUNTER, headers=FHIR_JSON)
+    body = {
+        "resourceType": "Encounter",
+        "id": "e-1",
+        "status": "not-a-status",
+        "subject": {"reference": "Patient/p-9"},
+    }
+    async with make_client(mapping_profile=str(R5_PROFILE)) as c:
+        answer = await c.put("/fhir/Encounter/e-1", json=body, headers=FHIR_JSON)
+    assert answer.status_code == 422
+    assert not put.called

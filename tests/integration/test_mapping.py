@@ -120,3 +120,52 @@ def test_a_write_back_leaves_the_upstream_clean(
         for coding in stored["code"]["coding"]
         for ext in coding.get("extension", [])
     )
+
+
+# --- an R5 client in front of the R4 upstream -----------------------------------------------------
+
+R5_PROFILE = PROFILE.parent / "r5-client-r4-server.json"
+
+
+@pytest.fixture(scope="module")
+def r5_gateway(upstream: UpstreamServer) -> Iterator[GatewayServer]:
+    with GatewayServer(
+        upstream.base_url,
+        consent_jurisdiction="opt-out",
+        settings={"mapping_profile": str(R5_PROFILE)},
+    ) as server:
+        yield server
+
+
+def test_an_r5_client_reads_and_writes_the_r4_upstream(
+    r5_gateway: GatewayServer, upstream: UpstreamServer, records: dict[str, str]
+) -> None:
+    """An Encounter stored by the R4 upstream reads as R5 (``class`` a list of concepts,
+    ``actualPeriod``), and the R5 client's update is stored as R4 again."""
+    with httpx.Client(headers=FHIR_JSON, timeout=30.0) as direct:
+        stored = direct.post(
+            f"{upstream.base_url}/Encounter",
+            json={
+                "resourceType": "Encounter",
+                "status": "in-progress",
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "AMB",
+                },
+                "subject": {"reference": f"Patient/{records['patient']}"},
+                "period": {"start": "2024-03-01T08:00:00Z"},
+            },
+        ).json()
+    url = f"{r5_gateway.base_url}/Encounter/{stored['id']}"
+    with client(r5_gateway) as c:
+        read: Any = c.get(url).json()
+        assert read["class"][0]["coding"][0]["code"] == "AMB"
+        assert read["actualPeriod"]["start"] == "2024-03-01T08:00:00Z"
+        written = c.put(url, json={**read, "status": "completed"})
+    assert written.status_code == 200, written.text
+    assert written.json()["status"] == "completed"  # the answer is R5 again
+    again = httpx.get(f"{upstream.base_url}/Encounter/{stored['id']}", headers=FHIR_JSON).json()
+    assert again["status"] == "finished"
+    assert again["class"]["code"] == "AMB"
+    assert again["period"]["start"].startswith("2024-03-01T08:00:00")
+    assert "actualPeriod" not in again
