@@ -36,6 +36,7 @@ from middleware.mapping import map_response
 from middleware.mapping.ids import OpaqueResolver
 from middleware.mapping.loader import load_profile
 from middleware.mapping.references import ReferenceRewriter
+from middleware.mapping.versions import convert_document
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 RESULTS: Final = Path(__file__).parent / "results" / "mapping.json"
@@ -78,8 +79,18 @@ def timed(fn: Callable[[], Any], rounds: int) -> tuple[float, float]:
 
 
 def converter() -> Callable[[Any], Any] | None:
-    """R4 -> R5 conversion of a document, when the converter is available."""
-    return None  # wired once the R4 <-> R5 converter lands
+    """R4 -> R5 conversion of a document with the rules the r5-client-r4-server profile
+    loads."""
+    profile = load_profile(ROOT / "mappings" / "profiles" / "r5-client-r4-server.json")
+    conversion = profile.conversion
+    if conversion is None:
+        return None
+    rules = conversion.rules
+
+    def run(document: Any) -> Any:
+        return convert_document(document, source="R4", target="R5", rules=rules).resource
+
+    return run
 
 
 def main() -> None:

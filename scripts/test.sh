@@ -13,4 +13,5 @@ echo "== ruff check";          ruff check .
 echo "== ruff format --check"; ruff format --check .
 echo "== mypy --strict";       mypy --strict
 echo "== import contracts";    lint-imports
+echo "== mappings check";      consentry mappings check
 echo "== pytest";              python3 -m pytest "$@"
