@@ -104,6 +104,7 @@ def parse_consent(
     if fhir_version is None:
         raise InvalidConsent(problems)
     problems.extend(structure_problems(raw, fhir_version))
+    problems.extend(_modifier_extensions(raw, "Consent", 0))
     builder = _Builder(fhir_version)
     policy = builder.policy(raw, ledger_index)
     for problem in builder.problems:
@@ -112,6 +113,25 @@ def parse_consent(
     if problems or policy is None:
         raise InvalidConsent(problems)
     return policy
+
+
+def _modifier_extensions(node: object, path: str, depth: int) -> list[str]:
+    """Every ``modifierExtension`` in the Consent: the engine knows none, and FHIR forbids
+    ignoring a modifier one does not understand (R4 extensibility.html#modifierExtension): it
+    may reverse what the element means, so the Consent is refused rather than misread."""
+    if depth > 64:
+        return []
+    found: list[str] = []
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            if key == "modifierExtension":
+                found.append(f"{path}.modifierExtension: not understood by this server")
+            elif isinstance(value, Mapping | list):
+                found += _modifier_extensions(value, f"{path}.{key}", depth + 1)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            found += _modifier_extensions(item, f"{path}[{i}]", depth + 1)
+    return found
 
 
 def _flip(effect: Effect) -> Effect:

@@ -286,3 +286,17 @@ def test_r5_policy_period() -> None:
     assert parsed.period is not None
     assert parsed.period.end is None
     assert parsed.period == Period(start=parsed.period.start)
+
+
+@pytest.mark.parametrize("version", ["R4", "R5"])
+def test_a_modifier_extension_is_refused_not_ignored(version: str) -> None:
+    """A modifier extension can reverse what its element means (a provision that "does not
+    apply", a negated actor); reading the Consent without it could permit what the patient
+    denied, so it is refused (FHIR R4 extensibility.html#modifierExtension)."""
+    raw = consent(version, "deny", rule(purpose=["TREAT"]))
+    provision = raw["provision"] if version == "R4" else raw["provision"][0]
+    nested = provision["provision"][0] if version == "R4" else provision
+    nested["modifierExtension"] = [{"url": "http://example.org/negated", "valueBoolean": True}]
+    with pytest.raises(InvalidConsent) as caught:
+        parse_consent(raw)
+    assert any("modifierExtension" in issue for issue in caught.value.issues)
