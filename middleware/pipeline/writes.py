@@ -30,6 +30,7 @@ from middleware.errors import (
     BadRequest,
     Forbidden,
     GatewayError,
+    NotFound,
     PreconditionFailed,
     UnsupportedMediaType,
     UpstreamError,
@@ -319,9 +320,15 @@ class Writes:
             None,
             "OperationOutcome",
         ):
-            answer = await self.flow.release(ask, up)
-            answer.headers = passed
-            return answer
+            try:
+                answer = await self.flow.release(ask, up)
+            except NotFound:
+                # Written, but not readable by this caller (a create-only scope, a consent
+                # that allows collecting but not access): the outcome without the body.
+                pass
+            else:
+                answer.headers = passed
+                return answer
         return Answer(up.status, [(k, v) for k, v in passed if k != "content-type"])
 
 
