@@ -44,7 +44,7 @@ import httpx
 
 from bench import loadgen
 from bench.loadgen import LoadResult
-from bench.proxy import Loader, cpu_seconds, find_wrk, wrk_loader
+from bench.proxy import Loader, cpu_seconds, find_wrk, markdown, wrk_loader
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.testing import GatewayServer, PeerError, UpstreamServer, load_carebundle
 
@@ -294,15 +294,6 @@ _COLUMNS: Final = [
 ]
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| " + " | ".join(title for _, title in _COLUMNS) + " |",
-        "|" + "---|" * len(_COLUMNS),
-    ]
-    lines += ["| " + " | ".join(str(r[key]) for key, _ in _COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each goal with the measured values it is judged on and whether all of them meet it
     (``met`` is None when no point measured it, e.g. without ``16`` in ``--connections``)."""
@@ -428,7 +419,7 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"\nload: {generator}, {args.duration:g} s per point, {os.cpu_count()} CPUs\n")
-    print(markdown(rows))
+    print(markdown(rows, _COLUMNS))
     print("\nGoals:")
     for goal in judged:
         values = ", ".join(f"{k}: {v}" for k, v in goal["values"].items())

@@ -24,7 +24,7 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,12 +155,13 @@ _COLUMNS = [
 ]
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]] = _COLUMNS) -> str:
+    """``rows`` as a Markdown table of ``columns`` (row key, column title)."""
     lines = [
-        "| " + " | ".join(title for _, title in _COLUMNS) + " |",
-        "|" + "---|" * len(_COLUMNS),
+        "| " + " | ".join(title for _, title in columns) + " |",
+        "|" + "---|" * len(columns),
     ]
-    lines += ["| " + " | ".join(str(r[key]) for key, _ in _COLUMNS) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r[key]) for key, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
