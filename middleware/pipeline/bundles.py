@@ -212,7 +212,7 @@ class Bundles:
             created = _local(entry["resource"], new, entry.get("fullUrl"))
             await self._allow(sub, created, ACTION_COLLECT)
             return
-        current = await self.writes._target(sub)
+        current = await self.writes.current(sub)
         if request.interaction is Interaction.UPDATE:
             body = _local(entry.get("resource"), new)
             await self._allow(sub, body, ACTION_COLLECT if current is None else ACTION_CORRECT)

@@ -102,7 +102,7 @@ class Writes:
         check_interaction(ask.caller, ask.request)
         if interaction is Interaction.CREATE:
             return await self._create(ask)
-        current = await self._target(ask)
+        current = await self.current(ask)
         if interaction is Interaction.UPDATE:
             return await self._update(ask, current)
         if interaction is Interaction.PATCH:
@@ -211,7 +211,7 @@ class Writes:
 
     # -- steps -------------------------------------------------------------------------------
 
-    async def _target(self, ask: Ask) -> dict[str, Any] | None:
+    async def current(self, ask: Ask) -> dict[str, Any] | None:
         """The current version of the write's target, checked visible and writable by the
         caller (``correct``); None when it does not exist (404/410). A hidden target raises
         the generic 404 (412 for a conditional write, as for several matches)."""
