@@ -261,7 +261,10 @@ def _consent_service(
         ledger,
         open_consents,
         admin_role=settings.consent_admin_role,
-        defaults=Defaults(jurisdiction=jurisdiction),
+        defaults=Defaults(
+            jurisdiction=jurisdiction,
+            uncovered="redact" if settings.consent_uncovered_labels == "redact" else "deny",
+        ),
         base_url=settings.gateway_base_url,
         receipt_base=f"{public.scheme}://{public.netloc}{root}",
         wall_clock=wall_clock,

@@ -18,7 +18,12 @@ from middleware.consent.fhirtime import bounds
 from middleware.consent.model import Coding, normalize_reference
 from middleware.consent.request import ResourceSummary
 
-__all__ = ["summarize"]
+__all__ = ["INLINE_LABEL_URL", "summarize"]
+
+#: HL7 DS4P inline security label extension (labels an element, not the whole resource).
+INLINE_LABEL_URL: Final = (
+    "http://hl7.org/fhir/uv/security-label-ds4p/StructureDefinition/extension-inline-sec-label"
+)
 
 _CODE_ELEMENTS: Final = (
     "code",
@@ -59,7 +64,10 @@ def summarize(
     resource_id = resource.get("id")
     meta = resource.get("meta")
     meta = meta if isinstance(meta, Mapping) else {}
-    refs = frozenset(normalize_reference(r) for r in _references(resource))
+    found_refs: list[str] = []
+    inline: list[Coding] = []
+    _walk(resource, found_refs, inline)
+    refs = frozenset(normalize_reference(r) for r in found_refs)
     if patients is None:
         found = {
             r
@@ -75,7 +83,7 @@ def summarize(
         id=resource_id if isinstance(resource_id, str) else None,
         patients=frozenset(patients),
         codes=frozenset(coding for key in _CODE_ELEMENTS for coding in _codings(resource.get(key))),
-        security_labels=frozenset(_codings(meta.get("security"))),
+        security_labels=frozenset((*_codings(meta.get("security")), *inline)),
         profiles=frozenset(p for p in meta.get("profile", ()) if isinstance(p, str)),
         clinical_date=_clinical_date(resource),
         authors=frozenset(r for key in _AUTHOR_ELEMENTS for r in _refs_of(resource.get(key))),
@@ -103,19 +111,24 @@ def _refs_of(value: object) -> Iterator[str]:
             yield normalize_reference(item["reference"])
 
 
-def _references(value: object) -> Iterator[str]:
+def _walk(value: object, references: list[str], inline: list[Coding]) -> None:
+    """Collect the literal references and the DS4P inline security labels (extension
+    ``extension-inline-sec-label`` on any element: the element is as sensitive as its label,
+    so a permit must cover it too) of one resource, contained resources excluded."""
     # ``dict`` rather than ``Mapping``: this walks every node of every resource, and decoded
     # JSON is made of dicts; an ABC isinstance check costs several times a concrete one.
     if isinstance(value, dict):
+        if value.get("url") == INLINE_LABEL_URL:
+            inline.extend(_codings(value.get("valueCoding")))
         for key, item in value.items():
             if key == "reference" and isinstance(item, str):
-                yield item
+                references.append(item)
             elif key != "contained" and isinstance(item, dict | list):
-                yield from _references(item)
+                _walk(item, references, inline)
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, dict | list):
-                yield from _references(item)
+                _walk(item, references, inline)
 
 
 def _clinical_date(resource: Mapping[str, Any]) -> datetime | None:

@@ -37,12 +37,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from middleware.consent.summary import INLINE_LABEL_URL
+
 __all__ = ["INLINE_LABEL_URL", "MAX_DEPTH", "REDACTED", "redact"]
 
-#: The DS4P inline security label extension (valueCoding).
-INLINE_LABEL_URL: Final = (
-    "http://hl7.org/fhir/uv/security-label-ds4p/StructureDefinition/extension-inline-sec-label"
-)
 #: The label added to ``meta.security`` of a resource something was removed from.
 REDACTED: Final = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "REDACTED")
 #: The deepest JSON nesting :func:`redact` reads; deeper resources are withheld.

@@ -1,0 +1,80 @@
+"""Sensitive data through the gateway (DS4P security labels): a permit that does not name a
+sensitivity label does not release what carries it, as a whole resource or as an element."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import respx
+
+from middleware.consent.summary import INLINE_LABEL_URL
+
+FHIR = {"content-type": "application/fhir+json"}
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+PSY = {"system": ACT_CODE, "code": "PSY"}
+
+
+def observation(**extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": "o-1",
+        "status": "final",
+        "code": {"text": "assessment"},
+        "subject": {"reference": "Patient/p-1"},
+        **extra,
+    }
+
+
+LABELLED_NOTE = observation(
+    note=[
+        {"text": "routine"},
+        {
+            "text": "psychiatric history",
+            "extension": [{"url": INLINE_LABEL_URL, "valueCoding": PSY}],
+        },
+    ]
+)
+
+
+@pytest.mark.parametrize("mode", ["deny", "redact"])
+async def test_a_resource_labelled_sensitive_is_withheld(
+    make_client: Any, router: respx.Router, mode: str
+) -> None:
+    """No consent names PSY (opt-out default permit): the labelled resource is not released,
+    whether uncovered labels deny or redact (redacting a resource-level label is the whole
+    resource)."""
+    router.get("/Observation/o-1").respond(
+        200, json=observation(meta={"security": [PSY]}), headers=FHIR
+    )
+    async with make_client(consent_uncovered_labels=mode) as client:
+        answer = await client.get("/fhir/Observation/o-1")
+    assert answer.status_code == 404
+
+
+async def test_redact_removes_the_labelled_element_and_marks_the_resource(
+    make_client: Any, router: respx.Router
+) -> None:
+    router.get("/Observation/o-1").respond(200, json=LABELLED_NOTE, headers=FHIR)
+    async with make_client(consent_uncovered_labels="redact") as client:
+        answer = await client.get("/fhir/Observation/o-1")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["note"] == [{"text": "routine"}]
+    assert "psychiatric" not in answer.text
+    assert {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+        "code": "REDACTED",
+    } in body["meta"]["security"]
+
+
+async def test_deny_withholds_a_resource_with_a_labelled_element(
+    make_client: Any, router: respx.Router
+) -> None:
+    """An element labelled inline makes its resource as sensitive as the label: without the
+    redact mode the whole resource is withheld, never released with the element in it."""
+    router.get("/Observation/o-1").respond(200, json=LABELLED_NOTE, headers=FHIR)
+    async with make_client() as client:
+        answer = await client.get("/fhir/Observation/o-1")
+    assert answer.status_code == 404
+    assert "psychiatric" not in answer.text
