@@ -20,6 +20,8 @@ from middleware.consent.request import ResourceSummary
 
 __all__ = ["INLINE_LABEL_URL", "summarize"]
 
+#: What the walk descends into (a tuple, not ``dict | list``: this runs on every node).
+_NODES: Final = (dict, list)
 #: HL7 DS4P inline security label extension (labels an element, not the whole resource).
 INLINE_LABEL_URL: Final = (
     "http://hl7.org/fhir/uv/security-label-ds4p/StructureDefinition/extension-inline-sec-label"
@@ -63,7 +65,7 @@ def summarize(
     resource_type = str(resource.get("resourceType", ""))
     resource_id = resource.get("id")
     meta = resource.get("meta")
-    meta = meta if isinstance(meta, Mapping) else {}
+    meta = meta if isinstance(meta, dict) else {}
     found_refs: list[str] = []
     inline: list[Coding] = []
     _walk(resource, found_refs, inline)
@@ -95,11 +97,11 @@ def summarize(
 def _codings(value: object) -> Iterator[Coding]:
     """Codings of a Coding, a CodeableConcept, or a list of either."""
     for item in value if isinstance(value, list) else (value,):
-        if not isinstance(item, Mapping):
+        if not isinstance(item, dict):
             continue
         inner = item.get("coding")
         for coding in inner if isinstance(inner, list) else (item,):
-            if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
+            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
                 system = coding.get("system")
                 yield (system if isinstance(system, str) else ""), coding["code"]
 
@@ -107,7 +109,7 @@ def _codings(value: object) -> Iterator[Coding]:
 def _refs_of(value: object) -> Iterator[str]:
     """Normalised literal references of a Reference or a list of References."""
     for item in value if isinstance(value, list) else (value,):
-        if isinstance(item, Mapping) and isinstance(item.get("reference"), str):
+        if isinstance(item, dict) and isinstance(item.get("reference"), str):
             yield normalize_reference(item["reference"])
 
 
@@ -123,11 +125,11 @@ def _walk(value: object, references: list[str], inline: list[Coding]) -> None:
         for key, item in value.items():
             if key == "reference" and isinstance(item, str):
                 references.append(item)
-            elif key != "contained" and isinstance(item, dict | list):
+            elif key != "contained" and isinstance(item, _NODES):
                 _walk(item, references, inline)
     elif isinstance(value, list):
         for item in value:
-            if isinstance(item, dict | list):
+            if isinstance(item, _NODES):
                 _walk(item, references, inline)
 
 
@@ -135,7 +137,7 @@ def _clinical_date(resource: Mapping[str, Any]) -> datetime | None:
     for key, part in _DATE_ELEMENTS:
         value = resource.get(key)
         if part is not None:
-            value = value.get(part) if isinstance(value, Mapping) else None
+            value = value.get(part) if isinstance(value, dict) else None
         if isinstance(value, str) and (interval := bounds(value)) is not None:
             return interval[0]
     return None

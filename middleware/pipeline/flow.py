@@ -37,6 +37,7 @@ from typing import Any, Final
 from middleware.consent.decide import Defaults
 from middleware.consent.model import Coding, Policy
 from middleware.errors import BadRequest, Forbidden, GatewayError, UpstreamError
+from middleware.fhir.compartment import PatientRefs
 from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
 from middleware.fhir.request import Interaction, Level
 from middleware.pipeline.breakglass import BreakGlass, forbids_break_glass
@@ -143,7 +144,8 @@ class Flow:
 
     async def judge(self, caller: Caller, action: Coding, document: Any, trail: Trail) -> Judge:
         """A :class:`Judge` for ``document`` with the consents of every patient it touches."""
-        patients = patients_in(document, base_urls=self.base_urls)
+        seen: dict[int, PatientRefs] = {}
+        patients = patients_in(document, base_urls=self.base_urls, seen=seen)
         policies = {patient: await self._policies(patient) for patient in sorted(patients)}
         seconds = self.wall_clock()
         now = datetime.fromtimestamp(seconds, UTC)
@@ -159,6 +161,7 @@ class Flow:
                 caller, action=action, policies=policies, trail=trail, seconds=seconds, now=now
             ),
             trail=trail,
+            seen=seen,
         )
 
     def _override(

@@ -125,12 +125,18 @@ class Trail:
             self.decisions[patient] = decision
 
 
-def patients_in(document: Any, *, base_urls: Sequence[str]) -> set[str]:
+def patients_in(
+    document: Any, *, base_urls: Sequence[str], seen: dict[int, PatientRefs] | None = None
+) -> set[str]:
     """``Patient/<id>`` of every patient compartment a resource of ``document`` (an answer,
-    or a request body) is in, through Bundles and contained resources."""
+    or a request body) is in, through Bundles and contained resources. ``seen`` collects each
+    resource's compartment by object identity, for a :class:`Judge` of the same document."""
     found: set[str] = set()
     for resource in _resources(document, 0):
-        found |= compartment_of(resource, base_urls=base_urls).references
+        refs = compartment_of(resource, base_urls=base_urls)
+        if seen is not None:
+            seen[id(resource)] = refs
+        found |= refs.references
     return found
 
 
@@ -165,6 +171,9 @@ class Judge:
     allow_unknown: bool = False
     override: frozenset[str] = frozenset()
     trail: Trail = field(default_factory=Trail)
+    #: Compartments :func:`patients_in` already found, by resource identity (the document
+    #: stays alive while it is judged, so identities cannot be reused meanwhile).
+    seen: dict[int, PatientRefs] = field(default_factory=dict)
 
     def allowed(self, resource: Mapping[str, Any]) -> bool:
         """The verdict on one resource; a permitted resource carrying labels its permits do
@@ -172,7 +181,7 @@ class Judge:
         labelled). Use as :func:`~middleware.pipeline.filter.filter_answer`'s verdict."""
         if resource.get("resourceType") in GATEWAY_OWNED or not self.caller.may_see(resource):
             return self._withhold()
-        refs = compartment_of(resource, base_urls=self.base_urls)
+        refs = self.seen.get(id(resource)) or compartment_of(resource, base_urls=self.base_urls)
         labels = self.rule(resource, refs)
         if labels is None:
             return self._withhold()
