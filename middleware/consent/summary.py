@@ -60,15 +60,22 @@ def summarize(
     *,
     patients: Iterable[str] | None = None,
     referenced_by: Iterable[str] = (),
+    walk: bool = True,
 ) -> ResourceSummary:
-    """Summarise ``resource`` for :func:`~middleware.consent.decide.decide`. Pure."""
+    """Summarise ``resource`` for :func:`~middleware.consent.decide.decide`. Pure.
+
+    ``walk=False`` skips the walk over every element that collects ``references`` and inline
+    security labels: for a caller that knows the resource holds no inline label and that no
+    consent it decides against reads ``references`` (``provision.data`` meaning dependents).
+    """
     resource_type = str(resource.get("resourceType", ""))
     resource_id = resource.get("id")
     meta = resource.get("meta")
     meta = meta if isinstance(meta, dict) else {}
     found_refs: list[str] = []
     inline: list[Coding] = []
-    _walk(resource, found_refs, inline)
+    if walk:
+        _walk(resource, found_refs, inline)
     refs = frozenset(normalize_reference(r) for r in found_refs)
     if patients is None:
         found = {

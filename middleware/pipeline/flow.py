@@ -46,7 +46,7 @@ from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec, rewrite_links
 from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, upstream_failure
 from middleware.pipeline.filter import filter_answer
 from middleware.pipeline.guards import GuardPolicy, check_search, pin_patient
-from middleware.pipeline.judge import GATEWAY_OWNED, Judge, Trail, patients_in
+from middleware.pipeline.judge import GATEWAY_OWNED, Judge, Trail, needs_walk, patients_in
 from middleware.pipeline.mapper import Mapper
 from middleware.pipeline.pages import (
     MAX_REFILL_PAGES,
@@ -142,8 +142,16 @@ class Flow:
 
     # -- judging -----------------------------------------------------------------------------
 
-    async def judge(self, caller: Caller, action: Coding, document: Any, trail: Trail) -> Judge:
-        """A :class:`Judge` for ``document`` with the consents of every patient it touches."""
+    async def judge(
+        self,
+        caller: Caller,
+        action: Coding,
+        document: Any,
+        trail: Trail,
+        raw: bytes | None = None,
+    ) -> Judge:
+        """A :class:`Judge` for ``document`` (``raw``: its bytes as received, when known) with
+        the consents of every patient it touches."""
         seen: dict[int, PatientRefs] = {}
         patients = patients_in(document, base_urls=self.base_urls, seen=seen)
         policies = {patient: await self._policies(patient) for patient in sorted(patients)}
@@ -162,6 +170,7 @@ class Flow:
             ),
             trail=trail,
             seen=seen,
+            walk=needs_walk(raw, policies.values()),
         )
 
     def _override(
@@ -220,7 +229,7 @@ class Flow:
         occurrences = self.rebaser.occurrences(up.raw)
         if occurrences:
             self.rebaser.rewrite(document, occurrences)
-        judge = await self.judge(ask.caller, ACTION_ACCESS, document, ask.trail)
+        judge = await self.judge(ask.caller, ACTION_ACCESS, document, ask.trail, up.raw)
         redacted = ask.trail.redacted
         released, _stats = filter_answer(document, judge.allowed)
         if released is None:
@@ -329,7 +338,7 @@ class Flow:
         occurrences = self.rebaser.occurrences(up.raw)
         if occurrences:
             self.rebaser.rewrite(document, occurrences)
-        judge = await self.judge(ask.caller, ACTION_ACCESS, document, ask.trail)
+        judge = await self.judge(ask.caller, ACTION_ACCESS, document, ask.trail, up.raw)
         released, _stats = filter_answer(document, judge.allowed)
         if released is None:
             return [], size, following

@@ -25,21 +25,22 @@ decided, which had data released, which resources were released.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
 from middleware.consent.decide import Decision, Defaults, decide
-from middleware.consent.model import Coding, Policy
-from middleware.consent.summary import summarize
+from middleware.consent.model import Coding, Policy, Provision
+from middleware.consent.summary import INLINE_LABEL_URL, summarize
 from middleware.fhir.compartment import Kind, PatientRefs, patients_of
 from middleware.pipeline.caller import Caller
 from middleware.pipeline.redact import redact
 
-__all__ = ["GATEWAY_OWNED", "Judge", "Trail", "compartment_of", "patients_in"]
+__all__ = ["GATEWAY_OWNED", "Judge", "Trail", "compartment_of", "needs_walk", "patients_in"]
 
 _MAX_DEPTH: Final = 16
+_INLINE_MARK: Final = INLINE_LABEL_URL.rsplit("/", 1)[1].encode()
 #: Resource types the gateway itself owns (the patient consent API): an upstream's copies are
 #: never released through the proxy.
 GATEWAY_OWNED: Final = frozenset({"Consent"})
@@ -125,6 +126,24 @@ class Trail:
             self.decisions[patient] = decision
 
 
+def needs_walk(raw: bytes | None, policies: Iterable[Sequence[Policy]]) -> bool:
+    """Whether resource summaries must walk every element: unless the answer's bytes show no
+    DS4P inline label could be in it and no consent reads the references a resource makes
+    (``provision.data`` meaning dependents), the walk is skipped (it was half of a search's
+    CPU). Without the bytes (a write's body, already parsed), always. The bytes are searched
+    for the URL's last segment (JSON may escape its slashes) and for any ``\\u`` escape (which
+    could spell it otherwise): either means walk."""
+    if raw is None or _INLINE_MARK in raw or b"\\u" in raw:
+        return True
+    return any(_reads_references(policy.root) for group in policies for policy in group)
+
+
+def _reads_references(provision: Provision) -> bool:
+    return bool(provision.data_dependents) or any(
+        _reads_references(child) for child in provision.children
+    )
+
+
 def patients_in(
     document: Any, *, base_urls: Sequence[str], seen: dict[int, PatientRefs] | None = None
 ) -> set[str]:
@@ -174,6 +193,8 @@ class Judge:
     #: Compartments :func:`patients_in` already found, by resource identity (the document
     #: stays alive while it is judged, so identities cannot be reused meanwhile).
     seen: dict[int, PatientRefs] = field(default_factory=dict)
+    #: Whether summaries walk every element (see :func:`needs_walk`).
+    walk: bool = True
 
     def allowed(self, resource: Mapping[str, Any]) -> bool:
         """The verdict on one resource; a permitted resource carrying labels its permits do
@@ -216,7 +237,7 @@ class Judge:
         summary = None
         for patient in sorted(patients - {own} if own else patients):
             if summary is None:
-                summary = summarize(resource, patients=patients)
+                summary = summarize(resource, patients=patients, walk=self.walk)
             decision = decide(
                 self.caller.principal,
                 self.action,

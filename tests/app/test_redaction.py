@@ -78,3 +78,30 @@ async def test_deny_withholds_a_resource_with_a_labelled_element(
         answer = await client.get("/fhir/Observation/o-1")
     assert answer.status_code == 404
     assert "psychiatric" not in answer.text
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        INLINE_LABEL_URL.replace("/", "\\/"),
+        INLINE_LABEL_URL.replace("label", "lab\\u0065l"),
+    ],
+    ids=["escaped-slashes", "unicode-escape"],
+)
+async def test_an_escaped_inline_label_is_still_seen(
+    make_client: Any, router: respx.Router, spelling: str
+) -> None:
+    """The gateway skips its element walk when an answer's bytes cannot hold an inline label:
+    an upstream (or an attacker who can write to it) spelling the label URL with JSON escapes
+    must not make the walk skip and the labelled element pass."""
+    raw = (
+        '{"resourceType":"Observation","id":"o-1","status":"final","code":{"text":"a"},'
+        '"subject":{"reference":"Patient/p-1"},"note":[{"text":"psychiatric history",'
+        '"extension":[{"url":"' + spelling + '","valueCoding":{"system":"' + ACT_CODE + '",'
+        '"code":"PSY"}}]}]}'
+    )
+    router.get("/Observation/o-1").respond(200, content=raw.encode(), headers=FHIR)
+    async with make_client() as client:
+        answer = await client.get("/fhir/Observation/o-1")
+    assert answer.status_code == 404
+    assert "psychiatric" not in answer.text
