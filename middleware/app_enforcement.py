@@ -25,7 +25,7 @@ from middleware.pipeline.breakglass import BreakGlass
 from middleware.pipeline.bundles import Bundles
 from middleware.pipeline.cursor import CursorCodec
 from middleware.pipeline.flow import Flow
-from middleware.pipeline.guards import GuardPolicy
+from middleware.pipeline.guards import DEFAULT_PATIENT_REFUSED, GuardPolicy
 from middleware.pipeline.idmap import IdEdge
 from middleware.pipeline.mapper import Mapper
 from middleware.pipeline.writes import Writes
@@ -37,6 +37,21 @@ __all__ = ["GATEWAY_NAME", "build_enforcement"]
 
 #: How the gateway names itself in AuditEvents (``source.site``, agent displays).
 GATEWAY_NAME = "consentry"
+
+
+def _guards(settings: Settings) -> GuardPolicy:
+    """The search guards: every inference family refused to the configured caller contexts
+    (patient-context callers by default), ``_sort`` refused on the configured params."""
+    contexts = settings.inference_guard_contexts
+    families = DEFAULT_PATIENT_REFUSED
+    return GuardPolicy(
+        patient=families if "patient" in contexts else frozenset(),
+        user=families if "user" in contexts else frozenset(),
+        system=families if "system" in contexts else frozenset(),
+        sensitive_sort=frozenset(
+            p.strip() for p in settings.sensitive_sort_params.split(",") if p.strip()
+        ),
+    )
 
 
 def _mapper(settings: Settings) -> Mapper | None:
@@ -84,7 +99,7 @@ def build_enforcement(
     flow = Flow(
         policies=policies,
         cursors=CursorCodec(derive_box_key(key, "cursor"), settings.cursor_ttl_seconds),
-        guards=GuardPolicy(),
+        guards=_guards(settings),
         defaults=consents.defaults,
         rebaser=proxy.rebaser,
         base_urls=(settings.upstream.rstrip("/"), settings.gateway_base_url),

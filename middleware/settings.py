@@ -64,6 +64,8 @@ class Settings:
     break_glass_minutes: int = 60
     mapping_profile: str = ""
     unknown_patient_allowed_for: str = ""
+    inference_guards_for: str = "patient"
+    sensitive_sort_params: str = ""
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
@@ -81,12 +83,21 @@ class Settings:
         )
 
     @property
+    def inference_guard_contexts(self) -> frozenset[str]:
+        """The caller contexts refused the search families that can infer hidden values."""
+        return _contexts(self.inference_guards_for)
+
+    @property
     def checkpoint_origin(self) -> str:
         """The C2SP checkpoint origin line: ``ledger_origin``, else the public host + path."""
         if self.ledger_origin:
             return self.ledger_origin
         parts = urlsplit(self.gateway_base_url)
         return f"{parts.netloc}{parts.path}/ledger"
+
+
+def _contexts(text: str) -> frozenset[str]:
+    return frozenset(c.strip() for c in text.split(",") if c.strip())
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -258,11 +269,9 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("break_glass_minutes: expected 1..1440")
     if not 0 < values.get("cursor_ttl_seconds", 900) <= 86_400:
         problems.append("cursor_ttl_seconds: expected 1..86400")
-    contexts = {c.strip() for c in values.get("unknown_patient_allowed_for", "").split(",")}
-    if contexts - {"", "patient", "user", "system"}:
-        problems.append(
-            "unknown_patient_allowed_for: expected a comma list of patient, user, system"
-        )
+    for name, default in (("unknown_patient_allowed_for", ""), ("inference_guards_for", "patient")):
+        if _contexts(values.get(name, default)) - {"patient", "user", "system"}:
+            problems.append(f"{name}: expected a comma list of patient, user, system")
     if values.get("consent_admin_role", "consent-admin") == "":
         problems.append("consent_admin_role: must not be empty")
     store = values.get("store", "sqlite:consentry.db")
