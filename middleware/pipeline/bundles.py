@@ -34,7 +34,7 @@ from middleware.fhir.request import FhirRequest, Interaction
 from middleware.pipeline.caller import ACTION_COLLECT, ACTION_CORRECT, check_interaction
 from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed, upstream_failure
 from middleware.pipeline.guards import check_search
-from middleware.pipeline.judge import Trail, compartment_of
+from middleware.pipeline.judge import Trail
 from middleware.pipeline.params import decode_params
 from middleware.pipeline.writes import DENIED_WRITE, NEW_ID, Writes
 
@@ -226,10 +226,7 @@ class Bundles:
     async def _allow(self, sub: Ask, resource: Any, action: tuple[str, str]) -> None:
         if not isinstance(resource, dict):
             raise BadRequest("a transaction entry needs a resource")
-        judge = await self.flow.judge(sub.caller, action, resource, sub.trail)
-        refs = compartment_of(resource, base_urls=self.flow.base_urls)
-        if judge.rule(resource, refs) is None:
-            raise Forbidden(_REFUSED_TRANSACTION)
+        await self.writes.check(sub, resource, action)  # a refusal refuses the transaction
 
 
 def _bundle(raw: bytes) -> dict[str, Any]:

@@ -97,10 +97,10 @@ class Ask:
     caller: Caller
     forward: Forwarder
     self_url: str
+    request_id: str
+    raw_request: bytes
+    client_address: str | None
     trail: Trail = field(default_factory=Trail)
-    request_id: str = "-"
-    raw_request: bytes = b""
-    client_address: str | None = None
 
 
 @dataclass(slots=True)

@@ -220,6 +220,12 @@ class Judge:
             self.trail.refs.append(f"{rtype}/{rid}")
         return True
 
+    def permits(self, resource: Mapping[str, Any]) -> bool:
+        """The compartment and consent verdict alone (the caller's permission to write was
+        checked on the interaction): for a resource about to be written, or written over."""
+        refs = self.seen.get(id(resource)) or compartment_of(resource, base_urls=self.base_urls)
+        return self.rule(resource, refs) is not None
+
     def rule(self, resource: Mapping[str, Any], refs: PatientRefs) -> frozenset[Coding] | None:
         """None when the caller may not have ``resource`` (compartment ``refs``), else the
         security labels to redact from it (empty: release as is). Records the decisions."""

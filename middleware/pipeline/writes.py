@@ -47,7 +47,7 @@ from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, ups
 from middleware.pipeline.flow import Flow
 from middleware.pipeline.guards import check_search
 from middleware.pipeline.jsonpatch import apply_patch
-from middleware.pipeline.judge import compartment_of
+from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.pipeline.params import decode_params, encode_params
 
 __all__ = ["DENIED_WRITE", "NEW_ID", "Recorder", "Writes"]
@@ -137,7 +137,7 @@ class Writes:
         # The server assigns the id (FHIR R4 http.html#create: any id in the body is ignored):
         # judge the record as the new one it will be, so that a new Patient is its own, not
         # yet consented, compartment rather than an unknown one.
-        await self._check(ask, {**body, "id": NEW_ID}, ACTION_COLLECT)
+        await self.check(ask, {**body, "id": NEW_ID}, ACTION_COLLECT)
         return await self._forward(
             ask, "POST", request.resource_type or "", [], jsoncodec.encode(body)
         )
@@ -154,17 +154,17 @@ class Writes:
                 # did not judge the result of.
                 if "id" in body:
                     raise BadRequest("a conditional update that creates takes no id")
-                await self._check(ask, {**body, "id": NEW_ID}, ACTION_COLLECT)
+                await self.check(ask, {**body, "id": NEW_ID}, ACTION_COLLECT)
                 return await self._forward(
                     ask, "POST", request.resource_type or "", [], jsoncodec.encode(body)
                 )
-            await self._check(ask, body, ACTION_COLLECT)
+            await self.check(ask, body, ACTION_COLLECT)
             return await self._forward(ask, "PUT", request.path, [], jsoncodec.encode(body))
         if request.conditional:  # the instance it resolved to is written, under its id
             if body.get("id", current["id"]) != current["id"]:
                 raise BadRequest("the resource id must match the resource the condition names")
             body = {**body, "id": current["id"]}
-        await self._check(ask, body, ACTION_CORRECT)
+        await self.check(ask, body, ACTION_CORRECT)
         # The bytes judged are the bytes sent (a duplicate key read one way here and another
         # way upstream must not change whose record this is).
         raw = jsoncodec.encode(body)
@@ -195,7 +195,7 @@ class Writes:
         if mapper is not None:
             ask.trail.mapping = mapper.label
             after = mapper.write(after)
-        await self._check(ask, after, ACTION_CORRECT)
+        await self.check(ask, after, ACTION_CORRECT)
         if mapper is not None:
             headers = [("content-type", "application/fhir+json"), *_pin(ask, current)]
             return await self._forward(
@@ -234,7 +234,7 @@ class Writes:
                 raise _as_error(up, request)
             current = _resource(up.raw, request.resource_type, upstream=True)
         if current is not None:
-            await self._check(ask, current, ACTION_CORRECT, hidden=not_found)
+            await self.check(ask, current, ACTION_CORRECT, hidden=not_found)
         return current
 
     async def _matches(self, ask: Ask, rtype: str, criteria: bytes) -> list[dict[str, Any]]:
@@ -276,10 +276,10 @@ class Writes:
         ):
             raise PreconditionFailed(_NO_SINGLE_MATCH)
         for resource in found:
-            await self._check(ask, resource, ACTION_ACCESS, hidden=_no_single_match)
+            await self.check(ask, resource, ACTION_ACCESS, hidden=_no_single_match)
         return found
 
-    async def _check(
+    async def check(
         self,
         ask: Ask,
         resource: dict[str, Any],
@@ -288,12 +288,15 @@ class Writes:
         hidden: Callable[[], GatewayError] | None = None,
     ) -> None:
         """Raise unless the consent and compartment rules let the caller do ``action`` on
-        ``resource`` (``hidden()`` is raised instead of the generic write refusal)."""
-        if resource.get("resourceType") == "Consent":
+        ``resource``, a resource of the request's type (``hidden()`` is raised instead of the
+        generic write refusal)."""
+        kind = resource.get("resourceType")
+        if kind in GATEWAY_OWNED:
             raise Forbidden(DENIED_WRITE)  # the gateway's own consent API owns them
+        if kind != ask.request.resource_type:
+            raise BadRequest(f"the resource must be a {ask.request.resource_type} resource")
         judge = await self.flow.judge(ask.caller, action, resource, ask.trail)
-        refs = compartment_of(resource, base_urls=self.flow.base_urls)
-        if judge.rule(resource, refs) is None:
+        if not judge.permits(resource):
             raise (hidden or _denied)()
 
     async def _forward(

@@ -168,7 +168,7 @@ class Enforcement:
                 identity=ask.caller.identity,
                 status=status,
                 request_id=ask.request_id,
-                raw_request=ask.raw_request or _fallback_raw(ask.request),
+                raw_request=ask.raw_request,
                 client_address=ask.client_address,
                 decisions=dict(trail.decisions),
                 released=frozenset(trail.released) if status < 400 else frozenset(),
@@ -196,17 +196,7 @@ class Enforcement:
         if ask is not None:
             await self.record(ask, status, _final_phase(ask))
             return
-        await self.recorder.record(
-            Exchange(
-                request=request,
-                identity=identity,
-                status=status,
-                request_id=rid,
-                raw_request=raw_request,
-                client_address=client_host,
-            ),
-            "exchange",
-        )
+        await self._record_bare(request, identity, status, rid, raw_request, client_host)
 
     async def record_refused(self, scope: Scope, *, rid: str, status: int) -> None:
         """Record a request refused before it could be classified or enforced (a path
@@ -216,14 +206,27 @@ class Enforcement:
         request = FhirRequest(
             interaction=Interaction.INVALID, method=method, level=Level.SYSTEM, path=""
         )
+        client_host = (scope.get("client") or (None,))[0]
+        await self._record_bare(request, None, status, rid, _raw_request(scope, b""), client_host)
+
+    async def _record_bare(  # noqa: PLR0917 - the fields of the one record it writes
+        self,
+        request: FhirRequest,
+        identity: Identity | None,
+        status: int,
+        rid: str,
+        raw_request: bytes,
+        client_host: str | None,
+    ) -> None:
+        """Record an exchange refused before the pipeline had a caller: no patient touched."""
         await self.recorder.record(
             Exchange(
                 request=request,
-                identity=None,
+                identity=identity,
                 status=status,
                 request_id=rid,
-                raw_request=_raw_request(scope, b""),
-                client_address=(scope.get("client") or (None,))[0],
+                raw_request=raw_request,
+                client_address=client_host,
             ),
             "exchange",
         )
@@ -250,11 +253,6 @@ def _raw_request(scope: Scope, form: bytes) -> bytes:
     method = str(scope["method"]).encode("ascii")
     raw = method + b" " + target + (b"?" + query if query else b"")
     return raw + b"\r\n\r\n" + form if form else raw
-
-
-def _fallback_raw(request: FhirRequest) -> bytes:
-    raw = f"{request.method} {request.path}".encode()
-    return raw + b"?" + request.query if request.query else raw
 
 
 def _bound(

@@ -40,6 +40,7 @@ from middleware.fhir.request import Interaction
 from middleware.logging import get_logger
 from middleware.ops.metrics import Metrics
 from middleware.pipeline.exchange import Answer, Upstreamed
+from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.proxy.capability import describe_gateway
 from middleware.proxy.enforcement import Enforcement
 from middleware.proxy.headers import RESPONSE_HEADERS_PASSED, request_id, upstream_request_headers
@@ -53,9 +54,6 @@ __all__ = ["MAX_QUERY_BYTES", "ExchangeLog", "ProxyHandler"]
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: Longest query string interpreted (a longer one is 414; POST _search carries long searches).
 MAX_QUERY_BYTES = 16 * 1024
-#: Resource types the gateway serves itself (the patient consent API): never forwarded, in
-#: any form that names them (compartment search ``Patient/x/Consent``, ``Consent/$op``...).
-_GATEWAY_OWNED = frozenset({"Consent"})
 
 
 class _InternalError(GatewayError):
@@ -190,7 +188,7 @@ class ProxyHandler:
         )
         ex.interaction = request.interaction.value
         ex.resource_type = request.resource_type
-        if request.resource_type in _GATEWAY_OWNED:
+        if request.resource_type in GATEWAY_OWNED:  # served by the gateway itself, in any form
             raise NotFound("not found")
         body = await self._read_body(receive, headers, scope["method"])
         ex.bytes_in = len(body)
