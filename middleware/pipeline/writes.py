@@ -48,6 +48,7 @@ from middleware.pipeline.flow import Flow
 from middleware.pipeline.guards import check_search
 from middleware.pipeline.jsonpatch import apply_patch
 from middleware.pipeline.judge import GATEWAY_OWNED
+from middleware.pipeline.pages import is_match, next_link
 from middleware.pipeline.params import decode_params, encode_params
 
 __all__ = ["DENIED_WRITE", "NEW_ID", "Recorder", "Writes"]
@@ -232,7 +233,11 @@ class Writes:
                 return None
             if up.status >= 400:
                 raise _as_error(up, request)
-            current = _resource(up.raw, request.resource_type, upstream=True)
+            current = up.document  # decoded by the forwarder (and mapped to client ids)
+            if not isinstance(current, dict) or current.get("resourceType") != (
+                request.resource_type
+            ):
+                raise UpstreamError("the upstream server sent another resource type")
         if current is not None:
             await self.check(ask, current, ACTION_CORRECT, hidden=not_found)
         return current
@@ -261,19 +266,13 @@ class Writes:
         bundle = up.document
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
             raise UpstreamError("the upstream server sent no search result")
-        found: list[dict[str, Any]] = []
-        for entry in bundle.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            mode = (entry.get("search") or {}).get("mode", "match") if resource else None
-            if isinstance(resource, dict) and mode == "match":
-                found.append(resource)
-        if len(found) > 1 or (
-            bundle.get("link")
-            and any(
-                isinstance(link, dict) and link.get("relation") == "next"
-                for link in bundle.get("link") or []
-            )
-        ):
+        entries = bundle.get("entry")
+        found = [
+            entry["resource"]
+            for entry in (entries if isinstance(entries, list) else ())
+            if is_match(entry) and isinstance(entry.get("resource"), dict)
+        ]
+        if len(found) > 1 or next_link(bundle) is not None:
             raise PreconditionFailed(_NO_SINGLE_MATCH)
         for resource in found:
             await self.check(ask, resource, ACTION_ACCESS, hidden=_no_single_match)
@@ -340,17 +339,13 @@ _WRITE_HEADERS: Final = frozenset(
 )
 
 
-def _resource(raw: bytes, rtype: str | None, *, upstream: bool = False) -> dict[str, Any]:
-    """``raw`` as a resource of type ``rtype``: the write's body, or an upstream read."""
+def _resource(raw: bytes, rtype: str | None) -> dict[str, Any]:
+    """The write's body as a resource of type ``rtype`` (400 otherwise)."""
     try:
         document = jsoncodec.decode(raw)
     except jsoncodec.DecodeError as exc:
-        if upstream:
-            raise UpstreamError("the upstream server sent invalid JSON") from exc
         raise BadRequest("the request body is not valid JSON", code="structure") from exc
     if not isinstance(document, dict) or document.get("resourceType") != rtype:
-        if upstream:
-            raise UpstreamError("the upstream server sent another resource type")
         raise BadRequest(f"the request body must be a {rtype} resource", code="structure")
     return document
 
