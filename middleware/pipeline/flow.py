@@ -234,11 +234,10 @@ class Flow:
         released, _stats = filter_answer(document, judge.allowed)
         if released is None:
             raise not_found()
-        headers = [(k, v) for k, v in up.headers if k in _RELEASED_HEADERS]
+        headers = self._headers(up)
         changed = bool(occurrences) or ask.trail.redacted != redacted
         if self.mapper is not None:
             mapped = self.mapper.answer(released)
-            headers.append(("x-consentry-mapping", self.mapper.profile.id))
             ask.trail.mapping = self.mapper.label
             changed |= mapped is not released
             released = mapped
@@ -316,16 +315,17 @@ class Flow:
                 lambda link: self.pager.url(ask.caller, paging, link),
                 self_url=ask.self_url,
             )
-            if document.get("link"):
-                for link in document["link"]:
-                    link["url"] = self.rebaser.url(link["url"])
         if subset is not None:
             document = apply_subset_to_answer(document, subset)
             ask.trail.narrowed = True
+        return Answer(status or up.status, self._headers(up), document)
+
+    def _headers(self, up: Upstreamed) -> list[tuple[str, str]]:
+        """The upstream headers an answer releases, and the mapping profile when one is on."""
         headers = [(k, v) for k, v in up.headers if k in _RELEASED_HEADERS]
         if self.mapper is not None:
             headers.append(("x-consentry-mapping", self.mapper.profile.id))
-        return Answer(status or up.status, headers, document)
+        return headers
 
     async def _page_entries(
         self, ask: Ask, up: Upstreamed, document: dict[str, Any]
