@@ -158,7 +158,8 @@ class AuditRecorder:
             raise ValueError(f"unknown audit phase {phase!r}")
         recorded = datetime.fromtimestamp(self._wall_clock(), UTC)
         plans = _plan(exchange, phase, recorded, self._gateway)
-        pseudonyms = await self._pseudonyms(exchange, [p.patient for p in plans if p.patient])
+        rid = exchange.request_id
+        pseudonyms = await self._pseudonyms(rid, [p.patient for p in plans if p.patient])
         recorded_us = micros(recorded)
         entries = [
             NewEntry.create(
@@ -171,17 +172,7 @@ class AuditRecorder:
             )
             for plan in plans
         ]
-        # Concurrent, so the group-commit writer takes them in one batch; wait for every one
-        # (return_exceptions) so no append is left running unobserved when one fails.
-        results = await asyncio.gather(
-            *(self._ledger.append(entry) for entry in entries), return_exceptions=True
-        )
-        indexes: list[int] = []
-        for result in results:
-            if isinstance(result, BaseException):
-                raise _unavailable(exchange, result) from result
-            indexes.append(result)
-        return indexes
+        return await self._append_all(entries, rid)
 
     async def record_break_glass(
         self,
@@ -219,8 +210,7 @@ class AuditRecorder:
                         "detail": [{"type": "reason", "valueString": reason}],
                     }
                 )
-        marker = _Marker(request_id)
-        pseudonyms = await self._pseudonyms(marker, refs)
+        pseudonyms = await self._pseudonyms(request_id, refs)
         entries = [
             NewEntry.create(
                 EntryKind.ACCESS_DECISION,
@@ -231,17 +221,23 @@ class AuditRecorder:
             )
             for ref, event in zip(refs, events, strict=True)
         ]
+        return await self._append_all(entries, request_id)
+
+    async def _append_all(self, entries: list[NewEntry], request_id: str) -> list[int]:
+        """Append ``entries`` and return their indexes, in order. Concurrent, so the
+        group-commit writer takes them in one batch; every append is awaited (return_exceptions)
+        so none is left running unobserved when one fails."""
         results = await asyncio.gather(
             *(self._ledger.append(entry) for entry in entries), return_exceptions=True
         )
         indexes: list[int] = []
         for result in results:
             if isinstance(result, BaseException):
-                raise _unavailable(marker, result) from result
+                raise _unavailable(request_id, result) from result
             indexes.append(result)
         return indexes
 
-    async def _pseudonyms(self, exchange: _HasRequestId, patients: list[str]) -> dict[str, bytes]:
+    async def _pseudonyms(self, request_id: str, patients: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
         missing: list[str] = []
         for patient in dict.fromkeys(patients):
@@ -256,11 +252,11 @@ class AuditRecorder:
         )
         for patient, result in zip(missing, results, strict=True):
             if isinstance(result, BaseException):
-                raise _unavailable(exchange, result) from result
+                raise _unavailable(request_id, result) from result
             pseudonym = bytes(result)
             if len(pseudonym) != PSEUDONYM_SIZE or pseudonym == _NO_PATIENT:
                 error = ValueError("the pseudonym store returned a malformed pseudonym")
-                raise _unavailable(exchange, error) from error
+                raise _unavailable(request_id, error) from error
             found[patient] = pseudonym
             self._cache[patient] = pseudonym
             if len(self._cache) > self._max_cached:
@@ -376,23 +372,11 @@ def _mapping_entity(mapping: str) -> Json:
     }
 
 
-class _HasRequestId(Protocol):
-    @property
-    def request_id(self) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Marker:
-    """What a failure log line names for an append that is not an exchange's."""
-
-    request_id: str
-
-
-def _unavailable(exchange: _HasRequestId, cause: BaseException) -> ServiceUnavailable:
+def _unavailable(request_id: str, cause: BaseException) -> ServiceUnavailable:
     # The request id and the error's type only: never a patient, a reference or request text.
     get_logger("consentry.audit").error(
         "audit trail unavailable",
-        request_id=exchange.request_id,
+        request_id=request_id,
         error_type=type(cause).__name__,
     )
     return ServiceUnavailable("audit trail unavailable")
