@@ -218,7 +218,13 @@ class ProxyHandler:
         client_host = (scope.get("client") or (None,))[0]
         up = await self.forward("GET", target, client=headers, client_host=client_host, log=ex)
         document = up.document
-        if up.status != 200 or not isinstance(document, dict):
+        # Released without a decision or an audit entry, so only what holds no patient data:
+        # the server's own statement of what it can do, never another resource.
+        if (
+            up.status != 200
+            or not isinstance(document, dict)
+            or document.get("resourceType") not in _CAPABILITY_TYPES
+        ):
             raise UpstreamError("upstream server did not return its capabilities")
         self.rebaser.rewrite(document, self.rebaser.occurrences(up.raw))
         await self._send_answer(send, Answer(200, up.headers, document), headers, ex)
@@ -364,6 +370,8 @@ class ProxyHandler:
 
 
 _FHIR_JSON = b"application/fhir+json; charset=utf-8"
+#: What ``GET /metadata?...`` may answer (FHIR R4 capabilitystatement.html, ``mode=terminology``).
+_CAPABILITY_TYPES = frozenset({"CapabilityStatement", "TerminologyCapabilities"})
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:

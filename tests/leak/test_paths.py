@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from tests.app.conftest import raw_asgi_request
 from tests.app.consenting import AUDIENCE, DEV_ISSUER
 from tests.leak.upstream import SECRET
-from tests.leak.world import FORM, World, assert_same_not_found
+from tests.leak.world import FORM, World, assert_nothing_of_p1, assert_same_not_found
 
 
 def raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
@@ -217,3 +218,21 @@ async def test_break_glass_header_without_the_right_is_refused(world: World) -> 
     denied = await world.http.get("/fhir/Patient/p1", headers=world.dr)
     absent = await world.http.get("/fhir/Patient/nope", headers=world.dr)
     assert_same_not_found(denied, absent)
+
+
+async def test_metadata_with_parameters_releases_only_capabilities(world: World) -> None:
+    """``GET /metadata?...`` is public and released without a decision: an upstream that
+    answers something else there (a misrouted query, a proxy in front of it) must not have it
+    passed to an anonymous caller."""
+    serve = world.fhir.handle
+
+    def misrouted(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return serve(httpx.Request("GET", str(request.url).replace("/metadata", "/Patient/p1")))
+        return serve(request)
+
+    world.router.routes.clear()
+    world.router.route().mock(side_effect=misrouted)
+    answer = await world.http.get("/fhir/metadata?mode=full")
+    assert answer.status_code == 502
+    assert_nothing_of_p1(answer)
