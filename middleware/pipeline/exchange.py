@@ -7,8 +7,9 @@ headers, and the body decoded when it is JSON.
 
 :func:`upstream_failure` is the one place an upstream error answer becomes the client's: the
 status is kept, the upstream's OperationOutcome is *not* (its diagnostics can name other
-patients' records, e.g. the matches of a conditional write), except for 400/422 answers to a
-plain create/update/patch, which describe the caller's own submitted resource. A 404 or 410
+patients' records, e.g. the matches of a conditional write), except for the structured part
+(codes, elements; no free text) of 400/422 answers to a plain create/update/patch, which
+describe the caller's own submitted resource. A 404 or 410
 becomes the same generic 404 a denied record gets.
 """
 
@@ -142,7 +143,7 @@ def upstream_failure(up: Upstreamed, request: FhirRequest) -> GatewayError | Ans
         and isinstance(up.document, dict)
         and up.document.get("resourceType") == "OperationOutcome"
     ):
-        return Answer(up.status, _content_type(up), up.document)
+        return Answer(up.status, _content_type(up), _own_outcome(up.document))
     cls = _BY_STATUS.get(up.status)
     if cls is not None:
         return cls(f"the upstream server refused the request ({up.status})")
@@ -160,6 +161,30 @@ class UpstreamRefused(GatewayError):
     def __init__(self, status: int) -> None:
         super().__init__(f"the upstream server refused the request ({status})")
         self.status = status
+
+
+_STRUCTURED: Final = ("severity", "code", "expression", "location")
+
+
+def _own_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
+    """The structured part of an upstream OperationOutcome about the caller's own body: each
+    issue's severity, code, coded details and the element it is about. Free text
+    (``diagnostics``, ``details.text``) is dropped: an upstream can word a refusal with what
+    it found elsewhere ("identifier already used by Patient/x"), an answer the caller's consent
+    was never asked about."""
+    issues: list[dict[str, Any]] = []
+    for issue in outcome.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        kept = {key: issue[key] for key in _STRUCTURED if key in issue}
+        details = issue.get("details")
+        if isinstance(details, dict) and isinstance(details.get("coding"), list):
+            kept["details"] = {"coding": details["coding"]}
+        issues.append(kept)
+    return {"resourceType": "OperationOutcome", "issue": issues or [_PROCESSING_ISSUE]}
+
+
+_PROCESSING_ISSUE: Final = {"severity": "error", "code": "processing"}
 
 
 def _content_type(up: Upstreamed) -> list[tuple[str, str]]:

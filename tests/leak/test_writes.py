@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 
+from tests.leak.upstream import SECRET
 from tests.leak.world import World, assert_nothing_of_p1, assert_same_not_found
 
 JSON_PATCH = {"content-type": "application/json-patch+json"}
@@ -280,3 +282,40 @@ async def test_conditional_update_cannot_hide_p1s_match_from_the_check(world: Wo
     current = world.fhir.current("Observation/obs-p1")
     assert current is not None
     assert current["subject"] == {"reference": "Patient/p1"}
+
+
+async def test_an_upstream_refusal_does_not_tell_what_it_found_elsewhere(world: World) -> None:
+    """A create refused by the upstream for a uniqueness clash ("identifier already used by
+    Patient/p1 ...") would tell the practitioner that p1 exists and holds that identifier: the
+    caller gets the structured part of the outcome (code, element) and none of its text."""
+    serve = world.fhir.handle
+
+    def clash(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(
+                422,
+                json={
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {
+                            "severity": "error",
+                            "code": "duplicate",
+                            "diagnostics": f"identifier already used by Patient/p1 {SECRET}",
+                            "details": {"text": f"see Patient/p1 {SECRET}"},
+                            "expression": ["Observation.identifier[0]"],
+                        }
+                    ],
+                },
+            )
+        return serve(request)
+
+    world.router.routes.clear()
+    world.router.route().mock(side_effect=clash)
+    got = await world.http.post(
+        "/fhir/Observation", json=observation(None, "Patient/p2"), headers=world.dr
+    )
+    assert got.status_code == 422
+    assert got.json()["issue"] == [
+        {"severity": "error", "code": "duplicate", "expression": ["Observation.identifier[0]"]}
+    ]
+    assert_nothing_of_p1(got)
