@@ -5,7 +5,7 @@ gateway's FHIR base path::
 
     GET    [base]/metadata                          capabilities          (system)
     GET    [base]  /  POST [base]/_search            search-system         (system)
-    POST   [base]                                   batch | transaction   (system; classify_bundle)
+    POST   [base]  /  POST [base]/                  batch | transaction   (system; classify_bundle)
     GET    [base]/_history                          history-system        (system)
     GET    [base]/[type]  /  POST [type]/_search    search-type           (type)
     POST   [base]/[type]                            create (conditional with If-None-Exist)
@@ -19,7 +19,10 @@ gateway's FHIR base path::
                                                     system and instance level)
 
 Everything else is refused with a :class:`~middleware.errors.GatewayError`; nothing is
-normalised. Path tricks (dot and empty segments, trailing slashes, ``;``, ``\\``, ``%``, control
+normalised but one spelling: ``POST [base]/``, the base with one trailing slash, is
+``POST [base]`` (clients such as SEKMET post their transactions there, and FHIR servers accept
+it); the body must then be a batch or transaction Bundle like any ``POST [base]``. Other path
+tricks (dot and empty segments, trailing slashes, ``;``, ``\\``, ``%``, control
 characters, and percent-encoded ``/ \\ . %`` or NUL in the raw path) are
 :class:`~middleware.errors.PathRejected`, because a gateway and its upstream that normalise
 differently see different resources. Names are case-exact: resource types
@@ -145,6 +148,8 @@ def classify(
     """
     if any(name in headers for name in _OVERRIDE_HEADERS):
         raise BadRequest("method-override headers are not accepted", code="not-supported")
+    if method == "POST" and path == _with_slash(base_path):
+        path = path[:-1] or "/"
     segments = _segments(path, raw_path, base_path)
     shape = _resolve(segments)
     interaction = shape.methods.get(method)
@@ -222,6 +227,13 @@ def _segments(path: str, raw_path: bytes | None, base_path: str) -> list[str]:
     if segments[: len(base)] != base:
         raise NotFound("the path is not under the FHIR base")
     return segments[len(base) :]
+
+
+def _with_slash(base_path: str) -> str:
+    """``base_path`` spelled with exactly one leading and one trailing slash (``/`` for the
+    root)."""
+    inner = "/".join(segment for segment in base_path.split("/") if segment)
+    return f"/{inner}/" if inner else "/"
 
 
 def _resolve(segments: Sequence[str]) -> _Shape:

@@ -236,3 +236,62 @@ async def test_metadata_with_parameters_releases_only_capabilities(world: World)
     answer = await world.http.get("/fhir/metadata?mode=full")
     assert answer.status_code == 502
     assert_nothing_of_p1(answer)
+
+
+# --- POST [base]/: the one trailing slash accepted ----------------------------------------------
+
+
+def _transaction(patient: str) -> dict[str, object]:
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "weight"},
+        "subject": {"reference": patient},
+    }
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": observation, "request": {"method": "POST", "url": "Observation"}}],
+    }
+
+
+async def test_a_transaction_posted_to_the_base_with_a_slash_is_a_transaction(
+    world: World,
+) -> None:
+    """Clients (SEKMET's conformance scenario) post transactions to ``[base]/``: it is the
+    same interaction as ``POST [base]``, judged the same, forwarded to the upstream's base."""
+    got = await world.http.post("/fhir/", json=_transaction("Patient/p2"), headers=world.dr)
+    assert got.status_code == 200, got.text
+    assert got.json()["type"] == "transaction-response"
+    assert world.fhir.writes == [("POST", "Observation")]
+    assert [r.url.path for r in world.writes_sent] == ["/fhir"]
+
+
+async def test_a_transaction_at_the_base_with_a_slash_is_enforced(world: World) -> None:
+    """The accepted spelling is no way around enforcement: a p1 write is refused there too."""
+    got = await world.http.post("/fhir/", json=_transaction("Patient/p1"), headers=world.dr)
+    assert got.status_code == 403
+    assert world.sent == []
+    assert world.fhir.writes == []
+
+
+@pytest.mark.parametrize(
+    ("method", "raw_path"),
+    [
+        ("POST", b"/fhir/Observation/"),
+        ("POST", b"/fhir//"),
+        ("POST", b"/fhir/_search/"),
+        ("POST", b"/fhir%2F"),
+        ("GET", b"/fhir/"),
+        ("PUT", b"/fhir/"),
+    ],
+    ids=["type", "two-slashes", "search", "encoded-slash", "get-base", "put-base"],
+)
+async def test_every_other_trailing_slash_is_still_refused(
+    world: World, method: str, raw_path: bytes
+) -> None:
+    """Only ``POST [base]/`` is accepted; a slash after a type, a second slash, or the base
+    slash with another method stays a path trick (400), and nothing is forwarded."""
+    status, _ = await raw_asgi_request(world.gateway, method, raw_path, raw_headers(world.dr))
+    assert status == 400
+    assert world.sent == []

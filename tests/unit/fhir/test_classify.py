@@ -380,6 +380,23 @@ ACCEPTS = [
     ),
     # batch / transaction (provisional until classify_bundle)
     Accept("batch-provisional", "POST", "/fhir", req(Act.BATCH, "POST", SYSTEM, "")),
+    # POST [base]/ is POST [base] (clients post transactions there); the only slash allowed
+    Accept("batch-base-slash", "POST", "/fhir/", req(Act.BATCH, "POST", SYSTEM, "")),
+    Accept(
+        "batch-nested-base-slash",
+        "POST",
+        "/api/r4/",
+        req(Act.BATCH, "POST", SYSTEM, ""),
+        base="/api/r4",
+    ),
+    Accept(
+        "batch-base-given-with-slash",
+        "POST",
+        "/fhir/",
+        req(Act.BATCH, "POST", SYSTEM, ""),
+        base="/fhir/",
+    ),
+    Accept("batch-root-base", "POST", "/", req(Act.BATCH, "POST", SYSTEM, ""), base=""),
     # operations
     Accept(
         "operation-system-get",
@@ -495,6 +512,11 @@ REJECTS = [
     # path tricks
     Reject("trailing-slash", "GET", "/fhir/Patient/1/", PathRejected, 400),
     Reject("base-trailing-slash", "GET", "/fhir/", PathRejected, 400),
+    Reject("post-base-two-slashes", "POST", "/fhir//", PathRejected, 400),
+    Reject("post-type-trailing-slash", "POST", "/fhir/Patient/", PathRejected, 400),
+    Reject("post-search-trailing-slash", "POST", "/fhir/_search/", PathRejected, 400),
+    Reject("put-base-trailing-slash", "PUT", "/fhir/", PathRejected, 400),
+    Reject("post-base-slash-encoded", "POST", "/fhir/", PathRejected, 400, raw=b"/fhir%2F"),
     Reject("empty-segment", "GET", "/fhir//Patient", PathRejected, 400),
     Reject("dot-dot-segment", "GET", "/fhir/Patient/../Observation", PathRejected, 400),
     Reject("dot-segment", "GET", "/fhir/./Patient", PathRejected, 400),
