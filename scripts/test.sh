@@ -1,17 +1,50 @@
 #!/usr/bin/env bash
-# The one test command (README "Test it"; .ci/run calls it): installs what the tests need,
-# then runs every check CI runs. Fails on the first failing check.
+# The one test command (README "Test it"; .ci/run calls it). It builds its own virtual
+# environment from pyproject.toml (`.venv`, or $CONSENTRY_VENV) and runs every check CI runs
+# with that environment's executables, never the machine's site-packages: an import that
+# pyproject.toml does not declare fails here. Fails on the first failing check.
+#
+#   bash scripts/test.sh                 # everything
+#   bash scripts/test.sh -x -q tests/unit # extra arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+python="${PYTHON:-python3}"
+venv="${CONSENTRY_VENV:-.venv}"
+# The machine's PYTHONPATH would put packages into the run that pyproject does not declare.
+unset PYTHONPATH PYTHONHOME
+
+step() { printf '== %s (%ss)\n' "$1" "$SECONDS"; }
+
+step "virtual environment $venv"
+# Made anew when missing, broken, or one that sees the system's site-packages.
+if ! grep -qsx 'include-system-site-packages = false' "$venv/pyvenv.cfg" \
+    || ! "$venv/bin/python" -c '' 2>/dev/null; then
+    "$python" -m venv --clear "$venv" # no --system-site-packages: only what pyproject declares
+fi
+# Re-run on every call, so a changed pyproject.toml is honoured by a re-used environment.
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+bin="$(cd "$venv/bin" && pwd)"
+export PATH="$bin:$PATH" # subprocesses of the tests (consentry, python) are this environment's
+
 # The real upstream FHIR server for integration tests (npm, idempotent, under /tmp/peers).
-shared="${CONSENTRY_SHARED:-$(cd .. && pwd)/shared}"
+shared="${SHARED_DIR:-$(cd .. && pwd)/shared}"
 bash "$shared/peers/install-upstream.sh"
 
-echo "== ruff check";          ruff check .
-echo "== ruff format --check"; ruff format --check .
-echo "== mypy --strict";       mypy --strict
-echo "== import contracts";    lint-imports
-echo "== mappings check";      consentry mappings check
-echo "== pytest";              python3 -m pytest "$@"
+step "ruff check";          "$bin/ruff" check .
+step "ruff format --check"; "$bin/ruff" format --check .
+step "mypy --strict";       "$bin/mypy" --strict
+step "import contracts";    "$bin/lint-imports"
+# What you import, you declare. First the runtime package against `dependencies` ([tool.deptry]
+# in pyproject.toml), then everything (tests/, bench/, scripts/ too) against `dependencies`
+# and the `test` extra; DEP004 (a test dependency imported) is expected there.
+step "dependencies: middleware"
+"$bin/deptry" --no-ansi .
+step "dependencies: tests, bench, scripts"
+"$bin/deptry" --no-ansi . --exclude '\.venv' --exclude 'build' --exclude 'dist' \
+    --exclude 'mappings' --ignore DEP004
+step "mappings check";      "$bin/consentry" mappings check
+# tests/integration/test_install.py is the install check: the wheel in an empty environment,
+# pip check, every module imported, and `consentry serve` against the real upstream.
+step "pytest";              "$bin/python" -m pytest "$@"
+step "done"
