@@ -7,7 +7,8 @@ upstream (an ``httpx`` transport such as ``httpx.MockTransport(respx_router.hand
 
 Routing is by exact path before anything else: the management endpoints (``/healthz``,
 ``/readyz``, ``/metrics``, the ``/ledger/`` API of ``ledger.http``; ``/auth/jwks`` when the
-development issuer is on), then the patient consent API (``{base}/Consent`` and below, served
+development issuer is on; ``/.well-known/smart-configuration`` at the root and under the
+base), then the patient consent API (``{base}/Consent`` and below, served
 here and never forwarded), then the FHIR base path (the proxy), then a 404 OperationOutcome.
 """
 
@@ -30,6 +31,8 @@ from middleware import __version__
 from middleware.app_enforcement import build_enforcement
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.auth.factory import build_dev_issuer, build_verifier
+from middleware.auth.smart import gateway_root
+from middleware.auth.wellknown import smart_paths, smart_routes
 from middleware.consent.api import ConsentApi, serves
 from middleware.consent.decide import Defaults
 from middleware.consent.service import ConsentService
@@ -73,13 +76,19 @@ class Gateway:
         self.dev_issuer = dev_issuer
         self.metrics = proxy.metrics
         self._base = settings.base_path
-        self._management_paths = _MANAGEMENT_PATHS | ({"/auth/jwks"} if dev_issuer else set())
+        self._management_paths = (
+            _MANAGEMENT_PATHS
+            | ({"/auth/jwks"} if dev_issuer else set())
+            | smart_paths(settings.base_path)
+        )
+        root = gateway_root(settings.gateway_base_url, settings.base_path)
         self.management = Starlette(
             routes=[
                 Route("/healthz", self._healthz),
                 Route("/readyz", self._readyz),
                 Route("/metrics", self._metrics),
                 Route("/auth/jwks", self._jwks),
+                *smart_routes(settings.auth, base_path=self._base, gateway_root=root),
                 *ledger_routes(ledger),
             ]
         )

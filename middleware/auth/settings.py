@@ -14,10 +14,18 @@ like :func:`middleware.settings.load_settings`. Example::
     issuer = "https://idp.example/realms/clinic"
     jwks_url = "https://idp.example/realms/clinic/protocol/openid-connect/certs"
     algorithms = ["RS256"]
+    authorization_endpoint = "https://idp.example/realms/clinic/protocol/openid-connect/auth"
+    token_endpoint = "https://idp.example/realms/clinic/protocol/openid-connect/token"
+    capabilities = ["launch-standalone", "client-public", "context-standalone-patient"]
 
 An issuer without ``audiences`` uses the top-level ``audiences`` (normally the gateway's own
 FHIR base URL). ``dev_issuer_enabled`` turns on :class:`UnsafeDevelopmentIssuer`; it is off by
 default and must be switched on by name.
+
+An issuer's ``authorization_endpoint``, ``token_endpoint``, ``grant_types``, ``capabilities``
+and ``scopes_supported`` are what the gateway advertises to SMART clients about it
+(:mod:`middleware.auth.smart`): they change no verification. A ``token_endpoint`` is needed
+for an ``authorization_endpoint``.
 """
 
 from __future__ import annotations
@@ -36,6 +44,20 @@ from middleware.errors import SettingsError
 __all__ = ["AuthSettings", "IssuerSettings"]
 
 _MAX_LEEWAY: Final = 300.0
+_ISSUER_KEYS: Final = frozenset(
+    {
+        "issuer",
+        "jwks_file",
+        "jwks_url",
+        "audiences",
+        "algorithms",
+        "authorization_endpoint",
+        "token_endpoint",
+        "grant_types",
+        "capabilities",
+        "scopes_supported",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +70,11 @@ class IssuerSettings:
     jwks_file: Path | None = None
     jwks_url: str | None = None
     algorithms: tuple[str, ...] = tuple(sorted(ALGORITHMS))
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+    grant_types: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    scopes_supported: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +164,7 @@ def _issuer(
         check.problem(name, "expected a table")
         return None
     for key in item:
-        if key not in ("issuer", "jwks_file", "jwks_url", "audiences", "algorithms"):
+        if key not in _ISSUER_KEYS:
             check.problem(f"{name}.{key}", "unknown setting")
     issuer = check.url(f"{name}.issuer", item.get("issuer"))
     jwks_url = item.get("jwks_url")
@@ -154,12 +181,27 @@ def _issuer(
     algorithms = check.texts(f"{name}.algorithms", item.get("algorithms", sorted(ALGORITHMS)))
     if not algorithms or not set(algorithms) <= ALGORITHMS:
         check.problem(f"{name}.algorithms", f"expected a non-empty subset of {sorted(ALGORITHMS)}")
+    endpoints = {
+        key: check.url(f"{name}.{key}", item[key])
+        for key in ("authorization_endpoint", "token_endpoint")
+        if key in item
+    }
+    if "authorization_endpoint" in endpoints and "token_endpoint" not in endpoints:
+        check.problem(f"{name}.token_endpoint", "required with an authorization_endpoint")
+    advertised = {
+        key: check.texts(f"{name}.{key}", item[key])
+        for key in ("grant_types", "capabilities", "scopes_supported")
+        if key in item
+    }
     return IssuerSettings(
         issuer=issuer,
         audiences=audiences,
         jwks_file=Path(jwks_file) if jwks_file else None,
         jwks_url=jwks_url or None,
         algorithms=algorithms,
+        authorization_endpoint=endpoints.get("authorization_endpoint") or None,
+        token_endpoint=endpoints.get("token_endpoint") or None,
+        **advertised,
     )
 
 

@@ -62,10 +62,10 @@ from middleware.pipeline.params import decode_params, encode_params
 from middleware.pipeline.subset import Subset, apply_subset_to_answer, split_subset
 from middleware.proxy.rewrite import Rebaser
 
-__all__ = ["Flow", "PolicySource"]
+__all__ = ["FILTERED_OPERATIONS", "Flow", "PolicySource"]
 
 #: Operations the gateway filters; every other one is refused (deny by default).
-_FILTERED_OPERATIONS: Final = frozenset({("Patient", "$everything")})
+FILTERED_OPERATIONS: Final = frozenset({("Patient", "$everything")})
 _RELEASED_HEADERS: Final = frozenset({"content-type", "etag", "last-modified"})
 #: Answers about one record: when all of it is withheld, the record's own 404 is answered.
 _OF_ONE_RECORD: Final = frozenset({Interaction.HISTORY_INSTANCE, Interaction.OPERATION})
@@ -400,7 +400,7 @@ class Flow:
 
     async def _operation(self, ask: Ask) -> Answer:
         request, caller = ask.request, ask.caller
-        if (request.resource_type, request.operation) not in _FILTERED_OPERATIONS or (
+        if (request.resource_type, request.operation) not in FILTERED_OPERATIONS or (
             request.level is not Level.INSTANCE
         ):
             raise Forbidden("this operation is not allowed through the gateway")

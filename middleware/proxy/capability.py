@@ -1,30 +1,95 @@
-"""``/metadata``: the upstream's CapabilityStatement, rewritten to describe the gateway.
+"""``/metadata``: the upstream's CapabilityStatement, rewritten to describe the gateway as it is.
 
-FHIR R4 capabilitystatement.html: ``software`` names the product answering, ``implementation``
-the instance and its base URL. The gateway answers, so both become the gateway's; the
-upstream's software is kept in ``implementation.description``. Everything else (resources,
-interactions, search parameters) is the upstream's, unchanged.
+FHIR R4 capabilitystatement.html: the statement describes the server the client talks to, and
+that is the gateway. What the upstream supports and the gateway refuses is taken out, what the
+gateway serves itself is put in (each rule names the module that makes it true):
+
+- ``software`` and ``implementation`` name the gateway; the upstream's software is kept in
+  ``implementation.description``; the upstream's ``text``, ``url``, ``identifier``,
+  ``version`` and ``id`` described the upstream's statement and are dropped;
+- ``format`` is FHIR JSON only and ``patchFormat`` JSON Patch only (``fhir.negotiate``: XML
+  and Turtle are 406; ``pipeline.writes``: FHIRPath Patch is 415);
+- resource types the gateway does not know (``fhir.resource_types``; a server's custom types)
+  are dropped: their paths are 404;
+- operations: only those the gateway filters (``pipeline.flow.FILTERED_OPERATIONS``,
+  ``Patient/[id]/$everything``) remain; every other operation, system-level ones and
+  ``$graphql`` included, is 403; messaging and documents (``$process-message``, ``POST
+  [base]`` with a document Bundle) are refused and dropped;
+- ``conditionalRead`` becomes ``not-supported`` (reads are forwarded without the client's
+  conditional headers: a 304 would confirm a record the caller may not see);
+- Consent is the gateway's own API (``consent.api``): the upstream's Consent entry is replaced
+  by the interactions that API serves, and no search may ``_include`` Consent;
+- ``search-system`` and ``history-system`` are documented as refused in a patient context
+  (``pipeline.flow``);
+- ``rest.security`` says SMART on FHIR when tokens are verified, with the ``oauth-uris``
+  extension when an authorization server's endpoints are configured (``auth.smart``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
-__all__ = ["describe_gateway"]
+from middleware.fhir.resource_types import RESOURCE_TYPES
+from middleware.pipeline.flow import FILTERED_OPERATIONS
+
+__all__ = ["CONSENT_CAPABILITY", "describe_gateway"]
 
 _SMART_SERVICE = {
     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
     "code": "SMART-on-FHIR",
 }
+_FORMATS: Final = ("application/fhir+json", "json")
+_PATCH_FORMATS: Final = ("application/json-patch+json",)
+_DROPPED: Final = ("id", "meta", "text", "url", "identifier", "version", "messaging", "document")
+_PATIENT_CONTEXT_REFUSED: Final = frozenset({"search-system", "history-system"})
+
+#: The gateway's own Consent API (``middleware.consent.api`` and ``consent.operations``).
+CONSENT_CAPABILITY: Final[Mapping[str, Any]] = {
+    "type": "Consent",
+    "documentation": (
+        "Served by the gateway itself, never forwarded. Also: POST Consent/[id]/$revoke "
+        "(records the current version as inactive) and POST Consent/$explain (the decision "
+        "for a request and its trace). Updates and $revoke take If-Match and an optional "
+        "detached Ed25519 signature (X-Consent-Signature, X-Consent-Signer-Key)."
+    ),
+    "interaction": [
+        {"code": "read"},
+        {"code": "vread"},
+        {"code": "update"},
+        {"code": "history-instance"},
+        {"code": "create"},
+        {"code": "search-type"},
+    ],
+    "versioning": "versioned-update",
+    "readHistory": True,
+    "updateCreate": True,
+    "conditionalCreate": False,
+    "conditionalRead": "not-supported",
+    "conditionalUpdate": False,
+    "conditionalDelete": "not-supported",
+    "searchParam": [
+        {"name": "patient", "type": "reference"},
+        {"name": "status", "type": "token"},
+    ],
+}
 
 
 def describe_gateway(
-    capability: dict[str, Any], *, gateway_base: str, version: str, smart: bool = False
+    capability: dict[str, Any],
+    *,
+    gateway_base: str,
+    version: str,
+    smart: bool = False,
+    oauth_uris: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Return ``capability`` changed in place to describe the gateway in front of it.
+    """Return ``capability`` changed in place to describe the gateway in front of it (see the
+    module docstring for each change).
 
     ``smart``: the gateway verifies SMART on FHIR bearer tokens, so ``rest.security.service``
     says so (http://terminology.hl7.org/CodeSystem/restful-security-service ``SMART-on-FHIR``).
+    ``oauth_uris``: the SMART ``oauth-uris`` extension to put in ``rest.security``
+    (:func:`middleware.auth.smart.oauth_uris`), or ``None``.
     """
     upstream_software = capability.get("software")
     behind = ""
@@ -32,20 +97,86 @@ def describe_gateway(
         behind = f" in front of {upstream_software['name']}"
         if isinstance(upstream_software.get("version"), str):
             behind += f" {upstream_software['version']}"
+    for name in _DROPPED:
+        capability.pop(name, None)
+    capability["name"] = "ConsentryGateway"
     capability["software"] = {"name": "Consentry", "version": version}
     capability["implementation"] = {
         "description": f"Consentry FHIR consent gateway{behind}",
         "url": gateway_base,
     }
-    for rest in capability.get("rest") or []:
-        if isinstance(rest, dict) and rest.get("mode") == "server":
-            security: dict[str, Any] = {
-                "description": (
-                    "Requests pass through the Consentry gateway, which classifies every "
-                    "interaction and refuses what it cannot classify."
-                )
-            }
-            if smart:
-                security["service"] = [{"coding": [_SMART_SERVICE]}]
-            rest["security"] = security
+    capability["format"] = list(_FORMATS)
+    capability["patchFormat"] = list(_PATCH_FORMATS)
+    rests = capability.get("rest")
+    capability["rest"] = [
+        _describe_rest(rest, smart=smart, oauth_uris=oauth_uris)
+        for rest in (rests if isinstance(rests, list) else ())
+        if isinstance(rest, dict) and rest.get("mode") == "server"
+    ]
     return capability
+
+
+def _describe_rest(
+    rest: dict[str, Any], *, smart: bool, oauth_uris: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    resources = rest.get("resource")
+    described = [
+        _describe_resource(resource)
+        for resource in (resources if isinstance(resources, list) else ())
+        if isinstance(resource, dict)
+        and resource.get("type") in RESOURCE_TYPES
+        and resource.get("type") != "Consent"
+    ]
+    described.append(dict(CONSENT_CAPABILITY))
+    rest["resource"] = sorted(described, key=lambda resource: str(resource["type"]))
+    rest.pop("operation", None)  # every system-level operation is refused
+    interactions = rest.get("interaction")
+    if isinstance(interactions, list):
+        for interaction in interactions:
+            if isinstance(interaction, dict) and interaction.get("code") in (
+                _PATIENT_CONTEXT_REFUSED
+            ):
+                interaction["documentation"] = "Refused to patient-context (patient/) tokens."
+    security: dict[str, Any] = {
+        "description": (
+            "Requests pass through the Consentry gateway, which classifies every "
+            "interaction and refuses what it cannot classify."
+        )
+    }
+    if oauth_uris is not None:
+        security["extension"] = [dict(oauth_uris)]
+    if smart:
+        security["service"] = [{"coding": [_SMART_SERVICE]}]
+    rest["security"] = security
+    return rest
+
+
+def _describe_resource(resource: dict[str, Any]) -> dict[str, Any]:
+    rtype = resource["type"]
+    operations = resource.get("operation")
+    if isinstance(operations, list):
+        kept = [
+            op
+            for op in operations
+            if isinstance(op, dict) and (rtype, f"${op.get('name')}") in FILTERED_OPERATIONS
+        ]
+        if kept:
+            resource["operation"] = kept
+        else:
+            resource.pop("operation")
+    if "conditionalRead" in resource:
+        resource["conditionalRead"] = "not-supported"
+    for name in ("searchInclude", "searchRevInclude"):
+        values = resource.get(name)
+        if isinstance(values, list):
+            resource[name] = [v for v in values if not _names_consent(v)]
+    return resource
+
+
+def _names_consent(include: Any) -> bool:
+    """True when an ``_include``/``_revinclude`` value would bring Consent resources
+    (``Consent:patient``, ``X:y:Consent``): the gateway refuses those searches."""
+    if not isinstance(include, str):
+        return False
+    words = include.split(":")
+    return "Consent" in words

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from middleware import __version__
 from middleware.asgi import header_dict, read_body
+from middleware.auth.smart import authorization_server, gateway_root, oauth_uris
 from middleware.errors import (
     BadRequest,
     GatewayError,
@@ -330,11 +331,13 @@ class ProxyHandler:
             raise UpstreamError("upstream server did not return a CapabilityStatement")
         self.rebaser.rewrite(document, self.rebaser.occurrences(raw))
         auth = self.settings.auth
+        root = gateway_root(self.settings.gateway_base_url, self.settings.base_path)
         describe_gateway(
             document,
             gateway_base=self.settings.gateway_base_url,
             version=__version__,
             smart=bool(auth.issuers) or auth.dev_issuer_enabled,
+            oauth_uris=oauth_uris(authorization_server(auth, gateway_root=root)),
         )
         body = jsoncodec.encode(document)
         self._capability = (now, body)

@@ -39,7 +39,8 @@ async def test_metadata_describes_the_gateway_and_keeps_the_upstream_capabilitie
     assert body["software"]["name"] == "Consentry"
     assert body["implementation"]["url"] == GATEWAY
     assert "Upstream FHIR 9.9" in body["implementation"]["description"]
-    assert body["rest"][0]["resource"] == CAPABILITY["rest"][0]["resource"]  # type: ignore[index]
+    patient = [r for r in body["rest"][0]["resource"] if r["type"] == "Patient"]
+    assert patient == CAPABILITY["rest"][0]["resource"]  # type: ignore[index]
     assert UPSTREAM not in response.text
 
 
@@ -110,12 +111,13 @@ async def test_readyz_checks_store_and_upstream(
 
 
 async def test_metrics_count_requests_by_interaction_and_status(
-    client: httpx.AsyncClient, router: respx.Router
+    make_client: Any, router: respx.Router
 ) -> None:
     router.get("/Patient/p1").respond(200, json={"resourceType": "Patient", "id": "p1"})
-    await client.get("/fhir/Patient/p1")
-    await client.get("/fhir/patient/p1")
-    text = (await client.get("/metrics")).text
+    async with make_client(metrics_clients="203.0.113.0/24") as client:  # the test client's
+        await client.get("/fhir/Patient/p1")
+        await client.get("/fhir/patient/p1")
+        text = (await client.get("/metrics")).text
     assert 'consentry_requests_total{interaction="read",status="200"} 1' in text
     assert 'consentry_requests_total{interaction="invalid",status="404"} 1' in text
     assert 'consentry_upstream_duration_seconds_count{interaction="read"} 1' in text
