@@ -273,6 +273,9 @@ def _consent_service(
         defaults=Defaults(
             jurisdiction=jurisdiction,
             uncovered="redact" if settings.consent_uncovered_labels == "redact" else "deny",
+            collect="jurisdiction"
+            if settings.consent_collect_default == "jurisdiction"
+            else "permit",
         ),
         base_url=settings.gateway_base_url,
         receipt_base=f"{public.scheme}://{public.netloc}{root}",

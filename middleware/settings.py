@@ -59,6 +59,7 @@ class Settings:
     ledger_max_wait_ms: float = 0.0
     consent_admin_role: str = "consent-admin"
     consent_jurisdiction: str = "opt-in"
+    consent_collect_default: str = "permit"
     consent_uncovered_labels: str = "deny"
     cursor_ttl_seconds: int = 900
     break_glass_minutes: int = 60
@@ -263,6 +264,8 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append(f"log_level: expected one of {', '.join(_LOG_LEVELS)}")
     if values.get("consent_jurisdiction", "opt-in") not in ("opt-in", "opt-out"):
         problems.append("consent_jurisdiction: expected opt-in or opt-out")
+    if values.get("consent_collect_default", "permit") not in ("permit", "jurisdiction"):
+        problems.append("consent_collect_default: expected permit or jurisdiction")
     if values.get("consent_uncovered_labels", "deny") not in ("deny", "redact"):
         problems.append("consent_uncovered_labels: expected deny or redact")
     if not 0 < values.get("break_glass_minutes", 60) <= 24 * 60:

@@ -11,8 +11,13 @@
    in which nothing matches does not apply.
 3. **Several consents** combine by ``Defaults.combining``: ``deny-overrides`` (default: any deny
    wins, else any permit) or ``permit-overrides`` (any permit wins, else any deny).
-4. **No consent applies:** the per-resource-type default if one is set, else the jurisdiction
-   default: ``opt-out`` permits, ``opt-in`` denies, so under opt-in only an explicit grant permits.
+4. **No consent applies:** the per-resource-type default if one is set; else, for ``collect``
+   (new data) by a caller acting for the record holder (a principal with no launch patient: a
+   user or system caller) when ``Defaults.collect`` is ``permit``, permit (HIPAA 45 CFR
+   164.506: the holder's own collection for treatment, payment and operations needs no
+   consent; a consent that denies ``collect`` still refuses); else the jurisdiction default:
+   ``opt-out`` permits, ``opt-in`` denies, so under opt-in only an explicit grant permits
+   access and correction.
 5. **Sensitive data needs explicit consent.** A permit stands only for the resource's sensitive
    labels (``Defaults.sensitive_labels``, e.g. v3-ActCode HIV, PSY, SUD, ETH) and its
    confidentiality, when at or above ``Defaults.explicit_confidentiality``, that the permitting
@@ -64,6 +69,8 @@ _ACT_CODE_SYSTEMS: Final = (
     "http://terminology.hl7.org/CodeSystem/v3-ActCode",
     "http://hl7.org/fhir/v3/ActCode",  # the pre-R4 URL, still seen in meta.security
 )
+#: FHIR consentaction ``collect``: gathering new data (what a create asks).
+_COLLECT: Final[Coding] = ("http://terminology.hl7.org/CodeSystem/consentaction", "collect")
 DEFAULT_SENSITIVE_LABELS: Final = frozenset(
     (system, code)
     for system in _ACT_CODE_SYSTEMS
@@ -95,6 +102,9 @@ class Defaults:
     sensitive_labels: frozenset[Coding] = DEFAULT_SENSITIVE_LABELS
     explicit_confidentiality: str = "R"
     uncovered: Literal["deny", "redact"] = "deny"
+    #: ``collect`` with no applicable consent: ``permit`` (record holder's callers only) or
+    #: ``jurisdiction`` (like every other action).
+    collect: Literal["permit", "jurisdiction"] = "jurisdiction"
 
     def __post_init__(self) -> None:
         if self.jurisdiction not in ("opt-in", "opt-out"):
@@ -103,6 +113,8 @@ class Defaults:
             raise ValueError(f"unknown combining algorithm {self.combining!r}")
         if self.uncovered not in ("deny", "redact"):
             raise ValueError(f"uncovered must be deny or redact, not {self.uncovered!r}")
+        if self.collect not in ("permit", "jurisdiction"):
+            raise ValueError(f"collect must be permit or jurisdiction, not {self.collect!r}")
         if self.explicit_confidentiality not in CONFIDENTIALITY_RANK:
             raise ValueError(f"unknown confidentiality code {self.explicit_confidentiality!r}")
         bad = {k: v for k, v in self.category_defaults.items() if v not in (PERMIT, DENY)}
@@ -194,7 +206,7 @@ def decide(
         else:
             permitted_by.extend(deciders)
 
-    effect = _combine(denied, bool(permitted_by), resource, defaults, trace)
+    effect = _combine(denied, bool(permitted_by), request, defaults, trace)
     if effect == DENY:
         return Decision(DENY, (), tuple(trace))
     uncovered = _uncovered(resource, permitted_by, defaults)
@@ -211,10 +223,11 @@ def decide(
 def _combine(
     denied: bool,
     permitted: bool,
-    resource: ResourceSummary,
+    request: Request,
     defaults: Defaults,
     trace: list[TraceStep],
 ) -> Effect:
+    resource = request.resource
     if denied and (defaults.combining == "deny-overrides" or not permitted):
         trace.append(TraceStep(None, None, None, f"deny: a consent denies ({defaults.combining})"))
         return DENY
@@ -228,10 +241,25 @@ def _combine(
         reason = f"{by_type}: no consent applies; default for {resource.resource_type}"
         trace.append(TraceStep(None, None, None, reason))
         return by_type
+    if _holder_collects(request, defaults):
+        reason = "permit: no consent applies; collection of new data by the record holder"
+        trace.append(TraceStep(None, None, None, reason))
+        return PERMIT
     effect: Effect = PERMIT if defaults.jurisdiction == "opt-out" else DENY
     reason = f"{effect}: no consent applies; jurisdiction default {defaults.jurisdiction}"
     trace.append(TraceStep(None, None, None, reason))
     return effect
+
+
+def _holder_collects(request: Request, defaults: Defaults) -> bool:
+    """Whether the ``collect`` default permits: new data (consentaction ``collect``) written
+    by a caller acting for the record holder, not for a patient. A patient-context caller
+    writing into *another* patient's compartment is no such collection."""
+    return (
+        defaults.collect == "permit"
+        and request.action == _COLLECT
+        and request.principal.patient is None
+    )
 
 
 def _uncovered(

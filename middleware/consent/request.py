@@ -24,7 +24,8 @@ class Principal:
     ``memberships`` the references of the organisations, care teams and groups it acts for: an
     actor naming any of them matches. ``identifiers`` (``(system, value)``) match actors given by
     logical reference; ``roles`` match actors given by role only. ``patient`` is the launch
-    patient context; :func:`decide` does not consult it (the pipeline scopes requests with it).
+    patient context; the pipeline scopes requests with it, and :func:`decide` only asks whether
+    there is one (a caller without one acts for the record holder: see ``Defaults.collect``).
     """
 
     reference: str | None = None

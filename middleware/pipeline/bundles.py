@@ -185,7 +185,8 @@ class Bundles:
             if isinstance(outcome, GatewayError):
                 raise outcome
             return outcome
-        return await self.flow.release(ask, up)
+        written = _write_responses(entries, up.document)
+        return _keep_write_outcomes(await self.flow.release(ask, up), written)
 
     async def _check_entry(self, ask: Ask, entry: Any, new: Mapping[str, str]) -> None:
         """Raise unless the transaction entry may go through (pins updates to the checked
@@ -237,6 +238,48 @@ def _bundle(raw: bytes) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         raise BadRequest("the request body must be a Bundle", code="structure")
     return document
+
+
+#: What a transaction-response entry of the caller's own write keeps when the caller may not
+#: read the resource: the outcome a single write answers with in its headers (201 + Location,
+#: ETag, Last-Modified), no resource and no upstream OperationOutcome.
+_WRITE_OUTCOME: Final = ("status", "location", "etag", "lastModified")
+
+
+def _write_responses(entries: list[Any], document: Any) -> dict[int, dict[str, Any]]:
+    """The ``response`` objects (not copies: rebasing rewrites them in place) of the upstream's
+    successful answers to create and update entries, by position (R4 http.html#trules: a
+    transaction-response has one entry per request entry, in order)."""
+    answered = document.get("entry") if isinstance(document, dict) else None
+    if not isinstance(answered, list) or len(answered) != len(entries):
+        return {}
+    found: dict[int, dict[str, Any]] = {}
+    for index, (asked, got) in enumerate(zip(entries, answered, strict=True)):
+        method = asked["request"].get("method") if isinstance(asked, dict) else None
+        response = got.get("response") if isinstance(got, dict) else None
+        if (
+            method in ("POST", "PUT")
+            and isinstance(response, dict)
+            and str(response.get("status", "")).startswith("2")
+        ):
+            found[index] = response
+    return found
+
+
+def _keep_write_outcomes(answer: Answer, written: Mapping[int, dict[str, Any]]) -> Answer:
+    """``answer`` with each create or update entry the filter withheld (the caller may write
+    the record but not read it: an EHR collecting under opt-in) answered by its outcome
+    (:data:`_WRITE_OUTCOME`) instead of the generic 404: the caller learns the id of what it
+    wrote, as a single create's ``Location`` tells it, and nothing it could not write."""
+    released = answer.document.get("entry") if isinstance(answer.document, dict) else None
+    if not written or not isinstance(released, list):
+        return answer
+    for index, response in written.items():
+        entry = released[index] if index < len(released) else None
+        if isinstance(entry, dict) and "resource" not in entry:
+            entry.clear()
+            entry["response"] = {k: response[k] for k in _WRITE_OUTCOME if k in response}
+    return answer
 
 
 def _new_references(entries: list[Any]) -> dict[str, str]:
