@@ -228,6 +228,10 @@ class ProxyHandler:
         ):
             raise UpstreamError("upstream server did not return its capabilities")
         self.rebaser.rewrite(document, self.rebaser.occurrences(up.raw))
+        if document["resourceType"] == "CapabilityStatement":
+            # ``_format=json`` (HAPI's encodedJson) and other parameters ask the same question:
+            # the answer describes the gateway, as the plain one does.
+            self._describe(document)
         await self._send_answer(send, Answer(200, up.headers, document), headers, ex)
 
     async def _send_answer(
@@ -330,6 +334,13 @@ class ProxyHandler:
         if not isinstance(document, dict) or document.get("resourceType") != "CapabilityStatement":
             raise UpstreamError("upstream server did not return a CapabilityStatement")
         self.rebaser.rewrite(document, self.rebaser.occurrences(raw))
+        self._describe(document)
+        body = jsoncodec.encode(document)
+        self._capability = (now, body)
+        return body
+
+    def _describe(self, document: dict[str, Any]) -> None:
+        """Rewrite the upstream's CapabilityStatement (rebased) to describe the gateway."""
         auth = self.settings.auth
         root = gateway_root(self.settings.gateway_base_url, self.settings.base_path)
         describe_gateway(
@@ -339,9 +350,6 @@ class ProxyHandler:
             smart=bool(auth.issuers) or auth.dev_issuer_enabled,
             oauth_uris=oauth_uris(authorization_server(auth, gateway_root=root)),
         )
-        body = jsoncodec.encode(document)
-        self._capability = (now, body)
-        return body
 
     async def _send(  # noqa: PLR0917
         self,

@@ -153,6 +153,19 @@ async def test_metadata_advertises_only_the_formats_the_gateway_answers(
     assert "Upstream FHIR in XML" not in str(body)
 
 
+@pytest.mark.parametrize("query", ["_format=json", "_format=application/fhir%2Bjson&_pretty=true"])
+@pytest.mark.usefixtures("upstream_statement")
+async def test_metadata_with_parameters_describes_the_gateway_too(
+    client: httpx.AsyncClient, query: str
+) -> None:
+    """HAPI's generic client with JSON encoding asks ``metadata?_format=json``: the same
+    question, the same truthful answer (not the upstream's statement)."""
+    body = (await client.get(f"/fhir/metadata?{query}")).json()
+    assert body["software"]["name"] == "Consentry"
+    assert not [f for f in body["format"] if "xml" in f]
+    assert "patch" not in _codes(_resource(body, "Consent"))
+
+
 # --- the gateway's own Consent ------------------------------------------------------------------
 
 
