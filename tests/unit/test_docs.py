@@ -8,8 +8,8 @@ Checked in ``README.md``, ``CONTRIBUTING.md`` and ``docs/*.md``:
 - every repository path the text names (in backticks, or as a word of a fenced code block)
   exists; only words that look like repository paths are checked: they start with one of
   :data:`REPO_ROOTS` and hold no placeholder (``*``, ``<``, ``{``, ``$``);
-- nothing points outside the repository (``../shared``): a reader of a fresh clone has
-  nothing beside it;
+- no file outside the repository is cited (``../shared/...``): a reader of a fresh clone has
+  nothing beside it (saying that a folder is expected beside the checkout is not a citation);
 - no ``#<digits>`` issue reference appears.
 """
 
@@ -40,7 +40,7 @@ FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 ISSUE_REF = re.compile(r"(?<![\w&/#])#\d+\b")
-OUTSIDE = re.compile(r"\.\./shared\b")
+OUTSIDE = re.compile(r"\.\./shared/[^\s`)\]]+")
 HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 PLACEHOLDER = re.compile(r"[*<>{}$]")
 TRAILING = "\"'`,;:.)]"
@@ -98,7 +98,7 @@ def problems_in(path: Path) -> list[str]:
     for word in repo_paths(markdown):
         if word not in GENERATED and not (ROOT / word).exists():
             problems.append(f"path {word!r} is not in the repository")
-    problems += [f"points outside the repository: {m!r}" for m in OUTSIDE.findall(markdown)]
+    problems += [f"cites a file outside the repository: {m!r}" for m in OUTSIDE.findall(markdown)]
     problems += [f"issue reference {m!r}" for m in ISSUE_REF.findall(markdown)]
     return problems
 
@@ -153,6 +153,21 @@ def test_issue_reference_rule(text: str, expected: list[str]) -> None:
 def test_repo_path_rule(text: str, expected: list[str]) -> None:
     """Only words that look like repository paths are checked."""
     assert repo_paths(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("bash ../shared/peers/install-upstream.sh", ["../shared/peers/install-upstream.sh"]),
+        ("--data-binary @../shared/data/p.json |", ["../shared/data/p.json"]),
+        ("a folder `../shared` beside the checkout", []),
+        ("`../shared`, or `$SHARED_DIR`", []),
+    ],
+    ids=["script", "data-file", "folder-mention", "folder-or-variable"],
+)
+def test_outside_rule(text: str, expected: list[str]) -> None:
+    """Citing a file beside the checkout is a problem; saying the folder is expected is not."""
+    assert OUTSIDE.findall(text) == expected
 
 
 @pytest.mark.parametrize(
