@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from middleware.fhir.resource_types import RESOURCE_TYPES
 from middleware.testing import GatewayServer
 from tests.integration.sides import Sides, bundle_urls
 
@@ -80,7 +81,19 @@ def test_capability_statement_names_the_gateway(sides: Sides) -> None:
     assert capability["resourceType"] == "CapabilityStatement"
     assert capability["implementation"]["url"] == sides.gateway_base
     direct = sides.direct.get(f"{sides.upstream_base}/metadata").json()
-    assert capability["rest"][0]["resource"] == direct["rest"][0]["resource"]
+    # The upstream's resources the gateway routes keep their interactions and search
+    # parameters; Consent is the gateway's own API; the upstream's custom types are dropped.
+    via = {r["type"]: r for r in capability["rest"][0]["resource"]}
+    upstream = {
+        r["type"]: r
+        for r in direct["rest"][0]["resource"]
+        if r["type"] in RESOURCE_TYPES and r["type"] != "Consent"
+    }
+    assert set(via) == {*upstream, "Consent"}
+    for rtype, resource in upstream.items():
+        assert via[rtype]["interaction"] == resource["interaction"], rtype
+        assert via[rtype].get("searchParam") == resource.get("searchParam"), rtype
+    assert capability["format"] == ["application/fhir+json", "json"]
 
 
 # --- request id -------------------------------------------------------------------------
