@@ -6,7 +6,7 @@
 Appends: ``N`` concurrent appenders each loop ``await writer.append(entry)`` through the
 group-commit :class:`~middleware.ledger.writer.LedgerWriter` (the gateway's settings: batches
 of up to 256, no wait), on SQLite (a fresh file in a temporary directory, WAL,
-``synchronous=FULL``) and on PostgreSQL (a fresh schema; ``CONSENTRY_BENCH_POSTGRES_DSN`` or
+``synchronous=FULL``) and on PostgreSQL (a fresh schema; ``BENCH_POSTGRES_DSN`` or
 ``postgresql://127.0.0.1:5432/test``), for ``--duration`` seconds after an unmeasured half
 second. An append counts once ``append`` has returned, i.e. its batch has committed. Reported:
 appends/s and the p50/p99 latency of ``append``.
@@ -62,7 +62,7 @@ RESULTS = Path(__file__).parent / "results" / "ledger.json"
 ORIGIN = "bench.consentry.example/ledger"
 KEY = SigningKey.from_seed(ORIGIN, bytes([42]) * 32)
 POLICY = TrustPolicy(ORIGIN, (TrustedKey(KEY.vkey()),))
-DSN = os.environ.get("CONSENTRY_BENCH_POSTGRES_DSN", "postgresql://127.0.0.1:5432/test")
+DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://127.0.0.1:5432/test")
 
 
 # --- appends ---------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ The gateway enforces consent on every FHIR request but ``GET /metadata`` (401 wi
 token): :class:`GatewayServer` turns on the development token issuer on a key file in its
 working directory and mints tokens from the same file (:meth:`GatewayServer.token`).
 
-``<shared>`` is ``$CONSENTRY_SHARED`` or, by default, ``../shared`` beside the repository.
+``<shared>`` is ``$SHARED_DIR`` or, by default, ``../shared`` beside the repository (not a
+``CONSENTRY_*`` name: the gateway reads every one of those as a setting and refuses unknown ones).
 Failures raise :class:`PeerError` (never skip): a test that needs a peer must fail without one.
 """
 
@@ -42,6 +43,7 @@ from middleware.fhir import jsoncodec
 
 __all__ = [
     "GatewayServer",
+    "SHARED_ENV",
     "SYSTEM_SCOPES",
     "PeerError",
     "UpstreamServer",
@@ -54,6 +56,8 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
+#: The environment variable naming the shared folder (see the module docstring).
+SHARED_ENV = "SHARED_DIR"
 #: The scopes of :meth:`GatewayServer.system_bearer`: every interaction on every type.
 SYSTEM_SCOPES = "system/*.cruds"
 _PORT_ATTEMPTS = 3
@@ -71,11 +75,11 @@ def repo_root() -> Path:
 
 
 def shared_dir() -> Path:
-    """The shared folder: ``$CONSENTRY_SHARED``, else ``<repo root>/../shared``."""
-    configured = os.environ.get("CONSENTRY_SHARED")
+    """The shared folder: ``$SHARED_DIR``, else ``<repo root>/../shared``."""
+    configured = os.environ.get(SHARED_ENV)
     path = Path(configured) if configured else repo_root().parent / "shared"
     if not (path / "peers").is_dir():
-        raise PeerError(f"shared folder not found at {path} (set CONSENTRY_SHARED)")
+        raise PeerError(f"shared folder not found at {path} (set {SHARED_ENV})")
     return path.resolve()
 
 

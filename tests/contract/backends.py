@@ -5,7 +5,7 @@ stores on the same log (as several processes would), and can change the log *beh
 store: the named SQL edits a DBA might type (which the triggers must refuse), and edits with
 the triggers switched off (which replay must detect or repair).
 
-PostgreSQL: ``CONSENTRY_TEST_POSTGRES_DSN`` or ``postgresql://127.0.0.1:5432/test``; each
+PostgreSQL: ``TEST_POSTGRES_DSN`` or ``postgresql://127.0.0.1:5432/test``; each
 backend object gets a fresh schema, dropped afterwards. When the server is unreachable,
 :func:`postgres_dsn` raises: these tests fail, they do not skip.
 """
@@ -80,7 +80,7 @@ class EditRefused(Exception):
 
 
 def postgres_dsn() -> str:
-    return os.environ.get("CONSENTRY_TEST_POSTGRES_DSN", DEFAULT_DSN)
+    return os.environ.get("TEST_POSTGRES_DSN", DEFAULT_DSN)
 
 
 class Backend:
