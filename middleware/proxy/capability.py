@@ -19,6 +19,8 @@ gateway serves itself is put in (each rule names the module that makes it true):
   conditional headers: a 304 would confirm a record the caller may not see);
 - Consent is the gateway's own API (``consent.api``): the upstream's Consent entry is replaced
   by the interactions that API serves, and no search may ``_include`` Consent;
+- AuditEvent is the upstream's, judged like any record; its ``documentation`` says that the
+  gateway's own audit trail is not served there (it is committed to the ledger);
 - ``search-system`` and ``history-system`` are documented as refused in a patient context
   (``pipeline.flow``);
 - ``rest.security`` says SMART on FHIR when tokens are verified, with the ``oauth-uris``
@@ -43,6 +45,11 @@ _FORMATS: Final = ("application/fhir+json", "json")
 _PATCH_FORMATS: Final = ("application/json-patch+json",)
 _DROPPED: Final = ("id", "meta", "text", "url", "identifier", "version", "messaging", "document")
 _PATIENT_CONTEXT_REFUSED: Final = frozenset({"search-system", "history-system"})
+_AUDIT_EVENT_NOTE: Final = (
+    "The upstream's AuditEvents, released under consent like any record. The gateway's own "
+    "audit trail (IHE BALP AuditEvents of every exchange) is not served here: it is committed "
+    "to the gateway's ledger and exported with `consentry ledger export --with-evidence`."
+)
 
 #: The gateway's own Consent API (``middleware.consent.api`` and ``consent.operations``).
 CONSENT_CAPABILITY: Final[Mapping[str, Any]] = {
@@ -153,6 +160,8 @@ def _describe_rest(
 
 def _describe_resource(resource: dict[str, Any]) -> dict[str, Any]:
     rtype = resource["type"]
+    if rtype == "AuditEvent":
+        resource["documentation"] = _AUDIT_EVENT_NOTE
     operations = resource.get("operation")
     if isinstance(operations, list):
         kept = [

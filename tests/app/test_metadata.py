@@ -109,6 +109,7 @@ UPSTREAM_CAPABILITY: dict[str, Any] = {
                     **_CONDITIONAL,
                     "searchParam": [{"name": "category", "type": "token"}],
                 },
+                {"type": "AuditEvent", "interaction": [{"code": "read"}, {"code": "create"}]},
                 {"type": "Bot", "interaction": [{"code": "read"}]},
             ],
         }
@@ -254,6 +255,17 @@ async def test_metadata_drops_what_the_gateway_cannot_route(client: httpx.AsyncC
     assert _codes(patient) == _ALL  # the upstream's own types keep their interactions
     for key in ("id", "url", "text"):
         assert key not in body
+
+
+@pytest.mark.usefixtures("upstream_statement")
+async def test_metadata_says_where_the_gateways_own_audit_trail_is(
+    client: httpx.AsyncClient,
+) -> None:
+    """AuditEvent is the upstream's type (its interactions kept); the gateway's own BALP
+    events are not served there, and the entry says so."""
+    audit = _resource((await client.get("/fhir/metadata")).json(), "AuditEvent")
+    assert _codes(audit) == ["read", "create"]
+    assert "ledger" in audit["documentation"]
 
 
 # --- SMART: oauth-uris and the well-known document -----------------------------------------------
