@@ -14,6 +14,7 @@ here and never forwarded), then the FHIR base path (the proxy), then a 404 Opera
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from starlette.routing import Route
 
 from middleware import __version__
 from middleware.app_enforcement import build_enforcement
+from middleware.app_health import StartupFailure, open_stores, probe_upstream, readiness
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.auth.factory import build_dev_issuer, build_verifier
 from middleware.auth.smart import gateway_root
@@ -43,11 +45,13 @@ from middleware.ledger.keyfile import load_or_create_signing_key
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey
 from middleware.logging import get_logger
+from middleware.ops.causes import store_label
 from middleware.ops.metrics import Metrics
+from middleware.ops.scrape import ScrapeAccess
 from middleware.proxy.handler import ProxyHandler
 from middleware.proxy.httpx_upstream import HttpxUpstream
 from middleware.proxy.native_upstream import NativeUpstream
-from middleware.proxy.upstream import Upstream, UpstreamRequest
+from middleware.proxy.upstream import Upstream
 from middleware.settings import Settings
 from middleware.storage import ConsentStore, LogStore, open_consent_store, open_log_store
 from middleware.types import Receive, Scope, Send
@@ -75,6 +79,8 @@ class Gateway:
         self.consent = consent
         self.dev_issuer = dev_issuer
         self.metrics = proxy.metrics
+        self._scrape = ScrapeAccess.from_settings(settings.metrics_clients, settings.metrics_token)
+        self._probe: asyncio.Task[bool] | None = None
         self._base = settings.base_path
         self._management_paths = (
             _MANAGEMENT_PATHS
@@ -115,14 +121,18 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 log = get_logger()
                 try:
-                    store = await self.ledger.store()
-                except GatewayError:
-                    # Serve anyway: /readyz reports it, and whatever needs the ledger fails
-                    # closed with 503 until it opens.
-                    log.error("ledger unavailable at startup")
-                    store_name = "unavailable"
-                else:
-                    store_name = store.name
+                    # A store the gateway cannot open stops it, naming the store and the
+                    # cause: never running on with every FHIR request answered 503.
+                    store_name = await self._open_stores()
+                except StartupFailure as exc:
+                    log.error(
+                        "startup failed", store=store_label(self.settings.store), error=str(exc)
+                    )
+                    await self.aclose()
+                    reason = f"consentry: cannot start: {exc}"
+                    await send({"type": "lifespan.startup.failed", "message": reason})
+                    return
+                self._probe = asyncio.create_task(probe_upstream(self.proxy, self.settings))
                 log.info(
                     "startup",
                     version=__version__,
@@ -141,36 +151,30 @@ class Gateway:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def _open_stores(self) -> str:
+        """The store's name once the ledger and consent stores are open (app_health)."""
+        consents = None if self.consent is None else self.consent.service
+        return await open_stores(self.settings, self.ledger, consents)
+
     async def aclose(self) -> None:
         """Close the upstream pool and the consent API, then the ledger (committing what is
         queued)."""
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
         await self.proxy.aclose()
         if self.consent is not None:
             await self.consent.aclose()
         await self.ledger.aclose()
 
     async def _healthz(self, _request: Request) -> Response:
+        """Liveness only: the process serves HTTP (start-up already required the stores)."""
         return JSONResponse({"status": "ok", "version": __version__})
 
     async def _readyz(self, _request: Request) -> Response:
-        checks: dict[str, str] = {}
-        try:
-            await (await self.ledger.store()).ping()
-            checks["store"] = "ok"
-        except GatewayError:
-            checks["store"] = "unavailable"
-        try:
-            response = await self.proxy.upstream.send(
-                UpstreamRequest(
-                    "GET",
-                    f"{self.settings.upstream.rstrip('/')}/metadata",
-                    [("accept", "application/fhir+json")],
-                )
-            )
-            await response.aclose()
-            checks["upstream"] = "ok" if response.status == 200 else "unavailable"
-        except GatewayError:
-            checks["upstream"] = "unavailable"
+        """Readiness: the stores answer and the upstream serves its metadata (app_health)."""
+        consents = None if self.consent is None else self.consent.service
+        checks = await readiness(self.settings, self.ledger, consents, self.proxy)
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ready" if ready else "unavailable", "checks": checks},
@@ -182,7 +186,14 @@ class Gateway:
             raise NotFound("not found")
         return JSONResponse(self.dev_issuer.jwks(), headers={"cache-control": "no-store"})
 
-    async def _metrics(self, _request: Request) -> Response:
+    async def _metrics(self, request: Request) -> Response:
+        """The Prometheus text, to the scrapers ``metrics_clients``/``metrics_token`` allow."""
+        try:
+            client = request.client.host if request.client else None
+            self._scrape.check(client, request.headers.get("authorization"))
+        except GatewayError as refused:
+            status, headers, body = render_error(refused)
+            return Response(body, status_code=status, headers=_str_headers(headers))
         return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
@@ -216,9 +227,11 @@ def create_app(
     async def open_store() -> LogStore:
         return store if store is not None else await open_log_store(settings.store)
 
+    metrics = Metrics()
     ledger = LedgerService(
         open_store,
         key,
+        observer=metrics,
         origin=origin,
         max_batch=settings.ledger_max_batch,
         max_pending=settings.ledger_max_pending,
@@ -239,13 +252,25 @@ def create_app(
         base_path=settings.base_path,
         max_request_bytes=settings.max_request_bytes,
         closers=() if client is None else (client.aclose,),
+        metrics=metrics,
+        access_log=settings.access_log,
     )
     proxy = ProxyHandler(
-        settings, upstream_factory=factory, metrics=Metrics(), clock=clock or time.monotonic
+        settings, upstream_factory=factory, metrics=metrics, clock=clock or time.monotonic
     )
     proxy.enforcement = build_enforcement(
         settings, proxy, consents=service, ledger=ledger, key=key, verifier=verifier
     )
+    sessions = proxy.enforcement.flow.break_glass
+    metrics.gauge(
+        "ledger_queue_depth", "Ledger entries queued for a batch.", lambda: ledger.pending
+    )
+    if sessions is not None:
+        metrics.gauge(
+            "break_glass_sessions_open",
+            "Break-the-glass sessions open now.",
+            lambda: sessions.open_count(wall()),
+        )
     return Gateway(settings, proxy, ledger, consent=consent, dev_issuer=dev_issuer)
 
 
@@ -322,3 +347,7 @@ def _upstream_factory(
         )
 
     return aiohttp_upstream
+
+
+def _str_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}

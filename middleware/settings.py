@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from middleware.auth.settings import AuthSettings
 from middleware.errors import SettingsError
+from middleware.ops.scrape import DEFAULT_METRICS_CLIENTS, MIN_TOKEN_LENGTH, parse_networks
 
 __all__ = ["ENV_PREFIX", "Settings", "load_settings"]
 
@@ -52,6 +53,8 @@ class Settings:
     trust_forwarded_headers: bool = False
     log_level: str = "info"
     access_log: bool = True
+    metrics_clients: str = DEFAULT_METRICS_CLIENTS
+    metrics_token: str = ""
     ledger_key_file: str = "consentry-ledger.key"
     ledger_origin: str = ""
     ledger_max_batch: int = 256
@@ -277,6 +280,17 @@ def _check(values: Mapping[str, Any]) -> list[str]:
             problems.append(f"{name}: expected a comma list of patient, user, system")
     if values.get("consent_admin_role", "consent-admin") == "":
         problems.append("consent_admin_role: must not be empty")
+    try:
+        parse_networks(values.get("metrics_clients", DEFAULT_METRICS_CLIENTS))
+    except ValueError as exc:
+        problems.append(f"metrics_clients: {exc}")
+    token = values.get("metrics_token", "")
+    printable = token.isascii() and token.isprintable() and " " not in token
+    if token and (len(token) < MIN_TOKEN_LENGTH or not printable):
+        problems.append(
+            f"metrics_token: expected at least {MIN_TOKEN_LENGTH} printable ASCII characters"
+            " without spaces"
+        )
     store = values.get("store", "sqlite:consentry.db")
     if not (store.startswith(("sqlite:", "postgresql://", "postgres://")) or store == "memory:"):
         problems.append("store: expected sqlite:PATH, postgresql://... or memory:")

@@ -14,7 +14,11 @@ case-sensitive; :func:`serves`). One request, in order:
    neither;
 5. :meth:`ConsentService.handle` runs the operation, records the attempt, builds the reply.
 
-Every error is an OperationOutcome from :func:`~middleware.fhir.outcome.render_error`.
+Every error is an OperationOutcome from :func:`~middleware.fhir.outcome.render_error`. Every
+answer carries ``X-Request-Id`` (the client's when it is a safe token) and gets one access log
+line as the proxy's does: request id, method, interaction (the operation), status, duration
+and refusal reason code (:mod:`middleware.ops.reasons`); never the path's consent id, the
+query or a body. The answer is counted in ``/metrics`` by operation and status.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final, Protocol
 from urllib.parse import parse_qsl
 
@@ -42,6 +48,9 @@ from middleware.errors import (
 from middleware.fhir.negotiate import check_accept, check_json_body
 from middleware.fhir.outcome import render_error
 from middleware.logging import get_logger
+from middleware.ops.metrics import Metrics
+from middleware.ops.reasons import refusal_reason, status_reason
+from middleware.proxy.headers import request_id
 from middleware.types import Receive, Scope, Send
 
 __all__ = ["ConsentApi", "TokenCheck", "serves"]
@@ -74,9 +83,14 @@ class ConsentApi:
         base_path: str,
         max_request_bytes: int,
         closers: Sequence[Callable[[], Awaitable[None]]] = (),
+        metrics: Metrics | None = None,
+        access_log: bool = True,
     ) -> None:
-        """``closers`` release what the API was given to own (the verifier's HTTP client)."""
+        """``closers`` release what the API was given to own (the verifier's HTTP client);
+        ``metrics`` counts the answers; ``access_log`` writes one line per request."""
         self.service = service
+        self.metrics = metrics
+        self._access_log = access_log
         self._closers = tuple(closers)
         self.verifier = verifier
         self._base = base_path
@@ -92,27 +106,56 @@ class ConsentApi:
             await close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = header_dict(scope.get("headers", []))
+        seen = _Seen(request_id(headers), str(scope["method"]), time.perf_counter())
+        reason: str | None = None
         try:
-            reply = await self._handle(scope, receive)
+            reply = await self._handle(scope, receive, headers, seen)
         except GatewayError as error:
             reply = _error_reply(error)
+            reason = refusal_reason(error)
         except Exception as exc:  # noqa: BLE001 - the last line of fail-closed error handling
             # Never a stack trace or library message in the answer (as in the proxy).
-            self._log.error("consent api unhandled", error_type=type(exc).__name__)
+            self._log.error(
+                "consent api unhandled", request_id=seen.rid, error_type=type(exc).__name__
+            )
             reply = _error_reply(_InternalError("internal error"))
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
-        if not any(k == b"content-length" for k, _ in headers):
-            headers.append((b"content-length", str(len(reply.body)).encode()))
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        headers_out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        if not any(k == b"content-length" for k, _ in headers_out):
+            headers_out.append((b"content-length", str(len(reply.body)).encode()))
+        headers_out.append((b"x-request-id", seen.rid.encode()))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers_out})
         await send({"type": "http.response.body", "body": reply.body})
+        self._observe(seen, reply.status, reason or status_reason(reply.status))
 
-    async def _handle(self, scope: Scope, receive: Receive) -> Reply:
-        method: str = scope["method"]
-        headers = header_dict(scope.get("headers", []))
+    def _observe(self, seen: _Seen, status: int, reason: str | None) -> None:
+        """The answer's access log line and metrics (module docstring)."""
+        seconds = time.perf_counter() - seen.started
+        if self.metrics is not None:
+            self.metrics.observe_consent(seen.operation, status, seconds)
+            if reason is not None:
+                self.metrics.observe_refusal(reason)
+        if self._access_log:
+            self._log.info(
+                "consent api",
+                request_id=seen.rid,
+                method=seen.method,
+                interaction=seen.operation,
+                resource_type="Consent",
+                status=status,
+                duration_ms=round(seconds * 1000, 3),
+                reason=reason,
+            )
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, headers: dict[str, str], seen: _Seen
+    ) -> Reply:
+        method = seen.method
         if any(name in headers for name in _OVERRIDE_HEADERS):
             # As the proxy does (fhir.classify): a method is what the request line says.
             raise BadRequest("method-override headers are not accepted", code="not-supported")
         operation, consent_id, version = self._route(scope, method)
+        seen.operation = operation
         identity = await self.verifier.verify(headers.get("authorization"))
         query = _query(scope.get("query_string", b""))
         check_accept(headers, query)
@@ -129,11 +172,7 @@ class ConsentApi:
             if_match=headers.get("if-match"),
             self_link=self._self_link(consent_id),
         )
-        reply = await self.service.handle(identity, call, HANDLERS[operation])
-        self._log.info(
-            "consent api", operation=operation, status=reply.status, acting=identity.kind
-        )
-        return reply
+        return await self.service.handle(identity, call, HANDLERS[operation])
 
     def _route(self, scope: Scope, method: str) -> tuple[Operation, str | None, str | None]:
         raw = scope.get("raw_path") or b""
@@ -170,6 +209,17 @@ class ConsentApi:
     def _self_link(self, consent_id: str | None) -> str:
         base = self.service.base_url
         return f"{base}/Consent/{consent_id}/_history" if consent_id else f"{base}/Consent"
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What one request accumulates for its log line: request id, method, start time, and
+    the operation once the path named one."""
+
+    rid: str
+    method: str
+    started: float
+    operation: str = "invalid"
 
 
 class _InternalError(GatewayError):

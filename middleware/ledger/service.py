@@ -16,7 +16,7 @@ from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.signing import SigningKey
-from middleware.ledger.writer import LedgerWriter
+from middleware.ledger.writer import CommitObserver, LedgerWriter
 from middleware.storage.ledger_base import LogStore
 
 __all__ = ["LedgerService"]
@@ -34,8 +34,10 @@ class LedgerService:
         max_batch: int = 256,
         max_pending: int = 10_000,
         max_wait: float = 0.0,
+        observer: CommitObserver | None = None,
     ) -> None:
         self._open_store = open_store
+        self._observer = observer
         self.key = key
         self.origin = origin
         self._max_batch = max_batch
@@ -61,12 +63,18 @@ class LedgerService:
                         max_batch=self._max_batch,
                         max_pending=self._max_pending,
                         max_wait=self._max_wait,
+                        observer=self._observer,
                     )
                     await writer.start()
                 except (OSError, LedgerError) as exc:
                     raise ServiceUnavailable("ledger unavailable") from exc
                 self._writer = writer
         return self._writer
+
+    @property
+    def pending(self) -> int:
+        """Entries queued for the writer's next batch (0 before it runs)."""
+        return 0 if self._writer is None else self._writer.pending
 
     async def store(self) -> LogStore:
         """The opened store (opening it, and starting the writer, if needed)."""

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.checkpoint import Checkpoint
@@ -43,7 +44,13 @@ from middleware.ledger.signing import SigningKey
 if TYPE_CHECKING:
     from middleware.storage.ledger_base import LogStore
 
-__all__ = ["LedgerWriter", "checkpoint_signer"]
+__all__ = ["CommitObserver", "LedgerWriter", "checkpoint_signer"]
+
+
+class CommitObserver(Protocol):
+    """Told of every batch the writer commits or fails (metrics); must not raise."""
+
+    def observe_commit(self, entries: int, seconds: float, *, ok: bool) -> None: ...
 
 
 def checkpoint_signer(key: SigningKey, origin: str | None = None) -> CheckpointSigner:
@@ -70,6 +77,7 @@ class LedgerWriter:
         max_batch: int = 256,
         max_wait: float = 0.0,
         max_pending: int = 10_000,
+        observer: CommitObserver | None = None,
     ) -> None:
         if max_batch < 1 or max_pending < 1 or max_wait < 0:
             raise ValueError("max_batch and max_pending are positive, max_wait is not negative")
@@ -83,6 +91,7 @@ class LedgerWriter:
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._observer = observer
         #: Batches committed and batches that failed, for metrics and tests.
         self.batches = 0
         self.failed_batches = 0
@@ -148,10 +157,13 @@ class LedgerWriter:
             await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[NewEntry, asyncio.Future[int], float]]) -> None:
+        started = time.perf_counter()
         try:
             results = await self._store.append([e for e, _, _ in batch], sign=self._sign)
         except Exception as exc:  # noqa: BLE001  # any store failure fails this batch, only it
             self.failed_batches += 1
+            if self._observer is not None:
+                self._observer.observe_commit(len(batch), time.perf_counter() - started, ok=False)
             for _, future, _ in batch:
                 _fail(future, exc)
             return
@@ -160,6 +172,8 @@ class LedgerWriter:
                 _fail(future, exc)
             raise
         self.batches += 1
+        if self._observer is not None:
+            self._observer.observe_commit(len(batch), time.perf_counter() - started, ok=True)
         for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result.index)

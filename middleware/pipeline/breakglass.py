@@ -108,6 +108,12 @@ class BreakGlass:
             if s.caller == caller.binding and s.ends > now
         )
 
+    def open_count(self, now: float) -> int:
+        """How many sessions are open at ``now`` (for the metrics gauge)."""
+        if not self._sessions:
+            return 0
+        return sum(1 for s in self._sessions.values() if s.ends > now)
+
     def open(self, caller: Caller, patients: Iterable[str], now: float) -> list[str]:
         """Open sessions for ``patients`` that have none; returns the newly opened ones
         (their start events must be recorded)."""

@@ -27,9 +27,11 @@ from middleware.pipeline.caller import caller_of
 from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed
 from middleware.pipeline.flow import Flow
 from middleware.pipeline.idmap import IdEdge
+from middleware.pipeline.judge import Trail
 from middleware.types import Scope
 
 if TYPE_CHECKING:
+    from middleware.ops.metrics import Metrics
     from middleware.proxy.handler import ExchangeLog, ProxyHandler
 
 __all__ = ["Enforcement", "TokenCheck"]
@@ -124,6 +126,9 @@ class Enforcement:
                 client_host=client_host,
             )
             raise
+        finally:
+            if ask is not None:
+                _tally(ask.trail, log, proxy.metrics)
         await self.record(ask, answer.status, _final_phase(ask))
         return answer
 
@@ -240,6 +245,17 @@ class Enforcement:
     def _self_url(self, request: FhirRequest) -> str:
         url = f"{self._gateway_base}/{request.path}" if request.path else self._gateway_base
         return f"{url}?{request.query.decode('ascii')}" if request.query else url
+
+
+def _tally(trail: Trail, log: ExchangeLog, metrics: Metrics) -> None:
+    """Count the exchange's consent decisions by effect, and mark it consent-denied when a
+    deny stood (not overridden by break-the-glass): its 403 or 404 is then the consent's."""
+    for patient, decision in trail.decisions.items():
+        if decision is None:  # the caller's own record: no consent is consulted
+            continue
+        metrics.observe_decision(decision.effect)
+        if not decision.permitted and patient not in trail.overridden:
+            log.consent_denied = True
 
 
 def _final_phase(ask: Ask) -> Phase:

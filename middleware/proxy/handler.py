@@ -31,6 +31,7 @@ from middleware.errors import (
     NotFound,
     PayloadTooLarge,
     UpstreamError,
+    UpstreamTimeout,
     UriTooLong,
 )
 from middleware.fhir import jsoncodec
@@ -39,7 +40,9 @@ from middleware.fhir.negotiate import check_request_negotiation
 from middleware.fhir.outcome import render_error
 from middleware.fhir.request import Interaction
 from middleware.logging import get_logger
+from middleware.ops.causes import describe
 from middleware.ops.metrics import Metrics
+from middleware.ops.reasons import refusal_reason, status_reason
 from middleware.pipeline.exchange import Answer, Upstreamed
 from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.proxy.capability import describe_gateway
@@ -76,6 +79,8 @@ class ExchangeLog:
     bytes_in: int = 0
     bytes_out: int = 0
     audited: bool = False  # the enforcement stage owns this exchange's audit record
+    consent_denied: bool = False  # a consent decision of this exchange denied and stood
+    reason: str | None = None  # the refusal reason code (ops.reasons), None on success
 
 
 class ProxyHandler:
@@ -101,6 +106,8 @@ class ProxyHandler:
         self.metrics = metrics
         self._clock = clock
         self._upstream_base = settings.upstream.rstrip("/")
+        # The host the upstream-failure log names: never the userinfo a URL may carry.
+        self._upstream_host = urlsplit(self._upstream_base).netloc.rpartition("@")[2]
         self.rebaser = Rebaser(self._upstream_base, settings.gateway_base_url)
         # X-Forwarded-Host/-Proto name the configured public base, never the client's Host
         # header: an upstream that builds links from them must not be steered by a client.
@@ -131,7 +138,9 @@ class ProxyHandler:
         try:
             await self._handle(scope, receive, send, headers, exchange)
         except GatewayError as error:
-            await self._send_error(send, await self._audited(scope, exchange, error), exchange)
+            answered = await self._audited(scope, exchange, error)
+            exchange.reason = refusal_reason(answered, consent_denied=exchange.consent_denied)
+            await self._send_error(send, answered, exchange)
         except Exception as exc:  # noqa: BLE001 - the last line of fail-closed error handling
             # Never a stack trace or library message in the answer; the type is enough to
             # find the log line by request id.
@@ -142,6 +151,10 @@ class ProxyHandler:
             self.metrics.in_flight -= 1
             seconds = time.perf_counter() - exchange.started
             self.metrics.observe_request(exchange.interaction, exchange.status, seconds)
+            if exchange.reason is None:
+                exchange.reason = status_reason(exchange.status)
+            if exchange.reason is not None:
+                self.metrics.observe_refusal(exchange.reason)
             if self.settings.access_log:
                 self._log.info(
                     "request",
@@ -158,6 +171,7 @@ class ProxyHandler:
                     ),
                     bytes_in=exchange.bytes_in,
                     bytes_out=exchange.bytes_out,
+                    reason=exchange.reason,
                 )
 
     async def _audited(self, scope: Scope, ex: ExchangeLog, error: GatewayError) -> GatewayError:
@@ -198,9 +212,8 @@ class ProxyHandler:
             request = classify_bundle(request, _bundle_type(body))
             ex.interaction = request.interaction.value
         if request.interaction is Interaction.CAPABILITIES and not request.query:
-            await self._send(
-                send, 200, [(b"content-type", _FHIR_JSON)], await self._metadata(), headers, ex
-            )
+            statement = await self._metadata(ex.rid)
+            await self._send(send, 200, [(b"content-type", _FHIR_JSON)], statement, headers, ex)
             return
         if request.interaction is not Interaction.CAPABILITIES:
             # Everything but the CapabilityStatement (public by SMART App Launch 2.x) is
@@ -280,11 +293,15 @@ class ProxyHandler:
         if body and not any(name == "content-type" for name, _ in sent_headers):
             sent_headers.append(("content-type", "application/fhir+json"))
         started = time.perf_counter()
-        response = await self.upstream.send(UpstreamRequest(method, url, sent_headers, body))
         try:
-            raw = await response.read(self.settings.max_response_bytes)
-        finally:
-            await response.aclose()
+            response = await self.upstream.send(UpstreamRequest(method, url, sent_headers, body))
+            try:
+                raw = await response.read(self.settings.max_response_bytes)
+            finally:
+                await response.aclose()
+        except (UpstreamError, UpstreamTimeout) as exc:
+            self._upstream_failed(exc, log.rid)
+            raise
         seconds = time.perf_counter() - started
         log.upstream_seconds = (log.upstream_seconds or 0.0) + seconds
         self.metrics.observe_upstream(log.interaction, seconds)
@@ -301,6 +318,17 @@ class ProxyHandler:
         document = _decode_upstream(raw) if raw and "json" in content_type else None
         return Upstreamed(response.status, passed, document, raw)
 
+    def _upstream_failed(self, exc: GatewayError, rid: str | None) -> None:
+        """Log why the upstream could not be reached or read: the cause's class and errno
+        text, and the upstream's host (never the path or query: they can name a patient)."""
+        self._log.warning(
+            "upstream unavailable",
+            request_id=rid,
+            host=self._upstream_host,
+            status=exc.status,
+            **describe(exc).fields(),
+        )
+
     async def _read_body(self, receive: Receive, headers: dict[str, str], method: str) -> bytes:
         """The request body, whole, at most ``max_request_bytes`` after decoding gzip."""
         limit = self.settings.max_request_bytes
@@ -314,22 +342,26 @@ class ProxyHandler:
             raise BadRequest(f"unsupported Content-Encoding {encoding!r}", code="not-supported")
         return body
 
-    async def _metadata(self) -> bytes:
+    async def _metadata(self, rid: str | None = None) -> bytes:
         """The gateway's CapabilityStatement, fetched from the upstream at most once per TTL."""
         now = self._clock()
         if self._capability is not None and now - self._capability[0] < self.settings.metadata_ttl:
             return self._capability[1]
-        response = await self.upstream.send(
-            UpstreamRequest(
-                "GET", f"{self._upstream_base}/metadata", [("accept", "application/fhir+json")]
-            )
-        )
         try:
-            raw = await response.read(self.settings.max_response_bytes)
-            if response.status != 200:
-                raise UpstreamError("upstream server did not return its CapabilityStatement")
-        finally:
-            await response.aclose()
+            response = await self.upstream.send(
+                UpstreamRequest(
+                    "GET", f"{self._upstream_base}/metadata", [("accept", "application/fhir+json")]
+                )
+            )
+            try:
+                raw = await response.read(self.settings.max_response_bytes)
+            finally:
+                await response.aclose()
+        except (UpstreamError, UpstreamTimeout) as exc:
+            self._upstream_failed(exc, rid)
+            raise
+        if response.status != 200:
+            raise UpstreamError("upstream server did not return its CapabilityStatement")
         document = _decode_upstream(raw)
         if not isinstance(document, dict) or document.get("resourceType") != "CapabilityStatement":
             raise UpstreamError("upstream server did not return a CapabilityStatement")

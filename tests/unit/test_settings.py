@@ -102,3 +102,26 @@ def test_bad_values(overrides: dict[str, object], fragment: str) -> None:
 def test_unreadable_config_file(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="cannot read config file"):
         load_settings(config_file=tmp_path / "missing.toml", overrides={"upstream": UP})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"metrics_clients": "10.0.0.0/8,localhost"}, "metrics_clients: 'localhost' is not an IP"),
+        ({"metrics_token": "short"}, "metrics_token: expected at least 16"),
+        ({"metrics_token": "sixteen chars with spaces"}, "metrics_token: expected at least 16"),
+    ],
+    ids=["client-not-an-address", "token-too-short", "token-with-spaces"],
+)
+def test_bad_metrics_access(overrides: dict[str, object], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=fragment):
+        load_settings(overrides={"upstream": UP, **overrides})
+
+
+def test_metrics_default_to_loopback_scrapers_and_no_token() -> None:
+    settings = load_settings(overrides={"upstream": UP})
+    assert settings.metrics_clients == "127.0.0.1/8,::1"
+    assert settings.metrics_token == ""
+    env = {"CONSENTRY_METRICS_TOKEN": "0123456789abcdef", "CONSENTRY_METRICS_CLIENTS": ""}
+    settings = load_settings(env=env, overrides={"upstream": UP})
+    assert (settings.metrics_clients, settings.metrics_token) == ("", "0123456789abcdef")

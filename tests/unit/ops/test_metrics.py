@@ -28,3 +28,51 @@ def test_histogram_buckets_are_cumulative_and_sum_counts() -> None:
         in text
     )
     assert 'consentry_request_duration_seconds_count{interaction="read",status="200"} 4' in text
+
+
+def test_consent_api_decisions_and_refusals_are_counted_by_their_labels() -> None:
+    metrics = Metrics()
+    metrics.observe_consent("create", 201, 0.002)
+    metrics.observe_consent("create", 201, 0.003)
+    metrics.observe_consent("read", 401, 0.0001)
+    for effect in ("permit", "deny", "permit"):
+        metrics.observe_decision(effect)
+    metrics.observe_refusal("consent-denied")
+    text = metrics.render().decode()
+    assert 'consentry_consent_requests_total{operation="create",status="201"} 2' in text
+    assert 'consentry_consent_requests_total{operation="read",status="401"} 1' in text
+    assert (
+        'consentry_consent_request_duration_seconds_bucket{operation="create",status="201",'
+        'le="0.0025"} 1' in text
+    )
+    assert 'consentry_decisions_total{effect="permit"} 2' in text
+    assert 'consentry_decisions_total{effect="deny"} 1' in text
+    assert 'consentry_refusals_total{reason="consent-denied"} 1' in text
+    assert "# TYPE consentry_refusals_total counter" in text
+
+
+def test_ledger_commits_count_entries_batch_sizes_latency_and_failures() -> None:
+    metrics = Metrics()
+    metrics.observe_commit(1, 0.001, ok=True)
+    metrics.observe_commit(100, 0.004, ok=True)
+    metrics.observe_commit(7, 0.5, ok=False)  # a failed batch appended nothing
+    text = metrics.render().decode()
+    assert "consentry_ledger_appends_total 101" in text
+    assert "consentry_ledger_failed_batches_total 1" in text
+    assert 'consentry_ledger_batch_size_bucket{le="1.0"} 1' in text
+    assert 'consentry_ledger_batch_size_bucket{le="64.0"} 1' in text
+    assert 'consentry_ledger_batch_size_bucket{le="128.0"} 2' in text
+    assert "consentry_ledger_batch_size_sum 101.000000" in text
+    assert "consentry_ledger_commit_duration_seconds_count 2" in text
+    assert 'consentry_ledger_commit_duration_seconds_bucket{le="0.0025"} 1' in text
+
+
+def test_gauges_are_read_at_each_scrape() -> None:
+    metrics = Metrics()
+    depth = [3]
+    metrics.gauge("ledger_queue_depth", "Queued.", lambda: depth[0])
+    assert "consentry_ledger_queue_depth 3" in metrics.render().decode()
+    depth[0] = 0
+    text = metrics.render().decode()
+    assert "consentry_ledger_queue_depth 0" in text
+    assert "# TYPE consentry_ledger_queue_depth gauge" in text
