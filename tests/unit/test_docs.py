@@ -10,15 +10,21 @@ Checked in ``README.md``, ``CONTRIBUTING.md`` and ``docs/*.md``:
   :data:`REPO_ROOTS` and hold no placeholder (``*``, ``<``, ``{``, ``$``);
 - no file outside the repository is cited (``../shared/...``): a reader of a fresh clone has
   nothing beside it (saying that a folder is expected beside the checkout is not a citation);
-- no ``#<digits>`` issue reference appears.
+- no ``#<digits>`` issue reference appears;
+- every setting (:class:`~middleware.settings.Settings` and the ``[auth]`` table) has a row in
+  ``docs/configuration.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
+
+from middleware.auth.settings import AuthSettings, IssuerSettings
+from middleware.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,6 +121,34 @@ def test_docs_folder_holds_the_reference() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     linked = {target for target in LINK.findall(readme) if target.startswith("docs/")}
     assert linked, "the README links no docs/ file"
+
+
+def table_settings(markdown: str) -> set[str]:
+    """The names in backticks in the first cell of each table row of a Markdown text."""
+    names: set[str] = set()
+    for line in markdown.splitlines():
+        if line.startswith("| `"):
+            names.update(re.findall(r"`([a-z_]+)`", line.split("|")[1]))
+    return names
+
+
+@pytest.mark.parametrize(
+    ("settings", "exempt"),
+    [(Settings, {"auth"}), (AuthSettings, set())],
+    ids=["settings", "auth"],
+)
+def test_every_setting_is_documented(settings: type, exempt: set[str]) -> None:
+    """A setting added to the code has a row (default and meaning) in docs/configuration.md."""
+    documented = table_settings((ROOT / "docs" / "configuration.md").read_text(encoding="utf-8"))
+    fields = {field.name for field in dataclasses.fields(settings)} - exempt
+    assert sorted(fields - documented) == []
+
+
+def test_every_issuer_key_is_documented() -> None:
+    """Each key of an ``[[auth.issuers]]`` entry is named in docs/configuration.md."""
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    named = set(CODE_SPAN.findall(text))
+    assert sorted({f.name for f in dataclasses.fields(IssuerSettings)} - named) == []
 
 
 # The checker itself: each rule fires on what it should and only on that.
