@@ -41,7 +41,7 @@ from middleware.consent.service import ConsentService
 from middleware.errors import GatewayError, NotFound
 from middleware.fhir.outcome import render_error
 from middleware.ledger.http import ledger_routes
-from middleware.ledger.keyfile import load_or_create_signing_key
+from middleware.ledger.keyfile import LedgerKey, load_or_create_ledger_key
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey
 from middleware.logging import get_logger
@@ -214,15 +214,25 @@ def create_app(
     (``native``, the default; ``aiohttp``; ``httpx``).
     ``store``: the ledger's log store; defaults to the one ``settings.store`` names (SQLite
     in the working directory), opened on first need. ``signer``: the ledger's checkpoint
-    key; defaults to ``settings.ledger_key_file`` (created when missing). ``clock``:
-    monotonic seconds, for cache ages. ``wall_clock``:
+    key; defaults to the one in ``settings.ledger_key_file`` (created when missing), with
+    the origin stored there (an injected key's origin is ``ledger_origin``, else its name).
+    ``clock``: monotonic seconds, for cache ages. ``wall_clock``:
     seconds since the epoch (consent periods, cursor expiry, break-the-glass sessions, audit
     and ledger times); ``time.time`` by default. ``consents``: the consent store (pseudonyms and the
     consent index); defaults to the one ``settings.store`` names, beside the ledger.
     """
     factory = _upstream_factory(settings, upstream)
-    origin = settings.checkpoint_origin
-    key = signer or load_or_create_signing_key(Path(settings.ledger_key_file), origin)
+    if signer is None:
+        # The origin is the log's identity, kept in the key file; the one derived from the
+        # public URL only names a key file created now (see ledger.keyfile).
+        ledger_key = load_or_create_ledger_key(
+            Path(settings.ledger_key_file),
+            configured=settings.ledger_origin,
+            default=settings.checkpoint_origin,
+        )
+    else:
+        ledger_key = LedgerKey(signer, settings.ledger_origin or signer.name)
+    key, origin = ledger_key.key, ledger_key.origin
 
     async def open_store() -> LogStore:
         return store if store is not None else await open_log_store(settings.store)
@@ -233,6 +243,7 @@ def create_app(
         key,
         observer=metrics,
         origin=origin,
+        origin_stated=ledger_key.stated,
         max_batch=settings.ledger_max_batch,
         max_pending=settings.ledger_max_pending,
         max_wait=settings.ledger_max_wait_ms / 1000,

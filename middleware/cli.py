@@ -5,9 +5,12 @@ runs the gateway (uvicorn, uvloop, httptools) on the embedded default store. Set
 the TOML file, then ``CONSENTRY_*`` variables, then these flags; a bad value stops it at once
 with every problem listed.
 
-``consentry ledger verify|export`` and ``consentry keys generate|policy|rotate`` are described
-in :mod:`middleware.ledger.cli`; ``consentry mappings check|explain`` in
-:mod:`middleware.mapping.cli`.
+The other commands are registered, with their subcommands, by the module that implements
+them: ``consentry ledger verify|export`` and ``consentry keys generate|policy|rotate`` by
+:mod:`middleware.ledger.cli`, ``consentry token issue`` by :mod:`middleware.auth.cli`,
+``consentry mappings check|explain`` by :mod:`middleware.mapping.cli`. Each subcommand parser
+sets ``run(args, out) -> exit status``; the help shown to users is the plain text given there,
+never these docstrings.
 """
 
 from __future__ import annotations
@@ -15,22 +18,39 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from middleware import __version__
+from middleware.auth.cli import register as register_token
 from middleware.errors import GatewayError, SettingsError
+from middleware.ledger.cli import register as register_ledger
 from middleware.logging import configure_logging
+from middleware.mapping.cli import register as register_mappings
 from middleware.settings import load_settings
 
 __all__ = ["main"]
 
+_DESCRIPTION = (
+    "Consentry, a consent-enforcing FHIR gateway. `consentry COMMAND --help` describes each "
+    "command; `consentry init` writes a local development configuration to start from."
+)
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="consentry", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="consentry", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"consentry {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gateway")
+    commands = parser.add_subparsers(
+        dest="command", required=True, title="commands", metavar="COMMAND"
+    )
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. Settings come from the TOML file, then CONSENTRY_* "
+        "environment variables, then these options; a bad value stops it with every "
+        "problem listed.",
+    )
     serve.add_argument("--upstream", help="upstream FHIR base URL, e.g. http://127.0.0.1:8103/fhir")
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
@@ -38,38 +58,25 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", dest="public_url", help="absolute FHIR base clients see")
     serve.add_argument("--store", help="sqlite:PATH (default sqlite:consentry.db) or memory:")
     serve.add_argument("--config", type=Path, help="TOML settings file")
-    token = commands.add_parser("token", help="development tokens (see `token issue --help`)")
-    token.add_argument("action", choices=["issue"], help="mint a token from a local key")
-    token.add_argument("rest", nargs=argparse.REMAINDER, help="options of `token issue`")
-    for group, actions, about in (
-        ("ledger", ("verify", "export"), "verify the ledger offline, or export it"),
-        ("keys", ("generate", "policy", "rotate"), "manage the ledger's signing keys"),
-        ("mappings", ("check", "explain"), "lint the mapping files, or explain a mapping"),
-    ):
-        sub = commands.add_parser(group, help=f"{about} (see `{group} {actions[0]} --help`)")
-        sub.add_argument("action", choices=actions)
-        sub.add_argument("rest", nargs=argparse.REMAINDER, help=f"options of `{group} ACTION`")
+    # Each module registers its own commands and subcommands (each sets ``run``).
+    register_token(commands)
+    register_ledger(commands)
+    register_mappings(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``consentry`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``consentry`` console script; returns the exit status (0 done,
+    1 a check failed, 2 a usage error or a command that could not run, its reason on
+    standard error)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage or the help
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command == "serve":
         return _serve(args)
-    if args.command == "token":
-        from middleware.auth.cli import issue_token_command  # noqa: PLC0415
-
-        return issue_token_command(args.rest)
-    if args.command in ("ledger", "keys"):
-        from middleware.ledger.cli import run_command  # noqa: PLC0415
-
-        return run_command(args.command, args.action, args.rest)
-    if args.command == "mappings":
-        from middleware.mapping.cli import run_command as run_mappings  # noqa: PLC0415
-
-        return run_mappings(args.action, args.rest)
-    return 2  # pragma: no cover - argparse enforces the subcommand
+    run: Callable[[argparse.Namespace, TextIO], int] = args.run
+    return run(args, sys.stdout)
 
 
 def _serve(args: argparse.Namespace) -> int:

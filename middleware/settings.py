@@ -93,7 +93,9 @@ class Settings:
 
     @property
     def checkpoint_origin(self) -> str:
-        """The C2SP checkpoint origin line: ``ledger_origin``, else the public host + path."""
+        """The origin a *new* ledger key file gets: ``ledger_origin``, else the public host +
+        path. The log keeps the origin stored in its key file; this is never consulted again
+        (see :mod:`middleware.ledger.keyfile`)."""
         if self.ledger_origin:
             return self.ledger_origin
         parts = urlsplit(self.gateway_base_url)

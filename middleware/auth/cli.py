@@ -18,34 +18,81 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 from middleware.auth.devissuer import DEV_ALGORITHMS, UnsafeDevelopmentIssuer
 from middleware.auth.identity import ClaimError, parse_fhir_user
+from middleware.auth.scopes import parse_scopes
 from middleware.logging import configure_logging
 
-__all__ = ["issue_token_command", "token_issue_parser"]
+__all__ = ["issue_token_command", "register", "token_issue_parser"]
+
+_DESCRIPTION = "Mint an access token from the local development issuer (never production)."
+
+
+class _Usage(Exception):
+    """A value the command refuses (exit status 2)."""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``token`` and its subcommand ``issue`` to ``commands`` (the subparsers of
+    ``consentry``); ``issue`` sets ``run(args, out) -> status``."""
+    about = "Development access tokens, for local testing only."
+    token = commands.add_parser("token", help="development access tokens", description=about)
+    actions = token.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    issue = actions.add_parser(
+        "issue", help="mint a token from the development issuer", description=_DESCRIPTION
+    )
+    _issue_arguments(issue)
+    issue.set_defaults(run=lambda args, out: _issue(args, out, sys.stderr))
 
 
 def token_issue_parser() -> argparse.ArgumentParser:
     """The argument parser of ``consentry token issue``."""
-    parser = argparse.ArgumentParser(
-        prog="consentry token issue",
-        description="Mint an access token from the local development issuer (never production).",
-    )
+    parser = argparse.ArgumentParser(prog="consentry token issue", description=_DESCRIPTION)
+    _issue_arguments(parser)
+    return parser
+
+
+def _issue_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--sub", required=True, help="subject (the token's sub claim)")
-    add("--scope", action="append", required=True, help="SMART scopes (repeatable)")
+    add(
+        "--scope",
+        action="append",
+        required=True,
+        help="SMART scopes, v1 or v2, space-separated (repeatable), e.g. 'patient/*.rs openid'",
+    )
+    add(
+        "--allow-scope",
+        dest="allow_scope",
+        action="append",
+        default=[],
+        help="a further scope the gateway is configured to recognise, e.g. its "
+        "break_glass_scope (repeatable)",
+    )
     add("--patient", help="launch patient id (the patient claim)")
     add("--fhir-user", dest="fhir_user", help="user resource, e.g. Practitioner/1")
     add("--purpose", action="append", default=[], help="purpose of use: CODE or system|code")
     add("--role", action="append", default=[], help="role (repeatable)")
     add("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
-    add("--key-file", dest="key_file", type=Path, required=True, help="private JWK file")
+    add(
+        "--key-file",
+        dest="key_file",
+        type=Path,
+        required=True,
+        help="the issuer's private JWK file (created when missing)",
+    )
     add("--issuer", required=True, help="the iss URL the gateway trusts for this key")
-    add("--audience", action="append", required=True, help="aud: the gateway's FHIR base URL")
+    add(
+        "--audience",
+        action="append",
+        required=True,
+        help="aud: the gateway's FHIR base URL, or an audience name it is configured with "
+        "(repeatable)",
+    )
     add("--algorithm", choices=DEV_ALGORITHMS, default="EdDSA", help="for a new key file")
     add("--client-id", dest="client_id", default="consentry-dev", help="client_id claim")
-    return parser
 
 
 def issue_token_command(
@@ -53,15 +100,21 @@ def issue_token_command(
 ) -> int:
     """Run ``consentry token issue`` with ``argv`` (the arguments after ``token issue``);
     print the token on ``stdout`` and return the exit status (0, or 2 on a usage error)."""
-    out = stdout or sys.stdout
-    err = stderr or sys.stderr
     try:
         args = token_issue_parser().parse_args(list(argv))
     except SystemExit as exc:  # argparse has printed the usage message
         return exc.code if isinstance(exc.code, int) else 2
+    return _issue(args, stdout or sys.stdout, stderr or sys.stderr)
+
+
+def _issue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     # Logs (the issuer's warning) go to stderr so that stdout is the token and nothing else.
     configure_logging("warning", err)
     try:
+        _check_scopes(args.scope, args.allow_scope)
+        _check_url("--issuer", args.issuer)
+        for audience in args.audience:
+            _check_audience(audience)
         if args.fhir_user is not None:
             parse_fhir_user(args.fhir_user)
         existed = args.key_file.exists()
@@ -79,10 +132,38 @@ def issue_token_command(
             ttl=args.ttl,
             client_id=args.client_id,
         )
-    except (ClaimError, ValueError, OSError) as exc:
+    except (_Usage, ClaimError, ValueError, OSError) as exc:
         print(f"consentry token issue: {exc}", file=err)
         return 2
     if not existed:
         print(f"consentry token issue: created key file {args.key_file}", file=err)
     print(token, file=out)
     return 0
+
+
+def _check_scopes(scopes: Sequence[str], allowed: Sequence[str]) -> None:
+    """Refuse a scope the gateway would drop (it grants nothing there: SMART 2.x grammar)."""
+    parsed = parse_scopes(scopes, extra=allowed)
+    if parsed.dropped:
+        raise _Usage(
+            f"--scope: not a SMART v1 or v2 scope: {' '.join(parsed.dropped)} (expected e.g. "
+            "patient/Observation.rs, user/*.read, system/*.cruds, openid, fhirUser, "
+            "launch/patient; --allow-scope admits another)"
+        )
+
+
+def _check_audience(value: str) -> None:
+    """RFC 7519 §4.1.3: ``aud`` is a StringOrURI, so a name is allowed, but a value with a
+    colon is a URI: then it must be the absolute http(s) URL of a FHIR base."""
+    if not value or value != value.strip() or any(c.isspace() for c in value):
+        raise _Usage(f"--audience: {value!r} is neither a URL nor an audience name")
+    if ":" in value:
+        _check_url("--audience", value)
+
+
+def _check_url(option: str, value: str) -> None:
+    """Refuse what is not an absolute http(s) URL without a fragment (RFC 7519 ``iss`` and
+    ``aud`` are compared as strings, so a typo would only surface as a refused token)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        raise _Usage(f"{option}: {value!r} is not an absolute http(s) URL")

@@ -1,42 +1,144 @@
-"""The ledger's signing key on disk: one line, the C2SP/Go ``PRIVATE+KEY+...`` string.
+"""The ledger's key file: its signing key and the origin of the log that key signs.
+
+The file is the ledger's identity on disk, two lines::
+
+    PRIVATE+KEY+<name>+<hex key ID>+<base64(0x01 || seed)>
+    origin: gw.example/fhir/ledger
+
+The first line is the C2SP/Go signed-note signing key (tools of that ecosystem read it with
+``head -1``); the second is the C2SP tlog-checkpoint origin line every checkpoint of the log
+carries. The origin is chosen once, when the file is written, and never derived again from
+the address the gateway listens on, so restarts on another host, port or public URL sign the
+same log. A file of the first line only (written by earlier versions) names no origin: its
+origin is the key's name, as C2SP tlog-checkpoint recommends and as those versions made it.
 
 The embedded default must start with one command, so a missing key file is created (mode
-0600) with a fresh key and the creation is logged; an unreadable or malformed one stops the
-gateway. Parsing and generation stay in :mod:`middleware.ledger.signing`.
+0600) and the creation is logged; an unreadable or malformed one stops the gateway
+(:class:`~middleware.errors.SettingsError`). Parsing and generation of keys stay in
+:mod:`middleware.ledger.signing`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from middleware.errors import SettingsError
+from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.errors import MalformedError
 from middleware.ledger.signing import SigningKey
 from middleware.logging import get_logger
 
-__all__ = ["load_or_create_signing_key", "write_signing_key"]
+__all__ = [
+    "LedgerKey",
+    "generate_ledger_key",
+    "load_or_create_ledger_key",
+    "parse_ledger_key",
+    "read_ledger_key",
+    "write_ledger_key",
+]
+
+_ORIGIN = "origin: "
 
 
-def write_signing_key(path: Path, key: SigningKey) -> None:
-    """Write ``key`` to ``path`` readable by its owner only; refuse to overwrite a file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(key.skey() + "\n")
+@dataclass(frozen=True, slots=True)
+class LedgerKey:
+    """A signing key and the origin of the log it signs; validated on construction
+    (:class:`MalformedError` for an origin no checkpoint can carry).
+
+    ``stated`` is False when the origin was not written in the key file but taken from the
+    key's name (a one-line file of an earlier version).
+    """
+
+    key: SigningKey
+    origin: str
+    stated: bool = True
+
+    def __post_init__(self) -> None:
+        Checkpoint(self.origin, 0, bytes(32))  # one non-empty line: a checkpoint's origin
+
+    def text(self) -> str:
+        """The key file's contents (secret: the signing key's seed is in it)."""
+        return f"{self.key.skey()}\n{_ORIGIN}{self.origin}\n"
 
 
-def load_or_create_signing_key(path: Path, name: str) -> SigningKey:
-    """The key stored at ``path``; a new one named ``name`` when the file does not exist."""
+def parse_ledger_key(text: str) -> LedgerKey:
+    """Parse a key file's contents (see the module docstring); :class:`MalformedError`."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise MalformedError("the file is empty")
+    key = SigningKey.from_skey(lines[0])
+    if len(lines) == 1:
+        return LedgerKey(key, key.name, stated=False)
+    if len(lines) > 2 or not lines[1].startswith(_ORIGIN):
+        raise MalformedError(f"the line after the key is '{_ORIGIN}<the log's origin>'")
+    return LedgerKey(key, lines[1][len(_ORIGIN) :].strip())
+
+
+def read_ledger_key(path: Path) -> LedgerKey:
+    """The key file at ``path``; :class:`SettingsError` naming the file when it cannot be read
+    or holds no key (a missing file raises :class:`FileNotFoundError`)."""
     try:
-        text = path.read_text(encoding="ascii").strip()
+        text = path.read_text(encoding="ascii")
     except FileNotFoundError:
-        key = SigningKey.generate(name)
-        write_signing_key(path, key)
-        get_logger("consentry.ledger").warning("ledger signing key created", reason=str(path))
-        return key
+        raise
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"ledger_key_file: cannot read {path}: {exc}") from exc
     try:
-        return SigningKey.from_skey(text)
+        return parse_ledger_key(text)
     except MalformedError as exc:
         raise SettingsError(f"ledger_key_file: {path} does not hold a signing key: {exc}") from exc
+
+
+def write_ledger_key(path: Path, ledger_key: LedgerKey) -> None:
+    """Write ``ledger_key`` to ``path`` readable by its owner only; refuse to overwrite a file
+    (:class:`FileExistsError`)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(ledger_key.text())
+
+
+def generate_ledger_key(path: Path, origin: str, *, name: str | None = None) -> LedgerKey:
+    """Create a new key file at ``path`` for the log ``origin`` and return its key.
+
+    The key is named ``name``, by default the origin (C2SP tlog-checkpoint: the log's key name
+    should be its origin). Raises :class:`MalformedError` for an origin or name a signed note
+    cannot carry, :class:`FileExistsError` when ``path`` exists (a key is never replaced: the
+    log it signed would stop verifying; ``consentry keys rotate`` retires a key).
+    """
+    ledger_key = LedgerKey(SigningKey.generate(name or origin), origin)
+    write_ledger_key(path, ledger_key)
+    return ledger_key
+
+
+def load_or_create_ledger_key(path: Path, *, configured: str, default: str) -> LedgerKey:
+    """The key file at ``path``, or a new one when it does not exist.
+
+    ``configured`` is the ``ledger_origin`` setting ("" when unset): a new key file gets it,
+    and an existing one must agree with it (else :class:`SettingsError` saying which origin
+    each names). ``default`` is the origin of a new key file when nothing is configured.
+    """
+    try:
+        ledger_key = read_ledger_key(path)
+    except FileNotFoundError:
+        try:
+            created = generate_ledger_key(path, configured or default)
+        except MalformedError as exc:
+            raise SettingsError(f"ledger_origin: {exc}") from exc
+        get_logger("consentry.ledger").warning(
+            "ledger signing key created", reason=f"{path} (origin {created.origin})"
+        )
+        return created
+    if not ledger_key.stated and configured:  # an earlier version's file: the setting says
+        try:
+            return LedgerKey(ledger_key.key, configured, stated=False)
+        except MalformedError as exc:
+            raise SettingsError(f"ledger_origin: {exc}") from exc
+    if configured and configured != ledger_key.origin:
+        raise SettingsError(
+            f"ledger_origin is {configured!r} but the key file {path} is for the log "
+            f"{ledger_key.origin!r}: remove ledger_origin, or set it to {ledger_key.origin!r} "
+            "(a log keeps its origin; a new origin needs a new key file and a new store)"
+        )
+    return ledger_key

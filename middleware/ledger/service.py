@@ -5,6 +5,11 @@ lazily, under a lock, by the first caller of :meth:`LedgerService.writer`: ASGI 
 lifespan startup (which calls it eagerly), test transports do not. If opening fails, the
 caller gets :class:`~middleware.errors.ServiceUnavailable` and the next caller tries again:
 nothing that needs the ledger proceeds without it.
+
+Before the writer signs anything, the log's identity is checked against the key and origin
+(:mod:`middleware.ledger.identity`): a log another key or origin signed is never continued.
+The refusal is the cause of the ``ServiceUnavailable`` raised: start-up stops with its
+message (``app_health``); to a request it is one more reason the ledger is unavailable.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.errors import LedgerError
+from middleware.ledger.identity import LedgerIdentityError, check_identity
+from middleware.ledger.keyfile import LedgerKey
 from middleware.ledger.signing import SigningKey
 from middleware.ledger.writer import CommitObserver, LedgerWriter
 from middleware.storage.ledger_base import LogStore
@@ -23,7 +30,11 @@ __all__ = ["LedgerService"]
 
 
 class LedgerService:
-    """Owns the log store and the group-commit writer for the app's lifetime."""
+    """Owns the log store and the group-commit writer for the app's lifetime.
+
+    ``key`` signs checkpoints for ``origin``; ``origin_stated`` is False when the origin was
+    not written in the key file (see :class:`~middleware.ledger.keyfile.LedgerKey`).
+    """
 
     def __init__(
         self,
@@ -31,6 +42,7 @@ class LedgerService:
         key: SigningKey,
         *,
         origin: str,
+        origin_stated: bool = True,
         max_batch: int = 256,
         max_pending: int = 10_000,
         max_wait: float = 0.0,
@@ -40,6 +52,7 @@ class LedgerService:
         self._observer = observer
         self.key = key
         self.origin = origin
+        self._identity = LedgerKey(key, origin, stated=origin_stated)
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._max_wait = max_wait
@@ -48,7 +61,16 @@ class LedgerService:
         self._lock = asyncio.Lock()
 
     async def writer(self) -> LedgerWriter:
-        """The running writer; opens the store and starts the writer on first use."""
+        """The running writer; opens the store and starts the writer on first use. A log
+        this key and origin may not continue raises :class:`ServiceUnavailable` whose
+        ``__cause__`` is the :class:`~middleware.ledger.identity.LedgerIdentityError` (a
+        :class:`~middleware.errors.SettingsError`: start-up stops with its message)."""
+        try:
+            return await self._start()
+        except LedgerIdentityError as exc:
+            raise ServiceUnavailable("ledger unavailable") from exc
+
+    async def _start(self) -> LedgerWriter:
         if self._writer is not None:
             return self._writer
         async with self._lock:
@@ -56,6 +78,7 @@ class LedgerService:
                 try:
                     store = self._store or await self._open_store()
                     self._store = store
+                    await check_identity(store, self._identity)
                     writer = LedgerWriter(
                         store,
                         self.key,

@@ -4,6 +4,8 @@
     consentry mappings explain --profile ID (--resource FILE [--operation response|write]
                                              | --search 'Type?name=value&...') [--mappings DIR]
 
+``--resource -`` reads the resource from standard input.
+
 ``check`` loads every profile of ``DIR/profiles`` (default ``./mappings``) with everything it
 names, validates the ``patients`` sections and their id tables, runs every golden case, and
 lints what loading accepts but a write-back would get wrong: it prints one line per problem and
@@ -26,6 +28,7 @@ HTTP dry-run of issue #6 is not implemented: run ``explain`` on a saved request 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -51,9 +54,21 @@ from middleware.mapping.search import map_search
 from middleware.mapping.tokens import parse_token, split
 from middleware.mapping.translate import translate
 
-__all__ = ["Rule", "check", "explain_resource", "explain_search", "lint", "run_command"]
+__all__ = [
+    "Rule",
+    "check",
+    "explain_resource",
+    "explain_search",
+    "lint",
+    "register",
+    "run_command",
+]
 
 _PREFIX: Final = "invalid mapping profile "
+_SUMMARIES: Final = {
+    "check": "lint the mapping files and run the golden cases",
+    "explain": "show each mapping rule applied to a resource or a search",
+}
 _DESCRIPTIONS: Final = {
     "check": "Lint the mapping files and run the golden cases; exit 1 on any problem.",
     "explain": "Print each mapping rule applied to a resource or a search, with file and line.",
@@ -64,25 +79,60 @@ class _Usage(Exception):
     """The command cannot run (exit status 2)."""
 
 
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``mappings`` and its subcommands to ``commands`` (the subparsers of ``consentry``);
+    each subcommand sets ``run(args, out) -> status``."""
+    about = "Lint the mapping files, or explain what a mapping profile does."
+    mappings = commands.add_parser(
+        "mappings", help="lint the mapping files, or explain a mapping", description=about
+    )
+    actions = mappings.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for action, description in _DESCRIPTIONS.items():
+        sub = actions.add_parser(action, help=_SUMMARIES[action], description=description)
+        _arguments(sub, action)
+        sub.set_defaults(run=functools.partial(_run, action))
+
+
 def run_command(action: str, argv: Sequence[str], *, stdout: TextIO | None = None) -> int:
     """Run ``consentry mappings <action> <argv>``; return the exit status."""
-    out = stdout or sys.stdout
     parser = argparse.ArgumentParser(
         prog=f"consentry mappings {action}", description=_DESCRIPTIONS[action]
     )
-    parser.add_argument(
-        "--mappings", type=Path, default=Path("mappings"), help="the folder (default ./mappings)"
-    )
-    if action == "explain":
-        parser.add_argument("--profile", required=True, help="profile id")
-        source = parser.add_mutually_exclusive_group(required=True)
-        source.add_argument("--resource", type=Path, help="a JSON resource or Bundle")
-        source.add_argument("--search", help="'Type?name=value&...' as a client sends it")
-        parser.add_argument("--operation", choices=("response", "write"), default="response")
+    _arguments(parser, action)
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:  # argparse has printed the usage message
         return exc.code if isinstance(exc.code, int) else 2
+    return _run(action, args, stdout or sys.stdout)
+
+
+def _arguments(parser: argparse.ArgumentParser, action: str) -> None:
+    parser.add_argument(
+        "--mappings",
+        type=Path,
+        default=Path("mappings"),
+        help="the mappings folder, holding profiles/ (default ./mappings)",
+    )
+    if action == "explain":
+        parser.add_argument("--profile", required=True, help="profile id (profiles/ID.json)")
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument(
+            "--resource",
+            type=Path,
+            metavar="FILE",
+            help="path of a file holding a JSON resource or Bundle (- reads stdin)",
+        )
+        source.add_argument("--search", help="'Type?name=value&...' as a client sends it")
+        parser.add_argument(
+            "--operation",
+            choices=("response", "write"),
+            default="response",
+            help="map --resource as the upstream's answer (response, the default) or as a "
+            "client's write",
+        )
+
+
+def _run(action: str, args: argparse.Namespace, out: TextIO) -> int:
     try:
         if action == "check":
             return check(args.mappings, out)
@@ -225,7 +275,9 @@ def _explain(args: argparse.Namespace, out: TextIO) -> int:
             mapped = map_search(kind, params, profile)
             result, notes = [list(p) for p in mapped.params], list(mapped.notes)
         else:
-            resource = jsoncodec.decode(args.resource.read_bytes())
+            source: Path = args.resource
+            raw = sys.stdin.buffer.read() if str(source) == "-" else source.read_bytes()
+            resource = jsoncodec.decode(raw)
             run = map_response if args.operation == "response" else prepare_write
             done = run(resource, profile)
             rules = explain_resource(profile, args.operation, resource, done.resource, files)

@@ -131,9 +131,10 @@ class Target:
             problems=exported.problems,
         )
 
-    async def gateway_refuses(self) -> bool:
-        """True iff the app's ledger service fails closed (503) opening this log."""
-        service = LedgerService(self.backend.open, KEY, origin=ORIGIN)
+    async def gateway_refuses(self, key: SigningKey = KEY) -> bool:
+        """True iff the app's ledger service, signing with ``key``, fails closed (503) opening
+        this log."""
+        service = LedgerService(self.backend.open, key, origin=ORIGIN)
         try:
             await service.store()
         except ServiceUnavailable:

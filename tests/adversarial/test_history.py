@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from middleware.ledger.signing import SigningKey
+from middleware.ledger.keyfile import parse_ledger_key
 from middleware.ledger.trust import TrustedKey, TrustPolicy, format_policy
 from tests.adversarial.harness import KEY, Target, codes, edit_leaves, reseal
 from tests.contract.backends import EditRefused, SqliteBackend, make_backend
@@ -142,10 +142,11 @@ async def test_key_rotation_and_a_retired_key_signing_later(target: Target) -> N
     assert status == 0, event
     assert (event["index"], event["retired_not_after"]) == (12, 13)
 
-    successor = SigningKey.from_skey(key_file.read_text().strip())
+    successor = parse_ledger_key(key_file.read_text()).key
     await target.append(4, start=300, key=successor)
     assert await target.verify_store() == (0, set())
-    assert not await target.gateway_refuses()
+    assert not await target.gateway_refuses(successor)
+    assert await target.gateway_refuses(KEY)  # the retired key may not start signing again
 
     await target.append(1, start=400, key=KEY)  # not restarted: still the retired key
     status, found = await target.verify_store()

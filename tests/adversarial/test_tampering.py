@@ -153,8 +153,8 @@ async def test_malformed_and_badly_signed_notes(sqlite_target: Target) -> None:
     """Attack: garble a stored checkpoint note; separately, forge its signature bytes.
 
     A garbled note stops the gateway (replay parses every note). A note that parses but
-    carries a bad signature is not the gateway's to judge (it holds no trust policy); the
-    verifier reports it."""
+    carries a bad signature is reported by the verifier; the gateway judges only its own
+    key's signature on the latest checkpoint, which it will not continue from when forged."""
     export = await sqlite_target.export()
     lines = (export / "checkpoints.jsonl").read_text().splitlines()
     (export / "checkpoints.jsonl").write_text("\n".join([*lines, '{"note": "garbage"}']) + "\n")
@@ -170,7 +170,7 @@ async def test_malformed_and_badly_signed_notes(sqlite_target: Target) -> None:
     sqlite_target.sqlite(
         f"UPDATE consentry_ledger_checkpoints SET note = '{forged}' WHERE size = {latest.size}"
     )
-    assert not await sqlite_target.gateway_refuses()
+    assert await sqlite_target.gateway_refuses()
     status, found = await sqlite_target.verify_store()
     assert (status, found) == (1, {"checkpoint-signature", "unsigned-leaves"})
 

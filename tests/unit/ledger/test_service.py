@@ -10,7 +10,11 @@ import pytest
 from middleware.errors import ServiceUnavailable, SettingsError
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.errors import VerificationError
-from middleware.ledger.keyfile import load_or_create_signing_key
+from middleware.ledger.keyfile import (
+    generate_ledger_key,
+    load_or_create_ledger_key,
+    read_ledger_key,
+)
 from middleware.ledger.leaf import EntryKind
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey
@@ -18,18 +22,61 @@ from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_memory import MemoryLogStore
 
 
-def test_key_file_is_created_owner_only_and_reloaded(tmp_path: Path) -> None:
+def test_key_file_is_created_owner_only_with_its_origin_and_reloaded(tmp_path: Path) -> None:
     path = tmp_path / "ledger.key"
-    created = load_or_create_signing_key(path, "gw.example/ledger")
+    created = load_or_create_ledger_key(path, configured="", default="gw.example/ledger")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_or_create_signing_key(path, "ignored").vkey() == created.vkey()
+    assert path.read_text().splitlines()[1] == "origin: gw.example/ledger"
+    again = load_or_create_ledger_key(path, configured="", default="127.0.0.1:9/fhir/ledger")
+    assert again == created  # the stored origin, not the one derived now
+    assert (again.origin, again.stated) == ("gw.example/ledger", True)
 
 
-def test_malformed_key_file_stops_the_gateway(tmp_path: Path) -> None:
+def test_a_new_key_file_takes_the_configured_origin(tmp_path: Path) -> None:
     path = tmp_path / "ledger.key"
-    path.write_text("not a key\n")
+    created = load_or_create_ledger_key(path, configured="gw.example/ledger", default="derived")
+    assert read_ledger_key(path).origin == created.origin == "gw.example/ledger"
+
+
+def test_a_configured_origin_other_than_the_key_files_stops_the_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.key"
+    generate_ledger_key(path, "gw.example/ledger")
+    with pytest.raises(SettingsError) as stopped:
+        load_or_create_ledger_key(path, configured="other.example/ledger", default="derived")
+    assert "'other.example/ledger'" in str(stopped.value)
+    assert "'gw.example/ledger'" in str(stopped.value)
+
+
+def test_a_one_line_key_file_of_an_earlier_version_is_for_its_key_name(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.key"
+    key = SigningKey.generate("old.example/ledger")
+    path.write_text(key.skey() + "\n")
+    loaded = load_or_create_ledger_key(path, configured="", default="derived")
+    assert (loaded.key, loaded.origin, loaded.stated) == (key, "old.example/ledger", False)
+    # Its log may carry another origin: the setting names it.
+    named = load_or_create_ledger_key(path, configured="host:8080/fhir/ledger", default="x")
+    assert (named.key, named.origin) == (key, "host:8080/fhir/ledger")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not a key\n", "", "{skey}\nnot an origin line\n", "{skey}\norigin: \n"],
+    ids=["not-a-key", "empty", "unknown-line", "empty-origin"],
+)
+def test_malformed_key_file_stops_the_gateway(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "ledger.key"
+    path.write_text(text.format(skey=SigningKey.generate("x").skey()))
     with pytest.raises(SettingsError, match="does not hold a signing key"):
-        load_or_create_signing_key(path, "x")
+        load_or_create_ledger_key(path, configured="", default="x")
+
+
+def test_a_key_file_is_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.key"
+    first = generate_ledger_key(path, "gw.example/ledger", name="gw-key")
+    assert first.key.name == "gw-key"
+    with pytest.raises(FileExistsError):
+        generate_ledger_key(path, "gw.example/ledger")
+    assert read_ledger_key(path) == first
 
 
 async def test_store_that_cannot_open_fails_closed_then_recovers() -> None:
