@@ -24,6 +24,7 @@ from typing import TextIO
 
 from middleware import __version__
 from middleware.auth.cli import register as register_token
+from middleware.devsetup import add_init_parser
 from middleware.errors import GatewayError, SettingsError
 from middleware.ledger.cli import register as register_ledger
 from middleware.logging import configure_logging
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", dest="public_url", help="absolute FHIR base clients see")
     serve.add_argument("--store", help="sqlite:PATH (default sqlite:consentry.db) or memory:")
     serve.add_argument("--config", type=Path, help="TOML settings file")
+    add_init_parser(commands)
     # Each module registers its own commands and subcommands (each sets ``run``).
     register_token(commands)
     register_ledger(commands)
