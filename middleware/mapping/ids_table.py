@@ -2,8 +2,8 @@
 
 A profile's ``patients`` section chooses how the ids of its upstream reach clients::
 
-    "patients": {}                                      # the default: opaque ids
-    "patients": {"resolver": "opaque"}
+    "patients": {}                                      # the default: the upstream's own ids
+    "patients": {"resolver": "opaque"}                  # (or the section left out)
     "patients": {"resolver": "table", "file": "identifiers/hospital-a-ids.json",
                  "unlisted": "opaque"}                  # or "reject"
 

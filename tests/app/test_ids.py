@@ -124,3 +124,43 @@ async def test_a_write_reaches_the_upstream_with_its_ids(
     assert sent["id"] == "o-1"
     assert sent["subject"]["reference"] == "Patient/p-1"
     assert answer.json()["id"] == oid
+
+
+# -- a profile without a resolver leaves ids alone ----------------------------------------------
+
+DOCS = Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize(
+    "patients", [None, {}], ids=["no-patients-section", "empty-patients-section"]
+)
+async def test_a_profile_without_a_resolver_releases_the_upstreams_own_ids(
+    make_client: Any, router: respx.Router, tmp_path: Path, patients: dict[str, Any] | None
+) -> None:
+    """The documented default (mappings/README.md "Resource ids", docs/mapping.md): no
+    ``patients`` section, or ``{}``, maps no ids; only a resolver makes them opaque."""
+    profiles = tmp_path / "mappings" / "profiles"
+    profiles.mkdir(parents=True)
+    body: dict[str, Any] = {
+        "id": "no-ids",
+        "upstream": "hospital",
+        "fhir": {"client": "R4", "upstream": "R4"},
+    }
+    if patients is not None:
+        body["patients"] = patients
+    (profiles / "no-ids.json").write_text(json.dumps(body))
+    router.get("/Observation/o-1").respond(200, json=observation("o-1", "p-1"), headers=FHIR)
+    async with make_client(mapping_profile=str(profiles / "no-ids.json")) as client:
+        answer = await client.get("/fhir/Observation/o-1")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"] == "o-1"
+    assert answer.json()["subject"]["reference"] == "Patient/p-1"
+
+
+def test_the_mapping_docs_say_what_a_profile_without_a_resolver_does() -> None:
+    """The docs once promised opaque ids by default; they must say what the code does."""
+    readme = " ".join((DOCS / "mappings" / "README.md").read_text().split())
+    assert "| `{}`: the upstream's own ids, unchanged |" in readme
+    assert "`{}`: opaque ids" not in readme
+    guide = " ".join((DOCS / "docs" / "mapping.md").read_text().split())
+    assert 'or with `"patients": {}`, leaves ids alone' in guide
