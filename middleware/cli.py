@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--base-path", dest="base_path", help="FHIR base path (default /fhir)")
     serve.add_argument("--public-url", dest="public_url", help="absolute FHIR base clients see")
     serve.add_argument("--store", help="sqlite:PATH (default sqlite:consentry.db) or memory:")
-    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.add_argument("--config", type=Path, help="TOML settings file (- reads stdin)")
     add_init_parser(commands)
     # Each module registers its own commands and subcommands (each sets ``run``).
     register_token(commands)

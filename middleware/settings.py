@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -123,8 +124,11 @@ def load_settings(
     problems: list[str] = []
     if config_file is not None:
         try:
-            with config_file.open("rb") as fh:
-                data = tomllib.load(fh)
+            if str(config_file) == "-":  # `--config -`: the TOML comes on standard input
+                data = tomllib.load(sys.stdin.buffer)
+            else:
+                with config_file.open("rb") as fh:
+                    data = tomllib.load(fh)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
         for key, value in data.items():

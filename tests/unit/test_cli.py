@@ -279,3 +279,12 @@ def test_keys_rotate_refuses_a_policy_of_another_origin(
     assert main([*argv, "--trust", str(trust)]) == 2
     assert "rotate with the policy of the log this key signs" in capsys.readouterr().err
     assert not key_file.with_name("ledger.key.next").exists()
+
+
+def test_serve_reads_its_settings_file_from_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt setting piped in stops serve before it listens, naming the setting."""
+    _stdin(monkeypatch, b'upstream = "http://127.0.0.1:8103/fhir"\nbogus = 1\n')
+    assert main(["serve", "--config", "-"]) == 2
+    assert "-: unknown setting 'bogus'" in capsys.readouterr().err
