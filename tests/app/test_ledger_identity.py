@@ -71,10 +71,10 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, st
     return status, captured.out, captured.err
 
 
-def _verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
-    """``consentry keys policy --origin ORIGIN`` then ``consentry ledger verify``."""
+def _verify(tmp_path: Path, capsys: pytest.CaptureFixture[str], *origin: str) -> dict[str, Any]:
+    """``consentry keys policy [--origin ORIGIN]`` then ``consentry ledger verify``."""
     key_file = tmp_path / "consentry-ledger.key"
-    status, policy, err = _cli(capsys, "keys", "policy", "--key-file", key_file, "--origin", ORIGIN)
+    status, policy, err = _cli(capsys, "keys", "policy", "--key-file", key_file, *origin)
     assert status == 0, err
     trust = tmp_path / "trust.toml"
     trust.write_text(policy)
@@ -99,10 +99,27 @@ async def test_restarts_on_other_ports_and_urls_keep_one_verifiable_log(
     for settings in runs:
         answer = await _serve_and_record(_gateway(tmp_path, **settings), 3)
         assert answer["type"] == "lifespan.startup.complete", answer
-    report = await asyncio.to_thread(_verify, tmp_path, capsys)
+    report = await asyncio.to_thread(_verify, tmp_path, capsys, "--origin", ORIGIN)
     assert report["findings"] == []
     assert report["ok"] is True
     assert report["size"] == 9
+
+
+async def test_a_key_file_created_at_first_start_keeps_that_origin_after_moves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No ``keys generate``: the first start creates the key file with the origin of its
+    public URL then; later starts elsewhere sign that same origin."""
+    for port in (8080, 9092):
+        answer = await _serve_and_record(_gateway(tmp_path, port=port), 2)
+        assert answer["type"] == "lifespan.startup.complete", answer
+    report = await asyncio.to_thread(_verify, tmp_path, capsys)
+    assert (report["ok"], report["findings"], report["size"]) == (True, [], 4)
+    status, policy, _ = _cli(
+        capsys, "keys", "policy", "--key-file", tmp_path / "consentry-ledger.key"
+    )
+    assert status == 0
+    assert 'origin = "127.0.0.1:8080/fhir/ledger"' in policy
 
 
 async def test_a_key_file_of_another_origin_refuses_to_start(tmp_path: Path) -> None:
