@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command (README "Test it"; .ci/run calls it). It builds its own virtual
-# environment from pyproject.toml (`.venv`, or $CONSENTRY_VENV) and runs every check CI runs
+# environment from pyproject.toml (`.venv`, or $VENV_DIR) and runs every check CI runs
 # with that environment's executables, never the machine's site-packages: an import that
 # pyproject.toml does not declare fails here. Fails on the first failing check.
 #
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python="${PYTHON:-python3}"
-venv="${CONSENTRY_VENV:-.venv}"
+venv="${VENV_DIR:-.venv}"
 # The machine's PYTHONPATH would put packages into the run that pyproject does not declare.
 unset PYTHONPATH PYTHONHOME
 
