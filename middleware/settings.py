@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -22,8 +23,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from middleware.auth.settings import AuthSettings
+from middleware.fhir.limits import DEFAULT_MAX_JSON_DEPTH, HARD_MAX_JSON_DEPTH
 from middleware.errors import SettingsError
 from middleware.ops.scrape import DEFAULT_METRICS_CLIENTS, MIN_TOKEN_LENGTH, parse_networks
+from middleware.proxy.headers import header_problems
 
 __all__ = ["ENV_PREFIX", "Settings", "load_settings"]
 
@@ -44,6 +47,9 @@ class Settings:
     store: str = "sqlite:consentry.db"
     max_request_bytes: int = 16 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    consent_max_depth: int = 8
+    consent_max_provisions: int = 200
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     upstream_pool_size: int = 100
@@ -71,6 +77,13 @@ class Settings:
     unknown_patient_allowed_for: str = ""
     inference_guards_for: str = "patient"
     sensitive_sort_params: str = ""
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 10_000
+    rate_limit_per_principal: float = 2000.0
+    rate_limit_per_principal_burst: int = 4000
+    rate_limit_unauthenticated: float = 5.0
+    rate_limit_unauthenticated_burst: int = 50
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
@@ -262,11 +275,30 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         if name in values and values[name] < 1:
             problems.append(f"{name}: must be positive")
     for name in ("connect_timeout", "read_timeout"):
-        if name in values and values[name] <= 0:
-            problems.append(f"{name}: must be positive")
+        # `not 0 < x < inf` also refuses nan (every comparison with nan is false): a nan or
+        # infinite timeout is no timeout at all.
+        if name in values and not 0 < values[name] < math.inf:
+            problems.append(f"{name}: must be positive and finite (seconds)")
     for name in ("metadata_ttl", "gzip_min_bytes", "ledger_max_wait_ms"):
-        if name in values and values[name] < 0:
-            problems.append(f"{name}: must not be negative")
+        if name in values and not 0 <= values[name] < math.inf:
+            problems.append(f"{name}: must be a finite number, not negative")
+    problems.extend(
+        f"upstream_headers: {problem}"
+        for problem in header_problems(values.get("upstream_headers", {}))
+    )
+    for name in ("header_timeout", "body_timeout"):
+        if name in values and not 0 < values[name] < math.inf:
+            problems.append(f"{name}: must be positive and finite (seconds)")
+    for name in ("rate_limit_per_principal", "rate_limit_unauthenticated"):
+        if name in values and not 0 <= values[name] < math.inf:
+            problems.append(f"{name}: must be a finite number of requests per second, >= 0")
+    for name in (
+        "max_connections",
+        "rate_limit_per_principal_burst",
+        "rate_limit_unauthenticated_burst",
+    ):
+        if name in values and values[name] < 1:
+            problems.append(f"{name}: must be positive")
     if values.get("upstream_client", "native") not in _UPSTREAM_CLIENTS:
         problems.append(f"upstream_client: expected one of {', '.join(_UPSTREAM_CLIENTS)}")
     if values.get("log_level", "info") not in _LOG_LEVELS:
@@ -284,6 +316,12 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     for name, default in (("unknown_patient_allowed_for", ""), ("inference_guards_for", "patient")):
         if _contexts(values.get(name, default)) - {"patient", "user", "system"}:
             problems.append(f"{name}: expected a comma list of patient, user, system")
+    depth = values.get("max_json_depth", DEFAULT_MAX_JSON_DEPTH)
+    if not 1 <= depth <= HARD_MAX_JSON_DEPTH:
+        problems.append(f"max_json_depth: expected 1..{HARD_MAX_JSON_DEPTH}, got {depth}")
+    for name in ("consent_max_depth", "consent_max_provisions"):
+        if name in values and values[name] < 1:
+            problems.append(f"{name}: must be positive")
     if values.get("consent_admin_role", "consent-admin") == "":
         problems.append("consent_admin_role: must not be empty")
     try:

@@ -30,6 +30,7 @@ for an ``authorization_endpoint``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -239,6 +240,10 @@ class _Checker:
     def number(self, name: str, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.problem(name, f"expected a number, got {value!r}")
+            return 0.0
+        if not math.isfinite(value):
+            # TOML has nan and inf: a cache or leeway of either is no bound at all.
+            self.problem(name, f"expected a finite number, got {value!r}")
             return 0.0
         return float(value)
 

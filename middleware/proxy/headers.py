@@ -16,6 +16,7 @@ from collections.abc import Mapping
 __all__ = [
     "REQUEST_HEADERS_PASSED",
     "RESPONSE_HEADERS_PASSED",
+    "header_problems",
     "request_id",
     "upstream_request_headers",
 ]
@@ -54,6 +55,44 @@ RESPONSE_HEADERS_PASSED = frozenset(
 )
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# RFC 9110 §5.1 field-name = token (§5.6.2 tchar); §5.5 field-value, visible ASCII only (obs-text
+# is obsolete), single spaces or tabs inside, none at either end.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20\x09\x21-\x7e]*[\x21-\x7e])?)?")
+#: Headers the gateway's own ``upstream_headers`` may not set: hop-by-hop ones (RFC 9110
+#: §7.6.1), and those that frame or route the message, which the HTTP client owns.
+RESERVED_UPSTREAM_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "expect",
+    }
+)
+
+
+def header_problems(headers: Mapping[str, str]) -> list[str]:
+    """What is wrong with configured extra headers, one line each (never the value, which may
+    be a credential); empty when every name is an RFC 9110 token outside
+    :data:`RESERVED_UPSTREAM_HEADERS` and every value a field-value of visible ASCII."""
+    problems: list[str] = []
+    for name, value in headers.items():
+        if not _TOKEN.fullmatch(name):
+            problems.append(f"{name!r} is not an HTTP field name (RFC 9110 token)")
+        elif name.lower() in RESERVED_UPSTREAM_HEADERS:
+            problems.append(f"{name!r} is hop-by-hop or owned by the HTTP client")
+        elif not _FIELD_VALUE.fullmatch(value):
+            problems.append(
+                f"the value of {name!r} is not an HTTP field value (visible ASCII, inner"
+                " spaces or tabs; no line breaks, control characters or outer whitespace)"
+            )
+    return problems
 
 
 def request_id(headers: Mapping[str, str]) -> str:
