@@ -14,8 +14,12 @@ case-sensitive; :func:`serves`). One request, in order:
    neither;
 5. :meth:`ConsentService.handle` runs the operation, records the attempt, builds the reply.
 
-Every error is an OperationOutcome from :func:`~middleware.fhir.outcome.render_error`. Every
-answer carries ``X-Request-Id`` (the client's when it is a safe token) and gets one access log
+Every error is an OperationOutcome from :func:`~middleware.fhir.outcome.render_error`. An
+exception nobody foresaw is a 500 without detail; once the token is verified it is recorded on
+the ledger like any refusal (:meth:`ConsentService.unexpected`), before that there is nobody to
+name and, as a 401 is, it is only logged and counted. Every
+answer carries ``X-Request-Id`` (the client's when it is a safe token; the ledger's attempt
+entries name it too) and gets one access log
 line as the proxy's does: request id, method, interaction (the operation), status, duration
 and refusal reason code (:mod:`middleware.ops.reasons`); never the path's consent id, the
 query or a body. The answer is counted in ``/metrics`` by operation and status.
@@ -36,7 +40,7 @@ from middleware.asgi import header_dict, read_body
 from middleware.auth.identity import Identity
 from middleware.consent.access import Operation
 from middleware.consent.operations import HANDLERS
-from middleware.consent.service import Call, ConsentService, Reply
+from middleware.consent.service import Call, ConsentService, Reply, UnexpectedFailure
 from middleware.errors import (
     BadRequest,
     GatewayError,
@@ -115,11 +119,12 @@ class ConsentApi:
             reply = _error_reply(error)
             reason = refusal_reason(error)
         except Exception as exc:  # noqa: BLE001 - the last line of fail-closed error handling
-            # Never a stack trace or library message in the answer (as in the proxy).
+            # Only before the token is verified (after it, the service records and refuses):
+            # never a stack trace or library message in the answer (as in the proxy).
             self._log.error(
                 "consent api unhandled", request_id=seen.rid, error_type=type(exc).__name__
             )
-            reply = _error_reply(_InternalError("internal error"))
+            reply = _error_reply(UnexpectedFailure("internal error"))
         headers_out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
         if not any(k == b"content-length" for k, _ in headers_out):
             headers_out.append((b"content-length", str(len(reply.body)).encode()))
@@ -157,12 +162,33 @@ class ConsentApi:
         operation, consent_id, version = self._route(scope, method)
         seen.operation = operation
         identity = await self.verifier.verify(headers.get("authorization"))
+        try:
+            call = await self._call(scope, receive, headers, seen, (operation, consent_id, version))
+        except GatewayError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a caller is known: recorded, then refused
+            early = Call(operation=operation, consent_id=consent_id, request_id=seen.rid)
+            return await self.service.unexpected(identity, early, exc)
+        return await self.service.handle(identity, call, HANDLERS[operation])
+
+    async def _call(
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: dict[str, str],
+        seen: _Seen,
+        route: tuple[Operation, str | None, str | None],
+    ) -> Call:
+        """The :class:`Call` of an authenticated request: negotiation, query, body and
+        signature checked (steps 3 and 4 of the module docstring)."""
+        operation, consent_id, version = route
+        method = seen.method
         query = _query(scope.get("query_string", b""))
         check_accept(headers, query)
         if operation != "search" and any(name not in _NO_QUERY for name, _ in query):
             raise BadRequest(f"{operation} takes no search parameters", code="not-supported")
         body = await self._body(receive, headers) if method in ("POST", "PUT") else b""
-        call = Call(
+        return Call(
             operation=operation,
             consent_id=consent_id,
             version=version,
@@ -171,8 +197,8 @@ class ConsentApi:
             signature=_signature(headers),
             if_match=headers.get("if-match"),
             self_link=self._self_link(consent_id),
+            request_id=seen.rid,
         )
-        return await self.service.handle(identity, call, HANDLERS[operation])
 
     def _route(self, scope: Scope, method: str) -> tuple[Operation, str | None, str | None]:
         raw = scope.get("raw_path") or b""
@@ -220,11 +246,6 @@ class _Seen:
     method: str
     started: float
     operation: str = "invalid"
-
-
-class _InternalError(GatewayError):
-    status = 500
-    code = "exception"
 
 
 def _error_reply(error: GatewayError) -> Reply:

@@ -5,17 +5,18 @@ FHIR resources and Bundles it returns. Pure: no I/O.
 :func:`canonical_consent`: the Consent as accepted, with what the server manages removed
 (``meta.versionId``, ``meta.lastUpdated``, the ledger receipt extension; ``meta`` too when
 nothing else is left in it), so a Consent read and sent back unchanged has the same bytes;
-encoded by
-:func:`~middleware.fhir.jsoncodec.encode_canonical` (keys sorted, no whitespace, UTF-8; RFC 8785
-for FHIR JSON). These are the bytes that are committed on the ledger, stored in the index, and
-that a patient's detached Ed25519 signature covers. The version and last-updated time are not in
+encoded by :func:`~middleware.fhir.jsoncodec.encode_canonical` (keys sorted, no whitespace,
+UTF-8, numbers exactly as the client wrote them: RFC 8785 except for numbers, see there).
+These are the bytes that are committed on the ledger, stored in the index, and that a
+patient's detached Ed25519 signature covers. The version and last-updated time are not in
 them: they follow from the ledger (the record's position among the consent's entries, and the
 entry's recorded time) and are added when a Consent is answered (:func:`render_consent`).
 
 **Attempt evidence** (:func:`attempt_evidence`) is the PHI-minimal record of one call to the
 consent API: who (token subject, issuer, client, ``fhirUser``, roles), acting as what, which
-operation on which consent id, the outcome (HTTP status) and, for a change, the consent entry's
-ledger index and any detached signature. It names no patient: the entry's pseudonym links it.
+operation on which consent id, the outcome (HTTP status), the request's ``X-Request-Id`` and, for a
+change, the consent entry's ledger index and any detached signature. It names no patient: the
+entry's pseudonym links it.
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ def attempt_evidence(
     version: int | None = None,
     signature: Mapping[str, str] | None = None,
     reason: str | None = None,
+    request_id: str | None = None,
 ) -> bytes:
     """Canonical JSON bytes of one attempt (see the module docstring). ``reason`` is the
     refusal's diagnostics, which never hold PHI (errors.GatewayError)."""
@@ -194,6 +196,7 @@ def attempt_evidence(
         ("version", version),
         ("signature", None if signature is None else dict(signature)),
         ("reason", reason),
+        ("requestId", request_id),
     )
     record.update((key, value) for key, value in optional if value is not None)
     return jsoncodec.encode_canonical(record)

@@ -4,7 +4,11 @@
 :class:`Reply` ready to send. Whatever happens, it first records the attempt on the ledger (an
 ``admin`` entry, :func:`~middleware.consent.records.attempt_evidence`, flag ``permit`` when it
 succeeded), allowed or refused, and only then releases the answer; if that record cannot be
-made, the answer is 503 and nothing else. Unauthenticated requests never get here (the API
+made, the answer is 503 and nothing else. Each attempt names the request's ``X-Request-Id``.
+A failure nobody foresaw (a bug: any exception that is not a
+:class:`~middleware.errors.GatewayError`) is a refusal like the others: recorded as a 500
+attempt naming only the exception's class, then answered 500 without detail
+(:meth:`ConsentService.unexpected`). Unauthenticated requests never get here (the API
 answers 401 before): they name nobody, and recording them would let anyone grow an
 append-only log without bound; they are logged instead.
 
@@ -51,10 +55,19 @@ __all__ = [
     "Reply",
     "Result",
     "Trail",
+    "UnexpectedFailure",
 ]
 
 #: Response header naming the ledger index of the attempt entry.
 AUDIT_HEADER: Final = "x-consentry-audit-index"
+
+
+class UnexpectedFailure(GatewayError):
+    """The answer to a failure nobody foresaw: 500, no detail (the log and the ledger entry
+    name the exception's class, never its message)."""
+
+    status = 500
+    code = "exception"
 
 
 class Ledger(Protocol):
@@ -68,7 +81,8 @@ class Ledger(Protocol):
 @dataclass(frozen=True, slots=True)
 class Call:
     """One routed consent API request. ``signature`` is ``(public key, signature)`` from the
-    detached-signature headers; ``if_match`` the raw ``If-Match`` value."""
+    detached-signature headers; ``if_match`` the raw ``If-Match`` value; ``request_id`` the
+    request's ``X-Request-Id`` (:func:`~middleware.proxy.headers.request_id`)."""
 
     operation: Operation
     consent_id: str | None = None
@@ -78,6 +92,7 @@ class Call:
     signature: tuple[bytes, bytes] | None = None
     if_match: str | None = None
     self_link: str = ""
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +196,42 @@ class ConsentService:
             # resource, so only their number is recorded.
             reason = f"{len(error.issues)} problems" if error.issues else error.diagnostics
             index = await self._attempt(identity, call, trail, error.status, reason)
-            status, raw, body = render_error(error)
-            pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-            return Reply(status, (*pairs, (AUDIT_HEADER, str(index))), body)
+            return _refusal(error, index)
+        except Exception as exc:  # noqa: BLE001 - a bug is recorded and refused, never released
+            return await self.unexpected(identity, call, exc, trail)
         index = await self._attempt(identity, call, trail, status, None)
         if not any(name == "content-type" for name, _ in headers):
             headers = [("content-type", FHIR_JSON), *headers]
         headers = [*headers, ("cache-control", "no-store"), (AUDIT_HEADER, str(index))]
         return Reply(status, tuple(headers), body)
+
+    async def unexpected(
+        self, identity: Identity, call: Call, exc: Exception, trail: Trail | None = None
+    ) -> Reply:
+        """The 500 refusal of ``call`` after ``exc``, an exception nobody foresaw, recorded
+        as an attempt first; raises :class:`ServiceUnavailable` (503) when that record
+        cannot be made."""
+        kind = type(exc).__name__
+        # The class name only: an exception's message may quote the request or stored data.
+        self._log.error(
+            "consent operation failed",
+            request_id=call.request_id,
+            operation=call.operation,
+            error_type=kind,
+        )
+        try:
+            index = await self._attempt(
+                identity,
+                call,
+                trail or Trail(consent_id=call.consent_id),
+                500,
+                f"internal error: {kind}",
+            )
+        except ServiceUnavailable:
+            raise
+        except Exception as failure:  # the record is what failed: fail closed
+            raise ServiceUnavailable("the attempt could not be recorded") from failure
+        return _refusal(UnexpectedFailure("internal error"), index)
 
     async def _attempt(
         self, identity: Identity, call: Call, trail: Trail, status: int, reason: str | None
@@ -206,6 +249,7 @@ class ConsentService:
             version=trail.version,
             signature=trail.signature,
             reason=reason if status >= 400 else None,
+            request_id=call.request_id or None,
         )
         entry = NewEntry.create(
             EntryKind.ADMIN,
@@ -220,3 +264,10 @@ class ConsentService:
     def now_us(self) -> int:
         """The wall clock in microseconds since the epoch (ledger recorded times)."""
         return int(self.wall_clock() * 1_000_000)
+
+
+def _refusal(error: GatewayError, index: int) -> Reply:
+    """The rendered refusal of ``error`` naming its attempt entry ``index``."""
+    status, raw, body = render_error(error)
+    pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+    return Reply(status, (*pairs, (AUDIT_HEADER, str(index))), body)
