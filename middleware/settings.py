@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from middleware.auth.settings import AuthSettings
-from middleware.fhir.limits import DEFAULT_MAX_JSON_DEPTH, HARD_MAX_JSON_DEPTH
 from middleware.errors import SettingsError
 from middleware.ops.scrape import DEFAULT_METRICS_CLIENTS, MIN_TOKEN_LENGTH, parse_networks
 from middleware.proxy.headers import header_problems
@@ -47,9 +46,6 @@ class Settings:
     store: str = "sqlite:consentry.db"
     max_request_bytes: int = 16 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
-    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
-    consent_max_depth: int = 8
-    consent_max_provisions: int = 200
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     upstream_pool_size: int = 100
@@ -77,13 +73,6 @@ class Settings:
     unknown_patient_allowed_for: str = ""
     inference_guards_for: str = "patient"
     sensitive_sort_params: str = ""
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    max_connections: int = 10_000
-    rate_limit_per_principal: float = 2000.0
-    rate_limit_per_principal_burst: int = 4000
-    rate_limit_unauthenticated: float = 5.0
-    rate_limit_unauthenticated_burst: int = 50
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
@@ -286,19 +275,6 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         f"upstream_headers: {problem}"
         for problem in header_problems(values.get("upstream_headers", {}))
     )
-    for name in ("header_timeout", "body_timeout"):
-        if name in values and not 0 < values[name] < math.inf:
-            problems.append(f"{name}: must be positive and finite (seconds)")
-    for name in ("rate_limit_per_principal", "rate_limit_unauthenticated"):
-        if name in values and not 0 <= values[name] < math.inf:
-            problems.append(f"{name}: must be a finite number of requests per second, >= 0")
-    for name in (
-        "max_connections",
-        "rate_limit_per_principal_burst",
-        "rate_limit_unauthenticated_burst",
-    ):
-        if name in values and values[name] < 1:
-            problems.append(f"{name}: must be positive")
     if values.get("upstream_client", "native") not in _UPSTREAM_CLIENTS:
         problems.append(f"upstream_client: expected one of {', '.join(_UPSTREAM_CLIENTS)}")
     if values.get("log_level", "info") not in _LOG_LEVELS:
@@ -316,12 +292,6 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     for name, default in (("unknown_patient_allowed_for", ""), ("inference_guards_for", "patient")):
         if _contexts(values.get(name, default)) - {"patient", "user", "system"}:
             problems.append(f"{name}: expected a comma list of patient, user, system")
-    depth = values.get("max_json_depth", DEFAULT_MAX_JSON_DEPTH)
-    if not 1 <= depth <= HARD_MAX_JSON_DEPTH:
-        problems.append(f"max_json_depth: expected 1..{HARD_MAX_JSON_DEPTH}, got {depth}")
-    for name in ("consent_max_depth", "consent_max_provisions"):
-        if name in values and values[name] < 1:
-            problems.append(f"{name}: must be positive")
     if values.get("consent_admin_role", "consent-admin") == "":
         problems.append("consent_admin_role: must not be empty")
     try:
