@@ -254,7 +254,9 @@ def create_app(
     client = None
     if any(issuer.jwks_url for issuer in settings.auth.issuers):
         client = httpx.AsyncClient(timeout=httpx.Timeout(settings.read_timeout))
-    verifier = build_verifier(settings.auth, client=client, dev_issuer=dev_issuer)
+    verifier = build_verifier(
+        settings.auth, client=client, dev_issuer=dev_issuer, gateway_base=settings.gateway_base_url
+    )
     wall = wall_clock or time.time
     service = _consent_service(settings, ledger, consents, wall)
     consent = ConsentApi(

@@ -116,7 +116,8 @@ def _issue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for audience in args.audience:
             _check_audience(audience)
         if args.fhir_user is not None:
-            parse_fhir_user(args.fhir_user)
+            # An absolute fhirUser must be under the gateway's base: the token's audience.
+            parse_fhir_user(args.fhir_user, args.audience)
         existed = args.key_file.exists()
         issuer = UnsafeDevelopmentIssuer.from_key_file(
             args.key_file, args.issuer, enabled=True, algorithm=args.algorithm

@@ -45,10 +45,12 @@ def build_verifier(
     *,
     client: httpx.AsyncClient | None = None,
     dev_issuer: UnsafeDevelopmentIssuer | None = None,
+    gateway_base: str = "",
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> TokenVerifier:
-    """A verifier trusting every configured issuer, plus ``dev_issuer`` when given.
+    """A verifier trusting every configured issuer, plus ``dev_issuer`` when given;
+    ``gateway_base`` is the public FHIR base an absolute ``fhirUser`` may be under.
     ``clock`` is wall-clock seconds (token times), ``monotonic`` ages the JWKS caches."""
     issuers: dict[str, IssuerConfig] = {}
     for issuer in settings.issuers:
@@ -71,7 +73,7 @@ def build_verifier(
         )
     return TokenVerifier(
         issuers,
-        rules=settings.identity_rules(),
+        rules=settings.identity_rules(gateway_base),
         leeway=settings.leeway,
         clock=clock,
         realm=settings.realm or None,

@@ -7,8 +7,9 @@ data is released, so we fail closed.
 
 Claims read (SMART App Launch 2.x, "Scopes and Launch Context"; RFC 9068 §2.2):
 ``sub``, ``iss``, ``exp``, ``jti``, ``client_id`` (else ``azp``), ``scope`` (a space-separated
-string, or a list of strings), ``fhirUser`` (absolute or relative URL of a Patient,
-Practitioner, PractitionerRole, RelatedPerson or Person), ``patient`` (the launch context id),
+string, or a list of strings), ``fhirUser`` (a Patient, Practitioner, PractitionerRole,
+RelatedPerson or Person: relative ``Type/id``, or absolute under a FHIR base the gateway
+accepts; see :func:`parse_fhir_user`), ``patient`` (the launch context id),
 the purpose-of-use claim (IHE IUA, ITI-71 ``purpose_of_use``: codings or codes) and the roles
 claim. Claim names may be dotted paths into nested objects (``realm_access.roles``).
 """
@@ -16,9 +17,10 @@ claim. Claim names may be dotted paths into nested objects (``realm_access.roles
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 from middleware.auth.scopes import Coding, ParsedScopes, Scope, parse_scopes
 
@@ -42,9 +44,13 @@ _USER_TYPES: Final = frozenset(
     {"Patient", "Practitioner", "PractitionerRole", "RelatedPerson", "Person"}
 )
 _FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 "id"
-_FHIR_USER: Final = re.compile(
-    rf"(?:.*/)?(?P<type>[A-Za-z]+)/(?P<id>{_FHIR_ID.pattern})(?:/_history/[A-Za-z0-9\-.]+)?"
+# FHIR R4 §3.1.0.1.1 (Reference.reference): a relative reference is Type/id, optionally
+# /_history/vid; an absolute one is a service base URL followed by exactly that.
+_TAIL: Final = (
+    rf"(?P<type>[A-Z][A-Za-z]*)/(?P<id>{_FHIR_ID.pattern})(?:/_history/{_FHIR_ID.pattern})?"
 )
+_RELATIVE: Final = re.compile(_TAIL)
+_ABSOLUTE: Final = re.compile(rf"(?P<base>https?://[^/?#]+(?:/[^?#]*)?)/{_TAIL}")
 
 
 class ClaimError(ValueError):
@@ -58,6 +64,8 @@ class IdentityRules:
     ``purpose_system`` is given to purpose-of-use codes that arrive without a system.
     Break-the-glass is *allowed* when the token carries one of ``break_glass_scopes`` or one of
     ``break_glass_roles``; invoking it is the consent decision's business.
+    ``fhir_user_bases`` are the FHIR base URLs (no trailing ``/``) an absolute ``fhirUser``
+    may be under: the gateway's own public base and any configured ones.
     """
 
     purpose_claim: str = "purpose_of_use"
@@ -65,6 +73,7 @@ class IdentityRules:
     roles_claim: str = "roles"
     break_glass_scopes: frozenset[str] = frozenset()
     break_glass_roles: frozenset[str] = frozenset()
+    fhir_user_bases: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +132,7 @@ def identity_from_claims(claims: Mapping[str, Any], rules: IdentityRules | None 
         expires_at=float(exp),
         scopes=parsed.scopes,
         client_id=client_id,
-        fhir_user=None if fhir_user is None else parse_fhir_user(fhir_user),
+        fhir_user=None if fhir_user is None else parse_fhir_user(fhir_user, rules.fhir_user_bases),
         patient=patient,
         purpose_of_use=_purposes(_claim(claims, rules.purpose_claim), rules),
         roles=roles,
@@ -135,13 +144,48 @@ def identity_from_claims(claims: Mapping[str, Any], rules: IdentityRules | None 
     )
 
 
-def parse_fhir_user(value: object) -> str:
-    """``Type/id`` of a ``fhirUser`` claim: an absolute or relative URL of a user resource,
-    optionally versioned (``.../_history/2``, the version is dropped)."""
-    match = _FHIR_USER.fullmatch(value) if isinstance(value, str) else None
-    if match is None or match["type"] not in _USER_TYPES:
-        raise ClaimError(f"fhirUser: expected a URL of a {', '.join(sorted(_USER_TYPES))}")
+def parse_fhir_user(value: object, bases: Collection[str] = ()) -> str:
+    """``Type/id`` of a ``fhirUser`` claim (SMART App Launch 2.x: the URL of a Patient,
+    Practitioner, PractitionerRole, RelatedPerson or Person), optionally versioned
+    (``/_history/2``, the version is dropped).
+
+    Strict, because the result decides whose data is released: the claim is either exactly
+    relative ``Type/id`` or ``base/Type/id`` where ``base`` is one of ``bases`` (scheme and
+    host compared case-insensitively, the path exactly). Anything else raises
+    :class:`ClaimError`: dot segments (``Practitioner/../Patient/x``), percent-encoding, a
+    query, fragment or user information, another server's URL, an id of dots only.
+    """
+    if not isinstance(value, str):
+        raise ClaimError("fhirUser: expected a string")
+    relative = _RELATIVE.fullmatch(value)
+    absolute = None if relative else _ABSOLUTE.fullmatch(value)
+    match = relative or absolute
+    if match is None:
+        raise ClaimError(
+            "fhirUser: expected Type/id or <FHIR base>/Type/id, without dot segments, "
+            "percent-encoding, query or fragment"
+        )
+    if match["type"] not in _USER_TYPES:
+        raise ClaimError(f"fhirUser: expected a {', '.join(sorted(_USER_TYPES))}")
+    if not match["id"].strip("."):
+        raise ClaimError("fhirUser: the id is not a FHIR resource id")
+    allowed = {key for key in map(_base_key, bases) if key is not None}
+    if absolute is not None and _base_key(absolute["base"]) not in allowed:
+        raise ClaimError(
+            "fhirUser: the URL is not under this gateway's FHIR base or an allowed one"
+        )
     return f"{match['type']}/{match['id']}"
+
+
+def _base_key(base: str) -> tuple[str, str, str] | None:
+    """A base URL compared as RFC 3986 §6.2.2.1 allows: scheme and host in lower case, the
+    path exactly (no trailing ``/``); None for a base that must never match (user
+    information, percent-encoding, dot segments)."""
+    parts = urlsplit(base.rstrip("/"))
+    segments = parts.path.split("/")
+    if "@" in parts.netloc or "%" in base or any(s in (".", "..") for s in segments):
+        return None
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path
 
 
 def _claim(claims: Mapping[str, Any], name: str) -> Any:

@@ -98,15 +98,20 @@ class AuthSettings:
     dev_issuer_key_file: Path | None = None
     dev_issuer_algorithm: str = "EdDSA"
     realm: str = ""
+    fhir_user_bases: tuple[str, ...] = ()
 
-    def identity_rules(self) -> IdentityRules:
-        """The claim-reading rules these settings describe."""
+    def identity_rules(self, gateway_base: str = "") -> IdentityRules:
+        """The claim-reading rules these settings describe; an absolute ``fhirUser`` must be
+        under ``gateway_base`` (the gateway's public FHIR base) or one of
+        ``fhir_user_bases``."""
+        bases = (gateway_base, *self.fhir_user_bases)
         return IdentityRules(
             purpose_claim=self.purpose_claim,
             purpose_system=self.purpose_system,
             roles_claim=self.roles_claim,
             break_glass_scopes=frozenset({self.break_glass_scope} - {""}),
             break_glass_roles=frozenset(self.break_glass_roles),
+            fhir_user_bases=frozenset(b.rstrip("/") for b in bases if b),
         )
 
     @classmethod
@@ -131,6 +136,11 @@ class AuthSettings:
         for name in ("audiences", "break_glass_roles"):
             if name in data:
                 values[name] = check.texts(name, data[name])
+        if "fhir_user_bases" in data:
+            bases = check.texts("fhir_user_bases", data["fhir_user_bases"])
+            values["fhir_user_bases"] = tuple(
+                check.base("fhir_user_bases", base).rstrip("/") for base in bases
+            )
         if "dev_issuer_enabled" in data:
             values["dev_issuer_enabled"] = check.flag(
                 "dev_issuer_enabled", data["dev_issuer_enabled"]
@@ -264,6 +274,18 @@ class _Checker:
             self.problem(name, "expected an array of non-empty strings")
             return ()
         return tuple(dict.fromkeys(value))
+
+    def base(self, name: str, value: Any) -> str:
+        """An absolute http(s) FHIR base URL: no query, fragment, user information,
+        percent-encoding or dot segments."""
+        url = self.url(name, value)
+        parts = urlsplit(url)
+        segments = parts.path.split("/")
+        if url and (
+            parts.query or "@" in parts.netloc or "%" in url or "." in segments or ".." in segments
+        ):
+            self.problem(name, f"{url!r}: expected a plain FHIR base URL")
+        return url
 
     def url(self, name: str, value: Any) -> str:
         parts = urlsplit(value) if isinstance(value, str) else None

@@ -88,7 +88,8 @@ async def test_every_attempt_names_the_request_id_it_answered_with(
     )
     assert refused.status_code == 403
     fresh = refused.headers["x-request-id"]
-    assert fresh != "evil\tid forged=1" and len(fresh) == 32
+    assert fresh != "evil\tid forged=1"
+    assert len(fresh) == 32
     recorded = await attempts(store)
     assert [(a["outcome"], a["requestId"]) for a in recorded] == [
         (201, "client-req.42"),
@@ -115,9 +116,7 @@ async def test_an_unforeseen_failure_is_an_audited_500_without_detail(
     for leaked in (SECRET, "KeyError", "Traceback", "HIV"):
         assert leaked not in answer.text
     last = (await attempts(store))[-1]
-    assert answer.headers["x-consentry-audit-index"] == str(
-        (await ledger_entries(store))[-1].index
-    )
+    assert answer.headers["x-consentry-audit-index"] == str((await ledger_entries(store))[-1].index)
     assert last["operation"] == "history"
     assert last["outcome"] == 500
     assert last["requestId"] == "trace-me"
@@ -163,3 +162,23 @@ async def test_without_a_verified_caller_a_bug_is_a_500_and_no_entry(
     assert answer.headers["x-request-id"] == "anon-1"
     assert SECRET not in answer.text
     assert await store.size() == 0
+
+
+async def test_fhir_user_is_read_under_the_gateway_base_only(
+    api: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    """Attack: a token whose ``fhirUser`` is ``Practitioner/../Patient/p1`` was read as
+    ``Patient/p1``, and one naming a user on another server as that server's user. The
+    gateway's own public base (``public_url``) is accepted; anything else is a 401 saying
+    why."""
+    path = "/fhir/Consent?patient=Patient/p1"
+    own = tokens.bearer(
+        "dr", "user/Consent.rs", fhir_user="http://gateway.test/fhir/Practitioner/dr"
+    )
+    assert (await api.get(path, headers=own)).status_code != 401
+    for forged in ("Practitioner/../Patient/p1", "http://evil.test/fhir/Practitioner/dr"):
+        answer = await api.get(
+            path, headers=tokens.bearer("dr", "user/Consent.rs", fhir_user=forged)
+        )
+        assert answer.status_code == 401
+        assert "fhirUser" in answer.headers["www-authenticate"]

@@ -41,7 +41,7 @@ def build(rules: IdentityRules | None = None, **overrides: Any) -> Identity:
     ids=["relative", "absolute", "patient", "versioned", "related-person", "person"],
 )
 def test_fhir_user_parses(value: str, expected: str) -> None:
-    assert parse_fhir_user(value) == expected
+    assert parse_fhir_user(value, ["https://ehr.test/fhir"]) == expected
 
 
 @pytest.mark.parametrize(
@@ -70,6 +70,95 @@ def test_fhir_user_parses(value: str, expected: str) -> None:
 def test_fhir_user_is_refused(value: object) -> None:
     with pytest.raises(ClaimError, match="fhirUser"):
         parse_fhir_user(value)
+
+
+GATEWAY = "https://gw.example/fhir"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Practitioner/../Patient/x",
+        "Practitioner/./Patient/x",
+        "Practitioner/1/../../Patient/x",
+        "x/Practitioner/1",
+        "/Practitioner/1",
+        "Practitioner/1/",
+        "Practitioner/..",
+        "Practitioner/.",
+        "Practitioner/%2e%2e",
+        "https://evil.example/fhir/Practitioner/1",
+        "https://gw.example/other/Practitioner/1",
+        "https://gw.example/fhir/x/../Practitioner/1",
+        "https://gw.example/fhir/Patient/p1/Practitioner/1",
+        "https://user@gw.example/fhir/Practitioner/1",
+        "https://gw.example/fhir/Practitioner/1#frag",
+        "ftp://gw.example/fhir/Practitioner/1",
+        "//gw.example/fhir/Practitioner/1",
+        "https://gw.example.evil/fhir/Practitioner/1",
+    ],
+    ids=[
+        "dot-dot-to-a-patient",
+        "dot-segment",
+        "climb-out",
+        "relative-with-a-prefix",
+        "leading-slash",
+        "trailing-slash",
+        "id-dot-dot",
+        "id-dot",
+        "percent-encoded",
+        "any-host",
+        "other-path-same-host",
+        "dot-dot-in-the-base",
+        "nested-under-a-patient",
+        "user-info",
+        "fragment",
+        "not-http",
+        "scheme-relative",
+        "host-suffix",
+    ],
+)
+def test_fhir_user_is_strict(value: str) -> None:
+    """Attack: ``fhirUser`` was read with a loose pattern (anything, then ``Type/id`` at the
+    end), so ``Practitioner/../Patient/x`` became ``Patient/x`` (whose consents and data
+    rules then applied), and a URL on any host was taken as this server's user. Only exact
+    relative ``Type/id`` or a URL under an accepted FHIR base is read now."""
+    with pytest.raises(ClaimError, match="fhirUser"):
+        parse_fhir_user(value, [GATEWAY])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://gw.example/fhir/Practitioner/1", "Practitioner/1"),
+        ("HTTPS://GW.EXAMPLE/fhir/Practitioner/1", None),
+        ("https://GW.example/fhir/Practitioner/1/_history/2", "Practitioner/1"),
+        ("https://gw.example/fhir/Person/1.2-a", "Person/1.2-a"),
+    ],
+    ids=["own-base", "upper-case-scheme", "host-case", "dotted-id"],
+)
+def test_fhir_user_under_an_accepted_base(value: str, expected: str | None) -> None:
+    """Scheme and host compare case-insensitively (RFC 3986 §6.2.2.1); our pattern takes the
+    scheme in lower case only, so an upper-case one is refused rather than guessed."""
+    if expected is None:
+        with pytest.raises(ClaimError):
+            parse_fhir_user(value, [GATEWAY])
+    else:
+        assert parse_fhir_user(value, [GATEWAY]) == expected
+
+
+def test_an_absolute_fhir_user_needs_an_accepted_base() -> None:
+    """Without any accepted base only relative references are read."""
+    with pytest.raises(ClaimError, match="not under this gateway's FHIR base"):
+        parse_fhir_user("https://gw.example/fhir/Practitioner/1")
+    assert parse_fhir_user("Practitioner/1") == "Practitioner/1"
+
+
+def test_the_rules_carry_the_bases_into_the_identity() -> None:
+    rules = IdentityRules(fhir_user_bases=frozenset({GATEWAY}))
+    assert build(rules, fhirUser=f"{GATEWAY}/Practitioner/7").fhir_user == "Practitioner/7"
+    with pytest.raises(ClaimError, match="fhirUser"):
+        build(rules, fhirUser="Practitioner/../Patient/x")
 
 
 # --- purpose of use and roles -----------------------------------------------------------------

@@ -172,7 +172,7 @@ async def test_verifier_from_settings_trusts_a_jwks_file(tmp_path: Path) -> None
     settings = AuthSettings.from_mapping(
         {"audiences": [AUDIENCE], "issuers": [{"issuer": ISSUER, "jwks_file": str(path)}]}
     )
-    verifier = build_verifier(settings, clock=lambda: NOW)
+    verifier = build_verifier(settings, clock=lambda: NOW, gateway_base=AUDIENCE)
     assert (await verifier.verify(f"Bearer {mint(ED)}")).subject == "alice"
     assert build_dev_issuer(settings) is None
 
@@ -195,3 +195,17 @@ async def test_verifier_from_settings_trusts_the_enabled_dev_issuer(tmp_path: Pa
     with pytest.raises(Unauthorized) as info:
         await verifier.verify(None)
     assert info.value.www_authenticate == 'Bearer realm="consentry"'
+
+
+def test_fhir_user_bases_are_the_gateway_and_the_configured_ones() -> None:
+    """An absolute ``fhirUser`` is read only under the gateway's own public base or a base
+    configured in ``auth.fhir_user_bases``; a base with a query or dot segment is refused at
+    load, so no setting can re-open the loose reading."""
+    settings = AuthSettings.from_mapping({"fhir_user_bases": ["https://ehr.example/r4/"]})
+    assert settings.fhir_user_bases == ("https://ehr.example/r4",)
+    rules = settings.identity_rules("https://gw.example/fhir")
+    assert rules.fhir_user_bases == {"https://gw.example/fhir", "https://ehr.example/r4"}
+    assert AuthSettings().identity_rules().fhir_user_bases == frozenset()
+    for bad in ("ehr.example/r4", "https://ehr.example/r4?x=1", "https://ehr.example/a/../r4"):
+        with pytest.raises(SettingsError, match="fhir_user_bases"):
+            AuthSettings.from_mapping({"fhir_user_bases": [bad]})

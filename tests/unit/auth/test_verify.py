@@ -74,7 +74,9 @@ def make_verifier(
         frozenset({AUDIENCE, "https://gateway.test/other"}),
         *([algorithms] if algorithms else []),
     )
-    return TokenVerifier({ISSUER: config}, clock=lambda: NOW, **kw)
+    kw.setdefault("rules", IdentityRules(fhir_user_bases=frozenset({AUDIENCE})))
+    kw.setdefault("clock", lambda: NOW)
+    return TokenVerifier({ISSUER: config}, **kw)
 
 
 async def refusal(token: str, verifier: TokenVerifier | None = None) -> Unauthorized:
@@ -200,6 +202,12 @@ async def test_scheme_is_case_insensitive_and_spaces_are_tolerated() -> None:
         (lambda: mint(ED, sub=None), "sub"),
         (lambda: mint(ED, sub=""), "sub"),
         (lambda: mint(ED, fhirUser="Observation/1"), "fhirUser"),
+        # a loosely read fhirUser became Patient/x, or any server's user (now refused)
+        (lambda: mint(ED, fhirUser="Practitioner/../Patient/x"), "fhirUser: expected Type/id"),
+        (
+            lambda: mint(ED, fhirUser="https://evil.test/fhir/Practitioner/9"),
+            "fhirUser: the URL is not under this gateway's FHIR base",
+        ),
         (lambda: mint(ED, patient="../Patient/1"), "patient"),
         (lambda: mint(ED, scope=7), "scope"),
         # algorithms and structure
@@ -235,6 +243,8 @@ async def test_scheme_is_case_insensitive_and_spaces_are_tolerated() -> None:
         "no-sub",
         "empty-sub",
         "fhir-user-not-a-user",
+        "fhir-user-dot-segments",
+        "fhir-user-on-another-server",
         "patient-not-an-id",
         "scope-not-string",
         "alg-none",
@@ -421,9 +431,7 @@ async def test_a_token_is_verified_once_then_taken_from_the_cache() -> None:
 async def test_a_cached_token_still_expires() -> None:
     """The cache never extends a token: past ``exp`` (plus leeway) it is refused as before."""
     clock = MovingClock()
-    verifier = TokenVerifier(
-        {ISSUER: IssuerConfig(StaticJwks(JWKS), frozenset({AUDIENCE}))}, clock=clock
-    )
+    verifier = make_verifier(clock=clock)
     token = f"Bearer {mint(ED, exp=int(NOW) + 10)}"
     await verifier.verify(token)
     clock.now = NOW + 10 + DEFAULT_LEEWAY
@@ -435,7 +443,7 @@ async def test_a_cached_token_is_checked_again_after_the_cache_lifetime() -> Non
     """A key withdrawn from the issuer's set stops its tokens within ``CACHE_SECONDS``."""
     clock = MovingClock()
     spy = SpyKeys(JWKS)
-    verifier = TokenVerifier({ISSUER: IssuerConfig(spy, frozenset({AUDIENCE}))}, clock=clock)
+    verifier = make_verifier(spy, clock=clock)
     token = f"Bearer {mint(ED, exp=int(NOW) + 3600)}"
     await verifier.verify(token)
     clock.now = NOW + CACHE_SECONDS

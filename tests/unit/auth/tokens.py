@@ -59,7 +59,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
         "client_id": "app-1",
         "scope": "launch/patient openid fhirUser patient/Observation.rs",
         "patient": "123",
-        "fhirUser": "https://ehr.test/fhir/Practitioner/9",
+        "fhirUser": f"{AUDIENCE}/Practitioner/9",  # under the gateway's own FHIR base
     }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
