@@ -24,7 +24,8 @@
    provision *or one of its ancestors* names; defaults never name any. Otherwise, per
    ``Defaults.uncovered``: ``deny`` (default), or permit with the obligation ``redact`` carrying the
    uncovered labels: the enforcer must remove every part tagged with them (all of the resource
-   when the tag is in ``meta.security``).
+   when the tag is in ``meta.security``). Redaction applies to reads (``access``) only: any other
+   action with uncovered labels is denied in both modes, since a write cannot be redacted.
 
 **Security labels.** v3-Confidentiality is ordered U < L < M < N < R < V and is read as a
 high-water mark. The spec says "If the consent specifies a security label of 'R' then it applies
@@ -71,6 +72,8 @@ _ACT_CODE_SYSTEMS: Final = (
 )
 #: FHIR consentaction ``collect``: gathering new data (what a create asks).
 _COLLECT: Final[Coding] = ("http://terminology.hl7.org/CodeSystem/consentaction", "collect")
+#: FHIR consentaction ``access``: reading data (the only action an answer can be redacted for).
+_ACCESS: Final[Coding] = ("http://terminology.hl7.org/CodeSystem/consentaction", "access")
 DEFAULT_SENSITIVE_LABELS: Final = frozenset(
     (system, code)
     for system in _ACT_CODE_SYSTEMS
@@ -213,7 +216,11 @@ def decide(
     if not uncovered:
         return Decision(PERMIT, (), tuple(trace))
     codes = ", ".join(sorted(code for _, code in uncovered))
-    if defaults.uncovered == "deny":
+    # Redaction is an obligation on what is *released*: only a read can honour it. A write
+    # (collect, correct) sends the whole body upstream, so labels no permit names refuse it
+    # whatever ``uncovered`` says, or sensitive data could be stored without a consent that
+    # names it.
+    if defaults.uncovered == "deny" or action != _ACCESS:
         trace.append(TraceStep(None, None, None, f"deny: no permit names the labels {codes}"))
         return Decision(DENY, (), tuple(trace))
     trace.append(TraceStep(None, None, None, f"permit with redaction: no permit names {codes}"))

@@ -97,6 +97,37 @@ def test_sensitive_new_data_still_needs_a_consent_naming_its_labels() -> None:
     assert ask([], who=EHR, action=COLLECT, target=hiv, defaults=HOLDER).effect == "deny"
 
 
+# Redaction is honoured only on what is released: a write cannot be redacted.
+REDACT_HOLDER = Defaults(collect="permit", uncovered="redact")
+REDACT_OPT_OUT = Defaults(jurisdiction="opt-out", uncovered="redact")
+UNCOVERED_WRITES: list[tuple[str, Any, Defaults, str]] = [
+    ("collect-default-redact-mode", COLLECT, REDACT_HOLDER, "deny"),
+    ("opt-out-collect-redact-mode", COLLECT, REDACT_OPT_OUT, "deny"),
+    ("opt-out-correct-redact-mode", CORRECT, REDACT_OPT_OUT, "deny"),
+    # a read of the same resource is released with the labelled parts removed
+    ("opt-out-access-redact-mode", ACCESS, REDACT_OPT_OUT, "permit"),
+]
+
+
+@pytest.mark.parametrize(
+    ("action", "defaults", "expected"),
+    [c[1:] for c in UNCOVERED_WRITES],
+    ids=[c[0] for c in UNCOVERED_WRITES],
+)
+def test_redact_mode_never_lets_a_write_store_labels_no_permit_names(
+    action: Any, defaults: Defaults, expected: str
+) -> None:
+    """Attack: with ``consent_uncovered_labels = "redact"``, an EHR wrote an HIV-labelled
+    result for a patient without any consent naming HIV: the decision was "permit, redact HIV",
+    and a write forwards its whole body, so the obligation could not be honoured and the
+    sensitive data was stored. A write of labels no permit names is now refused in both modes."""
+    hiv = resource(security_labels=frozenset({(ACT_CODE, "HIV")}))
+    decision = ask([], who=EHR, action=action, target=hiv, defaults=defaults)
+    assert decision.effect == expected
+    if expected == "permit":
+        assert [o.code for o in decision.obligations] == ["redact"]
+
+
 def test_the_engine_default_is_the_jurisdiction() -> None:
     """The pure engine keeps its behaviour unless told: the gateway's setting chooses."""
     assert Defaults().collect == "jurisdiction"
