@@ -1,8 +1,9 @@
 """``consentry init``: a working local-development configuration in one command.
 
-    consentry init [DIR] [--upstream URL] [--host H] [--port P] [--origin ORIGIN] [--force]
+    consentry init DIR [--upstream URL] [--host H] [--port P] [--origin ORIGIN] [--force]
 
-writes into ``DIR`` (default: the current directory):
+writes into ``DIR`` (named on purpose, never implied: the file names are the gateway's
+defaults, so the current directory may be a deployment's):
 
 - ``consentry.toml``: the upstream, the listen address, a SQLite store in ``DIR``, the ledger
   key file, and the ``[auth]`` table that turns the
@@ -16,8 +17,9 @@ writes into ``DIR`` (default: the current directory):
 
 Paths inside ``consentry.toml`` are absolute (settings resolve relative paths against the
 directory the gateway runs in, which need not be ``DIR``). Existing files are never
-overwritten without ``--force``; ``--force`` replaces them and removes the SQLite store in
-``DIR`` too, whose ledger the replaced key signed (a new key cannot continue it). Then the
+overwritten without ``--force``. A SQLite store in ``DIR`` is never touched, even with
+``--force``: its ledger is an audit trail the current key signed (a new key cannot continue
+it), so ``init`` refuses until whoever means to discard that trail moves it away. Then the
 next commands (serve, mint a token, verify the ledger) are printed.
 
 Everything written is for development only: anyone who can read ``dev-issuer.jwk`` can mint a
@@ -66,7 +68,7 @@ def add_init_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         ),
     )
     add = init.add_argument
-    add("dir", nargs="?", default=".", type=Path, help="target directory (default: current)")
+    add("dir", type=Path, help="target directory (created if missing), e.g. dev")
     add(
         "--upstream",
         default=_DEFAULT_UPSTREAM,
@@ -75,7 +77,11 @@ def add_init_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     add("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     add("--port", type=int, default=8080, help="listen port (default 8080)")
     add("--origin", default=_DEFAULT_ORIGIN, help=f"the ledger's origin ({_DEFAULT_ORIGIN})")
-    add("--force", action="store_true", help="replace existing files (and remove the store)")
+    add(
+        "--force",
+        action="store_true",
+        help="replace existing configuration and keys (never a store: move it away first)",
+    )
     init.set_defaults(run=run_init)
 
 
@@ -110,11 +116,17 @@ def _init(args: argparse.Namespace) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InitError(f"cannot create {directory}: {exc.strerror}") from exc
-    present = [name for name in (*FILES, *_STORE_FILES) if (directory / name).exists()]
+    stores = [name for name in _STORE_FILES if (directory / name).exists()]
+    if stores:
+        raise InitError(
+            f"{directory} holds a store ({', '.join(stores)}): its ledger is an audit trail "
+            "signed by the key there, which a new key cannot continue; init never removes "
+            "it, not even with --force. Move it away yourself if you mean to discard it"
+        )
+    present = [name for name in FILES if (directory / name).exists()]
     if present and not args.force:
         raise InitError(
-            f"{directory} already holds {', '.join(present)}; "
-            "use --force to replace them (the store is removed too)"
+            f"{directory} already holds {', '.join(present)}; use --force to replace them"
         )
     for name in present:
         (directory / name).unlink()

@@ -108,21 +108,40 @@ def test_init_refuses_a_directory_holding_only_a_store(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["consentry.db"]
 
 
-def test_init_force_replaces_the_keys_and_removes_the_store(tmp_path: Path) -> None:
+def test_init_force_replaces_the_keys(tmp_path: Path) -> None:
     assert init(str(tmp_path)) == 0
     old_key = (tmp_path / "consentry-ledger.key").read_text(encoding="ascii")
     old_dev = (tmp_path / "dev-issuer.jwk").read_text(encoding="utf-8")
-    (tmp_path / "consentry.db").write_bytes(b"ledger")
-    (tmp_path / "consentry.db-wal").write_bytes(b"wal")
     assert init(str(tmp_path), "--force") == 0
     assert (tmp_path / "consentry-ledger.key").read_text(encoding="ascii") != old_key
     assert (tmp_path / "dev-issuer.jwk").read_text(encoding="utf-8") != old_dev
-    assert not (tmp_path / "consentry.db").exists()
-    assert not (tmp_path / "consentry.db-wal").exists()
     policy = parse_policy((tmp_path / "trust.toml").read_text(encoding="utf-8"))
     assert [k.vkey for k in policy.keys] == [
         read_ledger_key(tmp_path / "consentry-ledger.key").key.vkey()
     ]
+
+
+def test_init_force_never_removes_a_store_nor_the_key_that_signed_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attack (by accident): ``consentry init --force`` run in a deployment's directory, whose
+    ``consentry.db`` and ``consentry-ledger.key`` carry the default names, deleted the audit
+    trail and its signing key for good. The store and every file beside it stay untouched."""
+    assert init(str(tmp_path)) == 0
+    (tmp_path / "consentry.db").write_bytes(b"ledger")
+    (tmp_path / "consentry.db-wal").write_bytes(b"wal")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert init(str(tmp_path), "--force") == 2
+    assert "never removes" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_init_names_its_directory(capsys: pytest.CaptureFixture[str]) -> None:
+    """The default file names are the gateway's own, so ``init`` never writes into the
+    current directory unless it is named."""
+    assert main(["init"]) == 2
+    assert "required: dir" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -142,11 +161,3 @@ def test_init_refuses_bad_values_and_writes_nothing(
     assert init(str(target), *argv) == 2
     assert message in capsys.readouterr().err
     assert not target.exists() or list(target.iterdir()) == []
-
-
-def test_init_defaults_to_the_current_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert init() == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)
