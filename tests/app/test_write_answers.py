@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import respx
 
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.ledger.leaf import EntryFlag, EntryKind, decode_leaf
+from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.consenting import AUDIENCE, DEV_ISSUER
 
 FHIR = {"content-type": "application/fhir+json"}
@@ -45,3 +48,35 @@ async def test_a_create_only_caller_gets_the_outcome_without_the_body(
     assert answer.status_code == 201
     assert answer.headers["location"] == "http://gateway.test/fhir/Observation/o9/_history/1"
     assert answer.content == b""
+
+
+@pytest.mark.parametrize(
+    ("upstream_status", "permitted"), [(201, True), (422, False)], ids=["stored", "rejected"]
+)
+async def test_a_write_is_a_decision_entry_then_an_outcome_entry(
+    make_client: Any,
+    router: respx.Router,
+    store: MemoryLogStore,
+    upstream_status: int,
+    permitted: bool,
+) -> None:
+    """Defect this pins: a write's second ledger entry, written after the upstream answered,
+    is of kind ``access-outcome``; broken into ``access-decision`` (or a disclosure) the whole
+    suite still passed, and an auditor could no longer tell "allowed to try" from "stored".
+    The decision (before forwarding) permits; the outcome permits only if the upstream
+    stored it."""
+    router.post("/Observation").respond(
+        upstream_status,
+        json={**OBSERVATION, "id": "o9"}
+        if upstream_status < 400
+        else {"resourceType": "OperationOutcome", "issue": []},
+        headers=FHIR,
+    )
+    async with make_client() as client:
+        before = await store.size()
+        answer = await client.post("/fhir/Observation", json=OBSERVATION, headers=FHIR)
+    assert answer.status_code == upstream_status
+    leaves = [decode_leaf(raw) for raw in await store.leaves(before, await store.size())]
+    assert [leaf.kind for leaf in leaves] == [EntryKind.ACCESS_DECISION, EntryKind.ACCESS_OUTCOME]
+    assert [bool(leaf.flags & EntryFlag.PERMIT) for leaf in leaves] == [True, permitted]
+    assert leaves[0].pseudonym == leaves[1].pseudonym is not None

@@ -198,13 +198,18 @@ async def test_patient_p2_paging_stays_in_its_compartment(world: World) -> None:
 
 
 async def test_count_zero_does_not_tell_whether_p1_has_matches(world: World) -> None:
-    """``_count=0`` asks for no entries: if the answer for p1 offers a ``next`` page and the
-    answer for a patient without records does not, the practitioner learns p1 has data."""
+    """``_count=0`` asks for no entries: its ``total`` or ``next`` link would count p1's
+    hidden matches. It is refused (count family, every caller: none sees everything) before
+    anything is asked upstream, in the same words for p1 and for a patient without records.
+
+    The test this replaces checked the links only under ``if status == 200``, a branch a
+    refusal never reaches: with the guard deleted, it still passed."""
     hidden = await world.http.get("/fhir/Observation?subject=Patient/p1&_count=0", headers=world.dr)
     nobody = await world.http.get(
         "/fhir/Observation?subject=Patient/nobody&_count=0", headers=world.dr
     )
-    assert hidden.status_code == nobody.status_code
-    if hidden.status_code == 200:
-        assert next_url(hidden) is None
-        assert next_url(nobody) is None
+    for answer in (hidden, nobody):
+        assert answer.status_code == 403
+        assert "count family" in answer.json()["issue"][0]["diagnostics"]
+    assert hidden.content == nobody.content
+    assert world.sent_params() == []  # refused before the upstream could count anything

@@ -76,3 +76,49 @@ def test_gauges_are_read_at_each_scrape() -> None:
     text = metrics.render().decode()
     assert "consentry_ledger_queue_depth 0" in text
     assert "# TYPE consentry_ledger_queue_depth gauge" in text
+
+
+def _buckets(text: str, name: str) -> list[tuple[str, int]]:
+    """``(le, cumulative count)`` of every bucket line of histogram ``name``, in order."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out.append((le, int(line.rsplit(" ", 1)[1])))
+    return out
+
+
+def test_a_value_on_a_bucket_bound_counts_in_that_bucket() -> None:
+    """Prometheus ``le`` is "less than or equal" (exposition format, histogram): a batch of
+    exactly 1 or 256 entries belongs to ``le="1.0"`` / ``le="256.0"``. Defect this pins: the
+    bucket choice moved to "less than" (``bisect_right``) and every figure on a bound was
+    counted one bucket too high, with the suite still green. The expected counts are worked
+    out here by hand from the bounds, not taken from the implementation."""
+    metrics = Metrics()
+    for size in (1, 2, 3, 256, 257, 1024, 1025):
+        metrics.observe_commit(size, 0.001, ok=True)
+    text = metrics.render().decode()
+    assert _buckets(text, "consentry_ledger_batch_size") == [
+        ("1.0", 1),  # 1
+        ("2.0", 2),  # 2
+        ("4.0", 3),  # 3
+        ("8.0", 3),
+        ("16.0", 3),
+        ("32.0", 3),
+        ("64.0", 3),
+        ("128.0", 3),
+        ("256.0", 4),  # 256
+        ("512.0", 5),  # 257
+        ("1024.0", 6),  # 1024
+        ("+Inf", 7),  # 1025
+    ]
+    assert "consentry_ledger_batch_size_count 7" in text
+    assert "consentry_ledger_batch_size_sum 2568.000000" in text
+
+
+def test_request_durations_on_and_beside_the_bounds() -> None:
+    metrics = Metrics()
+    for seconds in (0.0, 0.0005, 0.00050001, 10.0, 10.000001):
+        metrics.observe_request("read", 200, seconds)
+    got = dict(_buckets(metrics.render().decode(), "consentry_request_duration_seconds"))
+    assert (got["0.0005"], got["0.001"], got["5.0"], got["10.0"], got["+Inf"]) == (2, 3, 3, 4, 5)

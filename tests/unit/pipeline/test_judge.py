@@ -9,7 +9,8 @@ import pytest
 
 from middleware.auth.identity import Identity
 from middleware.auth.scopes import parse_scopes
-from middleware.consent.decide import Defaults
+from middleware.consent.decide import Decision, Defaults
+from middleware.consent.model import DENY, PERMIT
 from middleware.consent.parse import parse_consent
 from middleware.errors import Forbidden
 from middleware.fhir.request import FhirRequest, Interaction, Level
@@ -20,7 +21,7 @@ from middleware.pipeline.caller import (
     check_interaction,
 )
 from middleware.pipeline.filter import filter_answer
-from middleware.pipeline.judge import Judge, patients_in
+from middleware.pipeline.judge import Judge, Trail, patients_in
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
 BASES = ("http://upstream.test/fhir",)
@@ -205,3 +206,48 @@ def test_interaction_scopes(scopes: str, interaction: Interaction, allowed: bool
     else:
         with pytest.raises(Forbidden):
             check_interaction(caller, request)
+
+
+# --- the audit trail keeps the deny ---------------------------------------------------------
+
+_PERMIT_A = Decision(PERMIT)
+_PERMIT_B = Decision(PERMIT, trace=())
+_DENY = Decision(DENY)
+
+
+@pytest.mark.parametrize(
+    ("sequence", "kept"),
+    [
+        ((_PERMIT_A, _DENY), _DENY),
+        ((_DENY, _PERMIT_A), _DENY),
+        ((_PERMIT_A, _PERMIT_B, _DENY, _PERMIT_A), _DENY),
+        ((_DENY, None), _DENY),
+        ((_PERMIT_A, None), _PERMIT_A),
+    ],
+    ids=[
+        "deny-replaces-permit",
+        "permit-never-replaces-deny",
+        "deny-among-many",
+        "none-never-replaces-deny",
+        "none-never-replaces-permit",
+    ],
+)
+def test_the_trail_keeps_a_deny_over_any_permit(
+    sequence: tuple[Decision | None, ...], kept: Decision
+) -> None:
+    """Defect this pins: with the rule "a deny replaces an earlier permit" broken, an answer
+    that released one of a patient's resources and withheld another was audited as a plain
+    permit, hiding from the auditor that the consent withheld something."""
+    trail = Trail()
+    for decision in sequence:
+        trail.decided("Patient/p1", decision)
+    assert trail.decisions["Patient/p1"] is kept
+
+
+def test_the_trail_keeps_the_first_permit() -> None:
+    trail = Trail()
+    trail.decided("Patient/p1", _PERMIT_A)
+    trail.decided("Patient/p1", _PERMIT_B)
+    trail.decided("Patient/p2", None)
+    assert trail.decisions == {"Patient/p1": _PERMIT_A, "Patient/p2": None}
+    assert trail.decisions["Patient/p1"] is _PERMIT_A
