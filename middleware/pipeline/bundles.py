@@ -170,9 +170,11 @@ class Bundles:
                 if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
                     entry["resource"] = mapper.write(entry["resource"])
         new = _new_references(entries)
+        writes: set[int] = set()  # the create and update entries, by position
         try:
-            for entry in entries:
-                await self._check_entry(ask, entry, new)
+            for index, entry in enumerate(entries):
+                if await self._check_entry(ask, entry, new) in _WRITES:
+                    writes.add(index)
         except GatewayError as error:
             if error.status >= 500:
                 raise
@@ -185,12 +187,13 @@ class Bundles:
             if isinstance(outcome, GatewayError):
                 raise outcome
             return outcome
-        written = _write_responses(entries, up.document)
+        written = _write_responses(writes, len(entries), up.document)
         return _keep_write_outcomes(await self.flow.release(ask, up), written)
 
-    async def _check_entry(self, ask: Ask, entry: Any, new: Mapping[str, str]) -> None:
+    async def _check_entry(self, ask: Ask, entry: Any, new: Mapping[str, str]) -> Interaction:
         """Raise unless the transaction entry may go through (pins updates to the checked
-        version by setting ``request.ifMatch`` in the Bundle that will be forwarded)."""
+        version by setting ``request.ifMatch`` in the Bundle that will be forwarded); return
+        the entry's classified interaction."""
         sub = self._sub_ask(ask, entry)
         request = sub.request
         if request.interaction not in _TRANSACTION_ENTRIES or request.conditional:
@@ -206,13 +209,13 @@ class Bundles:
                 sees_everything=False,
                 policy=self.flow.guards,
             )
-            return
+            return request.interaction
         if request.interaction in (Interaction.READ, Interaction.VREAD):
-            return  # judged in the answer, like any read
+            return request.interaction  # judged in the answer, like any read
         if request.interaction is Interaction.CREATE:
             created = _local(entry["resource"], new, entry.get("fullUrl"))
             await self._allow(sub, created, ACTION_COLLECT)
-            return
+            return request.interaction
         current = await self.writes.current(sub)
         if request.interaction is Interaction.UPDATE:
             body = _local(entry.get("resource"), new)
@@ -223,6 +226,7 @@ class Bundles:
             version = (current.get("meta") or {}).get("versionId")
             if isinstance(version, str) and "ifMatch" not in entry["request"]:
                 entry["request"]["ifMatch"] = f'W/"{version}"'
+        return request.interaction
 
     async def _allow(self, sub: Ask, resource: Any, action: tuple[str, str]) -> None:
         if not isinstance(resource, dict):
@@ -244,24 +248,24 @@ def _bundle(raw: bytes) -> dict[str, Any]:
 #: read the resource: the outcome a single write answers with in its headers (201 + Location,
 #: ETag, Last-Modified), no resource and no upstream OperationOutcome.
 _WRITE_OUTCOME: Final = ("status", "location", "etag", "lastModified")
+#: The transaction entries answered by their outcome when the caller may not read them.
+_WRITES: Final = frozenset({Interaction.CREATE, Interaction.UPDATE})
 
 
-def _write_responses(entries: list[Any], document: Any) -> dict[int, dict[str, Any]]:
+def _write_responses(writes: set[int], asked: int, document: Any) -> dict[int, dict[str, Any]]:
     """The ``response`` objects (not copies: rebasing rewrites them in place) of the upstream's
-    successful answers to create and update entries, by position (R4 http.html#trules: a
-    transaction-response has one entry per request entry, in order)."""
+    successful answers to the entries at ``writes`` (positions of the entries classified as
+    create or update, never by HTTP method alone: a ``POST _search`` entry is a search) among
+    ``asked`` entries (R4 http.html#trules: a transaction-response has one entry per request
+    entry, in order)."""
     answered = document.get("entry") if isinstance(document, dict) else None
-    if not isinstance(answered, list) or len(answered) != len(entries):
+    if not isinstance(answered, list) or len(answered) != asked:
         return {}
     found: dict[int, dict[str, Any]] = {}
-    for index, (asked, got) in enumerate(zip(entries, answered, strict=True)):
-        method = asked["request"].get("method") if isinstance(asked, dict) else None
+    for index in sorted(writes):
+        got = answered[index]
         response = got.get("response") if isinstance(got, dict) else None
-        if (
-            method in ("POST", "PUT")
-            and isinstance(response, dict)
-            and str(response.get("status", "")).startswith("2")
-        ):
+        if isinstance(response, dict) and str(response.get("status", "")).startswith("2"):
             found[index] = response
     return found
 
