@@ -17,6 +17,8 @@ gateway serves itself is put in (each rule names the module that makes it true):
   [base]`` with a document Bundle) are refused and dropped;
 - ``conditionalRead`` becomes ``not-supported`` (reads are forwarded without the client's
   conditional headers: a 304 would confirm a record the caller may not see);
+  ``conditionalDelete: multiple`` becomes ``single`` (``pipeline.writes`` resolves a
+  conditional target first and refuses more than one match with 412);
 - Consent is the gateway's own API (``consent.api``): the upstream's Consent entry is replaced
   by the interactions that API serves, and no search may ``_include`` Consent;
 - AuditEvent is the upstream's, judged like any record; its ``documentation`` says that the
@@ -175,6 +177,8 @@ def _describe_resource(resource: dict[str, Any]) -> dict[str, Any]:
             resource.pop("operation")
     if "conditionalRead" in resource:
         resource["conditionalRead"] = "not-supported"
+    if resource.get("conditionalDelete") == "multiple":
+        resource["conditionalDelete"] = "single"
     for name in ("searchInclude", "searchRevInclude"):
         values = resource.get(name)
         if isinstance(values, list):

@@ -243,7 +243,8 @@ async def test_metadata_advertises_no_operation_the_gateway_refuses(
 async def test_metadata_drops_what_the_gateway_cannot_route(client: httpx.AsyncClient) -> None:
     """A server's custom types (Medplum's ``Bot``) are 404 through the gateway; messaging is
     an operation it refuses; a ``_revinclude`` of Consent is refused; conditional reads are
-    forwarded without their headers."""
+    forwarded without their headers; a conditional delete matching several records is 412
+    (the upstream's ``multiple`` would be a false claim)."""
     body = (await client.get("/fhir/metadata")).json()
     types = [r["type"] for r in body["rest"][0]["resource"]]
     assert "Bot" not in types
@@ -252,6 +253,7 @@ async def test_metadata_drops_what_the_gateway_cannot_route(client: httpx.AsyncC
     patient = _resource(body, "Patient")
     assert patient["searchRevInclude"] == ["Observation:subject"]
     assert patient["conditionalRead"] == "not-supported"
+    assert patient["conditionalDelete"] == "single"
     assert _codes(patient) == _ALL  # the upstream's own types keep their interactions
     for key in ("id", "url", "text"):
         assert key not in body
