@@ -6,8 +6,11 @@
         [--role doctor] [--ttl 3600] [--algorithm EdDSA|ES256] [--client-id ID]
 
 Running the command is the explicit opt-in the :class:`UnsafeDevelopmentIssuer` requires. The
-key file is created (mode 0600) when missing; a gateway with the development issuer enabled on
-the same key file and issuer URL accepts the tokens. Standard output carries the token only;
+key file must exist (``consentry init`` writes one; a gateway with the development issuer on
+creates its own) unless ``--new-key`` asks for one to be created (mode 0600): a mistyped path
+would otherwise mint tokens from a fresh key that no gateway trusts, and every request would be
+a puzzling 401. A gateway with the development issuer enabled on the same key file and issuer
+URL accepts the tokens. Standard output carries the token only;
 the issuer's warning and any error go to standard error.
 """
 
@@ -81,7 +84,13 @@ def _issue_arguments(parser: argparse.ArgumentParser) -> None:
         dest="key_file",
         type=Path,
         required=True,
-        help="the issuer's private JWK file (created when missing)",
+        help="the issuer's private JWK file (must exist unless --new-key)",
+    )
+    add(
+        "--new-key",
+        dest="new_key",
+        action="store_true",
+        help="create the key file when it does not exist",
     )
     add("--issuer", required=True, help="the iss URL the gateway trusts for this key")
     add(
@@ -119,6 +128,11 @@ def _issue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             # An absolute fhirUser must be under the gateway's base: the token's audience.
             parse_fhir_user(args.fhir_user, args.audience)
         existed = args.key_file.exists()
+        if not existed and not args.new_key:
+            raise _Usage(
+                f"--key-file: {args.key_file} does not exist (consentry init writes one; "
+                "--new-key creates it, but no gateway trusts a new key until it is configured)"
+            )
         issuer = UnsafeDevelopmentIssuer.from_key_file(
             args.key_file, args.issuer, enabled=True, algorithm=args.algorithm
         )

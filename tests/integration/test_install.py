@@ -235,8 +235,8 @@ def _serve(installed: Installed, upstream: str, workdir: Path) -> Iterator[Servi
         [
             consentry,
             *("token", "issue", "--sub", "install-check", "--scope", "system/*.rs"),
-            *("--key-file", workdir / "dev-issuer.jwk", "--issuer", f"{root}/dev-issuer"),
-            *("--audience", f"{root}/fhir"),
+            *("--key-file", workdir / "dev-issuer.jwk", "--new-key"),
+            *("--issuer", f"{root}/dev-issuer", "--audience", f"{root}/fhir"),
         ],
         workdir,
     ).strip()

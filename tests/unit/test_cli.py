@@ -175,6 +175,7 @@ def _issue(tmp_path: Path, *argv: str) -> list[str]:
         "alice",
         "--key-file",
         str(tmp_path / "dev.jwk"),
+        "--new-key",
         *argv,
     ]
 

@@ -33,7 +33,7 @@ def run(argv: list[str]) -> tuple[int, str, str]:
 
 
 def base_args(key_file: Path) -> list[str]:
-    return ["--key-file", str(key_file), "--issuer", DEV, "--audience", AUDIENCE]
+    return ["--key-file", str(key_file), "--new-key", "--issuer", DEV, "--audience", AUDIENCE]
 
 
 async def test_issued_token_verifies(tmp_path: Path) -> None:
@@ -86,6 +86,19 @@ def test_second_run_reuses_the_key_file(tmp_path: Path) -> None:
     assert code == 0
     assert "created" not in err
     assert key_file.read_text() == before
+
+
+def test_a_missing_key_file_is_refused_without_new_key(tmp_path: Path) -> None:
+    """A mistyped --key-file once minted a token from a freshly created key that no gateway
+    trusts (every request then a 401 with no hint why): now it is an error naming the file,
+    and nothing is created."""
+    key_file = tmp_path / "dve.jwk"
+    argv = ["--sub", "a", "--scope", "openid", "--key-file", str(key_file)]
+    code, out, err = run([*argv, "--issuer", DEV, "--audience", AUDIENCE])
+    assert code == 2
+    assert out == ""
+    assert f"--key-file: {key_file} does not exist" in err
+    assert not key_file.exists()
 
 
 @pytest.mark.parametrize(
