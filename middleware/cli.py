@@ -57,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default 8080)")
     serve.add_argument("--base-path", dest="base_path", help="FHIR base path (default /fhir)")
     serve.add_argument("--public-url", dest="public_url", help="absolute FHIR base clients see")
-    serve.add_argument("--store", help="sqlite:PATH (default sqlite:consentry.db) or memory:")
+    serve.add_argument(
+        "--store",
+        help="sqlite:PATH (default sqlite:consentry.db), postgresql://... (several replicas "
+        "sharing one ledger) or memory: (tests)",
+    )
     serve.add_argument("--config", type=Path, help="TOML settings file (- reads stdin)")
     add_init_parser(commands)
     # Each module registers its own commands and subcommands (each sets ``run``).
