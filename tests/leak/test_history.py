@@ -24,7 +24,7 @@ async def test_instance_history_of_p1_answers_like_a_missing_record(world: World
     exist: an empty 200 history for one and a 404 for the other tells it p1 exists."""
     got = await world.http.get("/fhir/Patient/p1/_history", headers=world.dr)
     absent = await world.http.get("/fhir/Patient/nope/_history", headers=world.dr)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
 
 
 async def test_history_of_a_p2_record_hides_the_version_filed_under_p1(world: World) -> None:

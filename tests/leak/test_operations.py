@@ -25,7 +25,7 @@ async def test_everything_of_p1_answers_like_a_missing_patient(world: World) -> 
     exist: an empty 200 for one and a 404 for the other confirms p1."""
     got = await world.http.get("/fhir/Patient/p1/$everything", headers=world.dr)
     absent = await world.http.get("/fhir/Patient/nope/$everything", headers=world.dr)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
 
 
 async def test_everything_of_p2_releases_p2_but_not_p1_resources(world: World) -> None:
@@ -42,7 +42,7 @@ async def test_patient_p2_everything_of_p1_is_the_missing_404(world: World) -> N
     missing record, without asking the upstream."""
     got = await world.http.get("/fhir/Patient/p1/$everything", headers=world.p2)
     absent = await world.http.get("/fhir/Patient/nope/$everything", headers=world.p2)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
     assert world.sent == []
 
 

@@ -217,7 +217,7 @@ async def test_break_glass_header_without_the_right_is_refused(world: World) -> 
     assert world.sent == []
     denied = await world.http.get("/fhir/Patient/p1", headers=world.dr)
     absent = await world.http.get("/fhir/Patient/nope", headers=world.dr)
-    assert_same_not_found(denied, absent)
+    assert_same_not_found(world, denied, absent)
 
 
 async def test_metadata_with_parameters_releases_only_capabilities(world: World) -> None:

@@ -47,7 +47,7 @@ async def test_read_of_a_p1_record_is_the_404_of_a_missing_one(
     does not exist (status, body, headers) tells it the record exists."""
     got = await world.http.get(f"/fhir/{denied}", headers=world.dr)
     absent = await world.http.get(f"/fhir/{missing}", headers=world.dr)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ async def test_vread_of_a_p1_version_is_the_404_of_a_missing_one(
     or a 404 that differs from a missing version's, would leak."""
     got = await world.http.get(f"/fhir/{denied}", headers=world.dr)
     absent = await world.http.get(f"/fhir/{missing}", headers=world.dr)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
 
 
 async def test_vread_of_the_version_a_record_had_under_p1(world: World) -> None:
@@ -75,7 +75,7 @@ async def test_vread_of_the_version_a_record_had_under_p1(world: World) -> None:
     assert current.status_code == 200
     old = await world.http.get("/fhir/Observation/obs-moved/_history/1", headers=world.dr)
     absent = await world.http.get("/fhir/Observation/obs-moved/_history/9", headers=world.dr)
-    assert_same_not_found(old, absent)
+    assert_same_not_found(world, old, absent)
 
 
 async def test_head_of_a_p1_record_answers_like_a_missing_one(world: World) -> None:
@@ -97,7 +97,7 @@ async def test_if_none_match_cannot_turn_a_denied_read_into_a_304(world: World) 
     etag = {"if-none-match": 'W/"1"', "if-modified-since": "Fri, 01 Mar 2024 09:00:00 GMT"}
     got = await world.http.get("/fhir/Observation/obs-p1", headers={**world.dr, **etag})
     absent = await world.http.get("/fhir/Observation/nope", headers={**world.dr, **etag})
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
     assert all("if-none-match" not in r.headers for r in world.sent)
     assert all("if-modified-since" not in r.headers for r in world.sent)
 
@@ -107,7 +107,7 @@ async def test_elements_on_a_read_is_not_sent_upstream(world: World) -> None:
     without its patient reference cannot be judged, and must not slip through as one."""
     got = await world.http.get("/fhir/Observation/obs-p1?_elements=id", headers=world.dr)
     absent = await world.http.get("/fhir/Observation/nope?_elements=id", headers=world.dr)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
     assert all("_elements" not in r.url.params for r in world.sent)
 
 
@@ -131,7 +131,7 @@ async def test_p1_result_contained_in_a_p2_report_withholds_the_report(world: Wo
     releasing the report releases p1's result with it."""
     got = await world.http.get("/fhir/DiagnosticReport/rep-p2", headers=world.dr)
     absent = await world.http.get("/fhir/DiagnosticReport/nope", headers=world.dr)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
 
 
 async def test_p1_entry_of_a_p2_looking_collection_bundle_is_removed(world: World) -> None:
@@ -148,7 +148,7 @@ async def test_p1_entry_of_a_p2_document_withholds_the_document(world: World) ->
     whole or not at all, so it must be the missing record's 404."""
     got = await world.http.get("/fhir/Bundle/doc-p2", headers=world.dr)
     absent = await world.http.get("/fhir/Bundle/nope", headers=world.dr)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
 
 
 @pytest.mark.parametrize(
@@ -168,7 +168,7 @@ async def test_p1_reference_spellings_are_recognised(world: World, subject: dict
     world.fhir.put({**(world.fhir.current("Observation/obs-p1") or {}), "subject": subject})
     got = await world.http.get("/fhir/Observation/obs-p1", headers=world.dr)
     absent = await world.http.get("/fhir/Observation/nope", headers=world.dr)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
 
 
 #: p1's data in types the R4 Patient CompartmentDefinition leaves out, each naming p1.
@@ -210,7 +210,7 @@ async def test_p1_data_in_a_type_outside_the_compartment_is_withheld(
     rtype = resource["resourceType"]
     got = await world.http.get(f"/fhir/{rtype}/out-p1", headers=world.dr)
     absent = await world.http.get(f"/fhir/{rtype}/nope", headers=world.dr)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
 
 
 # --- patient p2 ------------------------------------------------------------------------------
@@ -221,7 +221,7 @@ async def test_patient_p2_reading_p1_is_the_missing_404_without_forwarding(world
     p2's own record, and must not even ask the upstream."""
     got = await world.http.get("/fhir/Patient/p1", headers=world.p2)
     absent = await world.http.get("/fhir/Patient/nope", headers=world.p2)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
     assert world.sent == []
 
 
@@ -230,6 +230,6 @@ async def test_patient_p2_reading_a_p1_observation_is_the_missing_404(world: Wor
     404 of a missing record."""
     got = await world.http.get("/fhir/Observation/obs-p1", headers=world.p2)
     absent = await world.http.get("/fhir/Observation/nope", headers=world.p2)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
     own = await world.http.get("/fhir/Observation/obs-p2", headers=world.p2)
     assert own.status_code == 200

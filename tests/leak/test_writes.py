@@ -128,7 +128,7 @@ async def test_patch_of_a_p1_record_is_404_and_not_forwarded(world: World) -> No
     absent = await world.http.patch(
         "/fhir/Observation/nope", content=json.dumps(patch), headers={**world.dr, **JSON_PATCH}
     )
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
     assert_nothing_written(world)
 
 
@@ -137,7 +137,7 @@ async def test_delete_of_a_p1_record_is_the_404_of_a_missing_one(world: World) -
     deleting a record that does not exist."""
     got = await world.http.delete("/fhir/Observation/obs-p1", headers=world.dr)
     absent = await world.http.delete("/fhir/Observation/nope", headers=world.dr)
-    assert_same_not_found(got, absent)
+    assert_same_not_found(world, got, absent)
     assert_nothing_written(world)
 
 

@@ -211,11 +211,38 @@ def _comparable(response: httpx.Response) -> tuple[int, bytes, list[tuple[str, s
     return response.status_code, response.content, headers
 
 
-def assert_same_not_found(denied: httpx.Response, missing: httpx.Response) -> None:
+def assert_same_not_found(world: World, denied: httpx.Response, missing: httpx.Response) -> None:
     """``denied`` is byte for byte the 404 a missing record gets (status, body, headers but
-    the request id and length)."""
+    the request id and length), and it was about p1's data that exists.
+
+    "Exists" is checked, not assumed: either the upstream handed p1's data to the gateway for
+    the denied request (its calls are found by the ``X-Request-Id`` the gateway forwards), or
+    the gateway refused without asking and the record the path names holds p1's data
+    upstream. Without this, a mistyped path or an upstream error gives two identical 404s and
+    the test passes having tested nothing."""
     assert missing.status_code == 404, missing.text
     assert _comparable(denied) == _comparable(missing)
+    rid = denied.headers["x-request-id"]
+    answers = [
+        call.response.text
+        for call in world.router.calls
+        if call.request.headers.get("x-request-id") == rid
+    ]
+    if answers:
+        handed = any(SECRET in text or "Patient/p1" in text for text in answers)
+        assert handed, "the upstream never handed over p1 data"
+    else:
+        assert _holds_p1_data(world, denied.request.url.path), "the path names no p1 data"
+
+
+def _holds_p1_data(world: World, path: str) -> bool:
+    """Whether the ``Type/id`` a gateway path names has, in any version, p1's data."""
+    segments = [s for s in path.removeprefix("/fhir/").split("/") if s]
+    if len(segments) < 2:
+        return False
+    versions = world.fhir.versions.get(f"{segments[0]}/{segments[1]}", [])
+    texts = [json.dumps(version) for version in versions if version is not None]
+    return any(SECRET in text or "Patient/p1" in text for text in texts)
 
 
 def _resources(node: Any) -> Iterator[dict[str, Any]]:

@@ -35,6 +35,7 @@ from middleware.mapping.ids_table import (
     parse_settings,
 )
 from middleware.mapping.profile import Profile, build_profile
+from tests.unit.mapping import siv_reference
 from tests.unit.mapping.builders import reader
 
 KEY = bytes(range(32))
@@ -149,7 +150,11 @@ def test_an_id_is_bound_to_its_resource_type(resolver: IdResolver) -> None:
     ids=["number", "uuid", "30-chars"],
 )
 def test_known_answers_pin_the_format(kind: str, local: str, expected: str) -> None:
-    """A changed format would change every id clients hold: these vectors must not move."""
+    """A changed format would change every id clients hold: these vectors must not move.
+    They are the documented format as computed by an independent reference (not our own
+    output, which is what the vectors once were): a drift of code from documentation fails
+    here even if the vectors were regenerated from the code."""
+    assert siv_reference.client_id(KEY, "hospital-a", kind, local) == expected
     assert OpaqueResolver(KEY, ["hospital-a"]).to_client("hospital-a", kind, local) == expected
 
 
@@ -291,11 +296,32 @@ def test_flipping_any_character_is_refused(local: str, position: int, char: str)
 # -- the SIV primitive (ledger/signing.py) ------------------------------------------------------
 
 
-def test_siv_known_answer() -> None:
-    assert siv_encrypt(KEY, b"consentry", [b"ad"]).hex() == (
-        "797dc915509b5aaa78ca9a30664fe28c3931d4c75f8634f657"
+def test_the_reference_hchacha20_meets_the_spec_vector() -> None:
+    """draft-irtf-cfrg-xchacha-03 §2.2.1: the reference's HChaCha20 is right, so what it
+    computes is an independent known answer."""
+    nonce = bytes.fromhex("000000090000004a0000000031415927")
+    assert siv_reference.hchacha20(bytes(range(32)), nonce).hex() == (
+        "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc"
     )
-    assert siv_encrypt(KEY, b"").hex() == "65cc97ed16b3c2e9791bf4294267ef84"
+
+
+@pytest.mark.parametrize(
+    ("plaintext", "associated", "expected"),
+    [
+        (b"consentry", [b"ad"], "797dc915509b5aaa78ca9a30664fe28c3931d4c75f8634f657"),
+        (b"", [], "65cc97ed16b3c2e9791bf4294267ef84"),
+        (bytes(100), [b"", b"x" * 70], None),  # past one 64-byte keystream block
+    ],
+    ids=["short", "empty", "two-blocks"],
+)
+def test_siv_known_answer(plaintext: bytes, associated: list[bytes], expected: str | None) -> None:
+    """Defect this replaces: the vectors were siv_encrypt's own output. They are now what the
+    independent reference of the documented construction computes (hashlib BLAKE2b,
+    cryptography's ChaCha20, HChaCha20 from the spec), and the code must agree with it."""
+    reference = siv_reference.siv_encrypt(KEY, plaintext, associated).hex()
+    if expected is not None:
+        assert reference == expected
+    assert siv_encrypt(KEY, plaintext, associated).hex() == reference
 
 
 def test_siv_tag_is_the_documented_keyed_blake2b() -> None:

@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ipaddress
 import json
 import socket
+import ssl
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 import pytest
 import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from middleware.app import create_app
 from middleware.errors import SettingsError, UpstreamError, UpstreamTimeout
@@ -560,8 +568,9 @@ async def test_unsafe_request_refused_before_sending(
 async def test_other_origin_refused(url: str) -> None:
     async with RawServer(constant(response())) as server, client(server) as upstream:
         port = server.url.rsplit(":", 1)[1]
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="not on the upstream origin"):
             await upstream.send(UpstreamRequest("GET", url.format(port=port), []))
+    assert server.connections == 0  # refused before any connection was opened
 
 
 async def test_framing_headers_from_the_caller_dropped() -> None:
@@ -584,8 +593,79 @@ def test_bad_base_url_is_a_settings_error(base: str) -> None:
         NativeUpstream(base, pool_size=1, connect_timeout=1, read_timeout=1)
 
 
-def test_https_base_url_constructed() -> None:
-    NativeUpstream("https://fhir.example.org/r4", pool_size=1, connect_timeout=1, read_timeout=1)
+def test_https_base_url_names_its_origin_and_port_443() -> None:
+    """An ``https`` base is its own origin: requests to it are framed with its host (port 443
+    implied), and the same host over plain ``http`` is another origin, refused. (The test it
+    replaces only constructed the client and asserted nothing.)"""
+    upstream = NativeUpstream(
+        "https://fhir.example.org/r4", pool_size=1, connect_timeout=1, read_timeout=1
+    )
+    wire = upstream.encode(UpstreamRequest("GET", "https://FHIR.example.org/r4/metadata", []))
+    assert wire == (
+        b"GET /r4/metadata HTTP/1.1\r\nHost: fhir.example.org\r\n"
+        b"Accept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n"
+    )
+    for other in ("http://fhir.example.org/r4/metadata", "https://fhir.example.org:8443/r4"):
+        with pytest.raises(ValueError, match="not on the upstream origin"):
+            upstream.encode(UpstreamRequest("GET", other, []))
+
+
+async def test_https_verifies_the_servers_certificate(tmp_path: Path) -> None:
+    """``https`` is verified TLS (default context): a server with a self-signed certificate
+    is an upstream error, and it never reads a request (no PHI sent to an impostor)."""
+    certificate, key = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate, key)
+    handshakes: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with suppress(Exception):
+            handshakes.append(await reader.read(100))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with client(f"https://127.0.0.1:{port}/fhir") as upstream:
+            with pytest.raises(UpstreamError):
+                await upstream.send(
+                    UpstreamRequest("GET", f"https://127.0.0.1:{port}/fhir/Patient/1", [])
+                )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert not any(handshakes)  # the handshake failed: no request line ever arrived
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files in ``folder``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
 
 
 async def test_settings_select_the_native_client() -> None:
