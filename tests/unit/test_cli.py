@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from middleware.cli import _parser, main
 from middleware.ledger.entry import NewEntry
@@ -26,13 +25,6 @@ MAPPINGS = Path(__file__).parents[2] / "mappings"
 ORIGIN = "gw.test/fhir/ledger"
 DEV = "http://127.0.0.1:8080/dev-issuer"
 AUDIENCE = "http://127.0.0.1:8080/fhir"
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """``token issue`` configures logging for its process; put structlog back afterwards."""
-    yield
-    structlog.reset_defaults()
 
 
 def _commands(
