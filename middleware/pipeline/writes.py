@@ -10,7 +10,8 @@ whose consent does not allow the write (FHIR consentaction ``collect`` for what 
 1. the decision is recorded on the ledger (``record(ask, status, "decision")``);
 2. the request is forwarded, pinned to the version that was checked with ``If-Match`` (FHIR
    R4 http.html#concurrency), so a concurrent change makes the upstream refuse (412) rather
-   than apply the write to a version nobody checked;
+   than apply the write to a version nobody checked; a patch is never forwarded: the
+   resource the gateway computed and judged is sent as that pinned update (``PUT``);
 3. the answer is released like a read (``Prefer: return=representation`` bodies are filtered)
    and its outcome recorded by the caller of the flow.
 
@@ -183,8 +184,8 @@ class Writes:
             raise BadRequest("the patch is not valid JSON", code="structure") from exc
         mapper = self.flow.mapper
         # Under a mapping profile the client patches the resource as *it* sees it (with the
-        # codings the gateway adds): the gateway applies the patch to that view, maps the
-        # result back and sends it as an update pinned to the version it read.
+        # codings the gateway adds): the gateway applies the patch to that view and maps the
+        # result back.
         view = current if mapper is None else mapper.answer(current)
         after = apply_patch(view, operations)
         if (
@@ -197,13 +198,12 @@ class Writes:
             ask.trail.mapping = mapper.label
             after = mapper.write(after)
         await self.check(ask, after, ACTION_CORRECT)
-        if mapper is not None:
-            headers = [("content-type", "application/fhir+json"), *_pin(ask, current)]
-            return await self._forward(
-                ask, "PUT", _instance(current), headers, jsoncodec.encode(after)
-            )
-        patch = jsoncodec.encode(operations)  # the operations judged, as judged
-        return await self._forward(ask, "PATCH", _instance(current), _pin(ask, current), patch)
+        # What was judged is what is stored: the patched resource, sent as an update pinned to
+        # the version it was computed from. Forwarding the patch would let the upstream's
+        # JSON Patch (its reading of "-", escaped pointers, test, a duplicate key) produce a
+        # resource nobody judged.
+        headers = [("content-type", "application/fhir+json"), *_pin(ask, current)]
+        return await self._forward(ask, "PUT", _instance(current), headers, jsoncodec.encode(after))
 
     async def _delete(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
         if current is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,68 @@ async def test_a_write_is_a_decision_entry_then_an_outcome_entry(
     assert [leaf.kind for leaf in leaves] == [EntryKind.ACCESS_DECISION, EntryKind.ACCESS_OUTCOME]
     assert [bool(leaf.flags & EntryFlag.PERMIT) for leaf in leaves] == [True, permitted]
     assert leaves[0].pseudonym == leaves[1].pseudonym is not None
+
+
+async def test_a_json_patch_is_stored_as_the_resource_that_was_judged(
+    make_client: Any, router: respx.Router
+) -> None:
+    """Attack/defect: the gateway applied a JSON Patch to judge its result, then forwarded the
+    *patch*; an upstream whose JSON Patch reads an operation otherwise (``-`` at the end of
+    an array, ``~1`` escapes, ``test``, a duplicate key) would store a resource nobody judged,
+    for instance one naming another patient. Now the upstream receives the resource the
+    gateway computed and judged, as an update pinned to the version it was computed from,
+    and never a PATCH."""
+    stored = {
+        **OBSERVATION,
+        "id": "o1",
+        "meta": {"versionId": "3"},
+        "category": [{"text": "a"}],
+    }
+    router.get("/Observation/o1").respond(200, json=stored, headers=FHIR)
+    put = router.put("/Observation/o1").respond(200, json=stored, headers=FHIR)
+    patched = router.patch("/Observation/o1").respond(200, json=stored, headers=FHIR)
+    operations = [
+        {"op": "test", "path": "/status", "value": "final"},
+        {"op": "replace", "path": "/status", "value": "amended"},
+        {"op": "add", "path": "/category/-", "value": {"text": "b"}},
+        {"op": "add", "path": "/note", "value": [{"text": "x/y~z"}]},
+    ]
+    async with make_client() as client:
+        answer = await client.patch(
+            "/fhir/Observation/o1",
+            content=json.dumps(operations),
+            headers={"content-type": "application/json-patch+json"},
+        )
+    assert answer.status_code == 200
+    assert not patched.called
+    assert put.call_count == 1
+    sent = put.calls.last.request
+    assert sent.headers["if-match"] == 'W/"3"'
+    assert sent.headers["content-type"] == "application/fhir+json"
+    # Worked out by hand from RFC 6902 §4.1-4.6, not by the gateway's own patch code.
+    assert json.loads(sent.content) == {
+        **OBSERVATION,
+        "id": "o1",
+        "meta": {"versionId": "3"},
+        "status": "amended",
+        "category": [{"text": "a"}, {"text": "b"}],
+        "note": [{"text": "x/y~z"}],
+    }
+
+
+async def test_a_patch_pinned_to_a_version_the_upstream_moved_past_is_412(
+    make_client: Any, router: respx.Router
+) -> None:
+    """A client's ``If-Match`` must name the version the patch is applied to; otherwise the
+    judged result would overwrite a change nobody judged."""
+    stored = {**OBSERVATION, "id": "o1", "meta": {"versionId": "4"}}
+    router.get("/Observation/o1").respond(200, json=stored, headers=FHIR)
+    put = router.put("/Observation/o1").respond(200, json=stored, headers=FHIR)
+    async with make_client() as client:
+        answer = await client.patch(
+            "/fhir/Observation/o1",
+            content=json.dumps([{"op": "replace", "path": "/status", "value": "amended"}]),
+            headers={"content-type": "application/json-patch+json", "if-match": 'W/"3"'},
+        )
+    assert answer.status_code == 412
+    assert not put.called
