@@ -53,6 +53,7 @@ __all__ = [
     "load_carebundle",
     "repo_root",
     "shared_dir",
+    "stop_process",
 ]
 
 HOST = "127.0.0.1"
@@ -223,13 +224,8 @@ class _Peer:
     def stop(self, *, keep_log: bool = False) -> None:
         """Terminate the child (SIGTERM, then SIGKILL after 10 s) and remove its log."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        if process is not None:
+            stop_process(process)
         if not keep_log:
             self._discard_log()
 
@@ -571,3 +567,15 @@ def _toml(value: str | int | float | bool) -> str:
     if isinstance(value, int | float):
         return repr(value)
     return json.dumps(value)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate ``process`` if it still runs: SIGTERM, then SIGKILL after 10 s; reaped."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

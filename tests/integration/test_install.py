@@ -16,13 +16,12 @@ environment is built once per module.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,8 @@ import httpx
 import pytest
 
 from middleware.testing import UpstreamServer, free_port
-from middleware.testing.peers import repo_root
+from middleware.testing.peers import repo_root, stop_process
+from tests.integration.shell import clean_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -51,29 +51,12 @@ class Installed:
         return self.venv / _BIN / name
 
 
-def _clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment without anything that could put the checkout or the test environment's
-    packages on the installed interpreter's path, or settings that are not the test's own."""
-    dropped = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in dropped and not key.startswith("CONSENTRY_")
-    }
-    env["PATH"] = os.pathsep.join(
-        part
-        for part in env.get("PATH", "").split(os.pathsep)
-        if Path(sys.prefix) not in Path(part).parents
-    )
-    return {**env, **(extra or {})}
-
-
 def _run(argv: Sequence[str | Path], cwd: Path, timeout: float = 600.0) -> str:
-    """Run ``argv`` in ``cwd`` with :func:`_clean_env`; its output, or a failure naming it."""
+    """Run ``argv`` in ``cwd`` with :func:`clean_env`; its output, or a failure naming it."""
     done = subprocess.run(
         [str(arg) for arg in argv],
         cwd=cwd,
-        env=_clean_env(),
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -249,7 +232,7 @@ def _serve(installed: Installed, upstream: str, workdir: Path) -> Iterator[Servi
                 *("--host", _HOST, "--port", str(port), "--config", str(config)),
             ],
             cwd=workdir,
-            env=_clean_env(),
+            env=clean_env(),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -258,12 +241,7 @@ def _serve(installed: Installed, upstream: str, workdir: Path) -> Iterator[Servi
         _wait_live(process, f"{root}/healthz", log)
         yield Serving(port, token, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 def _wait_live(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
@@ -328,7 +306,7 @@ def test_the_image_healthcheck_fails_while_the_gateway_cannot_serve(
     try:
         with _serve(installed, upstream.base_url, installed.workdir / "health") as gateway:
             argv = [str(installed.executable("python")), *command[1:]]
-            env = _clean_env({"CONSENTRY_PORT": str(gateway.port)})
+            env = clean_env({"CONSENTRY_PORT": str(gateway.port)})
 
             def check() -> int:
                 return subprocess.run(

@@ -30,7 +30,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ import httpx
 import pytest
 
 from middleware.testing.peers import repo_root
+from tests.integration.shell import clean_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
@@ -81,22 +81,6 @@ def _copy_checkout(target: Path) -> None:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-
-
-def _clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A user's shell: no test environment on PATH, no PYTHONPATH, no gateway settings."""
-    dropped = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in dropped and not key.startswith("CONSENTRY_")
-    }
-    env["PATH"] = os.pathsep.join(
-        part
-        for part in env.get("PATH", "").split(os.pathsep)
-        if Path(sys.prefix) not in Path(part).parents
-    )
-    return {**env, **(extra or {})}
 
 
 def _port_taken(port: int) -> bool:
@@ -188,7 +172,7 @@ def test_the_setup_command_and_the_demo_run_as_printed(tmp_path: Path) -> None:
     setup, demo = checkout / "readme-setup.sh", checkout / "readme-demo.sh"
     setup.write_text(blocks["setup"], encoding="utf-8")
     demo.write_text(blocks["demo"], encoding="utf-8")
-    env = _clean_env()
+    env = clean_env()
 
     # 1. The run command, in front of the upstream the README names (scripts/upstream.sh).
     upstream_script = checkout / "readme-upstream.sh"
