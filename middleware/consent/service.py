@@ -216,7 +216,7 @@ class ConsentService:
         self._log.error(
             "consent operation failed",
             request_id=call.request_id,
-            operation=call.operation,
+            interaction=call.operation,
             error_type=kind,
         )
         try:

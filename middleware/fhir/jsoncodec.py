@@ -36,12 +36,24 @@ def encode(value: Any) -> bytes:
 
 
 def encode_canonical(value: Any) -> bytes:
-    """The canonical bytes of what :func:`decode` produced: object keys sorted by code point
-    at every level, no insignificant whitespace, UTF-8, decimals exactly as written.
+    """The canonical bytes of what :func:`decode` produced; what a patient's detached
+    signature and the consent ledger entries cover.
 
-    For FHIR JSON (ASCII keys, no floats re-rounded) this is the RFC 8785 (JCS) form, so a
-    signer can compute it with any JCS library or with ``json.dumps(value, sort_keys=True,
-    separators=(",", ":"), ensure_ascii=False)``. Encoding the decoded canonical bytes again
-    gives the same bytes.
+    Exactly: UTF-8; no insignificant whitespace; object keys sorted by Unicode code point at
+    every level; strings escaped as RFC 8785 §3.2.2.2 does (``\\"``, ``\\\\``, ``\\b \\f \\n
+    \\r \\t``, other U+0000..U+001F as ``\\u00xx`` in lower case, everything else written as
+    itself, ``/`` included); numbers as they were written in the decoded text: a number with
+    a fraction or exponent keeps its text byte for byte (``5.40``, ``1E2``, ``-0.0``), an
+    integer is its value in plain decimal digits (``-0`` becomes ``0``).
+
+    This is **not** RFC 8785 (JCS) for numbers: JCS re-serialises each number in its
+    ECMAScript shortest form (``5.4``, ``100``, ``0``, ``1e+23``), which would erase the
+    precision a FHIR decimal carries in its text (R4 §2.24.0.1). The two agree on JSON whose
+    numbers are all integers of magnitude below 2**53 and decimals already in shortest form
+    without an exponent, and whose keys hold no character above U+FFFF (JCS sorts by UTF-16
+    code units; every FHIR element name is ASCII). A signer computes these bytes with a JSON
+    parser that keeps numbers' text, or with a JCS library only when the numbers of what it
+    signs are already in that shortest form (then the bytes are the same).
+    Encoding the decoded canonical bytes again gives the same bytes.
     """
     return _canonical.encode(value)
