@@ -3,7 +3,7 @@ upstream: Python's fhirclient and fhirpy driven as libraries, HAPI's generic cli
 with httpx from its documented headers and URL shapes (HAPI is Java; see docs/clients.md).
 
 The node clients (SMART's JS client, fhir.js) are driven by the scripts in
-``tests/integration/node/`` (docs/clients.md has the commands).
+``tests/integration/node/``, run by ``test_node_clients.py``.
 """
 
 from __future__ import annotations
