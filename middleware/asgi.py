@@ -1,11 +1,12 @@
 """What every endpoint does first with an ASGI request: its headers as a dict, its body whole
-under a size cap."""
+under a size cap and a deadline."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
-from middleware.errors import BadRequest, PayloadTooLarge
+from middleware.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from middleware.types import Receive
 
 __all__ = ["header_dict", "read_body"]
@@ -20,16 +21,27 @@ def header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
-async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+async def read_body(
+    receive: Receive, headers: Mapping[str, str], limit: int, *, within: float | None = None
+) -> bytes:
     """The body as received (no content decoding), refusing more than ``limit`` bytes.
 
     A declared ``Content-Length`` over the cap is refused before anything is read; a body that
     grows past it while streaming is refused as soon as it does (413). A client that
-    disconnects mid-body gets 400.
+    disconnects mid-body gets 400. A body not whole within ``within`` seconds (all of it, not
+    per chunk: a client dripping a byte at a time is held no longer) is 408.
     """
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge("request body exceeds the configured size limit")
+    try:
+        async with asyncio.timeout(within):
+            return await _read(receive, limit)
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body did not arrive within {within:g} s") from exc
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -100,18 +100,22 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - only the serve command needs the server
 
     from middleware.app import create_app  # noqa: PLC0415
+    from middleware.proxy.connections import connection_cap, guarded_protocol  # noqa: PLC0415
 
     try:
         app = create_app(settings)
     except (SettingsError, GatewayError) as exc:
         print(f"consentry: cannot start: {exc}", file=sys.stderr)
         return 2
+    # httptools, with a deadline for request headers and a connection cap (uvicorn has
+    # neither): see middleware.proxy.connections.
+    protocol = guarded_protocol(settings.header_timeout, connection_cap(settings.max_connections))
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol,
         lifespan="on",
         access_log=False,
         log_level="warning",

@@ -15,12 +15,14 @@ response body.
     ├── NotFound                   404 not-found  (also: denied reads, by design)
     ├── MethodNotAllowed           405 not-supported (carries the allowed methods)
     ├── NotAcceptable              406 not-supported
+    ├── RequestTimeout             408 timeout (the body did not arrive in time)
     ├── Conflict                   409 conflict (the resource's state forbids the change)
     ├── PreconditionFailed         412 conflict (If-Match names another version)
     ├── PayloadTooLarge            413 too-long
     ├── UriTooLong                 414 too-long
     ├── UnsupportedMediaType       415 not-supported
     ├── UnprocessableEntity        422 processing
+    ├── TooManyRequests            429 throttled (carries Retry-After)
     ├── UpstreamError              502 transient (upstream unreachable / broken answer)
     ├── ServiceUnavailable         503 transient (overload, ledger unavailable)
     └── UpstreamTimeout            504 timeout
@@ -41,8 +43,10 @@ __all__ = [
     "PathRejected",
     "PayloadTooLarge",
     "PreconditionFailed",
+    "RequestTimeout",
     "ServiceUnavailable",
     "SettingsError",
+    "TooManyRequests",
     "Unauthorized",
     "UnprocessableEntity",
     "UnsupportedMediaType",
@@ -61,6 +65,9 @@ class GatewayError(Exception):
 
     status: int = 500
     code: str = "exception"
+    #: Seconds the client should wait before retrying (``Retry-After``, RFC 9110 §10.2.3);
+    #: None: no such header.
+    retry_after: int | None = None
     #: Problems to list one per OperationOutcome issue (e.g. every fault of an invalid
     #: Consent); empty: one issue carrying ``diagnostics``.
     issues: tuple[str, ...] = ()
@@ -126,6 +133,13 @@ class Conflict(GatewayError):
     code = "conflict"
 
 
+class RequestTimeout(GatewayError):
+    """RFC 9110 §15.5.9: the request did not arrive whole within the server's time."""
+
+    status = 408
+    code = "timeout"
+
+
 class PreconditionFailed(GatewayError):
     """A conditional request's precondition (``If-Match``, RFC 9110 §13.1.1) does not hold;
     FHIR R4 http.html#concurrency answers version conflicts with 412."""
@@ -154,6 +168,18 @@ class UnsupportedMediaType(GatewayError):
 class UnprocessableEntity(GatewayError):
     status = 422
     code = "processing"
+
+
+class TooManyRequests(GatewayError):
+    """RFC 6585 §4: the caller's request rate is over its limit; ``retry_after`` seconds
+    until a request will be accepted again."""
+
+    status = 429
+    code = "throttled"
+
+    def __init__(self, diagnostics: str, *, retry_after: int) -> None:
+        super().__init__(diagnostics)
+        self.retry_after = retry_after
 
 
 class UpstreamError(GatewayError):

@@ -49,6 +49,8 @@ ALLOWED_FIELDS = frozenset(
         "toward",
         "carried",
         "lost",
+        "count",  # aggregate lines: how many events they stand for
+        "seconds",  # ... over how long
     }
 )
 

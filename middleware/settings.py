@@ -73,6 +73,13 @@ class Settings:
     unknown_patient_allowed_for: str = ""
     inference_guards_for: str = "patient"
     sensitive_sort_params: str = ""
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 10_000
+    rate_limit_per_principal: float = 2000.0
+    rate_limit_per_principal_burst: int = 4000
+    rate_limit_unauthenticated: float = 5.0
+    rate_limit_unauthenticated_burst: int = 50
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
@@ -275,6 +282,19 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         f"upstream_headers: {problem}"
         for problem in header_problems(values.get("upstream_headers", {}))
     )
+    for name in ("header_timeout", "body_timeout"):
+        if name in values and not 0 < values[name] < math.inf:
+            problems.append(f"{name}: must be positive and finite (seconds)")
+    for name in ("rate_limit_per_principal", "rate_limit_unauthenticated"):
+        if name in values and not 0 <= values[name] < math.inf:
+            problems.append(f"{name}: must be a finite number of requests per second, >= 0")
+    for name in (
+        "max_connections",
+        "rate_limit_per_principal_burst",
+        "rate_limit_unauthenticated_burst",
+    ):
+        if name in values and values[name] < 1:
+            problems.append(f"{name}: must be positive")
     if values.get("upstream_client", "native") not in _UPSTREAM_CLIENTS:
         problems.append(f"upstream_client: expected one of {', '.join(_UPSTREAM_CLIENTS)}")
     if values.get("log_level", "info") not in _LOG_LEVELS:

@@ -40,4 +40,6 @@ def render_error(error: GatewayError) -> tuple[int, list[tuple[bytes, bytes]], b
     if isinstance(error, Unauthorized):
         # RFC 9110 §15.5.2: a 401 response MUST carry a WWW-Authenticate challenge.
         headers.append((b"www-authenticate", error.www_authenticate.encode("ascii", "replace")))
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(error.retry_after).encode()))
     return error.status, headers, body

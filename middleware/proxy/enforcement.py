@@ -3,13 +3,16 @@
 For every request but the CapabilityStatement the proxy calls :meth:`Enforcement.run`:
 
 1. **identify**: the bearer token is verified (:class:`~middleware.auth.verify.TokenVerifier`;
-   401 without a valid one) and becomes a :class:`~middleware.pipeline.caller.Caller`;
+   401 without a valid one) and becomes a :class:`~middleware.pipeline.caller.Caller`; the
+   proxy does this first (:meth:`Enforcement.identify`), before reading the body;
 2. **enforce**: :class:`~middleware.pipeline.flow.Flow` decides, forwards through the proxy's
    :meth:`~middleware.proxy.handler.ProxyHandler.forward` and filters;
 3. **audit**: before the answer is returned for release, its IHE BALP AuditEvents are
    committed to the ledger (:class:`~middleware.audit.recorder.AuditRecorder`); a write's
    decision was committed before it was forwarded (the pipeline calls :meth:`record`). Refused
-   and failed requests are recorded too, 401s included. When the ledger cannot commit,
+   and failed requests are recorded too, once the caller proved who it is: a 401 is not (an
+   unauthenticated request touches no record and names nobody; recording each would let
+   anyone grow the append-only ledger without bound). When the ledger cannot commit,
    :class:`~middleware.errors.ServiceUnavailable` replaces the answer: nothing is released.
 """
 
@@ -75,6 +78,10 @@ class Enforcement:
         self.ids = ids
         self._gateway_base = gateway_base.rstrip("/")
 
+    async def identify(self, headers: dict[str, str]) -> Identity:
+        """The caller the request's bearer token proves (401 / 503 from the verifier)."""
+        return await self.verifier.verify(headers.get("authorization"))
+
     async def run(
         self,
         scope: Scope,
@@ -84,19 +91,21 @@ class Enforcement:
         headers: dict[str, str],
         log: ExchangeLog,
         proxy: ProxyHandler,
+        identity: Identity | None = None,
     ) -> Answer:
         """The answer to release for one classified request; raises :class:`GatewayError`
-        (already audited) for every refusal. ``log`` is the proxy's record of the exchange
-        (request id; upstream time is added to it)."""
+        (already audited, when the caller was identified) for every refusal. ``log`` is the
+        proxy's record of the exchange (request id; upstream time is added to it);
+        ``identity`` the caller the proxy already verified (else the token is verified here)."""
         client_host: str | None = (scope.get("client") or (None,))[0]
         rid = log.rid
         log.audited = True  # from here every outcome is recorded below
         raw_request = _raw_request(scope, body if request.via_post else b"")
-        identity: Identity | None = None
         ask: Ask | None = None
         await self._close_expired(rid, client_host)
         try:
-            identity = await self.verifier.verify(headers.get("authorization"))
+            if identity is None:
+                identity = await self.identify(headers)
             caller = caller_of(identity)
             emergency = requested_reason(headers, caller)
             ask = Ask(
@@ -115,7 +124,10 @@ class Enforcement:
             await self._open_sessions(ask, emergency)
         except Exception as error:
             # Refusals, and failures the gateway did not foresee (recorded as the 500 the
-            # proxy will answer): both are on the ledger before anything is answered.
+            # proxy will answer): both are on the ledger before anything is answered. A
+            # caller that did not prove who it is costs nothing durable (module docstring).
+            if identity is None:
+                raise
             await self._record_refusal(
                 request,
                 identity=identity,

@@ -1,12 +1,17 @@
 """The FHIR proxy handler: a pure ASGI app for everything under the FHIR base path.
 
-One request, in order: classify (:mod:`middleware.fhir.classify`; anything unclassified is
-refused, recorded on the ledger and never forwarded), read the body under a size cap, check
-negotiation, then hand the request to the enforcement stage
-(:mod:`middleware.proxy.enforcement`: identify, decide, forward, filter, map, audit) and
-release its answer. Only the public CapabilityStatement is served without it. Forwarding is
-:meth:`ProxyHandler.forward`: the upstream URL is built from the *classified* path (never
-from the raw one), headers cross on allow-lists both ways, answers are read whole (bounded by
+One request, in order: classify (:mod:`middleware.fhir.classify`, from the request line and
+headers alone; anything unclassified is refused and never forwarded), identify the caller (the
+bearer token, after the per-address budget of unauthenticated requests and before the
+per-principal rate: 401 or 429 without reading the body), read the body under a size cap and
+a deadline, check negotiation, then hand the request to the enforcement stage
+(:mod:`middleware.proxy.enforcement`: decide, forward, filter, map, audit) and release its
+answer. A caller that has not proved who it is costs nothing durable: its refusals are
+counted in ``/metrics`` and logged in aggregate (one line per minute), never recorded on the
+ledger one by one; refusals of a verified caller are recorded. Only the public
+CapabilityStatement is served without a token. Forwarding is :meth:`ProxyHandler.forward`:
+the upstream URL is built from the *classified* path (never from the raw one), headers cross
+on allow-lists both ways, answers are read whole (bounded by
 ``max_response_bytes``: every later stage must see a whole resource before any of it is
 released) and ``Location`` is rebased. Every failure becomes an OperationOutcome through
 :func:`middleware.fhir.outcome.render_error`.
@@ -15,6 +20,7 @@ released) and ``Location`` is rebased. Every failure becomes an OperationOutcome
 from __future__ import annotations
 
 import gzip
+import math
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -24,12 +30,14 @@ from urllib.parse import urlsplit
 
 from middleware import __version__
 from middleware.asgi import header_dict, read_body
+from middleware.auth.identity import Identity
 from middleware.auth.smart import authorization_server, gateway_root, oauth_uris
 from middleware.errors import (
     BadRequest,
     GatewayError,
     NotFound,
     PayloadTooLarge,
+    TooManyRequests,
     UpstreamError,
     UpstreamTimeout,
     UriTooLong,
@@ -42,7 +50,9 @@ from middleware.fhir.request import Interaction
 from middleware.logging import get_logger
 from middleware.ops.causes import describe
 from middleware.ops.metrics import Metrics
+from middleware.ops.ratelimit import RateLimiter
 from middleware.ops.reasons import refusal_reason, status_reason
+from middleware.ops.tally import IntervalTally
 from middleware.pipeline.exchange import Answer, Upstreamed
 from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.proxy.capability import describe_gateway
@@ -58,6 +68,8 @@ __all__ = ["MAX_QUERY_BYTES", "ExchangeLog", "ProxyHandler"]
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: Longest query string interpreted (a longer one is 414; POST _search carries long searches).
 MAX_QUERY_BYTES = 16 * 1024
+#: Seconds between the aggregate log lines of refused unauthenticated requests.
+UNAUTHENTICATED_LOG_SECONDS = 60.0
 
 
 class _InternalError(GatewayError):
@@ -81,6 +93,9 @@ class ExchangeLog:
     audited: bool = False  # the enforcement stage owns this exchange's audit record
     consent_denied: bool = False  # a consent decision of this exchange denied and stood
     reason: str | None = None  # the refusal reason code (ops.reasons), None on success
+    # The caller proved who it is (its refusals are recorded); None: not asked yet.
+    authenticated: bool | None = None
+    body_pending: bool = False  # a body was announced and not read (close the connection)
 
 
 class ProxyHandler:
@@ -115,6 +130,15 @@ class ProxyHandler:
         self._public_scheme, self._public_host = public.scheme, public.netloc
         self._capability: tuple[float, bytes] | None = None
         self._log = get_logger("consentry.proxy")
+        self._principals = RateLimiter(
+            settings.rate_limit_per_principal, settings.rate_limit_per_principal_burst, clock=clock
+        )
+        self._anonymous = RateLimiter(
+            settings.rate_limit_unauthenticated,
+            settings.rate_limit_unauthenticated_burst,
+            clock=clock,
+        )
+        self._refused_anonymous = IntervalTally(UNAUTHENTICATED_LOG_SECONDS, clock=clock)
 
     @property
     def upstream(self) -> Upstream:
@@ -134,6 +158,7 @@ class ProxyHandler:
         exchange = ExchangeLog(
             rid=request_id(headers), method=scope["method"], started=time.perf_counter()
         )
+        exchange.body_pending = _announces_body(headers)
         self.metrics.in_flight += 1
         try:
             await self._handle(scope, receive, send, headers, exchange)
@@ -155,7 +180,9 @@ class ProxyHandler:
                 exchange.reason = status_reason(exchange.status)
             if exchange.reason is not None:
                 self.metrics.observe_refusal(exchange.reason)
-            if self.settings.access_log:
+            if exchange.reason is not None and _anonymous(exchange):
+                self._tally_anonymous(exchange.reason)
+            elif self.settings.access_log:
                 self._log.info(
                     "request",
                     request_id=exchange.rid,
@@ -174,11 +201,59 @@ class ProxyHandler:
                     reason=exchange.reason,
                 )
 
+    def _tally_anonymous(self, reason: str) -> None:
+        """Count a refusal of a caller that did not prove who it is; one warning line per
+        interval carries the counts by reason (never a path, a query or a body)."""
+        report = self._refused_anonymous.add(reason)
+        if report is not None:
+            counts, seconds = report
+            self._log.warning(
+                "unauthenticated requests refused",
+                seconds=round(seconds, 1),
+                count=sum(counts.values()),
+                reason=",".join(f"{code}:{n}" for code, n in sorted(counts.items())),
+            )
+
+    async def _identify(self, scope: Scope, headers: dict[str, str], ex: ExchangeLog) -> Identity:
+        """The verified caller, or 401 / 429 (neither recorded on the ledger).
+
+        Before any token work, a client address whose budget of unauthenticated requests is
+        spent is refused (429); a request that fails authentication spends one of its
+        address's tokens. A verified caller then spends one of its principal's tokens."""
+        if self.enforcement is None:
+            raise _InternalError("enforcement is not configured")
+        address = str((scope.get("client") or ("",))[0])
+        ex.authenticated = False
+        wait = self._anonymous.exhausted(address)
+        if wait:
+            raise _too_many(wait, "too many unauthenticated requests from this address")
+        try:
+            identity = await self.enforcement.identify(headers)
+        except GatewayError:
+            self._anonymous.take(address)
+            raise
+        ex.authenticated = True
+        wait = self._principals.take(f"{identity.issuer}\x00{identity.subject}")
+        if wait:
+            raise _too_many(wait, "too many requests for this caller")
+        return identity
+
     async def _audited(self, scope: Scope, ex: ExchangeLog, error: GatewayError) -> GatewayError:
         """``error``, once a refusal the enforcement stage did not see (classification, body,
         negotiation) is on the ledger; a 503 instead when it cannot be recorded. The public
-        CapabilityStatement is not audited."""
+        CapabilityStatement is not audited; neither is a 429 (the limit bounds the ledger's
+        growth too) nor a refusal of a caller that does not prove who it is (a refusal made
+        before identification is recorded only when the request's token verifies)."""
         if ex.audited or self.enforcement is None or ex.interaction == "capabilities":
+            return error
+        if isinstance(error, TooManyRequests):
+            return error
+        if ex.authenticated is None:
+            try:
+                await self._identify(scope, header_dict(scope["headers"]), ex)
+            except GatewayError:
+                return error
+        if not ex.authenticated:
             return error
         try:
             await self.enforcement.record_refused(scope, rid=ex.rid, status=error.status)
@@ -205,8 +280,18 @@ class ProxyHandler:
         ex.resource_type = request.resource_type
         if request.resource_type in GATEWAY_OWNED:  # served by the gateway itself, in any form
             raise NotFound("not found")
+        # What the request line and headers alone decide (query characters, Accept,
+        # _format) is refused before the token is looked at; the body's type is checked
+        # again below, once there is a body.
+        check_request_negotiation(request, headers, b"")
+        identity: Identity | None = None
+        if request.interaction is not Interaction.CAPABILITIES:
+            # Before the body is read: a caller without a valid token gets its 401 (or 429)
+            # for the cost of its headers, its body never buffered or decoded.
+            identity = await self._identify(scope, headers, ex)
         body = await self._read_body(receive, headers, scope["method"])
         ex.bytes_in = len(body)
+        ex.body_pending = False
         check_request_negotiation(request, headers, body)
         if request.interaction is Interaction.BATCH:
             request = classify_bundle(request, _bundle_type(body))
@@ -221,7 +306,13 @@ class ProxyHandler:
             if self.enforcement is None:
                 raise _InternalError("enforcement is not configured")
             answer = await self.enforcement.run(
-                scope, request=request, body=body, headers=headers, log=ex, proxy=self
+                scope,
+                request=request,
+                body=body,
+                headers=headers,
+                log=ex,
+                proxy=self,
+                identity=identity,
             )
             await self._send_answer(send, answer, headers, ex)
             return
@@ -332,7 +423,7 @@ class ProxyHandler:
     async def _read_body(self, receive: Receive, headers: dict[str, str], method: str) -> bytes:
         """The request body, whole, at most ``max_request_bytes`` after decoding gzip."""
         limit = self.settings.max_request_bytes
-        body = await read_body(receive, headers, limit)
+        body = await read_body(receive, headers, limit, within=self.settings.body_timeout)
         if body and method not in _BODY_METHODS:
             raise BadRequest(f"a {method} request must not have a body")
         encoding = headers.get("content-encoding", "identity").strip().lower()
@@ -408,6 +499,10 @@ class ProxyHandler:
         ex.status = status
         ex.bytes_out = len(body)
         headers.append((b"x-request-id", ex.rid.encode()))
+        if ex.body_pending:
+            # The body was never read (refused first): the connection cannot carry another
+            # request until it is drained, so it is closed rather than drained.
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -415,6 +510,23 @@ class ProxyHandler:
 _FHIR_JSON = b"application/fhir+json; charset=utf-8"
 #: What ``GET /metadata?...`` may answer (FHIR R4 capabilitystatement.html, ``mode=terminology``).
 _CAPABILITY_TYPES = frozenset({"CapabilityStatement", "TerminologyCapabilities"})
+
+
+def _announces_body(headers: Mapping[str, str]) -> bool:
+    """Whether the request says a body follows (RFC 9112 §6.3: Transfer-Encoding, or a
+    Content-Length other than 0)."""
+    length = headers.get("content-length", "0").strip()
+    return "transfer-encoding" in headers or length not in ("", "0")
+
+
+def _anonymous(ex: ExchangeLog) -> bool:
+    """A refusal of a caller that did not prove who it is (the public CapabilityStatement
+    aside): logged in aggregate, not line by line."""
+    return ex.status >= 400 and not ex.authenticated and ex.interaction != "capabilities"
+
+
+def _too_many(wait: float, diagnostics: str) -> TooManyRequests:
+    return TooManyRequests(diagnostics, retry_after=max(1, math.ceil(wait)))
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:

@@ -1,0 +1,260 @@
+"""A caller that has not proved who it is costs nothing durable: its body is never read, its
+refusal is never a ledger entry (counted in /metrics, logged in aggregate), its address has a
+budget checked before any token work; a verified caller has a rate of its own (429 with
+Retry-After); a body that does not arrive in time is 408."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from middleware.app import Gateway
+from middleware.auth.identity import Identity
+from middleware.logging import configure_logging
+from middleware.storage.ledger_memory import MemoryLogStore
+from tests.app.conftest import FakeClock
+from tests.app.consenting import auth_settings
+
+SIXTEEN_MIB = 16 * 1024 * 1024
+CLIENT = ("203.0.113.7", 50000)
+
+
+class CountingVerifier:
+    """The gateway's own verifier, counting the calls made to it (token work)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def verify(self, authorization: str | None) -> Identity:
+        self.calls += 1
+        identity: Identity = await self.inner.verify(authorization)
+        return identity
+
+
+@pytest.fixture
+def log() -> io.StringIO:
+    stream = io.StringIO()
+    configure_logging("info", stream)
+    return stream
+
+
+def lines(stream: io.StringIO, event: str) -> list[dict[str, Any]]:
+    found = [json.loads(line) for line in stream.getvalue().splitlines()]
+    return [line for line in found if line["event"] == event]
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Gateway], dev_key_file: Path) -> Gateway:
+    return make_app(auth=auth_settings(dev_key_file), consent_jurisdiction="opt-out")
+
+
+async def post_without_reading(
+    app: Gateway, path: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, dict[bytes, bytes], int]:
+    """POST whose body (announced, 16 MiB) is offered chunk by chunk; returns the status, the
+    response headers and how many times the app asked for a chunk."""
+    asked = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        return {"type": "http.request", "body": b"[" * 65536, "more_body": True}
+
+    messages: list[Any] = []
+
+    async def send(message: Any) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path.decode(),
+        "raw_path": path,
+        "query_string": b"",
+        "headers": [(b"host", b"gateway.test"), *headers],
+        "client": CLIENT,
+        "server": ("gateway.test", 80),
+    }
+    await app(scope, receive, send)
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    return start["status"], dict(start["headers"]), asked
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [[], [(b"authorization", b"Bearer not.a.token")]],
+    ids=["no-token", "bad-token"],
+)
+@pytest.mark.parametrize(
+    ("path", "length"),
+    [
+        (b"/fhir", [(b"content-length", str(SIXTEEN_MIB).encode())]),
+        (b"/fhir/Patient", [(b"transfer-encoding", b"chunked")]),
+    ],
+    ids=["batch-16MiB", "create-chunked"],
+)
+async def test_a_401_never_reads_the_body(
+    app: Gateway,
+    store: MemoryLogStore,
+    credentials: list[tuple[bytes, bytes]],
+    path: bytes,
+    length: list[tuple[bytes, bytes]],
+) -> None:
+    """The attack: 16 concurrent 16 MiB bodies of '[' posted without a token were read whole
+    and decoded before the 401 (98 -> 874 MB resident, the event loop busy for seconds). Now
+    the token is checked first: not one chunk is asked for, the connection is closed rather
+    than drained, and the ledger does not grow."""
+    before = await store.size()
+    headers = [(b"content-type", b"application/fhir+json"), *length, *credentials]
+    status, answer, asked = await post_without_reading(app, path, headers)
+    assert status == 401
+    assert asked == 0
+    assert answer[b"connection"] == b"close"
+    assert await store.size() == before
+
+
+async def test_unauthenticated_requests_add_no_ledger_entry(
+    app: Gateway, store: MemoryLogStore, router: respx.Router, log: io.StringIO, clock: FakeClock
+) -> None:
+    """The attack: every 401 was a ledger entry carrying up to 16 KiB of its query (2,000
+    requests = 49 MB of append-only log). Now 40 refused requests of every pre-authentication
+    kind (no token, a bad token, a path trick, an over-long query) add no entry, write no
+    per-request log line, and are counted in /metrics; one aggregate line a minute says how
+    many there were, naming no path or query."""
+    catch_all = router.route().respond(200, json={"resourceType": "Patient"})
+    before = await store.size()
+    transport = httpx.ASGITransport(app=app, client=CLIENT)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+        statuses = []
+        for i in range(10):
+            long_query = "name=" + "x" * 17_000 + f"&n={i}"
+            statuses += [
+                (await http.get(f"/fhir/Patient?name=secret-{i}")).status_code,
+                (
+                    await http.get("/fhir/Patient", headers={"authorization": "Bearer x.y.z"})
+                ).status_code,
+                (await http.get("/fhir/Patient//secret")).status_code,
+                (await http.get(f"/fhir/Patient?{long_query}")).status_code,
+            ]
+        assert sorted(set(statuses)) == [400, 401, 414]
+        assert await store.size() == before
+        assert not catch_all.called
+        assert lines(log, "request") == []
+        assert lines(log, "unauthenticated requests refused") == []
+        clock.now += 61
+        assert (await http.get("/fhir/Patient")).status_code == 401
+    metrics = app.metrics.render().decode()
+    (summary,) = lines(log, "unauthenticated requests refused")
+    assert summary["count"] == 41
+    assert summary["reason"] == "path-rejected:10,too-large:10,unauthenticated:21"
+    assert summary["seconds"] == 61.0
+    assert "secret" not in log.getvalue()
+    assert 'consentry_refusals_total{reason="unauthenticated"} 21' in metrics
+    assert await store.size() == before
+
+
+async def test_an_address_out_of_budget_is_refused_before_any_token_work(
+    app: Gateway, store: MemoryLogStore, clock: FakeClock
+) -> None:
+    """A flood of bad tokens from one address: each failed verification spends one of the
+    address's 50 (default) tokens; after that the address is answered 429 with Retry-After
+    without the verifier being called, and nothing reaches the ledger. The budget refills
+    (5 a second by default)."""
+    assert app.proxy.enforcement is not None
+    counting = CountingVerifier(app.proxy.enforcement.verifier)
+    app.proxy.enforcement.verifier = counting
+    before = await store.size()
+    transport = httpx.ASGITransport(app=app, client=CLIENT)
+    bad = {"authorization": "Bearer not.a.token"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+        answers = [await http.get("/fhir/Patient", headers=bad) for _ in range(60)]
+        assert [a.status_code for a in answers] == [401] * 50 + [429] * 10
+        assert counting.calls == 50
+        assert answers[-1].headers["retry-after"] == "1"
+        assert answers[-1].json()["issue"][0]["code"] == "throttled"
+        other = httpx.ASGITransport(app=app, client=("198.51.100.9", 40000))
+        async with httpx.AsyncClient(transport=other, base_url="http://gateway.test") as second:
+            assert (await second.get("/fhir/Patient", headers=bad)).status_code == 401
+        clock.now += 0.2  # one token back
+        assert (await http.get("/fhir/Patient", headers=bad)).status_code == 401
+        assert (await http.get("/fhir/Patient", headers=bad)).status_code == 429
+    assert await store.size() == before
+
+
+async def test_a_verified_caller_over_its_rate_gets_429_with_retry_after(
+    make_client: Callable[..., httpx.AsyncClient],
+    router: respx.Router,
+    store: MemoryLogStore,
+    clock: FakeClock,
+) -> None:
+    """One principal (the system token) limited to 2 requests at once and 1 a second: the
+    third is 429 with Retry-After, is not forwarded and is not a ledger entry (the limit
+    bounds the ledger's growth too); a second later it passes again."""
+    route = router.get("/Patient/1").respond(200, json={"resourceType": "Patient", "id": "1"})
+    async with make_client(rate_limit_per_principal=1.0, rate_limit_per_principal_burst=2) as c:
+        assert (await c.get("/fhir/Patient/1")).status_code == 200
+        assert (await c.get("/fhir/Patient/1")).status_code == 200
+        size = await store.size()
+        refused = await c.get("/fhir/Patient/1")
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert route.call_count == 2
+        assert await store.size() == size
+        clock.now += 1
+        assert (await c.get("/fhir/Patient/1")).status_code == 200
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408(
+    make_app: Callable[..., Gateway], dev_key_file: Path, system_bearer: dict[str, str]
+) -> None:
+    """The attack: a client that sends its headers and then drips (or withholds) its body held
+    a request open for as long as it liked. The body must be whole within body_timeout."""
+    app = make_app(
+        auth=auth_settings(dev_key_file), consent_jurisdiction="opt-out", body_timeout=0.05
+    )
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    messages: list[Any] = []
+
+    async def send(message: Any) -> None:
+        messages.append(message)
+
+    token = system_bearer["authorization"].encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/fhir/Patient",
+        "raw_path": b"/fhir/Patient",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"gateway.test"),
+            (b"authorization", token),
+            (b"content-type", b"application/fhir+json"),
+            (b"content-length", b"100"),
+        ],
+        "client": CLIENT,
+        "server": ("gateway.test", 80),
+    }
+    await asyncio.wait_for(app(scope, receive, send), timeout=5)
+    start = next(m for m in messages if m["type"] == "http.response.start")
+    assert start["status"] == 408
+    assert dict(start["headers"])[b"connection"] == b"close"
