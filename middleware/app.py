@@ -264,6 +264,7 @@ def create_app(
         verifier,
         base_path=settings.base_path,
         max_request_bytes=settings.max_request_bytes,
+        body_timeout=settings.body_timeout,
         closers=() if client is None else (client.aclose,),
         metrics=metrics,
         access_log=settings.access_log,

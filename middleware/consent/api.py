@@ -8,7 +8,8 @@ case-sensitive; :func:`serves`). One request, in order:
 2. the bearer token is verified (:class:`~middleware.auth.verify.TokenVerifier`; 401 with a
    ``WWW-Authenticate`` challenge, not recorded: see :mod:`middleware.consent.service`);
 3. negotiation: answers are FHIR JSON only (``Accept``, ``_format``: 406); bodies must be FHIR
-   JSON (415) of at most ``max_request_bytes`` (413), not content-encoded;
+   JSON (415) of at most ``max_request_bytes`` (413), arrived within ``body_timeout`` (408),
+   not content-encoded;
 4. the detached signature headers are read: ``X-Consent-Signature`` (base64 of the 64-byte
    Ed25519 signature) with ``X-Consent-Signer-Key`` (base64 of the 32-byte public key), both or
    neither;
@@ -89,12 +90,15 @@ class ConsentApi:
         closers: Sequence[Callable[[], Awaitable[None]]] = (),
         metrics: Metrics | None = None,
         access_log: bool = True,
+        body_timeout: float | None = None,
     ) -> None:
         """``closers`` release what the API was given to own (the verifier's HTTP client);
-        ``metrics`` counts the answers; ``access_log`` writes one line per request."""
+        ``metrics`` counts the answers; ``access_log`` writes one line per request;
+        ``body_timeout`` is the seconds a body may take to arrive (408 beyond)."""
         self.service = service
         self.metrics = metrics
         self._access_log = access_log
+        self._body_timeout = body_timeout
         self._closers = tuple(closers)
         self.verifier = verifier
         self._base = base_path
@@ -227,7 +231,7 @@ class ConsentApi:
     async def _body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
         if headers.get("content-encoding", "identity").strip().lower() != "identity":
             raise UnsupportedMediaType("consent API bodies are not content-encoded")
-        body = await read_body(receive, headers, self._max)
+        body = await read_body(receive, headers, self._max, within=self._body_timeout)
         if body:
             check_json_body(headers)
         return body
