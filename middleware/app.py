@@ -37,6 +37,7 @@ from middleware.auth.smart import gateway_root
 from middleware.auth.wellknown import smart_paths, smart_routes
 from middleware.consent.api import ConsentApi, serves
 from middleware.consent.decide import Defaults
+from middleware.consent.limits import ConsentLimits
 from middleware.consent.service import ConsentService
 from middleware.errors import GatewayError, NotFound
 from middleware.fhir.outcome import render_error
@@ -265,6 +266,7 @@ def create_app(
         base_path=settings.base_path,
         max_request_bytes=settings.max_request_bytes,
         body_timeout=settings.body_timeout,
+        max_json_depth=settings.max_json_depth,
         closers=() if client is None else (client.aclose,),
         metrics=metrics,
         access_log=settings.access_log,
@@ -319,6 +321,7 @@ def _consent_service(
         base_url=settings.gateway_base_url,
         receipt_base=f"{public.scheme}://{public.netloc}{root}",
         wall_clock=wall_clock,
+        limits=ConsentLimits(settings.consent_max_depth, settings.consent_max_provisions),
     )
 
 

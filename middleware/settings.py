@@ -23,7 +23,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from middleware.auth.settings import AuthSettings
+from middleware.consent.limits import CEILING, DEFAULT_LIMITS
 from middleware.errors import SettingsError
+from middleware.fhir.limits import DEFAULT_MAX_JSON_DEPTH, HARD_MAX_JSON_DEPTH
 from middleware.ops.scrape import DEFAULT_METRICS_CLIENTS, MIN_TOKEN_LENGTH, parse_networks
 from middleware.proxy.headers import header_problems
 
@@ -46,6 +48,9 @@ class Settings:
     store: str = "sqlite:consentry.db"
     max_request_bytes: int = 16 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    consent_max_depth: int = DEFAULT_LIMITS.max_depth
+    consent_max_provisions: int = DEFAULT_LIMITS.max_provisions
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     upstream_pool_size: int = 100
@@ -312,6 +317,15 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     for name, default in (("unknown_patient_allowed_for", ""), ("inference_guards_for", "patient")):
         if _contexts(values.get(name, default)) - {"patient", "user", "system"}:
             problems.append(f"{name}: expected a comma list of patient, user, system")
+    depth = values.get("max_json_depth", DEFAULT_MAX_JSON_DEPTH)
+    if not 1 <= depth <= HARD_MAX_JSON_DEPTH:
+        problems.append(f"max_json_depth: expected 1..{HARD_MAX_JSON_DEPTH}, got {depth}")
+    for name, most in (
+        ("consent_max_depth", CEILING.max_depth),
+        ("consent_max_provisions", CEILING.max_provisions),
+    ):
+        if name in values and not 1 <= values[name] <= most:
+            problems.append(f"{name}: expected 1..{most}, got {values[name]}")
     if values.get("consent_admin_role", "consent-admin") == "":
         problems.append("consent_admin_role: must not be empty")
     try:

@@ -37,10 +37,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from joserfc.jwa import ESAlgorithm, JWSAlgModel, RSAAlgorithm
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
+from middleware.fhir.limits import depth
+
 __all__ = [
     "ALGORITHMS",
     "CompactJws",
     "JoseError",
+    "MAX_TOKEN_JSON_DEPTH",
     "MAX_TOKEN_LENGTH",
     "b64url_decode",
     "b64url_encode",
@@ -53,6 +56,10 @@ __all__ = [
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]*")
 #: Bytes we read before giving up on a token (a header is tiny; claims are a few KiB).
 MAX_TOKEN_LENGTH: Final = 16 * 1024
+#: Deepest JSON a token's header or claims may nest: claims are shallow (SMART's
+#: ``fhirContext`` and RFC 9396 ``authorization_details`` stay under 6); measured before
+#: decoding, since the payload is read before the signature is checked.
+MAX_TOKEN_JSON_DEPTH: Final = 32
 _REFUSED_HEADERS: Final = frozenset({"crit", "b64"})
 #: RFC 8725 §3.11 explicit typing: an access token is typed as such, as a JWT, or not at all.
 _ACCEPTED_TYP: Final = frozenset({"jwt", "at+jwt", "application/jwt", "application/at+jwt"})
@@ -199,11 +206,13 @@ def b64url_decode(segment: str) -> bytes:
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    if depth(data, MAX_TOKEN_JSON_DEPTH) > MAX_TOKEN_JSON_DEPTH:
+        raise JoseError(f"the token's {what} nests too deep")
     try:
         value = json.loads(
             data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
         )
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise JoseError(f"the token's {what} is not a JSON object") from exc
     if not isinstance(value, dict):
         raise JoseError(f"the token's {what} is not a JSON object")

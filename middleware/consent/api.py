@@ -50,6 +50,8 @@ from middleware.errors import (
     PathRejected,
     UnsupportedMediaType,
 )
+from middleware.fhir.limits import DEFAULT_MAX_JSON_DEPTH
+from middleware.fhir.limits import depth as json_depth
 from middleware.fhir.negotiate import check_accept, check_json_body
 from middleware.fhir.outcome import render_error
 from middleware.logging import get_logger
@@ -91,10 +93,12 @@ class ConsentApi:
         metrics: Metrics | None = None,
         access_log: bool = True,
         body_timeout: float | None = None,
+        max_json_depth: int = DEFAULT_MAX_JSON_DEPTH,
     ) -> None:
         """``closers`` release what the API was given to own (the verifier's HTTP client);
         ``metrics`` counts the answers; ``access_log`` writes one line per request;
-        ``body_timeout`` is the seconds a body may take to arrive (408 beyond)."""
+        ``body_timeout`` is the seconds a body may take to arrive (408 beyond);
+        ``max_json_depth`` the deepest body read (400 beyond, measured before decoding)."""
         self.service = service
         self.metrics = metrics
         self._access_log = access_log
@@ -104,6 +108,7 @@ class ConsentApi:
         self._base = base_path
         self._root = f"{base_path}/Consent"
         self._max = max_request_bytes
+        self._max_depth = max_json_depth
         self._log = get_logger("consentry.consent")
 
     async def aclose(self) -> None:
@@ -234,6 +239,11 @@ class ConsentApi:
         body = await read_body(receive, headers, self._max, within=self._body_timeout)
         if body:
             check_json_body(headers)
+            if json_depth(body, self._max_depth) > self._max_depth:
+                raise BadRequest(
+                    f"the request body nests deeper than {self._max_depth} levels",
+                    code="too-costly",
+                )
         return body
 
     def _self_link(self, consent_id: str | None) -> str:

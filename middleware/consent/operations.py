@@ -43,8 +43,8 @@ from middleware.consent.access import Acting, Operation, authorize, check_patien
 from middleware.consent.changes import commit_change, resource_result
 from middleware.consent.decide import decide
 from middleware.consent.explainio import parse_explain, render_explanation
-from middleware.consent.model import Policy, normalize_reference
-from middleware.consent.parse import parse_consent
+from middleware.consent.model import Policy, Provision, normalize_reference
+from middleware.consent.parse import InvalidConsent, parse_consent
 from middleware.consent.records import (
     REVOKED_STATUSES,
     bundle,
@@ -64,6 +64,7 @@ from middleware.errors import (
 )
 from middleware.fhir import jsoncodec
 from middleware.fhir.compartment import Kind, patients_of
+from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
 from middleware.ledger.leaf import EntryKind
 from middleware.storage.consent_base import ConsentRecord
 
@@ -83,7 +84,7 @@ async def create(svc: ConsentService, identity: Identity, call: Call, trail: Tra
         )
     resource = _consent_body(call.body)
     resource["id"] = trail.consent_id = str(uuid.uuid4())
-    policy = parse_consent(resource)
+    policy = parse_consent(resource, limits=svc.limits)
     trail.patient = policy.patient
     check_patient(acting, policy.patient)
     record = await commit_change(
@@ -106,7 +107,7 @@ async def update(svc: ConsentService, identity: Identity, call: Call, trail: Tra
     resource = _consent_body(call.body)
     if resource.get("id") != cid:
         raise BadRequest("the Consent's id must equal the id in the URL (FHIR R4 http.html#update)")
-    policy = parse_consent(resource)
+    policy = parse_consent(resource, limits=svc.limits)
     trail.patient = trail.patient or policy.patient
     if current is not None and policy.patient != current.patient:
         raise UnprocessableEntity(
@@ -133,8 +134,21 @@ async def revoke(svc: ConsentService, identity: Identity, call: Call, trail: Tra
     _check_if_match(call, current)
     if current.status in REVOKED_STATUSES:
         raise Conflict(f"the consent is not in force (status {current.status})")
-    resource = revoked(jsoncodec.decode(current.data))
-    policy = parse_consent(resource)
+    resource = revoked(jsoncodec.decode(current.data, max_depth=STORED_MAX_JSON_DEPTH))
+    try:
+        policy = parse_consent(resource)
+    except InvalidConsent:
+        # Stored before the write-time limits (or under an older parser), so it no longer
+        # compiles: revoking it must still work, and needs only what the store knows. The
+        # revoked version is not in force, so it is never enforced either way.
+        policy = Policy(
+            consent_id=current.consent_id,
+            patient=current.patient,
+            status=str(resource["status"]),
+            version="R5" if "decision" in resource else "R4",
+            period=None,
+            root=Provision(path="Consent", effect=None),
+        )
     record = await commit_change(
         svc, EntryKind.CONSENT_REVOKE, resource, policy, previous=current, call=call, trail=trail
     )

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from middleware.consent.datatypes import Reader, items
+from middleware.consent.limits import CEILING, ConsentLimits, limit_problems
 from middleware.consent.model import (
     CONFIDENTIALITY_SYSTEMS,
     DENY,
@@ -53,6 +54,7 @@ from middleware.consent.model import (
 )
 from middleware.consent.validate import detect_version, structure_problems
 from middleware.errors import UnprocessableEntity
+from middleware.fhir.limits import HARD_MAX_JSON_DEPTH
 
 __all__ = ["InvalidConsent", "parse_consent"]
 
@@ -88,15 +90,24 @@ class InvalidConsent(UnprocessableEntity):
 
 
 def parse_consent(
-    raw: Mapping[str, Any], *, version: str | None = None, ledger_index: int | None = None
+    raw: Mapping[str, Any],
+    *,
+    version: str | None = None,
+    ledger_index: int | None = None,
+    limits: ConsentLimits = CEILING,
 ) -> Policy:
     """Compile one Consent into a :class:`Policy`, or raise :class:`InvalidConsent`.
 
     ``version`` (``R4``, ``R4B``, ``R5`` or a FHIR version number) overrides detection; an
-    unsupported value raises ValueError. Pure: no I/O, ``raw`` is not modified.
+    unsupported value raises ValueError. ``limits`` bound the provisions (the write-time
+    settings; the parser's own :data:`~middleware.consent.limits.CEILING` applies always),
+    checked before anything recursive reads them. Pure: no I/O, ``raw`` is not modified.
     """
     if not isinstance(raw, Mapping):
         raise InvalidConsent(["Consent: expected a JSON object"])
+    too_big = limit_problems(raw, limits) or limit_problems(raw, CEILING)
+    if too_big:
+        raise InvalidConsent(too_big)
     problems: list[str] = []
     if raw.get("resourceType") != "Consent":
         problems.append("Consent.resourceType: must be 'Consent'")
@@ -119,8 +130,8 @@ def _modifier_extensions(node: object, path: str, depth: int) -> list[str]:
     """Every ``modifierExtension`` in the Consent: the engine knows none, and FHIR forbids
     ignoring a modifier one does not understand (R4 extensibility.html#modifierExtension): it
     may reverse what the element means, so the Consent is refused rather than misread."""
-    if depth > 64:
-        return []
+    if depth > HARD_MAX_JSON_DEPTH:  # deeper than any decoded JSON: refuse rather than not look
+        return [f"{path}: nests too deep to check for modifierExtension"]
     found: list[str] = []
     if isinstance(node, Mapping):
         for key, value in node.items():
@@ -159,7 +170,7 @@ class _Builder(Reader):
         if not isinstance(consent_id, str) or not consent_id:
             self.fail("Consent.id", "required; consents are kept and traced by id")
         status = raw.get("status")
-        if status not in _STATUSES[self.version]:
+        if not isinstance(status, str) or status not in _STATUSES[self.version]:
             allowed = " | ".join(sorted(_STATUSES[self.version]))
             self.fail("Consent.status", f"must be one of {allowed}")
         patient = self.patient(raw)

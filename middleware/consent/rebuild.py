@@ -21,6 +21,7 @@ from typing import Final
 
 from middleware.consent.records import consent_keys
 from middleware.fhir import jsoncodec
+from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
 from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.logging import get_logger
 from middleware.storage.consent_base import ConsentRecord, ConsentStore
@@ -64,7 +65,8 @@ async def rebuild_from_ledger(
             keys = None
             if evidence is not None:
                 try:
-                    keys = consent_keys(jsoncodec.decode(evidence.data))
+                    stored = jsoncodec.decode(evidence.data, max_depth=STORED_MAX_JSON_DEPTH)
+                    keys = consent_keys(stored)
                 except jsoncodec.DecodeError:
                     keys = None
             if evidence is None or keys is None or leaf.pseudonym is None:

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from middleware.consent.model import normalize_reference
 from middleware.fhir import jsoncodec
+from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
 from middleware.storage.consent_base import ConsentRecord
 
 __all__ = [
@@ -122,7 +123,7 @@ def instant(recorded_us: int) -> str:
 def render_consent(record: ConsentRecord, receipt_url: str) -> dict[str, Any]:
     """The Consent of ``record`` as answered: its stored JSON plus ``meta.versionId``,
     ``meta.lastUpdated`` and the ledger receipt extension (``receipt_url``)."""
-    body = jsoncodec.decode(record.data)
+    body = jsoncodec.decode(record.data, max_depth=STORED_MAX_JSON_DEPTH)
     meta = dict(body.get("meta") or {})
     extensions = [e for e in meta.get("extension", ()) if e.get("url") != LEDGER_EXTENSION]
     extensions.append({"url": LEDGER_EXTENSION, "valueUrl": receipt_url})

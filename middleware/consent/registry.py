@@ -27,6 +27,7 @@ from middleware.consent.model import Policy
 from middleware.consent.parse import InvalidConsent, parse_consent
 from middleware.errors import ServiceUnavailable
 from middleware.fhir import jsoncodec
+from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
 from middleware.logging import get_logger
 from middleware.storage.consent_base import ConsentRecord, ConsentStore, PatientMark
 
@@ -37,8 +38,12 @@ _DEFAULT_POLICIES: Final = 100_000
 
 
 class UnreadableConsent(ServiceUnavailable):
-    """A recorded consent no longer compiles (a changed parser, a damaged store). Deciding
-    without it could release what it denies, so the patient's requests fail closed (503)."""
+    """A recorded, active consent no longer compiles (a changed parser, a damaged store, one
+    stored before the write-time limits nested deeper than the parser takes). Deciding without
+    it could release what it denies, so the patient is denied entirely: every request that
+    needs the patient's consents fails closed (503), whatever the jurisdiction default, until
+    the consent is replaced (``PUT``) or revoked. A record that does not compile and is not in
+    force is skipped: it could not permit or deny anything."""
 
 
 class ConsentRegistry:
@@ -71,24 +76,35 @@ class ConsentRegistry:
             self._patients.move_to_end(patient)
             return cached[1]
         records = await self.store.for_patient(patient) if mark.count else []
-        policies = tuple(self._compile(record) for record in records)
+        compiled = (self._compile(record) for record in records)
+        policies = tuple(policy for policy in compiled if policy is not None)
         self._patients[patient] = (mark, policies)
         self._patients.move_to_end(patient)
         while len(self._patients) > self._max_patients:
             self._patients.popitem(last=False)
         return policies
 
-    def _compile(self, record: ConsentRecord) -> Policy:
+    def _compile(self, record: ConsentRecord) -> Policy | None:
+        """The policy of ``record``; None for a record that does not compile and is not in
+        force (only ``active`` consents are enforced, so skipping it changes no decision);
+        :class:`UnreadableConsent` for one that does not compile and is ``active``."""
         policy = self._policies.get(record.ledger_index)
         if policy is not None:
             self._policies.move_to_end(record.ledger_index)
             return policy
         try:
-            policy = parse_consent(jsoncodec.decode(record.data), ledger_index=record.ledger_index)
-        except (InvalidConsent, jsoncodec.DecodeError) as exc:
-            get_logger("consentry.consent").error(
-                "recorded consent does not compile", ledger_index=record.ledger_index
-            )
+            stored = jsoncodec.decode(record.data, max_depth=STORED_MAX_JSON_DEPTH)
+            policy = parse_consent(stored, ledger_index=record.ledger_index)
+        except (InvalidConsent, jsoncodec.DecodeError, RecursionError) as exc:
+            # Logged by ledger index only: the consent's text and patient are PHI.
+            log = get_logger("consentry.consent")
+            if record.revoked or record.status != "active":
+                log.warning(
+                    "recorded consent does not compile; not in force, skipped",
+                    ledger_index=record.ledger_index,
+                )
+                return None
+            log.error("recorded consent does not compile", ledger_index=record.ledger_index)
             raise UnreadableConsent("a recorded consent cannot be read") from exc
         self.compiled += 1
         self._policies[record.ledger_index] = policy

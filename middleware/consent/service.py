@@ -35,6 +35,7 @@ from typing import Final, Protocol
 from middleware.auth.identity import Identity
 from middleware.consent.access import Operation, performer
 from middleware.consent.decide import Defaults
+from middleware.consent.limits import DEFAULT_LIMITS, ConsentLimits
 from middleware.consent.rebuild import rebuild_from_ledger
 from middleware.consent.records import attempt_evidence
 from middleware.consent.registry import ConsentRegistry
@@ -136,8 +137,10 @@ class ConsentService:
         base_url: str,
         receipt_base: str,
         wall_clock: Callable[[], float] = time.time,
+        limits: ConsentLimits = DEFAULT_LIMITS,
     ) -> None:
         self.ledger = ledger
+        self.limits = limits  # what a written Consent may hold (create, update)
         self._open_store = open_store
         self.admin_role = admin_role
         self.defaults = defaults

@@ -295,7 +295,11 @@ def _contained(
             holds = True
             unresolved |= rtype == "Patient" or rtype in _UNTRANSLATED_TYPES
             unresolved |= _collect(resource, paths, container, bases, ids)
-        elif rtype not in NOT_IN_COMPARTMENT_TYPES or rtype in _CONTAINERS:
+        elif (
+            not isinstance(rtype, str)  # a list is unhashable: never looked up in a set
+            or rtype not in NOT_IN_COMPARTMENT_TYPES
+            or rtype in _CONTAINERS
+        ):
             unresolved = holds = True
     return unresolved, holds
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from middleware.fhir.limits import HARD_MAX_JSON_DEPTH, STORED_MAX_JSON_DEPTH, check_depth
+
 __all__ = ["DecodeError", "decode", "encode", "encode_canonical"]
 
 DecodeError = msgspec.DecodeError
@@ -22,12 +24,20 @@ _encoder = msgspec.json.Encoder()
 _canonical = msgspec.json.Encoder(order="sorted")
 
 
-def decode(data: bytes) -> Any:
+def decode(data: bytes, *, max_depth: int = HARD_MAX_JSON_DEPTH) -> Any:
     """Parse JSON bytes; decimals stay :class:`msgspec.Raw` with their original text.
 
-    Raises :data:`DecodeError` for malformed JSON.
+    Raises :data:`DecodeError` for malformed JSON, and its subclass
+    :class:`~middleware.fhir.limits.JsonTooDeep` for JSON nesting deeper than ``max_depth``
+    (measured before decoding: the decoder recurses per level). Never :class:`RecursionError`.
+    Only the gateway's own stored records are read with more than the default (at most
+    :data:`~middleware.fhir.limits.STORED_MAX_JSON_DEPTH`).
     """
-    return _decoder.decode(data)
+    check_depth(data, min(max_depth, STORED_MAX_JSON_DEPTH))
+    try:
+        return _decoder.decode(data)
+    except RecursionError as exc:  # a caller already deep in its stack; never a 500
+        raise DecodeError("JSON nests too deep to decode here") from exc
 
 
 def encode(value: Any) -> bytes:

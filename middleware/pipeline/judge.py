@@ -200,7 +200,11 @@ class Judge:
         """The verdict on one resource; a permitted resource carrying labels its permits do
         not cover has them redacted *in place* (or is withheld when the resource itself is
         labelled). Use as :func:`~middleware.pipeline.filter.filter_answer`'s verdict."""
-        if resource.get("resourceType") in GATEWAY_OWNED or not self.caller.may_see(resource):
+        rtype = resource.get("resourceType")
+        # A resourceType that is not a string (a list is unhashable) names nothing: withheld.
+        if not isinstance(rtype, str) or rtype in GATEWAY_OWNED:
+            return self._withhold()
+        if not self.caller.may_see(resource):
             return self._withhold()
         refs = self.seen.get(id(resource)) or compartment_of(resource, base_urls=self.base_urls)
         labels = self.rule(resource, refs)
@@ -215,7 +219,7 @@ class Judge:
             self.trail.narrowed = True
             self.trail.redacted += 1
         self.trail.released |= refs.references
-        rtype, rid = resource.get("resourceType"), resource.get("id")
+        rid = resource.get("id")
         if isinstance(rid, str):
             self.trail.refs.append(f"{rtype}/{rid}")
         return True

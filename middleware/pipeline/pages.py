@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 __all__ = [
+    "MAX_COUNT",
     "MAX_REFILL_PAGES",
     "is_match",
     "next_link",
@@ -31,6 +32,8 @@ __all__ = [
 #: Upstream pages fetched to fill one client page, beyond the first: a bound on the work one
 #: request can cause. A page still short after that is released short.
 MAX_REFILL_PAGES: Final = 8
+#: The largest ``_count`` read as asked: more than any page an upstream serves.
+MAX_COUNT: Final = 1_000_000
 _SKIP: Final = "#consentry-skip="
 
 
@@ -59,11 +62,16 @@ def next_link(bundle: dict[str, Any]) -> str | None:
 
 
 def requested_count(params: Sequence[tuple[str, str]]) -> int | None:
-    """The client's ``_count`` (the last one), when it is a non-negative integer."""
+    """The client's ``_count`` (the last one), when it is a non-negative integer in ASCII
+    digits (at most :data:`MAX_COUNT`: a larger one asks for everything, as that does)."""
     values = [v for n, v in params if n == "_count"]
-    if not values or not values[-1].isdigit():
+    if not values or not _digits(values[-1]):
         return None
-    return int(values[-1])
+    # int() refuses more than 4,300 digits (CPython's int_max_str_digits); no page is that big.
+    significant = values[-1].lstrip("0")
+    if len(significant) > len(str(MAX_COUNT)):
+        return MAX_COUNT
+    return min(int(significant or "0"), MAX_COUNT)
 
 
 def take(entries: list[Any], need: int) -> tuple[list[Any], int, bool]:
@@ -101,6 +109,12 @@ def with_skip(link: str, skip: int) -> str:
 def split_skip(link: str) -> tuple[str, int]:
     """The upstream link and the skip a cursor's link carries (0 when none)."""
     base, marker, count = link.rpartition(_SKIP)
-    if not marker or not count.isdigit():
+    if not marker or not _digits(count) or len(count) > len(str(MAX_COUNT)):
         return link, 0
     return base, int(count)
+
+
+def _digits(value: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts ``²`` and other scripts' digits, some of
+    which ``int`` refuses."""
+    return value.isascii() and value.isdigit()

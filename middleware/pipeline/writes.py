@@ -290,6 +290,8 @@ class Writes:
         ``resource``, a resource of the request's type (``hidden()`` is raised instead of the
         generic write refusal)."""
         kind = resource.get("resourceType")
+        if not isinstance(kind, str):  # a list is unhashable: never looked up in a set
+            raise BadRequest(f"the resource must be a {ask.request.resource_type} resource")
         if kind in GATEWAY_OWNED:
             raise Forbidden(DENIED_WRITE)  # the gateway's own consent API owns them
         if kind != ask.request.resource_type:

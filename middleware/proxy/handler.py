@@ -44,6 +44,7 @@ from middleware.errors import (
 )
 from middleware.fhir import jsoncodec
 from middleware.fhir.classify import classify, classify_bundle
+from middleware.fhir.limits import depth as json_depth
 from middleware.fhir.negotiate import check_request_negotiation
 from middleware.fhir.outcome import render_error
 from middleware.fhir.request import Interaction
@@ -406,7 +407,11 @@ class ProxyHandler:
             elif name == "content-type":
                 content_type = value
             passed.append((name, value))
-        document = _decode_upstream(raw) if raw and "json" in content_type else None
+        document = (
+            _decode_upstream(raw, self.settings.max_json_depth)
+            if raw and "json" in content_type
+            else None
+        )
         return Upstreamed(response.status, passed, document, raw)
 
     def _upstream_failed(self, exc: GatewayError, rid: str | None) -> None:
@@ -431,6 +436,7 @@ class ProxyHandler:
             body = _gunzip(body, limit)
         elif encoding not in ("identity", "gzip"):
             raise BadRequest(f"unsupported Content-Encoding {encoding!r}", code="not-supported")
+        _check_body_depth(body, headers, self.settings.max_json_depth)
         return body
 
     async def _metadata(self, rid: str | None = None) -> bytes:
@@ -453,7 +459,7 @@ class ProxyHandler:
             raise
         if response.status != 200:
             raise UpstreamError("upstream server did not return its CapabilityStatement")
-        document = _decode_upstream(raw)
+        document = _decode_upstream(raw, self.settings.max_json_depth)
         if not isinstance(document, dict) or document.get("resourceType") != "CapabilityStatement":
             raise UpstreamError("upstream server did not return a CapabilityStatement")
         self.rebaser.rewrite(document, self.rebaser.occurrences(raw))
@@ -553,8 +559,19 @@ def _bundle_type(body: bytes) -> str | None:
     return None
 
 
-def _decode_upstream(raw: bytes) -> Any:
+def _check_body_depth(body: bytes, headers: Mapping[str, str], limit: int) -> None:
+    """Refuse (400) a request body nesting deeper than ``limit``, measured before anything
+    decodes it (:mod:`middleware.fhir.limits`). A form-encoded ``POST _search`` body is not
+    JSON and is not measured."""
+    if not body or "x-www-form-urlencoded" in headers.get("content-type", ""):
+        return
+    if json_depth(body, limit) > limit:
+        raise BadRequest(f"the request body nests deeper than {limit} levels", code="too-costly")
+
+
+def _decode_upstream(raw: bytes, max_depth: int) -> Any:
+    """An upstream answer decoded; invalid or too deep JSON is the upstream's fault (502)."""
     try:
-        return jsoncodec.decode(raw)
+        return jsoncodec.decode(raw, max_depth=max_depth)
     except jsoncodec.DecodeError as exc:
         raise UpstreamError("upstream server sent invalid JSON") from exc
