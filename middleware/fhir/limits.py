@@ -6,10 +6,11 @@ tree that did decode can still exhaust the stack of any code that walks it. The 
 therefore measures the nesting of every JSON text it is about to decode and refuses one that is
 too deep *before* decoding it, in time linear in its size and with no recursion:
 
-1. JSON strings are cut out (``"`` ... ``"`` with RFC 8259 §7 escapes), so brackets inside
-   string values do not count;
-2. every byte but ``[ ] { }`` is dropped and ``{`` / ``}`` are folded onto ``[`` / ``]`` (a
-   decoder that meets a ``]`` closing a ``{`` stops there, never deeper);
+1. JSON strings are cut out, brackets inside string values do not count: escapes that could
+   hide a quote (``\\\\`` and ``\\"``, RFC 8259 §7) are removed, every byte but brackets and
+   quotes is dropped, and what lies between two quotes goes;
+2. ``{`` / ``}`` are folded onto ``[`` / ``]`` (a decoder that meets a ``]`` closing a ``{``
+   stops there, never deeper);
 3. innermost pairs ``[]`` are removed, one nesting level per pass, for a few passes (ordinary
    documents shrink to little or nothing: every leaf object and array goes in the first);
 4. the depth of what is left is its largest running sum (``[`` +1, ``]`` -1), computed by
@@ -52,12 +53,10 @@ HARD_MAX_JSON_DEPTH: Final = 256
 #: about 200 provisions (400 levels). Read back (to skip, deny or revoke them), never accepted.
 STORED_MAX_JSON_DEPTH: Final = 512
 
-# A JSON string (RFC 8259 §7), the loop unrolled so that runs of plain characters are one
-# C-level repeat. An unterminated string does not match: its brackets are counted, which can
-# only raise the bound.
-_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_BRACKETS: Final = b"[]{}"
-_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in _BRACKETS)
+# A JSON string once its escapes are gone and only brackets and quotes are left. An
+# unterminated string does not match: its brackets are counted, which can only raise the bound.
+_STRING: Final = re.compile(rb'"[^"]*"')
+_NOT_BRACKETS_OR_QUOTES: Final = bytes(b for b in range(256) if b not in b'[]{}"')
 _FOLD: Final = bytes.maketrans(b"{}", b"[]")
 _SIGNS: Final = bytes.maketrans(b"[]", b"\x02\x00")
 _PASSES: Final = 4  # enough to empty ordinary documents; the rest is summed
@@ -81,7 +80,11 @@ def depth(data: bytes, limit: int = HARD_MAX_JSON_DEPTH) -> int:
     below the depth a decoder reaches on these bytes; for valid JSON at most ``limit`` deep,
     the exact depth. A value above ``limit`` means only "deeper than ``limit``" (or invalid
     and possibly so) and is returned as soon as it is known. Never raises, never recurses."""
-    brackets = _STRING.sub(b"", data).translate(_FOLD, _NOT_BRACKETS)
+    if b"\\" in data:
+        # Left to right, as a decoder reads escapes: "\\" first, so "\\\"" loses both.
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = _STRING.sub(b"", data.translate(None, _NOT_BRACKETS_OR_QUOTES))
+    brackets = brackets.translate(_FOLD, b'"')
     if not brackets:
         return 0
     # The naive attack, ``[[[[...``, decided by one substring search.
