@@ -14,6 +14,7 @@ table          holds                                                 UPDATE / DE
 ``checkpoints``  size, root, signed note; one row per size            refused by triggers
 ``evidence``   index, salt, evidence bytes (opaque, maybe ciphertext)  allowed: crypto-shredding
 ``state``      the one row: size, compact range, root                 updated by each append
+``heartbeat``  the one row: a counter outside the log                 updated by each probe
 =============  ====================================================  ===========================
 
 The evidence commitment lives in the leaf, so deleting or overwriting evidence (shredding)
@@ -26,12 +27,16 @@ anyone holding an earlier checkpoint (a consistency proof to it fails).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
 from middleware.ledger.sequencer import CheckpointSigner
 
-__all__ = ["LogStore"]
+__all__ = ["PROBE_LOCK_WAIT", "LogStore"]
+
+#: Seconds :meth:`LogStore.probe_commit` waits for the append lock (a readiness check must
+#: answer within its own time budget, and a lock held that long already delays every request).
+PROBE_LOCK_WAIT: Final = 1.0
 
 
 class LogStore(Protocol):
@@ -112,6 +117,19 @@ class LogStore(Protocol):
 
     async def ping(self) -> None:
         """Return when the store can serve now; raise ``ServiceUnavailable`` otherwise."""
+        ...
+
+    async def probe_commit(self) -> None:
+        """Prove that an append could commit now, without adding to the log.
+
+        Takes the append's sequencing lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL the state
+        row), waiting at most :data:`PROBE_LOCK_WAIT` seconds for it, writes the heartbeat row
+        (outside the log: no leaf, checkpoint or state changes) and commits durably. Returns
+        once committed; raises ``ServiceUnavailable`` when the lock is not granted in time or
+        the write or commit fails (a read-only or full disk, a lost connection, a closed
+        store). A reader's ``ping`` succeeds in all those cases, which is why readiness asks
+        for this (``app_health``).
+        """
         ...
 
     async def close(self) -> None:

@@ -39,16 +39,21 @@ class MemoryLog:
     evidence: dict[int, Evidence] = field(default_factory=dict)
     checkpoints: dict[int, StoredCheckpoint] = field(default_factory=dict)
     state: TreeState = field(default_factory=lambda: TreeState.of(CompactRange()))
+    heartbeats: int = 0
 
 
 class MemoryLogStore:
-    """A log store in this process; set ``available = False`` to simulate an outage."""
+    """A log store in this process; set ``available = False`` to simulate an outage,
+    ``writable = False`` a store that cannot commit."""
 
     name = "memory"
 
     def __init__(self, log: MemoryLog | None = None) -> None:
         self.log = log if log is not None else MemoryLog()
         self.available = True
+        #: False models a store that reads but cannot commit (a full disk): appends and
+        #: :meth:`probe_commit` raise ``ServiceUnavailable``, reads and ``ping`` still work.
+        self.writable = True
 
     @classmethod
     async def open(cls, log: MemoryLog | None = None) -> MemoryLogStore:
@@ -61,6 +66,8 @@ class MemoryLogStore:
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
         self._check()
+        if not self.writable:
+            raise ServiceUnavailable("ledger store cannot commit")
         log = self.log
         recorded = {k: log.keys[k] for k in distinct_keys(batch) if k in log.keys}
         last = {p: log.chains[p][-1] for p in distinct_pseudonyms(batch) if p in log.chains}
@@ -132,6 +139,12 @@ class MemoryLogStore:
 
     async def ping(self) -> None:
         self._check()
+
+    async def probe_commit(self) -> None:
+        self._check()
+        if not self.writable:
+            raise ServiceUnavailable("ledger store cannot commit")
+        self.log.heartbeats += 1
 
     async def close(self) -> None:
         self.available = False

@@ -36,6 +36,7 @@ from middleware.ledger.sequencer import (
     plan_batch,
     sign_state,
 )
+from middleware.storage.ledger_base import PROBE_LOCK_WAIT
 from middleware.storage.ledger_postgres_schema import SCHEMA, SIGNER_LOCK
 from middleware.storage.postgres_pool import open_pool, translated
 
@@ -54,6 +55,10 @@ _LATEST_CHECKPOINT = (
     "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size DESC LIMIT 1"
 )
 _CHECKPOINT_AT = "SELECT size, root, note FROM consentry_ledger_checkpoints WHERE size = $1"
+_BEAT = (
+    "INSERT INTO consentry_ledger_heartbeat (id, beats) VALUES (1, 1) "
+    "ON CONFLICT (id) DO UPDATE SET beats = consentry_ledger_heartbeat.beats + 1"
+)
 _RANGES = {
     "leaf": "SELECT leaf FROM consentry_ledger_leaves WHERE idx >= $1 AND idx < $2 ORDER BY idx",
     "leaf_hash": "SELECT leaf_hash FROM consentry_ledger_leaves "
@@ -227,6 +232,14 @@ class PostgresLogStore:
     async def ping(self) -> None:
         async with _translated():
             await self._pool.fetchval("SELECT 1")
+
+    async def probe_commit(self) -> None:
+        async with _translated(), self._pool.acquire() as conn, conn.transaction():
+            # lock_timeout bounds the wait for the row lock appends take (ms, no parameters
+            # in SET); the heartbeat row is outside the log.
+            await conn.execute(f"SET LOCAL lock_timeout = {int(PROBE_LOCK_WAIT * 1000)}")
+            await conn.fetchrow(_LOCK_STATE)
+            await conn.execute(_BEAT)
 
     async def close(self) -> None:
         await self._pool.close()  # idempotent in asyncpg

@@ -67,6 +67,11 @@ CREATE TABLE IF NOT EXISTS consentry_ledger_state (
 );
 INSERT INTO consentry_ledger_state (id, size, compact, root)
     VALUES (1, 0, ''::bytea, '\\x{EMPTY_ROOT.hex()}'::bytea) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS consentry_ledger_heartbeat (
+    id integer PRIMARY KEY CHECK (id = 1),
+    beats bigint NOT NULL
+);
+INSERT INTO consentry_ledger_heartbeat (id, beats) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 CREATE OR REPLACE FUNCTION consentry_ledger_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'consentry ledger: % is append-only (% refused)', TG_TABLE_NAME, TG_OP

@@ -24,6 +24,7 @@ from middleware.ledger.sequencer import (
     plan_batch,
     sign_state,
 )
+from middleware.storage.ledger_base import PROBE_LOCK_WAIT
 from middleware.storage.ledger_sqlite_schema import SCHEMA
 from middleware.storage.sqlite_worker import SqliteWorker
 
@@ -34,6 +35,10 @@ _LATEST_CHECKPOINT = (
     "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size DESC LIMIT 1"
 )
 _CHECKPOINT_AT = "SELECT size, root, note FROM consentry_ledger_checkpoints WHERE size = ?"
+_BEAT = (
+    "INSERT INTO consentry_ledger_heartbeat (id, beats) VALUES (1, 1) "
+    "ON CONFLICT (id) DO UPDATE SET beats = beats + 1"
+)
 _RANGES = {
     "leaf": "SELECT leaf FROM consentry_ledger_leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
     "leaf_hash": "SELECT leaf_hash FROM consentry_ledger_leaves "
@@ -49,6 +54,7 @@ class SqliteLogStore:
     def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
         """No I/O; :meth:`open` connects, creates the tables and replays the log."""
         self.path = path
+        self._busy_timeout = busy_timeout
         self._db = SqliteWorker(
             path,
             what="ledger",
@@ -120,6 +126,10 @@ class SqliteLogStore:
     async def ping(self) -> None:
         await self._db.ping()
 
+    async def probe_commit(self) -> None:
+        waits = (PROBE_LOCK_WAIT, self._busy_timeout)
+        await self._db.run(lambda c: _probe(c, *waits))
+
     async def close(self) -> None:
         await self._db.close()
 
@@ -165,6 +175,23 @@ def _append(
             (signed.size, signed.root, signed.note),
         )
     return list(plan.results)
+
+
+def _probe(c: sqlite3.Connection, wait: float, busy_timeout: float) -> None:
+    """One heartbeat under ``BEGIN IMMEDIATE`` (the append's lock), waiting ``wait`` seconds
+    for the lock rather than the connection's ``busy_timeout``, which is restored after."""
+    c.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+    try:
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute(_BEAT)
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+    finally:
+        c.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
 
 
 def _read_state(c: sqlite3.Connection) -> TreeState:

@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS consentry_ledger_state (
 );
 INSERT OR IGNORE INTO consentry_ledger_state (id, size, compact, root)
     VALUES (1, 0, x'', x'{EMPTY_ROOT.hex()}');
+CREATE TABLE IF NOT EXISTS consentry_ledger_heartbeat (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    beats INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO consentry_ledger_heartbeat (id, beats) VALUES (1, 0);
 {_append_only("consentry_ledger_leaves")}
 CREATE TRIGGER IF NOT EXISTS consentry_ledger_leaves_in_order
 BEFORE INSERT ON consentry_ledger_leaves

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
@@ -111,6 +112,14 @@ class Backend:
     async def cleanup(self) -> None:
         """Drop whatever the backend created."""
 
+    async def heartbeats(self) -> int:
+        """The heartbeat counter :meth:`LogStore.probe_commit` advances, read afresh."""
+        raise NotImplementedError
+
+    def hold_append_lock(self) -> AbstractAsyncContextManager[None]:
+        """Hold the lock an append takes, from another connection, for the block."""
+        raise NotImplementedError
+
 
 class MemoryBackend(Backend):
     name = "memory"
@@ -130,6 +139,9 @@ class MemoryBackend(Backend):
 
     async def drop_checkpoint(self, size: int) -> None:
         del self.log.checkpoints[size]
+
+    async def heartbeats(self) -> int:
+        return self.log.heartbeats
 
 
 class SqliteBackend(Backend):
@@ -176,6 +188,24 @@ class SqliteBackend(Backend):
     async def drop_checkpoint(self, size: int) -> None:
         sql = "DELETE FROM consentry_ledger_checkpoints WHERE size = ?"
         self._untriggered("consentry_ledger_checkpoints", sql, size)
+
+    async def heartbeats(self) -> int:
+        conn = self._connect()
+        try:
+            row = conn.execute("SELECT beats FROM consentry_ledger_heartbeat").fetchone()
+        finally:
+            conn.close()
+        return int(row[0])
+
+    @asynccontextmanager
+    async def hold_append_lock(self) -> AsyncIterator[None]:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
 
 
 class PostgresBackend(Backend):
@@ -242,6 +272,25 @@ class PostgresBackend(Backend):
 
     async def cleanup(self) -> None:
         await self._with(lambda conn: conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE"))
+
+    async def heartbeats(self) -> int:
+        beats: list[int] = []
+
+        async def read(conn: asyncpg.Connection) -> None:
+            beats.append(await conn.fetchval("SELECT beats FROM consentry_ledger_heartbeat"))
+
+        await self._with(read)
+        return beats[0]
+
+    @asynccontextmanager
+    async def hold_append_lock(self) -> AsyncIterator[None]:
+        conn = await asyncpg.connect(self.dsn, server_settings={"search_path": self.schema})
+        try:
+            async with conn.transaction():
+                await conn.fetchrow("SELECT 1 FROM consentry_ledger_state WHERE id = 1 FOR UPDATE")
+                yield
+        finally:
+            await conn.close()
 
 
 async def make_backend(name: str, tmp_path: Path) -> Backend:
