@@ -39,7 +39,7 @@ from middleware.consent.api import ConsentApi, serves
 from middleware.consent.decide import Defaults
 from middleware.consent.limits import ConsentLimits
 from middleware.consent.service import ConsentService
-from middleware.errors import GatewayError, NotFound
+from middleware.errors import GatewayError, NotFound, ServiceUnavailable
 from middleware.fhir.outcome import render_error
 from middleware.ledger.http import ledger_routes
 from middleware.ledger.keyfile import LedgerKey, load_or_create_ledger_key
@@ -49,6 +49,7 @@ from middleware.logging import get_logger
 from middleware.ops.causes import store_label
 from middleware.ops.metrics import Metrics
 from middleware.ops.scrape import ScrapeAccess
+from middleware.proxy.deadline import DeadlineUpstream
 from middleware.proxy.handler import ProxyHandler
 from middleware.proxy.httpx_upstream import HttpxUpstream
 from middleware.proxy.native_upstream import NativeUpstream
@@ -180,6 +181,7 @@ class Gateway:
         return JSONResponse(
             {"status": "ready" if ready else "unavailable", "checks": checks},
             status_code=200 if ready else 503,
+            headers=None if ready else {"retry-after": str(ServiceUnavailable.retry_after)},
         )
 
     async def _jwks(self, _request: Request) -> Response:
@@ -222,7 +224,12 @@ def create_app(
     and ledger times); ``time.time`` by default. ``consents``: the consent store (pseudonyms and the
     consent index); defaults to the one ``settings.store`` names, beside the ledger.
     """
-    factory = _upstream_factory(settings, upstream)
+    client_factory = _upstream_factory(settings, upstream)
+
+    def factory() -> Upstream:
+        # Every client, injected ones included, gets the overall deadline per exchange.
+        return DeadlineUpstream(client_factory(), settings.upstream_deadline)
+
     if signer is None:
         # The origin is the log's identity, kept in the key file; the one derived from the
         # public URL only names a key file created now (see ledger.keyfile).

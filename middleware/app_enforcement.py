@@ -120,6 +120,7 @@ def build_enforcement(
         recorder=recorder,
         gateway_base=settings.gateway_base_url,
         ids=_id_edge(settings, mapper, key),
+        admit=ledger.admit,
     )
 
     writes = Writes(flow, enforcement.record)

@@ -11,10 +11,15 @@ Kept beside ``app.py`` (as ``app_enforcement.py`` is) so the app module stays ab
 - **Upstream at start-up** (:func:`probe_upstream`): an upstream that does not answer is
   logged with its cause but does not stop the gateway (containers start in any order);
   ``/readyz`` reports it until it answers.
-- **Readiness** (:func:`readiness`): ``/readyz`` is 200 only when the log store and the consent
-  store answer a ping and the upstream answers ``GET [base]/metadata`` with 200, each within
-  :data:`READY_TIMEOUT` seconds; a failed check is logged with its cause. ``/healthz`` is
-  liveness only: the process is up and serving HTTP.
+- **Readiness** (:func:`readiness`): ``/readyz`` is 200 only when the ledger can commit, the
+  consent store answers a ping and the upstream answers ``GET [base]/metadata`` with 200, each
+  within :data:`READY_TIMEOUT` seconds; a failed check is logged with its cause. "Can commit"
+  is :meth:`~middleware.ledger.service.LedgerService.check_commit`: the log store answers a
+  ping, its writer is running (a crashed one is replaced), and a batch or probe committed within
+  ``ready_commit_age`` seconds with no failed batch since, else a probe write
+  (:meth:`~middleware.storage.ledger_base.LogStore.probe_commit`) commits now. A ping alone
+  is answered by a database that can no longer commit (a full disk, a write lock held
+  elsewhere). ``/healthz`` is liveness only: the process is up and serving HTTP.
 
 Causes are rendered by :func:`middleware.ops.causes.describe`: class names, errno texts and
 hosts, never a URL path or query (they can name a patient).
@@ -114,6 +119,7 @@ async def readiness(
     try:
         async with asyncio.timeout(READY_TIMEOUT):
             await (await ledger.store()).ping()
+            await ledger.check_commit(settings.ready_commit_age)
             if consents is not None:
                 await (await consents.store()).ping()
         checks["store"] = "ok"

@@ -188,8 +188,14 @@ class UpstreamError(GatewayError):
 
 
 class ServiceUnavailable(GatewayError):
+    """The gateway cannot serve now (the ledger cannot commit, its queue is full, a store or
+    the token issuer's keys are unreachable). Every 503 says when to retry: RFC 9110
+    §15.6.4 lets a server send ``Retry-After`` with 503, and clients and load balancers that
+    honour it back off instead of retrying at once into the same overload."""
+
     status = 503
     code = "transient"
+    retry_after: int | None = 1
 
 
 class UpstreamTimeout(GatewayError):

@@ -53,6 +53,8 @@ class Settings:
     consent_max_provisions: int = DEFAULT_LIMITS.max_provisions
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    upstream_deadline: float = 60.0
+    ready_commit_age: float = 10.0
     upstream_pool_size: int = 100
     upstream_client: str = "native"
     upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -275,7 +277,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     ):
         if name in values and values[name] < 1:
             problems.append(f"{name}: must be positive")
-    for name in ("connect_timeout", "read_timeout"):
+    for name in ("connect_timeout", "read_timeout", "upstream_deadline", "ready_commit_age"):
         # `not 0 < x < inf` also refuses nan (every comparison with nan is false): a nan or
         # infinite timeout is no timeout at all.
         if name in values and not 0 < values[name] < math.inf:

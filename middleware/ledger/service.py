@@ -6,6 +6,12 @@ lifespan startup (which calls it eagerly), test transports do not. If opening fa
 caller gets :class:`~middleware.errors.ServiceUnavailable` and the next caller tries again:
 nothing that needs the ledger proceeds without it.
 
+A writer whose task ended on its own (a crash: an error escaped it, or it was cancelled) is
+never kept: the next caller logs it and starts a new writer on the same store, so one bug does
+not leave every later append failing. :meth:`LedgerService.admit` is the cheap check made
+before any work that calls the upstream (pushback: a full queue is refused at once), and
+:meth:`LedgerService.check_commit` is readiness's proof that the ledger can commit now.
+
 Before the writer signs anything, the log's identity is checked against the key and origin
 (:mod:`middleware.ledger.identity`): a log another key or origin signed is never continued.
 The refusal is the cause of the ``ServiceUnavailable`` raised: start-up stops with its
@@ -24,6 +30,7 @@ from middleware.ledger.identity import LedgerIdentityError, check_identity
 from middleware.ledger.keyfile import LedgerKey
 from middleware.ledger.signing import SigningKey
 from middleware.ledger.writer import CommitObserver, LedgerWriter
+from middleware.logging import get_logger
 from middleware.storage.ledger_base import LogStore
 
 __all__ = ["LedgerService"]
@@ -59,6 +66,7 @@ class LedgerService:
         self._store: LogStore | None = None
         self._writer: LedgerWriter | None = None
         self._lock = asyncio.Lock()
+        self._last_probe: float | None = None
 
     async def writer(self) -> LedgerWriter:
         """The running writer; opens the store and starts the writer on first use. A log
@@ -71,9 +79,15 @@ class LedgerService:
             raise ServiceUnavailable("ledger unavailable") from exc
 
     async def _start(self) -> LedgerWriter:
-        if self._writer is not None:
-            return self._writer
+        writer = self._writer
+        if writer is not None and not writer.crashed:
+            return writer
         async with self._lock:
+            if self._writer is not None and self._writer.crashed:
+                get_logger("consentry.ledger").error(
+                    "ledger writer stopped; starting a new one", error_type=self._writer.cause
+                )
+                self._writer = None
             if self._writer is None:
                 try:
                     store = self._store or await self._open_store()
@@ -93,6 +107,33 @@ class LedgerService:
                     raise ServiceUnavailable("ledger unavailable") from exc
                 self._writer = writer
         return self._writer
+
+    async def admit(self) -> None:
+        """Return at once if an entry would be queued now; else raise
+        :class:`ServiceUnavailable`: the writer cannot be started (or restarted), or its queue
+        is full. Costs an attribute check when the ledger is healthy; callers run it before
+        work whose audit entry the ledger would refuse (pushback before the upstream call)."""
+        if (await self.writer()).full:
+            raise ServiceUnavailable("ledger queue is full")
+
+    async def check_commit(self, max_age: float) -> None:
+        """Return if the ledger can commit now; raise :class:`ServiceUnavailable` otherwise.
+
+        Proof is a batch the writer committed (or a probe that committed) at most ``max_age``
+        seconds ago with no failed batch since; without it, the store's
+        :meth:`~middleware.storage.ledger_base.LogStore.probe_commit` must commit now. A
+        crashed writer is replaced first (:meth:`writer`)."""
+        writer = await self.writer()
+        loop = asyncio.get_running_loop()
+        proofs = [t for t in (writer.last_commit, self._last_probe) if t is not None]
+        proved = max(proofs, default=None)
+        failing = writer.last_failure is not None and (
+            proved is None or writer.last_failure >= proved
+        )
+        if proved is not None and not failing and loop.time() - proved <= max_age:
+            return
+        await (await self.store()).probe_commit()
+        self._last_probe = loop.time()
 
     @property
     def pending(self) -> int:

@@ -90,16 +90,50 @@ class LedgerWriter:
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._inflight: list[tuple[NewEntry, asyncio.Future[int], float]] = []
         self._closing = False
         self._observer = observer
         #: Batches committed and batches that failed, for metrics and tests.
         self.batches = 0
         self.failed_batches = 0
+        #: Event-loop times of the last committed and the last failed batch (``None``: none
+        #: yet); readiness reads them (``LedgerService.check_commit``).
+        self.last_commit: float | None = None
+        self.last_failure: float | None = None
 
     @property
     def pending(self) -> int:
         """Entries queued and not yet taken into a batch."""
         return len(self._pending)
+
+    @property
+    def full(self) -> bool:
+        """True when :meth:`append` would refuse for a full queue."""
+        return len(self._pending) >= self._max_pending
+
+    @property
+    def crashed(self) -> bool:
+        """True once the background task has ended without :meth:`stop` (an error escaped
+        it, or it was cancelled): this writer takes nothing more and must be replaced."""
+        return self._task is not None and self._task.done() and not self._closing
+
+    @property
+    def cause(self) -> str | None:
+        """The class name of what ended a crashed writer's task (``CancelledError`` if it was
+        cancelled); ``None`` while it has not crashed."""
+        if not self.crashed:
+            return None
+        assert self._task is not None  # crashed implies a task
+        if self._task.cancelled():
+            return "CancelledError"
+        error = self._task.exception()
+        return None if error is None else type(error).__name__
+
+    @property
+    def running(self) -> bool:
+        """True while the background task runs and the writer takes entries; False before
+        :meth:`start`, after :meth:`stop`, and once the task has ended on its own (a crash)."""
+        return self._task is not None and not self._task.done() and not self._closing
 
     async def start(self) -> None:
         """Sign the current state if no checkpoint covers it yet (an empty log, a state
@@ -125,9 +159,9 @@ class LedgerWriter:
         or the batch failed. A retried entry with the same idempotency key returns the index
         recorded the first time. Cancelling the caller does not withdraw the entry.
         """
-        if self._task is None or self._task.done() or self._closing:
+        if not self.running:
             raise ServiceUnavailable("ledger writer is not running")
-        if len(self._pending) >= self._max_pending:
+        if self.full:
             raise ServiceUnavailable("ledger queue is full")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
@@ -153,8 +187,9 @@ class LedgerWriter:
                     async with asyncio.timeout(delay):
                         await self._full.wait()
             count = min(self._max_batch, len(self._pending))
-            batch = [self._pending.popleft() for _ in range(count)]
-            await self._commit(batch)
+            self._inflight = [self._pending.popleft() for _ in range(count)]
+            await self._commit(self._inflight)
+            self._inflight = []
 
     async def _commit(self, batch: list[tuple[NewEntry, asyncio.Future[int], float]]) -> None:
         started = time.perf_counter()
@@ -162,25 +197,32 @@ class LedgerWriter:
             results = await self._store.append([e for e, _, _ in batch], sign=self._sign)
         except Exception as exc:  # noqa: BLE001  # any store failure fails this batch, only it
             self.failed_batches += 1
-            if self._observer is not None:
-                self._observer.observe_commit(len(batch), time.perf_counter() - started, ok=False)
+            self.last_failure = asyncio.get_running_loop().time()
             for _, future, _ in batch:
                 _fail(future, exc)
+            if self._observer is not None:
+                self._observer.observe_commit(len(batch), time.perf_counter() - started, ok=False)
             return
         except BaseException as exc:  # cancelled: the outcome is unknown to us, say so
             for _, future, _ in batch:
                 _fail(future, exc)
             raise
         self.batches += 1
-        if self._observer is not None:
-            self._observer.observe_commit(len(batch), time.perf_counter() - started, ok=True)
+        self.last_commit = asyncio.get_running_loop().time()
+        # Appenders learn their index before anything else can fail (the observer).
         for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result.index)
+        if self._observer is not None:
+            self._observer.observe_commit(len(batch), time.perf_counter() - started, ok=True)
 
     def _stopped(self, task: asyncio.Task[None]) -> None:
-        """Fail whatever is still queued when the task ends (normally nothing is)."""
+        """Fail whatever is still queued or in an unanswered batch when the task ends
+        (normally nothing is): no appender waits for a task that is gone."""
         cause = None if task.cancelled() else task.exception()
+        for _, future, _ in self._inflight:
+            _fail(future, cause)
+        self._inflight = []
         while self._pending:
             _, future, _ = self._pending.popleft()
             _fail(future, cause)

@@ -18,7 +18,7 @@ For every request but the CapabilityStatement the proxy calls :meth:`Enforcement
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 from middleware.audit.recorder import AuditRecorder, Exchange, Phase
@@ -71,8 +71,13 @@ class Enforcement:
         recorder: AuditRecorder,
         gateway_base: str,
         ids: IdEdge | None = None,
+        admit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.verifier = verifier
+        #: Raises ServiceUnavailable when the ledger would refuse this exchange's entries
+        #: (its queue full, its writer not startable): checked first, so such a request costs
+        #: no upstream call and no pipeline work (pushback, 503 with Retry-After).
+        self.admit = admit
         self.flow = flow
         self.recorder = recorder
         self.ids = ids
@@ -97,6 +102,8 @@ class Enforcement:
         (already audited, when the caller was identified) for every refusal. ``log`` is the
         proxy's record of the exchange (request id; upstream time is added to it);
         ``identity`` the caller the proxy already verified (else the token is verified here)."""
+        if self.admit is not None:
+            await self.admit()
         client_host: str | None = (scope.get("client") or (None,))[0]
         rid = log.rid
         log.audited = True  # from here every outcome is recorded below

@@ -35,6 +35,7 @@ from cryptography.x509.oid import NameOID
 from middleware.app import create_app
 from middleware.errors import SettingsError, UpstreamError, UpstreamTimeout
 from middleware.ledger.signing import SigningKey
+from middleware.proxy.deadline import DeadlineUpstream
 from middleware.proxy.native_upstream import NativeUpstream
 from middleware.proxy.upstream import UpstreamRequest
 from middleware.settings import load_settings
@@ -673,7 +674,9 @@ async def test_settings_select_the_native_client() -> None:
         overrides={"upstream": "http://upstream.test:8103/fhir", "upstream_client": "native"}
     )
     gateway = create_app(settings, store=MemoryLogStore(), signer=SigningKey.generate("t"))
-    assert isinstance(gateway.proxy.upstream, NativeUpstream)
+    chosen = gateway.proxy.upstream
+    assert isinstance(chosen, DeadlineUpstream)  # the overall deadline wraps every client
+    assert isinstance(chosen.inner, NativeUpstream)
     await gateway.aclose()
 
 
