@@ -22,7 +22,10 @@ Bounds:
 If a batch fails (the store is down, a constraint fires), every appender in it gets
 ``ServiceUnavailable``, the batch is not recorded (short of a commit whose answer was lost,
 which a retry under the same idempotency key resolves: see the store's contract), and the
-writer carries on with the next batch. The signing key comes in as a
+writer carries on with the next batch. Should the task itself end (an error escaping it, a
+stray cancel), every entry queued or in the batch in flight fails with ``ServiceUnavailable``
+(none waits for a task that is gone) and :attr:`LedgerWriter.crashed` turns True: the owner
+(``ledger.service``) replaces the writer. The signing key comes in as a
 :class:`~middleware.ledger.signing.SigningKey`; the store only ever sees
 :func:`checkpoint_signer`'s callable.
 """
