@@ -41,7 +41,7 @@ from middleware.consent.limits import ConsentLimits
 from middleware.consent.service import ConsentService
 from middleware.errors import GatewayError, NotFound, ServiceUnavailable
 from middleware.fhir.outcome import render_error
-from middleware.ledger.http import ledger_routes
+from middleware.ledger.http import LeafReaders, ledger_routes
 from middleware.ledger.keyfile import LedgerKey, load_or_create_ledger_key
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey
@@ -74,6 +74,7 @@ class Gateway:
         *,
         consent: ConsentApi | None = None,
         dev_issuer: UnsafeDevelopmentIssuer | None = None,
+        ledger_readers: LeafReaders,
     ) -> None:
         self.settings = settings
         self.proxy = proxy
@@ -97,7 +98,7 @@ class Gateway:
                 Route("/metrics", self._metrics),
                 Route("/auth/jwks", self._jwks),
                 *smart_routes(settings.auth, base_path=self._base, gateway_root=root),
-                *ledger_routes(ledger),
+                *ledger_routes(ledger, ledger_readers),
             ]
         )
 
@@ -294,7 +295,20 @@ def create_app(
             "Break-the-glass sessions open now.",
             lambda: sessions.open_count(wall()),
         )
-    return Gateway(settings, proxy, ledger, consent=consent, dev_issuer=dev_issuer)
+
+    async def pseudonym_of(patient: str) -> bytes | None:
+        return await (await service.store()).pseudonym(patient)
+
+    # Leaf contents on /ledger are read with the same token verifier as the FHIR API.
+    readers = LeafReaders(
+        verifier,
+        pseudonym_of,
+        auditor_role=settings.ledger_auditor_role,
+        admin_role=settings.consent_admin_role,
+    )
+    return Gateway(
+        settings, proxy, ledger, consent=consent, dev_issuer=dev_issuer, ledger_readers=readers
+    )
 
 
 def _consent_service(

@@ -71,6 +71,7 @@ class Settings:
     ledger_max_pending: int = 10_000
     ledger_max_wait_ms: float = 0.0
     consent_admin_role: str = "consent-admin"
+    ledger_auditor_role: str = "ledger-auditor"
     consent_jurisdiction: str = "opt-in"
     consent_collect_default: str = "permit"
     consent_uncovered_labels: str = "deny"
@@ -330,6 +331,8 @@ def _check(values: Mapping[str, Any]) -> list[str]:
             problems.append(f"{name}: expected 1..{most}, got {values[name]}")
     if values.get("consent_admin_role", "consent-admin") == "":
         problems.append("consent_admin_role: must not be empty")
+    if values.get("ledger_auditor_role", "ledger-auditor") == "":
+        problems.append("ledger_auditor_role: must not be empty")
     try:
         parse_networks(values.get("metrics_clients", DEFAULT_METRICS_CLIENTS))
     except ValueError as exc:

@@ -1,13 +1,28 @@
-"""The ``/ledger`` HTTP API: checkpoints, proofs, entries and receipts, all PHI-free.
+"""The ``/ledger`` HTTP API: checkpoints and proofs for anyone, leaf contents for readers.
 
 =====================================================  ========================================
 ``GET /ledger/checkpoint``                             the latest signed checkpoint (C2SP
                                                        tlog-checkpoint note), ``text/plain``
-``GET /ledger/proof/inclusion?index=I[&size=N]``       RFC 9162 §2.1.3 inclusion proof, JSON
+``GET /ledger/proof/inclusion?index=I[&size=N]``       RFC 9162 §2.1.3 inclusion proof, JSON:
+                                                       hashes only, never the leaf
 ``GET /ledger/proof/consistency?from=M[&to=N]``        RFC 9162 §2.1.4 consistency proof, JSON
-``GET /ledger/entries?start=S[&end=E]``                leaves ``[S, E)``, at most 1,000, JSON
-``GET /ledger/receipt/{index}[?size=N]``               C2SP tlog-proof for one entry, text
+``GET /ledger/entries?start=S[&end=E]``                leaves ``[S, E)``, at most 1,000, JSON;
+                                                       an auditor's token only
+``GET /ledger/receipt/{index}[?size=N]``               C2SP tlog-proof for one entry with its
+                                                       leaf, text; a token that may read it
 =====================================================  ========================================
+
+The first three are public and carry nothing that links entries to one another or to a
+patient: a signed note, sizes, indexes and SHA-256 hashes (a leaf hash hides its leaf: the
+leaf holds a random pseudonym and a salted commitment, so it cannot be guessed). That is all
+a verifier needs: it checks checkpoints against each other (consistency) and a leaf it already
+holds (from its receipt) against a checkpoint (inclusion by the receipt's index). The last two
+reveal leaf *contents* (the patient's stable pseudonym, the microsecond time, the kind and
+flags), which would let whoever links one entry to a person follow that person's history; they
+need a bearer token verified by the gateway's :class:`~middleware.auth.verify.TokenVerifier`
+and a reader allowed by :mod:`middleware.ledger.access` (401 without a valid token, 403 for a
+token that may not read the leaf or list entries). The token is checked before anything is
+read from the store.
 
 Proofs are always against a *signed* size (``size``/``to`` default to the latest checkpoint;
 one without a checkpoint is 404) and carry that checkpoint's note, so a client verifies the
@@ -28,11 +43,15 @@ import base64
 import hmac
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from middleware.auth.identity import Identity
+from middleware.consent.access import DEFAULT_ADMIN_ROLE
 from middleware.errors import (
     BadRequest,
     GatewayError,
@@ -41,6 +60,13 @@ from middleware.errors import (
     ServiceUnavailable,
 )
 from middleware.fhir.outcome import render_error
+from middleware.ledger.access import (
+    DEFAULT_AUDITOR_ROLE,
+    Reader,
+    check_leaf,
+    check_listing,
+    reader_of,
+)
 from middleware.ledger.entry import StoredCheckpoint
 from middleware.ledger.errors import LedgerError, OutOfRangeError
 from middleware.ledger.leaf import decode_leaf
@@ -49,7 +75,7 @@ from middleware.ledger.service import LedgerService
 from middleware.ledger.tree import MerkleLevels
 from middleware.storage.ledger_base import LogStore
 
-__all__ = ["MAX_ENTRIES", "ledger_routes"]
+__all__ = ["MAX_ENTRIES", "LeafReaders", "TokenCheck", "ledger_routes"]
 
 #: Most entries one ``/ledger/entries`` answer carries (RFC 6962 get-entries may answer less).
 MAX_ENTRIES = 1000
@@ -58,9 +84,34 @@ _TEXT = "text/plain; charset=utf-8"
 _Handler = Callable[[Request], Awaitable[Response]]
 
 
-def ledger_routes(service: LedgerService) -> list[BaseRoute]:
-    """The routes of the ``/ledger`` API over ``service`` (see the module docstring)."""
-    api = _LedgerApi(service)
+class TokenCheck(Protocol):
+    """What the API needs of :class:`~middleware.auth.verify.TokenVerifier`."""
+
+    async def verify(self, authorization: str | None) -> Identity: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeafReaders:
+    """How the API recognises the readers of leaf contents (:mod:`middleware.ledger.access`):
+    ``verifier`` checks the bearer token (the gateway's one verifier); ``pseudonym_of``
+    returns the pseudonym the consent store holds for ``Patient/<id>`` (None: it has none);
+    the roles are the settings ``ledger_auditor_role`` and ``consent_admin_role``."""
+
+    verifier: TokenCheck
+    pseudonym_of: Callable[[str], Awaitable[bytes | None]]
+    auditor_role: str = DEFAULT_AUDITOR_ROLE
+    admin_role: str = DEFAULT_ADMIN_ROLE
+
+    async def reader(self, request: Request) -> Reader:
+        """The verified reader of ``request``; Unauthorized (401) or Forbidden (403)."""
+        identity = await self.verifier.verify(request.headers.get("authorization"))
+        return reader_of(identity, auditor_role=self.auditor_role, admin_role=self.admin_role)
+
+
+def ledger_routes(service: LedgerService, readers: LeafReaders) -> list[BaseRoute]:
+    """The routes of the ``/ledger`` API over ``service``; ``readers`` guards the leaf
+    contents (see the module docstring)."""
+    api = _LedgerApi(service, readers)
     endpoints: list[tuple[str, _Handler]] = [
         ("/ledger/checkpoint", api.checkpoint),
         ("/ledger/proof/inclusion", api.inclusion),
@@ -94,8 +145,9 @@ def _guarded(handler: _Handler) -> _Handler:
 
 
 class _LedgerApi:
-    def __init__(self, service: LedgerService) -> None:
+    def __init__(self, service: LedgerService, readers: LeafReaders) -> None:
         self._service = service
+        self._readers = readers
         self._tree = MerkleLevels()
         self._lock = asyncio.Lock()
 
@@ -111,11 +163,10 @@ class _LedgerApi:
         tree = await self._tree_at(store, signed)
         if index >= signed.size:
             raise NotFound(f"entry {index} is not in the tree of size {signed.size}")
-        (leaf,) = await store.leaves(index, index + 1)
+        # Hashes only: the leaf itself is served to its readers (receipt, entries).
         body = {
             "index": index,
             "size": signed.size,
-            "leaf": _b64(leaf),
             "leaf_hash": _b64(tree.leaf_hash(index)),
             "hashes": [_b64(h) for h in tree.inclusion_proof(index, signed.size)],
             "checkpoint": signed.note,
@@ -138,6 +189,7 @@ class _LedgerApi:
         return JSONResponse(body)
 
     async def entries(self, request: Request) -> Response:
+        check_listing(await self._readers.reader(request))
         start = _number(request, "start")
         store = await self._service.store()
         latest = await store.checkpoint()
@@ -154,12 +206,17 @@ class _LedgerApi:
         return JSONResponse({"start": start, "end": end, "size": size, "entries": entries})
 
     async def receipt(self, request: Request) -> Response:
+        reader = await self._readers.reader(request)
         index = _number(request, "index", request.path_params["index"])
         store, signed = await self._signed(request, "size")
         if index >= signed.size:
             raise NotFound(f"entry {index} is not in the tree of size {signed.size}")
-        tree = await self._tree_at(store, signed)
         (leaf,) = await store.leaves(index, index + 1)
+        own = None
+        if reader.patient is not None:
+            own = await self._readers.pseudonym_of(reader.patient)
+        check_leaf(reader, decode_leaf(leaf), own)
+        tree = await self._tree_at(store, signed)
         proof = TlogProof(index, tuple(tree.inclusion_proof(index, signed.size)), signed.note, leaf)
         return Response(format_receipt(proof), media_type=_TEXT)
 
