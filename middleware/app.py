@@ -84,6 +84,12 @@ class Gateway:
         self.metrics = proxy.metrics
         self._scrape = ScrapeAccess.from_settings(settings.metrics_clients, settings.metrics_token)
         self._probe: asyncio.Task[bool] | None = None
+        # The last readiness answer (loop time, checks) and the check running now, shared by
+        # every /readyz caller for settings.ready_cache_seconds: the endpoint is public and
+        # each check asks the stores, the ledger and the upstream, so without this anyone
+        # could turn requests to it into upstream traffic, probe writes and warning lines.
+        self._ready: tuple[float, dict[str, str]] | None = None
+        self._ready_check: asyncio.Task[dict[str, str]] | None = None
         self._base = settings.base_path
         self._management_paths = (
             _MANAGEMENT_PATHS
@@ -175,15 +181,35 @@ class Gateway:
         return JSONResponse({"status": "ok", "version": __version__})
 
     async def _readyz(self, _request: Request) -> Response:
-        """Readiness: the stores answer and the upstream serves its metadata (app_health)."""
-        consents = None if self.consent is None else self.consent.service
-        checks = await readiness(self.settings, self.ledger, consents, self.proxy)
+        """Readiness: the stores answer and the upstream serves its metadata (app_health);
+        one check at a time, its answer reused for ``ready_cache_seconds``."""
+        checks = await self._readiness()
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ready" if ready else "unavailable", "checks": checks},
             status_code=200 if ready else 503,
             headers=None if ready else {"retry-after": str(ServiceUnavailable.retry_after)},
         )
+
+    async def _readiness(self) -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        ttl = self.settings.ready_cache_seconds
+        if self._ready is not None and loop.time() - self._ready[0] < ttl:
+            return self._ready[1]
+        if self._ready_check is None:
+            consents = None if self.consent is None else self.consent.service
+            self._ready_check = asyncio.create_task(
+                readiness(self.settings, self.ledger, consents, self.proxy)
+            )
+        check = self._ready_check
+        try:
+            # shield: a caller that goes away must not cancel the check the others await
+            checks = await asyncio.shield(check)
+        finally:
+            if check.done() and self._ready_check is check:
+                self._ready_check = None
+        self._ready = (loop.time(), checks)
+        return checks
 
     async def _jwks(self, _request: Request) -> Response:
         if self.dev_issuer is None:  # not routed then; kept for a direct call

@@ -55,6 +55,7 @@ class Settings:
     read_timeout: float = 30.0
     upstream_deadline: float = 60.0
     ready_commit_age: float = 10.0
+    ready_cache_seconds: float = 1.0
     upstream_pool_size: int = 100
     upstream_client: str = "native"
     upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -283,7 +284,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         # infinite timeout is no timeout at all.
         if name in values and not 0 < values[name] < math.inf:
             problems.append(f"{name}: must be positive and finite (seconds)")
-    for name in ("metadata_ttl", "gzip_min_bytes", "ledger_max_wait_ms"):
+    for name in ("metadata_ttl", "gzip_min_bytes", "ledger_max_wait_ms", "ready_cache_seconds"):
         if name in values and not 0 <= values[name] < math.inf:
             problems.append(f"{name}: must be a finite number, not negative")
     problems.extend(

@@ -68,6 +68,8 @@ def make_settings() -> Callable[..., Settings]:
             "public_url": GATEWAY,
             "store": "memory:",
             "access_log": True,
+            # app tests watch readiness change from one call to the next
+            "ready_cache_seconds": 0,
         }
         values.update(overrides)
         return load_settings(overrides=values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from typing import Any
@@ -96,7 +97,7 @@ async def test_readyz_checks_store_and_upstream(
     route = router.get("/metadata").respond(200, json=CAPABILITY)
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"store": "ok", "upstream": "ok"}
+    assert ready.json()["checks"] == {"store": "ok", "audit_outbox": "ok", "upstream": "ok"}
 
     route.side_effect = httpx.ConnectError("refused")
     down = await client.get("/readyz")
@@ -108,6 +109,23 @@ async def test_readyz_checks_store_and_upstream(
     no_store = await client.get("/readyz")
     assert no_store.status_code == 503
     assert no_store.json()["checks"]["store"] == "unavailable"
+
+
+async def test_readyz_answers_many_callers_with_one_check(
+    make_client: Any, router: respx.Router
+) -> None:
+    """Attack: /readyz is public and each call asked the upstream for its metadata, pinged the
+    stores and could write a ledger probe: a flood of anonymous /readyz calls became upstream
+    traffic and warning lines at the caller's rate. Now one check runs at a time and its
+    answer serves every caller for ``ready_cache_seconds``."""
+    route = router.get("/metadata").respond(200, json=CAPABILITY)
+    async with make_client(ready_cache_seconds=30) as client:
+        answers = await asyncio.gather(*(client.get("/readyz") for _ in range(20)))
+        assert [a.status_code for a in answers] == [200] * 20
+        assert route.call_count == 1
+        route.side_effect = httpx.ConnectError("refused")
+        assert (await client.get("/readyz")).status_code == 200  # the cached answer
+        assert route.call_count == 1
 
 
 async def test_metrics_count_requests_by_interaction_and_status(
