@@ -18,6 +18,7 @@ import asyncio
 import gc
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -42,7 +43,7 @@ from middleware.consent.service import ConsentService
 from middleware.errors import GatewayError, NotFound, ServiceUnavailable
 from middleware.fhir.outcome import render_error
 from middleware.ledger.http import LeafReaders, ledger_routes
-from middleware.ledger.keyfile import LedgerKey, load_or_create_ledger_key
+from middleware.ledger.keyfile import LedgerKey, new_ledger_key, save_new_ledger_key
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey
 from middleware.logging import get_logger
@@ -257,14 +258,18 @@ def create_app(
         # Every client, injected ones included, gets the overall deadline per exchange.
         return DeadlineUpstream(client_factory(), settings.upstream_deadline)
 
+    on_accepted: Callable[[], None] | None = None
     if signer is None:
         # The origin is the log's identity, kept in the key file; the one derived from the
         # public URL only names a key file created now (see ledger.keyfile).
-        ledger_key = load_or_create_ledger_key(
-            Path(settings.ledger_key_file),
-            configured=settings.ledger_origin,
-            default=settings.checkpoint_origin,
+        key_path = Path(settings.ledger_key_file)
+        ledger_key, new_key = new_ledger_key(
+            key_path, configured=settings.ledger_origin, default=settings.checkpoint_origin
         )
+        if new_key:
+            # Written only once the store has opened and accepted the key: a start that fails
+            # on its store leaves no key file naming the origin of that failed start.
+            on_accepted = partial(save_new_ledger_key, key_path, ledger_key)
     else:
         ledger_key = LedgerKey(signer, settings.ledger_origin or signer.name)
     key, origin = ledger_key.key, ledger_key.origin
@@ -279,6 +284,7 @@ def create_app(
         observer=metrics,
         origin=origin,
         origin_stated=ledger_key.stated,
+        on_accepted=on_accepted,
         max_batch=settings.ledger_max_batch,
         max_pending=settings.ledger_max_pending,
         max_wait=settings.ledger_max_wait_ms / 1000,

@@ -14,8 +14,10 @@ origin is the key's name, as C2SP tlog-checkpoint recommends and as those versio
 
 The embedded default must start with one command, so a missing key file is created (mode
 0600) and the creation is logged; an unreadable or malformed one stops the gateway
-(:class:`~middleware.errors.SettingsError`). Parsing and generation of keys stay in
-:mod:`middleware.ledger.signing`.
+(:class:`~middleware.errors.SettingsError`). The gateway creates it only once its store has
+opened and accepted the key (:func:`new_ledger_key`, then :func:`save_new_ledger_key`), so a
+start that fails on its store leaves no key file naming an origin of that failed start.
+Parsing and generation of keys stay in :mod:`middleware.ledger.signing`.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ __all__ = [
     "LedgerKey",
     "generate_ledger_key",
     "load_or_create_ledger_key",
+    "new_ledger_key",
     "parse_ledger_key",
     "read_ledger_key",
+    "save_new_ledger_key",
     "write_ledger_key",
 ]
 
@@ -113,23 +117,55 @@ def generate_ledger_key(path: Path, origin: str, *, name: str | None = None) -> 
 
 
 def load_or_create_ledger_key(path: Path, *, configured: str, default: str) -> LedgerKey:
-    """The key file at ``path``, or a new one when it does not exist.
+    """The key file at ``path``, or a new one written there when it does not exist
+    (:func:`new_ledger_key` then :func:`save_new_ledger_key`)."""
+    ledger_key, new = new_ledger_key(path, configured=configured, default=default)
+    if new:
+        save_new_ledger_key(path, ledger_key)
+    return ledger_key
 
-    ``configured`` is the ``ledger_origin`` setting ("" when unset): a new key file gets it,
-    and an existing one must agree with it (else :class:`SettingsError` saying which origin
-    each names). ``default`` is the origin of a new key file when nothing is configured.
+
+def new_ledger_key(path: Path, *, configured: str, default: str) -> tuple[LedgerKey, bool]:
+    """The key file at ``path`` and False, or, when there is none, a new key (not written
+    yet: :func:`save_new_ledger_key`) and True.
+
+    ``configured`` is the ``ledger_origin`` setting ("" when unset): a new key gets it, and an
+    existing file must agree with it (else :class:`SettingsError` saying which origin each
+    names). ``default`` is the origin of a new key when nothing is configured.
     """
     try:
         ledger_key = read_ledger_key(path)
     except FileNotFoundError:
+        origin = configured or default
         try:
-            created = generate_ledger_key(path, configured or default)
+            return LedgerKey(SigningKey.generate(origin), origin), True
         except MalformedError as exc:
             raise SettingsError(f"ledger_origin: {exc}") from exc
-        get_logger("consentry.ledger").warning(
-            "ledger signing key created", reason=f"{path} (origin {created.origin})"
-        )
-        return created
+    return _agreeing(path, ledger_key, configured), False
+
+
+def save_new_ledger_key(path: Path, ledger_key: LedgerKey) -> None:
+    """Write the new ``ledger_key`` to ``path`` (mode 0600) and log it. A file that appeared
+    there meanwhile (another process of the same deployment starting at once) is accepted
+    when it holds this very key; any other key stops this start with :class:`SettingsError`
+    (the log may be signed by one key only: starting again reads the file that won)."""
+    try:
+        write_ledger_key(path, ledger_key)
+    except FileExistsError:
+        if read_ledger_key(path).key.vkey() != ledger_key.key.vkey():
+            raise SettingsError(
+                f"ledger_key_file: {path} was created by another process while this one "
+                "started; start again to use it"
+            ) from None
+        return
+    except OSError as exc:
+        raise SettingsError(f"ledger_key_file: cannot write {path}: {exc}") from exc
+    get_logger("consentry.ledger").warning(
+        "ledger signing key created", reason=f"{path} (origin {ledger_key.origin})"
+    )
+
+
+def _agreeing(path: Path, ledger_key: LedgerKey, configured: str) -> LedgerKey:
     if not ledger_key.stated and configured:  # an earlier version's file: the setting says
         try:
             return LedgerKey(ledger_key.key, configured, stated=False)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from middleware.errors import ServiceUnavailable
+from middleware.errors import ServiceUnavailable, SettingsError
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.identity import LedgerIdentityError, check_identity
@@ -41,6 +41,9 @@ class LedgerService:
 
     ``key`` signs checkpoints for ``origin``; ``origin_stated`` is False when the origin was
     not written in the key file (see :class:`~middleware.ledger.keyfile.LedgerKey`).
+    ``on_accepted`` runs once, after the store opened and its identity check accepted the key,
+    before anything is signed (the app writes a new key file there); a
+    :class:`~middleware.errors.SettingsError` from it fails that start like a refused identity.
     """
 
     def __init__(
@@ -54,8 +57,10 @@ class LedgerService:
         max_pending: int = 10_000,
         max_wait: float = 0.0,
         observer: CommitObserver | None = None,
+        on_accepted: Callable[[], None] | None = None,
     ) -> None:
         self._open_store = open_store
+        self._on_accepted = on_accepted
         self._observer = observer
         self.key = key
         self.origin = origin
@@ -93,6 +98,7 @@ class LedgerService:
                     store = self._store or await self._open_store()
                     self._store = store
                     await check_identity(store, self._identity)
+                    self._accepted()
                     writer = LedgerWriter(
                         store,
                         self.key,
@@ -107,6 +113,17 @@ class LedgerService:
                     raise ServiceUnavailable("ledger unavailable") from exc
                 self._writer = writer
         return self._writer
+
+    def _accepted(self) -> None:
+        """Run ``on_accepted`` once: the store opened and may be continued with this key."""
+        callback, self._on_accepted = self._on_accepted, None
+        if callback is None:
+            return
+        try:
+            callback()
+        except SettingsError as exc:
+            self._on_accepted = callback  # the next start tries again
+            raise ServiceUnavailable("ledger unavailable") from exc
 
     async def admit(self) -> None:
         """Return at once if an entry would be queued now; else raise

@@ -19,6 +19,7 @@ import pytest
 from middleware.app import Gateway, create_app
 from middleware.cli import main
 from middleware.ledger.entry import NewEntry
+from middleware.ledger.keyfile import generate_ledger_key
 from middleware.ledger.leaf import EntryKind
 from middleware.settings import load_settings
 from tests.app.conftest import UPSTREAM
@@ -127,7 +128,7 @@ async def test_a_key_file_of_another_origin_refuses_to_start(tmp_path: Path) -> 
     assert first["type"] == "lifespan.startup.complete"
     key_file = tmp_path / "consentry-ledger.key"
     key_file.rename(tmp_path / "saved.key")
-    _gateway(tmp_path, ledger_origin="other.example/ledger")  # creates a key for another log
+    generate_ledger_key(key_file, "other.example/ledger")  # a key for another log
     answer = await _serve_and_record(_gateway(tmp_path), 0)
     assert answer["type"] == "lifespan.startup.failed"
     assert f"'{ORIGIN}'" in answer["message"]

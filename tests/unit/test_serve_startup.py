@@ -35,3 +35,6 @@ def test_serve_refuses_an_unusable_store_with_path_and_cause(tmp_path: Path) -> 
     assert "unable to open database file" in done.stderr
     assert f"the directory {missing.parent} does not exist" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+    # Was: the ledger key file was written before the store was tried, naming the origin of
+    # this failed start (127.0.0.1:0/fhir/ledger), which the next, corrected start then kept.
+    assert not (tmp_path / "consentry-ledger.key").exists()

@@ -13,7 +13,9 @@ from middleware.ledger.errors import VerificationError
 from middleware.ledger.keyfile import (
     generate_ledger_key,
     load_or_create_ledger_key,
+    new_ledger_key,
     read_ledger_key,
+    save_new_ledger_key,
 )
 from middleware.ledger.leaf import EntryKind
 from middleware.ledger.service import LedgerService
@@ -97,3 +99,30 @@ async def test_store_that_cannot_open_fails_closed_then_recovers() -> None:
     assert await service.append(entry) == 0
     assert await store.size() == 1
     await service.aclose()
+
+
+def test_a_new_key_is_written_only_when_saved(tmp_path: Path) -> None:
+    """The gateway asks for a key before its store is open and writes it only once the
+    store accepted it: until then nothing is on disk."""
+    path = tmp_path / "ledger.key"
+    ledger_key, new = new_ledger_key(path, configured="", default="gw.example/ledger")
+    assert new
+    assert not path.exists()
+    save_new_ledger_key(path, ledger_key)
+    assert read_ledger_key(path) == ledger_key
+    again, new = new_ledger_key(path, configured="", default="127.0.0.1:9/fhir/ledger")
+    assert (again, new) == (ledger_key, False)
+
+
+def test_a_key_file_another_process_wrote_first_wins(tmp_path: Path) -> None:
+    """Two processes starting at once each make a new key; the one that writes second must
+    not sign the log with a key the file does not hold (nor crash): it stops, saying so,
+    unless the file holds its own key."""
+    path = tmp_path / "ledger.key"
+    mine, _ = new_ledger_key(path, configured="", default="gw.example/ledger")
+    theirs, _ = new_ledger_key(path, configured="", default="gw.example/ledger")
+    save_new_ledger_key(path, theirs)
+    with pytest.raises(SettingsError, match="created by another process"):
+        save_new_ledger_key(path, mine)
+    save_new_ledger_key(path, theirs)  # the same key: nothing to do
+    assert read_ledger_key(path) == theirs
