@@ -164,7 +164,12 @@ class Gateway:
     async def _open_stores(self) -> str:
         """The store's name once the ledger and consent stores are open (app_health)."""
         consents = None if self.consent is None else self.consent.service
-        return await open_stores(self.settings, self.ledger, consents)
+        name = await open_stores(self.settings, self.ledger, consents)
+        if self.proxy.enforcement is not None:
+            # Write outcomes a previous run kept in the audit outbox go to the ledger first;
+            # rows that still cannot keep /readyz unavailable (app_health).
+            await self.proxy.enforcement.recorder.replay()
+        return name
 
     async def aclose(self) -> None:
         """Close the upstream pool and the consent API, then the ledger (committing what is
@@ -173,6 +178,8 @@ class Gateway:
             self._probe.cancel()
             self._probe = None
         await self.proxy.aclose()
+        if self.proxy.enforcement is not None:
+            await self.proxy.enforcement.recorder.aclose()
         if self.consent is not None:
             await self.consent.aclose()
         await self.ledger.aclose()

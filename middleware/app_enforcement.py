@@ -32,6 +32,7 @@ from middleware.pipeline.writes import Writes
 from middleware.proxy.enforcement import Enforcement, TokenCheck
 from middleware.proxy.handler import ProxyHandler
 from middleware.settings import Settings
+from middleware.storage.audit_outbox import SqliteOutbox, outbox_path
 
 __all__ = ["GATEWAY_NAME", "build_enforcement"]
 
@@ -113,6 +114,8 @@ def build_enforcement(
         pseudonym_of,
         gateway=AgentInfo(base_url=settings.gateway_base_url, name=GATEWAY_NAME),
         wall_clock=consents.wall_clock,
+        # A write's outcome the ledger cannot take waits here, durably (audit.outbox).
+        outbox=SqliteOutbox(outbox_path(settings.audit_outbox, settings.store)),
     )
     enforcement = Enforcement(
         verifier=verifier,

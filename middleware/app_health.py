@@ -19,7 +19,9 @@ Kept beside ``app.py`` (as ``app_enforcement.py`` is) so the app module stays ab
   ``ready_commit_age`` seconds with no failed batch since, else a probe write
   (:meth:`~middleware.storage.ledger_base.LogStore.probe_commit`) commits now. A ping alone
   is answered by a database that can no longer commit (a full disk, a write lock held
-  elsewhere). ``/healthz`` is liveness only: the process is up and serving HTTP.
+  elsewhere). Nor is it ready while write outcomes wait in the audit outbox
+  (:mod:`middleware.audit.outbox`): each check replays what it can first. ``/healthz`` is
+  liveness only: the process is up and serving HTTP.
 
 Causes are rendered by :func:`middleware.ops.causes.describe`: class names, errno texts and
 hosts, never a URL path or query (they can name a patient).
@@ -113,7 +115,8 @@ async def readiness(
     consents: ConsentService | None,
     proxy: ProxyHandler,
 ) -> dict[str, str]:
-    """``{"store": "ok"|"unavailable", "upstream": "ok"|"unavailable"}`` (module docstring)."""
+    """``{"store": ..., "audit_outbox": ..., "upstream": ...}``, each ``"ok"`` or
+    ``"unavailable"`` (module docstring); ``audit_outbox`` only with enforcement."""
     log = get_logger("consentry.ready")
     checks: dict[str, str] = {}
     try:
@@ -126,6 +129,17 @@ async def readiness(
     except (GatewayError, TimeoutError) as exc:
         log.warning("store not ready", store=store_label(settings.store), **_cause(exc).fields())
         checks["store"] = "unavailable"
+    if proxy.enforcement is not None:
+        # Write outcomes waiting in the audit outbox (audit.outbox): the audit is incomplete
+        # until the ledger has them; this replays what it can now.
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                waiting = await proxy.enforcement.recorder.replay()
+        except TimeoutError:
+            waiting = -1
+        if waiting:
+            log.warning("audit outbox not empty", entries=waiting)
+        checks["audit_outbox"] = "unavailable" if waiting else "ok"
     try:
         status = await _metadata_status(proxy, settings)
     except (GatewayError, TimeoutError) as exc:

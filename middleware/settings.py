@@ -71,6 +71,7 @@ class Settings:
     ledger_max_batch: int = 256
     ledger_max_pending: int = 10_000
     ledger_max_wait_ms: float = 0.0
+    audit_outbox: str = ""
     consent_admin_role: str = "consent-admin"
     ledger_auditor_role: str = "ledger-auditor"
     consent_jurisdiction: str = "opt-in"

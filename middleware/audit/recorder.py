@@ -29,14 +29,20 @@ target), not ``resource_refs``: the resources released belong to other patients.
 Every entry of one call is appended concurrently, so the group-commit writer can take them in
 one batch; if any append fails the call raises :class:`~middleware.errors.ServiceUnavailable`
 and the caller must release nothing (ARCHITECTURE invariant 1: no response without a durable
-entry). No idempotency key is set: ``X-Request-Id`` comes from clients, and a reused id must
-never suppress an entry.
+entry). The exception is a write's ``outcome``: the upstream has applied the write already, so
+with an :class:`~middleware.audit.outbox.Outbox` its entries, refused by the ledger, are made
+durable there instead and the call returns (no indexes yet); :meth:`AuditRecorder.replay`
+moves them into the ledger later. Outcome entries carry a gateway-made idempotency key (a
+random batch id, never the client's ``X-Request-Id``: a reused id must never suppress an
+entry), so a replay of an append that did commit records nothing twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +52,7 @@ from typing import Literal, Protocol
 
 from middleware.audit.alerts import break_glass_events, consent_decision_event, relied_on
 from middleware.audit.balp import exchange_events
+from middleware.audit.outbox import Outbox, OutboxRow
 from middleware.audit.parts import AgentInfo, Json, patient_reference
 from middleware.auth.identity import Identity
 from middleware.consent.decide import Decision
@@ -53,7 +60,7 @@ from middleware.errors import ServiceUnavailable
 from middleware.fhir.jsoncodec import encode_canonical
 from middleware.fhir.request import FhirRequest
 from middleware.ledger.entry import NewEntry
-from middleware.ledger.leaf import PSEUDONYM_SIZE, EntryFlag, EntryKind, micros
+from middleware.ledger.leaf import PSEUDONYM_SIZE, EntryFlag, EntryKind, micros, new_salt
 from middleware.logging import get_logger
 
 __all__ = ["Appender", "AuditRecorder", "Exchange", "Phase"]
@@ -126,6 +133,8 @@ class AuditRecorder:
     first use); pseudonyms never change, so the last ``max_cached_pseudonyms`` are kept in an
     LRU cache and the hot path makes no store round trip for a patient seen recently.
     ``wall_clock`` gives seconds since the epoch: the leaf's time and the events' ``recorded``.
+    ``outbox``: where a write's outcome entries wait when the ledger refuses them (module
+    docstring); without one, that failure raises like any other.
     """
 
     def __init__(
@@ -136,6 +145,7 @@ class AuditRecorder:
         gateway: AgentInfo,
         wall_clock: Callable[[], float] = time.time,
         max_cached_pseudonyms: int = 100_000,
+        outbox: Outbox | None = None,
     ) -> None:
         if max_cached_pseudonyms < 1:
             raise ValueError("max_cached_pseudonyms must be positive")
@@ -145,6 +155,11 @@ class AuditRecorder:
         self._wall_clock = wall_clock
         self._max_cached = max_cached_pseudonyms
         self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self.outbox = outbox
+        self._replay_lock = asyncio.Lock()
+        # Rows kept since the last replay (rows from an earlier run: start-up replays them).
+        self._deferred = False
+        self._replaying: asyncio.Task[int] | None = None
 
     async def record(self, exchange: Exchange, phase: Phase) -> list[int]:
         """Append the entries of ``exchange`` in ``phase`` and return their indexes, in order.
@@ -159,6 +174,8 @@ class AuditRecorder:
         recorded = datetime.fromtimestamp(self._wall_clock(), UTC)
         plans = _plan(exchange, phase, recorded, self._gateway)
         rid = exchange.request_id
+        if phase == "outcome" and self.outbox is not None:
+            return await self._record_outcome(plans, rid, micros(recorded), self.outbox)
         pseudonyms = await self._pseudonyms(rid, [p.patient for p in plans if p.patient])
         recorded_us = micros(recorded)
         entries = [
@@ -172,7 +189,103 @@ class AuditRecorder:
             )
             for plan in plans
         ]
-        return await self._append_all(entries, rid)
+        indexes = await self._append_all(entries, rid)
+        self._kick()
+        return indexes
+
+    async def _record_outcome(
+        self, plans: list[_Planned], rid: str, recorded_us: int, outbox: Outbox
+    ) -> list[int]:
+        """A write's outcome: appended under fresh idempotency keys; if the ledger (or the
+        pseudonym store) refuses, the same entries go to the outbox and ``[]`` is returned.
+        Raises ServiceUnavailable only when the outbox cannot take them either."""
+        try:
+            pseudonyms = await self._pseudonyms(rid, [p.patient for p in plans if p.patient])
+        except ServiceUnavailable:
+            pseudonyms = {}  # resolved on replay, from the patient reference kept in the row
+        batch = uuid.uuid4().hex
+        rows = [
+            OutboxRow(
+                request_id=rid,
+                kind=int(plan.kind),
+                recorded_us=recorded_us,
+                salt=new_salt(),
+                evidence=_bundle(plan.events),
+                pseudonym=pseudonyms.get(plan.patient) if plan.patient else None,
+                patient=plan.patient if plan.patient not in pseudonyms else None,
+                consent=plan.consent,
+                flags=int(plan.flags),
+                idempotency_key=f"outcome:{batch}:{n}",
+            )
+            for n, plan in enumerate(plans)
+        ]
+        if all(row.patient is None for row in rows):
+            try:
+                indexes = await self._append_all([_entry(row, row.pseudonym) for row in rows], rid)
+            except ServiceUnavailable:
+                pass  # to the outbox, under the same keys (a lost commit is not doubled)
+            else:
+                self._kick()
+                return indexes
+        try:
+            await outbox.put(rows)
+        except Exception as exc:  # any failure of the outbox's own storage: nothing is durable
+            raise _unavailable(rid, exc) from exc
+        self._deferred = True
+        get_logger("consentry.audit").warning(
+            "write outcome kept in the audit outbox", request_id=rid, entries=len(rows)
+        )
+        return []
+
+    async def replay(self) -> int:
+        """Append the outbox's rows to the ledger, oldest first, dropping each once committed;
+        stop at the first that fails (logged: request id and error type). Return how many
+        rows still wait (0 without an outbox; -1 when the outbox itself cannot be read). Safe
+        to call concurrently and repeatedly."""
+        outbox = self.outbox
+        if outbox is None:
+            return 0
+        async with self._replay_lock:
+            try:
+                remaining = await self._replay(outbox)
+            # Readiness and start-up call this: whatever failed (the ledger, the pseudonym
+            # store, the outbox's own file, a row that no longer decodes) is reported as rows
+            # still waiting, never raised.
+            except Exception as exc:  # noqa: BLE001
+                get_logger("consentry.audit").warning(
+                    "audit outbox replay stopped", error_type=type(exc).__name__
+                )
+                remaining = -1
+        self._deferred = remaining != 0
+        return remaining
+
+    async def _replay(self, outbox: Outbox) -> int:
+        for row in await outbox.pending():
+            try:
+                pseudonym = row.pseudonym
+                if pseudonym is None and row.patient is not None:
+                    found = await self._pseudonyms(row.request_id, [row.patient])
+                    pseudonym = found[row.patient]
+                await self._ledger.append(_entry(row, pseudonym))
+            except ServiceUnavailable:
+                break  # the stores still refuse: the rows wait for the next replay
+            await outbox.remove(row.id)
+        return await outbox.count()
+
+    def _kick(self) -> None:
+        """After the ledger committed: replay the outbox in the background if rows may wait."""
+        if self._deferred and (self._replaying is None or self._replaying.done()):
+            self._replaying = asyncio.get_running_loop().create_task(self.replay())
+
+    async def aclose(self) -> None:
+        """Stop a background replay and close the outbox (its rows stay for the next start)."""
+        if self._replaying is not None:
+            self._replaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._replaying
+            self._replaying = None
+        if self.outbox is not None:
+            self.outbox.close()
 
     async def record_break_glass(
         self,
@@ -328,6 +441,20 @@ def _plan(
             events = [restful(patient, x.resource_refs)]
         plans.append(_Planned(kind, patient, events, flags, _consent_index(decision)))
     return plans
+
+
+def _entry(row: OutboxRow, pseudonym: bytes | None) -> NewEntry:
+    """The ledger entry an outbox row stands for (its salt and key kept: the same entry)."""
+    return NewEntry(
+        kind=EntryKind(row.kind),
+        recorded_us=row.recorded_us,
+        salt=row.salt,
+        evidence=row.evidence,
+        pseudonym=pseudonym,
+        consent=row.consent,
+        flags=EntryFlag(row.flags),
+        idempotency_key=row.idempotency_key,
+    )
 
 
 def _permits(phase: Phase, status: int, decision: Decision | None) -> bool:

@@ -15,6 +15,16 @@ whose consent does not allow the write (FHIR consentaction ``collect`` for what 
 3. the answer is released like a read (``Prefer: return=representation`` bodies are filtered)
    and its outcome recorded by the caller of the flow.
 
+A create that carries an ``Idempotency-Key`` header (IETF draft-ietf-httpapi-idempotency-key-
+header) can be retried safely, across restarts and replicas: the gateway tags the resource
+(``meta.tag`` of :data:`IDEMPOTENCY_TAG`, its code a digest of the caller's issuer, subject,
+client and the key) and sends it as a conditional create on that tag (FHIR R4
+http.html#ccreate, ``If-None-Exist``), so the upstream answers a retry of a create it already
+stored with that resource (200) instead of storing it twice. Another caller's key never
+matches; a client may not write the gateway's tag itself (400), nor change it on update.
+With the client's own ``If-None-Exist`` its criteria decide, as before, and the key is only
+the tag.
+
 Conditional targets (``PUT/PATCH/DELETE [type]?criteria``, ``If-None-Exist``) are resolved
 first with a search of at most two matches: one visible match becomes the instance write it
 names; several, or any the caller may not see, get the same 412 (a hidden match must not be
@@ -24,6 +34,7 @@ missing one and a deleted one all answer the generic 404, and nothing is forward
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
@@ -52,7 +63,7 @@ from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.pipeline.pages import is_match, next_link
 from middleware.pipeline.params import decode_params, encode_params
 
-__all__ = ["DENIED_WRITE", "NEW_ID", "Recorder", "Writes"]
+__all__ = ["DENIED_WRITE", "IDEMPOTENCY_TAG", "NEW_ID", "Recorder", "Writes"]
 
 #: The one text of every refused write: it says neither whether a consent exists nor why.
 DENIED_WRITE: Final = "this write is not allowed"
@@ -61,6 +72,10 @@ _NO_SINGLE_MATCH: Final = "the condition does not identify exactly one resource"
 #: id no server hands out (it names no existing record and has no consent).
 NEW_ID: Final = "consentry-new-record"
 _MATCHES_LIMIT: Final = "2"
+#: The ``meta.tag`` system of the tag an ``Idempotency-Key`` create is stored with.
+IDEMPOTENCY_TAG: Final = "https://consentry.dev/CodeSystem/idempotency"
+#: Longest ``Idempotency-Key`` accepted (a UUID fits six times over).
+_MAX_KEY: Final = 200
 #: Search result parameters (R4 search.html#return): not criteria.
 _RESULT_PARAMS: Final = frozenset(
     {
@@ -127,7 +142,16 @@ class Writes:
     async def _create(self, ask: Ask) -> Answer:
         request = ask.request
         body = self._incoming(ask)
+        if _own_tags(body):
+            raise BadRequest("the idempotency tag is set by the gateway, from Idempotency-Key")
         criteria = ask.headers.get("if-none-exist")
+        pinned: list[tuple[str, str]] = []
+        key = ask.headers.get("idempotency-key")
+        if key is not None:
+            code = _idempotency_code(ask.caller.binding, key)
+            body = _with_tag(body, code)
+            if criteria is None:  # the client's own criteria, when given, decide instead
+                pinned = [("if-none-exist", f"_tag={IDEMPOTENCY_TAG}|{code}")]
         if criteria is not None:
             matches = await self._matches(ask, request.resource_type or "", criteria.encode())
             if matches:
@@ -141,7 +165,7 @@ class Writes:
         # yet consented, compartment rather than an unknown one.
         await self.check(ask, {**body, "id": NEW_ID}, ACTION_COLLECT)
         return await self._forward(
-            ask, "POST", request.resource_type or "", [], jsoncodec.encode(body)
+            ask, "POST", request.resource_type or "", pinned, jsoncodec.encode(body)
         )
 
     async def _update(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
@@ -149,6 +173,8 @@ class Writes:
         body = self._incoming(ask)
         if request.resource_id is not None and body.get("id") != request.resource_id:
             raise BadRequest("the resource id must match the id in the URL")
+        if _own_tags(body) != (frozenset() if current is None else _own_tags(current)):
+            raise BadRequest("the idempotency tag is set by the gateway, from Idempotency-Key")
         if current is None:  # FHIR update-as-create: the body is new data
             if request.conditional:
                 # No match: a create (R4 http.html#cond-update), sent as one. Forwarding the
@@ -197,6 +223,8 @@ class Writes:
         if mapper is not None:
             ask.trail.mapping = mapper.label
             after = mapper.write(after)
+        if _own_tags(after) != _own_tags(current):
+            raise BadRequest("the idempotency tag is set by the gateway, from Idempotency-Key")
         await self.check(ask, after, ACTION_CORRECT)
         # What was judged is what is stored: the patched resource, sent as an update pinned to
         # the version it was computed from. Forwarding the patch would let the upstream's
@@ -350,6 +378,42 @@ def _resource(raw: bytes, rtype: str | None) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("resourceType") != rtype:
         raise BadRequest(f"the request body must be a {rtype} resource", code="structure")
     return document
+
+
+def _idempotency_code(binding: str, key: str) -> str:
+    """The tag code of ``key`` for the caller ``binding`` names (issuer, subject, client): 128
+    bits of SHA-256, so one caller's key never matches another's. A Structured Field string
+    (``"..."``, as the draft has it) or a bare token; 1..200 visible ASCII characters."""
+    text = key.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    if not (0 < len(text) <= _MAX_KEY and all("!" <= c <= "~" for c in text)):
+        raise BadRequest(f"Idempotency-Key must be 1 to {_MAX_KEY} visible ASCII characters")
+    digest = hashlib.sha256(f"{binding}\n{text}".encode()).hexdigest()
+    return digest[:32]
+
+
+def _with_tag(body: dict[str, Any], code: str) -> dict[str, Any]:
+    """``body`` with the idempotency tag added to ``meta.tag`` (R4 Meta.tag)."""
+    meta = body.get("meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    tags = meta.get("tag")
+    meta["tag"] = [
+        *(tags if isinstance(tags, list) else []),
+        {"system": IDEMPOTENCY_TAG, "code": code},
+    ]
+    return {**body, "meta": meta}
+
+
+def _own_tags(resource: dict[str, Any]) -> frozenset[str]:
+    """The codes of the gateway's idempotency tags on ``resource``."""
+    meta = resource.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    return frozenset(
+        str(tag.get("code"))
+        for tag in (tags if isinstance(tags, list) else ())
+        if isinstance(tag, dict) and tag.get("system") == IDEMPOTENCY_TAG
+    )
 
 
 def _instance(resource: dict[str, Any]) -> str:

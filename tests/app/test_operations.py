@@ -145,7 +145,11 @@ async def test_healthz_is_liveness_and_readyz_reflects_the_store(
         assert (await client.get("/healthz")).status_code == 200
         ready = await client.get("/readyz")
     assert ready.status_code == 503
-    assert ready.json()["checks"] == {"store": "unavailable", "upstream": "ok"}
+    assert ready.json()["checks"] == {
+        "store": "unavailable",
+        "audit_outbox": "ok",
+        "upstream": "ok",
+    }
     (not_ready,) = lines(log, "store not ready")
     assert not_ready["store"] == "memory:"
     assert not_ready["error"] == "ledger store unavailable"
@@ -159,7 +163,11 @@ async def test_readyz_logs_why_the_upstream_is_not_ready(
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
         ready = await client.get("/readyz")
     assert ready.status_code == 503
-    assert ready.json()["checks"] == {"store": "ok", "upstream": "unavailable"}
+    assert ready.json()["checks"] == {
+        "store": "ok",
+        "audit_outbox": "ok",
+        "upstream": "unavailable",
+    }
     (not_ready,) = lines(log, "upstream not ready")
     assert not_ready["error_type"] == "ConnectTimeout"
     assert not_ready["host"] == "upstream.test:8103"

@@ -1,0 +1,325 @@
+"""No write applied upstream without its complete audit, and no write stored twice by a retry.
+
+The attack (a store outage during writes): the ledger stops committing after a write was
+forwarded. The gateway answered 503 although the upstream had stored the write; the client,
+told it failed, retried the POST and the upstream stored it twice; the ledger held the
+decision and never the outcome. Now the outcome waits in the audit outbox, the client gets the
+upstream's real answer, ``/readyz`` is unavailable until the outbox has been replayed into the
+ledger, and a create sent with ``Idempotency-Key`` is stored once however often it is retried.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from middleware.app import Gateway
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.errors import ServiceUnavailable
+from middleware.ledger.entry import AppendResult, NewEntry
+from middleware.ledger.leaf import EntryFlag, EntryKind, decode_leaf
+from middleware.ledger.sequencer import CheckpointSigner
+from middleware.pipeline.writes import IDEMPOTENCY_TAG
+from middleware.storage.ledger_memory import MemoryLogStore
+from tests.app.consenting import AUDIENCE, DEV_ISSUER, auth_settings
+
+FHIR = {"content-type": "application/fhir+json"}
+CAPABILITY = {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance"}
+OBSERVATION = {
+    "resourceType": "Observation",
+    "status": "final",
+    "code": {"text": "x"},
+    "subject": {"reference": "Patient/p1"},
+}
+
+
+class OutageStore(MemoryLogStore):
+    """A memory log that refuses batches while :attr:`down` (a store outage), or commits one
+    and then loses the answer (:attr:`lose_answer`: the commit happened, the caller hears an
+    error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.lose_answer = False
+
+    async def append(
+        self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
+    ) -> list[AppendResult]:
+        if batch and self.down:
+            raise ServiceUnavailable("ledger store cannot commit")
+        results = await super().append(batch, sign=sign)
+        if batch and self.lose_answer:
+            self.lose_answer = False
+            raise ServiceUnavailable("connection lost before the commit's answer")
+        return results
+
+
+@pytest.fixture
+def store() -> OutageStore:
+    return OutageStore()
+
+
+async def kinds(store: MemoryLogStore, start: int) -> list[tuple[EntryKind, bool]]:
+    leaves = [decode_leaf(raw) for raw in await store.leaves(start, await store.size())]
+    return [(leaf.kind, bool(leaf.flags & EntryFlag.PERMIT)) for leaf in leaves]
+
+
+async def test_an_outcome_the_ledger_refuses_after_the_forward_is_kept_and_replayed(
+    make_client: Callable[..., httpx.AsyncClient], router: respx.Router, store: OutageStore
+) -> None:
+    """The store goes down while the upstream stores the write: the client gets the real 201
+    and Location (was: 503, and the ledger never learnt the write happened); ``/readyz`` says
+    the audit is incomplete until the store is back, then the ledger holds decision and
+    outcome."""
+    router.get("/metadata").respond(200, json=CAPABILITY)
+
+    def stored(_request: httpx.Request) -> httpx.Response:
+        store.down = True  # the outage begins while the upstream applies the write
+        return httpx.Response(
+            201,
+            json={**OBSERVATION, "id": "o9", "meta": {"versionId": "1"}},
+            headers={**FHIR, "location": "http://upstream.test:8103/fhir/Observation/o9"},
+        )
+
+    router.post("/Observation").mock(side_effect=stored)
+    async with make_client() as client:
+        before = await store.size()
+        answer = await client.post("/fhir/Observation", json=OBSERVATION, headers=FHIR)
+        assert answer.status_code == 201
+        assert answer.headers["location"] == "http://gateway.test/fhir/Observation/o9"
+        assert await kinds(store, before) == [(EntryKind.ACCESS_DECISION, True)]
+
+        down = await client.get("/readyz")
+        assert down.status_code == 503
+        assert down.json()["checks"]["audit_outbox"] == "unavailable"
+
+        store.down = False
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["audit_outbox"] == "ok"
+    assert await kinds(store, before) == [
+        (EntryKind.ACCESS_DECISION, True),
+        (EntryKind.ACCESS_OUTCOME, True),
+    ]
+    decision, outcome = (decode_leaf(raw) for raw in await store.leaves(before, before + 2))
+    assert outcome.pseudonym == decision.pseudonym is not None
+
+
+async def test_a_replayed_outcome_whose_first_commit_did_land_is_not_recorded_twice(
+    make_client: Callable[..., httpx.AsyncClient], router: respx.Router, store: OutageStore
+) -> None:
+    """The outcome's commit happens but its answer is lost: the entry goes to the outbox all
+    the same, and its replay finds it by its idempotency key: one outcome, not two."""
+    router.get("/metadata").respond(200, json=CAPABILITY)
+
+    def stored(_request: httpx.Request) -> httpx.Response:
+        store.lose_answer = True
+        return httpx.Response(201, json={**OBSERVATION, "id": "o9"}, headers=FHIR)
+
+    router.post("/Observation").mock(side_effect=stored)
+    async with make_client() as client:
+        before = await store.size()
+        answer = await client.post("/fhir/Observation", json=OBSERVATION, headers=FHIR)
+        assert answer.status_code == 201
+        assert (await client.get("/readyz")).status_code == 200
+    assert await kinds(store, before) == [
+        (EntryKind.ACCESS_DECISION, True),
+        (EntryKind.ACCESS_OUTCOME, True),
+    ]
+
+
+async def test_outcomes_kept_by_a_stopped_gateway_are_replayed_at_the_next_start(
+    make_app: Callable[..., Gateway],
+    router: respx.Router,
+    store: OutageStore,
+    tmp_path: Path,
+    dev_key_file: Path,
+    system_bearer: dict[str, str],
+) -> None:
+    """The outbox is a file: a gateway that dies with outcomes in it (the store still down;
+    the process gone without shutting down) hands them to the next one, whose start-up puts
+    them on the ledger."""
+    router.post("/Observation").mock(
+        side_effect=lambda _r: _down_then(store, httpx.Response(201, json=OBSERVATION))
+    )
+    settings = {
+        "audit_outbox": str(tmp_path / "outbox.db"),
+        "auth": auth_settings(dev_key_file),
+        "consent_jurisdiction": "opt-out",
+    }
+    first = make_app(**settings)
+    before = await store.size()
+    async with _client(first, system_bearer) as client:
+        answer = await client.post("/fhir/Observation", json=OBSERVATION, headers=FHIR)
+    assert answer.status_code == 201
+    enforcement = first.proxy.enforcement
+    assert enforcement is not None
+    assert enforcement.recorder.outbox is not None
+    enforcement.recorder.outbox.close()  # the file as a dead process leaves it; no shutdown
+    assert await kinds(store, before) == [(EntryKind.ACCESS_DECISION, True)]
+
+    store.down = False
+    second = make_app(**settings)
+    await second._open_stores()  # what the lifespan start-up runs
+    assert await kinds(store, before) == [
+        (EntryKind.ACCESS_DECISION, True),
+        (EntryKind.ACCESS_OUTCOME, True),
+    ]
+    await second.aclose()
+
+
+async def test_without_a_durable_outbox_the_write_is_still_refused(
+    make_client: Callable[..., httpx.AsyncClient],
+    router: respx.Router,
+    store: OutageStore,
+    tmp_path: Path,
+) -> None:
+    """Fail closed: when neither the ledger nor the outbox can keep the outcome, the answer
+    is 503 as before (nothing claims an audit that is not durable anywhere)."""
+    router.post("/Observation").mock(
+        side_effect=lambda _r: _down_then(store, httpx.Response(201, json=OBSERVATION))
+    )
+    async with make_client(audit_outbox=str(tmp_path / "missing" / "outbox.db")) as client:
+        answer = await client.post("/fhir/Observation", json=OBSERVATION, headers=FHIR)
+    assert answer.status_code == 503
+
+
+def _down_then(store: OutageStore, response: httpx.Response) -> httpx.Response:
+    store.down = True
+    return response
+
+
+def _client(app: Gateway, headers: dict[str, str]) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://gateway.test", headers=headers)
+
+
+# -- idempotent creates -------------------------------------------------------------------------
+
+
+class TaggedUpstream:
+    """The upstream's side of a conditional create (FHIR R4 http.html#ccreate) on ``_tag``,
+    as a server that implements ``If-None-Exist`` answers it: a match is answered 200 with
+    the stored resource, no match stores a new one (201)."""
+
+    def __init__(self) -> None:
+        self.stored: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        resource = json.loads(request.content)
+        condition = request.headers.get("if-none-exist")
+        if condition is not None:
+            name, _, value = condition.partition("=")
+            assert name == "_tag"
+            system, _, code = value.partition("|")
+            for old in self.stored:
+                if {"system": system, "code": code} in old["meta"].get("tag", []):
+                    return httpx.Response(200, json=old, headers=FHIR)
+        new = {**resource, "id": f"o{len(self.stored) + 1}"}
+        new["meta"] = {**new.get("meta", {}), "versionId": "1"}
+        self.stored.append(new)
+        return httpx.Response(201, json=new, headers=FHIR)
+
+
+async def test_a_retried_create_with_an_idempotency_key_is_stored_once(
+    make_client: Callable[..., httpx.AsyncClient], router: respx.Router, store: OutageStore
+) -> None:
+    """The client's first POST was stored upstream but the answer never reached it (it was a
+    503 before, and a timeout can always happen): its retry under the same Idempotency-Key is
+    answered with the stored record (200) and the upstream holds one, not two. The tag is
+    sent as a conditional create, so the upstream decides, atomically and across gateway
+    replicas and restarts."""
+    upstream = TaggedUpstream()
+    route = router.post("/Observation").mock(side_effect=upstream)
+    key = {**FHIR, "idempotency-key": '"8e0b4c1f-retry-me"'}
+    async with make_client() as client:
+        first = await client.post("/fhir/Observation", json=OBSERVATION, headers=key)
+        retry = await client.post("/fhir/Observation", json=OBSERVATION, headers=key)
+        other = await client.post(
+            "/fhir/Observation", json=OBSERVATION, headers={**FHIR, "idempotency-key": "k2"}
+        )
+    assert (first.status_code, retry.status_code, other.status_code) == (201, 200, 201)
+    assert len(upstream.stored) == 2
+    assert retry.json()["id"] == first.json()["id"] == "o1"
+    sent = route.calls[0].request
+    (tag,) = json.loads(sent.content)["meta"]["tag"]
+    assert tag["system"] == IDEMPOTENCY_TAG
+    assert sent.headers["if-none-exist"] == f"_tag={IDEMPOTENCY_TAG}|{tag['code']}"
+
+
+async def test_another_callers_idempotency_key_never_matches(
+    make_client: Callable[..., httpx.AsyncClient],
+    router: respx.Router,
+    dev_key_file: Path,
+) -> None:
+    """One caller cannot make another's create answer with its own record by reusing (or
+    guessing) the other's key: the tag is the caller's and the key's digest."""
+    upstream = TaggedUpstream()
+    router.post("/Observation").mock(side_effect=upstream)
+    issuer = UnsafeDevelopmentIssuer.from_key_file(dev_key_file, DEV_ISSUER, enabled=True)
+    other = issuer.issue("another-backend", scopes="system/*.cruds", audience=AUDIENCE)
+    key = {**FHIR, "idempotency-key": "same-key"}
+    async with make_client() as client:
+        mine = await client.post("/fhir/Observation", json=OBSERVATION, headers=key)
+        theirs = await client.post(
+            "/fhir/Observation",
+            json=OBSERVATION,
+            headers={**key, "authorization": f"Bearer {other}"},
+        )
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert len(upstream.stored) == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/fhir/Observation", OBSERVATION),
+        ("PUT", "/fhir/Observation/o1", {**OBSERVATION, "id": "o1"}),
+    ],
+    ids=["create", "update"],
+)
+async def test_a_client_may_not_write_the_gateways_idempotency_tag(
+    make_client: Callable[..., httpx.AsyncClient],
+    router: respx.Router,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    """A tag the client writes itself could squat another caller's key (its retry would be
+    answered with the squatter's record): refused, and nothing is sent upstream."""
+    router.get("/Observation/o1").respond(
+        200, json={**OBSERVATION, "id": "o1", "meta": {"versionId": "1"}}, headers=FHIR
+    )
+    written = router.route(method=method, path__regex=r"/Observation.*").respond(201)
+    forged = {**body, "meta": {"tag": [{"system": IDEMPOTENCY_TAG, "code": "0" * 32}]}}
+    async with make_client() as client:
+        answer = await client.request(method, path, json=forged, headers=FHIR)
+    assert answer.status_code == 400
+    assert not written.called
+
+
+@pytest.mark.parametrize(
+    "key", ["", '""', "x" * 201, "caf\u00e9"], ids=["empty", "quoted-empty", "long", "non-ascii"]
+)
+async def test_a_malformed_idempotency_key_is_400(
+    make_client: Callable[..., httpx.AsyncClient], router: respx.Router, key: str
+) -> None:
+    written = router.post("/Observation").respond(201)
+    async with make_client() as client:
+        answer = await client.post(
+            "/fhir/Observation",
+            json=OBSERVATION,
+            headers=[
+                (b"content-type", b"application/fhir+json"),
+                (b"idempotency-key", key.encode()),
+            ],
+        )
+    assert answer.status_code == 400
+    assert not written.called

@@ -1,0 +1,85 @@
+"""The audit outbox's file: what it promises the recorder (middleware.audit.outbox)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from middleware.audit.outbox import OutboxRow
+from middleware.storage.audit_outbox import SqliteOutbox, outbox_path
+
+
+def row(n: int, *, patient: str | None = None) -> OutboxRow:
+    return OutboxRow(
+        request_id=f"rid-{n}",
+        kind=3,
+        recorded_us=1_700_000_000_000_000 + n,
+        salt=bytes([n]) * 16,
+        evidence=b'{"n":%d}' % n,
+        pseudonym=None if patient else bytes([n + 1]) * 16,
+        patient=patient,
+        consent=None if n % 2 else n,
+        flags=1,
+        idempotency_key=f"outcome:{n}",
+    )
+
+
+async def test_rows_survive_the_process_and_come_back_oldest_first(tmp_path: Path) -> None:
+    """A gateway that dies leaves its rows for the next one, byte for byte, in order."""
+    path = str(tmp_path / "outbox.db")
+    first = SqliteOutbox(path)
+    await first.put([row(1), row(2, patient="Patient/p2")])
+    await first.put([row(3)])
+    first.close()
+
+    second = SqliteOutbox(path)
+    pending = await second.pending()
+    written = [row(1), row(2, patient="Patient/p2"), row(3)]
+    assert [_fields(r) for r in pending] == [
+        {**_fields(w), "id": r.id} for w, r in zip(written, pending, strict=True)
+    ]
+    assert [r.id for r in pending] == sorted({r.id for r in pending})
+    await second.remove(pending[1].id)
+    assert await second.count() == 2
+    assert [r.request_id for r in await second.pending(limit=1)] == ["rid-1"]
+    second.close()
+    second.close()  # idempotent
+
+
+async def test_the_file_is_private(tmp_path: Path) -> None:
+    """Rows carry evidence (who asked for which patient's record): mode 0600."""
+    path = tmp_path / "outbox.db"
+    outbox = SqliteOutbox(str(path))
+    await outbox.put([row(1)])
+    outbox.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_a_put_is_all_or_none(tmp_path: Path) -> None:
+    """A batch that fails half way leaves nothing: a write's outcome entries wait together."""
+    outbox = SqliteOutbox(str(tmp_path / "outbox.db"))
+    bad = OutboxRow(**{**_fields(row(2)), "idempotency_key": None})  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="NOT NULL"):
+        await outbox.put([row(1), bad])
+    assert await outbox.count() == 0
+    outbox.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "store", "expected"),
+    [
+        ("/srv/o.db", "sqlite:/srv/c.db", "/srv/o.db"),
+        ("", "sqlite:/srv/c.db", "/srv/c.db.outbox"),
+        ("", "postgresql://db/x", "consentry-outbox.db"),
+        ("", "memory:", ":memory:"),
+    ],
+    ids=["configured", "beside-sqlite", "postgres", "memory"],
+)
+def test_where_the_outbox_lives(setting: str, store: str, expected: str) -> None:
+    assert outbox_path(setting, store) == expected
+
+
+def _fields(r: OutboxRow) -> dict[str, object]:
+    return {name: getattr(r, name) for name in OutboxRow.__slots__}
