@@ -340,3 +340,19 @@ def test_failed_transaction_changes_nothing(sides: Sides) -> None:
     )
     assert plain.status_code == 400
     assert plain.json()["issue"][0]["expression"] == ["Patient.birthDate"]
+
+
+def test_a_create_retried_under_its_idempotency_key_is_stored_once_upstream(sides: Sides) -> None:
+    """The retry a client sends when its create's answer was lost (or was a 503) is answered
+    by the real upstream with the record it stored the first time (200, same id): the
+    gateway's tag and ``If-None-Exist`` on it are honoured by the upstream, so the upstream
+    holds one record under that tag, not two."""
+    family = f"Idem{uuid.uuid4().hex[:10]}"
+    headers = {"content-type": _FHIR_JSON, "idempotency-key": str(uuid.uuid4())}
+    url = f"{sides.gateway_base}/Patient"
+    first = sides.gateway.post(url, json=_patient(family), headers=headers)
+    retry = sides.gateway.post(url, json=_patient(family), headers=headers)
+    assert (first.status_code, retry.status_code) == (201, 200)
+    assert _location_ref(sides, first.headers["location"]) == f"Patient/{retry.json()['id']}"
+    found = sides.direct.get(f"{sides.upstream_base}/Patient", params={"family": family}).json()
+    assert len(entries(found, "match")) == 1
