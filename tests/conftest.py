@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 import structlog
+from hypothesis import settings
+
+# Property and fuzz tests bound their own example counts (tests/fuzz/). CI runs them
+# derandomized (HYPOTHESIS_PROFILE=ci in .ci/run): the same examples on every run, so a red
+# build is reproducible and not a lottery, and no per-example deadline makes a loaded machine
+# fail; a developer's run draws new ones each time.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)
