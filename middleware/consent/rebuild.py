@@ -2,11 +2,12 @@
 
 The consent API appends a change to the ledger first and records it in the
 :class:`~middleware.storage.consent_base.ConsentStore` second. If a process dies between the
-two, the index lacks an entry the ledger has. :func:`rebuild_from_ledger` closes such gaps: it
-reads every leaf from ``start`` (default: the store's scanned size) to the ledger's size, and
-records each ``consent`` and ``consent-revoke`` entry from its evidence (idempotent by ledger
-index, so entries already recorded are left as they are) and the pseudonym its leaf carries.
-The consent API runs it when it first opens the store; run it with ``start=0`` on an empty
+two, the index lacks an entry the ledger has. :func:`record_entry` records one such entry from
+its evidence (idempotent by ledger index) and the pseudonym its leaf carries; the registry
+calls it for every consent entry the store lacks before it decides
+(:meth:`~middleware.consent.registry.ConsentRegistry.sync`). :func:`rebuild_from_ledger`
+reads every leaf from ``start`` (default: the store's scanned size) to the ledger's size and
+records each ``consent`` and ``consent-revoke`` entry: run it with ``start=0`` on an empty
 store to rebuild everything.
 
 Evidence that has been shredded (crypto-shredding) cannot be rebuilt and is skipped with a
@@ -27,7 +28,7 @@ from middleware.logging import get_logger
 from middleware.storage.consent_base import ConsentRecord, ConsentStore
 from middleware.storage.ledger_base import LogStore
 
-__all__ = ["RebuildReport", "rebuild_from_ledger"]
+__all__ = ["RebuildReport", "rebuild_from_ledger", "record_entry"]
 
 _CHUNK: Final = 4096
 _KINDS: Final = frozenset({EntryKind.CONSENT, EntryKind.CONSENT_REVOKE})
@@ -53,40 +54,54 @@ async def rebuild_from_ledger(
     end = await log.size()
     found = 0
     skipped: list[int] = []
-    log_ = get_logger("consentry.consent")
     for first in range(begin, end, chunk):
         last = min(first + chunk, end)
         for index, raw in enumerate(await log.leaves(first, last), start=first):
-            leaf = decode_leaf(raw)
-            if leaf.kind not in _KINDS:
+            if decode_leaf(raw).kind not in _KINDS:
                 continue
             found += 1
-            evidence = await log.evidence(index)
-            keys = None
-            if evidence is not None:
-                try:
-                    stored = jsoncodec.decode(evidence.data, max_depth=STORED_MAX_JSON_DEPTH)
-                    keys = consent_keys(stored)
-                except jsoncodec.DecodeError:
-                    keys = None
-            if evidence is None or keys is None or leaf.pseudonym is None:
-                log_.warning("consent entry not rebuildable", ledger_index=index)
+            if not await record_entry(log, consents, index, raw):
                 skipped.append(index)
-                continue
-            consent_id, status, patient = keys
-            stored = await consents.pseudonym_for(patient, leaf.pseudonym)
-            if stored != leaf.pseudonym:
-                log_.error("consent entry names another pseudonym", ledger_index=index)
-            await consents.record(
-                ConsentRecord(
-                    ledger_index=index,
-                    consent_id=consent_id,
-                    patient=patient,
-                    status=status,
-                    revoked=leaf.kind is EntryKind.CONSENT_REVOKE,
-                    recorded_us=leaf.recorded_us,
-                    data=evidence.data,
-                )
-            )
     await consents.set_scanned(end)
     return RebuildReport(begin, end, found, tuple(skipped))
+
+
+async def record_entry(
+    log: LogStore, consents: ConsentStore, index: int, raw: bytes | None = None
+) -> bool:
+    """Record the ``consent`` / ``consent-revoke`` entry at ``index`` (its leaf bytes ``raw``,
+    read if not given) into ``consents`` from its evidence, with the pseudonym its leaf
+    carries; idempotent. False when it cannot be recorded (shredded or unreadable evidence,
+    no pseudonym: logged by ledger index only)."""
+    if raw is None:
+        (raw,) = await log.leaves(index, index + 1)
+    leaf = decode_leaf(raw)
+    if leaf.kind not in _KINDS:
+        raise ValueError(f"ledger entry {index} is not a consent entry")
+    log_ = get_logger("consentry.consent")
+    evidence = await log.evidence(index)
+    keys = None
+    if evidence is not None:
+        try:
+            stored = jsoncodec.decode(evidence.data, max_depth=STORED_MAX_JSON_DEPTH)
+            keys = consent_keys(stored)
+        except jsoncodec.DecodeError:
+            keys = None
+    if evidence is None or keys is None or leaf.pseudonym is None:
+        log_.warning("consent entry not rebuildable", ledger_index=index)
+        return False
+    consent_id, status, patient = keys
+    if await consents.pseudonym_for(patient, leaf.pseudonym) != leaf.pseudonym:
+        log_.error("consent entry names another pseudonym", ledger_index=index)
+    await consents.record(
+        ConsentRecord(
+            ledger_index=index,
+            consent_id=consent_id,
+            patient=patient,
+            status=status,
+            revoked=leaf.kind is EntryKind.CONSENT_REVOKE,
+            recorded_us=leaf.recorded_us,
+            data=evidence.data,
+        )
+    )
+    return True

@@ -1,40 +1,54 @@
 """The policies of each patient, compiled once and kept until the ledger says they changed.
 
-Invalidation is by ledger position, never by a timer (architecture invariant 3: "A consent
-change takes effect for the very next request on every replica"). Every lookup first asks the
-shared :class:`~middleware.storage.consent_base.ConsentStore` for the patient's
-:class:`~middleware.storage.consent_base.PatientMark` (the number of consent records and the
-highest ledger index among them: one indexed query). The consent API records a change in that
-store *before* it answers, so once a change has been answered, every replica's next lookup
-sees a new mark and recompiles. Policies are cached by ledger index too, so a change
-recompiles only the consent that changed.
+The ledger is the source of truth for consents, and the consent store is derived from it
+(architecture invariant 3: "no replica ever enforces anything but what the ledger says").
+Before every decision :meth:`ConsentRegistry.sync` reads the ledger's consent position, the
+index of its latest ``consent`` or ``consent-revoke`` entry
+(:meth:`~middleware.storage.ledger_base.LogStore.latest_consent`: one read of a partial
+index). When it equals the position this registry last synced to, nothing changed anywhere
+and the cached policies stand: one indexed read and one integer comparison. When it moved,
+the registry lists the consent entries after its position
+(:meth:`~middleware.storage.ledger_base.LogStore.consents_after`), records in the store every
+one it lacks, from the entry's own evidence (:func:`~middleware.consent.rebuild.record_entry`,
+idempotent), and only then decides. So a process that died between appending a change and
+recording it (the consent API does both, in that order) leaves nothing behind: the next
+request on any replica records the change before it decides. Patients whose cached policies
+predate the new position are checked against their
+:class:`~middleware.storage.consent_base.PatientMark` and recompiled only if it moved, and
+policies are cached by ledger index, so a change recompiles only the consent that changed.
+
+Ledger indexes are given in commit order under the append lock, so an entry committed after
+the position was read has a larger index: a position never hides an entry below it.
 
 Nothing in this cache is needed for correctness (architecture "Scale"): a replica that
-restarts, or evicts a patient, rebuilds the same policies from the store.
-
-The architecture names PostgreSQL LISTEN/NOTIFY for broadcasting consent changes. The mark
-query gives the guarantee on every backend without a listener connection and without the
-window in which a notification is in flight (or lost with a dropped connection); a
-notification could later let a replica skip the query, never replace it.
+restarts, or evicts a patient, rebuilds the same policies from the store. A timer plays no
+part. The architecture names PostgreSQL LISTEN/NOTIFY for broadcasting consent changes; the
+position read gives the guarantee on every backend without a listener connection and without
+the window in which a notification is in flight (or lost with a dropped connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from typing import Final
 
 from middleware.consent.model import Policy
 from middleware.consent.parse import InvalidConsent, parse_consent
+from middleware.consent.rebuild import record_entry
 from middleware.errors import ServiceUnavailable
 from middleware.fhir import jsoncodec
 from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
 from middleware.logging import get_logger
 from middleware.storage.consent_base import ConsentRecord, ConsentStore, PatientMark
+from middleware.storage.ledger_base import LogStore
 
 __all__ = ["ConsentRegistry", "UnreadableConsent"]
 
 _DEFAULT_PATIENTS: Final = 10_000
 _DEFAULT_POLICIES: Final = 100_000
+#: The position of a registry that has synced nothing: before the first ledger index.
+_NOTHING: Final = -1
 
 
 class UnreadableConsent(ServiceUnavailable):
@@ -47,12 +61,13 @@ class UnreadableConsent(ServiceUnavailable):
 
 
 class ConsentRegistry:
-    """Compiled policies per patient over ``store``; ``max_patients`` and ``max_policies``
-    bound the two LRU caches."""
+    """Compiled policies per patient over ``store``, kept in step with ``log``;
+    ``max_patients`` and ``max_policies`` bound the two LRU caches."""
 
     def __init__(
         self,
         store: ConsentStore,
+        log: LogStore,
         *,
         max_patients: int = _DEFAULT_PATIENTS,
         max_policies: int = _DEFAULT_POLICIES,
@@ -60,25 +75,72 @@ class ConsentRegistry:
         if max_patients < 1 or max_policies < 1:
             raise ValueError("cache sizes must be positive")
         self.store = store
+        self.log = log
         self._max_patients = max_patients
         self._max_policies = max_policies
-        self._patients: OrderedDict[str, tuple[PatientMark, tuple[Policy, ...]]] = OrderedDict()
+        # patient -> (position synced to when checked, mark then, policies)
+        self._patients: OrderedDict[str, tuple[int, PatientMark, tuple[Policy, ...]]] = (
+            OrderedDict()
+        )
         self._policies: OrderedDict[int, Policy] = OrderedDict()
+        self._position = _NOTHING
+        self._syncing = asyncio.Lock()
         self.compiled = 0  # consents compiled so far (tests and metrics read it)
+        self.repaired = 0  # ledger entries this registry recorded in the store (tests read it)
+
+    @property
+    def position(self) -> int:
+        """The ledger index of the latest consent entry the store is known to hold (-1:
+        none yet)."""
+        return self._position
+
+    async def sync(self) -> int:
+        """Make the store hold every consent entry the ledger holds now, and return the
+        ledger's consent position (module docstring). Raises ``ServiceUnavailable`` when the
+        ledger or the store cannot be read or written: nothing is decided then."""
+        latest = await self.log.latest_consent()
+        if latest is None or latest == self._position:
+            return self._position
+        async with self._syncing:
+            if latest > self._position:
+                await self._catch_up()
+        return self._position
+
+    async def _catch_up(self) -> None:
+        """Record the consent entries after our position that the store lacks, then move the
+        position past them (only once all are recorded: a failure leaves it where it was)."""
+        pending = await self.log.consents_after(self._position)
+        if not pending:
+            return
+        present = await self.store.recorded(pending)
+        for index in pending:
+            # One the store lacks is a change appended whose store write never happened (or
+            # has not happened yet): the ledger says it, so it is recorded before any decision.
+            if index not in present and await record_entry(self.log, self.store, index):
+                self.repaired += 1
+                get_logger("consentry.consent").warning(
+                    "consent entry recorded from the ledger", ledger_index=index
+                )
+        self._position = pending[-1]
 
     async def policies(self, patient: str) -> tuple[Policy, ...]:
         """The policies of every consent of ``patient`` (``Patient/<id>``), in ledger order,
-        as of the store's current state. Raises :class:`UnreadableConsent` or
-        ``ServiceUnavailable``."""
-        mark = await self.store.mark(patient)
+        as of the ledger's current consent position (:meth:`sync` first). Raises
+        :class:`UnreadableConsent` or ``ServiceUnavailable``."""
+        position = await self.sync()
         cached = self._patients.get(patient)
-        if cached is not None and cached[0] == mark:
+        if cached is not None and cached[0] == position:
             self._patients.move_to_end(patient)
-            return cached[1]
+            return cached[2]
+        mark = await self.store.mark(patient)
+        if cached is not None and cached[1] == mark:
+            self._patients[patient] = (position, mark, cached[2])
+            self._patients.move_to_end(patient)
+            return cached[2]
         records = await self.store.for_patient(patient) if mark.count else []
         compiled = (self._compile(record) for record in records)
         policies = tuple(policy for policy in compiled if policy is not None)
-        self._patients[patient] = (mark, policies)
+        self._patients[patient] = (position, mark, policies)
         self._patients.move_to_end(patient)
         while len(self._patients) > self._max_patients:
             self._patients.popitem(last=False)

@@ -15,11 +15,13 @@ append-only log without bound; they are logged instead.
 A change (create, update, revoke) is, in this order: a ``consent`` or ``consent-revoke`` ledger
 entry whose evidence is the Consent's canonical bytes (leaf ``consent`` field: the entry of
 the version it supersedes; pseudonym: the patient's), then its row in the consent store, then
-the attempt entry. So when the answer leaves, every replica's next
-:meth:`ConsentRegistry.policies` call sees the change. If the process dies between the first
-two steps, :func:`~middleware.consent.rebuild.rebuild_from_ledger` records it on the next
-start. Concurrent updates of one consent are numbered by ledger order; ``If-Match`` makes an
-update conditional on the version the client read.
+the attempt entry. The store is derived from the ledger: before every decision, and before
+every operation of this API reads the store (:meth:`ConsentService.store`), the registry
+compares the ledger's consent position with its own and records whatever consent entries the
+store lacks (:meth:`ConsentRegistry.sync`). So once the ledger entry has committed, every
+replica's next request enforces it, also when the process that appended it died before its
+store write. Concurrent updates of one consent are numbered by ledger order; ``If-Match``
+makes an update conditional on the version the client read.
 
 Operations and their rules are in :mod:`middleware.consent.operations`.
 """
@@ -36,7 +38,6 @@ from middleware.auth.identity import Identity
 from middleware.consent.access import Operation, performer
 from middleware.consent.decide import Defaults
 from middleware.consent.limits import DEFAULT_LIMITS, ConsentLimits
-from middleware.consent.rebuild import rebuild_from_ledger
 from middleware.consent.records import attempt_evidence
 from middleware.consent.registry import ConsentRegistry
 from middleware.errors import GatewayError, ServiceUnavailable
@@ -154,7 +155,7 @@ class ConsentService:
 
     async def registry(self) -> ConsentRegistry:
         """The registry over the opened store; the first call opens the store and records
-        consent entries the store lacks (:func:`rebuild_from_ledger` from its scanned size)."""
+        every consent entry of the ledger the store lacks (:meth:`ConsentRegistry.sync`)."""
         if self._registry is not None:
             return self._registry
         async with self._lock:
@@ -162,15 +163,13 @@ class ConsentService:
                 log = await self.ledger.store()
                 store = self._store or await self._open_store()
                 self._store = store
-                report = await rebuild_from_ledger(log, store)
-                if report.consents:
+                registry = ConsentRegistry(store, log)
+                await registry.sync()
+                if registry.repaired:
                     self._log.info(
-                        "consent index caught up with the ledger",
-                        start=report.start,
-                        end=report.end,
-                        consents=report.consents,
+                        "consent index caught up with the ledger", consents=registry.repaired
                     )
-                self._registry = ConsentRegistry(store)
+                self._registry = registry
         return self._registry
 
     async def aclose(self) -> None:
@@ -180,8 +179,12 @@ class ConsentService:
             await store.close()
 
     async def store(self) -> ConsentStore:
-        """The opened consent store (see :meth:`registry`)."""
-        return (await self.registry()).store
+        """The opened consent store, holding every consent entry the ledger holds now
+        (:meth:`ConsentRegistry.sync`): what an operation reads (``If-Match``, history,
+        search) is what the ledger says."""
+        registry = await self.registry()
+        await registry.sync()
+        return registry.store
 
     def receipt_url(self, index: int) -> str:
         """Where the ledger receipt of entry ``index`` is served."""

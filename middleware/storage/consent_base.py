@@ -25,6 +25,7 @@ Every backend (memory, SQLite, PostgreSQL) honours this contract; one behaviour 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,6 +113,11 @@ class ConsentStore(Protocol):
     async def mark(self, patient: str) -> PatientMark:
         """The patient's :class:`PatientMark`: one indexed query, asked before every use of a
         cached policy set."""
+        ...
+
+    async def recorded(self, indexes: Sequence[int]) -> frozenset[int]:
+        """Those of the ledger ``indexes`` that have a record (any number of them; one query
+        per thousand or so)."""
         ...
 
     async def scanned(self) -> int:

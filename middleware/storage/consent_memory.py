@@ -8,6 +8,7 @@ Several :class:`MemoryConsentStore` objects may share one :class:`MemoryConsents
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from middleware.errors import ServiceUnavailable
@@ -87,6 +88,10 @@ class MemoryConsentStore:
         self._check()
         indexes = self.data.by_patient.get(patient, [])
         return PatientMark(len(indexes), indexes[-1] if indexes else None)
+
+    async def recorded(self, indexes: Sequence[int]) -> frozenset[int]:
+        self._check()
+        return frozenset(i for i in indexes if i in self.data.records)
 
     async def scanned(self) -> int:
         self._check()

@@ -10,6 +10,7 @@ asyncpg, OS and timeout errors become :class:`~middleware.errors.ServiceUnavaila
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -60,6 +61,7 @@ _LATEST = (
     "WHERE w.consent_id = v.consent_id) ORDER BY ledger_idx"
 )
 _FOR_PATIENT = f"{_SELECT} AS v WHERE patient = $1 AND {_LATEST}"
+_RECORDED = "SELECT ledger_idx FROM consentry_consent_versions WHERE ledger_idx = ANY($1::bigint[])"
 _MARK = "SELECT count(*), max(ledger_idx) FROM consentry_consent_versions WHERE patient = $1"
 _INSERT = (
     "INSERT INTO consentry_consent_versions (ledger_idx, consent_id, version, patient, status, "
@@ -160,6 +162,11 @@ class PostgresConsentStore:
         async with _translated():
             row = await self._pool.fetchrow(_MARK, patient)
         return PatientMark(int(row[0]), row[1])
+
+    async def recorded(self, indexes: Sequence[int]) -> frozenset[int]:
+        async with _translated():
+            rows = await self._pool.fetch(_RECORDED, list(indexes))
+        return frozenset(r[0] for r in rows)
 
     async def scanned(self) -> int:
         async with _translated():

@@ -9,6 +9,7 @@ may share the file. Tables are described in ``consent_base``.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +19,8 @@ from middleware.storage.sqlite_worker import SqliteWorker
 __all__ = ["SqliteConsentStore"]
 
 T = TypeVar("T")
+#: Ledger indexes per ``IN (...)`` query (SQLite allows 32,766 parameters since 3.32).
+_CHUNK = 1000
 
 SCHEMA = """
 BEGIN IMMEDIATE;
@@ -57,6 +60,7 @@ _LATEST = (
     "WHERE w.consent_id = v.consent_id) ORDER BY ledger_idx"
 )
 _FOR_PATIENT = f"{_SELECT} AS v WHERE patient = ? AND {_LATEST}"
+_RECORDED = "SELECT ledger_idx FROM consentry_consent_versions WHERE ledger_idx IN"
 _MARK = "SELECT count(*), max(ledger_idx) FROM consentry_consent_versions WHERE patient = ?"
 
 
@@ -153,6 +157,18 @@ class SqliteConsentStore:
         # On every request, for every patient: read at once, not through the worker thread.
         count, latest = await self._db.read_now(lambda c: c.execute(_MARK, (patient,)).fetchone())
         return PatientMark(count, latest)
+
+    async def recorded(self, indexes: Sequence[int]) -> frozenset[int]:
+        def run(c: sqlite3.Connection) -> frozenset[int]:
+            found: set[int] = set()
+            for first in range(0, len(indexes), _CHUNK):
+                chunk = list(indexes[first : first + _CHUNK])
+                marks = ", ".join("?" * len(chunk))  # placeholders only
+                sql = f"{_RECORDED} ({marks})"
+                found.update(r[0] for r in c.execute(sql, chunk))
+            return frozenset(found)
+
+        return await self._db.run(run)
 
     async def scanned(self) -> int:
         sql = "SELECT size FROM consentry_consent_scan WHERE id = 1"

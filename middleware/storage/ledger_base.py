@@ -100,6 +100,19 @@ class LogStore(Protocol):
         """Indexes of the entries with ``pseudonym``, ascending (empty if none)."""
         ...
 
+    async def latest_consent(self) -> int | None:
+        """The index of the latest ``consent`` or ``consent-revoke`` entry (kind byte 1 or 2),
+        or ``None`` if there is none: the ledger position of the consents, which consent
+        registries read before every decision (:mod:`middleware.consent.registry`). One read
+        of a partial index over the leaves (SQL backends); no table beside the log holds it,
+        so it cannot disagree with the leaves."""
+        ...
+
+    async def consents_after(self, index: int) -> list[int]:
+        """Indexes of the ``consent`` and ``consent-revoke`` entries after ``index``,
+        ascending (``-1``: every one of them)."""
+        ...
+
     async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
         """The checkpoint for ``size``, or the latest when ``size`` is ``None``; ``None`` if
         there is none."""

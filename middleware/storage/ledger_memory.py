@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
 from middleware.ledger.errors import OutOfRangeError
+from middleware.ledger.leaf import EntryKind
 from middleware.ledger.merkle import CompactRange
 from middleware.ledger.replay import Replay
 from middleware.ledger.sequencer import (
@@ -25,6 +26,9 @@ from middleware.ledger.sequencer import (
 )
 
 __all__ = ["MemoryLog", "MemoryLogStore"]
+
+#: Kind bytes (leaf offset 5) of ``consent`` and ``consent-revoke`` entries.
+_CONSENT_KINDS = frozenset({EntryKind.CONSENT, EntryKind.CONSENT_REVOKE})
 
 
 @dataclass
@@ -40,6 +44,8 @@ class MemoryLog:
     checkpoints: dict[int, StoredCheckpoint] = field(default_factory=dict)
     state: TreeState = field(default_factory=lambda: TreeState.of(CompactRange()))
     heartbeats: int = 0
+    #: Indexes of the consent entries (the SQL stores' partial index).
+    consents: list[int] = field(default_factory=list)
 
 
 class MemoryLogStore:
@@ -85,6 +91,8 @@ class MemoryLogStore:
             if row.pseudonym is not None:
                 log.chains.setdefault(row.pseudonym, []).append(row.index)
             log.evidence[row.index] = Evidence(row.salt, row.evidence)
+            if row.leaf[5] in _CONSENT_KINDS:  # the kind byte
+                log.consents.append(row.index)
         log.state = plan.state
         if signed is not None:
             log.checkpoints[signed.size] = signed
@@ -113,6 +121,14 @@ class MemoryLogStore:
     async def chain(self, pseudonym: bytes) -> list[int]:
         self._check()
         return list(self.log.chains.get(pseudonym, ()))
+
+    async def latest_consent(self) -> int | None:
+        self._check()
+        return self.log.consents[-1] if self.log.consents else None
+
+    async def consents_after(self, index: int) -> list[int]:
+        self._check()
+        return [i for i in self.log.consents if i > index]
 
     async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
         self._check()

@@ -37,7 +37,7 @@ from middleware.ledger.sequencer import (
     sign_state,
 )
 from middleware.storage.ledger_base import PROBE_LOCK_WAIT
-from middleware.storage.ledger_postgres_schema import SCHEMA, SIGNER_LOCK
+from middleware.storage.ledger_postgres_schema import CONSENT_LEAF, SCHEMA, SIGNER_LOCK
 from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["PostgresLogStore"]
@@ -55,6 +55,11 @@ _LATEST_CHECKPOINT = (
     "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size DESC LIMIT 1"
 )
 _CHECKPOINT_AT = "SELECT size, root, note FROM consentry_ledger_checkpoints WHERE size = $1"
+# Both spell CONSENT_LEAF exactly as the partial index does, which is what lets it serve them.
+_LATEST_CONSENT = f"SELECT max(idx) FROM consentry_ledger_leaves WHERE {CONSENT_LEAF}"  # noqa: S608
+_CONSENTS_AFTER = (
+    f"SELECT idx FROM consentry_ledger_leaves WHERE {CONSENT_LEAF} AND idx > $1 ORDER BY idx"  # noqa: S608
+)
 _BEAT = (
     "INSERT INTO consentry_ledger_heartbeat (id, beats) VALUES (1, 1) "
     "ON CONFLICT (id) DO UPDATE SET beats = consentry_ledger_heartbeat.beats + 1"
@@ -190,6 +195,15 @@ class PostgresLogStore:
         sql = "SELECT idx FROM consentry_ledger_leaves WHERE pseudonym = $1 ORDER BY idx"
         async with _translated():
             return [r[0] for r in await self._pool.fetch(sql, pseudonym)]
+
+    async def latest_consent(self) -> int | None:
+        async with _translated():
+            value = await self._pool.fetchval(_LATEST_CONSENT)
+        return None if value is None else int(value)
+
+    async def consents_after(self, index: int) -> list[int]:
+        async with _translated():
+            return [r[0] for r in await self._pool.fetch(_CONSENTS_AFTER, index)]
 
     async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
         async with _translated():

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 from middleware.ledger.merkle import EMPTY_ROOT
 
-__all__ = ["DDL_LOCK", "SCHEMA", "SIGNER_LOCK"]
+__all__ = ["CONSENT_LEAF", "DDL_LOCK", "SCHEMA", "SIGNER_LOCK"]
+
+#: The leaves of ``consent`` and ``consent-revoke`` entries: their kind byte (offset 5,
+#: ``middleware.ledger.leaf``) is 1 or 2; the partial index is built on this predicate.
+CONSENT_LEAF = "get_byte(leaf, 5) IN (1, 2)"
 
 #: First key of the two-key advisory locks this store takes; the second is derived from the
 #: schema name (``$1``), so logs in different schemas do not wait for each other.
@@ -49,6 +53,8 @@ CREATE TABLE IF NOT EXISTS consentry_ledger_leaves (
 );
 CREATE INDEX IF NOT EXISTS consentry_ledger_leaves_pseudonym
     ON consentry_ledger_leaves (pseudonym, idx) WHERE pseudonym IS NOT NULL;
+CREATE INDEX IF NOT EXISTS consentry_ledger_leaves_consent
+    ON consentry_ledger_leaves (idx) WHERE {CONSENT_LEAF};
 CREATE TABLE IF NOT EXISTS consentry_ledger_evidence (
     idx bigint PRIMARY KEY REFERENCES consentry_ledger_leaves (idx),
     salt bytea,

@@ -25,7 +25,7 @@ from middleware.ledger.sequencer import (
     sign_state,
 )
 from middleware.storage.ledger_base import PROBE_LOCK_WAIT
-from middleware.storage.ledger_sqlite_schema import SCHEMA
+from middleware.storage.ledger_sqlite_schema import CONSENT_LEAF, SCHEMA
 from middleware.storage.sqlite_worker import SqliteWorker
 
 __all__ = ["SqliteLogStore"]
@@ -35,6 +35,11 @@ _LATEST_CHECKPOINT = (
     "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size DESC LIMIT 1"
 )
 _CHECKPOINT_AT = "SELECT size, root, note FROM consentry_ledger_checkpoints WHERE size = ?"
+# Both spell CONSENT_LEAF exactly as the partial index does, which is what lets it serve them.
+_LATEST_CONSENT = f"SELECT max(idx) FROM consentry_ledger_leaves WHERE {CONSENT_LEAF}"  # noqa: S608
+_CONSENTS_AFTER = (
+    f"SELECT idx FROM consentry_ledger_leaves WHERE {CONSENT_LEAF} AND idx > ? ORDER BY idx"  # noqa: S608
+)
 _BEAT = (
     "INSERT INTO consentry_ledger_heartbeat (id, beats) VALUES (1, 1) "
     "ON CONFLICT (id) DO UPDATE SET beats = beats + 1"
@@ -105,6 +110,15 @@ class SqliteLogStore:
     async def chain(self, pseudonym: bytes) -> list[int]:
         sql = "SELECT idx FROM consentry_ledger_leaves WHERE pseudonym = ? ORDER BY idx"
         rows = await self._db.run(lambda c: c.execute(sql, (pseudonym,)).fetchall())
+        return [r[0] for r in rows]
+
+    async def latest_consent(self) -> int | None:
+        # Before every decision: read at once, not through the worker thread.
+        row = await self._db.read_now(lambda c: c.execute(_LATEST_CONSENT).fetchone())
+        return None if row[0] is None else int(row[0])
+
+    async def consents_after(self, index: int) -> list[int]:
+        rows = await self._db.run(lambda c: c.execute(_CONSENTS_AFTER, (index,)).fetchall())
         return [r[0] for r in rows]
 
     async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from middleware.ledger.merkle import EMPTY_ROOT
 
-__all__ = ["SCHEMA"]
+__all__ = ["CONSENT_LEAF", "SCHEMA"]
+
+#: The leaves of ``consent`` and ``consent-revoke`` entries: their kind byte (offset 5,
+#: ``middleware.ledger.leaf``) is 1 or 2. A query must spell the predicate exactly so for
+#: SQLite to use the partial index built on it.
+CONSENT_LEAF = "substr(leaf, 6, 1) IN (x'01', x'02')"
 
 
 def _append_only(table: str) -> str:
@@ -38,6 +43,8 @@ CREATE TABLE IF NOT EXISTS consentry_ledger_leaves (
 );
 CREATE INDEX IF NOT EXISTS consentry_ledger_leaves_pseudonym
     ON consentry_ledger_leaves (pseudonym, idx) WHERE pseudonym IS NOT NULL;
+CREATE INDEX IF NOT EXISTS consentry_ledger_leaves_consent
+    ON consentry_ledger_leaves (idx) WHERE {CONSENT_LEAF};
 CREATE TABLE IF NOT EXISTS consentry_ledger_evidence (
     idx INTEGER PRIMARY KEY REFERENCES consentry_ledger_leaves (idx),
     salt BLOB,

@@ -145,6 +145,16 @@ async def test_a_second_store_sees_what_the_first_recorded(open_store: Opener) -
     assert [r.version for r in await two.history("c1")] == [1, 2, 3, 4, 5, 6]
 
 
+async def test_recorded_names_the_ledger_indexes_that_have_a_record(open_store: Opener) -> None:
+    store, other = await open_store(), await open_store()
+    assert await store.recorded([]) == frozenset()
+    for index in (3, 8, 2000):
+        await store.record(record(index, consent_id=f"c{index}"))
+    assert await other.recorded([1, 3, 4, 8, 2000]) == {3, 8, 2000}
+    # More indexes than one query's worth of parameters on SQLite.
+    assert await other.recorded(list(range(2500))) == {3, 8, 2000}
+
+
 async def test_the_scanned_size_only_rises(open_store: Opener) -> None:
     store = await open_store()
     assert await store.scanned() == 0

@@ -14,6 +14,7 @@ from middleware.consent.records import canonical_consent
 from middleware.consent.registry import ConsentRegistry, UnreadableConsent
 from middleware.storage.consent_base import ConsentRecord
 from middleware.storage.consent_memory import MemoryConsentStore
+from middleware.storage.ledger_memory import MemoryLogStore
 
 TREAT = [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "TREAT"}]
 
@@ -130,7 +131,7 @@ async def test_an_active_stored_consent_past_the_ceiling_fails_closed() -> None:
     store = MemoryConsentStore()
     await store.record(recorded(1, r5(chain(200), cid="deep")))
     await store.record(recorded(2, r5(chain(1), cid="fine")))
-    registry = ConsentRegistry(store)
+    registry = ConsentRegistry(store, MemoryLogStore())
     with pytest.raises(UnreadableConsent):
         await registry.policies("Patient/p1")
 
@@ -147,5 +148,5 @@ async def test_a_stored_consent_past_the_ceiling_and_not_in_force_is_skipped(
     store = MemoryConsentStore()
     await store.record(recorded(1, r5(chain(200), status=status, cid="deep"), revoked=revoked))
     await store.record(recorded(2, r5(chain(1), cid="fine")))
-    policies = await ConsentRegistry(store).policies("Patient/p1")
+    policies = await ConsentRegistry(store, MemoryLogStore()).policies("Patient/p1")
     assert [p.consent_id for p in policies] == ["fine"]

@@ -1,4 +1,5 @@
-"""The consent registry (consent.registry): compiled once, invalidated by ledger position."""
+"""The consent registry (consent.registry): compiled once, invalidated by the ledger's consent
+position, and the store derived from the ledger before every decision."""
 
 from __future__ import annotations
 
@@ -8,74 +9,140 @@ import pytest
 
 from middleware.consent.records import canonical_consent
 from middleware.consent.registry import ConsentRegistry, UnreadableConsent
+from middleware.errors import ServiceUnavailable
+from middleware.ledger.entry import NewEntry
+from middleware.ledger.leaf import EntryKind
 from middleware.storage.consent_base import ConsentRecord
 from middleware.storage.consent_memory import MemoryConsents, MemoryConsentStore
+from middleware.storage.ledger_memory import MemoryLog, MemoryLogStore
+from tests.contract.helpers import PSEUDONYMS, SIGN, entry
 from tests.unit.consent.builders import consent
 
+P1 = PSEUDONYMS[0]
 
-def recorded(index: int, body: dict[str, Any]) -> ConsentRecord:
-    return ConsentRecord(
-        index,
-        body["id"],
-        body["subject"]["reference"],
-        body["status"],
-        False,
-        index,
-        canonical_consent(body),
-    )
+
+class Ledgered:
+    """A ledger and the consent store beside it, changed the way the consent API changes
+    them: append the entry, then (unless the appender "dies" first) record it."""
+
+    def __init__(self) -> None:
+        self.log = MemoryLogStore()
+        self.store = MemoryConsentStore()
+
+    async def change(
+        self, body: dict[str, Any], *, revoke: bool = False, stored: bool = True
+    ) -> int:
+        kind = EntryKind.CONSENT_REVOKE if revoke else EntryKind.CONSENT
+        data = canonical_consent(body)
+        pseudonym = await self.store.pseudonym_for(body["subject"]["reference"], P1)
+        new = NewEntry.create(kind, data, recorded_us=7, pseudonym=pseudonym)
+        (result,) = await self.log.append([new], sign=SIGN)
+        if stored:
+            await self.store.record(
+                ConsentRecord(
+                    result.index,
+                    body["id"],
+                    body["subject"]["reference"],
+                    body["status"],
+                    revoke,
+                    7,
+                    data,
+                )
+            )
+        return result.index
+
+    def registry(self, **bounds: int) -> ConsentRegistry:
+        return ConsentRegistry(self.store, self.log, **bounds)
 
 
 async def test_policies_are_compiled_once_and_carry_their_ledger_index() -> None:
-    store = MemoryConsentStore()
-    await store.record(recorded(3, consent("R5", "permit", consent_id="a")))
-    registry = ConsentRegistry(store)
+    ledger = Ledgered()
+    await ledger.log.append([entry(0)], sign=SIGN)
+    await ledger.change(consent("R5", "permit", consent_id="a"))
+    registry = ledger.registry()
     first = await registry.policies("Patient/p1")
-    assert [(p.consent_id, p.ledger_index) for p in first] == [("a", 3)]
+    assert [(p.consent_id, p.ledger_index) for p in first] == [("a", 1)]
     assert await registry.policies("Patient/p1") is first
     assert registry.compiled == 1
     assert await registry.policies("Patient/nobody") == ()
 
 
 async def test_a_change_recorded_by_another_replica_is_seen_on_the_next_lookup() -> None:
-    shared = MemoryConsents()
-    mine, theirs = MemoryConsentStore(shared), MemoryConsentStore(shared)
-    await theirs.record(recorded(1, consent("R5", "permit", consent_id="a")))
-    registry = ConsentRegistry(mine)
+    ledger = Ledgered()
+    await ledger.change(consent("R5", "permit", consent_id="a"))
+    # Another replica: its own store objects over the same two databases.
+    registry = ConsentRegistry(
+        MemoryConsentStore(ledger.store.data), MemoryLogStore(ledger.log.log)
+    )
     assert [p.status for p in await registry.policies("Patient/p1")] == ["active"]
-    await theirs.record(recorded(2, consent("R5", "permit", consent_id="a", status="inactive")))
+    await ledger.change(consent("R5", "permit", consent_id="a", status="inactive"), revoke=True)
     assert [p.status for p in await registry.policies("Patient/p1")] == ["inactive"]
-    await theirs.record(recorded(3, consent("R5", "deny", consent_id="b")))
+    await ledger.change(consent("R5", "deny", consent_id="b"))
     policies = await registry.policies("Patient/p1")
-    assert [(p.consent_id, p.ledger_index) for p in policies] == [("a", 2), ("b", 3)]
-    assert registry.compiled == 3  # "a" at 2 was not compiled again
+    assert [(p.consent_id, p.ledger_index) for p in policies] == [("a", 1), ("b", 2)]
+    assert registry.compiled == 3  # "a" at 1 was not compiled again
+    assert registry.repaired == 0  # every change was in the store already
 
 
-async def test_a_late_record_below_the_latest_index_still_invalidates() -> None:
-    store = MemoryConsentStore()
-    await store.record(recorded(9, consent("R5", "permit", consent_id="a")))
-    registry = ConsentRegistry(store)
+async def test_a_change_on_the_ledger_but_not_in_the_store_is_enforced_at_once() -> None:
+    """The attack: a replica appends a revocation and is killed before its store write. The
+    ledger says revoked; every replica's next decision must say so too, before any restart."""
+    ledger = Ledgered()
+    await ledger.change(consent("R5", "permit", consent_id="a"))
+    registry = ledger.registry()
+    assert [p.status for p in await registry.policies("Patient/p1")] == ["active"]
+    revoked = consent("R5", "permit", consent_id="a", status="inactive")
+    index = await ledger.change(revoked, revoke=True, stored=False)
+    assert [p.status for p in await registry.policies("Patient/p1")] == ["inactive"]
+    assert registry.repaired == 1
+    assert registry.position == index
+    current = await ledger.store.current("a")
+    assert current is not None
+    assert (current.ledger_index, current.version, current.revoked) == (index, 2, True)
+    # Recorded once: the appender's own late write, if it comes, changes nothing.
+    assert await ledger.store.record(current) == current
+
+
+async def test_an_unchanged_position_costs_one_ledger_read_and_no_store_read() -> None:
+    ledger = Ledgered()
+    await ledger.change(consent("R5", "permit", consent_id="a"))
+    registry = ledger.registry()
+    await registry.policies("Patient/p1")
+    ledger.store.available = False  # any store read would now raise
     assert len(await registry.policies("Patient/p1")) == 1
-    await store.record(recorded(5, consent("R5", "deny", consent_id="b")))
-    assert {p.consent_id for p in await registry.policies("Patient/p1")} == {"a", "b"}
+    ledger.log.available = False
+    with pytest.raises(ServiceUnavailable):  # no position, no decision
+        await registry.policies("Patient/p1")
+
+
+async def test_a_store_that_cannot_take_the_missing_entry_fails_closed() -> None:
+    ledger = Ledgered()
+    await ledger.change(consent("R5", "permit", consent_id="a"))
+    registry = ledger.registry()
+    await registry.policies("Patient/p1")
+    await ledger.change(consent("R5", "deny", consent_id="b"), stored=False)
+    ledger.store.available = False
+    with pytest.raises(ServiceUnavailable):
+        await registry.policies("Patient/p1")
+    ledger.store.available = True  # the position did not move past what was not recorded
+    assert [p.consent_id for p in await registry.policies("Patient/p1")] == ["a", "b"]
 
 
 async def test_caches_are_bounded() -> None:
-    store = MemoryConsentStore()
+    ledger = Ledgered()
     for i, patient in enumerate(("Patient/p1", "Patient/p2", "Patient/p3")):
-        await store.record(
-            recorded(i, consent("R5", "permit", consent_id=f"c{i}", patient=patient))
-        )
-    registry = ConsentRegistry(store, max_patients=2, max_policies=2)
+        await ledger.change(consent("R5", "permit", consent_id=f"c{i}", patient=patient))
+    registry = ledger.registry(max_patients=2, max_policies=2)
     for patient in ("Patient/p1", "Patient/p2", "Patient/p3", "Patient/p1"):
         assert len(await registry.policies(patient)) == 1
     assert registry.compiled == 4  # p1 was evicted and compiled again
     with pytest.raises(ValueError, match="positive"):
-        ConsentRegistry(store, max_patients=0)
+        ledger.registry(max_patients=0)
 
 
 async def test_a_recorded_consent_that_no_longer_compiles_fails_closed() -> None:
     """Deciding without it could release what it denies: the patient's lookups are 503."""
-    store = MemoryConsentStore()
+    store = MemoryConsentStore(MemoryConsents())
     await store.record(ConsentRecord(1, "a", "Patient/p1", "active", False, 1, b'{"id":"a"}'))
     with pytest.raises(UnreadableConsent):
-        await ConsentRegistry(store).policies("Patient/p1")
+        await ConsentRegistry(store, MemoryLogStore(MemoryLog())).policies("Patient/p1")
