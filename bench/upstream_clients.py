@@ -47,7 +47,7 @@ def make_client(name: str, base: str) -> Upstream:
     if name == "native":
         return NativeUpstream(base, pool_size=POOL_SIZE, connect_timeout=5.0, read_timeout=30.0)
     if name == "aiohttp":
-        return AiohttpUpstream(pool_size=POOL_SIZE, connect_timeout=5.0, read_timeout=30.0)
+        return AiohttpUpstream(base, pool_size=POOL_SIZE, connect_timeout=5.0, read_timeout=30.0)
     if name == "httpx":
         timeout = httpx.Timeout(30.0, connect=5.0)
         limits = httpx.Limits(max_connections=POOL_SIZE)

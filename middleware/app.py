@@ -249,7 +249,7 @@ def create_app(
 
     ``upstream``: an httpx transport (wrapped in a pooled ``httpx.AsyncClient``), a ready
     :class:`Upstream`, or ``None`` for the client ``settings.upstream_client`` names
-    (``native``, the default; ``aiohttp``; ``httpx``).
+    (``aiohttp``, the default; ``native``; ``httpx``).
     ``store``: the ledger's log store; defaults to the one ``settings.store`` names (SQLite
     in the working directory), opened on first need. ``signer``: the ledger's checkpoint
     key; defaults to the one in ``settings.ledger_key_file`` (created when missing), with
@@ -418,6 +418,7 @@ def _upstream_factory(
         from middleware.proxy.aiohttp_upstream import AiohttpUpstream  # noqa: PLC0415
 
         return AiohttpUpstream(
+            settings.upstream,
             pool_size=settings.upstream_pool_size,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,

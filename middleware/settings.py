@@ -57,7 +57,7 @@ class Settings:
     ready_commit_age: float = 10.0
     ready_cache_seconds: float = 1.0
     upstream_pool_size: int = 100
-    upstream_client: str = "native"
+    upstream_client: str = "aiohttp"
     upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     metadata_ttl: float = 300.0
     gzip_min_bytes: int = 1024
@@ -305,7 +305,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     ):
         if name in values and values[name] < 1:
             problems.append(f"{name}: must be positive")
-    if values.get("upstream_client", "native") not in _UPSTREAM_CLIENTS:
+    if values.get("upstream_client", "aiohttp") not in _UPSTREAM_CLIENTS:
         problems.append(f"upstream_client: expected one of {', '.join(_UPSTREAM_CLIENTS)}")
     if values.get("log_level", "info") not in _LOG_LEVELS:
         problems.append(f"log_level: expected one of {', '.join(_LOG_LEVELS)}")

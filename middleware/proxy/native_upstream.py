@@ -12,13 +12,17 @@ One origin only: the base URL's scheme, host and port (``https`` verifies with
   value holding a control character (RFC 9110 §5.1, §5.5, §5.6.2) raises ``ValueError``
   before anything is sent: no request smuggling.
 - Response framing is llhttp's (RFC 9112 §6.3): Content-Length, chunked (§7.1), until close;
-  no body after HEAD, 1xx, 204, 304. gzip and deflate bodies are decoded (RFC 9110 §8.4.1),
-  their ``Content-Encoding`` and ``Content-Length`` dropped from :attr:`headers`; other
-  codings are refused. The size cap counts decoded bytes.
+  no body after HEAD, 1xx, 204, 304; framing two parsers could read differently is refused
+  (:func:`~middleware.proxy.framing.framing_problem`). gzip and deflate bodies are decoded
+  (RFC 9110 §8.4.1), their ``Content-Encoding`` and ``Content-Length`` dropped from
+  :attr:`headers`; other codings are refused. The size cap counts decoded bytes.
 - Persistence (RFC 9112 §9.3, §9.6): at most ``pool_size`` connections; idle ones reused last
   in, first out; a request waits up to ``connect_timeout`` for one when all are busy. A
   connection goes back only once its answer arrived whole and neither side asked to close;
-  :meth:`NativeResponse.aclose` before that closes it.
+  :meth:`NativeResponse.aclose` before that closes it. Any byte after the answer (a second,
+  pipelined or smuggled response, a body after HEAD, junk) or while no request is in flight
+  is a surprise: the answer becomes ``UpstreamError`` if not yet read whole, and the
+  connection is closed, never reused (RFC 9112 §9.3, §11.2).
 - Retry (RFC 9112 §9.3.1): when a *reused* connection closes before any byte of the answer
   (the server dropped it while idle), an idempotent request (RFC 9110 §9.2.2: GET, HEAD, PUT,
   DELETE, OPTIONS) is sent once more, after closing the connections that idled longer. POST
@@ -31,7 +35,6 @@ One origin only: the base URL's scheme, host and port (``https`` verifies with
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import zlib
 from collections import deque
@@ -42,20 +45,13 @@ from urllib.parse import urlsplit
 import httptools
 
 from middleware.errors import SettingsError, UpstreamError, UpstreamTimeout
+from middleware.proxy.framing import checked_fields, framing_problem, request_target
 from middleware.proxy.upstream import UpstreamRequest
 
 __all__ = ["NativeResponse", "NativeUpstream"]
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_MANAGED = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade"}
-    | {"accept-encoding", "expect", "proxy-connection"}
-)
-_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # noqa: S105 - RFC 9110 §5.6.2, not a secret
-_METHOD = re.compile(_TOKEN)
-_TARGET = re.compile(r"/[!\x24-\x7e]*")
-_FIELD_LINES = re.compile(rf"(?:{_TOKEN}: [\t\x20-\x7e\x80-\xff]*\r\n)*")
 _TRAILER = "Accept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n"
 _CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _HIGH_WATER = 256 * 1024
@@ -64,6 +60,10 @@ _TOO_BIG = "upstream response exceeds the configured size limit"
 
 class _Unanswered(UpstreamError):
     """The connection closed before any byte of the answer: safe to retry if idempotent."""
+
+
+class _Surprise(UpstreamError):
+    """The upstream broke HTTP/1.1's one-answer-per-request framing: the connection is done."""
 
 
 def _expire(future: asyncio.Future[Any], message: str) -> None:
@@ -105,10 +105,19 @@ class _Connection(asyncio.Protocol):
         self.answered = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, UpstreamError):
             self.error = self.error or UpstreamError("upstream server sent a broken response")
             self.close()
             self._wake()
+
+    def _surprise(self, message: str) -> None:
+        """Stop parsing: llhttp ends ``feed_data`` with the error this raises."""
+        self.error = self.error or _Surprise(message)
+        raise self.error
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request (RFC 9112 §9.3)
+            self._surprise("upstream server sent bytes after a complete response")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -125,9 +134,13 @@ class _Connection(asyncio.Protocol):
         self.pool._forget(self)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            self._surprise("upstream server sent bytes after a complete response")
         self.raw.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            self._surprise("upstream server sent bytes after a complete response")
         status = self.parser.get_status_code()
         if status < 200:  # an interim answer: the final one follows (RFC 9110 §15.2)
             self.informational = True
@@ -135,6 +148,9 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in self.raw]
+        problem = framing_problem(self.headers)
+        if problem is not None:
+            self._surprise(f"upstream server sent {problem}")
         self.headers_done = True
         if self.head:  # llhttp cannot be told; this parser is replaced before the next request
             self.complete = True
@@ -143,6 +159,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:  # a body after HEAD's head, or after the answer ended
+            self._surprise("upstream server sent bytes after a complete response")
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self.paused and self.transport is not None:
@@ -230,6 +248,9 @@ class NativeResponse:
 
     async def read(self, limit: int) -> bytes:
         conn = self._conn
+        if conn is not None and conn.error is not None:
+            self._abort()
+            raise conn.error
         if conn is not None and conn.complete and self._decoder is None:  # the common case
             body = conn.take()
             if len(body) > limit:
@@ -254,6 +275,8 @@ class NativeResponse:
         conn = self._conn
         try:
             while conn is not None:
+                if conn.error is not None:  # even with bytes buffered: they are suspect
+                    raise conn.error
                 if conn.chunks:
                     data = self._decode(conn.take(), limit)
                     if data:
@@ -263,8 +286,6 @@ class NativeResponse:
                         raise UpstreamError("upstream server sent a truncated compressed body")
                     self._release()
                     return None
-                elif conn.error is not None:
-                    raise conn.error
                 else:
                     await conn.wait()
             return None
@@ -336,17 +357,8 @@ class NativeUpstream:
 
     def encode(self, request: UpstreamRequest) -> bytes:
         """The request's bytes on the wire; ``ValueError`` for anything unsafe to send."""
-        url, n = request.url, len(self._origin)
-        if url[:n].lower() != self._origin or url[n : n + 1] not in ("", "/", "?"):
-            raise ValueError(f"{url!r} is not on the upstream origin {self._origin}")
-        target = url[n:] if url[n : n + 1] == "/" else "/" + url[n:]
-        if not _TARGET.fullmatch(target) or not _METHOD.fullmatch(request.method):
-            raise ValueError("request line holds characters not allowed there")
-        lines = [f"{k}: {v}\r\n" for k, v in request.headers if k.lower() not in _MANAGED]
-        fields = "".join(lines)
-        # One pass for all lines; the count catches a value holding CR LF and a valid line.
-        if not _FIELD_LINES.fullmatch(fields) or fields.count("\n") != len(lines):
-            raise ValueError("a header name or value holds characters not allowed there")
+        target = request_target(request, self._origin)
+        _, fields = checked_fields(request.headers)
         if request.body or request.method in _BODY_METHODS:
             fields += f"Content-Length: {len(request.body)}\r\n"
         head = f"{request.method} {target} HTTP/1.1{self._host_line}{fields}{_TRAILER}"

@@ -91,8 +91,8 @@ def native(base: str) -> Upstream:
     return NativeUpstream(base, pool_size=1, connect_timeout=1, read_timeout=READ_TIMEOUT)
 
 
-def aiohttp_client(_base: str) -> Upstream:
-    return AiohttpUpstream(pool_size=1, connect_timeout=1, read_timeout=READ_TIMEOUT)
+def aiohttp_client(base: str) -> Upstream:
+    return AiohttpUpstream(base, pool_size=1, connect_timeout=1, read_timeout=READ_TIMEOUT)
 
 
 def httpx_client(_base: str) -> Upstream:
