@@ -47,6 +47,7 @@ from middleware.ledger.keyfile import LedgerKey, new_ledger_key, save_new_ledger
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey
 from middleware.logging import get_logger
+from middleware.openapi import OPENAPI_PATH, openapi_document
 from middleware.ops.causes import store_label
 from middleware.ops.metrics import Metrics
 from middleware.ops.scrape import ScrapeAccess
@@ -61,7 +62,7 @@ from middleware.types import Receive, Scope, Send
 
 __all__ = ["Gateway", "create_app"]
 
-_MANAGEMENT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_MANAGEMENT_PATHS = frozenset({"/healthz", "/readyz", "/metrics", OPENAPI_PATH})
 
 
 class Gateway:
@@ -104,6 +105,7 @@ class Gateway:
                 Route("/readyz", self._readyz),
                 Route("/metrics", self._metrics),
                 Route("/auth/jwks", self._jwks),
+                Route(OPENAPI_PATH, self._openapi),
                 *smart_routes(settings.auth, base_path=self._base, gateway_root=root),
                 *ledger_routes(ledger, ledger_readers),
             ]
@@ -218,6 +220,11 @@ class Gateway:
                 self._ready_check = None
         self._ready = (loop.time(), checks)
         return checks
+
+    async def _openapi(self, _request: Request) -> Response:
+        """The OpenAPI description of the gateway's own APIs (:mod:`middleware.openapi`)."""
+        document = openapi_document(self._base, development_issuer=self.dev_issuer is not None)
+        return JSONResponse(document, headers={"cache-control": "public, max-age=300"})
 
     async def _jwks(self, _request: Request) -> Response:
         if self.dev_issuer is None:  # not routed then; kept for a direct call
