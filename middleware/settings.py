@@ -38,7 +38,7 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Validated gateway settings; see the README's configuration table for each one."""
+    """Validated gateway settings; see docs/configuration.md for each one."""
 
     upstream: str
     host: str = "127.0.0.1"

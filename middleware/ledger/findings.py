@@ -1,6 +1,6 @@
 """Findings: what the offline verifier reports, one per thing that does not verify.
 
-A :class:`Finding` has a stable ``code`` (the README lists them), a message, the leaf index or
+A :class:`Finding` has a stable ``code`` (docs/ledger.md lists them), a message, the leaf index or
 tree size it concerns, and ``expected`` vs ``computed`` values (bytes shown as base64, as in
 signed notes), like :class:`~middleware.ledger.errors.VerificationError`. :class:`Findings`
 collects them, keeping at most :data:`MAX_FINDINGS`.
@@ -23,7 +23,7 @@ Shown = str | int | None
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One thing that does not verify. ``code`` is stable (the README lists them)."""
+    """One thing that does not verify. ``code`` is stable (docs/ledger.md lists them)."""
 
     code: str
     message: str

@@ -2,7 +2,7 @@
 
 Three implementations stand behind :class:`Upstream`: :mod:`~middleware.proxy.native_upstream`
 (the default: HTTP/1.1 on asyncio with httptools' parser, about half of aiohttp's CPU per
-request, see the README's benchmarks), :mod:`~middleware.proxy.aiohttp_upstream`, and
+request, see docs/performance.md), :mod:`~middleware.proxy.aiohttp_upstream`, and
 :mod:`~middleware.proxy.httpx_upstream` (for ``respx`` and ``httpx.MockTransport`` in tests,
 and for deployments that prefer httpx). Each translates its library's exceptions into
 :mod:`middleware.errors` in exactly one place:
