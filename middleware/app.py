@@ -55,6 +55,7 @@ from middleware.proxy.deadline import DeadlineUpstream
 from middleware.proxy.handler import ProxyHandler
 from middleware.proxy.httpx_upstream import HttpxUpstream
 from middleware.proxy.native_upstream import NativeUpstream
+from middleware.proxy.reconcile import reconcile
 from middleware.proxy.upstream import Upstream
 from middleware.settings import Settings
 from middleware.storage import ConsentStore, LogStore, open_consent_store, open_log_store
@@ -167,10 +168,10 @@ class Gateway:
         """The store's name once the ledger and consent stores are open (app_health)."""
         consents = None if self.consent is None else self.consent.service
         name = await open_stores(self.settings, self.ledger, consents)
-        if self.proxy.enforcement is not None:
-            # Write outcomes a previous run kept in the audit outbox go to the ledger first;
-            # rows that still cannot keep /readyz unavailable (app_health).
-            await self.proxy.enforcement.recorder.replay()
+        # Write outcomes a previous run kept in the audit outbox, and writes it was killed
+        # in the middle of (reconciled with the upstream), go to the ledger first; what
+        # cannot yet keeps /readyz unavailable (app_health).
+        await reconcile(self.proxy)
         return name
 
     async def aclose(self) -> None:

@@ -116,6 +116,8 @@ def build_enforcement(
         wall_clock=consents.wall_clock,
         # A write's outcome the ledger cannot take waits here, durably (audit.outbox).
         outbox=SqliteOutbox(outbox_path(settings.audit_outbox, settings.store)),
+        # A write in flight is not reconciled: it may outlast its upstream exchange a little.
+        live_for=2 * settings.upstream_deadline,
     )
     enforcement = Enforcement(
         verifier=verifier,
@@ -126,7 +128,7 @@ def build_enforcement(
         admit=ledger.admit,
     )
 
-    writes = Writes(flow, enforcement.record)
+    writes = Writes(flow, enforcement.record, intend=enforcement.intend)
     writes.bundles = Bundles(writes, base_path=settings.base_path)
     flow.writes = writes
     return enforcement

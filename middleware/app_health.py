@@ -41,6 +41,7 @@ from middleware.ledger.service import LedgerService
 from middleware.logging import get_logger
 from middleware.ops.causes import Cause, describe, store_label
 from middleware.proxy.handler import ProxyHandler
+from middleware.proxy.reconcile import reconcile
 from middleware.proxy.upstream import UpstreamRequest
 from middleware.settings import Settings
 
@@ -130,11 +131,12 @@ async def readiness(
         log.warning("store not ready", store=store_label(settings.store), **_cause(exc).fields())
         checks["store"] = "unavailable"
     if proxy.enforcement is not None:
-        # Write outcomes waiting in the audit outbox (audit.outbox): the audit is incomplete
-        # until the ledger has them; this replays what it can now.
+        # Write outcomes waiting in the audit outbox (audit.outbox), and interrupted writes
+        # not reconciled yet (proxy.reconcile): the audit is incomplete until the ledger has
+        # them; this does what it can now.
         try:
             async with asyncio.timeout(READY_TIMEOUT):
-                waiting = await proxy.enforcement.recorder.replay()
+                waiting = await reconcile(proxy)
         except TimeoutError:
             waiting = -1
         if waiting:

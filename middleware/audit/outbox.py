@@ -48,15 +48,31 @@ class OutboxRow:
 class Outbox(Protocol):
     """Where outcome entries wait (:class:`~middleware.storage.audit_outbox.SqliteOutbox`).
 
-    :meth:`put` returns once every row is durable, or raises (all or none); :meth:`pending`
-    lists rows oldest first, with their ``id``; :meth:`remove` drops one the ledger now holds.
+    :meth:`put` returns once every row is durable, or raises (all or none), and in the same
+    transaction settles the intent ``settles`` names; :meth:`pending` lists the rows ready for
+    the ledger, oldest first, with their ``id``; :meth:`remove` drops one the ledger now holds;
+    :meth:`count` counts those rows (not the intents).
+
+    An *intent* is written before a write is forwarded: the outcome rows of each way it can
+    have ended (``variants``: ``applied``, ``absent``, ``unknown``), held, not pending, and the
+    ``probe`` that tells them apart by asking the upstream. :meth:`settle` drops it once the
+    real outcome is recorded; :meth:`resolve` makes one variant's rows pending (the others and
+    the intent are dropped, in one transaction); :meth:`intents` lists the open ones.
     """
 
-    async def put(self, rows: list[OutboxRow]) -> None: ...
+    async def put(self, rows: list[OutboxRow], *, settles: str | None = None) -> None: ...
 
     async def pending(self, limit: int = 1000) -> list[OutboxRow]: ...
 
     async def count(self) -> int: ...
+
+    async def hold(self, intent: str, probe: str, variants: dict[str, list[OutboxRow]]) -> None: ...
+
+    async def settle(self, intent: str) -> None: ...
+
+    async def resolve(self, intent: str, variant: str) -> None: ...
+
+    async def intents(self) -> list[tuple[str, str]]: ...
 
     async def remove(self, row_id: int) -> None: ...
 

@@ -134,7 +134,9 @@ class AuditRecorder:
     LRU cache and the hot path makes no store round trip for a patient seen recently.
     ``wall_clock`` gives seconds since the epoch: the leaf's time and the events' ``recorded``.
     ``outbox``: where a write's outcome entries wait when the ledger refuses them (module
-    docstring); without one, that failure raises like any other.
+    docstring); without one, that failure raises like any other. ``live_for``: seconds an
+    intent of this process is taken for a write in flight (more than an upstream exchange
+    can last); ``clock``: monotonic seconds.
     """
 
     def __init__(
@@ -146,6 +148,8 @@ class AuditRecorder:
         wall_clock: Callable[[], float] = time.time,
         max_cached_pseudonyms: int = 100_000,
         outbox: Outbox | None = None,
+        live_for: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_cached_pseudonyms < 1:
             raise ValueError("max_cached_pseudonyms must be positive")
@@ -160,9 +164,19 @@ class AuditRecorder:
         # Rows kept since the last replay (rows from an earlier run: start-up replays them).
         self._deferred = False
         self._replaying: asyncio.Task[int] | None = None
+        # This process's intents whose write is in flight: never reconciled (the upstream
+        # may not have it *yet*), unless one outlives ``live_for`` seconds (a request
+        # cancelled before its outcome was recorded).
+        self._live: dict[str, float] = {}
+        self._live_for = live_for
+        self._clock = clock
 
-    async def record(self, exchange: Exchange, phase: Phase) -> list[int]:
+    async def record(
+        self, exchange: Exchange, phase: Phase, *, intent: str | None = None
+    ) -> list[int]:
         """Append the entries of ``exchange`` in ``phase`` and return their indexes, in order.
+        ``intent`` (phase ``outcome``): the one :meth:`intend` wrote before the forward; the
+        outcome takes its idempotency keys and settles it.
 
         Raises :class:`ServiceUnavailable` ("audit trail unavailable") when a pseudonym cannot
         be had or any append fails; :class:`ValueError` for a malformed exchange (unknown
@@ -175,7 +189,11 @@ class AuditRecorder:
         plans = _plan(exchange, phase, recorded, self._gateway)
         rid = exchange.request_id
         if phase == "outcome" and self.outbox is not None:
-            return await self._record_outcome(plans, rid, micros(recorded), self.outbox)
+            try:
+                return await self._record_outcome(plans, rid, micros(recorded), self.outbox, intent)
+            finally:
+                # Recorded, or not recordable now: either way the next reconcile may decide it.
+                self._live.pop(intent or "", None)
         pseudonyms = await self._pseudonyms(rid, [p.patient for p in plans if p.patient])
         recorded_us = micros(recorded)
         entries = [
@@ -194,17 +212,60 @@ class AuditRecorder:
         return indexes
 
     async def _record_outcome(
-        self, plans: list[_Planned], rid: str, recorded_us: int, outbox: Outbox
+        self,
+        plans: list[_Planned],
+        rid: str,
+        recorded_us: int,
+        outbox: Outbox,
+        intent: str | None,
     ) -> list[int]:
-        """A write's outcome: appended under fresh idempotency keys; if the ledger (or the
-        pseudonym store) refuses, the same entries go to the outbox and ``[]`` is returned.
-        Raises ServiceUnavailable only when the outbox cannot take them either."""
+        """A write's outcome: appended under the idempotency keys of its ``intent`` (else
+        fresh ones); if the ledger (or the pseudonym store) refuses, the same entries go to
+        the outbox and ``[]`` is returned. Raises ServiceUnavailable only when the outbox
+        cannot take them either. The intent is settled either way."""
+        batch = intent or uuid.uuid4().hex
         try:
             pseudonyms = await self._pseudonyms(rid, [p.patient for p in plans if p.patient])
         except ServiceUnavailable:
             pseudonyms = {}  # resolved on replay, from the patient reference kept in the row
-        batch = uuid.uuid4().hex
-        rows = [
+        rows = self._rows(plans, rid, recorded_us, pseudonyms, batch)
+        if all(row.patient is None for row in rows):
+            try:
+                indexes = await self._append_all([_entry(row, row.pseudonym) for row in rows], rid)
+            except ServiceUnavailable:
+                pass  # to the outbox, under the same keys (a lost commit is not doubled)
+            else:
+                self._kick()
+                if intent is not None:
+                    try:
+                        await outbox.settle(intent)
+                    # Harmless: its variants share these keys, so a replay adds nothing.
+                    except Exception as exc:  # noqa: BLE001
+                        get_logger("consentry.audit").warning(
+                            "audit intent not settled",
+                            request_id=rid,
+                            error_type=type(exc).__name__,
+                        )
+                return indexes
+        try:
+            await outbox.put(rows, settles=intent)
+        except Exception as exc:  # any failure of the outbox's own storage: nothing is durable
+            raise _unavailable(rid, exc) from exc
+        self._deferred = True
+        get_logger("consentry.audit").warning(
+            "write outcome kept in the audit outbox", request_id=rid, entries=len(rows)
+        )
+        return []
+
+    def _rows(
+        self,
+        plans: list[_Planned],
+        rid: str,
+        recorded_us: int,
+        pseudonyms: Mapping[str, bytes],
+        batch: str,
+    ) -> list[OutboxRow]:
+        return [
             OutboxRow(
                 request_id=rid,
                 kind=int(plan.kind),
@@ -219,23 +280,63 @@ class AuditRecorder:
             )
             for n, plan in enumerate(plans)
         ]
-        if all(row.patient is None for row in rows):
-            try:
-                indexes = await self._append_all([_entry(row, row.pseudonym) for row in rows], rid)
-            except ServiceUnavailable:
-                pass  # to the outbox, under the same keys (a lost commit is not doubled)
-            else:
-                self._kick()
-                return indexes
+
+    async def intend(self, variants: Mapping[str, Exchange], probe: str) -> str | None:
+        """Before a write is forwarded: keep, durably, its outcome entries for each way it can
+        end (``variants``, by name) and the ``probe`` that tells which one it was, so a
+        gateway killed before the outcome is recorded leaves what :meth:`reconcile` needs.
+        Returns the intent to pass to :meth:`record` (None without an outbox). Raises
+        ServiceUnavailable when the intent cannot be made durable: nothing is forwarded."""
+        outbox = self.outbox
+        if outbox is None:
+            return None
+        intent = uuid.uuid4().hex
+        held: dict[str, list[OutboxRow]] = {}
+        for name, exchange in variants.items():
+            recorded = datetime.fromtimestamp(self._wall_clock(), UTC)
+            plans = _plan(exchange, "outcome", recorded, self._gateway)
+            rid = exchange.request_id
+            pseudonyms = await self._pseudonyms(rid, [p.patient for p in plans if p.patient])
+            held[name] = self._rows(plans, rid, micros(recorded), pseudonyms, intent)
+        self._live[intent] = self._clock()
         try:
-            await outbox.put(rows)
-        except Exception as exc:  # any failure of the outbox's own storage: nothing is durable
-            raise _unavailable(rid, exc) from exc
-        self._deferred = True
-        get_logger("consentry.audit").warning(
-            "write outcome kept in the audit outbox", request_id=rid, entries=len(rows)
-        )
-        return []
+            await outbox.hold(intent, probe, held)
+        except Exception as exc:  # the outbox's own storage failed: do not forward
+            self._live.pop(intent, None)
+            raise _unavailable(next(iter(variants.values())).request_id, exc) from exc
+        return intent
+
+    async def reconcile(self, decide: Callable[[str], Awaitable[str | None]]) -> int:
+        """Resolve each open intent (a write whose gateway stopped before its outcome was
+        recorded) with ``decide(probe)``, which asks the upstream and names the variant that
+        happened (None: it cannot tell now), then :meth:`replay`. Intents of writes this
+        process has in flight are left alone. Returns the rows and undecided intents still
+        waiting (-1 when that is not known: the outbox cannot be read)."""
+        outbox = self.outbox
+        if outbox is None:
+            return 0
+        now = self._clock()
+        self._live = {i: t for i, t in self._live.items() if now - t < self._live_for}
+        undecided = 0
+        try:
+            for intent, probe in await outbox.intents():
+                if intent in self._live:
+                    continue
+                variant = await decide(probe)
+                if variant is None:
+                    undecided += 1
+                else:
+                    await outbox.resolve(intent, variant)
+                    self._deferred = True
+        # Start-up and readiness call this: an unreachable upstream or outbox is reported as
+        # work still waiting, never raised.
+        except Exception as exc:  # noqa: BLE001
+            get_logger("consentry.audit").warning(
+                "audit intents not reconciled", error_type=type(exc).__name__
+            )
+            undecided = -1
+        waiting = await self.replay()
+        return -1 if -1 in (waiting, undecided) else waiting + undecided
 
     async def replay(self) -> int:
         """Append the outbox's rows to the ledger, oldest first, dropping each once committed;

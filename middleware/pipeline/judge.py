@@ -115,6 +115,7 @@ class Trail:
     emergency: bool = False
     overridden: set[str] = field(default_factory=set)
     mapping: str | None = None  # the mapping profile and digest the exchange went through
+    intent: str | None = None  # a forwarded write's audit intent, until its outcome is recorded
 
     def decided(self, patient: str, decision: Decision | None) -> None:
         """Keep the first permit or any deny for ``patient`` (a deny is what an auditor

@@ -25,6 +25,12 @@ matches; a client may not write the gateway's tag itself (400), nor change it on
 With the client's own ``If-None-Exist`` its criteria decide, as before, and the key is only
 the tag.
 
+Every create is tagged so (a random key when the client gives none; no ``If-None-Exist``
+then): with the decision recorded and before the write is forwarded, ``intend`` keeps a
+*probe* of it (JSON: the method, the target or the create's tag, the pinned version and a
+digest of what was sent), by which a gateway killed before recording the outcome learns from
+the upstream at its next start whether the write happened (``proxy.reconcile``).
+
 Conditional targets (``PUT/PATCH/DELETE [type]?criteria``, ``If-None-Exist``) are resolved
 first with a search of at most two matches: one visible match becomes the instance write it
 names; several, or any the caller may not see, get the same 412 (a hidden match must not be
@@ -35,6 +41,7 @@ missing one and a deleted one all answer the generic 404, and nothing is forward
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
@@ -99,16 +106,25 @@ _RESULT_PARAMS: Final = frozenset(
 #: Records one phase of an exchange on the ledger; raises ServiceUnavailable when it cannot.
 Recorder = Callable[[Ask, int, Literal["exchange", "decision", "outcome"]], Awaitable[None]]
 Bundles = Callable[[Ask], Awaitable[Answer]]
+#: Keeps a write's audit intent before it is forwarded: ``(ask, probe, created)``.
+Intend = Callable[[Ask, str, bool], Awaitable[None]]
 
 
 class Writes:
     """The write half of the pipeline (module docstring). ``bundles`` handles batch and
     transaction."""
 
-    def __init__(self, flow: Flow, record: Recorder, bundles: Bundles | None = None) -> None:
+    def __init__(
+        self,
+        flow: Flow,
+        record: Recorder,
+        bundles: Bundles | None = None,
+        intend: Intend | None = None,
+    ) -> None:
         self.flow = flow
         self.record = record
         self.bundles = bundles
+        self.intend = intend
 
     async def __call__(self, ask: Ask) -> Answer:
         interaction = ask.request.interaction
@@ -147,11 +163,10 @@ class Writes:
         criteria = ask.headers.get("if-none-exist")
         pinned: list[tuple[str, str]] = []
         key = ask.headers.get("idempotency-key")
-        if key is not None:
-            code = _idempotency_code(ask.caller.binding, key)
-            body = _with_tag(body, code)
-            if criteria is None:  # the client's own criteria, when given, decide instead
-                pinned = [("if-none-exist", f"_tag={IDEMPOTENCY_TAG}|{code}")]
+        code = _idempotency_code(ask.caller.binding, uuid.uuid4().hex if key is None else key)
+        body = _with_tag(body, code)
+        if key is not None and criteria is None:  # the client's own criteria decide instead
+            pinned = [("if-none-exist", f"_tag={IDEMPOTENCY_TAG}|{code}")]
         if criteria is not None:
             matches = await self._matches(ask, request.resource_type or "", criteria.encode())
             if matches:
@@ -164,9 +179,9 @@ class Writes:
         # judge the record as the new one it will be, so that a new Patient is its own, not
         # yet consented, compartment rather than an unknown one.
         await self.check(ask, {**body, "id": NEW_ID}, ACTION_COLLECT)
-        return await self._forward(
-            ask, "POST", request.resource_type or "", pinned, jsoncodec.encode(body)
-        )
+        rtype = request.resource_type or ""
+        probe = {"method": "POST", "type": rtype, "tag": code}
+        return await self._forward(ask, "POST", rtype, pinned, jsoncodec.encode(body), probe=probe)
 
     async def _update(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
         request = ask.request
@@ -335,10 +350,19 @@ class Writes:
         target: str,
         headers: list[tuple[str, str]],
         body: bytes | None = None,
+        *,
+        probe: dict[str, Any] | None = None,
     ) -> Answer:
-        """Record the decision, forward the write (``body``: the client's unless given),
-        release its answer."""
+        """Record the decision, keep the intent (``probe``: how the upstream tells whether
+        the write happened; by default the target's version before and a digest of ``body``),
+        forward the write (``body``: the client's unless given), release its answer."""
         await self.record(ask, 200, "decision")
+        if self.intend is not None:
+            if probe is None:
+                probe = {"method": method, "target": target, "version": _pinned(headers)}
+                if body is not None:
+                    probe["sent"] = content_digest(jsoncodec.decode(body))
+            await self.intend(ask, jsoncodec.encode(probe).decode(), method == "POST")
         up = await ask.forward(
             method, target, body=ask.body if body is None else body, headers=headers
         )
@@ -378,6 +402,22 @@ def _resource(raw: bytes, rtype: str | None) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("resourceType") != rtype:
         raise BadRequest(f"the request body must be a {rtype} resource", code="structure")
     return document
+
+
+def content_digest(resource: Any) -> str:
+    """SHA-256 of ``resource`` without ``meta`` (the server's version and time), canonical:
+    what an update sent and what the upstream holds afterwards compare equal."""
+    if isinstance(resource, dict):
+        resource = {k: v for k, v in resource.items() if k != "meta"}
+    return hashlib.sha256(jsoncodec.encode_canonical(resource)).hexdigest()
+
+
+def _pinned(headers: list[tuple[str, str]]) -> str | None:
+    """The version an ``If-Match`` in ``headers`` pins (``W/"3"`` -> ``3``)."""
+    for name, value in headers:
+        if name == "if-match":
+            return value.removeprefix("W/").strip('"')
+    return None
 
 
 def _idempotency_code(binding: str, key: str) -> str:

@@ -185,26 +185,23 @@ class Enforcement:
     async def record(self, ask: Ask, status: int, phase: Phase) -> None:
         """Commit ``phase`` of ``ask``'s exchange to the ledger (raises ServiceUnavailable)."""
         trail = ask.trail
-        refs: Sequence[str] = trail.refs if ask.request.interaction in _NAMED_RESOURCES else ()
-        await self.recorder.record(
-            Exchange(
-                request=ask.request,
-                identity=ask.caller.identity,
-                status=status,
-                request_id=ask.request_id,
-                raw_request=ask.raw_request,
-                client_address=ask.client_address,
-                decisions=dict(trail.decisions),
-                released=frozenset(trail.released) if status < 400 else frozenset(),
-                resource_refs=tuple(refs),
-                narrowed=trail.narrowed,
-                break_glass=trail.break_glass,
-                mapping=trail.mapping,
-            ),
-            phase,
-        )
+        intent = trail.intent if phase == "outcome" else None
+        await self.recorder.record(_exchange(ask, status), phase, intent=intent)
         if phase == "decision":
             trail.decision_recorded = True
+        elif intent is not None:
+            trail.intent = None
+
+    async def intend(self, ask: Ask, probe: str, created: bool) -> None:
+        """Before a write whose decision is recorded is forwarded: keep its outcome entries
+        for each way it can end, with ``probe`` (``audit.recorder.AuditRecorder.intend``), so
+        a gateway killed before the outcome is recorded is reconciled at its next start
+        (``proxy.reconcile``). Not with an id mapping: the probe would name client ids."""
+        if self.ids is not None:
+            return
+        applied = 201 if created else 200
+        variants = {name: _exchange(ask, status) for name, status in _variants(applied)}
+        ask.trail.intent = await self.recorder.intend(variants, probe)
 
     async def _record_refusal(
         self,
@@ -264,6 +261,33 @@ class Enforcement:
     def _self_url(self, request: FhirRequest) -> str:
         url = f"{self._gateway_base}/{request.path}" if request.path else self._gateway_base
         return f"{url}?{request.query.decode('ascii')}" if request.query else url
+
+
+def _variants(applied: int) -> tuple[tuple[str, int], ...]:
+    """How an interrupted write is recorded once reconciled: the upstream has it (its success
+    status), does not have it (504: the gateway never had the upstream's answer), or cannot
+    tell (502)."""
+    return (("applied", applied), ("absent", 504), ("unknown", 502))
+
+
+def _exchange(ask: Ask, status: int) -> Exchange:
+    """``ask``'s exchange as the audit records it, answered ``status``."""
+    trail = ask.trail
+    refs: Sequence[str] = trail.refs if ask.request.interaction in _NAMED_RESOURCES else ()
+    return Exchange(
+        request=ask.request,
+        identity=ask.caller.identity,
+        status=status,
+        request_id=ask.request_id,
+        raw_request=ask.raw_request,
+        client_address=ask.client_address,
+        decisions=dict(trail.decisions),
+        released=frozenset(trail.released) if status < 400 else frozenset(),
+        resource_refs=tuple(refs),
+        narrowed=trail.narrowed,
+        break_glass=trail.break_glass,
+        mapping=trail.mapping,
+    )
 
 
 def _tally(trail: Trail, log: ExchangeLog, metrics: Metrics) -> None:

@@ -29,9 +29,37 @@ CREATE TABLE IF NOT EXISTS outbox (
     patient TEXT,
     consent INTEGER,
     flags INTEGER NOT NULL,
-    idempotency_key TEXT NOT NULL
+    idempotency_key TEXT NOT NULL,
+    intent TEXT,
+    variant TEXT
+);
+CREATE TABLE IF NOT EXISTS intent (
+    intent TEXT PRIMARY KEY,
+    probe TEXT NOT NULL
 )
 """
+_INSERT = (
+    "INSERT INTO outbox (request_id, kind, recorded_us, salt, evidence, pseudonym, patient,"
+    " consent, flags, idempotency_key, intent, variant)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _values(r: OutboxRow, intent: str | None, variant: str | None) -> tuple[object, ...]:
+    return (
+        r.request_id,
+        r.kind,
+        r.recorded_us,
+        r.salt,
+        r.evidence,
+        r.pseudonym,
+        r.patient,
+        r.consent,
+        r.flags,
+        r.idempotency_key,
+        intent,
+        variant,
+    )
 
 
 class SqliteOutbox:
@@ -56,43 +84,79 @@ class SqliteOutbox:
                 os.close(fd)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA synchronous=FULL")
-            db.execute(_SCHEMA)
+            db.executescript(_SCHEMA)
             self._db = db
         return self._db
 
-    async def put(self, rows: list[OutboxRow]) -> None:
-        """Store ``rows`` durably, all or none (raises ``sqlite3.Error`` / ``OSError``)."""
-        await asyncio.to_thread(self._put, rows)
+    async def put(self, rows: list[OutboxRow], *, settles: str | None = None) -> None:
+        """Store ``rows`` durably, all or none, settling ``settles`` in the same transaction
+        (raises ``sqlite3.Error`` / ``OSError``)."""
+        await asyncio.to_thread(self._write, rows, None, None, settles)
 
-    def _put(self, rows: list[OutboxRow]) -> None:
+    async def hold(self, intent: str, probe: str, variants: dict[str, list[OutboxRow]]) -> None:
+        """Store the intent and its variants' rows, held (not pending), in one transaction."""
+        await asyncio.to_thread(self._write, [], intent, (probe, variants), None)
+
+    async def settle(self, intent: str) -> None:
+        """Drop the intent and its held rows (the real outcome was recorded)."""
+        await asyncio.to_thread(self._write, [], None, None, intent)
+
+    async def resolve(self, intent: str, variant: str) -> None:
+        """Make ``variant``'s rows pending; drop the others and the intent."""
+        await asyncio.to_thread(self._resolve, intent, variant)
+
+    async def intents(self) -> list[tuple[str, str]]:
+        """The open intents, ``(intent, probe)``, oldest first."""
+        return await asyncio.to_thread(self._intents)
+
+    def _write(
+        self,
+        rows: list[OutboxRow],
+        intent: str | None,
+        held: tuple[str, dict[str, list[OutboxRow]]] | None,
+        settles: str | None,
+    ) -> None:
         with self._lock:
             db = self._connect()
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(
-                    "INSERT INTO outbox (request_id, kind, recorded_us, salt, evidence,"
-                    " pseudonym, patient, consent, flags, idempotency_key)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.request_id,
-                            r.kind,
-                            r.recorded_us,
-                            r.salt,
-                            r.evidence,
-                            r.pseudonym,
-                            r.patient,
-                            r.consent,
-                            r.flags,
-                            r.idempotency_key,
-                        )
-                        for r in rows
-                    ],
-                )
+                db.executemany(_INSERT, [_values(r, None, None) for r in rows])
+                if intent is not None and held is not None:
+                    probe, variants = held
+                    db.execute("INSERT INTO intent (intent, probe) VALUES (?, ?)", (intent, probe))
+                    db.executemany(
+                        _INSERT,
+                        [_values(r, intent, v) for v, group in variants.items() for r in group],
+                    )
+                if settles is not None:
+                    db.execute("DELETE FROM outbox WHERE intent = ?", (settles,))
+                    db.execute("DELETE FROM intent WHERE intent = ?", (settles,))
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    def _resolve(self, intent: str, variant: str) -> None:
+        with self._lock:
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "DELETE FROM outbox WHERE intent = ? AND variant IS NOT ?", (intent, variant)
+                )
+                db.execute(
+                    "UPDATE outbox SET intent = NULL, variant = NULL WHERE intent = ?", (intent,)
+                )
+                db.execute("DELETE FROM intent WHERE intent = ?", (intent,))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _intents(self) -> list[tuple[str, str]]:
+        with self._lock:
+            cursor = self._connect().execute("SELECT intent, probe FROM intent ORDER BY rowid")
+            return [(str(i), str(p)) for i, p in cursor.fetchall()]
 
     async def pending(self, limit: int = 1000) -> list[OutboxRow]:
         """Up to ``limit`` rows, oldest first."""
@@ -102,7 +166,8 @@ class SqliteOutbox:
         with self._lock:
             cursor = self._connect().execute(
                 "SELECT request_id, kind, recorded_us, salt, evidence, pseudonym, patient,"
-                " consent, flags, idempotency_key, id FROM outbox ORDER BY id LIMIT ?",
+                " consent, flags, idempotency_key, id FROM outbox WHERE intent IS NULL"
+                " ORDER BY id LIMIT ?",
                 (limit,),
             )
             return [OutboxRow(*row) for row in cursor.fetchall()]
@@ -113,8 +178,9 @@ class SqliteOutbox:
 
     def _count(self) -> int:
         with self._lock:
-            (n,) = self._connect().execute("SELECT count(*) FROM outbox").fetchone()
-            return int(n)
+            db = self._connect()
+            (rows,) = db.execute("SELECT count(*) FROM outbox WHERE intent IS NULL").fetchone()
+            return int(rows)
 
     async def remove(self, row_id: int) -> None:
         """Drop the row ``row_id`` (the ledger holds its entry)."""

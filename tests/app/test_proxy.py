@@ -11,6 +11,7 @@ import httpx
 import pytest
 import respx
 
+from middleware.pipeline.writes import IDEMPOTENCY_TAG
 from tests.app.conftest import GATEWAY, UPSTREAM, raw_asgi_request
 
 PATIENT = b'{"resourceType":"Patient","id":"p1","meta":{"versionId":"3"},"active":true}'
@@ -498,7 +499,10 @@ async def test_gzip_request_body_is_decoded_before_forwarding(
         content=gzip.compress(PATIENT),
         headers={"content-type": "application/fhir+json", "content-encoding": "gzip"},
     )
-    assert route.calls.last.request.content == PATIENT
+    # The body decoded, as sent: only the create's tag added (pipeline.writes).
+    sent = json.loads(route.calls.last.request.content)
+    assert [tag["system"] for tag in sent["meta"].pop("tag")] == [IDEMPOTENCY_TAG]
+    assert sent == json.loads(PATIENT)
     assert "content-encoding" not in route.calls.last.request.headers
 
 
@@ -591,6 +595,7 @@ async def test_upstream_failures_become_operation_outcomes_without_internals(
         assert secret not in response.text
 
 
+@pytest.mark.usefixtures("mock_upstream_only")
 async def test_unexpected_exception_is_a_generic_500(
     client: httpx.AsyncClient, router: respx.Router
 ) -> None:

@@ -10,6 +10,7 @@ ledger, and a create sent with ``Idempotency-Key`` is stored once however often 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -323,3 +324,41 @@ async def test_a_malformed_idempotency_key_is_400(
         )
     assert answer.status_code == 400
     assert not written.called
+
+
+async def test_a_write_in_flight_is_not_reconciled_by_a_readiness_check(
+    make_client: Callable[..., httpx.AsyncClient], router: respx.Router, store: OutageStore
+) -> None:
+    """Reconciliation asks the upstream whether an interrupted write happened; asked about a
+    write still in flight it would hear "not yet" and record the write as never applied.
+    A ``/readyz`` during a write leaves that write's intent alone (and is ready): the one
+    outcome on the ledger is the upstream's real answer."""
+    router.get("/metadata").respond(200, json=CAPABILITY)
+    searched = router.get("/Observation").respond(
+        200, json={"resourceType": "Bundle", "type": "searchset", "entry": []}
+    )
+    release = asyncio.Event()
+    holding = asyncio.Event()
+
+    async def slow(_request: httpx.Request) -> httpx.Response:
+        holding.set()
+        await release.wait()
+        return httpx.Response(201, json={**OBSERVATION, "id": "o9"}, headers=FHIR)
+
+    router.post("/Observation").mock(side_effect=slow)
+    async with make_client() as client:
+        before = await store.size()
+        write = asyncio.create_task(
+            client.post("/fhir/Observation", json=OBSERVATION, headers=FHIR)
+        )
+        await holding.wait()
+        ready = await client.get("/readyz")
+        release.set()
+        answer = await write
+        after = await client.get("/readyz")
+    assert (ready.status_code, answer.status_code, after.status_code) == (200, 201, 200)
+    assert not searched.called
+    assert await kinds(store, before) == [
+        (EntryKind.ACCESS_DECISION, True),
+        (EntryKind.ACCESS_OUTCOME, True),
+    ]

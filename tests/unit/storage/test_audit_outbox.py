@@ -67,6 +67,33 @@ async def test_a_put_is_all_or_none(tmp_path: Path) -> None:
     outbox.close()
 
 
+async def test_an_intent_is_held_until_resolved_to_one_variant(tmp_path: Path) -> None:
+    """An intent's rows are not pending (they are what *might* have happened); resolving it
+    makes exactly the chosen variant's rows pending and drops the rest, and it survives the
+    process that wrote it."""
+    path = str(tmp_path / "outbox.db")
+    first = SqliteOutbox(path)
+    await first.hold("i1", '{"method":"DELETE"}', {"applied": [row(1)], "absent": [row(2)]})
+    await first.hold("i2", '{"method":"POST"}', {"applied": [row(3)], "absent": [row(4)]})
+    assert await first.pending() == []
+    assert await first.count() == 0
+    first.close()
+
+    second = SqliteOutbox(path)
+    assert await second.intents() == [("i1", '{"method":"DELETE"}'), ("i2", '{"method":"POST"}')]
+    await second.resolve("i1", "absent")
+    assert [r.request_id for r in await second.pending()] == ["rid-2"]
+    assert await second.intents() == [("i2", '{"method":"POST"}')]
+    await second.put([row(5)], settles="i2")  # the real outcome, recorded in its place
+    assert [r.request_id for r in await second.pending()] == ["rid-2", "rid-5"]
+    assert await second.intents() == []
+    await second.hold("i3", "{}", {"applied": [row(6)]})
+    await second.settle("i3")
+    assert await second.intents() == []
+    assert await second.count() == 2
+    second.close()
+
+
 @pytest.mark.parametrize(
     ("setting", "store", "expected"),
     [
