@@ -17,6 +17,17 @@ settings.register_profile("ci", derandomize=True, database=None, deadline=None, 
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--upstream",
+        choices=("mock", "aiohttp"),
+        default="mock",
+        help="how the app suite's gateways reach their respx upstream: httpx.MockTransport "
+        "(mock), or the default client (aiohttp) over real HTTP to a local server serving the "
+        "same routes (tests/served_upstream.py). The leak suite always runs both.",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _structlog_restored() -> Iterator[None]:
     """Tests (and the CLI commands they run) configure structlog for their own stream, which

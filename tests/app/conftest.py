@@ -1,5 +1,7 @@
 """App tests: the gateway driven through ``httpx.ASGITransport``, the upstream mocked with respx
-through ``httpx.MockTransport`` (injected, never patched)."""
+through ``httpx.MockTransport`` (injected, never patched); with ``pytest --upstream=aiohttp``
+the gateways made by ``make_app`` reach the same respx routes over real HTTP with the default
+client instead (:mod:`tests.served_upstream`)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ import respx
 from middleware.app import Gateway, create_app
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.ledger.signing import SigningKey
+from middleware.proxy.upstream import Upstream
 from middleware.settings import Settings, load_settings
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.consenting import AUDIENCE, DEV_ISSUER, auth_settings
+from tests.served_upstream import ServedUpstream
 
 UPSTREAM = "http://upstream.test:8103/fhir"
 GATEWAY = "http://gateway.test/fhir"
@@ -88,18 +92,50 @@ def signer() -> SigningKey:
 
 
 @pytest.fixture
+def mock_upstream_only(request: pytest.FixtureRequest) -> None:
+    """For a test about what only an injected transport can do (a library's own exception
+    escaping it, its error class names): skipped with ``--upstream=aiohttp``."""
+    if request.config.getoption("--upstream") != "mock":
+        pytest.skip("needs the injected httpx transport")
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[list[ServedUpstream]]:
+    """The served upstreams ``make_app`` opened (``--upstream=aiohttp``), closed at the end."""
+    opened: list[ServedUpstream] = []
+    yield opened
+    for upstream in opened:
+        await upstream.aclose()
+
+
+@pytest.fixture
 def make_app(
+    request: pytest.FixtureRequest,
     router: respx.Router,
     clock: FakeClock,
     store: MemoryLogStore,
     signer: SigningKey,
     make_settings: Callable[..., Settings],
     wall: WallClock,
+    served: list[ServedUpstream],
 ) -> Callable[..., Gateway]:
+    over_http = request.config.getoption("--upstream") == "aiohttp"
+
     def make(**overrides: Any) -> Gateway:
+        settings = make_settings(**overrides)
+        upstream: httpx.AsyncBaseTransport | Upstream = httpx.MockTransport(router.async_handler)
+        if over_http:
+            upstream = ServedUpstream(
+                router.async_handler,
+                settings.upstream,
+                pool_size=settings.upstream_pool_size,
+                connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout,
+            )
+            served.append(upstream)
         return create_app(
-            make_settings(**overrides),
-            upstream=httpx.MockTransport(router.async_handler),
+            settings,
+            upstream=upstream,
             store=store,
             signer=signer,
             wall_clock=wall,

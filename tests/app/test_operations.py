@@ -155,6 +155,7 @@ async def test_healthz_is_liveness_and_readyz_reflects_the_store(
     assert not_ready["error"] == "ledger store unavailable"
 
 
+@pytest.mark.usefixtures("mock_upstream_only")
 async def test_readyz_logs_why_the_upstream_is_not_ready(
     make_app: Callable[..., Gateway], router: respx.Router, log: io.StringIO
 ) -> None:
@@ -176,6 +177,7 @@ async def test_readyz_logs_why_the_upstream_is_not_ready(
 # --- the upstream's cause, the request log line ----------------------------------------------
 
 
+@pytest.mark.usefixtures("mock_upstream_only")
 async def test_an_unreachable_upstream_is_logged_with_its_cause_and_no_phi(
     make_client: Any, router: respx.Router, log: io.StringIO
 ) -> None:

@@ -20,12 +20,21 @@ def key_file(tmp_path: Path) -> Path:
     return tmp_path / "dev-issuer.jwk"
 
 
+@pytest.fixture(params=["mock", "aiohttp"])
+def upstream_mode(request: pytest.FixtureRequest) -> str:
+    """Every leak test runs twice: the upstream reached through ``httpx.MockTransport``, and
+    over real HTTP with the gateway's default client (:mod:`tests.served_upstream`)."""
+    mode: str = request.param
+    return mode
+
+
 @pytest.fixture
-async def make_world(key_file: Path) -> AsyncIterator[OpenWorld]:
+async def make_world(key_file: Path, upstream_mode: str) -> AsyncIterator[OpenWorld]:
     """Opens further settings (other gateway keys, other settings); all closed at the end."""
     opened: list[World] = []
 
     async def make(**overrides: Any) -> World:
+        overrides.setdefault("served", upstream_mode == "aiohttp")
         world = await open_world(key_file, **overrides)
         opened.append(world)
         return world

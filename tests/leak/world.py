@@ -26,11 +26,13 @@ from middleware.ledger.entry import AppendResult, NewEntry
 from middleware.ledger.leaf import Leaf, decode_leaf
 from middleware.ledger.sequencer import CheckpointSigner
 from middleware.ledger.signing import SigningKey
+from middleware.proxy.upstream import Upstream
 from middleware.settings import load_settings
 from middleware.storage.consent_memory import MemoryConsentStore
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.consenting import DEV_ISSUER, Tokens, auth_settings
 from tests.leak.upstream import GATEWAY, SECRET, UPSTREAM, FakeFhir
+from tests.served_upstream import ServedUpstream
 
 __all__ = [
     "DENY_DR",
@@ -126,9 +128,12 @@ async def open_world(
     *,
     fhir: FakeFhir | None = None,
     signer: SigningKey | None = None,
+    served: bool = False,
     **settings: Any,
 ) -> World:
-    """A seeded :class:`World`: p1's consent created through the consent API by p1."""
+    """A seeded :class:`World`: p1's consent created through the consent API by p1. With
+    ``served``, the gateway reaches the upstream with its default client (aiohttp) over real
+    HTTP (:mod:`tests.served_upstream`), else through ``httpx.MockTransport``."""
     fhir = fhir or FakeFhir()
     router = respx.Router(assert_all_called=False)
     router.route().mock(side_effect=fhir.handle)
@@ -143,9 +148,19 @@ async def open_world(
         "auth": auth_settings(key_file),
         **settings,
     }
+    loaded = load_settings(overrides=values)
+    upstream: httpx.AsyncBaseTransport | Upstream = httpx.MockTransport(router.async_handler)
+    if served:
+        upstream = ServedUpstream(
+            router.async_handler,
+            loaded.upstream,
+            pool_size=loaded.upstream_pool_size,
+            connect_timeout=loaded.connect_timeout,
+            read_timeout=loaded.read_timeout,
+        )
     gateway = create_app(
-        load_settings(overrides=values),
-        upstream=httpx.MockTransport(router.async_handler),
+        loaded,
+        upstream=upstream,
         store=store,
         signer=signer or SigningKey.generate("gateway.test/fhir/ledger"),
         consents=MemoryConsentStore(),
