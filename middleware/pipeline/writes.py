@@ -21,7 +21,8 @@ header) can be retried safely, across restarts and replicas: the gateway tags th
 client and the key) and sends it as a conditional create on that tag (FHIR R4
 http.html#ccreate, ``If-None-Exist``), so the upstream answers a retry of a create it already
 stored with that resource (200) instead of storing it twice. Another caller's key never
-matches; a client may not write the gateway's tag itself (400), nor change it on update.
+matches; a client may not write the gateway's tag itself (400): an update or patch may keep
+or leave out the tags the resource has, never add one.
 With the client's own ``If-None-Exist`` its criteria decide, as before, and the key is only
 the tag.
 
@@ -188,7 +189,8 @@ class Writes:
         body = self._incoming(ask)
         if request.resource_id is not None and body.get("id") != request.resource_id:
             raise BadRequest("the resource id must match the id in the URL")
-        if _own_tags(body) != (frozenset() if current is None else _own_tags(current)):
+        # Kept or left out (a client's PUT rarely carries meta), never added or changed.
+        if not _own_tags(body) <= (frozenset() if current is None else _own_tags(current)):
             raise BadRequest("the idempotency tag is set by the gateway, from Idempotency-Key")
         if current is None:  # FHIR update-as-create: the body is new data
             if request.conditional:
@@ -238,7 +240,7 @@ class Writes:
         if mapper is not None:
             ask.trail.mapping = mapper.label
             after = mapper.write(after)
-        if _own_tags(after) != _own_tags(current):
+        if not _own_tags(after) <= _own_tags(current):
             raise BadRequest("the idempotency tag is set by the gateway, from Idempotency-Key")
         await self.check(ask, after, ACTION_CORRECT)
         # What was judged is what is stored: the patched resource, sent as an update pinned to

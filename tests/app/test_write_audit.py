@@ -362,3 +362,33 @@ async def test_a_write_in_flight_is_not_reconciled_by_a_readiness_check(
         (EntryKind.ACCESS_DECISION, True),
         (EntryKind.ACCESS_OUTCOME, True),
     ]
+
+
+@pytest.mark.parametrize(
+    ("tags", "status"),
+    [([], 200), (["kept"], 200), (["other"], 400), (["kept", "other"], 400)],
+    ids=["left-out", "kept", "changed", "added"],
+)
+async def test_an_update_may_keep_or_leave_out_the_tag_never_add_one(
+    make_client: Callable[..., httpx.AsyncClient],
+    router: respx.Router,
+    tags: list[str],
+    status: int,
+) -> None:
+    """Every create is tagged, so nearly every record written through the gateway carries
+    the tag; a client's PUT rarely carries ``meta`` at all, and must not be refused for it.
+    Adding or changing the tag stays refused (it would squat a key)."""
+    current = {
+        **OBSERVATION,
+        "id": "o1",
+        "meta": {"versionId": "1", "tag": [{"system": IDEMPOTENCY_TAG, "code": "kept"}]},
+    }
+    router.get("/Observation/o1").respond(200, json=current, headers=FHIR)
+    put = router.put("/Observation/o1").respond(200, json=current, headers=FHIR)
+    body: dict[str, Any] = {**OBSERVATION, "id": "o1", "status": "amended"}
+    if tags:
+        body["meta"] = {"tag": [{"system": IDEMPOTENCY_TAG, "code": code} for code in tags]}
+    async with make_client() as client:
+        answer = await client.put("/fhir/Observation/o1", json=body, headers=FHIR)
+    assert answer.status_code == status
+    assert put.called == (status == 200)
