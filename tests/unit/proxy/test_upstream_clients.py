@@ -14,7 +14,9 @@ import asyncio
 import gzip
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 
 from middleware.app import create_app
@@ -412,3 +414,36 @@ async def test_aiohttp_is_the_default_client() -> None:
     assert isinstance(chosen, DeadlineUpstream)
     assert isinstance(chosen.inner, AiohttpUpstream)
     await gateway.aclose()
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "native"])
+async def test_the_gateway_answers_502_to_a_smuggled_answer_and_the_next_request_is_clean(
+    client: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end: an upstream that appends a second answer to its CapabilityStatement (an
+    attacker's response queued for whoever asks next) gets the caller a 502, and the next
+    request through the gateway is answered by the upstream on a new connection."""
+    monkeypatch.chdir(tmp_path)
+    capability = b'{"resourceType":"CapabilityStatement","status":"active","fhirVersion":"4.0.1"}'
+    smuggled = b'{"resourceType":"Patient","id":"someone-else"}'
+
+    async def script(seen: Seen) -> bytes:
+        if seen.conn > 0:
+            return response(capability)
+        return response(capability) + response(smuggled)
+
+    async with RawServer(script) as server:
+        settings = load_settings(
+            overrides={"upstream": server.url + "/fhir", "upstream_client": client}
+        )
+        app = create_app(settings, store=MemoryLogStore(), signer=SigningKey.generate("t"))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as http:
+            refused = await http.get("/fhir/metadata")
+            again = await http.get("/fhir/metadata", params={"_": "1"})
+        await app.aclose()
+    assert refused.status_code == 502
+    assert b"someone-else" not in refused.content
+    assert again.status_code == 200
+    assert b"someone-else" not in again.content
+    assert [seen.conn for seen in server.seen] == [0, 1]
