@@ -1,14 +1,23 @@
 """Slow-header flood against a local ``consentry serve``: do prompt clients still get answers?
 
 ``python -m bench.slowloris [--connections 2000] [--seconds 20] [--max-connections N]
-[--header-timeout S] [--server-fd-limit N]`` starts ``consentry serve`` on a free loopback
-port (memory store, an unreachable upstream: only ``/healthz`` is asked; the last option
-lowers the server's open-file limit), opens ``--connections`` connections that send a request
-line and then one header line every 2 s, never finishing (each reopened when the server
-closes it), and meanwhile asks ``GET /healthz`` on a fresh connection every 20 ms with a 5 s
-timeout. Prints one JSON object: prompt requests tried, answered 200, success rate, p50/p99
-latency, and how many slow connections the server closed. Loopback only, bounded: at most
-20,000 connections and 120 seconds.
+[--header-timeout S] [--server-fd-limit N] [--mode slow-headers|body-flood]`` starts
+``consentry serve`` on a free loopback port (memory store, an unreachable upstream: only
+``/healthz`` is asked; ``--server-fd-limit`` lowers the server's open-file limit), opens
+``--connections`` connections that send a request line and then one header line every 2 s,
+never finishing (each reopened when the server closes it), and meanwhile asks ``GET /healthz``
+on a fresh connection every 20 ms with a 5 s timeout. Prints one JSON object: prompt requests
+tried, answered 200, success rate, p50/p99 latency, and how many slow connections the server
+closed. Loopback only, bounded: at most 20,000 connections and 120 seconds.
+
+``--mode body-flood``: the ``--connections`` clients instead send ``POST /fhir/Patient``
+without a token, announcing a 16 MiB body and writing it in 64 KiB chunks as fast as the server
+takes them (each reopened when the server closes it): the gateway refuses before reading a body
+(401, or 429 once the address's budget is spent), so prompt clients must not notice.
+
+The open-file limit of this process (and so of the server it starts, unless
+``--server-fd-limit``) is raised to cover ``--connections`` (the hard limit too, which needs
+root); the server's connection cap stays its default unless ``--max-connections``.
 """
 
 from __future__ import annotations
@@ -57,6 +66,34 @@ async def _slow(port: int, stop: float, closed: list[int]) -> None:
             await asyncio.sleep(0.5)
 
 
+FLOOD_BODY = 16 * 1024 * 1024
+FLOOD_CHUNK = b"x" * 65536
+
+
+async def _flood(port: int, stop: float, closed: list[int]) -> None:
+    """One unauthenticated body flooder: a POST announcing 16 MiB, then chunks until closed."""
+    head = (
+        b"POST /fhir/Patient HTTP/1.1\r\nhost: flood\r\ncontent-type: application/fhir+json\r\n"
+        b"content-length: %d\r\n\r\n" % FLOOD_BODY
+    )
+    while time.monotonic() < stop:
+        try:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(head)
+            sent = 0
+            while time.monotonic() < stop and sent < FLOOD_BODY:
+                if reader.at_eof() or writer.is_closing():
+                    break
+                writer.write(FLOOD_CHUNK)
+                sent += len(FLOOD_CHUNK)
+                await asyncio.wait_for(writer.drain(), 5)
+            closed[0] += 1
+            writer.close()
+        except (OSError, TimeoutError):  # reset or closed under us: the server's refusal
+            closed[0] += 1
+            await asyncio.sleep(0.05)
+
+
 async def _prompt(port: int) -> float | None:
     started = time.perf_counter()
     try:
@@ -69,12 +106,15 @@ async def _prompt(port: int) -> float | None:
     return time.perf_counter() - started if head.startswith(b"HTTP/1.1 200") else None
 
 
-async def _run(port: int, connections: int, seconds: float) -> dict[str, float | int]:
+async def _run(
+    port: int, connections: int, seconds: float, mode: str = "slow-headers"
+) -> dict[str, float | int | str]:
     stop = time.monotonic() + seconds
     closed = [0]
     slow = []
+    attacker = _flood if mode == "body-flood" else _slow
     for i in range(connections):
-        slow.append(asyncio.create_task(_slow(port, stop, closed)))
+        slow.append(asyncio.create_task(attacker(port, stop, closed)))
         if i % 200 == 199:
             await asyncio.sleep(0.05)  # open them in waves, as a flood would
     prompts: list[asyncio.Task[float | None]] = []
@@ -85,6 +125,7 @@ async def _run(port: int, connections: int, seconds: float) -> dict[str, float |
     await asyncio.gather(*slow)
     times = sorted(t for t in results if t is not None)
     return {
+        "mode": mode,
         "slow_connections": connections,
         "slow_closed_by_server": closed[0],
         "prompt_tried": len(results),
@@ -104,6 +145,21 @@ def _fd_limit(limit: int) -> Callable[[], None]:
     return lower
 
 
+def _raise_fd_limit(needed: int) -> None:
+    """Let this process (and the server it starts) hold ``needed`` descriptors and some."""
+    want = needed + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:  # raising the hard limit needs root (CAP_SYS_RESOURCE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return
+        except (ValueError, OSError):
+            want = hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=2000)
@@ -111,8 +167,10 @@ def main() -> int:
     parser.add_argument("--max-connections", type=int, default=None)
     parser.add_argument("--header-timeout", type=float, default=None)
     parser.add_argument("--server-fd-limit", type=int, default=None)
+    parser.add_argument("--mode", choices=("slow-headers", "body-flood"), default="slow-headers")
     args = parser.parse_args()
     connections = min(max(args.connections, 1), 20_000)
+    _raise_fd_limit(connections)
     seconds = min(max(args.seconds, 10.0), 120.0)
     port = _free_port()
     env = {**os.environ, "CONSENTRY_LOG_LEVEL": "error", "CONSENTRY_ACCESS_LOG": "false"}
@@ -145,7 +203,7 @@ def main() -> int:
                     break
                 except OSError:
                     time.sleep(0.05)
-            report = asyncio.run(_run(port, connections, seconds))
+            report = asyncio.run(_run(port, connections, seconds, args.mode))
         finally:
             server.terminate()
             server.wait(timeout=30)
