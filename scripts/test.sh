@@ -27,9 +27,9 @@ fi
 bin="$(cd "$venv/bin" && pwd)"
 export PATH="$bin:$PATH" # subprocesses of the tests (consentry, python) are this environment's
 
-# The real upstream FHIR server for integration tests (npm, idempotent, under /tmp/peers).
-shared="${SHARED_DIR:-$(cd .. && pwd)/shared}"
-bash "$shared/peers/install-upstream.sh"
+# The real upstream FHIR server for integration tests (npm, idempotent, under $PEERS_DIR or
+# /tmp/peers): the repository's own installer, the one the README's demo uses.
+bash scripts/upstream.sh --install
 
 step "ruff check";          "$bin/ruff" check .
 step "ruff format --check"; "$bin/ruff" format --check .
