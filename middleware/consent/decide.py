@@ -182,7 +182,7 @@ def decide(
     request = Request(principal, action, purposes, resource, now)
     trace: list[TraceStep] = []
     permitted_by: list[Provision] = []
-    denied = False
+    denied = False  # read only as a truth value (mutation testing: None here is equivalent)
     for policy in policies:
         cid, index = policy.consent_id, policy.ledger_index
         if policy.status != "active":
@@ -281,7 +281,7 @@ def _uncovered(
     if not sensitive and not needs_level:
         return frozenset()
     covered: set[Coding] = set()
-    level = -1
+    level = -1  # below every rank (U is 0); any negative start is equivalent
     for provision in permitted_by:
         covered |= provision.covers
         level = max(level, provision.covers_confidentiality)
