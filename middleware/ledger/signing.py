@@ -63,6 +63,7 @@ __all__ = [
     "SigningKey",
     "Verifier",
     "derive_box_key",
+    "keyed_digest",
     "new_box_key",
     "seal",
     "siv_decrypt",
@@ -266,6 +267,21 @@ def derive_box_key(key: SigningKey, purpose: str) -> bytes:
     return hashlib.blake2b(
         b"consentry/derive/v1", digest_size=BOX_KEY_SIZE, key=key.seed, person=label
     ).digest()
+
+
+def keyed_digest(key: bytes, parts: Sequence[bytes]) -> bytes:
+    """HMAC-SHA256 (RFC 2104) under the 32-byte ``key`` of the length-prefixed ``parts`` (the
+    count, then each part's 8-byte big-endian length and bytes: an unambiguous vector, so
+    ``("ab", "c")`` and ``("a", "bc")`` differ). Without ``key`` nobody computes or predicts it;
+    use a key of its own per purpose (:func:`derive_box_key`). Compare results with
+    :func:`hmac.compare_digest`. A key of the wrong size raises :class:`MalformedError`."""
+    if not isinstance(key, bytes) or len(key) != BOX_KEY_SIZE:
+        raise MalformedError(f"a digest key is {BOX_KEY_SIZE} bytes")
+    mac = hmac.new(key, len(parts).to_bytes(8, "big"), hashlib.sha256)
+    for part in parts:
+        mac.update(len(part).to_bytes(8, "big"))
+        mac.update(part)
+    return mac.digest()
 
 
 def new_box_key() -> bytes:

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.errors import LedgerError, MalformedError, VerificationError
 from middleware.ledger.merkle import EMPTY_ROOT
-from middleware.ledger.signing import SigningKey, Verifier, verify_checkpoint, verify_note
+from middleware.ledger.signing import (
+    SigningKey,
+    Verifier,
+    keyed_digest,
+    verify_checkpoint,
+    verify_note,
+)
 
 from .vectors import (
     ENOCH_SIG,
@@ -194,3 +200,29 @@ def test_verifier_refuses_signatures_of_the_wrong_length() -> None:
     assert not verifier.verify(b"m", signature[:-1])
     assert not verifier.verify(b"m", signature + b"\x00")
     assert not verifier.verify(b"n", signature)
+
+
+# -- keyed_digest ------------------------------------------------------------------------------
+
+# Computed with OpenSSL, not with this code: printf '\0\0\0\0\0\0\0\2\0\0\0\0\0\0\0\1a'
+# '\0\0\0\0\0\0\0\2bc' | openssl dgst -sha256 -mac HMAC -macopt hexkey:000102...1e1f
+_KEYED_DIGEST_ANSWER = "5dee9bd48131b9848b102ce0db165a7a3dd418ff4e60b180e8cdebae5339645a"
+
+
+def test_keyed_digest_is_hmac_sha256_of_the_length_prefixed_parts() -> None:
+    assert keyed_digest(bytes(range(32)), [b"a", b"bc"]).hex() == _KEYED_DIGEST_ANSWER
+
+
+def test_keyed_digest_separates_parts_and_keys() -> None:
+    """Moving a byte from one part to the next, or another key, gives another digest: a caller
+    binding cannot be shifted into the key it is joined with."""
+    key = bytes(range(32))
+    assert keyed_digest(key, [b"ab", b"c"]) != keyed_digest(key, [b"a", b"bc"])
+    assert keyed_digest(key, [b"abc"]) != keyed_digest(key, [b"abc", b""])
+    assert keyed_digest(bytes(32), [b"a", b"bc"]) != keyed_digest(key, [b"a", b"bc"])
+
+
+@pytest.mark.parametrize("key", [b"", bytes(31), bytes(33)], ids=["empty", "short", "long"])
+def test_keyed_digest_refuses_a_key_of_the_wrong_size(key: bytes) -> None:
+    with pytest.raises(MalformedError):
+        keyed_digest(key, [b"x"])
