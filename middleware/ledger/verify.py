@@ -190,6 +190,8 @@ class _Trust:
     def __init__(self, policy: TrustPolicy) -> None:
         self.origin = policy.origin
         self.verifiers = [Verifier(k.key) for k in policy.keys]
+        # One verifier per key, so the lengths always agree: strict= never fires (mutants of
+        # it are equivalent); it stays as the statement of that invariant.
         self.by_id = {
             (v.name, v.key_id): k for v, k in zip(self.verifiers, policy.keys, strict=True)
         }
@@ -201,6 +203,9 @@ def _check_note(out: Findings, note: str, trust: _Trust, what: str) -> Checkpoin
         signed = verify_note(note, trust.verifiers)
         checkpoint = parse_checkpoint(signed.text)
     except MalformedError as exc:
+        # parse_note and parse_checkpoint are all that raise MalformedError here, and
+        # _claimed_size runs the same two: a malformed note claims no size (size=None, or no
+        # size argument, are equivalent mutants). Kept for a parser that grows other errors.
         out.add(f"{what}-malformed", f"{what} note: {exc}", size=_claimed_size(note))
         return None
     except VerificationError as exc:
@@ -291,6 +296,8 @@ def _claimed_size(note: str) -> int | None:
 
 
 def _windows(keys: list[TrustedKey]) -> str:
+    # A note that verified has a signature by at least one policy key, so ``keys`` is never
+    # empty here: the fallback text is unreachable (mutants of it are equivalent).
     return ", ".join(k.window() for k in keys) or "no trusted key"
 
 

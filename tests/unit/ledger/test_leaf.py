@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import pytest
 from hypothesis import given
@@ -118,6 +118,23 @@ def test_decode_rejects(data: bytes) -> None:
         decode_leaf(data)
 
 
+# (id, bytes, the reason given): an export's or a store's bad leaf is reported with this text
+DECODE_REASONS = [
+    pytest.param(b"", f"a leaf is {LEAF_SIZE} bytes, not 0", id="empty"),
+    pytest.param(_patch(0, b"CSRX"), "not a Consentry ledger leaf (bad tag)", id="bad-tag"),
+    pytest.param(_patch(4, b"\x02"), "unsupported leaf version 2", id="unknown-version"),
+    pytest.param(_patch(5, b"\x08"), "unknown entry kind 8", id="unknown-kind"),
+    pytest.param(_patch(6, b"\x80\x00"), "undefined flag bits in 0x8000", id="reserved-flag"),
+]
+
+
+@pytest.mark.parametrize(("data", "reason"), DECODE_REASONS)
+def test_decode_says_why(data: bytes, reason: str) -> None:
+    with pytest.raises(MalformedError) as caught:
+        decode_leaf(data)
+    assert str(caught.value) == reason
+
+
 @pytest.mark.parametrize(
     "fields",
     [
@@ -173,6 +190,25 @@ def test_micros_is_exact_and_zone_independent() -> None:
     assert micros(datetime(1970, 1, 1, 1, 0, 0, 1, tzinfo=paris)) == 1
     with pytest.raises(MalformedError):
         micros(datetime(2024, 1, 1))  # naive: ambiguous
+
+
+class _NoOffset(tzinfo):
+    """A zone that knows no UTC offset: as ambiguous as no zone (Python's "naive" rule)."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        return None
+
+
+def test_micros_refuses_a_zone_without_offset() -> None:
+    with pytest.raises(MalformedError) as caught:
+        micros(datetime(2024, 1, 1, tzinfo=_NoOffset()))
+    assert str(caught.value) == "a recorded time must be timezone-aware"
 
 
 # --- randomness and commitments ---------------------------------------------------------------

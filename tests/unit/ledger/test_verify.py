@@ -3,6 +3,7 @@ log gives none, and nothing verified means not ok."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -12,15 +13,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from middleware.ledger.entry import Evidence, NewEntry
-from middleware.ledger.findings import MAX_FINDINGS
+from middleware.ledger.errors import VerificationError
+from middleware.ledger.findings import MAX_FINDINGS, Finding, show
 from middleware.ledger.keyevent import KeyEvent
 from middleware.ledger.leaf import EntryKind, decode_leaf, encode_leaf
+from middleware.ledger.merkle import verify_consistency
 from middleware.ledger.note import format_note, parse_note
 from middleware.ledger.tree import MerkleLevels
 from middleware.ledger.trust import TrustedKey, TrustPolicy
-from middleware.ledger.verify import ConsistencyProof, verify_log
+from middleware.ledger.verify import ConsistencyProof, verify_log, verify_snapshot
 from tests.contract.helpers import KEY, ORIGIN, entry
-from tests.unit.ledger.logs import POLICY, STRANGER, Log, base, build, flip, resigned, sign
+from tests.unit.ledger.logs import (
+    POLICY,
+    STRANGER,
+    Log,
+    base,
+    build,
+    flip,
+    resigned,
+    sign,
+    snapshot,
+)
 
 
 def _leaves(log: Log, leaves: list[bytes]) -> Log:
@@ -239,3 +252,270 @@ def test_key_events_must_agree_with_the_policy() -> None:
     assert codes == {"key-event"}  # the policy never heard of the rotation
     missing = verify_log(leaves, notes, rotated, evidence=log.evidence)
     assert {f.code for f in missing.findings} == {"key-event"}
+
+
+# --- what each finding says (the report is the verifier's whole answer) -------------------------
+#
+# Found unpinned by mutation testing (scripts/mutation.sh ledger): the codes above were checked,
+# the size, expected and computed values an auditor acts on were not.
+
+ROOT = MerkleLevels.of_leaves(CLEAN.leaves)
+ZERO = bytes(32)
+GARBAGE = "garbage\n\n— x AAAA\n"
+
+
+def _findings(log: Log, policy: TrustPolicy = POLICY) -> list[dict[str, Any]]:
+    report = verify_log(log.leaves, log.notes, policy, evidence=log.evidence, **log.extra)
+    return [f.to_json() for f in report.findings]
+
+
+def _b64(value: bytes) -> str:
+    return base64.b64encode(value).decode()
+
+
+def _signed_by_both(size: int) -> str:
+    """One checkpoint note signed by the contract key and by STRANGER."""
+    lines = [parse_note(sign(size, ROOT.root(size), key)).signatures[0] for key in (KEY, STRANGER)]
+    return format_note(parse_note(sign(size, ROOT.root(size))).text, lines)
+
+
+FINDINGS = [
+    pytest.param(
+        replace(CLEAN, notes=[]),
+        [
+            {
+                "code": "no-checkpoint",
+                "message": "no checkpoint verified under the trust policy",
+                "size": 16,
+            }
+        ],
+        id="no-checkpoint",
+    ),
+    pytest.param(
+        replace(CLEAN, notes=CLEAN.notes[:-1]),
+        [
+            {
+                "code": "unsigned-leaves",
+                "message": "leaves beyond the latest verified checkpoint",
+                "size": 12,
+                "expected": 12,
+                "computed": 16,
+            }
+        ],
+        id="unsigned-leaves",
+    ),
+    pytest.param(
+        # a bad note first: the notes after it are still checked
+        replace(CLEAN, notes=[GARBAGE, *CLEAN.notes]),
+        [
+            {
+                "code": "checkpoint-malformed",
+                "message": "checkpoint note: a signature is a 4-byte key ID and at least one byte",
+            }
+        ],
+        id="malformed-first",
+    ),
+    pytest.param(
+        replace(CLEAN, notes=[*CLEAN.notes, sign(16, ZERO, STRANGER)]),
+        [
+            {
+                "code": "checkpoint-signature",
+                "message": "checkpoint note: no signature by a known key",
+                "size": 16,
+            }
+        ],
+        id="unknown-key",
+    ),
+    pytest.param(
+        replace(CLEAN, notes=[*CLEAN.notes, sign(3, ZERO, origin="other.example")]),
+        [
+            {
+                "code": "checkpoint-origin",
+                "message": "checkpoint is for another log",
+                "size": 3,
+                "expected": ORIGIN,
+                "computed": "other.example",
+            }
+        ],
+        id="other-origin",
+    ),
+    pytest.param(
+        replace(CLEAN, notes=[*CLEAN.notes, sign(8, ZERO)]),
+        [
+            {
+                "code": "checkpoint-root",
+                "message": "checkpoint root differs from the leaves' root at its size",
+                "size": 8,
+                "expected": _b64(ZERO),
+                "computed": _b64(ROOT.root(8)),
+            },
+            {
+                "code": "fork",
+                "message": "two roots signed for one size",
+                "size": 8,
+                "expected": _b64(min(ZERO, ROOT.root(8))),
+                "computed": _b64(max(ZERO, ROOT.root(8))),
+            },
+        ],
+        id="fork",
+    ),
+    pytest.param(
+        replace(CLEAN, notes=[*CLEAN.notes, sign(20, ZERO)]),
+        [
+            {
+                "code": "checkpoint-beyond-leaves",
+                "message": "the log has fewer leaves than a checkpoint checkpoint's size",
+                "size": 20,
+                "expected": 20,
+                "computed": 16,
+            }
+        ],
+        id="checkpoint-beyond-leaves",
+    ),
+    pytest.param(
+        replace(CLEAN, extra={"remembered": sign(17, ZERO)}),
+        [
+            {
+                "code": "rollback",
+                "message": "the log has fewer leaves than a remembered checkpoint's size",
+                "size": 17,
+                "expected": 17,
+                "computed": 16,
+            }
+        ],
+        id="rollback",
+    ),
+    pytest.param(
+        replace(CLEAN, extra={"remembered": sign(8, ZERO)}),
+        [
+            {
+                "code": "remembered-fork",
+                "message": "remembered root differs from the leaves' root at its size",
+                "size": 8,
+                "expected": _b64(ZERO),
+                "computed": _b64(ROOT.root(8)),
+            }
+        ],
+        id="remembered-fork",
+    ),
+    pytest.param(
+        # an unusable proof first: the proofs after it are still checked (the good one passes)
+        replace(
+            CLEAN,
+            extra={
+                "proofs": [
+                    ConsistencyProof(4, 9, ()),
+                    ConsistencyProof(4, 8, tuple(ROOT.consistency_proof(4, 8))),
+                ]
+            },
+        ),
+        [
+            {
+                "code": "proof",
+                "message": "a consistency proof between sizes without one verified root",
+                "size": 9,
+                "expected": 4,
+            }
+        ],
+        id="proof-unsigned-size",
+    ),
+    pytest.param(
+        # a fork at the proof's new size: which root the proof should lead to is unknown
+        replace(
+            CLEAN,
+            notes=[*CLEAN.notes, sign(8, ZERO)],
+            extra={"proofs": [ConsistencyProof(4, 8, tuple(ROOT.consistency_proof(4, 8)))]},
+        ),
+        ["checkpoint-root", "fork", "proof 8 from 4"],
+        id="proof-to-forked-size",
+    ),
+    pytest.param(
+        # a fork at the proof's old size
+        replace(
+            CLEAN,
+            notes=[*CLEAN.notes, sign(8, ZERO)],
+            extra={"proofs": [ConsistencyProof(8, 16, tuple(ROOT.consistency_proof(8, 16)))]},
+        ),
+        ["checkpoint-root", "fork", "proof 16 from 8"],
+        id="proof-from-forked-size",
+    ),
+]
+
+
+def _short(finding: dict[str, Any]) -> str:
+    """A proof finding in one line, its message checked."""
+    if finding["code"] == "proof":
+        assert finding["message"] == "a consistency proof between sizes without one verified root"
+        return f"proof {finding['size']} from {finding['expected']}"
+    return str(finding["code"])
+
+
+@pytest.mark.parametrize(("log", "expected"), FINDINGS)
+def test_each_finding_says_what_and_where(log: Log, expected: list[Any]) -> None:
+    found = _findings(log)
+    if expected and isinstance(expected[0], str):
+        assert [_short(f) for f in found] == expected
+    else:
+        assert found == expected
+
+
+def test_a_retired_key_finding_names_the_windows() -> None:
+    retired = TrustPolicy(ORIGIN, (TrustedKey(KEY.vkey(), 0, 8), TrustedKey(STRANGER.vkey(), 9)))
+    found = _findings(CLEAN, retired)
+    assert found[0] == {
+        "code": "key-window",
+        "message": "checkpoint signed by a key not valid for its size",
+        "size": 12,
+        "expected": "0..8",
+        "computed": 12,
+    }
+
+
+def test_a_key_window_finding_names_every_signing_keys_window() -> None:
+    both = TrustPolicy(ORIGIN, (TrustedKey(KEY.vkey(), 0, 8), TrustedKey(STRANGER.vkey(), 0, 8)))
+    log = replace(CLEAN, notes=[*CLEAN.notes[:3], _signed_by_both(16)])
+    assert [(f["size"], f["expected"]) for f in _findings(log, both)] == [
+        (16, "0..8, 0..8"),
+        (8, 8),  # unsigned-leaves: the latest verified size is 8
+    ]
+
+
+def test_a_bad_proof_carries_the_proofs_own_error() -> None:
+    bad = ConsistencyProof(4, 8, (ZERO,))
+    with pytest.raises(VerificationError) as caught:
+        verify_consistency(4, 8, ROOT.root(4), ROOT.root(8), bad.hashes)
+    found = _findings(replace(CLEAN, extra={"proofs": [bad]}))
+    assert found == [
+        {
+            "code": "proof",
+            "message": f"consistency 4 -> 8: {caught.value.message}",
+            "size": 8,
+            "expected": show(caught.value.expected),
+            "computed": show(caught.value.computed),
+        }
+    ]
+
+
+def test_a_callers_findings_come_first_and_whole() -> None:
+    earlier = Finding("export", "the export said so", index=1, size=2, expected="a", computed="b")
+    report = verify_log(CLEAN.leaves, CLEAN.notes, POLICY, problems=[earlier])
+    assert report.findings == (earlier,)
+
+
+def test_the_report_describes_the_log() -> None:
+    report = verify_log(CLEAN.leaves, [*CLEAN.notes, CLEAN.notes[0]], POLICY)
+    assert (report.origin, report.checkpoints, report.remembered) == (ORIGIN, 5, None)
+    assert report.to_json()["root"] == _b64(ROOT.root())
+
+
+def test_a_snapshot_is_verified_with_what_its_store_kept() -> None:
+    """verify_snapshot passes on the stored hashes, indexes and tree state: each is checked."""
+    kept = snapshot(CLEAN)
+    stored: dict[str, Any] = {
+        "leaf-hash": {"leaf_hashes": [ZERO] * 16},
+        "index-gap": {"indexes": [*range(5), *range(6, 17)]},
+        "state": {"state": (15, ZERO)},
+    }
+    for code, changed in stored.items():
+        report = verify_snapshot(replace(kept, **changed), POLICY)
+        assert code in {f.code for f in report.findings}, code
