@@ -118,6 +118,8 @@ def build_enforcement(
         outbox=SqliteOutbox(outbox_path(settings.audit_outbox, settings.store)),
         # A write in flight is not reconciled: it may outlast its upstream exchange a little.
         live_for=2 * settings.upstream_deadline,
+        # Outbox rows are MACed under a key of the ledger key's: replayed only if they verify.
+        row_key=derive_box_key(key, "outbox"),
     )
     enforcement = Enforcement(
         verifier=verifier,
@@ -128,7 +130,13 @@ def build_enforcement(
         admit=ledger.admit,
     )
 
-    writes = Writes(flow, enforcement.record, intend=enforcement.intend)
+    writes = Writes(
+        flow,
+        enforcement.record,
+        intend=enforcement.intend,
+        # Idempotency tags nobody without the ledger key can compute; the same on every replica.
+        tag_key=derive_box_key(key, "idempotency"),
+    )
     writes.bundles = Bundles(writes, base_path=settings.base_path)
     flow.writes = writes
     return enforcement

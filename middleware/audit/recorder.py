@@ -41,18 +41,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import os
+import socket
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Literal, Protocol
 
 from middleware.audit.alerts import break_glass_events, consent_decision_event, relied_on
 from middleware.audit.balp import exchange_events
-from middleware.audit.outbox import Outbox, OutboxRow
+from middleware.audit.outbox import Lease, OpenIntent, Outbox, OutboxRow
 from middleware.audit.parts import AgentInfo, Json, patient_reference
 from middleware.auth.identity import Identity
 from middleware.consent.decide import Decision
@@ -61,6 +64,7 @@ from middleware.fhir.jsoncodec import encode_canonical
 from middleware.fhir.request import FhirRequest
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import PSEUDONYM_SIZE, EntryFlag, EntryKind, micros, new_salt
+from middleware.ledger.signing import keyed_digest, new_box_key
 from middleware.logging import get_logger
 
 __all__ = ["Appender", "AuditRecorder", "Exchange", "Phase"]
@@ -137,6 +141,15 @@ class AuditRecorder:
     docstring); without one, that failure raises like any other. ``live_for``: seconds an
     intent of this process is taken for a write in flight (more than an upstream exchange
     can last); ``clock``: monotonic seconds.
+
+    ``row_key`` (32 bytes; ``derive_box_key(ledger key, "outbox")``) MACs every outbox row;
+    a row whose MAC does not verify, or of a kind other than ``ACCESS_OUTCOME``, is
+    dead-lettered, never replayed (without a key, a random one: rows from another run are
+    dead-lettered). The process holds a lease on its intents in the outbox, renewed with each
+    intent and each reconcile, lapsing ``live_for`` seconds later: other processes sharing the
+    file reconcile its intents only once it lapsed or the process is gone. An intent that
+    ``max_attempts`` reconciles could not decide, or older than ``give_up_after`` seconds and
+    still undecided, is resolved ``unknown``.
     """
 
     def __init__(
@@ -150,9 +163,14 @@ class AuditRecorder:
         outbox: Outbox | None = None,
         live_for: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        row_key: bytes | None = None,
+        max_attempts: int = 20,
+        give_up_after: float = 3600.0,
     ) -> None:
         if max_cached_pseudonyms < 1:
             raise ValueError("max_cached_pseudonyms must be positive")
+        if max_attempts < 1 or give_up_after <= 0:
+            raise ValueError("max_attempts and give_up_after must be positive")
         self._ledger = ledger
         self._pseudonym_of = pseudonym_of
         self._gateway = gateway
@@ -170,6 +188,17 @@ class AuditRecorder:
         self._live: dict[str, float] = {}
         self._live_for = live_for
         self._clock = clock
+        self._row_key = new_box_key() if row_key is None else row_key
+        self._max_attempts = max_attempts
+        self._give_up_after = give_up_after
+        # Who this process is to others sharing the outbox: a random owner id, and what
+        # tells a process on this host whether it still runs (Lease).
+        self._owner = uuid.uuid4().hex
+        self._host = socket.gethostname()
+        self.dead_lettered = 0
+        """Outbox rows this process moved to the dead-letter table (a metric)."""
+        self.given_up = 0
+        """Intents this process resolved ``unknown`` after too many undecided reconciles."""
 
     async def record(
         self, exchange: Exchange, phase: Phase, *, intent: str | None = None
@@ -265,7 +294,7 @@ class AuditRecorder:
         pseudonyms: Mapping[str, bytes],
         batch: str,
     ) -> list[OutboxRow]:
-        return [
+        rows = [
             OutboxRow(
                 request_id=rid,
                 kind=int(plan.kind),
@@ -280,6 +309,22 @@ class AuditRecorder:
             )
             for n, plan in enumerate(plans)
         ]
+        return [replace(row, mac=_row_mac(self._row_key, row)) for row in rows]
+
+    def _lease(self) -> Lease:
+        """This process's lease, running ``live_for`` seconds from now."""
+        expires = micros(datetime.fromtimestamp(self._wall_clock() + self._live_for, UTC))
+        return Lease(self._owner, self._host, os.getpid(), _started(os.getpid()), expires)
+
+    def _owner_gone(self, intent: OpenIntent) -> bool:
+        """Whether ``intent``'s owner is another process that no longer holds it: no lease,
+        a lease lapsed, or an owner on this host whose process is not running any more."""
+        lease = intent.lease
+        if lease is None:
+            return True
+        if lease.expires_us <= micros(datetime.fromtimestamp(self._wall_clock(), UTC)):
+            return True
+        return lease.host == self._host and not _running(lease.pid, lease.started)
 
     async def intend(self, variants: Mapping[str, Exchange], probe: str) -> str | None:
         """Before a write is forwarded: keep, durably, its outcome entries for each way it can
@@ -300,7 +345,8 @@ class AuditRecorder:
             held[name] = self._rows(plans, rid, micros(recorded), pseudonyms, intent)
         self._live[intent] = self._clock()
         try:
-            await outbox.hold(intent, probe, held)
+            created = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
+            await outbox.hold(intent, probe, held, lease=self._lease(), created_us=created)
         except Exception as exc:  # the outbox's own storage failed: do not forward
             self._live.pop(intent, None)
             raise _unavailable(next(iter(variants.values())).request_id, exc) from exc
@@ -309,25 +355,48 @@ class AuditRecorder:
     async def reconcile(self, decide: Callable[[str], Awaitable[str | None]]) -> int:
         """Resolve each open intent (a write whose gateway stopped before its outcome was
         recorded) with ``decide(probe)``, which asks the upstream and names the variant that
-        happened (None: it cannot tell now), then :meth:`replay`. Intents of writes this
-        process has in flight are left alone. Returns the rows and undecided intents still
-        waiting (-1 when that is not known: the outbox cannot be read)."""
+        happened (None: it cannot tell now), then :meth:`replay`. Only intents whose owner is
+        gone are taken: this process's own, unless in flight, and another process's once
+        its lease lapsed or it stopped running (class docstring); the others are left alone
+        and not counted. An intent ``decide`` cannot tell (None, or it raised) counts an
+        attempt; after ``max_attempts`` of them or ``give_up_after`` seconds it is resolved
+        ``unknown``. Returns the rows and undecided intents still waiting (-1 when that is
+        not known: the outbox cannot be read)."""
         outbox = self.outbox
         if outbox is None:
             return 0
         now = self._clock()
         self._live = {i: t for i, t in self._live.items() if now - t < self._live_for}
         undecided = 0
+        log = get_logger("consentry.audit")
         try:
-            for intent, probe in await outbox.intents():
+            await outbox.renew(self._lease())
+            for open_intent in await outbox.open_intents():
+                intent = open_intent.intent
                 if intent in self._live:
                     continue
-                variant = await decide(probe)
+                if open_intent.owner != self._owner and not self._owner_gone(open_intent):
+                    continue  # another process's write, maybe still in flight
+                try:
+                    variant = await decide(open_intent.probe)
+                # The upstream unreachable, a probe that does not decode: not decided now.
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("audit intent not decided", error_type=type(exc).__name__)
+                    variant = None
                 if variant is None:
-                    undecided += 1
-                else:
-                    await outbox.resolve(intent, variant)
-                    self._deferred = True
+                    if self._give_up(open_intent):
+                        variant = "unknown"
+                        self.given_up += 1
+                        log.warning(
+                            "audit intent given up: outcome recorded as unknown",
+                            attempts=open_intent.attempts + 1,
+                        )
+                    else:
+                        await outbox.attempted(intent)
+                        undecided += 1
+                        continue
+                await outbox.resolve(intent, variant)
+                self._deferred = True
         # Start-up and readiness call this: an unreachable upstream or outbox is reported as
         # work still waiting, never raised.
         except Exception as exc:  # noqa: BLE001
@@ -337,6 +406,14 @@ class AuditRecorder:
             undecided = -1
         waiting = await self.replay()
         return -1 if -1 in (waiting, undecided) else waiting + undecided
+
+    def _give_up(self, intent: OpenIntent) -> bool:
+        """Whether an intent that could not be decided once more is resolved ``unknown``."""
+        if intent.attempts + 1 >= self._max_attempts:
+            return True
+        now = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
+        age = (now - intent.created_us) / 1_000_000
+        return intent.created_us > 0 and age >= self._give_up_after
 
     async def replay(self) -> int:
         """Append the outbox's rows to the ledger, oldest first, dropping each once committed;
@@ -362,16 +439,45 @@ class AuditRecorder:
 
     async def _replay(self, outbox: Outbox) -> int:
         for row in await outbox.pending():
+            refused = self._refusal(row)
+            if refused is not None:
+                await self._dead_letter(outbox, row, refused)
+                continue
             try:
                 pseudonym = row.pseudonym
                 if pseudonym is None and row.patient is not None:
                     found = await self._pseudonyms(row.request_id, [row.patient])
                     pseudonym = found[row.patient]
-                await self._ledger.append(_entry(row, pseudonym))
+                entry = _entry(row, pseudonym)
+            except ServiceUnavailable:
+                break  # the pseudonym store still refuses: the rows wait for the next replay
+            except (ValueError, TypeError):
+                await self._dead_letter(outbox, row, "malformed")
+                continue
+            try:
+                await self._ledger.append(entry)
             except ServiceUnavailable:
                 break  # the stores still refuse: the rows wait for the next replay
             await outbox.remove(row.id)
         return await outbox.count()
+
+    def _refusal(self, row: OutboxRow) -> str | None:
+        """Why ``row`` must not be replayed (None: it may): a MAC that does not verify (the
+        row was not written by a gateway holding the ledger key, or was changed since), or a
+        kind the outbox never holds (only a write's outcome waits there)."""
+        if not hmac.compare_digest(row.mac, _row_mac(self._row_key, row)):
+            return "mac"
+        if row.kind != EntryKind.ACCESS_OUTCOME:
+            return "kind"
+        return None
+
+    async def _dead_letter(self, outbox: Outbox, row: OutboxRow, reason: str) -> None:
+        """Move ``row`` aside, never to be replayed; logged (request id and reason only)."""
+        await outbox.dead_letter(row.id, reason)
+        self.dead_lettered += 1
+        get_logger("consentry.audit").error(
+            "audit outbox row dead-lettered", request_id=row.request_id, reason=reason
+        )
 
     def _kick(self) -> None:
         """After the ledger committed: replay the outbox in the background if rows may wait."""
@@ -556,6 +662,59 @@ def _entry(row: OutboxRow, pseudonym: bytes | None) -> NewEntry:
         flags=EntryFlag(row.flags),
         idempotency_key=row.idempotency_key,
     )
+
+
+def _row_mac(key: bytes, row: OutboxRow) -> bytes:
+    """The MAC of everything of ``row`` that becomes the ledger entry (not its id, nor the
+    intent and variant it is held under: those change as it is resolved)."""
+
+    def optional(value: bytes | str | int | None) -> bytes:
+        # None and an empty value must differ.
+        if value is None:
+            return b""
+        return b"=" + (value if isinstance(value, bytes) else str(value).encode())
+
+    return keyed_digest(
+        key,
+        [
+            b"consentry/outbox-row/v1",
+            row.request_id.encode(),
+            str(row.kind).encode(),
+            str(row.recorded_us).encode(),
+            row.salt,
+            row.evidence,
+            optional(row.pseudonym),
+            optional(row.patient),
+            optional(row.consent),
+            str(row.flags).encode(),
+            row.idempotency_key.encode(),
+        ],
+    )
+
+
+def _started(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), "" when
+    it cannot be read: with the pid it names one process, so a reused pid is told apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return ""
+
+
+def _running(pid: int, started: str) -> bool:
+    """Whether the process ``pid`` that started at ``started`` runs on this host (when its
+    start time cannot be compared, whether any process ``pid`` exists)."""
+    if started:
+        return _started(pid) == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True
 
 
 def _permits(phase: Phase, status: int, decision: Decision | None) -> bool:

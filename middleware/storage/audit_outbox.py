@@ -5,6 +5,11 @@ Durability is ``synchronous=FULL`` in WAL mode: each transaction returns once it
 fsynced (measured: an intent and its settling, about 0.6-0.8 ms a write together, 2 ms with a
 rollback journal). The file is created mode 0600 (its rows carry evidence; SQLite gives the
 ``-wal`` and ``-shm`` files the same mode).
+
+Besides the queue (``outbox``) and the intents (``intent``, each with its owner, when it was
+written and its undecided reconciles), the file holds each process's ``lease`` and the rows
+moved aside (``dead_letter``, with the reason). A file from an earlier version gains the new
+columns at open; its rows carry no MAC and are dead-lettered, not replayed.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from middleware.audit.outbox import OutboxRow
+from middleware.audit.outbox import Lease, OpenIntent, OutboxRow
 
 __all__ = ["SqliteOutbox", "outbox_path"]
 
@@ -38,12 +43,45 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS intent (
     intent TEXT PRIMARY KEY,
     probe TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lease (
+    owner TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started TEXT NOT NULL,
+    expires_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT,
+    kind INTEGER,
+    recorded_us INTEGER,
+    salt BLOB,
+    evidence BLOB,
+    pseudonym BLOB,
+    patient TEXT,
+    consent INTEGER,
+    flags INTEGER,
+    idempotency_key TEXT,
+    mac BLOB,
+    reason TEXT NOT NULL
 )
 """
+# Columns added after the first version (ALTER TABLE at open, when missing).
+_ADDED: tuple[tuple[str, str, str], ...] = (
+    ("outbox", "mac", "BLOB NOT NULL DEFAULT x''"),
+    ("intent", "owner", "TEXT"),
+    ("intent", "created_us", "INTEGER NOT NULL DEFAULT 0"),
+    ("intent", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+)
 _INSERT = (
     "INSERT INTO outbox (request_id, kind, recorded_us, salt, evidence, pseudonym, patient,"
-    " consent, flags, idempotency_key, intent, variant)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " consent, flags, idempotency_key, mac, intent, variant)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_LEASE = (
+    "INSERT INTO lease (owner, host, pid, started, expires_us) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (owner) DO UPDATE SET expires_us = max(expires_us, excluded.expires_us)"
 )
 
 
@@ -59,9 +97,14 @@ def _values(r: OutboxRow, intent: str | None, variant: str | None) -> tuple[obje
         r.consent,
         r.flags,
         r.idempotency_key,
+        r.mac,
         intent,
         variant,
     )
+
+
+def _lease_values(lease: Lease) -> tuple[object, ...]:
+    return (lease.owner, lease.host, lease.pid, lease.started, lease.expires_us)
 
 
 class SqliteOutbox:
@@ -88,6 +131,10 @@ class SqliteOutbox:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            for table, column, declaration in _ADDED:
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             self._db = db
         return self._db
 
@@ -96,9 +143,40 @@ class SqliteOutbox:
         (raises ``sqlite3.Error`` / ``OSError``)."""
         await asyncio.to_thread(self._write, rows, None, None, settles)
 
-    async def hold(self, intent: str, probe: str, variants: dict[str, list[OutboxRow]]) -> None:
-        """Store the intent and its variants' rows, held (not pending), in one transaction."""
-        await asyncio.to_thread(self._write, [], intent, (probe, variants), None)
+    async def hold(
+        self,
+        intent: str,
+        probe: str,
+        variants: dict[str, list[OutboxRow]],
+        *,
+        lease: Lease | None = None,
+        created_us: int = 0,
+    ) -> None:
+        """Store the intent (owned by ``lease``'s owner, written at ``created_us``) and its
+        variants' rows, held (not pending), and renew ``lease``, in one transaction."""
+        held = (probe, variants, lease, created_us)
+        await asyncio.to_thread(self._write, [], intent, held, None)
+
+    async def renew(self, lease: Lease) -> None:
+        """Write ``lease`` (an expiry is only ever moved later)."""
+        await asyncio.to_thread(self._execute, _LEASE, _lease_values(lease))
+
+    async def attempted(self, intent: str) -> None:
+        """Count one reconcile that could not decide ``intent``."""
+        sql = "UPDATE intent SET attempts = attempts + 1 WHERE intent = ?"
+        await asyncio.to_thread(self._execute, sql, (intent,))
+
+    async def open_intents(self) -> list[OpenIntent]:
+        """The open intents with their owner's lease, oldest first."""
+        return await asyncio.to_thread(self._open_intents)
+
+    async def dead_letter(self, row_id: int, reason: str) -> None:
+        """Move the row ``row_id`` to the dead-letter table with ``reason`` (one transaction)."""
+        await asyncio.to_thread(self._dead_letter, row_id, reason)
+
+    async def dead_letters(self) -> int:
+        """How many rows were moved aside."""
+        return await asyncio.to_thread(self._scalar, "SELECT count(*) FROM dead_letter")
 
     async def settle(self, intent: str) -> None:
         """Drop the intent and its held rows (the real outcome was recorded)."""
@@ -116,7 +194,7 @@ class SqliteOutbox:
         self,
         rows: list[OutboxRow],
         intent: str | None,
-        held: tuple[str, dict[str, list[OutboxRow]]] | None,
+        held: tuple[str, dict[str, list[OutboxRow]], Lease | None, int] | None,
         settles: str | None,
     ) -> None:
         with self._lock:
@@ -125,8 +203,13 @@ class SqliteOutbox:
             try:
                 db.executemany(_INSERT, [_values(r, None, None) for r in rows])
                 if intent is not None and held is not None:
-                    probe, variants = held
-                    db.execute("INSERT INTO intent (intent, probe) VALUES (?, ?)", (intent, probe))
+                    probe, variants, lease, created_us = held
+                    db.execute(
+                        "INSERT INTO intent (intent, probe, owner, created_us) VALUES (?, ?, ?, ?)",
+                        (intent, probe, None if lease is None else lease.owner, created_us),
+                    )
+                    if lease is not None:
+                        db.execute(_LEASE, _lease_values(lease))
                     db.executemany(
                         _INSERT,
                         [_values(r, intent, v) for v, group in variants.items() for r in group],
@@ -156,6 +239,65 @@ class SqliteOutbox:
                 raise
             db.execute("COMMIT")
 
+    def _execute(self, sql: str, parameters: tuple[object, ...]) -> None:
+        with self._lock:
+            self._connect().execute(sql, parameters)
+
+    def _scalar(self, sql: str) -> int:
+        with self._lock:
+            (value,) = self._connect().execute(sql).fetchone()
+            return int(value)
+
+    def _open_intents(self) -> list[OpenIntent]:
+        with self._lock:
+            cursor = self._connect().execute(
+                "SELECT i.intent, i.probe, i.owner, i.created_us, i.attempts,"
+                " l.owner, l.host, l.pid, l.started, l.expires_us"
+                " FROM intent i LEFT JOIN lease l ON l.owner = i.owner ORDER BY i.rowid"
+            )
+            return [
+                OpenIntent(
+                    intent=str(intent),
+                    probe=str(probe),
+                    owner=owner,
+                    lease=None
+                    if held_by is None
+                    else Lease(str(held_by), str(host), int(pid), str(started), int(expires)),
+                    created_us=int(created),
+                    attempts=int(attempts),
+                )
+                for (
+                    intent,
+                    probe,
+                    owner,
+                    created,
+                    attempts,
+                    held_by,
+                    host,
+                    pid,
+                    started,
+                    expires,
+                ) in cursor.fetchall()
+            ]
+
+    def _dead_letter(self, row_id: int, reason: str) -> None:
+        with self._lock:
+            db = self._connect()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT OR REPLACE INTO dead_letter (id, request_id, kind, recorded_us, salt,"
+                    " evidence, pseudonym, patient, consent, flags, idempotency_key, mac, reason)"
+                    " SELECT id, request_id, kind, recorded_us, salt, evidence, pseudonym,"
+                    " patient, consent, flags, idempotency_key, mac, ? FROM outbox WHERE id = ?",
+                    (reason, row_id),
+                )
+                db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
     def _intents(self) -> list[tuple[str, str]]:
         with self._lock:
             cursor = self._connect().execute("SELECT intent, probe FROM intent ORDER BY rowid")
@@ -169,7 +311,7 @@ class SqliteOutbox:
         with self._lock:
             cursor = self._connect().execute(
                 "SELECT request_id, kind, recorded_us, salt, evidence, pseudonym, patient,"
-                " consent, flags, idempotency_key, id FROM outbox WHERE intent IS NULL"
+                " consent, flags, idempotency_key, id, mac FROM outbox WHERE intent IS NULL"
                 " ORDER BY id LIMIT ?",
                 (limit,),
             )
