@@ -42,6 +42,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -57,7 +58,6 @@ from typing import Any, Final
 
 import httpx
 
-from bench.enforced import revision
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer, load_or_create_key
 from middleware.testing import PeerError, UpstreamServer, load_carebundle
 from middleware.testing.peers import free_port, stop_process
@@ -110,6 +110,7 @@ class Replica:
     def __init__(self, name: str, upstream: str, store: Path, config: Path, workdir: Path):
         self.name, self.upstream, self.store, self.config = name, upstream, store, config
         self.workdir = workdir
+        self.code = workdir / "code"
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -120,7 +121,7 @@ class Replica:
         return f"http://{HOST}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
-        env = {**os.environ, "CONSENTRY_LOG_LEVEL": "warning", "PYTHONPATH": str(_ROOT)}
+        env = {**os.environ, "CONSENTRY_LOG_LEVEL": "warning", "PYTHONPATH": str(self.code)}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -171,6 +172,31 @@ class Replica:
 
 
 _ROOT: Final = Path(__file__).resolve().parents[1]
+
+
+def snapshot_code(workdir: Path) -> str:
+    """Put the ``middleware`` package of the checkout's ``HEAD`` commit in ``<workdir>/code``
+    (``git archive``; a plain copy of the working tree outside git): every start of a replica
+    and every ``consentry`` command of the soak runs that copy, so edits to the checkout while
+    the soak runs cannot change (or break) the gateway it measures. Returns what was copied."""
+    code = workdir / "code"
+    code.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", "HEAD", "middleware"],
+        cwd=_ROOT,
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode == 0:
+        subprocess.run(["tar", "-x", "-C", str(code)], input=archive.stdout, check=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True, check=False
+        )
+        return head.stdout.strip()
+    shutil.copytree(
+        _ROOT / "middleware", code / "middleware", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return "working tree"
 
 
 # --- traffic --------------------------------------------------------------------------------
@@ -457,7 +483,7 @@ def set_up_patients(
 
 
 def consentry(workdir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(workdir / "code")}
     return subprocess.run(
         [sys.executable, "-m", "middleware.cli", *argv],
         cwd=workdir,
@@ -618,13 +644,13 @@ def main() -> int:
     minutes = min(max(args.minutes, 0.5), 60.0)
     soak_seconds = minutes * 60
 
-    measured_revision = revision()  # replica A restarts from this checkout as it is now
     with (
         tempfile.TemporaryDirectory(prefix="consentry-soak-") as tmp,
         httpx.Client(timeout=60.0) as client,
         UpstreamServer() as upstream,
     ):
         workdir = Path(tmp)
+        measured_revision = snapshot_code(workdir)
         load_or_create_key(workdir / "dev-issuer.jwk")
         issuer = UnsafeDevelopmentIssuer.from_key_file(
             workdir / "dev-issuer.jwk", DEV_ISSUER, enabled=True
