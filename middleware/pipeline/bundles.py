@@ -15,7 +15,8 @@ with one answer that says nothing of which entry or why. The decision is recorde
 pinned to the checked versions (``ifMatch``), and the answer is filtered like any other
 (one-to-one: a resource the caller may not see becomes a 404 entry). Conditional entries and
 patches inside a transaction are refused: their targets could not be checked before the
-upstream resolves them.
+upstream resolves them. So is an entry that sets, adds or changes the gateway's idempotency
+tags, as a single write would be (:func:`~middleware.pipeline.writes.refuse_own_tags`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed, ups
 from middleware.pipeline.guards import check_search
 from middleware.pipeline.judge import Trail
 from middleware.pipeline.params import decode_params
-from middleware.pipeline.writes import DENIED_WRITE, NEW_ID, Writes
+from middleware.pipeline.writes import DENIED_WRITE, NEW_ID, Writes, refuse_own_tags
 
 __all__ = ["Bundles", "MAX_ENTRIES"]
 
@@ -213,12 +214,17 @@ class Bundles:
         if request.interaction in (Interaction.READ, Interaction.VREAD):
             return request.interaction  # judged in the answer, like any read
         if request.interaction is Interaction.CREATE:
-            created = _local(entry["resource"], new, entry.get("fullUrl"))
+            resource = entry.get("resource")
+            if isinstance(resource, dict):  # a planted tag would squat a key
+                refuse_own_tags(resource, None)
+            created = _local(resource, new, entry.get("fullUrl"))
             await self._allow(sub, created, ACTION_COLLECT)
             return request.interaction
         current = await self.writes.current(sub)
         if request.interaction is Interaction.UPDATE:
             body = _local(entry.get("resource"), new)
+            if isinstance(body, dict):
+                refuse_own_tags(body, current)
             await self._allow(sub, body, ACTION_COLLECT if current is None else ACTION_CORRECT)
         elif current is None:
             raise Forbidden(_REFUSED_TRANSACTION)

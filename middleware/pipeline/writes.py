@@ -17,16 +17,22 @@ whose consent does not allow the write (FHIR consentaction ``collect`` for what 
 
 A create that carries an ``Idempotency-Key`` header (IETF draft-ietf-httpapi-idempotency-key-
 header) can be retried safely, across restarts and replicas: the gateway tags the resource
-(``meta.tag`` of :data:`IDEMPOTENCY_TAG`, its code a digest of the caller's issuer, subject,
-client and the key) and sends it as a conditional create on that tag (FHIR R4
+(``meta.tag`` of :data:`IDEMPOTENCY_TAG`, its code an HMAC, under a key derived from the
+ledger key, of the caller's issuer, subject, client and the key: nobody without the gateway's
+key computes another caller's code) and sends it as a conditional create on that tag (FHIR R4
 http.html#ccreate, ``If-None-Exist``), so the upstream answers a retry of a create it already
 stored with that resource (200) instead of storing it twice. Another caller's key never
-matches; a client may not write the gateway's tag itself (400): an update or patch may keep
-or leave out the tags the resource has, never add one.
+matches. A second tag (:data:`IDEMPOTENCY_REQUEST_TAG`) binds the key to the request: an HMAC
+of the key's code and of the resource as sent; when the upstream answers 200 with a record
+whose request tag differs, the key was reused for another request and the answer is 422 (the
+draft's "Idempotency-Key is already being used for a different request payload"), never the
+other request's record. A client may not write the gateway's tags itself, in any write,
+transaction and batch entries included (400): an update or patch may keep or leave out the
+tags the resource has, never add or change one (:func:`refuse_own_tags`).
 With the client's own ``If-None-Exist`` its criteria decide, as before, and the key is only
 the tag.
 
-Every create is tagged so (a random key when the client gives none; no ``If-None-Exist``
+Every create is tagged so (a random code when the client gives no key; no ``If-None-Exist``
 then): with the decision recorded and before the write is forwarded, ``intend`` keeps a
 *probe* of it (JSON: the method, the target or the create's tag, the pinned version and a
 digest of what was sent), by which a gateway killed before recording the outcome learns from
@@ -42,7 +48,8 @@ missing one and a deleted one all answer the generic 404, and nothing is forward
 from __future__ import annotations
 
 import hashlib
-import uuid
+import hmac
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
 
@@ -52,11 +59,13 @@ from middleware.errors import (
     GatewayError,
     NotFound,
     PreconditionFailed,
+    UnprocessableEntity,
     UnsupportedMediaType,
     UpstreamError,
 )
 from middleware.fhir import jsoncodec
 from middleware.fhir.request import FhirRequest, Interaction, Level
+from middleware.ledger.signing import keyed_digest
 from middleware.pipeline.caller import (
     ACTION_ACCESS,
     ACTION_COLLECT,
@@ -71,7 +80,15 @@ from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.pipeline.pages import is_match, next_link
 from middleware.pipeline.params import decode_params, encode_params
 
-__all__ = ["DENIED_WRITE", "IDEMPOTENCY_TAG", "NEW_ID", "Recorder", "Writes"]
+__all__ = [
+    "DENIED_WRITE",
+    "IDEMPOTENCY_REQUEST_TAG",
+    "IDEMPOTENCY_TAG",
+    "NEW_ID",
+    "Recorder",
+    "Writes",
+    "refuse_own_tags",
+]
 
 #: The one text of every refused write: it says neither whether a consent exists nor why.
 DENIED_WRITE: Final = "this write is not allowed"
@@ -82,6 +99,10 @@ NEW_ID: Final = "consentry-new-record"
 _MATCHES_LIMIT: Final = "2"
 #: The ``meta.tag`` system of the tag an ``Idempotency-Key`` create is stored with.
 IDEMPOTENCY_TAG: Final = "https://consentry.dev/CodeSystem/idempotency"
+#: The ``meta.tag`` system of the tag binding an ``Idempotency-Key`` to the request it came with.
+IDEMPOTENCY_REQUEST_TAG: Final = "https://consentry.dev/CodeSystem/idempotency-request"
+_OWN_SYSTEMS: Final = frozenset({IDEMPOTENCY_TAG, IDEMPOTENCY_REQUEST_TAG})
+_OWN_TAG: Final = "the idempotency tag is set by the gateway, from Idempotency-Key"
 #: Longest ``Idempotency-Key`` accepted (a UUID fits six times over).
 _MAX_KEY: Final = 200
 #: Search result parameters (R4 search.html#return): not criteria.
@@ -113,7 +134,8 @@ Intend = Callable[[Ask, str, bool], Awaitable[None]]
 
 class Writes:
     """The write half of the pipeline (module docstring). ``bundles`` handles batch and
-    transaction."""
+    transaction; ``tag_key`` (32 bytes, ``derive_box_key(ledger key, "idempotency")``, the
+    same on every replica) keys the idempotency tags."""
 
     def __init__(
         self,
@@ -121,11 +143,14 @@ class Writes:
         record: Recorder,
         bundles: Bundles | None = None,
         intend: Intend | None = None,
+        *,
+        tag_key: bytes,
     ) -> None:
         self.flow = flow
         self.record = record
         self.bundles = bundles
         self.intend = intend
+        self.tag_key = tag_key
 
     async def __call__(self, ask: Ask) -> Answer:
         interaction = ask.request.interaction
@@ -159,15 +184,21 @@ class Writes:
     async def _create(self, ask: Ask) -> Answer:
         request = ask.request
         body = self._incoming(ask)
-        if _own_tags(body):
-            raise BadRequest("the idempotency tag is set by the gateway, from Idempotency-Key")
+        refuse_own_tags(body, None)
         criteria = ask.headers.get("if-none-exist")
         pinned: list[tuple[str, str]] = []
         key = ask.headers.get("idempotency-key")
-        code = _idempotency_code(ask.caller.binding, uuid.uuid4().hex if key is None else key)
-        body = _with_tag(body, code)
-        if key is not None and criteria is None:  # the client's own criteria decide instead
-            pinned = [("if-none-exist", f"_tag={IDEMPOTENCY_TAG}|{code}")]
+        replay: tuple[str, str] | None = None
+        if key is None:
+            code = secrets.token_hex(16)  # found again only by the reconciliation probe
+            body = _with_tags(body, [(IDEMPOTENCY_TAG, code)])
+        else:
+            code = _key_code(self.tag_key, ask.caller.binding, key)
+            sent = _request_code(self.tag_key, code, body)
+            body = _with_tags(body, [(IDEMPOTENCY_TAG, code), (IDEMPOTENCY_REQUEST_TAG, sent)])
+            if criteria is None:  # the client's own criteria decide instead
+                pinned = [("if-none-exist", f"_tag={IDEMPOTENCY_TAG}|{code}")]
+                replay = (code, sent)
         if criteria is not None:
             matches = await self._matches(ask, request.resource_type or "", criteria.encode())
             if matches:
@@ -182,16 +213,15 @@ class Writes:
         await self.check(ask, {**body, "id": NEW_ID}, ACTION_COLLECT)
         rtype = request.resource_type or ""
         probe = {"method": "POST", "type": rtype, "tag": code}
-        return await self._forward(ask, "POST", rtype, pinned, jsoncodec.encode(body), probe=probe)
+        raw = jsoncodec.encode(body)
+        return await self._forward(ask, "POST", rtype, pinned, raw, probe=probe, replay=replay)
 
     async def _update(self, ask: Ask, current: dict[str, Any] | None) -> Answer:
         request = ask.request
         body = self._incoming(ask)
         if request.resource_id is not None and body.get("id") != request.resource_id:
             raise BadRequest("the resource id must match the id in the URL")
-        # Kept or left out (a client's PUT rarely carries meta), never added or changed.
-        if not _own_tags(body) <= (frozenset() if current is None else _own_tags(current)):
-            raise BadRequest("the idempotency tag is set by the gateway, from Idempotency-Key")
+        refuse_own_tags(body, current)
         if current is None:  # FHIR update-as-create: the body is new data
             if request.conditional:
                 # No match: a create (R4 http.html#cond-update), sent as one. Forwarding the
@@ -240,8 +270,7 @@ class Writes:
         if mapper is not None:
             ask.trail.mapping = mapper.label
             after = mapper.write(after)
-        if not _own_tags(after) <= _own_tags(current):
-            raise BadRequest("the idempotency tag is set by the gateway, from Idempotency-Key")
+        refuse_own_tags(after, current)
         await self.check(ask, after, ACTION_CORRECT)
         # What was judged is what is stored: the patched resource, sent as an update pinned to
         # the version it was computed from. Forwarding the patch would let the upstream's
@@ -354,10 +383,13 @@ class Writes:
         body: bytes | None = None,
         *,
         probe: dict[str, Any] | None = None,
+        replay: tuple[str, str] | None = None,
     ) -> Answer:
         """Record the decision, keep the intent (``probe``: how the upstream tells whether
         the write happened; by default the target's version before and a digest of ``body``),
-        forward the write (``body``: the client's unless given), release its answer."""
+        forward the write (``body``: the client's unless given), release its answer. With
+        ``replay`` (the key and request codes of a conditional create on its idempotency tag)
+        a 200, the record an earlier create stored, must carry the request code (422)."""
         await self.record(ask, 200, "decision")
         if self.intend is not None:
             if probe is None:
@@ -373,6 +405,8 @@ class Writes:
             if isinstance(outcome, GatewayError):
                 raise outcome
             return outcome
+        if replay is not None and up.status == 200:
+            await self._same_request(ask, target, up, *replay)
         passed = [(k, v) for k, v in up.headers if k in _WRITE_HEADERS]
         if isinstance(up.document, dict) and up.document.get("resourceType") not in (
             None,
@@ -388,6 +422,34 @@ class Writes:
                 answer.headers = passed
                 return answer
         return Answer(up.status, [(k, v) for k, v in passed if k != "content-type"])
+
+    async def _same_request(
+        self, ask: Ask, rtype: str, up: Upstreamed, code: str, sent: str
+    ) -> None:
+        """Raise 422 unless the record the upstream matched on the key's tag ``code`` (its
+        answer, or found by the tag when the answer carries none) was created by this same
+        request (its request tag is ``sent``): a key reused with another body must not be
+        answered with the first body's record while the second is silently dropped."""
+        found = up.document
+        if not (isinstance(found, dict) and found.get("resourceType") == rtype):
+            target = f"{rtype}?{encode_params([('_tag', f'{IDEMPOTENCY_TAG}|{code}')])}"
+            search = await ask.forward("GET", target, headers=_json_accept(), client_headers=False)
+            bundle = search.document
+            entries = bundle.get("entry") if isinstance(bundle, dict) else None
+            matches = [
+                entry["resource"]
+                for entry in (entries if isinstance(entries, list) else ())
+                if is_match(entry) and isinstance(entry.get("resource"), dict)
+            ]
+            if search.status != 200 or len(matches) != 1:
+                raise UpstreamError("the upstream server named no record for the condition")
+            found = matches[0]
+        if not any(
+            hmac.compare_digest(have, sent)
+            for system, have in _own_tags(found)
+            if system == IDEMPOTENCY_REQUEST_TAG
+        ):
+            raise UnprocessableEntity("this Idempotency-Key was used for a different request")
 
 
 _WRITE_HEADERS: Final = frozenset(
@@ -422,40 +484,58 @@ def _pinned(headers: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def _idempotency_code(binding: str, key: str) -> str:
+def _key_code(tag_key: bytes, binding: str, key: str) -> str:
     """The tag code of ``key`` for the caller ``binding`` names (issuer, subject, client): 128
-    bits of SHA-256, so one caller's key never matches another's. A Structured Field string
-    (``"..."``, as the draft has it) or a bare token; 1..200 visible ASCII characters."""
+    bits of HMAC-SHA256 under ``tag_key``, so one caller's key never matches another's, and
+    nobody without the gateway's key can compute (and plant) a caller's code. ``key`` is a
+    Structured Field string (``"..."``, as the draft has it) or a bare token; 1..200 visible
+    ASCII characters (400 otherwise)."""
     text = key.strip()
     if len(text) >= 2 and text[0] == text[-1] == '"':
         text = text[1:-1]
     if not (0 < len(text) <= _MAX_KEY and all("!" <= c <= "~" for c in text)):
         raise BadRequest(f"Idempotency-Key must be 1 to {_MAX_KEY} visible ASCII characters")
-    digest = hashlib.sha256(f"{binding}\n{text}".encode()).hexdigest()
-    return digest[:32]
+    return keyed_digest(tag_key, [b"key", binding.encode(), text.encode()])[:16].hex()
 
 
-def _with_tag(body: dict[str, Any], code: str) -> dict[str, Any]:
-    """``body`` with the idempotency tag added to ``meta.tag`` (R4 Meta.tag)."""
+def _request_code(tag_key: bytes, code: str, body: dict[str, Any]) -> str:
+    """The request tag's code: 128 bits of HMAC-SHA256 under ``tag_key`` of the key's ``code``
+    and the SHA-256 of ``body`` as sent (canonical JSON, its ``meta`` included: a security
+    label is part of the request), before the gateway's tags are added."""
+    digest = hashlib.sha256(jsoncodec.encode_canonical(body)).digest()
+    return keyed_digest(tag_key, [b"request", code.encode(), digest])[:16].hex()
+
+
+def _with_tags(body: dict[str, Any], tags: list[tuple[str, str]]) -> dict[str, Any]:
+    """``body`` with the ``(system, code)`` tags added to ``meta.tag`` (R4 Meta.tag)."""
     meta = body.get("meta")
     meta = dict(meta) if isinstance(meta, dict) else {}
-    tags = meta.get("tag")
+    have = meta.get("tag")
     meta["tag"] = [
-        *(tags if isinstance(tags, list) else []),
-        {"system": IDEMPOTENCY_TAG, "code": code},
+        *(have if isinstance(have, list) else []),
+        *({"system": system, "code": code} for system, code in tags),
     ]
     return {**body, "meta": meta}
 
 
-def _own_tags(resource: dict[str, Any]) -> frozenset[str]:
-    """The codes of the gateway's idempotency tags on ``resource``."""
+def _own_tags(resource: dict[str, Any]) -> frozenset[tuple[str, str]]:
+    """The ``(system, code)`` of the gateway's idempotency tags on ``resource``."""
     meta = resource.get("meta")
     tags = meta.get("tag") if isinstance(meta, dict) else None
     return frozenset(
-        str(tag.get("code"))
+        (str(tag.get("system")), str(tag.get("code")))
         for tag in (tags if isinstance(tags, list) else ())
-        if isinstance(tag, dict) and tag.get("system") == IDEMPOTENCY_TAG
+        if isinstance(tag, dict) and tag.get("system") in _OWN_SYSTEMS
     )
+
+
+def refuse_own_tags(body: dict[str, Any], current: dict[str, Any] | None) -> None:
+    """Raise 400 unless every gateway tag on ``body`` (a resource a client writes) is already
+    on ``current`` (the version it replaces; None for a create): a client may keep or leave
+    out the gateway's tags (its PUT rarely carries ``meta``), never set, add or change one.
+    A tag it wrote itself would squat another request's Idempotency-Key."""
+    if not _own_tags(body) <= (frozenset() if current is None else _own_tags(current)):
+        raise BadRequest(_OWN_TAG)
 
 
 def _instance(resource: dict[str, Any]) -> str:

@@ -20,13 +20,15 @@ import httpx
 import pytest
 import respx
 
-from middleware.app import Gateway
+from middleware.app import Gateway, create_app
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, NewEntry
 from middleware.ledger.leaf import EntryFlag, EntryKind, decode_leaf
 from middleware.ledger.sequencer import CheckpointSigner
-from middleware.pipeline.writes import IDEMPOTENCY_TAG
+from middleware.ledger.signing import SigningKey
+from middleware.pipeline.writes import IDEMPOTENCY_REQUEST_TAG, IDEMPOTENCY_TAG
+from middleware.settings import Settings
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.consenting import AUDIENCE, DEV_ISSUER, auth_settings
 
@@ -210,8 +212,21 @@ class TaggedUpstream:
     as a server that implements ``If-None-Exist`` answers it: a match is answered 200 with
     the stored resource, no match stores a new one (201)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, minimal: bool = False) -> None:
         self.stored: list[dict[str, Any]] = []
+        self.minimal = minimal  # a match answered 200 without the resource (return=minimal)
+
+    def tagged(self, system: str, code: str) -> list[dict[str, Any]]:
+        return [
+            old for old in self.stored if {"system": system, "code": code} in old["meta"]["tag"]
+        ]
+
+    def search(self, request: httpx.Request) -> httpx.Response:
+        """``GET [type]?_tag=system|code``: the searchset of the records with that tag."""
+        system, _, code = request.url.params["_tag"].partition("|")
+        entries = [{"resource": r, "search": {"mode": "match"}} for r in self.tagged(system, code)]
+        searchset = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+        return httpx.Response(200, json=searchset, headers=FHIR)
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         resource = json.loads(request.content)
@@ -220,9 +235,10 @@ class TaggedUpstream:
             name, _, value = condition.partition("=")
             assert name == "_tag"
             system, _, code = value.partition("|")
-            for old in self.stored:
-                if {"system": system, "code": code} in old["meta"].get("tag", []):
-                    return httpx.Response(200, json=old, headers=FHIR)
+            for old in self.tagged(system, code):
+                if self.minimal:
+                    return httpx.Response(200, headers={"etag": 'W/"1"'})
+                return httpx.Response(200, json=old, headers=FHIR)
         new = {**resource, "id": f"o{len(self.stored) + 1}"}
         new["meta"] = {**new.get("meta", {}), "versionId": "1"}
         self.stored.append(new)
@@ -250,9 +266,9 @@ async def test_a_retried_create_with_an_idempotency_key_is_stored_once(
     assert len(upstream.stored) == 2
     assert retry.json()["id"] == first.json()["id"] == "o1"
     sent = route.calls[0].request
-    (tag,) = json.loads(sent.content)["meta"]["tag"]
-    assert tag["system"] == IDEMPOTENCY_TAG
-    assert sent.headers["if-none-exist"] == f"_tag={IDEMPOTENCY_TAG}|{tag['code']}"
+    key_tag, request_tag = json.loads(sent.content)["meta"]["tag"]
+    assert (key_tag["system"], request_tag["system"]) == (IDEMPOTENCY_TAG, IDEMPOTENCY_REQUEST_TAG)
+    assert sent.headers["if-none-exist"] == f"_tag={IDEMPOTENCY_TAG}|{key_tag['code']}"
 
 
 async def test_another_callers_idempotency_key_never_matches(
@@ -278,6 +294,135 @@ async def test_another_callers_idempotency_key_never_matches(
     assert len(upstream.stored) == 2
 
 
+async def test_an_idempotency_key_reused_with_another_request_is_422(
+    make_client: Callable[..., httpx.AsyncClient], router: respx.Router, minimal: bool
+) -> None:
+    """The attack (or the accident): a client reuses an Idempotency-Key for another request,
+    say the same key for a result of patient B after one of patient A. The conditional create
+    on the key's tag matched A's record and the gateway answered 200 with it: B's result was
+    never stored and the client was told it was. Now the record's request tag (an HMAC of the
+    key and the body sent) must match this request: another body is 422 (the draft's answer to
+    key reuse with a different payload), nothing else is stored, and A's record is not
+    released. The upstream's 200 may come without the resource (``return=minimal``): the
+    gateway then finds the record by its tag."""
+    upstream = TaggedUpstream(minimal=minimal)
+    router.post("/Observation").mock(side_effect=upstream)
+    router.get("/Observation").mock(side_effect=upstream.search)
+    key = {**FHIR, "idempotency-key": "reused-key"}
+    other = {**OBSERVATION, "subject": {"reference": "Patient/p2"}}
+    async with make_client() as client:
+        first = await client.post("/fhir/Observation", json=OBSERVATION, headers=key)
+        reused = await client.post("/fhir/Observation", json=other, headers=key)
+        retry = await client.post("/fhir/Observation", json=OBSERVATION, headers=key)
+    assert (first.status_code, reused.status_code, retry.status_code) == (201, 422, 200)
+    assert "Patient/p1" not in reused.text
+    assert reused.json()["resourceType"] == "OperationOutcome"
+    assert len(upstream.stored) == 1
+
+
+@pytest.fixture(params=[False, True], ids=["answered-with-the-record", "answered-minimal"])
+def minimal(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+async def test_the_idempotency_tag_is_keyed_by_the_gateways_secret(
+    make_settings: Callable[..., Settings],
+    router: respx.Router,
+    dev_key_file: Path,
+    system_bearer: dict[str, str],
+) -> None:
+    """The attack: the tag code was SHA-256 of public values (the victim's issuer, subject,
+    client id and a predictable key), so an attacker computed it and planted a record carrying
+    it; the victim's create then answered 200 with the attacker's record and stored nothing.
+    Now the code is an HMAC under a key derived from the ledger key: the same caller and key
+    give the same code on every gateway holding that key (retries across replicas), another
+    key gives an unrelated one, so without the gateway's key the code cannot be computed."""
+    route = router.post("/Observation").respond(201, json={**OBSERVATION, "id": "o1"})
+    settings = make_settings(consent_jurisdiction="opt-out", auth=auth_settings(dev_key_file))
+    codes = []
+    for signer in (SigningKey.from_seed("k", b"\x01" * 32),) * 2 + (
+        SigningKey.from_seed("k", b"\x02" * 32),
+    ):
+        app = create_app(
+            settings,
+            upstream=httpx.MockTransport(router.async_handler),
+            store=MemoryLogStore(),
+            signer=signer,
+        )
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gateway.test", headers=system_bearer
+        ) as client:
+            answer = await client.post(
+                "/fhir/Observation",
+                json=OBSERVATION,
+                headers={**FHIR, "idempotency-key": "predictable-1"},
+            )
+        assert answer.status_code == 201
+        sent = json.loads(route.calls.last.request.content)
+        (code,) = [t["code"] for t in sent["meta"]["tag"] if t["system"] == IDEMPOTENCY_TAG]
+        codes.append(code)
+    assert codes[0] == codes[1] != codes[2]
+
+
+def _planted(resource: dict[str, Any], system: str) -> dict[str, Any]:
+    return {**resource, "meta": {"tag": [{"system": system, "code": "0" * 32}]}}
+
+
+@pytest.mark.parametrize("system", [IDEMPOTENCY_TAG, IDEMPOTENCY_REQUEST_TAG])
+@pytest.mark.parametrize("method", ["POST", "PUT"], ids=["create", "update"])
+async def test_a_transaction_may_not_plant_the_gateways_idempotency_tag(
+    make_client: Callable[..., httpx.AsyncClient], router: respx.Router, method: str, system: str
+) -> None:
+    """The attack: single writes refused the gateway's tag, but a transaction's entries went
+    upstream as they came; an attacker who knows (or computed) a victim's tag code plants a
+    record carrying it in a transaction, and the victim's create under that key is answered
+    with the attacker's record. The whole transaction is now refused, as any other refused
+    entry refuses it, and nothing is forwarded."""
+    router.get("/Observation/o1").respond(
+        200, json={**OBSERVATION, "id": "o1", "meta": {"versionId": "1"}}, headers=FHIR
+    )
+    forwarded = router.post("").respond(200, json={"resourceType": "Bundle"})
+    resource = _planted({**OBSERVATION, **({"id": "o1"} if method == "PUT" else {})}, system)
+    url = "Observation/o1" if method == "PUT" else "Observation"
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": resource, "request": {"method": method, "url": url}}],
+    }
+    async with make_client() as client:
+        answer = await client.post("/fhir", json=bundle, headers=FHIR)
+    assert answer.status_code == 403
+    assert not forwarded.called
+
+
+async def test_a_batch_entry_may_not_plant_the_gateways_idempotency_tag(
+    make_client: Callable[..., httpx.AsyncClient], router: respx.Router
+) -> None:
+    """The same attack through a batch: the planted entry is answered 400 and not forwarded;
+    the batch's other entries go through."""
+    created = router.post("/Observation").respond(201, json={**OBSERVATION, "id": "o2"})
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {
+                "resource": _planted(OBSERVATION, IDEMPOTENCY_TAG),
+                "request": {"method": "POST", "url": "Observation"},
+            },
+            {"resource": OBSERVATION, "request": {"method": "POST", "url": "Observation"}},
+        ],
+    }
+    async with make_client() as client:
+        answer = await client.post("/fhir", json=bundle, headers=FHIR)
+    assert answer.status_code == 200
+    statuses = [entry["response"]["status"] for entry in answer.json()["entry"]]
+    assert statuses == ["400", "201"]
+    assert created.call_count == 1
+    sent = json.loads(created.calls.last.request.content)
+    assert "0" * 32 not in json.dumps(sent)
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
@@ -286,12 +431,14 @@ async def test_another_callers_idempotency_key_never_matches(
     ],
     ids=["create", "update"],
 )
+@pytest.mark.parametrize("system", [IDEMPOTENCY_TAG, IDEMPOTENCY_REQUEST_TAG])
 async def test_a_client_may_not_write_the_gateways_idempotency_tag(
     make_client: Callable[..., httpx.AsyncClient],
     router: respx.Router,
     method: str,
     path: str,
     body: dict[str, Any],
+    system: str,
 ) -> None:
     """A tag the client writes itself could squat another caller's key (its retry would be
     answered with the squatter's record): refused, and nothing is sent upstream."""
@@ -299,7 +446,7 @@ async def test_a_client_may_not_write_the_gateways_idempotency_tag(
         200, json={**OBSERVATION, "id": "o1", "meta": {"versionId": "1"}}, headers=FHIR
     )
     written = router.route(method=method, path__regex=r"/Observation.*").respond(201)
-    forged = {**body, "meta": {"tag": [{"system": IDEMPOTENCY_TAG, "code": "0" * 32}]}}
+    forged = _planted(body, system)
     async with make_client() as client:
         answer = await client.request(method, path, json=forged, headers=FHIR)
     assert answer.status_code == 400
