@@ -11,8 +11,9 @@ records each ``consent`` and ``consent-revoke`` entry: run it with ``start=0`` o
 store to rebuild everything.
 
 Evidence that has been shredded (crypto-shredding) cannot be rebuilt and is skipped with a
-warning; a leaf that names a pseudonym other than the stored one for its patient is reported,
-and the stored pseudonym kept.
+warning; a leaf that names a pseudonym other than the stored one for its patient is refused
+(logged by ledger index, not recorded, the stored pseudonym kept): the leaf and its evidence
+disagree about whose consent it is, so neither is trusted.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ async def record_entry(
     """Record the ``consent`` / ``consent-revoke`` entry at ``index`` (its leaf bytes ``raw``,
     read if not given) into ``consents`` from its evidence, with the pseudonym its leaf
     carries; idempotent. False when it cannot be recorded (shredded or unreadable evidence,
-    no pseudonym: logged by ledger index only)."""
+    no pseudonym, or a pseudonym other than the one stored for the patient its evidence
+    names: logged by ledger index only)."""
     if raw is None:
         (raw,) = await log.leaves(index, index + 1)
     leaf = decode_leaf(raw)
@@ -92,7 +94,9 @@ async def record_entry(
         return False
     consent_id, status, patient = keys
     if await consents.pseudonym_for(patient, leaf.pseudonym) != leaf.pseudonym:
-        log_.error("consent entry names another pseudonym", ledger_index=index)
+        # Whose consent is it? The leaf and the evidence disagree: record neither.
+        log_.error("consent entry names another pseudonym; not recorded", ledger_index=index)
+        return False
     await consents.record(
         ConsentRecord(
             ledger_index=index,

@@ -82,3 +82,17 @@ async def test_a_stored_pseudonym_is_kept() -> None:
     await store.pseudonym_for("Patient/p1", P1)
     await rebuild_from_ledger(log, store, start=0)
     assert await store.pseudonym("Patient/p1") == P1
+
+
+async def test_an_entry_whose_pseudonym_is_not_its_patients_is_refused() -> None:
+    """An entry whose leaf names another patient's pseudonym than its evidence does (a forged
+    or mixed-up entry: one planted through the audit outbox would be one) was logged and
+    recorded anyway, so its consent was enforced for the patient its evidence names. It is
+    refused: reported skipped, nothing recorded for that patient."""
+    log = await ledger(change(consent("R5", "deny", consent_id="a"), P2))
+    store = MemoryConsentStore()
+    await store.pseudonym_for("Patient/p1", P1)
+    report = await rebuild_from_ledger(log, store, start=0)
+    assert report.skipped == (0,)
+    assert await store.history("a") == []
+    assert await store.pseudonym("Patient/p1") == P1
