@@ -356,3 +356,24 @@ def test_a_create_retried_under_its_idempotency_key_is_stored_once_upstream(side
     assert _location_ref(sides, first.headers["location"]) == f"Patient/{retry.json()['id']}"
     found = sides.direct.get(f"{sides.upstream_base}/Patient", params={"family": family}).json()
     assert len(entries(found, "match")) == 1
+
+
+def test_an_idempotency_key_reused_for_another_body_is_422_upstream_unchanged(
+    sides: Sides,
+) -> None:
+    """A key reused for another patient's record was answered 200 with the first record (the
+    real upstream matched the key's tag) and the second body was never stored. Against the
+    real upstream the reuse is now 422, the second body is not stored, and a retry of the
+    first body under its key is still answered with the first record (200)."""
+    family = f"Idem{uuid.uuid4().hex[:10]}"
+    headers = {"content-type": _FHIR_JSON, "idempotency-key": str(uuid.uuid4())}
+    url = f"{sides.gateway_base}/Patient"
+    first = sides.gateway.post(url, json=_patient(family), headers=headers)
+    reused = sides.gateway.post(url, json=_patient(family + "b"), headers=headers)
+    retry = sides.gateway.post(url, json=_patient(family), headers=headers)
+    assert (first.status_code, reused.status_code, retry.status_code) == (201, 422, 200)
+    assert family not in reused.text
+    assert retry.json()["id"] == first.json()["id"]
+    for name in (family, family + "b"):
+        found = sides.direct.get(f"{sides.upstream_base}/Patient", params={"family:exact": name})
+        assert len(entries(found.json(), "match")) == (name == family)
