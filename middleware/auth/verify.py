@@ -123,6 +123,18 @@ class TokenVerifier:
         # token -> (identity, usable from, usable until): see the module docstring.
         self._verified: OrderedDict[str, tuple[Identity, float, float]] = OrderedDict()
 
+    def cached(self, authorization: str | None) -> Identity | None:
+        """The identity ``authorization`` proved when it was verified, while that verification
+        is still usable (the cache :meth:`verify` answers from); None otherwise. Does no
+        signature, key or claim work, so a caller may ask it before any admission budget."""
+        if authorization is None:
+            return None
+        cached = self._verified.get(authorization.strip())
+        if cached is None:
+            return None
+        identity, start, end = cached
+        return identity if start <= self._clock() < end else None
+
     async def verify(self, authorization: str | None) -> Identity:
         """The :class:`Identity` the ``Authorization`` header value proves; raises
         :class:`Unauthorized` (401) or :class:`ServiceUnavailable` (503, keys unreadable)."""

@@ -5,7 +5,8 @@ that have not proved who they are) a bucket of ``burst`` tokens refilled at ``ra
 per second. :meth:`RateLimiter.take` spends one token or says how many seconds until one is
 due: the caller answers 429 with that ``Retry-After`` (RFC 9110 §10.2.3, RFC 6585 §4).
 :meth:`RateLimiter.exhausted` only looks, spending nothing: the proxy asks it before any token
-work, and spends a token only when authentication then fails.
+work, and spends a token only when authentication then fails. :func:`address_key` is the key of
+a client address (an IPv6 address by its /64).
 
 Pure: the clock is injected (monotonic seconds) and nothing here does I/O. Memory is bounded:
 at most ``max_keys`` buckets are kept, the least recently used forgotten first (a forgotten
@@ -15,16 +16,20 @@ of 0 turns a limiter off.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_MAX_KEYS", "Bucket", "RateLimiter", "retry_after"]
+__all__ = ["DEFAULT_MAX_KEYS", "IPV6_PREFIX", "Bucket", "RateLimiter", "address_key", "retry_after"]
 
 #: Buckets kept at once by default (a few hundred bytes each).
 DEFAULT_MAX_KEYS = 100_000
+#: IPv6 addresses share a bucket per this prefix: one subscriber is usually given a whole
+#: /64 (RFC 6177), so keying by full address would hand it 2**64 fresh buckets.
+IPV6_PREFIX = 64
 
 
 @dataclass(slots=True)
@@ -104,3 +109,18 @@ class RateLimiter:
 def retry_after(seconds: float) -> str:
     """``Retry-After`` delay-seconds (RFC 9110 §10.2.3): a whole number, rounded up, >= 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+def address_key(host: str) -> str:
+    """The bucket key of a client address: an IPv4 address as it is, an IPv6 address by its
+    /64 network (an IPv4-mapped one as its IPv4 address), anything else (a Unix socket, no
+    address) verbatim."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)

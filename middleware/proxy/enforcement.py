@@ -59,6 +59,8 @@ class TokenCheck(Protocol):
 
     async def verify(self, authorization: str | None) -> Identity: ...
 
+    def cached(self, authorization: str | None) -> Identity | None: ...
+
 
 class Enforcement:
     """Identify, enforce, audit (module docstring)."""
@@ -86,6 +88,11 @@ class Enforcement:
     async def identify(self, headers: dict[str, str]) -> Identity:
         """The caller the request's bearer token proves (401 / 503 from the verifier)."""
         return await self.verifier.verify(headers.get("authorization"))
+
+    def known(self, headers: dict[str, str]) -> Identity | None:
+        """The caller the request's bearer token proved recently (the verifier's cache), or
+        None: no token work is done."""
+        return self.verifier.cached(headers.get("authorization"))
 
     async def run(
         self,

@@ -2,9 +2,9 @@
 
 One request, in order: classify (:mod:`middleware.fhir.classify`, from the request line and
 headers alone; anything unclassified is refused and never forwarded), identify the caller (the
-bearer token, after the per-address budget of unauthenticated requests and before the
-per-principal rate: 401 or 429 without reading the body), read the body under a size cap and
-a deadline, check negotiation, then hand the request to the enforcement stage
+bearer token: one verified recently at once, any other only within its address's budget of
+unauthenticated requests; then the per-principal rate: 401 or 429 without reading the body),
+read the body under a size cap and a deadline, check negotiation, then hand the request to the enforcement stage
 (:mod:`middleware.proxy.enforcement`: decide, forward, filter, map, audit) and release its
 answer. A caller that has not proved who it is costs nothing durable: its refusals are
 counted in ``/metrics`` and logged in aggregate (one line per minute), never recorded on the
@@ -45,13 +45,13 @@ from middleware.errors import (
 from middleware.fhir import jsoncodec
 from middleware.fhir.classify import classify, classify_bundle
 from middleware.fhir.limits import depth as json_depth
-from middleware.fhir.negotiate import check_request_negotiation
+from middleware.fhir.negotiate import check_request_negotiation, media_type
 from middleware.fhir.outcome import render_error
 from middleware.fhir.request import Interaction
 from middleware.logging import get_logger
 from middleware.ops.causes import describe
 from middleware.ops.metrics import Metrics
-from middleware.ops.ratelimit import RateLimiter
+from middleware.ops.ratelimit import RateLimiter, address_key
 from middleware.ops.reasons import refusal_reason, status_reason
 from middleware.ops.tally import IntervalTally
 from middleware.pipeline.exchange import Answer, Upstreamed
@@ -71,6 +71,8 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 MAX_QUERY_BYTES = 16 * 1024
 #: Seconds between the aggregate log lines of refused unauthenticated requests.
 UNAUTHENTICATED_LOG_SECONDS = 60.0
+#: The one body media type that is not JSON (a form-encoded ``POST _search``).
+_FORM = "application/x-www-form-urlencoded"
 
 
 class _InternalError(GatewayError):
@@ -218,21 +220,27 @@ class ProxyHandler:
     async def _identify(self, scope: Scope, headers: dict[str, str], ex: ExchangeLog) -> Identity:
         """The verified caller, or 401 / 429 (neither recorded on the ledger).
 
-        Before any token work, a client address whose budget of unauthenticated requests is
-        spent is refused (429); a request that fails authentication spends one of its
-        address's tokens. A verified caller then spends one of its principal's tokens."""
+        A token the verifier proved recently (its cache: no token work) identifies the caller
+        whatever its address's budget: that budget guards verification work against callers
+        without a valid token, so one caller's bad tokens never refuse another's good one
+        behind the same address. Any other token is verified only while its client address
+        (an IPv6 address by its /64) has budget left, else 429; a request that fails
+        authentication spends one of the address's tokens. A verified caller then spends one
+        of its principal's tokens."""
         if self.enforcement is None:
             raise _InternalError("enforcement is not configured")
-        address = str((scope.get("client") or ("",))[0])
         ex.authenticated = False
-        wait = self._anonymous.exhausted(address)
-        if wait:
-            raise _too_many(wait, "too many unauthenticated requests from this address")
-        try:
-            identity = await self.enforcement.identify(headers)
-        except GatewayError:
-            self._anonymous.take(address)
-            raise
+        identity = self.enforcement.known(headers)
+        if identity is None:
+            address = address_key(str((scope.get("client") or ("",))[0]))
+            wait = self._anonymous.exhausted(address)
+            if wait:
+                raise _too_many(wait, "too many unauthenticated requests from this address")
+            try:
+                identity = await self.enforcement.identify(headers)
+            except GatewayError:
+                self._anonymous.take(address)
+                raise
         ex.authenticated = True
         wait = self._principals.take(f"{identity.issuer}\x00{identity.subject}")
         if wait:
@@ -244,7 +252,12 @@ class ProxyHandler:
         negotiation) is on the ledger; a 503 instead when it cannot be recorded. The public
         CapabilityStatement is not audited; neither is a 429 (the limit bounds the ledger's
         growth too) nor a refusal of a caller that does not prove who it is (a refusal made
-        before identification is recorded only when the request's token verifies)."""
+        before identification is recorded only when the request's token verifies).
+
+        Such a refusal is identified as any request is (:meth:`_identify`): a recently
+        verified token whatever its address's budget, so an address spent by others' bad
+        tokens never hides a verified caller's refusal. A verified caller over its own rate
+        is answered that 429 instead, unrecorded: never a refusal that goes unrecorded."""
         if ex.audited or self.enforcement is None or ex.interaction == "capabilities":
             return error
         if isinstance(error, TooManyRequests):
@@ -252,6 +265,10 @@ class ProxyHandler:
         if ex.authenticated is None:
             try:
                 await self._identify(scope, header_dict(scope["headers"]), ex)
+            except TooManyRequests as over:
+                # Over its principal's rate: the 429 is the answer. Address budget spent
+                # for a token not verified before: nobody proved who they are.
+                return over if ex.authenticated else error
             except GatewayError:
                 return error
         if not ex.authenticated:
@@ -562,8 +579,9 @@ def _bundle_type(body: bytes) -> str | None:
 def _check_body_depth(body: bytes, headers: Mapping[str, str], limit: int) -> None:
     """Refuse (400) a request body nesting deeper than ``limit``, measured before anything
     decodes it (:mod:`middleware.fhir.limits`). A form-encoded ``POST _search`` body is not
-    JSON and is not measured."""
-    if not body or "x-www-form-urlencoded" in headers.get("content-type", ""):
+    JSON and is not measured: its media type, parsed, must be exactly that one (a parameter
+    naming it, ``application/fhir+json; x=x-www-form-urlencoded``, is JSON and measured)."""
+    if not body or media_type(headers.get("content-type", "")) == _FORM:
         return
     if json_depth(body, limit) > limit:
         raise BadRequest(f"the request body nests deeper than {limit} levels", code="too-costly")

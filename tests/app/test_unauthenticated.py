@@ -39,6 +39,10 @@ class CountingVerifier:
         identity: Identity = await self.inner.verify(authorization)
         return identity
 
+    def cached(self, authorization: str | None) -> Identity | None:
+        known: Identity | None = self.inner.cached(authorization)
+        return known
+
 
 @pytest.fixture
 def log() -> io.StringIO:
@@ -193,6 +197,72 @@ async def test_an_address_out_of_budget_is_refused_before_any_token_work(
     assert await store.size() == before
 
 
+async def test_bad_tokens_from_an_address_never_refuse_a_verified_token_from_it(
+    app: Gateway,
+    store: MemoryLogStore,
+    router: respx.Router,
+    system_bearer: dict[str, str],
+) -> None:
+    """The attack: the address budget was checked before the token for every request, so 50
+    bad tokens sent through a NAT, an egress proxy or a load balancer got every legitimate
+    client behind that address a 429. Now a token the gateway verified recently is served
+    whatever its address's budget (the budget guards verification work only), while the bad
+    tokens from the same address stay refused 429 without token work."""
+    router.get("/Patient/1").respond(200, json={"resourceType": "Patient", "id": "1"})
+    assert app.proxy.enforcement is not None
+    counting = CountingVerifier(app.proxy.enforcement.verifier)
+    app.proxy.enforcement.verifier = counting
+    transport = httpx.ASGITransport(app=app, client=CLIENT)
+    bad = {"authorization": "Bearer not.a.token"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+        assert (await http.get("/fhir/Patient/1", headers=system_bearer)).status_code == 200
+        answers = [await http.get("/fhir/Patient", headers=bad) for _ in range(51)]
+        assert [a.status_code for a in answers] == [401] * 50 + [429]
+        calls = counting.calls
+        for _ in range(3):
+            assert (await http.get("/fhir/Patient/1", headers=system_bearer)).status_code == 200
+        assert counting.calls == calls  # known from the verifier's cache: no token work
+        assert (await http.get("/fhir/Patient", headers=bad)).status_code == 429
+
+
+async def test_ipv6_addresses_share_a_budget_per_64(app: Gateway) -> None:
+    """The attack: one IPv6 subscriber holds a whole /64 and can send each bad token from a
+    fresh address, each with a fresh budget. Now the budget is its /64's: a neighbour in the
+    same /64 is refused 429 once it is spent; another /64 keeps its own."""
+    bad = {"authorization": "Bearer not.a.token"}
+
+    async def status(host: str) -> int:
+        transport = httpx.ASGITransport(app=app, client=(host, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
+            return (await c.get("/fhir/Patient", headers=bad)).status_code
+
+    spent = [await status(f"2001:db8:0:1::{i:x}") for i in range(1, 51)]
+    assert spent == [401] * 50
+    assert await status("2001:db8:0:1:ffff::1") == 429
+    assert await status("2001:db8:0:2::1") == 401
+
+
+async def test_a_verified_callers_refusal_is_recorded_when_its_address_budget_is_spent(
+    app: Gateway, store: MemoryLogStore, router: respx.Router, system_bearer: dict[str, str]
+) -> None:
+    """The attack: a refusal made before identification (a path trick) re-identified its
+    caller through the address budget, so once others' bad tokens had spent that budget a
+    verified caller's refused request got its 400 and no ledger entry. Now it is identified
+    from its verified token and recorded."""
+    router.get("/Patient/1").respond(200, json={"resourceType": "Patient", "id": "1"})
+    transport = httpx.ASGITransport(app=app, client=CLIENT)
+    bad = {"authorization": "Bearer not.a.token"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as http:
+        assert (await http.get("/fhir/Patient/1", headers=system_bearer)).status_code == 200
+        for _ in range(50):
+            await http.get("/fhir/Patient", headers=bad)
+        assert (await http.get("/fhir/Patient", headers=bad)).status_code == 429
+        before = await store.size()
+        trick = await http.get("/fhir/Patient//secret", headers=system_bearer)
+        assert trick.status_code == 400
+        assert await store.size() > before
+
+
 async def test_a_verified_caller_over_its_rate_gets_429_with_retry_after(
     make_client: Callable[..., httpx.AsyncClient],
     router: respx.Router,
@@ -214,6 +284,24 @@ async def test_a_verified_caller_over_its_rate_gets_429_with_retry_after(
         assert await store.size() == size
         clock.now += 1
         assert (await c.get("/fhir/Patient/1")).status_code == 200
+
+
+async def test_a_refusal_of_a_caller_over_its_rate_is_its_429_never_an_unrecorded_4xx(
+    make_client: Callable[..., httpx.AsyncClient],
+    router: respx.Router,
+    store: MemoryLogStore,
+) -> None:
+    """The defect: a verified caller over its own rate sent a path trick; identifying it for
+    the record ran into the rate limit, so it got its 400 and no ledger entry. Now the answer
+    is the 429 (which, like every 429, is not recorded: the limit bounds the ledger too)."""
+    router.get("/Patient/1").respond(200, json={"resourceType": "Patient", "id": "1"})
+    async with make_client(rate_limit_per_principal=1.0, rate_limit_per_principal_burst=1) as c:
+        assert (await c.get("/fhir/Patient/1")).status_code == 200
+        size = await store.size()
+        trick = await c.get("/fhir/Patient//secret")
+        assert trick.status_code == 429
+        assert trick.headers["retry-after"] == "1"
+        assert await store.size() == size
 
 
 @pytest.mark.parametrize("path", ["/fhir/Patient", "/fhir/Consent"], ids=["proxy", "consent-api"])

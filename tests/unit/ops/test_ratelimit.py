@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from middleware.ops.ratelimit import RateLimiter, retry_after
+from middleware.ops.ratelimit import RateLimiter, address_key, retry_after
 
 
 class Clock:
@@ -104,3 +104,21 @@ def test_retry_after_is_whole_seconds_rounded_up(seconds: float, header: str) ->
     """RFC 9110 §10.2.3 delay-seconds is a non-negative integer; rounding down would invite a
     retry that is refused again."""
     assert retry_after(seconds) == header
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:0:1::1", "2001:db8:0:1::/64"),
+        ("2001:db8:0:1:ffff:ffff:ffff:ffff", "2001:db8:0:1::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("", ""),
+        ("/run/consentry.sock", "/run/consentry.sock"),
+    ],
+)
+def test_an_ipv6_address_is_keyed_by_its_64(host: str, key: str) -> None:
+    """The attack: one IPv6 subscriber holds a /64 and can send every request from a fresh
+    address, each with a full budget. Its addresses share one key; IPv4 (mapped or not) and
+    non-IP clients are keyed as they are."""
+    assert address_key(host) == key
