@@ -32,7 +32,9 @@ async def read_body(
     per chunk: a client dripping a byte at a time is held no longer) is 408.
     """
     declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    # ASCII digits only: "\xb2".isdigit() is True and int() refuses it. More than 18 digits
+    # is over any limit, and int() never sees a number too long to convert (ValueError).
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise PayloadTooLarge("request body exceeds the configured size limit")
     try:
         async with asyncio.timeout(within):

@@ -390,3 +390,21 @@ async def test_a_revoked_stored_deep_consent_is_skipped_and_the_patient_reads_ag
     read = await api.get("/fhir/Observation/o1", headers=tokens.patient("p1", "patient/*.rs"))
     assert read.status_code == 200, read.text
     assert upstream_observation.called
+
+
+async def test_a_json_body_naming_form_encoding_in_a_parameter_is_still_depth_checked(
+    api: httpx.AsyncClient, tokens: Tokens, router: respx.Router
+) -> None:
+    """Attack: the depth check skipped any body whose Content-Type merely contained
+    "x-www-form-urlencoded", so ``application/fhir+json; x=x-www-form-urlencoded`` carried
+    JSON nested past ``max_json_depth`` into the decoders. Only the media type itself
+    (parsed, parameters aside) exempts a body: this one is refused 400 naming the limit, and
+    nothing is forwarded."""
+    upstream = router.route().respond(201, json=observation())
+    headers = {
+        **tokens.patient("p1", "patient/*.cruds"),
+        "content-type": "application/fhir+json; x=x-www-form-urlencoded",
+    }
+    response = await api.post("/fhir/Observation", content=deep_json(150), headers=headers)
+    assert "100 levels" in assert_outcome(response, 400)["issue"][0]["diagnostics"]
+    assert not upstream.called
