@@ -17,6 +17,16 @@ predate the new position are checked against their
 :class:`~middleware.storage.consent_base.PatientMark` and recompiled only if it moved, and
 policies are cached by ledger index, so a change recompiles only the consent that changed.
 
+A consent entry that cannot be recorded (its evidence shredded or unreadable, so neither its
+consent nor its patient can be read) is never stepped over silently: it may be a revocation
+or a deny. Its leaf's pseudonym names the patient it concerns, and every decision for that
+patient fails closed (:class:`UnreadableConsent`, 503) while it stays unrecorded; each such
+decision tries to record it again, so evidence that becomes readable lifts the refusal. An
+entry whose leaf names no pseudonym concerns nobody known: every patient's decisions fail
+closed then. The limit: a store rebuilt from the ledger knows a patient's pseudonym only from
+the patient's recorded entries, so a patient whose every consent entry is unreadable there
+cannot be matched (the rebuild reports those entries as skipped).
+
 Ledger indexes are given in commit order under the append lock, so an entry committed after
 the position was read has a larger index: a position never hides an entry below it.
 
@@ -39,6 +49,7 @@ from middleware.consent.rebuild import record_entry
 from middleware.errors import ServiceUnavailable
 from middleware.fhir import jsoncodec
 from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
+from middleware.ledger.leaf import decode_leaf
 from middleware.logging import get_logger
 from middleware.storage.consent_base import ConsentRecord, ConsentStore, PatientMark
 from middleware.storage.ledger_base import LogStore
@@ -87,6 +98,9 @@ class ConsentRegistry:
         self._syncing = asyncio.Lock()
         self.compiled = 0  # consents compiled so far (tests and metrics read it)
         self.repaired = 0  # ledger entries this registry recorded in the store (tests read it)
+        # Consent entries that could not be recorded, by the pseudonym their leaf names
+        # (None: no pseudonym, so no patient is safe): each blocks that patient's decisions.
+        self._unrecorded: dict[bytes | None, set[int]] = {}
 
     @property
     def position(self) -> int:
@@ -116,18 +130,48 @@ class ConsentRegistry:
         for index in pending:
             # One the store lacks is a change appended whose store write never happened (or
             # has not happened yet): the ledger says it, so it is recorded before any decision.
-            if index not in present and await record_entry(self.log, self.store, index):
+            if index in present:
+                continue
+            if await record_entry(self.log, self.store, index):
                 self.repaired += 1
                 get_logger("consentry.consent").warning(
                     "consent entry recorded from the ledger", ledger_index=index
                 )
+            else:
+                # Unreadable: it may revoke or deny, so its patient fails closed (below).
+                (raw,) = await self.log.leaves(index, index + 1)
+                self._unrecorded.setdefault(decode_leaf(raw).pseudonym, set()).add(index)
+                get_logger("consentry.consent").error(
+                    "consent entry cannot be recorded; its patient fails closed",
+                    ledger_index=index,
+                )
         self._position = pending[-1]
+
+    async def _check_recorded(self, patient: str) -> None:
+        """Raise :class:`UnreadableConsent` while a consent entry concerning ``patient`` (by
+        its leaf's pseudonym, or naming none) cannot be recorded; each call tries again."""
+        if not self._unrecorded:
+            return
+        pseudonym = await self.store.pseudonym(patient)
+        for key in {None, pseudonym}:
+            indexes = self._unrecorded.get(key)
+            if not indexes:
+                continue
+            for index in sorted(indexes):
+                if await record_entry(self.log, self.store, index):
+                    indexes.discard(index)
+                    self.repaired += 1
+                    self._patients.clear()  # a recorded entry may change any patient's policies
+            if indexes:
+                raise UnreadableConsent("a consent entry on the ledger cannot be read")
+            del self._unrecorded[key]
 
     async def policies(self, patient: str) -> tuple[Policy, ...]:
         """The policies of every consent of ``patient`` (``Patient/<id>``), in ledger order,
         as of the ledger's current consent position (:meth:`sync` first). Raises
         :class:`UnreadableConsent` or ``ServiceUnavailable``."""
         position = await self.sync()
+        await self._check_recorded(patient)
         cached = self._patients.get(patient)
         if cached is not None and cached[0] == position:
             self._patients.move_to_end(patient)

@@ -10,7 +10,7 @@ import pytest
 from middleware.consent.records import canonical_consent
 from middleware.consent.registry import ConsentRegistry, UnreadableConsent
 from middleware.errors import ServiceUnavailable
-from middleware.ledger.entry import NewEntry
+from middleware.ledger.entry import Evidence, NewEntry
 from middleware.ledger.leaf import EntryKind
 from middleware.storage.consent_base import ConsentRecord
 from middleware.storage.consent_memory import MemoryConsents, MemoryConsentStore
@@ -146,3 +146,36 @@ async def test_a_recorded_consent_that_no_longer_compiles_fails_closed() -> None
     await store.record(ConsentRecord(1, "a", "Patient/p1", "active", False, 1, b'{"id":"a"}'))
     with pytest.raises(UnreadableConsent):
         await ConsentRegistry(store, MemoryLogStore(MemoryLog())).policies("Patient/p1")
+
+
+@pytest.mark.parametrize("revoke", [True, False], ids=["revoke", "consent"])
+async def test_a_consent_entry_that_cannot_be_recorded_fails_its_patient_closed(
+    revoke: bool,
+) -> None:
+    """The attack (or a damaged ledger): a revocation, or a deny consent, whose evidence
+    cannot be read was skipped by the sync, which moved its position past it: the patient's
+    earlier permit went on being enforced although the ledger says otherwise. Now every
+    decision for the patient the leaf names fails closed (503) while the entry stays
+    unrecorded, on every replica and after a restart; another patient is unaffected; and
+    evidence that becomes readable again is recorded and enforced."""
+    ledger = Ledgered()
+    await ledger.change(consent("R5", "permit", consent_id="a"))
+    await ledger.store.pseudonym_for("Patient/p2", PSEUDONYMS[1])
+    await ledger.change(consent("R5", "permit", consent_id="b", patient="Patient/p2"))
+    registry = ledger.registry()
+    assert len(await registry.policies("Patient/p1")) == 1
+    kind = EntryKind.CONSENT_REVOKE if revoke else EntryKind.CONSENT
+    unreadable = NewEntry.create(kind, b"\xff not json", recorded_us=8, pseudonym=P1)
+    (appended,) = await ledger.log.append([unreadable], sign=SIGN)
+    restarted = ConsentRegistry(MemoryConsentStore(ledger.store.data), ledger.log)
+    for replica in (registry, restarted):
+        with pytest.raises(UnreadableConsent):
+            await replica.policies("Patient/p1")
+        with pytest.raises(UnreadableConsent):  # not only once: until it is recorded
+            await replica.policies("Patient/p1")
+        assert [p.consent_id for p in await replica.policies("Patient/p2")] == ["b"]
+    # The evidence is readable again (restored from a backup): recorded, then enforced.
+    revoked = canonical_consent(consent("R5", "permit", consent_id="a", status="inactive"))
+    damaged = ledger.log.log.evidence[appended.index]
+    ledger.log.log.evidence[appended.index] = Evidence(damaged.salt, revoked)
+    assert [p.status for p in await registry.policies("Patient/p1")] == ["inactive"]
