@@ -445,7 +445,7 @@ class Writes:
                 raise UpstreamError("the upstream server named no record for the condition")
             found = matches[0]
         if not any(
-            hmac.compare_digest(have, sent)
+            hmac.compare_digest(have.encode(), sent.encode())  # str: ASCII only, bytes any
             for system, have in _own_tags(found)
             if system == IDEMPOTENCY_REQUEST_TAG
         ):

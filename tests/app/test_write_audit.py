@@ -320,6 +320,25 @@ async def test_an_idempotency_key_reused_with_another_request_is_422(
     assert len(upstream.stored) == 1
 
 
+async def test_a_matched_record_with_a_foreign_request_tag_is_422_not_500(
+    make_client: Callable[..., httpx.AsyncClient], router: respx.Router
+) -> None:
+    """A record written straight to the upstream (not through the gateway) under the key's
+    tag, with a request tag that is no ASCII string: compared as bytes, it is another request
+    (422), never a crash of the comparison (500)."""
+    foreign = {
+        **OBSERVATION,
+        "id": "o7",
+        "meta": {"versionId": "1", "tag": [{"system": IDEMPOTENCY_REQUEST_TAG, "code": "\u00e9"}]},
+    }
+    router.post("/Observation").respond(200, json=foreign, headers=FHIR)
+    async with make_client() as client:
+        answer = await client.post(
+            "/fhir/Observation", json=OBSERVATION, headers={**FHIR, "idempotency-key": "k"}
+        )
+    assert answer.status_code == 422
+
+
 @pytest.fixture(params=[False, True], ids=["answered-with-the-record", "answered-minimal"])
 def minimal(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
