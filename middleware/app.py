@@ -336,6 +336,17 @@ def create_app(
     metrics.gauge(
         "ledger_queue_depth", "Ledger entries queued for a batch.", lambda: ledger.pending
     )
+    recorder = proxy.enforcement.recorder
+    metrics.gauge(
+        "audit_outbox_dead_letters",
+        "Audit outbox rows this process moved aside, never replayed (MAC, kind, malformed).",
+        lambda: recorder.dead_lettered,
+    )
+    metrics.gauge(
+        "audit_intents_given_up",
+        "Interrupted writes this process recorded as unknown after too many undecided probes.",
+        lambda: recorder.given_up,
+    )
     if sessions is not None:
         metrics.gauge(
             "break_glass_sessions_open",

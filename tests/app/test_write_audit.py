@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -558,3 +559,44 @@ async def test_an_update_may_keep_or_leave_out_the_tag_never_add_one(
         answer = await client.put("/fhir/Observation/o1", json=body, headers=FHIR)
     assert answer.status_code == status
     assert put.called == (status == 200)
+
+
+async def test_a_consent_row_planted_in_the_outbox_file_never_reaches_the_ledger(
+    make_app: Callable[..., Gateway],
+    router: respx.Router,
+    store: OutageStore,
+    tmp_path: Path,
+    dev_key_file: Path,
+) -> None:
+    """Write access to the outbox file (mode 0600, but beside the store, on a volume) was
+    enough to put a CONSENT entry on the signed ledger: start-up replayed any row of any
+    kind, and every replica's registry then enforced it. A row without the MAC only a
+    gateway holding the ledger key makes is dead-lettered (counted in /metrics) and the
+    gateway is ready."""
+    router.get("/metadata").respond(200, json=CAPABILITY)
+    path = tmp_path / "outbox.db"
+    settings = {"audit_outbox": str(path), "auth": auth_settings(dev_key_file)}
+    first = make_app(**settings)
+    await first._open_stores()  # creates the outbox file
+    assert first.proxy.enforcement is not None
+    assert first.proxy.enforcement.recorder.outbox is not None
+    first.proxy.enforcement.recorder.outbox.close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute(
+            "INSERT INTO outbox (request_id, kind, recorded_us, salt, evidence, pseudonym,"
+            " patient, consent, flags, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ("x", int(EntryKind.CONSENT), 1, b"\0" * 16, b"{}", b"\1" * 16, None, None, 0, "k"),
+        )
+    db.close()
+    before = await store.size()
+
+    second = make_app(**settings)
+    await second._open_stores()
+    local = httpx.ASGITransport(app=second, client=("127.0.0.1", 50000))  # /metrics: loopback
+    async with httpx.AsyncClient(transport=local, base_url="http://gateway.test") as client:
+        ready = await client.get("/readyz")
+        text = (await client.get("/metrics")).text
+    assert await kinds(store, before) == []
+    assert ready.json()["checks"]["audit_outbox"] == "ok"
+    assert "consentry_audit_outbox_dead_letters 1" in text
