@@ -17,8 +17,11 @@ delete     the target is gone (404/410)                the target is there
 =========  ==========================================  =========================================
 
 Anything else is ``unknown`` (recorded as such: an outcome the gateway could not establish,
-status 502); an upstream that does not answer leaves the intent open (``/readyz`` stays
-unavailable) until it does. "Applied" says the upstream's state agrees with the write: a
+status 502); an upstream that does not answer (or cannot: no ``_tag`` search, a 403) leaves
+the intent open (``/readyz`` unavailable) until it does, or until the recorder gives up on it
+(``max_attempts`` undecided checks or ``give_up_after`` seconds) and records ``unknown``. Only
+intents whose owning process is gone are decided here: another replica's write in flight is
+left alone (:class:`~middleware.audit.recorder.AuditRecorder`, leases). "Applied" says the upstream's state agrees with the write: a
 delete another client made in between reads the same.
 """
 
