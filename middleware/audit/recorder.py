@@ -195,6 +195,7 @@ class AuditRecorder:
         # tells a process on this host whether it still runs (Lease).
         self._owner = uuid.uuid4().hex
         self._host = socket.gethostname()
+        self._started = _started(os.getpid())
         self.dead_lettered = 0
         """Outbox rows this process moved to the dead-letter table (a metric)."""
         self.given_up = 0
@@ -314,7 +315,7 @@ class AuditRecorder:
     def _lease(self) -> Lease:
         """This process's lease, running ``live_for`` seconds from now."""
         expires = micros(datetime.fromtimestamp(self._wall_clock() + self._live_for, UTC))
-        return Lease(self._owner, self._host, os.getpid(), _started(os.getpid()), expires)
+        return Lease(self._owner, self._host, os.getpid(), self._started, expires)
 
     def _owner_gone(self, intent: OpenIntent) -> bool:
         """Whether ``intent``'s owner is another process that no longer holds it: no lease,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -110,3 +111,32 @@ def test_where_the_outbox_lives(setting: str, store: str, expected: str) -> None
 
 def _fields(r: OutboxRow) -> dict[str, object]:
     return {name: getattr(r, name) for name in OutboxRow.__slots__}
+
+
+async def test_a_file_from_before_owners_and_macs_is_upgraded_in_place(tmp_path: Path) -> None:
+    """An outbox written by the previous version (no MAC column, intents without owner) must
+    open, not fail the start: its rows come back with an empty MAC (the recorder then
+    dead-letters them), its intents with no owner or lease, and a dead-lettered row leaves
+    the queue for the dead-letter table in one step."""
+    path = str(tmp_path / "old.db")
+    db = sqlite3.connect(path)
+    with db:
+        db.executescript(
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,"
+            " kind INTEGER NOT NULL, recorded_us INTEGER NOT NULL, salt BLOB NOT NULL,"
+            " evidence BLOB NOT NULL, pseudonym BLOB, patient TEXT, consent INTEGER,"
+            " flags INTEGER NOT NULL, idempotency_key TEXT NOT NULL, intent TEXT, variant TEXT);"
+            " CREATE TABLE intent (intent TEXT PRIMARY KEY, probe TEXT NOT NULL);"
+            " INSERT INTO outbox (request_id, kind, recorded_us, salt, evidence, flags,"
+            " idempotency_key) VALUES ('rid-old', 4, 1, x'00', x'7b7d', 0, 'k');"
+            " INSERT INTO intent VALUES ('i0', '{}');"
+        )
+    db.close()
+    outbox = SqliteOutbox(path)
+    (old,) = await outbox.pending()
+    assert (old.request_id, old.mac) == ("rid-old", b"")
+    (intent,) = await outbox.open_intents()
+    assert (intent.intent, intent.owner, intent.lease, intent.attempts) == ("i0", None, None, 0)
+    await outbox.dead_letter(old.id, "mac")
+    assert (await outbox.count(), await outbox.dead_letters()) == (0, 1)
+    outbox.close()
