@@ -319,6 +319,7 @@ async def test_a_row_that_is_no_entry_is_moved_aside_not_retried_for_ever(tmp_pa
     await recorder.aclose()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc")
 def test_the_lease_names_this_process() -> None:
     """Sanity of what other processes compare against (pid, start time)."""
     recorder = AuditRecorder(KeyedLedger(), Pseudonyms(), gateway=GATEWAY)
