@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,15 @@ from middleware.storage.ledger_memory import MemoryLogStore
 from middleware.storage.ledger_sqlite import SqliteLogStore
 
 KEY = SigningKey.generate("t")
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for ``condition`` (polled), at most 10 s: synchronisation, never a timing bound."""
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in 10 s")
 
 
 def entry(n: int) -> NewEntry:
@@ -65,8 +74,7 @@ async def test_a_crashed_writer_is_replaced_not_cached() -> None:
     crash.armed = True
     # The batch committed before the observer raised; the task is dead after it.
     await service.append(entry(1))
-    await asyncio.sleep(0)
-    assert first.crashed
+    await until(lambda: first.crashed)
     assert not first.running
     # The next append gets a new writer and commits: the dead one is not kept.
     assert await service.append(entry(2)) == 2
@@ -83,8 +91,7 @@ async def test_a_cancelled_writer_task_is_replaced() -> None:
     service = service_over(store)
     first = await service.writer()
     first._task.cancel()  # type: ignore[union-attr]  # a stray cancel kills the task
-    await asyncio.sleep(0)
-    assert first.crashed
+    await until(lambda: first.crashed)
     assert first.cause == "CancelledError"
     assert await service.append(entry(0)) == 0
     await service.aclose()
@@ -129,16 +136,19 @@ async def test_an_old_commit_is_no_proof_the_probe_decides() -> None:
 
 
 class GatedStore(MemoryLogStore):
-    """A memory store whose appends wait for :attr:`gate` (a slow commit)."""
+    """A memory store whose appends wait for :attr:`gate` (a slow commit); :attr:`entered` is
+    set once a batch is waiting there."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
 
     async def append(
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
         if batch:
+            self.entered.set()
             await self.gate.wait()
         return await super().append(batch, sign=sign)
 
@@ -148,9 +158,10 @@ async def test_a_full_queue_is_refused_by_admit_before_any_work() -> None:
     service = service_over(store, max_pending=2)
     await service.admit()
     first = asyncio.create_task(service.append(entry(0)))
-    await asyncio.sleep(0.01)  # the writer took it into a batch that waits on the store
+    # The writer took it into a batch that waits on the store (synchronised, not slept on).
+    await asyncio.wait_for(store.entered.wait(), timeout=10)
     queued = [asyncio.create_task(service.append(entry(n))) for n in (1, 2)]
-    await asyncio.sleep(0.01)
+    await until(lambda: service.pending == 2)  # both queued behind it
     with pytest.raises(ServiceUnavailable, match="queue is full"):
         await service.admit()
     store.gate.set()
