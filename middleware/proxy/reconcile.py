@@ -21,8 +21,9 @@ status 502); an upstream that does not answer (or cannot: no ``_tag`` search, a 
 the intent open (``/readyz`` unavailable) until it does, or until the recorder gives up on it
 (``max_attempts`` undecided checks or ``give_up_after`` seconds) and records ``unknown``. Only
 intents whose owning process is gone are decided here: another replica's write in flight is
-left alone (:class:`~middleware.audit.recorder.AuditRecorder`, leases). "Applied" says the upstream's state agrees with the write: a
-delete another client made in between reads the same.
+left alone (:class:`~middleware.audit.recorder.AuditRecorder`, leases). "Applied" says the
+upstream's state agrees with the write: a delete another client made in between reads the
+same.
 """
 
 from __future__ import annotations
