@@ -202,6 +202,8 @@ def new_pseudonym() -> bytes:
 
 def new_salt() -> bytes:
     """32 fresh random bytes for :func:`commit_evidence`; stored with the evidence."""
+    # SALT_SIZE is also token_bytes' own default (32): token_bytes(None) is an equivalent
+    # mutant; the size stays explicit because commit_evidence requires exactly SALT_SIZE.
     return secrets.token_bytes(SALT_SIZE)
 
 

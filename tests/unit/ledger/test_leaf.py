@@ -238,5 +238,5 @@ def test_commitment_depends_on_salt_and_evidence() -> None:
 
 @pytest.mark.parametrize("salt", [b"", bytes(16), bytes(33)], ids=["empty", "16", "33"])
 def test_commitment_requires_a_32_byte_salt(salt: bytes) -> None:
-    with pytest.raises(MalformedError):
+    with pytest.raises(MalformedError, match=rf"^the evidence salt is 32 bytes, not {len(salt)}$"):
         commit_evidence(salt, b"evidence")

@@ -366,3 +366,42 @@ def test_malformed_leaf_hashes_are_refused() -> None:
         CompactRange(3, [ROOTS[2]])  # size 3 needs two subtree hashes
     with pytest.raises(OutOfRangeError):
         CompactRange(-1)
+
+
+@pytest.mark.parametrize(("index", "size", "proof"), [p for p in INCLUSION if p.values[2]])
+def test_a_wrong_length_proof_reports_the_published_length(
+    index: int, size: int, proof: list[bytes]
+) -> None:
+    """Too short and too long both name the length of the RFC 6962 vector's own proof."""
+    for wrong in (proof[:-1], [*proof, SOME_HASH]):
+        with pytest.raises(VerificationError) as caught:
+            verify_inclusion(HASHES[index], index, size, wrong, ROOTS[size])
+        assert (caught.value.expected, caught.value.computed) == (len(proof), len(wrong))
+
+
+def test_compact_range_errors_say_why() -> None:
+    with pytest.raises(OutOfRangeError, match=r"^tree size -1 is negative$"):
+        CompactRange(-1)
+    with pytest.raises(MalformedError, match=r"^size 3 needs 2 subtree hashes$"):
+        CompactRange(3, [ROOTS[2]])
+
+
+def test_compact_ranges_are_equal_only_in_size_and_hashes() -> None:
+    two = CompactRange(2, [ROOTS[2]])
+    assert two == CompactRange(2, [ROOTS[2]])
+    assert two != CompactRange(2, [SOME_HASH])  # same size, other leaves
+    assert two != CompactRange(1, [ROOTS[2]])  # same hash list, other size
+
+
+def test_a_compact_range_copy_is_independent() -> None:
+    original = CompactRange(2, [ROOTS[2]])
+    copied = original.copy()
+    assert (copied.size, copied.hashes) == (2, (ROOTS[2],))
+    copied.append(HASHES[2])
+    assert (original.size, original.root()) == (2, ROOTS[2])
+    assert copied.root() == ROOTS[3]
+
+
+def test_an_index_outside_the_tree_is_named() -> None:
+    with pytest.raises(VerificationError, match=r"^leaf index 8 is not in a tree of size 8$"):
+        verify_inclusion(HASHES[0], 8, 8, [], ROOTS[8])

@@ -519,3 +519,30 @@ def test_a_snapshot_is_verified_with_what_its_store_kept() -> None:
     for code, changed in stored.items():
         report = verify_snapshot(replace(kept, **changed), POLICY)
         assert code in {f.code for f in report.findings}, code
+
+
+def test_every_usable_proof_is_checked_and_counted() -> None:
+    good = ConsistencyProof(4, 8, tuple(ROOT.consistency_proof(4, 8)))
+    also = ConsistencyProof(8, 16, tuple(ROOT.consistency_proof(8, 16)))
+    unusable = ConsistencyProof(4, 9, ())
+    report = verify_log(CLEAN.leaves, CLEAN.notes, POLICY, proofs=[unusable, good, also])
+    assert report.proofs_checked == 2
+    assert [f["code"] for f in report.to_json()["findings"]] == ["proof"]
+
+
+def test_a_snapshot_is_verified_with_what_the_caller_adds() -> None:
+    """verify_snapshot passes on its evidence and the caller's proofs, remembered checkpoint
+    and findings."""
+    kept = snapshot(CLEAN)
+    edited = replace(kept, evidence={**kept.evidence, 4: Evidence(kept.evidence[4].salt, b"x")})
+    assert {f.code for f in verify_snapshot(edited, POLICY).findings} == {"evidence"}
+    earlier = Finding("export", "the export said so")
+    report = verify_snapshot(
+        kept,
+        POLICY,
+        proofs=[ConsistencyProof(4, 8, tuple(ROOT.consistency_proof(4, 8)))],
+        remembered=sign(8, ZERO),
+        problems=[earlier],
+    )
+    assert (report.proofs_checked, report.remembered) == (1, 8)
+    assert [f.code for f in report.findings] == ["export", "remembered-fork"]
