@@ -122,18 +122,18 @@ class TokenVerifier:
         self._log = get_logger("consentry.auth")
         # token -> (identity, usable from, usable until): see the module docstring.
         self._verified: OrderedDict[str, tuple[Identity, float, float]] = OrderedDict()
+        # token -> until when it stays proved (its expiry): see :meth:`proved`.
+        self._proved: OrderedDict[str, float] = OrderedDict()
 
-    def cached(self, authorization: str | None) -> Identity | None:
-        """The identity ``authorization`` proved when it was verified, while that verification
-        is still usable (the cache :meth:`verify` answers from); None otherwise. Does no
-        signature, key or claim work, so a caller may ask it before any admission budget."""
+    def proved(self, authorization: str | None) -> bool:
+        """Whether :meth:`verify` accepted this exact ``authorization`` before and the token
+        it carries has not expired since. Does no signature, key or claim work, so a caller
+        may ask it before any admission budget: only a valid token gets here, and
+        :meth:`verify` still decides (a token whose key was withdrawn is refused then)."""
         if authorization is None:
-            return None
-        cached = self._verified.get(authorization.strip())
-        if cached is None:
-            return None
-        identity, start, end = cached
-        return identity if start <= self._clock() < end else None
+            return False
+        until = self._proved.get(authorization.strip())
+        return until is not None and self._clock() < until
 
     async def verify(self, authorization: str | None) -> Identity:
         """The :class:`Identity` the ``Authorization`` header value proves; raises
@@ -165,6 +165,10 @@ class TokenVerifier:
         self._verified[header] = (identity, start, end)
         if len(self._verified) > CACHE_ENTRIES:
             self._verified.popitem(last=False)
+        self._proved[header] = identity.expires_at + self._leeway
+        self._proved.move_to_end(header)
+        if len(self._proved) > CACHE_ENTRIES:
+            self._proved.popitem(last=False)
         return identity
 
     async def _verify(self, authorization: str) -> tuple[Identity, float | None]:

@@ -59,7 +59,7 @@ class TokenCheck(Protocol):
 
     async def verify(self, authorization: str | None) -> Identity: ...
 
-    def cached(self, authorization: str | None) -> Identity | None: ...
+    def proved(self, authorization: str | None) -> bool: ...
 
 
 class Enforcement:
@@ -89,10 +89,10 @@ class Enforcement:
         """The caller the request's bearer token proves (401 / 503 from the verifier)."""
         return await self.verifier.verify(headers.get("authorization"))
 
-    def known(self, headers: dict[str, str]) -> Identity | None:
-        """The caller the request's bearer token proved recently (the verifier's cache), or
-        None: no token work is done."""
-        return self.verifier.cached(headers.get("authorization"))
+    def proved(self, headers: dict[str, str]) -> bool:
+        """Whether the request's bearer token verified before and has not expired (no token
+        work is done; :meth:`identify` still decides)."""
+        return self.verifier.proved(headers.get("authorization"))
 
     async def run(
         self,

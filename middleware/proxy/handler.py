@@ -2,13 +2,13 @@
 
 One request, in order: classify (:mod:`middleware.fhir.classify`, from the request line and
 headers alone; anything unclassified is refused and never forwarded), identify the caller (the
-bearer token: one verified recently at once, any other only within its address's budget of
-unauthenticated requests; then the per-principal rate: 401 or 429 without reading the body),
-read the body under a size cap and a deadline, check negotiation, then hand the request to the enforcement stage
-(:mod:`middleware.proxy.enforcement`: decide, forward, filter, map, audit) and release its
-answer. A caller that has not proved who it is costs nothing durable: its refusals are
-counted in ``/metrics`` and logged in aggregate (one line per minute), never recorded on the
-ledger one by one; refusals of a verified caller are recorded. Only the public
+bearer token, within its address's budget of unauthenticated requests unless it verified
+before and has not expired; then the per-principal rate: 401 or 429 without reading the body),
+read the body under a size cap and a deadline, check negotiation, then hand the request to the
+enforcement stage (:mod:`middleware.proxy.enforcement`: decide, forward, filter, map, audit)
+and release its answer. A caller that has not proved who it is costs nothing durable: its
+refusals are counted in ``/metrics`` and logged in aggregate (one line per minute), never
+recorded on the ledger one by one; refusals of a verified caller are recorded. Only the public
 CapabilityStatement is served without a token. Forwarding is :meth:`ProxyHandler.forward`:
 the upstream URL is built from the *classified* path (never from the raw one), headers cross
 on allow-lists both ways, answers are read whole (bounded by
@@ -220,27 +220,25 @@ class ProxyHandler:
     async def _identify(self, scope: Scope, headers: dict[str, str], ex: ExchangeLog) -> Identity:
         """The verified caller, or 401 / 429 (neither recorded on the ledger).
 
-        A token the verifier proved recently (its cache: no token work) identifies the caller
-        whatever its address's budget: that budget guards verification work against callers
-        without a valid token, so one caller's bad tokens never refuse another's good one
-        behind the same address. Any other token is verified only while its client address
-        (an IPv6 address by its /64) has budget left, else 429; a request that fails
-        authentication spends one of the address's tokens. A verified caller then spends one
-        of its principal's tokens."""
+        A token that verified before and has not expired is verified whatever its address's
+        budget: that budget guards verification work against callers without a valid token,
+        so one caller's bad tokens never refuse another's good one behind the same address.
+        Any other token is verified only while its client address (an IPv6 address by its
+        /64) has budget left, else 429. A request that fails authentication spends one of its
+        address's tokens. A verified caller then spends one of its principal's tokens."""
         if self.enforcement is None:
             raise _InternalError("enforcement is not configured")
         ex.authenticated = False
-        identity = self.enforcement.known(headers)
-        if identity is None:
-            address = address_key(str((scope.get("client") or ("",))[0]))
+        address = address_key(str((scope.get("client") or ("",))[0]))
+        if not self.enforcement.proved(headers):
             wait = self._anonymous.exhausted(address)
             if wait:
                 raise _too_many(wait, "too many unauthenticated requests from this address")
-            try:
-                identity = await self.enforcement.identify(headers)
-            except GatewayError:
-                self._anonymous.take(address)
-                raise
+        try:
+            identity = await self.enforcement.identify(headers)
+        except GatewayError:
+            self._anonymous.take(address)
+            raise
         ex.authenticated = True
         wait = self._principals.take(f"{identity.issuer}\x00{identity.subject}")
         if wait:
@@ -254,8 +252,8 @@ class ProxyHandler:
         growth too) nor a refusal of a caller that does not prove who it is (a refusal made
         before identification is recorded only when the request's token verifies).
 
-        Such a refusal is identified as any request is (:meth:`_identify`): a recently
-        verified token whatever its address's budget, so an address spent by others' bad
+        Such a refusal is identified as any request is (:meth:`_identify`): a token that
+        verified before whatever its address's budget, so an address spent by others' bad
         tokens never hides a verified caller's refusal. A verified caller over its own rate
         is answered that 429 instead, unrecorded: never a refusal that goes unrecorded."""
         if ex.audited or self.enforcement is None or ex.interaction == "capabilities":

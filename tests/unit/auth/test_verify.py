@@ -456,3 +456,27 @@ async def test_a_changed_token_is_never_a_cache_hit() -> None:
     token = mint(ED)
     await verifier.verify(f"Bearer {token}")
     await refusal(_flip_last_signature_byte(token), verifier)
+
+
+async def test_a_token_stays_proved_past_the_cache_lifetime_until_it_expires() -> None:
+    """What the proxy's address budget asks before any token work: a token verified once is
+    proved (let past the budget, and verified again) until its own ``exp`` plus leeway, not
+    only for the cache's minute. Else a flood of bad tokens behind a shared address would
+    lock a valid one out once its cache entry lapsed. A token never verified, a refused one
+    and an expired one are not proved."""
+    clock = MovingClock()
+    verifier = make_verifier(clock=clock)
+    token = f"Bearer {mint(ED, exp=int(NOW) + 3600)}"
+    assert not verifier.proved(token)
+    assert not verifier.proved(None)
+    await verifier.verify(token)
+    assert verifier.proved(token)
+    assert verifier.proved(f"  {token} ")  # compared as verify() compares it
+    clock.now = NOW + CACHE_SECONDS + 1
+    assert verifier.proved(token)
+    clock.now = NOW + 3600 + DEFAULT_LEEWAY
+    assert not verifier.proved(token)
+    bad = f"Bearer {_flip_last_signature_byte(mint(ED))}"
+    with pytest.raises(Unauthorized):
+        await verifier.verify(bad)
+    assert not verifier.proved(bad)
