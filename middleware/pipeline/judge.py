@@ -207,6 +207,8 @@ class Judge:
             return self._withhold()
         if not self.caller.may_see(resource):
             return self._withhold()
+        # ``seen`` only saves recomputing: a miss gives the same compartment (mutants of the
+        # lookup key are equivalent; see also ``permits``).
         refs = self.seen.get(id(resource)) or compartment_of(resource, base_urls=self.base_urls)
         labels = self.rule(resource, refs)
         if labels is None:

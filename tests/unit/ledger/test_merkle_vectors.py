@@ -405,3 +405,98 @@ def test_a_compact_range_copy_is_independent() -> None:
 def test_an_index_outside_the_tree_is_named() -> None:
     with pytest.raises(VerificationError, match=r"^leaf index 8 is not in a tree of size 8$"):
         verify_inclusion(HASHES[0], 8, 8, [], ROOTS[8])
+
+
+_P48 = consistency_proof(HASHES, 4, 8)  # equal to the published vector (tested above)
+_P36 = consistency_proof(HASHES, 3, 6)
+
+# (id, a failing verification, its message, expected, computed): what the report shows
+FAILURES: list[tuple[str, Callable[[], None], str, object, object]] = [
+    (
+        "inclusion-other-root",
+        lambda: verify_inclusion(HASHES[5], 5, 8, inclusion_proof(HASHES, 5, 8), ROOTS[7]),
+        "inclusion proof does not lead to the root",
+        ROOTS[7],
+        ROOTS[8],
+    ),
+    (
+        "sizes-reversed",
+        lambda: verify_consistency(8, 4, ROOTS[8], ROOTS[4], []),
+        "old size 8 is not within new size 4",
+        None,
+        None,
+    ),
+    (
+        "equal-sizes-with-proof",
+        lambda: verify_consistency(4, 4, ROOTS[4], ROOTS[4], [SOME_HASH]),
+        "consistency proof must be empty",
+        0,
+        1,
+    ),
+    (
+        "from-empty-other-root",
+        lambda: verify_consistency(0, 4, SOME_HASH, ROOTS[4], []),
+        "old root is not the empty tree's root",
+        EMPTY_ROOT,
+        SOME_HASH,
+    ),
+    (
+        "same-size-other-root",
+        lambda: verify_consistency(4, 4, ROOTS[4], SOME_HASH, []),
+        "same size, different roots",
+        ROOTS[4],
+        SOME_HASH,
+    ),
+    (
+        "empty-proof",
+        lambda: verify_consistency(4, 8, ROOTS[4], ROOTS[8], []),
+        "consistency proof is empty",
+        None,
+        None,
+    ),
+    (
+        "proof-too-long",
+        lambda: verify_consistency(4, 8, ROOTS[4], ROOTS[8], [*_P48, SOME_HASH]),
+        "consistency proof too long",
+        None,
+        None,
+    ),
+    (
+        "proof-too-short",
+        lambda: verify_consistency(3, 6, ROOTS[3], ROOTS[6], _P36[:-1]),
+        "consistency proof too short",
+        None,
+        None,
+    ),
+    (
+        "other-old-root",
+        lambda: verify_consistency(3, 6, SOME_HASH, ROOTS[6], _P36),
+        "consistency proof does not lead to the old root",
+        SOME_HASH,
+        ROOTS[3],
+    ),
+    (
+        "other-new-root",
+        lambda: verify_consistency(4, 8, ROOTS[4], ROOTS[7], _P48),
+        "consistency proof does not lead to the new root",
+        ROOTS[7],
+        ROOTS[8],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("check", "message", "expected", "computed"),
+    [c[1:] for c in FAILURES],
+    ids=[c[0] for c in FAILURES],
+)
+def test_each_verification_failure_says_what_and_shows_both_values(
+    check: Callable[[], None], message: str, expected: object, computed: object
+) -> None:
+    with pytest.raises(VerificationError) as caught:
+        check()
+    assert (caught.value.message, caught.value.expected, caught.value.computed) == (
+        message,
+        expected,
+        computed,
+    )

@@ -21,7 +21,7 @@ from middleware.pipeline.caller import (
     check_interaction,
 )
 from middleware.pipeline.filter import filter_answer
-from middleware.pipeline.judge import Judge, Trail, patients_in
+from middleware.pipeline.judge import Judge, Trail, compartment_of, needs_walk, patients_in
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
 BASES = ("http://upstream.test/fhir",)
@@ -251,3 +251,140 @@ def test_the_trail_keeps_the_first_permit() -> None:
     trail.decided("Patient/p2", None)
     assert trail.decisions == {"Patient/p1": _PERMIT_A, "Patient/p2": None}
     assert trail.decisions["Patient/p1"] is _PERMIT_A
+
+
+# --- edges mutation testing found unpinned (scripts/mutation.sh filter) ------------------------
+
+
+def test_gateway_owned_and_typeless_resources_are_withheld_and_counted() -> None:
+    """An upstream's copy of a Consent is never released through the proxy, even to a caller
+    whose scopes and the opt-out default would release any other type; a resourceType that
+    is not a string names nothing. Each withheld resource is counted and narrows the answer."""
+    j = judge(practitioner())
+    upstream_consent = {
+        "resourceType": "Consent",
+        "id": "c9",
+        "status": "active",
+        "subject": {"reference": "Patient/p2"},
+    }
+    assert not j.allowed(upstream_consent)
+    assert not j.allowed({"resourceType": ["Observation"], "id": "x"})
+    assert (j.trail.withheld, j.trail.narrowed) == (2, True)
+    assert j.trail.released == set()
+
+
+def test_an_absolute_reference_to_the_upstream_is_the_patient() -> None:
+    """A resource naming its patient by the upstream's full URL is that patient's: released
+    under their compartment (not as unknown) when the compartment is judged here."""
+    j = judge(practitioner())
+    absolute = observation("o2", "p2")
+    absolute["subject"] = {"reference": f"{BASES[0]}/Patient/p2"}
+    assert j.allowed(absolute)
+    assert j.trail.released == {"Patient/p2"}
+
+
+def _device(reference: str, *others: str) -> dict[str, Any]:
+    """A Device (outside the CompartmentDefinition) referencing a patient and ``others``."""
+    return {
+        "resourceType": "Device",
+        "id": "d1",
+        "patient": {"reference": reference},
+        "note": [{"authorReference": {"reference": other}} for other in others],
+    }
+
+
+# (id, base URLs, the Device's patient reference, the compartment found)
+LOCAL_PATIENTS = [
+    ("relative", ("http://upstream.test/fhir",), "Patient/p1", {"Patient/p1"}),
+    (
+        "absolute",
+        ("http://upstream.test/fhir",),
+        "http://upstream.test/fhir/Patient/p1",
+        {"Patient/p1"},
+    ),
+    (
+        "base-with-slash",
+        ("http://upstream.test/fhir/",),
+        "http://upstream.test/fhir/Patient/p1",
+        {"Patient/p1"},
+    ),
+    (
+        "base-ending-in-x",
+        ("http://upstream.test/R4X",),
+        "http://upstream.test/R4X/Patient/p1",
+        {"Patient/p1"},
+    ),
+    (
+        "second-base",
+        ("http://other.test/fhir", "http://upstream.test/fhir"),
+        "http://upstream.test/fhir/Patient/p1/_history/2",
+        {"Patient/p1"},
+    ),
+    ("other-server", ("http://upstream.test/fhir",), "http://other.test/fhir/Patient/p1", set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("bases", "reference", "expected"),
+    [c[1:] for c in LOCAL_PATIENTS],
+    ids=[c[0] for c in LOCAL_PATIENTS],
+)
+def test_patient_references_of_types_outside_the_compartment_definition(
+    bases: tuple[str, ...], reference: str, expected: set[str]
+) -> None:
+    # a reference to something else beside it names no patient (and is no error)
+    refs = compartment_of(_device(reference, "Location/l1"), base_urls=bases)
+    assert refs.references == expected
+
+
+def _nested(depth: int, *, lists: bool) -> dict[str, Any]:
+    """A Device whose only patient reference sits in the object ``depth`` levels below it,
+    through objects, or through lists each holding one object (``depth`` even)."""
+    node: dict[str, Any] = {"reference": "Patient/p1"}
+    for _ in range(depth // 2 if lists else depth):
+        node = {"x": [node]} if lists else {"x": node}
+    return node | {"resourceType": "Device", "id": "d1"}
+
+
+# (through lists, deepest object read, shallowest object not read): a list is a level too
+@pytest.mark.parametrize(
+    ("lists", "read", "unread"), [(False, 64, 65), (True, 64, 66)], ids=["objects", "lists"]
+)
+def test_references_are_read_64_levels_deep(lists: bool, read: int, unread: int) -> None:
+    """The walk for patient references stops below depth 64 (request bodies are refused
+    long before: the JSON depth limit); at 64 it still finds them."""
+    found = compartment_of(_nested(read, lists=lists), base_urls=BASES)
+    assert found.references == {"Patient/p1"}
+    too_deep = compartment_of(_nested(unread, lists=lists), base_urls=BASES)
+    assert too_deep.references == frozenset()
+
+
+def test_summaries_walk_when_a_consent_reads_dependents() -> None:
+    """needs_walk: a consent naming data by its dependents needs every reference read."""
+    plain = deny_dr("p1")
+    dependents = parse_consent(
+        {
+            "resourceType": "Consent",
+            "id": "c-dep",
+            "status": "active",
+            "subject": {"reference": "Patient/p1"},
+            "decision": "permit",
+            "provision": [
+                {"data": [{"meaning": "dependents", "reference": {"reference": "Encounter/e1"}}]}
+            ],
+        },
+        version="R5",
+    )
+    raw = b'{"resourceType":"Observation"}'
+    assert not needs_walk(raw, [(plain,)])
+    assert needs_walk(raw, [(plain,), (dependents,)])
+
+
+def test_permits_judges_a_resource_about_to_be_written() -> None:
+    """The write path: compartment and consent alone, for a body no answer walk has seen."""
+    j = judge(practitioner(), {"Patient/p1": (deny_dr("p1"),)})
+    assert not j.permits(observation("o1", "p1"))
+    absolute = observation("o2", "p2")
+    absolute["subject"] = {"reference": f"{BASES[0]}/Patient/p2"}
+    assert j.permits(absolute)
+    assert not judge(practitioner()).permits({"resourceType": "Observation", "id": "orphan"})
