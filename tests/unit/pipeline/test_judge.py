@@ -12,6 +12,7 @@ from middleware.auth.scopes import parse_scopes
 from middleware.consent.decide import Decision, Defaults
 from middleware.consent.model import DENY, PERMIT
 from middleware.consent.parse import parse_consent
+from middleware.consent.summary import INLINE_LABEL_URL
 from middleware.errors import Forbidden
 from middleware.fhir.request import FhirRequest, Interaction, Level
 from middleware.pipeline.caller import (
@@ -388,3 +389,64 @@ def test_permits_judges_a_resource_about_to_be_written() -> None:
     absolute["subject"] = {"reference": f"{BASES[0]}/Patient/p2"}
     assert j.permits(absolute)
     assert not judge(practitioner()).permits({"resourceType": "Observation", "id": "orphan"})
+
+
+def _inline_hiv() -> dict[str, Any]:
+    """A DS4P inline security label (HIV) on an element."""
+    return {
+        "url": INLINE_LABEL_URL,
+        "valueCoding": {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+            "code": "HIV",
+        },
+    }
+
+
+def test_a_permit_with_redaction_removes_the_labelled_element_and_records_it() -> None:
+    """Under ``uncovered = redact`` no consent names HIV: the HIV-labelled element goes, the
+    rest is released, and the trail says one resource was narrowed; a resource labelled as a
+    whole is withheld. Unlabelled resources are released untouched and not counted."""
+    j = Judge(
+        caller=practitioner(),
+        action=ACTION_ACCESS,
+        policies={},
+        defaults=Defaults(jurisdiction="opt-out", uncovered="redact"),
+        now=NOW,
+        base_urls=BASES,
+    )
+    plain = observation("o3", "p3")
+    assert j.allowed(plain)
+    assert (j.trail.narrowed, j.trail.redacted) == (False, 0)
+    assert plain == observation("o3", "p3")
+    labelled = observation(
+        "o2",
+        "p2",
+        issued="2024-01-01",
+        valueCodeableConcept={"text": "HIV result", "extension": [_inline_hiv()]},
+    )
+    assert j.allowed(labelled)
+    assert "valueCodeableConcept" not in labelled
+    assert (labelled["id"], labelled["issued"]) == ("o2", "2024-01-01")
+    assert (j.trail.narrowed, j.trail.redacted, j.trail.withheld) == (True, 1, 0)
+    assert j.trail.released == {"Patient/p3", "Patient/p2"}
+    assert j.trail.refs == ["Observation/o3", "Observation/o2"]
+    whole = observation("o4", "p2", extension=[_inline_hiv()])
+    assert not j.allowed(whole)
+    assert (j.trail.redacted, j.trail.withheld) == (1, 1)
+
+
+# (id, the answer's bytes, whether summaries must walk every element)
+RAW_WALKS = [
+    ("no-bytes", None, True),
+    ("inline-label-url", b'{"url":"' + INLINE_LABEL_URL.encode() + b'"}', True),
+    ("escaped-slashes", b'{"url":"x\\/extension-inline-sec-label"}', True),
+    ("unicode-escape", b'{"url":"\\u0068ttp"}', True),
+    ("plain", b'{"resourceType":"Observation","id":"o1"}', False),
+]
+
+
+@pytest.mark.parametrize(("raw", "walk"), [c[1:] for c in RAW_WALKS], ids=[c[0] for c in RAW_WALKS])
+def test_summaries_skip_the_walk_only_for_bytes_without_labels(
+    raw: bytes | None, walk: bool
+) -> None:
+    assert needs_walk(raw, [(deny_dr("p1"),)]) is walk
