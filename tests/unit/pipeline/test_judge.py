@@ -450,3 +450,24 @@ def test_summaries_skip_the_walk_only_for_bytes_without_labels(
     raw: bytes | None, walk: bool
 ) -> None:
     assert needs_walk(raw, [(deny_dr("p1"),)]) is walk
+
+
+def _bundled(levels: int, resource: dict[str, Any]) -> dict[str, Any]:
+    """``resource`` inside ``levels`` nested collection Bundles."""
+    node = resource
+    for _ in range(levels):
+        node = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": node}]}
+    return node
+
+
+def test_patients_in_reads_bundles_16_deep_and_no_deeper() -> None:
+    """The patients to load policies for are found through 16 nested Bundles; deeper ones are
+    not looked into (the filter withholds them: it stops at the same depth)."""
+    assert patients_in(_bundled(16, observation("o1", "p1")), base_urls=BASES) == {"Patient/p1"}
+    assert patients_in(_bundled(17, observation("o1", "p1")), base_urls=BASES) == set()
+
+
+def test_patients_in_ignores_entries_that_are_not_a_list() -> None:
+    for entries in (5, "Patient/p1", {"resource": observation("o1", "p1")}):
+        bundle = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+        assert patients_in(bundle, base_urls=BASES) == set()
