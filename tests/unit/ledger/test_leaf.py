@@ -136,31 +136,67 @@ def test_decode_says_why(data: bytes, reason: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "fields",
+    ("fields", "reason"),
     [
-        pytest.param({"kind": 1}, id="kind-not-enum"),
-        pytest.param({"recorded_us": -1}, id="negative-time"),
-        pytest.param({"recorded_us": 2**64}, id="time-overflow"),
-        pytest.param({"pseudonym": b"short"}, id="short-pseudonym"),
-        pytest.param({"pseudonym": bytes(16)}, id="all-zero-pseudonym"),
-        pytest.param({"commitment": b"x" * 31}, id="short-commitment"),
-        pytest.param({"previous": -1}, id="negative-previous"),
-        pytest.param({"previous": NO_INDEX}, id="previous-is-sentinel"),
-        pytest.param({"consent": NO_INDEX}, id="consent-is-sentinel"),
-        pytest.param({"pseudonym": None, "previous": 3}, id="chain-without-patient"),
-        pytest.param({"flags": 1}, id="flags-not-enum"),
-        pytest.param({"flags": EntryFlag(0x100)}, id="reserved-flag"),
+        pytest.param({"kind": 1}, "kind must be an EntryKind, not 1", id="kind-not-enum"),
+        pytest.param(
+            {"recorded_us": -1},
+            "recorded time is outside the uint64 microsecond range",
+            id="negative-time",
+        ),
+        pytest.param(
+            {"recorded_us": 2**64},
+            "recorded time is outside the uint64 microsecond range",
+            id="time-overflow",
+        ),
+        pytest.param(
+            {"pseudonym": b"short"},
+            "a pseudonym is 16 random bytes, not all zero",
+            id="short-pseudonym",
+        ),
+        pytest.param(
+            {"pseudonym": bytes(16)},
+            "a pseudonym is 16 random bytes, not all zero",
+            id="all-zero-pseudonym",
+        ),
+        pytest.param(
+            {"commitment": b"x" * 31},
+            "the evidence commitment is 32 bytes",
+            id="short-commitment",
+        ),
+        pytest.param({"previous": -1}, "previous index -1 is out of range", id="negative-previous"),
+        pytest.param(
+            {"previous": NO_INDEX},
+            f"previous index {NO_INDEX} is out of range",
+            id="previous-is-sentinel",
+        ),
+        pytest.param(
+            {"consent": NO_INDEX},
+            f"consent index {NO_INDEX} is out of range",
+            id="consent-is-sentinel",
+        ),
+        pytest.param(
+            {"pseudonym": None, "previous": 3},
+            "an entry without a pseudonym has no per-patient chain",
+            id="chain-without-patient",
+        ),
+        pytest.param({"flags": 1}, "undefined flag bits in 0x0001", id="flags-not-enum"),
+        pytest.param(
+            {"flags": EntryFlag(0x100)}, "undefined flag bits in 0x0100", id="reserved-flag"
+        ),
     ],
 )
-def test_invalid_leaf_cannot_be_built(fields: dict[str, object]) -> None:
+def test_invalid_leaf_cannot_be_built(fields: dict[str, object], reason: str) -> None:
+    """Each invalid field is refused, and the error names what is wrong."""
     base: dict[str, object] = {
         "kind": EntryKind.CONSENT,
         "recorded_us": 0,
         "pseudonym": PSEUDONYM,
         "commitment": COMMITMENT,
     }
-    with pytest.raises(MalformedError):
+    with pytest.raises(MalformedError) as caught:
         Leaf(**(base | fields))  # type: ignore[arg-type]
+    assert str(caught.value) == reason
 
 
 # --- kinds, time -----------------------------------------------------------------------------
