@@ -248,6 +248,7 @@ class Judge:
             self.trail.decided(own, None)
         labels: set[Coding] = set()
         summary = None
+        # (``patients - {None}`` is ``patients``: always subtracting is an equivalent mutant)
         for patient in sorted(patients - {own} if own else patients):
             if summary is None:
                 summary = summarize(resource, patients=patients, walk=self.walk)

@@ -471,3 +471,78 @@ def test_patients_in_ignores_entries_that_are_not_a_list() -> None:
     for entries in (5, "Patient/p1", {"resource": observation("o1", "p1")}):
         bundle = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
         assert patients_in(bundle, base_urls=BASES) == set()
+
+
+def test_an_unresolved_patient_beside_a_known_one_withholds_unless_allowed() -> None:
+    """A resource of p2 that also names a patient on another server could be that patient's
+    data: withheld, unless the deployment allows unknown patients for this context."""
+    shared = observation("o2", "p2", performer=[{"reference": "http://other.test/fhir/Patient/x"}])
+    assert not judge(practitioner()).allowed(dict(shared))
+    assert judge(practitioner(), allow_unknown=True).allowed(dict(shared))
+
+
+def test_a_patients_own_record_needs_no_consent_even_under_opt_in() -> None:
+    caller = caller_of(identity("launch/patient patient/*.rs", patient="p2"))
+    j = Judge(
+        caller=caller,
+        action=ACTION_ACCESS,
+        policies={},
+        defaults=Defaults(jurisdiction="opt-in"),
+        now=NOW,
+        base_urls=BASES,
+    )
+    assert j.allowed(observation("o2", "p2"))
+    assert j.trail.decisions == {"Patient/p2": None}
+
+
+_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
+_PURPOSE = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+
+
+def _deny_only(**conditions: Any) -> Any:
+    """p1 permits, except what ``conditions`` (R5 provision elements) name."""
+    return parse_consent(
+        {
+            "resourceType": "Consent",
+            "id": "c-p1",
+            "status": "active",
+            "subject": {"reference": "Patient/p1"},
+            "decision": "permit",
+            "provision": [conditions],
+        },
+        version="R5",
+    )
+
+
+def test_the_action_and_the_callers_purposes_reach_the_decision() -> None:
+    reads_denied = _deny_only(action=[{"coding": [{"system": _ACTION, "code": "access"}]}])
+    assert not judge(practitioner(), {"Patient/p1": (reads_denied,)}).allowed(
+        observation("o1", "p1")
+    )
+    marketing_denied = _deny_only(purpose=[{"system": _PURPOSE, "code": "HMARKT"}])
+    marketer = caller_of(
+        identity("user/*.rs", fhir_user="Practitioner/dr", purpose_of_use=((_PURPOSE, "HMARKT"),))
+    )
+    treating = caller_of(
+        identity("user/*.rs", fhir_user="Practitioner/dr", purpose_of_use=((_PURPOSE, "TREAT"),))
+    )
+    policies = {"Patient/p1": (marketing_denied,)}
+    assert not judge(marketer, policies).allowed(observation("o1", "p1"))
+    assert judge(treating, policies).allowed(observation("o1", "p1"))
+
+
+def test_summaries_do_not_walk_when_told_not_to() -> None:
+    """``walk=False`` (the answer's bytes showed no inline label: needs_walk) is honoured:
+    element labels are then not looked for."""
+    labelled = observation("o2", "p2", valueCodeableConcept={"extension": [_inline_hiv()]})
+    j = Judge(
+        caller=practitioner(),
+        action=ACTION_ACCESS,
+        policies={},
+        defaults=Defaults(jurisdiction="opt-out", uncovered="redact"),
+        now=NOW,
+        base_urls=BASES,
+        walk=False,
+    )
+    assert j.allowed(labelled)
+    assert j.trail.redacted == 0
