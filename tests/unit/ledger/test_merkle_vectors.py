@@ -420,6 +420,13 @@ FAILURES: list[tuple[str, Callable[[], None], str, object, object]] = [
         ROOTS[8],
     ),
     (
+        "short-hash",
+        lambda: verify_inclusion(b"short", 0, 1, [], ROOTS[1]),
+        "hash of the wrong length",
+        32,
+        5,
+    ),
+    (
         "sizes-reversed",
         lambda: verify_consistency(8, 4, ROOTS[8], ROOTS[4], []),
         "old size 8 is not within new size 4",
@@ -500,3 +507,10 @@ def test_each_verification_failure_says_what_and_shows_both_values(
         expected,
         computed,
     )
+
+
+def test_proofs_out_of_range_say_why() -> None:
+    with pytest.raises(OutOfRangeError, match=r"^leaf index 8 is not in a tree of size 8$"):
+        inclusion_proof(HASHES, 8, 8)
+    with pytest.raises(OutOfRangeError, match=r"^old size 5 is not within new size 4$"):
+        consistency_proof(HASHES, 5, 4)
