@@ -546,3 +546,64 @@ def test_summaries_do_not_walk_when_told_not_to() -> None:
     )
     assert j.allowed(labelled)
     assert j.trail.redacted == 0
+
+
+# (id, a resource outside the CompartmentDefinition, the patients it belongs to, unresolved)
+BINARIES = [
+    (
+        "binary-of-a-patient",
+        {"resourceType": "Binary", "securityContext": {"reference": "Patient/p1"}},
+        {"Patient/p1"},
+        False,
+    ),
+    (
+        "binary-of-a-group",
+        {"resourceType": "Binary", "securityContext": {"reference": "Group/g1"}},
+        set(),
+        True,
+    ),
+    (
+        "device-with-a-context-field",
+        {
+            "resourceType": "Device",
+            "securityContext": {"reference": "Group/g1"},
+            "patient": {"reference": "Patient/p1"},
+        },
+        {"Patient/p1"},
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("resource", "patients", "unresolved"), [c[1:] for c in BINARIES], ids=[c[0] for c in BINARIES]
+)
+def test_a_binary_belongs_to_its_security_context(
+    resource: dict[str, Any], patients: set[str], unresolved: bool
+) -> None:
+    refs = compartment_of(resource, base_urls=BASES)
+    assert (set(refs.references), refs.unresolved) == (patients, unresolved)
+
+
+def test_an_expired_consent_does_not_withhold() -> None:
+    expired = parse_consent(
+        {
+            "resourceType": "Consent",
+            "id": "c-p1",
+            "status": "active",
+            "subject": {"reference": "Patient/p1"},
+            "decision": "deny",
+            "period": {"end": "2020-01-01"},
+        },
+        version="R5",
+    )
+    assert judge(practitioner(), {"Patient/p1": (expired,)}).allowed(observation("o1", "p1"))
+
+
+def test_break_the_glass_overrides_only_the_patients_named() -> None:
+    """Overriding p1's denial does not skip p2's: a resource of both stays withheld."""
+    policies = {"Patient/p1": (deny_dr("p1"),), "Patient/p2": (deny_dr("p2"),)}
+    both = observation("o1", "p1", performer=[{"reference": "Patient/p2"}])
+    j = judge(practitioner(), policies, override=frozenset({"Patient/p1"}))
+    assert not j.allowed(both)
+    assert j.trail.overridden == {"Patient/p1"}
