@@ -373,10 +373,17 @@ def test_a_wrong_length_proof_reports_the_published_length(
     index: int, size: int, proof: list[bytes]
 ) -> None:
     """Too short and too long both name the length of the RFC 6962 vector's own proof."""
-    for wrong in (proof[:-1], [*proof, SOME_HASH]):
+    for wrong, message in (
+        (proof[:-1], "inclusion proof too short"),
+        ([*proof, SOME_HASH], "inclusion proof too long"),
+    ):
         with pytest.raises(VerificationError) as caught:
             verify_inclusion(HASHES[index], index, size, wrong, ROOTS[size])
-        assert (caught.value.expected, caught.value.computed) == (len(proof), len(wrong))
+        assert (caught.value.message, caught.value.expected, caught.value.computed) == (
+            message,
+            len(proof),
+            len(wrong),
+        )
 
 
 def test_compact_range_errors_say_why() -> None:
@@ -514,3 +521,5 @@ def test_proofs_out_of_range_say_why() -> None:
         inclusion_proof(HASHES, 8, 8)
     with pytest.raises(OutOfRangeError, match=r"^old size 5 is not within new size 4$"):
         consistency_proof(HASHES, 5, 4)
+    with pytest.raises(OutOfRangeError, match=r"^tree size 9 is not within the 8 leaves given$"):
+        inclusion_proof(HASHES, 0, 9)

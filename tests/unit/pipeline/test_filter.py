@@ -180,3 +180,55 @@ def test_a_denied_resource_never_appears_anywhere_in_a_filtered_answer(doc: dict
     released, _ = filter_answer(doc, DENY_B)
     assert b"Patient/b" not in jsoncodec.encode(released)
     assert b'"total"' not in jsoncodec.encode(released)
+
+
+# What the filter counts (audit and metrics read these). Found unpinned by mutation testing
+# (scripts/mutation.sh filter): each way a resource is withheld counts once, every time.
+# (id, entries of a searchset, kept, removed)
+COUNTS: list[tuple[str, list[Any], int, int]] = [
+    ("denied", [{"resource": obs("b", "1")}, {"resource": obs("b", "2")}], 0, 2),
+    ("kept", [{"resource": obs("a", "1")}, {"resource": obs("a", "2")}], 2, 0),
+    ("not-objects", [5, "entry", {"resource": obs("a")}], 1, 2),
+    ("no-resource", [{"fullUrl": "x"}, {"request": {"url": "Observation/1"}}], 0, 2),
+    ("unreadable-resources", [{"resource": 5}, {"resource": {"id": "x"}}], 0, 2),
+    (
+        "bundles-with-bad-entries",
+        [
+            {"resource": {"resourceType": "Bundle", "type": "collection", "entry": 5}},
+            {"resource": {"resourceType": "Bundle", "type": "collection", "entry": "x"}},
+        ],
+        0,
+        2,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("entries", "kept", "removed"), [c[1:] for c in COUNTS], ids=[c[0] for c in COUNTS]
+)
+def test_each_withheld_resource_is_counted_once(
+    entries: list[Any], kept: int, removed: int
+) -> None:
+    doc = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+    _, stats = filter_answer(doc, DENY_B)
+    assert (stats.kept, stats.removed) == (kept, removed)
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    node = obs("a")
+    for _ in range(levels):
+        node = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": node}]}
+    return node
+
+
+def test_sixteen_nested_bundles_are_read_and_a_seventeenth_is_not() -> None:
+    released, stats = filter_answer(_nested(16), DENY_B)
+    assert (stats.kept, stats.removed) == (1, 0)
+    inner = released
+    for _ in range(16):
+        assert inner is not None
+        assert list(inner["entry"][0]) == ["resource"]  # nothing added beside it
+        inner = inner["entry"][0]["resource"]
+    assert inner == obs("a")
+    _, deeper = filter_answer(_nested(17), DENY_B)
+    assert (deeper.kept, deeper.removed) == (0, 1)
