@@ -607,3 +607,55 @@ def test_break_the_glass_overrides_only_the_patients_named() -> None:
     j = judge(practitioner(), policies, override=frozenset({"Patient/p1"}))
     assert not j.allowed(both)
     assert j.trail.overridden == {"Patient/p1"}
+
+
+def test_redaction_removes_what_any_patients_decision_leaves_uncovered() -> None:
+    """A resource in two compartments: p2's consent permits HIV-labelled data, p1 has none.
+    Both permit (p1 by the opt-out default) but leave labels uncovered (p1 HIV and PSY, p2
+    PSY); everything either leaves is removed, and each redacted resource is counted."""
+    hiv_named = parse_consent(
+        {
+            "resourceType": "Consent",
+            "id": "c-p2",
+            "status": "active",
+            "subject": {"reference": "Patient/p2"},
+            "decision": "deny",
+            "provision": [
+                {
+                    "securityLabel": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                            "code": "HIV",
+                        }
+                    ]
+                }
+            ],
+        },
+        version="R5",
+    )
+    psy = _inline_hiv()
+    psy["valueCoding"] = dict(psy["valueCoding"], code="PSY")
+    j = Judge(
+        caller=practitioner(),
+        action=ACTION_ACCESS,
+        policies={"Patient/p2": (hiv_named,)},
+        defaults=Defaults(jurisdiction="opt-out", uncovered="redact"),
+        now=NOW,
+        base_urls=BASES,
+    )
+    for oid in ("o1", "o2"):
+        both = observation(
+            oid,
+            "p2",
+            performer=[{"reference": "Patient/p1"}],
+            valueCodeableConcept={"text": "HIV", "extension": [_inline_hiv()]},
+            note=[{"text": "PSY", "extension": [psy]}],
+            issued="2024",
+        )
+        assert j.allowed(both)
+        assert ("valueCodeableConcept" in both, "note" in both, both["issued"]) == (
+            False,
+            False,
+            "2024",
+        )
+    assert j.trail.redacted == 2
