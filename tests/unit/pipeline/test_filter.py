@@ -232,3 +232,10 @@ def test_sixteen_nested_bundles_are_read_and_a_seventeenth_is_not() -> None:
     assert inner == obs("a")
     _, deeper = filter_answer(_nested(17), DENY_B)
     assert (deeper.kept, deeper.removed) == (0, 1)
+    two = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": _nested(16)}, {"resource": _nested(16)}],
+    }
+    _, both = filter_answer(two, DENY_B)
+    assert (both.kept, both.removed) == (0, 2)

@@ -14,6 +14,7 @@ from middleware.consent.model import DENY, PERMIT
 from middleware.consent.parse import parse_consent
 from middleware.consent.summary import INLINE_LABEL_URL
 from middleware.errors import Forbidden
+from middleware.fhir.compartment import Kind
 from middleware.fhir.request import FhirRequest, Interaction, Level
 from middleware.pipeline.caller import (
     ACTION_ACCESS,
@@ -548,17 +549,26 @@ def test_summaries_do_not_walk_when_told_not_to() -> None:
     assert j.trail.redacted == 0
 
 
-# (id, a resource outside the CompartmentDefinition, the patients it belongs to, unresolved)
+# (id, a resource outside the CompartmentDefinition, its kind, its patients, unresolved)
 BINARIES = [
     (
         "binary-of-a-patient",
         {"resourceType": "Binary", "securityContext": {"reference": "Patient/p1"}},
+        Kind.PATIENT_DATA,
         {"Patient/p1"},
         False,
     ),
     (
         "binary-of-a-group",
         {"resourceType": "Binary", "securityContext": {"reference": "Group/g1"}},
+        Kind.UNKNOWN,
+        set(),
+        True,
+    ),
+    (
+        "binary-context-not-an-object",
+        {"resourceType": "Binary", "securityContext": "Patient/p1"},
+        Kind.UNKNOWN,
         set(),
         True,
     ),
@@ -569,20 +579,30 @@ BINARIES = [
             "securityContext": {"reference": "Group/g1"},
             "patient": {"reference": "Patient/p1"},
         },
+        Kind.PATIENT_DATA,
         {"Patient/p1"},
+        False,
+    ),
+    (
+        "device-of-no-patient",
+        {"resourceType": "Device", "location": {"reference": "Location/l1"}},
+        Kind.NOT_PATIENT_DATA,
+        set(),
         False,
     ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("resource", "patients", "unresolved"), [c[1:] for c in BINARIES], ids=[c[0] for c in BINARIES]
+    ("resource", "kind", "patients", "unresolved"),
+    [c[1:] for c in BINARIES],
+    ids=[c[0] for c in BINARIES],
 )
 def test_a_binary_belongs_to_its_security_context(
-    resource: dict[str, Any], patients: set[str], unresolved: bool
+    resource: dict[str, Any], kind: Kind, patients: set[str], unresolved: bool
 ) -> None:
     refs = compartment_of(resource, base_urls=BASES)
-    assert (set(refs.references), refs.unresolved) == (patients, unresolved)
+    assert (refs.kind, set(refs.references), refs.unresolved) == (kind, patients, unresolved)
 
 
 def test_an_expired_consent_does_not_withhold() -> None:
