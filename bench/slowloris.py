@@ -38,6 +38,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 HOST = "127.0.0.1"
+_REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -111,18 +112,26 @@ async def _run(
 ) -> dict[str, float | int | str]:
     stop = time.monotonic() + seconds
     closed = [0]
+    # The legitimate client runs in a process of its own (in this one's event loop, thousands
+    # of attackers would starve it and count their own delays against the server), started
+    # before the attackers hold every descriptor, asking from once they are all open.
+    opened = time.monotonic() + connections / 200 * 0.05 + 1
+    legit = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "bench.slowloris", "--prompt-only", str(port)),
+        *("--prompt-window", str(opened), str(stop - 5)),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=_REPO,
+    )
     slow = []
     attacker = _flood if mode == "body-flood" else _slow
     for i in range(connections):
         slow.append(asyncio.create_task(attacker(port, stop, closed)))
         if i % 200 == 199:
             await asyncio.sleep(0.05)  # open them in waves, as a flood would
-    prompts: list[asyncio.Task[float | None]] = []
-    while time.monotonic() < stop - 5:
-        prompts.append(asyncio.create_task(_prompt(port)))
-        await asyncio.sleep(0.02)
-    results = await asyncio.gather(*prompts)
+    out, _ = await legit.communicate()
     await asyncio.gather(*slow)
+    results: list[float | None] = json.loads(out)
     times = sorted(t for t in results if t is not None)
     return {
         "mode": mode,
@@ -136,6 +145,17 @@ async def _run(
     }
 
 
+async def _prompts(port: int, start: float, until: float) -> list[float | None]:
+    """The legitimate client: ``GET /healthz`` on a new connection every 20 ms from ``start``
+    until ``until`` (this host's monotonic clock, shared between processes)."""
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    prompts: list[asyncio.Task[float | None]] = []
+    while time.monotonic() < until:
+        prompts.append(asyncio.create_task(_prompt(port)))
+        await asyncio.sleep(0.02)
+    return await asyncio.gather(*prompts)
+
+
 def _fd_limit(limit: int) -> Callable[[], None]:
     """Run in the server's process before it starts: lower its open-file limit."""
 
@@ -147,7 +167,7 @@ def _fd_limit(limit: int) -> Callable[[], None]:
 
 def _raise_fd_limit(needed: int) -> None:
     """Let this process (and the server it starts) hold ``needed`` descriptors and some."""
-    want = needed + 1024
+    want = needed + 8192  # reconnects overlap closes; the legitimate client spawns too
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= want:
         return
@@ -168,7 +188,13 @@ def main() -> int:
     parser.add_argument("--header-timeout", type=float, default=None)
     parser.add_argument("--server-fd-limit", type=int, default=None)
     parser.add_argument("--mode", choices=("slow-headers", "body-flood"), default="slow-headers")
+    parser.add_argument("--prompt-only", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--prompt-window", type=float, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prompt_only is not None:  # the legitimate client's own process (see _run)
+        start, until = args.prompt_window
+        print(json.dumps(asyncio.run(_prompts(args.prompt_only, start, until))))
+        return 0
     connections = min(max(args.connections, 1), 20_000)
     _raise_fd_limit(connections)
     seconds = min(max(args.seconds, 10.0), 120.0)
