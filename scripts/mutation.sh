@@ -49,8 +49,8 @@ for module in "${modules[@]}"; do
     mkdir -p "$work"
     # A fresh copy of the sources each time; mutmut's own cache (mutants/) is kept, so a
     # second run re-tests only the functions whose source or tests changed.
-    rm -rf "$work/middleware" "$work/tests"
-    cp -r middleware tests "$work/"
+    rm -rf "$work/middleware" "$work/tests" "$work/scripts" "$work/mappings"
+    cp -r middleware tests scripts mappings "$work/" # tests read scripts/ and mappings/ too
     find "$work" -name __pycache__ -prune -exec rm -rf {} +
     "$python" - "$work/pyproject.toml" "${files[$module]}" "${tests[$module]}" <<'EOF'
 import json
@@ -64,9 +64,10 @@ section = "\n".join(
         "",
         "[tool.mutmut]",
         'source_paths = ["middleware"]',
+        'also_copy = ["scripts", "mappings"]',
         f"only_mutate = {json.dumps(mutated)}",
         f"pytest_add_cli_args_test_selection = {json.dumps(selected)}",
-        # -p no:randomly etc. are not installed; keep pytest's own output short.
+        # quiet, and no .pytest_cache written into the copy
         'pytest_add_cli_args = ["-q", "-p", "no:cacheprovider"]',
         "",
     ]
