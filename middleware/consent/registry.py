@@ -108,6 +108,11 @@ class ConsentRegistry:
         none yet)."""
         return self._position
 
+    @property
+    def cached_policies(self) -> int:
+        """How many compiled policies the cache holds (tests and metrics read it)."""
+        return len(self._policies)
+
     async def sync(self) -> int:
         """Make the store hold every consent entry the ledger holds now, and return the
         ledger's consent position (module docstring). Raises ``ServiceUnavailable`` when the
@@ -162,6 +167,7 @@ class ConsentRegistry:
                     indexes.discard(index)
                     self.repaired += 1
                     self._patients.clear()  # a recorded entry may change any patient's policies
+                    self._policies.clear()  # held by no cached patient now
             if indexes:
                 raise UnreadableConsent("a consent entry on the ledger cannot be read")
             del self._unrecorded[key]
@@ -184,11 +190,29 @@ class ConsentRegistry:
         records = await self.store.for_patient(patient) if mark.count else []
         compiled = (self._compile(record) for record in records)
         policies = tuple(policy for policy in compiled if policy is not None)
+        if cached is not None:
+            # The versions this change superseded: no lookup asks for their ledger index
+            # again, so kept they would fill the cache up to ``max_policies`` (one compiled
+            # version per consent change, ~10 KB each: the soak's RSS growth).
+            self._release(cached[2], keep={policy.ledger_index for policy in policies})
         self._patients[patient] = (position, mark, policies)
         self._patients.move_to_end(patient)
         while len(self._patients) > self._max_patients:
-            self._patients.popitem(last=False)
+            _, (_, _, evicted) = self._patients.popitem(last=False)
+            self._release(evicted)
         return policies
+
+    def _release(
+        self,
+        policies: tuple[Policy, ...],
+        keep: frozenset[int | None] | set[int | None] = frozenset(),
+    ) -> None:
+        """Drop the compiled ``policies`` (of a patient evicted or recompiled) from the policy
+        cache, but those whose ledger index is in ``keep``: a policy is cached only while a
+        cached patient holds it (a patient looked up again recompiles what it lacks)."""
+        for policy in policies:
+            if policy.ledger_index is not None and policy.ledger_index not in keep:
+                self._policies.pop(policy.ledger_index, None)
 
     def _compile(self, record: ConsentRecord) -> Policy | None:
         """The policy of ``record``; None for a record that does not compile and is not in

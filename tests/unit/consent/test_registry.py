@@ -140,6 +140,38 @@ async def test_caches_are_bounded() -> None:
         ledger.registry(max_patients=0)
 
 
+async def test_superseded_versions_are_released_so_the_cache_stays_bounded() -> None:
+    """The soak's memory growth: each consent change compiled a new version under its new
+    ledger index and kept the replaced one until ``max_policies`` (100,000, ~1 GB) evicted it.
+    After 1,000 changes of two patients' consents the cache holds their current versions."""
+    ledger = Ledgered()
+    registry = ledger.registry()
+    await ledger.change(consent("R5", "deny", consent_id="keep"))
+    for i in range(1_000):
+        patient = ("Patient/p1", "Patient/p2")[i % 2]
+        status = ("active", "inactive")[(i // 2) % 2]
+        await ledger.change(
+            consent("R5", "permit", consent_id=f"c{i % 2}", patient=patient, status=status),
+            revoke=status == "inactive",
+        )
+        policies = await registry.policies(patient)
+        assert policies[-1].status == status
+        assert registry.cached_policies <= 3
+    assert registry.compiled == 1_001  # "keep" at index 0 compiled once, never again
+    assert [p.consent_id for p in await registry.policies("Patient/p1")] == ["keep", "c0"]
+    assert registry.compiled == 1_001
+
+
+async def test_an_evicted_patient_takes_its_policies_with_it() -> None:
+    ledger = Ledgered()
+    for i in range(50):
+        await ledger.change(consent("R5", "permit", consent_id=f"c{i}", patient=f"Patient/p{i}"))
+    registry = ledger.registry(max_patients=5)
+    for i in range(50):
+        assert len(await registry.policies(f"Patient/p{i}")) == 1
+        assert registry.cached_policies <= 5
+
+
 async def test_a_recorded_consent_that_no_longer_compiles_fails_closed() -> None:
     """Deciding without it could release what it denies: the patient's lookups are 503."""
     store = MemoryConsentStore(MemoryConsents())
