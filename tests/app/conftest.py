@@ -20,8 +20,9 @@ from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.ledger.signing import SigningKey
 from middleware.proxy.upstream import Upstream
 from middleware.settings import Settings, load_settings
+from middleware.storage.consent_memory import MemoryConsentStore
 from middleware.storage.ledger_memory import MemoryLogStore
-from tests.app.consenting import AUDIENCE, DEV_ISSUER, auth_settings
+from tests.app.consenting import AUDIENCE, DEV_ISSUER, Tokens, auth_settings
 from tests.served_upstream import ServedUpstream
 
 UPSTREAM = "http://upstream.test:8103/fhir"
@@ -225,3 +226,21 @@ async def raw_asgi_request(
     status = next(m["status"] for m in messages if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
     return status, body
+
+
+# -- the consent API's callers (a development issuer's key per test, tokens minted from it) --
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    return tmp_path / "dev-issuer.jwk"
+
+
+@pytest.fixture
+def tokens(key_file: Path) -> Tokens:
+    return Tokens(UnsafeDevelopmentIssuer.from_key_file(key_file, DEV_ISSUER, enabled=True))
+
+
+@pytest.fixture
+def consents() -> MemoryConsentStore:
+    return MemoryConsentStore()

@@ -13,7 +13,6 @@ import pytest
 import respx
 
 from middleware.app import Gateway, create_app
-from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.consent.records import LEDGER_EXTENSION, canonical_consent
 from middleware.fhir import jsoncodec
 from middleware.ledger.leaf import EntryKind
@@ -24,7 +23,6 @@ from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.conftest import FakeClock, raw_asgi_request
 from tests.app.consenting import (
     ACT_REASON,
-    DEV_ISSUER,
     FHIR_JSON,
     Tokens,
     auth_settings,
@@ -35,21 +33,6 @@ from tests.app.consenting import (
 )
 
 CONSENT_KINDS = (EntryKind.CONSENT, EntryKind.CONSENT_REVOKE)
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    return tmp_path / "dev-issuer.jwk"
-
-
-@pytest.fixture
-def tokens(key_file: Path) -> Tokens:
-    return Tokens(UnsafeDevelopmentIssuer.from_key_file(key_file, DEV_ISSUER, enabled=True))
-
-
-@pytest.fixture
-def consents() -> MemoryConsentStore:
-    return MemoryConsentStore()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import pytest
 import respx
 
 from middleware.app import Gateway, create_app
-from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.consent.records import canonical_consent
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind
@@ -28,7 +27,6 @@ from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.conftest import FakeClock
 from tests.app.consenting import (
     ACT_REASON,
-    DEV_ISSUER,
     FHIR_JSON,
     Tokens,
     auth_settings,
@@ -52,21 +50,6 @@ def nested_consent(depth: int, patient: str = "Patient/p1", **extra: Any) -> dic
     for _ in range(depth - 1):
         provision = {"purpose": TREAT, "provision": [provision]}
     return r5_consent(patient, "deny", provision=[provision], **extra)
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    return tmp_path / "dev-issuer.jwk"
-
-
-@pytest.fixture
-def tokens(key_file: Path) -> Tokens:
-    return Tokens(UnsafeDevelopmentIssuer.from_key_file(key_file, DEV_ISSUER, enabled=True))
-
-
-@pytest.fixture
-def consents() -> MemoryConsentStore:
-    return MemoryConsentStore()
 
 
 @pytest.fixture
