@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from middleware.audit.row import AuditRow
 from middleware.ledger.errors import MalformedError
 from middleware.ledger.leaf import (
     EntryFlag,
@@ -50,6 +51,10 @@ class NewEntry:
     makes a retried append return the index of the first one instead of recording it twice.
     The first entry recorded under a key wins; a later entry with the same key is not compared
     with it, only reported as a duplicate.
+
+    ``row`` (optional) is the entry's audit-index row (:mod:`middleware.audit.row`): the store
+    writes it, with the entry's index, in the same transaction as the leaf, into the index
+    tables beside the log (never into the leaf: it names patients). A duplicate writes none.
     """
 
     kind: EntryKind
@@ -60,6 +65,7 @@ class NewEntry:
     consent: int | None = None
     flags: EntryFlag = EntryFlag.NONE
     idempotency_key: str | None = None
+    row: AuditRow | None = field(default=None, repr=False)
     commitment: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +90,7 @@ class NewEntry:
         consent: int | None = None,
         flags: EntryFlag = EntryFlag.NONE,
         idempotency_key: str | None = None,
+        row: AuditRow | None = None,
     ) -> NewEntry:
         """An entry with a fresh random salt (the usual way to make one)."""
         return cls(
@@ -95,6 +102,7 @@ class NewEntry:
             consent=consent,
             flags=flags,
             idempotency_key=idempotency_key,
+            row=row,
         )
 
     def leaf(self, previous: int | None) -> Leaf:

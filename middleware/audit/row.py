@@ -1,0 +1,142 @@
+"""The audit index's vocabulary: one searchable row per ledger entry, and a query over rows.
+
+An :class:`AuditRow` holds the fields a reviewer searches and reports on (time, patient, the
+agent who acted with their roles and organization, the client, purposes of use, the BALP
+action, type, subtype and outcome, the resource types and references touched, the
+break-the-glass flag, the ledger index). It is derived data: every field comes from the entry's
+audit facts (:mod:`middleware.audit.facts`), so the whole index can be rebuilt from the ledger's
+evidence. A row of a crypto-shredded patient keeps only what the leaf itself says (index, time,
+kind, flags, pseudonym) and is marked ``shredded``: its PHI fields are empty.
+
+:class:`AuditQuery` is what a search asks of the index (ITI-81 parameters, already parsed);
+every store that holds the index answers it the same way (the contract suite runs on memory,
+SQLite and PostgreSQL). Pure data, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+__all__ = ["NO_INDEX_YET", "AuditQuery", "AuditRow", "SortKey"]
+
+#: The ``index`` of a row not sequenced yet: the store gives it the entry's ledger index.
+NO_INDEX_YET = -1
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One ledger entry as the audit index holds it.
+
+    ``index``: the ledger index (:data:`NO_INDEX_YET` before the store sequences the entry).
+    ``recorded_us``: microseconds since the epoch (the leaf's time). ``kind`` and ``flags``:
+    the leaf's :class:`~middleware.ledger.leaf.EntryKind` and
+    :class:`~middleware.ledger.leaf.EntryFlag` values. ``patient``: ``Patient/<id>`` or None.
+    ``agent``: who acted, the caller's ``fhirUser`` reference (``Practitioner/<id>``) or, without
+    one, ``<issuer>#<subject>``; None for an unauthenticated request. ``roles``: the caller's
+    role claims. ``organization``: the caller's organization reference when the token names one.
+    ``client``: the OAuth client id. ``purposes``: purpose-of-use codes as ``system|code``.
+    ``action``: AuditEvent.action (C R U D E). ``event_type``: AuditEvent.type as
+    ``system|code`` (``http://terminology.hl7.org/CodeSystem/audit-event-type|rest``,
+    ``http://dicom.nema.org/resources/ontology/DCM|110113`` ...). ``subtype``: the FHIR
+    restful-interaction code (``read``, ``search-type``, ``create`` ...) or None.
+    ``outcome``: AuditEvent.outcome (``0`` ``4`` ``8`` ``12``). ``resource_types`` and
+    ``entities``: the types and ``Type/id`` references touched. ``break_glass``: the
+    emergency-access flag. ``request_id``: the exchange's request id. ``shredded``: the
+    patient's evidence key was deleted; the PHI fields are then empty.
+    """
+
+    index: int
+    recorded_us: int
+    kind: int
+    flags: int
+    patient: str | None
+    pseudonym: bytes | None
+    agent: str | None
+    roles: tuple[str, ...]
+    organization: str | None
+    client: str | None
+    purposes: tuple[str, ...]
+    action: str
+    event_type: str
+    subtype: str | None
+    outcome: str
+    resource_types: tuple[str, ...]
+    entities: tuple[str, ...]
+    break_glass: bool
+    request_id: str
+    shredded: bool = False
+
+    def at(self, index: int) -> AuditRow:
+        """This row with its ledger ``index`` (the store calls this while sequencing)."""
+        return replace(self, index=index)
+
+    def shred(self) -> AuditRow:
+        """What is left of this row once its patient is crypto-shredded: the leaf's own fields
+        (index, time, kind, flags, pseudonym), nothing else."""
+        return AuditRow(
+            index=self.index,
+            recorded_us=self.recorded_us,
+            kind=self.kind,
+            flags=self.flags,
+            patient=None,
+            pseudonym=self.pseudonym,
+            agent=None,
+            roles=(),
+            organization=None,
+            client=None,
+            purposes=(),
+            action="",
+            event_type="",
+            subtype=None,
+            outcome="",
+            resource_types=(),
+            entities=(),
+            break_glass=self.break_glass,
+            request_id="",
+            shredded=True,
+        )
+
+
+SortKey = Literal["date", "-date"]
+"""Row order: by (``recorded_us``, ``index``) ascending, or descending with ``-date``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """A search of the audit index; every given criterion must hold (AND), None ignores it.
+
+    ``since_us`` / ``until_us``: inclusive bounds on ``recorded_us``. ``patient``: rows about
+    that ``Patient/<id>``. ``agent``: rows whose ``agent`` equals it. ``entity``: rows whose
+    ``entities`` contain it (a ``Patient/<id>`` also matches ``patient``). ``event_type``,
+    ``subtype``, ``action``, ``outcome``, ``client``: equality. ``purpose``: rows whose
+    ``purposes`` contain it (``system|code``, or a bare code matching any system).
+    ``resource_type``: rows whose ``resource_types`` contain it. ``break_glass``: the flag.
+    ``kinds``: rows of these entry kinds only (empty: all). ``include_shredded``: whether
+    shredded rows are returned (they match only criteria on time, kind and index).
+    Paging is by keyset: ``after`` is the last row's ``(recorded_us, index)`` of the previous
+    page, in the query's ``sort`` order; at most ``limit`` rows come back.
+    """
+
+    since_us: int | None = None
+    until_us: int | None = None
+    patient: str | None = None
+    agent: str | None = None
+    entity: str | None = None
+    event_type: str | None = None
+    subtype: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    client: str | None = None
+    purpose: str | None = None
+    resource_type: str | None = None
+    break_glass: bool | None = None
+    kinds: frozenset[int] = frozenset()
+    include_shredded: bool = False
+    sort: SortKey = "date"
+    after: tuple[int, int] | None = None
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError("limit must be positive")
