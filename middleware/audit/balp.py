@@ -59,6 +59,7 @@ __all__ = [
     "break_glass_events",
     "consent_decision_event",
     "exchange_events",
+    "interaction_codes",
 ]
 
 _AUDIT_EVENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -117,6 +118,13 @@ _ROLES: Final[dict[_Flow, tuple[Json, Json]]] = {
         ),
     ),
 }
+
+
+def interaction_codes(interaction: Interaction) -> tuple[str | None, str]:
+    """The RESTful event's ``subtype`` code (restful-interaction; None when not a FHIR
+    interaction) and ``action`` for ``interaction``: what the audit index records of it."""
+    shape = _SHAPES[interaction]
+    return shape.subtype, shape.action
 
 
 def exchange_events(

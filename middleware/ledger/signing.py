@@ -63,6 +63,7 @@ __all__ = [
     "SigningKey",
     "Verifier",
     "derive_box_key",
+    "evidence_key",
     "keyed_digest",
     "new_box_key",
     "seal",
@@ -282,6 +283,15 @@ def keyed_digest(key: bytes, parts: Sequence[bytes]) -> bytes:
         mac.update(len(part).to_bytes(8, "big"))
         mac.update(part)
     return mac.digest()
+
+
+def evidence_key(patient_key: bytes, salt: bytes) -> bytes:
+    """The secret-box key of one audit entry's evidence: :func:`keyed_digest` under the
+    patient's 32-byte evidence key of a label and the entry's ``salt`` (random, 32 bytes). Each
+    entry's evidence is sealed under a key of its own, so an export can hand a verifier the key
+    of one entry without the patient's key (which opens every other entry of that patient);
+    deleting the patient's key leaves every entry key underivable (the crypto-shred)."""
+    return keyed_digest(patient_key, [b"consentry/evidence-key/v1", salt])
 
 
 def new_box_key() -> bytes:

@@ -1,0 +1,229 @@
+"""Audit evidence: facts sealed under a per-patient key, and reading them back.
+
+The evidence of an audit entry (the bytes the leaf's commitment covers, kept beside the ledger)
+is, from format version 1 on::
+
+    b"CSE" 0x01  ||  XSalsa20-Poly1305 secret box (24-byte nonce, 16-byte MAC, ciphertext)
+
+sealed (:func:`~middleware.ledger.signing.seal`) under the entry's own key
+``evidence_key(patient key, salt)`` (:func:`~middleware.ledger.signing.evidence_key`, keyed by
+the leaf's salt), over :func:`~middleware.audit.facts.encode_facts` of the entry's facts. The
+patient key is 32 random bytes drawn on the pseudonym's first audit entry and stored, wrapped
+(sealed under ``derive_box_key(ledger key, "evidence")``), in the store's key table beside the
+ledger (``audit_key``); entries without a patient use the key of the all-zero pseudonym.
+Deleting a patient's key crypto-shreds their evidence; the leaves and commitments still verify
+(``consentry ledger verify`` hashes the stored bytes, it never opens them).
+
+An export hands a verifier an :class:`Opening` per row (salt, evidence bytes, the entry key):
+:func:`open_entry` checks and opens it offline, without the patient key.
+
+Entries written before this format hold a plain canonical JSON Bundle of AuditEvents: the
+reader does not treat them as facts (:meth:`EvidenceReader.facts` returns None) and hands their
+events back as stored (:meth:`EvidenceReader.events`, :meth:`EvidenceReader.legacy_bundle`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from middleware.audit.facts import AuditFacts, decode_facts
+from middleware.audit.parts import Json
+from middleware.audit.render import render_events
+from middleware.fhir import jsoncodec
+from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
+from middleware.ledger.entry import Evidence
+from middleware.ledger.leaf import PSEUDONYM_SIZE, commit_evidence, decode_leaf
+from middleware.ledger.signing import evidence_key, new_box_key, seal, unseal
+
+__all__ = [
+    "EVIDENCE_HEADER",
+    "NO_PATIENT",
+    "EvidenceKeyError",
+    "EvidenceReader",
+    "EvidenceStore",
+    "Opening",
+    "PatientKeys",
+    "is_sealed",
+    "open_entry",
+    "seal_facts",
+]
+
+#: The first bytes of sealed evidence: ``CSE`` and the format version.
+EVIDENCE_HEADER: Final = b"CSE\x01"
+#: The pseudonym whose key seals the evidence of entries that name no patient.
+NO_PATIENT: Final = bytes(PSEUDONYM_SIZE)
+_KEY_SIZE: Final = 32
+
+
+class EvidenceKeyError(ValueError):
+    """The key given does not open the evidence (another entry's key, a changed byte), or a
+    stored patient key does not unwrap under the ledger key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What a verifier needs to open one entry offline: the leaf's ``salt``, the stored
+    ``evidence`` bytes (``commit_evidence(salt, evidence)`` is the leaf's commitment) and the
+    entry's own ``key`` (never the patient's)."""
+
+    salt: bytes
+    evidence: bytes
+    key: bytes = field(repr=False)
+
+    @property
+    def commitment(self) -> bytes:
+        return commit_evidence(self.salt, self.evidence)
+
+
+def is_sealed(evidence: bytes) -> bool:
+    """Whether ``evidence`` is sealed facts (this module's format), not a legacy Bundle."""
+    return evidence.startswith(EVIDENCE_HEADER)
+
+
+def seal_facts(patient_key: bytes, salt: bytes, facts: bytes) -> bytes:
+    """The evidence bytes of encoded ``facts`` for the entry of ``salt`` (module docstring)."""
+    return EVIDENCE_HEADER + seal(evidence_key(patient_key, salt), facts)
+
+
+def open_entry(opening: Opening) -> AuditFacts:
+    """The facts sealed in ``opening.evidence`` under ``opening.key``. Raises
+    :class:`EvidenceKeyError` when the evidence is not sealed facts or the key does not open
+    it, :class:`ValueError` when what it opens to is not valid facts. Pure."""
+    if not is_sealed(opening.evidence) or len(opening.key) != _KEY_SIZE:
+        raise EvidenceKeyError("not sealed audit evidence, or not an entry key")
+    plain = unseal(opening.key, opening.evidence[len(EVIDENCE_HEADER) :])
+    if plain is None:
+        raise EvidenceKeyError("the entry key does not open this evidence")
+    return decode_facts(plain)
+
+
+class PatientKeys:
+    """The per-patient evidence keys, unwrapped, by pseudonym (an LRU of ``max_cached``).
+
+    ``audit_key(pseudonym, candidate)`` is the store's: it returns the wrapped key stored for
+    ``pseudonym``, storing ``candidate`` when there is none (atomic, so concurrent first
+    entries agree). ``wrap_key`` is ``derive_box_key(ledger key, "evidence")``. Keys never
+    change while they exist, so a cached one is used without a store round trip."""
+
+    def __init__(
+        self,
+        audit_key: Callable[[bytes, bytes], Awaitable[bytes]],
+        wrap_key: bytes,
+        *,
+        max_cached: int = 100_000,
+    ) -> None:
+        if max_cached < 1:
+            raise ValueError("max_cached must be positive")
+        self._audit_key = audit_key
+        self._wrap_key = wrap_key
+        self._max = max_cached
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def cached(self, pseudonym: bytes) -> bytes | None:
+        """The key of ``pseudonym`` if cached (no I/O)."""
+        key = self._cache.get(pseudonym)
+        if key is not None:
+            self._cache.move_to_end(pseudonym)
+        return key
+
+    async def key(self, pseudonym: bytes) -> bytes:
+        """The patient key of ``pseudonym``, created on first use. Raises whatever the store
+        raises, and :class:`EvidenceKeyError` when the stored key does not unwrap."""
+        key = self.cached(pseudonym)
+        if key is not None:
+            return key
+        wrapped = await self._audit_key(pseudonym, seal(self._wrap_key, new_box_key()))
+        key = unwrap_key(self._wrap_key, wrapped)
+        self._cache[pseudonym] = key
+        if len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return key
+
+    def forget(self, pseudonym: bytes) -> None:
+        """Drop a cached key (after a crypto-shred)."""
+        self._cache.pop(pseudonym, None)
+
+
+def unwrap_key(wrap_key: bytes, wrapped: bytes) -> bytes:
+    """A stored patient key, unwrapped; :class:`EvidenceKeyError` when it does not open."""
+    key = unseal(wrap_key, wrapped)
+    if key is None or len(key) != _KEY_SIZE:
+        raise EvidenceKeyError("a stored audit key does not unwrap under the ledger key")
+    return key
+
+
+class EvidenceStore(Protocol):
+    """What :class:`EvidenceReader` reads of a ledger store."""
+
+    async def leaves(self, start: int, end: int) -> list[bytes]: ...
+
+    async def evidence(self, index: int) -> Evidence | None: ...
+
+    async def audit_key_get(self, pseudonym: bytes) -> bytes | None: ...
+
+
+class EvidenceReader:
+    """Reads audit entries' facts back from ``store`` with the wrap key ``master_key``
+    (``derive_box_key(ledger key, "evidence")``).
+
+    :meth:`facts` is None for an entry that holds no sealed facts (a consent, an admin entry
+    of another format, an audit entry written before this format: see :meth:`legacy_bundle`)
+    and for a crypto-shredded one (its patient key is gone). It raises
+    :class:`EvidenceKeyError` when a key exists but does not open the evidence (tampering, or
+    a wrong ledger key) and :class:`ValueError` when what it opens is not valid facts."""
+
+    def __init__(self, store: EvidenceStore, master_key: bytes) -> None:
+        self._store = store
+        self._master = master_key
+
+    async def opening(self, index: int) -> Opening | None:
+        """The :class:`Opening` of entry ``index``; None when it holds no sealed facts or its
+        patient key was shredded."""
+        stored = await self._store.evidence(index)
+        if stored is None or not is_sealed(stored.data):
+            return None
+        leaves = await self._store.leaves(index, index + 1)
+        if not leaves:
+            return None
+        pseudonym = decode_leaf(leaves[0]).pseudonym or NO_PATIENT
+        wrapped = await self._store.audit_key_get(pseudonym)
+        if wrapped is None:
+            return None
+        key = evidence_key(unwrap_key(self._master, wrapped), stored.salt)
+        return Opening(stored.salt, stored.data, key)
+
+    async def facts(self, index: int) -> AuditFacts | None:
+        """The facts of entry ``index`` (class docstring)."""
+        opening = await self.opening(index)
+        return None if opening is None else open_entry(opening)
+
+    async def legacy_bundle(self, index: int) -> Json | None:
+        """The canonical JSON Bundle of AuditEvents an entry written before sealed facts
+        holds; None for any other entry (and for evidence that is not a JSON object)."""
+        stored = await self._store.evidence(index)
+        if stored is None or not stored.data.startswith(b"{"):
+            return None
+        try:
+            bundle: Any = jsoncodec.decode(stored.data, max_depth=STORED_MAX_JSON_DEPTH)
+        except jsoncodec.DecodeError:
+            return None
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            return None
+        return bundle
+
+    async def events(self, index: int) -> list[Json] | None:
+        """The AuditEvents of entry ``index``: rendered from its facts, or, for an entry
+        written before sealed facts, as its Bundle stored them; None when there are none."""
+        facts = await self.facts(index)
+        if facts is not None:
+            return render_events(facts)
+        bundle = await self.legacy_bundle(index)
+        if bundle is None:
+            return None
+        entries = bundle.get("entry")
+        if not isinstance(entries, list):
+            return None
+        return [e["resource"] for e in entries if isinstance(e, dict) and "resource" in e]
