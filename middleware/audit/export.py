@@ -1,0 +1,344 @@
+"""Audit exports with proofs: one file a third party can check offline (``verify_export``).
+
+An export is one file, NDJSON for machines or CSV for people; both hold the same things:
+
+1. A header: :data:`EXPORT_FORMAT`, the report it is (``report``: ``search``, ``accounting``,
+   ``access-report``, ``user-report``, ``date-range``), its scope (``patient``, ``agent``,
+   ``since``/``until`` as RFC 3339 UTC times), the ``columns`` of its rows, the log's
+   ``origin`` and the signed ``checkpoint`` note (C2SP tlog-checkpoint) every proof in the file
+   is against, and for a per-patient export the ``chain`` (the patient's pseudonym, hex).
+2. One line per ledger entry, in ascending ledger index, each with its ``role``:
+
+   ``row``     a row of the report: its ``columns``, and the entry's proofs and opening
+   ``other``   an entry of the patient's chain inside the period that the report leaves out
+               (an exempt disclosure of an accounting, say): proofs and opening, no columns
+   ``before``  the patient's last entry before the period (omitted when there is none):
+               leaf and inclusion proof only, nothing of it is disclosed
+   ``after``   the patient's first entry after the period (omitted when there is none)
+
+   Every line carries ``index`` (the ledger index), ``leaf`` (the 80 stored leaf bytes,
+   :mod:`middleware.ledger.leaf`) and ``proof`` (the RFC 9162 §2.1.3.1 inclusion path of the
+   leaf in the checkpoint's tree, sibling first, the 32-byte hashes concatenated); ``row`` and
+   ``other`` lines also the entry's opening (:class:`EntryOpening`: ``salt``, ``evidence``,
+   and ``key``, the per-entry key that decrypts the evidence), so a verifier recomputes the
+   leaf's commitment (``commit_evidence(salt, evidence)``), decrypts the facts and compares
+   the row's columns with what the facts say. Binary values are standard base64.
+
+Completeness (per-patient exports): every leaf names the index of its pseudonym's previous
+entry (``previous``). The lines of the chain, ``before`` then ``row``/``other`` then ``after``,
+must each name the one before, so a dropped line breaks a link and its index is named by the
+line after the gap. ``after`` absent means the chain ended, at the checkpoint's size, inside
+the period; the exporter states it and it cannot be proved from the file alone (an offline
+verifier holding the log, or a later export, can).
+
+NDJSON: the header is the first line, a JSON object; each entry is one JSON object (keys as
+above; ``columns`` an object of strings). CSV (RFC 4180): the first line is ``#`` followed by
+the header's JSON; the second names the columns, the report's own then :data:`PROOF_COLUMNS`;
+one record per entry (``row`` lines fill the report's columns, the others leave them empty).
+Pure: no I/O beyond the text streams handed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TextIO
+
+from middleware.audit.row import AuditRow
+from middleware.ledger.leaf import EntryFlag, Leaf
+from middleware.ledger.tree import MerkleLevels
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "PROOF_COLUMNS",
+    "ROW_COLUMNS",
+    "EntryOpening",
+    "ExportEntry",
+    "ExportHeader",
+    "Role",
+    "entries_for",
+    "format_time",
+    "plan_chain",
+    "row_columns",
+    "shredded_columns",
+    "write_csv",
+    "write_ndjson",
+]
+
+#: The first thing in every export; a verifier refuses any other version.
+EXPORT_FORMAT = "consentry-audit-export/v1"
+
+Role = Literal["row", "other", "before", "after"]
+
+#: The columns of a row of the audit index (every :class:`AuditRow` field but the pseudonym,
+#: which is in the leaf); reports with columns of their own name them in the header.
+ROW_COLUMNS: tuple[str, ...] = (
+    "recorded",
+    "kind",
+    "flags",
+    "patient",
+    "agent",
+    "roles",
+    "organization",
+    "client",
+    "purposes",
+    "action",
+    "event_type",
+    "subtype",
+    "outcome",
+    "resource_types",
+    "entities",
+    "break_glass",
+    "request_id",
+    "shredded",
+)
+#: The columns a CSV export appends to the report's own, in this order.
+PROOF_COLUMNS: tuple[str, ...] = (
+    "role",
+    "ledger_index",
+    "leaf",
+    "proof",
+    "salt",
+    "evidence",
+    "key",
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryOpening:
+    """What opens one entry offline: the evidence ``salt`` and bytes the leaf commits to, and
+    the per-entry ``key`` that decrypts them (``None`` when the evidence is not encrypted)."""
+
+    salt: bytes
+    evidence: bytes
+    key: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExportHeader:
+    """What an export is (see the module docstring). ``since_us``/``until_us``: inclusive
+    bounds in microseconds since the epoch (None: open). ``chain``: the patient's pseudonym for
+    a per-patient export (the completeness proof applies), else None."""
+
+    report: str
+    checkpoint: str
+    origin: str
+    columns: tuple[str, ...] = ROW_COLUMNS
+    patient: str | None = None
+    agent: str | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    chain: bytes | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The header as its JSON object (the NDJSON first line, the CSV ``#`` line)."""
+        return {
+            "format": EXPORT_FORMAT,
+            "report": self.report,
+            "patient": self.patient,
+            "agent": self.agent,
+            "since": None if self.since_us is None else format_time(self.since_us),
+            "until": None if self.until_us is None else format_time(self.until_us),
+            "columns": list(self.columns),
+            "origin": self.origin,
+            "checkpoint": self.checkpoint,
+            "chain": None if self.chain is None else self.chain.hex(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ExportEntry:
+    """One entry line: its ``role``, ledger ``index``, stored ``leaf`` bytes, inclusion
+    ``proof`` (hashes, sibling first), its ``opening`` (``row`` and ``other`` lines) and the
+    report's ``columns`` (``row`` lines: one string per header column, in order)."""
+
+    role: Role
+    index: int
+    leaf: bytes
+    proof: Sequence[bytes]
+    opening: EntryOpening | None = None
+    columns: Sequence[str] | None = None
+
+    def to_json(self, names: Sequence[str]) -> dict[str, Any]:
+        """The entry as its NDJSON object; ``names`` are the header's columns."""
+        out: dict[str, Any] = {
+            "role": self.role,
+            "index": self.index,
+            "leaf": _b64(self.leaf),
+            "proof": _b64(b"".join(self.proof)),
+        }
+        if self.opening is not None:
+            out["salt"] = _b64(self.opening.salt)
+            out["evidence"] = _b64(self.opening.evidence)
+            out["key"] = None if self.opening.key is None else _b64(self.opening.key)
+        if self.columns is not None:
+            out["columns"] = dict(zip(names, self.columns, strict=True))
+        return out
+
+    def to_cells(self, width: int) -> list[str]:
+        """The entry as a CSV record: ``width`` report cells then :data:`PROOF_COLUMNS`."""
+        cells = list(self.columns) if self.columns is not None else [""] * width
+        opening = self.opening
+        cells += [
+            self.role,
+            str(self.index),
+            _b64(self.leaf),
+            _b64(b"".join(self.proof)),
+            "" if opening is None else _b64(opening.salt),
+            "" if opening is None else _b64(opening.evidence),
+            "" if opening is None or opening.key is None else _b64(opening.key),
+        ]
+        return cells
+
+
+def row_columns(row: AuditRow) -> tuple[str, ...]:
+    """The :data:`ROW_COLUMNS` of ``row`` as text: times RFC 3339 UTC with microseconds,
+    lists joined by a space, absent values empty, booleans ``true``/``false``."""
+    return (
+        format_time(row.recorded_us),
+        str(row.kind),
+        str(row.flags),
+        row.patient or "",
+        row.agent or "",
+        " ".join(row.roles),
+        row.organization or "",
+        row.client or "",
+        " ".join(row.purposes),
+        row.action,
+        row.event_type,
+        row.subtype or "",
+        row.outcome,
+        " ".join(row.resource_types),
+        " ".join(row.entities),
+        _bool(row.break_glass),
+        row.request_id,
+        _bool(row.shredded),
+    )
+
+
+def shredded_columns(index: int, leaf: Leaf) -> tuple[str, ...]:
+    """The :data:`ROW_COLUMNS` of a crypto-shredded entry: only what its ``leaf`` says
+    (:meth:`AuditRow.shred`), so a verifier checks them without the evidence."""
+    row = AuditRow(
+        index=index,
+        recorded_us=leaf.recorded_us,
+        kind=int(leaf.kind),
+        flags=int(leaf.flags),
+        patient=None,
+        pseudonym=leaf.pseudonym,
+        agent=None,
+        roles=(),
+        organization=None,
+        client=None,
+        purposes=(),
+        action="",
+        event_type="",
+        subtype=None,
+        outcome="",
+        resource_types=(),
+        entities=(),
+        break_glass=bool(leaf.flags & EntryFlag.BREAK_THE_GLASS),
+        request_id="",
+    )
+    return row_columns(row.shred())
+
+
+def plan_chain(
+    chain: Sequence[tuple[int, int]], since_us: int | None, until_us: int | None
+) -> tuple[int | None, list[int], int | None]:
+    """Split a patient's chain, ``(index, recorded_us)`` pairs in ascending index, into the
+    entry just before the period, the entries from the first to the last one recorded in the
+    period (inclusive, in chain order), and the entry just after; None where there is none."""
+    low = -1 if since_us is None else since_us
+    high = 2**64 if until_us is None else until_us
+    inside = [i for i, (_, t) in enumerate(chain) if low <= t <= high]
+    if not inside:
+        cut = next((i for i, (_, t) in enumerate(chain) if t > high), len(chain))
+        before = chain[cut - 1][0] if cut > 0 else None
+        return before, [], chain[cut][0] if cut < len(chain) else None
+    first, last = inside[0], inside[-1]
+    return (
+        chain[first - 1][0] if first > 0 else None,
+        [index for index, _ in chain[first : last + 1]],
+        chain[last + 1][0] if last + 1 < len(chain) else None,
+    )
+
+
+def entries_for(
+    lines: Iterable[tuple[Role, int]],
+    *,
+    tree: MerkleLevels,
+    size: int,
+    leaves: Mapping[int, bytes],
+    openings: Mapping[int, EntryOpening | None],
+    columns: Mapping[int, Sequence[str]],
+) -> Iterator[ExportEntry]:
+    """The export's entry lines for ``(role, index)`` pairs in ascending index: each leaf with
+    its inclusion proof in ``tree`` at ``size`` (the header checkpoint's), ``row`` and
+    ``other`` lines with their opening (None: shredded), ``row`` lines with their columns."""
+    for role, index in lines:
+        opening = openings.get(index) if role in ("row", "other") else None
+        yield ExportEntry(
+            role,
+            index,
+            leaves[index],
+            tree.inclusion_proof(index, size),
+            opening,
+            columns[index] if role == "row" else None,
+        )
+
+
+def format_time(us: int) -> str:
+    """Microseconds since the epoch as RFC 3339 UTC, ``2026-01-02T03:04:05.000006Z``."""
+    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def write_ndjson(header: ExportHeader, entries: Iterable[ExportEntry], out: TextIO) -> int:
+    """Write the NDJSON export; returns the number of entry lines written."""
+    names = header.columns
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    out.write(dumps(header.to_json()) + "\n")
+    written = 0
+    for chunk in _chunks(entries):
+        out.write("".join(dumps(entry.to_json(names)) + "\n" for entry in chunk))
+        written += len(chunk)
+    return written
+
+
+def write_csv(header: ExportHeader, entries: Iterable[ExportEntry], out: TextIO) -> int:
+    """Write the CSV export (RFC 4180, ``\\r\\n`` line ends); returns entry records written."""
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    out.write("#" + dumps(header.to_json()) + "\r\n")
+    writer = csv.writer(out, lineterminator="\r\n")
+    width = len(header.columns)
+    writer.writerow([*header.columns, *PROOF_COLUMNS])
+    written = 0
+    for chunk in _chunks(entries):
+        writer.writerows(entry.to_cells(width) for entry in chunk)
+        written += len(chunk)
+    return written
+
+
+def _chunks(entries: Iterable[ExportEntry], size: int = 4096) -> Iterator[list[ExportEntry]]:
+    chunk: list[ExportEntry] = []
+    for entry in entries:
+        chunk.append(entry)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _bool(flag: bool) -> str:
+    return "true" if flag else "false"

@@ -1,0 +1,588 @@
+"""Offline verification of an audit export (``middleware.audit.export``) or a receipt.
+
+:func:`verify_export` needs the file and the verifier's trust policy
+(:mod:`middleware.ledger.trust`), never the gateway. It checks, and reports each failure as an
+:class:`ExportFinding` naming the file line and ledger index:
+
+- the header: the format version, the checkpoint note's signature by a key the policy trusts
+  for the checkpoint's size, and its origin (C2SP signed-note, tlog-checkpoint);
+- every line: the leaf parses, its RFC 9162 §2.1.3.2 inclusion proof leads to the
+  checkpoint's root at the claimed index, lines are in ascending index, no index twice;
+- every ``row``/``other`` line: ``commit_evidence(salt, evidence)`` is the leaf's commitment,
+  the opening decrypts to facts (``opener``), and a row's columns are what those facts say;
+  the row is inside the export's scope (patient, agent, period) and, when a rule for the
+  report is given, rows are the entries the rule includes and ``other`` lines the ones it
+  leaves out;
+- a per-patient export's chain: every line has the patient's pseudonym and names the line
+  before it as its ``previous`` entry, so a dropped line is a gap whose missing index the next
+  leaf names, and an inserted line is a link nobody names.
+
+Inclusion proofs are checked with a cache of the tree nodes already authenticated (every node
+on a path that reached the signed root): a later path that reaches one of them is proved there,
+and its remaining hashes must equal the cached siblings. That is the same check as the RFC's,
+in about two hashes a row for a dense export instead of ``log2(size)``.
+
+Pure: the ``opener`` (which decrypts, see ``middleware.audit.evidence``) is handed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from middleware.audit.export import (
+    EXPORT_FORMAT,
+    PROOF_COLUMNS,
+    ROW_COLUMNS,
+    EntryOpening,
+    row_columns,
+    shredded_columns,
+)
+from middleware.audit.row import AuditRow
+from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
+from middleware.ledger.errors import LedgerError
+from middleware.ledger.leaf import Leaf, commit_evidence, decode_leaf, micros
+from middleware.ledger.merkle import HASH_SIZE, leaf_hash, verify_inclusion
+from middleware.ledger.receipt import TLOG_PROOF_HEADER, check_receipt, parse_receipt
+from middleware.ledger.signing import Verifier, verify_note
+from middleware.ledger.trust import TrustPolicy
+
+__all__ = [
+    "MAX_FINDINGS",
+    "ExportFinding",
+    "ExportReport",
+    "InclusionChecker",
+    "RowOpener",
+    "RowRule",
+    "verify_export",
+    "verify_file",
+    "verify_receipt",
+]
+
+#: Findings kept in a report (more are counted): one dropped line can break every later link.
+MAX_FINDINGS = 1000
+
+#: Opens one entry: (opening, leaf, index) -> the entry's audit row as its facts say; raises
+#: ValueError (or a LedgerError) when the opening does not decrypt or decode.
+RowOpener = Callable[[EntryOpening, Leaf, int], AuditRow]
+#: Whether a report includes an entry (e.g. the 45 CFR 164.528 accounting's rule).
+RowRule = Callable[[AuditRow], bool]
+#: The report's columns of a row (default :func:`~middleware.audit.export.row_columns`).
+Columns = Callable[[AuditRow], Sequence[str]]
+
+_NODE = b"\x01"
+_SHA = hashlib.sha256
+_CACHE_LIMIT = 1 << 21
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFinding:
+    """One thing that does not verify: a stable ``code`` (docs/audit.md lists them), the
+    file ``line`` (1-based; None for the file as a whole), the ledger ``index``, a message."""
+
+    code: str
+    message: str
+    line: int | None = None
+    index: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.line is not None:
+            out["line"] = self.line
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+
+@dataclass
+class ExportReport:
+    """The verdict: ``ok`` when nothing was found; counts of lines and rows checked."""
+
+    kind: str = "export"
+    report: str | None = None
+    size: int | None = None
+    lines: int = 0
+    rows: int = 0
+    shredded: int = 0
+    findings: list[ExportFinding] = field(default_factory=list)
+    omitted: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings and not self.omitted
+
+    def add(self, code: str, message: str, line: int | None, index: int | None = None) -> None:
+        if len(self.findings) >= MAX_FINDINGS:
+            self.omitted += 1
+        else:
+            self.findings.append(ExportFinding(code, message, line, index))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "kind": self.kind,
+            "report": self.report,
+            "size": self.size,
+            "lines": self.lines,
+            "rows": self.rows,
+            "shredded": self.shredded,
+            "findings": [f.to_json() for f in self.findings],
+            "findings_omitted": self.omitted,
+        }
+
+
+def verify_file(
+    text: Iterable[str],
+    policy: TrustPolicy,
+    *,
+    opener: RowOpener | None,
+    rules: Mapping[str, RowRule] | None = None,
+    columns: Mapping[str, Columns] | None = None,
+) -> ExportReport:
+    """Verify an export or a receipt (told apart by their first line); see
+    :func:`verify_export` and :func:`verify_receipt`."""
+    lines = iter(text)
+    first = next(lines, "")
+    if first.rstrip("\n") == TLOG_PROOF_HEADER:
+        return verify_receipt(first + "".join(lines), policy)
+    return verify_export(
+        _chain_first(first, lines), policy, opener=opener, rules=rules, columns=columns
+    )
+
+
+def verify_receipt(text: str, policy: TrustPolicy) -> ExportReport:
+    """Check a receipt (``/ledger/receipt/{index}``, C2SP tlog-proof): its checkpoint's
+    signature against ``policy`` and the inclusion of the leaf in its ``extra`` line."""
+    report = ExportReport(kind="receipt", lines=1)
+    try:
+        proof = parse_receipt(text)
+    except LedgerError as exc:
+        report.add("receipt-malformed", str(exc), None)
+        return report
+    checkpoint = _checkpoint(report, proof.checkpoint, policy)
+    if checkpoint is None:
+        return report
+    report.size = checkpoint.size
+    if proof.extra is None:
+        report.add("receipt-leaf", "the receipt carries no leaf bytes (extra)", None, proof.index)
+        return report
+    try:
+        decode_leaf(proof.extra)
+        check_receipt(proof, proof.extra, checkpoint)
+    except LedgerError as exc:
+        report.add("proof", f"inclusion: {exc}", None, proof.index)
+    report.rows = 1
+    return report
+
+
+def verify_export(
+    text: Iterable[str],
+    policy: TrustPolicy,
+    *,
+    opener: RowOpener | None,
+    rules: Mapping[str, RowRule] | None = None,
+    columns: Mapping[str, Columns] | None = None,
+) -> ExportReport:
+    """Verify an export's lines (NDJSON or CSV, told apart by the first character) against
+    ``policy``. ``opener`` decrypts an entry's facts (None: openings are not checked, which is
+    itself a finding). ``rules`` and ``columns`` map a report kind to its inclusion rule and
+    its columns (absent: no rule; :func:`~middleware.audit.export.row_columns`)."""
+    report = ExportReport()
+    lines = iter(text)
+    first = next(lines, "")
+    parsed = _header(report, first)
+    if parsed is None:
+        return report
+    header, names = parsed
+    report.report = header["report"]
+    checkpoint = _checkpoint(report, header["checkpoint"], policy)
+    if checkpoint is not None:
+        report.size = checkpoint.size
+    entries = _csv_entries(lines, names) if first.startswith("#") else _ndjson_entries(lines)
+    check = _Checker(
+        report,
+        header=header,
+        names=names,
+        checkpoint=checkpoint,
+        opener=opener,
+        rules=rules or {},
+        columns=columns or {},
+    )
+    for number, entry in entries:
+        report.lines += 1
+        if isinstance(entry, str):
+            report.add("line-malformed", entry, number)
+        else:
+            check.entry(number, entry)
+    check.finish()
+    return report
+
+
+# -- header and checkpoint ------------------------------------------------------------------
+
+
+def _header(report: ExportReport, first: str) -> tuple[dict[str, Any], tuple[str, ...]] | None:
+    text = first[1:] if first.startswith("#") else first
+    try:
+        header = json.loads(text)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+        report.add("header-format", f"the first line is not a {EXPORT_FORMAT} header", 1)
+        return None
+    names = header.get("columns", list(ROW_COLUMNS))
+    fields_ok = isinstance(header.get("report"), str) and isinstance(header.get("checkpoint"), str)
+    if not fields_ok or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        report.add("header-malformed", "the header lacks report, checkpoint or columns", 1)
+        return None
+    try:
+        for key in ("since", "until"):
+            header[key] = _micros(header.get(key))
+        chain = header.get("chain")
+        header["chain"] = None if chain is None else bytes.fromhex(chain)
+    except (ValueError, TypeError) as exc:
+        report.add("header-malformed", f"the header's scope: {exc}", 1)
+        return None
+    return header, tuple(names)
+
+
+def _micros(text: object) -> int | None:
+    if text is None:
+        return None
+    if not isinstance(text, str) or not text.endswith("Z"):
+        raise ValueError(f"not an RFC 3339 UTC time: {text!r}")
+    return micros(datetime.fromisoformat(text))
+
+
+def _checkpoint(report: ExportReport, note: str, policy: TrustPolicy) -> Checkpoint | None:
+    """The checkpoint if its signature, origin and key window hold, else None (reported)."""
+    verifiers = [Verifier(k.key) for k in policy.keys]
+    try:
+        signed = verify_note(note, verifiers)
+        checkpoint = parse_checkpoint(signed.text)
+    except LedgerError as exc:
+        report.add("checkpoint-signature", f"the checkpoint does not verify: {exc}", 1)
+        return None
+    if checkpoint.origin != policy.origin:
+        report.add("checkpoint-origin", f"the checkpoint is for {checkpoint.origin!r}", 1)
+        return None
+    keys = [k for s in signed.signatures if (k := policy.lookup(s.name, s.key_id))]
+    if not any(k.covers(checkpoint.size) for k in keys):
+        report.add("key-window", "the checkpoint's key is not valid for its size", 1)
+        return None
+    return checkpoint
+
+
+# -- lines ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    role: str
+    index: int
+    leaf: bytes
+    proof: bytes
+    opening: EntryOpening | None
+    columns: tuple[str, ...] | None
+
+
+_ROLES = frozenset({"row", "other", "before", "after"})
+
+
+def _ndjson_entries(lines: Iterator[str]) -> Iterator[tuple[int, _Line | str]]:
+    for number, text in enumerate(lines, start=2):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            cols = obj.get("columns")
+            values = None if cols is None else tuple(cols.values())
+            if values is not None and not all(isinstance(v, str) for v in values):
+                raise ValueError("columns are strings")
+            yield number, _parse(obj, obj.get("salt"), obj.get("evidence"), obj.get("key"), values)
+        except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
+            yield number, f"not an export line: {exc}"
+
+
+def _csv_entries(lines: Iterator[str], names: tuple[str, ...]) -> Iterator[tuple[int, _Line | str]]:
+    reader = csv.reader(lines)
+    head = next(reader, None)
+    width = len(names)
+    if head != [*names, *PROOF_COLUMNS]:
+        yield 2, "the column line is not the header's columns then the proof columns"
+        return
+    for record in reader:
+        number = reader.line_num + 1
+        if not record:
+            continue
+        if len(record) != width + len(PROOF_COLUMNS):
+            yield number, f"{len(record)} cells, not {width + len(PROOF_COLUMNS)}"
+            continue
+        role, index, leaf, proof, salt, evidence, key = record[width:]
+        obj = {"role": role, "index": int(index) if index.isdigit() else index}
+        obj |= {"leaf": leaf, "proof": proof}
+        values = tuple(record[:width]) if role == "row" else None
+        try:
+            yield number, _parse(obj, salt or None, evidence or None, key or None, values)
+        except (ValueError, TypeError, binascii.Error) as exc:
+            yield number, f"not an export record: {exc}"
+
+
+def _parse(
+    obj: dict[str, Any], salt: Any, evidence: Any, key: Any, values: tuple[str, ...] | None
+) -> _Line:
+    role, index = obj.get("role"), obj.get("index")
+    if role not in _ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError("the index is a non-negative integer")
+    opening = None
+    if salt is not None or evidence is not None:
+        opening = EntryOpening(_unb64(salt), _unb64(evidence), None if key is None else _unb64(key))
+    return _Line(role, index, _unb64(obj.get("leaf")), _unb64(obj.get("proof")), opening, values)
+
+
+def _unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("a binary value is a base64 string")
+    return base64.b64decode(text, validate=True)
+
+
+def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+
+class _Checker:
+    """The per-line checks and the chain, fed one parsed line at a time."""
+
+    def __init__(
+        self,
+        report: ExportReport,
+        *,
+        header: dict[str, Any],
+        names: tuple[str, ...],
+        checkpoint: Checkpoint | None,
+        opener: RowOpener | None,
+        rules: Mapping[str, RowRule],
+        columns: Mapping[str, Columns],
+    ) -> None:
+        self.report = report
+        self.header = header
+        self.names = names
+        self.proofs = None if checkpoint is None else InclusionChecker(checkpoint)
+        self.opener = opener
+        self.rule = rules.get(header["report"])
+        self.columns = columns.get(header["report"])
+        self.chain: bytes | None = header["chain"]
+        self.last: tuple[int, int, str] | None = None  # (line, index, role) of the line before
+        self.seen_after = False
+        if opener is None:
+            report.add("no-opener", "openings were not checked (no way to decrypt them)", None)
+
+    def entry(self, number: int, line: _Line) -> None:
+        add, index = self.report.add, line.index
+        try:
+            leaf = decode_leaf(line.leaf)
+        except LedgerError as exc:
+            add("leaf-malformed", f"the leaf: {exc}", number, index)
+            return
+        if self.proofs is not None and not self.proofs.check(index, line.leaf, line.proof):
+            add("proof", self.proofs.explain(index, line.leaf, line.proof), number, index)
+        self._order(number, line, leaf)
+        if line.role in ("row", "other"):
+            self._opening(number, line, leaf)
+        else:
+            self._boundary(number, line, leaf)
+
+    def _order(self, number: int, line: _Line, leaf: Leaf) -> None:
+        add, index, last = self.report.add, line.index, self.last
+        if last is not None and index <= last[1]:
+            code = "duplicate" if index == last[1] else "order"
+            add(code, f"index {index} after index {last[1]} (line {last[0]})", number, index)
+        if self.seen_after:
+            add("role", "a line after the chain's 'after' line", number, index)
+        if line.role == "before" and last is not None:
+            add("role", "'before' is the first entry line", number, index)
+        self.seen_after |= line.role == "after"
+        if self.chain is not None:
+            self._link(number, line, leaf)
+        self.last = (number, index, line.role)
+
+    def _link(self, number: int, line: _Line, leaf: Leaf) -> None:
+        add, index, last = self.report.add, line.index, self.last
+        if leaf.pseudonym is None or not hmac.compare_digest(leaf.pseudonym, self.chain or b""):
+            add("chain-foreign", "the entry is not in the patient's chain", number, index)
+            return
+        previous = leaf.previous
+        if last is None:
+            if line.role != "before" and previous is not None:
+                add(
+                    "chain-gap",
+                    f"entry {previous} of the chain, before this one, is missing",
+                    number,
+                    index,
+                )
+            return
+        if previous == last[1]:
+            return
+        if previous is not None and previous > last[1]:
+            add("chain-gap", f"entry {previous} of the chain is missing (dropped)", number, index)
+        else:
+            add(
+                "chain-inserted",
+                f"the line before (line {last[0]}, index {last[1]}) is not this entry's "
+                f"previous ({previous}): inserted",
+                number,
+                index,
+            )
+
+    def _boundary(self, number: int, line: _Line, leaf: Leaf) -> None:
+        since, until = self.header["since"], self.header["until"]
+        if line.role == "before" and since is not None and leaf.recorded_us >= since:
+            self.report.add("scope", "the 'before' entry is inside the period", number, line.index)
+        if line.role == "after" and until is not None and leaf.recorded_us <= until:
+            self.report.add("scope", "the 'after' entry is inside the period", number, line.index)
+
+    def _opening(self, number: int, line: _Line, leaf: Leaf) -> None:
+        add, index, opening = self.report.add, line.index, line.opening
+        if line.role == "row":
+            self.report.rows += 1
+        if opening is None:
+            # A crypto-shredded entry cannot be opened; its row may say only what its leaf does.
+            if line.role == "row" and line.columns == shredded_columns(index, leaf):
+                self.report.shredded += 1
+            else:
+                add("opening", "the line has no opening (salt, evidence)", number, index)
+            return
+        try:
+            commitment = commit_evidence(opening.salt, opening.evidence)
+        except LedgerError as exc:
+            add("commitment", str(exc), number, index)
+            return
+        if not hmac.compare_digest(commitment, leaf.commitment):
+            add("commitment", "the evidence is not what the leaf commits to", number, index)
+            return
+        if self.opener is None:
+            return
+        try:
+            row = self.opener(opening, leaf, index)
+        except (ValueError, LedgerError) as exc:
+            add("opening", f"the evidence does not open: {exc}", number, index)
+            return
+        self._row(number, line, leaf, row)
+
+    def _row(self, number: int, line: _Line, leaf: Leaf, row: AuditRow) -> None:
+        add, index, header = self.report.add, line.index, self.header
+        if line.role == "row":
+            expected = tuple(self.columns(row) if self.columns else row_columns(row))
+            if line.columns != expected:
+                edited = _differing(self.names, line.columns, expected)
+                add("edited", f"columns differ from the entry's facts: {edited}", number, index)
+        since, until = header["since"], header["until"]
+        outside = (since is not None and leaf.recorded_us < since) or (
+            until is not None and leaf.recorded_us > until
+        )
+        if outside:
+            add("scope", "the entry is outside the export's period", number, index)
+        if header.get("patient") is not None and row.patient != header["patient"]:
+            add("scope", "the entry is about another patient", number, index)
+        if line.role == "row" and header.get("agent") is not None and row.agent != header["agent"]:
+            add("scope", "the entry is another user's", number, index)
+        if self.rule is not None and self.rule(row) != (line.role == "row"):
+            which = "left out of" if line.role == "row" else "belongs in"
+            add("membership", f"the report's rule says this entry {which} it", number, index)
+
+    def finish(self) -> None:
+        if self.header["chain"] is not None and self.last is None:
+            self.report.add("chain-gap", "a per-patient export with no entry line", None)
+
+
+def _differing(names: Sequence[str], given: Sequence[str] | None, expected: Sequence[str]) -> str:
+    if given is None or len(given) != len(expected):
+        return "the row's cells"
+    return ", ".join(n for n, a, b in zip(names, given, expected, strict=False) if a != b)
+
+
+class InclusionChecker:
+    """RFC 9162 §2.1.3.2 inclusion checks against one checkpoint, with authenticated nodes
+    cached by (level, position) (see the module docstring)."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.size = checkpoint.size
+        self.root = checkpoint.root_hash
+        self.cache: dict[tuple[int, int], bytes] = {}
+
+    def check(self, index: int, leaf: bytes, proof: bytes) -> bool:
+        if not 0 <= index < self.size or len(proof) % HASH_SIZE:
+            return False
+        cache, seen = self.cache, []
+        fn, sn, k, r = index, self.size - 1, 0, leaf_hash(leaf)
+        for i in range(0, len(proof), HASH_SIZE):
+            known = cache.get((k, fn))
+            if known is not None:
+                return known == r and self._rest(fn, sn, k, proof, i)
+            seen.append(((k, fn), r))
+            if sn == 0:
+                return False
+            p = proof[i : i + HASH_SIZE]
+            if fn & 1 or fn == sn:
+                while not fn & 1 and fn:
+                    fn, sn, k = fn >> 1, sn >> 1, k + 1
+                if not fn:
+                    return False
+                seen.append(((k, fn), r))  # a right-edge node promoted up unchanged
+                seen.append(((k, fn - 1), p))
+                r = _SHA(_NODE + p + r).digest()
+            else:
+                seen.append(((k, fn + 1), p))
+                r = _SHA(_NODE + r + p).digest()
+            fn, sn, k = fn >> 1, sn >> 1, k + 1
+        if sn != 0 or not hmac.compare_digest(r, self.root):
+            return False
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        cache.update(seen)
+        cache[(k, fn)] = r
+        return True
+
+    def _rest(self, fn: int, sn: int, k: int, proof: bytes, i: int) -> bool:
+        """The proof's hashes from ``i`` on are the cached siblings of an authenticated node."""
+        cache = self.cache
+        for j in range(i, len(proof), HASH_SIZE):
+            if sn == 0:
+                return False
+            if fn & 1 or fn == sn:
+                while not fn & 1 and fn:
+                    fn, sn, k = fn >> 1, sn >> 1, k + 1
+                if not fn:
+                    return False
+                sibling = (k, fn - 1)
+            else:
+                sibling = (k, fn + 1)
+            if cache.get(sibling) != proof[j : j + HASH_SIZE]:
+                return False
+            fn, sn, k = fn >> 1, sn >> 1, k + 1
+        return sn == 0
+
+    def explain(self, index: int, leaf: bytes, proof: bytes) -> str:
+        """Why the proof fails, as the reference verifier says it."""
+        hashes = [proof[i : i + HASH_SIZE] for i in range(0, len(proof), HASH_SIZE)]
+        try:
+            verify_inclusion(leaf_hash(leaf), index, self.size, hashes, self.root)
+        except LedgerError as exc:
+            return f"inclusion proof: {exc}"
+        return "inclusion proof: its hashes are not the tree's"

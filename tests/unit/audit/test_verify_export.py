@@ -1,0 +1,303 @@
+"""verify_export: an untouched export verifies; every kind of edit is reported by line and index."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from collections.abc import Callable
+
+import pytest
+
+from middleware.audit.row import AuditRow
+from middleware.audit.verify_export import ExportReport, verify_file
+from middleware.ledger.checkpoint import Checkpoint
+from middleware.ledger.receipt import TlogProof, format_receipt
+from middleware.ledger.signing import SigningKey
+from middleware.ledger.tree import MerkleLevels
+from tests.contract.helpers import KEY, ORIGIN
+from tests.unit.audit.export_fixtures import POLICY, Log, build_log, export, fake_opener
+
+LOG = build_log()
+# Patient a's chain is 0 1 3 4 6 7 9 10 (b has every third entry); the period, hours 2..8,
+# holds 3 4 6 7 with 1 before it and 9 after it.
+PERIOD = [3, 4, 6, 7]
+
+
+def check(text: str, **kwargs: object) -> ExportReport:
+    return verify_file(io.StringIO(text), POLICY, opener=fake_opener, **kwargs)  # type: ignore[arg-type]
+
+
+def codes(report: ExportReport) -> set[str]:
+    return {f.code for f in report.findings}
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"], ids=["ndjson", "csv"])
+def test_an_untouched_export_verifies(fmt: str) -> None:
+    report = check(export(LOG, fmt=fmt))
+    assert report.ok, report.findings
+    assert (report.rows, report.lines, report.size) == (4, 6, LOG.size)
+
+
+def test_the_lines_are_the_patient_s_chain_in_the_period() -> None:
+    lines = [json.loads(line) for line in export(LOG).splitlines()[1:]]
+    assert [(line["role"], line["index"]) for line in lines] == [
+        ("before", 1),
+        *(("row", i) for i in PERIOD),
+        ("after", 9),
+    ]
+    assert "salt" not in lines[0]  # the boundaries disclose nothing
+    assert "columns" not in lines[-1]
+
+
+# -- NDJSON tampering: (edit of the list of lines, expected codes, line of the first finding) ---
+
+Lines = list[str]
+
+
+def _ndjson(edit: Callable[[Lines], None]) -> str:
+    lines = export(LOG).splitlines()
+    edit(lines)
+    return "\n".join(lines) + "\n"
+
+
+def _set(line: int, key: str, value: object) -> Callable[[Lines], None]:
+    def edit(lines: Lines) -> None:
+        obj = json.loads(lines[line - 1])
+        target = obj["columns"] if key in obj.get("columns", {}) else obj
+        target[key] = value
+        lines[line - 1] = json.dumps(obj)
+
+    return edit
+
+
+def _drop(line: int) -> Callable[[Lines], None]:
+    def edit(lines: Lines) -> None:
+        del lines[line - 1]
+
+    return edit
+
+
+def _swap(a: int, b: int) -> Callable[[Lines], None]:
+    def edit(lines: Lines) -> None:
+        lines[a - 1], lines[b - 1] = lines[b - 1], lines[a - 1]
+
+    return edit
+
+
+def _insert_from(other: str, index: int, at: int) -> Callable[[Lines], None]:
+    """Insert the line of ``index`` from another patient's export (genuine leaf and proof)."""
+    found = next(line for line in other.splitlines()[1:] if json.loads(line)["index"] == index)
+    return lambda lines: lines.insert(at - 1, found)
+
+
+def _forge(at: int) -> Callable[[Lines], None]:
+    """A made-up row: a copy of line 3 claiming the unused index 5 (patient b's)."""
+
+    def edit(lines: Lines) -> None:
+        obj = json.loads(lines[2])
+        obj["index"] = 5
+        lines.insert(at - 1, json.dumps(obj))
+
+    return edit
+
+
+def _older_checkpoint(lines: Lines) -> None:
+    header = json.loads(lines[0])
+    tree = MerkleLevels.of_leaves(LOG.leaves)
+    header["checkpoint"] = KEY.sign_checkpoint(Checkpoint(ORIGIN, 11, tree.root(11)))
+    lines[0] = json.dumps(header)
+
+
+def _stranger_checkpoint(lines: Lines) -> None:
+    header = json.loads(lines[0])
+    stranger = SigningKey.from_seed(ORIGIN, bytes([9]) * 32)
+    root = MerkleLevels.of_leaves(LOG.leaves).root()
+    header["checkpoint"] = stranger.sign_checkpoint(Checkpoint(ORIGIN, LOG.size, root))
+    lines[0] = json.dumps(header)
+
+
+def _b64_flip(line: int, key: str) -> Callable[[Lines], None]:
+    def edit(lines: Lines) -> None:
+        obj = json.loads(lines[line - 1])
+        data = bytearray(base64.b64decode(obj[key]))
+        data[-1] ^= 1
+        obj[key] = base64.b64encode(bytes(data)).decode()
+        lines[line - 1] = json.dumps(obj)
+
+    return edit
+
+
+B_EXPORT = export(LOG, "Patient/b")
+
+NDJSON_CASES = [
+    # Edits of a row's columns: what the facts say wins.
+    (_set(3, "agent", "Practitioner/nobody"), {"edited"}, 3),
+    (_set(4, "purposes", ""), {"edited"}, 4),
+    # Dropped lines: the next leaf names the missing index.
+    (_drop(3), {"chain-gap"}, 3),
+    (_drop(2), {"chain-gap"}, 2),
+    (_drop(5), {"chain-gap"}, 5),
+    # Inserted lines: another patient's genuine entry, a forged one.
+    (_insert_from(B_EXPORT, 5, 4), {"chain-foreign", "scope"}, 4),
+    (_forge(5), {"proof", "chain-inserted"}, 5),
+    # Reordered lines.
+    (_swap(3, 4), {"order", "chain-gap", "chain-inserted"}, 3),
+    # A line repeated.
+    (lambda lines: lines.insert(3, lines[2]), {"duplicate", "chain-inserted"}, 4),
+    # The header's checkpoint: an older genuine one, another key's, an edited one.
+    (_older_checkpoint, {"proof"}, 2),
+    (_stranger_checkpoint, {"checkpoint-signature"}, 1),
+    (_set(1, "checkpoint", "not a note"), {"checkpoint-signature"}, 1),
+    # The proofs themselves: evidence, leaf, proof hash, index.
+    (_b64_flip(3, "evidence"), {"commitment"}, 3),
+    (_b64_flip(3, "salt"), {"commitment"}, 3),
+    (_b64_flip(3, "proof"), {"proof"}, 3),
+    (_b64_flip(2, "leaf"), {"proof"}, 2),
+    (_set(3, "index", 2), {"proof", "chain-gap"}, 3),
+    (_set(3, "evidence", base64.b64encode(b"{}").decode()), {"commitment"}, 3),
+    (lambda lines: lines.insert(2, "{not json"), {"line-malformed"}, 3),
+    (_set(1, "format", "something-else/v9"), {"header-format"}, 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected", "line"),
+    NDJSON_CASES,
+    ids=[
+        "edited-agent",
+        "edited-purposes",
+        "dropped-row",
+        "dropped-before",
+        "dropped-last-row",
+        "inserted-other-patient",
+        "inserted-forged",
+        "swapped-rows",
+        "repeated-row",
+        "older-checkpoint",
+        "untrusted-checkpoint",
+        "garbled-checkpoint",
+        "evidence-edited",
+        "salt-edited",
+        "proof-edited",
+        "leaf-edited",
+        "index-edited",
+        "evidence-replaced",
+        "garbage-line",
+        "other-format",
+    ],
+)
+def test_each_ndjson_edit_is_found(
+    edit: Callable[[Lines], None], expected: set[str], line: int
+) -> None:
+    report = check(_ndjson(edit))
+    assert not report.ok
+    assert expected <= codes(report), report.findings
+    assert report.findings[0].line == line
+
+
+def test_a_dropped_row_names_the_missing_index() -> None:
+    report = check(_ndjson(_drop(3)))  # index 3
+    assert [(f.code, f.line, f.index) for f in report.findings] == [("chain-gap", 3, 4)]
+    assert "entry 3 " in report.findings[0].message
+
+
+# -- CSV tampering -------------------------------------------------------------------------
+
+
+def _csv(edit: Callable[[list[list[str]]], None]) -> str:
+    text = export(LOG, fmt="csv")
+    first, _, rest = text.partition("\r\n")
+    records = list(csv.reader(io.StringIO(rest)))
+    edit(records)
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\r\n").writerows(records)
+    return first + "\r\n" + out.getvalue()
+
+
+def _cell(record: int, column: str, value: str) -> Callable[[list[list[str]]], None]:
+    def edit(records: list[list[str]]) -> None:
+        records[record][records[0].index(column)] = value
+
+    return edit
+
+
+CSV_CASES = [
+    (_cell(2, "agent", "Practitioner/x"), {"edited"}, 4),
+    (_cell(2, "recorded", "2026-01-01T00:00:00.000000Z"), {"edited"}, 4),
+    (_cell(3, "shredded", "true"), {"edited"}, 5),
+    (lambda records: records.pop(3) and None, {"chain-gap"}, 5),
+    (_cell(2, "ledger_index", "4"), {"proof", "duplicate", "chain-inserted"}, 4),
+    (_cell(2, "role", "other"), set(), None),  # a row hidden as "other": no rule given
+    (_cell(0, "agent", "who"), {"line-malformed"}, 2),
+    (lambda records: records[2].pop(), {"line-malformed"}, 4),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected", "line"),
+    CSV_CASES,
+    ids=[
+        "edited-cell",
+        "edited-time",
+        "marked-shredded",
+        "dropped-record",
+        "renumbered",
+        "hidden-as-other",
+        "renamed-column",
+        "short-record",
+    ],
+)
+def test_each_csv_edit_is_found(
+    edit: Callable[[list[list[str]]], None], expected: set[str], line: int | None
+) -> None:
+    report = check(_csv(edit))
+    assert expected <= codes(report), report.findings
+    if line is not None:
+        assert not report.ok
+        assert report.findings[0].line == line
+
+
+def _is_research(row: AuditRow) -> bool:
+    return any(p.endswith("|HRESCH") for p in row.purposes)
+
+
+@pytest.mark.parametrize(
+    ("exclude", "ok"),
+    [(frozenset({3, 7}), True), (frozenset(), False), (frozenset({3, 4, 6, 7}), False)],
+    ids=["as-the-rule-says", "exempt-rows-listed", "accountable-rows-hidden"],
+)
+def test_a_report_rule_decides_rows_and_others(exclude: frozenset[int], ok: bool) -> None:
+    """With the report's rule (here: research disclosures are accountable), a row the rule
+    leaves out, or an 'other' line it includes, is a membership finding."""
+    text = export(LOG, exclude=exclude)
+    report = check(text, rules={"access-report": _is_research})
+    assert report.ok == ok, report.findings
+    assert ok or codes(report) == {"membership"}
+
+
+def test_without_an_opener_the_openings_are_unchecked_and_said_so() -> None:
+    report = verify_file(io.StringIO(export(LOG)), POLICY, opener=None)
+    assert codes(report) == {"no-opener"}
+
+
+# -- receipts -----------------------------------------------------------------------------
+
+
+def _receipt(log: Log, index: int, *, flip: bool = False) -> str:
+    tree = MerkleLevels.of_leaves(log.leaves)
+    leaf = bytearray(log.leaves[index])
+    if flip:
+        leaf[20] ^= 1
+    proof = TlogProof(index, tuple(tree.inclusion_proof(index)), log.note, bytes(leaf))
+    return format_receipt(proof)
+
+
+@pytest.mark.parametrize(
+    ("flip", "expected"), [(False, set()), (True, {"proof"})], ids=["genuine", "leaf-edited"]
+)
+def test_a_receipt_is_checked_by_the_same_command(flip: bool, expected: set[str]) -> None:
+    report = check(_receipt(LOG, 4, flip=flip))
+    assert report.kind == "receipt"
+    assert codes(report) == expected
