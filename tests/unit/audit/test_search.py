@@ -18,9 +18,17 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 AET = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 
 
-def us(*args: int, tz: timezone = UTC) -> int:
+def us(
+    year: int,
+    month: int,
+    day: int,
+    hour: int = 0,
+    minute: int = 0,
+    second: int = 0,
+    tz: timezone = UTC,
+) -> int:
     """Microseconds since the epoch of a datetime (an independent computation)."""
-    moment = datetime(*args, tzinfo=tz)  # type: ignore[misc]
+    moment = datetime(year, month, day, hour, minute, second, tzinfo=tz)
     return round(moment.timestamp() * 1_000_000)
 
 
