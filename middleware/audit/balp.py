@@ -60,6 +60,7 @@ __all__ = [
     "consent_decision_event",
     "exchange_events",
     "interaction_codes",
+    "is_query",
 ]
 
 _AUDIT_EVENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type"
@@ -125,6 +126,12 @@ def interaction_codes(interaction: Interaction) -> tuple[str | None, str]:
     interaction) and ``action`` for ``interaction``: what the audit index records of it."""
     shape = _SHAPES[interaction]
     return shape.subtype, shape.action
+
+
+def is_query(interaction: Interaction) -> bool:
+    """Whether the RESTful event of ``interaction`` carries BALP ``entity[query]`` (the raw
+    request, which must then not be empty)."""
+    return _SHAPES[interaction].query
 
 
 def exchange_events(

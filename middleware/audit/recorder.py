@@ -1,16 +1,20 @@
 """The audit recorder: one FHIR exchange through the gateway becomes ledger entries.
 
 Each entry is a PHI-free leaf (kind, flags, time, the patient's random pseudonym, the consent
-index the decision relied on) committing to its evidence: the IHE BALP AuditEvents of the
-exchange (https://profiles.ihe.net/ITI/BALP/), canonically encoded as a FHIR R4 ``collection``
-Bundle (http://hl7.org/fhir/R4/bundle.html) and kept beside the ledger, never in it.
+index the decision relied on) committing to its evidence: the exchange's audit facts
+(:mod:`middleware.audit.facts`, planned by :mod:`middleware.audit.plan`) sealed under the
+patient's evidence key (:mod:`middleware.audit.evidence`), kept beside the ledger, never in
+it. The IHE BALP AuditEvents (https://profiles.ihe.net/ITI/BALP/) are rendered from the facts
+when read (:mod:`middleware.audit.render`), never on the request's hot path. Each entry
+carries its audit-index row (:func:`~middleware.audit.facts.row_of`), which the store writes
+in the append's transaction.
 
 :meth:`AuditRecorder.record` writes one entry per patient of :attr:`Exchange.decisions`, in
 order, or one entry without a pseudonym when the exchange names no patient. What each entry
 says depends on the phase:
 
 ========  ===============================  ====================================================
-phase     kind                             evidence
+phase     kind                             events rendered from the evidence
 ========  ===============================  ====================================================
 exchange  ``DISCLOSURE`` for a released    the BALP AuthZconsent event (when a consent decision
           patient (status < 400), else     was taken), then the BALP RESTful event of the
@@ -32,9 +36,11 @@ and the caller must release nothing (ARCHITECTURE invariant 1: no response witho
 entry). The exception is a write's ``outcome``: the upstream has applied the write already, so
 with an :class:`~middleware.audit.outbox.Outbox` its entries, refused by the ledger, are made
 durable there instead and the call returns (no indexes yet); :meth:`AuditRecorder.replay`
-moves them into the ledger later. Outcome entries carry a gateway-made idempotency key (a
-random batch id, never the client's ``X-Request-Id``: a reused id must never suppress an
-entry), so a replay of an append that did commit records nothing twice.
+moves them into the ledger later. A row keeps its facts sealed when the patient's key was at
+hand, else unsealed (the outbox row's MAC covers them either way); replay seals them. Outcome
+entries carry a gateway-made idempotency key (a random batch id, never the client's
+``X-Request-Id``: a reused id must never suppress an entry), so a replay of an append that
+did commit records nothing twice.
 """
 
 from __future__ import annotations
@@ -47,31 +53,31 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from types import MappingProxyType
 from typing import Literal, Protocol
 
-from middleware.audit.alerts import break_glass_events, consent_decision_event, relied_on
-from middleware.audit.balp import exchange_events
+from middleware.audit.evidence import (
+    NO_PATIENT,
+    Opening,
+    PatientKeys,
+    is_sealed,
+    open_entry,
+    seal_facts,
+)
+from middleware.audit.facts import decode_facts, encode_facts, row_of
 from middleware.audit.outbox import Lease, OpenIntent, Outbox, OutboxRow
-from middleware.audit.parts import AgentInfo, Json, patient_reference
+from middleware.audit.parts import AgentInfo
+from middleware.audit.plan import Exchange, Phase, Planned, plan, plan_break_glass
 from middleware.auth.identity import Identity
-from middleware.consent.decide import Decision
 from middleware.errors import ServiceUnavailable
-from middleware.fhir.jsoncodec import encode_canonical
-from middleware.fhir.request import FhirRequest
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import PSEUDONYM_SIZE, EntryFlag, EntryKind, micros, new_salt
-from middleware.ledger.signing import keyed_digest, new_box_key
+from middleware.ledger.signing import evidence_key, keyed_digest, new_box_key
 from middleware.logging import get_logger
 
 __all__ = ["Appender", "AuditRecorder", "Exchange", "Phase"]
-
-Phase = Literal["exchange", "decision", "outcome"]
-"""``exchange``: reads, searches and every denied or failed request, once answered;
-``decision``: a write, before it is forwarded; ``outcome``: a write, once upstream answered."""
 
 _PHASES: frozenset[str] = frozenset({"exchange", "decision", "outcome"})
 _NO_PATIENT = bytes(PSEUDONYM_SIZE)
@@ -84,52 +90,6 @@ class Appender(Protocol):
     async def append(self, entry: NewEntry) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Exchange:
-    """What the pipeline knows about one exchange when it is audited.
-
-    ``identity`` is None for an unauthenticated (401) request. ``status`` is the HTTP status
-    sent (or to be sent) to the client. ``raw_request`` is the request as received (target and
-    query, plus the form body of ``POST _search``); it may be empty except for queries.
-    ``decisions`` maps each patient the exchange touched or named (``Patient/<id>``, order
-    kept) to the consent decision taken for it, or None when none was needed (a patient
-    reading their own record). ``released`` are the patients whose data reached the client;
-    ``resource_refs`` the ``Type/id`` of the resources released or written. ``narrowed``: the
-    answer was filtered, the query pinned or the resource redacted. ``mapping``: the mapping
-    profile the exchange went through and the digest of its files (``<id> sha256:<hex>``,
-    issue #6 provenance), None without one.
-    """
-
-    request: FhirRequest
-    identity: Identity | None
-    status: int
-    request_id: str
-    raw_request: bytes
-    client_address: str | None
-    decisions: Mapping[str, Decision | None] = field(default_factory=dict, hash=False)
-    released: frozenset[str] = frozenset()
-    resource_refs: Sequence[str] = ()
-    narrowed: bool = False
-    break_glass: bool = False
-    mapping: str | None = None
-
-    def __post_init__(self) -> None:
-        # Frozen in fact, not only in name: the caller's dict or list may change afterwards.
-        object.__setattr__(self, "decisions", MappingProxyType(dict(self.decisions)))
-        object.__setattr__(self, "resource_refs", tuple(self.resource_refs))
-
-
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    """One entry before its pseudonym is known: ``patient`` is ``Patient/<id>`` or None."""
-
-    kind: EntryKind
-    patient: str | None
-    events: list[Json]
-    flags: EntryFlag
-    consent: int | None
-
-
 class AuditRecorder:
     """Writes the ledger entries of exchanges; one per gateway, shared by all requests.
 
@@ -140,7 +100,9 @@ class AuditRecorder:
     ``outbox``: where a write's outcome entries wait when the ledger refuses them (module
     docstring); without one, that failure raises like any other. ``live_for``: seconds an
     intent of this process is taken for a write in flight (more than an upstream exchange
-    can last); ``clock``: monotonic seconds.
+    can last); ``clock``: monotonic seconds. ``keys``: the patients' evidence keys (over the
+    store's key table); without it, keys this process alone holds (tests), readable through
+    :attr:`keys`.
 
     ``row_key`` (32 bytes; ``derive_box_key(ledger key, "outbox")``) MACs every outbox row;
     a row whose MAC does not verify, or of a kind other than ``ACCESS_OUTCOME``, is
@@ -166,6 +128,7 @@ class AuditRecorder:
         row_key: bytes | None = None,
         max_attempts: int = 20,
         give_up_after: float = 3600.0,
+        keys: PatientKeys | None = None,
     ) -> None:
         if max_cached_pseudonyms < 1:
             raise ValueError("max_cached_pseudonyms must be positive")
@@ -177,6 +140,7 @@ class AuditRecorder:
         self._wall_clock = wall_clock
         self._max_cached = max_cached_pseudonyms
         self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self.keys = keys or _private_keys()
         self.outbox = outbox
         self._replay_lock = asyncio.Lock()
         # Rows kept since the last replay (rows from an earlier run: start-up replays them).
@@ -215,37 +179,49 @@ class AuditRecorder:
         """
         if phase not in _PHASES:
             raise ValueError(f"unknown audit phase {phase!r}")
-        recorded = datetime.fromtimestamp(self._wall_clock(), UTC)
-        plans = _plan(exchange, phase, recorded, self._gateway)
+        recorded_us = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
+        plans = plan(exchange, phase, recorded_us, self._gateway)
         rid = exchange.request_id
         if phase == "outcome" and self.outbox is not None:
             try:
-                return await self._record_outcome(plans, rid, micros(recorded), self.outbox, intent)
+                return await self._record_outcome(plans, rid, self.outbox, intent)
             finally:
                 # Recorded, or not recordable now: either way the next reconcile may decide it.
                 self._live.pop(intent or "", None)
-        pseudonyms = await self._pseudonyms(rid, [p.patient for p in plans if p.patient])
-        recorded_us = micros(recorded)
-        entries = [
-            NewEntry.create(
-                plan.kind,
-                _bundle(plan.events),
-                recorded_us=recorded_us,
-                pseudonym=None if plan.patient is None else pseudonyms[plan.patient],
-                consent=plan.consent,
-                flags=plan.flags,
-            )
-            for plan in plans
-        ]
-        indexes = await self._append_all(entries, rid)
+        indexes = await self._append_all(await self._entries(plans, rid), rid)
         self._kick()
         return indexes
 
+    async def _entries(self, plans: list[Planned], rid: str) -> list[NewEntry]:
+        """The ledger entries of ``plans``: facts sealed, each with its audit-index row."""
+        pseudonyms = await self._pseudonyms(
+            rid, [p.facts.patient for p in plans if p.facts.patient]
+        )
+        named = [None if p.facts.patient is None else pseudonyms[p.facts.patient] for p in plans]
+        keys = await self._keys(rid, named)
+        out: list[NewEntry] = []
+        for p, pseudonym in zip(plans, named, strict=True):
+            salt = new_salt()
+            sealed = seal_facts(keys[pseudonym or NO_PATIENT], salt, encode_facts(p.facts))
+            row = row_of(p.facts, kind=p.kind, flags=p.flags, pseudonym=pseudonym)
+            out.append(
+                NewEntry(
+                    kind=p.kind,
+                    recorded_us=p.facts.recorded_us,
+                    salt=salt,
+                    evidence=sealed,
+                    pseudonym=pseudonym,
+                    consent=p.consent,
+                    flags=p.flags,
+                    row=row,
+                )
+            )
+        return out
+
     async def _record_outcome(
         self,
-        plans: list[_Planned],
+        plans: list[Planned],
         rid: str,
-        recorded_us: int,
         outbox: Outbox,
         intent: str | None,
     ) -> list[int]:
@@ -254,14 +230,11 @@ class AuditRecorder:
         the outbox and ``[]`` is returned. Raises ServiceUnavailable only when the outbox
         cannot take them either. The intent is settled either way."""
         batch = intent or uuid.uuid4().hex
-        try:
-            pseudonyms = await self._pseudonyms(rid, [p.patient for p in plans if p.patient])
-        except ServiceUnavailable:
-            pseudonyms = {}  # resolved on replay, from the patient reference kept in the row
-        rows = self._rows(plans, rid, recorded_us, pseudonyms, batch)
+        rows = await self._rows(plans, rid, batch)
         if all(row.patient is None for row in rows):
             try:
-                indexes = await self._append_all([_entry(row, row.pseudonym) for row in rows], rid)
+                entries = [await self._entry(row, row.pseudonym) for row in rows]
+                indexes = await self._append_all(entries, rid)
             except ServiceUnavailable:
                 pass  # to the outbox, under the same keys (a lost commit is not doubled)
             else:
@@ -287,30 +260,90 @@ class AuditRecorder:
         )
         return []
 
-    def _rows(
-        self,
-        plans: list[_Planned],
-        rid: str,
-        recorded_us: int,
-        pseudonyms: Mapping[str, bytes],
-        batch: str,
-    ) -> list[OutboxRow]:
-        rows = [
-            OutboxRow(
-                request_id=rid,
-                kind=int(plan.kind),
-                recorded_us=recorded_us,
-                salt=new_salt(),
-                evidence=_bundle(plan.events),
-                pseudonym=pseudonyms.get(plan.patient) if plan.patient else None,
-                patient=plan.patient if plan.patient not in pseudonyms else None,
-                consent=plan.consent,
-                flags=int(plan.flags),
-                idempotency_key=f"outcome:{batch}:{n}",
-            )
-            for n, plan in enumerate(plans)
+    async def _rows(self, plans: list[Planned], rid: str, batch: str) -> list[OutboxRow]:
+        """The outbox rows of ``plans`` under idempotency keys of ``batch``. A pseudonym or key
+        the stores cannot give now is left for replay: the row keeps the ``Patient/<id>`` and
+        its facts unsealed."""
+        patients = [p.facts.patient for p in plans if p.facts.patient]
+        try:
+            pseudonyms = await self._pseudonyms(rid, patients)
+        except ServiceUnavailable:
+            pseudonyms = {}  # resolved on replay, from the patient reference kept in the row
+        named = [
+            None if p.facts.patient is None else pseudonyms.get(p.facts.patient) for p in plans
         ]
+        try:
+            keys = await self._keys(
+                rid, [n for n, p in zip(named, plans, strict=True) if n or not p.facts.patient]
+            )
+        except ServiceUnavailable:
+            keys = {}  # sealed on replay
+        rows = []
+        for n, (p, pseudonym) in enumerate(zip(plans, named, strict=True)):
+            salt = new_salt()
+            facts = encode_facts(p.facts)
+            key = keys.get(pseudonym or NO_PATIENT) if pseudonym or not p.facts.patient else None
+            rows.append(
+                OutboxRow(
+                    request_id=rid,
+                    kind=int(p.kind),
+                    recorded_us=p.facts.recorded_us,
+                    salt=salt,
+                    evidence=facts if key is None else seal_facts(key, salt, facts),
+                    pseudonym=pseudonym,
+                    patient=p.facts.patient if pseudonym is None else None,
+                    consent=p.consent,
+                    flags=int(p.flags),
+                    idempotency_key=f"outcome:{batch}:{n}",
+                )
+            )
         return [replace(row, mac=_row_mac(self._row_key, row)) for row in rows]
+
+    async def _entry(self, row: OutboxRow, pseudonym: bytes | None) -> NewEntry:
+        """The ledger entry an outbox row stands for (its salt and key kept: the same entry),
+        its facts sealed now if they were not, with its audit-index row. Evidence from before
+        sealed facts (a JSON Bundle) is appended as it is, without a row. Raises
+        ServiceUnavailable when the key cannot be had, ValueError for a row that does not
+        open or decode."""
+        evidence = row.evidence
+        audit_row = None
+        if not evidence.startswith(b"{"):
+            key = (await self._keys(row.request_id, [pseudonym]))[pseudonym or NO_PATIENT]
+            if is_sealed(evidence):
+                facts = open_entry(Opening(row.salt, evidence, evidence_key(key, row.salt)))
+            else:
+                facts = decode_facts(evidence)
+                evidence = seal_facts(key, row.salt, evidence)
+            audit_row = row_of(facts, kind=row.kind, flags=row.flags, pseudonym=pseudonym)
+        return NewEntry(
+            kind=EntryKind(row.kind),
+            recorded_us=row.recorded_us,
+            salt=row.salt,
+            evidence=evidence,
+            pseudonym=pseudonym,
+            consent=row.consent,
+            flags=EntryFlag(row.flags),
+            idempotency_key=row.idempotency_key,
+            row=audit_row,
+        )
+
+    async def _keys(self, rid: str, pseudonyms: Iterable[bytes | None]) -> dict[bytes, bytes]:
+        """The evidence keys of ``pseudonyms`` (None: the no-patient key), by pseudonym;
+        cached ones without I/O. Raises ServiceUnavailable when the store cannot give one."""
+        found: dict[bytes, bytes] = {}
+        missing: list[bytes] = []
+        for pseudonym in dict.fromkeys(p or NO_PATIENT for p in pseudonyms):
+            key = self.keys.cached(pseudonym)
+            if key is None:
+                missing.append(pseudonym)
+            else:
+                found[pseudonym] = key
+        results = await asyncio.gather(*(self.keys.key(p) for p in missing), return_exceptions=True)
+        for pseudonym, result in zip(missing, results, strict=True):
+            if isinstance(result, BaseException):
+                raise _unavailable(rid, result) from result
+            found[pseudonym] = result
+        return found
 
     def _lease(self) -> Lease:
         """This process's lease, running ``live_for`` seconds from now."""
@@ -339,11 +372,11 @@ class AuditRecorder:
         intent = uuid.uuid4().hex
         held: dict[str, list[OutboxRow]] = {}
         for name, exchange in variants.items():
-            recorded = datetime.fromtimestamp(self._wall_clock(), UTC)
-            plans = _plan(exchange, "outcome", recorded, self._gateway)
+            recorded_us = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
+            plans = plan(exchange, "outcome", recorded_us, self._gateway)
             rid = exchange.request_id
-            pseudonyms = await self._pseudonyms(rid, [p.patient for p in plans if p.patient])
-            held[name] = self._rows(plans, rid, micros(recorded), pseudonyms, intent)
+            await self._pseudonyms(rid, [p.facts.patient for p in plans if p.facts.patient])
+            held[name] = await self._rows(plans, rid, intent)
         self._live[intent] = self._clock()
         try:
             created = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
@@ -449,7 +482,7 @@ class AuditRecorder:
                 if pseudonym is None and row.patient is not None:
                     found = await self._pseudonyms(row.request_id, [row.patient])
                     pseudonym = found[row.patient]
-                entry = _entry(row, pseudonym)
+                entry = await self._entry(row, pseudonym)
             except ServiceUnavailable:
                 break  # the pseudonym store still refuses: the rows wait for the next replay
             except (ValueError, TypeError):
@@ -508,41 +541,17 @@ class AuditRecorder:
         """Append the emergency-override events (DICOM 110127 started / 110138 stopped,
         tagged for review) of ``identity`` for ``patients``: one entry per patient, flagged
         ``BREAK_THE_GLASS`` (and ``PERMIT`` when started). Raises ServiceUnavailable."""
-        recorded = datetime.fromtimestamp(self._wall_clock(), UTC)
-        refs = [patient_reference(p) for p in patients]
-        flags = EntryFlag.BREAK_THE_GLASS | (
-            EntryFlag.PERMIT if phase == "started" else EntryFlag.NONE
-        )
-        events = break_glass_events(
+        plans = plan_break_glass(
             phase,
             identity=identity,
-            patients=refs,
-            recorded=recorded,
+            patients=patients,
+            recorded_us=micros(datetime.fromtimestamp(self._wall_clock(), UTC)),
             request_id=request_id,
             gateway=self._gateway,
             client_address=client_address,
+            reason=reason,
         )
-        if reason is not None:
-            # The caller's stated reason, for the reviewer (R4 AuditEvent.entity.detail).
-            for event in events:
-                event["entity"].append(
-                    {
-                        "type": {"system": _ENTITY_SYSTEM, "code": "reason"},
-                        "detail": [{"type": "reason", "valueString": reason}],
-                    }
-                )
-        pseudonyms = await self._pseudonyms(request_id, refs)
-        entries = [
-            NewEntry.create(
-                EntryKind.ACCESS_DECISION,
-                _bundle([event]),
-                recorded_us=micros(recorded),
-                pseudonym=pseudonyms[ref],
-                flags=flags,
-            )
-            for ref, event in zip(refs, events, strict=True)
-        ]
-        return await self._append_all(entries, request_id)
+        return await self._append_all(await self._entries(plans, request_id), request_id)
 
     async def _append_all(self, entries: list[NewEntry], request_id: str) -> list[int]:
         """Append ``entries`` and return their indexes, in order. Concurrent, so the
@@ -583,86 +592,6 @@ class AuditRecorder:
             if len(self._cache) > self._max_cached:
                 self._cache.popitem(last=False)
         return found
-
-
-def _plan(
-    exchange: Exchange, phase: Phase, recorded: datetime, gateway: AgentInfo
-) -> list[_Planned]:
-    """The entries of one call, in order (pure)."""
-    x = exchange
-    released = {patient_reference(p) for p in x.released}
-    targets: list[tuple[str | None, Decision | None]] = [
-        (patient_reference(p), d) for p, d in x.decisions.items()
-    ] or [(None, None)]
-    extra = (EntryFlag.NARROWED if x.narrowed else EntryFlag.NONE) | (
-        EntryFlag.BREAK_THE_GLASS if x.break_glass else EntryFlag.NONE
-    )
-
-    def restful(patient: str | None, refs: Sequence[str]) -> Json:
-        (event,) = exchange_events(
-            x.request,
-            identity=x.identity,
-            patients=[] if patient is None else [patient],
-            outcome_status=x.status,
-            recorded=recorded,
-            request_id=x.request_id,
-            raw_request=x.raw_request,
-            gateway=gateway,
-            client_address=x.client_address,
-            resource_refs=refs,
-        )
-        if x.mapping is not None:
-            event["entity"].append(_mapping_entity(x.mapping))
-        return event
-
-    def authz(patient: str | None, decision: Decision | None) -> list[Json]:
-        if decision is None:
-            return []
-        event = consent_decision_event(
-            decision,
-            identity=x.identity,
-            patient=patient,
-            recorded=recorded,
-            request_id=x.request_id,
-            gateway=gateway,
-            client_address=x.client_address,
-        )
-        return [event]
-
-    plans: list[_Planned] = []
-    for patient, decision in targets:
-        flags = extra | (
-            EntryFlag.PERMIT if _permits(phase, x.status, decision) else EntryFlag.NONE
-        )
-        if phase == "exchange":
-            disclosed = x.status < 400 and (patient is None or patient in released)
-            kind = EntryKind.DISCLOSURE if disclosed else EntryKind.ACCESS_DECISION
-            # The released resources belong to released patients: a patient whose data was
-            # withheld is audited against what was asked for (the request's own target).
-            refs = x.resource_refs if disclosed or patient is None else ()
-            events = [*authz(patient, decision), restful(patient, refs)]
-        elif phase == "decision":
-            kind = EntryKind.ACCESS_DECISION
-            events = authz(patient, decision) or [restful(patient, x.resource_refs)]
-        else:
-            kind = EntryKind.ACCESS_OUTCOME
-            events = [restful(patient, x.resource_refs)]
-        plans.append(_Planned(kind, patient, events, flags, _consent_index(decision)))
-    return plans
-
-
-def _entry(row: OutboxRow, pseudonym: bytes | None) -> NewEntry:
-    """The ledger entry an outbox row stands for (its salt and key kept: the same entry)."""
-    return NewEntry(
-        kind=EntryKind(row.kind),
-        recorded_us=row.recorded_us,
-        salt=row.salt,
-        evidence=row.evidence,
-        pseudonym=pseudonym,
-        consent=row.consent,
-        flags=EntryFlag(row.flags),
-        idempotency_key=row.idempotency_key,
-    )
 
 
 def _row_mac(key: bytes, row: OutboxRow) -> bytes:
@@ -718,46 +647,14 @@ def _running(pid: int, started: str) -> bool:
     return True
 
 
-def _permits(phase: Phase, status: int, decision: Decision | None) -> bool:
-    """The PERMIT flag: the status is below 400 and the decision, if any, permits. Before a
-    write is forwarded (phase ``decision``) its status is not known yet: the decision counts."""
-    if phase == "decision" and decision is not None:
-        return decision.permitted
-    return status < 400 and (decision is None or decision.permitted)
+def _private_keys() -> PatientKeys:
+    """Evidence keys held by this process alone (a recorder built without a key store)."""
+    table: dict[bytes, bytes] = {}
 
+    async def audit_key(pseudonym: bytes, candidate: bytes) -> bytes:
+        return table.setdefault(pseudonym, candidate)
 
-def _consent_index(decision: Decision | None) -> int | None:
-    """The leaf's consent index: the newest ledger entry among the consents relied on."""
-    if decision is None:
-        return None
-    return max((i for _, i in relied_on(decision) if i is not None), default=None)
-
-
-def _bundle(events: list[Json]) -> bytes:
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [{"resource": event} for event in events],
-    }
-    return encode_canonical(bundle)
-
-
-_ENTITY_SYSTEM = "https://consentry.dev/CodeSystem/audit-entity"
-
-
-_MAPPING_SYSTEM = "https://consentry.dev/CodeSystem/mapping-profile"
-
-
-def _mapping_entity(mapping: str) -> Json:
-    """An entity naming the mapping profile and the digest of its files (R4 AuditEvent.entity
-    with ``what.identifier`` and a ``detail``), so an auditor can tell which mapping shaped
-    what was released or written."""
-    profile, _, digest = mapping.partition(" ")
-    return {
-        "what": {"identifier": {"system": _MAPPING_SYSTEM, "value": profile}},
-        "type": {"system": _ENTITY_SYSTEM, "code": "mapping-profile"},
-        "detail": [{"type": "files-digest", "valueString": digest}],
-    }
+    return PatientKeys(audit_key, new_box_key())
 
 
 def _unavailable(request_id: str, cause: BaseException) -> ServiceUnavailable:

@@ -17,7 +17,15 @@ from middleware.audit.recorder import AuditRecorder, _row_mac
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryFlag, EntryKind
 from middleware.storage.audit_outbox import SqliteOutbox
-from tests.unit.audit.test_recorder import CREATE, GATEWAY, WHEN, Pseudonyms, exchange
+from tests.unit.audit.test_recorder import (
+    CREATE,
+    GATEWAY,
+    KEYS,
+    WHEN,
+    Pseudonyms,
+    events,
+    exchange,
+)
 
 PROBE = '{"method":"POST","type":"Observation","tag":"x"}'
 KEY = bytes(range(32))
@@ -57,9 +65,19 @@ def variants() -> dict[str, object]:
 def outcomes(ledger: KeyedLedger) -> list[tuple[EntryKind, bool, bool]]:
     """(kind, PERMIT, evidence says 504) of each entry."""
     return [
-        (EntryKind(e.kind), bool(e.flags & EntryFlag.PERMIT), b"HTTP 504" in e.evidence)
+        (
+            EntryKind(e.kind),
+            bool(e.flags & EntryFlag.PERMIT),
+            any(event.get("outcomeDesc") == "HTTP 504" for event in events(e)),
+        )
         for e in ledger.entries
     ]
+
+
+def http_status(entry: NewEntry) -> str | None:
+    """The ``outcomeDesc`` of the entry's last rendered event (``HTTP <status>`` on failure)."""
+    desc = events(entry)[-1].get("outcomeDesc")
+    return None if desc is None else str(desc)
 
 
 async def never_asked(_probe: str) -> str | None:
@@ -83,10 +101,20 @@ async def test_another_processs_readiness_never_settles_a_write_in_flight(tmp_pa
     path = str(tmp_path / "consentry.db.outbox")
     ledger, pseudonyms = KeyedLedger(), Pseudonyms()
     a = AuditRecorder(
-        ledger, pseudonyms, gateway=GATEWAY, wall_clock=WHEN.timestamp, outbox=SqliteOutbox(path)
+        ledger,
+        pseudonyms,
+        gateway=GATEWAY,
+        keys=KEYS,
+        wall_clock=WHEN.timestamp,
+        outbox=SqliteOutbox(path),
     )
     b = AuditRecorder(
-        ledger, pseudonyms, gateway=GATEWAY, wall_clock=WHEN.timestamp, outbox=SqliteOutbox(path)
+        ledger,
+        pseudonyms,
+        gateway=GATEWAY,
+        keys=KEYS,
+        wall_clock=WHEN.timestamp,
+        outbox=SqliteOutbox(path),
     )
     intent = await a.intend(variants(), PROBE)  # type: ignore[arg-type]
 
@@ -112,6 +140,7 @@ async def test_an_intent_is_reconciled_by_another_process_once_its_owners_lease_
             ledger,
             pseudonyms,
             gateway=GATEWAY,
+            keys=KEYS,
             wall_clock=clock,
             outbox=SqliteOutbox(path),
             live_for=60.0,
@@ -153,6 +182,7 @@ async def test_an_intent_of_a_process_that_no_longer_runs_is_reconciled_at_once(
         ledger,
         Pseudonyms(),
         gateway=GATEWAY,
+        keys=KEYS,
         wall_clock=WHEN.timestamp,
         outbox=SqliteOutbox(path),
         row_key=KEY,
@@ -173,6 +203,7 @@ async def test_an_intent_of_a_process_that_no_longer_runs_is_reconciled_at_once(
         ledger,
         Pseudonyms(),
         gateway=GATEWAY,
+        keys=KEYS,
         wall_clock=WHEN.timestamp,
         outbox=SqliteOutbox(path),
         row_key=KEY,
@@ -209,6 +240,7 @@ async def test_a_row_planted_in_the_outbox_file_is_dead_lettered_never_replayed(
         ledger,
         Pseudonyms(),
         gateway=GATEWAY,
+        keys=KEYS,
         wall_clock=WHEN.timestamp,
         outbox=SqliteOutbox(path),
     )
@@ -233,6 +265,7 @@ async def test_a_row_changed_in_the_file_or_of_another_kind_is_dead_lettered(
         ledger,
         Pseudonyms(),
         gateway=GATEWAY,
+        keys=KEYS,
         wall_clock=WHEN.timestamp,
         outbox=SqliteOutbox(path),
     )
@@ -263,6 +296,7 @@ async def test_an_intent_the_upstream_never_decides_is_recorded_unknown(tmp_path
         ledger,
         Pseudonyms(),
         gateway=GATEWAY,
+        keys=KEYS,
         wall_clock=WHEN.timestamp,
         outbox=SqliteOutbox(str(tmp_path / "o")),
     )
@@ -278,7 +312,7 @@ async def test_an_intent_the_upstream_never_decides_is_recorded_unknown(tmp_path
     waiting = [await recorder.reconcile(poison_or_undecided) for _ in range(25)]
     assert waiting[0] == 2
     assert waiting[-1] == 0
-    assert [b"HTTP 502" in e.evidence for e in ledger.entries] == [True, True]
+    assert [http_status(e) == "HTTP 502" for e in ledger.entries] == [True, True]
     assert recorder.given_up == 2
     await recorder.aclose()
 
@@ -291,6 +325,7 @@ async def test_an_intent_older_than_the_age_limit_is_recorded_unknown(tmp_path: 
         ledger,
         Pseudonyms(),
         gateway=GATEWAY,
+        keys=KEYS,
         wall_clock=clock,
         outbox=SqliteOutbox(str(tmp_path / "o")),
         give_up_after=600.0,
@@ -300,7 +335,7 @@ async def test_an_intent_older_than_the_age_limit_is_recorded_unknown(tmp_path: 
     assert await recorder.reconcile(undecided) == 1
     clock.now += 600
     assert await recorder.reconcile(undecided) == 0
-    assert [b"HTTP 502" in e.evidence for e in ledger.entries] == [True]
+    assert [http_status(e) == "HTTP 502" for e in ledger.entries] == [True]
     await recorder.aclose()
 
 
@@ -310,7 +345,12 @@ async def test_a_row_that_is_no_entry_is_moved_aside_not_retried_for_ever(tmp_pa
     path = str(tmp_path / "o")
     ledger = KeyedLedger()
     recorder = AuditRecorder(
-        ledger, Pseudonyms(), gateway=GATEWAY, wall_clock=WHEN.timestamp, outbox=SqliteOutbox(path)
+        ledger,
+        Pseudonyms(),
+        gateway=GATEWAY,
+        keys=KEYS,
+        wall_clock=WHEN.timestamp,
+        outbox=SqliteOutbox(path),
     )
     await recorder.replay()
     _plant(path, 99, b"{}")
@@ -322,7 +362,7 @@ async def test_a_row_that_is_no_entry_is_moved_aside_not_retried_for_ever(tmp_pa
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="no /proc")
 def test_the_lease_names_this_process() -> None:
     """Sanity of what other processes compare against (pid, start time)."""
-    recorder = AuditRecorder(KeyedLedger(), Pseudonyms(), gateway=GATEWAY)
+    recorder = AuditRecorder(KeyedLedger(), Pseudonyms(), gateway=GATEWAY, keys=KEYS)
     lease = recorder._lease()
     assert isinstance(lease, Lease)
     assert lease.started != ""

@@ -1,6 +1,7 @@
 """The audit recorder: which ledger entries one exchange becomes (kind, flags, pseudonym,
-consent index), the BALP evidence beside them (a canonical R4 collection Bundle of valid
-AuditEvents), the pseudonym cache, concurrency of the appends and failing closed."""
+consent index), the evidence beside them (audit facts sealed under the patient's key, rendering
+valid BALP AuditEvents, with the entry's audit-index row), the pseudonym cache, concurrency of
+the appends and failing closed."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from typing import Any
 
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
-from fhir.resources.R4B.bundle import Bundle
 from structlog.testing import capture_logs
 
+from middleware.audit.evidence import NO_PATIENT, Opening, PatientKeys, is_sealed, open_entry
+from middleware.audit.facts import row_of
 from middleware.audit.parts import AgentInfo
 from middleware.audit.recorder import AuditRecorder, Exchange, Phase
+from middleware.audit.render import render_events
 from middleware.auth.identity import Identity
 from middleware.consent.decide import Decision, TraceStep
 from middleware.errors import ServiceUnavailable
-from middleware.fhir.jsoncodec import decode, encode_canonical
 from middleware.fhir.request import FhirRequest, Interaction, Level
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.errors import LedgerError
@@ -33,7 +35,7 @@ from middleware.ledger.leaf import (
     new_pseudonym,
 )
 from middleware.ledger.service import LedgerService
-from middleware.ledger.signing import SigningKey
+from middleware.ledger.signing import SigningKey, evidence_key, new_box_key
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_memory import MemoryLogStore
 
@@ -72,6 +74,19 @@ DEFAULT_DENY = Decision("deny", trace=(TraceStep(None, None, None, "opt-in defau
 
 
 # --- fakes ---------------------------------------------------------------------------------
+
+
+class KeyTable:
+    """The store's audit-key table: the first candidate stored per pseudonym wins."""
+
+    def __init__(self) -> None:
+        self.wrapped: dict[bytes, bytes] = {}
+
+    async def __call__(self, pseudonym: bytes, candidate: bytes) -> bytes:
+        return self.wrapped.setdefault(pseudonym, candidate)
+
+
+KEYS = PatientKeys(KeyTable(), new_box_key())
 
 
 class FakeLedger:
@@ -135,6 +150,7 @@ def recorder(
     ledger: Any, pseudonyms: Pseudonyms | None = None, **kwargs: Any
 ) -> tuple[AuditRecorder, Pseudonyms]:
     store = pseudonyms or Pseudonyms()
+    kwargs.setdefault("keys", KEYS)
     rec = AuditRecorder(ledger, store, gateway=GATEWAY, wall_clock=WHEN.timestamp, **kwargs)
     return rec, store
 
@@ -153,18 +169,23 @@ def exchange(request: FhirRequest = READ, **overrides: Any) -> Exchange:
 
 
 def events(entry: NewEntry) -> list[dict[str, Any]]:
-    return bundle_events(entry.evidence)
+    """The entry's AuditEvents, rendered from its sealed facts and each validated as FHIR R4
+    (R4B has R4's AuditEvent shape); the entry's index row is the facts' row."""
+    facts = opened(entry.pseudonym, entry.salt, entry.evidence)
+    assert entry.row == row_of(facts, kind=entry.kind, flags=entry.flags, pseudonym=entry.pseudonym)
+    return rendered(facts)
 
 
-def bundle_events(evidence: bytes) -> list[dict[str, Any]]:
-    """The evidence as a Bundle of AuditEvents, each validated as FHIR R4 (R4B has R4's
-    AuditEvent and Bundle shapes); the bytes are the canonical encoding of what they hold."""
-    bundle = decode(evidence)
-    assert encode_canonical(bundle) == evidence
-    Bundle.model_validate(bundle)
-    assert bundle["resourceType"] == "Bundle"
-    assert bundle["type"] == "collection"
-    out: list[dict[str, Any]] = [item["resource"] for item in bundle["entry"]]
+def opened(pseudonym: bytes | None, salt: bytes, evidence: bytes) -> Any:
+    """The facts sealed in ``evidence`` under the pseudonym's key (None: the no-patient key)."""
+    assert is_sealed(evidence)
+    key = KEYS.cached(pseudonym or NO_PATIENT)
+    assert key is not None
+    return open_entry(Opening(salt, evidence, evidence_key(key, salt)))
+
+
+def rendered(facts: Any) -> list[dict[str, Any]]:
+    out = render_events(facts)
     for event in out:
         AuditEvent.model_validate(event)
     return out
@@ -561,9 +582,13 @@ async def test_entries_land_in_a_real_ledger_with_phi_free_leaves() -> None:
     for raw, leaf, kept in zip(leaves, decoded, evidence, strict=True):
         assert kept is not None
         assert commit_evidence(kept.salt, kept.data) == leaf.commitment
-        assert bundle_events(kept.data)
-        # PHI stays in the evidence: no id, reference, code or query reaches the leaf.
+        facts = opened(leaf.pseudonym, kept.salt, kept.data)
+        assert rendered(facts)
+        # PHI stays in the evidence, and encrypted: no id, reference, code or query reaches
+        # the leaf, nor the stored evidence in the clear.
         for phi in (b"alice-1234", b"bob-5678", b"obs-alice-1", b"Patient", b"code=x", b"rid-"):
             assert phi not in raw
+            assert phi not in kept.data
     assert evidence[0] is not None
-    assert b"Patient/alice-1234" in evidence[0].data
+    first = opened(decoded[0].pseudonym, evidence[0].salt, evidence[0].data)
+    assert first.patient == "Patient/alice-1234"
