@@ -65,6 +65,7 @@ __all__ = [
     "plan_chain",
     "row_columns",
     "shredded_columns",
+    "shredded_row",
     "write_csv",
     "write_ndjson",
 ]
@@ -222,10 +223,10 @@ def row_columns(row: AuditRow) -> tuple[str, ...]:
     )
 
 
-def shredded_columns(index: int, leaf: Leaf) -> tuple[str, ...]:
-    """The :data:`ROW_COLUMNS` of a crypto-shredded entry: only what its ``leaf`` says
-    (:meth:`AuditRow.shred`), so a verifier checks them without the evidence."""
-    row = AuditRow(
+def shredded_row(index: int, leaf: Leaf) -> AuditRow:
+    """The index row of a crypto-shredded entry: only what its ``leaf`` says
+    (:meth:`AuditRow.shred`), so a verifier can check it without the evidence."""
+    return AuditRow(
         index=index,
         recorded_us=leaf.recorded_us,
         kind=int(leaf.kind),
@@ -245,8 +246,12 @@ def shredded_columns(index: int, leaf: Leaf) -> tuple[str, ...]:
         entities=(),
         break_glass=bool(leaf.flags & EntryFlag.BREAK_THE_GLASS),
         request_id="",
-    )
-    return row_columns(row.shred())
+    ).shred()
+
+
+def shredded_columns(index: int, leaf: Leaf) -> tuple[str, ...]:
+    """The :data:`ROW_COLUMNS` of :func:`shredded_row`."""
+    return row_columns(shredded_row(index, leaf))
 
 
 def plan_chain(
