@@ -186,6 +186,11 @@ class AuditFacts:
     reason: str | None = None
     version: int = FACTS_VERSION
 
+    def __post_init__(self) -> None:
+        named = (self.resource_type, self.resource_id, self.version_id)
+        if self.interaction is None and named != (None, None, None):
+            raise ValueError("facts without an interaction name no resource")
+
     def request(self) -> FhirRequest | None:
         """A :class:`FhirRequest` carrying what the BALP builders read of the original."""
         if self.interaction is None:
