@@ -21,7 +21,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from middleware.audit.accounting import AccountingRules, parse_exempt
+from middleware.audit.reports import AfterHours
 from middleware.auth.settings import AuthSettings
 from middleware.consent.limits import CEILING, DEFAULT_LIMITS
 from middleware.errors import SettingsError
@@ -90,6 +93,11 @@ class Settings:
     rate_limit_per_principal_burst: int = 4000
     rate_limit_unauthenticated: float = 5.0
     rate_limit_unauthenticated_burst: int = 50
+    accounting_lookback_years: int = 6
+    accounting_exempt_purposes: str = ""
+    access_report_lookback_years: int = 3
+    report_after_hours: str = "19:00-07:00"
+    report_timezone: str = "UTC"
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
@@ -120,6 +128,19 @@ class Settings:
             return self.ledger_origin
         parts = urlsplit(self.gateway_base_url)
         return f"{parts.netloc}{parts.path}/ledger"
+
+    @property
+    def accounting_rules(self) -> AccountingRules:
+        """The 45 CFR 164.528 accounting rules these settings configure (docs/audit.md)."""
+        return AccountingRules(
+            exempt=parse_exempt(self.accounting_exempt_purposes),
+            lookback_years=self.accounting_lookback_years,
+        )
+
+    @property
+    def after_hours(self) -> AfterHours:
+        """The after-hours window the reports highlight, in ``report_timezone``."""
+        return AfterHours.parse(self.report_after_hours, ZoneInfo(self.report_timezone))
 
 
 def _contexts(text: str) -> frozenset[str]:
@@ -346,6 +367,18 @@ def _check(values: Mapping[str, Any]) -> list[str]:
             f"metrics_token: expected at least {MIN_TOKEN_LENGTH} printable ASCII characters"
             " without spaces"
         )
+    for years in ("accounting_lookback_years", "access_report_lookback_years"):
+        if years in values and not 1 <= values[years] <= 100:
+            problems.append(f"{years}: expected 1..100 years")
+    try:
+        parse_exempt(values.get("accounting_exempt_purposes", ""))
+    except ValueError as exc:
+        problems.append(f"accounting_exempt_purposes: {exc}")
+    try:
+        zone = ZoneInfo(values.get("report_timezone", "UTC"))
+        AfterHours.parse(values.get("report_after_hours", "19:00-07:00"), zone)
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        problems.append(f"report_after_hours / report_timezone: {exc}")
     store = values.get("store", "sqlite:consentry.db")
     if not (store.startswith(("sqlite:", "postgresql://", "postgres://")) or store == "memory:"):
         problems.append("store: expected sqlite:PATH, postgresql://... or memory:")
