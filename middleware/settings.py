@@ -95,6 +95,7 @@ class Settings:
     rate_limit_unauthenticated_burst: int = 50
     accounting_lookback_years: int = 6
     accounting_exempt_purposes: str = ""
+    accounting_internal_organizations: str = ""
     access_report_lookback_years: int = 3
     report_after_hours: str = "19:00-07:00"
     report_timezone: str = "UTC"
@@ -135,6 +136,7 @@ class Settings:
         return AccountingRules(
             exempt=parse_exempt(self.accounting_exempt_purposes),
             lookback_years=self.accounting_lookback_years,
+            internal_organizations=_contexts(self.accounting_internal_organizations),
         )
 
     @property

@@ -403,3 +403,31 @@ def test_purpose_text(code: str, text: str) -> None:
 
 def test_every_default_exemption_is_a_known_category() -> None:
     assert set(DEFAULT_EXEMPT.values()) <= set(EXEMPTIONS)
+
+
+# --- uses inside the covered entity are not disclosures (45 CFR 160.103) ------------------------
+
+INTERNAL = [
+    ("own organization", "Organization/o1", []),
+    ("another organization", "Organization/o2", [1]),
+    ("no organization", None, [1]),
+]
+
+
+@pytest.mark.parametrize(
+    ("organization", "listed"), [i[1:] for i in INTERNAL], ids=[i[0] for i in INTERNAL]
+)
+def test_releases_inside_the_covered_entity_are_uses(
+    organization: str | None, listed: list[int]
+) -> None:
+    rules = AccountingRules(internal_organizations=frozenset({"Organization/o1"}))
+    result = account(
+        [row(1, organization=organization)], patient=PATIENT, as_of_us=NOW, rules=rules
+    )
+    assert [i for e in result.entries for i in e.indexes] == listed
+    assert dict(result.left_out) == ({} if listed else {"internal-use": 1})
+
+
+def test_internal_use_is_not_a_purpose_category() -> None:
+    with pytest.raises(ValueError):
+        parse_exempt("TREAT=internal-use")

@@ -30,8 +30,13 @@ def test_configured_from_the_environment() -> None:
             "CONSENTRY_ACCOUNTING_EXEMPT_PURPOSES": "TREAT,urn:x|NS=national-security",
             "CONSENTRY_REPORT_AFTER_HOURS": "18:30-08:00",
             "CONSENTRY_REPORT_TIMEZONE": "Europe/Berlin",
+            "CONSENTRY_ACCOUNTING_INTERNAL_ORGANIZATIONS": "Organization/1, Organization/2",
         },
     )
+    assert settings.accounting_rules.internal_organizations == {
+        "Organization/1",
+        "Organization/2",
+    }
     assert settings.accounting_rules.lookback_years == 4
     assert dict(settings.accounting_rules.exempt) == {
         f"{ACT_REASON}|TREAT": "tpo",
