@@ -196,14 +196,22 @@ def accounting_pdf(accounting: Accounting, *, gateway_name: str, zone: tzinfo = 
     return _render(story, title="Accounting of disclosures", footer=gateway_name)
 
 
+def _who(line: AccessLine) -> str:
+    """Who made an access, as a patient's report shows it ("you" for the patient)."""
+    if line.agent is not None and line.agent == line.patient:
+        return "you"
+    return line.agent or line.client or "unknown"
+
+
 def _access_rows(
     lines: Sequence[AccessLine], after: AfterHours, *, by_patient: bool
 ) -> tuple[list[list[Any]], list[tuple[str, tuple[int, int], tuple[int, int], Any]]]:
+    """Table rows and their highlights; in a patient's report their own accesses say "you"."""
     rows: list[list[Any]] = []
     marks: list[tuple[str, tuple[int, int], tuple[int, int], Any]] = []
     for n, line in enumerate(lines, 1):
         when = format_time(line.recorded_us, after.zone)
-        who = (line.patient or "") if by_patient else (line.agent or line.client or "unknown")
+        who = (line.patient or "") if by_patient else _who(line)
         note = "break the glass" if line.break_glass else ""
         if after.contains(line.recorded_us):
             note = ", ".join(x for x in (note, "after hours") if x)
@@ -241,7 +249,7 @@ def _report_pdf(
         names = [(p, n) for p, n, _, _ in patients_touched(_as_user_report(lines))]
         story.append(top_chart(names, "Patients with the most accesses"))
     else:
-        counts = Counter(line.agent or line.client or "unknown" for line in lines)
+        counts = Counter(_who(line) for line in lines)
         story.append(top_chart(list(counts.items()), "Accesses by user"))
     start, end = after.start.strftime("%H:%M"), after.end.strftime("%H:%M")
     story += [

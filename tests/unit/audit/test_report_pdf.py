@@ -91,6 +91,7 @@ def test_access_pdf_charts_and_highlights() -> None:
         row(2, at=NOW - 2 * DAY + 22 * HOUR, agent="Practitioner/night"),
         row(3, at=NOW - DAY + 11 * HOUR, agent="Practitioner/er", break_glass=True),
         row(4, patient=OTHER, agent="Practitioner/elsewhere"),
+        row(5, at=NOW - DAY + 12 * HOUR, agent=PATIENT),
     ]
     report = access_report(rows, patient=PATIENT, as_of_us=NOW)
     texts = pages(access_pdf(report, gateway_name=GATEWAY, after=AfterHours.parse("19:00-07:00")))
@@ -105,6 +106,8 @@ def test_access_pdf_charts_and_highlights() -> None:
     assert "break the glass" in text
     assert "(19:00 to 07:00)" in text
     assert "Practitioner/elsewhere" not in text
+    assert " you " in text
+    assert PATIENT not in text  # the patient's own reads say "you"
 
 
 def test_user_pdf_lists_the_patients() -> None:

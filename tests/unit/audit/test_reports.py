@@ -214,3 +214,38 @@ def test_after_hours_in_a_time_zone_and_weekends() -> None:
 def test_after_hours_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         AfterHours.parse(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([PATIENT, OTHER, None]),
+            st.sampled_from(list(EntryKind)),
+            st.sampled_from([EntryFlag.NONE, EntryFlag.PERMIT]),
+            st.booleans(),
+        ),
+        max_size=30,
+    )
+)
+def test_an_access_report_never_shows_another_patient(
+    specs: list[tuple[str | None, EntryKind, EntryFlag, bool]],
+) -> None:
+    rows = [
+        shredded(row(i, patient=p, kind=k, flags=f)) if gone else row(i, patient=p, kind=k, flags=f)
+        for i, (p, k, f, gone) in enumerate(specs)
+    ]
+    report = access_report(rows, patient=PATIENT, as_of_us=NOW)
+    assert all(line.patient == PATIENT for line in report.lines)
+    shown = {line.index for line in report.lines}
+    expected = {
+        i
+        for i, (p, k, f, gone) in enumerate(specs)
+        if p == PATIENT
+        and not gone
+        and (
+            k in (EntryKind.DISCLOSURE, EntryKind.ACCESS_OUTCOME)
+            or (k == EntryKind.ACCESS_DECISION and f == EntryFlag.NONE)
+        )
+    }
+    assert shown == expected
