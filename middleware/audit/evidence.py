@@ -3,11 +3,12 @@
 The evidence of an audit entry (the bytes the leaf's commitment covers, kept beside the ledger)
 is, from format version 1 on::
 
-    b"CSE" 0x01  ||  XSalsa20-Poly1305 secret box (24-byte nonce, 16-byte MAC, ciphertext)
+    b"CSE" 0x01  ||  Poly1305 MAC (16 bytes)  ||  XSalsa20 ciphertext
 
-sealed (:func:`~middleware.ledger.signing.seal`) under the entry's own key
-``evidence_key(patient key, salt)`` (:func:`~middleware.ledger.signing.evidence_key`, keyed by
-the leaf's salt), over :func:`~middleware.audit.facts.encode_facts` of the entry's facts. The
+the facts (:func:`~middleware.audit.facts.encode_facts`) sealed with libsodium's secret box
+(:func:`~middleware.ledger.signing.seal_once`: zero nonce, as the key seals one message only)
+under the entry's own key ``evidence_key(patient key, salt)`` (keyed BLAKE2b of the leaf's
+random salt, :func:`~middleware.ledger.signing.evidence_key`). The
 patient key is 32 random bytes drawn on the pseudonym's first audit entry and stored, wrapped
 (sealed under ``derive_box_key(ledger key, "evidence")``), in the store's key table beside the
 ledger (``audit_key``); entries without a patient use the key of the all-zero pseudonym.
@@ -36,7 +37,14 @@ from middleware.fhir import jsoncodec
 from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
 from middleware.ledger.entry import Evidence
 from middleware.ledger.leaf import PSEUDONYM_SIZE, commit_evidence, decode_leaf
-from middleware.ledger.signing import evidence_key, new_box_key, seal, unseal
+from middleware.ledger.signing import (
+    evidence_key,
+    new_box_key,
+    seal,
+    seal_once,
+    unseal,
+    unseal_once,
+)
 
 __all__ = [
     "EVIDENCE_HEADER",
@@ -85,7 +93,7 @@ def is_sealed(evidence: bytes) -> bool:
 
 def seal_facts(patient_key: bytes, salt: bytes, facts: bytes) -> bytes:
     """The evidence bytes of encoded ``facts`` for the entry of ``salt`` (module docstring)."""
-    return EVIDENCE_HEADER + seal(evidence_key(patient_key, salt), facts)
+    return EVIDENCE_HEADER + seal_once(evidence_key(patient_key, salt), facts)
 
 
 def open_entry(opening: Opening) -> AuditFacts:
@@ -94,7 +102,7 @@ def open_entry(opening: Opening) -> AuditFacts:
     it, :class:`ValueError` when what it opens to is not valid facts. Pure."""
     if not is_sealed(opening.evidence) or len(opening.key) != _KEY_SIZE:
         raise EvidenceKeyError("not sealed audit evidence, or not an entry key")
-    plain = unseal(opening.key, opening.evidence[len(EVIDENCE_HEADER) :])
+    plain = unseal_once(opening.key, opening.evidence[len(EVIDENCE_HEADER) :])
     if plain is None:
         raise EvidenceKeyError("the entry key does not open this evidence")
     return decode_facts(plain)

@@ -370,6 +370,7 @@ def _patient(patient: str | None) -> str | None:
 
 _REST_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type|rest"
 _ALERT_TYPE: Final = f"{DCM}|110113"
+_BREAK_THE_GLASS: Final = int(EntryFlag.BREAK_THE_GLASS)
 _OVERRIDE: Final = {"break-glass-started": "110127", "break-glass-stopped": "110138"}
 
 
@@ -411,7 +412,7 @@ def row_of(facts: AuditFacts, *, kind: int, flags: int, pseudonym: bytes | None)
         outcome=outcome,
         resource_types=tuple(sorted(types)),
         entities=entities,
-        break_glass=bool(flags & EntryFlag.BREAK_THE_GLASS) or f.event in _OVERRIDE,
+        break_glass=bool(int(flags) & _BREAK_THE_GLASS) or f.event in _OVERRIDE,
         request_id=f.request_id,
     )
 

@@ -338,6 +338,8 @@ class AuditRecorder:
                 missing.append(pseudonym)
             else:
                 found[pseudonym] = key
+        if not missing:
+            return found  # the usual case, no task made
         results = await asyncio.gather(*(self.keys.key(p) for p in missing), return_exceptions=True)
         for pseudonym, result in zip(missing, results, strict=True):
             if isinstance(result, BaseException):
@@ -557,6 +559,11 @@ class AuditRecorder:
         """Append ``entries`` and return their indexes, in order. Concurrent, so the
         group-commit writer takes them in one batch; every append is awaited (return_exceptions)
         so none is left running unobserved when one fails."""
+        if len(entries) == 1:  # nothing to batch with: no task made
+            try:
+                return [await self._ledger.append(entries[0])]
+            except Exception as exc:
+                raise _unavailable(request_id, exc) from exc
         results = await asyncio.gather(
             *(self._ledger.append(entry) for entry in entries), return_exceptions=True
         )
@@ -577,6 +584,8 @@ class AuditRecorder:
             else:
                 self._cache.move_to_end(patient)
                 found[patient] = cached
+        if not missing:
+            return found
         results = await asyncio.gather(
             *(self._pseudonym_of(patient) for patient in missing), return_exceptions=True
         )

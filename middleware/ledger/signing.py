@@ -67,9 +67,11 @@ __all__ = [
     "keyed_digest",
     "new_box_key",
     "seal",
+    "seal_once",
     "siv_decrypt",
     "siv_encrypt",
     "unseal",
+    "unseal_once",
     "verify_checkpoint",
     "verify_detached",
     "verify_note",
@@ -89,6 +91,8 @@ _SIV_MAC_KEY: bytes = b"consentry/siv/mk"
 _SIV_ENC_KEY: bytes = b"consentry/siv/ek"
 _SIV_TAG: bytes = b"consentry/siv/v1"
 _XCHACHA_NONCE_SIZE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+_EVIDENCE_KEY: bytes = b"consentry/evkey1"
+_ZERO_NONCE: bytes = bytes(nacl.bindings.crypto_secretbox_NONCEBYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,12 +290,40 @@ def keyed_digest(key: bytes, parts: Sequence[bytes]) -> bytes:
 
 
 def evidence_key(patient_key: bytes, salt: bytes) -> bytes:
-    """The secret-box key of one audit entry's evidence: :func:`keyed_digest` under the
-    patient's 32-byte evidence key of a label and the entry's ``salt`` (random, 32 bytes). Each
-    entry's evidence is sealed under a key of its own, so an export can hand a verifier the key
-    of one entry without the patient's key (which opens every other entry of that patient);
-    deleting the patient's key leaves every entry key underivable (the crypto-shred)."""
-    return keyed_digest(patient_key, [b"consentry/evidence-key/v1", salt])
+    """The secret-box key of one audit entry's evidence: BLAKE2b-256 keyed with the patient's
+    32-byte evidence key (RFC 7693 keyed mode, a PRF), personalised for this purpose, over the
+    entry's ``salt`` (32 random bytes). Each entry's evidence is sealed under a key of its own,
+    so an export can hand a verifier the key of one entry without the patient's key (which
+    opens every other entry of that patient); deleting the patient's key leaves every entry
+    key underivable (the crypto-shred). A key of the wrong size raises MalformedError."""
+    if not isinstance(patient_key, bytes) or len(patient_key) != BOX_KEY_SIZE:
+        raise MalformedError(f"an evidence key is {BOX_KEY_SIZE} bytes")
+    return hashlib.blake2b(
+        salt, digest_size=BOX_KEY_SIZE, key=patient_key, person=_EVIDENCE_KEY
+    ).digest()
+
+
+def seal_once(key: bytes, plaintext: bytes) -> bytes:
+    """``MAC (16) || ciphertext``: ``plaintext`` under XSalsa20-Poly1305 (libsodium
+    ``crypto_secretbox_easy``) with the all-zero nonce, for a ``key`` that seals this one
+    message only (an :func:`evidence_key`: fresh per entry). libsodium's rule is that a nonce
+    never repeats under one key; a key used for one message cannot repeat one, so the nonce
+    need not be random nor stored (24 bytes and a CSPRNG call saved per entry). Sealing the
+    same plaintext again under the same key gives the same bytes, which reveals nothing more.
+    A key of the wrong size raises :class:`MalformedError`."""
+    _check_box_key(key)
+    return bytes(nacl.bindings.crypto_secretbox_easy(plaintext, _ZERO_NONCE, key))
+
+
+def unseal_once(key: bytes, sealed: bytes) -> bytes | None:
+    """The plaintext :func:`seal_once` sealed under ``key``; ``None`` when ``sealed`` was not
+    sealed under this key, was changed in any byte, or is too short. Never raises for any
+    ``sealed``; a key of the wrong size raises :class:`MalformedError`."""
+    _check_box_key(key)
+    try:
+        return bytes(nacl.bindings.crypto_secretbox_open_easy(sealed, _ZERO_NONCE, key))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        return None
 
 
 def new_box_key() -> bytes:
@@ -299,9 +331,13 @@ def new_box_key() -> bytes:
     return bytes(nacl.utils.random(BOX_KEY_SIZE))
 
 
-def _box(key: bytes) -> nacl.secret.SecretBox:
+def _check_box_key(key: bytes) -> None:
     if not isinstance(key, bytes) or len(key) != BOX_KEY_SIZE:
         raise MalformedError(f"a secret-box key is {BOX_KEY_SIZE} bytes")
+
+
+def _box(key: bytes) -> nacl.secret.SecretBox:
+    _check_box_key(key)
     return nacl.secret.SecretBox(key)
 
 

@@ -6,7 +6,9 @@ in the outbox unsealed and is sealed on replay."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
+import nacl.secret
 import pytest
 
 from middleware.audit.evidence import (
@@ -25,7 +27,7 @@ from middleware.audit.recorder import AuditRecorder
 from middleware.fhir.jsoncodec import encode_canonical
 from middleware.ledger.entry import Evidence, NewEntry
 from middleware.ledger.leaf import EntryKind, commit_evidence, new_salt
-from middleware.ledger.signing import evidence_key, new_box_key, seal
+from middleware.ledger.signing import evidence_key, new_box_key, seal_once, unseal_once
 from middleware.storage.audit_outbox import SqliteOutbox
 from tests.unit.audit.test_facts import FACTS
 from tests.unit.audit.test_recorder import (
@@ -77,7 +79,7 @@ def test_anything_but_the_entry_key_is_a_typed_error(make: object) -> None:
 def test_sealed_under_the_right_key_but_not_facts_is_a_value_error() -> None:
     key = evidence_key(PATIENT_KEY, SALT)
     with pytest.raises(ValueError, match="audit facts"):
-        open_entry(Opening(SALT, EVIDENCE_HEADER + seal(key, b"{}"), key))
+        open_entry(Opening(SALT, EVIDENCE_HEADER + seal_once(key, b"{}"), key))
 
 
 class Table:
@@ -240,3 +242,21 @@ async def test_an_outcome_whose_key_is_not_at_hand_waits_unsealed_then_is_sealed
 
 def test_evidence_keys_differ_per_salt() -> None:
     assert evidence_key(PATIENT_KEY, SALT) != evidence_key(PATIENT_KEY, new_salt())
+
+
+def test_seal_once_is_libsodiums_secret_box_under_the_zero_nonce() -> None:
+    """Known answer from pynacl's own SecretBox (nonce given, then dropped from the output)."""
+    box = nacl.secret.SecretBox(PATIENT_KEY)
+    expected = box.encrypt(b"facts", bytes(24)).ciphertext
+    assert seal_once(PATIENT_KEY, b"facts") == expected
+    assert unseal_once(PATIENT_KEY, expected) == b"facts"
+    assert unseal_once(PATIENT_KEY, expected[:-1]) is None
+    assert unseal_once(bytes(32), expected) is None
+
+
+def test_the_entry_key_is_keyed_blake2b_of_the_salt() -> None:
+    """Known answer from hashlib: BLAKE2b-256, keyed by the patient key, personalised."""
+    expected = hashlib.blake2b(
+        SALT, digest_size=32, key=PATIENT_KEY, person=b"consentry/evkey1"
+    ).digest()
+    assert evidence_key(PATIENT_KEY, SALT) == expected
