@@ -8,10 +8,10 @@ for one patient, with a title, the period it covers and what it leaves out; a FH
 the coded content. A collection would leave the period and the exclusions nowhere.
 
 Layout: ``entry[0]`` the Composition; ``entry[1]`` the Device that is the gateway (the
-author); then one AuditEvent per accounting entry (DICOM 110106 "Export", ``period`` from the
-first to the last disclosure it stands for, ``recorded`` the first's time, a
-:data:`COUNT_EXTENSION` with the number of disclosures when summarised as 164.528(b)(3)
-allows, and an entity per resource type disclosed). Every ledger index is in an entity's
+author); ``entry[2]`` the Patient (the subject); then one AuditEvent per accounting entry
+(DICOM 110106 "Export", ``period`` from the first to the last disclosure it stands for,
+``recorded`` the first's time, a :data:`COUNT_EXTENSION` with the number of disclosures when
+summarised as 164.528(b)(3) allows, and an entity per resource type disclosed). Every ledger index is in an entity's
 ``detail`` (``ledger-index``) so each line can be checked against the ledger. A suspension in
 force (164.528(a)(2)) is never mentioned. All ``fullUrl`` s are ``urn:uuid`` s derived from
 the patient, the time of the accounting and the position: the same accounting renders the
@@ -169,15 +169,31 @@ def _row_html(entry: AccountingEntry) -> str:
     return "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
 
 
-def accounting_bundle(accounting: Accounting, *, gateway_name: str) -> Json:
-    """The ``document`` Bundle of ``accounting`` (layout in the module docstring)."""
+def accounting_bundle(
+    accounting: Accounting, *, gateway_name: str, patient_resource: Json | None = None
+) -> Json:
+    """The ``document`` Bundle of ``accounting`` (layout in the module docstring).
+
+    A document includes every resource its Composition references
+    (http://hl7.org/fhir/R4/composition.html: "any other resources referenced from Composition
+    must be included"), so the patient is an entry: ``patient_resource`` when the caller has
+    it (its ``id`` must be the accounting's patient; ValueError otherwise), else a Patient
+    holding only that ``id``.
+    """
     seed = f"{accounting.patient}|{accounting.as_of_us}"
+    patient_id = accounting.patient.removeprefix("Patient/")
+    if patient_resource is None:
+        patient_resource = {"resourceType": "Patient", "id": patient_id}
+    elif patient_resource.get("resourceType") != "Patient" or patient_resource.get("id") != (
+        patient_id
+    ):
+        raise ValueError("patient_resource is not the accounting's patient")
 
     def url(n: int) -> str:
         return f"urn:uuid:{uuid.uuid5(_NS, f'{seed}|{n}')}"
 
-    device_url = url(1)
-    events = [_event(e, accounting.patient, device_url) for e in accounting.entries]
+    device_url, patient_url = url(1), url(2)
+    events = [_event(e, patient_url, device_url) for e in accounting.entries]
     period = f"{_date(accounting.since_us)} to {_date(accounting.until_us)}"
     header = "<tr><th>Date</th><th>To whom</th><th>What</th><th>Why</th><th>How often</th></tr>"
     table = f"<p>Disclosures of your health information from {html.escape(period)}.</p>" + (
@@ -189,7 +205,7 @@ def accounting_bundle(accounting: Accounting, *, gateway_name: str) -> Json:
         "resourceType": "Composition",
         "status": "final",
         "type": {"text": "Accounting of disclosures (45 CFR 164.528)"},
-        "subject": {"reference": accounting.patient},
+        "subject": {"reference": patient_url},
         "date": rfc3339(accounting.as_of_us),
         "author": [{"reference": device_url, "display": gateway_name}],
         "title": f"Accounting of disclosures, {period}",
@@ -205,7 +221,7 @@ def accounting_bundle(accounting: Accounting, *, gateway_name: str) -> Json:
             {
                 "title": "Disclosures",
                 "text": {"status": "generated", "div": _XHTML.format(table)},
-                "entry": [{"reference": url(n)} for n in range(2, 2 + len(events))],
+                "entry": [{"reference": url(n)} for n in range(3, 3 + len(events))],
             },
             {
                 "title": "What this accounting does not list",
@@ -234,7 +250,8 @@ def accounting_bundle(accounting: Accounting, *, gateway_name: str) -> Json:
     entries = [
         {"fullUrl": url(0), "resource": composition},
         {"fullUrl": device_url, "resource": device},
-        *({"fullUrl": url(n), "resource": e} for n, e in enumerate(events, 2)),
+        {"fullUrl": patient_url, "resource": patient_resource},
+        *({"fullUrl": url(n), "resource": e} for n, e in enumerate(events, 3)),
     ]
     return {
         "resourceType": "Bundle",

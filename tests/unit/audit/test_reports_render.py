@@ -146,14 +146,16 @@ def test_accounting_bundle_is_a_valid_r4_document() -> None:
     assert len(set(urls)) == len(urls)
     composition = bundle["entry"][0]["resource"]  # bdl-11: a Composition first
     Composition.model_validate(composition)
-    assert composition["subject"] == {"reference": PATIENT}
+    assert composition["subject"] == {"reference": urls[2]}  # included: a document is whole
     assert composition["event"][0]["period"]["start"].startswith("2019-03-01")
     assert composition["author"][0]["reference"] in urls
     section_refs = [e["reference"] for e in composition["section"][0]["entry"]]
     events = [
         e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "AuditEvent"
     ]
-    assert section_refs == urls[2:]
+    assert section_refs == urls[3:]
+    patient = bundle["entry"][2]["resource"]
+    assert patient == {"resourceType": "Patient", "id": "p1"}
     assert len(events) == 3
     for event in events:
         AuditEvent.model_validate(event)
@@ -209,3 +211,20 @@ LEFT_OUT = [
 @pytest.mark.parametrize(("rows", "phrase"), LEFT_OUT, ids=["tpo", "self", "none", "shredded"])
 def test_left_out_paragraph(rows: list[Any], phrase: str) -> None:
     assert phrase in left_out_text(account(rows, patient=PATIENT, as_of_us=NOW))
+
+
+def test_bundle_carries_the_patient_resource_given() -> None:
+    patient = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Example"}]}
+    bundle = accounting_bundle(make(), gateway_name="GW", patient_resource=patient)
+    Bundle.model_validate(bundle)
+    assert bundle["entry"][2]["resource"] == patient
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [{"resourceType": "Patient", "id": "p2"}, {"resourceType": "Person", "id": "p1"}],
+    ids=["other-id", "not-a-patient"],
+)
+def test_bundle_refuses_another_patient_resource(resource: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        accounting_bundle(make(), gateway_name="GW", patient_resource=resource)
