@@ -11,11 +11,11 @@ Layout: ``entry[0]`` the Composition; ``entry[1]`` the Device that is the gatewa
 author); ``entry[2]`` the Patient (the subject); then one AuditEvent per accounting entry
 (DICOM 110106 "Export", ``period`` from the first to the last disclosure it stands for,
 ``recorded`` the first's time, a :data:`COUNT_EXTENSION` with the number of disclosures when
-summarised as 164.528(b)(3) allows, and an entity per resource type disclosed). Every ledger index is in an entity's
-``detail`` (``ledger-index``) so each line can be checked against the ledger. A suspension in
-force (164.528(a)(2)) is never mentioned. All ``fullUrl`` s are ``urn:uuid`` s derived from
-the patient, the time of the accounting and the position: the same accounting renders the
-same bytes.
+summarised as 164.528(b)(3) allows, and an entity per resource type disclosed). Every ledger
+index is in an entity's ``detail`` (``ledger-index``) so each line can be checked against the
+ledger. A suspension in force (164.528(a)(2)) is never mentioned. All ``fullUrl`` s are
+``urn:uuid`` s derived from the patient, the time of the accounting and the position: the
+same accounting renders the same bytes.
 """
 
 from __future__ import annotations
