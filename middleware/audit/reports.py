@@ -186,9 +186,11 @@ def access_report(
     since_us: int | None = None,
     until_us: int | None = None,
     include_refused: bool = True,
+    pseudonym: bytes | None = None,
 ) -> AccessReport:
     """Every read and write of ``patient``'s record in the period (see the module doc), in
-    time order. Rows about another patient never appear; shredded rows become periods."""
+    time order. Rows about another patient never appear; shredded rows become periods (only
+    those of ``pseudonym`` when it is given)."""
     since = years_before(as_of_us, lookback_years) if since_us is None else since_us
     until = as_of_us if until_us is None else until_us
     lines: list[AccessLine] = []
@@ -197,7 +199,8 @@ def access_report(
         if not since <= row.recorded_us <= until:
             continue
         if row.shredded:
-            runs[-1].append(row)
+            if pseudonym is None or row.pseudonym == pseudonym:
+                runs[-1].append(row)
             continue
         if row.patient != patient:
             continue

@@ -22,7 +22,15 @@ from middleware.audit.reports import (
 )
 from middleware.audit.row import AuditRow
 from middleware.ledger.leaf import EntryFlag, EntryKind
-from tests.unit.audit.test_accounting_rows import DAY, NOW, OTHER, PATIENT, row, shredded
+from tests.unit.audit.test_accounting_rows import (
+    DAY,
+    NOW,
+    OTHER,
+    PATIENT,
+    PSEUDONYM,
+    row,
+    shredded,
+)
 
 HOUR = 3_600_000_000
 
@@ -82,8 +90,13 @@ def test_access_report_lines_say_who_what_and_when_in_time_order() -> None:
 
 
 def test_access_report_shredded_periods() -> None:
-    rows = [shredded(row(1, at=NOW - 3 * DAY)), shredded(row(2, at=NOW - 2 * DAY)), row(3)]
-    report = access_report(rows, patient=PATIENT, as_of_us=NOW)
+    rows = [
+        shredded(row(1, at=NOW - 3 * DAY)),
+        shredded(row(2, at=NOW - 2 * DAY)),
+        shredded(row(4, at=NOW - 5 * DAY, patient=OTHER)),  # another pseudonym
+        row(3),
+    ]
+    report = access_report(rows, patient=PATIENT, as_of_us=NOW, pseudonym=PSEUDONYM)
     assert [(p.start_us, p.end_us) for p in report.shredded_periods] == [
         (NOW - 3 * DAY, NOW - 2 * DAY)
     ]
