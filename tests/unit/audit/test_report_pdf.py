@@ -6,9 +6,11 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
 from pypdf import PdfReader
 
 from middleware.audit.accounting import RecipientInfo, Suspension, account
+from middleware.audit.charts import buckets
 from middleware.audit.report_pdf import access_pdf, accounting_pdf, user_pdf
 from middleware.audit.reports import AfterHours, access_report, user_activity
 from tests.unit.audit.test_accounting_rows import DAY, NOW, OTHER, PATIENT, purpose, row, shredded
@@ -119,3 +121,38 @@ def test_user_pdf_lists_the_patients() -> None:
     assert PATIENT in text
     assert OTHER in text
     assert "Patients with the most accesses" in text
+
+
+# --- the activity chart's counting ----------------------------------------------------------
+
+BUCKETS = [
+    ("one day", [0], "day", 1),
+    ("62 days: per day", [0, 61 * DAY], "day", 62),
+    ("63 days: per week", [0, 62 * DAY], "week", 10),
+    ("two years: per month", [0, 730 * DAY], "month", 24),  # 2023-03 .. 2025-02
+]
+
+
+@pytest.mark.parametrize(
+    ("offsets", "unit", "bars"), [b[1:] for b in BUCKETS], ids=[b[0] for b in BUCKETS]
+)
+def test_activity_buckets(offsets: list[int], unit: str, bars: int) -> None:
+    report = access_report(
+        [row(i, at=NOW - DAY - off) for i, off in enumerate(offsets)],
+        patient=PATIENT,
+        as_of_us=NOW,
+    )
+    got_unit, labels, business, late, btg = buckets(report.lines, AfterHours())
+    assert (got_unit, len(labels)) == (unit, bars)
+    assert sum(business) + sum(late) + sum(btg) == len(offsets)
+
+
+def test_each_access_counts_once_break_the_glass_first() -> None:
+    day = NOW - 3 * DAY
+    rows = [
+        row(1, at=day + 10 * HOUR),  # business hours
+        row(2, at=day + 22 * HOUR),  # after hours
+        row(3, at=day + 23 * HOUR, break_glass=True),  # after hours and break the glass
+    ]
+    report = access_report(rows, patient=PATIENT, as_of_us=NOW)
+    assert buckets(report.lines, AfterHours())[2:] == ([1], [1], [1])
