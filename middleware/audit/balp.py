@@ -200,7 +200,10 @@ def _exchange_event(
 ) -> Json:
     client_type, server_type = _ROLES[shape.flow]
     # BALP: the user of a Read/Query is IRCP; a write's comes from DataSources (AUT author).
-    participation = ("AUT", "author") if request.is_write else ("IRCP", "information recipient")
+    # Displays are v3 ParticipationType's (terminology.hl7.org).
+    participation = (
+        ("AUT", "author (originator)") if request.is_write else ("IRCP", "information recipient")
+    )
     parties = agents(
         identity,
         participation=participation,
@@ -252,5 +255,5 @@ def _query_entity(raw_request: bytes) -> Json:
     return {
         "type": coding(_ENTITY_TYPE, "2", "System Object"),
         "role": coding(_OBJECT_ROLE, "24", "Query"),
-        "query": base64.b64encode(raw_request).decode("ascii"),
+        "query": base64.b64encode(raw_request).decode("ascii"),  # equivalent mutant: "ASCII"
     }

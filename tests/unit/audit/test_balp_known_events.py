@@ -186,6 +186,10 @@ SEARCH_RAW = b"GET /fhir/Observation?patient=p1"
 DELETE = FhirRequest(
     Interaction.DELETE, "DELETE", Level.INSTANCE, "Observation/o1", b"", "Observation", "o1"
 )
+UPDATE = FhirRequest(
+    Interaction.UPDATE, "PUT", Level.INSTANCE, "Observation/o1", b"", "Observation", "o1"
+)
+SYSTEM_SEARCH = FhirRequest(Interaction.SEARCH_SYSTEM, "GET", Level.SYSTEM, "", b"_id=x")
 
 PATIENT_QUERY: Json = {
     "resourceType": "AuditEvent",
@@ -213,6 +217,58 @@ PATIENT_QUERY: Json = {
             "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
             "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
             "query": base64.b64encode(SEARCH_RAW).decode(),
+        },
+        TRANSACTION,
+    ],
+}
+
+PATIENT_UPDATE: Json = {
+    "resourceType": "AuditEvent",
+    "meta": {"profile": [PROFILE + "PatientUpdate"]},
+    "type": REST,
+    "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "update"}],
+    "action": "U",
+    "recorded": RECORDED,
+    "outcome": "0",
+    "agent": [
+        # BALP writes: the user is the author (v3 ParticipationType AUT "author (originator)")
+        user_agent("AUT", "author (originator)"),
+        client_agent(
+            dcm("110153", "Source Role ID"),
+            {"identifier": {"value": "app-1"}},
+            requestor=False,
+            network={"address": "192.0.2.7", "type": "2"},
+        ),
+        server_agent(dcm("110152", "Destination Role ID")),
+    ],
+    "source": source("4", "Application Server"),
+    "entity": [patient("Patient/p1"), data("Observation/o1"), TRANSACTION],
+}
+
+QUERY_WITHOUT_PATIENT: Json = {
+    "resourceType": "AuditEvent",
+    "meta": {"profile": [PROFILE + "Query"]},  # no patient: BALP Query, not PatientQuery
+    "type": REST,
+    "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "search-system"}],
+    "action": "E",
+    "recorded": RECORDED,
+    "outcome": "0",
+    "purposeOfEvent": [ETREAT],
+    "agent": [
+        client_agent(
+            dcm("110153", "Source Role ID"),
+            {"identifier": {"value": "backend-7"}},
+            requestor=True,
+            network={"address": "192.0.2.7", "type": "2"},
+        ),
+        server_agent(dcm("110152", "Destination Role ID")),
+    ],
+    "source": source("4", "Application Server"),
+    "entity": [
+        {
+            "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+            "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
+            "query": base64.b64encode(b"GET /fhir?_id=x").decode(),
         },
         TRANSACTION,
     ],
@@ -252,9 +308,11 @@ FAILED_BACKEND_DELETE: Json = {
     ("request_", "identity", "patients", "status", "raw", "client", "expected"),
     [
         (SEARCH, USER, ["p1", "Patient/p1"], 200, SEARCH_RAW, "192.0.2.7", PATIENT_QUERY),
+        (UPDATE, USER, ["p1"], 200, b"PUT", "192.0.2.7", PATIENT_UPDATE),
+        (SYSTEM_SEARCH, BACKEND, [], 200, b"GET /fhir?_id=x", "192.0.2.7", QUERY_WITHOUT_PATIENT),
         (DELETE, BACKEND, [], 500, b"DELETE", "client.example", FAILED_BACKEND_DELETE),
     ],
-    ids=["patient-query", "failed-backend-delete"],
+    ids=["patient-query", "patient-update", "query-without-patient", "failed-backend-delete"],
 )
 def test_exchange_event_is_the_known_event(
     request_: FhirRequest,
@@ -358,6 +416,27 @@ ANONYMOUS_DENY: Json = {
     "source": source("6", "Security Server"),
     "entity": [*CONSENTS, TRANSACTION],
 }
+BACKEND_PERMIT: Json = {
+    "resourceType": "AuditEvent",
+    "type": dcm("110113", "Security Alert"),
+    "subtype": [AUTHZ_CONSENT],
+    "action": "E",
+    "recorded": RECORDED,
+    "outcome": "0",
+    "outcomeDesc": "permit",
+    "purposeOfEvent": [ETREAT],  # no user agent to carry the token's purposes
+    "agent": [
+        client_agent(
+            dcm("110150", "Application"),
+            {"identifier": {"value": "backend-7"}},
+            requestor=True,
+            network=None,
+        ),
+        AUTHSERVER,
+    ],
+    "source": source("6", "Security Server"),
+    "entity": [patient("Patient/p1"), *CONSENTS, TRANSACTION],
+}
 
 
 @pytest.mark.parametrize(
@@ -371,8 +450,9 @@ ANONYMOUS_DENY: Json = {
             PERMIT_WITH_OBLIGATIONS,
         ),
         (Decision("deny", (), TRACE), None, None, None, ANONYMOUS_DENY),
+        (Decision("permit", (), TRACE), BACKEND, "p1", None, BACKEND_PERMIT),
     ],
-    ids=["permit-with-obligations", "anonymous-deny"],
+    ids=["permit-with-obligations", "anonymous-deny", "backend-permit"],
 )
 def test_consent_decision_event_is_the_known_event(
     decision: Decision,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from middleware.audit.balp import exchange_events
+from middleware.audit.balp import exchange_events, interaction_codes
 from middleware.audit.parts import (
     AgentInfo,
     coding,
@@ -82,6 +82,26 @@ def _vread_own_reference() -> list[str]:
 
 def test_a_vread_names_the_version_it_read() -> None:
     assert _vread_own_reference() == ["Observation/o1/_history/2"]
+
+
+# R4 restful-interaction codes and AuditEvent.action (C R U D E), as BALP pairs them.
+@pytest.mark.parametrize(
+    ("interaction", "codes"),
+    [
+        (Interaction.READ, ("read", "R")),
+        (Interaction.SEARCH_COMPARTMENT, ("search-type", "E")),  # R4 has no compartment code
+        (Interaction.CREATE, ("create", "C")),
+        (Interaction.PATCH, ("patch", "U")),
+        (Interaction.DELETE, ("delete", "D")),
+        (Interaction.GRAPHQL, ("operation", "E")),
+        (Interaction.INVALID, (None, "E")),
+    ],
+    ids=lambda v: getattr(v, "name", None),
+)
+def test_interaction_codes_the_audit_index_records(
+    interaction: Interaction, codes: tuple[str | None, str]
+) -> None:
+    assert interaction_codes(interaction) == codes
 
 
 # --- refusals and their messages --------------------------------------------------------
