@@ -1,22 +1,27 @@
-"""Gather what an export needs from a ledger store: the checkpoint, leaves, proofs, openings.
+"""Gather what an export needs from a ledger: the checkpoint, leaves, proofs, openings.
 
 :func:`collect_export` reads, for the report's rows (audit index rows, fetched by the caller),
-the latest signed checkpoint, every leaf hash up to its size (the proofs are against that one
-checkpoint, RFC 9162 §2.1.3.1), the leaves of the exported entries, and each entry's opening
-through ``opening_of`` (:meth:`~middleware.audit.evidence.EvidenceReader.opening`). For a
-per-patient export it reads the patient's pseudonym chain (``store.chain``) and plans the
-lines with :func:`~middleware.audit.export.plan_chain`: the period's chain entries (the
-report's rows as ``row``, the others as ``other``) between the ``before`` and ``after``
-boundaries. The format itself is :mod:`middleware.audit.export`'s; this module only reads.
+a signed checkpoint (the latest), every leaf hash up to its size (the proofs are against that
+one checkpoint, RFC 9162 §2.1.3.1), the leaves and evidence of the exported entries, and
+opens each entry for the verifier: the entry key is ``evidence_key(patient key, salt)``
+(:mod:`middleware.audit.evidence`), the patient key unwrapped once per pseudonym. For a
+per-patient export it reads the patient's pseudonym chain and plans the lines with
+:func:`~middleware.audit.export.plan_chain`: the period's chain entries (the report's rows as
+``row``, the others as ``other``) between the ``before`` and ``after`` boundaries.
+
+Where the entries come from is a :class:`LogView`: :class:`StoreView` reads a live store entry
+by entry (a patient's few thousand entries), :class:`SnapshotView` a whole-log snapshot read
+in one transaction (``storage.ledger_dump``; an export of most of the log, where one read per
+entry would dominate). The format itself is :mod:`middleware.audit.export`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from middleware.audit.evidence import Opening
+from middleware.audit.evidence import is_sealed, unwrap_key
 from middleware.audit.export import (
     EntryOpening,
     ExportEntry,
@@ -28,28 +33,106 @@ from middleware.audit.export import (
 )
 from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import parse_checkpoint
-from middleware.ledger.entry import StoredCheckpoint
+from middleware.ledger.entry import Evidence
 from middleware.ledger.errors import LedgerError
-from middleware.ledger.leaf import decode_leaf
+from middleware.ledger.leaf import PSEUDONYM_SIZE, decode_leaf
 from middleware.ledger.note import parse_note
-from middleware.ledger.tree import MerkleLevels
+from middleware.ledger.signing import evidence_key
+from middleware.ledger.snapshot import LogSnapshot
+from middleware.ledger.tree import MerkleLevels, hash_leaves
+from middleware.storage.ledger_base import LogStore
 
-__all__ = ["ExportSource", "ExportSpec", "collect_export"]
+__all__ = ["ExportSpec", "LogView", "SnapshotView", "StoreView", "collect_export"]
 
 #: Leaves fetched in one read when the wanted indexes are this close together.
 _GAP = 512
+_PSEUDONYM = slice(16, 16 + PSEUDONYM_SIZE)  # the leaf's pseudonym bytes (ledger.leaf layout)
 
 
-class ExportSource(Protocol):
-    """What an export reads of a log store (:class:`~middleware.storage.ledger_base.LogStore`)."""
+class LogView(Protocol):
+    """The ledger as an export reads it; ``note`` is the signed checkpoint the proofs are
+    against and ``size`` its tree size."""
 
-    async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None: ...
+    note: str
+    size: int
 
-    async def leaves(self, start: int, end: int) -> list[bytes]: ...
+    async def leaf_hashes(self) -> list[bytes]: ...
 
-    async def leaf_hashes(self, start: int, end: int) -> list[bytes]: ...
+    async def leaves(self, indexes: Sequence[int]) -> dict[int, bytes]: ...
+
+    async def evidence(self, indexes: Sequence[int]) -> dict[int, Evidence]: ...
 
     async def chain(self, pseudonym: bytes) -> list[int]: ...
+
+
+class StoreView:
+    """A live store read entry by entry; :meth:`open` takes its latest checkpoint."""
+
+    def __init__(self, store: LogStore, note: str, size: int) -> None:
+        self.store, self.note, self.size = store, note, size
+
+    @classmethod
+    async def open(cls, store: LogStore) -> StoreView:
+        stored = await store.checkpoint()
+        if stored is None or stored.size == 0:
+            raise LedgerError("the log has no signed checkpoint with entries yet")
+        return cls(store, stored.note, stored.size)
+
+    async def leaf_hashes(self) -> list[bytes]:
+        return await self.store.leaf_hashes(0, self.size)
+
+    async def leaves(self, indexes: Sequence[int]) -> dict[int, bytes]:
+        wanted = sorted(set(indexes))
+        out: dict[int, bytes] = {}
+        start = 0
+        while start < len(wanted):  # one read per run of nearby indexes
+            end = start
+            while end + 1 < len(wanted) and wanted[end + 1] - wanted[end] <= _GAP:
+                end += 1
+            lo = wanted[start]
+            read = await self.store.leaves(lo, wanted[end] + 1)
+            out.update((i, read[i - lo]) for i in wanted[start : end + 1])
+            start = end + 1
+        return out
+
+    async def evidence(self, indexes: Sequence[int]) -> dict[int, Evidence]:
+        out: dict[int, Evidence] = {}
+        for index in indexes:
+            found = await self.store.evidence(index)
+            if found is not None:
+                out[index] = found
+        return out
+
+    async def chain(self, pseudonym: bytes) -> list[int]:
+        return [i for i in await self.store.chain(pseudonym) if i < self.size]
+
+
+class SnapshotView:
+    """A whole-log snapshot (``dump_log``): its last checkpoint, leaves and evidence."""
+
+    def __init__(self, snapshot: LogSnapshot) -> None:
+        if not snapshot.checkpoints:
+            raise LedgerError("the log has no signed checkpoint yet")
+        self.note = snapshot.checkpoints[-1]
+        self.size = parse_checkpoint(parse_note(self.note).text).size
+        if self.size == 0 or self.size > len(snapshot.leaves):
+            raise LedgerError("the log's latest checkpoint does not cover its leaves")
+        self._snapshot = snapshot
+
+    async def leaf_hashes(self) -> list[bytes]:
+        return hash_leaves(self._snapshot.leaves[: self.size])
+
+    async def leaves(self, indexes: Sequence[int]) -> dict[int, bytes]:
+        leaves = self._snapshot.leaves
+        return {i: leaves[i] for i in indexes}
+
+    async def evidence(self, indexes: Sequence[int]) -> dict[int, Evidence]:
+        stored = self._snapshot.evidence
+        return {i: stored[i] for i in indexes if i in stored}
+
+    async def chain(self, pseudonym: bytes) -> list[int]:
+        leaves = self._snapshot.leaves
+        return [i for i in range(self.size) if leaves[i][_PSEUDONYM] == pseudonym]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,24 +149,24 @@ class ExportSpec:
 
 
 async def collect_export(
-    store: ExportSource,
+    view: LogView,
     spec: ExportSpec,
     rows: Sequence[AuditRow],
-    opening_of: Callable[[int], Awaitable[Opening | None]],
+    *,
+    wrapped_key: Callable[[bytes], Awaitable[bytes | None]],
+    wrap_key: bytes,
 ) -> tuple[ExportHeader, Iterator[ExportEntry]]:
-    """The header and the entry lines of an export of ``rows`` (see the module docstring).
-    Raises :class:`LedgerError` when the log has no checkpoint yet."""
-    stored = await store.checkpoint()
-    if stored is None or stored.size == 0:
-        raise LedgerError("the log has no signed checkpoint with entries yet")
-    size = stored.size
-    origin = parse_checkpoint(parse_note(stored.note).text).origin
-    tree = MerkleLevels(await store.leaf_hashes(0, size))
+    """The header and the entry lines of an export of ``rows`` (module docstring).
+    ``wrapped_key(pseudonym)`` is the store's ``audit_key_get``; ``wrap_key`` the ledger key's
+    evidence wrap key. An entry whose patient key is gone (shredded) has no opening."""
+    size = view.size
+    origin = parse_checkpoint(parse_note(view.note).text).origin
+    tree = MerkleLevels(await view.leaf_hashes())
     reported = {row.index: row for row in rows if 0 <= row.index < size}
     lines: list[tuple[Role, int]]
     if spec.pseudonym is not None:
-        chain = [i for i in await store.chain(spec.pseudonym) if i < size]
-        chain_leaves = await _leaves(store, chain)
+        chain = await view.chain(spec.pseudonym)
+        chain_leaves = await view.leaves(chain)
         timed = [(i, decode_leaf(chain_leaves[i]).recorded_us) for i in chain]
         before, inside, after = plan_chain(timed, spec.since_us, spec.until_us)
         lines = [("before", before)] if before is not None else []
@@ -91,17 +174,29 @@ async def collect_export(
         lines += [("after", after)] if after is not None else []
     else:
         lines = [("row", i) for i in sorted(reported)]
-    leaves = await _leaves(store, [i for _, i in lines])
+    leaves = await view.leaves([i for _, i in lines])
+    opened = [i for role, i in lines if role in ("row", "other")]
+    evidence = await view.evidence(opened)
+    keys: dict[bytes, bytes | None] = {}
     openings: dict[int, EntryOpening | None] = {}
-    for role, index in lines:
-        if role in ("row", "other"):
-            found = await opening_of(index)
-            openings[index] = (
-                None if found is None else EntryOpening(found.salt, found.evidence, found.key)
-            )
+    for index in opened:
+        stored = evidence.get(index)
+        if stored is None or not is_sealed(stored.data):
+            openings[index] = None
+            continue
+        pseudonym = leaves[index][_PSEUDONYM]  # all zero: no patient (evidence.NO_PATIENT)
+        if pseudonym not in keys:
+            wrapped = await wrapped_key(pseudonym)
+            keys[pseudonym] = None if wrapped is None else unwrap_key(wrap_key, wrapped)
+        patient_key = keys[pseudonym]
+        openings[index] = (
+            None
+            if patient_key is None
+            else EntryOpening(stored.salt, stored.data, evidence_key(patient_key, stored.salt))
+        )
     header = ExportHeader(
         report=spec.report,
-        checkpoint=stored.note,
+        checkpoint=view.note,
         origin=origin,
         patient=spec.patient,
         agent=spec.agent,
@@ -114,19 +209,3 @@ async def collect_export(
         lines, tree=tree, size=size, leaves=leaves, openings=openings, columns=columns
     )
     return header, entries
-
-
-async def _leaves(store: ExportSource, indexes: Iterable[int]) -> dict[int, bytes]:
-    """The leaves of ``indexes``, read in runs of nearby indexes."""
-    wanted = sorted(set(indexes))
-    out: dict[int, bytes] = {}
-    start = 0
-    while start < len(wanted):
-        end = start
-        while end + 1 < len(wanted) and wanted[end + 1] - wanted[end] <= _GAP:
-            end += 1
-        lo, hi = wanted[start], wanted[end] + 1
-        read = await store.leaves(lo, hi)
-        out.update((i, read[i - lo]) for i in wanted[start : end + 1])
-        start = end + 1
-    return out

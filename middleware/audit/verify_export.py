@@ -17,40 +17,34 @@
   before it as its ``previous`` entry, so a dropped line is a gap whose missing index the next
   leaf names, and an inserted line is a link nobody names.
 
-Inclusion proofs are checked with a cache of the tree nodes already authenticated (every node
-on a path that reached the signed root): a later path that reaches one of them is proved there,
-and its remaining hashes must equal the cached siblings. That is the same check as the RFC's,
-in about two hashes a row for a dense export instead of ``log2(size)``.
+Inclusion proofs are checked by :class:`~middleware.audit.inclusion.InclusionChecker`: the
+RFC's check, in about one hash a row for an export in index order instead of ``log2(size)``.
+Reading the file is :mod:`middleware.audit.export_read`'s.
 
 Pure: the ``opener`` (which decrypts, see ``middleware.audit.evidence``) is handed in.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import csv
-import hashlib
 import hmac
-import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from middleware.audit.export import (
-    EXPORT_FORMAT,
-    PROOF_COLUMNS,
-    ROW_COLUMNS,
-    EntryOpening,
-    row_columns,
-    shredded_columns,
+from middleware.audit.export import EntryOpening, row_columns, shredded_columns
+from middleware.audit.export_read import (
+    ExportLine,
+    HeaderError,
+    csv_lines,
+    ndjson_lines,
+    read_header,
 )
+from middleware.audit.inclusion import InclusionChecker
 from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
 from middleware.ledger.errors import LedgerError
-from middleware.ledger.leaf import Leaf, commit_evidence, decode_leaf, micros
-from middleware.ledger.merkle import HASH_SIZE, leaf_hash, verify_inclusion
+from middleware.ledger.leaf import Leaf, commit_evidence, decode_leaf
 from middleware.ledger.receipt import TLOG_PROOF_HEADER, check_receipt, parse_receipt
 from middleware.ledger.signing import Verifier, verify_note
 from middleware.ledger.trust import TrustPolicy
@@ -59,7 +53,6 @@ __all__ = [
     "MAX_FINDINGS",
     "ExportFinding",
     "ExportReport",
-    "InclusionChecker",
     "RowOpener",
     "RowRule",
     "verify_export",
@@ -77,10 +70,6 @@ RowOpener = Callable[[EntryOpening, Leaf, int], AuditRow]
 RowRule = Callable[[AuditRow], bool]
 #: The report's columns of a row (default :func:`~middleware.audit.export.row_columns`).
 Columns = Callable[[AuditRow], Sequence[str]]
-
-_NODE = b"\x01"
-_SHA = hashlib.sha256
-_CACHE_LIMIT = 1 << 21
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +143,7 @@ def verify_file(
     if first.rstrip("\n") == TLOG_PROOF_HEADER:
         return verify_receipt(first + "".join(lines), policy)
     return verify_export(
-        _chain_first(first, lines), policy, opener=opener, rules=rules, columns=columns
+        itertools.chain((first,), lines), policy, opener=opener, rules=rules, columns=columns
     )
 
 
@@ -198,15 +187,16 @@ def verify_export(
     report = ExportReport()
     lines = iter(text)
     first = next(lines, "")
-    parsed = _header(report, first)
-    if parsed is None:
+    try:
+        header, names = read_header(first)
+    except HeaderError as exc:
+        report.add(exc.code, str(exc), 1)
         return report
-    header, names = parsed
     report.report = header["report"]
     checkpoint = _checkpoint(report, header["checkpoint"], policy)
     if checkpoint is not None:
         report.size = checkpoint.size
-    entries = _csv_entries(lines, names) if first.startswith("#") else _ndjson_entries(lines)
+    entries = csv_lines(lines, names) if first.startswith("#") else ndjson_lines(lines)
     check = _Checker(
         report,
         header=header,
@@ -226,40 +216,7 @@ def verify_export(
     return report
 
 
-# -- header and checkpoint ------------------------------------------------------------------
-
-
-def _header(report: ExportReport, first: str) -> tuple[dict[str, Any], tuple[str, ...]] | None:
-    text = first[1:] if first.startswith("#") else first
-    try:
-        header = json.loads(text)
-    except ValueError:
-        header = None
-    if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
-        report.add("header-format", f"the first line is not a {EXPORT_FORMAT} header", 1)
-        return None
-    names = header.get("columns", list(ROW_COLUMNS))
-    fields_ok = isinstance(header.get("report"), str) and isinstance(header.get("checkpoint"), str)
-    if not fields_ok or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        report.add("header-malformed", "the header lacks report, checkpoint or columns", 1)
-        return None
-    try:
-        for key in ("since", "until"):
-            header[key] = _micros(header.get(key))
-        chain = header.get("chain")
-        header["chain"] = None if chain is None else bytes.fromhex(chain)
-    except (ValueError, TypeError) as exc:
-        report.add("header-malformed", f"the header's scope: {exc}", 1)
-        return None
-    return header, tuple(names)
-
-
-def _micros(text: object) -> int | None:
-    if text is None:
-        return None
-    if not isinstance(text, str) or not text.endswith("Z"):
-        raise ValueError(f"not an RFC 3339 UTC time: {text!r}")
-    return micros(datetime.fromisoformat(text))
+# -- checkpoint -------------------------------------------------------------------------------
 
 
 def _checkpoint(report: ExportReport, note: str, policy: TrustPolicy) -> Checkpoint | None:
@@ -279,88 +236,6 @@ def _checkpoint(report: ExportReport, note: str, policy: TrustPolicy) -> Checkpo
         report.add("key-window", "the checkpoint's key is not valid for its size", 1)
         return None
     return checkpoint
-
-
-# -- lines ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Line:
-    role: str
-    index: int
-    leaf: bytes
-    proof: bytes
-    opening: EntryOpening | None
-    columns: tuple[str, ...] | None
-
-
-_ROLES = frozenset({"row", "other", "before", "after"})
-
-
-def _ndjson_entries(lines: Iterator[str]) -> Iterator[tuple[int, _Line | str]]:
-    for number, text in enumerate(lines, start=2):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-            if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
-            cols = obj.get("columns")
-            values = None if cols is None else tuple(cols.values())
-            if values is not None and not all(isinstance(v, str) for v in values):
-                raise ValueError("columns are strings")
-            yield number, _parse(obj, obj.get("salt"), obj.get("evidence"), obj.get("key"), values)
-        except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
-            yield number, f"not an export line: {exc}"
-
-
-def _csv_entries(lines: Iterator[str], names: tuple[str, ...]) -> Iterator[tuple[int, _Line | str]]:
-    reader = csv.reader(lines)
-    head = next(reader, None)
-    width = len(names)
-    if head != [*names, *PROOF_COLUMNS]:
-        yield 2, "the column line is not the header's columns then the proof columns"
-        return
-    for record in reader:
-        number = reader.line_num + 1
-        if not record:
-            continue
-        if len(record) != width + len(PROOF_COLUMNS):
-            yield number, f"{len(record)} cells, not {width + len(PROOF_COLUMNS)}"
-            continue
-        role, index, leaf, proof, salt, evidence, key = record[width:]
-        obj = {"role": role, "index": int(index) if index.isdigit() else index}
-        obj |= {"leaf": leaf, "proof": proof}
-        values = tuple(record[:width]) if role == "row" else None
-        try:
-            yield number, _parse(obj, salt or None, evidence or None, key or None, values)
-        except (ValueError, TypeError, binascii.Error) as exc:
-            yield number, f"not an export record: {exc}"
-
-
-def _parse(
-    obj: dict[str, Any], salt: Any, evidence: Any, key: Any, values: tuple[str, ...] | None
-) -> _Line:
-    role, index = obj.get("role"), obj.get("index")
-    if role not in _ROLES:
-        raise ValueError(f"unknown role {role!r}")
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise ValueError("the index is a non-negative integer")
-    opening = None
-    if salt is not None or evidence is not None:
-        opening = EntryOpening(_unb64(salt), _unb64(evidence), None if key is None else _unb64(key))
-    return _Line(role, index, _unb64(obj.get("leaf")), _unb64(obj.get("proof")), opening, values)
-
-
-def _unb64(text: Any) -> bytes:
-    if not isinstance(text, str):
-        raise ValueError("a binary value is a base64 string")
-    return base64.b64decode(text, validate=True)
-
-
-def _chain_first(first: str, rest: Iterator[str]) -> Iterator[str]:
-    yield first
-    yield from rest
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -393,7 +268,7 @@ class _Checker:
         if opener is None:
             report.add("no-opener", "openings were not checked (no way to decrypt them)", None)
 
-    def entry(self, number: int, line: _Line) -> None:
+    def entry(self, number: int, line: ExportLine) -> None:
         add, index = self.report.add, line.index
         try:
             leaf = decode_leaf(line.leaf)
@@ -408,7 +283,7 @@ class _Checker:
         else:
             self._boundary(number, line, leaf)
 
-    def _order(self, number: int, line: _Line, leaf: Leaf) -> None:
+    def _order(self, number: int, line: ExportLine, leaf: Leaf) -> None:
         add, index, last = self.report.add, line.index, self.last
         if last is not None and index <= last[1]:
             code = "duplicate" if index == last[1] else "order"
@@ -422,7 +297,7 @@ class _Checker:
             self._link(number, line, leaf)
         self.last = (number, index, line.role)
 
-    def _link(self, number: int, line: _Line, leaf: Leaf) -> None:
+    def _link(self, number: int, line: ExportLine, leaf: Leaf) -> None:
         add, index, last = self.report.add, line.index, self.last
         if leaf.pseudonym is None or not hmac.compare_digest(leaf.pseudonym, self.chain or b""):
             add("chain-foreign", "the entry is not in the patient's chain", number, index)
@@ -450,14 +325,14 @@ class _Checker:
                 index,
             )
 
-    def _boundary(self, number: int, line: _Line, leaf: Leaf) -> None:
+    def _boundary(self, number: int, line: ExportLine, leaf: Leaf) -> None:
         since, until = self.header["since"], self.header["until"]
         if line.role == "before" and since is not None and leaf.recorded_us >= since:
             self.report.add("scope", "the 'before' entry is inside the period", number, line.index)
         if line.role == "after" and until is not None and leaf.recorded_us <= until:
             self.report.add("scope", "the 'after' entry is inside the period", number, line.index)
 
-    def _opening(self, number: int, line: _Line, leaf: Leaf) -> None:
+    def _opening(self, number: int, line: ExportLine, leaf: Leaf) -> None:
         add, index, opening = self.report.add, line.index, line.opening
         if line.role == "row":
             self.report.rows += 1
@@ -485,7 +360,7 @@ class _Checker:
             return
         self._row(number, line, leaf, row)
 
-    def _row(self, number: int, line: _Line, leaf: Leaf, row: AuditRow) -> None:
+    def _row(self, number: int, line: ExportLine, leaf: Leaf, row: AuditRow) -> None:
         add, index, header = self.report.add, line.index, self.header
         if line.role == "row":
             expected = tuple(self.columns(row) if self.columns else row_columns(row))
@@ -515,74 +390,3 @@ def _differing(names: Sequence[str], given: Sequence[str] | None, expected: Sequ
     if given is None or len(given) != len(expected):
         return "the row's cells"
     return ", ".join(n for n, a, b in zip(names, given, expected, strict=False) if a != b)
-
-
-class InclusionChecker:
-    """RFC 9162 §2.1.3.2 inclusion checks against one checkpoint, with authenticated nodes
-    cached by (level, position) (see the module docstring)."""
-
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        self.size = checkpoint.size
-        self.root = checkpoint.root_hash
-        self.cache: dict[tuple[int, int], bytes] = {}
-
-    def check(self, index: int, leaf: bytes, proof: bytes) -> bool:
-        if not 0 <= index < self.size or len(proof) % HASH_SIZE:
-            return False
-        cache, seen = self.cache, []
-        fn, sn, k, r = index, self.size - 1, 0, leaf_hash(leaf)
-        for i in range(0, len(proof), HASH_SIZE):
-            known = cache.get((k, fn))
-            if known is not None:
-                return known == r and self._rest(fn, sn, k, proof, i)
-            seen.append(((k, fn), r))
-            if sn == 0:
-                return False
-            p = proof[i : i + HASH_SIZE]
-            if fn & 1 or fn == sn:
-                while not fn & 1 and fn:
-                    fn, sn, k = fn >> 1, sn >> 1, k + 1
-                if not fn:
-                    return False
-                seen.append(((k, fn), r))  # a right-edge node promoted up unchanged
-                seen.append(((k, fn - 1), p))
-                r = _SHA(_NODE + p + r).digest()
-            else:
-                seen.append(((k, fn + 1), p))
-                r = _SHA(_NODE + r + p).digest()
-            fn, sn, k = fn >> 1, sn >> 1, k + 1
-        if sn != 0 or not hmac.compare_digest(r, self.root):
-            return False
-        if len(cache) > _CACHE_LIMIT:
-            cache.clear()
-        cache.update(seen)
-        cache[(k, fn)] = r
-        return True
-
-    def _rest(self, fn: int, sn: int, k: int, proof: bytes, i: int) -> bool:
-        """The proof's hashes from ``i`` on are the cached siblings of an authenticated node."""
-        cache = self.cache
-        for j in range(i, len(proof), HASH_SIZE):
-            if sn == 0:
-                return False
-            if fn & 1 or fn == sn:
-                while not fn & 1 and fn:
-                    fn, sn, k = fn >> 1, sn >> 1, k + 1
-                if not fn:
-                    return False
-                sibling = (k, fn - 1)
-            else:
-                sibling = (k, fn + 1)
-            if cache.get(sibling) != proof[j : j + HASH_SIZE]:
-                return False
-            fn, sn, k = fn >> 1, sn >> 1, k + 1
-        return sn == 0
-
-    def explain(self, index: int, leaf: bytes, proof: bytes) -> str:
-        """Why the proof fails, as the reference verifier says it."""
-        hashes = [proof[i : i + HASH_SIZE] for i in range(0, len(proof), HASH_SIZE)]
-        try:
-            verify_inclusion(leaf_hash(leaf), index, self.size, hashes, self.root)
-        except LedgerError as exc:
-            return f"inclusion proof: {exc}"
-        return "inclusion proof: its hashes are not the tree's"

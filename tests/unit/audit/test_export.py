@@ -18,7 +18,7 @@ from middleware.audit.export import (
     plan_chain,
     row_columns,
 )
-from middleware.audit.verify_export import InclusionChecker
+from middleware.audit.inclusion import InclusionChecker
 from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.errors import VerificationError
 from middleware.ledger.merkle import leaf_hash, verify_inclusion

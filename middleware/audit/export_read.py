@@ -1,0 +1,144 @@
+"""Reading an audit export (``middleware.audit.export``'s format) into lines, without judging.
+
+:func:`read_header` parses the first line; :func:`ndjson_lines` and :func:`csv_lines` yield each
+entry line with its 1-based file line number, as an :class:`ExportLine` or, for a line that
+cannot be read, the reason as text. Nothing here checks a proof: that is
+:mod:`middleware.audit.verify_export`'s job.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from middleware.audit.export import EXPORT_FORMAT, PROOF_COLUMNS, ROW_COLUMNS, EntryOpening
+from middleware.ledger.leaf import micros
+
+__all__ = ["ExportLine", "HeaderError", "csv_lines", "ndjson_lines", "read_header"]
+
+
+class HeaderError(ValueError):
+    """The first line is not a usable header; ``code`` is the finding's."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def read_header(first: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The header of an export's ``first`` line (NDJSON, or CSV's ``#`` line) and its column
+    names; ``since``/``until`` become microseconds and ``chain`` bytes. Raises
+    :class:`HeaderError`."""
+    text = first[1:] if first.startswith("#") else first
+    try:
+        header = json.loads(text)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+        raise HeaderError("header-format", f"the first line is not a {EXPORT_FORMAT} header")
+    names = header.get("columns", list(ROW_COLUMNS))
+    fields_ok = isinstance(header.get("report"), str) and isinstance(header.get("checkpoint"), str)
+    if not fields_ok or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise HeaderError("header-malformed", "the header lacks report, checkpoint or columns")
+    try:
+        for key in ("since", "until"):
+            header[key] = _micros(header.get(key))
+        chain = header.get("chain")
+        header["chain"] = None if chain is None else bytes.fromhex(chain)
+    except (ValueError, TypeError) as exc:
+        raise HeaderError("header-malformed", f"the header's scope: {exc}") from exc
+    return header, tuple(names)
+
+
+def _micros(text: object) -> int | None:
+    if text is None:
+        return None
+    if not isinstance(text, str) or not text.endswith("Z"):
+        raise ValueError(f"not an RFC 3339 UTC time: {text!r}")
+    return micros(datetime.fromisoformat(text))
+
+
+@dataclass(frozen=True, slots=True)
+class ExportLine:
+    """One entry line as read (not yet checked)."""
+
+    role: str
+    index: int
+    leaf: bytes
+    proof: bytes
+    opening: EntryOpening | None
+    columns: tuple[str, ...] | None
+
+
+_ROLES = frozenset({"row", "other", "before", "after"})
+
+
+def ndjson_lines(lines: Iterator[str]) -> Iterator[tuple[int, ExportLine | str]]:
+    for number, text in enumerate(lines, start=2):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            cols = obj.get("columns")
+            values = None if cols is None else tuple(cols.values())
+            if values is not None and not all(isinstance(v, str) for v in values):
+                raise ValueError("columns are strings")
+            yield number, _parse(obj, obj.get("salt"), obj.get("evidence"), obj.get("key"), values)
+        except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
+            yield number, f"not an export line: {exc}"
+
+
+def csv_lines(
+    lines: Iterator[str], names: tuple[str, ...]
+) -> Iterator[tuple[int, ExportLine | str]]:
+    reader = csv.reader(lines)
+    head = next(reader, None)
+    width = len(names)
+    if head != [*names, *PROOF_COLUMNS]:
+        yield 2, "the column line is not the header's columns then the proof columns"
+        return
+    for record in reader:
+        number = reader.line_num + 1
+        if not record:
+            continue
+        if len(record) != width + len(PROOF_COLUMNS):
+            yield number, f"{len(record)} cells, not {width + len(PROOF_COLUMNS)}"
+            continue
+        role, index, leaf, proof, salt, evidence, key = record[width:]
+        obj = {"role": role, "index": int(index) if index.isdigit() else index}
+        obj |= {"leaf": leaf, "proof": proof}
+        values = tuple(record[:width]) if role == "row" else None
+        try:
+            yield number, _parse(obj, salt or None, evidence or None, key or None, values)
+        except (ValueError, TypeError, binascii.Error) as exc:
+            yield number, f"not an export record: {exc}"
+
+
+def _parse(
+    obj: dict[str, Any], salt: Any, evidence: Any, key: Any, values: tuple[str, ...] | None
+) -> ExportLine:
+    role, index = obj.get("role"), obj.get("index")
+    if role not in _ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValueError("the index is a non-negative integer")
+    opening = None
+    if salt is not None or evidence is not None:
+        opening = EntryOpening(_unb64(salt), _unb64(evidence), None if key is None else _unb64(key))
+    return ExportLine(
+        role, index, _unb64(obj.get("leaf")), _unb64(obj.get("proof")), opening, values
+    )
+
+
+def _unb64(text: Any) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("a binary value is a base64 string")
+    return base64.b64decode(text, validate=True)
