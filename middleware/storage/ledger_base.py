@@ -17,6 +17,12 @@ table          holds                                                 UPDATE / DE
 ``heartbeat``  the one row: a counter outside the log                 updated by each probe
 =============  ====================================================  ===========================
 
+Beside the log, the audit index (``consentry_audit_index``, plus ``consentry_audit_terms`` in
+SQLite) and the evidence keys (``consentry_audit_keys``): derived data and key material, under
+no append-only trigger (shred and reindex rewrite index rows; a shred deletes a key). Their
+layout is :mod:`~middleware.storage.audit_index_sqlite`'s and
+:mod:`~middleware.storage.audit_index_postgres`'s.
+
 The evidence commitment lives in the leaf, so deleting or overwriting evidence (shredding)
 breaks no root or proof. The state row is mutable by design; it is protected by replaying the
 leaves against it (:mod:`middleware.ledger.replay`) when the store opens. The triggers stop a
@@ -29,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final, Protocol
 
+from middleware.audit.row import AuditQuery, AuditRow
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
 from middleware.ledger.sequencer import CheckpointSigner
 
@@ -56,6 +63,14 @@ class LogStore(Protocol):
       duplicates) and the current size has no checkpoint yet (an empty log; a state rebuilt
       after a crash), it signs one. Never two checkpoints for one size; never a gap.
       Several store objects, in several processes, may append to one log at once.
+    - The same transaction writes each new entry's audit-index ``row`` (``NewEntry.row``, at
+      the entry's index); a duplicate writes none, a failed append none. A row that disagrees
+      with its leaf (time, kind, flags, pseudonym) fails the append with ``MalformedError``.
+    - The audit index is derived data (``consentry audit reindex`` rebuilds it from the
+      evidence): :meth:`shred`, :meth:`reindex` and :meth:`clear_index` change it; the leaves
+      never change. Searches (:meth:`audit_rows`, :meth:`audit_count`) follow
+      :class:`~middleware.audit.row.AuditQuery` and
+      :mod:`~middleware.storage.audit_index_match` exactly, on every backend.
     - Reads see only committed appends. Ranges are half-open ``[start, end)`` and raise
       :class:`~middleware.ledger.errors.OutOfRangeError` unless ``0 <= start <= end <= size``.
     - The log never changes once written: leaves and checkpoints are not updated or deleted,
@@ -143,6 +158,47 @@ class LogStore(Protocol):
         store). A reader's ``ping`` succeeds in all those cases, which is why readiness asks
         for this (``app_health``).
         """
+        ...
+
+    async def audit_rows(self, query: AuditQuery) -> list[AuditRow]:
+        """The page of index rows ``query`` asks for, in its order (at most ``limit``)."""
+        ...
+
+    async def audit_count(self, query: AuditQuery) -> int:
+        """How many rows ``query`` matches in all (``after``, ``limit`` and ``sort`` ignored)."""
+        ...
+
+    async def audit_row(self, index: int) -> AuditRow | None:
+        """The index row of ledger entry ``index`` (shredded or not); ``None`` if none."""
+        ...
+
+    async def audit_key(self, pseudonym: bytes, candidate: bytes) -> bytes:
+        """The pseudonym's stored evidence key, storing ``candidate`` first if it has none.
+
+        Atomic across store objects and processes: whoever races, one candidate is stored and
+        every caller gets that one back. The bytes are opaque to the store (a wrapped key).
+        ``pseudonym`` is a leaf pseudonym (16 bytes) and ``candidate`` non-empty, else
+        ``ValueError``."""
+        ...
+
+    async def audit_key_get(self, pseudonym: bytes) -> bytes | None:
+        """The pseudonym's stored evidence key; ``None`` if it has none (never had, or shredded)."""
+        ...
+
+    async def shred(self, pseudonym: bytes) -> int:
+        """Crypto-shred a pseudonym, in one transaction: delete its evidence key and replace
+        each of its index rows not shredded yet by ``row.shred()``. Returns how many rows were
+        shredded (0 on a second shred). The evidence ciphertext stays (unreadable without the
+        key; the ledger's export still carries it and its commitment still verifies)."""
+        ...
+
+    async def reindex(self, rows: Sequence[AuditRow]) -> None:
+        """Upsert ``rows`` into the index by their index, in one transaction (callers pass
+        chunks of a few thousand). Each row's ``index`` must be set (``ValueError``)."""
+        ...
+
+    async def clear_index(self) -> None:
+        """Delete every index row (before a full reindex); evidence keys stay."""
         ...
 
     async def close(self) -> None:

@@ -3,7 +3,9 @@ contract, nothing durable.
 
 Several :class:`MemoryLogStore` objects may share one :class:`MemoryLog` (the "database"), which
 is how tests reopen a store. An append computes everything (plan, signature) before it changes
-anything, so a failing signer or an outage leaves the log as it was.
+anything, so a failing signer or an outage leaves the log as it was. The audit index and the
+evidence keys are two more dictionaries of the :class:`MemoryLog`; queries run the rules of
+:mod:`~middleware.storage.audit_index_match` over every row (fine for tests, not for scale).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from middleware.audit.row import AuditQuery, AuditRow
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
 from middleware.ledger.errors import OutOfRangeError
@@ -23,6 +26,14 @@ from middleware.ledger.sequencer import (
     distinct_pseudonyms,
     plan_batch,
     sign_state,
+)
+from middleware.storage.audit_index_match import (
+    check_key,
+    check_pseudonym,
+    check_reindex,
+    indexed_rows,
+    matches,
+    select_rows,
 )
 
 __all__ = ["MemoryLog", "MemoryLogStore"]
@@ -46,6 +57,9 @@ class MemoryLog:
     heartbeats: int = 0
     #: Indexes of the consent entries (the SQL stores' partial index).
     consents: list[int] = field(default_factory=list)
+    #: The audit index (ledger index -> row) and the wrapped evidence keys (pseudonym -> key).
+    audit: dict[int, AuditRow] = field(default_factory=dict)
+    audit_keys: dict[bytes, bytes] = field(default_factory=dict)
 
 
 class MemoryLogStore:
@@ -78,6 +92,7 @@ class MemoryLogStore:
         recorded = {k: log.keys[k] for k in distinct_keys(batch) if k in log.keys}
         last = {p: log.chains[p][-1] for p in distinct_pseudonyms(batch) if p in log.chains}
         plan = plan_batch(log.state, batch, recorded=recorded, last_index=last)
+        rows = indexed_rows(batch, plan.results)
         signed = None
         if plan.leaves or plan.state.size not in log.checkpoints:
             signed = sign_state(sign, plan.state)
@@ -93,6 +108,7 @@ class MemoryLogStore:
             log.evidence[row.index] = Evidence(row.salt, row.evidence)
             if row.leaf[5] in _CONSENT_KINDS:  # the kind byte
                 log.consents.append(row.index)
+        log.audit.update((r.index, r) for r in rows)
         log.state = plan.state
         if signed is not None:
             log.checkpoints[signed.size] = signed
@@ -162,8 +178,56 @@ class MemoryLogStore:
             raise ServiceUnavailable("ledger store cannot commit")
         self.log.heartbeats += 1
 
+    async def audit_rows(self, query: AuditQuery) -> list[AuditRow]:
+        self._check()
+        return select_rows(self.log.audit.values(), query)
+
+    async def audit_count(self, query: AuditQuery) -> int:
+        self._check()
+        return sum(1 for row in self.log.audit.values() if matches(row, query))
+
+    async def audit_row(self, index: int) -> AuditRow | None:
+        self._check()
+        return self.log.audit.get(index)
+
+    async def audit_key(self, pseudonym: bytes, candidate: bytes) -> bytes:
+        check_key(pseudonym, candidate)
+        self._writing()
+        return self.log.audit_keys.setdefault(pseudonym, candidate)
+
+    async def audit_key_get(self, pseudonym: bytes) -> bytes | None:
+        check_pseudonym(pseudonym)
+        self._check()
+        return self.log.audit_keys.get(pseudonym)
+
+    async def shred(self, pseudonym: bytes) -> int:
+        check_pseudonym(pseudonym)
+        self._writing()
+        self.log.audit_keys.pop(pseudonym, None)
+        rows = [
+            row.shred()
+            for row in self.log.audit.values()
+            if row.pseudonym == pseudonym and not row.shredded
+        ]
+        self.log.audit.update((r.index, r) for r in rows)
+        return len(rows)
+
+    async def reindex(self, rows: Sequence[AuditRow]) -> None:
+        check_reindex(rows)
+        self._writing()
+        self.log.audit.update((r.index, r) for r in rows)
+
+    async def clear_index(self) -> None:
+        self._writing()
+        self.log.audit.clear()
+
     async def close(self) -> None:
         self.available = False
+
+    def _writing(self) -> None:
+        self._check()
+        if not self.writable:
+            raise ServiceUnavailable("ledger store cannot commit")
 
     def _check(self) -> None:
         if not self.available:

@@ -15,6 +15,11 @@ every append committed before it, which is exactly the log the new batch extends
 Database errors become :class:`~middleware.errors.ServiceUnavailable` in
 :func:`~middleware.storage.postgres_pool.translated`, the one place. Tables live in ``schema``
 (default ``public``), set as the pool's ``search_path``; tests use a fresh schema each.
+
+The audit index and the evidence keys live in the same schema
+(:mod:`~middleware.storage.audit_index_postgres`); index rows are written in the append's
+transaction, the other audit methods are
+:class:`~middleware.storage.audit_index_stores.PostgresAuditIndex`'s.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from middleware.ledger.sequencer import (
     plan_batch,
     sign_state,
 )
+from middleware.storage import audit_index_postgres as audit_index
+from middleware.storage.audit_index_match import indexed_rows
+from middleware.storage.audit_index_stores import PostgresAuditIndex
 from middleware.storage.ledger_base import PROBE_LOCK_WAIT
 from middleware.storage.ledger_postgres_schema import CONSENT_LEAF, SCHEMA, SIGNER_LOCK
 from middleware.storage.postgres_pool import open_pool, translated
@@ -75,7 +83,7 @@ def _translated() -> AbstractAsyncContextManager[None]:
     return translated("ledger")
 
 
-class PostgresLogStore:
+class PostgresLogStore(PostgresAuditIndex):
     """A log store in PostgreSQL; create it with :meth:`open`."""
 
     name = "postgresql"
@@ -124,6 +132,7 @@ class PostgresLogStore:
                 )
                 last = {r["pseudonym"]: r["idx"] for r in await conn.fetch(sql, pseudonyms)}
             plan = plan_batch(state, batch, recorded=recorded, last_index=last)
+            audit_rows = indexed_rows(batch, plan.results)
             new = plan.state
             if plan.leaves:
                 rows = plan.leaves
@@ -152,6 +161,7 @@ class PostgresLogStore:
                     new.packed_hashes(),
                     new.root,
                 )
+                await audit_index.write_rows(conn, audit_rows)
             signed_sql = "SELECT 1 FROM consentry_ledger_checkpoints WHERE size = $1"
             if plan.leaves or await conn.fetchval(signed_sql, new.size) is None:
                 signed = sign_state(sign, new)

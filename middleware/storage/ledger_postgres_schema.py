@@ -5,7 +5,9 @@ triggers refuse ``TRUNCATE`` (which fires no row trigger). A statement trigger o
 inserted rows (a transition table) refuses leaves that do not take the next indexes, so a
 hand-made row cannot open a gap or land beyond the end. PostgreSQL has no
 ``INSERT OR REPLACE``; ``INSERT ... ON CONFLICT DO UPDATE`` fires the update trigger. The
-evidence table has no triggers on purpose (crypto-shredding). Requires PostgreSQL 14 or later
+evidence table has no triggers on purpose (crypto-shredding), nor have the audit index and key
+tables (:data:`~middleware.storage.audit_index_postgres.INDEX_SCHEMA`: derived data that shred
+and reindex rewrite, and the keys a shred deletes). Requires PostgreSQL 14 or later
 (``CREATE OR REPLACE TRIGGER``).
 
 :data:`SCHEMA` runs in one transaction under :data:`DDL_LOCK`, a transaction-level advisory
@@ -16,6 +18,7 @@ when several replicas start at once.
 from __future__ import annotations
 
 from middleware.ledger.merkle import EMPTY_ROOT
+from middleware.storage.audit_index_postgres import INDEX_SCHEMA
 
 __all__ = ["CONSENT_LEAF", "DDL_LOCK", "SCHEMA", "SIGNER_LOCK"]
 
@@ -105,4 +108,5 @@ CREATE OR REPLACE TRIGGER consentry_ledger_leaves_in_order AFTER INSERT ON conse
     REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT
     EXECUTE FUNCTION consentry_ledger_contiguous();
 {_append_only("consentry_ledger_checkpoints")}
+{INDEX_SCHEMA}
 """  # noqa: S608  (built from constants only)

@@ -4,6 +4,11 @@ The connection, its worker thread, the pragmas and the transactions are
 :class:`~middleware.storage.sqlite_worker.SqliteWorker`'s. ``BEGIN IMMEDIATE`` takes the
 database's write lock before the first read, so the state an append reads is the state it
 extends, also when several processes append to one file.
+
+The audit index and the evidence keys live in the same file
+(:mod:`~middleware.storage.audit_index_sqlite`). Index rows are written in the append's
+transaction; audit searches run on a second, read-only connection with its own thread, so a
+long accounting never holds up the writer (WAL readers do not block it).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from middleware.ledger.sequencer import (
     plan_batch,
     sign_state,
 )
+from middleware.storage import audit_index_sqlite as audit_index
+from middleware.storage.audit_index_match import indexed_rows
+from middleware.storage.audit_index_stores import SqliteAuditIndex
 from middleware.storage.ledger_base import PROBE_LOCK_WAIT
 from middleware.storage.ledger_sqlite_schema import CONSENT_LEAF, SCHEMA
 from middleware.storage.sqlite_worker import SqliteWorker
@@ -51,8 +59,9 @@ _RANGES = {
 }
 
 
-class SqliteLogStore:
-    """A log store in one SQLite file; create it with :meth:`open`."""
+class SqliteLogStore(SqliteAuditIndex):
+    """A log store in one SQLite file; create it with :meth:`open`. The audit index's
+    methods are :class:`~middleware.storage.audit_index_stores.SqliteAuditIndex`'s."""
 
     name = "sqlite"
 
@@ -67,6 +76,9 @@ class SqliteLogStore:
             busy_timeout=busy_timeout,
             pragmas=("foreign_keys=ON",),
         )
+        self._reader = SqliteWorker(
+            path, what="ledger", schema="", busy_timeout=busy_timeout, pragmas=("query_only=ON",)
+        )
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout: float = 10.0) -> SqliteLogStore:
@@ -74,6 +86,7 @@ class SqliteLogStore:
         store = cls(path, busy_timeout=busy_timeout)
         try:
             await store._db.connect()
+            await store._reader.connect()
             await store.rebuild_state()
         except BaseException:
             await store.close()
@@ -145,6 +158,7 @@ class SqliteLogStore:
         await self._db.run(lambda c: _probe(c, *waits))
 
     async def close(self) -> None:
+        await self._reader.close()
         await self._db.close()
 
 
@@ -166,6 +180,7 @@ def _append(
         if row[0] is not None:
             last[pseudonym] = row[0]
     plan = plan_batch(state, batch, recorded=recorded, last_index=last)
+    rows = indexed_rows(batch, plan.results)
     new = plan.state
     if plan.leaves:
         c.executemany(
@@ -181,6 +196,7 @@ def _append(
             "UPDATE consentry_ledger_state SET size = ?, compact = ?, root = ? WHERE id = 1",
             (new.size, new.packed_hashes(), new.root),
         )
+        audit_index.write_rows(c, rows)
     signed_sql = "SELECT 1 FROM consentry_ledger_checkpoints WHERE size = ?"
     if plan.leaves or c.execute(signed_sql, (new.size,)).fetchone() is None:
         signed = sign_state(sign, new)

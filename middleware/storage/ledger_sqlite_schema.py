@@ -5,7 +5,9 @@ Triggers make the log append-only at the SQL level, so an ``UPDATE`` or ``DELETE
 firing delete triggers (unless ``PRAGMA recursive_triggers`` is on, a per-connection setting a
 DBA's shell does not have), so inserts are checked too: a leaf must take the next index and a
 checkpoint a size not signed yet. The evidence table has no triggers on purpose
-(crypto-shredding deletes or overwrites evidence; the leaf keeps the commitment).
+(crypto-shredding deletes or overwrites evidence; the leaf keeps the commitment), and neither
+have the audit index and key tables (:data:`~middleware.storage.audit_index_sqlite.INDEX_SCHEMA`:
+derived data that shred and reindex rewrite, and the keys a shred deletes).
 
 The script brackets itself in ``BEGIN IMMEDIATE`` ... ``COMMIT`` so two processes creating
 the same file do not interleave.
@@ -14,6 +16,7 @@ the same file do not interleave.
 from __future__ import annotations
 
 from middleware.ledger.merkle import EMPTY_ROOT
+from middleware.storage.audit_index_sqlite import INDEX_SCHEMA
 
 __all__ = ["CONSENT_LEAF", "SCHEMA"]
 
@@ -78,5 +81,6 @@ CREATE TRIGGER IF NOT EXISTS consentry_ledger_checkpoints_once
 BEFORE INSERT ON consentry_ledger_checkpoints
 WHEN EXISTS (SELECT 1 FROM consentry_ledger_checkpoints WHERE size = NEW.size)
 BEGIN SELECT RAISE(ABORT, 'consentry ledger: a size is signed once'); END;
+{INDEX_SCHEMA}
 COMMIT;
 """  # noqa: S608  (built from constants only)

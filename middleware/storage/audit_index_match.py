@@ -1,0 +1,152 @@
+"""The audit index's rules in plain Python: which rows an append indexes, and which rows an
+:class:`~middleware.audit.row.AuditQuery` selects.
+
+The memory store answers queries with :func:`select_rows`; the SQL stores translate the same
+rules into SQL (:mod:`middleware.storage.audit_index_query`), and the contract suite
+(``tests/contract/test_audit_index.py``) holds all three to one table of expected answers.
+
+The rules, as ``AuditQuery`` states them: every given criterion must hold; time bounds are
+inclusive; ``entity`` matches a row whose ``entities`` contain it or whose ``patient`` is it;
+``purpose`` with a ``|`` matches an element exactly, a bare code matches that code in any
+system; a *shredded* row is returned only when ``include_shredded`` is set and the query has no
+criterion but time, kinds and the paging key (its other fields are empty: it cannot match one).
+Rows come in ``(recorded_us, index)`` order, descending for ``-date``; ``after`` is the last key
+of the previous page; at most ``limit`` rows.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from middleware.audit.row import NO_INDEX_YET, AuditQuery, AuditRow
+from middleware.ledger.entry import AppendResult, NewEntry
+from middleware.ledger.errors import MalformedError
+from middleware.ledger.leaf import PSEUDONYM_SIZE
+
+__all__ = [
+    "check_key",
+    "check_pseudonym",
+    "check_reindex",
+    "has_phi_criteria",
+    "indexed_rows",
+    "matches",
+    "purpose_code",
+    "select_rows",
+]
+
+
+def purpose_code(purpose: str) -> str:
+    """The code of a ``system|code`` purpose (a bare code is its own code)."""
+    return purpose.rsplit("|", 1)[-1]
+
+
+def check_pseudonym(pseudonym: bytes) -> None:
+    """Refuse anything but a leaf's pseudonym (16 bytes): a key filed under a wrong-sized
+    value could never be found again by the entries it protects."""
+    if not isinstance(pseudonym, bytes) or len(pseudonym) != PSEUDONYM_SIZE:
+        raise ValueError(f"a pseudonym is {PSEUDONYM_SIZE} bytes")
+
+
+def check_key(pseudonym: bytes, candidate: bytes) -> None:
+    """The arguments of ``audit_key``: a pseudonym and non-empty key bytes."""
+    check_pseudonym(pseudonym)
+    if not isinstance(candidate, bytes) or not candidate:
+        raise ValueError("a wrapped key is non-empty bytes")
+
+
+def check_reindex(rows: Sequence[AuditRow]) -> None:
+    """Rows handed to ``reindex`` carry their ledger index (never :data:`NO_INDEX_YET`)."""
+    for row in rows:
+        if row.index < 0:
+            raise ValueError(f"a reindexed row needs its ledger index, not {row.index}")
+
+
+def indexed_rows(batch: Sequence[NewEntry], results: Sequence[AppendResult]) -> list[AuditRow]:
+    """The index rows an append writes: each new entry's ``row`` at the entry's index.
+
+    Duplicates (idempotency hits) write none. A row must describe its own leaf (time, kind,
+    flags, pseudonym); a row that does not is a programming error and fails the whole append
+    (``MalformedError``) before anything is written, rather than index what the ledger does
+    not say.
+    """
+    rows: list[AuditRow] = []
+    for entry, result in zip(batch, results, strict=True):
+        row = entry.row
+        if row is None or result.duplicate:
+            continue
+        if row.index not in (NO_INDEX_YET, result.index):
+            raise MalformedError("an audit row names another entry's index")
+        if (row.recorded_us, row.kind, row.flags, row.pseudonym) != (
+            entry.recorded_us,
+            int(entry.kind),
+            int(entry.flags),
+            entry.pseudonym,
+        ):
+            raise MalformedError("an audit row disagrees with its leaf (time, kind, flags)")
+        rows.append(row.at(result.index))
+    return rows
+
+
+def has_phi_criteria(q: AuditQuery) -> bool:
+    """Whether ``q`` asks about anything beyond time, kinds and the paging key."""
+    return any(
+        value is not None
+        for value in (
+            q.patient,
+            q.agent,
+            q.entity,
+            q.event_type,
+            q.subtype,
+            q.action,
+            q.outcome,
+            q.client,
+            q.purpose,
+            q.resource_type,
+            q.break_glass,
+        )
+    )
+
+
+def _purpose_matches(wanted: str, purposes: Iterable[str]) -> bool:
+    if "|" in wanted:
+        return wanted in purposes
+    return any(purpose_code(p) == wanted for p in purposes)
+
+
+def matches(row: AuditRow, q: AuditQuery) -> bool:
+    """Whether ``row`` meets every criterion of ``q`` (paging and limit aside)."""
+    if row.shredded and (not q.include_shredded or has_phi_criteria(q)):
+        return False
+    checks = (
+        q.since_us is None or row.recorded_us >= q.since_us,
+        q.until_us is None or row.recorded_us <= q.until_us,
+        not q.kinds or row.kind in q.kinds,
+        q.patient is None or row.patient == q.patient,
+        q.agent is None or row.agent == q.agent,
+        q.entity is None or q.entity in row.entities or row.patient == q.entity,
+        q.event_type is None or row.event_type == q.event_type,
+        q.subtype is None or row.subtype == q.subtype,
+        q.action is None or row.action == q.action,
+        q.outcome is None or row.outcome == q.outcome,
+        q.client is None or row.client == q.client,
+        q.purpose is None or _purpose_matches(q.purpose, row.purposes),
+        q.resource_type is None or q.resource_type in row.resource_types,
+        q.break_glass is None or row.break_glass == q.break_glass,
+    )
+    return all(checks)
+
+
+def _after(row: AuditRow, q: AuditQuery) -> bool:
+    if q.after is None:
+        return True
+    key = (row.recorded_us, row.index)
+    return key > q.after if q.sort == "date" else key < q.after
+
+
+def select_rows(rows: Iterable[AuditRow], q: AuditQuery) -> list[AuditRow]:
+    """The page of ``rows`` that ``q`` asks for, in its order."""
+    found = [r for r in rows if matches(r, q) and _after(r, q)]
+    found.sort(key=lambda r: (r.recorded_us, r.index), reverse=q.sort == "-date")
+    return found[: q.limit]

@@ -1,0 +1,241 @@
+"""The audit index and the evidence-key table in PostgreSQL: schema and the statements the
+PostgreSQL log store runs (inside its transactions, on its connections).
+
+Tables (beside the log, in the store's schema; none is under the log's append-only triggers):
+
+``consentry_audit_index``
+    one row per indexed ledger entry, keyed by ``idx``: a column per
+    :class:`~middleware.audit.row.AuditRow` field, its tuples as ``text[]``, plus
+    ``purpose_codes`` (the bare codes of ``purposes``). B-tree indexes on
+    ``(recorded_us, idx)``, ``(patient, recorded_us, idx)``, ``(pseudonym, recorded_us, idx)``,
+    ``(agent, recorded_us, idx)``; GIN indexes on the arrays the "contains" criteria read
+    (``@>``).
+``consentry_audit_keys``
+    the evidence keys, wrapped, one per pseudonym: apart from evidence and index, so deleting
+    one row is the crypto-shred. PostgreSQL keeps a deleted row's bytes in the table file
+    until VACUUM lets the space be reused, and in WAL archives and backups: what an operator
+    keeps of those decides how long a shredded key can still be recovered.
+
+Rows are written with one statement per batch: each column is an array parameter, the
+``text[]`` fields travel as JSON arrays (an array of arrays must be rectangular) and are
+unpacked by the server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeAlias
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
+
+from middleware.audit.row import AuditQuery, AuditRow
+from middleware.storage.audit_index_match import purpose_code
+from middleware.storage.audit_index_query import count_sql, select_sql
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy  # type: ignore[import-untyped,unused-ignore]
+
+    _Connection: TypeAlias = (
+        "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+    )
+
+__all__ = [
+    "INDEX_SCHEMA",
+    "clear_index",
+    "count_rows",
+    "get_key",
+    "read_row",
+    "read_rows",
+    "shred",
+    "store_key",
+    "write_rows",
+]
+
+INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS consentry_audit_index (
+    idx bigint PRIMARY KEY CHECK (idx >= 0),
+    recorded_us bigint NOT NULL,
+    kind integer NOT NULL,
+    flags integer NOT NULL,
+    patient text,
+    pseudonym bytea,
+    agent text,
+    roles text[] NOT NULL,
+    organization text,
+    client text,
+    purposes text[] NOT NULL,
+    purpose_codes text[] NOT NULL,
+    action text NOT NULL,
+    event_type text NOT NULL,
+    subtype text,
+    outcome text NOT NULL,
+    resource_types text[] NOT NULL,
+    entities text[] NOT NULL,
+    break_glass boolean NOT NULL,
+    request_id text NOT NULL,
+    shredded boolean NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_time
+    ON consentry_audit_index (recorded_us, idx);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_patient
+    ON consentry_audit_index (patient, recorded_us, idx);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_pseudonym
+    ON consentry_audit_index (pseudonym, recorded_us, idx);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_agent
+    ON consentry_audit_index (agent, recorded_us, idx);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_purposes
+    ON consentry_audit_index USING gin (purposes);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_purpose_codes
+    ON consentry_audit_index USING gin (purpose_codes);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_resource_types
+    ON consentry_audit_index USING gin (resource_types);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_entities
+    ON consentry_audit_index USING gin (entities);
+CREATE TABLE IF NOT EXISTS consentry_audit_keys (
+    pseudonym bytea PRIMARY KEY CHECK (octet_length(pseudonym) = 16),
+    wrapped bytea NOT NULL
+);
+"""
+
+_COLUMNS = (
+    "idx, recorded_us, kind, flags, patient, pseudonym, agent, roles, organization, client, "
+    "purposes, purpose_codes, action, event_type, subtype, outcome, resource_types, entities, "
+    "break_glass, request_id, shredded"
+)
+_SET = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
+
+
+def _array(column: str) -> str:
+    return f"ARRAY(SELECT jsonb_array_elements_text(u.{column}))"
+
+
+_UPSERT = (
+    f"INSERT INTO consentry_audit_index ({_COLUMNS}) "  # noqa: S608  (constants only)
+    "SELECT u.idx, u.recorded_us, u.kind, u.flags, u.patient, u.pseudonym, u.agent, "
+    f"{_array('roles')}, u.organization, u.client, {_array('purposes')}, "
+    f"{_array('purpose_codes')}, u.action, u.event_type, u.subtype, u.outcome, "
+    f"{_array('resource_types')}, {_array('entities')}, u.break_glass, u.request_id, "
+    "u.shredded FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::integer[], "
+    "$5::text[], $6::bytea[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::jsonb[], "
+    "$12::jsonb[], $13::text[], $14::text[], $15::text[], $16::text[], $17::jsonb[], "
+    "$18::jsonb[], $19::boolean[], $20::text[], $21::boolean[]) AS u(idx, recorded_us, kind, "
+    "flags, patient, pseudonym, agent, roles, organization, client, purposes, purpose_codes, "
+    "action, event_type, subtype, outcome, resource_types, entities, break_glass, request_id, "
+    f"shredded) ON CONFLICT (idx) DO UPDATE SET {_SET}"
+)
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _columns(rows: Sequence[AuditRow]) -> list[list[object]]:
+    """The 21 array parameters of :data:`_UPSERT`, one per column."""
+    return [
+        [r.index for r in rows],
+        [r.recorded_us for r in rows],
+        [r.kind for r in rows],
+        [r.flags for r in rows],
+        [r.patient for r in rows],
+        [r.pseudonym for r in rows],
+        [r.agent for r in rows],
+        [_encode(r.roles) for r in rows],
+        [r.organization for r in rows],
+        [r.client for r in rows],
+        [_encode(r.purposes) for r in rows],
+        [_encode([purpose_code(p) for p in r.purposes]) for r in rows],
+        [r.action for r in rows],
+        [r.event_type for r in rows],
+        [r.subtype for r in rows],
+        [r.outcome for r in rows],
+        [_encode(r.resource_types) for r in rows],
+        [_encode(r.entities) for r in rows],
+        [r.break_glass for r in rows],
+        [r.request_id for r in rows],
+        [r.shredded for r in rows],
+    ]
+
+
+def _row(v: asyncpg.Record) -> AuditRow:
+    return AuditRow(
+        index=v["idx"],
+        recorded_us=v["recorded_us"],
+        kind=v["kind"],
+        flags=v["flags"],
+        patient=v["patient"],
+        pseudonym=v["pseudonym"],
+        agent=v["agent"],
+        roles=tuple(v["roles"]),
+        organization=v["organization"],
+        client=v["client"],
+        purposes=tuple(v["purposes"]),
+        action=v["action"],
+        event_type=v["event_type"],
+        subtype=v["subtype"],
+        outcome=v["outcome"],
+        resource_types=tuple(v["resource_types"]),
+        entities=tuple(v["entities"]),
+        break_glass=v["break_glass"],
+        request_id=v["request_id"],
+        shredded=v["shredded"],
+    )
+
+
+async def write_rows(conn: _Connection, rows: Sequence[AuditRow]) -> None:
+    """Upsert ``rows`` by index in one statement (inside the caller's transaction, if any)."""
+    if rows:
+        rows = list({r.index: r for r in rows}.values())  # ON CONFLICT touches a row once
+        await conn.execute(_UPSERT, *_columns(rows))
+
+
+async def read_rows(conn: _Connection, q: AuditQuery) -> list[AuditRow]:
+    sql, args = select_sql(q, "postgres", _COLUMNS)
+    return [_row(v) for v in await conn.fetch(sql, *args)]
+
+
+async def count_rows(conn: _Connection, q: AuditQuery) -> int:
+    sql, args = count_sql(q, "postgres")
+    return int(await conn.fetchval(sql, *args))
+
+
+async def read_row(conn: _Connection, index: int) -> AuditRow | None:
+    sql = f"SELECT {_COLUMNS} FROM consentry_audit_index WHERE idx = $1"  # noqa: S608
+    found = await conn.fetchrow(sql, index)
+    return None if found is None else _row(found)
+
+
+async def store_key(conn: _Connection, pseudonym: bytes, candidate: bytes) -> bytes | None:
+    """Store ``candidate`` unless the pseudonym has a key, then read the stored one. Each
+    statement is its own snapshot at READ COMMITTED: an insert that lost the race waited for
+    the winner's commit, and the read sees it. ``None`` only if a shred deleted the key in
+    between (the caller tries again)."""
+    await conn.execute(
+        "INSERT INTO consentry_audit_keys (pseudonym, wrapped) VALUES ($1, $2) "
+        "ON CONFLICT (pseudonym) DO NOTHING",
+        pseudonym,
+        candidate,
+    )
+    return await get_key(conn, pseudonym)
+
+
+async def get_key(conn: _Connection, pseudonym: bytes) -> bytes | None:
+    sql = "SELECT wrapped FROM consentry_audit_keys WHERE pseudonym = $1"
+    found = await conn.fetchval(sql, pseudonym)
+    return None if found is None else bytes(found)
+
+
+async def shred(conn: _Connection, pseudonym: bytes) -> int:
+    """Delete the key and replace the pseudonym's unshredded rows by their shredded form,
+    inside the caller's transaction; returns rows shredded."""
+    await conn.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = $1", pseudonym)
+    sql = (
+        f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608
+        "WHERE pseudonym = $1 AND NOT shredded FOR UPDATE"
+    )
+    rows = [_row(v).shred() for v in await conn.fetch(sql, pseudonym)]
+    await write_rows(conn, rows)
+    return len(rows)
+
+
+async def clear_index(conn: _Connection) -> None:
+    """Empty the index (the keys stay: they are not derived data)."""
+    await conn.execute("TRUNCATE consentry_audit_index")

@@ -1,0 +1,135 @@
+"""An :class:`~middleware.audit.row.AuditQuery` as parameterised SQL, for SQLite and PostgreSQL.
+
+The rules are :mod:`middleware.storage.audit_index_match`'s; this module spells them in SQL.
+Every value is a bound parameter (``?`` in SQLite, ``$n`` in PostgreSQL); only constants are
+formatted into the text. "Contains" criteria (purpose, resource type, entity) read a child
+table in SQLite (``consentry_audit_terms``, one row per element, keyed by field and term) and
+GIN-indexed arrays in PostgreSQL (``@>``). The paging key ``after`` becomes a range on
+``recorded_us`` the time indexes can seek to, plus the tie-break on ``idx``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from middleware.audit.row import AuditQuery
+from middleware.storage.audit_index_match import has_phi_criteria
+
+__all__ = [
+    "TERM_ENTITY",
+    "TERM_PURPOSE",
+    "TERM_PURPOSE_CODE",
+    "TERM_RESOURCE_TYPE",
+    "Dialect",
+    "count_sql",
+    "select_sql",
+]
+
+Dialect = Literal["sqlite", "postgres"]
+
+#: The ``field`` values of SQLite's ``consentry_audit_terms`` rows.
+TERM_PURPOSE = 1
+TERM_PURPOSE_CODE = 2
+TERM_RESOURCE_TYPE = 3
+TERM_ENTITY = 4
+
+#: PostgreSQL array column of each term field.
+_PG_ARRAYS = {
+    TERM_PURPOSE: "purposes",
+    TERM_PURPOSE_CODE: "purpose_codes",
+    TERM_RESOURCE_TYPE: "resource_types",
+    TERM_ENTITY: "entities",
+}
+
+_TABLE = "consentry_audit_index"
+
+
+class _Where:
+    """Collects clauses and their arguments, numbering PostgreSQL's parameters."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.clauses: list[str] = []
+        self.args: list[object] = []
+
+    def param(self, value: object) -> str:
+        self.args.append(value)
+        return "?" if self.dialect == "sqlite" else f"${len(self.args)}"
+
+    def add(self, clause: str) -> None:
+        self.clauses.append(clause)
+
+    def contains(self, field: int, term: str) -> str:
+        if self.dialect == "sqlite":
+            return (
+                "idx IN (SELECT idx FROM consentry_audit_terms "  # noqa: S608  (placeholders)
+                f"WHERE field = {field} AND term = {self.param(term)})"
+            )
+        return f"{_PG_ARRAYS[field]} @> ARRAY[{self.param(term)}::text]"
+
+    def sql(self) -> str:
+        return " WHERE " + " AND ".join(self.clauses) if self.clauses else ""
+
+
+def _where(q: AuditQuery, dialect: Dialect, *, paged: bool) -> _Where:
+    w = _Where(dialect)
+    false = "0" if dialect == "sqlite" else "false"
+    if q.since_us is not None:
+        w.add(f"recorded_us >= {w.param(q.since_us)}")
+    if q.until_us is not None:
+        w.add(f"recorded_us <= {w.param(q.until_us)}")
+    if q.kinds:
+        kinds = sorted(q.kinds)
+        if dialect == "sqlite":
+            w.add(f"kind IN ({', '.join(w.param(k) for k in kinds)})")
+        else:
+            w.add(f"kind = ANY({w.param(kinds)}::integer[])")
+    if paged and q.after is not None:
+        at, index = q.after
+        more, most = (">", ">=") if q.sort == "date" else ("<", "<=")
+        w.add(
+            f"recorded_us {most} {w.param(at)} "
+            f"AND (recorded_us {more} {w.param(at)} OR idx {more} {w.param(index)})"
+        )
+    if has_phi_criteria(q) or not q.include_shredded:
+        w.add(f"shredded = {false}")
+    for column, value in (
+        ("patient", q.patient),
+        ("agent", q.agent),
+        ("event_type", q.event_type),
+        ("subtype", q.subtype),
+        ("action", q.action),
+        ("outcome", q.outcome),
+        ("client", q.client),
+    ):
+        if value is not None:
+            w.add(f"{column} = {w.param(value)}")
+    if q.entity is not None:
+        w.add(f"(patient = {w.param(q.entity)} OR {w.contains(TERM_ENTITY, q.entity)})")
+    if q.purpose is not None:
+        field = TERM_PURPOSE if "|" in q.purpose else TERM_PURPOSE_CODE
+        w.add(w.contains(field, q.purpose))
+    if q.resource_type is not None:
+        w.add(w.contains(TERM_RESOURCE_TYPE, q.resource_type))
+    if q.break_glass is not None:
+        flag = int(q.break_glass) if dialect == "sqlite" else q.break_glass
+        w.add(f"break_glass = {w.param(flag)}")
+    return w
+
+
+def select_sql(q: AuditQuery, dialect: Dialect, columns: str) -> tuple[str, list[object]]:
+    """``SELECT columns`` of the page ``q`` asks for, and its arguments."""
+    w = _where(q, dialect, paged=True)
+    order = "ASC" if q.sort == "date" else "DESC"
+    sql = (
+        f"SELECT {columns} FROM {_TABLE}{w.sql()} "  # noqa: S608  (constants and placeholders)
+        f"ORDER BY recorded_us {order}, idx {order} LIMIT {w.param(q.limit)}"
+    )
+    return sql, w.args
+
+
+def count_sql(q: AuditQuery, dialect: Dialect) -> tuple[str, list[object]]:
+    """``SELECT count(*)`` of every row ``q`` matches (``after``, ``limit`` and ``sort``
+    ignored: the total an ITI-81 searchset reports), and its arguments."""
+    w = _where(q, dialect, paged=False)
+    return f"SELECT count(*) FROM {_TABLE}{w.sql()}", w.args  # noqa: S608

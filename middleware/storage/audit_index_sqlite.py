@@ -1,0 +1,276 @@
+"""The audit index and the evidence-key table in SQLite: schema and the statements the SQLite
+log store runs (inside its own transactions, on its worker thread).
+
+Tables (beside the log, in the same file; none is under the log's append-only triggers):
+
+``consentry_audit_index``
+    one row per indexed ledger entry, keyed by ``idx`` (the ``INTEGER PRIMARY KEY``, so every
+    secondary index ends in it and serves ``ORDER BY recorded_us, idx``): a column per
+    :class:`~middleware.audit.row.AuditRow` field, its tuples as JSON arrays. Indexes on
+    ``(recorded_us)``, ``(patient, recorded_us)``, ``(pseudonym, recorded_us)``,
+    ``(agent, recorded_us)``.
+``consentry_audit_terms``
+    the elements of the "contains" fields, one row each (``field``, ``term``, ``idx``), a
+    ``WITHOUT ROWID`` table whose key is the lookup a query makes. Purposes are filed twice,
+    as ``system|code`` and as the bare code.
+``consentry_audit_keys``
+    the evidence keys, wrapped, one per pseudonym: kept apart from the evidence and from the
+    index, so deleting one row is the crypto-shred.
+
+A shred runs with ``PRAGMA secure_delete`` on (freed cells are overwritten with zeros, so the
+wrapped key does not linger in free pages) and then truncates the WAL, which still holds the
+pages written before (best effort: a reader still in the WAL delays it).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+
+from middleware.audit.row import AuditQuery, AuditRow
+from middleware.storage.audit_index_match import purpose_code
+from middleware.storage.audit_index_query import (
+    TERM_ENTITY,
+    TERM_PURPOSE,
+    TERM_PURPOSE_CODE,
+    TERM_RESOURCE_TYPE,
+    count_sql,
+    select_sql,
+)
+
+__all__ = [
+    "INDEX_SCHEMA",
+    "clear_index",
+    "count_rows",
+    "get_key",
+    "read_row",
+    "read_rows",
+    "shred",
+    "store_key",
+    "write_rows",
+]
+
+INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS consentry_audit_index (
+    idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+    recorded_us INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    patient TEXT,
+    pseudonym BLOB,
+    agent TEXT,
+    roles TEXT NOT NULL,
+    organization TEXT,
+    client TEXT,
+    purposes TEXT NOT NULL,
+    action TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    subtype TEXT,
+    outcome TEXT NOT NULL,
+    resource_types TEXT NOT NULL,
+    entities TEXT NOT NULL,
+    break_glass INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    shredded INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_time ON consentry_audit_index (recorded_us);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_patient
+    ON consentry_audit_index (patient, recorded_us);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_pseudonym
+    ON consentry_audit_index (pseudonym, recorded_us);
+CREATE INDEX IF NOT EXISTS consentry_audit_index_agent
+    ON consentry_audit_index (agent, recorded_us);
+CREATE TABLE IF NOT EXISTS consentry_audit_terms (
+    field INTEGER NOT NULL,
+    term TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    PRIMARY KEY (field, term, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS consentry_audit_keys (
+    pseudonym BLOB PRIMARY KEY CHECK (length(pseudonym) = 16),
+    wrapped BLOB NOT NULL
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = (
+    "idx, recorded_us, kind, flags, patient, pseudonym, agent, roles, organization, client, "
+    "purposes, action, event_type, subtype, outcome, resource_types, entities, break_glass, "
+    "request_id, shredded"
+)
+_UPSERT = (
+    f"INSERT OR REPLACE INTO consentry_audit_index ({_COLUMNS}) "  # noqa: S608  (constants)
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_TERM = "INSERT OR IGNORE INTO consentry_audit_terms (field, term, idx) VALUES (?, ?, ?)"
+_UNTERM = "DELETE FROM consentry_audit_terms WHERE field = ? AND term = ? AND idx = ?"
+_OLD_TERMS = (
+    "SELECT idx, purposes, resource_types, entities FROM consentry_audit_index WHERE idx IN"
+)
+#: Rows per ``IN (...)`` list (SQLite's bound-parameter limit was 999 before 3.32).
+_CHUNK = 500
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
+
+
+def _values(row: AuditRow) -> tuple[object, ...]:
+    return (
+        row.index,
+        row.recorded_us,
+        row.kind,
+        row.flags,
+        row.patient,
+        row.pseudonym,
+        row.agent,
+        _encode(row.roles),
+        row.organization,
+        row.client,
+        _encode(row.purposes),
+        row.action,
+        row.event_type,
+        row.subtype,
+        row.outcome,
+        _encode(row.resource_types),
+        _encode(row.entities),
+        int(row.break_glass),
+        row.request_id,
+        int(row.shredded),
+    )
+
+
+def _row(v: Sequence[object]) -> AuditRow:
+    def strings(value: object) -> tuple[str, ...]:
+        return tuple(_decode(str(value)))
+
+    return AuditRow(
+        index=int(v[0]),  # type: ignore[call-overload]
+        recorded_us=int(v[1]),  # type: ignore[call-overload]
+        kind=int(v[2]),  # type: ignore[call-overload]
+        flags=int(v[3]),  # type: ignore[call-overload]
+        patient=v[4],  # type: ignore[arg-type]
+        pseudonym=v[5],  # type: ignore[arg-type]
+        agent=v[6],  # type: ignore[arg-type]
+        roles=strings(v[7]),
+        organization=v[8],  # type: ignore[arg-type]
+        client=v[9],  # type: ignore[arg-type]
+        purposes=strings(v[10]),
+        action=str(v[11]),
+        event_type=str(v[12]),
+        subtype=v[13],  # type: ignore[arg-type]
+        outcome=str(v[14]),
+        resource_types=strings(v[15]),
+        entities=strings(v[16]),
+        break_glass=bool(v[17]),
+        request_id=str(v[18]),
+        shredded=bool(v[19]),
+    )
+
+
+def _terms(
+    idx: int, purposes: Sequence[str], types: Sequence[str], entities: Sequence[str]
+) -> Iterator[tuple[int, str, int]]:
+    for purpose in purposes:
+        yield TERM_PURPOSE, purpose, idx
+        yield TERM_PURPOSE_CODE, purpose_code(purpose), idx
+    for resource_type in types:
+        yield TERM_RESOURCE_TYPE, resource_type, idx
+    for entity in entities:
+        yield TERM_ENTITY, entity, idx
+
+
+def _chunks(items: Sequence[int]) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _drop_terms(c: sqlite3.Connection, indexes: Sequence[int]) -> None:
+    """Delete the terms of the rows now stored at ``indexes``, read from the rows themselves
+    (so the terms table needs no second index on ``idx``)."""
+    for chunk in _chunks(indexes):
+        marks = ", ".join("?" * len(chunk))
+        sql = f"{_OLD_TERMS} ({marks})"
+        old = c.execute(sql, chunk).fetchall()
+        if old:
+            c.executemany(
+                _UNTERM,
+                [t for i, p, r, e in old for t in _terms(i, _decode(p), _decode(r), _decode(e))],
+            )
+
+
+def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
+    """Upsert ``rows`` by index, terms included, inside the caller's transaction."""
+    if not rows:
+        return
+    rows = list({r.index: r for r in rows}.values())  # one row per index: the last given
+    _drop_terms(c, [r.index for r in rows])
+    c.executemany(_UPSERT, [_values(r) for r in rows])
+    c.executemany(
+        _TERM,
+        [t for r in rows for t in _terms(r.index, r.purposes, r.resource_types, r.entities)],
+    )
+
+
+def read_rows(c: sqlite3.Connection, q: AuditQuery) -> list[AuditRow]:
+    sql, args = select_sql(q, "sqlite", _COLUMNS)
+    return [_row(v) for v in c.execute(sql, args)]
+
+
+def count_rows(c: sqlite3.Connection, q: AuditQuery) -> int:
+    sql, args = count_sql(q, "sqlite")
+    return int(c.execute(sql, args).fetchone()[0])
+
+
+def read_row(c: sqlite3.Connection, index: int) -> AuditRow | None:
+    sql = f"SELECT {_COLUMNS} FROM consentry_audit_index WHERE idx = ?"  # noqa: S608
+    found = c.execute(sql, (index,)).fetchone()
+    return None if found is None else _row(found)
+
+
+def store_key(c: sqlite3.Connection, pseudonym: bytes, candidate: bytes) -> bytes:
+    """The pseudonym's stored key, storing ``candidate`` first if there is none. Run under
+    ``BEGIN IMMEDIATE`` (the file's write lock): atomic across processes."""
+    c.execute(
+        "INSERT INTO consentry_audit_keys (pseudonym, wrapped) VALUES (?, ?) "
+        "ON CONFLICT (pseudonym) DO NOTHING",
+        (pseudonym, candidate),
+    )
+    return get_key(c, pseudonym) or candidate
+
+
+def get_key(c: sqlite3.Connection, pseudonym: bytes) -> bytes | None:
+    sql = "SELECT wrapped FROM consentry_audit_keys WHERE pseudonym = ?"
+    found = c.execute(sql, (pseudonym,)).fetchone()
+    return None if found is None else bytes(found[0])
+
+
+def shred(c: sqlite3.Connection, pseudonym: bytes) -> int:
+    """Delete the pseudonym's key and replace its unshredded rows by their shredded form, in
+    one transaction with ``secure_delete`` on; then truncate the WAL. Returns rows shredded.
+    Runs on the worker thread outside any transaction (it brackets its own)."""
+    c.execute("PRAGMA secure_delete = ON")
+    try:
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = ?", (pseudonym,))
+            sql = (
+                f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608
+                "WHERE pseudonym = ? AND shredded = 0"
+            )
+            rows = [_row(v).shred() for v in c.execute(sql, (pseudonym,)).fetchall()]
+            write_rows(c, rows)
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+    finally:
+        c.execute("PRAGMA secure_delete = OFF")
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return len(rows)
+
+
+def clear_index(c: sqlite3.Connection) -> None:
+    """Empty the index and its terms (the keys stay: they are not derived data)."""
+    c.execute("DELETE FROM consentry_audit_terms")
+    c.execute("DELETE FROM consentry_audit_index")

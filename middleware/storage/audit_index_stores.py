@@ -1,0 +1,107 @@
+"""The audit index's half of the SQL log stores, as mixins (the ledger modules keep the log).
+
+:class:`SqliteAuditIndex` runs searches on the store's read-only connection (its own thread:
+a long accounting never holds up the writer) and every write on the writer's connection under
+``BEGIN IMMEDIATE``, the file's write lock, so ``audit_key`` is atomic across processes.
+:class:`PostgresAuditIndex` runs each method on one pooled connection; writes run in one
+transaction. The statements are :mod:`~middleware.storage.audit_index_sqlite`'s and
+:mod:`~middleware.storage.audit_index_postgres`'s; the contract is
+:class:`~middleware.storage.ledger_base.LogStore`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
+
+from middleware.audit.row import AuditQuery, AuditRow
+from middleware.errors import ServiceUnavailable
+from middleware.storage import audit_index_postgres as pg
+from middleware.storage import audit_index_sqlite as lite
+from middleware.storage.audit_index_match import check_key, check_pseudonym, check_reindex
+from middleware.storage.postgres_pool import translated
+from middleware.storage.sqlite_worker import SqliteWorker
+
+__all__ = ["PostgresAuditIndex", "SqliteAuditIndex"]
+
+
+class SqliteAuditIndex:
+    """Needs ``_db`` (the writer) and ``_reader`` (a ``query_only`` connection) on one file."""
+
+    _db: SqliteWorker
+    _reader: SqliteWorker
+
+    async def audit_rows(self, query: AuditQuery) -> list[AuditRow]:
+        return await self._reader.run(lambda c: lite.read_rows(c, query))
+
+    async def audit_count(self, query: AuditQuery) -> int:
+        return await self._reader.run(lambda c: lite.count_rows(c, query))
+
+    async def audit_row(self, index: int) -> AuditRow | None:
+        return await self._reader.run(lambda c: lite.read_row(c, index))
+
+    async def audit_key(self, pseudonym: bytes, candidate: bytes) -> bytes:
+        check_key(pseudonym, candidate)
+        return await self._db.transaction(lambda c: lite.store_key(c, pseudonym, candidate))
+
+    async def audit_key_get(self, pseudonym: bytes) -> bytes | None:
+        check_pseudonym(pseudonym)
+        return await self._reader.run(lambda c: lite.get_key(c, pseudonym))
+
+    async def shred(self, pseudonym: bytes) -> int:
+        check_pseudonym(pseudonym)
+        return await self._db.run(lambda c: lite.shred(c, pseudonym))
+
+    async def reindex(self, rows: Sequence[AuditRow]) -> None:
+        check_reindex(rows)
+        await self._db.transaction(lambda c: lite.write_rows(c, rows))
+
+    async def clear_index(self) -> None:
+        await self._db.transaction(lite.clear_index)
+
+
+class PostgresAuditIndex:
+    """Needs ``_pool``, whose ``search_path`` is the log's schema."""
+
+    _pool: asyncpg.Pool
+
+    async def audit_rows(self, query: AuditQuery) -> list[AuditRow]:
+        async with translated("ledger"), self._pool.acquire() as conn:
+            return await pg.read_rows(conn, query)
+
+    async def audit_count(self, query: AuditQuery) -> int:
+        async with translated("ledger"), self._pool.acquire() as conn:
+            return await pg.count_rows(conn, query)
+
+    async def audit_row(self, index: int) -> AuditRow | None:
+        async with translated("ledger"), self._pool.acquire() as conn:
+            return await pg.read_row(conn, index)
+
+    async def audit_key(self, pseudonym: bytes, candidate: bytes) -> bytes:
+        check_key(pseudonym, candidate)
+        async with translated("ledger"), self._pool.acquire() as conn:
+            for _ in range(3):  # a shred may delete the key between insert and read
+                stored = await pg.store_key(conn, pseudonym, candidate)
+                if stored is not None:
+                    return stored
+        raise ServiceUnavailable("ledger store: the evidence key kept disappearing")
+
+    async def audit_key_get(self, pseudonym: bytes) -> bytes | None:
+        check_pseudonym(pseudonym)
+        async with translated("ledger"), self._pool.acquire() as conn:
+            return await pg.get_key(conn, pseudonym)
+
+    async def shred(self, pseudonym: bytes) -> int:
+        check_pseudonym(pseudonym)
+        async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
+            return await pg.shred(conn, pseudonym)
+
+    async def reindex(self, rows: Sequence[AuditRow]) -> None:
+        check_reindex(rows)
+        async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
+            await pg.write_rows(conn, rows)
+
+    async def clear_index(self) -> None:
+        async with translated("ledger"), self._pool.acquire() as conn:
+            await pg.clear_index(conn)
