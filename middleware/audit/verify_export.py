@@ -44,7 +44,7 @@ from middleware.audit.inclusion import InclusionChecker
 from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
 from middleware.ledger.errors import LedgerError
-from middleware.ledger.leaf import Leaf, commit_evidence, decode_leaf
+from middleware.ledger.leaf import EntryKind, Leaf, commit_evidence, decode_leaf
 from middleware.ledger.receipt import TLOG_PROOF_HEADER, check_receipt, parse_receipt
 from middleware.ledger.signing import Verifier, verify_note
 from middleware.ledger.trust import TrustPolicy
@@ -66,6 +66,11 @@ MAX_FINDINGS = 1000
 #: Opens one entry: (opening, leaf, index) -> the entry's audit row as its facts say; raises
 #: ValueError (or a LedgerError) when the opening does not decrypt or decode.
 RowOpener = Callable[[EntryOpening, Leaf, int], AuditRow]
+#: Entry kinds whose evidence is audit facts (the others on a patient's chain are consents,
+#: admin and key entries, which an export does not open).
+_AUDIT_KINDS = frozenset(
+    {EntryKind.ACCESS_DECISION, EntryKind.ACCESS_OUTCOME, EntryKind.DISCLOSURE}
+)
 #: Whether a report includes an entry (e.g. the 45 CFR 164.528 accounting's rule).
 RowRule = Callable[[AuditRow], bool]
 #: The report's columns of a row (default :func:`~middleware.audit.export.row_columns`).
@@ -340,6 +345,8 @@ class _Checker:
             # A crypto-shredded entry cannot be opened; its row may say only what its leaf does.
             if line.role == "row" and line.columns == shredded_columns(index, leaf):
                 self.report.shredded += 1
+            elif line.role == "other" and leaf.kind not in _AUDIT_KINDS:
+                pass  # a consent, admin or key entry on the chain: no audit facts to open
             else:
                 add("opening", "the line has no opening (salt, evidence)", number, index)
             return

@@ -94,28 +94,31 @@ class Log:
         return len(self.leaves)
 
 
-def build_log(count: int = 12) -> Log:
-    """``count`` disclosures an hour apart, patients a and b alternating two to one."""
+def build_log(count: int = 12, *, consents: frozenset[int] = frozenset()) -> Log:
+    """``count`` disclosures an hour apart, patients a and b alternating two to one; the
+    entries numbered in ``consents`` are consent entries instead (no facts, no row)."""
     entries, rows = [], []
     for n in range(count):
         patient = "Patient/b" if n % 3 == 2 else "Patient/a"
         row = fake_row(NO_INDEX_YET, T0 + n * HOUR, patient, n)
-        rows.append(row)
+        consent = n in consents
+        rows.append(None if consent else row)
         entries.append(
             NewEntry.create(
-                EntryKind.DISCLOSURE,
-                _evidence(row),
+                EntryKind.CONSENT if consent else EntryKind.DISCLOSURE,
+                b'{"resourceType":"Consent"}' if consent else _evidence(row),
                 recorded_us=row.recorded_us,
                 pseudonym=PATIENTS[patient],
-                flags=EntryFlag.PERMIT,
+                flags=EntryFlag.NONE if consent else EntryFlag.PERMIT,
             )
         )
     plan = plan_batch(TreeState.of(CompactRange()), entries, recorded={}, last_index={})
     log = Log()
-    for planned, row in zip(plan.leaves, rows, strict=True):
+    for planned, maybe in zip(plan.leaves, rows, strict=True):
         log.leaves.append(planned.leaf)
-        log.rows[planned.index] = row.at(planned.index)
-        log.openings[planned.index] = EntryOpening(planned.salt, planned.evidence, None)
+        if maybe is not None:
+            log.rows[planned.index] = maybe.at(planned.index)
+            log.openings[planned.index] = EntryOpening(planned.salt, planned.evidence, None)
     tree = MerkleLevels.of_leaves(log.leaves)
     log.note = KEY.sign_checkpoint(Checkpoint(ORIGIN, log.size, tree.root()))
     return log

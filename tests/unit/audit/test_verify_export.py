@@ -277,6 +277,26 @@ def test_a_report_rule_decides_rows_and_others(exclude: frozenset[int], ok: bool
     assert ok or codes(report) == {"membership"}
 
 
+@pytest.mark.parametrize(
+    ("consents", "expected"),
+    [(frozenset({4}), set()), (frozenset(), {"opening"})],
+    ids=["a-consent-entry", "an-audit-entry"],
+)
+def test_other_lines_without_an_opening(consents: frozenset[int], expected: set[str]) -> None:
+    """A consent entry on the patient's chain is an 'other' line with nothing to open; an
+    audit entry listed as 'other' without its opening is a finding."""
+    log = build_log(consents=consents)
+    text = export(log, exclude=frozenset({4}))
+    if not consents:  # strip the opening of the audit entry listed as other
+        lines = [json.loads(line) for line in text.splitlines()]
+        for line in lines[1:]:
+            if line["role"] == "other":
+                for key in ("salt", "evidence", "key"):
+                    line.pop(key)
+        text = "\n".join(json.dumps(line) for line in lines) + "\n"
+    assert codes(check(text)) == expected
+
+
 def test_without_an_opener_the_openings_are_unchecked_and_said_so() -> None:
     report = verify_file(io.StringIO(export(LOG)), POLICY, opener=None)
     assert codes(report) == {"no-opener"}
