@@ -8,9 +8,9 @@ with every problem listed.
 The other commands are registered, with their subcommands, by the module that implements
 them: ``consentry ledger verify|export`` and ``consentry keys generate|policy|rotate`` by
 :mod:`middleware.ledger.cli`, ``consentry token issue`` by :mod:`middleware.auth.cli`,
-``consentry mappings check|explain`` by :mod:`middleware.mapping.cli`. Each subcommand parser
-sets ``run(args, out) -> exit status``; the help shown to users is the plain text given there,
-never these docstrings.
+``consentry mappings check|explain`` by :mod:`middleware.mapping.cli`, ``consentry audit ...``
+by :mod:`middleware.audit.cli`. Each subcommand parser sets ``run(args, out) -> exit status``;
+the help shown to users is the plain text given there, never these docstrings.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from middleware import __version__
+from middleware.audit.cli import register as register_audit
 from middleware.auth.cli import register as register_token
 from middleware.devsetup import add_init_parser
 from middleware.errors import GatewayError, SettingsError
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     # Each module registers its own commands and subcommands (each sets ``run``).
     register_token(commands)
     register_ledger(commands)
+    register_audit(commands)
     register_mappings(commands)
     return parser
 

@@ -1,0 +1,147 @@
+"""``consentry audit reindex`` and ``consentry audit shred``.
+
+``reindex`` rebuilds the audit index from the ledger (the index is derived data): for every
+entry holding sealed audit facts it opens them with the patient's key (one unwrap per patient)
+and upserts ``row_of(facts)`` in batches (``store.reindex``); an entry whose patient key is
+gone gets its shredded row (what its leaf says). Other entries (consents, admin, key events,
+evidence written before sealed facts) have no index row. It reports rows and rows per second.
+
+``shred`` is a governed admin action: it first appends an ``ADMIN`` entry (kind 6) on the
+patient's pseudonym chain whose evidence says what was done, why and by whom (plain canonical
+JSON, no PHI: the patient is named only by the leaf's pseudonym), then deletes the patient's
+evidence key and shreds their index rows (``store.shred``). The leaves, commitments and
+proofs still verify; the entry shows, on the chain, when the shred happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+from typing import TextIO
+
+from middleware.audit.cli_common import Usage, now_us, opened, print_json, read_key
+from middleware.audit.evidence import (
+    NO_PATIENT,
+    EvidenceKeyError,
+    Opening,
+    is_sealed,
+    open_entry,
+    unwrap_key,
+)
+from middleware.audit.export import shredded_row
+from middleware.audit.facts import row_of
+from middleware.audit.progress import Progress
+from middleware.audit.row import AuditQuery, AuditRow
+from middleware.ledger.entry import NewEntry
+from middleware.ledger.leaf import EntryKind, Leaf, decode_leaf
+from middleware.ledger.signing import derive_box_key, evidence_key
+from middleware.ledger.writer import checkpoint_signer
+from middleware.storage.ledger_base import LogStore
+
+__all__ = ["SHRED_TYPE", "reindex", "shred"]
+
+#: The ``type`` of a shred's admin evidence.
+SHRED_TYPE = "consentry/audit-shred"
+_CHUNK = 4096
+
+
+def reindex(args: argparse.Namespace, out: TextIO) -> int:
+    if args.batch < 1:
+        raise Usage("--batch must be positive")
+    wrap = derive_box_key(read_key(args.key_file).key, "evidence")
+
+    async def run() -> dict[str, object]:
+        async with opened(args) as store:
+            size = await store.size()
+            keys: dict[bytes, bytes | None] = {}
+            rows: list[AuditRow] = []
+            counts = {"rows": 0, "shredded": 0, "unreadable": 0}
+            with Progress("reindex", total=size, unit="entries") as progress:
+                for start in range(0, size, _CHUNK):
+                    leaves = await store.leaves(start, min(size, start + _CHUNK))
+                    for offset, data in enumerate(leaves):
+                        index = start + offset
+                        row = await _row(
+                            store, index, decode_leaf(data), wrap=wrap, keys=keys, counts=counts
+                        )
+                        if row is not None:
+                            rows.append(row)
+                        if len(rows) >= args.batch:
+                            await store.reindex(rows)
+                            rows = []
+                    progress.update(len(leaves))
+                if rows:
+                    await store.reindex(rows)
+                return {
+                    "entries": size,
+                    **counts,
+                    "seconds": round(progress.seconds, 3),
+                    "entries_per_second": round(progress.rate),
+                }
+
+    print_json(out, asyncio.run(run()))
+    return 0
+
+
+async def _row(
+    store: LogStore,
+    index: int,
+    leaf: Leaf,
+    *,
+    wrap: bytes,
+    keys: dict[bytes, bytes | None],
+    counts: dict[str, int],
+) -> AuditRow | None:
+    """The index row of entry ``index``, or None when it has no audit facts."""
+    stored = await store.evidence(index)
+    if stored is None or not is_sealed(stored.data):
+        return None
+    pseudonym = leaf.pseudonym or NO_PATIENT
+    if pseudonym not in keys:
+        wrapped = await store.audit_key_get(pseudonym)
+        keys[pseudonym] = None if wrapped is None else unwrap_key(wrap, wrapped)
+    patient_key = keys[pseudonym]
+    kind, flags = int(leaf.kind), int(leaf.flags)
+    if patient_key is None:  # crypto-shredded: what the leaf says
+        counts["shredded"] += 1
+        return shredded_row(index, leaf)
+    try:
+        opening = Opening(stored.salt, stored.data, evidence_key(patient_key, stored.salt))
+        facts = open_entry(opening)
+    except (EvidenceKeyError, ValueError):
+        counts["unreadable"] += 1
+        return None
+    counts["rows"] += 1
+    return row_of(facts, kind=kind, flags=flags, pseudonym=leaf.pseudonym).at(index)
+
+
+def shred(args: argparse.Namespace, out: TextIO) -> int:
+    ledger_key = read_key(args.key_file)
+    operator = args.operator or getpass.getuser()
+    if not args.reason.strip():
+        raise Usage("--reason must say why")
+
+    async def run() -> dict[str, object]:
+        async with opened(args) as store:
+            found = await store.audit_rows(AuditQuery(patient=args.patient, limit=1))
+            if not found or found[0].pseudonym is None:
+                raise Usage(f"the audit index has no entry of {args.patient}")
+            pseudonym = found[0].pseudonym
+            evidence = json.dumps(
+                {"type": SHRED_TYPE, "reason": args.reason, "operator": operator},
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+            ).encode("utf-8")
+            entry = NewEntry.create(
+                EntryKind.ADMIN, evidence, recorded_us=now_us(), pseudonym=pseudonym
+            )
+            sign = checkpoint_signer(ledger_key.key, ledger_key.origin)
+            (result,) = await store.append([entry], sign=sign)
+            shredded = await store.shred(pseudonym)
+            return {"patient": args.patient, "admin_entry": result.index, "rows": shredded}
+
+    print_json(out, asyncio.run(run()))
+    return 0

@@ -1,0 +1,116 @@
+"""What the ``consentry audit`` commands share: times, the store, the key, paging, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from middleware.audit.row import AuditQuery, AuditRow
+from middleware.ledger.errors import LedgerError
+from middleware.ledger.keyfile import LedgerKey, parse_ledger_key
+from middleware.ledger.leaf import micros
+from middleware.storage.ledger_base import LogStore
+from middleware.storage.ledger_open import open_log_store
+
+__all__ = [
+    "PAGE",
+    "Usage",
+    "all_rows",
+    "now_us",
+    "opened",
+    "parse_time",
+    "print_json",
+    "read_key",
+    "write_output",
+]
+
+#: Index rows read per query page.
+PAGE = 5000
+_DAY = timedelta(days=1)
+
+
+class Usage(Exception):
+    """A problem that stops a command before it could do anything (exit status 2)."""
+
+
+def parse_time(text: str | None, *, end: bool = False) -> int | None:
+    """``2026-01-31`` (the day's first microsecond, or with ``end`` its last) or an RFC 3339
+    time with an offset, as microseconds since the epoch; None stays None."""
+    if text is None:
+        return None
+    try:
+        if len(text) == 10:
+            day = datetime.fromisoformat(text).replace(tzinfo=UTC)
+            return micros(day + _DAY) - 1 if end else micros(day)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise Usage(f"{text!r} is not a date (2026-01-31) or an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise Usage(f"{text!r} names no time zone (add Z or an offset)")
+    return micros(moment)
+
+
+def now_us() -> int:
+    return micros(datetime.now(UTC))
+
+
+@asynccontextmanager
+async def opened(args: argparse.Namespace) -> AsyncIterator[LogStore]:
+    """The log store ``--store``/``--schema`` name, closed afterwards."""
+    store = await open_log_store(args.store, schema=args.schema)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def all_rows(store: LogStore, query: AuditQuery) -> list[AuditRow]:
+    """Every row ``query`` matches, page by page (keyset), in its order."""
+    out: list[AuditRow] = []
+    query = replace(query, limit=PAGE, after=None)
+    while True:
+        page = await store.audit_rows(query)
+        out += page
+        if len(page) < PAGE:
+            return out
+        query = replace(query, after=(page[-1].recorded_us, page[-1].index))
+
+
+def read_key(path: Path) -> LedgerKey:
+    try:
+        return parse_ledger_key(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Usage(f"cannot read {path}: {exc}") from exc
+    except LedgerError as exc:
+        raise Usage(f"{path} does not hold a ledger key: {exc}") from exc
+
+
+def write_output(args: argparse.Namespace, out: TextIO, content: str | bytes) -> None:
+    """``content`` to ``--out`` (atomically replaced) or, text only, to ``out``."""
+    path: Path | None = args.out
+    if path is None:
+        if isinstance(content, bytes):
+            raise Usage("this format is binary: name a file with --out")
+        out.write(content)
+        return
+    temporary = path.with_name(path.name + ".tmp")
+    if isinstance(content, bytes):
+        temporary.write_bytes(content)
+    else:
+        temporary.write_text(content, encoding="utf-8", newline="")
+    temporary.replace(path)
+
+
+def print_json(out: TextIO, body: dict[str, Any]) -> None:
+    out.write(json.dumps(body, indent=2) + "\n")
+
+
+def warn(message: str) -> None:
+    print(message, file=sys.stderr)

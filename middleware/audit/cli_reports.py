@@ -1,0 +1,303 @@
+"""``consentry audit search|accounting|access-report|user-report|export|verify-export``.
+
+Each report command reads its rows from the audit index (paged), hands them to the report's
+pure function (``accounting.account``, ``reports.access_report`` / ``user_activity`` /
+``date_range``) and renders them (``report_csv``, ``report_bundle``, ``report_pdf``).
+``export`` writes the report's entries with proofs (``export_collect``, ``export``);
+``verify-export`` checks a file offline (``verify_export``) and prints a JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import TextIO
+
+from middleware.audit.accounting import Accounting, account
+from middleware.audit.cli_common import (
+    Usage,
+    all_rows,
+    now_us,
+    opened,
+    parse_time,
+    print_json,
+    read_key,
+    write_output,
+)
+from middleware.audit.evidence import Opening, open_entry
+from middleware.audit.export import EntryOpening, ExportEntry, write_csv, write_ndjson
+from middleware.audit.export_collect import (
+    ExportSpec,
+    LogView,
+    SnapshotView,
+    StoreView,
+    collect_export,
+)
+from middleware.audit.facts import row_of
+from middleware.audit.progress import Progress
+from middleware.audit.report_bundle import accounting_bundle
+from middleware.audit.report_csv import (
+    access_csv,
+    accounting_csv,
+    date_range_csv,
+    date_range_ndjson,
+)
+from middleware.audit.report_pdf import access_pdf, accounting_pdf, user_pdf
+from middleware.audit.reports import (
+    AccessReport,
+    UserReport,
+    access_report,
+    date_range,
+    user_activity,
+)
+from middleware.audit.row import AuditQuery, AuditRow
+from middleware.audit.verify_export import verify_file
+from middleware.ledger.leaf import Leaf
+from middleware.ledger.signing import derive_box_key
+from middleware.ledger.trust import parse_policy
+from middleware.storage.ledger_base import LogStore
+from middleware.storage.ledger_dump import dump_log
+
+__all__ = ["access", "accounting", "export", "facts_opener", "search", "user", "verify"]
+
+_GATEWAY_NAME = "Consentry gateway"
+#: An export of at least 1/_BULK of the log reads it in one snapshot.
+_BULK = 8
+
+
+def _query(args: argparse.Namespace, **extra: object) -> AuditQuery:
+    fields: dict[str, object] = {
+        "since_us": parse_time(args.since),
+        "until_us": parse_time(args.until, end=True),
+        "patient": getattr(args, "patient", None),
+        "agent": getattr(args, "agent", None),
+    }
+    fields.update(extra)
+    return AuditQuery(**fields)  # type: ignore[arg-type]
+
+
+def _need(args: argparse.Namespace, name: str) -> str:
+    value = getattr(args, name, None)
+    if not value:
+        raise Usage(f"--{name} is required for this report")
+    return str(value)
+
+
+# -- search ---------------------------------------------------------------------------------
+
+
+def search(args: argparse.Namespace, out: TextIO) -> int:
+    query = _query(
+        args,
+        purpose=args.purpose,
+        event_type=args.event_type,
+        action=args.action,
+        outcome=args.outcome,
+    )
+
+    async def run() -> list[AuditRow]:
+        async with opened(args) as store:
+            return await all_rows(store, query)
+
+    rows = asyncio.run(run())
+    ordered = date_range(rows, since_us=0, until_us=2**63, sort=args.sort)
+    render = date_range_ndjson if args.format == "ndjson" else date_range_csv
+    write_output(args, out, render(ordered))
+    return 0
+
+
+# -- accounting, access report, user report --------------------------------------------------
+
+
+async def _accounting(store: LogStore, args: argparse.Namespace) -> Accounting:
+    patient = _need(args, "patient")
+    rows = await all_rows(store, AuditQuery(patient=patient))
+    return account(
+        rows,
+        patient=patient,
+        as_of_us=now_us(),
+        since_us=parse_time(args.since),
+        until_us=parse_time(args.until, end=True),
+    )
+
+
+def accounting(args: argparse.Namespace, out: TextIO) -> int:
+    async def run() -> Accounting:
+        async with opened(args) as store:
+            return await _accounting(store, args)
+
+    made = asyncio.run(run())
+    if args.format == "pdf":
+        write_output(args, out, accounting_pdf(made, gateway_name=_GATEWAY_NAME))
+    elif args.format == "bundle":
+        bundle = accounting_bundle(made, gateway_name=_GATEWAY_NAME)
+        write_output(args, out, json.dumps(bundle, indent=2) + "\n")
+    else:
+        write_output(args, out, accounting_csv(made, detail=args.detail))
+    return 0
+
+
+async def _access(store: LogStore, args: argparse.Namespace) -> AccessReport:
+    patient = _need(args, "patient")
+    rows = await all_rows(store, AuditQuery(patient=patient))
+    return access_report(
+        rows,
+        patient=patient,
+        as_of_us=now_us(),
+        since_us=parse_time(args.since),
+        until_us=parse_time(args.until, end=True),
+    )
+
+
+def access(args: argparse.Namespace, out: TextIO) -> int:
+    async def run() -> AccessReport:
+        async with opened(args) as store:
+            return await _access(store, args)
+
+    report = asyncio.run(run())
+    if args.format == "pdf":
+        write_output(args, out, access_pdf(report, gateway_name=_GATEWAY_NAME))
+    else:
+        write_output(args, out, access_csv(report))
+    return 0
+
+
+async def _user(store: LogStore, args: argparse.Namespace) -> UserReport:
+    agent = _need(args, "agent")
+    since, until = parse_time(args.since), parse_time(args.until, end=True)
+    rows = await all_rows(store, AuditQuery(agent=agent, since_us=since, until_us=until))
+    return user_activity(
+        rows, agent=agent, since_us=since or 0, until_us=now_us() if until is None else until
+    )
+
+
+def user(args: argparse.Namespace, out: TextIO) -> int:
+    async def run() -> UserReport:
+        async with opened(args) as store:
+            return await _user(store, args)
+
+    report = asyncio.run(run())
+    if args.format == "pdf":
+        write_output(args, out, user_pdf(report, gateway_name=_GATEWAY_NAME))
+    else:
+        write_output(args, out, access_csv(report))
+    return 0
+
+
+# -- export with proofs ---------------------------------------------------------------------
+
+
+async def _report_rows(store: LogStore, args: argparse.Namespace) -> tuple[list[AuditRow], str]:
+    """The index rows the report stands for, and the report's kind."""
+    kind: str = args.report
+    if kind == "accounting":
+        made = await _accounting(store, args)
+        wanted = {i for entry in made.entries for i in entry.indexes}
+        rows = await all_rows(store, AuditQuery(patient=made.patient))
+    elif kind == "access-report":
+        report = await _access(store, args)
+        wanted = {line.index for line in report.lines}
+        rows = await all_rows(store, AuditQuery(patient=report.patient))
+    elif kind == "user-report":
+        user_report = await _user(store, args)
+        wanted = {line.index for line in user_report.lines}
+        rows = await all_rows(store, _query(args))
+    else:
+        rows = await all_rows(store, _query(args))
+        wanted = {row.index for row in rows}
+    return [row for row in rows if row.index in wanted], kind
+
+
+def export(args: argparse.Namespace, out: TextIO) -> int:
+    if args.out is None:
+        raise Usage("name the export file with --out")
+
+    async def run() -> dict[str, object]:
+        async with opened(args) as store:
+            rows, kind = await _report_rows(store, args)
+            patient = getattr(args, "patient", None) if kind != "user-report" else None
+            pseudonym = None
+            if patient is not None and kind in ("accounting", "access-report"):
+                pseudonym = next((r.pseudonym for r in rows if r.pseudonym), None)
+                if pseudonym is None:
+                    found = await store.audit_rows(AuditQuery(patient=patient, limit=1))
+                    pseudonym = found[0].pseudonym if found else None
+            spec = ExportSpec(
+                report=kind,
+                patient=patient,
+                agent=args.agent if kind == "user-report" else None,
+                since_us=parse_time(args.since),
+                until_us=parse_time(args.until, end=True),
+                pseudonym=pseudonym,
+            )
+            # Most of the log: one snapshot read beats a read per entry.
+            bulk = len(rows) * _BULK >= await store.size()
+            view: LogView = (
+                SnapshotView(await dump_log(args.store, schema=args.schema))
+                if bulk
+                else await StoreView.open(store)
+            )
+            header, entries = await collect_export(
+                view,
+                spec,
+                rows,
+                wrapped_key=store.audit_key_get,
+                wrap_key=derive_box_key(read_key(args.key_file).key, "evidence"),
+            )
+            with Progress("export", total=None) as progress:
+                temporary = args.out.with_name(args.out.name + ".tmp")
+                with temporary.open("w", encoding="utf-8", newline="") as sink:
+                    writer = write_csv if args.format == "csv" else write_ndjson
+                    lines = writer(header, _counted(entries, progress), sink)
+                temporary.replace(args.out)
+                return {
+                    "out": str(args.out),
+                    "report": kind,
+                    "rows": len(rows),
+                    "lines": lines,
+                    "complete": pseudonym is not None,
+                    "rows_per_second": round(progress.rate),
+                }
+
+    print_json(out, asyncio.run(run()))
+    return 0
+
+
+def _counted(entries: Iterator[ExportEntry], progress: Progress) -> Iterator[ExportEntry]:
+    for entry in entries:
+        progress.update(1)
+        yield entry
+
+
+# -- verify-export --------------------------------------------------------------------------
+
+
+def facts_opener(opening: EntryOpening, leaf: Leaf, index: int) -> AuditRow:
+    """The index row an entry's sealed facts say (``evidence.open_entry``, ``facts.row_of``);
+    ValueError when the opening has no key or does not open."""
+    if opening.key is None:
+        raise ValueError("the line carries no entry key")
+    facts = open_entry(Opening(opening.salt, opening.evidence, opening.key))
+    # The row's index is not a column (the line's index is checked by its proof): no .at().
+    return row_of(facts, kind=int(leaf.kind), flags=int(leaf.flags), pseudonym=leaf.pseudonym)
+
+
+def verify(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        policy = parse_policy(args.trust.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Usage(f"cannot read {args.trust}: {exc}") from exc
+    with Progress("verify", total=None) as progress, args.file.open(encoding="utf-8") as lines:
+        report = verify_file(_lines(lines, progress), policy, opener=facts_opener)
+        body = {"file": str(args.file), **report.to_json()}
+        body["rows_per_second"] = round(progress.rate)
+    print_json(out, body)
+    return 0 if report.ok else 1
+
+
+def _lines(source: TextIO, progress: Progress) -> Iterator[str]:
+    for line in source:
+        progress.update(1)
+        yield line
