@@ -9,7 +9,9 @@ Routing is by exact path before anything else: the management endpoints (``/heal
 ``/readyz``, ``/metrics``, the ``/ledger/`` API of ``ledger.http``; ``/auth/jwks`` when the
 development issuer is on; ``/.well-known/smart-configuration`` at the root and under the
 base), then the patient consent API (``{base}/Consent`` and below, served
-here and never forwarded), then the FHIR base path (the proxy), then a 404 OperationOutcome.
+here and never forwarded), then the audit trail's API (``{base}/AuditEvent`` and below,
+``Patient/<id>/$accounting``, ``$export``: ``audit.http``, never forwarded), then the FHIR
+base path (the proxy), then a 404 OperationOutcome.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from middleware import __version__
+from middleware.app_audit import build_audit_api
 from middleware.app_enforcement import build_enforcement
 from middleware.app_health import StartupFailure, open_stores, probe_upstream, readiness
+from middleware.audit.http import AuditApi
+from middleware.audit.http import serves as audit_serves
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.auth.factory import build_dev_issuer, build_verifier
 from middleware.auth.smart import gateway_root
@@ -78,11 +83,13 @@ class Gateway:
         consent: ConsentApi | None = None,
         dev_issuer: UnsafeDevelopmentIssuer | None = None,
         ledger_readers: LeafReaders,
+        audit: AuditApi | None = None,
     ) -> None:
         self.settings = settings
         self.proxy = proxy
         self.ledger = ledger
         self.consent = consent
+        self.audit = audit
         self.dev_issuer = dev_issuer
         self.metrics = proxy.metrics
         self._scrape = ScrapeAccess.from_settings(settings.metrics_clients, settings.metrics_token)
@@ -119,6 +126,8 @@ class Gateway:
                 await self.management(scope, receive, send)
             elif self.consent is not None and serves(path, self._base):
                 await self.consent(scope, receive, send)
+            elif self.audit is not None and audit_serves(path, self._base):
+                await self.audit(scope, receive, send)
             elif path == self._base or path.startswith(self._base + "/"):
                 await self.proxy(scope, receive, send)
             else:
@@ -185,6 +194,8 @@ class Gateway:
             await self.proxy.enforcement.recorder.aclose()
         if self.consent is not None:
             await self.consent.aclose()
+        if self.audit is not None:
+            await self.audit.aclose()
         await self.ledger.aclose()
 
     async def _healthz(self, _request: Request) -> Response:
@@ -364,8 +375,23 @@ def create_app(
         auditor_role=settings.ledger_auditor_role,
         admin_role=settings.consent_admin_role,
     )
+    audit = build_audit_api(
+        settings,
+        ledger=ledger,
+        key=key,
+        verifier=verifier,
+        recorder=recorder,
+        wall_clock=wall,
+        clock=clock or time.monotonic,
+    )
     return Gateway(
-        settings, proxy, ledger, consent=consent, dev_issuer=dev_issuer, ledger_readers=readers
+        settings,
+        proxy,
+        ledger,
+        consent=consent,
+        dev_issuer=dev_issuer,
+        ledger_readers=readers,
+        audit=audit,
     )
 
 

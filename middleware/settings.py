@@ -77,6 +77,8 @@ class Settings:
     audit_outbox: str = ""
     consent_admin_role: str = "consent-admin"
     ledger_auditor_role: str = "ledger-auditor"
+    audit_role: str = "ledger-auditor"
+    audit_max_count: int = 200
     consent_jurisdiction: str = "opt-in"
     consent_collect_default: str = "permit"
     consent_uncovered_labels: str = "deny"
@@ -358,6 +360,10 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("consent_admin_role: must not be empty")
     if values.get("ledger_auditor_role", "ledger-auditor") == "":
         problems.append("ledger_auditor_role: must not be empty")
+    if values.get("audit_role", "ledger-auditor") == "":
+        problems.append("audit_role: must not be empty")
+    if not 1 <= values.get("audit_max_count", 200) <= 1000:
+        problems.append("audit_max_count: expected 1..1000")
     try:
         parse_networks(values.get("metrics_clients", DEFAULT_METRICS_CLIENTS))
     except ValueError as exc:

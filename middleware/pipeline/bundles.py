@@ -35,7 +35,7 @@ from middleware.fhir.request import FhirRequest, Interaction
 from middleware.pipeline.caller import ACTION_COLLECT, ACTION_CORRECT, check_interaction
 from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed, upstream_failure
 from middleware.pipeline.guards import check_search
-from middleware.pipeline.judge import Trail
+from middleware.pipeline.judge import GATEWAY_OWNED, Trail
 from middleware.pipeline.params import decode_params
 from middleware.pipeline.writes import DENIED_WRITE, NEW_ID, Writes, refuse_own_tags
 
@@ -128,7 +128,7 @@ class Bundles:
             raise BadRequest("a Bundle entry may not be another batch or transaction")
         if request.interaction is Interaction.PATCH:
             raise BadRequest("patches inside a Bundle are not supported by the gateway")
-        if request.resource_type == "Consent":
+        if request.resource_type in GATEWAY_OWNED:
             raise Forbidden(DENIED_WRITE)
         return Ask(
             request=request,

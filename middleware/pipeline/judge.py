@@ -41,9 +41,10 @@ __all__ = ["GATEWAY_OWNED", "Judge", "Trail", "compartment_of", "needs_walk", "p
 
 _MAX_DEPTH: Final = 16
 _INLINE_MARK: Final = INLINE_LABEL_URL.rsplit("/", 1)[1].encode()
-#: Resource types the gateway itself owns (the patient consent API): an upstream's copies are
-#: never released through the proxy.
-GATEWAY_OWNED: Final = frozenset({"Consent"})
+#: Resource types the gateway itself owns (the patient consent API; the audit trail, of which the
+#: gateway is the Audit Record Repository, IHE ITI-81): an upstream's copies are never released
+#: through the proxy, and no request for them is forwarded.
+GATEWAY_OWNED: Final = frozenset({"Consent", "AuditEvent"})
 _PATIENT_REF: Final = re.compile(
     r"Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?"
 )

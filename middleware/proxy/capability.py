@@ -21,8 +21,9 @@ gateway serves itself is put in (each rule names the module that makes it true):
   conditional target first and refuses more than one match with 412);
 - Consent is the gateway's own API (``consent.api``): the upstream's Consent entry is replaced
   by the interactions that API serves, and no search may ``_include`` Consent;
-- AuditEvent is the upstream's, judged like any record; its ``documentation`` says that the
-  gateway's own audit trail is not served there (it is committed to the ledger);
+- AuditEvent is the gateway's own too (``audit.http``: the gateway is the IHE ITI-81 Audit
+  Record Repository of its ledger): the upstream's entry is replaced by the read, the search
+  and its parameters that API serves, and no search may ``_include`` AuditEvent;
 - ``search-system`` and ``history-system`` are documented as refused in a patient context
   (``pipeline.flow``);
 - ``rest.security`` says SMART on FHIR when tokens are verified, with the ``oauth-uris``
@@ -37,7 +38,7 @@ from typing import Any, Final
 from middleware.fhir.resource_types import RESOURCE_TYPES
 from middleware.pipeline.flow import FILTERED_OPERATIONS
 
-__all__ = ["CONSENT_CAPABILITY", "describe_gateway"]
+__all__ = ["AUDIT_EVENT_CAPABILITY", "CONSENT_CAPABILITY", "describe_gateway"]
 
 _SMART_SERVICE = {
     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
@@ -47,11 +48,7 @@ _FORMATS: Final = ("application/fhir+json", "json")
 _PATCH_FORMATS: Final = ("application/json-patch+json",)
 _DROPPED: Final = ("id", "meta", "text", "url", "identifier", "version", "messaging", "document")
 _PATIENT_CONTEXT_REFUSED: Final = frozenset({"search-system", "history-system"})
-_AUDIT_EVENT_NOTE: Final = (
-    "The upstream's AuditEvents, released under consent like any record. The gateway's own "
-    "audit trail (IHE BALP AuditEvents of every exchange) is not served here: it is committed "
-    "to the gateway's ledger and exported with `consentry ledger export --with-evidence`."
-)
+_OWN_TYPES: Final = frozenset({"Consent", "AuditEvent"})
 
 #: The gateway's own Consent API (``middleware.consent.api`` and ``consent.operations``).
 CONSENT_CAPABILITY: Final[Mapping[str, Any]] = {
@@ -80,6 +77,38 @@ CONSENT_CAPABILITY: Final[Mapping[str, Any]] = {
     "searchParam": [
         {"name": "patient", "type": "reference"},
         {"name": "status", "type": "token"},
+    ],
+}
+
+
+#: The gateway's own audit trail (``middleware.audit.http``, ``audit.search``).
+AUDIT_EVENT_CAPABILITY: Final[Mapping[str, Any]] = {
+    "type": "AuditEvent",
+    "profile": "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead",
+    "documentation": (
+        "Served by the gateway itself, never forwarded: the IHE BALP AuditEvents of every "
+        "exchange, rendered from the gateway's ledger (IHE ITI-81 Audit Record Repository). "
+        "Ids are <ledger index>-<n>; meta.source is the entry's receipt (inclusion proof). "
+        "Auditors (the configured role with user/AuditEvent.rs) read everything; a "
+        "patient-context token reads the events about its own record. Also: GET "
+        "Patient/[id]/$accounting and bulk export (GET AuditEvent/$export with Prefer: "
+        "respond-async), auditors only for export. Every access is itself audited."
+    ),
+    "interaction": [{"code": "read"}, {"code": "search-type"}],
+    "versioning": "no-version",
+    "readHistory": False,
+    "updateCreate": False,
+    "conditionalRead": "not-supported",
+    "searchParam": [
+        {"name": "date", "type": "date"},
+        {"name": "patient", "type": "reference"},
+        {"name": "agent", "type": "reference"},
+        {"name": "entity", "type": "reference"},
+        {"name": "type", "type": "token"},
+        {"name": "subtype", "type": "token"},
+        {"name": "action", "type": "token"},
+        {"name": "outcome", "type": "token"},
+        {"name": "purpose", "type": "token"},
     ],
 }
 
@@ -134,9 +163,9 @@ def _describe_rest(
         for resource in (resources if isinstance(resources, list) else ())
         if isinstance(resource, dict)
         and resource.get("type") in RESOURCE_TYPES
-        and resource.get("type") != "Consent"
+        and resource.get("type") not in _OWN_TYPES
     ]
-    described.append(dict(CONSENT_CAPABILITY))
+    described += [dict(CONSENT_CAPABILITY), dict(AUDIT_EVENT_CAPABILITY)]
     rest["resource"] = sorted(described, key=lambda resource: str(resource["type"]))
     rest.pop("operation", None)  # every system-level operation is refused
     interactions = rest.get("interaction")
@@ -162,8 +191,6 @@ def _describe_rest(
 
 def _describe_resource(resource: dict[str, Any]) -> dict[str, Any]:
     rtype = resource["type"]
-    if rtype == "AuditEvent":
-        resource["documentation"] = _AUDIT_EVENT_NOTE
     operations = resource.get("operation")
     if isinstance(operations, list):
         kept = [
@@ -187,9 +214,8 @@ def _describe_resource(resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def _names_consent(include: Any) -> bool:
-    """True when an ``_include``/``_revinclude`` value would bring Consent resources
-    (``Consent:patient``, ``X:y:Consent``): the gateway refuses those searches."""
+    """True when an ``_include``/``_revinclude`` value would bring the gateway's own types
+    (``Consent:patient``, ``X:y:AuditEvent``): the gateway refuses those searches."""
     if not isinstance(include, str):
         return False
-    words = include.split(":")
-    return "Consent" in words
+    return bool(_OWN_TYPES.intersection(include.split(":")))

@@ -263,11 +263,16 @@ async def test_metadata_drops_what_the_gateway_cannot_route(client: httpx.AsyncC
 async def test_metadata_says_where_the_gateways_own_audit_trail_is(
     client: httpx.AsyncClient,
 ) -> None:
-    """AuditEvent is the upstream's type (its interactions kept); the gateway's own BALP
-    events are not served there, and the entry says so."""
+    """AuditEvent is the gateway's own (the upstream's entry, read and create, replaced): read
+    and the ITI-81 search with its parameters, served from the ledger, and the entry says so."""
     audit = _resource((await client.get("/fhir/metadata")).json(), "AuditEvent")
-    assert _codes(audit) == ["read", "create"]
+    assert _codes(audit) == ["read", "search-type"]
     assert "ledger" in audit["documentation"]
+    params = {p["name"] for p in audit["searchParam"]}
+    assert params == {"date", "patient", "agent", "entity", "type", "subtype", "action"} | {
+        "outcome",
+        "purpose",
+    }
 
 
 # --- SMART: oauth-uris and the well-known document -----------------------------------------------

@@ -148,12 +148,13 @@ async def test_compartment_search_of_p1_releases_nothing(world: World) -> None:
 
 
 async def test_audit_event_search_for_p1_releases_nothing(world: World) -> None:
-    """The upstream's own AuditEvents name p1 as their entity: ``AuditEvent?patient=p1`` reads
-    p1's compartment through them."""
+    """The upstream's own AuditEvents name p1 as their entity: ``AuditEvent?patient=p1`` would
+    read p1's compartment through them. AuditEvent is the gateway's own (its audit trail): the
+    search never reaches the upstream, and a clinician who is no auditor is refused."""
     got = await world.http.get("/fhir/AuditEvent?patient=Patient/p1", headers=world.dr)
-    assert got.status_code == 200
-    assert "entry" not in got.json()
-    assert_withheld(world, got)
+    assert got.status_code == 403
+    assert_nothing_of_p1(got)
+    assert world.sent == []
 
 
 async def test_system_search_releases_no_p1_resource(world: World) -> None:
@@ -166,8 +167,13 @@ async def test_system_search_releases_no_p1_resource(world: World) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/fhir?_type=Consent", "/fhir/Patient?_id=p2&_revinclude=Consent:patient"],
-    ids=["system-type", "revinclude"],
+    [
+        "/fhir?_type=Consent",
+        "/fhir/Patient?_id=p2&_revinclude=Consent:patient",
+        "/fhir?_type=AuditEvent",
+        "/fhir/Patient?_id=p2&_revinclude=AuditEvent:entity",
+    ],
+    ids=["system-type", "revinclude", "audit-system-type", "audit-revinclude"],
 )
 async def test_a_search_naming_consent_never_reaches_the_upstream(world: World, path: str) -> None:
     """Consent is the gateway's own type, never the upstream's: naming it in the query rather

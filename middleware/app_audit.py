@@ -1,0 +1,72 @@
+"""Wiring of the gateway's own AuditEvent API (:mod:`middleware.audit.http`).
+
+Kept beside ``app.py`` as :mod:`middleware.app_enforcement` is: the API searches the ledger
+store's audit index, renders each entry's events from its sealed facts
+(:class:`~middleware.audit.evidence.EvidenceReader`, under the ledger key's ``evidence`` key),
+pages with cursors sealed under the ledger key's ``audit-cursor`` key (never redeemable by the
+proxy, nor the proxy's here), and records every access through the proxy's audit recorder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from middleware.audit.bulk import ExportJobs
+from middleware.audit.evidence import EvidenceReader
+from middleware.audit.exports import BulkExport
+from middleware.audit.http import AuditApi
+from middleware.audit.httptypes import AuditIndex, Json, Recorder, TokenCheck
+from middleware.audit.searching import Searching
+from middleware.auth.smart import gateway_root
+from middleware.ledger.service import LedgerService
+from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.pipeline.cursor import CursorCodec
+from middleware.settings import Settings
+
+__all__ = ["DEFAULT_PAGE", "build_audit_api"]
+
+#: The page size of a search without ``_count`` (at most ``audit_max_count``).
+DEFAULT_PAGE = 50
+
+
+def build_audit_api(
+    settings: Settings,
+    *,
+    ledger: LedgerService,
+    key: SigningKey,
+    verifier: TokenCheck,
+    recorder: Recorder,
+    wall_clock: Callable[[], float],
+    clock: Callable[[], float],
+) -> AuditApi:
+    """The AuditEvent API of the gateway (module docstring)."""
+    master = derive_box_key(key, "evidence")
+
+    async def index() -> AuditIndex:
+        return await ledger.store()
+
+    async def events(entry: int) -> list[Json] | None:
+        return await EvidenceReader(await ledger.store(), master).events(entry)
+
+    searching = Searching(
+        index=index,
+        events=events,
+        cursors=CursorCodec(derive_box_key(key, "audit-cursor"), settings.cursor_ttl_seconds),
+        base_url=settings.gateway_base_url,
+        gateway_root=gateway_root(settings.gateway_base_url, settings.base_path),
+        default_count=min(DEFAULT_PAGE, settings.audit_max_count),
+        max_count=settings.audit_max_count,
+        wall_clock=wall_clock,
+    )
+    exports = BulkExport(searching=searching, jobs=ExportJobs(clock=clock), wall_clock=wall_clock)
+    return AuditApi(
+        verifier=verifier,
+        recorder=recorder,
+        searching=searching,
+        exports=exports,
+        base_path=settings.base_path,
+        role=settings.audit_role,
+        max_request_bytes=settings.max_request_bytes,
+        body_timeout=settings.body_timeout,
+        access_log=settings.access_log,
+    )

@@ -1,0 +1,164 @@
+"""ITI-81 search and read of the audit trail: index rows in, served BALP events out.
+
+A search (:meth:`Searching.search`) parses its parameters (:func:`~middleware.audit.search.
+parse_search`, 400 on anything it does not know), pins a patient reader to its own record
+(asking for another patient is 403, decided from the request alone, so it never says whether
+that patient has events), redeems the cursor of a page request, asks the audit index for one
+row more than the page (to know whether a next page exists: no count is ever computed) and
+renders each row's entry (:data:`~middleware.audit.httptypes.EventsOf`). The ``next`` link
+carries a sealed cursor (:class:`~middleware.pipeline.cursor.CursorCodec`) holding the last
+row's keyset place ``(recorded_us, index)`` and the search's snapshot time (a search is a
+snapshot as of its first page: later entries, its own audit entries among them, are left to a
+new search, so paging ends), bound to the caller, its purposes of use and the
+search's parameters: the cursor cannot be read, changed or used by anyone else, or for
+another search. Rows of crypto-shredded patients are never returned (their evidence is gone).
+
+A read (:meth:`Searching.read`) of ``AuditEvent/<index>-<n>`` answers the same 404 for an id
+that is malformed, names no entry, an entry without that event, a shredded one, or (to a
+patient) an entry about another patient.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Final
+
+from middleware.audit.access import AuditReader
+from middleware.audit.httptypes import (
+    AuditIndex,
+    EventsOf,
+    Json,
+    Reply,
+    Seen,
+    json_reply,
+    principal_of,
+)
+from middleware.audit.row import AuditRow
+from middleware.audit.search import parse_search
+from middleware.audit.searchset import parse_event_id, searchset, served_event
+from middleware.auth.identity import Identity
+from middleware.errors import BadRequest, Forbidden, NotFound
+from middleware.ledger.leaf import micros
+from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec, query_digest, split_cursor
+from middleware.pipeline.params import encode_params
+
+__all__ = ["Searching"]
+
+_PLACE_REFUSED: Final = "invalid or expired cursor"
+
+
+class Searching:
+    """Search and read over ``index`` (opened on first need) and ``events``.
+
+    ``base_url``: the public FHIR base; ``gateway_root``: the public URL of the gateway without
+    the FHIR base path (the ``/ledger`` API's root); ``default_count`` and ``max_count``: page
+    sizes; ``wall_clock``: seconds since the epoch (cursor expiry)."""
+
+    def __init__(
+        self,
+        *,
+        index: Callable[[], Awaitable[AuditIndex]],
+        events: EventsOf,
+        cursors: CursorCodec,
+        base_url: str,
+        gateway_root: str,
+        default_count: int,
+        max_count: int,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.index = index
+        self.events = events
+        self._cursors = cursors
+        self.base_url = base_url
+        self._root = gateway_root
+        self._default = default_count
+        self._max = max_count
+        self._wall = wall_clock
+
+    async def served(self, row: AuditRow) -> list[Json]:
+        """The served events of ``row``'s entry (none when it has none to show)."""
+        events = await self.events(row.index)
+        return [
+            served_event(event, index=row.index, n=n, gateway_root=self._root)
+            for n, event in enumerate(events or ())
+        ]
+
+    async def search(
+        self, identity: Identity, reader: AuditReader, seen: Seen, params: list[tuple[str, str]]
+    ) -> Reply:
+        """A searchset page (module docstring); 400 for bad parameters or a bad cursor, 403
+        for a patient asking about another patient."""
+        token, rest = split_cursor(params)
+        search = parse_search(rest, default_count=self._default, max_count=self._max)
+        query = search.query
+        if reader.patient is not None:
+            if query.patient not in (None, reader.patient):
+                raise Forbidden("a patient may search only the events about its own record")
+            query = replace(query, patient=reader.patient)
+        seen.patient = query.patient
+        principal = principal_of(identity)
+        purpose = tuple(f"{s}|{c}" for s, c in identity.purpose_of_use)
+        digest = query_digest("AuditEvent", search.params)
+        now = self._wall()
+        # As the recorder stamps entries (float seconds through datetime, then ledger.leaf).
+        snapshot = micros(datetime.fromtimestamp(now, UTC))
+        if token is not None:
+            place = self._cursors.redeem(
+                token, principal=principal, purpose=purpose, query_digest=digest, now=now
+            )
+            recorded, index, snapshot = _place(place)
+            query = replace(query, after=(recorded, index))
+        # A search is a snapshot as of its first page: what is recorded later (this search's
+        # own audit entries among it) is left to a new search, so paging always ends.
+        until = snapshot if query.until_us is None else min(query.until_us, snapshot)
+        query = replace(query, until_us=until)
+        rows = await (await self.index()).audit_rows(replace(query, limit=query.limit + 1))
+        page = [row for row in rows[: query.limit] if not row.shredded]
+        events = [event for row in page for event in await self.served(row)]
+        next_url = None
+        if len(rows) > query.limit:
+            last = rows[query.limit - 1]
+            cursor = self._cursors.issue(
+                f"{last.recorded_us}.{last.index}.{snapshot}",
+                principal=principal,
+                purpose=purpose,
+                query_digest=digest,
+                now=now,
+            )
+            next_url = self._url([*search.params, (CURSOR_PARAM, cursor)])
+        self_url = self._url(params)
+        return json_reply(
+            searchset(events, base_url=self.base_url, self_url=self_url, next_url=next_url)
+        )
+
+    async def read(self, reader: AuditReader, seen: Seen, event_id: str) -> Reply:
+        """One served event, or the same 404 for every reason there is none to serve."""
+        parsed = parse_event_id(event_id)
+        if parsed is None:
+            raise NotFound("no such AuditEvent")
+        index, n = parsed
+        row = await (await self.index()).audit_row(index)
+        if row is None or row.shredded or reader.patient not in (None, row.patient):
+            raise NotFound("no such AuditEvent")
+        seen.patient = row.patient
+        events = await self.served(row)
+        if n >= len(events):
+            raise NotFound("no such AuditEvent")
+        return json_reply(events[n])
+
+    def _url(self, params: Sequence[tuple[str, str]]) -> str:
+        base = f"{self.base_url}/AuditEvent"
+        return f"{base}?{encode_params(params)}" if params else base
+
+
+def _place(text: str) -> tuple[int, int, int]:
+    """What a cursor holds (issued by us): the keyset place of the last row served and the
+    search's snapshot time, ``<recorded_us>.<index>.<snapshot_us>``."""
+    try:
+        recorded, index, snapshot = (int(part) for part in text.split("."))
+    except ValueError:  # sealed by us: unreachable short of a bug
+        raise BadRequest(_PLACE_REFUSED) from None
+    return recorded, index, snapshot
