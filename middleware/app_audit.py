@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from middleware.audit.accounting_http import AccountingEndpoint
 from middleware.audit.bulk import ExportJobs
 from middleware.audit.evidence import EvidenceReader
 from middleware.audit.exports import BulkExport
@@ -23,10 +24,12 @@ from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.pipeline.cursor import CursorCodec
 from middleware.settings import Settings
 
-__all__ = ["DEFAULT_PAGE", "build_audit_api"]
+__all__ = ["DEFAULT_PAGE", "REPORT_NAME", "build_audit_api"]
 
 #: The page size of a search without ``_count`` (at most ``audit_max_count``).
 DEFAULT_PAGE = 50
+#: How the accounting of disclosures names the gateway to the patient (as the CLI does).
+REPORT_NAME = "Consentry gateway"
 
 
 def build_audit_api(
@@ -64,6 +67,13 @@ def build_audit_api(
         recorder=recorder,
         searching=searching,
         exports=exports,
+        accounting=AccountingEndpoint(
+            index=index,
+            role=settings.audit_role,
+            rules=settings.accounting_rules,
+            gateway_name=REPORT_NAME,
+            wall_clock=wall_clock,
+        ),
         base_path=settings.base_path,
         role=settings.audit_role,
         max_request_bytes=settings.max_request_bytes,

@@ -5,7 +5,10 @@ parse_search`, 400 on anything it does not know), pins a patient reader to its o
 (asking for another patient is 403, decided from the request alone, so it never says whether
 that patient has events), redeems the cursor of a page request, asks the audit index for one
 row more than the page (to know whether a next page exists: no count is ever computed) and
-renders each row's entry (:data:`~middleware.audit.httptypes.EventsOf`). The ``next`` link
+renders each row's entry (:data:`~middleware.audit.httptypes.EventsOf`), keeping the events
+that themselves meet the event-level criteria (``type``, ``subtype``, ``action``,
+``outcome``: an entry matched by its RESTful event also renders its AuthZconsent decision
+event, which is not returned for ``type=rest``). The ``next`` link
 carries a sealed cursor (:class:`~middleware.pipeline.cursor.CursorCodec`) holding the last
 row's keyset place ``(recorded_us, index)`` and the search's snapshot time (a search is a
 snapshot as of its first page: later entries, its own audit entries among them, are left to a
@@ -36,7 +39,7 @@ from middleware.audit.httptypes import (
     json_reply,
     principal_of,
 )
-from middleware.audit.row import AuditRow
+from middleware.audit.row import AuditQuery, AuditRow
 from middleware.audit.search import parse_search
 from middleware.audit.searchset import parse_event_id, searchset, served_event
 from middleware.auth.identity import Identity
@@ -48,6 +51,7 @@ from middleware.pipeline.params import encode_params
 __all__ = ["Searching"]
 
 _PLACE_REFUSED: Final = "invalid or expired cursor"
+_RESTFUL: Final = "http://hl7.org/fhir/restful-interaction"
 
 
 class Searching:
@@ -117,7 +121,9 @@ class Searching:
         query = replace(query, until_us=until)
         rows = await (await self.index()).audit_rows(replace(query, limit=query.limit + 1))
         page = [row for row in rows[: query.limit] if not row.shredded]
-        events = [event for row in page for event in await self.served(row)]
+        events = [
+            event for row in page for event in await self.served(row) if _matches(event, query)
+        ]
         next_url = None
         if len(rows) > query.limit:
             last = rows[query.limit - 1]
@@ -152,6 +158,24 @@ class Searching:
     def _url(self, params: Sequence[tuple[str, str]]) -> str:
         base = f"{self.base_url}/AuditEvent"
         return f"{base}?{encode_params(params)}" if params else base
+
+
+def _matches(event: Json, query: AuditQuery) -> bool:
+    """Whether ``event`` itself meets the query's event-level criteria (type, subtype, action,
+    outcome): the index matched the entry by its RESTful event, and an entry also renders
+    events of other kinds (the AuthZconsent decision), which a search for ``type=rest`` must
+    not return."""
+    if query.event_type is not None:
+        coding = event.get("type") or {}
+        if f"{coding.get('system')}|{coding.get('code')}" != query.event_type:
+            return False
+    if query.subtype is not None:
+        codes = {c.get("code") for c in event.get("subtype") or () if c.get("system") == _RESTFUL}
+        if query.subtype not in codes:
+            return False
+    if query.action is not None and event.get("action") != query.action:
+        return False
+    return query.outcome is None or event.get("outcome") == query.outcome
 
 
 def _place(text: str) -> tuple[int, int, int]:

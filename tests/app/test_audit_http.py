@@ -439,3 +439,16 @@ async def test_audit_event_requests_never_reach_the_upstream(
     got = await client.request(method, path, headers=system, json={"resourceType": "AuditEvent"})
     assert got.status_code in (403, 404, 405)
     assert all("AuditEvent" not in str(call.request.url) for call in router.calls)
+
+
+async def test_event_level_criteria_hold_for_every_event_returned(
+    client: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    """An entry renders its AuthZconsent decision event beside the RESTful one: a search for
+    ``type=rest`` returns the RESTful events only, one without it both kinds."""
+    await traffic(client, tokens)
+    typed = events((await search(client, auditor(tokens), type="rest", patient="p1")).json())
+    assert typed
+    assert {e["type"]["code"] for e in typed} == {"rest"}
+    every = events((await search(client, auditor(tokens), patient="p1")).json())
+    assert {e["type"]["code"] for e in every} == {"rest", "110113"}

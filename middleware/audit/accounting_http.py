@@ -1,0 +1,142 @@
+"""``GET {base}/Patient/<id>/$accounting``: the HIPAA accounting of disclosures over HTTP.
+
+The accounting of one patient (45 CFR 164.528; the rules are :mod:`middleware.audit.accounting`'s,
+configured by the ``accounting_*`` settings) as of now, over the default look-back period
+(six years), for the auditor or the patient itself (a patient-context token whose launch
+patient is ``<id>``; anybody else 403, as :mod:`middleware.audit.access` decides). The format
+is chosen by ``_format`` or, without it, by ``Accept``:
+
+=============================================  =============================================
+``_format`` / ``Accept``                       answer
+=============================================  =============================================
+``json``, ``application/fhir+json``, none      the FHIR ``document`` Bundle (``report_bundle``)
+``csv``, ``text/csv``                          CSV (``report_csv``)
+``pdf``, ``application/pdf``                   a PDF a patient can read (``report_pdf``)
+=============================================  =============================================
+
+Anything else is 406; any parameter other than ``_format`` is 400. The request is recorded
+like every access of the audit trail (:mod:`middleware.audit.http`), naming the patient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+from middleware.audit.access import audit_reader
+from middleware.audit.accounting import AccountingRules, account
+from middleware.audit.httptypes import AuditIndex, Reply, Seen, json_reply
+from middleware.audit.report_bundle import accounting_bundle
+from middleware.audit.report_csv import accounting_csv
+from middleware.audit.report_pdf import accounting_pdf
+from middleware.audit.row import AuditQuery, AuditRow
+from middleware.auth.identity import Identity
+from middleware.errors import BadRequest, Forbidden, NotAcceptable, NotFound
+from middleware.fhir.negotiate import media_type
+from middleware.ledger.leaf import micros
+
+__all__ = ["AccountingEndpoint"]
+
+Format = Literal["bundle", "csv", "pdf"]
+_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 "id"
+_FORMATS: Final[Mapping[str, Format]] = {
+    "json": "bundle",
+    "application/fhir+json": "bundle",
+    "application/json": "bundle",
+    "csv": "csv",
+    "text/csv": "csv",
+    "pdf": "pdf",
+    "application/pdf": "pdf",
+}
+_ANY: Final = frozenset({"*/*", "application/*"})
+_PAGE: Final = 1000
+
+
+class AccountingEndpoint:
+    """The ``$accounting`` handler (module docstring) over the audit ``index``."""
+
+    def __init__(
+        self,
+        *,
+        index: Callable[[], Awaitable[AuditIndex]],
+        role: str,
+        rules: AccountingRules,
+        gateway_name: str,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._index = index
+        self._role = role
+        self._rules = rules
+        self._name = gateway_name
+        self._wall = wall_clock
+
+    async def __call__(
+        self,
+        identity: Identity,
+        seen: Seen,
+        patient_id: str,
+        params: list[tuple[str, str]],
+        headers: Mapping[str, str],
+    ) -> Reply:
+        """The accounting of ``Patient/<patient_id>`` in the negotiated format."""
+        if not _ID.fullmatch(patient_id) or not patient_id.strip("."):
+            raise NotFound("not a valid Patient id")
+        patient = f"Patient/{patient_id}"
+        reader = audit_reader(identity, role=self._role, permission="r")
+        if reader.patient not in (None, patient):
+            raise Forbidden("a patient may read only its own accounting of disclosures")
+        if any(name != "_format" for name, _ in params):
+            raise BadRequest("$accounting takes only _format", code="not-supported")
+        wanted = _negotiate(params, headers)
+        seen.patient = patient
+        as_of = micros(datetime.fromtimestamp(self._wall(), UTC))
+        rows = await self._rows(AuditQuery(patient=patient, until_us=as_of))
+        made = account(rows, patient=patient, as_of_us=as_of, rules=self._rules)
+        if wanted == "csv":
+            body = accounting_csv(made).encode("utf-8")
+            return Reply(200, (("content-type", "text/csv; charset=utf-8"), _NO_STORE), body)
+        if wanted == "pdf":
+            # reportlab is CPU-bound: off the event loop
+            pdf = await asyncio.to_thread(accounting_pdf, made, gateway_name=self._name)
+            return Reply(200, (("content-type", "application/pdf"), _NO_STORE), pdf)
+        return json_reply(accounting_bundle(made, gateway_name=self._name))
+
+    async def _rows(self, query: AuditQuery) -> list[AuditRow]:
+        index = await self._index()
+        out: list[AuditRow] = []
+        query = replace(query, limit=_PAGE)
+        while True:
+            page = await index.audit_rows(query)
+            out += page
+            if len(page) < _PAGE:
+                return out
+            query = replace(query, after=(page[-1].recorded_us, page[-1].index))
+
+
+_NO_STORE: Final = ("cache-control", "no-store")
+
+
+def _negotiate(params: list[tuple[str, str]], headers: Mapping[str, str]) -> Format:
+    formats = [value for name, value in params if name == "_format"]
+    if len(formats) > 1:
+        raise BadRequest("_format may be given once")
+    if formats:
+        found = _FORMATS.get(media_type(formats[0]))
+        if found is None:
+            raise NotAcceptable("$accounting is served as FHIR JSON, CSV or PDF")
+        return found
+    accept = headers.get("accept", "")
+    if not accept.strip():
+        return "bundle"
+    for part in accept.split(","):
+        kind = media_type(part)
+        if kind in _FORMATS:
+            return _FORMATS[kind]
+        if kind in _ANY:
+            return "bundle"
+    raise NotAcceptable("$accounting is served as FHIR JSON, CSV or PDF")
