@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from middleware.audit.export import EXPORT_FORMAT, PROOF_COLUMNS, ROW_COLUMNS, EntryOpening
+from middleware.audit.export import EXPORT_FORMAT, PROOF_COLUMNS, EntryOpening, format_time
 from middleware.ledger.leaf import micros
 
-__all__ = ["ExportLine", "HeaderError", "csv_lines", "ndjson_lines", "read_header"]
+__all__ = ["REPORTS", "ExportLine", "HeaderError", "csv_lines", "ndjson_lines", "read_header"]
+
+#: The report kinds an export can be of.
+REPORTS = frozenset({"accounting", "access-report", "user-report", "date-range", "search"})
 
 
 class HeaderError(ValueError):
@@ -42,8 +45,10 @@ def read_header(first: str) -> tuple[dict[str, Any], tuple[str, ...]]:
         header = None
     if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
         raise HeaderError("header-format", f"the first line is not a {EXPORT_FORMAT} header")
-    names = header.get("columns", list(ROW_COLUMNS))
-    fields_ok = isinstance(header.get("report"), str) and isinstance(header.get("checkpoint"), str)
+    if set(header) != _HEADER_KEYS:
+        raise HeaderError("header-malformed", "the header's keys are not the format's")
+    names = header["columns"]
+    fields_ok = header.get("report") in REPORTS and isinstance(header.get("checkpoint"), str)
     if not fields_ok or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise HeaderError("header-malformed", "the header lacks report, checkpoint or columns")
     try:
@@ -61,7 +66,10 @@ def _micros(text: object) -> int | None:
         return None
     if not isinstance(text, str) or not text.endswith("Z"):
         raise ValueError(f"not an RFC 3339 UTC time: {text!r}")
-    return micros(datetime.fromisoformat(text))
+    us = micros(datetime.fromisoformat(text))
+    if format_time(us) != text:  # one spelling per instant, as the exporter writes it
+        raise ValueError(f"not the export's time format: {text!r}")
+    return us
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +85,17 @@ class ExportLine:
 
 
 _ROLES = frozenset({"row", "other", "before", "after"})
+_HEADER_KEYS = frozenset(
+    {"format", "report", "patient", "agent", "since", "until", "columns", "origin"}
+    | {"checkpoint", "chain"}
+)
+_LINE_KEYS = frozenset({"role", "index", "leaf", "proof", "salt", "evidence", "key", "columns"})
 
 
-def ndjson_lines(lines: Iterator[str]) -> Iterator[tuple[int, ExportLine | str]]:
+def ndjson_lines(
+    lines: Iterator[str], names: tuple[str, ...]
+) -> Iterator[tuple[int, ExportLine | str]]:
+    """The NDJSON entry lines after the header (a row's ``columns`` named as ``names``)."""
     for number, text in enumerate(lines, start=2):
         if not text.strip():
             continue
@@ -87,8 +103,12 @@ def ndjson_lines(lines: Iterator[str]) -> Iterator[tuple[int, ExportLine | str]]
             obj = json.loads(text)
             if not isinstance(obj, dict):
                 raise ValueError("not a JSON object")
+            if not set(obj) <= _LINE_KEYS:
+                raise ValueError(f"unknown keys {sorted(set(obj) - _LINE_KEYS)}")
             cols = obj.get("columns")
             values = None if cols is None else tuple(cols.values())
+            if cols is not None and tuple(cols) != names:
+                raise ValueError("the columns are not the header's, in its order")
             if values is not None and not all(isinstance(v, str) for v in values):
                 raise ValueError("columns are strings")
             yield number, _parse(obj, obj.get("salt"), obj.get("evidence"), obj.get("key"), values)
@@ -99,6 +119,7 @@ def ndjson_lines(lines: Iterator[str]) -> Iterator[tuple[int, ExportLine | str]]
 def csv_lines(
     lines: Iterator[str], names: tuple[str, ...]
 ) -> Iterator[tuple[int, ExportLine | str]]:
+    """The CSV records after the ``#`` header line (the column line first)."""
     reader = csv.reader(lines)
     head = next(reader, None)
     width = len(names)

@@ -201,7 +201,9 @@ def verify_export(
     checkpoint = _checkpoint(report, header["checkpoint"], policy)
     if checkpoint is not None:
         report.size = checkpoint.size
-    entries = csv_lines(lines, names) if first.startswith("#") else ndjson_lines(lines)
+        if header.get("origin") != checkpoint.origin:
+            report.add("header-malformed", "the header's origin is not the checkpoint's", 1)
+    entries = csv_lines(lines, names) if first.startswith("#") else ndjson_lines(lines, names)
     check = _Checker(
         report,
         header=header,
@@ -362,18 +364,19 @@ class _Checker:
             return
         try:
             row = self.opener(opening, leaf, index)
-        except (ValueError, LedgerError) as exc:
+            expected = tuple(self.columns(row) if self.columns else row_columns(row))
+        except (ValueError, LedgerError, OverflowError) as exc:
             add("opening", f"the evidence does not open: {exc}", number, index)
             return
-        self._row(number, line, leaf, row)
+        self._row(number, line, leaf, row, expected)
 
-    def _row(self, number: int, line: ExportLine, leaf: Leaf, row: AuditRow) -> None:
+    def _row(
+        self, number: int, line: ExportLine, leaf: Leaf, row: AuditRow, expected: tuple[str, ...]
+    ) -> None:
         add, index, header = self.report.add, line.index, self.header
-        if line.role == "row":
-            expected = tuple(self.columns(row) if self.columns else row_columns(row))
-            if line.columns != expected:
-                edited = _differing(self.names, line.columns, expected)
-                add("edited", f"columns differ from the entry's facts: {edited}", number, index)
+        if line.role == "row" and line.columns != expected:
+            edited = _differing(self.names, line.columns, expected)
+            add("edited", f"columns differ from the entry's facts: {edited}", number, index)
         since, until = header["since"], header["until"]
         outside = (since is not None and leaf.recorded_us < since) or (
             until is not None and leaf.recorded_us > until
