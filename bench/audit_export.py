@@ -1,0 +1,147 @@
+"""Audit export and offline verification speed: rows per second of each (goal >= 100,000).
+
+    python -m bench.audit_export [--entries 50000] [--patients 200] [--profile]
+
+Fills a fresh SQLite ledger (temporary directory) with ``--entries`` audit entries as the
+recorder writes them (sealed facts, index rows; ``middleware.testing.audit_fill``), then
+measures, in this process:
+
+- ``export``: ``consentry audit export --report date-range --format ndjson`` of every entry
+  (index rows read, leaf hashes and tree, leaves, openings, proofs, the file written), and the
+  same as CSV;
+- ``verify-export`` of each file against the trust policy (checkpoint signature, inclusion
+  proofs, commitments, decrypting every entry's facts and comparing the columns);
+- a per-patient export (``access-report``, with the chain) and its verification.
+
+Each phase is timed wall-clock once (the fill is not timed). ``--profile`` prints the top of a
+cProfile of each export and verification. Prints a Markdown table and writes
+``bench/results/audit_export.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import json
+import platform
+import pstats
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from middleware.cli import main as consentry
+from middleware.ledger.keyfile import LedgerKey, write_ledger_key
+from middleware.ledger.signing import SigningKey
+from middleware.ledger.trust import TrustedKey, TrustPolicy, format_policy
+from middleware.storage.ledger_sqlite import SqliteLogStore
+from middleware.testing.audit_fill import fill_audit_log
+
+ORIGIN = "bench.example/fhir/ledger"
+T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
+_RESULTS = Path(__file__).parent / "results" / "audit_export.json"
+
+
+async def _fill(path: Path, key: SigningKey, entries: int, patients: int) -> float:
+    store = await SqliteLogStore.open(path)
+    started = time.perf_counter()
+    try:
+        names = [f"Patient/p{n}" for n in range(patients)]
+        await fill_audit_log(
+            store, key, ORIGIN, count=entries, patients=names, start_us=T0, step_us=10_000_000
+        )
+    finally:
+        await store.close()
+    return time.perf_counter() - started
+
+
+def _run(argv: list[str], *, profile: bool) -> tuple[float, dict[str, Any]]:
+    """Run one ``consentry`` command in-process: (seconds, its JSON output)."""
+    out = io.StringIO()
+    profiler = cProfile.Profile() if profile else None
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        if profiler is not None:
+            profiler.enable()
+        status = consentry(argv)
+        if profiler is not None:
+            profiler.disable()
+    seconds = time.perf_counter() - started
+    if status not in (0,):
+        raise SystemExit(f"{' '.join(argv[:2])} exited {status}: {out.getvalue()[:500]}")
+    if profiler is not None:
+        print(f"\n-- profile: consentry {' '.join(argv[:3])}")
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(18)
+    return seconds, json.loads(out.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=50_000)
+    parser.add_argument("--patients", type=int, default=200)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="consentry-audit-export-"))
+    key = SigningKey.generate(ORIGIN)
+    write_ledger_key(directory / "ledger.key", LedgerKey(key, ORIGIN))
+    trust = directory / "trust.toml"
+    trust.write_text(format_policy(TrustPolicy(ORIGIN, (TrustedKey(key.vkey()),))))
+    fill_seconds = asyncio.run(_fill(directory / "audit.db", key, args.entries, args.patients))
+    store = f"sqlite:{directory / 'audit.db'}"
+    common = ["--store", store, "--key-file", str(directory / "ledger.key")]
+    results: list[dict[str, Any]] = []
+    cases = [
+        ("date-range", "ndjson", []),
+        ("date-range", "csv", []),
+        ("access-report", "ndjson", ["--patient", "Patient/p0"]),
+    ]
+    for report, fmt, extra in cases:
+        path = directory / f"{report}.{fmt}"
+        argv = ["audit", "export", *common, "--report", report, "--format", fmt, *extra]
+        seconds, body = _run([*argv, "--out", str(path)], profile=args.profile)
+        rows = int(body["rows"])
+        results.append(_result(f"export {report} {fmt}", rows, seconds))
+        seconds, body = _run(
+            ["audit", "verify-export", str(path), "--trust", str(trust)], profile=args.profile
+        )
+        if not body["ok"]:
+            raise SystemExit(f"verify-export found something: {body['findings'][:3]}")
+        results.append(_result(f"verify-export {report} {fmt}", int(body["rows"]), seconds))
+    print(f"\n{args.entries:,} entries, {args.patients} patients, filled in {fill_seconds:.1f} s\n")
+    print("| run | rows | seconds | rows/s | goal |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for r in results:
+        goal = "met" if r["rows_per_second"] >= 100_000 else "missed"
+        row = f"| {r['run']} | {r['rows']:,} | {r['seconds']:.2f} | {r['rows_per_second']:,}"
+        print(f"{row} | >= 100,000: {goal} |")
+    _RESULTS.parent.mkdir(exist_ok=True)
+    _RESULTS.write_text(
+        json.dumps(
+            {
+                "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": f"{platform.machine()} {platform.python_version()}",
+                "entries": args.entries,
+                "patients": args.patients,
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def _result(run: str, rows: int, seconds: float) -> dict[str, Any]:
+    return {
+        "run": run,
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows / seconds) if seconds else 0,
+    }
+
+
+if __name__ == "__main__":
+    main()
