@@ -58,7 +58,11 @@ from typing import Any, Final
 
 import httpx
 
+from middleware.audit.evidence import EvidenceReader
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer, load_or_create_key
+from middleware.ledger.keyfile import read_ledger_key
+from middleware.ledger.signing import derive_box_key
+from middleware.storage.ledger_open import open_log_store
 from middleware.testing import PeerError, UpstreamServer, load_carebundle
 from middleware.testing.peers import free_port, stop_process
 
@@ -518,10 +522,13 @@ def ledger_export(
     entries = 0
     with (out / "evidence.jsonl").open("rb") as lines:
         rows = [json.loads(line) for line in lines if line.strip()]
+    request_ids = asyncio.run(audit_request_ids(workdir, store))
     for row in sorted(rows, key=lambda r: int(r["index"])):
         entries += 1
         data = base64.b64decode(row["data"])
-        named.update({m.decode() for m in _RID.findall(data)})
+        # Audit evidence is sealed facts: its request id is read by opening it (ledger key).
+        found = request_ids.get(int(row["index"])) or {m.decode() for m in _RID.findall(data)}
+        named.update(found)
         if b'"resourceType":"Consent"' in data:
             try:
                 resource = json.loads(data)
@@ -530,6 +537,22 @@ def ledger_export(
             if isinstance(resource, dict) and resource.get("resourceType") == "Consent":
                 consents[str(resource.get("id"))] = resource
     return named, consents, entries
+
+
+async def audit_request_ids(workdir: Path, store: Path) -> dict[int, set[str]]:
+    """The request id of each audit entry whose sealed facts open with the ledger key."""
+    key = read_ledger_key(workdir / "ledger.key").key
+    log = await open_log_store(f"sqlite:{store}")
+    try:
+        reader = EvidenceReader(log, derive_box_key(key, "evidence"))
+        out: dict[int, set[str]] = {}
+        for index in range(await log.size()):
+            facts = await reader.facts(index)
+            if facts is not None and _RID.fullmatch(facts.request_id.encode()):
+                out[index] = {facts.request_id}
+        return out
+    finally:
+        await log.close()
 
 
 def ledger_verify(workdir: Path, store: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from middleware.audit.evidence import PatientKeys
 from middleware.audit.parts import AgentInfo
 from middleware.audit.recorder import AuditRecorder
 from middleware.consent.model import Policy
@@ -97,6 +98,9 @@ def build_enforcement(
     async def pseudonym_of(patient: str) -> bytes:
         return await (await consents.store()).pseudonym_for(patient, new_pseudonym())
 
+    async def audit_key(pseudonym: bytes, candidate: bytes) -> bytes:
+        return await (await ledger.store()).audit_key(pseudonym, candidate)
+
     flow = Flow(
         policies=policies,
         cursors=CursorCodec(derive_box_key(key, "cursor"), settings.cursor_ttl_seconds),
@@ -120,6 +124,8 @@ def build_enforcement(
         live_for=2 * settings.upstream_deadline,
         # Outbox rows are MACed under a key of the ledger key's: replayed only if they verify.
         row_key=derive_box_key(key, "outbox"),
+        # Evidence is sealed under per-patient keys, stored wrapped under this ledger key's.
+        keys=PatientKeys(audit_key, derive_box_key(key, "evidence")),
     )
     enforcement = Enforcement(
         verifier=verifier,

@@ -465,6 +465,11 @@ class GatewayServer(_Peer):
         except subprocess.TimeoutExpired as exc:
             raise PeerError(f"consentry {' '.join(argv)} did not finish in {timeout} s") from exc
 
+    @property
+    def ledger_key_file(self) -> Path:
+        """The gateway's ledger key file (in its workdir): what opens its audit evidence."""
+        return self._workdir() / _LEDGER_KEY
+
     def verify_ledger(self) -> dict[str, Any]:
         """``consentry ledger verify`` on the gateway's SQLite store, trusting the key in its
         workdir (a trust policy from ``consentry keys policy``); the JSON report, whose

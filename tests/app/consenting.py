@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from middleware.audit.evidence import EvidenceReader
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.fhir import jsoncodec
 from middleware.ledger.leaf import EntryFlag, EntryKind, Leaf, commit_evidence, decode_leaf
+from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.storage.ledger_base import LogStore
 
 AUDIENCE: Final = "http://gateway.test/fhir"
@@ -72,12 +74,20 @@ def treat_only(patient: str = "Patient/p1", **extra: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Recorded:
-    """One ledger entry read back: leaf, evidence bytes, and whether the commitment holds."""
+    """One ledger entry read back: leaf, evidence bytes, and whether the commitment holds.
+    ``events``: an audit entry's AuditEvents rendered from its sealed facts (read with the
+    ledger key), None otherwise or without the key; ``text``: their canonical JSON, else the
+    evidence bytes (what a test searches for a request id or a code)."""
 
     index: int
     leaf: Leaf
     evidence: bytes
     verified: bool
+    events: list[Any] | None = None
+
+    @property
+    def text(self) -> bytes:
+        return self.evidence if self.events is None else jsoncodec.encode_canonical(self.events)
 
     @property
     def kind(self) -> EntryKind:
@@ -91,16 +101,19 @@ class Recorded:
         return jsoncodec.decode(self.evidence)
 
 
-async def ledger_entries(store: LogStore) -> list[Recorded]:
-    """Every entry of ``store`` with its evidence, the evidence commitment checked."""
+async def ledger_entries(store: LogStore, signer: SigningKey | None = None) -> list[Recorded]:
+    """Every entry of ``store`` with its evidence, the evidence commitment checked; with the
+    ledger key ``signer``, audit entries with their rendered events."""
     size = await store.size()
+    reader = None if signer is None else EvidenceReader(store, derive_box_key(signer, "evidence"))
     out = []
     for index, raw in enumerate(await store.leaves(0, size)):
         leaf = decode_leaf(raw)
         evidence = await store.evidence(index)
         assert evidence is not None
         verified = commit_evidence(evidence.salt, evidence.data) == leaf.commitment
-        out.append(Recorded(index, leaf, evidence.data, verified))
+        events = None if reader is None else await reader.events(index)
+        out.append(Recorded(index, leaf, evidence.data, verified, events))
     return out
 
 

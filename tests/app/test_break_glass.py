@@ -14,6 +14,7 @@ import respx
 from middleware.app import Gateway
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.ledger.leaf import EntryFlag
+from middleware.ledger.signing import SigningKey
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.conftest import WallClock
 from tests.app.consenting import (
@@ -80,40 +81,45 @@ async def test_emergency_access_needs_the_tokens_permission(
 
 
 async def test_emergency_access_overrides_a_denial_for_a_time_box_and_is_recorded(
-    gateway: httpx.AsyncClient, tokens: Tokens, store: MemoryLogStore, wall: WallClock
+    gateway: httpx.AsyncClient,
+    tokens: Tokens,
+    store: MemoryLogStore,
+    wall: WallClock,
+    signer: SigningKey,
 ) -> None:
     await deny_dr(gateway, tokens, "p1")
     plain = doctor(tokens, glass=True)
     assert (await gateway.get("/fhir/Observation/o-p1", headers=plain)).status_code == 404
 
-    before = len(await ledger_entries(store))
+    before = len(await ledger_entries(store, signer))
     asked = {**plain, "x-break-glass-reason": "unconscious patient in ED"}
     answer = await gateway.get("/fhir/Observation/o-p1", headers=asked)
     assert answer.status_code == 200
-    new = (await ledger_entries(store))[before:]
-    started = [e for e in new if b"110127" in e.evidence]
+    new = (await ledger_entries(store, signer))[before:]
+    started = [e for e in new if b"110127" in e.text]
     assert len(started) == 1
     assert started[0].leaf.flags & EntryFlag.BREAK_THE_GLASS
-    assert b"review" in started[0].evidence.lower()
-    assert b"unconscious patient in ED" in started[0].evidence
+    assert b"review" in started[0].text.lower()
+    assert b"unconscious patient in ED" in started[0].text
+    assert b"unconscious" not in started[0].evidence  # sealed: the stored bytes hide it
     disclosed = [e for e in new if e.leaf.flags & EntryFlag.BREAK_THE_GLASS and e not in started]
     assert disclosed, "the exchange itself is flagged"
 
     # Within the session the header is not needed again; no second start is recorded.
     wall.now += 5 * 60
     assert (await gateway.get("/fhir/Observation/o-p1", headers=plain)).status_code == 200
-    assert sum(b"110127" in e.evidence for e in await ledger_entries(store)) == 1
+    assert sum(b"110127" in e.text for e in await ledger_entries(store, signer)) == 1
 
     # After the time box the denial stands again, and the session's stop is recorded.
     wall.now += 6 * 60
     assert (await gateway.get("/fhir/Observation/o-p1", headers=plain)).status_code == 404
-    stopped = [e for e in await ledger_entries(store) if b"110138" in e.evidence]
+    stopped = [e for e in await ledger_entries(store, signer) if b"110138" in e.text]
     assert len(stopped) == 1
     assert stopped[0].leaf.flags & EntryFlag.BREAK_THE_GLASS
 
 
 async def test_a_patients_no_break_the_glass_consent_is_honoured(
-    gateway: httpx.AsyncClient, tokens: Tokens, store: MemoryLogStore
+    gateway: httpx.AsyncClient, tokens: Tokens, store: MemoryLogStore, signer: SigningKey
 ) -> None:
     """p2 refused emergency access in advance (a provision denying purpose BTG): the
     emergency request gets the same 404 as any denied read, and no override is recorded."""
@@ -122,7 +128,7 @@ async def test_a_patients_no_break_the_glass_consent_is_honoured(
     asked = {**doctor(tokens, glass=True), "x-break-glass-reason": "unconscious patient"}
     answer = await gateway.get("/fhir/Observation/o-p2", headers=asked)
     assert answer.status_code == 404
-    assert not any(b"110127" in e.evidence for e in await ledger_entries(store))
+    assert not any(b"110127" in e.text for e in await ledger_entries(store, signer))
 
 
 async def test_writes_are_never_overridden(

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import respx
 
+from middleware.ledger.signing import SigningKey
 from middleware.mapping import MARKER_URL
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.consenting import ledger_entries
@@ -131,11 +132,12 @@ async def test_a_json_patch_on_the_clients_view_is_sent_as_a_pinned_update(
 
 
 async def test_the_audit_record_names_the_profile_and_its_digest(
-    client: httpx.AsyncClient, store: MemoryLogStore
+    client: httpx.AsyncClient, store: MemoryLogStore, signer: SigningKey
 ) -> None:
     await client.get("/fhir/Observation/obs-k-1")
-    evidence = (await ledger_entries(store))[-1].json()
-    entities = [e for entry in evidence["entry"] for e in entry["resource"]["entity"]]
+    events = (await ledger_entries(store, signer))[-1].events
+    assert events is not None  # rendered from the entry's sealed facts
+    entities = [e for event in events for e in event["entity"]]
     mapping = [
         e for e in entities if e.get("what", {}).get("identifier", {}).get("value") == "hospital-a"
     ]

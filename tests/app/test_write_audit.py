@@ -22,12 +22,13 @@ import pytest
 import respx
 
 from middleware.app import Gateway, create_app
+from middleware.audit.evidence import EvidenceReader
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, NewEntry
 from middleware.ledger.leaf import EntryFlag, EntryKind, decode_leaf
 from middleware.ledger.sequencer import CheckpointSigner
-from middleware.ledger.signing import SigningKey
+from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.pipeline.writes import IDEMPOTENCY_REQUEST_TAG, IDEMPOTENCY_TAG
 from middleware.settings import Settings
 from middleware.storage.ledger_memory import MemoryLogStore
@@ -76,7 +77,10 @@ async def kinds(store: MemoryLogStore, start: int) -> list[tuple[EntryKind, bool
 
 
 async def test_an_outcome_the_ledger_refuses_after_the_forward_is_kept_and_replayed(
-    make_client: Callable[..., httpx.AsyncClient], router: respx.Router, store: OutageStore
+    make_client: Callable[..., httpx.AsyncClient],
+    router: respx.Router,
+    store: OutageStore,
+    signer: SigningKey,
 ) -> None:
     """The store goes down while the upstream stores the write: the client gets the real 201
     and Location (was: 503, and the ledger never learnt the write happened); ``/readyz`` says
@@ -114,6 +118,16 @@ async def test_an_outcome_the_ledger_refuses_after_the_forward_is_kept_and_repla
     ]
     decision, outcome = (decode_leaf(raw) for raw in await store.leaves(before, before + 2))
     assert outcome.pseudonym == decision.pseudonym is not None
+    # The replayed outcome's sealed facts render the create the upstream answered, indexed.
+    reader = EvidenceReader(store, derive_box_key(signer, "evidence"))
+    events = await reader.events(before + 1)
+    assert events is not None
+    (created,) = events
+    assert created["subtype"][0]["code"] == "create"
+    assert created["outcome"] == "0"
+    row = await store.audit_row(before + 1)
+    assert row is not None
+    assert (row.subtype, row.outcome, row.kind) == ("create", "0", EntryKind.ACCESS_OUTCOME)
 
 
 async def test_a_replayed_outcome_whose_first_commit_did_land_is_not_recorded_twice(

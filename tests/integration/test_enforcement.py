@@ -29,7 +29,10 @@ from fhirclient.models.patient import Patient
 from fhirclient.server import FHIRNotFoundException
 from fhirpy import AsyncFHIRClient
 
-from middleware.storage.ledger_dump import dump_log
+from middleware.audit.evidence import EvidenceReader
+from middleware.ledger.keyfile import read_ledger_key
+from middleware.ledger.signing import derive_box_key
+from middleware.storage.ledger_open import open_log_store
 from middleware.testing import GatewayServer, UpstreamServer
 from tests.integration.enforcing import (
     FHIR_JSON,
@@ -519,19 +522,31 @@ def test_a_backend_service_registers_a_new_patient(strict_gateway: GatewayServer
 # --- the ledger ---------------------------------------------------------------------------
 
 
+async def audit_request_ids(gateway: GatewayServer) -> set[str]:
+    """The request id of every audit entry, read from its sealed facts with the ledger key."""
+    key = read_ledger_key(gateway.ledger_key_file).key
+    store = await open_log_store(gateway.store_url)
+    try:
+        reader = EvidenceReader(store, derive_box_key(key, "evidence"))
+        found = [await reader.facts(index) for index in range(await store.size())]
+    finally:
+        await store.close()
+    return {facts.request_id for facts in found if facts is not None}
+
+
 async def test_every_request_was_recorded_and_the_ledger_verifies(
     gateway: GatewayServer, calls: Calls, ledger_before: int
 ) -> None:
     """The ledger grew by at least one entry per request this module sent; every proxied
-    request's id is in the evidence (BALP transaction entity), refusals included; and
+    request's id is in the evidence (the sealed facts' request id, the BALP transaction entity
+    when rendered), refusals included; and
     ``consentry ledger verify`` (run as a subprocess on the gateway's SQLite store, trusting
     the key in its working directory) reports it sound."""
     size = gateway.ledger_size()
     assert calls.count > 500
     assert size - ledger_before >= calls.count
-    snapshot = await dump_log(gateway.store_url)
-    evidence = b"\n".join(item.data for item in snapshot.evidence.values())
-    unrecorded = [rid for rid in calls.request_ids if f'"{rid}"'.encode() not in evidence]
+    recorded = await audit_request_ids(gateway)
+    unrecorded = [rid for rid in calls.request_ids if rid not in recorded]
     assert unrecorded == []
     report = gateway.verify_ledger()
     assert report["ok"] is True, report["findings"]
