@@ -1,10 +1,11 @@
 """The OpenAPI 3.1 description of the gateway's own APIs, served at ``GET /openapi.json``.
 
 What the gateway answers itself, never forwarding: the consent API under ``{base}/Consent``
-(:mod:`middleware.consent.api`), the ledger (:mod:`middleware.ledger.http`), health, readiness
-and metrics, the SMART configuration, the development issuer's key set when it is on, and this
-document. The FHIR API it proxies is described by the upstream's CapabilityStatement
-(``{base}/metadata``), not here.
+(:mod:`middleware.consent.api`), the audit trail's AuditEvent API
+(:mod:`middleware.audit.http`, its paths in :mod:`middleware.audit.openapi_paths`), the ledger
+(:mod:`middleware.ledger.http`), health, readiness and metrics, the SMART configuration, the
+development issuer's key set when it is on, and this document. The FHIR API it proxies is
+described by the upstream's CapabilityStatement (``{base}/metadata``), not here.
 
 Every status an operation can answer is listed, with its body: errors are FHIR
 OperationOutcomes (:func:`~middleware.fhir.outcome.render_error`). A 500 is listed nowhere:
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from middleware import __version__
+from middleware.audit.openapi_paths import AUDIT_SCHEMAS, audit_paths
 from middleware.auth.wellknown import smart_paths
 
 __all__ = ["OPENAPI_PATH", "openapi_document"]
@@ -183,6 +185,7 @@ def openapi_document(base_path: str, *, development_issuer: bool = False) -> dic
         },
         OPENAPI_PATH: {"get": _plain("This document", {200: ("Document", _JSON)})},
     }
+    paths.update(audit_paths(base))
     for path in sorted(smart_paths(base)):
         paths[path] = {
             "get": _plain(
@@ -204,7 +207,7 @@ def openapi_document(base_path: str, *, development_issuer: bool = False) -> dic
             "description": _DESCRIPTION,
         },
         "paths": paths,
-        "components": {"schemas": _schemas(), "securitySchemes": _SECURITY},
+        "components": {"schemas": {**_schemas(), **AUDIT_SCHEMAS}, "securitySchemes": _SECURITY},
     }
 
 

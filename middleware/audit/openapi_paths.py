@@ -1,0 +1,140 @@
+"""The OpenAPI 3.1 paths of the AuditEvent API (:mod:`middleware.audit.http`), merged into the
+gateway's document by :mod:`middleware.openapi`. Every status each operation can answer is
+listed; errors are FHIR OperationOutcomes. The bulk export's status and file URLs are handed
+out by the kick-off (``Content-Location``, the manifest), as FHIR Bulk Data has it, and are
+described with it rather than as paths of their own."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+__all__ = ["AUDIT_SCHEMAS", "audit_paths"]
+
+_FHIR: Final = "application/fhir+json"
+_REASONS: Final = {
+    400: "Bad request: an unknown or malformed parameter, a bad cursor",
+    401: "No valid bearer token (WWW-Authenticate carries the RFC 6750 challenge)",
+    403: "Not an auditor, nor the patient the events are about",
+    404: "No such event (or not visible to this caller)",
+    406: "Not a format this operation answers (Accept, _format)",
+    408: "The body did not arrive within body_timeout",
+    413: "The body is larger than max_request_bytes",
+    429: "Too many exports running (Retry-After)",
+    503: "The ledger cannot record this access, or a store is unavailable (Retry-After)",
+}
+_SEARCH_PARAMS: Final = (
+    ("date", "[eq|ge|gt|le|lt]dateTime; repeatable"),
+    ("patient", "Patient/{id} or {id}"),
+    ("agent", "Type/id or issuer#subject"),
+    ("entity", "Type/id"),
+    ("type", "system|code, or rest / a DICOM code"),
+    ("subtype", "a restful-interaction code"),
+    ("action", "C R U D E"),
+    ("outcome", "0 4 8 12"),
+    ("purpose", "system|code or code"),
+    ("_sort", "date or -date"),
+    ("_count", "page size"),
+    ("_cursor", "the next link's cursor"),
+)
+
+#: Schemas the paths refer to, beside the document's own.
+AUDIT_SCHEMAS: Final[dict[str, Any]] = {
+    "AuditEvent": {
+        "type": "object",
+        "required": ["resourceType", "id"],
+        "properties": {"resourceType": {"const": "AuditEvent"}, "id": {"type": "string"}},
+    },
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    outcome = {_FHIR: {"schema": {"$ref": "#/components/schemas/OperationOutcome"}}}
+    return {str(s): {"description": _REASONS[s], "content": outcome} for s in statuses}
+
+
+def _ok(schema: str | None, *media: str, status: int = 200) -> dict[str, Any]:
+    body = {"$ref": f"#/components/schemas/{schema}"} if schema else {"type": "string"}
+    return {str(status): {"description": "OK", "content": {m: {"schema": body} for m in media}}}
+
+
+def _query(name: str, description: str) -> dict[str, Any]:
+    schema = {"type": "string"}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _operation(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": responses, "security": [{"bearer": []}], **extra}
+
+
+def audit_paths(base: str) -> dict[str, Any]:
+    """The AuditEvent API's paths under the FHIR base path ``base``."""
+    search = [_query(name, text) for name, text in _SEARCH_PARAMS]
+    searched = {**_ok("Bundle", _FHIR), **_errors(400, 401, 403, 406, 503)}
+    kick_off = _operation(
+        "FHIR Bulk Data kick-off (Prefer: respond-async); 202 with the status URL in "
+        "Content-Location, whose manifest lists NDJSON files",
+        {
+            "202": {"description": "Accepted: the status URL is in Content-Location"},
+            **_errors(400, 401, 403, 406, 429, 503),
+        },
+        parameters=[
+            _query("_since", "an instant"),
+            _query("_type", "AuditEvent"),
+            _query("_outputFormat", "application/fhir+ndjson"),
+        ],
+    )
+    return {
+        f"{base}/AuditEvent": {
+            "get": _operation("IHE ITI-81 search of the audit trail", searched, parameters=search)
+        },
+        f"{base}/AuditEvent/_search": {
+            "post": _operation(
+                "IHE ITI-81 search, parameters in a form body",
+                {**searched, **_errors(408, 413)},
+                requestBody={
+                    "required": False,
+                    "content": {
+                        "application/x-www-form-urlencoded": {"schema": {"type": "object"}}
+                    },
+                },
+            )
+        },
+        f"{base}/AuditEvent/$export": {"get": kick_off},
+        f"{base}/$export": {"get": kick_off},
+        f"{base}/AuditEvent/{{id}}": {
+            "get": _operation(
+                "One event: <ledger index>-<n>",
+                {**_ok("AuditEvent", _FHIR), **_errors(400, 401, 403, 404, 406, 503)},
+                parameters=[
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+            )
+        },
+        f"{base}/Patient/{{id}}/$accounting": {
+            "get": _operation(
+                "The HIPAA accounting of disclosures (45 CFR 164.528) of one patient",
+                {
+                    **_ok("Bundle", _FHIR),
+                    "200": {
+                        "description": "OK: a FHIR document Bundle, CSV or PDF",
+                        "content": {
+                            _FHIR: {"schema": {"$ref": "#/components/schemas/Bundle"}},
+                            "text/csv": {"schema": {"type": "string"}},
+                            "application/pdf": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(400, 401, 403, 404, 406, 503),
+                },
+                parameters=[
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    _query("_format", "json, csv or pdf"),
+                ],
+            )
+        },
+    }
