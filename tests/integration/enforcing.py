@@ -3,7 +3,7 @@ who owns what, the consents they make, and a record of every request sent to the
 
 :class:`Calls` is an httpx request hook (and a counter for the other client libraries): each
 request to the gateway gets its own ``X-Request-Id`` (``it-enf-00001``...), so that the test
-can find it again in the ledger's evidence (the BALP transaction entity carries it).
+can find it again in the ledger's evidence (the sealed audit facts carry it).
 :class:`Universe` reads every carebundle-type resource straight from the upstream and names the
 patient each belongs to, independently of the gateway's own compartment code: the expected
 answers are built from it.
