@@ -86,8 +86,7 @@ def _consentry(gateway: GatewayServer, *argv: str) -> tuple[int, str]:
 
 
 def _key_file(gateway: GatewayServer) -> str:
-    assert gateway.workdir is not None
-    return str(gateway.workdir / "consentry-ledger.key")
+    return str(gateway.ledger_key_file)
 
 
 def _trust(gateway: GatewayServer) -> str:
