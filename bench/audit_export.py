@@ -11,7 +11,8 @@ measures, in this process:
   same as CSV;
 - ``verify-export`` of each file against the trust policy (checkpoint signature, inclusion
   proofs, commitments, decrypting every entry's facts and comparing the columns);
-- a per-patient export (``access-report``, with the chain) and its verification.
+- a per-patient export (``access-report``, with the chain) and its verification;
+- ``reindex`` of the whole log (the issue's goal for it is 50,000 entries/s).
 
 Each phase is timed wall-clock once (the fill is not timed). ``--profile`` prints the top of a
 cProfile of each export and verification. Prints a Markdown table and writes
@@ -111,13 +112,16 @@ def main() -> None:
         if not body["ok"]:
             raise SystemExit(f"verify-export found something: {body['findings'][:3]}")
         results.append(_result(f"verify-export {report} {fmt}", int(body["rows"]), seconds))
+    seconds, body = _run(["audit", "reindex", *common], profile=args.profile)
+    results.append(_result("reindex", int(body["rows"]), seconds))
     print(f"\n{args.entries:,} entries, {args.patients} patients, filled in {fill_seconds:.1f} s\n")
     print("| run | rows | seconds | rows/s | goal |")
     print("| --- | ---: | ---: | ---: | --- |")
     for r in results:
-        goal = "met" if r["rows_per_second"] >= 100_000 else "missed"
+        target = 50_000 if r["run"] == "reindex" else 100_000
+        goal = "met" if r["rows_per_second"] >= target else "missed"
         row = f"| {r['run']} | {r['rows']:,} | {r['seconds']:.2f} | {r['rows_per_second']:,}"
-        print(f"{row} | >= 100,000: {goal} |")
+        print(f"{row} | >= {target:,}: {goal} |")
     _RESULTS.parent.mkdir(exist_ok=True)
     _RESULTS.write_text(
         json.dumps(

@@ -1,8 +1,9 @@
 """``consentry audit reindex`` and ``consentry audit shred``.
 
-``reindex`` rebuilds the audit index from the ledger (the index is derived data): for every
-entry holding sealed audit facts it opens them with the patient's key (one unwrap per patient)
-and upserts ``row_of(facts)`` in batches (``store.reindex``); an entry whose patient key is
+``reindex`` rebuilds the audit index from the ledger (the index is derived data): it reads the
+leaves and evidence in one snapshot (``storage.ledger_dump``), and for every entry holding
+sealed audit facts opens them with the patient's key (one unwrap per patient) and upserts
+``row_of(facts)`` in batches (``store.reindex``); an entry whose patient key is
 gone gets its shredded row (what its leaf says). Other entries (consents, admin, key events,
 evidence written before sealed facts) have no index row. It reports rows and rows per second.
 
@@ -34,11 +35,11 @@ from middleware.audit.export import shredded_row
 from middleware.audit.facts import row_of
 from middleware.audit.progress import Progress
 from middleware.audit.row import AuditQuery, AuditRow
-from middleware.ledger.entry import NewEntry
+from middleware.ledger.entry import Evidence, NewEntry
 from middleware.ledger.leaf import EntryKind, Leaf, decode_leaf
 from middleware.ledger.signing import derive_box_key, evidence_key
 from middleware.ledger.writer import checkpoint_signer
-from middleware.storage.ledger_base import LogStore
+from middleware.storage.ledger_dump import dump_log
 
 __all__ = ["SHRED_TYPE", "reindex", "shred"]
 
@@ -53,25 +54,32 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
     wrap = derive_box_key(read_key(args.key_file).key, "evidence")
 
     async def run() -> dict[str, object]:
+        # One read of every leaf and evidence (as ledger verify reads them): a read per
+        # entry would cost more than opening it.
+        snapshot = await dump_log(args.store, schema=args.schema)
         async with opened(args) as store:
-            size = await store.size()
+            size = len(snapshot.leaves)
             keys: dict[bytes, bytes | None] = {}
             rows: list[AuditRow] = []
             counts = {"rows": 0, "shredded": 0, "unreadable": 0}
             with Progress("reindex", total=size, unit="entries") as progress:
-                for start in range(0, size, _CHUNK):
-                    leaves = await store.leaves(start, min(size, start + _CHUNK))
-                    for offset, data in enumerate(leaves):
-                        index = start + offset
-                        row = await _row(
-                            store, index, decode_leaf(data), wrap=wrap, keys=keys, counts=counts
-                        )
+                for index, data in enumerate(snapshot.leaves):
+                    leaf = decode_leaf(data)
+                    stored = snapshot.evidence.get(index)
+                    if stored is not None and is_sealed(stored.data):
+                        pseudonym = leaf.pseudonym or NO_PATIENT
+                        if pseudonym not in keys:
+                            wrapped = await store.audit_key_get(pseudonym)
+                            keys[pseudonym] = None if wrapped is None else unwrap_key(wrap, wrapped)
+                        row = _row(index, leaf, stored, keys[pseudonym], counts)
                         if row is not None:
                             rows.append(row)
-                        if len(rows) >= args.batch:
-                            await store.reindex(rows)
-                            rows = []
-                    progress.update(len(leaves))
+                    if len(rows) >= args.batch:
+                        await store.reindex(rows)
+                        rows = []
+                    if index % _CHUNK == _CHUNK - 1:
+                        progress.update(_CHUNK)
+                progress.update(size % _CHUNK)
                 if rows:
                     await store.reindex(rows)
                 return {
@@ -85,25 +93,11 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-async def _row(
-    store: LogStore,
-    index: int,
-    leaf: Leaf,
-    *,
-    wrap: bytes,
-    keys: dict[bytes, bytes | None],
-    counts: dict[str, int],
+def _row(
+    index: int, leaf: Leaf, stored: Evidence, patient_key: bytes | None, counts: dict[str, int]
 ) -> AuditRow | None:
-    """The index row of entry ``index``, or None when it has no audit facts."""
-    stored = await store.evidence(index)
-    if stored is None or not is_sealed(stored.data):
-        return None
-    pseudonym = leaf.pseudonym or NO_PATIENT
-    if pseudonym not in keys:
-        wrapped = await store.audit_key_get(pseudonym)
-        keys[pseudonym] = None if wrapped is None else unwrap_key(wrap, wrapped)
-    patient_key = keys[pseudonym]
-    kind, flags = int(leaf.kind), int(leaf.flags)
+    """The index row of entry ``index`` (sealed facts in ``stored``), or None when the key
+    does not open it; the shredded row when the patient key is gone."""
     if patient_key is None:  # crypto-shredded: what the leaf says
         counts["shredded"] += 1
         return shredded_row(index, leaf)
@@ -114,7 +108,8 @@ async def _row(
         counts["unreadable"] += 1
         return None
     counts["rows"] += 1
-    return row_of(facts, kind=kind, flags=flags, pseudonym=leaf.pseudonym).at(index)
+    row = row_of(facts, kind=int(leaf.kind), flags=int(leaf.flags), pseudonym=leaf.pseudonym)
+    return row.at(index)
 
 
 def shred(args: argparse.Namespace, out: TextIO) -> int:
