@@ -25,6 +25,7 @@ events back as stored (:meth:`EvidenceReader.events`, :meth:`EvidenceReader.lega
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -114,7 +115,10 @@ class PatientKeys:
     ``audit_key(pseudonym, candidate)`` is the store's: it returns the wrapped key stored for
     ``pseudonym``, storing ``candidate`` when there is none (atomic, so concurrent first
     entries agree). ``wrap_key`` is ``derive_box_key(ledger key, "evidence")``. Keys never
-    change while they exist, so a cached one is used without a store round trip."""
+    change while they exist, so a cached one is used without a store round trip for at most
+    ``max_age`` seconds of ``clock`` (monotonic): a key crypto-shredded by another process
+    stops sealing this process's new entries within that time (entries it seals meanwhile
+    cannot be opened once the key is gone)."""
 
     def __init__(
         self,
@@ -122,20 +126,28 @@ class PatientKeys:
         wrap_key: bytes,
         *,
         max_cached: int = 100_000,
+        max_age: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_cached < 1:
-            raise ValueError("max_cached must be positive")
+        if max_cached < 1 or max_age <= 0:
+            raise ValueError("max_cached and max_age must be positive")
         self._audit_key = audit_key
         self._wrap_key = wrap_key
         self._max = max_cached
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._max_age = max_age
+        self._clock = clock
+        self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
 
     def cached(self, pseudonym: bytes) -> bytes | None:
-        """The key of ``pseudonym`` if cached (no I/O)."""
-        key = self._cache.get(pseudonym)
-        if key is not None:
-            self._cache.move_to_end(pseudonym)
-        return key
+        """The key of ``pseudonym`` if cached and fresh (no I/O)."""
+        hit = self._cache.get(pseudonym)
+        if hit is None:
+            return None
+        if self._clock() - hit[1] >= self._max_age:
+            del self._cache[pseudonym]
+            return None
+        self._cache.move_to_end(pseudonym)
+        return hit[0]
 
     async def key(self, pseudonym: bytes) -> bytes:
         """The patient key of ``pseudonym``, created on first use. Raises whatever the store
@@ -145,7 +157,7 @@ class PatientKeys:
             return key
         wrapped = await self._audit_key(pseudonym, seal(self._wrap_key, new_box_key()))
         key = unwrap_key(self._wrap_key, wrapped)
-        self._cache[pseudonym] = key
+        self._cache[pseudonym] = (key, self._clock())
         if len(self._cache) > self._max:
             self._cache.popitem(last=False)
         return key

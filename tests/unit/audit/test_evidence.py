@@ -112,6 +112,20 @@ async def test_a_patient_key_is_made_once_and_cached() -> None:
     assert await keys.key(p1) == first[0]  # ... which unwraps to the same key again
 
 
+async def test_a_cached_key_is_asked_for_again_after_max_age() -> None:
+    """A key shredded by another process stops being used here within ``max_age``."""
+    table, now = Table(), [0.0]
+    keys = PatientKeys(table, new_box_key(), max_age=60.0, clock=lambda: now[0])
+    pseudonym = b"\x03" * 16
+    first = await keys.key(pseudonym)
+    now[0] = 59.0
+    assert keys.cached(pseudonym) == first
+    now[0] = 60.0  # max_age after it was fetched
+    assert keys.cached(pseudonym) is None
+    del table.wrapped[pseudonym]  # the shred
+    assert await keys.key(pseudonym) != first  # a new key for new entries
+
+
 async def test_a_key_wrapped_under_another_ledger_key_is_refused() -> None:
     table = Table()
     await PatientKeys(table, new_box_key()).key(NO_PATIENT)
