@@ -47,6 +47,8 @@ class AuditIndex(Protocol):
 
     async def audit_row(self, index: int) -> AuditRow | None: ...
 
+    async def size(self) -> int: ...
+
 
 class Recorder(Protocol):
     """What the API needs of :class:`~middleware.audit.recorder.AuditRecorder`."""

@@ -10,8 +10,8 @@ that themselves meet the event-level criteria (``type``, ``subtype``, ``action``
 ``outcome``: an entry matched by its RESTful event also renders its AuthZconsent decision
 event, which is not returned for ``type=rest``). The ``next`` link
 carries a sealed cursor (:class:`~middleware.pipeline.cursor.CursorCodec`) holding the last
-row's keyset place ``(recorded_us, index)`` and the search's snapshot time (a search is a
-snapshot as of its first page: later entries, its own audit entries among them, are left to a
+row's keyset place ``(recorded_us, index)`` and the search's snapshot, the time and the
+ledger size of its first page (later entries, its own audit entries among them, are left to a
 new search, so paging ends), bound to the caller, its purposes of use and the
 search's parameters: the cursor cannot be read, changed or used by anyone else, or for
 another search. Rows of crypto-shredded patients are never returned (their evidence is gone).
@@ -107,28 +107,30 @@ class Searching:
         purpose = tuple(f"{s}|{c}" for s, c in identity.purpose_of_use)
         digest = query_digest("AuditEvent", search.params)
         now = self._wall()
-        # As the recorder stamps entries (float seconds through datetime, then ledger.leaf).
-        snapshot = micros(datetime.fromtimestamp(now, UTC))
+        index = await self.index()
+        # A search is a snapshot as of its first page, its time (as the recorder stamps
+        # entries: float seconds through datetime, then ledger.leaf) and the ledger's size:
+        # what is recorded later (this search's own audit entries among it) is left to a new
+        # search, so paging always ends, even for entries stamped in the same microsecond.
+        snapshot = (micros(datetime.fromtimestamp(now, UTC)), await index.size())
         if token is not None:
             place = self._cursors.redeem(
                 token, principal=principal, purpose=purpose, query_digest=digest, now=now
             )
-            recorded, index, snapshot = _place(place)
-            query = replace(query, after=(recorded, index))
-        # A search is a snapshot as of its first page: what is recorded later (this search's
-        # own audit entries among it) is left to a new search, so paging always ends.
-        until = snapshot if query.until_us is None else min(query.until_us, snapshot)
-        query = replace(query, until_us=until)
-        rows = await (await self.index()).audit_rows(replace(query, limit=query.limit + 1))
-        page = [row for row in rows[: query.limit] if not row.shredded]
+            recorded, entry, snapshot_us, snapshot_size = _place(place)
+            snapshot = (snapshot_us, snapshot_size)
+            query = replace(query, after=(recorded, entry))
+        until = snapshot[0] if query.until_us is None else min(query.until_us, snapshot[0])
+        rows = await _rows(index, replace(query, until_us=until), size=snapshot[1])
+        page = rows[: query.limit]
         events = [
             event for row in page for event in await self.served(row) if _matches(event, query)
         ]
         next_url = None
         if len(rows) > query.limit:
-            last = rows[query.limit - 1]
+            last = page[-1]
             cursor = self._cursors.issue(
-                f"{last.recorded_us}.{last.index}.{snapshot}",
+                f"{last.recorded_us}.{last.index}.{snapshot[0]}.{snapshot[1]}",
                 principal=principal,
                 purpose=purpose,
                 query_digest=digest,
@@ -178,11 +180,26 @@ def _matches(event: Json, query: AuditQuery) -> bool:
     return query.outcome is None or event.get("outcome") == query.outcome
 
 
-def _place(text: str) -> tuple[int, int, int]:
+async def _rows(index: AuditIndex, query: AuditQuery, *, size: int) -> list[AuditRow]:
+    """Up to ``query.limit + 1`` rows of ``query`` from entries below ledger index ``size``
+    (the snapshot), in order; shredded rows are never asked for (AuditQuery's default)."""
+    wanted = query.limit + 1
+    ask = replace(query, limit=wanted)
+    kept: list[AuditRow] = []
+    while len(kept) < wanted:
+        rows = await index.audit_rows(ask)
+        kept += [row for row in rows if row.index < size and not row.shredded]
+        if len(rows) < wanted:
+            break
+        ask = replace(ask, after=(rows[-1].recorded_us, rows[-1].index))
+    return kept[:wanted]
+
+
+def _place(text: str) -> tuple[int, int, int, int]:
     """What a cursor holds (issued by us): the keyset place of the last row served and the
-    search's snapshot time, ``<recorded_us>.<index>.<snapshot_us>``."""
+    search's snapshot, ``<recorded_us>.<index>.<snapshot_us>.<snapshot_size>``."""
     try:
-        recorded, index, snapshot = (int(part) for part in text.split("."))
+        recorded, index, snapshot, size = (int(part) for part in text.split("."))
     except ValueError:  # sealed by us: unreachable short of a bug
         raise BadRequest(_PLACE_REFUSED) from None
-    return recorded, index, snapshot
+    return recorded, index, snapshot, size

@@ -6,6 +6,7 @@ sent, not from the gateway's own output."""
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -452,3 +453,62 @@ async def test_event_level_criteria_hold_for_every_event_returned(
     assert {e["type"]["code"] for e in typed} == {"rest"}
     every = events((await search(client, auditor(tokens), patient="p1")).json())
     assert {e["type"]["code"] for e in every} == {"rest", "110113"}
+
+
+async def test_post_search_answers_as_get(client: httpx.AsyncClient, tokens: Tokens) -> None:
+    """``POST AuditEvent/_search`` with a form body is the same search as the GET (FHIR R4
+    http.html#search); a body of another type is refused."""
+    await traffic(client, tokens)
+    officer = auditor(tokens)
+    form = {"patient": "p1", "subtype": "read"}
+    bearer = {"authorization": officer["authorization"]}  # httpx sets the form's type
+    posted = await client.post("/fhir/AuditEvent/_search", data=form, headers=bearer)
+    got = await search(client, officer, **form)
+    assert posted.status_code == 200
+    assert [e["id"] for e in events(posted.json())] == [e["id"] for e in events(got.json())]
+    assert len(events(got.json())) == 2
+    wrong = await client.post("/fhir/AuditEvent/_search", json=form, headers=officer)
+    assert wrong.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("params", "headers"),
+    [({"_format": "xml"}, {}), ({}, {"accept": "application/fhir+xml"})],
+    ids=["format", "accept"],
+)
+async def test_search_answers_fhir_json_only(
+    client: httpx.AsyncClient, tokens: Tokens, params: dict[str, str], headers: Headers
+) -> None:
+    got = await search(client, {**auditor(tokens), **headers}, **params)
+    assert got.status_code == 406
+
+
+# A patient's search never reaches another patient's events, whatever else it asks for.
+PATIENT_QUERIES: list[dict[str, str]] = [
+    {},
+    {"entity": "Patient/p2"},
+    {"agent": "Practitioner/dr-b"},
+    {"purpose": "HPAYMT"},
+    {"type": "rest", "subtype": "read"},
+    {"date": "ge2000", "_sort": "-date"},
+    {"_count": "1"},
+    {"patient": "p1", "entity": "Patient/p2"},
+]
+
+
+@pytest.mark.parametrize("params", PATIENT_QUERIES, ids=[str(p) for p in PATIENT_QUERIES])
+async def test_a_patient_never_reaches_another_patients_events(
+    client: httpx.AsyncClient, tokens: Tokens, params: dict[str, str]
+) -> None:
+    await traffic(client, tokens)
+    p1 = tokens.patient("p1", "patient/AuditEvent.rs")
+    got = await search(client, p1, **params)
+    while True:
+        assert got.status_code == 200
+        released = json.dumps(got.json().get("entry", []))
+        assert "Patient/p2" not in released
+        assert "dr-b" not in released
+        nxt = [link["url"] for link in got.json()["link"] if link["relation"] == "next"]
+        if not nxt:
+            break
+        got = await client.get(nxt[0], headers=p1)
