@@ -38,8 +38,9 @@ __all__ = [
 
 
 def purpose_code(purpose: str) -> str:
-    """The code of a ``system|code`` purpose (a bare code is its own code)."""
-    return purpose.rsplit("|", 1)[-1]
+    """The code of a ``system|code`` purpose: what follows the first ``|`` (a system URI
+    cannot hold an unencoded ``|``, RFC 3986 section 2); a bare code is its own code."""
+    return purpose.partition("|")[2] if "|" in purpose else purpose
 
 
 def check_pseudonym(pseudonym: bytes) -> None:

@@ -3,9 +3,10 @@
 The rules are :mod:`middleware.storage.audit_index_match`'s; this module spells them in SQL.
 Every value is a bound parameter (``?`` in SQLite, ``$n`` in PostgreSQL); only constants are
 formatted into the text. "Contains" criteria (purpose, resource type, entity) read a child
-table in SQLite (``consentry_audit_terms``, one row per element, keyed by field and term) and
-GIN-indexed arrays in PostgreSQL (``@>``). The paging key ``after`` becomes a range on
-``recorded_us`` the time indexes can seek to, plus the tie-break on ``idx``.
+table in SQLite (``consentry_audit_terms``, one row per element, indexed by field and term;
+purposes by their bare code) and GIN-indexed arrays in PostgreSQL (``@>``). The paging key
+``after`` becomes a range on ``recorded_us`` the time indexes can seek to, plus the tie-break
+on ``idx``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 from middleware.audit.row import AuditQuery
-from middleware.storage.audit_index_match import has_phi_criteria
+from middleware.storage.audit_index_match import has_phi_criteria, purpose_code
 
 __all__ = [
     "TERM_ENTITY",
@@ -59,12 +60,14 @@ class _Where:
     def add(self, clause: str) -> None:
         self.clauses.append(clause)
 
-    def contains(self, field: int, term: str) -> str:
-        if self.dialect == "sqlite":
-            return (
-                "idx IN (SELECT idx FROM consentry_audit_terms "  # noqa: S608  (placeholders)
-                f"WHERE field = {field} AND term = {self.param(term)})"
-            )
+    def contains(self, field: int, term: str, q: AuditQuery) -> str:
+        if self.dialect == "sqlite":  # the postings carry the row's time: seek to the range
+            sql = f"WHERE field = {field} AND term = {self.param(term)}"
+            if q.since_us is not None:
+                sql += f" AND recorded_us >= {self.param(q.since_us)}"
+            if q.until_us is not None:
+                sql += f" AND recorded_us <= {self.param(q.until_us)}"
+            return f"idx IN (SELECT idx FROM consentry_audit_terms {sql})"  # noqa: S608
         return f"{_PG_ARRAYS[field]} @> ARRAY[{self.param(term)}::text]"
 
     def sql(self) -> str:
@@ -105,12 +108,18 @@ def _where(q: AuditQuery, dialect: Dialect, *, paged: bool) -> _Where:
         if value is not None:
             w.add(f"{column} = {w.param(value)}")
     if q.entity is not None:
-        w.add(f"(patient = {w.param(q.entity)} OR {w.contains(TERM_ENTITY, q.entity)})")
+        w.add(f"(patient = {w.param(q.entity)} OR {w.contains(TERM_ENTITY, q.entity, q)})")
     if q.purpose is not None:
-        field = TERM_PURPOSE if "|" in q.purpose else TERM_PURPOSE_CODE
-        w.add(w.contains(field, q.purpose))
+        if dialect == "postgres":
+            field = TERM_PURPOSE if "|" in q.purpose else TERM_PURPOSE_CODE
+            w.add(w.contains(field, q.purpose, q))
+        else:  # SQLite files bare codes only; the exact element is checked on the row
+            w.add(w.contains(TERM_PURPOSE_CODE, purpose_code(q.purpose), q))
+            if "|" in q.purpose:
+                exact = w.param(q.purpose)
+                w.add(f"EXISTS (SELECT 1 FROM json_each(purposes) WHERE value = {exact})")  # noqa: S608
     if q.resource_type is not None:
-        w.add(w.contains(TERM_RESOURCE_TYPE, q.resource_type))
+        w.add(w.contains(TERM_RESOURCE_TYPE, q.resource_type, q))
     if q.break_glass is not None:
         flag = int(q.break_glass) if dialect == "sqlite" else q.break_glass
         w.add(f"break_glass = {w.param(flag)}")

@@ -31,11 +31,15 @@ class SqliteAuditIndex:
 
     _db: SqliteWorker
     _reader: SqliteWorker
+    #: ``clear_index`` dropped the secondary indexes; built before the next search or close.
+    _unbuilt = False
 
     async def audit_rows(self, query: AuditQuery) -> list[AuditRow]:
+        await self._build_indexes()
         return await self._reader.run(lambda c: lite.read_rows(c, query))
 
     async def audit_count(self, query: AuditQuery) -> int:
+        await self._build_indexes()
         return await self._reader.run(lambda c: lite.count_rows(c, query))
 
     async def audit_row(self, index: int) -> AuditRow | None:
@@ -51,6 +55,7 @@ class SqliteAuditIndex:
 
     async def shred(self, pseudonym: bytes) -> int:
         check_pseudonym(pseudonym)
+        await self._build_indexes()
         return await self._db.run(lambda c: lite.shred(c, pseudonym))
 
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
@@ -58,7 +63,15 @@ class SqliteAuditIndex:
         await self._db.transaction(lambda c: lite.write_rows(c, rows))
 
     async def clear_index(self) -> None:
+        """Empty the index for a bulk rebuild: the secondary indexes are dropped now and
+        built (sorted, once) before this store's next search, shred or close."""
         await self._db.transaction(lite.clear_index)
+        self._unbuilt = True
+
+    async def _build_indexes(self) -> None:
+        if self._unbuilt:
+            await self._db.transaction(lite.build_indexes)
+            self._unbuilt = False
 
 
 class PostgresAuditIndex:

@@ -13,6 +13,7 @@ long accounting never holds up the writer (WAL readers do not block it).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,6 +159,8 @@ class SqliteLogStore(SqliteAuditIndex):
         await self._db.run(lambda c: _probe(c, *waits))
 
     async def close(self) -> None:
+        with contextlib.suppress(ServiceUnavailable):  # else the next open builds them
+            await self._build_indexes()  # after a bulk reindex
         await self._reader.close()
         await self._db.close()
 

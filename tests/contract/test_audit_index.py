@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -20,7 +21,7 @@ from middleware.ledger.errors import MalformedError
 from middleware.ledger.leaf import EntryFlag, EntryKind
 from middleware.storage.audit_index_match import select_rows
 from middleware.storage.ledger_base import LogStore
-from tests.contract.backends import Backend
+from tests.contract.backends import Backend, SqliteBackend
 from tests.contract.helpers import PSEUDONYMS, SIGN, assert_consistent
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
@@ -442,6 +443,34 @@ async def test_reindex_replaces_a_row_and_its_searchable_elements(store: LogStor
     assert await _indexes(store, AuditQuery(entity="Condition/3")) == []
     await store.reindex([changed, EXPECTED[1]])  # the last row given for an index wins
     assert await _indexes(store, AuditQuery(resource_type="Condition")) == [1, 2]
+
+
+async def test_a_bulk_rebuild_answers_every_store_and_ends_indexed(backend: Backend) -> None:
+    """While one store rebuilds (clear, then chunks), another store on the same log still
+    answers correctly (SQLite defers the secondary indexes: unindexed, not wrong) and its
+    appends land in the index; once the rebuilder searches or closes, the indexes are back."""
+    rebuilder, other = await backend.open(), await backend.open()
+    try:
+        await _filled(rebuilder)
+        await rebuilder.clear_index()
+        await rebuilder.reindex(EXPECTED[:4])
+        assert await _indexes(other, AuditQuery(purpose="TREAT")) == [0, 2]
+        late = make_row(SPECS[0]._replace(t=600))
+        await other.append([audit_entry(late)], sign=SIGN)
+        await rebuilder.reindex(EXPECTED[4:])
+        await rebuilder.close()
+        assert await _indexes(other, AuditQuery(purpose="TREAT")) == [0, 2, 5, 6]
+        assert await other.audit_rows(AuditQuery(since_us=600)) == [late.at(6)]
+        if isinstance(backend, SqliteBackend):
+            conn = sqlite3.connect(backend.path)
+            try:
+                names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            finally:
+                conn.close()
+            assert {"consentry_audit_index_patient", "consentry_audit_terms_lookup"} <= names
+    finally:
+        await rebuilder.close()
+        await other.close()
 
 
 async def test_reindex_refuses_a_row_without_its_index(store: LogStore) -> None:
