@@ -101,6 +101,9 @@ def build_enforcement(
     async def audit_key(pseudonym: bytes, candidate: bytes) -> bytes:
         return await (await ledger.store()).audit_key(pseudonym, candidate)
 
+    async def audit_key_get(pseudonym: bytes) -> bytes | None:
+        return await (await ledger.store()).audit_key_get(pseudonym)
+
     flow = Flow(
         policies=policies,
         cursors=CursorCodec(derive_box_key(key, "cursor"), settings.cursor_ttl_seconds),
@@ -125,7 +128,7 @@ def build_enforcement(
         # Outbox rows are MACed under a key of the ledger key's: replayed only if they verify.
         row_key=derive_box_key(key, "outbox"),
         # Evidence is sealed under per-patient keys, stored wrapped under this ledger key's.
-        keys=PatientKeys(audit_key, derive_box_key(key, "evidence")),
+        keys=PatientKeys(audit_key, derive_box_key(key, "evidence"), audit_key_get=audit_key_get),
     )
     enforcement = Enforcement(
         verifier=verifier,

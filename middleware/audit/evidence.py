@@ -118,7 +118,8 @@ class PatientKeys:
     change while they exist, so a cached one is used without a store round trip for at most
     ``max_age`` seconds of ``clock`` (monotonic): a key crypto-shredded by another process
     stops sealing this process's new entries within that time (entries it seals meanwhile
-    cannot be opened once the key is gone)."""
+    cannot be opened once the key is gone). ``audit_key_get(pseudonym)`` (the store's, a
+    read), when given, is asked first, so a refresh takes no write transaction."""
 
     def __init__(
         self,
@@ -128,6 +129,7 @@ class PatientKeys:
         max_cached: int = 100_000,
         max_age: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        audit_key_get: Callable[[bytes], Awaitable[bytes | None]] | None = None,
     ) -> None:
         if max_cached < 1 or max_age <= 0:
             raise ValueError("max_cached and max_age must be positive")
@@ -136,6 +138,7 @@ class PatientKeys:
         self._max = max_cached
         self._max_age = max_age
         self._clock = clock
+        self._get = audit_key_get
         self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
 
     def cached(self, pseudonym: bytes) -> bytes | None:
@@ -155,7 +158,9 @@ class PatientKeys:
         key = self.cached(pseudonym)
         if key is not None:
             return key
-        wrapped = await self._audit_key(pseudonym, seal(self._wrap_key, new_box_key()))
+        wrapped = None if self._get is None else await self._get(pseudonym)
+        if wrapped is None:
+            wrapped = await self._audit_key(pseudonym, seal(self._wrap_key, new_box_key()))
         key = unwrap_key(self._wrap_key, wrapped)
         self._cache[pseudonym] = (key, self._clock())
         if len(self._cache) > self._max:

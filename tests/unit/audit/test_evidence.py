@@ -126,6 +126,20 @@ async def test_a_cached_key_is_asked_for_again_after_max_age() -> None:
     assert await keys.key(pseudonym) != first  # a new key for new entries
 
 
+async def test_a_refresh_reads_the_stored_key_without_offering_a_candidate() -> None:
+    table, now = Table(), [0.0]
+
+    async def get(pseudonym: bytes) -> bytes | None:
+        return table.wrapped.get(pseudonym)
+
+    keys = PatientKeys(table, new_box_key(), clock=lambda: now[0], audit_key_get=get)
+    first = await keys.key(NO_PATIENT)
+    assert table.calls == 1  # none stored yet: the candidate is offered
+    now[0] = 600.0
+    assert await keys.key(NO_PATIENT) == first
+    assert table.calls == 1  # read back, no write
+
+
 async def test_a_key_wrapped_under_another_ledger_key_is_refused() -> None:
     table = Table()
     await PatientKeys(table, new_box_key()).key(NO_PATIENT)
