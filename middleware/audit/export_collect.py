@@ -29,8 +29,8 @@ from middleware.audit.export import (
     Role,
     entries_for,
     plan_chain,
-    row_columns,
 )
+from middleware.audit.export_columns import columns_for
 from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.entry import Evidence
@@ -156,13 +156,17 @@ async def collect_export(
     wrapped_key: Callable[[bytes], Awaitable[bytes | None]],
     wrap_key: bytes,
 ) -> tuple[ExportHeader, Iterator[ExportEntry]]:
-    """The header and the entry lines of an export of ``rows`` (module docstring).
+    """The header and the entry lines of an export of ``rows`` (module docstring), with the
+    columns of ``spec.report``'s kind (``export_columns``; a row the kind does not show is
+    left out, or an ``other`` line of a chain).
     ``wrapped_key(pseudonym)`` is the store's ``audit_key_get``; ``wrap_key`` the ledger key's
     evidence wrap key. An entry whose patient key is gone (shredded) has no opening."""
     size = view.size
     origin = parse_checkpoint(parse_note(view.note).text).origin
     tree = MerkleLevels(await view.leaf_hashes())
-    reported = {row.index: row for row in rows if 0 <= row.index < size}
+    names, columns_of = columns_for(spec.report)
+    cells_of = {row.index: columns_of(row) for row in rows if 0 <= row.index < size}
+    reported = {i for i, cells in cells_of.items() if cells is not None}
     lines: list[tuple[Role, int]]
     if spec.pseudonym is not None:
         chain = await view.chain(spec.pseudonym)
@@ -203,8 +207,9 @@ async def collect_export(
         since_us=spec.since_us,
         until_us=spec.until_us,
         chain=spec.pseudonym,
+        columns=names,
     )
-    columns = {i: row_columns(row) for i, row in reported.items()}
+    columns = {i: cells for i, cells in cells_of.items() if cells is not None}
     entries = entries_for(
         lines, tree=tree, size=size, leaves=leaves, openings=openings, columns=columns
     )

@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from middleware.audit.export import EntryOpening, row_columns, shredded_columns
+from middleware.audit.export import EntryOpening, shredded_columns
+from middleware.audit.export_columns import columns_for
 from middleware.audit.export_read import (
     ExportLine,
     HeaderError,
@@ -73,8 +74,9 @@ _AUDIT_KINDS = frozenset(
 )
 #: Whether a report includes an entry (e.g. the 45 CFR 164.528 accounting's rule).
 RowRule = Callable[[AuditRow], bool]
-#: The report's columns of a row (default :func:`~middleware.audit.export.row_columns`).
-Columns = Callable[[AuditRow], Sequence[str]]
+#: The report's columns of a row, None when the report does not show it (default:
+#: :func:`~middleware.audit.export_columns.columns_for` of the header's report kind).
+Columns = Callable[[AuditRow], Sequence[str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +190,7 @@ def verify_export(
     """Verify an export's lines (NDJSON or CSV, told apart by the first character) against
     ``policy``. ``opener`` decrypts an entry's facts (None: openings are not checked, which is
     itself a finding). ``rules`` and ``columns`` map a report kind to its inclusion rule and
-    its columns (absent: no rule; :func:`~middleware.audit.export.row_columns`)."""
+    its columns (absent: no rule; the kind's own, ``export_columns.columns_for``)."""
     report = ExportReport()
     lines = iter(text)
     first = next(lines, "")
@@ -268,7 +270,10 @@ class _Checker:
         self.proofs = None if checkpoint is None else InclusionChecker(checkpoint)
         self.opener = opener
         self.rule = rules.get(header["report"])
-        self.columns = columns.get(header["report"])
+        names_of_kind, columns_of_kind = columns_for(header["report"])
+        self.columns = columns.get(header["report"], columns_of_kind)
+        if header["report"] not in columns and names != names_of_kind:
+            report.add("header-malformed", "the header's columns are not its report's", 1)
         self.chain: bytes | None = header["chain"]
         self.last: tuple[int, int, str] | None = None  # (line, index, role) of the line before
         self.seen_after = False
@@ -364,17 +369,26 @@ class _Checker:
             return
         try:
             row = self.opener(opening, leaf, index)
-            expected = tuple(self.columns(row) if self.columns else row_columns(row))
+            cells = self.columns(row)
         except (ValueError, LedgerError, OverflowError) as exc:
             add("opening", f"the evidence does not open: {exc}", number, index)
             return
-        self._row(number, line, leaf, row, expected)
+        self._row(number, line, leaf, row, None if cells is None else tuple(cells))
 
     def _row(
-        self, number: int, line: ExportLine, leaf: Leaf, row: AuditRow, expected: tuple[str, ...]
+        self,
+        number: int,
+        line: ExportLine,
+        leaf: Leaf,
+        row: AuditRow,
+        expected: tuple[str, ...] | None,
     ) -> None:
         add, index, header = self.report.add, line.index, self.header
-        if line.role == "row" and line.columns != expected:
+        if line.role != "row":
+            pass
+        elif expected is None:
+            add("membership", "the report does not show this entry", number, index)
+        elif line.columns != expected:
             edited = _differing(self.names, line.columns, expected)
             add("edited", f"columns differ from the entry's facts: {edited}", number, index)
         since, until = header["since"], header["until"]

@@ -18,10 +18,10 @@ from middleware.audit.export import (
     Role,
     entries_for,
     plan_chain,
-    row_columns,
     write_csv,
     write_ndjson,
 )
+from middleware.audit.export_columns import columns_for
 from middleware.audit.row import NO_INDEX_YET, AuditRow
 from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.entry import NewEntry, TreeState
@@ -132,6 +132,7 @@ def export(
     *,
     fmt: str = "ndjson",
     exclude: frozenset[int] = frozenset(),
+    report: str = "access-report",
 ) -> str:
     """A per-patient export of ``log`` (the rows in ``exclude`` as ``other`` lines)."""
     pseudonym = PATIENTS[patient]
@@ -147,8 +148,10 @@ def export(
     lines += [("other" if i in exclude else "row", i) for i in inside]
     if after is not None:
         lines.append(("after", after))
+    names, cells_of = columns_for(report)
     header = ExportHeader(
-        report="access-report",
+        report=report,
+        columns=names,
         checkpoint=log.note,
         origin=ORIGIN,
         patient=patient,
@@ -163,7 +166,7 @@ def export(
         size=log.size,
         leaves=dict(enumerate(log.leaves)),
         openings=log.openings,
-        columns={i: row_columns(r) for i, r in log.rows.items()},
+        columns={i: c for i, r in log.rows.items() if (c := cells_of(r)) is not None},
     )
     out = io.StringIO(newline="")
     (write_csv if fmt == "csv" else write_ndjson)(header, entries, out)

@@ -38,11 +38,35 @@ def test_the_ndjson_header_says_what_the_export_is() -> None:
         "agent": None,
         "since": "2026-01-01T02:00:00.000000Z",
         "until": "2026-01-01T08:00:00.000000Z",
-        "columns": list(ROW_COLUMNS),
+        "columns": list(ACCESS_NAMES),
         "origin": ORIGIN,
         "checkpoint": LOG.note,
         "chain": PATIENTS["Patient/a"].hex(),
     }
+
+
+#: The access report's columns (docs/audit.md), the ledger index being every line's own.
+ACCESS_NAMES = (
+    "date",
+    "patient",
+    "agent",
+    "organization",
+    "client",
+    "what",
+    "action",
+    "result",
+    "purpose_codes",
+    "break_glass",
+)
+
+
+def test_a_date_range_export_carries_every_row_element() -> None:
+    text = export(LOG, report="date-range")
+    header = json.loads(text.splitlines()[0])
+    assert header["columns"] == list(ROW_COLUMNS)
+    row = json.loads(text.splitlines()[2])
+    assert row["columns"]["recorded"] == "2026-01-01T03:00:00.000000Z"
+    assert row["columns"]["shredded"] == "false"
 
 
 def test_the_csv_has_the_header_line_then_the_report_and_proof_columns() -> None:
@@ -50,13 +74,14 @@ def test_the_csv_has_the_header_line_then_the_report_and_proof_columns() -> None
     first, _, rest = text.partition("\r\n")
     assert json.loads(first.removeprefix("#"))["format"] == EXPORT_FORMAT
     records = list(csv.reader(io.StringIO(rest)))
-    assert records[0] == [*ROW_COLUMNS, *PROOF_COLUMNS]
+    assert records[0] == [*ACCESS_NAMES, *PROOF_COLUMNS]
     row = dict(zip(records[0], records[2], strict=True))  # records[1] is the 'before' line
     assert row["role"] == "row"
     assert row["ledger_index"] == "3"
     assert row["patient"] == "Patient/a"
-    assert row["recorded"] == "2026-01-01T03:00:00.000000Z"
-    assert records[1][: len(ROW_COLUMNS)] == [""] * len(ROW_COLUMNS)
+    assert row["date"] == "2026-01-01T03:00:00.000000Z"
+    assert (row["what"], row["result"]) == ("Observation", "released")
+    assert records[1][: len(ACCESS_NAMES)] == [""] * len(ACCESS_NAMES)
 
 
 @pytest.mark.parametrize(

@@ -138,7 +138,7 @@ B_EXPORT = export(LOG, "Patient/b")
 NDJSON_CASES = [
     # Edits of a row's columns: what the facts say wins.
     (_set(3, "agent", "Practitioner/nobody"), {"edited"}, 3),
-    (_set(4, "purposes", ""), {"edited"}, 4),
+    (_set(4, "purpose_codes", ""), {"edited"}, 4),
     # Dropped lines: the next leaf names the missing index.
     (_drop(3), {"chain-gap"}, 3),
     (_drop(2), {"chain-gap"}, 2),
@@ -167,6 +167,7 @@ NDJSON_CASES = [
     (_set(1, "since", "2026-01-01T03:30:00.000000Z"), {"scope"}, 3),
     (_set(1, "since", "2026-01-01T00:30:00.000000Z"), {"scope"}, 2),
     (_set(1, "origin", "another.example/log"), {"header-malformed"}, 1),
+    (_set(1, "columns", ["date", "agent"]), {"header-malformed", "line-malformed"}, 1),
 ]
 
 
@@ -197,6 +198,7 @@ NDJSON_CASES = [
         "period-starts-later",
         "period-starts-earlier",
         "origin-edited",
+        "columns-renamed",
     ],
 )
 def test_each_ndjson_edit_is_found(
@@ -236,8 +238,8 @@ def _cell(record: int, column: str, value: str) -> Callable[[list[list[str]]], N
 
 CSV_CASES = [
     (_cell(2, "agent", "Practitioner/x"), {"edited"}, 4),
-    (_cell(2, "recorded", "2026-01-01T00:00:00.000000Z"), {"edited"}, 4),
-    (_cell(3, "shredded", "true"), {"edited"}, 5),
+    (_cell(2, "date", "2026-01-01T00:00:00.000000Z"), {"edited"}, 4),
+    (_cell(3, "result", "refused"), {"edited"}, 5),
     (lambda records: records.pop(3) and None, {"chain-gap"}, 5),
     (_cell(2, "ledger_index", "4"), {"proof", "duplicate", "chain-inserted"}, 4),
     (_cell(2, "role", "other"), set(), None),  # a row hidden as "other": no rule given
@@ -252,7 +254,7 @@ CSV_CASES = [
     ids=[
         "edited-cell",
         "edited-time",
-        "marked-shredded",
+        "edited-result",
         "dropped-record",
         "renumbered",
         "hidden-as-other",
