@@ -163,6 +163,26 @@ def test_a_date_range_export_of_every_patient_verifies(setup: Setup) -> None:
     assert (status, report["rows"]) == (0, COUNT)
 
 
+def test_a_user_report_export_lists_that_user_s_accesses(setup: Setup) -> None:
+    path = setup.export("user.ndjson", "--report", "user-report", "--agent", "Practitioner/pr-1")
+    lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    assert [line["index"] for line in lines] == [n for n in range(COUNT) if n % 4 == 1]
+    assert {line["columns"]["agent"] for line in lines} == {"Practitioner/pr-1"}
+    status, report = setup.verify(path)
+    assert (status, report["rows"]) == (0, COUNT // 4)
+
+
+def test_search_answers_the_rows_asked_for(setup: Setup) -> None:
+    status, text = setup.run(
+        "audit", "search", "--store", setup.store, "--patient", "Patient/c",
+        "--purpose", "HRESCH", "--format", "ndjson",
+    )  # fmt: skip
+    assert status == 0
+    rows = [json.loads(line) for line in text.splitlines()]
+    # c is n % 3 == 2; research is (n // 3) % 3 == 1
+    assert [r["index"] for r in rows] == [n for n in range(2, COUNT, 3) if (n // 3) % 3 == 1]
+
+
 def test_a_receipt_verifies_with_the_same_command(setup: Setup) -> None:
     async def receipt() -> str:
         store = await SqliteLogStore.open(Path(setup.store.removeprefix("sqlite:")))
