@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from middleware.audit.export import EntryOpening, shredded_columns
+from middleware.audit.export_chain import LineOrder
 from middleware.audit.export_columns import columns_for
 from middleware.audit.export_read import (
     ExportLine,
@@ -274,9 +275,7 @@ class _Checker:
         self.columns = columns.get(header["report"], columns_of_kind)
         if header["report"] not in columns and names != names_of_kind:
             report.add("header-malformed", "the header's columns are not its report's", 1)
-        self.chain: bytes | None = header["chain"]
-        self.last: tuple[int, int, str] | None = None  # (line, index, role) of the line before
-        self.seen_after = False
+        self.order = LineOrder(report.add, header["chain"])
         if opener is None:
             report.add("no-opener", "openings were not checked (no way to decrypt them)", None)
 
@@ -289,53 +288,11 @@ class _Checker:
             return
         if self.proofs is not None and not self.proofs.check(index, line.leaf, line.proof):
             add("proof", self.proofs.explain(index, line.leaf, line.proof), number, index)
-        self._order(number, line, leaf)
+        self.order.feed(number, line.role, index, leaf)
         if line.role in ("row", "other"):
             self._opening(number, line, leaf)
         else:
             self._boundary(number, line, leaf)
-
-    def _order(self, number: int, line: ExportLine, leaf: Leaf) -> None:
-        add, index, last = self.report.add, line.index, self.last
-        if last is not None and index <= last[1]:
-            code = "duplicate" if index == last[1] else "order"
-            add(code, f"index {index} after index {last[1]} (line {last[0]})", number, index)
-        if self.seen_after:
-            add("role", "a line after the chain's 'after' line", number, index)
-        if line.role == "before" and last is not None:
-            add("role", "'before' is the first entry line", number, index)
-        self.seen_after |= line.role == "after"
-        if self.chain is not None:
-            self._link(number, line, leaf)
-        self.last = (number, index, line.role)
-
-    def _link(self, number: int, line: ExportLine, leaf: Leaf) -> None:
-        add, index, last = self.report.add, line.index, self.last
-        if leaf.pseudonym is None or not hmac.compare_digest(leaf.pseudonym, self.chain or b""):
-            add("chain-foreign", "the entry is not in the patient's chain", number, index)
-            return
-        previous = leaf.previous
-        if last is None:
-            if line.role != "before" and previous is not None:
-                add(
-                    "chain-gap",
-                    f"entry {previous} of the chain, before this one, is missing",
-                    number,
-                    index,
-                )
-            return
-        if previous == last[1]:
-            return
-        if previous is not None and previous > last[1]:
-            add("chain-gap", f"entry {previous} of the chain is missing (dropped)", number, index)
-        else:
-            add(
-                "chain-inserted",
-                f"the line before (line {last[0]}, index {last[1]}) is not this entry's "
-                f"previous ({previous}): inserted",
-                number,
-                index,
-            )
 
     def _boundary(self, number: int, line: ExportLine, leaf: Leaf) -> None:
         since, until = self.header["since"], self.header["until"]
@@ -406,8 +363,7 @@ class _Checker:
             add("membership", f"the report's rule says this entry {which} it", number, index)
 
     def finish(self) -> None:
-        if self.header["chain"] is not None and self.last is None:
-            self.report.add("chain-gap", "a per-patient export with no entry line", None)
+        self.order.finish()
 
 
 def _differing(names: Sequence[str], given: Sequence[str] | None, expected: Sequence[str]) -> str:

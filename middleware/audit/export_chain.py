@@ -1,0 +1,81 @@
+"""The order of an export's entry lines and, for a per-patient export, its pseudonym chain.
+
+Lines come in strictly ascending ledger index (a repeated index is ``duplicate``, a smaller one
+``order``); a ``before`` line only first, nothing after the ``after`` line (``role``). With a
+chain (the patient's pseudonym, from the header), every line's leaf must carry that pseudonym
+(``chain-foreign``) and name the line before it as its ``previous`` entry
+(:mod:`middleware.ledger.leaf`; the store fills it in when it sequences the entry): a leaf that
+names a later index than the line before lost the entries between (``chain-gap``, naming the
+missing index), one that names an earlier index or none follows a line it does not know
+(``chain-inserted``). Pure.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+from middleware.ledger.leaf import Leaf
+
+__all__ = ["AddFinding", "LineOrder"]
+
+#: ``add(code, message, line, index)``: how findings are reported (``ExportReport.add``).
+AddFinding = Callable[[str, str, "int | None", "int | None"], None]
+
+
+class LineOrder:
+    """Checks lines one at a time (:meth:`feed`), then :meth:`finish`."""
+
+    def __init__(self, add: AddFinding, chain: bytes | None) -> None:
+        self.add = add
+        self.chain = chain
+        self.last: tuple[int, int, str] | None = None  # (line, index, role) of the line before
+        self.seen_after = False
+
+    def feed(self, number: int, role: str, index: int, leaf: Leaf) -> None:
+        """Check the entry line ``number`` (its ``role``, ledger ``index`` and ``leaf``)."""
+        add, last = self.add, self.last
+        if last is not None and index <= last[1]:
+            code = "duplicate" if index == last[1] else "order"
+            add(code, f"index {index} after index {last[1]} (line {last[0]})", number, index)
+        if self.seen_after:
+            add("role", "a line after the chain's 'after' line", number, index)
+        if role == "before" and last is not None:
+            add("role", "'before' is the first entry line", number, index)
+        self.seen_after |= role == "after"
+        if self.chain is not None:
+            self._link(number, role, index, leaf)
+        self.last = (number, index, role)
+
+    def _link(self, number: int, role: str, index: int, leaf: Leaf) -> None:
+        add, last = self.add, self.last
+        if leaf.pseudonym is None or not hmac.compare_digest(leaf.pseudonym, self.chain or b""):
+            add("chain-foreign", "the entry is not in the patient's chain", number, index)
+            return
+        previous = leaf.previous
+        if last is None:
+            if role != "before" and previous is not None:
+                add(
+                    "chain-gap",
+                    f"entry {previous} of the chain, before this one, is missing",
+                    number,
+                    index,
+                )
+            return
+        if previous == last[1]:
+            return
+        if previous is not None and previous > last[1]:
+            add("chain-gap", f"entry {previous} of the chain is missing (dropped)", number, index)
+        else:
+            add(
+                "chain-inserted",
+                f"the line before (line {last[0]}, index {last[1]}) is not this entry's "
+                f"previous ({previous}): inserted",
+                number,
+                index,
+            )
+
+    def finish(self) -> None:
+        """After the last line: a per-patient export lists at least one entry."""
+        if self.chain is not None and self.last is None:
+            self.add("chain-gap", "a per-patient export with no entry line", None, None)
