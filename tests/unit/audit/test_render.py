@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from middleware.audit.facts import decode_facts, encode_facts, row_of
 from middleware.audit.parts import AgentInfo
@@ -246,3 +248,34 @@ def test_a_caller_kind_is_kept_not_guessed() -> None:
     user = replace(backend.facts, caller=replace(backend.facts.caller, kind="user"))  # type: ignore[type-var]
     assert "purposeOfEvent" in render_events(backend.facts)[-1]
     assert "purposeOfEvent" not in render_events(user)[-1]
+
+
+_REQUESTS = [READ, VREAD, SEARCH, CREATE, UPDATE, DELETE, INVALID, BATCH]
+_DECISIONS = [None, PERMIT, REDACT, DENY, DEFAULT_DENY]
+exchanges = st.builds(
+    x,
+    request=st.sampled_from(_REQUESTS),
+    identity=st.sampled_from([None, USER, BACKEND, PATIENT_APP]),
+    status=st.sampled_from([0, 200, 201, 204, 304, 400, 401, 403, 404, 412, 500, 502, 999]),
+    decisions=st.dictionaries(
+        st.sampled_from(["p1", "Patient/p2", "p-3.x"]), st.sampled_from(_DECISIONS), max_size=3
+    ),
+    released=st.sets(st.sampled_from(["Patient/p1", "p2", "Patient/p-3.x"])).map(frozenset),
+    resource_refs=st.lists(
+        st.sampled_from(["Observation/a", "Condition/b/_history/2"]), max_size=2
+    ),
+    narrowed=st.booleans(),
+    break_glass=st.booleans(),
+    mapping=st.none() | st.just("acme sha256:01"),
+    client_address=st.sampled_from([None, "", "192.0.2.7", "2001:db8::1", "host.example"]),
+)
+
+
+@given(exchanges, st.sampled_from(["exchange", "decision", "outcome"]))
+def test_any_exchange_renders_as_the_recorder_built_it(exchange: Exchange, phase: Phase) -> None:
+    """Property over exchanges the table does not list: same patients, same events."""
+    expected = old_plan(exchange, phase, WHEN, GATEWAY)
+    planned = plan(exchange, phase, micros(WHEN), GATEWAY)
+    assert [render_events(through_evidence(p.facts)) for p in planned] == [
+        events for _, events in expected
+    ]
