@@ -189,25 +189,32 @@ def user(args: argparse.Namespace, out: TextIO) -> int:
 # -- export with proofs ---------------------------------------------------------------------
 
 
-async def _report_rows(store: LogStore, args: argparse.Namespace) -> tuple[list[AuditRow], str]:
-    """The index rows the report stands for, and the report's kind."""
+async def _report_rows(
+    store: LogStore, args: argparse.Namespace
+) -> tuple[list[AuditRow], int | None, int | None]:
+    """The index rows the report stands for, and the period it covers (the report's own,
+    with its default look-back, when it has one)."""
     kind: str = args.report
+    since, until = parse_time(args.since), parse_time(args.until, end=True)
     if kind == "accounting":
         made = await _accounting(store, args)
         wanted = {i for entry in made.entries for i in entry.indexes}
         rows = await all_rows(store, AuditQuery(patient=made.patient))
+        since, until = made.since_us, made.until_us
     elif kind == "access-report":
         report = await _access(store, args)
         wanted = {line.index for line in report.lines}
         rows = await all_rows(store, AuditQuery(patient=report.patient))
+        since, until = report.since_us, report.until_us
     elif kind == "user-report":
         user_report = await _user(store, args)
         wanted = {line.index for line in user_report.lines}
         rows = await all_rows(store, _query(args))
+        since, until = user_report.since_us, user_report.until_us
     else:
         rows = await all_rows(store, _query(args))
         wanted = {row.index for row in rows}
-    return [row for row in rows if row.index in wanted], kind
+    return [row for row in rows if row.index in wanted], since, until
 
 
 def export(args: argparse.Namespace, out: TextIO) -> int:
@@ -216,7 +223,8 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
 
     async def run() -> dict[str, object]:
         async with opened(args) as store:
-            rows, kind = await _report_rows(store, args)
+            kind = args.report
+            rows, since, until = await _report_rows(store, args)
             patient = getattr(args, "patient", None) if kind != "user-report" else None
             pseudonym = None
             if patient is not None and kind in ("accounting", "access-report"):
@@ -228,8 +236,8 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                 report=kind,
                 patient=patient,
                 agent=args.agent if kind == "user-report" else None,
-                since_us=parse_time(args.since),
-                until_us=parse_time(args.until, end=True),
+                since_us=since,
+                until_us=until,
                 pseudonym=pseudonym,
             )
             # Most of the log: one snapshot read beats a read per entry.
