@@ -233,7 +233,10 @@ class AuditApi:
             params += _query(seen.form)
         if segments[0] == "Patient" and self._accounting is not None:
             return await self._accounting(identity, seen, segments[1], params, headers)
-        check_accept(headers, params)
+        if segments[1:2] not in (["$export-status"], ["$export-file"]):
+            # Bulk Data's status answers application/json and its files NDJSON, whatever
+            # the client accepts; everything else is FHIR JSON.
+            check_accept(headers, params)
         match segments:
             case ["AuditEvent"] | ["AuditEvent", "_search"]:
                 reader = audit_reader(identity, role=self._role, permission="s")
@@ -251,7 +254,7 @@ class AuditApi:
                 self._auditor(identity)
                 return self.exports.file(identity, job, n)
             case ["AuditEvent", event]:
-                if params:
+                if any(name != "_format" for name, _ in params):
                     raise BadRequest("a read takes no parameters", code="not-supported")
                 reader = audit_reader(identity, role=self._role, permission="r")
                 return await self.searching.read(reader, seen, event)

@@ -512,3 +512,17 @@ async def test_a_patient_never_reaches_another_patients_events(
         if not nxt:
             break
         got = await client.get(nxt[0], headers=p1)
+
+
+async def test_read_takes_format_json_and_nothing_else(
+    client: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    await traffic(client, tokens)
+    officer = auditor(tokens)
+    assert (
+        await client.get("/fhir/AuditEvent/0-0?_format=json", headers=officer)
+    ).status_code == 200
+    assert (await client.get("/fhir/AuditEvent/0-0?patient=p1", headers=officer)).status_code == 400
+    assert (
+        await client.get("/fhir/AuditEvent/0-0?_format=xml", headers=officer)
+    ).status_code == 406

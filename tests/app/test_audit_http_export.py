@@ -318,3 +318,22 @@ async def test_since_after_everything_exports_nothing(
     )
     done = await finished(client, kick.headers["content-location"], auditor(tokens))
     assert done.json()["output"] == []
+
+
+async def test_bulk_clients_headers_are_accepted(client: httpx.AsyncClient, tokens: Tokens) -> None:
+    """A Bulk Data client asks the status with ``Accept: application/json`` and the files with
+    ``Accept: application/fhir+ndjson`` (FHIR Bulk Data IG v2)."""
+    await traffic(client, tokens)
+    officer = auditor(tokens)
+    kick = await client.get(
+        "/fhir/AuditEvent/$export",
+        headers={**officer, **ASYNC, "accept": "application/fhir+json"},
+    )
+    status_url = kick.headers["content-location"]
+    done = await finished(client, status_url, {**officer, "accept": "application/json"})
+    assert done.status_code == 200
+    assert done.headers["content-type"].startswith("application/json")
+    url = done.json()["output"][0]["url"]
+    got = await client.get(url, headers={**officer, "accept": "application/fhir+ndjson"})
+    assert got.status_code == 200
+    assert got.text.endswith("\n")
