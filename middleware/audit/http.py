@@ -31,6 +31,7 @@ is released (ARCHITECTURE invariant 1). Every error is an OperationOutcome.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
@@ -62,6 +63,8 @@ from middleware.types import Receive, Scope, Send
 __all__ = ["Accounting", "AuditApi", "serves"]
 
 _FORM: Final = "application/x-www-form-urlencoded"
+# A path segment this API can route: FHIR ids (R4 §2.24.0.1), operation names, job ids.
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9\-.$_]{1,64}")
 
 #: The ``$accounting`` handler: (caller, the request's record, patient id, params, headers).
 Accounting = Callable[
@@ -144,6 +147,13 @@ class AuditApi:
                 )
             except ServiceUnavailable as refused:  # nothing released without its entry
                 reply = error_reply(refused)
+            except Exception as exc:  # noqa: BLE001 - unrecordable: fail closed, as unavailable
+                self._log.error(
+                    "audit api access not recorded",
+                    request_id=seen.rid,
+                    error_type=type(exc).__name__,
+                )
+                reply = error_reply(ServiceUnavailable("audit trail unavailable"))
         out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
         out += [
             (b"content-length", str(len(reply.body)).encode()),
@@ -170,6 +180,8 @@ class AuditApi:
         segments = path[len(self._base) + 1 :].split("/")
         if any(s in ("", ".", "..") for s in segments):
             raise PathRejected("the path has an empty, '.' or '..' segment")
+        if not all(_SEGMENT.fullmatch(s) for s in segments):
+            raise NotFound("not an AuditEvent API path")
         method, query = str(scope["method"]), bytes(scope.get("query_string", b""))
         rel = "/".join(segments)
         match segments:

@@ -21,7 +21,7 @@ from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, NewEntry
 from middleware.ledger.sequencer import CheckpointSigner
 from middleware.storage.ledger_memory import MemoryLogStore
-from tests.app.conftest import WallClock
+from tests.app.conftest import WallClock, raw_asgi_request
 from tests.app.consenting import ACT_REASON, Tokens, auth_settings
 
 AUDITOR_ROLE = "ledger-auditor"
@@ -526,3 +526,29 @@ async def test_read_takes_format_json_and_nothing_else(
     assert (
         await client.get("/fhir/AuditEvent/0-0?_format=xml", headers=officer)
     ).status_code == 406
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"/fhir/AuditEvent/<x>",
+        b"/fhir/AuditEvent/\xc3\xa9",
+        b"/fhir/AuditEvent/a b",
+        b"/fhir/Patient/<x>/$accounting",
+        b"/fhir/AuditEvent/$export-status/" + b"j" * 65,
+        b"/fhir/AuditEvent/%2e%2e",
+    ],
+    ids=["angle", "non-ascii", "space", "accounting-angle", "long-job", "encoded-dots"],
+)
+async def test_unroutable_raw_paths_are_refused_before_anything(
+    make_app: Callable[..., Gateway], key_file: Any, tokens: Tokens, store: OutageStore, raw: bytes
+) -> None:
+    """Paths no client library would send (unencoded, non-ASCII): a 4xx before the token is
+    looked at, nothing recorded, never a 500."""
+    app = make_app(auth=auth_settings(key_file), consent_jurisdiction="opt-out")
+    bearer = auditor(tokens)["authorization"].encode()
+    status, body = await raw_asgi_request(app, "GET", raw, [(b"authorization", bearer)])
+    assert status in (400, 404)
+    assert b"OperationOutcome" in body
+    assert await store.size() == 0
+    await app.aclose()
