@@ -46,15 +46,15 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, Protocol, TextIO
 
 from middleware.audit.row import AuditRow
 from middleware.ledger.leaf import EntryFlag, Leaf
-from middleware.ledger.tree import MerkleLevels
 
 __all__ = [
     "EXPORT_FORMAT",
     "PROOF_COLUMNS",
+    "ProofSource",
     "ROW_COLUMNS",
     "EntryOpening",
     "ExportEntry",
@@ -109,6 +109,12 @@ PROOF_COLUMNS: tuple[str, ...] = (
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class ProofSource(Protocol):
+    """Makes RFC 9162 inclusion proofs (``proofs.ProofMaker``, ``tree.MerkleLevels``)."""
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +284,7 @@ def plan_chain(
 def entries_for(
     lines: Iterable[tuple[Role, int]],
     *,
-    tree: MerkleLevels,
+    tree: ProofSource,
     size: int,
     leaves: Mapping[int, bytes],
     openings: Mapping[int, EntryOpening | None],

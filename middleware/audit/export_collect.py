@@ -31,6 +31,7 @@ from middleware.audit.export import (
     plan_chain,
 )
 from middleware.audit.export_columns import columns_for
+from middleware.audit.proofs import ProofMaker
 from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.entry import Evidence
@@ -39,7 +40,7 @@ from middleware.ledger.leaf import PSEUDONYM_SIZE, decode_leaf
 from middleware.ledger.note import parse_note
 from middleware.ledger.signing import evidence_key
 from middleware.ledger.snapshot import LogSnapshot
-from middleware.ledger.tree import MerkleLevels, hash_leaves
+from middleware.ledger.tree import hash_leaves
 from middleware.storage.ledger_base import LogStore
 
 __all__ = ["ExportSpec", "LogView", "SnapshotView", "StoreView", "collect_export"]
@@ -163,7 +164,7 @@ async def collect_export(
     evidence wrap key. An entry whose patient key is gone (shredded) has no opening."""
     size = view.size
     origin = parse_checkpoint(parse_note(view.note).text).origin
-    tree = MerkleLevels(await view.leaf_hashes())
+    tree = ProofMaker(await view.leaf_hashes())
     names, columns_of = columns_for(spec.report)
     cells_of = {row.index: columns_of(row) for row in rows if 0 <= row.index < size}
     reported = {i for i, cells in cells_of.items() if cells is not None}

@@ -19,10 +19,11 @@ from middleware.audit.export import (
     row_columns,
 )
 from middleware.audit.inclusion import InclusionChecker
+from middleware.audit.proofs import ProofMaker
 from middleware.ledger.checkpoint import Checkpoint
-from middleware.ledger.errors import VerificationError
+from middleware.ledger.errors import OutOfRangeError, VerificationError
 from middleware.ledger.merkle import leaf_hash, verify_inclusion
-from middleware.ledger.tree import MerkleLevels
+from middleware.ledger.tree import MerkleLevels, hash_leaves
 from tests.contract.helpers import ORIGIN
 from tests.unit.audit.export_fixtures import PATIENTS, T0, build_log, export
 
@@ -195,3 +196,22 @@ def test_malformed_proofs_fail(index: int, proof_len: int) -> None:
     checker = InclusionChecker(checkpoint)
     proof = b"".join(tree.inclusion_proof(0))[: proof_len * 32 - 1]
     assert not checker.check(index, leaves[0], proof)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(1, 600).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 1))))
+def test_the_export_s_proofs_are_the_ledger_s(case: tuple[int, int]) -> None:
+    """ProofMaker's path equals the ledger's reference (MerkleLevels, RFC 9162 §2.1.3.1)."""
+    size, index = case
+    leaves, tree, _ = _tree(size)
+    maker = ProofMaker(hash_leaves(leaves))
+    assert maker.inclusion_proof(index) == tree.inclusion_proof(index)
+
+
+@pytest.mark.parametrize(
+    ("index", "size"), [(5, None), (-1, None), (0, 4)], ids=["past", "negative", "other-size"]
+)
+def test_proofs_outside_the_tree_are_refused(index: int, size: int | None) -> None:
+    maker = ProofMaker(hash_leaves([b"a", b"b", b"c", b"d", b"e"]))
+    with pytest.raises(OutOfRangeError):
+        maker.inclusion_proof(index, size)
