@@ -23,7 +23,6 @@ unpacked by the server.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -31,7 +30,12 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg
 
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.storage.audit_index_match import purpose_code
-from middleware.storage.audit_index_query import count_sql, select_sql
+from middleware.storage.audit_index_query import (
+    count_sql,
+    json_array,
+    json_array_cached,
+    select_sql,
+)
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy  # type: ignore[import-untyped,unused-ignore]
@@ -125,8 +129,6 @@ _UPSERT = (
     f"shredded) ON CONFLICT (idx) DO UPDATE SET {_SET}"
 )
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
 
 def _columns(rows: Sequence[AuditRow]) -> list[list[object]]:
     """The 21 array parameters of :data:`_UPSERT`, one per column."""
@@ -138,17 +140,17 @@ def _columns(rows: Sequence[AuditRow]) -> list[list[object]]:
         [r.patient for r in rows],
         [r.pseudonym for r in rows],
         [r.agent for r in rows],
-        [_encode(r.roles) for r in rows],
+        [json_array_cached(r.roles) for r in rows],
         [r.organization for r in rows],
         [r.client for r in rows],
-        [_encode(r.purposes) for r in rows],
-        [_encode([purpose_code(p) for p in r.purposes]) for r in rows],
+        [json_array_cached(r.purposes) for r in rows],
+        [json_array_cached(tuple(purpose_code(p) for p in r.purposes)) for r in rows],
         [r.action for r in rows],
         [r.event_type for r in rows],
         [r.subtype for r in rows],
         [r.outcome for r in rows],
-        [_encode(r.resource_types) for r in rows],
-        [_encode(r.entities) for r in rows],
+        [json_array_cached(r.resource_types) for r in rows],
+        [json_array(r.entities) for r in rows],
         [r.break_glass for r in rows],
         [r.request_id for r in rows],
         [r.shredded for r in rows],

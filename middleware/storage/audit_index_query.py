@@ -11,6 +11,9 @@ on ``idx``.
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 from typing import Literal
 
 from middleware.audit.row import AuditQuery
@@ -23,10 +26,33 @@ __all__ = [
     "TERM_RESOURCE_TYPE",
     "Dialect",
     "count_sql",
+    "json_array",
+    "json_array_cached",
     "select_sql",
 ]
 
 Dialect = Literal["sqlite", "postgres"]
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: Characters a JSON string must escape besides ``"`` (RFC 8259 section 7).
+_ESCAPED = re.compile(r"[\\\x00-\x1f]").search
+
+
+def json_array(items: tuple[str, ...]) -> str:
+    """``items`` as a compact JSON array, exactly as :data:`_encode` (``json``, compact,
+    UTF-8 as is) writes it: strings that need no escaping (nearly all) are joined directly,
+    about ten times faster (a third of a rebuild's CPU went to the JSON encoder)."""
+    if not items:
+        return "[]"
+    joined = '","'.join(items)
+    if joined.count('"') == 2 * (len(items) - 1) and _ESCAPED(joined) is None:
+        return f'["{joined}"]'
+    return _encode(items)
+
+
+#: Roles, purposes and resource types repeat: their encodings are remembered.
+json_array_cached = functools.lru_cache(maxsize=4096)(json_array)
+
 
 #: The ``field`` values of SQLite's ``consentry_audit_terms`` rows.
 TERM_PURPOSE = 1

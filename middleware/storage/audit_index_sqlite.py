@@ -41,6 +41,8 @@ from middleware.storage.audit_index_query import (
     TERM_PURPOSE_CODE,
     TERM_RESOURCE_TYPE,
     count_sql,
+    json_array,
+    json_array_cached,
     select_sql,
 )
 
@@ -139,7 +141,6 @@ _DROP_TERMS = (
     f"DELETE FROM consentry_audit_terms WHERE (field, term, recorded_us, idx) IN ({_TERMS_OF})"  # noqa: S608
 )
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _decode = json.JSONDecoder().decode
 
 
@@ -152,16 +153,16 @@ def _values(row: AuditRow) -> tuple[object, ...]:
         row.patient,
         row.pseudonym,
         row.agent,
-        _encode(row.roles),
+        json_array_cached(row.roles),
         row.organization,
         row.client,
-        _encode(row.purposes),
+        json_array_cached(row.purposes),
         row.action,
         row.event_type,
         row.subtype,
         row.outcome,
-        _encode(row.resource_types),
-        _encode(row.entities),
+        json_array_cached(row.resource_types),
+        json_array(row.entities),
         int(row.break_glass),
         row.request_id,
         int(row.shredded),
@@ -201,7 +202,7 @@ def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
     if not rows:
         return
     rows = list({r.index: r for r in rows}.values())  # one row per index: the last given
-    indexes = _encode([r.index for r in rows])
+    indexes = json.dumps([r.index for r in rows])
     if c.execute(_ANY_OF, (indexes,)).fetchone()[0]:  # only a replaced row has terms to drop
         c.execute(_DROP_TERMS, (indexes,))
     c.executemany(_UPSERT, [_values(r) for r in rows])

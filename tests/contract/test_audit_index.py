@@ -8,18 +8,22 @@ The expected answers in the query table are worked out by hand from :data:`SPECS
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 from dataclasses import replace
 from typing import NamedTuple
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from middleware.audit.row import NO_INDEX_YET, AuditQuery, AuditRow
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.errors import MalformedError
 from middleware.ledger.leaf import EntryFlag, EntryKind
 from middleware.storage.audit_index_match import select_rows
+from middleware.storage.audit_index_query import json_array
 from middleware.storage.ledger_base import LogStore
 from tests.contract.backends import Backend, SqliteBackend
 from tests.contract.helpers import PSEUDONYMS, SIGN, assert_consistent
@@ -119,6 +123,39 @@ async def _filled(store: LogStore) -> LogStore:
 
 async def _indexes(store: LogStore, query: AuditQuery) -> list[int]:
     return [r.index for r in await store.audit_rows(query)]
+
+
+# --- values survive the store whatever they hold ---------------------------------------------
+
+#: Any text but lone surrogates (not UTF-8) and NUL (PostgreSQL text cannot hold it).
+TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"))
+STRINGS = st.lists(TEXT, max_size=4).map(tuple)
+
+
+@given(items=STRINGS)
+def test_json_arrays_are_written_as_the_json_module_writes_them(items: tuple[str, ...]) -> None:
+    assert json_array(items) == json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(roles=STRINGS, purposes=STRINGS, entities=STRINGS, agent=TEXT)
+async def test_any_text_round_trips_through_the_index(
+    store: LogStore,
+    roles: tuple[str, ...],
+    purposes: tuple[str, ...],
+    entities: tuple[str, ...],
+    agent: str,
+) -> None:
+    row = replace(EXPECTED[0], roles=roles, purposes=purposes, entities=entities, agent=agent)
+    await store.reindex([row])
+    assert await store.audit_row(0) == row
+    assert await store.audit_rows(AuditQuery(agent=agent)) == [row]
+    for purpose in purposes:
+        assert await store.audit_rows(AuditQuery(purpose=purpose)) == [row]
+    for entity in entities:
+        assert await store.audit_rows(AuditQuery(entity=entity)) == [row]
 
 
 # --- rows are written with their entries ----------------------------------------------------
