@@ -304,9 +304,10 @@ class AuditApi:
             raw_request=raw,
             client_address=client[0] if client else None,
             decisions={} if patient is None else {patient: None},
-            released=frozenset({patient})
-            if patient is not None and reply.status < 400
-            else frozenset(),
+            # Not a disclosure of the record (kind ACCESS_DECISION): reviewing the audit
+            # trail is the covered entity's own oversight, or the patient's own review, and
+            # neither is accountable (45 CFR 164.528(a)(1)(i), (ii)); the search shows it.
+            released=frozenset(),
         )
 
 

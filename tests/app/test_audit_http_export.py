@@ -17,6 +17,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from pypdf import PdfReader
 
 from middleware.app import Gateway
+from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.conftest import WallClock
 from tests.app.consenting import Tokens, auth_settings
@@ -337,3 +338,26 @@ async def test_bulk_clients_headers_are_accepted(client: httpx.AsyncClient, toke
     got = await client.get(url, headers={**officer, "accept": "application/fhir+ndjson"})
     assert got.status_code == 200
     assert got.text.endswith("\n")
+
+
+async def test_reviewing_the_audit_trail_is_not_an_accountable_disclosure(
+    client: httpx.AsyncClient, tokens: Tokens, store: MemoryLogStore
+) -> None:
+    """The auditor's and the patient's own reviews of p1's audit trail are recorded (as access
+    decisions naming p1), yet the next accounting of p1 lists neither: compliance oversight
+    and the individual's own review are exempt (45 CFR 164.528(a)(1)(i), (ii))."""
+    await traffic(client, tokens)
+    officer = auditor(tokens)
+    own = tokens.patient("p1", "patient/AuditEvent.rs")
+    before = await store.size()
+    assert (await client.get("/fhir/AuditEvent?patient=p1", headers=officer)).status_code == 200
+    assert (await client.get("/fhir/AuditEvent", headers=own)).status_code == 200
+    assert (await client.get("/fhir/Patient/p1/$accounting", headers=officer)).status_code == 200
+    leaves = [decode_leaf(raw) for raw in await store.leaves(before, await store.size())]
+    assert [leaf.kind for leaf in leaves] == [EntryKind.ACCESS_DECISION] * 3
+    accounting = await client.get(
+        "/fhir/Patient/p1/$accounting", params={"_format": "csv"}, headers=officer
+    )
+    assert "officer" not in accounting.text
+    assert "user-p1" not in accounting.text
+    assert "dr-research" in accounting.text
