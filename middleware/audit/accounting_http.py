@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from middleware.audit.access import audit_reader
-from middleware.audit.accounting import AccountingRules, account
+from middleware.audit.accounting import AccountingRules, account, years_before
 from middleware.audit.httptypes import AuditIndex, Reply, Seen, json_reply
 from middleware.audit.report_bundle import accounting_bundle
 from middleware.audit.report_csv import accounting_csv
@@ -95,7 +95,9 @@ class AccountingEndpoint:
         wanted = _negotiate(params, headers)
         seen.patient = patient
         as_of = micros(datetime.fromtimestamp(self._wall(), UTC))
-        rows = await self._rows(AuditQuery(patient=patient, until_us=as_of))
+        # Only the period the accounting covers is read (six years back by default).
+        since = years_before(as_of, self._rules.lookback_years)
+        rows = await self._rows(AuditQuery(patient=patient, since_us=since, until_us=as_of))
         made = account(rows, patient=patient, as_of_us=as_of, rules=self._rules)
         if wanted == "csv":
             body = accounting_csv(made).encode("utf-8")

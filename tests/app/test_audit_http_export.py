@@ -361,3 +361,20 @@ async def test_reviewing_the_audit_trail_is_not_an_accountable_disclosure(
     assert "officer" not in accounting.text
     assert "user-p1" not in accounting.text
     assert "dr-research" in accounting.text
+
+
+async def test_the_accounting_covers_the_look_back_period_only(
+    client: httpx.AsyncClient, tokens: Tokens, wall: WallClock
+) -> None:
+    """A research read seven years ago is past the six-year look-back (164.528(a)(3))."""
+    now = wall.now
+    wall.now = now - 7 * 366 * 86400
+    research = clinician(tokens, "dr-old-research", "HRESCH")
+    assert (await client.get("/fhir/Patient/p1", headers=research)).status_code == 200
+    wall.now = now
+    await traffic(client, tokens)
+    got = await client.get(
+        "/fhir/Patient/p1/$accounting", params={"_format": "csv"}, headers=auditor(tokens)
+    )
+    assert "dr-research" in got.text
+    assert "dr-old-research" not in got.text
