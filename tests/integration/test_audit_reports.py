@@ -2,8 +2,8 @@
 the accounting, the access report and the date-range report from its SQLite ledger, each
 checked against what was sent, and exports verified offline (an edit and a drop detected).
 
-A burst of reads by three practitioners with different purposes of use (treatment, research,
-public health) for three carebundle patients goes through the gateway with a fresh
+A burst of reads and writes by three practitioners with different purposes of use (treatment,
+research, public health) for three carebundle patients goes through the gateway with a fresh
 ``X-Request-Id`` each, which the audit facts keep: the reports are checked request by request.
 Every command runs as ``consentry audit ...`` in the gateway's working directory, on its store
 and key file, while it serves.
@@ -53,14 +53,25 @@ def traffic(gateway: GatewayServer, carebundle: dict[str, list[str]]) -> list[Se
             "x-request-id": request_id,
             **gateway.bearer(
                 user,
-                "user/*.rs",
+                "user/*.cruds",
                 fhir_user=f"Practitioner/{user}",
                 purpose_of_use=[purpose],
                 roles=["doctor"],
             ),
         }
-        response = await client.get(f"{gateway.base_url}/{path}", headers=headers)
-        patient = path.split("/")[1] if path.startswith("Patient/") else path.split("=")[1]
+        if path.startswith("Observation/for/"):  # a write: a new Observation of the patient
+            patient = path.removeprefix("Observation/for/")
+            body = {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "audit report test"},
+                "subject": {"reference": f"Patient/{patient}"},
+            }
+            url = f"{gateway.base_url}/Observation"
+            response = await client.post(url, json=body, headers=headers)
+        else:
+            response = await client.get(f"{gateway.base_url}/{path}", headers=headers)
+            patient = path.split("/")[1] if path.startswith("Patient/") else path.split("=")[1]
         return Sent(request_id, user, purpose, f"Patient/{patient}", path, response.status_code)
 
     async def burst() -> list[Sent]:
@@ -72,11 +83,18 @@ def traffic(gateway: GatewayServer, carebundle: dict[str, list[str]]) -> list[Se
                 for patient in patients
                 for path in (f"Patient/{patient}", f"Observation?patient={patient}")
             ]
+            calls += [send(client, user, purpose, f"Observation/for/{patients[0]}")
+                      for user, purpose in USERS]  # fmt: skip
             return list(await asyncio.gather(*calls))
 
     sent = asyncio.run(burst())
-    assert all(s.status == 200 for s in sent), [(s.path, s.status) for s in sent]
+    expected = [201 if s.path.startswith("Observation/for/") else 200 for s in sent]
+    assert [s.status for s in sent] == expected, [(s.path, s.status) for s in sent]
     return sent
+
+
+def _is_write(sent: Sent) -> bool:
+    return sent.path.startswith("Observation/for/")
 
 
 def _consentry(gateway: GatewayServer, *argv: str) -> tuple[int, str]:
@@ -112,55 +130,62 @@ def _rows(gateway: GatewayServer, *argv: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line]
 
 
+def _by_request(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Index rows by request id (a write has two: its decision and its outcome)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["request_id"], []).append(row)
+    return out
+
+
 def test_the_accounting_lists_every_accountable_disclosure_and_no_other(
     gateway: GatewayServer, traffic: list[Sent]
 ) -> None:
     patient = traffic[0].patient
-    rows = {r["request_id"]: r for r in _rows(gateway, "--patient", patient)}
+    rows = _by_request(_rows(gateway))
     status, text = _consentry(
         gateway, "audit", "accounting", "--store", gateway.store_url, "--patient", patient,
         "--detail",
     )  # fmt: skip
     assert status == 0
     listed = {int(r["ledger_index"]) for r in csv.DictReader(io.StringIO(text))}
-    ours = [s for s in traffic if s.patient == patient]
-    by_index = {
-        row["index"]: s
-        for s in ours
-        for row in [rows.get(s.request_id)]
-        if row is not None and row["kind"] == 5  # disclosure
-    }
-    # Every read of this patient's record was a disclosure, each recorded.
-    assert {s.request_id for s in ours} <= set(rows)
-    accountable = {i for i, s in by_index.items() if s.purpose in ACCOUNTABLE}
-    exempt = {i for i, s in by_index.items() if s.purpose not in ACCOUNTABLE}
+    ours = [s for s in traffic if s.patient == patient and not _is_write(s)]
+    # Every read of this patient's record was one disclosure, recorded with its request id.
+    assert all([r["kind"] for r in rows[s.request_id]] == [5] for s in ours)
+    accountable = {rows[s.request_id][0]["index"] for s in ours if s.purpose in ACCOUNTABLE}
+    exempt = {rows[s.request_id][0]["index"] for s in ours if s.purpose not in ACCOUNTABLE}
     assert accountable
     assert accountable <= listed  # every accountable disclosure present
     assert not exempt & listed  # every treatment disclosure left out
-    other = {r["index"] for s in traffic if s.patient != patient for r in _rows_of(rows, s)}
-    assert not other & listed
+    writes = {r["index"] for s in traffic if _is_write(s) for r in rows[s.request_id]}
+    assert len(writes) == 2 * len(USERS)  # each write: its decision and its outcome
+    assert not writes & listed  # a write discloses nothing
+    others = {r["index"] for s in traffic if s.patient != patient for r in rows[s.request_id]}
+    assert others
+    assert not others & listed  # no row of another patient
 
 
-def _rows_of(rows: dict[str, dict[str, Any]], sent: Sent) -> list[dict[str, Any]]:
-    row = rows.get(sent.request_id)
-    return [] if row is None else [row]
-
-
-def test_the_access_report_shows_every_read_of_the_patient_only(
+def test_the_access_report_shows_every_read_and_write_of_the_patient_only(
     gateway: GatewayServer, traffic: list[Sent]
 ) -> None:
     patient = traffic[0].patient
-    rows = {r["request_id"]: r for r in _rows(gateway, "--patient", patient)}
+    rows = _by_request(_rows(gateway, "--patient", patient))
     status, text = _consentry(
         gateway, "audit", "access-report", "--store", gateway.store_url, "--patient", patient
     )
     assert status == 0
-    report = list(csv.DictReader(io.StringIO(text)))
-    assert {r["patient"] for r in report} == {patient}
-    listed = {int(r["ledger_index"]) for r in report}
-    ours = {rows[s.request_id]["index"] for s in traffic if s.patient == patient}
-    assert ours <= listed
-    agents = {r["agent"] for r in report if int(r["ledger_index"]) in ours}
+    report = {int(r["ledger_index"]): r for r in csv.DictReader(io.StringIO(text))}
+    assert {r["patient"] for r in report.values()} == {patient}
+    ours = [s for s in traffic if s.patient == patient]
+    reads = {rows[s.request_id][0]["index"] for s in ours if not _is_write(s)}
+    outcomes = {r["index"] for s in ours if _is_write(s) for r in rows[s.request_id]
+                if r["kind"] == 4}  # fmt: skip
+    assert reads <= set(report)
+    assert {report[i]["result"] for i in reads} == {"released"}
+    assert len(outcomes) == len(USERS)
+    assert outcomes <= set(report)
+    assert {report[i]["result"] for i in outcomes} == {"written"}
+    agents = {report[i]["agent"] for i in reads | outcomes}
     assert agents == {f"Practitioner/{user}" for user, _ in USERS}
 
 
