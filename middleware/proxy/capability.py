@@ -84,7 +84,6 @@ CONSENT_CAPABILITY: Final[Mapping[str, Any]] = {
 #: The gateway's own audit trail (``middleware.audit.http``, ``audit.search``).
 AUDIT_EVENT_CAPABILITY: Final[Mapping[str, Any]] = {
     "type": "AuditEvent",
-    "profile": "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PatientRead",
     "documentation": (
         "Served by the gateway itself, never forwarded: the IHE BALP AuditEvents of every "
         "exchange, rendered from the gateway's ledger (IHE ITI-81 Audit Record Repository). "
