@@ -254,3 +254,28 @@ def test_exports_verify_and_an_edit_or_a_drop_is_found(
     findings = json.loads(text)["findings"]
     assert [f["code"] for f in findings] == ["chain-gap"]
     assert f"entry {dropped} " in findings[0]["message"]
+
+
+def test_a_receipt_from_the_gateway_verifies_offline(
+    gateway: GatewayServer, traffic: list[Sent], tmp_path: Path
+) -> None:
+    """The patient fetches the receipt of an access to its record (``/ledger/receipt``) and
+    ``audit verify-export`` checks it against the trust policy; an edited leaf is found."""
+    patient = traffic[0].patient
+    index = _by_request(_rows(gateway, "--patient", patient))[traffic[0].request_id][0]["index"]
+    token = gateway.bearer("the-patient", "patient/AuditEvent.r", patient=patient.split("/")[1])
+    answer = httpx.get(f"{gateway.root_url}/ledger/receipt/{index}", headers=token, timeout=30.0)
+    assert answer.status_code == 200, answer.text
+    path = tmp_path / "receipt.txt"
+    path.write_text(answer.text)
+    trust = _trust(gateway)
+    status, text = _consentry(gateway, "audit", "verify-export", str(path), "--trust", trust)
+    report = json.loads(text)
+    assert (status, report["kind"], report["ok"]) == (0, "receipt", True)
+    head, _, rest = answer.text.partition("\nindex ")
+    extra = head.split("extra ", 1)[1]
+    flipped = extra[:10] + ("A" if extra[10] != "A" else "B") + extra[11:]
+    path.write_text(head.replace(extra, flipped) + "\nindex " + rest)
+    status, text = _consentry(gateway, "audit", "verify-export", str(path), "--trust", trust)
+    assert status == 1
+    assert [f["code"] for f in json.loads(text)["findings"]] == ["proof"]
