@@ -96,6 +96,15 @@ def _scope(parser: argparse.ArgumentParser, *, patient: bool = True, agent: bool
     parser.add_argument("--until", help="last day or time (inclusive), UTC")
 
 
+def _config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="the gateway's TOML settings: its accounting exemptions, look-backs and "
+        "after-hours window (default: the documented defaults)",
+    )
+
+
 def _output(parser: argparse.ArgumentParser, formats: tuple[str, ...]) -> None:
     parser.add_argument("--format", choices=formats, default=formats[0], help="output format")
     parser.add_argument("--out", type=Path, help="write here (default: standard output)")
@@ -115,6 +124,7 @@ def _search_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _accounting_args(parser: argparse.ArgumentParser) -> None:
+    _config(parser)
     _store(parser)
     _scope(parser, agent=False)
     _output(parser, ("csv", "bundle", "pdf"))
@@ -122,18 +132,21 @@ def _accounting_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _access_args(parser: argparse.ArgumentParser) -> None:
+    _config(parser)
     _store(parser)
     _scope(parser, agent=False)
     _output(parser, ("csv", "pdf"))
 
 
 def _user_args(parser: argparse.ArgumentParser) -> None:
+    _config(parser)
     _store(parser)
     _scope(parser, patient=False)
     _output(parser, ("csv", "pdf"))
 
 
 def _export_args(parser: argparse.ArgumentParser) -> None:
+    _config(parser)
     _store(parser)
     _key(parser)
     parser.add_argument(

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TextIO
 
 from middleware.audit.accounting import Accounting, account
@@ -47,6 +49,7 @@ from middleware.audit.report_csv import (
 from middleware.audit.report_pdf import access_pdf, accounting_pdf, user_pdf
 from middleware.audit.reports import (
     AccessReport,
+    AfterHours,
     UserReport,
     access_report,
     date_range,
@@ -57,6 +60,7 @@ from middleware.audit.verify_export import verify_file
 from middleware.ledger.leaf import Leaf
 from middleware.ledger.signing import derive_box_key
 from middleware.ledger.trust import parse_policy
+from middleware.settings import Settings, load_settings
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_dump import dump_log
 
@@ -111,13 +115,29 @@ def search(args: argparse.Namespace, out: TextIO) -> int:
 # -- accounting, access report, user report --------------------------------------------------
 
 
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """The gateway's settings from ``--config`` (its exemption table, look-backs, after-hours
+    window), or None for the documented defaults."""
+    config: Path | None = getattr(args, "config", None)
+    if config is None:
+        return None
+    return load_settings(config_file=config, env=os.environ)
+
+
+def _after(args: argparse.Namespace) -> AfterHours | None:
+    settings = _settings(args)
+    return None if settings is None else settings.after_hours
+
+
 async def _accounting(store: LogStore, args: argparse.Namespace) -> Accounting:
     patient = _need(args, "patient")
     rows = await all_rows(store, AuditQuery(patient=patient))
+    settings = _settings(args)
     return account(
         rows,
         patient=patient,
         as_of_us=now_us(),
+        rules=None if settings is None else settings.accounting_rules,
         since_us=parse_time(args.since),
         until_us=parse_time(args.until, end=True),
     )
@@ -142,10 +162,12 @@ def accounting(args: argparse.Namespace, out: TextIO) -> int:
 async def _access(store: LogStore, args: argparse.Namespace) -> AccessReport:
     patient = _need(args, "patient")
     rows = await all_rows(store, AuditQuery(patient=patient))
+    settings = _settings(args)
     return access_report(
         rows,
         patient=patient,
         as_of_us=now_us(),
+        lookback_years=3 if settings is None else settings.access_report_lookback_years,
         since_us=parse_time(args.since),
         until_us=parse_time(args.until, end=True),
     )
@@ -158,7 +180,7 @@ def access(args: argparse.Namespace, out: TextIO) -> int:
 
     report = asyncio.run(run())
     if args.format == "pdf":
-        write_output(args, out, access_pdf(report, gateway_name=_GATEWAY_NAME))
+        write_output(args, out, access_pdf(report, gateway_name=_GATEWAY_NAME, after=_after(args)))
     else:
         write_output(args, out, access_csv(report))
     return 0
@@ -180,7 +202,7 @@ def user(args: argparse.Namespace, out: TextIO) -> int:
 
     report = asyncio.run(run())
     if args.format == "pdf":
-        write_output(args, out, user_pdf(report, gateway_name=_GATEWAY_NAME))
+        write_output(args, out, user_pdf(report, gateway_name=_GATEWAY_NAME, after=_after(args)))
     else:
         write_output(args, out, access_csv(report))
     return 0

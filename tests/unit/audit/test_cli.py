@@ -149,6 +149,22 @@ def test_the_accounting_lists_the_accountable_disclosures_only(setup: Setup) -> 
     assert listed == [n for n in range(0, COUNT, 3) if (n // 3) % 3 != 0]
 
 
+def test_the_accounting_follows_the_gateway_s_settings(setup: Setup) -> None:
+    """With the gateway's settings (--config), its exemption table applies: here only
+    research is exempt, so treatment and public health disclosures are accounted."""
+    config = setup.dir / "consentry.toml"
+    config.write_text(
+        'upstream = "http://127.0.0.1:1/fhir"\naccounting_exempt_purposes = "HRESCH"\n'
+    )
+    status, text = setup.run(
+        "audit", "accounting", "--store", setup.store, "--patient", "Patient/a", "--detail",
+        "--config", str(config),
+    )  # fmt: skip
+    assert status == 0
+    listed = sorted(int(r["ledger_index"]) for r in csv.DictReader(io.StringIO(text)))
+    assert listed == [n for n in range(0, COUNT, 3) if (n // 3) % 3 != 1]
+
+
 def test_an_accounting_export_names_the_exempt_entries_as_other(setup: Setup) -> None:
     path = setup.export("acc.ndjson", "--report", "accounting", "--patient", "Patient/a")
     lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
