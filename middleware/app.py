@@ -50,7 +50,7 @@ from middleware.fhir.outcome import render_error
 from middleware.ledger.http import LeafReaders, ledger_routes
 from middleware.ledger.keyfile import LedgerKey, new_ledger_key, save_new_ledger_key
 from middleware.ledger.service import LedgerService
-from middleware.ledger.signing import SigningKey
+from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.logging import get_logger
 from middleware.openapi import OPENAPI_PATH, openapi_document
 from middleware.ops.causes import store_label
@@ -64,6 +64,7 @@ from middleware.proxy.reconcile import reconcile
 from middleware.proxy.upstream import Upstream
 from middleware.settings import Settings
 from middleware.storage import ConsentStore, LogStore, open_consent_store, open_log_store
+from middleware.storage.consent_base import LOOKUP_PURPOSE
 from middleware.types import Receive, Scope, Send
 
 __all__ = ["Gateway", "create_app"]
@@ -325,7 +326,9 @@ def create_app(
         settings.auth, client=client, dev_issuer=dev_issuer, gateway_base=settings.gateway_base_url
     )
     wall = wall_clock or time.time
-    service = _consent_service(settings, ledger, consents, wall)
+    service = _consent_service(
+        settings, ledger, consents, wall, derive_box_key(key, LOOKUP_PURPOSE)
+    )
     consent = ConsentApi(
         service,
         verifier,
@@ -400,11 +403,15 @@ def _consent_service(
     ledger: LedgerService,
     consents: ConsentStore | None,
     wall_clock: Callable[[], float],
+    lookup_key: bytes,
 ) -> ConsentService:
-    """The consent service over the consent store, opened on first need."""
+    """The consent service over the consent store, opened on first need (its pseudonym rows
+    found by a keyed digest under ``lookup_key``, never by the patient reference)."""
 
     async def open_consents() -> ConsentStore:
-        return consents if consents is not None else await open_consent_store(settings.store)
+        if consents is not None:
+            return consents
+        return await open_consent_store(settings.store, lookup_key=lookup_key)
 
     public = urlsplit(settings.gateway_base_url)
     path = public.path.rstrip("/")

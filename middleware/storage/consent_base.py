@@ -8,8 +8,8 @@ scanning the ledger, and nothing that cannot be rebuilt from it
 =================  ================================================================  ==========
 table              holds                                                             rebuilt
 =================  ================================================================  ==========
-``pseudonyms``     patient reference -> 16 random bytes (the ledger chain's name)    from leaf
-                                                                                     + evidence
+``chains``         lookup -> 16 random bytes (the ledger chain's name); the lookup   from leaf
+                   is a keyed digest of the patient reference (:func:`lookup_of`)    + evidence
 ``versions``       one row per recorded Consent version: ledger index, consent id,   from
                    version, patient, status, revoked?, recorded time, the evidence   evidence
 ``scan``           the one row: the ledger size up to which the ledger was scanned   by a scan
@@ -17,7 +17,14 @@ table              holds                                                        
 
 SQL backends prefix the tables ``consentry_consent_``. The pseudonym is random
 (:func:`middleware.ledger.leaf.new_pseudonym`) and never derived from the reference: this
-table is the only link between a patient and their chain, so deleting a row unlinks them.
+table is the only link between a patient and their chain, so deleting a row
+(:meth:`ConsentStore.forget`) unlinks them. The table never holds the patient reference: a row
+is found by ``lookup_of(lookup_key, patient)``, an HMAC under a key derived from the ledger key
+(``derive_box_key(ledger key, "pseudonyms")``), so a dump of the database names nobody and
+nobody without the ledger key can test a guessed reference against it. Nothing needs the
+reverse direction (pseudonym -> patient): every caller starts from a patient reference. A
+table of the previous format (``consentry_consent_pseudonyms``, plain references) is migrated
+when a store opens, in one transaction, and dropped.
 
 Every backend (memory, SQLite, PostgreSQL) honours this contract; one behaviour suite
 (``tests/contract/test_consent_store.py``) runs on all of them.
@@ -27,9 +34,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
-__all__ = ["ConsentRecord", "ConsentStore", "PatientMark"]
+from middleware.ledger.signing import keyed_digest
+
+__all__ = ["LOOKUP_PURPOSE", "ConsentRecord", "ConsentStore", "PatientMark", "lookup_of"]
+
+#: The ``derive_box_key`` purpose of the pseudonym table's lookup key.
+LOOKUP_PURPOSE: Final = "pseudonyms"
+_LOOKUP_LABEL: Final = b"consentry/consent/pseudonym-lookup/v1"
+
+
+def lookup_of(lookup_key: bytes, patient: str) -> bytes:
+    """The 32-byte lookup of ``patient`` (``Patient/<id>``) in the pseudonym table: HMAC-SHA256
+    under ``lookup_key`` (32 bytes) of a domain label and the reference's UTF-8 bytes
+    (:func:`~middleware.ledger.signing.keyed_digest`). A key of the wrong size raises
+    :class:`~middleware.ledger.errors.MalformedError`."""
+    return keyed_digest(lookup_key, [_LOOKUP_LABEL, patient.encode("utf-8")])
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +91,11 @@ class ConsentStore(Protocol):
     Contract:
 
     - :meth:`pseudonym_for` is atomic across processes: of two concurrent callers for one
-      patient, both get the pseudonym that was stored first. A pseudonym is never replaced.
+      patient, both get the pseudonym that was stored first. A pseudonym is never replaced;
+      it is only removed, by :meth:`forget`.
+    - Every backend is opened with a 32-byte lookup key and stores the pseudonym under
+      :func:`lookup_of`, never under the reference: stores opened with different keys on one
+      database do not see each other's pseudonyms.
     - :meth:`record` is idempotent by ledger index: recording an index already present changes
       nothing and returns the stored record. It numbers versions by ledger order even when
       records arrive out of order (later versions are renumbered in the same transaction).
@@ -88,6 +113,12 @@ class ConsentStore(Protocol):
     async def pseudonym_for(self, patient: str, candidate: bytes) -> bytes:
         """The pseudonym of ``patient``, storing ``candidate`` (16 random bytes) if it has
         none; returns whichever is stored."""
+        ...
+
+    async def forget(self, patient: str) -> bool:
+        """Delete the pseudonym row of ``patient`` (the crypto-shred's unlinking step); True if
+        there was one. The patient's next :meth:`pseudonym_for` stores a fresh pseudonym: a new
+        chain, unlinked from the shredded one. The consent versions are kept."""
         ...
 
     async def record(self, record: ConsentRecord) -> ConsentRecord:

@@ -2,7 +2,9 @@
 contract, nothing durable.
 
 Several :class:`MemoryConsentStore` objects may share one :class:`MemoryConsents` (the
-"database"), which is how tests model two replicas on one database.
+"database"), which is how tests model two replicas on one database. Pseudonyms are kept under
+:func:`~middleware.storage.consent_base.lookup_of` like the SQL backends' (a store made
+without a lookup key uses the database's random one, shared by its stores).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from middleware.errors import ServiceUnavailable
-from middleware.storage.consent_base import ConsentRecord, PatientMark
+from middleware.ledger.signing import new_box_key
+from middleware.storage.consent_base import ConsentRecord, PatientMark, lookup_of
 
 __all__ = ["MemoryConsentStore", "MemoryConsents"]
 
@@ -21,11 +24,12 @@ __all__ = ["MemoryConsentStore", "MemoryConsents"]
 class MemoryConsents:
     """The tables of a memory consent store; share it between stores to model one database."""
 
-    pseudonyms: dict[str, bytes] = field(default_factory=dict)
+    pseudonyms: dict[bytes, bytes] = field(default_factory=dict)  # lookup -> pseudonym
     records: dict[int, ConsentRecord] = field(default_factory=dict)
     by_consent: dict[str, list[int]] = field(default_factory=dict)
     by_patient: dict[str, list[int]] = field(default_factory=dict)
     scanned: int = 0
+    lookup_key: bytes = field(default_factory=new_box_key, repr=False)
 
 
 class MemoryConsentStore:
@@ -33,17 +37,25 @@ class MemoryConsentStore:
 
     name = "memory"
 
-    def __init__(self, data: MemoryConsents | None = None) -> None:
+    def __init__(
+        self, data: MemoryConsents | None = None, *, lookup_key: bytes | None = None
+    ) -> None:
         self.data = data if data is not None else MemoryConsents()
+        self._key = self.data.lookup_key if lookup_key is None else lookup_key
+        lookup_of(self._key, "")  # a key of the wrong size fails here, not on first use
         self.available = True
 
     async def pseudonym(self, patient: str) -> bytes | None:
         self._check()
-        return self.data.pseudonyms.get(patient)
+        return self.data.pseudonyms.get(lookup_of(self._key, patient))
 
     async def pseudonym_for(self, patient: str, candidate: bytes) -> bytes:
         self._check()
-        return self.data.pseudonyms.setdefault(patient, candidate)
+        return self.data.pseudonyms.setdefault(lookup_of(self._key, patient), candidate)
+
+    async def forget(self, patient: str) -> bool:
+        self._check()
+        return self.data.pseudonyms.pop(lookup_of(self._key, patient), None) is not None
 
     async def record(self, record: ConsentRecord) -> ConsentRecord:
         self._check()

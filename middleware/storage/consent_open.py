@@ -13,13 +13,19 @@ from middleware.storage.consent_sqlite import SqliteConsentStore
 __all__ = ["open_consent_store"]
 
 
-async def open_consent_store(url: str, *, schema: str = "public") -> ConsentStore:
+async def open_consent_store(
+    url: str, *, lookup_key: bytes, schema: str = "public"
+) -> ConsentStore:
     """``memory:`` (a fresh, private store), ``sqlite:PATH`` (relative to the working
-    directory; normally the ledger's own file) or a PostgreSQL DSN (tables in ``schema``)."""
+    directory; normally the ledger's own file) or a PostgreSQL DSN (tables in ``schema``).
+    ``lookup_key`` (32 bytes) is ``derive_box_key(ledger key, LOOKUP_PURPOSE)``: the pseudonym
+    table's rows are found by a keyed digest of the patient reference under it."""
     if url == "memory:":
-        return MemoryConsentStore()
+        return MemoryConsentStore(lookup_key=lookup_key)
     if url.startswith("sqlite:"):
-        return await SqliteConsentStore.open(Path(url.removeprefix("sqlite:")))
+        return await SqliteConsentStore.open(
+            Path(url.removeprefix("sqlite:")), lookup_key=lookup_key
+        )
     if url.startswith(("postgresql://", "postgres://")):
-        return await PostgresConsentStore.open(url, schema=schema)
+        return await PostgresConsentStore.open(url, lookup_key=lookup_key, schema=schema)
     raise SettingsError(f"store: unsupported consent store {url!r}")

@@ -2,7 +2,11 @@
 
 Recording a version takes a transaction-level advisory lock on the consent id, so two
 replicas recording versions of one consent at once number them one after the other;
-pseudonyms rely on the primary key (``ON CONFLICT DO NOTHING``, then read what is stored).
+pseudonyms rely on the primary key (``ON CONFLICT DO NOTHING``, then read what is stored),
+a keyed digest of the patient reference (``consent_base.lookup_of``). A previous-format table
+(plain references) is migrated on open, in one transaction under the DDL lock, and dropped; its
+rows' bytes stay in PostgreSQL's WAL (and a forgotten row's dead tuple stays in the table file
+until VACUUM), which the operator's retention of WAL and backups governs.
 asyncpg, OS and timeout errors become :class:`~middleware.errors.ServiceUnavailable` in
 :func:`~middleware.storage.postgres_pool.translated`, the one place. Tables live in
 ``schema``, set as the pool's ``search_path``.
@@ -16,7 +20,8 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 
-from middleware.storage.consent_base import ConsentRecord, PatientMark
+from middleware.storage.consent_base import ConsentRecord, PatientMark, lookup_of
+from middleware.storage.ledger_postgres_schema import DDL_LOCK
 from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["PostgresConsentStore"]
@@ -25,8 +30,8 @@ _LOCK_CLASS = 0x43534E54  # "CSNT": consent-store advisory locks
 _CONSENT_LOCK = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, hashtext('consent/' || $1::text))"
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS consentry_consent_pseudonyms (
-    patient text PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS consentry_consent_chains (
+    lookup bytea PRIMARY KEY CHECK (octet_length(lookup) = 32),
     pseudonym bytea NOT NULL UNIQUE CHECK (octet_length(pseudonym) = 16)
 );
 CREATE TABLE IF NOT EXISTS consentry_consent_versions (
@@ -70,6 +75,10 @@ _INSERT = (
     "ON CONFLICT (ledger_idx) DO NOTHING"
 )
 
+_OLD_TABLE = "consentry_consent_pseudonyms"  # the previous format: plain patient references
+_HAS_OLD = "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)"
+_PSEUDONYM = "SELECT pseudonym FROM consentry_consent_chains WHERE lookup = $1"
+
 
 def _translated() -> AbstractAsyncContextManager[None]:
     return translated("consent")
@@ -85,37 +94,75 @@ class PostgresConsentStore:
 
     name = "postgresql"
 
-    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, schema: str, *, lookup_key: bytes) -> None:
+        """``lookup_key``: 32 bytes, ``derive_box_key(ledger key, LOOKUP_PURPOSE)``."""
+        lookup_of(lookup_key, "")  # a key of the wrong size fails here, not on first use
         self._pool = pool
+        self._key = lookup_key
         self.schema = schema
 
     @classmethod
     async def open(
-        cls, dsn: str, *, schema: str = "public", min_size: int = 1, max_size: int = 10
+        cls,
+        dsn: str,
+        *,
+        lookup_key: bytes,
+        schema: str = "public",
+        min_size: int = 1,
+        max_size: int = 10,
     ) -> PostgresConsentStore:
-        """Connect, then create ``schema`` and the tables if missing."""
+        """Connect, then create ``schema`` and the tables if missing, and migrate a
+        previous-format pseudonym table (one transaction; idempotent)."""
+        lookup_of(lookup_key, "")
         # The log store's DDL lock is taken inside: both stores may create the schema at once.
         pool = await open_pool(
             dsn, schema=schema, ddl=SCHEMA, what="consent", min_size=min_size, max_size=max_size
         )
-        return cls(pool, schema)
+        store = cls(pool, schema, lookup_key=lookup_key)
+        try:
+            await store._migrate()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def _migrate(self) -> int:
+        """Move a previous-format table's rows under their lookups and drop it, under the DDL
+        lock (replicas starting together migrate once); the rows moved."""
+        async with _translated(), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(DDL_LOCK, self.schema)
+            if not await conn.fetchval(_HAS_OLD, self.schema, _OLD_TABLE):
+                return 0
+            rows = await conn.fetch(f"SELECT patient, pseudonym FROM {_OLD_TABLE}")  # noqa: S608
+            await conn.executemany(
+                "INSERT INTO consentry_consent_chains (lookup, pseudonym) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING",
+                [(lookup_of(self._key, r[0]), bytes(r[1])) for r in rows],
+            )
+            await conn.execute(f"DROP TABLE {_OLD_TABLE}")
+            return len(rows)
 
     async def pseudonym(self, patient: str) -> bytes | None:
-        sql = "SELECT pseudonym FROM consentry_consent_pseudonyms WHERE patient = $1"
         async with _translated():
-            value = await self._pool.fetchval(sql, patient)
+            value = await self._pool.fetchval(_PSEUDONYM, lookup_of(self._key, patient))
         return None if value is None else bytes(value)
 
     async def pseudonym_for(self, patient: str, candidate: bytes) -> bytes:
+        lookup = lookup_of(self._key, patient)
         async with _translated(), self._pool.acquire() as conn:
             await conn.execute(
-                "INSERT INTO consentry_consent_pseudonyms (patient, pseudonym) VALUES ($1, $2) "
-                "ON CONFLICT (patient) DO NOTHING",
-                patient,
+                "INSERT INTO consentry_consent_chains (lookup, pseudonym) VALUES ($1, $2) "
+                "ON CONFLICT (lookup) DO NOTHING",
+                lookup,
                 candidate,
             )
-            sql = "SELECT pseudonym FROM consentry_consent_pseudonyms WHERE patient = $1"
-            return bytes(await conn.fetchval(sql, patient))
+            return bytes(await conn.fetchval(_PSEUDONYM, lookup))
+
+    async def forget(self, patient: str) -> bool:
+        sql = "DELETE FROM consentry_consent_chains WHERE lookup = $1"
+        async with _translated():
+            status = await self._pool.execute(sql, lookup_of(self._key, patient))
+        return bool(status != "DELETE 0")
 
     async def record(self, record: ConsentRecord) -> ConsentRecord:
         r = record

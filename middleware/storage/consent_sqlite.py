@@ -4,16 +4,21 @@ Same discipline as :mod:`middleware.storage.ledger_sqlite`, through the same
 :class:`~middleware.storage.sqlite_worker.SqliteWorker`: WAL mode, ``synchronous=FULL``, one
 connection driven by one worker thread, writes under ``BEGIN IMMEDIATE`` so several processes
 may share the file. Tables are described in ``consent_base``.
+
+The connection deletes with ``secure_delete`` on (https://sqlite.org/pragma.html#pragma_secure_delete):
+a forgotten pseudonym row, and the plain references of a migrated table, are overwritten with
+zeros in the file rather than left in free pages; after a migration the WAL is checkpointed
+and truncated so no older page image survives there either.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from middleware.storage.consent_base import ConsentRecord, PatientMark
+from middleware.storage.consent_base import ConsentRecord, PatientMark, lookup_of
 from middleware.storage.sqlite_worker import SqliteWorker
 
 __all__ = ["SqliteConsentStore"]
@@ -24,8 +29,8 @@ _CHUNK = 1000
 
 SCHEMA = """
 BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS consentry_consent_pseudonyms (
-    patient TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS consentry_consent_chains (
+    lookup BLOB PRIMARY KEY CHECK (length(lookup) = 32),
     pseudonym BLOB NOT NULL UNIQUE CHECK (length(pseudonym) = 16)
 );
 CREATE TABLE IF NOT EXISTS consentry_consent_versions (
@@ -64,6 +69,30 @@ _RECORDED = "SELECT ledger_idx FROM consentry_consent_versions WHERE ledger_idx 
 _MARK = "SELECT count(*), max(ledger_idx) FROM consentry_consent_versions WHERE patient = ?"
 
 
+_OLD_TABLE = "consentry_consent_pseudonyms"  # the previous format: plain patient references
+_HAS_OLD = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+_PSEUDONYM = "SELECT pseudonym FROM consentry_consent_chains WHERE lookup = ?"
+
+
+def _migration(lookup_key: bytes) -> Callable[[sqlite3.Connection], int]:
+    """The body of the one transaction that moves a previous-format table's rows under their
+    lookups and drops it; returns the rows moved (0, and no change, when there is none)."""
+
+    def run(c: sqlite3.Connection) -> int:
+        if c.execute(_HAS_OLD, (_OLD_TABLE,)).fetchone() is None:
+            return 0
+        rows = c.execute(f"SELECT patient, pseudonym FROM {_OLD_TABLE}").fetchall()  # noqa: S608
+        c.executemany(
+            "INSERT INTO consentry_consent_chains (lookup, pseudonym) VALUES (?, ?) "
+            "ON CONFLICT DO NOTHING",
+            [(lookup_of(lookup_key, patient), bytes(p)) for patient, p in rows],
+        )
+        c.execute(f"DROP TABLE {_OLD_TABLE}")
+        return len(rows)
+
+    return run
+
+
 def _row(row: Any) -> ConsentRecord:
     index, cid, patient, status, revoked, recorded, data, version = row
     return ConsentRecord(index, cid, patient, status, bool(revoked), recorded, bytes(data), version)
@@ -74,38 +103,61 @@ class SqliteConsentStore:
 
     name = "sqlite"
 
-    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
-        """No I/O; :meth:`open` connects and creates the tables."""
+    def __init__(self, path: Path, *, lookup_key: bytes, busy_timeout: float = 10.0) -> None:
+        """No I/O; :meth:`open` connects and creates the tables. ``lookup_key``: 32 bytes,
+        ``derive_box_key(ledger key, LOOKUP_PURPOSE)`` (see ``consent_base``)."""
+        lookup_of(lookup_key, "")  # a key of the wrong size fails here, not on first use
         self.path = path
-        self._db = SqliteWorker(path, what="consent", schema=SCHEMA, busy_timeout=busy_timeout)
+        self._key = lookup_key
+        self._db = SqliteWorker(
+            path,
+            what="consent",
+            schema=SCHEMA,
+            busy_timeout=busy_timeout,
+            pragmas=("secure_delete=ON",),
+        )
 
     @classmethod
-    async def open(cls, path: Path, *, busy_timeout: float = 10.0) -> SqliteConsentStore:
-        """Open (and create) the tables in the file at ``path``."""
-        store = cls(path, busy_timeout=busy_timeout)
+    async def open(
+        cls, path: Path, *, lookup_key: bytes, busy_timeout: float = 10.0
+    ) -> SqliteConsentStore:
+        """Open (and create) the tables in the file at ``path``; migrate a previous-format
+        pseudonym table (one transaction; idempotent)."""
+        store = cls(path, lookup_key=lookup_key, busy_timeout=busy_timeout)
         try:
             await store._db.connect()
+            if await store._db.transaction(_migration(lookup_key)):
+                # Older page images of the dropped table may still sit in the WAL; a reader
+                # of another process can keep it (then the next checkpoint overwrites it).
+                await store._db.run(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
         except BaseException:
             await store.close()
             raise
         return store
 
     async def pseudonym(self, patient: str) -> bytes | None:
-        sql = "SELECT pseudonym FROM consentry_consent_pseudonyms WHERE patient = ?"
-        row = await self._db.run(lambda c: c.execute(sql, (patient,)).fetchone())
+        lookup = lookup_of(self._key, patient)
+        row = await self._db.run(lambda c: c.execute(_PSEUDONYM, (lookup,)).fetchone())
         return None if row is None else bytes(row[0])
 
     async def pseudonym_for(self, patient: str, candidate: bytes) -> bytes:
+        lookup = lookup_of(self._key, patient)
+
         def run(c: sqlite3.Connection) -> bytes:
             c.execute(
-                "INSERT INTO consentry_consent_pseudonyms (patient, pseudonym) VALUES (?, ?) "
-                "ON CONFLICT (patient) DO NOTHING",
-                (patient, candidate),
+                "INSERT INTO consentry_consent_chains (lookup, pseudonym) VALUES (?, ?) "
+                "ON CONFLICT (lookup) DO NOTHING",
+                (lookup, candidate),
             )
-            sql = "SELECT pseudonym FROM consentry_consent_pseudonyms WHERE patient = ?"
-            return bytes(c.execute(sql, (patient,)).fetchone()[0])
+            return bytes(c.execute(_PSEUDONYM, (lookup,)).fetchone()[0])
 
         return await self._db.transaction(run)
+
+    async def forget(self, patient: str) -> bool:
+        sql = "DELETE FROM consentry_consent_chains WHERE lookup = ?"
+        lookup = lookup_of(self._key, patient)
+        deleted: int = await self._db.transaction(lambda c: c.execute(sql, (lookup,)).rowcount)
+        return deleted > 0
 
     async def record(self, record: ConsentRecord) -> ConsentRecord:
         def run(c: sqlite3.Connection) -> ConsentRecord:

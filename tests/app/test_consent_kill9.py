@@ -32,9 +32,9 @@ import pytest
 from middleware.app import Gateway, create_app
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.ledger.leaf import EntryKind, decode_leaf
-from middleware.ledger.signing import SigningKey
+from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.settings import Settings
-from middleware.storage.consent_base import ConsentStore
+from middleware.storage.consent_base import LOOKUP_PURPOSE, ConsentStore
 from middleware.storage.consent_postgres import PostgresConsentStore
 from middleware.storage.consent_sqlite import SqliteConsentStore
 from middleware.storage.ledger_postgres import PostgresLogStore
@@ -65,10 +65,13 @@ class Shared:
 
     async def bystander(self) -> ConsentStore:
         """A consent store object no replica uses: what the store holds, unrepaired."""
+        lookup_key = derive_box_key(SigningKey.from_seed(ORIGIN, SEED), LOOKUP_PURPOSE)
         if self.backend == "sqlite":
-            return await SqliteConsentStore.open(Path(self.target))
+            return await SqliteConsentStore.open(Path(self.target), lookup_key=lookup_key)
         dsn, _, schema = self.target.partition("#")
-        return await PostgresConsentStore.open(dsn, schema=schema, max_size=1)
+        return await PostgresConsentStore.open(
+            dsn, lookup_key=lookup_key, schema=schema, max_size=1
+        )
 
 
 @pytest.fixture(params=["sqlite", POSTGRES])
@@ -91,7 +94,10 @@ async def cluster(
         for _ in range(REPLICAS):
             log = await PostgresLogStore.open(backend.dsn, schema=backend.schema, max_size=2)
             consents = await PostgresConsentStore.open(
-                backend.dsn, schema=backend.schema, max_size=2
+                backend.dsn,
+                lookup_key=derive_box_key(key, LOOKUP_PURPOSE),
+                schema=backend.schema,
+                max_size=2,
             )
             opened += [log, consents]
             made.append(

@@ -14,8 +14,9 @@ import pytest
 from middleware.app import Gateway, create_app
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.consent.rebuild import rebuild_from_ledger
-from middleware.ledger.signing import SigningKey
+from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.settings import Settings
+from middleware.storage.consent_base import LOOKUP_PURPOSE
 from middleware.storage.consent_memory import MemoryConsentStore
 from middleware.storage.consent_postgres import PostgresConsentStore
 from middleware.storage.ledger_postgres import PostgresLogStore
@@ -65,7 +66,12 @@ async def replicas(
     opened: list[PostgresLogStore | PostgresConsentStore] = []
     for _ in range(2):
         log = await PostgresLogStore.open(backend.dsn, schema=backend.schema, max_size=2)
-        consents = await PostgresConsentStore.open(backend.dsn, schema=backend.schema, max_size=2)
+        consents = await PostgresConsentStore.open(
+            backend.dsn,
+            lookup_key=derive_box_key(signer, LOOKUP_PURPOSE),
+            schema=backend.schema,
+            max_size=2,
+        )
         opened += [log, consents]
         made.append(
             create_app(settings, upstream=upstream, signer=signer, store=log, consents=consents)

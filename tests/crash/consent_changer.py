@@ -28,8 +28,8 @@ from middleware.consent.records import is_revocation
 from middleware.consent.service import Call, ConsentService, Trail
 from middleware.ledger.leaf import EntryKind
 from middleware.ledger.service import LedgerService
-from middleware.ledger.signing import SigningKey
-from middleware.storage.consent_base import ConsentRecord, ConsentStore
+from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.storage.consent_base import LOOKUP_PURPOSE, ConsentRecord, ConsentStore
 from middleware.storage.consent_postgres import PostgresConsentStore
 from middleware.storage.consent_sqlite import SqliteConsentStore
 from tests.contract.append_worker import open_store
@@ -58,16 +58,17 @@ class KilledBeforeRecord:
         raise AssertionError("unreachable")
 
 
-async def open_consents(backend: str, target: str) -> ConsentStore:
+async def open_consents(backend: str, target: str, lookup_key: bytes) -> ConsentStore:
     if backend == "sqlite":
-        return await SqliteConsentStore.open(Path(target), busy_timeout=30)
+        return await SqliteConsentStore.open(Path(target), lookup_key=lookup_key, busy_timeout=30)
     dsn, _, schema = target.partition("#")
-    return await PostgresConsentStore.open(dsn, schema=schema, max_size=2)
+    return await PostgresConsentStore.open(dsn, lookup_key=lookup_key, schema=schema, max_size=2)
 
 
 async def main(backend: str, target: str, seed: bytes, resource: dict[str, Any]) -> None:
     log = await open_store(backend, target)
-    consents = await open_consents(backend, target)
+    key = SigningKey.from_seed(ORIGIN, seed)
+    consents = await open_consents(backend, target, derive_box_key(key, LOOKUP_PURPOSE))
 
     async def opened_log() -> Any:
         return log
@@ -77,7 +78,6 @@ async def main(backend: str, target: str, seed: bytes, resource: dict[str, Any])
     async def opened_consents() -> ConsentStore:
         return failpoint
 
-    key = SigningKey.from_seed(ORIGIN, seed)
     ledger = LedgerService(opened_log, key, origin=ORIGIN, origin_stated=False)
     svc = ConsentService(
         ledger,
