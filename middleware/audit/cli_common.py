@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ __all__ = [
     "opened",
     "parse_time",
     "print_json",
+    "private_file",
     "read_key",
     "write_output",
 ]
@@ -100,12 +102,20 @@ def write_output(args: argparse.Namespace, out: TextIO, content: str | bytes) ->
             raise Usage("this format is binary: name a file with --out")
         out.write(content)
         return
-    temporary = path.with_name(path.name + ".tmp")
-    if isinstance(content, bytes):
-        temporary.write_bytes(content)
-    else:
-        temporary.write_text(content, encoding="utf-8", newline="")
+    temporary = private_file(path)
+    data = content if isinstance(content, bytes) else content.encode("utf-8")
+    with temporary.open("wb") as sink:
+        sink.write(data)
     temporary.replace(path)
+
+
+def private_file(path: Path) -> Path:
+    """A new, empty ``<path>.tmp`` readable by its owner only (reports and exports hold PHI),
+    to be filled and then moved onto ``path``."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return temporary
 
 
 def print_json(out: TextIO, body: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from middleware.audit.cli_common import (
     opened,
     parse_time,
     print_json,
+    private_file,
     read_key,
     write_output,
 )
@@ -277,7 +278,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                 wrap_key=derive_box_key(read_key(args.key_file).key, "evidence"),
             )
             with Progress("export", total=None) as progress:
-                temporary = args.out.with_name(args.out.name + ".tmp")
+                temporary = private_file(args.out)
                 with temporary.open("w", encoding="utf-8", newline="") as sink:
                     writer = write_csv if args.format == "csv" else write_ndjson
                     lines = writer(header, _counted(entries, progress), sink)

@@ -113,6 +113,22 @@ def test_an_access_report_export_verifies(setup: Setup, fmt: str) -> None:
         assert (lines[-1]["role"], lines[-1]["index"]) == ("after", 30)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "export", "--report", "date-range", "--key-file", "{key}"],
+        ["audit", "access-report", "--patient", "Patient/a", "--format", "pdf"],
+    ],
+    ids=["export", "pdf-report"],
+)
+def test_files_with_phi_are_readable_by_their_owner_only(setup: Setup, argv: list[str]) -> None:
+    path = setup.dir / "out.file"
+    args = [a.replace("{key}", str(setup.key)) for a in argv]
+    status, _ = setup.run(*args[:2], "--store", setup.store, *args[2:], "--out", str(path))
+    assert status == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
 def test_an_edited_csv_cell_and_a_dropped_ndjson_line_are_found(setup: Setup) -> None:
     args = ("--report", "access-report", "--patient", "Patient/a", *PERIOD)
     path = setup.export("a.csv", *args, "--format", "csv")
