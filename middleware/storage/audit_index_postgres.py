@@ -126,7 +126,9 @@ _UPSERT = (
     "$18::jsonb[], $19::boolean[], $20::text[], $21::boolean[]) AS u(idx, recorded_us, kind, "
     "flags, patient, pseudonym, agent, roles, organization, client, purposes, purpose_codes, "
     "action, event_type, subtype, outcome, resource_types, entities, break_glass, request_id, "
-    f"shredded) ON CONFLICT (idx) DO UPDATE SET {_SET}"
+    f"shredded) ON CONFLICT (idx) DO UPDATE SET {_SET} "
+    # A row stored exactly so is not rewritten (nor are its GIN entries).
+    "WHERE (consentry_audit_index.*) IS DISTINCT FROM (excluded.*)"
 )
 
 

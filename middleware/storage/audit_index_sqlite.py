@@ -134,9 +134,9 @@ SELECT {TERM_ENTITY}, j.value, i.recorded_us, i.idx
     WHERE i.idx IN (SELECT value FROM json_each(?1))
 """  # noqa: S608  (constants only)
 _ADD_TERMS = f"INSERT INTO consentry_audit_terms (field, term, recorded_us, idx) {_TERMS_OF}"
-_ANY_OF = (
-    "SELECT EXISTS (SELECT 1 FROM consentry_audit_index "
-    "WHERE idx IN (SELECT value FROM json_each(?)))"
+_STORED = (
+    f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608  (constants only)
+    "WHERE idx IN (SELECT value FROM json_each(?))"
 )
 _DROP_TERMS = (
     f"DELETE FROM consentry_audit_terms WHERE (field, term, recorded_us, idx) IN ({_TERMS_OF})"  # noqa: S608
@@ -199,15 +199,21 @@ def _row(v: Sequence[object]) -> AuditRow:
 
 
 def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
-    """Upsert ``rows`` by index, terms included, inside the caller's transaction."""
+    """Upsert ``rows`` by index, terms included, inside the caller's transaction. A row
+    already stored exactly so is left alone: rebuilding an index that is right rewrites
+    nothing (replacing a row and its terms costs about four times writing a new one)."""
     if not rows:
         return
-    rows = list({r.index: r for r in rows}.values())  # one row per index: the last given
-    indexes = json.dumps([r.index for r in rows])
-    if c.execute(_ANY_OF, (indexes,)).fetchone()[0]:  # only a replaced row has terms to drop
-        c.execute(_DROP_TERMS, (indexes,))
-    c.executemany(_UPSERT, [_values(r) for r in rows])
-    c.execute(_ADD_TERMS, (indexes,))
+    given = {r.index: r for r in rows}  # one row per index: the last given
+    stored = {v[0]: _row(v) for v in c.execute(_STORED, (json.dumps(list(given)),))}
+    changed = [r for i, r in given.items() if stored.get(i) != r]
+    if not changed:
+        return
+    replaced = [r.index for r in changed if r.index in stored]
+    if replaced:  # their old terms go first (read from the old rows)
+        c.execute(_DROP_TERMS, (json.dumps(replaced),))
+    c.executemany(_UPSERT, [_values(r) for r in changed])
+    c.execute(_ADD_TERMS, (json.dumps([r.index for r in changed]),))
 
 
 def read_rows(c: sqlite3.Connection, q: AuditQuery) -> list[AuditRow]:
