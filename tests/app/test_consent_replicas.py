@@ -4,6 +4,7 @@ with no timer involved, and recompiles only when the ledger position moved."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from middleware.settings import Settings
 from middleware.storage.consent_base import LOOKUP_PURPOSE
 from middleware.storage.consent_memory import MemoryConsentStore
 from middleware.storage.consent_postgres import PostgresConsentStore
+from middleware.storage.consent_sqlite import SqliteConsentStore
 from middleware.storage.ledger_postgres import PostgresLogStore
 from tests.app.consenting import (
     ACT_REASON,
@@ -152,3 +154,40 @@ async def test_the_index_is_rebuilt_from_the_ledger(
         assert await fresh.pseudonym(patient) == await shared.pseudonym(patient)
         assert await fresh.mark(patient) == await shared.mark(patient)
     assert await fresh.scanned() == await log.size()
+
+
+async def test_the_gateway_keys_its_pseudonym_table_with_the_ledger_key(
+    tmp_path: Path, make_settings: Callable[..., Settings], signer: SigningKey, tokens: Tokens
+) -> None:
+    """The store the gateway opens from its ``store`` setting finds pseudonyms under
+    ``derive_box_key(ledger key, "pseudonyms")``: a store opened with that key on the same
+    file finds the patient's, one opened with another key finds none, and the table's rows
+    hold no reference."""
+    path = tmp_path / "shared.db"
+    settings = make_settings(store=f"sqlite:{path}", auth=auth_settings(tmp_path / "dev.jwk"))
+    upstream = httpx.MockTransport(lambda _request: httpx.Response(599))
+    app = create_app(settings, upstream=upstream, signer=signer)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
+    ) as client:
+        created = await client.post(
+            "/fhir/Consent", json=treat_only(), headers=tokens.patient("p1")
+        )
+        assert created.status_code == 201
+    assert app.consent is not None
+    stored = await (await app.consent.service.store()).pseudonym("Patient/p1")
+    await app.aclose()
+    assert stored is not None
+    same = await SqliteConsentStore.open(path, lookup_key=derive_box_key(signer, LOOKUP_PURPOSE))
+    other = await SqliteConsentStore.open(path, lookup_key=derive_box_key(signer, "other"))
+    try:
+        assert await same.pseudonym("Patient/p1") == stored
+        assert await other.pseudonym("Patient/p1") is None
+    finally:
+        await same.close()
+        await other.close()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT lookup, pseudonym FROM consentry_consent_chains").fetchall()
+    db.close()
+    assert [bytes(p) for _, p in rows] == [stored]
+    assert [len(lookup) for lookup, _ in rows] == [32]  # a digest, not the reference
