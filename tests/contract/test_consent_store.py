@@ -17,11 +17,13 @@ from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.errors import MalformedError
 from middleware.ledger.leaf import new_pseudonym
-from middleware.storage.consent_base import ConsentRecord, ConsentStore, PatientMark
+from middleware.storage.consent_base import ConsentRecord, ConsentStore, PatientMark, lookup_of
 from middleware.storage.consent_memory import MemoryConsents, MemoryConsentStore
 from middleware.storage.consent_postgres import PostgresConsentStore
 from middleware.storage.consent_sqlite import SqliteConsentStore
@@ -358,3 +360,11 @@ async def _drop(database: Database) -> None:
             await conn.execute(f"DROP SCHEMA IF EXISTS {database.schema} CASCADE")
         finally:
             await conn.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), patient=st.text(max_size=80))
+def test_lookup_of_is_hmac_of_the_reference(key: bytes, patient: str) -> None:
+    """Against hmac computed here; and a one-character change of the reference moves it."""
+    assert lookup_of(key, patient) == expected_lookup(key, patient)
+    assert lookup_of(key, patient) != lookup_of(key, patient + "0")
