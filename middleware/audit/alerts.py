@@ -159,7 +159,7 @@ def _security_agents(
         client_address=client_address,
         gateway=gateway,
         server_type=coding(_SECURITY_ROLE, "authserver", "authorization server"),
-        server_network=False,  # equivalent mutant: None (gateway_agent tests its truth)
+        server_network=False,  # equivalent mutant: None (gateway_agent only tests its truth)
     )
 
 

@@ -255,5 +255,6 @@ def _query_entity(raw_request: bytes) -> Json:
     return {
         "type": coding(_ENTITY_TYPE, "2", "System Object"),
         "role": coding(_OBJECT_ROLE, "24", "Query"),
-        "query": base64.b64encode(raw_request).decode("ascii"),  # equivalent mutant: "ASCII"
+        # equivalent mutant: decode("ASCII") (codec names ignore case)
+        "query": base64.b64encode(raw_request).decode("ascii"),
     }
