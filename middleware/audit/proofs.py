@@ -8,7 +8,9 @@ ancestor, ``p = (i >> k) ^ 1``, when its block starts before ``n``: a stored com
 or, at the tree's right edge, the hash of a partial block (one per level, computed once).
 That is a loop of ``log2(n)`` list lookups instead of the recursive split of
 :meth:`~middleware.ledger.tree.MerkleLevels.inclusion_proof`, which it equals (a property test
-checks). Pure: hashlib only.
+checks). Neighbouring leaves share the path above the node where their paths meet, so the
+maker remembers, per level, the last node's path above it: proofs asked in index order (an
+export's) cost about two tuple joins each instead of the loop. Pure: hashlib only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ __all__ = ["ProofMaker"]
 class ProofMaker:
     """Inclusion proofs in the tree over ``leaf_hashes`` at its full size."""
 
-    __slots__ = ("_levels", "_partial", "size")
+    __slots__ = ("_above", "_height", "_levels", "_partial", "size")
 
     def __init__(self, leaf_hashes: Sequence[bytes]) -> None:
         self.size = len(leaf_hashes)
@@ -38,6 +40,9 @@ class ProofMaker:
             levels.append([sha(NODE_PREFIX + a + b).digest() for a, b in pairs])
         self._levels = levels
         self._partial: dict[tuple[int, int], bytes] = {}
+        self._height = max(self.size - 1, 0).bit_length()  # levels k with 2**k < size
+        #: per level k: (the last node asked for at k, its path from level k up)
+        self._above: list[tuple[int, tuple[bytes, ...]]] = [(-1, ())] * (self._height + 1)
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """PATH(index, D[0:size]) of RFC 9162 §2.1.3.1; ``size`` must be the full size."""
@@ -46,16 +51,24 @@ class ProofMaker:
             raise OutOfRangeError(f"proofs are made at size {n}, not {size}")
         if not 0 <= index < n:
             raise OutOfRangeError(f"leaf index {index} is not in a tree of size {n}")
-        levels, path, k = self._levels, [], 0
-        while (1 << k) < n:
-            sibling = (index >> k) ^ 1
-            start = sibling << k
-            if start < n:
-                if start + (1 << k) <= n:
-                    path.append(levels[k][sibling])
-                else:
-                    path.append(self._block(start, n))
-            k += 1
+        return list(self._path(0, index))
+
+    def _path(self, k: int, node: int) -> tuple[bytes, ...]:
+        """The path of the level-``k`` ``node`` from level ``k`` up (remembered per level)."""
+        if k >= self._height:
+            return ()
+        last, path = self._above[k]
+        if last == node:
+            return path
+        n, sibling = self.size, node ^ 1
+        start = sibling << k
+        path = self._path(k + 1, node >> 1)
+        if start < n:
+            if start + (1 << k) <= n:
+                path = (self._levels[k][sibling], *path)
+            else:
+                path = (self._block(start, n), *path)
+        self._above[k] = (node, path)
         return path
 
     def _block(self, lo: int, hi: int) -> bytes:
