@@ -112,8 +112,10 @@ class AuditQuery:
     ``subtype``, ``action``, ``outcome``, ``client``: equality. ``purpose``: rows whose
     ``purposes`` contain it (``system|code``, or a bare code matching any system).
     ``resource_type``: rows whose ``resource_types`` contain it. ``break_glass``: the flag.
-    ``kinds``: rows of these entry kinds only (empty: all). ``include_shredded``: whether
-    shredded rows are returned (they match only criteria on time, kind and index).
+    ``kinds``: rows of these entry kinds only (empty: all). ``pseudonym``: rows of that leaf
+    pseudonym (one patient's chain; the only patient criterion a shredded row still meets).
+    ``include_shredded``: whether shredded rows are returned (they match only criteria on
+    time, kind, pseudonym and index).
     Paging is by keyset: ``after`` is the last row's ``(recorded_us, index)`` of the previous
     page, in the query's ``sort`` order; at most ``limit`` rows come back.
     """
@@ -132,6 +134,7 @@ class AuditQuery:
     resource_type: str | None = None
     break_glass: bool | None = None
     kinds: frozenset[int] = frozenset()
+    pseudonym: bytes | None = None
     include_shredded: bool = False
     sort: SortKey = "date"
     after: tuple[int, int] | None = None

@@ -8,8 +8,9 @@ rules into SQL (:mod:`middleware.storage.audit_index_query`), and the contract s
 The rules, as ``AuditQuery`` states them: every given criterion must hold; time bounds are
 inclusive; ``entity`` matches a row whose ``entities`` contain it or whose ``patient`` is it;
 ``purpose`` with a ``|`` matches an element exactly, a bare code matches that code in any
-system; a *shredded* row is returned only when ``include_shredded`` is set and the query has no
-criterion but time, kinds and the paging key (its other fields are empty: it cannot match one).
+system; ``pseudonym`` matches the row's leaf pseudonym; a *shredded* row is returned only when
+``include_shredded`` is set and the query has no criterion but time, kinds, pseudonym and the
+paging key (its other fields are empty: it cannot match one).
 Rows come in ``(recorded_us, index)`` order, descending for ``-date``; ``after`` is the last key
 of the previous page; at most ``limit`` rows.
 
@@ -18,7 +19,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from middleware.audit.row import NO_INDEX_YET, AuditQuery, AuditRow
 from middleware.ledger.entry import AppendResult, NewEntry
@@ -26,6 +27,7 @@ from middleware.ledger.errors import MalformedError
 from middleware.ledger.leaf import PSEUDONYM_SIZE
 
 __all__ = [
+    "check_indexes",
     "check_key",
     "check_pseudonym",
     "check_reindex",
@@ -34,6 +36,7 @@ __all__ = [
     "matches",
     "purpose_code",
     "select_rows",
+    "tombstoned",
 ]
 
 
@@ -64,6 +67,24 @@ def check_reindex(rows: Sequence[AuditRow]) -> None:
             raise ValueError(f"a reindexed row needs its ledger index, not {row.index}")
 
 
+def check_indexes(indexes: Sequence[int]) -> list[int]:
+    """The distinct ledger indexes handed to ``shred_entries``, ascending (each >= 0)."""
+    for index in indexes:
+        if not isinstance(index, int) or index < 0:
+            raise ValueError(f"a ledger index is a non-negative integer, not {index!r}")
+    return sorted(set(indexes))
+
+
+def tombstoned(rows: Sequence[AuditRow], shredded: Collection[bytes]) -> list[AuditRow]:
+    """``rows`` as an append writes them once ``shredded`` (the pseudonyms a shred recorded)
+    is known: a row of a shredded pseudonym is written as ``row.shred()``. A gateway that
+    still holds a shredded patient's pseudonym or key (its caches) thus never puts that
+    patient's PHI back into the index."""
+    if not shredded:
+        return list(rows)
+    return [r.shred() if r.pseudonym in shredded and not r.shredded else r for r in rows]
+
+
 def indexed_rows(batch: Sequence[NewEntry], results: Sequence[AppendResult]) -> list[AuditRow]:
     """The index rows an append writes: each new entry's ``row`` at the entry's index.
 
@@ -91,7 +112,8 @@ def indexed_rows(batch: Sequence[NewEntry], results: Sequence[AppendResult]) -> 
 
 
 def has_phi_criteria(q: AuditQuery) -> bool:
-    """Whether ``q`` asks about anything beyond time, kinds and the paging key."""
+    """Whether ``q`` asks about anything beyond time, kinds, pseudonym and the paging key
+    (a shredded row keeps the leaf's pseudonym: not PHI, it names no one)."""
     return any(
         value is not None
         for value in (
@@ -124,6 +146,7 @@ def matches(row: AuditRow, q: AuditQuery) -> bool:
         q.since_us is None or row.recorded_us >= q.since_us,
         q.until_us is None or row.recorded_us <= q.until_us,
         not q.kinds or row.kind in q.kinds,
+        q.pseudonym is None or row.pseudonym == q.pseudonym,
         q.patient is None or row.patient == q.patient,
         q.agent is None or row.agent == q.agent,
         q.entity is None or q.entity in row.entities or row.patient == q.entity,

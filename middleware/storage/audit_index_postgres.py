@@ -15,6 +15,10 @@ Tables (beside the log, in the store's schema; none is under the log's append-on
     one row is the crypto-shred. PostgreSQL keeps a deleted row's bytes in the table file
     until VACUUM lets the space be reused, and in WAL archives and backups: what an operator
     keeps of those decides how long a shredded key can still be recovered.
+``consentry_audit_shredded``
+    the tombstones: pseudonyms a shred recorded. An append writes their rows shredded and
+    ``audit_key`` stores no key for them. A shred and ``audit_key`` take the log's state row
+    lock (an append's sequencing lock; ``FOR SHARE`` for a key), so none of them interleave.
 
 Rows are written with one statement per batch: each column is an array parameter, the
 ``text[]`` fields travel as JSON arrays (an array of arrays must be rectangular) and are
@@ -30,6 +34,7 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg
 
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.storage.audit_index_match import purpose_code
+from middleware.storage.audit_index_match import tombstoned as match_tombstoned
 from middleware.storage.audit_index_query import (
     count_sql,
     json_array,
@@ -52,7 +57,9 @@ __all__ = [
     "read_row",
     "read_rows",
     "shred",
+    "shred_entries",
     "store_key",
+    "tombstoned",
     "write_rows",
 ]
 
@@ -99,6 +106,9 @@ CREATE INDEX IF NOT EXISTS consentry_audit_index_entities
 CREATE TABLE IF NOT EXISTS consentry_audit_keys (
     pseudonym bytea PRIMARY KEY CHECK (octet_length(pseudonym) = 16),
     wrapped bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consentry_audit_shredded (
+    pseudonym bytea PRIMARY KEY CHECK (octet_length(pseudonym) = 16)
 );
 """
 
@@ -207,18 +217,38 @@ async def read_row(conn: _Connection, index: int) -> AuditRow | None:
     return None if found is None else _row(found)
 
 
-async def store_key(conn: _Connection, pseudonym: bytes, candidate: bytes) -> bytes | None:
-    """Store ``candidate`` unless the pseudonym has a key, then read the stored one. Each
-    statement is its own snapshot at READ COMMITTED: an insert that lost the race waited for
-    the winner's commit, and the read sees it. ``None`` only if a shred deleted the key in
-    between (the caller tries again)."""
+_LOCK_LOG = "SELECT 1 FROM consentry_ledger_state WHERE id = 1 FOR UPDATE"
+_SHARE_LOG = "SELECT 1 FROM consentry_ledger_state WHERE id = 1 FOR SHARE"
+_SHREDDED = "SELECT pseudonym FROM consentry_audit_shredded WHERE pseudonym = ANY($1::bytea[])"
+
+
+async def tombstoned(conn: _Connection, rows: Sequence[AuditRow]) -> list[AuditRow]:
+    """``rows`` with those of shredded pseudonyms in their shredded form (an append's rows,
+    inside its transaction, which holds the state row: no shred commits meanwhile)."""
+    named = list({r.pseudonym for r in rows if r.pseudonym is not None and not r.shredded})
+    if not named:
+        return list(rows)
+    found = {bytes(v["pseudonym"]) for v in await conn.fetch(_SHREDDED, named)}
+    return match_tombstoned(rows, found)
+
+
+async def store_key(conn: _Connection, pseudonym: bytes, candidate: bytes) -> bytes:
+    """Store ``candidate`` unless the pseudonym has a key or was shredded, then read the
+    stored one (``candidate``, a throwaway, for a shredded pseudonym). Inside the caller's
+    transaction, holding the state row ``FOR SHARE``: a shred (which takes it ``FOR
+    UPDATE``) commits entirely before or after. Each statement is its own snapshot at READ
+    COMMITTED: an insert that lost the race waited for the winner's commit, and the read
+    sees it."""
+    await conn.execute(_SHARE_LOG)
+    if await conn.fetch(_SHREDDED, [pseudonym]):
+        return candidate
     await conn.execute(
         "INSERT INTO consentry_audit_keys (pseudonym, wrapped) VALUES ($1, $2) "
         "ON CONFLICT (pseudonym) DO NOTHING",
         pseudonym,
         candidate,
     )
-    return await get_key(conn, pseudonym)
+    return await get_key(conn, pseudonym) or candidate
 
 
 async def get_key(conn: _Connection, pseudonym: bytes) -> bytes | None:
@@ -229,8 +259,14 @@ async def get_key(conn: _Connection, pseudonym: bytes) -> bytes | None:
 
 async def shred(conn: _Connection, pseudonym: bytes) -> int:
     """Delete the key and replace the pseudonym's unshredded rows by their shredded form,
-    inside the caller's transaction; returns rows shredded."""
+    and record the tombstone, inside the caller's transaction (holding the state row, as an
+    append does); returns rows shredded."""
+    await conn.execute(_LOCK_LOG)
     await conn.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = $1", pseudonym)
+    await conn.execute(
+        "INSERT INTO consentry_audit_shredded (pseudonym) VALUES ($1) ON CONFLICT DO NOTHING",
+        pseudonym,
+    )
     sql = (
         f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608
         "WHERE pseudonym = $1 AND NOT shredded FOR UPDATE"
@@ -238,6 +274,20 @@ async def shred(conn: _Connection, pseudonym: bytes) -> int:
     rows = [_row(v).shred() for v in await conn.fetch(sql, pseudonym)]
     await write_rows(conn, rows)
     return len(rows)
+
+
+async def shred_entries(conn: _Connection, indexes: Sequence[int]) -> int:
+    """Delete the evidence of ``indexes`` and shred their index rows, inside the caller's
+    transaction; returns how many evidence rows were deleted."""
+    status = await conn.execute(
+        "DELETE FROM consentry_ledger_evidence WHERE idx = ANY($1::bigint[])", list(indexes)
+    )
+    sql = (
+        f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608
+        "WHERE idx = ANY($1::bigint[]) AND NOT shredded FOR UPDATE"
+    )
+    await write_rows(conn, [_row(v).shred() for v in await conn.fetch(sql, list(indexes))])
+    return int(status.rpartition(" ")[2])
 
 
 async def clear_index(conn: _Connection) -> None:

@@ -113,6 +113,8 @@ def _where(q: AuditQuery, dialect: Dialect, *, paged: bool) -> _Where:
             w.add(f"kind IN ({', '.join(w.param(k) for k in kinds)})")
         else:
             w.add(f"kind = ANY({w.param(kinds)}::integer[])")
+    if q.pseudonym is not None:
+        w.add(f"pseudonym = {w.param(q.pseudonym)}")
     if paged and q.after is not None:
         at, index = q.after
         more, most = (">", ">=") if q.sort == "date" else ("<", "<=")

@@ -17,6 +17,9 @@ Tables (beside the log, in the same file; none is under the log's append-only tr
 ``consentry_audit_keys``
     the evidence keys, wrapped, one per pseudonym: kept apart from the evidence and from the
     index, so deleting one row is the crypto-shred.
+``consentry_audit_shredded``
+    the tombstones: pseudonyms a shred recorded. An append writes their rows shredded and
+    ``audit_key`` stores no key for them (:func:`tombstoned`, :func:`store_key`).
 
 A full rebuild (``clear_index`` then ``reindex`` in chunks) drops the five secondary indexes
 and builds them once at the end (:func:`build_indexes`, sorting), which costs about half as
@@ -38,6 +41,7 @@ from collections.abc import Sequence
 
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.storage.audit_index_match import purpose_code
+from middleware.storage.audit_index_match import tombstoned as match_tombstoned
 from middleware.storage.audit_index_query import (
     TERM_ENTITY,
     TERM_PURPOSE_CODE,
@@ -57,7 +61,9 @@ __all__ = [
     "read_row",
     "read_rows",
     "shred",
+    "shred_entries",
     "store_key",
+    "tombstoned",
     "write_rows",
 ]
 
@@ -104,6 +110,9 @@ CREATE TABLE IF NOT EXISTS consentry_audit_terms (
 CREATE TABLE IF NOT EXISTS consentry_audit_keys (
     pseudonym BLOB PRIMARY KEY CHECK (length(pseudonym) = 16),
     wrapped BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS consentry_audit_shredded (
+    pseudonym BLOB PRIMARY KEY CHECK (length(pseudonym) = 16)
 ) WITHOUT ROWID;
 """
 
@@ -252,9 +261,24 @@ def read_row(c: sqlite3.Connection, index: int) -> AuditRow | None:
     return None if found is None else _row(found)
 
 
+def _is_shredded(c: sqlite3.Connection, pseudonym: bytes) -> bool:
+    sql = "SELECT 1 FROM consentry_audit_shredded WHERE pseudonym = ?"
+    return c.execute(sql, (pseudonym,)).fetchone() is not None
+
+
+def tombstoned(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> list[AuditRow]:
+    """``rows`` with those of shredded pseudonyms in their shredded form (an append's rows,
+    inside its transaction: one primary-key probe per distinct pseudonym)."""
+    named = {r.pseudonym for r in rows if r.pseudonym is not None and not r.shredded}
+    return match_tombstoned(rows, {p for p in named if _is_shredded(c, p)})
+
+
 def store_key(c: sqlite3.Connection, pseudonym: bytes, candidate: bytes) -> bytes:
-    """The pseudonym's stored key, storing ``candidate`` first if there is none. Run under
-    ``BEGIN IMMEDIATE`` (the file's write lock): atomic across processes."""
+    """The pseudonym's stored key, storing ``candidate`` first if there is none; for a
+    shredded pseudonym nothing is stored and ``candidate`` is returned (a throwaway). Run
+    under ``BEGIN IMMEDIATE`` (the file's write lock): atomic across processes."""
+    if _is_shredded(c, pseudonym):
+        return candidate
     c.execute(
         "INSERT INTO consentry_audit_keys (pseudonym, wrapped) VALUES (?, ?) "
         "ON CONFLICT (pseudonym) DO NOTHING",
@@ -278,6 +302,10 @@ def shred(c: sqlite3.Connection, pseudonym: bytes) -> int:
         c.execute("BEGIN IMMEDIATE")
         try:
             c.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = ?", (pseudonym,))
+            c.execute(
+                "INSERT OR IGNORE INTO consentry_audit_shredded (pseudonym) VALUES (?)",
+                (pseudonym,),
+            )
             sql = (
                 f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608
                 "WHERE pseudonym = ? AND shredded = 0"
@@ -291,9 +319,40 @@ def shred(c: sqlite3.Connection, pseudonym: bytes) -> int:
             raise
     finally:
         c.execute("PRAGMA secure_delete = OFF")
+    _truncate_wal(c)
+    return len(rows)
+
+
+def shred_entries(c: sqlite3.Connection, indexes: Sequence[int]) -> int:
+    """Delete the evidence of ``indexes`` and shred their index rows, in one transaction with
+    ``secure_delete`` on; then truncate the WAL. Returns how many evidence rows were deleted.
+    Runs on the worker thread outside any transaction (it brackets its own)."""
+    wanted = json.dumps(list(indexes))
+    c.execute("PRAGMA secure_delete = ON")
+    try:
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            removed = c.execute(
+                "DELETE FROM consentry_ledger_evidence "
+                "WHERE idx IN (SELECT value FROM json_each(?))",
+                (wanted,),
+            ).rowcount
+            sql = f"{_STORED} AND shredded = 0"
+            write_rows(c, [_row(v).shred() for v in c.execute(sql, (wanted,)).fetchall()])
+            c.execute("COMMIT")
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise
+    finally:
+        c.execute("PRAGMA secure_delete = OFF")
+    _truncate_wal(c)
+    return int(removed)
+
+
+def _truncate_wal(c: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.OperationalError):  # committed; the truncate is a bonus
         c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    return len(rows)
 
 
 def clear_index(c: sqlite3.Connection) -> None:

@@ -16,10 +16,14 @@ from collections.abc import Sequence
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 
 from middleware.audit.row import AuditQuery, AuditRow
-from middleware.errors import ServiceUnavailable
 from middleware.storage import audit_index_postgres as pg
 from middleware.storage import audit_index_sqlite as lite
-from middleware.storage.audit_index_match import check_key, check_pseudonym, check_reindex
+from middleware.storage.audit_index_match import (
+    check_indexes,
+    check_key,
+    check_pseudonym,
+    check_reindex,
+)
 from middleware.storage.postgres_pool import translated
 from middleware.storage.sqlite_worker import SqliteWorker
 
@@ -58,6 +62,11 @@ class SqliteAuditIndex:
         await self._build_indexes()
         return await self._db.run(lambda c: lite.shred(c, pseudonym))
 
+    async def shred_entries(self, indexes: Sequence[int]) -> int:
+        wanted = check_indexes(indexes)
+        await self._build_indexes()
+        return await self._db.run(lambda c: lite.shred_entries(c, wanted))
+
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
         check_reindex(rows)
         await self._db.transaction(lambda c: lite.write_rows(c, rows))
@@ -93,12 +102,8 @@ class PostgresAuditIndex:
 
     async def audit_key(self, pseudonym: bytes, candidate: bytes) -> bytes:
         check_key(pseudonym, candidate)
-        async with translated("ledger"), self._pool.acquire() as conn:
-            for _ in range(3):  # a shred may delete the key between insert and read
-                stored = await pg.store_key(conn, pseudonym, candidate)
-                if stored is not None:
-                    return stored
-        raise ServiceUnavailable("ledger store: the evidence key kept disappearing")
+        async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
+            return await pg.store_key(conn, pseudonym, candidate)
 
     async def audit_key_get(self, pseudonym: bytes) -> bytes | None:
         check_pseudonym(pseudonym)
@@ -109,6 +114,11 @@ class PostgresAuditIndex:
         check_pseudonym(pseudonym)
         async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
             return await pg.shred(conn, pseudonym)
+
+    async def shred_entries(self, indexes: Sequence[int]) -> int:
+        wanted = check_indexes(indexes)
+        async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
+            return await pg.shred_entries(conn, wanted)
 
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
         check_reindex(rows)

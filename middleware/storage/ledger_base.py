@@ -178,7 +178,13 @@ class LogStore(Protocol):
         Atomic across store objects and processes: whoever races, one candidate is stored and
         every caller gets that one back. The bytes are opaque to the store (a wrapped key).
         ``pseudonym`` is a leaf pseudonym (16 bytes) and ``candidate`` non-empty, else
-        ``ValueError``."""
+        ``ValueError``.
+
+        A pseudonym that was shredded (:meth:`shred` recorded it) never gets a key again:
+        nothing is stored and ``candidate`` comes back as a throwaway, so evidence a process
+        still seals for that patient (its caches outlived the shred) is born shredded: once
+        that process lets go of the key, nobody can open it. Atomic against a concurrent
+        :meth:`shred`: a key stored just before it is deleted by it."""
         ...
 
     async def audit_key_get(self, pseudonym: bytes) -> bytes | None:
@@ -186,10 +192,25 @@ class LogStore(Protocol):
         ...
 
     async def shred(self, pseudonym: bytes) -> int:
-        """Crypto-shred a pseudonym, in one transaction: delete its evidence key and replace
-        each of its index rows not shredded yet by ``row.shred()``. Returns how many rows were
-        shredded (0 on a second shred). The evidence ciphertext stays (unreadable without the
-        key; the ledger's export still carries it and its commitment still verifies)."""
+        """Crypto-shred a pseudonym, in one transaction: delete its evidence key, record the
+        pseudonym as shredded (a tombstone) and replace each of its index rows not shredded
+        yet by ``row.shred()``. Returns how many rows were shredded (0 on a second shred).
+        The evidence ciphertext stays (unreadable without the key; the ledger's export still
+        carries it and its commitment still verifies).
+
+        After it, an :meth:`append` writes the row of an entry on that pseudonym as
+        ``row.shred()`` (in the append's transaction, so a gateway that cached the pseudonym
+        or key cannot put PHI back into the index), and :meth:`audit_key` stores nothing for
+        it. Serialised with appends (SQLite: the file's write lock; PostgreSQL: the state
+        row's lock): no append commits a full row of the pseudonym after the shred."""
+        ...
+
+    async def shred_entries(self, indexes: Sequence[int]) -> int:
+        """Remove the evidence of the entries ``indexes`` (retention), in one transaction,
+        and replace their index rows by ``row.shred()``. Leaves, commitments and proofs stay
+        and still verify; :meth:`evidence` then returns ``None`` for them. Returns how many
+        entries had evidence removed (0 for indexes already removed or past the end); a
+        negative index is a ``ValueError``."""
         ...
 
     async def reindex(self, rows: Sequence[AuditRow]) -> None:

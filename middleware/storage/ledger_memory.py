@@ -28,12 +28,14 @@ from middleware.ledger.sequencer import (
     sign_state,
 )
 from middleware.storage.audit_index_match import (
+    check_indexes,
     check_key,
     check_pseudonym,
     check_reindex,
     indexed_rows,
     matches,
     select_rows,
+    tombstoned,
 )
 
 __all__ = ["MemoryLog", "MemoryLogStore"]
@@ -60,6 +62,9 @@ class MemoryLog:
     #: The audit index (ledger index -> row) and the wrapped evidence keys (pseudonym -> key).
     audit: dict[int, AuditRow] = field(default_factory=dict)
     audit_keys: dict[bytes, bytes] = field(default_factory=dict)
+    #: The tombstones: pseudonyms a shred recorded (their rows are written shredded, their
+    #: keys never stored again).
+    shredded: set[bytes] = field(default_factory=set)
 
 
 class MemoryLogStore:
@@ -92,7 +97,7 @@ class MemoryLogStore:
         recorded = {k: log.keys[k] for k in distinct_keys(batch) if k in log.keys}
         last = {p: log.chains[p][-1] for p in distinct_pseudonyms(batch) if p in log.chains}
         plan = plan_batch(log.state, batch, recorded=recorded, last_index=last)
-        rows = indexed_rows(batch, plan.results)
+        rows = tombstoned(indexed_rows(batch, plan.results), log.shredded)
         signed = None
         if plan.leaves or plan.state.size not in log.checkpoints:
             signed = sign_state(sign, plan.state)
@@ -193,6 +198,8 @@ class MemoryLogStore:
     async def audit_key(self, pseudonym: bytes, candidate: bytes) -> bytes:
         check_key(pseudonym, candidate)
         self._writing()
+        if pseudonym in self.log.shredded:  # a throwaway: evidence sealed under it is shredded
+            return candidate
         return self.log.audit_keys.setdefault(pseudonym, candidate)
 
     async def audit_key_get(self, pseudonym: bytes) -> bytes | None:
@@ -204,6 +211,7 @@ class MemoryLogStore:
         check_pseudonym(pseudonym)
         self._writing()
         self.log.audit_keys.pop(pseudonym, None)
+        self.log.shredded.add(pseudonym)
         rows = [
             row.shred()
             for row in self.log.audit.values()
@@ -211,6 +219,14 @@ class MemoryLogStore:
         ]
         self.log.audit.update((r.index, r) for r in rows)
         return len(rows)
+
+    async def shred_entries(self, indexes: Sequence[int]) -> int:
+        wanted = check_indexes(indexes)
+        self._writing()
+        removed = [i for i in wanted if self.log.evidence.pop(i, None) is not None]
+        rows = [self.log.audit[i].shred() for i in wanted if i in self.log.audit]
+        self.log.audit.update((r.index, r) for r in rows)
+        return len(removed)
 
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
         check_reindex(rows)

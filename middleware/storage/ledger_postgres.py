@@ -161,7 +161,7 @@ class PostgresLogStore(PostgresAuditIndex):
                     new.packed_hashes(),
                     new.root,
                 )
-                await audit_index.write_rows(conn, audit_rows)
+                await audit_index.write_rows(conn, await audit_index.tombstoned(conn, audit_rows))
             signed_sql = "SELECT 1 FROM consentry_ledger_checkpoints WHERE size = $1"
             if plan.leaves or await conn.fetchval(signed_sql, new.size) is None:
                 signed = sign_state(sign, new)
