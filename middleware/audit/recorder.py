@@ -94,8 +94,12 @@ class AuditRecorder:
     """Writes the ledger entries of exchanges; one per gateway, shared by all requests.
 
     ``pseudonym_of("Patient/<id>")`` returns the patient's 16-byte pseudonym (creating it on
-    first use); pseudonyms never change, so the last ``max_cached_pseudonyms`` are kept in an
-    LRU cache and the hot path makes no store round trip for a patient seen recently.
+    first use); the last ``max_cached_pseudonyms`` are kept in an LRU cache for
+    ``pseudonym_ttl`` seconds (``clock``), so the hot path makes no store round trip for a
+    patient seen recently. A pseudonym changes only when a shred forgets the patient (the
+    next use creates a new chain): the expiry bounds how long this process keeps writing on
+    the shredded chain, whose rows the ledger store then writes shredded and whose evidence
+    is sealed under a key it never stores (``LogStore.shred``).
     ``wall_clock`` gives seconds since the epoch: the leaf's time and the events' ``recorded``.
     ``outbox``: where a write's outcome entries wait when the ledger refuses them (module
     docstring); without one, that failure raises like any other. ``live_for``: seconds an
@@ -122,6 +126,7 @@ class AuditRecorder:
         gateway: AgentInfo,
         wall_clock: Callable[[], float] = time.time,
         max_cached_pseudonyms: int = 100_000,
+        pseudonym_ttl: float = 60.0,
         outbox: Outbox | None = None,
         live_for: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
@@ -132,6 +137,8 @@ class AuditRecorder:
     ) -> None:
         if max_cached_pseudonyms < 1:
             raise ValueError("max_cached_pseudonyms must be positive")
+        if pseudonym_ttl <= 0:
+            raise ValueError("pseudonym_ttl must be positive")
         if max_attempts < 1 or give_up_after <= 0:
             raise ValueError("max_attempts and give_up_after must be positive")
         self._ledger = ledger
@@ -139,7 +146,9 @@ class AuditRecorder:
         self._gateway = gateway
         self._wall_clock = wall_clock
         self._max_cached = max_cached_pseudonyms
-        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._pseudonym_ttl = pseudonym_ttl
+        #: patient -> (pseudonym, monotonic time it was fetched)
+        self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self.keys = keys or _private_keys()
         self.outbox = outbox
         self._replay_lock = asyncio.Lock()
@@ -577,13 +586,14 @@ class AuditRecorder:
     async def _pseudonyms(self, request_id: str, patients: list[str]) -> dict[str, bytes]:
         found: dict[str, bytes] = {}
         missing: list[str] = []
+        now = self._clock()
         for patient in dict.fromkeys(patients):
             cached = self._cache.get(patient)
-            if cached is None:
+            if cached is None or now - cached[1] >= self._pseudonym_ttl:
                 missing.append(patient)
             else:
                 self._cache.move_to_end(patient)
-                found[patient] = cached
+                found[patient] = cached[0]
         if not missing:
             return found
         results = await asyncio.gather(
@@ -597,7 +607,8 @@ class AuditRecorder:
                 error = ValueError("the pseudonym store returned a malformed pseudonym")
                 raise _unavailable(request_id, error) from error
             found[patient] = pseudonym
-            self._cache[patient] = pseudonym
+            self._cache[patient] = (pseudonym, now)
+            self._cache.move_to_end(patient)
             if len(self._cache) > self._max_cached:
                 self._cache.popitem(last=False)
         return found

@@ -474,6 +474,36 @@ async def test_pseudonym_cache_is_a_bounded_lru() -> None:
     assert store.calls["Patient/p4"] == 1
 
 
+async def test_a_cached_pseudonym_expires_so_a_forgotten_patient_moves_to_a_new_chain() -> None:
+    """After the pseudonym store forgets a patient (the shred's ``forget``), the recorder
+    keeps the old pseudonym only until ``pseudonym_ttl`` seconds after it fetched it (a use
+    does not extend that), then writes on the patient's new chain."""
+    now = [1000.0]
+    ledger = FakeLedger()
+    rec, store = recorder(ledger, pseudonym_ttl=60.0, clock=lambda: now[0])
+
+    async def touch() -> bytes | None:
+        await rec.record(exchange(decisions={"p1": None}), "exchange")
+        return ledger.entries[-1].pseudonym
+
+    old = await touch()
+    del store.known["Patient/p1"]  # forgotten: the next fetch creates a new pseudonym
+    now[0] += 59.9
+    assert await touch() == old, "within the expiry: the cached (old) chain"
+    now[0] += 0.1
+    new = await touch()
+    assert new not in (None, old)
+    assert store.calls["Patient/p1"] == 2
+    now[0] += 59.9
+    assert await touch() == new
+
+
+@pytest.mark.parametrize("ttl", [0.0, -1.0], ids=["zero", "negative"])
+def test_pseudonym_expiry_must_be_positive(ttl: float) -> None:
+    with pytest.raises(ValueError, match="pseudonym_ttl"):
+        recorder(FakeLedger(), pseudonym_ttl=ttl)
+
+
 async def test_pseudonym_store_failure_fails_closed() -> None:
     ledger = FakeLedger()
 
