@@ -108,8 +108,8 @@ def _row(
         counts["unreadable"] += 1
         return None
     counts["rows"] += 1
-    row = row_of(facts, kind=int(leaf.kind), flags=int(leaf.flags), pseudonym=leaf.pseudonym)
-    return row.at(index)
+    kind, flags = int(leaf.kind), int(leaf.flags)
+    return row_of(facts, kind=kind, flags=flags, pseudonym=leaf.pseudonym, index=index)
 
 
 def shred(args: argparse.Namespace, out: TextIO) -> int:

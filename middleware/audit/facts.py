@@ -374,10 +374,18 @@ _BREAK_THE_GLASS: Final = int(EntryFlag.BREAK_THE_GLASS)
 _OVERRIDE: Final = {"break-glass-started": "110127", "break-glass-stopped": "110138"}
 
 
-def row_of(facts: AuditFacts, *, kind: int, flags: int, pseudonym: bytes | None) -> AuditRow:
+def row_of(
+    facts: AuditFacts,
+    *,
+    kind: int,
+    flags: int,
+    pseudonym: bytes | None,
+    index: int = NO_INDEX_YET,
+) -> AuditRow:
     """The audit-index row of the entry recording ``facts`` (its leaf's ``kind``, ``flags``
-    and ``pseudonym``), every field filled, ``index`` :data:`NO_INDEX_YET`; computed from the
-    facts without rendering them.
+    and ``pseudonym``), every field filled, ``index`` as given (:data:`NO_INDEX_YET` until the
+    store sequences it; ``reindex`` knows it, and ``row.at`` would cost a dataclass copy a
+    row); computed from the facts without rendering them.
 
     The row describes the entry's last rendered event (:func:`~middleware.audit.render.
     render_events`): the RESTful event of an exchange or an outcome, the AuthZconsent event of
@@ -395,7 +403,7 @@ def row_of(facts: AuditFacts, *, kind: int, flags: int, pseudonym: bytes | None)
     if f.resource_type is not None:
         types.add(f.resource_type)
     return AuditRow(
-        index=NO_INDEX_YET,
+        index=index,
         recorded_us=f.recorded_us,
         kind=int(kind),
         flags=int(flags),
