@@ -10,8 +10,11 @@ evidence written before sealed facts) have no index row. It reports rows and row
 ``shred`` is a governed admin action: it first appends an ``ADMIN`` entry (kind 6) on the
 patient's pseudonym chain whose evidence says what was done, why and by whom (plain canonical
 JSON, no PHI: the patient is named only by the leaf's pseudonym), then deletes the patient's
-evidence key and shreds their index rows (``store.shred``). The leaves, commitments and
-proofs still verify; the entry shows, on the chain, when the shred happened.
+evidence key, records the pseudonym as shredded and shreds their index rows
+(``store.shred``), and last forgets the patient's pseudonym in the consent store's pseudonym
+table (``forget``, on the same ``--store``), so their next exchange starts a new chain. The
+leaves, commitments and proofs still verify; the entry shows, on the chain, when the shred
+happened.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from middleware.ledger.entry import Evidence, NewEntry
 from middleware.ledger.leaf import EntryKind, Leaf, decode_leaf
 from middleware.ledger.signing import derive_box_key, evidence_key
 from middleware.ledger.writer import checkpoint_signer
+from middleware.storage.consent_base import LOOKUP_PURPOSE
+from middleware.storage.consent_open import open_consent_store
 from middleware.storage.ledger_dump import dump_log
 
 __all__ = ["SHRED_TYPE", "reindex", "shred"]
@@ -136,7 +141,21 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
             sign = checkpoint_signer(ledger_key.key, ledger_key.origin)
             (result,) = await store.append([entry], sign=sign)
             shredded = await store.shred(pseudonym)
-            return {"patient": args.patient, "admin_entry": result.index, "rows": shredded}
+            # Unlink the patient from the shredded chain: their next exchange gets a fresh
+            # pseudonym (gateways pick it up once their pseudonym cache expires; until then
+            # the store writes their rows shredded and keeps no key for them).
+            lookup = derive_box_key(ledger_key.key, LOOKUP_PURPOSE)
+            consents = await open_consent_store(args.store, lookup_key=lookup, schema=args.schema)
+            try:
+                forgotten = await consents.forget(args.patient)
+            finally:
+                await consents.close()
+            return {
+                "patient": args.patient,
+                "admin_entry": result.index,
+                "rows": shredded,
+                "pseudonym_forgotten": forgotten,
+            }
 
     print_json(out, asyncio.run(run()))
     return 0

@@ -18,9 +18,11 @@ from middleware.cli import main
 from middleware.ledger.keyfile import LedgerKey, write_ledger_key
 from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.receipt import TlogProof, format_receipt
-from middleware.ledger.signing import SigningKey
+from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.ledger.tree import MerkleLevels
 from middleware.ledger.trust import TrustedKey, TrustPolicy, format_policy
+from middleware.storage.consent_base import LOOKUP_PURPOSE
+from middleware.storage.consent_open import open_consent_store
 from middleware.storage.ledger_sqlite import SqliteLogStore
 from middleware.testing.audit_fill import fill_audit_log, pseudonym_of
 
@@ -275,6 +277,33 @@ def test_shred_records_an_admin_entry_then_shreds(setup: Setup) -> None:
     # The ledger still verifies, and so do exports of other patients.
     path = setup.export("a.ndjson", "--report", "access-report", "--patient", "Patient/a")
     assert setup.verify(path)[0] == 0
+
+
+def test_shred_forgets_the_patients_pseudonym_in_the_consent_store(setup: Setup) -> None:
+    """The shred unlinks the patient: the gateway's pseudonym table (consent store on the same
+    file, rows found under derive_box_key(ledger key, LOOKUP_PURPOSE)) no longer has them, so
+    their next exchange gets a new pseudonym; another patient's row stays."""
+    key = SigningKey.from_seed(ORIGIN, bytes(range(32)))
+    lookup = derive_box_key(key, LOOKUP_PURPOSE)
+
+    async def pseudonyms(fill: int) -> list[bytes]:
+        consents = await open_consent_store(setup.store, lookup_key=lookup)
+        try:
+            return [
+                await consents.pseudonym_for(p, bytes([fill + n]) * 16)
+                for n, p in enumerate(("Patient/b", "Patient/c"))
+            ]
+        finally:
+            await consents.close()
+
+    assert asyncio.run(pseudonyms(1)) == [b"\x01" * 16, b"\x02" * 16]
+    status, text = setup.run(
+        "audit", "shred", "--store", setup.store, "--key-file", str(setup.key),
+        "--patient", "Patient/b", "--reason", "patient request", "--operator", "dpo",
+    )  # fmt: skip
+    assert status == 0
+    assert json.loads(text)["pseudonym_forgotten"] is True
+    assert asyncio.run(pseudonyms(5)) == [b"\x05" * 16, b"\x02" * 16]
 
 
 @pytest.mark.parametrize(
