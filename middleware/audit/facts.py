@@ -391,7 +391,10 @@ def row_of(
     render_events`): the RESTful event of an exchange or an outcome, the AuthZconsent event of
     a write's decision (the RESTful event when no decision was taken), the override event of a
     break-the-glass entry; ``event_type``, ``subtype``, ``action`` and ``outcome`` are that
-    event's. ``agent`` is the caller's ``fhirUser``, else ``<issuer>#<subject>``.
+    event's. ``agent`` is the caller's ``fhirUser``; without one, ``Patient/<id>`` when a
+    patient-context token's launch patient is the entry's patient (the patient acted: the
+    accounting's "to the individual", 45 CFR 164.528(a)(1)(ii)), else
+    ``<issuer>#<subject>``.
     ``entities`` are the resources the entry names (``Type/id``, a version suffix dropped);
     ``resource_types`` their types and the request's own type.
     """
@@ -409,7 +412,7 @@ def row_of(
         flags=int(flags),
         patient=f.patient,
         pseudonym=pseudonym,
-        agent=None if c is None else (c.fhir_user or f"{c.issuer}#{c.subject}"),
+        agent=_agent(f),
         roles=() if c is None else c.roles,
         organization=None,  # the tokens we accept name no organization
         client=None if c is None else c.client_id,
@@ -423,6 +426,20 @@ def row_of(
         break_glass=bool(int(flags) & _BREAK_THE_GLASS) or f.event in _OVERRIDE,
         request_id=f.request_id,
     )
+
+
+def _agent(f: AuditFacts) -> str | None:
+    """Who acted (see :func:`row_of`): a patient-context token (SMART ``launch/patient``
+    with ``patient/`` scopes) that names no ``fhirUser`` is the launch patient's own login,
+    so an entry about that patient was an access by the patient."""
+    c = f.caller
+    if c is None:
+        return None
+    if c.fhir_user:
+        return c.fhir_user
+    if c.kind == "patient" and c.patient is not None and f.patient == f"Patient/{c.patient}":
+        return f.patient
+    return f"{c.issuer}#{c.subject}"
 
 
 def _primary(f: AuditFacts) -> tuple[str, str | None, str, str]:

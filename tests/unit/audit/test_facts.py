@@ -21,6 +21,7 @@ from middleware.audit.facts import (
     row_of,
 )
 from middleware.audit.parts import AgentInfo
+from middleware.auth.identity import IdentityKind
 from middleware.fhir.request import Interaction
 from middleware.ledger.leaf import EntryFlag, EntryKind
 
@@ -178,6 +179,17 @@ def test_an_unknown_version_says_so() -> None:
         decode_facts(_wire(f0=2))
 
 
+IDP = "https://idp.example"
+OBS, OBS_1 = ("Observation",), ("Observation/o1",)
+
+
+def _caller(kind: IdentityKind, fhir_user: str | None, patient: str | None) -> AuditFacts:
+    """FACTS with a caller of ``kind`` naming ``fhir_user`` and launch ``patient``."""
+    assert FACTS.caller is not None
+    caller = replace(FACTS.caller, kind=kind, fhir_user=fhir_user, patient=patient)
+    return replace(FACTS, caller=caller)
+
+
 ROWS = [
     ("user", FACTS, "Practitioner/pr1", ("Observation",), ("Observation/o1",)),
     (
@@ -188,6 +200,18 @@ ROWS = [
         ("Observation/o1",),
     ),
     ("unauthenticated", replace(FACTS, caller=None), None, ("Observation",), ("Observation/o1",)),
+    # A patient-context token without fhirUser about its own launch patient: the patient
+    # acted (45 CFR 164.528(a)(1)(ii), "to the individual"); any other case keeps the login.
+    ("patient-own-record", _caller("patient", None, "p1"), "Patient/p1", OBS, OBS_1),
+    ("patient-other-record", _caller("patient", None, "p2"), f"{IDP}#user-42", OBS, OBS_1),
+    (
+        "patient-with-fhir-user",
+        _caller("patient", "RelatedPerson/r1", "p1"),
+        "RelatedPerson/r1",
+        OBS,
+        OBS_1,
+    ),
+    ("user-with-launch-patient", _caller("user", None, "p1"), f"{IDP}#user-42", OBS, OBS_1),
     (
         "own-target",
         replace(FACTS, resource_refs=(), interaction=Interaction.READ, version_id=None),
