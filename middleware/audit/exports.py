@@ -89,9 +89,8 @@ class BulkExport:
             query = AuditQuery(since_us=since, until_us=until, limit=self._page)
             while True:
                 rows = await index.audit_rows(query)
-                for row in rows:
-                    for event in await self.searching.served(row):
-                        job.add(encode(event))
+                for event in await self.searching.served_many(rows):
+                    job.add(encode(event))
                 if len(rows) < query.limit:
                     return
                 query = replace(query, after=(rows[-1].recorded_us, rows[-1].index))

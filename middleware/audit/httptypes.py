@@ -6,7 +6,7 @@ token verifier, the audit index and the recorder, the rendered events of an entr
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,6 +21,7 @@ from middleware.fhir.request import FhirRequest
 __all__ = [
     "AuditIndex",
     "EventsOf",
+    "EventsOfMany",
     "Json",
     "Recorder",
     "Reply",
@@ -61,6 +62,8 @@ class Recorder(Protocol):
 #: The rendered BALP events of the entry at a ledger index; None when it has none to show
 #: (shredded, or not an audit entry).
 EventsOf = Callable[[int], Awaitable[list[Json] | None]]
+#: The events of many entries, in order (``EvidenceReader.events_many``).
+EventsOfMany = Callable[[Sequence[int]], Awaitable[list[list[Json] | None]]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from middleware.audit.access import AuditReader
 from middleware.audit.httptypes import (
     AuditIndex,
     EventsOf,
+    EventsOfMany,
     Json,
     Reply,
     Seen,
@@ -72,9 +73,11 @@ class Searching:
         default_count: int,
         max_count: int,
         wall_clock: Callable[[], float] = time.time,
+        events_many: EventsOfMany | None = None,
     ) -> None:
         self.index = index
         self.events = events
+        self.events_many = events_many
         self._cursors = cursors
         self.base_url = base_url
         self._root = gateway_root
@@ -87,6 +90,19 @@ class Searching:
         events = await self.events(row.index)
         return [
             served_event(event, index=row.index, n=n, gateway_root=self._root)
+            for n, event in enumerate(events or ())
+        ]
+
+    async def served_many(self, rows: Sequence[AuditRow]) -> list[Json]:
+        """The served events of ``rows``' entries, in order: :meth:`served` of each, the
+        entries read together when ``events_many`` was given (a page of a bulk export or a
+        search; ``EvidenceReader.events_many``), else one by one."""
+        if self.events_many is None:
+            return [event for row in rows for event in await self.served(row)]
+        found = await self.events_many([row.index for row in rows])
+        return [
+            served_event(event, index=row.index, n=n, gateway_root=self._root)
+            for row, events in zip(rows, found, strict=True)
             for n, event in enumerate(events or ())
         ]
 
@@ -123,9 +139,7 @@ class Searching:
         until = snapshot[0] if query.until_us is None else min(query.until_us, snapshot[0])
         rows = await _rows(index, replace(query, until_us=until), size=snapshot[1])
         page = rows[: query.limit]
-        events = [
-            event for row in page for event in await self.served(row) if _matches(event, query)
-        ]
+        events = [event for event in await self.served_many(page) if _matches(event, query)]
         next_url = None
         if len(rows) > query.limit:
             last = page[-1]
