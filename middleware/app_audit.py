@@ -17,12 +17,15 @@ from middleware.audit.evidence import EvidenceReader
 from middleware.audit.exports import BulkExport
 from middleware.audit.http import AuditApi
 from middleware.audit.httptypes import AuditIndex, Json, Recorder, TokenCheck
+from middleware.audit.row import AuditRow
 from middleware.audit.searching import Searching
+from middleware.audit.shredded import shredded_rows
 from middleware.auth.smart import gateway_root
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.pipeline.cursor import CursorCodec
 from middleware.settings import Settings
+from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 
 __all__ = ["DEFAULT_PAGE", "REPORT_NAME", "build_audit_api"]
 
@@ -54,6 +57,14 @@ def build_audit_api(
     async def events_many(entries: Sequence[int]) -> list[list[Json] | None]:
         return await EvidenceReader(await ledger.store(), master).events_many(entries)
 
+    lookup = derive_box_key(key, LOOKUP_PURPOSE)
+
+    async def shredded(patient: str, since_us: int, until_us: int) -> list[AuditRow]:
+        """The patient's shredded rows, by the link ``consentry audit shred`` recorded."""
+        link = lookup_of(lookup, patient)
+        store = await ledger.store()
+        return await shredded_rows(store, link, since_us=since_us, until_us=until_us)
+
     searching = Searching(
         index=index,
         events=events,
@@ -77,6 +88,7 @@ def build_audit_api(
             rules=settings.accounting_rules,
             gateway_name=REPORT_NAME,
             wall_clock=wall_clock,
+            shredded=shredded,
         ),
         base_path=settings.base_path,
         role=settings.audit_role,

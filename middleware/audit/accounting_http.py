@@ -40,7 +40,7 @@ from middleware.errors import BadRequest, Forbidden, NotAcceptable, NotFound
 from middleware.fhir.negotiate import media_type
 from middleware.ledger.leaf import micros
 
-__all__ = ["AccountingEndpoint"]
+__all__ = ["AccountingEndpoint", "ShreddedOf"]
 
 Format = Literal["bundle", "csv", "pdf"]
 _ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 "id"
@@ -57,6 +57,11 @@ _ANY: Final = frozenset({"*/*", "application/*"})
 _PAGE: Final = 1000
 
 
+#: The crypto-shredded rows of a patient recorded within inclusive bounds (the gateway's is
+#: :func:`middleware.audit.shredded.shredded_rows` under the shred's link).
+ShreddedOf = Callable[[str, int, int], Awaitable[list[AuditRow]]]
+
+
 class AccountingEndpoint:
     """The ``$accounting`` handler (module docstring) over the audit ``index``."""
 
@@ -68,8 +73,10 @@ class AccountingEndpoint:
         rules: AccountingRules,
         gateway_name: str,
         wall_clock: Callable[[], float] = time.time,
+        shredded: ShreddedOf | None = None,
     ) -> None:
         self._index = index
+        self._shredded = shredded
         self._role = role
         self._rules = rules
         self._name = gateway_name
@@ -98,6 +105,8 @@ class AccountingEndpoint:
         # Only the period the accounting covers is read (six years back by default).
         since = years_before(as_of, self._rules.lookback_years)
         rows = await self._rows(AuditQuery(patient=patient, since_us=since, until_us=as_of))
+        if self._shredded is not None:  # so the accounting names the shredded periods
+            rows += await self._shredded(patient, since, as_of)
         made = account(rows, patient=patient, as_of_us=as_of, rules=self._rules)
         if wanted == "csv":
             body = accounting_csv(made).encode("utf-8")

@@ -126,6 +126,7 @@ def _search_args(parser: argparse.ArgumentParser) -> None:
 def _accounting_args(parser: argparse.ArgumentParser) -> None:
     _config(parser)
     _store(parser)
+    _key(parser)  # finds the periods shredded for the patient (middleware.audit.shredded)
     _scope(parser, agent=False)
     _output(parser, ("csv", "bundle", "pdf"))
     parser.add_argument("--detail", action="store_true", help="CSV: one row per disclosure")

@@ -42,7 +42,7 @@ from middleware.ledger.entry import Evidence, NewEntry
 from middleware.ledger.leaf import EntryKind, Leaf, decode_leaf
 from middleware.ledger.signing import derive_box_key, evidence_key
 from middleware.ledger.writer import checkpoint_signer
-from middleware.storage.consent_base import LOOKUP_PURPOSE
+from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 from middleware.storage.consent_open import open_consent_store
 from middleware.storage.ledger_dump import dump_log
 
@@ -140,11 +140,14 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
             )
             sign = checkpoint_signer(ledger_key.key, ledger_key.origin)
             (result,) = await store.append([entry], sign=sign)
-            shredded = await store.shred(pseudonym)
+            # The tombstone keeps the keyed digest of the patient (the link the accounting
+            # finds the shredded period by; middleware.audit.shredded).
+            lookup = derive_box_key(ledger_key.key, LOOKUP_PURPOSE)
+            link = lookup_of(lookup, args.patient)
+            shredded = await store.shred(pseudonym, link=link)
             # Unlink the patient from the shredded chain: their next exchange gets a fresh
             # pseudonym (gateways pick it up once their pseudonym cache expires; until then
             # the store writes their rows shredded and keeps no key for them).
-            lookup = derive_box_key(ledger_key.key, LOOKUP_PURPOSE)
             consents = await open_consent_store(args.store, lookup_key=lookup, schema=args.schema)
             try:
                 forgotten = await consents.forget(args.patient)

@@ -27,6 +27,7 @@ from middleware.audit.cli_common import (
     print_json,
     private_file,
     read_key,
+    warn,
     write_output,
 )
 from middleware.audit.evidence import Opening, open_entry
@@ -57,11 +58,13 @@ from middleware.audit.reports import (
     user_activity,
 )
 from middleware.audit.row import AuditQuery, AuditRow
+from middleware.audit.shredded import shredded_rows
 from middleware.audit.verify_export import verify_file
 from middleware.ledger.leaf import Leaf
 from middleware.ledger.signing import derive_box_key
 from middleware.ledger.trust import parse_policy
 from middleware.settings import Settings, load_settings
+from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_dump import dump_log
 
@@ -133,6 +136,7 @@ def _after(args: argparse.Namespace) -> AfterHours | None:
 async def _accounting(store: LogStore, args: argparse.Namespace) -> Accounting:
     patient = _need(args, "patient")
     rows = await all_rows(store, AuditQuery(patient=patient))
+    rows += await _shredded(store, args, patient)
     settings = _settings(args)
     return account(
         rows,
@@ -142,6 +146,27 @@ async def _accounting(store: LogStore, args: argparse.Namespace) -> Accounting:
         since_us=parse_time(args.since),
         until_us=parse_time(args.until, end=True),
     )
+
+
+async def _shredded(store: LogStore, args: argparse.Namespace, patient: str) -> list[AuditRow]:
+    """The patient's crypto-shredded rows (found by the shred's link, which takes the ledger
+    key): the accounting names their periods. Without a readable key file they cannot be
+    found, and the accounting says so on standard error rather than omit them silently."""
+    lookup = await asyncio.to_thread(_lookup_key, args)
+    if lookup is None:
+        warn(
+            "consentry audit accounting: warning: no ledger key file, so periods shredded "
+            "for this patient cannot be listed"
+        )
+        return []
+    return await shredded_rows(store, lookup_of(lookup, patient))
+
+
+def _lookup_key(args: argparse.Namespace) -> bytes | None:
+    path = getattr(args, "key_file", None)
+    if path is None or not Path(path).is_file():
+        return None
+    return derive_box_key(read_key(Path(path)).key, LOOKUP_PURPOSE)
 
 
 def accounting(args: argparse.Namespace, out: TextIO) -> int:

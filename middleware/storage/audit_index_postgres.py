@@ -16,7 +16,9 @@ Tables (beside the log, in the store's schema; none is under the log's append-on
     until VACUUM lets the space be reused, and in WAL archives and backups: what an operator
     keeps of those decides how long a shredded key can still be recovered.
 ``consentry_audit_shredded``
-    the tombstones: pseudonyms a shred recorded. An append writes their rows shredded and
+    the tombstones: pseudonyms a shred recorded, each with the shred's ``link`` (the
+    caller's keyed digest of the patient, for the accounting). An append writes their rows
+    shredded and
     ``audit_key`` stores no key for them. A shred and ``audit_key`` take the log's state row
     lock (an append's sequencing lock; ``FOR SHARE`` for a key), so none of them interleave.
 
@@ -58,6 +60,7 @@ __all__ = [
     "read_rows",
     "shred",
     "shred_entries",
+    "shredded_chains",
     "store_key",
     "tombstoned",
     "write_rows",
@@ -110,6 +113,8 @@ CREATE TABLE IF NOT EXISTS consentry_audit_keys (
 CREATE TABLE IF NOT EXISTS consentry_audit_shredded (
     pseudonym bytea PRIMARY KEY CHECK (octet_length(pseudonym) = 16)
 );
+ALTER TABLE consentry_audit_shredded ADD COLUMN IF NOT EXISTS link bytea;
+CREATE INDEX IF NOT EXISTS consentry_audit_shredded_link ON consentry_audit_shredded (link);
 """
 
 _COLUMNS = (
@@ -257,15 +262,23 @@ async def get_key(conn: _Connection, pseudonym: bytes) -> bytes | None:
     return None if found is None else bytes(found)
 
 
-async def shred(conn: _Connection, pseudonym: bytes) -> int:
+async def shredded_chains(conn: _Connection, link: bytes) -> list[bytes]:
+    sql = "SELECT pseudonym FROM consentry_audit_shredded WHERE link = $1"
+    return [bytes(v["pseudonym"]) for v in await conn.fetch(sql, link)]
+
+
+async def shred(conn: _Connection, pseudonym: bytes, link: bytes | None = None) -> int:
     """Delete the key and replace the pseudonym's unshredded rows by their shredded form,
     and record the tombstone, inside the caller's transaction (holding the state row, as an
     append does); returns rows shredded."""
     await conn.execute(_LOCK_LOG)
     await conn.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = $1", pseudonym)
     await conn.execute(
-        "INSERT INTO consentry_audit_shredded (pseudonym) VALUES ($1) ON CONFLICT DO NOTHING",
+        "INSERT INTO consentry_audit_shredded (pseudonym, link) VALUES ($1, $2) "
+        "ON CONFLICT (pseudonym) DO UPDATE SET link = coalesce("
+        "consentry_audit_shredded.link, excluded.link)",
         pseudonym,
+        link,
     )
     sql = (
         f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608

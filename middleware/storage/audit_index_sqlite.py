@@ -18,7 +18,9 @@ Tables (beside the log, in the same file; none is under the log's append-only tr
     the evidence keys, wrapped, one per pseudonym: kept apart from the evidence and from the
     index, so deleting one row is the crypto-shred.
 ``consentry_audit_shredded``
-    the tombstones: pseudonyms a shred recorded. An append writes their rows shredded and
+    the tombstones: pseudonyms a shred recorded, each with the shred's ``link`` (the
+    caller's keyed digest of the patient, for the accounting). An append writes their rows
+    shredded and
     ``audit_key`` stores no key for them (:func:`tombstoned`, :func:`store_key`).
 
 A full rebuild (``clear_index`` then ``reindex`` in chunks) drops the five secondary indexes
@@ -62,6 +64,7 @@ __all__ = [
     "read_rows",
     "shred",
     "shred_entries",
+    "shredded_chains",
     "store_key",
     "tombstoned",
     "write_rows",
@@ -112,8 +115,10 @@ CREATE TABLE IF NOT EXISTS consentry_audit_keys (
     wrapped BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS consentry_audit_shredded (
-    pseudonym BLOB PRIMARY KEY CHECK (length(pseudonym) = 16)
+    pseudonym BLOB PRIMARY KEY CHECK (length(pseudonym) = 16),
+    link BLOB
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS consentry_audit_shredded_link ON consentry_audit_shredded (link);
 """
 
 _COLUMNS = (
@@ -293,7 +298,12 @@ def get_key(c: sqlite3.Connection, pseudonym: bytes) -> bytes | None:
     return None if found is None else bytes(found[0])
 
 
-def shred(c: sqlite3.Connection, pseudonym: bytes) -> int:
+def shredded_chains(c: sqlite3.Connection, link: bytes) -> list[bytes]:
+    sql = "SELECT pseudonym FROM consentry_audit_shredded WHERE link = ?"
+    return [bytes(v[0]) for v in c.execute(sql, (link,))]
+
+
+def shred(c: sqlite3.Connection, pseudonym: bytes, link: bytes | None = None) -> int:
     """Delete the pseudonym's key and replace its unshredded rows by their shredded form, in
     one transaction with ``secure_delete`` on; then truncate the WAL. Returns rows shredded.
     Runs on the worker thread outside any transaction (it brackets its own)."""
@@ -303,8 +313,9 @@ def shred(c: sqlite3.Connection, pseudonym: bytes) -> int:
         try:
             c.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = ?", (pseudonym,))
             c.execute(
-                "INSERT OR IGNORE INTO consentry_audit_shredded (pseudonym) VALUES (?)",
-                (pseudonym,),
+                "INSERT INTO consentry_audit_shredded (pseudonym, link) VALUES (?, ?) "
+                "ON CONFLICT (pseudonym) DO UPDATE SET link = coalesce(link, excluded.link)",
+                (pseudonym, link),
             )
             sql = (
                 f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608

@@ -57,10 +57,13 @@ class SqliteAuditIndex:
         check_pseudonym(pseudonym)
         return await self._reader.run(lambda c: lite.get_key(c, pseudonym))
 
-    async def shred(self, pseudonym: bytes) -> int:
+    async def shred(self, pseudonym: bytes, *, link: bytes | None = None) -> int:
         check_pseudonym(pseudonym)
         await self._build_indexes()
-        return await self._db.run(lambda c: lite.shred(c, pseudonym))
+        return await self._db.run(lambda c: lite.shred(c, pseudonym, link))
+
+    async def shredded_chains(self, link: bytes) -> list[bytes]:
+        return await self._reader.run(lambda c: lite.shredded_chains(c, link))
 
     async def shred_entries(self, indexes: Sequence[int]) -> int:
         wanted = check_indexes(indexes)
@@ -110,10 +113,14 @@ class PostgresAuditIndex:
         async with translated("ledger"), self._pool.acquire() as conn:
             return await pg.get_key(conn, pseudonym)
 
-    async def shred(self, pseudonym: bytes) -> int:
+    async def shred(self, pseudonym: bytes, *, link: bytes | None = None) -> int:
         check_pseudonym(pseudonym)
         async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
-            return await pg.shred(conn, pseudonym)
+            return await pg.shred(conn, pseudonym, link)
+
+    async def shredded_chains(self, link: bytes) -> list[bytes]:
+        async with translated("ledger"), self._pool.acquire() as conn:
+            return await pg.shredded_chains(conn, link)
 
     async def shred_entries(self, indexes: Sequence[int]) -> int:
         wanted = check_indexes(indexes)

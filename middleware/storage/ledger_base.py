@@ -191,9 +191,11 @@ class LogStore(Protocol):
         """The pseudonym's stored evidence key; ``None`` if it has none (never had, or shredded)."""
         ...
 
-    async def shred(self, pseudonym: bytes) -> int:
+    async def shred(self, pseudonym: bytes, *, link: bytes | None = None) -> int:
         """Crypto-shred a pseudonym, in one transaction: delete its evidence key, record the
-        pseudonym as shredded (a tombstone) and replace each of its index rows not shredded
+        pseudonym as shredded (a tombstone, with ``link`` if given: opaque bytes, the
+        caller's keyed digest of the patient, by which :meth:`shredded_chains` finds it
+        again) and replace each of its index rows not shredded
         yet by ``row.shred()``. Returns how many rows were shredded (0 on a second shred).
         The evidence ciphertext stays (unreadable without the key; the ledger's export still
         carries it and its commitment still verifies).
@@ -203,6 +205,12 @@ class LogStore(Protocol):
         or key cannot put PHI back into the index), and :meth:`audit_key` stores nothing for
         it. Serialised with appends (SQLite: the file's write lock; PostgreSQL: the state
         row's lock): no append commits a full row of the pseudonym after the shred."""
+        ...
+
+    async def shredded_chains(self, link: bytes) -> list[bytes]:
+        """The pseudonyms shredded with ``link`` (:meth:`shred`), in no particular order:
+        how an accounting finds the patient's shredded rows (``AuditQuery.pseudonym``) once
+        the pseudonym table has forgotten them."""
         ...
 
     async def shred_entries(self, indexes: Sequence[int]) -> int:

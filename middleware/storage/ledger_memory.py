@@ -64,7 +64,7 @@ class MemoryLog:
     audit_keys: dict[bytes, bytes] = field(default_factory=dict)
     #: The tombstones: pseudonyms a shred recorded (their rows are written shredded, their
     #: keys never stored again).
-    shredded: set[bytes] = field(default_factory=set)
+    shredded: dict[bytes, bytes | None] = field(default_factory=dict)
 
 
 class MemoryLogStore:
@@ -207,11 +207,12 @@ class MemoryLogStore:
         self._check()
         return self.log.audit_keys.get(pseudonym)
 
-    async def shred(self, pseudonym: bytes) -> int:
+    async def shred(self, pseudonym: bytes, *, link: bytes | None = None) -> int:
         check_pseudonym(pseudonym)
         self._writing()
         self.log.audit_keys.pop(pseudonym, None)
-        self.log.shredded.add(pseudonym)
+        if self.log.shredded.get(pseudonym) is None:
+            self.log.shredded[pseudonym] = link
         rows = [
             row.shred()
             for row in self.log.audit.values()
@@ -219,6 +220,10 @@ class MemoryLogStore:
         ]
         self.log.audit.update((r.index, r) for r in rows)
         return len(rows)
+
+    async def shredded_chains(self, link: bytes) -> list[bytes]:
+        self._check()
+        return [p for p, kept in self.log.shredded.items() if kept == link]
 
     async def shred_entries(self, indexes: Sequence[int]) -> int:
         wanted = check_indexes(indexes)

@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -17,7 +18,10 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from pypdf import PdfReader
 
 from middleware.app import Gateway
+from middleware.audit.row import AuditQuery
 from middleware.ledger.leaf import EntryKind, decode_leaf
+from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.conftest import WallClock
 from tests.app.consenting import Tokens, auth_settings
@@ -378,3 +382,28 @@ async def test_the_accounting_covers_the_look_back_period_only(
     )
     assert "dr-research" in got.text
     assert "dr-old-research" not in got.text
+
+
+async def test_after_a_shred_the_accounting_names_the_shredded_period(
+    client: httpx.AsyncClient, tokens: Tokens, store: MemoryLogStore, signer: SigningKey,
+    wall: WallClock,
+) -> None:  # fmt: skip
+    """p1 is crypto-shredded as ``consentry audit shred`` does it (tombstone linked by the
+    keyed digest of ``Patient/p1`` under the ledger key's pseudonym-lookup key): the
+    accounting no longer lists the research disclosure and says which period was erased;
+    p2's accounting is untouched and names no shredded period."""
+    await traffic(client, tokens)
+    (row, *_) = await store.audit_rows(AuditQuery(patient="Patient/p1"))
+    assert row.pseudonym is not None
+    link = lookup_of(derive_box_key(signer, LOOKUP_PURPOSE), "Patient/p1")
+    assert await store.shred(row.pseudonym, link=link) > 0
+    officer = auditor(tokens)
+    got = await client.get("/fhir/Patient/p1/$accounting", headers=officer)
+    assert got.status_code == 200
+    text = json.dumps(got.json())
+    day = datetime.fromtimestamp(wall.now, UTC).date().isoformat()
+    assert f"Records from {day} to {day} were permanently erased" in text
+    assert "dr-research" not in text
+    other = json.dumps((await client.get("/fhir/Patient/p2/$accounting", headers=officer)).json())
+    assert "dr-research" in other
+    assert "permanently erased" not in other

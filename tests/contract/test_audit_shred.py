@@ -129,3 +129,25 @@ async def test_shred_entries_refuses_a_negative_index(store: LogStore) -> None:
     with pytest.raises(ValueError, match="index"):
         await store.shred_entries([1, -1])
     assert await store.evidence(1) is not None
+
+
+# --- the link: finding a patient's shredded chains -------------------------------------------
+
+
+async def test_shredded_chains_are_found_by_the_link_given_to_the_shred(backend: Backend) -> None:
+    """Two chains shredded under one link (the same patient shredded twice) and one under
+    another are found apart, from another store object; a shred without a link is found by
+    none, and a second shred does not lose the first link."""
+    first, other = await backend.open(), await backend.open()
+    try:
+        await first.shred(PA, link=b"patient-1")
+        await first.shred(PB, link=b"patient-2")
+        await first.shred(PSEUDONYMS[3], link=b"patient-1")
+        await first.shred(PSEUDONYMS[4])
+        await first.shred(PA)
+        assert sorted(await other.shredded_chains(b"patient-1")) == sorted([PA, PSEUDONYMS[3]])
+        assert await other.shredded_chains(b"patient-2") == [PB]
+        assert await other.shredded_chains(b"nobody") == []
+    finally:
+        await first.close()
+        await other.close()

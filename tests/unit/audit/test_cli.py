@@ -183,6 +183,28 @@ def test_the_accounting_follows_the_gateway_s_settings(setup: Setup) -> None:
     assert listed == [n for n in range(0, COUNT, 3) if (n // 3) % 3 != 1]
 
 
+def test_after_a_shred_the_accounting_names_the_shredded_period(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Patient b's entries (n % 3 == 1: hours 1 .. 58, 2026-01-01T01Z .. 2026-01-03T10Z) are
+    shredded; the accounting (with the ledger key, which finds the shred's link) lists no
+    disclosure and says which period was erased. Without the key it says on standard error
+    that shredded periods cannot be listed."""
+    status, _ = setup.run(
+        "audit", "shred", "--store", setup.store, "--key-file", str(setup.key),
+        "--patient", "Patient/b", "--reason", "patient request", "--operator", "dpo",
+    )  # fmt: skip
+    assert status == 0
+    args = ("audit", "accounting", "--store", setup.store, "--patient", "Patient/b")
+    status, text = setup.run(*args, "--format", "bundle", "--key-file", str(setup.key))
+    assert status == 0
+    bundle = json.dumps(json.loads(text))
+    assert "Records from 2026-01-01 to 2026-01-03 were permanently erased" in bundle
+    status, text = setup.run(*args, "--key-file", str(setup.dir / "missing.key"))
+    assert status == 0
+    assert "shredded for this patient cannot be listed" in capsys.readouterr().err
+
+
 def test_an_accounting_export_names_the_exempt_entries_as_other(setup: Setup) -> None:
     path = setup.export("acc.ndjson", "--report", "accounting", "--patient", "Patient/a")
     lines = [json.loads(line) for line in path.read_text().splitlines()[1:]]
