@@ -145,6 +145,12 @@ def _line(**change: object) -> str:
         '{"role":"before","index":3,"leaf":"AAAA","proof":"",}',
         '{"role":"before","index":NaN,"leaf":"AAAA","proof":""}',
         _line() + " x",
+        _line(colour="red"),
+        _line(columns={"a": 1}),
+        _line(columns=["x"]),
+        _line(salt="AAAA"),
+        '{"role":"before","index":3,"proof":""}',
+        "[1, 2]",
     ],
     ids=[
         "short",
@@ -160,6 +166,12 @@ def _line(**change: object) -> str:
         "trailing-comma",
         "nan",
         "trailing-data",
+        "unknown-key",
+        "column-not-text",
+        "columns-not-an-object",
+        "salt-without-evidence",
+        "no-leaf",
+        "not-an-object",
     ],
 )
 def test_lines_that_are_not_the_format_are_reported(text: str) -> None:
