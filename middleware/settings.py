@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from middleware.audit.accounting import AccountingRules, parse_exempt
 from middleware.audit.reports import AfterHours
+from middleware.audit.retention import RetentionRules, parse_retention
 from middleware.auth.settings import AuthSettings
 from middleware.consent.limits import CEILING, DEFAULT_LIMITS
 from middleware.errors import SettingsError
@@ -99,6 +100,8 @@ class Settings:
     accounting_exempt_purposes: str = ""
     accounting_internal_organizations: str = ""
     access_report_lookback_years: int = 3
+    audit_retention_years: int = 6
+    audit_retention_by_kind: str = ""
     report_after_hours: str = "19:00-07:00"
     report_timezone: str = "UTC"
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -139,6 +142,14 @@ class Settings:
             exempt=parse_exempt(self.accounting_exempt_purposes),
             lookback_years=self.accounting_lookback_years,
             internal_organizations=_contexts(self.accounting_internal_organizations),
+        )
+
+    @property
+    def retention_rules(self) -> RetentionRules:
+        """How long each audit kind keeps its evidence (``consentry audit retention``)."""
+        return RetentionRules(
+            default_years=self.audit_retention_years,
+            by_kind=parse_retention(self.audit_retention_by_kind),
         )
 
     @property
@@ -375,7 +386,15 @@ def _check(values: Mapping[str, Any]) -> list[str]:
             f"metrics_token: expected at least {MIN_TOKEN_LENGTH} printable ASCII characters"
             " without spaces"
         )
-    for years in ("accounting_lookback_years", "access_report_lookback_years"):
+    try:
+        parse_retention(values.get("audit_retention_by_kind", ""))
+    except ValueError as exc:
+        problems.append(f"audit_retention_by_kind: {exc}")
+    for years in (
+        "accounting_lookback_years",
+        "access_report_lookback_years",
+        "audit_retention_years",
+    ):
         if years in values and not 1 <= values[years] <= 100:
             problems.append(f"{years}: expected 1..100 years")
     try:

@@ -11,6 +11,7 @@
     consentry audit verify-export FILE --trust trust.toml
     consentry audit reindex --store ... --key-file consentry-ledger.key
     consentry audit shred --patient Patient/x --reason TEXT --key-file consentry-ledger.key
+    consentry audit retention [--apply] --config consentry.toml --key-file consentry-ledger.key
 
 Reports come from the audit index (``middleware.audit.accounting``, ``reports``,
 ``report_csv``); ``export`` adds the proofs (``middleware.audit.export``); ``verify-export``
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from middleware.audit import cli_admin, cli_reports
+from middleware.audit import cli_admin, cli_reports, cli_retention
 from middleware.audit.cli_common import Usage
 from middleware.errors import GatewayError, SettingsError
 from middleware.ledger.errors import LedgerError
@@ -171,6 +172,16 @@ def _reindex_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=2000, help="rows per transaction")
 
 
+def _retention_args(parser: argparse.ArgumentParser) -> None:
+    _config(parser)
+    _store(parser)
+    _key(parser)
+    parser.add_argument(
+        "--apply", action="store_true", help="remove the evidence (default: only list it)"
+    )
+    parser.add_argument("--operator", help="who orders it (default: the login name)")
+
+
 def _shred_args(parser: argparse.ArgumentParser) -> None:
     _store(parser)
     _key(parser)
@@ -221,5 +232,10 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], _Hand
         "crypto-shred a patient's audit evidence, recorded as an admin ledger entry",
         _shred_args,
         cli_admin.shred,
+    ),
+    "retention": (
+        "list (or with --apply remove) the evidence of entries past their kind's retention",
+        _retention_args,
+        cli_retention.retention,
     ),
 }
