@@ -34,14 +34,24 @@ files[decision]="middleware/consent/decide.py middleware/consent/match.py"
 tests[decision]="tests/unit/consent"
 files[filter]="middleware/pipeline/judge.py middleware/pipeline/filter.py"
 tests[filter]="tests/unit/pipeline tests/leak"
-# recorder.py is left out for now: it is being rewritten to store compact facts as evidence
-# (the events are rendered from them), so its mutants would be measured against code about to
-# go; balp.py, parts.py and alerts.py stay the BALP renderers either way. They are pure, and
-# their own tests pin them (known events written from the specifications); the recorder's,
-# leak and app tests reach them too, but change with the rewrite and take seconds a mutant.
+# The BALP renderers: pure, pinned by their own tests (known events written from the
+# specifications); the recorder's, leak and app tests reach them too but take seconds a mutant.
+# The evidence and the recorder are the two modules below.
 files[audit]="middleware/audit/balp.py middleware/audit/parts.py middleware/audit/alerts.py"
 tests[audit]="tests/unit/audit/test_balp.py tests/unit/audit/test_balp_known_events.py
     tests/unit/audit/test_balp_parts.py"
+# The audit evidence: which entries an exchange makes (plan.py), the facts' canonical encoding
+# and index row (facts.py), the events rendered from them when read (render.py); pure, pinned by
+# golden events (the old recorder's, kept in tests/unit/audit/old_events.py), hypothesis round
+# trips and malformed encodings, with the evidence reader's tests (sealed facts opened).
+files[audit-facts]="middleware/audit/plan.py middleware/audit/facts.py middleware/audit/render.py"
+tests[audit-facts]="tests/unit/audit/test_facts.py tests/unit/audit/test_render.py
+    tests/unit/audit/test_evidence.py tests/unit/audit/test_facts_mutants.py
+    tests/unit/audit/test_plan_mutants.py"
+# The recorder (entries, outbox, replay) on its own: its tests run real SQLite outboxes and
+# an in-memory ledger, still under a second in all.
+files[audit-recorder]="middleware/audit/recorder.py"
+tests[audit-recorder]="tests/unit/audit/test_recorder.py tests/unit/audit/test_outbox_owners.py"
 files[ledger]="middleware/ledger/merkle.py middleware/ledger/leaf.py middleware/ledger/verify.py"
 # the ledger's own vectors, properties and verifier tests; the store, service and CLI tests call
 # the same functions through SQLite and take minutes per mutant
@@ -60,7 +70,7 @@ declare -A settings
 settings[ledger]="timeout_multiplier = 0.5"
 
 modules=("$@")
-[ ${#modules[@]} -gt 0 ] || modules=(decision ledger filter audit)
+[ ${#modules[@]} -gt 0 ] || modules=(decision ledger filter audit audit-facts audit-recorder)
 
 for module in "${modules[@]}"; do
     [ -n "${files[$module]:-}" ] || { echo "unknown module: $module" >&2; exit 2; }

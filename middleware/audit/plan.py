@@ -87,6 +87,7 @@ def plan(exchange: Exchange, phase: Phase, recorded_us: int, gateway: AgentInfo)
         raise ValueError("request_id must not be empty")
     if is_query(x.request.interaction) and not x.raw_request:
         raise ValueError("raw_request is required for a query interaction")
+    # The test only skips building an empty set (`or True` is an equivalent mutant).
     released = {patient_reference(p) for p in x.released} if x.released else set()
     targets: list[tuple[str | None, Decision | None]] = [
         (patient_reference(p), d) for p, d in x.decisions.items()
