@@ -407,3 +407,29 @@ async def test_after_a_shred_the_accounting_names_the_shredded_period(
     other = json.dumps((await client.get("/fhir/Patient/p2/$accounting", headers=officer)).json())
     assert "dr-research" in other
     assert "permanently erased" not in other
+
+
+async def test_a_gateway_that_cached_the_patient_writes_nothing_readable_after_a_shred(
+    client: httpx.AsyncClient, tokens: Tokens, store: MemoryLogStore
+) -> None:
+    """The running gateway cached p1's pseudonym and key before the shred. Its next entries
+    for p1 (within the caches' minute) land on the shredded chain, yet the store writes their
+    index rows shredded and stores no key again: no search by p1 finds them, the accounting
+    lists no disclosure, and the key table holds nothing for the chain."""
+    await traffic(client, tokens)
+    (row, *_) = await store.audit_rows(AuditQuery(patient="Patient/p1"))
+    assert row.pseudonym is not None
+    await store.shred(row.pseudonym)
+    before = await store.size()
+    research = clinician(tokens, "dr-research", "HRESCH")
+    assert (await client.get("/fhir/Patient/p1", headers=research)).status_code == 200
+    after = await store.audit_rows(AuditQuery(include_shredded=True, limit=1000))
+    late = [r for r in after if r.index >= before and r.pseudonym == row.pseudonym]
+    assert late, "the cached pseudonym was used: entries on the shredded chain"
+    assert all(r.shredded and r.patient is None for r in late)
+    assert await store.audit_rows(AuditQuery(patient="Patient/p1")) == []
+    assert await store.audit_key_get(row.pseudonym) is None
+    got = await client.get(
+        "/fhir/Patient/p1/$accounting", params={"_format": "csv"}, headers=auditor(tokens)
+    )
+    assert "dr-research" not in got.text
