@@ -286,6 +286,7 @@ async def test_sql_backends_agree_with_the_rules_on_random_rows_and_queries(
             "resource_type": pick([None, None, "Condition"]),
             "break_glass": pick([None, None, True, False]),
             "kinds": pick([frozenset(), frozenset({int(AD)})]),
+            "pseudonym": pick([None, None, PA, PB]),
             "include_shredded": pick([False, True]),
             "sort": pick(["date", "-date"]),
             "after": pick([None, (200, 50), (200, 150)]),
