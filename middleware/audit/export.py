@@ -43,6 +43,7 @@ from __future__ import annotations
 import binascii
 import csv
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -65,6 +66,7 @@ __all__ = [
     "entries_for",
     "format_time",
     "plan_chain",
+    "csv_record",
     "row_columns",
     "shredded_columns",
     "shredded_row",
@@ -373,9 +375,24 @@ def write_csv(header: ExportHeader, entries: Iterable[ExportEntry], out: TextIO)
     writer.writerow([*header.columns, *PROOF_COLUMNS])
     written = 0
     for chunk in _chunks(entries):
-        writer.writerows(entry.to_cells(width) for entry in chunk)
+        out.write("".join([csv_record(entry.to_cells(width)) for entry in chunk]))
         written += len(chunk)
     return written
+
+
+#: What makes csv.writer (QUOTE_MINIMAL, delimiter ``,``, quote ``"``, ``\r\n``) quote a cell.
+_NEEDS_QUOTES = re.compile('[,"\r\n]')
+
+
+def csv_record(cells: Sequence[str]) -> str:
+    """The record ``csv.writer(lineterminator="\r\n").writerow(cells)`` writes, for two or
+    more cells (a property test compares them). Most records need no quoting at all (base64
+    and plain text), which one scan of the joined cells finds; csv.writer copied each
+    character of the kilobyte-long base64 cells one by one, a third of an export's time."""
+    if _NEEDS_QUOTES.search("\x00".join(cells)) is None:
+        return ",".join(cells) + "\r\n"
+    quoted = ('"' + c.replace('"', '""') + '"' if _NEEDS_QUOTES.search(c) else c for c in cells)
+    return ",".join(quoted) + "\r\n"
 
 
 def _chunks(entries: Iterable[ExportEntry], size: int = 4096) -> Iterator[list[ExportEntry]]:

@@ -4,6 +4,7 @@ reference): remembered proof paths, hour-cached times, msgspec lines, strict bas
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from middleware.audit.export import (
     EntryOpening,
     ExportEntry,
     ExportHeader,
+    csv_record,
     format_time,
     write_ndjson,
 )
@@ -201,3 +203,16 @@ def test_the_reader_accepts_what_b64encode_writes() -> None:
     ((_, line),) = list(ndjson_lines(iter([text]), ()))
     assert not isinstance(line, str)
     assert line.leaf == data
+
+
+# -- CSV records ------------------------------------------------------------------------------
+
+
+@settings(max_examples=400)
+@given(st.lists(st.text(st.sampled_from(',"\r\n ab\x00é\t'), max_size=6), min_size=2, max_size=9))
+def test_csv_records_are_what_csv_writer_writes(cells: list[str]) -> None:
+    """csv_record (one scan when nothing needs quoting) writes csv.writer's bytes, quotes
+    and doubled quotes included (the reference: the standard library's writer)."""
+    out = io.StringIO(newline="")
+    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    assert csv_record(cells) == out.getvalue()
