@@ -215,3 +215,8 @@ def test_a_mapping_without_a_digest_still_names_its_profile() -> None:
         "type": {"system": ENTITY_SYSTEM, "code": "mapping-profile"},
         "detail": [{"type": "files-digest", "valueString": ""}],
     }
+
+
+def test_a_row_carries_the_index_it_is_given() -> None:
+    """``reindex`` knows each entry's index and builds its row with it."""
+    assert row_of(FACTS, kind=0, flags=0, pseudonym=None, index=5).index == 5
