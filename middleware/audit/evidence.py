@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 from middleware.audit.facts import AuditFacts, decode_facts
 from middleware.audit.parts import Json
@@ -52,6 +52,7 @@ __all__ = [
     "EVIDENCE_HEADER",
     "NO_PATIENT",
     "EvidenceKeyError",
+    "EvidenceRanges",
     "EvidenceReader",
     "EvidenceStore",
     "Opening",
@@ -195,6 +196,26 @@ class EvidenceStore(Protocol):
     async def audit_key_get(self, pseudonym: bytes) -> bytes | None: ...
 
 
+@runtime_checkable
+class EvidenceRanges(Protocol):
+    """A store that reads the evidence of a range of leaves at once (the ledger stores:
+    ``evidence_range`` of ``storage.ledger_base.LogStore``)."""
+
+    async def evidence_range(self, start: int, end: int) -> dict[int, Evidence]: ...
+
+
+def _runs(indexes: Sequence[int]) -> list[tuple[int, int]]:
+    """``[low, high)`` ranges covering ``indexes``, one per run at most :data:`_GAP` apart."""
+    wanted = sorted(set(indexes))
+    runs: list[tuple[int, int]] = []
+    for index in wanted:
+        if runs and index - runs[-1][1] < _GAP:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    return runs
+
+
 class EvidenceReader:
     """Reads audit entries' facts back from ``store`` with the wrap key ``master_key``
     (``derive_box_key(ledger key, "evidence")``).
@@ -227,18 +248,15 @@ class EvidenceReader:
 
     async def openings(self, indexes: Sequence[int]) -> list[Opening | None]:
         """:meth:`opening` of each of ``indexes``, in order, read together: one ``leaves``
-        read per run of nearby indexes, the evidence reads handed to the store at once (an
-        SQLite store's one worker thread runs them back to back instead of waking this loop
-        between them; a pool at most :data:`_READS_AT_ONCE` at a time), and each patient's
-        key read and unwrapped once per call. Three reads an entry cost a bulk export about
-        480 us an entry on SQLite; a call is one snapshot of the keys, so a shred that lands
-        during it shows from the next call on."""
+        read per run of nearby indexes, the evidence likewise from a store that reads it in
+        ranges (:class:`EvidenceRanges`: the ledger stores), else its reads handed to the
+        store at once (at most :data:`_READS_AT_ONCE`), and each patient's key read and
+        unwrapped once per call. Three reads an entry cost a bulk export about 480 us an entry
+        on SQLite; a call is one snapshot of the keys, so a shred that lands during it shows
+        from the next call on."""
         if not indexes:
             return []
-        stored: list[Evidence | None] = []
-        for at in range(0, len(indexes), _READS_AT_ONCE):
-            part = indexes[at : at + _READS_AT_ONCE]
-            stored += await asyncio.gather(*(self._store.evidence(i) for i in part))
+        stored = await self._evidence(indexes)
         sealed = [i for i, e in zip(indexes, stored, strict=True) if e and is_sealed(e.data)]
         leaves = await self._leaves(sealed)
         keys: dict[bytes, bytes | None] = {}
@@ -260,19 +278,24 @@ class EvidenceReader:
             )
         return out
 
+    async def _evidence(self, indexes: Sequence[int]) -> list[Evidence | None]:
+        store = self._store
+        if isinstance(store, EvidenceRanges):
+            found: dict[int, Evidence] = {}
+            for low, high in _runs(indexes):
+                found.update(await store.evidence_range(low, high))
+            return [found.get(i) for i in indexes]
+        stored: list[Evidence | None] = []
+        for at in range(0, len(indexes), _READS_AT_ONCE):
+            part = indexes[at : at + _READS_AT_ONCE]
+            stored += await asyncio.gather(*(store.evidence(i) for i in part))
+        return stored
+
     async def _leaves(self, indexes: Sequence[int]) -> dict[int, bytes]:
-        """The leaves of ``indexes``: one read per run of indexes at most :data:`_GAP` apart."""
-        wanted = sorted(set(indexes))
         out: dict[int, bytes] = {}
-        start = 0
-        while start < len(wanted):
-            end = start
-            while end + 1 < len(wanted) and wanted[end + 1] - wanted[end] <= _GAP:
-                end += 1
-            low = wanted[start]
-            read = await self._store.leaves(low, wanted[end] + 1)
-            out.update((i, read[i - low]) for i in wanted[start : end + 1] if i - low < len(read))
-            start = end + 1
+        for low, high in _runs(indexes):
+            read = await self._store.leaves(low, high)
+            out.update(zip(range(low, low + len(read)), read, strict=True))
         return out
 
     async def events_many(self, indexes: Sequence[int]) -> list[list[Json] | None]:

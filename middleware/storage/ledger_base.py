@@ -33,17 +33,33 @@ anyone holding an earlier checkpoint (a consistency proof to it fails).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
+from middleware.ledger.errors import OutOfRangeError
 from middleware.ledger.sequencer import CheckpointSigner
 
-__all__ = ["PROBE_LOCK_WAIT", "LogStore"]
+__all__ = ["EVIDENCE_RANGE", "PROBE_LOCK_WAIT", "LogStore", "evidence_of_range"]
 
 #: Seconds :meth:`LogStore.probe_commit` waits for the append lock (a readiness check must
 #: answer within its own time budget, and a lock held that long already delays every request).
 PROBE_LOCK_WAIT: Final = 1.0
+
+#: ``evidence_range`` in SQL (SQLite placeholders; start, end): every leaf of the range with
+#: its evidence where it still has some, so the row count checks the range.
+EVIDENCE_RANGE: Final = (
+    "SELECT l.idx, e.salt, e.data FROM consentry_ledger_leaves l "
+    "LEFT JOIN consentry_ledger_evidence e ON e.idx = l.idx "
+    "WHERE l.idx >= ? AND l.idx < ? ORDER BY l.idx"
+)
+
+
+def evidence_of_range(rows: Sequence[Sequence[Any]], start: int, end: int) -> dict[int, Evidence]:
+    """The ``evidence_range`` answer from :data:`EVIDENCE_RANGE`'s ``rows``."""
+    if len(rows) != end - start:
+        raise OutOfRangeError(f"[{start}, {end}) is not within the log")
+    return {int(r[0]): Evidence(r[1], r[2]) for r in rows if r[1] is not None and r[2] is not None}
 
 
 class LogStore(Protocol):
@@ -109,6 +125,12 @@ class LogStore(Protocol):
 
     async def evidence(self, index: int) -> Evidence | None:
         """The evidence of leaf ``index``; ``None`` once shredded. OutOfRangeError past size."""
+        ...
+
+    async def evidence_range(self, start: int, end: int) -> dict[int, Evidence]:
+        """The evidence of the leaves ``[start, end)`` in one read, by index; an entry whose
+        evidence was shredded or removed is absent (what :meth:`evidence` of each gives).
+        OutOfRangeError unless ``0 <= start <= end <= size``, as :meth:`leaves`."""
         ...
 
     async def chain(self, pseudonym: bytes) -> list[int]:

@@ -139,6 +139,11 @@ class MemoryLogStore:
         self._range(index, index + 1)
         return self.log.evidence.get(index)
 
+    async def evidence_range(self, start: int, end: int) -> dict[int, Evidence]:
+        self._range(start, end)
+        stored = self.log.evidence
+        return {i: stored[i] for i in range(start, end) if i in stored}
+
     async def chain(self, pseudonym: bytes) -> list[int]:
         self._check()
         return list(self.log.chains.get(pseudonym, ()))

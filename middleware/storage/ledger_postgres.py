@@ -44,7 +44,7 @@ from middleware.ledger.sequencer import (
 from middleware.storage import audit_index_postgres as audit_index
 from middleware.storage.audit_index_match import indexed_rows
 from middleware.storage.audit_index_stores import PostgresAuditIndex
-from middleware.storage.ledger_base import PROBE_LOCK_WAIT
+from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evidence_of_range
 from middleware.storage.ledger_postgres_schema import CONSENT_LEAF, SCHEMA, SIGNER_LOCK
 from middleware.storage.postgres_pool import open_pool, translated
 
@@ -77,6 +77,10 @@ _RANGES = {
     "leaf_hash": "SELECT leaf_hash FROM consentry_ledger_leaves "
     "WHERE idx >= $1 AND idx < $2 ORDER BY idx",
 }
+
+
+#: ``evidence_range``'s query with PostgreSQL's placeholders.
+_EVIDENCE_RANGE = EVIDENCE_RANGE.replace("?", "$1", 1).replace("?", "$2", 1)
 
 
 def _translated() -> AbstractAsyncContextManager[None]:
@@ -200,6 +204,13 @@ class PostgresLogStore(PostgresAuditIndex):
         if row is None:
             raise OutOfRangeError(f"leaf {index} is not in the log")
         return None if row[0] is None or row[1] is None else Evidence(row[0], row[1])
+
+    async def evidence_range(self, start: int, end: int) -> dict[int, Evidence]:
+        if not 0 <= start <= end:
+            raise OutOfRangeError(f"[{start}, {end}) is not a range of leaf indexes")
+        async with _translated():
+            rows = await self._pool.fetch(_EVIDENCE_RANGE, start, end)
+        return evidence_of_range(rows, start, end)
 
     async def chain(self, pseudonym: bytes) -> list[int]:
         sql = "SELECT idx FROM consentry_ledger_leaves WHERE pseudonym = $1 ORDER BY idx"

@@ -33,7 +33,7 @@ from middleware.ledger.sequencer import (
 from middleware.storage import audit_index_sqlite as audit_index
 from middleware.storage.audit_index_match import indexed_rows
 from middleware.storage.audit_index_stores import SqliteAuditIndex
-from middleware.storage.ledger_base import PROBE_LOCK_WAIT
+from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evidence_of_range
 from middleware.storage.ledger_sqlite_schema import CONSENT_LEAF, SCHEMA
 from middleware.storage.sqlite_worker import SqliteWorker
 
@@ -120,6 +120,12 @@ class SqliteLogStore(SqliteAuditIndex):
         if row is None:
             raise OutOfRangeError(f"leaf {index} is not in the log")
         return None if row[0] is None or row[1] is None else Evidence(row[0], row[1])
+
+    async def evidence_range(self, start: int, end: int) -> dict[int, Evidence]:
+        if not 0 <= start <= end:
+            raise OutOfRangeError(f"[{start}, {end}) is not a range of leaf indexes")
+        rows = await self._db.run(lambda c: c.execute(EVIDENCE_RANGE, (start, end)).fetchall())
+        return evidence_of_range(rows, start, end)
 
     async def chain(self, pseudonym: bytes) -> list[int]:
         sql = "SELECT idx FROM consentry_ledger_leaves WHERE pseudonym = ? ORDER BY idx"

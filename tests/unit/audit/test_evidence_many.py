@@ -35,10 +35,21 @@ class CountingStore(Store):
         return await super().audit_key_get(pseudonym)
 
 
-async def _log() -> tuple[CountingStore, Table, bytes, list[int]]:
+class RangeStore(CountingStore):
+    """A store that also reads evidence in ranges (as the ledger stores do)."""
+
+    async def evidence_range(self, start: int, end: int) -> dict[int, Evidence]:
+        self.reads["ranges"] = self.reads.get("ranges", 0) + 1
+        found = {i: self.evidence_[i] for i in range(start, min(end, len(self.evidence_)))}
+        return {i: e for i, e in found.items() if e is not None}
+
+
+async def _log(
+    kind: type[CountingStore] = CountingStore,
+) -> tuple[CountingStore, Table, bytes, list[int]]:
     """Sealed entries of two patients and of none, one legacy Bundle, one consent."""
     table, wrap = Table(), new_box_key()
-    store = CountingStore(table)
+    store = kind(table)
     rec = AuditRecorder(
         store, Pseudonyms(), gateway=GATEWAY, wall_clock=WHEN.timestamp,
         keys=PatientKeys(table, wrap),
@@ -59,9 +70,10 @@ async def _log() -> tuple[CountingStore, Table, bytes, list[int]]:
     return store, table, wrap, indexes
 
 
+@pytest.mark.parametrize("ranges", [False, True], ids=["one-read-each", "ranges"])
 @pytest.mark.parametrize("shred", [False, True], ids=["all-keys", "one-patient-shredded"])
-async def test_many_at_once_read_as_one_at_a_time(shred: bool) -> None:
-    store, table, wrap, indexes = await _log()
+async def test_many_at_once_read_as_one_at_a_time(shred: bool, ranges: bool) -> None:
+    store, table, wrap, indexes = await _log(RangeStore if ranges else CountingStore)
     if shred:
         first = next(p for p in table.wrapped if p != NO_PATIENT)
         del table.wrapped[first]
@@ -90,3 +102,10 @@ async def test_no_entries_read_nothing() -> None:
         store.reads[reads] = 0
     assert await EvidenceReader(store, wrap).events_many([]) == []
     assert set(store.reads.values()) == {0}
+
+
+async def test_a_store_with_ranges_reads_a_page_s_evidence_in_one_read() -> None:
+    store, _, wrap, indexes = await _log(RangeStore)
+    store.reads = {"leaves": 0, "evidence": 0, "keys": 0}
+    await EvidenceReader(store, wrap).openings(indexes)
+    assert (store.reads["evidence"], store.reads["ranges"], store.reads["leaves"]) == (0, 1, 1)
