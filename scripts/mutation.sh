@@ -48,10 +48,12 @@ files[audit-facts]="middleware/audit/plan.py middleware/audit/facts.py middlewar
 tests[audit-facts]="tests/unit/audit/test_facts.py tests/unit/audit/test_render.py
     tests/unit/audit/test_evidence.py tests/unit/audit/test_facts_mutants.py
     tests/unit/audit/test_plan_mutants.py"
-# The recorder (entries, outbox, replay) on its own: its tests run real SQLite outboxes and
-# an in-memory ledger, still under a second in all.
+# The recorder (entries, outbox, replay) on its own, with the app tests of writes whose outcome
+# waits in the outbox (reconcile, replay, readiness) and of break-the-glass: real SQLite
+# outboxes and in-memory ledgers, about a second in all.
 files[audit-recorder]="middleware/audit/recorder.py"
-tests[audit-recorder]="tests/unit/audit/test_recorder.py tests/unit/audit/test_outbox_owners.py"
+tests[audit-recorder]="tests/unit/audit/test_recorder.py tests/unit/audit/test_outbox_owners.py
+    tests/app/test_write_audit.py tests/app/test_break_glass.py"
 files[ledger]="middleware/ledger/merkle.py middleware/ledger/leaf.py middleware/ledger/verify.py"
 # the ledger's own vectors, properties and verifier tests; the store, service and CLI tests call
 # the same functions through SQLite and take minutes per mutant
