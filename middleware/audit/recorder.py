@@ -209,6 +209,7 @@ class AuditRecorder:
         named = [None if p.facts.patient is None else pseudonyms[p.facts.patient] for p in plans]
         keys = await self._keys(rid, named)
         out: list[NewEntry] = []
+        # Equal lengths by construction: strict= mutants are equivalent.
         for p, pseudonym in zip(plans, named, strict=True):
             salt = new_salt()
             sealed = seal_facts(keys[pseudonym or NO_PATIENT], salt, encode_facts(p.facts))
@@ -282,12 +283,14 @@ class AuditRecorder:
             None if p.facts.patient is None else pseudonyms.get(p.facts.patient) for p in plans
         ]
         try:
+            # Equal lengths by construction: strict= mutants are equivalent.
             keys = await self._keys(
                 rid, [n for n, p in zip(named, plans, strict=True) if n or not p.facts.patient]
             )
         except ServiceUnavailable:
             keys = {}  # sealed on replay
         rows = []
+        # Equal lengths by construction: strict= mutants are equivalent.
         for n, (p, pseudonym) in enumerate(zip(plans, named, strict=True)):
             salt = new_salt()
             facts = encode_facts(p.facts)
@@ -350,6 +353,7 @@ class AuditRecorder:
         if not missing:
             return found  # the usual case, no task made
         results = await asyncio.gather(*(self.keys.key(p) for p in missing), return_exceptions=True)
+        # Equal lengths by construction: strict= mutants are equivalent.
         for pseudonym, result in zip(missing, results, strict=True):
             if isinstance(result, BaseException):
                 raise _unavailable(rid, result) from result
@@ -599,6 +603,7 @@ class AuditRecorder:
         results = await asyncio.gather(
             *(self._pseudonym_of(patient) for patient in missing), return_exceptions=True
         )
+        # Equal lengths by construction: strict= mutants are equivalent.
         for patient, result in zip(missing, results, strict=True):
             if isinstance(result, BaseException):
                 raise _unavailable(request_id, result) from result

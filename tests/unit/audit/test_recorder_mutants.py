@@ -1,0 +1,221 @@
+"""The audit recorder (audit/recorder.py), pinned where mutation testing found its tests blind:
+the bounds its settings accept, what a failure logs (the request id and the error's type, so
+an operator can find the request; never more), when an undecided intent is given up and whose
+intent counts as abandoned, and a recorder without an outbox."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import MutableMapping
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from middleware.audit.evidence import PatientKeys
+from middleware.audit.outbox import Lease, OpenIntent
+from middleware.audit.recorder import AuditRecorder, _running, _started
+from middleware.errors import ServiceUnavailable
+from middleware.ledger.entry import NewEntry
+from middleware.ledger.leaf import micros
+from middleware.ledger.signing import new_box_key
+from tests.unit.audit.test_recorder import (
+    GATEWAY,
+    KEYS,
+    RID,
+    USER,
+    WHEN,
+    FailingLedger,
+    FakeLedger,
+    Pseudonyms,
+    exchange,
+    recorder,
+)
+
+NOW_US = micros(WHEN)
+
+
+def _unavailable_logs(logs: list[MutableMapping[str, Any]]) -> list[tuple[Any, Any]]:
+    return [
+        (entry.get("request_id"), entry.get("error_type"))
+        for entry in logs
+        if entry["event"] == "audit trail unavailable"
+    ]
+
+
+# --- settings
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_cached_pseudonyms": 0}, "max_cached_pseudonyms must be positive"),
+        ({"pseudonym_ttl": 0.0}, "pseudonym_ttl must be positive"),
+        ({"max_attempts": 0}, "max_attempts and give_up_after must be positive"),
+        ({"give_up_after": 0.0}, "max_attempts and give_up_after must be positive"),
+    ],
+    ids=["cache-0", "ttl-0", "attempts-0", "give-up-0"],
+)
+def test_a_setting_out_of_bounds_is_refused(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        AuditRecorder(FakeLedger(), Pseudonyms(), gateway=GATEWAY, **settings)
+
+
+def test_the_smallest_settings_are_accepted() -> None:
+    """One cached pseudonym, one attempt, and fractions of a second are all valid."""
+    AuditRecorder(
+        FakeLedger(),
+        Pseudonyms(),
+        gateway=GATEWAY,
+        max_cached_pseudonyms=1,
+        pseudonym_ttl=0.5,
+        max_attempts=1,
+        give_up_after=0.5,
+    )
+
+
+# --- failures: ServiceUnavailable, logged with the request id and the error's type only
+
+
+class Refusing:
+    """A store that refuses every call with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def __call__(self, *args: Any) -> bytes:
+        raise self.error
+
+
+async def test_a_pseudonym_store_failure_logs_the_request_and_the_error_type() -> None:
+    rec = AuditRecorder(FakeLedger(), Refusing(OSError("disk")), gateway=GATEWAY, keys=KEYS)
+    with (
+        capture_logs() as logs,
+        pytest.raises(ServiceUnavailable, match=r"^audit trail unavailable$"),
+    ):
+        await rec.record(exchange(decisions={"Patient/p1": None}), "exchange")
+    assert _unavailable_logs(logs) == [(RID, "OSError")]
+
+
+async def test_a_malformed_pseudonym_logs_a_value_error() -> None:
+    async def short(patient: str) -> bytes:
+        return b"\x01" * 3
+
+    rec = AuditRecorder(FakeLedger(), short, gateway=GATEWAY, keys=KEYS)
+    with capture_logs() as logs, pytest.raises(ServiceUnavailable):
+        await rec.record(exchange(decisions={"Patient/p1": None}), "exchange")
+    assert _unavailable_logs(logs) == [(RID, "ValueError")]
+
+
+async def test_a_key_store_failure_is_unavailable_and_logged() -> None:
+    keys = PatientKeys(Refusing(TimeoutError()), new_box_key())
+    rec = AuditRecorder(FakeLedger(), Pseudonyms(), gateway=GATEWAY, keys=keys)
+    with capture_logs() as logs, pytest.raises(ServiceUnavailable):
+        await rec.record(exchange(decisions={"Patient/p1": None}), "exchange")
+    assert _unavailable_logs(logs) == [(RID, "TimeoutError")]
+
+
+@pytest.mark.parametrize("patients", [1, 2], ids=["one-append", "appends-gathered"])
+async def test_an_append_failure_logs_the_request_and_the_error_type(patients: int) -> None:
+    ledger = FailingLedger(ConnectionError("down"), fail_at=patients - 1)
+    rec, _ = recorder(ledger)
+    decisions = {f"Patient/p{i}": None for i in range(patients)}
+    with capture_logs() as logs, pytest.raises(ServiceUnavailable):
+        await rec.record(exchange(decisions=decisions), "exchange")
+    assert _unavailable_logs(logs) == [(RID, "ConnectionError")]
+
+
+async def test_a_break_glass_append_failure_logs_the_request() -> None:
+    rec, _ = recorder(FailingLedger(ConnectionError("down")))
+    with capture_logs() as logs, pytest.raises(ServiceUnavailable):
+        await rec.record_break_glass(
+            "started", identity=USER, patients=["p1"], request_id="bg-1", client_address=None
+        )
+    assert _unavailable_logs(logs) == [("bg-1", "ConnectionError")]
+
+
+async def test_break_glass_entries_are_appended_one_per_patient() -> None:
+    ledger = FakeLedger()
+    rec, _ = recorder(ledger)
+    indexes = await rec.record_break_glass(
+        "stopped", identity=USER, patients=["p1", "p2"], request_id="bg-1", client_address=None
+    )
+    assert indexes == [0, 1]
+    assert [e.row.request_id for e in ledger.entries if e.row] == ["bg-1", "bg-1"]
+    assert all(isinstance(e, NewEntry) and e.pseudonym for e in ledger.entries)
+
+
+# --- without an outbox
+
+
+async def test_without_an_outbox_nothing_waits_and_nothing_is_intended() -> None:
+    rec, _ = recorder(FakeLedger())
+
+    async def decide(probe: str) -> str | None:
+        raise AssertionError("no intent to decide")
+
+    assert await rec.replay() == 0
+    assert await rec.reconcile(decide) == 0
+    assert await rec.intend({"ok": exchange()}, "{}") is None
+
+
+# --- giving up, and whose intent is abandoned
+
+
+def _intent(attempts: int = 0, created_us: int = 0, lease: Lease | None = None) -> OpenIntent:
+    return OpenIntent("i1", "{}", "other", lease, created_us, attempts)
+
+
+@pytest.mark.parametrize(
+    ("intent", "given_up"),
+    [
+        # max_attempts 3: this undecided reconcile is the third
+        (_intent(attempts=1), False),
+        (_intent(attempts=2), True),
+        (_intent(attempts=3), True),
+        # give_up_after 10 s: the age counts in seconds from created_us
+        (_intent(created_us=NOW_US - 9_999_999), False),
+        (_intent(created_us=NOW_US - 10_000_000), True),
+        # created_us 0: the age is unknown, only the attempts count
+        (_intent(created_us=0), False),
+        (_intent(created_us=1), True),
+    ],
+    ids=["attempt-2", "attempt-3", "attempt-4", "age-9.99s", "age-10s", "age-unknown", "age-known"],
+)
+def test_an_undecided_intent_is_given_up_after_max_attempts_or_give_up_after(
+    intent: OpenIntent, given_up: bool
+) -> None:
+    rec, _ = recorder(FakeLedger(), max_attempts=3, give_up_after=10.0)
+    assert rec._give_up(intent) is given_up
+
+
+HOST = socket.gethostname()
+ME = (os.getpid(), _started(os.getpid()))
+
+
+@pytest.mark.parametrize(
+    ("lease", "gone"),
+    [
+        (None, True),
+        (Lease("other", "elsewhere", 1, "", NOW_US), True),  # lapsed exactly now
+        (Lease("other", "elsewhere", 1, "", NOW_US + 1), False),  # another host: trust the lease
+        (Lease("other", HOST, ME[0], ME[1], NOW_US + 1), False),  # running here
+        (Lease("other", HOST, ME[0], "0", NOW_US + 1), True),  # the pid reused by another process
+    ],
+    ids=["no-lease", "lapsed", "other-host-live", "running-here", "pid-reused"],
+)
+def test_an_intent_is_abandoned_without_a_live_lease_or_a_running_owner(
+    lease: Lease | None, gone: bool
+) -> None:
+    rec, _ = recorder(FakeLedger())
+    assert rec._owner_gone(_intent(lease=lease)) is gone
+
+
+def test_a_process_is_named_by_its_pid_and_start_time() -> None:
+    pid, started = ME
+    assert started.isdigit()
+    assert _running(pid, started)
+    assert not _running(pid, str(int(started) + 1))
+    assert _running(pid, "")  # start time unknown: the pid exists
+    assert _started(-1) == ""
