@@ -5,22 +5,30 @@ intent counts as abandoned, and a recorder without an outbox."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import socket
 from collections.abc import MutableMapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from middleware.audit.evidence import PatientKeys
-from middleware.audit.outbox import Lease, OpenIntent
-from middleware.audit.recorder import AuditRecorder, _running, _started
+from middleware.audit.facts import encode_facts
+from middleware.audit.outbox import Lease, OpenIntent, OutboxRow
+from middleware.audit.plan import plan
+from middleware.audit.recorder import AuditRecorder, _row_mac, _running, _started
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import NewEntry
-from middleware.ledger.leaf import micros
+from middleware.ledger.leaf import EntryKind, micros
 from middleware.ledger.signing import new_box_key
+from middleware.storage.audit_outbox import SqliteOutbox
 from tests.unit.audit.test_recorder import (
+    CREATE,
     GATEWAY,
     KEYS,
     RID,
@@ -219,3 +227,108 @@ def test_a_process_is_named_by_its_pid_and_start_time() -> None:
     assert not _running(pid, str(int(started) + 1))
     assert _running(pid, "")  # start time unknown: the pid exists
     assert _started(-1) == ""
+
+
+# --- the outbox row's MAC and what replay refuses
+
+
+def _hmac_of(key: bytes, parts: list[bytes]) -> bytes:
+    """HMAC-SHA256 of the length-prefixed parts, written here from keyed_digest's documented
+    layout (the count, then each part's 8-byte big-endian length and bytes)."""
+    mac = hmac.new(key, len(parts).to_bytes(8, "big"), hashlib.sha256)
+    for part in parts:
+        mac.update(len(part).to_bytes(8, "big") + part)
+    return mac.digest()
+
+
+ROW_KEY = bytes(range(32))
+ROW = OutboxRow(
+    request_id="rid-9",
+    kind=int(EntryKind.ACCESS_OUTCOME),
+    recorded_us=NOW_US,
+    salt=b"\x07" * 32,
+    evidence=b"facts",
+    pseudonym=None,
+    patient="Patient/p1",
+    consent=12,
+    flags=1,
+    idempotency_key="outcome:b:0",
+)
+
+
+def test_the_row_mac_covers_every_field_that_becomes_the_entry() -> None:
+    expected = _hmac_of(
+        ROW_KEY,
+        [
+            b"consentry/outbox-row/v1",
+            b"rid-9",
+            str(int(EntryKind.ACCESS_OUTCOME)).encode(),
+            str(NOW_US).encode(),
+            b"\x07" * 32,
+            b"facts",
+            b"",  # no pseudonym
+            b"=Patient/p1",
+            b"=12",
+            b"1",
+            b"outcome:b:0",
+        ],
+    )
+    assert _row_mac(ROW_KEY, ROW) == expected
+    # None and an empty value differ; bytes are taken as they are
+    assert _row_mac(ROW_KEY, replace(ROW, patient="")) != expected
+    with_pseudonym = replace(ROW, pseudonym=b"\x01" * 16, patient=None, consent=None)
+    assert _row_mac(ROW_KEY, with_pseudonym) == _hmac_of(
+        ROW_KEY,
+        [
+            b"consentry/outbox-row/v1",
+            b"rid-9",
+            str(int(EntryKind.ACCESS_OUTCOME)).encode(),
+            str(NOW_US).encode(),
+            b"\x07" * 32,
+            b"facts",
+            b"=" + b"\x01" * 16,
+            b"",
+            b"",
+            b"1",
+            b"outcome:b:0",
+        ],
+    )
+
+
+async def test_replay_dead_letters_each_refused_row_and_goes_on(tmp_path: Path) -> None:
+    """A row with a bad MAC ("mac"), of a kind the outbox never holds ("kind"), or whose
+    evidence does not decode ("malformed") is moved aside, counted and logged with its
+    request id and reason; the rows after it are still replayed."""
+    ledger = FakeLedger()
+    outbox = SqliteOutbox(str(tmp_path / "outbox"))
+    rec, _ = recorder(ledger, outbox=outbox, row_key=ROW_KEY)
+    (good,) = plan(exchange(CREATE, status=201), "outcome", NOW_US, GATEWAY)
+    base = replace(ROW, evidence=encode_facts(good.facts), patient=None, consent=None)
+
+    def row(n: int, **changes: Any) -> OutboxRow:
+        r = replace(base, request_id=f"rid-{n}", idempotency_key=f"outcome:b:{n}", **changes)
+        return replace(r, mac=_row_mac(ROW_KEY, r))
+
+    await outbox.put(
+        [
+            replace(row(1), flags=0),  # changed after its MAC
+            row(2, kind=int(EntryKind.CONSENT)),
+            row(3, evidence=b"\x01not facts"),
+            row(4),
+        ]
+    )
+    with capture_logs() as logs:
+        assert await rec.replay() == 0
+    dead = [
+        (e["request_id"], e["reason"], e["log_level"])
+        for e in logs
+        if e["event"] == "audit outbox row dead-lettered"
+    ]
+    assert dead == [
+        ("rid-1", "mac", "error"),
+        ("rid-2", "kind", "error"),
+        ("rid-3", "malformed", "error"),
+    ]
+    assert (rec.dead_lettered, await outbox.dead_letters()) == (3, 3)
+    assert [e.idempotency_key for e in ledger.entries] == ["outcome:b:4"]
+    await rec.aclose()
