@@ -199,17 +199,29 @@ def test_an_undecided_intent_is_given_up_after_max_attempts_or_give_up_after(
 
 
 HOST = socket.gethostname()
-ME = (os.getpid(), _started(os.getpid()))
+NO_PID = 2**31 - 16  # no process has it (a mutant signalling it signals nobody)
+ME = -1  # stands for this process, looked up when the test runs: a mutant that signals the
+# pid (os.kill(pid, 1)) must hit the process running the test, never the one collecting it
+
+
+def _me(lease: Lease) -> Lease:
+    if lease.pid != ME:
+        return lease
+    pid = os.getpid()
+    return replace(lease, pid=pid, started=_started(pid) if lease.started == "me" else "0")
 
 
 @pytest.mark.parametrize(
     ("lease", "gone"),
     [
         (None, True),
-        (Lease("other", "elsewhere", 1, "", NOW_US), True),  # lapsed exactly now
-        (Lease("other", "elsewhere", 1, "", NOW_US + 1), False),  # another host: trust the lease
-        (Lease("other", HOST, ME[0], ME[1], NOW_US + 1), False),  # running here
-        (Lease("other", HOST, ME[0], "0", NOW_US + 1), True),  # the pid reused by another process
+        (Lease("other", "elsewhere", NO_PID, "", NOW_US), True),  # lapsed exactly now
+        (
+            Lease("other", "elsewhere", NO_PID, "", NOW_US + 1),
+            False,
+        ),  # another host: trust the lease
+        (Lease("other", HOST, ME, "me", NOW_US + 1), False),  # running here
+        (Lease("other", HOST, ME, "0", NOW_US + 1), True),  # the pid reused by another process
     ],
     ids=["no-lease", "lapsed", "other-host-live", "running-here", "pid-reused"],
 )
@@ -217,11 +229,12 @@ def test_an_intent_is_abandoned_without_a_live_lease_or_a_running_owner(
     lease: Lease | None, gone: bool
 ) -> None:
     rec, _ = recorder(FakeLedger())
-    assert rec._owner_gone(_intent(lease=lease)) is gone
+    assert rec._owner_gone(_intent(lease=None if lease is None else _me(lease))) is gone
 
 
 def test_a_process_is_named_by_its_pid_and_start_time() -> None:
-    pid, started = ME
+    pid = os.getpid()
+    started = _started(pid)
     assert started.isdigit()
     assert _running(pid, started)
     assert not _running(pid, str(int(started) + 1))
@@ -332,3 +345,144 @@ async def test_replay_dead_letters_each_refused_row_and_goes_on(tmp_path: Path) 
     assert (rec.dead_lettered, await outbox.dead_letters()) == (3, 3)
     assert [e.idempotency_key for e in ledger.entries] == ["outcome:b:4"]
     await rec.aclose()
+
+
+# --- reconcile and replay: what they report and log when they cannot work
+
+
+class ScriptedOutbox:
+    """An outbox whose ``failing`` methods raise OSError; the others answer from
+    ``intents`` (open) and ``waiting`` (the count), and record what was asked."""
+
+    def __init__(
+        self, failing: frozenset[str] = frozenset(), intents: tuple[OpenIntent, ...] = ()
+    ) -> None:
+        self.failing = failing
+        self.intents_open = list(intents)
+        self.waiting = 0
+        self.calls: list[tuple[str, Any]] = []
+
+    def _call(self, name: str, arg: Any = None) -> None:
+        self.calls.append((name, arg))
+        if name in self.failing:
+            raise OSError(name)
+
+    async def renew(self, lease: Lease) -> None:
+        self._call("renew")
+
+    async def open_intents(self) -> list[OpenIntent]:
+        self._call("open_intents")
+        return self.intents_open
+
+    async def attempted(self, intent: str) -> None:
+        self._call("attempted", intent)
+
+    async def resolve(self, intent: str, variant: str) -> None:
+        self._call("resolve", (intent, variant))
+
+    async def pending(self, limit: int = 1000) -> list[OutboxRow]:
+        self._call("pending")
+        return []
+
+    async def count(self) -> int:
+        self._call("count")
+        return self.waiting
+
+    def close(self) -> None:
+        pass
+
+
+def _with(outbox: ScriptedOutbox, **kwargs: Any) -> AuditRecorder:
+    rec, _ = recorder(FakeLedger(), outbox=outbox, **kwargs)
+    return rec
+
+
+def _logged(logs: list[MutableMapping[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [{k: v for k, v in e.items() if k != "event"} for e in logs if e["event"] == event]
+
+
+async def test_a_replay_that_cannot_read_the_outbox_reports_minus_one_and_logs_why() -> None:
+    rec = _with(ScriptedOutbox(frozenset({"pending"})))
+    with capture_logs() as logs:
+        assert await rec.replay() == -1
+    assert _logged(logs, "audit outbox replay stopped") == [
+        {"error_type": "OSError", "log_level": "warning"}
+    ]
+    assert rec._deferred is True  # rows may wait: the next commit kicks a replay
+
+
+@pytest.mark.parametrize(
+    ("failing", "waiting", "expected"),
+    [
+        (frozenset({"renew"}), 2, -1),  # intents unknown, rows known: still unknown
+        (frozenset({"count"}), 0, -1),
+        (frozenset(), 2, 2),
+    ],
+    ids=["intents-unreadable", "rows-unreadable", "readable"],
+)
+async def test_reconcile_reports_minus_one_when_either_half_is_unknown(
+    failing: frozenset[str], waiting: int, expected: int
+) -> None:
+    outbox = ScriptedOutbox(failing)
+    outbox.waiting = waiting
+    rec = _with(outbox)
+
+    async def decide(probe: str) -> str | None:
+        return "applied"
+
+    with capture_logs() as logs:
+        assert await rec.reconcile(decide) == expected
+    if "renew" in failing:
+        assert _logged(logs, "audit intents not reconciled") == [
+            {"error_type": "OSError", "log_level": "warning"}
+        ]
+
+
+async def test_an_intent_decide_cannot_tell_is_attempted_then_given_up() -> None:
+    probes: list[str] = []
+
+    async def decide(probe: str) -> str | None:
+        probes.append(probe)
+        raise ValueError(probe)
+
+    first = OpenIntent("i1", "probe-1", "other", None, 0, 0)
+    outbox = ScriptedOutbox(intents=(first,))
+    rec = _with(outbox, max_attempts=2)
+    with capture_logs() as logs:
+        assert await rec.reconcile(decide) == 1  # one intent undecided, no rows
+    assert probes == ["probe-1"]
+    assert ("attempted", "i1") in outbox.calls
+    assert _logged(logs, "audit intent not decided") == [
+        {"error_type": "ValueError", "log_level": "warning"}
+    ]
+    outbox.intents_open = [replace(first, attempts=1)]
+    outbox.calls.clear()
+    with capture_logs() as logs:
+        assert await rec.reconcile(decide) == 0
+    assert ("resolve", ("i1", "unknown")) in outbox.calls
+    assert rec.given_up == 1
+    assert _logged(logs, "audit intent given up: outcome recorded as unknown") == [
+        {"attempts": 2, "log_level": "warning"}
+    ]
+
+
+async def test_reconcile_skips_writes_in_flight_and_goes_on_to_the_next_intent() -> None:
+    live = Lease("other", "elsewhere", NO_PID, "", NOW_US + 10**9)
+    intents = (
+        OpenIntent("mine-in-flight", "p0", None, None, 0, 0),
+        OpenIntent("theirs-in-flight", "p1", "other", live, 0, 0),
+        OpenIntent("mine-expired", "p2", None, None, 0, 0),
+        OpenIntent("abandoned", "p3", "other", None, 0, 0),
+    )
+    outbox = ScriptedOutbox(intents=intents)
+    now = 1000.0
+    rec = _with(outbox, clock=lambda: now, live_for=120.0)
+    rec._live["mine-in-flight"] = now - 119.0
+    rec._live["mine-expired"] = now - 120.0  # exactly live_for ago: no longer in flight
+
+    async def decide(probe: str) -> str | None:
+        return "applied"
+
+    await rec.reconcile(decide)
+    resolved = [arg for name, arg in outbox.calls if name == "resolve"]
+    assert resolved == [("mine-expired", "applied"), ("abandoned", "applied")]
