@@ -391,10 +391,9 @@ def row_of(
     render_events`): the RESTful event of an exchange or an outcome, the AuthZconsent event of
     a write's decision (the RESTful event when no decision was taken), the override event of a
     break-the-glass entry; ``event_type``, ``subtype``, ``action`` and ``outcome`` are that
-    event's. ``agent`` is the caller's ``fhirUser``; without one, ``Patient/<id>`` when a
-    patient-context token's launch patient is the entry's patient (the patient acted: the
-    accounting's "to the individual", 45 CFR 164.528(a)(1)(ii)), else
-    ``<issuer>#<subject>``.
+    event's. ``agent`` is the caller's ``fhirUser``, else ``<issuer>#<subject>`` (only a
+    ``fhirUser`` naming the patient makes an access "to the individual" for the accounting,
+    45 CFR 164.528(a)(1)(ii); :func:`_agent`).
     ``entities`` are the resources the entry names (``Type/id``, a version suffix dropped);
     ``resource_types`` their types and the request's own type.
     """
@@ -429,16 +428,17 @@ def row_of(
 
 
 def _agent(f: AuditFacts) -> str | None:
-    """Who acted (see :func:`row_of`): a patient-context token (SMART ``launch/patient``
-    with ``patient/`` scopes) that names no ``fhirUser`` is the launch patient's own login,
-    so an entry about that patient was an access by the patient."""
+    """Who acted (see :func:`row_of`): the token's ``fhirUser``, else its login
+    ``<issuer>#<subject>``. Only ``fhirUser`` can make the patient the agent (an access "to
+    the individual", 45 CFR 164.528(a)(1)(ii)): a launch patient and ``patient/`` scopes
+    without it say which record the app is confined to, not who uses it (a clinician's
+    EHR-launched app has both), so such an access stays accounted (fail towards accounting;
+    a deployment lists its patients' own logins as ``self_agents``)."""
     c = f.caller
     if c is None:
         return None
     if c.fhir_user:
         return c.fhir_user
-    if c.kind == "patient" and c.patient is not None and f.patient == f"Patient/{c.patient}":
-        return f.patient
     return f"{c.issuer}#{c.subject}"
 
 

@@ -200,9 +200,11 @@ ROWS = [
         ("Observation/o1",),
     ),
     ("unauthenticated", replace(FACTS, caller=None), None, ("Observation",), ("Observation/o1",)),
-    # A patient-context token without fhirUser about its own launch patient: the patient
-    # acted (45 CFR 164.528(a)(1)(ii), "to the individual"); any other case keeps the login.
-    ("patient-own-record", _caller("patient", None, "p1"), "Patient/p1", OBS, OBS_1),
+    # A patient-context token without fhirUser, even about its own launch patient, keeps the
+    # login: a clinician's EHR-launched app has a launch patient and patient/ scopes too, so
+    # only fhirUser makes the patient the agent (45 CFR 164.528(a)(1)(ii) is not presumed).
+    ("patient-own-record", _caller("patient", None, "p1"), f"{IDP}#user-42", OBS, OBS_1),
+    ("patient-own-fhir-user", _caller("patient", "Patient/p1", "p1"), "Patient/p1", OBS, OBS_1),
     ("patient-other-record", _caller("patient", None, "p2"), f"{IDP}#user-42", OBS, OBS_1),
     (
         "patient-with-fhir-user",
