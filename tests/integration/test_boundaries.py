@@ -82,14 +82,18 @@ def test_capability_statement_names_the_gateway(sides: Sides) -> None:
     assert capability["implementation"]["url"] == sides.gateway_base
     direct = sides.direct.get(f"{sides.upstream_base}/metadata").json()
     # The upstream's resources the gateway routes keep their interactions and search
-    # parameters; Consent is the gateway's own API; the upstream's custom types are dropped.
+    # parameters; Consent and AuditEvent are the gateway's own APIs (the consent API, the
+    # audit record repository answering ITI-81 from the ledger), advertised with the gateway's
+    # interactions, never the upstream's; the upstream's custom types are dropped.
+    own = {"Consent", "AuditEvent"}
     via = {r["type"]: r for r in capability["rest"][0]["resource"]}
     upstream = {
         r["type"]: r
         for r in direct["rest"][0]["resource"]
-        if r["type"] in RESOURCE_TYPES and r["type"] != "Consent"
+        if r["type"] in RESOURCE_TYPES and r["type"] not in own
     }
-    assert set(via) == {*upstream, "Consent"}
+    assert set(via) == {*upstream, *own}
+    assert {i["code"] for i in via["AuditEvent"]["interaction"]} == {"read", "search-type"}
     for rtype, resource in upstream.items():
         assert via[rtype]["interaction"] == resource["interaction"], rtype
         assert via[rtype].get("searchParam") == resource.get("searchParam"), rtype
