@@ -30,7 +30,7 @@ from middleware.audit.balp import exchange_events
 from middleware.audit.facts import AuditFacts
 from middleware.audit.parts import Json
 
-__all__ = ["ENTITY_SYSTEM", "MAPPING_SYSTEM", "mapping_entity", "render_events"]
+__all__ = ["ENTITY_SYSTEM", "MAPPING_SYSTEM", "for_patient", "mapping_entity", "render_events"]
 
 ENTITY_SYSTEM: Final = "https://consentry.dev/CodeSystem/audit-entity"
 MAPPING_SYSTEM: Final = "https://consentry.dev/CodeSystem/mapping-profile"
@@ -112,6 +112,22 @@ def _override(facts: AuditFacts, recorded: datetime, phase: Literal["started", "
             }
         )
     return event
+
+
+def for_patient(event: Json) -> Json:
+    """``event`` as a patient reader is shown it ("who looked at my record"): a copy without
+    BALP ``entity[query]`` (the raw request, base64: a search's query string or ``POST
+    _search`` form, which names every patient and criterion of a multi-patient search, not
+    only this patient) and without any ``agent.network`` (the staff's workstation addresses).
+    Who acted, when, what, why and the outcome stay; an auditor is served the full event."""
+    kept = dict(event)
+    if "entity" in event:
+        kept["entity"] = [e for e in event["entity"] if "query" not in e]
+    if "agent" in event:
+        kept["agent"] = [
+            {k: v for k, v in agent.items() if k != "network"} for agent in event["agent"]
+        ]
+    return kept
 
 
 def mapping_entity(mapping: str) -> Json:

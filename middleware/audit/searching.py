@@ -16,6 +16,10 @@ new search, so paging ends), bound to the caller, its purposes of use and the
 search's parameters: the cursor cannot be read, changed or used by anyone else, or for
 another search. Rows of crypto-shredded patients are never returned (their evidence is gone).
 
+A patient reader is served each event :func:`~middleware.audit.render.for_patient`: without
+the raw request (``entity[query]``, which names the other patients of a multi-patient search)
+and the agents' network addresses; an auditor is served the full event.
+
 A read (:meth:`Searching.read`) of ``AuditEvent/<index>-<n>`` answers the same 404 for an id
 that is malformed, names no entry, an entry without that event, a shredded one, or (to a
 patient) an entry about another patient.
@@ -40,6 +44,7 @@ from middleware.audit.httptypes import (
     json_reply,
     principal_of,
 )
+from middleware.audit.render import for_patient
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.audit.search import parse_search
 from middleware.audit.searchset import parse_event_id, searchset, served_event
@@ -140,6 +145,8 @@ class Searching:
         rows = await _rows(index, replace(query, until_us=until), size=snapshot[1])
         page = rows[: query.limit]
         events = [event for event in await self.served_many(page) if _matches(event, query)]
+        if reader.patient is not None:
+            events = [for_patient(event) for event in events]
         next_url = None
         if len(rows) > query.limit:
             last = page[-1]
@@ -169,7 +176,7 @@ class Searching:
         events = await self.served(row)
         if n >= len(events):
             raise NotFound("no such AuditEvent")
-        return json_reply(events[n])
+        return json_reply(events[n] if reader.patient is None else for_patient(events[n]))
 
     def _url(self, params: Sequence[tuple[str, str]]) -> str:
         base = f"{self.base_url}/AuditEvent"
