@@ -18,10 +18,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from middleware.audit.evidence import PatientKeys
-from middleware.audit.facts import encode_facts
+from middleware.audit.facts import decode_facts, encode_facts
 from middleware.audit.outbox import Lease, OpenIntent, OutboxRow
 from middleware.audit.plan import plan
 from middleware.audit.recorder import AuditRecorder, _row_mac, _running, _started
+from middleware.consent.decide import Decision, TraceStep
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind, micros
@@ -38,6 +39,7 @@ from tests.unit.audit.test_recorder import (
     FakeLedger,
     Pseudonyms,
     exchange,
+    opened,
     recorder,
 )
 
@@ -486,3 +488,87 @@ async def test_reconcile_skips_writes_in_flight_and_goes_on_to_the_next_intent()
     await rec.reconcile(decide)
     resolved = [arg for name, arg in outbox.calls if name == "resolve"]
     assert resolved == [("mine-expired", "applied"), ("abandoned", "applied")]
+
+
+# --- a write's outcome kept in the outbox: its rows, and what is logged
+
+
+class KeepingOutbox(ScriptedOutbox):
+    """Keeps what is put; ``settle`` and ``put`` fail when listed in ``failing``."""
+
+    def __init__(self, failing: frozenset[str] = frozenset()) -> None:
+        super().__init__(failing)
+        self.rows: list[OutboxRow] = []
+
+    async def put(self, rows: list[OutboxRow], *, settles: str | None = None) -> None:
+        self._call("put", settles)
+        self.rows.extend(rows)
+
+    async def settle(self, intent: str) -> None:
+        self._call("settle", intent)
+
+
+CONSENTED = Decision("permit", (), (TraceStep("c1", 4, "provision", "r"),))
+TWO = {"Patient/p1": CONSENTED, "Patient/p2": None}
+
+
+async def test_an_outcome_the_ledger_refuses_is_kept_sealed_under_the_intents_keys() -> None:
+    outbox = KeepingOutbox()
+    rec, pseudonyms = recorder(FailingLedger(ConnectionError()), outbox=outbox)
+    write = exchange(CREATE, status=201, decisions=TWO)
+    with capture_logs() as logs:
+        assert await rec.record(write, "outcome", intent="abc") == []
+    assert ("put", "abc") in outbox.calls
+    assert [r.idempotency_key for r in outbox.rows] == ["outcome:abc:0", "outcome:abc:1"]
+    assert [(r.pseudonym, r.patient, r.consent) for r in outbox.rows] == [
+        (pseudonyms.known["Patient/p1"], None, 4),
+        (pseudonyms.known["Patient/p2"], None, None),
+    ]
+    for row, planned in zip(outbox.rows, plan(write, "outcome", NOW_US, GATEWAY), strict=True):
+        assert opened(row.pseudonym, row.salt, row.evidence) == planned.facts  # sealed
+    assert _logged(logs, "write outcome kept in the audit outbox") == [
+        {"request_id": RID, "entries": 2, "log_level": "warning"}
+    ]
+    assert rec._deferred is True
+
+
+async def test_an_outcome_without_pseudonyms_keeps_the_patient_and_unsealed_facts() -> None:
+    outbox = KeepingOutbox()
+    ledger = FakeLedger()
+    rec = AuditRecorder(
+        ledger, Refusing(OSError()), gateway=GATEWAY, keys=KEYS, outbox=outbox,  # type: ignore[arg-type]
+        wall_clock=WHEN.timestamp,
+    )  # fmt: skip
+    write = exchange(CREATE, status=201, decisions=TWO)
+    assert await rec.record(write, "outcome") == []
+    assert ledger.entries == []  # nothing to append without the pseudonyms
+    assert [(r.pseudonym, r.patient) for r in outbox.rows] == [
+        (None, "Patient/p1"),
+        (None, "Patient/p2"),
+    ]
+    planned = plan(write, "outcome", NOW_US, GATEWAY)
+    assert [decode_facts(r.evidence) for r in outbox.rows] == [p.facts for p in planned]
+    # without an intent: a fresh batch, the same for the rows of one call
+    batches = {r.idempotency_key.rsplit(":", 1)[0] for r in outbox.rows}
+    (batch,) = batches
+    assert batch.startswith("outcome:")
+    assert len(batch) == len("outcome:") + 32  # a uuid4 hex
+
+
+async def test_an_outcome_the_outbox_cannot_keep_is_unavailable_and_logged() -> None:
+    rec, _ = recorder(FailingLedger(ConnectionError()), outbox=KeepingOutbox(frozenset({"put"})))
+    with capture_logs() as logs, pytest.raises(ServiceUnavailable):
+        await rec.record(exchange(CREATE, status=201), "outcome", intent="abc")
+    assert _unavailable_logs(logs)[-1] == (RID, "OSError")
+
+
+async def test_an_intent_not_settled_after_its_outcome_is_only_logged() -> None:
+    outbox = KeepingOutbox(frozenset({"settle"}))
+    ledger = FakeLedger()
+    rec, _ = recorder(ledger, outbox=outbox)
+    with capture_logs() as logs:
+        assert await rec.record(exchange(CREATE, status=201), "outcome", intent="abc") == [0]
+    assert ledger.entries[0].idempotency_key == "outcome:abc:0"
+    assert _logged(logs, "audit intent not settled") == [
+        {"request_id": RID, "error_type": "OSError", "log_level": "warning"}
+    ]
