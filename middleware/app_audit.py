@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from middleware.audit.accounting import Suspension
 from middleware.audit.accounting_http import AccountingEndpoint
 from middleware.audit.bulk import ExportJobs
 from middleware.audit.evidence import EvidenceReader
@@ -20,6 +21,7 @@ from middleware.audit.httptypes import AuditIndex, Json, Recorder, TokenCheck
 from middleware.audit.row import AuditRow
 from middleware.audit.searching import Searching
 from middleware.audit.shredded import shredded_rows
+from middleware.audit.suspensions import SuspensionLog
 from middleware.auth.smart import gateway_root
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey, derive_box_key
@@ -65,6 +67,12 @@ def build_audit_api(
         store = await ledger.store()
         return await shredded_rows(store, link, since_us=since_us, until_us=until_us)
 
+    suspension_log = SuspensionLog()
+
+    async def suspensions() -> list[Suspension]:
+        """The 164.528(a)(2) suspensions on the ledger (``consentry audit suspend``)."""
+        return await suspension_log.current(await ledger.store())
+
     searching = Searching(
         index=index,
         events=events,
@@ -89,6 +97,7 @@ def build_audit_api(
             gateway_name=REPORT_NAME,
             wall_clock=wall_clock,
             shredded=shredded,
+            suspensions=suspensions,
         ),
         base_path=settings.base_path,
         role=settings.audit_role,

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from middleware.audit.access import audit_reader
-from middleware.audit.accounting import AccountingRules, account, years_before
+from middleware.audit.accounting import AccountingRules, Suspension, account, years_before
 from middleware.audit.httptypes import AuditIndex, Reply, Seen, json_reply
 from middleware.audit.report_bundle import accounting_bundle
 from middleware.audit.report_csv import accounting_csv
@@ -40,7 +40,7 @@ from middleware.errors import BadRequest, Forbidden, NotAcceptable, NotFound
 from middleware.fhir.negotiate import media_type
 from middleware.ledger.leaf import micros
 
-__all__ = ["AccountingEndpoint", "ShreddedOf"]
+__all__ = ["AccountingEndpoint", "ShreddedOf", "SuspensionsOf"]
 
 Format = Literal["bundle", "csv", "pdf"]
 _ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 "id"
@@ -60,6 +60,8 @@ _PAGE: Final = 1000
 #: The crypto-shredded rows of a patient recorded within inclusive bounds (the gateway's is
 #: :func:`middleware.audit.shredded.shredded_rows` under the shred's link).
 ShreddedOf = Callable[[str, int, int], Awaitable[list[AuditRow]]]
+#: Every suspension recorded (in force or not; the accounting decides at its time).
+SuspensionsOf = Callable[[], Awaitable[list[Suspension]]]
 
 
 class AccountingEndpoint:
@@ -74,7 +76,11 @@ class AccountingEndpoint:
         gateway_name: str,
         wall_clock: Callable[[], float] = time.time,
         shredded: ShreddedOf | None = None,
+        suspensions: SuspensionsOf | None = None,
     ) -> None:
+        """``suspensions``: the 164.528(a)(2) suspensions recorded so far (the gateway's reads
+        them from the ledger, :class:`~middleware.audit.suspensions.SuspensionLog`)."""
+        self._suspensions = suspensions
         self._index = index
         self._shredded = shredded
         self._role = role
@@ -107,7 +113,10 @@ class AccountingEndpoint:
         rows = await self._rows(AuditQuery(patient=patient, since_us=since, until_us=as_of))
         if self._shredded is not None:  # so the accounting names the shredded periods
             rows += await self._shredded(patient, since, as_of)
-        made = account(rows, patient=patient, as_of_us=as_of, rules=self._rules)
+        suspended = [] if self._suspensions is None else await self._suspensions()
+        made = account(
+            rows, patient=patient, as_of_us=as_of, rules=self._rules, suspensions=suspended
+        )
         if wanted == "csv":
             body = accounting_csv(made).encode("utf-8")
             return Reply(200, (("content-type", "text/csv; charset=utf-8"), _NO_STORE), body)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from middleware.audit import cli_admin, cli_reports, cli_retention
+from middleware.audit import cli_admin, cli_reports, cli_retention, cli_suspend
 from middleware.audit.cli_common import Usage
 from middleware.errors import GatewayError, SettingsError
 from middleware.ledger.errors import LedgerError
@@ -192,6 +192,17 @@ def _shred_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--operator", help="who orders it (default: the login name)")
 
 
+def _suspend_args(parser: argparse.ArgumentParser) -> None:
+    _store(parser)
+    _key(parser)
+    parser.add_argument("--agency", help="the agency or official: Organization/<id> etc.")
+    parser.add_argument("--until", help="last day (or RFC 3339 time) it specified, inclusive")
+    parser.add_argument("--oral", action="store_true", help="an oral statement (30 days at most)")
+    parser.add_argument("--lift", type=int, help="end the suspension at this ledger index")
+    parser.add_argument("--reason", required=True, help="why (recorded; write no PHI here)")
+    parser.add_argument("--operator", help="who orders it (default: the login name)")
+
+
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], _Handler]] = {
     "search": (
         "search the audit index; every element a column (ONC 170.315(d)(3))",
@@ -237,5 +248,10 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], _Hand
         "list (or with --apply remove) the evidence of entries past their kind's retention",
         _retention_args,
         cli_retention.retention,
+    ),
+    "suspend": (
+        "record (or --lift) a 45 CFR 164.528(a)(2) suspension of accountings to an agency",
+        _suspend_args,
+        cli_suspend.suspend,
     ),
 }

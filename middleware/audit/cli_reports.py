@@ -59,6 +59,7 @@ from middleware.audit.reports import (
 )
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.audit.shredded import shredded_rows
+from middleware.audit.suspensions import SuspensionLog
 from middleware.audit.verify_export import verify_file
 from middleware.ledger.leaf import Leaf
 from middleware.ledger.signing import derive_box_key
@@ -145,6 +146,7 @@ async def _accounting(store: LogStore, args: argparse.Namespace) -> Accounting:
         rules=None if settings is None else settings.accounting_rules,
         since_us=parse_time(args.since),
         until_us=parse_time(args.until, end=True),
+        suspensions=await SuspensionLog().current(store),  # 164.528(a)(2)
     )
 
 

@@ -1,0 +1,151 @@
+"""The 164.528(a)(2) suspensions recorded on the ledger, and the reader that finds them.
+
+``consentry audit suspend`` appends an ``ADMIN`` entry (kind 6, no pseudonym) whose plain
+canonical JSON evidence is :func:`suspension_evidence` (``type`` :data:`SUSPEND_TYPE`: the
+agency, the end of the period the agency specified, oral or written, the reason and the
+operator; no PHI). ``--lift`` appends one of ``type`` :data:`LIFT_TYPE` naming the ledger
+index of the suspension it ends. The suspension starts when its entry was recorded (the leaf's
+time), so it cannot be backdated.
+
+:func:`parse_suspensions` is pure: from the admin entries (index, recorded time, evidence)
+it returns the :class:`~middleware.audit.accounting.Suspension` values, a lifted one ending
+when its lift was recorded. Other admin entries (shred, retention) and evidence that is not
+JSON are skipped. :class:`SuspensionLog` reads them from a ledger store: leaves in ranges
+(never the whole ledger at once), the evidence of admin entries only, and it remembers how far
+it has read, so the gateway's ``$accounting`` reads only what was appended since its last call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any, Final, Protocol
+
+from middleware.audit.accounting import Suspension
+from middleware.ledger.entry import Evidence
+from middleware.ledger.leaf import EntryKind, decode_leaf
+
+__all__ = [
+    "LIFT_TYPE",
+    "SUSPEND_TYPE",
+    "SuspensionLog",
+    "SuspensionSource",
+    "lift_evidence",
+    "parse_suspensions",
+    "suspension_evidence",
+]
+
+#: The ``type`` of a suspension's admin evidence.
+SUSPEND_TYPE: Final = "consentry/audit-suspension"
+#: The ``type`` of the admin evidence that lifts a suspension early.
+LIFT_TYPE: Final = "consentry/audit-suspension-lift"
+_RANGE: Final = 4096
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def suspension_evidence(
+    *, agency: str, end_us: int, oral: bool, reason: str, operator: str
+) -> bytes:
+    """The admin evidence of a suspension of accountings of disclosures to ``agency`` until
+    ``end_us`` (exclusive, microseconds since the epoch)."""
+    return _canonical(
+        {
+            "type": SUSPEND_TYPE,
+            "agency": agency,
+            "end_us": end_us,
+            "oral": oral,
+            "reason": reason,
+            "operator": operator,
+        }
+    )
+
+
+def lift_evidence(*, suspension: int, reason: str, operator: str) -> bytes:
+    """The admin evidence that ends the suspension recorded at ledger index ``suspension``."""
+    return _canonical(
+        {"type": LIFT_TYPE, "suspension": suspension, "reason": reason, "operator": operator}
+    )
+
+
+def _body(data: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def parse_suspensions(entries: Iterable[tuple[int, int, bytes]]) -> list[Suspension]:
+    """The suspensions among admin ``entries`` (``(index, recorded_us, evidence)``), in
+    ledger order; a lift recorded later ends its suspension at the lift's time. Entries of
+    other types, or malformed ones, are skipped (they suspend nothing)."""
+    found: dict[int, Suspension] = {}
+    for index, recorded_us, data in sorted(entries):
+        body = _body(data)
+        if body is None:
+            continue
+        if body.get("type") == SUSPEND_TYPE:
+            agency, end, oral = body.get("agency"), body.get("end_us"), body.get("oral")
+            reason = body.get("reason")
+            if (
+                isinstance(agency, str)
+                and agency
+                and type(end) is int
+                and isinstance(oral, bool)
+                and isinstance(reason, str)
+            ):
+                found[index] = Suspension(recorded_us, end, agency, reason, index, oral=oral)
+        elif body.get("type") == LIFT_TYPE:
+            target = found.get(body.get("suspension"))  # type: ignore[arg-type]
+            if target is not None and recorded_us < target.end_us:
+                found[target.ledger_index] = replace(target, end_us=max(recorded_us, 0))
+    return list(found.values())
+
+
+class SuspensionSource(Protocol):
+    """What :class:`SuspensionLog` reads of a ledger store (``LogStore``)."""
+
+    async def size(self) -> int: ...
+
+    async def leaves(self, start: int, end: int) -> list[bytes]: ...
+
+    async def evidence_range(self, start: int, end: int) -> dict[int, Evidence]: ...
+
+
+class SuspensionLog:
+    """The suspensions on a ledger, read incrementally (module docstring).
+
+    One instance per store; :meth:`current` is safe to call concurrently."""
+
+    def __init__(self) -> None:
+        self._read = 0
+        self._admin: list[tuple[int, int, bytes]] = []
+        self._lock = asyncio.Lock()
+
+    async def current(self, store: SuspensionSource) -> list[Suspension]:
+        """Every suspension recorded on ``store`` so far (whether in force or not: the
+        accounting decides that at its own time)."""
+        async with self._lock:
+            size = await store.size()
+            while self._read < size:
+                end = min(self._read + _RANGE, size)
+                admin = [
+                    (self._read + offset, decode_leaf(data))
+                    for offset, data in enumerate(await store.leaves(self._read, end))
+                ]
+                admin = [(i, leaf) for i, leaf in admin if leaf.kind == EntryKind.ADMIN]
+                if admin:
+                    # Only the admin entries' evidence; a range of one or a few entries.
+                    stored = await store.evidence_range(admin[0][0], admin[-1][0] + 1)
+                    self._admin += [
+                        (i, leaf.recorded_us, stored[i].data)
+                        for i, leaf in admin
+                        if i in stored and SUSPEND_TYPE.encode() in stored[i].data
+                    ]
+                self._read = end
+            return parse_suspensions(self._admin)
