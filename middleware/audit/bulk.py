@@ -50,6 +50,7 @@ class ExportJob:
     count: int = 0
     state: State = "running"
     error: str | None = None
+    too_large: bool = False  # failed past max_events: the client's to narrow (a 4xx)
     finished_at: float | None = None
     task: asyncio.Task[None] | None = None
 
@@ -116,6 +117,7 @@ class ExportJobs:
         try:
             await produce(job)
         except ExportTooLarge:
+            job.too_large = True
             job.state, job.error = (
                 "failed",
                 (f"the export exceeds {self.max_events} events; narrow it with _since"),

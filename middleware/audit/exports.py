@@ -8,7 +8,8 @@ events one per NDJSON line (served as the search serves them: ``id`` ``<index>-<
 ``meta`` naming the ledger entry). Polling the status URL answers 202 with ``X-Progress``
 while the job runs, then 200 with the manifest (``transactionTime``, ``request``,
 ``requiresAccessToken: true``, ``output: [{type, url, count}]``, ``error: []``), or an
-OperationOutcome if the job failed; DELETE cancels it (202). Output files need the same
+OperationOutcome if the job failed (422 ``too-costly`` when it would exceed the export limit:
+narrow it with ``_since``); DELETE cancels it (202). Output files need the same
 auditor's token. Parameters other than ``_since``, ``_type=AuditEvent`` and
 ``_outputFormat`` (NDJSON) are refused (400), as Bulk Data allows a server to.
 
@@ -47,6 +48,15 @@ class JobFailed(GatewayError):
 
     status = 500
     code = "exception"
+
+
+class JobTooLarge(GatewayError):
+    """A bulk export job stopped at ``max_events``: the request asked for more than the
+    gateway exports at once, which the client fixes by narrowing it (``_since``), so a 4xx
+    (FHIR issue type ``too-costly``), not a server error."""
+
+    status = 422
+    code = "too-costly"
 
 
 class BulkExport:
@@ -106,7 +116,8 @@ class BulkExport:
 
     def status(self, identity: Identity, job_id: str) -> Reply:
         """202 with ``X-Progress`` while the job runs, 200 with the manifest once done, the
-        job's error (500) if it failed; 404 for an unknown job or another caller's."""
+        job's error if it failed (422 past ``max_events``, else 500); 404 for an unknown job
+        or another caller's."""
         job = self.jobs.get(job_id, principal_of(identity))
         if job.state == "running":
             progress = f"{job.count} events exported"
@@ -116,6 +127,8 @@ class BulkExport:
                 ("cache-control", "no-store"),
             )
             return Reply(202, headers, b"")
+        if job.state == "failed" and job.too_large:
+            raise JobTooLarge(job.error or "the export is too large; narrow it with _since")
         if job.state == "failed":
             raise JobFailed(job.error or "the export failed")
         base = self.searching.base_url

@@ -60,7 +60,7 @@ from middleware.logging import get_logger
 from middleware.proxy.headers import request_id
 from middleware.types import Receive, Scope, Send
 
-__all__ = ["Accounting", "AuditApi", "serves"]
+__all__ = ["Accounting", "AuditApi", "serves", "store_failure"]
 
 _FORM: Final = "application/x-www-form-urlencoded"
 # A path segment this API can route: FHIR ids (R4 §2.24.0.1), operation names, job ids.
@@ -136,10 +136,17 @@ class AuditApi:
         except GatewayError as error:
             reply = error_reply(error)
         except Exception as exc:  # noqa: BLE001 - fail closed: no detail in the answer
+            unavailable = store_failure(exc)
             self._log.error(
-                "audit api unhandled", request_id=seen.rid, error_type=type(exc).__name__
+                "audit api store unavailable" if unavailable else "audit api unhandled",
+                request_id=seen.rid,
+                error_type=type(exc).__name__,
             )
-            reply = error_reply(GatewayError("internal error"))
+            reply = error_reply(
+                ServiceUnavailable("audit trail unavailable")
+                if unavailable
+                else GatewayError("internal error")
+            )
         if identity is not None and seen.request is not None:
             try:
                 await self._recorder.record(
@@ -309,6 +316,23 @@ class AuditApi:
             # neither is accountable (45 CFR 164.528(a)(1)(i), (ii)); the search shows it.
             released=frozenset(),
         )
+
+
+#: Top-level packages whose exceptions are a store's failure (this core module imports
+#: neither: the import contracts keep database drivers under middleware.storage).
+_STORE_DRIVERS: Final = frozenset({"sqlite3", "_sqlite3", "asyncpg"})
+
+
+def store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the audit store failing rather than a bug: an error a database
+    driver raised (SQLite's ``OperationalError`` for a locked or missing file, asyncpg's
+    connection errors) that the store did not translate, or an OS error or timeout (a lost
+    connection). The API answers these 503 "audit trail unavailable", as it does the
+    translated :class:`~middleware.errors.ServiceUnavailable`: the client may retry, and
+    nothing was released (RFC 9110 §15.6.4)."""
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    return any(kind.__module__.partition(".")[0] in _STORE_DRIVERS for kind in type(exc).__mro__)
 
 
 def _allow(method: str, *allowed: str) -> None:
