@@ -25,7 +25,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from middleware.audit.accounting import AccountingRules, parse_exempt
 from middleware.audit.reports import AfterHours
-from middleware.audit.retention import RetentionRules, parse_retention
+from middleware.audit.retention import (
+    DEFAULT_YEARS,
+    RetentionRules,
+    check_covers_accounting,
+    parse_retention,
+)
 from middleware.auth.settings import AuthSettings
 from middleware.consent.limits import CEILING, DEFAULT_LIMITS
 from middleware.errors import SettingsError
@@ -387,9 +392,17 @@ def _check(values: Mapping[str, Any]) -> list[str]:
             " without spaces"
         )
     try:
-        parse_retention(values.get("audit_retention_by_kind", ""))
+        by_kind = parse_retention(values.get("audit_retention_by_kind", ""))
     except ValueError as exc:
         problems.append(f"audit_retention_by_kind: {exc}")
+    else:
+        try:
+            check_covers_accounting(
+                RetentionRules(values.get("audit_retention_years", DEFAULT_YEARS), by_kind),
+                lookback_years=values.get("accounting_lookback_years", DEFAULT_YEARS),
+            )
+        except (TypeError, ValueError) as exc:
+            problems.append(f"audit_retention_years / audit_retention_by_kind: {exc}")
     for years in (
         "accounting_lookback_years",
         "access_report_lookback_years",

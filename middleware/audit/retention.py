@@ -20,7 +20,14 @@ from typing import Final
 from middleware.audit.accounting import years_before
 from middleware.ledger.leaf import EntryKind
 
-__all__ = ["DEFAULT_YEARS", "EXPIRING", "RetentionRules", "expired", "parse_retention"]
+__all__ = [
+    "DEFAULT_YEARS",
+    "EXPIRING",
+    "RetentionRules",
+    "check_covers_accounting",
+    "expired",
+    "parse_retention",
+]
 
 #: Six years (45 CFR 164.316(b)(2)(i)).
 DEFAULT_YEARS: Final = 6
@@ -72,6 +79,20 @@ def parse_retention(text: str) -> dict[EntryKind, int]:
             raise ValueError(f"{item!r}: expected 1..100 years")
         out[kind] = int(value)
     return out
+
+
+def check_covers_accounting(rules: RetentionRules, *, lookback_years: int) -> None:
+    """Refuse (``ValueError``) rules that keep disclosures' evidence for fewer years than the
+    accounting of disclosures looks back: 45 CFR 164.528(a)(1) gives the individual an
+    accounting of the disclosures of the last six years (``accounting_lookback_years``), which
+    cannot be produced from evidence already removed."""
+    years = rules.years(EntryKind.DISCLOSURE)
+    if years is not None and years < lookback_years:
+        raise ValueError(
+            f"disclosures would keep their evidence {years} years, fewer than the "
+            f"{lookback_years} years the accounting of disclosures looks back "
+            "(accounting_lookback_years; 45 CFR 164.528(a)(1))"
+        )
 
 
 def expired(
