@@ -10,7 +10,8 @@ Routing is by exact path before anything else: the management endpoints (``/heal
 development issuer is on; ``/.well-known/smart-configuration`` at the root and under the
 base), then the patient consent API (``{base}/Consent`` and below, served
 here and never forwarded), then the audit trail's API (``{base}/AuditEvent`` and below,
-``Patient/<id>/$accounting``, ``$export``: ``audit.http``, never forwarded), then the FHIR
+``Patient/<id>/$accounting``, ``$export`` with ``_type=AuditEvent``: ``audit.http``, never
+forwarded), then the FHIR
 base path (the proxy), then a 404 OperationOutcome.
 """
 
@@ -127,7 +128,9 @@ class Gateway:
                 await self.management(scope, receive, send)
             elif self.consent is not None and serves(path, self._base):
                 await self.consent(scope, receive, send)
-            elif self.audit is not None and audit_serves(path, self._base):
+            elif self.audit is not None and audit_serves(
+                path, self._base, scope.get("query_string", b"")
+            ):
                 await self.audit(scope, receive, send)
             elif path == self._base or path.startswith(self._base + "/"):
                 await self.proxy(scope, receive, send)

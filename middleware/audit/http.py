@@ -72,13 +72,30 @@ Accounting = Callable[
 ]
 
 
-def serves(path: str, base_path: str) -> bool:
-    """True when this API (not the proxy) answers ``path``."""
+def serves(path: str, base_path: str, query: bytes = b"") -> bool:
+    """True when this API (not the proxy) answers ``path`` with ``query`` (the raw query
+    string). A system-level ``{base}/$export`` is this API's only when its ``_type`` names
+    AuditEvent (alone, or with other types, which the kick-off refuses): any other system
+    export is the normal pipeline's to refuse or forward by its own rules."""
     root = f"{base_path}/AuditEvent"
-    if path in (root, f"{base_path}/$export") or path.startswith(root + "/"):
+    if path == f"{base_path}/$export":
+        return _names_audit_event(query)
+    if path == root or path.startswith(root + "/"):
         return True
     parts = path[len(base_path) :].split("/") if path.startswith(base_path + "/") else []
     return len(parts) == 4 and parts[1] == "Patient" and parts[3] == "$accounting"
+
+
+def _names_audit_event(query: bytes) -> bool:
+    """Whether a ``_type`` of ``query`` lists AuditEvent (an undecodable query does not)."""
+    try:
+        pairs = parse_qsl(query.decode("ascii"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        return False
+    return any(
+        name == "_type" and "AuditEvent" in (t.strip() for t in value.split(","))
+        for name, value in pairs
+    )
 
 
 class AuditApi:
