@@ -5,6 +5,7 @@ intent counts as abandoned, and a recorder without an outbox."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -572,3 +573,88 @@ async def test_an_intent_not_settled_after_its_outcome_is_only_logged() -> None:
     assert _logged(logs, "audit intent not settled") == [
         {"request_id": RID, "error_type": "OSError", "log_level": "warning"}
     ]
+
+
+# --- intents in flight, background replays, closing
+
+
+class HoldingOutbox(KeepingOutbox):
+    """Also holds intents, and can make ``pending`` wait until ``release`` is set."""
+
+    def __init__(self, failing: frozenset[str] = frozenset()) -> None:
+        super().__init__(failing)
+        self.release: asyncio.Event | None = None
+        self.closed = False
+
+    async def hold(self, intent: str, probe: str, held: Any, **kwargs: Any) -> None:
+        self._call("hold", intent)
+
+    async def pending(self, limit: int = 1000) -> list[OutboxRow]:
+        self._call("pending")
+        if self.release is not None:
+            await self.release.wait()
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _holding(**kwargs: Any) -> tuple[AuditRecorder, HoldingOutbox, FakeLedger]:
+    outbox, ledger = HoldingOutbox(**kwargs), FakeLedger()
+    rec, _ = recorder(ledger, outbox=outbox)
+    return rec, outbox, ledger
+
+
+async def test_an_intent_is_in_flight_until_its_outcome_is_recorded() -> None:
+    rec, outbox, ledger = _holding()
+    write = exchange(CREATE, status=201)
+    intent = await rec.intend({"applied": write}, "probe")
+    assert intent is not None
+    assert ("hold", intent) in outbox.calls
+    assert intent in rec._live
+    await rec.record(write, "outcome", intent=intent)
+    assert intent not in rec._live
+    assert ledger.entries[0].idempotency_key == f"outcome:{intent}:0"
+
+
+async def test_an_intent_the_outbox_cannot_hold_is_unavailable_and_not_in_flight() -> None:
+    rec, _, _ = _holding(failing=frozenset({"hold"}))
+    with capture_logs() as logs, pytest.raises(ServiceUnavailable):
+        await rec.intend({"applied": exchange(CREATE, status=201)}, "probe")
+    assert rec._live == {}
+    assert _unavailable_logs(logs) == [(RID, "OSError")]
+
+
+async def test_an_intent_without_pseudonyms_is_unavailable_and_logged() -> None:
+    rec = AuditRecorder(
+        FakeLedger(), Refusing(OSError()), gateway=GATEWAY, keys=KEYS,
+        outbox=HoldingOutbox(),  # type: ignore[arg-type]
+    )  # fmt: skip
+    with capture_logs() as logs, pytest.raises(ServiceUnavailable):
+        await rec.intend({"applied": exchange(CREATE, status=201, decisions=TWO)}, "probe")
+    assert _unavailable_logs(logs) == [(RID, "OSError")]
+
+
+async def test_an_exchange_entry_takes_no_idempotency_key_even_with_an_outbox() -> None:
+    """Only a write's outcome is deduplicated: a read recorded twice is two entries."""
+    rec, outbox, ledger = _holding()
+    await rec.record(exchange(), "exchange")
+    await rec.record(exchange(), "exchange")
+    assert [e.idempotency_key for e in ledger.entries] == [None, None]
+    assert outbox.rows == []
+
+
+async def test_a_commit_kicks_one_background_replay_only_when_rows_may_wait() -> None:
+    rec, outbox, _ = _holding()
+    await rec.record(exchange(), "exchange")
+    await asyncio.sleep(0)
+    assert ("pending", None) not in outbox.calls  # nothing deferred: no replay
+    outbox.release = asyncio.Event()
+    rec._deferred = True
+    await rec.record(exchange(), "exchange")
+    await rec.record(exchange(), "exchange")  # the first replay still runs: no second one
+    await asyncio.sleep(0)
+    assert outbox.calls.count(("pending", None)) == 1
+    await rec.aclose()  # cancels the replay waiting on the outbox, without raising
+    assert rec._replaying is None
+    assert outbox.closed
