@@ -60,6 +60,7 @@ __all__ = [
     "ShreddedPeriod",
     "Suspension",
     "account",
+    "exemption",
     "parse_exempt",
     "purpose_text",
     "years_before",
@@ -320,6 +321,13 @@ def account(
         suspended=tuple(suspended),
         foreign_rows=foreign,
     )
+
+
+def exemption(row: AuditRow, patient: str, rules: AccountingRules) -> str | None:
+    """The 164.528(a)(1) category that leaves ``row`` (a disclosure of ``patient``) out of
+    the accounting under ``rules``, or None: it is accounted (what :func:`account` decides
+    per row, suspensions and ``self_agents`` aside; the export verifier re-applies it)."""
+    return _exemption(row, patient, rules, frozenset())
 
 
 def _exemption(

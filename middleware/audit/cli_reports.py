@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from middleware.audit.accounting import Accounting, account
+from middleware.audit.accounting import Accounting, AccountingRules, account
 from middleware.audit.cli_common import (
     Usage,
     all_rows,
@@ -39,6 +39,7 @@ from middleware.audit.export_collect import (
     StoreView,
     collect_export,
 )
+from middleware.audit.export_rules import rules_json
 from middleware.audit.facts import row_of
 from middleware.audit.progress import Progress
 from middleware.audit.report_bundle import accounting_bundle
@@ -127,6 +128,11 @@ def _settings(args: argparse.Namespace) -> Settings | None:
     if config is None:
         return None
     return load_settings(config_file=config, env=os.environ)
+
+
+def _rules(args: argparse.Namespace) -> AccountingRules:
+    settings = _settings(args)
+    return AccountingRules() if settings is None else settings.accounting_rules
 
 
 def _after(args: argparse.Namespace) -> AfterHours | None:
@@ -277,7 +283,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
             rows, since, until = await _report_rows(store, args)
             patient = getattr(args, "patient", None) if kind != "user-report" else None
             pseudonym = None
-            if patient is not None and kind in ("accounting", "access-report"):
+            if patient is not None:  # the verifier requires the chain of a named patient
                 pseudonym = next((r.pseudonym for r in rows if r.pseudonym), None)
                 if pseudonym is None:
                     found = await store.audit_rows(AuditQuery(patient=patient, limit=1))
@@ -289,6 +295,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                 since_us=since,
                 until_us=until,
                 pseudonym=pseudonym,
+                rules=rules_json(_rules(args)) if kind == "accounting" else None,
             )
             # Most of the log: one snapshot read beats a read per entry.
             bulk = len(rows) * _BULK >= await store.size()

@@ -15,6 +15,10 @@ An export is one file, NDJSON for machines or CSV for people; both hold the same
    ``before``  the patient's last entry before the period (omitted when there is none):
                leaf and inclusion proof only, nothing of it is disclosed
    ``after``   the patient's first entry after the period (omitted when there is none)
+   ``tail``    when there is no ``after`` line: every entry of the log after the chain's
+               last line up to the checkpoint's size (none of them the patient's), leaf and
+               inclusion proof only, so the verifier sees the chain ends there; omitted when
+               there are more than :data:`TAIL_LIMIT` (the tail is then unproven)
 
    Every line carries ``index`` (the ledger index), ``leaf`` (the 80 stored leaf bytes,
    :mod:`middleware.ledger.leaf`) and ``proof`` (the RFC 9162 §2.1.3.1 inclusion path of the
@@ -27,14 +31,21 @@ An export is one file, NDJSON for machines or CSV for people; both hold the same
 Completeness (per-patient exports): every leaf names the index of its pseudonym's previous
 entry (``previous``). The lines of the chain, ``before`` then ``row``/``other`` then ``after``,
 must each name the one before, so a dropped line breaks a link and its index is named by the
-line after the gap. ``after`` absent means the chain ended, at the checkpoint's size, inside
-the period; the exporter states it and it cannot be proved from the file alone (an offline
-verifier holding the log, or a later export, can).
+line after the gap. Links point backwards only, so the end of the chain is proved by the
+``after`` line, or, when the chain ends inside the period, by the ``tail`` lines (every later
+entry of the checkpoint's tree, none on the chain); without either the tail is unproven and the
+verifier says so (``chain-tail-unproven``).
+
+The header's ``rules`` (an accounting's: :func:`middleware.audit.export_rules.rules_json`)
+are the 45 CFR 164.528(a)(1) exemption rules the exporter applied, so the verifier re-applies
+them to every opened entry (``row`` lines must be accountable, ``other`` lines not).
 
 NDJSON: the header is the first line, a JSON object; each entry is one JSON object (keys as
 above; ``columns`` an object of strings). CSV (RFC 4180): the first line is ``#`` followed by
 the header's JSON; the second names the columns, the report's own then :data:`PROOF_COLUMNS`;
-one record per entry (``row`` lines fill the report's columns, the others leave them empty).
+one record per entry (``row`` lines fill the report's columns, the others leave them empty); a
+cell a spreadsheet would take for a formula is written with a ``'`` before it
+(``report_csv.csv_escape``, OWASP CSV injection), which the verifier expects.
 Pure: no I/O beyond the text streams handed in.
 """
 
@@ -51,12 +62,14 @@ from typing import Any, Literal, Protocol, TextIO
 
 import msgspec
 
+from middleware.audit.report_csv import csv_escape
 from middleware.audit.row import AuditRow
 from middleware.ledger.leaf import EntryFlag, Leaf
 
 __all__ = [
     "EXPORT_FORMAT",
     "PROOF_COLUMNS",
+    "TAIL_LIMIT",
     "ProofSource",
     "ROW_COLUMNS",
     "EntryOpening",
@@ -66,6 +79,7 @@ __all__ = [
     "entries_for",
     "format_time",
     "plan_chain",
+    "plan_tail",
     "csv_record",
     "row_columns",
     "shredded_columns",
@@ -77,7 +91,11 @@ __all__ = [
 #: The first thing in every export; a verifier refuses any other version.
 EXPORT_FORMAT = "consentry-audit-export/v1"
 
-Role = Literal["row", "other", "before", "after"]
+Role = Literal["row", "other", "before", "after", "tail"]
+
+#: At most this many ``tail`` lines (about 1 kB each): a patient whose last entry is further
+#: back than this from the checkpoint gets an export whose tail is unproven.
+TAIL_LIMIT = 10_000
 
 #: The columns of a row of the audit index (every :class:`AuditRow` field but the pseudonym,
 #: which is in the leaf); reports with columns of their own name them in the header.
@@ -135,7 +153,8 @@ class EntryOpening:
 class ExportHeader:
     """What an export is (see the module docstring). ``since_us``/``until_us``: inclusive
     bounds in microseconds since the epoch (None: open). ``chain``: the patient's pseudonym for
-    a per-patient export (the completeness proof applies), else None."""
+    a per-patient export (the completeness proof applies), else None. ``rules``: the
+    report's inclusion rules as JSON (an accounting's exemption table), else None."""
 
     report: str
     checkpoint: str
@@ -146,6 +165,7 @@ class ExportHeader:
     since_us: int | None = None
     until_us: int | None = None
     chain: bytes | None = None
+    rules: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The header as its JSON object (the NDJSON first line, the CSV ``#`` line)."""
@@ -160,6 +180,7 @@ class ExportHeader:
             "origin": self.origin,
             "checkpoint": self.checkpoint,
             "chain": None if self.chain is None else self.chain.hex(),
+            "rules": None if self.rules is None else dict(self.rules),
         }
 
 
@@ -210,8 +231,10 @@ class ExportEntry:
         return out
 
     def to_cells(self, width: int) -> list[str]:
-        """The entry as a CSV record: ``width`` report cells then :data:`PROOF_COLUMNS`."""
-        cells = list(self.columns) if self.columns is not None else [""] * width
+        """The entry as a CSV record: ``width`` report cells (formulas escaped,
+        ``report_csv.csv_escape``) then :data:`PROOF_COLUMNS`."""
+        columns = self.columns
+        cells = [csv_escape(c) for c in columns] if columns is not None else [""] * width
         opening = self.opening
         cells += [
             self.role,
@@ -286,7 +309,12 @@ def plan_chain(
 ) -> tuple[int | None, list[int], int | None]:
     """Split a patient's chain, ``(index, recorded_us)`` pairs in ascending index, into the
     entry just before the period, the entries from the first to the last one recorded in the
-    period (inclusive, in chain order), and the entry just after; None where there is none."""
+    period (inclusive, in chain order), and the entry just after; None where there is none.
+
+    Times need not ascend with the index (an outbox replay appends an entry recorded earlier),
+    so the cut is by index around the first and the last entry recorded in the period: an
+    entry between them recorded outside it is an ``other`` line, and the boundaries are
+    entries recorded outside the period (the verifier checks exactly that)."""
     low = -1 if since_us is None else since_us
     high = 2**64 if until_us is None else until_us
     inside = [i for i, (_, t) in enumerate(chain) if low <= t <= high]
@@ -300,6 +328,15 @@ def plan_chain(
         [index for index, _ in chain[first : last + 1]],
         chain[last + 1][0] if last + 1 < len(chain) else None,
     )
+
+
+def plan_tail(last: int | None, size: int, limit: int = TAIL_LIMIT) -> list[int]:
+    """The ``tail`` indexes of a chain whose last exported line is ``last`` and that has no
+    ``after`` line: every index after it below ``size``; none when they are more than
+    ``limit`` (the tail is then left unproven) or there is no line at all."""
+    if last is None or size - last - 1 > limit:
+        return []
+    return list(range(last + 1, size))
 
 
 def entries_for(

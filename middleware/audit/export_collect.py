@@ -17,9 +17,9 @@ entry would dominate). The format itself is :mod:`middleware.audit.export`'s.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from middleware.audit.evidence import is_sealed, unwrap_key
 from middleware.audit.export import (
@@ -29,6 +29,7 @@ from middleware.audit.export import (
     Role,
     entries_for,
     plan_chain,
+    plan_tail,
 )
 from middleware.audit.export_columns import columns_for
 from middleware.audit.proofs import ProofMaker
@@ -139,7 +140,8 @@ class SnapshotView:
 @dataclass(frozen=True, slots=True)
 class ExportSpec:
     """What is exported: the ``report`` kind and its scope; ``pseudonym``: the patient's
-    chain, for a per-patient export (None: no completeness proof)."""
+    chain, for a per-patient export (None: no completeness proof); ``rules``: the report's
+    inclusion rules for the header (``export_rules.rules_json``), the verifier re-applies them."""
 
     report: str
     patient: str | None = None
@@ -147,6 +149,7 @@ class ExportSpec:
     since_us: int | None = None
     until_us: int | None = None
     pseudonym: bytes | None = None
+    rules: Mapping[str, Any] | None = None
 
 
 async def collect_export(
@@ -177,6 +180,8 @@ async def collect_export(
         lines = [("before", before)] if before is not None else []
         lines += [("row" if i in reported else "other", i) for i in inside]
         lines += [("after", after)] if after is not None else []
+        if after is None:  # the chain's end, proved by every later leaf (export.plan_tail)
+            lines += [("tail", i) for i in plan_tail(lines[-1][1] if lines else None, size)]
     else:
         lines = [("row", i) for i in sorted(reported)]
     leaves = await view.leaves([i for _, i in lines])
@@ -209,6 +214,7 @@ async def collect_export(
         until_us=spec.until_us,
         chain=spec.pseudonym,
         columns=names,
+        rules=spec.rules,
     )
     columns = {i: cells for i, cells in cells_of.items() if cells is not None}
     entries = entries_for(

@@ -19,7 +19,7 @@ import io
 from collections.abc import Callable, Sequence
 
 from middleware.audit.export import ROW_COLUMNS, row_columns
-from middleware.audit.report_csv import ACCESS_COLUMNS, access_csv
+from middleware.audit.report_csv import ACCESS_COLUMNS, access_csv, csv_unescape
 from middleware.audit.reports import AccessReport, UserReport, access_report, user_activity
 from middleware.audit.row import AuditRow
 
@@ -47,7 +47,7 @@ def access_cells(row: AuditRow) -> tuple[str, ...] | None:
         return None
     cells = list(csv.reader(io.StringIO(access_csv(report))))[1]
     del cells[_INDEX_AT]
-    return tuple(cells)
+    return tuple(csv_unescape(c) for c in cells)  # the values; a CSV export escapes its own
 
 
 def columns_for(report: str) -> tuple[tuple[str, ...], ColumnsOf]:

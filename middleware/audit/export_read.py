@@ -21,7 +21,15 @@ import msgspec
 from middleware.audit.export import EXPORT_FORMAT, PROOF_COLUMNS, EntryOpening, format_time
 from middleware.ledger.leaf import micros
 
-__all__ = ["REPORTS", "ExportLine", "HeaderError", "csv_lines", "ndjson_lines", "read_header"]
+__all__ = [
+    "REPORTS",
+    "ExportLine",
+    "HeaderError",
+    "csv_lines",
+    "ndjson_lines",
+    "parse_time",
+    "read_header",
+]
 
 #: The report kinds an export can be of.
 REPORTS = frozenset({"accounting", "access-report", "user-report", "date-range", "search"})
@@ -46,15 +54,17 @@ def read_header(first: str) -> tuple[dict[str, Any], tuple[str, ...]]:
         header = None
     if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
         raise HeaderError("header-format", f"the first line is not a {EXPORT_FORMAT} header")
+    header.setdefault("rules", None)  # files written before the header carried the rules
     if set(header) != _HEADER_KEYS:
         raise HeaderError("header-malformed", "the header's keys are not the format's")
     names = header["columns"]
     fields_ok = header.get("report") in REPORTS and isinstance(header.get("checkpoint"), str)
+    fields_ok = fields_ok and isinstance(header["rules"], dict | None)
     if not fields_ok or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise HeaderError("header-malformed", "the header lacks report, checkpoint or columns")
     try:
         for key in ("since", "until"):
-            header[key] = _micros(header.get(key))
+            header[key] = parse_time(header.get(key))
         chain = header.get("chain")
         header["chain"] = None if chain is None else bytes.fromhex(chain)
     except (ValueError, TypeError) as exc:
@@ -62,7 +72,9 @@ def read_header(first: str) -> tuple[dict[str, Any], tuple[str, ...]]:
     return header, tuple(names)
 
 
-def _micros(text: object) -> int | None:
+def parse_time(text: object) -> int | None:
+    """An export's RFC 3339 UTC time (as ``format_time`` writes it) in microseconds, None for
+    None; ValueError for any other spelling."""
     if text is None:
         return None
     if not isinstance(text, str) or not text.endswith("Z"):
@@ -85,10 +97,10 @@ class ExportLine:
     columns: tuple[str, ...] | None
 
 
-_ROLES = frozenset({"row", "other", "before", "after"})
+_ROLES = frozenset({"row", "other", "before", "after", "tail"})
 _HEADER_KEYS = frozenset(
     {"format", "report", "patient", "agent", "since", "until", "columns", "origin"}
-    | {"checkpoint", "chain"}
+    | {"checkpoint", "chain", "rules"}
 )
 
 

@@ -5,6 +5,11 @@ the ``ledger_index`` it stands for, so an export can attach each row's inclusion
 are RFC 3339 UTC with microseconds (``2025-03-01T12:30:05.123000Z``); lists are joined with a
 space (resource types, codes and references never contain one). CSV follows RFC 4180 (stdlib
 :mod:`csv`, ``\\r\\n`` line ends). NDJSON is one JSON object per line (FHIR Bulk Data's format).
+
+CSV formula injection (OWASP "CSV Injection"): agents, clients and reasons come from tokens
+and requests, so a cell a spreadsheet would read as a formula (starting with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return) is written with a ``'`` before it, and so is a cell
+that already starts with ``'``, which keeps the escape reversible (:func:`csv_unescape`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ __all__ = [
     "ACCOUNTING_DETAIL_COLUMNS",
     "access_csv",
     "accounting_csv",
+    "csv_escape",
+    "csv_unescape",
     "date_range_csv",
     "date_range_ndjson",
     "rfc3339",
@@ -81,11 +88,26 @@ def rfc3339(us: int) -> str:
     return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+#: First characters a spreadsheet takes as the start of a formula, and the escape itself.
+_FORMULA = frozenset("=+-@\t\r'")
+
+
+def csv_escape(cell: str) -> str:
+    """``cell`` as a CSV file holds it: with a ``'`` before a formula's first character
+    (module docstring)."""
+    return "'" + cell if cell[:1] in _FORMULA else cell
+
+
+def csv_unescape(cell: str) -> str:
+    """The value :func:`csv_escape` wrote as ``cell``."""
+    return cell[1:] if cell[:1] == "'" else cell
+
+
 def _csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([csv_escape(str(cell)) for cell in row] for row in rows)
     return out.getvalue()
 
 

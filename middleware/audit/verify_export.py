@@ -10,12 +10,22 @@
   checkpoint's root at the claimed index, lines are in ascending index, no index twice;
 - every ``row``/``other`` line: ``commit_evidence(salt, evidence)`` is the leaf's commitment,
   the opening decrypts to facts (``opener``), and a row's columns are what those facts say;
-  the row is inside the export's scope (patient, agent, period) and, when a rule for the
-  report is given, rows are the entries the rule includes and ``other`` lines the ones it
-  leaves out;
-- a per-patient export's chain: every line has the patient's pseudonym and names the line
-  before it as its ``previous`` entry, so a dropped line is a gap whose missing index the next
-  leaf names, and an inserted line is a link nobody names.
+  a ``row`` is inside the export's scope (patient, agent, period; an ``other`` line may be
+  recorded outside the period, an outbox replay recorded earlier than the entry before it)
+  and rows are the entries the report's rule includes and ``other`` lines (inside the
+  period) the ones it leaves out: the rule given, else the kind's own
+  (:func:`~middleware.audit.export_rules.default_rule`: the accounting's from the exemption
+  rules in the header, the access report's);
+- a per-patient export's chain: an accounting, an access report and any export naming a
+  patient must carry one (``chain-missing``); every line has the patient's pseudonym and
+  names the line before it as its ``previous`` entry, so a dropped line is a gap whose missing
+  index the next leaf names, and an inserted line is a link nobody names; the end is proved by
+  an ``after`` line or by ``tail`` lines up to the checkpoint's size
+  (``chain-tail-unproven`` otherwise).
+
+The report names the scope it verified (patient, agent, period, checkpoint size, chain, how
+the tail was proved) and the rules it applied: the header is not signed, so the reader
+compares them with what was asked for.
 
 Inclusion proofs are checked by :class:`~middleware.audit.inclusion.InclusionChecker`: the
 RFC's check, in about one hash a row for an export in index order instead of ``log2(size)``.
@@ -32,7 +42,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from middleware.audit.export import EntryOpening, shredded_columns
+from middleware.audit.export import EntryOpening, format_time, shredded_columns
 from middleware.audit.export_chain import LineOrder
 from middleware.audit.export_columns import columns_for
 from middleware.audit.export_read import (
@@ -42,7 +52,9 @@ from middleware.audit.export_read import (
     ndjson_lines,
     read_header,
 )
+from middleware.audit.export_rules import default_rule
 from middleware.audit.inclusion import InclusionChecker
+from middleware.audit.report_csv import csv_escape
 from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
 from middleware.ledger.errors import LedgerError
@@ -61,6 +73,9 @@ __all__ = [
     "verify_file",
     "verify_receipt",
 ]
+
+#: Report kinds that are about one patient and must carry the patient's chain.
+_PER_PATIENT = frozenset({"accounting", "access-report"})
 
 #: Findings kept in a report (more are counted): one dropped line can break every later link.
 MAX_FINDINGS = 1000
@@ -111,6 +126,11 @@ class ExportReport:
     shredded: int = 0
     findings: list[ExportFinding] = field(default_factory=list)
     omitted: int = 0
+    #: What the file claims and was checked against: patient, agent, since, until, size,
+    #: chain (hex), tail (``after``, ``end-of-log``, ``unproven``, None without a chain).
+    scope: dict[str, Any] = field(default_factory=dict)
+    #: The inclusion rules applied (an accounting's exemption rules), None: none or given.
+    rules: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -133,6 +153,8 @@ class ExportReport:
             "shredded": self.shredded,
             "findings": [f.to_json() for f in self.findings],
             "findings_omitted": self.omitted,
+            "scope": self.scope,
+            "rules": self.rules,
         }
 
 
@@ -215,6 +237,7 @@ def verify_export(
         opener=opener,
         rules=rules or {},
         columns=columns or {},
+        escaped=first.startswith("#"),
     )
     for number, entry in entries:
         report.lines += 1
@@ -264,18 +287,45 @@ class _Checker:
         opener: RowOpener | None,
         rules: Mapping[str, RowRule],
         columns: Mapping[str, Columns],
+        escaped: bool = False,
     ) -> None:
         self.report = report
         self.header = header
         self.names = names
+        self.escaped = escaped  # CSV: report cells carry report_csv.csv_escape
         self.proofs = None if checkpoint is None else InclusionChecker(checkpoint)
         self.opener = opener
-        self.rule = rules.get(header["report"])
-        names_of_kind, columns_of_kind = columns_for(header["report"])
+        kind, patient = header["report"], header.get("patient")
+        self.rule = rules.get(kind)
+        if self.rule is None:
+            try:
+                self.rule = default_rule(kind, patient, header["rules"])
+            except ValueError as exc:
+                report.add("header-malformed", f"the header's rules: {exc}", 1)
+            if kind == "accounting" and patient is not None:
+                report.rules = header["rules"]  # None: the documented defaults applied
+        chain: bytes | None = header["chain"]
+        if chain is None and (kind in _PER_PATIENT or patient is not None):
+            # 45 CFR 164.528 and the access report are complete lists: without the chain
+            # nothing shows that entries were not left out (the header is not signed).
+            report.add("chain-missing", "a per-patient export without the patient's chain", 1)
+        since, until = header["since"], header["until"]
+        report.scope = {
+            "patient": patient,
+            "agent": header.get("agent"),
+            "since": None if since is None else format_time(since),
+            "until": None if until is None else format_time(until),
+            "size": None if checkpoint is None else checkpoint.size,
+            "chain": None if chain is None else chain.hex(),
+            "tail": None,
+        }
+        names_of_kind, columns_of_kind = columns_for(kind)
         self.columns = columns.get(header["report"], columns_of_kind)
         if header["report"] not in columns and names != names_of_kind:
             report.add("header-malformed", "the header's columns are not its report's", 1)
-        self.order = LineOrder(report.add, header["chain"])
+        self.order = LineOrder(
+            report.add, chain, size=None if checkpoint is None else checkpoint.size
+        )
         if opener is None:
             report.add("no-opener", "openings were not checked (no way to decrypt them)", None)
 
@@ -291,15 +341,18 @@ class _Checker:
         self.order.feed(number, line.role, index, leaf)
         if line.role in ("row", "other"):
             self._opening(number, line, leaf)
-        else:
-            self._boundary(number, line, leaf)
+        elif line.role in ("before", "after") and self._inside(leaf):
+            # Recorded outside the period, not necessarily before (after) it: an outbox replay
+            # appends an entry recorded earlier (export.plan_chain).
+            self.report.add(
+                "scope", f"the '{line.role}' entry is inside the period", number, line.index
+            )
 
-    def _boundary(self, number: int, line: ExportLine, leaf: Leaf) -> None:
+    def _inside(self, leaf: Leaf) -> bool:
         since, until = self.header["since"], self.header["until"]
-        if line.role == "before" and since is not None and leaf.recorded_us >= since:
-            self.report.add("scope", "the 'before' entry is inside the period", number, line.index)
-        if line.role == "after" and until is not None and leaf.recorded_us <= until:
-            self.report.add("scope", "the 'after' entry is inside the period", number, line.index)
+        return (since is None or leaf.recorded_us >= since) and (
+            until is None or leaf.recorded_us <= until
+        )
 
     def _opening(self, number: int, line: ExportLine, leaf: Leaf) -> None:
         add, index, opening = self.report.add, line.index, line.opening
@@ -307,7 +360,7 @@ class _Checker:
             self.report.rows += 1
         if opening is None:
             # A crypto-shredded entry cannot be opened; its row may say only what its leaf does.
-            if line.role == "row" and line.columns == shredded_columns(index, leaf):
+            if line.role == "row" and line.columns == self._cells(shredded_columns(index, leaf)):
                 self.report.shredded += 1
             elif line.role == "other" and leaf.kind not in _AUDIT_KINDS:
                 pass  # a consent, admin or key entry on the chain: no audit facts to open
@@ -330,7 +383,11 @@ class _Checker:
         except (ValueError, LedgerError, OverflowError) as exc:
             add("opening", f"the evidence does not open: {exc}", number, index)
             return
-        self._row(number, line, leaf, row, None if cells is None else tuple(cells))
+        self._row(number, line, leaf, row, None if cells is None else self._cells(cells))
+
+    def _cells(self, cells: Sequence[str]) -> tuple[str, ...]:
+        """The cells as the file holds them (a CSV escapes formulas)."""
+        return tuple(csv_escape(c) for c in cells) if self.escaped else tuple(cells)
 
     def _row(
         self,
@@ -348,22 +405,20 @@ class _Checker:
         elif line.columns != expected:
             edited = _differing(self.names, line.columns, expected)
             add("edited", f"columns differ from the entry's facts: {edited}", number, index)
-        since, until = header["since"], header["until"]
-        outside = (since is not None and leaf.recorded_us < since) or (
-            until is not None and leaf.recorded_us > until
-        )
-        if outside:
+        inside = self._inside(leaf)
+        if line.role == "row" and not inside:
             add("scope", "the entry is outside the export's period", number, index)
         if header.get("patient") is not None and row.patient != header["patient"]:
             add("scope", "the entry is about another patient", number, index)
         if line.role == "row" and header.get("agent") is not None and row.agent != header["agent"]:
             add("scope", "the entry is another user's", number, index)
-        if self.rule is not None and self.rule(row) != (line.role == "row"):
+        if self.rule is not None and inside and self.rule(row) != (line.role == "row"):
             which = "left out of" if line.role == "row" else "belongs in"
             add("membership", f"the report's rule says this entry {which} it", number, index)
 
     def finish(self) -> None:
-        self.order.finish()
+        tail = self.order.finish()
+        self.report.scope["tail"] = tail
 
 
 def _differing(names: Sequence[str], given: Sequence[str] | None, expected: Sequence[str]) -> str:

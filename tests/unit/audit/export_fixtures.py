@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from middleware.audit.export import (
     EntryOpening,
@@ -18,6 +20,7 @@ from middleware.audit.export import (
     Role,
     entries_for,
     plan_chain,
+    plan_tail,
     write_csv,
     write_ndjson,
 )
@@ -94,13 +97,21 @@ class Log:
         return len(self.leaves)
 
 
-def build_log(count: int = 12, *, consents: frozenset[int] = frozenset()) -> Log:
+def build_log(
+    count: int = 12,
+    *,
+    consents: frozenset[int] = frozenset(),
+    recorded: Mapping[int, int] | None = None,
+) -> Log:
     """``count`` disclosures an hour apart, patients a and b alternating two to one; the
-    entries numbered in ``consents`` are consent entries instead (no facts, no row)."""
+    entries numbered in ``consents`` are consent entries instead (no facts, no row); entry
+    ``n`` is recorded at ``recorded[n]`` when given (an outbox replay: earlier than the one
+    before it)."""
     entries, rows = [], []
     for n in range(count):
         patient = "Patient/b" if n % 3 == 2 else "Patient/a"
-        row = fake_row(NO_INDEX_YET, T0 + n * HOUR, patient, n)
+        at = (recorded or {}).get(n, T0 + n * HOUR)
+        row = fake_row(NO_INDEX_YET, at, patient, n)
         consent = n in consents
         rows.append(None if consent else row)
         entries.append(
@@ -133,6 +144,7 @@ def export(
     fmt: str = "ndjson",
     exclude: frozenset[int] = frozenset(),
     report: str = "access-report",
+    rules: Mapping[str, Any] | None = None,
 ) -> str:
     """A per-patient export of ``log`` (the rows in ``exclude`` as ``other`` lines)."""
     pseudonym = PATIENTS[patient]
@@ -148,6 +160,8 @@ def export(
     lines += [("other" if i in exclude else "row", i) for i in inside]
     if after is not None:
         lines.append(("after", after))
+    else:
+        lines += [("tail", i) for i in plan_tail(lines[-1][1] if lines else None, log.size)]
     names, cells_of = columns_for(report)
     header = ExportHeader(
         report=report,
@@ -158,6 +172,7 @@ def export(
         since_us=since_us,
         until_us=until_us,
         chain=pseudonym,
+        rules=rules,
     )
     tree = MerkleLevels.of_leaves(log.leaves)
     entries = entries_for(

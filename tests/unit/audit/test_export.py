@@ -43,6 +43,7 @@ def test_the_ndjson_header_says_what_the_export_is() -> None:
         "origin": ORIGIN,
         "checkpoint": LOG.note,
         "chain": PATIENTS["Patient/a"].hex(),
+        "rules": None,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import dataclasses
 import io
 import json
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from middleware.audit.accounting import DEFAULT_EXEMPT
 from middleware.audit.row import AuditRow
 from middleware.audit.verify_export import ExportReport, verify_file
 from middleware.ledger.checkpoint import Checkpoint
@@ -21,7 +23,17 @@ from middleware.ledger.receipt import TlogProof, format_receipt
 from middleware.ledger.signing import SigningKey
 from middleware.ledger.tree import MerkleLevels
 from tests.contract.helpers import KEY, ORIGIN
-from tests.unit.audit.export_fixtures import POLICY, Log, build_log, export, fake_opener
+from tests.unit.audit import export_fixtures
+from tests.unit.audit.export_fixtures import (
+    HOUR,
+    PATIENTS,
+    POLICY,
+    T0,
+    Log,
+    build_log,
+    export,
+    fake_opener,
+)
 
 LOG = build_log()
 # Patient a's chain is 0 1 3 4 6 7 9 10 (b has every third entry); the period, hours 2..8,
@@ -242,7 +254,8 @@ CSV_CASES = [
     (_cell(3, "result", "refused"), {"edited"}, 5),
     (lambda records: records.pop(3) and None, {"chain-gap"}, 5),
     (_cell(2, "ledger_index", "4"), {"proof", "duplicate", "chain-inserted"}, 4),
-    (_cell(2, "role", "other"), set(), None),  # a row hidden as "other": no rule given
+    # A row hidden as "other": the access report's own rule (data released is a row).
+    (_cell(2, "role", "other"), {"membership"}, 4),
     (_cell(0, "agent", "who"), {"line-malformed"}, 2),
     (lambda records: records[2].pop(), {"line-malformed"}, 4),
 ]
@@ -381,3 +394,168 @@ def test_changing_any_character_is_found_unless_it_means_the_same(at: int, char:
 def _period_moved(changed: dict[str, Any], clean: dict[str, Any]) -> bool:
     rest = {k: v for k, v in changed.items() if k not in ("since", "until")}
     return rest == {k: v for k, v in clean.items() if k not in ("since", "until")}
+
+
+# -- the chain's ends, the header's chain, the verified scope ---------------------------------
+
+
+def _header(key: str, value: object) -> Callable[[Lines], None]:
+    return _set(1, key, value)
+
+
+def _keep(*numbers: int) -> Callable[[Lines], None]:
+    """Keep only the header and the entry lines numbered (file lines, 2 = first entry)."""
+
+    def edit(lines: Lines) -> None:
+        lines[:] = [lines[0], *(lines[n - 1] for n in numbers)]
+
+    return edit
+
+
+def _both(*edits: Callable[[Lines], None]) -> Callable[[Lines], None]:
+    def edit(lines: Lines) -> None:
+        for one in edits:
+            one(lines)
+
+    return edit
+
+
+# Fails before the fix: each of these verified ok (findings: none).
+TRUNCATIONS = [
+    # The header's chain nulled, a middle row dropped: no link is checked any more.
+    (_both(_header("chain", None), _drop(4)), {"chain-missing"}),
+    (_header("chain", None), {"chain-missing"}),
+    # The last rows and the 'after' line dropped: the links that remain are all intact.
+    (_keep(2, 3, 4), {"chain-tail-unproven"}),
+    # Only the 'before' line kept: an export with no rows.
+    (_keep(2), {"chain-tail-unproven"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    TRUNCATIONS,
+    ids=["chain-nulled-row-dropped", "chain-nulled", "tail-dropped", "before-only"],
+)
+def test_an_export_cut_short_is_found(edit: Callable[[Lines], None], expected: set[str]) -> None:
+    report = check(_ndjson(edit))
+    assert not report.ok
+    assert expected <= codes(report), report.findings
+
+
+def test_a_chain_ending_in_the_period_is_proved_by_the_tail() -> None:
+    """Patient a's chain ends at 10 and the log at 11: with an open period the export lists
+    the tail (index 11, patient b's) and proves the end; without it, or with the last row
+    dropped, it does not."""
+    text = export(LOG, until_us=None)
+    lines = [json.loads(line) for line in text.splitlines()[1:]]
+    assert [(line["role"], line["index"]) for line in lines[-3:]] == [
+        ("row", 9),
+        ("row", 10),
+        ("tail", 11),
+    ]
+    report = check(text)
+    assert report.ok, report.findings
+    assert report.scope["tail"] == "end-of-log"
+    dropped_tail = "".join(text.splitlines(keepends=True)[:-1])
+    assert codes(check(dropped_tail)) == {"chain-tail-unproven"}
+    parts = text.splitlines(keepends=True)
+    del parts[-2]  # row 10: the tail now skips it
+    assert codes(check("".join(parts))) == {"chain-tail"}
+
+
+def test_the_report_names_the_scope_it_verified() -> None:
+    report = check(export(LOG))
+    assert report.to_json()["scope"] == {
+        "patient": "Patient/a",
+        "agent": None,
+        "since": "2026-01-01T02:00:00.000000Z",
+        "until": "2026-01-01T08:00:00.000000Z",
+        "size": LOG.size,
+        "chain": PATIENTS["Patient/a"].hex(),
+        "tail": "after",
+    }
+
+
+# -- the accounting's rule, from the header ----------------------------------------------------
+
+RULES: dict[str, Any] = {
+    "exempt": dict(DEFAULT_EXEMPT),
+    "compliance_date": None,
+    "internal_organizations": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("exclude", "rules", "expected"),
+    [
+        (frozenset({3, 7}), RULES, set()),  # treatment (3, 7) exempt, research (4, 6) not
+        (frozenset({3, 7}), None, set()),  # no rules in the header: the defaults
+        (frozenset({3, 4, 7}), RULES, {"membership"}),  # a research disclosure hidden
+        (frozenset({7}), RULES, {"membership"}),  # an exempt one listed
+        (frozenset({3, 7}), {**RULES, "exempt": {}}, {"membership"}),  # other rules applied
+        (frozenset({3, 7}), {"exempt": 1}, {"header-malformed"}),
+    ],
+    ids=["as-exported", "default-rules", "hidden", "listed", "other-rules", "bad-rules"],
+)
+def test_the_verifier_reapplies_the_accounting_s_rules(
+    exclude: frozenset[int], rules: dict[str, Any] | None, expected: set[str]
+) -> None:
+    """No rule handed in (as ``consentry audit verify-export`` calls it): the accounting's
+    exemption rules come from the header and are named in the report."""
+    report = check(export(LOG, exclude=exclude, report="accounting", rules=rules))
+    assert codes(report) == expected, report.findings
+    if rules is RULES:
+        assert report.rules == RULES
+
+
+# -- CSV formula injection -----------------------------------------------------------------------
+
+
+def test_formula_cells_are_escaped_in_a_csv_export_and_verified(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An agent a caller controls (a token's subject) that a spreadsheet would run: the CSV
+    cell starts with a quote, the NDJSON value is the agent, both verify; the quote removed
+    is an edit."""
+    plain = export_fixtures.fake_row
+
+    def formula(index: int, recorded_us: int, patient: str, n: int) -> AuditRow:
+        return dataclasses.replace(plain(index, recorded_us, patient, n), agent="=HYPERLINK(1)")
+
+    monkeypatch.setattr(export_fixtures, "fake_row", formula)
+    log = build_log()
+    text = export(log, fmt="csv")
+    records = list(csv.reader(io.StringIO(text.partition("\r\n")[2])))
+    agent = records[0].index("agent")
+    assert {r[agent] for r in records[1:] if r[agent]} == {"'=HYPERLINK(1)"}
+    assert check(text).ok
+    assert check(export(log)).ok
+    edited = text.replace("'=HYPERLINK(1)", "=HYPERLINK(1)", 1)
+    assert codes(check(edited)) == {"edited"}
+
+
+# -- times that do not ascend with the index (an outbox replay) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("recorded", "exclude", "roles"),
+    [
+        # 9, the 'after' line, was replayed: recorded at 01:30, before the period.
+        ({9: T0 + 3 * HOUR // 2}, frozenset(), {9: "after"}),
+        # 6, in the middle of the period's chain, was replayed: an 'other' line outside it.
+        ({6: T0 + 3 * HOUR // 2}, frozenset({6}), {6: "other"}),
+    ],
+    ids=["replayed-after", "replayed-inside"],
+)
+def test_a_replayed_entry_recorded_earlier_is_no_finding(
+    recorded: dict[int, int], exclude: frozenset[int], roles: dict[int, str]
+) -> None:
+    """Fails before the fix: both were 'scope' findings (the period cut by index, checked by
+    time)."""
+    log = build_log(recorded=recorded)
+    text = export(log, exclude=exclude)
+    lines = {(o := json.loads(line))["index"]: o["role"] for line in text.splitlines()[1:]}
+    assert roles.items() <= lines.items()
+    report = check(text)
+    assert report.ok, report.findings
