@@ -24,6 +24,8 @@ from middleware.audit.report_csv import (
     ACCOUNTING_COLUMNS,
     access_csv,
     accounting_csv,
+    csv_escape,
+    csv_unescape,
     date_range_csv,
     date_range_ndjson,
 )
@@ -113,6 +115,32 @@ def test_access_csv() -> None:
     assert rows[0]["what"] == "Condition Observation"
     assert rows[0]["action"] == "searched"
     assert rows[0]["break_glass"] == "false"
+
+
+# OWASP CSV injection: the first characters a spreadsheet reads as a formula.
+FORMULAS = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'=1"]
+
+
+@pytest.mark.parametrize("value", FORMULAS, ids=["eq", "plus", "minus", "at", "tab", "cr", "q"])
+def test_caller_controlled_cells_cannot_be_formulas(value: str) -> None:
+    """Fails before the escape: agents, clients and reasons were written as given."""
+    rows = [row(1, agent=value, client=value, at=NOW - DAY)]
+    report = access_report(rows, patient=PATIENT, as_of_us=NOW)
+    renderings = [
+        read_csv(access_csv(report))[0],
+        read_csv(accounting_csv(account(rows, patient=PATIENT, as_of_us=NOW)))[0],
+        read_csv(date_range_csv(rows))[0],
+    ]
+    for rendered in renderings:
+        assert rendered["agent"] == "'" + value
+        assert rendered["client"] == "'" + value
+
+
+@pytest.mark.parametrize("value", ["", "a", "Practitioner/1", *FORMULAS], ids=repr)
+def test_the_escape_is_reversible(value: str) -> None:
+    escaped = csv_escape(value)
+    assert escaped[:1] not in set("=+-@\t\r")
+    assert csv_unescape(escaped) == value
 
 
 def test_date_range_csv_and_ndjson_carry_every_element() -> None:
