@@ -123,7 +123,11 @@ class Searching:
             if query.patient not in (None, reader.patient):
                 raise Forbidden("a patient may search only the events about its own record")
             query = replace(query, patient=reader.patient)
-        seen.patient = query.patient
+        # The search's own audit entry names the patient it asked about, on that patient's
+        # chain, whether it was named by ``patient`` or by ``entity=Patient/<id>`` (which
+        # the index matches the same way): "who looked at my record" covers an auditor
+        # looking at the record's trail either way.
+        seen.patient = query.patient or _patient_entity(query.entity)
         principal = principal_of(identity)
         purpose = tuple(f"{s}|{c}" for s, c in identity.purpose_of_use)
         digest = query_digest("AuditEvent", search.params)
@@ -181,6 +185,14 @@ class Searching:
     def _url(self, params: Sequence[tuple[str, str]]) -> str:
         base = f"{self.base_url}/AuditEvent"
         return f"{base}?{encode_params(params)}" if params else base
+
+
+def _patient_entity(entity: str | None) -> str | None:
+    """``entity`` when it names a patient (``Patient/<id>``), else None."""
+    if entity is None:
+        return None
+    kind, _, rid = entity.partition("/")
+    return entity if kind == "Patient" and rid and "/" not in rid else None
 
 
 def _matches(event: Json, query: AuditQuery) -> bool:
