@@ -1,7 +1,8 @@
 """``consentry audit reindex`` and ``consentry audit shred``.
 
 ``reindex`` rebuilds the audit index from the ledger (the index is derived data): it reads the
-leaves and evidence in one snapshot (``storage.ledger_dump``), and for every entry holding
+leaves and evidence in ranges (``read_ranges``: memory stays bounded whatever the ledger's
+size, the next range is read while this one is opened), and for every entry holding
 sealed audit facts opens them with the patient's key (one unwrap per patient) and upserts
 ``row_of(facts)`` in batches (``store.reindex``); an entry whose patient key is
 gone gets its shredded row (what its leaf says). Other entries (consents, admin, key events,
@@ -37,6 +38,7 @@ from middleware.audit.evidence import (
 from middleware.audit.export import shredded_row
 from middleware.audit.facts import row_of
 from middleware.audit.progress import Progress
+from middleware.audit.ranges import read_ranges
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.ledger.entry import Evidence, NewEntry
 from middleware.ledger.leaf import EntryKind, Leaf, decode_leaf
@@ -44,7 +46,6 @@ from middleware.ledger.signing import derive_box_key, evidence_key
 from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 from middleware.storage.consent_open import open_consent_store
-from middleware.storage.ledger_dump import dump_log
 
 __all__ = ["SHRED_TYPE", "reindex", "shred"]
 
@@ -59,19 +60,19 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
     wrap = derive_box_key(read_key(args.key_file).key, "evidence")
 
     async def run() -> dict[str, object]:
-        # One read of every leaf and evidence (as ledger verify reads them): a read per
-        # entry would cost more than opening it.
-        snapshot = await dump_log(args.store, schema=args.schema)
         async with opened(args) as store:
-            size = len(snapshot.leaves)
+            size = await store.size()
             keys: dict[bytes, bytes | None] = {}
             rows: list[AuditRow] = []
             counts = {"rows": 0, "shredded": 0, "unreadable": 0}
             with Progress("reindex", total=size, unit="entries") as progress:
-                for index, data in enumerate(snapshot.leaves):
-                    leaf = decode_leaf(data)
-                    stored = snapshot.evidence.get(index)
-                    if stored is not None and is_sealed(stored.data):
+                async for start, leaves, evidence in read_ranges(store, size, _CHUNK):
+                    for offset, data in enumerate(leaves):
+                        index = start + offset
+                        stored = evidence.get(index)
+                        if stored is None or not is_sealed(stored.data):
+                            continue
+                        leaf = decode_leaf(data)
                         pseudonym = leaf.pseudonym or NO_PATIENT
                         if pseudonym not in keys:
                             wrapped = await store.audit_key_get(pseudonym)
@@ -79,12 +80,10 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
                         row = _row(index, leaf, stored, keys[pseudonym], counts)
                         if row is not None:
                             rows.append(row)
-                    if len(rows) >= args.batch:
-                        await store.reindex(rows)
-                        rows = []
-                    if index % _CHUNK == _CHUNK - 1:
-                        progress.update(_CHUNK)
-                progress.update(size % _CHUNK)
+                        if len(rows) >= args.batch:
+                            await store.reindex(rows)
+                            rows = []
+                    progress.update(len(leaves))
                 if rows:
                     await store.reindex(rows)
                 return {

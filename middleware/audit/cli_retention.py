@@ -7,6 +7,7 @@ and how many entries still holding evidence are older (a dry run). With ``--appl
 appends an ``ADMIN`` entry (kind 6, no pseudonym) whose plain canonical JSON evidence says
 what is removed: the counts and cut-offs per kind, the operator, no PHI; then removes that
 evidence (``store.shred_entries``, in chunks), which also shreds the entries' index rows.
+The ledger is read in ranges (``read_ranges``): only the due indexes are kept in memory.
 Leaves, commitments and checkpoints stay: ``consentry ledger verify`` still passes, and a
 removed entry's ciphertext is simply absent from exports.
 """
@@ -21,13 +22,14 @@ import os
 from typing import Final, TextIO
 
 from middleware.audit.cli_common import now_us, opened, print_json, read_key
+from middleware.audit.ranges import read_ranges
 from middleware.audit.reports import format_time
 from middleware.audit.retention import RetentionRules, expired
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.writer import checkpoint_signer
 from middleware.settings import load_settings
-from middleware.storage.ledger_dump import dump_log
+from middleware.storage.ledger_base import LogStore
 
 __all__ = ["RETENTION_TYPE", "retention"]
 
@@ -49,16 +51,23 @@ def retention(args: argparse.Namespace, out: TextIO) -> int:
     ledger_key = read_key(args.key_file) if args.apply else None
 
     async def run() -> dict[str, object]:
-        snapshot = await dump_log(args.store, schema=args.schema)
-        kinds: dict[int, tuple[EntryKind, int]] = {}
-        for index, data in enumerate(snapshot.leaves):
-            if index in snapshot.evidence:
-                leaf = decode_leaf(data)
-                kinds[index] = (leaf.kind, leaf.recorded_us)
-        due = expired(((i, k, t) for i, (k, t) in kinds.items()), rules, as_of_us=as_of)
-        counts = {kind.label: 0 for kind in rules.cutoffs(as_of)}
-        for index in due:
-            counts[kinds[index][0].label] += 1
+        async with opened(args) as store:
+            # Range by range: only the due indexes stay in memory, never the evidence.
+            due: list[int] = []
+            counts = {kind.label: 0 for kind in rules.cutoffs(as_of)}
+            async for start, leaves, evidence in read_ranges(store, await store.size(), _CHUNK):
+                kept: list[tuple[int, EntryKind, int]] = []
+                for index in evidence:  # entries still holding evidence
+                    leaf = decode_leaf(leaves[index - start])
+                    kept.append((index, leaf.kind, leaf.recorded_us))
+                found = expired(kept, rules, as_of_us=as_of)
+                kinds = {index: kind for index, kind, _ in kept}
+                for index in found:
+                    counts[kinds[index].label] += 1
+                due += found
+            return await _apply(store, due, counts)
+
+    async def _apply(store: LogStore, due: list[int], counts: dict[str, int]) -> dict[str, object]:
         cutoffs = {kind.label: format_time(at) for kind, at in rules.cutoffs(as_of).items()}
         report: dict[str, object] = {
             "apply": bool(args.apply),
@@ -77,12 +86,11 @@ def retention(args: argparse.Namespace, out: TextIO) -> int:
         ).encode("utf-8")
         entry = NewEntry.create(EntryKind.ADMIN, evidence, recorded_us=now_us())
         sign = checkpoint_signer(ledger_key.key, ledger_key.origin)
-        async with opened(args) as store:
-            # The decision is on the ledger before any evidence goes.
-            (result,) = await store.append([entry], sign=sign)
-            removed = 0
-            for start in range(0, len(due), _CHUNK):
-                removed += await store.shred_entries(due[start : start + _CHUNK])
+        # The decision is on the ledger before any evidence goes.
+        (result,) = await store.append([entry], sign=sign)
+        removed = 0
+        for start in range(0, len(due), _CHUNK):
+            removed += await store.shred_entries(due[start : start + _CHUNK])
         return {**report, "removed": removed, "admin_entry": result.index}
 
     print_json(out, asyncio.run(run()))
