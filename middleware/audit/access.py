@@ -55,7 +55,9 @@ def audit_reader(identity: Identity, *, role: str, permission: Permission) -> Au
         and allows(scopes, "patient", "AuditEvent", permission, ())
     ):
         return AuditReader("patient", f"Patient/{identity.patient}")
+    # The message names no role: which role makes an auditor is configuration, and a caller
+    # refused is not told what to claim.
     raise Forbidden(
-        f"the audit trail is served to an auditor (role {role} with user/AuditEvent."
-        f"{permission}) or to the patient it is about (patient/AuditEvent.{permission})"
+        "the audit trail is served to auditors and to the patient it is about"
+        f" (patient/AuditEvent.{permission})"
     )

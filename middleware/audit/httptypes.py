@@ -103,5 +103,7 @@ def json_reply(document: Any, status: int = 200, *, media_type: str = FHIR_JSON)
 
 
 def principal_of(identity: Identity) -> str:
-    """Who a cursor or an export job is bound to: the token's issuer and subject."""
-    return f"{identity.issuer}\x00{identity.subject}"
+    """Who a cursor or an export job is bound to: the token's issuer and subject, and its
+    launch patient (a login's app launched for another patient may not page through a search
+    pinned to the first; ids hold no NUL, so the parts cannot run together)."""
+    return f"{identity.issuer}\x00{identity.subject}\x00{identity.patient or ''}"
