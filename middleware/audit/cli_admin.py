@@ -8,8 +8,10 @@ sealed audit facts opens them with the patient's key (one unwrap per patient) an
 gone gets its shredded row (what its leaf says). Other entries (consents, admin, key events,
 evidence written before sealed facts) have no index row. It reports rows and rows per second.
 
-``shred`` is a governed admin action: it first appends an ``ADMIN`` entry (kind 6) on the
-patient's pseudonym chain whose evidence says what was done, why and by whom (plain canonical
+``shred`` is a governed admin action over every pseudonym chain of the patient (each
+pseudonym of the index rows naming them, and the pseudonym table's current one: a patient
+forgotten once has several). It first appends an ``ADMIN`` entry (kind 6) on each chain whose
+evidence says what was done, why and by whom (plain canonical
 JSON, no PHI: the patient is named only by the leaf's pseudonym), then deletes the patient's
 evidence key, records the pseudonym as shredded and shreds their index rows
 (``store.shred``), and last forgets the patient's pseudonym in the consent store's pseudonym
@@ -26,7 +28,7 @@ import getpass
 import json
 from typing import TextIO
 
-from middleware.audit.cli_common import Usage, now_us, opened, print_json, read_key
+from middleware.audit.cli_common import Usage, all_rows, now_us, opened, print_json, read_key
 from middleware.audit.evidence import (
     NO_PATIENT,
     EvidenceKeyError,
@@ -44,8 +46,9 @@ from middleware.ledger.entry import Evidence, NewEntry
 from middleware.ledger.leaf import EntryKind, Leaf, decode_leaf
 from middleware.ledger.signing import derive_box_key, evidence_key
 from middleware.ledger.writer import checkpoint_signer
-from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
+from middleware.storage.consent_base import LOOKUP_PURPOSE, ConsentStore, lookup_of
 from middleware.storage.consent_open import open_consent_store
+from middleware.storage.ledger_base import LogStore
 
 __all__ = ["SHRED_TYPE", "reindex", "shred"]
 
@@ -116,6 +119,20 @@ def _row(
     return row_of(facts, kind=kind, flags=flags, pseudonym=leaf.pseudonym, index=index)
 
 
+async def _pseudonyms(store: LogStore, consents: ConsentStore, patient: str) -> list[bytes]:
+    """Every pseudonym ``patient`` has had: those of the index rows naming them (a patient
+    forgotten once, or a pseudonym table rebuilt, has several chains), in ledger order, then
+    the pseudonym table's current one."""
+    found: dict[bytes, None] = {}
+    for row in await all_rows(store, AuditQuery(patient=patient, sort="date")):
+        if row.pseudonym is not None:
+            found[row.pseudonym] = None
+    current = await consents.pseudonym(patient)
+    if current is not None:
+        found[current] = None
+    return list(found)
+
+
 def shred(args: argparse.Namespace, out: TextIO) -> int:
     ledger_key = read_key(args.key_file)
     operator = args.operator or getpass.getuser()
@@ -123,41 +140,47 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
         raise Usage("--reason must say why")
 
     async def run() -> dict[str, object]:
-        async with opened(args) as store:
-            found = await store.audit_rows(AuditQuery(patient=args.patient, limit=1))
-            if not found or found[0].pseudonym is None:
-                raise Usage(f"the audit index has no entry of {args.patient}")
-            pseudonym = found[0].pseudonym
-            evidence = json.dumps(
-                {"type": SHRED_TYPE, "reason": args.reason, "operator": operator},
-                sort_keys=True,
-                separators=(",", ":"),
-                ensure_ascii=False,
-            ).encode("utf-8")
-            entry = NewEntry.create(
-                EntryKind.ADMIN, evidence, recorded_us=now_us(), pseudonym=pseudonym
-            )
-            sign = checkpoint_signer(ledger_key.key, ledger_key.origin)
-            (result,) = await store.append([entry], sign=sign)
-            # The tombstone keeps the keyed digest of the patient (the link the accounting
-            # finds the shredded period by; middleware.audit.shredded).
-            lookup = derive_box_key(ledger_key.key, LOOKUP_PURPOSE)
-            link = lookup_of(lookup, args.patient)
-            shredded = await store.shred(pseudonym, link=link)
-            # Unlink the patient from the shredded chain: their next exchange gets a fresh
+        lookup = derive_box_key(ledger_key.key, LOOKUP_PURPOSE)
+        consents = await open_consent_store(args.store, lookup_key=lookup, schema=args.schema)
+        try:
+            async with opened(args) as store:
+                pseudonyms = await _pseudonyms(store, consents, args.patient)
+                if not pseudonyms:
+                    raise Usage(f"neither the audit index nor the pseudonyms know {args.patient}")
+                evidence = json.dumps(
+                    {"type": SHRED_TYPE, "reason": args.reason, "operator": operator},
+                    sort_keys=True,
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                ).encode("utf-8")
+                # One admin entry on each of the patient's chains, in one batch: each chain
+                # shows when it was shredded.
+                entries = [
+                    NewEntry.create(EntryKind.ADMIN, evidence, recorded_us=now_us(), pseudonym=p)
+                    for p in pseudonyms
+                ]
+                sign = checkpoint_signer(ledger_key.key, ledger_key.origin)
+                results = await store.append(entries, sign=sign)
+                # The tombstone keeps the keyed digest of the patient (the link the accounting
+                # finds the shredded period by; middleware.audit.shredded).
+                link = lookup_of(lookup, args.patient)
+                shredded = 0
+                for pseudonym in pseudonyms:
+                    shredded += await store.shred(pseudonym, link=link)
+            # Unlink the patient from the shredded chains: their next exchange gets a fresh
             # pseudonym (gateways pick it up once their pseudonym cache expires; until then
             # the store writes their rows shredded and keeps no key for them).
-            consents = await open_consent_store(args.store, lookup_key=lookup, schema=args.schema)
-            try:
-                forgotten = await consents.forget(args.patient)
-            finally:
-                await consents.close()
-            return {
-                "patient": args.patient,
-                "admin_entry": result.index,
-                "rows": shredded,
-                "pseudonym_forgotten": forgotten,
-            }
+            forgotten = await consents.forget(args.patient)
+        finally:
+            await consents.close()
+        return {
+            "patient": args.patient,
+            "admin_entry": results[0].index,
+            "admin_entries": [r.index for r in results],
+            "chains": len(pseudonyms),
+            "rows": shredded,
+            "pseudonym_forgotten": forgotten,
+        }
 
     print_json(out, asyncio.run(run()))
     return 0
