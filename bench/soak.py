@@ -541,7 +541,7 @@ def ledger_export(
 
 async def audit_request_ids(workdir: Path, store: Path) -> dict[int, set[str]]:
     """The request id of each audit entry whose sealed facts open with the ledger key."""
-    key = read_ledger_key(workdir / "ledger.key").key
+    key = read_ledger_key(workdir / "ledger.key").data_secret
     log = await open_log_store(f"sqlite:{store}")
     try:
         reader = EvidenceReader(log, derive_box_key(key, "evidence"))

@@ -303,6 +303,9 @@ def create_app(
     else:
         ledger_key = LedgerKey(signer, settings.ledger_origin or signer.name)
     key, origin = ledger_key.key, ledger_key.origin
+    # Stored secrets derive from the key file's data secret, which outlives a rotation of
+    # the signing key (ledger.keyfile).
+    secret = ledger_key.data_secret
 
     async def open_store() -> LogStore:
         return store if store is not None else await open_log_store(settings.store)
@@ -330,7 +333,7 @@ def create_app(
     )
     wall = wall_clock or time.time
     service = _consent_service(
-        settings, ledger, consents, wall, derive_box_key(key, LOOKUP_PURPOSE)
+        settings, ledger, consents, wall, derive_box_key(secret, LOOKUP_PURPOSE)
     )
     consent = ConsentApi(
         service,
@@ -347,7 +350,7 @@ def create_app(
         settings, upstream_factory=factory, metrics=metrics, clock=clock or time.monotonic
     )
     proxy.enforcement = build_enforcement(
-        settings, proxy, consents=service, ledger=ledger, key=key, verifier=verifier
+        settings, proxy, consents=service, ledger=ledger, secret=secret, verifier=verifier
     )
     sessions = proxy.enforcement.flow.break_glass
     metrics.gauge(
@@ -384,7 +387,7 @@ def create_app(
     audit = build_audit_api(
         settings,
         ledger=ledger,
-        key=key,
+        secret=secret,
         verifier=verifier,
         recorder=recorder,
         wall_clock=wall,

@@ -24,7 +24,7 @@ from middleware.audit.shredded import shredded_rows
 from middleware.audit.suspensions import SuspensionLog
 from middleware.auth.smart import gateway_root
 from middleware.ledger.service import LedgerService
-from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.ledger.signing import derive_box_key
 from middleware.pipeline.cursor import CursorCodec
 from middleware.settings import Settings
 from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
@@ -41,14 +41,15 @@ def build_audit_api(
     settings: Settings,
     *,
     ledger: LedgerService,
-    key: SigningKey,
+    secret: bytes,
     verifier: TokenCheck,
     recorder: Recorder,
     wall_clock: Callable[[], float],
     clock: Callable[[], float],
 ) -> AuditApi:
-    """The AuditEvent API of the gateway (module docstring)."""
-    master = derive_box_key(key, "evidence")
+    """The AuditEvent API of the gateway (module docstring); ``secret`` is the ledger key
+    file's data secret (``LedgerKey.data_secret``), which the keys here derive from."""
+    master = derive_box_key(secret, "evidence")
 
     async def index() -> AuditIndex:
         return await ledger.store()
@@ -59,7 +60,7 @@ def build_audit_api(
     async def events_many(entries: Sequence[int]) -> list[list[Json] | None]:
         return await EvidenceReader(await ledger.store(), master).events_many(entries)
 
-    lookup = derive_box_key(key, LOOKUP_PURPOSE)
+    lookup = derive_box_key(secret, LOOKUP_PURPOSE)
 
     async def shredded(patient: str, since_us: int, until_us: int) -> list[AuditRow]:
         """The patient's shredded rows, by the link ``consentry audit shred`` recorded."""
@@ -76,7 +77,7 @@ def build_audit_api(
     searching = Searching(
         index=index,
         events=events,
-        cursors=CursorCodec(derive_box_key(key, "audit-cursor"), settings.cursor_ttl_seconds),
+        cursors=CursorCodec(derive_box_key(secret, "audit-cursor"), settings.cursor_ttl_seconds),
         base_url=settings.gateway_base_url,
         gateway_root=gateway_root(settings.gateway_base_url, settings.base_path),
         default_count=min(DEFAULT_PAGE, settings.audit_max_count),

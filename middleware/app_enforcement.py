@@ -18,7 +18,7 @@ from middleware.consent.model import Policy
 from middleware.consent.service import ConsentService
 from middleware.ledger.leaf import new_pseudonym
 from middleware.ledger.service import LedgerService
-from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.ledger.signing import derive_box_key
 from middleware.mapping.ids_table import build_resolver
 from middleware.mapping.loader import folder_reader, load_profile_with_digest
 from middleware.mapping.references import ReferenceRewriter
@@ -65,14 +65,14 @@ def _mapper(settings: Settings) -> Mapper | None:
     return Mapper(profile, digest)
 
 
-def _id_edge(settings: Settings, mapper: Mapper | None, key: SigningKey) -> IdEdge | None:
+def _id_edge(settings: Settings, mapper: Mapper | None, secret: bytes) -> IdEdge | None:
     """Client ids at the upstream edge when the profile's ``patients`` section asks for a
     resolver (``{"resolver": "opaque"}`` or a table); none otherwise."""
     if mapper is None or not mapper.profile.patients:
         return None
     profiles_dir = Path(settings.mapping_profile).resolve().parent.parent
     resolver = build_resolver(
-        [mapper.profile], derive_box_key(key, "ids"), folder_reader(profiles_dir)
+        [mapper.profile], derive_box_key(secret, "ids"), folder_reader(profiles_dir)
     )
     bases = (settings.upstream.rstrip("/"), settings.gateway_base_url)
     rewriter = ReferenceRewriter(resolver, mapper.profile.upstream, bases=bases)
@@ -85,10 +85,11 @@ def build_enforcement(
     *,
     consents: ConsentService,
     ledger: LedgerService,
-    key: SigningKey,
+    secret: bytes,
     verifier: TokenCheck,
 ) -> Enforcement:
-    """The enforcement stage of ``proxy`` (see the module docstring)."""
+    """The enforcement stage of ``proxy`` (see the module docstring); ``secret`` is the ledger
+    key file's data secret (``LedgerKey.data_secret``), which every key here derives from."""
 
     mapper = _mapper(settings)
 
@@ -106,7 +107,7 @@ def build_enforcement(
 
     flow = Flow(
         policies=policies,
-        cursors=CursorCodec(derive_box_key(key, "cursor"), settings.cursor_ttl_seconds),
+        cursors=CursorCodec(derive_box_key(secret, "cursor"), settings.cursor_ttl_seconds),
         guards=_guards(settings),
         defaults=consents.defaults,
         rebaser=proxy.rebaser,
@@ -126,16 +127,18 @@ def build_enforcement(
         # A write in flight is not reconciled: it may outlast its upstream exchange a little.
         live_for=2 * settings.upstream_deadline,
         # Outbox rows are MACed under a key of the ledger key's: replayed only if they verify.
-        row_key=derive_box_key(key, "outbox"),
+        row_key=derive_box_key(secret, "outbox"),
         # Evidence is sealed under per-patient keys, stored wrapped under this ledger key's.
-        keys=PatientKeys(audit_key, derive_box_key(key, "evidence"), audit_key_get=audit_key_get),
+        keys=PatientKeys(
+            audit_key, derive_box_key(secret, "evidence"), audit_key_get=audit_key_get
+        ),
     )
     enforcement = Enforcement(
         verifier=verifier,
         flow=flow,
         recorder=recorder,
         gateway_base=settings.gateway_base_url,
-        ids=_id_edge(settings, mapper, key),
+        ids=_id_edge(settings, mapper, secret),
         admit=ledger.admit,
     )
 
@@ -144,7 +147,7 @@ def build_enforcement(
         enforcement.record,
         intend=enforcement.intend,
         # Idempotency tags nobody without the ledger key can compute; the same on every replica.
-        tag_key=derive_box_key(key, "idempotency"),
+        tag_key=derive_box_key(secret, "idempotency"),
     )
     writes.bundles = Bundles(writes, base_path=settings.base_path)
     flow.writes = writes

@@ -174,7 +174,7 @@ def _lookup_key(args: argparse.Namespace) -> bytes | None:
     path = getattr(args, "key_file", None)
     if path is None or not Path(path).is_file():
         return None
-    return derive_box_key(read_key(Path(path)).key, LOOKUP_PURPOSE)
+    return derive_box_key(read_key(Path(path)).data_secret, LOOKUP_PURPOSE)
 
 
 def accounting(args: argparse.Namespace, out: TextIO) -> int:
@@ -309,7 +309,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                 spec,
                 rows,
                 wrapped_key=store.audit_key_get,
-                wrap_key=derive_box_key(read_key(args.key_file).key, "evidence"),
+                wrap_key=derive_box_key(read_key(args.key_file).data_secret, "evidence"),
             )
             with Progress("export", total=None) as progress:
                 temporary = private_file(args.out)

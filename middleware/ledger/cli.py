@@ -14,10 +14,10 @@ report (``ledger.verify``) and exits 0 when it is ok, 1 when it is not, 2 when i
 run. ``generate`` writes the key file with the log's origin in it (``ledger.keyfile``); the
 origin is the log's identity, so ``policy`` and ``rotate`` refuse an origin other than the key
 file's. ``rotate`` records the key event (``ledger.rotation``), updates the trust policy, then
-replaces the key file; the new key waits in ``<key-file>.next`` until then, so an interrupted
-rotation resumes where it stopped. Restart the gateway after a rotation: it signs with the
-key it loaded at start. ``-`` for a file read (``--trust``, ``--remember``, ``keys policy
---key-file``) reads standard input.
+replaces the key file (keeping its data secret, so stored secrets still open); the new key
+waits in ``<key-file>.next`` until then, so an interrupted rotation resumes where it stopped.
+Restart the gateway after a rotation: it signs with the key it loaded at start. ``-`` for a
+file read (``--trust``, ``--remember``, ``keys policy --key-file``) reads standard input.
 """
 
 from __future__ import annotations
@@ -252,11 +252,15 @@ def _rotate(args: argparse.Namespace, out: TextIO) -> int:
             f"{current.origin!r}: rotate with the policy of the log this key signs"
         )
     pending = args.key_file.with_name(args.key_file.name + ".next")
-    if pending.exists():  # an interrupted rotation: finish it with the same successor
-        successor = _read_key(pending).key
-    else:
-        successor = SigningKey.generate(retired.name)
-        write_ledger_key(pending, LedgerKey(successor, policy.origin))
+    # An interrupted rotation is finished with the same successor.
+    resumed = _read_key(pending).key if pending.exists() else None
+    successor = resumed or SigningKey.generate(retired.name)
+    # The successor's file keeps the data secret every stored secret is derived from
+    # (ledger.keyfile): a pending file of an earlier version, naming none, is written again.
+    following = current.succeeded_by(successor, policy.origin)
+    if not pending.exists() or _read_key(pending) != following:
+        pending.unlink(missing_ok=True)
+        write_ledger_key(pending, following)
 
     async def record() -> RotationResult:
         store = await open_log_store(args.store, schema=args.schema)

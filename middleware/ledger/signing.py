@@ -261,16 +261,28 @@ def verify_detached(public_key: bytes, message: bytes, signature: bytes) -> bool
     return True
 
 
-def derive_box_key(key: SigningKey, purpose: str) -> bytes:
-    """A 32-byte secret-box key derived from ``key``'s seed for one ``purpose`` (BLAKE2b keyed
-    with the seed, personalised per purpose, RFC 7693): every replica holding the same ledger
-    key derives the same key (paging cursors sealed by one replica open on another), and a
-    derived key reveals nothing of the seed. ``purpose`` is a short ASCII label."""
+def derive_box_key(secret: SigningKey | bytes, purpose: str) -> bytes:
+    """A 32-byte secret-box key derived from a 32-byte data ``secret`` for one ``purpose``
+    (BLAKE2b keyed with the secret, personalised per purpose, RFC 7693): every replica holding
+    the same ledger key file derives the same key (paging cursors sealed by one replica open on
+    another), and a derived key reveals nothing of the secret. ``purpose`` is a short ASCII
+    label.
+
+    The gateway passes its key file's data secret
+    (:attr:`middleware.ledger.keyfile.LedgerKey.data_secret`), which ``consentry keys rotate``
+    carries over unchanged, so what is stored under a derived key (wrapped evidence keys,
+    pseudonym lookups, outbox MACs, mapped ids) outlives a signing-key rotation. A
+    :class:`SigningKey` stands for its seed: the data secret of a key file that names none
+    (written by earlier versions), so the keys derived before the data secret existed stay the
+    same. A secret of the wrong size raises :class:`MalformedError`."""
+    root = secret.seed if isinstance(secret, SigningKey) else secret
+    if not isinstance(root, bytes) or len(root) != BOX_KEY_SIZE:
+        raise MalformedError(f"a data secret is {BOX_KEY_SIZE} bytes")
     label = purpose.encode("ascii")
     if not 0 < len(label) <= 16:
         raise MalformedError("a key purpose is 1..16 ASCII characters")
     return hashlib.blake2b(
-        b"consentry/derive/v1", digest_size=BOX_KEY_SIZE, key=key.seed, person=label
+        b"consentry/derive/v1", digest_size=BOX_KEY_SIZE, key=root, person=label
     ).digest()
 
 

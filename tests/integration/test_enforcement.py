@@ -524,7 +524,7 @@ def test_a_backend_service_registers_a_new_patient(strict_gateway: GatewayServer
 
 async def audit_request_ids(gateway: GatewayServer) -> set[str]:
     """The request id of every audit entry, read from its sealed facts with the ledger key."""
-    key = read_ledger_key(gateway.ledger_key_file).key
+    key = read_ledger_key(gateway.ledger_key_file).data_secret
     store = await open_log_store(gateway.store_url)
     try:
         reader = EvidenceReader(store, derive_box_key(key, "evidence"))

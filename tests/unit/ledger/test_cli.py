@@ -195,8 +195,11 @@ def test_rotate_records_the_event_updates_the_policy_and_replaces_the_key(
 def test_an_interrupted_rotation_resumes(
     setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The event was recorded, then the command died before the policy and key file moved."""
-    retired = parse_ledger_key(setup["key"].read_text()).key
+    """The event was recorded, then the command died before the policy and key file moved.
+    The pending file (as an earlier version wrote it) names no data secret: the new key file
+    carries the retired file's."""
+    before = parse_ledger_key(setup["key"].read_text())
+    retired = before.key
     successor = SigningKey.generate(ORIGIN)
     pending = setup["key"].with_name("ledger.key.next")
     pending.write_text(LedgerKey(successor, ORIGIN).text())
@@ -220,7 +223,8 @@ def test_an_interrupted_rotation_resumes(
     )
     assert status == 0
     assert (event["resumed"], event["successor"]) == (True, successor.vkey())
-    assert parse_ledger_key(setup["key"].read_text()) == LedgerKey(successor, ORIGIN)
+    after = parse_ledger_key(setup["key"].read_text())
+    assert after == LedgerKey(successor, ORIGIN, secret=before.data_secret)
 
 
 @pytest.mark.parametrize(
