@@ -5,8 +5,10 @@ leaves and evidence in ranges (``read_ranges``: memory stays bounded whatever th
 size, the next range is read while this one is opened), and for every entry holding
 sealed audit facts opens them with the patient's key (one unwrap per patient) and upserts
 ``row_of(facts)`` in batches (``store.reindex``); an entry whose patient key is
-gone gets its shredded row (what its leaf says). Other entries (consents, admin, key events,
-evidence written before sealed facts) have no index row. It reports rows and rows per second.
+gone gets its shredded row (what its leaf says). An audit entry written before sealed facts
+(its evidence a plain BALP Bundle) gets the row :func:`~middleware.audit.legacy.legacy_row`
+reads from its events. Other entries (consents, admin, key events) have no index row. It
+reports rows, legacy rows and entries per second.
 
 ``shred`` is a governed admin action over every pseudonym chain of the patient (each
 pseudonym of the index rows naming them, and the pseudonym table's current one: a patient
@@ -14,7 +16,9 @@ forgotten once has several). It first appends an ``ADMIN`` entry (kind 6) on eac
 evidence says what was done, why and by whom (plain canonical
 JSON, no PHI: the patient is named only by the leaf's pseudonym), then deletes the patient's
 evidence key, records the pseudonym as shredded and shreds their index rows
-(``store.shred``), and last forgets the patient's pseudonym in the consent store's pseudonym
+(``store.shred``), removes the evidence of their entries written before sealed facts (plain
+BALP Bundles, which no key deletion can make unreadable; ``store.shred_entries``), and last
+forgets the patient's pseudonym in the consent store's pseudonym
 table (``forget``, on the same ``--store``), so their next exchange starts a new chain. The
 leaves, commitments and proofs still verify; the entry shows, on the chain, when the shred
 happened.
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import getpass
 import json
+from collections.abc import Sequence
 from typing import TextIO
 
 from middleware.audit.cli_common import Usage, all_rows, now_us, opened, print_json, read_key
@@ -39,6 +44,7 @@ from middleware.audit.evidence import (
 )
 from middleware.audit.export import shredded_row
 from middleware.audit.facts import row_of
+from middleware.audit.legacy import legacy_row
 from middleware.audit.progress import Progress
 from middleware.audit.ranges import read_ranges
 from middleware.audit.row import AuditQuery, AuditRow
@@ -55,25 +61,33 @@ __all__ = ["SHRED_TYPE", "reindex", "shred"]
 #: The ``type`` of a shred's admin evidence.
 SHRED_TYPE = "consentry/audit-shred"
 _CHUNK = 4096
+_AUDIT_KINDS = frozenset(
+    {EntryKind.ACCESS_DECISION, EntryKind.ACCESS_OUTCOME, EntryKind.DISCLOSURE}
+)
 
 
 def reindex(args: argparse.Namespace, out: TextIO) -> int:
     if args.batch < 1:
         raise Usage("--batch must be positive")
-    wrap = derive_box_key(read_key(args.key_file).data_secret, "evidence")
+    wrap = derive_box_key(read_key(args.key_file).key, "evidence")
 
     async def run() -> dict[str, object]:
         async with opened(args) as store:
             size = await store.size()
             keys: dict[bytes, bytes | None] = {}
             rows: list[AuditRow] = []
-            counts = {"rows": 0, "shredded": 0, "unreadable": 0}
+            counts = {"rows": 0, "legacy": 0, "shredded": 0, "unreadable": 0}
             with Progress("reindex", total=size, unit="entries") as progress:
                 async for start, leaves, evidence in read_ranges(store, size, _CHUNK):
                     for offset, data in enumerate(leaves):
                         index = start + offset
                         stored = evidence.get(index)
-                        if stored is None or not is_sealed(stored.data):
+                        if stored is None:
+                            continue
+                        if not is_sealed(stored.data):
+                            row = _legacy(index, data, stored, counts)
+                            if row is not None:
+                                rows.append(row)
                             continue
                         leaf = decode_leaf(data)
                         pseudonym = leaf.pseudonym or NO_PATIENT
@@ -98,6 +112,31 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
 
     print_json(out, asyncio.run(run()))
     return 0
+
+
+def _legacy(index: int, data: bytes, stored: Evidence, counts: dict[str, int]) -> AuditRow | None:
+    """The row of an audit entry written before sealed facts (its evidence a plain BALP
+    Bundle, :mod:`middleware.audit.legacy`); None for the other entries (consents, admin, key
+    events) and for evidence that is not a Bundle of AuditEvents."""
+    if not stored.data.startswith(b"{"):
+        return None
+    leaf = decode_leaf(data)
+    if leaf.kind not in _AUDIT_KINDS:
+        return None
+    try:
+        row = legacy_row(
+            stored.data,
+            recorded_us=leaf.recorded_us,
+            kind=int(leaf.kind),
+            flags=int(leaf.flags),
+            pseudonym=leaf.pseudonym,
+            index=index,
+        )
+    except ValueError:
+        counts["unreadable"] += 1
+        return None
+    counts["legacy"] += 1
+    return row
 
 
 def _row(
@@ -133,6 +172,21 @@ async def _pseudonyms(store: LogStore, consents: ConsentStore, patient: str) -> 
     return list(found)
 
 
+async def _legacy_entries(store: LogStore, pseudonyms: Sequence[bytes]) -> list[int]:
+    """The audit entries on ``pseudonyms``' chains whose evidence is from before sealed facts
+    (not sealed: a plain BALP Bundle); consents and admin entries on the chains are kept."""
+    found: list[int] = []
+    for pseudonym in pseudonyms:
+        for index in await store.chain(pseudonym):
+            stored = await store.evidence(index)
+            if stored is None or is_sealed(stored.data):
+                continue
+            (data,) = await store.leaves(index, index + 1)
+            if decode_leaf(data).kind in _AUDIT_KINDS:
+                found.append(index)
+    return sorted(found)
+
+
 def shred(args: argparse.Namespace, out: TextIO) -> int:
     ledger_key = read_key(args.key_file)
     operator = args.operator or getpass.getuser()
@@ -140,7 +194,7 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
         raise Usage("--reason must say why")
 
     async def run() -> dict[str, object]:
-        lookup = derive_box_key(ledger_key.data_secret, LOOKUP_PURPOSE)
+        lookup = derive_box_key(ledger_key.key, LOOKUP_PURPOSE)
         consents = await open_consent_store(args.store, lookup_key=lookup, schema=args.schema)
         try:
             async with opened(args) as store:
@@ -167,6 +221,10 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
                 shredded = 0
                 for pseudonym in pseudonyms:
                     shredded += await store.shred(pseudonym, link=link)
+                # Entries from before sealed facts hold their PHI in plain text: no key to
+                # delete, so their evidence goes (the leaves and proofs stay).
+                legacy = await _legacy_entries(store, pseudonyms)
+                removed = await store.shred_entries(legacy) if legacy else 0
             # Unlink the patient from the shredded chains: their next exchange gets a fresh
             # pseudonym (gateways pick it up once their pseudonym cache expires; until then
             # the store writes their rows shredded and keeps no key for them).
@@ -179,6 +237,7 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
             "admin_entries": [r.index for r in results],
             "chains": len(pseudonyms),
             "rows": shredded,
+            "legacy_evidence_removed": removed,
             "pseudonym_forgotten": forgotten,
         }
 
