@@ -69,7 +69,7 @@ _AUDIT_KINDS = frozenset(
 def reindex(args: argparse.Namespace, out: TextIO) -> int:
     if args.batch < 1:
         raise Usage("--batch must be positive")
-    wrap = derive_box_key(read_key(args.key_file).key, "evidence")
+    wrap = derive_box_key(read_key(args.key_file).data_secret, "evidence")
 
     async def run() -> dict[str, object]:
         async with opened(args) as store:
@@ -194,7 +194,7 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
         raise Usage("--reason must say why")
 
     async def run() -> dict[str, object]:
-        lookup = derive_box_key(ledger_key.key, LOOKUP_PURPOSE)
+        lookup = derive_box_key(ledger_key.data_secret, LOOKUP_PURPOSE)
         consents = await open_consent_store(args.store, lookup_key=lookup, schema=args.schema)
         try:
             async with opened(args) as store:
