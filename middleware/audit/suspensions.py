@@ -101,7 +101,8 @@ def parse_suspensions(entries: Iterable[tuple[int, int, bytes]]) -> list[Suspens
             ):
                 found[index] = Suspension(recorded_us, end, agency, reason, index, oral=oral)
         elif body.get("type") == LIFT_TYPE:
-            target = found.get(body.get("suspension"))  # type: ignore[arg-type]
+            lifted = body.get("suspension")
+            target = found.get(lifted) if type(lifted) is int else None
             if target is not None and recorded_us < target.end_us:
                 found[target.ledger_index] = replace(target, end_us=max(recorded_us, 0))
     return list(found.values())
