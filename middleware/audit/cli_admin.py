@@ -69,10 +69,24 @@ _AUDIT_KINDS = frozenset(
 def reindex(args: argparse.Namespace, out: TextIO) -> int:
     if args.batch < 1:
         raise Usage("--batch must be positive")
-    wrap = derive_box_key(read_key(args.key_file).data_secret, "evidence")
+    secret = read_key(args.key_file).data_secret
+    wrap = derive_box_key(secret, "evidence")
+    lookup = derive_box_key(secret, LOOKUP_PURPOSE)
 
     async def run() -> dict[str, object]:
         async with opened(args) as store:
+            chains: dict[str, frozenset[bytes]] = {}
+
+            async def shredded_already(row: AuditRow) -> AuditRow:
+                """A legacy row of a chain a shred tombstoned (found by the shred's link)
+                stays shredded: its plain evidence must not come back into the index."""
+                if row.patient is None:
+                    return row
+                if row.patient not in chains:
+                    link = lookup_of(lookup, row.patient)
+                    chains[row.patient] = frozenset(await store.shredded_chains(link))
+                return row.shred() if row.pseudonym in chains[row.patient] else row
+
             size = await store.size()
             keys: dict[bytes, bytes | None] = {}
             rows: list[AuditRow] = []
@@ -87,7 +101,7 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
                         if not is_sealed(stored.data):
                             row = _legacy(index, data, stored, counts)
                             if row is not None:
-                                rows.append(row)
+                                rows.append(await shredded_already(row))
                             continue
                         leaf = decode_leaf(data)
                         pseudonym = leaf.pseudonym or NO_PATIENT
@@ -158,11 +172,14 @@ def _row(
     return row_of(facts, kind=kind, flags=flags, pseudonym=leaf.pseudonym, index=index)
 
 
-async def _pseudonyms(store: LogStore, consents: ConsentStore, patient: str) -> list[bytes]:
-    """Every pseudonym ``patient`` has had: those of the index rows naming them (a patient
-    forgotten once, or a pseudonym table rebuilt, has several chains), in ledger order, then
-    the pseudonym table's current one."""
-    found: dict[bytes, None] = {}
+async def _pseudonyms(
+    store: LogStore, consents: ConsentStore, patient: str, link: bytes
+) -> list[bytes]:
+    """Every pseudonym ``patient`` has had: those an earlier shred tombstoned under the
+    patient's ``link`` (their legacy evidence may still be there), those of the index rows
+    naming them (a patient forgotten once, or a pseudonym table rebuilt, has several chains),
+    in ledger order, then the pseudonym table's current one."""
+    found: dict[bytes, None] = dict.fromkeys(sorted(await store.shredded_chains(link)))
     for row in await all_rows(store, AuditQuery(patient=patient, sort="date")):
         if row.pseudonym is not None:
             found[row.pseudonym] = None
@@ -198,7 +215,8 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
         consents = await open_consent_store(args.store, lookup_key=lookup, schema=args.schema)
         try:
             async with opened(args) as store:
-                pseudonyms = await _pseudonyms(store, consents, args.patient)
+                link = lookup_of(lookup, args.patient)
+                pseudonyms = await _pseudonyms(store, consents, args.patient, link)
                 if not pseudonyms:
                     raise Usage(f"neither the audit index nor the pseudonyms know {args.patient}")
                 evidence = json.dumps(
@@ -215,9 +233,8 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
                 ]
                 sign = checkpoint_signer(ledger_key.key, ledger_key.origin)
                 results = await store.append(entries, sign=sign)
-                # The tombstone keeps the keyed digest of the patient (the link the accounting
-                # finds the shredded period by; middleware.audit.shredded).
-                link = lookup_of(lookup, args.patient)
+                # The tombstone keeps the keyed digest of the patient (``link``: the accounting
+                # finds the shredded period by it; middleware.audit.shredded).
                 shredded = 0
                 for pseudonym in pseudonyms:
                     shredded += await store.shred(pseudonym, link=link)

@@ -23,8 +23,9 @@ from middleware.audit.row import AuditQuery
 from middleware.fhir.jsoncodec import encode_canonical
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind, micros
-from middleware.ledger.signing import SigningKey
+from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.ledger.writer import checkpoint_signer
+from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 from middleware.storage.ledger_sqlite import SqliteLogStore
 from middleware.testing.audit_fill import pseudonym_of
 from tests.unit.audit.old_events import old_plan
@@ -146,3 +147,34 @@ def test_reindex_indexes_legacy_entries_and_shred_removes_their_evidence(
     assert json.loads(text)["legacy_evidence_removed"] == len(legacy)
     assert asyncio.run(_evidence(setup.store, legacy)) == [False, False]
     assert setup.query(AuditQuery(patient=PATIENT, limit=100)) == []
+
+
+async def _old_shred(store_url: str) -> None:
+    """What a shred did before it removed legacy evidence: key and rows, tombstone, link."""
+    key = SigningKey.from_seed(ORIGIN, bytes(range(32)))
+    store = await SqliteLogStore.open(Path(store_url.removeprefix("sqlite:")))
+    try:
+        link = lookup_of(derive_box_key(key, LOOKUP_PURPOSE), PATIENT)
+        await store.shred(pseudonym_of(PATIENT), link=link)
+    finally:
+        await store.close()
+
+
+def test_legacy_entries_of_a_patient_shredded_before_stay_shredded_and_a_new_shred_removes_them(
+    setup: Setup,  # noqa: F811
+) -> None:
+    legacy = asyncio.run(_append_legacy(setup.store))
+    asyncio.run(_old_shred(setup.store))
+    status, text = setup.run(
+        "audit", "reindex", "--store", setup.store, "--key-file", str(setup.key)
+    )
+    assert status == 0, text
+    assert setup.query(AuditQuery(patient=PATIENT, limit=100)) == []  # no PHI back in the index
+    assert asyncio.run(_evidence(setup.store, legacy)) == [True, True]
+    status, text = setup.run(
+        "audit", "shred", "--store", setup.store, "--key-file", str(setup.key),
+        "--patient", PATIENT, "--reason", "finish the earlier shred", "--operator", "dpo",
+    )  # fmt: skip
+    assert status == 0, text
+    assert json.loads(text)["legacy_evidence_removed"] == len(legacy)
+    assert asyncio.run(_evidence(setup.store, legacy)) == [False, False]
