@@ -658,3 +658,45 @@ async def test_a_commit_kicks_one_background_replay_only_when_rows_may_wait() ->
     await rec.aclose()  # cancels the replay waiting on the outbox, without raising
     assert rec._replaying is None
     assert outbox.closed
+
+
+class Outage:
+    """A pseudonym store that refuses while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.inner = Pseudonyms()
+
+    async def __call__(self, patient: str) -> bytes:
+        if self.down:
+            raise OSError("down")
+        return await self.inner(patient)
+
+
+async def test_an_outcome_kept_without_its_pseudonyms_is_replayed_under_them(
+    tmp_path: Path,
+) -> None:
+    store, ledger = Outage(), FakeLedger()
+    rec = AuditRecorder(
+        ledger, store, gateway=GATEWAY, keys=KEYS, wall_clock=WHEN.timestamp,
+        outbox=SqliteOutbox(str(tmp_path / "outbox")),
+    )  # fmt: skip
+    write = exchange(CREATE, status=201, decisions=TWO)
+    assert await rec.record(write, "outcome") == []
+    with capture_logs():
+        assert await rec.replay() == 2  # the store still refuses: both rows wait
+    assert ledger.entries == []
+    store.down = False
+    assert await rec.replay() == 0
+    known = store.inner.known
+    assert [e.pseudonym for e in ledger.entries] == [known["Patient/p1"], known["Patient/p2"]]
+    planned = plan(write, "outcome", NOW_US, GATEWAY)
+    assert [opened(e.pseudonym, e.salt, e.evidence) for e in ledger.entries] == [
+        p.facts for p in planned
+    ]
+    assert [e.consent for e in ledger.entries] == [4, None]
+    assert [e.row.pseudonym if e.row else None for e in ledger.entries] == [
+        known["Patient/p1"],
+        known["Patient/p2"],
+    ]
+    await rec.aclose()
