@@ -7,7 +7,9 @@ and how many entries still holding evidence are older (a dry run). With ``--appl
 appends an ``ADMIN`` entry (kind 6, no pseudonym) whose plain canonical JSON evidence says
 what is removed: the counts and cut-offs per kind, the operator, no PHI; then removes that
 evidence (``store.shred_entries``, in chunks), which also shreds the entries' index rows.
-The ledger is read in ranges (``read_ranges``): only the due indexes are kept in memory.
+The evidence of a suspension whose specified end is still ahead (and of its lifts) is kept
+(:func:`middleware.audit.suspensions.still_needed`). The ledger is read in ranges
+(``read_ranges``): only the due indexes are kept in memory.
 Leaves, commitments and checkpoints stay: ``consentry ledger verify`` still passes, and a
 removed entry's ciphertext is simply absent from exports.
 """
@@ -25,6 +27,7 @@ from middleware.audit.cli_common import now_us, opened, print_json, read_key
 from middleware.audit.ranges import read_ranges
 from middleware.audit.reports import format_time
 from middleware.audit.retention import RetentionRules, expired
+from middleware.audit.suspensions import SuspensionLog
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.writer import checkpoint_signer
@@ -65,6 +68,12 @@ def retention(args: argparse.Namespace, out: TextIO) -> int:
                 for index in found:
                     counts[kinds[index].label] += 1
                 due += found
+            # A suspension (164.528(a)(2)) keeps its evidence while the time the agency gave
+            # has not run out, whatever the admin retention says.
+            keep = await SuspensionLog(step=_CHUNK).still_needed(store, as_of_us=as_of)
+            if keep & set(due):
+                counts[EntryKind.ADMIN.label] -= len(keep & set(due))
+                due = [index for index in due if index not in keep]
             return await _apply(store, due, counts)
 
     async def _apply(store: LogStore, due: list[int], counts: dict[str, int]) -> dict[str, object]:

@@ -34,6 +34,7 @@ __all__ = [
     "SuspensionSource",
     "lift_evidence",
     "parse_suspensions",
+    "still_needed",
     "suspension_evidence",
 ]
 
@@ -108,6 +109,25 @@ def parse_suspensions(entries: Iterable[tuple[int, int, bytes]]) -> list[Suspens
     return list(found.values())
 
 
+def still_needed(entries: Iterable[tuple[int, int, bytes]], *, as_of_us: int) -> set[int]:
+    """The indexes among admin ``entries`` whose evidence retention must keep at ``as_of_us``:
+    a suspension whose specified end is still ahead, and the lifts naming one. Removing it
+    would end the suspension early (164.528(a)(2): "for the time specified by such agency"),
+    or, for a lift, revive a suspension the agency ended."""
+    ahead: set[int] = set()
+    lifts: dict[int, int] = {}
+    for index, _, data in entries:
+        body = _body(data)
+        if body is None:
+            continue
+        end, lifted = body.get("end_us"), body.get("suspension")
+        if body.get("type") == SUSPEND_TYPE and type(end) is int and end > as_of_us:
+            ahead.add(index)
+        elif body.get("type") == LIFT_TYPE and type(lifted) is int:
+            lifts[index] = lifted
+    return ahead | {index for index, target in lifts.items() if target in ahead}
+
+
 class SuspensionSource(Protocol):
     """What :class:`SuspensionLog` reads of a ledger store (``LogStore``)."""
 
@@ -123,7 +143,9 @@ class SuspensionLog:
 
     One instance per store; :meth:`current` is safe to call concurrently."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, step: int = _RANGE) -> None:
+        """``step``: leaves read at a time."""
+        self._step = step
         self._read = 0
         self._admin: list[tuple[int, int, bytes]] = []
         self._lock = asyncio.Lock()
@@ -131,10 +153,17 @@ class SuspensionLog:
     async def current(self, store: SuspensionSource) -> list[Suspension]:
         """Every suspension recorded on ``store`` so far (whether in force or not: the
         accounting decides that at its own time)."""
+        return parse_suspensions(await self._entries(store))
+
+    async def still_needed(self, store: SuspensionSource, *, as_of_us: int) -> set[int]:
+        """:func:`still_needed` of the admin entries on ``store`` (for retention)."""
+        return still_needed(await self._entries(store), as_of_us=as_of_us)
+
+    async def _entries(self, store: SuspensionSource) -> list[tuple[int, int, bytes]]:
         async with self._lock:
             size = await store.size()
             while self._read < size:
-                end = min(self._read + _RANGE, size)
+                end = min(self._read + self._step, size)
                 admin = [
                     (self._read + offset, decode_leaf(data))
                     for offset, data in enumerate(await store.leaves(self._read, end))
@@ -149,4 +178,4 @@ class SuspensionLog:
                         if i in stored and SUSPEND_TYPE.encode() in stored[i].data
                     ]
                 self._read = end
-            return parse_suspensions(self._admin)
+            return list(self._admin)

@@ -3,25 +3,33 @@ entries, read back from the ledger, honoured by ``consentry audit accounting``."
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
-from middleware.audit.accounting import Suspension
+from middleware.audit.accounting import Suspension, years_before
+from middleware.audit.cli_common import now_us
 from middleware.audit.suspensions import (
     SuspensionLog,
     lift_evidence,
     parse_suspensions,
+    still_needed,
     suspension_evidence,
 )
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind
+from middleware.ledger.signing import SigningKey
 from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.ledger_memory import MemoryLogStore
+from middleware.storage.ledger_sqlite import SqliteLogStore
 from tests.contract.helpers import KEY, ORIGIN
 from tests.unit.audit.test_cli import COUNT, Setup, setup  # noqa: F401  (the fixture)
+from tests.unit.audit.test_retention import OLD, filled, retention  # noqa: F401
+from tests.unit.audit.test_retention import ORIGIN as RORIGIN
 
 DAY = 86_400_000_000
 T = 1_800_000_000_000_000
@@ -165,3 +173,51 @@ def test_a_suspension_hides_the_agency_s_disclosures_until_lifted(setup: Setup) 
     )
     assert status == 0, text
     assert _listed(setup) == before
+
+
+# --- retention keeps a suspension the agency's time has not run out for -------------------------
+YEAR = 365 * DAY
+NEEDED = [
+    ([(3, T, _suspend(T + YEAR))], {3}),
+    ([(3, T - 2 * YEAR, _suspend(T - YEAR))], set()),  # over: may go
+    (
+        [(3, T, _suspend(T + YEAR)), (4, T, lift_evidence(suspension=3, reason="x", operator="o"))],
+        {3, 4},
+    ),
+    ([(4, T, lift_evidence(suspension=3, reason="x", operator="o"))], set()),
+    ([(3, T, b'{"type":"consentry/audit-shred"}')], set()),
+]
+
+
+@pytest.mark.parametrize(
+    ("entries", "kept"), NEEDED, ids=["ahead", "over", "lifted", "lift-of-nothing", "other"]
+)
+def test_still_needed(entries: list[tuple[int, int, bytes]], kept: set[int]) -> None:
+    assert still_needed(entries, as_of_us=T) == kept
+
+
+def test_retention_keeps_the_evidence_of_a_suspension_still_in_force(
+    filled: Path,  # noqa: F811
+) -> None:
+    now = now_us()
+
+    async def suspend() -> None:
+        store = await SqliteLogStore.open(filled / "audit.db")
+        sign = checkpoint_signer(SigningKey.from_seed(RORIGIN, bytes(range(32))), RORIGIN)
+        try:
+            for end in (now + YEAR, now - YEAR):  # ten years long, and one over
+                entry = NewEntry.create(
+                    EntryKind.ADMIN, _suspend(end), recorded_us=years_before(now, 2)
+                )
+                await store.append([entry], sign=sign)
+        finally:
+            await store.close()
+
+    asyncio.run(suspend())
+    config = filled / "consentry.toml"
+    config.write_text('upstream = "http://127.0.0.1:1/fhir"\naudit_retention_by_kind = "admin=1"\n')
+    status, report = retention(filled, "--config", str(config))
+    assert status == 0
+    assert report["entries"] == {
+        "access-decision": 0, "access-outcome": 0, "disclosure": OLD, "admin": 1
+    }  # fmt: skip
