@@ -114,9 +114,10 @@ async def test_a_malformed_pseudonym_logs_a_value_error() -> None:
         return b"\x01" * 3
 
     rec = AuditRecorder(FakeLedger(), short, gateway=GATEWAY, keys=KEYS)
-    with capture_logs() as logs, pytest.raises(ServiceUnavailable):
+    with capture_logs() as logs, pytest.raises(ServiceUnavailable) as refused:
         await rec.record(exchange(decisions={"Patient/p1": None}), "exchange")
     assert _unavailable_logs(logs) == [(RID, "ValueError")]
+    assert str(refused.value.__cause__) == "the pseudonym store returned a malformed pseudonym"
 
 
 async def test_a_key_store_failure_is_unavailable_and_logged() -> None:
@@ -530,6 +531,7 @@ async def test_an_outcome_the_ledger_refuses_is_kept_sealed_under_the_intents_ke
     assert _logged(logs, "write outcome kept in the audit outbox") == [
         {"request_id": RID, "entries": 2, "log_level": "warning"}
     ]
+    assert _unavailable_logs(logs) == [(RID, "ConnectionError")]
     assert rec._deferred is True
 
 
@@ -541,7 +543,9 @@ async def test_an_outcome_without_pseudonyms_keeps_the_patient_and_unsealed_fact
         wall_clock=WHEN.timestamp,
     )  # fmt: skip
     write = exchange(CREATE, status=201, decisions=TWO)
-    assert await rec.record(write, "outcome") == []
+    with capture_logs() as logs:
+        assert await rec.record(write, "outcome") == []
+    assert _unavailable_logs(logs) == [(RID, "OSError")]
     assert ledger.entries == []  # nothing to append without the pseudonyms
     assert [(r.pseudonym, r.patient) for r in outbox.rows] == [
         (None, "Patient/p1"),
@@ -683,8 +687,9 @@ async def test_an_outcome_kept_without_its_pseudonyms_is_replayed_under_them(
     )  # fmt: skip
     write = exchange(CREATE, status=201, decisions=TWO)
     assert await rec.record(write, "outcome") == []
-    with capture_logs():
+    with capture_logs() as logs:
         assert await rec.replay() == 2  # the store still refuses: both rows wait
+    assert _unavailable_logs(logs) == [(RID, "OSError")]
     assert ledger.entries == []
     store.down = False
     assert await rec.replay() == 0
@@ -700,3 +705,22 @@ async def test_an_outcome_kept_without_its_pseudonyms_is_replayed_under_them(
         known["Patient/p2"],
     ]
     await rec.aclose()
+
+
+async def test_a_break_glass_entry_keeps_the_client_address() -> None:
+    ledger = FakeLedger()
+    rec, _ = recorder(ledger)
+    await rec.record_break_glass(
+        "started", identity=USER, patients=["p1"], request_id="bg-1", client_address="192.0.2.9"
+    )
+    (entry,) = ledger.entries
+    assert opened(entry.pseudonym, entry.salt, entry.evidence).client_address == "192.0.2.9"
+
+
+async def test_a_break_glass_entry_without_a_pseudonym_logs_its_request() -> None:
+    rec = AuditRecorder(FakeLedger(), Refusing(OSError()), gateway=GATEWAY, keys=KEYS)
+    with capture_logs() as logs, pytest.raises(ServiceUnavailable):
+        await rec.record_break_glass(
+            "started", identity=USER, patients=["p1"], request_id="bg-1", client_address=None
+        )
+    assert _unavailable_logs(logs) == [("bg-1", "OSError")]
