@@ -31,6 +31,7 @@ from typing import Final, Literal
 from middleware.audit.access import audit_reader
 from middleware.audit.accounting import AccountingRules, Suspension, account, years_before
 from middleware.audit.httptypes import AuditIndex, Reply, Seen, json_reply
+from middleware.audit.paging import all_rows
 from middleware.audit.report_bundle import accounting_bundle
 from middleware.audit.report_csv import accounting_csv
 from middleware.audit.report_pdf import accounting_pdf
@@ -127,15 +128,7 @@ class AccountingEndpoint:
         return json_reply(accounting_bundle(made, gateway_name=self._name))
 
     async def _rows(self, query: AuditQuery) -> list[AuditRow]:
-        index = await self._index()
-        out: list[AuditRow] = []
-        query = replace(query, limit=_PAGE)
-        while True:
-            page = await index.audit_rows(query)
-            out += page
-            if len(page) < _PAGE:
-                return out
-            query = replace(query, after=(page[-1].recorded_us, page[-1].index))
+        return await all_rows(await self._index(), replace(query, limit=_PAGE))
 
 
 _NO_STORE: Final = ("cache-control", "no-store")

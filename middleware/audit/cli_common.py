@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from middleware.audit import paging
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.keyfile import LedgerKey, parse_ledger_key
@@ -75,14 +76,7 @@ async def opened(args: argparse.Namespace) -> AsyncIterator[LogStore]:
 
 async def all_rows(store: LogStore, query: AuditQuery) -> list[AuditRow]:
     """Every row ``query`` matches, page by page (keyset), in its order."""
-    out: list[AuditRow] = []
-    query = replace(query, limit=PAGE, after=None)
-    while True:
-        page = await store.audit_rows(query)
-        out += page
-        if len(page) < PAGE:
-            return out
-        query = replace(query, after=(page[-1].recorded_us, page[-1].index))
+    return await paging.all_rows(store, replace(query, limit=PAGE, after=None))
 
 
 def read_key(path: Path) -> LedgerKey:

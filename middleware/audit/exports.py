@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final
 
 from middleware.audit.bulk import ExportJob, ExportJobs
 from middleware.audit.httptypes import Reply, json_reply, principal_of
+from middleware.audit.paging import pages
 from middleware.audit.parts import instant
 from middleware.audit.row import AuditQuery
 from middleware.audit.searching import Searching
@@ -97,13 +97,9 @@ class BulkExport:
         async def produce(job: ExportJob) -> None:
             index = await self.searching.index()
             query = AuditQuery(since_us=since, until_us=until, limit=self._page)
-            while True:
-                rows = await index.audit_rows(query)
+            async for rows in pages(index, query):
                 for event in await self.searching.served_many(rows):
                     job.add(encode(event))
-                if len(rows) < query.limit:
-                    return
-                query = replace(query, after=(rows[-1].recorded_us, rows[-1].index))
 
         job = self.jobs.start(
             owner=principal_of(identity),

@@ -12,9 +12,9 @@ accounting can name the periods whose disclosures can no longer be listed
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Final, Protocol
 
+from middleware.audit.paging import pages
 from middleware.audit.row import AuditQuery, AuditRow
 
 __all__ = ["ShreddedIndex", "shredded_rows"]
@@ -48,10 +48,6 @@ async def shredded_rows(
             until_us=until_us,
             limit=_PAGE,
         )
-        while True:
-            page = await index.audit_rows(query)
+        async for page in pages(index, query):
             out += [row for row in page if row.shredded]
-            if len(page) < _PAGE:
-                break
-            query = replace(query, after=(page[-1].recorded_us, page[-1].index))
     return sorted(out, key=lambda r: (r.recorded_us, r.index))

@@ -1,0 +1,41 @@
+"""Reading every audit index row a query matches, page by page.
+
+The index pages by keyset (:class:`~middleware.audit.row.AuditQuery` ``after``: the
+``(recorded_us, index)`` of the last row read), so a long read neither skips nor repeats a row
+when entries are appended meanwhile, and no page costs more than ``limit`` rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Protocol
+
+from middleware.audit.row import AuditQuery, AuditRow
+
+__all__ = ["RowSource", "all_rows", "pages"]
+
+
+class RowSource(Protocol):
+    """What paging needs of an audit index (:class:`~middleware.storage.ledger_base.LogStore`)."""
+
+    async def audit_rows(self, query: AuditQuery) -> list[AuditRow]: ...
+
+
+async def pages(index: RowSource, query: AuditQuery) -> AsyncIterator[list[AuditRow]]:
+    """The pages of ``query`` (``query.limit`` rows each, from its ``after``), in its order;
+    the last page is the first one shorter than ``query.limit`` (possibly empty)."""
+    while True:
+        page = await index.audit_rows(query)
+        yield page
+        if len(page) < query.limit:
+            return
+        query = replace(query, after=(page[-1].recorded_us, page[-1].index))
+
+
+async def all_rows(index: RowSource, query: AuditQuery) -> list[AuditRow]:
+    """Every row ``query`` matches from its ``after`` on, read ``query.limit`` at a time."""
+    out: list[AuditRow] = []
+    async for page in pages(index, query):
+        out += page
+    return out
