@@ -45,7 +45,7 @@ from middleware.audit.purposes import (
     purpose_text,
 )
 from middleware.audit.row import AuditRow
-from middleware.ledger.leaf import EntryKind
+from middleware.ledger.leaf import EntryKind, micros
 
 __all__ = [
     "ACT_REASON",
@@ -78,7 +78,7 @@ def years_before(at_us: int, years: int) -> int:
         back = at.replace(year=at.year - years)
     except ValueError:
         back = at.replace(year=at.year - years, day=28)
-    return (back - _EPOCH) // timedelta(microseconds=1)
+    return micros(back)
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,8 +173,7 @@ def _kick_off(params: Sequence[tuple[str, str]], *, system: bool) -> int | None:
             interval = bounds(value)
             if interval is None or "T" not in value or since is not None:
                 raise BadRequest("_since: expected one FHIR instant (with time and zone)")
-            delta = interval[0] - datetime(1970, 1, 1, tzinfo=UTC)
-            since = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            since = micros(interval[0])
         elif name == "_type":
             types += [t.strip() for t in value.split(",")]
         elif name == "_outputFormat" and value not in _OUTPUT_FORMATS:

@@ -35,12 +35,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from middleware.audit.row import AuditQuery, SortKey
 from middleware.consent.fhirtime import bounds
 from middleware.errors import BadRequest
+from middleware.ledger.leaf import micros
 
 __all__ = [
     "AUDIT_EVENT_TYPE",
@@ -77,7 +77,6 @@ SEARCH_PARAMS: Final = frozenset(
 )
 _SINGLE: Final = SEARCH_PARAMS - {"date"}
 _MAX_VALUE: Final = 512
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_DATES: Final = 8
 
 _ID: Final = r"[A-Za-z0-9\-.]{1,64}"  # FHIR R4 §2.24.0.1 "id"
@@ -218,7 +217,7 @@ def _range(dates: Sequence[tuple[str, str]]) -> tuple[int | None, int | None]:
                 "date: expected a FHIR dateTime (YYYY, YYYY-MM, YYYY-MM-DD or "
                 "YYYY-MM-DDThh:mm:ss with a zone)"
             )
-        lower, upper = (_micros(interval[0]), _micros(interval[1]))
+        lower, upper = (micros(interval[0]), micros(interval[1]))
         low = {"eq": lower, "ge": lower, "gt": upper}.get(prefix)
         high = {"eq": upper - 1, "le": upper - 1, "lt": lower - 1}.get(prefix)
         if low is not None:
@@ -226,11 +225,6 @@ def _range(dates: Sequence[tuple[str, str]]) -> tuple[int | None, int | None]:
         if high is not None:
             until = high if until is None else min(until, high)
     return since, until
-
-
-def _micros(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _patient(value: str) -> tuple[str, str]:
