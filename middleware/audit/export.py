@@ -57,12 +57,13 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TextIO
 
 import msgspec
 
 from middleware.audit.report_csv import csv_escape
+from middleware.audit.rfc3339 import format_us as format_time
 from middleware.audit.row import AuditRow
 from middleware.ledger.leaf import EntryFlag, Leaf
 
@@ -361,26 +362,6 @@ def entries_for(
             opening,
             columns[index] if role == "row" else None,
         )
-
-
-_HOUR_US = 3_600_000_000
-#: ``YYYY-MM-DDTHH:`` of recently formatted hours: an export's rows share their hours, and
-#: strftime was a fifth of a row's formatting (bounded; cleared when full).
-_HOURS: dict[int, str] = {}
-
-
-def format_time(us: int) -> str:
-    """Microseconds since the epoch as RFC 3339 UTC, ``2026-01-02T03:04:05.000006Z``."""
-    hour, rest = divmod(us, _HOUR_US)  # floor division: times before 1970 stay correct
-    prefix = _HOURS.get(hour)
-    if prefix is None:
-        if len(_HOURS) >= 4096:
-            _HOURS.clear()
-        prefix = (_EPOCH + timedelta(microseconds=hour * _HOUR_US)).strftime("%Y-%m-%dT%H:")
-        _HOURS[hour] = prefix
-    minute, rest = divmod(rest, 60_000_000)
-    second, micro = divmod(rest, 1_000_000)
-    return f"{prefix}{minute:02d}:{second:02d}.{micro:06d}Z"
 
 
 def write_ndjson(header: ExportHeader, entries: Iterable[ExportEntry], out: TextIO) -> int:

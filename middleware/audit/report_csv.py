@@ -18,10 +18,10 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
 
 from middleware.audit.accounting import Accounting
 from middleware.audit.reports import DATE_RANGE_COLUMNS, AccessReport, UserReport
+from middleware.audit.rfc3339 import format_us as rfc3339
 from middleware.audit.row import AuditRow
 
 __all__ = [
@@ -79,13 +79,6 @@ ACCESS_COLUMNS = (
     "purpose_codes",
     "break_glass",
 )
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def rfc3339(us: int) -> str:
-    """RFC 3339 UTC with microseconds of ``us`` microseconds since the epoch."""
-    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 #: First characters a spreadsheet takes as the start of a formula, and the escape itself.
