@@ -21,7 +21,6 @@ like every access of the audit trail (:mod:`middleware.audit.http`), naming the 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -32,6 +31,7 @@ from middleware.audit.access import audit_reader
 from middleware.audit.accounting import AccountingRules, Suspension, account, years_before
 from middleware.audit.httptypes import AuditIndex, Reply, Seen, json_reply
 from middleware.audit.paging import all_rows
+from middleware.audit.parts import FHIR_ID
 from middleware.audit.report_bundle import accounting_bundle
 from middleware.audit.report_csv import accounting_csv
 from middleware.audit.report_pdf import accounting_pdf
@@ -44,7 +44,6 @@ from middleware.ledger.leaf import micros
 __all__ = ["AccountingEndpoint", "ShreddedOf", "SuspensionsOf"]
 
 Format = Literal["bundle", "csv", "pdf"]
-_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 "id"
 _FORMATS: Final[Mapping[str, Format]] = {
     "json": "bundle",
     "application/fhir+json": "bundle",
@@ -98,7 +97,7 @@ class AccountingEndpoint:
         headers: Mapping[str, str],
     ) -> Reply:
         """The accounting of ``Patient/<patient_id>`` in the negotiated format."""
-        if not _ID.fullmatch(patient_id) or not patient_id.strip("."):
+        if not FHIR_ID.fullmatch(patient_id) or not patient_id.strip("."):
             raise NotFound("not a valid Patient id")
         patient = f"Patient/{patient_id}"
         reader = audit_reader(identity, role=self._role, permission="r")

@@ -22,6 +22,7 @@ __all__ = [
     "BALP_ENTITY_TYPE",
     "BALP_PROFILE",
     "DCM",
+    "FHIR_ID",
     "OBJECT_ROLE",
     "OUTCOME_MAJOR_FAILURE",
     "OUTCOME_MINOR_FAILURE",
@@ -66,7 +67,8 @@ OUTCOME_MINOR_FAILURE: Final = "4"
 OUTCOME_SERIOUS_FAILURE: Final = "8"
 OUTCOME_MAJOR_FAILURE: Final = "12"
 
-_FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 §2.24.0.1 "id"
+#: The FHIR ``id`` datatype (R4 §2.24.0.1).
+FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,7 @@ def patient_reference(patient: str) -> str:
     """``Patient/<id>`` for a bare id or a ``Patient/<id>`` reference; anything else raises
     :class:`ValueError` (the entity's ``what`` must be a Reference(Patient) in BALP)."""
     ident = patient.removeprefix("Patient/")
-    if not _FHIR_ID.fullmatch(ident):
+    if not FHIR_ID.fullmatch(ident):
         raise ValueError("patient must be a FHIR id or Patient/<id>")
     return f"Patient/{ident}"
 

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from middleware.audit.parts import FHIR_ID
 from middleware.audit.row import AuditQuery, SortKey
 from middleware.consent.fhirtime import bounds
 from middleware.errors import BadRequest
@@ -79,9 +80,7 @@ _SINGLE: Final = SEARCH_PARAMS - {"date"}
 _MAX_VALUE: Final = 512
 _MAX_DATES: Final = 8
 
-_ID: Final = r"[A-Za-z0-9\-.]{1,64}"  # FHIR R4 §2.24.0.1 "id"
-_REFERENCE: Final = re.compile(rf"[A-Z][A-Za-z]{{0,63}}/{_ID}")
-_PATIENT_ID: Final = re.compile(_ID)
+_REFERENCE: Final = re.compile(rf"[A-Z][A-Za-z]{{0,63}}/{FHIR_ID.pattern}")
 _AGENT_TOKEN: Final = re.compile(r"[\x21-\x7e]{1,512}#[\x21-\x7e]{1,512}")
 _CODE: Final = re.compile(r"[^\s|,]{1,128}")
 _SYSTEM: Final = re.compile(r"[^\s|,]{1,256}")
@@ -230,7 +229,7 @@ def _range(dates: Sequence[tuple[str, str]]) -> tuple[int | None, int | None]:
 def _patient(value: str) -> tuple[str, str]:
     ref = value if "/" in value else f"Patient/{value}"
     kind, _, pid = ref.partition("/")
-    if kind != "Patient" or not _PATIENT_ID.fullmatch(pid) or not pid.strip("."):
+    if kind != "Patient" or not FHIR_ID.fullmatch(pid) or not pid.strip("."):
         raise BadRequest("patient: expected Patient/<id> or <id>")
     return "patient", ref
 
