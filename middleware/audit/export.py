@@ -65,6 +65,7 @@ import msgspec
 from middleware.audit.report_csv import csv_escape
 from middleware.audit.rfc3339 import format_us as format_time
 from middleware.audit.row import AuditRow
+from middleware.audit.row import shredded_row as leaf_only_row
 from middleware.ledger.leaf import EntryFlag, Leaf
 
 __all__ = [
@@ -277,27 +278,14 @@ def row_columns(row: AuditRow) -> tuple[str, ...]:
 def shredded_row(index: int, leaf: Leaf) -> AuditRow:
     """The index row of a crypto-shredded entry: only what its ``leaf`` says
     (:meth:`AuditRow.shred`), so a verifier can check it without the evidence."""
-    return AuditRow(
+    return leaf_only_row(
         index=index,
         recorded_us=leaf.recorded_us,
         kind=int(leaf.kind),
         flags=int(leaf.flags),
-        patient=None,
         pseudonym=leaf.pseudonym,
-        agent=None,
-        roles=(),
-        organization=None,
-        client=None,
-        purposes=(),
-        action="",
-        event_type="",
-        subtype=None,
-        outcome="",
-        resource_types=(),
-        entities=(),
         break_glass=bool(leaf.flags & EntryFlag.BREAK_THE_GLASS),
-        request_id="",
-    ).shred()
+    )
 
 
 def shredded_columns(index: int, leaf: Leaf) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-__all__ = ["NO_INDEX_YET", "AuditQuery", "AuditRow", "SortKey"]
+__all__ = ["NO_INDEX_YET", "AuditQuery", "AuditRow", "SortKey", "shredded_row"]
 
 #: The ``index`` of a row not sequenced yet: the store gives it the entry's ledger index.
 NO_INDEX_YET = -1
@@ -74,28 +74,49 @@ class AuditRow:
     def shred(self) -> AuditRow:
         """What is left of this row once its patient is crypto-shredded: the leaf's own fields
         (index, time, kind, flags, pseudonym), nothing else."""
-        return AuditRow(
+        return shredded_row(
             index=self.index,
             recorded_us=self.recorded_us,
             kind=self.kind,
             flags=self.flags,
-            patient=None,
             pseudonym=self.pseudonym,
-            agent=None,
-            roles=(),
-            organization=None,
-            client=None,
-            purposes=(),
-            action="",
-            event_type="",
-            subtype=None,
-            outcome="",
-            resource_types=(),
-            entities=(),
             break_glass=self.break_glass,
-            request_id="",
-            shredded=True,
         )
+
+
+def shredded_row(
+    *,
+    index: int,
+    recorded_us: int,
+    kind: int,
+    flags: int,
+    pseudonym: bytes | None,
+    break_glass: bool,
+) -> AuditRow:
+    """The row of a crypto-shredded entry: the leaf's own fields, the PHI fields empty,
+    ``shredded`` set (what :meth:`AuditRow.shred` leaves)."""
+    return AuditRow(
+        index=index,
+        recorded_us=recorded_us,
+        kind=kind,
+        flags=flags,
+        patient=None,
+        pseudonym=pseudonym,
+        agent=None,
+        roles=(),
+        organization=None,
+        client=None,
+        purposes=(),
+        action="",
+        event_type="",
+        subtype=None,
+        outcome="",
+        resource_types=(),
+        entities=(),
+        break_glass=break_glass,
+        request_id="",
+        shredded=True,
+    )
 
 
 SortKey = Literal["date", "-date"]
