@@ -13,9 +13,9 @@ import argparse
 import asyncio
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from middleware.audit.accounting import Accounting, AccountingRules, account
 from middleware.audit.cli_common import (
@@ -75,6 +75,7 @@ __all__ = ["access", "accounting", "export", "facts_opener", "search", "user", "
 _GATEWAY_NAME = "Consentry gateway"
 #: An export of at least 1/_BULK of the log reads it in one snapshot.
 _BULK = 8
+_T = TypeVar("_T")
 
 
 def _query(args: argparse.Namespace, **extra: object) -> AuditQuery:
@@ -177,12 +178,20 @@ def _lookup_key(args: argparse.Namespace) -> bytes | None:
     return derive_box_key(read_key(Path(path)).data_secret, LOOKUP_PURPOSE)
 
 
-def accounting(args: argparse.Namespace, out: TextIO) -> int:
-    async def run() -> Accounting:
-        async with opened(args) as store:
-            return await _accounting(store, args)
+def _read(
+    args: argparse.Namespace, read: Callable[[LogStore, argparse.Namespace], Awaitable[_T]]
+) -> _T:
+    """What ``read`` makes of the store ``args`` name (opened for it, closed afterwards)."""
 
-    made = asyncio.run(run())
+    async def run() -> _T:
+        async with opened(args) as store:
+            return await read(store, args)
+
+    return asyncio.run(run())
+
+
+def accounting(args: argparse.Namespace, out: TextIO) -> int:
+    made = _read(args, _accounting)
     if args.format == "pdf":
         write_output(args, out, accounting_pdf(made, gateway_name=_GATEWAY_NAME))
     elif args.format == "bundle":
@@ -208,16 +217,13 @@ async def _access(store: LogStore, args: argparse.Namespace) -> AccessReport:
 
 
 def access(args: argparse.Namespace, out: TextIO) -> int:
-    async def run() -> AccessReport:
-        async with opened(args) as store:
-            return await _access(store, args)
-
-    report = asyncio.run(run())
-    if args.format == "pdf":
-        write_output(args, out, access_pdf(report, gateway_name=_GATEWAY_NAME, after=_after(args)))
-    else:
-        write_output(args, out, access_csv(report))
-    return 0
+    report = _read(args, _access)
+    return _write_report(
+        args,
+        out,
+        report,
+        lambda: access_pdf(report, gateway_name=_GATEWAY_NAME, after=_after(args)),
+    )
 
 
 async def _user(store: LogStore, args: argparse.Namespace) -> UserReport:
@@ -230,15 +236,23 @@ async def _user(store: LogStore, args: argparse.Namespace) -> UserReport:
 
 
 def user(args: argparse.Namespace, out: TextIO) -> int:
-    async def run() -> UserReport:
-        async with opened(args) as store:
-            return await _user(store, args)
+    report = _read(args, _user)
+    return _write_report(
+        args,
+        out,
+        report,
+        lambda: user_pdf(report, gateway_name=_GATEWAY_NAME, after=_after(args)),
+    )
 
-    report = asyncio.run(run())
-    if args.format == "pdf":
-        write_output(args, out, user_pdf(report, gateway_name=_GATEWAY_NAME, after=_after(args)))
-    else:
-        write_output(args, out, access_csv(report))
+
+def _write_report(
+    args: argparse.Namespace,
+    out: TextIO,
+    report: AccessReport | UserReport,
+    pdf: Callable[[], bytes],
+) -> int:
+    """An access or user activity report as ``--format`` asks: ``pdf()`` or the CSV."""
+    write_output(args, out, pdf() if args.format == "pdf" else access_csv(report))
     return 0
 
 
