@@ -62,6 +62,7 @@ __all__ = [
     "account",
     "exemption",
     "parse_exempt",
+    "periods_of",
     "purpose_text",
     "years_before",
 ]
@@ -220,6 +221,19 @@ class ShreddedPeriod:
     disclosures: int
 
 
+def periods_of(runs: Iterable[Sequence[AuditRow]]) -> tuple[ShreddedPeriod, ...]:
+    """One :class:`ShreddedPeriod` per non-empty run of shredded rows (each in time order)."""
+    return tuple(
+        ShreddedPeriod(
+            run[0].recorded_us,
+            run[-1].recorded_us,
+            sum(r.kind == EntryKind.DISCLOSURE for r in run),
+        )
+        for run in runs
+        if run
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Accounting:
     """The accounting of ``patient`` for ``since_us`` .. ``until_us`` made at ``as_of_us``.
@@ -301,15 +315,7 @@ def account(
             suspended.append(row.index)
         else:
             accountable.append(_disclosure(row, directory or {}))
-    periods = tuple(
-        ShreddedPeriod(
-            run[0].recorded_us,
-            run[-1].recorded_us,
-            sum(r.kind == EntryKind.DISCLOSURE for r in run),
-        )
-        for run in runs
-        if run
-    )
+    periods = periods_of(runs)
     return Accounting(
         patient=patient,
         since_us=since,

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 
-from middleware.audit.accounting import ShreddedPeriod, years_before
+from middleware.audit.accounting import ShreddedPeriod, periods_of, years_before
 from middleware.audit.row import AuditRow
 from middleware.ledger.leaf import EntryFlag, EntryKind
 
@@ -210,15 +210,7 @@ def access_report(
         if result is None or (result == "refused" and not include_refused):
             continue
         lines.append(_line(row, result))
-    periods = tuple(
-        ShreddedPeriod(
-            run[0].recorded_us,
-            run[-1].recorded_us,
-            sum(r.kind == EntryKind.DISCLOSURE for r in run),
-        )
-        for run in runs
-        if run
-    )
+    periods = periods_of(runs)
     return AccessReport(patient, since, until, tuple(lines), periods)
 
 
