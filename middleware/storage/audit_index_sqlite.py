@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.storage.audit_index_match import purpose_code
@@ -337,30 +337,19 @@ def shred(c: sqlite3.Connection, pseudonym: bytes, link: bytes | None = None) ->
     """Delete the pseudonym's key and replace its unshredded rows by their shredded form, in
     one transaction with ``secure_delete`` on; then truncate the WAL. Returns rows shredded.
     Runs on the worker thread outside any transaction (it brackets its own)."""
-    c.execute("PRAGMA secure_delete = ON")
-    try:
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            c.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = ?", (pseudonym,))
-            c.execute(
-                "INSERT INTO consentry_audit_shredded (pseudonym, link) VALUES (?, ?) "
-                "ON CONFLICT (pseudonym) DO UPDATE SET link = coalesce(link, excluded.link)",
-                (pseudonym, link),
-            )
-            sql = (
-                f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608
-                "WHERE pseudonym = ? AND shredded = 0"
-            )
-            rows = [_row(v).shred() for v in c.execute(sql, (pseudonym,)).fetchall()]
-            write_rows(c, rows)
-            c.execute("COMMIT")
-        except BaseException:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
-            raise
-    finally:
-        c.execute("PRAGMA secure_delete = OFF")
-    _truncate_wal(c)
+    with _secure_transaction(c):
+        c.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = ?", (pseudonym,))
+        c.execute(
+            "INSERT INTO consentry_audit_shredded (pseudonym, link) VALUES (?, ?) "
+            "ON CONFLICT (pseudonym) DO UPDATE SET link = coalesce(link, excluded.link)",
+            (pseudonym, link),
+        )
+        sql = (
+            f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608
+            "WHERE pseudonym = ? AND shredded = 0"
+        )
+        rows = [_row(v).shred() for v in c.execute(sql, (pseudonym,)).fetchall()]
+        write_rows(c, rows)
     return len(rows)
 
 
@@ -369,17 +358,26 @@ def shred_entries(c: sqlite3.Connection, indexes: Sequence[int]) -> int:
     ``secure_delete`` on; then truncate the WAL. Returns how many evidence rows were deleted.
     Runs on the worker thread outside any transaction (it brackets its own)."""
     wanted = json.dumps(list(indexes))
+    with _secure_transaction(c):
+        removed = c.execute(
+            "DELETE FROM consentry_ledger_evidence WHERE idx IN (SELECT value FROM json_each(?))",
+            (wanted,),
+        ).rowcount
+        sql = f"{_STORED} AND shredded = 0"
+        write_rows(c, [_row(v).shred() for v in c.execute(sql, (wanted,)).fetchall()])
+    return int(removed)
+
+
+@contextlib.contextmanager
+def _secure_transaction(c: sqlite3.Connection) -> Iterator[None]:
+    """One ``BEGIN IMMEDIATE`` transaction with ``secure_delete`` on (module docstring):
+    committed when the block ends, rolled back when it raises; after a commit the WAL is
+    truncated. For the worker thread outside any transaction."""
     c.execute("PRAGMA secure_delete = ON")
     try:
         c.execute("BEGIN IMMEDIATE")
         try:
-            removed = c.execute(
-                "DELETE FROM consentry_ledger_evidence "
-                "WHERE idx IN (SELECT value FROM json_each(?))",
-                (wanted,),
-            ).rowcount
-            sql = f"{_STORED} AND shredded = 0"
-            write_rows(c, [_row(v).shred() for v in c.execute(sql, (wanted,)).fetchall()])
+            yield
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
@@ -388,7 +386,6 @@ def shred_entries(c: sqlite3.Connection, indexes: Sequence[int]) -> int:
     finally:
         c.execute("PRAGMA secure_delete = OFF")
     _truncate_wal(c)
-    return int(removed)
 
 
 def _truncate_wal(c: sqlite3.Connection) -> None:
