@@ -33,7 +33,7 @@ refusal is a :class:`BadRequest` naming the parameter, never echoing the value.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -262,25 +262,29 @@ def _type(value: str) -> tuple[str, str]:
     return "event_type", f"{system}|{code}"
 
 
-def _subtype(value: str) -> tuple[str, str]:
-    system, code = _token("subtype", value)
-    if system not in (None, RESTFUL_INTERACTION) or code not in _RESTFUL_CODES:
-        raise BadRequest("subtype: expected a restful-interaction code (read, search-type...)")
-    return "subtype", code
+def _coded(
+    name: str, system: str, codes: frozenset[str], expected: str
+) -> Callable[[str], tuple[str, str]]:
+    """The parser of a token criterion whose system, when given, is ``system`` and whose code
+    is one of ``codes`` (anything else: 400 saying ``expected``)."""
+
+    def parse(value: str) -> tuple[str, str]:
+        found, code = _token(name, value)
+        if found not in (None, system) or code not in codes:
+            raise BadRequest(f"{name}: expected {expected}")
+        return name, code
+
+    return parse
 
 
-def _action(value: str) -> tuple[str, str]:
-    system, code = _token("action", value)
-    if system not in (None, _ACTION_SYSTEM) or code not in _ACTIONS:
-        raise BadRequest("action: expected C, R, U, D or E")
-    return "action", code
-
-
-def _outcome(value: str) -> tuple[str, str]:
-    system, code = _token("outcome", value)
-    if system not in (None, OUTCOME_SYSTEM) or code not in _OUTCOMES:
-        raise BadRequest("outcome: expected 0, 4, 8 or 12")
-    return "outcome", code
+_subtype = _coded(
+    "subtype",
+    RESTFUL_INTERACTION,
+    _RESTFUL_CODES,
+    "a restful-interaction code (read, search-type...)",
+)
+_action = _coded("action", _ACTION_SYSTEM, _ACTIONS, "C, R, U, D or E")
+_outcome = _coded("outcome", OUTCOME_SYSTEM, _OUTCOMES, "0, 4, 8 or 12")
 
 
 def _purpose(value: str) -> tuple[str, str]:
