@@ -7,7 +7,7 @@ when entries are appended meanwhile, and no page costs more than ``limit`` rows.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import Protocol
 
@@ -22,7 +22,7 @@ class RowSource(Protocol):
     async def audit_rows(self, query: AuditQuery) -> list[AuditRow]: ...
 
 
-async def pages(index: RowSource, query: AuditQuery) -> AsyncIterator[list[AuditRow]]:
+async def pages(index: RowSource, query: AuditQuery) -> AsyncGenerator[list[AuditRow], None]:
     """The pages of ``query`` (``query.limit`` rows each, from its ``after``), in its order;
     the last page is the first one shorter than ``query.limit`` (possibly empty)."""
     while True:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final
@@ -44,6 +45,7 @@ from middleware.audit.httptypes import (
     json_reply,
     principal_of,
 )
+from middleware.audit.paging import pages
 from middleware.audit.render import for_patient
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.audit.search import parse_search
@@ -217,14 +219,12 @@ async def _rows(index: AuditIndex, query: AuditQuery, *, size: int) -> list[Audi
     """Up to ``query.limit + 1`` rows of ``query`` from entries below ledger index ``size``
     (the snapshot), in order; shredded rows are never asked for (AuditQuery's default)."""
     wanted = query.limit + 1
-    ask = replace(query, limit=wanted)
     kept: list[AuditRow] = []
-    while len(kept) < wanted:
-        rows = await index.audit_rows(ask)
-        kept += [row for row in rows if row.index < size and not row.shredded]
-        if len(rows) < wanted:
-            break
-        ask = replace(ask, after=(rows[-1].recorded_us, rows[-1].index))
+    async with aclosing(pages(index, replace(query, limit=wanted))) as each:
+        async for rows in each:
+            kept += [row for row in rows if row.index < size and not row.shredded]
+            if len(kept) >= wanted:
+                break
     return kept[:wanted]
 
 
