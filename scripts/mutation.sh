@@ -53,7 +53,8 @@ tests[audit-facts]="tests/unit/audit/test_facts.py tests/unit/audit/test_render.
 # outboxes and in-memory ledgers, about a second in all.
 files[audit-recorder]="middleware/audit/recorder.py"
 tests[audit-recorder]="tests/unit/audit/test_recorder.py tests/unit/audit/test_outbox_owners.py
-    tests/unit/audit/test_recorder_mutants.py tests/app/test_write_audit.py
+    tests/unit/audit/test_recorder_mutants.py tests/unit/audit/test_recorder_mutants2.py
+    tests/app/test_write_audit.py
     tests/app/test_break_glass.py"
 files[ledger]="middleware/ledger/merkle.py middleware/ledger/leaf.py middleware/ledger/verify.py"
 # the ledger's own vectors, properties and verifier tests; the store, service and CLI tests call

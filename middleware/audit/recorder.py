@@ -153,6 +153,7 @@ class AuditRecorder:
         self.outbox = outbox
         self._replay_lock = asyncio.Lock()
         # Rows kept since the last replay (rows from an earlier run: start-up replays them).
+        # equivalent mutant (None): only its truth is read
         self._deferred = False
         self._replaying: asyncio.Task[int] | None = None
         # This process's intents whose write is in flight: never reconciled (the upstream
@@ -196,6 +197,7 @@ class AuditRecorder:
                 return await self._record_outcome(plans, rid, self.outbox, intent)
             finally:
                 # Recorded, or not recordable now: either way the next reconcile may decide it.
+                # equivalent mutant (another default): no intent has it (uuid4 hex)
                 self._live.pop(intent or "", None)
         indexes = await self._append_all(await self._entries(plans, rid), rid)
         self._kick()
@@ -254,6 +256,7 @@ class AuditRecorder:
                         await outbox.settle(intent)
                     # Harmless: its variants share these keys, so a replay adds nothing.
                     except Exception as exc:  # noqa: BLE001
+                        # equivalent mutants (name): our log lines do not render a logger name
                         get_logger("consentry.audit").warning(
                             "audit intent not settled",
                             request_id=rid,
@@ -265,6 +268,7 @@ class AuditRecorder:
         except Exception as exc:  # any failure of the outbox's own storage: nothing is durable
             raise _unavailable(rid, exc) from exc
         self._deferred = True
+        # equivalent mutants (name): our log lines do not render a logger name
         get_logger("consentry.audit").warning(
             "write outcome kept in the audit outbox", request_id=rid, entries=len(rows)
         )
@@ -279,6 +283,7 @@ class AuditRecorder:
             pseudonyms = await self._pseudonyms(rid, patients)
         except ServiceUnavailable:
             pseudonyms = {}  # resolved on replay, from the patient reference kept in the row
+        # equivalent mutant (always .get): pseudonyms.get(None) is None too
         named = [
             None if p.facts.patient is None else pseudonyms.get(p.facts.patient) for p in plans
         ]
@@ -294,6 +299,8 @@ class AuditRecorder:
         for n, (p, pseudonym) in enumerate(zip(plans, named, strict=True)):
             salt = new_salt()
             facts = encode_facts(p.facts)
+            # equivalent mutant (`or True`): one exchange's plans all name a patient or none, so
+            # NO_PATIENT's key is never fetched beside a patient missing its pseudonym
             key = keys.get(pseudonym or NO_PATIENT) if pseudonym or not p.facts.patient else None
             rows.append(
                 OutboxRow(
@@ -322,6 +329,7 @@ class AuditRecorder:
         if not evidence.startswith(b"{"):
             key = (await self._keys(row.request_id, [pseudonym]))[pseudonym or NO_PATIENT]
             if is_sealed(evidence):
+                # equivalent mutant (salt None): open_entry reads the key, not the salt
                 facts = open_entry(Opening(row.salt, evidence, evidence_key(key, row.salt)))
             else:
                 facts = decode_facts(evidence)
@@ -345,6 +353,8 @@ class AuditRecorder:
         found: dict[bytes, bytes] = {}
         missing: list[bytes] = []
         for pseudonym in dict.fromkeys(p or NO_PATIENT for p in pseudonyms):
+            # equivalent mutants (None, cached(None)): keys.key consults the same cache first;
+            # they lose only this no-task fast path
             key = self.keys.cached(pseudonym)
             if key is None:
                 missing.append(pseudonym)
@@ -397,6 +407,8 @@ class AuditRecorder:
             created = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
             await outbox.hold(intent, probe, held, lease=self._lease(), created_us=created)
         except Exception as exc:  # the outbox's own storage failed: do not forward
+            # equivalent mutant (no default): put just above; only a reconcile after
+            # live_for seconds drops it
             self._live.pop(intent, None)
             raise _unavailable(next(iter(variants.values())).request_id, exc) from exc
         return intent
@@ -417,6 +429,7 @@ class AuditRecorder:
         now = self._clock()
         self._live = {i: t for i, t in self._live.items() if now - t < self._live_for}
         undecided = 0
+        # equivalent mutants (name): our log lines do not render a logger name
         log = get_logger("consentry.audit")
         try:
             await outbox.renew(self._lease())
@@ -445,10 +458,12 @@ class AuditRecorder:
                         undecided += 1
                         continue
                 await outbox.resolve(intent, variant)
+                # equivalent mutants (None, False): the replay() below sets it from what waits
                 self._deferred = True
         # Start-up and readiness call this: an unreachable upstream or outbox is reported as
         # work still waiting, never raised.
         except Exception as exc:  # noqa: BLE001
+            # equivalent mutants (name): our log lines do not render a logger name
             get_logger("consentry.audit").warning(
                 "audit intents not reconciled", error_type=type(exc).__name__
             )
@@ -479,6 +494,7 @@ class AuditRecorder:
             # store, the outbox's own file, a row that no longer decodes) is reported as rows
             # still waiting, never raised.
             except Exception as exc:  # noqa: BLE001
+                # equivalent mutants (name): our log lines do not render a logger name
                 get_logger("consentry.audit").warning(
                     "audit outbox replay stopped", error_type=type(exc).__name__
                 )
@@ -524,6 +540,7 @@ class AuditRecorder:
         """Move ``row`` aside, never to be replayed; logged (request id and reason only)."""
         await outbox.dead_letter(row.id, reason)
         self.dead_lettered += 1
+        # equivalent mutants (name): our log lines do not render a logger name
         get_logger("consentry.audit").error(
             "audit outbox row dead-lettered", request_id=row.request_id, reason=reason
         )
@@ -537,6 +554,7 @@ class AuditRecorder:
         """Stop a background replay and close the outbox (its rows stay for the next start)."""
         if self._replaying is not None:
             self._replaying.cancel()
+            # equivalent mutants (no Exception): replay() raises nothing but CancelledError
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._replaying
             self._replaying = None
@@ -615,6 +633,7 @@ class AuditRecorder:
             self._cache[patient] = (pseudonym, now)
             self._cache.move_to_end(patient)
             if len(self._cache) > self._max_cached:
+                # equivalent mutant (last=None): falsy, the same oldest-first eviction
                 self._cache.popitem(last=False)
         return found
 
@@ -684,6 +703,7 @@ def _private_keys() -> PatientKeys:
 
 def _unavailable(request_id: str, cause: BaseException) -> ServiceUnavailable:
     # The request id and the error's type only: never a patient, a reference or request text.
+    # equivalent mutants (name): our log lines do not render a logger name
     get_logger("consentry.audit").error(
         "audit trail unavailable",
         request_id=request_id,
