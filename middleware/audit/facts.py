@@ -15,7 +15,7 @@ order, nothing optional left out (an absent value is ``nil``)::
     [1, event, recorded_us, request_id, [gateway name, gateway base URL],
      [interaction, resource type, resource id, version id] | nil,
      [subject, issuer, kind, client_id, fhirUser, patient, [[system, code]...], [role...],
-      token id] | nil,
+      token id, organization] | nil,
      client address, status, patient, [resource reference...], raw request (bin),
      [effect, [obligation code...], [[consent id, ledger index | nil]...]] | nil,
      mapping, reason]
@@ -24,6 +24,9 @@ Integers in their shortest MessagePack form, strings UTF-8 as given (never norma
 sorted; so equal facts always give equal bytes, and :func:`decode_facts` accepts only the
 bytes :func:`encode_facts` would write (it re-encodes and compares). No floats anywhere: time
 is integer microseconds since the epoch. Pure: no I/O, no clock, no crypto.
+
+The caller's ``organization`` was appended to its array before version 1 was ever deployed,
+so it is part of version 1 (an array without it does not decode).
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ class Caller:
     """The verified caller as the audit trail keeps it: the :class:`Identity` parts an
     AuditEvent or a report names. ``kind`` is :attr:`Identity.kind` (``system``: a backend
     service speaking for itself, no user agent); ``purposes`` are ``(system, code)`` pairs in
-    the token's order; ``roles`` sorted."""
+    the token's order; ``roles`` sorted; ``organization`` the token's organization claim
+    (:attr:`Identity.organization`), the audit index's agent organization."""
 
     subject: str
     issuer: str
@@ -85,6 +89,7 @@ class Caller:
     purposes: tuple[tuple[str, str], ...] = ()
     roles: tuple[str, ...] = ()
     token_id: str | None = None
+    organization: str | None = None
 
     @classmethod
     def of(cls, identity: Identity) -> Caller:
@@ -98,6 +103,7 @@ class Caller:
             purposes=tuple((system, code) for system, code in identity.purpose_of_use),
             roles=tuple(sorted(identity.roles)),
             token_id=identity.token_id,
+            organization=identity.organization,
         )
 
     def identity(self) -> Identity:
@@ -116,6 +122,7 @@ class Caller:
             purpose_of_use=self.purposes,
             roles=frozenset(self.roles),
             token_id=self.token_id,
+            organization=self.organization,
         )
 
 
@@ -216,7 +223,7 @@ class AuditFacts:
 
 _Opt = str | None
 _WireCaller = tuple[
-    str, str, str, _Opt, _Opt, _Opt, tuple[tuple[str, str], ...], tuple[str, ...], _Opt
+    str, str, str, _Opt, _Opt, _Opt, tuple[tuple[str, str], ...], tuple[str, ...], _Opt, _Opt
 ]
 _WireDecision = tuple[str, tuple[str, ...], tuple[tuple[str, int | None], ...]]
 _Wire = tuple[
@@ -269,6 +276,7 @@ def encode_facts(facts: AuditFacts) -> bytes:
                 c.purposes,
                 c.roles,
                 c.token_id,
+                c.organization,
             ),
             f.client_address,
             f.status,
@@ -345,12 +353,14 @@ def _facts_of(w: Any) -> AuditFacts:
 
 
 def _caller_of(w: Any) -> Caller:
-    subject, issuer, kind, client_id, fhir_user, patient, purposes, roles, token_id = w
+    subject, issuer, kind, client_id, fhir_user, patient, purposes, roles, token_id, org = w
     if kind not in _KINDS:
         raise ValueError("unknown caller kind")
     if list(roles) != sorted(set(roles)):
         raise ValueError("roles are sorted and distinct")
-    return Caller(subject, issuer, kind, client_id, fhir_user, patient, purposes, roles, token_id)
+    return Caller(
+        subject, issuer, kind, client_id, fhir_user, patient, purposes, roles, token_id, org
+    )
 
 
 def _decision_of(w: Any) -> DecisionFacts:
@@ -393,7 +403,8 @@ def row_of(
     break-the-glass entry; ``event_type``, ``subtype``, ``action`` and ``outcome`` are that
     event's. ``agent`` is the caller's ``fhirUser``, else ``<issuer>#<subject>`` (only a
     ``fhirUser`` naming the patient makes an access "to the individual" for the accounting,
-    45 CFR 164.528(a)(1)(ii); :func:`_agent`).
+    45 CFR 164.528(a)(1)(ii); :func:`_agent`); ``organization`` the caller's organization
+    claim (the agent's organization, IHE BALP / ITI-81 agent who, role and organization).
     ``entities`` are the resources the entry names (``Type/id``, a version suffix dropped);
     ``resource_types`` their types and the request's own type.
     """
@@ -413,7 +424,7 @@ def row_of(
         pseudonym=pseudonym,
         agent=_agent(f),
         roles=() if c is None else c.roles,
-        organization=None,  # the tokens we accept name no organization
+        organization=None if c is None else c.organization,
         client=None if c is None else c.client_id,
         purposes=() if c is None else tuple(f"{s}|{code}" for s, code in c.purposes),
         action=action,

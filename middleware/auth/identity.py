@@ -10,8 +10,10 @@ Claims read (SMART App Launch 2.x, "Scopes and Launch Context"; RFC 9068 §2.2):
 string, or a list of strings), ``fhirUser`` (a Patient, Practitioner, PractitionerRole,
 RelatedPerson or Person: relative ``Type/id``, or absolute under a FHIR base the gateway
 accepts; see :func:`parse_fhir_user`), ``patient`` (the launch context id),
-the purpose-of-use claim (IHE IUA, ITI-71 ``purpose_of_use``: codings or codes) and the roles
-claim. Claim names may be dotted paths into nested objects (``realm_access.roles``).
+the purpose-of-use claim (IHE IUA, ITI-71 ``purpose_of_use``: codings or codes), the roles
+claim and the organization claim (the caller's organization, recorded as the audit index's
+"agent organization": ``Organization/<id>`` or a plain name, see :func:`parse_organization`).
+Claim names may be dotted paths into nested objects (``realm_access.roles``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "IdentityRules",
     "identity_from_claims",
     "parse_fhir_user",
+    "parse_organization",
 ]
 
 #: HL7 v3 ActReason, the code system of PurposeOfUse values (TREAT, ETREAT, HPAYMT, ...).
@@ -51,6 +54,8 @@ _TAIL: Final = (
 )
 _RELATIVE: Final = re.compile(_TAIL)
 _ABSOLUTE: Final = re.compile(rf"(?P<base>https?://[^/?#]+(?:/[^?#]*)?)/{_TAIL}")
+#: Longest organization claim kept: it is written into every audit row of the caller.
+ORGANIZATION_MAX: Final = 256
 
 
 class ClaimError(ValueError):
@@ -71,6 +76,7 @@ class IdentityRules:
     purpose_claim: str = "purpose_of_use"
     purpose_system: str = V3_ACT_REASON
     roles_claim: str = "roles"
+    organization_claim: str = "organization"
     break_glass_scopes: frozenset[str] = frozenset()
     break_glass_roles: frozenset[str] = frozenset()
     fhir_user_bases: frozenset[str] = frozenset()
@@ -80,7 +86,8 @@ class IdentityRules:
 class Identity:
     """The verified caller. ``fhir_user`` is a ``Type/id`` reference; ``patient`` the launch
     patient id; ``purpose_of_use`` ``(system, code)`` pairs; ``expires_at`` the ``exp`` claim
-    (seconds since the epoch). ``dropped_scopes`` lists scopes that were not understood and
+    (seconds since the epoch); ``organization`` the caller's organization (``Organization/<id>``
+    or a plain name). ``dropped_scopes`` lists scopes that were not understood and
     grant nothing."""
 
     subject: str
@@ -94,6 +101,7 @@ class Identity:
     roles: frozenset[str] = frozenset()
     break_the_glass: bool = False
     token_id: str | None = None
+    organization: str | None = None
     dropped_scopes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -140,6 +148,7 @@ def identity_from_claims(claims: Mapping[str, Any], rules: IdentityRules | None 
             parsed.recognised & rules.break_glass_scopes or roles & rules.break_glass_roles
         ),
         token_id=_optional_str(claims, "jti"),
+        organization=_organization(_claim(claims, rules.organization_claim), rules),
         dropped_scopes=parsed.dropped,
     )
 
@@ -175,6 +184,32 @@ def parse_fhir_user(value: object, bases: Collection[str] = ()) -> str:
             "fhirUser: the URL is not under this gateway's FHIR base or an allowed one"
         )
     return f"{match['type']}/{match['id']}"
+
+
+def parse_organization(value: object, name: str = "organization") -> str:
+    """The caller's organization from claim ``name``: a FHIR reference ``Organization/<id>``
+    (kept as given) or a plain name (an organization the FHIR server does not hold).
+
+    Printable text of 1..:data:`ORGANIZATION_MAX` characters with no leading or trailing
+    space; anything else raises :class:`ClaimError`. It is copied into the audit index and the
+    45 CFR 164.528 accounting, so a control character or an unbounded value must not get in.
+    A value that starts ``Organization/`` must be a valid reference (FHIR R4 §2.24.0.1 id).
+    """
+    if not isinstance(value, str):
+        raise ClaimError(f"{name}: expected a string")
+    if not 0 < len(value) <= ORGANIZATION_MAX or not value.isprintable() or value != value.strip():
+        raise ClaimError(
+            f"{name}: expected printable text of 1..{ORGANIZATION_MAX} characters "
+            "without surrounding spaces"
+        )
+    kind, slash, ident = value.partition("/")
+    if kind == "Organization" and slash and not (_FHIR_ID.fullmatch(ident) and ident.strip(".")):
+        raise ClaimError(f"{name}: expected Organization/<FHIR id> or a plain name")
+    return value
+
+
+def _organization(value: Any, rules: IdentityRules) -> str | None:
+    return None if value is None else parse_organization(value, rules.organization_claim)
 
 
 def _base_key(base: str) -> tuple[str, str, str] | None:

@@ -8,6 +8,7 @@ like :func:`middleware.settings.load_settings`. Example::
     audiences = ["https://gateway.example/fhir"]
     purpose_claim = "extensions.ihe_iua.purpose_of_use"
     roles_claim = "realm_access.roles"
+    organization_claim = "organization"
     break_glass_scope = "consentry/break-glass"
 
     [[auth.issuers]]
@@ -91,6 +92,7 @@ class AuthSettings:
     purpose_claim: str = "purpose_of_use"
     purpose_system: str = V3_ACT_REASON
     roles_claim: str = "roles"
+    organization_claim: str = "organization"
     break_glass_scope: str = ""
     break_glass_roles: tuple[str, ...] = ()
     dev_issuer_enabled: bool = False
@@ -109,6 +111,7 @@ class AuthSettings:
             purpose_claim=self.purpose_claim,
             purpose_system=self.purpose_system,
             roles_claim=self.roles_claim,
+            organization_claim=self.organization_claim,
             break_glass_scopes=frozenset({self.break_glass_scope} - {""}),
             break_glass_roles=frozenset(self.break_glass_roles),
             fhir_user_bases=frozenset(b.rstrip("/") for b in bases if b),
@@ -127,7 +130,7 @@ class AuthSettings:
         for name in ("leeway", "jwks_ttl", "jwks_refresh_interval", "jwks_max_stale"):
             if name in data:
                 values[name] = check.number(name, data[name])
-        for name in ("purpose_claim", "purpose_system", "roles_claim"):
+        for name in ("purpose_claim", "purpose_system", "roles_claim", "organization_claim"):
             if name in data:
                 values[name] = check.text(name, data[name], empty=False)
         for name in ("break_glass_scope", "dev_issuer_url", "realm"):

@@ -21,7 +21,7 @@ from middleware.audit.facts import (
     row_of,
 )
 from middleware.audit.parts import AgentInfo
-from middleware.auth.identity import IdentityKind
+from middleware.auth.identity import Identity, IdentityKind
 from middleware.fhir.request import Interaction
 from middleware.ledger.leaf import EntryFlag, EntryKind
 
@@ -47,6 +47,7 @@ FACTS = AuditFacts(
         ((ACT, "TREAT"),),
         ("doctor", "nurse"),
         "jti-9",
+        "Organization/org-1",
     ),
     client_address="192.0.2.7",
     status=200,
@@ -71,6 +72,7 @@ callers = st.builds(
     purposes=st.lists(st.tuples(text, text), max_size=3).map(tuple),
     roles=st.sets(text, max_size=3).map(lambda s: tuple(sorted(s))),
     token_id=opt,
+    organization=opt,
 )
 decisions = st.builds(
     DecisionFacts,
@@ -154,8 +156,11 @@ MALFORMED = [
     ("empty-request-id", _wire(f3="")),
     ("float-time", _wire(f2=1.5)),
     ("unknown-interaction", _wire(f5=["dance", None, None, None])),
-    ("unknown-caller-kind", _wire(f6=["s", "i", "robot", None, None, None, [], [], None])),
-    ("roles-unsorted", _wire(f6=["s", "i", "user", None, None, None, [], ["b", "a"], None])),
+    ("unknown-caller-kind", _wire(f6=["s", "i", "robot", None, None, None, [], [], None, None])),
+    ("roles-unsorted", _wire(f6=["s", "i", "user", None, None, None, [], ["b", "a"], None, None])),
+    # a caller array without the organization (the layout before it was appended) is refused
+    ("caller-without-organization", _wire(f6=["s", "i", "user", None, None, None, [], [], None])),
+    ("organization-not-text", _wire(f6=["s", "i", "user", None, None, None, [], [], None, 7])),
     ("status-too-big", _wire(f8=1000)),
     ("bad-patient", _wire(f9="Practitioner/x")),
     ("raw-request-as-text", _wire(f11="GET /")),
@@ -253,10 +258,34 @@ def test_row_of_fills_the_index_fields(
     assert row.patient == "Patient/p1"
     assert not row.break_glass
     assert not row.shredded
-    assert row.organization is None
+    assert row.organization == (None if facts.caller is None else "Organization/org-1")
     if facts.caller is not None:
         assert row.roles == ("doctor", "nurse")
         assert row.client == "app-1"
         assert row.purposes == (f"{ACT}|TREAT",)
     else:
         assert (row.roles, row.client, row.purposes) == ((), None, ())
+
+
+ORGANIZATIONS = [
+    ("reference", "Organization/org-1"),
+    ("plain-name", "Acme Health Plan"),
+    ("none", None),
+]
+
+
+@pytest.mark.parametrize(
+    "organization", [o[1] for o in ORGANIZATIONS], ids=[o[0] for o in ORGANIZATIONS]
+)
+def test_the_callers_organization_survives_encoding_and_fills_the_row(
+    organization: str | None,
+) -> None:
+    """The organization claim travels Identity -> Caller -> bytes -> Caller -> AuditRow."""
+    identity = Identity(subject="s", issuer=IDP, expires_at=0.0, organization=organization)
+    caller = Caller.of(identity)
+    assert caller.identity().organization == organization
+    facts = decode_facts(encode_facts(replace(FACTS, caller=caller)))
+    assert facts.caller is not None
+    assert facts.caller.organization == organization
+    row = row_of(facts, kind=EntryKind.DISCLOSURE, flags=0, pseudonym=None)
+    assert row.organization == organization

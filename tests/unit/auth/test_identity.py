@@ -329,3 +329,68 @@ def test_scope_may_be_a_list_and_garbage_is_reported() -> None:
 def test_malformed_claim_is_named(overrides: dict[str, Any], claim: str) -> None:
     with pytest.raises(ClaimError, match=claim):
         identity_from_claims({k: v for k, v in {**BASE, **overrides}.items() if v is not None})
+
+
+# --- organization (the audit index's agent organization) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rules", "extra", "expected"),
+    [
+        (IdentityRules(), {"organization": "Organization/org-1"}, "Organization/org-1"),
+        (IdentityRules(), {"organization": "Acme Health Plan"}, "Acme Health Plan"),
+        (IdentityRules(), {}, None),
+        (IdentityRules(), {"organization": None}, None),
+        (
+            IdentityRules(organization_claim="ext.org"),
+            {"ext": {"org": "Organization/o2"}, "organization": "ignored"},
+            "Organization/o2",
+        ),
+        (IdentityRules(organization_claim="ext.org"), {"organization": "Acme"}, None),
+        (IdentityRules(), {"organization": "x" * 256}, "x" * 256),
+    ],
+    ids=["reference", "plain-name", "absent", "null", "nested-path", "other-claim", "longest"],
+)
+def test_organization(rules: IdentityRules, extra: dict[str, Any], expected: str | None) -> None:
+    assert build(rules, **extra).organization == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        7,
+        ["Organization/o1"],
+        {"reference": "Organization/o1"},
+        "",
+        " Acme",
+        "Acme\n",
+        "Ac\x00me",
+        "x" * 257,
+        "Organization/",
+        "Organization/a b",
+        "Organization/..",
+        "Organization/o1/_history/2",
+    ],
+    ids=[
+        "int",
+        "list",
+        "object",
+        "empty",
+        "leading-space",
+        "newline",
+        "nul",
+        "too-long",
+        "reference-without-id",
+        "reference-bad-id",
+        "reference-dots",
+        "reference-versioned",
+    ],
+)
+def test_malformed_organization_refuses_the_token(value: Any) -> None:
+    with pytest.raises(ClaimError, match=r"^organization: "):
+        build(organization=value)
+
+
+def test_a_malformed_organization_names_the_configured_claim() -> None:
+    with pytest.raises(ClaimError, match=r"^ext\.org: "):
+        build(IdentityRules(organization_claim="ext.org"), ext={"org": 1})

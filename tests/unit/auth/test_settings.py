@@ -33,6 +33,7 @@ def test_a_full_mapping() -> None:
             "leeway": 10,
             "purpose_claim": "extensions.ihe_iua.purpose_of_use",
             "roles_claim": "realm_access.roles",
+            "organization_claim": "org.ref",
             "break_glass_scope": "consentry/break-glass",
             "break_glass_roles": ["emergency"],
             "issuers": [
@@ -48,6 +49,7 @@ def test_a_full_mapping() -> None:
     assert settings.identity_rules() == IdentityRules(
         purpose_claim="extensions.ihe_iua.purpose_of_use",
         roles_claim="realm_access.roles",
+        organization_claim="org.ref",
         break_glass_scopes=frozenset({"consentry/break-glass"}),
         break_glass_roles=frozenset({"emergency"}),
     )
@@ -63,6 +65,7 @@ def test_a_full_mapping() -> None:
         ({"jwks_ttl": 0}, "auth.jwks_ttl: "),
         ({"jwks_max_stale": -5}, "auth.jwks_max_stale: must not be negative"),
         ({"roles_claim": ""}, "auth.roles_claim: expected a non-empty string"),
+        ({"organization_claim": ""}, "auth.organization_claim: expected a non-empty string"),
         ({"audiences": "x"}, "auth.audiences: expected an array"),
         ({"dev_issuer_enabled": "yes"}, "auth.dev_issuer_enabled: expected a boolean"),
         ({"issuers": {}}, "auth.issuers: expected an array of tables"),
@@ -134,6 +137,7 @@ def test_a_full_mapping() -> None:
         "ttl-zero",
         "stale-negative",
         "empty-claim-name",
+        "empty-organization-claim-name",
         "audiences-not-list",
         "flag-not-bool",
         "issuers-not-list",
