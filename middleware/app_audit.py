@@ -99,6 +99,7 @@ def build_audit_api(
             wall_clock=wall_clock,
             shredded=shredded,
             suspensions=suspensions,
+            directory=settings.recipient_directory(),
         ),
         base_path=settings.base_path,
         role=settings.audit_role,

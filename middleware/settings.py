@@ -23,7 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from middleware.audit.accounting import AccountingRules, parse_exempt
+from middleware.audit.accounting import AccountingRules, RecipientInfo, parse_exempt
+from middleware.audit.recipients import load_directory
 from middleware.audit.reports import AfterHours
 from middleware.audit.retention import (
     DEFAULT_YEARS,
@@ -104,6 +105,7 @@ class Settings:
     accounting_lookback_years: int = 6
     accounting_exempt_purposes: str = ""
     accounting_internal_organizations: str = ""
+    recipient_directory_file: str = ""
     access_report_lookback_years: int = 3
     audit_retention_years: int = 6
     audit_retention_by_kind: str = ""
@@ -148,6 +150,14 @@ class Settings:
             lookback_years=self.accounting_lookback_years,
             internal_organizations=_contexts(self.accounting_internal_organizations),
         )
+
+    def recipient_directory(self) -> Mapping[str, RecipientInfo]:
+        """The recipients' names and addresses for the accounting (45 CFR 164.528(b)(2)(ii)),
+        read from ``recipient_directory_file`` (empty without one); :class:`SettingsError`
+        when the file is unreadable or invalid. Read once by each caller, at start."""
+        if not self.recipient_directory_file:
+            return MappingProxyType({})
+        return load_directory(Path(self.recipient_directory_file))
 
     @property
     def retention_rules(self) -> RetentionRules:
@@ -419,6 +429,11 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         AfterHours.parse(values.get("report_after_hours", "19:00-07:00"), zone)
     except (ValueError, ZoneInfoNotFoundError) as exc:
         problems.append(f"report_after_hours / report_timezone: {exc}")
+    if values.get("recipient_directory_file"):  # refuse to start on a bad directory
+        try:
+            load_directory(Path(values["recipient_directory_file"]))
+        except SettingsError as exc:
+            problems.append(str(exc))
     store = values.get("store", "sqlite:consentry.db")
     if not (store.startswith(("sqlite:", "postgresql://", "postgres://")) or store == "memory:"):
         problems.append("store: expected sqlite:PATH, postgresql://... or memory:")

@@ -28,7 +28,13 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from middleware.audit.access import audit_reader
-from middleware.audit.accounting import AccountingRules, Suspension, account, years_before
+from middleware.audit.accounting import (
+    AccountingRules,
+    RecipientInfo,
+    Suspension,
+    account,
+    years_before,
+)
 from middleware.audit.httptypes import AuditIndex, Reply, Seen, json_reply
 from middleware.audit.paging import all_rows
 from middleware.audit.parts import FHIR_ID
@@ -77,10 +83,14 @@ class AccountingEndpoint:
         wall_clock: Callable[[], float] = time.time,
         shredded: ShreddedOf | None = None,
         suspensions: SuspensionsOf | None = None,
+        directory: Mapping[str, RecipientInfo] | None = None,
     ) -> None:
         """``suspensions``: the 164.528(a)(2) suspensions recorded so far (the gateway's reads
-        them from the ledger, :class:`~middleware.audit.suspensions.SuspensionLog`)."""
+        them from the ledger, :class:`~middleware.audit.suspensions.SuspensionLog`);
+        ``directory``: the recipients' names and addresses (164.528(b)(2)(ii),
+        :mod:`middleware.audit.recipients`), loaded once at start."""
         self._suspensions = suspensions
+        self._directory = directory
         self._index = index
         self._shredded = shredded
         self._role = role
@@ -115,7 +125,12 @@ class AccountingEndpoint:
             rows += await self._shredded(patient, since, as_of)
         suspended = [] if self._suspensions is None else await self._suspensions()
         made = account(
-            rows, patient=patient, as_of_us=as_of, rules=self._rules, suspensions=suspended
+            rows,
+            patient=patient,
+            as_of_us=as_of,
+            rules=self._rules,
+            suspensions=suspended,
+            directory=self._directory,
         )
         if wanted == "csv":
             body = accounting_csv(made).encode("utf-8")

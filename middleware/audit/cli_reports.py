@@ -154,6 +154,8 @@ async def _accounting(store: LogStore, args: argparse.Namespace) -> Accounting:
         since_us=parse_time(args.since),
         until_us=parse_time(args.until, end=True),
         suspensions=await SuspensionLog().current(store),  # 164.528(a)(2)
+        # 164.528(b)(2)(ii): the recipients' names and addresses, from --config's directory
+        directory=None if settings is None else settings.recipient_directory(),
     )
 
 

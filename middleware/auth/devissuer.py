@@ -89,6 +89,7 @@ class UnsafeDevelopmentIssuer:
         algorithm: str = "EdDSA",
         purpose_claim: str = "purpose_of_use",
         roles_claim: str = "roles",
+        organization_claim: str = "organization",
         clock: Callable[[], float] = time.time,
     ) -> None:
         _require_enabled(enabled)
@@ -102,6 +103,7 @@ class UnsafeDevelopmentIssuer:
         self._key = key
         self._purpose_claim = purpose_claim
         self._roles_claim = roles_claim
+        self._organization_claim = organization_claim
         self._clock = clock
         get_logger("consentry.auth").warning(
             "development token issuer enabled",
@@ -139,9 +141,11 @@ class UnsafeDevelopmentIssuer:
         roles: Iterable[str] = (),
         ttl: int = 3600,
         client_id: str = "consentry-dev",
+        organization: str | None = None,
     ) -> str:
         """A signed access token for ``sub``. ``purpose_of_use`` items are codes (v3
-        ActReason), ``system|code`` strings or ``(system, code)`` pairs."""
+        ActReason), ``system|code`` strings or ``(system, code)`` pairs; ``organization`` goes
+        in the organization claim."""
         if not sub or ttl <= 0:
             raise ValueError("a token needs a subject and a positive ttl")
         now = int(self._clock())
@@ -168,6 +172,8 @@ class UnsafeDevelopmentIssuer:
         role_list = sorted(set(roles))
         if role_list:
             claims[self._roles_claim] = role_list
+        if organization is not None:
+            claims[self._organization_claim] = organization
         header = {"alg": self.algorithm, "typ": "at+jwt", "kid": self.kid}
         return sign_compact(header, claims, self._key)
 

@@ -36,6 +36,7 @@ def build_dev_issuer(
         key=key,
         purpose_claim=settings.purpose_claim,
         roles_claim=settings.roles_claim,
+        organization_claim=settings.organization_claim,
         clock=clock,
     )
 

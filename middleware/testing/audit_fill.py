@@ -53,9 +53,11 @@ async def fill_audit_log(
     start_us: int,
     step_us: int = 1_000_000,
     batch: int = 2000,
+    organizations: Sequence[str | None] = (None,),
 ) -> Filled:
     """Append ``count`` audit entries to ``store``, patient ``n % len(patients)`` for entry
-    ``n``, recorded ``step_us`` apart from ``start_us``."""
+    ``n`` (and caller organization ``n % len(organizations)``), recorded ``step_us`` apart
+    from ``start_us``."""
     sign = checkpoint_signer(key, origin)
     keys = PatientKeys(store.audit_key, derive_box_key(key, "evidence"))
     pseudonyms = {p: pseudonym_of(p) for p in patients}
@@ -79,6 +81,7 @@ async def fill_audit_log(
                 fhir_user=f"Practitioner/pr-{n % 4}",
                 purposes=(PURPOSES[(n // len(patients)) % len(PURPOSES)],),
                 roles=("doctor",),
+                organization=organizations[n % len(organizations)],
             ),
             status=200,
             patient=patient,
