@@ -54,6 +54,7 @@ tests[audit-facts]="tests/unit/audit/test_facts.py tests/unit/audit/test_render.
 files[audit-recorder]="middleware/audit/recorder.py"
 tests[audit-recorder]="tests/unit/audit/test_recorder.py tests/unit/audit/test_outbox_owners.py
     tests/unit/audit/test_recorder_mutants.py tests/unit/audit/test_recorder_mutants2.py
+    tests/unit/audit/test_recorder_slow_hold.py
     tests/app/test_write_audit.py
     tests/app/test_break_glass.py"
 files[ledger]="middleware/ledger/merkle.py middleware/ledger/leaf.py middleware/ledger/verify.py"

@@ -407,8 +407,8 @@ class AuditRecorder:
             created = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
             await outbox.hold(intent, probe, held, lease=self._lease(), created_us=created)
         except Exception as exc:  # the outbox's own storage failed: do not forward
-            # equivalent mutant (no default): put just above; only a reconcile after
-            # live_for seconds drops it
+            # A reconcile may have dropped it already (a hold that outlasted live_for):
+            # tests/unit/audit/test_recorder_slow_hold.py.
             self._live.pop(intent, None)
             raise _unavailable(next(iter(variants.values())).request_id, exc) from exc
         return intent
