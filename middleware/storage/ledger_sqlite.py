@@ -205,7 +205,7 @@ def _append(
             "UPDATE consentry_ledger_state SET size = ?, compact = ?, root = ? WHERE id = 1",
             (new.size, new.packed_hashes(), new.root),
         )
-        audit_index.write_rows(c, audit_index.tombstoned(c, rows))
+        audit_index.write_rows(c, audit_index.tombstoned(c, rows), fresh=True)
     signed_sql = "SELECT 1 FROM consentry_ledger_checkpoints WHERE size = ?"
     if plan.leaves or c.execute(signed_sql, (new.size,)).fetchone() is None:
         signed = sign_state(sign, new)
