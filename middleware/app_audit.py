@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from middleware.audit.accounting import Suspension
 from middleware.audit.accounting_http import AccountingEndpoint
 from middleware.audit.bulk import ExportJobs
-from middleware.audit.evidence import EvidenceReader
+from middleware.audit.evidence import EVIDENCE_PURPOSE, EvidenceReader
 from middleware.audit.exports import BulkExport
 from middleware.audit.http import AuditApi
 from middleware.audit.httptypes import AuditIndex, Json, Recorder, TokenCheck
@@ -49,7 +49,7 @@ def build_audit_api(
 ) -> AuditApi:
     """The AuditEvent API of the gateway (module docstring); ``secret`` is the ledger key
     file's data secret (``LedgerKey.data_secret``), which the keys here derive from."""
-    master = derive_box_key(secret, "evidence")
+    master = derive_box_key(secret, EVIDENCE_PURPOSE)
 
     async def index() -> AuditIndex:
         return await ledger.store()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from middleware.audit.evidence import PatientKeys
+from middleware.audit.evidence import EVIDENCE_PURPOSE, PatientKeys
 from middleware.audit.parts import AgentInfo
 from middleware.audit.recorder import AuditRecorder
 from middleware.consent.model import Policy
@@ -130,7 +130,7 @@ def build_enforcement(
         row_key=derive_box_key(secret, "outbox"),
         # Evidence is sealed under per-patient keys, stored wrapped under this ledger key's.
         keys=PatientKeys(
-            audit_key, derive_box_key(secret, "evidence"), audit_key_get=audit_key_get
+            audit_key, derive_box_key(secret, EVIDENCE_PURPOSE), audit_key_get=audit_key_get
         ),
     )
     enforcement = Enforcement(

@@ -35,6 +35,7 @@ from typing import TextIO
 
 from middleware.audit.cli_common import Usage, all_rows, now_us, opened, print_json, read_key
 from middleware.audit.evidence import (
+    EVIDENCE_PURPOSE,
     NO_PATIENT,
     EvidenceKeyError,
     Opening,
@@ -70,7 +71,7 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
     if args.batch < 1:
         raise Usage("--batch must be positive")
     secret = read_key(args.key_file).data_secret
-    wrap = derive_box_key(secret, "evidence")
+    wrap = derive_box_key(secret, EVIDENCE_PURPOSE)
     lookup = derive_box_key(secret, LOOKUP_PURPOSE)
 
     async def run() -> dict[str, object]:

@@ -30,7 +30,7 @@ from middleware.audit.cli_common import (
     warn,
     write_output,
 )
-from middleware.audit.evidence import Opening, open_entry
+from middleware.audit.evidence import EVIDENCE_PURPOSE, Opening, open_entry
 from middleware.audit.export import EntryOpening, ExportEntry, write_csv, write_ndjson
 from middleware.audit.export_collect import (
     ExportSpec,
@@ -325,7 +325,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                 spec,
                 rows,
                 wrapped_key=store.audit_key_get,
-                wrap_key=derive_box_key(read_key(args.key_file).data_secret, "evidence"),
+                wrap_key=derive_box_key(read_key(args.key_file).data_secret, EVIDENCE_PURPOSE),
             )
             with Progress("export", total=None) as progress:
                 temporary = private_file(args.out)

@@ -50,6 +50,7 @@ from middleware.ledger.signing import (
 
 __all__ = [
     "EVIDENCE_HEADER",
+    "EVIDENCE_PURPOSE",
     "NO_PATIENT",
     "EvidenceKeyError",
     "EvidenceRanges",
@@ -64,6 +65,10 @@ __all__ = [
 
 #: The first bytes of sealed evidence: ``CSE`` and the format version.
 EVIDENCE_HEADER: Final = b"CSE\x01"
+#: What the key wrapping patients' evidence keys is derived for: ``derive_box_key(data secret,
+#: EVIDENCE_PURPOSE)``. Named once: a caller deriving it under another name would seal or look
+#: for keys no other part of the gateway can unwrap.
+EVIDENCE_PURPOSE: Final = "evidence"
 #: The pseudonym whose key seals the evidence of entries that name no patient.
 NO_PATIENT: Final = bytes(PSEUDONYM_SIZE)
 #: EvidenceReader.openings: evidence reads handed to the store at once (a PostgreSQL pool

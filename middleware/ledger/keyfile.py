@@ -34,7 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from middleware.errors import SettingsError
@@ -212,7 +212,8 @@ def save_new_ledger_key(path: Path, ledger_key: LedgerKey) -> None:
 def _agreeing(path: Path, ledger_key: LedgerKey, configured: str) -> LedgerKey:
     if not ledger_key.stated and configured:  # an earlier version's file: the setting says
         try:
-            return LedgerKey(ledger_key.key, configured, stated=False, secret=ledger_key.secret)
+            # Only the origin changes (replace runs the checks of __post_init__ again).
+            return replace(ledger_key, origin=configured)
         except MalformedError as exc:
             raise SettingsError(f"ledger_origin: {exc}") from exc
     if configured and configured != ledger_key.origin:

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from middleware.audit.evidence import PatientKeys, seal_facts
+from middleware.audit.evidence import EVIDENCE_PURPOSE, PatientKeys, seal_facts
 from middleware.audit.facts import AuditFacts, Caller, encode_facts, row_of
 from middleware.audit.parts import AgentInfo
 from middleware.fhir.request import Interaction
@@ -59,7 +59,7 @@ async def fill_audit_log(
     ``n`` (and caller organization ``n % len(organizations)``), recorded ``step_us`` apart
     from ``start_us``."""
     sign = checkpoint_signer(key, origin)
-    keys = PatientKeys(store.audit_key, derive_box_key(key, "evidence"))
+    keys = PatientKeys(store.audit_key, derive_box_key(key, EVIDENCE_PURPOSE))
     pseudonyms = {p: pseudonym_of(p) for p in patients}
     pending: list[NewEntry] = []
     for n in range(count):
