@@ -32,13 +32,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
-from middleware.audit.facts import AuditFacts, decode_facts
+from middleware.audit.facts import AuditFacts, decode_facts, encode_facts, row_of
 from middleware.audit.parts import Json
 from middleware.audit.render import render_events
 from middleware.fhir import jsoncodec
 from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
-from middleware.ledger.entry import Evidence
-from middleware.ledger.leaf import PSEUDONYM_SIZE, commit_evidence, decode_leaf
+from middleware.ledger.entry import Evidence, NewEntry
+from middleware.ledger.leaf import (
+    PSEUDONYM_SIZE,
+    EntryFlag,
+    EntryKind,
+    commit_evidence,
+    decode_leaf,
+    new_salt,
+)
 from middleware.ledger.signing import (
     evidence_key,
     new_box_key,
@@ -61,6 +68,7 @@ __all__ = [
     "is_sealed",
     "open_entry",
     "seal_facts",
+    "sealed_entry",
 ]
 
 #: The first bytes of sealed evidence: ``CSE`` and the format version.
@@ -106,6 +114,31 @@ def is_sealed(evidence: bytes) -> bool:
 def seal_facts(patient_key: bytes, salt: bytes, facts: bytes) -> bytes:
     """The evidence bytes of encoded ``facts`` for the entry of ``salt`` (module docstring)."""
     return EVIDENCE_HEADER + seal_once(evidence_key(patient_key, salt), facts)
+
+
+def sealed_entry(
+    patient_key: bytes,
+    facts: AuditFacts,
+    *,
+    kind: EntryKind,
+    flags: EntryFlag,
+    pseudonym: bytes | None,
+    consent: int | None = None,
+) -> NewEntry:
+    """The ledger entry of ``facts``: a fresh salt, the facts sealed under ``patient_key`` for
+    it, and the entry's audit-index row (``row_of``). The one way an audit entry is made from
+    facts (the recorder's, and the test fill's, so both write the same rows by construction)."""
+    salt = new_salt()
+    return NewEntry(
+        kind=kind,
+        recorded_us=facts.recorded_us,
+        salt=salt,
+        evidence=seal_facts(patient_key, salt, encode_facts(facts)),
+        pseudonym=pseudonym,
+        consent=consent,
+        flags=flags,
+        row=row_of(facts, kind=kind, flags=flags, pseudonym=pseudonym),
+    )
 
 
 def open_entry(opening: Opening) -> AuditFacts:

@@ -65,6 +65,7 @@ from middleware.audit.evidence import (
     is_sealed,
     open_entry,
     seal_facts,
+    sealed_entry,
 )
 from middleware.audit.facts import decode_facts, encode_facts, row_of
 from middleware.audit.outbox import Lease, OpenIntent, Outbox, OutboxRow
@@ -210,25 +211,18 @@ class AuditRecorder:
         )
         named = [None if p.facts.patient is None else pseudonyms[p.facts.patient] for p in plans]
         keys = await self._keys(rid, named)
-        out: list[NewEntry] = []
         # Equal lengths by construction: strict= mutants are equivalent.
-        for p, pseudonym in zip(plans, named, strict=True):
-            salt = new_salt()
-            sealed = seal_facts(keys[pseudonym or NO_PATIENT], salt, encode_facts(p.facts))
-            row = row_of(p.facts, kind=p.kind, flags=p.flags, pseudonym=pseudonym)
-            out.append(
-                NewEntry(
-                    kind=p.kind,
-                    recorded_us=p.facts.recorded_us,
-                    salt=salt,
-                    evidence=sealed,
-                    pseudonym=pseudonym,
-                    consent=p.consent,
-                    flags=p.flags,
-                    row=row,
-                )
+        return [
+            sealed_entry(
+                keys[pseudonym or NO_PATIENT],
+                p.facts,
+                kind=p.kind,
+                flags=p.flags,
+                pseudonym=pseudonym,
+                consent=p.consent,
             )
-        return out
+            for p, pseudonym in zip(plans, named, strict=True)
+        ]
 
     async def _record_outcome(
         self,

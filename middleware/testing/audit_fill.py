@@ -12,12 +12,12 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from middleware.audit.evidence import EVIDENCE_PURPOSE, PatientKeys, seal_facts
-from middleware.audit.facts import AuditFacts, Caller, encode_facts, row_of
+from middleware.audit.evidence import EVIDENCE_PURPOSE, PatientKeys, sealed_entry
+from middleware.audit.facts import AuditFacts, Caller
 from middleware.audit.parts import AgentInfo
 from middleware.fhir.request import Interaction
 from middleware.ledger.entry import NewEntry
-from middleware.ledger.leaf import EntryFlag, EntryKind, new_salt
+from middleware.ledger.leaf import EntryFlag, EntryKind
 from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.ledger_base import LogStore
@@ -87,18 +87,13 @@ async def fill_audit_log(
             patient=patient,
             resource_refs=(f"Observation/obs-{n}",),
         )
-        salt = new_salt()
-        sealed = seal_facts(await keys.key(pseudonym), salt, encode_facts(facts))
-        flags = EntryFlag.PERMIT
         pending.append(
-            NewEntry(
+            sealed_entry(
+                await keys.key(pseudonym),
+                facts,
                 kind=EntryKind.DISCLOSURE,
-                recorded_us=facts.recorded_us,
-                salt=salt,
-                evidence=sealed,
+                flags=EntryFlag.PERMIT,
                 pseudonym=pseudonym,
-                flags=flags,
-                row=row_of(facts, kind=EntryKind.DISCLOSURE, flags=flags, pseudonym=pseudonym),
             )
         )
         if len(pending) >= batch:
