@@ -24,7 +24,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Final, Literal
 
 from middleware.audit.access import audit_reader
@@ -45,7 +44,7 @@ from middleware.audit.row import AuditQuery, AuditRow
 from middleware.auth.identity import Identity
 from middleware.errors import BadRequest, Forbidden, NotAcceptable, NotFound
 from middleware.fhir.negotiate import media_type
-from middleware.ledger.leaf import micros
+from middleware.ledger.leaf import micros_at
 
 __all__ = ["AccountingEndpoint", "ShreddedOf", "SuspensionsOf"]
 
@@ -117,7 +116,7 @@ class AccountingEndpoint:
             raise BadRequest("$accounting takes only _format", code="not-supported")
         wanted = _negotiate(params, headers)
         seen.patient = patient
-        as_of = micros(datetime.fromtimestamp(self._wall(), UTC))
+        as_of = micros_at(self._wall())
         # Only the period the accounting covers is read (six years back by default).
         since = years_before(as_of, self._rules.lookback_years)
         rows = await self._rows(AuditQuery(patient=patient, since_us=since, until_us=as_of))

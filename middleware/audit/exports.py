@@ -33,7 +33,7 @@ from middleware.auth.identity import Identity
 from middleware.consent.fhirtime import bounds
 from middleware.errors import BadRequest, Forbidden, GatewayError, NotFound
 from middleware.fhir.jsoncodec import encode
-from middleware.ledger.leaf import micros
+from middleware.ledger.leaf import micros, micros_at
 from middleware.pipeline.params import encode_params
 
 __all__ = ["NDJSON", "BulkExport"]
@@ -89,7 +89,7 @@ class BulkExport:
             raise BadRequest("a bulk export needs the header Prefer: respond-async")
         since = _kick_off(params, system=system)
         now = self._wall()
-        until = micros(datetime.fromtimestamp(now, UTC))  # as the recorder stamps entries
+        until = micros_at(now)  # as the recorder stamps entries
         base = self.searching.base_url
         prefix = f"{base}/$export" if system else f"{base}/AuditEvent/$export"
         request = f"{prefix}?{encode_params(params)}" if params else prefix

@@ -55,7 +55,6 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from middleware.audit.evidence import (
@@ -74,7 +73,7 @@ from middleware.audit.plan import Exchange, Phase, Planned, plan, plan_break_gla
 from middleware.auth.identity import Identity
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import NewEntry
-from middleware.ledger.leaf import PSEUDONYM_SIZE, EntryFlag, EntryKind, micros, new_salt
+from middleware.ledger.leaf import PSEUDONYM_SIZE, EntryFlag, EntryKind, micros_at, new_salt
 from middleware.ledger.signing import evidence_key, keyed_digest, new_box_key
 from middleware.logging import get_logger
 
@@ -190,7 +189,7 @@ class AuditRecorder:
         """
         if phase not in _PHASES:
             raise ValueError(f"unknown audit phase {phase!r}")
-        recorded_us = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
+        recorded_us = micros_at(self._wall_clock())
         plans = plan(exchange, phase, recorded_us, self._gateway)
         rid = exchange.request_id
         if phase == "outcome" and self.outbox is not None:
@@ -366,7 +365,7 @@ class AuditRecorder:
 
     def _lease(self) -> Lease:
         """This process's lease, running ``live_for`` seconds from now."""
-        expires = micros(datetime.fromtimestamp(self._wall_clock() + self._live_for, UTC))
+        expires = micros_at(self._wall_clock() + self._live_for)
         return Lease(self._owner, self._host, os.getpid(), self._started, expires)
 
     def _owner_gone(self, intent: OpenIntent) -> bool:
@@ -375,7 +374,7 @@ class AuditRecorder:
         lease = intent.lease
         if lease is None:
             return True
-        if lease.expires_us <= micros(datetime.fromtimestamp(self._wall_clock(), UTC)):
+        if lease.expires_us <= micros_at(self._wall_clock()):
             return True
         return lease.host == self._host and not _running(lease.pid, lease.started)
 
@@ -391,14 +390,14 @@ class AuditRecorder:
         intent = uuid.uuid4().hex
         held: dict[str, list[OutboxRow]] = {}
         for name, exchange in variants.items():
-            recorded_us = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
+            recorded_us = micros_at(self._wall_clock())
             plans = plan(exchange, "outcome", recorded_us, self._gateway)
             rid = exchange.request_id
             await self._pseudonyms(rid, [p.facts.patient for p in plans if p.facts.patient])
             held[name] = await self._rows(plans, rid, intent)
         self._live[intent] = self._clock()
         try:
-            created = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
+            created = micros_at(self._wall_clock())
             await outbox.hold(intent, probe, held, lease=self._lease(), created_us=created)
         except Exception as exc:  # the outbox's own storage failed: do not forward
             # A reconcile may have dropped it already (a hold that outlasted live_for):
@@ -469,7 +468,7 @@ class AuditRecorder:
         """Whether an intent that could not be decided once more is resolved ``unknown``."""
         if intent.attempts + 1 >= self._max_attempts:
             return True
-        now = micros(datetime.fromtimestamp(self._wall_clock(), UTC))
+        now = micros_at(self._wall_clock())
         age = (now - intent.created_us) / 1_000_000
         return intent.created_us > 0 and age >= self._give_up_after
 
@@ -572,7 +571,7 @@ class AuditRecorder:
             phase,
             identity=identity,
             patients=patients,
-            recorded_us=micros(datetime.fromtimestamp(self._wall_clock(), UTC)),
+            recorded_us=micros_at(self._wall_clock()),
             request_id=request_id,
             gateway=self._gateway,
             client_address=client_address,

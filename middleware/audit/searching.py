@@ -31,7 +31,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Final
 
 from middleware.audit.access import AuditReader
@@ -52,7 +51,7 @@ from middleware.audit.search import parse_search
 from middleware.audit.searchset import parse_event_id, searchset, served_event
 from middleware.auth.identity import Identity
 from middleware.errors import BadRequest, Forbidden, NotFound
-from middleware.ledger.leaf import micros
+from middleware.ledger.leaf import micros_at
 from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec, query_digest, split_cursor
 from middleware.pipeline.params import encode_params
 
@@ -139,7 +138,7 @@ class Searching:
         # entries: float seconds through datetime, then ledger.leaf) and the ledger's size:
         # what is recorded later (this search's own audit entries among it) is left to a new
         # search, so paging always ends, even for entries stamped in the same microsecond.
-        snapshot = (micros(datetime.fromtimestamp(now, UTC)), await index.size())
+        snapshot = (micros_at(now), await index.size())
         if token is not None:
             place = self._cursors.redeem(
                 token, principal=principal, purpose=purpose, query_digest=digest, now=now

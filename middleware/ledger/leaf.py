@@ -54,6 +54,7 @@ __all__ = [
     "decode_leaf",
     "encode_leaf",
     "micros",
+    "micros_at",
     "new_pseudonym",
     "new_salt",
 ]
@@ -225,3 +226,9 @@ def micros(moment: datetime) -> int:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise MalformedError("a recorded time must be timezone-aware")
     return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def micros_at(seconds: float) -> int:
+    """:func:`micros` of a wall-clock reading (seconds since the epoch, as ``time.time``
+    gives), taken as a UTC datetime first so both agree to the microsecond."""
+    return micros(datetime.fromtimestamp(seconds, UTC))
