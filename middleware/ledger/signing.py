@@ -14,12 +14,12 @@ authenticated encryption with a random 24-byte nonce) for short-lived gateway to
 paging cursors: the sealed bytes are ``nonce || MAC || ciphertext``; they hide the plaintext and
 any change to them, or another key, makes :func:`unseal` answer ``None``.
 
-:func:`siv_encrypt` and :func:`siv_decrypt` are deterministic authenticated encryption in the
-SIV shape of RFC 5297 §2.6 (Rogaway-Shrimpton synthetic IV) for short identifiers that must be
-stable (the same input always gives the same bytes, so clients can compare them): the tag is
-keyed BLAKE2b-128 (RFC 7693) over the associated data and the plaintext, and the ciphertext is
-the plaintext XOR libsodium's XChaCha20 keystream with that tag as the nonce. Sealed bytes are
-``tag (16) || ciphertext`` (16 bytes of overhead); equal plaintexts are all they reveal.
+:func:`siv_encrypt` and :func:`siv_decrypt` are deterministic authenticated encryption for
+short identifiers that must be stable (the same input always gives the same bytes, so clients
+can compare them): AES-SIV (RFC 5297) through ``cryptography``'s ``AESSIV``, AES-256-SIV under a
+64-byte key derived from the caller's 32-byte key (keyed BLAKE2b-512, RFC 7693, personalised
+``consentry/siv/v2``). Sealed bytes are RFC 5297's output ``V (16) || C``: the synthetic IV
+then the ciphertext (16 bytes of overhead); equal plaintexts are all they reveal.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ import nacl.exceptions
 import nacl.secret
 import nacl.signing
 import nacl.utils
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
 from middleware.ledger.errors import MalformedError, VerificationError
@@ -85,12 +87,9 @@ _SKEY_PREFIX = "PRIVATE+KEY+"
 BOX_KEY_SIZE = nacl.secret.SecretBox.KEY_SIZE
 #: The synthetic IV of :func:`siv_encrypt`: 128 bits, RFC 5297's size.
 SIV_TAG_SIZE = 16
-# Domain separation (BLAKE2b personalisation, 16 bytes): the MAC and stream keys of the SIV
-# construction are derived apart from one key, and the MAC input is labelled.
-_SIV_MAC_KEY: bytes = b"consentry/siv/mk"
-_SIV_ENC_KEY: bytes = b"consentry/siv/ek"
-_SIV_TAG: bytes = b"consentry/siv/v1"
-_XCHACHA_NONCE_SIZE = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+# Domain separation (BLAKE2b personalisation, 16 bytes): the AES-SIV key is derived from the
+# caller's key under its own label, so the same 32 bytes used elsewhere never key AES directly.
+_SIV_KEY_LABEL: bytes = b"consentry/siv/v2"
 _EVIDENCE_KEY: bytes = b"consentry/evkey1"
 _ZERO_NONCE: bytes = bytes(nacl.bindings.crypto_secretbox_NONCEBYTES)
 
@@ -374,63 +373,35 @@ def unseal(key: bytes, token: bytes) -> bytes | None:
 
 
 def siv_encrypt(key: bytes, plaintext: bytes, associated: Sequence[bytes] = ()) -> bytes:
-    """``tag || ciphertext``: ``plaintext`` under the 32-byte ``key``, bound to ``associated``.
+    """``V || C``: ``plaintext`` under the 32-byte ``key``, bound to ``associated``.
 
     Deterministic: the same key, plaintext and associated data always give the same bytes, and
-    different ones give unrelated bytes. ``tag`` is BLAKE2b-128 keyed with the MAC key over the
-    count and the length-prefixed parts of ``associated`` then of ``plaintext`` (an unambiguous
-    vector, as RFC 5297's S2V); the ciphertext is ``plaintext`` XOR the XChaCha20 keystream
-    under the stream key with nonce ``tag || 0^8``. libsodium exposes that keystream through its
-    IETF XChaCha20-Poly1305 AEAD, whose ciphertext of zero bytes *is* the keystream (from block
-    1, block 0 keying Poly1305; the Poly1305 tag is dropped: the synthetic IV authenticates).
-    A key of the wrong size raises :class:`MalformedError`.
+    different ones give unrelated bytes. AES-256-SIV (RFC 5297 §2.6) with ``associated`` as its
+    header vector (each part authenticated apart, an unambiguous vector by S2V) under the key of
+    :func:`_siv_cipher`. A key of the wrong size raises :class:`MalformedError`.
     """
-    mac_key, stream_key = _siv_keys(key)
-    tag = _siv_tag(mac_key, associated, plaintext)
-    return tag + _xor_stream(stream_key, tag, plaintext)
+    return _siv_cipher(key).encrypt(plaintext, list(associated))
 
 
 def siv_decrypt(key: bytes, sealed: bytes, associated: Sequence[bytes] = ()) -> bytes | None:
     """The plaintext :func:`siv_encrypt` sealed under ``key`` with the same ``associated``;
     ``None`` when ``sealed`` is too short, was changed in any bit, or was sealed under another
-    key or other associated data. Never raises for any ``sealed`` (tags compared in constant
-    time); a key of the wrong size raises :class:`MalformedError`."""
-    mac_key, stream_key = _siv_keys(key)
+    key or other associated data. Never raises for any ``sealed`` (RFC 5297 §2.7: the
+    synthetic IV is recomputed and compared by ``cryptography``); a key of the wrong size raises
+    :class:`MalformedError`."""
+    cipher = _siv_cipher(key)
     if len(sealed) < SIV_TAG_SIZE:
         return None
-    tag, ciphertext = sealed[:SIV_TAG_SIZE], sealed[SIV_TAG_SIZE:]
-    plaintext = _xor_stream(stream_key, tag, ciphertext)
-    if not hmac.compare_digest(tag, _siv_tag(mac_key, associated, plaintext)):
+    try:
+        return cipher.decrypt(sealed, list(associated))
+    except InvalidTag:
         return None
-    return plaintext
 
 
 @functools.lru_cache(maxsize=16)  # every id of a Bundle uses the same key
-def _siv_keys(key: bytes) -> tuple[bytes, bytes]:
-    """The MAC key and the stream key, both BLAKE2b of ``key`` under their own label."""
+def _siv_cipher(key: bytes) -> AESSIV:
+    """AES-256-SIV keyed with BLAKE2b-512 of ``key`` personalised ``consentry/siv/v2`` (RFC
+    5297's K1 for S2V is its first 32 bytes, K2 for CTR the last 32)."""
     if not isinstance(key, bytes) or len(key) != BOX_KEY_SIZE:
         raise MalformedError(f"an SIV key is {BOX_KEY_SIZE} bytes")
-    return (
-        hashlib.blake2b(digest_size=32, key=key, person=_SIV_MAC_KEY).digest(),
-        hashlib.blake2b(digest_size=32, key=key, person=_SIV_ENC_KEY).digest(),
-    )
-
-
-def _siv_tag(mac_key: bytes, associated: Sequence[bytes], plaintext: bytes) -> bytes:
-    mac = hashlib.blake2b(digest_size=SIV_TAG_SIZE, key=mac_key, person=_SIV_TAG)
-    mac.update(len(associated).to_bytes(8, "big"))
-    for part in (*associated, plaintext):
-        mac.update(len(part).to_bytes(8, "big"))
-        mac.update(part)
-    return mac.digest()
-
-
-def _xor_stream(stream_key: bytes, tag: bytes, data: bytes) -> bytes:
-    if not data:
-        return b""
-    nonce = tag + bytes(_XCHACHA_NONCE_SIZE - SIV_TAG_SIZE)
-    stream = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-        bytes(len(data)), None, nonce, stream_key
-    )[: len(data)]
-    mixed = int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")
-    return mixed.to_bytes(len(data), "big")
+    return AESSIV(hashlib.blake2b(key=key, person=_SIV_KEY_LABEL).digest())

@@ -13,8 +13,8 @@ client sees, and a client's id back. Its contract, for every implementation:
   text "not found": the same answer for every cause, so a refusal tells the client nothing.
 
 :class:`OpaqueResolver` is the default: stateless, reversible and opaque. A client id is the
-deterministic authenticated encryption (:func:`~middleware.ledger.signing.siv_encrypt`, SIV
-with a 128-bit synthetic IV) of the packed local id, with the format version, the resource
+deterministic authenticated encryption (:func:`~middleware.ledger.signing.siv_encrypt`,
+AES-SIV of RFC 5297 with a 128-bit synthetic IV) of the packed local id, with the format version, the resource
 type and the upstream's name as associated data::
 
     plaintext = packed local id, 17 or 32 bytes (below)
@@ -33,11 +33,15 @@ length is all a client id reveals (besides equality): whether the local id is lo
 characters.
 
 The upstream is not written in the plaintext: it is bound as associated data and found on the
-way back by trying each configured upstream (a few BLAKE2b computations). Reordering, adding or
+way back by trying each configured upstream (a few AES-SIV computations). Reordering, adding or
 removing upstreams therefore never changes an id nor sends one to the wrong upstream, and
 renaming an upstream makes its old ids "not found". The key is
 ``derive_box_key(ledger key, "ids")`` (:func:`~middleware.ledger.signing.derive_box_key`): every
 replica sharing the ledger key issues the same ids; a new ledger key changes every id.
+
+The SIV changed once before any deployment, from keyed BLAKE2b with XChaCha20 to AES-SIV
+(``cryptography``, about 3 us an id instead of 11-16): every id changed with it, and ids of the
+earlier construction are "not found" like any other id this code did not issue.
 """
 
 from __future__ import annotations

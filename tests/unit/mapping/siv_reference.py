@@ -1,78 +1,75 @@
 """An independent reference of the SIV construction and the opaque client-id format, written
-from their documentation (``middleware/ledger/signing.py``, ``middleware/mapping/ids.py``) with
-``hashlib`` BLAKE2b, ``cryptography``'s ChaCha20 and a from-scratch HChaCha20, never calling
-the code under test: known answers are checked against this, not against our own output.
+from their documentation (``middleware/ledger/signing.py``, ``middleware/mapping/ids.py``) and
+RFC 5297 with ``hashlib`` BLAKE2b and ``cryptography``'s raw AES block and CMAC primitives,
+never calling the code under test (nor ``cryptography``'s AES-SIV it wraps): known answers are
+checked against this, not against our own output.
 
-XChaCha20 (draft-irtf-cfrg-xchacha-03 §2.3): HChaCha20 of the key and the nonce's first 16
-bytes gives a subkey; ChaCha20 (RFC 8439) under it with nonce ``0^4 || nonce[16:24]``. The
-IETF XChaCha20-Poly1305 AEAD's ciphertext is that keystream from block counter 1 (block 0
-keys Poly1305, RFC 8439 §2.8).
+AES-SIV (RFC 5297 §2.4 S2V, §2.6 encryption): ``V = S2V(K1, AD1, ..., ADn, P)`` with AES-CMAC
+(RFC 4493), then ``C = P XOR AES-CTR(K2, Q)`` where ``Q`` is ``V`` with bits 63 and 31 cleared.
+The reference is checked against RFC 5297's appendix A.1 vector.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import struct
 from collections.abc import Sequence
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives import cmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
-_MASK = 0xFFFFFFFF
+_BLOCK = 16
+_RB = 0x87  # RFC 5297 §2.3 / RFC 4493: the constant of doubling in GF(2^128)
 
 
-def _rotl(value: int, count: int) -> int:
-    return ((value << count) & _MASK) | (value >> (32 - count))
+def _cmac(key: bytes, data: bytes) -> bytes:
+    mac = cmac.CMAC(algorithms.AES(key))
+    mac.update(data)
+    return mac.finalize()
 
 
-def _quarter(s: list[int], a: int, b: int, c: int, d: int) -> None:
-    """The ChaCha quarter round (RFC 8439 §2.1) on state words ``a, b, c, d``."""
-    s[a] = (s[a] + s[b]) & _MASK
-    s[d] = _rotl(s[d] ^ s[a], 16)
-    s[c] = (s[c] + s[d]) & _MASK
-    s[b] = _rotl(s[b] ^ s[c], 12)
-    s[a] = (s[a] + s[b]) & _MASK
-    s[d] = _rotl(s[d] ^ s[a], 8)
-    s[c] = (s[c] + s[d]) & _MASK
-    s[b] = _rotl(s[b] ^ s[c], 7)
+def _dbl(block: bytes) -> bytes:
+    """RFC 5297 §2.3: multiplication by x in GF(2^128)."""
+    value = int.from_bytes(block, "big") << 1
+    if value >> 128:
+        value = (value ^ _RB) & ((1 << 128) - 1)
+    return value.to_bytes(_BLOCK, "big")
 
 
-def hchacha20(key: bytes, nonce16: bytes) -> bytes:
-    """HChaCha20 (draft-irtf-cfrg-xchacha-03 §2.2): 20 rounds, no final addition, words
-    0..3 and 12..15 of the state."""
-    state = [0x61707865, 0x3320646E, 0x79622D32, 0x6B206574]
-    state += list(struct.unpack("<8I", key)) + list(struct.unpack("<4I", nonce16))
-    for _ in range(10):
-        for a, b, c, d in ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15)):
-            _quarter(state, a, b, c, d)
-        for a, b, c, d in ((0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14)):
-            _quarter(state, a, b, c, d)
-    return struct.pack("<8I", *state[0:4], *state[12:16])
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
 
 
-def xchacha20_stream(key: bytes, nonce24: bytes, size: int, counter: int = 1) -> bytes:
-    subkey = hchacha20(key, nonce24[:16])
-    full_nonce = struct.pack("<I", counter) + bytes(4) + nonce24[16:24]
-    encryptor = Cipher(algorithms.ChaCha20(subkey, full_nonce), mode=None).encryptor()
-    return encryptor.update(bytes(size))
+def s2v(key: bytes, strings: Sequence[bytes]) -> bytes:
+    """RFC 5297 §2.4: S2V of the header vector and the plaintext (its last element)."""
+    d = _cmac(key, bytes(_BLOCK))
+    for string in strings[:-1]:
+        d = _xor(_dbl(d), _cmac(key, string))
+    last = strings[-1]
+    if len(last) >= _BLOCK:
+        t = last[:-_BLOCK] + _xor(last[-_BLOCK:], d)
+    else:
+        padded = last + b"\x80" + bytes(_BLOCK - 1 - len(last))
+        t = _xor(_dbl(d), padded)
+    return _cmac(key, t)
+
+
+def aes_siv(key: bytes, plaintext: bytes, associated: Sequence[bytes]) -> bytes:
+    """RFC 5297 §2.6: ``V || C`` under ``key = K1 || K2``."""
+    half = len(key) // 2
+    v = s2v(key[:half], [*associated, plaintext])
+    q = int.from_bytes(v, "big") & ~((1 << 63) | (1 << 31))
+    counter = q.to_bytes(_BLOCK, "big")
+    encryptor = Cipher(algorithms.AES(key[half:]), modes.CTR(counter)).encryptor()
+    return v + encryptor.update(plaintext) + encryptor.finalize()
 
 
 def siv_encrypt(key: bytes, plaintext: bytes, associated: Sequence[bytes] = ()) -> bytes:
-    """As documented: keys are BLAKE2b-256 of ``key`` personalised ``consentry/siv/mk`` and
-    ``consentry/siv/ek``; the tag is BLAKE2b-128 keyed with the MAC key, personalised
-    ``consentry/siv/v1``, over the count of associated parts then each part and the plaintext
-    with an 8-byte big-endian length prefix; ciphertext = plaintext XOR XChaCha20 keystream
-    (nonce ``tag || 0^8``)."""
-    mac_key = hashlib.blake2b(key=key, digest_size=32, person=b"consentry/siv/mk").digest()
-    stream_key = hashlib.blake2b(key=key, digest_size=32, person=b"consentry/siv/ek").digest()
-    mac = hashlib.blake2b(key=mac_key, digest_size=16, person=b"consentry/siv/v1")
-    mac.update(len(associated).to_bytes(8, "big"))
-    for part in (*associated, plaintext):
-        mac.update(len(part).to_bytes(8, "big") + part)
-    tag = mac.digest()
-    stream = xchacha20_stream(stream_key, tag + bytes(8), len(plaintext))
-    return tag + bytes(p ^ s for p, s in zip(plaintext, stream, strict=True))
+    """As documented: AES-256-SIV under BLAKE2b-512 of ``key`` personalised
+    ``consentry/siv/v2``, ``associated`` as the header vector."""
+    siv_key = hashlib.blake2b(key=key, digest_size=64, person=b"consentry/siv/v2").digest()
+    return aes_siv(siv_key, plaintext, associated)
 
 
 def pack(local_id: str) -> bytes:
