@@ -170,10 +170,9 @@ class MemoryLogStore:
         self._check()
         log = self.log
         replay = Replay(log.checkpoints.values())
-        for index, (leaf, hashed, pseudonym) in enumerate(
-            zip(log.leaves, log.hashes, log.pseudonyms, strict=True)
-        ):
-            replay.feed(index, leaf, hashed, pseudonym)
+        replay.feed_rows(
+            zip(range(len(log.leaves)), log.leaves, log.hashes, log.pseudonyms, strict=True)
+        )
         outcome = replay.finish(log.state)
         if outcome.rebuilt:
             log.state = outcome.state

@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     )
 
 _STATE = "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1"
+#: Leaf rows fetched at a time by a replay (about 150 bytes each).
+_REPLAY_CHUNK = 5000
 _LOCK_STATE = "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1 FOR UPDATE"
 _LATEST_CHECKPOINT = (
     "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size DESC LIMIT 1"
@@ -300,8 +302,9 @@ async def _replay(conn: _Connection) -> Outcome:
     """Replay inside the caller's transaction (a cursor needs one), streaming the leaves."""
     replay = Replay(await _read_checkpoints(conn))
     sql = "SELECT idx, leaf, leaf_hash, pseudonym FROM consentry_ledger_leaves ORDER BY idx"
-    async for leaf in conn.cursor(sql, prefetch=5000):
-        replay.feed(leaf[0], leaf[1], leaf[2], leaf[3])
+    cursor = await conn.cursor(sql)
+    while rows := await cursor.fetch(_REPLAY_CHUNK):
+        replay.feed_rows(rows)  # a Record unpacks like the row's tuple
     row = await conn.fetchrow(_STATE)
     stored = None if row is None else TreeState.unpack(row[0], row[1], row[2])
     return replay.finish(stored)

@@ -259,8 +259,7 @@ def _read_checkpoints(c: sqlite3.Connection) -> list[StoredCheckpoint]:
 def _replay(c: sqlite3.Connection) -> Outcome:
     replay = Replay(_read_checkpoints(c))
     sql = "SELECT idx, leaf, leaf_hash, pseudonym FROM consentry_ledger_leaves ORDER BY idx"
-    for index, leaf, hashed, pseudonym in c.execute(sql):
-        replay.feed(index, leaf, hashed, pseudonym)
+    replay.feed_rows(c.execute(sql))
     row = c.execute(
         "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1"
     ).fetchone()
