@@ -13,8 +13,9 @@ one core, each stage the gateway runs on such an answer and all of them in a row
 * **R4 -> R5**: the version conversion of every resource (when the converter is present);
 * **decode + encode**: the JSON codec around them, for scale.
 
-Reports the median and the best of ``--rounds`` runs in milliseconds per Bundle. The goal
-(issue #6): the whole mapping path <= 30 ms for 1,000 entries on the 2-core machine.
+Reports the median and the best of ``--rounds`` runs in milliseconds of CPU time per Bundle
+(``time.process_time``: other work on a shared machine does not count). The goal: the whole
+mapping path <= 20 ms for 1,000 entries on the 2-core machine.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 RESULTS: Final = Path(__file__).parent / "results" / "mapping.json"
 UPSTREAM: Final = "http://upstream.bench/fhir"
 CODES: Final = ("GLU", "K", "NA", "CREA")
+GOAL_MS: Final = 20
 
 
 def searchset(entries: int) -> bytes:
@@ -68,13 +70,13 @@ def searchset(entries: int) -> bytes:
 
 
 def timed(fn: Callable[[], Any], rounds: int) -> tuple[float, float]:
-    """Median and best milliseconds of ``rounds`` calls (after one warm-up call)."""
+    """Median and best CPU milliseconds of ``rounds`` calls (after one warm-up call)."""
     fn()
     samples = []
     for _ in range(rounds):
-        started = time.perf_counter()
+        started = time.process_time()
         fn()
-        samples.append((time.perf_counter() - started) * 1000)
+        samples.append((time.process_time() - started) * 1000)
     return statistics.median(samples), min(samples)
 
 
@@ -152,13 +154,13 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.entries}-entry searchset, {len(raw):,} bytes, {args.rounds} rounds, one core\n")
-    print("| stage | median ms | best ms |\n|---|---:|---:|")
+    print("| stage | median CPU ms | best CPU ms |\n|---|---:|---:|")
     for r in rows:
         print(f"| {r['stage']} | {r['median_ms']} | {r['best_ms']} |")
     whole_ms = rows[-1]["median_ms"]
-    verdict = "met" if whole_ms <= 30 else "MISSED"
+    verdict = "met" if whole_ms <= GOAL_MS else "MISSED"
     missing = "" if convert is not None else " (without R4 -> R5: the converter is not present)"
-    print(f"\ngoal: whole mapping path <= 30 ms: {verdict} ({whole_ms} ms){missing}")
+    print(f"\ngoal: whole mapping path <= {GOAL_MS} ms: {verdict} ({whole_ms} ms){missing}")
     print(f"JSON: {args.output}")
 
 

@@ -2,9 +2,11 @@
 
 :func:`convert` converts one resource and its ``contained`` resources; :func:`convert_document`
 also every resource of a Bundle (entries, nested Bundles). Both work on plain JSON as
-:mod:`middleware.fhir.jsoncodec` decodes it and return a new tree: the input is never mutated,
-leaves are never re-serialised (a decimal stays the :class:`msgspec.Raw` it was, ``5.40`` keeps
-its zero) and elements no rule names pass through untouched. Types without rules pass
+:mod:`middleware.fhir.jsoncodec` decodes it and return a new tree: the input is never mutated
+(the dicts a rule changes are copies; what no rule touches is shared with the input, so treat
+both as read-only, as every mapping stage does), leaves are never re-serialised (a decimal
+stays the :class:`msgspec.Raw` it was, ``5.40`` keeps its zero) and elements no rule names pass
+through untouched. Types without rules pass
 unchanged, noted ``unconverted``.
 
 The rules (``load_rules``, once at start) say, per resource type, which elements were renamed,
@@ -36,7 +38,14 @@ from typing import Any, Final, Literal, cast
 
 from middleware.errors import SettingsError, UnprocessableEntity
 from middleware.mapping.versions_carry import Release
-from middleware.mapping.versions_engine import Loss, LossKind, Rules, TypeRules, copy_tree, run
+from middleware.mapping.versions_engine import (
+    Loss,
+    LossKind,
+    Rules,
+    TypeRules,
+    copy_for_steps,
+    run,
+)
 from middleware.mapping.versions_rules import Reader, load_rules
 
 __all__ = [
@@ -116,7 +125,7 @@ def convert(
     (carried elements are not lost), :class:`StatusNotInValueSet` for a status outside the
     target value set unless ``status="report"``.
     """
-    out = copy_tree(dict(resource))
+    out = _owned(dict(resource), rules, bundle=False, convert=source != target)
     losses = _resource(out, "", source=source, target=target, rules=rules, status=status)
     return _result(out, losses, target, refuse_on_loss)
 
@@ -132,7 +141,7 @@ def convert_document(
 ) -> Converted:
     """Like :func:`convert`, for a Bundle too: every entry's resource (nested Bundles included)
     and their contained resources. Loss paths say where: ``Bundle.entry[2].resource/...``."""
-    out = copy_tree(dict(document))
+    out = _owned(dict(document), rules, bundle=True, convert=source != target)
     losses = _document(out, "", source=source, target=target, rules=rules, status=status)
     return _result(out, losses, target, refuse_on_loss)
 
@@ -178,6 +187,33 @@ def _result(
             "Send what the upstream's FHIR version needs, or the resource in that version."
         )
     return Converted(out, unique)
+
+
+def _owned(node: dict[str, Any], rules: Rules, *, bundle: bool, convert: bool) -> dict[str, Any]:
+    """A copy of ``node`` (a fresh dict) of everything :func:`_document` (``bundle``) or
+    :func:`_resource` will change: entries and their resources, contained resources, and in
+    each resource the dicts along its rules' paths (none when not ``convert``ing)."""
+    if bundle and node.get("resourceType") == "Bundle":
+        entries = node.get("entry")
+        if type(entries) is list:
+            node["entry"] = [_owned_entry(entry, rules, convert) for entry in entries]
+        return node
+    contained = node.get("contained")
+    if type(contained) is list:
+        node["contained"] = [
+            _owned(dict(item), rules, bundle=False, convert=convert) if type(item) is dict else item
+            for item in contained
+        ]
+    kind = node.get("resourceType")
+    type_rules = rules.types.get(kind) if convert and isinstance(kind, str) else None
+    return node if type_rules is None else copy_for_steps(node, type_rules.paths)
+
+
+def _owned_entry(entry: Any, rules: Rules, convert: bool) -> Any:
+    resource = entry.get("resource") if type(entry) is dict else None
+    if type(resource) is not dict:
+        return entry
+    return {**entry, "resource": _owned(dict(resource), rules, bundle=True, convert=convert)}
 
 
 def _document(

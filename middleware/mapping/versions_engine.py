@@ -1,4 +1,5 @@
-"""The conversion engine: run a resource type's steps over one resource, in place, on a copy.
+"""The conversion engine: run a resource type's steps over one resource, in place, on a copy
+of what the steps can change (:func:`copy_for_steps`).
 
 Steps run in file order in both directions, outer before inner (the loader checks that a step
 comes after every step above it), so a step always finds its node where the *target* release
@@ -16,18 +17,32 @@ each node a step:
 
 Restored values are wrapped so that later steps do not convert them again. Leaves are never
 touched: decimals stay :class:`msgspec.Raw`, unknown elements stay as they were.
+
+A step changes only the dicts at its ``where`` path (replacing their entries, never editing a
+list or dict it finds inside them), so a resource's steps need a copy of the dicts along their
+paths only (:func:`copy_for_steps`); everything else may be shared with the caller's tree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from middleware.mapping.versions_carry import Release, Spec, decode, encode, value_key, xver_url
 from middleware.mapping.versions_ops import Op
 
-__all__ = ["Loss", "LossKind", "Rules", "StatusRule", "Step", "TypeRules", "copy_tree", "run"]
+__all__ = [
+    "Loss",
+    "LossKind",
+    "Rules",
+    "StatusRule",
+    "Step",
+    "TypeRules",
+    "copy_for_steps",
+    "copy_tree",
+    "run",
+]
 
 #: ``carried``: kept in a cross-version extension, restored on the way back; ``dropped``: gone;
 #: ``missing``: an element the target requires has no source; ``superseded``: a carried value
@@ -80,6 +95,11 @@ class StatusRule:
     codes: Mapping[Release, frozenset[str]]
 
 
+#: The element names below a node that lead to a node some step changes (a trie; a ``name*``
+#: step's node is its own child under ``name``, as nesting may go on).
+_Trie = dict[str, "_Trie"]
+
+
 @dataclass(frozen=True, slots=True)
 class TypeRules:
     resource_type: str
@@ -87,6 +107,38 @@ class TypeRules:
     statuses: tuple[StatusRule, ...]
     #: Elements (paths below the type) a release requires that a conversion may leave absent.
     required: Mapping[Release, tuple[tuple[str, ...], ...]]
+    #: Every step's path, in both releases' names (:func:`copy_for_steps`).
+    paths: _Trie = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", _paths_of(self.steps))
+
+
+def _paths_of(steps: tuple[Step, ...]) -> _Trie:
+    root: _Trie = {}
+    for step in steps:
+        for where in step.where.values():
+            node = root
+            for name in where:
+                plain = name.rstrip("*")
+                child = node.setdefault(plain, {})
+                if name.endswith("*"):
+                    child.setdefault(plain, child)  # provision.provision... to any depth
+                node = child
+    return root
+
+
+def copy_for_steps(node: dict[str, Any], paths: _Trie) -> dict[str, Any]:
+    """A copy of ``node`` and of every dict (and list of them) along ``paths``: what the steps
+    change in place. Other values are shared with ``node``, which is never changed."""
+    out = dict(node)
+    for name, below in paths.items():
+        value = out.get(name)
+        if type(value) is dict:
+            out[name] = copy_for_steps(value, below)
+        elif type(value) is list:
+            out[name] = [copy_for_steps(v, below) if type(v) is dict else v for v in value]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,21 +167,25 @@ def copy_tree(node: Any) -> Any:
     return node
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Pass:
-    """One conversion pass: the steps, the direction, and what it could not express."""
+    """One conversion pass: the steps, the direction, and what it could not express;
+    ``restored``: a carried value was put back (wrapped in :class:`_Done`)."""
 
     steps: tuple[Step, ...]
     source: Release
     target: Release
     losses: list[Loss]
+    restored: bool = False
 
 
 def run(resource: dict[str, Any], rules: TypeRules, source: Release, target: Release) -> list[Loss]:
-    """Convert ``resource`` (a copy the caller owns) in place; return what was not exact."""
+    """Convert ``resource`` in place (a copy the caller owns of at least the dicts along the
+    steps' paths, :func:`copy_for_steps`); return what was not exact."""
     conversion = _Pass(rules.steps, source, target, [])
     _run_steps(conversion, resource, ())
-    _unwrap(resource)
+    if conversion.restored:
+        _unwrap(resource)
     missing = [
         Loss(".".join((rules.resource_type, *(s.rstrip("*") for s in path))), reason, "missing")
         for path in rules.required.get(target, ())
@@ -149,33 +205,50 @@ def _has(node: dict[str, Any], key: str) -> bool:
 
 def _run_steps(conversion: _Pass, root: dict[str, Any], base: tuple[str, ...]) -> None:
     """Apply every step at or below ``base`` (the path ``root`` sits at) to ``root``."""
+    depth = len(base)
+    star = base[-1] if base else None
     for step in conversion.steps:
         where = step.where[conversion.target]
-        if where[: len(base)] != base:
+        if where[:depth] != base:
             continue
-        for node in list(_nodes(root, where[len(base) :], base[-1] if base else None)):
+        if len(where) == depth and star is None:  # the root itself: nothing to search
+            _apply(conversion, step, root)
+            continue
+        for node in _nodes(root, where[depth:], star):
             _apply(conversion, step, node)
 
 
-def _nodes(node: Any, path: tuple[str, ...], star: str | None = None) -> Iterator[dict[str, Any]]:
+def _nodes(node: Any, path: tuple[str, ...], star: str | None = None) -> list[dict[str, Any]]:
     """The dicts at ``path`` below ``node``, parents first; a step ``name*`` also matches
-    ``name`` nested at any depth (``Consent.provision*``). ``star``: the step ``node`` sits at."""
+    ``name`` nested at any depth (``Consent.provision*``). ``star``: the step ``node`` sits at.
+    A list, gathered before any step changes the tree."""
+    found: list[dict[str, Any]] = []
+    _gather(node, path, star, found)
+    return found
+
+
+def _gather(
+    node: Any, path: tuple[str, ...], star: str | None, found: list[dict[str, Any]]
+) -> None:
     if type(node) is not dict:
         return
     if not path:
-        yield node
+        found.append(node)
     else:
         head, rest = path[0], path[1:]
+        inner = head if head.endswith("*") else None
         for child in _children(node, head.rstrip("*")):
-            yield from _nodes(child, rest, head if head.endswith("*") else None)
+            _gather(child, rest, inner, found)
     if star is not None and star.endswith("*") and path[:1] != (star,):
         for child in _children(node, star[:-1]):
-            yield from _nodes(child, path, star)
+            _gather(child, path, star, found)
 
 
-def _children(node: dict[str, Any], key: str) -> list[Any]:
+def _children(node: dict[str, Any], key: str) -> list[Any] | tuple[Any, ...]:
     value = node.get(key)
-    return list(value) if type(value) is list else [value]
+    if type(value) is list:
+        return value
+    return () if value is None else (value,)
 
 
 def _apply(conversion: _Pass, step: Step, node: dict[str, Any]) -> None:
@@ -205,7 +278,12 @@ def _apply(conversion: _Pass, step: Step, node: dict[str, Any]) -> None:
             conversion.losses.append(Loss(paths, reason, "dropped"))
     _swap(conversion, step, node, out)
     if carried:
-        node.setdefault("modifierExtension" if step.modifier else "extension", []).extend(carried)
+        element = "modifierExtension" if step.modifier else "extension"
+        present = node.setdefault(element, [])
+        if type(present) is list:  # a new list: the one found may be shared with the input
+            node[element] = [*present, *carried]
+        else:
+            present.extend(carried)
 
 
 def _swap(conversion: _Pass, step: Step, node: dict[str, Any], add: Mapping[str, Any]) -> None:
@@ -281,6 +359,7 @@ def _restore(
     back_meta = {k: probe["_" + k] for k in step.keys[source] if "_" + k in probe}
     if back == values and back_meta == metas:
         _swap(conversion, step, node, {k: _Done(v) for k, v in restored.items()} | restored_meta)
+        conversion.restored = True
         return True
     paths = ", ".join(step.path(target, k) for k in found)
     reason = f"the carried value no longer matches the {source} element, which was edited"
@@ -309,14 +388,20 @@ def _replace(node: dict[str, Any], remove: list[str], add: Mapping[str, Any]) ->
 
 
 def _unwrap(node: Any) -> Any:
+    """``node`` with every :class:`_Done` replaced by its value; only those are assigned (a
+    shared dict or list below is walked, never written)."""
     if type(node) is _Done:
         return _unwrap(node.value)
     if type(node) is dict:
         for key, value in node.items():
-            if type(value) in (dict, list, _Done):
+            if type(value) is _Done:
                 node[key] = _unwrap(value)
+            elif type(value) is dict or type(value) is list:
+                _unwrap(value)
     elif type(node) is list:
         for i, value in enumerate(node):
-            if type(value) in (dict, list, _Done):
+            if type(value) is _Done:
                 node[i] = _unwrap(value)
+            elif type(value) is dict or type(value) is list:
+                _unwrap(value)
     return node
