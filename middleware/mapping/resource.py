@@ -19,7 +19,7 @@ entries and contained resources are mapped as resources of their own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -134,19 +134,28 @@ def strip_added(node: Any) -> Any:
     return node if out is None else out
 
 
+#: What a translated code adds: each target concept, its map and the relationship.
+_Targets = tuple[tuple[Concept, str, str], ...]
+
+
 class _Walk:
     """One pass over one resource tree: the profile, the operation, what to log, and a cache.
 
     Translations that did not read the resource's attributes are the same for every resource
-    of the pass, so they are cached by (map, system, code); only ``mapped`` ones, because the
-    other outcomes log a note or raise for each occurrence.
+    of the pass, so they are cached by (map, system, code); those that did (a candidate with
+    ``dependsOn`` or ``product``) are the same for every resource with the same attribute
+    values, so they are cached by (map, system, code, those values). Only ``mapped`` ones,
+    because the other outcomes log a note or raise for each occurrence.
     """
 
     def __init__(self, profile: Profile, op: Operation) -> None:
         self.profile = profile
         self.op = op
         self.notes: list[Note] = []
-        self.cache: dict[tuple[str, str, str], tuple[tuple[Concept, str, str], ...]] = {}
+        self.cache: dict[tuple[str, str, str], _Targets] = {}
+        #: Codes whose translation read the attributes, and their results by attribute values.
+        self.conditional: set[tuple[str, str, str]] = set()
+        self.by_context: dict[tuple[tuple[str, str, str], Hashable], _Targets] = {}
 
     def resource(self, resource: Any) -> Any:
         if type(resource) is not dict:
@@ -207,12 +216,19 @@ class _Walk:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
+        if key in self.conditional:
+            hit = self.by_context.get((key, context.values_key()))
+            if hit is not None:
+                return hit
         auto = binding.auto(self.op)
         found = translate(binding.index(self.op), system, code, auto=auto, context=context)
         if found.status == "mapped":
             result = tuple((t.concept, t.conceptmap, t.relationship) for t in found.targets)
             if not context.read:
                 self.cache[key] = result
+            else:
+                self.conditional.add(key)
+                self.by_context[(key, context.values_key())] = result
             return result
         if found.status == "ambiguous":
             choices = ", ".join(str(t.concept) for t in found.targets)
@@ -269,3 +285,8 @@ class _LazyContext(Mapping[str, frozenset[str]]):
 
     def __len__(self) -> int:
         return len(self._load())
+
+    def values_key(self) -> Hashable:
+        """Every attribute value of the resource, hashable: what a translation that read the
+        context depends on (besides the code)."""
+        return frozenset(self._load().items())

@@ -6,6 +6,8 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from middleware.errors import UnprocessableEntity, UpstreamError
 from middleware.fhir import jsoncodec
@@ -276,3 +278,30 @@ def test_write_unmapped_pass() -> None:
     lenient = profile(unmapped={"write": {"mode": "pass"}})
     out = prepare_write(observation(coding(LOINC, "NOPE")), lenient).resource
     assert codes(out) == [(LOINC, "NOPE", False)]
+
+
+# -- translations cached by their dependsOn values ----------------------------------------------
+
+_units = st.sampled_from(["mg/dL", "umol/L", "mmol/L", None])
+_codes = st.sampled_from(["A", "CREA", "AMB", "NOPE"])
+
+
+def _lab(code: str, unit_code: str | None) -> dict[str, Any]:
+    extra = {} if unit_code is None else {"valueQuantity": {"system": UCUM, "code": unit_code}}
+    return observation(coding(LOCAL, code), **extra)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(_codes, _units), min_size=1, max_size=8))
+def test_a_bundle_maps_each_resource_as_mapping_it_alone_would(
+    labs: list[tuple[str, str | None]],
+) -> None:
+    """Translations that read the unit are cached by the unit's values across a Bundle's
+    resources: each entry is still what mapping that resource by itself gives (a cache keyed
+    only by the code would give the second unit's resource the first one's LOINC code)."""
+    resources = [_lab(code, unit_code) for code, unit_code in labs]
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": r} for r in resources]}
+    mapped = map_response(bundle, profile())
+    alone = [map_response(r, profile()) for r in resources]
+    assert [e["resource"] for e in mapped.resource["entry"]] == [a.resource for a in alone]
+    assert mapped.notes == tuple(note for a in alone for note in a.notes)
