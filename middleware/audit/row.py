@@ -15,18 +15,26 @@ SQLite and PostgreSQL). Pure data, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["NO_INDEX_YET", "AuditQuery", "AuditRow", "SortKey", "shredded_row"]
+import msgspec
+
+__all__ = ["NO_INDEX_YET", "ROW_FIELDS", "AuditQuery", "AuditRow", "SortKey", "shredded_row"]
 
 #: The ``index`` of a row not sequenced yet: the store gives it the entry's ledger index.
 NO_INDEX_YET = -1
 
 
-@dataclass(frozen=True, slots=True)
-class AuditRow:
-    """One ledger entry as the audit index holds it.
+class AuditRow(msgspec.Struct, frozen=True, gc=False):
+    """One ledger entry as the audit index holds it: an immutable value (equal and hashed by
+    its fields, like the frozen dataclass it was; :func:`msgspec.structs.replace` copies one
+    with fields changed, :data:`ROW_FIELDS` names them in order).
+
+    A ``msgspec.Struct`` because rows are made by the tens of thousands (an export's
+    verification, a reindex, every index read): one costs about 0.2 µs to build, a frozen
+    dataclass of twenty fields about 2 µs. ``gc=False``: its fields are numbers, text, bytes
+    and tuples of text, which cannot form a reference cycle.
 
     ``index``: the ledger index (:data:`NO_INDEX_YET` before the store sequences the entry).
     ``recorded_us``: microseconds since the epoch (the leaf's time). ``kind`` and ``flags``:
@@ -69,7 +77,7 @@ class AuditRow:
 
     def at(self, index: int) -> AuditRow:
         """This row with its ledger ``index`` (the store calls this while sequencing)."""
-        return replace(self, index=index)
+        return msgspec.structs.replace(self, index=index)
 
     def shred(self) -> AuditRow:
         """What is left of this row once its patient is crypto-shredded: the leaf's own fields
@@ -82,6 +90,10 @@ class AuditRow:
             pseudonym=self.pseudonym,
             break_glass=self.break_glass,
         )
+
+
+#: The field names of :class:`AuditRow`, in order (a report's date-range columns).
+ROW_FIELDS: tuple[str, ...] = AuditRow.__struct_fields__
 
 
 def shredded_row(

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace as struct_replace
 
 from middleware.audit.row import NO_INDEX_YET, AuditQuery, AuditRow
 from middleware.ledger.entry import NewEntry
@@ -148,7 +149,9 @@ async def test_any_text_round_trips_through_the_index(
     entities: tuple[str, ...],
     agent: str,
 ) -> None:
-    row = replace(EXPECTED[0], roles=roles, purposes=purposes, entities=entities, agent=agent)
+    row = struct_replace(
+        EXPECTED[0], roles=roles, purposes=purposes, entities=entities, agent=agent
+    )
     await store.reindex([row])
     assert await store.audit_row(0) == row
     assert await store.audit_rows(AuditQuery(agent=agent)) == [row]
@@ -313,7 +316,7 @@ async def test_an_append_that_fails_writes_no_row(store: LogStore) -> None:
 
 
 async def test_a_duplicate_writes_no_row(store: LogStore) -> None:
-    first, retry = ROWS[0], replace(ROWS[0], agent="Practitioner/z", request_id="retry")
+    first, retry = ROWS[0], struct_replace(ROWS[0], agent="Practitioner/z", request_id="retry")
     await store.append([audit_entry(first, key="k")], sign=SIGN)
     results = await store.append(
         [audit_entry(retry, key="k"), audit_entry(ROWS[1]), audit_entry(retry, key="k")],
@@ -338,7 +341,7 @@ async def test_a_row_that_disagrees_with_its_leaf_fails_the_append(
     store: LogStore, wrong: dict[str, object]
 ) -> None:
     good = audit_entry(ROWS[0])
-    bad = replace(good, row=replace(ROWS[0], **wrong))  # type: ignore[arg-type]
+    bad = replace(good, row=struct_replace(ROWS[0], **wrong))
     with pytest.raises(MalformedError):
         await store.append([audit_entry(ROWS[1]), bad], sign=SIGN)
     assert await store.size() == 0
@@ -469,7 +472,7 @@ async def test_clear_and_reindex_rebuild_the_same_index(store: LogStore) -> None
 
 async def test_reindex_replaces_a_row_and_its_searchable_elements(store: LogStore) -> None:
     await _filled(store)
-    changed = replace(
+    changed = struct_replace(
         EXPECTED[1], resource_types=("Encounter",), purposes=("urn:x|ETREAT",), entities=()
     )
     await store.reindex([changed])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from middleware.audit.row import AuditRow
 from middleware.ledger.leaf import EntryFlag, EntryKind
 
@@ -64,4 +62,4 @@ def purpose(code: str) -> tuple[str, ...]:
 
 def shredded(r: AuditRow) -> AuditRow:
     """``r`` after its patient's crypto-shred."""
-    return replace(r).shred()
+    return r.shred()

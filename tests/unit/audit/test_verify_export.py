@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
-import dataclasses
 import io
 import json
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -521,7 +521,7 @@ def test_formula_cells_are_escaped_in_a_csv_export_and_verified(
     plain = export_fixtures.fake_row
 
     def formula(index: int, recorded_us: int, patient: str, n: int) -> AuditRow:
-        return dataclasses.replace(plain(index, recorded_us, patient, n), agent="=HYPERLINK(1)")
+        return msgspec.structs.replace(plain(index, recorded_us, patient, n), agent="=HYPERLINK(1)")
 
     monkeypatch.setattr(export_fixtures, "fake_row", formula)
     log = build_log()
