@@ -37,20 +37,17 @@ from middleware.audit.cli_common import Usage, all_rows, now_us, opened, print_j
 from middleware.audit.evidence import (
     EVIDENCE_PURPOSE,
     NO_PATIENT,
-    EvidenceKeyError,
-    Opening,
     is_sealed,
-    open_entry,
     unwrap_key,
 )
 from middleware.audit.export import shredded_row
-from middleware.audit.facts import row_of
+from middleware.audit.facts_row import open_row
 from middleware.audit.legacy import legacy_row
 from middleware.audit.progress import Progress
 from middleware.audit.ranges import read_ranges
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.ledger.entry import Evidence, NewEntry
-from middleware.ledger.leaf import EntryKind, Leaf, decode_leaf
+from middleware.ledger.leaf import EntryKind, LeafFields, decode_leaf, leaf_fields
 from middleware.ledger.signing import derive_box_key, evidence_key
 from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.consent_base import LOOKUP_PURPOSE, ConsentStore, lookup_of
@@ -104,12 +101,12 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
                             if row is not None:
                                 rows.append(await shredded_already(row))
                             continue
-                        leaf = decode_leaf(data)
+                        leaf = leaf_fields(data)  # decode_leaf's checks, without the Leaf
                         pseudonym = leaf.pseudonym or NO_PATIENT
                         if pseudonym not in keys:
                             wrapped = await store.audit_key_get(pseudonym)
                             keys[pseudonym] = None if wrapped is None else unwrap_key(wrap, wrapped)
-                        row = _row(index, leaf, stored, keys[pseudonym], counts)
+                        row = _row(index, data, leaf, stored, keys[pseudonym], counts=counts)
                         if row is not None:
                             rows.append(row)
                         if len(rows) >= args.batch:
@@ -155,22 +152,33 @@ def _legacy(index: int, data: bytes, stored: Evidence, counts: dict[str, int]) -
 
 
 def _row(
-    index: int, leaf: Leaf, stored: Evidence, patient_key: bytes | None, counts: dict[str, int]
+    index: int,
+    data: bytes,
+    leaf: LeafFields,
+    stored: Evidence,
+    patient_key: bytes | None,
+    *,
+    counts: dict[str, int],
 ) -> AuditRow | None:
-    """The index row of entry ``index`` (sealed facts in ``stored``), or None when the key
-    does not open it; the shredded row when the patient key is gone."""
+    """The index row of entry ``index`` (its leaf ``data`` and fields, sealed facts in
+    ``stored``), or None when the key does not open it; the shredded row when the patient key
+    is gone."""
     if patient_key is None:  # crypto-shredded: what the leaf says
         counts["shredded"] += 1
-        return shredded_row(index, leaf)
+        return shredded_row(index, decode_leaf(data))
     try:
-        opening = Opening(stored.salt, stored.data, evidence_key(patient_key, stored.salt))
-        facts = open_entry(opening)
-    except (EvidenceKeyError, ValueError):
+        entry_key = evidence_key(patient_key, stored.salt)
+        # row_of(open_entry(...)) without the facts' dataclasses: the same row, the same
+        # errors (facts_row); facts that decode but give no row are unreadable too.
+        row = open_row(
+            entry_key, stored.data, kind=leaf.kind, flags=leaf.flags, pseudonym=leaf.pseudonym,
+            index=index,
+        )  # fmt: skip
+    except ValueError:  # EvidenceKeyError included
         counts["unreadable"] += 1
         return None
     counts["rows"] += 1
-    kind, flags = int(leaf.kind), int(leaf.flags)
-    return row_of(facts, kind=kind, flags=flags, pseudonym=leaf.pseudonym, index=index)
+    return row
 
 
 async def _pseudonyms(

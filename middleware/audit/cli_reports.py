@@ -30,7 +30,7 @@ from middleware.audit.cli_common import (
     warn,
     write_output,
 )
-from middleware.audit.evidence import EVIDENCE_PURPOSE, Opening, open_entry
+from middleware.audit.evidence import EVIDENCE_PURPOSE
 from middleware.audit.export import EntryOpening, ExportEntry, write_csv, write_ndjson
 from middleware.audit.export_collect import (
     ExportSpec,
@@ -40,7 +40,7 @@ from middleware.audit.export_collect import (
     collect_export,
 )
 from middleware.audit.export_rules import rules_json
-from middleware.audit.facts import row_of
+from middleware.audit.facts_row import open_row
 from middleware.audit.progress import Progress
 from middleware.audit.report_bundle import accounting_bundle
 from middleware.audit.report_csv import (
@@ -62,7 +62,7 @@ from middleware.audit.row import AuditQuery, AuditRow
 from middleware.audit.shredded import shredded_rows
 from middleware.audit.suspensions import SuspensionLog
 from middleware.audit.verify_export import verify_file
-from middleware.ledger.leaf import Leaf
+from middleware.ledger.leaf import LeafFields
 from middleware.ledger.signing import derive_box_key
 from middleware.ledger.trust import parse_policy
 from middleware.settings import Settings, load_settings
@@ -355,14 +355,16 @@ def _counted(entries: Iterator[ExportEntry], progress: Progress) -> Iterator[Exp
 # -- verify-export --------------------------------------------------------------------------
 
 
-def facts_opener(opening: EntryOpening, leaf: Leaf, index: int) -> AuditRow:
+def facts_opener(opening: EntryOpening, leaf: LeafFields, index: int) -> AuditRow:
     """The index row an entry's sealed facts say (``evidence.open_entry``, ``facts.row_of``);
     ValueError when the opening has no key or does not open."""
     if opening.key is None:
         raise ValueError("the line carries no entry key")
-    facts = open_entry(Opening(opening.salt, opening.evidence, opening.key))
-    # The row's index is not a column (the line's index is checked by its proof): no .at().
-    return row_of(facts, kind=int(leaf.kind), flags=int(leaf.flags), pseudonym=leaf.pseudonym)
+    # The row's index is not a column (the line's index is checked by its proof). open_row is
+    # row_of(open_entry(...)) without the facts' dataclasses (same rows, same errors).
+    return open_row(
+        opening.key, opening.evidence, kind=leaf.kind, flags=leaf.flags, pseudonym=leaf.pseudonym
+    )
 
 
 def verify(args: argparse.Namespace, out: TextIO) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 
-from middleware.ledger.leaf import Leaf
+from middleware.ledger.leaf import LeafFields
 
 __all__ = ["AddFinding", "LineOrder"]
 
@@ -42,7 +42,7 @@ class LineOrder:
         self.seen_after = False
         self.tail_from: int | None = None  # the index of the first tail line
 
-    def feed(self, number: int, role: str, index: int, leaf: Leaf) -> None:
+    def feed(self, number: int, role: str, index: int, leaf: LeafFields) -> None:
         """Check the entry line ``number`` (its ``role``, ledger ``index`` and ``leaf``)."""
         add, last = self.add, self.last
         if last is not None and index <= last[1]:
@@ -61,7 +61,7 @@ class LineOrder:
             self._link(number, role, index, leaf)
         self.last = (number, index, role)
 
-    def _tail(self, number: int, index: int, leaf: Leaf) -> None:
+    def _tail(self, number: int, index: int, leaf: LeafFields) -> None:
         add, last = self.add, self.last
         if self.chain is None or last is None:
             add("role", "'tail' lines follow a patient's chain", number, index)
@@ -73,7 +73,7 @@ class LineOrder:
         if leaf.pseudonym is not None and hmac.compare_digest(leaf.pseudonym, self.chain):
             add("chain-tail", "an entry of the patient's chain among the tail", number, index)
 
-    def _link(self, number: int, role: str, index: int, leaf: Leaf) -> None:
+    def _link(self, number: int, role: str, index: int, leaf: LeafFields) -> None:
         add, last = self.add, self.last
         if leaf.pseudonym is None or not hmac.compare_digest(leaf.pseudonym, self.chain or b""):
             add("chain-foreign", "the entry is not in the patient's chain", number, index)

@@ -12,7 +12,6 @@ import binascii
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -85,9 +84,9 @@ def parse_time(text: object) -> int | None:
     return us
 
 
-@dataclass(frozen=True, slots=True)
-class ExportLine:
-    """One entry line as read (not yet checked)."""
+class ExportLine(msgspec.Struct, frozen=True, gc=False):
+    """One entry line as read (not yet checked). A ``msgspec.Struct``: one is built for every
+    line of an export (0.1 µs, a frozen dataclass about 1 µs)."""
 
     role: str
     index: int
@@ -114,13 +113,31 @@ def ndjson_lines(
         try:
             line = _decode(text)
             cols = line.columns
-            values = None if cols is None else tuple(cols.values())
-            if cols is not None and tuple(cols) != names:
-                raise ValueError("the columns are not the header's, in its order")
-            yield number, _parse(
-                line.role, line.index, line.leaf, line.proof,
-                salt=line.salt, evidence=line.evidence, key=line.key, values=values,
-            )  # fmt: skip
+            values = None
+            if cols is not None:
+                values = tuple(cols.values())
+                if tuple(cols) != names:
+                    raise ValueError("the columns are not the header's, in its order")
+            # _parse's checks, in its order, on the typed line (role, index, then the binary
+            # values: salt, evidence, key, leaf, proof), so a bad line says the same.
+            role, index = line.role, line.index
+            if role not in _ROLES:
+                raise ValueError(f"unknown role {role!r}")
+            if index < 0:
+                raise ValueError("the index is a non-negative integer")
+            opening = None
+            if line.salt is not None or line.evidence is not None:
+                key = line.key
+                opening = EntryOpening(
+                    _unb64(line.salt),
+                    _unb64(line.evidence),
+                    None if key is None else _a2b(key, strict_mode=True),
+                )
+            leaf = _a2b(line.leaf, strict_mode=True)
+            yield (
+                number,
+                ExportLine(role, index, leaf, _a2b(line.proof, strict_mode=True), opening, values),
+            )
         except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
             yield number, f"not an export line: {exc}"
 
@@ -194,6 +211,9 @@ class _Line(msgspec.Struct, forbid_unknown_fields=True):
 #: As strict as json.loads and more (RFC 8259: no NaN, no trailing data); errors are
 #: ValueErrors (msgspec.DecodeError, ValidationError).
 _decode = msgspec.json.Decoder(_Line).decode
+
+
+_a2b = binascii.a2b_base64
 
 
 def _unb64(text: Any) -> bytes:

@@ -58,7 +58,13 @@ from middleware.audit.report_csv import csv_escape
 from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
 from middleware.ledger.errors import LedgerError
-from middleware.ledger.leaf import EntryKind, Leaf, commit_evidence, decode_leaf
+from middleware.ledger.leaf import (
+    EntryKind,
+    LeafFields,
+    commit_evidence,
+    decode_leaf,
+    leaf_fields,
+)
 from middleware.ledger.receipt import TLOG_PROOF_HEADER, check_receipt, parse_receipt
 from middleware.ledger.signing import Verifier, verify_note
 from middleware.ledger.trust import TrustPolicy
@@ -81,8 +87,9 @@ _PER_PATIENT = frozenset({"accounting", "access-report"})
 MAX_FINDINGS = 1000
 
 #: Opens one entry: (opening, leaf, index) -> the entry's audit row as its facts say; raises
-#: ValueError (or a LedgerError) when the opening does not decrypt or decode.
-RowOpener = Callable[[EntryOpening, Leaf, int], AuditRow]
+#: ValueError (or a LedgerError) when the opening does not decrypt or decode. The leaf is its
+#: fields (``leaf.leaf_fields``: kind and flags plain integers), not a ``Leaf``.
+RowOpener = Callable[[EntryOpening, LeafFields, int], AuditRow]
 #: Entry kinds whose evidence is audit facts (the others on a patient's chain are consents,
 #: admin and key entries, which an export does not open).
 _AUDIT_KINDS = frozenset(
@@ -332,7 +339,7 @@ class _Checker:
     def entry(self, number: int, line: ExportLine) -> None:
         add, index = self.report.add, line.index
         try:
-            leaf = decode_leaf(line.leaf)
+            leaf = leaf_fields(line.leaf)  # decode_leaf's checks, without the Leaf
         except LedgerError as exc:
             add("leaf-malformed", f"the leaf: {exc}", number, index)
             return
@@ -348,19 +355,19 @@ class _Checker:
                 "scope", f"the '{line.role}' entry is inside the period", number, line.index
             )
 
-    def _inside(self, leaf: Leaf) -> bool:
+    def _inside(self, leaf: LeafFields) -> bool:
         since, until = self.header["since"], self.header["until"]
         return (since is None or leaf.recorded_us >= since) and (
             until is None or leaf.recorded_us <= until
         )
 
-    def _opening(self, number: int, line: ExportLine, leaf: Leaf) -> None:
+    def _opening(self, number: int, line: ExportLine, leaf: LeafFields) -> None:
         add, index, opening = self.report.add, line.index, line.opening
         if line.role == "row":
             self.report.rows += 1
         if opening is None:
             # A crypto-shredded entry cannot be opened; its row may say only what its leaf does.
-            if line.role == "row" and line.columns == self._cells(shredded_columns(index, leaf)):
+            if line.role == "row" and line.columns == self._shredded_cells(index, line.leaf):
                 self.report.shredded += 1
             elif line.role == "other" and leaf.kind not in _AUDIT_KINDS:
                 pass  # a consent, admin or key entry on the chain: no audit facts to open
@@ -385,6 +392,10 @@ class _Checker:
             return
         self._row(number, line, leaf, row, None if cells is None else self._cells(cells))
 
+    def _shredded_cells(self, index: int, leaf: bytes) -> tuple[str, ...]:
+        """The cells of a shredded entry's row (the ``leaf`` bytes passed ``leaf_fields``)."""
+        return self._cells(shredded_columns(index, decode_leaf(leaf)))
+
     def _cells(self, cells: Sequence[str]) -> tuple[str, ...]:
         """The cells as the file holds them (a CSV escapes formulas)."""
         return tuple(csv_escape(c) for c in cells) if self.escaped else tuple(cells)
@@ -393,7 +404,7 @@ class _Checker:
         self,
         number: int,
         line: ExportLine,
-        leaf: Leaf,
+        leaf: LeafFields,
         row: AuditRow,
         expected: tuple[str, ...] | None,
     ) -> None:

@@ -36,6 +36,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from middleware.ledger.errors import MalformedError
 
@@ -50,9 +51,11 @@ __all__ = [
     "EntryFlag",
     "EntryKind",
     "Leaf",
+    "LeafFields",
     "commit_evidence",
     "decode_leaf",
     "encode_leaf",
+    "leaf_fields",
     "micros",
     "micros_at",
     "new_pseudonym",
@@ -190,6 +193,61 @@ def decode_leaf(data: bytes) -> Leaf:
         previous=None if previous == NO_INDEX else previous,
         consent=None if consent == NO_INDEX else consent,
         flags=EntryFlag(flags),
+    )
+
+
+class LeafFields(NamedTuple):
+    """A valid leaf's fields as :func:`leaf_fields` reads them: :class:`Leaf`'s, ``kind`` and
+    ``flags`` plain integers (an :class:`EntryKind` value, :class:`EntryFlag` bits)."""
+
+    kind: int
+    flags: int
+    recorded_us: int
+    pseudonym: bytes | None
+    previous: int | None
+    consent: int | None
+    commitment: bytes
+
+
+_KINDS = frozenset(int(k) for k in EntryKind)
+
+
+def leaf_fields(data: bytes) -> LeafFields:
+    """The fields of the leaf ``data`` when :func:`decode_leaf` accepts it, else the
+    :class:`MalformedError` it raises: the same checks without building a :class:`Leaf` and
+    its enums (about 5 µs of a verifier's row, 0.5 µs this way). For code that reads every
+    leaf of a log or an export and only compares fields."""
+    if len(data) == LEAF_SIZE:
+        tag, version, kind, flags, recorded, pseudonym, previous, consent, commitment = (
+            _LAYOUT.unpack(data)
+        )
+        no_patient = pseudonym == _NO_PATIENT
+        if (
+            tag == LEAF_TAG
+            and version == LEAF_VERSION
+            and kind in _KINDS
+            and not flags & ~_KNOWN_FLAG_BITS
+            and not (no_patient and previous != NO_INDEX)  # Leaf: no chain without a patient
+        ):
+            return LeafFields(
+                kind,
+                flags,
+                recorded,
+                None if no_patient else pseudonym,
+                None if previous == NO_INDEX else previous,
+                None if consent == NO_INDEX else consent,
+                commitment,
+            )
+    # Refused above: decode_leaf says why (and decides, should the two ever disagree).
+    leaf = decode_leaf(data)
+    return LeafFields(
+        int(leaf.kind),
+        int(leaf.flags),
+        leaf.recorded_us,
+        leaf.pseudonym,
+        leaf.previous,
+        leaf.consent,
+        leaf.commitment,
     )
 
 

@@ -28,7 +28,7 @@ from middleware.audit.export_columns import columns_for
 from middleware.audit.row import NO_INDEX_YET, AuditRow
 from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.entry import NewEntry, TreeState
-from middleware.ledger.leaf import EntryFlag, EntryKind, Leaf, decode_leaf
+from middleware.ledger.leaf import EntryFlag, EntryKind, LeafFields, decode_leaf
 from middleware.ledger.merkle import CompactRange
 from middleware.ledger.sequencer import plan_batch
 from middleware.ledger.tree import MerkleLevels
@@ -78,7 +78,7 @@ def _evidence(row: AuditRow) -> bytes:
     return json.dumps(body, sort_keys=True).encode()
 
 
-def fake_opener(opening: EntryOpening, leaf: Leaf, index: int) -> AuditRow:
+def fake_opener(opening: EntryOpening, leaf: LeafFields, index: int) -> AuditRow:
     """The row the stand-in evidence says (ValueError when it is not that JSON)."""
     body = json.loads(opening.evidence)
     n = int(body["request_id"].removeprefix("req-"))
