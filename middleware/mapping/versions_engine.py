@@ -211,9 +211,12 @@ def _run_steps(conversion: _Pass, root: dict[str, Any], base: tuple[str, ...]) -
         where = step.where[conversion.target]
         if where[:depth] != base:
             continue
-        if len(where) == depth and star is None:  # the root itself: nothing to search
-            _apply(conversion, step, root)
-            continue
+        if star is None:
+            if len(where) == depth:  # the root itself: nothing to search
+                _apply(conversion, step, root)
+                continue
+            if root.get(where[depth].rstrip("*")) is None:  # nothing there (most steps)
+                continue
         for node in _nodes(root, where[depth:], star):
             _apply(conversion, step, node)
 
@@ -254,6 +257,11 @@ def _children(node: dict[str, Any], key: str) -> list[Any] | tuple[Any, ...]:
 def _apply(conversion: _Pass, step: Step, node: dict[str, Any]) -> None:
     source, target = conversion.source, conversion.target
     skeys = step.keys[source]
+    if (
+        not skeys
+        and type(node.get("modifierExtension" if step.modifier else "extension")) is not list
+    ):
+        return  # nothing to convert, nor a carried value to restore (as _restore would find)
     values = {k: node[k] for k in skeys if k in node}
     metas = {k: node["_" + k] for k in skeys if "_" + k in node}
     if _restore(conversion, step, node, values, metas):

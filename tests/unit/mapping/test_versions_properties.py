@@ -2,7 +2,7 @@
 
 - R4 -> R5 -> R4 gives the input back, unless the loss report says something was lost;
 - the R4 input validates with fhir.resources' R4B models and the R5 output with its R5 models;
-- the input is never mutated, and converting it gives what converting a full copy gave;
+- the input is never mutated, and the converter gives what it gave before its speed work;
 - a Consent keeps its decision: the R4 and R5 forms compile to the same provision tree.
 """
 
@@ -21,11 +21,10 @@ from hypothesis import strategies as st
 
 from middleware.consent.model import Provision
 from middleware.consent.parse import parse_consent
-from middleware.mapping import versions
 from middleware.mapping.golden import validate_resource
 from middleware.mapping.loader import folder_reader
-from middleware.mapping.versions import DEFAULT_RULES, Loss, Release, convert, load_rules
-from middleware.mapping.versions_engine import copy_tree
+from middleware.mapping.versions import DEFAULT_RULES, convert, convert_document, load_rules
+from tests.unit.mapping.before import versions as before
 
 Json = dict[str, Any]
 RULES = load_rules(DEFAULT_RULES, folder_reader(Path(__file__).parents[3] / "mappings"))
@@ -418,36 +417,51 @@ def test_an_r5_consent_goes_to_r4_and_back_unchanged(r5: Json) -> None:
     assert convert(r4.resource, source="R4", target="R5", rules=RULES).resource == r5
 
 
-def _full_copy_convert(resource: Json, source: Release, target: Release) -> tuple[Json, list[Loss]]:
-    """The conversion as it was before copies were limited to the steps' paths: a copy of the
-    whole tree, converted in place."""
-    out = copy_tree(resource)
-    losses = versions._resource(out, "", source=source, target=target, rules=RULES, status="report")
-    return out, losses
+def _as_before(converted: Any) -> tuple[Json, list[tuple[str, str, str]]]:
+    return converted.resource, [(loss.path, loss.reason, loss.kind) for loss in converted.losses]
 
 
 @pytest.mark.parametrize("kind", sorted(R4_RESOURCES))
 @SETTINGS
 @given(data=st.data())
-def test_copying_only_the_steps_paths_converts_as_a_full_copy_did(
+def test_the_converter_converts_as_it_did_before_its_speed_work(
     kind: str, data: st.DataObject
 ) -> None:
-    """Both ways (R5 -> R4 restores what R4 -> R5 carried): the same resource and losses as
-    converting a full copy, and neither input is changed (nothing shared is written)."""
+    """Both ways (R5 -> R4 restores what R4 -> R5 carried): the same resource and losses as the
+    converter before it copied only the steps' paths and skipped steps with nothing to do
+    (``tests/unit/mapping/before``), and neither input is changed (nothing shared is
+    written)."""
     r4 = data.draw(R4_RESOURCES[kind])
     if data.draw(st.booleans()):  # a list a carried element is added to: never the input's
         r4 = {**r4, "extension": [{"url": "http://example.org/x", "valueString": "a"}]}
     snapshot = copy.deepcopy(r4)
     r5 = convert(r4, source="R4", target="R5", rules=RULES, status="report")
     assert r4 == snapshot
-    assert (r5.resource, list(r5.losses)) == _unique(_full_copy_convert(r4, "R4", "R5"))
+    old = before.convert(r4, source="R4", target="R5", rules=RULES, status="report")
+    assert _as_before(r5) == _as_before(old)
     r5_snapshot = copy.deepcopy(r5.resource)
     back = convert(r5.resource, source="R5", target="R4", rules=RULES, status="report")
     assert r5.resource == r5_snapshot
-    assert (back.resource, list(back.losses)) == _unique(
-        _full_copy_convert(r5.resource, "R5", "R4")
-    )
+    old_back = before.convert(r5.resource, source="R5", target="R4", rules=RULES, status="report")
+    assert _as_before(back) == _as_before(old_back)
 
 
-def _unique(converted: tuple[Json, list[Loss]]) -> tuple[Json, list[Loss]]:
-    return converted[0], list(dict.fromkeys(converted[1]))
+@SETTINGS
+@given(st.lists(st.sampled_from(sorted(R4_RESOURCES)), min_size=1, max_size=4), st.data())
+def test_a_bundle_converts_as_it_did_before_its_speed_work(
+    kinds: list[str], data: st.DataObject
+) -> None:
+    """convert_document over a searchset (one entry without a resource, one nested Bundle)."""
+    resources = [data.draw(R4_RESOURCES[kind]) for kind in kinds]
+    nested = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": resources[0]}]}
+    entries = [{"resource": r} for r in resources] + [{"search": {"mode": "include"}}]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [*entries, {"resource": nested}],
+    }
+    snapshot = copy.deepcopy(bundle)
+    new = convert_document(bundle, source="R4", target="R5", rules=RULES, status="report")
+    old = before.convert_document(bundle, source="R4", target="R5", rules=RULES, status="report")
+    assert bundle == snapshot
+    assert _as_before(new) == _as_before(old)
