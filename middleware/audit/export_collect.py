@@ -169,8 +169,11 @@ async def collect_export(
     origin = parse_checkpoint(parse_note(view.note).text).origin
     tree = ProofMaker(await view.leaf_hashes())
     names, columns_of = columns_for(spec.report)
-    cells_of = {row.index: columns_of(row) for row in rows if 0 <= row.index < size}
-    reported = {i for i, cells in cells_of.items() if cells is not None}
+    columns: dict[int, Sequence[str]] = {}  # the rows the report shows, by ledger index
+    for row in rows:
+        index = row.index
+        if 0 <= index < size and (cells := columns_of(row)) is not None:
+            columns[index] = cells
     lines: list[tuple[Role, int]]
     if spec.pseudonym is not None:
         chain = await view.chain(spec.pseudonym)
@@ -178,32 +181,27 @@ async def collect_export(
         timed = [(i, decode_leaf(chain_leaves[i]).recorded_us) for i in chain]
         before, inside, after = plan_chain(timed, spec.since_us, spec.until_us)
         lines = [("before", before)] if before is not None else []
-        lines += [("row" if i in reported else "other", i) for i in inside]
+        lines += [("row" if i in columns else "other", i) for i in inside]
         lines += [("after", after)] if after is not None else []
         if after is None:  # the chain's end, proved by every later leaf (export.plan_tail)
             lines += [("tail", i) for i in plan_tail(lines[-1][1] if lines else None, size)]
     else:
-        lines = [("row", i) for i in sorted(reported)]
+        lines = [("row", i) for i in sorted(columns)]
     leaves = await view.leaves([i for _, i in lines])
     opened = [i for role, i in lines if role in ("row", "other")]
     evidence = await view.evidence(opened)
-    keys: dict[bytes, bytes | None] = {}
-    openings: dict[int, EntryOpening | None] = {}
-    for index in opened:
-        stored = evidence.get(index)
-        if stored is None or not is_sealed(stored.data):
-            openings[index] = None
-            continue
-        pseudonym = leaves[index][_PSEUDONYM]  # all zero: no patient (evidence.NO_PATIENT)
-        if pseudonym not in keys:
-            wrapped = await wrapped_key(pseudonym)
-            keys[pseudonym] = None if wrapped is None else unwrap_key(wrap_key, wrapped)
-        patient_key = keys[pseudonym]
-        openings[index] = (
-            None
-            if patient_key is None
-            else EntryOpening(stored.salt, stored.data, evidence_key(patient_key, stored.salt))
-        )
+    # None: no opening (no evidence, a legacy Bundle, or the patient's key is gone).
+    openings: dict[int, EntryOpening | None] = dict.fromkeys(opened)
+    sealed = [(i, e) for i in opened if (e := evidence.get(i)) is not None and is_sealed(e.data)]
+    keys: dict[bytes, bytes | None] = {}  # each patient key unwrapped once
+    for pseudonym in dict.fromkeys(leaves[i][_PSEUDONYM] for i, _ in sealed):
+        wrapped = await wrapped_key(pseudonym)  # all zero: no patient (evidence.NO_PATIENT)
+        keys[pseudonym] = None if wrapped is None else unwrap_key(wrap_key, wrapped)
+    for index, stored in sealed:
+        patient_key = keys[leaves[index][_PSEUDONYM]]
+        if patient_key is not None:
+            entry_key = evidence_key(patient_key, stored.salt)
+            openings[index] = EntryOpening(stored.salt, stored.data, entry_key)
     header = ExportHeader(
         report=spec.report,
         checkpoint=view.note,
@@ -216,7 +214,6 @@ async def collect_export(
         columns=names,
         rules=spec.rules,
     )
-    columns = {i: cells for i, cells in cells_of.items() if cells is not None}
     entries = entries_for(
         lines, tree=tree, size=size, leaves=leaves, openings=openings, columns=columns
     )

@@ -28,6 +28,7 @@ __all__ = [
     "ACCESS_COLUMNS",
     "ACCOUNTING_COLUMNS",
     "ACCOUNTING_DETAIL_COLUMNS",
+    "FORMULA_START",
     "access_csv",
     "accounting_csv",
     "csv_escape",
@@ -82,13 +83,13 @@ ACCESS_COLUMNS = (
 
 
 #: First characters a spreadsheet takes as the start of a formula, and the escape itself.
-_FORMULA = frozenset("=+-@\t\r'")
+FORMULA_START = frozenset("=+-@\t\r'")
 
 
 def csv_escape(cell: str) -> str:
     """``cell`` as a CSV file holds it: with a ``'`` before a formula's first character
     (module docstring)."""
-    return "'" + cell if cell[:1] in _FORMULA else cell
+    return "'" + cell if cell[:1] in FORMULA_START else cell
 
 
 def csv_unescape(cell: str) -> str:

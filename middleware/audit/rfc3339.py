@@ -16,6 +16,8 @@ _HOUR_US = 3_600_000_000
 #: ``YYYY-MM-DDTHH:`` of recently formatted hours: an export's rows share their hours, and
 #: strftime was a fifth of a row's formatting (bounded; cleared when full).
 _HOURS: dict[int, str] = {}
+#: ``MM:SS.`` of each second of an hour: a lookup instead of formatting two numbers.
+_MINUTE_SECOND = tuple(f"{m:02d}:{s:02d}." for m in range(60) for s in range(60))
 
 
 def format_us(us: int) -> str:
@@ -28,6 +30,5 @@ def format_us(us: int) -> str:
             _HOURS.clear()
         prefix = (_EPOCH + timedelta(microseconds=hour * _HOUR_US)).strftime("%Y-%m-%dT%H:")
         _HOURS[hour] = prefix
-    minute, rest = divmod(rest, 60_000_000)
     second, micro = divmod(rest, 1_000_000)
-    return f"{prefix}{minute:02d}:{second:02d}.{micro:06d}Z"
+    return f"{prefix}{_MINUTE_SECOND[second]}{micro:06d}Z"

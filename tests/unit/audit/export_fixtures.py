@@ -78,6 +78,17 @@ def _evidence(row: AuditRow) -> bytes:
     return json.dumps(body, sort_keys=True).encode()
 
 
+class ReferenceProofs:
+    """The ledger's own proofs (``MerkleLevels``, the recursive split of RFC 9162 §2.1.3.1)
+    as an export's proof source, independent of ``proofs.ProofMaker``."""
+
+    def __init__(self, tree: MerkleLevels) -> None:
+        self.tree = tree
+
+    def inclusion_bytes(self, index: int, size: int | None = None) -> bytes:
+        return b"".join(self.tree.inclusion_proof(index, size))
+
+
 def fake_opener(opening: EntryOpening, leaf: LeafFields, index: int) -> AuditRow:
     """The row the stand-in evidence says (ValueError when it is not that JSON)."""
     body = json.loads(opening.evidence)
@@ -174,10 +185,9 @@ def export(
         chain=pseudonym,
         rules=rules,
     )
-    tree = MerkleLevels.of_leaves(log.leaves)
     entries = entries_for(
         lines,
-        tree=tree,
+        tree=ReferenceProofs(MerkleLevels.of_leaves(log.leaves)),
         size=log.size,
         leaves=dict(enumerate(log.leaves)),
         openings=log.openings,

@@ -14,15 +14,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from middleware.audit.export import (
+    PROOF_COLUMNS,
     EntryOpening,
     ExportEntry,
     ExportHeader,
     csv_record,
     format_time,
+    write_csv,
     write_ndjson,
 )
 from middleware.audit.export_read import ndjson_lines, read_header
 from middleware.audit.proofs import ProofMaker
+from middleware.audit.report_csv import csv_escape
 from middleware.ledger.tree import MerkleLevels, hash_leaves
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -45,6 +48,7 @@ def test_one_maker_asked_in_any_order_gives_the_ledger_s_paths(case: tuple[int, 
     maker = ProofMaker(hash_leaves(leaves))
     for index in [*asked, *range(size), *reversed(range(size))]:
         assert maker.inclusion_proof(index) == tree.inclusion_proof(index)
+        assert maker.inclusion_bytes(index) == b"".join(tree.inclusion_proof(index))
 
 
 # -- times ------------------------------------------------------------------------------------
@@ -64,6 +68,8 @@ def test_cached_times_are_strftime_s(values: list[int]) -> None:
 
 _TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
 _BYTES = st.binary(max_size=40)
+#: Report cells: formula starts, quotes, separators, line breaks, other text.
+_CELL = st.text(st.sampled_from("=+-@\t\r'\",\n aé"), max_size=5)
 
 
 @settings(max_examples=150, deadline=None)
@@ -92,15 +98,16 @@ def test_ndjson_lines_are_what_json_dumps_writes(
 ) -> None:
     """The msgspec writer's bytes equal ``json.dumps(ensure_ascii=False, compact)`` of the
     entry's ``to_json`` (standard base64), any text but lone surrogates included; and the
-    reader gives back what was written."""
-    names = ("a", "b")
+    reader gives back what was written. One column name is no Python identifier: the line's
+    columns struct writes its fields under the header's names, whatever they are."""
+    names = ("a", "b c-é")
     header = ExportHeader(report="date-range", checkpoint="c", origin="o", columns=names)
     entries = [
         ExportEntry(
             "row",
             index,
             leaf,
-            proof,
+            b"".join(proof),
             None if opened is None else EntryOpening(*opened),
             cells,
         )
@@ -119,7 +126,7 @@ def test_ndjson_lines_are_what_json_dumps_writes(
         assert (line.index, line.leaf, line.proof) == (
             entry.index,
             entry.leaf,
-            b"".join(entry.proof),
+            entry.proof,
         )
         assert line.opening == entry.opening
         assert line.columns == (None if entry.columns is None else tuple(entry.columns))
@@ -216,3 +223,58 @@ def test_csv_records_are_what_csv_writer_writes(cells: list[str]) -> None:
     out = io.StringIO(newline="")
     csv.writer(out, lineterminator="\r\n").writerow(cells)
     assert csv_record(cells) == out.getvalue()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**40),
+            _BYTES,
+            st.none() | st.tuples(_BYTES, _BYTES, st.none() | _BYTES),
+            st.none() | st.tuples(_CELL, _CELL, _CELL),
+        ),
+        max_size=6,
+    )
+)
+def test_csv_exports_are_what_csv_writer_writes(
+    lines: list[
+        tuple[int, bytes, tuple[bytes, bytes, bytes | None] | None, tuple[str, str, str] | None]
+    ],
+) -> None:
+    """write_csv's records (formula cells escaped inline, base64 cells) are csv.writer's
+    records of ``csv_escape``'d report cells then the proof columns (the reference: the
+    standard library's writer and base64 module)."""
+    names = ("a", "b", "c")
+    header = ExportHeader(report="date-range", checkpoint="c", origin="o", columns=names)
+    entries = [
+        ExportEntry(
+            "row",
+            index,
+            leaf,
+            leaf[::-1],
+            None if opened is None else EntryOpening(*opened),
+            cells,
+        )
+        for index, leaf, opened, cells in lines
+    ]
+    out = io.StringIO(newline="")
+    write_csv(header, entries, out)
+    expected = io.StringIO(newline="")
+    expected.write("#" + json.dumps(header.to_json(), ensure_ascii=False, separators=(",", ":")))
+    expected.write("\r\n")
+    writer = csv.writer(expected, lineterminator="\r\n")
+    writer.writerow([*names, *PROOF_COLUMNS])
+    for e in entries:
+        o = e.opening
+        writer.writerow(
+            [csv_escape(c) for c in e.columns or ("", "", "")]
+            + [e.role, str(e.index), b64(e.leaf), b64(e.proof)]
+            + (["", "", ""] if o is None else [b64(o.salt), b64(o.evidence)])
+            + ([] if o is None else ["" if o.key is None else b64(o.key)])
+        )
+    assert out.getvalue() == expected.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
