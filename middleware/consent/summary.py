@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from middleware.consent.fhirtime import bounds
 from middleware.consent.model import Coding, normalize_reference
+from middleware.consent.reads import EVERYTHING, Reads
 from middleware.consent.request import ResourceSummary
 
 __all__ = ["INLINE_LABEL_URL", "summarize"]
@@ -61,12 +62,18 @@ def summarize(
     patients: Iterable[str] | None = None,
     referenced_by: Iterable[str] = (),
     walk: bool = True,
+    reads: Reads = EVERYTHING,
 ) -> ResourceSummary:
     """Summarise ``resource`` for :func:`~middleware.consent.decide.decide`. Pure.
 
     ``walk=False`` skips the walk over every element that collects ``references`` and inline
     security labels: for a caller that knows the resource holds no inline label and that no
     consent it decides against reads ``references`` (``provision.data`` meaning dependents).
+    ``reads`` names what the consents decided against can read
+    (:func:`~middleware.consent.reads.reads_of`): codes, profiles, the clinical date and the
+    ``data`` attributes (id, authors, references, referrers) nobody reads are left empty,
+    which changes no decision against those consents. Type, patients and security labels
+    are always summarised.
     """
     resource_type = str(resource.get("resourceType", ""))
     resource_id = resource.get("id")
@@ -76,7 +83,6 @@ def summarize(
     inline: list[Coding] = []
     if walk:
         _walk(resource, found_refs, inline)
-    refs = frozenset(normalize_reference(r) for r in found_refs)
     if patients is None:
         found = {
             r
@@ -87,18 +93,36 @@ def summarize(
         if resource_type == "Patient" and isinstance(resource_id, str):
             found.add(f"Patient/{resource_id}")
         patients = found
+    labels = frozenset((*_codings(meta.get("security")), *inline))
+    if not reads.data:
+        return ResourceSummary(
+            resource_type=resource_type,
+            patients=frozenset(patients),
+            codes=_codes(resource) if reads.codes else frozenset(),
+            security_labels=labels,
+            profiles=_profiles(meta) if reads.profiles else frozenset(),
+            clinical_date=_clinical_date(resource) if reads.clinical_date else None,
+        )
     return ResourceSummary(
         resource_type=resource_type,
         id=resource_id if isinstance(resource_id, str) else None,
         patients=frozenset(patients),
-        codes=frozenset(coding for key in _CODE_ELEMENTS for coding in _codings(resource.get(key))),
-        security_labels=frozenset((*_codings(meta.get("security")), *inline)),
-        profiles=frozenset(p for p in meta.get("profile", ()) if isinstance(p, str)),
-        clinical_date=_clinical_date(resource),
+        codes=_codes(resource) if reads.codes else frozenset(),
+        security_labels=labels,
+        profiles=_profiles(meta) if reads.profiles else frozenset(),
+        clinical_date=_clinical_date(resource) if reads.clinical_date else None,
         authors=frozenset(r for key in _AUTHOR_ELEMENTS for r in _refs_of(resource.get(key))),
-        references=refs,
+        references=frozenset(normalize_reference(r) for r in found_refs),
         referenced_by=frozenset(normalize_reference(r) for r in referenced_by),
     )
+
+
+def _codes(resource: Mapping[str, Any]) -> frozenset[Coding]:
+    return frozenset(coding for key in _CODE_ELEMENTS for coding in _codings(resource.get(key)))
+
+
+def _profiles(meta: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(p for p in meta.get("profile", ()) if isinstance(p, str))
 
 
 def _codings(value: object) -> Iterator[Coding]:

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from middleware.consent.decide import Defaults
+from middleware.consent.decisions import DecisionCache
 from middleware.consent.model import Coding, Policy
 from middleware.errors import BadRequest, Forbidden, GatewayError, UpstreamError
 from middleware.fhir.compartment import PatientRefs
@@ -117,6 +118,9 @@ class Flow:
         self.gateway_base = rebaser.gateway_base
         self.upstream_base = rebaser.upstream_base
         self.writes: Callable[[Ask], Awaitable[Answer]] | None = None
+        # Decisions outlive one exchange: a consent change is a new policies tuple from the
+        # registry, so a new key (middleware.consent.decisions).
+        self.decisions = DecisionCache(defaults)
 
     async def run(self, ask: Ask) -> Answer:
         """The answer to ``ask``; raises :class:`GatewayError` for every refusal."""
@@ -171,6 +175,7 @@ class Flow:
             trail=trail,
             seen=seen,
             walk=needs_walk(raw, policies.values()),
+            decisions=self.decisions,
         )
 
     def _override(
