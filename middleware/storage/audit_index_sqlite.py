@@ -41,6 +41,8 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 
+import msgspec
+
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.storage.audit_index_match import purpose_code
 from middleware.storage.audit_index_match import tombstoned as match_tombstoned
@@ -163,6 +165,7 @@ _DROP_TERMS = (
 )
 
 _decode = json.JSONDecoder().decode
+_decode_fast = msgspec.json.Decoder().decode
 #: Pseudonyms per tombstone probe (well under SQLite's bound-parameter limit).
 _PROBE = 500
 
@@ -200,7 +203,15 @@ _ARRAYS_MAX = 4096
 
 
 def _strings(value: object) -> tuple[str, ...]:
-    return tuple(_decode(str(value)))
+    """The JSON array ``value`` as a tuple, as ``json`` decodes it. msgspec decodes it in a
+    tenth of the time (an index read decodes every row's entities); what msgspec refuses
+    (a lone surrogate escape, a number out of range, anything malformed) goes to ``json``,
+    which returns or raises what it always did (a property test compares them)."""
+    text = str(value)
+    try:
+        return tuple(_decode_fast(text))
+    except msgspec.MsgspecError:
+        return tuple(_decode(text))
 
 
 def _strings_cached(value: object) -> tuple[str, ...]:
@@ -213,28 +224,30 @@ def _strings_cached(value: object) -> tuple[str, ...]:
 
 
 def _row(v: Sequence[object]) -> AuditRow:
+    """The row of a ``SELECT`` of :data:`_COLUMNS` (positional: the columns are AuditRow's
+    fields in order, which a test checks; keywords cost a fifth of building the row)."""
     strings = _strings_cached
     return AuditRow(
-        index=int(v[0]),  # type: ignore[call-overload]
-        recorded_us=int(v[1]),  # type: ignore[call-overload]
-        kind=int(v[2]),  # type: ignore[call-overload]
-        flags=int(v[3]),  # type: ignore[call-overload]
-        patient=v[4],  # type: ignore[arg-type]
-        pseudonym=v[5],  # type: ignore[arg-type]
-        agent=v[6],  # type: ignore[arg-type]
-        roles=strings(v[7]),
-        organization=v[8],  # type: ignore[arg-type]
-        client=v[9],  # type: ignore[arg-type]
-        purposes=strings(v[10]),
-        action=str(v[11]),
-        event_type=str(v[12]),
-        subtype=v[13],  # type: ignore[arg-type]
-        outcome=str(v[14]),
-        resource_types=strings(v[15]),
-        entities=_strings(v[16]),
-        break_glass=bool(v[17]),
-        request_id=str(v[18]),
-        shredded=bool(v[19]),
+        int(v[0]),  # type: ignore[call-overload]
+        int(v[1]),  # type: ignore[call-overload]
+        int(v[2]),  # type: ignore[call-overload]
+        int(v[3]),  # type: ignore[call-overload]
+        v[4],  # type: ignore[arg-type]
+        v[5],  # type: ignore[arg-type]
+        v[6],  # type: ignore[arg-type]
+        strings(v[7]),
+        v[8],  # type: ignore[arg-type]
+        v[9],  # type: ignore[arg-type]
+        strings(v[10]),
+        str(v[11]),
+        str(v[12]),
+        v[13],  # type: ignore[arg-type]
+        str(v[14]),
+        strings(v[15]),
+        _strings(v[16]),
+        bool(v[17]),
+        str(v[18]),
+        bool(v[19]),
     )
 
 
