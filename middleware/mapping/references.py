@@ -170,30 +170,65 @@ class _Walk:
     # -- bodies --------------------------------------------------------------------------------
 
     def node(self, node: Any, depth: int, *, contained: bool = False) -> Any:
-        """Copy-on-write walk of every dict and list below ``node``."""
+        """Copy-on-write walk of every dict and list below ``node``.
+
+        Hot path (every element of every answer): types are tested with ``is``; a dict that is
+        not a resource takes the short loop (only a ``reference`` can change in it), and a leaf
+        in a list is not visited (it cannot change; only its depth is checked).
+        """
         if depth > _MAX_DEPTH:
-            error = BadRequest if self.toward == "upstream" else UpstreamError
-            raise error("the resource is nested too deeply")
-        if type(node) is list:
-            items = [self.node(item, depth + 1, contained=contained) for item in node]
-            return items if any(a is not b for a, b in zip(items, node, strict=True)) else node
-        if type(node) is not dict:
+            raise self.too_deep()
+        kind = type(node)
+        if kind is list:
+            if node and depth + 1 > _MAX_DEPTH:  # as visiting the first item would find
+                raise self.too_deep()
+            items: list[Any] | None = None
+            for i, item in enumerate(node):
+                if type(item) is dict or type(item) is list:
+                    new = self.node(item, depth + 1, contained=contained)
+                    if new is not item:
+                        items = items if items is not None else list(node)
+                        items[i] = new
+            return node if items is None else items
+        if kind is not dict:
             return node
         declared = node.get("resourceType")
-        kind = declared if type(declared) is str else None
+        if type(declared) is str:
+            return self.resource(node, declared, depth, contained=contained)
+        changed: dict[str, Any] | None = None
+        for key, value in node.items():
+            if type(value) is dict or type(value) is list:
+                new = self.node(value, depth + 1)
+            elif key == "reference" and type(value) is str:
+                new = self.reference(value)
+            else:
+                continue
+            if new is not value:
+                changed = changed if changed is not None else {}
+                changed[key] = new
+        return node if changed is None else {**node, **changed}
+
+    def too_deep(self) -> BadRequest | UpstreamError:
+        """The refusal of a tree deeper than the walk goes: the client's fault toward the
+        upstream, the upstream's toward the client."""
+        error = BadRequest if self.toward == "upstream" else UpstreamError
+        return error("the resource is nested too deeply")
+
+    def resource(self, node: dict[str, Any], kind: str, depth: int, *, contained: bool) -> Any:
+        """:meth:`node` for a dict with a ``resourceType``: its ``id`` too (not a contained
+        resource's: a local anchor), a Bundle's entries and links, its contained resources."""
         changed: dict[str, Any] = {}
         new: Any
         for key, value in node.items():
             if key == "reference" and type(value) is str:
                 new = self.reference(value)
-            elif key == "id" and kind is not None and not contained and type(value) is str:
+            elif key == "id" and not contained and type(value) is str:
                 envelope = kind == "Bundle" and node.get("type") in _ENVELOPES
                 new = value if envelope else self.convert(kind, value)
             elif key in ("entry", "link") and kind == "Bundle" and type(value) is list:
                 new = self.bundle_part(key, value, depth + 1)
             elif type(value) is dict or type(value) is list:
-                inside = key == "contained" and kind is not None
-                new = self.node(value, depth + 1, contained=inside)
+                new = self.node(value, depth + 1, contained=key == "contained")
             else:
                 continue
             if new is not value:
@@ -264,6 +299,13 @@ class _Walk:
     def path(self, value: str, *, query: bool) -> str:
         """``Type/id[/...][?query]`` with the id rewritten (and, with ``query``, toward the
         upstream, the reference values of a type-level search or conditional URL)."""
+        kind, slash, local = value.partition("/")
+        if slash and local and "/" not in local and "?" not in value and local[0] not in "$_":
+            # ``Type/id``, what nearly every reference is: the general case below, shortened
+            if not RESOURCE_TYPE.fullmatch(kind):
+                return value
+            new = f"{kind}/{self.convert(kind, local)}"
+            return value if new == value else new
         head, mark, rest = value.partition("?")
         segments = head.split("/")
         if not RESOURCE_TYPE.fullmatch(segments[0]):

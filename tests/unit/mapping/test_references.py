@@ -6,11 +6,12 @@ Most tests use a readable resolver (``c-<id>`` for clients); the round trips use
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from middleware.errors import BadRequest, NotFound, UnprocessableEntity, UpstreamError
@@ -25,6 +26,7 @@ from middleware.mapping.ids import (
 )
 from middleware.mapping.ids_table import build_resolver
 from middleware.mapping.references import ReferenceRewriter
+from tests.unit.mapping.before import references as before_references
 from tests.unit.mapping.builders import reader
 from tests.unit.mapping.test_ids import (
     TABLE_FILE,
@@ -617,3 +619,110 @@ def test_round_trip_property(patient: str, observation: str, version: int) -> No
         == client["performer"][0]["reference"].split("/")[-1]
     )
     assert rewriter.to_upstream(client) == resource
+
+
+# -- the walk gives what it gave before its speed work ------------------------------------------
+
+BEFORE = before_references.ReferenceRewriter(Readable(), "hospital-a", bases=[UP, GW + "/"])
+_STRINGS = [
+    *("Patient/1", "Patient/bad", "Observation/2", "Patient/c-1", "Patient/o-3", "Patient/"),
+    *("Patient/1/_history/2", "Patient/$everything", "Patient/_search?x=1", "patient/1"),
+    *("Patient?identifier=x", "Patient?subject=Patient/c-1", "Pat?x/y", "Patient/1?x=y"),
+    *("#c1", "urn:uuid:1", f"{UP}/Patient/1", f"{GW}/Patient/c-1", "http://other/fhir/Patient/1"),
+    *("Observation/c-obs-2", "Bundle", "Patient", "Observation", "POST", "GET", "transaction"),
+    *("searchset", "c-1", "1", "", "a:b/c", "Observation?subject=Patient/c-1"),
+    *("Observation?patient=c-1", "Observation?subject=Patient/c-9/x"),
+]
+_KEYS = ["reference", "id", "resourceType", "contained", "entry", "link", "fullUrl", "url"]
+_KEYS += ["request", "response", "location", "ifNoneExist", "method", "type", "resource", "x"]
+trees = st.recursive(
+    st.sampled_from(_STRINGS) | st.integers(0, 3) | st.none(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner),
+    max_leaves=25,
+)
+
+
+def _outcome(walk: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    """What a walk gives, or the error it raises (type and message), for comparing two."""
+    try:
+        return walk(*args, **options)
+    except Exception as exc:  # noqa: BLE001 - any error must be the same error
+        return (type(exc), str(exc))
+
+
+@settings(max_examples=400, deadline=None)
+@given(document=trees, create=st.booleans())
+def test_the_walk_gives_what_it_gave_before_its_speed_work(document: Any, create: bool) -> None:
+    """Both directions, on any tree of the elements the walk looks at: the same document or
+    the same error as the walk before its fast paths (``tests/unit/mapping/before``)."""
+    snapshot = copy.deepcopy(document)
+    assert _outcome(REWRITER.to_client, document) == _outcome(BEFORE.to_client, document)
+    assert _outcome(REWRITER.to_upstream, document, create=create) == _outcome(
+        BEFORE.to_upstream, document, create=create
+    )
+    assert document == snapshot
+
+
+_RESOURCES = [
+    {
+        "resourceType": "Observation",
+        "id": "1",
+        "contained": [{"resourceType": "Patient", "id": "1"}],
+    },
+    {"resourceType": "Observation", "id": "c-obs-1", "subject": {"reference": "#p"}},
+    {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "id": "1",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:1",
+                "resource": {"resourceType": "Patient", "id": "c-1"},
+                "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=x"},
+            },
+            {"request": {"method": "GET", "url": "Observation?subject=Patient/c-1"}},
+            {
+                "request": {"method": "PUT", "url": "Patient/c-1"},
+                "resource": {"resourceType": "Patient"},
+            },
+        ],
+    },
+    {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [{"url": f"{UP}/Patient/1"}],
+        "entry": [
+            {
+                "fullUrl": f"{UP}/Patient/1",
+                "resource": {"resourceType": "Patient", "id": "1"},
+                "response": {"location": "Patient/1/_history/1"},
+            },
+        ],
+    },
+]
+
+
+@pytest.mark.parametrize(
+    "document", _RESOURCES, ids=["contained", "anchor", "transaction", "searchset"]
+)
+def test_these_documents_walk_as_before(document: Any) -> None:
+    """Shapes the random trees rarely reach: contained resources, Bundles with requests."""
+    for create in (False, True):
+        assert _outcome(REWRITER.to_client, document) == _outcome(BEFORE.to_client, document)
+        assert _outcome(REWRITER.to_upstream, document, create=create) == _outcome(
+            BEFORE.to_upstream, document, create=create
+        )
+
+
+@pytest.mark.parametrize("depth", [254, 255, 256, 257, 258])
+@pytest.mark.parametrize("leaf", ["x", {"reference": "Patient/1"}, []], ids=["str", "dict", "list"])
+def test_the_depth_limit_is_where_it_was(depth: int, leaf: Any) -> None:
+    """Lists nested ``depth`` deep around a leaf: refused (or not) as before, leaves in lists
+    counted as one level down."""
+    document: Any = leaf
+    for _ in range(depth):
+        document = [document]
+    for toward in ("client", "upstream"):
+        new = REWRITER.to_client if toward == "client" else REWRITER.to_upstream
+        old = BEFORE.to_client if toward == "client" else BEFORE.to_upstream
+        assert _outcome(new, document) == _outcome(old, document)
