@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+from middleware.auth.scopes import allows
 from middleware.consent.decide import Decision, Defaults
 from middleware.consent.decisions import Decider, DecisionCache
 from middleware.consent.model import Coding, Policy, Provision
@@ -222,6 +223,7 @@ class Judge:
     decisions: DecisionCache | None = None
     _deciders: dict[str, Decider] = field(default_factory=dict, init=False, repr=False)
     _reads: Reads | None = field(default=None, init=False, repr=False)
+    _whole_types: dict[str, bool] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.decisions is None or self.decisions.defaults != self.defaults:
@@ -235,7 +237,7 @@ class Judge:
         # A resourceType that is not a string (a list is unhashable) names nothing: withheld.
         if not isinstance(rtype, str) or rtype in GATEWAY_OWNED:
             return self._withhold()
-        if not self.caller.may_see(resource):
+        if not self._may_see(rtype, resource):
             return self._withhold()
         # ``seen`` only saves recomputing: a miss gives the same compartment (mutants of the
         # lookup key are equivalent; see also ``permits``).
@@ -297,6 +299,17 @@ class Judge:
                 if obligation.code == "redact":
                     labels |= obligation.labels
         return frozenset(labels)
+
+    def _may_see(self, rtype: str, resource: Mapping[str, Any]) -> bool:
+        """:meth:`Caller.may_see`, answered once per type when a scope without constraints
+        grants the whole type (then the resource's categories cannot matter: ``allows`` with
+        no categories is true exactly when such a scope exists)."""
+        whole = self._whole_types.get(rtype)
+        if whole is None:
+            scopes, context = self.caller.identity.scopes, self.caller.context
+            whole = allows(scopes, context, rtype, "r") or allows(scopes, context, rtype, "s")
+            self._whole_types[rtype] = whole
+        return whole or self.caller.may_see(resource)
 
     def _decider(self, patient: str) -> Decider:
         """``decide`` for ``patient``'s policies and this exchange's caller, action and
