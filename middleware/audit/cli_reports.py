@@ -69,6 +69,7 @@ from middleware.settings import Settings, load_settings
 from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_dump import dump_log
+from middleware.storage.ledger_open import open_log_store
 
 __all__ = ["access", "accounting", "export", "facts_opener", "search", "user", "verify"]
 
@@ -290,11 +291,24 @@ async def _report_rows(
 
 
 def export(args: argparse.Namespace, out: TextIO) -> int:
+    """``consentry audit export``: the report's entries with proofs, to ``--out``.
+
+    The store is opened without its replay (``open_log_store(replay=False)``), which at
+    about 2 µs an entry of the whole log, more with frequent checkpoints, was most of a small
+    export's time. That weakens nothing: what the replay refuses on open, the export refuses
+    for everything its file holds (``export_collect``: the leaf hashes it proves against have
+    the signed checkpoint's root, each exported leaf is valid and hashes to its proof's leaf,
+    the patient's chain links leaf to leaf and the tail holds none of it), and every line is
+    then checked offline against the signed checkpoint by ``verify-export``. Nothing is
+    written: a store so opened refuses to append, and a state row behind the leaves is left
+    for the gateway's next open to rebuild. ``consentry serve``, ``ledger verify`` and every
+    command that writes still replay."""
     if args.out is None:
         raise Usage("name the export file with --out")
 
     async def run() -> dict[str, object]:
-        async with opened(args) as store:
+        store = await open_log_store(args.store, schema=args.schema, replay=False)
+        try:
             kind = args.report
             rows, since, until = await _report_rows(store, args)
             patient = getattr(args, "patient", None) if kind != "user-report" else None
@@ -341,6 +355,8 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                     "complete": pseudonym is not None,
                     "rows_per_second": round(progress.rate),
                 }
+        finally:
+            await store.close()
 
     print_json(out, asyncio.run(run()))
     return 0
@@ -381,6 +397,11 @@ def verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _lines(source: TextIO, progress: Progress) -> Iterator[str]:
-    for line in source:
-        progress.update(1)
+    """The lines of ``source``, counted on ``progress`` 256 at a time (the bar's update costs
+    about a microsecond, a tenth of a verified row) and the rest at the end."""
+    counted = 0
+    for counted, line in enumerate(source, start=1):
+        if not counted & 0xFF:
+            progress.update(0x100)
         yield line
+    progress.update(counted & 0xFF)
