@@ -14,8 +14,8 @@ client sees, and a client's id back. Its contract, for every implementation:
 
 :class:`OpaqueResolver` is the default: stateless, reversible and opaque. A client id is the
 deterministic authenticated encryption (:func:`~middleware.ledger.signing.siv_encrypt`,
-AES-SIV of RFC 5297 with a 128-bit synthetic IV) of the packed local id, with the format version, the resource
-type and the upstream's name as associated data::
+AES-SIV of RFC 5297 with a 128-bit synthetic IV) of the packed local id, with the format
+version, the resource type and the upstream's name as associated data::
 
     plaintext = packed local id, 17 or 32 bytes (below)
     sealed    = tag (16) || ciphertext            33 or 48 bytes
@@ -78,12 +78,13 @@ CLIENT_ID_LENGTHS: Final = (44, 64)
 
 _VERSION: Final = b"consentry/ids/v1"
 _ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
-_SEXTET: Final = {char: i for i, char in enumerate(_ALPHABET)}
 _TO_ID: Final = bytes.maketrans(b"+/", b"-.")
 _FROM_ID: Final = bytes.maketrans(b"-.", b"+/")
 _SHORT: Final = 17  # plaintext bytes: header sextet + 128 bits, or + 21 sextets (136 bits)
 _LONG: Final = 32  # header sextet + 41 sextets (256 bits)
 _SHORT_CHARS: Final = 21
+_SHORT_B64: Final = 24  # base64 characters whose decoding covers _SHORT bytes (18 bytes)
+_LONG_B64: Final = 44  # ... and _LONG bytes (33 bytes)
 _UUID: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _NOT_FOUND: Final = "not found"
 
@@ -197,11 +198,11 @@ def pack(upstream: str, resource_type: str, local_id: str) -> bytes:
             f"{where} is longer than {MAX_LOCAL_ID} characters, the longest the opaque id "
             "resolver carries; configure a table resolver for this upstream"
         )
-    size = _SHORT if count <= _SHORT_CHARS else _LONG
-    value = count
-    for char in local_id:
-        value = value << 6 | _SEXTET[char]
-    return (value << (8 * size - 6 * (count + 1))).to_bytes(size, "big")
+    # The sextets are base64's (the alphabet is base64's with '+/' as '-.'): decoding the
+    # header character and the id, zero-padded ('A') to whole 4-character groups, packs them.
+    size, chars = (_SHORT, _SHORT_B64) if count <= _SHORT_CHARS else (_LONG, _LONG_B64)
+    text = (_ALPHABET[count] + local_id).ljust(chars, "A").encode("ascii").translate(_FROM_ID)
+    return binascii.a2b_base64(text, strict_mode=True)[:size]
 
 
 def unpack(plaintext: bytes) -> str | None:
