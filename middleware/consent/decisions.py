@@ -39,6 +39,7 @@ from middleware.consent.decide import Decision, Defaults, decide
 from middleware.consent.model import Coding, Policy
 from middleware.consent.reads import Reads, reads_of, window
 from middleware.consent.request import Principal, ResourceSummary
+from middleware.consent.summary import Facts
 
 __all__ = ["DecisionCache", "Decider"]
 
@@ -66,24 +67,27 @@ class Decider:
         self._entries: dict[Hashable, Decision] = {}
         self._max = max_entries
 
-    def decide(self, summary: ResourceSummary) -> Decision:
-        """The decision on ``summary``: cached when the same key was decided before."""
+    def decide(self, found: Facts) -> Decision:
+        """The decision on the resource ``found`` describes (:func:`~middleware.consent.
+        summary.facts`, given this decider's :attr:`reads` or more): cached when the same key
+        was decided before; only a miss builds the :class:`ResourceSummary`."""
         reads = self.reads
         key = (
-            summary.resource_type,
-            summary.patients,
-            summary.security_labels,
-            summary.codes if reads.codes else None,
-            summary.profiles if reads.profiles else None,
-            window(self._dates, summary.clinical_date) if reads.clinical_date else None,
-            (summary.id, summary.authors, summary.references, summary.referenced_by)
+            found.resource_type,
+            found.patients,
+            found.security_labels,
+            found.codes if reads.codes else None,
+            found.profiles if reads.profiles else None,
+            window(self._dates, found.clinical_date) if reads.clinical_date else None,
+            (found.id, found.authors, found.references, found.referenced_by)
             if reads.data
             else None,
         )
-        found = self._entries.get(key)
-        if found is not None:
-            return found
+        decision = self._entries.get(key)
+        if decision is not None:
+            return decision
         principal, action, purposes, policies, defaults, now = self._args
+        summary = ResourceSummary(*found)
         decision = decide(
             principal, action, purposes, summary, policies, defaults=defaults, now=now
         )

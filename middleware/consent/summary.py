@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from middleware.consent.fhirtime import bounds
 from middleware.consent.model import Coding, normalize_reference
 from middleware.consent.reads import EVERYTHING, Reads
 from middleware.consent.request import ResourceSummary
 
-__all__ = ["INLINE_LABEL_URL", "summarize"]
+__all__ = ["INLINE_LABEL_URL", "Facts", "facts", "summarize"]
 
 #: What the walk descends into (a tuple, not ``dict | list``: this runs on every node).
 _NODES: Final = (dict, list)
@@ -56,6 +56,26 @@ _AUTHOR_ELEMENTS: Final = ("author", "recorder", "asserter", "requester")
 _PATIENT_ELEMENTS: Final = ("subject", "patient", "beneficiary")
 
 
+class Facts(NamedTuple):
+    """The fields of a :class:`~middleware.consent.request.ResourceSummary`, in its order:
+    what :class:`~middleware.consent.decisions.Decider` keys on, turned into a summary
+    (``ResourceSummary(*facts)``) only when a decision must be made."""
+
+    resource_type: str
+    id: str | None
+    patients: frozenset[str]
+    codes: frozenset[Coding]
+    security_labels: frozenset[Coding]
+    profiles: frozenset[str]
+    clinical_date: datetime | None
+    authors: frozenset[str]
+    references: frozenset[str]
+    referenced_by: frozenset[str]
+
+
+_NONE: Final[frozenset[Any]] = frozenset()
+
+
 def summarize(
     resource: Mapping[str, Any],
     *,
@@ -75,6 +95,19 @@ def summarize(
     which changes no decision against those consents. Type, patients and security labels
     are always summarised.
     """
+    found = facts(resource, patients=patients, referenced_by=referenced_by, walk=walk, reads=reads)
+    return ResourceSummary(*found)
+
+
+def facts(
+    resource: Mapping[str, Any],
+    *,
+    patients: Iterable[str] | None = None,
+    referenced_by: Iterable[str] = (),
+    walk: bool = True,
+    reads: Reads = EVERYTHING,
+) -> Facts:
+    """What :func:`summarize` would summarise, as :class:`Facts` (same arguments)."""
     resource_type = str(resource.get("resourceType", ""))
     resource_id = resource.get("id")
     meta = resource.get("meta")
@@ -93,27 +126,20 @@ def summarize(
         if resource_type == "Patient" and isinstance(resource_id, str):
             found.add(f"Patient/{resource_id}")
         patients = found
-    labels = frozenset((*_codings(meta.get("security")), *inline))
-    if not reads.data:
-        return ResourceSummary(
-            resource_type=resource_type,
-            patients=frozenset(patients),
-            codes=_codes(resource) if reads.codes else frozenset(),
-            security_labels=labels,
-            profiles=_profiles(meta) if reads.profiles else frozenset(),
-            clinical_date=_clinical_date(resource) if reads.clinical_date else None,
-        )
-    return ResourceSummary(
-        resource_type=resource_type,
-        id=resource_id if isinstance(resource_id, str) else None,
-        patients=frozenset(patients),
-        codes=_codes(resource) if reads.codes else frozenset(),
-        security_labels=labels,
-        profiles=_profiles(meta) if reads.profiles else frozenset(),
-        clinical_date=_clinical_date(resource) if reads.clinical_date else None,
-        authors=frozenset(r for key in _AUTHOR_ELEMENTS for r in _refs_of(resource.get(key))),
-        references=frozenset(normalize_reference(r) for r in found_refs),
-        referenced_by=frozenset(normalize_reference(r) for r in referenced_by),
+    data = reads.data
+    return Facts(
+        resource_type,
+        resource_id if data and isinstance(resource_id, str) else None,
+        frozenset(patients),
+        _codes(resource) if reads.codes else _NONE,
+        frozenset((*_codings(meta.get("security")), *inline)),
+        _profiles(meta) if reads.profiles else _NONE,
+        _clinical_date(resource) if reads.clinical_date else None,
+        frozenset(r for key in _AUTHOR_ELEMENTS for r in _refs_of(resource.get(key)))
+        if data
+        else _NONE,
+        frozenset(normalize_reference(r) for r in found_refs) if data else _NONE,
+        frozenset(normalize_reference(r) for r in referenced_by) if data else _NONE,
     )
 
 

@@ -35,7 +35,7 @@ from middleware.consent.decide import Decision, Defaults
 from middleware.consent.decisions import Decider, DecisionCache
 from middleware.consent.model import Coding, Policy, Provision
 from middleware.consent.reads import Reads
-from middleware.consent.summary import INLINE_LABEL_URL, summarize
+from middleware.consent.summary import INLINE_LABEL_URL, facts
 from middleware.fhir.compartment import Kind, PatientRefs, patients_of
 from middleware.pipeline.caller import Caller
 from middleware.pipeline.redact import redact
@@ -279,15 +279,15 @@ class Judge:
                 return None
             self.trail.decided(own, None)
         labels: set[Coding] = set()
-        summary = None
+        found = None
         # (``patients - {None}`` is ``patients``: always subtracting is an equivalent mutant)
         for patient in sorted(patients - {own} if own else patients):
-            if summary is None:
+            if found is None:
                 # Only what some consent of the exchange reads (codes, dates... lazily).
-                summary = summarize(
+                found = facts(
                     resource, patients=patients, walk=self.walk, reads=self._what_is_read()
                 )
-            decision = self._decider(patient).decide(summary)
+            decision = self._decider(patient).decide(found)
             self.trail.decided(patient, decision)
             if not decision.permitted:
                 if patient not in self.override:

@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from middleware.consent import Defaults, Principal, decide, parse_consent, summarize
+from middleware.consent import Defaults, Principal, decide, parse_consent, summarize, summary
 from middleware.consent.decisions import DecisionCache
-from middleware.consent.model import Policy
+from middleware.consent.model import Coding, Policy, normalize_reference
 from middleware.consent.reads import EVERYTHING, Reads, reads_of, window
+from middleware.consent.request import ResourceSummary
+from middleware.consent.summary import INLINE_LABEL_URL, facts
 from tests.unit.consent.builders import ACCESS, ACT_CODE, CONF, LOINC, PATIENT, TREAT
 
 EX = "http://example.org/security"
@@ -181,7 +183,7 @@ def test_cached_decisions_agree_with_decide(
         now = data.draw(st.sampled_from(clocks))
         full = summarize(body, patients=patients)
         expected = decide(principal, ACCESS, purposes, full, policies, defaults=config, now=now)
-        lean = summarize(body, patients=patients, reads=cache.reads(policies))
+        lean = facts(body, patients=patients, reads=cache.reads(policies))
         decider = cache.decider(policies, principal, ACCESS, purposes, now)
         assert decider.decide(lean) == expected
 
@@ -217,7 +219,7 @@ def test_a_clock_crossing_a_period_end_is_a_new_key() -> None:
     policies = (_grant_until(END),)
     cache = DecisionCache(Defaults())
     dr = Principal(reference="Practitioner/dr")
-    body = summarize({"resourceType": "Observation", "subject": {"reference": PATIENT}})
+    body = facts({"resourceType": "Observation", "subject": {"reference": PATIENT}})
     # ``end`` includes its whole second (FHIR Period.end): the exclusive bound is a second on.
     (bound,) = reads_of(policies).instants
     assert bound == END + timedelta(seconds=1)
@@ -231,7 +233,7 @@ def test_a_changed_consent_is_never_answered_from_the_old_one() -> None:
     is a new key (the old entry stays for the old tuple only)."""
     cache = DecisionCache(Defaults())
     dr = Principal(reference="Practitioner/dr")
-    body = summarize({"resourceType": "Observation", "subject": {"reference": PATIENT}})
+    body = facts({"resourceType": "Observation", "subject": {"reference": PATIENT}})
     granted = (_grant_until(BOUNDS[2]),)
     assert cache.decider(granted, dr, ACCESS, frozenset(), END).decide(body).permitted
     revoked: tuple[Policy, ...] = ()
@@ -260,7 +262,7 @@ def test_clinical_dates_across_a_data_period_bound_are_different_keys() -> None:
         body: dict[str, Any] = {"resourceType": "Observation", "subject": {"reference": PATIENT}}
         if date is not None:
             body["effectiveDateTime"] = date
-        return decider.decide(summarize(body, reads=reads)).permitted
+        return decider.decide(facts(body, reads=reads)).permitted
 
     assert [on("2024-03-01"), on("2024-06-01"), on(None), on("2024-05-31T23:59:59Z")] == [
         True,
@@ -337,7 +339,7 @@ def test_resources_differing_in_what_a_consent_reads_are_different_keys(
         decider = cache.decider((policy,), Principal(), ACCESS, frozenset(), END)
         reads = cache.reads((policy,))
         answers = {
-            id(part): decider.decide(summarize(OBSERVATION | part, reads=reads)).permitted
+            id(part): decider.decide(facts(OBSERVATION | part, reads=reads)).permitted
             for part in order
         }
         assert (answers[id(granted)], answers[id(other)]) == (True, False)
@@ -349,8 +351,8 @@ def test_a_hit_returns_the_decision_made_for_the_key() -> None:
     cache = DecisionCache(Defaults())
     dr = Principal(reference="Practitioner/dr")
     reads = cache.reads(policies)
-    one = summarize({"resourceType": "Observation", "id": "a", "code": {"text": "x"}}, reads=reads)
-    two = summarize({"resourceType": "Observation", "id": "b"}, reads=reads)
+    one = facts({"resourceType": "Observation", "id": "a", "code": {"text": "x"}}, reads=reads)
+    two = facts({"resourceType": "Observation", "id": "b"}, reads=reads)
     decider = cache.decider(policies, dr, ACCESS, frozenset(), END)
     assert decider.decide(one) is decider.decide(two)
 
@@ -403,3 +405,81 @@ def test_window_of_an_instant(instant: datetime | None, expected: int) -> None:
 def test_cache_sizes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         DecisionCache(Defaults(), max_slots=0)
+
+
+# -- the summary, against the function before lazy summaries -------------------------------
+
+
+def _summarize_before(
+    resource: dict[str, Any], *, patients: frozenset[str] | None, walk: bool
+) -> ResourceSummary:
+    """``summarize`` as it was before ``reads`` (the reference the lazy one must equal)."""
+    resource_type = str(resource.get("resourceType", ""))
+    resource_id = resource.get("id")
+    meta = resource.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
+    found_refs: list[str] = []
+    inline: list[Coding] = []
+    if walk:
+        summary._walk(resource, found_refs, inline)
+    refs = frozenset(normalize_reference(r) for r in found_refs)
+    if patients is None:
+        found = {
+            r
+            for key in summary._PATIENT_ELEMENTS
+            for r in summary._refs_of(resource.get(key))
+            if r.startswith("Patient/")
+        }
+        if resource_type == "Patient" and isinstance(resource_id, str):
+            found.add(f"Patient/{resource_id}")
+        patients = frozenset(found)
+    return ResourceSummary(
+        resource_type=resource_type,
+        id=resource_id if isinstance(resource_id, str) else None,
+        patients=frozenset(patients),
+        codes=frozenset(
+            c for key in summary._CODE_ELEMENTS for c in summary._codings(resource.get(key))
+        ),
+        security_labels=frozenset((*summary._codings(meta.get("security")), *inline)),
+        profiles=frozenset(p for p in meta.get("profile", ()) if isinstance(p, str)),
+        clinical_date=summary._clinical_date(resource),
+        authors=frozenset(
+            r for key in summary._AUTHOR_ELEMENTS for r in summary._refs_of(resource.get(key))
+        ),
+        references=refs,
+        referenced_by=frozenset(),
+    )
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    bodies=resources(),
+    walk=st.booleans(),
+    given_patients=st.none() | st.just(frozenset({PATIENT, "Patient/p2"})),
+    date=st.none() | st.sampled_from(NEAR),
+    inline=st.booleans(),
+)
+def test_full_summaries_equal_the_summary_before(
+    bodies: list[dict[str, Any]],
+    walk: bool,
+    given_patients: frozenset[str] | None,
+    date: datetime | None,
+    inline: bool,
+) -> None:
+    """With every attribute read (the default), summarize is the function it was; with
+    less, the attributes read are the same and the others empty."""
+    for variant in bodies:
+        body = dict(variant)
+        if date is not None:
+            body["effectiveDateTime"] = _iso(date)
+        if inline:
+            label = {"url": INLINE_LABEL_URL, "valueCoding": {"system": ACT_CODE, "code": "HIV"}}
+            body |= {"valueString": "x", "_valueString": {"extension": [label]}}
+        before = _summarize_before(body, patients=given_patients, walk=walk)
+        assert summarize(body, patients=given_patients, walk=walk) == before
+        lean = summarize(body, patients=given_patients, walk=walk, reads=Reads())
+        assert (lean.resource_type, lean.patients, lean.security_labels) == (
+            before.resource_type,
+            before.patients,
+            before.security_labels,
+        )
