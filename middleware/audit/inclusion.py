@@ -16,7 +16,13 @@ import hmac
 
 from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.errors import LedgerError
-from middleware.ledger.merkle import HASH_SIZE, NODE_PREFIX, leaf_hash, verify_inclusion
+from middleware.ledger.merkle import (
+    HASH_SIZE,
+    LEAF_PREFIX,
+    NODE_PREFIX,
+    leaf_hash,
+    verify_inclusion,
+)
 
 __all__ = ["InclusionChecker"]
 
@@ -33,7 +39,13 @@ class InclusionChecker:
     the same for every leaf under it (the RFC's right-edge promotion included), so two proofs
     meet at equal names. For each authenticated node the cache keeps its hash and the proof
     hashes above it (a proof and an offset into it): a later proof that reaches the node with
-    the same hash must continue with exactly those hashes."""
+    the same hash must continue with exactly those hashes.
+
+    A proof that reached the root also authenticates the right siblings it named: the hash
+    ``p`` of ``(k, fn + 1)`` beside a computed left node ``r`` at ``(k, fn)``, whose own path
+    is ``r`` then the hashes above their parent. They are remembered too, so in an export in
+    index order each interior node is hashed once (by the first leaf under it) instead of
+    twice, and an odd leaf costs one hash, its own."""
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self.size = checkpoint.size
@@ -45,7 +57,7 @@ class InclusionChecker:
         if not 0 <= index < self.size or len(proof) % HASH_SIZE:
             return False
         cache, seen = self.cache, []
-        fn, sn, k, r = index, self.size - 1, 0, leaf_hash(leaf)
+        fn, sn, k, r = index, self.size - 1, 0, _SHA(LEAF_PREFIX + leaf).digest()
         end, i = len(proof), 0
         while True:
             known = cache.get((k, fn))
@@ -68,7 +80,8 @@ class InclusionChecker:
                 if not fn:
                     return False
                 r = _SHA(NODE_PREFIX + p + r).digest()
-            else:
+            else:  # p is the right sibling (k, fn + 1); its path: r, then ours above them
+                seen.append(((k, fn + 1), (p, r + proof[i + HASH_SIZE :], 0)))
                 r = _SHA(NODE_PREFIX + r + p).digest()
             fn, sn, k, i = fn >> 1, sn >> 1, k + 1, i + HASH_SIZE
         if len(cache) > _CACHE_LIMIT:
