@@ -17,6 +17,7 @@ entry would dominate). The format itself is :mod:`middleware.audit.export`'s.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,9 +37,11 @@ from middleware.audit.proofs import ProofMaker
 from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.entry import Evidence
-from middleware.ledger.errors import LedgerError
+from middleware.ledger.errors import LedgerError, MalformedError, VerificationError
 from middleware.ledger.leaf import PSEUDONYM_SIZE, decode_leaf
+from middleware.ledger.merkle import leaf_hash
 from middleware.ledger.note import parse_note
+from middleware.ledger.replay import chain_fields
 from middleware.ledger.signing import evidence_key
 from middleware.ledger.snapshot import LogSnapshot
 from middleware.ledger.tree import hash_leaves
@@ -166,8 +169,10 @@ async def collect_export(
     ``wrapped_key(pseudonym)`` is the store's ``audit_key_get``; ``wrap_key`` the ledger key's
     evidence wrap key. An entry whose patient key is gone (shredded) has no opening."""
     size = view.size
-    origin = parse_checkpoint(parse_note(view.note).text).origin
+    checkpoint = parse_checkpoint(parse_note(view.note).text)
+    origin = checkpoint.origin
     tree = ProofMaker(await view.leaf_hashes())
+    _check_tree(tree, checkpoint.size, checkpoint.root_hash, size)
     names, columns_of = columns_for(spec.report)
     columns: dict[int, Sequence[str]] = {}  # the rows the report shows, by ledger index
     for row in rows:
@@ -178,7 +183,7 @@ async def collect_export(
     if spec.pseudonym is not None:
         chain = await view.chain(spec.pseudonym)
         chain_leaves = await view.leaves(chain)
-        timed = [(i, decode_leaf(chain_leaves[i]).recorded_us) for i in chain]
+        timed = _check_chain(chain, chain_leaves, spec.pseudonym)
         before, inside, after = plan_chain(timed, spec.since_us, spec.until_us)
         lines = [("before", before)] if before is not None else []
         lines += [("row" if i in columns else "other", i) for i in inside]
@@ -188,6 +193,7 @@ async def collect_export(
     else:
         lines = [("row", i) for i in sorted(columns)]
     leaves = await view.leaves([i for _, i in lines])
+    _check_lines(lines, leaves, tree, spec.pseudonym)
     opened = [i for role, i in lines if role in ("row", "other")]
     evidence = await view.evidence(opened)
     # None: no opening (no evidence, a legacy Bundle, or the patient's key is gone).
@@ -218,3 +224,72 @@ async def collect_export(
         lines, tree=tree, size=size, leaves=leaves, openings=openings, columns=columns
     )
     return header, entries
+
+
+# -- what the export checks of the log it reads ----------------------------------------------
+# An export may read a log opened without its replay (cli_reports.export): these checks refuse,
+# for everything the file will hold, what the replay would have refused, so a forged log never
+# gives an export (which verify-export would then reject line by line).
+
+
+def _check_tree(tree: ProofMaker, signed_size: int, signed_root: bytes, size: int) -> None:
+    """The leaf hashes the proofs are made from have the checkpoint's size and root."""
+    if signed_size != size or tree.size != size:
+        raise VerificationError(
+            "the log's leaves do not cover its latest checkpoint", expected=size, computed=tree.size
+        )
+    computed = tree.root()
+    if not hmac.compare_digest(computed, signed_root):
+        raise VerificationError(
+            f"the leaves have another root than the checkpoint for size {size}",
+            expected=signed_root,
+            computed=computed,
+        )
+
+
+def _check_chain(
+    chain: Sequence[int], leaves: Mapping[int, bytes], pseudonym: bytes
+) -> list[tuple[int, int]]:
+    """``(index, recorded_us)`` of the patient's chain, each leaf valid, of ``pseudonym`` and
+    naming the one before as ``previous`` (the first none): the stored pseudonym column the
+    store found the chain by cannot hide or add an entry."""
+    timed: list[tuple[int, int]] = []
+    previous: int | None = None
+    for index in chain:
+        try:
+            leaf = decode_leaf(leaves[index])
+        except MalformedError as exc:
+            raise VerificationError(f"leaf {index} is malformed: {exc}") from exc
+        if leaf.pseudonym != pseudonym or leaf.previous != previous:
+            raise VerificationError(
+                f"the patient's chain is broken at leaf {index}",
+                expected=previous,
+                computed=leaf.previous,
+            )
+        timed.append((index, leaf.recorded_us))
+        previous = index
+    return timed
+
+
+def _check_lines(
+    lines: Sequence[tuple[Role, int]],
+    leaves: Mapping[int, bytes],
+    tree: ProofMaker,
+    pseudonym: bytes | None,
+) -> None:
+    """Each line's leaf is a valid leaf whose hash is the one its proof is made from, and a
+    ``tail`` leaf is not the patient's (the tail proves the chain ends)."""
+    for role, index in lines:
+        leaf = leaves[index]
+        fields = chain_fields(leaf)
+        if fields is None:
+            raise VerificationError(f"leaf {index} is malformed")
+        computed = leaf_hash(leaf)
+        if not hmac.compare_digest(computed, tree.leaf_hash(index)):
+            raise VerificationError(
+                f"stored hash of leaf {index} does not match its bytes",
+                expected=tree.leaf_hash(index),
+                computed=computed,
+            )
+        if role == "tail" and fields[0] == pseudonym:
+            raise VerificationError(f"leaf {index} of the patient's chain is not in its chain")

@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Sequence
 
 from middleware.ledger.errors import OutOfRangeError
-from middleware.ledger.merkle import HASH_SIZE, NODE_PREFIX
+from middleware.ledger.merkle import EMPTY_ROOT, HASH_SIZE, NODE_PREFIX
 
 __all__ = ["ProofMaker"]
 
@@ -46,6 +46,14 @@ class ProofMaker:
         #: concatenated); level ``_height`` is the root's, whose path is empty.
         self._nodes = [-1] * self._height + [0]
         self._paths = [b""] * (self._height + 1)
+
+    def root(self) -> bytes:
+        """MTH of the leaves (RFC 9162 §2.1.1): the root a checkpoint of this size signs."""
+        return self._block(0, self.size) if self.size else EMPTY_ROOT
+
+    def leaf_hash(self, index: int) -> bytes:
+        """The leaf hash at ``index`` the proofs are made from."""
+        return self._levels[0][index]
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         """PATH(index, D[0:size]) of RFC 9162 §2.1.3.1; ``size`` must be the full size."""

@@ -13,14 +13,16 @@ from middleware.storage.ledger_sqlite import SqliteLogStore
 __all__ = ["open_log_store"]
 
 
-async def open_log_store(url: str, *, schema: str = "public") -> LogStore:
+async def open_log_store(url: str, *, schema: str = "public", replay: bool = True) -> LogStore:
     """``memory:``, ``sqlite:PATH`` (relative to the working directory) or a PostgreSQL DSN
     (``postgresql://`` or ``postgres://``; tables in ``schema``). The store is replayed
-    before it is returned (``rebuild_state``), so a forged log refuses to open."""
+    before it is returned (``rebuild_state``), so a forged log refuses to open; unless
+    ``replay`` is false, which only ``consentry audit export`` asks (``SqliteLogStore.open``:
+    the store then refuses to append; a memory store is always replayed)."""
     if url == "memory:":
         return await MemoryLogStore.open()
     if url.startswith("sqlite:"):
-        return await SqliteLogStore.open(Path(url.removeprefix("sqlite:")))
+        return await SqliteLogStore.open(Path(url.removeprefix("sqlite:")), replay=replay)
     if url.startswith(("postgresql://", "postgres://")):
-        return await PostgresLogStore.open(url, schema=schema)
+        return await PostgresLogStore.open(url, schema=schema, replay=replay)
     raise SettingsError(f"store: unsupported log store {url!r}")

@@ -32,7 +32,7 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg
 
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
-from middleware.ledger.errors import OutOfRangeError
+from middleware.ledger.errors import LedgerError, OutOfRangeError
 from middleware.ledger.replay import Outcome, Replay
 from middleware.ledger.sequencer import (
     CheckpointSigner,
@@ -98,17 +98,31 @@ class PostgresLogStore(PostgresAuditIndex):
         self._pool = pool
         self.schema = schema
 
+    #: Opened without its replay (``open(replay=False)``): refuses to append.
+    _unreplayed = False
+
     @classmethod
     async def open(
-        cls, dsn: str, *, schema: str = "public", min_size: int = 1, max_size: int = 10
+        cls,
+        dsn: str,
+        *,
+        schema: str = "public",
+        min_size: int = 1,
+        max_size: int = 10,
+        replay: bool = True,
     ) -> PostgresLogStore:
-        """Connect, create ``schema`` and the tables if missing, then replay the log."""
+        """Connect, create ``schema`` and the tables if missing, then replay the log.
+        ``replay=False``: as :meth:`SqliteLogStore.open
+        <middleware.storage.ledger_sqlite.SqliteLogStore.open>`'s (no replay, no appends)."""
         pool = await open_pool(
             dsn, schema=schema, ddl=SCHEMA, what="ledger", min_size=min_size, max_size=max_size
         )
         store = cls(pool, schema)
         try:
-            await store.rebuild_state()
+            if replay:
+                await store.rebuild_state()
+            else:
+                store._unreplayed = True
         except BaseException:
             await store.close()
             raise
@@ -117,6 +131,8 @@ class PostgresLogStore(PostgresAuditIndex):
     async def append(
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
+        if self._unreplayed:
+            raise LedgerError("a log opened without its replay does not append")
         async with _translated(), self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_LOCK_STATE)
             if row is None:

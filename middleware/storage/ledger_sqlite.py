@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
-from middleware.ledger.errors import OutOfRangeError
+from middleware.ledger.errors import LedgerError, OutOfRangeError
 from middleware.ledger.replay import Outcome, Replay
 from middleware.ledger.sequencer import (
     CheckpointSigner,
@@ -81,14 +81,26 @@ class SqliteLogStore(SqliteAuditIndex):
             path, what="ledger", schema="", busy_timeout=busy_timeout, pragmas=("query_only=ON",)
         )
 
+    #: Opened without its replay (``open(replay=False)``): refuses to append.
+    _unreplayed = False
+
     @classmethod
-    async def open(cls, path: Path, *, busy_timeout: float = 10.0) -> SqliteLogStore:
-        """Open (and create) the log at ``path``, then replay it (``rebuild_state``)."""
+    async def open(
+        cls, path: Path, *, busy_timeout: float = 10.0, replay: bool = True
+    ) -> SqliteLogStore:
+        """Open (and create) the log at ``path``, then replay it (``rebuild_state``).
+
+        ``replay=False`` skips the replay: the log is not checked and a state row behind the
+        leaves is not rebuilt, and the store refuses to append. Only ``consentry audit export``
+        opens a log so (``cli_reports.export`` says why that weakens nothing)."""
         store = cls(path, busy_timeout=busy_timeout)
         try:
             await store._db.connect()
             await store._reader.connect()
-            await store.rebuild_state()
+            if replay:
+                await store.rebuild_state()
+            else:
+                store._unreplayed = True
         except BaseException:
             await store.close()
             raise
@@ -97,6 +109,8 @@ class SqliteLogStore(SqliteAuditIndex):
     async def append(
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
+        if self._unreplayed:
+            raise LedgerError("a log opened without its replay does not append")
         return await self._db.transaction(lambda c: _append(c, batch, sign))
 
     async def size(self) -> int:

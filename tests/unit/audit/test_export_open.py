@@ -1,0 +1,148 @@
+"""``consentry audit export`` opens the log without its replay and refuses a forged log
+itself: what the replay would refuse, for everything the export holds (cli_reports.export)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from middleware.audit.cli_common import read_key
+from middleware.audit.evidence import EVIDENCE_PURPOSE
+from middleware.audit.export_collect import ExportSpec, StoreView, collect_export
+from middleware.ledger.errors import LedgerError, VerificationError
+from middleware.ledger.merkle import leaf_hash
+from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.ledger.writer import checkpoint_signer
+from middleware.storage.ledger_open import open_log_store
+from middleware.testing.audit_fill import pseudonym_of
+from tests.contract.helpers import entry
+from tests.unit.audit.test_cli import ORIGIN, PERIOD, Setup, setup  # noqa: F401  (a fixture)
+
+
+@pytest.fixture
+def log(setup: Setup) -> Setup:  # noqa: F811  (test_cli's fixture: 60 entries, 3 patients)
+    return setup
+
+
+def _edit(log: Setup, *statements: tuple[str, tuple[object, ...]]) -> None:
+    """A superuser's edit: the leaf table's append-only triggers dropped first."""
+    conn = sqlite3.connect(log.store.removeprefix("sqlite:"))
+    try:
+        for suffix in ("no_update", "no_delete"):
+            conn.execute(f"DROP TRIGGER IF EXISTS consentry_ledger_leaves_{suffix}")
+        for sql, args in statements:
+            conn.execute(sql, args)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _leaf(log: Setup, index: int) -> bytes:
+    conn = sqlite3.connect(log.store.removeprefix("sqlite:"))
+    try:
+        row = conn.execute("SELECT leaf FROM consentry_ledger_leaves WHERE idx = ?", (index,))
+        return bytes(row.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _export(log: Setup, *extra: str) -> tuple[int, str]:
+    out = log.dir / "out.ndjson"
+    args = ("audit", "export", "--store", log.store, "--key-file", str(log.key))
+    return log.run(*args, *extra, "--out", str(out))
+
+
+PATIENT_A = ("--report", "access-report", "--patient", "Patient/a", *PERIOD)
+
+
+def test_an_honest_log_exports_and_verifies(log: Setup) -> None:
+    for extra in (("--report", "date-range"), PATIENT_A):
+        assert _export(log, *extra)[0] == 0
+        status, report = log.verify(log.dir / "out.ndjson")
+        assert (status, report["ok"]) == (0, True)
+
+
+@pytest.mark.parametrize("extra", [("--report", "date-range"), PATIENT_A], ids=["all", "patient"])
+def test_a_forged_leaf_with_its_hash_is_refused(log: Setup, extra: tuple[str, ...]) -> None:
+    """Another valid leaf and its hash at index 3 (Patient/a's): the leaves' root is not
+    the signed checkpoint's."""
+    forged = bytearray(_leaf(log, 3))
+    forged[15] ^= 1  # the recorded time's last byte
+    _edit(
+        log,
+        (
+            "UPDATE consentry_ledger_leaves SET leaf = ?, leaf_hash = ? WHERE idx = 3",
+            (bytes(forged), leaf_hash(bytes(forged))),
+        ),
+    )
+    assert _export(log, *extra)[0] == 2
+
+
+def test_a_forged_leaf_under_its_old_hash_is_refused(log: Setup) -> None:
+    """The per-patient export proves against the stored hashes; the leaf it holds must
+    hash to its own."""
+    forged = bytearray(_leaf(log, 3))
+    forged[15] ^= 1
+    _edit(log, ("UPDATE consentry_ledger_leaves SET leaf = ? WHERE idx = 3", (bytes(forged),)))
+    assert _export(log, *PATIENT_A)[0] == 2
+
+
+def _collect_patient_a(log: Setup) -> int:
+    """Patient/a's lines as a per-patient export of a live store reads them (StoreView:
+    the chain found by the pseudonym column), the store opened without its replay."""
+
+    async def collect() -> int:
+        store = await open_log_store(log.store, replay=False)
+        try:
+            wrap_key = derive_box_key(read_key(log.key).data_secret, EVIDENCE_PURPOSE)
+            spec = ExportSpec(
+                report="access-report", patient="Patient/a", pseudonym=pseudonym_of("Patient/a")
+            )
+            view = await StoreView.open(store)
+            _, lines = await collect_export(
+                view, spec, [], wrapped_key=store.audit_key_get, wrap_key=wrap_key
+            )
+            return len(list(lines))
+        finally:
+            await store.close()
+
+    return asyncio.run(collect())
+
+
+def test_an_entry_hidden_from_the_patient_s_chain_is_refused(log: Setup) -> None:
+    """The store finds the chain by the pseudonym column: cleared on entry 3, the entry
+    would be left out, but entry 6 names it as its previous one."""
+    assert _collect_patient_a(log) == 22  # every third of 60, then the tail: 58 and 59
+    _edit(log, ("UPDATE consentry_ledger_leaves SET pseudonym = NULL WHERE idx = 3", ()))
+    with pytest.raises(VerificationError, match="chain is broken at leaf 6"):
+        _collect_patient_a(log)
+
+
+def test_an_entry_added_to_the_patient_s_chain_is_refused(log: Setup) -> None:
+    """Entry 4 (Patient/b's) given Patient/a's pseudonym in its column: its leaf says
+    otherwise."""
+    _edit(
+        log,
+        (
+            "UPDATE consentry_ledger_leaves SET pseudonym = ? WHERE idx = 4",
+            (pseudonym_of("Patient/a"),),
+        ),
+    )
+    with pytest.raises(VerificationError, match="chain is broken at leaf 4"):
+        _collect_patient_a(log)
+
+
+def test_a_store_opened_without_its_replay_does_not_append(log: Setup) -> None:
+    sign = checkpoint_signer(SigningKey.from_seed(ORIGIN, bytes(range(32))))
+
+    async def append() -> None:
+        store = await open_log_store(log.store, replay=False)
+        try:
+            await store.append([entry(1)], sign=sign)
+        finally:
+            await store.close()
+
+    with pytest.raises(LedgerError, match="without its replay"):
+        asyncio.run(append())
