@@ -4,6 +4,7 @@ itself: what the replay would refuse, for everything the export holds (cli_repor
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 
 import pytest
@@ -146,3 +147,15 @@ def test_a_store_opened_without_its_replay_does_not_append(log: Setup) -> None:
 
     with pytest.raises(LedgerError, match="without its replay"):
         asyncio.run(append())
+
+
+def test_the_garbage_collector_is_back_after_an_export(log: Setup) -> None:
+    """The export pauses the collector (cli_reports._collector_paused) and restores it,
+    also when the export fails."""
+    assert gc.isenabled()
+    assert _export(log, "--report", "date-range")[0] == 0
+    assert gc.isenabled()
+    forged = bytes([_leaf(log, 3)[0] ^ 1]) + _leaf(log, 3)[1:]  # a malformed leaf
+    _edit(log, ("UPDATE consentry_ledger_leaves SET leaf = ? WHERE idx = 3", (forged,)))
+    assert _export(log, "--report", "date-range")[0] == 2
+    assert gc.isenabled()
