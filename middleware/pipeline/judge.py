@@ -24,6 +24,7 @@ decided, which had data released, which resources were released.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,15 @@ from middleware.fhir.compartment import Kind, PatientRefs, patients_of
 from middleware.pipeline.caller import Caller
 from middleware.pipeline.redact import redact
 
-__all__ = ["GATEWAY_OWNED", "Judge", "Trail", "compartment_of", "needs_walk", "patients_in"]
+__all__ = [
+    "GATEWAY_OWNED",
+    "Judge",
+    "Trail",
+    "compartment_of",
+    "needs_walk",
+    "patients_in",
+    "references_of",
+]
 
 _MAX_DEPTH: Final = 16
 #: Backslashes :func:`_has_escape` looks at one by one before a substring search.
@@ -78,6 +87,17 @@ def compartment_of(resource: Mapping[str, Any], *, base_urls: Sequence[str]) -> 
         if (found := _local_patient(reference, base_urls)) is not None
     }
     return PatientRefs(Kind.PATIENT_DATA, frozenset(ids)) if ids else refs
+
+
+def references_of(refs: PatientRefs) -> frozenset[str]:
+    """``refs.references`` (``Patient/<id>`` of each id), made once per set of ids: a judged
+    answer asks three times per resource, and most resources name the same patient."""
+    return _patient_references(refs.ids)
+
+
+@functools.lru_cache(maxsize=4096)
+def _patient_references(ids: frozenset[str]) -> frozenset[str]:
+    return PatientRefs(Kind.PATIENT_DATA, ids).references
 
 
 def _local_patient(reference: Any, base_urls: Sequence[str]) -> str | None:
@@ -178,7 +198,7 @@ def patients_in(
         refs = compartment_of(resource, base_urls=base_urls)
         if seen is not None:  # a cache: Judge recomputes on a miss (mutants here are equivalent)
             seen[id(resource)] = refs
-        found |= refs.references
+        found |= references_of(refs)
     return found
 
 
@@ -253,7 +273,7 @@ class Judge:
             resource.update(redacted)
             self.trail.narrowed = True
             self.trail.redacted += 1
-        self.trail.released |= refs.references
+        self.trail.released |= references_of(refs)
         rid = resource.get("id")
         if isinstance(rid, str):
             self.trail.refs.append(f"{rtype}/{rid}")
@@ -272,7 +292,7 @@ class Judge:
             return frozenset()
         if refs.kind is Kind.UNKNOWN or (refs.unresolved and not self.allow_unknown):
             return frozenset() if self.allow_unknown else None
-        patients = refs.references
+        patients = references_of(refs)
         own = self.caller.patient
         if own is not None:
             if own not in patients:

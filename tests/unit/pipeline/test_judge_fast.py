@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from middleware.auth.identity import Identity
 from middleware.auth.scopes import parse_scopes
 from middleware.consent.decide import Defaults
+from middleware.fhir.compartment import Kind, PatientRefs
 from middleware.pipeline.caller import ACTION_ACCESS, caller_of
-from middleware.pipeline.judge import Judge, _has_escape
+from middleware.pipeline.judge import Judge, _has_escape, references_of
 from tests.unit.pipeline.test_judge import BASES, NOW
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -89,3 +90,15 @@ def test_escape_check_past_many_backslashes() -> None:
     many = b'\\"' * 100
     assert not _has_escape(many)
     assert _has_escape(many + b"\\u0041")
+
+
+@given(
+    ids=st.frozensets(st.text(alphabet="abc-.19", min_size=1, max_size=4), max_size=3),
+    kind=st.sampled_from(tuple(Kind)),
+    unresolved=st.booleans(),
+)
+def test_references_of_is_the_property(ids: frozenset[str], kind: Kind, unresolved: bool) -> None:
+    """references_of(refs) (made once per set of ids) equals refs.references."""
+    refs = PatientRefs(kind, ids, unresolved)
+    assert references_of(refs) == refs.references
+    assert references_of(refs) == refs.references  # and again, from the cache
