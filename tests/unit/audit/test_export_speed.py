@@ -119,6 +119,9 @@ def test_ndjson_lines_are_what_json_dumps_writes(
     expected = [dumps(header.to_json())] + [dumps(e.to_json(names)) for e in entries]
     written = out.getvalue().split("\n")
     assert written == [*expected, ""]
+    raw = io.BytesIO()
+    write_ndjson(header, entries, raw)  # a binary stream: the same text, as UTF-8
+    assert raw.getvalue() == out.getvalue().encode("utf-8")
     _, read_names = read_header(written[0])
     got = [line for _, line in ndjson_lines(iter(written[1:]), read_names)]
     for entry, line in zip(entries, got, strict=True):
