@@ -7,6 +7,10 @@ keys are already recorded and the last index of each pseudonym in the batch, and
 leaves (RFC 9162 §2.1.1) and extends the compact range. The store then calls
 :func:`sign_state` and writes the plan, the new state and the checkpoint before it commits.
 
+A store may keep a :class:`ChainTails` across appends: the last index of the pseudonyms it
+appended recently, valid only while the log is the one it last planned (same size and root),
+so it reads each of those from the log only after another writer has appended.
+
 Because signing happens under the lock, in the transaction that makes the size durable, at
 most one root is ever stored and published for a size (C2SP tlog-checkpoint: a log must never
 sign two different roots for one size). A signature made in a transaction that then rolls back
@@ -27,6 +31,7 @@ from middleware.ledger.note import parse_note
 
 __all__ = [
     "BatchPlan",
+    "ChainTails",
     "CheckpointSigner",
     "PlannedLeaf",
     "check_checkpoint_note",
@@ -113,6 +118,65 @@ def plan_batch(
             last[entry.pseudonym] = index
     results = tuple(AppendResult(i, compact.size, dup) for i, dup in positions)
     return BatchPlan(tuple(planned), results, TreeState.of(compact))
+
+
+class ChainTails:
+    """The last index of up to ``max_size`` pseudonyms (``None``: none in the log) in the log
+    of one tree state; a store's memory of the chains it extended, so that an append reads
+    the log only for pseudonyms it has not seen (one indexed ``max(idx)`` query each).
+
+    Valid for the log of :meth:`valid_for`'s state only: the root commits to every leaf, and
+    the leaves say every chain (RFC 9162 §2.1.1; a leaf names its pseudonym and ``previous``),
+    so equal size and root mean equal tails. Any other state (another process appended, or
+    the transaction of the last plan rolled back) empties it. Not thread-safe: the store's
+    one writer thread uses it, under the log's lock.
+    """
+
+    __slots__ = ("_last", "_max", "_root", "_size")
+
+    def __init__(self, max_size: int = 100_000) -> None:
+        if max_size < 1:
+            raise ValueError("max_size is positive")
+        self._max = max_size
+        self._last: dict[bytes, int | None] = {}
+        self._size = -1
+        self._root = b""
+
+    def valid_for(self, state: TreeState) -> ChainTails:
+        """This memory, emptied unless it was planned for ``state`` (the log as read now)."""
+        if state.size != self._size or not hmac.compare_digest(state.root, self._root):
+            self._last.clear()
+            self._size, self._root = state.size, state.root
+        return self
+
+    def known(self, pseudonyms: Iterable[bytes]) -> tuple[dict[bytes, int], list[bytes]]:
+        """The known last indexes among ``pseudonyms`` (those not in the log left out, as
+        :func:`plan_batch` wants them), and the pseudonyms not known, to read from the log."""
+        found: dict[bytes, int] = {}
+        missing: list[bytes] = []
+        for pseudonym in pseudonyms:
+            if pseudonym not in self._last:
+                missing.append(pseudonym)
+            elif (index := self._last[pseudonym]) is not None:
+                found[pseudonym] = index
+        return found, missing
+
+    def learn(self, read: Mapping[bytes, int | None]) -> None:
+        """Remember what was read from the log at the current state."""
+        self._put(read.items())
+
+    def planned(self, plan: BatchPlan) -> None:
+        """Move on to the state after ``plan``, its leaves' pseudonyms now ending at them."""
+        self._put((p.pseudonym, p.index) for p in plan.leaves if p.pseudonym is not None)
+        self._size, self._root = plan.state.size, plan.state.root
+
+    def _put(self, items: Iterable[tuple[bytes, int | None]]) -> None:
+        last = self._last
+        for pseudonym, index in items:
+            last.pop(pseudonym, None)  # re-inserted last: the oldest go first when full
+            last[pseudonym] = index
+        while len(last) > self._max:
+            del last[next(iter(last))]
 
 
 def sign_state(sign: CheckpointSigner, state: TreeState) -> StoredCheckpoint:

@@ -24,6 +24,7 @@ from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredChec
 from middleware.ledger.errors import LedgerError, OutOfRangeError
 from middleware.ledger.replay import Outcome, Replay
 from middleware.ledger.sequencer import (
+    ChainTails,
     CheckpointSigner,
     distinct_keys,
     distinct_pseudonyms,
@@ -80,6 +81,8 @@ class SqliteLogStore(SqliteAuditIndex):
         self._reader = SqliteWorker(
             path, what="ledger", schema="", busy_timeout=busy_timeout, pragmas=("query_only=ON",)
         )
+        #: The chains this store extended (used on the worker thread only, by ``_append``).
+        self._tails = ChainTails()
 
     #: Opened without its replay (``open(replay=False)``): refuses to append.
     _unreplayed = False
@@ -111,7 +114,7 @@ class SqliteLogStore(SqliteAuditIndex):
     ) -> list[AppendResult]:
         if self._unreplayed:
             raise LedgerError("a log opened without its replay does not append")
-        return await self._db.transaction(lambda c: _append(c, batch, sign))
+        return await self._db.transaction(lambda c: _append(c, batch, sign, self._tails))
 
     async def size(self) -> int:
         return (await self.state()).size
@@ -186,8 +189,11 @@ class SqliteLogStore(SqliteAuditIndex):
 
 
 def _append(
-    c: sqlite3.Connection, batch: Sequence[NewEntry], sign: CheckpointSigner
+    c: sqlite3.Connection, batch: Sequence[NewEntry], sign: CheckpointSigner, tails: ChainTails
 ) -> list[AppendResult]:
+    """One append transaction's work (the caller brackets it in ``BEGIN IMMEDIATE``/``COMMIT``).
+    ``tails``: the store's memory of its chains' last indexes, checked against the state read
+    here; only pseudonyms it does not know are read from the log."""
     state = _read_state(c)
     recorded: dict[str, int] = {}
     for key in distinct_keys(batch):
@@ -196,12 +202,13 @@ def _append(
         ).fetchone()
         if row is not None:
             recorded[key] = row[0]
-    last: dict[bytes, int] = {}
-    for pseudonym in distinct_pseudonyms(batch):
+    last, missing = tails.valid_for(state).known(distinct_pseudonyms(batch))
+    read: dict[bytes, int | None] = {}
+    for pseudonym in missing:
         sql = "SELECT max(idx) FROM consentry_ledger_leaves WHERE pseudonym = ?"
-        row = c.execute(sql, (pseudonym,)).fetchone()
-        if row[0] is not None:
-            last[pseudonym] = row[0]
+        read[pseudonym] = c.execute(sql, (pseudonym,)).fetchone()[0]
+    tails.learn(read)
+    last.update((p, i) for p, i in read.items() if i is not None)
     plan = plan_batch(state, batch, recorded=recorded, last_index=last)
     rows = indexed_rows(batch, plan.results)
     new = plan.state
@@ -227,6 +234,7 @@ def _append(
             "INSERT INTO consentry_ledger_checkpoints (size, root, note) VALUES (?, ?, ?)",
             (signed.size, signed.root, signed.note),
         )
+    tails.planned(plan)  # valid once this commits; emptied by the next append if it does not
     return list(plan.results)
 
 
