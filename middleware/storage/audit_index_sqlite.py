@@ -14,6 +14,10 @@ Tables (beside the log, in the same file; none is under the log's append-only tr
     ``recorded_us`` and ``idx``), indexed in that order: a query seeks to a term and a time
     range (a common purpose over one month reads that month's postings, not all of them). A
     purpose is filed by its bare code; a ``system|code`` search also checks the row's JSON.
+    A reference equal to the row's own ``patient`` is not filed: an entity search matches
+    ``patient = ? OR`` its postings (``audit_index_query``), so it finds the row through the
+    patient index (a read of the patient's own resource saves a posting on a random page).
+    Databases written before hold such postings too; they match nothing more.
 ``consentry_audit_keys``
     the evidence keys, wrapped, one per pseudonym: kept apart from the evidence and from the
     index, so deleting one row is the crypto-shred.
@@ -132,12 +136,16 @@ _UPSERT = (
     f"INSERT OR REPLACE INTO consentry_audit_index ({_COLUMNS}) "  # noqa: S608  (constants)
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-#: Every term of the rows whose indexes are in the JSON array ``?1``, read from the rows
-#: themselves: SQLite expands the JSON arrays (``json_each``) in C, which costs a fraction of
-#: binding one term row at a time from Python. A purpose's code is what follows its first
-#: ``|`` (a system URI cannot hold an unencoded ``|``; RFC 3986 section 2), as in
-#: :func:`~middleware.storage.audit_index_match.purpose_code`.
-_TERMS_OF = f"""
+
+
+def _terms_of(entities: str) -> str:
+    """Every term of the rows whose indexes are in the JSON array ``?1``, read from the rows
+    themselves (references also meeting the SQL condition ``entities``): SQLite expands the
+    JSON arrays (``json_each``) in C, which costs a fraction of binding one term row at a
+    time from Python. A purpose's code is what follows its first ``|`` (a system URI cannot
+    hold an unencoded ``|``; RFC 3986 section 2), as in
+    :func:`~middleware.storage.audit_index_match.purpose_code`."""
+    return f"""
 SELECT {TERM_PURPOSE_CODE}, substr(j.value, instr(j.value, '|') + 1), i.recorded_us, i.idx
     FROM consentry_audit_index i, json_each(i.purposes) j
     WHERE i.idx IN (SELECT value FROM json_each(?1))
@@ -148,9 +156,16 @@ SELECT {TERM_RESOURCE_TYPE}, j.value, i.recorded_us, i.idx
 UNION ALL
 SELECT {TERM_ENTITY}, j.value, i.recorded_us, i.idx
     FROM consentry_audit_index i, json_each(i.entities) j
-    WHERE i.idx IN (SELECT value FROM json_each(?1))
+    WHERE i.idx IN (SELECT value FROM json_each(?1)){entities}
 """  # noqa: S608  (constants only)
-_ADD_TERMS = f"INSERT INTO consentry_audit_terms (field, term, recorded_us, idx) {_TERMS_OF}"
+
+
+_TERMS_OF = _terms_of("")
+#: The terms filed (module docstring): :data:`_TERMS_OF` but a reference equal to the row's
+#: patient. Removal (:data:`_DROP_TERMS`) reads every term: a row an earlier version wrote
+#: has that posting too, and a stale one would match a search for it.
+_FILED_TERMS = _terms_of(" AND j.value IS NOT i.patient")
+_ADD_TERMS = f"INSERT INTO consentry_audit_terms (field, term, recorded_us, idx) {_FILED_TERMS}"
 _TERM = "INSERT INTO consentry_audit_terms (field, term, recorded_us, idx) VALUES (?, ?, ?, ?)"
 #: Up to this many rows (an append's batch: the writer's are at most 256), terms are bound
 #: from Python: ``json_each`` costs a fixed ~0.1 ms a statement, which only a rebuild's
@@ -280,13 +295,13 @@ def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow], *, fresh: bool =
 
 
 def _term_rows(rows: Sequence[AuditRow]) -> list[tuple[int, str, int, int]]:
-    """The terms of ``rows`` built here, as :data:`_TERMS_OF` selects them."""
+    """The terms of ``rows`` built here, as :data:`_FILED_TERMS` selects them."""
     out: list[tuple[int, str, int, int]] = []
     for r in rows:
-        at, index = r.recorded_us, r.index
+        at, index, patient = r.recorded_us, r.index, r.patient
         out += [(TERM_PURPOSE_CODE, purpose_code(p), at, index) for p in r.purposes]
         out += [(TERM_RESOURCE_TYPE, t, at, index) for t in r.resource_types]
-        out += [(TERM_ENTITY, e, at, index) for e in r.entities]
+        out += [(TERM_ENTITY, e, at, index) for e in r.entities if e != patient]
     return out
 
 
