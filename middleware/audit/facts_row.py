@@ -102,8 +102,8 @@ def open_row(
 
 def _row(plain: bytes, kind: int, flags: int, pseudonym: bytes | None, index: int) -> AuditRow:
     w = _decode(plain)
-    (version, event, recorded_us, request_id, gateway, req, caller, _, status, patient) = w[:10]
-    refs, _, decision = w[10:13]
+    (version, event, recorded_us, request_id, gateway, req, caller, _, status, patient, refs, _,
+     decision, _, _) = w  # fmt: skip
     # facts._facts_of, AgentInfo, _caller_of, _patient, _decision_of, in that order.
     if version != FACTS_VERSION or event not in _EVENTS:
         raise _Refused
@@ -122,7 +122,8 @@ def _row(plain: bytes, kind: int, flags: int, pseudonym: bytes | None, index: in
         if len(roles) > 1 and list(roles) != sorted(set(roles)):
             raise _Refused
         agent = fhir_user or f"{issuer}#{subject}"
-        purposes = tuple([f"{system}|{code}" for system, code in pairs])
+        if pairs:
+            purposes = tuple([f"{system}|{code}" for system, code in pairs])
     if patient is not None and patient not in _PATIENTS:
         if patient_reference(patient) != patient:
             raise _Refused

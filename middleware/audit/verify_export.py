@@ -54,7 +54,7 @@ from middleware.audit.export_read import (
 )
 from middleware.audit.export_rules import default_rule
 from middleware.audit.inclusion import InclusionChecker
-from middleware.audit.report_csv import csv_escape
+from middleware.audit.report_csv import FORMULA_START, csv_escape
 from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
 from middleware.ledger.errors import LedgerError
@@ -397,8 +397,11 @@ class _Checker:
         return self._cells(shredded_columns(index, decode_leaf(leaf)))
 
     def _cells(self, cells: Sequence[str]) -> tuple[str, ...]:
-        """The cells as the file holds them (a CSV escapes formulas)."""
-        return tuple(csv_escape(c) for c in cells) if self.escaped else tuple(cells)
+        """The cells as the file holds them (a CSV escapes formulas: ``csv_escape``, its
+        test inlined, which saves a call for each of a row's cells)."""
+        if not self.escaped:
+            return tuple(cells)
+        return tuple([c if c[:1] not in FORMULA_START else csv_escape(c) for c in cells])
 
     def _row(
         self,
