@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from middleware.audit.row import AuditRow
 from middleware.ledger.errors import MalformedError
 from middleware.ledger.leaf import (
+    NO_INDEX,
     EntryFlag,
     EntryKind,
     Leaf,
     commit_evidence,
     encode_leaf,
     new_salt,
+    relinked,
 )
 from middleware.ledger.merkle import HASH_SIZE, CompactRange
 
@@ -67,6 +69,8 @@ class NewEntry:
     idempotency_key: str | None = None
     row: AuditRow | None = field(default=None, repr=False)
     commitment: bytes = field(init=False, repr=False, compare=False)
+    #: The leaf's bytes with no previous index, encoded (and so checked) on construction.
+    unlinked: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.evidence, bytes):
@@ -77,7 +81,8 @@ class NewEntry:
             raise MalformedError(
                 f"an idempotency key is 1..{MAX_IDEMPOTENCY_KEY} printable characters"
             )
-        self.leaf(None)  # the Leaf's own checks: kind, flags, time, pseudonym, consent index
+        # The Leaf's own checks: kind, flags, time, pseudonym, consent index.
+        object.__setattr__(self, "unlinked", encode_leaf(self.leaf(None)))
 
     @classmethod
     def create(
@@ -118,8 +123,15 @@ class NewEntry:
         )
 
     def leaf_bytes(self, previous: int | None) -> bytes:
-        """The canonical leaf bytes (:func:`~middleware.ledger.leaf.encode_leaf`)."""
-        return encode_leaf(self.leaf(previous))
+        """The canonical leaf bytes (``encode_leaf(self.leaf(previous))``): every field but
+        ``previous`` was checked on construction, so only ``previous`` is checked here, as
+        :class:`~middleware.ledger.leaf.Leaf` checks it (same errors), and the bytes encoded
+        then are relinked (a store calls this for every entry it sequences)."""
+        if previous is None:
+            return self.unlinked
+        if self.pseudonym is None or not 0 <= previous < NO_INDEX:
+            return encode_leaf(self.leaf(previous))  # raises the Leaf's error
+        return relinked(self.unlinked, previous)
 
 
 @dataclass(frozen=True, slots=True)

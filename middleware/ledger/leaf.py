@@ -60,6 +60,7 @@ __all__ = [
     "micros_at",
     "new_pseudonym",
     "new_salt",
+    "relinked",
 ]
 
 LEAF_TAG = b"CSRY"
@@ -74,6 +75,9 @@ EVIDENCE_PREFIX = b"consentry/ledger/evidence/v1\x00"
 
 _LAYOUT = struct.Struct(">4sBBHQ16sQQ32s")
 LEAF_SIZE = _LAYOUT.size
+#: The ``previous`` field: 8 bytes at offset 32 (the layout above).
+_PREVIOUS_AT = 32
+_INDEX = struct.Struct(">Q")
 _NO_PATIENT = bytes(PSEUDONYM_SIZE)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -166,6 +170,16 @@ def encode_leaf(leaf: Leaf) -> bytes:
         NO_INDEX if leaf.consent is None else leaf.consent,
         leaf.commitment,
     )
+
+
+def relinked(encoded: bytes, previous: int | None) -> bytes:
+    """``encoded`` (canonical leaf bytes) with ``previous`` as its previous index: the
+    encoding of the same leaf linked so, without building and checking a :class:`Leaf` again
+    (a store links every entry it sequences). The caller checks ``previous`` as
+    :class:`Leaf` would: an index in range, on a leaf with a pseudonym."""
+    end = _PREVIOUS_AT + _INDEX.size
+    link = _INDEX.pack(NO_INDEX if previous is None else previous)
+    return encoded[:_PREVIOUS_AT] + link + encoded[end:]
 
 
 def decode_leaf(data: bytes) -> Leaf:

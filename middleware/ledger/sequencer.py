@@ -23,6 +23,8 @@ import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.entry import AppendResult, NewEntry, StoredCheckpoint, TreeState
 from middleware.ledger.errors import VerificationError
@@ -45,9 +47,10 @@ __all__ = [
 CheckpointSigner = Callable[[int, bytes], str]
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedLeaf:
-    """One row to insert: the leaf at ``index`` with the columns stores index it by."""
+class PlannedLeaf(msgspec.Struct, frozen=True, gc=False):
+    """One row to insert: the leaf at ``index`` with the columns stores index it by (a
+    ``msgspec.Struct``: one is made per entry sequenced, at a fifth of a frozen dataclass's
+    cost; its fields are bytes, numbers and text, which cannot form a cycle)."""
 
     index: int
     leaf: bytes
