@@ -42,7 +42,7 @@ from middleware.ledger.leaf import PSEUDONYM_SIZE, decode_leaf
 from middleware.ledger.merkle import leaf_hash
 from middleware.ledger.note import parse_note
 from middleware.ledger.replay import chain_fields
-from middleware.ledger.signing import evidence_key
+from middleware.ledger.signing import evidence_keyer
 from middleware.ledger.snapshot import LogSnapshot
 from middleware.ledger.tree import hash_leaves
 from middleware.storage.ledger_base import LogStore
@@ -56,10 +56,13 @@ _PSEUDONYM = slice(16, 16 + PSEUDONYM_SIZE)  # the leaf's pseudonym bytes (ledge
 
 class LogView(Protocol):
     """The ledger as an export reads it; ``note`` is the signed checkpoint the proofs are
-    against and ``size`` its tree size."""
+    against and ``size`` its tree size. ``hashes_from_leaves``: whether :meth:`leaf_hashes`
+    hashes the very leaf bytes :meth:`leaves` returns (then each exported leaf hashes to its
+    proof's leaf by construction), rather than reading stored hashes."""
 
     note: str
     size: int
+    hashes_from_leaves: bool
 
     async def leaf_hashes(self) -> list[bytes]: ...
 
@@ -72,6 +75,8 @@ class LogView(Protocol):
 
 class StoreView:
     """A live store read entry by entry; :meth:`open` takes its latest checkpoint."""
+
+    hashes_from_leaves = False  # the store's leaf_hash column
 
     def __init__(self, store: LogStore, note: str, size: int) -> None:
         self.store, self.note, self.size = store, note, size
@@ -114,6 +119,8 @@ class StoreView:
 
 class SnapshotView:
     """A whole-log snapshot (``dump_log``): its last checkpoint, leaves and evidence."""
+
+    hashes_from_leaves = True  # hash_leaves of the snapshot's leaves, not its stored hashes
 
     def __init__(self, snapshot: LogSnapshot) -> None:
         if not snapshot.checkpoints:
@@ -193,21 +200,24 @@ async def collect_export(
     else:
         lines = [("row", i) for i in sorted(columns)]
     leaves = await view.leaves([i for _, i in lines])
-    _check_lines(lines, leaves, tree, spec.pseudonym)
+    _check_lines(lines, leaves, tree if not view.hashes_from_leaves else None, spec.pseudonym)
     opened = [i for role, i in lines if role in ("row", "other")]
     evidence = await view.evidence(opened)
     # None: no opening (no evidence, a legacy Bundle, or the patient's key is gone).
     openings: dict[int, EntryOpening | None] = dict.fromkeys(opened)
     sealed = [(i, e) for i in opened if (e := evidence.get(i)) is not None and is_sealed(e.data)]
-    keys: dict[bytes, bytes | None] = {}  # each patient key unwrapped once
+    # Each patient key unwrapped once, and keyed once for its entries' keys (evidence_keyer).
+    keyers: dict[bytes, Callable[[bytes], bytes] | None] = {}
     for pseudonym in dict.fromkeys(leaves[i][_PSEUDONYM] for i, _ in sealed):
         wrapped = await wrapped_key(pseudonym)  # all zero: no patient (evidence.NO_PATIENT)
-        keys[pseudonym] = None if wrapped is None else unwrap_key(wrap_key, wrapped)
+        keyers[pseudonym] = (
+            None if wrapped is None else evidence_keyer(unwrap_key(wrap_key, wrapped))
+        )
     for index, stored in sealed:
-        patient_key = keys[leaves[index][_PSEUDONYM]]
-        if patient_key is not None:
-            entry_key = evidence_key(patient_key, stored.salt)
-            openings[index] = EntryOpening(stored.salt, stored.data, entry_key)
+        key_of = keyers[leaves[index][_PSEUDONYM]]
+        if key_of is not None:
+            salt = stored.salt
+            openings[index] = EntryOpening(salt, stored.data, key_of(salt))
     header = ExportHeader(
         report=spec.report,
         checkpoint=view.note,
@@ -274,18 +284,20 @@ def _check_chain(
 def _check_lines(
     lines: Sequence[tuple[Role, int]],
     leaves: Mapping[int, bytes],
-    tree: ProofMaker,
+    tree: ProofMaker | None,
     pseudonym: bytes | None,
 ) -> None:
-    """Each line's leaf is a valid leaf whose hash is the one its proof is made from, and a
-    ``tail`` leaf is not the patient's (the tail proves the chain ends)."""
+    """Each line's leaf is a valid leaf whose hash is the one its proof is made from (None:
+    ``tree`` was made from these very leaves, ``LogView.hashes_from_leaves``), and a ``tail``
+    leaf is not the patient's (the tail proves the chain ends)."""
     for role, index in lines:
         leaf = leaves[index]
         fields = chain_fields(leaf)
         if fields is None:
             raise VerificationError(f"leaf {index} is malformed")
-        computed = leaf_hash(leaf)
-        if not hmac.compare_digest(computed, tree.leaf_hash(index)):
+        if tree is not None and not hmac.compare_digest(
+            computed := leaf_hash(leaf), tree.leaf_hash(index)
+        ):
             raise VerificationError(
                 f"stored hash of leaf {index} does not match its bytes",
                 expected=tree.leaf_hash(index),

@@ -28,7 +28,7 @@ import base64
 import functools
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import nacl.bindings
@@ -66,6 +66,7 @@ __all__ = [
     "Verifier",
     "derive_box_key",
     "evidence_key",
+    "evidence_keyer",
     "keyed_digest",
     "new_box_key",
     "seal",
@@ -312,6 +313,24 @@ def evidence_key(patient_key: bytes, salt: bytes) -> bytes:
     return hashlib.blake2b(
         salt, digest_size=BOX_KEY_SIZE, key=patient_key, person=_EVIDENCE_KEY
     ).digest()
+
+
+def evidence_keyer(patient_key: bytes) -> Callable[[bytes], bytes]:
+    """``salt -> evidence_key(patient_key, salt)``, for many entries of one patient (an
+    export's). The BLAKE2b state keyed with ``patient_key`` (the key is a whole first block,
+    RFC 7693 §3.3) is made once and copied per salt, which saves a compression and the
+    argument checks per entry: half of :func:`evidence_key`'s cost. Same keys (a property
+    test compares them); a key of the wrong size raises MalformedError here, once."""
+    if not isinstance(patient_key, bytes) or len(patient_key) != BOX_KEY_SIZE:
+        raise MalformedError(f"an evidence key is {BOX_KEY_SIZE} bytes")
+    copy = hashlib.blake2b(digest_size=BOX_KEY_SIZE, key=patient_key, person=_EVIDENCE_KEY).copy
+
+    def key_of(salt: bytes) -> bytes:
+        state = copy()
+        state.update(salt)
+        return state.digest()
+
+    return key_of
 
 
 def seal_once(key: bytes, plaintext: bytes) -> bytes:
