@@ -197,8 +197,16 @@ def in_patient_scope(
 
 
 def _bases(base_urls: Sequence[str]) -> tuple[str, ...]:
+    """The bases as prefixes (``http://host/fhir/``); made once per tuple of bases, not per
+    resource: a judged answer asks once for every resource it holds, always with the same
+    bases (a list is converted first, as it is unhashable)."""
     if not base_urls:
         return ()
+    return _prefixes(base_urls if type(base_urls) is tuple else tuple(base_urls))
+
+
+@functools.lru_cache(maxsize=64)
+def _prefixes(base_urls: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(base.rstrip("/") + "/" for base in base_urls if base.strip("/"))
 
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from middleware.fhir import jsoncodec
+from middleware.fhir import compartment, jsoncodec
 from middleware.fhir.classify import classify
 from middleware.fhir.compartment import (
     Kind,
@@ -313,6 +313,16 @@ def test_reference_forms(reference: dict[str, Any], ids: frozenset[str], unresol
 
 def test_base_url_with_trailing_slash_matches() -> None:
     assert patients_of(obs_subject(ref(f"{BASE}/Patient/1")), base_urls=[BASE + "/"]).ids == {"1"}
+
+
+@given(st.lists(st.sampled_from(["", "/", "http://a/fhir", "http://a/fhir/", "https://b", "x//"])))
+def test_base_prefixes_are_made_as_before_per_resource(bases: list[str]) -> None:
+    """The prefixes made once per tuple of bases are those made per resource before (as a
+    list and as a tuple), and the same for repeated calls (the cache hands out its tuple)."""
+    before = tuple(base.rstrip("/") + "/" for base in bases if base.strip("/")) if bases else ()
+    assert compartment._bases(bases) == before
+    assert compartment._bases(tuple(bases)) == before
+    assert compartment._bases(tuple(bases)) == before
 
 
 def test_without_base_urls_every_absolute_reference_is_foreign() -> None:
