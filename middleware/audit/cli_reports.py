@@ -346,12 +346,9 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
             with Progress("export", total=None) as progress:
                 temporary = private_file(args.out)
                 counted = _counted(entries, progress)
-                if args.format == "csv":
-                    with temporary.open("w", encoding="utf-8", newline="") as text:
-                        lines = write_csv(header, counted, text)
-                else:  # msgspec's UTF-8 lines as they are
-                    with temporary.open("wb") as sink:
-                        lines = write_ndjson(header, counted, sink)
+                write = write_csv if args.format == "csv" else write_ndjson
+                with temporary.open("wb") as sink:  # UTF-8 bytes as the writers make them
+                    lines = write(header, counted, sink)
                 temporary.replace(args.out)
                 return {
                     "out": str(args.out),

@@ -18,6 +18,7 @@ from middleware.audit.export import (
     EntryOpening,
     ExportEntry,
     ExportHeader,
+    Role,
     csv_record,
     format_time,
     write_csv,
@@ -228,41 +229,47 @@ def test_csv_records_are_what_csv_writer_writes(cells: list[str]) -> None:
     assert csv_record(cells) == out.getvalue()
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
+    st.integers(0, 3),
     st.lists(
         st.tuples(
+            st.sampled_from(["row", "other", "before", "after", "tail"]),
             st.integers(0, 2**40),
             _BYTES,
             st.none() | st.tuples(_BYTES, _BYTES, st.none() | _BYTES),
-            st.none() | st.tuples(_CELL, _CELL, _CELL),
+            st.none() | st.lists(_CELL, max_size=4),
         ),
         max_size=6,
-    )
+    ),
 )
 def test_csv_exports_are_what_csv_writer_writes(
+    width: int,
     lines: list[
-        tuple[int, bytes, tuple[bytes, bytes, bytes | None] | None, tuple[str, str, str] | None]
+        tuple[Role, int, bytes, tuple[bytes, bytes, bytes | None] | None, list[str] | None]
     ],
 ) -> None:
-    """write_csv's records (formula cells escaped inline, base64 cells) are csv.writer's
-    records of ``csv_escape``'d report cells then the proof columns (the reference: the
-    standard library's writer and base64 module)."""
-    names = ("a", "b", "c")
+    """write_csv's records (formula cells escaped inline, base64 cells joined as bytes) are
+    csv.writer's records of ``csv_escape``'d report cells (or ``width`` empty ones) then the
+    proof columns, to a text and to a binary stream (the reference: the standard library's
+    writer and base64 module), for any role, width and number of cells."""
+    names = ("a", "b", "c")[:width]
     header = ExportHeader(report="date-range", checkpoint="c", origin="o", columns=names)
     entries = [
         ExportEntry(
-            "row",
+            role,
             index,
             leaf,
             leaf[::-1],
             None if opened is None else EntryOpening(*opened),
             cells,
         )
-        for index, leaf, opened, cells in lines
+        for role, index, leaf, opened, cells in lines
     ]
     out = io.StringIO(newline="")
     write_csv(header, entries, out)
+    binary = io.BytesIO()
+    write_csv(header, entries, binary)
     expected = io.StringIO(newline="")
     expected.write("#" + json.dumps(header.to_json(), ensure_ascii=False, separators=(",", ":")))
     expected.write("\r\n")
@@ -271,12 +278,13 @@ def test_csv_exports_are_what_csv_writer_writes(
     for e in entries:
         o = e.opening
         writer.writerow(
-            [csv_escape(c) for c in e.columns or ("", "", "")]
+            ([""] * width if e.columns is None else [csv_escape(c) for c in e.columns])
             + [e.role, str(e.index), b64(e.leaf), b64(e.proof)]
             + (["", "", ""] if o is None else [b64(o.salt), b64(o.evidence)])
             + ([] if o is None else ["" if o.key is None else b64(o.key)])
         )
     assert out.getvalue() == expected.getvalue()
+    assert binary.getvalue() == expected.getvalue().encode("utf-8")
 
 
 def b64(data: bytes) -> str:
