@@ -30,7 +30,7 @@ import argparse
 import asyncio
 import getpass
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from middleware.audit.cli_common import Usage, all_rows, now_us, opened, print_json, read_key
@@ -48,7 +48,7 @@ from middleware.audit.ranges import read_ranges
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.ledger.entry import Evidence, NewEntry
 from middleware.ledger.leaf import EntryKind, LeafFields, decode_leaf, leaf_fields
-from middleware.ledger.signing import derive_box_key, evidence_key
+from middleware.ledger.signing import derive_box_key, evidence_keyer
 from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.consent_base import LOOKUP_PURPOSE, ConsentStore, lookup_of
 from middleware.storage.consent_open import open_consent_store
@@ -86,7 +86,7 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
                 return row.shred() if row.pseudonym in chains[row.patient] else row
 
             size = await store.size()
-            keys: dict[bytes, bytes | None] = {}
+            keys: dict[bytes, Callable[[bytes], bytes] | None] = {}  # entry keys by salt
             rows: list[AuditRow] = []
             counts = {"rows": 0, "legacy": 0, "shredded": 0, "unreadable": 0}
             with Progress("reindex", total=size, unit="entries") as progress:
@@ -105,7 +105,11 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
                         pseudonym = leaf.pseudonym or NO_PATIENT
                         if pseudonym not in keys:
                             wrapped = await store.audit_key_get(pseudonym)
-                            keys[pseudonym] = None if wrapped is None else unwrap_key(wrap, wrapped)
+                            keys[pseudonym] = (
+                                None
+                                if wrapped is None
+                                else evidence_keyer(unwrap_key(wrap, wrapped))
+                            )
                         row = _row(index, data, leaf, stored, keys[pseudonym], counts=counts)
                         if row is not None:
                             rows.append(row)
@@ -156,18 +160,19 @@ def _row(
     data: bytes,
     leaf: LeafFields,
     stored: Evidence,
-    patient_key: bytes | None,
+    entry_key_of: Callable[[bytes], bytes] | None,
     *,
     counts: dict[str, int],
 ) -> AuditRow | None:
     """The index row of entry ``index`` (its leaf ``data`` and fields, sealed facts in
-    ``stored``), or None when the key does not open it; the shredded row when the patient key
-    is gone."""
-    if patient_key is None:  # crypto-shredded: what the leaf says
+    ``stored``, opened by the key ``entry_key_of(salt)``: ``signing.evidence_keyer`` of the
+    patient's key), or None when the key does not open it; the shredded row when the patient
+    key is gone (``entry_key_of`` None)."""
+    if entry_key_of is None:  # crypto-shredded: what the leaf says
         counts["shredded"] += 1
         return shredded_row(index, decode_leaf(data))
     try:
-        entry_key = evidence_key(patient_key, stored.salt)
+        entry_key = entry_key_of(stored.salt)
         # row_of(open_entry(...)) without the facts' dataclasses: the same row, the same
         # errors (facts_row); facts that decode but give no row are unreadable too.
         row = open_row(
