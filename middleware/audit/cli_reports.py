@@ -33,7 +33,7 @@ from middleware.audit.cli_common import (
     write_output,
 )
 from middleware.audit.evidence import EVIDENCE_PURPOSE
-from middleware.audit.export import EntryOpening, ExportEntry, write_csv, write_ndjson
+from middleware.audit.export import EntryOpening, write_csv, write_ndjson
 from middleware.audit.export_collect import (
     ExportSpec,
     LogView,
@@ -345,10 +345,9 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
             )
             with Progress("export", total=None) as progress:
                 temporary = private_file(args.out)
-                counted = _counted(entries, progress)
                 write = write_csv if args.format == "csv" else write_ndjson
                 with temporary.open("wb") as sink:  # UTF-8 bytes as the writers make them
-                    lines = write(header, counted, sink)
+                    lines = write(header, entries, sink, progress=progress.update)
                 temporary.replace(args.out)
                 return {
                     "out": str(args.out),
@@ -381,21 +380,6 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _counted(
-    entries: Iterator[ExportEntry], progress: Progress, every: int = 1024
-) -> Iterator[ExportEntry]:
-    """``entries``, counted into ``progress`` ``every`` at a time (an update per entry was
-    5% of an export's time), the rest when they run out."""
-    pending = 0
-    for entry in entries:
-        yield entry
-        pending += 1
-        if pending == every:
-            progress.update(pending)
-            pending = 0
-    progress.update(pending)
 
 
 # -- verify-export --------------------------------------------------------------------------

@@ -54,8 +54,9 @@ from __future__ import annotations
 import binascii
 import functools
 import io
+import itertools
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Literal, Protocol, TextIO, cast
@@ -343,10 +344,14 @@ def entries_for(
 
 
 def write_ndjson(
-    header: ExportHeader, entries: Iterable[ExportEntry], out: TextIO | BinaryIO
+    header: ExportHeader,
+    entries: Iterable[ExportEntry],
+    out: TextIO | BinaryIO,
+    *,
+    progress: Callable[[int], object] | None = None,
 ) -> int:
     """Write the NDJSON export (UTF-8) to a text or a binary stream; returns the number of
-    entry lines written.
+    entry lines written. ``progress`` is told the count of each chunk of lines written.
 
     Entry lines are encoded by msgspec, which writes the bytes ``json.dumps(ensure_ascii=
     False, separators=(",", ":"))`` writes for :meth:`ExportEntry.to_json`'s object, and bytes
@@ -372,6 +377,8 @@ def write_ndjson(
         else:
             cast(TextIO, out).write(lines.decode("utf-8"))
         written += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
     return written
 
 
@@ -424,9 +431,15 @@ def _wire(entry: ExportEntry, columns_type: type[msgspec.Struct], width: int) ->
     )
 
 
-def write_csv(header: ExportHeader, entries: Iterable[ExportEntry], out: TextIO | BinaryIO) -> int:
+def write_csv(
+    header: ExportHeader,
+    entries: Iterable[ExportEntry],
+    out: TextIO | BinaryIO,
+    *,
+    progress: Callable[[int], object] | None = None,
+) -> int:
     """Write the CSV export (RFC 4180, ``\r\n`` line ends, UTF-8) to a text or a binary
-    stream; returns entry records written.
+    stream; returns entry records written. ``progress`` is told the count of each chunk.
 
     Each record is what ``csv.writer`` writes for :meth:`ExportEntry.to_cells` (a property
     test compares them), made in two parts: the report's cells as text (:func:`csv_record`'s
@@ -450,6 +463,8 @@ def write_csv(header: ExportHeader, entries: Iterable[ExportEntry], out: TextIO 
         else:
             cast(TextIO, out).write(data.decode("utf-8"))
         written += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
     return written
 
 
@@ -518,13 +533,10 @@ def _any_special(text: str) -> bool:
 
 
 def _chunks(entries: Iterable[ExportEntry], size: int = 4096) -> Iterator[list[ExportEntry]]:
-    chunk: list[ExportEntry] = []
-    for entry in entries:
-        chunk.append(entry)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
+    """``entries`` in lists of ``size`` (the last shorter), cut by ``islice`` (a Python loop
+    appending each entry was 4% of an export's time)."""
+    it = iter(entries)
+    while chunk := list(itertools.islice(it, size)):
         yield chunk
 
 

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -289,3 +290,23 @@ def test_csv_exports_are_what_csv_writer_writes(
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize("count", [0, 1, 4096, 4097, 9000], ids=str)
+@pytest.mark.parametrize("write", [write_ndjson, write_csv], ids=["ndjson", "csv"])
+def test_progress_is_told_every_line_written_chunk_by_chunk(count: int, write: Any) -> None:
+    """The chunks (islice, 4,096 lines) cover every entry once, in order: the lines written
+    and the counts progress is told both add up to the entries, none empty."""
+    header = ExportHeader(report="date-range", checkpoint="c", origin="o", columns=("a",))
+    entries = (ExportEntry("tail", i, b"l", b"p") for i in range(count))
+    told: list[int] = []
+    out = io.BytesIO()
+    assert write(header, entries, out, progress=told.append) == count
+    assert sum(told) == count
+    assert all(0 < n <= 4096 for n in told)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == count + (1 if write is write_ndjson else 2)
+    if count:
+        assert (b'"index":%d,' % (count - 1) in lines[-1]) or lines[-1].startswith(
+            b",tail,%d," % (count - 1)
+        )
