@@ -19,13 +19,14 @@ released) and ``Location`` is rebased. Every failure becomes an OperationOutcome
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from middleware import __version__
@@ -229,7 +230,7 @@ class ProxyHandler:
         if self.enforcement is None:
             raise _InternalError("enforcement is not configured")
         ex.authenticated = False
-        address = address_key(str((scope.get("client") or ("",))[0]))
+        address = _address_key(str((scope.get("client") or ("",))[0]))
         if not self.enforcement.proved(headers):
             wait = self._anonymous.exhausted(address)
             if wait:
@@ -305,7 +306,11 @@ class ProxyHandler:
             # Before the body is read: a caller without a valid token gets its 401 (or 429)
             # for the cost of its headers, its body never buffered or decoded.
             identity = await self._identify(scope, headers, ex)
-        body = await self._read_body(receive, headers, scope["method"])
+        body = (
+            await self._read_body(receive, headers, scope["method"])
+            if ex.body_pending or scope.get("http_version") not in _LENGTH_FRAMED
+            else b""  # HTTP/1.x without Content-Length or Transfer-Encoding: no body (RFC 9112)
+        )
         ex.bytes_in = len(body)
         ex.body_pending = False
         check_request_negotiation(request, headers, body)
@@ -531,6 +536,15 @@ class ProxyHandler:
 _FHIR_JSON = b"application/fhir+json; charset=utf-8"
 #: What ``GET /metadata?...`` may answer (FHIR R4 capabilitystatement.html, ``mode=terminology``).
 _CAPABILITY_TYPES = frozenset({"CapabilityStatement", "TerminologyCapabilities"})
+
+
+#: HTTP versions whose request framing is its headers alone: a request without
+#: Transfer-Encoding or Content-Length has no body (RFC 9112 §6.3 rule 7), so nothing is read.
+_LENGTH_FRAMED: Final = frozenset({"1.0", "1.1"})
+
+#: :func:`address_key` once per client address, not per request (it parses the address with
+#: ipaddress, ~20 us); bounded, so a flood of addresses only evicts.
+_address_key: Final = functools.lru_cache(maxsize=4096)(address_key)
 
 
 def _announces_body(headers: Mapping[str, str]) -> bool:
