@@ -1,7 +1,8 @@
 """The writer's CPU per audited read on SQLite: the ledger entry and its audit-index row.
 
     python -m bench.audit_commit [--entries 4000] [--repeat 3] [--batches 1,16,64]
-                                 [--prefill 20000] [--read patient|observation] [--profile]
+                                 [--prefill 20000] [--read patient|observation]
+                                 [--split 16] [--profile]
 
 Entries are what the recorder makes for an enforced read (:mod:`bench.audit_hot`'s read: a
 practitioner with two purposes of use and a role, one patient's resource released), one of
@@ -13,10 +14,12 @@ and 64 by the store's own transaction function (``BEGIN IMMEDIATE``, ``_append``
 B-trees have a realistic depth. CPU is ``time.thread_time`` of that thread per entry, the
 best of ``--repeat`` runs of ``--entries`` entries each; the fsync's wait is not CPU.
 
-The breakdown (batches of 16, with rows) times each SQL statement ``_append`` runs, summed by
-statement, the checkpoint signature and the ``COMMIT``; "Python" is the rest of ``_append``
-(planning, leaf encoding and hashing, row values). ``--profile`` adds a cProfile of
-``_append``'s Python, heaviest first.
+The breakdown (batches of ``--split``, rows off and with rows) times each SQL statement
+``_append`` runs, summed by statement, the checkpoint signature and the ``COMMIT``; "Python"
+is the rest of ``_append`` (planning, leaf encoding and hashing, row values) and of the timing
+itself, so the breakdown's total exceeds the table's figure by about 10 us an entry.
+``--profile`` adds a cProfile of ``_append``'s Python, heaviest first. ``--read observation``
+makes the reads of an Observation (a reference other than the patient's) instead.
 """
 
 from __future__ import annotations
