@@ -286,9 +286,8 @@ async def _report_rows(
         wanted = {line.index for line in user_report.lines}
         rows = await all_rows(store, _query(args))
         since, until = user_report.since_us, user_report.until_us
-    else:
-        rows = await all_rows(store, _query(args))
-        wanted = {row.index for row in rows}
+    else:  # every row the query matches
+        return await all_rows(store, _query(args)), since, until
     return [row for row in rows if row.index in wanted], since, until
 
 
