@@ -29,7 +29,7 @@ compares them with what was asked for.
 
 Inclusion proofs are checked by :class:`~middleware.audit.inclusion.InclusionChecker`: the
 RFC's check, in about one hash a row for an export in index order instead of ``log2(size)``.
-Reading the file is :mod:`middleware.audit.export_read`'s.
+Reading the file is :mod:`middleware.audit.export_read`'s (and ``export_read_csv``'s).
 
 Pure: the ``opener`` (which decrypts, see ``middleware.audit.evidence``) is handed in.
 """
@@ -45,13 +45,8 @@ from typing import Any
 from middleware.audit.export import EntryOpening, format_time, shredded_columns
 from middleware.audit.export_chain import LineOrder
 from middleware.audit.export_columns import columns_for
-from middleware.audit.export_read import (
-    ExportLine,
-    HeaderError,
-    csv_lines,
-    ndjson_lines,
-    read_header,
-)
+from middleware.audit.export_read import ExportLine, HeaderError, ndjson_lines, read_header
+from middleware.audit.export_read_csv import csv_lines
 from middleware.audit.export_rules import default_rule
 from middleware.audit.inclusion import InclusionChecker
 from middleware.audit.report_csv import FORMULA_START, csv_escape

@@ -17,14 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from middleware.audit.export import EntryOpening
-from middleware.audit.export_read import (
-    ExportLine,
-    _csv_line,
-    _ndjson_line,
-    _ndjson_line_slowly,
-    _parse,
-    csv_records,
-)
+from middleware.audit.export_read import ExportLine, _ndjson_line, _ndjson_line_slowly
+from middleware.audit.export_read_csv import _csv_line, _parse, csv_records
 
 NAMES = ("a", "b")
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
