@@ -58,6 +58,7 @@ from middleware.ops.tally import IntervalTally
 from middleware.pipeline.exchange import Answer, Upstreamed
 from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.proxy.capability import describe_gateway
+from middleware.proxy.deadline import DeadlineUpstream
 from middleware.proxy.enforcement import Enforcement
 from middleware.proxy.headers import RESPONSE_HEADERS_PASSED, request_id, upstream_request_headers
 from middleware.proxy.rewrite import Rebaser
@@ -405,12 +406,19 @@ class ProxyHandler:
         if body and not any(name == "content-type" for name, _ in sent_headers):
             sent_headers.append(("content-type", "application/fhir+json"))
         started = time.perf_counter()
+        request = UpstreamRequest(method, url, sent_headers, body)
+        limit = self.settings.max_response_bytes
+        upstream = self.upstream
         try:
-            response = await self.upstream.send(UpstreamRequest(method, url, sent_headers, body))
-            try:
-                raw = await response.read(self.settings.max_response_bytes)
-            finally:
-                await response.aclose()
+            if isinstance(upstream, DeadlineUpstream):  # the app's: one timer, not two
+                status, answer_headers, raw = await upstream.fetch(request, limit)
+            else:
+                response = await upstream.send(request)
+                try:
+                    raw = await response.read(limit)
+                finally:
+                    await response.aclose()
+                status, answer_headers = response.status, response.headers
         except (UpstreamError, UpstreamTimeout) as exc:
             self._upstream_failed(exc, log.rid)
             raise
@@ -419,7 +427,7 @@ class ProxyHandler:
         self.metrics.observe_upstream(log.interaction, seconds)
         passed: list[tuple[str, str]] = []
         content_type = ""
-        for name, value in response.headers:
+        for name, value in answer_headers:
             if name not in RESPONSE_HEADERS_PASSED:
                 continue
             if name in ("location", "content-location"):
@@ -432,7 +440,7 @@ class ProxyHandler:
             if raw and "json" in content_type
             else None
         )
-        return Upstreamed(response.status, passed, document, raw)
+        return Upstreamed(status, passed, document, raw)
 
     def _upstream_failed(self, exc: GatewayError, rid: str | None) -> None:
         """Log why the upstream could not be reached or read: the cause's class and errno

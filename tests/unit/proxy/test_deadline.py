@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -116,10 +116,21 @@ async def exchange(upstream: Upstream, url: str) -> bytes:
         await response.aclose()
 
 
+async def fetched(upstream: DeadlineUpstream, url: str) -> bytes:
+    """The same exchange through :meth:`DeadlineUpstream.fetch` (one timer)."""
+    request = UpstreamRequest("GET", url, [("accept", "application/json")])
+    status, _headers, raw = await upstream.fetch(request, 1 << 20)
+    assert status == 200
+    return raw
+
+
+@pytest.mark.parametrize("how", [exchange, fetched], ids=["send-read", "fetch"])
 @pytest.mark.parametrize("where", ["head", "body"])
 @pytest.mark.parametrize("make", CLIENTS, ids=["native", "aiohttp", "httpx"])
 async def test_a_dripping_upstream_is_cut_off_at_the_deadline(
-    make: Callable[[str], Upstream], where: str
+    make: Callable[[str], Upstream],
+    where: str,
+    how: Callable[[DeadlineUpstream, str], Awaitable[bytes]],
 ) -> None:
     """Each byte comes well within the read timeout; the answer as a whole (about 7.5 s) does
     not come within the deadline: 504 after the deadline (and long before the answer could
@@ -130,10 +141,10 @@ async def test_a_dripping_upstream_is_cut_off_at_the_deadline(
         upstream = DeadlineUpstream(make(base), DEADLINE)
         started = time.monotonic()
         with pytest.raises(UpstreamTimeout, match=r"within 0\.8 s"):
-            await exchange(upstream, f"{base}/metadata")
+            await how(upstream, f"{base}/metadata")
         took = time.monotonic() - started
         assert DEADLINE * 0.9 <= took < CUT_OFF_BEFORE
-        assert await exchange(upstream, f"{base}/metadata") == BODY
+        assert await how(upstream, f"{base}/metadata") == BODY
         assert server.connections == 2
         await upstream.aclose()
 
@@ -165,6 +176,7 @@ async def test_a_prompt_exchange_is_untouched() -> None:
         upstream = DeadlineUpstream(native(base), DEADLINE)
         for _ in range(3):
             assert await exchange(upstream, f"{base}/metadata") == BODY
+            assert await fetched(upstream, f"{base}/metadata") == BODY
         await upstream.aclose()
 
 
