@@ -14,9 +14,11 @@ carries the practitioner's token (``user/*.rs``).
 For ``GET /Patient/{id}`` and ``GET /Observation?subject=Patient/{id}&_count=20`` it reports the
 CPU per request (``time.process_time``: the event loop and the store's worker threads, so the
 ledger's commit is included) over ``--requests`` sequential requests, best of ``--runs``; with
-``--profile N``, a cProfile of N more requests of each, printed as a table of stages (the
+``--profile N``, a cProfile of N more requests of each (``thread_time`` of the event loop's
+thread: the store's worker threads are not in it), printed as a table of stages (the
 cumulative time of the functions that make each stage, per request; stages nest, so they do
-not add up) and the top functions by own time. The mock upstream and the ASGI driver are
+not add up; cProfile's own overhead inflates them about 2-3 times, so read them as shares)
+and the top functions by own time. The mock upstream and the ASGI driver are
 counted too (they are small: see the ``upstream (mock)`` row); CPU here is a lower bound on the
 served gateway's, which also parses HTTP.
 """
@@ -66,7 +68,7 @@ STAGES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "judge (compartments, decisions)": (("pipeline/flow.py", "judge"),),
     "response filter": (("pipeline/filter.py", "filter_answer"),),
     "audit record (plan, seal, hand-over)": (("audit/recorder.py", "record"),),
-    "ledger writer (append, commit)": (("ledger/writer.py", "_run"),),
+    "ledger writer, event loop side": (("ledger/writer.py", "_run"),),
     "encode + send": (("proxy/handler.py", "_send"),),
     "access log (structlog)": (("structlog/_native.py", "meth"),),
 }
@@ -268,7 +270,7 @@ def stage_table(stats: pstats.Stats, n: int) -> list[tuple[str, float]]:
 async def profile(
     driver: Driver, headers: list[tuple[bytes, bytes]], name: str, n: int, top: int
 ) -> None:
-    profiler = cProfile.Profile(time.process_time)
+    profiler = cProfile.Profile(time.thread_time)  # the event loop's thread only
     profiler.enable()
     await timed(driver, headers, name, n)
     profiler.disable()
