@@ -1,6 +1,7 @@
 """The enforced read's gateway CPU in process: total per request, and a per-stage profile.
 
-    python -m bench.read_profile [--requests 200] [--runs 20] [--access-log] [--profile N]
+    python -m bench.read_profile [--requests 200] [--runs 20] [--concurrency 1]
+                                 [--access-log] [--profile N]
 
 :mod:`bench.enforced` without the servers: the gateway built by
 :func:`~middleware.app.create_app` in its embedded default (a SQLite store in a temporary
@@ -244,13 +245,21 @@ async def scene(workdir: Path, *, access_log: bool) -> tuple[Driver, list[tuple[
     return driver, headers
 
 
-async def timed(driver: Driver, headers: list[tuple[bytes, bytes]], name: str, n: int) -> float:
-    """CPU µs per request over ``n`` sequential requests (process time: every thread)."""
+async def timed(
+    driver: Driver, headers: list[tuple[bytes, bytes]], name: str, n: int, concurrency: int = 1
+) -> float:
+    """CPU µs per request over ``n`` requests, ``concurrency`` at a time (process time: every
+    thread; concurrent requests share the ledger's group commits, as under load)."""
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            status, _body = await driver.call("GET", PATHS[name], QUERIES[name], headers, b"")
+            if status != 200:
+                raise SystemExit(f"{name} answered {status}")
+
+    share, extra = divmod(n, concurrency)
     start = time.process_time()
-    for _ in range(n):
-        status, _body = await driver.call("GET", PATHS[name], QUERIES[name], headers, b"")
-        if status != 200:
-            raise SystemExit(f"{name} answered {status}")
+    await asyncio.gather(*(worker(share + (i < extra)) for i in range(concurrency)))
     return (time.process_time() - start) / n * 1e6
 
 
@@ -268,11 +277,16 @@ def stage_table(stats: pstats.Stats, n: int) -> list[tuple[str, float]]:
 
 
 async def profile(
-    driver: Driver, headers: list[tuple[bytes, bytes]], name: str, n: int, top: int
+    driver: Driver,
+    headers: list[tuple[bytes, bytes]],
+    name: str,
+    n: int,
+    top: int,
+    concurrency: int,
 ) -> None:
     profiler = cProfile.Profile(time.thread_time)  # the event loop's thread only
     profiler.enable()
-    await timed(driver, headers, name, n)
+    await timed(driver, headers, name, n, concurrency)
     profiler.disable()
     stats = pstats.Stats(profiler)
     print(f"\n### {name}: stages (cProfile, cumulative µs per request; they nest)\n")
@@ -290,16 +304,17 @@ async def run(args: argparse.Namespace) -> None:
         driver, headers = await scene(Path(tmp), access_log=args.access_log)
         results: dict[str, float] = {}
         for name in PATHS:
-            await timed(driver, headers, name, min(200, args.requests))  # warm
+            c = args.concurrency
+            await timed(driver, headers, name, min(200, args.requests), c)  # warm
             results[name] = min(
-                [await timed(driver, headers, name, args.requests) for _ in range(args.runs)]
+                [await timed(driver, headers, name, args.requests, c) for _ in range(args.runs)]
             )
-        print("| request | gateway CPU µs/request (in process, best of runs) |\n|---|---|")
+        print(f"| request | gateway CPU µs/request (in process, c{c}, best of runs) |\n|---|---|")
         for name, us in results.items():
             print(f"| {name} | {us:.0f} |")
         if args.profile:
             for name in PATHS:
-                await profile(driver, headers, name, args.profile, args.top)
+                await profile(driver, headers, name, args.profile, args.top, args.concurrency)
         await driver.stop()
 
 
@@ -308,6 +323,7 @@ def main(argv: list[str] | None = None, runner: Callable[..., Any] = asyncio.run
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--access-log", action="store_true", help="the access log on (default)")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests at a time")
     parser.add_argument("--profile", type=int, default=0, help="profile N requests of each")
     parser.add_argument("--top", type=int, default=30)
     # The gateway's own log pipeline (JSON lines, PHI scrubbed), as `consentry serve` sets it.
