@@ -14,6 +14,7 @@ category a granular scope excludes). Pure: no I/O.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -100,9 +101,29 @@ class Caller:
         )
 
 
+#: Callers made recently, by the identity object they were made of (kept alive here, so its
+#: ``id`` cannot be reused while the entry stands). The token verifier hands out the same
+#: :class:`Identity` for a token it verified before, so a caller's requests reuse one Caller
+#: until the token leaves the verifier's cache; bounded, oldest first out.
+_RECENT: Final[OrderedDict[int, tuple[Identity, Caller]]] = OrderedDict()
+_RECENT_SIZE: Final = 1024
+
+
 def caller_of(identity: Identity) -> Caller:
     """The :class:`Caller` of a verified identity; raises :class:`Forbidden` when its token
-    grants no SMART resource scope at all (``none``: nothing to enforce against)."""
+    grants no SMART resource scope at all (``none``: nothing to enforce against). The same
+    identity object gives the same Caller (a function of the identity alone, made once)."""
+    recent = _RECENT.get(id(identity))
+    if recent is not None and recent[0] is identity:
+        return recent[1]
+    caller = _make_caller(identity)
+    _RECENT[id(identity)] = (identity, caller)
+    if len(_RECENT) > _RECENT_SIZE:
+        _RECENT.popitem(last=False)
+    return caller
+
+
+def _make_caller(identity: Identity) -> Caller:
     kind = identity.kind
     if kind == "none":
         raise Forbidden("the token grants no access to FHIR resources")
