@@ -38,10 +38,9 @@ from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.entry import Evidence
 from middleware.ledger.errors import LedgerError, MalformedError, VerificationError
-from middleware.ledger.leaf import PSEUDONYM_SIZE, decode_leaf
+from middleware.ledger.leaf import PSEUDONYM_SIZE, decode_leaf, leaf_link
 from middleware.ledger.merkle import leaf_hash
 from middleware.ledger.note import parse_note
-from middleware.ledger.replay import chain_fields
 from middleware.ledger.signing import evidence_keyer
 from middleware.ledger.snapshot import LogSnapshot
 from middleware.ledger.tree import hash_leaves
@@ -292,9 +291,10 @@ def _check_lines(
     leaf is not the patient's (the tail proves the chain ends)."""
     for role, index in lines:
         leaf = leaves[index]
-        fields = chain_fields(leaf)
-        if fields is None:
-            raise VerificationError(f"leaf {index} is malformed")
+        try:
+            pseudonym_of_leaf, _ = leaf_link(leaf)
+        except MalformedError as exc:
+            raise VerificationError(f"leaf {index} is malformed") from exc
         if tree is not None and not hmac.compare_digest(
             computed := leaf_hash(leaf), tree.leaf_hash(index)
         ):
@@ -303,5 +303,5 @@ def _check_lines(
                 expected=tree.leaf_hash(index),
                 computed=computed,
             )
-        if role == "tail" and fields[0] == pseudonym:
+        if role == "tail" and pseudonym_of_leaf == pseudonym:
             raise VerificationError(f"leaf {index} of the patient's chain is not in its chain")

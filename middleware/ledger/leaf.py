@@ -23,15 +23,18 @@ offset   size   field
 =======  =====  ===============================================================================
 
 The Merkle leaf hash is computed over exactly these stored bytes (``merkle.leaf_hash``), never
-over a re-serialised :class:`Leaf`. :func:`decode_leaf` is strict: any other length, tag,
-version, kind, flag bit or an inconsistent field raises :class:`MalformedError`, so every valid
-:class:`Leaf` has exactly one encoding.
+over a re-serialised :class:`Leaf`. Reading is strict: any other length, tag, version, kind,
+flag bit or an inconsistent field raises :class:`MalformedError`, so every valid :class:`Leaf`
+has exactly one encoding. Those checks are written once, in :func:`leaf_link`; the other
+readers (:func:`leaf_fields`, :func:`decode_leaf`) are built on it.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
+import operator
 import secrets
 import struct
 from dataclasses import dataclass
@@ -56,6 +59,7 @@ __all__ = [
     "decode_leaf",
     "encode_leaf",
     "leaf_fields",
+    "leaf_link",
     "micros",
     "micros_at",
     "new_pseudonym",
@@ -111,8 +115,10 @@ class EntryFlag(enum.IntFlag):
     NARROWED = 0x0004
 
 
-#: Plain int on purpose: IntFlag's ``~`` only complements *defined* bits.
-_KNOWN_FLAG_BITS = int(EntryFlag.PERMIT | EntryFlag.BREAK_THE_GLASS | EntryFlag.NARROWED)
+#: Every bit an :class:`EntryFlag` defines (a new flag is added there only). Plain ints on
+#: purpose: IntFlag's ``~`` only complements *defined* bits.
+_KNOWN_FLAG_BITS = functools.reduce(operator.or_, (int(flag) for flag in EntryFlag), 0)
+_UNKNOWN_FLAG_BITS = ~_KNOWN_FLAG_BITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +141,7 @@ class Leaf:
     def __post_init__(self) -> None:
         if not isinstance(self.kind, EntryKind):
             raise MalformedError(f"kind must be an EntryKind, not {self.kind!r}")
-        if not isinstance(self.flags, EntryFlag) or int(self.flags) & ~_KNOWN_FLAG_BITS:
+        if not isinstance(self.flags, EntryFlag) or int(self.flags) & _UNKNOWN_FLAG_BITS:
             raise MalformedError(f"undefined flag bits in {int(self.flags):#06x}")
         if not 0 <= self.recorded_us < 2**64:
             raise MalformedError("recorded time is outside the uint64 microsecond range")
@@ -182,34 +188,6 @@ def relinked(encoded: bytes, previous: int | None) -> bytes:
     return encoded[:_PREVIOUS_AT] + link + encoded[end:]
 
 
-def decode_leaf(data: bytes) -> Leaf:
-    """Parse canonical leaf bytes; raises :class:`MalformedError` on anything else."""
-    if len(data) != LEAF_SIZE:
-        raise MalformedError(f"a leaf is {LEAF_SIZE} bytes, not {len(data)}")
-    tag, version, kind, flags, recorded, pseudonym, previous, consent, commitment = _LAYOUT.unpack(
-        data
-    )
-    if tag != LEAF_TAG:
-        raise MalformedError("not a Consentry ledger leaf (bad tag)")
-    if version != LEAF_VERSION:
-        raise MalformedError(f"unsupported leaf version {version}")
-    try:
-        entry_kind = EntryKind(kind)
-    except ValueError:
-        raise MalformedError(f"unknown entry kind {kind}") from None
-    if flags & ~_KNOWN_FLAG_BITS:
-        raise MalformedError(f"undefined flag bits in {flags:#06x}")
-    return Leaf(
-        kind=entry_kind,
-        recorded_us=recorded,
-        pseudonym=None if pseudonym == _NO_PATIENT else pseudonym,
-        commitment=commitment,
-        previous=None if previous == NO_INDEX else previous,
-        consent=None if consent == NO_INDEX else consent,
-        flags=EntryFlag(flags),
-    )
-
-
 class LeafFields(NamedTuple):
     """A valid leaf's fields as :func:`leaf_fields` reads them: :class:`Leaf`'s, ``kind`` and
     ``flags`` plain integers (an :class:`EntryKind` value, :class:`EntryFlag` bits)."""
@@ -223,45 +201,83 @@ class LeafFields(NamedTuple):
     commitment: bytes
 
 
+#: The fields :func:`leaf_link` checks: tag and version (one 5-byte string: one comparison),
+#: kind, flags, pseudonym, previous.
+_CHECKED = struct.Struct(f">5sBH8x{PSEUDONYM_SIZE}sQ{8 + COMMITMENT_SIZE}x")
+_HEAD = LEAF_TAG + bytes([LEAF_VERSION])
+#: The rest :func:`leaf_fields` reads: kind, flags, recorded time, consent, commitment.
+_REST = struct.Struct(f">5xBHQ{PSEUDONYM_SIZE + 8}xQ{COMMITMENT_SIZE}s")
 _KINDS = frozenset(int(k) for k in EntryKind)
+#: ``LeafFields`` without its generated ``__new__`` (a Python call; ``_make`` does the same).
+_new_fields = tuple.__new__
+
+
+def leaf_link(data: bytes) -> tuple[bytes | None, int | None]:
+    """The pseudonym and ``previous`` index of the leaf ``data`` (None: no patient, no earlier
+    entry); raises :class:`MalformedError` on anything but the canonical bytes of a
+    :class:`Leaf`: another length, tag, version, kind, a flag bit not defined, or a chain
+    link without a pseudonym.
+
+    This is the one check of leaf bytes: :func:`leaf_fields` and :func:`decode_leaf` are
+    built on it, and the code that reads every leaf of a log (the replay) calls it directly,
+    so a new kind or flag is added in one place (the enums). It reads only the fields it
+    checks and builds nothing (about 0.15 µs a leaf). The fields it does not read need no
+    check: any value of the recorded time and consent index is valid (``NO_INDEX`` reads as
+    None), and the commitment is any 32 bytes.
+    """
+    try:
+        head, kind, flags, pseudonym, previous = _CHECKED.unpack(data)
+    except struct.error:
+        raise MalformedError(f"a leaf is {LEAF_SIZE} bytes, not {len(data)}") from None
+    if head != _HEAD:
+        if head[:4] != LEAF_TAG:
+            raise MalformedError("not a Consentry ledger leaf (bad tag)")
+        raise MalformedError(f"unsupported leaf version {head[4]}")
+    if kind not in _KINDS:
+        raise MalformedError(f"unknown entry kind {kind}")
+    if flags & _UNKNOWN_FLAG_BITS:
+        raise MalformedError(f"undefined flag bits in {flags:#06x}")
+    if pseudonym == _NO_PATIENT:
+        if previous != NO_INDEX:
+            raise MalformedError("an entry without a pseudonym has no per-patient chain")
+        return None, None
+    return pseudonym, None if previous == NO_INDEX else previous
 
 
 def leaf_fields(data: bytes) -> LeafFields:
-    """The fields of the leaf ``data`` when :func:`decode_leaf` accepts it, else the
-    :class:`MalformedError` it raises: the same checks without building a :class:`Leaf` and
-    its enums (about 5 µs of a verifier's row, 0.5 µs this way). For code that reads every
-    leaf of a log or an export and only compares fields."""
-    if len(data) == LEAF_SIZE:
-        tag, version, kind, flags, recorded, pseudonym, previous, consent, commitment = (
-            _LAYOUT.unpack(data)
-        )
-        no_patient = pseudonym == _NO_PATIENT
-        if (
-            tag == LEAF_TAG
-            and version == LEAF_VERSION
-            and kind in _KINDS
-            and not flags & ~_KNOWN_FLAG_BITS
-            and not (no_patient and previous != NO_INDEX)  # Leaf: no chain without a patient
-        ):
-            return LeafFields(
-                kind,
-                flags,
-                recorded,
-                None if no_patient else pseudonym,
-                None if previous == NO_INDEX else previous,
-                None if consent == NO_INDEX else consent,
-                commitment,
-            )
-    # Refused above: decode_leaf says why (and decides, should the two ever disagree).
-    leaf = decode_leaf(data)
-    return LeafFields(
-        int(leaf.kind),
-        int(leaf.flags),
-        leaf.recorded_us,
-        leaf.pseudonym,
-        leaf.previous,
-        leaf.consent,
-        leaf.commitment,
+    """The fields of the leaf ``data`` when :func:`leaf_link` accepts it, else the
+    :class:`MalformedError` it raises: :func:`decode_leaf` without building a :class:`Leaf`
+    and its enums (about 0.35 µs a leaf; a :class:`Leaf` costs 2 µs more). For code that
+    reads every leaf of an export and compares fields."""
+    pseudonym, previous = leaf_link(data)
+    kind, flags, recorded, consent, commitment = _REST.unpack(data)
+    return _new_fields(
+        LeafFields,
+        (
+            kind,
+            flags,
+            recorded,
+            pseudonym,
+            previous,
+            None if consent == NO_INDEX else consent,
+            commitment,
+        ),
+    )
+
+
+def decode_leaf(data: bytes) -> Leaf:
+    """Parse canonical leaf bytes; raises :class:`MalformedError` on anything else (the checks
+    are :func:`leaf_link`'s)."""
+    pseudonym, previous = leaf_link(data)
+    kind, flags, recorded, consent, commitment = _REST.unpack(data)
+    return Leaf(
+        kind=EntryKind(kind),
+        recorded_us=recorded,
+        pseudonym=pseudonym,
+        commitment=commitment,
+        previous=previous,
+        consent=None if consent == NO_INDEX else consent,
+        flags=EntryFlag(flags),
     )
 
 

@@ -125,6 +125,14 @@ DECODE_REASONS = [
     pytest.param(_patch(4, b"\x02"), "unsupported leaf version 2", id="unknown-version"),
     pytest.param(_patch(5, b"\x08"), "unknown entry kind 8", id="unknown-kind"),
     pytest.param(_patch(6, b"\x80\x00"), "undefined flag bits in 0x8000", id="reserved-flag"),
+    pytest.param(
+        _patch(16, bytes(16) + (5).to_bytes(8, "big")),
+        "an entry without a pseudonym has no per-patient chain",
+        id="chain-without-patient",
+    ),
+    pytest.param(
+        _valid() + b"\x00", f"a leaf is {LEAF_SIZE} bytes, not {LEAF_SIZE + 1}", id="long"
+    ),
 ]
 
 

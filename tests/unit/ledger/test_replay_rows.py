@@ -3,8 +3,9 @@
 The reference is the replay as it was before the loop (a Leaf decoded and a CompactRange
 extended per row), kept here: on random logs with random edits (a row's index, bytes, stored
 hash, pseudonym column; a checkpoint's root or note; the state row) both must end with the same
-outcome or refuse with the same error. :func:`chain_fields` must accept exactly the bytes
-``decode_leaf`` accepts.
+outcome or refuse with the same error. ``leaf_link``, the leaf check the loop calls, must
+accept exactly the bytes the loop's earlier reader (``chain_fields``, kept in
+``leaf_reference``) and ``decode_leaf`` accepted, and read the same fields.
 """
 
 from __future__ import annotations
@@ -13,20 +14,23 @@ import hmac
 import struct
 from collections.abc import Iterable
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from middleware.ledger.entry import StoredCheckpoint, TreeState
 from middleware.ledger.errors import MalformedError, VerificationError
-from middleware.ledger.leaf import LEAF_SIZE, NO_INDEX, EntryKind, decode_leaf
+from middleware.ledger.leaf import LEAF_SIZE, NO_INDEX, EntryKind, leaf_link
 from middleware.ledger.merkle import CompactRange, leaf_hash
-from middleware.ledger.replay import LeafRow, Outcome, Replay, chain_fields
+from middleware.ledger.replay import LeafRow, Outcome, Replay
 from middleware.ledger.sequencer import check_checkpoint_note, plan_batch, sign_state
 from tests.contract.helpers import PSEUDONYMS, SIGN, entry
+from tests.unit.ledger.leaf_reference import reference_chain_fields, reference_decode_leaf
 
 
 class _ReferenceReplay:
-    """The replay before :meth:`Replay.feed_rows` (verbatim but for the class name)."""
+    """The replay before :meth:`Replay.feed_rows` (verbatim but for the class name and the
+    leaf reader: ``decode_leaf`` as it was then, ``leaf_reference``)."""
 
     def __init__(self, checkpoints: Iterable[StoredCheckpoint]) -> None:
         self._compact = CompactRange()
@@ -48,7 +52,7 @@ class _ReferenceReplay:
                 computed=computed,
             )
         try:
-            decoded = decode_leaf(leaf)
+            decoded = reference_decode_leaf(leaf)
         except MalformedError as exc:
             raise VerificationError(f"leaf {index} is malformed: {exc}") from exc
         if decoded.pseudonym != pseudonym:
@@ -107,7 +111,7 @@ class _ReferenceReplay:
             raise VerificationError(f"checkpoint note for size {checkpoint.size}: {exc}") from exc
 
 
-# -- chain_fields against decode_leaf --------------------------------------------------------
+# -- leaf_link against chain_fields and decode_leaf -----------------------------------------
 
 _VALID = [entry(n, pseudonym=p).leaf_bytes(None) for n, p in enumerate([None, *PSEUDONYMS])]
 _LINKED = [entry(n, pseudonym=PSEUDONYMS[0]).leaf_bytes(n - 1) for n in range(1, 4)]
@@ -130,19 +134,33 @@ def _leaf_bytes(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+def _link(data: bytes) -> tuple[bytes | None, int] | None:
+    """leaf_link in chain_fields' terms: None for a refused leaf, NO_INDEX for no link."""
+    try:
+        pseudonym, previous = leaf_link(data)
+    except MalformedError:
+        return None
+    return pseudonym, NO_INDEX if previous is None else previous
+
+
 @settings(max_examples=1500)
 @given(_leaf_bytes())
-def test_chain_fields_accepts_what_decode_leaf_accepts(data: bytes) -> None:
+def test_leaf_link_accepts_what_chain_fields_and_decode_leaf_accepted(data: bytes) -> None:
     try:
-        leaf = decode_leaf(data)
-    except MalformedError:
-        assert chain_fields(data) is None
+        leaf = reference_decode_leaf(data)
+    except MalformedError as exc:
+        reason = str(exc)
+    else:
+        previous = NO_INDEX if leaf.previous is None else leaf.previous
+        assert reference_chain_fields(data) == _link(data) == (leaf.pseudonym, previous)
         return
-    previous = NO_INDEX if leaf.previous is None else leaf.previous
-    assert chain_fields(data) == (leaf.pseudonym, previous)
+    assert reference_chain_fields(data) is None
+    with pytest.raises(MalformedError) as caught:
+        leaf_link(data)
+    assert str(caught.value) == reason
 
 
-def test_chain_fields_refuses_each_kind_of_bad_leaf() -> None:
+def test_leaf_link_refuses_each_kind_of_bad_leaf() -> None:
     good = _VALID[1]
     for bad in (
         good[:-1],
@@ -154,7 +172,8 @@ def test_chain_fields_refuses_each_kind_of_bad_leaf() -> None:
         good[:6] + b"\x00\x08" + good[8:],
         _VALID[0][:32] + struct.pack(">Q", 0) + _VALID[0][40:],
     ):
-        assert chain_fields(bad) is None
+        assert reference_chain_fields(bad) is None
+        assert _link(bad) is None
 
 
 # -- the replay against the reference -------------------------------------------------------
