@@ -18,7 +18,8 @@ async def open_log_store(url: str, *, schema: str = "public", replay: bool = Tru
     (``postgresql://`` or ``postgres://``; tables in ``schema``). The store is replayed
     before it is returned (``rebuild_state``), so a forged log refuses to open; unless
     ``replay`` is false, which only ``consentry audit export`` asks (``SqliteLogStore.open``:
-    the store then refuses to append; a memory store is always replayed)."""
+    the store then refuses every write, ``storage.ledger_unreplayed``; a memory store is
+    always replayed)."""
     if url == "memory:":
         return await MemoryLogStore.open()
     if url.startswith("sqlite:"):

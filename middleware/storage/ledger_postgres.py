@@ -32,7 +32,7 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg
 
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
-from middleware.ledger.errors import LedgerError, OutOfRangeError
+from middleware.ledger.errors import OutOfRangeError
 from middleware.ledger.replay import Outcome, Replay
 from middleware.ledger.sequencer import (
     CheckpointSigner,
@@ -46,6 +46,7 @@ from middleware.storage.audit_index_match import indexed_rows
 from middleware.storage.audit_index_stores import PostgresAuditIndex
 from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evidence_of_range
 from middleware.storage.ledger_postgres_schema import CONSENT_LEAF, SCHEMA, SIGNER_LOCK
+from middleware.storage.ledger_unreplayed import refuse_writes_unreplayed
 from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["PostgresLogStore"]
@@ -89,6 +90,7 @@ def _translated() -> AbstractAsyncContextManager[None]:
     return translated("ledger")
 
 
+@refuse_writes_unreplayed
 class PostgresLogStore(PostgresAuditIndex):
     """A log store in PostgreSQL; create it with :meth:`open`."""
 
@@ -98,7 +100,8 @@ class PostgresLogStore(PostgresAuditIndex):
         self._pool = pool
         self.schema = schema
 
-    #: Opened without its replay (``open(replay=False)``): refuses to append.
+    #: Opened without its replay (``open(replay=False)``): every write refused
+    #: (:func:`~middleware.storage.ledger_unreplayed.refuse_writes_unreplayed`).
     _unreplayed = False
 
     @classmethod
@@ -113,7 +116,7 @@ class PostgresLogStore(PostgresAuditIndex):
     ) -> PostgresLogStore:
         """Connect, create ``schema`` and the tables if missing, then replay the log.
         ``replay=False``: as :meth:`SqliteLogStore.open
-        <middleware.storage.ledger_sqlite.SqliteLogStore.open>`'s (no replay, no appends)."""
+        <middleware.storage.ledger_sqlite.SqliteLogStore.open>`'s (no replay, no writes)."""
         pool = await open_pool(
             dsn, schema=schema, ddl=SCHEMA, what="ledger", min_size=min_size, max_size=max_size
         )
@@ -131,8 +134,6 @@ class PostgresLogStore(PostgresAuditIndex):
     async def append(
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
-        if self._unreplayed:
-            raise LedgerError("a log opened without its replay does not append")
         async with _translated(), self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(_LOCK_STATE)
             if row is None:

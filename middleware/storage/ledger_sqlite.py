@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
-from middleware.ledger.errors import LedgerError, OutOfRangeError
+from middleware.ledger.errors import OutOfRangeError
 from middleware.ledger.replay import Outcome, Replay
 from middleware.ledger.sequencer import (
     ChainTails,
@@ -36,6 +36,7 @@ from middleware.storage.audit_index_match import indexed_rows
 from middleware.storage.audit_index_stores import SqliteAuditIndex
 from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evidence_of_range
 from middleware.storage.ledger_sqlite_schema import CONSENT_LEAF, SCHEMA
+from middleware.storage.ledger_unreplayed import refuse_writes_unreplayed
 from middleware.storage.sqlite_worker import SqliteWorker
 
 __all__ = ["SqliteLogStore"]
@@ -61,6 +62,7 @@ _RANGES = {
 }
 
 
+@refuse_writes_unreplayed
 class SqliteLogStore(SqliteAuditIndex):
     """A log store in one SQLite file; create it with :meth:`open`. The audit index's
     methods are :class:`~middleware.storage.audit_index_stores.SqliteAuditIndex`'s."""
@@ -84,7 +86,8 @@ class SqliteLogStore(SqliteAuditIndex):
         #: The chains this store extended (used on the worker thread only, by ``_append``).
         self._tails = ChainTails()
 
-    #: Opened without its replay (``open(replay=False)``): refuses to append.
+    #: Opened without its replay (``open(replay=False)``): every write refused
+    #: (:func:`~middleware.storage.ledger_unreplayed.refuse_writes_unreplayed`).
     _unreplayed = False
 
     @classmethod
@@ -94,7 +97,7 @@ class SqliteLogStore(SqliteAuditIndex):
         """Open (and create) the log at ``path``, then replay it (``rebuild_state``).
 
         ``replay=False`` skips the replay: the log is not checked and a state row behind the
-        leaves is not rebuilt, and the store refuses to append. Only ``consentry audit export``
+        leaves is not rebuilt, and the store refuses every write. Only ``consentry audit export``
         opens a log so (``cli_reports.export`` says why that weakens nothing)."""
         store = cls(path, busy_timeout=busy_timeout)
         try:
@@ -112,8 +115,6 @@ class SqliteLogStore(SqliteAuditIndex):
     async def append(
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
-        if self._unreplayed:
-            raise LedgerError("a log opened without its replay does not append")
         return await self._db.transaction(lambda c: _append(c, batch, sign, self._tails))
 
     async def size(self) -> int:
