@@ -18,7 +18,7 @@ entry would dominate). The format itself is :mod:`middleware.audit.export`'s.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -186,10 +186,14 @@ async def collect_export(
         if 0 <= index < size and (cells := columns_of(row)) is not None:
             columns[index] = cells
     lines: list[tuple[Role, int]]
+    checked_tree = tree if not view.hashes_from_leaves else None
+    chain_leaves: dict[int, bytes] = {}  # checked by _check_chain, its lines not read again
     if spec.pseudonym is not None:
         chain = await view.chain(spec.pseudonym)
         chain_leaves = await view.leaves(chain)
-        timed = _check_chain(chain, chain_leaves, spec.pseudonym)
+        # Every chain leaf against the verified tree, not only those the file will hold:
+        # their times decide which entries plan_chain puts in it.
+        timed = _check_chain(chain, chain_leaves, spec.pseudonym, checked_tree)
         before, inside, after = plan_chain(timed, spec.since_us, spec.until_us)
         lines = [("before", before)] if before is not None else []
         lines += [("row" if i in columns else "other", i) for i in inside]
@@ -198,8 +202,8 @@ async def collect_export(
             lines += [("tail", i) for i in plan_tail(lines[-1][1] if lines else None, size)]
     else:
         lines = [("row", i) for i in sorted(columns)]
-    leaves = await view.leaves([i for _, i in lines])
-    _check_lines(lines, leaves, tree if not view.hashes_from_leaves else None, spec.pseudonym)
+    leaves = chain_leaves | await view.leaves([i for _, i in lines if i not in chain_leaves])
+    _check_lines(lines, leaves, checked_tree, spec.pseudonym, hashed=chain_leaves)
     opened = [i for role, i in lines if role in ("row", "other")]
     evidence = await view.evidence(opened)
     # None: no opening (no evidence, a legacy Bundle, or the patient's key is gone).
@@ -257,18 +261,26 @@ def _check_tree(tree: ProofMaker, signed_size: int, signed_root: bytes, size: in
 
 
 def _check_chain(
-    chain: Sequence[int], leaves: Mapping[int, bytes], pseudonym: bytes
+    chain: Sequence[int],
+    leaves: Mapping[int, bytes],
+    pseudonym: bytes,
+    tree: ProofMaker | None,
 ) -> list[tuple[int, int]]:
-    """``(index, recorded_us)`` of the patient's chain, each leaf valid, of ``pseudonym`` and
-    naming the one before as ``previous`` (the first none): the stored pseudonym column the
-    store found the chain by cannot hide or add an entry."""
+    """``(index, recorded_us)`` of the patient's chain, each leaf valid, hashing to the
+    tree's leaf at its index (None: ``tree`` was made from these very leaves), of
+    ``pseudonym`` and naming the one before as ``previous`` (the first none): the stored
+    pseudonym column the store found the chain by cannot hide or add an entry, and a leaf
+    changed under its stored hash cannot move an entry out of the period (plan_chain plans
+    by these times, also for entries the file will not hold)."""
     timed: list[tuple[int, int]] = []
     previous: int | None = None
     for index in chain:
+        data = leaves[index]
         try:
-            leaf = decode_leaf(leaves[index])
+            leaf = decode_leaf(data)
         except MalformedError as exc:
             raise VerificationError(f"leaf {index} is malformed: {exc}") from exc
+        _check_hash(tree, index, data)
         if leaf.pseudonym != pseudonym or leaf.previous != previous:
             raise VerificationError(
                 f"the patient's chain is broken at leaf {index}",
@@ -285,23 +297,32 @@ def _check_lines(
     leaves: Mapping[int, bytes],
     tree: ProofMaker | None,
     pseudonym: bytes | None,
+    hashed: Container[int] = (),
 ) -> None:
     """Each line's leaf is a valid leaf whose hash is the one its proof is made from (None:
-    ``tree`` was made from these very leaves, ``LogView.hashes_from_leaves``), and a ``tail``
-    leaf is not the patient's (the tail proves the chain ends)."""
+    ``tree`` was made from these very leaves, ``LogView.hashes_from_leaves``; ``hashed``: the
+    indexes :func:`_check_chain` checked already), and a ``tail`` leaf is not the patient's
+    (the tail proves the chain ends)."""
     for role, index in lines:
         leaf = leaves[index]
         try:
             pseudonym_of_leaf, _ = leaf_link(leaf)
         except MalformedError as exc:
             raise VerificationError(f"leaf {index} is malformed") from exc
-        if tree is not None and not hmac.compare_digest(
-            computed := leaf_hash(leaf), tree.leaf_hash(index)
-        ):
-            raise VerificationError(
-                f"stored hash of leaf {index} does not match its bytes",
-                expected=tree.leaf_hash(index),
-                computed=computed,
-            )
+        if index not in hashed:
+            _check_hash(tree, index, leaf)
         if role == "tail" and pseudonym_of_leaf == pseudonym:
             raise VerificationError(f"leaf {index} of the patient's chain is not in its chain")
+
+
+def _check_hash(tree: ProofMaker | None, index: int, leaf: bytes) -> None:
+    """``leaf`` hashes to ``tree``'s leaf at ``index``, the hash its proof is made from and
+    the tree checked against the signed root (_check_tree); None: nothing to check."""
+    if tree is not None and not hmac.compare_digest(
+        computed := leaf_hash(leaf), expected := tree.leaf_hash(index)
+    ):
+        raise VerificationError(
+            f"stored hash of leaf {index} does not match its bytes",
+            expected=expected,
+            computed=computed,
+        )
