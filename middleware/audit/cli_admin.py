@@ -8,7 +8,10 @@ sealed audit facts opens them with the patient's key (one unwrap per patient) an
 gone gets its shredded row (what its leaf says). An audit entry written before sealed facts
 (its evidence a plain BALP Bundle) gets the row :func:`~middleware.audit.legacy.legacy_row`
 reads from its events. Other entries (consents, admin, key events) have no index row. It
-reports rows, legacy rows and entries per second.
+reports rows, legacy rows, shredded rows, the entries it could not index (``unreadable``: the
+patient's key does not open the evidence, or legacy evidence is no Bundle of AuditEvents;
+``malformed``: the key opens it, but to facts that are not valid or give no row) and entries
+per second.
 
 ``shred`` is a governed admin action over every pseudonym chain of the patient (each
 pseudonym of the index rows naming them, and the pseudonym table's current one: a patient
@@ -37,6 +40,7 @@ from middleware.audit.cli_common import Usage, all_rows, now_us, opened, print_j
 from middleware.audit.evidence import (
     EVIDENCE_PURPOSE,
     NO_PATIENT,
+    EvidenceKeyError,
     is_sealed,
     unwrap_key,
 )
@@ -88,7 +92,7 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
             size = await store.size()
             keys: dict[bytes, Callable[[bytes], bytes] | None] = {}  # entry keys by salt
             rows: list[AuditRow] = []
-            counts = {"rows": 0, "legacy": 0, "shredded": 0, "unreadable": 0}
+            counts = {"rows": 0, "legacy": 0, "shredded": 0, "unreadable": 0, "malformed": 0}
             with Progress("reindex", total=size, unit="entries") as progress:
                 async for start, leaves, evidence in read_ranges(store, size, _CHUNK):
                     for offset, data in enumerate(leaves):
@@ -166,21 +170,25 @@ def _row(
 ) -> AuditRow | None:
     """The index row of entry ``index`` (its leaf ``data`` and fields, sealed facts in
     ``stored``, opened by the key ``entry_key_of(salt)``: ``signing.evidence_keyer`` of the
-    patient's key), or None when the key does not open it; the shredded row when the patient
-    key is gone (``entry_key_of`` None)."""
+    patient's key), or None (counted ``unreadable``) when the key does not open it, or
+    (counted ``malformed``) when it opens to facts that are not valid or give no row; the
+    shredded row when the patient key is gone (``entry_key_of`` None)."""
     if entry_key_of is None:  # crypto-shredded: what the leaf says
         counts["shredded"] += 1
         return shredded_row(index, decode_leaf(data))
     try:
         entry_key = entry_key_of(stored.salt)
         # row_of(open_entry(...)) without the facts' dataclasses: the same row, the same
-        # errors (facts_row); facts that decode but give no row are unreadable too.
+        # errors (facts_row).
         row = open_row(
             entry_key, stored.data, kind=leaf.kind, flags=leaf.flags, pseudonym=leaf.pseudonym,
             index=index,
         )  # fmt: skip
-    except ValueError:  # EvidenceKeyError included
+    except EvidenceKeyError:  # not this entry's key, or a changed byte
         counts["unreadable"] += 1
+        return None
+    except ValueError:  # sealed by the gateway's key, yet no valid facts or no row of them
+        counts["malformed"] += 1
         return None
     counts["rows"] += 1
     return row
