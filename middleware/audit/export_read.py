@@ -115,7 +115,7 @@ def ndjson_lines(
 
 
 def _ndjson_line(text: str, names: tuple[str, ...]) -> ExportLine:
-    """One NDJSON entry line, or the error :func:`_parse` raises for it.
+    """One NDJSON entry line, or the error :func:`_ndjson_line_slowly` raises for it.
 
     Tried first as :class:`_BinaryLine` (msgspec decodes the base64 values in C); a line that
     does not decode so, or has only one of ``salt`` and ``evidence``, is read again by
@@ -142,8 +142,9 @@ def _ndjson_line_slowly(text: str, names: tuple[str, ...]) -> ExportLine:
     """:func:`_ndjson_line` with the binary values read as text, then base64 by binascii."""
     line = _decode(text)
     values = _values(line.columns, names)
-    # _parse's checks, in its order, on the typed line (role, index, then the binary values:
-    # salt, evidence, key, leaf, proof), so a bad line says the same.
+    # The CSV reader's checks (export_read_csv._parse), in its order, on the typed line (role,
+    # index, then the binary values: salt, evidence, key, leaf, proof), so a bad line says the
+    # same in either format.
     role, index = line.role, line.index
     _check_role_and_index(role, index)
     opening = None
@@ -177,9 +178,10 @@ def _check_role_and_index(role: str, index: int) -> None:
 class _Line(msgspec.Struct, forbid_unknown_fields=True):
     """An NDJSON entry line as msgspec reads it: an object of exactly these keys (no others;
     ``salt``, ``evidence``, ``key`` and ``columns`` may be absent or null), ``index`` an
-    integer (not a boolean or a float), binary values base64 text (checked by :func:`_parse`),
-    ``columns`` an object of strings. Typed decoding does in C what a dict's checks did in
-    Python (about a fifth of verifying a line); a line that is not so raises ValueError."""
+    integer (not a boolean or a float), binary values base64 text (decoded and checked by
+    :func:`_ndjson_line_slowly`), ``columns`` an object of strings. Typed decoding does in C
+    what a dict's checks did in Python (about a fifth of verifying a line); a line that is not
+    so raises ValueError."""
 
     role: str
     index: int
