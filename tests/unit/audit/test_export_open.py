@@ -7,9 +7,11 @@ import asyncio
 import gc
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from middleware.audit import cli_reports
 from middleware.audit.cli_common import read_key
 from middleware.audit.evidence import EVIDENCE_PURPOSE
 from middleware.audit.export_collect import ExportSpec, StoreView, collect_export
@@ -224,11 +226,22 @@ def test_a_store_opened_without_its_replay_does_not_append(log: Setup) -> None:
         asyncio.run(append())
 
 
-def test_the_garbage_collector_is_back_after_an_export(log: Setup) -> None:
-    """The export pauses the collector (cli_reports._collector_paused) and restores it,
-    also when the export fails."""
+def test_the_garbage_collector_is_back_after_an_export(
+    log: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The export pauses the collector while it gathers and writes the lines
+    (cli_reports._collector_paused) and restores it, also when the export fails."""
+    seen: list[bool] = []
+    collect = collect_export  # the function cli_reports calls
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return collect(*args, **kwargs)
+
+    monkeypatch.setattr(cli_reports, "collect_export", spy)
     assert gc.isenabled()
     assert _export(log, "--report", "date-range")[0] == 0
+    assert seen == [False]  # paused during the export
     assert gc.isenabled()
     forged = bytes([_leaf(log, 3)[0] ^ 1]) + _leaf(log, 3)[1:]  # a malformed leaf
     _edit(log, ("UPDATE consentry_ledger_leaves SET leaf = ? WHERE idx = 3", (forged,)))
