@@ -48,7 +48,14 @@ from middleware.fhir.request import FhirRequest, Interaction, Level
 from middleware.ledger.leaf import EntryFlag
 
 __all__ = [
+    "ALERT_EVENT_TYPE",
+    "CALLER_KINDS",
+    "DECISION_EFFECTS",
+    "EVENT_KINDS",
     "FACTS_VERSION",
+    "OVERRIDE_SUBTYPES",
+    "REST_EVENT_TYPE",
+    "WIRE_DECODER",
     "AuditFacts",
     "Caller",
     "DecisionFacts",
@@ -66,9 +73,13 @@ EventKind = Literal["exchange", "decision", "outcome", "break-glass-started", "b
 write's ``decision`` before it is forwarded or its ``outcome`` once the upstream answered, an
 emergency override started or stopped (DICOM 110127 / 110138)."""
 
-_EVENTS: Final = frozenset(get_args(EventKind))
-_KINDS: Final = frozenset(get_args(IdentityKind))
-_EFFECTS: Final = frozenset({"permit", "deny"})
+# The vocabulary decode_facts checks, shared with facts_row (which checks the same).
+#: The ``event`` values (:data:`EventKind`).
+EVENT_KINDS: Final = frozenset(get_args(EventKind))
+#: A caller's ``kind`` values (``auth.identity.IdentityKind``).
+CALLER_KINDS: Final = frozenset(get_args(IdentityKind))
+#: A decision's ``effect`` values.
+DECISION_EFFECTS: Final = frozenset({"permit", "deny"})
 _SYSTEM_SCOPE: Final = Scope("system", "*", frozenset())
 
 
@@ -244,7 +255,8 @@ _Wire = tuple[
     _Opt,
 ]
 _encoder: Final = msgspec.msgpack.Encoder()
-_decoder: Final = msgspec.msgpack.Decoder(_Wire)
+#: The typed MessagePack decoder of the facts' wire tuple (facts_row decodes with it too).
+WIRE_DECODER: Final = msgspec.msgpack.Decoder(_Wire)
 
 
 def encode_facts(facts: AuditFacts) -> bytes:
@@ -295,7 +307,7 @@ def decode_facts(data: bytes) -> AuditFacts:
     version, a field of the wrong type, a value out of its range, bytes that are not exactly
     the canonical encoding) raises :class:`ValueError`, never anything else."""
     try:
-        wire = _decoder.decode(data)
+        wire = WIRE_DECODER.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ValueError(_why(data)) from exc
     try:
@@ -323,7 +335,7 @@ def _facts_of(w: Any) -> AuditFacts:
     refs, raw, decision, mapping, reason = w[10:]
     if version != FACTS_VERSION:
         raise ValueError(f"unknown audit facts version {version}")
-    if event not in _EVENTS:
+    if event not in EVENT_KINDS:
         raise ValueError("unknown event")
     if recorded_us < 0 or not rid or not 0 <= status < 1000:
         raise ValueError("time, request id or status out of range")
@@ -354,7 +366,7 @@ def _facts_of(w: Any) -> AuditFacts:
 
 def _caller_of(w: Any) -> Caller:
     subject, issuer, kind, client_id, fhir_user, patient, purposes, roles, token_id, org = w
-    if kind not in _KINDS:
+    if kind not in CALLER_KINDS:
         raise ValueError("unknown caller kind")
     if list(roles) != sorted(set(roles)):
         raise ValueError("roles are sorted and distinct")
@@ -365,7 +377,7 @@ def _caller_of(w: Any) -> Caller:
 
 def _decision_of(w: Any) -> DecisionFacts:
     effect, obligations, relied = w
-    if effect not in _EFFECTS:
+    if effect not in DECISION_EFFECTS:
         raise ValueError("unknown decision effect")
     if any(index is not None and index < 0 for _, index in relied):
         raise ValueError("a ledger index is not negative")
@@ -378,10 +390,13 @@ def _patient(patient: str | None) -> str | None:
     return patient
 
 
-_REST_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type|rest"
-_ALERT_TYPE: Final = f"{DCM}|110113"
+#: An index row's ``event_type``: a RESTful event, or an alert (DICOM 110113, a security
+#: alert: a consent decision or a break-the-glass override).
+REST_EVENT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/audit-event-type|rest"
+ALERT_EVENT_TYPE: Final = f"{DCM}|110113"
 _BREAK_THE_GLASS: Final = int(EntryFlag.BREAK_THE_GLASS)
-_OVERRIDE: Final = {"break-glass-started": "110127", "break-glass-stopped": "110138"}
+#: The override events and their DICOM subtype (emergency override started, stopped).
+OVERRIDE_SUBTYPES: Final = {"break-glass-started": "110127", "break-glass-stopped": "110138"}
 
 
 def row_of(
@@ -433,7 +448,7 @@ def row_of(
         outcome=outcome,
         resource_types=tuple(sorted(types)),
         entities=entities,
-        break_glass=bool(int(flags) & _BREAK_THE_GLASS) or f.event in _OVERRIDE,
+        break_glass=bool(int(flags) & _BREAK_THE_GLASS) or f.event in OVERRIDE_SUBTYPES,
         request_id=f.request_id,
     )
 
@@ -455,14 +470,14 @@ def _agent(f: AuditFacts) -> str | None:
 
 def _primary(f: AuditFacts) -> tuple[str, str | None, str, str]:
     """(type, subtype, action, outcome) of the entry's last rendered event."""
-    if f.event in _OVERRIDE:
-        return _ALERT_TYPE, _OVERRIDE[f.event], "E", "0"
+    if f.event in OVERRIDE_SUBTYPES:
+        return ALERT_EVENT_TYPE, OVERRIDE_SUBTYPES[f.event], "E", "0"
     if f.event == "decision" and f.decision is not None:
-        return _ALERT_TYPE, "AuthZ-Consent", "E", "0" if f.decision.permitted else "8"
+        return ALERT_EVENT_TYPE, "AuthZ-Consent", "E", "0" if f.decision.permitted else "8"
     if f.interaction is None:
         raise ValueError("an exchange's facts name its interaction")
     subtype, action = interaction_codes(f.interaction)
-    return _REST_TYPE, subtype, action, f.outcome
+    return REST_EVENT_TYPE, subtype, action, f.outcome
 
 
 def _refs(f: AuditFacts) -> tuple[str, ...]:

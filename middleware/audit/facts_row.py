@@ -29,17 +29,17 @@ import msgspec
 from middleware.audit.balp import interaction_codes
 from middleware.audit.evidence import EVIDENCE_HEADER, EvidenceKeyError
 from middleware.audit.facts import (  # the one wire schema and vocabulary, not copies
-    _ALERT_TYPE,
-    _EFFECTS,
-    _EVENTS,
-    _KINDS,
-    _OVERRIDE,
-    _REST_TYPE,
+    ALERT_EVENT_TYPE,
+    CALLER_KINDS,
+    DECISION_EFFECTS,
+    EVENT_KINDS,
     FACTS_VERSION,
+    OVERRIDE_SUBTYPES,
+    REST_EVENT_TYPE,
+    WIRE_DECODER,
     decode_facts,
     row_of,
 )
-from middleware.audit.facts import _decoder as _wire_decoder
 from middleware.audit.parts import outcome_for_status, patient_reference
 from middleware.audit.row import NO_INDEX_YET, AuditRow
 from middleware.fhir.request import Interaction
@@ -48,7 +48,7 @@ from middleware.ledger.signing import BOX_KEY_SIZE, unseal_once
 
 __all__ = ["open_row", "row_from_facts"]
 
-_decode: Final = _wire_decoder.decode
+_decode: Final = WIRE_DECODER.decode
 _encode: Final = msgspec.msgpack.Encoder().encode
 _BREAK_THE_GLASS: Final = int(EntryFlag.BREAK_THE_GLASS)
 #: (subtype, action) of each interaction's RESTful event, by its wire value.
@@ -107,7 +107,7 @@ def _row(plain: bytes, kind: int, flags: int, pseudonym: bytes | None, index: in
     (version, event, recorded_us, request_id, gateway, req, caller, _, status, patient, refs, _,
      decision, _, _) = w  # fmt: skip
     # facts._facts_of, AgentInfo, _caller_of, _patient, _decision_of, in that order.
-    if version != FACTS_VERSION or event not in _EVENTS:
+    if version != FACTS_VERSION or event not in EVENT_KINDS:
         raise _Refused
     if recorded_us < 0 or not request_id or not 0 <= status < 1000:
         raise _Refused
@@ -119,7 +119,7 @@ def _row(plain: bytes, kind: int, flags: int, pseudonym: bytes | None, index: in
     purposes: tuple[str, ...] = ()
     if caller is not None:
         subject, issuer, caller_kind, client, fhir_user, _, pairs, roles, _, organization = caller
-        if caller_kind not in _KINDS:
+        if caller_kind not in CALLER_KINDS:
             raise _Refused
         if len(roles) > 1 and list(roles) != sorted(set(roles)):
             raise _Refused
@@ -134,21 +134,21 @@ def _row(plain: bytes, kind: int, flags: int, pseudonym: bytes | None, index: in
         _PATIENTS.add(patient)
     if decision is not None:
         effect, _, relied = decision
-        if effect not in _EFFECTS or any(i is not None and i < 0 for _, i in relied):
+        if effect not in DECISION_EFFECTS or any(i is not None and i < 0 for _, i in relied):
             raise _Refused
     if _encode(w) != plain:
         raise _Refused  # not canonical: encode_facts(decoded) would differ
     # facts.row_of
     subtype: str | None
-    if event in _OVERRIDE:
-        event_type, subtype, action, outcome = _ALERT_TYPE, _OVERRIDE[event], "E", "0"
+    if event in OVERRIDE_SUBTYPES:
+        event_type, subtype, action, outcome = ALERT_EVENT_TYPE, OVERRIDE_SUBTYPES[event], "E", "0"
     elif event == "decision" and decision is not None:
-        event_type, subtype, action = _ALERT_TYPE, "AuthZ-Consent", "E"
+        event_type, subtype, action = ALERT_EVENT_TYPE, "AuthZ-Consent", "E"
         outcome = "0" if decision[0] == "permit" else "8"
     elif codes is None:
         raise _Refused  # row_of's "an exchange's facts name its interaction"
     else:
-        event_type, (subtype, action), outcome = _REST_TYPE, codes, outcome_for_status(status)
+        event_type, (subtype, action), outcome = REST_EVENT_TYPE, codes, outcome_for_status(status)
     entities, types = _entities(refs, req)
     return AuditRow(
         index,
@@ -168,7 +168,7 @@ def _row(plain: bytes, kind: int, flags: int, pseudonym: bytes | None, index: in
         outcome,
         types,
         entities,
-        bool(flags & _BREAK_THE_GLASS) or event in _OVERRIDE,
+        bool(flags & _BREAK_THE_GLASS) or event in OVERRIDE_SUBTYPES,
         request_id,
     )
 
