@@ -51,8 +51,11 @@ tests[audit-facts]="tests/unit/audit/test_facts.py tests/unit/audit/test_render.
 # The recorder (entries, outbox, replay) on its own, with the app tests of writes whose outcome
 # waits in the outbox (reconcile, replay, readiness) and of break-the-glass: real SQLite
 # outboxes and in-memory ledgers, about a second in all.
-files[audit-recorder]="middleware/audit/recorder.py"
+files[audit-recorder]="middleware/audit/recorder.py middleware/audit/recorder_direct.py
+    middleware/audit/recorder_outbox.py middleware/audit/recorder_intents.py
+    middleware/audit/ttlcache.py"
 tests[audit-recorder]="tests/unit/audit/test_recorder.py tests/unit/audit/test_outbox_owners.py
+    tests/unit/audit/test_ttlcache.py
     tests/unit/audit/test_recorder_mutants.py tests/unit/audit/test_recorder_mutants2.py
     tests/unit/audit/test_recorder_slow_hold.py
     tests/app/test_write_audit.py

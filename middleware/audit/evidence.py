@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
@@ -35,6 +34,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from middleware.audit.facts import AuditFacts, decode_facts, encode_facts, row_of
 from middleware.audit.parts import Json
 from middleware.audit.render import render_events
+from middleware.audit.ttlcache import TtlCache
 from middleware.fhir import jsoncodec
 from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
 from middleware.ledger.entry import Evidence, NewEntry
@@ -179,22 +179,12 @@ class PatientKeys:
             raise ValueError("max_cached and max_age must be positive")
         self._audit_key = audit_key
         self._wrap_key = wrap_key
-        self._max = max_cached
-        self._max_age = max_age
-        self._clock = clock
         self._get = audit_key_get
-        self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._cache: TtlCache[bytes, bytes] = TtlCache(max_cached, max_age, clock)
 
     def cached(self, pseudonym: bytes) -> bytes | None:
         """The key of ``pseudonym`` if cached and fresh (no I/O)."""
-        hit = self._cache.get(pseudonym)
-        if hit is None:
-            return None
-        if self._clock() - hit[1] >= self._max_age:
-            del self._cache[pseudonym]
-            return None
-        self._cache.move_to_end(pseudonym)
-        return hit[0]
+        return self._cache.get(pseudonym)
 
     async def key(self, pseudonym: bytes) -> bytes:
         """The patient key of ``pseudonym``, created on first use. Raises whatever the store
@@ -206,14 +196,12 @@ class PatientKeys:
         if wrapped is None:
             wrapped = await self._audit_key(pseudonym, seal(self._wrap_key, new_box_key()))
         key = unwrap_key(self._wrap_key, wrapped)
-        self._cache[pseudonym] = (key, self._clock())
-        if len(self._cache) > self._max:
-            self._cache.popitem(last=False)
+        self._cache.put(pseudonym, key)
         return key
 
     def forget(self, pseudonym: bytes) -> None:
         """Drop a cached key (after a crypto-shred)."""
-        self._cache.pop(pseudonym, None)
+        self._cache.drop(pseudonym)
 
 
 def unwrap_key(wrap_key: bytes, wrapped: bytes) -> bytes:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from middleware.audit.outbox import Lease
-from middleware.audit.recorder import AuditRecorder, _row_mac
+from middleware.audit.recorder import AuditRecorder
+from middleware.audit.recorder_outbox import row_mac as _row_mac
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryFlag, EntryKind
 from middleware.storage.audit_outbox import SqliteOutbox

@@ -22,7 +22,10 @@ from middleware.audit.evidence import PatientKeys
 from middleware.audit.facts import decode_facts, encode_facts
 from middleware.audit.outbox import Lease, OpenIntent, OutboxRow
 from middleware.audit.plan import plan
-from middleware.audit.recorder import AuditRecorder, _row_mac, _running, _started
+from middleware.audit.recorder import AuditRecorder
+from middleware.audit.recorder_intents import running as _running
+from middleware.audit.recorder_intents import started as _started
+from middleware.audit.recorder_outbox import row_mac as _row_mac
 from middleware.consent.decide import Decision, TraceStep
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import NewEntry

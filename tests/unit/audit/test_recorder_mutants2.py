@@ -21,7 +21,10 @@ from middleware.audit.evidence import PatientKeys, is_sealed
 from middleware.audit.facts import decode_facts
 from middleware.audit.outbox import Lease, OpenIntent, OutboxRow
 from middleware.audit.plan import plan
-from middleware.audit.recorder import AuditRecorder, _row_mac, _running, _started
+from middleware.audit.recorder import AuditRecorder
+from middleware.audit.recorder_intents import running as _running
+from middleware.audit.recorder_intents import started as _started
+from middleware.audit.recorder_outbox import row_mac as _row_mac
 from middleware.ledger.leaf import EntryKind, micros, new_pseudonym, new_salt
 from middleware.ledger.signing import new_box_key
 from middleware.storage.audit_outbox import SqliteOutbox
