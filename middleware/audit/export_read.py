@@ -20,9 +20,11 @@ from middleware.audit.export import EXPORT_FORMAT, EntryOpening, format_time
 from middleware.ledger.leaf import micros
 
 __all__ = [
+    "LINE_ROLES",
     "REPORTS",
     "ExportLine",
     "HeaderError",
+    "decode_base64",
     "ndjson_lines",
     "parse_time",
     "read_header",
@@ -94,7 +96,8 @@ class ExportLine(msgspec.Struct, frozen=True, gc=False):
     columns: tuple[str, ...] | None
 
 
-_ROLES = frozenset({"row", "other", "before", "after", "tail"})
+#: An entry line's ``role`` values (both formats; ``export.Role``).
+LINE_ROLES = frozenset({"row", "other", "before", "after", "tail"})
 _HEADER_KEYS = frozenset(
     {"format", "report", "patient", "agent", "since", "until", "columns", "origin"}
     | {"checkpoint", "chain", "rules"}
@@ -151,8 +154,8 @@ def _ndjson_line_slowly(text: str, names: tuple[str, ...]) -> ExportLine:
     if line.salt is not None or line.evidence is not None:
         key = line.key
         opening = EntryOpening(
-            _unb64(line.salt),
-            _unb64(line.evidence),
+            decode_base64(line.salt),
+            decode_base64(line.evidence),
             None if key is None else _a2b(key, strict_mode=True),
         )
     leaf = _a2b(line.leaf, strict_mode=True)
@@ -169,7 +172,7 @@ def _values(cols: dict[str, str] | None, names: tuple[str, ...]) -> tuple[str, .
 
 
 def _check_role_and_index(role: str, index: int) -> None:
-    if role not in _ROLES:
+    if role not in LINE_ROLES:
         raise ValueError(f"unknown role {role!r}")
     if index < 0:  # an int: the typed decoder refuses booleans and floats
         raise ValueError("the index is a non-negative integer")
@@ -218,7 +221,9 @@ _decode_binary = msgspec.json.Decoder(_BinaryLine).decode
 _a2b = binascii.a2b_base64
 
 
-def _unb64(text: Any) -> bytes:
+def decode_base64(text: Any) -> bytes:
+    """The bytes of a binary value of a line read as text (both formats); ValueError
+    (``binascii.Error`` included) when it is not base64 text."""
     # strict_mode: only the standard alphabet, padding only at the end, nothing after it
     # (what b64decode(validate=True) checks with a regular expression, and a little more).
     if not isinstance(text, str):

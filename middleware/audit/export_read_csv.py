@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from middleware.audit.export import PROOF_COLUMNS, EntryOpening
-from middleware.audit.export_read import _ROLES, ExportLine, _unb64  # the line, shared
+from middleware.audit.export_read import LINE_ROLES, ExportLine, decode_base64  # the line, shared
 
 __all__ = ["csv_lines", "csv_records"]
 
@@ -58,7 +58,7 @@ def _csv_line(
     record, which :func:`_parse` then reads (and refuses, with its reason). The cells hold no
     quote or backslash (so the array is exactly these strings, no escape read), and msgspec's
     base64 accepts a subset of what ``binascii`` does, to the same bytes."""
-    if role not in _ROLES or type(index) is not int or index < 0:
+    if role not in LINE_ROLES or type(index) is not int or index < 0:
         return None
     if not (cells[2] or cells[3] or cells[4]):
         cells = cells[:2]
@@ -124,11 +124,15 @@ def _parse(
     key: Any,
     values: tuple[str, ...] | None,
 ) -> ExportLine:
-    if role not in _ROLES:
+    if role not in LINE_ROLES:
         raise ValueError(f"unknown role {role!r}")
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise ValueError("the index is a non-negative integer")
     opening = None
     if salt is not None or evidence is not None:
-        opening = EntryOpening(_unb64(salt), _unb64(evidence), None if key is None else _unb64(key))
-    return ExportLine(role, index, _unb64(leaf), _unb64(proof), opening, values)
+        opening = EntryOpening(
+            decode_base64(salt),
+            decode_base64(evidence),
+            None if key is None else decode_base64(key),
+        )
+    return ExportLine(role, index, decode_base64(leaf), decode_base64(proof), opening, values)
