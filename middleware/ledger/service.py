@@ -165,7 +165,10 @@ class LedgerService:
 
     async def append(self, entry: NewEntry) -> int:
         """Record ``entry`` durably and return its index (see :meth:`LedgerWriter.append`)."""
-        return await (await self.writer()).append(entry)
+        writer = self._writer
+        if writer is None or writer.crashed:  # what writer() checks first, without its frames
+            writer = await self.writer()
+        return await writer.append(entry)
 
     async def aclose(self) -> None:
         """Stop the writer (committing what is queued), then close the store."""

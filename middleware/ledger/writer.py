@@ -162,15 +162,19 @@ class LedgerWriter:
         or the batch failed. A retried entry with the same idempotency key returns the index
         recorded the first time. Cancelling the caller does not withdraw the entry.
         """
-        if not self.running:
+        # running and full, inline: this runs once per audit entry.
+        task = self._task
+        if task is None or task.done() or self._closing:
             raise ServiceUnavailable("ledger writer is not running")
-        if self.full:
+        pending = self._pending
+        if len(pending) >= self._max_pending:
             raise ServiceUnavailable("ledger queue is full")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[int] = loop.create_future()
-        self._pending.append((entry, future, loop.time()))
+        # The time queued is read only to wait for a batch to fill (max_wait > 0).
+        pending.append((entry, future, loop.time() if self._max_wait else 0.0))
         self._wakeup.set()
-        if len(self._pending) >= self._max_batch:
+        if len(pending) >= self._max_batch:
             self._full.set()
         return await future
 
