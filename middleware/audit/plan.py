@@ -9,10 +9,10 @@ when read (:mod:`middleware.audit.render`), off the request's hot path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Final, Literal, TypeVar
 
 from middleware.audit.balp import is_query
 from middleware.audit.facts import AuditFacts, Caller, DecisionFacts
@@ -27,6 +27,11 @@ __all__ = ["Exchange", "Phase", "Planned", "plan", "plan_break_glass"]
 _PERMIT = int(EntryFlag.PERMIT)
 _NARROWED = int(EntryFlag.NARROWED)
 _BREAK_THE_GLASS = int(EntryFlag.BREAK_THE_GLASS)
+
+_O = TypeVar("_O")
+_F = TypeVar("_F")
+#: How many identities and decisions :func:`_made_of` remembers the facts of.
+_RECENT_SIZE: Final = 1024
 
 Phase = Literal["exchange", "decision", "outcome"]
 """``exchange``: reads, searches and every denied or failed request, once answered;
@@ -94,7 +99,7 @@ def plan(exchange: Exchange, phase: Phase, recorded_us: int, gateway: AgentInfo)
     ] or [(None, None)]
     # Flag bits as plain ints, one EntryFlag made per entry (IntFlag arithmetic is slow).
     extra = (_NARROWED if x.narrowed else 0) | (_BREAK_THE_GLASS if x.break_glass else 0)
-    caller = None if x.identity is None else Caller.of(x.identity)
+    caller = None if x.identity is None else _made_of(_CALLERS, x.identity, Caller.of)
     out: list[Planned] = []
     for patient, decision in targets:
         flags = EntryFlag(extra | (_PERMIT if _permits(phase, x.status, decision) else 0))
@@ -109,7 +114,9 @@ def plan(exchange: Exchange, phase: Phase, recorded_us: int, gateway: AgentInfo)
             kind = EntryKind.ACCESS_DECISION
         else:
             kind = EntryKind.ACCESS_OUTCOME  # rendered without the decision (render.py)
-        facts_decision = None if decision is None else DecisionFacts.of(decision)
+        facts_decision = (
+            None if decision is None else _made_of(_DECISIONS, decision, DecisionFacts.of)
+        )
         facts = AuditFacts(
             event=phase,
             recorded_us=recorded_us,
@@ -151,7 +158,7 @@ def plan_break_glass(
     if not refs or not request_id:
         raise ValueError("a break-the-glass entry names its patients and request id")
     flags = EntryFlag.BREAK_THE_GLASS | (EntryFlag.PERMIT if phase == "started" else EntryFlag.NONE)
-    caller = Caller.of(identity)
+    caller = _made_of(_CALLERS, identity, Caller.of)
     return [
         Planned(
             EntryKind.ACCESS_DECISION,
@@ -178,3 +185,24 @@ def _permits(phase: Phase, status: int, decision: Decision | None) -> bool:
     if phase == "decision" and decision is not None:
         return decision.permitted
     return status < 400 and (decision is None or decision.permitted)
+
+
+#: Facts made recently, by the object they were made of (kept alive here, so its ``id`` cannot
+#: be reused while the entry stands): the token verifier hands out the same Identity for a
+#: token it verified before, the decision cache the same Decision for the same question, and
+#: both are frozen, so their facts are made once (3.1 and 2.2 us each made afresh).
+_CALLERS: Final[dict[int, tuple[Identity, Caller]]] = {}
+_DECISIONS: Final[dict[int, tuple[Decision, DecisionFacts]]] = {}
+
+
+def _made_of(recent: dict[int, tuple[_O, _F]], of: _O, make: Callable[[_O], _F]) -> _F:
+    """``make(of)`` (a pure function of the frozen ``of``), remembered for the last
+    :data:`_RECENT_SIZE` objects, oldest first out."""
+    hit = recent.get(id(of))
+    if hit is not None and hit[0] is of:
+        return hit[1]
+    made = make(of)
+    recent[id(of)] = (of, made)
+    if len(recent) > _RECENT_SIZE:
+        del recent[next(iter(recent))]
+    return made
