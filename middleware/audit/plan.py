@@ -28,6 +28,12 @@ _PERMIT = int(EntryFlag.PERMIT)
 _NARROWED = int(EntryFlag.NARROWED)
 _BREAK_THE_GLASS = int(EntryFlag.BREAK_THE_GLASS)
 
+#: The EntryFlag of each combination of the bits plan() sets.
+_FLAGS: Final = {
+    bits: EntryFlag(bits)
+    for bits in range((_PERMIT | _NARROWED | _BREAK_THE_GLASS) + 1)
+    if bits & ~(_PERMIT | _NARROWED | _BREAK_THE_GLASS) == 0
+}
 _O = TypeVar("_O")
 _F = TypeVar("_F")
 #: How many identities and decisions :func:`_made_of` remembers the facts of.
@@ -97,12 +103,12 @@ def plan(exchange: Exchange, phase: Phase, recorded_us: int, gateway: AgentInfo)
     targets: list[tuple[str | None, Decision | None]] = [
         (patient_reference(p), d) for p, d in x.decisions.items()
     ] or [(None, None)]
-    # Flag bits as plain ints, one EntryFlag made per entry (IntFlag arithmetic is slow).
+    # Flag bits as plain ints, their EntryFlag looked up (IntFlag arithmetic is slow).
     extra = (_NARROWED if x.narrowed else 0) | (_BREAK_THE_GLASS if x.break_glass else 0)
     caller = None if x.identity is None else _made_of(_CALLERS, x.identity, Caller.of)
     out: list[Planned] = []
     for patient, decision in targets:
-        flags = EntryFlag(extra | (_PERMIT if _permits(phase, x.status, decision) else 0))
+        flags = _FLAGS[extra | (_PERMIT if _permits(phase, x.status, decision) else 0)]
         refs = x.resource_refs
         if phase == "exchange":
             disclosed = x.status < 400 and (patient is None or patient in released)
@@ -114,8 +120,8 @@ def plan(exchange: Exchange, phase: Phase, recorded_us: int, gateway: AgentInfo)
             kind = EntryKind.ACCESS_DECISION
         else:
             kind = EntryKind.ACCESS_OUTCOME  # rendered without the decision (render.py)
-        facts_decision = (
-            None if decision is None else _made_of(_DECISIONS, decision, DecisionFacts.of)
+        facts_decision, consent = (
+            (None, None) if decision is None else _made_of(_DECISIONS, decision, _decision_facts)
         )
         facts = AuditFacts(
             event=phase,
@@ -135,7 +141,6 @@ def plan(exchange: Exchange, phase: Phase, recorded_us: int, gateway: AgentInfo)
             decision=facts_decision,
             mapping=x.mapping,
         )
-        consent = None if facts_decision is None else facts_decision.consent_index
         out.append(Planned(kind, facts, flags, consent))
     return out
 
@@ -192,7 +197,13 @@ def _permits(phase: Phase, status: int, decision: Decision | None) -> bool:
 #: token it verified before, the decision cache the same Decision for the same question, and
 #: both are frozen, so their facts are made once (3.1 and 2.2 us each made afresh).
 _CALLERS: Final[dict[int, tuple[Identity, Caller]]] = {}
-_DECISIONS: Final[dict[int, tuple[Decision, DecisionFacts]]] = {}
+_DECISIONS: Final[dict[int, tuple[Decision, tuple[DecisionFacts, int | None]]]] = {}
+
+
+def _decision_facts(decision: Decision) -> tuple[DecisionFacts, int | None]:
+    """The facts of ``decision`` and the leaf's consent index (the newest relied on)."""
+    facts = DecisionFacts.of(decision)
+    return facts, facts.consent_index
 
 
 def _made_of(recent: dict[int, tuple[_O, _F]], of: _O, make: Callable[[_O], _F]) -> _F:

@@ -71,6 +71,7 @@ def test_remembered_facts_are_the_facts_made_afresh(identity: Identity, decision
     (entry,) = again
     assert entry.facts.caller == Caller.of(identity)
     assert entry.facts.decision == DecisionFacts.of(decision)
+    assert entry.consent == DecisionFacts.of(decision).consent_index
     (glass,) = plan_break_glass(
         "started",
         identity=identity,
@@ -93,6 +94,7 @@ def test_another_object_gets_its_own_facts(identity: Identity, decision: Decisio
     (entry,) = plan(_exchange(other_identity, other_decision), "exchange", 1, GATEWAY)
     assert entry.facts.caller == Caller.of(other_identity)
     assert entry.facts.decision == DecisionFacts.of(other_decision)
+    assert entry.consent == DecisionFacts.of(other_decision).consent_index
 
 
 def test_the_memory_keeps_the_last_1024_objects_oldest_first_out() -> None:
