@@ -4,16 +4,24 @@ Decoders recurse once per nesting level (msgspec and the standard library's ``js
 so a body of a few thousand ``[`` raises :class:`RecursionError` deep inside the decoder, and a
 tree that did decode can still exhaust the stack of any code that walks it. The gateway
 therefore measures the nesting of every JSON text it is about to decode and refuses one that is
-too deep *before* decoding it, in time linear in its size and with no recursion:
+too deep *before* decoding it, in time linear in its size and with no recursion. Every step is
+a C-level pass over bytes (``find``, ``translate``, ``replace``, ``split``, ``join``):
 
-1. JSON strings are cut out, brackets inside string values do not count: escapes that could
-   hide a quote (``\\\\`` and ``\\"``, RFC 8259 §7) are removed, every byte but brackets and
-   quotes is dropped, and what lies between two quotes goes;
-2. ``{`` / ``}`` are folded onto ``[`` / ``]`` (a decoder that meets a ``]`` closing a ``{``
-   stops there, never deeper);
-3. innermost pairs ``[]`` are removed, one nesting level per pass, for a few passes (ordinary
+1. escaped quotes go: a decoder reads escapes left to right, two bytes each (RFC 8259 §7), so
+   a ``"`` is escaped exactly when the escape that reaches it starts at the backslash before
+   it; the escapes are found with ``find`` (a bounded number per byte; past that bound, by
+   two ``replace`` passes that remove ``\\\\`` and then ``\\"``: the same quotes go);
+2. one ``translate`` drops every byte but brackets and quotes and folds ``{`` / ``}`` onto
+   ``[`` / ``]`` (a decoder that meets a ``]`` closing a ``{`` stops there, never deeper);
+3. strings are cut out: with escapes gone, the quotes alternate opening and closing, so only
+   the parity of the quotes before a bracket says whether it lies in a string. Removing
+   ``""`` pairs keeps that parity (each run of quotes between two brackets shrinks to its
+   parity), and what is left is split at its few remaining quotes, keeping every other piece.
+   An unterminated string does not end: its brackets are counted, which can only raise the
+   bound;
+4. innermost pairs ``[]`` are removed, one nesting level per pass, for a few passes (ordinary
    documents shrink to little or nothing: every leaf object and array goes in the first);
-4. the depth of what is left is its largest running sum (``[`` +1, ``]`` -1), computed by
+5. the depth of what is left is its largest running sum (``[`` +1, ``]`` -1), computed by
    :func:`itertools.accumulate` a block at a time, stopping at the first block past the limit.
 
 The bound this returns is never below the depth a decoder reaches on the same bytes, whether
@@ -24,7 +32,6 @@ JSON is left to the decoder to refuse; only its depth is judged here.
 
 from __future__ import annotations
 
-import re
 from itertools import accumulate, repeat
 from operator import sub
 from typing import Final
@@ -53,14 +60,20 @@ HARD_MAX_JSON_DEPTH: Final = 256
 #: about 200 provisions (400 levels). Read back (to skip, deny or revoke them), never accepted.
 STORED_MAX_JSON_DEPTH: Final = 512
 
-# A JSON string once its escapes are gone and only brackets and quotes are left. An
-# unterminated string does not match: its brackets are counted, which can only raise the bound.
-_STRING: Final = re.compile(rb'"[^"]*"')
+# Escapes looked at one by one (``find``) before the two whole-text passes take over: a few per
+# KiB in ordinary FHIR (narrative attributes, ``\u`` escapes), so a text full of escapes costs
+# what it did before this bound existed, plus the bound's iterations.
+_ESCAPES_FREE: Final = 64
+_ESCAPES_SHIFT: Final = 6  # one more escape looked at per 64 bytes
+_QUOTE: Final = 0x22
 _NOT_BRACKETS_OR_QUOTES: Final = bytes(b for b in range(256) if b not in b'[]{}"')
 _FOLD: Final = bytes.maketrans(b"{}", b"[]")
 _SIGNS: Final = bytes.maketrans(b"[]", b"\x02\x00")
 _PASSES: Final = 4  # enough to empty ordinary documents; the rest is summed
 _BLOCK: Final = 1 << 20
+_SPLIT_BLOCK: Final = 1 << 16
+#: Texts this short are judged by counting their opening brackets when that is enough.
+_SMALL: Final = 1 << 12
 
 
 class JsonTooDeep(msgspec.DecodeError):
@@ -80,11 +93,7 @@ def depth(data: bytes, limit: int = HARD_MAX_JSON_DEPTH) -> int:
     below the depth a decoder reaches on these bytes; for valid JSON at most ``limit`` deep,
     the exact depth. A value above ``limit`` means only "deeper than ``limit``" (or invalid
     and possibly so) and is returned as soon as it is known. Never raises, never recurses."""
-    if b"\\" in data:
-        # Left to right, as a decoder reads escapes: "\\" first, so "\\\"" loses both.
-        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
-    brackets = _STRING.sub(b"", data.translate(None, _NOT_BRACKETS_OR_QUOTES))
-    brackets = brackets.translate(_FOLD, b'"')
+    brackets = _outside_strings(_unescaped_quotes(data).translate(_FOLD, _NOT_BRACKETS_OR_QUOTES))
     if not brackets:
         return 0
     # The naive attack, ``[[[[...``, decided by one substring search.
@@ -118,6 +127,68 @@ def depth(data: bytes, limit: int = HARD_MAX_JSON_DEPTH) -> int:
 
 def check_depth(data: bytes, limit: int) -> None:
     """Raise :class:`JsonTooDeep` when ``data`` may nest deeper than ``limit``."""
+    # A text with no more opening brackets than the limit cannot nest deeper: the bound of
+    # depth() never exceeds the count of ``[`` and ``{`` outside strings (each pass removes
+    # one at least; the running sum counts each left once). Counting is two C scans.
+    if len(data) <= _SMALL and data.count(b"[") + data.count(b"{") <= limit:
+        return
     found = depth(data, limit)
     if found > limit:
         raise JsonTooDeep(found, limit)
+
+
+def _unescaped_quotes(data: bytes) -> bytes:
+    """``data`` without its escaped quotes: what step 1 of the module docstring leaves.
+
+    Every other byte a decoder reads in a string stays (the backslash of an escaped quote may
+    go with it); only brackets and quotes matter to what follows. Past a bound of escapes
+    (``_ESCAPES_FREE`` and one per ``2**_ESCAPES_SHIFT`` bytes), the same quotes are removed
+    by removing every ``\\\\`` and then every ``\\"``, left to right.
+    """
+    find = data.find
+    at = find(b"\\")
+    if at < 0:
+        return data
+    budget = _ESCAPES_FREE + (len(data) >> _ESCAPES_SHIFT)
+    last = len(data) - 1
+    pieces: list[bytes] = []
+    start = 0
+    # ``at`` is always the first byte of an escape: the escape ``\\\\`` is skipped whole, so
+    # the backslash it escapes never starts one.
+    while 0 <= at < last:
+        budget -= 1
+        if budget < 0:
+            return data.replace(b"\\\\", b"").replace(b'\\"', b"")
+        if data[at + 1] == _QUOTE:
+            pieces.append(data[start:at])
+            start = at + 2
+        at = find(b"\\", at + 2)
+    if not pieces:
+        return data
+    pieces.append(data[start:])
+    return b"".join(pieces)
+
+
+def _outside_strings(marks: bytes) -> bytes:
+    """The brackets of ``marks`` (only ``[``, ``]`` and unescaped ``"``) that lie outside
+    strings, in order; an unterminated string's brackets included (step 3 of the module
+    docstring)."""
+    tail = b""
+    if marks.count(b'"') & 1:  # the last quote opens a string that never ends
+        last = marks.rfind(b'"')
+        marks, tail = marks[:last], marks[last + 1 :]
+    # A run of quotes between two brackets holds only empty strings; removing ``""`` pairs
+    # leaves its parity, so every bracket keeps the parity of the quotes before it.
+    marks = marks.replace(b'""', b"")
+    if b'"' not in marks:
+        return marks + tail
+    kept: list[bytes] = []
+    inside = 0
+    # A block at a time: a text of quoted brackets splits into as many parts as it has bytes,
+    # and joining them costs a buffer descriptor each.
+    for start in range(0, len(marks), _SPLIT_BLOCK):
+        parts = marks[start : start + _SPLIT_BLOCK].split(b'"')
+        kept.append(b"".join(parts[inside::2]))
+        inside ^= (len(parts) - 1) & 1
+    kept.append(tail)
+    return b"".join(kept)

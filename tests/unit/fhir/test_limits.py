@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from middleware.fhir import jsoncodec
+from middleware.fhir import jsoncodec, limits
 from middleware.fhir.limits import HARD_MAX_JSON_DEPTH, JsonTooDeep, check_depth, depth
+from tests.unit.fhir.limits_reference import reference_depth_bound
 
 
 def reference_depth(value: Any) -> int:
@@ -27,7 +29,9 @@ def reference_depth(value: Any) -> int:
 def decoder_depth(data: bytes) -> int:
     """How deep a stack-based decoder gets on ``data`` before it stops, valid or not: a plain
     scan that honours strings and stops at the first bracket that does not close its opener
-    (what a decoder refuses there), independent of the implementation under test."""
+    (what a decoder refuses there) or at a backslash outside a string (refused there too: the
+    scan reads one as an escape, like any other), independent of the implementation under
+    test."""
     stack: list[int] = []
     deepest, in_string, escaped = 0, False, False
     for byte in data:
@@ -40,6 +44,8 @@ def decoder_depth(data: bytes) -> int:
                 in_string = False
         elif byte == 0x22:
             in_string = True
+        elif byte == 0x5C:
+            break
         elif byte in b"[{":
             stack.append(byte)
             deepest = max(deepest, len(stack))
@@ -170,3 +176,96 @@ def test_a_recursion_error_in_the_decoder_becomes_a_decode_error() -> None:
             at(300)
     finally:
         sys.setrecursionlimit(limit)
+
+
+# -- the scan against its former self (tests/unit/fhir/limits_reference.py) ----------------
+
+_MARKS = st.text(alphabet='[]{}"\\ a,:', max_size=300).map(str.encode)
+_LIMITS = st.sampled_from([0, 1, 2, 3, 5, 8, 100, 10_000])
+
+
+def _same_as_before(data: bytes, limit: int) -> None:
+    """The bound and the decision of check_depth are those of the scan it replaced."""
+    before = reference_depth_bound(data, limit)
+    assert depth(data, limit) == before
+    if before > limit:
+        with pytest.raises(JsonTooDeep) as refused:
+            check_depth(data, limit)
+        assert refused.value.depth == before
+    else:
+        check_depth(data, limit)
+
+
+@settings(max_examples=1500)
+@given(data=st.binary(max_size=300) | _MARKS, limit=_LIMITS)
+def test_the_scan_gives_the_former_bound_on_any_bytes(data: bytes, limit: int) -> None:
+    """Property: the same bound as before on any bytes (escapes, quotes and brackets mixed,
+    unterminated strings, stray backslashes), so every text refused before is refused."""
+    _same_as_before(data, limit)
+
+
+@settings(max_examples=400)
+@given(value=_trees(60), limit=_LIMITS)
+def test_the_scan_gives_the_former_bound_on_documents(value: Any, limit: int) -> None:
+    """Property: valid JSON whose strings and keys hold brackets, quotes and backslashes."""
+    _same_as_before(json.dumps(value).encode(), limit)
+    _same_as_before(json.dumps(value, indent=1).encode(), limit)
+
+
+@settings(max_examples=600)
+@given(data=st.binary(max_size=300) | _MARKS, limit=_LIMITS)
+def test_the_bounded_escape_walk_and_block_edges_change_nothing(data: bytes, limit: int) -> None:
+    """Property: with no escape looked at one by one (the two whole-text passes instead),
+    and with the string step cut into blocks of a few bytes, the bound is the same."""
+    with (
+        mock.patch.object(limits, "_ESCAPES_FREE", 0),
+        mock.patch.object(limits, "_ESCAPES_SHIFT", 62),
+    ):
+        _same_as_before(data, limit)
+    with mock.patch.object(limits, "_ESCAPES_FREE", 1):
+        _same_as_before(data, limit)
+    for block in (1, 2, 3, 7):
+        with (
+            mock.patch.object(limits, "_BLOCK", block),
+            mock.patch.object(limits, "_SPLIT_BLOCK", block),
+        ):
+            assert depth(data, limit) == reference_depth_bound(data, limit)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # escapes: a run of backslashes escapes the quote after it only when odd
+        b'["\\\\"]',
+        b'["\\\\\\"]]]]]',
+        b'["\\\\\\\\"]',
+        b'["a\\"[[[[["]',
+        b'["\\u005d\\n"]',
+        b'"\\',
+        b"\\" * 9 + b'"[[[',
+        b'\\""["',  # a backslash outside a string: read as an escape, as before
+        # strings holding brackets next to empty strings (the pairs removed keep the parity)
+        b'{"a":"[","b":"]","c":""}',
+        b'["","[[","",""]',
+        b'"["""[[',
+        b'""""[""]',
+        # unterminated strings
+        b'["[[[',
+        b'["a","[[[',
+        b'"[""',
+    ],
+)
+def test_the_scan_gives_the_former_bound_on_edge_cases(data: bytes) -> None:
+    for limit in (0, 1, 2, 3, 10_000):
+        _same_as_before(data, limit)
+
+
+def test_a_small_text_with_few_brackets_is_not_scanned() -> None:
+    """check_depth decides by counting ``[`` and ``{`` when that suffices, and scans when the
+    count exceeds the limit, even if only strings hold the brackets."""
+    with mock.patch.object(limits, "depth", side_effect=AssertionError) as scan:
+        check_depth(b'{"a":[1,{"b":[]}]}', 4)
+    scan.assert_not_called()
+    check_depth(b'["[[[[[["]', 2)
+    with pytest.raises(JsonTooDeep):
+        check_depth(b"[[[[" + b" " * (1 << 15) + b"]]]]", 3)
