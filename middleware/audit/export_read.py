@@ -105,10 +105,11 @@ _HEADER_KEYS = frozenset(
 
 
 def ndjson_lines(
-    lines: Iterator[str], names: tuple[str, ...]
+    lines: Iterator[str], names: tuple[str, ...], *, start: int = 2
 ) -> Iterator[tuple[int, ExportLine | str]]:
-    """The NDJSON entry lines after the header (a row's ``columns`` named as ``names``)."""
-    for number, text in enumerate(lines, start=2):
+    """The NDJSON entry lines after the header (a row's ``columns`` named as ``names``), the
+    first of ``lines`` numbered ``start``."""
+    for number, text in enumerate(lines, start=start):
         if not text or text.isspace():  # not text.strip(), without copying the line
             continue
         try:

@@ -17,6 +17,14 @@ from tqdm import tqdm  # type: ignore[import-untyped,unused-ignore]  # no stubs 
 __all__ = ["Progress"]
 
 
+class _Bar(tqdm):  # type: ignore[misc,unused-ignore]
+    """tqdm without its monitor thread (it only retunes ``miniters`` of bars stepped by an
+    iterator; ours are updated in counts): a CLI command leaves no thread alive behind it, so
+    ``verify_parallel`` may fork afterwards."""
+
+    monitor_interval = 0
+
+
 class Progress:
     """Count ``done`` of ``total`` (None: unknown) things called ``unit``; a context manager.
 
@@ -35,7 +43,7 @@ class Progress:
         visible = out.isatty() if show is None else show
         self.done = 0
         self._started = time.perf_counter()
-        self._bar = tqdm(
+        self._bar = _Bar(
             total=total,
             desc=description,
             unit=unit,

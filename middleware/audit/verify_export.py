@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hmac
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +66,12 @@ from middleware.ledger.trust import TrustPolicy
 
 __all__ = [
     "MAX_FINDINGS",
+    "ExportChecker",
     "ExportFinding",
     "ExportReport",
     "RowOpener",
     "RowRule",
+    "begin_export",
     "verify_export",
     "verify_file",
     "verify_receipt",
@@ -216,22 +218,45 @@ def verify_export(
     ``policy``. ``opener`` decrypts an entry's facts (None: openings are not checked, which is
     itself a finding). ``rules`` and ``columns`` map a report kind to its inclusion rule and
     its columns (absent: no rule; the kind's own, ``export_columns.columns_for``)."""
-    report = ExportReport()
     lines = iter(text)
-    first = next(lines, "")
+    report, check = begin_export(
+        next(lines, ""), policy, opener=opener, rules=rules, columns=columns
+    )
+    if check is None:
+        return report
+    for number, entry in check.entries(lines):
+        report.lines += 1
+        if isinstance(entry, str):
+            report.add("line-malformed", entry, number)
+        else:
+            check.entry(number, entry)
+    check.finish()
+    return report
+
+
+def begin_export(
+    first: str,
+    policy: TrustPolicy,
+    *,
+    opener: RowOpener | None,
+    rules: Mapping[str, RowRule] | None = None,
+    columns: Mapping[str, Columns] | None = None,
+) -> tuple[ExportReport, ExportChecker | None]:
+    """The report with the header's findings (the export's ``first`` line) and the checker of
+    its entry lines; None when the header is unusable (then nothing else is checked)."""
+    report = ExportReport()
     try:
         header, names = read_header(first)
     except HeaderError as exc:
         report.add(exc.code, str(exc), 1)
-        return report
+        return report, None
     report.report = header["report"]
     checkpoint = _checkpoint(report, header["checkpoint"], policy)
     if checkpoint is not None:
         report.size = checkpoint.size
         if header.get("origin") != checkpoint.origin:
             report.add("header-malformed", "the header's origin is not the checkpoint's", 1)
-    entries = csv_lines(lines, names) if first.startswith("#") else ndjson_lines(lines, names)
-    check = _Checker(
+    check = ExportChecker(
         report,
         header=header,
         names=names,
@@ -241,14 +266,7 @@ def verify_export(
         columns=columns or {},
         escaped=first.startswith("#"),
     )
-    for number, entry in entries:
-        report.lines += 1
-        if isinstance(entry, str):
-            report.add("line-malformed", entry, number)
-        else:
-            check.entry(number, entry)
-    check.finish()
-    return report
+    return report, check
 
 
 # -- checkpoint -------------------------------------------------------------------------------
@@ -276,8 +294,9 @@ def _checkpoint(report: ExportReport, note: str, policy: TrustPolicy) -> Checkpo
 # -- checks -----------------------------------------------------------------------------------
 
 
-class _Checker:
-    """The per-line checks and the chain, fed one parsed line at a time."""
+class ExportChecker:
+    """The per-line checks (:meth:`entry`) and the chain (``order``), fed one parsed line at
+    a time, then :meth:`finish`; findings go to ``report``."""
 
     def __init__(
         self,
@@ -325,11 +344,18 @@ class _Checker:
         self.columns = columns.get(header["report"], columns_of_kind)
         if header["report"] not in columns and names != names_of_kind:
             report.add("header-malformed", "the header's columns are not its report's", 1)
+        self.checkpoint = checkpoint
         self.order = LineOrder(
             report.add, chain, size=None if checkpoint is None else checkpoint.size
         )
         if opener is None:
             report.add("no-opener", "openings were not checked (no way to decrypt them)", None)
+
+    def entries(self, lines: Iterator[str]) -> Iterator[tuple[int, ExportLine | str]]:
+        """The entry lines after the header line (``export_read``'s, CSV or NDJSON)."""
+        if self.escaped:
+            return csv_lines(lines, self.names)
+        return ndjson_lines(lines, self.names)
 
     def entry(self, number: int, line: ExportLine) -> None:
         add, index = self.report.add, line.index

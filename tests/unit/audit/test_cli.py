@@ -7,16 +7,20 @@ import contextlib
 import csv
 import io
 import json
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from middleware.audit.row import AuditQuery
+from middleware.audit import cli_reports, verify_parallel
+from middleware.audit.export import EntryOpening
+from middleware.audit.row import AuditQuery, AuditRow
 from middleware.cli import main
 from middleware.ledger.keyfile import LedgerKey, write_ledger_key
-from middleware.ledger.leaf import EntryKind, decode_leaf
+from middleware.ledger.leaf import EntryKind, LeafFields, decode_leaf
 from middleware.ledger.receipt import TlogProof, format_receipt
 from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.ledger.tree import MerkleLevels
@@ -348,3 +352,69 @@ def test_usage_errors_exit_2_without_a_trace(
     err = capsys.readouterr().err
     assert err.startswith(f"consentry audit {argv[1]}: ")
     assert "Traceback" not in err
+
+
+# -- verify-export --jobs: several processes print the report one prints; a worker that dies
+# is exit status 2, never a verified file.
+
+
+def _verify_jobs(setup: Setup, path: Path, jobs: int) -> tuple[int, dict[str, Any]]:
+    argv = ("audit", "verify-export", str(path), "--trust", str(setup.trust), "--jobs", str(jobs))
+    status, text = setup.run(*argv)
+    body = json.loads(text)
+    assert body.pop("jobs") == jobs
+    body.pop("rows_per_second")
+    return status, body
+
+
+def _shred_b(setup: Setup) -> None:
+    status, _ = setup.run(
+        "audit", "shred", "--store", setup.store, "--key-file", str(setup.key),
+        "--patient", "Patient/b", "--reason", "patient request", "--operator", "dpo",
+    )  # fmt: skip
+    assert status == 0
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+@pytest.mark.parametrize("report", ["date-range", "access-report"])
+@pytest.mark.parametrize("tamper", ["none", "drop", "edit"])
+def test_verify_export_on_two_processes_prints_the_one_process_report(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, fmt: str, report: str, tamper: str
+) -> None:
+    monkeypatch.setattr(verify_parallel, "MIN_LINES", 1)
+    _shred_b(setup)
+    args = ["--report", report, "--format", fmt]
+    if report == "access-report":
+        args += ["--patient", "Patient/a"]
+    path = setup.export(f"out.{fmt}", *args)
+    lines = path.read_text().splitlines(keepends=True)
+    if tamper == "drop":
+        del lines[len(lines) // 2]  # a gap in patient a's chain
+    elif tamper == "edit":
+        rows = [n for n, line in enumerate(lines) if n and "Practitioner/" in line]
+        at = rows[len(rows) // 2]
+        lines[at] = lines[at].replace("Practitioner/", "Practitioner/x")
+    path.write_text("".join(lines))
+    one, two = _verify_jobs(setup, path, 1), _verify_jobs(setup, path, 2)
+    assert two == one
+    # A date-range export has no chain: a dropped line is not seen (docs/audit.md).
+    assert (one[0] == 0) == (tamper == "none" or (tamper, report) == ("drop", "date-range"))
+
+
+def test_verify_export_worker_that_dies_is_exit_status_2(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(verify_parallel, "MIN_LINES", 1)
+    parent, opener = os.getpid(), cli_reports.facts_opener
+
+    def killed(opening: EntryOpening, leaf: LeafFields, index: int) -> AuditRow:
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return opener(opening, leaf, index)
+
+    monkeypatch.setattr(cli_reports, "facts_opener", killed)
+    path = setup.export("all.ndjson", "--report", "date-range")
+    argv = ("audit", "verify-export", str(path), "--trust", str(setup.trust), "--jobs", "2")
+    status, text = setup.run(*argv)
+    assert (status, text) == (2, "")
+    assert "the file is not verified" in capsys.readouterr().err

@@ -1,0 +1,307 @@
+"""``verify-export`` on several cores: the per-line checks in forked workers, the rest here.
+
+What a line costs (parse, leaf, inclusion proof, commitment, opening, columns, scope, rule:
+:meth:`~middleware.audit.verify_export.ExportChecker.entry`) depends on that line alone, so
+:func:`start_verify` splits the entry lines into contiguous parts and forks a process for each
+part but the first, which this process checks itself. A part's result is its *events* in the
+order the one-process verifier makes them: the findings of each line and, between them, the
+line's place in the order (number, role, index, leaf fields). :meth:`Verification.report` then
+replays them here in file order: the findings through ``ExportReport.add`` (so the cap keeps
+the same first ``MAX_FINDINGS``) and the places through the one
+:class:`~middleware.audit.export_chain.LineOrder`, which checks what is sequential (ascending
+indexes, roles, the patient's chain, the tail). The report is the one-process report, field
+for field (``tests/unit/audit/test_verify_parallel.py`` compares them on tampered files).
+
+A CSV record may span lines (a quoted cell), so a part that starts at a line inside a record
+would read it wrongly: a part reads the record it ends inside to its end and says where it
+stopped; when that is not where the next part started, the rest of the file is checked again
+here from where it did stop, in this process.
+
+Workers are forked (they inherit the lines, the trust policy and the opener: nothing is
+pickled but the events), and only from a process with no other thread alive (a fork copies
+a thread's locks, not the thread); elsewhere, or for a file under ``min_lines`` lines, one
+process does it all. A worker that dies, or fails to send its part, makes :meth:`report`
+raise :class:`WorkerError`: the file is not verified, never reported ok.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, NamedTuple
+
+from middleware.audit.export_chain import LineOrder
+from middleware.audit.export_read import ExportLine, ndjson_lines
+from middleware.audit.export_read_csv import csv_entries, csv_head_ok, csv_records
+from middleware.audit.verify_export import (
+    Columns,
+    ExportChecker,
+    ExportReport,
+    RowOpener,
+    RowRule,
+    begin_export,
+    verify_file,
+)
+from middleware.ledger.leaf import LeafFields
+from middleware.ledger.receipt import TLOG_PROOF_HEADER
+from middleware.ledger.trust import TrustPolicy
+
+__all__ = ["MAX_JOBS", "MIN_LINES", "Verification", "WorkerError", "start_verify"]
+
+#: Files shorter than this are checked in one process (a fork and its results cost more).
+MIN_LINES = 20_000
+#: At most this many processes, whatever ``jobs`` asks.
+MAX_JOBS = 8
+
+#: A finding (code, message, line, index) or a line's place (number, role, index, leaf).
+_Event = tuple[Any, ...]
+
+
+class WorkerError(RuntimeError):
+    """A worker process died or could not send its part: the file was not verified."""
+
+
+class _Part(NamedTuple):
+    """What checking a part found: its events, counts, the line index after its last record
+    (``resume``) and the exception that stopped it (re-raised when its turn comes)."""
+
+    events: list[_Event]
+    lines: int
+    rows: int
+    shredded: int
+    resume: int
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every part needs (a forked worker inherits it)."""
+
+    lines: Sequence[str]
+    policy: TrustPolicy
+    opener: RowOpener | None
+    rules: Mapping[str, RowRule] | None
+    columns: Mapping[str, Columns] | None
+
+
+class Verification:
+    """A verification under way: :meth:`report` finishes it (once); :meth:`close` ends any
+    worker still running. A context manager that closes."""
+
+    def __init__(
+        self,
+        job: _Job,
+        *,
+        report: ExportReport | None = None,
+        check: ExportChecker | None = None,
+        bounds: Sequence[tuple[int, int]] = (),
+    ) -> None:
+        self._job = job
+        self._report = report
+        self._check = check
+        self._bounds = bounds
+        self._workers: list[tuple[BaseProcess, Connection]] = []
+        #: How many processes check the lines (1: this one alone).
+        self.jobs = max(1, len(bounds))
+        for start, stop in bounds[1:]:
+            receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
+            process = multiprocessing.get_context("fork").Process(
+                target=_child, args=(send, job, start, stop), daemon=True
+            )
+            process.start()
+            send.close()
+            self._workers.append((process, receive))
+
+    def report(self, tell: Callable[[int], None] | None = None) -> ExportReport:
+        """The report, the one-process verifier's; ``tell(n)``: ``n`` more lines checked.
+        Raises :class:`WorkerError` when a worker fails, and what the verifier raises."""
+        count = tell or (lambda n: None)
+        lines = self._job.lines
+        report, check = self._report, self._check
+        if report is None or check is None:  # one process, the verifier as it is
+            job = self._job
+            result = verify_file(
+                iter(lines), job.policy, opener=job.opener, rules=job.rules, columns=job.columns
+            )
+            count(len(lines))
+            return result
+        start, stop = self._bounds[0]
+        count(start)
+        parts = [_part(self._job, start, stop)]
+        for process, receive in self._workers:
+            parts.append(_receive(process, receive))
+        resume = start
+        for (start, _), done in zip(self._bounds, parts, strict=True):
+            # The part before ended inside a record: read on from where it did.
+            part = done if start == resume else _part(self._job, resume, len(lines))
+            _merge(report, check.order, part)
+            count(part.resume - resume)
+            resume = part.resume
+            if resume == len(lines):
+                break
+        check.finish()
+        return report
+
+    def close(self) -> None:
+        for process, receive in self._workers:
+            receive.close()
+            if process.is_alive():
+                process.kill()
+            process.join()
+        self._workers = []
+
+    def __enter__(self) -> Verification:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_verify(
+    lines: Sequence[str],
+    policy: TrustPolicy,
+    *,
+    opener: RowOpener | None,
+    rules: Mapping[str, RowRule] | None = None,
+    columns: Mapping[str, Columns] | None = None,
+    jobs: int | None = None,
+    min_lines: int = MIN_LINES,
+) -> Verification:
+    """Start verifying an export's (or a receipt's) ``lines`` as ``verify_export.verify_file``
+    does, on ``jobs`` processes (None: the cores; at most :data:`MAX_JOBS`), forking the
+    workers now: call it before starting any thread (a progress bar's)."""
+    job = _Job(lines, policy, opener, rules, columns)
+    wanted = min(jobs or os.cpu_count() or 1, MAX_JOBS)
+    if (
+        wanted < 2
+        or len(lines) < min_lines
+        or lines[0].rstrip("\n") == TLOG_PROOF_HEADER
+        or "fork" not in multiprocessing.get_all_start_methods()
+        or threading.active_count() > 1
+    ):
+        return Verification(job)
+    report, check = begin_export(lines[0], policy, opener=opener, rules=rules, columns=columns)
+    if check is None:
+        return Verification(job)
+    first = 1
+    if check.escaped:  # the column line, read as the verifier reads it
+        read, head = next(csv_records(itertools.islice(lines, 1, None)), (0, None))
+        if not csv_head_ok(head, check.names):
+            return Verification(job)
+        first = 1 + read
+    span = len(lines) - first
+    parts = min(wanted, span)
+    if parts < 2:
+        return Verification(job)
+    cut = [first + span * k // parts for k in range(parts + 1)]
+    bounds = list(itertools.pairwise(cut))
+    return Verification(job, report=report, check=check, bounds=bounds)
+
+
+def _part(job: _Job, start: int, stop: int) -> _Part:
+    """Check the entry lines ``job.lines[start:stop]`` (a CSV record begun before ``stop`` is
+    read whole), recording the events; an exception stops it and is kept."""
+    events: list[_Event] = []
+    recorder = _Recorded(events)
+    _, check = begin_export(
+        job.lines[0], job.policy, opener=job.opener, rules=job.rules, columns=job.columns
+    )
+    assert check is not None  # the header was read before (start_verify)
+    check.report = recorder
+    check.order = _Places(events)
+    seen = [start - 1]
+    entries: Iterator[tuple[int, ExportLine | str]]
+    if check.escaped:
+        lines = itertools.islice(job.lines, start, None)  # a last record may read past stop
+        records = csv_records(lines, read=start - 1, stop=stop - 1)
+        entries = csv_entries(_tracked(records, seen), len(check.names))
+    else:
+        entries = ndjson_lines(
+            itertools.islice(job.lines, start, stop), check.names, start=start + 1
+        )
+        seen[0] = stop - 1
+    count = 0
+    try:
+        for number, entry in entries:
+            count += 1
+            if isinstance(entry, str):
+                recorder.add("line-malformed", entry, number)
+            else:
+                check.entry(number, entry)
+    except Exception as exc:  # noqa: BLE001 - re-raised in its turn, as one process raises it
+        return _Part(events, count, recorder.rows, recorder.shredded, seen[0] + 1, exc)
+    return _Part(events, count, recorder.rows, recorder.shredded, seen[0] + 1)
+
+
+def _tracked(
+    records: Iterator[tuple[int, list[str]]], seen: list[int]
+) -> Iterator[tuple[int, list[str]]]:
+    """``records``, the lines read so far kept in ``seen[0]``."""
+    for read, record in records:
+        seen[0] = read
+        yield read, record
+
+
+class _Recorded(ExportReport):
+    """A worker's report: every finding kept, in order, as an event."""
+
+    def __init__(self, events: list[_Event]) -> None:
+        super().__init__()
+        self.events = events
+
+    def add(self, code: str, message: str, line: int | None, index: int | None = None) -> None:
+        self.events.append((code, message, line, index))
+
+
+class _Places(LineOrder):
+    """A worker's line order: each line's place kept as an event, checked in the parent."""
+
+    def __init__(self, events: list[_Event]) -> None:
+        super().__init__(lambda *finding: None, None)
+        self.events = events
+
+    def feed(self, number: int, role: str, index: int, leaf: LeafFields) -> None:
+        self.events.append((number, role, index, leaf))
+
+
+def _merge(report: ExportReport, order: LineOrder, part: _Part) -> None:
+    """Replay ``part``'s events into ``report`` and ``order``, in order."""
+    add, feed = report.add, order.feed
+    for event in part.events:
+        if type(event[0]) is int:
+            feed(*event)
+        else:
+            add(*event)
+    report.lines += part.lines
+    report.rows += part.rows
+    report.shredded += part.shredded
+    if part.error is not None:
+        raise part.error
+
+
+def _child(send: Connection, job: _Job, start: int, stop: int) -> None:
+    """A worker: check its part and send it."""
+    part = _part(job, start, stop)
+    try:
+        send.send(part)
+    except Exception as exc:  # noqa: BLE001 - an exception that does not pickle: its text
+        send.send(part._replace(events=[], error=WorkerError(f"a worker failed: {exc!r}")))
+    send.close()
+
+
+def _receive(process: BaseProcess, receive: Connection) -> _Part:
+    try:
+        part: _Part = receive.recv()
+    except (EOFError, OSError) as exc:
+        process.join()
+        raise WorkerError(
+            f"a verify-export worker (process {process.pid}) ended with exit code "
+            f"{process.exitcode} before sending its lines' results: the file is not verified"
+        ) from exc
+    return part
