@@ -26,7 +26,7 @@ from middleware.audit.evidence import (
     open_entry,
     seal_facts,
 )
-from middleware.audit.facts import decode_facts, encode_facts, row_of
+from middleware.audit.facts import AuditFacts, decode_facts, encode_facts, row_of
 from middleware.audit.outbox import Outbox, OutboxRow
 from middleware.audit.plan import Planned
 from middleware.audit.recorder_direct import DirectRecorder, unavailable
@@ -66,7 +66,11 @@ class OutboxRecorder(DirectRecorder):
         rows = await self._rows(plans, rid, batch)
         if all(row.patient is None for row in rows):
             try:
-                entries = [await self._entry(row, row.pseudonym) for row in rows]
+                # Equal lengths by construction: strict= mutants are equivalent.
+                entries = [
+                    await self._entry(row, row.pseudonym, p.facts)
+                    for row, p in zip(rows, plans, strict=True)
+                ]
                 indexes = await self._append_all(entries, rid)
             except ServiceUnavailable:
                 pass  # to the outbox, under the same keys (a lost commit is not doubled)
@@ -139,22 +143,28 @@ class OutboxRecorder(DirectRecorder):
             )
         return [replace(row, mac=row_mac(self._row_key, row)) for row in rows]
 
-    async def _entry(self, row: OutboxRow, pseudonym: bytes | None) -> NewEntry:
+    async def _entry(
+        self, row: OutboxRow, pseudonym: bytes | None, made_of: AuditFacts | None = None
+    ) -> NewEntry:
         """The ledger entry an outbox row stands for (its salt and key kept: the same entry),
         its facts sealed now if they were not, with its audit-index row. Evidence from before
-        sealed facts (a JSON Bundle) is appended as it is, without a row. Raises
-        ServiceUnavailable when the key cannot be had, ValueError for a row that does not
-        open or decode."""
+        sealed facts (a JSON Bundle) is appended as it is, without a row. ``made_of``: the
+        facts the row was just made of (the outcome's own append), so sealed evidence is not
+        opened again to learn them. Raises ServiceUnavailable when the key cannot be had,
+        ValueError for a row that does not open or decode."""
         evidence = row.evidence
         audit_row = None
         if not evidence.startswith(b"{"):
-            key = (await self._keys(row.request_id, [pseudonym]))[pseudonym or NO_PATIENT]
-            if is_sealed(evidence):
-                # equivalent mutant (salt None): open_entry reads the key, not the salt
-                facts = open_entry(Opening(row.salt, evidence, evidence_key(key, row.salt)))
+            if made_of is not None and is_sealed(evidence):
+                facts = made_of  # sealed from these facts a moment ago (_rows)
             else:
-                facts = decode_facts(evidence)
-                evidence = seal_facts(key, row.salt, evidence)
+                key = (await self._keys(row.request_id, [pseudonym]))[pseudonym or NO_PATIENT]
+                if is_sealed(evidence):
+                    # equivalent mutant (salt None): open_entry reads the key, not the salt
+                    facts = open_entry(Opening(row.salt, evidence, evidence_key(key, row.salt)))
+                else:
+                    facts = decode_facts(evidence)
+                    evidence = seal_facts(key, row.salt, evidence)
             audit_row = row_of(facts, kind=row.kind, flags=row.flags, pseudonym=pseudonym)
         return NewEntry(
             kind=EntryKind(row.kind),
