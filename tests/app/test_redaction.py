@@ -105,3 +105,27 @@ async def test_an_escaped_inline_label_is_still_seen(
         answer = await client.get("/fhir/Observation/o-1")
     assert answer.status_code == 404
     assert "psychiatric" not in answer.text
+
+
+async def test_redact_removes_the_labelled_element_from_a_search_page(
+    make_client: Any, router: respx.Router
+) -> None:
+    """A search page: the labelled element goes from its resource (redacted in place), and
+    the resources beside it are released as they were."""
+    page = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {"resource": observation(id="o-0"), "search": {"mode": "match"}},
+            {"resource": LABELLED_NOTE, "search": {"mode": "match"}},
+        ],
+    }
+    router.get("/Observation").respond(200, json=page, headers=FHIR)
+    async with make_client(consent_uncovered_labels="redact") as client:
+        answer = await client.get("/fhir/Observation", params={"subject": "Patient/p-1"})
+    assert answer.status_code == 200
+    assert "psychiatric" not in answer.text
+    released = [entry["resource"] for entry in answer.json()["entry"]]
+    assert [r["id"] for r in released] == ["o-0", "o-1"]
+    assert released[0] == observation(id="o-0")
+    assert released[1]["note"] == [{"text": "routine"}]
