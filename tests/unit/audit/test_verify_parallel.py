@@ -267,3 +267,27 @@ def test_an_error_in_a_worker_is_raised_in_its_turn() -> None:
         pytest.raises(KeyError, match="unexpected"),
     ):
         run.report()
+
+
+# -- a part of a CSV file read on its own ------------------------------------------------------
+
+_CSV_LINES = ["a\n", '"b\n', 'c"\n', "d\n"]
+
+
+@pytest.mark.parametrize(
+    ("read", "stop", "expected"),
+    [
+        (0, 0, []),
+        (0, 1, [(1, ["a"])]),
+        (0, 2, [(1, ["a"]), (3, ["b\nc"])]),  # the record begun at line 2 read whole
+        (0, 3, [(1, ["a"]), (3, ["b\nc"])]),  # none begins at line 3
+        (0, 4, [(1, ["a"]), (3, ["b\nc"]), (4, ["d"])]),
+        (1, 2, [(3, ["b\nc"])]),  # from line 2 on, counted from 1
+        (3, 4, [(4, ["d"])]),
+    ],
+    ids=["nothing", "one", "spanning", "inside", "all", "from-2", "from-4"],
+)
+def test_csv_records_of_a_part(read: int, stop: int, expected: list[Any]) -> None:
+    """csv_records(read=, stop=): lines counted from ``read``; no record begins after line
+    ``stop``, and one begun before it is read to its end."""
+    assert list(csv_records(iter(_CSV_LINES[read:]), read=read, stop=stop)) == expected
