@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import combinations
 from typing import Any
 
 import pytest
@@ -15,7 +16,17 @@ from middleware.consent.model import Coding, Policy, normalize_reference
 from middleware.consent.reads import EVERYTHING, Reads, reads_of, window
 from middleware.consent.request import ResourceSummary
 from middleware.consent.summary import INLINE_LABEL_URL, facts
-from tests.unit.consent.builders import ACCESS, ACT_CODE, CONF, LOINC, PATIENT, TREAT
+from tests.unit.consent.builders import (
+    ACCESS,
+    ACT_CODE,
+    ACTION_SYSTEM,
+    CONF,
+    HMARKT,
+    LOINC,
+    PATIENT,
+    ROLE_CODE,
+    TREAT,
+)
 
 EX = "http://example.org/security"
 #: Instants the consents' periods start or end at; clocks and clinical dates are drawn next
@@ -31,6 +42,19 @@ CODES = ("1-1", "2-2")
 LABELS = ((EX, "VIP"), (ACT_CODE, "HIV"), (CONF, "R"), (CONF, "N"), (CONF, "V"))
 TYPES = ("Observation", "Condition")
 PROFILES = ("http://example.org/p1", "http://example.org/p2")
+NPI = "http://hl7.org/fhir/sid/us-npi"
+ROLES = ((ROLE_CODE, "PROV"), (ROLE_CODE, "NURS"))
+IDENTIFIERS = ((NPI, "111"), (NPI, "222"))
+COLLECT = (ACTION_SYSTEM, "collect")
+ACTIONS = (ACCESS, COLLECT, (ACTION_SYSTEM, "correct"))
+PURPOSES = (TREAT, HMARKT)
+#: Compartments a resource is in: its patient's, also another's, or only another's (then the
+#: consents are not about it).
+COMPARTMENTS = (
+    frozenset({PATIENT}),
+    frozenset({PATIENT, "Patient/p2"}),
+    frozenset({"Patient/p2"}),
+)
 
 
 def _iso(instant: datetime) -> str:
@@ -43,11 +67,37 @@ periods = st.builds(
     st.none() | st.sampled_from(BOUNDS),
 ).filter(lambda p: not ("start" in p and "end" in p and p["start"] >= p["end"]))
 
+
+def _actor(kind: str, value: Any) -> dict[str, Any]:
+    """An R5 actor by literal reference (the caller's or an organisation's it acts for), by
+    logical identifier or by role alone."""
+    if kind in ("reference", "membership"):
+        return {"reference": {"reference": value}}
+    if kind == "identifier":
+        return {"reference": {"identifier": {"system": value[0], "value": value[1]}}}
+    return {"role": {"coding": [{"system": value[0], "code": value[1]}]}}
+
+
+#: The ways an actor names a caller (each as likely: one way is not rarer for having fewer
+#: values), and the values of each: a membership is a literal reference too.
+ACTOR_KINDS: dict[str, tuple[Any, ...]] = {
+    "reference": ACTORS[:2],
+    "membership": ACTORS[2:],
+    "identifier": IDENTIFIERS,
+    "role": ROLES,
+}
+actors = st.sampled_from(sorted(ACTOR_KINDS)).flatmap(
+    lambda kind: st.sampled_from(ACTOR_KINDS[kind]).map(lambda value: _actor(kind, value))
+)
+
 CONDITIONS: dict[str, st.SearchStrategy[Any]] = {
-    "actor": st.lists(st.sampled_from(ACTORS), min_size=1, max_size=2).map(
-        lambda refs: [{"reference": {"reference": r}} for r in refs]
+    "actor": st.lists(actors, min_size=1, max_size=2),
+    "action": st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=2).map(
+        lambda codes: [{"coding": [{"system": s, "code": c}]} for s, c in codes]
     ),
-    "purpose": st.just([{"system": ACT_CODE, "code": "TREAT"}]),
+    "purpose": st.lists(st.sampled_from(PURPOSES), min_size=1, max_size=2).map(
+        lambda codes: [{"system": s, "code": c} for s, c in codes]
+    ),
     "resourceType": st.sampled_from(
         (
             *({"system": "http://hl7.org/fhir/resource-types", "code": t} for t in TYPES),
@@ -71,37 +121,51 @@ CONDITIONS: dict[str, st.SearchStrategy[Any]] = {
 }
 
 
+#: Conditions on the request (who, what for, when) and on the resource.
+ASKING = ("action", "actor", "period", "purpose")
+ABOUT = tuple(sorted(set(CONDITIONS) - set(ASKING)))
+#: Conditions on the caller, the action and the purposes alone.
+CALLER = ("action", "actor", "purpose")
+
+
 @st.composite
-def conditions(draw: st.DrawFn) -> dict[str, Any]:
-    """At most two conditions: a provision stating many rarely matches anything."""
-    keys = draw(st.lists(st.sampled_from(sorted(CONDITIONS)), max_size=2, unique=True))
+def conditions(draw: st.DrawFn, about: bool) -> dict[str, Any]:
+    """Most often one condition on the request and, when ``about``, sometimes one on the
+    resource: a provision stating many rarely matches anything. Without ``about`` the
+    conditions are on the caller, action and purposes only (no period either): then the
+    answer turns on them, and a key that forgot one of them is found out."""
+    keys = []
+    if draw(st.integers(0, 3)):
+        keys.append(draw(st.sampled_from(ASKING if about else CALLER)))
+    if about and draw(st.booleans()):
+        keys.append(draw(st.sampled_from(ABOUT)))
     return {key: draw(CONDITIONS[key]) for key in keys}
 
 
-def provisions(depth: int) -> st.SearchStrategy[dict[str, Any]]:
-    kids = st.lists(provisions(depth - 1), max_size=2) if depth else st.just([])
-    return st.builds(lambda c, k: {**c, **({"provision": k} if k else {})}, conditions(), kids)
+def provisions(depth: int, about: bool) -> st.SearchStrategy[dict[str, Any]]:
+    kids = st.lists(provisions(depth - 1, about), max_size=2) if depth else st.just([])
+    return st.builds(lambda c, k: {**c, **({"provision": k} if k else {})}, conditions(about), kids)
 
 
 @st.composite
-def consents(draw: st.DrawFn, index: int) -> Policy:
+def consents(draw: st.DrawFn, index: int, about: bool) -> Policy:
     body: dict[str, Any] = {
         "resourceType": "Consent",
         "id": f"c{index}",
         "status": draw(st.sampled_from(("active", "active", "inactive"))),
         "subject": {"reference": PATIENT},
         "decision": draw(st.sampled_from(("permit", "deny"))),
-        "provision": draw(st.lists(provisions(2), max_size=3)),
+        "provision": draw(st.lists(provisions(2, about), max_size=3)),
     }
-    if period := draw(periods):
+    if about and (period := draw(periods)):
         body["period"] = period
     return parse_consent(body, ledger_index=index)
 
 
 @st.composite
-def patient_policies(draw: st.DrawFn) -> tuple[Policy, ...]:
+def patient_policies(draw: st.DrawFn, about: bool = True) -> tuple[Policy, ...]:
     count = draw(st.integers(0, 2))
-    return tuple(draw(consents(i)) for i in range(count))
+    return tuple(draw(consents(i, about)) for i in range(count))
 
 
 #: Resource elements a variant of a resource may change (one at a time: the variants of one
@@ -148,15 +212,39 @@ defaults = st.builds(
     Defaults,
     jurisdiction=st.sampled_from(("opt-in", "opt-out")),
     uncovered=st.sampled_from(("deny", "redact")),
+    collect=st.sampled_from(("permit", "jurisdiction")),
 )
+
+
+def _subsets(items: tuple[Any, ...]) -> tuple[frozenset[Any], ...]:
+    return tuple(frozenset(c) for n in range(len(items) + 1) for c in combinations(items, n))
+
+
+#: The inputs of one request and the values each takes; ``variant``, ``date`` and ``now``
+#: index into values drawn per example (the variants of a resource, the two clocks).
+INPUTS: dict[str, tuple[Any, ...]] = {
+    "version": (0, 1),
+    "reference": (ACTORS[0], ACTORS[1], None),
+    "roles": _subsets(ROLES),
+    "identifiers": _subsets(IDENTIFIERS),
+    "memberships": _subsets(ACTORS[2:]),
+    "launch": (None, PATIENT),
+    "action": ACTIONS,
+    "purposes": _subsets(PURPOSES),
+    "patients": COMPARTMENTS,
+    "variant": (0, 1, 2),
+    "date": (None, 0, 1),
+    "now": (0, 1),
+}
 
 
 @settings(deadline=None, max_examples=400)
 @given(
-    versions=st.tuples(patient_policies(), patient_policies()),
+    versions=st.booleans().flatmap(
+        lambda about: st.tuples(patient_policies(about), patient_policies(about))
+    ),
     bodies=resources(),
     clocks=st.lists(st.sampled_from(NEAR), min_size=2, max_size=2),
-    purposes=st.sets(st.just(TREAT)).map(frozenset),
     config=defaults,
     data=st.data(),
 )
@@ -164,27 +252,44 @@ def test_cached_decisions_agree_with_decide(
     versions: tuple[tuple[Policy, ...], tuple[Policy, ...]],
     bodies: list[dict[str, Any]],
     clocks: list[datetime],
-    purposes: frozenset[Any],
     config: Defaults,
     data: st.DataObject,
 ) -> None:
-    """Through one cache, over random consents (two versions: a change), callers, variants of
-    a resource (with other clinical dates) and two clocks next to period bounds, every
-    decision (effect, obligations and trace) equals :func:`decide` on the full summary. The
-    choices are few, so that requests share cache slots and entries."""
-    cache = DecisionCache(config, max_slots=3, max_entries=4)  # small: evictions happen too
-    patients = frozenset({PATIENT})
-    for _ in range(data.draw(st.integers(1, 12))):
-        policies = versions[data.draw(st.integers(0, 1))]
-        principal = Principal(reference=data.draw(st.sampled_from(ACTORS[:2])))
-        body = dict(bodies[data.draw(st.integers(0, 2))])
-        if date := data.draw(st.none() | st.sampled_from(clocks)):
-            body["effectiveDateTime"] = _iso(date)
-        now = data.draw(st.sampled_from(clocks))
+    """Through one cache, over random consents (two versions: a change) whose provisions name
+    actors (by reference, identifier or role), actions, purposes and periods, every decision
+    (effect, obligations and trace) equals :func:`decide` on the full summary.
+
+    The requests are a walk: each after the first changes one input of the one before
+    (:data:`INPUTS`: the consents' version, the caller's reference, roles, identifiers,
+    memberships or launch patient, the action, the purposes, the resource's compartments,
+    variant or clinical date, the clock next to a period bound), so a key that forgot that
+    input serves the request the decision cached for the one before. Evictions happen too
+    (the cache is small)."""
+    cache = DecisionCache(config, max_slots=3, max_entries=4)
+    inputs = {name: data.draw(st.sampled_from(values)) for name, values in INPUTS.items()}
+    for step in range(data.draw(st.integers(4, 24))):
+        if step:
+            name = data.draw(st.sampled_from(sorted(INPUTS)))
+            inputs[name] = data.draw(
+                st.sampled_from([v for v in INPUTS[name] if v != inputs[name]])
+            )
+        policies = versions[inputs["version"]]
+        principal = Principal(
+            reference=inputs["reference"],
+            roles=inputs["roles"],
+            identifiers=inputs["identifiers"],
+            memberships=inputs["memberships"],
+            patient=inputs["launch"],
+        )
+        action, purposes, patients = inputs["action"], inputs["purposes"], inputs["patients"]
+        body = dict(bodies[inputs["variant"]])
+        if inputs["date"] is not None:
+            body["effectiveDateTime"] = _iso(clocks[inputs["date"]])
+        now = clocks[inputs["now"]]
         full = summarize(body, patients=patients)
-        expected = decide(principal, ACCESS, purposes, full, policies, defaults=config, now=now)
+        expected = decide(principal, action, purposes, full, policies, defaults=config, now=now)
         lean = facts(body, patients=patients, reads=cache.reads(policies))
-        decider = cache.decider(policies, principal, ACCESS, purposes, now)
+        decider = cache.decider(policies, principal, action, purposes, now)
         assert decider.decide(lean) == expected
 
 
@@ -343,6 +448,125 @@ def test_resources_differing_in_what_a_consent_reads_are_different_keys(
             for part in order
         }
         assert (answers[id(granted)], answers[id(other)]) == (True, False)
+
+
+#: (provision, defaults, granted request, refused request): the two requests differ in one
+#: input of the slot key (caller, action, purposes), each given as (principal, action,
+#: purposes).
+Asked = tuple[Principal, Coding, frozenset[Coding]]
+DR_PRINCIPAL = Principal(reference=ACTORS[0])
+DR_TREAT: Asked = (DR_PRINCIPAL, ACCESS, frozenset({TREAT}))
+SLOT_INPUTS: list[tuple[dict[str, Any] | None, Defaults, Asked, Asked]] = [
+    # the caller's reference
+    (
+        {"actor": [_actor("reference", ACTORS[0])]},
+        Defaults(),
+        DR_TREAT,
+        (Principal(reference=ACTORS[1]), ACCESS, frozenset({TREAT})),
+    ),
+    # its roles (an actor by role alone)
+    (
+        {"actor": [_actor("role", ROLES[0])]},
+        Defaults(),
+        (Principal(reference=ACTORS[0], roles=frozenset({ROLES[0]})), ACCESS, frozenset()),
+        (DR_PRINCIPAL, ACCESS, frozenset()),
+    ),
+    # its identifiers (an actor by logical identifier)
+    (
+        {"actor": [_actor("identifier", IDENTIFIERS[0])]},
+        Defaults(),
+        (
+            Principal(reference=ACTORS[0], identifiers=frozenset({IDENTIFIERS[0]})),
+            ACCESS,
+            frozenset(),
+        ),
+        (DR_PRINCIPAL, ACCESS, frozenset()),
+    ),
+    # its memberships (an actor naming the organisation it acts for)
+    (
+        {"actor": [_actor("membership", ACTORS[2])]},
+        Defaults(),
+        (Principal(reference=ACTORS[0], memberships=frozenset({ACTORS[2]})), ACCESS, frozenset()),
+        (DR_PRINCIPAL, ACCESS, frozenset()),
+    ),
+    # its launch patient (the collect default is for the record holder's callers only)
+    (
+        None,
+        Defaults(collect="permit"),
+        (DR_PRINCIPAL, COLLECT, frozenset()),
+        (Principal(reference=ACTORS[0], patient=PATIENT), COLLECT, frozenset()),
+    ),
+    # the action
+    (
+        {"action": [{"coding": [{"system": ACTION_SYSTEM, "code": "access"}]}]},
+        Defaults(),
+        DR_TREAT,
+        (DR_PRINCIPAL, COLLECT, frozenset({TREAT})),
+    ),
+    # the purposes of use
+    (
+        {"purpose": [{"system": TREAT[0], "code": TREAT[1]}]},
+        Defaults(),
+        DR_TREAT,
+        (DR_PRINCIPAL, ACCESS, frozenset({HMARKT})),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("provision", "config", "granted", "refused"),
+    SLOT_INPUTS,
+    ids=[
+        "reference",
+        "roles",
+        "identifiers",
+        "memberships",
+        "launch-patient",
+        "action",
+        "purposes",
+    ],
+)
+def test_requests_differing_in_one_slot_input_are_different_keys(
+    provision: dict[str, Any] | None,
+    config: Defaults,
+    granted: Asked,
+    refused: Asked,
+) -> None:
+    """Deny by default, permit what the provision names (or, with none, what the defaults
+    permit): of two requests differing only in the caller's reference, roles, identifiers,
+    memberships or launch patient, the action or the purposes, through one cache, on one
+    resource and clock, the first is permitted and the second not, whichever is asked first."""
+    body: dict[str, Any] = {"resourceType": "Consent", "id": "c1", "status": "active"}
+    body |= {"subject": {"reference": PATIENT}, "decision": "deny"}
+    policies = (
+        (parse_consent(body | {"provision": [provision]}, ledger_index=1),) if provision else ()
+    )
+    for order in ((granted, refused), (refused, granted)):
+        cache = DecisionCache(config)
+        found = facts(OBSERVATION, patients=frozenset({PATIENT}), reads=cache.reads(policies))
+        answers = {
+            id(asked): cache.decider(policies, *asked, END).decide(found).permitted
+            for asked in order
+        }
+        assert (answers[id(granted)], answers[id(refused)]) == (True, False)
+
+
+def test_a_resource_outside_the_consents_patient_is_a_different_key() -> None:
+    """Through one decider, a resource in the consent's patient's compartment is permitted,
+    the same resource in another patient's compartment only is not (the consent does not
+    speak for it: the opt-in default), whichever is asked first."""
+    policies = (_grant_until(BOUNDS[2]),)
+    dr = Principal(reference=ACTORS[0])
+    for order in (("Patient/p1", "Patient/p2"), ("Patient/p2", "Patient/p1")):
+        cache = DecisionCache(Defaults())
+        decider = cache.decider(policies, dr, ACCESS, frozenset(), END)
+        answers = {
+            patient: decider.decide(
+                facts(OBSERVATION, patients=frozenset({patient}), reads=decider.reads)
+            ).permitted
+            for patient in order
+        }
+        assert answers == {"Patient/p1": True, "Patient/p2": False}
 
 
 def test_a_hit_returns_the_decision_made_for_the_key() -> None:
