@@ -130,12 +130,12 @@ CALLER = ("action", "actor", "purpose")
 
 @st.composite
 def conditions(draw: st.DrawFn, about: bool) -> dict[str, Any]:
-    """Most often one condition on the request and, when ``about``, sometimes one on the
-    resource: a provision stating many rarely matches anything. Without ``about`` the
-    conditions are on the caller, action and purposes only (no period either): then the
-    answer turns on them, and a key that forgot one of them is found out."""
+    """When ``about``, most often one condition on the request and sometimes one on the
+    resource: a provision stating many rarely matches anything. Otherwise exactly one, on
+    the caller, the action or the purposes (no period either): then the answer turns on
+    them, and a key that forgot one of them is found out."""
     keys = []
-    if draw(st.integers(0, 3)):
+    if not about or draw(st.integers(0, 3)):
         keys.append(draw(st.sampled_from(ASKING if about else CALLER)))
     if about and draw(st.booleans()):
         keys.append(draw(st.sampled_from(ABOUT)))
