@@ -12,7 +12,8 @@ measures, in this process:
   same as CSV;
 - ``verify-export`` of each file against the trust policy (checkpoint signature, inclusion
   proofs, commitments, decrypting every entry's facts and comparing the columns), once with
-  each ``--jobs`` value (processes; ``--repeat`` runs of each, alternating, the best kept);
+  each ``--jobs`` value (processes: 1, the command's default, streams the file; more read it
+  whole; ``--repeat`` runs of each, alternating, the best kept);
 - a per-patient export (``access-report``, with the chain) and its verification;
 - ``reindex`` of the whole log (the issue's goal for it is 50,000 entries/s);
 - ``bulk events``: what a bulk export job of AuditEvents (``$export``) does with every entry,

@@ -167,8 +167,11 @@ def _verify_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=None,
-        help="processes checking the lines (default: the cores; 1: one, the file streamed)",
+        default=1,
+        help=(
+            "processes checking the lines (default 1: one, the file streamed; N > 1 reads the"
+            " whole file into memory and pays only with idle cores)"
+        ),
     )
 
 

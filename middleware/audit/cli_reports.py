@@ -404,10 +404,10 @@ def verify(args: argparse.Namespace, out: TextIO) -> int:
         policy = parse_policy(args.trust.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise Usage(f"cannot read {args.trust}: {exc}") from exc
-    jobs: int | None = getattr(args, "jobs", None)
-    if jobs is not None and jobs < 1:
+    jobs: int = getattr(args, "jobs", 1)
+    if jobs < 1:
         raise Usage("--jobs is at least 1")
-    if jobs == 1:  # one process, the file streamed
+    if jobs == 1:  # the default: one process, the file streamed (constant memory)
         with (
             Progress("verify", total=None) as progress,
             args.file.open(encoding="utf-8") as lines,
@@ -423,10 +423,10 @@ def verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _verify_parallel(
-    args: argparse.Namespace, policy: TrustPolicy, jobs: int | None
+    args: argparse.Namespace, policy: TrustPolicy, jobs: int
 ) -> tuple[ExportReport, dict[str, Any]]:
-    """``verify`` on ``jobs`` processes (None: the cores; ``verify_parallel``): the file read
-    whole, the workers forked before the progress bar starts its thread."""
+    """``verify`` on ``jobs`` (> 1, asked for) processes (``verify_parallel``): the file read
+    whole into memory, the workers forked before the progress bar starts its thread."""
     started = time.perf_counter()
     with args.file.open(encoding="utf-8") as source:
         lines = source.readlines()

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from middleware.audit import cli_reports, verify_parallel
 from middleware.audit.export import EntryOpening
 from middleware.audit.row import AuditQuery, AuditRow
+from middleware.audit.verify_export import verify_file
 from middleware.cli import main
 from middleware.ledger.keyfile import LedgerKey, write_ledger_key
 from middleware.ledger.leaf import EntryKind, LeafFields, decode_leaf
@@ -399,6 +401,32 @@ def test_verify_export_on_two_processes_prints_the_one_process_report(
     assert two == one
     # A date-range export has no chain: a dropped line is not seen (docs/audit.md).
     assert (one[0] == 0) == (tamper == "none" or (tamper, report) == ("drop", "date-range"))
+
+
+def test_verify_export_by_default_streams_the_file_in_one_process(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --jobs the file is read line by line as verified (constant memory): the
+    parallel path, which reads it whole, is never taken, even for a file long enough for it."""
+    monkeypatch.setattr(verify_parallel, "MIN_LINES", 1)
+    path = setup.export("all.ndjson", "--report", "date-range")
+    fed: list[object] = []
+
+    def streamed(text: Any, *args: Any, **kwargs: Any) -> Any:
+        fed.append(text)
+        return verify_file(text, *args, **kwargs)
+
+    def parallel(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the default took the parallel path")
+
+    monkeypatch.setattr(cli_reports, "verify_file", streamed)
+    monkeypatch.setattr(cli_reports, "_verify_parallel", parallel)
+    monkeypatch.setattr(cli_reports, "start_verify", parallel)
+    status, body = setup.verify(path)
+    assert (status, body["ok"], body["jobs"]) == (0, True, 1)
+    assert body["lines"] == len(path.read_text().splitlines()) - 1  # entry lines
+    [text] = fed
+    assert isinstance(text, Iterator)  # a generator over the open file, not its lines in a list
 
 
 def test_verify_export_worker_that_dies_is_exit_status_2(
