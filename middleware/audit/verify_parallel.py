@@ -20,8 +20,9 @@ here from where it did stop, in this process.
 Workers are forked (they inherit the lines, the trust policy and the opener: nothing is
 pickled but the events), and only from a process with no other thread alive (a fork copies
 a thread's locks, not the thread); elsewhere, or for a file under ``min_lines`` lines, one
-process does it all. A worker that dies, or fails to send its part, makes :meth:`report`
-raise :class:`WorkerError`: the file is not verified, never reported ok.
+process does it all. A worker that dies, fails to send its part, or sends what cannot be
+read, makes :meth:`report` raise :class:`WorkerError`: the file is not verified, never
+reported ok.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import gc
 import itertools
 import multiprocessing
 import os
+import pickle
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -314,17 +316,36 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _child(send: Connection, job: _Job, start: int, stop: int) -> None:
-    """A worker: check its part and send it."""
+    """A worker: check its part and send it. An exception that would not come back whole
+    from the pipe (one whose class pickles but does not unpickle, say) is sent as a
+    :class:`WorkerError` naming it, so that the parent always reads what it is sent."""
     with _collector_paused():
         part = _part(job, start, stop)
+    if part.error is not None and not _round_trips(part.error):
+        part = part._replace(error=_failed(part.error))
     try:
         send.send(part)
-    except Exception as exc:  # noqa: BLE001 - an exception that does not pickle: its text
-        send.send(part._replace(events=[], error=WorkerError(f"a worker failed: {exc!r}")))
+    except Exception as exc:  # noqa: BLE001 - what does not pickle: its text
+        send.send(part._replace(events=[], error=_failed(exc)))
     send.close()
 
 
+def _round_trips(error: BaseException) -> bool:
+    """Whether ``error`` pickles and unpickles (what the pipe does to it)."""
+    try:
+        pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes, just made
+    except Exception:  # noqa: BLE001 - any failure means it would not arrive
+        return False
+    return True
+
+
+def _failed(error: BaseException) -> WorkerError:
+    return WorkerError(f"a verify-export worker failed ({error!r}): the file is not verified")
+
+
 def _receive(process: BaseProcess, receive: Connection) -> _Part:
+    """The part a worker sent; :class:`WorkerError` when none can be read, whatever the
+    reason (the worker died, the pipe broke, its bytes do not unpickle)."""
     try:
         part: _Part = receive.recv()
     except (EOFError, OSError) as exc:
@@ -332,5 +353,10 @@ def _receive(process: BaseProcess, receive: Connection) -> _Part:
         raise WorkerError(
             f"a verify-export worker (process {process.pid}) ended with exit code "
             f"{process.exitcode} before sending its lines' results: the file is not verified"
+        ) from exc
+    except Exception as exc:  # a result that does not unpickle: not verified either
+        raise WorkerError(
+            f"a verify-export worker (process {process.pid}) sent results that could not be "
+            f"read ({exc!r}): the file is not verified"
         ) from exc
     return part

@@ -403,6 +403,36 @@ def test_verify_export_on_two_processes_prints_the_one_process_report(
     assert (one[0] == 0) == (tamper == "none" or (tamper, report) == ("drop", "date-range"))
 
 
+class _Unpicklable(RuntimeError):
+    """Pickles, but unpickling calls ``__init__`` with the message alone: TypeError."""
+
+    def __init__(self, depth: int, limit: int) -> None:
+        super().__init__(f"nests {depth} levels, more than {limit}")
+
+
+def test_verify_export_worker_error_that_does_not_unpickle_is_exit_status_2(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not a traceback and exit status 1 (the findings' status): the file is not verified."""
+    monkeypatch.setattr(verify_parallel, "MIN_LINES", 1)
+    parent, opener = os.getpid(), cli_reports.facts_opener
+
+    def deep(opening: EntryOpening, leaf: LeafFields, index: int) -> AuditRow:
+        if os.getpid() != parent:
+            raise _Unpicklable(300, 256)
+        return opener(opening, leaf, index)
+
+    monkeypatch.setattr(cli_reports, "facts_opener", deep)
+    path = setup.export("all.ndjson", "--report", "date-range")
+    argv = ("audit", "verify-export", str(path), "--trust", str(setup.trust), "--jobs", "2")
+    status, text = setup.run(*argv)
+    assert (status, text) == (2, "")
+    err = capsys.readouterr().err
+    assert "_Unpicklable" in err
+    assert "the file is not verified" in err
+    assert "Traceback" not in err
+
+
 def test_verify_export_by_default_streams_the_file_in_one_process(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:

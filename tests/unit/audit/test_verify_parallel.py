@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import pickle
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from middleware.audit import verify_export
+from middleware.audit import verify_export, verify_parallel
 from middleware.audit.export import EntryOpening
 from middleware.audit.export_read import HeaderError, read_header
 from middleware.audit.export_read_csv import csv_head_ok, csv_records
@@ -265,6 +266,42 @@ def test_an_error_in_a_worker_is_raised_in_its_turn() -> None:
     with (
         start_verify(lines, POLICY, opener=failing, jobs=2, min_lines=1) as run,
         pytest.raises(KeyError, match="unexpected"),
+    ):
+        run.report()
+
+
+class _Unpicklable(RuntimeError):
+    """An exception that pickles but does not unpickle: unpickling calls ``__init__`` with
+    its message alone (as for ``JsonTooDeep``): TypeError."""
+
+    def __init__(self, depth: int, limit: int) -> None:
+        super().__init__(f"nests {depth} levels, more than {limit}")
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["sent-as-worker-error", "read-fails"])
+def test_an_error_that_does_not_unpickle_fails_the_verification(
+    monkeypatch: pytest.MonkeyPatch, checked: bool
+) -> None:
+    """A worker's exception that would not unpickle fails the verification with WorkerError
+    (the command's exit status 2), never a TypeError: the worker sends it as a WorkerError
+    naming it, and when it does not (``checked=False``: no round trip checked) the parent's
+    failed read is one."""
+    with pytest.raises(TypeError):
+        pickle.loads(pickle.dumps(_Unpicklable(300, 256)))
+    parent = os.getpid()
+
+    def deep(opening: EntryOpening, leaf: LeafFields, index: int) -> AuditRow:
+        if os.getpid() != parent:
+            raise _Unpicklable(300, 256)
+        return fake_opener(opening, leaf, index)
+
+    if not checked:
+        monkeypatch.setattr(verify_parallel, "_round_trips", lambda error: True)
+    lines = LONG_NDJSON.splitlines(keepends=True)
+    expected = "failed \\(_Unpicklable" if checked else "could not be read \\(TypeError"
+    with (
+        start_verify(lines, POLICY, opener=deep, jobs=2, min_lines=1) as run,
+        pytest.raises(WorkerError, match=f"{expected}.*the file is not verified"),
     ):
         run.report()
 
