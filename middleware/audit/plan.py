@@ -9,10 +9,10 @@ when read (:mod:`middleware.audit.render`), off the request's hot path.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal
 
 from middleware.audit.balp import is_query
 from middleware.audit.facts import AuditFacts, Caller, DecisionFacts
@@ -21,6 +21,7 @@ from middleware.auth.identity import Identity
 from middleware.consent.decide import Decision
 from middleware.fhir.request import FhirRequest
 from middleware.ledger.leaf import EntryFlag, EntryKind
+from middleware.recent import RecentByIdentity
 
 __all__ = ["Exchange", "Phase", "Planned", "plan", "plan_break_glass"]
 
@@ -34,9 +35,7 @@ _FLAGS: Final = {
     for bits in range((_PERMIT | _NARROWED | _BREAK_THE_GLASS) + 1)
     if bits & ~(_PERMIT | _NARROWED | _BREAK_THE_GLASS) == 0
 }
-_O = TypeVar("_O")
-_F = TypeVar("_F")
-#: How many identities and decisions :func:`_made_of` remembers the facts of.
+#: How many identities and decisions plan() remembers the facts of.
 _RECENT_SIZE: Final = 1024
 
 Phase = Literal["exchange", "decision", "outcome"]
@@ -105,7 +104,7 @@ def plan(exchange: Exchange, phase: Phase, recorded_us: int, gateway: AgentInfo)
     ] or [(None, None)]
     # Flag bits as plain ints, their EntryFlag looked up (IntFlag arithmetic is slow).
     extra = (_NARROWED if x.narrowed else 0) | (_BREAK_THE_GLASS if x.break_glass else 0)
-    caller = None if x.identity is None else _made_of(_CALLERS, x.identity, Caller.of)
+    caller = None if x.identity is None else _CALLERS.made(x.identity)
     out: list[Planned] = []
     for patient, decision in targets:
         flags = _FLAGS[extra | (_PERMIT if _permits(phase, x.status, decision) else 0)]
@@ -120,9 +119,7 @@ def plan(exchange: Exchange, phase: Phase, recorded_us: int, gateway: AgentInfo)
             kind = EntryKind.ACCESS_DECISION
         else:
             kind = EntryKind.ACCESS_OUTCOME  # rendered without the decision (render.py)
-        facts_decision, consent = (
-            (None, None) if decision is None else _made_of(_DECISIONS, decision, _decision_facts)
-        )
+        facts_decision, consent = (None, None) if decision is None else _DECISIONS.made(decision)
         facts = AuditFacts(
             event=phase,
             recorded_us=recorded_us,
@@ -163,7 +160,7 @@ def plan_break_glass(
     if not refs or not request_id:
         raise ValueError("a break-the-glass entry names its patients and request id")
     flags = EntryFlag.BREAK_THE_GLASS | (EntryFlag.PERMIT if phase == "started" else EntryFlag.NONE)
-    caller = _made_of(_CALLERS, identity, Caller.of)
+    caller = _CALLERS.made(identity)
     return [
         Planned(
             EntryKind.ACCESS_DECISION,
@@ -192,28 +189,20 @@ def _permits(phase: Phase, status: int, decision: Decision | None) -> bool:
     return status < 400 and (decision is None or decision.permitted)
 
 
-#: Facts made recently, by the object they were made of (kept alive here, so its ``id`` cannot
-#: be reused while the entry stands): the token verifier hands out the same Identity for a
-#: token it verified before, the decision cache the same Decision for the same question, and
-#: both are frozen, so their facts are made once (3.1 and 2.2 us each made afresh).
-_CALLERS: Final[dict[int, tuple[Identity, Caller]]] = {}
-_DECISIONS: Final[dict[int, tuple[Decision, tuple[DecisionFacts, int | None]]]] = {}
-
-
 def _decision_facts(decision: Decision) -> tuple[DecisionFacts, int | None]:
     """The facts of ``decision`` and the leaf's consent index (the newest relied on)."""
     facts = DecisionFacts.of(decision)
     return facts, facts.consent_index
 
 
-def _made_of(recent: dict[int, tuple[_O, _F]], of: _O, make: Callable[[_O], _F]) -> _F:
-    """``make(of)`` (a pure function of the frozen ``of``), remembered for the last
-    :data:`_RECENT_SIZE` objects, oldest first out."""
-    hit = recent.get(id(of))
-    if hit is not None and hit[0] is of:
-        return hit[1]
-    made = make(of)
-    recent[id(of)] = (of, made)
-    if len(recent) > _RECENT_SIZE:
-        del recent[next(iter(recent))]
-    return made
+#: Facts made recently, by the object they were made of (see :mod:`middleware.recent`): the
+#: token verifier hands out the same Identity for a token it verified before, the decision
+#: cache the same Decision for the same question, and both are frozen, so their facts are made
+#: once (3.1 and 2.2 us each made afresh). Module-level, not a recorder's attribute: plan() is
+#: a pure function that three recorders and the benchmarks call, and what is remembered is a
+#: pure function of its key object, so sharing it can only save work, never answer wrongly;
+#: its memory is bounded (1,024 entries each), and no test needs to empty it.
+_CALLERS: Final = RecentByIdentity[Identity, Caller](Caller.of, _RECENT_SIZE)
+_DECISIONS: Final = RecentByIdentity[Decision, tuple[DecisionFacts, int | None]](
+    _decision_facts, _RECENT_SIZE
+)

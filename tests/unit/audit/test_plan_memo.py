@@ -1,9 +1,11 @@
 """plan() remembers the Caller and DecisionFacts of the identity and decision objects it saw
-(audit/plan.py ``_made_of``): the remembered facts are the ones made afresh, an object is
-never answered for another one, and the memory is bounded."""
+(audit/plan.py ``_CALLERS`` and ``_DECISIONS``, each a :class:`RecentByIdentity`): the
+remembered facts are the ones made afresh, an object is never answered for another one (not
+even an equal one), an entry keeps its object alive, and the memory is bounded."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 from hypothesis import given
@@ -86,8 +88,8 @@ def test_remembered_facts_are_the_facts_made_afresh(identity: Identity, decision
 
 
 @given(identities, decisions)
-def test_another_object_gets_its_own_facts(identity: Identity, decision: Decision) -> None:
-    """An object seen before never answers for a different one, however alike."""
+def test_a_different_object_gets_its_own_facts(identity: Identity, decision: Decision) -> None:
+    """An object seen before never answers for another one of a different subject or effect."""
     plan(_exchange(identity, decision), "exchange", 1, GATEWAY)
     other_identity = replace(identity, subject=identity.subject + "-other")
     other_decision = replace(decision, effect="deny" if decision.permitted else "permit")
@@ -97,12 +99,47 @@ def test_another_object_gets_its_own_facts(identity: Identity, decision: Decisio
     assert entry.consent == DecisionFacts.of(other_decision).consent_index
 
 
+@given(identities, decisions)
+def test_an_equal_but_distinct_object_gets_its_facts_made_afresh(
+    identity: Identity, decision: Decision
+) -> None:
+    """Objects are told apart by ``is``, never by equality: an equal copy of an identity and
+    of a decision seen before gets facts made anew (new objects, equal to the first ones)."""
+    (first,) = plan(_exchange(identity, decision), "exchange", 1, GATEWAY)
+    twin_identity, twin_decision = replace(identity), replace(decision)
+    assert twin_identity == identity
+    assert twin_identity is not identity
+    assert twin_decision == decision
+    assert twin_decision is not decision
+    (entry,) = plan(_exchange(twin_identity, twin_decision), "exchange", 1, GATEWAY)
+    assert entry.facts.caller is not first.facts.caller
+    assert entry.facts.caller == first.facts.caller
+    assert entry.facts.decision is not first.facts.decision
+    assert entry.facts.decision == first.facts.decision
+    (again,) = plan(_exchange(twin_identity, twin_decision), "exchange", 1, GATEWAY)
+    assert again.facts.caller is entry.facts.caller  # the twin's own facts, remembered
+    assert again.facts.decision is entry.facts.decision
+
+
+def test_an_entry_keeps_its_objects_alive() -> None:
+    """The memo holds the identity and the decision it remembers facts of (their ``id`` cannot
+    be reused while the entry stands): once the caller's exchange and entries are gone, one
+    reference more than before plan() remains."""
+    identity = Identity(subject="alive", issuer="https://idp.example", expires_at=1e10)
+    decision = Decision("permit")
+    before = sys.getrefcount(identity), sys.getrefcount(decision)
+    plan(_exchange(identity, decision), "exchange", 1, GATEWAY)
+    assert plan_module._CALLERS.holds(identity)
+    assert plan_module._DECISIONS.holds(decision)
+    after = sys.getrefcount(identity), sys.getrefcount(decision)
+    assert after == (before[0] + 1, before[1] + 1)
+
+
 def test_the_memory_keeps_the_last_1024_objects_oldest_first_out() -> None:
     base = Identity(subject="s", issuer="https://idp.example", expires_at=1e10)
-    plan_module._CALLERS.clear()
     made = [replace(base, subject=f"s{n}") for n in range(1025)]
     for identity in made:
         plan(_exchange(identity, Decision("permit")), "exchange", 1, GATEWAY)
     assert len(plan_module._CALLERS) == 1024
-    assert id(made[0]) not in plan_module._CALLERS  # alive in `made`: its id is not reused
-    assert plan_module._CALLERS[id(made[-1])][0] is made[-1]
+    assert not plan_module._CALLERS.holds(made[0])  # alive in `made`: its id is not reused
+    assert all(plan_module._CALLERS.holds(identity) for identity in made[1:])

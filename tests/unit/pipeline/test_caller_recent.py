@@ -1,8 +1,11 @@
 """caller_of remembers the Caller of each recent identity object: the same object gives the
-same Caller, equal to the one made afresh, for every kind of identity; ``none`` is refused
+same Caller, equal to the one made afresh, for every kind of identity; an equal but distinct
+identity gets a Caller of its own; an entry keeps its identity alive; ``none`` is refused
 every time; the memory is bounded."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 from hypothesis import given
@@ -46,7 +49,25 @@ def test_the_remembered_caller_is_the_one_made_afresh(identity: Identity) -> Non
     assert caller_of(identity) is first
     assert first == module._make_caller(identity)
     twin = Identity(**{name: getattr(identity, name) for name in identity.__slots__})
-    assert caller_of(twin) == first  # an equal identity object: an equal Caller
+    assert twin == identity
+    assert twin is not identity
+    made_for_twin = caller_of(twin)
+    assert made_for_twin == first  # an equal identity object: an equal Caller,
+    assert made_for_twin is not first  # made afresh (told apart by `is`, not equality)
+    assert made_for_twin.identity is twin
+    assert caller_of(twin) is made_for_twin
+
+
+def test_an_entry_keeps_its_identity_alive() -> None:
+    """Once the Caller it was given is dropped, the memo still holds the identity (so its
+    ``id`` cannot be reused while the entry stands)."""
+    identity = Identity("alive", "https://i", 4e9, parse_scopes("user/*.rs").scopes)
+    before = sys.getrefcount(identity)
+    caller = caller_of(identity)
+    assert module._RECENT.holds(identity)
+    del caller
+    # The entry holds the identity, and so does its Caller (Caller.identity).
+    assert sys.getrefcount(identity) == before + 2
 
 
 def test_the_memory_is_bounded() -> None:
@@ -55,6 +76,8 @@ def test_the_memory_is_bounded() -> None:
     for identity in kept:
         caller_of(identity)
     assert len(module._RECENT) == module._RECENT_SIZE
+    assert not module._RECENT.holds(kept[4])
+    assert module._RECENT.holds(kept[5])
     assert caller_of(kept[-1]).principal.identifiers == frozenset(
         {("https://i", f"s{module._RECENT_SIZE + 4}")}
     )
