@@ -35,7 +35,7 @@ from middleware.audit.cli_common import (
     write_output,
 )
 from middleware.audit.evidence import EVIDENCE_PURPOSE
-from middleware.audit.export import EntryOpening, write_csv, write_ndjson
+from middleware.audit.export import EntryOpening
 from middleware.audit.export_collect import (
     ExportSpec,
     LogView,
@@ -44,6 +44,7 @@ from middleware.audit.export_collect import (
     collect_export,
 )
 from middleware.audit.export_rules import rules_json
+from middleware.audit.export_write import write_csv, write_ndjson
 from middleware.audit.facts_row import open_row
 from middleware.audit.progress import Progress
 from middleware.audit.report_bundle import accounting_bundle

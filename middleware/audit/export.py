@@ -46,20 +46,18 @@ the header's JSON; the second names the columns, the report's own then :data:`PR
 one record per entry (``row`` lines fill the report's columns, the others leave them empty); a
 cell a spreadsheet would take for a formula is written with a ``'`` before it
 (``report_csv.csv_escape``, OWASP CSV injection), which the verifier expects.
-Pure: no I/O beyond the text streams handed in.
+
+This module holds the format's values and plans the lines (:func:`plan_chain`,
+:func:`plan_tail`, :func:`entries_for`); :mod:`middleware.audit.export_write` writes them
+(``write_ndjson``, ``write_csv``). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import binascii
-import functools
-import io
-import itertools
-import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, BinaryIO, Literal, Protocol, TextIO, cast
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -83,12 +81,9 @@ __all__ = [
     "format_time",
     "plan_chain",
     "plan_tail",
-    "csv_record",
     "row_columns",
     "shredded_columns",
     "shredded_row",
-    "write_csv",
-    "write_ndjson",
 ]
 
 #: The first thing in every export; a verifier refuses any other version.
@@ -132,8 +127,6 @@ PROOF_COLUMNS: tuple[str, ...] = (
     "evidence",
     "key",
 )
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class ProofSource(Protocol):
@@ -341,203 +334,6 @@ def entries_for(
             opening,
             columns[index] if role == "row" else None,
         )
-
-
-def write_ndjson(
-    header: ExportHeader,
-    entries: Iterable[ExportEntry],
-    out: TextIO | BinaryIO,
-    *,
-    progress: Callable[[int], object] | None = None,
-) -> int:
-    """Write the NDJSON export (UTF-8) to a text or a binary stream; returns the number of
-    entry lines written. ``progress`` is told the count of each chunk of lines written.
-
-    Entry lines are encoded by msgspec, which writes the bytes ``json.dumps(ensure_ascii=
-    False, separators=(",", ":"))`` writes for :meth:`ExportEntry.to_json`'s object, and bytes
-    values as standard base64 (a property test compares the two); it is several times faster.
-    Each line is a :class:`_Line` struct, its columns a struct of the header's columns
-    (:func:`_columns_type`): msgspec writes their fields in order, as the dict's keys were,
-    and building them costs a tenth of building the dicts. A binary stream takes msgspec's
-    UTF-8 as it is (a text stream decodes it, then encodes it again on the way out)."""
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    first = dumps(header.to_json()) + "\n"
-    binary = isinstance(out, io.BufferedIOBase | io.RawIOBase)
-    if binary:
-        cast(BinaryIO, out).write(first.encode("utf-8"))
-    else:
-        cast(TextIO, out).write(first)
-    written = 0
-    encode = _LINES.encode_lines
-    columns_type, width = _columns_type(header.columns), len(header.columns)
-    for chunk in _chunks(entries):
-        lines = encode([_wire(entry, columns_type, width) for entry in chunk])
-        if binary:
-            cast(BinaryIO, out).write(lines)
-        else:
-            cast(TextIO, out).write(lines.decode("utf-8"))
-        written += len(chunk)
-        if progress is not None:
-            progress(len(chunk))
-    return written
-
-
-_LINES = msgspec.json.Encoder()
-
-
-class _Line(msgspec.Struct, gc=False):
-    """An entry line as msgspec writes it: :meth:`ExportEntry.to_json`'s keys, in its order;
-    a field left UNSET is not written (a line without opening or columns), None is null."""
-
-    role: str
-    index: int
-    leaf: bytes
-    proof: bytes
-    salt: bytes | msgspec.UnsetType = msgspec.UNSET
-    evidence: bytes | msgspec.UnsetType = msgspec.UNSET
-    key: bytes | msgspec.UnsetType | None = msgspec.UNSET
-    columns: msgspec.Struct | msgspec.UnsetType = msgspec.UNSET
-
-
-@functools.lru_cache(maxsize=16)
-def _columns_type(names: tuple[str, ...]) -> type[msgspec.Struct]:
-    """A struct whose fields are written under ``names``, in order (any text: the fields are
-    ``c0``, ``c1``... renamed)."""
-    fields = [(f"c{i}", str) for i in range(len(names))]
-    rename = {f"c{i}": name for i, name in enumerate(names)}
-    return msgspec.defstruct("Columns", fields, rename=rename, gc=False)
-
-
-def _wire(entry: ExportEntry, columns_type: type[msgspec.Struct], width: int) -> _Line:
-    """``entry`` as the line msgspec writes (:meth:`ExportEntry.to_json`'s object)."""
-    cells = entry.columns
-    columns: msgspec.Struct | msgspec.UnsetType = msgspec.UNSET
-    if cells is not None:
-        if len(cells) != width:
-            raise ValueError(f"a row has {len(cells)} columns, the header names {width}")
-        columns = columns_type(*cells)
-    opening = entry.opening
-    if opening is None:
-        return _Line(entry.role, entry.index, entry.leaf, entry.proof, columns=columns)
-    return _Line(
-        entry.role,
-        entry.index,
-        entry.leaf,
-        entry.proof,
-        opening.salt,
-        opening.evidence,
-        opening.key,
-        columns,
-    )
-
-
-def write_csv(
-    header: ExportHeader,
-    entries: Iterable[ExportEntry],
-    out: TextIO | BinaryIO,
-    *,
-    progress: Callable[[int], object] | None = None,
-) -> int:
-    """Write the CSV export (RFC 4180, ``\r\n`` line ends, UTF-8) to a text or a binary
-    stream; returns entry records written. ``progress`` is told the count of each chunk.
-
-    Each record is what ``csv.writer`` writes for :meth:`ExportEntry.to_cells` (a property
-    test compares them), made in two parts: the report's cells as text (:func:`csv_record`'s
-    rule; a ``'`` before a formula), then the proof columns as bytes. Those are the role,
-    the index and base64 cells, none of which ever needs quoting, so they are joined as
-    ``binascii`` writes them, without being decoded, scanned for quotes and encoded again
-    (that, and a text stream's encoding, was two fifths of a CSV export's time)."""
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    width = len(header.columns)
-    head = "#" + dumps(header.to_json()) + "\r\n" + csv_record([*header.columns, *PROOF_COLUMNS])
-    binary = isinstance(out, io.BufferedIOBase | io.RawIOBase)
-    if binary:
-        cast(BinaryIO, out).write(head.encode("utf-8"))
-    else:
-        cast(TextIO, out).write(head)
-    written = 0
-    for chunk in _chunks(entries):
-        data = b"".join([_csv_bytes(entry, width) for entry in chunk])
-        if binary:
-            cast(BinaryIO, out).write(data)
-        else:
-            cast(TextIO, out).write(data.decode("utf-8"))
-        written += len(chunk)
-        if progress is not None:
-            progress(len(chunk))
-    return written
-
-
-#: The role cells as a record holds them (none needs quoting).
-_ROLES: dict[str, bytes] = {
-    r: r.encode("ascii") for r in ("row", "other", "before", "after", "tail")
-}
-
-
-def _csv_bytes(entry: ExportEntry, width: int) -> bytes:
-    """``csv_record(entry.to_cells(width))`` as UTF-8 (see :func:`write_csv`)."""
-    role = _ROLES.get(entry.role)
-    if role is None:  # not a role the format has: the general path
-        return csv_record(entry.to_cells(width)).encode("utf-8")
-    b64 = binascii.b2a_base64
-    opening = entry.opening
-    if opening is None:
-        salt = evidence = key = b""
-    else:
-        salt = b64(opening.salt, newline=False)
-        evidence = b64(opening.evidence, newline=False)
-        key = b"" if opening.key is None else b64(opening.key, newline=False)
-    proofs = b",".join(
-        (
-            role,
-            b"%d" % entry.index,
-            b64(entry.leaf, newline=False),
-            b64(entry.proof, newline=False),
-            salt,
-            evidence,
-            key,
-        )
-    )
-    columns = entry.columns
-    if columns is None:
-        return b"," * width + proofs + b"\r\n"  # width empty cells, each before a comma
-    if not columns:
-        return proofs + b"\r\n"
-    formula = FORMULA_START  # csv_escape, inline (as to_cells)
-    report = _csv_join([("'" + c if c[:1] in formula else c) for c in columns])
-    return report.encode("utf-8") + b"," + proofs + b"\r\n"
-
-
-def csv_record(cells: Sequence[str]) -> str:
-    """The record ``csv.writer(lineterminator="\r\n").writerow(cells)`` writes, for two or
-    more cells (a property test compares them). csv.writer (QUOTE_MINIMAL, delimiter ``,``,
-    quote ``"``) quotes a cell holding a delimiter, a quote or a line break. Most records need
-    no quoting at all (base64 and plain text), which a few substring tests of the joined
-    record find (csv.writer copied each character of the kilobyte-long base64 cells one by
-    one, a third of an export's time; a regular expression scan of them cost 10 µs)."""
-    return _csv_join(cells) + "\r\n"
-
-
-def _csv_join(cells: Sequence[str]) -> str:
-    """:func:`csv_record` without its line end: the cells of a record of two or more."""
-    line = ",".join(cells)
-    if line.count(",") == len(cells) - 1 and not _any_special(line):
-        return line
-    quoted = ('"' + c.replace('"', '""') + '"' if "," in c or _any_special(c) else c for c in cells)
-    return ",".join(quoted)
-
-
-def _any_special(text: str) -> bool:
-    """Whether ``text`` holds a quote or a line break (each makes csv.writer quote a cell)."""
-    return '"' in text or "\n" in text or "\r" in text
-
-
-def _chunks(entries: Iterable[ExportEntry], size: int = 4096) -> Iterator[list[ExportEntry]]:
-    """``entries`` in lists of ``size`` (the last shorter), cut by ``islice`` (a Python loop
-    appending each entry was 4% of an export's time)."""
-    it = iter(entries)
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
 
 
 def _b64(data: bytes) -> str:

@@ -21,10 +21,9 @@ from middleware.audit.export import (
     entries_for,
     plan_chain,
     plan_tail,
-    write_csv,
-    write_ndjson,
 )
 from middleware.audit.export_columns import columns_for
+from middleware.audit.export_write import write_csv, write_ndjson
 from middleware.audit.row import NO_INDEX_YET, AuditRow
 from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.entry import NewEntry, TreeState

@@ -20,12 +20,10 @@ from middleware.audit.export import (
     ExportEntry,
     ExportHeader,
     Role,
-    csv_record,
     format_time,
-    write_csv,
-    write_ndjson,
 )
 from middleware.audit.export_read import ndjson_lines, read_header
+from middleware.audit.export_write import csv_record, write_csv, write_ndjson
 from middleware.audit.proofs import ProofMaker
 from middleware.audit.report_csv import csv_escape
 from middleware.ledger.tree import MerkleLevels, hash_leaves
