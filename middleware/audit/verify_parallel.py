@@ -1,7 +1,7 @@
 """``verify-export`` on several cores: the per-line checks in forked workers, the rest here.
 
 What a line costs (parse, leaf, inclusion proof, commitment, opening, columns, scope, rule:
-:meth:`~middleware.audit.verify_export.ExportChecker.entry`) depends on that line alone, so
+:meth:`~middleware.audit.export_check.ExportChecker.entry`) depends on that line alone, so
 :func:`start_verify` splits the entry lines into contiguous parts and forks a process for each
 part but the first, which this process checks itself. A part's result is its *events* in the
 order the one-process verifier makes them: the findings of each line and, between them, the

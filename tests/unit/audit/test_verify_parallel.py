@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from middleware.audit import verify_export, verify_parallel
+from middleware.audit import verify_parallel, verify_report
 from middleware.audit.export import EntryOpening
 from middleware.audit.export_read import HeaderError, read_header
 from middleware.audit.export_read_csv import csv_head_ok, csv_records
@@ -185,7 +185,7 @@ def test_lines_without_openings_and_other_lines_report_the_same(jobs: int) -> No
 
 
 def test_the_findings_cap_keeps_the_same_first_findings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verify_export, "MAX_FINDINGS", 5)
+    monkeypatch.setattr(verify_report, "MAX_FINDINGS", 5)
     lines = LONG_NDJSON.splitlines(keepends=True)
     text = "".join([lines[0], *reversed(lines[1:])])  # every line out of order
     report = _same(text, 3)

@@ -1,0 +1,214 @@
+"""The checks of an export's entry lines (:class:`ExportChecker`), given its header: each
+line's leaf, inclusion proof, commitment, opening, columns, scope and the report's rule, and
+the order of the lines (``export_chain.LineOrder``). :mod:`middleware.audit.verify_export`
+reads the header and feeds it the lines; ``verify_parallel`` feeds each process its part.
+Pure: the ``opener`` (which decrypts, see ``middleware.audit.evidence``) is handed in.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from middleware.audit.export import EntryOpening, format_time, shredded_columns
+from middleware.audit.export_chain import LineOrder
+from middleware.audit.export_columns import columns_for
+from middleware.audit.export_read import ExportLine, ndjson_lines
+from middleware.audit.export_read_csv import csv_lines
+from middleware.audit.export_rules import default_rule
+from middleware.audit.inclusion import InclusionChecker
+from middleware.audit.report_csv import FORMULA_START, csv_escape
+from middleware.audit.row import AuditRow
+from middleware.audit.verify_report import ExportReport
+from middleware.ledger.checkpoint import Checkpoint
+from middleware.ledger.errors import LedgerError
+from middleware.ledger.leaf import EntryKind, LeafFields, commit_evidence, decode_leaf, leaf_fields
+
+__all__ = ["Columns", "ExportChecker", "RowOpener", "RowRule"]
+
+#: Report kinds that are about one patient and must carry the patient's chain.
+_PER_PATIENT = frozenset({"accounting", "access-report"})
+
+#: Opens one entry: (opening, leaf, index) -> the entry's audit row as its facts say; raises
+#: ValueError (or a LedgerError) when the opening does not decrypt or decode. The leaf is its
+#: fields (``leaf.leaf_fields``: kind and flags plain integers), not a ``Leaf``.
+RowOpener = Callable[[EntryOpening, LeafFields, int], AuditRow]
+#: Entry kinds whose evidence is audit facts (the others on a patient's chain are consents,
+#: admin and key entries, which an export does not open).
+_AUDIT_KINDS = frozenset(
+    {EntryKind.ACCESS_DECISION, EntryKind.ACCESS_OUTCOME, EntryKind.DISCLOSURE}
+)
+#: Whether a report includes an entry (e.g. the 45 CFR 164.528 accounting's rule).
+RowRule = Callable[[AuditRow], bool]
+#: The report's columns of a row, None when the report does not show it (default:
+#: :func:`~middleware.audit.export_columns.columns_for` of the header's report kind).
+Columns = Callable[[AuditRow], Sequence[str] | None]
+
+
+class ExportChecker:
+    """The per-line checks (:meth:`entry`) and the chain (``order``), fed one parsed line at
+    a time, then :meth:`finish`; findings go to ``report``."""
+
+    def __init__(
+        self,
+        report: ExportReport,
+        *,
+        header: dict[str, Any],
+        names: tuple[str, ...],
+        checkpoint: Checkpoint | None,
+        opener: RowOpener | None,
+        rules: Mapping[str, RowRule],
+        columns: Mapping[str, Columns],
+        escaped: bool = False,
+    ) -> None:
+        self.report = report
+        self.header = header
+        self.names = names
+        self.escaped = escaped  # CSV: report cells carry report_csv.csv_escape
+        self.proofs = None if checkpoint is None else InclusionChecker(checkpoint)
+        self.opener = opener
+        kind, patient = header["report"], header.get("patient")
+        self.rule = rules.get(kind)
+        if self.rule is None:
+            try:
+                self.rule = default_rule(kind, patient, header["rules"])
+            except ValueError as exc:
+                report.add("header-malformed", f"the header's rules: {exc}", 1)
+            if kind == "accounting" and patient is not None:
+                report.rules = header["rules"]  # None: the documented defaults applied
+        chain: bytes | None = header["chain"]
+        if chain is None and (kind in _PER_PATIENT or patient is not None):
+            # 45 CFR 164.528 and the access report are complete lists: without the chain
+            # nothing shows that entries were not left out (the header is not signed).
+            report.add("chain-missing", "a per-patient export without the patient's chain", 1)
+        since, until = header["since"], header["until"]
+        report.scope = {
+            "patient": patient,
+            "agent": header.get("agent"),
+            "since": None if since is None else format_time(since),
+            "until": None if until is None else format_time(until),
+            "size": None if checkpoint is None else checkpoint.size,
+            "chain": None if chain is None else chain.hex(),
+            "tail": None,
+        }
+        names_of_kind, columns_of_kind = columns_for(kind)
+        self.columns = columns.get(header["report"], columns_of_kind)
+        if header["report"] not in columns and names != names_of_kind:
+            report.add("header-malformed", "the header's columns are not its report's", 1)
+        self.checkpoint = checkpoint
+        self.order = LineOrder(
+            report.add, chain, size=None if checkpoint is None else checkpoint.size
+        )
+        if opener is None:
+            report.add("no-opener", "openings were not checked (no way to decrypt them)", None)
+
+    def entries(self, lines: Iterator[str]) -> Iterator[tuple[int, ExportLine | str]]:
+        """The entry lines after the header line (``export_read``'s, CSV or NDJSON)."""
+        if self.escaped:
+            return csv_lines(lines, self.names)
+        return ndjson_lines(lines, self.names)
+
+    def entry(self, number: int, line: ExportLine) -> None:
+        add, index = self.report.add, line.index
+        try:
+            leaf = leaf_fields(line.leaf)  # decode_leaf's checks, without the Leaf
+        except LedgerError as exc:
+            add("leaf-malformed", f"the leaf: {exc}", number, index)
+            return
+        if self.proofs is not None and not self.proofs.check(index, line.leaf, line.proof):
+            add("proof", self.proofs.explain(index, line.leaf, line.proof), number, index)
+        self.order.feed(number, line.role, index, leaf)
+        if line.role in ("row", "other"):
+            self._opening(number, line, leaf)
+        elif line.role in ("before", "after") and self._inside(leaf):
+            # Recorded outside the period, not necessarily before (after) it: an outbox replay
+            # appends an entry recorded earlier (export.plan_chain).
+            self.report.add(
+                "scope", f"the '{line.role}' entry is inside the period", number, line.index
+            )
+
+    def _inside(self, leaf: LeafFields) -> bool:
+        since, until = self.header["since"], self.header["until"]
+        return (since is None or leaf.recorded_us >= since) and (
+            until is None or leaf.recorded_us <= until
+        )
+
+    def _opening(self, number: int, line: ExportLine, leaf: LeafFields) -> None:
+        add, index, opening = self.report.add, line.index, line.opening
+        if line.role == "row":
+            self.report.rows += 1
+        if opening is None:
+            # A crypto-shredded entry cannot be opened; its row may say only what its leaf does.
+            if line.role == "row" and line.columns == self._shredded_cells(index, line.leaf):
+                self.report.shredded += 1
+            elif line.role == "other" and leaf.kind not in _AUDIT_KINDS:
+                pass  # a consent, admin or key entry on the chain: no audit facts to open
+            else:
+                add("opening", "the line has no opening (salt, evidence)", number, index)
+            return
+        try:
+            commitment = commit_evidence(opening.salt, opening.evidence)
+        except LedgerError as exc:
+            add("commitment", str(exc), number, index)
+            return
+        if not hmac.compare_digest(commitment, leaf.commitment):
+            add("commitment", "the evidence is not what the leaf commits to", number, index)
+            return
+        if self.opener is None:
+            return
+        try:
+            row = self.opener(opening, leaf, index)
+            cells = self.columns(row)
+        except (ValueError, LedgerError, OverflowError) as exc:
+            add("opening", f"the evidence does not open: {exc}", number, index)
+            return
+        self._row(number, line, leaf, row, None if cells is None else self._cells(cells))
+
+    def _shredded_cells(self, index: int, leaf: bytes) -> tuple[str, ...]:
+        """The cells of a shredded entry's row (the ``leaf`` bytes passed ``leaf_fields``)."""
+        return self._cells(shredded_columns(index, decode_leaf(leaf)))
+
+    def _cells(self, cells: Sequence[str]) -> tuple[str, ...]:
+        """The cells as the file holds them (a CSV escapes formulas: ``csv_escape``, its
+        test inlined, which saves a call for each of a row's cells)."""
+        if not self.escaped:
+            return tuple(cells)
+        return tuple([c if c[:1] not in FORMULA_START else csv_escape(c) for c in cells])
+
+    def _row(
+        self,
+        number: int,
+        line: ExportLine,
+        leaf: LeafFields,
+        row: AuditRow,
+        expected: tuple[str, ...] | None,
+    ) -> None:
+        add, index, header = self.report.add, line.index, self.header
+        if line.role != "row":
+            pass
+        elif expected is None:
+            add("membership", "the report does not show this entry", number, index)
+        elif line.columns != expected:
+            edited = _differing(self.names, line.columns, expected)
+            add("edited", f"columns differ from the entry's facts: {edited}", number, index)
+        inside = self._inside(leaf)
+        if line.role == "row" and not inside:
+            add("scope", "the entry is outside the export's period", number, index)
+        if header.get("patient") is not None and row.patient != header["patient"]:
+            add("scope", "the entry is about another patient", number, index)
+        if line.role == "row" and header.get("agent") is not None and row.agent != header["agent"]:
+            add("scope", "the entry is another user's", number, index)
+        if self.rule is not None and inside and self.rule(row) != (line.role == "row"):
+            which = "left out of" if line.role == "row" else "belongs in"
+            add("membership", f"the report's rule says this entry {which} it", number, index)
+
+    def finish(self) -> None:
+        tail = self.order.finish()
+        self.report.scope["tail"] = tail
+
+
+def _differing(names: Sequence[str], given: Sequence[str] | None, expected: Sequence[str]) -> str:
+    if given is None or len(given) != len(expected):
+        return "the row's cells"
+    return ", ".join(n for n, a, b in zip(names, given, expected, strict=False) if a != b)
