@@ -1,7 +1,6 @@
 """Audit export and offline verification speed: rows per second of each (goal >= 100,000).
 
     python -m bench.audit_export [--entries 50000] [--patients 200] [--profile]
-                                 [--jobs 1,2] [--repeat 1]
 
 Fills a fresh SQLite ledger (temporary directory) with ``--entries`` audit entries as the
 recorder writes them (sealed facts, index rows; ``middleware.testing.audit_fill``), then
@@ -11,9 +10,7 @@ measures, in this process:
   (index rows read, leaf hashes and tree, leaves, openings, proofs, the file written), and the
   same as CSV;
 - ``verify-export`` of each file against the trust policy (checkpoint signature, inclusion
-  proofs, commitments, decrypting every entry's facts and comparing the columns), once with
-  each ``--jobs`` value (processes: 1, the command's default, streams the file; more read it
-  whole; ``--repeat`` runs of each, alternating, the best kept);
+  proofs, commitments, decrypting every entry's facts and comparing the columns);
 - a per-patient export (``access-report``, with the chain) and its verification;
 - ``reindex`` of the whole log (the issue's goal for it is 50,000 entries/s);
 - ``bulk events``: what a bulk export job of AuditEvents (``$export``) does with every entry,
@@ -134,14 +131,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=50_000)
     parser.add_argument("--patients", type=int, default=200)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument(
-        "--jobs", default="1,2", help="verify-export --jobs values, comma-separated (1,2)"
-    )
-    parser.add_argument(
-        "--repeat", type=int, default=1, help="runs of each verify-export, the best kept"
-    )
     args = parser.parse_args()
-    jobs_values = [int(j) for j in args.jobs.split(",")]
     directory = Path(tempfile.mkdtemp(prefix="consentry-audit-export-"))
     key = SigningKey.generate(ORIGIN)
     write_ledger_key(directory / "ledger.key", LedgerKey(key, ORIGIN))
@@ -162,19 +152,12 @@ def main() -> None:
         seconds, body = _run([*argv, "--out", str(path)], profile=args.profile)
         rows = int(body["rows"])
         results.append(_result(f"export {report} {fmt}", rows, seconds))
-        best: dict[int, tuple[float, dict[str, Any]]] = {}
-        for _ in range(args.repeat):  # alternating, so a busy spell hits every --jobs alike
-            for jobs in jobs_values:
-                verify = ["audit", "verify-export", str(path), "--trust", str(trust)]
-                seconds, body = _run([*verify, "--jobs", str(jobs)], profile=args.profile)
-                if not body["ok"]:
-                    raise SystemExit(f"verify-export found something: {body['findings'][:3]}")
-                if jobs not in best or seconds < best[jobs][0]:
-                    best[jobs] = (seconds, body)
-        for jobs in jobs_values:
-            seconds, body = best[jobs]
-            run = f"verify-export {report} {fmt} --jobs {jobs} ({body['jobs']} processes)"
-            results.append(_result(run, int(body["rows"]), seconds))
+        seconds, body = _run(
+            ["audit", "verify-export", str(path), "--trust", str(trust)], profile=args.profile
+        )
+        if not body["ok"]:
+            raise SystemExit(f"verify-export found something: {body['findings'][:3]}")
+        results.append(_result(f"verify-export {report} {fmt}", int(body["rows"]), seconds))
     seconds, body = _run(["audit", "reindex", *common], profile=args.profile)
     results.append(_result("reindex", int(body["rows"]), seconds))
     count, seconds = asyncio.run(_bulk(directory / "audit.db", key))

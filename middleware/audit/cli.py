@@ -164,15 +164,6 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
 def _verify_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="an export (NDJSON or CSV) or a receipt")
     parser.add_argument("--trust", type=Path, required=True, help="trust policy file (TOML)")
-    parser.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help=(
-            "processes checking the lines (default 1: one, the file streamed; N > 1 reads the"
-            " whole file into memory and pays only with idle cores)"
-        ),
-    )
 
 
 def _reindex_args(parser: argparse.ArgumentParser) -> None:

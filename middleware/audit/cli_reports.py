@@ -15,12 +15,10 @@ import contextlib
 import gc
 import json
 import os
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
-from middleware.audit import verify_parallel
 from middleware.audit.accounting import Accounting, AccountingRules, account
 from middleware.audit.cli_common import (
     Usage,
@@ -66,11 +64,10 @@ from middleware.audit.reports import (
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.audit.shredded import shredded_rows
 from middleware.audit.suspensions import SuspensionLog
-from middleware.audit.verify_export import ExportReport, verify_file
-from middleware.audit.verify_parallel import WorkerError, start_verify
+from middleware.audit.verify_export import verify_file
 from middleware.ledger.leaf import LeafFields
 from middleware.ledger.signing import derive_box_key
-from middleware.ledger.trust import TrustPolicy, parse_policy
+from middleware.ledger.trust import parse_policy
 from middleware.settings import Settings, load_settings
 from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 from middleware.storage.ledger_base import LogStore
@@ -405,47 +402,12 @@ def verify(args: argparse.Namespace, out: TextIO) -> int:
         policy = parse_policy(args.trust.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise Usage(f"cannot read {args.trust}: {exc}") from exc
-    jobs: int = getattr(args, "jobs", 1)
-    if jobs < 1:
-        raise Usage("--jobs is at least 1")
-    if jobs == 1:  # the default: one process, the file streamed (constant memory)
-        with (
-            Progress("verify", total=None) as progress,
-            args.file.open(encoding="utf-8") as lines,
-        ):
-            report = verify_file(_lines(lines, progress), policy, opener=facts_opener)
-            body = {"file": str(args.file), **report.to_json()}
-            body["rows_per_second"] = round(progress.rate)
-            body["jobs"] = 1
-    else:
-        report, body = _verify_parallel(args, policy, jobs)
+    with Progress("verify", total=None) as progress, args.file.open(encoding="utf-8") as lines:
+        report = verify_file(_lines(lines, progress), policy, opener=facts_opener)
+        body = {"file": str(args.file), **report.to_json()}
+        body["rows_per_second"] = round(progress.rate)
     print_json(out, body)
     return 0 if report.ok else 1
-
-
-def _verify_parallel(
-    args: argparse.Namespace, policy: TrustPolicy, jobs: int
-) -> tuple[ExportReport, dict[str, Any]]:
-    """``verify`` on ``jobs`` (> 1, asked for) processes (``verify_parallel``): the file read
-    whole into memory, the workers forked before the progress bar starts its thread."""
-    started = time.perf_counter()
-    with args.file.open(encoding="utf-8") as source:
-        lines = source.readlines()
-    with (
-        start_verify(
-            lines, policy, opener=facts_opener, jobs=jobs, min_lines=verify_parallel.MIN_LINES
-        ) as run,
-        Progress("verify", total=len(lines)) as progress,
-    ):
-        try:
-            report = run.report(progress.update)
-        except WorkerError as exc:
-            raise Usage(str(exc)) from exc
-    seconds = time.perf_counter() - started
-    body = {"file": str(args.file), **report.to_json()}
-    body["rows_per_second"] = round(len(lines) / seconds) if seconds > 0 else 0
-    body["jobs"] = run.jobs
-    return report, body
 
 
 def _lines(source: TextIO, progress: Progress) -> Iterator[str]:

@@ -1,7 +1,7 @@
 """The checks of an export's entry lines (:class:`ExportChecker`), given its header: each
 line's leaf, inclusion proof, commitment, opening, columns, scope and the report's rule, and
 the order of the lines (``export_chain.LineOrder``). :mod:`middleware.audit.verify_export`
-reads the header and feeds it the lines; ``verify_parallel`` feeds each process its part.
+reads the header and feeds it the lines.
 Pure: the ``opener`` (which decrypts, see ``middleware.audit.evidence``) is handed in.
 """
 

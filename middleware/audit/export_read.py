@@ -105,11 +105,10 @@ _HEADER_KEYS = frozenset(
 
 
 def ndjson_lines(
-    lines: Iterator[str], names: tuple[str, ...], *, start: int = 2
+    lines: Iterator[str], names: tuple[str, ...]
 ) -> Iterator[tuple[int, ExportLine | str]]:
-    """The NDJSON entry lines after the header (a row's ``columns`` named as ``names``), the
-    first of ``lines`` numbered ``start``."""
-    for number, text in enumerate(lines, start=start):
+    """The NDJSON entry lines after the header (a row's ``columns`` named as ``names``)."""
+    for number, text in enumerate(lines, start=2):
         if not text or text.isspace():  # not text.strip(), without copying the line
             continue
         try:

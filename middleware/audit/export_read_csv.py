@@ -9,7 +9,6 @@ from __future__ import annotations
 import binascii
 import csv
 import itertools
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +17,7 @@ import msgspec
 from middleware.audit.export import PROOF_COLUMNS, EntryOpening
 from middleware.audit.export_read import LINE_ROLES, ExportLine, decode_base64  # the line, shared
 
-__all__ = ["csv_entries", "csv_head_ok", "csv_lines", "csv_records"]
+__all__ = ["csv_lines", "csv_records"]
 
 
 def csv_lines(
@@ -27,23 +26,10 @@ def csv_lines(
     """The CSV records after the ``#`` header line (the column line first)."""
     records = csv_records(lines)
     _, head = next(records, (0, None))
-    if not csv_head_ok(head, names):
+    width = len(names)
+    if head != [*names, *PROOF_COLUMNS]:
         yield 2, "the column line is not the header's columns then the proof columns"
         return
-    yield from csv_entries(records, len(names))
-
-
-def csv_head_ok(head: list[str] | None, names: tuple[str, ...]) -> bool:
-    """Whether the column line (the first record after the header) is ``names`` then the
-    proof columns."""
-    return head == [*names, *PROOF_COLUMNS]
-
-
-def csv_entries(
-    records: Iterator[tuple[int, list[str]]], width: int
-) -> Iterator[tuple[int, ExportLine | str]]:
-    """The entry lines of ``records`` (:func:`csv_records` after the column line; a row has
-    ``width`` report cells), each with the file line it ends on."""
     for read, record in records:
         number = read + 1
         if not record:
@@ -97,13 +83,9 @@ def _csv_line(
 _decode_cells = msgspec.json.Decoder(tuple[bytes, ...]).decode
 
 
-def csv_records(
-    lines: Iterator[str], *, read: int = 0, stop: int = sys.maxsize
-) -> Iterator[tuple[int, list[str]]]:
+def csv_records(lines: Iterator[str]) -> Iterator[tuple[int, list[str]]]:
     """What ``csv.reader(lines)`` yields, each record with the reader's ``line_num`` after it
-    (lines read so far, counted from ``read``), the same errors (``csv.Error``). No record
-    starts after line ``stop`` (one that starts before it is read whole): a part of a file
-    read on its own (``verify_parallel``).
+    (lines read so far), the same errors (``csv.Error``).
 
     A line without a quote, a carriage return or a NUL, one newline at most and that at its
     end, and shorter than the field size limit is split at its commas: what the reader makes
@@ -111,9 +93,8 @@ def csv_records(
     times faster (the reader is a state machine run per character). Any other line, and the
     lines a quoted field spans after it, are read by a ``csv.reader``."""
     limit = csv.field_size_limit()
+    read = 0
     for text in lines:
-        if read >= stop:
-            return
         read += 1
         body = text[:-1] if text.endswith("\n") else text
         if (

@@ -19,8 +19,7 @@ __all__ = ["Progress"]
 
 class _Bar(tqdm):  # type: ignore[misc,unused-ignore]
     """tqdm without its monitor thread (it only retunes ``miniters`` of bars stepped by an
-    iterator; ours are updated in counts): a CLI command leaves no thread alive behind it, so
-    ``verify_parallel`` may fork afterwards."""
+    iterator; ours are updated in counts): a CLI command leaves no thread alive behind it."""
 
     monitor_interval = 0
 

@@ -7,8 +7,6 @@ import contextlib
 import csv
 import io
 import json
-import os
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +14,12 @@ from typing import Any
 
 import pytest
 
-from middleware.audit import cli_reports, verify_parallel
-from middleware.audit.export import EntryOpening
-from middleware.audit.row import AuditQuery, AuditRow
+from middleware.audit import cli_reports
+from middleware.audit.row import AuditQuery
 from middleware.audit.verify_export import verify_file
 from middleware.cli import main
 from middleware.ledger.keyfile import LedgerKey, write_ledger_key
-from middleware.ledger.leaf import EntryKind, LeafFields, decode_leaf
+from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.receipt import TlogProof, format_receipt
 from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.ledger.tree import MerkleLevels
@@ -356,89 +353,8 @@ def test_usage_errors_exit_2_without_a_trace(
     assert "Traceback" not in err
 
 
-# -- verify-export --jobs: several processes print the report one prints; a worker that dies
-# is exit status 2, never a verified file.
-
-
-def _verify_jobs(setup: Setup, path: Path, jobs: int) -> tuple[int, dict[str, Any]]:
-    argv = ("audit", "verify-export", str(path), "--trust", str(setup.trust), "--jobs", str(jobs))
-    status, text = setup.run(*argv)
-    body = json.loads(text)
-    assert body.pop("jobs") == jobs
-    body.pop("rows_per_second")
-    return status, body
-
-
-def _shred_b(setup: Setup) -> None:
-    status, _ = setup.run(
-        "audit", "shred", "--store", setup.store, "--key-file", str(setup.key),
-        "--patient", "Patient/b", "--reason", "patient request", "--operator", "dpo",
-    )  # fmt: skip
-    assert status == 0
-
-
-@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
-@pytest.mark.parametrize("report", ["date-range", "access-report"])
-@pytest.mark.parametrize("tamper", ["none", "drop", "edit"])
-def test_verify_export_on_two_processes_prints_the_one_process_report(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch, fmt: str, report: str, tamper: str
-) -> None:
-    monkeypatch.setattr(verify_parallel, "MIN_LINES", 1)
-    _shred_b(setup)
-    args = ["--report", report, "--format", fmt]
-    if report == "access-report":
-        args += ["--patient", "Patient/a"]
-    path = setup.export(f"out.{fmt}", *args)
-    lines = path.read_text().splitlines(keepends=True)
-    if tamper == "drop":
-        del lines[len(lines) // 2]  # a gap in patient a's chain
-    elif tamper == "edit":
-        rows = [n for n, line in enumerate(lines) if n and "Practitioner/" in line]
-        at = rows[len(rows) // 2]
-        lines[at] = lines[at].replace("Practitioner/", "Practitioner/x")
-    path.write_text("".join(lines))
-    one, two = _verify_jobs(setup, path, 1), _verify_jobs(setup, path, 2)
-    assert two == one
-    # A date-range export has no chain: a dropped line is not seen (docs/audit.md).
-    assert (one[0] == 0) == (tamper == "none" or (tamper, report) == ("drop", "date-range"))
-
-
-class _Unpicklable(RuntimeError):
-    """Pickles, but unpickling calls ``__init__`` with the message alone: TypeError."""
-
-    def __init__(self, depth: int, limit: int) -> None:
-        super().__init__(f"nests {depth} levels, more than {limit}")
-
-
-def test_verify_export_worker_error_that_does_not_unpickle_is_exit_status_2(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Not a traceback and exit status 1 (the findings' status): the file is not verified."""
-    monkeypatch.setattr(verify_parallel, "MIN_LINES", 1)
-    parent, opener = os.getpid(), cli_reports.facts_opener
-
-    def deep(opening: EntryOpening, leaf: LeafFields, index: int) -> AuditRow:
-        if os.getpid() != parent:
-            raise _Unpicklable(300, 256)
-        return opener(opening, leaf, index)
-
-    monkeypatch.setattr(cli_reports, "facts_opener", deep)
-    path = setup.export("all.ndjson", "--report", "date-range")
-    argv = ("audit", "verify-export", str(path), "--trust", str(setup.trust), "--jobs", "2")
-    status, text = setup.run(*argv)
-    assert (status, text) == (2, "")
-    err = capsys.readouterr().err
-    assert "_Unpicklable" in err
-    assert "the file is not verified" in err
-    assert "Traceback" not in err
-
-
-def test_verify_export_by_default_streams_the_file_in_one_process(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without --jobs the file is read line by line as verified (constant memory): the
-    parallel path, which reads it whole, is never taken, even for a file long enough for it."""
-    monkeypatch.setattr(verify_parallel, "MIN_LINES", 1)
+def test_verify_export_streams_the_file(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is read line by line as it is verified (constant memory), never whole."""
     path = setup.export("all.ndjson", "--report", "date-range")
     fed: list[object] = []
 
@@ -446,33 +362,9 @@ def test_verify_export_by_default_streams_the_file_in_one_process(
         fed.append(text)
         return verify_file(text, *args, **kwargs)
 
-    def parallel(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the default took the parallel path")
-
     monkeypatch.setattr(cli_reports, "verify_file", streamed)
-    monkeypatch.setattr(cli_reports, "_verify_parallel", parallel)
-    monkeypatch.setattr(cli_reports, "start_verify", parallel)
     status, body = setup.verify(path)
-    assert (status, body["ok"], body["jobs"]) == (0, True, 1)
+    assert (status, body["ok"]) == (0, True)
     assert body["lines"] == len(path.read_text().splitlines()) - 1  # entry lines
     [text] = fed
     assert isinstance(text, Iterator)  # a generator over the open file, not its lines in a list
-
-
-def test_verify_export_worker_that_dies_is_exit_status_2(
-    setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(verify_parallel, "MIN_LINES", 1)
-    parent, opener = os.getpid(), cli_reports.facts_opener
-
-    def killed(opening: EntryOpening, leaf: LeafFields, index: int) -> AuditRow:
-        if os.getpid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return opener(opening, leaf, index)
-
-    monkeypatch.setattr(cli_reports, "facts_opener", killed)
-    path = setup.export("all.ndjson", "--report", "date-range")
-    argv = ("audit", "verify-export", str(path), "--trust", str(setup.trust), "--jobs", "2")
-    status, text = setup.run(*argv)
-    assert (status, text) == (2, "")
-    assert "the file is not verified" in capsys.readouterr().err
