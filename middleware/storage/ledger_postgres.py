@@ -61,6 +61,13 @@ if TYPE_CHECKING:
 _STATE = "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1"
 #: Leaf rows fetched at a time by a replay (about 150 bytes each).
 _REPLAY_CHUNK = 5000
+# Resolved on the search_path (the store's schema); to_regclass is NULL for a missing table.
+_HAS_TABLES = (
+    "SELECT to_regclass('consentry_ledger_leaves') IS NOT NULL "
+    "AND to_regclass('consentry_ledger_checkpoints') IS NOT NULL "
+    "AND to_regclass('consentry_ledger_evidence') IS NOT NULL "
+    "AND to_regclass('consentry_ledger_state') IS NOT NULL"
+)
 _LOCK_STATE = "SELECT size, compact, root FROM consentry_ledger_state WHERE id = 1 FOR UPDATE"
 _LATEST_CHECKPOINT = (
     "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size DESC LIMIT 1"
@@ -116,12 +123,20 @@ class PostgresLogStore(PostgresAuditIndex):
     ) -> PostgresLogStore:
         """Connect, create ``schema`` and the tables if missing, then replay the log.
         ``replay=False``: as :meth:`SqliteLogStore.open
-        <middleware.storage.ledger_sqlite.SqliteLogStore.open>`'s (no replay, no writes)."""
+        <middleware.storage.ledger_sqlite.SqliteLogStore.open>`'s (no replay, no writes): the
+        session is read-only and creates nothing, and missing tables are refused."""
         pool = await open_pool(
-            dsn, schema=schema, ddl=SCHEMA, what="ledger", min_size=min_size, max_size=max_size
+            dsn,
+            schema=schema,
+            ddl=SCHEMA if replay else None,
+            what="ledger",
+            min_size=min_size,
+            max_size=max_size,
         )
         store = cls(pool, schema)
         try:
+            if not replay and not await _has_tables(pool):
+                raise ServiceUnavailable(f"ledger store: no log tables in schema {schema!r}")
             if replay:
                 await store.rebuild_state()
             else:
@@ -325,3 +340,10 @@ async def _replay(conn: _Connection) -> Outcome:
     row = await conn.fetchrow(_STATE)
     stored = None if row is None else TreeState.unpack(row[0], row[1], row[2])
     return replay.finish(stored)
+
+
+async def _has_tables(pool: asyncpg.Pool) -> bool:
+    """Whether the log's tables are on the pool's ``search_path``."""
+    async with _translated(), pool.acquire() as conn:
+        found = await conn.fetchval(_HAS_TABLES)
+    return bool(found)

@@ -69,8 +69,9 @@ class SqliteLogStore(SqliteAuditIndex):
 
     name = "sqlite"
 
-    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
-        """No I/O; :meth:`open` connects, creates the tables and replays the log."""
+    def __init__(self, path: Path, *, busy_timeout: float = 10.0, read_only: bool = False) -> None:
+        """No I/O; :meth:`open` connects, creates the tables and replays the log.
+        ``read_only``: both connections read-only, no schema script (``open(replay=False)``)."""
         self.path = path
         self._busy_timeout = busy_timeout
         self._db = SqliteWorker(
@@ -79,9 +80,15 @@ class SqliteLogStore(SqliteAuditIndex):
             schema=SCHEMA,
             busy_timeout=busy_timeout,
             pragmas=("foreign_keys=ON",),
+            read_only=read_only,
         )
         self._reader = SqliteWorker(
-            path, what="ledger", schema="", busy_timeout=busy_timeout, pragmas=("query_only=ON",)
+            path,
+            what="ledger",
+            schema="",
+            busy_timeout=busy_timeout,
+            pragmas=("query_only=ON",),
+            read_only=read_only,
         )
         #: The chains this store extended (used on the worker thread only, by ``_append``).
         self._tails = ChainTails()
@@ -98,8 +105,10 @@ class SqliteLogStore(SqliteAuditIndex):
 
         ``replay=False`` skips the replay: the log is not checked and a state row behind the
         leaves is not rebuilt, and the store refuses every write. Only ``consentry audit export``
-        opens a log so (``cli_reports.export`` says why that weakens nothing)."""
-        store = cls(path, busy_timeout=busy_timeout)
+        opens a log so (``cli_reports.export`` says why that weakens nothing). Opening so writes
+        nothing either: the file is opened read-only, without the schema script, and a path
+        that does not exist is refused (:class:`ServiceUnavailable` naming it), not created."""
+        store = cls(path, busy_timeout=busy_timeout, read_only=not replay)
         try:
             await store._db.connect()
             await store._reader.connect()

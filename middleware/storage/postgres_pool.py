@@ -34,16 +34,30 @@ async def translated(what: str) -> AsyncIterator[None]:
 
 
 async def open_pool(
-    dsn: str, *, schema: str, ddl: str, what: str, min_size: int = 1, max_size: int = 10
+    dsn: str,
+    *,
+    schema: str,
+    ddl: str | None,
+    what: str,
+    min_size: int = 1,
+    max_size: int = 10,
 ) -> asyncpg.Pool:
     """A pool on ``dsn`` with ``search_path`` = ``schema``, after creating the schema (if
-    missing) and running ``ddl`` in one transaction under the DDL lock."""
+    missing) and running ``ddl`` in one transaction under the DDL lock.
+
+    ``ddl=None``: a read-only pool (``default_transaction_read_only``) that creates nothing;
+    the caller checks that its tables exist."""
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"schema name {schema!r} is not a plain lowercase identifier")
+    settings = {"search_path": schema}
+    if ddl is None:
+        settings["default_transaction_read_only"] = "on"
     async with translated(what):
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, server_settings={"search_path": schema}
+            dsn, min_size=min_size, max_size=max_size, server_settings=settings
         )
+    if ddl is None:
+        return pool
     try:
         async with translated(what), pool.acquire() as conn, conn.transaction():
             await conn.execute(DDL_LOCK, schema)

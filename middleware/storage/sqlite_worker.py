@@ -41,12 +41,20 @@ class SqliteWorker:
         schema: str,
         busy_timeout: float = 10.0,
         pragmas: Sequence[str] = (),
+        read_only: bool = False,
     ) -> None:
+        """``read_only``: open an existing file only (``mode=ro``, ``query_only``), without
+        ``schema`` or the WAL pragma, so connecting writes nothing and creates no file."""
         self.path = path
         self._what = what
-        self._schema = schema
+        self._schema = "" if read_only else schema
         self._busy_timeout = busy_timeout
-        self._pragmas = ("journal_mode=WAL", "synchronous=FULL", *pragmas)
+        self._read_only = read_only
+        self._pragmas: tuple[str, ...] = (
+            ("query_only=ON", *pragmas)
+            if read_only
+            else ("journal_mode=WAL", "synchronous=FULL", *pragmas)
+        )
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"consentry-sqlite-{what}")
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -58,7 +66,7 @@ class SqliteWorker:
         open transaction first, so it cannot run inside ours)."""
 
         def attempt() -> sqlite3.Connection:
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            conn = self._open(self._busy_timeout)
             try:
                 for pragma in self._pragmas:
                     conn.execute(f"PRAGMA {pragma}")
@@ -89,6 +97,16 @@ class SqliteWorker:
 
         await self._submit(connect)
 
+    def _open(self, timeout: float) -> sqlite3.Connection:
+        """A connection to the file: read-only (``mode=ro``: a missing file is an error, never
+        created: :class:`ServiceUnavailable` naming the path) if this worker is."""
+        if not self._read_only:
+            return sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        if not self.path.is_file():
+            raise ServiceUnavailable(f"{self._what} store: no SQLite file at {self.path}")
+        uri = f"{self.path.absolute().as_uri()}?mode=ro"
+        return sqlite3.connect(uri, timeout=timeout, isolation_level=None, uri=True)
+
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` with the connection on the worker thread."""
 
@@ -112,7 +130,7 @@ class SqliteWorker:
             raise ServiceUnavailable(f"{self._what} store is closed")
         try:
             if self._reader is None:
-                reader = sqlite3.connect(self.path, timeout=0.05, isolation_level=None)
+                reader = self._open(0.05)
                 reader.execute("PRAGMA query_only=ON")
                 self._reader = reader
             return fn(self._reader)

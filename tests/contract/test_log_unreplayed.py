@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
+import msgspec
 import pytest
 
 from middleware.audit.row import AuditQuery
+from middleware.errors import ServiceUnavailable
 from middleware.ledger.errors import LedgerError
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_postgres import PostgresLogStore
@@ -25,13 +28,16 @@ from tests.contract.test_audit_index import EXPECTED, PA, ROWS, _filled, audit_e
 #: A pseudonym with no key yet (``audit_key`` would create one).
 KEYLESS = PSEUDONYMS[4]
 
+#: The first stored row with a field changed: a reindex that slipped through would show.
+CHANGED = msgspec.structs.replace(EXPECTED[0], request_id="changed-by-reindex")
+
 #: One call of each write, with arguments it would accept on a replayed store.
 WRITE_CALLS: dict[str, Callable[[LogStore], Awaitable[object]]] = {
     "append": lambda s: s.append([audit_entry(ROWS[0])], sign=SIGN),
     "audit_key": lambda s: s.audit_key(KEYLESS, b"wrapped key"),
     "shred": lambda s: s.shred(PA),
     "shred_entries": lambda s: s.shred_entries([0, 1]),
-    "reindex": lambda s: s.reindex([EXPECTED[0]]),
+    "reindex": lambda s: s.reindex([CHANGED]),
     "clear_index": lambda s: s.clear_index(),
     "probe_commit": lambda s: s.probe_commit(),
 }
@@ -94,3 +100,37 @@ async def test_a_store_opened_without_its_replay_still_reads(sql_backend: Backen
             await unchecked.close()
     finally:
         await checked.close()
+
+
+async def test_an_unreplayed_postgres_store_creates_nothing_and_needs_its_tables() -> None:
+    """Opened without its replay on a schema with no log, PostgreSQL runs no DDL (the session
+    is read-only) and refuses clearly, creating neither the schema nor a table."""
+    backend = await PostgresBackend.create()
+    with pytest.raises(ServiceUnavailable, match="no log tables"):
+        await PostgresLogStore.open(backend.dsn, schema=backend.schema, replay=False)
+    conn = await asyncpg.connect(backend.dsn)
+    try:
+        found = await conn.fetchval(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1", backend.schema
+        )
+    finally:
+        await conn.close()
+    assert found == 0
+
+
+async def test_an_unreplayed_postgres_session_is_read_only() -> None:
+    """Past the guard, the connection itself refuses to write."""
+    backend = await PostgresBackend.create()
+    made = await backend.open()
+    await made.close()
+    try:
+        store = await _unreplayed(backend)
+        try:
+            assert isinstance(store, PostgresLogStore)
+            with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+                async with store._pool.acquire() as conn:
+                    await conn.execute("DELETE FROM consentry_ledger_heartbeat")
+        finally:
+            await store.close()
+    finally:
+        await backend.cleanup()
