@@ -299,11 +299,12 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
     about 2 µs an entry of the whole log, more with frequent checkpoints, was most of a small
     export's time. That weakens nothing: what the replay refuses on open, the export refuses
     for everything its file holds (``export_collect``: the leaf hashes it proves against have
-    the signed checkpoint's root, each exported leaf is valid and hashes to its proof's leaf,
-    the patient's chain links leaf to leaf and the tail holds none of it), and every line is
-    then checked offline against the signed checkpoint by ``verify-export``. The log is not
-    written: a store so opened refuses to append, and a state row behind the leaves is left
-    for the gateway's next open to rebuild. ``consentry serve``, ``ledger verify`` and every
+    the signed checkpoint's root, every leaf it reads (the exported ones and the whole
+    patient chain) is valid and hashes to its proof's leaf, the chain links leaf to leaf and
+    the tail holds none of it), and every line is then checked offline against the signed
+    checkpoint by ``verify-export``. The log is not written: a store so opened is read-only
+    and refuses every write, and a state row behind the leaves is left for the gateway's
+    next open to rebuild. ``consentry serve``, ``ledger verify`` and every
     command that writes still replay."""
     if args.out is None:
         raise Usage("name the export file with --out")
