@@ -104,13 +104,18 @@ class Replay:
         """:meth:`feed` each row, in one loop: the same checks, state and errors."""
         sha256, compare, link = hashlib.sha256, hmac.compare_digest, leaf_link
         edge, last, checkpoints = self._edge, self._last, self._checkpoints
+        # A row the fast path does not accept goes to feed, which raises the error for it.
+        # Each such branch then continues all the same: should feed ever accept the row, it
+        # has checked and added it itself, so the loop never adds a row it did not check.
         for index, leaf, stored_hash, column in rows:
             size = self._size
             if index != size:
                 self.feed(index, leaf, stored_hash, column)  # raises
+                continue
             computed = sha256(LEAF_PREFIX + leaf).digest()
             if not compare(computed, stored_hash):
                 self.feed(index, leaf, stored_hash, column)  # raises
+                continue
             try:
                 pseudonym, previous = link(leaf)
             except MalformedError:
@@ -118,7 +123,7 @@ class Replay:
                 continue
             if pseudonym != column:
                 self.feed(index, leaf, stored_hash, column)  # raises
-                continue  # (unreachable: feed refuses what the loop does not accept)
+                continue
             if pseudonym is not None:
                 if previous != last.get(pseudonym):
                     self.feed(index, leaf, stored_hash, column)  # raises

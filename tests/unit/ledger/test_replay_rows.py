@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 from hypothesis import given, settings
@@ -297,3 +297,30 @@ def test_an_honest_log_of_many_batches_replays_to_its_state() -> None:
     replay.feed_rows(rows[:5])
     replay.feed_rows(rows[5:])
     assert replay.finish(state) == Outcome(state, rebuilt=False, unsigned=False)
+
+
+class _AcceptingFeed(Replay):
+    """A replay whose single-row check accepts everything and adds nothing (a stand-in for a
+    ``feed`` that stopped raising): the loop must not add the rows it handed to it."""
+
+    handed: tuple[int, ...] = ()
+
+    def feed(self, index: int, leaf: bytes, stored_hash: bytes, pseudonym: bytes | None) -> None:
+        self.handed = (*self.handed, index)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda r: (r[0] + 1, r[1], r[2], r[3]), id="index"),
+        pytest.param(lambda r: (r[0], r[1], bytes(32), r[3]), id="stored-hash"),
+        pytest.param(lambda r: (r[0], b"short", leaf_hash(b"short"), r[3]), id="malformed-leaf"),
+    ],
+)
+def test_feed_rows_never_adds_a_row_it_handed_to_feed(edit: Callable[[LeafRow], LeafRow]) -> None:
+    """Each refused row goes to ``feed`` and the loop moves on, whatever ``feed`` does."""
+    rows, checkpoints, _ = _log([[0]])
+    replay = _AcceptingFeed(checkpoints[:1])
+    replay.feed_rows([edit(rows[0])])
+    assert len(replay.handed) == 1
+    assert replay.finish(None).state.size == 0
