@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping
 
 from middleware.audit.export_check import Columns, ExportChecker, RowOpener, RowRule
 from middleware.audit.export_read import HeaderError, read_header
-from middleware.audit.verify_report import MAX_FINDINGS, ExportFinding, ExportReport
+from middleware.audit.verify_report import ExportFinding, ExportReport
 from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.leaf import decode_leaf
@@ -53,9 +53,9 @@ from middleware.ledger.signing import Verifier, verify_note
 from middleware.ledger.trust import TrustPolicy
 
 # The report and the line checks live in verify_report and export_check; their names are
-# re-exported here, where callers of the verifier find them.
+# re-exported here, where callers of the verifier find them. Not MAX_FINDINGS: the cap is
+# read in verify_report (ExportReport.add), the one place to set or patch it.
 __all__ = [
-    "MAX_FINDINGS",
     "Columns",
     "ExportChecker",
     "ExportFinding",

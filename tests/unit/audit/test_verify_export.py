@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from middleware.audit import verify_report
 from middleware.audit.accounting import DEFAULT_EXEMPT
 from middleware.audit.row import AuditRow
 from middleware.audit.verify_export import ExportReport, verify_file
@@ -559,3 +560,29 @@ def test_a_replayed_entry_recorded_earlier_is_no_finding(
     assert roles.items() <= lines.items()
     report = check(text)
     assert report.ok, report.findings
+
+
+# -- the findings cap -----------------------------------------------------------------------
+
+
+def _broken_lines() -> str:
+    """The export with lines 2-5 cut short: five findings (four malformed lines, a gap)."""
+    lines = export(LOG).splitlines()
+    for line in range(2, 6):
+        lines[line - 1] = lines[line - 1][:-5]
+    return "\n".join(lines) + "\n"
+
+
+def test_the_report_keeps_at_most_max_findings_and_counts_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``verify_report.MAX_FINDINGS`` caps the findings kept (where ``ExportReport.add``
+    reads it); the ones past it are counted as omitted and the export does not verify."""
+    full = check(_broken_lines())
+    assert (len(full.findings), full.omitted) == (5, 0)
+    monkeypatch.setattr(verify_report, "MAX_FINDINGS", 2)
+    capped = check(_broken_lines())
+    assert capped.findings == full.findings[:2]
+    assert capped.omitted == 3
+    assert not capped.ok
+    assert capped.to_json()["findings_omitted"] == 3
