@@ -40,6 +40,7 @@ from middleware.consent.model import Coding, Policy
 from middleware.consent.reads import Reads, reads_of, window
 from middleware.consent.request import Principal, ResourceSummary
 from middleware.consent.summary import Facts
+from middleware.recent import RecentByIdentity
 
 __all__ = ["DecisionCache", "Decider"]
 
@@ -116,20 +117,16 @@ class DecisionCache:
         self._max_entries = max_entries
         # key -> (the policies tuple, pinned so its id stays unique; the decider)
         self._slots: OrderedDict[Hashable, tuple[tuple[Policy, ...], Decider]] = OrderedDict()
-        self._reads: OrderedDict[int, tuple[tuple[Policy, ...], Reads]] = OrderedDict()
+        # What each policies tuple reads, made once per tuple object (the registry's tuples
+        # are frozen and a new one stands for any change).
+        self._reads: RecentByIdentity[tuple[Policy, ...], Reads] = RecentByIdentity(
+            reads_of, max_slots
+        )
 
     def reads(self, policies: tuple[Policy, ...]) -> Reads:
         """What ``policies`` read (:func:`~middleware.consent.reads.reads_of`), computed once
         per tuple."""
-        known = self._reads.get(id(policies))
-        if known is not None and known[0] is policies:
-            self._reads.move_to_end(id(policies))
-            return known[1]
-        reads = reads_of(policies)
-        self._reads[id(policies)] = (policies, reads)
-        while len(self._reads) > self._max_slots:
-            self._reads.popitem(last=False)
-        return reads
+        return self._reads.made(policies)
 
     def decider(
         self,
