@@ -23,7 +23,8 @@ that released 20 Observations of that patient. For each, in one process, with no
 CPU is ``time.thread_time`` over ``--reads`` iterations, the best of ``--repeat`` runs (other
 processes on the machine only slow a run down). The group commit's own work (leaf encoding,
 Merkle hashing, the SQLite transaction) is shared by a batch and not counted here: see
-``bench/ledger.py``. The goal: the audit share <= 60 us of CPU per read.
+``bench/ledger.py`` and :mod:`bench.audit_commit`. The goal: the audit share <= 60 us of CPU per
+read, the commit included: this bench prints what it leaves for the writer, not a verdict.
 """
 
 from __future__ import annotations
@@ -297,8 +298,13 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {old:.1f} | {new:.1f} | {full:.1f} | {handed:.1f}"
             f" | {before} B -> {after} B |"
         )
-    verdict = "met" if worst <= GOAL_US else "MISSED"
-    print(f"\ngoal: audit share <= {GOAL_US:.0f} us CPU per read: {verdict} ({worst:.1f} us)")
+    # The goal counts the commit too, which this bench does not run: no verdict here, only
+    # what is left of the budget for the writer (bench.audit_commit measures it).
+    print(
+        f"\ngoal: audit share <= {GOAL_US:.0f} us CPU per read, commit included; before the"
+        f" commit {worst:.1f} us, leaving {GOAL_US - worst:.1f} us for the writer's commit"
+        " per entry (python -m bench.audit_commit)"
+    )
     return 0
 
 
