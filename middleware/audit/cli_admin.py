@@ -20,11 +20,15 @@ evidence says what was done, why and by whom (plain canonical
 JSON, no PHI: the patient is named only by the leaf's pseudonym), then deletes the patient's
 evidence key, records the pseudonym as shredded and shreds their index rows
 (``store.shred``), removes the evidence of their entries written before sealed facts (plain
-BALP Bundles, which no key deletion can make unreadable; ``store.shred_entries``), and last
-forgets the patient's pseudonym in the consent store's pseudonym
-table (``forget``, on the same ``--store``), so their next exchange starts a new chain. The
-leaves, commitments and proofs still verify; the entry shows, on the chain, when the shred
-happened.
+BALP Bundles, which no key deletion can make unreadable; ``store.shred_entries``), erases their
+Consents, which are PHI in the clear too: the consent store's versions of the patient
+(``ConsentStore.erase``), the evidence of the ``consent`` and ``consent-revoke`` entries on
+their chains or named by those versions and of the consent API's attempt entries on their
+chains (they name the caller: ``store.shred_entries``), and last forgets the
+patient's pseudonym in the consent store's pseudonym table (``forget``, on the same
+``--store``), so their next exchange starts a new chain. The leaves, commitments and proofs
+still verify; the entry shows, on the chain, when the shred happened, and tells a consent
+entry the shred emptied from a damaged one (:mod:`middleware.consent.shredded`).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from middleware.audit.legacy import legacy_row
 from middleware.audit.progress import Progress
 from middleware.audit.ranges import read_ranges
 from middleware.audit.row import AuditQuery, AuditRow
+from middleware.consent.shredded import SHRED_TYPE, is_shred_evidence
 from middleware.ledger.entry import Evidence, NewEntry
 from middleware.ledger.leaf import EntryKind, LeafFields, decode_leaf, leaf_fields
 from middleware.ledger.signing import derive_box_key, evidence_keyer
@@ -60,12 +65,11 @@ from middleware.storage.ledger_base import LogStore
 
 __all__ = ["SHRED_TYPE", "reindex", "shred"]
 
-#: The ``type`` of a shred's admin evidence.
-SHRED_TYPE = "consentry/audit-shred"
 _CHUNK = 4096
 _AUDIT_KINDS = frozenset(
     {EntryKind.ACCESS_DECISION, EntryKind.ACCESS_OUTCOME, EntryKind.DISCLOSURE}
 )
+_CONSENT_KINDS = frozenset({EntryKind.CONSENT, EntryKind.CONSENT_REVOKE})
 
 
 def reindex(args: argparse.Namespace, out: TextIO) -> int:
@@ -226,6 +230,28 @@ async def _legacy_entries(store: LogStore, pseudonyms: Sequence[bytes]) -> list[
     return sorted(found)
 
 
+async def _plain_entries(
+    store: LogStore, pseudonyms: Sequence[bytes]
+) -> tuple[list[int], list[int]]:
+    """The entries on ``pseudonyms``' chains whose plain evidence names the patient or their
+    choices: the ``consent`` and ``consent-revoke`` entries (the Consent in the clear), and
+    the ``admin`` entries holding evidence other than a shred's (the consent API's attempts,
+    which name the caller: for a patient, the patient's own account); each list ascending."""
+    consents: list[int] = []
+    admin: list[int] = []
+    for pseudonym in pseudonyms:
+        for index in await store.chain(pseudonym):
+            (data,) = await store.leaves(index, index + 1)
+            kind = decode_leaf(data).kind
+            if kind in _CONSENT_KINDS:
+                consents.append(index)
+            elif kind is EntryKind.ADMIN:
+                stored = await store.evidence(index)
+                if stored is not None and not is_shred_evidence(stored.data):
+                    admin.append(index)
+    return sorted(consents), sorted(admin)
+
+
 def shred(args: argparse.Namespace, out: TextIO) -> int:
     ledger_key = read_key(args.key_file)
     operator = args.operator or getpass.getuser()
@@ -264,6 +290,18 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
                 # delete, so their evidence goes (the leaves and proofs stay).
                 legacy = await _legacy_entries(store, pseudonyms)
                 removed = await store.shred_entries(legacy) if legacy else 0
+                # The patient's Consents are PHI in the clear: the consent store's versions
+                # (erased first, which names their ledger indexes) and the evidence of the
+                # consent entries on the chains or named by those versions; so are the
+                # consent API's attempts on the chains (they name the caller). Should the run
+                # stop in between, running it again finishes (the tombstones find the
+                # chains). The admin entries above stay: they tell a registry these consent
+                # entries were shredded, not damaged (consent.shredded).
+                erased = await consents.erase(args.patient)
+                on_chains, attempts = await _plain_entries(store, pseudonyms)
+                held = sorted({*on_chains, *erased})
+                consent_removed = await store.shred_entries(held) if held else 0
+                admin_removed = await store.shred_entries(attempts) if attempts else 0
             # Unlink the patient from the shredded chains: their next exchange gets a fresh
             # pseudonym (gateways pick it up once their pseudonym cache expires; until then
             # the store writes their rows shredded and keeps no key for them).
@@ -277,6 +315,9 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
             "chains": len(pseudonyms),
             "rows": shredded,
             "legacy_evidence_removed": removed,
+            "consent_versions_erased": len(erased),
+            "consent_evidence_removed": consent_removed,
+            "admin_evidence_removed": admin_removed,
             "pseudonym_forgotten": forgotten,
         }
 

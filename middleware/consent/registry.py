@@ -17,7 +17,10 @@ predate the new position are checked against their
 :class:`~middleware.storage.consent_base.PatientMark` and recompiled only if it moved, and
 policies are cached by ledger index, so a change recompiles only the consent that changed.
 
-A consent entry that cannot be recorded (its evidence shredded or unreadable, so neither its
+A consent entry whose evidence a crypto-shred removed (its chain carries the shred's admin
+entry after it: :mod:`middleware.consent.shredded`) is absent: the shred erased the patient's
+consents, so the patient has none and the no-consent default applies to them. Any other
+consent entry that cannot be recorded (its evidence missing or unreadable, so neither its
 consent nor its patient can be read) is never stepped over silently: it may be a revocation
 or a deny. Its leaf's pseudonym names the patient it concerns, and every decision for that
 patient fails closed (:class:`UnreadableConsent`, 503) while it stays unrecorded; each such
@@ -45,7 +48,7 @@ from typing import Final
 
 from middleware.consent.model import Policy
 from middleware.consent.parse import InvalidConsent, parse_consent
-from middleware.consent.rebuild import record_entry
+from middleware.consent.rebuild import Outcome, record_entry
 from middleware.errors import ServiceUnavailable
 from middleware.fhir import jsoncodec
 from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
@@ -137,11 +140,14 @@ class ConsentRegistry:
             # has not happened yet): the ledger says it, so it is recorded before any decision.
             if index in present:
                 continue
-            if await record_entry(self.log, self.store, index):
+            outcome = await record_entry(self.log, self.store, index)
+            if outcome is Outcome.RECORDED:
                 self.repaired += 1
                 get_logger("consentry.consent").warning(
                     "consent entry recorded from the ledger", ledger_index=index
                 )
+            elif outcome is Outcome.SHREDDED:
+                continue  # erased by a shred, the ledger says so: no consent, nothing to block
             else:
                 # Unreadable: it may revoke or deny, so its patient fails closed (below).
                 (raw,) = await self.log.leaves(index, index + 1)
@@ -163,7 +169,10 @@ class ConsentRegistry:
             if not indexes:
                 continue
             for index in sorted(indexes):
-                if await record_entry(self.log, self.store, index):
+                outcome = await record_entry(self.log, self.store, index)
+                if outcome is Outcome.SHREDDED:  # shredded since: absent, blocks nobody
+                    indexes.discard(index)
+                elif outcome is Outcome.RECORDED:
                     indexes.discard(index)
                     self.repaired += 1
                     self._patients.clear()  # a recorded entry may change any patient's policies

@@ -118,7 +118,19 @@ class ConsentStore(Protocol):
     async def forget(self, patient: str) -> bool:
         """Delete the pseudonym row of ``patient`` (the crypto-shred's unlinking step); True if
         there was one. The patient's next :meth:`pseudonym_for` stores a fresh pseudonym: a new
-        chain, unlinked from the shredded one. The consent versions are kept."""
+        chain, unlinked from the shredded one. The consent versions are kept (:meth:`erase`
+        deletes them)."""
+        ...
+
+    async def erase(self, patient: str) -> tuple[int, ...]:
+        """Delete every recorded version whose patient is ``patient`` (the crypto-shred's
+        consent step: the rows hold the reference and the Consent in the clear); returns the
+        ledger indexes of the versions deleted, ascending (empty when there were none). The
+        pseudonym row stays (:meth:`forget` removes it). Afterwards :meth:`for_patient` and
+        :meth:`mark` see no consent of the patient, :meth:`current` and :meth:`history` none
+        of the consents erased, and :meth:`recorded` none of those indexes. SQLite overwrites
+        the deleted bytes (``secure_delete``) and truncates the WAL; PostgreSQL keeps the dead
+        tuples until VACUUM."""
         ...
 
     async def record(self, record: ConsentRecord) -> ConsentRecord:

@@ -57,6 +57,18 @@ class MemoryConsentStore:
         self._check()
         return self.data.pseudonyms.pop(lookup_of(self._key, patient), None) is not None
 
+    async def erase(self, patient: str) -> tuple[int, ...]:
+        self._check()
+        data = self.data
+        erased = tuple(data.by_patient.pop(patient, []))
+        for index in erased:
+            record = data.records.pop(index)
+            indexes = data.by_consent[record.consent_id]
+            indexes.remove(index)
+            if not indexes:
+                del data.by_consent[record.consent_id]
+        return erased
+
     async def record(self, record: ConsentRecord) -> ConsentRecord:
         self._check()
         data = self.data

@@ -5,8 +5,9 @@ replicas recording versions of one consent at once number them one after the oth
 pseudonyms rely on the primary key (``ON CONFLICT DO NOTHING``, then read what is stored),
 a keyed digest of the patient reference (``consent_base.lookup_of``). A previous-format table
 (plain references) is migrated on open, in one transaction under the DDL lock, and dropped; its
-rows' bytes stay in PostgreSQL's WAL (and a forgotten row's dead tuple stays in the table file
-until VACUUM), which the operator's retention of WAL and backups governs.
+rows' bytes stay in PostgreSQL's WAL (and a forgotten row's or an erased consent version's dead
+tuple stays in the table file until VACUUM), which the operator's retention of WAL and backups
+governs.
 asyncpg, OS and timeout errors become :class:`~middleware.errors.ServiceUnavailable` in
 :func:`~middleware.storage.postgres_pool.translated`, the one place. Tables live in
 ``schema``, set as the pool's ``search_path``.
@@ -163,6 +164,12 @@ class PostgresConsentStore:
         async with _translated():
             status = await self._pool.execute(sql, lookup_of(self._key, patient))
         return bool(status != "DELETE 0")
+
+    async def erase(self, patient: str) -> tuple[int, ...]:
+        sql = "DELETE FROM consentry_consent_versions WHERE patient = $1 RETURNING ledger_idx"
+        async with _translated():
+            rows = await self._pool.fetch(sql, patient)
+        return tuple(sorted(int(r[0]) for r in rows))
 
     async def record(self, record: ConsentRecord) -> ConsentRecord:
         r = record

@@ -6,9 +6,10 @@ connection driven by one worker thread, writes under ``BEGIN IMMEDIATE`` so seve
 may share the file. Tables are described in ``consent_base``.
 
 The connection deletes with ``secure_delete`` on (https://sqlite.org/pragma.html#pragma_secure_delete):
-a forgotten pseudonym row, and the plain references of a migrated table, are overwritten with
-zeros in the file rather than left in free pages; after a migration the WAL is checkpointed
-and truncated so no older page image survives there either.
+a forgotten pseudonym row, an erased patient's consent versions and the plain references of a
+migrated table are overwritten with zeros in the file rather than left in free pages; after an
+erase or a migration the WAL is checkpointed and truncated so no older page image survives
+there either.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ _LATEST = (
 _FOR_PATIENT = f"{_SELECT} AS v WHERE patient = ? AND {_LATEST}"
 _RECORDED = "SELECT ledger_idx FROM consentry_consent_versions WHERE ledger_idx IN"
 _MARK = "SELECT count(*), max(ledger_idx) FROM consentry_consent_versions WHERE patient = ?"
+_ERASED = "SELECT ledger_idx FROM consentry_consent_versions WHERE patient = ? ORDER BY ledger_idx"
 
 
 _OLD_TABLE = "consentry_consent_pseudonyms"  # the previous format: plain patient references
@@ -158,6 +160,20 @@ class SqliteConsentStore:
         lookup = lookup_of(self._key, patient)
         deleted: int = await self._db.transaction(lambda c: c.execute(sql, (lookup,)).rowcount)
         return deleted > 0
+
+    async def erase(self, patient: str) -> tuple[int, ...]:
+        def run(c: sqlite3.Connection) -> tuple[int, ...]:
+            rows = c.execute(_ERASED, (patient,)).fetchall()
+            c.execute("DELETE FROM consentry_consent_versions WHERE patient = ?", (patient,))
+            return tuple(int(r[0]) for r in rows)
+
+        erased = await self._db.transaction(run)
+        if erased:
+            # secure_delete zeroed the rows in the pages; the WAL still holds the page images
+            # written before (best effort: a reader of another process still in it delays
+            # this, and the next checkpoint overwrites them).
+            await self._db.run(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        return erased
 
     async def record(self, record: ConsentRecord) -> ConsentRecord:
         def run(c: sqlite3.Connection) -> ConsentRecord:

@@ -326,6 +326,33 @@ async def test_forget_unlinks_the_patient_and_the_next_chain_is_new(database: Da
     assert await two.mark("Patient/p1") == PatientMark(1, 4)  # the consent index is kept
 
 
+async def test_erase_deletes_every_version_of_the_patient_and_nothing_else(
+    database: Database,
+) -> None:
+    """The shred's consent step: every version of the patient goes (from every read, and, on
+    SQLite, from the file and its WAL), another patient's stay, the pseudonym row stays."""
+    one, two = await database.open(), await database.open()
+    pseudonym = await one.pseudonym_for("Patient/p1", new_pseudonym())
+    secret = b"Zanzibar-Quixote-7731"
+    await one.record(record(3, "a", data=b'{"name":"' + secret + b'"}'))
+    await one.record(record(5, "b"))
+    await one.record(record(7, "a", status="inactive", revoked=True))
+    await one.record(record(6, "z", patient="Patient/p2", data=b'{"keep":"Kept-Other-42"}'))
+    assert await two.erase("Patient/p1") == (3, 5, 7)
+    assert await one.erase("Patient/p1") == ()
+    assert await one.for_patient("Patient/p1") == []
+    assert await one.mark("Patient/p1") == PatientMark(0, None)
+    assert (await one.current("a"), await one.history("b")) == (None, [])
+    assert await two.recorded([3, 5, 6, 7]) == {6}
+    assert [r.ledger_index for r in await two.for_patient("Patient/p2")] == [6]
+    assert await one.pseudonym("Patient/p1") == pseudonym
+    if database.backend == "sqlite":
+        dump = await database.dump()
+        assert secret not in dump
+        assert b"Patient/p1" not in dump
+        assert b"Kept-Other-42" in dump
+
+
 @pytest.mark.parametrize("backend", ["sqlite", POSTGRES])
 async def test_a_previous_format_table_is_migrated_on_open(backend: str, tmp_path: Path) -> None:
     """Plain rows move under their lookups in one transaction on open; opening again changes

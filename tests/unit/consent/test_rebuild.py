@@ -96,3 +96,22 @@ async def test_an_entry_whose_pseudonym_is_not_its_patients_is_refused() -> None
     assert report.skipped == (0,)
     assert await store.history("a") == []
     assert await store.pseudonym("Patient/p1") == P1
+
+
+async def test_entries_a_shred_emptied_are_reported_shredded_not_skipped() -> None:
+    """A rebuild after ``consentry audit shred``: the patient's consent entries have no
+    evidence and their chain records the shred after them: reported ``shredded``, not
+    ``skipped``, nothing recorded, nothing fails; the other patient's consent is recorded."""
+    shred = b'{"operator":"dpo","reason":"r","type":"consentry/audit-shred"}'
+    log = await ledger(
+        change(consent("R5", "permit", consent_id="a"), P1),
+        change(consent("R5", "deny", consent_id="b", patient="Patient/p2"), P2),
+        change(consent("R5", "deny", consent_id="a"), P1),
+        NewEntry.create(EntryKind.ADMIN, shred, recorded_us=6, pseudonym=P1),
+    )
+    del log.log.evidence[0], log.log.evidence[2]
+    store = MemoryConsentStore()
+    report = await rebuild_from_ledger(log, store)
+    assert (report.consents, report.shredded, report.skipped) == (3, (0, 2), ())
+    assert await store.history("a") == []
+    assert [r.ledger_index for r in await store.history("b")] == [1]

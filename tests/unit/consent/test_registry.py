@@ -211,3 +211,69 @@ async def test_a_consent_entry_that_cannot_be_recorded_fails_its_patient_closed(
     damaged = ledger.log.log.evidence[appended.index]
     ledger.log.log.evidence[appended.index] = Evidence(damaged.salt, revoked)
     assert [p.status for p in await registry.policies("Patient/p1")] == ["inactive"]
+
+
+# --- Consent entries a shred emptied --------------------------------------------------------
+
+
+def _admin(evidence: bytes, pseudonym: bytes = P1) -> NewEntry:
+    return NewEntry.create(EntryKind.ADMIN, evidence, recorded_us=9, pseudonym=pseudonym)
+
+
+SHRED = b'{"operator":"dpo","reason":"patient request","type":"consentry/audit-shred"}'
+
+
+@pytest.mark.parametrize(
+    ("after", "shredded"),
+    [
+        ([SHRED], True),
+        ([b'{"type":"consentry/consent-api-attempt/v1"}', SHRED], True),
+        ([b'{"type":"consentry/retention"}'], False),  # another admin entry
+        ([b"not json"], False),
+        ([], False),  # evidence gone, no shred on the chain: damage
+    ],
+    ids=["shred", "attempt-then-shred", "other-admin", "not-json", "no-admin"],
+)
+async def test_a_consent_entry_a_shred_emptied_is_absent_and_blocks_nobody(
+    after: list[bytes], shredded: bool
+) -> None:
+    """After ``consentry audit shred`` the patient's consent entries have no evidence and the
+    store has no record of them. A registry that starts then (or catches up) treats them as
+    absent when the chain records the shred after them: the patient has no consent (here
+    still under the same pseudonym: the shred's forget step had not run), nothing fails. The
+    same missing evidence without a shred on the chain still fails the patient closed."""
+    ledger = Ledgered()
+    index = await ledger.change(consent("R5", "permit", consent_id="a"))
+    await ledger.log.append([_admin(e) for e in after], sign=SIGN)
+    del ledger.log.log.evidence[index]
+    assert await ledger.store.erase("Patient/p1") == (index,)
+    registry = ledger.registry()
+    if shredded:
+        assert await registry.policies("Patient/p1") == ()
+        assert await registry.policies("Patient/p1") == ()
+    else:
+        with pytest.raises(UnreadableConsent):
+            await registry.policies("Patient/p1")
+
+
+async def test_a_shred_before_the_consent_entry_does_not_excuse_it() -> None:
+    """Only a shred recorded after the entry on its chain explains its missing evidence."""
+    ledger = Ledgered()
+    await ledger.log.append([_admin(SHRED)], sign=SIGN)
+    index = await ledger.change(consent("R5", "permit", consent_id="a"), stored=False)
+    del ledger.log.log.evidence[index]
+    with pytest.raises(UnreadableConsent):
+        await ledger.registry().policies("Patient/p1")
+
+
+async def test_an_entry_shredded_while_it_blocked_its_patient_is_dropped() -> None:
+    """An entry that could not be recorded (its evidence missing) blocks its patient; once a
+    shred is recorded after it on its chain it is absent and the patient is served."""
+    ledger = Ledgered()
+    index = await ledger.change(consent("R5", "permit", consent_id="a"), stored=False)
+    del ledger.log.log.evidence[index]
+    registry = ledger.registry()
+    with pytest.raises(UnreadableConsent):
+        await registry.policies("Patient/p1")
+    await ledger.log.append([_admin(SHRED)], sign=SIGN)
+    assert await registry.policies("Patient/p1") == ()

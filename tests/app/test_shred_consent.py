@@ -1,0 +1,162 @@
+"""After ``consentry audit shred --patient P`` no PHI of P is left in the SQLite file.
+
+The attack: a shred deleted P's evidence key (their sealed audit facts became unreadable) and
+shredded their index rows, but P's Consents stayed in the clear, twice: as the evidence of
+their ``consent`` entries on the ledger ("consent and key entries never expire") and in the
+consent store's versions table (patient column, Consent bytes). Whoever copied the file after
+the shred read P's name, identifier and consent choices. Now the shred removes both, the
+ledger still verifies (the leaves and commitments stay), P has no consent on file (an opt-in
+gateway denies their data), a gateway started afterwards does not fail on the consent entries
+left without evidence, and another patient's consent and evidence are untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from middleware.app import Gateway, create_app
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.cli import main
+from middleware.ledger.keyfile import LedgerKey, write_ledger_key
+from middleware.ledger.signing import SigningKey
+from middleware.ledger.trust import TrustedKey, TrustPolicy, format_policy
+from middleware.settings import Settings
+from tests.app.conftest import UPSTREAM
+from tests.app.consenting import DEV_ISSUER, Tokens, auth_settings, observation, treat_only
+
+ORIGIN = "gateway.test/fhir/ledger"
+SHREDDED = "zq7731-shred-me"  # P's id
+KEPT = "kp4410-keep-me"  # another patient's
+# What P's Consent says about P, besides the reference.
+P_SECRETS = (b"Xaviera Quixote-Zanzibar", b"MRN-ZANZIBAR-44719")
+Q_SECRETS = (b"Konstantin Keepwell", b"MRN-KEEPWELL-88123")
+FHIR = {"content-type": "application/fhir+json"}
+
+
+def consent_of(pid: str, secrets: tuple[bytes, bytes]) -> dict[str, Any]:
+    name, mrn = (s.decode() for s in secrets)
+    body = treat_only(f"Patient/{pid}")
+    body["subject"]["display"] = name
+    body["identifier"] = [{"system": "urn:example:mrn", "value": mrn}]
+    return body
+
+
+class World:
+    """One SQLite store, the ledger key file the CLI reads, and gateways on both."""
+
+    def __init__(self, tmp: Path, make_settings: Callable[..., Settings]) -> None:
+        self.db = tmp / "gateway.db"
+        self.store = f"sqlite:{self.db}"
+        self.signer = SigningKey.generate(ORIGIN)
+        self.key = tmp / "ledger.key"
+        write_ledger_key(self.key, LedgerKey(self.signer, ORIGIN))
+        self.trust = tmp / "trust.toml"
+        self.trust.write_text(format_policy(TrustPolicy(ORIGIN, (TrustedKey(self.signer.vkey()),))))
+        dev_key = tmp / "dev-issuer.jwk"
+        self.tokens = Tokens(
+            UnsafeDevelopmentIssuer.from_key_file(dev_key, DEV_ISSUER, enabled=True)
+        )
+        self.settings = make_settings(
+            store=self.store, auth=auth_settings(dev_key), consent_jurisdiction="opt-in"
+        )
+        self.router = respx.Router(assert_all_called=False, base_url=UPSTREAM)
+        for pid in (SHREDDED, KEPT):
+            self.router.get(f"/Observation/o-{pid}").respond(
+                200, json={**observation(f"Patient/{pid}"), "id": f"o-{pid}"}, headers=FHIR
+            )
+
+    @contextlib.asynccontextmanager
+    async def gateway(self) -> AsyncIterator[httpx.AsyncClient]:
+        app: Gateway = create_app(
+            self.settings,
+            upstream=httpx.MockTransport(self.router.async_handler),
+            signer=self.signer,
+        )
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
+                yield c
+        finally:
+            await app.aclose()
+
+    async def read(self, client: httpx.AsyncClient, pid: str) -> int:
+        headers = self.tokens.bearer(
+            "dr", "user/Observation.rs", fhir_user="Practitioner/dr", purpose_of_use=["TREAT"]
+        )
+        return (await client.get(f"/fhir/Observation/o-{pid}", headers=headers)).status_code
+
+    async def run(self, *argv: str) -> tuple[int, str]:
+        """``consentry *argv`` (status, standard output); on a thread, as the CLI runs its
+        own event loop."""
+
+        def call() -> tuple[int, str]:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                status = main(list(argv))
+            return status, out.getvalue()
+
+        return await asyncio.to_thread(call)
+
+    def raw(self) -> bytes:
+        """The bytes a copy of the store holds: the file and its write-ahead log."""
+        wal = self.db.with_name(self.db.name + "-wal")
+        return self.db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+@pytest.fixture
+def world(tmp_path: Path, make_settings: Callable[..., Settings]) -> World:
+    return World(tmp_path, make_settings)
+
+
+def _named(raw: bytes, pid: str, secrets: tuple[bytes, bytes]) -> list[bytes]:
+    return [s for s in (pid.encode(), *secrets) if s in raw]
+
+
+async def test_a_shred_leaves_no_phi_of_the_patient_in_the_sqlite_file(world: World) -> None:
+    async with world.gateway() as gw:
+        for pid, secrets in ((SHREDDED, P_SECRETS), (KEPT, Q_SECRETS)):
+            made = await gw.post(
+                "/fhir/Consent",
+                json=consent_of(pid, secrets),
+                headers=world.tokens.patient(pid),
+            )
+            assert made.status_code == 201, made.text
+            assert await world.read(gw, pid) == 200  # permitted for treatment: traffic
+    before = world.raw()
+    assert _named(before, SHREDDED, P_SECRETS) == [SHREDDED.encode(), *P_SECRETS]  # can fail
+
+    status, text = await world.run(
+        "audit", "shred", "--store", world.store, "--key-file", str(world.key),
+        "--patient", f"Patient/{SHREDDED}", "--reason", "patient request", "--operator", "dpo",
+    )  # fmt: skip
+    assert status == 0, text
+    after = world.raw()
+    assert _named(after, SHREDDED, P_SECRETS) == []
+    assert _named(after, KEPT, Q_SECRETS) == [KEPT.encode(), *Q_SECRETS]  # untouched
+    result = json.loads(text)
+    erased = ("consent_versions_erased", "consent_evidence_removed", "admin_evidence_removed")
+    assert [result[k] for k in erased] == [1, 1, 1]  # the consent, its entry, the API attempt
+    status, text = await world.run(
+        "ledger", "verify", "--store", world.store, "--trust", str(world.trust)
+    )
+    assert status == 0, text
+
+    # A gateway started now: P has no consent on file (opt-in: denied), Q still has theirs;
+    # the consent entry left without evidence does not make it fail.
+    async with world.gateway() as gw:
+        assert await world.read(gw, SHREDDED) == 404
+        assert await world.read(gw, KEPT) == 200
+        mine = await gw.get("/fhir/Consent", headers=world.tokens.patient(SHREDDED))
+        assert mine.status_code == 200, mine.text
+        assert mine.json().get("total", 0) == 0
+        assert not mine.json().get("entry")
