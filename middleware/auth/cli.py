@@ -3,14 +3,18 @@
     consentry token issue --sub alice --scope "patient/*.rs launch/patient" --patient 123 \\
         --key-file dev-issuer.jwk --issuer http://127.0.0.1:8080/dev-issuer \\
         --audience http://127.0.0.1:8080/fhir [--fhir-user Practitioner/1] [--purpose TREAT] \\
-        [--role doctor] [--ttl 3600] [--algorithm EdDSA|ES256] [--client-id ID]
+        [--role doctor] [--organization Organization/acme [--organization-claim NAME]] \\
+        [--ttl 3600] [--algorithm EdDSA|ES256] [--client-id ID]
 
 Running the command is the explicit opt-in the :class:`UnsafeDevelopmentIssuer` requires. The
 key file must exist (``consentry init`` writes one; a gateway with the development issuer on
 creates its own) unless ``--new-key`` asks for one to be created (mode 0600): a mistyped path
 would otherwise mint tokens from a fresh key that no gateway trusts, and every request would be
 a puzzling 401. A gateway with the development issuer enabled on the same key file and issuer
-URL accepts the tokens. Standard output carries the token only;
+URL accepts the tokens. ``--organization`` sets the caller's organization (what the audit index,
+the accounting's exemptions and its recipients read) in the claim the gateway reads it from,
+its ``auth.organization_claim`` (``organization`` by default; ``--organization-claim`` names
+another); the value is checked as the gateway checks it. Standard output carries the token only;
 the issuer's warning and any error go to standard error.
 """
 
@@ -23,8 +27,8 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
-from middleware.auth.devissuer import DEV_ALGORITHMS, UnsafeDevelopmentIssuer
-from middleware.auth.identity import ClaimError, parse_fhir_user
+from middleware.auth.devissuer import DEV_ALGORITHMS, UnsafeDevelopmentIssuer, load_or_create_key
+from middleware.auth.identity import ClaimError, parse_fhir_user, parse_organization
 from middleware.auth.scopes import parse_scopes
 from middleware.logging import configure_logging
 
@@ -78,6 +82,17 @@ def _issue_arguments(parser: argparse.ArgumentParser) -> None:
     add("--fhir-user", dest="fhir_user", help="user resource, e.g. Practitioner/1")
     add("--purpose", action="append", default=[], help="purpose of use: CODE or system|code")
     add("--role", action="append", default=[], help="role (repeatable)")
+    add(
+        "--organization",
+        help="the caller's organization: Organization/<id> or a plain name",
+    )
+    add(
+        "--organization-claim",
+        dest="organization_claim",
+        default="organization",
+        help="the claim the gateway reads it from, its auth.organization_claim "
+        "(default organization)",
+    )
     add("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     add(
         "--key-file",
@@ -127,14 +142,21 @@ def _issue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.fhir_user is not None:
             # An absolute fhirUser must be under the gateway's base: the token's audience.
             parse_fhir_user(args.fhir_user, args.audience)
+        if args.organization is not None:
+            parse_organization(args.organization, "--organization")
+        if not args.organization_claim.strip():
+            raise _Usage("--organization-claim: a claim name is needed")
         existed = args.key_file.exists()
         if not existed and not args.new_key:
             raise _Usage(
                 f"--key-file: {args.key_file} does not exist (consentry init writes one; "
                 "--new-key creates it, but no gateway trusts a new key until it is configured)"
             )
-        issuer = UnsafeDevelopmentIssuer.from_key_file(
-            args.key_file, args.issuer, enabled=True, algorithm=args.algorithm
+        issuer = UnsafeDevelopmentIssuer(
+            args.issuer,
+            enabled=True,
+            key=load_or_create_key(args.key_file, args.algorithm),
+            organization_claim=args.organization_claim,
         )
         token = issuer.issue(
             args.sub,
@@ -146,6 +168,7 @@ def _issue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             roles=args.role,
             ttl=args.ttl,
             client_id=args.client_id,
+            organization=args.organization,
         )
     except (_Usage, ClaimError, ValueError, OSError) as exc:
         print(f"consentry token issue: {exc}", file=err)

@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 from middleware.auth.cli import issue_token_command
+from middleware.auth.identity import IdentityRules
 from middleware.auth.jwks import StaticJwks
 from middleware.auth.verify import IssuerConfig, TokenVerifier
 
@@ -107,8 +108,18 @@ def test_a_missing_key_file_is_refused_without_new_key(tmp_path: Path) -> None:
         (["--sub", "a", "--scope", "openid", "--fhir-user", "Observation/1"], "fhirUser"),
         (["--sub", "a", "--scope", "openid", "--ttl", "0"], "ttl"),
         (["--sub", "a", "--scope", "openid", "--purpose", "|X"], "purpose"),
+        (["--sub", "a", "--scope", "openid", "--organization", "Organization/a b"], "organization"),
+        (["--sub", "a", "--scope", "openid", "--organization", " acme"], "organization"),
+        (["--sub", "a", "--scope", "openid", "--organization-claim", ""], "organization-claim"),
     ],
-    ids=["bad-fhir-user", "zero-ttl", "bad-purpose"],
+    ids=[
+        "bad-fhir-user",
+        "zero-ttl",
+        "bad-purpose",
+        "bad-organization-reference",
+        "organization-with-spaces",
+        "empty-organization-claim",
+    ],
 )
 def test_bad_values_exit_2_without_output(tmp_path: Path, argv: list[str], message: str) -> None:
     code, out, err = run([*argv, *base_args(tmp_path / "dev.jwk")])
@@ -123,3 +134,49 @@ def test_usage_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert out == ""
     assert "--sub" in capsys.readouterr().err
     assert not (tmp_path / "dev.jwk").exists()
+
+
+def _issuers(key_file: Path) -> dict[str, IssuerConfig]:
+    """The development issuer as a gateway trusts it: the public half of ``key_file``."""
+    public = json.loads(key_file.read_text())
+    public.pop("d")
+    jwk_set = {"keys": [{**public, "use": "sig", "alg": "EdDSA"}]}
+    return {DEV: IssuerConfig(StaticJwks(jwk_set), frozenset({AUDIENCE}))}
+
+
+async def _verified(
+    issuers: dict[str, IssuerConfig], token: str, rules: IdentityRules
+) -> str | None:
+    """The organization the gateway's verifier reads from ``token`` under ``rules``."""
+    identity = await TokenVerifier(issuers, rules=rules).verify(f"Bearer {token}")
+    return identity.organization
+
+
+@pytest.mark.parametrize(
+    ("extra", "claim", "organization"),
+    [
+        (["--organization", "Organization/acme"], "organization", "Organization/acme"),
+        (["--organization", "Acme Clinic"], "organization", "Acme Clinic"),
+        (
+            ["--organization", "Organization/x", "--organization-claim", "https://ex.org/org"],
+            "https://ex.org/org",
+            "Organization/x",
+        ),
+        ([], "organization", None),
+    ],
+    ids=["reference", "plain-name", "custom-claim", "none"],
+)
+async def test_organization_lands_in_the_claim_the_gateway_reads(
+    tmp_path: Path, extra: list[str], claim: str, organization: str | None
+) -> None:
+    """``--organization`` puts the caller's organization in the claim named by
+    ``--organization-claim`` (the gateway's ``auth.organization_claim``): the gateway's
+    verifier, configured with that claim, reads it back as the identity's organization."""
+    key_file = tmp_path / "dev.jwk"
+    code, out, err = run(["--sub", "a", "--scope", "openid", *extra, *base_args(key_file)])
+    assert code == 0, err
+    issuers = _issuers(key_file)
+    rules = IdentityRules(organization_claim=claim)
+    assert await _verified(issuers, out.strip(), rules) == organization
+    if claim != "organization":  # under the default claim a gateway sees none
+        assert await _verified(issuers, out.strip(), IdentityRules()) is None
