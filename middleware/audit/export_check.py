@@ -14,7 +14,8 @@ from typing import Any
 from middleware.audit.export import EntryOpening, format_time, shredded_columns
 from middleware.audit.export_chain import LineOrder
 from middleware.audit.export_columns import columns_for
-from middleware.audit.export_read import ExportLine, ndjson_lines
+from middleware.audit.export_fast import Accept, csv_same, ndjson_same, row_acceptor
+from middleware.audit.export_read import ExportLine, RawLine, decode_raw_line, ndjson_line
 from middleware.audit.export_read_csv import csv_lines
 from middleware.audit.export_rules import default_rule
 from middleware.audit.inclusion import InclusionChecker
@@ -103,13 +104,74 @@ class ExportChecker:
         if opener is None:
             report.add("no-opener", "openings were not checked (no way to decrypt them)", None)
 
-    def entries(self, lines: Iterator[str]) -> Iterator[tuple[int, ExportLine | str]]:
-        """The entry lines after the header line (``export_read``'s, CSV or NDJSON)."""
+    def run(self, lines: Iterator[str]) -> None:
+        """Check the entry lines after the header line (CSV or NDJSON), counting them on the
+        report; then :meth:`finish`. A ``row`` line with its opening is tried on the fast
+        path (``export_fast``), which passes only a line without findings; any other line,
+        and one it does not pass, is judged by :meth:`entry` (the findings, in order)."""
+        report, feed, add = self.report, self.order.feed, self.report.add
+        accept = self._accept()
         if self.escaped:
-            return csv_lines(lines, self.names)
-        return ndjson_lines(lines, self.names)
+            for number, line in csv_lines(lines, self.names):
+                report.lines += 1
+                if isinstance(line, str):
+                    add("line-malformed", line, number)
+                    continue
+                opening = line.opening
+                if accept is not None and line.role == "row" and opening is not None:
+                    leaf = accept(line.index, line.leaf, line.proof, opening, line.columns)
+                    if leaf is not None:
+                        report.rows += 1
+                        feed(number, "row", line.index, leaf)
+                        continue
+                self.entry(number, line)
+        else:
+            names = self.names
+            for number, text in enumerate(lines, start=2):
+                if not text or text.isspace():  # not text.strip(), without copying the line
+                    continue
+                report.lines += 1
+                if accept is not None:
+                    try:
+                        raw: RawLine | None = decode_raw_line(text)
+                    except ValueError:  # msgspec.DecodeError, ValidationError
+                        raw = None
+                    if raw is not None and raw.role == "row" and raw.index >= 0:
+                        salt, evidence = raw.salt, raw.evidence
+                        if salt is not None and evidence is not None:
+                            opening = EntryOpening(salt, evidence, raw.key)
+                            leaf = accept(raw.index, raw.leaf, raw.proof, opening, raw.columns)
+                            if leaf is not None:
+                                report.rows += 1
+                                feed(number, "row", raw.index, leaf)
+                                continue
+                read = ndjson_line(text, names)
+                if isinstance(read, str):
+                    add("line-malformed", read, number)
+                else:
+                    self.entry(number, read)
+        self.finish()
+
+    def _accept(self) -> Accept | None:
+        """The fast path's check of a row line, None when every line takes the full path (no
+        trusted checkpoint, no opener)."""
+        if self.proofs is None or self.opener is None:
+            return None
+        header = self.header
+        return row_acceptor(
+            proofs=self.proofs,
+            opener=self.opener,
+            columns=self.columns,
+            same=csv_same if self.escaped else ndjson_same(self.names),
+            since=header["since"],
+            until=header["until"],
+            patient=header.get("patient"),
+            agent=header.get("agent"),
+            rule=self.rule,
+        )
 
     def entry(self, number: int, line: ExportLine) -> None:
+        """The checks of one entry line, its findings in order (the full path)."""
         add, index = self.report.add, line.index
         try:
             leaf = leaf_fields(line.leaf)  # decode_leaf's checks, without the Leaf
@@ -204,6 +266,7 @@ class ExportChecker:
             add("membership", f"the report's rule says this entry {which} it", number, index)
 
     def finish(self) -> None:
+        """After the last line: the chain's end (``LineOrder.finish``) into the scope."""
         tail = self.order.finish()
         self.report.scope["tail"] = tail
 

@@ -24,7 +24,10 @@ __all__ = [
     "REPORTS",
     "ExportLine",
     "HeaderError",
+    "RawLine",
     "decode_base64",
+    "decode_raw_line",
+    "ndjson_line",
     "ndjson_lines",
     "parse_time",
     "read_header",
@@ -111,10 +114,16 @@ def ndjson_lines(
     for number, text in enumerate(lines, start=2):
         if not text or text.isspace():  # not text.strip(), without copying the line
             continue
-        try:
-            yield number, _ndjson_line(text, names)
-        except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
-            yield number, f"not an export line: {exc}"
+        yield number, ndjson_line(text, names)
+
+
+def ndjson_line(text: str, names: tuple[str, ...]) -> ExportLine | str:
+    """One NDJSON entry line (not blank) as :func:`ndjson_lines` yields it: the line, or
+    why it cannot be read."""
+    try:
+        return _ndjson_line(text, names)
+    except (ValueError, TypeError, AttributeError, binascii.Error) as exc:
+        return f"not an export line: {exc}"
 
 
 def _ndjson_line(text: str, names: tuple[str, ...]) -> ExportLine:
@@ -216,6 +225,27 @@ class _BinaryLine(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _decode_binary = msgspec.json.Decoder(_BinaryLine).decode
+
+
+class RawLine(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """:class:`_BinaryLine` with ``columns`` left as its raw JSON text (``msgspec.Raw``; an
+    empty one when absent), for the verifier's fast path (``export_fast``), which compares
+    it whole with the expected cells' encoding instead of decoding it. What it accepts is
+    not a line yet: :func:`ndjson_line` decides that, as the full path does."""
+
+    role: str
+    index: int
+    leaf: bytes
+    proof: bytes
+    salt: bytes | None = None
+    evidence: bytes | None = None
+    key: bytes | None = None
+    columns: msgspec.Raw = msgspec.Raw()
+
+
+#: The :class:`RawLine` of NDJSON text; ValueError (msgspec.DecodeError, ValidationError)
+#: for what does not decode so.
+decode_raw_line = msgspec.json.Decoder(RawLine).decode
 
 
 _a2b = binascii.a2b_base64

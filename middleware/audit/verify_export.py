@@ -129,15 +129,8 @@ def verify_export(
     report, check = begin_export(
         next(lines, ""), policy, opener=opener, rules=rules, columns=columns
     )
-    if check is None:
-        return report
-    for number, entry in check.entries(lines):
-        report.lines += 1
-        if isinstance(entry, str):
-            report.add("line-malformed", entry, number)
-        else:
-            check.entry(number, entry)
-    check.finish()
+    if check is not None:
+        check.run(lines)
     return report
 
 
