@@ -33,7 +33,7 @@ from middleware.audit.cli_common import (
     write_output,
 )
 from middleware.audit.evidence import EVIDENCE_PURPOSE
-from middleware.audit.export import EntryOpening
+from middleware.audit.export import NO_CHAIN, EntryOpening
 from middleware.audit.export_collect import (
     ExportSpec,
     LogView,
@@ -321,6 +321,8 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                 if pseudonym is None:
                     found = await store.audit_rows(AuditQuery(patient=patient, limit=1))
                     pseudonym = found[0].pseudonym if found else None
+                if pseudonym is None:  # no entry names the patient: the header says so
+                    pseudonym = NO_CHAIN
             spec = ExportSpec(
                 report=kind,
                 patient=patient,
@@ -355,7 +357,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                     "report": kind,
                     "rows": len(rows),
                     "lines": lines,
-                    "complete": pseudonym is not None,
+                    "complete": bool(pseudonym),
                     "rows_per_second": round(progress.rate),
                 }
         finally:

@@ -6,7 +6,8 @@ An export is one file, NDJSON for machines or CSV for people; both hold the same
    ``access-report``, ``user-report``, ``date-range``), its scope (``patient``, ``agent``,
    ``since``/``until`` as RFC 3339 UTC times), the ``columns`` of its rows, the log's
    ``origin`` and the signed ``checkpoint`` note (C2SP tlog-checkpoint) every proof in the file
-   is against, and for a per-patient export the ``chain`` (the patient's pseudonym, hex).
+   is against, and for a per-patient export the ``chain`` (the patient's pseudonym, hex;
+   :data:`NO_CHAIN`, ``""``, when the audit index names no entry of the patient).
 2. One line per ledger entry, in ascending ledger index, each with its ``role``:
 
    ``row``     a row of the report: its ``columns``, and the entry's proofs and opening
@@ -69,6 +70,7 @@ from middleware.ledger.leaf import EntryFlag, Leaf
 
 __all__ = [
     "EXPORT_FORMAT",
+    "NO_CHAIN",
     "PROOF_COLUMNS",
     "TAIL_LIMIT",
     "ProofSource",
@@ -90,6 +92,11 @@ __all__ = [
 EXPORT_FORMAT = "consentry-audit-export/v1"
 
 Role = Literal["row", "other", "before", "after", "tail"]
+
+#: The ``chain`` of a per-patient export whose patient the audit index names in no entry at
+#: the checkpoint: no chain to list, and none to prove it by (a pseudonym is not linkable to
+#: the patient offline), so the verifier says ``chain-none-unproven``, never ``chain-missing``.
+NO_CHAIN = b""
 
 #: At most this many ``tail`` lines (about 1 kB each): a patient whose last entry is further
 #: back than this from the checkpoint gets an export whose tail is unproven.

@@ -14,7 +14,9 @@ The end of the chain is proved by an ``after`` line (the patient's first entry a
 period, which names the last one in it), or, when the chain ends inside the period, by
 ``tail`` lines: every index after the chain's last line up to the checkpoint's size, each
 with its inclusion proof and none of them the patient's (``chain-tail`` otherwise). Without
-either, ``chain-tail-unproven``: rows at the end, or all of them, may have been dropped. Pure.
+either, ``chain-tail-unproven``: rows at the end, or all of them, may have been dropped. A
+header whose chain is ``export.NO_CHAIN`` (the audit index names no entry of the patient)
+holds no lines and gets ``chain-none-unproven``: nothing in a file can prove it. Pure.
 """
 
 from __future__ import annotations
@@ -108,6 +110,15 @@ class LineOrder:
         if self.chain is None:
             return None
         if self.last is None:
+            if not self.chain:  # export.NO_CHAIN: the exporter found no entry of the patient
+                self.add(
+                    "chain-none-unproven",
+                    f"the export says the patient has no chain in the log at size {self.size}: "
+                    "no file can prove that (pseudonyms are not linkable offline)",
+                    None,
+                    None,
+                )
+                return "unproven"
             self.add("chain-gap", "a per-patient export with no entry line", None, None)
             return "unproven"
         if self.seen_after:
