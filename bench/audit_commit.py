@@ -1,8 +1,8 @@
 """The writer's CPU per audited read on SQLite: the ledger entry and its audit-index row.
 
-    python -m bench.audit_commit [--entries 4000] [--repeat 3] [--batches 1,16,64]
+    python -m bench.audit_commit [--entries 4096] [--repeat 3] [--batches 1,16,64]
                                  [--prefill 20000] [--read patient|observation]
-                                 [--split 16] [--profile]
+                                 [--merge-at 4096] [--split 16] [--profile]
 
 Entries are what the recorder makes for an enforced read (:mod:`bench.audit_hot`'s read: a
 practitioner with two purposes of use and a role, one patient's resource released), one of
@@ -14,8 +14,15 @@ and 64 by the store's own transaction function (``BEGIN IMMEDIATE``, ``_append``
 B-trees have a realistic depth. CPU is ``time.thread_time`` of that thread per entry, the
 best of ``--repeat`` runs of ``--entries`` entries each; the fsync's wait is not CPU.
 
+An append stages its index rows; the store merges them into the indexed tables in a
+transaction of its own once ``merge_at`` are staged (``--merge-at``, default the store's).
+The bench does the same after each append transaction, and each run starts with nothing
+staged and ends by merging what it staged, so every run's figure includes the merge of all
+its rows (a merge of fewer rows than ``merge_at`` costs more per row: the figure errs high).
+
 The breakdown (batches of ``--split``, rows off and with rows) times each SQL statement
-``_append`` runs, summed by statement, the checkpoint signature and the ``COMMIT``; "Python"
+``_append`` runs, summed by statement, the checkpoint signature, the ``COMMIT`` and the
+merges (each a transaction: staged rows moved, terms filed, committed); "Python"
 is the rest of ``_append`` (planning, leaf encoding and hashing, row values) and of the timing
 itself, so the breakdown's total exceeds the table's figure by about 10 us an entry.
 ``--profile`` adds a cProfile of ``_append``'s Python, heaviest first. ``--read observation``
@@ -48,7 +55,7 @@ from middleware.ledger.leaf import new_pseudonym, new_salt
 from middleware.ledger.sequencer import ChainTails, CheckpointSigner
 from middleware.ledger.signing import SigningKey, new_box_key
 from middleware.ledger.writer import checkpoint_signer
-from middleware.storage import ledger_sqlite
+from middleware.storage import audit_index_staged, ledger_sqlite
 from middleware.storage.ledger_sqlite import SqliteLogStore
 
 ORIGIN = "bench.consentry.example/audit-commit"
@@ -153,14 +160,43 @@ def _batches(batch: list[NewEntry], size: int) -> Iterator[list[NewEntry]]:
 
 #: The store's memory of its chains (``SqliteLogStore._tails``), as its appends use it.
 TAILS = ChainTails()
+#: Staged rows that make a merge (``SqliteLogStore.merge_at``; ``--merge-at``).
+MERGE_AT = SqliteLogStore.merge_at
+
+
+class _Staging:
+    """The staged row count, as ``SqliteLogStore.append`` keeps it, and the merge's CPU."""
+
+    def __init__(self, c: sqlite3.Connection) -> None:
+        self.c = c
+        self.staged = 0
+        self.merge_ns = 0
+
+    def appended(self, batch: Sequence[NewEntry]) -> None:
+        self.staged += sum(e.row is not None for e in batch)
+        if self.staged >= MERGE_AT:
+            self.merge()
+
+    def merge(self) -> None:
+        """One merge transaction, as ``SqliteLogStore._merge`` runs it."""
+        start = time.thread_time_ns()
+        self.c.execute("BEGIN IMMEDIATE")
+        audit_index_staged.merge(self.c)
+        self.c.execute("COMMIT")
+        self.merge_ns += time.thread_time_ns() - start
+        self.staged = 0
 
 
 def _transaction(
-    c: sqlite3.Connection | _Timed, batch: Sequence[NewEntry], sign: CheckpointSigner
+    c: sqlite3.Connection | _Timed,
+    batch: Sequence[NewEntry],
+    sign: CheckpointSigner,
+    staging: _Staging,
 ) -> None:
     c.execute("BEGIN IMMEDIATE")
     _append(c, batch, sign)
     c.execute("COMMIT")
+    staging.appended(batch)
 
 
 def _append(
@@ -169,12 +205,21 @@ def _append(
     ledger_sqlite._append(c, batch, sign, TAILS)  # type: ignore[arg-type]
 
 
+def _empty_staging(c: sqlite3.Connection) -> _Staging:
+    staging = _Staging(c)
+    staging.merge()  # what an earlier run (or the prefill) left: not this run's
+    return _Staging(c)
+
+
 def measure(c: sqlite3.Connection, batch: list[NewEntry], size: int) -> float:
-    """Thread CPU microseconds per entry appending ``batch`` in batches of ``size``."""
+    """Thread CPU microseconds per entry appending ``batch`` in batches of ``size``, the
+    merges of its rows included (the last one of what is staged at the end)."""
     sign = checkpoint_signer(KEY, ORIGIN)
+    staging = _empty_staging(c)
     start = time.thread_time_ns()
     for part in _batches(batch, size):
-        _transaction(c, part, sign)
+        _transaction(c, part, sign, staging)
+    staging.merge()
     return (time.thread_time_ns() - start) / len(batch) / 1000
 
 
@@ -190,10 +235,13 @@ def breakdown(c: sqlite3.Connection, batch: list[NewEntry], size: int) -> dict[s
         spent["(checkpoint signature)"] += time.thread_time_ns() - start
         return note
 
+    staging = _empty_staging(c)
     start = time.thread_time_ns()
     for part in _batches(batch, size):
-        _transaction(timed, part, sign)
+        _transaction(timed, part, sign, staging)
+    staging.merge()
     total = time.thread_time_ns() - start
+    spent["(merges)"] = staging.merge_ns
     spent["(Python: planning, leaves, rows)"] = total - sum(spent.values())
     return {k: v / len(batch) / 1000 for k, v in spent.items()}
 
@@ -209,8 +257,10 @@ def profile(c: sqlite3.Connection, batch: list[NewEntry], size: int) -> None:
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> None:
-    global TAILS  # noqa: PLW0603  (the store's, once it exists)
+    global TAILS, MERGE_AT  # noqa: PLW0603  (the store's, once it exists)
+    MERGE_AT = args.merge_at
     store = await SqliteLogStore.open(tmp / "bench.db")
+    store.merge_at = args.merge_at
     db = store._db
     TAILS = store._tails
     made = 0
@@ -264,11 +314,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=4000)
+    parser.add_argument("--entries", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--prefill", type=int, default=20_000)
     parser.add_argument("--read", choices=("patient", "observation"), default="patient")
+    parser.add_argument("--merge-at", type=int, default=SqliteLogStore.merge_at)
     parser.add_argument("--split", type=int, default=16, help="batch size of the breakdown")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)

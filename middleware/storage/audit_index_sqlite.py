@@ -18,6 +18,12 @@ Tables (beside the log, in the same file; none is under the log's append-only tr
     ``patient = ? OR`` its postings (``audit_index_query``), so it finds the row through the
     patient index (a read of the patient's own resource saves a posting on a random page).
     Databases written before hold such postings too; they match nothing more.
+``consentry_audit_staged``
+    the rows appends wrote that no merge has moved into the two tables above yet
+    (:mod:`~middleware.storage.audit_index_staged`): read with them by every search and by
+    :func:`read_row`, merged by :func:`stage_rows`'s store before every other write to the
+    index (:func:`write_rows`, :func:`shred`, :func:`shred_entries`), emptied by
+    :func:`clear_index`.
 ``consentry_audit_keys``
     the evidence keys, wrapped, one per pseudonym: kept apart from the evidence and from the
     index, so deleting one row is the crypto-shred.
@@ -48,6 +54,7 @@ from collections.abc import Iterator, Sequence
 import msgspec
 
 from middleware.audit.row import AuditQuery, AuditRow
+from middleware.storage import audit_index_staged as staged
 from middleware.storage.audit_index_match import purpose_code
 from middleware.storage.audit_index_match import tombstoned as match_tombstoned
 from middleware.storage.audit_index_query import (
@@ -71,6 +78,7 @@ __all__ = [
     "shred",
     "shred_entries",
     "shredded_chains",
+    "stage_rows",
     "store_key",
     "tombstoned",
     "write_rows",
@@ -116,6 +124,7 @@ CREATE TABLE IF NOT EXISTS consentry_audit_terms (
     idx INTEGER NOT NULL
 );
 {_INDEXES}
+{staged.STAGED_SCHEMA}
 CREATE TABLE IF NOT EXISTS consentry_audit_keys (
     pseudonym BLOB PRIMARY KEY CHECK (length(pseudonym) = 16),
     wrapped BLOB NOT NULL
@@ -127,13 +136,13 @@ CREATE TABLE IF NOT EXISTS consentry_audit_shredded (
 CREATE INDEX IF NOT EXISTS consentry_audit_shredded_link ON consentry_audit_shredded (link);
 """
 
-_COLUMNS = (
-    "idx, recorded_us, kind, flags, patient, pseudonym, agent, roles, organization, client, "
-    "purposes, action, event_type, subtype, outcome, resource_types, entities, break_glass, "
-    "request_id, shredded"
-)
+_COLUMNS = staged.COLUMNS
 _UPSERT = (
     f"INSERT OR REPLACE INTO consentry_audit_index ({_COLUMNS}) "  # noqa: S608  (constants)
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_STAGE = (
+    f"INSERT INTO consentry_audit_staged ({_COLUMNS}) "  # noqa: S608  (constants)
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -275,6 +284,7 @@ def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow], *, fresh: bool =
     of the stored rows is skipped: it is on the path of every audited request."""
     if not rows:
         return
+    staged.merge(c)  # a staged row of these indexes would otherwise be merged over them
     if fresh:
         c.executemany(_UPSERT, [_values(r) for r in rows])
         c.executemany(_TERM, _term_rows(rows))
@@ -292,6 +302,13 @@ def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow], *, fresh: bool =
         c.execute(_ADD_TERMS, (json.dumps([r.index for r in changed]),))
     else:
         c.executemany(_TERM, _term_rows(changed))
+
+
+def stage_rows(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
+    """Stage an append's ``rows`` (entries it has just sequenced past the log's size, under
+    the write lock: no row of these indexes is stored) inside its transaction; the store
+    merges them later (:mod:`~middleware.storage.audit_index_staged`)."""
+    c.executemany(_STAGE, [_values(r) for r in rows])
 
 
 def _term_rows(rows: Sequence[AuditRow]) -> list[tuple[int, str, int, int]]:
@@ -316,7 +333,10 @@ def count_rows(c: sqlite3.Connection, q: AuditQuery) -> int:
 
 
 def read_row(c: sqlite3.Connection, index: int) -> AuditRow | None:
-    sql = f"SELECT {_COLUMNS} FROM consentry_audit_index WHERE idx = ?"  # noqa: S608
+    sql = (
+        f"SELECT {_COLUMNS} FROM consentry_audit_index WHERE idx = ?1 "  # noqa: S608
+        f"UNION ALL SELECT {_COLUMNS} FROM consentry_audit_staged WHERE idx = ?1 LIMIT 1"
+    )
     found = c.execute(sql, (index,)).fetchone()
     return None if found is None else _row(found)
 
@@ -373,6 +393,7 @@ def shred(c: sqlite3.Connection, pseudonym: bytes, link: bytes | None = None) ->
     one transaction with ``secure_delete`` on; then truncate the WAL. Returns rows shredded.
     Runs on the worker thread outside any transaction (it brackets its own)."""
     with _secure_transaction(c):
+        staged.merge(c)  # its staged rows too
         c.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = ?", (pseudonym,))
         c.execute(
             "INSERT INTO consentry_audit_shredded (pseudonym, link) VALUES (?, ?) "
@@ -394,6 +415,7 @@ def shred_entries(c: sqlite3.Connection, indexes: Sequence[int]) -> int:
     Runs on the worker thread outside any transaction (it brackets its own)."""
     wanted = json.dumps(list(indexes))
     with _secure_transaction(c):
+        staged.merge(c)  # their staged rows too
         removed = c.execute(
             "DELETE FROM consentry_ledger_evidence WHERE idx IN (SELECT value FROM json_each(?))",
             (wanted,),
@@ -431,6 +453,7 @@ def _truncate_wal(c: sqlite3.Connection) -> None:
 def clear_index(c: sqlite3.Connection) -> None:
     """Empty the index and its terms and drop their secondary indexes, for a bulk rebuild
     (:func:`build_indexes` restores them). The keys stay: they are not derived data."""
+    c.execute("DELETE FROM consentry_audit_staged")
     c.execute("DELETE FROM consentry_audit_terms")
     c.execute("DELETE FROM consentry_audit_index")
     for name in _SECONDARY:

@@ -7,8 +7,11 @@ extends, also when several processes append to one file.
 
 The audit index and the evidence keys live in the same file
 (:mod:`~middleware.storage.audit_index_sqlite`). Index rows are written in the append's
-transaction; audit searches run on a second, read-only connection with its own thread, so a
-long accounting never holds up the writer (WAL readers do not block it).
+transaction, staged (:mod:`~middleware.storage.audit_index_staged`); once ``merge_at`` are
+staged, the store merges them into the indexed tables in a transaction of its own, right
+after the append that passed the mark (and on close). Audit searches run on a second,
+read-only connection with its own thread, so a long accounting never holds up the writer
+(WAL readers do not block it).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from middleware.ledger.sequencer import (
     sign_state,
 )
 from middleware.storage import audit_index_sqlite as audit_index
+from middleware.storage import audit_index_staged
 from middleware.storage.audit_index_match import indexed_rows
 from middleware.storage.audit_index_stores import SqliteAuditIndex
 from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evidence_of_range
@@ -68,6 +72,10 @@ class SqliteLogStore(SqliteAuditIndex):
     methods are :class:`~middleware.storage.audit_index_stores.SqliteAuditIndex`'s."""
 
     name = "sqlite"
+    #: Staged index rows that make the store merge them: a merge's cost per row falls as
+    #: its rows share more index pages (``bench.audit_commit --merge-at``), while a search
+    #: reads the staged rows without an index (about 1 ms for 4,000 of them).
+    merge_at = 4096
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0, read_only: bool = False) -> None:
         """No I/O; :meth:`open` connects, creates the tables and replays the log.
@@ -92,6 +100,8 @@ class SqliteLogStore(SqliteAuditIndex):
         )
         #: The chains this store extended (used on the worker thread only, by ``_append``).
         self._tails = ChainTails()
+        #: Index rows staged in the file, as far as this store knows (others may add more).
+        self._staged = 0
 
     #: Opened without its replay (``open(replay=False)``): every write refused
     #: (:func:`~middleware.storage.ledger_unreplayed.refuse_writes_unreplayed`).
@@ -114,6 +124,7 @@ class SqliteLogStore(SqliteAuditIndex):
             await store._reader.connect()
             if replay:
                 await store.rebuild_state()
+                store._staged = await store._db.run(audit_index_staged.staged_count)
             else:
                 store._unreplayed = True
         except BaseException:
@@ -124,7 +135,19 @@ class SqliteLogStore(SqliteAuditIndex):
     async def append(
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
-        return await self._db.transaction(lambda c: _append(c, batch, sign, self._tails))
+        results = await self._db.transaction(lambda c: _append(c, batch, sign, self._tails))
+        self._staged += sum(
+            e.row is not None and not r.duplicate for e, r in zip(batch, results, strict=True)
+        )
+        if self._staged >= self.merge_at:
+            with contextlib.suppress(ServiceUnavailable):  # committed; still staged, still found
+                await self._merge()
+        return results
+
+    async def _merge(self) -> None:
+        """Merge the staged index rows (every process's) in a transaction of their own."""
+        await self._db.transaction(audit_index_staged.merge)
+        self._staged = 0
 
     async def size(self) -> int:
         return (await self.state()).size
@@ -194,6 +217,9 @@ class SqliteLogStore(SqliteAuditIndex):
     async def close(self) -> None:
         with contextlib.suppress(ServiceUnavailable):  # else the next open builds them
             await self._build_indexes()  # after a bulk reindex
+        if self._staged and not self._unreplayed:
+            with contextlib.suppress(ServiceUnavailable):  # else the next writer merges them
+                await self._merge()
         await self._reader.close()
         await self._db.close()
 
@@ -236,7 +262,8 @@ def _append(
             "UPDATE consentry_ledger_state SET size = ?, compact = ?, root = ? WHERE id = 1",
             (new.size, new.packed_hashes(), new.root),
         )
-        audit_index.write_rows(c, audit_index.tombstoned(c, rows), fresh=True)
+        if rows:
+            audit_index.stage_rows(c, audit_index.tombstoned(c, rows))
     signed_sql = "SELECT 1 FROM consentry_ledger_checkpoints WHERE size = ?"
     if plan.leaves or c.execute(signed_sql, (new.size,)).fetchone() is None:
         signed = sign_state(sign, new)

@@ -1,0 +1,117 @@
+"""The audit index's staging table in SQLite: where an append writes its rows, and the merge
+that moves them into the indexed tables.
+
+An append's index row used to go into ``consentry_audit_index`` and its terms into
+``consentry_audit_terms`` at once: each row then dirtied its own page in every secondary index
+(a patient's, a pseudonym's, the terms' postings), and every dirty page is a WAL frame at the
+``COMMIT`` the request waits for, about half of that commit's cost. Staged, the row goes into
+``consentry_audit_staged`` instead, the same columns keyed by the ledger index and nothing
+else, so an append touches the table's last page only. :func:`merge` later moves every staged
+row into the indexed tables in one transaction (the log store runs it once the staging holds
+``SqliteLogStore.merge_at`` rows, before any other write to the index, and on close), so the
+random index pages a merge dirties are shared by the many rows it moves.
+
+Readers see both tables as one: every search reads both (``audit_index_query``), and
+:func:`~middleware.storage.audit_index_sqlite.read_row` looks in both. Every other write to
+the index (a shred, retention, a reindex) merges first, in its own transaction, so it finds
+every row where it always looked; ``clear_index`` empties both. A crash between an append and
+the merge loses nothing: the staged rows are committed with their entries, found by every
+search, and merged by the next write or close.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from middleware.storage.audit_index_query import (
+    TERM_ENTITY,
+    TERM_PURPOSE_CODE,
+    TERM_RESOURCE_TYPE,
+)
+
+__all__ = ["COLUMNS", "STAGED_SCHEMA", "merge", "staged_count"]
+
+#: The index's columns, in :class:`~middleware.audit.row.AuditRow`'s field order.
+COLUMNS = (
+    "idx, recorded_us, kind, flags, patient, pseudonym, agent, roles, organization, client, "
+    "purposes, action, event_type, subtype, outcome, resource_types, entities, break_glass, "
+    "request_id, shredded"
+)
+
+#: The staged rows: ``consentry_audit_index``'s columns, no secondary index, no terms.
+STAGED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS consentry_audit_staged (
+    idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+    recorded_us INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    patient TEXT,
+    pseudonym BLOB,
+    agent TEXT,
+    roles TEXT NOT NULL,
+    organization TEXT,
+    client TEXT,
+    purposes TEXT NOT NULL,
+    action TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    subtype TEXT,
+    outcome TEXT NOT NULL,
+    resource_types TEXT NOT NULL,
+    entities TEXT NOT NULL,
+    break_glass INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    shredded INTEGER NOT NULL
+);
+"""
+
+
+def _moves(new: str) -> tuple[str, str]:
+    """The merge's two statements: the terms of the staged rows that meet ``new`` (an SQL
+    condition on the staged row ``i``), filed as ``audit_index_sqlite`` files an append's
+    (purpose codes, resource types, references but the row's own patient), then the rows."""
+    terms = f"""
+INSERT INTO consentry_audit_terms (field, term, recorded_us, idx)
+SELECT {TERM_PURPOSE_CODE}, substr(j.value, instr(j.value, '|') + 1), i.recorded_us, i.idx
+    FROM consentry_audit_staged i, json_each(i.purposes) j WHERE {new}
+UNION ALL
+SELECT {TERM_RESOURCE_TYPE}, j.value, i.recorded_us, i.idx
+    FROM consentry_audit_staged i, json_each(i.resource_types) j WHERE {new}
+UNION ALL
+SELECT {TERM_ENTITY}, j.value, i.recorded_us, i.idx
+    FROM consentry_audit_staged i, json_each(i.entities) j
+    WHERE {new} AND j.value IS NOT i.patient
+"""  # noqa: S608  (constants only)
+    rows = (
+        f"INSERT INTO consentry_audit_index ({COLUMNS}) "  # noqa: S608  (constants only)
+        f"SELECT {COLUMNS} FROM consentry_audit_staged i WHERE {new} ORDER BY idx"
+    )
+    return terms, rows
+
+
+#: Every staged row: none has an indexed twin (:data:`_OVERLAP` is false).
+_MOVE_ALL = _moves("1")
+#: The staged rows no indexed row has the index of; the indexed twin (a row a reindex or
+#: shred wrote since, by a process that does not merge first) is kept. A probe per row.
+_MOVE_NEW = _moves("i.idx NOT IN (SELECT idx FROM consentry_audit_index)")
+#: Could a staged row have an indexed twin? Not if every staged index is past the indexed
+#: ones, as an append's always are (two seeks, not a probe per row).
+_OVERLAP = (
+    "SELECT (SELECT min(idx) FROM consentry_audit_staged) "
+    "<= (SELECT max(idx) FROM consentry_audit_index)"
+)
+
+
+def staged_count(c: sqlite3.Connection) -> int:
+    """How many rows are staged (an open store's count to merge at)."""
+    return int(c.execute("SELECT count(*) FROM consentry_audit_staged").fetchone()[0])
+
+
+def merge(c: sqlite3.Connection) -> int:
+    """Move every staged row into the indexed tables, terms included, inside the caller's
+    transaction; returns how many rows were staged. Nothing staged: one probe, no write."""
+    if c.execute("SELECT 1 FROM consentry_audit_staged LIMIT 1").fetchone() is None:
+        return 0
+    terms, rows = _MOVE_NEW if c.execute(_OVERLAP).fetchone()[0] else _MOVE_ALL
+    c.execute(terms)  # first: the rows they come from are still new
+    c.execute(rows)
+    return int(c.execute("DELETE FROM consentry_audit_staged").rowcount)
