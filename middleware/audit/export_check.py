@@ -8,7 +8,7 @@ Pure: the ``opener`` (which decrypts, see ``middleware.audit.evidence``) is hand
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from middleware.audit.export import EntryOpening, format_time, shredded_columns
@@ -16,7 +16,7 @@ from middleware.audit.export_chain import LineOrder
 from middleware.audit.export_columns import columns_for
 from middleware.audit.export_fast import Accept, csv_same, ndjson_same, row_acceptor
 from middleware.audit.export_read import ExportLine, RawLine, decode_raw_line, ndjson_line
-from middleware.audit.export_read_csv import csv_lines
+from middleware.audit.export_read_csv import csv_body, csv_lines, csv_records
 from middleware.audit.export_rules import default_rule
 from middleware.audit.inclusion import InclusionChecker
 from middleware.audit.report_csv import FORMULA_START, csv_escape
@@ -26,7 +26,7 @@ from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.leaf import EntryKind, LeafFields, commit_evidence, decode_leaf, leaf_fields
 
-__all__ = ["Columns", "ExportChecker", "RowOpener", "RowRule"]
+__all__ = ["Columns", "ExportChecker", "RowOpener", "RowRule", "Verdict"]
 
 #: Report kinds that are about one patient and must carry the patient's chain.
 _PER_PATIENT = frozenset({"accounting", "access-report"})
@@ -40,6 +40,9 @@ RowOpener = Callable[[EntryOpening, LeafFields, int], AuditRow]
 _AUDIT_KINDS = frozenset(
     {EntryKind.ACCESS_DECISION, EntryKind.ACCESS_OUTCOME, EntryKind.DISCLOSURE}
 )
+#: What :meth:`ExportChecker.judge` says of a line: a ``row`` line that raises no finding
+#: as ``(index, leaf fields)``, any other line as read, or why it cannot be read.
+Verdict = tuple[int, LeafFields] | ExportLine | str
 #: Whether a report includes an entry (e.g. the 45 CFR 164.528 accounting's rule).
 RowRule = Callable[[AuditRow], bool]
 #: The report's columns of a row, None when the report does not show it (default:
@@ -104,53 +107,68 @@ class ExportChecker:
         if opener is None:
             report.add("no-opener", "openings were not checked (no way to decrypt them)", None)
 
-    def run(self, lines: Iterator[str]) -> None:
+    def run(self, lines: Iterable[str]) -> None:
         """Check the entry lines after the header line (CSV or NDJSON), counting them on the
-        report; then :meth:`finish`. A ``row`` line with its opening is tried on the fast
-        path (``export_fast``), which passes only a line without findings; any other line,
-        and one it does not pass, is judged by :meth:`entry` (the findings, in order)."""
-        report, feed, add = self.report, self.order.feed, self.report.add
+        report, then :meth:`finish`: :meth:`apply` of :meth:`judge`."""
+        self.apply(self.judge(lines))
+        self.finish()
+
+    def judge(self, lines: Iterable[str], start: int = 2) -> Iterator[tuple[int, Verdict]]:
+        """Each entry line's number and verdict (see :data:`Verdict`); ``start`` is the file
+        line number of the first of ``lines`` (2: the line after the header, for CSV the
+        column line; past it, every line must begin a record). A ``row`` line with its
+        opening is tried on the fast path (``export_fast``), which passes only a line without
+        findings. Changes nothing but what makes later proofs cheaper, so lines may be judged
+        ahead of the lines before them being applied (or in another process)."""
         accept = self._accept()
         if self.escaped:
-            for number, line in csv_lines(lines, self.names):
-                report.lines += 1
-                if isinstance(line, str):
-                    add("line-malformed", line, number)
-                    continue
-                opening = line.opening
-                if accept is not None and line.role == "row" and opening is not None:
-                    leaf = accept(line.index, line.leaf, line.proof, opening, line.columns)
-                    if leaf is not None:
-                        report.rows += 1
-                        feed(number, "row", line.index, leaf)
-                        continue
-                self.entry(number, line)
-        else:
-            names = self.names
-            for number, text in enumerate(lines, start=2):
-                if not text or text.isspace():  # not text.strip(), without copying the line
-                    continue
-                report.lines += 1
-                if accept is not None:
-                    try:
-                        raw: RawLine | None = decode_raw_line(text)
-                    except ValueError:  # msgspec.DecodeError, ValidationError
-                        raw = None
-                    if raw is not None and raw.role == "row" and raw.index >= 0:
-                        salt, evidence = raw.salt, raw.evidence
-                        if salt is not None and evidence is not None:
-                            opening = EntryOpening(salt, evidence, raw.key)
-                            leaf = accept(raw.index, raw.leaf, raw.proof, opening, raw.columns)
-                            if leaf is not None:
-                                report.rows += 1
-                                feed(number, "row", raw.index, leaf)
-                                continue
-                read = ndjson_line(text, names)
-                if isinstance(read, str):
-                    add("line-malformed", read, number)
-                else:
-                    self.entry(number, read)
-        self.finish()
+            if start == 2:
+                read = csv_lines(iter(lines), self.names)
+            else:
+                read = csv_body(csv_records(iter(lines)), self.names, start - 1)
+            for number, line in read:
+                if accept is not None and not isinstance(line, str) and line.role == "row":
+                    opening = line.opening
+                    if opening is not None:
+                        index = line.index
+                        leaf = accept(index, line.leaf, line.proof, opening, line.columns)
+                        if leaf is not None:
+                            yield number, (index, leaf)
+                            continue
+                yield number, line
+            return
+        names = self.names
+        for number, text in enumerate(lines, start=start):
+            if not text or text.isspace():  # not text.strip(), without copying the line
+                continue
+            if accept is not None:
+                try:
+                    raw: RawLine | None = decode_raw_line(text)
+                except ValueError:  # msgspec.DecodeError, ValidationError
+                    raw = None
+                if raw is not None and raw.role == "row" and raw.index >= 0:
+                    salt, evidence = raw.salt, raw.evidence
+                    if salt is not None and evidence is not None:
+                        opening = EntryOpening(salt, evidence, raw.key)
+                        leaf = accept(raw.index, raw.leaf, raw.proof, opening, raw.columns)
+                        if leaf is not None:
+                            yield number, (raw.index, leaf)
+                            continue
+            yield number, ndjson_line(text, names)
+
+    def apply(self, verdicts: Iterable[tuple[int, Verdict]]) -> None:
+        """Count and check judged lines, in file order: a passed row counted and fed to the
+        order; any other line through :meth:`entry` (or a ``line-malformed`` finding)."""
+        report, feed, add, entry = self.report, self.order.feed, self.report.add, self.entry
+        for number, verdict in verdicts:
+            report.lines += 1
+            if isinstance(verdict, tuple):
+                report.rows += 1
+                feed(number, "row", verdict[0], verdict[1])
+            elif isinstance(verdict, str):
+                add("line-malformed", verdict, number)
+            else:
+                entry(number, verdict)
 
     def _accept(self) -> Accept | None:
         """The fast path's check of a row line, None when every line takes the full path (no

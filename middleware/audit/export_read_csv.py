@@ -17,7 +17,7 @@ import msgspec
 from middleware.audit.export import PROOF_COLUMNS, EntryOpening
 from middleware.audit.export_read import LINE_ROLES, ExportLine, decode_base64  # the line, shared
 
-__all__ = ["csv_lines", "csv_records"]
+__all__ = ["csv_body", "csv_lines", "csv_records"]
 
 
 def csv_lines(
@@ -26,12 +26,20 @@ def csv_lines(
     """The CSV records after the ``#`` header line (the column line first)."""
     records = csv_records(lines)
     _, head = next(records, (0, None))
-    width = len(names)
     if head != [*names, *PROOF_COLUMNS]:
         yield 2, "the column line is not the header's columns then the proof columns"
         return
+    yield from csv_body(records, names, 1)
+
+
+def csv_body(
+    records: Iterator[tuple[int, list[str]]], names: tuple[str, ...], before: int
+) -> Iterator[tuple[int, ExportLine | str]]:
+    """:func:`csv_lines` of the records after the column line (``csv_records``' of lines
+    that begin after file line ``before``)."""
+    width = len(names)
     for read, record in records:
-        number = read + 1
+        number = read + before
         if not record:
             continue
         if len(record) != width + len(PROOF_COLUMNS):
