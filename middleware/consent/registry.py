@@ -19,7 +19,9 @@ policies are cached by ledger index, so a change recompiles only the consent tha
 
 A consent entry whose evidence a crypto-shred removed (its chain carries the shred's admin
 entry after it: :mod:`middleware.consent.shredded`) is absent: the shred erased the patient's
-consents, so the patient has none and the no-consent default applies to them. Any other
+consents, so the patient has none; they are judged by
+:func:`~middleware.consent.shredded.erased_policy` (closed, whatever the jurisdiction default)
+until they record a new one. Any other
 consent entry that cannot be recorded (its evidence missing or unreadable, so neither its
 consent nor its patient can be read) is never stepped over silently: it may be a revocation
 or a deny. Its leaf's pseudonym names the patient it concerns, and every decision for that
@@ -49,6 +51,7 @@ from typing import Final
 from middleware.consent.model import Policy
 from middleware.consent.parse import InvalidConsent, parse_consent
 from middleware.consent.rebuild import Outcome, record_entry
+from middleware.consent.shredded import erased_policy
 from middleware.errors import ServiceUnavailable
 from middleware.fhir import jsoncodec
 from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
@@ -199,6 +202,8 @@ class ConsentRegistry:
         records = await self.store.for_patient(patient) if mark.count else []
         compiled = (self._compile(record) for record in records)
         policies = tuple(policy for policy in compiled if policy is not None)
+        if not records and await self.log.shredded_chains(self.store.lookup(patient)):
+            policies = (erased_policy(patient),)  # erased by a shred: closed, not the default
         if cached is not None:
             # The versions this change superseded: no lookup asks for their ledger index
             # again, so kept they would fill the cache up to ``max_policies`` (one compiled

@@ -9,20 +9,44 @@ chain carries such an admin entry after it) or missing for another reason (a dam
 tampered store). The consent registry and the rebuild treat the first as absent (the patient
 has no consent on file: the no-consent default applies to them) and keep failing closed on
 the second (:mod:`middleware.consent.registry`).
+
+The no-consent default is not enough after a shred: under ``opt-out`` it permits, so a patient
+who had opted out would be released the moment their consent was erased. A patient whose
+chain a shred tombstoned (``LogStore.shredded_chains`` of their lookup, the link the shred
+keeps) and who has recorded no consent since is judged by :func:`erased_policy` instead: it
+denies every consent action but ``collect``, which is what the ``opt-in`` default does, so
+under opt-in nothing changes and under opt-out the patient's data stays closed until they
+record a new consent.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+from middleware.consent.model import DENY, CodingSet, Policy, Provision
 from middleware.fhir import jsoncodec
 from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.storage.ledger_base import LogStore
 
-__all__ = ["SHRED_TYPE", "is_shred_evidence", "shredded_entry"]
+__all__ = ["ERASED_CONSENT", "SHRED_TYPE", "erased_policy", "is_shred_evidence", "shredded_entry"]
 
 #: The ``type`` of a shred's admin evidence.
 SHRED_TYPE: Final = "consentry/audit-shred"
+#: The consent id :func:`erased_policy` carries (in traces and the audit facts' consents).
+ERASED_CONSENT: Final = "erased-by-shred"
+_ACTION: Final = "http://terminology.hl7.org/CodeSystem/consentaction"
+#: Every FHIR consentaction but ``collect`` (R4 and R5 share the code system).
+_CLOSED: Final = CodingSet.of((_ACTION, code) for code in ("access", "use", "disclose", "correct"))
+
+
+def erased_policy(patient: str) -> Policy:
+    """The policy of ``patient`` (``Patient/<id>``) once a shred erased their consents and
+    none was recorded since (module docstring): active, no base decision, one provision
+    denying ``access``, ``use``, ``disclose`` and ``correct``; ``collect`` falls to the
+    defaults. No ledger index: no entry holds it."""
+    deny = Provision(path="Consent.provision[0]", effect=DENY, actions=_CLOSED)
+    root = Provision(path="Consent", effect=None, children=(deny,))
+    return Policy(ERASED_CONSENT, patient, "active", "R5", None, root)
 
 
 async def shredded_entry(log: LogStore, index: int, pseudonym: bytes | None) -> bool:

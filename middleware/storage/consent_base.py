@@ -106,6 +106,11 @@ class ConsentStore(Protocol):
 
     name: str
 
+    def lookup(self, patient: str) -> bytes:
+        """``lookup_of(lookup key, patient)``: the patient's row key in the pseudonym table,
+        and the link a shred keeps in its tombstones (``LogStore.shredded_chains``)."""
+        ...
+
     async def pseudonym(self, patient: str) -> bytes | None:
         """The pseudonym of ``patient``, or None if it has none yet."""
         ...

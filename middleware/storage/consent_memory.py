@@ -45,6 +45,9 @@ class MemoryConsentStore:
         lookup_of(self._key, "")  # a key of the wrong size fails here, not on first use
         self.available = True
 
+    def lookup(self, patient: str) -> bytes:
+        return lookup_of(self._key, patient)
+
     async def pseudonym(self, patient: str) -> bytes | None:
         self._check()
         return self.data.pseudonyms.get(lookup_of(self._key, patient))

@@ -143,6 +143,9 @@ class PostgresConsentStore:
             await conn.execute(f"DROP TABLE {_OLD_TABLE}")
             return len(rows)
 
+    def lookup(self, patient: str) -> bytes:
+        return lookup_of(self._key, patient)
+
     async def pseudonym(self, patient: str) -> bytes | None:
         async with _translated():
             value = await self._pool.fetchval(_PSEUDONYM, lookup_of(self._key, patient))

@@ -137,6 +137,9 @@ class SqliteConsentStore:
             raise
         return store
 
+    def lookup(self, patient: str) -> bytes:
+        return lookup_of(self._key, patient)
+
     async def pseudonym(self, patient: str) -> bytes | None:
         lookup = lookup_of(self._key, patient)
         row = await self._db.run(lambda c: c.execute(_PSEUDONYM, (lookup,)).fetchone())

@@ -32,7 +32,14 @@ from middleware.ledger.signing import SigningKey
 from middleware.ledger.trust import TrustedKey, TrustPolicy, format_policy
 from middleware.settings import Settings
 from tests.app.conftest import UPSTREAM
-from tests.app.consenting import DEV_ISSUER, Tokens, auth_settings, observation, treat_only
+from tests.app.consenting import (
+    DEV_ISSUER,
+    Tokens,
+    auth_settings,
+    observation,
+    r5_consent,
+    treat_only,
+)
 
 ORIGIN = "gateway.test/fhir/ledger"
 SHREDDED = "zq7731-shred-me"  # P's id
@@ -54,7 +61,9 @@ def consent_of(pid: str, secrets: tuple[bytes, bytes]) -> dict[str, Any]:
 class World:
     """One SQLite store, the ledger key file the CLI reads, and gateways on both."""
 
-    def __init__(self, tmp: Path, make_settings: Callable[..., Settings]) -> None:
+    def __init__(
+        self, tmp: Path, make_settings: Callable[..., Settings], jurisdiction: str = "opt-in"
+    ) -> None:
         self.db = tmp / "gateway.db"
         self.store = f"sqlite:{self.db}"
         self.signer = SigningKey.generate(ORIGIN)
@@ -67,7 +76,7 @@ class World:
             UnsafeDevelopmentIssuer.from_key_file(dev_key, DEV_ISSUER, enabled=True)
         )
         self.settings = make_settings(
-            store=self.store, auth=auth_settings(dev_key), consent_jurisdiction="opt-in"
+            store=self.store, auth=auth_settings(dev_key), consent_jurisdiction=jurisdiction
         )
         self.router = respx.Router(assert_all_called=False, base_url=UPSTREAM)
         for pid in (SHREDDED, KEPT):
@@ -160,3 +169,35 @@ async def test_a_shred_leaves_no_phi_of_the_patient_in_the_sqlite_file(world: Wo
         assert mine.status_code == 200, mine.text
         assert mine.json().get("total", 0) == 0
         assert not mine.json().get("entry")
+
+
+async def test_under_opt_out_a_shredded_patient_stays_closed(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """The fail-open this guards against: under opt-out the no-consent default permits, so
+    erasing a patient's opt-out (a deny consent) would release their data at once. A patient
+    a shred erased, with no consent since, is judged closed (consent.shredded.erased_policy);
+    another patient without a consent keeps the opt-out default; a new consent of the
+    shredded patient is enforced as any other."""
+    world = World(tmp_path, make_settings, jurisdiction="opt-out")
+    opted_out = r5_consent(f"Patient/{SHREDDED}", "deny")
+    async with world.gateway() as gw:
+        made = await gw.post(
+            "/fhir/Consent", json=opted_out, headers=world.tokens.patient(SHREDDED)
+        )
+        assert made.status_code == 201, made.text
+        assert (await world.read(gw, SHREDDED), await world.read(gw, KEPT)) == (404, 200)
+    status, text = await world.run(
+        "audit", "shred", "--store", world.store, "--key-file", str(world.key),
+        "--patient", f"Patient/{SHREDDED}", "--reason", "patient request", "--operator", "dpo",
+    )  # fmt: skip
+    assert status == 0, text
+    async with world.gateway() as gw:
+        assert (await world.read(gw, SHREDDED), await world.read(gw, KEPT)) == (404, 200)
+        again = await gw.post(
+            "/fhir/Consent",
+            json=treat_only(f"Patient/{SHREDDED}"),
+            headers=world.tokens.patient(SHREDDED),
+        )
+        assert again.status_code == 201, again.text
+        assert await world.read(gw, SHREDDED) == 200  # their new consent permits treatment
