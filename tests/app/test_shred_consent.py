@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 import httpx
 import pytest
 import respx
@@ -28,9 +29,12 @@ from middleware.app import Gateway, create_app
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.cli import main
 from middleware.ledger.keyfile import LedgerKey, write_ledger_key
-from middleware.ledger.signing import SigningKey
+from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.ledger.trust import TrustedKey, TrustPolicy, format_policy
 from middleware.settings import Settings
+from middleware.storage.consent_base import LOOKUP_PURPOSE
+from middleware.storage.consent_postgres import PostgresConsentStore
+from middleware.storage.ledger_postgres import PostgresLogStore
 from tests.app.conftest import UPSTREAM
 from tests.app.consenting import (
     DEV_ISSUER,
@@ -40,6 +44,7 @@ from tests.app.consenting import (
     r5_consent,
     treat_only,
 )
+from tests.contract.backends import PostgresBackend
 
 ORIGIN = "gateway.test/fhir/ledger"
 SHREDDED = "zq7731-shred-me"  # P's id
@@ -59,13 +64,21 @@ def consent_of(pid: str, secrets: tuple[bytes, bytes]) -> dict[str, Any]:
 
 
 class World:
-    """One SQLite store, the ledger key file the CLI reads, and gateways on both."""
+    """One store (SQLite, or a fresh PostgreSQL schema with ``pg``), the ledger key file the
+    CLI reads, and gateways on both."""
 
     def __init__(
-        self, tmp: Path, make_settings: Callable[..., Settings], jurisdiction: str = "opt-in"
+        self,
+        tmp: Path,
+        make_settings: Callable[..., Settings],
+        jurisdiction: str = "opt-in",
+        pg: PostgresBackend | None = None,
     ) -> None:
         self.db = tmp / "gateway.db"
-        self.store = f"sqlite:{self.db}"
+        self.pg = pg
+        self.store = f"sqlite:{self.db}" if pg is None else pg.dsn
+        # What the CLI is told: the store, and PostgreSQL's schema.
+        self.where = ("--store", self.store) + (() if pg is None else ("--schema", pg.schema))
         self.signer = SigningKey.generate(ORIGIN)
         self.key = tmp / "ledger.key"
         write_ledger_key(self.key, LedgerKey(self.signer, ORIGIN))
@@ -86,10 +99,22 @@ class World:
 
     @contextlib.asynccontextmanager
     async def gateway(self) -> AsyncIterator[httpx.AsyncClient]:
+        log: PostgresLogStore | None = None
+        consents: PostgresConsentStore | None = None
+        if self.pg is not None:  # the schema is not a setting: stores are injected
+            log = await PostgresLogStore.open(self.pg.dsn, schema=self.pg.schema, max_size=2)
+            consents = await PostgresConsentStore.open(
+                self.pg.dsn,
+                lookup_key=derive_box_key(self.signer, LOOKUP_PURPOSE),
+                schema=self.pg.schema,
+                max_size=2,
+            )
         app: Gateway = create_app(
             self.settings,
             upstream=httpx.MockTransport(self.router.async_handler),
             signer=self.signer,
+            store=log,
+            consents=consents,
         )
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
         try:
@@ -97,6 +122,9 @@ class World:
                 yield c
         finally:
             await app.aclose()
+            for store in (log, consents):
+                if store is not None:
+                    await store.close()
 
     async def read(self, client: httpx.AsyncClient, pid: str) -> int:
         headers = self.tokens.bearer(
@@ -145,7 +173,7 @@ async def test_a_shred_leaves_no_phi_of_the_patient_in_the_sqlite_file(world: Wo
     assert _named(before, SHREDDED, P_SECRETS) == [SHREDDED.encode(), *P_SECRETS]  # can fail
 
     status, text = await world.run(
-        "audit", "shred", "--store", world.store, "--key-file", str(world.key),
+        "audit", "shred", *world.where, "--key-file", str(world.key),
         "--patient", f"Patient/{SHREDDED}", "--reason", "patient request", "--operator", "dpo",
     )  # fmt: skip
     assert status == 0, text
@@ -155,9 +183,7 @@ async def test_a_shred_leaves_no_phi_of_the_patient_in_the_sqlite_file(world: Wo
     result = json.loads(text)
     erased = ("consent_versions_erased", "consent_evidence_removed", "admin_evidence_removed")
     assert [result[k] for k in erased] == [1, 1, 1]  # the consent, its entry, the API attempt
-    status, text = await world.run(
-        "ledger", "verify", "--store", world.store, "--trust", str(world.trust)
-    )
+    status, text = await world.run("ledger", "verify", *world.where, "--trust", str(world.trust))
     assert status == 0, text
 
     # A gateway started now: P has no consent on file (opt-in: denied), Q still has theirs;
@@ -188,7 +214,7 @@ async def test_under_opt_out_a_shredded_patient_stays_closed(
         assert made.status_code == 201, made.text
         assert (await world.read(gw, SHREDDED), await world.read(gw, KEPT)) == (404, 200)
     status, text = await world.run(
-        "audit", "shred", "--store", world.store, "--key-file", str(world.key),
+        "audit", "shred", *world.where, "--key-file", str(world.key),
         "--patient", f"Patient/{SHREDDED}", "--reason", "patient request", "--operator", "dpo",
     )  # fmt: skip
     assert status == 0, text
@@ -201,3 +227,61 @@ async def test_under_opt_out_a_shredded_patient_stays_closed(
         )
         assert again.status_code == 201, again.text
         assert await world.read(gw, SHREDDED) == 200  # their new consent permits treatment
+
+
+@pytest.mark.integration
+async def test_on_postgresql_the_shred_erases_the_patients_consents(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """The same on PostgreSQL (live rows only: a deleted row's bytes last until VACUUM, and
+    backups keep them): no consent version and no evidence row holds P's reference, name or
+    MRN; Q's are all there; the ledger verifies; a new gateway denies P and serves Q."""
+    backend = await PostgresBackend.create()
+    try:
+        world = World(tmp_path, make_settings, pg=backend)
+        async with world.gateway() as gw:
+            for pid, secrets in ((SHREDDED, P_SECRETS), (KEPT, Q_SECRETS)):
+                made = await gw.post(
+                    "/fhir/Consent",
+                    json=consent_of(pid, secrets),
+                    headers=world.tokens.patient(pid),
+                )
+                assert made.status_code == 201, made.text
+                assert await world.read(gw, pid) == 200
+        assert await _live(backend, SHREDDED, P_SECRETS) == [SHREDDED.encode(), *P_SECRETS]
+        status, text = await world.run(
+            "audit", "shred", *world.where, "--key-file", str(world.key),
+            "--patient", f"Patient/{SHREDDED}", "--reason", "patient request",
+        )  # fmt: skip
+        assert status == 0, text
+        assert await _live(backend, SHREDDED, P_SECRETS) == []
+        assert await _live(backend, KEPT, Q_SECRETS) == [KEPT.encode(), *Q_SECRETS]
+        status, text = await world.run(
+            "ledger", "verify", *world.where, "--trust", str(world.trust)
+        )
+        assert status == 0, text
+        async with world.gateway() as gw:
+            assert (await world.read(gw, SHREDDED), await world.read(gw, KEPT)) == (404, 200)
+    finally:
+        await backend.cleanup()
+
+
+async def _live(backend: PostgresBackend, pid: str, secrets: tuple[bytes, bytes]) -> list[bytes]:
+    """Which of the patient's strings a live row of the consent versions or the ledger
+    evidence holds."""
+    conn = await asyncpg.connect(backend.dsn, server_settings={"search_path": backend.schema})
+    try:
+        found = []
+        for needle in (pid.encode(), *secrets):
+            hits = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM consentry_consent_versions "
+                "WHERE position($1::bytea IN data) > 0 OR patient LIKE '%' || $2 || '%') + "
+                "(SELECT count(*) FROM consentry_ledger_evidence WHERE position($1::bytea IN data) > 0)",
+                needle,
+                needle.decode(),
+            )
+            if hits:
+                found.append(needle)
+        return found
+    finally:
+        await conn.close()
