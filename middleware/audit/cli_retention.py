@@ -8,7 +8,9 @@ appends an ``ADMIN`` entry (kind 6, no pseudonym) whose plain canonical JSON evi
 what is removed: the counts and cut-offs per kind, the operator, no PHI; then removes that
 evidence (``store.shred_entries``, in chunks), which also shreds the entries' index rows.
 The evidence of a suspension whose specified end is still ahead (and of its lifts) is kept
-(:func:`middleware.audit.suspensions.still_needed`). The ledger is read in ranges
+(:func:`middleware.audit.suspensions.still_needed`), and so is a shred's record, forever: it
+tells the consent registry that the consent entries of its chain lost their evidence to the
+shred, not to damage (:mod:`middleware.consent.shredded`). The ledger is read in ranges
 (``read_ranges``): only the due indexes are kept in memory.
 Leaves, commitments and checkpoints stay: ``consentry ledger verify`` still passes, and a
 removed entry's ciphertext is simply absent from exports.
@@ -28,6 +30,7 @@ from middleware.audit.ranges import read_ranges
 from middleware.audit.reports import format_time
 from middleware.audit.retention import RetentionRules, expired
 from middleware.audit.suspensions import SuspensionLog
+from middleware.consent.shredded import is_shred_evidence
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.writer import checkpoint_signer
@@ -62,6 +65,8 @@ def retention(args: argparse.Namespace, out: TextIO) -> int:
                 kept: list[tuple[int, EntryKind, int]] = []
                 for index in evidence:  # entries still holding evidence
                     leaf = decode_leaf(leaves[index - start])
+                    if leaf.kind is EntryKind.ADMIN and is_shred_evidence(evidence[index].data):
+                        continue  # a shred's record never expires: consent.shredded reads it
                     kept.append((index, leaf.kind, leaf.recorded_us))
                 found = expired(kept, rules, as_of_us=as_of)
                 kinds = {index: kind for index, kind, _ in kept}
