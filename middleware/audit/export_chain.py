@@ -113,8 +113,9 @@ class LineOrder:
             if not self.chain:  # export.NO_CHAIN: the exporter found no entry of the patient
                 self.add(
                     "chain-none-unproven",
-                    f"the export says the patient has no chain in the log at size {self.size}: "
-                    "no file can prove that (pseudonyms are not linkable offline)",
+                    f"the export names no chain: no audit entry of the patient at size "
+                    f"{self.size}, its exporter says; no file can prove that (pseudonyms are "
+                    "not linkable offline)",
                     None,
                     None,
                 )
