@@ -71,7 +71,7 @@ from middleware.ledger.trust import parse_policy
 from middleware.settings import Settings, load_settings
 from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 from middleware.storage.ledger_base import LogStore
-from middleware.storage.ledger_dump import dump_log
+from middleware.storage.ledger_bulk import read_bulk
 from middleware.storage.ledger_open import open_log_store
 
 __all__ = ["access", "accounting", "export", "facts_opener", "search", "user", "verify"]
@@ -335,7 +335,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
             # Most of the log: one snapshot read beats a read per entry.
             bulk = len(rows) * _BULK >= await store.size()
             view: LogView = (
-                SnapshotView(await dump_log(args.store, schema=args.schema))
+                SnapshotView(await read_bulk(args.store, schema=args.schema))
                 if bulk
                 else await StoreView.open(store)
             )

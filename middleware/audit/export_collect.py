@@ -10,9 +10,9 @@ per-patient export it reads the patient's pseudonym chain and plans the lines wi
 ``row``, the others as ``other``) between the ``before`` and ``after`` boundaries.
 
 Where the entries come from is a :class:`LogView`: :class:`StoreView` reads a live store entry
-by entry (a patient's few thousand entries), :class:`SnapshotView` a whole-log snapshot read
-in one transaction (``storage.ledger_dump``; an export of most of the log, where one read per
-entry would dominate). The format itself is :mod:`middleware.audit.export`'s.
+by entry (a patient's few thousand entries), :class:`SnapshotView` the whole log read in one
+transaction (``storage.ledger_bulk``; an export of most of the log, where one read per entry
+would dominate). The format itself is :mod:`middleware.audit.export`'s.
 """
 
 from __future__ import annotations
@@ -36,17 +36,20 @@ from middleware.audit.export_columns import columns_for
 from middleware.audit.proofs import ProofMaker
 from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import parse_checkpoint
-from middleware.ledger.entry import Evidence
 from middleware.ledger.errors import LedgerError, MalformedError, VerificationError
 from middleware.ledger.leaf import PSEUDONYM_SIZE, decode_leaf, leaf_link
 from middleware.ledger.merkle import leaf_hash
 from middleware.ledger.note import parse_note
 from middleware.ledger.signing import evidence_keyer
-from middleware.ledger.snapshot import LogSnapshot
 from middleware.ledger.tree import hash_leaves
 from middleware.storage.ledger_base import LogStore
+from middleware.storage.ledger_bulk import BulkLog
 
-__all__ = ["ExportSpec", "LogView", "SnapshotView", "StoreView", "collect_export"]
+__all__ = ["ExportSpec", "LogView", "SnapshotView", "StoreView", "StoredEvidence", "collect_export"]
+
+#: An entry's stored evidence as a view returns it: ``(index, salt, data)``, the row as the
+#: database driver returns it (no object built per entry).
+StoredEvidence = tuple[int, bytes, bytes]
 
 #: Leaves fetched in one read when the wanted indexes are this close together.
 _GAP = 512
@@ -67,7 +70,7 @@ class LogView(Protocol):
 
     async def leaves(self, indexes: Sequence[int]) -> dict[int, bytes]: ...
 
-    async def evidence(self, indexes: Sequence[int]) -> dict[int, Evidence]: ...
+    async def evidence(self, indexes: Sequence[int]) -> Mapping[int, StoredEvidence]: ...
 
     async def chain(self, pseudonym: bytes) -> list[int]: ...
 
@@ -104,12 +107,12 @@ class StoreView:
             start = end + 1
         return out
 
-    async def evidence(self, indexes: Sequence[int]) -> dict[int, Evidence]:
-        out: dict[int, Evidence] = {}
+    async def evidence(self, indexes: Sequence[int]) -> dict[int, StoredEvidence]:
+        out: dict[int, StoredEvidence] = {}
         for index in indexes:
             found = await self.store.evidence(index)
             if found is not None:
-                out[index] = found
+                out[index] = (index, found.salt, found.data)
         return out
 
     async def chain(self, pseudonym: bytes) -> list[int]:
@@ -117,32 +120,31 @@ class StoreView:
 
 
 class SnapshotView:
-    """A whole-log snapshot (``dump_log``): its last checkpoint, leaves and evidence."""
+    """The whole log as ``read_bulk`` read it: its latest checkpoint, leaves and evidence."""
 
-    hashes_from_leaves = True  # hash_leaves of the snapshot's leaves, not its stored hashes
+    hashes_from_leaves = True  # hash_leaves of the snapshot's leaves, no stored hashes read
 
-    def __init__(self, snapshot: LogSnapshot) -> None:
-        if not snapshot.checkpoints:
+    def __init__(self, log: BulkLog) -> None:
+        if log.note is None:
             raise LedgerError("the log has no signed checkpoint yet")
-        self.note = snapshot.checkpoints[-1]
+        self.note = log.note
         self.size = parse_checkpoint(parse_note(self.note).text).size
-        if self.size == 0 or self.size > len(snapshot.leaves):
+        if self.size == 0 or self.size > len(log.leaves):
             raise LedgerError("the log's latest checkpoint does not cover its leaves")
-        self._snapshot = snapshot
+        self._log = log
 
     async def leaf_hashes(self) -> list[bytes]:
-        return hash_leaves(self._snapshot.leaves[: self.size])
+        return hash_leaves(self._log.leaves[: self.size])
 
     async def leaves(self, indexes: Sequence[int]) -> dict[int, bytes]:
-        leaves = self._snapshot.leaves
-        return {i: leaves[i] for i in indexes}
+        return dict(zip(indexes, map(self._log.leaves.__getitem__, indexes), strict=True))
 
-    async def evidence(self, indexes: Sequence[int]) -> dict[int, Evidence]:
-        stored = self._snapshot.evidence
+    async def evidence(self, indexes: Sequence[int]) -> dict[int, StoredEvidence]:
+        stored = self._log.evidence
         return {i: stored[i] for i in indexes if i in stored}
 
     async def chain(self, pseudonym: bytes) -> list[int]:
-        leaves = self._snapshot.leaves
+        leaves = self._log.leaves
         return [i for i in range(self.size) if leaves[i][_PSEUDONYM] == pseudonym]
 
 
@@ -208,7 +210,7 @@ async def collect_export(
     evidence = await view.evidence(opened)
     # None: no opening (no evidence, a legacy Bundle, or the patient's key is gone).
     openings: dict[int, EntryOpening | None] = dict.fromkeys(opened)
-    sealed = [(i, e) for i in opened if (e := evidence.get(i)) is not None and is_sealed(e.data)]
+    sealed = [(i, e) for i in opened if (e := evidence.get(i)) is not None and is_sealed(e[2])]
     # Each patient key unwrapped once, and keyed once for its entries' keys (evidence_keyer).
     keyers: dict[bytes, Callable[[bytes], bytes] | None] = {}
     for pseudonym in dict.fromkeys(leaves[i][_PSEUDONYM] for i, _ in sealed):
@@ -216,11 +218,10 @@ async def collect_export(
         keyers[pseudonym] = (
             None if wrapped is None else evidence_keyer(unwrap_key(wrap_key, wrapped))
         )
-    for index, stored in sealed:
+    for index, (_, salt, data) in sealed:
         key_of = keyers[leaves[index][_PSEUDONYM]]
         if key_of is not None:
-            salt = stored.salt
-            openings[index] = EntryOpening(salt, stored.data, key_of(salt))
+            openings[index] = EntryOpening(salt, data, key_of(salt))
     header = ExportHeader(
         report=spec.report,
         checkpoint=view.note,

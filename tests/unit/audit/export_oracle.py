@@ -1,0 +1,405 @@
+"""The export as it was written before its speed work, kept as the oracle the fast export
+is compared with byte for byte (``test_export_equivalence``).
+
+The collection is the earlier ``export_collect`` verbatim (its views read a whole-log snapshot
+with ``storage.ledger_dump`` and a live store entry by entry, each stored ``Evidence`` kept as
+such); the files are written by the format's plain rule, which needs no fast path: an NDJSON
+line is ``json.dumps`` of :meth:`ExportEntry.to_json`, a CSV record what ``csv.writer`` writes
+for :meth:`ExportEntry.to_cells`. Do not speed this module up: it is the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hmac
+import io
+import json
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from middleware.audit.cli_common import read_key
+from middleware.audit.cli_reports import _report_rows, _rules
+from middleware.audit.evidence import EVIDENCE_PURPOSE, is_sealed, unwrap_key
+from middleware.audit.export import (
+    NO_CHAIN,
+    PROOF_COLUMNS,
+    EntryOpening,
+    ExportEntry,
+    ExportHeader,
+    Role,
+    entries_for,
+    plan_chain,
+    plan_tail,
+)
+from middleware.audit.export_columns import columns_for
+from middleware.audit.export_rules import rules_json
+from middleware.audit.proofs import ProofMaker
+from middleware.audit.row import AuditQuery, AuditRow
+from middleware.ledger.checkpoint import parse_checkpoint
+from middleware.ledger.entry import Evidence
+from middleware.ledger.errors import LedgerError, MalformedError, VerificationError
+from middleware.ledger.leaf import PSEUDONYM_SIZE, decode_leaf, leaf_link
+from middleware.ledger.merkle import leaf_hash
+from middleware.ledger.note import parse_note
+from middleware.ledger.signing import derive_box_key, evidence_keyer
+from middleware.ledger.snapshot import LogSnapshot
+from middleware.ledger.tree import hash_leaves
+from middleware.storage.ledger_base import LogStore
+from middleware.storage.ledger_dump import dump_log
+from middleware.storage.ledger_open import open_log_store
+
+__all__ = ["oracle_export"]
+
+
+async def oracle_export(args: argparse.Namespace) -> bytes:
+    """The bytes ``consentry audit export`` wrote for ``args`` before (``cli_reports.export``
+    as it was: the same rows, spec and choice of view, this module's collection and the
+    plain writers)."""
+    store = await open_log_store(args.store, schema=args.schema, replay=False)
+    try:
+        kind = args.report
+        rows, since, until = await _report_rows(store, args)
+        patient = getattr(args, "patient", None) if kind != "user-report" else None
+        pseudonym = None
+        if patient is not None:
+            pseudonym = next((r.pseudonym for r in rows if r.pseudonym), None)
+            if pseudonym is None:
+                found = await store.audit_rows(AuditQuery(patient=patient, limit=1))
+                pseudonym = found[0].pseudonym if found else None
+            if pseudonym is None:
+                pseudonym = NO_CHAIN
+        spec = ExportSpec(
+            report=kind,
+            patient=patient,
+            agent=args.agent if kind == "user-report" else None,
+            since_us=since,
+            until_us=until,
+            pseudonym=pseudonym,
+            rules=rules_json(_rules(args)) if kind == "accounting" else None,
+        )
+        bulk = len(rows) * 8 >= await store.size()
+        view: LogView = (
+            SnapshotView(await dump_log(args.store, schema=args.schema))
+            if bulk
+            else await StoreView.open(store)
+        )
+        header, entries = await collect_export(
+            view,
+            spec,
+            rows,
+            wrapped_key=store.audit_key_get,
+            wrap_key=derive_box_key(read_key(args.key_file).data_secret, EVIDENCE_PURPOSE),
+        )
+    finally:
+        await store.close()
+    write = plain_csv if args.format == "csv" else plain_ndjson
+    return write(header, entries).encode("utf-8")
+
+
+def plain_ndjson(header: ExportHeader, entries: Iterable[ExportEntry]) -> str:
+    """The NDJSON export by its rule: the header's JSON, then each entry's."""
+
+    def dumps(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    lines = [dumps(header.to_json())]
+    lines += [dumps(entry.to_json(header.columns)) for entry in entries]
+    return "\n".join(lines) + "\n"
+
+
+def plain_csv(header: ExportHeader, entries: Iterable[ExportEntry]) -> str:
+    """The CSV export by its rule: ``#`` and the header's JSON, the column names, then what
+    ``csv.writer`` writes for each entry's cells."""
+    out = io.StringIO()
+    out.write("#" + json.dumps(header.to_json(), ensure_ascii=False, separators=(",", ":")))
+    out.write("\r\n")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([*header.columns, *PROOF_COLUMNS])
+    width = len(header.columns)
+    for entry in entries:
+        writer.writerow(entry.to_cells(width))
+    return out.getvalue()
+
+
+# -- the collection as it was (export_collect) -----------------------------------------------
+
+#: Leaves fetched in one read when the wanted indexes are this close together.
+_GAP = 512
+_PSEUDONYM = slice(16, 16 + PSEUDONYM_SIZE)  # the leaf's pseudonym bytes (ledger.leaf layout)
+
+
+class LogView(Protocol):
+    """The ledger as an export reads it; ``note`` is the signed checkpoint the proofs are
+    against and ``size`` its tree size. ``hashes_from_leaves``: whether :meth:`leaf_hashes`
+    hashes the very leaf bytes :meth:`leaves` returns (then each exported leaf hashes to its
+    proof's leaf by construction), rather than reading stored hashes."""
+
+    note: str
+    size: int
+    hashes_from_leaves: bool
+
+    async def leaf_hashes(self) -> list[bytes]: ...
+
+    async def leaves(self, indexes: Sequence[int]) -> dict[int, bytes]: ...
+
+    async def evidence(self, indexes: Sequence[int]) -> dict[int, Evidence]: ...
+
+    async def chain(self, pseudonym: bytes) -> list[int]: ...
+
+
+class StoreView:
+    """A live store read entry by entry; :meth:`open` takes its latest checkpoint."""
+
+    hashes_from_leaves = False  # the store's leaf_hash column
+
+    def __init__(self, store: LogStore, note: str, size: int) -> None:
+        self.store, self.note, self.size = store, note, size
+
+    @classmethod
+    async def open(cls, store: LogStore) -> StoreView:
+        stored = await store.checkpoint()
+        if stored is None or stored.size == 0:
+            raise LedgerError("the log has no signed checkpoint with entries yet")
+        return cls(store, stored.note, stored.size)
+
+    async def leaf_hashes(self) -> list[bytes]:
+        return await self.store.leaf_hashes(0, self.size)
+
+    async def leaves(self, indexes: Sequence[int]) -> dict[int, bytes]:
+        wanted = sorted(set(indexes))
+        out: dict[int, bytes] = {}
+        start = 0
+        while start < len(wanted):  # one read per run of nearby indexes
+            end = start
+            while end + 1 < len(wanted) and wanted[end + 1] - wanted[end] <= _GAP:
+                end += 1
+            lo = wanted[start]
+            read = await self.store.leaves(lo, wanted[end] + 1)
+            out.update((i, read[i - lo]) for i in wanted[start : end + 1])
+            start = end + 1
+        return out
+
+    async def evidence(self, indexes: Sequence[int]) -> dict[int, Evidence]:
+        out: dict[int, Evidence] = {}
+        for index in indexes:
+            found = await self.store.evidence(index)
+            if found is not None:
+                out[index] = found
+        return out
+
+    async def chain(self, pseudonym: bytes) -> list[int]:
+        return [i for i in await self.store.chain(pseudonym) if i < self.size]
+
+
+class SnapshotView:
+    """A whole-log snapshot (``dump_log``): its last checkpoint, leaves and evidence."""
+
+    hashes_from_leaves = True  # hash_leaves of the snapshot's leaves, not its stored hashes
+
+    def __init__(self, snapshot: LogSnapshot) -> None:
+        if not snapshot.checkpoints:
+            raise LedgerError("the log has no signed checkpoint yet")
+        self.note = snapshot.checkpoints[-1]
+        self.size = parse_checkpoint(parse_note(self.note).text).size
+        if self.size == 0 or self.size > len(snapshot.leaves):
+            raise LedgerError("the log's latest checkpoint does not cover its leaves")
+        self._snapshot = snapshot
+
+    async def leaf_hashes(self) -> list[bytes]:
+        return hash_leaves(self._snapshot.leaves[: self.size])
+
+    async def leaves(self, indexes: Sequence[int]) -> dict[int, bytes]:
+        leaves = self._snapshot.leaves
+        return {i: leaves[i] for i in indexes}
+
+    async def evidence(self, indexes: Sequence[int]) -> dict[int, Evidence]:
+        stored = self._snapshot.evidence
+        return {i: stored[i] for i in indexes if i in stored}
+
+    async def chain(self, pseudonym: bytes) -> list[int]:
+        leaves = self._snapshot.leaves
+        return [i for i in range(self.size) if leaves[i][_PSEUDONYM] == pseudonym]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSpec:
+    """What is exported: the ``report`` kind and its scope; ``pseudonym``: the patient's
+    chain, for a per-patient export (None: no completeness proof); ``rules``: the report's
+    inclusion rules for the header (``export_rules.rules_json``), the verifier re-applies them."""
+
+    report: str
+    patient: str | None = None
+    agent: str | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    pseudonym: bytes | None = None
+    rules: Mapping[str, Any] | None = None
+
+
+async def collect_export(
+    view: LogView,
+    spec: ExportSpec,
+    rows: Sequence[AuditRow],
+    *,
+    wrapped_key: Callable[[bytes], Awaitable[bytes | None]],
+    wrap_key: bytes,
+) -> tuple[ExportHeader, Iterator[ExportEntry]]:
+    """The header and the entry lines of an export of ``rows`` (module docstring), with the
+    columns of ``spec.report``'s kind (``export_columns``; a row the kind does not show is
+    left out, or an ``other`` line of a chain).
+    ``wrapped_key(pseudonym)`` is the store's ``audit_key_get``; ``wrap_key`` the ledger key's
+    evidence wrap key. An entry whose patient key is gone (shredded) has no opening."""
+    size = view.size
+    checkpoint = parse_checkpoint(parse_note(view.note).text)
+    origin = checkpoint.origin
+    tree = ProofMaker(await view.leaf_hashes())
+    _check_tree(tree, checkpoint.size, checkpoint.root_hash, size)
+    names, columns_of = columns_for(spec.report)
+    columns: dict[int, Sequence[str]] = {}  # the rows the report shows, by ledger index
+    for row in rows:
+        index = row.index
+        if 0 <= index < size and (cells := columns_of(row)) is not None:
+            columns[index] = cells
+    lines: list[tuple[Role, int]]
+    checked_tree = tree if not view.hashes_from_leaves else None
+    chain_leaves: dict[int, bytes] = {}  # checked by _check_chain, its lines not read again
+    if spec.pseudonym is not None:
+        chain = await view.chain(spec.pseudonym)
+        chain_leaves = await view.leaves(chain)
+        # Every chain leaf against the verified tree, not only those the file will hold:
+        # their times decide which entries plan_chain puts in it.
+        timed = _check_chain(chain, chain_leaves, spec.pseudonym, checked_tree)
+        before, inside, after = plan_chain(timed, spec.since_us, spec.until_us)
+        lines = [("before", before)] if before is not None else []
+        lines += [("row" if i in columns else "other", i) for i in inside]
+        lines += [("after", after)] if after is not None else []
+        if after is None:  # the chain's end, proved by every later leaf (export.plan_tail)
+            lines += [("tail", i) for i in plan_tail(lines[-1][1] if lines else None, size)]
+    else:
+        lines = [("row", i) for i in sorted(columns)]
+    leaves = chain_leaves | await view.leaves([i for _, i in lines if i not in chain_leaves])
+    _check_lines(lines, leaves, checked_tree, spec.pseudonym, hashed=chain_leaves)
+    opened = [i for role, i in lines if role in ("row", "other")]
+    evidence = await view.evidence(opened)
+    # None: no opening (no evidence, a legacy Bundle, or the patient's key is gone).
+    openings: dict[int, EntryOpening | None] = dict.fromkeys(opened)
+    sealed = [(i, e) for i in opened if (e := evidence.get(i)) is not None and is_sealed(e.data)]
+    # Each patient key unwrapped once, and keyed once for its entries' keys (evidence_keyer).
+    keyers: dict[bytes, Callable[[bytes], bytes] | None] = {}
+    for pseudonym in dict.fromkeys(leaves[i][_PSEUDONYM] for i, _ in sealed):
+        wrapped = await wrapped_key(pseudonym)  # all zero: no patient (evidence.NO_PATIENT)
+        keyers[pseudonym] = (
+            None if wrapped is None else evidence_keyer(unwrap_key(wrap_key, wrapped))
+        )
+    for index, stored in sealed:
+        key_of = keyers[leaves[index][_PSEUDONYM]]
+        if key_of is not None:
+            salt = stored.salt
+            openings[index] = EntryOpening(salt, stored.data, key_of(salt))
+    header = ExportHeader(
+        report=spec.report,
+        checkpoint=view.note,
+        origin=origin,
+        patient=spec.patient,
+        agent=spec.agent,
+        since_us=spec.since_us,
+        until_us=spec.until_us,
+        chain=spec.pseudonym,
+        columns=names,
+        rules=spec.rules,
+    )
+    entries = entries_for(
+        lines, tree=tree, size=size, leaves=leaves, openings=openings, columns=columns
+    )
+    return header, entries
+
+
+# -- what the export checks of the log it reads ----------------------------------------------
+# An export may read a log opened without its replay (cli_reports.export): these checks refuse,
+# for everything the file will hold, what the replay would have refused, so a forged log never
+# gives an export (which verify-export would then reject line by line).
+
+
+def _check_tree(tree: ProofMaker, signed_size: int, signed_root: bytes, size: int) -> None:
+    """The leaf hashes the proofs are made from have the checkpoint's size and root."""
+    if signed_size != size or tree.size != size:
+        raise VerificationError(
+            "the log's leaves do not cover its latest checkpoint", expected=size, computed=tree.size
+        )
+    computed = tree.root()
+    if not hmac.compare_digest(computed, signed_root):
+        raise VerificationError(
+            f"the leaves have another root than the checkpoint for size {size}",
+            expected=signed_root,
+            computed=computed,
+        )
+
+
+def _check_chain(
+    chain: Sequence[int],
+    leaves: Mapping[int, bytes],
+    pseudonym: bytes,
+    tree: ProofMaker | None,
+) -> list[tuple[int, int]]:
+    """``(index, recorded_us)`` of the patient's chain, each leaf valid, hashing to the
+    tree's leaf at its index (None: ``tree`` was made from these very leaves), of
+    ``pseudonym`` and naming the one before as ``previous`` (the first none): the stored
+    pseudonym column the store found the chain by cannot hide or add an entry, and a leaf
+    changed under its stored hash cannot move an entry out of the period (plan_chain plans
+    by these times, also for entries the file will not hold)."""
+    timed: list[tuple[int, int]] = []
+    previous: int | None = None
+    for index in chain:
+        data = leaves[index]
+        try:
+            leaf = decode_leaf(data)
+        except MalformedError as exc:
+            raise VerificationError(f"leaf {index} is malformed: {exc}") from exc
+        _check_hash(tree, index, data)
+        if leaf.pseudonym != pseudonym or leaf.previous != previous:
+            raise VerificationError(
+                f"the patient's chain is broken at leaf {index}",
+                expected=previous,
+                computed=leaf.previous,
+            )
+        timed.append((index, leaf.recorded_us))
+        previous = index
+    return timed
+
+
+def _check_lines(
+    lines: Sequence[tuple[Role, int]],
+    leaves: Mapping[int, bytes],
+    tree: ProofMaker | None,
+    pseudonym: bytes | None,
+    hashed: Container[int] = (),
+) -> None:
+    """Each line's leaf is a valid leaf whose hash is the one its proof is made from (None:
+    ``tree`` was made from these very leaves, ``LogView.hashes_from_leaves``; ``hashed``: the
+    indexes :func:`_check_chain` checked already), and a ``tail`` leaf is not the patient's
+    (the tail proves the chain ends)."""
+    for role, index in lines:
+        leaf = leaves[index]
+        try:
+            pseudonym_of_leaf, _ = leaf_link(leaf)
+        except MalformedError as exc:
+            raise VerificationError(f"leaf {index} is malformed") from exc
+        if index not in hashed:
+            _check_hash(tree, index, leaf)
+        if role == "tail" and pseudonym_of_leaf == pseudonym:
+            raise VerificationError(f"leaf {index} of the patient's chain is not in its chain")
+
+
+def _check_hash(tree: ProofMaker | None, index: int, leaf: bytes) -> None:
+    """``leaf`` hashes to ``tree``'s leaf at ``index``, the hash its proof is made from and
+    the tree checked against the signed root (_check_tree); None: nothing to check."""
+    if tree is not None and not hmac.compare_digest(
+        computed := leaf_hash(leaf), expected := tree.leaf_hash(index)
+    ):
+        raise VerificationError(
+            f"stored hash of leaf {index} does not match its bytes",
+            expected=expected,
+            computed=computed,
+        )
