@@ -62,3 +62,60 @@ def test_after_proofs_in_index_order_a_changed_proof_is_judged_as_the_rfc_judges
     # and the genuine proofs still pass afterwards, in order
     for i in range(warm, size):
         assert checker.check(i, leaves[i], proofs[i])
+
+
+def _changed(data: Any, proof: bytes, proofs: list[bytes]) -> bytes:
+    change = data.draw(st.sampled_from(["none", "none", "flip", "swap", "drop", "extend", "other"]))
+    if change == "flip" and proof:
+        at = data.draw(st.integers(0, len(proof) - 1))
+        return proof[:at] + bytes([proof[at] ^ 1]) + proof[at + 1 :]
+    if change == "swap" and len(proof) >= 64:
+        return proof[32:64] + proof[:32] + proof[64:]
+    if change == "drop" and proof:
+        return proof[:-32]
+    if change == "extend":
+        return proof + (proofs[data.draw(st.integers(0, len(proofs) - 1))][:32] or bytes(32))
+    if change == "other":
+        other: int = data.draw(st.integers(0, len(proofs) - 1))
+        return proofs[other]
+    return proof
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(1, 70), st.data())
+def test_every_proof_of_a_sequence_is_judged_as_the_rfc_judges_it(size: int, data: Any) -> None:
+    """Any order of lines (ascending with gaps, as a per-patient export; repeats; steps
+    back), each proof genuine or changed, another leaf's bytes now and then: every answer is
+    the reference's, whatever path the checker remembered from the lines before."""
+    leaves = [n.to_bytes(4, "big") for n in range(size)]
+    tree = MerkleLevels.of_leaves(leaves)
+    root = tree.root()
+    checker = InclusionChecker(Checkpoint(ORIGIN, size, root))
+    proofs = [b"".join(tree.inclusion_proof(i)) for i in range(size)]
+    index = 0
+    for _ in range(data.draw(st.integers(1, 40))):
+        step = data.draw(st.sampled_from([1, 1, 1, 2, 3, 7, 0, -1, -5]))
+        index = min(max(index + step, 0), size - 1)
+        leaf = leaves[index] if data.draw(st.integers(0, 9)) else leaves[(index + 1) % size]
+        proof = _changed(data, proofs[index], proofs)
+        want = reference(leaf, index, size, proof, root)
+        assert checker.check(index, leaf, proof) is want, (index, size)
+
+
+def test_a_long_log_in_index_order_and_by_patient() -> None:
+    """1,000 leaves: every proof in order, then every seventh (a patient's lines), then one
+    changed proof among them and the next genuine one still passes."""
+    size = 1000
+    leaves = [n.to_bytes(4, "big") for n in range(size)]
+    tree = MerkleLevels.of_leaves(leaves)
+    proofs = [b"".join(tree.inclusion_proof(i)) for i in range(size)]
+    checker = InclusionChecker(Checkpoint(ORIGIN, size, tree.root()))
+    assert all(checker.check(i, leaves[i], proofs[i]) for i in range(size))
+    checker = InclusionChecker(Checkpoint(ORIGIN, size, tree.root()))
+    assert all(checker.check(i, leaves[i], proofs[i]) for i in range(3, size, 7))
+    checker = InclusionChecker(Checkpoint(ORIGIN, size, tree.root()))
+    assert checker.check(500, leaves[500], proofs[500])
+    assert not checker.check(501, leaves[501], proofs[501][:-32] + bytes(32))
+    assert not checker.check(501, leaves[502], proofs[501])
+    assert checker.check(501, leaves[501], proofs[501])
+    assert checker.check(502, leaves[502], proofs[502])
