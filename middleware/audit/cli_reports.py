@@ -343,7 +343,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                 view,
                 spec,
                 rows,
-                wrapped_key=store.audit_key_get,
+                wrapped_keys=store.audit_keys_get,
                 wrap_key=derive_box_key(read_key(args.key_file).data_secret, EVIDENCE_PURPOSE),
             )
             with Progress("export", total=None) as progress:

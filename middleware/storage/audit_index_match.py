@@ -30,6 +30,7 @@ __all__ = [
     "check_indexes",
     "check_key",
     "check_pseudonym",
+    "check_pseudonyms",
     "check_reindex",
     "has_phi_criteria",
     "indexed_rows",
@@ -51,6 +52,13 @@ def check_pseudonym(pseudonym: bytes) -> None:
     value could never be found again by the entries it protects."""
     if not isinstance(pseudonym, bytes) or len(pseudonym) != PSEUDONYM_SIZE:
         raise ValueError(f"a pseudonym is {PSEUDONYM_SIZE} bytes")
+
+
+def check_pseudonyms(pseudonyms: Sequence[bytes]) -> list[bytes]:
+    """``pseudonyms`` each checked by :func:`check_pseudonym`, once each, in order."""
+    for pseudonym in pseudonyms:
+        check_pseudonym(pseudonym)
+    return list(dict.fromkeys(pseudonyms))
 
 
 def check_key(pseudonym: bytes, candidate: bytes) -> None:

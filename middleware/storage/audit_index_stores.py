@@ -11,6 +11,7 @@ transaction. The statements are :mod:`~middleware.storage.audit_index_sqlite`'s 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
@@ -22,12 +23,30 @@ from middleware.storage.audit_index_match import (
     check_indexes,
     check_key,
     check_pseudonym,
+    check_pseudonyms,
     check_reindex,
 )
 from middleware.storage.postgres_pool import translated
 from middleware.storage.sqlite_worker import SqliteWorker
 
 __all__ = ["PostgresAuditIndex", "SqliteAuditIndex"]
+
+#: Pseudonyms per statement of :func:`_sqlite_keys` (well under SQLite's parameter limit).
+_KEYS_AT_ONCE = 500
+_PG_KEYS = "SELECT pseudonym, wrapped FROM consentry_audit_keys WHERE pseudonym = ANY($1::bytea[])"
+
+
+def _sqlite_keys(c: sqlite3.Connection, pseudonyms: Sequence[bytes]) -> dict[bytes, bytes]:
+    """The stored keys of ``pseudonyms`` (``audit_keys_get``), a statement per chunk."""
+    out: dict[bytes, bytes] = {}
+    for start in range(0, len(pseudonyms), _KEYS_AT_ONCE):
+        chunk = pseudonyms[start : start + _KEYS_AT_ONCE]
+        sql = (
+            "SELECT pseudonym, wrapped FROM consentry_audit_keys "  # noqa: S608  (placeholders)
+            f"WHERE pseudonym IN ({', '.join('?' * len(chunk))})"
+        )
+        out.update((bytes(p), bytes(w)) for p, w in c.execute(sql, chunk))
+    return out
 
 
 class SqliteAuditIndex:
@@ -56,6 +75,10 @@ class SqliteAuditIndex:
     async def audit_key_get(self, pseudonym: bytes) -> bytes | None:
         check_pseudonym(pseudonym)
         return await self._reader.run(lambda c: lite.get_key(c, pseudonym))
+
+    async def audit_keys_get(self, pseudonyms: Sequence[bytes]) -> dict[bytes, bytes]:
+        wanted = check_pseudonyms(pseudonyms)
+        return await self._reader.run(lambda c: _sqlite_keys(c, wanted))
 
     async def shred(self, pseudonym: bytes, *, link: bytes | None = None) -> int:
         check_pseudonym(pseudonym)
@@ -112,6 +135,12 @@ class PostgresAuditIndex:
         check_pseudonym(pseudonym)
         async with translated("ledger"), self._pool.acquire() as conn:
             return await pg.get_key(conn, pseudonym)
+
+    async def audit_keys_get(self, pseudonyms: Sequence[bytes]) -> dict[bytes, bytes]:
+        wanted = check_pseudonyms(pseudonyms)
+        async with translated("ledger"), self._pool.acquire() as conn:
+            found = await conn.fetch(_PG_KEYS, wanted)
+        return {bytes(r[0]): bytes(r[1]) for r in found}
 
     async def shred(self, pseudonym: bytes, *, link: bytes | None = None) -> int:
         check_pseudonym(pseudonym)

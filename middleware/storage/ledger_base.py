@@ -213,6 +213,12 @@ class LogStore(Protocol):
         """The pseudonym's stored evidence key; ``None`` if it has none (never had, or shredded)."""
         ...
 
+    async def audit_keys_get(self, pseudonyms: Sequence[bytes]) -> dict[bytes, bytes]:
+        """:meth:`audit_key_get` of each of ``pseudonyms`` at once (one read, not a read per
+        pseudonym): the stored key of each that has one, absent the others; a pseudonym
+        named twice is read once. Each is a leaf pseudonym (16 bytes), else ``ValueError``."""
+        ...
+
     async def shred(self, pseudonym: bytes, *, link: bytes | None = None) -> int:
         """Crypto-shred a pseudonym, in one transaction: delete its evidence key, record the
         pseudonym as shredded (a tombstone, with ``link`` if given: opaque bytes, the

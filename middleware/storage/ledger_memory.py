@@ -31,6 +31,7 @@ from middleware.storage.audit_index_match import (
     check_indexes,
     check_key,
     check_pseudonym,
+    check_pseudonyms,
     check_reindex,
     indexed_rows,
     matches,
@@ -210,6 +211,12 @@ class MemoryLogStore:
         check_pseudonym(pseudonym)
         self._check()
         return self.log.audit_keys.get(pseudonym)
+
+    async def audit_keys_get(self, pseudonyms: Sequence[bytes]) -> dict[bytes, bytes]:
+        wanted = check_pseudonyms(pseudonyms)
+        self._check()
+        keys = self.log.audit_keys
+        return {p: keys[p] for p in wanted if p in keys}
 
     async def shred(self, pseudonym: bytes, *, link: bytes | None = None) -> int:
         check_pseudonym(pseudonym)

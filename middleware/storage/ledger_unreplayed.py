@@ -51,6 +51,7 @@ READS = frozenset(
         "audit_count",
         "audit_row",
         "audit_key_get",
+        "audit_keys_get",
         "shredded_chains",
         "close",
     }

@@ -119,7 +119,7 @@ def _lines_of(
             )
             view = await StoreView.open(store)
             _, lines = await collect_export(
-                view, spec, [], wrapped_key=store.audit_key_get, wrap_key=wrap_key
+                view, spec, [], wrapped_keys=store.audit_keys_get, wrap_key=wrap_key
             )
             return [(line.role, line.index) for line in lines]
         finally:
