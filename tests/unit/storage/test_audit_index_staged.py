@@ -236,6 +236,20 @@ async def test_a_shred_leaves_no_unshredded_staged_row(store: SqliteLogStore) ->
     await assert_consistent(store)
 
 
+async def test_a_merged_then_shredded_row_leaves_no_copy_in_the_file(
+    store: SqliteLogStore,
+) -> None:
+    """The merge frees the staged pages zeroed: a shred after it leaves no copy of the
+    shredded rows anywhere in the file (free pages included; the shred truncates the WAL)."""
+    await _append(store, ROWS, merged=0)
+    await store._merge()
+    await store.shred(PA)
+    data = store.path.read_bytes()
+    assert b"search-type" not in data  # row 1's alone (of the shredded patient)
+    assert b"Condition/3" not in data  # row 1's alone
+    assert b"Condition/9" in data  # row 2's, not shredded
+
+
 async def test_retention_shreds_staged_rows(store: SqliteLogStore) -> None:
     await _append(store, ROWS, merged=2)
     assert await store.shred_entries([1, 4]) == 2
