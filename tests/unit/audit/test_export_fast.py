@@ -18,6 +18,7 @@ from middleware.audit import verify_report
 from middleware.audit.export_fast import csv_same, ndjson_same
 from middleware.audit.export_read import decode_raw_line, ndjson_lines
 from middleware.audit.export_read_csv import csv_lines
+from middleware.audit.report_csv import csv_escape
 from middleware.audit.row import AuditRow
 from middleware.audit.verify_export import ExportReport, begin_export, verify_file
 from tests.unit.audit.export_fixtures import HOUR, POLICY, T0, build_log, export, fake_opener
@@ -150,3 +151,17 @@ def test_column_names_msgspec_does_not_write_leave_every_row_to_the_full_path() 
 _LINE_WITH_ODD_NAMES = (
     '{"role":"row","index":0,"leaf":"","proof":"","columns":{"a":"1","b\\"":"2"}}'
 )
+
+
+@settings(max_examples=1000)
+@given(
+    st.lists(
+        st.text(st.sampled_from(["a", "=", "+", "-", "@", "\t", "\r", "'", "\0", " "])), max_size=5
+    ),
+    st.booleans(),
+)
+def test_csv_same_is_the_escaped_comparison(cells: list[str], escape: bool) -> None:
+    """csv_same answers what comparing csv_escape of every cell answers, whether the record
+    holds the cells escaped or as they are."""
+    given = tuple(csv_escape(c) for c in cells) if escape else tuple(cells)
+    assert csv_same(cells, given) is (tuple(csv_escape(c) for c in cells) == given)
