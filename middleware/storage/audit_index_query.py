@@ -175,14 +175,17 @@ def _where(q: AuditQuery, dialect: Dialect, *, paged: bool, staged: bool = False
     return w
 
 
-def select_sql(q: AuditQuery, dialect: Dialect, columns: str) -> tuple[str, list[object]]:
+def select_sql(
+    q: AuditQuery, dialect: Dialect, columns: str, *, staged: bool = True
+) -> tuple[str, list[object]]:
     """``SELECT columns`` of the page ``q`` asks for, and its arguments. In SQLite the two
     arms' rows are merged in order (SQLite runs each arm as a co-routine in its own order,
-    the indexed one along an index, and stops at the limit)."""
+    the indexed one along an index, and stops at the limit); ``staged=False``: the file has
+    no staging table, the indexed arm alone."""
     w = _where(q, dialect, paged=True)
     order = "ASC" if q.sort == "date" else "DESC"
     sql = f"SELECT {columns} FROM {_TABLE}{w.sql()}"  # noqa: S608  (constants, placeholders)
-    if dialect == "sqlite":
+    if dialect == "sqlite" and staged:
         s = _where(q, dialect, paged=True, staged=True)
         sql += f" UNION ALL SELECT {columns} FROM {_STAGED}{s.sql()}"  # noqa: S608
         w.args += s.args
@@ -190,12 +193,13 @@ def select_sql(q: AuditQuery, dialect: Dialect, columns: str) -> tuple[str, list
     return sql, w.args
 
 
-def count_sql(q: AuditQuery, dialect: Dialect) -> tuple[str, list[object]]:
+def count_sql(q: AuditQuery, dialect: Dialect, *, staged: bool = True) -> tuple[str, list[object]]:
     """``SELECT count(*)`` of every row ``q`` matches (``after``, ``limit`` and ``sort``
-    ignored: the total an ITI-81 searchset reports), and its arguments."""
+    ignored: the total an ITI-81 searchset reports), and its arguments; ``staged`` as for
+    :func:`select_sql`."""
     w = _where(q, dialect, paged=False)
     sql = f"SELECT count(*) FROM {_TABLE}{w.sql()}"  # noqa: S608
-    if dialect == "sqlite":
+    if dialect == "sqlite" and staged:
         s = _where(q, dialect, paged=False, staged=True)
         sql = f"SELECT ({sql}) + (SELECT count(*) FROM {_STAGED}{s.sql()})"  # noqa: S608
         w.args += s.args

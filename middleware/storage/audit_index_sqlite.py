@@ -323,20 +323,24 @@ def _term_rows(rows: Sequence[AuditRow]) -> list[tuple[int, str, int, int]]:
 
 
 def read_rows(c: sqlite3.Connection, q: AuditQuery) -> list[AuditRow]:
-    sql, args = select_sql(q, "sqlite", _COLUMNS)
+    sql, args = select_sql(q, "sqlite", _COLUMNS, staged=staged.present(c))
     return [_row(v) for v in c.execute(sql, args)]
 
 
 def count_rows(c: sqlite3.Connection, q: AuditQuery) -> int:
-    sql, args = count_sql(q, "sqlite")
+    sql, args = count_sql(q, "sqlite", staged=staged.present(c))
     return int(c.execute(sql, args).fetchone()[0])
 
 
+_READ_ROW = f"SELECT {_COLUMNS} FROM consentry_audit_index WHERE idx = ?1"  # noqa: S608
+_READ_ROW_STAGED = (
+    f"{_READ_ROW} UNION ALL "  # noqa: S608  (constants only)
+    f"SELECT {_COLUMNS} FROM consentry_audit_staged WHERE idx = ?1 LIMIT 1"
+)
+
+
 def read_row(c: sqlite3.Connection, index: int) -> AuditRow | None:
-    sql = (
-        f"SELECT {_COLUMNS} FROM consentry_audit_index WHERE idx = ?1 "  # noqa: S608
-        f"UNION ALL SELECT {_COLUMNS} FROM consentry_audit_staged WHERE idx = ?1 LIMIT 1"
-    )
+    sql = _READ_ROW_STAGED if staged.present(c) else _READ_ROW
     found = c.execute(sql, (index,)).fetchone()
     return None if found is None else _row(found)
 

@@ -12,7 +12,8 @@ row into the indexed tables in one transaction (the log store runs it once the s
 random index pages a merge dirties are shared by the many rows it moves.
 
 Readers see both tables as one: every search reads both (``audit_index_query``), and
-:func:`~middleware.storage.audit_index_sqlite.read_row` looks in both. Every other write to
+:func:`~middleware.storage.audit_index_sqlite.read_row` looks in both (in a file without the
+table, :func:`present`, the indexed tables alone). Every other write to
 the index (a shred, retention, a reindex) merges first, in its own transaction, so it finds
 every row where it always looked; ``clear_index`` empties both. A crash between an append and
 the merge loses nothing: the staged rows are committed with their entries, found by every
@@ -29,7 +30,7 @@ from middleware.storage.audit_index_query import (
     TERM_RESOURCE_TYPE,
 )
 
-__all__ = ["COLUMNS", "STAGED_SCHEMA", "merge", "staged_count"]
+__all__ = ["COLUMNS", "STAGED_SCHEMA", "merge", "present", "staged_count"]
 
 #: The index's columns, in :class:`~middleware.audit.row.AuditRow`'s field order.
 COLUMNS = (
@@ -99,6 +100,14 @@ _OVERLAP = (
     "SELECT (SELECT min(idx) FROM consentry_audit_staged) "
     "<= (SELECT max(idx) FROM consentry_audit_index)"
 )
+
+
+def present(c: sqlite3.Connection) -> bool:
+    """Has the file a staging table? One written before staging existed has none until a
+    writer opens it (the schema script creates it); a reader that runs no script (a store
+    opened without replay) then searches the indexed tables alone."""
+    sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'consentry_audit_staged'"
+    return c.execute(sql).fetchone() is not None
 
 
 def staged_count(c: sqlite3.Connection) -> int:

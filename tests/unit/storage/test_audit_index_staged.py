@@ -328,6 +328,25 @@ async def test_a_file_without_the_staging_table_is_upgraded_on_open(tmp_path: Pa
         await again.close()
 
 
+async def test_a_file_without_the_staging_table_is_searched_read_only(tmp_path: Path) -> None:
+    """``open(replay=False)`` (an export) runs no schema script: a file an older version
+    wrote has no staging table, and its rows are found all the same."""
+    store = await _open(tmp_path / "log.db", merge_at=1)
+    try:
+        await store.append([audit_entry(r) for r in ROWS], sign=SIGN)
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "log.db") as c:
+        c.execute("DROP TABLE consentry_audit_staged")
+    reader = await SqliteLogStore.open(tmp_path / "log.db", replay=False)
+    try:
+        assert await reader.audit_rows(AuditQuery()) == EXPECTED
+        assert await reader.audit_count(AuditQuery(purpose="TREAT")) == 3
+        assert await reader.audit_row(4) == EXPECTED[4]
+    finally:
+        await reader.close()
+
+
 def test_the_staging_table_has_the_index_columns() -> None:
     with sqlite3.connect(":memory:") as c:
         c.executescript(audit_index_sqlite.INDEX_SCHEMA)
