@@ -66,6 +66,7 @@ from middleware.storage.audit_index_query import (
     json_array_cached,
     select_sql,
 )
+from middleware.storage.audit_index_unchanged import unchanged
 
 __all__ = [
     "INDEX_SCHEMA",
@@ -290,8 +291,11 @@ def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow], *, fresh: bool =
         c.executemany(_TERM, _term_rows(rows))
         return
     given = {r.index: r for r in rows}  # one row per index: the last given
-    stored = {v[0]: _row(v) for v in c.execute(_STORED, (json.dumps(list(given)),))}
-    changed = [r for i, r in given.items() if stored.get(i) != r]
+    # Most rows of a rebuild are stored exactly so: SQLite compares them, the rest are read.
+    same, present = unchanged(c, given, json.dumps(list(given)))
+    differing = [i for i in present if i not in same]
+    stored = {v[0]: _row(v) for v in c.execute(_STORED, (json.dumps(differing),))}
+    changed = [r for i, r in given.items() if i not in same and stored.get(i) != r]
     if not changed:
         return
     replaced = [r.index for r in changed if r.index in stored]
