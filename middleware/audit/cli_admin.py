@@ -1,17 +1,10 @@
 """``consentry audit reindex`` and ``consentry audit shred``.
 
-``reindex`` rebuilds the audit index from the ledger (the index is derived data): it reads the
-leaves and evidence in ranges (``read_ranges``: memory stays bounded whatever the ledger's
-size, the next range is read while this one is opened), and for every entry holding
-sealed audit facts opens them with the patient's key (one unwrap per patient) and upserts
-``row_of(facts)`` in batches (``store.reindex``); an entry whose patient key is
-gone gets its shredded row (what its leaf says). An audit entry written before sealed facts
-(its evidence a plain BALP Bundle) gets the row :func:`~middleware.audit.legacy.legacy_row`
-reads from its events. Other entries (consents, admin, key events) have no index row. It
-reports rows, legacy rows, shredded rows, the entries it could not index (``unreadable``: the
-patient's key does not open the evidence, or legacy evidence is no Bundle of AuditEvents;
-``malformed``: the key opens it, but to facts that are not valid or give no row) and entries
-per second.
+``reindex`` rebuilds the audit index from the ledger (the index is derived data;
+:func:`middleware.audit.reindex.rebuild` does the work). It reports rows, legacy rows,
+shredded rows, the entries it could not index (``unreadable``: the patient's key does not open
+the evidence, or legacy evidence is no Bundle of AuditEvents; ``malformed``: the key opens it,
+but to facts that are not valid or give no row) and entries per second.
 
 ``shred`` is a governed admin action over every pseudonym chain of the patient (each
 pseudonym of the index rows naming them, and the pseudonym table's current one: a patient
@@ -37,27 +30,18 @@ import argparse
 import asyncio
 import getpass
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TextIO
 
 from middleware.audit.cli_common import Usage, all_rows, now_us, opened, print_json, read_key
-from middleware.audit.evidence import (
-    EVIDENCE_PURPOSE,
-    NO_PATIENT,
-    EvidenceKeyError,
-    is_sealed,
-    unwrap_key,
-)
-from middleware.audit.export import shredded_row
-from middleware.audit.facts_row import open_row
-from middleware.audit.legacy import legacy_row
+from middleware.audit.evidence import EVIDENCE_PURPOSE, is_sealed
 from middleware.audit.progress import Progress
-from middleware.audit.ranges import read_ranges
-from middleware.audit.row import AuditQuery, AuditRow
+from middleware.audit.reindex import rebuild
+from middleware.audit.row import AuditQuery
 from middleware.consent.shredded import SHRED_TYPE, is_shred_evidence
-from middleware.ledger.entry import Evidence, NewEntry
-from middleware.ledger.leaf import EntryKind, LeafFields, decode_leaf, leaf_fields
-from middleware.ledger.signing import derive_box_key, evidence_keyer
+from middleware.ledger.entry import NewEntry
+from middleware.ledger.leaf import EntryKind, decode_leaf
+from middleware.ledger.signing import derive_box_key
 from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.consent_base import LOOKUP_PURPOSE, ConsentStore, lookup_of
 from middleware.storage.consent_open import open_consent_store
@@ -65,7 +49,6 @@ from middleware.storage.ledger_base import LogStore
 
 __all__ = ["SHRED_TYPE", "reindex", "shred"]
 
-_CHUNK = 4096
 _AUDIT_KINDS = frozenset(
     {EntryKind.ACCESS_DECISION, EntryKind.ACCESS_OUTCOME, EntryKind.DISCLOSURE}
 )
@@ -81,52 +64,11 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
 
     async def run() -> dict[str, object]:
         async with opened(args) as store:
-            chains: dict[str, frozenset[bytes]] = {}
-
-            async def shredded_already(row: AuditRow) -> AuditRow:
-                """A legacy row of a chain a shred tombstoned (found by the shred's link)
-                stays shredded: its plain evidence must not come back into the index."""
-                if row.patient is None:
-                    return row
-                if row.patient not in chains:
-                    link = lookup_of(lookup, row.patient)
-                    chains[row.patient] = frozenset(await store.shredded_chains(link))
-                return row.shred() if row.pseudonym in chains[row.patient] else row
-
             size = await store.size()
-            keys: dict[bytes, Callable[[bytes], bytes] | None] = {}  # entry keys by salt
-            rows: list[AuditRow] = []
-            counts = {"rows": 0, "legacy": 0, "shredded": 0, "unreadable": 0, "malformed": 0}
             with Progress("reindex", total=size, unit="entries") as progress:
-                async for start, leaves, evidence in read_ranges(store, size, _CHUNK):
-                    for offset, data in enumerate(leaves):
-                        index = start + offset
-                        stored = evidence.get(index)
-                        if stored is None:
-                            continue
-                        if not is_sealed(stored.data):
-                            row = _legacy(index, data, stored, counts)
-                            if row is not None:
-                                rows.append(await shredded_already(row))
-                            continue
-                        leaf = leaf_fields(data)  # decode_leaf's checks, without the Leaf
-                        pseudonym = leaf.pseudonym or NO_PATIENT
-                        if pseudonym not in keys:
-                            wrapped = await store.audit_key_get(pseudonym)
-                            keys[pseudonym] = (
-                                None
-                                if wrapped is None
-                                else evidence_keyer(unwrap_key(wrap, wrapped))
-                            )
-                        row = _row(index, data, leaf, stored, keys[pseudonym], counts=counts)
-                        if row is not None:
-                            rows.append(row)
-                        if len(rows) >= args.batch:
-                            await store.reindex(rows)
-                            rows = []
-                    progress.update(len(leaves))
-                if rows:
-                    await store.reindex(rows)
+                counts = await rebuild(
+                    store, size, wrap=wrap, lookup=lookup, batch=args.batch, progress=progress
+                )
                 return {
                     "entries": size,
                     **counts,
@@ -136,66 +78,6 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
 
     print_json(out, asyncio.run(run()))
     return 0
-
-
-def _legacy(index: int, data: bytes, stored: Evidence, counts: dict[str, int]) -> AuditRow | None:
-    """The row of an audit entry written before sealed facts (its evidence a plain BALP
-    Bundle, :mod:`middleware.audit.legacy`); None for the other entries (consents, admin, key
-    events) and for evidence that is not a Bundle of AuditEvents."""
-    if not stored.data.startswith(b"{"):
-        return None
-    leaf = decode_leaf(data)
-    if leaf.kind not in _AUDIT_KINDS:
-        return None
-    try:
-        row = legacy_row(
-            stored.data,
-            recorded_us=leaf.recorded_us,
-            kind=int(leaf.kind),
-            flags=int(leaf.flags),
-            pseudonym=leaf.pseudonym,
-            index=index,
-        )
-    except ValueError:
-        counts["unreadable"] += 1
-        return None
-    counts["legacy"] += 1
-    return row
-
-
-def _row(
-    index: int,
-    data: bytes,
-    leaf: LeafFields,
-    stored: Evidence,
-    entry_key_of: Callable[[bytes], bytes] | None,
-    *,
-    counts: dict[str, int],
-) -> AuditRow | None:
-    """The index row of entry ``index`` (its leaf ``data`` and fields, sealed facts in
-    ``stored``, opened by the key ``entry_key_of(salt)``: ``signing.evidence_keyer`` of the
-    patient's key), or None (counted ``unreadable``) when the key does not open it, or
-    (counted ``malformed``) when it opens to facts that are not valid or give no row; the
-    shredded row when the patient key is gone (``entry_key_of`` None)."""
-    if entry_key_of is None:  # crypto-shredded: what the leaf says
-        counts["shredded"] += 1
-        return shredded_row(index, decode_leaf(data))
-    try:
-        entry_key = entry_key_of(stored.salt)
-        # row_of(open_entry(...)) without the facts' dataclasses: the same row, the same
-        # errors (facts_row).
-        row = open_row(
-            entry_key, stored.data, kind=leaf.kind, flags=leaf.flags, pseudonym=leaf.pseudonym,
-            index=index,
-        )  # fmt: skip
-    except EvidenceKeyError:  # not this entry's key, or a changed byte
-        counts["unreadable"] += 1
-        return None
-    except ValueError:  # sealed by the gateway's key, yet no valid facts or no row of them
-        counts["malformed"] += 1
-        return None
-    counts["rows"] += 1
-    return row
 
 
 async def _pseudonyms(
