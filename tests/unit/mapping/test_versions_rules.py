@@ -15,9 +15,9 @@ from middleware.mapping.loader import folder_reader
 from middleware.mapping.paths import ElementPath, check
 from middleware.mapping.profile import ReadFailed
 from middleware.mapping.versions import DEFAULT_RULES, Release, load_conversion, load_rules
-from middleware.mapping.versions_carry import BACKBONE, DATATYPES, Spec, decode, encode, parse_spec
-from middleware.mapping.versions_engine import Step
-from middleware.mapping.versions_ops import Carry
+from middleware.mapping.versions.carry import BACKBONE, DATATYPES, Spec, decode, encode, parse_spec
+from middleware.mapping.versions.engine import Step
+from middleware.mapping.versions.ops import Carry
 
 Json = dict[str, Any]
 MAPPINGS = Path(__file__).parents[3] / "mappings"

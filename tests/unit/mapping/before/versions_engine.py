@@ -9,9 +9,9 @@ each node a step:
    (a previous conversion the other way). The carried value is restored, and the extension
    removed, only if converting it back gives exactly what the node now holds; otherwise the
    node was edited since, and the stale extension is dropped (``superseded``).
-2. converts its source-side elements (:mod:`middleware.mapping.versions_ops`) and converts the
+2. converts its source-side elements (:mod:`middleware.mapping.versions.ops`) and converts the
    result back: whatever does not survive that round trip is carried in cross-version
-   extensions (:mod:`middleware.mapping.versions_carry`) next to the result (``carried``), or,
+   extensions (:mod:`middleware.mapping.versions.carry`) next to the result (``carried``), or,
    for a step that carries nothing, reported (``dropped``).
 
 Restored values are wrapped so that later steps do not convert them again. Leaves are never
@@ -24,8 +24,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from middleware.mapping.versions_carry import Release, decode, encode, value_key, xver_url
-from middleware.mapping.versions_engine import Rules, StatusRule, Step, TypeRules
+from middleware.mapping.versions.carry import Release, decode, encode, value_key, xver_url
+from middleware.mapping.versions.engine import Rules, StatusRule, Step, TypeRules
 
 __all__ = ["Loss", "LossKind", "Rules", "StatusRule", "Step", "TypeRules", "copy_tree", "run"]
 

@@ -1,7 +1,7 @@
 """AuditEvent's operations: outcome, agent network and agent name between R4 and R5.
 
 R5 reshaped AuditEvent (http://hl7.org/fhir/R5/auditevent.html, "Changes from R4"); these three
-changes need more than a rename. Like every operation (:mod:`middleware.mapping.versions_ops`)
+changes need more than a rename. Like every operation (:mod:`middleware.mapping.versions.ops`)
 they are pure and approximate where R4 and R5 differ; the engine carries what is lost.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from middleware.mapping.versions_carry import Release
+from middleware.mapping.versions.carry import Release
 
 __all__ = ["Display", "Network", "Outcome"]
 

@@ -1,7 +1,7 @@
 """From a conversion step's JSON to its operation: parameters checked, problems collected.
 
-Each operation (:mod:`middleware.mapping.versions_ops`, ``versions_audit``,
-``versions_consent``) takes the step's element specs (``r4``, ``r5``) and the parameters listed
+Each operation (:mod:`middleware.mapping.versions.ops`, ``versions.audit``,
+``versions.consent``) takes the step's element specs (``r4``, ``r5``) and the parameters listed
 in :data:`PARAMS`; anything else in a step is an error, so a typo never silently changes a
 conversion.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from middleware.mapping.versions_audit import Display, Network, Outcome
-from middleware.mapping.versions_carry import Release, Spec
-from middleware.mapping.versions_consent import Consent
-from middleware.mapping.versions_items import ITEMS, NEEDS_SYSTEM, WHOLE
-from middleware.mapping.versions_ops import (
+from middleware.mapping.versions.audit import Display, Network, Outcome
+from middleware.mapping.versions.carry import Release, Spec
+from middleware.mapping.versions.consent import Consent
+from middleware.mapping.versions.items import ITEMS, NEEDS_SYSTEM, WHOLE
+from middleware.mapping.versions.ops import (
     Carry,
     Choice,
     CodeableReference,

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from middleware.mapping.versions_carry import Release, xver_url
+from middleware.mapping.versions.carry import Release, xver_url
 
 __all__ = ["TYPE_URL", "Consent"]
 

@@ -6,11 +6,11 @@ to the R5 side (``r5``). The engine calls it both ways to learn whether a value 
 round trip; what does not is carried in a cross-version extension (or reported), so an
 operation may approximate freely. Operations never mutate what they are given.
 
-Operations and their parameters (built and validated by :mod:`middleware.mapping.versions_build`):
+Operations and their parameters (built and validated by :mod:`middleware.mapping.versions.build`):
 
 ``rename``
     one element each side; ``item`` converts each value and ``whole`` the whole value
-    (:mod:`middleware.mapping.versions_items`); ``to5``/``to4`` map codes; cardinality follows
+    (:mod:`middleware.mapping.versions.items`); ``to5``/``to4`` map codes; cardinality follows
     the specs (``T`` <-> ``T[]``).
 ``carry``
     elements of one side only: always carried.
@@ -31,7 +31,7 @@ Operations and their parameters (built and validated by :mod:`middleware.mapping
 ``outcome``, ``network``, ``display``
     AuditEvent's outcome, agent network and agent name (see each class).
 ``consent``
-    Consent's decision and provision tree (:mod:`middleware.mapping.versions_consent`).
+    Consent's decision and provision tree (:mod:`middleware.mapping.versions.consent`).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from middleware.mapping.versions_carry import Release, Spec
-from middleware.mapping.versions_items import ABSENT, Item, as_list, single
+from middleware.mapping.versions.carry import Release, Spec
+from middleware.mapping.versions.items import ABSENT, Item, as_list, single
 
 __all__ = [
     "Carry",

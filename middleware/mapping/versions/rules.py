@@ -5,7 +5,7 @@ The manifest names one file per resource type and one of datatype steps::
     {"description": "...", "datatypes": "versions/r4-r5/datatypes.json",
      "types": {"Encounter": "versions/r4-r5/Encounter.json", ...}}
 
-A type file holds ``resourceType``, ``steps`` (see :mod:`middleware.mapping.versions_ops` for
+A type file holds ``resourceType``, ``steps`` (see :mod:`middleware.mapping.versions.ops` for
 the operations), ``statuses`` (status elements and each release's value set), ``required``
 (top-level elements a release requires) and ``datatypes`` (where the datatype steps apply).
 The format is documented in ``mappings/README.md``. Every problem in every file is collected
@@ -20,11 +20,11 @@ from typing import Any, Final
 
 from middleware.errors import SettingsError
 from middleware.mapping.paths import ElementPath, check
-from middleware.mapping.versions_build import COMMON, PARAMS, build
-from middleware.mapping.versions_carry import DATATYPES, Release, Spec, parse_spec
-from middleware.mapping.versions_consent import Consent
-from middleware.mapping.versions_engine import Rules, StatusRule, Step, TypeRules
-from middleware.mapping.versions_ops import Carry
+from middleware.mapping.versions.build import COMMON, PARAMS, build
+from middleware.mapping.versions.carry import DATATYPES, Release, Spec, parse_spec
+from middleware.mapping.versions.consent import Consent
+from middleware.mapping.versions.engine import Rules, StatusRule, Step, TypeRules
+from middleware.mapping.versions.ops import Carry
 
 __all__ = ["RELEASES", "load_rules"]
 

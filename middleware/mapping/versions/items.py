@@ -3,7 +3,7 @@
 Each takes a value of one release and returns the other's, or :data:`ABSENT` when the value
 has nothing to carry over (an R5 CodeableReference without a concept, going to an R4
 CodeableConcept). They approximate freely: the engine carries whatever does not survive the
-round trip (:mod:`middleware.mapping.versions_engine`).
+round trip (:mod:`middleware.mapping.versions.engine`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from middleware.mapping.versions_carry import Release, Spec
+from middleware.mapping.versions.carry import Release, Spec
 
 __all__ = ["ABSENT", "ITEMS", "NEEDS_SYSTEM", "WHOLE", "Item", "as_list", "single"]
 

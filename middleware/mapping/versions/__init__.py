@@ -18,7 +18,7 @@ meanwhile. Each conversion reports what it could not express natively
 (:attr:`Converted.losses`: paths and reasons, never values, so never PHI).
 
 Consent keeps its decision (R4 root ``provision.type`` <-> R5 ``decision``, nested provisions
-preserved; :mod:`middleware.mapping.versions_consent`). Consent decisions are always taken on
+preserved; :mod:`middleware.mapping.versions.consent`). Consent decisions are always taken on
 the upstream's native version *before* conversion; converting is for the other side only.
 
 Errors::
@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
 from middleware.errors import SettingsError, UnprocessableEntity
-from middleware.mapping.versions_carry import Release
-from middleware.mapping.versions_engine import (
+from middleware.mapping.versions.carry import Release
+from middleware.mapping.versions.engine import (
     Loss,
     LossKind,
     Rules,
@@ -46,7 +46,7 @@ from middleware.mapping.versions_engine import (
     copy_for_steps,
     run,
 )
-from middleware.mapping.versions_rules import Reader, load_rules
+from middleware.mapping.versions.rules import Reader, load_rules
 
 __all__ = [
     "DEFAULT_RULES",
