@@ -36,7 +36,7 @@ from typing import TextIO
 from middleware.audit.cli_common import Usage, all_rows, now_us, opened, print_json, read_key
 from middleware.audit.evidence import EVIDENCE_PURPOSE, is_sealed
 from middleware.audit.progress import Progress
-from middleware.audit.reindex import rebuild
+from middleware.audit.reindex import CHUNK, rebuild
 from middleware.audit.row import AuditQuery
 from middleware.consent.shredded import SHRED_TYPE, is_shred_evidence
 from middleware.ledger.entry import NewEntry
@@ -53,6 +53,8 @@ _AUDIT_KINDS = frozenset(
     {EntryKind.ACCESS_DECISION, EntryKind.ACCESS_OUTCOME, EntryKind.DISCLOSURE}
 )
 _CONSENT_KINDS = frozenset({EntryKind.CONSENT, EntryKind.CONSENT_REVOKE})
+#: Leaves read at once by reindex (memory stays bounded; tests make it small).
+_CHUNK = CHUNK
 
 
 def reindex(args: argparse.Namespace, out: TextIO) -> int:
@@ -67,7 +69,13 @@ def reindex(args: argparse.Namespace, out: TextIO) -> int:
             size = await store.size()
             with Progress("reindex", total=size, unit="entries") as progress:
                 counts = await rebuild(
-                    store, size, wrap=wrap, lookup=lookup, batch=args.batch, progress=progress
+                    store,
+                    size,
+                    wrap=wrap,
+                    lookup=lookup,
+                    batch=args.batch,
+                    progress=progress,
+                    chunk=_CHUNK,
                 )
                 return {
                     "entries": size,
