@@ -60,17 +60,17 @@ QUERIES: Final = {"read": b"", "search": f"subject=Patient/{PATIENT_ID}&_count=2
 # Stage -> functions (file suffix, function name) whose cumulative time makes it.
 STAGES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "whole request (ASGI call)": (("middleware/app.py", "__call__"),),
-    "identify (token, rate limits)": (("proxy/handler.py", "_identify"),),
-    "read request body": (("proxy/handler.py", "_read_body"),),
+    "identify (token, rate limits)": (("proxy/admission.py", "identify"),),
+    "read request body": (("proxy/body.py", "read_request_body"),),
     "classification": (("fhir/classify.py", "classify"),),
-    "upstream call (fixed answer)": (("proxy/handler.py", "forward"),),
-    "decode upstream JSON": (("proxy/handler.py", "_decode_upstream"),),
+    "upstream call (fixed answer)": (("proxy/forwarder.py", "forward"),),
+    "decode upstream JSON": (("proxy/forwarder.py", "decode_upstream"),),
     "consent lookup": (("consent/registry.py", "policies"),),
     "judge (compartments, decisions)": (("pipeline/flow.py", "judge"),),
     "response filter": (("pipeline/filter.py", "filter_answer"),),
     "audit record (plan, seal, hand-over)": (("audit/recorder.py", "record"),),
     "ledger writer, event loop side": (("ledger/writer.py", "_run"),),
-    "encode + send": (("proxy/handler.py", "_send"),),
+    "encode + send": (("proxy/respond.py", "send_bytes"),),
     "access log (structlog)": (("structlog/_native.py", "meth"),),
 }
 

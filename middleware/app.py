@@ -58,6 +58,7 @@ from middleware.ops.causes import store_label
 from middleware.ops.metrics import Metrics
 from middleware.ops.scrape import ScrapeAccess
 from middleware.proxy.deadline import DeadlineUpstream
+from middleware.proxy.forwarder import UpstreamForwarder
 from middleware.proxy.handler import ProxyHandler
 from middleware.proxy.httpx_upstream import HttpxUpstream
 from middleware.proxy.native_upstream import NativeUpstream
@@ -184,7 +185,7 @@ class Gateway:
         # Write outcomes a previous run kept in the audit outbox, and writes it was killed
         # in the middle of (reconciled with the upstream), go to the ledger first; what
         # cannot yet keeps /readyz unavailable (app_health).
-        await reconcile(self.proxy)
+        await reconcile(self.proxy.enforcement.recorder, self.proxy.forwarder)
         return name
 
     async def aclose(self) -> None:
@@ -194,8 +195,7 @@ class Gateway:
             self._probe.cancel()
             self._probe = None
         await self.proxy.aclose()
-        if self.proxy.enforcement is not None:
-            await self.proxy.enforcement.recorder.aclose()
+        await self.proxy.enforcement.recorder.aclose()
         if self.consent is not None:
             await self.consent.aclose()
         if self.audit is not None:
@@ -346,17 +346,30 @@ def create_app(
         metrics=metrics,
         access_log=settings.access_log,
     )
+    # The three stages of a FHIR request, each built once with the next: the upstream
+    # forwarder, the enforced pipeline over it, the ASGI edge over both.
+    forwarder = UpstreamForwarder(settings, upstream_factory=factory, metrics=metrics)
+    enforcement = build_enforcement(
+        settings,
+        forwarder,
+        consents=service,
+        ledger=ledger,
+        secret=secret,
+        verifier=verifier,
+        metrics=metrics,
+    )
     proxy = ProxyHandler(
-        settings, upstream_factory=factory, metrics=metrics, clock=clock or time.monotonic
+        settings,
+        forwarder=forwarder,
+        enforcement=enforcement,
+        metrics=metrics,
+        clock=clock or time.monotonic,
     )
-    proxy.enforcement = build_enforcement(
-        settings, proxy, consents=service, ledger=ledger, secret=secret, verifier=verifier
-    )
-    sessions = proxy.enforcement.flow.break_glass
+    sessions = enforcement.pipeline.reads.break_glass
     metrics.gauge(
         "ledger_queue_depth", "Ledger entries queued for a batch.", lambda: ledger.pending
     )
-    recorder = proxy.enforcement.recorder
+    recorder = enforcement.recorder
     metrics.gauge(
         "audit_outbox_dead_letters",
         "Audit outbox rows this process moved aside, never replayed (MAC, kind, malformed).",

@@ -1,10 +1,12 @@
-"""Wiring of the enforcement pipeline: the parts :func:`middleware.app.create_app` hands the proxy.
+"""Wiring of the enforcement pipeline: the stage :func:`middleware.app.create_app` hands the edge.
 
 Kept beside ``app.py`` so that the app module stays about routing: this one builds the
 :class:`~middleware.pipeline.flow.Flow` (consents through the consent service's registry,
 cursors sealed under a key derived from the ledger key, search guards, the consent defaults),
-its write and Bundle halves, and the audit recorder over the ledger and the consent store's
-pseudonyms. Every part reads the consent service's wall clock (injectable in ``create_app``).
+its write and Bundle halves and the :class:`~middleware.pipeline.dispatch.Pipeline` over them,
+and the audit recorder over the ledger and the consent store's pseudonyms; each part once,
+handed what it calls (nothing is wired after construction). Every part reads the consent
+service's wall clock (injectable in ``create_app``).
 """
 
 from __future__ import annotations
@@ -22,16 +24,19 @@ from middleware.ledger.signing import derive_box_key
 from middleware.mapping.ids_table import build_resolver
 from middleware.mapping.loader import folder_reader, load_profile_with_digest
 from middleware.mapping.references import ReferenceRewriter
+from middleware.ops.metrics import Metrics
 from middleware.pipeline.breakglass import BreakGlass
 from middleware.pipeline.bundles import Bundles
 from middleware.pipeline.cursor import CursorCodec
+from middleware.pipeline.dispatch import Pipeline
 from middleware.pipeline.flow import Flow
 from middleware.pipeline.guards import DEFAULT_PATIENT_REFUSED, GuardPolicy
 from middleware.pipeline.idmap import IdEdge
 from middleware.pipeline.mapper import Mapper
 from middleware.pipeline.writes import Writes
 from middleware.proxy.enforcement import Enforcement, TokenCheck
-from middleware.proxy.handler import ProxyHandler
+from middleware.proxy.exchange_audit import ExchangeAudit
+from middleware.proxy.forwarder import UpstreamForwarder
 from middleware.settings import Settings
 from middleware.storage.audit_outbox import SqliteOutbox, outbox_path
 
@@ -81,15 +86,17 @@ def _id_edge(settings: Settings, mapper: Mapper | None, secret: bytes) -> IdEdge
 
 def build_enforcement(
     settings: Settings,
-    proxy: ProxyHandler,
+    forwarder: UpstreamForwarder,
     *,
     consents: ConsentService,
     ledger: LedgerService,
     secret: bytes,
     verifier: TokenCheck,
+    metrics: Metrics,
 ) -> Enforcement:
-    """The enforcement stage of ``proxy`` (see the module docstring); ``secret`` is the ledger
-    key file's data secret (``LedgerKey.data_secret``), which every key here derives from."""
+    """The enforcement stage (see the module docstring), reaching the upstream through
+    ``forwarder``; ``secret`` is the ledger key file's data secret
+    (``LedgerKey.data_secret``), which every key here derives from."""
 
     mapper = _mapper(settings)
 
@@ -110,7 +117,7 @@ def build_enforcement(
         cursors=CursorCodec(derive_box_key(secret, "cursor"), settings.cursor_ttl_seconds),
         guards=_guards(settings),
         defaults=consents.defaults,
-        rebaser=proxy.rebaser,
+        rebaser=forwarder.rebaser,
         base_urls=(settings.upstream.rstrip("/"), settings.gateway_base_url),
         allow_unknown=settings.unknown_patient_contexts,
         wall_clock=consents.wall_clock,
@@ -133,22 +140,26 @@ def build_enforcement(
             audit_key, derive_box_key(secret, EVIDENCE_PURPOSE), audit_key_get=audit_key_get
         ),
     )
-    enforcement = Enforcement(
-        verifier=verifier,
-        flow=flow,
-        recorder=recorder,
-        gateway_base=settings.gateway_base_url,
-        ids=_id_edge(settings, mapper, secret),
-        admit=ledger.admit,
-    )
-
+    ids = _id_edge(settings, mapper, secret)
+    # Built in the order they call one another, each handed what it calls: the audit of an
+    # exchange, the read half, the write half on it, the Bundle half on both, the pipeline
+    # over the three, the enforcement stage over the pipeline and the forwarder.
+    audit = ExchangeAudit(recorder, ids_mapped=ids is not None)
     writes = Writes(
         flow,
-        enforcement.record,
-        intend=enforcement.intend,
+        audit.record,
+        intend=audit.intend,
         # Idempotency tags nobody without the ledger key can compute; the same on every replica.
         tag_key=derive_box_key(secret, "idempotency"),
     )
-    writes.bundles = Bundles(writes, base_path=settings.base_path)
-    flow.writes = writes
-    return enforcement
+    pipeline = Pipeline(flow, writes, Bundles(writes, base_path=settings.base_path))
+    return Enforcement(
+        verifier=verifier,
+        pipeline=pipeline,
+        audit=audit,
+        forwarder=forwarder,
+        metrics=metrics,
+        gateway_base=settings.gateway_base_url,
+        ids=ids,
+        admit=ledger.admit,
+    )

@@ -117,7 +117,7 @@ async def readiness(
     proxy: ProxyHandler,
 ) -> dict[str, str]:
     """``{"store": ..., "audit_outbox": ..., "upstream": ...}``, each ``"ok"`` or
-    ``"unavailable"`` (module docstring); ``audit_outbox`` only with enforcement."""
+    ``"unavailable"`` (module docstring)."""
     log = get_logger("consentry.ready")
     checks: dict[str, str] = {}
     try:
@@ -130,18 +130,17 @@ async def readiness(
     except (GatewayError, TimeoutError) as exc:
         log.warning("store not ready", store=store_label(settings.store), **_cause(exc).fields())
         checks["store"] = "unavailable"
-    if proxy.enforcement is not None:
-        # Write outcomes waiting in the audit outbox (audit.outbox), and interrupted writes
-        # not reconciled yet (proxy.reconcile): the audit is incomplete until the ledger has
-        # them; this does what it can now.
-        try:
-            async with asyncio.timeout(READY_TIMEOUT):
-                waiting = await reconcile(proxy)
-        except TimeoutError:
-            waiting = -1
-        if waiting:
-            log.warning("audit outbox not empty", entries=waiting)
-        checks["audit_outbox"] = "unavailable" if waiting else "ok"
+    # Write outcomes waiting in the audit outbox (audit.outbox), and interrupted writes not
+    # reconciled yet (proxy.reconcile): the audit is incomplete until the ledger has them;
+    # this does what it can now.
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            waiting = await reconcile(proxy.enforcement.recorder, proxy.forwarder)
+    except TimeoutError:
+        waiting = -1
+    if waiting:
+        log.warning("audit outbox not empty", entries=waiting)
+    checks["audit_outbox"] = "unavailable" if waiting else "ok"
     try:
         status = await _metadata_status(proxy, settings)
     except (GatewayError, TimeoutError) as exc:
@@ -156,7 +155,7 @@ async def readiness(
 
 async def _metadata_status(proxy: ProxyHandler, settings: Settings) -> int:
     async with asyncio.timeout(READY_TIMEOUT):
-        response = await proxy.upstream.send(
+        response = await proxy.forwarder.upstream.send(
             UpstreamRequest(
                 "GET",
                 f"{settings.upstream.rstrip('/')}/metadata",

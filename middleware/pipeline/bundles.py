@@ -63,8 +63,9 @@ _TRANSACTION_ENTRIES: Final = frozenset(
 
 
 class Bundles:
-    """Batch and transaction enforcement (module docstring) over the pipeline ``writes``
-    belongs to; set it as ``writes.bundles``."""
+    """Batch and transaction enforcement (module docstring) over the write half ``writes``
+    and the read half it is built on (``writes.flow``); a batch entry runs through the one
+    its interaction needs."""
 
     def __init__(self, writes: Writes, *, base_path: str) -> None:
         self.writes = writes
@@ -97,7 +98,7 @@ class Bundles:
             return _error_entry(error)
         status = 500
         try:
-            answer = await self.flow.run(sub)
+            answer = await (self.writes(sub) if sub.request.is_write else self.flow.run(sub))
             status = answer.status
         except GatewayError as error:
             status = error.status
@@ -166,7 +167,7 @@ class Bundles:
     async def _transaction(self, ask: Ask, bundle: dict[str, Any], entries: list[Any]) -> Answer:
         mapper = self.flow.mapper
         if mapper is not None:  # judged and forwarded as the upstream will store them
-            ask.trail.mapping = mapper.label
+            ask.trail.mapped(mapper.label)
             for entry in entries:
                 if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
                     entry["resource"] = mapper.write(entry["resource"])

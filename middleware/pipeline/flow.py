@@ -21,8 +21,10 @@
   callers (it cannot be narrowed to a compartment).
 - **operations**: ``Patient/[id]/$everything`` filtered (a patient-context caller only on its
   own record); every other operation and ``$graphql`` is refused (403).
-- **writes, batch and transaction** are handed to :mod:`~middleware.pipeline.writes` and
-  :mod:`~middleware.pipeline.bundles`.
+- **writes, batch and transaction** are not this module's:
+  :class:`~middleware.pipeline.dispatch.Pipeline` hands them to
+  :mod:`~middleware.pipeline.writes` and :mod:`~middleware.pipeline.bundles`, which use this
+  flow's judging and release.
 
 All time comes from the injected wall clock (cursor expiry, consent periods).
 """
@@ -79,10 +81,10 @@ PolicySource = Callable[[str], Awaitable[tuple[Policy, ...]]]
 class Flow:
     """The enforcement pipeline for one gateway (see the module docstring).
 
-    ``policies`` loads a patient's consents; ``writes`` and ``bundles`` handle write
-    interactions (set by the app after construction: they call back into this flow).
-    ``allow_unknown`` names the caller contexts (``user``, ``system``, ``patient``) for which
-    a resource whose patient cannot be determined is released.
+    ``policies`` loads a patient's consents; the write halves are built on this one
+    (:mod:`~middleware.pipeline.dispatch`). ``allow_unknown`` names the caller contexts
+    (``user``, ``system``, ``patient``) for which a resource whose patient cannot be
+    determined is released.
     """
 
     def __init__(
@@ -116,7 +118,6 @@ class Flow:
         self.mapper = mapper
         self.gateway_base = rebaser.gateway_base
         self.upstream_base = rebaser.upstream_base
-        self.writes: Callable[[Ask], Awaitable[Answer]] | None = None
         # Decisions outlive one exchange: a consent change is a new policies tuple from the
         # registry, so a new key (middleware.consent.decisions).
         self.decisions = DecisionCache(defaults)
@@ -124,10 +125,6 @@ class Flow:
     async def run(self, ask: Ask) -> Answer:
         """The answer to ``ask``; raises :class:`GatewayError` for every refusal."""
         interaction = ask.request.interaction
-        if ask.request.is_write:
-            if self.writes is None:
-                raise Forbidden("writes are not enabled on this gateway")
-            return await self.writes(ask)
         if interaction in (Interaction.READ, Interaction.VREAD, Interaction.HISTORY_INSTANCE):
             return await self._read(ask)
         if interaction in (
@@ -140,6 +137,8 @@ class Flow:
             return await self._search(ask)
         if interaction is Interaction.OPERATION:
             return await self._operation(ask)
+        if ask.request.is_write:  # the write halves' (pipeline.dispatch): never judged as a read
+            raise Forbidden("writes are not enabled on this gateway")
         # $graphql and anything a later classification adds: refused until it is enforced.
         raise Forbidden("this interaction is not allowed through the gateway")
 
@@ -242,12 +241,12 @@ class Flow:
         changed = bool(occurrences) or ask.trail.redacted != redacted
         if self.mapper is not None:
             mapped = self.mapper.answer(released)
-            ask.trail.mapping = self.mapper.label
+            ask.trail.mapped(self.mapper.label)
             changed |= mapped is not released
             released = mapped
         if subset is not None:
             released = apply_subset_to_answer(released, subset)
-            ask.trail.narrowed = True
+            ask.trail.narrow()
         elif document["resourceType"] != "Bundle" and not changed:
             # Released whole and unchanged: the upstream's bytes, as written.
             return Answer(status or up.status, headers, raw=up.raw)
@@ -299,7 +298,7 @@ class Flow:
             resume = None  # a page of nothing offers no next page: "next" would tell matches exist
         if self.mapper is not None:
             kept = self.mapper.entries(kept)
-            ask.trail.mapping = self.mapper.label
+            ask.trail.mapped(self.mapper.label)
         if kept:
             document["entry"] = kept
         else:
@@ -321,7 +320,7 @@ class Flow:
             )
         if subset is not None:
             document = apply_subset_to_answer(document, subset)
-            ask.trail.narrowed = True
+            ask.trail.narrow()
         return Answer(status or up.status, self._headers(up), document)
 
     def _headers(self, up: Upstreamed) -> list[tuple[str, str]]:
@@ -433,7 +432,7 @@ class Flow:
         request, own = ask.request, ask.caller.patient
         if own is None:
             return params
-        ask.trail.narrowed = True
+        ask.trail.narrow()
         if request.interaction in (Interaction.HISTORY_TYPE, Interaction.HISTORY_SYSTEM):
             raise Forbidden("history of a type or the system is not available in a patient context")
         if request.compartment is not None and request.compartment[0] == "Patient":
@@ -451,7 +450,7 @@ class Flow:
         """``params`` in the upstream's codes and systems when a mapping profile is on."""
         if self.mapper is None:
             return params
-        ask.trail.mapping = self.mapper.label
+        ask.trail.mapped(self.mapper.label)
         return self.mapper.search(resource_type, params)
 
 

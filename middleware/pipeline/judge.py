@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -128,7 +129,13 @@ def _references(node: Any, depth: int) -> Iterator[Any]:
 
 @dataclass(slots=True)
 class Trail:
-    """What an exchange decided and released, for its audit record (insertion order kept)."""
+    """What an exchange decided and released, for its audit record (insertion order kept).
+
+    One trail per exchange (:class:`~middleware.pipeline.exchange.Ask`), filled by the stages
+    it passes through its methods only: each says what happened (a resource withheld,
+    released, redacted; a denial overridden; a mapping or a narrowing applied; a decision or
+    an intent recorded), never which field records it. Read by the audit
+    (:mod:`middleware.proxy.exchange_audit`) and the consent metrics."""
 
     decisions: dict[str, Decision | None] = field(default_factory=dict)
     released: set[str] = field(default_factory=set)
@@ -151,6 +158,49 @@ class Trail:
             known is not None and decision is not None and not decision.permitted
         ):
             self.decisions[patient] = decision
+
+    def withhold(self) -> None:
+        """A resource of the answer was withheld: the answer is narrowed."""
+        self.withheld += 1
+        self.narrowed = True
+
+    def redact(self) -> None:
+        """A released resource was redacted: the answer is narrowed."""
+        self.narrowed = True
+        self.redacted += 1
+
+    def release(self, patients: AbstractSet[str], ref: str | None) -> None:
+        """A resource of ``patients``, named ``ref`` (``Type/id``; None without an id),
+        reached the answer."""
+        self.released |= patients
+        if ref is not None:
+            self.refs.append(ref)
+
+    def override(self, patient: str) -> None:
+        """A denial of ``patient``'s consent was overridden by break-the-glass."""
+        self.break_glass = True
+        self.overridden.add(patient)
+
+    def narrow(self) -> None:
+        """The query was pinned to a compartment or the answer cut to a subset."""
+        self.narrowed = True
+
+    def mapped(self, label: str) -> None:
+        """The exchange went through the mapping profile ``label`` (id and digest)."""
+        self.mapping = label
+
+    def decision_committed(self) -> None:
+        """The exchange's decision is on the ledger (a write, before it is forwarded): its
+        final entry is then an outcome."""
+        self.decision_recorded = True
+
+    def intent_kept(self, intent: str | None) -> None:
+        """A forwarded write's audit intent (None: none kept), until its outcome is recorded."""
+        self.intent = intent
+
+    def intent_closed(self) -> None:
+        """The write's outcome is recorded: its intent is done."""
+        self.intent = None
 
 
 def needs_walk(raw: bytes | None, policies: Iterable[Sequence[Policy]]) -> bool:
@@ -271,12 +321,9 @@ class Judge:
                 return self._withhold()
             resource.clear()
             resource.update(redacted)
-            self.trail.narrowed = True
-            self.trail.redacted += 1
-        self.trail.released |= references_of(refs)
+            self.trail.redact()
         rid = resource.get("id")
-        if isinstance(rid, str):
-            self.trail.refs.append(f"{rtype}/{rid}")
+        self.trail.release(references_of(refs), f"{rtype}/{rid}" if isinstance(rid, str) else None)
         return True
 
     def permits(self, resource: Mapping[str, Any]) -> bool:
@@ -312,8 +359,7 @@ class Judge:
             if not decision.permitted:
                 if patient not in self.override:
                     return None
-                self.trail.break_glass = True
-                self.trail.overridden.add(patient)
+                self.trail.override(patient)
                 continue
             for obligation in decision.obligations:
                 if obligation.code == "redact":
@@ -358,6 +404,5 @@ class Judge:
         return self._reads
 
     def _withhold(self) -> bool:
-        self.trail.withheld += 1
-        self.trail.narrowed = True
+        self.trail.withhold()
         return False

@@ -127,37 +127,35 @@ _RESULT_PARAMS: Final = frozenset(
 
 #: Records one phase of an exchange on the ledger; raises ServiceUnavailable when it cannot.
 Recorder = Callable[[Ask, int, Literal["exchange", "decision", "outcome"]], Awaitable[None]]
-Bundles = Callable[[Ask], Awaitable[Answer]]
 #: Keeps a write's audit intent before it is forwarded: ``(ask, probe, created)``.
 Intend = Callable[[Ask, str, bool], Awaitable[None]]
 
 
 class Writes:
-    """The write half of the pipeline (module docstring). ``bundles`` handles batch and
-    transaction; ``tag_key`` (32 bytes, ``derive_box_key(ledger key, "idempotency")``, the
-    same on every replica) keys the idempotency tags."""
+    """The write half of the pipeline (module docstring), over the read half ``flow`` (its
+    judging and release); batch and transaction are :mod:`~middleware.pipeline.bundles`'.
+    ``record`` and ``intend`` keep the exchange's audit; ``tag_key`` (32 bytes,
+    ``derive_box_key(ledger key, "idempotency")``, the same on every replica) keys the
+    idempotency tags."""
 
     def __init__(
         self,
         flow: Flow,
         record: Recorder,
-        bundles: Bundles | None = None,
         intend: Intend | None = None,
         *,
         tag_key: bytes,
     ) -> None:
         self.flow = flow
         self.record = record
-        self.bundles = bundles
         self.intend = intend
         self.tag_key = tag_key
 
     async def __call__(self, ask: Ask) -> Answer:
         interaction = ask.request.interaction
         if interaction in (Interaction.BATCH, Interaction.TRANSACTION):
-            if self.bundles is None:
-                raise Forbidden("batch and transaction are not enabled on this gateway")
-            return await self.bundles(ask)
+            # pipeline.dispatch hands these to pipeline.bundles: never one write.
+            raise Forbidden("batch and transaction are not enabled on this gateway")
         check_interaction(ask.caller, ask.request)
         if interaction is Interaction.CREATE:
             return await self._create(ask)
@@ -177,7 +175,7 @@ class Writes:
         mapper = self.flow.mapper
         if mapper is None:
             return body
-        ask.trail.mapping = mapper.label
+        ask.trail.mapped(mapper.label)
         mapped = mapper.write(body)
         return mapped if isinstance(mapped, dict) else body
 
@@ -268,7 +266,7 @@ class Writes:
         ):
             raise BadRequest("a patch may not change the resource type or id")
         if mapper is not None:
-            ask.trail.mapping = mapper.label
+            ask.trail.mapped(mapper.label)
             after = mapper.write(after)
         refuse_own_tags(after, current)
         await self.check(ask, after, ACTION_CORRECT)

@@ -1,57 +1,47 @@
 """The enforced exchange: identify the caller, run the pipeline, record the audit trail.
 
-For every request but the CapabilityStatement the proxy calls :meth:`Enforcement.run`:
+The second of a request's three stages: for every request but the CapabilityStatement the
+ASGI edge (:mod:`middleware.proxy.handler`) calls :meth:`Enforcement.run`, which calls the
+pipeline, which reaches the upstream only through the forwarder
+(:class:`~middleware.proxy.forwarder.UpstreamForwarder`) injected here at construction and
+bound to each exchange. Nothing here calls back into the edge.
 
 1. **identify**: the bearer token is verified (:class:`~middleware.auth.verify.TokenVerifier`;
    401 without a valid one) and becomes a :class:`~middleware.pipeline.caller.Caller`; the
-   proxy does this first (:meth:`Enforcement.identify`), before reading the body;
-2. **enforce**: :class:`~middleware.pipeline.flow.Flow` decides, forwards through the proxy's
-   :meth:`~middleware.proxy.handler.ProxyHandler.forward` and filters;
-3. **audit**: before the answer is returned for release, its IHE BALP AuditEvents are
-   committed to the ledger (:class:`~middleware.audit.recorder.AuditRecorder`); a write's
-   decision was committed before it was forwarded (the pipeline calls :meth:`record`). Refused
-   and failed requests are recorded too, once the caller proved who it is: a 401 is not (an
-   unauthenticated request touches no record and names nobody; recording each would let
-   anyone grow the append-only ledger without bound). When the ledger cannot commit,
-   :class:`~middleware.errors.ServiceUnavailable` replaces the answer: nothing is released.
+   edge does this first (:meth:`Enforcement.identify`), before reading the body;
+2. **enforce**: :class:`~middleware.pipeline.dispatch.Pipeline` decides, forwards and filters;
+3. **audit**: before the answer is returned for release, its audit entries are committed to
+   the ledger (:class:`~middleware.proxy.exchange_audit.ExchangeAudit`); a write's decision
+   was committed before it was forwarded (the write half records through the same
+   :class:`ExchangeAudit`). Refused and failed requests are recorded too, once the caller
+   proved who it is: a 401 is not (an unauthenticated request touches no record and names
+   nobody; recording each would let anyone grow the append-only ledger without bound). When
+   the ledger cannot commit, :class:`~middleware.errors.ServiceUnavailable` replaces the
+   answer: nothing is released.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Protocol
 
-from middleware.audit.recorder import AuditRecorder, Exchange, Phase
+from middleware.audit.recorder import AuditRecorder
 from middleware.auth.identity import Identity
 from middleware.errors import GatewayError
-from middleware.fhir.request import FhirRequest, Interaction, Level
+from middleware.fhir.request import FhirRequest
+from middleware.ops.metrics import Metrics
 from middleware.pipeline.breakglass import requested_reason
 from middleware.pipeline.caller import caller_of
+from middleware.pipeline.dispatch import Pipeline
 from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed
-from middleware.pipeline.flow import Flow
 from middleware.pipeline.idmap import IdEdge
 from middleware.pipeline.judge import Trail
+from middleware.proxy.exchange_audit import ExchangeAudit, final_phase, raw_request
+from middleware.proxy.exchange_log import ExchangeLog
+from middleware.proxy.forwarder import UpstreamForwarder
 from middleware.types import Scope
 
-if TYPE_CHECKING:
-    from middleware.ops.metrics import Metrics
-    from middleware.proxy.handler import ExchangeLog, ProxyHandler
-
 __all__ = ["Enforcement", "TokenCheck"]
-
-#: Interactions whose audit events list the released resources one by one (a search's answer
-#: is named by its query instead, as BALP Query does).
-_NAMED_RESOURCES: Final = frozenset(
-    {
-        Interaction.READ,
-        Interaction.VREAD,
-        Interaction.HISTORY_INSTANCE,
-        Interaction.CREATE,
-        Interaction.UPDATE,
-        Interaction.PATCH,
-        Interaction.DELETE,
-    }
-)
 
 
 class TokenCheck(Protocol):
@@ -63,14 +53,19 @@ class TokenCheck(Protocol):
 
 
 class Enforcement:
-    """Identify, enforce, audit (module docstring)."""
+    """Identify, enforce, audit (module docstring). Every part comes in built: ``pipeline``
+    (its halves built on one another), ``audit`` (which the write halves record through
+    too), ``forwarder``; ``ids`` maps client ids at the upstream edge; ``metrics`` counts
+    consent decisions."""
 
     def __init__(
         self,
         *,
         verifier: TokenCheck,
-        flow: Flow,
-        recorder: AuditRecorder,
+        pipeline: Pipeline,
+        audit: ExchangeAudit,
+        forwarder: UpstreamForwarder,
+        metrics: Metrics,
         gateway_base: str,
         ids: IdEdge | None = None,
         admit: Callable[[], Awaitable[None]] | None = None,
@@ -80,10 +75,17 @@ class Enforcement:
         #: (its queue full, its writer not startable): checked first, so such a request costs
         #: no upstream call and no pipeline work (pushback, 503 with Retry-After).
         self.admit = admit
-        self.flow = flow
-        self.recorder = recorder
+        self.pipeline = pipeline
+        self.audit = audit
+        self.forwarder = forwarder
+        self.metrics = metrics
         self.ids = ids
         self._gateway_base = gateway_base.rstrip("/")
+
+    @property
+    def recorder(self) -> AuditRecorder:
+        """The audit recorder the exchanges are recorded on."""
+        return self.audit.recorder
 
     async def identify(self, headers: dict[str, str]) -> Identity:
         """The caller the request's bearer token proves (401 / 503 from the verifier)."""
@@ -94,6 +96,11 @@ class Enforcement:
         work is done; :meth:`identify` still decides)."""
         return self.verifier.proved(headers.get("authorization"))
 
+    async def record_refused(self, scope: Scope, *, rid: str, status: int) -> None:
+        """Record a request the edge refused before enforcing it (see
+        :meth:`ExchangeAudit.record_refused`)."""
+        await self.audit.record_refused(scope, rid=rid, status=status)
+
     async def run(
         self,
         scope: Scope,
@@ -102,19 +109,18 @@ class Enforcement:
         body: bytes,
         headers: dict[str, str],
         log: ExchangeLog,
-        proxy: ProxyHandler,
         identity: Identity | None = None,
     ) -> Answer:
         """The answer to release for one classified request; raises :class:`GatewayError`
         (already audited, when the caller was identified) for every refusal. ``log`` is the
-        proxy's record of the exchange (request id; upstream time is added to it);
-        ``identity`` the caller the proxy already verified (else the token is verified here)."""
+        edge's record of the exchange (request id; upstream time is added to it);
+        ``identity`` the caller the edge already verified (else the token is verified here)."""
         if self.admit is not None:
             await self.admit()
         client_host: str | None = (scope.get("client") or (None,))[0]
         rid = log.rid
         log.audited = True  # from here every outcome is recorded below
-        raw_request = _raw_request(scope, body if request.via_post else b"")
+        raw = raw_request(scope, body if request.via_post else b"")
         ask: Ask | None = None
         await self._close_expired(rid, client_host)
         try:
@@ -127,44 +133,38 @@ class Enforcement:
                 body=body,
                 headers=headers,
                 caller=caller,
-                forward=self._forwarder(proxy, headers, client_host, log),
+                forward=self._forwarder(headers, client_host, log),
                 self_url=self._self_url(request),
                 request_id=rid,
-                raw_request=raw_request,
+                raw_request=raw,
                 client_address=client_host,
+                trail=Trail(emergency=emergency is not None),
             )
-            ask.trail.emergency = emergency is not None
-            answer = await self.flow.run(ask)
+            answer = await self.pipeline.run(ask)
             await self._open_sessions(ask, emergency)
         except Exception as error:
             # Refusals, and failures the gateway did not foresee (recorded as the 500 the
-            # proxy will answer): both are on the ledger before anything is answered. A
+            # edge will answer): both are on the ledger before anything is answered. A
             # caller that did not prove who it is costs nothing durable (module docstring).
             if identity is None:
                 raise
-            await self._record_refusal(
-                request,
-                identity=identity,
-                ask=ask,
-                status=error.status if isinstance(error, GatewayError) else 500,
-                rid=rid,
-                raw_request=raw_request,
-                client_host=client_host,
-            )
+            status = error.status if isinstance(error, GatewayError) else 500
+            await self.audit.record_refusal(request, identity, ask, status, rid, raw, client_host)
             raise
         finally:
             if ask is not None:
-                _tally(ask.trail, log, proxy.metrics)
-        await self.record(ask, answer.status, _final_phase(ask))
+                _tally(ask.trail, log, self.metrics)
+        await self.audit.record(ask, answer.status, final_phase(ask))
         return answer
 
     async def _open_sessions(self, ask: Ask, reason: str | None) -> None:
         """Start (and record, before anything is released) the emergency sessions this
         exchange's overrides opened."""
-        sessions = self.flow.break_glass
+        reads = self.pipeline.reads
+        sessions = reads.break_glass
         if sessions is None or not ask.trail.overridden:
             return
-        opened = sessions.open(ask.caller, sorted(ask.trail.overridden), self.flow.wall_clock())
+        opened = sessions.open(ask.caller, sorted(ask.trail.overridden), reads.wall_clock())
         if opened:
             await self.recorder.record_break_glass(
                 "started",
@@ -177,10 +177,11 @@ class Enforcement:
 
     async def _close_expired(self, rid: str, client_host: str | None) -> None:
         """Record the stop of every emergency session whose time is over."""
-        sessions = self.flow.break_glass
+        reads = self.pipeline.reads
+        sessions = reads.break_glass
         if sessions is None:
             return
-        for session in sessions.expire(self.flow.wall_clock()):
+        for session in sessions.expire(reads.wall_clock()):
             await self.recorder.record_break_glass(
                 "stopped",
                 identity=session.identity,
@@ -189,112 +190,17 @@ class Enforcement:
                 client_address=client_host,
             )
 
-    async def record(self, ask: Ask, status: int, phase: Phase) -> None:
-        """Commit ``phase`` of ``ask``'s exchange to the ledger (raises ServiceUnavailable)."""
-        trail = ask.trail
-        intent = trail.intent if phase == "outcome" else None
-        await self.recorder.record(_exchange(ask, status), phase, intent=intent)
-        if phase == "decision":
-            trail.decision_recorded = True
-        elif intent is not None:
-            trail.intent = None
-
-    async def intend(self, ask: Ask, probe: str, created: bool) -> None:
-        """Before a write whose decision is recorded is forwarded: keep its outcome entries
-        for each way it can end, with ``probe`` (``audit.recorder.AuditRecorder.intend``), so
-        a gateway killed before the outcome is recorded is reconciled at its next start
-        (``proxy.reconcile``). Not with an id mapping: the probe would name client ids."""
-        if self.ids is not None:
-            return
-        applied = 201 if created else 200
-        variants = {name: _exchange(ask, status) for name, status in _variants(applied)}
-        ask.trail.intent = await self.recorder.intend(variants, probe)
-
-    async def _record_refusal(
-        self,
-        request: FhirRequest,
-        *,
-        identity: Identity | None,
-        ask: Ask | None,
-        status: int,
-        rid: str,
-        raw_request: bytes,
-        client_host: str | None,
-    ) -> None:
-        if ask is not None:
-            await self.record(ask, status, _final_phase(ask))
-            return
-        await self._record_bare(request, identity, status, rid, raw_request, client_host)
-
-    async def record_refused(self, scope: Scope, *, rid: str, status: int) -> None:
-        """Record a request refused before it could be classified or enforced (a path
-        trick, a method-override header, a body that is not FHIR JSON...): no identity was
-        checked, no patient touched; the raw request is kept (BALP ``entity[query]``)."""
-        method = str(scope["method"])
-        request = FhirRequest(
-            interaction=Interaction.INVALID, method=method, level=Level.SYSTEM, path=""
-        )
-        client_host = (scope.get("client") or (None,))[0]
-        await self._record_bare(request, None, status, rid, _raw_request(scope, b""), client_host)
-
-    async def _record_bare(  # noqa: PLR0917 - the fields of the one record it writes
-        self,
-        request: FhirRequest,
-        identity: Identity | None,
-        status: int,
-        rid: str,
-        raw_request: bytes,
-        client_host: str | None,
-    ) -> None:
-        """Record an exchange refused before the pipeline had a caller: no patient touched."""
-        await self.recorder.record(
-            Exchange(
-                request=request,
-                identity=identity,
-                status=status,
-                request_id=rid,
-                raw_request=raw_request,
-                client_address=client_host,
-            ),
-            "exchange",
-        )
-
     def _forwarder(
-        self, proxy: ProxyHandler, client: dict[str, str], client_host: str | None, log: ExchangeLog
+        self, client: dict[str, str], client_host: str | None, log: ExchangeLog
     ) -> Forwarder:
-        forward = _bound(proxy, client, client_host, log)
+        """The forwarder bound to this exchange (the pipeline's seam), through the id
+        mapping when one is on."""
+        forward = _bound(self.forwarder, client, client_host, log)
         return forward if self.ids is None else self.ids.wrap(forward)
 
     def _self_url(self, request: FhirRequest) -> str:
         url = f"{self._gateway_base}/{request.path}" if request.path else self._gateway_base
         return f"{url}?{request.query.decode('ascii')}" if request.query else url
-
-
-def _variants(applied: int) -> tuple[tuple[str, int], ...]:
-    """How an interrupted write is recorded once reconciled: the upstream has it (its success
-    status), does not have it (504: the gateway never had the upstream's answer), or cannot
-    tell (502)."""
-    return (("applied", applied), ("absent", 504), ("unknown", 502))
-
-
-def _exchange(ask: Ask, status: int) -> Exchange:
-    """``ask``'s exchange as the audit records it, answered ``status``."""
-    trail = ask.trail
-    refs: Sequence[str] = trail.refs if ask.request.interaction in _NAMED_RESOURCES else ()
-    return Exchange(
-        request=ask.request,
-        identity=ask.caller.identity,
-        status=status,
-        request_id=ask.request_id,
-        raw_request=ask.raw_request,
-        client_address=ask.client_address,
-        decisions=dict(trail.decisions),
-        released=frozenset(trail.released) if status < 400 else frozenset(),
-        resource_refs=tuple(refs),
-        narrowed=trail.narrowed,
-        break_glass=trail.break_glass,
-        mapping=trail.mapping,
-    )
 
 
 def _tally(trail: Trail, log: ExchangeLog, metrics: Metrics) -> None:
@@ -308,21 +214,11 @@ def _tally(trail: Trail, log: ExchangeLog, metrics: Metrics) -> None:
             log.consent_denied = True
 
 
-def _final_phase(ask: Ask) -> Phase:
-    return "outcome" if ask.trail.decision_recorded else "exchange"
-
-
-def _raw_request(scope: Scope, form: bytes) -> bytes:
-    """The request line's target as received (BALP ``entity[query]``), and a search form."""
-    target = bytes(scope.get("raw_path") or scope["path"].encode("utf-8"))
-    query = bytes(scope.get("query_string", b""))
-    method = str(scope["method"]).encode("ascii")
-    raw = method + b" " + target + (b"?" + query if query else b"")
-    return raw + b"\r\n\r\n" + form if form else raw
-
-
 def _bound(
-    proxy: ProxyHandler, client: dict[str, str], client_host: str | None, log: ExchangeLog
+    forwarder: UpstreamForwarder,
+    client: dict[str, str],
+    client_host: str | None,
+    log: ExchangeLog,
 ) -> Forwarder:
     async def forward(
         method: str,
@@ -332,7 +228,7 @@ def _bound(
         headers: Sequence[tuple[str, str]] = (),
         client_headers: bool = True,
     ) -> Upstreamed:
-        return await proxy.forward(
+        return await forwarder.forward(
             method,
             target,
             client=client,

@@ -31,10 +31,11 @@ from __future__ import annotations
 from typing import Any, Final
 from urllib.parse import quote
 
+from middleware.audit.recorder import AuditRecorder
 from middleware.errors import UpstreamError
 from middleware.fhir import jsoncodec
 from middleware.pipeline.writes import IDEMPOTENCY_TAG, content_digest
-from middleware.proxy.handler import ProxyHandler
+from middleware.proxy.forwarder import UpstreamForwarder
 from middleware.proxy.upstream import UpstreamRequest
 
 __all__ = ["decide", "reconcile"]
@@ -42,21 +43,18 @@ __all__ = ["decide", "reconcile"]
 _MISSING: Final = (404, 410)
 
 
-async def reconcile(proxy: ProxyHandler) -> int:
-    """Decide every open intent of ``proxy``'s audit and replay the outbox; return how many
-    rows or intents still wait (0 without enforcement; see
-    :meth:`~middleware.audit.recorder.AuditRecorder.reconcile`)."""
-    enforcement = proxy.enforcement
-    if enforcement is None:
-        return 0
+async def reconcile(recorder: AuditRecorder, forwarder: UpstreamForwarder) -> int:
+    """Decide every open intent of ``recorder`` by asking the upstream through
+    ``forwarder``'s client, and replay the outbox; return how many rows or intents still wait
+    (see :meth:`~middleware.audit.recorder.AuditRecorder.reconcile`)."""
 
     async def decide_one(probe: str) -> str | None:
-        return await decide(proxy, probe)
+        return await decide(forwarder, probe)
 
-    return await enforcement.recorder.reconcile(decide_one)
+    return await recorder.reconcile(decide_one)
 
 
-async def decide(proxy: ProxyHandler, probe_text: str) -> str | None:
+async def decide(forwarder: UpstreamForwarder, probe_text: str) -> str | None:
     """``applied``, ``absent`` or ``unknown`` for one probe (module docstring); None when
     the upstream cannot tell now."""
     probe = jsoncodec.decode(probe_text.encode())
@@ -67,7 +65,7 @@ async def decide(proxy: ProxyHandler, probe_text: str) -> str | None:
         tag, rtype = probe.get("tag"), probe.get("type")
         if not isinstance(tag, str) or not isinstance(rtype, str):
             return "unknown"  # a conditional update that created: no tag to find it by
-        status, found = await _get(proxy, f"{rtype}?_tag={quote(f'{IDEMPOTENCY_TAG}|{tag}')}")
+        status, found = await _get(forwarder, f"{rtype}?_tag={quote(f'{IDEMPOTENCY_TAG}|{tag}')}")
         if status != 200 or not isinstance(found, dict) or found.get("resourceType") != "Bundle":
             return None
         entries = found.get("entry")
@@ -75,7 +73,7 @@ async def decide(proxy: ProxyHandler, probe_text: str) -> str | None:
     target = probe.get("target")
     if not isinstance(target, str):
         return "unknown"
-    status, current = await _get(proxy, target)
+    status, current = await _get(forwarder, target)
     if method == "DELETE":
         return "applied" if status in _MISSING else "absent" if status == 200 else None
     pinned = probe.get("version")
@@ -90,14 +88,14 @@ async def decide(proxy: ProxyHandler, probe_text: str) -> str | None:
     return "applied" if probe.get("sent") == content_digest(current) else "unknown"
 
 
-async def _get(proxy: ProxyHandler, target: str) -> tuple[int, Any]:
+async def _get(forwarder: UpstreamForwarder, target: str) -> tuple[int, Any]:
     """GET ``target`` from the upstream as the gateway (its ``upstream_headers``); the status
     and the decoded JSON answer (None if there is none). Raises GatewayError when the upstream
     cannot be reached or read."""
-    settings = proxy.settings
+    settings = forwarder.settings
     headers = [("accept", "application/fhir+json"), *settings.upstream_headers.items()]
     url = f"{settings.upstream.rstrip('/')}/{target}"
-    response = await proxy.upstream.send(UpstreamRequest("GET", url, headers))
+    response = await forwarder.upstream.send(UpstreamRequest("GET", url, headers))
     try:
         raw = await response.read(settings.max_response_bytes)
     finally:

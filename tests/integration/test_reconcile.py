@@ -35,7 +35,7 @@ def _decide_all(upstream: str, probes: list[dict[str, Any]]) -> list[str | None]
         )
         app = create_app(settings)
         try:
-            return [await decide(app.proxy, json.dumps(probe)) for probe in probes]
+            return [await decide(app.proxy.forwarder, json.dumps(probe)) for probe in probes]
         finally:
             await app.aclose()
 

@@ -674,7 +674,7 @@ async def test_settings_select_the_native_client() -> None:
         overrides={"upstream": "http://upstream.test:8103/fhir", "upstream_client": "native"}
     )
     gateway = create_app(settings, store=MemoryLogStore(), signer=SigningKey.generate("t"))
-    chosen = gateway.proxy.upstream
+    chosen = gateway.proxy.forwarder.upstream
     assert isinstance(chosen, DeadlineUpstream)  # the overall deadline wraps every client
     assert isinstance(chosen.inner, NativeUpstream)
     await gateway.aclose()

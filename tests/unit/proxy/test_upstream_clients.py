@@ -410,7 +410,7 @@ async def test_aiohttp_is_the_default_client() -> None:
     settings = load_settings(overrides={"upstream": "http://upstream.test:8103/fhir"})
     assert settings.upstream_client == "aiohttp"
     gateway = create_app(settings, store=MemoryLogStore(), signer=SigningKey.generate("t"))
-    chosen = gateway.proxy.upstream
+    chosen = gateway.proxy.forwarder.upstream
     assert isinstance(chosen, DeadlineUpstream)
     assert isinstance(chosen.inner, AiohttpUpstream)
     await gateway.aclose()
