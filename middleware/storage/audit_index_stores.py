@@ -95,7 +95,8 @@ class SqliteAuditIndex:
 
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
         check_reindex(rows)
-        await self._db.transaction(lambda c: lite.write_rows(c, rows))
+        # A shred may have run since the caller read the keys: its patients' rows go in shredded.
+        await self._db.transaction(lambda c: lite.write_rows(c, lite.tombstoned(c, rows)))
 
     async def clear_index(self) -> None:
         """Empty the index for a bulk rebuild: the secondary indexes are dropped now and
@@ -159,7 +160,7 @@ class PostgresAuditIndex:
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
         check_reindex(rows)
         async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
-            await pg.write_rows(conn, rows)
+            await pg.write_rows(conn, await pg.tombstoned(conn, rows))  # as SQLite's
 
     async def clear_index(self) -> None:
         async with translated("ledger"), self._pool.acquire() as conn:

@@ -247,7 +247,7 @@ class MemoryLogStore:
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
         check_reindex(rows)
         self._writing()
-        self.log.audit.update((r.index, r) for r in rows)
+        self.log.audit.update((r.index, r) for r in tombstoned(rows, self.log.shredded))
 
     async def clear_index(self) -> None:
         self._writing()

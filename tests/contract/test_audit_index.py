@@ -455,6 +455,20 @@ async def test_a_shred_of_an_unknown_pseudonym_shreds_nothing(store: LogStore) -
         await store.shred(b"not sixteen")
 
 
+async def test_a_reindex_after_a_shred_writes_the_shredded_patients_rows_shredded(
+    store: LogStore,
+) -> None:
+    """A reindex that read a patient's key before a shred of that patient hands the store
+    their rows unshredded: the store writes them shredded (the shred's tombstone decides)."""
+    await _filled(store)
+    await store.shred(PA)
+    await store.reindex(EXPECTED)
+    assert [await store.audit_row(n) for n in range(6)] == [
+        r.shred() if n in (0, 1, 4) else r for n, r in enumerate(EXPECTED)
+    ]
+    assert await _indexes(store, Q(patient="Patient/1")) == []
+
+
 # --- rebuilding -----------------------------------------------------------------------------
 
 
