@@ -21,7 +21,6 @@ the rebuild took 8-17% longer than one batch after the other (six alternating ru
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator, Sequence
 
 from middleware.audit.evidence import NO_PATIENT, EvidenceKeyError, is_sealed, unwrap_key
@@ -56,8 +55,9 @@ EntryKeyer = Callable[[bytes], bytes] | None
 class _Keys:
     """Entry keyers by pseudonym (``keyers``), found with :meth:`find`. The wrapped keys are
     read ahead: when an entry names a pseudonym not seen yet, those of the rest of its range
-    are read at once (one trip to the store's thread, not one per patient: a ledger of many
-    patients meets a new one every few entries); each is unwrapped when an entry first needs
+    are read at once (``LogStore.audit_keys_get``: one trip to the store's thread and one
+    statement per 500 pseudonyms, not one per patient: a ledger of many patients meets a new
+    one every few entries); each is unwrapped when an entry first needs
     it, so a key that does not unwrap stops the run where it always did."""
 
     def __init__(self, store: LogStore, wrap: bytes) -> None:
@@ -70,8 +70,8 @@ class _Keys:
         """The keyer of ``pseudonym``, reading the keys of it and of ``ahead`` first."""
         if pseudonym not in self._wrapped:
             fresh = [p for p in dict.fromkeys((pseudonym, *ahead)) if p not in self._wrapped]
-            found = await asyncio.gather(*(self._store.audit_key_get(p) for p in fresh))
-            self._wrapped.update(zip(fresh, found, strict=True))
+            found = await self._store.audit_keys_get(fresh)  # a statement per 500 in SQLite
+            self._wrapped.update((p, found.get(p)) for p in fresh)
         wrapped = self._wrapped[pseudonym]
         keyer = None if wrapped is None else evidence_keyer(unwrap_key(self._wrap, wrapped))
         self.keyers[pseudonym] = keyer

@@ -3,7 +3,7 @@ back the index the recorder wrote, writes the batches a one-at-a-time run writes
 and stops at a write that fails.
 
 The SQLite tests run on a real store filled as the recorder fills it; the batch and key
-tests wrap the memory store to see each ``reindex`` and ``audit_key_get`` call.
+tests wrap the memory store to see each ``reindex`` and ``audit_keys_get`` call.
 """
 
 from __future__ import annotations
@@ -160,21 +160,24 @@ def test_a_failed_write_stops_the_run_with_its_error(fail: int) -> None:
 
 
 class _Counting(MemoryLogStore):
-    """The memory store, recording each pseudonym whose key is read."""
+    """The memory store, recording each batch of pseudonyms whose keys are read."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.keys_read: list[bytes] = []
+        self.keys_read: list[list[bytes]] = []
 
     async def audit_key_get(self, pseudonym: bytes) -> bytes | None:
-        self.keys_read.append(pseudonym)
-        return await super().audit_key_get(pseudonym)
+        raise AssertionError("keys are read in batches (audit_keys_get)")
+
+    async def audit_keys_get(self, pseudonyms: Sequence[bytes]) -> dict[bytes, bytes]:
+        self.keys_read.append(list(pseudonyms))
+        return await super().audit_keys_get(pseudonyms)
 
 
 def test_each_patient_key_is_read_once_for_the_whole_run() -> None:
-    """The keys are read ahead for the rest of the range at the first new patient: each
-    once, all of them at the first entry here (every patient has an entry in the first
-    range)."""
+    """The keys are read ahead for the rest of the range at the first new patient, in one
+    ``audit_keys_get``: each once, all of them at the first entry here (every patient has an
+    entry in the first range), never one ``audit_key_get`` per patient."""
 
     async def run() -> _Counting:
         store = _Counting()
@@ -184,4 +187,4 @@ def test_each_patient_key_is_read_once_for_the_whole_run() -> None:
         return store
 
     store = asyncio.run(run())
-    assert store.keys_read == [pseudonym_of(p) for p in PATIENTS]
+    assert store.keys_read == [[pseudonym_of(p) for p in PATIENTS]]
