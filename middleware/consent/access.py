@@ -32,6 +32,7 @@ __all__ = [
     "Operation",
     "authorize",
     "check_patient",
+    "patient_caller",
     "performer",
 ]
 
@@ -89,15 +90,31 @@ def check_patient(acting: Acting, patient: str) -> None:
 
 
 def performer(identity: Identity) -> dict[str, object]:
-    """Who acted, for the attempt evidence: no token, no scopes, no purpose of use, and no
-    patient (a ``fhirUser`` that is a Patient is left out; the entry's pseudonym links it)."""
-    who: dict[str, object] = {"sub": identity.subject, "iss": identity.issuer}
+    """Who acted, for the attempt evidence: no token, no scopes, no purpose of use, and
+    nothing of a patient. A patient caller (:func:`patient_caller`) is named neither by
+    ``fhirUser`` nor by its account (``sub``, ``jti``): the evidence is plain text a shred
+    of that patient may not reach (an attempt on another patient's chain, or on none), so
+    only the entry's pseudonym links it to them."""
+    patient = patient_caller(identity)
+    who: dict[str, object] = {"iss": identity.issuer}
+    if patient is None:
+        who["sub"] = identity.subject
     if identity.client_id is not None:
         who["clientId"] = identity.client_id
-    if identity.fhir_user is not None and not identity.fhir_user.startswith("Patient/"):
+    if identity.fhir_user is not None and patient is None:
         who["fhirUser"] = identity.fhir_user
     if identity.roles:
         who["roles"] = sorted(identity.roles)
-    if identity.token_id is not None:
+    if identity.token_id is not None and patient is None:
         who["jti"] = identity.token_id
     return who
+
+
+def patient_caller(identity: Identity) -> str | None:
+    """``Patient/<id>`` when ``identity`` speaks for a patient (a patient-context token, or
+    a ``fhirUser`` that is a Patient), else None; the launch patient first."""
+    if identity.kind == "patient" and identity.patient is not None:
+        return f"Patient/{identity.patient}"
+    if identity.fhir_user is not None and identity.fhir_user.startswith("Patient/"):
+        return identity.fhir_user
+    return None

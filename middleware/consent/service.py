@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from middleware.auth.identity import Identity
-from middleware.consent.access import Operation, performer
+from middleware.consent.access import Operation, patient_caller, performer
 from middleware.consent.decide import Defaults
 from middleware.consent.limits import DEFAULT_LIMITS, ConsentLimits
 from middleware.consent.records import attempt_evidence
@@ -242,9 +242,13 @@ class ConsentService:
     async def _attempt(
         self, identity: Identity, call: Call, trail: Trail, status: int, reason: str | None
     ) -> int:
+        # On the chain of the patient the operation concerns; else, for a patient caller,
+        # on their own chain if they have one (the evidence does not name them, see
+        # performer: the pseudonym is the link, and their shred clears the entry).
+        patient = trail.patient or patient_caller(identity)
         pseudonym = None
-        if trail.patient is not None:
-            pseudonym = await (await self.store()).pseudonym(trail.patient)
+        if patient is not None:
+            pseudonym = await (await self.store()).pseudonym(patient)
         evidence = attempt_evidence(
             operation=call.operation,
             status=status,

@@ -197,6 +197,36 @@ async def test_a_shred_leaves_no_phi_of_the_patient_in_the_sqlite_file(world: Wo
         assert not mine.json().get("entry")
 
 
+async def test_a_patient_callers_refused_attempts_do_not_name_their_account(
+    world: World,
+) -> None:
+    """The consent API's attempts the shred cannot reach named the patient's account: a body
+    that is not JSON (400) and a Consent naming nobody (422) carry no patient of their own,
+    and a Consent for another patient (403) lands on that patient's chain, so their evidence
+    kept ``user-<pid>`` (and so P's id) after P's shred. A patient caller's account is now
+    left out of every attempt, which goes on their own chain when it names no patient."""
+    p = world.tokens.patient(SHREDDED)
+    async with world.gateway() as gw:
+        made = await gw.post("/fhir/Consent", json=consent_of(SHREDDED, P_SECRETS), headers=p)
+        assert made.status_code == 201, made.text
+        attempts = [
+            await gw.post("/fhir/Consent", content=b"{not json", headers=p),
+            await gw.post("/fhir/Consent", json={"resourceType": "Consent"}, headers=p),
+            await gw.post("/fhir/Consent", json=consent_of(KEPT, Q_SECRETS), headers=p),
+        ]
+        assert [r.status_code for r in attempts] == [400, 422, 403]
+    status, text = await world.run(
+        "audit", "shred", *world.where, "--key-file", str(world.key),
+        "--patient", f"Patient/{SHREDDED}", "--reason", "patient request", "--operator", "dpo",
+    )  # fmt: skip
+    assert status == 0, text
+    # The create's attempt and the two naming no patient were on P's chain; the 403 is Q's.
+    assert json.loads(text)["admin_evidence_removed"] == 3
+    after = world.raw()
+    assert f"user-{SHREDDED}".encode() not in after
+    assert _named(after, SHREDDED, P_SECRETS) == []
+
+
 async def test_under_opt_out_a_shredded_patient_stays_closed(
     tmp_path: Path, make_settings: Callable[..., Settings]
 ) -> None:

@@ -156,4 +156,26 @@ def test_the_performer_names_who_acted_and_nothing_of_the_token() -> None:
 
 def test_a_patient_performer_is_not_named() -> None:
     identity = who("patient/Consent.r", patient="p1", fhir_user="Patient/p1")
-    assert performer(identity) == {"sub": "s", "iss": "https://idp.test"}
+    assert performer(identity) == {"iss": "https://idp.test"}
+
+
+@pytest.mark.parametrize(
+    ("claims", "named"),
+    [
+        ({"patient": "p1", "token_id": "j1", "client_id": "app"}, False),
+        ({"fhir_user": "Patient/p1", "token_id": "j1", "client_id": "app"}, False),
+        ({"patient": "p1", "fhir_user": "Patient/p1", "token_id": "j1"}, False),
+        ({"fhir_user": "Practitioner/o", "token_id": "j1", "client_id": "app"}, True),
+    ],
+    ids=["launch-patient", "patient-fhiruser", "both", "practitioner"],
+)
+def test_a_patient_callers_account_is_not_in_the_evidence(
+    claims: dict[str, Any], named: bool
+) -> None:
+    """The attempt evidence is plain text that a shred of the patient may not reach (an
+    attempt on another patient's chain, or on none): a patient caller's ``sub`` and ``jti``
+    (their account, e.g. ``user-<pid>``) are left out; others' are kept."""
+    scopes = "user/Consent.r" if named else "patient/Consent.r"
+    who_acted = performer(who(scopes, **claims))
+    assert ("sub" in who_acted, "jti" in who_acted) == (named, named)
+    assert who_acted["iss"] == "https://idp.test"
