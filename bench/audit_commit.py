@@ -2,7 +2,8 @@
 
     python -m bench.audit_commit [--entries 4096] [--repeat 3] [--batches 1,16,64]
                                  [--prefill 20000] [--read patient|observation]
-                                 [--merge-at 4096] [--split 16] [--profile]
+                                 [--merge-at 4096] [--merge-slice 512] [--split 16]
+                                 [--profile]
 
 Entries are what the recorder makes for an enforced read (:mod:`bench.audit_hot`'s read: a
 practitioner with two purposes of use and a role, one patient's resource released), one of
@@ -14,11 +15,13 @@ and 64 by the store's own transaction function (``BEGIN IMMEDIATE``, ``_append``
 B-trees have a realistic depth. CPU is ``time.thread_time`` of that thread per entry, the
 best of ``--repeat`` runs of ``--entries`` entries each; the fsync's wait is not CPU.
 
-An append stages its index rows; the store merges them into the indexed tables in a
-transaction of its own once ``merge_at`` are staged (``--merge-at``, default the store's).
-The bench does the same after each append transaction, and each run starts with nothing
-staged and ends by merging what it staged, so every run's figure includes the merge of all
-its rows (a merge of fewer rows than ``merge_at`` costs more per row: the figure errs high).
+An append stages its index rows; the store merges them into the indexed tables once
+``merge_at`` are staged (``--merge-at``, default the store's), in slices of ``merge_slice``
+rows a transaction (``--merge-slice``). The bench does the same after each append
+transaction, and each run starts with nothing staged and ends by merging what it staged, so
+every run's figure includes the merge of all its rows (a merge of fewer rows than
+``merge_at`` costs more per row: the figure errs high). The longest slice (thread CPU and
+wall clock, the write lock's hold an append may wait for) is printed after the table.
 
 The breakdown (batches of ``--split``, rows off and with rows) times each SQL statement
 ``_append`` runs, summed by statement, the checkpoint signature, the ``COMMIT`` and the
@@ -162,6 +165,10 @@ def _batches(batch: list[NewEntry], size: int) -> Iterator[list[NewEntry]]:
 TAILS = ChainTails()
 #: Staged rows that make a merge (``SqliteLogStore.merge_at``; ``--merge-at``).
 MERGE_AT = SqliteLogStore.merge_at
+#: Staged rows a merge transaction moves (``SqliteLogStore.merge_slice``; ``--merge-slice``).
+MERGE_SLICE = SqliteLogStore.merge_slice
+#: The longest merge slice seen: (thread CPU, wall) nanoseconds.
+LONGEST = [0, 0]
 
 
 class _Staging:
@@ -178,12 +185,19 @@ class _Staging:
             self.merge()
 
     def merge(self) -> None:
-        """One merge transaction, as ``SqliteLogStore._merge`` runs it."""
-        start = time.thread_time_ns()
-        self.c.execute("BEGIN IMMEDIATE")
-        audit_index_staged.merge(self.c)
-        self.c.execute("COMMIT")
-        self.merge_ns += time.thread_time_ns() - start
+        """One merge, a transaction a slice, as ``SqliteLogStore._merge`` runs it."""
+        while True:
+            start, wall = time.thread_time_ns(), time.perf_counter_ns()
+            self.c.execute("BEGIN IMMEDIATE")
+            moved = audit_index_staged.merge_slice(self.c, MERGE_SLICE).moved
+            self.c.execute("COMMIT")
+            spent = time.thread_time_ns() - start
+            self.merge_ns += spent
+            if moved:
+                LONGEST[0] = max(LONGEST[0], spent)
+                LONGEST[1] = max(LONGEST[1], time.perf_counter_ns() - wall)
+            if moved < MERGE_SLICE:
+                break
         self.staged = 0
 
 
@@ -257,10 +271,10 @@ def profile(c: sqlite3.Connection, batch: list[NewEntry], size: int) -> None:
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> None:
-    global TAILS, MERGE_AT  # noqa: PLW0603  (the store's, once it exists)
-    MERGE_AT = args.merge_at
+    global TAILS, MERGE_AT, MERGE_SLICE  # noqa: PLW0603  (the store's, once it exists)
+    MERGE_AT, MERGE_SLICE = args.merge_at, args.merge_slice
     store = await SqliteLogStore.open(tmp / "bench.db")
-    store.merge_at = args.merge_at
+    store.merge_at, store.merge_slice = args.merge_at, args.merge_slice
     db = store._db
     TAILS = store._tails
     made = 0
@@ -274,6 +288,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
         sign = checkpoint_signer(KEY, ORIGIN)
         for part in _batches(take(args.prefill, rows=True), 256):
             await store.append(part, sign=sign)
+        await store._merge_state.settle()  # a background merge the prefill started
         results: dict[tuple[int, bool], float] = {}
         for rows in (False, True):
             for size in args.batches:
@@ -290,6 +305,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
         for size in args.batches:
             off, on = results[size, False], results[size, True]
             print(f"| {size} | {off:.1f} | {on:.1f} | {on - off:.1f} |")
+        cpu, wall = (v / 1e6 for v in LONGEST)
+        print(f"\nlongest merge slice ({MERGE_SLICE} rows): {cpu:.1f} ms CPU, {wall:.1f} ms wall")
         for rows in (False, True):
             parts: dict[str, float] = {}
             for _ in range(args.repeat):
@@ -320,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefill", type=int, default=20_000)
     parser.add_argument("--read", choices=("patient", "observation"), default="patient")
     parser.add_argument("--merge-at", type=int, default=SqliteLogStore.merge_at)
+    parser.add_argument("--merge-slice", type=int, default=SqliteLogStore.merge_slice)
     parser.add_argument("--split", type=int, default=16, help="batch size of the breakdown")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)

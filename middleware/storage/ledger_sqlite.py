@@ -8,10 +8,11 @@ extends, also when several processes append to one file.
 The audit index and the evidence keys live in the same file
 (:mod:`~middleware.storage.audit_index_sqlite`). Index rows are written in the append's
 transaction, staged (:mod:`~middleware.storage.audit_index_staged`); once ``merge_at`` are
-staged, the store merges them into the indexed tables in a transaction of its own, right
-after the append that passed the mark (and on close). Audit searches run on a second,
-read-only connection with its own thread, so a long accounting never holds up the writer
-(WAL readers do not block it).
+staged, the store merges them into the indexed tables in the background, in slices of
+``merge_slice`` rows a transaction, which appends queued meanwhile run between
+(:mod:`~middleware.storage.ledger_sqlite_merge`), and on close if it staged rows itself.
+Audit searches run on a second, read-only connection with its own thread, so a long
+accounting never holds up the writer (WAL readers do not block it).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from middleware.storage import audit_index_staged
 from middleware.storage.audit_index_match import indexed_rows
 from middleware.storage.audit_index_stores import SqliteAuditIndex
 from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evidence_of_range
+from middleware.storage.ledger_sqlite_merge import StagedMerge
 from middleware.storage.ledger_sqlite_schema import CONSENT_LEAF, SCHEMA
 from middleware.storage.ledger_unreplayed import refuse_writes_unreplayed
 from middleware.storage.sqlite_worker import SqliteWorker
@@ -76,6 +78,9 @@ class SqliteLogStore(SqliteAuditIndex):
     #: its rows share more index pages (``bench.audit_commit --merge-at``), while a search
     #: reads the staged rows without an index (about 1 ms for 4,000 of them).
     merge_at = 4096
+    #: Staged rows a merge moves per transaction: the write lock is held for one slice, so
+    #: an append waits for one slice at most (measured in docs/audit.md, the writer's share).
+    merge_slice = 512
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0, read_only: bool = False) -> None:
         """No I/O; :meth:`open` connects, creates the tables and replays the log.
@@ -100,8 +105,8 @@ class SqliteLogStore(SqliteAuditIndex):
         )
         #: The chains this store extended (used on the worker thread only, by ``_append``).
         self._tails = ChainTails()
-        #: Index rows staged in the file, as far as this store knows (others may add more).
-        self._staged = 0
+        #: The staged index rows and their merge (:mod:`ledger_sqlite_merge`).
+        self._merge_state = StagedMerge(self._db)
 
     #: Opened without its replay (``open(replay=False)``): every write refused
     #: (:func:`~middleware.storage.ledger_unreplayed.refuse_writes_unreplayed`).
@@ -124,7 +129,8 @@ class SqliteLogStore(SqliteAuditIndex):
             await store._reader.connect()
             if replay:
                 await store.rebuild_state()
-                store._staged = await store._db.run(audit_index_staged.staged_count)
+                staged = await store._db.run(audit_index_staged.staged_count)
+                store._merge_state.staged = staged
             else:
                 store._unreplayed = True
         except BaseException:
@@ -136,18 +142,22 @@ class SqliteLogStore(SqliteAuditIndex):
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
         results = await self._db.transaction(lambda c: _append(c, batch, sign, self._tails))
-        self._staged += sum(
+        staged = sum(
             e.row is not None and not r.duplicate for e, r in zip(batch, results, strict=True)
         )
-        if self._staged >= self.merge_at:
-            with contextlib.suppress(ServiceUnavailable):  # committed; still staged, still found
-                await self._merge()
+        # Answered now: a merge this append makes due runs after it, in the background.
+        self._merge_state.appended(staged, merge_at=self.merge_at, slice_rows=self.merge_slice)
         return results
 
     async def _merge(self) -> None:
-        """Merge the staged index rows (every process's) in a transaction of their own."""
-        await self._db.transaction(audit_index_staged.merge)
-        self._staged = 0
+        """Merge every staged index row (every process's) now, a slice a transaction."""
+        await self._merge_state.merge(self.merge_slice)
+
+    @property
+    def merge_failures(self) -> int:
+        """Background merges that failed (each logged; their rows stay staged, still found,
+        and are merged by a later one)."""
+        return self._merge_state.failures
 
     async def size(self) -> int:
         return (await self.state()).size
@@ -217,9 +227,8 @@ class SqliteLogStore(SqliteAuditIndex):
     async def close(self) -> None:
         with contextlib.suppress(ServiceUnavailable):  # else the next open builds them
             await self._build_indexes()  # after a bulk reindex
-        if self._staged and not self._unreplayed:
-            with contextlib.suppress(ServiceUnavailable):  # else the next writer merges them
-                await self._merge()
+        if not self._unreplayed:  # merges only if this store staged rows itself
+            await self._merge_state.close(self.merge_slice)
         await self._reader.close()
         await self._db.close()
 

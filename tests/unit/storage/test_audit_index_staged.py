@@ -193,6 +193,7 @@ async def test_the_store_merges_once_merge_at_rows_are_staged(tmp_path: Path) ->
         await store.append([audit_entry(r) for r in ROWS[:3]], sign=SIGN)
         assert _count(store.path, "consentry_audit_staged") == 3
         await store.append([audit_entry(r) for r in ROWS[3:5]], sign=SIGN)
+        await store._merge_state.settle()  # the merge runs after the append, in the background
         assert _count(store.path, "consentry_audit_staged") == 0
         assert _count(store.path, "consentry_audit_index") == 5
         await store.append([audit_entry(ROWS[5])], sign=SIGN)
@@ -297,6 +298,7 @@ async def test_a_crash_before_the_merge_loses_no_row(tmp_path: Path) -> None:
         assert [r.index for r in await again.audit_rows(AuditQuery(purpose="TREAT"))] == [0, 2, 5]
         late = make_row(SPECS[0]._replace(t=600), index=6)
         await again.append([audit_entry(late)], sign=SIGN)  # 5 staged: merged
+        await again._merge_state.settle()
         assert _count(again.path, "consentry_audit_staged") == 0
         assert await again.audit_rows(AuditQuery()) == [*EXPECTED, late]
         assert [r.index for r in await again.audit_rows(AuditQuery(purpose="TREAT"))] == [
