@@ -20,8 +20,8 @@ An append stages its index rows; the store merges them into the indexed tables o
 rows a transaction (``--merge-slice``). The bench does the same after each append
 transaction, and each run starts with nothing staged and ends by merging what it staged, so
 every run's figure includes the merge of all its rows (a merge of fewer rows than
-``merge_at`` costs more per row: the figure errs high). The longest slice (thread CPU and
-wall clock, the write lock's hold an append may wait for) is printed after the table.
+``merge_at`` costs more per row: the figure errs high). The full slices' CPU and wall
+clock (the write lock's hold an append may wait for) are printed after the table.
 
 The breakdown (batches of ``--split``, rows off and with rows) times each SQL statement
 ``_append`` runs, summed by statement, the checkpoint signature, the ``COMMIT`` and the
@@ -41,6 +41,7 @@ import dataclasses
 import functools
 import pstats
 import sqlite3
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -167,8 +168,8 @@ TAILS = ChainTails()
 MERGE_AT = SqliteLogStore.merge_at
 #: Staged rows a merge transaction moves (``SqliteLogStore.merge_slice``; ``--merge-slice``).
 MERGE_SLICE = SqliteLogStore.merge_slice
-#: The longest merge slice seen: (thread CPU, wall) nanoseconds.
-LONGEST = [0, 0]
+#: Every merge slice's (thread CPU, wall) nanoseconds (the write lock's hold an append waits).
+SLICES: list[tuple[int, int]] = []
 
 
 class _Staging:
@@ -193,9 +194,8 @@ class _Staging:
             self.c.execute("COMMIT")
             spent = time.thread_time_ns() - start
             self.merge_ns += spent
-            if moved:
-                LONGEST[0] = max(LONGEST[0], spent)
-                LONGEST[1] = max(LONGEST[1], time.perf_counter_ns() - wall)
+            if moved == MERGE_SLICE:  # a full slice (the last one of a merge may be short)
+                SLICES.append((spent, time.perf_counter_ns() - wall))
             if moved < MERGE_SLICE:
                 break
         self.staged = 0
@@ -305,8 +305,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
         for size in args.batches:
             off, on = results[size, False], results[size, True]
             print(f"| {size} | {off:.1f} | {on:.1f} | {on - off:.1f} |")
-        cpu, wall = (v / 1e6 for v in LONGEST)
-        print(f"\nlongest merge slice ({MERGE_SLICE} rows): {cpu:.1f} ms CPU, {wall:.1f} ms wall")
+        _print_slices()
         for rows in (False, True):
             parts: dict[str, float] = {}
             for _ in range(args.repeat):
@@ -327,6 +326,18 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             await db.run(lambda c: profile(c, batch, args.split))
     finally:
         await store.close()
+
+
+def _print_slices() -> None:
+    """Median, 90th percentile and longest full merge slice, CPU and wall (the longest is
+    usually the one whose ``COMMIT`` ran a WAL auto-checkpoint, as any transaction may)."""
+    if not SLICES:
+        return
+    print(f"\nfull merge slices of {MERGE_SLICE} rows ({len(SLICES)}), ms: median / p90 / max")
+    for name, at in (("CPU", 0), ("wall", 1)):
+        ms = sorted(v[at] / 1e6 for v in SLICES)
+        p90 = ms[min(len(ms) - 1, len(ms) * 9 // 10)]
+        print(f"{name}: {statistics.median(ms):.1f} / {p90:.1f} / {ms[-1]:.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:
