@@ -17,11 +17,14 @@ BALP Bundles, which no key deletion can make unreadable; ``store.shred_entries``
 Consents, which are PHI in the clear too: the consent store's versions of the patient
 (``ConsentStore.erase``), the evidence of the ``consent`` and ``consent-revoke`` entries on
 their chains or named by those versions and of the consent API's attempt entries on their
-chains (they name the caller: ``store.shred_entries``), and last forgets the
-patient's pseudonym in the consent store's pseudonym table (``forget``, on the same
-``--store``), so their next exchange starts a new chain. The leaves, commitments and proofs
-still verify; the entry shows, on the chain, when the shred happened, and tells a consent
-entry the shred emptied from a damaged one (:mod:`middleware.consent.shredded`).
+chains (``store.shred_entries``), after it has forgotten the patient's pseudonym in the
+consent store's pseudonym table (``forget``, on the same ``--store``: their next exchange or
+consent starts a new chain, so none lands on a chain already swept). Last it appends the
+marker, a ``consent-revoke`` entry on the last chain with the same evidence, which moves
+the ledger's consent position so running gateways recompile the patient's policies at their
+next request. The leaves, commitments and proofs still verify; the admin entry shows, on
+the chain, when the shred happened, and tells a consent entry the shred emptied from a
+damaged one (:mod:`middleware.consent.shredded`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from middleware.audit.evidence import EVIDENCE_PURPOSE, is_sealed
 from middleware.audit.progress import Progress
 from middleware.audit.reindex import CHUNK, rebuild
 from middleware.audit.row import AuditQuery
-from middleware.consent.shredded import SHRED_TYPE, is_shred_evidence
+from middleware.consent.shredded import SHRED_TYPE, is_shred_evidence, is_shred_marker
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.signing import derive_box_key
@@ -124,17 +127,20 @@ async def _plain_entries(
     store: LogStore, pseudonyms: Sequence[bytes]
 ) -> tuple[list[int], list[int]]:
     """The entries on ``pseudonyms``' chains whose plain evidence names the patient or their
-    choices: the ``consent`` and ``consent-revoke`` entries (the Consent in the clear), and
-    the ``admin`` entries holding evidence other than a shred's (the consent API's attempts,
-    which name the caller: for a patient, the patient's own account); each list ascending."""
+    choices: the ``consent`` and ``consent-revoke`` entries (the Consent in the clear; not an
+    earlier run's marker, which holds none), and the ``admin`` entries holding evidence other
+    than a shred's (the consent API's attempts); each list ascending."""
     consents: list[int] = []
     admin: list[int] = []
     for pseudonym in pseudonyms:
         for index in await store.chain(pseudonym):
             (data,) = await store.leaves(index, index + 1)
-            kind = decode_leaf(data).kind
+            leaf = decode_leaf(data)
+            kind = leaf.kind
             if kind in _CONSENT_KINDS:
-                consents.append(index)
+                stored = await store.evidence(index)
+                if stored is None or not is_shred_marker(leaf, stored.data):
+                    consents.append(index)
             elif kind is EntryKind.ADMIN:
                 stored = await store.evidence(index)
                 if stored is not None and not is_shred_evidence(stored.data):
@@ -180,22 +186,33 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
                 # delete, so their evidence goes (the leaves and proofs stay).
                 legacy = await _legacy_entries(store, pseudonyms)
                 removed = await store.shred_entries(legacy) if legacy else 0
+                # Unlink the patient from the shredded chains before their Consents are
+                # erased: a consent written from now on goes on a fresh chain, never on one
+                # this run has already swept (gateways' audit pseudonym cache expires within
+                # a minute; until then the store writes their rows shredded, keeps no key).
+                forgotten = await consents.forget(args.patient)
                 # The patient's Consents are PHI in the clear: the consent store's versions
                 # (erased first, which names their ledger indexes) and the evidence of the
                 # consent entries on the chains or named by those versions; so are the
-                # consent API's attempts on the chains (they name the caller). Should the run
-                # stop in between, running it again finishes (the tombstones find the
-                # chains). The admin entries above stay: they tell a registry these consent
-                # entries were shredded, not damaged (consent.shredded).
+                # consent API's attempts on the chains. Should the run stop in between,
+                # running it again finishes (the tombstones find the chains). The admin
+                # entries above stay: they tell a registry these consent entries were
+                # shredded, not damaged (consent.shredded).
                 erased = await consents.erase(args.patient)
                 on_chains, attempts = await _plain_entries(store, pseudonyms)
                 held = sorted({*on_chains, *erased})
                 consent_removed = await store.shred_entries(held) if held else 0
                 admin_removed = await store.shred_entries(attempts) if attempts else 0
-            # Unlink the patient from the shredded chains: their next exchange gets a fresh
-            # pseudonym (gateways pick it up once their pseudonym cache expires; until then
-            # the store writes their rows shredded and keeps no key for them).
-            forgotten = await consents.forget(args.patient)
+                # Last, the marker moves the consent position every registry reads before
+                # deciding: running gateways recompile the patient (erased_policy) at their
+                # next request instead of enforcing the erased consents from memory.
+                marker = NewEntry.create(
+                    EntryKind.CONSENT_REVOKE,
+                    evidence,
+                    recorded_us=now_us(),
+                    pseudonym=pseudonyms[-1],
+                )
+                (marked,) = await store.append([marker], sign=sign)
         finally:
             await consents.close()
         return {
@@ -209,6 +226,7 @@ def shred(args: argparse.Namespace, out: TextIO) -> int:
             "consent_evidence_removed": consent_removed,
             "admin_evidence_removed": admin_removed,
             "pseudonym_forgotten": forgotten,
+            "consent_marker": marked.index,
         }
 
     print_json(out, asyncio.run(run()))

@@ -26,7 +26,7 @@ from enum import Enum
 from typing import Final
 
 from middleware.consent.records import consent_keys
-from middleware.consent.shredded import shredded_entry
+from middleware.consent.shredded import is_shred_marker, shredded_entry
 from middleware.fhir import jsoncodec
 from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
 from middleware.ledger.leaf import EntryKind, decode_leaf
@@ -111,6 +111,8 @@ async def record_entry(
             keys = None
     if evidence is None and await shredded_entry(log, index, leaf.pseudonym):
         return Outcome.SHREDDED
+    if is_shred_marker(leaf, None if evidence is None else evidence.data):
+        return Outcome.SHREDDED  # the shred's marker: it moves the consent position only
     if evidence is None or keys is None or leaf.pseudonym is None:
         log_.warning("consent entry not rebuildable", ledger_index=index)
         return Outcome.UNRECORDABLE

@@ -21,7 +21,11 @@ A consent entry whose evidence a crypto-shred removed (its chain carries the shr
 entry after it: :mod:`middleware.consent.shredded`) is absent: the shred erased the patient's
 consents, so the patient has none; they are judged by
 :func:`~middleware.consent.shredded.erased_policy` (closed, whatever the jurisdiction default)
-until they record a new one. Any other
+until they record a new one. The shred's last step, its marker (a ``consent-revoke`` entry
+whose evidence is the shred's record), moves the consent position; a patient whose policies
+were cached before a shredded entry or a marker is recompiled even when their mark did not
+move (one who never recorded a consent: their cached default gives way to the erased policy).
+Any other
 consent entry that cannot be recorded (its evidence missing or unreadable, so neither its
 consent nor its patient can be read) is never stepped over silently: it may be a revocation
 or a deny. Its leaf's pseudonym names the patient it concerns, and every decision for that
@@ -101,6 +105,9 @@ class ConsentRegistry:
         )
         self._policies: OrderedDict[int, Policy] = OrderedDict()
         self._position = _NOTHING
+        # The latest entry a shred erased or marked: cached policies from before it are
+        # recompiled even if the patient's mark is the same (module docstring).
+        self._shredded_at = _NOTHING
         self._syncing = asyncio.Lock()
         self.compiled = 0  # consents compiled so far (tests and metrics read it)
         self.repaired = 0  # ledger entries this registry recorded in the store (tests read it)
@@ -150,7 +157,9 @@ class ConsentRegistry:
                     "consent entry recorded from the ledger", ledger_index=index
                 )
             elif outcome is Outcome.SHREDDED:
-                continue  # erased by a shred, the ledger says so: no consent, nothing to block
+                # Erased by a shred, the ledger says so: no consent, nothing to block; but
+                # what was compiled before it may be the erased consents or the default.
+                self._shredded_at = index
             else:
                 # Unreadable: it may revoke or deny, so its patient fails closed (below).
                 (raw,) = await self.log.leaves(index, index + 1)
@@ -195,7 +204,7 @@ class ConsentRegistry:
             self._patients.move_to_end(patient)
             return cached[2]
         mark = await self.store.mark(patient)
-        if cached is not None and cached[1] == mark:
+        if cached is not None and cached[1] == mark and cached[0] >= self._shredded_at:
             self._patients[patient] = (position, mark, cached[2])
             self._patients.move_to_end(patient)
             return cached[2]

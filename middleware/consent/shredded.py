@@ -17,6 +17,16 @@ keeps) and who has recorded no consent since is judged by :func:`erased_policy` 
 denies every consent action but ``collect``, which is what the ``opt-in`` default does, so
 under opt-in nothing changes and under opt-out the patient's data stays closed until they
 record a new consent.
+
+Last, the shred appends its *marker* on the patient's chain: a ``consent-revoke`` entry
+whose evidence is the shred's record (:func:`is_shred_marker`). It moves the ledger's
+consent position, which every consent registry reads before deciding, so a running gateway
+(any process on the store) re-reads the patient's consents at its next request instead of
+enforcing the erased ones from memory. It records nothing and blocks nobody. A real consent
+entry's evidence is a Consent (``resourceType``), so no Consent passes for a marker. A
+gateway of an earlier version finds it unrecordable and keys it by its pseudonym, which the
+shred has forgotten: it blocks nobody there either, and the moved position still makes that
+gateway recompile the patient.
 """
 
 from __future__ import annotations
@@ -25,10 +35,17 @@ from typing import Final
 
 from middleware.consent.model import DENY, CodingSet, Policy, Provision
 from middleware.fhir import jsoncodec
-from middleware.ledger.leaf import EntryKind, decode_leaf
+from middleware.ledger.leaf import EntryKind, Leaf, decode_leaf
 from middleware.storage.ledger_base import LogStore
 
-__all__ = ["ERASED_CONSENT", "SHRED_TYPE", "erased_policy", "is_shred_evidence", "shredded_entry"]
+__all__ = [
+    "ERASED_CONSENT",
+    "SHRED_TYPE",
+    "erased_policy",
+    "is_shred_evidence",
+    "is_shred_marker",
+    "shredded_entry",
+]
 
 #: The ``type`` of a shred's admin evidence.
 SHRED_TYPE: Final = "consentry/audit-shred"
@@ -77,3 +94,17 @@ def is_shred_evidence(data: bytes) -> bool:
     except jsoncodec.DecodeError:
         return False
     return isinstance(value, dict) and value.get("type") == SHRED_TYPE
+
+
+def is_shred_marker(leaf: Leaf, data: bytes | None) -> bool:
+    """Whether ``leaf`` (with evidence ``data``) is a shred's marker (module docstring): a
+    ``consent-revoke`` entry whose evidence is a shred's record, not a resource."""
+    if leaf.kind is not EntryKind.CONSENT_REVOKE or data is None:
+        return False
+    try:
+        value = jsoncodec.decode(data)
+    except jsoncodec.DecodeError:
+        return False
+    return (
+        isinstance(value, dict) and value.get("type") == SHRED_TYPE and "resourceType" not in value
+    )

@@ -227,6 +227,59 @@ async def test_a_patient_callers_refused_attempts_do_not_name_their_account(
     assert _named(after, SHREDDED, P_SECRETS) == []
 
 
+async def shred_p(world: World) -> dict[str, Any]:
+    status, text = await world.run(
+        "audit", "shred", *world.where, "--key-file", str(world.key),
+        "--patient", f"Patient/{SHREDDED}", "--reason", "patient request", "--operator", "dpo",
+    )  # fmt: skip
+    assert status == 0, text
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+async def test_running_gateways_stop_releasing_at_the_next_request(world: World) -> None:
+    """A gateway running during the shred kept P's compiled permit until some consent changed
+    anywhere or it restarted, so it went on releasing P's data. The shred's last entry moves
+    the ledger's consent position: both gateways on the store (separate registries) deny P
+    at their very next request, with no restart and no other consent change; Q is served."""
+    async with world.gateway() as one, world.gateway() as two:
+        made = await one.post(
+            "/fhir/Consent",
+            json=consent_of(SHREDDED, P_SECRETS),
+            headers=world.tokens.patient(SHREDDED),
+        )
+        assert made.status_code == 201, made.text
+        made = await two.post(
+            "/fhir/Consent", json=consent_of(KEPT, Q_SECRETS), headers=world.tokens.patient(KEPT)
+        )
+        assert made.status_code == 201, made.text
+        for gw in (one, two):
+            assert (await world.read(gw, SHREDDED), await world.read(gw, KEPT)) == (200, 200)
+        result = await shred_p(world)
+        assert result["consent_marker"] > max(result["admin_entries"])
+        for gw in (one, two):
+            assert (await world.read(gw, SHREDDED), await world.read(gw, KEPT)) == (404, 200)
+        again = await shred_p(world)  # a second run keeps the first one's marker
+        assert again["consent_evidence_removed"] == 0
+        for gw in (one, two):
+            assert (await world.read(gw, SHREDDED), await world.read(gw, KEPT)) == (404, 200)
+
+
+async def test_under_opt_out_a_running_gateway_closes_a_patient_without_consent(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """A patient who never recorded a consent is open under opt-out; after their shred a new
+    gateway judges them by the erased policy (closed), and so does one that was running and
+    had cached their no-consent default (their consent mark did not move)."""
+    world = World(tmp_path, make_settings, jurisdiction="opt-out")
+    async with world.gateway() as gw:
+        assert (await world.read(gw, SHREDDED), await world.read(gw, KEPT)) == (200, 200)
+        await shred_p(world)
+        assert (await world.read(gw, SHREDDED), await world.read(gw, KEPT)) == (404, 200)
+    async with world.gateway() as gw:
+        assert (await world.read(gw, SHREDDED), await world.read(gw, KEPT)) == (404, 200)
+
+
 async def test_under_opt_out_a_shredded_patient_stays_closed(
     tmp_path: Path, make_settings: Callable[..., Settings]
 ) -> None:

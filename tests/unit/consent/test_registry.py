@@ -9,6 +9,7 @@ import pytest
 
 from middleware.consent.records import canonical_consent
 from middleware.consent.registry import ConsentRegistry, UnreadableConsent
+from middleware.consent.shredded import erased_policy
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import Evidence, NewEntry
 from middleware.ledger.leaf import EntryKind
@@ -277,3 +278,69 @@ async def test_an_entry_shredded_while_it_blocked_its_patient_is_dropped() -> No
         await registry.policies("Patient/p1")
     await ledger.log.append([_admin(SHRED)], sign=SIGN)
     assert await registry.policies("Patient/p1") == ()
+
+
+# --- The shred's marker ------------------------------------------------------------------------
+
+
+def _marker(pseudonym: bytes = P1) -> NewEntry:
+    return NewEntry.create(EntryKind.CONSENT_REVOKE, SHRED, recorded_us=9, pseudonym=pseudonym)
+
+
+async def test_the_marker_makes_a_running_registry_drop_the_erased_consent() -> None:
+    """A registry that compiled Patient/p1's permit keeps it while the consent position stands
+    (a shred erased the consent but appended no consent entry); the shred's marker moves the
+    position, records nothing, blocks nobody, and the next lookup finds no consent."""
+    ledger = Ledgered()
+    index = await ledger.change(consent("R5", "permit", consent_id="a"))
+    registry = ledger.registry()
+    assert [p.ledger_index for p in await registry.policies("Patient/p1")] == [index]
+    await ledger.log.append([_admin(SHRED)], sign=SIGN)
+    del ledger.log.log.evidence[index]
+    assert await ledger.store.erase("Patient/p1") == (index,)
+    assert [p.ledger_index for p in await registry.policies("Patient/p1")] == [index]  # stale
+    (marked,) = await ledger.log.append([_marker()], sign=SIGN)
+    assert await registry.policies("Patient/p1") == ()
+    assert registry.position == marked.index
+    assert await registry.policies("Patient/p2") == ()
+    assert registry.repaired == 0
+
+
+async def test_a_registry_recompiles_a_shredded_patient_whose_mark_did_not_move() -> None:
+    """A patient who never recorded a consent keeps the mark (0, None) across their shred, so
+    their cached no-consent answer (open under opt-out) would stand; after the marker it is
+    recomputed: the tombstone gives the erased policy, as a registry started now gives."""
+    ledger = Ledgered()
+    await ledger.change(consent("R5", "permit", consent_id="a"))
+    registry = ledger.registry()
+    assert await registry.policies("Patient/p2") == ()
+    await ledger.log.shred(PSEUDONYMS[1], link=ledger.store.lookup("Patient/p2"))
+    assert await registry.policies("Patient/p2") == ()  # the position did not move
+    await ledger.log.append([_marker()], sign=SIGN)
+    assert await registry.policies("Patient/p2") == (erased_policy("Patient/p2"),)
+    assert await ledger.registry().policies("Patient/p2") == (erased_policy("Patient/p2"),)
+
+
+CONSENT_LIKE = b'{"resourceType":"Consent","type":"consentry/audit-shred"}'
+
+
+@pytest.mark.parametrize(
+    ("kind", "evidence"),
+    [
+        (EntryKind.CONSENT_REVOKE, CONSENT_LIKE),
+        (EntryKind.CONSENT, SHRED),
+        (EntryKind.CONSENT_REVOKE, b'{"type":"consentry/retention"}'),
+        (EntryKind.CONSENT_REVOKE, b"not json"),
+    ],
+    ids=["a-resource", "consent-kind", "other-evidence", "not-json"],
+)
+async def test_only_a_shred_record_is_a_marker(kind: EntryKind, evidence: bytes) -> None:
+    """A consent entry is taken for a marker only if it is a ``consent-revoke`` whose evidence
+    is a shred's record and no resource (every real consent entry's evidence is a Consent):
+    anything else that cannot be recorded still fails its patient closed."""
+    ledger = Ledgered()
+    await ledger.change(consent("R5", "permit", consent_id="a"))
+    new = NewEntry.create(kind, evidence, recorded_us=9, pseudonym=P1)
+    await ledger.log.append([new], sign=SIGN)
+    with pytest.raises(UnreadableConsent):
+        await ledger.registry().policies("Patient/p1")
