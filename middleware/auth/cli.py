@@ -14,7 +14,9 @@ a puzzling 401. A gateway with the development issuer enabled on the same key fi
 URL accepts the tokens. ``--organization`` sets the caller's organization (what the audit index,
 the accounting's exemptions and its recipients read) in the claim the gateway reads it from,
 its ``auth.organization_claim`` (``organization`` by default; ``--organization-claim`` names
-another); the value is checked as the gateway checks it. Standard output carries the token only;
+another, but not one the token already carries or the gateway reads for something else,
+:data:`RESERVED_CLAIMS`, whose value it would overwrite); the value is checked as the gateway
+checks it. Standard output carries the token only;
 the issuer's warning and any error go to standard error.
 """
 
@@ -24,7 +26,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 from urllib.parse import urlsplit
 
 from middleware.auth.devissuer import DEV_ALGORITHMS, UnsafeDevelopmentIssuer, load_or_create_key
@@ -32,9 +34,20 @@ from middleware.auth.identity import ClaimError, parse_fhir_user, parse_organiza
 from middleware.auth.scopes import parse_scopes
 from middleware.logging import configure_logging
 
-__all__ = ["issue_token_command", "register", "token_issue_parser"]
+__all__ = ["RESERVED_CLAIMS", "issue_token_command", "register", "token_issue_parser"]
 
 _DESCRIPTION = "Mint an access token from the local development issuer (never production)."
+#: Claims ``--organization-claim`` may not name: the registered claims (RFC 7519 §4.1), the
+#: ones the issuer writes (``jti``, ``client_id``, ``scope``) and the ones the gateway reads
+#: (``azp``, ``patient``, ``fhirUser``, and the issuer's roles and purpose-of-use claims).
+#: The organization would overwrite the value, so the token would say something else.
+RESERVED_CLAIMS: Final = frozenset(
+    {
+        "iss", "sub", "aud", "exp", "nbf", "iat", "jti",
+        "scope", "client_id", "azp", "patient", "fhirUser",
+        "roles", "purpose_of_use",
+    }
+)  # fmt: skip
 
 
 class _Usage(Exception):
@@ -146,6 +159,11 @@ def _issue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             parse_organization(args.organization, "--organization")
         if not args.organization_claim.strip():
             raise _Usage("--organization-claim: a claim name is needed")
+        if args.organization_claim.strip() in RESERVED_CLAIMS:
+            raise _Usage(
+                f"--organization-claim: {args.organization_claim.strip()} is a claim the "
+                "token carries or the gateway reads for something else"
+            )
         existed = args.key_file.exists()
         if not existed and not args.new_key:
             raise _Usage(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from middleware.auth.cli import issue_token_command
+from middleware.auth.cli import RESERVED_CLAIMS, issue_token_command
 from middleware.auth.identity import IdentityRules
 from middleware.auth.jwks import StaticJwks
 from middleware.auth.verify import IssuerConfig, TokenVerifier
@@ -126,6 +126,19 @@ def test_bad_values_exit_2_without_output(tmp_path: Path, argv: list[str], messa
     assert code == 2
     assert out == ""
     assert message in err
+
+
+@pytest.mark.parametrize("claim", sorted(RESERVED_CLAIMS), ids=str)
+def test_the_organization_claim_may_not_overwrite_another(tmp_path: Path, claim: str) -> None:
+    """``--organization-claim sub`` (or scope, patient, exp, ...) put the organization in
+    place of that claim: the token then named another subject, granted no scope, or expired
+    at a string. Every claim the token carries or the gateway reads is refused, with and
+    without surrounding blanks, and no token is printed."""
+    for name in (claim, f" {claim} "):
+        argv = ["--sub", "a", "--scope", "openid", "--organization", "Organization/acme"]
+        code, out, err = run([*argv, "--organization-claim", name, *base_args(tmp_path / "k")])
+        assert (code, out) == (2, "")
+        assert f"--organization-claim: {claim} is a claim" in err
 
 
 def test_usage_error_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
