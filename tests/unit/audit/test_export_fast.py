@@ -1,8 +1,10 @@
 """The verifier's fast path (``export_fast``, tried by ``ExportChecker.run``) changes nothing
 a report says: on untouched and edited exports (characters changed, lines dropped, repeated,
-swapped, taken from another export; both formats; rules, date-range and access reports), the
+swapped, taken from another export, genuine rows of other scopes inserted, the header's scope
+changed; both formats; rules, date-range, access and user reports of two patients), the
 report is the one the full path alone gives (every line through ``ExportChecker.entry``, the
-loop verify_export ran before the fast path), findings in the same order, the same cap."""
+loop verify_export ran before the fast path), findings in the same order, the same cap.
+``test_export_fast_real`` runs the same with the real opener on exports the CLI made."""
 
 from __future__ import annotations
 
@@ -15,16 +17,31 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from middleware.audit import verify_report
+from middleware.audit.export import ExportHeader, entries_for, format_time
+from middleware.audit.export_columns import columns_for
 from middleware.audit.export_fast import csv_same, ndjson_same
-from middleware.audit.export_read import decode_raw_line, ndjson_lines
-from middleware.audit.export_read_csv import csv_lines
+from middleware.audit.export_read import decode_raw_line
+from middleware.audit.export_write import write_csv, write_ndjson
 from middleware.audit.report_csv import csv_escape
 from middleware.audit.row import AuditRow
-from middleware.audit.verify_export import ExportReport, begin_export, verify_file
-from tests.unit.audit.export_fixtures import HOUR, POLICY, T0, build_log, export, fake_opener
+from middleware.audit.verify_export import ExportReport, verify_file
+from middleware.ledger.tree import MerkleLevels
+from tests.contract.helpers import ORIGIN
+from tests.unit.audit.export_edits import edited, full_path, row_lines, with_line
+from tests.unit.audit.export_fixtures import (
+    HOUR,
+    POLICY,
+    T0,
+    Log,
+    ReferenceProofs,
+    build_log,
+    export,
+    fake_opener,
+)
 
 LOG = build_log()
 LOG_CONSENTS = build_log(consents=frozenset({4}))
+PERIOD = (T0 + 2 * HOUR, T0 + 8 * HOUR)
 
 
 def _no_research(row: AuditRow) -> bool:
@@ -32,66 +49,115 @@ def _no_research(row: AuditRow) -> bool:
 
 
 def _full_path(text: str, **kwargs: Any) -> ExportReport:
-    """verify_export as it was before the fast path: every entry line judged by ``entry``."""
-    lines = iter(io.StringIO(text))
-    report, check = begin_export(next(lines, ""), POLICY, opener=fake_opener, **kwargs)
-    if check is None:
-        return report
-    read = csv_lines if check.escaped else ndjson_lines
-    for number, entry in read(lines, check.names):
-        report.lines += 1
-        if isinstance(entry, str):
-            report.add("line-malformed", entry, number)
-        else:
-            check.entry(number, entry)
-    check.finish()
-    return report
+    return full_path(text, POLICY, fake_opener, **kwargs)
 
 
-EXPORTS = [
-    (export(LOG, fmt=fmt, since_us=since, until_us=until, report=report, exclude=exclude), kw)
-    for fmt in ("ndjson", "csv")
-    for report in ("access-report", "date-range")
-    for since, until in ((T0 + 2 * HOUR, T0 + 8 * HOUR), (None, None))
-    for exclude, kw in (
-        (frozenset(), {}),
-        (frozenset({4}), {"rules": {"access-report": _no_research, "date-range": _no_research}}),
+def user_export(
+    log: Log, agent: str, since_us: int | None, until_us: int | None, *, fmt: str
+) -> str:
+    """A user report of ``log``: a row line for each of ``agent``'s entries in the period,
+    no chain (as ``consentry audit export --report user-report`` writes it)."""
+    names, cells_of = columns_for("user-report")
+    inside = [
+        i
+        for i, row in sorted(log.rows.items())
+        if row.agent == agent
+        and (since_us is None or row.recorded_us >= since_us)
+        and (until_us is None or row.recorded_us <= until_us)
+    ]
+    header = ExportHeader(
+        report="user-report",
+        columns=names,
+        checkpoint=log.note,
+        origin=ORIGIN,
+        agent=agent,
+        since_us=since_us,
+        until_us=until_us,
     )
-] + [(export(LOG_CONSENTS, fmt=fmt, exclude=frozenset({4})), {}) for fmt in ("ndjson", "csv")]
+    entries = entries_for(
+        [("row", i) for i in inside],
+        tree=ReferenceProofs(MerkleLevels.of_leaves(log.leaves)),
+        size=log.size,
+        leaves=dict(enumerate(log.leaves)),
+        openings=log.openings,
+        columns={i: c for i in inside if (c := cells_of(log.rows[i])) is not None},
+    )
+    out = io.StringIO(newline="")
+    (write_csv if fmt == "csv" else write_ndjson)(header, entries, out)
+    return out.getvalue()
 
 
-@st.composite
-def edited(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
-    text, kwargs = draw(st.sampled_from(EXPORTS))
-    lines = text.splitlines(keepends=True)
-    for _ in range(draw(st.integers(0, 3))):
-        at = draw(st.integers(1, len(lines) - 1)) if len(lines) > 1 else 0
-        edit = draw(st.sampled_from(["char", "drop", "repeat", "swap", "foreign", "blank"]))
-        if edit == "char":
-            line = lines[at]
-            where = draw(st.integers(0, max(len(line) - 2, 0)))
-            char = draw(st.characters(min_codepoint=32, max_codepoint=126))
-            lines[at] = line[:where] + char + line[where + 1 :]
-        elif edit == "drop":
-            del lines[at]
-        elif edit == "repeat":
-            lines.insert(at, lines[at])
-        elif edit == "swap" and at + 1 < len(lines):
-            lines[at], lines[at + 1] = lines[at + 1], lines[at]
-        elif edit == "foreign":
-            other = draw(st.sampled_from(EXPORTS))[0].splitlines(keepends=True)
-            lines.insert(at, other[draw(st.integers(1, len(other) - 1))])
-        elif edit == "blank":
-            lines.insert(at, "\n")
-    return "".join(lines), kwargs
+_RULES = {"rules": {"access-report": _no_research, "date-range": _no_research}}
+EXPORTS = (
+    [
+        (
+            export(LOG, patient, *period, fmt=fmt, report=report, exclude=exclude),
+            kw,
+        )
+        for fmt in ("ndjson", "csv")
+        for report in ("access-report", "date-range")
+        for patient in ("Patient/a", "Patient/b")
+        for period in (PERIOD, (None, None))
+        for exclude, kw in ((frozenset(), {}), (frozenset({4}), _RULES))
+        if patient == "Patient/a" or not exclude
+    ]
+    + [(export(LOG_CONSENTS, fmt=fmt, exclude=frozenset({4})), {}) for fmt in ("ndjson", "csv")]
+    + [
+        (user_export(LOG, f"Practitioner/p{n}", *period, fmt=fmt), {})
+        for fmt in ("ndjson", "csv")
+        for n in (1, 2)
+        for period in (PERIOD, (None, None))
+    ]
+)
+_EDITED = edited(
+    EXPORTS,
+    times=[format_time(T0 + n * HOUR + d) for n in range(12) for d in (-1, 0, 1)],
+    patients=["Patient/a", "Patient/b"],
+    agents=[f"Practitioner/p{n}" for n in range(3)],
+)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(edited())
+@given(_EDITED)
 def test_the_report_is_the_full_paths(case: tuple[str, dict[str, Any]]) -> None:
     text, kwargs = case
     fast = verify_file(io.StringIO(text), POLICY, opener=fake_opener, **kwargs)
     assert fast.to_json() == _full_path(text, **kwargs).to_json()
+
+
+# A genuine row of another export of the same log, outside this export's scope, that only
+# the named check refuses (the row's cells are right, its proof holds, the report's rule
+# does not look at what is wrong; a date-range and a user report have no patient rule).
+_SCOPE_CASES = {
+    "since": (("access-report", "Patient/a", PERIOD), ("access-report", "Patient/a", None), 0),
+    "until": (("access-report", "Patient/a", PERIOD), ("access-report", "Patient/a", None), 9),
+    "patient": (("date-range", "Patient/a", None), ("date-range", "Patient/b", None), 2),
+    "agent": (
+        ("user-report", "Practitioner/p1", None),
+        ("user-report", "Practitioner/p2", None),
+        2,
+    ),
+}
+
+
+def _scoped(fmt: str, report: str, who: str, period: tuple[int, int] | None) -> str:
+    since, until = period or (None, None)
+    if report == "user-report":
+        return user_export(LOG, who, since, until, fmt=fmt)
+    return export(LOG, who, since, until, fmt=fmt, report=report)
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+@pytest.mark.parametrize("check", sorted(_SCOPE_CASES))
+def test_a_genuine_row_out_of_scope_is_a_scope_finding(fmt: str, check: str) -> None:
+    """Each scope check of the fast path (period's start and end, patient, agent) has a line
+    only it refuses: the full path finds it out of scope, the fast path says the same."""
+    target, source, index = _SCOPE_CASES[check]
+    text = with_line(_scoped(fmt, *target), row_lines(_scoped(fmt, *source))[index])
+    full = _full_path(text)
+    line = 3 if fmt == "csv" else 2
+    assert ("scope", line) in [(f["code"], f["line"]) for f in full.to_json()["findings"]]
+    assert verify_file(io.StringIO(text), POLICY, opener=fake_opener).to_json() == full.to_json()
 
 
 @pytest.mark.parametrize("cap", [1, 3])
