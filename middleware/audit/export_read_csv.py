@@ -17,7 +17,7 @@ import msgspec
 from middleware.audit.export import PROOF_COLUMNS, EntryOpening
 from middleware.audit.export_read import LINE_ROLES, ExportLine, decode_base64  # the line, shared
 
-__all__ = ["csv_body", "csv_lines", "csv_records"]
+__all__ = ["csv_lines", "csv_records"]
 
 
 def csv_lines(
@@ -29,17 +29,17 @@ def csv_lines(
     if head != [*names, *PROOF_COLUMNS]:
         yield 2, "the column line is not the header's columns then the proof columns"
         return
-    yield from csv_body(records, names, 1)
+    yield from _csv_body(records, names)
 
 
-def csv_body(
-    records: Iterator[tuple[int, list[str]]], names: tuple[str, ...], before: int
+def _csv_body(
+    records: Iterator[tuple[int, list[str]]], names: tuple[str, ...]
 ) -> Iterator[tuple[int, ExportLine | str]]:
-    """:func:`csv_lines` of the records after the column line (``csv_records``' of lines
-    that begin after file line ``before``)."""
+    """:func:`csv_lines` of the records after the column line (``csv_records``' of the lines
+    after the header line, the column line read)."""
     width = len(names)
     for read, record in records:
-        number = read + before
+        number = read + 1  # the header line was not read by csv_records
         if not record:
             continue
         if len(record) != width + len(PROOF_COLUMNS):
