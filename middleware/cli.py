@@ -1,9 +1,10 @@
 """The ``consentry`` command.
 
-``consentry serve --upstream URL [--host H] [--port P] [--base-path /fhir] [--config FILE]``
-runs the gateway (uvicorn, uvloop, httptools) on the embedded default store. Settings come from
-the TOML file, then ``CONSENTRY_*`` variables, then these flags; a bad value stops it at once
-with every problem listed.
+``consentry serve --upstream URL [--host H] [--port P] [--base-path /fhir] [--workers N]
+[--config FILE]`` runs the gateway (uvicorn, uvloop, httptools; :mod:`middleware.serving`) on
+the embedded default store, one worker process per CPU unless ``--workers`` says otherwise.
+Settings come from the TOML file, then ``CONSENTRY_*`` variables, then these flags; a bad value
+stops it at once with every problem listed.
 
 The other commands are registered, with their subcommands, by the module that implements
 them: ``consentry ledger verify|export`` and ``consentry keys generate|policy|rotate`` by
@@ -26,7 +27,7 @@ from middleware import __version__
 from middleware.audit.cli import register as register_audit
 from middleware.auth.cli import register as register_token
 from middleware.devsetup import add_init_parser
-from middleware.errors import GatewayError, SettingsError
+from middleware.errors import SettingsError
 from middleware.ledger.cli import register as register_ledger
 from middleware.logging import configure_logging
 from middleware.mapping.cli import register as register_mappings
@@ -63,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         help="sqlite:PATH (default sqlite:consentry.db), postgresql://... (several replicas "
         "sharing one ledger) or memory: (tests)",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port and the store (default: one per CPU; "
+        "always 1 with a memory: store)",
+    )
     serve.add_argument("--config", type=Path, help="TOML settings file (- reads stdin)")
     add_init_parser(commands)
     # Each module registers its own commands and subcommands (each sets ``run``).
@@ -90,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     overrides = {
         key: getattr(args, key)
-        for key in ("upstream", "host", "port", "base_path", "public_url", "store")
+        for key in ("upstream", "host", "port", "base_path", "public_url", "store", "workers")
     }
     try:
         settings = load_settings(config_file=args.config, env=os.environ, overrides=overrides)
@@ -99,32 +106,9 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level)
 
-    import uvicorn  # noqa: PLC0415 - only the serve command needs the server
+    from middleware.serving import serve  # noqa: PLC0415 - only the serve command needs it
 
-    from middleware.app import create_app  # noqa: PLC0415
-    from middleware.proxy.connections import connection_cap, guarded_protocol  # noqa: PLC0415
-
-    try:
-        app = create_app(settings)
-    except (SettingsError, GatewayError) as exc:
-        print(f"consentry: cannot start: {exc}", file=sys.stderr)
-        return 2
-    # httptools, with a deadline for request headers and a connection cap (uvicorn has
-    # neither): see middleware.proxy.connections.
-    protocol = guarded_protocol(settings.header_timeout, connection_cap(settings.max_connections))
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http=protocol,
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        proxy_headers=False,
-    )
-    return 0
+    return serve(settings)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -98,6 +98,7 @@ class Settings:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int = 10_000
+    workers: int = 0
     rate_limit_per_principal: float = 2000.0
     rate_limit_per_principal_burst: int = 4000
     rate_limit_unauthenticated: float = 5.0
@@ -356,6 +357,11 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     ):
         if name in values and values[name] < 1:
             problems.append(f"{name}: must be positive")
+    workers = values.get("workers", 0)
+    if not 0 <= workers <= 1024:
+        problems.append(f"workers: expected 0 (one per CPU) to 1024, got {workers}")
+    elif workers > 1 and values.get("store", "").startswith("memory:"):
+        problems.append("workers: a memory: store lives in one process; use 1 worker")
     if values.get("upstream_client", "aiohttp") not in _UPSTREAM_CLIENTS:
         problems.append(f"upstream_client: expected one of {', '.join(_UPSTREAM_CLIENTS)}")
     if values.get("log_level", "info") not in _LOG_LEVELS:

@@ -1,0 +1,168 @@
+"""Worker processes of one gateway share what the next request needs (docs/operations.md,
+"Worker processes"): consent changes, paging cursors, break-the-glass sessions.
+
+Which worker of ``consentry serve --workers N`` takes a connection is the kernel's choice, so
+a test through one port could pass with every request landing on the same worker. Here the
+"workers" are two serve processes on two ports, sharing what ``--workers`` shares: one store
+file, one settings file (one public URL, one ledger key file, one token issuer). Gateway A is
+itself ``--workers 2`` (the supervisor, whose first worker creates the ledger key file B then
+reads); gateway B is ``--workers 1``. Each step goes through one named gateway, so what B does
+with A's consent, cursor or session can only come from the shared store and keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.testing import GatewayServer, UpstreamServer
+
+PUBLIC: Final = "http://consentry.workers.test/fhir"
+ISSUER: Final = "http://consentry.workers.test/dev-issuer"
+BTG_SCOPE: Final = "consentry/break-glass"
+DR: Final = "Practitioner/dr-workers"
+JSON: Final = {"accept": "application/fhir+json"}
+
+
+class Pair:
+    """Gateways A and B of one store, and tokens both accept."""
+
+    def __init__(self, a: GatewayServer, b: GatewayServer, issuer: UnsafeDevelopmentIssuer):
+        self.a, self.b, self.issuer = a, b, issuer
+
+    def bearer(self, sub: str, scopes: str, **claims: Any) -> dict[str, str]:
+        token = self.issuer.issue(sub, scopes=scopes, audience=PUBLIC, **claims)
+        return {**JSON, "authorization": f"Bearer {token}"}
+
+    def doctor(self, *, glass: bool = False) -> dict[str, str]:
+        scopes = "user/*.rs" + (f" {BTG_SCOPE}" if glass else "")
+        return self.bearer("dr-workers", scopes, fhir_user=DR)
+
+    def patient(self, patient: str) -> dict[str, str]:
+        scopes = "launch/patient patient/Consent.cruds"
+        return self.bearer(f"user-{patient}", scopes, patient=patient)
+
+
+@pytest.fixture(scope="module")
+def pair(upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    shared = tmp_path_factory.mktemp("workers")
+    config = shared / "consentry.toml"
+    config.write_text(_settings(shared), encoding="utf-8")
+    issuer = UnsafeDevelopmentIssuer.from_key_file(shared / "dev.jwk", ISSUER, enabled=True)
+    common = ["--config", str(config), "--store", f"sqlite:{shared / 'consentry.db'}"]
+    with (
+        GatewayServer(upstream.base_url, args=[*common, "--workers", "2"]) as a,
+        GatewayServer(upstream.base_url, args=[*common, "--workers", "1"]) as b,
+    ):
+        yield Pair(a, b, issuer)
+
+
+def _settings(shared: Path) -> str:
+    return f"""
+public_url = "{PUBLIC}"
+ledger_key_file = "{shared / "ledger.key"}"
+ledger_origin = "consentry.workers.test/fhir/ledger"
+break_glass_minutes = 10
+
+[auth]
+dev_issuer_enabled = true
+dev_issuer_url = "{ISSUER}"
+dev_issuer_key_file = "{shared / "dev.jwk"}"
+audiences = ["{PUBLIC}"]
+break_glass_scope = "{BTG_SCOPE}"
+"""
+
+
+def _patients_with_observations(carebundle: dict[str, list[str]], least: int) -> list[str]:
+    return [
+        patient
+        for patient, created in carebundle.items()
+        if sum(ref.startswith("Observation/") for ref in created) >= least
+    ]
+
+
+def _permit_dr(gateway: GatewayServer, pair: Pair, patient: str) -> None:
+    """``patient`` records, through ``gateway``, an R5 consent permitting only :data:`DR`."""
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "subject": {"reference": f"Patient/{patient}"},
+        "decision": "deny",
+        "provision": [{"actor": [{"reference": {"reference": DR}}]}],
+    }
+    answer = httpx.post(
+        f"{gateway.base_url}/Consent",
+        json=consent,
+        headers={**pair.patient(patient), "content-type": "application/fhir+json"},
+        timeout=30.0,
+    )
+    assert answer.status_code == 201, answer.text
+
+
+def test_gateway_a_runs_two_worker_processes(pair: Pair) -> None:
+    """A is served by a supervisor with two workers (what the other tests rely on)."""
+    children = Path(f"/proc/{pair.a.pid}/task/{pair.a.pid}/children").read_text().split()
+    workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(workers) == 2
+
+
+def test_a_consent_recorded_through_one_worker_is_enforced_by_the_other_at_once(
+    pair: Pair, carebundle: dict[str, list[str]]
+) -> None:
+    patient = _patients_with_observations(carebundle, 1)[0]
+    read = f"Patient/{patient}"
+    # Opt-in: nobody reads the record without a consent, through either gateway.
+    assert httpx.get(f"{pair.b.base_url}/{read}", headers=pair.doctor()).status_code >= 400
+    _permit_dr(pair.a, pair, patient)
+    answer = httpx.get(f"{pair.b.base_url}/{read}", headers=pair.doctor())
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"] == patient
+
+
+def test_a_paging_cursor_issued_by_one_worker_is_honoured_by_the_other(
+    pair: Pair, carebundle: dict[str, list[str]]
+) -> None:
+    patient = _patients_with_observations(carebundle, 4)[1]
+    _permit_dr(pair.b, pair, patient)
+    query = f"Observation?subject=Patient/{patient}&_count=2"
+    first = httpx.get(f"{pair.a.base_url}/{query}", headers=pair.doctor())
+    assert first.status_code == 200, first.text
+    links = {link["relation"]: link["url"] for link in first.json().get("link", [])}
+    assert links["next"].startswith(PUBLIC + "/")
+    cursor = dict(parse_qsl(urlsplit(links["next"]).query))["_cursor"]
+    page = links["next"].replace(PUBLIC, pair.b.base_url, 1)
+    second = httpx.get(page, headers=pair.doctor())
+    assert second.status_code == 200, second.text
+    ids = [e["resource"]["id"] for e in second.json().get("entry", [])]
+    first_ids = [e["resource"]["id"] for e in first.json()["entry"]]
+    assert ids
+    assert not set(ids) & set(first_ids)
+    # The cursor is bound to its caller on B as on A: another caller is refused.
+    stranger = pair.bearer("other", "user/*.rs", fhir_user="Practitioner/other")
+    refused = httpx.get(page, headers=stranger)
+    assert refused.status_code == 400
+    assert cursor in page
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="break-the-glass sessions live in each worker's memory: another worker asks for "
+    "the reason header again (the safe direction; docs/operations.md, Worker processes)",
+)
+def test_a_break_the_glass_session_opened_through_one_worker_is_honoured_by_the_other(
+    pair: Pair, carebundle: dict[str, list[str]]
+) -> None:
+    patient = _patients_with_observations(carebundle, 1)[2]
+    read = f"{pair.a.base_url}/Patient/{patient}"
+    plain = pair.doctor(glass=True)
+    assert httpx.get(read, headers=plain).status_code >= 400  # opt-in, no consent
+    asked = {**plain, "x-break-glass-reason": "unconscious patient in ED"}
+    assert httpx.get(read, headers=asked).status_code == 200
+    answer = httpx.get(f"{pair.b.base_url}/Patient/{patient}", headers=plain)
+    assert answer.status_code == 200
