@@ -1,6 +1,7 @@
 """Enforced proxy overhead: consent, SMART tokens and a durable audit ledger on every answer.
 
-    python -m bench.enforced [--duration 5] [--connections 1,16,64] [--loadgen auto|wrk|python]
+    python -m bench.enforced [--duration 5] [--connections 1,16,64] [--workers 1,2]
+                             [--loadgen auto|wrk|python]
 
 Starts the shared upstream FHIR server and loads carebundle-10 into it, then the gateway in its
 embedded default: the SQLite store (WAL, ``synchronous=FULL``: every BALP AuditEvent is
@@ -23,6 +24,12 @@ gateway/direct throughput, the p50 and p99 the gateway adds, the gateway process
 request (``/proc/<pid>/stat``, see :mod:`bench.proxy`) and the ledger entries appended per
 request (signed tree size of ``/ledger/checkpoint`` before and after, once settled). Prints a
 Markdown table and the goals, writes ``bench/results/enforced.json``.
+
+``--workers`` lists the gateway's worker counts to measure (``consentry serve --workers N``,
+started as that command starts it, on one store file): each count is a gateway of its own on
+a fresh store, measured at every point; its CPU is the supervisor's and all its workers'.
+The upstream is measured directly right before each gateway point, so each ratio compares
+runs under the same load of the machine.
 """
 
 from __future__ import annotations
@@ -54,9 +61,9 @@ DEV_ISSUER: Final = "http://consentry.bench/dev-issuer"
 PRACTITIONER: Final = "Practitioner/bench"
 SEARCH_COUNT: Final = 20
 CPU_NOTE: Final = (
-    "gateway CPU per request = utime+stime delta of the gateway process only "
-    "(/proc/<pid>/stat; its SQLite worker threads included) / requests completed; "
-    "upstream and load generator excluded"
+    "gateway CPU per request = utime+stime delta of the gateway's processes (/proc/<pid>/stat "
+    "of the serve process and, with several workers, of each worker; SQLite threads "
+    "included) / requests completed; upstream and load generator excluded"
 )
 LEDGER_NOTE: Final = (
     "ledger/req = growth of the signed tree size (/ledger/checkpoint, read once settled) over "
@@ -91,6 +98,21 @@ def settled_ledger_size(client: httpx.Client, root_url: str, quiet: float = 0.2)
         if now == size:
             return size
         size = now
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """:func:`cpu_seconds` of ``pid`` and of its live descendants (a supervisor's workers)."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += cpu_seconds(current)
+            tasks = Path(f"/proc/{current}/task").iterdir()
+            for task in tasks:
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            continue
+    return total
 
 
 # --- set-up ---------------------------------------------------------------------------------
@@ -239,15 +261,16 @@ def measure_gateway(
     the ledger entries it appended."""
     load(url, connections, 1.0, headers)
     entries_before = settled_ledger_size(client, gateway.root_url)
-    cpu_before = cpu_seconds(gateway.pid)
+    cpu_before = tree_cpu_seconds(gateway.pid)
     result = load(url, connections, duration, headers)
-    cpu = cpu_seconds(gateway.pid) - cpu_before
+    cpu = tree_cpu_seconds(gateway.pid) - cpu_before
     entries = settled_ledger_size(client, gateway.root_url) - entries_before
     return result, cpu, entries
 
 
 def row(
     name: str,
+    workers: int,
     connections: int,
     direct: LoadResult,
     via: LoadResult,
@@ -259,6 +282,7 @@ def row(
 
     return {
         "request": name,
+        "workers": workers,
         "connections": connections,
         "direct_rps": round(direct.rps, 1),
         "gateway_rps": round(via.rps, 1),
@@ -278,6 +302,7 @@ def row(
 
 _COLUMNS: Final = [
     ("request", "request"),
+    ("workers", "workers"),
     ("connections", "conns"),
     ("direct_rps", "direct req/s"),
     ("gateway_rps", "gateway req/s"),
@@ -298,6 +323,10 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each goal with the measured values it is judged on and whether all of them meet it
     (``met`` is None when no point measured it, e.g. without ``16`` in ``--connections``)."""
     reads = [r for r in rows if r["request"].startswith("GET /Patient")]
+
+    def at(r: dict[str, Any]) -> str:
+        return f"w{r['workers']} c{r['connections']}"
+
     at_c16 = [r for r in rows if r["connections"] == 16]
     read_c16 = [r for r in reads if r["connections"] == 16]
 
@@ -310,25 +339,71 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         judged(
             f"gateway CPU per read <= {GOALS['read_cpu_us']:g} µs",
-            [(f"c{r['connections']}", r["gateway_cpu_us_per_request"]) for r in reads],
+            [(at(r), r["gateway_cpu_us_per_request"]) for r in reads],
             lambda v: v <= GOALS["read_cpu_us"],
         ),
         judged(
             f"read throughput at c16 >= {GOALS['read_c16_throughput_ratio']:.0%} of direct",
-            [("c16", r["throughput_ratio"]) for r in read_c16],
+            [(at(r), r["throughput_ratio"]) for r in read_c16],
             lambda v: v >= GOALS["read_c16_throughput_ratio"],
         ),
         judged(
             f"added p50 at c16 <= {GOALS['c16_added_p50_ms']:g} ms",
-            [(r["request"], r["added_p50_ms"]) for r in at_c16],
+            [(f"{r['request']} w{r['workers']}", r["added_p50_ms"]) for r in at_c16],
             lambda v: v <= GOALS["c16_added_p50_ms"],
         ),
         judged(
             f"added p99 at c16 <= {GOALS['c16_added_p99_ms']:g} ms",
-            [(r["request"], r["added_p99_ms"]) for r in at_c16],
+            [(f"{r['request']} w{r['workers']}", r["added_p99_ms"]) for r in at_c16],
             lambda v: v <= GOALS["c16_added_p99_ms"],
         ),
     ]
+
+
+@dataclass
+class Measured:
+    """The rows of one gateway (one worker count) and the consent it enforced."""
+
+    rows: list[dict[str, Any]]
+    consent_id: str
+
+
+def measure_workers(
+    load: Loader,
+    upstream: UpstreamServer,
+    client: httpx.Client,
+    issuer: UnsafeDevelopmentIssuer,
+    config: Path,
+    patient: str,
+    workers: int,
+    concurrencies: list[int],
+    duration: float,
+) -> Measured:
+    """Every point against a gateway of ``workers`` processes on a fresh store file, each
+    right after the same point measured directly."""
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="consentry-bench-store-") as store_dir:
+        store = f"sqlite:{Path(store_dir) / 'consentry.db'}"
+        args = ["--config", str(config), "--store", store, "--workers", str(workers)]
+        with GatewayServer(upstream.base_url, args=args) as gateway:
+            scene = set_up(client, gateway.base_url, issuer, patient)
+            for key, path in scene.paths.items():
+                for connections in concurrencies:
+                    direct = measure_direct(
+                        load, f"{upstream.base_url}/{path}", connections, duration, scene.headers
+                    )
+                    via, cpu, entries = measure_gateway(
+                        load,
+                        f"{gateway.base_url}/{path}",
+                        connections,
+                        duration,
+                        scene.headers,
+                        gateway,
+                        client,
+                    )
+                    rows.append(row(NAMES[key], workers, connections, direct, via, cpu, entries))
+                    print(f"  {NAMES[key]} workers={workers} c={connections}: done", flush=True)
+    return Measured(rows, scene.consent_id)
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -338,10 +413,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.enforced", description=__doc__)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per point")
     parser.add_argument("--connections", default="1,16,64", help="comma-separated concurrencies")
+    parser.add_argument(
+        "--workers", default="1,2", help="comma-separated gateway worker counts (serve --workers)"
+    )
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     concurrencies = [int(n) for n in args.connections.split(",")]
+    worker_counts = [int(n) for n in args.workers.split(",")]
 
     wrk = find_wrk() if args.loadgen != "python" else None
     if args.loadgen == "wrk" and wrk is None:
@@ -350,6 +429,7 @@ def main() -> None:
     generator = "wrk" if wrk else "python (bench/loadgen.py, aiohttp)"
 
     rows: list[dict[str, Any]] = []
+    consent_ids: list[str] = []
     with (
         tempfile.TemporaryDirectory(prefix="consentry-bench-") as tmp,
         httpx.Client(timeout=30.0) as client,
@@ -361,31 +441,20 @@ def main() -> None:
         )
         config = write_config(workdir)
         patient, observations = pick_patient(load_carebundle(upstream.base_url, client))
-        store = f"sqlite:{workdir / 'consentry.db'}"
-        with GatewayServer(
-            upstream.base_url, args=["--config", str(config), "--store", store]
-        ) as gateway:
-            scene = set_up(client, gateway.base_url, issuer, patient)
-            for key, path in scene.paths.items():
-                for connections in concurrencies:
-                    direct = measure_direct(
-                        load,
-                        f"{upstream.base_url}/{path}",
-                        connections,
-                        args.duration,
-                        scene.headers,
-                    )
-                    via, cpu, entries = measure_gateway(
-                        load,
-                        f"{gateway.base_url}/{path}",
-                        connections,
-                        args.duration,
-                        scene.headers,
-                        gateway,
-                        client,
-                    )
-                    rows.append(row(NAMES[key], connections, direct, via, cpu, entries))
-                    print(f"  {NAMES[key]} c={connections}: done", flush=True)
+        for workers in worker_counts:
+            measured = measure_workers(
+                load,
+                upstream,
+                client,
+                issuer,
+                config,
+                patient,
+                workers,
+                concurrencies,
+                args.duration,
+            )
+            rows += measured.rows
+            consent_ids.append(measured.consent_id)
 
     judged = goals(rows)
     report = {
@@ -404,7 +473,7 @@ def main() -> None:
         },
         "caller": {"scopes": "user/*.rs", "fhirUser": PRACTITIONER},
         "consent": {
-            "id": scene.consent_id,
+            "ids": consent_ids,
             "shape": "R5, active, decision deny, one provision permitting the practitioner",
         },
         "patient_observations": observations,

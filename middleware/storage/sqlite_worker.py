@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from middleware.errors import ServiceUnavailable
+from middleware.storage.write_lock import WriteLock
 
 __all__ = ["SqliteWorker"]
 
@@ -59,6 +60,8 @@ class SqliteWorker:
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._closed = False
+        # Writers of one gateway take turns through it, not through SQLite's busy naps.
+        self._turn = None if read_only else WriteLock(path)
 
     async def connect(self) -> None:
         """Open the connection, set the pragmas and run the schema script (which brackets
@@ -145,15 +148,23 @@ class SqliteWorker:
         """Run ``body`` in one transaction: committed if it returns, rolled back if it raises."""
 
         def call(conn: sqlite3.Connection) -> T:
-            conn.execute(begin)
+            turn = self._turn if begin == "BEGIN IMMEDIATE" else None
+            held = turn is not None and turn.acquire(self._busy_timeout)
+            if turn is not None and not held:  # its holder is stuck in its transaction
+                raise sqlite3.OperationalError("database is locked (write turn)")
             try:
-                result = body(conn)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+                conn.execute(begin)
+                try:
+                    result = body(conn)
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return result
+            finally:
+                if held and turn is not None:
+                    turn.release()
 
         return await self.run(call)
 
@@ -172,6 +183,8 @@ class SqliteWorker:
         conn, self._conn = self._conn, None
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        if self._turn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._turn.close)
         self._executor.shutdown(wait=False)
 
     async def _submit(self, fn: Callable[[], T]) -> T:

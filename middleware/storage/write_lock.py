@@ -1,0 +1,68 @@
+"""Taking turns at a SQLite file's write lock across processes, without SQLite's long naps.
+
+Several processes of one gateway (``consentry serve --workers N``) append to one file. SQLite
+lets one write at a time; a process that finds the lock taken runs the busy handler, which
+sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between tries
+(``sqliteDefaultBusyCallback`` in SQLite's ``main.c``) while a commit holds the lock about a
+millisecond (one WAL fsync). Measured with two workers (docs/performance.md): the waiting
+process overslept the release by milliseconds, so each worker's group commit stalled and the
+p99 grew fivefold.
+
+:class:`WriteLock` is an advisory ``flock`` on a file beside the database (``<db>.write-lock``,
+mode 0600) that every writer of the gateway takes before ``BEGIN IMMEDIATE`` and drops after
+``COMMIT``/``ROLLBACK``. A waiter tries again after 50 µs, doubling up to 1 ms, so it gets the
+lock within a millisecond of its release; SQLite's own lock is then free (the holder has
+committed) unless a process that does not take this lock writes (``consentry audit`` and
+``ledger`` commands), which SQLite's busy handler still covers. The kernel drops the lock of
+a process that dies. Blocking calls: run them on the store's worker thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Final
+
+__all__ = ["WriteLock"]
+
+_FIRST_WAIT: Final = 0.00005
+_LONGEST_WAIT: Final = 0.001
+
+
+class WriteLock:
+    """The write turn of the SQLite file at ``database`` (module docstring)."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".write-lock")
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        """Take the turn, waiting at most ``timeout`` seconds; False when it was not free by
+        then (its holder is stuck: the caller fails as SQLite's busy timeout would)."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + timeout
+        wait = _FIRST_WAIT
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() + wait > deadline:
+                    return False
+                time.sleep(wait)
+                wait = min(wait * 2, _LONGEST_WAIT)
+            else:
+                return True
+
+    def release(self) -> None:
+        """Give the turn up (only after :meth:`acquire` returned True)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (releasing the turn if held)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
