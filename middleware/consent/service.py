@@ -43,7 +43,7 @@ from middleware.consent.registry import ConsentRegistry
 from middleware.errors import GatewayError, ServiceUnavailable
 from middleware.fhir.outcome import FHIR_JSON, render_error
 from middleware.ledger.entry import NewEntry
-from middleware.ledger.leaf import EntryFlag, EntryKind
+from middleware.ledger.leaf import EntryFlag, EntryKind, new_pseudonym
 from middleware.logging import get_logger
 from middleware.storage.consent_base import ConsentStore
 from middleware.storage.ledger_base import LogStore
@@ -242,13 +242,16 @@ class ConsentService:
     async def _attempt(
         self, identity: Identity, call: Call, trail: Trail, status: int, reason: str | None
     ) -> int:
-        # On the chain of the patient the operation concerns; else, for a patient caller,
-        # on their own chain if they have one (the evidence does not name them, see
-        # performer: the pseudonym is the link, and their shred clears the entry).
-        patient = trail.patient or patient_caller(identity)
+        # On the chain of the patient the operation concerns (if they have one); else, for
+        # a patient caller, on their own, started now if need be: the evidence does not name
+        # them (performer), so the pseudonym is what ties the attempt to them, and their
+        # shred clears it. One pseudonym per verified patient: bounded.
         pseudonym = None
-        if patient is not None:
-            pseudonym = await (await self.store()).pseudonym(patient)
+        caller = patient_caller(identity)
+        if trail.patient is not None:
+            pseudonym = await (await self.store()).pseudonym(trail.patient)
+        elif caller is not None:
+            pseudonym = await (await self.store()).pseudonym_for(caller, new_pseudonym())
         evidence = attempt_evidence(
             operation=call.operation,
             status=status,
