@@ -39,6 +39,7 @@ from middleware.proxy.exchange_audit import ExchangeAudit
 from middleware.proxy.forwarder import UpstreamForwarder
 from middleware.settings import Settings
 from middleware.storage.audit_outbox import SqliteOutbox, outbox_path
+from middleware.storage.breakglass_sqlite import session_board
 
 __all__ = ["GATEWAY_NAME", "build_enforcement"]
 
@@ -121,7 +122,8 @@ def build_enforcement(
         base_urls=(settings.upstream.rstrip("/"), settings.gateway_base_url),
         allow_unknown=settings.unknown_patient_contexts,
         wall_clock=consents.wall_clock,
-        break_glass=BreakGlass(settings.break_glass_minutes),
+        # Shared by the worker processes of one SQLite store (pipeline.breakglass).
+        break_glass=BreakGlass(settings.break_glass_minutes, board=session_board(settings.store)),
         mapper=mapper,
     )
     recorder = AuditRecorder(

@@ -11,8 +11,9 @@ serves the shared socket until it is told to stop.
 What a worker needs from the others lives in the shared store or is derived from the ledger
 key file they all read: consent changes (the consent registry follows the ledger position on
 every request), paging cursors (sealed under a key derived from the key file's data
-secret), idempotency tags and audit keys. Rate limits, metrics and the connection cap are per
-worker (docs/operations.md).
+secret), idempotency tags, audit keys and open break-the-glass sessions
+(:mod:`middleware.storage.breakglass_sqlite`). Rate limits, metrics and the connection cap are
+per worker (docs/operations.md).
 """
 
 from __future__ import annotations

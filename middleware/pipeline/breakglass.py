@@ -12,8 +12,12 @@ ledger flag ``BREAK_THE_GLASS``.
 
 A request without the header continues an open session; once the session is over, denials
 stand again until the caller asks again (and a new, separately reviewed session starts).
-Sessions live in the replica's memory: a replica that has not seen the request opening one
-simply requires the header again (the safe direction). Pure: the clock is injected.
+The process that opened a session holds it (with the identity its stop event names) and
+records its start and stop. With a :class:`SessionBoard` (the worker processes of one gateway
+on a SQLite store: :mod:`middleware.storage.breakglass_sqlite`) the other processes honour it
+for callers whose token allows break-the-glass, and do not start a second one; without one
+(other stores, other replicas) a process that has not seen the request opening a session
+requires the header again (the safe direction). The clock is injected.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, Protocol
 
 from middleware.auth.identity import Identity
 from middleware.consent.model import DENY, Policy, Provision
@@ -33,6 +37,7 @@ __all__ = [
     "BTG",
     "BreakGlass",
     "Session",
+    "SessionBoard",
     "forbids_break_glass",
     "requested_reason",
 ]
@@ -89,20 +94,41 @@ def _denies_btg(provision: Provision) -> bool:
     return any(_denies_btg(child) for child in provision.children)
 
 
+class SessionBoard(Protocol):
+    """The sessions open in any process of the gateway (module docstring)."""
+
+    def active(self, binding: str, now: float) -> frozenset[str]:
+        """Patients ``binding`` holds an open session for (none when unreadable)."""
+        ...
+
+    def claim(self, binding: str, patient: str, ends: float, now: float) -> bool:
+        """Record a session unless one is open; True when this call recorded it."""
+        ...
+
+    def release(self, binding: str, patient: str, ends: float) -> None:
+        """Forget a closed session (only the one until ``ends``)."""
+        ...
+
+
 class BreakGlass:
     """Open emergency sessions, time-boxed to ``minutes`` (module docstring)."""
 
-    def __init__(self, minutes: int) -> None:
+    def __init__(self, minutes: int, *, board: SessionBoard | None = None) -> None:
         if minutes <= 0:
             raise ValueError("a break-the-glass session lasts a positive number of minutes")
         self.seconds = minutes * 60
         self._sessions: dict[tuple[str, str], Session] = {}
+        self._board = board
 
     def active(self, caller: Caller, now: float) -> frozenset[str]:
-        """The patients ``caller`` holds an open session for."""
+        """The patients ``caller`` holds an open session for (in this process, or on the
+        board when its token allows break-the-glass)."""
+        shared = frozenset[str]()
+        if self._board is not None and caller.identity.break_the_glass:
+            shared = self._board.active(caller.binding, now)
         if not self._sessions:  # every request asks: the common answer costs nothing
-            return frozenset()
-        return frozenset(
+            return shared
+        return shared | frozenset(
             s.patient
             for s in self._sessions.values()
             if s.caller == caller.binding and s.ends > now
@@ -124,9 +150,11 @@ class BreakGlass:
             if current is None or current.ends <= now:
                 if current is not None:
                     continue  # expired, not yet closed: expire() records its stop first
-                self._sessions[key] = Session(
-                    caller.binding, caller.identity, patient, now, now + self.seconds
-                )
+                ends = now + self.seconds
+                board = self._board
+                if board is not None and not board.claim(caller.binding, patient, ends, now):
+                    continue  # open in another process, which records its start and stop
+                self._sessions[key] = Session(caller.binding, caller.identity, patient, now, ends)
                 opened.append(patient)
         return opened
 
@@ -138,4 +166,6 @@ class BreakGlass:
         over = [s for s in self._sessions.values() if s.ends <= now]
         for session in over:
             del self._sessions[(session.caller, session.patient)]
+            if self._board is not None:
+                self._board.release(session.caller, session.patient, session.ends)
         return over
