@@ -134,6 +134,10 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signalled = signum
 
+    def _stopping(self) -> bool:
+        """True once SIGTERM or SIGINT has come (set by the handler between any two lines)."""
+        return self._signalled is not None
+
     def _spawn(self, listener: socket.socket, lifeline: Connection) -> _Worker:
         ready, ready_writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
@@ -166,8 +170,10 @@ class Supervisor:
             host=self.settings.host,
             port=listener.getsockname()[1],
         )
-        while self._signalled is None:
+        while not self._stopping():
             done = self._wait(workers, wake)
+            if self._stopping():  # the signal came with the end: workers are stopping
+                break
             ended = [w for w in workers if w.process.sentinel in done]
             if ended:
                 for worker in ended:
