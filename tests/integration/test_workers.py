@@ -29,13 +29,16 @@ ISSUER: Final = "http://consentry.workers.test/dev-issuer"
 BTG_SCOPE: Final = "consentry/break-glass"
 DR: Final = "Practitioner/dr-workers"
 JSON: Final = {"accept": "application/fhir+json"}
+ORIGIN: Final = "consentry.workers.test/fhir/ledger"
 
 
 class Pair:
     """Gateways A and B of one store, and tokens both accept."""
 
-    def __init__(self, a: GatewayServer, b: GatewayServer, issuer: UnsafeDevelopmentIssuer):
-        self.a, self.b, self.issuer = a, b, issuer
+    def __init__(
+        self, a: GatewayServer, b: GatewayServer, issuer: UnsafeDevelopmentIssuer, shared: Path
+    ):
+        self.a, self.b, self.issuer, self.shared = a, b, issuer, shared
 
     def bearer(self, sub: str, scopes: str, **claims: Any) -> dict[str, str]:
         token = self.issuer.issue(sub, scopes=scopes, audience=PUBLIC, **claims)
@@ -61,14 +64,14 @@ def pair(upstream: UpstreamServer, tmp_path_factory: pytest.TempPathFactory) -> 
         GatewayServer(upstream.base_url, args=[*common, "--workers", "2"]) as a,
         GatewayServer(upstream.base_url, args=[*common, "--workers", "1"]) as b,
     ):
-        yield Pair(a, b, issuer)
+        yield Pair(a, b, issuer, shared)
 
 
 def _settings(shared: Path) -> str:
     return f"""
 public_url = "{PUBLIC}"
 ledger_key_file = "{shared / "ledger.key"}"
-ledger_origin = "consentry.workers.test/fhir/ledger"
+ledger_origin = "{ORIGIN}"
 break_glass_minutes = 10
 
 [auth]
@@ -162,3 +165,22 @@ def test_a_break_the_glass_session_opened_through_one_worker_is_honoured_by_the_
     assert httpx.get(read, headers=asked).status_code == 200
     answer = httpx.get(f"{pair.b.base_url}/Patient/{patient}", headers=plain)
     assert answer.status_code == 200, answer.text
+
+
+def test_the_ledger_both_gateways_appended_to_verifies_offline(
+    pair: Pair, carebundle: dict[str, list[str]], tmp_path: Path
+) -> None:
+    """Entries appended by several processes to one file form one log whose every entry,
+    proof and checkpoint signature verifies (``consentry ledger verify``)."""
+    patient = _patients_with_observations(carebundle, 1)[3]
+    for gateway in (pair.a, pair.b, pair.a, pair.b):
+        httpx.get(f"{gateway.base_url}/Patient/{patient}", headers=pair.doctor())
+    policy = pair.a.consentry(
+        "keys", "policy", "--key-file", str(pair.shared / "ledger.key"), "--origin", ORIGIN
+    )
+    assert policy.returncode == 0, policy.stderr
+    trust = tmp_path / "trust.toml"
+    trust.write_text(policy.stdout, encoding="utf-8")
+    store = f"sqlite:{pair.shared / 'consentry.db'}"
+    done = pair.a.consentry("ledger", "verify", "--store", store, "--trust", str(trust))
+    assert done.returncode == 0, done.stdout + done.stderr
