@@ -70,12 +70,47 @@ def row_lines(text: str) -> dict[int, str]:
     return found
 
 
+@functools.cache
+def _columns(text: str) -> tuple[bool, tuple[str, ...]]:
+    """Whether the export is CSV, and its header's columns."""
+    header = json.loads(text.split("\n", 1)[0].removeprefix("#"))
+    return _is_csv(text), tuple(header["columns"])
+
+
 def with_line(text: str, line: str) -> str:
     """``text`` with ``line`` as its first entry line (after the header and the CSV's column
     line)."""
     lines = text.splitlines(keepends=True)
     at = 2 if _is_csv(text) else 1
     return "".join([*lines[:at], line, *lines[at:]])
+
+
+#: The fields a spliced line takes from another line: the proof columns (CSV: the last seven
+#: cells, ``role`` first) in groups a forger would move together, or the report's cells.
+_GROUPS: tuple[tuple[str, ...], ...] = (
+    *(("salt",), ("key",), ("salt", "evidence", "key"), ("leaf",), ("proof",), ("index",)),
+    *(("index", "leaf", "proof"), ("columns",)),
+)
+_PROOF = ("role", "index", "leaf", "proof", "salt", "evidence", "key")
+
+
+def _spliced(line: str, donor: str, fields: tuple[str, ...]) -> str:
+    """``line`` with the ``fields`` of ``donor`` (two entry lines of one format)."""
+    if line.startswith("{"):
+        entry, given = json.loads(line), json.loads(donor)
+        entry.update({f: given[f] for f in fields})
+        return json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
+    record, cells = next(csv.reader([line])), next(csv.reader([donor]))
+    if len(record) != len(cells):
+        raise ValueError("records of different widths")
+    width = len(record) - len(_PROOF)
+    for f in fields:
+        at = range(width) if f == "columns" else [width + _PROOF.index(f)]
+        for i in at:
+            record[i] = cells[i]
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(record)
+    return out.getvalue()
 
 
 def _header(line: str, key: str, value: str | None) -> str:
@@ -96,17 +131,22 @@ def edited(
 ) -> tuple[str, dict[str, Any]]:
     """An export of ``pool`` with up to three edits: a character changed, a line dropped,
     repeated, swapped with the next, a line of any export of the pool inserted, a blank
-    line, a row line of an export of the pool in the same format inserted (a genuine row,
-    in or out of this export's scope), the header's ``since``/``until`` (one of ``times``),
-    ``patient`` (``patients``) or ``agent`` (``agents``) changed or made None."""
+    line, fields of a line replaced by another line's (the opening, the leaf, the proof, the
+    index, the report's cells, alone or together), a row line of an export of the pool with
+    the same columns inserted (a genuine row, in or out of this export's scope), the
+    header's ``since``/``until`` (one of ``times``), ``patient`` (``patients``) or ``agent``
+    (``agents``) changed or made None."""
     text, kwargs = draw(st.sampled_from(pool))
     lines = text.splitlines(keepends=True)
-    siblings = [t for t, _ in pool if _is_csv(t) == _is_csv(text)]
+    # Rows of exports with other columns are refused for their cells; these are not.
+    siblings = [t for t, _ in pool if _columns(t) == _columns(text)]
     values = {"since": times, "until": times, "patient": patients, "agent": agents}
     for _ in range(draw(st.integers(0, 3))):
         at = draw(st.integers(1, len(lines) - 1)) if len(lines) > 1 else 0
         edit = draw(
-            st.sampled_from(["char", "drop", "repeat", "swap", "foreign", "blank", "row", "header"])
+            st.sampled_from(
+                ["char", "drop", "repeat", "swap", "foreign", "blank", "row", "header", "splice"]
+            )
         )
         if edit == "char":
             line = lines[at]
@@ -134,4 +174,9 @@ def edited(
             # ValueError, TypeError: the header line was edited into something else already.
             with contextlib.suppress(ValueError, TypeError):
                 lines[0] = _header(lines[0], key, value)
+        elif edit == "splice" and len(lines) > 1:
+            donor = lines[draw(st.integers(1, len(lines) - 1))]
+            # A line already edited into something else is left as it is.
+            with contextlib.suppress(ValueError, LookupError, TypeError, csv.Error):
+                lines[at] = _spliced(lines[at], donor, draw(st.sampled_from(_GROUPS)))
     return "".join(lines), kwargs

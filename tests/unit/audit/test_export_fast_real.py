@@ -47,24 +47,26 @@ def test_the_report_is_the_full_paths(case: tuple[str, dict[str, Any]]) -> None:
     assert fast.to_json() == full_path(text, REAL_POLICY, facts_opener).to_json()
 
 
-# A genuine row of another export, outside this one's scope, that only the named check of the
-# fast path refuses (entries 6 to 29 are the period; patient n % 3, practitioner n % 4).
-_SCOPE_CASES = {
-    "since": ("access-a-period", "access-a", 3),
-    "until": ("access-a-period", "access-a", 30),
-    "patient": ("date-a", "date-b", 1),
-    "agent": ("user-1", "user-2", 2),
+# A genuine row of another export that only the named check of the fast path refuses, and
+# the finding the full path gives (entries 6 to 29 are the period; patient n % 3,
+# practitioner n % 4, treatment for n // 3 % 3 == 0: exempt from the accounting).
+_CASES = {
+    "since": ("access-a-period", "access-a", 3, "scope"),
+    "until": ("access-a-period", "access-a", 30, "scope"),
+    "patient": ("date-a", "date-b", 1, "scope"),
+    "agent": ("user-1", "user-2", 2, "scope"),
+    "rule": ("accounting-a", "date-a", 9, "membership"),
 }
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
-@pytest.mark.parametrize("check", sorted(_SCOPE_CASES))
-def test_a_genuine_row_out_of_scope_is_a_scope_finding(fmt: str, check: str) -> None:
-    target, source, index = _SCOPE_CASES[check]
+@pytest.mark.parametrize("check", sorted(_CASES))
+def test_a_genuine_row_only_one_check_refuses(fmt: str, check: str) -> None:
+    target, source, index, code = _CASES[check]
     exports = real_exports()
     text = with_line(exports[target, fmt], row_lines(exports[source, fmt])[index])
     full = full_path(text, REAL_POLICY, facts_opener)
     line = 3 if fmt == "csv" else 2
-    assert ("scope", line) in [(f["code"], f["line"]) for f in full.to_json()["findings"]]
+    assert (code, line) in [(f["code"], f["line"]) for f in full.to_json()["findings"]]
     fast = verify_file(io.StringIO(text), REAL_POLICY, opener=facts_opener)
     assert fast.to_json() == full.to_json()
