@@ -44,10 +44,11 @@ tests[audit]="tests/unit/audit/test_balp.py tests/unit/audit/test_balp_known_eve
 # and index row (facts.py), the events rendered from them when read (render.py); pure, pinned by
 # golden events (the old recorder's, kept in tests/unit/audit/old_events.py), hypothesis round
 # trips and malformed encodings, with the evidence reader's tests (sealed facts opened).
-files[audit-facts]="middleware/audit/plan.py middleware/audit/facts.py middleware/audit/render.py"
+files[audit-facts]="middleware/audit/plan.py middleware/audit/entities.py middleware/audit/facts.py
+    middleware/audit/render.py"
 tests[audit-facts]="tests/unit/audit/test_facts.py tests/unit/audit/test_render.py
     tests/unit/audit/test_evidence.py tests/unit/audit/test_facts_mutants.py
-    tests/unit/audit/test_plan_mutants.py"
+    tests/unit/audit/test_plan_mutants.py tests/unit/audit/test_entities.py"
 # The recorder (entries, outbox, replay) on its own, with the app tests of writes whose outcome
 # waits in the outbox (reconcile, replay, readiness) and of break-the-glass: real SQLite
 # outboxes and in-memory ledgers, about a second in all.

@@ -2,7 +2,8 @@
 
 :func:`plan` turns an :class:`Exchange` in one :data:`Phase` into :class:`Planned` entries,
 one per patient of :attr:`Exchange.decisions` in order, or one without a patient when the
-exchange names none (:mod:`middleware.audit.recorder` documents the kinds and flags). It
+exchange names none (:mod:`middleware.audit.recorder` documents the kinds and flags; which
+resources each entry names is decided by :mod:`middleware.audit.entities`). It
 builds :class:`~middleware.audit.facts.AuditFacts`, never AuditEvents: those are rendered
 when read (:mod:`middleware.audit.render`), off the request's hot path.
 """
@@ -15,6 +16,7 @@ from types import MappingProxyType
 from typing import Final, Literal
 
 from middleware.audit.balp import is_query
+from middleware.audit.entities import Phase, entries
 from middleware.audit.facts import AuditFacts, Caller, DecisionFacts
 from middleware.audit.parts import AgentInfo, patient_reference
 from middleware.auth.identity import Identity
@@ -28,6 +30,10 @@ __all__ = ["Exchange", "Phase", "Planned", "plan", "plan_break_glass"]
 _PERMIT = int(EntryFlag.PERMIT)
 _NARROWED = int(EntryFlag.NARROWED)
 _BREAK_THE_GLASS = int(EntryFlag.BREAK_THE_GLASS)
+# Looked up once: an enum member read through its class costs a descriptor call per entry.
+_DISCLOSURE: Final = EntryKind.DISCLOSURE
+_ACCESS_DECISION: Final = EntryKind.ACCESS_DECISION
+_ACCESS_OUTCOME: Final = EntryKind.ACCESS_OUTCOME
 
 #: The EntryFlag of each combination of the bits plan() sets.
 _FLAGS: Final = {
@@ -37,10 +43,6 @@ _FLAGS: Final = {
 }
 #: How many identities and decisions plan() remembers the facts of.
 _RECENT_SIZE: Final = 1024
-
-Phase = Literal["exchange", "decision", "outcome"]
-"""``exchange``: reads, searches and every denied or failed request, once answered;
-``decision``: a write, before it is forwarded; ``outcome``: a write, once upstream answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +55,9 @@ class Exchange:
     ``decisions`` maps each patient the exchange touched or named (``Patient/<id>``, order
     kept) to the consent decision taken for it, or None when none was needed (a patient
     reading their own record). ``released`` are the patients whose data reached the client;
-    ``resource_refs`` the ``Type/id`` of the resources released or written. ``narrowed``: the
+    ``resource_refs`` the ``Type/id`` the exchange names of the resources released or written
+    (:func:`~middleware.audit.entities.named_resources`; which entry names them:
+    :func:`~middleware.audit.entities.entries`). ``narrowed``: the
     answer was filtered, the query pinned or the resource redacted. ``mapping``: the mapping
     profile the exchange went through and the digest of its files (``<id> sha256:<hex>``),
     None without one.
@@ -97,28 +101,22 @@ def plan(exchange: Exchange, phase: Phase, recorded_us: int, gateway: AgentInfo)
         raise ValueError("request_id must not be empty")
     if is_query(x.request.interaction) and not x.raw_request:
         raise ValueError("raw_request is required for a query interaction")
-    # The test only skips building an empty set (`or True` is an equivalent mutant).
-    released = {patient_reference(p) for p in x.released} if x.released else set()
-    targets: list[tuple[str | None, Decision | None]] = [
-        (patient_reference(p), d) for p, d in x.decisions.items()
-    ] or [(None, None)]
     # Flag bits as plain ints, their EntryFlag looked up (IntFlag arithmetic is slow).
     extra = (_NARROWED if x.narrowed else 0) | (_BREAK_THE_GLASS if x.break_glass else 0)
     caller = None if x.identity is None else _CALLERS.made(x.identity)
+    status = x.status
     out: list[Planned] = []
-    for patient, decision in targets:
-        flags = _FLAGS[extra | (_PERMIT if _permits(phase, x.status, decision) else 0)]
-        refs = x.resource_refs
+    # Who each entry is about and what it names: entities.py decides, this only reads.
+    for patient, decision, disclosed, refs in entries(
+        phase, status, x.decisions, x.released, x.resource_refs
+    ):
+        flags = _FLAGS[extra | (_PERMIT if _permits(phase, status, decision) else 0)]
         if phase == "exchange":
-            disclosed = x.status < 400 and (patient is None or patient in released)
-            kind = EntryKind.DISCLOSURE if disclosed else EntryKind.ACCESS_DECISION
-            # The released resources belong to released patients: a patient whose data was
-            # withheld is audited against what was asked for (the request's own target).
-            refs = refs if disclosed or patient is None else ()
+            kind = _DISCLOSURE if disclosed else _ACCESS_DECISION
         elif phase == "decision":
-            kind = EntryKind.ACCESS_DECISION
+            kind = _ACCESS_DECISION
         else:
-            kind = EntryKind.ACCESS_OUTCOME  # rendered without the decision (render.py)
+            kind = _ACCESS_OUTCOME  # rendered without the decision (render.py)
         facts_decision, consent = (None, None) if decision is None else _DECISIONS.made(decision)
         facts = AuditFacts(
             event=phase,
@@ -131,9 +129,9 @@ def plan(exchange: Exchange, phase: Phase, recorded_us: int, gateway: AgentInfo)
             version_id=x.request.version_id,
             caller=caller,
             client_address=x.client_address,
-            status=x.status,
+            status=status,
             patient=patient,
-            resource_refs=tuple(refs),
+            resource_refs=refs,
             raw_request=x.raw_request,
             decision=facts_decision,
             mapping=x.mapping,

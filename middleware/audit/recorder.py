@@ -26,9 +26,10 @@ outcome   ``ACCESS_OUTCOME``               the RESTful event with the upstream's
 
 Flags: ``PERMIT`` when the status is below 400 and the decision (if any) permits (the decision
 phase: when the decision permits); ``NARROWED`` and ``BREAK_THE_GLASS`` as the exchange says.
-Without patients, the one exchange entry is a ``DISCLOSURE`` below status 400. The RESTful
-event of a patient whose data was withheld names what was asked for (the request's own
-target), not ``resource_refs``: the resources released belong to other patients.
+Without patients, the one exchange entry is a ``DISCLOSURE`` below status 400. Which
+resources each entry's RESTful event names, by phase, is decided in
+:mod:`middleware.audit.entities` (a patient whose data was withheld: what was asked for, the
+request's own target, not ``resource_refs``: the resources released belong to other patients).
 
 Every entry of one call is appended concurrently, so the group-commit writer can take them in
 one batch; if any append fails the call raises :class:`~middleware.errors.ServiceUnavailable`

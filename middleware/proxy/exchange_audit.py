@@ -7,19 +7,15 @@ decision and keeps its intent before forwarding it; :class:`~middleware.pipeline
 records each batch entry) and the enforcement stage (:mod:`middleware.proxy.enforcement`:
 the exchange's final phase, refusals). It calls only the recorder.
 
-What an exchange's entries name of the resources it touched (:func:`exchange_of`): the
-resources released or written one by one for a read, a history of one record and a write
-(a search's answer is named by its query instead, as BALP Query does), and the patients whose
-data reached the client only when the answer is a success; the recorder's plan then names,
-per patient, only the resources of a patient that was disclosed
-(:func:`~middleware.audit.plan.plan`).
+What an exchange's entries name of the resources it touched is decided in
+:mod:`middleware.audit.entities` (:func:`exchange_of` takes the resources through its
+:func:`~middleware.audit.entities.named_resources`; the plan names them, per patient, by
+phase); the patients whose data reached the client are kept only when the answer is a success.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final
-
+from middleware.audit.entities import named_resources
 from middleware.audit.recorder import AuditRecorder, Exchange, Phase
 from middleware.auth.identity import Identity
 from middleware.fhir.request import FhirRequest, Interaction, Level
@@ -27,20 +23,6 @@ from middleware.pipeline.exchange import Ask
 from middleware.types import Scope
 
 __all__ = ["ExchangeAudit", "exchange_of", "final_phase", "raw_request"]
-
-#: Interactions whose audit events list the released resources one by one (a search's answer
-#: is named by its query instead, as BALP Query does).
-_NAMED_RESOURCES: Final = frozenset(
-    {
-        Interaction.READ,
-        Interaction.VREAD,
-        Interaction.HISTORY_INSTANCE,
-        Interaction.CREATE,
-        Interaction.UPDATE,
-        Interaction.PATCH,
-        Interaction.DELETE,
-    }
-)
 
 
 class ExchangeAudit:
@@ -126,7 +108,6 @@ class ExchangeAudit:
 def exchange_of(ask: Ask, status: int) -> Exchange:
     """``ask``'s exchange as the audit records it, answered ``status`` (module docstring)."""
     trail = ask.trail
-    refs: Sequence[str] = trail.refs if ask.request.interaction in _NAMED_RESOURCES else ()
     return Exchange(
         request=ask.request,
         identity=ask.caller.identity,
@@ -136,7 +117,7 @@ def exchange_of(ask: Ask, status: int) -> Exchange:
         client_address=ask.client_address,
         decisions=dict(trail.decisions),
         released=frozenset(trail.released) if status < 400 else frozenset(),
-        resource_refs=tuple(refs),
+        resource_refs=named_resources(ask.request.interaction, trail.refs),
         narrowed=trail.narrowed,
         break_glass=trail.break_glass,
         mapping=trail.mapping,
