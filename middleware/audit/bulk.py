@@ -2,43 +2,65 @@
 
 Kick-off starts a job (:meth:`ExportJobs.start`), whose producer writes NDJSON lines into it
 (:meth:`ExportJob.add`); the status URL reports progress while it runs (202 with
-``X-Progress``) and then the manifest (200); each output file is served from memory; DELETE
-cancels the job and forgets it.
+``X-Progress``) and then the manifest (200); each output file is served; DELETE cancels the
+job and forgets it.
 
-Limits, documented for operators: job state lives **in this process's memory**. A job is
-served only by the process that runs it (behind a load balancer: sticky sessions, or one
-replica for exports), and a restart forgets every job (the client starts again). At most
-``max_running`` jobs run at once (429 beyond), a job holds at most ``max_events`` events
-(it fails beyond, asking for a narrower ``_since``), and a finished job is kept
-``keep_seconds`` then forgotten. Job ids are random (128 bits) and a job is served only to
-the principal that started it: anyone else gets the same 404 as for an unknown id.
+With a **board** (:mod:`middleware.storage.exports_sqlite`, ``<store>.exports`` beside a
+SQLite store) a job's state and files are shared by every worker process: the producer runs
+in the worker that took the kick-off, any worker answers status, manifest, download and
+DELETE. A job whose producing process is gone (its pid and start time name no running
+process on this host) is reported failed by the next status poll; a cancel through any
+worker stops the producer at its next :meth:`ExportJob.add`, which reads the job's state on
+the board. Without a board (memory and PostgreSQL stores) jobs live in this process's
+memory: only the process that runs a job serves it, and a restart forgets it.
+
+Limits either way: at most ``max_running`` jobs run at once (429 beyond; with a board, over
+every worker), a job holds at most ``max_events`` events (it fails beyond, asking for a
+narrower ``_since``), a finished job is kept ``keep_seconds`` then deleted with its files (a
+failed job's at once). Job ids are random (128 bits); a job is served only to the principal
+that started it: anyone else gets the same 404 as for an unknown id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal, cast
 
+from middleware.audit.recorder_intents import running, started
 from middleware.errors import NotFound, TooManyRequests
+from middleware.storage.exports_sqlite import JobRow, SqliteExportBoard
 
-__all__ = ["ExportJob", "ExportJobs", "ExportTooLarge"]
+__all__ = ["ExportCancelled", "ExportJob", "ExportJobs", "ExportTooLarge"]
 
 State = Literal["running", "done", "failed"]
+
+#: A board chunk holds at most this many bytes of lines (one write transaction each).
+CHUNK_BYTES: Final = 1 << 20
+#: What a job whose producing process ended reports (its partial output is deleted).
+PRODUCER_GONE: Final = "the export stopped when its gateway process ended; restart the export"
 
 
 class ExportTooLarge(Exception):
     """The job reached ``max_events``."""
 
 
+class ExportCancelled(Exception):
+    """The job no longer runs on the board (cancelled, or failed as lost): its producer stops."""
+
+
 @dataclass(slots=True)
 class ExportJob:
     """One export: who asked (``owner``), the kick-off ``request`` URL, its
-    ``transaction_time`` (FHIR instant), the NDJSON ``files`` written so far (lists of lines),
-    ``count`` events in all, and its ``state`` (``error``: why it failed, safe to show)."""
+    ``transaction_time`` (FHIR instant), the NDJSON ``files`` written so far (lists of lines;
+    with a ``board`` they are there, in chunks, and ``counts`` says how many lines each file
+    has), ``count`` events in all, and its ``state`` (``error``: why it failed, safe to
+    show)."""
 
     id: str
     owner: str
@@ -53,21 +75,61 @@ class ExportJob:
     too_large: bool = False  # failed past max_events: the client's to narrow (a 4xx)
     finished_at: float | None = None
     task: asyncio.Task[None] | None = None
+    board: SqliteExportBoard | None = None
+    counts: list[int] = field(default_factory=list)  # lines of each file (with a board)
+    _pending: list[bytes] = field(default_factory=list)  # lines not yet on the board
+    _pending_bytes: int = 0
+    _seq: int = 0
 
     def add(self, line: bytes) -> None:
         """Append one NDJSON line (one resource, no newline); raises :class:`ExportTooLarge`
-        past ``max_events``."""
+        past ``max_events`` and, with a board, :class:`ExportCancelled` once the job is no
+        longer running there."""
+        if self.board is not None and self.board.state(self.id) != "running":
+            raise ExportCancelled
         if self.count >= self.max_events:
             raise ExportTooLarge
+        if self.board is not None:
+            self._add_shared(line)
+            return
         if not self.files or len(self.files[-1]) >= self.events_per_file:
             self.files.append([])
         self.files[-1].append(line)
         self.count += 1
 
+    def _add_shared(self, line: bytes) -> None:
+        if not self.counts or self.counts[-1] >= self.events_per_file:
+            self.flush()
+            self.counts.append(0)
+            self._seq = 0
+        self._pending.append(line + b"\n")
+        self._pending_bytes += len(line) + 1
+        self.counts[-1] += 1
+        self.count += 1
+        if self._pending_bytes >= CHUNK_BYTES or self.counts[-1] >= self.events_per_file:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the lines not yet on the board as one chunk (:class:`ExportCancelled` when
+        the job stopped running there)."""
+        if self.board is None or not self._pending:
+            return
+        data, lines = b"".join(self._pending), len(self._pending)
+        self._pending, self._pending_bytes = [], 0
+        if not self.board.append(self.id, len(self.counts) - 1, self._seq, lines, data):
+            raise ExportCancelled
+        self._seq += 1
+
+    def file_counts(self) -> list[int]:
+        """The number of lines of each output file, in order."""
+        return list(self.counts) if self.board is not None else [len(f) for f in self.files]
+
     def ndjson(self, n: int) -> bytes:
         """Output file ``n`` (from 0) of a finished job as NDJSON; NotFound otherwise."""
-        if self.state != "done" or not 0 <= n < len(self.files):
+        if self.state != "done" or not 0 <= n < len(self.file_counts()):
             raise NotFound("no such export file")
+        if self.board is not None:
+            return self.board.file(self.id, n)
         return b"".join(line + b"\n" for line in self.files[n])
 
 
@@ -75,7 +137,8 @@ Producer = Callable[[ExportJob], Awaitable[None]]
 
 
 class ExportJobs:
-    """The export jobs of this process (module docstring). ``clock``: monotonic seconds."""
+    """The export jobs of this gateway (module docstring). ``clock``: seconds, for
+    ``keep_seconds``; with a ``board``, a clock every process shares (wall time)."""
 
     def __init__(
         self,
@@ -85,13 +148,19 @@ class ExportJobs:
         max_events: int = 1_000_000,
         events_per_file: int = 10_000,
         keep_seconds: float = 3600.0,
+        board: SqliteExportBoard | None = None,
     ) -> None:
         self._clock = clock
-        self._jobs: dict[str, ExportJob] = {}
+        self._jobs: dict[str, ExportJob] = {}  # with a board: the jobs this process produces
         self.max_running = max_running
         self.max_events = max_events
         self.events_per_file = events_per_file
         self.keep_seconds = keep_seconds
+        self.board = board
+        self._host = socket.gethostname()
+        self._pid = os.getpid()
+        self._started = started(self._pid)
+        self._producer = secrets.token_hex(8)  # this table, told from others in this process
 
     def start(
         self, *, owner: str, request: str, transaction_time: str, produce: Producer
@@ -99,61 +168,130 @@ class ExportJobs:
         """A new running job whose ``produce`` runs as a task; 429 when ``max_running`` jobs
         run already."""
         self._forget_old()
-        if sum(job.state == "running" for job in self._jobs.values()) >= self.max_running:
-            raise TooManyRequests("too many exports are running; try again later", retry_after=30)
         job = ExportJob(
-            id=secrets.token_hex(16),
-            owner=owner,
-            request=request,
-            transaction_time=transaction_time,
-            events_per_file=self.events_per_file,
-            max_events=self.max_events,
-        )
+            id=secrets.token_hex(16), owner=owner, request=request,
+            transaction_time=transaction_time, events_per_file=self.events_per_file,
+            max_events=self.max_events, board=self.board,
+        )  # fmt: skip
+        if self.board is not None:
+            for row in self.board.running():
+                self._check_producer(row)
+            if not self.board.create(self._row(job), max_running=self.max_running):
+                raise _too_many()
+        elif sum(job.state == "running" for job in self._jobs.values()) >= self.max_running:
+            raise _too_many()
         self._jobs[job.id] = job
         job.task = asyncio.create_task(self._run(job, produce))
         return job
 
+    def _row(self, job: ExportJob) -> JobRow:
+        return JobRow(
+            id=job.id, owner=job.owner, request=job.request,
+            transaction_time=job.transaction_time, state="running", error=None,
+            too_large=False, count=0, host=self._host, pid=self._pid, started=self._started,
+            producer=self._producer, finished_at=None,
+        )  # fmt: skip
+
     async def _run(self, job: ExportJob, produce: Producer) -> None:
         try:
             await produce(job)
+            job.flush()
+        except ExportCancelled:
+            self._jobs.pop(job.id, None)
+            return
         except ExportTooLarge:
             job.too_large = True
-            job.state, job.error = (
-                "failed",
-                (f"the export exceeds {self.max_events} events; narrow it with _since"),
-            )
+            job.state = "failed"
+            job.error = f"the export exceeds {self.max_events} events; narrow it with _since"
         except Exception:  # noqa: BLE001 - a failed job reports it; never a stack trace
             job.state, job.error = "failed", "the export failed; start it again"
         else:
             job.state = "done"
         job.finished_at = self._clock()
+        if self.board is not None:
+            self._jobs.pop(job.id, None)
+            with contextlib.suppress(Exception):  # unrecorded: the job fails as a lost one
+                self.board.finish(
+                    job.id, error=job.error, too_large=job.too_large, now=job.finished_at
+                )
 
     def get(self, job_id: str, owner: str) -> ExportJob:
         """The job ``job_id`` of ``owner``; NotFound (the same) for an unknown id or another
         owner's job."""
+        if self.board is not None:
+            return self._shared(job_id, owner)
         job = self._jobs.get(job_id)
         if job is None or not secrets.compare_digest(job.owner, owner):
             raise NotFound("no such export job")
         return job
 
+    def _shared(self, job_id: str, owner: str) -> ExportJob:
+        """The board's job ``job_id`` of ``owner``, as of now (a lost producer: failed)."""
+        assert self.board is not None
+        row = self.board.get(job_id)
+        if row is None or not secrets.compare_digest(row.owner, owner):
+            raise NotFound("no such export job")
+        if row.finished_at is not None and self._clock() - row.finished_at > self.keep_seconds:
+            self.board.delete(job_id)
+            raise NotFound("no such export job")
+        if self._check_producer(row) and (row := self.board.get(job_id)) is None:
+            raise NotFound("no such export job")
+        return ExportJob(
+            id=row.id, owner=row.owner, request=row.request,
+            transaction_time=row.transaction_time, events_per_file=self.events_per_file,
+            max_events=self.max_events, count=row.count, state=cast(State, row.state),
+            error=row.error, too_large=row.too_large, finished_at=row.finished_at,
+            board=self.board, counts=self.board.counts(job_id) if row.state == "done" else [],
+        )  # fmt: skip
+
+    def _check_producer(self, row: JobRow) -> bool:
+        """Fail the running job ``row`` if its producing process is gone (True: it was)."""
+        assert self.board is not None
+        if row.state != "running" or row.host != self._host:
+            return False  # another host's process cannot be told from here: it runs
+        mine = row.producer == self._producer
+        if (row.id in self._jobs) if mine else running(row.pid, row.started):
+            return False
+        return self._lose(row.id)
+
+    def _lose(self, job_id: str) -> bool:
+        """Fail a running job as lost with its producer (True: it was running)."""
+        assert self.board is not None
+        return self.board.finish(job_id, error=PRODUCER_GONE, too_large=False, now=self._clock())
+
     def cancel(self, job_id: str, owner: str) -> None:
-        """Stop ``owner``'s job ``job_id`` and forget it (NotFound as :meth:`get`)."""
+        """Stop ``owner``'s job ``job_id`` and forget it (NotFound as :meth:`get`); with a
+        board its producer, in whichever process, stops at its next add."""
         job = self.get(job_id, owner)
-        if job.task is not None:
-            job.task.cancel()
-        del self._jobs[job_id]
+        if self.board is not None:
+            self.board.delete(job_id)
+        local = self._jobs.pop(job_id, job)
+        if local.task is not None:
+            local.task.cancel()
 
     async def aclose(self) -> None:
-        """Cancel every running job."""
+        """Cancel every running job of this process (with a board: failed there, as lost)."""
         jobs, self._jobs = list(self._jobs.values()), {}
         for job in jobs:
             if job.task is not None and not job.task.done():
                 job.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await job.task
+            if self.board is not None and job.state == "running":
+                with contextlib.suppress(Exception):
+                    self._lose(job.id)
+        if self.board is not None:
+            self.board.close()  # reopened on next use
 
     def _forget_old(self) -> None:
         now = self._clock()
+        if self.board is not None:
+            self.board.expire(now - self.keep_seconds)
+            return
         for job_id, job in list(self._jobs.items()):
             if job.finished_at is not None and now - job.finished_at > self.keep_seconds:
                 del self._jobs[job_id]
+
+
+def _too_many() -> TooManyRequests:
+    return TooManyRequests("too many exports are running; try again later", retry_after=30)

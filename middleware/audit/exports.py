@@ -13,7 +13,7 @@ narrow it with ``_since``); DELETE cancels it (202). Output files need the same
 auditor's token. Parameters other than ``_since``, ``_type=AuditEvent`` and
 ``_outputFormat`` (NDJSON) are refused (400), as Bulk Data allows a server to.
 
-Job state is in memory (:mod:`middleware.audit.bulk` says what that limits).
+Jobs live in :mod:`middleware.audit.bulk` (shared by the workers of a SQLite store).
 """
 
 from __future__ import annotations
@@ -136,9 +136,9 @@ class BulkExport:
                 {
                     "type": "AuditEvent",
                     "url": f"{base}/AuditEvent/$export-file/{job.id}/{n}",
-                    "count": len(lines),
+                    "count": count,
                 }
-                for n, lines in enumerate(job.files)
+                for n, count in enumerate(job.file_counts())
             ],
             "error": [],
         }

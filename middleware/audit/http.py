@@ -133,7 +133,7 @@ class AuditApi:
 
     @property
     def jobs(self) -> ExportJobs:
-        """The bulk export jobs of this process."""
+        """The bulk export jobs (on a SQLite store, shared by its worker processes)."""
         return self.exports.jobs
 
     async def aclose(self) -> None:

@@ -1,5 +1,5 @@
 """Worker processes of one gateway share what the next request needs (docs/operations.md,
-"Worker processes"): consent changes, paging cursors, break-the-glass sessions.
+"Worker processes"): consent changes, paging cursors, break-the-glass sessions, AuditEvent bulk export jobs.
 
 Which worker of ``consentry serve --workers N`` takes a connection is the kernel's choice, so
 a test through one port could pass with every request landing on the same worker. Here the
@@ -13,6 +13,8 @@ session is honoured, not started again, is pinned in tests/unit/storage/test_bre
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -165,6 +167,54 @@ def test_a_break_the_glass_session_opened_through_one_worker_is_honoured_by_the_
     assert httpx.get(read, headers=asked).status_code == 200
     answer = httpx.get(f"{pair.b.base_url}/Patient/{patient}", headers=plain)
     assert answer.status_code == 200, answer.text
+
+
+def test_a_bulk_export_kicked_off_on_one_worker_is_polled_and_downloaded_on_the_other(
+    pair: Pair, carebundle: dict[str, list[str]]
+) -> None:
+    """Each request on its own connection: status, manifest, files and DELETE of a job A
+    runs are answered by B (the job's state and files are in the store's ``.exports``
+    file), for the auditor who started it only."""
+    patient = _patients_with_observations(carebundle, 1)[4]
+    httpx.get(f"{pair.a.base_url}/Patient/{patient}", headers=pair.doctor())
+    auditor = pair.bearer(
+        "officer-workers", "user/AuditEvent.rs", fhir_user="Practitioner/officer-workers",
+        roles=["ledger-auditor"],
+    )  # fmt: skip
+    kick = httpx.get(
+        f"{pair.a.base_url}/AuditEvent/$export",
+        headers={**auditor, "prefer": "respond-async"},
+        timeout=30.0,
+    )
+    assert kick.status_code == 202, kick.text
+    status = kick.headers["content-location"].replace(PUBLIC, pair.b.base_url, 1)
+    deadline = time.monotonic() + 60
+    got = httpx.get(status, headers=auditor, timeout=30.0)
+    while got.status_code == 202 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        got = httpx.get(status, headers=auditor, timeout=30.0)
+    assert got.status_code == 200, got.text
+    outputs = got.json()["output"]
+    assert outputs
+    lines: list[str] = []
+    for output in outputs:
+        url = output["url"].replace(PUBLIC, pair.b.base_url, 1)
+        answer = httpx.get(url, headers=auditor, timeout=30.0)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.text.splitlines()) == output["count"]
+        lines += answer.text.splitlines()
+    assert all(json.loads(line)["resourceType"] == "AuditEvent" for line in lines)
+    assert patient in "\n".join(lines)
+    # Another auditor gets the 404 of an unknown job, on either gateway.
+    other = pair.bearer(
+        "officer-other", "user/AuditEvent.rs", fhir_user="Practitioner/officer-other",
+        roles=["ledger-auditor"],
+    )  # fmt: skip
+    assert httpx.get(status, headers=other, timeout=30.0).status_code == 404
+    # DELETE through B forgets the job for A too.
+    assert httpx.delete(status, headers=auditor, timeout=30.0).status_code == 202
+    on_a = status.replace(pair.b.base_url, pair.a.base_url, 1)
+    assert httpx.get(on_a, headers=auditor, timeout=30.0).status_code == 404
 
 
 def test_the_ledger_both_gateways_appended_to_verifies_offline(

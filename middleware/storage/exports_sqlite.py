@@ -1,0 +1,253 @@
+"""AuditEvent bulk export jobs in a SQLite file every worker of one gateway reads.
+
+:class:`~middleware.audit.bulk.ExportJobs` runs a job's producer in the worker that took the
+kick-off; this board holds the job's state and its NDJSON output, so any worker answers the
+status, manifest, download and DELETE requests of a job another worker runs (which worker
+takes a connection is the kernel's choice), and a restart of a worker does not lose a
+finished job's files.
+
+The file is its own (``<store>.exports`` beside a SQLite store, mode 0600): an export never
+waits for a ledger commit, nor a ledger commit for an export. WAL mode (a status read never
+waits for the producer), ``secure_delete`` on (the files hold PHI: a deleted job's pages are
+overwritten, not left in free pages). A job's output is stored as chunks (a BLOB of
+newline-terminated lines each) of one output file; the caller bounds their number and size
+(``max_events``) and deletes finished jobs after ``keep_seconds`` (:meth:`expire`).
+Calls are synchronous and short (one row, or one chunk of at most about a MiB), made on the
+event loop like :meth:`~middleware.storage.sqlite_worker.SqliteWorker.read_now`. Errors are
+``sqlite3.Error`` (the audit API answers them 503).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+__all__ = ["JobRow", "SqliteExportBoard", "export_board", "exports_path"]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS job (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    request TEXT NOT NULL,
+    transaction_time TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error TEXT,
+    too_large INTEGER NOT NULL DEFAULT 0,
+    count INTEGER NOT NULL DEFAULT 0,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started TEXT NOT NULL,
+    producer TEXT NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS chunk (
+    job TEXT NOT NULL,
+    file INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    lines INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job, file, seq)
+) WITHOUT ROWID;
+"""
+_INSERT: Final = (
+    "INSERT INTO job (id, owner, request, transaction_time, state, error, too_large, count,"
+    " host, pid, started, producer, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT: Final = (
+    "SELECT id, owner, request, transaction_time, state, error, too_large, count, host, pid,"
+    " started, producer, finished_at FROM job WHERE id = ?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One job as the board holds it: who asked, what, its ``state`` (running, done, failed)
+    and, while running, which process produces it (``host``, ``pid`` and its ``started``
+    time: together they name one process, a reused pid told apart; ``producer``: which
+    job table of that process, a random id)."""
+
+    id: str
+    owner: str
+    request: str
+    transaction_time: str
+    state: str
+    error: str | None
+    too_large: bool
+    count: int
+    host: str
+    pid: int
+    started: str
+    producer: str
+    finished_at: float | None
+
+
+def exports_path(store: str) -> Path | None:
+    """The board's file beside a ``sqlite:`` store; None for any other store (jobs then stay
+    in each process's memory)."""
+    if not store.startswith("sqlite:"):
+        return None
+    return Path(str(Path(store.removeprefix("sqlite:"))) + ".exports")
+
+
+def export_board(store: str) -> SqliteExportBoard | None:
+    """The board of the ``store`` setting's gateway, None when it has none (exports_path)."""
+    path = exports_path(store)
+    return None if path is None else SqliteExportBoard(path)
+
+
+class SqliteExportBoard:
+    """The shared board (module docstring); opened on first use."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            db = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA secure_delete=ON")
+            # Export files are a cache of the ledger: a power loss may lose the last chunk
+            # (the job is then started again), an application crash never does (WAL).
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    def _write(self, statements: list[tuple[str, tuple[object, ...]]], guard: str) -> bool:
+        """Run ``statements`` in one write transaction if the job ``guard`` is running."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT state FROM job WHERE id = ?", (guard,)).fetchone()
+            if row is None or row[0] != "running":
+                db.execute("ROLLBACK")
+                return False
+            for sql, args in statements:
+                db.execute(sql, args)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return True
+
+    def create(self, job: JobRow, *, max_running: int) -> bool:
+        """Record the running ``job`` unless ``max_running`` jobs run already (False)."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (running,) = db.execute("SELECT count(*) FROM job WHERE state = 'running'").fetchone()
+            if running >= max_running:
+                db.execute("ROLLBACK")
+                return False
+            db.execute(
+                _INSERT,
+                (
+                    job.id, job.owner, job.request, job.transaction_time, job.state, job.error,
+                    int(job.too_large), job.count, job.host, job.pid, job.started,
+                    job.producer, job.finished_at,
+                ),
+            )  # fmt: skip
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return True
+
+    def append(self, job_id: str, file: int, seq: int, lines: int, data: bytes) -> bool:
+        """Add chunk ``seq`` of output ``file`` (``lines`` lines) to a running job; False
+        when the job is no longer running (cancelled, or failed by another process): nothing
+        is written."""
+        return self._write(
+            [
+                (
+                    "INSERT INTO chunk (job, file, seq, lines, data) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, file, seq, lines, data),
+                ),
+                ("UPDATE job SET count = count + ? WHERE id = ?", (lines, job_id)),
+            ],
+            job_id,
+        )
+
+    def finish(self, job_id: str, *, error: str | None, too_large: bool, now: float) -> bool:
+        """End a running job: done (``error`` None) or failed, whose output is deleted then;
+        False when it was not running (nothing changes)."""
+        state = "done" if error is None else "failed"
+        statements: list[tuple[str, tuple[object, ...]]] = [
+            (
+                "UPDATE job SET state = ?, error = ?, too_large = ?, finished_at = ? WHERE id = ?",
+                (state, error, int(too_large), now, job_id),
+            )
+        ]
+        if error is not None:
+            statements.append(("DELETE FROM chunk WHERE job = ?", (job_id,)))
+        return self._write(statements, job_id)
+
+    def state(self, job_id: str) -> str | None:
+        """The job's state, None when there is no such job (one indexed read)."""
+        row = self._conn().execute("SELECT state FROM job WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def get(self, job_id: str) -> JobRow | None:
+        """The job ``job_id``, None when there is none."""
+        row = self._conn().execute(_SELECT, (job_id,))
+        found = row.fetchone()
+        if found is None:
+            return None
+        values = list(found)
+        values[6] = bool(values[6])
+        return JobRow(*values)
+
+    def running(self) -> list[JobRow]:
+        """Every running job (to tell which producers are gone)."""
+        rows = self._conn().execute("SELECT id FROM job WHERE state = 'running'").fetchall()
+        return [job for (job_id,) in rows if (job := self.get(job_id)) is not None]
+
+    def counts(self, job_id: str) -> list[int]:
+        """The number of lines of each output file of the job, in order."""
+        rows = self._conn().execute(
+            "SELECT file, sum(lines) FROM chunk WHERE job = ? GROUP BY file ORDER BY file",
+            (job_id,),
+        )
+        return [int(lines) for _, lines in rows]
+
+    def file(self, job_id: str, n: int) -> bytes:
+        """Output file ``n`` of the job (empty when it has none)."""
+        rows = self._conn().execute(
+            "SELECT data FROM chunk WHERE job = ? AND file = ? ORDER BY seq", (job_id, n)
+        )
+        return b"".join(bytes(data) for (data,) in rows)
+
+    def delete(self, job_id: str) -> None:
+        """Forget the job and its output (a producer running it stops at its next add)."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM chunk WHERE job = ?", (job_id,))
+            db.execute("DELETE FROM job WHERE id = ?", (job_id,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def expire(self, finished_before: float) -> None:
+        """Delete the jobs finished before ``finished_before``, with their output."""
+        rows = self._conn().execute(
+            "SELECT id FROM job WHERE finished_at IS NOT NULL AND finished_at < ?",
+            (finished_before,),
+        )
+        for (job_id,) in rows.fetchall():
+            self.delete(job_id)
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None

@@ -1,0 +1,345 @@
+"""Bulk export jobs shared by the workers of one SQLite store (middleware/audit/bulk.py with
+middleware/storage/exports_sqlite.py). Two :class:`ExportJobs` on one board file are two
+workers: a job kicked off on A is answered by B (status, manifest, files, DELETE), for its
+owner only; a lost producer is reported failed; expired and failed jobs leave no output."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from middleware.audit.bulk import PRODUCER_GONE, ExportJob, ExportJobs
+from middleware.audit.recorder_intents import started
+from middleware.errors import NotFound, TooManyRequests
+from middleware.storage.exports_sqlite import (
+    JobRow,
+    SqliteExportBoard,
+    export_board,
+    exports_path,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def board_file(tmp_path: Path) -> Path:
+    return tmp_path / "consentry.db.exports"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def workers(board_file: Path, clock: Clock) -> Iterator[tuple[ExportJobs, ExportJobs]]:
+    a = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), events_per_file=3)
+    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), events_per_file=3)
+    yield a, b
+    for jobs in (a, b):
+        assert jobs.board is not None
+        jobs.board.close()
+
+
+def _lines(count: int, size: int = 1) -> object:
+    async def produce(job: ExportJob) -> None:
+        for n in range(count):
+            job.add(str(n).encode().rjust(size, b"x"))
+
+    return produce
+
+
+def _start(jobs: ExportJobs, produce: object, owner: str = "auditor") -> ExportJob:
+    return jobs.start(owner=owner, request="r", transaction_time="t", produce=produce)  # type: ignore[arg-type]
+
+
+async def _settle(job: ExportJob) -> None:
+    assert job.task is not None
+    await job.task
+
+
+def _chunks(board_file: Path) -> int:
+    with sqlite3.connect(board_file) as db:
+        (count,) = db.execute("SELECT count(*) FROM chunk").fetchone()
+    return int(count)
+
+
+# -- where the board is -----------------------------------------------------------------------
+
+
+def test_only_a_sqlite_store_has_a_board(tmp_path: Path) -> None:
+    assert exports_path(f"sqlite:{tmp_path}/c.db") == tmp_path / "c.db.exports"
+    assert export_board("memory:") is None
+    assert export_board("postgresql://db/consentry") is None
+
+
+def test_the_board_file_is_the_owners_only(
+    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+) -> None:
+    a, _ = workers
+    assert a.board is not None
+    a.board.running()
+    assert board_file.stat().st_mode & 0o777 == 0o600
+
+
+# -- one job, two workers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("count", "size"),
+    [(0, 1), (1, 1), (3, 1), (7, 1), (7, 400_000)],
+    ids=["none", "one", "one-full-file", "three-files", "chunks-of-a-mib"],
+)
+async def test_a_job_started_on_a_is_served_by_b_as_the_memory_job_is(
+    workers: tuple[ExportJobs, ExportJobs], clock: Clock, count: int, size: int
+) -> None:
+    """Equivalence: the manifest counts and files B serves are those of today's in-memory
+    job for the same lines (file boundaries, chunks of about a MiB)."""
+    a, b = workers
+    job = _start(a, _lines(count, size))
+    await _settle(job)
+    memory = _start(ExportJobs(clock=clock, events_per_file=3), _lines(count, size))
+    await _settle(memory)
+    seen = b.get(job.id, "auditor")
+    assert seen.state == memory.state == "done"
+    assert seen.count == count
+    assert seen.file_counts() == memory.file_counts()
+    for n in range(len(memory.files)):
+        assert seen.ndjson(n) == memory.ndjson(n)
+    with pytest.raises(NotFound):
+        seen.ndjson(len(memory.files))
+
+
+async def test_b_reports_progress_while_a_produces(workers: tuple[ExportJobs, ExportJobs]) -> None:
+    a, b = workers
+    gate = asyncio.Event()
+
+    async def produce(job: ExportJob) -> None:
+        for n in range(4):
+            job.add(str(n).encode())
+        await gate.wait()
+
+    job = _start(a, produce)
+    await asyncio.sleep(0)
+    seen = b.get(job.id, "auditor")
+    assert seen.state == "running"
+    assert seen.count == 3  # the full first file is on the board; the fourth line pending
+    with pytest.raises(NotFound):
+        seen.ndjson(0)
+    gate.set()
+    await _settle(job)
+    assert b.get(job.id, "auditor").file_counts() == [3, 1]
+
+
+async def test_a_job_is_its_owners_only_on_every_worker(
+    workers: tuple[ExportJobs, ExportJobs],
+) -> None:
+    a, b = workers
+    job = _start(a, _lines(1))
+    await _settle(job)
+    for owner, job_id in (("someone-else", job.id), ("auditor", "unknown")):
+        for jobs in (a, b):
+            with pytest.raises(NotFound):
+                jobs.get(job_id, owner)
+            with pytest.raises(NotFound):
+                jobs.cancel(job_id, owner)
+    assert b.get(job.id, "auditor").state == "done"
+
+
+async def test_delete_on_b_stops_as_producer_at_its_next_add_and_forgets_the_job(
+    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+) -> None:
+    a, b = workers
+    added: list[int] = []
+    gate = asyncio.Event()
+
+    async def produce(job: ExportJob) -> None:
+        for n in range(10):
+            if n == 4:
+                await gate.wait()
+            job.add(str(n).encode())
+            added.append(n)
+
+    job = _start(a, produce)
+    await asyncio.sleep(0)
+    b.cancel(job.id, "auditor")
+    gate.set()
+    await _settle(job)
+    assert added == [0, 1, 2, 3]
+    for jobs in (a, b):
+        with pytest.raises(NotFound):
+            jobs.get(job.id, "auditor")
+    assert _chunks(board_file) == 0
+    _start(a, _lines(0))  # its running place is free
+
+
+async def test_running_jobs_are_bounded_over_every_worker(board_file: Path, clock: Clock) -> None:
+    a = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), max_running=1)
+    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), max_running=1)
+    blocked = asyncio.Event()
+
+    async def produce(job: ExportJob) -> None:
+        await blocked.wait()
+
+    first = _start(a, produce)
+    with pytest.raises(TooManyRequests):
+        _start(b, produce)
+    b.cancel(first.id, "auditor")
+    _start(b, produce)
+    await a.aclose()
+    await b.aclose()
+
+
+# -- what is deleted ---------------------------------------------------------------------------
+
+
+async def test_an_expired_job_is_deleted_with_its_files(
+    workers: tuple[ExportJobs, ExportJobs], clock: Clock, board_file: Path
+) -> None:
+    a, b = workers
+    a.keep_seconds = b.keep_seconds = 10
+    job = _start(a, _lines(2))
+    await _settle(job)
+    assert _chunks(board_file) == 1
+    clock.now += 10
+    assert b.get(job.id, "auditor").state == "done"
+    clock.now += 0.5
+    _start(b, _lines(0))  # expiry happens on the next start, by any worker
+    assert _chunks(board_file) == 0
+    with pytest.raises(NotFound):
+        a.get(job.id, "auditor")
+
+
+async def test_an_expired_job_is_not_served_before_the_next_start(
+    workers: tuple[ExportJobs, ExportJobs], clock: Clock, board_file: Path
+) -> None:
+    a, b = workers
+    b.keep_seconds = 10
+    job = _start(a, _lines(2))
+    await _settle(job)
+    clock.now += 11
+    with pytest.raises(NotFound):
+        b.get(job.id, "auditor")
+    assert _chunks(board_file) == 0
+
+
+async def test_deleted_export_lines_are_overwritten_in_the_file(
+    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+) -> None:
+    """secure_delete: the PHI of a cancelled job is not left in free pages of the file."""
+    a, b = workers
+    marker = b"PHI-MARKER-" + b"z" * 64
+
+    async def produce(job: ExportJob) -> None:
+        job.add(marker)
+
+    job = _start(a, produce)
+    await _settle(job)
+    b.cancel(job.id, "auditor")
+    assert b.board is not None
+    b.board.close()
+    assert marker not in _checkpointed_bytes(board_file)
+
+
+def _checkpointed_bytes(board_file: Path) -> bytes:
+    """The file's bytes (and its WAL's) once every committed page is in the file."""
+    with sqlite3.connect(board_file) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = board_file.read_bytes()
+    wal = Path(f"{board_file}-wal")
+    return data + (wal.read_bytes() if wal.exists() else b"")
+
+
+async def test_a_job_past_max_events_fails_and_keeps_no_partial_output(
+    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+) -> None:
+    a, b = workers
+    a.max_events = 4
+    job = _start(a, _lines(6))
+    await _settle(job)
+    seen = b.get(job.id, "auditor")
+    assert seen.state == "failed"
+    assert seen.too_large
+    assert "_since" in str(seen.error)
+    assert _chunks(board_file) == 0
+
+
+# -- producers that are gone ---------------------------------------------------------------------
+
+
+def _row(job_id: str, pid: int, since: str, host: str) -> JobRow:
+    return JobRow(
+        id=job_id, owner="auditor", request="r", transaction_time="t", state="running",
+        error=None, too_large=False, count=0, host=host, pid=pid, started=since,
+        producer="another", finished_at=None,
+    )  # fmt: skip
+
+
+def test_a_job_whose_producing_process_ended_is_reported_failed(
+    workers: tuple[ExportJobs, ExportJobs],
+) -> None:
+    _, b = workers
+    assert b.board is not None
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    since = started(child.pid)
+    child.kill()
+    child.wait()
+    host = socket.gethostname()
+    b.board.create(_row("gone", child.pid, since, host), max_running=5)
+    b.board.append("gone", 0, 0, 1, b"partial\n")
+    seen = b.get("gone", "auditor")
+    assert seen.state == "failed"
+    assert seen.error == PRODUCER_GONE
+    assert not seen.too_large
+    assert b.board.file("gone", 0) == b""
+
+
+def test_a_job_whose_producer_still_runs_is_running(
+    workers: tuple[ExportJobs, ExportJobs],
+) -> None:
+    _, b = workers
+    assert b.board is not None
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = socket.gethostname()
+        b.board.create(_row("alive", child.pid, started(child.pid), host), max_running=5)
+        assert b.get("alive", "auditor").state == "running"
+        b.board.create(_row("elsewhere", 1, "1", "another-host"), max_running=5)
+        assert b.get("elsewhere", "auditor").state == "running"  # cannot tell: not failed
+    finally:
+        child.kill()
+        child.wait()
+
+
+async def test_a_worker_that_stops_fails_its_running_jobs_for_the_others(
+    workers: tuple[ExportJobs, ExportJobs],
+) -> None:
+    a, b = workers
+    job = _start(a, lambda j: asyncio.Event().wait())
+    await asyncio.sleep(0)
+    await a.aclose()
+    seen = b.get(job.id, "auditor")
+    assert (seen.state, seen.error) == ("failed", PRODUCER_GONE)
+
+
+async def test_a_lost_producer_frees_its_running_place(board_file: Path, clock: Clock) -> None:
+    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), max_running=1)
+    assert b.board is not None
+    b.board.create(_row("lost", 2**22 + 7, "0", socket.gethostname()), max_running=1)
+    job = _start(b, _lines(1))
+    await _settle(job)
+    assert b.get("lost", "auditor").state == "failed"
+    await b.aclose()
