@@ -44,6 +44,8 @@ SCOPES: dict[str, tuple[str, ...]] = {
     "user-1": ("--report", "user-report", "--agent", "Practitioner/pr-1"),
     "user-2": ("--report", "user-report", "--agent", "Practitioner/pr-2"),
     "accounting-a": ("--report", "accounting", "--patient", "Patient/a"),
+    "accounting-a-period": ("--report", "accounting", "--patient", "Patient/a", *PERIOD),
+    "accounting-b": ("--report", "accounting", "--patient", "Patient/b"),
 }
 
 

@@ -39,7 +39,7 @@ def test_every_row_of_a_real_export_passes_on_the_fast_path(name: str, fmt: str)
     assert verify_file(io.StringIO(text), REAL_POLICY, opener=facts_opener).ok
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_EDITED)
 def test_the_report_is_the_full_paths(case: tuple[str, dict[str, Any]]) -> None:
     text, _ = case
