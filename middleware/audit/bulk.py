@@ -1,17 +1,16 @@
 """Bulk export jobs of AuditEvent (FHIR Bulk Data Access IG v2, "Asynchronous request pattern").
 
 Kick-off starts a job (:meth:`ExportJobs.start`), whose producer writes NDJSON lines into it
-(:meth:`ExportJob.add`); the status URL reports progress while it runs (202 with
-``X-Progress``) and then the manifest (200); each output file is served; DELETE cancels the
-job and forgets it.
+(:meth:`ExportJob.add`); the status URL reports progress (202, ``X-Progress``), then the
+manifest (200); each output file is served; DELETE cancels the job and forgets it.
 
 With a **board** (:mod:`middleware.storage.exports_sqlite`, ``<store>.exports`` beside a
-SQLite store) a job's state and files are shared by every worker process: the producer runs
-in the worker that took the kick-off, any worker answers status, manifest, download and
-DELETE. A job whose producing process is gone (its pid and start time name no running
-process on this host) is reported failed by the next status poll; a cancel through any
-worker stops the producer at its next :meth:`ExportJob.add`, which reads the job's state on
-the board. Without a board (memory and PostgreSQL stores) jobs live in this process's
+SQLite store) a job's state and files are shared by every worker process: the worker that
+took the kick-off produces, any worker answers status, manifest, download and DELETE. A job
+whose producer is gone (its pid and start time name no running process on this host, or it
+wrote nothing for ``LAPSE_SECONDS``) is reported failed by the next status poll; a cancel
+through any worker stops the producer at its next :meth:`ExportJob.add`, which reads the
+job's state. Without a board (memory and PostgreSQL stores) jobs live in this process's
 memory: only the process that runs a job serves it, and a restart forgets it.
 
 Limits either way: at most ``max_running`` jobs run at once (429 beyond; with a board, over
@@ -29,109 +28,20 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Final, Literal, cast
+from typing import Final, cast
 
+from middleware.audit.bulk_job import ExportCancelled, ExportJob, ExportTooLarge, State
 from middleware.audit.recorder_intents import running, started
 from middleware.errors import NotFound, TooManyRequests
 from middleware.storage.exports_sqlite import JobRow, SqliteExportBoard
 
 __all__ = ["ExportCancelled", "ExportJob", "ExportJobs", "ExportTooLarge"]
 
-State = Literal["running", "done", "failed"]
-
-#: A board chunk holds at most this many bytes of lines (one write transaction each).
-CHUNK_BYTES: Final = 1 << 20
+#: A running job whose producer wrote nothing this long is lost (a process of another host
+#: or PID namespace cannot be looked up by its pid).
+LAPSE_SECONDS: Final = 300.0
 #: What a job whose producing process ended reports (its partial output is deleted).
 PRODUCER_GONE: Final = "the export stopped when its gateway process ended; restart the export"
-
-
-class ExportTooLarge(Exception):
-    """The job reached ``max_events``."""
-
-
-class ExportCancelled(Exception):
-    """The job no longer runs on the board (cancelled, or failed as lost): its producer stops."""
-
-
-@dataclass(slots=True)
-class ExportJob:
-    """One export: who asked (``owner``), the kick-off ``request`` URL, its
-    ``transaction_time`` (FHIR instant), the NDJSON ``files`` written so far (lists of lines;
-    with a ``board`` they are there, in chunks, and ``counts`` says how many lines each file
-    has), ``count`` events in all, and its ``state`` (``error``: why it failed, safe to
-    show)."""
-
-    id: str
-    owner: str
-    request: str
-    transaction_time: str
-    events_per_file: int
-    max_events: int
-    files: list[list[bytes]] = field(default_factory=list)
-    count: int = 0
-    state: State = "running"
-    error: str | None = None
-    too_large: bool = False  # failed past max_events: the client's to narrow (a 4xx)
-    finished_at: float | None = None
-    task: asyncio.Task[None] | None = None
-    board: SqliteExportBoard | None = None
-    counts: list[int] = field(default_factory=list)  # lines of each file (with a board)
-    _pending: list[bytes] = field(default_factory=list)  # lines not yet on the board
-    _pending_bytes: int = 0
-    _seq: int = 0
-
-    def add(self, line: bytes) -> None:
-        """Append one NDJSON line (one resource, no newline); raises :class:`ExportTooLarge`
-        past ``max_events`` and, with a board, :class:`ExportCancelled` once the job is no
-        longer running there."""
-        if self.board is not None and self.board.state(self.id) != "running":
-            raise ExportCancelled
-        if self.count >= self.max_events:
-            raise ExportTooLarge
-        if self.board is not None:
-            self._add_shared(line)
-            return
-        if not self.files or len(self.files[-1]) >= self.events_per_file:
-            self.files.append([])
-        self.files[-1].append(line)
-        self.count += 1
-
-    def _add_shared(self, line: bytes) -> None:
-        if not self.counts or self.counts[-1] >= self.events_per_file:
-            self.flush()
-            self.counts.append(0)
-            self._seq = 0
-        self._pending.append(line + b"\n")
-        self._pending_bytes += len(line) + 1
-        self.counts[-1] += 1
-        self.count += 1
-        if self._pending_bytes >= CHUNK_BYTES or self.counts[-1] >= self.events_per_file:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the lines not yet on the board as one chunk (:class:`ExportCancelled` when
-        the job stopped running there)."""
-        if self.board is None or not self._pending:
-            return
-        data, lines = b"".join(self._pending), len(self._pending)
-        self._pending, self._pending_bytes = [], 0
-        if not self.board.append(self.id, len(self.counts) - 1, self._seq, lines, data):
-            raise ExportCancelled
-        self._seq += 1
-
-    def file_counts(self) -> list[int]:
-        """The number of lines of each output file, in order."""
-        return list(self.counts) if self.board is not None else [len(f) for f in self.files]
-
-    def ndjson(self, n: int) -> bytes:
-        """Output file ``n`` (from 0) of a finished job as NDJSON; NotFound otherwise."""
-        if self.state != "done" or not 0 <= n < len(self.file_counts()):
-            raise NotFound("no such export file")
-        if self.board is not None:
-            return self.board.file(self.id, n)
-        return b"".join(line + b"\n" for line in self.files[n])
-
 
 Producer = Callable[[ExportJob], Awaitable[None]]
 
@@ -171,26 +81,24 @@ class ExportJobs:
         job = ExportJob(
             id=secrets.token_hex(16), owner=owner, request=request,
             transaction_time=transaction_time, events_per_file=self.events_per_file,
-            max_events=self.max_events, board=self.board,
+            max_events=self.max_events, board=self.board, clock=self._clock,
         )  # fmt: skip
         if self.board is not None:
             for row in self.board.running():
                 self._check_producer(row)
-            if not self.board.create(self._row(job), max_running=self.max_running):
+            row = JobRow(
+                id=job.id, owner=owner, request=request, transaction_time=transaction_time,
+                state="running", error=None, too_large=False, count=0, host=self._host,
+                pid=self._pid, started=self._started, producer=self._producer,
+                beat=self._clock(), finished_at=None,
+            )  # fmt: skip
+            if not self.board.create(row, max_running=self.max_running):
                 raise _too_many()
         elif sum(job.state == "running" for job in self._jobs.values()) >= self.max_running:
             raise _too_many()
         self._jobs[job.id] = job
         job.task = asyncio.create_task(self._run(job, produce))
         return job
-
-    def _row(self, job: ExportJob) -> JobRow:
-        return JobRow(
-            id=job.id, owner=job.owner, request=job.request,
-            transaction_time=job.transaction_time, state="running", error=None,
-            too_large=False, count=0, host=self._host, pid=self._pid, started=self._started,
-            producer=self._producer, finished_at=None,
-        )  # fmt: skip
 
     async def _run(self, job: ExportJob, produce: Producer) -> None:
         try:
@@ -200,8 +108,7 @@ class ExportJobs:
             self._jobs.pop(job.id, None)
             return
         except ExportTooLarge:
-            job.too_large = True
-            job.state = "failed"
+            job.state, job.too_large = "failed", True
             job.error = f"the export exceeds {self.max_events} events; narrow it with _since"
         except Exception:  # noqa: BLE001 - a failed job reports it; never a stack trace
             job.state, job.error = "failed", "the export failed; start it again"
@@ -247,17 +154,25 @@ class ExportJobs:
     def _check_producer(self, row: JobRow) -> bool:
         """Fail the running job ``row`` if its producing process is gone (True: it was)."""
         assert self.board is not None
-        if row.state != "running" or row.host != self._host:
-            return False  # another host's process cannot be told from here: it runs
-        mine = row.producer == self._producer
-        if (row.id in self._jobs) if mine else running(row.pid, row.started):
+        if row.state != "running":
             return False
+        if row.beat >= self._clock() - LAPSE_SECONDS:
+            if row.host != self._host:
+                return False  # a process of another host cannot be looked up: it runs
+            mine = row.producer == self._producer
+            if (row.id in self._jobs) if mine else running(row.pid, row.started):
+                return False
         return self._lose(row.id)
 
     def _lose(self, job_id: str) -> bool:
-        """Fail a running job as lost with its producer (True: it was running)."""
+        """Fail a running job as lost with its producer (True: it was; False when it was not
+        or the board cannot be written: then a later poll finds it lost)."""
         assert self.board is not None
-        return self.board.finish(job_id, error=PRODUCER_GONE, too_large=False, now=self._clock())
+        with contextlib.suppress(Exception):
+            return self.board.finish(
+                job_id, error=PRODUCER_GONE, too_large=False, now=self._clock()
+            )
+        return False
 
     def cancel(self, job_id: str, owner: str) -> None:
         """Stop ``owner``'s job ``job_id`` and forget it (NotFound as :meth:`get`); with a
@@ -278,8 +193,7 @@ class ExportJobs:
                 with contextlib.suppress(asyncio.CancelledError):
                     await job.task
             if self.board is not None and job.state == "running":
-                with contextlib.suppress(Exception):
-                    self._lose(job.id)
+                self._lose(job.id)
         if self.board is not None:
             self.board.close()  # reopened on next use
 

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS job (
     pid INTEGER NOT NULL,
     started TEXT NOT NULL,
     producer TEXT NOT NULL,
+    beat REAL NOT NULL,
     finished_at REAL
 );
 CREATE TABLE IF NOT EXISTS chunk (
@@ -54,11 +55,12 @@ CREATE TABLE IF NOT EXISTS chunk (
 """
 _INSERT: Final = (
     "INSERT INTO job (id, owner, request, transaction_time, state, error, too_large, count,"
-    " host, pid, started, producer, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " host, pid, started, producer, beat, finished_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT: Final = (
     "SELECT id, owner, request, transaction_time, state, error, too_large, count, host, pid,"
-    " started, producer, finished_at FROM job WHERE id = ?"
+    " started, producer, beat, finished_at FROM job WHERE id = ?"
 )
 
 
@@ -67,7 +69,7 @@ class JobRow:
     """One job as the board holds it: who asked, what, its ``state`` (running, done, failed)
     and, while running, which process produces it (``host``, ``pid`` and its ``started``
     time: together they name one process, a reused pid told apart; ``producer``: which
-    job table of that process, a random id)."""
+    job table of that process, a random id; ``beat``: when the producer last wrote)."""
 
     id: str
     owner: str
@@ -81,6 +83,7 @@ class JobRow:
     pid: int
     started: str
     producer: str
+    beat: float
     finished_at: float | None
 
 
@@ -152,7 +155,7 @@ class SqliteExportBoard:
                 (
                     job.id, job.owner, job.request, job.transaction_time, job.state, job.error,
                     int(job.too_large), job.count, job.host, job.pid, job.started,
-                    job.producer, job.finished_at,
+                    job.producer, job.beat, job.finished_at,
                 ),
             )  # fmt: skip
         except BaseException:
@@ -161,7 +164,9 @@ class SqliteExportBoard:
         db.execute("COMMIT")
         return True
 
-    def append(self, job_id: str, file: int, seq: int, lines: int, data: bytes) -> bool:
+    def append(
+        self, job_id: str, file: int, seq: int, lines: int, data: bytes, *, now: float
+    ) -> bool:
         """Add chunk ``seq`` of output ``file`` (``lines`` lines) to a running job; False
         when the job is no longer running (cancelled, or failed by another process): nothing
         is written."""
@@ -171,7 +176,7 @@ class SqliteExportBoard:
                     "INSERT INTO chunk (job, file, seq, lines, data) VALUES (?, ?, ?, ?, ?)",
                     (job_id, file, seq, lines, data),
                 ),
-                ("UPDATE job SET count = count + ? WHERE id = ?", (lines, job_id)),
+                ("UPDATE job SET count = count + ?, beat = ? WHERE id = ?", (lines, now, job_id)),
             ],
             job_id,
         )

@@ -6,6 +6,7 @@ owner only; a lost producer is reported failed; expired and failed jobs leave no
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from middleware.audit.bulk import PRODUCER_GONE, ExportJob, ExportJobs
+from middleware.audit.bulk import LAPSE_SECONDS, PRODUCER_GONE, ExportJob, ExportJobs
 from middleware.audit.recorder_intents import started
 from middleware.errors import NotFound, TooManyRequests
 from middleware.storage.exports_sqlite import (
@@ -280,11 +281,11 @@ async def test_a_job_past_max_events_fails_and_keeps_no_partial_output(
 # -- producers that are gone ---------------------------------------------------------------------
 
 
-def _row(job_id: str, pid: int, since: str, host: str) -> JobRow:
+def _row(job_id: str, pid: int, since: str, host: str, beat: float = 1_000.0) -> JobRow:
     return JobRow(
         id=job_id, owner="auditor", request="r", transaction_time="t", state="running",
         error=None, too_large=False, count=0, host=host, pid=pid, started=since,
-        producer="another", finished_at=None,
+        producer="another", beat=beat, finished_at=None,
     )  # fmt: skip
 
 
@@ -299,7 +300,7 @@ def test_a_job_whose_producing_process_ended_is_reported_failed(
     child.wait()
     host = socket.gethostname()
     b.board.create(_row("gone", child.pid, since, host), max_running=5)
-    b.board.append("gone", 0, 0, 1, b"partial\n")
+    b.board.append("gone", 0, 0, 1, b"partial\n", now=1_000.0)
     seen = b.get("gone", "auditor")
     assert seen.state == "failed"
     assert seen.error == PRODUCER_GONE
@@ -322,6 +323,42 @@ def test_a_job_whose_producer_still_runs_is_running(
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.parametrize("host", ["another-host", socket.gethostname()], ids=["other", "this"])
+def test_a_job_whose_producer_wrote_nothing_for_the_lapse_is_lost(
+    workers: tuple[ExportJobs, ExportJobs], clock: Clock, host: str
+) -> None:
+    """A process of another host or PID namespace cannot be looked up: its job is lost once
+    its producer wrote nothing for LAPSE_SECONDS (it would hold a running place forever)."""
+    _, b = workers
+    assert b.board is not None
+    b.board.create(_row("quiet", os.getpid(), started(os.getpid()), host), max_running=5)
+    clock.now += LAPSE_SECONDS
+    assert b.get("quiet", "auditor").state == "running"
+    clock.now += 1
+    seen = b.get("quiet", "auditor")
+    assert (seen.state, seen.error) == ("failed", PRODUCER_GONE)
+
+
+async def test_a_producer_that_writes_keeps_its_job_running_past_the_lapse(
+    workers: tuple[ExportJobs, ExportJobs], clock: Clock
+) -> None:
+    a, b = workers
+    gate = asyncio.Event()
+
+    async def produce(job: ExportJob) -> None:
+        for n in range(3):  # a full file: written to the board now
+            job.add(str(n).encode())
+        await gate.wait()
+
+    job = _start(a, produce)
+    clock.now += LAPSE_SECONDS - 1
+    await asyncio.sleep(0)
+    clock.now += 2
+    assert b.get(job.id, "auditor").state == "running"
+    gate.set()
+    await _settle(job)
 
 
 async def test_a_worker_that_stops_fails_its_running_jobs_for_the_others(
