@@ -7,7 +7,7 @@ Observations of one carebundle patient (shaped as the upstream sends them: ``met
 version, ``lastUpdated``, author and compartment; literal references), its bytes as received,
 and that patient's consent from :mod:`bench.enforced` (R5, active, base decision deny, one
 provision permitting ``Practitioner/bench``) for a practitioner caller with ``user/*.rs``.
-One exchange is what :meth:`~middleware.pipeline.flow.Flow.judge` and
+One exchange is what :meth:`~middleware.pipeline.judging.Judging.judge` and
 :func:`~middleware.pipeline.filter.filter_answer` do with a decoded answer: the patient
 compartments (:func:`~middleware.pipeline.judge.patients_in`), whether summaries walk
 (:func:`~middleware.pipeline.judge.needs_walk`), a :class:`~middleware.pipeline.judge.Judge`

@@ -66,7 +66,7 @@ STAGES: Final[dict[str, tuple[tuple[str, str], ...]]] = {
     "upstream call (fixed answer)": (("proxy/forwarder.py", "forward"),),
     "decode upstream JSON": (("proxy/forwarder.py", "decode_upstream"),),
     "consent lookup": (("consent/registry.py", "policies"),),
-    "judge (compartments, decisions)": (("pipeline/flow.py", "judge"),),
+    "judge (compartments, decisions)": (("pipeline/judging.py", "judge"),),
     "response filter": (("pipeline/filter.py", "filter_answer"),),
     "audit record (plan, seal, hand-over)": (("audit/recorder.py", "record"),),
     "ledger writer, event loop side": (("ledger/writer.py", "_run"),),

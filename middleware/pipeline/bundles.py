@@ -16,7 +16,7 @@ pinned to the checked versions (``ifMatch``), and the answer is filtered like an
 (one-to-one: a resource the caller may not see becomes a 404 entry). Conditional entries and
 patches inside a transaction are refused: their targets could not be checked before the
 upstream resolves them. So is an entry that sets, adds or changes the gateway's idempotency
-tags, as a single write would be (:func:`~middleware.pipeline.writes.refuse_own_tags`).
+tags, as a single write would be (:func:`~middleware.pipeline.idempotency.refuse_own_tags`).
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ from middleware.fhir.request import FhirRequest, Interaction
 from middleware.pipeline.caller import ACTION_COLLECT, ACTION_CORRECT, check_interaction
 from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed, upstream_failure
 from middleware.pipeline.guards import check_search
+from middleware.pipeline.idempotency import refuse_own_tags
 from middleware.pipeline.judge import GATEWAY_OWNED, Trail
 from middleware.pipeline.params import decode_params
-from middleware.pipeline.writes import DENIED_WRITE, NEW_ID, Writes, refuse_own_tags
+from middleware.pipeline.targets import DENIED_WRITE
+from middleware.pipeline.writes import NEW_ID, Writes
 
 __all__ = ["Bundles", "MAX_ENTRIES"]
 
@@ -190,7 +192,7 @@ class Bundles:
                 raise outcome
             return outcome
         written = _write_responses(writes, len(entries), up.document)
-        return _keep_write_outcomes(await self.flow.release(ask, up), written)
+        return _keep_write_outcomes(await self.flow.releasing.release(ask, up), written)
 
     async def _check_entry(self, ask: Ask, entry: Any, new: Mapping[str, str]) -> Interaction:
         """Raise unless the transaction entry may go through (pins updates to the checked
@@ -221,7 +223,7 @@ class Bundles:
             created = _local(resource, new, entry.get("fullUrl"))
             await self._allow(sub, created, ACTION_COLLECT)
             return request.interaction
-        current = await self.writes.current(sub)
+        current = await self.writes.targets.current(sub)
         if request.interaction is Interaction.UPDATE:
             body = _local(entry.get("resource"), new)
             if isinstance(body, dict):
@@ -238,7 +240,7 @@ class Bundles:
     async def _allow(self, sub: Ask, resource: Any, action: tuple[str, str]) -> None:
         if not isinstance(resource, dict):
             raise BadRequest("a transaction entry needs a resource")
-        await self.writes.check(sub, resource, action)  # a refusal refuses the transaction
+        await self.writes.targets.check(sub, resource, action)  # a refusal refuses the transaction
 
 
 def _bundle(raw: bytes) -> dict[str, Any]:

@@ -34,7 +34,8 @@ from urllib.parse import quote
 from middleware.audit.recorder import AuditRecorder
 from middleware.errors import UpstreamError
 from middleware.fhir import jsoncodec
-from middleware.pipeline.writes import IDEMPOTENCY_TAG, content_digest
+from middleware.pipeline.idempotency import IDEMPOTENCY_TAG
+from middleware.pipeline.write_forward import content_digest
 from middleware.proxy.forwarder import UpstreamForwarder
 from middleware.proxy.upstream import UpstreamRequest
 

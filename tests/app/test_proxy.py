@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from middleware.pipeline.writes import IDEMPOTENCY_TAG
+from middleware.pipeline.idempotency import IDEMPOTENCY_TAG
 from tests.app.conftest import GATEWAY, UPSTREAM, raw_asgi_request
 
 PATIENT = b'{"resourceType":"Patient","id":"p1","meta":{"versionId":"3"},"active":true}'

@@ -29,7 +29,7 @@ from middleware.ledger.entry import AppendResult, NewEntry
 from middleware.ledger.leaf import EntryFlag, EntryKind, decode_leaf
 from middleware.ledger.sequencer import CheckpointSigner
 from middleware.ledger.signing import SigningKey, derive_box_key
-from middleware.pipeline.writes import IDEMPOTENCY_REQUEST_TAG, IDEMPOTENCY_TAG
+from middleware.pipeline.idempotency import IDEMPOTENCY_REQUEST_TAG, IDEMPOTENCY_TAG
 from middleware.settings import Settings
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.consenting import AUDIENCE, DEV_ISSUER, auth_settings

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from middleware.app import create_app
-from middleware.pipeline.writes import IDEMPOTENCY_TAG, content_digest
+from middleware.pipeline.idempotency import IDEMPOTENCY_TAG
+from middleware.pipeline.write_forward import content_digest
 from middleware.proxy.reconcile import decide
 from middleware.settings import load_settings
 from tests.integration.sides import Sides

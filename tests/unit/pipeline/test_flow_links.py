@@ -1,5 +1,5 @@
 """A page's upstream links are kept for the cursors before rebasing changes the document
-(pipeline.flow._copy_links): the copy gives rewrite_links exactly what a deep copy gave."""
+(pipeline.release._copy_links): the copy gives rewrite_links exactly what a deep copy gave."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from middleware.fhir import jsoncodec
 from middleware.pipeline.cursor import rewrite_links
-from middleware.pipeline.flow import _copy_links
+from middleware.pipeline.release import _copy_links
 from middleware.proxy.rewrite import Rebaser
 
 UP = "http://upstream.test/fhir"
