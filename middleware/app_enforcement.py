@@ -39,7 +39,7 @@ from middleware.proxy.exchange_audit import ExchangeAudit
 from middleware.proxy.forwarder import UpstreamForwarder
 from middleware.settings import Settings
 from middleware.storage.audit_outbox import SqliteOutbox, outbox_path
-from middleware.storage.breakglass_sqlite import session_board
+from middleware.storage.breakglass_sqlite import BOARD_PURPOSE, session_board
 
 __all__ = ["GATEWAY_NAME", "build_enforcement"]
 
@@ -123,7 +123,10 @@ def build_enforcement(
         allow_unknown=settings.unknown_patient_contexts,
         wall_clock=consents.wall_clock,
         # Shared by the worker processes of one SQLite store (pipeline.breakglass).
-        break_glass=BreakGlass(settings.break_glass_minutes, board=session_board(settings.store)),
+        break_glass=BreakGlass(
+            settings.break_glass_minutes,
+            board=session_board(settings.store, derive_box_key(secret, BOARD_PURPOSE)),
+        ),
         mapper=mapper,
     )
     recorder = AuditRecorder(

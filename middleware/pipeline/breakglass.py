@@ -97,16 +97,19 @@ def _denies_btg(provision: Provision) -> bool:
 class SessionBoard(Protocol):
     """The sessions open in any process of the gateway (module docstring)."""
 
-    def active(self, binding: str, now: float) -> frozenset[str]:
-        """Patients ``binding`` holds an open session for (none when unreadable)."""
+    def active(self, binding: str, patients: Iterable[str], now: float) -> frozenset[str]:
+        """Which of ``patients`` ``binding`` holds an open session for (none when
+        unreadable)."""
         ...
 
-    def claim(self, binding: str, patient: str, ends: float, now: float) -> bool:
-        """Record a session unless one is open; True when this call recorded it."""
+    async def claim(self, binding: str, patient: str, ends: float, now: float) -> bool:
+        """Record a session unless one is open; True when this call recorded it. Raises
+        :class:`~middleware.errors.ServiceUnavailable` when it cannot tell."""
         ...
 
-    def release(self, binding: str, patient: str, ends: float) -> None:
-        """Forget a closed session (only the one until ``ends``)."""
+    def release(self, binding: str, patient: str, ends: float) -> object:
+        """Forget a closed session (only the one until ``ends``); may return before it is
+        done (what it returns is not used)."""
         ...
 
 
@@ -120,12 +123,13 @@ class BreakGlass:
         self._sessions: dict[tuple[str, str], Session] = {}
         self._board = board
 
-    def active(self, caller: Caller, now: float) -> frozenset[str]:
-        """The patients ``caller`` holds an open session for (in this process, or on the
-        board when its token allows break-the-glass)."""
+    def active(self, caller: Caller, now: float, among: Iterable[str]) -> frozenset[str]:
+        """The patients ``caller`` holds an open session for (in this process, or, of the
+        patients ``among``, on the board when its token allows break-the-glass: the board
+        keeps digests, it can only be asked about given patients)."""
         shared = frozenset[str]()
         if self._board is not None and caller.identity.break_the_glass:
-            shared = self._board.active(caller.binding, now)
+            shared = self._board.active(caller.binding, among, now)
         if not self._sessions:  # every request asks: the common answer costs nothing
             return shared
         return shared | frozenset(
@@ -140,9 +144,10 @@ class BreakGlass:
             return 0
         return sum(1 for s in self._sessions.values() if s.ends > now)
 
-    def open(self, caller: Caller, patients: Iterable[str], now: float) -> list[str]:
+    async def open(self, caller: Caller, patients: Iterable[str], now: float) -> list[str]:
         """Open sessions for ``patients`` that have none; returns the newly opened ones
-        (their start events must be recorded)."""
+        (their start events must be recorded). Raises
+        :class:`~middleware.errors.ServiceUnavailable` when the board cannot take a claim."""
         opened: list[str] = []
         for patient in patients:
             key = (caller.binding, patient)
@@ -152,7 +157,7 @@ class BreakGlass:
                     continue  # expired, not yet closed: expire() records its stop first
                 ends = now + self.seconds
                 board = self._board
-                if board is not None and not board.claim(caller.binding, patient, ends, now):
+                if board is not None and not await board.claim(caller.binding, patient, ends, now):
                     continue  # open in another process, which records its start and stop
                 self._sessions[key] = Session(caller.binding, caller.identity, patient, now, ends)
                 opened.append(patient)

@@ -164,7 +164,7 @@ class Enforcement:
         sessions = reads.break_glass
         if sessions is None or not ask.trail.overridden:
             return
-        opened = sessions.open(ask.caller, sorted(ask.trail.overridden), reads.wall_clock())
+        opened = await sessions.open(ask.caller, sorted(ask.trail.overridden), reads.wall_clock())
         if opened:
             await self.recorder.record_break_glass(
                 "started",

@@ -3,34 +3,51 @@
 :class:`~middleware.pipeline.breakglass.BreakGlass` keeps the sessions a process opened (with
 the caller's identity, for the stop event it records); this board tells every process which
 sessions are open, so a worker that did not see the request opening one honours it, and two
-workers never both start one. A row is ``(binding, patient) -> ends``: who (the caller's
-issuer/subject/client binding), for whom, until when; nothing else (no reason, no identity).
+workers never both start one. A row is ``id -> ends``: ``id`` is a keyed digest of the
+caller's binding (issuer/subject/client) and the patient's reference
+(:func:`~middleware.ledger.signing.keyed_digest` under
+``derive_box_key(ledger data secret, "breakglass-board")``, the same in every worker), so the
+file names no patient and no caller: without the ledger key nobody can tell whose session a
+row is. A check asks for the patients of the document at hand and compares digests.
 
-The file is its own (``<store>.sessions`` beside a SQLite store): a session check never waits
-for a ledger commit. Calls are synchronous and short (an indexed read; a write only when a
-session opens or closes), made on the event loop like
-:meth:`~middleware.storage.sqlite_worker.SqliteWorker.read_now`; WAL mode, so a read never
-waits for a writer. A row whose ``ends`` has passed is not a session: a process that died
-with its sessions open leaves rows that lapse by themselves.
+The file is its own (``<store>.sessions`` beside a SQLite store, mode 0600): a session check
+never waits for a ledger commit. WAL mode, so a read never waits for a writer. Reads are
+short indexed lookups made on the event loop (like
+:meth:`~middleware.storage.sqlite_worker.SqliteWorker.read_now`); writes (a session opens or
+closes) run on the board's own thread, one at a time, with ``secure_delete`` on. Every claim
+deletes the rows whose ``ends`` has passed (a process killed with its sessions open leaves
+rows that lapse at once and are gone at the next claim); a delete is followed by a WAL
+truncation, so no deleted row outlives it in the ``-wal`` file either.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-__all__ = ["SqliteSessionBoard", "session_board", "sessions_path"]
+from middleware.errors import ServiceUnavailable
+from middleware.ledger.signing import keyed_digest
+
+__all__ = ["BOARD_PURPOSE", "SqliteSessionBoard", "session_board", "sessions_path"]
+
+#: What the board's digest key is derived for: ``derive_box_key(data secret, BOARD_PURPOSE)``.
+BOARD_PURPOSE: Final = "breakglass-board"
 
 _SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS session (
-    binding TEXT NOT NULL,
-    patient TEXT NOT NULL,
-    ends REAL NOT NULL,
-    PRIMARY KEY (binding, patient)
+CREATE TABLE IF NOT EXISTS open_session (
+    id BLOB PRIMARY KEY,
+    ends REAL NOT NULL
 ) WITHOUT ROWID;
 """
+# The table of the first version held the patient's reference in the clear: dropped (with
+# secure_delete on, its pages are zeroed) the first time a newer gateway opens the file.
+_OLD_TABLE: Final = "session"
 
 
 def sessions_path(store: str) -> Path | None:
@@ -41,79 +58,137 @@ def sessions_path(store: str) -> Path | None:
     return Path(str(Path(store.removeprefix("sqlite:"))) + ".sessions")
 
 
-def session_board(store: str) -> SqliteSessionBoard | None:
-    """The board of the ``store`` setting's gateway, None when it has none (sessions_path)."""
+def session_board(store: str, key: bytes) -> SqliteSessionBoard | None:
+    """The board of the ``store`` setting's gateway, None when it has none (sessions_path).
+    ``key``: 32 bytes, ``derive_box_key(ledger data secret, BOARD_PURPOSE)``."""
     path = sessions_path(store)
-    return None if path is None else SqliteSessionBoard(path)
+    return None if path is None else SqliteSessionBoard(path, key)
 
 
 class SqliteSessionBoard:
     """The shared board (module docstring); opened on first use, file mode 0600."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = 2.0) -> None:
+    def __init__(self, path: Path, key: bytes, *, busy_timeout: float = 2.0) -> None:
+        keyed_digest(key, ())  # a key of the wrong size fails here, not at the first request
         self.path = path
+        self._key = key
         self._busy_timeout = busy_timeout
-        self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="breakglass-board")
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            db = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
+    def _id(self, binding: str, patient: str) -> bytes:
+        return keyed_digest(self._key, (binding.encode(), patient.encode()))
 
-    def active(self, binding: str, now: float) -> frozenset[str]:
-        """The patients ``binding`` holds an open session for, in any process; none when the
-        file cannot be read (the caller then asks for the reason again: the safe
+    def _connect(self) -> sqlite3.Connection:
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA secure_delete=ON")
+        db.executescript(_SCHEMA)
+        return db
+
+    def _read_conn(self) -> sqlite3.Connection:
+        if self._reader is None:
+            db = self._connect()
+            db.execute("PRAGMA query_only=ON")
+            self._reader = db
+        return self._reader
+
+    def _write_conn(self) -> sqlite3.Connection:
+        """The writer (on the board's thread only); drops the first version's table."""
+        if self._writer is None:
+            db = self._connect()
+            old = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_OLD_TABLE,)
+            ).fetchone()
+            if old is not None:
+                db.execute(f"DROP TABLE IF EXISTS {_OLD_TABLE}")
+                db.execute("VACUUM")  # the dropped pages, zeroed, leave the file
+                _truncate_wal(db)
+            self._writer = db
+        return self._writer
+
+    def active(self, binding: str, patients: Iterable[str], now: float) -> frozenset[str]:
+        """Which of ``patients`` ``binding`` holds an open session for, in any process; none
+        when the file cannot be read (the caller then asks for the reason again: the safe
         direction)."""
         try:
-            rows = self._conn().execute(
-                "SELECT patient FROM session WHERE binding = ? AND ends > ?", (binding, now)
+            db = self._read_conn()
+            return frozenset(
+                patient
+                for patient in patients
+                if db.execute(
+                    "SELECT 1 FROM open_session WHERE id = ? AND ends > ?",
+                    (self._id(binding, patient), now),
+                ).fetchone()
+                is not None
             )
-            return frozenset(patient for (patient,) in rows)
         except (sqlite3.Error, OSError):
             return frozenset()
 
-    def claim(self, binding: str, patient: str, ends: float, now: float) -> bool:
+    async def claim(self, binding: str, patient: str, ends: float, now: float) -> bool:
         """Record a session until ``ends`` unless one is open (True: this process opened it
-        and records its start). A lapsed row is replaced. Raises ``sqlite3.Error`` when the
-        file cannot be written (the exchange then fails: nothing is released)."""
-        db = self._conn()
+        and records its start), on the board's thread; lapsed rows are deleted first. Raises
+        :class:`ServiceUnavailable` when the file cannot be written (the exchange then fails:
+        nothing is released)."""
+        row_id = self._id(binding, patient)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._thread, self._claim, row_id, ends, now)
+        except (sqlite3.Error, OSError) as exc:
+            raise ServiceUnavailable("break-the-glass sessions unavailable") from exc
+
+    def _claim(self, row_id: bytes, ends: float, now: float) -> bool:
+        db = self._write_conn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute(
-                "SELECT ends FROM session WHERE binding = ? AND patient = ?", (binding, patient)
-            ).fetchone()
-            if row is not None and row[0] > now:
-                db.execute("ROLLBACK")
-                return False
-            db.execute(
-                "INSERT OR REPLACE INTO session (binding, patient, ends) VALUES (?, ?, ?)",
-                (binding, patient, ends),
-            )
+            swept = db.execute("DELETE FROM open_session WHERE ends <= ?", (now,)).rowcount
+            held = db.execute("SELECT 1 FROM open_session WHERE id = ?", (row_id,)).fetchone()
+            if held is None:
+                db.execute("INSERT INTO open_session (id, ends) VALUES (?, ?)", (row_id, ends))
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        return True
+        if swept:
+            _truncate_wal(db)
+        return held is None
 
-    def release(self, binding: str, patient: str, ends: float) -> None:
+    def release(self, binding: str, patient: str, ends: float) -> Future[None]:
         """Forget the session until ``ends``, closed now (its stop recorded); a row another
-        process has since claimed anew is kept. A row that cannot be deleted lapses."""
+        process has since claimed anew is kept. Queued on the board's thread (the event loop
+        does not wait; the future is done when it ran); a row that cannot be deleted
+        lapses."""
+        return self._thread.submit(self._release, self._id(binding, patient), ends)
+
+    def _release(self, row_id: bytes, ends: float) -> None:
         try:
-            self._conn().execute(
-                "DELETE FROM session WHERE binding = ? AND patient = ? AND ends = ?",
-                (binding, patient, ends),
-            )
+            db = self._write_conn()
+            gone = db.execute(
+                "DELETE FROM open_session WHERE id = ? AND ends = ?", (row_id, ends)
+            ).rowcount
+            if gone:
+                _truncate_wal(db)
         except (sqlite3.Error, OSError):
             return
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Finish the queued releases and close the file (idempotent)."""
+
+        def close_writer() -> None:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+        with contextlib.suppress(RuntimeError):  # closed before
+            self._thread.submit(close_writer)
+        self._thread.shutdown(wait=True)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+def _truncate_wal(db: sqlite3.Connection) -> None:
+    """Move the WAL into the file and cut it to zero bytes (deleted rows' page images go)."""
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
