@@ -15,6 +15,12 @@ lock within a millisecond of its release; SQLite's own lock is then free (the ho
 committed) unless a process that does not take this lock writes (``consentry audit`` and
 ``ledger`` commands), which SQLite's busy handler still covers. The kernel drops the lock of
 a process that dies. Blocking calls: run them on the store's worker thread.
+
+A lock file this process cannot open or lock (left by another user, say a CLI command run as
+root, mode 0600; a read-only directory; a file system without ``flock``) does not fail the
+writes: the turns are an optimisation, SQLite's own lock keeps the writes correct. The lock
+then goes without turns (every :meth:`~WriteLock.acquire` answers True at once), logged once
+with the path and the error, and writers wait in SQLite's busy handler as before it existed.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import os
 import time
 from pathlib import Path
 from typing import Final
+
+from middleware.logging import get_logger
 
 __all__ = ["WriteLock"]
 
@@ -37,29 +45,50 @@ class WriteLock:
     def __init__(self, database: Path) -> None:
         self.path = database.with_name(database.name + ".write-lock")
         self._fd: int | None = None
+        #: Set when the lock file cannot be used: no turns from then on (module docstring).
+        self.unusable: OSError | None = None
 
     def acquire(self, timeout: float) -> bool:
         """Take the turn, waiting at most ``timeout`` seconds; False when it was not free by
-        then (its holder is stuck: the caller fails as SQLite's busy timeout would)."""
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + timeout
-        wait = _FIRST_WAIT
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() + wait > deadline:
-                    return False
-                time.sleep(wait)
-                wait = min(wait * 2, _LONGEST_WAIT)
-            else:
-                return True
+        then (its holder is stuck: the caller fails as SQLite's busy timeout would). True at
+        once, without a turn, when the lock file cannot be used (module docstring)."""
+        if self.unusable is not None:
+            return True
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            deadline = time.monotonic() + timeout
+            wait = _FIRST_WAIT
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() + wait > deadline:
+                        return False
+                    time.sleep(wait)
+                    wait = min(wait * 2, _LONGEST_WAIT)
+                else:
+                    return True
+        except OSError as exc:
+            self._give_up(exc)
+            return True
+
+    def _give_up(self, exc: OSError) -> None:
+        self.unusable = exc
+        self.close()
+        get_logger("consentry.store").warning(
+            "write lock file unusable; writers wait in SQLite's busy handler instead",
+            path=str(self.path),
+            error=f"{type(exc).__name__}: {exc.strerror or exc}",
+        )
 
     def release(self) -> None:
         """Give the turn up (only after :meth:`acquire` returned True)."""
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            except OSError as exc:  # closing the file drops the lock all the same
+                self._give_up(exc)
 
     def close(self) -> None:
         """Close the lock file (releasing the turn if held)."""
