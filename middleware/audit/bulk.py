@@ -71,6 +71,8 @@ class ExportJobs:
         self._pid = os.getpid()
         self._started = started(self._pid)
         self._producer = secrets.token_hex(8)  # this table, told from others in this process
+        self._purging: asyncio.Task[None] | None = None
+        self._purge_again = False
 
     def start(
         self, *, owner: str, request: str, transaction_time: str, produce: Producer
@@ -121,6 +123,8 @@ class ExportJobs:
                 self.board.finish(
                     job.id, error=job.error, too_large=job.too_large, now=job.finished_at
                 )
+            if job.state == "failed":
+                self._purge_soon()
 
     def get(self, job_id: str, owner: str) -> ExportJob:
         """The job ``job_id`` of ``owner``; NotFound (the same) for an unknown id or another
@@ -140,6 +144,7 @@ class ExportJobs:
             raise NotFound("no such export job")
         if row.finished_at is not None and self._clock() - row.finished_at > self.keep_seconds:
             self.board.delete(job_id)
+            self._purge_soon()
             raise NotFound("no such export job")
         if self._check_producer(row) and (row := self.board.get(job_id)) is None:
             raise NotFound("no such export job")
@@ -168,11 +173,40 @@ class ExportJobs:
         """Fail a running job as lost with its producer (True: it was; False when it was not
         or the board cannot be written: then a later poll finds it lost)."""
         assert self.board is not None
+        lost = False
         with contextlib.suppress(Exception):
-            return self.board.finish(
+            lost = self.board.finish(
                 job_id, error=PRODUCER_GONE, too_large=False, now=self._clock()
             )
-        return False
+        if lost:
+            self._purge_soon()
+        return lost
+
+    def _purge_soon(self) -> None:
+        """Delete forgotten and failed output (SqliteExportBoard.purge) in a thread, one
+        purge at a time (at once when no event loop runs)."""
+        assert self.board is not None
+        self._purge_again = True
+        if self._purging is not None and not self._purging.done():
+            return  # the running purge goes round once more
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._purge_again = False
+            self.board.purge()
+            return
+        self._purging = loop.create_task(self._purge(self.board))
+
+    async def _purge(self, board: SqliteExportBoard) -> None:
+        while self._purge_again:
+            self._purge_again = False
+            with contextlib.suppress(Exception):  # left for the next purge
+                await asyncio.to_thread(board.purge)
+
+    async def drain(self) -> None:
+        """Wait until the output forgotten so far is deleted."""
+        if self._purging is not None:
+            await self._purging
 
     def cancel(self, job_id: str, owner: str) -> None:
         """Stop ``owner``'s job ``job_id`` and forget it (NotFound as :meth:`get`); with a
@@ -180,6 +214,7 @@ class ExportJobs:
         job = self.get(job_id, owner)
         if self.board is not None:
             self.board.delete(job_id)
+            self._purge_soon()
         local = self._jobs.pop(job_id, job)
         if local.task is not None:
             local.task.cancel()
@@ -194,13 +229,15 @@ class ExportJobs:
                     await job.task
             if self.board is not None and job.state == "running":
                 self._lose(job.id)
+        await self.drain()
         if self.board is not None:
             self.board.close()  # reopened on next use
 
     def _forget_old(self) -> None:
         now = self._clock()
         if self.board is not None:
-            self.board.expire(now - self.keep_seconds)
+            if self.board.expire(now - self.keep_seconds):
+                self._purge_soon()
             return
         for job_id, job in list(self._jobs.items()):
             if job.finished_at is not None and now - job.finished_at > self.keep_seconds:

@@ -8,17 +8,20 @@ finished job's files.
 
 The file is its own (``<store>.exports`` beside a SQLite store, mode 0600): an export never
 waits for a ledger commit, nor a ledger commit for an export. WAL mode (a status read never
-waits for the producer), ``secure_delete`` on (the files hold PHI: a deleted job's pages are
-overwritten, not left in free pages). A job's output is stored as chunks (a BLOB of
-newline-terminated lines each) of one output file; the caller bounds their number and size
-(``max_events``) and deletes finished jobs after ``keep_seconds`` (:meth:`expire`).
-Calls are synchronous and short (one row, or one chunk of at most about a MiB), made on the
-event loop like :meth:`~middleware.storage.sqlite_worker.SqliteWorker.read_now`. Errors are
-``sqlite3.Error`` (the audit API answers them 503).
+waits for the producer), ``secure_delete`` on and the WAL checkpointed and truncated after a
+purge (the files hold PHI: a deleted job's lines are overwritten, not left in free pages or
+old WAL frames). A job's output is stored as chunks (a BLOB of newline-terminated lines
+each) of one output file; the caller bounds their number and size (``max_events``) and
+forgets finished jobs after ``keep_seconds`` (:meth:`expire`). Calls are synchronous and
+short (one row, or one chunk of at most about a MiB), made on the event loop like
+:meth:`~middleware.storage.sqlite_worker.SqliteWorker.read_now`, except :meth:`purge`, which
+deletes forgotten output at a cost in proportion to its size and runs off the event loop.
+Errors are ``sqlite3.Error`` (the audit API answers them 503).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -51,7 +54,7 @@ CREATE TABLE IF NOT EXISTS chunk (
     lines INTEGER NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (job, file, seq)
-) WITHOUT ROWID;
+);
 """
 _INSERT: Final = (
     "INSERT INTO job (id, owner, request, transaction_time, state, error, too_large, count,"
@@ -111,18 +114,21 @@ class SqliteExportBoard:
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            db = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA secure_delete=ON")
-            # Export files are a cache of the ledger: a power loss may lose the last chunk
-            # (the job is then started again), an application crash never does (WAL).
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            self._db = db
+            self._db = self._open()
         return self._db
+
+    def _open(self) -> sqlite3.Connection:
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        db = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA secure_delete=ON")
+        # Export files are a cache of the ledger: a power loss may lose the last chunk (the
+        # job is then started again), an application crash never does (WAL).
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        return db
 
     def _write(self, statements: list[tuple[str, tuple[object, ...]]], guard: str) -> bool:
         """Run ``statements`` in one write transaction if the job ``guard`` is running."""
@@ -182,18 +188,19 @@ class SqliteExportBoard:
         )
 
     def finish(self, job_id: str, *, error: str | None, too_large: bool, now: float) -> bool:
-        """End a running job: done (``error`` None) or failed, whose output is deleted then;
-        False when it was not running (nothing changes)."""
-        state = "done" if error is None else "failed"
-        statements: list[tuple[str, tuple[object, ...]]] = [
-            (
-                "UPDATE job SET state = ?, error = ?, too_large = ?, finished_at = ? WHERE id = ?",
-                (state, error, int(too_large), now, job_id),
-            )
-        ]
-        if error is not None:
-            statements.append(("DELETE FROM chunk WHERE job = ?", (job_id,)))
-        return self._write(statements, job_id)
+        """End a running job: done (``error`` None) or failed, whose output is no longer
+        served and deleted by the next :meth:`purge`; False when it was not running (nothing
+        changes)."""
+        return self._write(
+            [
+                (
+                    "UPDATE job SET state = ?, error = ?, too_large = ?, finished_at = ?"
+                    " WHERE id = ?",
+                    ("done" if error is None else "failed", error, int(too_large), now, job_id),
+                )
+            ],
+            job_id,
+        )
 
     def state(self, job_id: str) -> str | None:
         """The job's state, None when there is no such job (one indexed read)."""
@@ -231,25 +238,54 @@ class SqliteExportBoard:
         return b"".join(bytes(data) for (data,) in rows)
 
     def delete(self, job_id: str) -> None:
-        """Forget the job and its output (a producer running it stops at its next add)."""
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("DELETE FROM chunk WHERE job = ?", (job_id,))
-            db.execute("DELETE FROM job WHERE id = ?", (job_id,))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        """Forget the job (a producer running it stops at its next add); its output is no
+        longer served, and deleted by the next :meth:`purge`."""
+        self._conn().execute("DELETE FROM job WHERE id = ?", (job_id,))
 
-    def expire(self, finished_before: float) -> None:
-        """Delete the jobs finished before ``finished_before``, with their output."""
-        rows = self._conn().execute(
-            "SELECT id FROM job WHERE finished_at IS NOT NULL AND finished_at < ?",
-            (finished_before,),
+    def expire(self, finished_before: float) -> int:
+        """Forget the jobs finished before ``finished_before`` (output: as :meth:`delete`);
+        how many there were."""
+        return (
+            self._conn()
+            .execute(
+                "DELETE FROM job WHERE finished_at IS NOT NULL AND finished_at < ?",
+                (finished_before,),
+            )
+            .rowcount
         )
-        for (job_id,) in rows.fetchall():
-            self.delete(job_id)
+
+    def purge(self, *, slice_chunks: int = 8) -> int:
+        """Delete the output of forgotten and failed jobs, ``slice_chunks`` chunks a write
+        transaction (each holds the write lock for a few MiB only), then move the WAL into
+        the file and truncate it: the deleted lines' pages, zeroed by ``secure_delete``,
+        replace them in the file and no older WAL frame keeps them. Slow in proportion to
+        what it deletes (about 10 ms a MiB): run it off the event loop; it uses a connection
+        of its own. Returns the number of chunks deleted."""
+        db = self._open()
+        try:
+            deleted, job = 0, ""
+            while True:  # each job having chunks, by the index (never reading the chunks)
+                row = db.execute(
+                    "SELECT job FROM chunk WHERE job > ? ORDER BY job LIMIT 1", (job,)
+                ).fetchone()
+                if row is None:
+                    break
+                job = row[0]
+                live = db.execute("SELECT state FROM job WHERE id = ?", (job,)).fetchone()
+                while live is None or live[0] == "failed":
+                    gone = db.execute(
+                        "DELETE FROM chunk WHERE rowid IN"
+                        " (SELECT rowid FROM chunk WHERE job = ? LIMIT ?)",
+                        (job, slice_chunks),
+                    ).rowcount
+                    deleted += gone
+                    if gone < slice_chunks:
+                        break
+            with contextlib.suppress(sqlite3.Error):  # held back by a reader: the next purge
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            return deleted
+        finally:
+            db.close()
 
     def close(self) -> None:
         """Close the file (idempotent)."""

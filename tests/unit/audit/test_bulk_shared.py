@@ -180,6 +180,7 @@ async def test_delete_on_b_stops_as_producer_at_its_next_add_and_forgets_the_job
     gate.set()
     await _settle(job)
     assert added == [0, 1, 2, 3]
+    await b.drain()
     for jobs in (a, b):
         with pytest.raises(NotFound):
             jobs.get(job.id, "auditor")
@@ -219,6 +220,7 @@ async def test_an_expired_job_is_deleted_with_its_files(
     assert b.get(job.id, "auditor").state == "done"
     clock.now += 0.5
     _start(b, _lines(0))  # expiry happens on the next start, by any worker
+    await b.drain()
     assert _chunks(board_file) == 0
     with pytest.raises(NotFound):
         a.get(job.id, "auditor")
@@ -234,13 +236,15 @@ async def test_an_expired_job_is_not_served_before_the_next_start(
     clock.now += 11
     with pytest.raises(NotFound):
         b.get(job.id, "auditor")
+    await b.drain()
     assert _chunks(board_file) == 0
 
 
 async def test_deleted_export_lines_are_overwritten_in_the_file(
     workers: tuple[ExportJobs, ExportJobs], board_file: Path
 ) -> None:
-    """secure_delete: the PHI of a cancelled job is not left in free pages of the file."""
+    """secure_delete and a truncated WAL: the PHI of a cancelled job is left neither in free
+    pages of the file nor in old frames of its WAL."""
     a, b = workers
     marker = b"PHI-MARKER-" + b"z" * 64
 
@@ -249,19 +253,16 @@ async def test_deleted_export_lines_are_overwritten_in_the_file(
 
     job = _start(a, produce)
     await _settle(job)
+    assert marker in _file_bytes(board_file)  # a finished job's lines are on disk
     b.cancel(job.id, "auditor")
-    assert b.board is not None
-    b.board.close()
-    assert marker not in _checkpointed_bytes(board_file)
+    await b.drain()
+    assert marker not in _file_bytes(board_file)
 
 
-def _checkpointed_bytes(board_file: Path) -> bytes:
-    """The file's bytes (and its WAL's) once every committed page is in the file."""
-    with sqlite3.connect(board_file) as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    data = board_file.read_bytes()
+def _file_bytes(board_file: Path) -> bytes:
+    """The file's bytes and its WAL's, as they are on disk now."""
     wal = Path(f"{board_file}-wal")
-    return data + (wal.read_bytes() if wal.exists() else b"")
+    return board_file.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
 
 
 async def test_a_job_past_max_events_fails_and_keeps_no_partial_output(
@@ -275,6 +276,7 @@ async def test_a_job_past_max_events_fails_and_keeps_no_partial_output(
     assert seen.state == "failed"
     assert seen.too_large
     assert "_since" in str(seen.error)
+    await a.drain()
     assert _chunks(board_file) == 0
 
 
@@ -380,3 +382,52 @@ async def test_a_lost_producer_frees_its_running_place(board_file: Path, clock: 
     await _settle(job)
     assert b.get("lost", "auditor").state == "failed"
     await b.aclose()
+
+
+# -- deleting output off the event loop -----------------------------------------------------------
+
+
+async def test_a_purge_deletes_forgotten_output_only(
+    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+) -> None:
+    """Output is deleted in slices, off the event loop, after its job is forgotten; the
+    files of kept jobs (and of a job still running) are untouched."""
+    a, b = workers
+    a.max_running = b.max_running = 3
+    kept, dropped = _start(a, _lines(40)), _start(a, _lines(40))
+    await _settle(kept)
+    await _settle(dropped)
+    gate = asyncio.Event()
+
+    async def produce(job: ExportJob) -> None:
+        for n in range(3):
+            job.add(str(n).encode())
+        await gate.wait()
+
+    running = _start(a, produce)
+    await asyncio.sleep(0)
+    before = [b.get(kept.id, "auditor").ndjson(n) for n in range(14)]
+    b.cancel(dropped.id, "auditor")
+    with pytest.raises(NotFound):  # forgotten at once, before its output is deleted
+        a.get(dropped.id, "auditor")
+    await b.drain()
+    assert _chunks(board_file) == 14 + 1
+    assert [a.get(kept.id, "auditor").ndjson(n) for n in range(14)] == before
+    gate.set()
+    await _settle(running)
+    assert a.get(running.id, "auditor").file_counts() == [3]
+
+
+async def test_a_finished_job_outlives_the_worker_that_ran_it(
+    workers: tuple[ExportJobs, ExportJobs], board_file: Path, clock: Clock
+) -> None:
+    """A restart: the worker that produced the job stops; a new one serves its files."""
+    a, _ = workers
+    job = _start(a, _lines(4))
+    await _settle(job)
+    await a.aclose()
+    restarted = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), events_per_file=3)
+    seen = restarted.get(job.id, "auditor")
+    assert seen.state == "done"
+    assert [seen.ndjson(0), seen.ndjson(1)] == [b"0\n1\n2\n", b"3\n"]
+    await restarted.aclose()
