@@ -2,7 +2,7 @@
 
 ``consentry serve --upstream URL [--host H] [--port P] [--base-path /fhir] [--workers N]
 [--config FILE]`` runs the gateway (uvicorn, uvloop, httptools; :mod:`middleware.serving`) on
-the embedded default store, one worker process per CPU unless ``--workers`` says otherwise.
+the embedded default store, in one process unless ``--workers`` asks for more (0: one per CPU).
 Settings come from the TOML file, then ``CONSENTRY_*`` variables, then these flags; a bad value
 stops it at once with every problem listed.
 
@@ -67,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        help="worker processes sharing the port and the store (default: one per CPU; "
-        "always 1 with a memory: store)",
+        help="worker processes sharing the port and the store (default 1; 0: one per CPU "
+        "the process may run on; always 1 with a memory: store)",
     )
     serve.add_argument("--config", type=Path, help="TOML settings file (- reads stdin)")
     add_init_parser(commands)

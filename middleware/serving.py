@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import sys
 from multiprocessing.connection import Connection
@@ -41,9 +42,11 @@ READY: Final = b"ready"
 
 
 def worker_count(settings: Settings) -> int:
-    """The number of worker processes: ``settings.workers``, or when it is 0 one per CPU this
-    process may run on. A ``memory:`` store lives in one process's memory, so it is always
-    served by one (the settings refuse an explicit count above 1 with it)."""
+    """The number of worker processes: ``settings.workers`` (default 1), or when it is 0 one
+    per CPU this process may run on (its affinity mask: a cgroup CPU quota is not seen, so a
+    1-CPU container on a large node counts the node's CPUs; docs/operations.md). A
+    ``memory:`` store lives in one process's memory, so it is always served by one (the
+    settings refuse an explicit count above 1 with it)."""
     if settings.store.startswith("memory:"):
         return 1
     if settings.workers > 0:
@@ -109,9 +112,20 @@ def _serve_here(settings: Settings) -> int:
     except (SettingsError, GatewayError) as exc:
         print(f"consentry: cannot start: {exc}", file=sys.stderr)
         return STARTUP_FAILED
-    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during the graceful stop
-        server.run()
+    # uvicorn re-raises the signal it stopped for once the server is down, into the handler
+    # in place before it ran: with this no-op one a SIGTERM stop exits 0 (not 143), as a stop
+    # of several workers does (docs/operations.md).
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C during the graceful stop
+            server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0 if server.started else STARTUP_FAILED
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM after the server stopped for it: nothing left to do (the caller returns 0)."""
 
 
 def run_worker(

@@ -98,7 +98,7 @@ class Settings:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int = 10_000
-    workers: int = 0
+    workers: int = 1
     rate_limit_per_principal: float = 2000.0
     rate_limit_per_principal_burst: int = 4000
     rate_limit_unauthenticated: float = 5.0
@@ -357,7 +357,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     ):
         if name in values and values[name] < 1:
             problems.append(f"{name}: must be positive")
-    workers = values.get("workers", 0)
+    workers = values.get("workers", 1)
     if not 0 <= workers <= 1024:
         problems.append(f"workers: expected 0 (one per CPU) to 1024, got {workers}")
     elif workers > 1 and values.get("store", "").startswith("memory:"):

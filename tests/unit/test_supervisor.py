@@ -65,6 +65,25 @@ def test_sigterm_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
     assert all(_gone(pid) for pid in pids)
 
 
+def test_sigterm_stops_a_single_process_serve_with_exit_0(tmp_path: Path) -> None:
+    """One worker exits 0 on SIGTERM like several (red before: uvicorn re-raised the signal,
+    exit -15, a shell's 143)."""
+    port = free_port()
+    serve = _serve(tmp_path, port, "--workers", "1", "--store", "sqlite:x.db")
+    deadline = time.monotonic() + 60
+    while True:
+        assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+        assert time.monotonic() < deadline, "the gateway did not start"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    assert _workers(serve.pid) == []  # served in the serve process itself
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(30) == 0
+
+
 def test_a_worker_that_dies_stops_the_others_and_the_serve_exits_1(tmp_path: Path) -> None:
     port = free_port()
     serve = _serve(tmp_path, port, "--workers", "2", "--store", "sqlite:x.db")
@@ -89,11 +108,16 @@ def test_a_worker_that_cannot_start_stops_the_serve_with_its_status(tmp_path: Pa
         ("sqlite:x.db", 3, 3),
         ("memory:", 0, 1),  # one process's memory: never shared
         ("sqlite:x.db", 0, len(os.sched_getaffinity(0))),
+        ("sqlite:x.db", None, 1),
     ],
-    ids=["explicit", "memory-store-one", "default-one-per-cpu"],
+    ids=["explicit", "memory-store-one", "zero-one-per-cpu", "default-one"],
 )
-def test_worker_count(store: str, workers: int, expected: int) -> None:
-    overrides = {"upstream": "http://u/fhir", "store": store, "workers": workers}
+def test_worker_count(store: str, workers: int | None, expected: int) -> None:
+    """One process unless asked (docs/operations.md: a second worker did not pay on 2 cores,
+    a cgroup quota is invisible to the CPU count); 0 asks for one per CPU."""
+    overrides: dict[str, object] = {"upstream": "http://u/fhir", "store": store}
+    if workers is not None:
+        overrides["workers"] = workers
     assert worker_count(load_settings(overrides=overrides)) == expected
 
 
