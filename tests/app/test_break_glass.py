@@ -146,3 +146,32 @@ async def test_writes_are_never_overridden(
     )
     assert answer.status_code == 403
     assert not created.called
+
+
+async def test_a_session_board_that_cannot_take_the_claim_answers_503_and_releases_nothing(
+    make_app: Any, dev_key_file: Path, router: respx.Router, tokens: Tokens, tmp_path: Path
+) -> None:
+    """Workers of a SQLite store share sessions through ``<store>.sessions``; when that file
+    cannot be written the emergency read fails closed with a retryable 503 (red before: the
+    raw sqlite3.Error answered 500)."""
+    router.get("/Observation/o-p1").respond(
+        200,
+        json={**observation("Patient/p1"), "id": "o-p1"},
+        headers={"content-type": "application/fhir+json"},
+    )
+    (tmp_path / "x.db.sessions").write_bytes(b"not a database, " * 512)
+    app: Gateway = make_app(
+        auth=auth_settings(dev_key_file, break_glass_scope=BTG_SCOPE),
+        consent_jurisdiction="opt-out",
+        break_glass_minutes=10,
+        store=f"sqlite:{tmp_path / 'x.db'}",
+    )
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+        await deny_dr(client, tokens, "p1")
+        asked = {**doctor(tokens, glass=True), "x-break-glass-reason": "unconscious patient"}
+        answer = await client.get("/fhir/Observation/o-p1", headers=asked)
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"]
+        assert "o-p1" not in answer.text
+    await app.aclose()
