@@ -130,6 +130,7 @@ class ExportJobs:
         """The job ``job_id`` of ``owner``; NotFound (the same) for an unknown id or another
         owner's job."""
         if self.board is not None:
+            self._forget_old()  # files on disk: deleted on any worker's next request
             return self._shared(job_id, owner)
         job = self._jobs.get(job_id)
         if job is None or not secrets.compare_digest(job.owner, owner):
@@ -141,10 +142,6 @@ class ExportJobs:
         assert self.board is not None
         row = self.board.get(job_id)
         if row is None or not secrets.compare_digest(row.owner, owner):
-            raise NotFound("no such export job")
-        if row.finished_at is not None and self._clock() - row.finished_at > self.keep_seconds:
-            self.board.delete(job_id)
-            self._purge_soon()
             raise NotFound("no such export job")
         if self._check_producer(row) and (row := self.board.get(job_id)) is None:
             raise NotFound("no such export job")

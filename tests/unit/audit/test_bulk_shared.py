@@ -226,18 +226,25 @@ async def test_an_expired_job_is_deleted_with_its_files(
         a.get(job.id, "auditor")
 
 
-async def test_an_expired_job_is_not_served_before_the_next_start(
+async def test_a_status_request_for_any_job_deletes_the_expired_ones(
     workers: tuple[ExportJobs, ExportJobs], clock: Clock, board_file: Path
 ) -> None:
+    """Files on disk do not wait for the next kick-off: any worker's next request deletes
+    every expired job (and only those)."""
     a, b = workers
-    b.keep_seconds = 10
-    job = _start(a, _lines(2))
-    await _settle(job)
-    clock.now += 11
-    with pytest.raises(NotFound):
-        b.get(job.id, "auditor")
+    a.keep_seconds = b.keep_seconds = 10
+    old = _start(a, _lines(2))
+    await _settle(old)
+    clock.now += 5
+    young = _start(a, _lines(1))
+    await _settle(young)
+    clock.now += 6
+    assert b.get(young.id, "auditor").state == "done"
     await b.drain()
-    assert _chunks(board_file) == 0
+    assert _chunks(board_file) == 1
+    with pytest.raises(NotFound):
+        a.get(old.id, "auditor")
+    assert a.get(young.id, "auditor").ndjson(0) == b"0\n"
 
 
 async def test_deleted_export_lines_are_overwritten_in_the_file(
