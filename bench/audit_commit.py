@@ -2,8 +2,8 @@
 
     python -m bench.audit_commit [--entries 4096] [--repeat 3] [--batches 1,16,64]
                                  [--prefill 20000] [--read patient|observation]
-                                 [--merge-at 4096] [--merge-slice 512] [--split 16]
-                                 [--profile]
+                                 [--stage] [--merge-at 4096] [--merge-slice 4096]
+                                 [--split 16] [--profile]
 
 Entries are what the recorder makes for an enforced read (:mod:`bench.audit_hot`'s read: a
 practitioner with two purposes of use and a role, one patient's resource released), one of
@@ -15,12 +15,13 @@ and 64 by the store's own transaction function (``BEGIN IMMEDIATE``, ``_append``
 B-trees have a realistic depth. CPU is ``time.thread_time`` of that thread per entry, the
 best of ``--repeat`` runs of ``--entries`` entries each; the fsync's wait is not CPU.
 
-An append stages its index rows; the store merges them into the indexed tables once
-``merge_at`` are staged (``--merge-at``, default the store's), in slices of ``merge_slice``
-rows a transaction (``--merge-slice``). The bench does the same after each append
-transaction, and each run starts with nothing staged and ends by merging what it staged, so
-every run's figure includes the merge of all its rows (a merge of fewer rows than
-``merge_at`` costs more per row: the figure errs high). The full slices' CPU and wall
+An append writes its index rows into the indexed tables, as the store does by default. With
+``--stage`` (``SqliteLogStore.stage_index``) it stages them instead, and the store merges them
+into the indexed tables once ``merge_at`` are staged (``--merge-at``, default the store's), in
+slices of ``merge_slice`` rows a transaction (``--merge-slice``). The bench then does the same
+after each append transaction, and each run starts with nothing staged and ends by merging
+what it staged, so every run's figure includes the merge of all its rows (a merge of fewer
+rows than ``merge_at`` costs more per row: the figure errs high). The full slices' CPU and wall
 clock (the write lock's hold an append may wait for) are printed after the table.
 
 The breakdown (batches of ``--split``, rows off and with rows) times each SQL statement
@@ -168,6 +169,8 @@ TAILS = ChainTails()
 MERGE_AT = SqliteLogStore.merge_at
 #: Staged rows a merge transaction moves (``SqliteLogStore.merge_slice``; ``--merge-slice``).
 MERGE_SLICE = SqliteLogStore.merge_slice
+#: Whether appends stage their index rows (``SqliteLogStore.stage_index``; ``--stage``).
+STAGE = SqliteLogStore.stage_index
 #: Every merge slice's (thread CPU, wall) nanoseconds (the write lock's hold an append waits).
 SLICES: list[tuple[int, int]] = []
 
@@ -181,6 +184,8 @@ class _Staging:
         self.merge_ns = 0
 
     def appended(self, batch: Sequence[NewEntry]) -> None:
+        if not STAGE:  # the rows went into the indexed tables: nothing to merge
+            return
         self.staged += sum(e.row is not None for e in batch)
         if self.staged >= MERGE_AT:
             self.merge()
@@ -216,7 +221,7 @@ def _transaction(
 def _append(
     c: sqlite3.Connection | _Timed, batch: Sequence[NewEntry], sign: CheckpointSigner
 ) -> None:
-    ledger_sqlite._append(c, batch, sign, TAILS)  # type: ignore[arg-type]
+    ledger_sqlite._append(c, batch, sign, TAILS, stage=STAGE)  # type: ignore[arg-type]
 
 
 def _empty_staging(c: sqlite3.Connection) -> _Staging:
@@ -271,10 +276,11 @@ def profile(c: sqlite3.Connection, batch: list[NewEntry], size: int) -> None:
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> None:
-    global TAILS, MERGE_AT, MERGE_SLICE  # noqa: PLW0603  (the store's, once it exists)
-    MERGE_AT, MERGE_SLICE = args.merge_at, args.merge_slice
+    global TAILS, MERGE_AT, MERGE_SLICE, STAGE  # noqa: PLW0603  (the store's, once it exists)
+    MERGE_AT, MERGE_SLICE, STAGE = args.merge_at, args.merge_slice, args.stage
     store = await SqliteLogStore.open(tmp / "bench.db")
     store.merge_at, store.merge_slice = args.merge_at, args.merge_slice
+    store.stage_index = args.stage
     db = store._db
     TAILS = store._tails
     made = 0
@@ -347,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--prefill", type=int, default=20_000)
     parser.add_argument("--read", choices=("patient", "observation"), default="patient")
+    parser.add_argument(
+        "--stage", action="store_true", help="stage index rows and merge them (off by default)"
+    )
     parser.add_argument("--merge-at", type=int, default=SqliteLogStore.merge_at)
     parser.add_argument("--merge-slice", type=int, default=SqliteLogStore.merge_slice)
     parser.add_argument("--split", type=int, default=16, help="batch size of the breakdown")

@@ -7,10 +7,12 @@ extends, also when several processes append to one file.
 
 The audit index and the evidence keys live in the same file
 (:mod:`~middleware.storage.audit_index_sqlite`). Index rows are written in the append's
-transaction, staged (:mod:`~middleware.storage.audit_index_staged`); once ``merge_at`` are
-staged, the store merges them into the indexed tables in the background, in slices of
-``merge_slice`` rows a transaction, which appends queued meanwhile run between
+transaction, into the indexed tables (the default) or, with :attr:`SqliteLogStore.stage_index`
+on, staged (:mod:`~middleware.storage.audit_index_staged`): once ``merge_at`` are staged, the
+store merges them into the indexed tables in the background, in slices of ``merge_slice`` rows
+a transaction, which appends queued meanwhile run between
 (:mod:`~middleware.storage.ledger_sqlite_merge`), and on close if it staged rows itself.
+Readers see staged and indexed rows alike either way (rows another process staged included).
 Audit searches run on a second, read-only connection with its own thread, so a long
 accounting never holds up the writer (WAL readers do not block it).
 """
@@ -74,6 +76,14 @@ class SqliteLogStore(SqliteAuditIndex):
     methods are :class:`~middleware.storage.audit_index_stores.SqliteAuditIndex`'s."""
 
     name = "sqlite"
+    #: Whether appends stage their index rows (merged later) instead of writing them into the
+    #: indexed tables. Staging saves writer CPU (``bench.audit_commit --stage``, batches of
+    #: 16: 20,000 rows indexed 83 -> 63-65 us an entry, 300,000 rows 102 -> 81), but a merge
+    #: of 4,096 rows holds the write lock 0.24-0.41 s on a 300,000-row index (longer as it
+    #: grows), and every request arriving meanwhile waits for it: a latency spike every 4,096
+    #: audited requests, which the enforced path's p99 cannot afford. Off by default; kept for
+    #: measurement until a merge can run without stalling appends (docs/audit.md).
+    stage_index = False
     #: Staged index rows that make the store merge them: a merge's cost per row falls as
     #: its rows share more index pages (``bench.audit_commit --merge-at``), while a search
     #: reads the staged rows without an index (about 1 ms for 4,000 of them).
@@ -144,7 +154,12 @@ class SqliteLogStore(SqliteAuditIndex):
     async def append(
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
-        results = await self._db.transaction(lambda c: _append(c, batch, sign, self._tails))
+        stage = self.stage_index
+        results = await self._db.transaction(
+            lambda c: _append(c, batch, sign, self._tails, stage=stage)
+        )
+        if not stage:
+            return results
         staged = sum(
             e.row is not None and not r.duplicate for e, r in zip(batch, results, strict=True)
         )
@@ -237,11 +252,17 @@ class SqliteLogStore(SqliteAuditIndex):
 
 
 def _append(
-    c: sqlite3.Connection, batch: Sequence[NewEntry], sign: CheckpointSigner, tails: ChainTails
+    c: sqlite3.Connection,
+    batch: Sequence[NewEntry],
+    sign: CheckpointSigner,
+    tails: ChainTails,
+    *,
+    stage: bool = False,
 ) -> list[AppendResult]:
     """One append transaction's work (the caller brackets it in ``BEGIN IMMEDIATE``/``COMMIT``).
     ``tails``: the store's memory of its chains' last indexes, checked against the state read
-    here; only pseudonyms it does not know are read from the log."""
+    here; only pseudonyms it does not know are read from the log. ``stage``: the entries'
+    index rows are staged instead of written into the indexed tables."""
     state = _read_state(c)
     recorded: dict[str, int] = {}
     for key in distinct_keys(batch):
@@ -274,8 +295,10 @@ def _append(
             "UPDATE consentry_ledger_state SET size = ?, compact = ?, root = ? WHERE id = 1",
             (new.size, new.packed_hashes(), new.root),
         )
-        if rows:
+        if rows and stage:
             audit_index.stage_rows(c, audit_index.tombstoned(c, rows))
+        elif rows:  # after any rows staged (by another process or before): merged first
+            audit_index.write_rows(c, audit_index.tombstoned(c, rows), fresh=True)
     signed_sql = "SELECT 1 FROM consentry_ledger_checkpoints WHERE size = ?"
     if plan.leaves or c.execute(signed_sql, (new.size,)).fetchone() is None:
         signed = sign_state(sign, new)

@@ -22,6 +22,12 @@ from tests.contract.helpers import SIGN, assert_consistent
 from tests.contract.test_audit_index import EXPECTED, PA, ROWS, SPECS, audit_entry, make_row
 
 NEVER = 10**9
+
+
+@pytest.fixture(autouse=True)
+def _staging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about staged rows: stores stage (off by default, ``stage_index``)."""
+    monkeypatch.setattr(SqliteLogStore, "stage_index", True)
 STAGED = "consentry_audit_staged"
 
 

@@ -39,6 +39,12 @@ from tests.contract.test_audit_index import (
 NEVER = 10**9
 
 
+@pytest.fixture(autouse=True)
+def _staging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about staged rows: stores stage (off by default, ``stage_index``)."""
+    monkeypatch.setattr(SqliteLogStore, "stage_index", True)
+
+
 async def _open(path: Path, *, merge_at: int = NEVER) -> SqliteLogStore:
     store = await SqliteLogStore.open(path)
     store.merge_at = merge_at
@@ -358,3 +364,27 @@ def test_the_staging_table_has_the_index_columns() -> None:
         ]
     assert columns[0] == columns[1]
     assert ", ".join(v[0] for v in columns[0]) == audit_index_staged.COLUMNS
+
+
+async def test_by_default_an_append_writes_into_the_indexed_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default store stages nothing; rows another process staged are merged before its
+    own are written, so searches see each row once, indexed."""
+    staging = await _open(tmp_path / "log.db")
+    await staging.append([audit_entry(r) for r in ROWS[:3]], sign=SIGN)
+    await staging.close()  # its close merges what it staged: stage more without closing
+    staging = await _open(tmp_path / "log.db")
+    await staging.append([audit_entry(r) for r in ROWS[3:5]], sign=SIGN)
+    assert _count(tmp_path / "log.db", "consentry_audit_staged") == 2
+    monkeypatch.setattr(SqliteLogStore, "stage_index", False)
+    direct = await SqliteLogStore.open(tmp_path / "log.db")
+    try:
+        await direct.append([audit_entry(r) for r in ROWS[5:]], sign=SIGN)
+        assert _count(tmp_path / "log.db", "consentry_audit_staged") == 0
+        assert _count(tmp_path / "log.db", "consentry_audit_index") == len(ROWS)
+        found = await direct.audit_rows(AuditQuery())
+        assert sorted(r.index for r in found) == list(range(len(ROWS)))
+    finally:
+        await direct.close()
+        await staging.close()
