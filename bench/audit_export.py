@@ -3,7 +3,7 @@
     python -m bench.audit_export [--entries 50000] [--patients 200] [--profile]
 
 Fills a fresh SQLite ledger (temporary directory) with ``--entries`` audit entries as the
-recorder writes them (sealed facts, index rows; ``middleware.testing.audit_fill``), then
+recorder writes them (sealed facts, index rows; ``tests.support.audit_fill``), then
 measures, in this process:
 
 - ``export``: ``consentry audit export --report date-range --format ndjson`` of every entry
@@ -49,7 +49,7 @@ from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.ledger.trust import TrustedKey, TrustPolicy, format_policy
 from middleware.pipeline.cursor import CursorCodec
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.testing.audit_fill import fill_audit_log
+from tests.support.audit_fill import fill_audit_log
 
 ORIGIN = "bench.example/fhir/ledger"
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z

@@ -53,7 +53,7 @@ from bench import loadgen
 from bench.loadgen import LoadResult
 from bench.proxy import Loader, cpu_seconds, find_wrk, markdown, wrk_loader
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
-from middleware.testing import GatewayServer, PeerError, UpstreamServer, load_carebundle
+from tests.support import GatewayServer, PeerError, UpstreamServer, load_carebundle
 
 RESULTS: Final = Path(__file__).parent / "results" / "enforced.json"
 PUBLIC_BASE: Final = "http://consentry.bench/fhir"

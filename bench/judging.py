@@ -45,7 +45,7 @@ from middleware.fhir import jsoncodec
 from middleware.pipeline.caller import ACTION_ACCESS, Caller, caller_of
 from middleware.pipeline.filter import filter_answer
 from middleware.pipeline.judge import Judge, Trail, needs_walk, patients_in
-from middleware.testing.peers import carebundle_dir
+from tests.support.peers import carebundle_dir
 
 RESULTS: Final = Path(__file__).parent / "results" / "judging.json"
 BASE: Final = "http://upstream.bench/fhir"

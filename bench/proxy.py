@@ -33,7 +33,7 @@ import httpx
 
 from bench import loadgen
 from bench.loadgen import LoadResult
-from middleware.testing import GatewayServer, UpstreamServer, carebundle_dir
+from tests.support import GatewayServer, UpstreamServer, carebundle_dir
 
 RESULTS = Path(__file__).parent / "results" / "proxy.json"
 CPU_NOTE = (

@@ -45,7 +45,7 @@ from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.logging import configure_logging
 from middleware.proxy.upstream import UpstreamRequest
 from middleware.settings import load_settings
-from middleware.testing.peers import carebundle_dir
+from tests.support.peers import carebundle_dir
 
 UPSTREAM: Final = "http://upstream.bench/fhir"
 PUBLIC: Final = "http://consentry.bench/fhir"

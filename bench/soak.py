@@ -63,8 +63,8 @@ from middleware.auth.devissuer import UnsafeDevelopmentIssuer, load_or_create_ke
 from middleware.ledger.keyfile import read_ledger_key
 from middleware.ledger.signing import derive_box_key
 from middleware.storage.ledger_open import open_log_store
-from middleware.testing import PeerError, UpstreamServer, load_carebundle
-from middleware.testing.peers import free_port, stop_process
+from tests.support import PeerError, UpstreamServer, load_carebundle
+from tests.support.peers import free_port, stop_process
 
 __all__ = ["main"]
 

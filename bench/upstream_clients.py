@@ -32,7 +32,7 @@ from middleware.proxy.aiohttp_upstream import AiohttpUpstream
 from middleware.proxy.httpx_upstream import HttpxUpstream
 from middleware.proxy.native_upstream import NativeUpstream
 from middleware.proxy.upstream import Upstream, UpstreamRequest
-from middleware.testing import UpstreamServer, carebundle_dir
+from tests.support import UpstreamServer, carebundle_dir
 
 LIMIT = 64 * 1024 * 1024
 POOL_SIZE = 100

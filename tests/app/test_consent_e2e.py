@@ -22,9 +22,9 @@ import pytest
 from middleware.consent.records import canonical_consent
 from middleware.ledger.leaf import EntryKind
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.testing import GatewayServer
-from middleware.testing.peers import repo_root
 from tests.app.consenting import ledger_entries, r5_consent, treat_only
+from tests.support import GatewayServer
+from tests.support.peers import repo_root
 
 ISSUER = "http://127.0.0.1/dev-issuer"
 AUDIENCE = "consentry-e2e"

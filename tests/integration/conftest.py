@@ -3,14 +3,14 @@ through the gateway once, and a client on each side.
 
 The gateway enforces consent on every request but ``GET /metadata``, so the gateway side
 sends a backend-service token (``system/*.cruds``, minted by the gateway's development issuer,
-:meth:`~middleware.testing.GatewayServer.system_bearer`). The gateway runs under the
+:meth:`~tests.support.GatewayServer.system_bearer`). The gateway runs under the
 ``opt-out`` jurisdiction, so with no consent on file such a caller may see and write
 everything, and the pass-through tests still compare the gateway with the upstream answer for
 answer; records whose patient cannot be determined stay denied (the default). Its ledger is a SQLite file in the gateway's working directory, so
 that ``consentry ledger verify`` can check it offline.
 
 A peer that cannot start (no node or npm, install failure, no /healthz) raises
-:class:`~middleware.testing.PeerError` in the fixture, so every test using it errors: these
+:class:`~tests.support.PeerError` in the fixture, so every test using it errors: these
 tests fail rather than skip when their upstream is missing.
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from middleware.testing import GatewayServer, UpstreamServer, load_carebundle
 from tests.integration.sides import Sides
+from tests.support import GatewayServer, UpstreamServer, load_carebundle
 
 _FHIR_JSON = {"accept": "application/fhir+json"}
 

@@ -31,8 +31,8 @@ from middleware.ledger.signing import SigningKey
 from middleware.ledger.trust import TrustedKey, TrustPolicy, format_policy
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_postgres import PostgresLogStore
-from middleware.testing.audit_fill import fill_audit_log, pseudonym_of
 from tests.contract.backends import PostgresBackend
+from tests.support.audit_fill import fill_audit_log, pseudonym_of
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pypdf import PdfReader
 
-from middleware.testing import GatewayServer
+from tests.support import GatewayServer
 
 XREQUEST = "XrequestId"
 USERS = [("dr-http-treat", "TREAT"), ("dr-http-research", "HRESCH")]

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from middleware.testing import GatewayServer
+from tests.support import GatewayServer
 
 _V3 = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 #: (practitioner, purpose of use): treatment is exempt from an accounting, the others are not.

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from middleware.fhir.resource_types import RESOURCE_TYPES
-from middleware.testing import GatewayServer
 from tests.integration.sides import Sides, bundle_urls
+from tests.support import GatewayServer
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from fhirclient import client as fhirclient_client
 from fhirclient.models.patient import Patient
 from fhirpy import SyncFHIRClient
 
-from middleware.testing import GatewayServer
 from tests.integration.sides import Sides
+from tests.support import GatewayServer
 
 pytestmark = pytest.mark.integration
 

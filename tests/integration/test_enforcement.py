@@ -33,7 +33,6 @@ from middleware.audit.evidence import EvidenceReader
 from middleware.ledger.keyfile import read_ledger_key
 from middleware.ledger.signing import derive_box_key
 from middleware.storage.ledger_open import open_log_store
-from middleware.testing import GatewayServer, UpstreamServer
 from tests.integration.enforcing import (
     FHIR_JSON,
     GENERIC_NOT_FOUND,
@@ -45,6 +44,7 @@ from tests.integration.enforcing import (
     refs,
 )
 from tests.integration.sides import Sides, comparable
+from tests.support import GatewayServer, UpstreamServer
 
 pytestmark = pytest.mark.integration
 

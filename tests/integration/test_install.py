@@ -29,9 +29,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from middleware.testing import UpstreamServer, free_port
-from middleware.testing.peers import repo_root, stop_process
 from tests.integration.shell import clean_env
+from tests.support import UpstreamServer, free_port
+from tests.support.peers import repo_root, stop_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from middleware.mapping import MARKER_URL
-from middleware.testing import GatewayServer, UpstreamServer
+from tests.support import GatewayServer, UpstreamServer
 
 PROFILE = Path(__file__).resolve().parents[2] / "mappings" / "profiles" / "hospital-a.json"
 LOCAL = "http://hospital-a.example/CodeSystem/lab"

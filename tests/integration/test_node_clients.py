@@ -18,9 +18,9 @@ from typing import Final
 
 import pytest
 
-from middleware.testing import GatewayServer
-from middleware.testing.peers import repo_root
 from tests.integration.sides import Sides
+from tests.support import GatewayServer
+from tests.support.peers import repo_root
 
 pytestmark = pytest.mark.integration
 

@@ -39,8 +39,8 @@ from typing import Final
 import httpx
 import pytest
 
-from middleware.testing.peers import repo_root
 from tests.integration.shell import clean_env
+from tests.support.peers import repo_root
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
-from middleware.testing import GatewayServer, UpstreamServer
+from tests.support import GatewayServer, UpstreamServer
 
 PUBLIC: Final = "http://consentry.workers.test/fhir"
 ISSUER: Final = "http://consentry.workers.test/dev-issuer"

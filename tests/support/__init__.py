@@ -1,12 +1,12 @@
-"""Test helpers shipped with the gateway (in the spirit of ``structlog.testing``).
+"""Test helpers of the repository (not shipped: the distribution holds ``middleware`` only).
 
-:mod:`middleware.testing.peers` runs real peers as subprocesses for integration tests and
+:mod:`tests.support.peers` runs real peers as subprocesses for integration tests and
 benchmarks: the shared upstream FHIR server (Medplum's router under node) and the gateway
 itself, with tokens from the gateway's development issuer. Nothing here imports pytest, so
 benchmarks and scripts can use it too.
 """
 
-from middleware.testing.peers import (
+from tests.support.peers import (
     SYSTEM_SCOPES,
     GatewayServer,
     PeerError,

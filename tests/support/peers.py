@@ -71,7 +71,7 @@ class PeerError(RuntimeError):
 
 
 def repo_root() -> Path:
-    """The repository holding the ``middleware`` package (the parent of its directory)."""
+    """The repository root (this file is tests/support/peers.py in it)."""
     return Path(__file__).resolve().parents[2]
 
 
@@ -103,12 +103,12 @@ def install_upstream(peers_dir: Path | None = None) -> Path:
     ``peers_dir`` defaults to ``$PEERS_DIR``, else ``/tmp/peers``.
     """
     # The shared install script's own default; the server is test tooling, not a secret.
-    peers = peers_dir or Path(os.environ.get("PEERS_DIR", "/tmp/peers"))  # noqa: S108
+    peers = peers_dir or Path(os.environ.get("PEERS_DIR", "/tmp/peers"))
     bash = _which("bash")
     _which("node")
     script = shared_dir() / "peers" / "install-upstream.sh"
     try:
-        result = subprocess.run(  # noqa: S603 - our own argv, no shell
+        result = subprocess.run(
             [bash, str(script)],
             env={**os.environ, "PEERS_DIR": str(peers)},
             capture_output=True,
@@ -173,7 +173,7 @@ class _Peer:
             self._discard_log()
             self.log_path = Path(log_name)
             with os.fdopen(fd, "wb") as log:
-                self._process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+                self._process = subprocess.Popen(
                     argv(self.port),
                     env={**env, "PORT": str(self.port)},
                     cwd=cwd,
@@ -453,7 +453,7 @@ class GatewayServer(_Peer):
         :attr:`workdir`; the result is returned whatever the exit status."""
         env = {**os.environ, "PYTHONPATH": str(repo_root()), **self.env}
         try:
-            return subprocess.run(  # noqa: S603 - our own argv, no shell
+            return subprocess.run(
                 [sys.executable, "-m", "middleware.cli", *argv],
                 cwd=self._workdir(),
                 env=env,

@@ -16,7 +16,7 @@ from typing import Final
 
 import pytest
 
-from middleware.testing.peers import repo_root
+from tests.support.peers import repo_root
 
 _FENCE: Final = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.DOTALL)
 #: Options whose value is a file that must already exist when the command runs.

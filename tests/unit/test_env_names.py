@@ -17,7 +17,7 @@ import pytest
 
 from middleware.errors import SettingsError
 from middleware.settings import ENV_PREFIX, load_settings
-from middleware.testing.peers import SHARED_ENV, repo_root
+from tests.support.peers import SHARED_ENV, repo_root
 
 _NAME: Final = re.compile(rf"\b{ENV_PREFIX}[A-Z0-9_]*[A-Z0-9]\b")
 _UPSTREAM: Final = {"upstream": "http://127.0.0.1:8103/fhir"}

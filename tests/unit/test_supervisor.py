@@ -17,7 +17,7 @@ import pytest
 from middleware.errors import SettingsError
 from middleware.serving import worker_count
 from middleware.settings import load_settings
-from middleware.testing import free_port
+from tests.support import free_port
 
 
 def _serve(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:

@@ -20,7 +20,7 @@ from middleware.ledger.keyfile import LedgerKey, write_ledger_key
 from middleware.ledger.signing import SigningKey
 from middleware.ledger.trust import TrustedKey, TrustPolicy
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.testing.audit_fill import fill_audit_log
+from tests.support.audit_fill import fill_audit_log
 
 __all__ = ["HOUR", "PERIOD", "REAL_POLICY", "SCOPES", "T0", "real_exports"]
 

@@ -26,7 +26,7 @@ from middleware.ledger.keyfile import LedgerKey, write_ledger_key
 from middleware.ledger.signing import SigningKey
 from middleware.settings import load_settings
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.testing.audit_fill import fill_audit_log
+from tests.support.audit_fill import fill_audit_log
 
 ORIGIN = "gw.example/fhir/ledger"
 T0 = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z

@@ -27,7 +27,7 @@ from middleware.ledger.trust import TrustedKey, TrustPolicy, format_policy
 from middleware.storage.consent_base import LOOKUP_PURPOSE
 from middleware.storage.consent_open import open_consent_store
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.testing.audit_fill import fill_audit_log, pseudonym_of
+from tests.support.audit_fill import fill_audit_log, pseudonym_of
 
 ORIGIN = "gw.example/fhir/ledger"
 PATIENTS = ["Patient/a", "Patient/b", "Patient/c"]

@@ -17,8 +17,8 @@ from middleware.cli import _parser
 from middleware.ledger.signing import SigningKey
 from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.ledger_open import open_log_store
-from middleware.testing.audit_fill import pseudonym_of
 from tests.contract.helpers import entry
+from tests.support.audit_fill import pseudonym_of
 from tests.unit.audit.export_oracle import oracle_export
 from tests.unit.audit.test_cli import ORIGIN, PERIOD, Setup, setup  # noqa: F401  (a fixture)
 

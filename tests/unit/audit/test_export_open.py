@@ -22,8 +22,8 @@ from middleware.ledger.merkle import leaf_hash
 from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.ledger_open import open_log_store
-from middleware.testing.audit_fill import pseudonym_of
 from tests.contract.helpers import entry
+from tests.support.audit_fill import pseudonym_of
 from tests.unit.audit.test_cli import HOUR, ORIGIN, PERIOD, T0, Setup, setup  # noqa: F401  (a fixture)
 
 

@@ -27,7 +27,7 @@ from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.testing.audit_fill import pseudonym_of
+from tests.support.audit_fill import pseudonym_of
 from tests.unit.audit.old_events import old_plan
 from tests.unit.audit.test_cli import ORIGIN, Setup, setup  # noqa: F401  (the fixture)
 from tests.unit.audit.test_render import ACT, CASES, GATEWAY, USER, WHEN

@@ -25,7 +25,7 @@ from middleware.storage.consent_base import LOOKUP_PURPOSE
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_memory import MemoryLogStore
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.testing.audit_fill import fill_audit_log, pseudonym_of
+from tests.support.audit_fill import fill_audit_log, pseudonym_of
 
 ORIGIN = "gw.example/fhir/ledger"
 KEY = SigningKey.from_seed(ORIGIN, bytes(range(32)))

@@ -16,7 +16,7 @@ from middleware.ledger.leaf import EntryFlag, EntryKind, new_salt
 from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.testing.audit_fill import pseudonym_of
+from tests.support.audit_fill import pseudonym_of
 from tests.unit.audit.test_cli import COUNT, ORIGIN, T0, Setup, setup  # noqa: F401  (a fixture)
 
 _GATEWAY = AgentInfo("https://gw.example/fhir", "Consentry test gateway")

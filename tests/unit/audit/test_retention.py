@@ -22,7 +22,7 @@ from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.signing import SigningKey
 from middleware.ledger.trust import TrustedKey, TrustPolicy, format_policy
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.testing.audit_fill import fill_audit_log
+from tests.support.audit_fill import fill_audit_log
 
 AD, AO, DISC, ADMIN = (
     EntryKind.ACCESS_DECISION,

@@ -12,7 +12,7 @@ import pytest
 from middleware.audit.row import AuditQuery
 from middleware.ledger.signing import SigningKey
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from middleware.testing import audit_fill
+from tests.support import audit_fill
 from tests.unit.audit.test_cli import COUNT, HOUR, ORIGIN, T0, Setup, setup  # noqa: F401
 
 SECOND = b"\x0b" * 16  # Patient/b's second pseudonym

@@ -40,7 +40,7 @@ from middleware.proxy.native_upstream import NativeUpstream
 from middleware.proxy.upstream import UpstreamRequest
 from middleware.settings import load_settings
 from middleware.storage.ledger_memory import MemoryLogStore
-from middleware.testing import UpstreamServer, free_port
+from tests.support import UpstreamServer, free_port
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,8 @@ NEVER = 10**9
 def _staging(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests are about staged rows: stores stage (off by default, ``stage_index``)."""
     monkeypatch.setattr(SqliteLogStore, "stage_index", True)
+
+
 STAGED = "consentry_audit_staged"
 
 
