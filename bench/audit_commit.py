@@ -312,7 +312,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             off, on = results[size, False], results[size, True]
             print(f"| {size} | {off:.1f} | {on:.1f} | {on - off:.1f} |")
         _print_slices()
-        for rows in (False, True):
+        for rows in (False, True) if args.split > 0 else ():
             parts: dict[str, float] = {}
             for _ in range(args.repeat):
                 batch = take(args.entries, rows=rows)
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--merge-at", type=int, default=SqliteLogStore.merge_at)
     parser.add_argument("--merge-slice", type=int, default=SqliteLogStore.merge_slice)
-    parser.add_argument("--split", type=int, default=16, help="batch size of the breakdown")
+    parser.add_argument("--split", type=int, default=16, help="breakdown batch size, 0: none")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
