@@ -96,28 +96,7 @@ _SECONDARY = {
 _INDEXES = "\n".join(f"CREATE INDEX IF NOT EXISTS {n} ON {on};" for n, on in _SECONDARY.items())
 
 INDEX_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS consentry_audit_index (
-    idx INTEGER PRIMARY KEY CHECK (idx >= 0),
-    recorded_us INTEGER NOT NULL,
-    kind INTEGER NOT NULL,
-    flags INTEGER NOT NULL,
-    patient TEXT,
-    pseudonym BLOB,
-    agent TEXT,
-    roles TEXT NOT NULL,
-    organization TEXT,
-    client TEXT,
-    purposes TEXT NOT NULL,
-    action TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    subtype TEXT,
-    outcome TEXT NOT NULL,
-    resource_types TEXT NOT NULL,
-    entities TEXT NOT NULL,
-    break_glass INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    shredded INTEGER NOT NULL
-);
+CREATE TABLE IF NOT EXISTS consentry_audit_index ({staged.ROW_COLUMNS_DDL});
 CREATE TABLE IF NOT EXISTS consentry_audit_terms (
     field INTEGER NOT NULL,
     term TEXT NOT NULL,

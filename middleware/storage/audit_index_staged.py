@@ -39,7 +39,16 @@ from middleware.storage.audit_index_query import (
     TERM_RESOURCE_TYPE,
 )
 
-__all__ = ["COLUMNS", "STAGED_SCHEMA", "Merged", "merge", "merge_slice", "present", "staged_count"]
+__all__ = [
+    "COLUMNS",
+    "ROW_COLUMNS_DDL",
+    "STAGED_SCHEMA",
+    "Merged",
+    "merge",
+    "merge_slice",
+    "present",
+    "staged_count",
+]
 
 #: The index's columns, in :class:`~middleware.audit.row.AuditRow`'s field order.
 COLUMNS = (
@@ -48,9 +57,9 @@ COLUMNS = (
     "request_id, shredded"
 )
 
-#: The staged rows: ``consentry_audit_index``'s columns, no secondary index, no terms.
-STAGED_SCHEMA = """
-CREATE TABLE IF NOT EXISTS consentry_audit_staged (
+#: The columns of an index row, as both ``consentry_audit_index`` and the staging declare
+#: them (one list, so the two tables cannot drift apart).
+ROW_COLUMNS_DDL = """
     idx INTEGER PRIMARY KEY CHECK (idx >= 0),
     recorded_us INTEGER NOT NULL,
     kind INTEGER NOT NULL,
@@ -71,7 +80,10 @@ CREATE TABLE IF NOT EXISTS consentry_audit_staged (
     break_glass INTEGER NOT NULL,
     request_id TEXT NOT NULL,
     shredded INTEGER NOT NULL
-);
+"""
+#: The staged rows: ``consentry_audit_index``'s columns, no secondary index, no terms.
+STAGED_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS consentry_audit_staged ({ROW_COLUMNS_DDL});
 """
 
 
