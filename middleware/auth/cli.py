@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from middleware.auth.devissuer import DEV_ALGORITHMS, UnsafeDevelopmentIssuer, load_or_create_key
 from middleware.auth.identity import ClaimError, parse_fhir_user, parse_organization
 from middleware.auth.scopes import parse_scopes
+from middleware.auth.settings import STANDARD_CLAIMS
 from middleware.logging import configure_logging
 
 __all__ = ["RESERVED_CLAIMS", "issue_token_command", "register", "token_issue_parser"]
@@ -41,13 +42,7 @@ _DESCRIPTION = "Mint an access token from the local development issuer (never pr
 #: ones the issuer writes (``jti``, ``client_id``, ``scope``) and the ones the gateway reads
 #: (``azp``, ``patient``, ``fhirUser``, and the issuer's roles and purpose-of-use claims).
 #: The organization would overwrite the value, so the token would say something else.
-RESERVED_CLAIMS: Final = frozenset(
-    {
-        "iss", "sub", "aud", "exp", "nbf", "iat", "jti",
-        "scope", "client_id", "azp", "patient", "fhirUser",
-        "roles", "purpose_of_use",
-    }
-)  # fmt: skip
+RESERVED_CLAIMS: Final = STANDARD_CLAIMS | {"roles", "purpose_of_use"}
 
 
 class _Usage(Exception):

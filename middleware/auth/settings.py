@@ -43,9 +43,19 @@ from middleware.auth.identity import V3_ACT_REASON, IdentityRules
 from middleware.auth.jose import ALGORITHMS
 from middleware.errors import SettingsError
 
-__all__ = ["AuthSettings", "IssuerSettings"]
+__all__ = ["STANDARD_CLAIMS", "AuthSettings", "IssuerSettings"]
 
 _MAX_LEEWAY: Final = 300.0
+#: Claims the gateway reads as what they are (RFC 7519 §4.1, SMART on FHIR, RFC 8693 ``azp``,
+#: the issuer's ``jti``, ``scope``, ``client_id``): ``purpose_claim``, ``roles_claim`` and
+#: ``organization_claim`` may not name one, or a caller's subject, say, would be read as
+#: their organization.
+STANDARD_CLAIMS: Final = frozenset(
+    {
+        "iss", "sub", "aud", "exp", "nbf", "iat", "jti",
+        "scope", "client_id", "azp", "patient", "fhirUser",
+    }
+)  # fmt: skip
 _ISSUER_KEYS: Final = frozenset(
     {
         "issuer",
@@ -236,6 +246,16 @@ def _check_whole(check: _Checker, settings: AuthSettings) -> None:
             check.problem("dev_issuer_algorithm", f"expected one of {', '.join(DEV_ALGORITHMS)}")
     for issuer in sorted({n for n in names if n and names.count(n) > 1}):
         check.problem("issuers", f"issuer {issuer!r} is configured more than once")
+    claims = {
+        "purpose_claim": settings.purpose_claim,
+        "roles_claim": settings.roles_claim,
+        "organization_claim": settings.organization_claim,
+    }
+    for name, claim in claims.items():
+        if claim in STANDARD_CLAIMS:
+            check.problem(name, f"{claim!r} is a standard claim the gateway reads as itself")
+        elif list(claims.values()).count(claim) > 1:
+            check.problem(name, f"{claim!r} is also another of the configured claims")
 
 
 class _Checker:

@@ -161,6 +161,27 @@ def test_problems_are_named(data: dict[str, Any], problem: str) -> None:
     assert problem in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "claim"),
+    [("organization_claim", "sub"), ("roles_claim", "scope"), ("purpose_claim", "patient")],
+)
+def test_a_claim_setting_may_not_name_a_standard_claim(name: str, claim: str) -> None:
+    """The attack: ``organization_claim = "sub"`` would make every caller's subject their
+    organization in the audit trail and the accountings' recipients."""
+    with pytest.raises(SettingsError) as info:
+        AuthSettings.from_mapping({name: claim})
+    assert f"auth.{name}: '{claim}' is a standard claim" in str(info.value)
+
+
+def test_two_claim_settings_may_not_name_the_same_claim() -> None:
+    with pytest.raises(SettingsError) as info:
+        AuthSettings.from_mapping({"organization_claim": "roles"})
+    assert "auth.organization_claim: 'roles' is also another of the configured claims" in str(
+        info.value
+    )
+    assert AuthSettings.from_mapping({"organization_claim": "org"}).organization_claim == "org"
+
+
 def test_every_problem_is_listed_at_once() -> None:
     with pytest.raises(SettingsError) as info:
         AuthSettings.from_mapping({"leeway": "x", "roles_claim": 1, "nope": True})
