@@ -111,10 +111,14 @@ def performer(identity: Identity) -> dict[str, object]:
 
 
 def patient_caller(identity: Identity) -> str | None:
-    """``Patient/<id>`` when ``identity`` speaks for a patient (a patient-context token, or
-    a ``fhirUser`` that is a Patient), else None; the launch patient first."""
+    """``Patient/<id>`` when ``identity`` speaks for a patient (a patient-context token whose
+    ``fhirUser``, if any, is a Patient, or a ``fhirUser`` that is a Patient), else None; the
+    launch patient first. A clinician's EHR-launch token carries a launch patient too, but its
+    ``fhirUser`` names the clinician, who acts and must stay named."""
+    fhir_user = identity.fhir_user
+    patient_user = fhir_user is not None and fhir_user.startswith("Patient/")
     if identity.kind == "patient" and identity.patient is not None:
-        return f"Patient/{identity.patient}"
-    if identity.fhir_user is not None and identity.fhir_user.startswith("Patient/"):
-        return identity.fhir_user
-    return None
+        if fhir_user is None or patient_user:
+            return f"Patient/{identity.patient}"
+        return None
+    return fhir_user if patient_user else None

@@ -166,8 +166,9 @@ def test_a_patient_performer_is_not_named() -> None:
         ({"fhir_user": "Patient/p1", "token_id": "j1", "client_id": "app"}, False),
         ({"patient": "p1", "fhir_user": "Patient/p1", "token_id": "j1"}, False),
         ({"fhir_user": "Practitioner/o", "token_id": "j1", "client_id": "app"}, True),
+        ({"patient": "p1", "fhir_user": "Practitioner/o", "token_id": "j1"}, True),
     ],
-    ids=["launch-patient", "patient-fhiruser", "both", "practitioner"],
+    ids=["launch-patient", "patient-fhiruser", "both", "practitioner", "clinician-ehr-launch"],
 )
 def test_a_patient_callers_account_is_not_in_the_evidence(
     claims: dict[str, Any], named: bool
@@ -175,7 +176,14 @@ def test_a_patient_callers_account_is_not_in_the_evidence(
     """The attempt evidence is plain text that a shred of the patient may not reach (an
     attempt on another patient's chain, or on none): a patient caller's ``sub`` and ``jti``
     (their account, e.g. ``user-<pid>``) are left out; others' are kept."""
-    scopes = "user/Consent.r" if named else "patient/Consent.r"
+    clinician_launch = "patient" in claims and named  # patient context, a clinician acting
+    scopes = (
+        "launch/patient patient/Observation.r user/Consent.cruds"
+        if clinician_launch
+        else "user/Consent.r"
+        if named
+        else "patient/Consent.r"
+    )
     who_acted = performer(who(scopes, **claims))
     assert ("sub" in who_acted, "jti" in who_acted) == (named, named)
     assert who_acted["iss"] == "https://idp.test"
