@@ -16,8 +16,11 @@ memory: only the process that runs a job serves it, and a restart forgets it.
 Limits either way: at most ``max_running`` jobs run at once (429 beyond; with a board, over
 every worker), a job holds at most ``max_events`` events (it fails beyond, asking for a
 narrower ``_since``), a finished job is kept ``keep_seconds`` then deleted with its files (a
-failed job's at once). Job ids are random (128 bits); a job is served only to the principal
-that started it: anyone else gets the same 404 as for an unknown id.
+failed job's at once): a sweeper, started on the first use of :class:`ExportJobs` in a
+process and stopped by :meth:`ExportJobs.aclose`, expires and purges every ``sweep_seconds``
+(``keep_seconds / 4``), so files outlive ``keep_seconds`` by at most that without requests.
+Job ids are random (128 bits); a job is served only to the principal that started it: anyone
+else gets the same 404 as for an unknown id.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class ExportJobs:
         events_per_file: int = 10_000,
         keep_seconds: float = 3600.0,
         board: SqliteExportBoard | None = None,
+        sweep_seconds: float | None = None,
     ) -> None:
         self._clock = clock
         self._jobs: dict[str, ExportJob] = {}  # with a board: the jobs this process produces
@@ -73,12 +77,16 @@ class ExportJobs:
         self._producer = secrets.token_hex(8)  # this table, told from others in this process
         self._purging: asyncio.Task[None] | None = None
         self._purge_again = False
+        #: How often the sweeper expires and purges (default ``keep_seconds / 4``, at least 1 s).
+        self.sweep_seconds = max(1.0, keep_seconds / 4) if sweep_seconds is None else sweep_seconds
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start(
         self, *, owner: str, request: str, transaction_time: str, produce: Producer
     ) -> ExportJob:
         """A new running job whose ``produce`` runs as a task; 429 when ``max_running`` jobs
         run already."""
+        self._start_sweeper()
         self._forget_old()
         job = ExportJob(
             id=secrets.token_hex(16), owner=owner, request=request,
@@ -129,11 +137,12 @@ class ExportJobs:
     def get(self, job_id: str, owner: str) -> ExportJob:
         """The job ``job_id`` of ``owner``; NotFound (the same) for an unknown id or another
         owner's job."""
+        self._start_sweeper()
         if self.board is not None:
             self._forget_old()  # files on disk: deleted on any worker's next request
             return self._shared(job_id, owner)
         job = self._jobs.get(job_id)
-        if job is None or not secrets.compare_digest(job.owner, owner):
+        if job is None or not _same(job.owner, owner):
             raise NotFound("no such export job")
         return job
 
@@ -141,7 +150,7 @@ class ExportJobs:
         """The board's job ``job_id`` of ``owner``, as of now (a lost producer: failed)."""
         assert self.board is not None
         row = self.board.get(job_id)
-        if row is None or not secrets.compare_digest(row.owner, owner):
+        if row is None or not _same(row.owner, owner):
             raise NotFound("no such export job")
         if self._check_producer(row) and (row := self.board.get(job_id)) is None:
             raise NotFound("no such export job")
@@ -200,10 +209,39 @@ class ExportJobs:
             with contextlib.suppress(Exception):  # left for the next purge
                 await asyncio.to_thread(board.purge)
 
+    def _start_sweeper(self) -> None:
+        """Start the sweeper on first use in a running event loop (no-op otherwise)."""
+        if self._sweeper is not None and not self._sweeper.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._sweeper = loop.create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # the board unreadable now: the next round
+                await self.sweep()
+            await asyncio.sleep(self.sweep_seconds)
+
+    async def sweep(self) -> None:
+        """Forget the jobs finished more than ``keep_seconds`` ago and, with a board, delete
+        every output no job row serves (expired, cancelled, failed, and chunks of jobs whose
+        row a killed worker deleted before its purge). Run once on first use, then every
+        ``sweep_seconds``, so output never outlives ``keep_seconds`` by more than that even
+        without requests."""
+        self._forget_old()
+        if self.board is not None:
+            self._purge_soon()
+            await self.drain()
+
     async def drain(self) -> None:
         """Wait until the output forgotten so far is deleted."""
         if self._purging is not None:
-            await self._purging
+            # Shielded: a cancelled waiter (the sweeper, at aclose) leaves the purge running
+            # for the next waiter, never a cancelled purge raising into it.
+            await asyncio.shield(self._purging)
 
     def cancel(self, job_id: str, owner: str) -> None:
         """Stop ``owner``'s job ``job_id`` and forget it (NotFound as :meth:`get`); with a
@@ -218,6 +256,11 @@ class ExportJobs:
 
     async def aclose(self) -> None:
         """Cancel every running job of this process (with a board: failed there, as lost)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         jobs, self._jobs = list(self._jobs.values()), {}
         for job in jobs:
             if job.task is not None and not job.task.done():
@@ -239,6 +282,12 @@ class ExportJobs:
         for job_id, job in list(self._jobs.items()):
             if job.finished_at is not None and now - job.finished_at > self.keep_seconds:
                 del self._jobs[job_id]
+
+
+def _same(owner: str, caller: str) -> bool:
+    """Whether two principals are the same, in constant time (compare_digest refuses a
+    non-ASCII str: compared as UTF-8 bytes)."""
+    return secrets.compare_digest(owner.encode(), caller.encode())
 
 
 def _too_many() -> TooManyRequests:

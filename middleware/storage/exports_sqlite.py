@@ -284,6 +284,8 @@ class SqliteExportBoard:
                     deleted += gone
                     if gone < slice_chunks:
                         break
+            # Never waits: a busy handler would hold other workers' writers back meanwhile.
+            db.execute("PRAGMA busy_timeout = 0")
             with contextlib.suppress(sqlite3.Error):  # held back by a reader: the next purge
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             return deleted

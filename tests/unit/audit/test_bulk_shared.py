@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -438,3 +439,89 @@ async def test_a_finished_job_outlives_the_worker_that_ran_it(
     assert seen.state == "done"
     assert [seen.ndjson(0), seen.ndjson(1)] == [b"0\n1\n2\n", b"3\n"]
     await restarted.aclose()
+
+
+# -- the sweeper: expiry and purge without requests -------------------------------------------
+
+
+async def test_expired_output_is_purged_on_a_timer_without_requests(
+    board_file: Path, clock: Clock
+) -> None:
+    """Finished jobs' PHI lines do not wait for another export request: the sweeper, started
+    on first use, expires and purges every ``sweep_seconds`` (failed before: the lines stayed
+    until someone's next kick-off or poll)."""
+    jobs = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), sweep_seconds=0.01)
+    job = _start(jobs, _lines(1))
+    await _settle(job)
+    assert _chunks(board_file) == 1
+    clock.now += 10 * 3600  # ten hours, keep_seconds is one; no export request meanwhile
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if _chunks(board_file) == 0:
+            break
+    assert _chunks(board_file) == 0
+    await jobs.aclose()
+
+
+def test_the_sweep_period_defaults_to_a_quarter_of_the_keep() -> None:
+    assert ExportJobs(clock=Clock(), keep_seconds=3600).sweep_seconds == 900
+    assert ExportJobs(clock=Clock(), keep_seconds=2).sweep_seconds == 1
+
+
+async def test_a_worker_purges_chunks_whose_job_row_is_gone_on_first_use(
+    workers: tuple[ExportJobs, ExportJobs], board_file: Path, clock: Clock
+) -> None:
+    """A worker killed between a job row's delete and its purge leaves chunks of no job: the
+    next worker's first use (here a poll for an unknown job) deletes them (failed before)."""
+    a, _ = workers
+    job = _start(a, _lines(1))
+    await _settle(job)
+    assert a.board is not None
+    a.board.delete(job.id)  # the DELETE's row removal; the worker dies before its purge
+    await a.aclose()
+    fresh = ExportJobs(clock=clock, board=SqliteExportBoard(board_file))
+    with pytest.raises(NotFound):
+        fresh.get(job.id, "auditor")
+    await asyncio.sleep(0)  # the sweeper's first round
+    await fresh.drain()
+    assert _chunks(board_file) == 0
+    await fresh.aclose()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_a_non_ascii_principal_gets_the_404(
+    board_file: Path, clock: Clock, shared: bool
+) -> None:
+    """Owners are compared as UTF-8 bytes: a caller whose subject is not ASCII gets the same
+    404 as anyone else (failed before: compare_digest raised TypeError, a 500)."""
+    board = SqliteExportBoard(board_file) if shared else None
+    jobs = ExportJobs(clock=clock, board=board)
+    job = _start(jobs, _lines(1), owner="iss\x00alice\x00")
+    await _settle(job)
+    with pytest.raises(NotFound):
+        jobs.get(job.id, "iss\x00jos\u00e9\x00")
+    mine = _start(jobs, _lines(1), owner="iss\x00jos\u00e9\x00")
+    await _settle(mine)
+    assert jobs.get(mine.id, "iss\x00jos\u00e9\x00").state == "done"
+    await jobs.aclose()
+
+
+def test_the_purge_checkpoint_never_waits_for_a_reader(board_file: Path) -> None:
+    """The WAL truncate after a purge gives up at once when a reader holds it back (the next
+    purge truncates) instead of waiting the busy timeout, which held every other worker's
+    writers back meanwhile (failed before: it waited the whole timeout)."""
+    board = SqliteExportBoard(board_file, busy_timeout=2.0)
+    board.create(_row("gone", os.getpid(), "0", "h"), max_running=1)
+    board.append("gone", 0, 0, 1, b"x\n", now=1_000.0)
+    board.delete("gone")
+    reader = sqlite3.connect(board_file, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM chunk").fetchone()  # a read snapshot pins the WAL
+    try:
+        since = time.monotonic()
+        assert board.purge() == 1
+        assert time.monotonic() - since < 1.0
+    finally:
+        reader.execute("ROLLBACK")
+        reader.close()
+        board.close()
