@@ -160,6 +160,8 @@ class Gateway:
                     await send({"type": "lifespan.startup.failed", "message": reason})
                     return
                 self._probe = asyncio.create_task(probe_upstream(self.proxy, self.settings))
+                if self.audit is not None:  # expired export files go without export requests
+                    self.audit.jobs.start_sweeper()
                 log.info(
                     "startup",
                     version=__version__,

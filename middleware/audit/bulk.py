@@ -16,8 +16,8 @@ memory: only the process that runs a job serves it, and a restart forgets it.
 Limits either way: at most ``max_running`` jobs run at once (429 beyond; with a board, over
 every worker), a job holds at most ``max_events`` events (it fails beyond, asking for a
 narrower ``_since``), a finished job is kept ``keep_seconds`` then deleted with its files (a
-failed job's at once): a sweeper, started on the first use of :class:`ExportJobs` in a
-process and stopped by :meth:`ExportJobs.aclose`, expires and purges every ``sweep_seconds``
+failed job's at once): a sweeper, started by the app's lifespan startup (or the first use)
+and stopped by :meth:`ExportJobs.aclose`, expires and purges every ``sweep_seconds``
 (``keep_seconds / 4``), so files outlive ``keep_seconds`` by at most that without requests.
 Job ids are random (128 bits); a job is served only to the principal that started it: anyone
 else gets the same 404 as for an unknown id.
@@ -86,7 +86,7 @@ class ExportJobs:
     ) -> ExportJob:
         """A new running job whose ``produce`` runs as a task; 429 when ``max_running`` jobs
         run already."""
-        self._start_sweeper()
+        self.start_sweeper()
         self._forget_old()
         job = ExportJob(
             id=secrets.token_hex(16), owner=owner, request=request,
@@ -137,7 +137,7 @@ class ExportJobs:
     def get(self, job_id: str, owner: str) -> ExportJob:
         """The job ``job_id`` of ``owner``; NotFound (the same) for an unknown id or another
         owner's job."""
-        self._start_sweeper()
+        self.start_sweeper()
         if self.board is not None:
             self._forget_old()  # files on disk: deleted on any worker's next request
             return self._shared(job_id, owner)
@@ -209,8 +209,10 @@ class ExportJobs:
             with contextlib.suppress(Exception):  # left for the next purge
                 await asyncio.to_thread(board.purge)
 
-    def _start_sweeper(self) -> None:
-        """Start the sweeper on first use in a running event loop (no-op otherwise)."""
+    def start_sweeper(self) -> None:
+        """Start the sweeper (:meth:`sweep` now, then every ``sweep_seconds``) unless it runs:
+        the app's lifespan startup calls it, and every use does (a no-op outside an event
+        loop); :meth:`aclose` stops it."""
         if self._sweeper is not None and not self._sweeper.done():
             return
         try:
@@ -218,6 +220,10 @@ class ExportJobs:
         except RuntimeError:
             return
         self._sweeper = loop.create_task(self._sweep_forever())
+
+    def sweeping(self) -> bool:
+        """Whether the sweeper runs."""
+        return self._sweeper is not None and not self._sweeper.done()
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -228,7 +234,7 @@ class ExportJobs:
     async def sweep(self) -> None:
         """Forget the jobs finished more than ``keep_seconds`` ago and, with a board, delete
         every output no job row serves (expired, cancelled, failed, and chunks of jobs whose
-        row a killed worker deleted before its purge). Run once on first use, then every
+        row a killed worker deleted before its purge). The sweeper runs it at once, then every
         ``sweep_seconds``, so output never outlives ``keep_seconds`` by more than that even
         without requests."""
         self._forget_old()
@@ -239,8 +245,7 @@ class ExportJobs:
     async def drain(self) -> None:
         """Wait until the output forgotten so far is deleted."""
         if self._purging is not None:
-            # Shielded: a cancelled waiter (the sweeper, at aclose) leaves the purge running
-            # for the next waiter, never a cancelled purge raising into it.
+            # Shielded: a cancelled waiter (the sweeper at aclose) leaves the purge running.
             await asyncio.shield(self._purging)
 
     def cancel(self, job_id: str, owner: str) -> None:

@@ -123,8 +123,11 @@ async def test_a_usable_store_completes_startup_and_probes_the_upstream(
     message = await lifespan.startup()
     assert message["type"] == "lifespan.startup.complete"  # an unreachable upstream does not
     assert app._probe is not None  # stop the gateway...
+    assert app.audit is not None
+    assert app.audit.jobs.sweeping()  # expired exports deleted without export requests
     await app._probe
     await lifespan.shutdown()
+    assert not app.audit.jobs.sweeping()
     (unreachable,) = lines(log, "upstream unreachable")  # ...but is logged with its cause
     assert unreachable["host"] == "upstream.test:8103"
     assert unreachable["error_type"] == "ConnectError"

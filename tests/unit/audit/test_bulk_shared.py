@@ -463,6 +463,27 @@ async def test_expired_output_is_purged_on_a_timer_without_requests(
     await jobs.aclose()
 
 
+async def test_a_restarted_worker_sweeps_from_startup_without_requests(
+    board_file: Path, clock: Clock
+) -> None:
+    """The lifespan startup starts the sweeper: a restarted worker that serves no export
+    request still deletes the files its predecessor left past their keep."""
+    old = ExportJobs(clock=clock, board=SqliteExportBoard(board_file))
+    await _settle(_start(old, _lines(1)))
+    await old.aclose()
+    clock.now += 2 * 3600
+    new = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), sweep_seconds=0.01)
+    assert not new.sweeping()
+    new.start_sweeper()
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if _chunks(board_file) == 0:
+            break
+    assert _chunks(board_file) == 0
+    await new.aclose()
+    assert not new.sweeping()
+
+
 def test_the_sweep_period_defaults_to_a_quarter_of_the_keep() -> None:
     assert ExportJobs(clock=Clock(), keep_seconds=3600).sweep_seconds == 900
     assert ExportJobs(clock=Clock(), keep_seconds=2).sweep_seconds == 1
