@@ -26,7 +26,7 @@ from enum import Enum
 from typing import Final
 
 from middleware.consent.records import consent_keys
-from middleware.consent.shredded import is_shred_marker, shredded_entry
+from middleware.consent.shredded import is_shred_record, shredded_entry
 from middleware.fhir import jsoncodec
 from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
 from middleware.ledger.leaf import EntryKind, decode_leaf
@@ -103,16 +103,17 @@ async def record_entry(
     log_ = get_logger("consentry.consent")
     evidence = await log.evidence(index)
     keys = None
-    if evidence is not None:
+    if evidence is None:
+        if await shredded_entry(log, index, leaf.pseudonym):
+            return Outcome.SHREDDED
+    else:
         try:
             stored = jsoncodec.decode(evidence.data, max_depth=STORED_MAX_JSON_DEPTH)
-            keys = consent_keys(stored)
         except jsoncodec.DecodeError:
-            keys = None
-    if evidence is None and await shredded_entry(log, index, leaf.pseudonym):
-        return Outcome.SHREDDED
-    if is_shred_marker(leaf, None if evidence is None else evidence.data):
-        return Outcome.SHREDDED  # the shred's marker: it moves the consent position only
+            stored = None
+        if leaf.kind is EntryKind.CONSENT_REVOKE and is_shred_record(stored):
+            return Outcome.SHREDDED  # the shred's marker: it moves the consent position only
+        keys = consent_keys(stored)
     if evidence is None or keys is None or leaf.pseudonym is None:
         log_.warning("consent entry not rebuildable", ledger_index=index)
         return Outcome.UNRECORDABLE

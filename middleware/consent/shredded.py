@@ -44,6 +44,7 @@ __all__ = [
     "erased_policy",
     "is_shred_evidence",
     "is_shred_marker",
+    "is_shred_record",
     "shredded_entry",
 ]
 
@@ -105,6 +106,13 @@ def is_shred_marker(leaf: Leaf, data: bytes | None) -> bool:
         value = jsoncodec.decode(data)
     except jsoncodec.DecodeError:
         return False
+    return is_shred_record(value)
+
+
+def is_shred_record(value: object) -> bool:
+    """Whether decoded evidence ``value`` is a shred's record, not a resource: a JSON object
+    of ``type`` :data:`SHRED_TYPE` without ``resourceType`` (a marker's evidence, for a
+    caller that has decoded it already)."""
     return (
         isinstance(value, dict) and value.get("type") == SHRED_TYPE and "resourceType" not in value
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from middleware.consent.rebuild import rebuild_from_ledger
+import pytest
+
+from middleware.consent.rebuild import Outcome, rebuild_from_ledger, record_entry
 from middleware.consent.records import canonical_consent
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind
@@ -115,3 +117,39 @@ async def test_entries_a_shred_emptied_are_reported_shredded_not_skipped() -> No
     assert (report.consents, report.shredded, report.skipped) == (3, (0, 2), ())
     assert await store.history("a") == []
     assert [r.ledger_index for r in await store.history("b")] == [1]
+
+
+# What record_entry makes of one entry: its kind and evidence (decoded once; the marker test
+# runs on that decoded value).
+_MARKER = b'{"operator":"dpo","reason":"r","type":"consentry/audit-shred"}'
+_REVOKED = canonical_consent({**consent("R5", "permit", consent_id="a"), "status": "inactive"})
+_TYPED = canonical_consent(
+    {**consent("R5", "permit", consent_id="a"), "type": "consentry/audit-shred"}
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "expected"),
+    [
+        # the shred's marker: a consent-revoke whose evidence is the shred's record
+        (EntryKind.CONSENT_REVOKE, _MARKER, Outcome.SHREDDED),
+        # the same record on a consent entry is no marker: it names no consent
+        (EntryKind.CONSENT, _MARKER, Outcome.UNRECORDABLE),
+        # a real revocation, and one whose Consent carries the shred's type: recorded
+        (EntryKind.CONSENT_REVOKE, _REVOKED, Outcome.RECORDED),
+        (EntryKind.CONSENT_REVOKE, _TYPED, Outcome.RECORDED),
+        # unreadable evidence on a revoke: neither a marker nor a consent
+        (EntryKind.CONSENT_REVOKE, b"not json", Outcome.UNRECORDABLE),
+        (EntryKind.CONSENT_REVOKE, b"[]", Outcome.UNRECORDABLE),
+    ],
+    ids=["marker", "marker-on-consent", "revoke", "revoke-typed", "revoke-garbage", "revoke-array"],
+)
+async def test_record_entry_tells_a_marker_from_a_consent(
+    kind: EntryKind, data: bytes, expected: Outcome
+) -> None:
+    log = await ledger(NewEntry.create(kind, data, recorded_us=5, pseudonym=P1))
+    store = MemoryConsentStore()
+    assert await record_entry(log, store, 0) is expected
+    assert [r.ledger_index for r in await store.history("a")] == (
+        [0] if expected is Outcome.RECORDED else []
+    )
