@@ -28,7 +28,7 @@ from middleware.ledger.signing import derive_box_key
 from middleware.pipeline.cursor import CursorCodec
 from middleware.settings import Settings
 from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
-from middleware.storage.exports_sqlite import export_board
+from middleware.storage.exports_sqlite import OWNER_PURPOSE, export_board
 
 __all__ = ["DEFAULT_PAGE", "REPORT_NAME", "build_audit_api"]
 
@@ -86,7 +86,8 @@ def build_audit_api(
         wall_clock=wall_clock,
         events_many=events_many,
     )
-    board = export_board(settings.store)  # jobs shared by the workers of a SQLite store
+    # jobs shared by the workers of a SQLite store, their owners as keyed digests
+    board = export_board(settings.store, derive_box_key(secret, OWNER_PURPOSE))
     jobs = ExportJobs(clock=clock if board is None else wall_clock, board=board)
     exports = BulkExport(searching=searching, jobs=jobs, wall_clock=wall_clock)
     return AuditApi(

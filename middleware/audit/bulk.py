@@ -20,7 +20,9 @@ failed job's at once): a sweeper, started by the app's lifespan startup (or the 
 and stopped by :meth:`ExportJobs.aclose`, expires and purges every ``sweep_seconds``
 (``keep_seconds / 4``), so files outlive ``keep_seconds`` by at most that without requests.
 Job ids are random (128 bits); a job is served only to the principal that started it: anyone
-else gets the same 404 as for an unknown id.
+else gets the same 404 as for an unknown id. The board names no principal: it holds a keyed
+digest of each job's owner, compared in constant time
+(:meth:`~middleware.storage.exports_sqlite.SqliteExportBoard.owned_by`).
 """
 
 from __future__ import annotations
@@ -97,10 +99,10 @@ class ExportJobs:
             for row in self.board.running():
                 self._check_producer(row)
             row = JobRow(
-                id=job.id, owner=owner, request=request, transaction_time=transaction_time,
-                state="running", error=None, too_large=False, count=0, host=self._host,
-                pid=self._pid, started=self._started, producer=self._producer,
-                beat=self._clock(), finished_at=None,
+                id=job.id, owner=self.board.owner_digest(owner), request=request,
+                transaction_time=transaction_time, state="running", error=None, too_large=False,
+                count=0, host=self._host, pid=self._pid, started=self._started,
+                producer=self._producer, beat=self._clock(), finished_at=None,
             )  # fmt: skip
             if not self.board.create(row, max_running=self.max_running):
                 raise _too_many()
@@ -150,12 +152,12 @@ class ExportJobs:
         """The board's job ``job_id`` of ``owner``, as of now (a lost producer: failed)."""
         assert self.board is not None
         row = self.board.get(job_id)
-        if row is None or not _same(row.owner, owner):
+        if row is None or not self.board.owned_by(row, owner):
             raise NotFound("no such export job")
         if self._check_producer(row) and (row := self.board.get(job_id)) is None:
             raise NotFound("no such export job")
         return ExportJob(
-            id=row.id, owner=row.owner, request=row.request,
+            id=row.id, owner=owner, request=row.request,
             transaction_time=row.transaction_time, events_per_file=self.events_per_file,
             max_events=self.max_events, count=row.count, state=cast(State, row.state),
             error=row.error, too_large=row.too_large, finished_at=row.finished_at,
@@ -292,7 +294,9 @@ class ExportJobs:
 def _same(owner: str, caller: str) -> bool:
     """Whether two principals are the same, in constant time (compare_digest refuses a
     non-ASCII str: compared as UTF-8 bytes)."""
-    return secrets.compare_digest(owner.encode(), caller.encode())
+    return secrets.compare_digest(
+        owner.encode("utf-8", "surrogatepass"), caller.encode("utf-8", "surrogatepass")
+    )
 
 
 def _too_many() -> TooManyRequests:

@@ -6,6 +6,16 @@ status, manifest, download and DELETE requests of a job another worker runs (whi
 takes a connection is the kernel's choice), and a restart of a worker does not lose a
 finished job's files.
 
+A job's owner (the caller's issuer, subject and launch patient) is not stored: its row holds
+a keyed digest of it (:func:`~middleware.ledger.signing.keyed_digest` under
+``derive_box_key(ledger data secret, OWNER_PURPOSE)``, the same in every worker), as the
+break-the-glass sessions board does, and :meth:`SqliteExportBoard.owned_by` compares digests
+in constant time. The file names no caller: without the ledger key nobody can tell whose job
+a row is. The first version's table (``job``) held owners in the clear: a newer gateway drops
+it when it opens the file (``secure_delete`` zeroes its pages), so those jobs are gone, owned
+by nobody (404), and their output is deleted by the next purge; jobs are short-lived
+(``keep_seconds``), a client starts such an export again.
+
 The file is its own (``<store>.exports`` beside a SQLite store, mode 0600): an export never
 waits for a ledger commit, nor a ledger commit for an export. WAL mode (a status read never
 waits for the producer), ``secure_delete`` on and the WAL checkpointed and truncated after a
@@ -22,18 +32,24 @@ Errors are ``sqlite3.Error`` (the audit API answers them 503).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-__all__ = ["JobRow", "SqliteExportBoard", "export_board", "exports_path"]
+from middleware.ledger.signing import keyed_digest
+
+__all__ = ["OWNER_PURPOSE", "JobRow", "SqliteExportBoard", "export_board", "exports_path"]
+
+#: What the owners' digest key is derived for: ``derive_box_key(data secret, OWNER_PURPOSE)``.
+OWNER_PURPOSE: Final = "export-owners"
 
 _SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS job (
+CREATE TABLE IF NOT EXISTS export_job (
     id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
+    owner BLOB NOT NULL,
     request TEXT NOT NULL,
     transaction_time TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -56,26 +72,29 @@ CREATE TABLE IF NOT EXISTS chunk (
     PRIMARY KEY (job, file, seq)
 );
 """
+# The first version's job table, owners in the clear (module docstring).
+_OLD_TABLE: Final = "job"
 _INSERT: Final = (
-    "INSERT INTO job (id, owner, request, transaction_time, state, error, too_large, count,"
+    "INSERT INTO export_job (id, owner, request, transaction_time, state, error, too_large, count,"
     " host, pid, started, producer, beat, finished_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT: Final = (
     "SELECT id, owner, request, transaction_time, state, error, too_large, count, host, pid,"
-    " started, producer, beat, finished_at FROM job WHERE id = ?"
+    " started, producer, beat, finished_at FROM export_job WHERE id = ?"
 )
 
 
 @dataclass(frozen=True, slots=True)
 class JobRow:
-    """One job as the board holds it: who asked, what, its ``state`` (running, done, failed)
+    """One job as the board holds it: who asked (``owner``: the board's keyed digest of the
+    caller, :meth:`SqliteExportBoard.owner_digest`), what, its ``state`` (running, done, failed)
     and, while running, which process produces it (``host``, ``pid`` and its ``started``
     time: together they name one process, a reused pid told apart; ``producer``: which
     job table of that process, a random id; ``beat``: when the producer last wrote)."""
 
     id: str
-    owner: str
+    owner: bytes
     request: str
     transaction_time: str
     state: str
@@ -98,16 +117,20 @@ def exports_path(store: str) -> Path | None:
     return Path(str(Path(store.removeprefix("sqlite:"))) + ".exports")
 
 
-def export_board(store: str) -> SqliteExportBoard | None:
-    """The board of the ``store`` setting's gateway, None when it has none (exports_path)."""
+def export_board(store: str, key: bytes) -> SqliteExportBoard | None:
+    """The board of the ``store`` setting's gateway, None when it has none (exports_path).
+    ``key``: 32 bytes, ``derive_box_key(ledger data secret, OWNER_PURPOSE)``."""
     path = exports_path(store)
-    return None if path is None else SqliteExportBoard(path)
+    return None if path is None else SqliteExportBoard(path, key)
 
 
 class SqliteExportBoard:
-    """The shared board (module docstring); opened on first use."""
+    """The shared board (module docstring); opened on first use. ``key``: the owners' digest
+    key (32 bytes, the same in every worker)."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: Path, key: bytes, *, busy_timeout: float = 5.0) -> None:
+        keyed_digest(key, ())  # a key of the wrong size fails here, not at the first export
+        self._key = key
         self.path = path
         self._busy_timeout = busy_timeout
         self._db: sqlite3.Connection | None = None
@@ -128,14 +151,32 @@ class SqliteExportBoard:
         # job is then started again), an application crash never does (WAL).
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        old = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (_OLD_TABLE,)
+        ).fetchone()
+        if old is not None:  # owners in the clear: dropped, pages zeroed (secure_delete)
+            db.execute(f"DROP TABLE IF EXISTS {_OLD_TABLE}")
+            db.execute("PRAGMA busy_timeout = 0")  # held back by a reader: the next purge's
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         return db
+
+    def owner_digest(self, owner: str) -> bytes:
+        """What a job row holds for ``owner`` (a principal, any str: a lone surrogate a JSON
+        token may carry is kept, never an error): its keyed digest."""
+        return keyed_digest(self._key, (owner.encode("utf-8", "surrogatepass"),))
+
+    def owned_by(self, row: JobRow, owner: str) -> bool:
+        """Whether ``owner`` started the job ``row``, in constant time."""
+        return hmac.compare_digest(row.owner, self.owner_digest(owner))
 
     def _write(self, statements: list[tuple[str, tuple[object, ...]]], guard: str) -> bool:
         """Run ``statements`` in one write transaction if the job ``guard`` is running."""
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT state FROM job WHERE id = ?", (guard,)).fetchone()
+            row = db.execute("SELECT state FROM export_job WHERE id = ?", (guard,)).fetchone()
             if row is None or row[0] != "running":
                 db.execute("ROLLBACK")
                 return False
@@ -152,7 +193,9 @@ class SqliteExportBoard:
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            (running,) = db.execute("SELECT count(*) FROM job WHERE state = 'running'").fetchone()
+            (running,) = db.execute(
+                "SELECT count(*) FROM export_job WHERE state = 'running'"
+            ).fetchone()
             if running >= max_running:
                 db.execute("ROLLBACK")
                 return False
@@ -182,7 +225,10 @@ class SqliteExportBoard:
                     "INSERT INTO chunk (job, file, seq, lines, data) VALUES (?, ?, ?, ?, ?)",
                     (job_id, file, seq, lines, data),
                 ),
-                ("UPDATE job SET count = count + ?, beat = ? WHERE id = ?", (lines, now, job_id)),
+                (
+                    "UPDATE export_job SET count = count + ?, beat = ? WHERE id = ?",
+                    (lines, now, job_id),
+                ),
             ],
             job_id,
         )
@@ -194,7 +240,7 @@ class SqliteExportBoard:
         return self._write(
             [
                 (
-                    "UPDATE job SET state = ?, error = ?, too_large = ?, finished_at = ?"
+                    "UPDATE export_job SET state = ?, error = ?, too_large = ?, finished_at = ?"
                     " WHERE id = ?",
                     ("done" if error is None else "failed", error, int(too_large), now, job_id),
                 )
@@ -204,7 +250,9 @@ class SqliteExportBoard:
 
     def state(self, job_id: str) -> str | None:
         """The job's state, None when there is no such job (one indexed read)."""
-        row = self._conn().execute("SELECT state FROM job WHERE id = ?", (job_id,)).fetchone()
+        row = (
+            self._conn().execute("SELECT state FROM export_job WHERE id = ?", (job_id,)).fetchone()
+        )
         return None if row is None else str(row[0])
 
     def get(self, job_id: str) -> JobRow | None:
@@ -214,12 +262,13 @@ class SqliteExportBoard:
         if found is None:
             return None
         values = list(found)
+        values[1] = bytes(values[1])
         values[6] = bool(values[6])
         return JobRow(*values)
 
     def running(self) -> list[JobRow]:
         """Every running job (to tell which producers are gone)."""
-        rows = self._conn().execute("SELECT id FROM job WHERE state = 'running'").fetchall()
+        rows = self._conn().execute("SELECT id FROM export_job WHERE state = 'running'").fetchall()
         return [job for (job_id,) in rows if (job := self.get(job_id)) is not None]
 
     def counts(self, job_id: str) -> list[int]:
@@ -240,20 +289,21 @@ class SqliteExportBoard:
     def delete(self, job_id: str) -> None:
         """Forget the job (a producer running it stops at its next add); its output is no
         longer served, and deleted by the next :meth:`purge`."""
-        self._conn().execute("DELETE FROM job WHERE id = ?", (job_id,))
+        self._conn().execute("DELETE FROM export_job WHERE id = ?", (job_id,))
 
     def expire(self, finished_before: float) -> int:
         """Forget the jobs finished before ``finished_before`` (output: as :meth:`delete`);
         how many there were."""
         db = self._conn()
         found = db.execute(
-            "SELECT 1 FROM job WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT 1",
+            "SELECT 1 FROM export_job WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT 1",
             (finished_before,),
         ).fetchone()
         if found is None:
             return 0  # the usual case, without taking the write lock
         deleted = db.execute(
-            "DELETE FROM job WHERE finished_at IS NOT NULL AND finished_at < ?", (finished_before,)
+            "DELETE FROM export_job WHERE finished_at IS NOT NULL AND finished_at < ?",
+            (finished_before,),
         )
         return deleted.rowcount
 
@@ -274,7 +324,7 @@ class SqliteExportBoard:
                 if row is None:
                     break
                 job = row[0]
-                live = db.execute("SELECT state FROM job WHERE id = ?", (job,)).fetchone()
+                live = db.execute("SELECT state FROM export_job WHERE id = ?", (job,)).fetchone()
                 while live is None or live[0] == "failed":
                     gone = db.execute(
                         "DELETE FROM chunk WHERE rowid IN"

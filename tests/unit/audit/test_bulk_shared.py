@@ -1,7 +1,8 @@
 """Bulk export jobs shared by the workers of one SQLite store (middleware/audit/bulk.py with
 middleware/storage/exports_sqlite.py). Two :class:`ExportJobs` on one board file are two
 workers: a job kicked off on A is answered by B (status, manifest, files, DELETE), for its
-owner only; a lost producer is reported failed; expired and failed jobs leave no output."""
+owner only; a lost producer is reported failed; expired and failed jobs leave no output; the
+board names no owner (keyed digests only)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,18 @@ import pytest
 from middleware.audit.bulk import LAPSE_SECONDS, PRODUCER_GONE, ExportJob, ExportJobs
 from middleware.audit.recorder_intents import started
 from middleware.errors import NotFound, TooManyRequests
+from middleware.ledger.signing import keyed_digest
 from middleware.storage.exports_sqlite import (
     JobRow,
     SqliteExportBoard,
     export_board,
     exports_path,
 )
+
+#: The owners' digest key every worker of one gateway derives (the same ledger key file).
+KEY = bytes(range(32))
+#: What a job row holds for the owner "auditor": HMAC-SHA256 of the one-part vector.
+AUDITOR = keyed_digest(KEY, (b"auditor",))
 
 
 class Clock:
@@ -48,8 +55,8 @@ def clock() -> Clock:
 
 @pytest.fixture
 def workers(board_file: Path, clock: Clock) -> Iterator[tuple[ExportJobs, ExportJobs]]:
-    a = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), events_per_file=3)
-    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), events_per_file=3)
+    a = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), events_per_file=3)
+    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), events_per_file=3)
     yield a, b
     for jobs in (a, b):
         assert jobs.board is not None
@@ -84,8 +91,8 @@ def _chunks(board_file: Path) -> int:
 
 def test_only_a_sqlite_store_has_a_board(tmp_path: Path) -> None:
     assert exports_path(f"sqlite:{tmp_path}/c.db") == tmp_path / "c.db.exports"
-    assert export_board("memory:") is None
-    assert export_board("postgresql://db/consentry") is None
+    assert export_board("memory:", KEY) is None
+    assert export_board("postgresql://db/consentry", KEY) is None
 
 
 def test_the_board_file_is_the_owners_only(
@@ -190,8 +197,8 @@ async def test_delete_on_b_stops_as_producer_at_its_next_add_and_forgets_the_job
 
 
 async def test_running_jobs_are_bounded_over_every_worker(board_file: Path, clock: Clock) -> None:
-    a = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), max_running=1)
-    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), max_running=1)
+    a = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), max_running=1)
+    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), max_running=1)
     blocked = asyncio.Event()
 
     async def produce(job: ExportJob) -> None:
@@ -293,7 +300,7 @@ async def test_a_job_past_max_events_fails_and_keeps_no_partial_output(
 
 def _row(job_id: str, pid: int, since: str, host: str, beat: float = 1_000.0) -> JobRow:
     return JobRow(
-        id=job_id, owner="auditor", request="r", transaction_time="t", state="running",
+        id=job_id, owner=AUDITOR, request="r", transaction_time="t", state="running",
         error=None, too_large=False, count=0, host=host, pid=pid, started=since,
         producer="another", beat=beat, finished_at=None,
     )  # fmt: skip
@@ -383,7 +390,7 @@ async def test_a_worker_that_stops_fails_its_running_jobs_for_the_others(
 
 
 async def test_a_lost_producer_frees_its_running_place(board_file: Path, clock: Clock) -> None:
-    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), max_running=1)
+    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), max_running=1)
     assert b.board is not None
     b.board.create(_row("lost", 2**22 + 7, "0", socket.gethostname()), max_running=1)
     job = _start(b, _lines(1))
@@ -434,7 +441,7 @@ async def test_a_finished_job_outlives_the_worker_that_ran_it(
     job = _start(a, _lines(4))
     await _settle(job)
     await a.aclose()
-    restarted = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), events_per_file=3)
+    restarted = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), events_per_file=3)
     seen = restarted.get(job.id, "auditor")
     assert seen.state == "done"
     assert [seen.ndjson(0), seen.ndjson(1)] == [b"0\n1\n2\n", b"3\n"]
@@ -450,7 +457,7 @@ async def test_expired_output_is_purged_on_a_timer_without_requests(
     """Finished jobs' PHI lines do not wait for another export request: the sweeper, started
     on first use, expires and purges every ``sweep_seconds`` (failed before: the lines stayed
     until someone's next kick-off or poll)."""
-    jobs = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), sweep_seconds=0.01)
+    jobs = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), sweep_seconds=0.01)
     job = _start(jobs, _lines(1))
     await _settle(job)
     assert _chunks(board_file) == 1
@@ -468,11 +475,11 @@ async def test_a_restarted_worker_sweeps_from_startup_without_requests(
 ) -> None:
     """The lifespan startup starts the sweeper: a restarted worker that serves no export
     request still deletes the files its predecessor left past their keep."""
-    old = ExportJobs(clock=clock, board=SqliteExportBoard(board_file))
+    old = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY))
     await _settle(_start(old, _lines(1)))
     await old.aclose()
     clock.now += 2 * 3600
-    new = ExportJobs(clock=clock, board=SqliteExportBoard(board_file), sweep_seconds=0.01)
+    new = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), sweep_seconds=0.01)
     assert not new.sweeping()
     new.start_sweeper()
     for _ in range(200):
@@ -500,7 +507,7 @@ async def test_a_worker_purges_chunks_whose_job_row_is_gone_on_first_use(
     assert a.board is not None
     a.board.delete(job.id)  # the DELETE's row removal; the worker dies before its purge
     await a.aclose()
-    fresh = ExportJobs(clock=clock, board=SqliteExportBoard(board_file))
+    fresh = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY))
     with pytest.raises(NotFound):
         fresh.get(job.id, "auditor")
     await asyncio.sleep(0)  # the sweeper's first round
@@ -515,7 +522,7 @@ async def test_a_non_ascii_principal_gets_the_404(
 ) -> None:
     """Owners are compared as UTF-8 bytes: a caller whose subject is not ASCII gets the same
     404 as anyone else (failed before: compare_digest raised TypeError, a 500)."""
-    board = SqliteExportBoard(board_file) if shared else None
+    board = SqliteExportBoard(board_file, KEY) if shared else None
     jobs = ExportJobs(clock=clock, board=board)
     job = _start(jobs, _lines(1), owner="iss\x00alice\x00")
     await _settle(job)
@@ -531,7 +538,7 @@ def test_the_purge_checkpoint_never_waits_for_a_reader(board_file: Path) -> None
     """The WAL truncate after a purge gives up at once when a reader holds it back (the next
     purge truncates) instead of waiting the busy timeout, which held every other worker's
     writers back meanwhile (failed before: it waited the whole timeout)."""
-    board = SqliteExportBoard(board_file, busy_timeout=2.0)
+    board = SqliteExportBoard(board_file, KEY, busy_timeout=2.0)
     board.create(_row("gone", os.getpid(), "0", "h"), max_running=1)
     board.append("gone", 0, 0, 1, b"x\n", now=1_000.0)
     board.delete("gone")
@@ -546,3 +553,100 @@ def test_the_purge_checkpoint_never_waits_for_a_reader(board_file: Path) -> None
         reader.execute("ROLLBACK")
         reader.close()
         board.close()
+
+
+# -- owners as keyed digests -----------------------------------------------------------------
+
+ALICE = "https://idp.example\x00alice-subject-7f3\x00Patient/launch-p-5521"
+BOB = "https://idp.example\x00bob-subject-9c1\x00"
+
+
+def _raw(board_file: Path) -> bytes:
+    """The board's bytes on disk: the file and its WAL."""
+    wal = board_file.with_name(board_file.name + "-wal")
+    return board_file.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+async def test_the_board_names_no_owner_and_serves_the_owner_on_every_worker(
+    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+) -> None:
+    """A job's row held its owner (issuer, subject and launch patient) in the clear, so the
+    file told whoever read it who exported what, for which patient. It holds a keyed digest:
+    no part of the owner is in the file (failed before: the subject was), anyone else still
+    gets the 404 on both workers, and the owner is served and cancels through either."""
+    a, b = workers
+    job = _start(a, _lines(4), owner=ALICE)
+    await _settle(job)
+    raw = _raw(board_file)
+    for part in (b"alice-subject-7f3", b"launch-p-5521", b"idp.example"):
+        assert part not in raw
+    with sqlite3.connect(board_file) as db:
+        (owner,) = db.execute("SELECT owner FROM export_job WHERE id = ?", (job.id,)).fetchone()
+    assert isinstance(owner, bytes)
+    assert len(owner) == 32
+    for jobs in (a, b):
+        for caller in (BOB, "auditor", ALICE + "x", ALICE.replace("7f3", "7f4")):
+            with pytest.raises(NotFound):
+                jobs.get(job.id, caller)
+            with pytest.raises(NotFound):
+                jobs.cancel(job.id, caller)
+        mine = jobs.get(job.id, ALICE)
+        assert (mine.state, mine.owner, mine.file_counts()) == ("done", ALICE, [3, 1])
+        assert mine.ndjson(1) == b"3\n"
+    b.cancel(job.id, ALICE)
+    for jobs in (a, b):
+        with pytest.raises(NotFound):
+            jobs.get(job.id, ALICE)
+
+
+async def test_another_key_owns_nothing(board_file: Path, clock: Clock) -> None:
+    """A board opened under another key (another gateway's ledger key) serves no job: the
+    digest, not the id alone, says whose a job is."""
+    mine = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY))
+    job = _start(mine, _lines(1), owner=ALICE)
+    await _settle(job)
+    other = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, bytes(32)))
+    with pytest.raises(NotFound):
+        other.get(job.id, ALICE)
+    assert mine.get(job.id, ALICE).state == "done"
+    await mine.aclose()
+    await other.aclose()
+
+
+def test_a_key_of_the_wrong_size_is_refused(board_file: Path) -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        SqliteExportBoard(board_file, b"short")
+
+
+async def test_an_old_boards_jobs_are_nobodys_and_its_owners_are_erased(
+    board_file: Path, clock: Clock
+) -> None:
+    """A board of the first version (table ``job``, owners in the clear): a newer gateway
+    drops that table when it opens the file, so its jobs are owned by nobody (404, even to
+    the owner: jobs are short-lived, the export is started again), the owners leave the
+    file (secure_delete zeroes the pages) and the next purge deletes their output."""
+    with sqlite3.connect(board_file) as db:
+        db.executescript(
+            "CREATE TABLE job (id TEXT PRIMARY KEY, owner TEXT NOT NULL, request TEXT NOT NULL,"
+            " transaction_time TEXT NOT NULL, state TEXT NOT NULL, error TEXT,"
+            " too_large INTEGER NOT NULL DEFAULT 0, count INTEGER NOT NULL DEFAULT 0,"
+            " host TEXT NOT NULL, pid INTEGER NOT NULL, started TEXT NOT NULL,"
+            " producer TEXT NOT NULL, beat REAL NOT NULL, finished_at REAL);"
+            "CREATE TABLE chunk (job TEXT NOT NULL, file INTEGER NOT NULL, seq INTEGER NOT NULL,"
+            " lines INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (job, file, seq));"
+        )
+        db.execute(
+            "INSERT INTO job VALUES ('old', ?, 'r', 't', 'done', NULL, 0, 1, 'h', 1, '0', 'p',"
+            " 1000.0, 1000.0)",
+            (ALICE,),
+        )
+        db.execute("INSERT INTO chunk VALUES ('old', 0, 0, 1, x'7b7d0a')")
+    db.close()
+    assert b"alice-subject-7f3" in _raw(board_file)
+    jobs = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY))
+    with pytest.raises(NotFound):
+        jobs.get("old", ALICE)
+    assert b"alice-subject-7f3" not in _raw(board_file)
+    await jobs.sweep()
+    assert _chunks(board_file) == 0
+    await jobs.aclose()
