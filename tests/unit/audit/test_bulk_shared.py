@@ -531,6 +531,12 @@ async def test_a_non_ascii_principal_gets_the_404(
     mine = _start(jobs, _lines(1), owner="iss\x00jos\u00e9\x00")
     await _settle(mine)
     assert jobs.get(mine.id, "iss\x00jos\u00e9\x00").state == "done"
+    # A JSON token may carry a lone surrogate ("\ud800"): no UnicodeEncodeError (a 500).
+    with pytest.raises(NotFound):
+        jobs.get(job.id, "iss\x00\ud800\x00")
+    odd = _start(jobs, _lines(1), owner="iss\x00\ud800\x00")
+    await _settle(odd)
+    assert jobs.get(odd.id, "iss\x00\ud800\x00").state == "done"
     await jobs.aclose()
 
 
