@@ -41,6 +41,7 @@ from middleware.storage import audit_index_sqlite as audit_index
 from middleware.storage import audit_index_staged
 from middleware.storage.audit_index_match import indexed_rows
 from middleware.storage.audit_index_stores import SqliteAuditIndex
+from middleware.storage.consent_seq import ConsentSeq, announcing
 from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evidence_of_range
 from middleware.storage.ledger_sqlite_merge import StagedMerge
 from middleware.storage.ledger_sqlite_schema import CONSENT_LEAF, SCHEMA
@@ -118,6 +119,9 @@ class SqliteLogStore(SqliteAuditIndex):
         )
         #: The chains this store extended (used on the worker thread only, by ``_append``).
         self._tails = ChainTails()
+        #: Announces consent entries to every process before they commit (a read-only store
+        #: writes none): :mod:`~middleware.storage.consent_seq`.
+        self.consent_seq = None if read_only else ConsentSeq(path)
         #: The staged index rows and their merge (:mod:`ledger_sqlite_merge`).
         self._merge_state = StagedMerge(self._db)
 
@@ -155,9 +159,10 @@ class SqliteLogStore(SqliteAuditIndex):
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
         stage = self.stage_index
-        results = await self._db.transaction(
-            lambda c: _append(c, batch, sign, self._tails, stage=stage)
+        body = announcing(
+            self.consent_seq, batch, lambda c: _append(c, batch, sign, self._tails, stage=stage)
         )
+        results = await self._db.transaction(body)
         if not stage:
             return results
         staged = sum(
@@ -249,6 +254,8 @@ class SqliteLogStore(SqliteAuditIndex):
             await self._merge_state.close(self.merge_slice)
         await self._reader.close()
         await self._db.close()
+        if self.consent_seq is not None:
+            self.consent_seq.close()
 
 
 def _append(
