@@ -26,6 +26,7 @@ from middleware.auth.scopes import allows
 from middleware.errors import Forbidden
 
 __all__ = [
+    "CALLER_CHAIN",
     "DEFAULT_ADMIN_ROLE",
     "OPERATIONS",
     "Acting",
@@ -50,6 +51,9 @@ OPERATIONS: Final[dict[Operation, str]] = {
     "explain": "r",
 }
 DEFAULT_ADMIN_ROLE: Final = "consent-admin"
+#: The attempt principal's field naming a patient caller's ledger pseudonym (hex) when the
+#: attempt is on another chain than theirs (:func:`performer`).
+CALLER_CHAIN: Final = "patientChain"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +93,20 @@ def check_patient(acting: Acting, patient: str) -> None:
         raise Forbidden("a patient may only act on their own consents")
 
 
-def performer(identity: Identity) -> dict[str, object]:
+def performer(identity: Identity, *, chain: bytes | None = None) -> dict[str, object]:
     """Who acted, for the attempt evidence: no token, no scopes, no purpose of use, and
     nothing of a patient. A patient caller (:func:`patient_caller`) is named neither by
     ``fhirUser`` nor by its account (``sub``, ``jti``): the evidence is plain text a shred
     of that patient may not reach (an attempt on another patient's chain, or on none), so
-    only the entry's pseudonym links it to them."""
+    only a pseudonym links it to them: the entry's own when the attempt is on the caller's
+    chain, else ``chain``, the caller's ledger pseudonym, as :data:`CALLER_CHAIN` (hex).
+    It names the caller while the pseudonym table links them to it, and nobody once their
+    shred has forgotten it (:mod:`middleware.consent.callers`). ``chain`` is ignored for a
+    caller that is not a patient: they are named by their account."""
     patient = patient_caller(identity)
     who: dict[str, object] = {"iss": identity.issuer}
+    if patient is not None and chain is not None:
+        who[CALLER_CHAIN] = chain.hex()
     if patient is None:
         who["sub"] = identity.subject
     if identity.client_id is not None:

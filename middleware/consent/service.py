@@ -245,17 +245,22 @@ class ConsentService:
         # On the chain of the patient the operation concerns (if they have one); else, for
         # a patient caller, on their own, started now if need be: the evidence does not name
         # them (performer), so the pseudonym is what ties the attempt to them, and their
-        # shred clears it. One pseudonym per verified patient: bounded.
-        pseudonym = None
+        # shred clears it. A patient caller's attempt about another patient (refused) names
+        # the caller's pseudonym in its evidence instead, so that patient's trail tells who
+        # tried, and nobody once the caller's shred forgot it. One pseudonym per verified
+        # patient: bounded.
+        pseudonym = chain = None
         caller = patient_caller(identity)
         if trail.patient is not None:
             pseudonym = await (await self.store()).pseudonym(trail.patient)
+            if caller is not None and caller != trail.patient:
+                chain = await (await self.store()).pseudonym_for(caller, new_pseudonym())
         elif caller is not None:
             pseudonym = await (await self.store()).pseudonym_for(caller, new_pseudonym())
         evidence = attempt_evidence(
             operation=call.operation,
             status=status,
-            principal=performer(identity),
+            principal=performer(identity, chain=chain),
             acting_as=trail.acting_as,
             consent_id=trail.consent_id,
             consent_entry=trail.consent_entry,

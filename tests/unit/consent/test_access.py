@@ -9,6 +9,7 @@ import pytest
 from middleware.auth.identity import Identity
 from middleware.auth.scopes import parse_scopes
 from middleware.consent.access import (
+    CALLER_CHAIN,
     OPERATIONS,
     Acting,
     Operation,
@@ -187,3 +188,25 @@ def test_a_patient_callers_account_is_not_in_the_evidence(
     who_acted = performer(who(scopes, **claims))
     assert ("sub" in who_acted, "jti" in who_acted) == (named, named)
     assert who_acted["iss"] == "https://idp.test"
+
+
+@pytest.mark.parametrize(
+    ("claims", "chain_kept"),
+    [
+        ({"patient": "p1", "token_id": "j1"}, True),
+        ({"fhir_user": "Patient/p1"}, True),
+        ({"fhir_user": "Practitioner/o", "token_id": "j1"}, False),
+    ],
+    ids=["launch-patient", "patient-fhiruser", "practitioner"],
+)
+def test_a_patient_callers_chain_names_them_on_another_chain(
+    claims: dict[str, Any], chain_kept: bool
+) -> None:
+    """A patient caller's attempt about another patient is named by the caller's pseudonym
+    (hex), nothing else of theirs; a caller named by their account gets no chain."""
+    scopes = "patient/Consent.r" if chain_kept else "user/Consent.r"
+    who_acted = performer(who(scopes, **claims), chain=bytes(range(16)))
+    assert (CALLER_CHAIN in who_acted) is chain_kept
+    if chain_kept:
+        assert who_acted == {"iss": "https://idp.test", CALLER_CHAIN: bytes(range(16)).hex()}
+    assert performer(who(scopes, **claims)).get(CALLER_CHAIN) is None

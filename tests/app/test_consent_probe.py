@@ -1,0 +1,103 @@
+"""A patient probing another patient's consents is named on that patient's trail, until shred.
+
+The attack: patient A's token reads, changes or revokes patient B's consent (404, 403). The
+attempt goes on B's chain, and since a patient caller's attempts name none of their accounts
+(so a shred of A leaves no PHI), it named nothing of A: B's "who looked at my record" and the
+compliance officer saw an anonymous attempt. Now it carries A's ledger pseudonym, which the
+gateway resolves to ``Patient/A`` while A exists (``consent.callers``); after ``consentry audit
+shred`` of A it resolves to nobody and the file holds nothing of A's identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from middleware.consent.callers import attempt_chain, resolve_chain
+from middleware.ledger.leaf import EntryKind, decode_leaf
+from middleware.ledger.signing import derive_box_key
+from middleware.settings import Settings
+from middleware.storage.consent_base import LOOKUP_PURPOSE
+from middleware.storage.consent_open import open_consent_store
+from middleware.storage.ledger_open import open_log_store
+from tests.app.test_shred_consent import (
+    KEPT,
+    P_SECRETS,
+    Q_SECRETS,
+    SHREDDED,
+    World,
+    consent_of,
+    shred_p,
+)
+
+PROBER, PROBED = SHREDDED, KEPT  # A (shredded afterwards), B
+
+
+@pytest.fixture
+def world(tmp_path: Path, make_settings: Callable[..., Settings]) -> World:
+    return World(tmp_path, make_settings)
+
+
+async def _probes(world: World, audit_indexes: list[int]) -> list[tuple[str | None, bytes]]:
+    """Each attempt entry ``audit_indexes`` names: (the caller it resolves to, evidence)."""
+    log = await open_log_store(world.store)
+    consents = await open_consent_store(
+        world.store, lookup_key=derive_box_key(world.signer, LOOKUP_PURPOSE)
+    )
+    try:
+        probed_chain = await consents.pseudonym(f"Patient/{PROBED}")
+        found: list[tuple[str | None, bytes]] = []
+        for index in audit_indexes:
+            (raw,) = await log.leaves(index, index + 1)
+            leaf = decode_leaf(raw)
+            assert leaf.kind is EntryKind.ADMIN
+            assert leaf.pseudonym == probed_chain  # on B's trail
+            stored = await log.evidence(index)
+            assert stored is not None
+            chain = attempt_chain(stored.data)
+            assert chain is not None
+            found.append((await resolve_chain(log, consents, chain), stored.data))
+        return found
+    finally:
+        await consents.close()
+        await log.close()
+
+
+async def test_a_probe_names_the_prober_until_their_shred(world: World) -> None:
+    a, b = world.tokens.patient(PROBER), world.tokens.patient(PROBED)
+    async with world.gateway() as gw:
+        mine = await gw.post("/fhir/Consent", json=consent_of(PROBER, P_SECRETS), headers=a)
+        assert mine.status_code == 201, mine.text
+        theirs = await gw.post("/fhir/Consent", json=consent_of(PROBED, Q_SECRETS), headers=b)
+        assert theirs.status_code == 201, theirs.text
+        cid = theirs.json()["id"]
+        probes = [
+            await gw.get(f"/fhir/Consent/{cid}", headers=a),
+            await gw.put(
+                f"/fhir/Consent/{cid}",
+                json={**consent_of(PROBED, Q_SECRETS), "id": cid},
+                headers=a,
+            ),
+            await gw.post(f"/fhir/Consent/{cid}/$revoke", headers=a),
+        ]
+    assert [p.status_code for p in probes] == [404, 403, 403]
+    indexes = [int(p.headers["x-consentry-audit-index"]) for p in probes]
+
+    # While A exists: each attempt on B's chain resolves to A, and names no account of A.
+    before = await _probes(world, indexes)
+    assert [who for who, _ in before] == [f"Patient/{PROBER}"] * 3  # failed before: no chain
+    for _, evidence in before:
+        assert PROBER.encode() not in evidence
+
+    await shred_p(world)  # A
+
+    # After A's shred: the same attempts are still on B's trail, and name nobody.
+    after = await _probes(world, indexes)
+    assert [who for who, _ in after] == [None] * 3
+    assert [evidence for _, evidence in after] == [evidence for _, evidence in before]
+    raw = world.raw()
+    for secret in (PROBER.encode(), f"user-{PROBER}".encode(), *P_SECRETS):
+        assert secret not in raw
+    assert PROBED.encode() in raw  # B untouched
