@@ -11,6 +11,7 @@
     consentry audit verify-export FILE --trust trust.toml
     consentry audit reindex --store ... --key-file consentry-ledger.key
     consentry audit shred --patient Patient/x --reason TEXT --key-file consentry-ledger.key
+    consentry audit consent-attempts --patient Patient/x [--suspect Patient/y] --key-file ...
     consentry audit retention [--apply] --config consentry.toml --key-file consentry-ledger.key
 
 Reports come from the audit index (``middleware.audit.accounting``, ``reports``,
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from middleware.audit import cli_admin, cli_reports, cli_retention, cli_suspend
+from middleware.audit import cli_admin, cli_attempts, cli_reports, cli_retention, cli_suspend
 from middleware.audit.cli_common import Usage
 from middleware.errors import GatewayError, SettingsError
 from middleware.ledger.errors import LedgerError
@@ -192,6 +193,18 @@ def _shred_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--operator", help="who orders it (default: the login name)")
 
 
+def _attempts_args(parser: argparse.ArgumentParser) -> None:
+    _store(parser)
+    _key(parser)
+    parser.add_argument("--patient", required=True, help="Patient/<id> whose consents")
+    parser.add_argument(
+        "--suspect",
+        action="append",
+        help="Patient/<id> to test a pseudonymous caller against (repeatable)",
+    )
+    parser.add_argument("--out", type=Path, help="write here (default: standard output)")
+
+
 def _suspend_args(parser: argparse.ArgumentParser) -> None:
     _store(parser)
     _key(parser)
@@ -243,6 +256,11 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], _Hand
         "crypto-shred a patient's audit evidence, recorded as an admin ledger entry",
         _shred_args,
         cli_admin.shred,
+    ),
+    "consent-attempts": (
+        "who tried to read or change one patient's consents, callers resolved",
+        _attempts_args,
+        cli_attempts.consent_attempts,
     ),
     "retention": (
         "list (or with --apply remove) the evidence of entries past their kind's retention",

@@ -4,17 +4,22 @@ The attack: patient A's token reads, changes or revokes patient B's consent (404
 attempt goes on B's chain, and since a patient caller's attempts name none of their accounts
 (so a shred of A leaves no PHI), it named nothing of A: B's "who looked at my record" and the
 compliance officer saw an anonymous attempt. Now it carries A's ledger pseudonym, which the
-gateway resolves to ``Patient/A`` while A exists (``consent.callers``); after ``consentry audit
-shred`` of A it resolves to nobody and the file holds nothing of A's identity.
+gateway resolves to ``Patient/A`` while A exists (``consent.callers``; the officer's
+``consentry audit consent-attempts --patient B`` shows it); after ``consentry audit shred`` of
+A it resolves to nobody (shown ``patient (pseudonymous) <hex>``, a named suspect A included)
+and the file holds nothing of A's identity.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from middleware.audit.cli_attempts import PSEUDONYMOUS
 from middleware.consent.callers import attempt_chain, resolve_chain
 from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.signing import derive_box_key
@@ -65,6 +70,17 @@ async def _probes(world: World, audit_indexes: list[int]) -> list[tuple[str | No
         await log.close()
 
 
+async def _listed(world: World, *extra: str) -> list[dict[str, Any]]:
+    """``consentry audit consent-attempts --patient B``: the attempts it lists."""
+    status, text = await world.run(
+        "audit", "consent-attempts", *world.where, "--key-file", str(world.key),
+        "--patient", f"Patient/{PROBED}", *extra,
+    )  # fmt: skip
+    assert status == 0, text
+    attempts: list[dict[str, Any]] = json.loads(text)["attempts"]
+    return attempts
+
+
 async def test_a_probe_names_the_prober_until_their_shred(world: World) -> None:
     a, b = world.tokens.patient(PROBER), world.tokens.patient(PROBED)
     async with world.gateway() as gw:
@@ -90,6 +106,19 @@ async def test_a_probe_names_the_prober_until_their_shred(world: World) -> None:
     assert [who for who, _ in before] == [f"Patient/{PROBER}"] * 3  # failed before: no chain
     for _, evidence in before:
         assert PROBER.encode() not in evidence
+    # The compliance officer's view of B's consents: B's own create, then A's three probes.
+    listed = await _listed(world)
+    assert [(a["operation"], a["outcome"]) for a in listed] == [
+        ("create", 201),
+        ("read", 404),
+        ("update", 403),
+        ("revoke", 403),
+    ]
+    assert [a["index"] for a in listed[1:]] == indexes
+    assert [a["caller"] for a in listed] == [
+        f"Patient/{PROBED} (the patient)",
+        *[f"Patient/{PROBER}"] * 3,
+    ]
 
     await shred_p(world)  # A
 
@@ -97,6 +126,9 @@ async def test_a_probe_names_the_prober_until_their_shred(world: World) -> None:
     after = await _probes(world, indexes)
     assert [who for who, _ in after] == [None] * 3
     assert [evidence for _, evidence in after] == [evidence for _, evidence in before]
+    callers = [a["caller"] for a in await _listed(world, "--suspect", f"Patient/{PROBER}")]
+    assert callers[0] == f"Patient/{PROBED} (the patient)"
+    assert all(c.startswith(f"{PSEUDONYMOUS} ") for c in callers[1:])
     raw = world.raw()
     for secret in (PROBER.encode(), f"user-{PROBER}".encode(), *P_SECRETS):
         assert secret not in raw

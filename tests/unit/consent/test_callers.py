@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from middleware.audit.cli_attempts import PSEUDONYMOUS, caller_text
 from middleware.consent.access import CALLER_CHAIN
 from middleware.consent.callers import attempt_chain, resolve_chain
 from middleware.consent.records import ATTEMPT_TYPE, attempt_evidence, canonical_consent
@@ -99,3 +100,23 @@ async def test_a_consent_naming_another_patients_chain_is_not_believed() -> None
         sign=SIGN,
     )
     assert await resolve_chain(log, store, PSEUDONYMS[4]) is None
+
+
+# -- how the officer's listing names a caller (audit.cli_attempts.caller_text) ---------------
+
+
+@pytest.mark.parametrize(
+    ("principal", "resolved", "shown"),
+    [
+        ({"iss": "i", CALLER_CHAIN: A.hex()}, "Patient/a", "Patient/a"),
+        ({"iss": "i", CALLER_CHAIN: A.hex()}, None, f"{PSEUDONYMOUS} {A.hex()}"),
+        ({"iss": "i"}, None, "Patient/b (the patient)"),
+        ({"iss": "i", "sub": "s", "fhirUser": "Practitioner/o"}, None, "Practitioner/o"),
+        ({"iss": "i", "sub": "s", "roles": ["consent-admin"]}, None, "i#s (consent-admin)"),
+    ],
+    ids=["resolved", "forgotten", "the-patient", "fhir-user", "account-and-roles"],
+)
+def test_how_a_caller_is_shown(
+    principal: dict[str, object], resolved: str | None, shown: str
+) -> None:
+    assert caller_text(principal, "Patient/b", resolved) == shown
