@@ -39,6 +39,27 @@ cannot be matched (the rebuild reports those entries as skipped).
 Ledger indexes are given in commit order under the append lock, so an entry committed after
 the position was read has a larger index: a position never hides an entry below it.
 
+On a SQLite store the position read is skipped while nothing was announced: every process
+writing to the store announces each consent entry in ``<store>.consent-seq`` before it commits
+(:mod:`~middleware.storage.consent_seq`: a word holding the *mark*, the latest announced
+consent entry's index + 1), and the registry keeps ``clear``, a bound below which every
+consent entry is recorded: ``position + 1`` after a position read and catch-up, and at least
+the ledger's size read *before* that position read (a consent entry below that size committed
+before the position read, so the read found it). Before each decision it reads the word; a
+mark at or below ``clear`` means nothing changed, and it decides without reading the ledger.
+Why that is exact: a consent entry E committed before the word was read and not recorded has
+index >= ``clear``; its writer stored mark(E) > ``clear`` before E's ``COMMIT``, and a later
+writer stores a larger mark (under the same write lock its entries come after E), so the word
+read after E's commit is above ``clear``, and the registry reads the ledger. A mark above
+``clear`` is a change in flight, one to catch up with, or one whose writer rolled back or died
+before its commit: the registry then reads the size and the position (in that order) until
+the size has passed the mark. A process that died after its commit had announced already; one
+that died before committed nothing. So the word gives the guarantee the position read gives,
+at one unpack of shared memory and one ``fstat`` a decision (the file deleted under a running
+process: :mod:`~middleware.storage.consent_seq` states the one narrow window). A file that
+cannot be used, and every other backend (PostgreSQL, memory), keep the position read before
+every decision.
+
 Nothing in this cache is needed for correctness (architecture "Scale"): a replica that
 restarts, or evicts a patient, rebuilds the same policies from the store. A timer plays no
 part. The architecture names PostgreSQL LISTEN/NOTIFY for broadcasting consent changes; the
@@ -62,6 +83,7 @@ from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
 from middleware.ledger.leaf import decode_leaf
 from middleware.logging import get_logger
 from middleware.storage.consent_base import ConsentRecord, ConsentStore, PatientMark
+from middleware.storage.consent_seq import ConsentSeq
 from middleware.storage.ledger_base import LogStore
 
 __all__ = ["ConsentRegistry", "UnreadableConsent"]
@@ -105,6 +127,12 @@ class ConsentRegistry:
         )
         self._policies: OrderedDict[int, Policy] = OrderedDict()
         self._position = _NOTHING
+        # The consent announcements of the store's processes (SQLite only), and the bound
+        # below which every consent entry is recorded (module docstring); _NOTHING: none yet,
+        # so the first sync reads the ledger whatever the word says.
+        seq = getattr(log, "consent_seq", None)
+        self._seq = seq if isinstance(seq, ConsentSeq) else None
+        self._clear = _NOTHING
         # The latest entry a shred erased or marked: cached policies from before it are
         # recompiled even if the patient's mark is the same (module docstring).
         self._shredded_at = _NOTHING
@@ -130,13 +158,33 @@ class ConsentRegistry:
         """Make the store hold every consent entry the ledger holds now, and return the
         ledger's consent position (module docstring). Raises ``ServiceUnavailable`` when the
         ledger or the store cannot be read or written: nothing is decided then."""
+        seq = self._seq
+        if seq is None:
+            await self._read_position()
+            return self._position
+        mark = seq.announced()  # first: a change committed before it is above the bound
+        if mark is not None and mark <= self._clear:
+            return self._position
+        if mark is None:  # unusable, or a new file mapped: rest the bound on a read after it
+            self._clear = _NOTHING
+        await self._read_position()
+        self._clear = max(self._clear, self._position + 1)
+        if mark is not None and mark > self._clear:
+            # Announced and not caught up: in flight, or rolled back, or its writer died
+            # before committing; the size read first bounds what the position read covers.
+            size = await self.log.size()
+            await self._read_position()
+            self._clear = max(self._clear, size, self._position + 1)
+        return self._position
+
+    async def _read_position(self) -> None:
+        """Read the ledger's consent position and catch up with it if it moved."""
         latest = await self.log.latest_consent()
         if latest is None or latest == self._position:
-            return self._position
+            return
         async with self._syncing:
             if latest > self._position:
                 await self._catch_up()
-        return self._position
 
     async def _catch_up(self) -> None:
         """Record the consent entries after our position that the store lacks, then move the
