@@ -49,6 +49,7 @@ from middleware.fhir.compartment_data import (
 )
 from middleware.fhir.resource_types import RESOURCE_TYPES
 from middleware.mapping.ids import RESOURCE_TYPE, IdResolver, not_ours
+from middleware.mapping.references_owned import to_client_in_place
 from middleware.mapping.tokens import split
 
 __all__ = ["ReferenceRewriter", "SearchReferences", "Toward"]
@@ -96,6 +97,12 @@ class ReferenceRewriter:
     def to_client(self, document: Any) -> Any:
         """``document`` (a resource or Bundle, decoded JSON) with the client's ids."""
         return _Walk(self, "client").node(document, 0)
+
+    def to_client_in_place(self, document: Any) -> bool:
+        """``document`` with the client's ids, edited in place; True when anything changed.
+        Only for a tree the caller owns and nobody else reads (one just decoded):
+        :mod:`middleware.mapping.references_owned`."""
+        return to_client_in_place(self, document)
 
     def to_upstream(self, document: Any, *, create: bool = False) -> Any:
         """``document`` a client sent, with the upstream's ids; ``create``: drop its ``id``."""

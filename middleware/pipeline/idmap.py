@@ -89,7 +89,8 @@ class IdEdge:
         return body if mapped is document else jsoncodec.encode(mapped)
 
     def answer(self, up: Upstreamed) -> Upstreamed:
-        """An upstream answer with the client's ids (body and location headers)."""
+        """An upstream answer with the client's ids (body and location headers); its document,
+        decoded for this answer alone, is rewritten in place."""
         headers = [
             (name, self.rewriter.location(value, "client"))
             if name in ("location", "content-location")
@@ -97,10 +98,9 @@ class IdEdge:
             for name, value in up.headers
         ]
         document = up.document
-        if isinstance(document, dict | list):
-            mapped = self.rewriter.to_client(document)
-            if mapped is not document:
-                return Upstreamed(up.status, headers, mapped, jsoncodec.encode(mapped))
+        # Just decoded from the upstream's bytes, held by nobody else: rewritten in place.
+        if isinstance(document, dict | list) and self.rewriter.to_client_in_place(document):
+            return Upstreamed(up.status, headers, document, jsoncodec.encode(document))
         return Upstreamed(up.status, headers, document, up.raw)
 
 

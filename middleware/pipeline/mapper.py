@@ -33,7 +33,8 @@ from typing import Any
 from middleware.errors import UnprocessableEntity, UpstreamError
 from middleware.logging import get_logger
 from middleware.mapping import Profile, map_response, map_search, prepare_write
-from middleware.mapping.versions import convert_document, release_of
+from middleware.mapping.answer import map_answer_in_place
+from middleware.mapping.versions import Release, convert_document, release_of
 
 __all__ = ["Mapper"]
 
@@ -69,9 +70,17 @@ class Mapper:
             )
         return prepare_write(resource, self.profile).resource
 
-    def answer(self, document: Any) -> Any:
+    def answer(self, document: Any, *, owned: bool = False) -> Any:
         """A released answer (resource or Bundle) as the client should see it; the same
-        object when nothing changed."""
+        object when nothing changed.
+
+        ``owned``: ``document`` was decoded for this answer and nobody else reads it (what
+        the release stage filtered): it is mapped in one pass, in place
+        (:func:`~middleware.mapping.answer.map_answer_in_place`), and a shallow copy of its
+        root is returned when anything changed, so that callers can still tell.
+        """
+        if owned:
+            return self._answer_in_place(document)
         mapped = map_response(document, self.profile).resource
         conversion = self.profile.conversion
         if conversion is None or not isinstance(mapped, dict):
@@ -83,6 +92,36 @@ class Mapper:
         except UnprocessableEntity as exc:
             # Not the client's fault: the upstream's record cannot be shown in its version.
             raise UpstreamError("the upstream's answer cannot be converted without loss") from exc
+
+    def _answer_in_place(self, document: Any) -> Any:
+        conversion = self.profile.conversion
+        versions: tuple[Release, Release] | None = None
+        if conversion is not None:
+            client = release_of(self.profile.client_version)
+            upstream = release_of(self.profile.upstream_version)
+            assert client is not None  # validated at load
+            assert upstream is not None
+            versions = (upstream, client)
+        try:
+            done = map_answer_in_place(
+                document,
+                self.profile,
+                conversion=versions,
+                refuse_on_loss=conversion is not None and conversion.refuse_on_loss("response"),
+            )
+        except UnprocessableEntity as exc:
+            raise UpstreamError("the upstream's answer cannot be converted without loss") from exc
+        if done.losses:
+            lost = sum(1 for loss in done.losses if loss.lost)
+            _log.info(
+                "version conversion",
+                toward="client",
+                carried=len(done.losses) - lost,
+                lost=lost,
+            )
+        if not done.changed:
+            return document
+        return dict(document) if isinstance(document, dict) else list(document)
 
     def _convert(self, document: dict[str, Any], *, toward: str, refuse: bool) -> Any:
         conversion = self.profile.conversion
@@ -107,12 +146,13 @@ class Mapper:
             )
         return converted.resource
 
-    def entries(self, entries: Sequence[Any]) -> list[Any]:
-        """Bundle entries whose resources are mapped for the client."""
+    def entries(self, entries: Sequence[Any], *, owned: bool = False) -> list[Any]:
+        """Bundle entries whose resources are mapped for the client (``owned``: in place, as
+        :meth:`answer`)."""
         out: list[Any] = []
         for entry in entries:
             if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
-                mapped = self.answer(entry["resource"])
+                mapped = self.answer(entry["resource"], owned=owned)
                 if mapped is not entry["resource"]:
                     entry = {**entry, "resource": mapped}  # noqa: PLW2901 - copy on write
             out.append(entry)

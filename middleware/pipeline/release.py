@@ -105,7 +105,7 @@ class Release:
         headers = self._headers(up)
         changed = bool(occurrences) or ask.trail.redacted != redacted
         if self.mapper is not None:
-            mapped = self.mapper.answer(released)
+            mapped = self.mapper.answer(released, owned=True)  # decoded and filtered here
             ask.trail.mapped(self.mapper.label)
             changed |= mapped is not released
             released = mapped
@@ -162,7 +162,7 @@ class Release:
         if target == 0:
             resume = None  # a page of nothing offers no next page: "next" would tell matches exist
         if self.mapper is not None:
-            kept = self.mapper.entries(kept)
+            kept = self.mapper.entries(kept, owned=True)
             ask.trail.mapped(self.mapper.label)
         if kept:
             document["entry"] = kept

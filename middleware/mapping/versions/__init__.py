@@ -59,6 +59,8 @@ __all__ = [
     "StatusNotInValueSet",
     "convert",
     "convert_document",
+    "convert_own",
+    "converted",
     "load_conversion",
     "load_rules",
     "release_of",
@@ -248,16 +250,38 @@ def _resource(
             )
     if source == target:
         return losses
+    return [
+        *losses,
+        *convert_own(node, at, source=source, target=target, rules=rules, status=status),
+    ]
+
+
+def convert_own(
+    node: dict[str, Any], at: str, *, source: Release, target: Release, rules: Rules, status: str
+) -> list[Loss]:
+    """Convert ``node``'s own elements in place (not its contained resources), ``source`` and
+    ``target`` differing; what was not exact, paths prefixed with ``at``. ``node`` must be
+    owned (:func:`convert_document` hands it a copy; the one-pass answer mapping, a tree it
+    owns: :mod:`middleware.mapping.answer`)."""
+    kind = node.get("resourceType")
     type_rules = rules.types.get(kind) if isinstance(kind, str) else None
     if type_rules is None:
         reason = f"not converted: no {source} -> {target} rules for this resource type"
-        return [*losses, Loss(f"{at}{kind}", reason, "unconverted")]
+        return [Loss(f"{at}{kind}", reason, "unconverted")]
     found = run(node, type_rules, source, target)
     for path, code in _bad_statuses(node, type_rules, target):
         if status == "raise":
             raise StatusNotInValueSet(f"{at}{path}", code, target)
         found.append(Loss(path, f"not in the {target} value set", "invalid-status"))
-    return [*losses, *(Loss(f"{at}{loss.path}", loss.reason, loss.kind) for loss in found)]
+    return [Loss(f"{at}{loss.path}", loss.reason, loss.kind) for loss in found]
+
+
+def converted(
+    document: dict[str, Any], losses: list[Loss], target: Release, *, refuse_on_loss: bool
+) -> Converted:
+    """The :class:`Converted` of ``document`` whose conversion found ``losses`` (duplicates
+    once); raises :class:`UnprocessableEntity` as :func:`convert_document` does."""
+    return _result(document, losses, target, refuse_on_loss)
 
 
 def _bad_statuses(
