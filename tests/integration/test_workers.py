@@ -14,6 +14,7 @@ session is honoured, not started again, is pinned in tests/unit/storage/test_bre
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import httpx
 import pytest
 
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.storage.consent_seq import ConsentSeq
 from tests.support import GatewayServer, UpstreamServer
 
 PUBLIC: Final = "http://consentry.workers.test/fhir"
@@ -129,6 +131,51 @@ def test_a_consent_recorded_through_one_worker_is_enforced_by_the_other_at_once(
     answer = httpx.get(f"{pair.b.base_url}/{read}", headers=pair.doctor())
     assert answer.status_code == 200, answer.text
     assert answer.json()["id"] == patient
+    # B learnt of it through the announcements word, which holds the latest consent's mark.
+    assert _announced(pair) == _latest_consent(pair) + 1
+
+
+def test_a_consent_change_by_the_cli_is_enforced_by_running_gateways_at_their_next_request(
+    pair: Pair, carebundle: dict[str, list[str]]
+) -> None:
+    """``consentry audit shred`` (another process, on the store file) erases the patient's
+    consent: its marker is announced like any consent change, and both running gateways,
+    whose registries were warm, refuse the next read."""
+    patient = _patients_with_observations(carebundle, 1)[5]
+    read = f"Patient/{patient}"
+    _permit_dr(pair.b, pair, patient)
+    for gateway in (pair.a, pair.b, pair.a, pair.b):
+        assert httpx.get(f"{gateway.base_url}/{read}", headers=pair.doctor()).status_code == 200
+    before = _announced(pair)
+    done = pair.a.consentry(
+        "audit", "shred", "--store", f"sqlite:{pair.shared / 'consentry.db'}",
+        "--key-file", str(pair.shared / "ledger.key"), "--patient", read,
+        "--reason", "patient request", "--operator", "dpo",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _announced(pair) == _latest_consent(pair) + 1 > before
+    for gateway in (pair.b, pair.a, pair.a):
+        assert httpx.get(f"{gateway.base_url}/{read}", headers=pair.doctor()).status_code >= 400
+
+
+def _announced(pair: Pair) -> int:
+    """The announcements word of the shared store, as another process maps it."""
+    seq = ConsentSeq(pair.shared / "consentry.db")
+    try:
+        mark = seq.announced()
+    finally:
+        seq.close()
+    assert mark is not None
+    return mark
+
+
+def _latest_consent(pair: Pair) -> int:
+    with sqlite3.connect(pair.shared / "consentry.db") as db:
+        (latest,) = db.execute(
+            "SELECT max(idx) FROM consentry_ledger_leaves WHERE substr(leaf, 6, 1) IN (x'01', x'02')"
+        ).fetchone()
+    assert isinstance(latest, int)
+    return latest
 
 
 def test_a_paging_cursor_issued_by_one_worker_is_honoured_by_the_other(
