@@ -35,6 +35,7 @@ import contextlib
 import hmac
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -72,6 +73,9 @@ CREATE TABLE IF NOT EXISTS chunk (
     PRIMARY KEY (job, file, seq)
 );
 """
+#: How often a purge tries to truncate the WAL, and the pause between tries (seconds).
+_TRUNCATE_TRIES: Final = 5
+_TRUNCATE_PAUSE: Final = 0.02
 # The first version's job table, owners in the clear (module docstring).
 _OLD_TABLE: Final = "job"
 _INSERT: Final = (
@@ -334,10 +338,18 @@ class SqliteExportBoard:
                     deleted += gone
                     if gone < slice_chunks:
                         break
-            # Never waits: a busy handler would hold other workers' writers back meanwhile.
+            # Never waits in SQLite: a busy handler would hold other workers' writers back
+            # meanwhile. Tried again a few times after a short sleep (this thread's only):
+            # another worker's purge or poll reading the WAL right now is the usual reader,
+            # and a truncate left to the next sweep leaves the deleted lines in the WAL for
+            # up to a sweep period.
             db.execute("PRAGMA busy_timeout = 0")
-            with contextlib.suppress(sqlite3.Error):  # held back by a reader: the next purge
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            for attempt in range(_TRUNCATE_TRIES):
+                if attempt:
+                    time.sleep(_TRUNCATE_PAUSE)
+                with contextlib.suppress(sqlite3.Error):  # held back by a reader: next purge
+                    if not db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                        break
             return deleted
         finally:
             db.close()
