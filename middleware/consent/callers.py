@@ -65,7 +65,8 @@ async def resolve_chain(
     """``Patient/<id>`` whose current pseudonym is ``chain`` (module docstring): the patient
     named by one of ``candidates`` (``Patient/<id>``, tried first) or by a consent entry of
     the chain, confirmed by the pseudonym table; None when none is (unknown, or forgotten by
-    a shred). Reads the chain's consent evidence only: bounded by that patient's consents."""
+    a shred). Reads each leaf of the chain (newest first) and the evidence of its consent
+    entries: for the officer's tools, not for a request path."""
     tried: set[str] = set()
     for patient in candidates:
         if patient not in tried:
