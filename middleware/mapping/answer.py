@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
-from middleware.mapping.paths import rewrite
-from middleware.mapping.profile import Profile
-from middleware.mapping.resource import Note, _LazyContext, _Walk, map_response
+from middleware.mapping.model import Concept
+from middleware.mapping.paths import ElementPath, rewrite
+from middleware.mapping.profile import Binding, Profile
+from middleware.mapping.resource import Note, _LazyContext, _Walk, added_coding, map_response
 from middleware.mapping.versions import (
     Loss,
     Release,
@@ -162,6 +163,10 @@ class _Pass:
         self.rules = rules
         self.losses: list[Loss] = []
         self.changed = False
+        #: Codings ``element`` added for a binding, path and codings' shape (templates).
+        self.added: dict[
+            tuple[int, int, tuple[Any, ...]], tuple[tuple[Concept, str, str], ...]
+        ] = {}
 
     # -- identifier systems (as identifiers._walk, in place) --------------------------------
 
@@ -265,7 +270,7 @@ class _Pass:
             return
         out = node
         contexts: dict[str, _LazyContext] = {}
-        element = self.codings.element
+        element = self.element
         for binding, path in bound:
             context = contexts.get(binding.canonical)
             if context is None:
@@ -276,3 +281,48 @@ class _Pass:
             for key, value in out.items():
                 if node[key] is not value:
                     node[key] = value
+
+    def element(self, binding: Binding, path: ElementPath, context: _LazyContext, cc: Any) -> Any:
+        """``_Walk.element``, its outcome remembered by the (system, code) of each coding: a
+        searchset repeats a few codes in every entry. Only outcomes that read no attribute of
+        the resource (none of the codes is conditional) and noted nothing are remembered;
+        the codings they add are fresh copies each time (no object is reachable twice)."""
+        codings = cc.get("coding") if type(cc) is dict else None
+        if type(codings) is not list:
+            return cc
+        shape = tuple(
+            (
+                system if type(system := c.get("system")) is str else None,
+                code if type(code := c.get("code")) is str else None,
+            )
+            if type(c) is dict
+            else None
+            for c in codings
+        )
+        key = (id(binding), id(path), shape)
+        plan = self.added.get(key)
+        if plan is not None:
+            if not plan:
+                return cc
+            return {**cc, "coding": [*codings, *(added_coding(*item) for item in plan)]}
+        walk = self.codings
+        notes = len(walk.notes)
+        out = walk.element(binding, path, context, cc)
+        conditional = walk.conditional
+        if len(walk.notes) == notes and not any(
+            item is not None and (binding.canonical, *item) in conditional for item in shape
+        ):
+            self.added[key] = _plan(out["coding"][len(codings) :]) if out is not cc else ()
+        return out
+
+
+def _plan(added: list[dict[str, Any]]) -> tuple[tuple[Concept, str, str], ...]:
+    """What :func:`~middleware.mapping.resource.added_coding` was called with for ``added``."""
+    plan = []
+    for coding in added:
+        marker = coding["extension"][0]["extension"]
+        concept = Concept(
+            coding["system"], coding["code"], coding.get("display"), coding.get("version")
+        )
+        plan.append((concept, marker[0]["valueCanonical"], marker[1]["valueCode"]))
+    return tuple(plan)

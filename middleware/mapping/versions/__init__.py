@@ -290,6 +290,8 @@ def _bad_statuses(
     bad: list[tuple[str, str]] = []
     for rule in rules.statuses:
         allowed = rule.codes[release]
+        if len(rule.path) == 1 and type(code := node.get(rule.path[0])) is str and code in allowed:
+            continue  # a code the release allows, at the root (Observation.status)
         for value in _values(node, rule.path):
             codes = [value] if isinstance(value, str) else _codes(value, rule.system)
             where = ".".join((rules.resource_type, *rule.path))

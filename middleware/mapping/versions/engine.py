@@ -110,8 +110,32 @@ class TypeRules:
     #: Every step's path, in both releases' names (:func:`copy_for_steps`).
     paths: _Trie = field(init=False, repr=False, compare=False)
 
+    #: Per (source, target): what :meth:`idle` checks (built on first use).
+    _idle: dict[tuple[Release, Release], tuple[frozenset[str], frozenset[str], bool]] = field(
+        init=False, repr=False, compare=False
+    )
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "paths", _paths_of(self.steps))
+        object.__setattr__(self, "_idle", {})
+
+    def idle(self, resource: dict[str, Any], source: Release, target: Release) -> bool:
+        """True when no step can do anything to ``resource``: every step below the root finds
+        nothing at its first element, and every step at the root has no source element and
+        no extension list to restore from (what :func:`_run_steps` and :func:`_apply` check
+        first, so running them would change nothing)."""
+        plan = self._idle.get((source, target))
+        if plan is None:
+            roots = [s for s in self.steps if not s.where[target]]
+            plan = self._idle[(source, target)] = (
+                frozenset(s.where[target][0].rstrip("*") for s in self.steps if s.where[target]),
+                frozenset("modifierExtension" if s.modifier else "extension" for s in roots),
+                any(s.keys[source] for s in roots),
+            )
+        firsts, fields, active = plan
+        if active or any(type(resource.get(name)) is list for name in fields):
+            return False
+        return all(resource.get(name) is None for name in firsts)
 
 
 def _paths_of(steps: tuple[Step, ...]) -> _Trie:
@@ -183,9 +207,10 @@ def run(resource: dict[str, Any], rules: TypeRules, source: Release, target: Rel
     """Convert ``resource`` in place (a copy the caller owns of at least the dicts along the
     steps' paths, :func:`copy_for_steps`); return what was not exact."""
     conversion = _Pass(rules.steps, source, target, [])
-    _run_steps(conversion, resource, ())
-    if conversion.restored:
-        _unwrap(resource)
+    if not rules.idle(resource, source, target):
+        _run_steps(conversion, resource, ())
+        if conversion.restored:
+            _unwrap(resource)
     missing = [
         Loss(".".join((rules.resource_type, *(s.rstrip("*") for s in path))), reason, "missing")
         for path in rules.required.get(target, ())
