@@ -12,7 +12,9 @@ RelatedPerson or Person: relative ``Type/id``, or absolute under a FHIR base the
 accepts; see :func:`parse_fhir_user`), ``patient`` (the launch context id),
 the purpose-of-use claim (IHE IUA, ITI-71 ``purpose_of_use``: codings or codes), the roles
 claim and the organization claim (the caller's organization, recorded as the audit index's
-"agent organization": ``Organization/<id>`` or a plain name, see :func:`parse_organization`).
+"agent organization": ``Organization/<id>`` or a plain name, see :func:`parse_organization`),
+and, when configured, the memberships claim (the organizations, care teams, groups, roles and
+related-person records the caller acts for, as FHIR references: see :func:`parse_memberships`).
 Claim names may be dotted paths into nested objects (``realm_access.roles``).
 """
 
@@ -33,7 +35,9 @@ __all__ = [
     "IdentityKind",
     "IdentityRules",
     "identity_from_claims",
+    "MEMBER_TYPES",
     "parse_fhir_user",
+    "parse_memberships",
     "parse_organization",
 ]
 
@@ -56,6 +60,15 @@ _RELATIVE: Final = re.compile(_TAIL)
 _ABSOLUTE: Final = re.compile(rf"(?P<base>https?://[^/?#]+(?:/[^?#]*)?)/{_TAIL}")
 #: Longest organization claim kept: it is written into every audit row of the caller.
 ORGANIZATION_MAX: Final = 256
+#: Resource types a memberships claim may name: the parties a consent's ``provision.actor``
+#: names that a user acts for (FHIR R4 Consent.provision.actor.reference: Device, Group,
+#: CareTeam, Organization, Patient, Practitioner, RelatedPerson, PractitionerRole; a user's
+#: own Practitioner or Patient is its ``fhirUser``, not a membership).
+MEMBER_TYPES: Final = frozenset(
+    {"Organization", "CareTeam", "Group", "PractitionerRole", "RelatedPerson"}
+)
+#: Most memberships one token may carry: they are compared on every consent decision.
+MEMBERSHIPS_MAX: Final = 64
 
 
 class ClaimError(ValueError):
@@ -77,6 +90,8 @@ class IdentityRules:
     purpose_system: str = V3_ACT_REASON
     roles_claim: str = "roles"
     organization_claim: str = "organization"
+    #: The claim listing the caller's memberships; empty: none is read.
+    membership_claim: str = ""
     break_glass_scopes: frozenset[str] = frozenset()
     break_glass_roles: frozenset[str] = frozenset()
     fhir_user_bases: frozenset[str] = frozenset()
@@ -87,7 +102,8 @@ class Identity:
     """The verified caller. ``fhir_user`` is a ``Type/id`` reference; ``patient`` the launch
     patient id; ``purpose_of_use`` ``(system, code)`` pairs; ``expires_at`` the ``exp`` claim
     (seconds since the epoch); ``organization`` the caller's organization (``Organization/<id>``
-    or a plain name). ``dropped_scopes`` lists scopes that were not understood and
+    or a plain name); ``memberships`` the ``Type/id`` references of the memberships claim
+    (:data:`MEMBER_TYPES`). ``dropped_scopes`` lists scopes that were not understood and
     grant nothing."""
 
     subject: str
@@ -102,6 +118,7 @@ class Identity:
     break_the_glass: bool = False
     token_id: str | None = None
     organization: str | None = None
+    memberships: frozenset[str] = frozenset()
     dropped_scopes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -149,6 +166,7 @@ def identity_from_claims(claims: Mapping[str, Any], rules: IdentityRules | None 
         ),
         token_id=_optional_str(claims, "jti"),
         organization=_organization(_claim(claims, rules.organization_claim), rules),
+        memberships=_memberships(claims, rules),
         dropped_scopes=parsed.dropped,
     )
 
@@ -206,6 +224,39 @@ def parse_organization(value: object, name: str = "organization") -> str:
     if kind == "Organization" and slash and not (_FHIR_ID.fullmatch(ident) and ident.strip(".")):
         raise ClaimError(f"{name}: expected Organization/<FHIR id> or a plain name")
     return value
+
+
+def parse_memberships(value: object, name: str = "memberships") -> frozenset[str]:
+    """The memberships of claim ``name``: a list of relative FHIR references ``Type/id``
+    (or one such string, or a space-separated string of them), each type one of
+    :data:`MEMBER_TYPES`, at most :data:`MEMBERSHIPS_MAX`.
+
+    Strict for the reason :func:`parse_fhir_user` is: a consent that denies an organization
+    is enforced on these, so an entry the gateway cannot read refuses the token
+    (:class:`ClaimError`) rather than being skipped. Absolute URLs are refused too: the
+    issuer names records of the FHIR server the gateway fronts, in its relative form.
+    """
+    items = value.split() if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ClaimError(f"{name}: expected a list of Type/id references")
+    if len(items) > MEMBERSHIPS_MAX:
+        raise ClaimError(f"{name}: more than {MEMBERSHIPS_MAX} memberships")
+    found: set[str] = set()
+    for item in items:
+        match = _RELATIVE.fullmatch(item)
+        if match is None or match["type"] not in MEMBER_TYPES or not match["id"].strip("."):
+            raise ClaimError(
+                f"{name}: expected Type/id references of {', '.join(sorted(MEMBER_TYPES))}"
+            )
+        found.add(f"{match['type']}/{match['id']}")
+    return frozenset(found)
+
+
+def _memberships(claims: Mapping[str, Any], rules: IdentityRules) -> frozenset[str]:
+    if not rules.membership_claim:
+        return frozenset()
+    value = _claim(claims, rules.membership_claim)
+    return frozenset() if value is None else parse_memberships(value, rules.membership_claim)
 
 
 def _organization(value: Any, rules: IdentityRules) -> str | None:

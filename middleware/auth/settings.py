@@ -47,9 +47,9 @@ __all__ = ["STANDARD_CLAIMS", "AuthSettings", "IssuerSettings"]
 
 _MAX_LEEWAY: Final = 300.0
 #: Claims the gateway reads as what they are (RFC 7519 §4.1, SMART on FHIR, RFC 8693 ``azp``,
-#: the issuer's ``jti``, ``scope``, ``client_id``): ``purpose_claim``, ``roles_claim`` and
-#: ``organization_claim`` may not name one, or a caller's subject, say, would be read as
-#: their organization.
+#: the issuer's ``jti``, ``scope``, ``client_id``): ``purpose_claim``, ``roles_claim``,
+#: ``organization_claim`` and ``membership_claim`` may not name one, or a caller's subject,
+#: say, would be read as their organization.
 STANDARD_CLAIMS: Final = frozenset(
     {
         "iss", "sub", "aud", "exp", "nbf", "iat", "jti",
@@ -103,6 +103,7 @@ class AuthSettings:
     purpose_system: str = V3_ACT_REASON
     roles_claim: str = "roles"
     organization_claim: str = "organization"
+    membership_claim: str = ""
     break_glass_scope: str = ""
     break_glass_roles: tuple[str, ...] = ()
     dev_issuer_enabled: bool = False
@@ -122,6 +123,7 @@ class AuthSettings:
             purpose_system=self.purpose_system,
             roles_claim=self.roles_claim,
             organization_claim=self.organization_claim,
+            membership_claim=self.membership_claim,
             break_glass_scopes=frozenset({self.break_glass_scope} - {""}),
             break_glass_roles=frozenset(self.break_glass_roles),
             fhir_user_bases=frozenset(b.rstrip("/") for b in bases if b),
@@ -143,7 +145,7 @@ class AuthSettings:
         for name in ("purpose_claim", "purpose_system", "roles_claim", "organization_claim"):
             if name in data:
                 values[name] = check.text(name, data[name], empty=False)
-        for name in ("break_glass_scope", "dev_issuer_url", "realm"):
+        for name in ("break_glass_scope", "dev_issuer_url", "realm", "membership_claim"):
             if name in data:
                 values[name] = check.text(name, data[name], empty=True)
         for name in ("audiences", "break_glass_roles"):
@@ -251,6 +253,8 @@ def _check_whole(check: _Checker, settings: AuthSettings) -> None:
         "roles_claim": settings.roles_claim,
         "organization_claim": settings.organization_claim,
     }
+    if settings.membership_claim:  # empty: no claim read
+        claims["membership_claim"] = settings.membership_claim
     for name, claim in claims.items():
         if claim in STANDARD_CLAIMS:
             check.problem(name, f"{claim!r} is a standard claim the gateway reads as itself")

@@ -16,7 +16,8 @@ or plain JSON with the same content: ``{"principal": {"reference", "roles": [Cod
 
 Output answers in kind: ``Parameters`` with ``effect`` (valueCode), one ``obligation`` per
 obligation (parts ``code``, ``label``), one ``trace`` per step (parts ``consent``,
-``ledgerIndex`` as a decimal string, ``provision``, ``reason``) and one ``patient``
+``ledgerIndex`` as a decimal string, ``provision``, ``reason``, one ``membership``
+valueReference per membership of the principal the provision's actors name) and one ``patient``
 (valueReference) per patient whose consents were asked; or, for plain JSON,
 :func:`~middleware.consent.explain.explain`'s dict plus ``patients``.
 """
@@ -29,7 +30,7 @@ from typing import Any, Final
 
 from middleware.consent.decide import Decision
 from middleware.consent.explain import explain
-from middleware.consent.model import Coding, normalize_reference
+from middleware.consent.model import Coding, Policy, normalize_reference
 from middleware.consent.request import Principal
 from middleware.errors import BadRequest
 
@@ -85,10 +86,16 @@ def parse_explain(body: object) -> ExplainQuery:
 
 
 def render_explanation(
-    decision: Decision, patients: Iterable[str], *, parameters: bool
+    decision: Decision,
+    patients: Iterable[str],
+    *,
+    parameters: bool,
+    principal: Principal | None = None,
+    policies: Iterable[Policy] = (),
 ) -> dict[str, Any]:
-    """The answer to ``$explain`` (see the module docstring)."""
-    explained = explain(decision)
+    """The answer to ``$explain`` (see the module docstring); ``principal`` and ``policies``
+    (what was decided on) name the memberships that made a provision apply."""
+    explained = explain(decision, principal, policies)
     asked = sorted(patients)
     if not parameters:
         return {**explained, "patients": asked}
@@ -105,6 +112,10 @@ def render_explanation(
             if key in step
         ]
         parts.append({"name": "reason", "valueString": step["reason"]})
+        parts += [
+            {"name": "membership", "valueReference": {"reference": ref}}
+            for ref in step.get("memberships", ())
+        ]
         items.append({"name": "trace", "part": parts})
     items += [{"name": "patient", "valueReference": {"reference": p}} for p in asked]
     return {"resourceType": "Parameters", "parameter": items}

@@ -45,13 +45,13 @@ from middleware.consent.decide import decide
 from middleware.consent.explainio import parse_explain, render_explanation
 from middleware.consent.model import Policy, Provision, normalize_reference
 from middleware.consent.parse import InvalidConsent, parse_consent
+from middleware.consent.principals import principal_of
 from middleware.consent.records import (
     REVOKED_STATUSES,
     bundle,
     is_revocation,
     revoked,
 )
-from middleware.consent.request import Principal
 from middleware.consent.service import Call, ConsentService, Handler, Result, Trail
 from middleware.consent.summary import summarize
 from middleware.errors import (
@@ -229,7 +229,8 @@ async def explain(svc: ConsentService, identity: Identity, call: Call, trail: Tr
     policies: list[Policy] = []
     for patient in patients:
         policies.extend(await registry.policies(patient))
-    principal = query.principal or Principal(reference=identity.fhir_user)
+    # The caller as enforcement decides them: fhirUser and the memberships of the token.
+    principal = query.principal or principal_of(identity)
     decision = decide(
         principal,
         query.action,
@@ -239,7 +240,9 @@ async def explain(svc: ConsentService, identity: Identity, call: Call, trail: Tr
         defaults=svc.defaults,
         now=datetime.fromtimestamp(svc.wall_clock(), UTC),
     )
-    body = render_explanation(decision, patients, parameters=query.parameters)
+    body = render_explanation(
+        decision, patients, parameters=query.parameters, principal=principal, policies=policies
+    )
     headers = [] if query.parameters else [("content-type", "application/json")]
     return 200, headers, jsoncodec.encode(body)
 

@@ -21,6 +21,7 @@ from typing import Any, Final
 from middleware.auth.identity import Identity
 from middleware.auth.scopes import ContextKind, allows, candidate_scopes
 from middleware.consent.model import Coding
+from middleware.consent.principals import principal_of
 from middleware.consent.request import Principal
 from middleware.errors import Forbidden
 from middleware.fhir.request import FhirRequest, Interaction
@@ -106,13 +107,7 @@ def _make_caller(identity: Identity) -> Caller:
     if kind == "none":
         raise Forbidden("the token grants no access to FHIR resources")
     patient = f"Patient/{identity.patient}" if kind == "patient" else None
-    reference = identity.fhir_user or patient
-    principal = Principal(
-        reference=reference,
-        roles=frozenset(_role(role) for role in identity.roles),
-        identifiers=frozenset({(identity.issuer, identity.subject)}),
-        patient=patient,
-    )
+    principal = principal_of(identity)
     binding = "\x00".join((identity.issuer, identity.subject, identity.client_id or ""))
     return Caller(
         identity=identity,
@@ -164,12 +159,6 @@ def check_interaction(caller: Caller, request: FhirRequest) -> None:
             f"the token grants no {caller.context}/ scope with '{permission}' on "
             f"{rtype or 'any resource type'}"
         )
-
-
-def _role(role: str) -> Coding:
-    """A token role as a Coding: ``system|code`` when it has a system, else code alone."""
-    system, sep, code = role.rpartition("|")
-    return (system, code) if sep else ("", role)
 
 
 def _categories(value: object) -> Iterator[Coding]:

@@ -163,7 +163,13 @@ def test_problems_are_named(data: dict[str, Any], problem: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "claim"),
-    [("organization_claim", "sub"), ("roles_claim", "scope"), ("purpose_claim", "patient")],
+    [
+        ("organization_claim", "sub"),
+        ("roles_claim", "scope"),
+        ("purpose_claim", "patient"),
+        # fhirUser as memberships: the caller's own record would be read as a membership
+        ("membership_claim", "fhirUser"),
+    ],
 )
 def test_a_claim_setting_may_not_name_a_standard_claim(name: str, claim: str) -> None:
     """The attack: ``organization_claim = "sub"`` would make every caller's subject their
@@ -180,6 +186,12 @@ def test_two_claim_settings_may_not_name_the_same_claim() -> None:
         info.value
     )
     assert AuthSettings.from_mapping({"organization_claim": "org"}).organization_claim == "org"
+    with pytest.raises(SettingsError) as info:
+        AuthSettings.from_mapping({"membership_claim": "organization"})
+    assert "'organization' is also another of the configured claims" in str(info.value)
+    members = AuthSettings.from_mapping({"membership_claim": "teams"})
+    assert members.identity_rules().membership_claim == "teams"
+    assert AuthSettings.from_mapping({}).membership_claim == ""  # none read by default
 
 
 def test_every_problem_is_listed_at_once() -> None:
