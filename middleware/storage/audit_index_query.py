@@ -7,11 +7,6 @@ table in SQLite (``consentry_audit_terms``, one row per element, indexed by fiel
 purposes by their bare code) and GIN-indexed arrays in PostgreSQL (``@>``). The paging key
 ``after`` becomes a range on ``recorded_us`` the time indexes can seek to, plus the tie-break
 on ``idx``.
-
-SQLite's rows are in two tables (``audit_index_sqlite``): the indexed one and the staged rows
-an append wrote and no merge has moved yet (no terms, no secondary indexes, a few thousand at
-most). A SQLite query reads both, one ``UNION ALL`` arm each, the staged arm matching
-"contains" criteria on the row's own JSON arrays (``json_each``), as the terms file them.
 """
 
 from __future__ import annotations
@@ -74,23 +69,13 @@ _PG_ARRAYS = {
 }
 
 _TABLE = "consentry_audit_index"
-#: SQLite's staged rows (``audit_index_sqlite``): the same columns, matched without terms.
-_STAGED = "consentry_audit_staged"
-#: The staged arm's "contains": the JSON array column of each term field, and the element
-#: expression a term equals (a purpose's code follows its first ``|``, as ``purpose_code``).
-_STAGED_ARRAYS = {
-    TERM_PURPOSE_CODE: ("purposes", "substr(value, instr(value, '|') + 1)"),
-    TERM_RESOURCE_TYPE: ("resource_types", "value"),
-    TERM_ENTITY: ("entities", "value"),
-}
 
 
 class _Where:
     """Collects clauses and their arguments, numbering PostgreSQL's parameters."""
 
-    def __init__(self, dialect: Dialect, *, staged: bool = False) -> None:
+    def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
-        self.staged = staged
         self.clauses: list[str] = []
         self.args: list[object] = []
 
@@ -102,12 +87,6 @@ class _Where:
         self.clauses.append(clause)
 
     def contains(self, field: int, term: str, q: AuditQuery) -> str:
-        if self.staged:  # no postings: the row's own array (time is the row's own clause)
-            column, element = _STAGED_ARRAYS[field]
-            return (
-                f"EXISTS (SELECT 1 FROM json_each({column}) "  # noqa: S608  (constants)
-                f"WHERE {element} = {self.param(term)})"
-            )
         if self.dialect == "sqlite":  # the postings carry the row's time: seek to the range
             sql = f"WHERE field = {field} AND term = {self.param(term)}"
             if q.since_us is not None:
@@ -121,8 +100,8 @@ class _Where:
         return " WHERE " + " AND ".join(self.clauses) if self.clauses else ""
 
 
-def _where(q: AuditQuery, dialect: Dialect, *, paged: bool, staged: bool = False) -> _Where:
-    w = _Where(dialect, staged=staged)
+def _where(q: AuditQuery, dialect: Dialect, *, paged: bool) -> _Where:
+    w = _Where(dialect)
     false = "0" if dialect == "sqlite" else "false"
     if q.since_us is not None:
         w.add(f"recorded_us >= {w.param(q.since_us)}")
@@ -175,32 +154,18 @@ def _where(q: AuditQuery, dialect: Dialect, *, paged: bool, staged: bool = False
     return w
 
 
-def select_sql(
-    q: AuditQuery, dialect: Dialect, columns: str, *, staged: bool = True
-) -> tuple[str, list[object]]:
-    """``SELECT columns`` of the page ``q`` asks for, and its arguments. In SQLite the two
-    arms' rows are merged in order (SQLite runs each arm as a co-routine in its own order,
-    the indexed one along an index, and stops at the limit); ``staged=False``: the file has
-    no staging table, the indexed arm alone."""
+def select_sql(q: AuditQuery, dialect: Dialect, columns: str) -> tuple[str, list[object]]:
+    """``SELECT columns`` of the page ``q`` asks for, and its arguments."""
     w = _where(q, dialect, paged=True)
     order = "ASC" if q.sort == "date" else "DESC"
     sql = f"SELECT {columns} FROM {_TABLE}{w.sql()}"  # noqa: S608  (constants, placeholders)
-    if dialect == "sqlite" and staged:
-        s = _where(q, dialect, paged=True, staged=True)
-        sql += f" UNION ALL SELECT {columns} FROM {_STAGED}{s.sql()}"  # noqa: S608
-        w.args += s.args
     sql += f" ORDER BY recorded_us {order}, idx {order} LIMIT {w.param(q.limit)}"
     return sql, w.args
 
 
-def count_sql(q: AuditQuery, dialect: Dialect, *, staged: bool = True) -> tuple[str, list[object]]:
+def count_sql(q: AuditQuery, dialect: Dialect) -> tuple[str, list[object]]:
     """``SELECT count(*)`` of every row ``q`` matches (``after``, ``limit`` and ``sort``
-    ignored: the total an ITI-81 searchset reports), and its arguments; ``staged`` as for
-    :func:`select_sql`."""
+    ignored: the total an ITI-81 searchset reports), and its arguments."""
     w = _where(q, dialect, paged=False)
     sql = f"SELECT count(*) FROM {_TABLE}{w.sql()}"  # noqa: S608
-    if dialect == "sqlite" and staged:
-        s = _where(q, dialect, paged=False, staged=True)
-        sql = f"SELECT ({sql}) + (SELECT count(*) FROM {_STAGED}{s.sql()})"  # noqa: S608
-        w.args += s.args
     return sql, w.args

@@ -18,12 +18,6 @@ Tables (beside the log, in the same file; none is under the log's append-only tr
     ``patient = ? OR`` its postings (``audit_index_query``), so it finds the row through the
     patient index (a read of the patient's own resource saves a posting on a random page).
     Databases written before hold such postings too; they match nothing more.
-``consentry_audit_staged``
-    the rows appends wrote that no merge has moved into the two tables above yet
-    (:mod:`~middleware.storage.audit_index_staged`): read with them by every search and by
-    :func:`read_row`, merged by :func:`stage_rows`'s store before every other write to the
-    index (:func:`write_rows`, :func:`shred`, :func:`shred_entries`), emptied by
-    :func:`clear_index`.
 ``consentry_audit_keys``
     the evidence keys, wrapped, one per pseudonym: kept apart from the evidence and from the
     index, so deleting one row is the crypto-shred.
@@ -54,7 +48,6 @@ from collections.abc import Iterator, Sequence
 import msgspec
 
 from middleware.audit.row import AuditQuery, AuditRow
-from middleware.storage import audit_index_staged as staged
 from middleware.storage.audit_index_match import purpose_code
 from middleware.storage.audit_index_match import tombstoned as match_tombstoned
 from middleware.storage.audit_index_query import (
@@ -69,21 +62,53 @@ from middleware.storage.audit_index_query import (
 from middleware.storage.audit_index_unchanged import unchanged
 
 __all__ = [
+    "COLUMNS",
     "INDEX_SCHEMA",
+    "ROW_COLUMNS_DDL",
     "build_indexes",
     "clear_index",
     "count_rows",
+    "decode_row",
     "get_key",
     "read_row",
     "read_rows",
     "shred",
     "shred_entries",
     "shredded_chains",
-    "stage_rows",
     "store_key",
     "tombstoned",
     "write_rows",
 ]
+
+#: The index's columns, in :class:`~middleware.audit.row.AuditRow`'s field order.
+COLUMNS = (
+    "idx, recorded_us, kind, flags, patient, pseudonym, agent, roles, organization, client, "
+    "purposes, action, event_type, subtype, outcome, resource_types, entities, break_glass, "
+    "request_id, shredded"
+)
+#: The columns of an index row as ``consentry_audit_index`` declares them.
+ROW_COLUMNS_DDL = """
+    idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+    recorded_us INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    flags INTEGER NOT NULL,
+    patient TEXT,
+    pseudonym BLOB,
+    agent TEXT,
+    roles TEXT NOT NULL,
+    organization TEXT,
+    client TEXT,
+    purposes TEXT NOT NULL,
+    action TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    subtype TEXT,
+    outcome TEXT NOT NULL,
+    resource_types TEXT NOT NULL,
+    entities TEXT NOT NULL,
+    break_glass INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    shredded INTEGER NOT NULL
+"""
 
 #: The secondary indexes, by name (dropped for a bulk rebuild, then built again).
 _SECONDARY = {
@@ -96,7 +121,7 @@ _SECONDARY = {
 _INDEXES = "\n".join(f"CREATE INDEX IF NOT EXISTS {n} ON {on};" for n, on in _SECONDARY.items())
 
 INDEX_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS consentry_audit_index ({staged.ROW_COLUMNS_DDL});
+CREATE TABLE IF NOT EXISTS consentry_audit_index ({ROW_COLUMNS_DDL});
 CREATE TABLE IF NOT EXISTS consentry_audit_terms (
     field INTEGER NOT NULL,
     term TEXT NOT NULL,
@@ -104,7 +129,6 @@ CREATE TABLE IF NOT EXISTS consentry_audit_terms (
     idx INTEGER NOT NULL
 );
 {_INDEXES}
-{staged.STAGED_SCHEMA}
 CREATE TABLE IF NOT EXISTS consentry_audit_keys (
     pseudonym BLOB PRIMARY KEY CHECK (length(pseudonym) = 16),
     wrapped BLOB NOT NULL
@@ -116,13 +140,9 @@ CREATE TABLE IF NOT EXISTS consentry_audit_shredded (
 CREATE INDEX IF NOT EXISTS consentry_audit_shredded_link ON consentry_audit_shredded (link);
 """
 
-_COLUMNS = staged.COLUMNS
+_COLUMNS = COLUMNS
 _UPSERT = (
     f"INSERT OR REPLACE INTO consentry_audit_index ({_COLUMNS}) "  # noqa: S608  (constants)
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_STAGE = (
-    f"INSERT INTO consentry_audit_staged ({_COLUMNS}) "  # noqa: S608  (constants)
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -255,6 +275,10 @@ def _row(v: Sequence[object]) -> AuditRow:
     )
 
 
+#: :func:`_row`, for the upgrade of rows an earlier version staged (``audit_index_staged``).
+decode_row = _row
+
+
 def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow], *, fresh: bool = False) -> None:
     """Upsert ``rows`` by index, terms included, inside the caller's transaction. A row
     already stored exactly so is left alone: rebuilding an index that is right rewrites
@@ -264,7 +288,6 @@ def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow], *, fresh: bool =
     of the stored rows is skipped: it is on the path of every audited request."""
     if not rows:
         return
-    staged.merge(c)  # a staged row of these indexes would otherwise be merged over them
     if fresh:
         c.executemany(_UPSERT, [_values(r) for r in rows])
         c.executemany(_TERM, _term_rows(rows))
@@ -287,13 +310,6 @@ def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow], *, fresh: bool =
         c.executemany(_TERM, _term_rows(changed))
 
 
-def stage_rows(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
-    """Stage an append's ``rows`` (entries it has just sequenced past the log's size, under
-    the write lock: no row of these indexes is stored) inside its transaction; the store
-    merges them later (:mod:`~middleware.storage.audit_index_staged`)."""
-    c.executemany(_STAGE, [_values(r) for r in rows])
-
-
 def _term_rows(rows: Sequence[AuditRow]) -> list[tuple[int, str, int, int]]:
     """The terms of ``rows`` built here, as :data:`_FILED_TERMS` selects them."""
     out: list[tuple[int, str, int, int]] = []
@@ -306,25 +322,20 @@ def _term_rows(rows: Sequence[AuditRow]) -> list[tuple[int, str, int, int]]:
 
 
 def read_rows(c: sqlite3.Connection, q: AuditQuery) -> list[AuditRow]:
-    sql, args = select_sql(q, "sqlite", _COLUMNS, staged=staged.present(c))
+    sql, args = select_sql(q, "sqlite", _COLUMNS)
     return [_row(v) for v in c.execute(sql, args)]
 
 
 def count_rows(c: sqlite3.Connection, q: AuditQuery) -> int:
-    sql, args = count_sql(q, "sqlite", staged=staged.present(c))
+    sql, args = count_sql(q, "sqlite")
     return int(c.execute(sql, args).fetchone()[0])
 
 
 _READ_ROW = f"SELECT {_COLUMNS} FROM consentry_audit_index WHERE idx = ?1"  # noqa: S608
-_READ_ROW_STAGED = (
-    f"{_READ_ROW} UNION ALL "  # noqa: S608  (constants only)
-    f"SELECT {_COLUMNS} FROM consentry_audit_staged WHERE idx = ?1 LIMIT 1"
-)
 
 
 def read_row(c: sqlite3.Connection, index: int) -> AuditRow | None:
-    sql = _READ_ROW_STAGED if staged.present(c) else _READ_ROW
-    found = c.execute(sql, (index,)).fetchone()
+    found = c.execute(_READ_ROW, (index,)).fetchone()
     return None if found is None else _row(found)
 
 
@@ -380,7 +391,6 @@ def shred(c: sqlite3.Connection, pseudonym: bytes, link: bytes | None = None) ->
     one transaction with ``secure_delete`` on; then truncate the WAL. Returns rows shredded.
     Runs on the worker thread outside any transaction (it brackets its own)."""
     with _secure_transaction(c):
-        staged.merge(c)  # its staged rows too
         c.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = ?", (pseudonym,))
         c.execute(
             "INSERT INTO consentry_audit_shredded (pseudonym, link) VALUES (?, ?) "
@@ -402,7 +412,6 @@ def shred_entries(c: sqlite3.Connection, indexes: Sequence[int]) -> int:
     Runs on the worker thread outside any transaction (it brackets its own)."""
     wanted = json.dumps(list(indexes))
     with _secure_transaction(c):
-        staged.merge(c)  # their staged rows too
         removed = c.execute(
             "DELETE FROM consentry_ledger_evidence WHERE idx IN (SELECT value FROM json_each(?))",
             (wanted,),
@@ -440,7 +449,6 @@ def _truncate_wal(c: sqlite3.Connection) -> None:
 def clear_index(c: sqlite3.Connection) -> None:
     """Empty the index and its terms and drop their secondary indexes, for a bulk rebuild
     (:func:`build_indexes` restores them). The keys stay: they are not derived data."""
-    c.execute("DELETE FROM consentry_audit_staged")
     c.execute("DELETE FROM consentry_audit_terms")
     c.execute("DELETE FROM consentry_audit_index")
     for name in _SECONDARY:

@@ -6,15 +6,11 @@ database's write lock before the first read, so the state an append reads is the
 extends, also when several processes append to one file.
 
 The audit index and the evidence keys live in the same file
-(:mod:`~middleware.storage.audit_index_sqlite`). Index rows are written in the append's
-transaction, into the indexed tables (the default) or, with :attr:`SqliteLogStore.stage_index`
-on, staged (:mod:`~middleware.storage.audit_index_staged`): once ``merge_at`` are staged, the
-store merges them into the indexed tables in the background, in slices of ``merge_slice`` rows
-a transaction, which appends queued meanwhile run between
-(:mod:`~middleware.storage.ledger_sqlite_merge`), and on close if it staged rows itself.
-Readers see staged and indexed rows alike either way (rows another process staged included).
-Audit searches run on a second, read-only connection with its own thread, so a long
-accounting never holds up the writer (WAL readers do not block it).
+(:mod:`~middleware.storage.audit_index_sqlite`). Index rows are written into the indexed
+tables in the append's transaction; rows an earlier version left staged are moved there when
+a writer opens the file (:mod:`~middleware.storage.audit_index_staged`). Audit searches run on
+a second, read-only connection with its own thread, so a long accounting never holds up the
+writer (WAL readers do not block it).
 """
 
 from __future__ import annotations
@@ -43,7 +39,6 @@ from middleware.storage.audit_index_match import indexed_rows
 from middleware.storage.audit_index_stores import SqliteAuditIndex
 from middleware.storage.consent_seq import ConsentSeq, announcing
 from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evidence_of_range
-from middleware.storage.ledger_sqlite_merge import StagedMerge
 from middleware.storage.ledger_sqlite_schema import CONSENT_LEAF, SCHEMA
 from middleware.storage.ledger_unreplayed import refuse_writes_unreplayed
 from middleware.storage.sqlite_worker import SqliteWorker
@@ -77,24 +72,6 @@ class SqliteLogStore(SqliteAuditIndex):
     methods are :class:`~middleware.storage.audit_index_stores.SqliteAuditIndex`'s."""
 
     name = "sqlite"
-    #: Whether appends stage their index rows (merged later) instead of writing them into the
-    #: indexed tables. Staging saves writer CPU (``bench.audit_commit --stage``, batches of
-    #: 16: 20,000 rows indexed 83 -> 63-65 us an entry, 300,000 rows 102 -> 81), but a merge
-    #: of 4,096 rows holds the write lock 0.24-0.41 s on a 300,000-row index (longer as it
-    #: grows), and every request arriving meanwhile waits for it: a latency spike every 4,096
-    #: audited requests, which the enforced path's p99 cannot afford. Off by default; kept for
-    #: measurement until a merge can run without stalling appends (docs/audit.md).
-    stage_index = False
-    #: Staged index rows that make the store merge them: a merge's cost per row falls as
-    #: its rows share more index pages (``bench.audit_commit --merge-at``), while a search
-    #: reads the staged rows without an index (about 1 ms for 4,000 of them).
-    merge_at = 4096
-    #: Staged rows a merge moves per transaction: the write lock is held for one slice, so
-    #: an append waits for one slice at most. Smaller slices hold it for less but dirty more
-    #: index pages per row (300,000 rows indexed: 512 a slice 45-49 ms of CPU each, 88-91 us
-    #: a row; 2,048: 136-144 ms, 67-70 us; 4,096: 213-238 ms, 52-58 us), so the default keeps
-    #: one transaction per ``merge_at`` (docs/audit.md, the writer's share).
-    merge_slice = 4096
 
     def __init__(self, path: Path, *, busy_timeout: float = 10.0, read_only: bool = False) -> None:
         """No I/O; :meth:`open` connects, creates the tables and replays the log.
@@ -122,8 +99,6 @@ class SqliteLogStore(SqliteAuditIndex):
         #: Announces consent entries to every process before they commit (a read-only store
         #: writes none): :mod:`~middleware.storage.consent_seq`.
         self.consent_seq = None if read_only else ConsentSeq(path)
-        #: The staged index rows and their merge (:mod:`ledger_sqlite_merge`).
-        self._merge_state = StagedMerge(self._db)
 
     #: Opened without its replay (``open(replay=False)``): every write refused
     #: (:func:`~middleware.storage.ledger_unreplayed.refuse_writes_unreplayed`).
@@ -146,8 +121,7 @@ class SqliteLogStore(SqliteAuditIndex):
             await store._reader.connect()
             if replay:
                 await store.rebuild_state()
-                staged = await store._db.run(audit_index_staged.staged_count)
-                store._merge_state.staged = staged
+                await store._db.run(audit_index_staged.adopt)
             else:
                 store._unreplayed = True
         except BaseException:
@@ -158,29 +132,8 @@ class SqliteLogStore(SqliteAuditIndex):
     async def append(
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
-        stage = self.stage_index
-        body = announcing(
-            self.consent_seq, batch, lambda c: _append(c, batch, sign, self._tails, stage=stage)
-        )
-        results = await self._db.transaction(body)
-        if not stage:
-            return results
-        staged = sum(
-            e.row is not None and not r.duplicate for e, r in zip(batch, results, strict=True)
-        )
-        # Answered now: a merge this append makes due runs after it, in the background.
-        self._merge_state.appended(staged, merge_at=self.merge_at, slice_rows=self.merge_slice)
-        return results
-
-    async def _merge(self) -> None:
-        """Merge every staged index row (every process's) now, a slice a transaction."""
-        await self._merge_state.merge(self.merge_slice)
-
-    @property
-    def merge_failures(self) -> int:
-        """Background merges that failed (each logged; their rows stay staged, still found,
-        and are merged by a later one)."""
-        return self._merge_state.failures
+        body = announcing(self.consent_seq, batch, lambda c: _append(c, batch, sign, self._tails))
+        return await self._db.transaction(body)
 
     async def size(self) -> int:
         return (await self.state()).size
@@ -250,8 +203,6 @@ class SqliteLogStore(SqliteAuditIndex):
     async def close(self) -> None:
         with contextlib.suppress(ServiceUnavailable):  # else the next open builds them
             await self._build_indexes()  # after a bulk reindex
-        if not self._unreplayed:  # merges only if this store staged rows itself
-            await self._merge_state.close(self.merge_slice)
         await self._reader.close()
         await self._db.close()
         if self.consent_seq is not None:
@@ -263,13 +214,10 @@ def _append(
     batch: Sequence[NewEntry],
     sign: CheckpointSigner,
     tails: ChainTails,
-    *,
-    stage: bool = False,
 ) -> list[AppendResult]:
     """One append transaction's work (the caller brackets it in ``BEGIN IMMEDIATE``/``COMMIT``).
     ``tails``: the store's memory of its chains' last indexes, checked against the state read
-    here; only pseudonyms it does not know are read from the log. ``stage``: the entries'
-    index rows are staged instead of written into the indexed tables."""
+    here; only pseudonyms it does not know are read from the log."""
     state = _read_state(c)
     recorded: dict[str, int] = {}
     for key in distinct_keys(batch):
@@ -302,9 +250,7 @@ def _append(
             "UPDATE consentry_ledger_state SET size = ?, compact = ?, root = ? WHERE id = 1",
             (new.size, new.packed_hashes(), new.root),
         )
-        if rows and stage:
-            audit_index.stage_rows(c, audit_index.tombstoned(c, rows))
-        elif rows:  # after any rows staged (by another process or before): merged first
+        if rows:
             audit_index.write_rows(c, audit_index.tombstoned(c, rows), fresh=True)
     signed_sql = "SELECT 1 FROM consentry_ledger_checkpoints WHERE size = ?"
     if plan.leaves or c.execute(signed_sql, (new.size,)).fetchone() is None:
