@@ -164,9 +164,7 @@ class _Pass:
         self.losses: list[Loss] = []
         self.changed = False
         #: Codings ``element`` added for a binding, path and codings' shape (templates).
-        self.added: dict[
-            tuple[int, int, tuple[Any, ...]], tuple[tuple[Concept, str, str], ...]
-        ] = {}
+        self.added: dict[tuple[Any, ...], tuple[tuple[Concept, str, str], ...]] = {}
 
     # -- identifier systems (as identifiers._walk, in place) --------------------------------
 
@@ -275,7 +273,15 @@ class _Pass:
             context = contexts.get(binding.canonical)
             if context is None:
                 context = contexts[binding.canonical] = _LazyContext(node, binding)
-            out = rewrite(out, path.steps, partial(element, binding, path, context))
+            steps = path.steps
+            value = out.get(steps[0]) if len(steps) == 1 else None
+            if type(value) is dict:  # ``Observation.code``: rewrite's work, without its calls
+                new = element(binding, path, context, value)
+                if new is not value:
+                    out = dict(out) if out is node else out
+                    out[steps[0]] = new
+            else:
+                out = rewrite(out, steps, partial(element, binding, path, context))
         if out is not node:
             self.changed = True
             for key, value in out.items():
@@ -290,16 +296,18 @@ class _Pass:
         codings = cc.get("coding") if type(cc) is dict else None
         if type(codings) is not list:
             return cc
-        shape = tuple(
-            (
-                system if type(system := c.get("system")) is str else None,
-                code if type(code := c.get("code")) is str else None,
-            )
-            if type(c) is dict
-            else None
-            for c in codings
-        )
-        key = (id(binding), id(path), shape)
+        key: tuple[Any, ...]
+        first = codings[0] if len(codings) == 1 else None
+        if (
+            type(first) is dict
+            and type(system := first.get("system")) is str
+            and type(code := first.get("code")) is str
+        ):
+            shape: tuple[Any, ...] = ((system, code),)
+            key = (id(binding), id(path), system, code)  # one coding, the common case
+        else:
+            shape = tuple(_shape(c) for c in codings)
+            key = (id(binding), id(path), shape)
         plan = self.added.get(key)
         if plan is not None:
             if not plan:
@@ -314,6 +322,14 @@ class _Pass:
         ):
             self.added[key] = _plan(out["coding"][len(codings) :]) if out is not cc else ()
         return out
+
+
+def _shape(coding: Any) -> tuple[str | None, str | None] | None:
+    """What ``_Walk.element`` reads of a coding: its system and code when they are strings."""
+    if type(coding) is not dict:
+        return None
+    system, code = coding.get("system"), coding.get("code")
+    return (system if type(system) is str else None, code if type(code) is str else None)
 
 
 def _plan(added: list[dict[str, Any]]) -> tuple[tuple[Concept, str, str], ...]:

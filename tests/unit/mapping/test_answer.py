@@ -62,7 +62,13 @@ def decorated(resource: Json) -> st.SearchStrategy[Json]:
             lambda cs: {"coding": cs}, st.lists(st.one_of(lab_coding, loinc), max_size=3)
         )
         extras["valueQuantity"] = st.builds(
-            lambda u: {"value": msgspec.Raw(b"5.40"), "unit": u, "code": u}, unit
+            lambda u: {
+                "value": msgspec.Raw(b"5.40"),
+                "unit": u,
+                "system": "http://unitsofmeasure.org",
+                "code": u,
+            },
+            unit,
         )
     chosen = st.fixed_dictionaries({}, optional=extras)
     return chosen.map(lambda added: {**resource, **added})
@@ -200,6 +206,41 @@ def test_odd_shapes_map_as_the_stages_mapped_them(document: Any) -> None:
     """Shapes the generators rarely reach: the stages' own readings of them are kept."""
     for convert in (False, True):
         assert now(document, BOTH, convert, False) == before(document, BOTH, convert, False)
+
+
+def observation(codes: list[tuple[str, str]], unit: str) -> Json:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": system, "code": code} for system, code in codes]},
+        "valueQuantity": {"value": 1, "system": "http://unitsofmeasure.org", "code": unit},
+    }
+
+
+LAB = "http://hospital-a.example/CodeSystem/lab"
+
+
+def test_repeated_codes_map_as_each_did_alone() -> None:
+    """The one pass remembers what a code added, except where the translation read the
+    resource (CREA depends on the unit) or noted something (each occurrence notes again)."""
+    resources = [
+        observation([(LAB, "CREA")], "mg/dL"),
+        observation([(LAB, "CREA")], "umol/L"),
+        observation([(LAB, "CREA")], "mg/dL"),
+        observation([(LAB, "GLU"), ("http://loinc.org", "1-1")], "mg/dL"),
+        observation([(LAB, "GLU"), ("http://loinc.org", "1-1")], "mg/dL"),
+        observation([(LAB, "MISC")], "mg/dL"),
+        observation([(LAB, "MISC")], "mg/dL"),
+        observation([(LAB, "GLU")], "mg/dL"),
+        observation([(LAB, "GLU")], "mg/dL"),
+    ]
+    document = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    document["entry"] = [{"resource": resource} for resource in resources]
+    done = now(document, HOSPITAL_A, False, False)
+    assert done == before(document, HOSPITAL_A, False, False)
+    codes = [entry["resource"]["code"]["coding"] for entry in jsoncodec.decode(done[0])["entry"]]
+    assert [c[-1]["code"] for c in codes[:3]] == ["2160-0", "14682-9", "2160-0"]
+    assert len(done[1]) == 4  # two "already has a LOINC code", two unmapped MISC
 
 
 def test_the_answer_is_edited_in_place_and_says_it_changed() -> None:
