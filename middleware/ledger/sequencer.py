@@ -19,6 +19,7 @@ never leaves the store: the signer returns it to the store and to nobody else.
 
 from __future__ import annotations
 
+import base64
 import hmac
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -184,10 +185,27 @@ class ChainTails:
 
 def sign_state(sign: CheckpointSigner, state: TreeState) -> StoredCheckpoint:
     """Have ``sign`` sign ``state`` and check the note says what was asked (size and root),
-    so a misconfigured signer cannot store a checkpoint for another tree."""
+    so a misconfigured signer cannot store a checkpoint for another tree.
+
+    A signer whose ``exact_body`` attribute is true (``ledger.writer.checkpoint_signer``'s:
+    it formats the body from the size and root it is given) is checked by comparing the
+    body's size and root lines (C2SP tlog-checkpoint: origin, size, base64 root hash) with
+    those asked for; any other signer's note, or one whose lines differ, is parsed whole
+    (:func:`check_checkpoint_note`, which raises on a malformed note too)."""
     note = sign(state.size, state.root)
-    check_checkpoint_note(note, state.size, state.root)
+    if not (getattr(sign, "exact_body", False) is True and _states(note, state)):
+        check_checkpoint_note(note, state.size, state.root)
     return StoredCheckpoint(state.size, state.root, note)
+
+
+def _states(note: str, state: TreeState) -> bool:
+    """Are the note's second and third lines ``state``'s size and root (base64, RFC 4648)?"""
+    lines = note.split("\n", 3)
+    return (
+        len(lines) == 4
+        and lines[1] == str(state.size)
+        and lines[2] == base64.b64encode(state.root).decode("ascii")
+    )
 
 
 def check_checkpoint_note(note: str, size: int, root: bytes) -> None:

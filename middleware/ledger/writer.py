@@ -61,11 +61,24 @@ def checkpoint_signer(key: SigningKey, origin: str | None = None) -> CheckpointS
     C2SP tlog-checkpoint recommends), signed by ``key``."""
     log = key.name if origin is None else origin
     Checkpoint(log, 0, bytes(32))  # validate the origin now, not at the first append
+    return _KeySigner(key, log)
 
-    def sign(size: int, root: bytes) -> str:
-        return key.sign_checkpoint(Checkpoint(log, size, root))
 
-    return sign
+class _KeySigner:
+    """:func:`checkpoint_signer`'s callable. Its note's body is formatted from exactly the
+    size and root it is given (``Checkpoint.body``), which ``exact_body`` tells
+    :func:`~middleware.ledger.sequencer.sign_state`: it then compares the note's size and
+    root lines instead of parsing the whole note back (30 us of a batch's CPU here)."""
+
+    __slots__ = ("_key", "_log")
+    exact_body = True
+
+    def __init__(self, key: SigningKey, log: str) -> None:
+        self._key = key
+        self._log = log
+
+    def __call__(self, size: int, root: bytes) -> str:
+        return self._key.sign_checkpoint(Checkpoint(self._log, size, root))
 
 
 class LedgerWriter:

