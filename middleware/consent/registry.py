@@ -165,7 +165,7 @@ class ConsentRegistry:
         mark = seq.announced()  # first: a change committed before it is above the bound
         if mark is not None and mark <= self._clear:
             return self._position
-        if mark is None:  # unusable, or a new file mapped: rest the bound on a read after it
+        if mark is None:  # unusable, or a new file mapped: the bound comes from reads after it
             self._clear = _NOTHING
         await self._read_position()
         self._clear = max(self._clear, self._position + 1)
