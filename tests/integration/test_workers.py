@@ -158,6 +158,42 @@ def test_a_consent_change_by_the_cli_is_enforced_by_running_gateways_at_their_ne
         assert httpx.get(f"{gateway.base_url}/{read}", headers=pair.doctor()).status_code >= 400
 
 
+def test_a_gateway_that_cannot_use_the_word_reads_the_position_and_stays_exact(
+    upstream: UpstreamServer, carebundle: dict[str, list[str]], tmp_path: Path
+) -> None:
+    """C maps ``<store>.consent-seq``; the file is then moved away and a directory put at the
+    path, so D, started after, cannot use it: D reads the ledger's consent position before
+    every decision and enforces C's change (announced in the moved file) at once, and
+    refuses a consent change of its own (503: C, still mapping the file, would not learn of
+    it) without recording it."""
+    config = tmp_path / "consentry.toml"
+    config.write_text(_settings(tmp_path), encoding="utf-8")
+    issuer = UnsafeDevelopmentIssuer.from_key_file(tmp_path / "dev.jwk", ISSUER, enabled=True)
+    common = ["--config", str(config), "--store", f"sqlite:{tmp_path / 'consentry.db'}"]
+    patient = _patients_with_observations(carebundle, 1)[6]
+    read = f"Patient/{patient}"
+    with GatewayServer(upstream.base_url, args=[*common, "--workers", "1"]) as c:
+        pair = Pair(c, c, issuer, tmp_path)
+        assert httpx.get(f"{c.base_url}/{read}", headers=pair.doctor()).status_code >= 400
+        word = tmp_path / "consentry.db.consent-seq"
+        word.rename(tmp_path / "moved")
+        word.mkdir()
+        with GatewayServer(upstream.base_url, args=[*common, "--workers", "1"]) as d:
+            assert httpx.get(f"{d.base_url}/{read}", headers=pair.doctor()).status_code >= 400
+            _permit_dr(c, pair, patient)
+            answer = httpx.get(f"{d.base_url}/{read}", headers=pair.doctor())
+            assert answer.status_code == 200, answer.text
+            refused = httpx.post(
+                f"{d.base_url}/Consent",
+                json={"resourceType": "Consent", "status": "active",
+                      "subject": {"reference": read}, "decision": "deny"},
+                headers={**pair.patient(patient), "content-type": "application/fhir+json"},
+                timeout=30.0,
+            )  # fmt: skip
+            assert refused.status_code == 503, refused.text
+            assert httpx.get(f"{c.base_url}/{read}", headers=pair.doctor()).status_code == 200
+
+
 def _announced(pair: Pair) -> int:
     """The announcements word of the shared store, as another process maps it."""
     seq = ConsentSeq(pair.shared / "consentry.db")
