@@ -27,6 +27,10 @@ What the registry relies on, and what makes each hold:
   the ledger before that commit: it misses the change until the next one. Do not delete the
   file while the store is in use (docs/operations.md); truncating it makes the processes that
   map it die of ``SIGBUS`` (a crash, never a wrong decision).
+- *Every writer announces.* Every process appending to the store runs this code: a process
+  of an earlier version appends consent entries unannounced (upgrades stop every process of
+  the store first), and a file moved away, overwritten or copied over while processes map it
+  can hide changes from them (docs/operations.md says to leave it alone).
 - *Whole words.* The word is 8 aligned bytes in native order, stored and loaded by one
   ``memcpy`` of 8 bytes (CPython's native ``q`` format), one instruction on x86-64 and
   AArch64, so a reader never sees half of a store.
