@@ -11,6 +11,7 @@ service's wall clock (injectable in ``create_app``).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from middleware.audit.evidence import EVIDENCE_PURPOSE, PatientKeys
@@ -33,10 +34,12 @@ from middleware.pipeline.flow import Flow
 from middleware.pipeline.guards import DEFAULT_PATIENT_REFUSED, GuardPolicy
 from middleware.pipeline.idmap import IdEdge
 from middleware.pipeline.mapper import Mapper
+from middleware.pipeline.memberships import Memberships
 from middleware.pipeline.writes import Writes
 from middleware.proxy.enforcement import Enforcement, TokenCheck
 from middleware.proxy.exchange_audit import ExchangeAudit
 from middleware.proxy.forwarder import UpstreamForwarder
+from middleware.proxy.membership_reads import UpstreamDirectory
 from middleware.settings import Settings
 from middleware.storage.audit_outbox import SqliteOutbox, outbox_path
 from middleware.storage.breakglass_sqlite import BOARD_PURPOSE, session_board
@@ -85,6 +88,23 @@ def _id_edge(settings: Settings, mapper: Mapper | None, secret: bytes) -> IdEdge
     return IdEdge(rewriter, settings.upstream)
 
 
+def _memberships(settings: Settings, forwarder: UpstreamForwarder) -> Memberships:
+    """What callers act for, read from the upstream by the gateway itself where a consent
+    names an organization, role, care team, group or related person (pipeline.memberships)."""
+    directory = UpstreamDirectory(
+        lambda: forwarder.upstream,
+        base=forwarder.base,
+        headers=settings.upstream_headers,
+        timeout=settings.membership_timeout,
+        ttl=settings.membership_cache_seconds,
+        size=settings.membership_cache_size,
+        clock=time.monotonic,
+    )
+    if settings.membership_unresolved == "unavailable":
+        return Memberships(directory, unresolved="unavailable")
+    return Memberships(directory, unresolved="deny")
+
+
 def build_enforcement(
     settings: Settings,
     forwarder: UpstreamForwarder,
@@ -128,6 +148,7 @@ def build_enforcement(
             board=session_board(settings.store, derive_box_key(secret, BOARD_PURPOSE)),
         ),
         mapper=mapper,
+        memberships=_memberships(settings, forwarder),
     )
     recorder = AuditRecorder(
         ledger,

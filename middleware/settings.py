@@ -90,6 +90,10 @@ class Settings:
     consent_collect_default: str = "permit"
     consent_uncovered_labels: str = "deny"
     cursor_ttl_seconds: int = 900
+    membership_timeout: float = 5.0
+    membership_cache_seconds: float = 300.0
+    membership_cache_size: int = 10_000
+    membership_unresolved: str = "deny"
     break_glass_minutes: int = 60
     mapping_profile: str = ""
     unknown_patient_allowed_for: str = ""
@@ -376,6 +380,14 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("break_glass_minutes: expected 1..1440")
     if not 0 < values.get("cursor_ttl_seconds", 900) <= 86_400:
         problems.append("cursor_ttl_seconds: expected 1..86400")
+    if not 0 < values.get("membership_timeout", 5.0) <= 60:
+        problems.append("membership_timeout: expected more than 0, at most 60 (seconds)")
+    if not 0 <= values.get("membership_cache_seconds", 300.0) <= 86_400:
+        problems.append("membership_cache_seconds: expected 0..86400")
+    if not 1 <= values.get("membership_cache_size", 10_000) <= 1_000_000:
+        problems.append("membership_cache_size: expected 1..1000000")
+    if values.get("membership_unresolved", "deny") not in ("deny", "unavailable"):
+        problems.append("membership_unresolved: expected deny or unavailable")
     for name, default in (("unknown_patient_allowed_for", ""), ("inference_guards_for", "patient")):
         if _contexts(values.get(name, default)) - {"patient", "user", "system"}:
             problems.append(f"{name}: expected a comma list of patient, user, system")

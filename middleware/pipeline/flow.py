@@ -47,6 +47,7 @@ from middleware.pipeline.guards import GuardPolicy, check_search, pin_patient
 from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.pipeline.judging import Judging, PolicySource
 from middleware.pipeline.mapper import Mapper
+from middleware.pipeline.memberships import Memberships
 from middleware.pipeline.paging import Page, Pager, cursor_of
 from middleware.pipeline.params import decode_params, encode_params
 from middleware.pipeline.release import Release, accept_of, read_failure
@@ -83,6 +84,7 @@ class Flow:
         wall_clock: Callable[[], float],
         break_glass: BreakGlass | None = None,
         mapper: Mapper | None = None,
+        memberships: Memberships | None = None,
     ) -> None:
         self.pager = Pager(
             cursors,
@@ -107,6 +109,7 @@ class Flow:
             allow_unknown=allow_unknown,
             wall_clock=wall_clock,
             break_glass=break_glass,
+            memberships=memberships,
         )
         self.releasing = Release(self.judging, pager=self.pager, rebaser=rebaser, mapper=mapper)
 

@@ -21,6 +21,7 @@ from middleware.fhir.compartment import PatientRefs
 from middleware.pipeline.breakglass import BreakGlass, forbids_break_glass
 from middleware.pipeline.caller import ACTION_ACCESS, Caller
 from middleware.pipeline.judge import Judge, Trail, needs_walk, patients_in
+from middleware.pipeline.memberships import Memberships
 
 __all__ = ["Judging", "PolicySource"]
 
@@ -32,7 +33,8 @@ class Judging:
     """Builds the :class:`Judge` of a document (module docstring). ``allow_unknown`` names the
     caller contexts (``user``, ``system``, ``patient``) for which a resource whose patient
     cannot be determined is released; ``break_glass`` (None: never) holds the open
-    emergency-access sessions."""
+    emergency-access sessions; ``memberships`` (None: the token's only) looks up what the
+    caller acts for where a consent names such a party."""
 
     def __init__(
         self,
@@ -43,8 +45,10 @@ class Judging:
         allow_unknown: frozenset[str],
         wall_clock: Callable[[], float],
         break_glass: BreakGlass | None,
+        memberships: Memberships | None = None,
     ) -> None:
         self._policies = policies
+        self.memberships = memberships
         self.defaults = defaults
         self.base_urls = tuple(base_urls)
         self.allow_unknown = allow_unknown
@@ -67,6 +71,8 @@ class Judging:
         seen: dict[int, PatientRefs] = {}
         patients = patients_in(document, base_urls=self.base_urls, seen=seen)
         policies = {patient: await self._policies(patient) for patient in sorted(patients)}
+        if self.memberships is not None:
+            caller, policies = await self.memberships.widen(caller, policies)
         seconds = self.wall_clock()
         now = datetime.fromtimestamp(seconds, UTC)
         return Judge(

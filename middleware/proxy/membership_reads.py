@@ -1,0 +1,205 @@
+"""The memberships directory on the upstream FHIR server, read by the gateway as itself.
+
+:class:`UpstreamDirectory` answers :class:`~middleware.pipeline.memberships.Directory` with
+reads the gateway makes with its own upstream client and its own headers (``accept`` and the
+configured ``upstream_headers``: never a client's token), each bounded by ``timeout``:
+
+* ``affiliations(Practitioner/x)``: ``GET PractitionerRole?practitioner=Practitioner/x``,
+  each active role and its ``organization``;
+* ``affiliations(PractitionerRole/x)``: ``GET PractitionerRole/x``, its ``organization``
+  (the caller acts in that one role), nothing when inactive;
+* ``affiliations(Person/x)``: ``GET Person/x``, its ``link.target`` records;
+* ``members(CareTeam/x)``: ``GET CareTeam/x``, each ``participant.member`` and
+  ``participant.onBehalfOf``; ``members(Group/x)``: ``GET Group/x``, each
+  ``member.entity`` not marked ``inactive``. 404 and 410 mean no members.
+
+Answers are cached per record for ``ttl`` seconds (a membership ended upstream takes effect
+within that time), at most ``size`` of them, least recently used out first, and read again
+on expiry. A failure is never cached. Anything unexpected (a transport error or timeout,
+another status, JSON that is not the resource asked for, a search answer with a ``next``
+page: an incomplete list could hide the one role that matters) raises
+:class:`~middleware.pipeline.memberships.Unresolved`, and the pipeline fails closed.
+References are kept when relative (``Type/id``) or under the upstream's base.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final
+from urllib.parse import quote
+
+from middleware.errors import GatewayError
+from middleware.fhir import jsoncodec
+from middleware.pipeline.memberships import Unresolved
+from middleware.proxy.upstream import Upstream, UpstreamRequest
+
+__all__ = ["UpstreamDirectory"]
+
+#: Roles asked for in one page; more than one page is unresolved (module docstring).
+_PAGE: Final = 200
+_MAX_BYTES: Final = 4 * 1024 * 1024
+_MAX_DEPTH: Final = 64
+_GONE: Final = frozenset({404, 410})
+
+
+class UpstreamDirectory:
+    """Memberships read from the upstream (module docstring). ``upstream`` gives the
+    gateway's client (called per read: it is created lazily, in the event loop); ``clock``
+    is a monotonic clock in seconds."""
+
+    def __init__(
+        self,
+        upstream: Callable[[], Upstream],
+        *,
+        base: str,
+        headers: Mapping[str, str] = {},
+        timeout: float = 5.0,
+        ttl: float = 300.0,
+        size: int = 10_000,
+        clock: Callable[[], float],
+    ) -> None:
+        if size < 1 or ttl < 0 or timeout <= 0:
+            raise ValueError("size must be positive, ttl not negative, timeout positive")
+        self._upstream = upstream
+        self.base = base.rstrip("/")
+        self._headers = [("accept", "application/fhir+json")] + [
+            (name.lower(), value) for name, value in headers.items()
+        ]
+        self.timeout = timeout
+        self.ttl = ttl
+        self.size = size
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[float, frozenset[str]]] = OrderedDict()
+
+    async def affiliations(self, user: str) -> frozenset[str]:
+        kind, _, ident = user.partition("/")
+        if kind == "Practitioner":
+            target = f"PractitionerRole?practitioner={quote(user, safe='/')}&_count={_PAGE}"
+            return await self._cached(target, _roles_of)
+        if kind == "PractitionerRole":
+            return await self._cached(f"PractitionerRole/{quote(ident)}", _role_of)
+        if kind == "Person":
+            return await self._cached(f"Person/{quote(ident)}", _links_of)
+        return frozenset()  # a Patient or RelatedPerson user is itself; nothing to read
+
+    async def members(self, party: str) -> frozenset[str]:
+        kind, _, ident = party.partition("/")
+        if kind == "CareTeam":
+            return await self._cached(f"CareTeam/{quote(ident)}", _care_team_members)
+        if kind == "Group":
+            return await self._cached(f"Group/{quote(ident)}", _group_members)
+        return frozenset()
+
+    async def _cached(
+        self, target: str, parse: Callable[[Any, str], Iterator[str]]
+    ) -> frozenset[str]:
+        now = self._clock()
+        hit = self._cache.get(target)
+        if hit is not None and hit[0] > now:
+            self._cache.move_to_end(target)
+            return hit[1]
+        found = await self._read(target, parse)
+        self._cache[target] = (now + self.ttl, found)
+        self._cache.move_to_end(target)
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return found
+
+    async def _read(
+        self, target: str, parse: Callable[[Any, str], Iterator[str]]
+    ) -> frozenset[str]:
+        request = UpstreamRequest("GET", f"{self.base}/{target}", list(self._headers))
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._upstream().send(request)
+                try:
+                    raw = await response.read(_MAX_BYTES)
+                finally:
+                    await response.aclose()
+        except (GatewayError, TimeoutError) as exc:
+            raise Unresolved("the FHIR server did not answer a membership read") from exc
+        if response.status in _GONE:
+            return frozenset()
+        if response.status != 200:
+            raise Unresolved(f"a membership read was answered {response.status}")
+        try:
+            document = jsoncodec.decode(raw, max_depth=_MAX_DEPTH)
+        except (jsoncodec.DecodeError, ValueError) as exc:
+            raise Unresolved("a membership read was answered with invalid JSON") from exc
+        kind = target.partition("/")[0].partition("?")[0]
+        return frozenset(_local(ref, self.base) for ref in parse(document, kind)) - {""}
+
+
+def _resource(document: Any, kind: str) -> Mapping[str, Any]:
+    if not isinstance(document, Mapping) or document.get("resourceType") != kind:
+        raise Unresolved(f"a membership read did not answer a {kind}")
+    return document
+
+
+def _roles_of(document: Any, kind: str) -> Iterator[str]:
+    bundle = _resource(document, "Bundle")
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else ():
+        if isinstance(link, Mapping) and link.get("relation") == "next":
+            raise Unresolved("a practitioner's roles span more than one page")
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else ():
+        role = entry.get("resource") if isinstance(entry, Mapping) else None
+        if not isinstance(role, Mapping) or role.get("resourceType") != "PractitionerRole":
+            continue  # an OperationOutcome or an _include: not a role
+        if role.get("active") is False or not isinstance(role.get("id"), str):
+            continue
+        yield f"PractitionerRole/{role['id']}"
+        yield from _refs(role.get("organization"))
+
+
+def _role_of(document: Any, kind: str) -> Iterator[str]:
+    role = _resource(document, kind)
+    if role.get("active") is not False:
+        yield from _refs(role.get("organization"))
+
+
+def _links_of(document: Any, kind: str) -> Iterator[str]:
+    person = _resource(document, kind)
+    for link in _list(person.get("link")):
+        yield from _refs(link.get("target"))
+
+
+def _care_team_members(document: Any, kind: str) -> Iterator[str]:
+    team = _resource(document, kind)
+    for participant in _list(team.get("participant")):
+        yield from _refs(participant.get("member"))
+        yield from _refs(participant.get("onBehalfOf"))
+
+
+def _group_members(document: Any, kind: str) -> Iterator[str]:
+    group = _resource(document, kind)
+    for member in _list(group.get("member")):
+        if member.get("inactive") is not True:
+            yield from _refs(member.get("entity"))
+
+
+def _list(value: object) -> Iterator[Mapping[str, Any]]:
+    for item in value if isinstance(value, list) else ():
+        if isinstance(item, Mapping):
+            yield item
+
+
+def _refs(value: object) -> Iterator[str]:
+    if isinstance(value, Mapping) and isinstance(value.get("reference"), str):
+        yield value["reference"]
+
+
+def _local(reference: str, base: str) -> str:
+    """``Type/id`` of a reference relative or under ``base``; ``""`` for anything else (a
+    versioned reference loses its version)."""
+    if reference.startswith(base + "/"):
+        reference = reference[len(base) + 1 :]
+    parts: Sequence[str] = reference.split("/")
+    if len(parts) == 4 and parts[2] == "_history":
+        parts = parts[:2]
+    if len(parts) != 2 or not parts[0][:1].isupper() or not parts[1]:
+        return ""
+    return "/".join(parts)

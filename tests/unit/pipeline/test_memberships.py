@@ -1,0 +1,417 @@
+"""Memberships looked up on the upstream where a consent names a party the token does not.
+
+The leak this closes: a consent denying ``Organization/org1`` did nothing to a practitioner
+of that organization whose token does not say so. Here the gateway reads the practitioner's
+roles (and care teams, groups, a Person's links) from the upstream (respx, through the
+gateway's own client and headers), only when a consent of a patient being decided names such
+a party; answers are cached for a bounded time and count; what cannot be read is decided as
+configured, never as "not a member" of a deny.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from middleware.auth.identity import Identity
+from middleware.auth.scopes import parse_scopes
+from middleware.consent.decide import Defaults
+from middleware.consent.model import Policy
+from middleware.errors import ServiceUnavailable
+from middleware.pipeline.caller import ACTION_ACCESS, Caller, caller_of
+from middleware.pipeline.judge import Trail
+from middleware.pipeline.judging import Judging
+from middleware.pipeline.memberships import Memberships, Unresolved, named_parties
+from middleware.proxy.httpx_upstream import HttpxUpstream
+from middleware.proxy.membership_reads import UpstreamDirectory
+from tests.unit.consent.builders import actor, policy, rule
+
+BASE = "http://up.example/fhir"
+PATIENT = "Patient/p1"
+OBSERVATION: dict[str, Any] = {
+    "resourceType": "Observation",
+    "id": "o1",
+    "subject": {"reference": PATIENT},
+}
+
+
+def _caller(fhir_user: str | None, **extra: Any) -> Caller:
+    identity = Identity(
+        subject="s",
+        issuer="https://idp",
+        expires_at=4e9,
+        scopes=parse_scopes("user/*.rs system/*.rs").scopes,
+        fhir_user=fhir_user,
+        **extra,
+    )
+    return caller_of(identity)
+
+
+def _bundle(*roles: dict[str, Any], next_page: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r} for r in roles],
+    }
+    if next_page:
+        body["link"] = [{"relation": "next", "url": f"{BASE}/PractitionerRole?page=2"}]
+    return body
+
+
+def _role(rid: str, org: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "PractitionerRole",
+        "id": rid,
+        "practitioner": {"reference": "Practitioner/dr"},
+        "organization": {"reference": org},
+    } | extra
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def router() -> respx.Router:
+    return respx.Router(assert_all_called=False, base_url=BASE)
+
+
+def _directory(
+    router: respx.Router, clock: Clock | None = None, **kwargs: Any
+) -> UpstreamDirectory:
+    upstream = HttpxUpstream.from_transport(httpx.MockTransport(router.handler))
+    return UpstreamDirectory(
+        lambda: upstream,
+        base=BASE,
+        headers={"Authorization": "Bearer gateway"},
+        clock=clock or Clock(),
+        **kwargs,
+    )
+
+
+async def _verdict(
+    memberships: Memberships, caller: Caller, consents: list[Policy], jurisdiction: str = "opt-out"
+) -> bool:
+    async def policies(patient: str) -> tuple[Policy, ...]:
+        return tuple(consents) if patient == PATIENT else ()
+
+    judging = Judging(
+        policies=policies,
+        defaults=Defaults(jurisdiction=jurisdiction),  # type: ignore[arg-type]
+        base_urls=(BASE,),
+        allow_unknown=frozenset(),
+        wall_clock=lambda: 1.7e9,
+        break_glass=None,
+        memberships=memberships,
+    )
+    document = dict(OBSERVATION)
+    judge = await judging.judge(caller, ACTION_ACCESS, document, Trail())
+    return judge.allowed(document)
+
+
+def _deny(party: str, **kwargs: Any) -> Policy:
+    """Opt-out consent denying ``party`` (R4, so the provision states its type)."""
+    return policy("R4", "permit", rule(actor=[actor(party)]), **kwargs)
+
+
+def _permit(party: str) -> Policy:
+    return policy("R4", "deny", rule(actor=[actor(party)]))
+
+
+# -- each kind of party: a member is decided by the consent, a non-member is not -------------
+
+ORG_ROLES = _bundle(_role("r1", "Organization/org1"), _role("r2", f"{BASE}/Organization/org3"))
+
+
+@pytest.mark.parametrize(
+    ("party", "user", "routes", "member"),
+    [
+        # a practitioner's roles and their organizations (relative and absolute references)
+        ("Organization/org1", "Practitioner/dr", {"PractitionerRole": ORG_ROLES}, True),
+        ("Organization/org3", "Practitioner/dr", {"PractitionerRole": ORG_ROLES}, True),
+        ("Organization/org2", "Practitioner/dr", {"PractitionerRole": ORG_ROLES}, False),
+        ("PractitionerRole/r2", "Practitioner/dr", {"PractitionerRole": ORG_ROLES}, True),
+        # an inactive role makes no member
+        (
+            "Organization/org1",
+            "Practitioner/dr",
+            {"PractitionerRole": _bundle(_role("r1", "Organization/org1", active=False))},
+            False,
+        ),
+        # a user acting in one role is of that role's organization only
+        (
+            "Organization/org1",
+            "PractitionerRole/r1",
+            {"PractitionerRole/r1": _role("r1", "Organization/org1")},
+            True,
+        ),
+        (
+            "Organization/org3",
+            "PractitionerRole/r1",
+            {"PractitionerRole/r1": _role("r1", "Organization/org1")},
+            False,
+        ),
+        # care teams: a participant that is the user, one of its roles or organizations
+        (
+            "CareTeam/ct1",
+            "Practitioner/dr",
+            {
+                "PractitionerRole": _bundle(),
+                "CareTeam/ct1": {
+                    "resourceType": "CareTeam",
+                    "id": "ct1",
+                    "participant": [{"member": {"reference": "Practitioner/dr"}}],
+                },
+            },
+            True,
+        ),
+        (
+            "CareTeam/ct1",
+            "Practitioner/dr",
+            {
+                "PractitionerRole": ORG_ROLES,
+                "CareTeam/ct1": {
+                    "resourceType": "CareTeam",
+                    "participant": [{"member": {"reference": "PractitionerRole/r1"}}],
+                },
+            },
+            True,
+        ),
+        (
+            "CareTeam/ct1",
+            "Practitioner/dr",
+            {
+                "PractitionerRole": ORG_ROLES,
+                "CareTeam/ct1": {
+                    "resourceType": "CareTeam",
+                    "participant": [{"member": {"reference": "Practitioner/other"}}],
+                },
+            },
+            False,
+        ),
+        ("CareTeam/ct1", "Practitioner/dr", {"PractitionerRole": _bundle()}, False),  # 404
+        # groups: an inactive member is none
+        (
+            "Group/g1",
+            "Practitioner/dr",
+            {
+                "PractitionerRole": _bundle(),
+                "Group/g1": {
+                    "resourceType": "Group",
+                    "member": [{"entity": {"reference": "Practitioner/dr"}}],
+                },
+            },
+            True,
+        ),
+        (
+            "Group/g1",
+            "Practitioner/dr",
+            {
+                "PractitionerRole": _bundle(),
+                "Group/g1": {
+                    "resourceType": "Group",
+                    "member": [{"entity": {"reference": "Practitioner/dr"}, "inactive": True}],
+                },
+            },
+            False,
+        ),
+        # a Person user linked to a RelatedPerson record
+        (
+            "RelatedPerson/rp1",
+            "Person/x",
+            {
+                "Person/x": {
+                    "resourceType": "Person",
+                    "link": [{"target": {"reference": "RelatedPerson/rp1"}}],
+                }
+            },
+            True,
+        ),
+        (
+            "RelatedPerson/rp1",
+            "Person/y",
+            {"Person/y": {"resourceType": "Person", "link": []}},
+            False,
+        ),
+    ],
+    ids=[
+        "org-via-role",
+        "org-absolute-ref",
+        "org-not-of-user",
+        "role-of-user",
+        "inactive-role",
+        "role-user-org",
+        "role-user-other-org",
+        "careteam-names-user",
+        "careteam-names-role",
+        "careteam-other",
+        "careteam-missing",
+        "group-member",
+        "group-inactive",
+        "person-related",
+        "person-unrelated",
+    ],
+)
+async def test_a_deny_and_a_permit_naming_a_party_follow_the_upstream(
+    router: respx.Router, party: str, user: str, routes: dict[str, Any], member: bool
+) -> None:
+    for path, body in routes.items():
+        router.get(f"/{path}").respond(200, json=body)
+    router.route().respond(404)
+    memberships = Memberships(_directory(router))
+    caller = _caller(user)
+    # deny under opt-out: withheld from a member only
+    assert await _verdict(memberships, caller, [_deny(party)]) is not member
+    # permit under opt-in: released to a member only
+    assert await _verdict(memberships, caller, [_permit(party)], "opt-in") is member
+    sent = router.calls[0].request
+    assert sent.headers["authorization"] == "Bearer gateway"  # the gateway's, not a client's
+
+
+async def test_no_read_when_no_consent_names_a_party(router: respx.Router) -> None:
+    route = router.route().respond(500)
+    memberships = Memberships(_directory(router))
+    caller = _caller("Practitioner/dr")
+    assert await _verdict(memberships, caller, [_deny("Practitioner/other")])
+    assert not await _verdict(memberships, caller, [_deny("Practitioner/dr")])
+    assert await _verdict(memberships, caller, [])
+    assert route.call_count == 0
+
+
+async def test_no_read_when_the_token_already_says(router: respx.Router) -> None:
+    route = router.route().respond(500)
+    memberships = Memberships(_directory(router))
+    caller = _caller("Practitioner/dr", organization="Organization/org1")
+    assert not await _verdict(memberships, caller, [_deny("Organization/org1")])
+    assert route.call_count == 0
+
+
+# -- cache: bounded in time and size -----------------------------------------------------------
+
+
+async def test_answers_are_cached_until_they_expire(router: respx.Router) -> None:
+    route = router.get("/PractitionerRole").respond(200, json=ORG_ROLES)
+    clock = Clock()
+    memberships = Memberships(_directory(router, clock, ttl=60.0))
+    caller = _caller("Practitioner/dr")
+    for _ in range(3):
+        assert not await _verdict(memberships, caller, [_deny("Organization/org1")])
+    assert route.call_count == 1
+    # the role ends upstream; within the lifetime the cached answer stands, then it is re-read
+    route.respond(200, json=_bundle())
+    clock.now += 59
+    assert not await _verdict(memberships, caller, [_deny("Organization/org1")])
+    clock.now += 2
+    assert await _verdict(memberships, caller, [_deny("Organization/org1")])
+    assert route.call_count == 2
+
+
+async def test_the_cache_holds_at_most_its_size(router: respx.Router) -> None:
+    router.route().respond(200, json={"resourceType": "CareTeam"})
+    directory = _directory(router, size=2)
+    for name in ("a", "b", "c"):
+        await directory.members(f"CareTeam/{name}")
+    assert len(directory._cache) == 2
+    assert len(router.calls) == 3
+    await directory.members("CareTeam/a")  # evicted: read again
+    assert len(router.calls) == 4
+
+
+# -- fail closed -------------------------------------------------------------------------------
+
+
+def _failures() -> list[tuple[str, Any]]:
+    return [
+        ("server-error", httpx.Response(500)),
+        ("forbidden", httpx.Response(403)),
+        ("not-json", httpx.Response(200, content=b"<html>")),
+        ("wrong-type", httpx.Response(200, json={"resourceType": "OperationOutcome"})),
+        ("next-page", httpx.Response(200, json=_bundle(next_page=True))),
+        ("connect-error", httpx.ConnectError("refused")),
+        ("timeout", httpx.ReadTimeout("slow")),
+    ]
+
+
+@pytest.mark.parametrize(("name", "answer"), _failures(), ids=[f[0] for f in _failures()])
+async def test_an_unreadable_membership_never_escapes_a_deny(
+    router: respx.Router, name: str, answer: Any
+) -> None:
+    """The attack: make the upstream slow or wrong (or be a practitioner with many roles)
+    and a deny naming your organization would be read as "not a member"."""
+    if isinstance(answer, Exception):
+        router.route().mock(side_effect=answer)
+    else:
+        router.route().mock(return_value=answer)
+    caller = _caller("Practitioner/dr")
+    memberships = Memberships(_directory(router))
+    deny = _deny("Organization/org1", consent_id="c-deny")
+    assert not await _verdict(memberships, caller, [deny])
+    # and a permit naming the party is not granted on an unknown membership
+    assert not await _verdict(memberships, caller, [_permit("Organization/org1")], "opt-in")
+    # the consent that could not be decided is named as the one relied on
+    policies = {PATIENT: (deny,)}
+    widened, decided = await memberships.widen(caller, policies)
+    assert widened is caller
+    assert [p.consent_id for p in decided[PATIENT]] == ["c-deny"]
+    assert "membership unresolved" in decided[PATIENT][0].root.path
+    # under "unavailable", the exchange is refused instead
+    strict = Memberships(_directory(router), unresolved="unavailable")
+    with pytest.raises(ServiceUnavailable):
+        await _verdict(strict, caller, [deny])
+
+
+async def test_a_slow_upstream_is_cut_at_the_timeout() -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(200, json=ORG_ROLES)
+
+    upstream = HttpxUpstream.from_transport(httpx.MockTransport(slow))
+    directory = UpstreamDirectory(lambda: upstream, base=BASE, clock=Clock(), timeout=0.05)
+    started = time.monotonic()
+    with pytest.raises(Unresolved):
+        await directory.affiliations("Practitioner/dr")
+    assert time.monotonic() - started < 2
+
+
+async def test_failures_are_not_cached(router: respx.Router) -> None:
+    route = router.get("/PractitionerRole").respond(500)
+    memberships = Memberships(_directory(router))
+    caller = _caller("Practitioner/dr")
+    assert not await _verdict(memberships, caller, [_deny("Organization/org1")])
+    route.respond(200, json=_bundle())
+    assert await _verdict(memberships, caller, [_deny("Organization/org1")])
+    assert route.call_count == 2
+
+
+async def test_a_consent_of_other_parties_is_untouched_by_an_unknown_one(
+    router: respx.Router,
+) -> None:
+    router.route().respond(500)
+    memberships = Memberships(_directory(router))
+    unknown = _deny("CareTeam/ct1", consent_id="c1")
+    other = _deny("Practitioner/other", consent_id="c2")
+    _, decided = await memberships.widen(_caller("Practitioner/dr"), {PATIENT: (unknown, other)})
+    assert decided[PATIENT][1] is other
+    assert decided[PATIENT][0] is not unknown
+
+
+def test_named_parties_are_the_actor_references_of_those_kinds() -> None:
+    group = (
+        policy(
+            "R4",
+            "permit",
+            rule(rule(actor=[actor("CareTeam/ct1")]), actor=[actor("Organization/o")]),
+            rule(actor=[actor("Practitioner/dr"), actor("Group/g")]),
+        ),
+    )
+    assert named_parties(group) == {"CareTeam/ct1", "Organization/o", "Group/g"}
+    assert named_parties(group) is named_parties(group)  # memoised per tuple
