@@ -164,6 +164,8 @@ class _Pass:
         self.losses: list[Loss] = []
         self.changed = False
         #: Codings ``element`` added for a binding, path and codings' shape (templates).
+        #: Memo keys of codes whose outcome depends on the resource's attribute values.
+        self.conditional: set[tuple[Any, ...]] = set()
         self.added: dict[tuple[Any, ...], tuple[tuple[Concept, str, str], ...]] = {}
 
     # -- identifier systems (as identifiers._walk, in place) --------------------------------
@@ -290,9 +292,10 @@ class _Pass:
 
     def element(self, binding: Binding, path: ElementPath, context: _LazyContext, cc: Any) -> Any:
         """``_Walk.element``, its outcome remembered by the (system, code) of each coding: a
-        searchset repeats a few codes in every entry. Only outcomes that read no attribute of
-        the resource (none of the codes is conditional) and noted nothing are remembered;
-        the codings they add are fresh copies each time (no object is reachable twice)."""
+        searchset repeats a few codes in every entry. Where a translation read the resource's
+        attributes (``dependsOn``), by those values too; outcomes that noted something are not
+        remembered (each occurrence notes again). The codings added are fresh dicts each time
+        (no object is reachable twice)."""
         codings = cc.get("coding") if type(cc) is dict else None
         if type(codings) is not list:
             return cc
@@ -309,6 +312,9 @@ class _Pass:
             shape = tuple(_shape(c) for c in codings)
             key = (id(binding), id(path), shape)
         plan = self.added.get(key)
+        if plan is None and key in self.conditional:
+            key = (*key, context.values_key())
+            plan = self.added.get(key)
         if plan is not None:
             if not plan:
                 return cc
@@ -316,11 +322,16 @@ class _Pass:
         walk = self.codings
         notes = len(walk.notes)
         out = walk.element(binding, path, context, cc)
-        conditional = walk.conditional
-        if len(walk.notes) == notes and not any(
-            item is not None and (binding.canonical, *item) in conditional for item in shape
+        if len(walk.notes) != notes:
+            return out
+        if any(
+            item is not None and (binding.canonical, *item) in walk.conditional for item in shape
         ):
-            self.added[key] = _plan(out["coding"][len(codings) :]) if out is not cc else ()
+            # A translation read the resource's attributes: the same codes with the same
+            # attribute values add the same codings (as _Walk caches their translations).
+            self.conditional.add(key)
+            key = (*key, context.values_key())
+        self.added[key] = _plan(out["coding"][len(codings) :]) if out is not cc else ()
         return out
 
 

@@ -166,6 +166,8 @@ class _Walk:
         self.owner = owner
         self.toward = toward
         self.memo: dict[tuple[str, str], str] = {}
+        #: Whether a ``Type`` of a ``Type/id`` is a resource type's name (a few per answer).
+        self.kinds: dict[str, bool] = {}
 
     def convert(self, resource_type: str, value: str) -> str:
         key = (resource_type, value)
@@ -295,12 +297,12 @@ class _Walk:
         if value.startswith(("#", "urn:")):
             return value
         if ":" in value.partition("?")[0]:  # absolute (ids, types and paths hold no ':')
-            base = next((b for b in self.owner.bases if value.startswith(b)), None)
-            if base is None:
-                return value
-            tail = value[len(base) :]
-            new = self.path(tail, query=query)
-            return value if new is tail else base + new
+            for base in self.owner.bases:
+                if value.startswith(base):
+                    tail = value[len(base) :]
+                    new = self.path(tail, query=query)
+                    return value if new is tail else base + new
+            return value
         return self.path(value, query=query)
 
     def path(self, value: str, *, query: bool) -> str:
@@ -309,7 +311,10 @@ class _Walk:
         kind, slash, local = value.partition("/")
         if slash and local and "/" not in local and "?" not in value and local[0] not in "$_":
             # ``Type/id``, what nearly every reference is: the general case below, shortened
-            if not RESOURCE_TYPE.fullmatch(kind):
+            typed = self.kinds.get(kind)
+            if typed is None:
+                typed = self.kinds[kind] = RESOURCE_TYPE.fullmatch(kind) is not None
+            if not typed:
                 return value
             new = f"{kind}/{self.convert(kind, local)}"
             return value if new == value else new
