@@ -34,9 +34,10 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Final, Literal, Protocol
 
-from middleware.consent.model import DENY, Policy, Provision
+from middleware.consent.model import DENY, CodingSet, Policy, Provision
 from middleware.errors import ServiceUnavailable
 from middleware.logging import get_logger
+from middleware.pipeline.breakglass import BTG
 from middleware.pipeline.caller import Caller
 from middleware.recent import RecentByIdentity
 
@@ -187,6 +188,21 @@ def _deny_unknown(group: tuple[Policy, ...], unknown: frozenset[str]) -> tuple[P
 
 
 def _denying(policy: Policy) -> Policy:
-    """``policy`` deciding deny whatever it is asked (its id, index, status, period kept)."""
-    root = Provision(path=f"{policy.root.path} (membership unresolved)", effect=DENY)
-    return dataclasses.replace(policy, root=root)
+    """``policy`` deciding deny whatever it is asked (its id, index, status, period kept).
+
+    A consent that refuses break-the-glass (a deny naming the purpose BTG anywhere in its
+    tree, :func:`~middleware.pipeline.breakglass.forbids_break_glass`) keeps one such deny,
+    or an emergency request could override the deny this one stands for."""
+    path = f"{policy.root.path} (membership unresolved)"
+    refuses = _denies_btg(policy.root)
+    keep = (Provision(path=f"{path}.btg", effect=DENY, purposes=_BTG),) if refuses else ()
+    return dataclasses.replace(policy, root=Provision(path=path, effect=DENY, children=keep))
+
+
+def _denies_btg(node: Provision) -> bool:
+    return (node.effect == DENY and node.purposes.matches(BTG)) or any(
+        _denies_btg(child) for child in node.children
+    )
+
+
+_BTG: Final = CodingSet.of([BTG])

@@ -11,7 +11,9 @@ configured, never as "not a member" of a deny.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -22,16 +24,19 @@ from middleware.auth.identity import Identity
 from middleware.auth.scopes import parse_scopes
 from middleware.consent.decide import Defaults
 from middleware.consent.model import Policy
+from middleware.consent.parse import parse_consent
 from middleware.errors import ServiceUnavailable
+from middleware.pipeline.breakglass import forbids_break_glass
 from middleware.pipeline.caller import ACTION_ACCESS, Caller, caller_of
 from middleware.pipeline.judge import Trail
 from middleware.pipeline.judging import Judging
 from middleware.pipeline.memberships import Memberships, Unresolved, named_parties
 from middleware.proxy.httpx_upstream import HttpxUpstream
 from middleware.proxy.membership_reads import UpstreamDirectory
-from tests.unit.consent.builders import actor, policy, rule
+from tests.unit.consent.builders import actor, consent, policy, rule
 
 BASE = "http://up.example/fhir"
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 PATIENT = "Patient/p1"
 OBSERVATION: dict[str, Any] = {
     "resourceType": "Observation",
@@ -99,7 +104,11 @@ def _directory(
 
 
 async def _verdict(
-    memberships: Memberships, caller: Caller, consents: list[Policy], jurisdiction: str = "opt-out"
+    memberships: Memberships,
+    caller: Caller,
+    consents: list[Policy],
+    jurisdiction: str = "opt-out",
+    purpose: str | None = None,
 ) -> bool:
     async def policies(patient: str) -> tuple[Policy, ...]:
         return tuple(consents) if patient == PATIENT else ()
@@ -114,6 +123,8 @@ async def _verdict(
         memberships=memberships,
     )
     document = dict(OBSERVATION)
+    if purpose is not None:
+        caller = dataclasses.replace(caller, purposes=frozenset({(ACT_REASON, purpose)}))
     judge = await judging.judge(caller, ACTION_ACCESS, document, Trail())
     return judge.allowed(document)
 
@@ -415,3 +426,30 @@ def test_named_parties_are_the_actor_references_of_those_kinds() -> None:
     )
     assert named_parties(group) == {"CareTeam/ct1", "Organization/o", "Group/g"}
     assert named_parties(group) is named_parties(group)  # memoised per tuple
+
+
+async def test_an_unresolved_consent_that_refuses_break_the_glass_still_refuses_it(
+    router: respx.Router,
+) -> None:
+    """The attack: make the membership unreadable, then ask for emergency access. The
+    consent standing in for the unreadable one must still refuse break-the-glass, or the
+    emergency override would release what the deny withholds."""
+    router.route().respond(500)
+    memberships = Memberships(_directory(router))
+    body = consent("R4", "permit", rule(actor=[actor("CareTeam/ct1")]), consent_id="c-btg")
+    btg = {"type": "deny", "purpose": [{"system": ACT_REASON, "code": "BTG"}]}
+    body["provision"]["provision"].append(btg)
+    refusing = parse_consent(body)
+    plain = _deny("CareTeam/ct1", consent_id="c-plain")
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    assert forbids_break_glass((refusing,), now)
+    _, decided = await memberships.widen(_caller("Practitioner/dr"), {PATIENT: (refusing,)})
+    assert forbids_break_glass(decided[PATIENT], now)
+    _, decided = await memberships.widen(_caller("Practitioner/dr"), {PATIENT: (plain,)})
+    assert not forbids_break_glass(decided[PATIENT], now)
+    # whatever the purpose, the stand-in denies
+    for purpose in ("TREAT", "BTG", "ETREAT"):
+        verdict = await _verdict(
+            memberships, _caller("Practitioner/dr"), [refusing], purpose=purpose
+        )
+        assert not verdict, purpose
