@@ -126,7 +126,7 @@ class OpaqueResolver:
     of every upstream whose ids it issues. Both are checked here; a bad one raises ValueError.
     """
 
-    __slots__ = ("_issued", "_key", "_upstreams")
+    __slots__ = ("_associated", "_issued", "_key", "_upstreams")
 
     def __init__(self, key: bytes, upstreams: Iterable[str]) -> None:
         if not isinstance(key, bytes) or len(key) != BOX_KEY_SIZE:
@@ -139,6 +139,8 @@ class OpaqueResolver:
         # resource several times (id, fullUrl, references), a searchset the same patient in
         # every entry. Bounded; forgetting only costs recomputing.
         self._issued: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        #: The associated data of the (upstream, type) pairs already checked.
+        self._associated: dict[tuple[str, str], tuple[bytes, bytes, bytes]] = {}
 
     def __repr__(self) -> str:
         return f"OpaqueResolver(upstreams={self._upstreams!r})"
@@ -159,13 +161,16 @@ class OpaqueResolver:
         return issued
 
     def _issue(self, upstream: str, resource_type: str, local_id: str) -> str:
-        if upstream not in self._upstreams:
-            raise ValueError(f"upstream {upstream!r} is not one of this resolver's")
-        if not RESOURCE_TYPE.fullmatch(resource_type):
-            raise ValueError(f"{resource_type!r} is not a resource type")
-        sealed = siv_encrypt(
-            self._key, pack(upstream, resource_type, local_id), _ad(upstream, resource_type)
-        )
+        associated = self._associated.get((upstream, resource_type))
+        if associated is None:
+            if upstream not in self._upstreams:
+                raise ValueError(f"upstream {upstream!r} is not one of this resolver's")
+            if not RESOURCE_TYPE.fullmatch(resource_type):
+                raise ValueError(f"{resource_type!r} is not a resource type")
+            associated = _ad(upstream, resource_type)
+            if len(self._associated) < _ISSUED_CACHE:  # bounded, though types are few
+                self._associated[(upstream, resource_type)] = associated
+        sealed = siv_encrypt(self._key, pack(upstream, resource_type, local_id), associated)
         return base64.b64encode(sealed).translate(_TO_ID).decode("ascii")
 
     def to_upstream(self, resource_type: str, client_id: str) -> tuple[str, str]:
@@ -188,16 +193,19 @@ class OpaqueResolver:
 def pack(upstream: str, resource_type: str, local_id: str) -> bytes:
     """The 17- or 32-byte plaintext of ``local_id`` (see the module docstring); raises
     :class:`UntranslatableId` when it is not a FHIR id or longer than :data:`MAX_LOCAL_ID`."""
-    where = f"a {resource_type} id of upstream {upstream}"
     if not isinstance(local_id, str) or not FHIR_ID.fullmatch(local_id):
-        raise UntranslatableId(f"{where} is not a valid FHIR id; it cannot be given to clients")
+        raise UntranslatableId(
+            f"a {resource_type} id of upstream {upstream} is not a valid FHIR id; "
+            "it cannot be given to clients"
+        )
     if _UUID.fullmatch(local_id):
         return (int(local_id.replace("-", ""), 16) << 2).to_bytes(_SHORT, "big")
     count = len(local_id)
     if count > MAX_LOCAL_ID:
         raise UntranslatableId(
-            f"{where} is longer than {MAX_LOCAL_ID} characters, the longest the opaque id "
-            "resolver carries; configure a table resolver for this upstream"
+            f"a {resource_type} id of upstream {upstream} is longer than {MAX_LOCAL_ID} "
+            "characters, the longest the opaque id resolver carries; configure a table "
+            "resolver for this upstream"
         )
     # The sextets are base64's (the alphabet is base64's with '+/' as '-.'): decoding the
     # header character and the id, zero-padded ('A') to whole 4-character groups, packs them.

@@ -133,8 +133,13 @@ class TypeRules:
                 any(s.keys[source] for s in roots),
             )
         firsts, fields, active = plan
-        if active or any(type(resource.get(name)) is list for name in fields):
+        if active:
             return False
+        for name in fields:  # loops, not any()/all(): this runs for every resource
+            if type(resource.get(name)) is list:
+                return False
+        if firsts.isdisjoint(resource):
+            return True
         return all(resource.get(name) is None for name in firsts)
 
 
