@@ -178,7 +178,8 @@ class _Pass:
                     self.walk(item)
             return
         for key, value in node.items():
-            if type(value) is dict or type(value) is list:
+            kind = type(value)
+            if kind is dict or kind is list:
                 if key == "identifier":
                     self.rename(value)
                 self.walk(value)

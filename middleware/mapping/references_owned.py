@@ -88,12 +88,13 @@ class _InPlace:
         below = depth + 1
         for key, value in node.items():
             kind = type(value)
-            if kind is dict or kind is list:
+            if kind is str:  # most values: one test, then the key only if it is a string
+                if key == "reference":
+                    new = self.url(value, reference=True)
+                    if new is not value:
+                        node[key] = new  # an existing key: safe while iterating
+            elif kind is dict or kind is list:
                 self.node(value, below, False)
-            elif key == "reference" and kind is str:
-                new = self.url(value, reference=True)
-                if new is not value:
-                    node[key] = new  # an existing key: safe while iterating
 
     def resource(self, node: dict[str, Any], kind: str, depth: int, contained: bool) -> None:
         """As ``_Walk.resource``: its ``id`` (not a contained resource's, nor an envelope's),
