@@ -13,6 +13,11 @@ configured ``upstream_headers``: never a client's token), each bounded by ``time
   ``participant.onBehalfOf``; ``members(Group/x)``: ``GET Group/x``, each
   ``member.entity`` not marked ``inactive``. 404 and 410 mean no members.
 
+A role's ``period`` (PractitionerRole.period), a participant's (CareTeam.participant.period)
+and a member's (Group.member.period) bound when it counts: outside it, on the injected
+wall clock at the time of the question (not of the read), it does not; a period the gateway
+cannot read is unresolved.
+
 Answers are cached per record for ``ttl`` seconds (a membership ended upstream takes effect
 within that time), at most ``size`` of them, least recently used out first, and read again
 on expiry. A failure is never cached. Anything unexpected (a transport error or timeout,
@@ -25,11 +30,13 @@ References are kept when relative (``Type/id``) or under the upstream's base.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import quote
 
+from middleware.consent.fhirtime import bounds
 from middleware.errors import GatewayError
 from middleware.fhir import jsoncodec
 from middleware.pipeline.memberships import Unresolved
@@ -43,35 +50,43 @@ _MAX_BYTES: Final = 4 * 1024 * 1024
 _MAX_DEPTH: Final = 64
 _GONE: Final = frozenset({404, 410})
 
+#: A reference and the seconds since the epoch it counts from (inclusive) and until
+#: (exclusive); None: unbounded.
+Timed = tuple[str, float | None, float | None]
+Parse = Callable[[Any, str], Iterator[tuple[str, object]]]
+
 
 class UpstreamDirectory:
     """Memberships read from the upstream (module docstring). ``upstream`` gives the
     gateway's client (called per read: it is created lazily, in the event loop); ``clock``
-    is a monotonic clock in seconds."""
+    is a monotonic clock in seconds (cache ages), ``wall_clock`` seconds since the epoch
+    (periods)."""
 
     def __init__(
         self,
         upstream: Callable[[], Upstream],
         *,
         base: str,
-        headers: Mapping[str, str] = {},
+        headers: Mapping[str, str] | None = None,
         timeout: float = 5.0,
         ttl: float = 300.0,
         size: int = 10_000,
         clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if size < 1 or ttl < 0 or timeout <= 0:
             raise ValueError("size must be positive, ttl not negative, timeout positive")
         self._upstream = upstream
         self.base = base.rstrip("/")
         self._headers = [("accept", "application/fhir+json")] + [
-            (name.lower(), value) for name, value in headers.items()
+            (name.lower(), value) for name, value in (headers or {}).items()
         ]
         self.timeout = timeout
         self.ttl = ttl
         self.size = size
         self._clock = clock
-        self._cache: OrderedDict[str, tuple[float, frozenset[str]]] = OrderedDict()
+        self._wall = wall_clock
+        self._cache: OrderedDict[str, tuple[float, frozenset[Timed]]] = OrderedDict()
 
     async def affiliations(self, user: str) -> frozenset[str]:
         kind, _, ident = user.partition("/")
@@ -92,9 +107,17 @@ class UpstreamDirectory:
             return await self._cached(f"Group/{quote(ident)}", _group_members)
         return frozenset()
 
-    async def _cached(
-        self, target: str, parse: Callable[[Any, str], Iterator[str]]
-    ) -> frozenset[str]:
+    async def _cached(self, target: str, parse: Parse) -> frozenset[str]:
+        """The references of ``target`` that count now (cached, see the module docstring)."""
+        found = await self._timed(target, parse)
+        wall = self._wall()
+        return frozenset(
+            ref
+            for ref, start, end in found
+            if (start is None or start <= wall) and (end is None or wall < end)
+        )
+
+    async def _timed(self, target: str, parse: Parse) -> frozenset[Timed]:
         now = self._clock()
         hit = self._cache.get(target)
         if hit is not None and hit[0] > now:
@@ -107,9 +130,7 @@ class UpstreamDirectory:
             self._cache.popitem(last=False)
         return found
 
-    async def _read(
-        self, target: str, parse: Callable[[Any, str], Iterator[str]]
-    ) -> frozenset[str]:
+    async def _read(self, target: str, parse: Parse) -> frozenset[Timed]:
         request = UpstreamRequest("GET", f"{self.base}/{target}", list(self._headers))
         try:
             async with asyncio.timeout(self.timeout):
@@ -129,7 +150,12 @@ class UpstreamDirectory:
         except (jsoncodec.DecodeError, ValueError) as exc:
             raise Unresolved("a membership read was answered with invalid JSON") from exc
         kind = target.partition("/")[0].partition("?")[0]
-        return frozenset(_local(ref, self.base) for ref in parse(document, kind)) - {""}
+        found: set[Timed] = set()
+        for ref, period in parse(document, kind):
+            local = _local(ref, self.base)
+            if local:
+                found.add((local, *_span(period)))
+        return frozenset(found)
 
 
 def _resource(document: Any, kind: str) -> Mapping[str, Any]:
@@ -138,7 +164,7 @@ def _resource(document: Any, kind: str) -> Mapping[str, Any]:
     return document
 
 
-def _roles_of(document: Any, kind: str) -> Iterator[str]:
+def _roles_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     bundle = _resource(document, "Bundle")
     links = bundle.get("link")
     for link in links if isinstance(links, list) else ():
@@ -151,34 +177,36 @@ def _roles_of(document: Any, kind: str) -> Iterator[str]:
             continue  # an OperationOutcome or an _include: not a role
         if role.get("active") is False or not isinstance(role.get("id"), str):
             continue
-        yield f"PractitionerRole/{role['id']}"
-        yield from _refs(role.get("organization"))
+        period = role.get("period")
+        yield f"PractitionerRole/{role['id']}", period
+        yield from _refs(role.get("organization"), period)
 
 
-def _role_of(document: Any, kind: str) -> Iterator[str]:
+def _role_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     role = _resource(document, kind)
     if role.get("active") is not False:
-        yield from _refs(role.get("organization"))
+        yield from _refs(role.get("organization"), role.get("period"))
 
 
-def _links_of(document: Any, kind: str) -> Iterator[str]:
+def _links_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     person = _resource(document, kind)
     for link in _list(person.get("link")):
-        yield from _refs(link.get("target"))
+        yield from _refs(link.get("target"), None)
 
 
-def _care_team_members(document: Any, kind: str) -> Iterator[str]:
+def _care_team_members(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     team = _resource(document, kind)
     for participant in _list(team.get("participant")):
-        yield from _refs(participant.get("member"))
-        yield from _refs(participant.get("onBehalfOf"))
+        period = participant.get("period")
+        yield from _refs(participant.get("member"), period)
+        yield from _refs(participant.get("onBehalfOf"), period)
 
 
-def _group_members(document: Any, kind: str) -> Iterator[str]:
+def _group_members(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     group = _resource(document, kind)
     for member in _list(group.get("member")):
         if member.get("inactive") is not True:
-            yield from _refs(member.get("entity"))
+            yield from _refs(member.get("entity"), member.get("period"))
 
 
 def _list(value: object) -> Iterator[Mapping[str, Any]]:
@@ -187,9 +215,30 @@ def _list(value: object) -> Iterator[Mapping[str, Any]]:
             yield item
 
 
-def _refs(value: object) -> Iterator[str]:
+def _refs(value: object, period: object) -> Iterator[tuple[str, object]]:
     if isinstance(value, Mapping) and isinstance(value.get("reference"), str):
-        yield value["reference"]
+        yield value["reference"], period
+
+
+def _span(period: object) -> tuple[float | None, float | None]:
+    """A FHIR Period as seconds since the epoch: from the start's lower bound, until the
+    end's upper bound (an end at day precision includes that day); raises
+    :class:`Unresolved` for one that is not a Period of FHIR dateTimes."""
+    if period is None:
+        return None, None
+    if not isinstance(period, Mapping):
+        raise Unresolved("a membership period is not a Period")
+    found: list[float | None] = []
+    for key, side in (("start", 0), ("end", 1)):
+        value = period.get(key)
+        if value is None:
+            found.append(None)
+            continue
+        span = bounds(value) if isinstance(value, str) else None
+        if span is None:
+            raise Unresolved(f"a membership period's {key} is not a FHIR dateTime")
+        found.append(span[side].timestamp())
+    return found[0], found[1]
 
 
 def _local(reference: str, base: str) -> str:

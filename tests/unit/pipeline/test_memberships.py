@@ -453,3 +453,69 @@ async def test_an_unresolved_consent_that_refuses_break_the_glass_still_refuses_
             memberships, _caller("Practitioner/dr"), [refusing], purpose=purpose
         )
         assert not verdict, purpose
+
+
+# -- periods: a role, a participation, a group membership counts only while in force ---------
+
+# 2024-06-01T12:00:00Z
+NOON = datetime(2024, 6, 1, 12, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("period", "member"),
+    [
+        (None, True),
+        ({"start": "2024-01-01"}, True),
+        ({"end": "2024-06-01"}, True),  # day precision: the whole end day counts
+        ({"end": "2024-05-31"}, False),  # the role ended
+        ({"start": "2024-06-02"}, False),  # not yet
+        ({"start": "2024-06-01T11:59:59Z", "end": "2024-06-01T12:00:01Z"}, True),
+        ({"end": "2024-06-01T11:59:59Z"}, False),
+    ],
+    ids=["none", "open-end", "ends-today", "ended", "not-yet", "seconds", "ended-seconds"],
+)
+async def test_a_role_counts_only_in_its_period(
+    router: respx.Router, period: dict[str, str] | None, member: bool
+) -> None:
+    extra = {} if period is None else {"period": period}
+    router.get("/PractitionerRole").respond(
+        200, json=_bundle(_role("r1", "Organization/org1", **extra))
+    )
+    memberships = Memberships(_directory(router, wall_clock=lambda: NOON))
+    caller = _caller("Practitioner/dr")
+    assert await _verdict(memberships, caller, [_deny("Organization/org1")]) is not member
+    assert await _verdict(memberships, caller, [_permit("Organization/org1")], "opt-in") is member
+
+
+async def test_a_period_ends_while_the_answer_is_cached(router: respx.Router) -> None:
+    """The period is read against the clock of each question, not of the read."""
+    team = {
+        "resourceType": "CareTeam",
+        "participant": [
+            {"member": {"reference": "Practitioner/dr"}, "period": {"end": "2024-06-01T13:00:00Z"}}
+        ],
+    }
+    route = router.get("/CareTeam/ct1").respond(200, json=team)
+    router.get("/PractitionerRole").respond(200, json=_bundle())
+    wall = Clock()
+    wall.now = NOON
+    memberships = Memberships(_directory(router, wall_clock=wall))
+    caller = _caller("Practitioner/dr")
+    assert await _verdict(memberships, caller, [_permit("CareTeam/ct1")], "opt-in")
+    wall.now = NOON + 3601  # the end names the whole second 13:00:00
+    assert not await _verdict(memberships, caller, [_permit("CareTeam/ct1")], "opt-in")
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    "period", [{"end": "last week"}, "2024", {"start": 2024}], ids=["text", "not-object", "number"]
+)
+async def test_an_unreadable_period_is_unresolved(router: respx.Router, period: object) -> None:
+    group = {
+        "resourceType": "Group",
+        "member": [{"entity": {"reference": "Practitioner/other"}, "period": period}],
+    }
+    router.get("/Group/g1").respond(200, json=group)
+    directory = _directory(router)
+    with pytest.raises(Unresolved):
+        await directory.members("Group/g1")
