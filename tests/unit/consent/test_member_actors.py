@@ -16,6 +16,7 @@ import pytest
 
 from middleware.auth.identity import ClaimError, IdentityRules, identity_from_claims
 from middleware.consent.explain import explain
+from middleware.consent.explainio import render_explanation
 from middleware.consent.principals import principal_of
 from middleware.consent.request import Principal
 from middleware.pipeline.caller import caller_of
@@ -214,3 +215,18 @@ def test_without_a_configured_claim_memberships_are_not_read() -> None:
     claims = _claims(fhirUser="Practitioner/dr", consentry={"memberships": ["CareTeam/ct1"]})
     assert identity_from_claims(claims).memberships == frozenset()
     assert identity_from_claims(claims, RULES).memberships == frozenset({"CareTeam/ct1"})
+
+
+def test_a_parameters_explanation_carries_the_membership() -> None:
+    party, member, _ = KINDS["Organization"]
+    policies = [policy("R5", "permit", rule(actor=[actor(party)]), consent_id="c1")]
+    principal = _principal(member)
+    decision = ask(policies, who=principal)
+    rendered = render_explanation(
+        decision, ["Patient/p1"], parameters=True, principal=principal, policies=policies
+    )
+    traces = [p["part"] for p in rendered["parameter"] if p["name"] == "trace"]
+    named = [part for parts in traces for part in parts if part["name"] == "membership"]
+    assert named == [{"name": "membership", "valueReference": {"reference": party}}]
+    plain = render_explanation(decision, ["Patient/p1"], parameters=False)
+    assert all("memberships" not in step for step in plain["trace"])
