@@ -32,7 +32,7 @@ import httpx
 
 from bench.enforced import pick_patient, set_up, write_config
 from bench.proxy import find_wrk, wrk_loader
-from bench.stacks import Profile, load, table
+from bench.stacks import Profile, load, stage_table, stages, table
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from tests.support import GatewayServer, UpstreamServer, load_carebundle
 from tests.support.peers import repo_root
@@ -130,6 +130,7 @@ def report(stacks: Profile, requests: int, top: int) -> None:
     """The loop thread's sampled CPU (weights in microseconds) per request."""
     scale = 1.0 / requests
     print(f"loop thread sampled: {stacks.samples * scale:.0f} us/request")
+    print(stage_table(stages(stacks), stacks.samples, scale))
     print(table("Loop thread by layer (innermost frame)", stacks.layers, stacks.samples, scale, 40))
     print(table("Loop thread, self", stacks.self_time, stacks.samples, scale, top))
     print(table("Loop thread, inclusive", stacks.inclusive, stacks.samples, scale, top))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-__all__ = ["Profile", "layer_of", "parse_raw"]
+__all__ = ["STAGES", "Profile", "layer_of", "parse_raw", "stages"]
 
 _FRAME: Final = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -34,7 +34,10 @@ LAYERS: Final = (
     ("uvicorn server edge (httptools protocol, ASGI cycle)", ("uvicorn/", "httptools")),
     ("connection guard (GuardedProtocol)", ("middleware/proxy/connections.py",)),
     ("aiohttp upstream client (aiohttp, yarl, multidict)", ("aiohttp/", "yarl/", "multidict/")),
-    ("upstream seam (middleware.proxy upstream modules)", ("_upstream.py", "proxy/deadline.py")),
+    (
+        "upstream seam (middleware.proxy upstream modules, framing checks)",
+        ("_upstream.py", "proxy/deadline.py", "proxy/framing.py"),
+    ),
     ("edge (handler, admission, respond, headers, body)", ("middleware/proxy/",)),
     ("pipeline (judge, release, dispatch)", ("middleware/pipeline/",)),
     ("audit record and ledger writer", ("middleware/audit/", "middleware/ledger/")),
@@ -48,6 +51,34 @@ LAYERS: Final = (
     ("threads (concurrent.futures, threading, queue)", ("concurrent/", "threading", "queue.py")),
 )
 _GENERATED: Final = re.compile(r"\((<string>|<frozen [^>]*>)(:\d+)?\)$")
+#: (stage, substrings of the functions whose inclusive time make it): one read's path through
+#: the gateway, outermost first; indentation shows nesting (stages nest, so they do not add up).
+STAGES: Final = (
+    ("whole loop thread", ("Runner.run (asyncio/runners.py",)),
+    (
+        "request parse (uvicorn HttpToolsProtocol.data_received)",
+        ("HttpToolsProtocol.data_received (",),
+    ),
+    ("request task (uvicorn RequestResponseCycle.run_asgi)", ("RequestResponseCycle.run_asgi (",)),
+    ("  edge (ProxyHandler.__call__)", ("ProxyHandler.__call__ (",)),
+    ("    classify", ("classify (middleware/fhir/classify.py",)),
+    ("    identify (Admission.identify)", ("Admission.identify (",)),
+    ("    enforcement (Enforcement.run)", ("Enforcement.run (",)),
+    ("      upstream round trip (UpstreamForwarder.forward)", ("UpstreamForwarder.forward (",)),
+    ("        client send and read (the Upstream's send)", ("Upstream.send (",)),
+    ("        decode the answer (decode_upstream)", ("decode_upstream (",)),
+    ("      judge (Judging.judge)", ("Judging.judge (",)),
+    ("        consent lookup (ConsentRegistry.policies)", ("ConsentRegistry.policies (",)),
+    ("      filter (filter_answer)", ("filter_answer (",)),
+    ("      audit record (ExchangeAudit.record)", ("ExchangeAudit.record (",)),
+    ("    send the answer (send_answer)", ("send_answer (",)),
+    ("      uvicorn's writes (RequestResponseCycle.send)", ("RequestResponseCycle.send (",)),
+    (
+        "upstream answer parse (client protocol data_received)",
+        ("ResponseHandler.data_received (", "_Connection.data_received ("),
+    ),
+    ("ledger writer, loop side (LedgerWriter._run)", ("LedgerWriter._run (",)),
+)
 #: Innermost frames that stand for the loop's own C code (uvloop's run_forever).
 _LOOP_FRAMES: Final = ("run_forever (", "run_until_complete (", "Runner.run (asyncio/runners.py")
 
@@ -114,12 +145,34 @@ def load(path: Path, thread: str) -> Profile:
     return profile
 
 
+def stages(profile: Profile) -> Counter[str]:
+    """Samples of each :data:`STAGES` row (the samples whose stack holds one of its functions)."""
+    counts: Counter[str] = Counter()
+    for name, markers in STAGES:
+        counts[name] = sum(
+            count for frame, count in profile.inclusive.items() if any(m in frame for m in markers)
+        )
+    return counts
+
+
 def table(title: str, counts: Counter[str], total: int, scale: float | None, top: int) -> str:
     unit = "us/request" if scale else "share"
     lines = [f"\n{title}\n", f"| {unit} | samples | what |", "|---:|---:|---|"]
     for name, count in counts.most_common(top):
         value = f"{count * scale:.1f}" if scale else f"{count / total:.1%}"
         lines.append(f"| {value} | {count} | {name.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def stage_table(counts: Counter[str], total: int, scale: float | None) -> str:
+    """:func:`stages` in :data:`STAGES` order."""
+    unit = "us/request" if scale else "share"
+    lines = ["\nStages (inclusive; nested)\n", f"| stage | {unit} |", "|---|---:|"]
+    for name, _ in STAGES:
+        count = counts[name]
+        value = f"{count * scale:.0f}" if scale else f"{count / total:.1%}"
+        depth = (len(name) - len(name.lstrip())) // 2
+        lines.append(f"| {'. ' * depth}{name.strip()} | {value} |")
     return "\n".join(lines)
 
 
@@ -133,6 +186,7 @@ def main() -> None:
     profile = load(args.raw, args.thread)
     scale = args.us_per_sample
     print(f"{profile.samples} samples; threads: {dict(profile.threads.most_common(4))}")
+    print(stage_table(stages(profile), profile.samples, scale))
     print(table("Layers (innermost frame)", profile.layers, profile.samples, scale, args.top))
     print(table("Self (innermost function)", profile.self_time, profile.samples, scale, args.top))
     print(table("Inclusive", profile.inclusive, profile.samples, scale, args.top))

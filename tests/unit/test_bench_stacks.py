@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.cpu_sampler import _stack, _where
-from bench.stacks import load, parse_raw
+from bench.stacks import load, parse_raw, stages
 
 RAW = """\
 thread (main);Runner.run (asyncio/runners.py:86);send (aiohttp/client.py:10) 30
@@ -62,3 +62,11 @@ def test_sampler_labels_frames_as_py_spy_does() -> None:
     innermost = stack.rsplit(";", 1)[1]
     assert innermost.startswith("test_sampler_labels_frames_as_py_spy_does.<locals>.inner (")
     assert innermost.endswith("test_bench_stacks.py:55)")  # the function's first line
+
+
+def test_stages_count_every_sample_whose_stack_holds_the_stage(raw: Path) -> None:
+    profile = load(raw, "all")
+    counts = stages(profile)
+    assert counts["whole loop thread"] == 65  # the other thread's samples are outside it
+    assert counts["      audit record (ExchangeAudit.record)"] == 0
+    assert sum(counts.values()) == 65
