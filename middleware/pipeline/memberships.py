@@ -12,7 +12,10 @@ For each named party ``R`` the caller is a member when (FHIR R4):
 
 * ``Organization``, ``PractitionerRole``, ``RelatedPerson``: ``R`` is among the caller's
   affiliations (:meth:`Directory.affiliations`: a Practitioner's PractitionerRoles and their
-  organizations, a PractitionerRole's organization, a Person's linked records);
+  organizations, a PractitionerRole's organization, a Person's linked records); for an
+  Organization, also when it is an ancestor (``Organization.partOf``, up to
+  :data:`MAX_LEVELS` levels: :meth:`Directory.parents`) of one of the caller's
+  organizations: a consent denying a hospital reaches the staff of its departments;
 * ``CareTeam`` (``participant.member``), ``Group`` (``member.entity``): one of its members is
   the caller or one of its affiliations (:meth:`Directory.members`).
 
@@ -56,6 +59,9 @@ AFFILIATED: Final = frozenset({"Organization", "PractitionerRole", "RelatedPerso
 #: Parties whose member lists name the caller.
 GROUPS: Final = frozenset({"CareTeam", "Group"})
 PARTIES: Final = AFFILIATED | GROUPS
+#: Most ``partOf`` levels walked above the caller's organizations; a hierarchy deeper (or
+#: one that loops) is unresolved.
+MAX_LEVELS: Final = 8
 
 Unresolvable = Literal["deny", "unavailable"]
 
@@ -76,6 +82,11 @@ class Directory(Protocol):
     async def members(self, party: str) -> frozenset[str]:
         """``Type/id`` of the members of the CareTeam or Group ``party`` (none when it does
         not exist); raises :class:`Unresolved`."""
+        ...
+
+    async def parents(self, organization: str) -> frozenset[str]:
+        """The ``partOf`` of ``organization`` (none when it has none or does not exist);
+        raises :class:`Unresolved`."""
         ...
 
 
@@ -156,7 +167,21 @@ class Memberships:
                 mine = principal.references | await self.directory.affiliations(principal.reference)
             except Unresolved:
                 mine = None
+        above = mine
+        if mine is not None and any(
+            p.startswith("Organization/") and p not in mine for p in wanted
+        ):
+            try:
+                above = mine | await self._ancestors(mine)
+            except Unresolved:
+                above = None
         for party in sorted(wanted):
+            if party.startswith("Organization/") and (mine is None or party not in mine):
+                if above is None:
+                    unknown.add(party)
+                elif party in above:
+                    found.add(party)
+                continue
             if party.partition("/")[0] in AFFILIATED:
                 if mine is None:
                     unknown.add(party)
@@ -176,6 +201,23 @@ class Memberships:
             else:
                 unknown.add(party)  # it may name an affiliation we could not read
         return frozenset(found), frozenset(unknown)
+
+    async def _ancestors(self, mine: frozenset[str]) -> frozenset[str]:
+        """Every organization above an organization of ``mine`` (``partOf``, transitively)."""
+        seen: set[str] = set()
+        frontier = {ref for ref in mine if ref.startswith("Organization/")}
+        for _ in range(MAX_LEVELS):
+            if not frontier:
+                return frozenset(seen)
+            parents: set[str] = set()
+            for organization in sorted(frontier):
+                parents |= await self.directory.parents(organization)
+            seen |= frontier
+            frontier = parents - seen - mine
+            seen |= parents
+        if frontier:
+            raise Unresolved("an organization hierarchy deeper than the levels walked")
+        return frozenset(seen)
 
 
 def _deny_unknown(group: tuple[Policy, ...], unknown: frozenset[str]) -> tuple[Policy, ...]:

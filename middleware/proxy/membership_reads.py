@@ -9,6 +9,7 @@ configured ``upstream_headers``: never a client's token), each bounded by ``time
 * ``affiliations(PractitionerRole/x)``: ``GET PractitionerRole/x``, its ``organization``
   (the caller acts in that one role), nothing when inactive;
 * ``affiliations(Person/x)``: ``GET Person/x``, its ``link.target`` records;
+* ``parents(Organization/x)``: ``GET Organization/x``, its ``partOf``;
 * ``members(CareTeam/x)``: ``GET CareTeam/x``, each ``participant.member`` and
   ``participant.onBehalfOf``; ``members(Group/x)``: ``GET Group/x``, each
   ``member.entity`` not marked ``inactive``. 404 and 410 mean no members.
@@ -99,6 +100,12 @@ class UpstreamDirectory:
             return await self._cached(f"Person/{quote(ident)}", _links_of)
         return frozenset()  # a Patient or RelatedPerson user is itself; nothing to read
 
+    async def parents(self, organization: str) -> frozenset[str]:
+        kind, _, ident = organization.partition("/")
+        if kind != "Organization":
+            return frozenset()
+        return await self._cached(f"Organization/{quote(ident)}", _part_of)
+
     async def members(self, party: str) -> frozenset[str]:
         kind, _, ident = party.partition("/")
         if kind == "CareTeam":
@@ -186,6 +193,11 @@ def _role_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     role = _resource(document, kind)
     if role.get("active") is not False:
         yield from _refs(role.get("organization"), role.get("period"))
+
+
+def _part_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
+    organization = _resource(document, kind)
+    yield from _refs(organization.get("partOf"), None)
 
 
 def _links_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:

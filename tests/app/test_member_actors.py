@@ -50,6 +50,8 @@ def _records(router: respx.Router) -> None:
 
 def _upstream(router: respx.Router) -> respx.Route:
     _records(router)
+    # org2 is part of nothing: org1 is not above it (Organization.partOf)
+    router.get("/Organization/org2").respond(200, json={"resourceType": "Organization"})
     roles = router.get("/PractitionerRole")
     roles.side_effect = lambda request: httpx.Response(
         200,

@@ -9,7 +9,8 @@ makes, with its own token, a consent denying organization A. A's practitioner (a
 ``Practitioner/<id>``, and acting in its role as ``PractitionerRole/<id>``) then gets the
 generic 404 for every record of the patient and finds nothing of it through the routes the
 enforcement module walks (searches by patient, ``POST _search``, ``_revinclude``, instance
-history, batch); B's practitioner still reads every record, as the upstream holds it. Nothing
+history, batch), and so does the practitioner of a department of A (``Organization.partOf``);
+B's practitioner still reads every record, as the upstream holds it. Nothing
 else changes for anyone: the patient's other callers, and every other patient.
 """
 
@@ -69,7 +70,28 @@ def directory(sides: Sides) -> dict[str, str]:
             },
         )
         made |= {f"org_{side}": org, f"dr_{side}": practitioner, f"role_{side}": role}
-    return made
+    # a department of A (Organization.partOf) and a practitioner of the department only
+    department = _create(
+        sides,
+        {
+            "resourceType": "Organization",
+            "name": "Clinic a, cardiology",
+            "partOf": {"reference": made["org_a"]},
+        },
+    )
+    practitioner = _create(
+        sides, {"resourceType": "Practitioner", "name": [{"family": "Doctor dept"}]}
+    )
+    _create(
+        sides,
+        {
+            "resourceType": "PractitionerRole",
+            "active": True,
+            "practitioner": {"reference": practitioner},
+            "organization": {"reference": department},
+        },
+    )
+    return made | {"dr_dept": practitioner}
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +173,14 @@ def test_acting_in_its_role_changes_nothing(
     assert in_role.get(observation).status_code == 404
     other_role = _caller(gateway, http, directory["role_b"])
     assert other_role.get(f"Patient/{patient}").status_code == 200
+
+
+def test_the_staff_of_a_department_of_the_organization_is_denied_too(
+    gateway: GatewayServer, http: httpx.Client, directory: dict[str, str], patient: str
+) -> None:
+    """The department's Organization.partOf names A: a consent denying A reaches it."""
+    in_department = _caller(gateway, http, directory["dr_dept"])
+    assert in_department.get(f"Patient/{patient}").status_code == 404
 
 
 @pytest.mark.parametrize(("rtype", "param"), SEARCHED, ids=[t for t, _ in SEARCHED])

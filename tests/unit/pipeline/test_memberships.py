@@ -519,3 +519,65 @@ async def test_an_unreadable_period_is_unresolved(router: respx.Router, period: 
     directory = _directory(router)
     with pytest.raises(Unresolved):
         await directory.members("Group/g1")
+
+
+# -- organization hierarchy (Organization.partOf) ----------------------------------------------
+
+
+def _org(part_of: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"resourceType": "Organization"}
+    if part_of is not None:
+        body["partOf"] = {"reference": part_of}
+    return body
+
+
+async def test_a_consent_denying_a_hospital_reaches_its_departments_staff(
+    router: respx.Router,
+) -> None:
+    router.get("/PractitionerRole").respond(200, json=_bundle(_role("r1", "Organization/cardio")))
+    router.get("/Organization/cardio").respond(200, json=_org("Organization/medicine"))
+    router.get("/Organization/medicine").respond(200, json=_org("Organization/hospital"))
+    router.get("/Organization/hospital").respond(200, json=_org())
+    memberships = Memberships(_directory(router))
+    caller = _caller("Practitioner/dr")
+    for above in ("Organization/cardio", "Organization/medicine", "Organization/hospital"):
+        assert not await _verdict(memberships, caller, [_deny(above)]), above
+    assert await _verdict(memberships, caller, [_deny("Organization/other-hospital")])
+    # a department's consent does not reach its parent's other staff
+    router.get("/Organization/hq").respond(200, json=_org())
+    boss = _caller(None, organization="Organization/hq")  # a backend acting for hq
+    assert await _verdict(memberships, boss, [_deny("Organization/cardio")])
+
+
+async def test_the_token_organization_climbs_too(router: respx.Router) -> None:
+    router.get("/PractitionerRole").respond(200, json=_bundle())
+    router.get("/Organization/ward").respond(200, json=_org("Organization/hospital"))
+    router.get("/Organization/hospital").respond(200, json=_org())
+    memberships = Memberships(_directory(router))
+    caller = _caller("Practitioner/dr", organization="Organization/ward")
+    assert not await _verdict(memberships, caller, [_deny("Organization/hospital")])
+
+
+@pytest.mark.parametrize("shape", ["loop", "too-deep", "unreadable"])
+async def test_a_hierarchy_that_cannot_be_walked_is_unresolved(
+    router: respx.Router, shape: str
+) -> None:
+    router.get("/PractitionerRole").respond(200, json=_bundle(_role("r1", "Organization/o0")))
+    if shape == "loop":
+        router.get("/Organization/o0").respond(200, json=_org("Organization/o1"))
+        router.get("/Organization/o1").respond(200, json=_org("Organization/o0"))
+    elif shape == "too-deep":
+        for level in range(12):
+            router.get(f"/Organization/o{level}").respond(
+                200, json=_org(f"Organization/o{level + 1}")
+            )
+    else:
+        router.get("/Organization/o0").respond(500)
+    memberships = Memberships(_directory(router))
+    caller = _caller("Practitioner/dr")
+    # a loop ends (every organization seen once): o-top is not above, decided; the others fail
+    # closed
+    verdict = await _verdict(memberships, caller, [_deny("Organization/top")])
+    assert verdict is (shape == "loop")
+    # an organization the roles name directly is decided without the walk
+    assert not await _verdict(memberships, caller, [_deny("Organization/o0")])
