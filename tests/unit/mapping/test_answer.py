@@ -282,3 +282,26 @@ def test_what_r5_carried_into_r4_comes_back_in_one_pass(r5: Json) -> None:
     back = map_answer_in_place(copy.deepcopy(r4), R5_CLIENT, conversion=("R4", "R5"))
     assert back.resource == r5
     assert convert_document(r4, source="R4", target="R5", rules=rules).resource == r5
+
+
+def test_the_mapper_tells_its_caller_when_an_owned_answer_changed() -> None:
+    """Release returns the upstream's bytes for a read whose answer the mapping left alone:
+    it tells by the object it gets back, so an answer changed in place comes back as a new
+    root (a shallow copy) and one left alone as itself."""
+    from middleware.pipeline.mapper import Mapper  # noqa: PLC0415 - the stage under test
+
+    mapper = Mapper(HOSPITAL_A, "digest")
+    untouched = {"resourceType": "Observation", "status": "final"}
+    assert mapper.answer(untouched, owned=True) is untouched
+    coded = {
+        "resourceType": "Observation",
+        "code": {"coding": [{"system": LAB, "code": "GLU"}]},
+    }
+    mapped = mapper.answer(coded, owned=True)
+    assert mapped is not coded
+    assert mapped == mapper.answer(
+        {"resourceType": "Observation", "code": {"coding": [{"system": LAB, "code": "GLU"}]}}
+    )
+    converting = Mapper(R5_CLIENT, "digest")
+    plain = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    assert converting.answer(plain, owned=True) is not plain  # a conversion always answers anew
