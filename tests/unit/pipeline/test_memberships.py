@@ -369,7 +369,7 @@ async def test_an_unreadable_membership_never_escapes_a_deny(
     # and a permit naming the party is not granted on an unknown membership
     assert not await _verdict(memberships, caller, [_permit("Organization/org1")], "opt-in")
     # the consent that could not be decided is named as the one relied on
-    policies = {PATIENT: (deny,)}
+    policies: dict[str, tuple[Policy, ...]] = {PATIENT: (deny,)}
     widened, decided = await memberships.widen(caller, policies)
     assert widened is caller
     assert [p.consent_id for p in decided[PATIENT]] == ["c-deny"]
