@@ -47,7 +47,7 @@ from middleware.mapping.answer import map_answer_in_place
 from middleware.mapping.ids import OpaqueResolver
 from middleware.mapping.loader import load_profile
 from middleware.mapping.references import ReferenceRewriter
-from middleware.mapping.versions import convert_document
+from middleware.mapping.versions import Release, convert_document
 
 ROOT: Final = Path(__file__).resolve().parents[1]
 RESULTS: Final = Path(__file__).parent / "results" / "mapping.json"
@@ -144,7 +144,7 @@ def main() -> None:
 
     conversion = conversion_of_r5_client()
     both = dataclasses.replace(profile, conversion=conversion)
-    versions = ("R4", "R5") if conversion is not None else None
+    versions: tuple[Release, Release] | None = ("R4", "R5") if conversion is not None else None
 
     def whole() -> bytes:
         document = jsoncodec.decode(raw)

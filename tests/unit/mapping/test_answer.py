@@ -24,7 +24,7 @@ from middleware.fhir import jsoncodec
 from middleware.mapping import map_response
 from middleware.mapping.answer import fusable, map_answer_in_place
 from middleware.mapping.loader import load_profile
-from middleware.mapping.versions import convert_document
+from middleware.mapping.versions import Loss, convert_document
 from tests.unit.mapping.test_versions_properties import R4_RESOURCES
 
 Json = dict[str, Any]
@@ -113,7 +113,8 @@ def before(document: Any, profile: Any, convert: bool, refuse: bool) -> Any:
     """The stages as the gateway ran them, on a copy; or the error they raised."""
     try:
         mapped = map_response(copy.deepcopy(document), profile)
-        out, losses = mapped.resource, ()
+        out: Any = mapped.resource
+        losses: tuple[Loss, ...] = ()
         if convert and isinstance(out, dict):
             done = convert_document(
                 out,
@@ -234,7 +235,7 @@ def test_repeated_codes_map_as_each_did_alone() -> None:
         observation([(LAB, "GLU")], "mg/dL"),
         observation([(LAB, "GLU")], "mg/dL"),
     ]
-    document = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    document: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset", "entry": []}
     document["entry"] = [{"resource": resource} for resource in resources]
     done = now(document, HOSPITAL_A, False, False)
     assert done == before(document, HOSPITAL_A, False, False)
@@ -276,6 +277,7 @@ def test_what_r5_carried_into_r4_comes_back_in_one_pass(r5: Json) -> None:
     """The conversion skips a resource no step can change (TypeRules.idle): not one whose
     extensions carry what a step restores (every R4 -> R5 root step of Observation has no
     R4 element of its own, so only the extension list tells it has work)."""
+    assert R5_CLIENT.conversion is not None
     rules = R5_CLIENT.conversion.rules
     r4 = convert_document(r5, source="R5", target="R4", rules=rules).resource
     assert "extension" in jsoncodec.encode(r4).decode()

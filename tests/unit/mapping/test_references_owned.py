@@ -49,7 +49,8 @@ def test_these_documents_walk_in_place_as_they_are_copied(document: Any) -> None
 
 @pytest.mark.parametrize("depth", [254, 255, 256, 257, 258])
 def test_the_depth_limit_is_the_same(depth: int) -> None:
-    for leaf in ("x", {"reference": "Patient/1"}, []):
+    leaves: tuple[Any, ...] = ("x", {"reference": "Patient/1"}, [])
+    for leaf in leaves:
         document: Any = leaf
         for _ in range(depth):
             document = [document]
