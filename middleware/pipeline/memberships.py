@@ -33,6 +33,7 @@ deny is no more permissive under either combining rule. ``unavailable`` refuses 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from typing import Final, Literal, Protocol
@@ -47,6 +48,7 @@ from middleware.recent import RecentByIdentity
 __all__ = [
     "AFFILIATED",
     "GROUPS",
+    "INACTIVE",
     "PARTIES",
     "Directory",
     "Memberships",
@@ -55,13 +57,25 @@ __all__ = [
 ]
 
 #: Parties the caller is a member of when the party is among its affiliations.
-AFFILIATED: Final = frozenset({"Organization", "PractitionerRole", "RelatedPerson"})
+AFFILIATED: Final = frozenset({"Organization", "Practitioner", "PractitionerRole", "RelatedPerson"})
 #: Parties whose member lists name the caller.
 GROUPS: Final = frozenset({"CareTeam", "Group"})
 PARTIES: Final = AFFILIATED | GROUPS
 #: Most ``partOf`` levels walked above the caller's organizations; a hierarchy deeper (or
 #: one that loops) is unresolved.
 MAX_LEVELS: Final = 8
+
+#: Most CareTeam/Group reads (nested ones included) and organizations per level one
+#: request makes; the parties beyond are unknown. A consent naming thousands of care teams
+#: costs each request at most this many reads.
+MAX_PARTIES: Final = 32
+#: Reads of one request in flight at once.
+CONCURRENCY: Final = 4
+#: Most practitioners a caller acts as (a Person's links) whose roles are read.
+MAX_LINKED: Final = 4
+#: In :meth:`Directory.members`: the CareTeam or Group is not active (FHIR R4
+#: ``CareTeam.status`` inactive or entered-in-error, ``Group.active`` false). Not a reference.
+INACTIVE: Final = "#inactive"
 
 Unresolvable = Literal["deny", "unavailable"]
 
@@ -81,7 +95,8 @@ class Directory(Protocol):
 
     async def members(self, party: str) -> frozenset[str]:
         """``Type/id`` of the members of the CareTeam or Group ``party`` (none when it does
-        not exist); raises :class:`Unresolved`."""
+        not exist), with :data:`INACTIVE` when it is not active; raises
+        :class:`Unresolved`."""
         ...
 
     async def parents(self, organization: str) -> frozenset[str]:
@@ -114,13 +129,27 @@ named_parties: Final = _NAMED.made
 
 class Memberships:
     """Widens a caller's principal with the named parties it is a member of (module
-    docstring); ``unresolved`` says what an unknown membership does."""
+    docstring); ``unresolved`` says what an unknown membership does; ``deadline`` (seconds)
+    bounds the whole lookup of one request; ``mapped``: the deployment maps ids, so the
+    directory (which speaks upstream ids) cannot answer for the client ids consents name,
+    and every party the token does not carry is unknown."""
 
-    def __init__(self, directory: Directory, *, unresolved: Unresolvable = "deny") -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        *,
+        unresolved: Unresolvable = "deny",
+        deadline: float = 5.0,
+        mapped: bool = False,
+    ) -> None:
         if unresolved not in ("deny", "unavailable"):
             raise ValueError(f"unresolved must be deny or unavailable, not {unresolved!r}")
+        if deadline <= 0:
+            raise ValueError("deadline must be positive")
         self.directory = directory
         self.unresolved: Unresolvable = unresolved
+        self.deadline = deadline
+        self.mapped = mapped
         self._log = get_logger("consentry.memberships")
 
     async def widen(
@@ -136,9 +165,17 @@ class Memberships:
             named = named_parties(group)
             if named and not named <= held:
                 wanted |= named - held
+        if wanted and not _as_practitioner(caller.principal.reference):
+            # Only a role or a Person acts as a practitioner other than its reference.
+            wanted = {ref for ref in wanted if not ref.startswith("Practitioner/")}
         if not wanted:
             return caller, policies
-        found, unknown = await self._resolve(caller, wanted)
+        found, unknown, inactive = await self._resolve(caller, wanted)
+        if inactive:
+            # A member of an inactive team: no permit through it, and its denies hold.
+            policies = {
+                patient: _deny_unknown(group, inactive) for patient, group in policies.items()
+            }
         if unknown:
             kinds = sorted({ref.partition("/")[0] for ref in unknown})
             # Kinds only: a party's id can tell whose care team it is.
@@ -156,17 +193,24 @@ class Memberships:
 
     async def _resolve(
         self, caller: Caller, wanted: set[str]
-    ) -> tuple[frozenset[str], frozenset[str]]:
-        """The wanted parties the caller is a member of, and those it is unknown of."""
+    ) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+        """The wanted parties the caller is a member of, those it is unknown of, and the
+        inactive CareTeams/Groups it is a member of; all within one :attr:`deadline`: what
+        is not decided by then is unknown."""
+        if self.mapped:
+            # The directory would send client ids to the upstream and read "not a member".
+            return frozenset(), frozenset(wanted), frozenset()
+        step = _Step(self.directory, MAX_PARTIES, asyncio.Semaphore(CONCURRENCY))
+        try:
+            async with asyncio.timeout(self.deadline):
+                await self._decide(caller, wanted, step)
+        except TimeoutError:
+            step.unknown |= wanted - step.found - step.inactive
+        return frozenset(step.found), frozenset(step.unknown), frozenset(step.inactive)
+
+    async def _decide(self, caller: Caller, wanted: set[str], step: _Step) -> None:
         principal = caller.principal
-        found: set[str] = set()
-        unknown: set[str] = set()
-        mine: frozenset[str] | None = principal.references
-        if principal.reference is not None:  # else nobody to look up: the token speaks
-            try:
-                mine = principal.references | await self.directory.affiliations(principal.reference)
-            except Unresolved:
-                mine = None
+        mine = await self._mine(principal.reference, principal.references)
         above = mine
         if mine is not None and any(
             p.startswith("Organization/") and p not in mine for p in wanted
@@ -175,32 +219,38 @@ class Memberships:
                 above = mine | await self._ancestors(mine)
             except Unresolved:
                 above = None
+        groups: list[str] = []
         for party in sorted(wanted):
             if party.startswith("Organization/") and (mine is None or party not in mine):
                 if above is None:
-                    unknown.add(party)
+                    step.unknown.add(party)
                 elif party in above:
-                    found.add(party)
-                continue
-            if party.partition("/")[0] in AFFILIATED:
+                    step.found.add(party)
+            elif party.partition("/")[0] in AFFILIATED:
                 if mine is None:
-                    unknown.add(party)
+                    step.unknown.add(party)
                 elif party in mine:
-                    found.add(party)
-                continue
-            try:
-                members = await self.directory.members(party)
-            except Unresolved:
-                unknown.add(party)
-                continue
-            if mine is not None:
-                if not members.isdisjoint(mine):
-                    found.add(party)
-            elif not members.isdisjoint(principal.references):
-                found.add(party)  # the list names the caller itself
+                    step.found.add(party)
             else:
-                unknown.add(party)  # it may name an affiliation we could not read
-        return frozenset(found), frozenset(unknown)
+                groups.append(party)
+        await asyncio.gather(*(step.group(party, mine, principal.references) for party in groups))
+
+    async def _mine(self, user: str | None, held: frozenset[str]) -> frozenset[str] | None:
+        """``held`` with the caller's affiliations, and those of the practitioners it acts
+        as (a PractitionerRole's practitioner, a Person's linked practitioners): None when
+        they cannot be read."""
+        if user is None:  # nobody to look up: the token speaks
+            return held
+        try:
+            mine = held | await self.directory.affiliations(user)
+            linked = sorted(r for r in mine if r.startswith("Practitioner/") and r != user)
+            if len(linked) > MAX_LINKED:
+                return None
+            for practitioner in linked:
+                mine |= await self.directory.affiliations(practitioner)
+        except Unresolved:
+            return None
+        return mine
 
     async def _ancestors(self, mine: frozenset[str]) -> frozenset[str]:
         """Every organization above an organization of ``mine`` (``partOf``, transitively)."""
@@ -209,6 +259,8 @@ class Memberships:
         for _ in range(MAX_LEVELS):
             if not frontier:
                 return frozenset(seen)
+            if len(frontier) > MAX_PARTIES:
+                raise Unresolved("more organizations than one request reads")
             parents: set[str] = set()
             for organization in sorted(frontier):
                 parents |= await self.directory.parents(organization)
@@ -218,6 +270,58 @@ class Memberships:
         if frontier:
             raise Unresolved("an organization hierarchy deeper than the levels walked")
         return frozenset(seen)
+
+
+class _Step:
+    """One request's CareTeam/Group reads: at most ``budget`` of them (beyond: unknown), at
+    most ``limit`` at a time, and what they decided."""
+
+    def __init__(self, directory: Directory, budget: int, limit: asyncio.Semaphore) -> None:
+        self.directory = directory
+        self.budget = budget
+        self.limit = limit
+        self.found: set[str] = set()
+        self.unknown: set[str] = set()
+        self.inactive: set[str] = set()
+
+    async def members(self, party: str) -> frozenset[str]:
+        if self.budget <= 0:
+            raise Unresolved("more parties than one request reads")
+        self.budget -= 1
+        async with self.limit:
+            return await self.directory.members(party)
+
+    async def group(self, party: str, mine: frozenset[str] | None, own: frozenset[str]) -> None:
+        """Decides ``party``: a member when its list (or the list of a CareTeam or Group
+        it names, one level down) names the caller or one of its affiliations; unknown
+        when a list cannot be read, nests deeper, or when the affiliations could not be
+        read and the list does not name the caller itself."""
+        known = own if mine is None else mine
+        try:
+            members = await self.members(party)
+            active = INACTIVE not in members
+            member = not members.isdisjoint(known)
+            deeper = False
+            for nested in sorted(m for m in members if m.partition("/")[0] in GROUPS):
+                if member:
+                    break
+                if nested in known or nested == party:
+                    continue
+                inner = await self.members(nested)
+                member = not inner.isdisjoint(known)
+                active = active and INACTIVE not in inner
+                deeper = deeper or any(m.partition("/")[0] in GROUPS for m in inner)
+        except Unresolved:
+            self.unknown.add(party)
+            return
+        if member:
+            (self.found if active else self.inactive).add(party)
+        elif mine is None or deeper:
+            self.unknown.add(party)  # it may name an affiliation or a team we did not read
+
+
+def _as_practitioner(user: str | None) -> bool:
+    return user is not None and user.startswith(("PractitionerRole/", "Person/"))
 
 
 def _deny_unknown(group: tuple[Policy, ...], unknown: frozenset[str]) -> tuple[Policy, ...]:

@@ -7,12 +7,15 @@ configured ``upstream_headers``: never a client's token), each bounded by ``time
 * ``affiliations(Practitioner/x)``: ``GET PractitionerRole?practitioner=Practitioner/x``,
   each active role and its ``organization``;
 * ``affiliations(PractitionerRole/x)``: ``GET PractitionerRole/x``, its ``organization``
-  (the caller acts in that one role), nothing when inactive;
+  and its ``practitioner`` (the caller acts in that one role, as that practitioner),
+  nothing when inactive;
 * ``affiliations(Person/x)``: ``GET Person/x``, its ``link.target`` records;
 * ``parents(Organization/x)``: ``GET Organization/x``, its ``partOf``;
 * ``members(CareTeam/x)``: ``GET CareTeam/x``, each ``participant.member`` and
   ``participant.onBehalfOf``; ``members(Group/x)``: ``GET Group/x``, each
-  ``member.entity`` not marked ``inactive``. 404 and 410 mean no members.
+  ``member.entity`` not marked ``inactive``. 404 and 410 mean no members. A CareTeam whose
+  ``status`` is inactive or entered-in-error, a Group with ``active`` false, also answers
+  :data:`~middleware.pipeline.memberships.INACTIVE`.
 
 A role's ``period`` (PractitionerRole.period), a participant's (CareTeam.participant.period)
 and a member's (Group.member.period) bound when it counts: outside it, on the injected
@@ -21,11 +24,14 @@ cannot read is unresolved.
 
 Answers are cached per record for ``ttl`` seconds (a membership ended upstream takes effect
 within that time), at most ``size`` of them, least recently used out first, and read again
-on expiry. A failure is never cached. Anything unexpected (a transport error or timeout,
-another status, JSON that is not the resource asked for, a search answer with a ``next``
-page: an incomplete list could hide the one role that matters) raises
+on expiry. Concurrent misses of one record share one read; a failure is remembered for
+:data:`FAILURE_SECONDS` (answered as the same failure). Anything unexpected (a transport
+error or timeout, another status, JSON that is not the resource asked for, a search answer
+with a ``next`` page: an incomplete list could hide the one role that matters) raises
 :class:`~middleware.pipeline.memberships.Unresolved`, and the pipeline fails closed.
-References are kept when relative (``Type/id``) or under the upstream's base.
+References are compared as ``Type/id`` whatever their base (as the consent matcher does);
+a member or organization given only by identifier or display, contained or as a ``urn:``
+could be anyone, and is unresolved too.
 """
 
 from __future__ import annotations
@@ -33,14 +39,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 from urllib.parse import quote
 
 from middleware.consent.fhirtime import bounds
+from middleware.consent.model import normalize_reference
 from middleware.errors import GatewayError
 from middleware.fhir import jsoncodec
-from middleware.pipeline.memberships import Unresolved
+from middleware.pipeline.memberships import INACTIVE, Unresolved
 from middleware.proxy.upstream import Upstream, UpstreamRequest
 
 __all__ = ["UpstreamDirectory"]
@@ -50,6 +57,11 @@ _PAGE: Final = 200
 _MAX_BYTES: Final = 4 * 1024 * 1024
 _MAX_DEPTH: Final = 64
 _GONE: Final = frozenset({404, 410})
+#: Seconds a failed read is answered from memory (as the same failure): a party nobody can
+#: read costs the upstream one read per this time, not one per request.
+FAILURE_SECONDS: Final = 5.0
+#: FHIR R4 CareTeam.status values of a team that is not active.
+_ENDED: Final = frozenset({"inactive", "entered-in-error"})
 
 #: A reference and the seconds since the epoch it counts from (inclusive) and until
 #: (exclusive); None: unbounded.
@@ -88,6 +100,8 @@ class UpstreamDirectory:
         self._clock = clock
         self._wall = wall_clock
         self._cache: OrderedDict[str, tuple[float, frozenset[Timed]]] = OrderedDict()
+        self._failed: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._reading: dict[str, asyncio.Future[frozenset[Timed]]] = {}
 
     async def affiliations(self, user: str) -> frozenset[str]:
         kind, _, ident = user.partition("/")
@@ -125,12 +139,40 @@ class UpstreamDirectory:
         )
 
     async def _timed(self, target: str, parse: Parse) -> frozenset[Timed]:
+        """``target``'s answer: cached, a failure remembered :data:`FAILURE_SECONDS`, or
+        one read shared by every concurrent miss (each waiter may give up on its own
+        deadline without cancelling the read the others wait for)."""
         now = self._clock()
         hit = self._cache.get(target)
         if hit is not None and hit[0] > now:
             self._cache.move_to_end(target)
             return hit[1]
-        found = await self._read(target, parse)
+        failed = self._failed.get(target)
+        if failed is not None and failed[0] > now:
+            raise Unresolved(failed[1])
+        reading = self._reading.get(target)
+        if reading is None:
+            reading = asyncio.ensure_future(self._fill(target, parse, now))
+            self._reading[target] = reading
+            reading.add_done_callback(lambda done: self._done(target, done))
+        return await asyncio.shield(reading)
+
+    def _done(self, target: str, done: asyncio.Future[frozenset[Timed]]) -> None:
+        if self._reading.get(target) is done:
+            del self._reading[target]
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have left
+
+    async def _fill(self, target: str, parse: Parse, now: float) -> frozenset[Timed]:
+        try:
+            found = await self._read(target, parse)
+        except Unresolved as exc:
+            self._failed[target] = (now + FAILURE_SECONDS, str(exc))
+            self._failed.move_to_end(target)
+            while len(self._failed) > self.size:
+                self._failed.popitem(last=False)
+            raise
+        self._failed.pop(target, None)
         self._cache[target] = (now + self.ttl, found)
         self._cache.move_to_end(target)
         while len(self._cache) > self.size:
@@ -159,9 +201,13 @@ class UpstreamDirectory:
         kind = target.partition("/")[0].partition("?")[0]
         found: set[Timed] = set()
         for ref, period in parse(document, kind):
-            local = _local(ref, self.base)
-            if local:
-                found.add((local, *_span(period)))
+            if ref == INACTIVE:
+                found.add((ref, None, None))
+                continue
+            local = _local(ref)
+            if not local:
+                raise Unresolved(f"a {kind} names a member by no readable reference")
+            found.add((local, *_span(period)))
         return frozenset(found)
 
 
@@ -193,6 +239,8 @@ def _role_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     role = _resource(document, kind)
     if role.get("active") is not False:
         yield from _refs(role.get("organization"), role.get("period"))
+        # The caller acts as the role's practitioner: a consent naming it applies.
+        yield from _refs(role.get("practitioner"), role.get("period"))
 
 
 def _part_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
@@ -208,6 +256,8 @@ def _links_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
 
 def _care_team_members(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     team = _resource(document, kind)
+    if team.get("status") in _ENDED:
+        yield INACTIVE, None
     for participant in _list(team.get("participant")):
         period = participant.get("period")
         yield from _refs(participant.get("member"), period)
@@ -216,6 +266,8 @@ def _care_team_members(document: Any, kind: str) -> Iterator[tuple[str, object]]
 
 def _group_members(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     group = _resource(document, kind)
+    if group.get("active") is False:
+        yield INACTIVE, None
     for member in _list(group.get("member")):
         if member.get("inactive") is not True:
             yield from _refs(member.get("entity"), member.get("period"))
@@ -228,8 +280,13 @@ def _list(value: object) -> Iterator[Mapping[str, Any]]:
 
 
 def _refs(value: object, period: object) -> Iterator[tuple[str, object]]:
-    if isinstance(value, Mapping) and isinstance(value.get("reference"), str):
-        yield value["reference"], period
+    """The reference of a Reference ``value``; one given only by identifier or display
+    (or not a Reference) could be anyone: :class:`Unresolved`, never "not a member"."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping) or not isinstance(value.get("reference"), str):
+        raise Unresolved("a membership record names a party by no literal reference")
+    yield value["reference"], period
 
 
 def _span(period: object) -> tuple[float | None, float | None]:
@@ -253,14 +310,12 @@ def _span(period: object) -> tuple[float | None, float | None]:
     return found[0], found[1]
 
 
-def _local(reference: str, base: str) -> str:
-    """``Type/id`` of a reference relative or under ``base``; ``""`` for anything else (a
-    versioned reference loses its version)."""
-    if reference.startswith(base + "/"):
-        reference = reference[len(base) + 1 :]
-    parts: Sequence[str] = reference.split("/")
-    if len(parts) == 4 and parts[2] == "_history":
-        parts = parts[:2]
-    if len(parts) != 2 or not parts[0][:1].isupper() or not parts[1]:
+def _local(reference: str) -> str:
+    """``Type/id`` of a literal reference, relative or absolute on any base (as the
+    consent matcher compares them: :func:`~middleware.consent.model.normalize_reference`),
+    a version dropped; ``""`` for anything else (contained, ``urn:``)."""
+    local = normalize_reference(reference)
+    kind, _, ident = local.partition("/")
+    if not kind[:1].isupper() or not ident or "/" in ident or ":" in kind:
         return ""
-    return "/".join(parts)
+    return local

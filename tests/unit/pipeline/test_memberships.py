@@ -32,7 +32,7 @@ from middleware.pipeline.judge import Trail
 from middleware.pipeline.judging import Judging
 from middleware.pipeline.memberships import Memberships, Unresolved, named_parties
 from middleware.proxy.httpx_upstream import HttpxUpstream
-from middleware.proxy.membership_reads import UpstreamDirectory
+from middleware.proxy.membership_reads import FAILURE_SECONDS, UpstreamDirectory
 from tests.unit.consent.builders import actor, consent, policy, rule
 
 BASE = "http://up.example/fhir"
@@ -158,7 +158,8 @@ ORG_ROLES = _bundle(_role("r1", "Organization/org1"), _role("r2", f"{BASE}/Organ
             {"PractitionerRole": _bundle(_role("r1", "Organization/org1", active=False))},
             False,
         ),
-        # a user acting in one role is of that role's organization only
+        # a user acting in one role is of that role's organization, and acts as its
+        # practitioner (of the practitioner's other roles' organizations too)
         (
             "Organization/org1",
             "PractitionerRole/r1",
@@ -170,6 +171,21 @@ ORG_ROLES = _bundle(_role("r1", "Organization/org1"), _role("r2", f"{BASE}/Organ
             "PractitionerRole/r1",
             {"PractitionerRole/r1": _role("r1", "Organization/org1")},
             False,
+        ),
+        (
+            "Practitioner/dr",
+            "PractitionerRole/r1",
+            {"PractitionerRole/r1": _role("r1", "Organization/org1")},
+            True,
+        ),
+        (
+            "Organization/org3",
+            "PractitionerRole/r1",
+            {
+                "PractitionerRole/r1": _role("r1", "Organization/org1"),
+                "PractitionerRole": ORG_ROLES,
+            },
+            True,
         ),
         # care teams: a participant that is the user, one of its roles or organizations
         (
@@ -262,6 +278,8 @@ ORG_ROLES = _bundle(_role("r1", "Organization/org1"), _role("r2", f"{BASE}/Organ
         "inactive-role",
         "role-user-org",
         "role-user-other-org",
+        "role-user-practitioner",
+        "role-user-practitioner-other-role",
         "careteam-names-user",
         "careteam-names-role",
         "careteam-other",
@@ -393,12 +411,18 @@ async def test_a_slow_upstream_is_cut_at_the_timeout() -> None:
     assert time.monotonic() - started < 2
 
 
-async def test_failures_are_not_cached(router: respx.Router) -> None:
+async def test_failures_are_remembered_briefly(router: respx.Router) -> None:
+    """A party nobody can read costs the upstream one read per FAILURE_SECONDS, not one
+    per request; afterwards it is read again."""
     route = router.get("/PractitionerRole").respond(500)
-    memberships = Memberships(_directory(router))
+    clock = Clock()
+    memberships = Memberships(_directory(router, clock))
     caller = _caller("Practitioner/dr")
     assert not await _verdict(memberships, caller, [_deny("Organization/org1")])
     route.respond(200, json=_bundle())
+    assert not await _verdict(memberships, caller, [_deny("Organization/org1")])
+    assert route.call_count == 1
+    clock.now += FAILURE_SECONDS
     assert await _verdict(memberships, caller, [_deny("Organization/org1")])
     assert route.call_count == 2
 
@@ -424,7 +448,13 @@ def test_named_parties_are_the_actor_references_of_those_kinds() -> None:
             rule(actor=[actor("Practitioner/dr"), actor("Group/g")]),
         ),
     )
-    assert named_parties(group) == {"CareTeam/ct1", "Organization/o", "Group/g"}
+    # A Practitioner too: a caller logged in as its PractitionerRole or Person acts as it.
+    assert named_parties(group) == {
+        "CareTeam/ct1",
+        "Organization/o",
+        "Group/g",
+        "Practitioner/dr",
+    }
     assert named_parties(group) is named_parties(group)  # memoised per tuple
 
 
