@@ -18,9 +18,9 @@ import asyncio
 import os
 import sqlite3
 import threading
-from pathlib import Path
 
 from middleware.audit.outbox import Lease, OpenIntent, OutboxRow
+from middleware.storage.sidecar import beside
 
 __all__ = ["SqliteOutbox", "outbox_path"]
 
@@ -351,5 +351,5 @@ def outbox_path(setting: str, store: str) -> str:
     if store == "memory:":
         return ":memory:"
     if store.startswith("sqlite:"):
-        return str(Path(store.removeprefix("sqlite:"))) + ".outbox"
+        return str(beside(store.removeprefix("sqlite:"), ".outbox"))  # storage.sidecar
     return "consentry-outbox.db"

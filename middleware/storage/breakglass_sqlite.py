@@ -33,6 +33,7 @@ from typing import Final
 
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.signing import keyed_digest
+from middleware.storage.sidecar import beside
 
 __all__ = ["BOARD_PURPOSE", "SqliteSessionBoard", "session_board", "sessions_path"]
 
@@ -55,7 +56,7 @@ def sessions_path(store: str) -> Path | None:
     stay in each process, which asks for the reason again: the safe direction)."""
     if not store.startswith("sqlite:"):
         return None
-    return Path(str(Path(store.removeprefix("sqlite:"))) + ".sessions")
+    return beside(store.removeprefix("sqlite:"), ".sessions")  # the real file's: storage.sidecar
 
 
 def session_board(store: str, key: bytes) -> SqliteSessionBoard | None:

@@ -59,6 +59,7 @@ from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, NewEntry
 from middleware.ledger.leaf import EntryKind
 from middleware.logging import get_logger
+from middleware.storage.sidecar import beside, open_beside
 
 __all__ = ["ConsentSeq", "announcing"]
 
@@ -106,7 +107,9 @@ class ConsentSeq:
     writer thread; :meth:`close` after both stopped."""
 
     def __init__(self, database: Path) -> None:
-        self.path = database.with_name(database.name + ".consent-seq")
+        self.database = database
+        # The real file's name, links resolved, and owned like it: storage.sidecar says why.
+        self.path = beside(database, ".consent-seq")
         # (mapping, fd) read in one attribute load by the hot path; replaced, never closed,
         # while the process runs (a closed fd's number could name another file by then).
         self._mapped: Mapping | None = None
@@ -185,7 +188,7 @@ class ConsentSeq:
         if self._closed:
             raise ValueError("closed")
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
-        fd = os.open(self.path, flags, 0o600)
+        fd = open_beside(self.path, self.database, flags)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(f"not a regular file: {self.path}")

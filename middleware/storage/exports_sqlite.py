@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Final
 
 from middleware.ledger.signing import keyed_digest
+from middleware.storage.sidecar import beside
 
 __all__ = ["OWNER_PURPOSE", "JobRow", "SqliteExportBoard", "export_board", "exports_path"]
 
@@ -118,7 +119,7 @@ def exports_path(store: str) -> Path | None:
     in each process's memory)."""
     if not store.startswith("sqlite:"):
         return None
-    return Path(str(Path(store.removeprefix("sqlite:"))) + ".exports")
+    return beside(store.removeprefix("sqlite:"), ".exports")  # the real file's: storage.sidecar
 
 
 def export_board(store: str, key: bytes) -> SqliteExportBoard | None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Final
 
 from middleware.logging import get_logger
+from middleware.storage.sidecar import beside, open_beside
 
 __all__ = ["WriteLock"]
 
@@ -43,7 +44,8 @@ class WriteLock:
     """The write turn of the SQLite file at ``database`` (module docstring)."""
 
     def __init__(self, database: Path) -> None:
-        self.path = database.with_name(database.name + ".write-lock")
+        self.database = database
+        self.path = beside(database, ".write-lock")  # the real file's: storage.sidecar
         self._fd: int | None = None
         #: Set when the lock file cannot be used: no turns from then on (module docstring).
         self.unusable: OSError | None = None
@@ -56,7 +58,7 @@ class WriteLock:
             return True
         try:
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._fd = open_beside(self.path, self.database, os.O_RDWR | os.O_CLOEXEC)
             deadline = time.monotonic() + timeout
             wait = _FIRST_WAIT
             while True:

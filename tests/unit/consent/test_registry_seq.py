@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from middleware.consent.records import canonical_consent
@@ -146,6 +147,42 @@ async def test_an_announcement_never_committed_reads_the_ledger_until_the_log_pa
     assert b.reads() == settled
 
 
+async def test_an_entry_committing_between_the_reads_of_an_announced_change_is_enforced_next(
+    pair: tuple[Process, Process], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A's revocation is announced and its COMMIT lands while B decides, just before B's size
+    read. B's bound must come from a size read *before* a position read, else B takes the
+    size (which covers the revocation) for caught up and its next decision trusts the word
+    without reading the revocation. Red with the size read moved after the position read."""
+    a, b = pair
+    await a.change()
+    assert await b.statuses() == ["active"]
+    announced, go = threading.Event(), threading.Event()
+    seq = a.log.consent_seq
+    assert seq is not None
+    real = seq.announce
+
+    def held(mark: int) -> None:  # on A's writer thread, inside its transaction
+        real(mark)
+        announced.set()
+        go.wait(10)
+
+    monkeypatch.setattr(seq, "announce", held)
+    task = asyncio.ensure_future(a.change("inactive", stored=False))
+    assert await asyncio.to_thread(announced.wait, 10)
+    size = b.log.size
+
+    async def size_after_commit() -> int:
+        if not go.is_set():  # A's COMMIT lands just before B's size read
+            go.set()
+            await task
+        return await size()
+
+    monkeypatch.setattr(b.log, "size", size_after_commit)
+    await b.statuses()  # the decision during the commit: either answer is right
+    assert await b.statuses() == ["inactive"]  # the next decision sees the revocation
+
+
 async def test_an_unusable_word_falls_back_to_a_position_read_before_every_decision(
     tmp_path: Path,
 ) -> None:
@@ -181,6 +218,28 @@ async def test_a_deleted_word_is_read_again_from_the_ledger(pair: tuple[Process,
     await other.log.close()
 
 
+async def test_a_change_through_a_linked_store_path_is_enforced_by_a_process_of_the_target(
+    tmp_path: Path,
+) -> None:
+    """The gateway opens the file, a command opens it through a symbolic link (SQLite follows
+    it: one database) and appends a revocation, dying before its store write: the gateway's
+    next decision enforces it. Red before: the command announced in ``link.db.consent-seq``,
+    which the gateway never reads, and the revoked consent stayed in force."""
+    consents = MemoryConsents()
+    gateway = await Process.open(tmp_path / "c.db", consents)
+    (tmp_path / "link.db").symlink_to(tmp_path / "c.db")
+    command = await Process.open(tmp_path / "link.db", consents)
+    try:
+        await gateway.change()
+        assert await gateway.statuses() == ["active"]
+        await command.change("inactive", stored=False)
+        assert await gateway.statuses() == ["inactive"]
+        assert not (tmp_path / "link.db.consent-seq").exists()
+    finally:
+        await gateway.log.close()
+        await command.log.close()
+
+
 # Random interleavings: after every decision, the registry stands where a position read
 # before it would have put it (the behaviour before the word existed).
 OPS = st.lists(
@@ -189,6 +248,7 @@ OPS = st.lists(
 )
 
 
+@settings(deadline=None)  # two stores opened per example: 50-300 ms on a loaded machine
 @given(OPS)
 def test_any_interleaving_decides_as_a_position_read_before_every_decision(ops: list[str]) -> None:
     asyncio.run(_interleave(ops))
