@@ -20,11 +20,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--upstream",
-        choices=("mock", "aiohttp"),
+        choices=("mock", "aiohttp", "native"),
         default="mock",
         help="how the app suite's gateways reach their respx upstream: httpx.MockTransport "
-        "(mock), or the default client (aiohttp) over real HTTP to a local server serving the "
-        "same routes (tests/served_upstream.py). The leak suite always runs both.",
+        "(mock), or the named upstream client (native, the default, or aiohttp) over real HTTP "
+        "to a local server serving the same routes (tests/served_upstream.py). The leak suite "
+        "always runs all three.",
     )
 
 

@@ -327,10 +327,20 @@ class NativeResponse:
 
 
 class NativeUpstream:
-    """:class:`~middleware.proxy.upstream.Upstream` for the origin of ``base_url``."""
+    """:class:`~middleware.proxy.upstream.Upstream` for the origin of ``base_url``.
+
+    ``address``, when given, is the ``(host, port)`` connected to instead of the URL's (tests
+    serve the upstream's name from a local server, as ``AiohttpUpstream``'s ``resolver`` does);
+    ``Host``, the TLS server name and the one-origin check still follow ``base_url``."""
 
     def __init__(
-        self, base_url: str, *, pool_size: int, connect_timeout: float, read_timeout: float
+        self,
+        base_url: str,
+        *,
+        pool_size: int,
+        connect_timeout: float,
+        read_timeout: float,
+        address: tuple[str, int] | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         try:
@@ -343,6 +353,7 @@ class NativeUpstream:
             raise SettingsError("upstream URL must not carry credentials")
         https = parts.scheme == "https"
         self._host, self._port = parts.hostname, port or (443 if https else 80)
+        self._address = address or (self._host, self._port)
         self._ssl = ssl.create_default_context() if https else None
         self._origin = f"{parts.scheme}://{parts.netloc}".lower()
         self._host_line = f"\r\nHost: {parts.netloc}\r\n"
@@ -421,8 +432,7 @@ class NativeUpstream:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await asyncio.get_running_loop().create_connection(
                     lambda: _Connection(self),
-                    self._host,
-                    self._port,
+                    *self._address,
                     ssl=self._ssl,
                     server_hostname=self._host if self._ssl else None,
                 )

@@ -1,7 +1,7 @@
 """App tests: the gateway driven through ``httpx.ASGITransport``, the upstream mocked with respx
-through ``httpx.MockTransport`` (injected, never patched); with ``pytest --upstream=aiohttp``
-the gateways made by ``make_app`` reach the same respx routes over real HTTP with the default
-client instead (:mod:`tests.served_upstream`)."""
+through ``httpx.MockTransport`` (injected, never patched); with ``pytest --upstream=native``
+(the default client) or ``--upstream=aiohttp`` the gateways made by ``make_app`` reach the same
+respx routes over real HTTP with that client instead (:mod:`tests.served_upstream`)."""
 
 from __future__ import annotations
 
@@ -95,14 +95,16 @@ def signer() -> SigningKey:
 @pytest.fixture
 def mock_upstream_only(request: pytest.FixtureRequest) -> None:
     """For a test about what only an injected transport can do (a library's own exception
-    escaping it, its error class names): skipped with ``--upstream=aiohttp``."""
+    escaping it, its error class names): skipped over real HTTP (``--upstream=native`` or
+    ``aiohttp``)."""
     if request.config.getoption("--upstream") != "mock":
         pytest.skip("needs the injected httpx transport")
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[list[ServedUpstream]]:
-    """The served upstreams ``make_app`` opened (``--upstream=aiohttp``), closed at the end."""
+    """The served upstreams ``make_app`` opened (``--upstream=native`` or ``aiohttp``), closed
+    at the end."""
     opened: list[ServedUpstream] = []
     yield opened
     for upstream in opened:
@@ -120,15 +122,16 @@ def make_app(
     wall: WallClock,
     served: list[ServedUpstream],
 ) -> Callable[..., Gateway]:
-    over_http = request.config.getoption("--upstream") == "aiohttp"
+    mode = request.config.getoption("--upstream")
 
     def make(**overrides: Any) -> Gateway:
         settings = make_settings(**overrides)
         upstream: httpx.AsyncBaseTransport | Upstream = httpx.MockTransport(router.async_handler)
-        if over_http:
+        if mode != "mock":
             upstream = ServedUpstream(
                 router.async_handler,
                 settings.upstream,
+                client=mode,
                 pool_size=settings.upstream_pool_size,
                 connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout,

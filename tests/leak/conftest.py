@@ -20,10 +20,11 @@ def key_file(tmp_path: Path) -> Path:
     return tmp_path / "dev-issuer.jwk"
 
 
-@pytest.fixture(params=["mock", "aiohttp"])
+@pytest.fixture(params=["mock", "native", "aiohttp"])
 def upstream_mode(request: pytest.FixtureRequest) -> str:
-    """Every leak test runs twice: the upstream reached through ``httpx.MockTransport``, and
-    over real HTTP with the gateway's default client (:mod:`tests.served_upstream`)."""
+    """Every leak test runs three times: the upstream reached through ``httpx.MockTransport``,
+    and over real HTTP with each of the gateway's HTTP/1.1 clients, ``native`` (the default)
+    and ``aiohttp`` (:mod:`tests.served_upstream`)."""
     mode: str = request.param
     return mode
 
@@ -34,7 +35,8 @@ async def make_world(key_file: Path, upstream_mode: str) -> AsyncIterator[OpenWo
     opened: list[World] = []
 
     async def make(**overrides: Any) -> World:
-        overrides.setdefault("served", upstream_mode == "aiohttp")
+        if upstream_mode != "mock":
+            overrides.setdefault("served", upstream_mode)
         world = await open_world(key_file, **overrides)
         opened.append(world)
         return world

@@ -1,6 +1,8 @@
 """The setting every leak test attacks: a gateway (opt-out jurisdiction) in front of
 :class:`~tests.leak.upstream.FakeFhir`, patient ``p1`` with an active consent that denies
-``Practitioner/dr``, patient ``p2`` with none, and the callers' tokens.
+``Practitioner/dr``, patient ``p2`` with none, and the callers' tokens. The gateway reaches
+the upstream through ``httpx.MockTransport`` or, ``served``, over real HTTP with the client
+named (``native``, the default, or ``aiohttp``; :mod:`tests.served_upstream`).
 
 Also the assertions the tests share: nothing of p1 in an answer, a 404 that cannot be told
 apart from a missing record's, what reached the upstream, what the ledger holds.
@@ -32,7 +34,7 @@ from middleware.storage.consent_memory import MemoryConsentStore
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.consenting import DEV_ISSUER, Tokens, auth_settings
 from tests.leak.upstream import GATEWAY, SECRET, UPSTREAM, FakeFhir
-from tests.served_upstream import ServedUpstream
+from tests.served_upstream import Client, ServedUpstream
 
 __all__ = [
     "DENY_DR",
@@ -128,12 +130,13 @@ async def open_world(
     *,
     fhir: FakeFhir | None = None,
     signer: SigningKey | None = None,
-    served: bool = False,
+    served: Client | None = None,
     **settings: Any,
 ) -> World:
     """A seeded :class:`World`: p1's consent created through the consent API by p1. With
-    ``served``, the gateway reaches the upstream with its default client (aiohttp) over real
-    HTTP (:mod:`tests.served_upstream`), else through ``httpx.MockTransport``."""
+    ``served`` (``"native"``, the default client, or ``"aiohttp"``), the gateway reaches the
+    upstream with that client over real HTTP (:mod:`tests.served_upstream`), else through
+    ``httpx.MockTransport``."""
     fhir = fhir or FakeFhir()
     router = respx.Router(assert_all_called=False)
     router.route().mock(side_effect=fhir.handle)
@@ -150,10 +153,11 @@ async def open_world(
     }
     loaded = load_settings(overrides=values)
     upstream: httpx.AsyncBaseTransport | Upstream = httpx.MockTransport(router.async_handler)
-    if served:
+    if served is not None:
         upstream = ServedUpstream(
             router.async_handler,
             loaded.upstream,
+            client=served,
             pool_size=loaded.upstream_pool_size,
             connect_timeout=loaded.connect_timeout,
             read_timeout=loaded.read_timeout,

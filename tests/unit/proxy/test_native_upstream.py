@@ -611,6 +611,31 @@ def test_https_base_url_names_its_origin_and_port_443() -> None:
             upstream.encode(UpstreamRequest("GET", other, []))
 
 
+async def test_address_is_where_it_connects_the_url_still_frames_the_request() -> None:
+    """``address`` changes only where the client connects: the request still names the base
+    URL's host in ``Host``, and a URL on the address's own origin is refused, so pointing a
+    client at a local server (the served test upstream) cannot widen what it sends."""
+    async with RawServer(constant(response(b"{}"))) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        upstream = NativeUpstream(
+            "http://upstream.test:8103/fhir",
+            pool_size=1,
+            connect_timeout=2.0,
+            read_timeout=2.0,
+            address=("127.0.0.1", port),
+        )
+        try:
+            request = UpstreamRequest("GET", "http://upstream.test:8103/fhir/Patient/1", [])
+            assert await fetch(upstream, request) == b"{}"
+            with pytest.raises(ValueError, match="not on the upstream origin"):
+                await upstream.send(UpstreamRequest("GET", server.url + "/fhir/Patient/1", []))
+        finally:
+            await upstream.aclose()
+    assert [seen.head.split(b"\r\n")[:2] for seen in server.seen] == [
+        [b"GET /fhir/Patient/1 HTTP/1.1", b"Host: upstream.test:8103"]
+    ]
+
+
 async def test_https_verifies_the_servers_certificate(tmp_path: Path) -> None:
     """``https`` is verified TLS (default context): a server with a self-signed certificate
     is an upstream error, and it never reads a request (no PHI sent to an impostor)."""
