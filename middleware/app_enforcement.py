@@ -29,6 +29,7 @@ from middleware.ops.metrics import Metrics
 from middleware.pipeline.breakglass import BreakGlass
 from middleware.pipeline.bundles import Bundles
 from middleware.pipeline.cursor import CursorCodec
+from middleware.pipeline.directory import DirectoryGuard
 from middleware.pipeline.dispatch import Pipeline
 from middleware.pipeline.flow import Flow
 from middleware.pipeline.guards import DEFAULT_PATIENT_REFUSED, GuardPolicy
@@ -88,10 +89,9 @@ def _id_edge(settings: Settings, mapper: Mapper | None, secret: bytes) -> IdEdge
     return IdEdge(rewriter, settings.upstream)
 
 
-def _memberships(settings: Settings, forwarder: UpstreamForwarder, mapped: bool) -> Memberships:
+def _memberships(settings: Settings, forwarder: UpstreamForwarder) -> Memberships:
     """What callers act for, read from the upstream by the gateway itself where a consent
-    names an organization, role, care team, group or related person (pipeline.memberships);
-    ``mapped``: ids are mapped, the directory cannot answer for client ids (unresolved)."""
+    names an organization, role, care team, group or related person (pipeline.memberships)."""
     directory = UpstreamDirectory(
         lambda: forwarder.upstream,
         base=forwarder.base,
@@ -101,10 +101,9 @@ def _memberships(settings: Settings, forwarder: UpstreamForwarder, mapped: bool)
         size=settings.membership_cache_size,
         clock=time.monotonic,
     )
-    deadline = settings.membership_timeout
     if settings.membership_unresolved == "unavailable":
-        return Memberships(directory, unresolved="unavailable", deadline=deadline, mapped=mapped)
-    return Memberships(directory, unresolved="deny", deadline=deadline, mapped=mapped)
+        return Memberships(directory, unresolved="unavailable")
+    return Memberships(directory, unresolved="deny")
 
 
 def build_enforcement(
@@ -122,7 +121,6 @@ def build_enforcement(
     (``LedgerKey.data_secret``), which every key here derives from."""
 
     mapper = _mapper(settings)
-    ids = _id_edge(settings, mapper, secret)
 
     async def policies(patient: str) -> tuple[Policy, ...]:
         return await (await consents.registry()).policies(patient)
@@ -151,7 +149,7 @@ def build_enforcement(
             board=session_board(settings.store, derive_box_key(secret, BOARD_PURPOSE)),
         ),
         mapper=mapper,
-        memberships=_memberships(settings, forwarder, mapped=ids is not None),
+        memberships=_memberships(settings, forwarder),
     )
     recorder = AuditRecorder(
         ledger,
@@ -169,6 +167,7 @@ def build_enforcement(
             audit_key, derive_box_key(secret, EVIDENCE_PURPOSE), audit_key_get=audit_key_get
         ),
     )
+    ids = _id_edge(settings, mapper, secret)
     # Built in the order they call one another, each handed what it calls: the audit of an
     # exchange, the read half, the write half on it, the Bundle half on both, the pipeline
     # over the three, the enforcement stage over the pipeline and the forwarder.
@@ -179,6 +178,8 @@ def build_enforcement(
         intend=audit.intend,
         # Idempotency tags nobody without the ledger key can compute; the same on every replica.
         tag_key=derive_box_key(secret, "idempotency"),
+        # Who may write the records memberships are read from (pipeline.directory).
+        directory=DirectoryGuard(settings.directory_admin_role),
     )
     pipeline = Pipeline(flow, writes, Bundles(writes, base_path=settings.base_path))
     return Enforcement(

@@ -67,7 +67,7 @@ class Settings:
     ready_commit_age: float = 10.0
     ready_cache_seconds: float = 1.0
     upstream_pool_size: int = 100
-    upstream_client: str = "aiohttp"
+    upstream_client: str = "native"
     upstream_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     metadata_ttl: float = 300.0
     gzip_min_bytes: int = 1024
@@ -94,6 +94,7 @@ class Settings:
     membership_cache_seconds: float = 300.0
     membership_cache_size: int = 10_000
     membership_unresolved: str = "deny"
+    directory_admin_role: str = ""
     break_glass_minutes: int = 60
     mapping_profile: str = ""
     unknown_patient_allowed_for: str = ""
@@ -366,7 +367,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append(f"workers: expected 0 (one per CPU) to 1024, got {workers}")
     elif workers > 1 and values.get("store", "").startswith("memory:"):
         problems.append("workers: a memory: store lives in one process; use 1 worker")
-    if values.get("upstream_client", "aiohttp") not in _UPSTREAM_CLIENTS:
+    if values.get("upstream_client", "native") not in _UPSTREAM_CLIENTS:
         problems.append(f"upstream_client: expected one of {', '.join(_UPSTREAM_CLIENTS)}")
     if values.get("log_level", "info") not in _LOG_LEVELS:
         problems.append(f"log_level: expected one of {', '.join(_LOG_LEVELS)}")
@@ -406,6 +407,9 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("ledger_auditor_role: must not be empty")
     if values.get("audit_role", "ledger-auditor") == "":
         problems.append("audit_role: must not be empty")
+    directory_admin = values.get("directory_admin_role", "")
+    if directory_admin != directory_admin.strip():
+        problems.append("directory_admin_role: a role name has no surrounding spaces")
     if not 1 <= values.get("audit_max_count", 200) <= 1000:
         problems.append("audit_max_count: expected 1..1000")
     try:

@@ -20,7 +20,9 @@ Bounds:
   limit.
 
 If a batch fails (the store is down, a constraint fires), every appender in it gets
-``ServiceUnavailable``, the batch is not recorded (short of a commit whose answer was lost,
+``ServiceUnavailable`` (when the store refused only some of its entries,
+:class:`~middleware.ledger.refused.EntriesRefused`, only their appenders: the others are
+appended again without them), the batch is not recorded (short of a commit whose answer was lost,
 which a retry under the same idempotency key resolves: see the store's contract), and the
 writer carries on with the next batch. Should the task itself end (an error escaping it, a
 stray cancel), every entry queued or in the batch in flight fails with ``ServiceUnavailable``
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Protocol
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.entry import NewEntry
+from middleware.ledger.refused import EntriesRefused
 from middleware.ledger.sequencer import CheckpointSigner
 from middleware.ledger.signing import SigningKey
 
@@ -216,12 +219,19 @@ class LedgerWriter:
         try:
             results = await self._store.append([e for e, _, _ in batch], sign=self._sign)
         except Exception as exc:  # noqa: BLE001  # any store failure fails this batch, only it
+            # Only some entries refused (EntriesRefused): the others go again without them.
+            refused = exc.positions if isinstance(exc, EntriesRefused) else frozenset()
+            kept = [item for n, item in enumerate(batch) if n not in refused]
+            if not 0 < len(kept) < len(batch):
+                refused, kept = frozenset(range(len(batch))), []
             self.failed_batches += 1
             self.last_failure = asyncio.get_running_loop().time()
-            for _, future, _ in batch:
-                _fail(future, exc)
+            for n in refused:
+                _fail(batch[n][1], exc)
             if self._observer is not None:
                 self._observer.observe_commit(len(batch), time.perf_counter() - started, ok=False)
+            if kept:
+                await self._commit(kept)
             return
         except BaseException as exc:  # cancelled: the outcome is unknown to us, say so
             for _, future, _ in batch:

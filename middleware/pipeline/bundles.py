@@ -16,7 +16,9 @@ pinned to the checked versions (``ifMatch``), and the answer is filtered like an
 (one-to-one: a resource the caller may not see becomes a 404 entry). Conditional entries and
 patches inside a transaction are refused: their targets could not be checked before the
 upstream resolves them. So is an entry that sets, adds or changes the gateway's idempotency
-tags, as a single write would be (:func:`~middleware.pipeline.idempotency.refuse_own_tags`).
+tags, as a single write would be (:func:`~middleware.pipeline.idempotency.refuse_own_tags`),
+and a write of the memberships directory by a caller who is not its administrator
+(:mod:`~middleware.pipeline.directory`; a batch entry meets it in the write half).
 """
 
 from __future__ import annotations
@@ -203,6 +205,11 @@ class Bundles:
         if request.interaction not in _TRANSACTION_ENTRIES or request.conditional:
             raise BadRequest("this transaction entry is not supported by the gateway")
         check_interaction(ask.caller, request)
+        if request.is_write:  # by the URL's type and the body's (a body of another type
+            # is refused later too; this check does not rest on that)
+            resource = entry.get("resource")
+            body_type = resource.get("resourceType") if isinstance(resource, dict) else None
+            self.writes.directory.check(ask.caller, request.resource_type, body_type)
         sub.trail = ask.trail
         if request.interaction is Interaction.SEARCH_TYPE:
             if ask.caller.patient is not None:

@@ -21,6 +21,10 @@ Every create is tagged with the gateway's idempotency tag (a code from the clien
 ``Idempotency-Key``, sent as a conditional create on that tag unless the client's own
 ``If-None-Exist`` decides; a random code when it gives no key), and a client may not write
 the gateway's tags itself (400): :mod:`~middleware.pipeline.idempotency`.
+
+Writes of the records consent memberships are read from (PractitionerRole, Organization,
+CareTeam, Group, Person) are refused first unless the caller is a directory administrator:
+:mod:`~middleware.pipeline.directory`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from middleware.errors import BadRequest, Forbidden, PreconditionFailed, Unsuppo
 from middleware.fhir import jsoncodec
 from middleware.fhir.request import Interaction
 from middleware.pipeline.caller import ACTION_COLLECT, ACTION_CORRECT, check_interaction
+from middleware.pipeline.directory import DirectoryGuard
 from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found
 from middleware.pipeline.flow import Flow
 from middleware.pipeline.idempotency import (
@@ -59,6 +64,7 @@ class Writes:
     ``record`` and ``intend`` keep the exchange's audit; ``tag_key`` (32 bytes,
     ``derive_box_key(ledger key, "idempotency")``, the same on every replica) keys the
     idempotency tags. Its :attr:`targets` (:class:`~middleware.pipeline.targets.Targets`)
+    and :attr:`directory` (who may write the memberships directory; by default nobody)
     check the transaction's entries too."""
 
     def __init__(
@@ -68,8 +74,10 @@ class Writes:
         intend: Intend | None = None,
         *,
         tag_key: bytes,
+        directory: DirectoryGuard | None = None,
     ) -> None:
         self.flow = flow
+        self.directory = DirectoryGuard() if directory is None else directory
         self.record = record
         self.intend = intend
         self.tag_key = tag_key
@@ -82,6 +90,9 @@ class Writes:
             # pipeline.dispatch hands these to pipeline.bundles: never one write.
             raise Forbidden("batch and transaction are not enabled on this gateway")
         check_interaction(ask.caller, ask.request)
+        # A batch entry comes here too (pipeline.bundles); the body's type is the URL's or
+        # the write is refused (400) before anything is judged.
+        self.directory.check(ask.caller, ask.request.resource_type)
         if interaction is Interaction.CREATE:
             return await self._create(ask)
         current = await self.targets.current(ask)

@@ -39,8 +39,11 @@ A file this process cannot use (a directory at the path, another owner's file mo
 file system that cannot map it) fails safe. Reading: :meth:`ConsentSeq.announced` answers
 None, logged once, and the registry reads the ledger's position before every decision, as
 before the file existed. Writing: :meth:`ConsentSeq.announce` raises
-:class:`~middleware.errors.ServiceUnavailable` and the append rolls back (503), because another
-process that can map the file would not see the change; it tries the file again at each write.
+:class:`~middleware.errors.ServiceUnavailable` and the append rolls back, because another
+process that can map the file would not see the change; :func:`announcing` names the batch's
+consent entries as the refused ones, so only their appenders get the 503 and the ledger
+writer appends the batch's other entries (audit entries of other requests) again without
+them. It tries the file again at each write.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from typing import Final
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, NewEntry
 from middleware.ledger.leaf import EntryKind
+from middleware.ledger.refused import EntriesRefused
 from middleware.logging import get_logger
 from middleware.storage.sidecar import beside, open_beside
 
@@ -80,22 +84,26 @@ def announcing(
     """``body``, an append transaction's work for ``batch``, followed (still in the
     transaction, before its ``COMMIT``) by the announcement in ``seq`` of the latest consent
     entry it appended; ``body`` itself when there is nothing to announce (no file, no consent
-    entry in the batch: one pass over the batch's kinds)."""
+    entry in the batch: one pass over the batch's kinds). An announcement refused raises
+    :class:`~middleware.ledger.refused.EntriesRefused` naming the batch's new consent entries
+    (the transaction rolls back; the writer appends the other entries again without them)."""
     if seq is None or not any(entry.kind in _CONSENT_KINDS for entry in batch):
         return body
 
     def announced(conn: sqlite3.Connection) -> list[AppendResult]:
         results = body(conn)
-        mark = max(
-            (
-                result.index + 1
-                for entry, result in zip(batch, results, strict=True)
-                if entry.kind in _CONSENT_KINDS and not result.duplicate
-            ),
-            default=0,
-        )
-        if mark:  # 0: every consent entry was a duplicate, already announced when recorded
-            seq.announce(mark)
+        new = [
+            (position, result.index + 1)
+            for position, (entry, result) in enumerate(zip(batch, results, strict=True))
+            if entry.kind in _CONSENT_KINDS and not result.duplicate
+        ]
+        if new:  # none: every consent entry was a duplicate, already announced when recorded
+            try:
+                seq.announce(max(mark for _, mark in new))
+            except ServiceUnavailable as exc:
+                # Only these are refused: the writer appends the batch's others again.
+                refused = frozenset(position for position, _ in new)
+                raise EntriesRefused(str(exc), refused) from exc
         return results
 
     return announced

@@ -3,6 +3,7 @@ when, and what a process that cannot use it, or finds it replaced, does."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,9 +14,11 @@ import structlog
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind
+from middleware.ledger.refused import EntriesRefused
+from middleware.ledger.writer import LedgerWriter
 from middleware.storage.consent_seq import ConsentSeq
 from middleware.storage.ledger_sqlite import SqliteLogStore
-from tests.contract.helpers import PSEUDONYMS, SIGN, entry
+from tests.contract.helpers import KEY, PSEUDONYMS, SIGN, entry
 
 
 def consent_entry(n: int, *, revoke: bool = False, key: str | None = None) -> NewEntry:
@@ -146,6 +149,35 @@ async def test_an_unusable_file_fails_safe_for_readers_and_closed_for_consent_wr
     (tmp_path / "c.db.consent-seq").rmdir()
     await store.append([consent_entry(1)], sign=SIGN)
     assert seq.announced() == 2
+    await store.close()
+
+
+async def test_a_refused_announcement_costs_only_the_consent_entries_of_a_writer_batch(
+    tmp_path: Path,
+) -> None:
+    """Other requests' audit entries batched with a consent entry the store cannot announce
+    commit all the same; only the consent's appender gets the 503. Red before: the refusal
+    rolled back the whole batch, failing every appender in it."""
+    (tmp_path / "c.db.consent-seq").mkdir()
+    store = await SqliteLogStore.open(tmp_path / "c.db")
+    with pytest.raises(EntriesRefused) as refused:
+        await store.append([entry(0), consent_entry(1), entry(2), consent_entry(3)], sign=SIGN)
+    assert refused.value.positions == frozenset({1, 3})
+    writer = LedgerWriter(store, KEY, max_batch=16)
+    await writer.start()
+    outcomes = await asyncio.gather(
+        writer.append(entry(4)),
+        writer.append(consent_entry(5)),
+        writer.append(entry(6)),
+        return_exceptions=True,
+    )
+    await writer.stop()
+    assert (writer.batches, writer.failed_batches) == (1, 1)  # one batch, then the rest
+    assert outcomes[0] == 0
+    assert outcomes[2] == 1
+    assert isinstance(outcomes[1], ServiceUnavailable)
+    assert await store.size() == 2
+    assert await store.latest_consent() is None
     await store.close()
 
 
