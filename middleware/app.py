@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -36,6 +36,7 @@ from middleware import __version__
 from middleware.app_audit import build_audit_api
 from middleware.app_enforcement import build_enforcement
 from middleware.app_health import StartupFailure, open_stores, probe_upstream, readiness
+from middleware.audit.evidence import EVIDENCE_PURPOSE, PatientKeys
 from middleware.audit.http import AuditApi
 from middleware.audit.http import serves as audit_serves
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
@@ -274,7 +275,7 @@ def create_app(
 
     ``upstream``: an httpx transport (wrapped in a pooled ``httpx.AsyncClient``), a ready
     :class:`Upstream`, or ``None`` for the client ``settings.upstream_client`` names
-    (``aiohttp``, the default; ``native``; ``httpx``).
+    (``native``, the default; ``aiohttp``; ``httpx``).
     ``store``: the ledger's log store; defaults to the one ``settings.store`` names (SQLite
     in the working directory), opened on first need. ``signer``: the ledger's checkpoint
     key; defaults to the one in ``settings.ledger_key_file`` (created when missing), with
@@ -335,7 +336,12 @@ def create_app(
     )
     wall = wall_clock or time.time
     service = _consent_service(
-        settings, ledger, consents, wall, derive_box_key(secret, LOOKUP_PURPOSE)
+        settings,
+        ledger,
+        consents,
+        wall,
+        derive_box_key(secret, LOOKUP_PURPOSE),
+        caller_keys=_caller_keys(ledger, derive_box_key(secret, EVIDENCE_PURPOSE)),
     )
     consent = ConsentApi(
         service,
@@ -425,9 +431,12 @@ def _consent_service(
     consents: ConsentStore | None,
     wall_clock: Callable[[], float],
     lookup_key: bytes,
+    *,
+    caller_keys: Callable[[bytes], Awaitable[bytes]],
 ) -> ConsentService:
     """The consent service over the consent store, opened on first need (its pseudonym rows
-    found by a keyed digest under ``lookup_key``, never by the patient reference)."""
+    found by a keyed digest under ``lookup_key``, never by the patient reference);
+    ``caller_keys`` gives a chain's evidence key (a patient caller's tag, consent.callers)."""
 
     async def open_consents() -> ConsentStore:
         if consents is not None:
@@ -455,7 +464,22 @@ def _consent_service(
         receipt_base=f"{public.scheme}://{public.netloc}{root}",
         wall_clock=wall_clock,
         limits=ConsentLimits(settings.consent_max_depth, settings.consent_max_provisions),
+        caller_keys=caller_keys,
     )
+
+
+def _caller_keys(ledger: LedgerService, wrap_key: bytes) -> Callable[[bytes], Awaitable[bytes]]:
+    """A chain's audit evidence key, created on first use, stored wrapped under ``wrap_key``
+    beside the ledger: the key a patient caller's tag is derived from (consent.callers), the
+    one their shred deletes."""
+
+    async def audit_key(pseudonym: bytes, candidate: bytes) -> bytes:
+        return await (await ledger.store()).audit_key(pseudonym, candidate)
+
+    async def audit_key_get(pseudonym: bytes) -> bytes | None:
+        return await (await ledger.store()).audit_key_get(pseudonym)
+
+    return PatientKeys(audit_key, wrap_key, audit_key_get=audit_key_get).key
 
 
 def _upstream_factory(

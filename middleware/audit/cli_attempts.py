@@ -9,12 +9,17 @@ access report leaves them out. This command lists the attempts on the patient's 
 chain, oldest first, as JSON: ledger index, time, operation, outcome (HTTP status), consent
 id, request id and ``caller``, rendered by :func:`caller_text`:
 
-* another patient, who named their ledger pseudonym (``patientChain``): ``Patient/<id>``
-  while the gateway resolves it (:func:`~middleware.consent.callers.resolve_chain`: on that
-  chain's consent entries, or one of ``--suspect``), else ``patient (pseudonymous) <hex>``,
-  which is all that is left once that patient was crypto-shredded;
-* the patient themself (a patient caller is named by the entry's pseudonym only);
-* anyone else by ``fhirUser`` or ``issuer#subject``, and their roles.
+* another patient, who named their tag (``patientTag``, derived from their own evidence key):
+  ``Patient/<id>`` while the gateway resolves it
+  (:class:`~middleware.consent.callers.CallerResolver`: one of ``--suspect``, or a patient a
+  consent entry names), else ``patient (pseudonymous) <hex>``, which is all that is left once
+  that patient was crypto-shredded (their key is gone: nothing computes the tag again);
+* the patient themself, when the attempt says the caller is the chain's patient
+  (``ownChain``; a patient caller is named by the entry's pseudonym only);
+* anyone else by ``fhirUser`` or ``issuer#subject``, and their roles;
+* an attempt naming none of these (written before callers were named: another patient's
+  probe, a clinician's EHR launch, the patient's own, all recorded alike) as ``a
+  patient-context caller, not named``: never blamed on the chain's patient.
 
 The output names patients: it is for the compliance officer (write it to a private file with
 ``--out``). An attempt whose evidence a shred removed shows ``evidence removed``.
@@ -30,8 +35,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
 
 from middleware.audit.cli_common import Usage, opened, read_key, write_output
-from middleware.consent.access import CALLER_CHAIN
-from middleware.consent.callers import attempt_chain, resolve_chain
+from middleware.audit.evidence import EVIDENCE_PURPOSE, unwrap_key
+from middleware.consent.access import CALLER_CHAIN, CALLER_OWN, CALLER_TAG
+from middleware.consent.callers import CallerResolver, attempt_tag
 from middleware.consent.records import ATTEMPT_TYPE
 from middleware.fhir import jsoncodec
 from middleware.fhir.limits import STORED_MAX_JSON_DEPTH
@@ -40,26 +46,33 @@ from middleware.ledger.signing import derive_box_key
 from middleware.storage.consent_base import LOOKUP_PURPOSE
 from middleware.storage.consent_open import open_consent_store
 
-__all__ = ["PSEUDONYMOUS", "caller_text", "consent_attempts"]
+__all__ = ["PSEUDONYMOUS", "UNNAMED", "caller_text", "consent_attempts"]
 
-#: How a patient caller whose pseudonym resolves to nobody is shown (then its hex).
+#: How a patient caller whose tag resolves to nobody is shown (then its hex).
 PSEUDONYMOUS: Final = "patient (pseudonymous)"
+#: How an attempt that names no caller and does not say it is the patient's own is shown.
+UNNAMED: Final = "a patient-context caller, not named"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def caller_text(principal: Mapping[str, Any], patient: str, resolved: str | None) -> str:
     """Who made an attempt on ``patient``'s chain, from its evidence's ``principal`` and the
-    resolution of the pseudonym it names (``resolved``, None when it names none or nobody).
-    Pure."""
-    chain = principal.get(CALLER_CHAIN)
-    if isinstance(chain, str):
-        return resolved if resolved is not None else f"{PSEUDONYMOUS} {chain}"
+    resolution of the tag it names (``resolved``, None when it names none or nobody).
+    ``patient`` is named only when the principal says the caller is the chain's patient
+    (``ownChain``): an attempt written before callers were named may be another patient's
+    probe or a clinician's, and is shown :data:`UNNAMED`. Pure."""
+    tag = principal.get(CALLER_TAG)
+    if isinstance(tag, str):
+        return resolved if resolved is not None else f"{PSEUDONYMOUS} {tag}"
+    legacy = principal.get(CALLER_CHAIN)  # a pseudonym in the clear, before tags: not resolved
+    if isinstance(legacy, str):
+        return f"{PSEUDONYMOUS} {legacy}"
     who = principal.get("fhirUser")
     if not isinstance(who, str):
         sub = principal.get("sub")
         who = f"{principal.get('iss')}#{sub}" if isinstance(sub, str) else None
     if who is None:
-        return f"{patient} (the patient)"
+        return f"{patient} (the patient)" if principal.get(CALLER_OWN) is True else UNNAMED
     roles = principal.get("roles")
     if isinstance(roles, list) and roles:
         return f"{who} ({', '.join(str(r) for r in roles)})"
@@ -76,10 +89,17 @@ def consent_attempts(args: argparse.Namespace, out: TextIO) -> int:
 
     async def run() -> dict[str, object]:
         lookup = derive_box_key(ledger_key.data_secret, LOOKUP_PURPOSE)
+        wrap = derive_box_key(ledger_key.data_secret, EVIDENCE_PURPOSE)
         consents = await open_consent_store(args.store, lookup_key=lookup, schema=args.schema)
         lines: list[dict[str, object]] = []
         try:
             async with opened(args) as store:
+
+                async def key_of(pseudonym: bytes) -> bytes | None:
+                    wrapped = await store.audit_key_get(pseudonym)
+                    return None if wrapped is None else unwrap_key(wrap, wrapped)
+
+                callers = CallerResolver(store, consents, key_of, suspects)
                 chain = await consents.pseudonym(args.patient)
                 for index in [] if chain is None else await store.chain(chain):
                     (raw,) = await store.leaves(index, index + 1)
@@ -94,12 +114,8 @@ def consent_attempts(args: argparse.Namespace, out: TextIO) -> int:
                         record = _attempt(stored.data)
                         if record is None:
                             continue  # another admin entry (a shred's record)
-                        caller = attempt_chain(stored.data)
-                        resolved = (
-                            None
-                            if caller is None
-                            else await resolve_chain(store, consents, caller, suspects)
-                        )
+                        tag = attempt_tag(stored.data)
+                        resolved = None if tag is None else await callers.resolve(tag)
                         principal = record.get("principal")
                         line.update(_fields(record))
                         line["caller"] = caller_text(

@@ -27,6 +27,8 @@ from middleware.errors import Forbidden
 
 __all__ = [
     "CALLER_CHAIN",
+    "CALLER_OWN",
+    "CALLER_TAG",
     "DEFAULT_ADMIN_ROLE",
     "OPERATIONS",
     "Acting",
@@ -51,8 +53,15 @@ OPERATIONS: Final[dict[Operation, str]] = {
     "explain": "r",
 }
 DEFAULT_ADMIN_ROLE: Final = "consent-admin"
-#: The attempt principal's field naming a patient caller's ledger pseudonym (hex) when the
-#: attempt is on another chain than theirs (:func:`performer`).
+#: The attempt principal's field naming a patient caller's *tag* (hex) when the attempt is on
+#: another chain than theirs (:func:`performer`, :func:`middleware.consent.callers.caller_tag`).
+CALLER_TAG: Final = "patientTag"
+#: The attempt principal's field, ``true``, saying the caller is the patient on whose chain the
+#: attempt is (or, for an attempt concerning no patient, on their own): the only attempts the
+#: officer's listing attributes to the chain's patient (:func:`performer`).
+CALLER_OWN: Final = "ownChain"
+#: Where attempts written before the tag named the caller's ledger pseudonym in the clear
+#: (hex): still read, shown pseudonymous, never resolved.
 CALLER_CHAIN: Final = "patientChain"
 
 
@@ -93,20 +102,26 @@ def check_patient(acting: Acting, patient: str) -> None:
         raise Forbidden("a patient may only act on their own consents")
 
 
-def performer(identity: Identity, *, chain: bytes | None = None) -> dict[str, object]:
+def performer(
+    identity: Identity, *, tag: bytes | None = None, own: bool = False
+) -> dict[str, object]:
     """Who acted, for the attempt evidence: no token, no scopes, no purpose of use, and
     nothing of a patient. A patient caller (:func:`patient_caller`) is named neither by
     ``fhirUser`` nor by its account (``sub``, ``jti``): the evidence is plain text a shred
-    of that patient may not reach (an attempt on another patient's chain, or on none), so
-    only a pseudonym links it to them: the entry's own when the attempt is on the caller's
-    chain, else ``chain``, the caller's ledger pseudonym, as :data:`CALLER_CHAIN` (hex).
-    It names the caller while the pseudonym table links them to it, and nobody once their
-    shred has forgotten it (:mod:`middleware.consent.callers`). ``chain`` is ignored for a
-    caller that is not a patient: they are named by their account."""
+    of that patient may not reach (an attempt on another patient's chain, or on none). On
+    the caller's own chain (``own``: the entry's pseudonym is theirs) it says so,
+    :data:`CALLER_OWN`; on another chain it carries ``tag``, the caller's tag
+    (:func:`middleware.consent.callers.caller_tag`, derived from the evidence key the
+    caller's shred deletes), as :data:`CALLER_TAG` (hex): the officer's tool names the
+    caller by it while they exist, and nothing links it to anyone after their shred.
+    ``tag`` and ``own`` are ignored for a caller that is not a patient: they are named by
+    their account."""
     patient = patient_caller(identity)
     who: dict[str, object] = {"iss": identity.issuer}
-    if patient is not None and chain is not None:
-        who[CALLER_CHAIN] = chain.hex()
+    if patient is not None and tag is not None:
+        who[CALLER_TAG] = tag.hex()
+    elif patient is not None and own:
+        who[CALLER_OWN] = True
     if patient is None:
         who["sub"] = identity.subject
     if identity.client_id is not None:

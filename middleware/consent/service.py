@@ -36,6 +36,7 @@ from typing import Final, Protocol
 
 from middleware.auth.identity import Identity
 from middleware.consent.access import Operation, patient_caller, performer
+from middleware.consent.callers import caller_tag
 from middleware.consent.decide import Defaults
 from middleware.consent.limits import DEFAULT_LIMITS, ConsentLimits
 from middleware.consent.records import attempt_evidence
@@ -126,7 +127,10 @@ Handler = Callable[["ConsentService", Identity, Call, Trail], Awaitable[Result]]
 
 class ConsentService:
     """Owns the consent store (opened on first need, then caught up with the ledger) and the
-    registry; ``wall_clock`` is seconds since the epoch (ledger times, decision time)."""
+    registry; ``wall_clock`` is seconds since the epoch (ledger times, decision time);
+    ``caller_keys`` gives a chain's audit evidence key (created on first use), from which a
+    patient caller's tag is derived (:mod:`middleware.consent.callers`): without it, an
+    attempt on another patient's chain names nothing of the caller."""
 
     def __init__(
         self,
@@ -139,8 +143,13 @@ class ConsentService:
         receipt_base: str,
         wall_clock: Callable[[], float] = time.time,
         limits: ConsentLimits = DEFAULT_LIMITS,
+        caller_keys: Callable[[bytes], Awaitable[bytes]] | None = None,
     ) -> None:
         self.ledger = ledger
+        # A chain's audit evidence key, created on first use (audit.evidence.PatientKeys.key):
+        # what a patient caller's tag is derived from. Without it an attempt on another
+        # patient's chain names nothing of the caller.
+        self._caller_keys = caller_keys
         self.limits = limits  # what a written Consent may hold (create, update)
         self._open_store = open_store
         self.admin_role = admin_role
@@ -246,21 +255,25 @@ class ConsentService:
         # a patient caller, on their own, started now if need be: the evidence does not name
         # them (performer), so the pseudonym is what ties the attempt to them, and their
         # shred clears it. A patient caller's attempt about another patient (refused) names
-        # the caller's pseudonym in its evidence instead, so that patient's trail tells who
-        # tried, and nobody once the caller's shred forgot it. One pseudonym per verified
-        # patient: bounded.
-        pseudonym = chain = None
+        # the caller's tag instead, derived from their own chain's evidence key, so that
+        # patient's trail tells who tried while the caller exists, and nothing links it to
+        # them once their shred deleted the key (consent.callers: their chain's pseudonym
+        # would stay linked by the shred's tombstone). One pseudonym per verified patient:
+        # bounded.
+        pseudonym = tag = None
         caller = patient_caller(identity)
+        own = caller is not None and trail.patient in (None, caller)
         if trail.patient is not None:
             pseudonym = await (await self.store()).pseudonym(trail.patient)
-            if caller is not None and caller != trail.patient:
+            if caller is not None and caller != trail.patient and self._caller_keys is not None:
                 chain = await (await self.store()).pseudonym_for(caller, new_pseudonym())
+                tag = caller_tag(await self._caller_keys(chain))
         elif caller is not None:
             pseudonym = await (await self.store()).pseudonym_for(caller, new_pseudonym())
         evidence = attempt_evidence(
             operation=call.operation,
             status=status,
-            principal=performer(identity, chain=chain),
+            principal=performer(identity, tag=tag, own=own),
             acting_as=trail.acting_as,
             consent_id=trail.consent_id,
             consent_entry=trail.consent_entry,

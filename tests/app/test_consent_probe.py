@@ -3,11 +3,16 @@
 The attack: patient A's token reads, changes or revokes patient B's consent (404, 403). The
 attempt goes on B's chain, and since a patient caller's attempts name none of their accounts
 (so a shred of A leaves no PHI), it named nothing of A: B's "who looked at my record" and the
-compliance officer saw an anonymous attempt. Now it carries A's ledger pseudonym, which the
-gateway resolves to ``Patient/A`` while A exists (``consent.callers``; the officer's
-``consentry audit consent-attempts --patient B`` shows it); after ``consentry audit shred`` of
-A it resolves to nobody (shown ``patient (pseudonymous) <hex>``, a named suspect A included)
-and the file holds nothing of A's identity.
+compliance officer saw an anonymous attempt. Now it carries A's tag, derived from A's evidence
+key, which the gateway resolves to ``Patient/A`` while A exists (``consent.callers``; the
+officer's ``consentry audit consent-attempts --patient B`` shows it); after ``consentry audit
+shred`` of A it resolves to nobody (shown ``patient (pseudonymous) <hex>``, a named suspect A
+included) and the file holds nothing of A's identity.
+
+The second attack: the attempt named A's chain pseudonym in the clear, and the shred keeps a
+tombstone linking A's keyed lookup to that chain (for A's accounting): whoever holds the
+ledger key tested candidate patient ids against the tombstone and recovered "A probed B"
+after the shred. The tag is no chain, and the key it came from is gone.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from typing import Any
 import pytest
 
 from middleware.audit.cli_attempts import PSEUDONYMOUS
-from middleware.consent.callers import attempt_chain, resolve_chain
+from middleware.audit.evidence import EVIDENCE_PURPOSE, unwrap_key
+from middleware.consent.callers import CallerResolver, attempt_tag
 from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.signing import derive_box_key
 from middleware.settings import Settings
-from middleware.storage.consent_base import LOOKUP_PURPOSE
+from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
 from middleware.storage.consent_open import open_consent_store
 from middleware.storage.ledger_open import open_log_store
 from tests.app.test_shred_consent import (
@@ -51,9 +57,16 @@ async def _probes(world: World, audit_indexes: list[int]) -> list[tuple[str | No
     consents = await open_consent_store(
         world.store, lookup_key=derive_box_key(world.signer, LOOKUP_PURPOSE)
     )
+    wrap = derive_box_key(world.signer, EVIDENCE_PURPOSE)
+
+    async def key_of(chain: bytes) -> bytes | None:
+        wrapped = await log.audit_key_get(chain)
+        return None if wrapped is None else unwrap_key(wrap, wrapped)
+
     try:
         probed_chain = await consents.pseudonym(f"Patient/{PROBED}")
         found: list[tuple[str | None, bytes]] = []
+        callers = CallerResolver(log, consents, key_of, [f"Patient/{PROBER}"])
         for index in audit_indexes:
             (raw,) = await log.leaves(index, index + 1)
             leaf = decode_leaf(raw)
@@ -61,9 +74,9 @@ async def _probes(world: World, audit_indexes: list[int]) -> list[tuple[str | No
             assert leaf.pseudonym == probed_chain  # on B's trail
             stored = await log.evidence(index)
             assert stored is not None
-            chain = attempt_chain(stored.data)
-            assert chain is not None
-            found.append((await resolve_chain(log, consents, chain), stored.data))
+            tag = attempt_tag(stored.data)
+            assert tag is not None
+            found.append((await callers.resolve(tag), stored.data))
         return found
     finally:
         await consents.close()
@@ -81,7 +94,8 @@ async def _listed(world: World, *extra: str) -> list[dict[str, Any]]:
     return attempts
 
 
-async def test_a_probe_names_the_prober_until_their_shred(world: World) -> None:
+async def _probe(world: World) -> list[int]:
+    """A and B each write a consent; A reads, updates and revokes B's: the attempts' indexes."""
     a, b = world.tokens.patient(PROBER), world.tokens.patient(PROBED)
     async with world.gateway() as gw:
         mine = await gw.post("/fhir/Consent", json=consent_of(PROBER, P_SECRETS), headers=a)
@@ -99,7 +113,11 @@ async def test_a_probe_names_the_prober_until_their_shred(world: World) -> None:
             await gw.post(f"/fhir/Consent/{cid}/$revoke", headers=a),
         ]
     assert [p.status_code for p in probes] == [404, 403, 403]
-    indexes = [int(p.headers["x-consentry-audit-index"]) for p in probes]
+    return [int(p.headers["x-consentry-audit-index"]) for p in probes]
+
+
+async def test_a_probe_names_the_prober_until_their_shred(world: World) -> None:
+    indexes = await _probe(world)
 
     # While A exists: each attempt on B's chain resolves to A, and names no account of A.
     before = await _probes(world, indexes)
@@ -133,3 +151,34 @@ async def test_a_probe_names_the_prober_until_their_shred(world: World) -> None:
     for secret in (PROBER.encode(), f"user-{PROBER}".encode(), *P_SECRETS):
         assert secret not in raw
     assert PROBED.encode() in raw  # B untouched
+
+
+async def test_a_shredded_probers_attempt_is_linked_to_them_by_nothing(world: World) -> None:
+    """After A's shred, whoever holds the ledger key tries candidate patient ids against the
+    shred's tombstones (``shredded_chains(lookup_of(...))``: enumerable ids on the upstream):
+    none of A's shredded chains appears in A's attempts on B's chain, in hex or bytes, so
+    "A probed B" is not recovered. Failed before: the attempt named A's chain in the clear."""
+    indexes = await _probe(world)
+    await shred_p(world)  # A
+    log = await open_log_store(world.store)
+    try:
+        lookup = derive_box_key(world.signer, LOOKUP_PURPOSE)
+        chains = [
+            chain
+            for pid in (PROBED, "someone", PROBER)
+            for chain in await log.shredded_chains(lookup_of(lookup, f"Patient/{pid}"))
+        ]
+        assert chains  # A's chain is in a tombstone: the link the attack used
+        for index in indexes:
+            stored = await log.evidence(index)
+            assert stored is not None
+            tag = attempt_tag(stored.data)
+            assert tag is not None  # the attempt still names someone, grouped by tag
+            for chain in chains:
+                assert chain not in stored.data
+                assert chain.hex().encode() not in stored.data
+                assert tag != chain
+                # and A's old chain's key, which the tag came from, is gone
+                assert await log.audit_key_get(chain) is None
+    finally:
+        await log.close()

@@ -9,7 +9,8 @@ import pytest
 from middleware.auth.identity import Identity
 from middleware.auth.scopes import parse_scopes
 from middleware.consent.access import (
-    CALLER_CHAIN,
+    CALLER_OWN,
+    CALLER_TAG,
     OPERATIONS,
     Acting,
     Operation,
@@ -191,7 +192,7 @@ def test_a_patient_callers_account_is_not_in_the_evidence(
 
 
 @pytest.mark.parametrize(
-    ("claims", "chain_kept"),
+    ("claims", "tag_kept"),
     [
         ({"patient": "p1", "token_id": "j1"}, True),
         ({"fhir_user": "Patient/p1"}, True),
@@ -199,14 +200,20 @@ def test_a_patient_callers_account_is_not_in_the_evidence(
     ],
     ids=["launch-patient", "patient-fhiruser", "practitioner"],
 )
-def test_a_patient_callers_chain_names_them_on_another_chain(
-    claims: dict[str, Any], chain_kept: bool
+def test_a_patient_callers_tag_names_them_on_another_chain(
+    claims: dict[str, Any], tag_kept: bool
 ) -> None:
-    """A patient caller's attempt about another patient is named by the caller's pseudonym
-    (hex), nothing else of theirs; a caller named by their account gets no chain."""
-    scopes = "patient/Consent.r" if chain_kept else "user/Consent.r"
-    who_acted = performer(who(scopes, **claims), chain=bytes(range(16)))
-    assert (CALLER_CHAIN in who_acted) is chain_kept
-    if chain_kept:
-        assert who_acted == {"iss": "https://idp.test", CALLER_CHAIN: bytes(range(16)).hex()}
-    assert performer(who(scopes, **claims)).get(CALLER_CHAIN) is None
+    """A patient caller's attempt about another patient is named by the caller's tag (hex),
+    nothing else of theirs; on their own chain it says so (ownChain); a caller named by their
+    account gets neither."""
+    scopes = "patient/Consent.r" if tag_kept else "user/Consent.r"
+    who_acted = performer(who(scopes, **claims), tag=bytes(range(16)))
+    assert (CALLER_TAG in who_acted) is tag_kept
+    if tag_kept:
+        assert who_acted == {"iss": "https://idp.test", CALLER_TAG: bytes(range(16)).hex()}
+    own = performer(who(scopes, **claims), own=True)
+    assert own.get(CALLER_TAG) is None
+    assert (own.get(CALLER_OWN) is True) is tag_kept
+    assert CALLER_OWN not in performer(who(scopes, **claims))
+    # Never both: an attempt on another chain is not the patient's own.
+    assert CALLER_OWN not in performer(who(scopes, **claims), tag=bytes(16), own=True)
