@@ -89,9 +89,10 @@ def _id_edge(settings: Settings, mapper: Mapper | None, secret: bytes) -> IdEdge
     return IdEdge(rewriter, settings.upstream)
 
 
-def _memberships(settings: Settings, forwarder: UpstreamForwarder) -> Memberships:
+def _memberships(settings: Settings, forwarder: UpstreamForwarder, mapped: bool) -> Memberships:
     """What callers act for, read from the upstream by the gateway itself where a consent
-    names an organization, role, care team, group or related person (pipeline.memberships)."""
+    names an organization, role, care team, group or related person (pipeline.memberships);
+    ``mapped``: ids are mapped, the directory cannot answer for client ids (unresolved)."""
     directory = UpstreamDirectory(
         lambda: forwarder.upstream,
         base=forwarder.base,
@@ -101,9 +102,10 @@ def _memberships(settings: Settings, forwarder: UpstreamForwarder) -> Membership
         size=settings.membership_cache_size,
         clock=time.monotonic,
     )
+    deadline = settings.membership_timeout
     if settings.membership_unresolved == "unavailable":
-        return Memberships(directory, unresolved="unavailable")
-    return Memberships(directory, unresolved="deny")
+        return Memberships(directory, unresolved="unavailable", deadline=deadline, mapped=mapped)
+    return Memberships(directory, unresolved="deny", deadline=deadline, mapped=mapped)
 
 
 def build_enforcement(
@@ -121,6 +123,7 @@ def build_enforcement(
     (``LedgerKey.data_secret``), which every key here derives from."""
 
     mapper = _mapper(settings)
+    ids = _id_edge(settings, mapper, secret)
 
     async def policies(patient: str) -> tuple[Policy, ...]:
         return await (await consents.registry()).policies(patient)
@@ -149,7 +152,7 @@ def build_enforcement(
             board=session_board(settings.store, derive_box_key(secret, BOARD_PURPOSE)),
         ),
         mapper=mapper,
-        memberships=_memberships(settings, forwarder),
+        memberships=_memberships(settings, forwarder, mapped=ids is not None),
     )
     recorder = AuditRecorder(
         ledger,
@@ -167,7 +170,6 @@ def build_enforcement(
             audit_key, derive_box_key(secret, EVIDENCE_PURPOSE), audit_key_get=audit_key_get
         ),
     )
-    ids = _id_edge(settings, mapper, secret)
     # Built in the order they call one another, each handed what it calls: the audit of an
     # exchange, the read half, the write half on it, the Bundle half on both, the pipeline
     # over the three, the enforcement stage over the pipeline and the forwarder.
