@@ -10,20 +10,27 @@ An id is rewritten, through an :class:`~middleware.mapping.ids.IdResolver`, in:
 - every ``reference`` element (the Reference datatype, R4 references.html#literal): relative
   ``Type/id``, ``Type/id/_history/vid``, and absolute ``<base>/Type/id[/_history/vid]`` under
   one of the given ``bases``;
-- ``Bundle.entry.fullUrl``, ``Bundle.link.url`` (the path's id only: query strings are the
-  pipeline's, which replaces paging links with cursors and ``self`` with the client's URL),
-  ``Bundle.entry.response.location``, ``Bundle.entry.request.url`` (and the reference values of
-  a search or conditional URL in it, and of ``request.ifNoneExist``);
+- an extension's ``valueUri`` or ``valueUrl`` (R4 extensibility.html, value[x]) that names a
+  resource of this upstream: absolute under one of the ``bases``, or relative ``Type/id`` of
+  an R4 resource type (an upstream may point at its own records so as well as by Reference);
+- ``Bundle.entry.fullUrl``, ``Bundle.link.url`` and ``Bundle.entry.link.url`` (the path's id
+  only: query strings are the pipeline's, which replaces a searchset's paging links with
+  cursors and ``self`` with the client's URL), ``Bundle.entry.response.location``,
+  ``Bundle.entry.request.url`` (and the reference values of a search or conditional URL in
+  it, and of ``request.ifNoneExist``); every other element of an entry, a link, a request or
+  a response (``search``, ``extension``, ``modifierExtension``...) is walked like any
+  element, so no part of an entry keeps an upstream id;
 - ``Location`` and ``Content-Location`` header values (:meth:`ReferenceRewriter.location`);
 - search parameters toward the upstream (:meth:`ReferenceRewriter.search`).
 
 Never touched: ``urn:uuid:``/``urn:oid:`` references (a client transaction's own placeholders,
 R4 bundle.html#references), ``#id`` contained references, absolute URLs of other servers,
-version ids, and canonical URLs (``Extension.url``, ``meta.profile``, ``instantiates*``,
-``ConceptMap``/``ValueSet`` ``url``s): they are not ``reference`` elements, so the walk never
-reads them. Conditional references in bodies (``Patient?identifier=...``) have their reference
-parameter values rewritten like a search; one that can match nothing is a 422, while an
-``ifNoneExist`` that can match nothing is dropped (none exist, so the create proceeds).
+version ids, and canonical URLs (``Extension.url``, ``valueCanonical``, ``meta.profile``,
+``instantiates*``, ``ConceptMap``/``ValueSet`` ``url``s): they are not ``reference`` elements
+(nor an extension's uri), so the walk never reads them. Conditional references in bodies
+(``Patient?identifier=...``) have their reference parameter values rewritten like a search;
+one that can match nothing is a 422, while an ``ifNoneExist`` that can match nothing is
+dropped (none exist, so the create proceeds).
 
 Toward the client every id is the upstream's and must translate, or the answer is refused
 (:class:`~middleware.mapping.ids.UntranslatableId`, 422): an upstream id never reaches a client.
@@ -57,6 +64,12 @@ __all__ = ["ReferenceRewriter", "SearchReferences", "Toward"]
 Toward = Literal["client", "upstream"]
 
 _ENVELOPES: Final = frozenset({"transaction", "batch", "transaction-response", "batch-response"})
+#: The elements of a ``Bundle.entry`` whose URLs :meth:`_Walk.entry` rewrites itself.
+_ENTRY_PARTS: Final = frozenset({"fullUrl", "request", "response", "resource"})
+#: Extension values that may be a URL naming a resource (R4 extensibility.html: value[x]).
+_URI_VALUES: Final = frozenset({"valueUri", "valueUrl"})
+#: The keys whose string value may name a resource in an element that is not a resource.
+_NAMED: Final = _URI_VALUES | {"reference"}
 _MAX_DEPTH: Final = 256  # dict and list levels; FHIR data is far shallower
 _SAFE: Final = ",|:/$"  # as middleware.pipeline.params: FHIR search syntax stays readable
 #: Search parameters known to be references (those of the Patient compartment, R4): a bare id
@@ -205,13 +218,16 @@ class _Walk:
         if type(declared) is str:
             return self.resource(node, declared, depth, contained=contained)
         changed: dict[str, Any] | None = None
+        named = _NAMED  # a local: one set lookup per value, as the one compare was
         for key, value in node.items():
             if type(value) is dict or type(value) is list:
                 new = self.node(value, depth + 1)
-            elif key == "reference" and type(value) is str:
+            elif key not in named or type(value) is not str:
+                continue
+            elif key == "reference":
                 new = self.reference(value)
             else:
-                continue
+                new = self.uri(value)
             if new is not value:
                 changed = changed if changed is not None else {}
                 changed[key] = new
@@ -231,6 +247,8 @@ class _Walk:
         for key, value in node.items():
             if key == "reference" and type(value) is str:
                 new = self.reference(value)
+            elif key in _URI_VALUES and type(value) is str:
+                new = self.uri(value)
             elif key == "id" and not contained and type(value) is str:
                 envelope = kind == "Bundle" and node.get("type") in _ENVELOPES
                 new = value if envelope else self.convert(kind, value)
@@ -245,18 +263,28 @@ class _Walk:
         return {**node, **changed} if changed else node
 
     def bundle_part(self, key: str, items: list[Any], depth: int) -> list[Any]:
+        """``Bundle.entry`` or a ``link`` list (``depth``: the list's); an item that is a list
+        (no FHIR, but an upstream may send it) is walked as any other data."""
         out = [
-            (self.link(item) if key == "link" else self.entry(item, depth + 1))
+            (self.link(item, depth + 1) if key == "link" else self.entry(item, depth + 1))
             if type(item) is dict
+            else self.node(item, depth + 1)
+            if type(item) is list
             else item
             for item in items
         ]
         return out if any(a is not b for a, b in zip(out, items, strict=True)) else items
 
-    def link(self, link: dict[str, Any]) -> dict[str, Any]:
-        return _changed(link, "url", lambda url: self.url(url, query=False))
+    def link(self, link: dict[str, Any], depth: int) -> Any:
+        """A ``Bundle.link`` or ``Bundle.entry.link`` (R4: the same element): its ``url``,
+        then its extensions and anything else below it, like any element."""
+        return self.node(_changed(link, "url", lambda url: self.url(url, query=False)), depth)
 
     def entry(self, entry: dict[str, Any], depth: int) -> dict[str, Any]:
+        """One ``Bundle.entry``: its ``fullUrl``, ``request`` (``url``, ``ifNoneExist``),
+        ``response`` (``location``) and ``resource``, then every other element of it
+        (``link``, ``search``, extensions and modifier extensions, anything else) like any
+        element: an id in none of them is left as it was."""
         out = _changed(entry, "fullUrl", lambda url: self.url(url, query=False))
         request, resource = out.get("request"), out.get("resource")
         if type(request) is dict:
@@ -272,14 +300,50 @@ class _Walk:
             posted = request.get("method") == "POST" and self.toward == "upstream"
             if posted and type(resource) is dict and "id" in resource:
                 resource = {k: v for k, v in resource.items() if k != "id"}  # http.html#create
-            out = _put(out, "request", request)
+            out = _put(out, "request", self.node(request, depth + 1))
         response = out.get("response")
         if type(response) is dict:
             response = _changed(response, "location", lambda url: self.url(url, query=False))
             out = _put(out, "response", self.node(response, depth + 1))
         if resource is not None:
             out = _put(out, "resource", self.node(resource, depth + 1))
-        return out
+        rest: dict[str, Any] = {}
+        new: Any
+        for key, value in out.items():
+            if key in _ENTRY_PARTS:
+                continue
+            if key == "link" and type(value) is list:
+                new = self.bundle_part("link", value, depth + 1)
+            elif type(value) is dict or type(value) is list:
+                new = self.node(value, depth + 1)
+            elif type(value) is not str:
+                continue
+            elif key == "reference":
+                new = self.reference(value)
+            elif key in _URI_VALUES:
+                new = self.uri(value)
+            else:
+                continue
+            if new is not value:
+                rest[key] = new
+        return {**out, **rest} if rest else out
+
+    def uri(self, value: str) -> str:
+        """An extension's ``valueUri`` or ``valueUrl``: rewritten as a ``reference`` is when
+        it names a resource of this upstream (absolute under a base, or relative ``Type/id``
+        of an R4 resource type); another server's URL, a URN or a relative path of no
+        resource type is left as written (a uri is not always a location)."""
+        relative = ":" not in value.partition("?")[0]
+        if relative and value.partition("/")[0] not in RESOURCE_TYPES:
+            return value
+        if not relative and not value.startswith(self.owner.bases):
+            return value
+        try:
+            return self.url(value, query=False)
+        except NotFound as exc:  # as a reference: the client's body names nothing we issued
+            raise UnprocessableEntity(
+                "a reference in the request does not name a resource of this server"
+            ) from exc
 
     def reference(self, value: str) -> str:
         try:

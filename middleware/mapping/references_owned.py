@@ -31,6 +31,10 @@ __all__ = ["to_client_in_place"]
 
 _ENVELOPES: Final = frozenset({"transaction", "batch", "transaction-response", "batch-response"})
 _BUNDLE_PARTS: Final = frozenset({"entry", "link"})
+#: As ``references._ENTRY_PARTS`` and ``references._URI_VALUES``.
+_ENTRY_PARTS: Final = frozenset({"fullUrl", "request", "response", "resource"})
+_URI_VALUES: Final = frozenset({"valueUri", "valueUrl"})
+_NAMED: Final = _URI_VALUES | {"reference"}
 _MAX_DEPTH: Final = 256  # as middleware.mapping.references: the same refusals at the same depth
 
 
@@ -86,13 +90,17 @@ class _InPlace:
             self.resource(node, declared, depth, contained)
             return
         below = depth + 1
+        named = _NAMED  # a local: one set lookup per string value, as the one compare was
         for key, value in node.items():
             kind = type(value)
             if kind is str:  # most values: one test, then the key only if it is a string
-                if key == "reference":
-                    new = self.url(value, reference=True)
-                    if new is not value:
-                        node[key] = new  # an existing key: safe while iterating
+                if key in named:
+                    if key == "reference":
+                        new = self.url(value, reference=True)
+                        if new is not value:
+                            node[key] = new  # an existing key: safe while iterating
+                    else:
+                        self.uri(node, key, value)
             elif kind is dict or kind is list:
                 self.node(value, below, False)
 
@@ -107,6 +115,8 @@ class _InPlace:
                 new = self.url(value, reference=True)
                 if new is not value:
                     node[key] = new
+            elif key in _URI_VALUES and vkind is str:
+                self.uri(node, key, value)
             elif key == "id" and not contained and vkind is str:
                 if bundle and node.get("type") in _ENVELOPES:
                     continue
@@ -115,29 +125,61 @@ class _InPlace:
                     self.changed = True
                     node[key] = new
             elif bundle and vkind is list and key in _BUNDLE_PARTS:
-                for item in value:
-                    if type(item) is dict:
-                        if key == "link":
-                            self.put(item, "url")
-                        else:
-                            self.entry(item, below + 1)
+                self.bundle_part(key, value, below)
             elif vkind is dict or vkind is list:
                 self.node(value, below, key == "contained")
 
+    def bundle_part(self, key: str, items: list[Any], depth: int) -> None:
+        """As ``_Walk.bundle_part``: ``Bundle.entry`` or a ``link`` list at ``depth``."""
+        for item in items:
+            if type(item) is dict:
+                if key == "link":
+                    self.put(item, "url")
+                    self.node(item, depth + 1, False)
+                else:
+                    self.entry(item, depth + 1)
+            elif type(item) is list:
+                self.node(item, depth + 1, False)
+
     def entry(self, entry: dict[str, Any], depth: int) -> None:
         """As ``_Walk.entry`` toward the client: ``fullUrl``, ``request.url``,
-        ``response.location`` and the response and resource below (nothing else of it)."""
+        ``response.location``, the request, response and resource below, then every other
+        element of the entry (links, search, extensions) in the same order."""
         self.put(entry, "fullUrl")
+        below = depth + 1
         request = entry.get("request")
         if type(request) is dict:
             self.put(request, "url")
+            self.node(request, below, False)
         response = entry.get("response")
         if type(response) is dict:
             self.put(response, "location")
-            self.node(response, depth + 1, False)
+            self.node(response, below, False)
         resource = entry.get("resource")
         if resource is not None:
-            self.node(resource, depth + 1, False)
+            self.node(resource, below, False)
+        for key, value in entry.items():
+            vkind = type(value)
+            if key in _ENTRY_PARTS:
+                continue
+            if key == "link" and vkind is list:
+                self.bundle_part(key, value, below)
+            elif vkind is dict or vkind is list:
+                self.node(value, below, False)
+            elif vkind is str:
+                if key == "reference":
+                    new = self.url(value, reference=True)
+                    if new is not value:
+                        entry[key] = new
+                elif key in _URI_VALUES:
+                    self.uri(entry, key, value)
+
+    def uri(self, holder: dict[str, Any], key: str, value: str) -> None:
+        """An extension's ``valueUri``/``valueUrl`` (``holder[key]``), as ``_Walk.uri``."""
+        new = self.walk.uri(value)
+        if new != value:
+            self.changed = True
+            holder[key] = new
 
     def put(self, holder: dict[str, Any], key: str) -> None:
         """Rewrite the URL at ``holder[key]``, if it is a string."""

@@ -632,9 +632,11 @@ _STRINGS = [
     *("Observation/c-obs-2", "Bundle", "Patient", "Observation", "POST", "GET", "transaction"),
     *("searchset", "c-1", "1", "", "a:b/c", "Observation?subject=Patient/c-1"),
     *("Observation?patient=c-1", "Observation?subject=Patient/c-9/x"),
+    *(f"{UP}/Observation/9", f"{GW}/Patient/forged", "Basic/1", "notatype/1", f"{UP}/metadata"),
 ]
 _KEYS = ["reference", "id", "resourceType", "contained", "entry", "link", "fullUrl", "url"]
 _KEYS += ["request", "response", "location", "ifNoneExist", "method", "type", "resource", "x"]
+_KEYS += ["extension", "valueUri", "valueUrl", "search"]
 trees = st.recursive(
     st.sampled_from(_STRINGS) | st.integers(0, 3) | st.none(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner),
@@ -726,3 +728,170 @@ def test_the_depth_limit_is_where_it_was(depth: int, leaf: Any) -> None:
         new = REWRITER.to_client if toward == "client" else REWRITER.to_upstream
         old = BEFORE.to_client if toward == "client" else BEFORE.to_upstream
         assert _outcome(new, document) == _outcome(old, document)
+
+
+# -- every element of a Bundle entry, and the Bundle's own links --------------------------------
+
+
+def _ext(place: str, value: str) -> dict[str, Any]:
+    """An extension whose value names ``value`` the way ``place`` says."""
+    if place == "reference":
+        return {"url": "http://x/ref", "valueReference": {"reference": value}}
+    return {"url": "http://x/uri", place: value}
+
+
+def entry_links(patient: str, obs: str, *, base: str = UP) -> dict[str, Any]:
+    """A Bundle naming ``Patient/<patient>`` (and one Observation) in each element of an entry
+    that is neither its ``fullUrl``, ``request``, ``response`` nor ``resource``, and in its own
+    links' and extensions' (R4 Bundle.entry.link, Element.extension, BackboneElement
+    .modifierExtension, Bundle.entry.search)."""
+    named = f"Patient/{patient}"
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "link": [
+            {
+                "relation": "related",
+                "url": f"{base}/{named}",
+                "extension": [_ext("reference", named)],
+            }
+        ],
+        "extension": [_ext("valueUri", f"{base}/{named}")],
+        "entry": [
+            {
+                "link": [
+                    {"relation": "alternate", "url": f"{base}/{named}/_history/2"},
+                    {"relation": "related", "url": f"Observation/{obs}"},
+                    {"relation": "x", "url": "Patient", "extension": [_ext("reference", named)]},
+                ],
+                "extension": [
+                    _ext("reference", named),
+                    _ext("valueUri", f"{base}/{named}"),
+                    _ext("valueUrl", named),
+                ],
+                "modifierExtension": [_ext("reference", f"{base}/{named}")],
+                "search": {"mode": "match", "extension": [_ext("reference", named)]},
+                "request": {
+                    "method": "GET",
+                    "url": named,
+                    "extension": [_ext("valueUri", named)],
+                },
+                "response": {"status": "200", "extension": [_ext("reference", named)]},
+                "resource": {"resourceType": "Basic", "extension": [_ext("valueUri", named)]},
+            }
+        ],
+    }
+
+
+def test_every_element_of_an_entry_and_the_bundles_links_carry_the_clients_ids() -> None:
+    """Entry links, extensions (a Reference, or a uri/url naming a resource of this upstream,
+    absolute or relative), modifier extensions, search and request extensions, and the
+    Bundle's own link extensions: none keeps the upstream's id; back toward the upstream,
+    the same document as the upstream's."""
+    out = REWRITER.to_client(entry_links("1", "9"))
+    assert out == entry_links("c-1", "c-obs-9")
+    assert REWRITER.to_upstream(out) == entry_links("1", "9")
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        ("link", 0, "url"),
+        ("link", 0, "extension", 0, "valueReference", "reference"),
+        ("extension", 0, "valueUri"),
+        ("entry", 0, "link", 0, "url"),
+        ("entry", 0, "link", 2, "extension", 0, "valueReference", "reference"),
+        ("entry", 0, "extension", 0, "valueReference", "reference"),
+        ("entry", 0, "extension", 1, "valueUri"),
+        ("entry", 0, "extension", 2, "valueUrl"),
+        ("entry", 0, "modifierExtension", 0, "valueReference", "reference"),
+        ("entry", 0, "search", "extension", 0, "valueReference", "reference"),
+        ("entry", 0, "request", "extension", 0, "valueUri"),
+    ],
+    ids=[
+        "bundle-link",
+        "bundle-link-extension",
+        "bundle-extension-uri",
+        "entry-link",
+        "entry-link-extension",
+        "entry-extension-reference",
+        "entry-extension-uri",
+        "entry-extension-url",
+        "entry-modifier-extension",
+        "entry-search-extension",
+        "entry-request-extension",
+    ],
+)
+def test_an_untranslatable_id_in_any_element_of_an_entry_refuses_the_answer(
+    place: tuple[str | int, ...],
+) -> None:
+    """Only this one place names ``Patient/bad``: the answer is refused, not released with it."""
+    document: Any = copy.deepcopy(entry_links("1", "9"))
+    holder = document
+    for step in place[:-1]:
+        holder = holder[step]
+    holder[place[-1]] = holder[place[-1]].replace("Patient/1", "Patient/bad")
+    assert "Patient/bad" in jsoncodec.encode(document).decode()
+    with pytest.raises(UntranslatableId):
+        REWRITER.to_client(document)
+
+
+@pytest.mark.parametrize(
+    ("place", "error"),
+    [
+        (("entry", 0, "extension", 0, "valueReference", "reference"), UnprocessableEntity),
+        (("entry", 0, "extension", 1, "valueUri"), UnprocessableEntity),
+        (("entry", 0, "modifierExtension", 0, "valueReference", "reference"), UnprocessableEntity),
+        (
+            ("entry", 0, "search", "extension", 0, "valueReference", "reference"),
+            UnprocessableEntity,
+        ),
+        (("entry", 0, "request", "extension", 0, "valueUri"), UnprocessableEntity),
+        (("entry", 0, "link", 0, "url"), NotFound),  # as a fullUrl or Bundle.link.url
+        (("link", 0, "url"), NotFound),
+    ],
+    ids=[
+        "extension-reference",
+        "extension-uri",
+        "modifier-extension",
+        "search-extension",
+        "request-extension",
+        "entry-link",
+        "bundle-link",
+    ],
+)
+def test_a_client_id_we_did_not_issue_in_any_element_of_an_entry_is_refused(
+    place: tuple[str | int, ...], error: type[Exception]
+) -> None:
+    """Writes: a client's Bundle naming an id this upstream never issued, in one element."""
+    document: Any = copy.deepcopy(entry_links("c-1", "c-obs-9", base=GW))
+    holder = document
+    for step in place[:-1]:
+        holder = holder[step]
+    holder[place[-1]] = holder[place[-1]].replace("Patient/c-1", "Patient/forged")
+    with pytest.raises(error):
+        REWRITER.to_upstream(document)
+
+
+def test_uris_that_name_no_resource_of_this_upstream_are_untouched() -> None:
+    """Another server's URL, a URN, a relative path that is no resource type, a canonical:
+    not locations of this upstream's resources."""
+    values = [
+        "http://elsewhere.example/fhir/Patient/1",
+        "urn:uuid:0f8fad5b-d9cb-469f-a165-70867728950e",
+        "notatype/1",
+        "Unknowntype/1",
+        f"{UP}/metadata",
+        "Patient",
+    ]
+    extensions = [_ext(kind, v) for v in values for kind in ("valueUri", "valueUrl")]
+    extensions.append({"url": "http://x", "valueCanonical": f"{UP}/Patient/1"})
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"extension": extensions, "resource": {"resourceType": "Basic"}}],
+    }
+    resource = {"resourceType": "Basic", "extension": extensions}
+    for document in (bundle, resource):
+        assert REWRITER.to_client(document) is document
+        assert REWRITER.to_upstream(document) is document

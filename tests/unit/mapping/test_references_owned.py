@@ -10,9 +10,15 @@ import pytest
 from hypothesis import given, settings
 
 from middleware.fhir import jsoncodec
-from middleware.mapping.ids import OpaqueResolver
+from middleware.mapping.ids import OpaqueResolver, UntranslatableId
 from middleware.mapping.references import ReferenceRewriter
-from tests.unit.mapping.test_references import _RESOURCES, REWRITER, UP, trees
+from tests.unit.mapping.test_references import (
+    _RESOURCES,
+    REWRITER,
+    UP,
+    entry_links,
+    trees,
+)
 
 
 def in_place(document: Any) -> Any:
@@ -82,3 +88,19 @@ def test_a_searchset_with_opaque_ids_is_the_same_bytes() -> None:
     tree = copy.deepcopy(document)
     assert rewriter.to_client_in_place(tree)
     assert jsoncodec.encode(tree) == jsoncodec.encode(rewriter.to_client(document))
+
+
+def test_every_element_of_an_entry_is_rewritten_in_place() -> None:
+    """Entry links, extensions, modifier extensions, search and request extensions, and the
+    Bundle's own link extensions (test_references.entry_links): the client's ids, in place."""
+    tree = entry_links("1", "9")
+    assert REWRITER.to_client_in_place(tree) is True
+    assert tree == entry_links("c-1", "c-obs-9")
+    assert in_place(entry_links("1", "9")) == copied(entry_links("1", "9"))
+
+
+def test_an_untranslatable_id_in_an_entry_extension_refuses_the_answer_in_place() -> None:
+    tree = entry_links("1", "9")
+    tree["entry"][0]["extension"][0]["valueReference"]["reference"] = "Patient/bad"
+    with pytest.raises(UntranslatableId):
+        REWRITER.to_client_in_place(tree)

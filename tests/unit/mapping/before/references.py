@@ -186,6 +186,8 @@ class _Walk:
         for key, value in node.items():
             if key == "reference" and type(value) is str:
                 new = self.reference(value)
+            elif key in ("valueUri", "valueUrl") and type(value) is str:
+                new = self.uri(value)
             elif key == "id" and kind is not None and not contained and type(value) is str:
                 envelope = kind == "Bundle" and node.get("type") in _ENVELOPES
                 new = value if envelope else self.convert(kind, value)
@@ -202,15 +204,17 @@ class _Walk:
 
     def bundle_part(self, key: str, items: list[Any], depth: int) -> list[Any]:
         out = [
-            (self.link(item) if key == "link" else self.entry(item, depth + 1))
+            (self.link(item, depth + 1) if key == "link" else self.entry(item, depth + 1))
             if type(item) is dict
+            else self.node(item, depth + 1)
+            if type(item) is list
             else item
             for item in items
         ]
         return out if any(a is not b for a, b in zip(out, items, strict=True)) else items
 
-    def link(self, link: dict[str, Any]) -> dict[str, Any]:
-        return _changed(link, "url", lambda url: self.url(url, query=False))
+    def link(self, link: dict[str, Any], depth: int) -> Any:
+        return self.node(_changed(link, "url", lambda url: self.url(url, query=False)), depth)
 
     def entry(self, entry: dict[str, Any], depth: int) -> dict[str, Any]:
         out = _changed(entry, "fullUrl", lambda url: self.url(url, query=False))
@@ -228,14 +232,37 @@ class _Walk:
             posted = request.get("method") == "POST" and self.toward == "upstream"
             if posted and type(resource) is dict and "id" in resource:
                 resource = {k: v for k, v in resource.items() if k != "id"}  # http.html#create
-            out = _put(out, "request", request)
+            out = _put(out, "request", self.node(request, depth + 1))
         response = out.get("response")
         if type(response) is dict:
             response = _changed(response, "location", lambda url: self.url(url, query=False))
             out = _put(out, "response", self.node(response, depth + 1))
         if resource is not None:
             out = _put(out, "resource", self.node(resource, depth + 1))
-        return out
+        rest: dict[str, Any] = {}
+        for key, value in out.items():
+            if key in ("fullUrl", "request", "response", "resource"):
+                continue
+            if key == "link" and type(value) is list:
+                new = self.bundle_part("link", value, depth + 1)
+            else:  # as a dict without resourceType would walk it
+                new = self.node({key: value}, depth)[key]
+            if new is not value:
+                rest[key] = new
+        return {**out, **rest} if rest else out
+
+    def uri(self, value: str) -> str:
+        relative = ":" not in value.partition("?")[0]
+        if relative and value.partition("/")[0] not in RESOURCE_TYPES:
+            return value
+        if not relative and not any(value.startswith(b) for b in self.owner.bases):
+            return value
+        try:
+            return self.url(value, query=False)
+        except NotFound as exc:
+            raise UnprocessableEntity(
+                "a reference in the request does not name a resource of this server"
+            ) from exc
 
     def reference(self, value: str) -> str:
         try:
