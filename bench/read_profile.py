@@ -108,7 +108,7 @@ class Answered:
 class FixedUpstream:
     """The upstream (:class:`~middleware.proxy.upstream.Upstream`) without a client library:
     the Patient read and the Observation search answered with fixed bytes, so what is measured
-    is the gateway's own work (the served gateway's client, aiohttp, adds its own)."""
+    is the gateway's own work (the served gateway's client, native by default, adds its own)."""
 
     def __init__(self) -> None:
         self.patient, self.bundle = patient_bytes(), searchset(20)

@@ -1,5 +1,5 @@
-"""The upstream seam over :class:`aiohttp.ClientSession`, the default (``upstream_client =
-"aiohttp"``).
+"""The upstream seam over :class:`aiohttp.ClientSession` (``upstream_client = "aiohttp"``), an
+option beside the default :mod:`~middleware.proxy.native_upstream`.
 
 It keeps the contract of :mod:`~middleware.proxy.native_upstream`, clause by clause:
 
@@ -23,7 +23,9 @@ It keeps the contract of :mod:`~middleware.proxy.native_upstream`, clause by cla
   connection was idle. A response not read whole is closed, never returned to the pool.
 
 Measured on the 2-core machine (``docs/performance.md``): it costs more CPU per proxied
-request than the native client and far less than httpx's default transport.
+request than the native client (through real HTTP the enforced read 1,592-1,788 us of gateway
+CPU against 1,000-1,092, which is why native is the default) and far less than httpx's default
+transport.
 """
 
 from __future__ import annotations

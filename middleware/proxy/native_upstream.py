@@ -1,4 +1,13 @@
-"""The upstream seam over a minimal HTTP/1.1 client on asyncio transports and ``httptools``.
+"""The upstream seam over a minimal HTTP/1.1 client on asyncio transports and ``httptools``,
+the default (``upstream_client = "native"``).
+
+Hand-written by measurement, against the rule of a well-kept library first: the parsing is
+llhttp's (Node's parser, through httptools), the rest is the pool and framing below. On the
+2-core machine (``docs/performance.md``, "Upstream clients"), through real HTTP the enforced
+read cost the gateway 1,000-1,092 us of CPU with this client and 1,592-1,788 with aiohttp's
+(:mod:`~middleware.proxy.aiohttp_upstream`, kept as an option under the same contract), the
+upstream round trip and answer parse 155-195 us against 500-590; ``bench.enforced`` at 16
+connections, six alternating rounds: median 1,128 against 1,432 us.
 
 One origin only: the base URL's scheme, host and port (``https`` verifies with
 :func:`ssl.create_default_context`); a URL on another origin is a programming error,

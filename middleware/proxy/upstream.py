@@ -1,11 +1,12 @@
 """The upstream seam: what the forwarder needs from an HTTP client, and nothing more.
 
-Three implementations stand behind :class:`Upstream`: :mod:`~middleware.proxy.aiohttp_upstream`
-(the default), :mod:`~middleware.proxy.native_upstream` (HTTP/1.1 on asyncio with httptools'
-parser, less CPU per request, see docs/performance.md; both keep one contract, tested on both,
-and refuse every response surprise), and :mod:`~middleware.proxy.httpx_upstream` (for
-``respx`` and ``httpx.MockTransport`` in tests, and for deployments that prefer httpx). Each
-translates its library's exceptions into :mod:`middleware.errors` in exactly one place:
+Three implementations stand behind :class:`Upstream`: :mod:`~middleware.proxy.native_upstream`
+(the default: HTTP/1.1 on asyncio with httptools' parser, chosen for its lower CPU per request,
+see docs/performance.md), :mod:`~middleware.proxy.aiohttp_upstream` (both keep one contract,
+tested on both, and refuse every response surprise), and
+:mod:`~middleware.proxy.httpx_upstream` (for ``respx`` and ``httpx.MockTransport`` in tests,
+and for deployments that prefer httpx). Each translates its library's exceptions into
+:mod:`middleware.errors` in exactly one place:
 
 - connect or read timeout -> :class:`~middleware.errors.UpstreamTimeout` (504)
 - refused, reset, DNS failure, broken response -> :class:`~middleware.errors.UpstreamError` (502)

@@ -1,4 +1,4 @@
-"""The contract both HTTP/1.1 clients keep (aiohttp, the default, and the native one), run on
+"""The contract both HTTP/1.1 clients keep (the native one, the default, and aiohttp), run on
 each against the scripted raw server of :mod:`tests.unit.proxy.test_native_upstream`.
 
 First the response-desync suite: an upstream (or something between it and us) that answers
@@ -406,13 +406,15 @@ async def test_pool_size_bounds_the_connections(make: Make) -> None:
 # --- wiring ----------------------------------------------------------------------------------
 
 
-async def test_aiohttp_is_the_default_client() -> None:
+async def test_native_is_the_default_client() -> None:
+    """Without ``upstream_client`` the gateway reaches its upstream with the native client
+    (chosen by measurement, docs/configuration.md), inside the overall deadline."""
     settings = load_settings(overrides={"upstream": "http://upstream.test:8103/fhir"})
-    assert settings.upstream_client == "aiohttp"
+    assert settings.upstream_client == "native"
     gateway = create_app(settings, store=MemoryLogStore(), signer=SigningKey.generate("t"))
     chosen = gateway.proxy.forwarder.upstream
     assert isinstance(chosen, DeadlineUpstream)
-    assert isinstance(chosen.inner, AiohttpUpstream)
+    assert isinstance(chosen.inner, NativeUpstream)
     await gateway.aclose()
 
 
