@@ -19,8 +19,22 @@ For each named party ``R`` the caller is a member when (FHIR R4):
 * ``CareTeam`` (``participant.member``), ``Group`` (``member.entity``): one of its members is
   the caller or one of its affiliations (:meth:`Directory.members`).
 
+* ``Practitioner`` (asked only for a PractitionerRole or Person caller): the role's
+  practitioner, a Person's linked practitioners (whose roles count as the caller's too).
+
+A CareTeam or Group nested one level in the named one is read too (deeper: unknown). A
+member of an inactive CareTeam/Group is denied by every consent naming it: no permit
+through an inactive team, and its denies still hold. When the deployment maps ids
+(``mapped``), every party the token does not carry is unknown: the directory speaks the
+upstream's ids, the consents the client's.
+
 The principal is widened with the named parties found to be members, nothing else, so the
 consent decision (pure, :mod:`middleware.consent.decide`) stays as it was.
+
+**Bounded.** One request reads at most :data:`MAX_PARTIES` CareTeams/Groups, at most
+:data:`CONCURRENCY` at a time, all within one ``deadline``; what is left is unknown. A
+lookup with nothing unknown is remembered (per fhirUser, token references and parties
+asked) while every answer it used holds (:class:`Watch`).
 
 **Fail closed.** A lookup the directory cannot answer (upstream down, timeout, a malformed or
 incomplete answer) raises :class:`Unresolved`. Then, per ``unresolved``: ``deny`` (default)
@@ -35,7 +49,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Final, Literal, Protocol
 
 from middleware.consent.model import DENY, CodingSet, Policy, Provision
@@ -53,6 +69,7 @@ __all__ = [
     "Directory",
     "Memberships",
     "Unresolved",
+    "Watch",
     "named_parties",
 ]
 
@@ -77,11 +94,29 @@ MAX_LINKED: Final = 4
 #: ``CareTeam.status`` inactive or entered-in-error, ``Group.active`` false). Not a reference.
 INACTIVE: Final = "#inactive"
 
+#: Most widen results remembered (:class:`Memberships`), the oldest out first.
+MEMO_SIZE: Final = 4096
+
 Unresolvable = Literal["deny", "unavailable"]
 
 
 class Unresolved(Exception):
     """A membership lookup could not be answered; the message names no record."""
+
+
+@dataclasses.dataclass(slots=True)
+class Watch:
+    """When an answer read under the watch may change: ``until`` (monotonic seconds) a
+    cached read expires, ``wall_until`` (seconds since the epoch) a period in it starts or
+    ends, or the wall clock goes back before ``wall_since`` (the periods were judged then);
+    both clocks as :meth:`Directory.now` gives them."""
+
+    until: float = math.inf
+    wall_until: float = math.inf
+    wall_since: float = -math.inf
+
+    def holds(self, now: tuple[float, float]) -> bool:
+        return now[0] < self.until and self.wall_since <= now[1] < self.wall_until
 
 
 class Directory(Protocol):
@@ -104,15 +139,29 @@ class Directory(Protocol):
         raises :class:`Unresolved`."""
         ...
 
+    def now(self) -> tuple[float, float]:
+        """Monotonic seconds and seconds since the epoch, as :class:`Watch` counts them."""
+        ...
 
-def _named(policies: tuple[Policy, ...]) -> frozenset[str]:
+    def watch(self) -> AbstractContextManager[Watch]:
+        """A :class:`Watch` of the answers given inside it (in this task and the tasks it
+        starts there)."""
+        ...
+
+
+def _named(policies: tuple[Policy, ...], kinds: frozenset[str] = PARTIES) -> frozenset[str]:
     return frozenset(
         ref
         for policy in policies
         for node in _nodes(policy.root)
         for ref in node.actor_refs
-        if ref.partition("/")[0] in PARTIES
+        if ref.partition("/")[0] in kinds
     )
+
+
+_OTHERS: Final = PARTIES - {"Practitioner"}
+#: Callers that act as a practitioner other than their reference.
+_ACTS_AS: Final = ("PractitionerRole/", "Person/")
 
 
 def _nodes(node: Provision) -> Iterator[Provision]:
@@ -125,6 +174,10 @@ _NAMED: Final = RecentByIdentity[tuple[Policy, ...], frozenset[str]](_named, 102
 #: The parties of :data:`PARTIES` an actor of ``policies`` names, memoised by the tuple's
 #: identity (the registry hands out one tuple per patient until their consents change).
 named_parties: Final = _NAMED.made
+#: The same without ``Practitioner``: all a caller that is not a role or Person can be.
+_named_others: Final = RecentByIdentity[tuple[Policy, ...], frozenset[str]](
+    lambda policies: _named(policies, _OTHERS), 1024
+).made
 
 
 class Memberships:
@@ -150,6 +203,12 @@ class Memberships:
         self.unresolved: Unresolvable = unresolved
         self.deadline = deadline
         self.mapped = mapped
+        # (fhirUser, token references, wanted) -> (until, found, inactive): a lookup with
+        # nothing unknown, until the earliest answer it used may change (Watch).
+        self._memo: dict[
+            tuple[str | None, frozenset[str], frozenset[str]],
+            tuple[Watch, frozenset[str], frozenset[str]],
+        ] = {}
         self._log = get_logger("consentry.memberships")
 
     async def widen(
@@ -160,17 +219,18 @@ class Memberships:
         by a deny under ``deny``); both unchanged when no consent names a party the caller
         does not already hold. Raises :class:`ServiceUnavailable` under ``unavailable``."""
         held = caller.principal.references
+        # Only a role or a Person acts as a practitioner other than its reference.
+        user = caller.principal.reference
+        acts_as = user is not None and user.startswith(_ACTS_AS)
+        named_of = named_parties if acts_as else _named_others
         wanted: set[str] = set()
         for group in policies.values():
-            named = named_parties(group)
+            named = named_of(group)
             if named and not named <= held:
                 wanted |= named - held
-        if wanted and not _as_practitioner(caller.principal.reference):
-            # Only a role or a Person acts as a practitioner other than its reference.
-            wanted = {ref for ref in wanted if not ref.startswith("Practitioner/")}
         if not wanted:
             return caller, policies
-        found, unknown, inactive = await self._resolve(caller, wanted)
+        found, unknown, inactive = await self._remembered(caller, frozenset(wanted))
         if inactive:
             # A member of an inactive team: no permit through it, and its denies hold.
             policies = {
@@ -191,8 +251,25 @@ class Memberships:
             caller = dataclasses.replace(caller, principal=widened)
         return caller, policies
 
+    async def _remembered(
+        self, caller: Caller, wanted: frozenset[str]
+    ) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+        """:meth:`_resolve`, remembered while every answer it used holds."""
+        key = (caller.principal.reference, caller.principal.references, wanted)
+        memo = self._memo.get(key)
+        if memo is not None and memo[0].holds(self.directory.now()):
+            return memo[1], frozenset(), memo[2]
+        with self.directory.watch() as watch:
+            found, unknown, inactive = await self._resolve(caller, wanted)
+        if not unknown:
+            self._memo.pop(key, None)
+            self._memo[key] = (watch, found, inactive)
+            if len(self._memo) > MEMO_SIZE:
+                del self._memo[next(iter(self._memo))]
+        return found, unknown, inactive
+
     async def _resolve(
-        self, caller: Caller, wanted: set[str]
+        self, caller: Caller, wanted: frozenset[str]
     ) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
         """The wanted parties the caller is a member of, those it is unknown of, and the
         inactive CareTeams/Groups it is a member of; all within one :attr:`deadline`: what
@@ -208,7 +285,7 @@ class Memberships:
             step.unknown |= wanted - step.found - step.inactive
         return frozenset(step.found), frozenset(step.unknown), frozenset(step.inactive)
 
-    async def _decide(self, caller: Caller, wanted: set[str], step: _Step) -> None:
+    async def _decide(self, caller: Caller, wanted: frozenset[str], step: _Step) -> None:
         principal = caller.principal
         mine = await self._mine(principal.reference, principal.references)
         above = mine
@@ -318,10 +395,6 @@ class _Step:
             (self.found if active else self.inactive).add(party)
         elif mine is None or deeper:
             self.unknown.add(party)  # it may name an affiliation or a team we did not read
-
-
-def _as_practitioner(user: str | None) -> bool:
-    return user is not None and user.startswith(("PractitionerRole/", "Person/"))
 
 
 def _deny_unknown(group: tuple[Policy, ...], unknown: frozenset[str]) -> tuple[Policy, ...]:

@@ -40,6 +40,8 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -47,7 +49,7 @@ from middleware.consent.fhirtime import bounds
 from middleware.consent.model import normalize_reference
 from middleware.errors import GatewayError
 from middleware.fhir import jsoncodec
-from middleware.pipeline.memberships import INACTIVE, Unresolved
+from middleware.pipeline.memberships import INACTIVE, Unresolved, Watch
 from middleware.proxy.upstream import Upstream, UpstreamRequest
 
 __all__ = ["UpstreamDirectory"]
@@ -67,6 +69,8 @@ _ENDED: Final = frozenset({"inactive", "entered-in-error"})
 #: (exclusive); None: unbounded.
 Timed = tuple[str, float | None, float | None]
 Parse = Callable[[Any, str], Iterator[tuple[str, object]]]
+#: The watch of the lookup in progress in this task (and the tasks it gathers).
+_WATCHING: ContextVar[Watch | None] = ContextVar("membership_watch", default=None)
 
 
 class UpstreamDirectory:
@@ -101,7 +105,7 @@ class UpstreamDirectory:
         self._wall = wall_clock
         self._cache: OrderedDict[str, tuple[float, frozenset[Timed]]] = OrderedDict()
         self._failed: OrderedDict[str, tuple[float, str]] = OrderedDict()
-        self._reading: dict[str, asyncio.Future[frozenset[Timed]]] = {}
+        self._reading: dict[str, asyncio.Future[tuple[float, frozenset[Timed]]]] = {}
 
     async def affiliations(self, user: str) -> frozenset[str]:
         kind, _, ident = user.partition("/")
@@ -128,17 +132,39 @@ class UpstreamDirectory:
             return await self._cached(f"Group/{quote(ident)}", _group_members)
         return frozenset()
 
+    def now(self) -> tuple[float, float]:
+        return self._clock(), self._wall()
+
+    @contextmanager
+    def watch(self) -> Iterator[Watch]:
+        watch = Watch()
+        token = _WATCHING.set(watch)
+        try:
+            yield watch
+        finally:
+            _WATCHING.reset(token)
+
     async def _cached(self, target: str, parse: Parse) -> frozenset[str]:
-        """The references of ``target`` that count now (cached, see the module docstring)."""
-        found = await self._timed(target, parse)
+        """The references of ``target`` that count now (cached, see the module docstring);
+        a :meth:`watch` in progress learns when this answer may change (its cache entry
+        expires, or a period in it starts or ends)."""
+        expires, found = await self._timed(target, parse)
         wall = self._wall()
+        watch = _WATCHING.get()
+        if watch is not None:
+            watch.until = min(watch.until, expires)
+            watch.wall_since = max(watch.wall_since, wall)
+            for _, start, end in found:
+                for moment in (start, end):
+                    if moment is not None and wall < moment < watch.wall_until:
+                        watch.wall_until = moment
         return frozenset(
             ref
             for ref, start, end in found
             if (start is None or start <= wall) and (end is None or wall < end)
         )
 
-    async def _timed(self, target: str, parse: Parse) -> frozenset[Timed]:
+    async def _timed(self, target: str, parse: Parse) -> tuple[float, frozenset[Timed]]:
         """``target``'s answer: cached, a failure remembered :data:`FAILURE_SECONDS`, or
         one read shared by every concurrent miss (each waiter may give up on its own
         deadline without cancelling the read the others wait for)."""
@@ -146,7 +172,7 @@ class UpstreamDirectory:
         hit = self._cache.get(target)
         if hit is not None and hit[0] > now:
             self._cache.move_to_end(target)
-            return hit[1]
+            return hit
         failed = self._failed.get(target)
         if failed is not None and failed[0] > now:
             raise Unresolved(failed[1])
@@ -157,13 +183,13 @@ class UpstreamDirectory:
             reading.add_done_callback(lambda done: self._done(target, done))
         return await asyncio.shield(reading)
 
-    def _done(self, target: str, done: asyncio.Future[frozenset[Timed]]) -> None:
+    def _done(self, target: str, done: asyncio.Future[tuple[float, frozenset[Timed]]]) -> None:
         if self._reading.get(target) is done:
             del self._reading[target]
         if not done.cancelled():
             done.exception()  # retrieved: every waiter may have left
 
-    async def _fill(self, target: str, parse: Parse, now: float) -> frozenset[Timed]:
+    async def _fill(self, target: str, parse: Parse, now: float) -> tuple[float, frozenset[Timed]]:
         try:
             found = await self._read(target, parse)
         except Unresolved as exc:
@@ -173,11 +199,11 @@ class UpstreamDirectory:
                 self._failed.popitem(last=False)
             raise
         self._failed.pop(target, None)
-        self._cache[target] = (now + self.ttl, found)
+        entry = self._cache[target] = (now + self.ttl, found)
         self._cache.move_to_end(target)
         while len(self._cache) > self.size:
             self._cache.popitem(last=False)
-        return found
+        return entry
 
     async def _read(self, target: str, parse: Parse) -> frozenset[Timed]:
         request = UpstreamRequest("GET", f"{self.base}/{target}", list(self._headers))
