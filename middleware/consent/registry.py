@@ -42,23 +42,26 @@ the position was read has a larger index: a position never hides an entry below 
 On a SQLite store the position read is skipped while nothing was announced: every process
 writing to the store announces each consent entry in ``<store>.consent-seq`` before it commits
 (:mod:`~middleware.storage.consent_seq`: a word holding the *mark*, the latest announced
-consent entry's index + 1), and the registry keeps ``clear``, a bound below which every
-consent entry is recorded: ``position + 1`` after a position read and catch-up, and at least
-the ledger's size read *before* that position read (a consent entry below that size committed
-before the position read, so the read found it). Before each decision it reads the word; a
-mark at or below ``clear`` means nothing changed, and it decides without reading the ledger.
-Why that is exact: a consent entry E committed before the word was read and not recorded has
-index >= ``clear``; its writer stored mark(E) > ``clear`` before E's ``COMMIT``, and a later
-writer stores a larger mark (under the same write lock its entries come after E), so the word
-read after E's commit is above ``clear``, and the registry reads the ledger. A mark above
-``clear`` is a change in flight, one to catch up with, or one whose writer rolled back or died
-before its commit: the registry then reads the size and the position (in that order) until
-the size has passed the mark. A process that died after its commit had announced already; one
-that died before committed nothing. So the word gives the guarantee the position read gives,
-at one unpack of shared memory and one ``fstat`` a decision (the file deleted under a running
-process: :mod:`~middleware.storage.consent_seq` states the one narrow window). A file that
-cannot be used, and every other backend (PostgreSQL, memory), keep the position read before
-every decision.
+consent entry's index + 1), and the registry keeps ``clear``, a bound below which every consent
+entry is recorded: ``position + 1`` after a position read and catch-up, and at least the
+ledger's size read *before* that position read (a consent entry below that size committed
+before the position read, so the read found it). Before each decision it reads the word; a mark
+at or below ``clear`` means nothing changed, and it decides without reading the ledger. Why
+that is exact: a consent entry E committed before the word was read and not recorded has index
+>= ``clear``; its writer stored mark(E) > ``clear`` before E's ``COMMIT``, and a later writer
+stores a larger mark (under the same write lock its entries come after E) or, opening the
+store, the ledger's size (``ConsentSeq.settle``, under that lock: at least mark(E), E having
+committed), so the word read after E's commit is above ``clear``, and the registry reads the
+ledger. A mark above ``clear`` is a change in flight, one to catch up with, or one whose writer
+rolled back or died before its commit: the registry then reads the size (the state row, at
+once, not behind the writer thread's queue) and the position, in that order, until the size has
+passed the mark or a process opening the store for writing has set the word to the size. A
+process that died after its commit had announced already; one that died before committed
+nothing. So the word gives the guarantee the position read gives, at one unpack of shared
+memory and one ``fstat`` a decision (the file deleted under a running process:
+:mod:`~middleware.storage.consent_seq` states the narrow windows). A file that cannot be
+used, and every other backend (PostgreSQL, memory), keep the position read before every
+decision.
 
 Nothing in this cache is needed for correctness (architecture "Scale"): a replica that
 restarts, or evicts a patient, rebuilds the same policies from the store. A timer plays no

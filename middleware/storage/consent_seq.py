@@ -18,15 +18,23 @@ What the registry relies on, and what makes each hold:
 - *Never below a committed consent.* Writers store their mark under SQLite's write lock, where
   their entries are the newest of the log, so the word never drops below the mark of a
   committed consent entry (an assignment, not a maximum: a mark of an entry that never
-  committed, or a garbage value, is overwritten by the next consent write).
+  committed, or a garbage value, is overwritten by the next consent write). A process opening
+  the store for writing sets the word to the ledger's size under that lock
+  (:meth:`ConsentSeq.settle`): no committed consent's mark is above the size, and a word left
+  above it (an entry that never committed, a file restored beside an older database) stops
+  sending every decision to the ledger.
 - *One file for every process.* A file deleted or replaced (``nlink`` 0) is noticed by a reader
   after it read the word (that read then counts for nothing: the ledger is read) and by a
   writer before and after it announces; both map the file now at the path (created if missing).
   The one window left: the file deleted *while* a consent write commits, between the writer's
   last check and its ``COMMIT`` (a millisecond), and a process that opened the new file read
   the ledger before that commit: it misses the change until the next one. Do not delete the
-  file while the store is in use (docs/operations.md); truncating it makes the processes that
-  map it die of ``SIGBUS`` (a crash, never a wrong decision).
+  file while the store is in use (docs/operations.md). Truncating it makes the processes that
+  map it die of ``SIGBUS`` at their next read, unless a process opening the store grows it
+  back first: that one sets the word to the ledger's size at once (above what the running
+  processes know, so they read the ledger), but a decision in the microseconds between the
+  growth (zero) and the setting trusts a zero word and can miss a change committed before the
+  truncation, until the next consent change.
 - *Every writer announces.* Every process appending to the store runs this code: a process
   of an earlier version appends consent entries unannounced (upgrades stop every process of
   the store first), and a file moved away, overwritten or copied over while processes map it
@@ -167,6 +175,24 @@ class ConsentSeq:
                 error=_describe(exc),
             )
             raise ServiceUnavailable("consent counter file unusable") from exc
+
+    def settle(self, size: int) -> None:
+        """Store ``size``, the ledger's size, as the word. Call only under the store's write
+        lock (inside ``BEGIN IMMEDIATE``), where no announcement is in flight: every entry
+        announced before has committed (index below ``size``, mark at most ``size``) or never
+        will, so the word stays at or above every committed consent entry's mark. A word
+        above it (an announcement whose entry never committed, a file restored beside an
+        older database) no longer sends every decision to the ledger until the log grows past
+        it; one below it (zeroed, regrown after a truncation) sends each process's next
+        decision to the ledger once. A file that cannot be used is left as it is (the next
+        :meth:`announced` or :meth:`announce` reports it)."""
+        try:
+            with self._lock:
+                mapped = self._mapped or self._map()
+                if _WORD.unpack_from(mapped[0])[0] != size:
+                    _WORD.pack_into(mapped[0], 0, size)
+        except (OSError, ValueError):
+            return
 
     def close(self) -> None:
         """Unmap and close every mapping this object made (idempotent)."""

@@ -49,6 +49,7 @@ T = TypeVar("T")
 _LATEST_CHECKPOINT = (
     "SELECT size, root, note FROM consentry_ledger_checkpoints ORDER BY size DESC LIMIT 1"
 )
+_SIZE = "SELECT size FROM consentry_ledger_state WHERE id = 1"
 _CHECKPOINT_AT = "SELECT size, root, note FROM consentry_ledger_checkpoints WHERE size = ?"
 # Both spell CONSENT_LEAF exactly as the partial index does, which is what lets it serve them.
 _LATEST_CONSENT = f"SELECT max(idx) FROM consentry_ledger_leaves WHERE {CONSENT_LEAF}"  # noqa: S608
@@ -122,12 +123,20 @@ class SqliteLogStore(SqliteAuditIndex):
             if replay:
                 await store.rebuild_state()
                 await store._db.run(audit_index_staged.adopt)
+                await store._settle_announcements()
             else:
                 store._unreplayed = True
         except BaseException:
             await store.close()
             raise
         return store
+
+    async def _settle_announcements(self) -> None:
+        """Set the consent announcements word to the ledger's size under the write lock,
+        where no announcement is in flight (``ConsentSeq.settle`` says why that is safe)."""
+        seq = self.consent_seq
+        if seq is not None:
+            await self._db.transaction(lambda c: seq.settle(_read_state(c).size))
 
     async def append(
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
@@ -136,7 +145,12 @@ class SqliteLogStore(SqliteAuditIndex):
         return await self._db.transaction(body)
 
     async def size(self) -> int:
-        return (await self.state()).size
+        # The registry reads it before decisions while a consent announcement is pending:
+        # read at once, not queued behind appends on the worker thread.
+        row = await self._db.read_now(lambda c: c.execute(_SIZE).fetchone())
+        if row is None:
+            raise ServiceUnavailable("ledger state row is missing; rebuild_state() restores it")
+        return int(row[0])
 
     async def state(self) -> TreeState:
         return await self._db.run(_read_state)

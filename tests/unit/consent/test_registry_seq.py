@@ -183,6 +183,48 @@ async def test_an_entry_committing_between_the_reads_of_an_announced_change_is_e
     assert await b.statuses() == ["inactive"]  # the next decision sees the revocation
 
 
+async def test_a_word_above_the_ledger_is_settled_when_a_writer_opens_the_store(
+    pair: tuple[Process, Process], tmp_path: Path
+) -> None:
+    """A mark far above the log (a file restored beside an older database, an announcement
+    never committed): decisions read the ledger each time, until a process opens the store
+    for writing and sets the word to the ledger's size under the write lock; then the word
+    is trusted again. Red before: the slow path lasted until the log grew past the mark."""
+    a, b = pair
+    await a.change()
+    assert await b.statuses() == ["active"]
+    ghost = ConsentSeq(tmp_path / "c.db")
+    ghost.announce(await a.log.size() + 1_000)
+    ghost.close()
+    for _ in range(2):
+        before = b.reads()
+        assert await b.statuses() == ["active"]
+        assert b.reads() == (before[0] + 2, before[1] + 1)
+    starting = await Counted.open(tmp_path / "c.db")
+    await starting.close()
+    assert await b.statuses() == ["active"]
+    settled = b.reads()
+    assert await b.statuses() == ["active"]
+    assert b.reads() == settled
+
+
+async def test_a_zeroed_word_is_set_again_by_a_starting_writer(
+    pair: tuple[Process, Process], tmp_path: Path
+) -> None:
+    """The file emptied under running processes and grown back (zero) by a process starting:
+    a revocation committed before must still reach the running ones' next decision. A writer
+    opening the store sets the word to the ledger's size, above what they know. Red before:
+    they read 0, took it for nothing new, and kept the revoked consent in force."""
+    a, b = pair
+    await a.change()
+    assert await b.statuses() == ["active"]
+    await a.change("inactive", stored=False)
+    (tmp_path / "c.db.consent-seq").write_bytes(bytes(8))  # same file, word zeroed
+    starting = await Counted.open(tmp_path / "c.db")
+    await starting.close()
+    assert await b.statuses() == ["inactive"]
+
+
 async def test_an_unusable_word_falls_back_to_a_position_read_before_every_decision(
     tmp_path: Path,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -179,6 +180,22 @@ async def test_a_refused_announcement_costs_only_the_consent_entries_of_a_writer
     assert await store.size() == 2
     assert await store.latest_consent() is None
     await store.close()
+
+
+async def test_the_size_is_read_at_once_while_the_writer_thread_is_busy(
+    store: SqliteLogStore,
+) -> None:
+    """The registry reads the size before decisions while an announcement is pending: it
+    must not wait behind appends queued on the writer thread. Red before: it went through
+    that thread."""
+    await store.append([entry(0)], sign=SIGN)
+    release = threading.Event()
+    busy = asyncio.ensure_future(store._db.run(lambda c: release.wait(10)))
+    try:
+        assert await asyncio.wait_for(store.size(), 2) == 1
+    finally:
+        release.set()
+        await busy
 
 
 async def test_a_read_only_store_has_no_file(store: SqliteLogStore) -> None:
