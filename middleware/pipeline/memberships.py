@@ -310,7 +310,10 @@ class Memberships:
                     step.found.add(party)
             else:
                 groups.append(party)
-        await asyncio.gather(*(step.group(party, mine, principal.references) for party in groups))
+        # Beyond the budget no read is made: unknown without starting a task for each.
+        step.unknown.update(groups[MAX_PARTIES:])
+        reads = groups[:MAX_PARTIES]
+        await asyncio.gather(*(step.group(party, mine, principal.references) for party in reads))
 
     async def _mine(self, user: str | None, held: frozenset[str]) -> frozenset[str] | None:
         """``held`` with the caller's affiliations, and those of the practitioners it acts
