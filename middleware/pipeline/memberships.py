@@ -50,16 +50,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Final, Literal, Protocol
 
-from middleware.consent.model import DENY, CodingSet, Policy, Provision
+from middleware.consent.model import Policy
 from middleware.errors import ServiceUnavailable
 from middleware.logging import get_logger
-from middleware.pipeline.breakglass import BTG
 from middleware.pipeline.caller import Caller
-from middleware.recent import RecentByIdentity
+from middleware.pipeline.membership_parties import (
+    ACTS_AS,
+    AFFILIATED,
+    GROUPS,
+    PARTIES,
+    deny_unknown,
+    named_others,
+    named_parties,
+)
 
 __all__ = [
     "AFFILIATED",
@@ -73,11 +79,6 @@ __all__ = [
     "named_parties",
 ]
 
-#: Parties the caller is a member of when the party is among its affiliations.
-AFFILIATED: Final = frozenset({"Organization", "Practitioner", "PractitionerRole", "RelatedPerson"})
-#: Parties whose member lists name the caller.
-GROUPS: Final = frozenset({"CareTeam", "Group"})
-PARTIES: Final = AFFILIATED | GROUPS
 #: Most ``partOf`` levels walked above the caller's organizations; a hierarchy deeper (or
 #: one that loops) is unresolved.
 MAX_LEVELS: Final = 8
@@ -149,37 +150,6 @@ class Directory(Protocol):
         ...
 
 
-def _named(policies: tuple[Policy, ...], kinds: frozenset[str] = PARTIES) -> frozenset[str]:
-    return frozenset(
-        ref
-        for policy in policies
-        for node in _nodes(policy.root)
-        for ref in node.actor_refs
-        if ref.partition("/")[0] in kinds
-    )
-
-
-_OTHERS: Final = PARTIES - {"Practitioner"}
-#: Callers that act as a practitioner other than their reference.
-_ACTS_AS: Final = ("PractitionerRole/", "Person/")
-
-
-def _nodes(node: Provision) -> Iterator[Provision]:
-    yield node
-    for child in node.children:
-        yield from _nodes(child)
-
-
-_NAMED: Final = RecentByIdentity[tuple[Policy, ...], frozenset[str]](_named, 1024)
-#: The parties of :data:`PARTIES` an actor of ``policies`` names, memoised by the tuple's
-#: identity (the registry hands out one tuple per patient until their consents change).
-named_parties: Final = _NAMED.made
-#: The same without ``Practitioner``: all a caller that is not a role or Person can be.
-_named_others: Final = RecentByIdentity[tuple[Policy, ...], frozenset[str]](
-    lambda policies: _named(policies, _OTHERS), 1024
-).made
-
-
 class Memberships:
     """Widens a caller's principal with the named parties it is a member of (module
     docstring); ``unresolved`` says what an unknown membership does; ``deadline`` (seconds)
@@ -221,8 +191,8 @@ class Memberships:
         held = caller.principal.references
         # Only a role or a Person acts as a practitioner other than its reference.
         user = caller.principal.reference
-        acts_as = user is not None and user.startswith(_ACTS_AS)
-        named_of = named_parties if acts_as else _named_others
+        acts_as = user is not None and user.startswith(ACTS_AS)
+        named_of = named_parties if acts_as else named_others
         wanted: set[str] = set()
         for group in policies.values():
             named = named_of(group)
@@ -234,7 +204,7 @@ class Memberships:
         if inactive:
             # A member of an inactive team: no permit through it, and its denies hold.
             policies = {
-                patient: _deny_unknown(group, inactive) for patient, group in policies.items()
+                patient: deny_unknown(group, inactive) for patient, group in policies.items()
             }
         if unknown:
             kinds = sorted({ref.partition("/")[0] for ref in unknown})
@@ -243,7 +213,7 @@ class Memberships:
             if self.unresolved == "unavailable":
                 raise ServiceUnavailable("memberships could not be read from the FHIR server")
             policies = {
-                patient: _deny_unknown(group, unknown) for patient, group in policies.items()
+                patient: deny_unknown(group, unknown) for patient, group in policies.items()
             }
         if found:
             principal = caller.principal
@@ -398,33 +368,3 @@ class _Step:
             (self.found if active else self.inactive).add(party)
         elif mine is None or deeper:
             self.unknown.add(party)  # it may name an affiliation or a team we did not read
-
-
-def _deny_unknown(group: tuple[Policy, ...], unknown: frozenset[str]) -> tuple[Policy, ...]:
-    if named_parties(group).isdisjoint(unknown):
-        return group
-    return tuple(
-        _denying(policy) if not _named((policy,)).isdisjoint(unknown) else policy
-        for policy in group
-    )
-
-
-def _denying(policy: Policy) -> Policy:
-    """``policy`` deciding deny whatever it is asked (its id, index, status, period kept).
-
-    A consent that refuses break-the-glass (a deny naming the purpose BTG anywhere in its
-    tree, :func:`~middleware.pipeline.breakglass.forbids_break_glass`) keeps one such deny,
-    or an emergency request could override the deny this one stands for."""
-    path = f"{policy.root.path} (membership unresolved)"
-    refuses = _denies_btg(policy.root)
-    keep = (Provision(path=f"{path}.btg", effect=DENY, purposes=_BTG),) if refuses else ()
-    return dataclasses.replace(policy, root=Provision(path=path, effect=DENY, children=keep))
-
-
-def _denies_btg(node: Provision) -> bool:
-    return (node.effect == DENY and node.purposes.matches(BTG)) or any(
-        _denies_btg(child) for child in node.children
-    )
-
-
-_BTG: Final = CodingSet.of([BTG])
