@@ -35,7 +35,8 @@ from middleware.pipeline.flow import Flow
 from middleware.pipeline.guards import DEFAULT_PATIENT_REFUSED, GuardPolicy
 from middleware.pipeline.idmap import IdEdge
 from middleware.pipeline.mapper import Mapper
-from middleware.pipeline.memberships import Memberships
+from middleware.pipeline.membership_ids import TranslatedDirectory
+from middleware.pipeline.memberships import Directory, Memberships
 from middleware.pipeline.writes import Writes
 from middleware.proxy.enforcement import Enforcement, TokenCheck
 from middleware.proxy.exchange_audit import ExchangeAudit
@@ -89,11 +90,13 @@ def _id_edge(settings: Settings, mapper: Mapper | None, secret: bytes) -> IdEdge
     return IdEdge(rewriter, settings.upstream)
 
 
-def _memberships(settings: Settings, forwarder: UpstreamForwarder, mapped: bool) -> Memberships:
+def _memberships(
+    settings: Settings, forwarder: UpstreamForwarder, ids: IdEdge | None
+) -> Memberships:
     """What callers act for, read from the upstream by the gateway itself where a consent
     names an organization, role, care team, group or related person (pipeline.memberships);
-    ``mapped``: ids are mapped, the directory cannot answer for client ids (unresolved)."""
-    directory = UpstreamDirectory(
+    with ``ids``, asked in the upstream's ids and answered in the client's."""
+    directory: Directory = UpstreamDirectory(
         lambda: forwarder.upstream,
         base=forwarder.base,
         headers=settings.upstream_headers,
@@ -102,10 +105,12 @@ def _memberships(settings: Settings, forwarder: UpstreamForwarder, mapped: bool)
         size=settings.membership_cache_size,
         clock=time.monotonic,
     )
+    if ids is not None:
+        directory = TranslatedDirectory(directory, ids.rewriter)
     deadline = settings.membership_timeout
     if settings.membership_unresolved == "unavailable":
-        return Memberships(directory, unresolved="unavailable", deadline=deadline, mapped=mapped)
-    return Memberships(directory, unresolved="deny", deadline=deadline, mapped=mapped)
+        return Memberships(directory, unresolved="unavailable", deadline=deadline)
+    return Memberships(directory, unresolved="deny", deadline=deadline)
 
 
 def build_enforcement(
@@ -152,7 +157,7 @@ def build_enforcement(
             board=session_board(settings.store, derive_box_key(secret, BOARD_PURPOSE)),
         ),
         mapper=mapper,
-        memberships=_memberships(settings, forwarder, mapped=ids is not None),
+        memberships=_memberships(settings, forwarder, ids),
     )
     recorder = AuditRecorder(
         ledger,

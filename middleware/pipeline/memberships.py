@@ -24,9 +24,9 @@ For each named party ``R`` the caller is a member when (FHIR R4):
 
 A CareTeam or Group nested one level in the named one is read too (deeper: unknown). A
 member of an inactive CareTeam/Group is denied by every consent naming it: no permit
-through an inactive team, and its denies still hold. When the deployment maps ids
-(``mapped``), every party the token does not carry is unknown: the directory speaks the
-upstream's ids, the consents the client's.
+through an inactive team, and its denies still hold. When the deployment maps ids, the
+directory is asked in the upstream's ids and answers in the client's
+(:mod:`middleware.pipeline.membership_ids`).
 
 The principal is widened with the named parties found to be members, nothing else, so the
 consent decision (pure, :mod:`middleware.consent.decide`) stays as it was.
@@ -153,9 +153,7 @@ class Directory(Protocol):
 class Memberships:
     """Widens a caller's principal with the named parties it is a member of (module
     docstring); ``unresolved`` says what an unknown membership does; ``deadline`` (seconds)
-    bounds the whole lookup of one request; ``mapped``: the deployment maps ids, so the
-    directory (which speaks upstream ids) cannot answer for the client ids consents name,
-    and every party the token does not carry is unknown."""
+    bounds the whole lookup of one request."""
 
     def __init__(
         self,
@@ -163,7 +161,6 @@ class Memberships:
         *,
         unresolved: Unresolvable = "deny",
         deadline: float = 5.0,
-        mapped: bool = False,
     ) -> None:
         if unresolved not in ("deny", "unavailable"):
             raise ValueError(f"unresolved must be deny or unavailable, not {unresolved!r}")
@@ -172,7 +169,6 @@ class Memberships:
         self.directory = directory
         self.unresolved: Unresolvable = unresolved
         self.deadline = deadline
-        self.mapped = mapped
         # (fhirUser, token references, wanted) -> (until, found, inactive): a lookup with
         # nothing unknown, until the earliest answer it used may change (Watch).
         self._memo: dict[
@@ -244,9 +240,6 @@ class Memberships:
         """The wanted parties the caller is a member of, those it is unknown of, and the
         inactive CareTeams/Groups it is a member of; all within one :attr:`deadline`: what
         is not decided by then is unknown."""
-        if self.mapped:
-            # The directory would send client ids to the upstream and read "not a member".
-            return frozenset(), frozenset(wanted), frozenset()
         step = _Step(self.directory, MAX_PARTIES, asyncio.Semaphore(CONCURRENCY))
         try:
             async with asyncio.timeout(self.deadline):

@@ -3,8 +3,8 @@
 * Logging in as the PractitionerRole of a denied Practitioner (or of a member of a denied
   CareTeam): the role's practitioner was never among the caller's affiliations (200).
 * Mapped ids (an opaque resolver): consents and tokens speak client ids, the membership
-  reads sent them to the upstream and read "not a member" (200). Now every party the token
-  does not carry is unresolved there: deny.
+  reads sent them to the upstream and read "not a member" (200). Now they are asked in the
+  upstream's ids and answered in the client's; an id not issued is unresolved: deny.
 * Fan-out: a consent naming 3,000 care teams made 3,000 sequential upstream reads on one
   request of another practitioner. Now at most the per-request cap, and the consent denies.
 """
@@ -105,46 +105,70 @@ def _profile(tmp_path: Path) -> Path:
     return path
 
 
-async def _client_id(client: httpx.AsyncClient, router: respx.Router, rtype: str) -> str:
-    """The client id the gateway issues for ``rtype``'s upstream record (a search)."""
-    resource = observation() if rtype == "Observation" else {"resourceType": rtype, "id": "x1"}
+async def _client_ids(
+    client: httpx.AsyncClient, router: respx.Router, rtype: str, *local: str
+) -> list[str]:
+    """The client ids the gateway issues for ``rtype``'s upstream records (a search)."""
+    found = (
+        [observation()]
+        if rtype == "Observation"
+        else [{"resourceType": rtype, "id": i} for i in local]
+    )
     router.get(f"/{rtype}").respond(
         200,
-        json={"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": resource}]},
+        json={
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [{"resource": r} for r in found],
+        },
         headers=FHIR,
     )
-    found = (await client.get(f"/fhir/{rtype}?name=x")).json()
-    return str(found["entry"][0]["resource"]["id"])
+    bundle = (await client.get(f"/fhir/{rtype}?name=x")).json()
+    return [str(entry["resource"]["id"]) for entry in bundle["entry"]]
 
 
-async def test_mapped_ids_do_not_turn_a_deny_into_not_a_member(
+async def test_mapped_ids_are_translated_both_ways_for_memberships(
     make_client: Callable[..., httpx.AsyncClient],
     router: respx.Router,
     tokens: Tokens,
     tmp_path: Path,
 ) -> None:
-    """The upstream knows dr1 (its id) in org1; the consent and the token name client ids,
-    which the upstream does not know: the practitioner is unresolved, so denied."""
+    """The upstream knows dr1 (its id x1) in org1 (x1); the consent and the token name the
+    client's ids. Before: the roles were asked for the client id, none found, "not a member"
+    (200). Now asked in the upstream's id and the answer compared in the client's."""
     router.get("/Observation/o1").respond(200, json=observation(), headers=FHIR)
-    roles = router.get("/PractitionerRole").respond(
-        200, json={"resourceType": "Bundle", "type": "searchset", "entry": []}
-    )
+    asked: list[str | None] = []
+
+    def roles(request: httpx.Request) -> httpx.Response:
+        practitioner = request.url.params.get("practitioner")
+        asked.append(practitioner)
+        role = {**ROLE, "practitioner": {"reference": "Practitioner/x1"}}
+        role["organization"] = {"reference": "Organization/x1"}
+        entry = [{"resource": role}] if practitioner == "Practitioner/x1" else []
+        bundle = {"resourceType": "Bundle", "type": "searchset", "entry": entry}
+        return httpx.Response(200, json=bundle)
+
+    router.get("/PractitionerRole").mock(side_effect=roles)
     async with make_client(mapping_profile=str(_profile(tmp_path))) as client:
-        org = await _client_id(client, router, "Organization")
-        dr = await _client_id(client, router, "Practitioner")
-        obs = await _client_id(client, router, "Observation")
+        [org] = await _client_ids(client, router, "Organization", "x1")
+        dr1, dr2 = await _client_ids(client, router, "Practitioner", "x1", "x2")
+        [obs] = await _client_ids(client, router, "Observation")
         patient = (await client.get(f"/fhir/Observation/{obs}")).json()["subject"]["reference"]
         made = await client.post(
             "/fhir/Consent", json=_deny(patient, f"Organization/{org}"), headers=tokens.admin()
         )
         assert made.status_code == 201, made.text
-        named = tokens.bearer(
-            "dr1", "user/*.rs", fhir_user=f"Practitioner/{dr}", organization=f"Organization/{org}"
-        )
-        assert (await client.get(f"/fhir/Observation/{obs}", headers=named)).status_code == 404
-        unnamed = tokens.bearer("dr1", "user/*.rs", fhir_user=f"Practitioner/{dr}")
-        assert (await client.get(f"/fhir/Observation/{obs}", headers=unnamed)).status_code == 404
-    assert roles.call_count == 0  # client ids never sent to the upstream as its own
+
+        async def status(fhir_user: str, **claims: str) -> int:
+            token = tokens.bearer("u", "user/*.rs", fhir_user=fhir_user, **claims)
+            return (await client.get(f"/fhir/Observation/{obs}", headers=token)).status_code
+
+        assert await status(f"Practitioner/{dr1}", organization=f"Organization/{org}") == 404
+        assert await status(f"Practitioner/{dr1}") == 404  # known only through the upstream
+        assert await status(f"Practitioner/{dr2}") == 200  # the control: not of org1
+        # an id the gateway never issued cannot be asked about: unresolved, so denied
+        assert await status("Practitioner/never-issued") == 404
+    assert set(asked) == {"Practitioner/x1", "Practitioner/x2"}  # never a client id
 
 
 async def test_a_consent_naming_thousands_of_teams_costs_at_most_the_cap(
