@@ -41,6 +41,7 @@ __all__ = [
     "UpstreamRefused",
     "Upstreamed",
     "not_found",
+    "own_outcome",
     "upstream_failure",
 ]
 
@@ -143,7 +144,7 @@ def upstream_failure(up: Upstreamed, request: FhirRequest) -> GatewayError | Ans
         and isinstance(up.document, dict)
         and up.document.get("resourceType") == "OperationOutcome"
     ):
-        return Answer(up.status, _content_type(up), _own_outcome(up.document))
+        return Answer(up.status, _content_type(up), own_outcome(up.document))
     cls = _BY_STATUS.get(up.status)
     if cls is not None:
         return cls(f"the upstream server refused the request ({up.status})")
@@ -166,7 +167,7 @@ class UpstreamRefused(GatewayError):
 _STRUCTURED: Final = ("severity", "code", "expression", "location")
 
 
-def _own_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
+def own_outcome(outcome: dict[str, Any]) -> dict[str, Any]:
     """The structured part of an upstream OperationOutcome about the caller's own body: each
     issue's severity, code, coded details and the element it is about. Free text
     (``diagnostics``, ``details.text``) is dropped: an upstream can word a refusal with what

@@ -14,7 +14,8 @@ resource's patient compartment, contained resources included); this module appli
 - ``batch-response`` / ``transaction-response``: entries map one to one onto the request
   (R4 http.html §3.1.0.11.2), so a denied entry is replaced by a ``404 Not Found`` answer
   carrying a generic OperationOutcome, with no location, etag or resource: the same answer a
-  missing resource gets;
+  missing resource gets; every other entry's ``response.outcome`` (and an OperationOutcome
+  as its resource) keeps only its structured part, never the upstream's free text;
 - ``document`` / ``message``: the entries only make sense together (the Composition or
   MessageHeader refers to the rest), so one denied entry withholds the whole Bundle;
 - ``Bundle.total`` is removed from every Bundle that went through the filter: a count of the
@@ -28,6 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from middleware.pipeline.exchange import own_outcome
 
 __all__ = ["FilterStats", "Verdict", "filter_answer"]
 
@@ -107,6 +110,8 @@ def _filter_entry(
     if not isinstance(entry, dict):
         stats.removed += 1
         return None
+    if one_to_one:
+        _own_response(entry)
     resource = entry.get("resource")
     if resource is None:
         # A batch/transaction answer without a resource (Prefer: return=minimal, a delete, an
@@ -121,6 +126,28 @@ def _filter_entry(
         return None
     entry["resource"] = released
     return entry
+
+
+def _own_response(entry: dict[str, Any]) -> None:
+    """Reduce the upstream's ``response.outcome`` of a batch/transaction-response entry to
+    its structured part (:func:`~middleware.pipeline.exchange.own_outcome`), in place.
+
+    Its free text is the upstream's own wording and names upstream ids (HAPI answers every
+    entry with ``Successfully updated resource "Observation/o-1/_history/2"``), which neither
+    the id mapping nor the consent decision ever sees; the gateway releases no upstream free
+    text. An outcome that is not an object is dropped."""
+    resource = entry.get("resource")
+    if isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
+        entry["resource"] = own_outcome(resource)  # Prefer: return=OperationOutcome
+    response = entry.get("response")
+    if not isinstance(response, dict) or "outcome" not in response:
+        return
+    outcome = response["outcome"]
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    if isinstance(issues, list) and any(isinstance(issue, dict) for issue in issues):
+        response["outcome"] = own_outcome(outcome)
+    else:
+        del response["outcome"]
 
 
 def _not_found() -> dict[str, Any]:

@@ -239,3 +239,47 @@ def test_sixteen_nested_bundles_are_read_and_a_seventeenth_is_not() -> None:
     }
     _, both = filter_answer(two, DENY_B)
     assert (both.kept, both.removed) == (0, 2)
+
+
+@pytest.mark.parametrize("kind", ["batch-response", "transaction-response"])
+def test_batch_answers_keep_no_upstream_free_text(kind: str) -> None:
+    # HAPI words every entry's outcome with the upstream's own id of the record.
+    said = {
+        "severity": "information",
+        "code": "informational",
+        "diagnostics": 'Successfully updated resource "Observation/o-1/_history/2".',
+        "details": {"coding": [{"code": "ok"}], "text": "Observation/o-1"},
+        "expression": ["Observation.status"],
+    }
+    outcome = {"resourceType": "OperationOutcome", "issue": [said]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": kind,
+        "entry": [
+            {"resource": obs("a"), "response": {"status": "200 OK", "outcome": outcome}},
+            {"response": {"status": "204 No Content", "outcome": outcome}},
+            {"response": {"status": "200 OK", "outcome": "Observation/o-1"}},
+            {"resource": outcome, "response": {"status": "201 Created"}},
+            {"response": {"status": "200 OK", "outcome": {"resourceType": "OperationOutcome"}}},
+        ],
+    }
+    released, _ = filter_answer(jsoncodec.decode(jsoncodec.encode(bundle)), deny_patient("b"))
+    assert released is not None
+    assert b"o-1" not in jsoncodec.encode(released)
+    structured = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "information",
+                "code": "informational",
+                "expression": ["Observation.status"],
+                "details": {"coding": [{"code": "ok"}]},
+            }
+        ],
+    }
+    entries = released["entry"]
+    assert entries[0]["response"]["outcome"] == structured
+    assert entries[1]["response"]["outcome"] == structured
+    assert entries[2]["response"] == {"status": "200 OK"}
+    assert entries[3]["resource"] == structured
+    assert entries[4]["response"] == {"status": "200 OK"}
