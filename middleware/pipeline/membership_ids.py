@@ -7,9 +7,10 @@ record asked about goes to the upstream with the upstream's id, and each referen
 comes back with the client's, through the same resolver
 (:meth:`~middleware.mapping.references.ReferenceRewriter.id`), so an answer compares with the
 ids a consent holds. An id the resolver cannot translate either way (not issued by this
-gateway for this upstream, absent from an exhaustive id table) is
-:class:`~middleware.pipeline.memberships.Unresolved`, never "not a member": without it, a
-client id sent as it is found no role and read as no membership (fail open).
+gateway for this upstream, absent from an exhaustive id table, a member's type the resolver
+refuses such as ``Practitioner2``) is :class:`~middleware.pipeline.memberships.Unresolved`,
+never "not a member" and never another error: without it, a client id sent as it is found no
+role and read as no membership (fail open), and an odd type in a membership record was a 500.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class TranslatedDirectory:
         kind, _, ident = reference.partition("/")
         try:
             return f"{kind}/{self.rewriter.id(kind, ident, 'upstream')}"
-        except GatewayError as exc:
+        # ValueError: the resolver refuses a type or id it could never have issued.
+        except (GatewayError, ValueError) as exc:
             raise Unresolved("a party's id is not one the gateway issued") from exc
 
     def _back(self, references: frozenset[str]) -> frozenset[str]:
@@ -67,6 +69,7 @@ class TranslatedDirectory:
             kind, _, ident = reference.partition("/")
             try:
                 found.add(f"{kind}/{self.rewriter.id(kind, ident, 'client')}")
-            except GatewayError as exc:
+            # ValueError: a type the resolver refuses (a record's data, not the gateway's).
+            except (GatewayError, ValueError) as exc:
                 raise Unresolved("a member's id has no client id") from exc
         return frozenset(found)

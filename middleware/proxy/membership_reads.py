@@ -26,9 +26,11 @@ Answers are cached per record for ``ttl`` seconds (a membership ended upstream t
 within that time), at most ``size`` of them, least recently used out first, and read again
 on expiry. Concurrent misses of one record share one read; a failure is remembered for
 :data:`FAILURE_SECONDS` (answered as the same failure). Anything unexpected (a transport
-error or timeout, another status, JSON that is not the resource asked for, a search answer
-with a ``next`` page: an incomplete list could hide the one role that matters) raises
-:class:`~middleware.pipeline.memberships.Unresolved`, and the pipeline fails closed.
+error or timeout, another status, JSON that is not the resource asked for, a ``status``,
+``active`` or ``inactive`` that is not a code or boolean, a search answer with a ``next``
+page: an incomplete list could hide the one role that matters) raises
+:class:`~middleware.pipeline.memberships.Unresolved`, and the pipeline fails closed; so does
+any other error reading or parsing a record (never a 500), remembered like the others.
 References are compared as ``Type/id`` whatever their base (as the consent matcher does);
 a member or organization given only by identifier or display, contained or as a ``urn:``
 could be anyone, and is unresolved too.
@@ -192,12 +194,18 @@ class UpstreamDirectory:
     async def _fill(self, target: str, parse: Parse, now: float) -> tuple[float, frozenset[Timed]]:
         try:
             found = await self._read(target, parse)
-        except Unresolved as exc:
-            self._failed[target] = (now + FAILURE_SECONDS, str(exc))
+        except Exception as exc:
+            # Unresolved, or a record shaped as no parser foresaw: the same deny (or 503, per
+            # membership_unresolved), never a 500. The message names no record's data.
+            known = isinstance(exc, Unresolved)
+            reason = str(exc) if known else "a membership record could not be read"
+            self._failed[target] = (now + FAILURE_SECONDS, reason)
             self._failed.move_to_end(target)
             while len(self._failed) > self.size:
                 self._failed.popitem(last=False)
-            raise
+            if known:
+                raise
+            raise Unresolved(reason) from exc
         self._failed.pop(target, None)
         entry = self._cache[target] = (now + self.ttl, found)
         self._cache.move_to_end(target)
@@ -254,7 +262,7 @@ def _roles_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
         role = entry.get("resource") if isinstance(entry, Mapping) else None
         if not isinstance(role, Mapping) or role.get("resourceType") != "PractitionerRole":
             continue  # an OperationOutcome or an _include: not a role
-        if role.get("active") is False or not isinstance(role.get("id"), str):
+        if _false(role.get("active")) or not isinstance(role.get("id"), str):
             continue
         period = role.get("period")
         yield f"PractitionerRole/{role['id']}", period
@@ -263,7 +271,7 @@ def _roles_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
 
 def _role_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     role = _resource(document, kind)
-    if role.get("active") is not False:
+    if not _false(role.get("active")):
         yield from _refs(role.get("organization"), role.get("period"))
         # The caller acts as the role's practitioner: a consent naming it applies.
         yield from _refs(role.get("practitioner"), role.get("period"))
@@ -282,7 +290,10 @@ def _links_of(document: Any, kind: str) -> Iterator[tuple[str, object]]:
 
 def _care_team_members(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     team = _resource(document, kind)
-    if team.get("status") in _ENDED:
+    status = team.get("status")
+    if status is not None and not isinstance(status, str):
+        raise Unresolved("a CareTeam's status is not a code")
+    if status in _ENDED:
         yield INACTIVE, None
     for participant in _list(team.get("participant")):
         period = participant.get("period")
@@ -292,11 +303,24 @@ def _care_team_members(document: Any, kind: str) -> Iterator[tuple[str, object]]
 
 def _group_members(document: Any, kind: str) -> Iterator[tuple[str, object]]:
     group = _resource(document, kind)
-    if group.get("active") is False:
+    if _false(group.get("active")):
         yield INACTIVE, None
     for member in _list(group.get("member")):
-        if member.get("inactive") is not True:
+        if not _true(member.get("inactive")):
             yield from _refs(member.get("entity"), member.get("period"))
+
+
+def _false(flag: object) -> bool:
+    """A FHIR boolean that is false; absent is not; anything but a boolean could mean
+    either (a string "false" read as true would keep an ended role): :class:`Unresolved`."""
+    if flag is not None and not isinstance(flag, bool):
+        raise Unresolved("a membership record's flag is not a boolean")
+    return flag is False
+
+
+def _true(flag: object) -> bool:
+    """As :func:`_false`, for a flag that is true."""
+    return not _false(flag) and flag is True
 
 
 def _list(value: object) -> Iterator[Mapping[str, Any]]:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from middleware.mapping.ids import not_ours
+from middleware.mapping.ids import OpaqueResolver, not_ours
 from middleware.mapping.references import ReferenceRewriter
 from middleware.pipeline.membership_ids import TranslatedDirectory
 from middleware.pipeline.memberships import INACTIVE, Unresolved, Watch
@@ -95,3 +95,42 @@ async def test_a_patient_user_is_not_looked_up() -> None:
     directory, inner = _directory(frozenset({"Organization/org"}))
     assert await directory.affiliations("Patient/anything") == frozenset()
     assert inner.asked == []
+
+
+class Refusing(Resolver):
+    """A resolver that refuses a type it could never issue with ValueError, as
+    :class:`~middleware.mapping.ids.OpaqueResolver` does for ``Practitioner2``."""
+
+    def to_client(self, upstream: str, resource_type: str, local_id: str) -> str:
+        if not resource_type.isalpha():
+            raise ValueError(f"{resource_type!r} is not a resource type")
+        return super().to_client(upstream, resource_type, local_id)
+
+    def to_upstream(self, resource_type: str, client_id: str) -> tuple[str, str]:
+        if not resource_type.isalpha():
+            raise ValueError(f"{resource_type!r} is not a resource type")
+        return super().to_upstream(resource_type, client_id)
+
+
+async def test_a_member_of_a_type_the_resolver_refuses_is_unresolved_not_a_500() -> None:
+    """A CareTeam member ``http://other/fhir/Practitioner2/x`` (``Practitioner2/x`` once
+    local) made the resolver raise ValueError, which escaped as a 500 for every caller
+    touching a consent naming that team."""
+    inner = Upstream(frozenset({"Practitioner2/x"}))
+    directory = TranslatedDirectory(inner, ReferenceRewriter(Refusing(), UPSTREAM))
+    with pytest.raises(Unresolved):
+        await directory.members("CareTeam/c-t")
+    with pytest.raises(Unresolved):
+        await directory.members("CareTeam2/c-t")  # refused on the way out too
+    assert inner.asked == ["CareTeam/t"]
+
+
+async def test_the_opaque_resolver_refusing_a_member_type_is_unresolved() -> None:
+    """The same through the resolver deployments use (the reviewer's probe)."""
+    resolver = OpaqueResolver(bytes(32), [UPSTREAM])
+    team = resolver.to_client(UPSTREAM, "CareTeam", "t")
+    inner = Upstream(frozenset({"Practitioner2/x"}))
+    directory = TranslatedDirectory(inner, ReferenceRewriter(resolver, UPSTREAM))
+    with pytest.raises(Unresolved):
+        await directory.members(f"CareTeam/{team}")
+    assert inner.asked == ["CareTeam/t"]
