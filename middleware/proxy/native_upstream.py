@@ -37,8 +37,8 @@ One origin only: the base URL's scheme, host and port (``https`` verifies with
   DELETE, OPTIONS) is sent once more, after closing the connections that idled longer. POST
   and PATCH never are.
 - Errors: connect timeout, or ``read_timeout`` passing on any one wait for data (not in
-  total) -> ``UpstreamTimeout``; refused, reset, closed mid-answer, unparsable, over the cap
-  -> ``UpstreamError``. The connection involved is closed.
+  total) -> ``UpstreamTimeout``; refused, reset, closed mid-answer, unparsable, a 101 (no
+  upgrade is ever asked), over the cap -> ``UpstreamError``. The connection involved is closed.
 """
 
 from __future__ import annotations
@@ -114,6 +114,12 @@ class _Connection(asyncio.Protocol):
         self.answered = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # 101 (RFC 9110 §15.2.2): this client never asks to upgrade, so the connection
+            # now speaks something else. Not an HttpParserError: caught here, not by asyncio.
+            self.error = self.error or _Surprise("upstream server switched protocols unasked")
+            self.close()
+            self._wake()
         except (httptools.HttpParserError, UpstreamError):
             self.error = self.error or UpstreamError("upstream server sent a broken response")
             self.close()

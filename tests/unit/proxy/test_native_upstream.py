@@ -433,6 +433,34 @@ async def test_broken_response_is_an_upstream_error() -> None:
             await fetch(up, get(server))
 
 
+async def test_switching_protocols_is_a_surprise_not_a_logged_traceback() -> None:
+    """A 101 (RFC 9110 §15.2.2) to a request that asked no upgrade: llhttp raises
+    HttpParserUpgrade, which is no HttpParserError; it escaped data_received, so asyncio
+    logged a traceback. Now the client's 502 (UpstreamError), nothing handed to the loop's
+    exception handler, and the connection is not reused."""
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxx"
+    )
+
+    async def script(seen: Seen) -> bytes:
+        return switch if seen.conn == 0 else response(b"ok")
+
+    loop = asyncio.get_running_loop()
+    handled: list[object] = []
+    loop.set_exception_handler(lambda _loop, context: handled.append(context.get("exception")))
+    try:
+        async with RawServer(script) as server, client(server) as upstream:
+            with pytest.raises(UpstreamError) as raised:
+                await fetch(upstream, get(server))
+            assert raised.value.status == 502
+            assert await fetch(upstream, get(server)) == b"ok"
+            assert server.connections == 2
+    finally:
+        loop.set_exception_handler(None)
+    # the scripted server's own teardown cancels its tasks; nothing else reaches the loop
+    assert [e for e in handled if not isinstance(e, asyncio.CancelledError)] == []
+
+
 async def test_server_never_answers_read_timeout() -> None:
     async def script(_seen: Seen) -> bytes:
         await asyncio.sleep(3600)
