@@ -10,9 +10,13 @@ An id is rewritten, through an :class:`~middleware.mapping.ids.IdResolver`, in:
 - every ``reference`` element (the Reference datatype, R4 references.html#literal): relative
   ``Type/id``, ``Type/id/_history/vid``, and absolute ``<base>/Type/id[/_history/vid]`` under
   one of the given ``bases``;
-- an extension's ``valueUri`` or ``valueUrl`` (R4 extensibility.html, value[x]) that names a
-  resource of this upstream: absolute under one of the ``bases``, or relative ``Type/id`` of
-  an R4 resource type (an upstream may point at its own records so as well as by Reference);
+- every ``valueUri`` or ``valueUrl`` (an extension's, R4 extensibility.html value[x], and
+  any other: a QuestionnaireResponse answer, a Task or Parameters value) and every
+  Attachment's ``url`` (``_ATTACHMENTS``; ``DocumentReference.content.attachment.url`` =
+  ``Binary/<id>``) that names a resource of this upstream: absolute under one of the
+  ``bases``, or relative ``Type/id`` of an R4 resource type (an upstream may point at its own
+  records so as well as by Reference). Toward the upstream such a uri naming an id the
+  gateway did not issue is left as written: it is not a reference, and may be any URI;
 - ``Bundle.entry.fullUrl``, ``Bundle.link.url`` and ``Bundle.entry.link.url`` (the path's id
   only: query strings are the pipeline's, which replaces a searchset's paging links with
   cursors and ``self`` with the client's URL), ``Bundle.entry.response.location``,
@@ -70,6 +74,17 @@ _ENTRY_PARTS: Final = frozenset({"fullUrl", "request", "response", "resource"})
 _URI_VALUES: Final = frozenset({"valueUri", "valueUrl"})
 #: The keys whose string value may name a resource in an element that is not a resource.
 _NAMED: Final = _URI_VALUES | {"reference"}
+#: Elements of type Attachment (R4 datatypes.html#Attachment), besides every choice or
+#: ``defaultValue``/``fixed``/``pattern`` element whose name ends in ``Attachment``
+#: (``valueAttachment``, ``contentAttachment``, ``sourceAttachment``...): ``Patient.photo``,
+#: ``DocumentReference.content.attachment``, ``Media.content``, ``Library.content``,
+#: ``DiagnosticReport.presentedForm``, ``RelatedArtifact.document``, ``ClaimResponse.form``,
+#: ``ProdCharacteristic.image``. Their ``url`` (R4: "where the data can be accessed") is
+#: rewritten as a ``valueUri`` is; any other dict under these names has no string ``url``
+#: naming a resource of this upstream, or keeps it (:meth:`_Walk.uri` only rewrites those).
+_ATTACHMENTS: Final = frozenset(
+    {"attachment", "content", "photo", "presentedForm", "document", "form", "image"}
+)
 _MAX_DEPTH: Final = 256  # dict and list levels; FHIR data is far shallower
 _SAFE: Final = ",|:/$"  # as middleware.pipeline.params: FHIR search syntax stays readable
 #: Search parameters known to be references (those of the Patient compartment, R4): a bare id
@@ -222,6 +237,8 @@ class _Walk:
         for key, value in node.items():
             if type(value) is dict or type(value) is list:
                 new = self.node(value, depth + 1)
+                if key in _ATTACHMENTS or key.endswith("Attachment"):
+                    new = self.attached(new)
             elif key not in named or type(value) is not str:
                 continue
             elif key == "reference":
@@ -256,6 +273,8 @@ class _Walk:
                 new = self.bundle_part(key, value, depth + 1)
             elif type(value) is dict or type(value) is list:
                 new = self.node(value, depth + 1, contained=key == "contained")
+                if key in _ATTACHMENTS or key.endswith("Attachment"):
+                    new = self.attached(new)
             else:
                 continue
             if new is not value:
@@ -316,6 +335,8 @@ class _Walk:
                 new = self.bundle_part("link", value, depth + 1)
             elif type(value) is dict or type(value) is list:
                 new = self.node(value, depth + 1)
+                if key in _ATTACHMENTS or key.endswith("Attachment"):
+                    new = self.attached(new)
             elif type(value) is not str:
                 continue
             elif key == "reference":
@@ -328,11 +349,22 @@ class _Walk:
                 rest[key] = new
         return {**out, **rest} if rest else out
 
+    def attached(self, value: Any) -> Any:
+        """An Attachment (or a list of them) with its ``url`` rewritten by :meth:`uri`."""
+        if type(value) is dict:
+            return _changed(value, "url", self.uri)
+        if type(value) is not list:
+            return value
+        out = [_changed(item, "url", self.uri) if type(item) is dict else item for item in value]
+        return out if any(a is not b for a, b in zip(out, value, strict=True)) else value
+
     def uri(self, value: str) -> str:
-        """An extension's ``valueUri`` or ``valueUrl``: rewritten as a ``reference`` is when
-        it names a resource of this upstream (absolute under a base, or relative ``Type/id``
-        of an R4 resource type); another server's URL, a URN or a relative path of no
-        resource type is left as written (a uri is not always a location)."""
+        """A ``valueUri``, ``valueUrl`` or Attachment ``url``: rewritten as a ``reference`` is
+        when it names a resource of this upstream (absolute under a base, or relative
+        ``Type/id`` of an R4 resource type); another server's URL, a URN or a relative path of
+        no resource type is left as written (a uri is not always a location). Toward the
+        upstream, one naming an id the gateway did not issue is left as written too: a uri
+        is not a reference (``Questionnaire/phq9`` may be a name), so it is not refused."""
         relative = ":" not in value.partition("?")[0]
         if relative and value.partition("/")[0] not in RESOURCE_TYPES:
             return value
@@ -340,7 +372,9 @@ class _Walk:
             return value
         try:
             return self.url(value, query=False)
-        except NotFound as exc:  # as a reference: the client's body names nothing we issued
+        except NotFound as exc:
+            if self.toward == "upstream":
+                return value
             raise UnprocessableEntity(
                 "a reference in the request does not name a resource of this server"
             ) from exc

@@ -35,6 +35,10 @@ _BUNDLE_PARTS: Final = frozenset({"entry", "link"})
 _ENTRY_PARTS: Final = frozenset({"fullUrl", "request", "response", "resource"})
 _URI_VALUES: Final = frozenset({"valueUri", "valueUrl"})
 _NAMED: Final = _URI_VALUES | {"reference"}
+#: As ``references._ATTACHMENTS``: elements of type Attachment, whose ``url`` is a uri.
+_ATTACHMENTS: Final = frozenset(
+    {"attachment", "content", "photo", "presentedForm", "document", "form", "image"}
+)
 _MAX_DEPTH: Final = 256  # as middleware.mapping.references: the same refusals at the same depth
 
 
@@ -103,6 +107,8 @@ class _InPlace:
                         self.uri(node, key, value)
             elif kind is dict or kind is list:
                 self.node(value, below, False)
+                if key in _ATTACHMENTS or key.endswith("Attachment"):
+                    self.attached(value)
 
     def resource(self, node: dict[str, Any], kind: str, depth: int, contained: bool) -> None:
         """As ``_Walk.resource``: its ``id`` (not a contained resource's, nor an envelope's),
@@ -128,6 +134,8 @@ class _InPlace:
                 self.bundle_part(key, value, below)
             elif vkind is dict or vkind is list:
                 self.node(value, below, key == "contained")
+                if key in _ATTACHMENTS or key.endswith("Attachment"):
+                    self.attached(value)
 
     def bundle_part(self, key: str, items: list[Any], depth: int) -> None:
         """As ``_Walk.bundle_part``: ``Bundle.entry`` or a ``link`` list at ``depth``."""
@@ -166,6 +174,8 @@ class _InPlace:
                 self.bundle_part(key, value, below)
             elif vkind is dict or vkind is list:
                 self.node(value, below, False)
+                if key in _ATTACHMENTS or key.endswith("Attachment"):
+                    self.attached(value)
             elif vkind is str:
                 if key == "reference":
                     new = self.url(value, reference=True)
@@ -174,8 +184,15 @@ class _InPlace:
                 elif key in _URI_VALUES:
                     self.uri(entry, key, value)
 
+    def attached(self, value: Any) -> None:
+        """An Attachment (or a list of them): its ``url``, as ``_Walk.attached``."""
+        for item in value if type(value) is list else (value,):
+            if type(item) is dict and type(item.get("url")) is str:
+                self.uri(item, "url", item["url"])
+
     def uri(self, holder: dict[str, Any], key: str, value: str) -> None:
-        """An extension's ``valueUri``/``valueUrl`` (``holder[key]``), as ``_Walk.uri``."""
+        """A ``valueUri``/``valueUrl`` or Attachment ``url`` (``holder[key]``), as
+        ``_Walk.uri``."""
         new = self.walk.uri(value)
         if new != value:
             self.changed = True

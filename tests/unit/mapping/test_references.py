@@ -637,6 +637,7 @@ _STRINGS = [
 _KEYS = ["reference", "id", "resourceType", "contained", "entry", "link", "fullUrl", "url"]
 _KEYS += ["request", "response", "location", "ifNoneExist", "method", "type", "resource", "x"]
 _KEYS += ["extension", "valueUri", "valueUrl", "search"]
+_KEYS += ["attachment", "content", "photo", "valueAttachment", "contentAttachment"]
 trees = st.recursive(
     st.sampled_from(_STRINGS) | st.integers(0, 3) | st.none(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner),
@@ -840,22 +841,18 @@ def test_an_untranslatable_id_in_any_element_of_an_entry_refuses_the_answer(
     ("place", "error"),
     [
         (("entry", 0, "extension", 0, "valueReference", "reference"), UnprocessableEntity),
-        (("entry", 0, "extension", 1, "valueUri"), UnprocessableEntity),
         (("entry", 0, "modifierExtension", 0, "valueReference", "reference"), UnprocessableEntity),
         (
             ("entry", 0, "search", "extension", 0, "valueReference", "reference"),
             UnprocessableEntity,
         ),
-        (("entry", 0, "request", "extension", 0, "valueUri"), UnprocessableEntity),
         (("entry", 0, "link", 0, "url"), NotFound),  # as a fullUrl or Bundle.link.url
         (("link", 0, "url"), NotFound),
     ],
     ids=[
         "extension-reference",
-        "extension-uri",
         "modifier-extension",
         "search-extension",
-        "request-extension",
         "entry-link",
         "bundle-link",
     ],
@@ -871,6 +868,30 @@ def test_a_client_id_we_did_not_issue_in_any_element_of_an_entry_is_refused(
     holder[place[-1]] = holder[place[-1]].replace("Patient/c-1", "Patient/forged")
     with pytest.raises(error):
         REWRITER.to_upstream(document)
+
+
+@pytest.mark.parametrize(
+    "place",
+    [("entry", 0, "extension", 1, "valueUri"), ("entry", 0, "request", "extension", 0, "valueUri")],
+    ids=["extension-uri", "request-extension"],
+)
+def test_a_client_uri_naming_an_id_we_did_not_issue_is_left_as_written(
+    place: tuple[str | int, ...],
+) -> None:
+    """Writes: a uri is not a reference (``Questionnaire/phq9`` in a QuestionnaireResponse
+    answer may be a name), so one naming nothing the gateway issued reaches the upstream as
+    the client wrote it, where it was a 422 before; references stay refused (above)."""
+    document: Any = copy.deepcopy(entry_links("c-1", "c-obs-9", base=GW))
+    holder = document
+    for step in place[:-1]:
+        holder = holder[step]
+    holder[place[-1]] = holder[place[-1]].replace("Patient/c-1", "Patient/forged")
+    written = holder[place[-1]]
+    out = REWRITER.to_upstream(document)
+    for step in place:
+        out = out[step]
+    assert out == written
+    assert "forged" in out
 
 
 def test_uris_that_name_no_resource_of_this_upstream_are_untouched() -> None:
@@ -895,3 +916,47 @@ def test_uris_that_name_no_resource_of_this_upstream_are_untouched() -> None:
     for document in (bundle, resource):
         assert REWRITER.to_client(document) is document
         assert REWRITER.to_upstream(document) is document
+
+
+def _in_document_reference(attachment: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "DocumentReference", "content": [{"attachment": attachment}]}
+
+
+def _in_presented_form(attachment: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "DiagnosticReport", "presentedForm": [attachment]}
+
+
+def _in_extension(attachment: dict[str, Any]) -> dict[str, Any]:
+    extension = {"url": "http://x/a", "valueAttachment": attachment}
+    return {"resourceType": "Observation", "extension": [extension]}
+
+
+@pytest.mark.parametrize(
+    "build",
+    [_in_document_reference, _in_presented_form, _in_extension],
+    ids=["document-reference", "presented-form", "extension"],
+)
+@pytest.mark.parametrize("written", ["Binary/b-9", f"{UP}/Binary/b-9"])
+def test_an_attachment_url_naming_an_upstream_binary_gets_the_clients_id(
+    build: Callable[[dict[str, Any]], dict[str, Any]], written: str
+) -> None:
+    """The attack: ``attachment.url = Binary/<upstream id>`` (the most common upstream URL
+    inside a resource) used to reach the client as the upstream wrote it, handing it the
+    upstream's own id the mapping hides. Both walks rewrite it, and back again."""
+    rewriter = ReferenceRewriter(real_resolvers()[0], "hospital-a", bases=[UP])
+    document = {**build({"contentType": "application/pdf", "url": written}), "id": "d-1"}
+    copied = rewriter.to_client(document)
+    owned = copy.deepcopy(document)
+    assert rewriter.to_client_in_place(owned)
+    assert owned == copied
+    assert "b-9" not in jsoncodec.encode(copied).decode()
+    assert rewriter.to_upstream(copied) == document
+
+
+def test_an_attachment_url_of_another_server_or_no_resource_is_left_as_written() -> None:
+    rewriter = ReferenceRewriter(real_resolvers()[0], "hospital-a", bases=[UP])
+    for url in ["http://elsewhere.example/Binary/1", "urn:uuid:1", "files/a.pdf", "#x"]:
+        resource = {"resourceType": "Patient", "id": "p", "photo": [{"url": url}]}
+        assert rewriter.to_client(resource)["photo"] == [{"url": url}]
+        forged = {"resourceType": "Patient", "photo": [{"url": "Binary/forged"}]}
+        assert rewriter.to_upstream(forged) == forged  # a uri, not a reference: as written

@@ -56,6 +56,10 @@ __all__ = ["ReferenceRewriter", "SearchReferences", "Toward"]
 Toward = Literal["client", "upstream"]
 
 _ENVELOPES: Final = frozenset({"transaction", "batch", "transaction-response", "batch-response"})
+#: Elements of type Attachment (besides names ending in ``Attachment``): their ``url``.
+_ATTACHMENTS: Final = frozenset(
+    {"attachment", "content", "photo", "presentedForm", "document", "form", "image"}
+)
 _MAX_DEPTH: Final = 256  # dict and list levels; FHIR data is far shallower
 _SAFE: Final = ",|:/$"  # as middleware.pipeline.params: FHIR search syntax stays readable
 #: Search parameters known to be references (those of the Patient compartment, R4): a bare id
@@ -196,6 +200,8 @@ class _Walk:
             elif type(value) is dict or type(value) is list:
                 inside = key == "contained" and kind is not None
                 new = self.node(value, depth + 1, contained=inside)
+                if key in _ATTACHMENTS or key.endswith("Attachment"):  # an Attachment's url
+                    new = self.attached(new)
             else:
                 continue
             if new is not value:
@@ -251,6 +257,13 @@ class _Walk:
                 rest[key] = new
         return {**out, **rest} if rest else out
 
+    def attached(self, value: Any) -> Any:
+        items = value if type(value) is list else [value]
+        out = [_changed(i, "url", self.uri) if type(i) is dict else i for i in items]
+        if type(value) is not list:
+            return out[0]
+        return out if any(a is not b for a, b in zip(out, value, strict=True)) else value
+
     def uri(self, value: str) -> str:
         relative = ":" not in value.partition("?")[0]
         if relative and value.partition("/")[0] not in RESOURCE_TYPES:
@@ -260,6 +273,8 @@ class _Walk:
         try:
             return self.url(value, query=False)
         except NotFound as exc:
+            if self.toward == "upstream":  # a uri is not a reference: left as written
+                return value
             raise UnprocessableEntity(
                 "a reference in the request does not name a resource of this server"
             ) from exc
