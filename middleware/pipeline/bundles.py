@@ -24,6 +24,7 @@ and a write of the memberships directory by a caller who is not its administrato
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -48,6 +49,16 @@ __all__ = ["Bundles", "MAX_ENTRIES"]
 #: Entries per batch or transaction; more is refused (413-like work for one request).
 MAX_ENTRIES: Final = 1000
 _REFUSED_TRANSACTION: Final = "this transaction is not allowed"
+#: What an entry's ``request.url`` may not hold: a fragment (``#``), space, control
+#: characters, non-ASCII. ``urlsplit`` would judge the URL without them (it drops the
+#: fragment, strips and removes whitespace: ``Observation/1#/../../PractitionerRole/2`` is
+#: read as ``Observation/1``) while the raw text is what is forwarded, and an upstream may
+#: read it otherwise. None of them can be in an HTTP request target (RFC 9112 section 3.2,
+#: RFC 3986 section 3.5), so none is in a URL a client could send on its own; ``%``, ``;``,
+#: ``\``, ``.``/``..`` segments and empty segments are refused by :func:`classify`, as for the
+#: request target.
+_REFUSED_URL: Final = re.compile(r"[\x00-\x20\x7f#]")
+_BAD_URL: Final = "a Bundle entry's url may hold no fragment, space, control or non-ASCII character"
 _ENTRY_HEADERS: Final = {
     "ifMatch": "if-match",
     "ifNoneMatch": "if-none-match",
@@ -149,6 +160,7 @@ class Bundles:
         )
 
     def _classify(self, method: str, url: str, headers: Mapping[str, str]) -> FhirRequest:
+        _refuse_unread(url)
         parts = urlsplit(url)
         path = parts.path
         if parts.scheme or parts.netloc:
@@ -169,6 +181,11 @@ class Bundles:
     # -- transaction -------------------------------------------------------------------------
 
     async def _transaction(self, ask: Ask, bundle: dict[str, Any], entries: list[Any]) -> Answer:
+        for entry in entries:  # the client's own syntax: a 400, not the refusal's 403
+            spec = entry.get("request") if isinstance(entry, dict) else None
+            url = spec.get("url") if isinstance(spec, dict) else None
+            if isinstance(url, str):
+                _refuse_unread(url)
         mapper = self.flow.mapper
         if mapper is not None:  # judged and forwarded as the upstream will store them
             ask.trail.mapped(mapper.label)
@@ -248,6 +265,12 @@ class Bundles:
         if not isinstance(resource, dict):
             raise BadRequest("a transaction entry needs a resource")
         await self.writes.targets.check(sub, resource, action)  # a refusal refuses the transaction
+
+
+def _refuse_unread(url: str) -> None:
+    """400 for an entry URL with a part ``urlsplit`` would not judge (:data:`_REFUSED_URL`)."""
+    if not url.isascii() or _REFUSED_URL.search(url):
+        raise BadRequest(_BAD_URL)
 
 
 def _bundle(raw: bytes) -> dict[str, Any]:
