@@ -39,7 +39,7 @@ from typing import Any, Final
 from middleware.mapping.model import Concept
 from middleware.mapping.paths import ElementPath, rewrite
 from middleware.mapping.profile import Binding, Profile
-from middleware.mapping.resource import Note, _LazyContext, _Walk, added_coding, map_response
+from middleware.mapping.resource import CodingWalk, LazyContext, Note, added_coding, map_response
 from middleware.mapping.versions import (
     Loss,
     Release,
@@ -158,7 +158,7 @@ class _Pass:
     ) -> None:
         self.table: Mapping[str, str] = profile.identifiers.to_client
         self.elements = profile.elements
-        self.codings = _Walk(profile, "response")
+        self.codings = CodingWalk(profile, "response")
         self.conversion = conversion
         self.rules = rules
         self.losses: list[Loss] = []
@@ -264,18 +264,18 @@ class _Pass:
                 self.child(item, None, "")
 
     def bindings(self, node: dict[str, Any], kind: str) -> None:
-        """The resource's own codings, at its compiled element paths (as ``_Walk.resource``:
+        """The resource's own codings, at its compiled element paths (as ``CodingWalk.resource``:
         each binding's context reads the resource as it was before them)."""
         bound = self.elements.get(kind)
         if not bound:
             return
         out = node
-        contexts: dict[str, _LazyContext] = {}
+        contexts: dict[str, LazyContext] = {}
         element = self.element
         for binding, path in bound:
             context = contexts.get(binding.canonical)
             if context is None:
-                context = contexts[binding.canonical] = _LazyContext(node, binding)
+                context = contexts[binding.canonical] = LazyContext(node, binding)
             steps = path.steps
             value = out.get(steps[0]) if len(steps) == 1 else None
             if type(value) is dict:  # ``Observation.code``: rewrite's work, without its calls
@@ -291,8 +291,8 @@ class _Pass:
                 if node[key] is not value:
                     node[key] = value
 
-    def element(self, binding: Binding, path: ElementPath, context: _LazyContext, cc: Any) -> Any:
-        """``_Walk.element``, its outcome remembered by the (system, code) of each coding: a
+    def element(self, binding: Binding, path: ElementPath, context: LazyContext, cc: Any) -> Any:
+        """``CodingWalk.element``, its outcome remembered by the (system, code) of each coding: a
         searchset repeats a few codes in every entry. Where a translation read the resource's
         attributes (``dependsOn``), by those values too; outcomes that noted something are not
         remembered (each occurrence notes again). The codings added are fresh dicts each time
@@ -329,7 +329,7 @@ class _Pass:
             item is not None and (binding.canonical, *item) in walk.conditional for item in shape
         ):
             # A translation read the resource's attributes: the same codes with the same
-            # attribute values add the same codings (as _Walk caches their translations).
+            # attribute values add the same codings (as CodingWalk caches their translations).
             self.conditional.add(key)
             key = (*key, context.values_key())
         self.added[key] = _plan(out["coding"][len(codings) :]) if out is not cc else ()
@@ -337,7 +337,7 @@ class _Pass:
 
 
 def _shape(coding: Any) -> tuple[str | None, str | None] | None:
-    """What ``_Walk.element`` reads of a coding: its system and code when they are strings."""
+    """What ``CodingWalk.element`` reads of a coding: its system and code when they are strings."""
     if type(coding) is not dict:
         return None
     system, code = coding.get("system"), coding.get("code")

@@ -63,12 +63,12 @@ from middleware.mapping.ids import RESOURCE_TYPE, IdResolver, not_ours
 from middleware.mapping.references_owned import to_client_in_place
 from middleware.mapping.tokens import split
 
-__all__ = ["ReferenceRewriter", "SearchReferences", "Toward"]
+__all__ = ["ReferenceRewriter", "ReferenceWalk", "SearchReferences", "Toward"]
 
 Toward = Literal["client", "upstream"]
 
 _ENVELOPES: Final = frozenset({"transaction", "batch", "transaction-response", "batch-response"})
-#: The elements of a ``Bundle.entry`` whose URLs :meth:`_Walk.entry` rewrites itself.
+#: The elements of a ``Bundle.entry`` whose URLs :meth:`ReferenceWalk.entry` rewrites itself.
 _ENTRY_PARTS: Final = frozenset({"fullUrl", "request", "response", "resource"})
 #: Extension values that may be a URL naming a resource (R4 extensibility.html: value[x]).
 _URI_VALUES: Final = frozenset({"valueUri", "valueUrl"})
@@ -81,7 +81,7 @@ _NAMED: Final = _URI_VALUES | {"reference"}
 #: ``DiagnosticReport.presentedForm``, ``RelatedArtifact.document``, ``ClaimResponse.form``,
 #: ``ProdCharacteristic.image``. Their ``url`` (R4: "where the data can be accessed") is
 #: rewritten as a ``valueUri`` is; any other dict under these names has no string ``url``
-#: naming a resource of this upstream, or keeps it (:meth:`_Walk.uri` only rewrites those).
+#: naming a resource of this upstream, or keeps it (:meth:`ReferenceWalk.uri` only rewrites those).
 _ATTACHMENTS: Final = frozenset(
     {"attachment", "content", "photo", "presentedForm", "document", "form", "image"}
 )
@@ -124,7 +124,7 @@ class ReferenceRewriter:
 
     def to_client(self, document: Any) -> Any:
         """``document`` (a resource or Bundle, decoded JSON) with the client's ids."""
-        return _Walk(self, "client").node(document, 0)
+        return ReferenceWalk(self, "client").node(document, 0)
 
     def to_client_in_place(self, document: Any) -> bool:
         """``document`` with the client's ids, edited in place; True when anything changed.
@@ -136,7 +136,7 @@ class ReferenceRewriter:
         """``document`` a client sent, with the upstream's ids; ``create``: drop its ``id``."""
         if create and isinstance(document, dict) and "id" in document:
             document = {k: v for k, v in document.items() if k != "id"}
-        return _Walk(self, "upstream").node(document, 0)
+        return ReferenceWalk(self, "upstream").node(document, 0)
 
     def id(self, resource_type: str, value: str, toward: Toward) -> str:
         """One id: the client's for an upstream id, or the upstream's for a client id (404 when
@@ -151,7 +151,7 @@ class ReferenceRewriter:
     def location(self, value: str, toward: Toward) -> str:
         """A ``Location`` or ``Content-Location`` header value (absolute under a base, or
         relative ``Type/id[/_history/vid]``)."""
-        return _Walk(self, toward).url(value, query=False)
+        return ReferenceWalk(self, toward).url(value, query=False)
 
     def search(
         self, resource_type: str | None, params: Sequence[tuple[str, str]]
@@ -174,7 +174,7 @@ class ReferenceRewriter:
         matches no upstream data that way; an upstream's own id might, and what it finds is
         judged and rewritten like any other answer.
         """
-        walk = _Walk(self, "upstream")
+        walk = ReferenceWalk(self, "upstream")
         out: list[tuple[str, str]] = []
         nothing = False
         for name, value in params:
@@ -187,7 +187,7 @@ class ReferenceRewriter:
         return SearchReferences(tuple(out), nothing)
 
 
-class _Walk:
+class ReferenceWalk:
     """One pass in one direction, with a memo (a Bundle repeats the same few references)."""
 
     def __init__(self, owner: ReferenceRewriter, toward: Toward) -> None:

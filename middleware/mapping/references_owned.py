@@ -52,21 +52,22 @@ def to_client_in_place(rewriter: ReferenceRewriter, document: Any) -> bool:
 
 
 class _InPlace:
-    """One pass: the copy-on-write walk's URL logic (``references._Walk``) behind a memo by
+    """One pass: the copy-on-write walk's URL logic (``references.ReferenceWalk``) behind a memo by
     text, and in-place assignment."""
 
     __slots__ = ("changed", "urls", "walk")
 
     def __init__(self, rewriter: ReferenceRewriter) -> None:
-        from middleware.mapping.references import _Walk  # noqa: PLC0415 - the module imports us
+        from middleware.mapping.references import ReferenceWalk  # noqa: PLC0415 - the module imports us
 
-        self.walk = _Walk(rewriter, "client")
+        self.walk = ReferenceWalk(rewriter, "client")
         #: URL text -> its rewritten text (toward the client, ``query`` changes nothing).
         self.urls: dict[str, str] = {}
         self.changed = False
 
     def url(self, value: str, *, reference: bool = False) -> str:
-        """``value`` rewritten; a ``reference`` element's failure is the 422 ``_Walk`` gives."""
+        """``value`` rewritten; a ``reference`` element's failure is the 422
+        ``ReferenceWalk`` gives."""
         found = self.urls.get(value)
         if found is None:
             walk = self.walk
@@ -77,7 +78,7 @@ class _InPlace:
         return found
 
     def node(self, node: Any, depth: int, contained: bool) -> None:
-        """``node`` (a dict or a list) and everything below it; as ``_Walk.node``."""
+        """``node`` (a dict or a list) and everything below it; as ``ReferenceWalk.node``."""
         if depth > _MAX_DEPTH:
             raise self.walk.too_deep()
         if type(node) is list:
@@ -111,8 +112,8 @@ class _InPlace:
                     self.attached(value)
 
     def resource(self, node: dict[str, Any], kind: str, depth: int, contained: bool) -> None:
-        """As ``_Walk.resource``: its ``id`` (not a contained resource's, nor an envelope's),
-        a Bundle's entries and links, everything else below it."""
+        """As ``ReferenceWalk.resource``: its ``id`` (not a contained resource's, nor an
+        envelope's), a Bundle's entries and links, everything else below it."""
         below = depth + 1
         bundle = kind == "Bundle"
         for key, value in node.items():
@@ -138,7 +139,7 @@ class _InPlace:
                     self.attached(value)
 
     def bundle_part(self, key: str, items: list[Any], depth: int) -> None:
-        """As ``_Walk.bundle_part``: ``Bundle.entry`` or a ``link`` list at ``depth``."""
+        """As ``ReferenceWalk.bundle_part``: ``Bundle.entry`` or a ``link`` list at ``depth``."""
         for item in items:
             if type(item) is dict:
                 if key == "link":
@@ -150,7 +151,7 @@ class _InPlace:
                 self.node(item, depth + 1, False)
 
     def entry(self, entry: dict[str, Any], depth: int) -> None:
-        """As ``_Walk.entry`` toward the client: ``fullUrl``, ``request.url``,
+        """As ``ReferenceWalk.entry`` toward the client: ``fullUrl``, ``request.url``,
         ``response.location``, the request, response and resource below, then every other
         element of the entry (links, search, extensions) in the same order."""
         self.put(entry, "fullUrl")
@@ -185,14 +186,14 @@ class _InPlace:
                     self.uri(entry, key, value)
 
     def attached(self, value: Any) -> None:
-        """An Attachment (or a list of them): its ``url``, as ``_Walk.attached``."""
+        """An Attachment (or a list of them): its ``url``, as ``ReferenceWalk.attached``."""
         for item in value if type(value) is list else (value,):
             if type(item) is dict and type(item.get("url")) is str:
                 self.uri(item, "url", item["url"])
 
     def uri(self, holder: dict[str, Any], key: str, value: str) -> None:
         """A ``valueUri``/``valueUrl`` or Attachment ``url`` (``holder[key]``), as
-        ``_Walk.uri``."""
+        ``ReferenceWalk.uri``."""
         new = self.walk.uri(value)
         if new != value:
             self.changed = True

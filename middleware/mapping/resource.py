@@ -31,6 +31,8 @@ from middleware.mapping.profile import Binding, Profile
 from middleware.mapping.translate import translate
 
 __all__ = [
+    "CodingWalk",
+    "LazyContext",
     "Mapped",
     "Note",
     "added_coding",
@@ -91,7 +93,7 @@ def map_response(resource: Any, profile: Profile) -> Mapped:
     Raises :class:`UpstreamError` (502) where the profile's ``response`` unmapped policy is
     ``reject`` and a code has no translation.
     """
-    walk = _Walk(profile, "response")
+    walk = CodingWalk(profile, "response")
     mapped = walk.resource(profile.identifiers.rewrite(resource, "client"))
     return Mapped(mapped, tuple(walk.notes))
 
@@ -102,7 +104,7 @@ def prepare_write(resource: Any, profile: Profile) -> Mapped:
     Raises :class:`UnprocessableEntity` (422) for an ambiguous reverse translation under a
     strict profile, or an untranslatable code under a ``reject`` write policy.
     """
-    walk = _Walk(profile, "write")
+    walk = CodingWalk(profile, "write")
     mapped = walk.resource(profile.identifiers.rewrite(strip_added(resource), "upstream"))
     return Mapped(mapped, tuple(walk.notes))
 
@@ -138,7 +140,7 @@ def strip_added(node: Any) -> Any:
 _Targets = tuple[tuple[Concept, str, str], ...]
 
 
-class _Walk:
+class CodingWalk:
     """One pass over one resource tree: the profile, the operation, what to log, and a cache.
 
     Translations that did not read the resource's attributes are the same for every resource
@@ -167,15 +169,15 @@ class _Walk:
         if "contained" in out:
             out = rewrite(out, ("contained",), self.resource)
         bound = self.profile.elements.get(kind) if isinstance(kind, str) else None
-        contexts: dict[str, _LazyContext] = {}
+        contexts: dict[str, LazyContext] = {}
         for binding, path in bound or ():
             context = contexts.get(binding.canonical)
             if context is None:
-                context = contexts[binding.canonical] = _LazyContext(resource, binding)
+                context = contexts[binding.canonical] = LazyContext(resource, binding)
             out = rewrite(out, path.steps, partial(self.element, binding, path, context))
         return out
 
-    def element(self, binding: Binding, path: ElementPath, context: _LazyContext, cc: Any) -> Any:
+    def element(self, binding: Binding, path: ElementPath, context: LazyContext, cc: Any) -> Any:
         """Translate one CodeableConcept found at ``path``."""
         codings = cc.get("coding") if type(cc) is dict else None
         if type(codings) is not list:
@@ -210,7 +212,7 @@ class _Walk:
         return {**cc, "coding": [*codings, *added]} if added else cc
 
     def targets(
-        self, binding: Binding, path: ElementPath, context: _LazyContext, system: str, code: str
+        self, binding: Binding, path: ElementPath, context: LazyContext, system: str, code: str
     ) -> tuple[tuple[Concept, str, str], ...]:
         key = (binding.canonical, system, code)
         hit = self.cache.get(key)
@@ -261,7 +263,7 @@ class _Walk:
         self.notes.append(Note(str(path), f"{system}|{code}", status, detail))
 
 
-class _LazyContext(Mapping[str, frozenset[str]]):
+class LazyContext(Mapping[str, frozenset[str]]):
     """The resource's attribute values, read on first use (only candidates with dependsOn or
     product use them); ``read`` tells whether anything did."""
 
