@@ -15,7 +15,8 @@ with one answer that says nothing of which entry or why. The decision is recorde
 pinned to the checked versions (``ifMatch``), and the answer is filtered like any other
 (one-to-one: a resource the caller may not see becomes a 404 entry). Conditional entries and
 patches inside a transaction are refused: their targets could not be checked before the
-upstream resolves them. So is an entry that sets, adds or changes the gateway's idempotency
+upstream resolves them; so are parameters on a write entry (``?_cascade=delete``), which the
+upstream would act on unjudged. So is an entry that sets, adds or changes the gateway's idempotency
 tags, as a single write would be (:func:`~middleware.pipeline.idempotency.refuse_own_tags`),
 and a write of the memberships directory by a caller who is not its administrator
 (:mod:`~middleware.pipeline.directory`; a batch entry meets it in the write half).
@@ -221,6 +222,12 @@ class Bundles:
         request = sub.request
         if request.interaction not in _TRANSACTION_ENTRIES or request.conditional:
             raise BadRequest("this transaction entry is not supported by the gateway")
+        if request.is_write and request.query:
+            # The Bundle is forwarded as sent, so a parameter on a write entry reaches the
+            # upstream unjudged: ``DELETE Practitioner/x?_cascade=delete`` (HAPI) deletes
+            # every resource that references it, records of patients whose consent was never
+            # checked. A single write is forwarded to its instance without the client's query.
+            raise BadRequest("a write inside a transaction takes no parameters")
         check_interaction(ask.caller, request)
         if request.is_write:  # by the URL's type and the body's (a body of another type
             # is refused later too; this check does not rest on that)

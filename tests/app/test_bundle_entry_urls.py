@@ -68,3 +68,40 @@ async def test_a_batch_answers_such_an_entry_400_and_runs_the_rest(
     assert entries[1]["response"]["status"].startswith("200")
     assert writes.call_count == 0
     assert read.call_count == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("DELETE", "Practitioner/x?_cascade=delete"),
+        ("PUT", "Observation/1?_cascade=delete"),
+        ("POST", "Observation?_cascade=delete"),
+    ],
+    ids=["delete-cascade", "put-param", "create-param"],
+)
+async def test_a_transaction_write_entry_with_parameters_is_refused_and_never_forwarded(
+    client: httpx.AsyncClient, router: respx.Router, method: str, url: str
+) -> None:
+    """The attack: ``DELETE Practitioner/x?_cascade=delete`` in a transaction. The entry was
+    judged as the delete of Practitioner/x, then the Bundle went upstream as sent, and an
+    upstream that honours ``_cascade`` (HAPI) deletes every resource referencing it: other
+    patients' records nobody checked. Now any parameter on a write entry refuses the
+    transaction before anything is forwarded."""
+    practitioner = {"resourceType": "Practitioner", "id": "x", "meta": {"versionId": "1"}}
+    observation = {
+        "resourceType": "Observation",
+        "id": "1",
+        "status": "final",
+        "meta": {"versionId": "1"},
+    }
+    router.get("/Practitioner/x").respond(200, json=practitioner, headers=FHIR)
+    router.get("/Observation/1").respond(200, json=observation, headers=FHIR)
+    forwarded = router.post("/").respond(200, json={"resourceType": "Bundle", "type": "x"})
+    entry: dict[str, Any] = {"request": {"method": method, "url": url}}
+    if method != "DELETE":
+        entry["resource"] = {k: v for k, v in observation.items() if k != "meta"}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+    got = await client.post("/fhir", json=bundle, headers=FHIR)
+    assert 400 <= got.status_code < 500, got.text
+    assert got.json()["resourceType"] == "OperationOutcome"
+    assert forwarded.call_count == 0
