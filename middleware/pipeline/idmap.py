@@ -14,8 +14,9 @@ client sees, and consents, SMART ``patient`` contexts and audit records name the
 - on the way back, the answer and its ``Location``/``Content-Location`` carry client ids.
 
 An id the resolver did not issue for this upstream is the generic 404, like a hidden record.
-A redeemed paging cursor (an absolute upstream URL, sealed by the gateway) is already in the
-upstream's ids and passes as it is. Pure: the wrapped forwarder does the I/O.
+A redeemed paging cursor (an absolute upstream URL, sealed by the gateway) keeps the upstream's
+query as it is; the id in its path, rewritten to the client's with the answer that carried the
+link, is the upstream's again (:meth:`IdEdge.redeemed`). Pure: the wrapped forwarder does the I/O.
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ class IdEdge:
             headers: Sequence[tuple[str, str]] = (),
             client_headers: bool = True,
         ) -> Upstreamed:
-            outgoing = target if target.startswith(self.upstream_base) else self.target(target)
+            outgoing = (
+                self.redeemed(target)
+                if target.startswith(self.upstream_base)
+                else self.target(target)
+            )
             if outgoing is None:
                 raw = jsoncodec.encode(_EMPTY)
                 return Upstreamed(
@@ -80,6 +85,19 @@ class IdEdge:
         if mapped.matches_nothing:
             return None
         return f"{'/'.join(segments)}?{encode_params(mapped.params)}"
+
+    def redeemed(self, target: str) -> str:
+        """A redeemed paging link (absolute, under the upstream's base) with the upstream's id
+        in its path: the answer that carried it was rewritten toward the client, its path id
+        too (``Patient/<client id>/_history?...``), before the gateway sealed it. Its query is
+        the upstream's own, untouched by that rewrite, and passes as it is."""
+        rest = target[len(self.upstream_base) :]
+        path, sep, query = rest.partition("?")
+        segments = path.lstrip("/").split("/")
+        if len(segments) < 2 or segments[1].startswith(_LITERAL_SEGMENTS) or not segments[1]:
+            return target
+        segments[1] = self.rewriter.id(segments[0], segments[1], "upstream")
+        return f"{self.upstream_base}/{'/'.join(segments)}{sep}{query}"
 
     def body(self, method: str, target: str, body: bytes) -> bytes:
         """A request body with the upstream's ids (a create drops the client's ``id``)."""

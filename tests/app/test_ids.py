@@ -14,6 +14,7 @@ import pytest
 import respx
 
 from middleware.mapping.ids import FHIR_ID
+from tests.app.conftest import UPSTREAM
 
 FHIR = {"content-type": "application/fhir+json"}
 
@@ -164,3 +165,74 @@ def test_the_mapping_docs_say_what_a_profile_without_a_resolver_does() -> None:
     assert "`{}`: opaque ids" not in readme
     guide = " ".join((DOCS / "docs" / "mapping.md").read_text().split())
     assert 'or with `"patients": {}`, leaves ids alone' in guide
+
+
+# -- paging under id mapping ------------------------------------------------------------------
+# The bug: the upstream's ``next`` link (``{upstream}/Patient/p-1/_history?_offset=1``) had its
+# path id rewritten to the client's before the gateway sealed it into a cursor, and a redeemed
+# cursor (an absolute upstream URL) passed the id edge as it was: page 2 asked the upstream for
+# ``Patient/<client id>/...``, a record it does not have. Both tests fail on that code.
+
+
+def _page(entries: list[dict[str, Any]], kind: str, link_path: str | None) -> dict[str, Any]:
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": kind, "entry": entries}
+    if link_path is not None:
+        bundle["link"] = [{"relation": "next", "url": f"{UPSTREAM}/{link_path}"}]
+    return bundle
+
+
+async def test_the_second_page_of_an_instance_history_names_the_upstreams_id(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    oid = await client_id_of(client, router, "Observation", "o-1")
+    first = _page(
+        [{"resource": observation("o-1", "p-1")}], "history", "Observation/o-1/_history?_offset=1"
+    )
+    second = _page(
+        [{"resource": {**observation("o-1", "p-1"), "status": "amended"}}], "history", None
+    )
+    router.get("/Observation/o-1/_history", params={"_offset": "1"}).respond(
+        200, json=second, headers=FHIR
+    )
+    router.get("/Observation/o-1/_history").respond(200, json=first, headers=FHIR)
+    wrong = router.get(url__regex=rf"/Observation/{oid}/").respond(404)
+
+    got = await client.get(f"/fhir/Observation/{oid}/_history")
+    assert got.status_code == 200, got.text
+    nxt = next(link["url"] for link in got.json()["link"] if link["relation"] == "next")
+    page2 = await client.get(nxt.replace("http://gateway.test", ""))
+    assert page2.status_code == 200, page2.text
+    assert wrong.call_count == 0
+    entries = page2.json()["entry"]
+    assert [e["resource"]["status"] for e in entries] == ["amended"]
+    assert entries[0]["resource"]["id"] == oid
+
+
+async def test_the_second_page_of_a_compartment_search_names_the_upstreams_id(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    oid = await client_id_of(client, router, "Observation", "o-1")
+    pid = (await client.get(f"/fhir/Observation/{oid}")).json()["subject"]["reference"]
+    pid = pid.removeprefix("Patient/")
+    assert pid != "p-1"
+    first = _page(
+        [{"resource": observation("o-1", "p-1"), "search": {"mode": "match"}}],
+        "searchset",
+        "Patient/p-1/Observation?_offset=1",
+    )
+    second = _page(
+        [{"resource": observation("o-2", "p-1"), "search": {"mode": "match"}}], "searchset", None
+    )
+    router.get("/Patient/p-1/Observation", params={"_offset": "1"}).respond(
+        200, json=second, headers=FHIR
+    )
+    router.get("/Patient/p-1/Observation").respond(200, json=first, headers=FHIR)
+    wrong = router.get(url__regex=rf"/Patient/{pid}/").respond(404)
+
+    got = await client.get(f"/fhir/Patient/{pid}/Observation")
+    assert got.status_code == 200, got.text
+    nxt = next(link["url"] for link in got.json()["link"] if link["relation"] == "next")
+    page2 = await client.get(nxt.replace("http://gateway.test", ""))
+    assert page2.status_code == 200, page2.text
+    assert wrong.call_count == 0
+    assert len(page2.json()["entry"]) == 1
