@@ -9,16 +9,28 @@ these places are rewritten (FHIR R4 http.html §3.1.0.1.8 and bundle.html):
   upstream base, in any resource, nested Bundle or contained resource;
 - the ``Location`` and ``Content-Location`` response headers.
 
-Canonical URLs (``url`` of conformance resources, ``Extension.url``), attachment URLs and
-narrative text are left alone: they are identifiers or content, not locations of this server.
+- an Attachment's ``url`` (``DocumentReference.content.attachment``, ``presentedForm``,
+  ``photo``, any ``...Attachment`` element) on the upstream base: it locates a ``Binary`` of
+  this server, which clients reach through the gateway (the id mapping gives its path the
+  client's id; a URL keeping the upstream's base would name the upstream to the client).
+
+Canonical URLs (``url`` of conformance resources, ``Extension.url``), other URIs and narrative
+text are left alone: they are identifiers or content, not locations of this server.
 A URL is on the upstream base when it equals the base or continues it with ``/`` or ``?``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["Rebaser"]
+
+#: Elements of type Attachment (FHIR R4), by name; any element ending in ``Attachment``
+#: (``valueAttachment``, ``contentAttachment``) too. As the id mapping's own list
+#: (``mapping.references``): the base and the id of one URL are rewritten in the same places.
+_ATTACHMENTS: Final = frozenset(
+    {"attachment", "content", "photo", "presentedForm", "document", "form", "image"}
+)
 
 
 class Rebaser:
@@ -87,9 +99,16 @@ class Rebaser:
                     if key == "reference" and isinstance(value, str):
                         current[key] = self.url(value)
                     elif isinstance(value, dict | list):
+                        if key in _ATTACHMENTS or key.endswith("Attachment"):
+                            self._rebase_attached(value)
                         stack.append(value)
             elif isinstance(current, list):
                 stack.extend(item for item in current if isinstance(item, dict | list))
+
+    def _rebase_attached(self, value: dict[str, Any] | list[Any]) -> None:
+        for item in [value] if isinstance(value, dict) else value:
+            if isinstance(item, dict) and isinstance(item.get("url"), str):
+                item["url"] = self.url(item["url"])
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

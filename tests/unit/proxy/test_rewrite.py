@@ -109,3 +109,23 @@ def test_no_upstream_url_survives_in_rewritten_places(paths: list[str]) -> None:
     raw = jsoncodec.encode(doc)
     rebaser.rewrite(doc, rebaser.occurrences(raw))
     assert UP.encode() not in jsoncodec.encode(doc)
+
+
+def test_attachment_urls_on_the_upstream_base_are_rebased_and_other_uris_are_not() -> None:
+    """An Attachment's url naming a Binary of the upstream reached the client with the
+    upstream's base (and, under id mapping, the client's id on the upstream's host)."""
+    doc: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "content": [{"attachment": {"url": f"{UP}/Binary/b1", "contentType": "text/plain"}}],
+        "extension": [{"url": f"{UP}/ext", "valueAttachment": {"url": f"{UP}/Binary/b2"}}],
+        "presentedForm": [{"url": f"{UP}/Binary/b3"}, {"url": "https://elsewhere/x.pdf"}],
+        "identifier": [{"system": f"{UP}/ids", "value": "1"}],
+    }
+    rebaser = Rebaser(UP, GW)
+    rebaser.rewrite(doc, rebaser.occurrences(jsoncodec.encode(doc)))
+    assert doc["content"][0]["attachment"]["url"] == f"{GW}/Binary/b1"
+    assert doc["extension"][0]["valueAttachment"]["url"] == f"{GW}/Binary/b2"
+    assert doc["presentedForm"][0]["url"] == f"{GW}/Binary/b3"
+    assert doc["presentedForm"][1]["url"] == "https://elsewhere/x.pdf"
+    assert doc["extension"][0]["url"] == f"{UP}/ext"  # a canonical, not a location
+    assert doc["identifier"][0]["system"] == f"{UP}/ids"
