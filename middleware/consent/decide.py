@@ -203,6 +203,8 @@ def decide(
             trace.append(TraceStep(cid, index, None, reason))
             continue
         why = "base decision" if first is policy.root else "deepest matching provision"
+        if first.expression is not None:  # name what it judged by (R5 provision.expression)
+            why += f" (expression {first.expression.text})"
         trace.append(TraceStep(cid, index, first.path, f"{effect}: {why}"))
         if effect == DENY:
             denied = True

@@ -21,7 +21,8 @@ inputs, narrowed to what can change the answer (:mod:`middleware.consent.reads`)
   the interval gives the same decision.
 * **resource**: type, patient compartment and security labels always; codes, profiles, the
   clinical date's interval between ``dataPeriod`` bounds, id, authors and references only
-  when some provision reads them.
+  when some provision reads them. A provision ``expression`` (FHIRPath) can read anything:
+  then nothing is cached (:meth:`Decider.decide` decides every time).
 
 The cached :class:`~middleware.consent.decide.Decision` is the object the uncached call would
 have returned for every request under the same key, its trace included: the trace names
@@ -73,6 +74,12 @@ class Decider:
         summary.facts`, given this decider's :attr:`reads` or more): cached when the same key
         was decided before; only a miss builds the :class:`ResourceSummary`."""
         reads = self.reads
+        if reads.expression:
+            principal, action, purposes, policies, defaults, now = self._args
+            summary = ResourceSummary(*found)
+            return decide(
+                principal, action, purposes, summary, policies, defaults=defaults, now=now
+            )
         key = (
             found.resource_type,
             found.patients,

@@ -23,12 +23,15 @@ Dimension by dimension (``p`` the provision, ``r`` the request):
 * ``data``: ``instance`` the resource itself; ``related`` the resource or one the named resource
   refers to; ``dependents`` the resource or one that refers to the named resource;
   ``authoredby`` a resource the named party authored (ConsentDataMeaning).
+* ``expression`` (R5): the FHIRPath expression is true on the resource; an unknown answer
+  (error, empty or non-boolean result) matches denies only (:mod:`middleware.consent.expression`).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from middleware.consent.expression import holds
 from middleware.consent.model import DENY, PERMIT, Coding, Effect, Provision
 from middleware.consent.request import Principal, ResourceSummary
 
@@ -89,7 +92,12 @@ def matches(p: Provision, r: Request) -> bool:
                 return False
         elif not p.data_period.contains(when):
             return False
-    return not p.data or _data_matches(p, resource)
+    if p.data and not _data_matches(p, resource):
+        return False
+    if p.expression is not None:
+        verdict = holds(p.expression, resource.source)
+        return p.effect == DENY if verdict is None else verdict
+    return True
 
 
 def _labels_match(p: Provision, resource: ResourceSummary) -> bool:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal
 
+from middleware.consent.expression import CompiledExpression
+
 __all__ = [
     "CONFIDENTIALITY_RANK",
     "CONFIDENTIALITY_SYSTEMS",
@@ -190,6 +192,8 @@ class Provision:
     children: tuple[Provision, ...] = ()
     covers: frozenset[Coding] = frozenset()
     covers_confidentiality: int = -1
+    #: R5 ``provision.expression`` (FHIRPath), compiled at parse time; None when absent.
+    expression: CompiledExpression | None = None
 
     # Derived once in __post_init__ so the decision loop only does set operations.
     actor_refs: frozenset[str] = field(init=False, repr=False, compare=False)
@@ -250,6 +254,7 @@ class Provision:
             or self.security_labels
             or self.data_period
             or self.data
+            or self.expression
         )
         put(self, "unconditional", not conditional)
 

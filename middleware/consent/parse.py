@@ -25,8 +25,10 @@ read the R5 way, as the negation of its parent. The root provision's ``period`` 
 whole consent (R4 has no ``Consent.period``).
 
 Whatever cannot be enforced faithfully is refused rather than ignored, since ignoring a
-condition widens the provision: R5 ``provision.expression``, codings without a code, actors and
-data that name no matchable reference. :class:`InvalidConsent` lists every problem at once.
+condition widens the provision: codings without a code, actors and data that name no matchable
+reference, an R5 ``provision.expression`` in a language other than FHIRPath or using what
+:mod:`middleware.consent.expression` refuses (a FHIRPath one is compiled here, so a bad one is
+a 422 at write time). :class:`InvalidConsent` lists every problem at once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from middleware.consent.datatypes import Reader, items
+from middleware.consent.expression import CompiledExpression, compile_expression
 from middleware.consent.limits import CEILING, ConsentLimits, limit_problems
 from middleware.consent.model import (
     CONFIDENTIALITY_SYSTEMS,
@@ -265,9 +268,9 @@ class _Builder(Reader):
                 *self.codings(node.get("resourceType"), f"{path}.resourceType"),
                 *self.codings(node.get("documentType"), f"{path}.documentType"),
             ]
-            if "expression" in node:
-                self.fail(f"{path}.expression", "not supported; ignoring it would widen the rule")
+            expression = self.expression(node.get("expression"), f"{path}.expression")
         else:
+            expression = None
             classes = list(self.codings(node.get("class"), f"{path}.class"))
         labels = frozenset(self.codings(node.get("securityLabel"), f"{path}.securityLabel"))
         own_conf = confidentiality_rank(labels)
@@ -304,7 +307,17 @@ class _Builder(Reader):
             children=tuple(children),
             covers=covers,
             covers_confidentiality=covers_conf,
+            expression=expression,
         )
+
+    def expression(self, node: object, path: str) -> CompiledExpression | None:
+        """R5 ``provision.expression``, compiled (:mod:`middleware.consent.expression`)."""
+        if node is None:
+            return None
+        compiled, problems = compile_expression(node, path)
+        for problem in problems:
+            self.problems.append(problem)
+        return compiled
 
     def child_effect(self, node: Mapping[str, Any], path: str, parent: Effect) -> Effect:
         declared = node.get("type") if self.version == "R4" else None

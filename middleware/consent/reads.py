@@ -9,7 +9,8 @@ when some provision states the attribute (see :mod:`middleware.consent.match`):
 * ``class`` naming a type or a profile: the resource's profiles;
 * ``dataPeriod``: the resource's clinical date, and only on which side of each period bound
   it lies;
-* ``data``: the resource's id, authors, references and referrers.
+* ``data``: the resource's id, authors, references and referrers;
+* ``expression`` (R5 FHIRPath): the whole resource, so no decision is cached by a key.
 
 And of the clock, only on which side of each ``period`` bound (the consent's and every
 provision's) ``now`` lies: between two consecutive bounds every answer stays the same.
@@ -40,6 +41,7 @@ class Reads:
     profiles: bool = False
     clinical_date: bool = False
     data: bool = False
+    expression: bool = False
     instants: tuple[datetime, ...] = ()
     date_bounds: tuple[datetime, ...] = ()
 
@@ -49,19 +51,20 @@ class Reads:
             profiles=self.profiles or other.profiles,
             clinical_date=self.clinical_date or other.clinical_date,
             data=self.data or other.data,
+            expression=self.expression or other.expression,
             instants=tuple(sorted({*self.instants, *other.instants})),
             date_bounds=tuple(sorted({*self.date_bounds, *other.date_bounds})),
         )
 
 
 #: Every attribute: what a summary holds when nobody says what is read.
-EVERYTHING = Reads(codes=True, profiles=True, clinical_date=True, data=True)
+EVERYTHING = Reads(codes=True, profiles=True, clinical_date=True, data=True, expression=True)
 
 
 def reads_of(policies: Iterable[Policy]) -> Reads:
     """What ``policies`` can read, over every provision of every policy (whatever its status:
     a conservative over-approximation never makes a key too coarse)."""
-    flags = {"codes": False, "profiles": False, "clinical_date": False, "data": False}
+    flags = dict.fromkeys(("codes", "profiles", "clinical_date", "data", "expression"), False)
     instants: set[datetime] = set()
     dates: set[datetime] = set()
     for policy in policies:
@@ -80,6 +83,8 @@ def reads_of(policies: Iterable[Policy]) -> Reads:
                 _bounds(p.data_period, dates)
             if p.data:
                 flags["data"] = True
+            if p.expression is not None:
+                flags["expression"] = True
     return Reads(**flags, instants=tuple(sorted(instants)), date_bounds=tuple(sorted(dates)))
 
 

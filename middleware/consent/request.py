@@ -8,8 +8,10 @@ compartment. Everything the decision loop compares is precomputed here, once per
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from middleware.consent.model import UNLABELLED_RANK, Coding, confidentiality_rank
 
@@ -53,7 +55,8 @@ class ResourceSummary:
     clinically relevant time tested by ``provision.dataPeriod``; None means unknown (then a deny
     provision with a dataPeriod applies and a permit does not). ``references`` are the literal
     references the resource makes, ``referenced_by`` those known to point at it, ``authors`` its
-    authors: they serve ``provision.data`` meanings dependents, related and authoredby.
+    authors: they serve ``provision.data`` meanings dependents, related and authoredby;
+    ``source`` is the resource, for ``provision.expression``.
     References are normalised ``Type/id`` strings
     (:func:`~middleware.consent.model.normalize_reference`).
     """
@@ -68,6 +71,9 @@ class ResourceSummary:
     authors: frozenset[str] = frozenset()
     references: frozenset[str] = frozenset()
     referenced_by: frozenset[str] = frozenset()
+    #: The resource itself, for R5 ``provision.expression`` (FHIRPath); None when no consent
+    #: decided against has one (then nothing reads it).
+    source: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     reference: str | None = field(init=False, repr=False, compare=False)
     confidentiality: int = field(init=False, repr=False, compare=False)

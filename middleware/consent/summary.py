@@ -71,6 +71,7 @@ class Facts(NamedTuple):
     authors: frozenset[str]
     references: frozenset[str]
     referenced_by: frozenset[str]
+    source: Mapping[str, Any] | None = None
 
 
 _NONE: Final[frozenset[Any]] = frozenset()
@@ -92,7 +93,8 @@ def summarize(
     ``reads`` names what the consents decided against can read
     (:func:`~middleware.consent.reads.reads_of`): codes, profiles, the clinical date and the
     ``data`` attributes (id, authors, references, referrers) nobody reads are left empty,
-    which changes no decision against those consents. Type, patients and security labels
+    which changes no decision against those consents (the resource itself is kept only for a
+    ``provision.expression``). Type, patients and security labels
     are always summarised.
     """
     found = facts(resource, patients=patients, referenced_by=referenced_by, walk=walk, reads=reads)
@@ -140,6 +142,7 @@ def facts(
         else _NONE,
         frozenset(normalize_reference(r) for r in found_refs) if data else _NONE,
         frozenset(normalize_reference(r) for r in referenced_by) if data else _NONE,
+        resource if reads.expression else None,
     )
 
 

@@ -127,9 +127,9 @@ PROBLEMS: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("r5-provision-type", _r5_provision(type="permit"), "Consent.provision[0].type: Extra inputs"),
     (
-        "r5-expression",
-        _r5_provision(expression={"language": "text/fhirpath", "expression": "true"}),
-        "Consent.provision[0].expression: not supported",
+        "r5-expression-not-fhirpath",
+        _r5_provision(expression={"language": "text/cql", "expression": "true"}),
+        "Consent.provision[0].expression.language: only text/fhirpath",
     ),
     (
         "period-reversed",
