@@ -459,6 +459,7 @@ def _consent_service(
             collect="jurisdiction"
             if settings.consent_collect_default == "jurisdiction"
             else "permit",
+            labels=settings.label_rules,
         ),
         base_url=settings.gateway_base_url,
         receipt_base=f"{public.scheme}://{public.netloc}{root}",

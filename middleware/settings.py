@@ -33,6 +33,7 @@ from middleware.audit.retention import (
     parse_retention,
 )
 from middleware.auth.settings import AuthSettings
+from middleware.consent.labels import DEFAULT_PART2_NOTICE, LabelRules, parse_labels
 from middleware.consent.limits import CEILING, DEFAULT_LIMITS
 from middleware.errors import SettingsError
 from middleware.fhir.limits import DEFAULT_MAX_JSON_DEPTH, HARD_MAX_JSON_DEPTH
@@ -89,6 +90,10 @@ class Settings:
     consent_jurisdiction: str = "opt-in"
     consent_collect_default: str = "permit"
     consent_uncovered_labels: str = "deny"
+    # Labels on data (docs/consent-api.md, "Labels on data"): labels beyond 42CFRPart2 that
+    # mark 42 CFR Part 2 data, and the notice its release carries.
+    part_two_labels: str = ""
+    part_two_notice: str = DEFAULT_PART2_NOTICE
     cursor_ttl_seconds: int = 900
     membership_timeout: float = 5.0
     membership_cache_seconds: float = 300.0
@@ -137,6 +142,11 @@ class Settings:
     def inference_guard_contexts(self) -> frozenset[str]:
         """The caller contexts refused the search families that can infer hidden values."""
         return _contexts(self.inference_guards_for)
+
+    @property
+    def label_rules(self) -> LabelRules:
+        """What counts as 42 CFR Part 2 data and its notice (validated at load)."""
+        return LabelRules(parse_labels(self.part_two_labels), self.part_two_notice)
 
     @property
     def checkpoint_origin(self) -> str:
@@ -377,6 +387,12 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("consent_collect_default: expected permit or jurisdiction")
     if values.get("consent_uncovered_labels", "deny") not in ("deny", "redact"):
         problems.append("consent_uncovered_labels: expected deny or redact")
+    try:
+        LabelRules(
+            parse_labels(values.get("part_two_labels", "")), values.get("part_two_notice", "x")
+        )
+    except ValueError as exc:
+        problems.append(f"part_two_labels / part_two_notice: {exc}")
     if not 0 < values.get("break_glass_minutes", 60) <= 24 * 60:
         problems.append("break_glass_minutes: expected 1..1440")
     if not 0 < values.get("cursor_ttl_seconds", 900) <= 86_400:

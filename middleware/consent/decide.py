@@ -21,7 +21,8 @@
 5. **Sensitive data needs explicit consent.** A permit stands only for the resource's sensitive
    labels (``Defaults.sensitive_labels``, e.g. v3-ActCode HIV, PSY, SUD, ETH) and its
    confidentiality, when at or above ``Defaults.explicit_confidentiality``, that the permitting
-   provision *or one of its ancestors* names; defaults never name any. Otherwise, per
+   provision *or one of its ancestors* names; defaults never name any. 42 CFR Part 2 labels
+   (``Defaults.labels``, :mod:`middleware.consent.labels`) count as sensitive too. Otherwise, per
    ``Defaults.uncovered``: ``deny`` (default), or permit with the obligation ``redact`` carrying the
    uncovered labels: the enforcer must remove every part tagged with them (all of the resource
    when the tag is in ``meta.security``). Redaction applies to reads (``access``) only: any other
@@ -44,6 +45,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Final, Literal
 
+from middleware.consent.labels import DEFAULT_LABEL_RULES, LabelRules
 from middleware.consent.match import Request, resolve
 from middleware.consent.model import (
     CONFIDENTIALITY_RANK,
@@ -108,6 +110,9 @@ class Defaults:
     #: ``collect`` with no applicable consent: ``permit`` (record holder's callers only) or
     #: ``jurisdiction`` (like every other action).
     collect: Literal["permit", "jurisdiction"] = "jurisdiction"
+    #: What counts as 42 CFR Part 2 data (sensitive like ``sensitive_labels``) and the notice
+    #: its release carries (:mod:`middleware.consent.labels`).
+    labels: LabelRules = DEFAULT_LABEL_RULES
 
     def __post_init__(self) -> None:
         if self.jurisdiction not in ("opt-in", "opt-out"):
@@ -276,7 +281,7 @@ def _uncovered(
 ) -> frozenset[Coding]:
     """The resource's labels that need explicit consent and that no permitting provision names."""
     labels = resource.security_labels
-    sensitive = labels & defaults.sensitive_labels
+    sensitive = labels & (defaults.sensitive_labels | defaults.labels.part2)
     needs_level = (
         resource.confidentiality >= CONFIDENTIALITY_RANK[defaults.explicit_confidentiality]
     )

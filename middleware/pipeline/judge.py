@@ -16,7 +16,11 @@ needs. For one resource (contained resources included, through
      patient in the compartment must permit through their consents, each decided on its
      own policies (:func:`~middleware.consent.decide.decide`), deny from any one withholds;
 3. obligations of the permits (``redact`` with security labels) are applied: the labelled
-   resource is withheld or its labelled elements removed (DS4P, :mod:`.redact`).
+   resource is withheld or its labelled elements removed (DS4P, :mod:`.redact`);
+4. labels on data (:mod:`middleware.consent.labels`): a resource whose purpose-of-use labels
+   none of the caller's purposes meets is withheld before anything is decided; 42 CFR Part 2
+   data released (a consent named it, step 2) carries the refrain label and the notice, and
+   Part 2 data tied to no known patient is withheld.
 
 Every decision lands in :attr:`Judge.trail` for the audit record: which patients were
 decided, which had data released, which resources were released.
@@ -35,6 +39,7 @@ from typing import Any, Final
 from middleware.auth.scopes import allows
 from middleware.consent.decide import Decision, Defaults
 from middleware.consent.decisions import Decider, DecisionCache
+from middleware.consent.labels import Screen, has_part2_inline, mark_part2, screen
 from middleware.consent.model import Coding, Policy, Provision
 from middleware.consent.reads import Reads
 from middleware.consent.summary import INLINE_LABEL_URL, facts
@@ -145,6 +150,7 @@ class Trail:
     withheld: int = 0
     decision_recorded: bool = False
     redacted: int = 0
+    marked: int = 0
     emergency: bool = False
     overridden: set[str] = field(default_factory=set)
     mapping: str | None = None  # the mapping profile and digest the exchange went through
@@ -168,6 +174,11 @@ class Trail:
         """A released resource was redacted: the answer is narrowed."""
         self.narrowed = True
         self.redacted += 1
+
+    def mark(self) -> None:
+        """A released resource was given labels and a notice (42 CFR Part 2 data): the
+        answer is no longer the upstream's bytes."""
+        self.marked += 1
 
     def release(self, patients: AbstractSet[str], ref: str | None) -> None:
         """A resource of ``patients``, named ``ref`` (``Type/id``; None without an id),
@@ -309,6 +320,14 @@ class Judge:
             return self._withhold()
         if not self._may_see(rtype, resource):
             return self._withhold()
+        # Labels on data (middleware.consent.labels): most resources carry no meta.security,
+        # and for them this is one lookup.
+        meta = resource.get("meta")
+        screened = Screen.RELEASE
+        if isinstance(meta, dict) and "security" in meta:
+            screened = screen(meta["security"], self.caller.purposes, self.defaults.labels)
+            if screened is Screen.WITHHOLD:
+                return self._withhold()
         # ``seen`` only saves recomputing: a miss gives the same compartment (mutants of the
         # lookup key are equivalent; see also ``permits``).
         refs = self.seen.get(id(resource)) or compartment_of(resource, base_urls=self.base_urls)
@@ -322,6 +341,8 @@ class Judge:
             resource.clear()
             resource.update(redacted)
             self.trail.redact()
+        if (screened is Screen.PART2 or self.walk) and not self._part2_released(resource, refs):
+            return self._withhold()
         rid = resource.get("id")
         self.trail.release(references_of(refs), f"{rtype}/{rid}" if isinstance(rid, str) else None)
         return True
@@ -365,6 +386,25 @@ class Judge:
                 if obligation.code == "redact":
                     labels |= obligation.labels
         return frozenset(labels)
+
+    def _part2_released(self, resource: Mapping[str, Any], refs: PatientRefs) -> bool:
+        """For a resource about to be released: when (what is left of) it is 42 CFR Part 2
+        data, mark it (refrain label and notice, :func:`~middleware.consent.labels.mark_part2`)
+        and say True only if a patient's consent was asked: data not tied to a known patient
+        (no compartment, an unresolved reference) has no consent that could name it."""
+        rules = self.defaults.labels
+        meta = resource.get("meta")
+        security = meta.get("security") if isinstance(meta, dict) else None
+        if screen(security, self.caller.purposes, rules) is not Screen.PART2 and not (
+            self.walk and has_part2_inline(resource, rules)
+        ):
+            return True
+        if refs.kind is not Kind.PATIENT_DATA or refs.unresolved:
+            return False
+        if isinstance(resource, dict):
+            mark_part2(resource, rules)
+            self.trail.mark()
+        return True
 
     def _may_see(self, rtype: str, resource: Mapping[str, Any]) -> bool:
         """:meth:`Caller.may_see`, answered once per type when a scope without constraints

@@ -98,12 +98,12 @@ class Release:
         if occurrences:
             self.rebaser.rewrite(document, occurrences)
         judge = await self.judging.judge(ask.caller, ACTION_ACCESS, document, ask.trail, up.raw)
-        redacted = ask.trail.redacted
+        altered = (ask.trail.redacted, ask.trail.marked)
         released, _stats = filter_answer(document, judge.allowed)
         if released is None:
             raise not_found()
         headers = self._headers(up)
-        changed = bool(occurrences) or ask.trail.redacted != redacted
+        changed = bool(occurrences) or (ask.trail.redacted, ask.trail.marked) != altered
         if self.mapper is not None:
             mapped = self.mapper.answer(released, owned=True)  # decoded and filtered here
             ask.trail.mapped(self.mapper.label)

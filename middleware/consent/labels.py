@@ -1,0 +1,264 @@
+"""Labels on data: purpose-of-use labels and 42 CFR Part 2 data (HL7 FHIR DS4P). Pure.
+
+Two rules about a resource's own resource-level labels (``meta.security``), applied by the
+enforcer (:class:`~middleware.pipeline.judge.Judge`) to every resource it releases:
+
+**Purpose of use.** HL7 DS4P, "Detailed Specification", "Security Control" tag sets: a
+Purpose of Use label (a code of the v3 PurposeOfUse value set, code system v3-ActReason) on a
+resource conveys the reasons the information may be used for. A resource carrying one or more
+such codes is released only to a caller whose purposes of use (the token's, see
+:mod:`middleware.auth.identity`) include one of them *or a specialisation of one*: a label
+``TREAT`` admits a caller asking for ``ETREAT`` (emergency treatment is a kind of treatment),
+a label ``ETREAT`` does not admit a caller asking only for ``TREAT``. A caller with no purpose
+of use gets no such resource. The hierarchy is :data:`PURPOSE_PARENT`, kept as data.
+
+**42 CFR Part 2.** A resource labelled with one of :attr:`LabelRules.part2` (always the v3
+ActCode privacy law code ``42CFRPart2``; a deployment adds the sensitivity codes it treats as
+Part 2 data, e.g. ``SUD``, ``ETH``) is Part 2 data. 42 CFR 2.31 asks for a written consent
+that names the information to be disclosed, so a general permit does not reach it: the
+consent decision counts these labels as sensitive (:func:`~middleware.consent.decide.decide`,
+"Sensitive data needs explicit consent": only a permitting provision, or an ancestor of it,
+whose ``securityLabel`` names the label releases it). When Part 2 data is released
+:func:`mark_part2` labels it with the DS4P refrain code ``NORDSCLCD`` (v3 ActCode, "no
+redisclosure without consent directive"; DS4P "Security Control", Refrain tag set) and
+carries the 42 CFR 2.32 notice on the resource itself, in the DS4P Display extension on
+``Resource.meta`` (DS4P "Extensions Summary": a marking to show whenever the resource is
+rendered). The notice goes on each resource, never on a Bundle: DS4P keeps privacy-revealing
+refrain tags out of a Bundle's high-water-mark labels, and the resource is what a client keeps.
+
+Codes compare by system and code; the retired ``http://hl7.org/fhir/v3/...`` URLs of
+v3-ActReason and v3-ActCode (FHIR DSTU2/STU3) name the same code systems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from types import MappingProxyType
+from typing import Any, Final
+
+from middleware.consent.model import Coding
+from middleware.consent.summary import INLINE_LABEL_URL
+
+__all__ = [
+    "ACT_CODE",
+    "ACT_REASON",
+    "DEFAULT_LABEL_RULES",
+    "DEFAULT_PART2_NOTICE",
+    "DISPLAY_URL",
+    "PART2",
+    "PURPOSE_PARENT",
+    "REFRAIN",
+    "LabelRules",
+    "Screen",
+    "has_part2_inline",
+    "mark_part2",
+    "parse_labels",
+    "purposes_admit",
+    "screen",
+]
+
+ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+# FHIR R4 terminologies.html: the terminology.hl7.org URLs replaced the hl7.org/fhir/v3 ones.
+_SAME_SYSTEM: Final = MappingProxyType(
+    {
+        "http://hl7.org/fhir/v3/ActReason": ACT_REASON,
+        "http://hl7.org/fhir/v3/ActCode": ACT_CODE,
+    }
+)
+
+
+def _system(system: str) -> str:
+    return _SAME_SYSTEM.get(system, system)
+
+
+def _coding(coding: dict[str, Any]) -> Coding | None:
+    system, code = coding.get("system"), coding.get("code")
+    if not isinstance(system, str) or not isinstance(code, str):
+        return None
+    return _system(system), code
+
+
+#: v3 ActCode ``42CFRPart2`` (ActUSPrivacyLaw): the information falls under 42 CFR Part 2.
+PART2: Final[Coding] = (ACT_CODE, "42CFRPart2")
+#: v3 ActCode ``NORDSCLCD`` (RefrainPolicy): no redisclosure without consent directive.
+REFRAIN: Final[Coding] = (ACT_CODE, "NORDSCLCD")
+_REFRAIN_DISPLAY: Final = "no redisclosure without consent directive"
+#: DS4P 1.0.0 Display extension (context ``Resource.meta``, ``valueAnnotation``).
+DISPLAY_URL: Final = (
+    "http://hl7.org/fhir/uv/security-label-ds4p/StructureDefinition/extension-display"
+)
+#: The abbreviated notice 42 CFR 2.32(a)(2) allows to accompany a disclosure.
+DEFAULT_PART2_NOTICE: Final = (
+    "42 CFR part 2 prohibits unauthorized use or disclosure of these records."
+)
+
+#: The v3 PurposeOfUse hierarchy: each code to the code it specialises (None: a top-level
+#: purpose). HL7 Terminology, CodeSystem v3-ActReason version 2018-08-12 (the one FHIR R4
+#: ships), the concepts under the abstract ``PurposeOfUse``.
+PURPOSE_PARENT: Final[Mapping[str, str | None]] = MappingProxyType(
+    {
+        "HMARKT": None,
+        "HOPERAT": None,
+        "CAREMGT": "HOPERAT", "DONAT": "HOPERAT", "FRAUD": "HOPERAT", "GOV": "HOPERAT",
+        "HACCRED": "HOPERAT", "HCOMPL": "HOPERAT", "HDECD": "HOPERAT", "HDIRECT": "HOPERAT",
+        "HDM": "HOPERAT", "HLEGAL": "HOPERAT", "HOUTCOMS": "HOPERAT", "HPRGRP": "HOPERAT",
+        "HQUALIMP": "HOPERAT", "HSYSADMIN": "HOPERAT", "MEMADMIN": "HOPERAT",
+        "MILCDM": "HOPERAT", "PATADMIN": "HOPERAT", "PATSFTY": "HOPERAT",
+        "PERFMSR": "HOPERAT", "RECORDMGT": "HOPERAT", "SYSDEV": "HOPERAT", "TRAIN": "HOPERAT",
+        "LABELING": "HSYSADMIN", "METAMGT": "HSYSADMIN",
+        "HTEST": "SYSDEV",
+        "HPAYMT": None,
+        "CLMATTCH": "HPAYMT", "COVAUTH": "HPAYMT", "COVERAGE": "HPAYMT", "REMITADV": "HPAYMT",
+        "ELIGDTRM": "COVERAGE", "ELIGVER": "COVERAGE", "ENROLLM": "COVERAGE",
+        "MILDCRG": "COVERAGE",
+        "HRESCH": None,
+        "BIORCH": "HRESCH", "CLINTRCH": "HRESCH", "DSRCH": "HRESCH", "POARCH": "HRESCH",
+        "TRANSRCH": "HRESCH",
+        "CLINTRCHNPC": "CLINTRCH", "CLINTRCHPC": "CLINTRCH", "PRECLINTRCH": "CLINTRCH",
+        "PATRQT": None,
+        "FAMRQT": "PATRQT", "PWATRNY": "PATRQT", "SUPNWK": "PATRQT",
+        "PUBHLTH": None,
+        "DISASTER": "PUBHLTH", "THREAT": "PUBHLTH",
+        "TREAT": None,
+        "CLINTRL": "TREAT", "COC": "TREAT", "ETREAT": "TREAT", "POPHLTH": "TREAT",
+        "BTG": "ETREAT", "ERTREAT": "ETREAT",
+    }
+)  # fmt: skip
+
+
+def _lineage(code: str) -> frozenset[str]:
+    """``code`` and every purpose it specialises."""
+    found: list[str] = []
+    at: str | None = code
+    while at is not None:
+        found.append(at)
+        at = PURPOSE_PARENT[at]
+    return frozenset(found)
+
+
+#: Each purpose with the purposes it specialises, made once.
+_LINEAGE: Final = MappingProxyType({code: _lineage(code) for code in PURPOSE_PARENT})
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRules:
+    """What counts as 42 CFR Part 2 data, and the notice its disclosure carries.
+
+    ``part2`` always holds :data:`PART2`; ``notice`` must not be blank."""
+
+    part2: frozenset[Coding] = frozenset({PART2})
+    notice: str = DEFAULT_PART2_NOTICE
+
+    def __post_init__(self) -> None:
+        if not self.notice.strip():
+            raise ValueError("the 42 CFR Part 2 notice must not be blank")
+        part2 = frozenset((_system(s), c) for s, c in self.part2) | {PART2}
+        object.__setattr__(self, "part2", part2)
+
+
+DEFAULT_LABEL_RULES: Final = LabelRules()
+"""Part 2 data is what carries ``42CFRPart2``; the notice is :data:`DEFAULT_PART2_NOTICE`."""
+
+
+def parse_labels(text: str) -> frozenset[Coding]:
+    """``system|code`` or bare codes (v3 ActCode), comma-separated, as codings; ValueError
+    for an empty system or code."""
+    found: set[Coding] = set()
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        system, bar, code = item.rpartition("|")
+        if bar and not system:
+            raise ValueError(f"label {item!r} has an empty system")
+        if not code:
+            raise ValueError(f"label {item!r} has no code")
+        found.add((_system(system) if bar else ACT_CODE, code))
+    return frozenset(found)
+
+
+class Screen(Enum):
+    """What a resource's labels say about releasing it to a caller."""
+
+    RELEASE = "release"  # nothing in the labels stands in the way
+    PART2 = "part2"  # Part 2 data: released only on an explicit consent, then marked
+    WITHHOLD = "withhold"  # purpose-of-use labels the caller's purposes do not meet
+
+
+def screen(security: Any, purposes: frozenset[Coding], rules: LabelRules) -> Screen:
+    """The verdict of ``security`` (a resource's ``meta.security``, as received) for a caller
+    with ``purposes``. Codings that are not objects with string system and code are ignored
+    (they label nothing the gateway can read)."""
+    if not isinstance(security, list):
+        return Screen.RELEASE
+    labelled: set[str] = set()
+    part2 = False
+    for coding in security:
+        if not isinstance(coding, dict):
+            continue
+        system, code = coding.get("system"), coding.get("code")
+        if not isinstance(system, str) or not isinstance(code, str):
+            continue
+        system = _system(system)
+        if system == ACT_REASON and code in PURPOSE_PARENT:
+            labelled.add(code)
+        elif (system, code) in rules.part2:
+            part2 = True
+    if labelled and not purposes_admit(labelled, purposes):
+        return Screen.WITHHOLD
+    return Screen.PART2 if part2 else Screen.RELEASE
+
+
+def purposes_admit(labelled: Iterable[str], purposes: frozenset[Coding]) -> bool:
+    """Whether some caller purpose (v3-ActReason) is one of the ``labelled`` purpose codes or
+    specialises one (:data:`PURPOSE_PARENT`)."""
+    wanted = frozenset(labelled)
+    for system, code in purposes:
+        lineage = _LINEAGE.get(code)
+        if lineage is not None and _system(system) == ACT_REASON and not lineage.isdisjoint(wanted):
+            return True
+    return False
+
+
+def has_part2_inline(node: Any, rules: LabelRules, depth: int = 0) -> bool:
+    """Whether a DS4P inline security label (``extension-inline-sec-label``) anywhere in
+    ``node`` names Part 2 data. Past 200 levels: True (what cannot be read is not vouched
+    for)."""
+    if depth > 200:
+        return True
+    if isinstance(node, list):
+        return any(has_part2_inline(item, rules, depth + 1) for item in node)
+    if not isinstance(node, dict):
+        return False
+    for key, value in node.items():
+        if key in ("extension", "modifierExtension") and isinstance(value, list):
+            for ext in value:
+                if isinstance(ext, dict) and ext.get("url") == INLINE_LABEL_URL:
+                    coding = ext.get("valueCoding")
+                    if isinstance(coding, dict) and _coding(coding) in rules.part2:
+                        return True
+        if isinstance(value, dict | list) and has_part2_inline(value, rules, depth + 1):
+            return True
+    return False
+
+
+def mark_part2(resource: dict[str, Any], rules: LabelRules) -> None:
+    """Add, in place and once each, the refrain label :data:`REFRAIN` to ``meta.security``
+    and the notice in a DS4P Display extension on ``meta`` (see the module docstring)."""
+    meta = resource.get("meta")
+    if not isinstance(meta, dict):
+        meta = resource["meta"] = {}
+    security = meta.get("security")
+    if not isinstance(security, list):
+        security = meta["security"] = []
+    if not any(isinstance(c, dict) and _coding(c) == REFRAIN for c in security):
+        security.append({"system": REFRAIN[0], "code": REFRAIN[1], "display": _REFRAIN_DISPLAY})
+    extensions = meta.get("extension")
+    if not isinstance(extensions, list):
+        extensions = meta["extension"] = []
+    note = {"url": DISPLAY_URL, "valueAnnotation": {"text": rules.notice}}
+    if note not in extensions:
+        extensions.append(note)
