@@ -39,6 +39,7 @@ from middleware.app_health import StartupFailure, open_stores, probe_upstream, r
 from middleware.audit.evidence import EVIDENCE_PURPOSE, PatientKeys
 from middleware.audit.http import AuditApi
 from middleware.audit.http import serves as audit_serves
+from middleware.audit.recorder import AuditRecorder
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.auth.factory import build_dev_issuer, build_verifier
 from middleware.auth.smart import gateway_root
@@ -58,7 +59,11 @@ from middleware.openapi import OPENAPI_PATH, openapi_document
 from middleware.ops.causes import store_label
 from middleware.ops.metrics import Metrics
 from middleware.ops.scrape import ScrapeAccess
+from middleware.pipeline.export import Exports
 from middleware.proxy.deadline import DeadlineUpstream
+from middleware.proxy.enforcement import TokenCheck
+from middleware.proxy.export_http import ExportEndpoints
+from middleware.proxy.export_http import serves as export_serves
 from middleware.proxy.forwarder import UpstreamForwarder
 from middleware.proxy.handler import ProxyHandler
 from middleware.proxy.httpx_upstream import HttpxUpstream
@@ -88,8 +93,10 @@ class Gateway:
         dev_issuer: UnsafeDevelopmentIssuer | None = None,
         ledger_readers: LeafReaders,
         audit: AuditApi | None = None,
+        exports: ExportEndpoints | None = None,
     ) -> None:
         self.settings = settings
+        self.exports = exports
         self.proxy = proxy
         self.ledger = ledger
         self.consent = consent
@@ -134,6 +141,8 @@ class Gateway:
                 path, self._base, scope.get("query_string", b"")
             ):
                 await self.audit(scope, receive, send)
+            elif self.exports is not None and export_serves(path, self._base):
+                await self.exports(scope, receive, send)
             elif path == self._base or path.startswith(self._base + "/"):
                 await self.proxy(scope, receive, send)
             else:
@@ -163,6 +172,8 @@ class Gateway:
                 self._probe = asyncio.create_task(probe_upstream(self.proxy, self.settings))
                 if self.audit is not None:  # expired export files go without export requests
                     self.audit.jobs.start_sweeper()
+                if self.exports is not None:
+                    self.exports.jobs.start_sweeper()
                 log.info(
                     "startup",
                     version=__version__,
@@ -203,6 +214,8 @@ class Gateway:
             await self.consent.aclose()
         if self.audit is not None:
             await self.audit.aclose()
+        if self.exports is not None:
+            await self.exports.jobs.aclose()
         await self.ledger.aclose()
 
     async def _healthz(self, _request: Request) -> Response:
@@ -422,6 +435,22 @@ def create_app(
         dev_issuer=dev_issuer,
         ledger_readers=readers,
         audit=audit,
+        exports=_export_endpoints(settings, enforcement.pipeline.exports, verifier, recorder),
+    )
+
+
+def _export_endpoints(
+    settings: Settings, exports: Exports | None, verifier: TokenCheck, recorder: AuditRecorder
+) -> ExportEndpoints | None:
+    """The status and file endpoints of the pipeline's ``$export`` jobs (None without it)."""
+    if exports is None:
+        return None
+    return ExportEndpoints(
+        jobs=exports.jobs,
+        verifier=verifier,
+        recorder=recorder,
+        base_path=settings.base_path,
+        gateway_base=settings.gateway_base_url,
     )
 
 

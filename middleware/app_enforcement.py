@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from middleware.app_export import build_exports
 from middleware.audit.evidence import EVIDENCE_PURPOSE, PatientKeys
 from middleware.audit.parts import AgentInfo
 from middleware.audit.recorder import AuditRecorder
@@ -188,7 +189,10 @@ def build_enforcement(
         # Who may write the records memberships are read from (pipeline.directory).
         directory=DirectoryGuard(settings.directory_admin_role),
     )
-    pipeline = Pipeline(flow, writes, Bundles(writes, base_path=settings.base_path))
+    exports = build_exports(
+        settings, flow, audit.record, secret=secret, wall_clock=consents.wall_clock
+    )
+    pipeline = Pipeline(flow, writes, Bundles(writes, base_path=settings.base_path), exports)
     return Enforcement(
         verifier=verifier,
         pipeline=pipeline,

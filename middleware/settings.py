@@ -117,6 +117,13 @@ class Settings:
     accounting_exempt_purposes: str = ""
     accounting_internal_organizations: str = ""
     recipient_directory_file: str = ""
+    # Bulk Data $export of patient data (pipeline.export, proxy.export_http)
+    export_max_running: int = 2
+    export_max_resources: int = 1_000_000
+    export_resources_per_file: int = 10_000
+    export_keep_seconds: float = 3600.0
+    export_page_count: int = 100
+    export_max_group_members: int = 10_000
     access_report_lookback_years: int = 3
     audit_retention_years: int = 6
     audit_retention_by_kind: str = ""
@@ -426,6 +433,18 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     directory_admin = values.get("directory_admin_role", "")
     if directory_admin != directory_admin.strip():
         problems.append("directory_admin_role: a role name has no surrounding spaces")
+    for name, low in (
+        ("export_max_running", 1),
+        ("export_max_resources", 1),
+        ("export_resources_per_file", 1),
+        ("export_max_group_members", 1),
+    ):
+        if values.get(name, low) < low:
+            problems.append(f"{name}: expected at least {low}")
+    if not 1 <= values.get("export_page_count", 100) <= 1000:
+        problems.append("export_page_count: expected 1..1000")
+    if not values.get("export_keep_seconds", 3600.0) > 0:
+        problems.append("export_keep_seconds: expected more than 0")
     if not 1 <= values.get("audit_max_count", 200) <= 1000:
         problems.append("audit_max_count: expected 1..1000")
     try:

@@ -61,6 +61,12 @@ class ExportJob:
     _pending: list[bytes] = field(default_factory=list)  # lines not yet on the board
     _pending_bytes: int = 0
     _seq: int = 0
+    _split: bool = False  # the next line starts a new output file (start_file)
+
+    def start_file(self) -> None:
+        """Start a new output file at the next :meth:`add` (one resource type a file, as
+        Bulk Data's manifest names each file's type); a no-op before any line."""
+        self._split = bool(self.counts if self.board is not None else self.files)
 
     def add(self, line: bytes) -> None:
         """Append one NDJSON line (one resource, no newline); raises :class:`ExportTooLarge`
@@ -73,16 +79,18 @@ class ExportJob:
         if self.board is not None:
             self._add_shared(line)
             return
-        if not self.files or len(self.files[-1]) >= self.events_per_file:
+        if self._split or not self.files or len(self.files[-1]) >= self.events_per_file:
             self.files.append([])
+            self._split = False
         self.files[-1].append(line)
         self.count += 1
 
     def _add_shared(self, line: bytes) -> None:
-        if not self.counts or self.counts[-1] >= self.events_per_file:
+        if self._split or not self.counts or self.counts[-1] >= self.events_per_file:
             self.flush()
             self.counts.append(0)
             self._seq = 0
+            self._split = False
         self._pending.append(line + b"\n")
         self._pending_bytes += len(line) + 1
         self.counts[-1] += 1

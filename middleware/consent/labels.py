@@ -55,6 +55,7 @@ __all__ = [
     "has_part2_inline",
     "mark_part2",
     "parse_labels",
+    "purpose_refusal",
     "purposes_admit",
     "screen",
 ]
@@ -221,6 +222,30 @@ def purposes_admit(labelled: Iterable[str], purposes: frozenset[Coding]) -> bool
         if lineage is not None and _system(system) == ACT_REASON and not lineage.isdisjoint(wanted):
             return True
     return False
+
+
+def purpose_refusal(resource: Mapping[str, Any], purposes: frozenset[Coding]) -> str | None:
+    """Why ``resource`` is withheld for ``purposes`` by its purpose-of-use labels, as a trace
+    reason (for ``Consent/$explain``), or None when they do not withhold it."""
+    meta = resource.get("meta")
+    security = meta.get("security") if isinstance(meta, Mapping) else None
+    if screen(security, purposes, DEFAULT_LABEL_RULES) is not Screen.WITHHOLD:
+        return None
+    assert isinstance(security, list)  # screen withholds only for a list of labels
+    codes = sorted(
+        {
+            c["code"]
+            for c in security
+            if isinstance(c, dict)
+            and isinstance(c.get("system"), str)
+            and _system(c["system"]) == ACT_REASON
+            and c.get("code") in PURPOSE_PARENT
+        }
+    )
+    return (
+        f"deny: labelled for the purposes of use {', '.join(codes)}; no purpose asked is one"
+        " of them or a specialisation of one"
+    )
 
 
 def has_part2_inline(node: Any, rules: LabelRules, depth: int = 0) -> bool:

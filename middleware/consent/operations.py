@@ -41,9 +41,10 @@ from urllib.parse import urlencode
 from middleware.auth.identity import Identity
 from middleware.consent.access import Acting, Operation, authorize, check_patient
 from middleware.consent.changes import commit_change, resource_result
-from middleware.consent.decide import decide
+from middleware.consent.decide import Decision, TraceStep, decide
 from middleware.consent.explainio import parse_explain, render_explanation
-from middleware.consent.model import Policy, Provision, normalize_reference
+from middleware.consent.labels import purpose_refusal
+from middleware.consent.model import DENY, Policy, Provision, normalize_reference
 from middleware.consent.parse import InvalidConsent, parse_consent
 from middleware.consent.principals import principal_of
 from middleware.consent.records import (
@@ -240,6 +241,9 @@ async def explain(svc: ConsentService, identity: Identity, call: Call, trail: Tr
         defaults=svc.defaults,
         now=datetime.fromtimestamp(svc.wall_clock(), UTC),
     )
+    refusal = purpose_refusal(query.resource, query.purposes)
+    if refusal is not None:  # the enforcer withholds it before any consent is asked
+        decision = Decision(DENY, (), (*decision.trace, TraceStep(None, None, None, refusal)))
     body = render_explanation(
         decision, patients, parameters=query.parameters, principal=principal, policies=policies
     )

@@ -7,8 +7,9 @@ gateway serves itself is put in (each rule names the module that makes it true):
 - ``software`` and ``implementation`` name the gateway; the upstream's software is kept in
   ``implementation.description``; the upstream's ``text``, ``url``, ``identifier``,
   ``version`` and ``id`` described the upstream's statement and are dropped;
-- ``format`` is FHIR JSON only and ``patchFormat`` JSON Patch only (``fhir.negotiate``: XML
-  and Turtle are 406; ``pipeline.writes``: FHIRPath Patch is 415);
+- ``format`` is FHIR JSON and FHIR XML (``fhir.negotiate`` and ``fhir.xmlcodec``: XML is
+  converted at the edge both ways on the proxied API; Turtle is 406) and ``patchFormat`` JSON
+  Patch only (``pipeline.writes``: FHIRPath Patch is 415);
 - resource types the gateway does not know (``fhir.resource_types``; a server's custom types)
   are dropped: their paths are 404;
 - operations: only those the gateway filters (``pipeline.flow.FILTERED_OPERATIONS``,
@@ -44,7 +45,7 @@ _SMART_SERVICE = {
     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
     "code": "SMART-on-FHIR",
 }
-_FORMATS: Final = ("application/fhir+json", "json")
+_FORMATS: Final = ("application/fhir+json", "json", "application/fhir+xml", "xml")
 _PATCH_FORMATS: Final = ("application/json-patch+json",)
 _DROPPED: Final = ("id", "meta", "text", "url", "identifier", "version", "messaging", "document")
 _PATIENT_CONTEXT_REFUSED: Final = frozenset({"search-system", "history-system"})

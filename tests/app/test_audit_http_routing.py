@@ -81,10 +81,11 @@ async def test_another_system_export_is_the_pipelines(
     client: httpx.AsyncClient, tokens: Tokens, params: dict[str, str]
 ) -> None:
     """Not the audit API's 403 "the gateway exports only its audit trail": the pipeline
-    decides, and its rules admit no system-level operation (its own refusal)."""
+    decides, and its export half admits a system-level export to a system token only (this
+    auditor's token is a user's: its own refusal)."""
     headers = {**auditor(tokens), "prefer": "respond-async"}
     got = await client.get("/fhir/$export", params=params, headers=headers)
     assert got.status_code == 403
     assert "audit trail" not in got.text
     diagnostics = got.json()["issue"][0]["diagnostics"]
-    assert diagnostics == "this operation is not allowed through the gateway"
+    assert diagnostics == "a system-level bulk export needs a system token"

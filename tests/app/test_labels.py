@@ -200,3 +200,31 @@ async def test_configured_part_two_labels_and_notice(
         answer = await client.get("/fhir/Observation/o1", headers=dr(tokens))
     assert answer.status_code == 200, answer.text
     assert answer.json()["meta"]["extension"][0]["valueAnnotation"]["text"] == notice
+
+
+# --- $explain
+
+
+async def test_explain_names_the_purpose_labels_that_withhold(
+    gateway: Any, router: respx.Router, tokens: Tokens
+) -> None:
+    """The patient asks why dr, reading for marketing, does not get an Observation labelled
+    for treatment: the consent permits, the label withholds, and the trace says so."""
+    resource = observation(security=for_purposes("TREAT"))
+    query = {
+        "principal": {"reference": DR},
+        "purpose": for_purposes("HMARKT"),
+        "resource": resource,
+    }
+    async with gateway(consent_jurisdiction="opt-out") as client:
+        refused = await client.post(
+            "/fhir/Consent/$explain", json=query, headers=tokens.patient("p1")
+        )
+        query["purpose"] = for_purposes("ETREAT")
+        permitted = await client.post(
+            "/fhir/Consent/$explain", json=query, headers=tokens.patient("p1")
+        )
+    assert refused.status_code == 200, refused.text
+    assert refused.json()["effect"] == "deny"
+    assert "purposes of use TREAT" in refused.json()["trace"][-1]["reason"]
+    assert permitted.json()["effect"] == "permit"

@@ -143,14 +143,13 @@ def _codes(resource: dict[str, Any]) -> list[str]:
 async def test_metadata_advertises_only_the_formats_the_gateway_answers(
     client: httpx.AsyncClient,
 ) -> None:
-    """The upstream speaks XML; the gateway answers XML requests 406, so it must not claim
-    XML (nor FHIRPath Patch, which it answers 415)."""
+    """The gateway answers FHIR JSON and FHIR XML (converted at its edge) and nothing else: it
+    claims both, not Turtle (which it answers 406), nor FHIRPath Patch (415)."""
     body = (await client.get("/fhir/metadata")).json()
-    assert not [f for f in body["format"] if "xml" in f or "ttl" in f or "turtle" in f]
-    assert "json" in body["format"] or "application/fhir+json" in body["format"]
+    assert body["format"] == ["application/fhir+json", "json", "application/fhir+xml", "xml"]
     assert body["patchFormat"] == ["application/json-patch+json"]
-    xml = await client.get("/fhir/Patient/p1", headers={"accept": "application/fhir+xml"})
-    assert xml.status_code == 406
+    turtle = await client.get("/fhir/Patient/p1", headers={"accept": "text/turtle"})
+    assert turtle.status_code == 406
     assert "Upstream FHIR in XML" not in str(body)
 
 
@@ -163,7 +162,7 @@ async def test_metadata_with_parameters_describes_the_gateway_too(
     question, the same truthful answer (not the upstream's statement)."""
     body = (await client.get(f"/fhir/metadata?{query}")).json()
     assert body["software"]["name"] == "Consentry"
-    assert not [f for f in body["format"] if "xml" in f]
+    assert body["format"] == ["application/fhir+json", "json", "application/fhir+xml", "xml"]
     assert "patch" not in _codes(_resource(body, "Consent"))
 
 

@@ -23,6 +23,7 @@ from middleware.consent.labels import (
     has_part2_inline,
     mark_part2,
     parse_labels,
+    purpose_refusal,
     purposes_admit,
     screen,
 )
@@ -197,3 +198,12 @@ def test_an_inline_part2_label_is_found_at_any_depth() -> None:
     assert has_part2_inline(resource, DEFAULT_LABEL_RULES)
     other = {"url": INLINE_LABEL_URL, "valueCoding": label("PSY", ACT_CODE)}
     assert not has_part2_inline({"note": [{"extension": [other]}]}, DEFAULT_LABEL_RULES)
+
+
+def test_purpose_refusal_names_the_labels_for_explain() -> None:
+    resource = {"resourceType": "Observation", "meta": {"security": [label("TREAT"), label("COC")]}}
+    reason = purpose_refusal(resource, pou("HMARKT"))
+    assert reason is not None
+    assert "COC, TREAT" in reason
+    assert purpose_refusal(resource, pou("ETREAT")) is None
+    assert purpose_refusal({"resourceType": "Observation"}, frozenset()) is None

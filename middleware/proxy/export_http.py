@@ -1,0 +1,241 @@
+"""The status and file endpoints of patient-data bulk exports, under the gateway's own URLs.
+
+FHIR Bulk Data Access IG v2: the kick-off (:mod:`middleware.pipeline.export`) answers
+``Content-Location: {gateway base}/$export-status/<job>``; this ASGI app serves
+
+==================================================  ==========================================
+``GET {base}/$export-status/<job>``                 202 with ``X-Progress`` while the job
+                                                    runs; 200 with the manifest
+                                                    (``transactionTime``, ``request``,
+                                                    ``requiresAccessToken: true``, ``output``
+                                                    ``[{type, url, count}]``, ``error: []``);
+                                                    a failed job's OperationOutcome (422
+                                                    ``too-costly`` past the resource limit)
+``DELETE {base}/$export-status/<job>``              cancels the job and deletes its files (202)
+``GET {base}/$export-file/<job>/<n>``               output file ``n``, NDJSON
+==================================================  ==========================================
+
+Job ids are random (128 bits) and a job is served only to the principal that started it
+(:func:`~middleware.audit.httptypes.principal_of`: issuer, subject, launch patient); anyone
+else gets the same 404 as for an unknown id. Every request whose token verifies is recorded
+on the ledger before it is answered (a download: before any byte of the file leaves; the
+ledger refusing: 503, nothing released); the patients of the file's lines were recorded when
+the job judged them (:mod:`middleware.pipeline.export`). A request without a valid token is
+a 401 and costs nothing durable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from middleware.asgi import header_dict
+from middleware.audit.bulk import ExportJob, ExportJobs
+from middleware.audit.http import store_failure
+from middleware.audit.httptypes import (
+    Recorder,
+    Reply,
+    Seen,
+    TokenCheck,
+    error_reply,
+    json_reply,
+    principal_of,
+)
+from middleware.audit.recorder import Exchange
+from middleware.auth.identity import Identity
+from middleware.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+    UnprocessableEntity,
+)
+from middleware.fhir import jsoncodec
+from middleware.fhir.request import FhirRequest, Interaction, Level
+from middleware.logging import get_logger
+from middleware.pipeline.export_params import NDJSON
+from middleware.proxy.headers import request_id
+from middleware.types import Receive, Scope, Send
+
+__all__ = ["ExportEndpoints", "serves"]
+
+_STATUS: Final = "$export-status"
+_FILE: Final = "$export-file"
+_JOB: Final = re.compile(r"[0-9a-f]{32}")
+_FILE_NUMBER: Final = re.compile(r"[0-9]{1,9}")
+
+
+def serves(path: str, base_path: str) -> bool:
+    """True when ``path`` is one of this app's (``{base}/$export-status/...`` or
+    ``{base}/$export-file/...``)."""
+    return path.startswith((f"{base_path}/{_STATUS}/", f"{base_path}/{_FILE}/"))
+
+
+class JobFailed(GatewayError):
+    """An export job that failed for the gateway's reasons (Bulk Data: the status request
+    answers an error)."""
+
+    status = 500
+    code = "exception"
+
+
+class TooCostly(UnprocessableEntity):
+    """An export job stopped at the resource limit: the client narrows it (``_since``,
+    ``_type``), so a 4xx, FHIR issue type ``too-costly``."""
+
+    code = "too-costly"
+
+
+class ExportEndpoints:
+    """The ASGI app of the module docstring over ``jobs`` (the ``$export`` half's);
+    ``verifier`` checks bearer tokens, ``recorder`` puts each request on the ledger."""
+
+    def __init__(
+        self,
+        *,
+        jobs: ExportJobs,
+        verifier: TokenCheck,
+        recorder: Recorder,
+        base_path: str,
+        gateway_base: str,
+    ) -> None:
+        self.jobs = jobs
+        self._verifier = verifier
+        self._recorder = recorder
+        self._base = base_path
+        self._gateway = gateway_base.rstrip("/")
+        self._log = get_logger()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = header_dict(scope.get("headers", []))
+        seen = Seen(request_id(headers))
+        identity: Identity | None = None
+        try:
+            segments, seen.request = self._route(scope)
+            identity = await self._verifier.verify(headers.get("authorization"))
+            reply = self._answer(str(scope["method"]), identity, segments)
+        except GatewayError as error:
+            reply = error_reply(error)
+        except Exception as exc:  # noqa: BLE001 - fail closed: no detail in the answer
+            self._log.error(
+                "export endpoint failed", request_id=seen.rid, error_type=type(exc).__name__
+            )
+            reply = error_reply(
+                ServiceUnavailable("exports unavailable")
+                if store_failure(exc)
+                else GatewayError("internal error")
+            )
+        if identity is not None and seen.request is not None:
+            try:
+                await self._recorder.record(
+                    self._exchange(scope, seen, identity, reply), "exchange"
+                )
+            except Exception as exc:  # noqa: BLE001 - unrecorded: nothing is released
+                self._log.error(
+                    "export request not recorded",
+                    request_id=seen.rid,
+                    error_type=type(exc).__name__,
+                )
+                reply = error_reply(
+                    exc if isinstance(exc, ServiceUnavailable) else ServiceUnavailable("unrecorded")
+                )
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+        out += [
+            (b"content-length", str(len(reply.body)).encode()),
+            (b"x-request-id", seen.rid.encode()),
+        ]
+        await send({"type": "http.response.start", "status": reply.status, "headers": out})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    def _route(self, scope: Scope) -> tuple[list[str], FhirRequest]:
+        """The path's segments below the base and the FHIR request it is (for the audit);
+        404 for anything but a job id and a file number, 405 for another method."""
+        path: str = scope["path"]
+        segments = path[len(self._base) + 1 :].split("/")
+        method = str(scope["method"])
+        match segments:
+            case [operation, job] if operation == _STATUS and _JOB.fullmatch(job):
+                allowed: tuple[str, ...] = ("GET", "DELETE")
+            case [operation, job, n] if (
+                operation == _FILE and _JOB.fullmatch(job) and _FILE_NUMBER.fullmatch(n)
+            ):
+                allowed = ("GET",)
+            case _:
+                raise NotFound("no such export job")
+        if method not in allowed:
+            raise MethodNotAllowed(f"{method} is not allowed here", allowed=allowed)
+        request = FhirRequest(
+            Interaction.OPERATION,
+            method,
+            Level.SYSTEM,
+            "/".join(segments),
+            bytes(scope.get("query_string", b"")),
+            operation=segments[0],
+        )
+        return segments, request
+
+    def _answer(self, method: str, identity: Identity, segments: list[str]) -> Reply:
+        owner = principal_of(identity)
+        if segments[0] == _FILE:
+            job = self.jobs.get(segments[1], owner)
+            body = job.ndjson(int(segments[2]))
+            return Reply(200, (("content-type", NDJSON), ("cache-control", "no-store")), body)
+        if method == "DELETE":
+            self.jobs.cancel(segments[1], owner)
+            return Reply(202, (("cache-control", "no-store"),), b"")
+        return self._status(self.jobs.get(segments[1], owner))
+
+    def _status(self, job: ExportJob) -> Reply:
+        if job.state == "running":
+            headers = (
+                ("x-progress", f"{job.count} resources exported"),
+                ("retry-after", "1"),
+                ("cache-control", "no-store"),
+            )
+            return Reply(202, headers, b"")
+        if job.state == "failed" and job.too_large:
+            raise TooCostly(
+                f"the export exceeds {self.jobs.max_events} resources; narrow it with"
+                " _since or _type"
+            )
+        if job.state == "failed":
+            raise JobFailed(job.error or "the export failed; start it again")
+        output = [
+            {
+                "type": _type_of(job, n),
+                "url": f"{self._gateway}/{_FILE}/{job.id}/{n}",
+                "count": count,
+            }
+            for n, count in enumerate(job.file_counts())
+        ]
+        manifest = {
+            "transactionTime": job.transaction_time,
+            "request": job.request,
+            "requiresAccessToken": True,
+            "output": output,
+            "error": [],
+        }
+        return json_reply(manifest, media_type="application/json")
+
+    def _exchange(self, scope: Scope, seen: Seen, identity: Identity, reply: Reply) -> Exchange:
+        assert seen.request is not None
+        target = bytes(scope.get("raw_path") or str(scope["path"]).encode("utf-8"))
+        query = bytes(scope.get("query_string", b""))
+        raw = str(scope["method"]).encode("ascii") + b" " + target
+        client = scope.get("client")
+        return Exchange(
+            request=seen.request,
+            identity=identity,
+            status=reply.status,
+            request_id=seen.rid,
+            raw_request=raw + (b"?" + query if query else b""),
+            client_address=client[0] if client else None,
+        )
+
+
+def _type_of(job: ExportJob, n: int) -> str:
+    """The resource type of output file ``n`` (one type a file: its first line's)."""
+    first = job.ndjson(n).split(b"\n", 1)[0]
+    document = jsoncodec.decode(first)
+    kind = document.get("resourceType") if isinstance(document, dict) else None
+    return kind if isinstance(kind, str) else "Resource"
