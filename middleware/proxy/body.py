@@ -25,6 +25,11 @@ __all__ = ["announces_body", "bundle_type", "read_request_body"]
 _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 #: The one body media type that is not JSON (a form-encoded ``POST _search``).
 _FORM: Final = "application/x-www-form-urlencoded"
+#: Bodies not measured as JSON: the form, and FHIR XML (measured by its own converter,
+#: :func:`middleware.fhir.xmlcodec.xml_to_json`, before it becomes JSON).
+_NOT_JSON: Final = frozenset(
+    {_FORM, "application/fhir+xml", "application/xml+fhir", "application/xml", "text/xml"}
+)
 
 
 def announces_body(headers: Mapping[str, str]) -> bool:
@@ -77,10 +82,11 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 
 def _check_body_depth(body: bytes, headers: Mapping[str, str], limit: int) -> None:
     """Refuse (400) a request body nesting deeper than ``limit``, measured before anything
-    decodes it (:mod:`middleware.fhir.limits`). A form-encoded ``POST _search`` body is not
-    JSON and is not measured: its media type, parsed, must be exactly that one (a parameter
-    naming it, ``application/fhir+json; x=x-www-form-urlencoded``, is JSON and measured)."""
-    if not body or media_type(headers.get("content-type", "")) == _FORM:
+    decodes it (:mod:`middleware.fhir.limits`). A form-encoded ``POST _search`` body and an
+    XML body (measured by its converter) are not JSON and are not measured here: the media
+    type, parsed, must be exactly one of those (a parameter naming one,
+    ``application/fhir+json; x=x-www-form-urlencoded``, is JSON and measured)."""
+    if not body or media_type(headers.get("content-type", "")) in _NOT_JSON:
         return
     if json_depth(body, limit) > limit:
         raise BadRequest(f"the request body nests deeper than {limit} levels", code="too-costly")

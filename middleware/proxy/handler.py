@@ -24,8 +24,14 @@ from middleware.asgi import header_dict
 from middleware.auth.identity import Identity
 from middleware.errors import GatewayError, NotFound, TooManyRequests, UriTooLong
 from middleware.fhir.classify import classify, classify_bundle
-from middleware.fhir.negotiate import check_request_negotiation
+from middleware.fhir.negotiate import (
+    check_request_negotiation,
+    is_xml_body,
+    prefers_xml,
+    strip_xml_format,
+)
 from middleware.fhir.request import Interaction
+from middleware.fhir.xmlcodec import xml_to_json
 from middleware.logging import get_logger
 from middleware.ops.metrics import Metrics
 from middleware.ops.reasons import refusal_reason, status_reason
@@ -98,13 +104,15 @@ class ProxyHandler:
         except GatewayError as error:
             answered = await self._audited(scope, exchange, error)
             exchange.reason = refusal_reason(answered, consent_denied=exchange.consent_denied)
-            await send_error(send, answered, exchange)
+            xml = prefers_xml(headers, scope.get("query_string", b""))
+            await send_error(send, answered, exchange, xml=xml)
         except Exception as exc:  # noqa: BLE001 - the last line of fail-closed error handling
             # Never a stack trace or library message in the answer; the type is enough to
             # find the log line by request id.
             self._log.error("unhandled", request_id=exchange.rid, error_type=type(exc).__name__)
             internal = await self._audited(scope, exchange, _InternalError("internal error"))
-            await send_error(send, internal, exchange)
+            xml = prefers_xml(headers, scope.get("query_string", b""))
+            await send_error(send, internal, exchange, xml=xml)
         finally:
             self.metrics.in_flight -= 1
             seconds = time.perf_counter() - exchange.started
@@ -154,15 +162,18 @@ class ProxyHandler:
         self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], ex: ExchangeLog
     ) -> None:
         settings = self.settings
-        if len(scope.get("query_string", b"")) > MAX_QUERY_BYTES:
+        query: bytes = scope.get("query_string", b"")
+        if len(query) > MAX_QUERY_BYTES:
             raise UriTooLong(
                 f"a query string is at most {MAX_QUERY_BYTES} bytes (use POST _search)"
             )
+        # FHIR XML is spoken at this edge only: _format=xml is answered here, never sent on.
+        xml_query = strip_xml_format(query) if b"_format" in query else None
         request = classify(
             scope["method"],
             scope["path"],
             scope.get("raw_path"),
-            scope.get("query_string", b""),
+            query if xml_query is None else xml_query,
             headers,
             base_path=settings.base_path,
         )
@@ -173,7 +184,7 @@ class ProxyHandler:
         # What the request line and headers alone decide (query characters, Accept,
         # _format) is refused before the token is looked at; the body's type is checked
         # again below, once there is a body.
-        check_request_negotiation(request, headers, b"")
+        xml = check_request_negotiation(request, headers, b"") or xml_query is not None
         identity: Identity | None = None
         if request.interaction is not Interaction.CAPABILITIES:
             # Before the body is read: a caller without a valid token gets its 401 (or 429)
@@ -186,6 +197,14 @@ class ProxyHandler:
         )
         ex.bytes_in = len(body)
         ex.body_pending = False
+        xml_body = bool(body) and is_xml_body(headers)
+        if xml or xml_body:
+            # Past this edge everything speaks FHIR JSON: the pipeline, and the upstream it
+            # forwards Accept and Content-Type to; the XML answer is made on the way out.
+            headers = {**headers, "accept": "application/fhir+json"}
+            if xml_body:
+                body = xml_to_json(body, max_depth=settings.max_json_depth)
+                headers["content-type"] = "application/fhir+json"
         check_request_negotiation(request, headers, body)
         if request.interaction is Interaction.BATCH:
             request = classify_bundle(request, bundle_type(body))
@@ -197,10 +216,18 @@ class ProxyHandler:
             answer = await self.enforcement.run(
                 scope, request=request, body=body, headers=headers, log=ex, identity=identity
             )
-            await send_answer(send, answer, headers, ex, gzip_min_bytes=gzip_min)
+            await send_answer(send, answer, headers, ex, gzip_min_bytes=gzip_min, xml=xml)
             return
         if not request.query:
             statement = await self._capabilities.statement(ex.rid)
+            if xml:
+                statement_answer = Answer(
+                    200, [("content-type", FHIR_JSON.decode())], raw=statement
+                )
+                await send_answer(
+                    send, statement_answer, headers, ex, gzip_min_bytes=gzip_min, xml=True
+                )
+                return
             await send_bytes(
                 send,
                 200,
@@ -217,5 +244,10 @@ class ProxyHandler:
         client_host = (scope.get("client") or (None,))[0]
         up = await self._capabilities.asked(target, client=headers, client_host=client_host, log=ex)
         await send_answer(
-            send, Answer(200, up.headers, up.document), headers, ex, gzip_min_bytes=gzip_min
+            send,
+            Answer(200, up.headers, up.document),
+            headers,
+            ex,
+            gzip_min_bytes=gzip_min,
+            xml=xml,
         )

@@ -4,7 +4,9 @@ Every answer carries ``X-Request-Id`` and a ``Content-Length``; one of at least
 ``gzip_min_bytes`` is gzipped when the client accepts it (level :data:`GZIP_LEVEL`). An error
 is the one OperationOutcome :func:`middleware.fhir.outcome.render_error` makes of it; when
 the request's body was never read the connection is closed (it cannot carry another request
-until drained). The status and bytes sent are noted on the exchange's log.
+until drained). The status and bytes sent are noted on the exchange's log. When the client
+asked for FHIR XML (``xml=True``), a FHIR JSON body, answer or error, is converted just before
+it goes out (:func:`middleware.fhir.xmlcodec.json_to_xml`); a JSON answer costs nothing more.
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ from typing import Final
 
 from middleware.errors import GatewayError
 from middleware.fhir import jsoncodec
+from middleware.fhir.negotiate import media_type
 from middleware.fhir.outcome import render_error
+from middleware.fhir.xmlcodec import json_to_xml
 from middleware.pipeline.exchange import Answer
 from middleware.proxy.exchange_log import ExchangeLog
 from middleware.types import Send
 
-__all__ = ["FHIR_JSON", "GZIP_LEVEL", "send_answer", "send_bytes", "send_error"]
+__all__ = ["FHIR_JSON", "FHIR_XML", "GZIP_LEVEL", "send_answer", "send_bytes", "send_error"]
 
 FHIR_JSON: Final = b"application/fhir+json; charset=utf-8"
+FHIR_XML: Final = b"application/fhir+xml;charset=utf-8"
+#: Answer media types that are FHIR JSON (converted for an XML client); others pass as they are.
+_JSON_ANSWERS: Final = frozenset(
+    {"application/fhir+json", "application/json", "application/json+fhir"}
+)
 
 #: The answer's gzip level, by measurement on carebundle answers (docs/performance.md): levels
 #: 1-3 are zlib's fast deflate, 3 the best ratio of them; a search of 20 Observations (31.6 KB)
@@ -38,14 +47,18 @@ async def send_answer(
     ex: ExchangeLog,
     *,
     gzip_min_bytes: int,
+    xml: bool = False,
 ) -> None:
-    """Send ``answer``: its raw bytes when it has them, else its document encoded."""
+    """Send ``answer``: its raw bytes when it has them, else its document encoded; in FHIR
+    XML when ``xml`` and it is FHIR JSON."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
     body = b""
     if answer.raw is not None or answer.document is not None:
         body = answer.raw if answer.raw is not None else jsoncodec.encode(answer.document)
         if not any(k == b"content-type" for k, _ in headers):
             headers.append((b"content-type", FHIR_JSON))
+        if xml:
+            headers, body = _as_xml(headers, body)
     await send_bytes(
         send, answer.status, headers, body, client_headers, ex, gzip_min_bytes=gzip_min_bytes
     )
@@ -77,9 +90,26 @@ async def send_bytes(  # noqa: PLR0917 - the parts of one answer
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Send, error: GatewayError, ex: ExchangeLog) -> None:
-    """Send ``error`` as its OperationOutcome."""
+def _as_xml(
+    headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """``headers`` and ``body`` in FHIR XML when the body is FHIR JSON; else unchanged."""
+    kind = next((v for k, v in headers if k == b"content-type"), b"")
+    if media_type(kind.decode("latin-1")) not in _JSON_ANSWERS:
+        return headers, body
+    xml = json_to_xml(body)
+    kept = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]
+    return [*kept, (b"content-type", FHIR_XML)], xml
+
+
+async def send_error(
+    send: Send, error: GatewayError, ex: ExchangeLog, *, xml: bool = False
+) -> None:
+    """Send ``error`` as its OperationOutcome (in FHIR XML when ``xml``)."""
     status, headers, body = render_error(error)
+    if xml:
+        headers, body = _as_xml(headers, body)
+        headers.append((b"content-length", str(len(body)).encode()))
     ex.status = status
     ex.bytes_out = len(body)
     headers.append((b"x-request-id", ex.rid.encode()))

@@ -352,7 +352,7 @@ async def test_unclassified_requests_are_refused_and_never_forwarded(
         (b"/fhir/Patient/1%00", 400),
         (b"/fhir/Patient/1%252F", 400),
         (b"/fhir/Patient\\1", 400),
-        (b"/fhir/Patient/1?_format=xml", 406),
+        (b"/fhir/Patient/1?_format=text/turtle", 406),
         (b"/fhir/Patient?name=a b", 400),
     ],
     ids=[
@@ -365,7 +365,7 @@ async def test_unclassified_requests_are_refused_and_never_forwarded(
         "encoded-nul",
         "double-encoding",
         "backslash",
-        "format-xml",
+        "format-turtle",
         "raw-space-in-query",
     ],
 )
@@ -408,14 +408,14 @@ async def test_method_override_header_is_refused(
 @pytest.mark.parametrize(
     ("headers", "url", "status"),
     [
-        ({"accept": "application/fhir+xml"}, "/fhir/Patient/1", 406),
-        ({}, "/fhir/Patient/1?_format=xml", 406),
+        ({"accept": "text/turtle"}, "/fhir/Patient/1", 406),
+        ({}, "/fhir/Patient/1?_format=ttl", 406),
         ({"accept": "application/fhir+json; fhirVersion=4.0"}, "/fhir/Patient/1?_format=json", 200),
         ({"accept": "text/html, */*;q=0.1"}, "/fhir/Patient/1", 200),
     ],
-    ids=["accept-xml", "format-xml", "json-with-params", "wildcard"],
+    ids=["accept-turtle", "format-turtle", "json-with-params", "wildcard"],
 )
-async def test_only_json_is_negotiated(
+async def test_only_json_and_xml_are_negotiated(
     client: httpx.AsyncClient, router: respx.Router, headers: dict[str, str], url: str, status: int
 ) -> None:
     router.get("/Patient/1").respond(
@@ -425,10 +425,10 @@ async def test_only_json_is_negotiated(
     assert response.status_code == status
 
 
-async def test_xml_request_body_is_415(client: httpx.AsyncClient, router: respx.Router) -> None:
+async def test_turtle_request_body_is_415(client: httpx.AsyncClient, router: respx.Router) -> None:
     catch_all = router.route().respond(201)
     response = await client.post(
-        "/fhir/Patient", content=b"<Patient/>", headers={"content-type": "application/fhir+xml"}
+        "/fhir/Patient", content=b"<Patient/>", headers={"content-type": "text/turtle"}
     )
     assert response.status_code == 415
     outcome(response)

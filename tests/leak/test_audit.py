@@ -112,15 +112,15 @@ async def test_unauthenticated_attempts_cost_nothing_durable(
         ("HEAD", b"/fhir/Patient/p1", {}),
         ("GET", b"/fhir/Patient/p1", {"x-http-method-override": "DELETE"}),
         ("GET", b"/fhir/Patient/p1/Consent", {}),
-        ("GET", b"/fhir/Patient/p1", {"accept": "application/fhir+xml"}),
+        ("GET", b"/fhir/Patient/p1", {"accept": "text/turtle"}),
     ],
-    ids=["path-trick", "head", "method-override", "consent-path", "xml"],
+    ids=["path-trick", "head", "method-override", "consent-path", "turtle"],
 )
 async def test_refusals_before_enforcement_are_on_the_ledger(
     world: World, method: str, raw_path: bytes, extra: dict[str, str]
 ) -> None:
     """Probes the classifier refuses (a trailing slash, HEAD, an override header, the Consent
-    compartment, XML) are attempts on p1's record too."""
+    compartment, Turtle) are attempts on p1's record too."""
     headers = [(b"host", b"gateway.test")] + [
         (k.encode(), v.encode()) for k, v in {**world.dr, **extra}.items()
     ]
