@@ -323,11 +323,12 @@ class Judge:
         # Labels on data (middleware.consent.labels): most resources carry no meta.security,
         # and for them this is one lookup.
         meta = resource.get("meta")
-        screened = Screen.RELEASE
+        part2 = False
         if isinstance(meta, dict) and "security" in meta:
             screened = screen(meta["security"], self.caller.purposes, self.defaults.labels)
             if screened is Screen.WITHHOLD:
                 return self._withhold()
+            part2 = screened is Screen.PART2
         # ``seen`` only saves recomputing: a miss gives the same compartment (mutants of the
         # lookup key are equivalent; see also ``permits``).
         refs = self.seen.get(id(resource)) or compartment_of(resource, base_urls=self.base_urls)
@@ -341,7 +342,7 @@ class Judge:
             resource.clear()
             resource.update(redacted)
             self.trail.redact()
-        if (screened is Screen.PART2 or self.walk) and not self._part2_released(resource, refs):
+        if (part2 or self.walk) and not self._part2_released(resource, refs):
             return self._withhold()
         rid = resource.get("id")
         self.trail.release(references_of(refs), f"{rtype}/{rid}" if isinstance(rid, str) else None)
