@@ -159,6 +159,7 @@ def build_enforcement(
         ),
         mapper=mapper,
         memberships=_memberships(settings, forwarder, ids),
+        operations=settings.operation_table,
     )
     recorder = AuditRecorder(
         ledger,

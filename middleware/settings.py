@@ -38,6 +38,7 @@ from middleware.consent.limits import CEILING, DEFAULT_LIMITS
 from middleware.errors import SettingsError
 from middleware.fhir.limits import DEFAULT_MAX_JSON_DEPTH, HARD_MAX_JSON_DEPTH
 from middleware.ops.scrape import DEFAULT_METRICS_CLIENTS, MIN_TOKEN_LENGTH, parse_networks
+from middleware.pipeline.operation_table import OperationTable, parse_operations
 from middleware.proxy.headers import header_problems
 
 __all__ = ["ENV_PREFIX", "Settings", "load_settings"]
@@ -129,6 +130,10 @@ class Settings:
     audit_retention_by_kind: str = ""
     report_after_hours: str = "19:00-07:00"
     report_timezone: str = "UTC"
+    # The operations table (docs/consent-api.md, "Operations"): rows over the default table,
+    # or instead of it with operations_replace_defaults.
+    operations: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    operations_replace_defaults: bool = False
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
@@ -154,6 +159,11 @@ class Settings:
     def label_rules(self) -> LabelRules:
         """What counts as 42 CFR Part 2 data and its notice (validated at load)."""
         return LabelRules(parse_labels(self.part_two_labels), self.part_two_notice)
+
+    @property
+    def operation_table(self) -> OperationTable:
+        """The operations table in force (validated at load)."""
+        return parse_operations(self.operations, replace_defaults=self.operations_replace_defaults)
 
     @property
     def checkpoint_origin(self) -> str:
@@ -491,6 +501,13 @@ def _check(values: Mapping[str, Any]) -> list[str]:
             load_directory(Path(values["recipient_directory_file"]))
         except SettingsError as exc:
             problems.append(str(exc))
+    try:
+        parse_operations(
+            values.get("operations", {}),
+            replace_defaults=values.get("operations_replace_defaults", False),
+        )
+    except ValueError as exc:
+        problems.extend(f"operations: {line}" for line in str(exc).splitlines())
     store = values.get("store", "sqlite:consentry.db")
     if not (store.startswith(("sqlite:", "postgresql://", "postgres://")) or store == "memory:"):
         problems.append("store: expected sqlite:PATH, postgresql://... or memory:")

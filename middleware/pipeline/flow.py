@@ -20,8 +20,9 @@
   (:mod:`~middleware.pipeline.cursor`), and a redeemed cursor's page is judged again.
 - **history of a type or the system**: filtered like a search; refused to patient-context
   callers (it cannot be narrowed to a compartment).
-- **operations**: ``Patient/[id]/$everything`` filtered (a patient-context caller only on its
-  own record); every other operation and ``$graphql`` is refused (403).
+- **operations**: by the operations table (:mod:`~middleware.pipeline.operations`,
+  :mod:`~middleware.pipeline.operation_table`): filtered, forwarded with audit, or refused;
+  what the table does not name, and ``$graphql``, is refused (403).
 - **writes, batch and transaction** are not this module's:
   :class:`~middleware.pipeline.dispatch.Pipeline` hands them to
   :mod:`~middleware.pipeline.writes` and :mod:`~middleware.pipeline.bundles`, which use this
@@ -36,9 +37,9 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from middleware.consent.decide import Defaults
-from middleware.errors import BadRequest, Forbidden
+from middleware.errors import Forbidden
 from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
-from middleware.fhir.request import Interaction, Level
+from middleware.fhir.request import Interaction
 from middleware.pipeline.breakglass import BreakGlass
 from middleware.pipeline.caller import check_interaction
 from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec
@@ -48,6 +49,8 @@ from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.pipeline.judging import Judging, PolicySource
 from middleware.pipeline.mapper import Mapper
 from middleware.pipeline.memberships import Memberships
+from middleware.pipeline.operation_table import DEFAULT_TABLE, OperationTable
+from middleware.pipeline.operations import Operations
 from middleware.pipeline.paging import Page, Pager, cursor_of
 from middleware.pipeline.params import decode_params, encode_params
 from middleware.pipeline.release import Release, accept_of, read_failure
@@ -56,8 +59,9 @@ from middleware.proxy.rewrite import Rebaser
 
 __all__ = ["FILTERED_OPERATIONS", "Flow", "PolicySource"]
 
-#: Operations the gateway filters; every other one is refused (deny by default).
-FILTERED_OPERATIONS: Final = frozenset({("Patient", "$everything")})
+#: ``(type, operation)`` the default operations table allows at some level (``*``: any type);
+#: what it does not name is refused (deny by default).
+FILTERED_OPERATIONS: Final = DEFAULT_TABLE.allowed()
 
 
 class Flow:
@@ -85,6 +89,7 @@ class Flow:
         break_glass: BreakGlass | None = None,
         mapper: Mapper | None = None,
         memberships: Memberships | None = None,
+        operations: OperationTable | None = None,
     ) -> None:
         self.pager = Pager(
             cursors,
@@ -112,6 +117,16 @@ class Flow:
             memberships=memberships,
         )
         self.releasing = Release(self.judging, pager=self.pager, rebaser=rebaser, mapper=mapper)
+        self.operations = Operations(
+            operations,
+            pager=self.pager,
+            releasing=self.releasing,
+            judging=self.judging,
+            rebaser=rebaser,
+            guards=guards,
+            base_urls=self.base_urls,
+            mapper=mapper,
+        )
 
     async def run(self, ask: Ask) -> Answer:
         """The answer to ``ask``; raises :class:`GatewayError` for every refusal."""
@@ -191,28 +206,7 @@ class Flow:
         )
 
     async def _operation(self, ask: Ask) -> Answer:
-        request, caller = ask.request, ask.caller
-        if (request.resource_type, request.operation) not in FILTERED_OPERATIONS or (
-            request.level is not Level.INSTANCE
-        ):
-            raise Forbidden("this operation is not allowed through the gateway")
-        check_interaction(caller, request)
-        if caller.patient is not None and f"Patient/{request.resource_id}" != caller.patient:
-            raise not_found()
-        params = decode_params(request.query)
-        if request.method == "POST" and ask.body:
-            raise BadRequest("$everything takes its parameters in the query string")
-        token = cursor_of(params)
-        client = [(n, v) for n, v in params if n != CURSOR_PARAM]
-        paging = self.pager.paging(request.path, client)
-        if token is not None:
-            page = self.pager.redeem(ask.caller, token, paging)
-        else:
-            page = Page(_target(request.path, client))
-        up = await ask.forward("GET", page.sent, client_headers=False, headers=accept_of(ask))
-        if up.status >= 400:
-            raise read_failure(up, ask)
-        return await self.releasing.release(ask, up, paging=paging, status=200, page=page)
+        return await self.operations.run(ask)
 
     # -- helpers -----------------------------------------------------------------------------
 

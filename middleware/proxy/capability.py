@@ -12,8 +12,8 @@ gateway serves itself is put in (each rule names the module that makes it true):
   Patch only (``pipeline.writes``: FHIRPath Patch is 415);
 - resource types the gateway does not know (``fhir.resource_types``; a server's custom types)
   are dropped: their paths are 404;
-- operations: only those the gateway filters (``pipeline.flow.FILTERED_OPERATIONS``,
-  ``Patient/[id]/$everything``) remain; every other operation, system-level ones and
+- operations: only those the operations table lets through at some level
+  (``pipeline.operation_table``: filtered or forwarded) remain; every other operation,
   ``$graphql`` included, is 403; messaging and documents (``$process-message``, ``POST
   [base]`` with a document Bundle) are refused and dropped;
 - ``conditionalRead`` becomes ``not-supported`` (reads are forwarded without the client's
@@ -36,8 +36,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from middleware.fhir.request import Level
 from middleware.fhir.resource_types import RESOURCE_TYPES
-from middleware.pipeline.flow import FILTERED_OPERATIONS
+from middleware.pipeline.operation_table import DEFAULT_TABLE, Mode, OperationTable
 
 __all__ = ["AUDIT_EVENT_CAPABILITY", "CONSENT_CAPABILITY", "describe_gateway"]
 
@@ -120,6 +121,7 @@ def describe_gateway(
     version: str,
     smart: bool = False,
     oauth_uris: Mapping[str, Any] | None = None,
+    operations: OperationTable = DEFAULT_TABLE,
 ) -> dict[str, Any]:
     """Return ``capability`` changed in place to describe the gateway in front of it (see the
     module docstring for each change).
@@ -127,7 +129,8 @@ def describe_gateway(
     ``smart``: the gateway verifies SMART on FHIR bearer tokens, so ``rest.security.service``
     says so (http://terminology.hl7.org/CodeSystem/restful-security-service ``SMART-on-FHIR``).
     ``oauth_uris``: the SMART ``oauth-uris`` extension to put in ``rest.security``
-    (:func:`middleware.auth.smart.oauth_uris`), or ``None``.
+    (:func:`middleware.auth.smart.oauth_uris`), or ``None``. ``operations``: the operations
+    table in force (the operations kept).
     """
     upstream_software = capability.get("software")
     behind = ""
@@ -147,7 +150,7 @@ def describe_gateway(
     capability["patchFormat"] = list(_PATCH_FORMATS)
     rests = capability.get("rest")
     capability["rest"] = [
-        _describe_rest(rest, smart=smart, oauth_uris=oauth_uris)
+        _describe_rest(rest, smart=smart, oauth_uris=oauth_uris, operations=operations)
         for rest in (rests if isinstance(rests, list) else ())
         if isinstance(rest, dict) and rest.get("mode") == "server"
     ]
@@ -155,11 +158,15 @@ def describe_gateway(
 
 
 def _describe_rest(
-    rest: dict[str, Any], *, smart: bool, oauth_uris: Mapping[str, Any] | None
+    rest: dict[str, Any],
+    *,
+    smart: bool,
+    oauth_uris: Mapping[str, Any] | None,
+    operations: OperationTable,
 ) -> dict[str, Any]:
     resources = rest.get("resource")
     described = [
-        _describe_resource(resource)
+        _describe_resource(resource, operations)
         for resource in (resources if isinstance(resources, list) else ())
         if isinstance(resource, dict)
         and resource.get("type") in RESOURCE_TYPES
@@ -167,7 +174,7 @@ def _describe_rest(
     ]
     described += [dict(CONSENT_CAPABILITY), dict(AUDIT_EVENT_CAPABILITY)]
     rest["resource"] = sorted(described, key=lambda resource: str(resource["type"]))
-    rest.pop("operation", None)  # every system-level operation is refused
+    _keep_operations(rest, None, (Level.SYSTEM,), operations)
     interactions = rest.get("interaction")
     if isinstance(interactions, list):
         for interaction in interactions:
@@ -189,19 +196,27 @@ def _describe_rest(
     return rest
 
 
-def _describe_resource(resource: dict[str, Any]) -> dict[str, Any]:
-    rtype = resource["type"]
-    operations = resource.get("operation")
-    if isinstance(operations, list):
-        kept = [
-            op
-            for op in operations
-            if isinstance(op, dict) and (rtype, f"${op.get('name')}") in FILTERED_OPERATIONS
-        ]
-        if kept:
-            resource["operation"] = kept
-        else:
-            resource.pop("operation")
+def _keep_operations(
+    node: dict[str, Any], rtype: str | None, levels: tuple[Level, ...], table: OperationTable
+) -> None:
+    """``node.operation`` cut to the operations ``table`` does not refuse at one of ``levels``
+    (removed when none is left)."""
+    operations = node.get("operation")
+    kept = [
+        op
+        for op in (operations if isinstance(operations, list) else ())
+        if isinstance(op, dict)
+        and isinstance(op.get("name"), str)
+        and any(table.mode(rtype, level, f"${op['name']}") is not Mode.REFUSE for level in levels)
+    ]
+    if kept:
+        node["operation"] = kept
+    else:
+        node.pop("operation", None)
+
+
+def _describe_resource(resource: dict[str, Any], operations: OperationTable) -> dict[str, Any]:
+    _keep_operations(resource, resource["type"], (Level.TYPE, Level.INSTANCE), operations)
     if "conditionalRead" in resource:
         resource["conditionalRead"] = "not-supported"
     if resource.get("conditionalDelete") == "multiple":

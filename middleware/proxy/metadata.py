@@ -94,4 +94,5 @@ class Capabilities:
             version=__version__,
             smart=bool(auth.issuers) or auth.dev_issuer_enabled,
             oauth_uris=oauth_uris(authorization_server(auth, gateway_root=root)),
+            operations=self.settings.operation_table,
         )

@@ -221,21 +221,23 @@ async def test_consent_interactions_advertised_are_routed_by_the_consent_api(
 async def test_metadata_advertises_no_operation_the_gateway_refuses(
     client: httpx.AsyncClient, router: respx.Router
 ) -> None:
-    """Every operation but ``Patient/[id]/$everything`` is 403 through the gateway: none of
-    them is advertised, at system or type level."""
+    """Only the operations the operations table lets through are advertised (``$everything``,
+    ``$validate`` of a posted resource); ``$match``, ``$graphql`` and the rest are 403."""
     body = (await client.get("/fhir/metadata")).json()
     rest = body["rest"][0]
     assert "operation" not in rest
     assert [op["name"] for op in _resource(body, "Patient")["operation"]] == ["everything"]
-    assert "operation" not in _resource(body, "Observation")
+    assert [op["name"] for op in _resource(body, "Observation")["operation"]] == ["validate"]
     router.post("/Observation/$validate").respond(200, json={"resourceType": "OperationOutcome"})
     validate = await client.post(
         "/fhir/Observation/$validate",
         json={"resourceType": "Observation"},
         headers={"content-type": "application/fhir+json"},
     )
-    assert validate.status_code == 403
-    assert (await client.get("/fhir/$export")).status_code == 403
+    assert validate.status_code == 200
+    match = await client.post("/fhir/Patient/$match", json={"resourceType": "Parameters"})
+    assert match.status_code == 403
+    assert (await client.get("/fhir/$meta")).status_code == 403
 
 
 @pytest.mark.usefixtures("upstream_statement")

@@ -1,0 +1,255 @@
+"""Enforcement of ``$operation`` requests by the operations table.
+
+:class:`Operations` looks a request up in the
+:class:`~middleware.pipeline.operation_table.OperationTable` (deny by default: no row is a
+403) and enforces the row's mode:
+
+- ``filter:bundle`` (``$everything``, ``$lastn``): the answer is released like a search's
+  (:mod:`~middleware.pipeline.release`: every resource judged, paging links sealed into
+  cursors). ``Patient/[id]/$everything`` of another patient is the generic 404 for a
+  patient-context caller, and an all-withheld instance answer is the record's 404. At type
+  or system level a patient-context caller's ``$lastn`` (whose parameters are Observation
+  search parameters, R4 observation-operation-lastn) goes through the search guards and is
+  pinned to its compartment (:func:`~middleware.pipeline.guards.pin_patient`); any other
+  type-level operation is refused to it (it cannot be narrowed). An all-withheld type-level
+  answer is an empty searchset, as a search's is: a 404 there would tell matches exist.
+- ``filter:document`` (``Composition/[id]/$document``): released whole or not at all. A
+  withheld Composition, or any withheld or redacted entry, is the generic 404: a document
+  with entries missing or cut misrepresents the record it attests (R4 documents.html: the
+  document is the Composition and the resources it references, together). ``persist`` (which
+  stores the document upstream) is refused.
+- ``filter:stats`` (``Observation/$stats``): :mod:`~middleware.pipeline.stats`.
+- ``forward`` (terminology, type-level ``$validate``): forwarded with the client's body and
+  audited like every exchange; the answer is rebased and withheld (404) when it carries any
+  resource of the Patient compartment: these operations have no patient data to answer, so
+  one that does is not what the table vouched for.
+
+Pure apart from the injected upstream seam (``Ask.forward``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+from middleware.errors import BadRequest, Forbidden, UpstreamError
+from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
+from middleware.fhir.request import Interaction, Level
+from middleware.pipeline.caller import check_interaction
+from middleware.pipeline.cursor import CURSOR_PARAM
+from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, own_outcome
+from middleware.pipeline.guards import GuardPolicy, check_search, pin_patient
+from middleware.pipeline.judge import GATEWAY_OWNED
+from middleware.pipeline.judging import Judging
+from middleware.pipeline.mapper import Mapper
+from middleware.pipeline.operation_table import DEFAULT_TABLE, Mode, OperationTable
+from middleware.pipeline.paging import Page, Pager, cursor_of
+from middleware.pipeline.params import decode_params, encode_params
+from middleware.pipeline.release import Release, accept_of, read_failure
+from middleware.pipeline.stats import Stats
+from middleware.proxy.rewrite import Rebaser
+
+__all__ = ["Operations", "holds_patient_data"]
+
+#: Operations whose parameters are search parameters of their type, so that a patient-context
+#: call can be pinned like a search (R4 observation-operation-lastn: "the search parameters
+#: ... of Observation").
+_SEARCH_LIKE: Final = frozenset({"$lastn"})
+_TYPE_PARAMS: Final = frozenset({"_type", "_include", "_revinclude"})
+_FORWARDED_HEADERS: Final = frozenset({"content-type", "etag", "last-modified"})
+#: Resource types that are a patient's data (the Patient compartment, R4
+#: compartmentdefinition-patient) or the gateway's own.
+_PATIENT_TYPES: Final = frozenset(PATIENT_COMPARTMENT) | {"Patient"} | GATEWAY_OWNED
+
+
+class Operations:
+    """Enforces operations by ``table`` (module docstring) with the read half's pieces."""
+
+    def __init__(
+        self,
+        table: OperationTable | None,
+        *,
+        pager: Pager,
+        releasing: Release,
+        judging: Judging,
+        rebaser: Rebaser,
+        guards: GuardPolicy,
+        base_urls: Sequence[str],
+        mapper: Mapper | None,
+    ) -> None:
+        self.table = DEFAULT_TABLE if table is None else table
+        self.pager = pager
+        self.releasing = releasing
+        self.rebaser = rebaser
+        self.guards = guards
+        self.base_urls = tuple(base_urls)
+        self.mapper = mapper
+        self.stats = Stats(judging, pager=pager, forward=self._forward)
+        self._modes: Final[dict[Mode, Callable[[Ask], Any]]] = {
+            Mode.BUNDLE: self._bundle,
+            Mode.DOCUMENT: self._document,
+            Mode.STATS: self.stats.run,
+            Mode.FORWARD: self._forward,
+        }
+
+    async def run(self, ask: Ask) -> Answer:
+        """The answer to an operation request; :class:`Forbidden` when the table refuses it."""
+        request = ask.request
+        mode = self.table.mode(request.resource_type, request.level, request.operation)
+        handler = self._modes.get(mode)
+        if handler is None:
+            raise Forbidden("this operation is not allowed through the gateway")
+        check_interaction(ask.caller, request)
+        answer: Answer = await handler(ask)
+        return answer
+
+    # -- modes -------------------------------------------------------------------------------
+
+    async def _bundle(self, ask: Ask) -> Answer:
+        request, own = ask.request, ask.caller.patient
+        params = _query_only(ask)
+        token = cursor_of(params)
+        client = [(n, v) for n, v in params if n != CURSOR_PARAM]
+        if request.level is Level.INSTANCE:
+            if (
+                own is not None
+                and request.resource_type == "Patient"
+                and f"Patient/{request.resource_id}" != own
+            ):
+                raise not_found()
+            released_as = ask
+        else:
+            client = self._narrow(ask, client)
+            # Judged like a search: nothing released is an empty page, not a 404.
+            search = dataclasses.replace(request, interaction=Interaction.SEARCH_TYPE)
+            released_as = dataclasses.replace(ask, request=search)
+        paging = self.pager.paging(request.path, [(n, v) for n, v in params if n != CURSOR_PARAM])
+        if token is not None:
+            page = self.pager.redeem(ask.caller, token, paging)
+        else:
+            page = Page(_target(request.path, client))
+        up = await ask.forward("GET", page.sent, client_headers=False, headers=accept_of(ask))
+        if up.status >= 400:
+            raise read_failure(up, ask)
+        return await self.releasing.release(released_as, up, paging=paging, status=200, page=page)
+
+    def _narrow(self, ask: Ask, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A type- or system-level filtered operation's query: search guards for search-like
+        operations, and a patient-context caller's pinned to its compartment."""
+        request, caller = ask.request, ask.caller
+        search_like = request.operation in _SEARCH_LIKE
+        if search_like:
+            check_search(
+                params, caller_kind=caller.context, sees_everything=False, policy=self.guards
+            )
+            _refuse_gateway_types(params)
+        if caller.patient is None:
+            return self._mapped(ask, params) if search_like else params
+        if not search_like or request.resource_type is None:
+            raise Forbidden("this operation is not available in a patient context")
+        ask.trail.narrow()
+        own = caller.patient.removeprefix("Patient/")
+        pinned = pin_patient(request.resource_type, params, own, base_urls=self.base_urls)
+        return self._mapped(ask, pinned)
+
+    def _mapped(self, ask: Ask, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if self.mapper is None:
+            return params
+        ask.trail.mapped(self.mapper.label)
+        return self.mapper.search(ask.request.resource_type, params)
+
+    async def _document(self, ask: Ask) -> Answer:
+        request = ask.request
+        params = _query_only(ask)
+        if any(n == "persist" and v.strip().lower() != "false" for n, v in params):
+            raise Forbidden("$document may not store the document through the gateway")
+        if any(n == CURSOR_PARAM for n, _ in params):
+            raise BadRequest("a document has no pages")
+        up = await ask.forward(
+            "GET", _target(request.path, params), client_headers=False, headers=accept_of(ask)
+        )
+        if up.status >= 400:
+            raise read_failure(up, ask)
+        document = up.document
+        if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
+            raise UpstreamError("the upstream server sent no document Bundle")
+        trail = ask.trail
+        withheld, redacted = trail.withheld, trail.redacted
+        answer = await self.releasing.release(ask, up, status=200)
+        if trail.withheld != withheld or trail.redacted != redacted:
+            raise not_found()  # a partial document misrepresents the record (module docstring)
+        return answer
+
+    async def _forward(self, ask: Ask) -> Answer:
+        """Forward ``ask`` as sent (its body too) and release an answer with no patient data."""
+        request = ask.request
+        target = _target(request.path, decode_params(request.query))
+        up = await ask.forward(request.method, target, body=ask.body, headers=accept_of(ask))
+        return self.release_forwarded(ask, up)
+
+    def release_forwarded(self, ask: Ask, up: Upstreamed) -> Answer:
+        """An answer of an operation that carries no patient data: rebased, and the generic
+        404 when it holds a resource of the Patient compartment."""
+        document = up.document
+        if up.status >= 400:
+            if up.status in (400, 422) and _is_outcome(document):
+                return Answer(up.status, _headers(up), own_outcome(document))
+            raise read_failure(up, ask)
+        if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
+            raise UpstreamError("the upstream server sent no FHIR resource")
+        if holds_patient_data(document):
+            ask.trail.withhold()
+            raise not_found()
+        occurrences = self.rebaser.occurrences(up.raw)
+        if not occurrences:
+            return Answer(up.status, _headers(up), raw=up.raw)
+        self.rebaser.rewrite(document, occurrences)
+        return Answer(up.status, _headers(up), document)
+
+
+def holds_patient_data(document: Any) -> bool:
+    """True when ``document`` holds, at any depth (contained, Bundle entries, Parameters
+    parts), a resource of the Patient compartment, a Patient or one of the gateway's own."""
+    return any(rtype in _PATIENT_TYPES for rtype in _resource_types(document))
+
+
+def _resource_types(node: Any) -> Iterator[str]:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            rtype = item.get("resourceType")
+            if isinstance(rtype, str):
+                yield rtype
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _query_only(ask: Ask) -> list[tuple[str, str]]:
+    """A filtered operation's parameters: the query string only (a body is not read)."""
+    if ask.request.method == "POST" and ask.body:
+        raise BadRequest(f"{ask.request.operation} takes its parameters in the query string")
+    return decode_params(ask.request.query)
+
+
+def _refuse_gateway_types(params: Sequence[tuple[str, str]]) -> None:
+    for name, value in params:
+        if name.partition(":")[0] not in _TYPE_PARAMS:
+            continue
+        words = {w for part in value.split(",") for w in part.strip().split(":")}
+        if words & GATEWAY_OWNED:
+            raise Forbidden("these resources are served by the gateway's own API")
+
+
+def _is_outcome(document: Any) -> bool:
+    return isinstance(document, dict) and document.get("resourceType") == "OperationOutcome"
+
+
+def _headers(up: Upstreamed) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in up.headers if k in _FORWARDED_HEADERS]
+
+
+def _target(path: str, params: Sequence[tuple[str, str]]) -> str:
+    return f"{path}?{encode_params(params)}" if params else path

@@ -1,0 +1,134 @@
+"""``Observation/$stats``: statistics released only when all they summarise may be seen.
+
+The answer of ``$stats`` (R4 observation-operation-stats) is a Parameters of statistics
+(average, count, minimum...) computed upstream over a patient's Observations: no resource in
+it can be withheld, and a count or an average of a hidden value discloses it. So the gateway
+releases it only when it can vouch for every input, and fails closed otherwise:
+
+1. The query names exactly one patient: one ``subject`` or ``patient`` parameter holding one
+   ``Patient/<id>`` (or a bare id), and at least one ``code`` or ``coding``; any parameter
+   the operation does not define is a 400 (its meaning upstream is unknown), ``include=true``
+   (which would return the Observations themselves) a 403. A patient-context caller naming
+   another patient gets the generic 404.
+2. Before forwarding, every Observation of that patient with the asked codes is fetched with
+   an ordinary search (``Observation?patient=...&code=...``, any date: a superset of what a
+   ``period`` or ``duration`` selects) and judged as a search answer would be. One withheld
+   or redacted Observation, a result the gateway cannot read, or more than
+   :data:`MAX_PAGES` pages, and the answer is the generic 404 a denied read gets.
+3. Only then is ``$stats`` forwarded, and its answer released like a forwarded operation's
+   (no resource of the Patient compartment in it).
+
+The audit of the exchange names the Observations the statistics were computed over: they
+were disclosed in summary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from middleware.errors import BadRequest, Forbidden, UpstreamError
+from middleware.pipeline.caller import ACTION_ACCESS
+from middleware.pipeline.exchange import Answer, Ask, not_found
+from middleware.pipeline.filter import filter_answer
+from middleware.pipeline.judging import Judging
+from middleware.pipeline.pages import next_link
+from middleware.pipeline.paging import Pager
+from middleware.pipeline.params import decode_params, encode_params
+from middleware.pipeline.release import read_failure
+
+__all__ = ["MAX_PAGES", "PAGE_SIZE", "Stats"]
+
+#: How many pages of a patient's Observations are judged before the gateway gives up (404).
+MAX_PAGES: Final = 20
+PAGE_SIZE: Final = 100
+#: The parameters R4 defines for Observation/$stats (observation-operation-stats).
+_DEFINED: Final = frozenset(
+    {"subject", "patient", "code", "system", "coding", "duration", "period", "statistic"}
+    | {"include", "limit"}
+)
+_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_JSON: Final = (("accept", "application/fhir+json"),)
+
+
+class Stats:
+    """Enforces ``Observation/$stats`` (module docstring) with ``judging``; ``forward``
+    forwards the request and releases its answer as a forwarded operation's."""
+
+    def __init__(
+        self,
+        judging: Judging,
+        *,
+        pager: Pager,
+        forward: Callable[[Ask], Awaitable[Answer]],
+    ) -> None:
+        self.judging = judging
+        self.pager = pager
+        self._forward = forward
+
+    async def run(self, ask: Ask) -> Answer:
+        """The statistics, or the generic 404 when not every input may be seen."""
+        if ask.request.method == "POST" and ask.body:
+            raise BadRequest("$stats takes its parameters in the query string")
+        params = decode_params(ask.request.query)
+        patient = _patient(params)
+        own = ask.caller.patient
+        if own is not None and patient != own:
+            raise not_found()
+        if any(n == "include" and v.strip().lower() != "false" for n, v in params):
+            raise Forbidden("$stats is released without the Observations (include)")
+        await self._vouch(ask, patient, _codes(params))
+        return await self._forward(ask)
+
+    async def _vouch(self, ask: Ask, patient: str, codes: list[str]) -> None:
+        """Judge every Observation of ``patient`` with ``codes``; 404 unless all released."""
+        query = [("patient", patient), ("code", ",".join(codes)), ("_count", str(PAGE_SIZE))]
+        link: str | None = f"Observation?{encode_params(query)}"
+        trail = ask.trail
+        withheld, redacted = trail.withheld, trail.redacted
+        for _ in range(MAX_PAGES):
+            if link is None:
+                return
+            up = await ask.forward("GET", link, client_headers=False, headers=_JSON)
+            if up.status >= 400:
+                raise read_failure(up, ask)
+            page = up.document
+            if not isinstance(page, dict) or page.get("resourceType") != "Bundle":
+                raise UpstreamError("the upstream server sent no Bundle page")
+            link = next_link(page)
+            if link is not None and not self.pager.on_upstream(link):
+                raise UpstreamError("the upstream server sent a page link off its base")
+            judge = await self.judging.judge(ask.caller, ACTION_ACCESS, page, trail, up.raw)
+            released, _ = filter_answer(page, judge.allowed)
+            if released is None or trail.withheld != withheld or trail.redacted != redacted:
+                raise not_found()
+        if link is not None:
+            raise not_found()  # too many to vouch for: refused like a denial
+
+
+def _patient(params: list[tuple[str, str]]) -> str:
+    """``Patient/<id>`` of the one patient the query names (400 otherwise)."""
+    names = {name for name, _ in params}
+    if names - _DEFINED:
+        raise BadRequest("$stats takes only the parameters FHIR defines for it")
+    named = [value.strip() for name, value in params if name in ("subject", "patient")]
+    if len(named) != 1 or "," in named[0]:
+        raise BadRequest("$stats needs exactly one subject (one patient)")
+    rid = named[0].removeprefix("Patient/")
+    if not _ID.fullmatch(rid):
+        raise BadRequest("$stats subject must be Patient/<id>")
+    return f"Patient/{rid}"
+
+
+def _codes(params: list[tuple[str, str]]) -> list[str]:
+    """The asked codes as search tokens (``system|code`` when the system is given)."""
+    systems = [v.strip() for n, v in params if n == "system"]
+    if len(systems) > 1:
+        raise BadRequest("$stats takes one system")
+    prefix = f"{systems[0]}|" if systems else ""
+    codes = [f"{prefix}{c.strip()}" for n, v in params if n == "code" for c in v.split(",")]
+    codes += [v.strip() for n, v in params if n == "coding"]
+    if not codes or any(not c or c.endswith("|") for c in codes):
+        raise BadRequest("$stats needs a code or a coding")
+    return codes

@@ -1,0 +1,420 @@
+"""FHIR operations by the operations table: ``$lastn``, ``$everything``, ``$document`` and
+``$stats`` filtered, terminology and ``$validate`` forwarded with audit, the rest refused.
+
+The setting: Patient/p1 denies Practitioner/dr, p2 has no consent (opt-out: permit). The
+upstream (respx) answers each operation with p1's data where it can; every test says the
+attack and what the gateway must not release."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from middleware.app import Gateway
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.storage.ledger_memory import MemoryLogStore
+from tests.app.consenting import DEV_ISSUER, Tokens, auth_settings, r5_consent
+
+DR = "Practitioner/dr"
+SECRET = "SECRET-P1"
+JSON = {"content-type": "application/fhir+json"}
+
+
+def obs(rid: str, patient: str, code: str = "718-7") -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": patient},
+        "note": [{"text": SECRET if patient == "Patient/p1" else "fine"}],
+    }
+
+
+def searchset(*resources: dict[str, Any]) -> dict[str, Any]:
+    entries = [{"resource": r, "search": {"mode": "match"}} for r in resources]
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+
+
+def document(patient: str, *more: dict[str, Any]) -> dict[str, Any]:
+    composition = {
+        "resourceType": "Composition",
+        "id": "c1",
+        "status": "final",
+        "type": {"text": "summary"},
+        "subject": {"reference": patient},
+        "date": "2026-01-01",
+        "title": "Summary",
+        "author": [{"reference": DR}],
+    }
+    entries = [
+        {"fullUrl": f"urn:uuid:{i}", "resource": r} for i, r in enumerate((composition, *more))
+    ]
+    return {"resourceType": "Bundle", "type": "document", "entry": entries}
+
+
+STATS = {
+    "resourceType": "Parameters",
+    "parameter": [{"name": "statistic", "valueQuantity": {"value": 13.2, "unit": "g/dL"}}],
+}
+
+
+@pytest.fixture
+def tokens(dev_key_file: Path) -> Tokens:
+    return Tokens(UnsafeDevelopmentIssuer.from_key_file(dev_key_file, DEV_ISSUER, enabled=True))
+
+
+@pytest.fixture
+def make_gateway(
+    make_app: Callable[..., Gateway], dev_key_file: Path, tokens: Tokens
+) -> Callable[..., Any]:
+    """A gateway (settings ``overrides``) where p1 denies the doctor; closed by the caller."""
+
+    async def make(**overrides: Any) -> tuple[Gateway, httpx.AsyncClient]:
+        app = make_app(
+            auth=auth_settings(dev_key_file), consent_jurisdiction="opt-out", **overrides
+        )
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        client = httpx.AsyncClient(transport=transport, base_url="http://gateway.test")
+        provision: dict[str, Any] = {"actor": [{"reference": {"reference": DR}}]}
+        body = r5_consent("Patient/p1", "permit", provision=[provision])
+        created = await client.post("/fhir/Consent", json=body, headers=tokens.patient("p1"))
+        assert created.status_code == 201, created.text
+        return app, client
+
+    return make
+
+
+@pytest.fixture
+async def gateway(make_gateway: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
+    app, client = await make_gateway()
+    yield client
+    await client.aclose()
+    await app.aclose()
+
+
+@pytest.fixture
+def dr(tokens: Tokens) -> dict[str, str]:
+    return tokens.bearer("dr", "user/*.rs", fhir_user=DR)
+
+
+@pytest.fixture
+def p2(tokens: Tokens) -> dict[str, str]:
+    return tokens.patient("p2", "patient/*.rs")
+
+
+def ids(answer: httpx.Response) -> set[str]:
+    bundle = answer.json()
+    return {
+        f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle.get("entry", [])
+    }
+
+
+def sent(router: respx.Router, fragment: str) -> list[httpx.Request]:
+    return [c.request for c in router.calls if fragment in c.request.url.path]
+
+
+# --- $lastn: filtered like a search ----------------------------------------------------------
+
+
+async def test_lastn_releases_nothing_of_a_denying_patient(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    """The doctor asks for the last results of everyone: p1's are withheld, p2's released
+    (was: every operation but $everything refused; an unfiltered $lastn would answer all)."""
+    router.get("/Observation/$lastn").respond(
+        200, json=searchset(obs("o-p1", "Patient/p1"), obs("o-p2", "Patient/p2")), headers=JSON
+    )
+    answer = await gateway.get("/fhir/Observation/$lastn?code=718-7", headers=dr)
+    assert answer.status_code == 200
+    assert ids(answer) == {"Observation/o-p2"}
+    assert SECRET not in answer.text
+    assert "total" not in answer.json()
+
+
+async def test_lastn_of_only_a_denying_patient_is_an_empty_page_not_a_404(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    """A 404 for p1's withheld results and a 200 for a patient without any would tell the
+    doctor that p1 has matching results: both are empty searchsets."""
+    router.get("/Observation/$lastn", params={"patient": "Patient/p1"}).respond(
+        200, json=searchset(obs("o-p1", "Patient/p1")), headers=JSON
+    )
+    router.get("/Observation/$lastn", params={"patient": "Patient/p9"}).respond(
+        200, json=searchset(), headers=JSON
+    )
+    denied = await gateway.get("/fhir/Observation/$lastn?patient=Patient/p1", headers=dr)
+    missing = await gateway.get("/fhir/Observation/$lastn?patient=Patient/p9", headers=dr)
+    assert denied.status_code == missing.status_code == 200
+    assert "entry" not in denied.json()
+    assert SECRET not in denied.text
+
+
+async def test_lastn_of_a_patient_context_caller_is_pinned_to_its_compartment(
+    gateway: httpx.AsyncClient, router: respx.Router, p2: dict[str, str]
+) -> None:
+    route = router.get("/Observation/$lastn").respond(200, json=searchset(), headers=JSON)
+    answer = await gateway.get("/fhir/Observation/$lastn?code=718-7", headers=p2)
+    assert answer.status_code == 200
+    (call,) = route.calls
+    assert ("patient", "Patient/p2") in call.request.url.params.multi_items()
+
+
+async def test_a_patient_context_caller_cannot_reach_another_patient_by_operation(
+    gateway: httpx.AsyncClient, router: respx.Router, p2: dict[str, str]
+) -> None:
+    """p2's app names p1 in $lastn, $everything (both levels), $stats: nothing is forwarded."""
+    router.route().respond(200, json=searchset(obs("o-p1", "Patient/p1")), headers=JSON)
+    lastn = await gateway.get("/fhir/Observation/$lastn?patient=Patient/p1", headers=p2)
+    everything = await gateway.get("/fhir/Patient/p1/$everything", headers=p2)
+    all_everything = await gateway.get("/fhir/Patient/$everything", headers=p2)
+    stats = await gateway.get(
+        "/fhir/Observation/$stats?subject=Patient/p1&code=718-7&statistic=average", headers=p2
+    )
+    assert lastn.status_code == 403
+    assert everything.status_code == 404
+    assert all_everything.status_code == 403
+    assert stats.status_code == 404
+    assert not router.calls
+    for answer in (lastn, everything, all_everything, stats):
+        assert SECRET not in answer.text
+
+
+async def test_type_level_everything_is_filtered(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    router.get("/Patient/$everything").respond(
+        200, json=searchset(obs("o-p1", "Patient/p1"), obs("o-p2", "Patient/p2")), headers=JSON
+    )
+    answer = await gateway.get("/fhir/Patient/$everything", headers=dr)
+    assert answer.status_code == 200
+    assert ids(answer) == {"Observation/o-p2"}
+
+
+# --- $document: whole or nothing -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("doc", "status"),
+    [
+        (document("Patient/p1", obs("o-p1", "Patient/p1")), 404),
+        (document("Patient/p2", obs("o-p2", "Patient/p2"), obs("o-p1", "Patient/p1")), 404),
+        (document("Patient/p2", obs("o-p2", "Patient/p2")), 200),
+    ],
+    ids=["composition-withheld", "one-entry-withheld", "all-permitted"],
+)
+async def test_document_is_released_whole_or_not_at_all(
+    gateway: httpx.AsyncClient,
+    router: respx.Router,
+    dr: dict[str, str],
+    doc: dict[str, Any],
+    status: int,
+) -> None:
+    """A document of p1, or of p2 carrying one of p1's results, is the generic 404: a
+    document with an entry cut out misrepresents the record."""
+    router.get("/Composition/c1/$document").respond(200, json=doc, headers=JSON)
+    answer = await gateway.get("/fhir/Composition/c1/$document", headers=dr)
+    assert answer.status_code == status
+    assert SECRET not in answer.text
+    if status == 200:
+        assert len(answer.json()["entry"]) == len(doc["entry"])
+
+
+async def test_document_that_would_be_stored_is_refused(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    answer = await gateway.get("/fhir/Composition/c1/$document?persist=true", headers=dr)
+    assert answer.status_code == 403
+    assert not router.calls
+
+
+# --- $stats: only when every input may be seen ----------------------------------------------
+
+
+async def test_stats_of_a_denying_patient_is_the_generic_404_and_not_computed(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    """An average of p1's hemoglobin discloses it: the statistics are never asked for."""
+    router.get("/Observation").respond(200, json=searchset(obs("o-p1", "Patient/p1")), headers=JSON)
+    stats = router.get("/Observation/$stats").respond(200, json=STATS, headers=JSON)
+    router.get("/Observation/missing").respond(404)
+    answer = await gateway.get(
+        "/fhir/Observation/$stats?subject=Patient/p1&code=718-7&system=http://loinc.org"
+        "&statistic=average",
+        headers=dr,
+    )
+    missing = await gateway.get("/fhir/Observation/missing", headers=dr)
+    assert answer.status_code == 404
+    assert answer.content == missing.content
+    assert not stats.calls
+
+
+async def test_stats_of_a_permitting_patient_are_released(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    search = router.get("/Observation").respond(
+        200, json=searchset(obs("o-p2", "Patient/p2")), headers=JSON
+    )
+    router.get("/Observation/$stats").respond(200, json=STATS, headers=JSON)
+    answer = await gateway.get(
+        "/fhir/Observation/$stats?subject=Patient/p2&code=718-7&system=http://loinc.org"
+        "&statistic=average",
+        headers=dr,
+    )
+    assert answer.status_code == 200
+    assert answer.json() == STATS
+    (call,) = search.calls
+    params = call.request.url.params
+    assert params["patient"] == "Patient/p2"
+    assert params["code"] == "http://loinc.org|718-7"
+
+
+async def test_stats_are_withheld_when_the_upstream_mixes_in_a_denying_patient(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    """An upstream that ignores ``patient`` answers p1's result too: fail closed."""
+    router.get("/Observation").respond(
+        200, json=searchset(obs("o-p2", "Patient/p2"), obs("o-p1", "Patient/p1")), headers=JSON
+    )
+    stats = router.get("/Observation/$stats").respond(200, json=STATS, headers=JSON)
+    answer = await gateway.get(
+        "/fhir/Observation/$stats?subject=Patient/p2&code=718-7&statistic=average", headers=dr
+    )
+    assert answer.status_code == 404
+    assert not stats.calls
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("code=718-7&statistic=average", 400),
+        ("subject=Patient/p2&subject=Patient/p1&code=718-7", 400),
+        ("subject=Patient/p2,Patient/p1&code=718-7", 400),
+        ("subject=Patient/p2&statistic=average", 400),
+        ("subject=Patient/p2&code=718-7&subject.name=x", 400),
+        ("subject=Patient/p2&code=718-7&include=true", 403),
+    ],
+    ids=["no-subject", "two-subjects", "comma-subjects", "no-code", "unknown-param", "include"],
+)
+async def test_stats_that_cannot_be_vouched_for_are_refused(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str], query: str, status: int
+) -> None:
+    answer = await gateway.get(f"/fhir/Observation/$stats?{query}", headers=dr)
+    assert answer.status_code == status
+    assert not router.calls
+
+
+# --- forwarded with audit ----------------------------------------------------------------------
+
+
+async def test_terminology_is_forwarded_and_audited(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str], store: MemoryLogStore
+) -> None:
+    expansion = {
+        "resourceType": "ValueSet",
+        "status": "active",
+        "url": "http://upstream.test:8103/fhir/ValueSet/vs1",
+        "expansion": {"timestamp": "2026-01-01", "contains": [{"code": "a"}]},
+    }
+    route = router.get("/ValueSet/$expand").respond(200, json=expansion, headers=JSON)
+    before = await store.size()
+    answer = await gateway.get("/fhir/ValueSet/$expand?url=http://x/vs", headers=dr)
+    assert answer.status_code == 200
+    assert answer.json()["expansion"] == expansion["expansion"]
+    assert route.calls.last.request.url.params["url"] == "http://x/vs"
+    assert await store.size() == before + 1
+
+
+async def test_validate_posts_its_body_and_returns_the_outcome(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "information", "code": "informational"}],
+    }
+    route = router.post("/Observation/$validate").respond(200, json=outcome, headers=JSON)
+    body = obs("new", "Patient/p2")
+    answer = await gateway.post("/fhir/Observation/$validate", json=body, headers={**dr, **JSON})
+    assert answer.status_code == 200
+    assert answer.json() == outcome
+    assert b'"o-p2"' not in route.calls.last.request.content
+    assert b'"new"' in route.calls.last.request.content
+
+
+async def test_a_forwarded_answer_carrying_patient_data_is_withheld(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    """An upstream that answers a terminology call with a patient's resource (a
+    misconfiguration, or an attack through the operation's parameters)."""
+    leaky = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "x", "resource": obs("o-p1", "Patient/p1")}],
+    }
+    router.get("/CodeSystem/$lookup").respond(200, json=leaky, headers=JSON)
+    answer = await gateway.get("/fhir/CodeSystem/$lookup?code=a&system=http://s", headers=dr)
+    assert answer.status_code == 404
+    assert SECRET not in answer.text
+
+
+# --- refused ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/fhir/Patient/p1/$summary"),
+        ("POST", "/fhir/Patient/$match"),
+        ("GET", "/fhir/Patient/p1/$validate"),
+        ("GET", "/fhir/$meta"),
+        ("GET", "/fhir/Observation/o-p1/$meta"),
+    ],
+    ids=["instance-summary", "type-match", "instance-validate", "system-meta", "instance-meta"],
+)
+async def test_an_operation_not_in_the_table_is_refused_and_not_forwarded(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str], method: str, path: str
+) -> None:
+    router.route().respond(200, json=searchset(obs("o-p1", "Patient/p1")), headers=JSON)
+    body = {"resourceType": "Parameters"} if method == "POST" else None
+    answer = await gateway.request(method, path, json=body, headers=dr)
+    assert answer.status_code == 403
+    assert not router.calls
+
+
+# --- the table is configuration --------------------------------------------------------------
+
+
+async def test_a_configured_row_changes_what_passes(
+    make_gateway: Callable[..., Any], router: respx.Router, dr: dict[str, str]
+) -> None:
+    """Rows over the defaults: $lastn refused, Patient/$match filtered like a search."""
+    router.get("/Patient/$match").respond(
+        200, json=searchset(obs("o-p1", "Patient/p1"), obs("o-p2", "Patient/p2")), headers=JSON
+    )
+    app, client = await make_gateway(
+        operations={"Observation/$lastn": "refuse", "Patient/$match": "filter"}
+    )
+    lastn = await client.get("/fhir/Observation/$lastn", headers=dr)
+    match = await client.get("/fhir/Patient/$match", headers=dr)
+    await client.aclose()
+    await app.aclose()
+    assert lastn.status_code == 403
+    assert match.status_code == 200
+    assert ids(match) == {"Observation/o-p2"}
+
+
+async def test_replacing_the_defaults_refuses_what_the_table_does_not_name(
+    make_gateway: Callable[..., Any], router: respx.Router, dr: dict[str, str]
+) -> None:
+    app, client = await make_gateway(
+        operations={"CodeSystem/$lookup": "forward"}, operations_replace_defaults=True
+    )
+    everything = await client.get("/fhir/Patient/p2/$everything", headers=dr)
+    await client.aclose()
+    await app.aclose()
+    assert everything.status_code == 403
+    assert not router.calls
