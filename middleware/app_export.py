@@ -3,7 +3,7 @@ status and file endpoints :mod:`middleware.proxy.export_http`).
 
 Jobs run on the audit export's job machine (:class:`~middleware.audit.bulk.ExportJobs`) with a
 board of their own: beside a SQLite store, ``<store>.patient-exports`` (shared by the worker
-processes, owners as keyed digests under the ledger key's ``patient-export-owners`` key, the
+processes, owners as keyed digests under the ledger key's ``patient-exports`` key, the
 files' lines overwritten when deleted); with any other store, in each process's memory (only
 the process that took the kick-off serves the job).
 """
@@ -24,7 +24,7 @@ from middleware.storage.sidecar import beside
 __all__ = ["OWNER_PURPOSE", "build_exports"]
 
 #: What the job owners' digest key is derived for (not the audit export's: separate boards).
-OWNER_PURPOSE = "patient-export-owners"
+OWNER_PURPOSE = "patient-exports"
 
 
 def build_exports(

@@ -332,3 +332,32 @@ async def test_running_jobs_are_limited(
         done = await finished(client, first.headers["content-location"], backend(tokens))
         assert done.status_code == 200
     await app.aclose()
+
+
+# --- the board beside a SQLite store --------------------------------------------------------------
+
+
+async def test_jobs_beside_a_sqlite_store_live_on_their_own_board(
+    make_app: Callable[..., Gateway],
+    dev_key_file: Path,
+    upstream: respx.Router,
+    tokens: Tokens,
+    tmp_path: Path,
+) -> None:
+    """With a SQLite store the jobs and their files are on ``<store>.patient-exports`` (shared
+    by the worker processes), not on the audit export's board; the job is served from there."""
+    app = make_app(
+        auth=auth_settings(dev_key_file),
+        consent_jurisdiction="opt-out",
+        store=f"sqlite:{tmp_path / 'gw.db'}",
+    )
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    mine = backend(tokens)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
+        _, done = await export(client, "/fhir/$export?_type=Patient,Observation", mine)
+        assert done.status_code == 200, done.text
+        released = await lines(client, done.json(), mine)
+    await app.aclose()
+    assert len(released) == 6
+    assert (tmp_path / "gw.db.patient-exports").exists()
+    assert not (tmp_path / "gw.db.exports").exists()
