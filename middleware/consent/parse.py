@@ -72,6 +72,10 @@ _MEANINGS: Final[dict[str, Meaning]] = {
     "authoredby": "authoredby",
 }
 _ACT_CODE: Final = frozenset({"http://terminology.hl7.org/CodeSystem/v3-ActCode", ""})
+#: The R5-in-R4 cross-version extension for provision.expression (FHIR R5 versions.html).
+_R5_EXPRESSION_EXTENSION: Final = (
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Consent.provision.expression"
+)
 _POLICY_RULE: Final[dict[str, Effect]] = {
     "OPTIN": PERMIT,
     "OPTINR": PERMIT,
@@ -271,6 +275,11 @@ class _Builder(Reader):
             expression = self.expression(node.get("expression"), f"{path}.expression")
         else:
             expression = None
+            if any(
+                ext.get("url") == _R5_EXPRESSION_EXTENSION
+                for _, ext in items(node.get("extension"))
+            ):  # ignoring it would widen the provision; R4 defines no expression
+                self.fail(f"{path}.extension", "provision.expression is supported in R5 only")
             classes = list(self.codings(node.get("class"), f"{path}.class"))
         labels = frozenset(self.codings(node.get("securityLabel"), f"{path}.securityLabel"))
         own_conf = confidentiality_rank(labels)

@@ -216,3 +216,30 @@ def test_r4_has_no_expression() -> None:
     }
     with pytest.raises(InvalidConsent):
         parse_consent(raw, version="R4")
+
+
+def test_r4_cross_version_expression_extension_is_refused() -> None:
+    """The R5-in-R4 extension carrying an expression is not ignored (that would widen the
+    provision): such a consent is refused."""
+    url = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Consent.provision.expression"
+    raw = {
+        "resourceType": "Consent",
+        "id": "c1",
+        "status": "active",
+        "scope": {"coding": [{"code": "patient-privacy"}]},
+        "category": [{"coding": [{"code": "x"}]}],
+        "patient": {"reference": PATIENT},
+        "policyRule": {"coding": [{"code": "OPTIN"}]},
+        "provision": {
+            "type": "permit",
+            "provision": [
+                {"type": "deny", "extension": [{"url": url, "valueExpression": fhirpath("true")}]}
+            ],
+        },
+    }
+    with pytest.raises(InvalidConsent) as caught:
+        parse_consent(raw, version="R4")
+    assert (
+        "Consent.provision.provision[0].extension: provision.expression is supported in R5 only"
+        in (caught.value.issues)
+    )
