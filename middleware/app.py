@@ -495,6 +495,7 @@ def _consent_service(
         wall_clock=wall_clock,
         limits=ConsentLimits(settings.consent_max_depth, settings.consent_max_provisions),
         caller_keys=caller_keys,
+        signatures="patient-key" if settings.consent_signatures == "patient-key" else "off",
     )
 
 

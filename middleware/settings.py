@@ -91,6 +91,8 @@ class Settings:
     consent_jurisdiction: str = "opt-in"
     consent_collect_default: str = "permit"
     consent_uncovered_labels: str = "deny"
+    # "patient-key": every consent change signed by the patient's registered key (consent.signers)
+    consent_signatures: str = "off"
     # Labels on data (docs/consent-api.md, "Labels on data"): labels beyond 42CFRPart2 that
     # mark 42 CFR Part 2 data, and the notice its release carries.
     part_two_labels: str = ""
@@ -404,6 +406,8 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("consent_collect_default: expected permit or jurisdiction")
     if values.get("consent_uncovered_labels", "deny") not in ("deny", "redact"):
         problems.append("consent_uncovered_labels: expected deny or redact")
+    if values.get("consent_signatures", "off") not in ("off", "patient-key"):
+        problems.append("consent_signatures: expected off or patient-key")
     try:
         LabelRules(
             parse_labels(values.get("part_two_labels", "")), values.get("part_two_notice", "x")

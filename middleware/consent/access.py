@@ -5,7 +5,8 @@ Two kinds of caller are let in, and nobody else (403):
 * **the patient**: a patient-context token (SMART 2.x launch context ``patient`` with
   ``patient/`` scopes, :attr:`Identity.kind` ``patient``) whose scopes grant the operation's
   permission on Consent (``patient/Consent.c`` to create, ``.u`` to update or revoke, ``.r`` to
-  read, read a version, read the history or ask for an explanation, ``.s`` to search). It acts
+  read, read a version, read the history or ask for an explanation, ``.s`` to search; ``.u``
+  to register the key that signs their consents). It acts
   only on consents of its own patient, ``Patient/<launch patient>``.
 * **a consent administrator**: a token carrying the configured role (``consent-admin`` by
   default; the roles claim is set in ``[auth]``) *and* a ``user/`` or ``system/`` scope granting
@@ -39,7 +40,9 @@ __all__ = [
     "performer",
 ]
 
-Operation = Literal["create", "update", "revoke", "read", "vread", "history", "search", "explain"]
+Operation = Literal[
+    "create", "update", "revoke", "read", "vread", "history", "search", "explain", "register-key"
+]
 
 #: The SMART permission letter each operation needs on Consent.
 OPERATIONS: Final[dict[Operation, str]] = {
@@ -51,6 +54,7 @@ OPERATIONS: Final[dict[Operation, str]] = {
     "history": "r",
     "search": "s",
     "explain": "r",
+    "register-key": "u",  # the key that signs the patient's consent changes
 }
 DEFAULT_ADMIN_ROLE: Final = "consent-admin"
 #: The attempt principal's field naming a patient caller's *tag* (hex) when the attempt is on

@@ -223,6 +223,8 @@ class ConsentApi:
                 return _method(method, {"GET": "search", "POST": "create"}), None, None
             case ["$explain"]:
                 return _method(method, {"POST": "explain"}), None, None
+            case ["$register-key"]:
+                return _method(method, {"POST": "register-key"}), None, None
             case [cid]:
                 return _method(method, {"GET": "read", "PUT": "update"}), _id(cid), None
             case [cid, "$revoke"]:

@@ -1,6 +1,8 @@
 """Recording one consent change, and answering with the recorded version.
 
-:func:`commit_change` verifies a detached signature over the canonical bytes, appends the
+:func:`commit_change` verifies a detached signature over the canonical bytes (and, when the
+deployment requires it, that it is by the patient's registered key:
+:mod:`middleware.consent.signers`), appends the
 ``consent`` / ``consent-revoke`` entry (evidence: the canonical bytes; pseudonym: the
 patient's, created on the patient's first consent; leaf ``consent`` field: the entry of the
 version it supersedes), then records it in the consent store, in that order (see
@@ -20,6 +22,7 @@ from typing import Any, Final
 from middleware.consent.model import Policy
 from middleware.consent.records import canonical_consent, render_consent
 from middleware.consent.service import Call, ConsentService, Result, Trail
+from middleware.consent.signers import check_patient_signature
 from middleware.errors import UnprocessableEntity
 from middleware.fhir import jsoncodec
 from middleware.ledger.entry import NewEntry
@@ -42,13 +45,17 @@ async def commit_change(
     previous: ConsentRecord | None,
     call: Call,
     trail: Trail,
+    signed: bytes | None = None,
 ) -> ConsentRecord:
     """Append the change to the ledger, then record it in the store (module docstring of
-    :mod:`middleware.consent.service`)."""
+    :mod:`middleware.consent.service`). A signature covers ``signed`` (default: the canonical
+    bytes recorded; a create passes those of the Consent as submitted, without ``id``)."""
     data = canonical_consent(resource)
+    signed = data if signed is None else signed
+    await check_patient_signature(svc, policy.patient, call, signed)
     if call.signature is not None:
         public_key, signature = call.signature
-        if not verify_detached(public_key, data, signature):
+        if not verify_detached(public_key, signed, signature):
             raise UnprocessableEntity(
                 "X-Consent-Signature does not verify with X-Consent-Signer-Key over the "
                 "Consent's canonical bytes"
@@ -58,6 +65,8 @@ async def commit_change(
             "publicKey": base64.b64encode(public_key).decode("ascii"),
             "signature": base64.b64encode(signature).decode("ascii"),
         }
+        if signed is not data:
+            trail.signature["over"] = "submitted"  # the recorded version without its id
     store = await svc.store()
     pseudonym = await store.pseudonym_for(policy.patient, new_pseudonym())
     recorded_us = svc.now_us()

@@ -18,6 +18,8 @@ search      ``GET Consent?patient=[&status=]``       Bundle ``searchset``: each 
                                                      version; ``patient`` defaults to the
                                                      caller's own for a patient token
 explain     ``POST Consent/$explain``                the decision and its trace
+register    ``POST Consent/$register-key``           the patient's consent-signing key
+                                                     (:mod:`middleware.consent.signers`)
 ==========  =======================================  ============================================
 
 Authorization is :mod:`middleware.consent.access`. A patient's change to another patient's
@@ -25,8 +27,10 @@ consent is refused with 403; a read of one is answered 404, as if it did not exi
 read must not tell what exists, ``errors.NotFound``). ``If-Match: W/"<version>"`` on update
 and revoke must name the current version (412). A detached Ed25519 signature (``PUT`` and
 ``$revoke``) must verify over the canonical bytes that are recorded
-(:func:`~middleware.consent.records.canonical_consent`), else 422; it cannot come with a
-create, whose bytes hold an id the client does not know yet.
+(:func:`~middleware.consent.records.canonical_consent`), else 422; on a create, whose id the
+gateway assigns, over the canonical bytes of the Consent as submitted without ``id``. Ids
+beginning ``signer-key-`` are reserved for registered keys (:mod:`middleware.consent.keyrecord`):
+no operation here reaches one (404).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from middleware.consent.access import Acting, Operation, authorize, check_patien
 from middleware.consent.changes import commit_change, resource_result
 from middleware.consent.decide import Decision, TraceStep, decide
 from middleware.consent.explainio import parse_explain, render_explanation
+from middleware.consent.keyrecord import KEY_STATUS, is_key_id
 from middleware.consent.labels import purpose_refusal
 from middleware.consent.model import DENY, Policy, Provision, normalize_reference
 from middleware.consent.parse import InvalidConsent, parse_consent
@@ -50,10 +55,12 @@ from middleware.consent.principals import principal_of
 from middleware.consent.records import (
     REVOKED_STATUSES,
     bundle,
+    canonical_consent,
     is_revocation,
     revoked,
 )
 from middleware.consent.service import Call, ConsentService, Handler, Result, Trail
+from middleware.consent.signers import register_key
 from middleware.consent.summary import summarize
 from middleware.errors import (
     BadRequest,
@@ -78,18 +85,22 @@ _ETAG: Final = re.compile(r'\s*(?:W/)?"(?P<version>[^"]*)"\s*')
 
 async def create(svc: ConsentService, identity: Identity, call: Call, trail: Trail) -> Result:
     acting = _authorize(svc, identity, "create", trail)
-    if call.signature is not None:
-        raise BadRequest(
-            "a signed consent is submitted with PUT Consent/{id}: the signature covers the "
-            "consent's id, which a create assigns"
-        )
     resource = _consent_body(call.body)
+    resource.pop("id", None)  # a create assigns the id (FHIR R4 http.html#create)
+    submitted = canonical_consent(resource)  # what a create's signature covers
     resource["id"] = trail.consent_id = str(uuid.uuid4())
     policy = parse_consent(resource, limits=svc.limits)
     trail.patient = policy.patient
     check_patient(acting, policy.patient)
     record = await commit_change(
-        svc, EntryKind.CONSENT, resource, policy, previous=None, call=call, trail=trail
+        svc,
+        EntryKind.CONSENT,
+        resource,
+        policy,
+        previous=None,
+        call=call,
+        trail=trail,
+        signed=submitted,
     )
     return resource_result(svc, record, 201, location=True)
 
@@ -202,7 +213,7 @@ async def search(svc: ConsentService, identity: Identity, call: Call, trail: Tra
     assert patient is not None  # one of the two branches above
     trail.patient = patient
     check_patient(acting, patient)
-    records = await (await svc.store()).for_patient(patient)
+    records = [r for r in await (await svc.store()).for_patient(patient) if r.status != KEY_STATUS]
     if "status" in params:
         wanted = set(params["status"].split(","))
         records = [r for r in records if r.status in wanted]
@@ -260,6 +271,7 @@ HANDLERS: Final[Mapping[Operation, Handler]] = {
     "history": history,
     "search": search,
     "explain": explain,
+    "register-key": register_key,
 }
 
 
@@ -275,6 +287,8 @@ def _authorize(svc: ConsentService, identity: Identity, op: Operation, trail: Tr
 def _consent_id(call: Call) -> str:
     if call.consent_id is None:  # the router always sets it for these operations
         raise NotFound("no consent id")
+    if is_key_id(call.consent_id):  # a registered key's record, no Consent
+        raise NotFound(f"Consent/{call.consent_id} is not known (ids signer-key-* are reserved)")
     return call.consent_id
 
 

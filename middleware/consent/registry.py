@@ -76,6 +76,7 @@ import asyncio
 from collections import OrderedDict
 from typing import Final
 
+from middleware.consent.keyrecord import KEY_STATUS
 from middleware.consent.model import Policy
 from middleware.consent.parse import InvalidConsent, parse_consent
 from middleware.consent.rebuild import Outcome, record_entry
@@ -292,6 +293,8 @@ class ConsentRegistry:
         """The policy of ``record``; None for a record that does not compile and is not in
         force (only ``active`` consents are enforced, so skipping it changes no decision);
         :class:`UnreadableConsent` for one that does not compile and is ``active``."""
+        if record.status == KEY_STATUS:  # a registered signing key, no Consent (keyrecord.py)
+            return None
         policy = self._policies.get(record.ledger_index)
         if policy is not None:
             self._policies.move_to_end(record.ledger_index)

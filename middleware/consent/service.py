@@ -38,6 +38,7 @@ from middleware.auth.identity import Identity
 from middleware.consent.access import Operation, patient_caller, performer
 from middleware.consent.callers import caller_tag
 from middleware.consent.decide import Defaults
+from middleware.consent.keyrecord import SignatureMode
 from middleware.consent.limits import DEFAULT_LIMITS, ConsentLimits
 from middleware.consent.records import attempt_evidence
 from middleware.consent.registry import ConsentRegistry
@@ -144,8 +145,11 @@ class ConsentService:
         wall_clock: Callable[[], float] = time.time,
         limits: ConsentLimits = DEFAULT_LIMITS,
         caller_keys: Callable[[bytes], Awaitable[bytes]] | None = None,
+        signatures: SignatureMode = "off",
     ) -> None:
         self.ledger = ledger
+        # "patient-key": every change is signed by the patient's registered key (signers.py).
+        self.signatures: SignatureMode = signatures
         # A chain's audit evidence key, created on first use (audit.evidence.PatientKeys.key):
         # what a patient caller's tag is derived from. Without it an attempt on another
         # patient's chain names nothing of the caller.

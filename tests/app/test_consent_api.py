@@ -354,12 +354,27 @@ async def test_bad_signatures_are_refused(
     assert answer.status_code == status
 
 
-async def test_a_signature_cannot_come_with_a_create(
-    api: httpx.AsyncClient, tokens: Tokens
+async def test_a_create_is_signed_over_the_submitted_consent_without_id(
+    api: httpx.AsyncClient, tokens: Tokens, store: MemoryLogStore
 ) -> None:
+    """The id a create gets is the gateway's: the signature covers the Consent as submitted
+    without it (a client id is dropped, so it may be there or not), which is the recorded
+    version minus its id; bytes the client did not sign are refused."""
+    key = SigningKey.generate("p")
     body = r5_consent()
-    headers = {**tokens.patient("p1"), **signed(SigningKey.generate("p"), body)}
-    assert (await create(api, headers, body)).status_code == 400
+    answer = await create(api, {**tokens.patient("p1"), **signed(key, body)}, body)
+    assert answer.status_code == 201, answer.text
+    consent, attempt = (await ledger_entries(store))[-2:]
+    recorded = jsoncodec.decode(consent.evidence)
+    del recorded["id"]
+    assert canonical_consent(recorded) == canonical_consent(body)
+    assert attempt.json()["signature"]["over"] == "submitted"
+    with_id = {**body, "id": "client-chosen"}
+    answer = await create(api, {**tokens.patient("p1"), **signed(key, body)}, with_id)
+    assert answer.status_code == 201, answer.text
+    tampered = {**body, "decision": "deny"}
+    answer = await create(api, {**tokens.patient("p1"), **signed(key, body)}, tampered)
+    assert answer.status_code == 422
 
 
 # --- $explain -------------------------------------------------------------------------------

@@ -1,0 +1,186 @@
+"""Consents signed by the patient's registered key: registering it, and requiring it.
+
+**Registration** (``POST Consent/$register-key``, a ``Parameters`` with ``patient``
+(``valueReference``, ``Patient/<id>``) and ``publicKey`` (``valueBase64Binary``, a 32-byte
+Ed25519 public key)): by the patient (a patient-context token for that patient with
+``patient/Consent.u``) or a consent administrator. The first registration needs nothing else;
+a *rotation* (a key is registered already) by the patient must carry a detached signature by
+the registered (old) key over the canonical bytes of the submitted Parameters
+(``X-Consent-Signature`` / ``X-Consent-Signer-Key``, the same headers and canonical form as a
+Consent); an administrator may rotate without one (a lost key).
+
+**Where it is kept.** A registration is recorded like a consent version, so it is durable and
+rebuilt like one: a ``consent`` ledger entry on the patient's chain whose evidence is a small
+record (:func:`~middleware.consent.keyrecord.key_record`), and its row in the consent store.
+Each rotation is a new version of that record, so its history is the key's history. The
+record is not a Consent: the registry never compiles it, the Consent API never shows it, and
+no Consent may take its id. A crypto-shred of the patient erases it with their consents.
+
+**Requirement** (setting ``consent_signatures = "patient-key"``; default ``off``, where a
+signature stays optional and any key may sign): every change of a patient's consents (create,
+update, revoke), by the patient or an administrator, must carry a signature that verifies with
+that patient's registered key (:func:`check_patient_signature`), else 422. What is signed: the
+canonical bytes of the version recorded (update, revoke: they hold the consent id, so a
+signature cannot be moved to another consent, and the patient, so not to another patient);
+for a create, whose id the gateway assigns, the canonical bytes of the Consent as submitted
+without ``id`` (the recorded version minus its ``id``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from middleware.auth.identity import Identity
+from middleware.consent.access import authorize, check_patient
+from middleware.consent.keyrecord import KEY_SIZE, KEY_STATUS, key_id, key_record, registered_key
+from middleware.consent.model import normalize_reference
+from middleware.consent.records import canonical_consent
+from middleware.consent.service import Call, ConsentService, Result, Trail
+from middleware.errors import BadRequest, UnprocessableEntity
+from middleware.fhir import jsoncodec
+from middleware.ledger.entry import NewEntry
+from middleware.ledger.leaf import EntryKind, new_pseudonym
+from middleware.ledger.signing import verify_detached
+from middleware.storage.consent_base import ConsentRecord
+
+__all__ = ["check_patient_signature", "register_key"]
+
+_PATIENT_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 datatypes.html#id
+
+
+async def check_patient_signature(
+    svc: ConsentService, patient: str, call: Call, signed: bytes
+) -> None:
+    """In ``patient-key`` mode, raise 422 unless ``call`` carries a signature of ``signed``
+    by ``patient``'s registered key (checked before anything is recorded). Off: nothing."""
+    if svc.signatures != "patient-key":
+        return
+    store = await svc.store()
+    key = registered_key(await store.current(key_id(store.lookup(patient))))
+    if key is None:
+        raise UnprocessableEntity(
+            "this deployment requires consents signed by the patient's registered key, and "
+            "the patient has none: register one with POST Consent/$register-key"
+        )
+    if call.signature is None:
+        raise UnprocessableEntity(
+            "this deployment requires a consent change signed by the patient's registered "
+            "key (X-Consent-Signature, X-Consent-Signer-Key)"
+        )
+    public_key, signature = call.signature
+    if public_key != key:
+        raise UnprocessableEntity("X-Consent-Signer-Key is not the patient's registered key")
+    if not verify_detached(key, signed, signature):
+        raise UnprocessableEntity(
+            "X-Consent-Signature does not verify with the patient's registered key"
+        )
+
+
+async def register_key(svc: ConsentService, identity: Identity, call: Call, trail: Trail) -> Result:
+    """``POST Consent/$register-key`` (see the module docstring): 201 on a first
+    registration, 200 on a rotation; the answer is a Parameters naming the patient, the key
+    and the record's version."""
+    acting = authorize(identity, "register-key", admin_role=svc.admin_role)
+    trail.acting_as = acting.as_
+    params = _parameters(call.body)
+    patient, public_key = _patient(params), _public_key(params)
+    trail.patient = patient
+    check_patient(acting, patient)
+    store = await svc.store()
+    lookup = store.lookup(patient)
+    trail.consent_id = kid = key_id(lookup)
+    current = await store.current(kid)
+    old = registered_key(current)
+    if old is not None and acting.as_ == "patient":  # an administrator may replace a lost key
+        _check_rotation(old, call, canonical_consent(params))
+    data = canonical_consent(key_record(patient, lookup, public_key))
+    pseudonym = await store.pseudonym_for(patient, new_pseudonym())
+    recorded_us = svc.now_us()
+    entry = NewEntry.create(
+        EntryKind.CONSENT,
+        data,
+        recorded_us=recorded_us,
+        pseudonym=pseudonym,
+        consent=None if current is None else current.ledger_index,
+    )
+    index = await svc.ledger.append(entry)
+    record = await store.record(
+        ConsentRecord(
+            ledger_index=index,
+            consent_id=kid,
+            patient=patient,
+            status=KEY_STATUS,
+            revoked=False,
+            recorded_us=recorded_us,
+            data=data,
+        )
+    )
+    trail.consent_entry, trail.version = index, record.version
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "patient", "valueReference": {"reference": patient}},
+            {"name": "publicKey", "valueBase64Binary": base64.b64encode(public_key).decode()},
+            {"name": "version", "valueInteger": record.version},
+        ],
+    }
+    return (201 if current is None else 200), [], jsoncodec.encode(body)
+
+
+def _check_rotation(old: bytes, call: Call, signed: bytes) -> None:
+    if call.signature is None:
+        raise UnprocessableEntity(
+            "a key is registered: a rotation by the patient is signed by the registered key "
+            "(X-Consent-Signature, X-Consent-Signer-Key over the canonical Parameters)"
+        )
+    public_key, signature = call.signature
+    if public_key != old or not verify_detached(old, signed, signature):
+        raise UnprocessableEntity(
+            "the rotation is not signed by the patient's registered key over the canonical "
+            "bytes of the Parameters"
+        )
+
+
+def _parameters(body: bytes) -> Mapping[str, Any]:
+    try:
+        given = jsoncodec.decode(body) if body else None
+    except jsoncodec.DecodeError as exc:
+        raise BadRequest("the body is not valid JSON") from exc
+    if not isinstance(given, Mapping) or given.get("resourceType") != "Parameters":
+        raise BadRequest("$register-key takes a Parameters resource (patient, publicKey)")
+    return given
+
+
+def _param(params: Mapping[str, Any], name: str, value_key: str) -> object:
+    found = [
+        p.get(value_key)
+        for p in params.get("parameter") or ()
+        if isinstance(p, Mapping) and p.get("name") == name
+    ]
+    if len(found) != 1 or found[0] is None:
+        raise UnprocessableEntity(f"Parameters.parameter {name} ({value_key}): exactly one")
+    return found[0]
+
+
+def _patient(params: Mapping[str, Any]) -> str:
+    ref = _param(params, "patient", "valueReference")
+    literal = ref.get("reference") if isinstance(ref, Mapping) else None
+    patient = normalize_reference(literal) if isinstance(literal, str) else ""
+    if not patient.startswith("Patient/") or not _PATIENT_ID.fullmatch(patient[8:]):
+        raise UnprocessableEntity("Parameters.parameter patient: a reference Patient/<id>")
+    return patient
+
+
+def _public_key(params: Mapping[str, Any]) -> bytes:
+    value = _param(params, "publicKey", "valueBase64Binary")
+    try:
+        key = base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise UnprocessableEntity("Parameters.parameter publicKey: not base64") from exc
+    if len(key) != KEY_SIZE:
+        raise UnprocessableEntity("Parameters.parameter publicKey: an Ed25519 key is 32 bytes")
+    return key
