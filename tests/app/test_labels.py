@@ -228,3 +228,38 @@ async def test_explain_names_the_purpose_labels_that_withhold(
     assert refused.json()["effect"] == "deny"
     assert "purposes of use TREAT" in refused.json()["trace"][-1]["reason"]
     assert permitted.json()["effect"] == "permit"
+
+
+async def test_a_search_page_carries_the_notice_on_the_part2_resource_only(
+    gateway: Any, router: respx.Router, tokens: Tokens
+) -> None:
+    page = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [
+            {"resource": observation("o1", security=[PART2]), "search": {"mode": "match"}},
+            {"resource": observation("o2"), "search": {"mode": "match"}},
+        ],
+    }
+    router.get("/Observation").respond(200, json=page, headers=FHIR_JSON)
+    actor = [{"reference": {"reference": DR}}]
+    # R5: deny, except dr (everything unlabelled), and dr for the Part 2 data by name.
+    consent = r5_consent(
+        "Patient/p1",
+        "deny",
+        provision=[{"actor": actor}, {"actor": actor, "securityLabel": [PART2]}],
+    )
+    async with gateway(consent_jurisdiction="opt-in") as client:
+        created = await client.post("/fhir/Consent", json=consent, headers=tokens.patient("p1"))
+        assert created.status_code == 201, created.text
+        answer = await client.get(
+            "/fhir/Observation", params={"subject": "Patient/p1"}, headers=dr(tokens)
+        )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    released = {e["resource"]["id"]: e["resource"] for e in body["entry"]}
+    assert set(released) == {"o1", "o2"}
+    assert released["o1"]["meta"]["extension"][0]["url"] == DISPLAY_URL
+    assert "meta" not in released["o2"]
+    # DS4P: no privacy-revealing refrain code on the Bundle itself.
+    assert "NORDSCLCD" not in str(body.get("meta", {}))
