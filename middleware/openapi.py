@@ -93,6 +93,18 @@ def openapi_document(base_path: str, *, development_issuer: bool = False) -> dic
                 media=(_FHIR, _JSON),
             ),
         },
+        f"{base}/Consent/$register-key": {
+            "post": _op(
+                "register-key",
+                "Register or rotate the patient's consent-signing Ed25519 key (Parameters: "
+                "patient, publicKey)",
+                201,
+                "Parameters",
+                _WRITE_ERRORS,
+                body="Parameters",
+                also={200: "Parameters"},
+            ),
+        },
         f"{base}/Consent/{{id}}": {
             "parameters": [_path("id", "Consent id (FHIR id)", _ID)],
             "get": _op("read", "The current version", 200, "Consent", _READ_ERRORS),

@@ -58,8 +58,10 @@ CONSENT_CAPABILITY: Final[Mapping[str, Any]] = {
     "documentation": (
         "Served by the gateway itself, never forwarded. Also: POST Consent/[id]/$revoke "
         "(records the current version as inactive) and POST Consent/$explain (the decision "
-        "for a request and its trace). Updates and $revoke take If-Match and an optional "
-        "detached Ed25519 signature (X-Consent-Signature, X-Consent-Signer-Key)."
+        "for a request and its trace). Updates and $revoke take If-Match; changes take a "
+        "detached Ed25519 signature (X-Consent-Signature, X-Consent-Signer-Key), required "
+        "by the patient's key registered with POST Consent/$register-key when the "
+        "deployment asks for it."
     ),
     "interaction": [
         {"code": "read"},
