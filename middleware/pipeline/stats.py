@@ -10,9 +10,13 @@ releases it only when it can vouch for every input, and fails closed otherwise:
    the operation does not define is a 400 (its meaning upstream is unknown), ``include=true``
    (which would return the Observations themselves) a 403. A patient-context caller naming
    another patient gets the generic 404.
-2. Before forwarding, every Observation of that patient with the asked codes is fetched with
-   an ordinary search (``Observation?patient=...&code=...``, any date: a superset of what a
-   ``period`` or ``duration`` selects) and judged as a search answer would be. One withheld
+2. Before forwarding, an Observation of that patient with the asked codes and nothing else
+   (no id, label or date) is judged: a consent that keeps this caller from the patient's
+   Observations at all answers 404 even when the patient has none (else a 200 counting
+   nothing would tell the caller so, and a 404 that there are some). Then every Observation
+   of that patient with the asked codes is fetched with an ordinary search
+   (``Observation?patient=...&code=...``, any date: a superset of what a ``period`` or
+   ``duration`` selects) and judged as a search answer would be. One withheld
    or redacted Observation, a result the gateway cannot read, or more than
    :data:`MAX_PAGES` pages, and the answer is the generic 404 a denied read gets.
 3. Only then is ``$stats`` forwarded, and its answer released like a forwarded operation's
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 
 from middleware.errors import BadRequest, Forbidden, UpstreamError
 from middleware.pipeline.caller import ACTION_ACCESS
@@ -83,10 +87,14 @@ class Stats:
 
     async def _vouch(self, ask: Ask, patient: str, codes: list[str]) -> None:
         """Judge every Observation of ``patient`` with ``codes``; 404 unless all released."""
-        query = [("patient", patient), ("code", ",".join(codes)), ("_count", str(PAGE_SIZE))]
-        link: str | None = f"Observation?{encode_params(query)}"
         trail = ask.trail
         withheld, redacted = trail.withheld, trail.redacted
+        probe = _probe(patient, codes)
+        judge = await self.judging.judge(ask.caller, ACTION_ACCESS, probe, trail)
+        if not judge.allowed(probe) or trail.withheld != withheld or trail.redacted != redacted:
+            raise not_found()
+        query = [("patient", patient), ("code", ",".join(codes)), ("_count", str(PAGE_SIZE))]
+        link: str | None = f"Observation?{encode_params(query)}"
         for _ in range(MAX_PAGES):
             if link is None:
                 return
@@ -119,6 +127,21 @@ def _patient(params: list[tuple[str, str]]) -> str:
     if not _ID.fullmatch(rid):
         raise BadRequest("$stats subject must be Patient/<id>")
     return f"Patient/{rid}"
+
+
+def _probe(patient: str, codes: list[str]) -> dict[str, Any]:
+    """The least an Observation of ``patient`` with ``codes`` can be (FHIR R4 Observation:
+    ``status``, ``code``, here ``subject``), for the consent question asked before any data."""
+    codings = []
+    for token in codes:
+        system, bar, code = token.rpartition("|")
+        codings.append({"system": system, "code": code} if bar and system else {"code": code})
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": codings},
+        "subject": {"reference": patient},
+    }
 
 
 def _codes(params: list[tuple[str, str]]) -> list[str]:

@@ -254,6 +254,20 @@ async def test_stats_of_a_denying_patient_is_the_generic_404_and_not_computed(
     assert not stats.calls
 
 
+async def test_stats_of_a_denying_patient_without_results_is_the_same_404(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    """p1 has no such result: a 200 counting nothing would tell the doctor so (and a 404 that
+    p1 has some); the consent alone answers."""
+    router.get("/Observation").respond(200, json=searchset(), headers=JSON)
+    stats = router.get("/Observation/$stats").respond(200, json=STATS, headers=JSON)
+    answer = await gateway.get(
+        "/fhir/Observation/$stats?subject=Patient/p1&code=718-7&statistic=count", headers=dr
+    )
+    assert answer.status_code == 404
+    assert not stats.calls
+
+
 async def test_stats_of_a_permitting_patient_are_released(
     gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
 ) -> None:
