@@ -277,6 +277,9 @@ async def test_a_job_is_served_only_to_its_principal(
     assert (await gateway.get(location, headers=mine)).status_code == 200
     unknown = location[:-32] + "0" * 32
     assert (await gateway.get(unknown, headers=mine)).status_code == 404
+    assert (await gateway.get(f"{file_url[:-2]}/99", headers=mine)).status_code == 404
+    assert (await gateway.get("/fhir/$export-status/not-a-job", headers=mine)).status_code == 404
+    assert (await gateway.put(location, headers=mine)).status_code == 405
     assert (await gateway.get(location)).status_code == 401
 
 
