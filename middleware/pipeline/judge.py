@@ -52,6 +52,7 @@ __all__ = [
     "Judge",
     "Trail",
     "compartment_of",
+    "may_hold_inline",
     "needs_walk",
     "patients_in",
     "references_of",
@@ -221,9 +222,15 @@ def needs_walk(raw: bytes | None, policies: Iterable[Sequence[Policy]]) -> bool:
     CPU). Without the bytes (a write's body, already parsed), always. The bytes are searched
     for the URL's last segment (JSON may escape its slashes) and for any ``\\u`` escape (which
     could spell it otherwise): either means walk."""
-    if raw is None or _INLINE_MARK in raw or _has_escape(raw):
+    if may_hold_inline(raw):
         return True
     return any(_reads_references(policy.root) for group in policies for policy in group)
+
+
+def may_hold_inline(raw: bytes | None) -> bool:
+    """Whether an answer's bytes (None: unknown) could hold a DS4P inline security label
+    (see :func:`needs_walk`)."""
+    return raw is None or _INLINE_MARK in raw or _has_escape(raw)
 
 
 def _has_escape(raw: bytes) -> bool:
@@ -299,6 +306,9 @@ class Judge:
     seen: dict[int, PatientRefs] = field(default_factory=dict)
     #: Whether summaries walk every element (see :func:`needs_walk`).
     walk: bool = True
+    #: Whether the document may hold inline labels (:func:`may_hold_inline`): only then are
+    #: released resources searched for inline 42 CFR Part 2 labels.
+    inline: bool = True
     #: Consent decisions already made (the gateway's, shared by its exchanges); a Judge
     #: without one, or with one made for other defaults, keeps its own.
     decisions: DecisionCache | None = None
@@ -342,7 +352,7 @@ class Judge:
             resource.clear()
             resource.update(redacted)
             self.trail.redact()
-        if (part2 or self.walk) and not self._part2_released(resource, refs):
+        if (part2 or self.inline) and not self._part2_released(resource, refs):
             return self._withhold()
         rid = resource.get("id")
         self.trail.release(references_of(refs), f"{rtype}/{rid}" if isinstance(rid, str) else None)
@@ -397,7 +407,7 @@ class Judge:
         meta = resource.get("meta")
         security = meta.get("security") if isinstance(meta, dict) else None
         if screen(security, self.caller.purposes, rules) is not Screen.PART2 and not (
-            self.walk and has_part2_inline(resource, rules)
+            self.inline and has_part2_inline(resource, rules)
         ):
             return True
         if refs.kind is not Kind.PATIENT_DATA or refs.unresolved:

@@ -20,7 +20,7 @@ from middleware.consent.model import Coding, Policy
 from middleware.fhir.compartment import PatientRefs
 from middleware.pipeline.breakglass import BreakGlass, forbids_break_glass
 from middleware.pipeline.caller import ACTION_ACCESS, Caller
-from middleware.pipeline.judge import Judge, Trail, needs_walk, patients_in
+from middleware.pipeline.judge import Judge, Trail, may_hold_inline, needs_walk, patients_in
 from middleware.pipeline.memberships import Memberships
 
 __all__ = ["Judging", "PolicySource"]
@@ -89,6 +89,7 @@ class Judging:
             trail=trail,
             seen=seen,
             walk=needs_walk(raw, policies.values()),
+            inline=may_hold_inline(raw),
             decisions=self.decisions,
         )
 

@@ -16,6 +16,7 @@ import respx
 from middleware.app import Gateway
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.consent.labels import ACT_CODE, DEFAULT_PART2_NOTICE, DISPLAY_URL
+from middleware.consent.summary import INLINE_LABEL_URL
 from tests.app.consenting import (
     ACT_REASON,
     DEV_ISSUER,
@@ -263,3 +264,22 @@ async def test_a_search_page_carries_the_notice_on_the_part2_resource_only(
     assert "meta" not in released["o2"]
     # DS4P: no privacy-revealing refrain code on the Bundle itself.
     assert "NORDSCLCD" not in str(body.get("meta", {}))
+
+
+async def test_an_element_labelled_part2_inline_marks_the_resource_it_is_released_in(
+    gateway: Any, router: respx.Router, tokens: Tokens
+) -> None:
+    inline = {"url": INLINE_LABEL_URL, "valueCoding": PART2}
+    resource = {**observation(), "note": [{"text": "program note", "extension": [inline]}]}
+    router.get("/Observation/o1").respond(200, json=resource, headers=FHIR_JSON)
+    async with gateway(consent_jurisdiction="opt-out") as client:
+        withheld = await client.get("/fhir/Observation/o1", headers=dr(tokens))
+        created = await client.post(
+            "/fhir/Consent", json=naming_part2(), headers=tokens.patient("p1")
+        )
+        assert created.status_code == 201, created.text
+        answer = await client.get("/fhir/Observation/o1", headers=dr(tokens))
+    assert withheld.status_code == 404
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["note"][0]["text"] == "program note"
+    assert answer.json()["meta"]["extension"][0]["url"] == DISPLAY_URL
