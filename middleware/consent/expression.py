@@ -22,7 +22,10 @@ What is accepted (:func:`compile_expression`, problems become a 422 at consent w
   (regular expressions from the consent run against data: catastrophic backtracking),
   ``trace`` (would log data), ``resolve``/``memberOf`` (need I/O), ``power``/``exp`` (huge
   numbers), and every ``%`` environment variable (a criterion that restarts from the root
-  would iterate the whole resource per item). Nesting is bounded by :data:`MAX_DEPTH`.
+  would iterate the whole resource per item). Arithmetic: ``*``, ``/``, ``div``, ``mod`` are
+  refused and ``+``, ``-``, ``&`` need a quantity literal operand (``now() - 2 years``): with
+  ``$this`` on both sides, nested or chained ``select``/``where`` would double a string or
+  square a number per step (2^50 after 50 steps). Nesting is bounded by :data:`MAX_DEPTH`.
 * Evaluation is further bounded by the resource: one with more than :data:`MAX_NODES` JSON
   nodes is not evaluated (the answer is *unknown*).
 
@@ -89,6 +92,7 @@ ALLOWED_FUNCTIONS: Final = frozenset(
 _REFUSED_NODES: Final = {
     "UnionExpression": "the '|' union is not supported",
     "ExternalConstantTerm": "environment variables (%name) are not supported",
+    "MultiplicativeExpression": "*, /, div and mod are not supported",
 }
 _MODEL: Final = models["r5"]
 
@@ -177,6 +181,8 @@ def _refused(node: Mapping[str, Any], depth: int) -> str | None:
     kind = node.get("type")
     if kind in _REFUSED_NODES:
         return _REFUSED_NODES[str(kind)]
+    if kind == "AdditiveExpression" and not any(map(_quantity_literal, node.get("children", ()))):
+        return "+, - and & are supported only with a quantity literal (now() - 2 years)"
     if kind == "Functn":
         name = next(
             (c.get("text") for c in node.get("children", ()) if c.get("type") == "Identifier"), None
@@ -189,6 +195,14 @@ def _refused(node: Mapping[str, Any], depth: int) -> str | None:
             if found:
                 return found
     return None
+
+
+def _quantity_literal(node: Mapping[str, Any]) -> bool:
+    """Whether ``node`` is a quantity literal term (``2 years``, ``5 'mg'``)."""
+    while node.get("type") in ("TermExpression", "LiteralTerm"):
+        children = node.get("children") or [{}]
+        node = children[0]
+    return node.get("type") == "QuantityLiteral"
 
 
 def _within(value: object, budget: int) -> bool:

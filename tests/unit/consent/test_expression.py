@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import pytest
@@ -127,6 +128,15 @@ def test_expression_decides(raw: dict[str, Any], resource: dict[str, Any], effec
     assert judge(raw, resource) == effect
 
 
+def test_date_arithmetic_with_a_quantity_is_accepted() -> None:
+    recent = fhirpath("Observation.issued > now() - 2 years")
+    raw = r5("deny", {"expression": recent})
+    # FHIRPath now() is the time of evaluation (the library's clock), not the decision's
+    recently = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert judge(raw, {**FINAL_OBS, "issued": recently}) == "permit"
+    assert judge(raw, {**FINAL_OBS, "issued": "2001-05-01T00:00:00Z"}) == "deny"
+
+
 def test_trace_names_the_expression() -> None:
     summary = summarize(FINAL_OBS, patients=[PATIENT])
     policy = parse_consent(r5("deny", {"expression": fhirpath(IS_FINAL)}))
@@ -187,6 +197,14 @@ REFUSED: Final = [
     ("unknown-function", fhirpath("foo(1)"), "foo() is not supported"),
     ("env-variable", fhirpath("%resource.status = 'final'"), "environment variables"),
     ("union", fhirpath("(status | status).exists()"), "union"),
+    # a value doubled or squared per step: 2^50 characters or digits after 50 steps
+    (
+        "concat-doubling",
+        fhirpath("status.select($this & $this).select($this & $this).exists()"),
+        "+, - and &",
+    ),
+    ("plus-doubling", fhirpath("status.select($this + $this).exists()"), "+, - and &"),
+    ("squaring", fhirpath("(2).select($this * $this).exists()"), "*, /"),
 ]
 
 
