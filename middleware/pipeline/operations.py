@@ -7,12 +7,14 @@
 - ``filter:bundle`` (``$everything``, ``$lastn``): the answer is released like a search's
   (:mod:`~middleware.pipeline.release`: every resource judged, paging links sealed into
   cursors). ``Patient/[id]/$everything`` of another patient is the generic 404 for a
-  patient-context caller, and an all-withheld instance answer is the record's 404. At type
-  or system level a patient-context caller's ``$lastn`` (whose parameters are Observation
-  search parameters, R4 observation-operation-lastn) goes through the search guards and is
-  pinned to its compartment (:func:`~middleware.pipeline.guards.pin_patient`); any other
-  type-level operation is refused to it (it cannot be narrowed). An all-withheld type-level
-  answer is an empty searchset, as a search's is: a 404 there would tell matches exist.
+  patient-context caller, and an all-withheld instance answer is the record's 404.
+  ``$lastn``, whose parameters are Observation search parameters (R4
+  observation-operation-lastn), is treated as a search: search guards, ``_summary`` and
+  ``_elements`` applied after judging whole resources (:mod:`~middleware.pipeline.subset`),
+  and a patient-context caller's query pinned to its compartment
+  (:func:`~middleware.pipeline.guards.pin_patient`); any other type- or system-level
+  operation is refused to a patient-context caller (it cannot be narrowed). An all-withheld
+  type-level answer is an empty searchset, as a search's is: a 404 would tell matches exist.
 - ``filter:document`` (``Composition/[id]/$document``): released whole or not at all. A
   withheld Composition, or any withheld or redacted entry, is the generic 404: a document
   with entries missing or cut misrepresents the record it attests (R4 documents.html: the
@@ -48,6 +50,7 @@ from middleware.pipeline.paging import Page, Pager, cursor_of
 from middleware.pipeline.params import decode_params, encode_params
 from middleware.pipeline.release import Release, accept_of, read_failure
 from middleware.pipeline.stats import Stats
+from middleware.pipeline.subset import split_subset
 from middleware.proxy.rewrite import Rebaser
 
 __all__ = ["Operations", "holds_patient_data"]
@@ -111,6 +114,11 @@ class Operations:
         params = _query_only(ask)
         token = cursor_of(params)
         client = [(n, v) for n, v in params if n != CURSOR_PARAM]
+        subset = None
+        if request.operation in _SEARCH_LIKE:
+            # Judged on whole resources, cut after (as a search: pipeline.subset): an
+            # ``_elements`` without ``subject`` would leave the judge no patient to ask about.
+            subset, client = split_subset(client)
         if request.level is Level.INSTANCE:
             if (
                 own is not None
@@ -132,7 +140,9 @@ class Operations:
         up = await ask.forward("GET", page.sent, client_headers=False, headers=accept_of(ask))
         if up.status >= 400:
             raise read_failure(up, ask)
-        return await self.releasing.release(released_as, up, paging=paging, status=200, page=page)
+        return await self.releasing.release(
+            released_as, up, paging=paging, subset=subset, status=200, page=page
+        )
 
     def _narrow(self, ask: Ask, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """A type- or system-level filtered operation's query: search guards for search-like

@@ -155,6 +155,23 @@ async def test_lastn_of_only_a_denying_patient_is_an_empty_page_not_a_404(
     assert SECRET not in denied.text
 
 
+async def test_lastn_elements_are_applied_after_judging_whole_resources(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    """``_elements=code`` sent upstream would strip ``subject``: the judge would find no
+    patient and withhold p2's result (or, with unknown patients allowed, release p1's)."""
+    route = router.get("/Observation/$lastn").respond(
+        200, json=searchset(obs("o-p1", "Patient/p1"), obs("o-p2", "Patient/p2")), headers=JSON
+    )
+    answer = await gateway.get("/fhir/Observation/$lastn?_elements=code", headers=dr)
+    assert answer.status_code == 200
+    assert ids(answer) == {"Observation/o-p2"}
+    (resource,) = [e["resource"] for e in answer.json()["entry"]]
+    assert "note" not in resource
+    assert "code" in resource
+    assert "_elements" not in dict(route.calls.last.request.url.params.multi_items())
+
+
 async def test_lastn_of_a_patient_context_caller_is_pinned_to_its_compartment(
     gateway: httpx.AsyncClient, router: respx.Router, p2: dict[str, str]
 ) -> None:
