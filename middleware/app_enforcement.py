@@ -65,6 +65,9 @@ def _guards(settings: Settings) -> GuardPolicy:
         sensitive_sort=frozenset(
             p.strip() for p in settings.sensitive_sort_params.split(",") if p.strip()
         ),
+        count_max_resources=settings.count_max_resources,
+        count_max_pages=settings.count_max_pages,
+        count_page_size=settings.count_page_size,
     )
 
 

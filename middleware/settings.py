@@ -108,6 +108,10 @@ class Settings:
     unknown_patient_allowed_for: str = ""
     inference_guards_for: str = "patient"
     sensitive_sort_params: str = ""
+    # Counts answered by the gateway (pipeline.counting): upstream matches and pages walked.
+    count_max_resources: int = 10_000
+    count_max_pages: int = 100
+    count_page_size: int = 1_000
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int = 10_000
@@ -461,6 +465,13 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("export_keep_seconds: expected more than 0")
     if not 1 <= values.get("audit_max_count", 200) <= 1000:
         problems.append("audit_max_count: expected 1..1000")
+    for bound, usual, most in (
+        ("count_max_resources", 10_000, 10_000_000),
+        ("count_max_pages", 100, 100_000),
+        ("count_page_size", 1_000, 10_000),
+    ):
+        if not 1 <= values.get(bound, usual) <= most:
+            problems.append(f"{bound}: expected 1..{most}")
     try:
         parse_networks(values.get("metrics_clients", DEFAULT_METRICS_CLIENTS))
     except ValueError as exc:

@@ -15,7 +15,9 @@
   pinned to its compartment (:func:`~middleware.pipeline.guards.pin_patient`; a system-level
   search cannot be and is refused); ``_summary``/``_elements`` are taken off the upstream
   query and applied after judging full resources (:mod:`~middleware.pipeline.subset`); the
-  answer is released like a read's (``Bundle.total`` stripped, pages refilled); paging links
+  answer is released like a read's (the upstream's ``Bundle.total`` stripped, pages
+  refilled); ``_summary=count``, ``_count=0`` and ``_total`` are answered by counting what
+  the caller may see (:mod:`~middleware.pipeline.counting`); paging links
   become sealed cursors bound to the caller, its purposes and the query
   (:mod:`~middleware.pipeline.cursor`), and a redeemed cursor's page is judged again.
 - **history of a type or the system**: filtered like a search; refused to patient-context
@@ -42,9 +44,10 @@ from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
 from middleware.fhir.request import Interaction
 from middleware.pipeline.breakglass import BreakGlass
 from middleware.pipeline.caller import check_interaction
+from middleware.pipeline.counting import Counter, has_total, total_answer, without_total
 from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec
 from middleware.pipeline.exchange import Answer, Ask, not_found
-from middleware.pipeline.guards import GuardPolicy, check_search, pin_patient
+from middleware.pipeline.guards import Family, GuardPolicy, check_search, count_family, pin_patient
 from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.pipeline.judging import Judging, PolicySource
 from middleware.pipeline.mapper import Mapper
@@ -189,21 +192,41 @@ class Flow:
         client = [(n, v) for n, v in params if n != CURSOR_PARAM]
         paging = self.pager.paging(path, client)
         subset, rest = split_subset(client)
-        check_search(rest, caller_kind=caller.context, sees_everything=False, policy=self.guards)
+        counted = count_family(rest)  # answered by counting what may be released (counting.py)
+        check_search(
+            rest,
+            caller_kind=caller.context,
+            sees_everything=False,
+            policy=self.guards,
+            counted=True,
+        )
         _refuse_gateway_types(rest)
-        if token is not None:
-            page = self.pager.redeem(ask.caller, token, paging)
-        else:
-            target = _target(
-                path, self.map_search(ask, request.resource_type, self._narrow(ask, rest))
-            )
-            page = Page(target)
+        query: list[tuple[str, str]] = []
+        if token is None or counted is not None:
+            query = self.map_search(ask, request.resource_type, self._narrow(ask, rest))
+        page = (
+            Page(_target(path, without_total(query)))
+            if token is None
+            else self.pager.redeem(caller, token, paging)
+        )
+        counter = Counter(
+            self.judging,
+            rebaser=self.rebaser,
+            pager=self.pager,
+            policy=self.guards,
+            mapper=self.mapper,
+        )
+        if counted is Family.COUNT:
+            return await counter.answer(ask, path, query)
         up = await ask.forward("GET", page.sent, client_headers=False, headers=accept_of(ask))
         if up.status >= 400:
             raise read_failure(up, ask)
-        return await self.releasing.release(
-            ask, up, paging=paging, subset=subset, status=200, page=page
+        answer = await self.releasing.release(
+            ask, up, paging=paging, subset=subset, status=200, page=page, first=token is None
         )
+        if counted is Family.TOTAL and not has_total(answer):  # a whole first page has it
+            return total_answer(answer, await counter.count(ask, path, query))
+        return answer
 
     async def _operation(self, ask: Ask) -> Answer:
         return await self.operations.run(ask)

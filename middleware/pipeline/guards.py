@@ -23,9 +23,13 @@ family         what it is, and why it leaks
 =============  ==============================================================================
 
 By default patient-context callers are refused every inference family and user and system
-callers none (:class:`GuardPolicy`); ``count`` and ``_total`` are refused to every caller that
-is not allowed to see everything. ``_sort`` is refused only by a param listed as sensitive; the
-list is empty by default, so ``_sort`` is allowed until an operator names sensitive params.
+callers none (:class:`GuardPolicy`). ``count`` and ``_total`` are not forwarded to anyone who
+does not see everything: a search the gateway answers itself (``check_search(counted=True)``)
+answers them by counting what the caller may see (:mod:`~middleware.pipeline.counting`, bounded
+by :attr:`GuardPolicy.count_max_resources` and :attr:`GuardPolicy.count_max_pages`); where the
+query would reach the upstream as sent (a search inside a forwarded transaction) they are
+refused. ``_sort`` is refused only by a param listed as sensitive; the list is empty by
+default, so ``_sort`` is allowed until an operator names sensitive params.
 Refusals are :class:`~middleware.errors.Forbidden` naming the family, never the value.
 
 :func:`pin_patient` narrows a patient-context type search to the caller's own compartment.
@@ -49,6 +53,7 @@ __all__ = [
     "Family",
     "GuardPolicy",
     "check_search",
+    "count_family",
     "families_of",
     "pin_patient",
 ]
@@ -94,6 +99,7 @@ _NAMED: Final = {
     "_query": Family.QUERY,
 }
 _COUNTS: Final = frozenset({Family.COUNT, Family.TOTAL})
+_COUNT_NAMES: Final = frozenset({"_summary", "_count", "_total"})
 _FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
@@ -105,8 +111,13 @@ class GuardPolicy:
     all three: unknown means most restricted. :attr:`Family.SORT` in a set refuses ``_sort`` by
     a param of ``sensitive_sort`` (e.g. ``{"birthdate"}``), in either direction. With
     ``refuse_counts`` (the default) ``count`` and ``_total`` are refused to every caller that
-    does not see everything, whatever its kind; a set that names them refuses them even to
-    callers that see everything.
+    does not see everything, whatever its kind, unless the gateway counts them itself
+    (``counted``); a set that names them refuses them even then, and even to callers that see
+    everything.
+
+    A count the gateway makes walks at most ``count_max_resources`` upstream matches (hidden
+    ones included) over at most ``count_max_pages`` upstream pages of ``count_page_size``;
+    beyond either it answers 422 ``too-costly`` (:mod:`~middleware.pipeline.counting`).
     """
 
     patient: frozenset[Family] = DEFAULT_PATIENT_REFUSED
@@ -114,12 +125,18 @@ class GuardPolicy:
     system: frozenset[Family] = frozenset()
     sensitive_sort: frozenset[str] = frozenset()
     refuse_counts: bool = True
+    count_max_resources: int = 10_000
+    count_max_pages: int = 100
+    count_page_size: int = 1_000
 
-    def refused(self, caller_kind: str, *, sees_everything: bool) -> frozenset[Family]:
-        """The families refused to a caller of ``caller_kind``."""
+    def refused(
+        self, caller_kind: str, *, sees_everything: bool, counted: bool = False
+    ) -> frozenset[Family]:
+        """The families refused to a caller of ``caller_kind`` (``counted``: the gateway
+        answers ``count`` and ``_total`` itself)."""
         by_kind = {"patient": self.patient, "user": self.user, "system": self.system}
         families = by_kind.get(caller_kind, self.patient | self.user | self.system)
-        if self.refuse_counts and not sees_everything:
+        if self.refuse_counts and not sees_everything and not counted:
             return families | _COUNTS
         return families
 
@@ -161,11 +178,14 @@ def check_search(
     caller_kind: str,
     sees_everything: bool,
     policy: GuardPolicy,
+    counted: bool = False,
 ) -> None:
     """Raise :class:`Forbidden` when a search parameter (decoded ``(name, value)`` pairs) is in
     a family ``policy`` refuses to this caller; the message names the family, never a value.
+    ``counted``: the caller answers ``count`` and ``_total`` by counting what may be released
+    (:mod:`~middleware.pipeline.counting`), so they are not refused for being counts.
     Returns ``None`` when the search may go on."""
-    refused = policy.refused(caller_kind, sees_everything=sees_everything)
+    refused = policy.refused(caller_kind, sees_everything=sees_everything, counted=counted)
     if not refused:
         return
     for name, value in params:
@@ -173,6 +193,21 @@ def check_search(
         if hit:
             family = min(hit)  # deterministic when one parameter is in several families
             raise Forbidden(f"search parameters of the {family} family are not allowed here")
+
+
+def count_family(params: Sequence[tuple[str, str]]) -> Family | None:
+    """What a search asks to be counted: :attr:`Family.COUNT` (``_summary=count`` or
+    ``_count=0``: the number alone), :attr:`Family.TOTAL` (``_total=accurate|estimate``: a
+    page and the number), or None. Read as :func:`families_of` reads them (loosely), so that
+    whatever the guard sees as a count is counted rather than forwarded."""
+    found: set[Family] = set()
+    for name, value in params:
+        # The names families_of reads counts from, read as it reads them (5 -> 1 us a search).
+        if name.strip().partition(":")[0].lower() in _COUNT_NAMES:
+            found |= families_of(name, value, frozenset()) & _COUNTS
+    if Family.COUNT in found:
+        return Family.COUNT
+    return Family.TOTAL if found else None
 
 
 def _pin_param(resource_type: str) -> str:

@@ -13,11 +13,17 @@ or raises a :class:`~middleware.errors.GatewayError`:
   holds as many matches as the client asked for (:mod:`~middleware.pipeline.pages`);
 - the mapping profile and ``_summary``/``_elements`` (:mod:`~middleware.pipeline.subset`) are
   applied to what is released; an answer released whole and unchanged keeps the upstream's
-  bytes.
+  bytes;
+- ``Bundle.total`` is never the upstream's (the filter removes it: it counts hidden matches).
+  A first page (``first``) that holds the whole result, every match of it judged (no further
+  page, none left over, no ``_offset``), gets ``total``: the matches released, exact for this
+  caller (R4 search.html#total). Any other page has none, unless the search asked for a count
+  (:mod:`~middleware.pipeline.counting` sets it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 from middleware.errors import GatewayError, UpstreamError
@@ -41,7 +47,7 @@ from middleware.pipeline.paging import Page, Pager, Paging
 from middleware.pipeline.subset import Subset, apply_subset_to_answer
 from middleware.proxy.rewrite import Rebaser
 
-__all__ = ["Release", "accept_of", "read_failure"]
+__all__ = ["Release", "accept_of", "read_failure", "with_total"]
 
 _RELEASED_HEADERS: Final = frozenset({"content-type", "etag", "last-modified"})
 #: Answers about one record: when all of it is withheld, the record's own 404 is answered.
@@ -72,10 +78,12 @@ class Release:
         subset: Subset | None = None,
         status: int | None = None,
         page: Page | None = None,
+        first: bool = False,
     ) -> Answer:
         """Judge and filter an upstream answer read for ``ask``'s caller (see the module
         docstring); the generic 404 when nothing of it may be released. ``page`` says where a
-        page of search or history results came from, so that it can be refilled."""
+        page of search or history results came from, so that it can be refilled; ``first``
+        that it is the result's first page (not a cursor's), so that it may carry a total."""
         document = up.document
         if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
             raise UpstreamError("the upstream server sent no FHIR resource")
@@ -85,7 +93,9 @@ class Release:
             and document["resourceType"] == "Bundle"
             and document.get("type") in _PAGED
         ):
-            return await self._release_page(ask, up, document, paging, page, subset, status)
+            return await self._release_page(
+                ask, up, document, paging, page, subset, status, first=first
+            )
         if paging is not None and document["resourceType"] == "Bundle":
             # Cursors first: they seal the upstream URLs, before rebasing would change them.
             pager = paging
@@ -126,6 +136,8 @@ class Release:
         page: Page,
         subset: Subset | None,
         status: int | None,
+        *,
+        first: bool = False,
     ) -> Answer:
         """A page of results with as many matches as the client asked for (:mod:`.pages`):
         withheld entries are made up from the following upstream pages, and the next cursor
@@ -159,6 +171,13 @@ class Release:
             # Everything withheld: the history or $everything of a record the caller may not
             # see is the same 404 as that of a record that does not exist.
             raise not_found()
+        # The whole result is on this page, every match judged: its released matches are the
+        # caller's exact total (module docstring), counted before mapping (which drops none).
+        total = (
+            sum(1 for entry in kept if is_match(entry))
+            if first and page.skip == 0 and resume is None and _whole(paging.params)
+            else None
+        )
         if target == 0:
             resume = None  # a page of nothing offers no next page: "next" would tell matches exist
         if self.mapper is not None:
@@ -183,6 +202,8 @@ class Release:
                 lambda link: self.pager.url(ask.caller, paging, link),
                 self_url=ask.self_url,
             )
+        if total is not None:
+            document = with_total(document, total)
         if subset is not None:
             document = apply_subset_to_answer(document, subset)
             ask.trail.narrow()
@@ -212,6 +233,34 @@ class Release:
             return [], size, following
         entries = released.get("entry")
         return (entries if isinstance(entries, list) else []), size, following
+
+
+#: Parameters after which a first page is not the start of the whole result.
+_SKIPPING: Final = frozenset({"_offset", "_page"})
+#: ``_total`` values that ask for no total (R4 search.html#total).
+_NO_TOTAL: Final = frozenset({"none"})
+
+
+def _whole(params: Sequence[tuple[str, str]]) -> bool:
+    """True unless the client's query skips matches (``_offset``) or asks for no total."""
+    for name, value in params:
+        code = name.partition(":")[0].strip().lower()
+        if code in _SKIPPING or (code == "_total" and value.strip().lower() in _NO_TOTAL):
+            return False
+    return True
+
+
+def with_total(document: dict[str, Any], total: int) -> dict[str, Any]:
+    """A copy of the Bundle ``document`` with ``total`` after ``type`` (where FHIR's JSON
+    puts it), replacing any ``total`` it had."""
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        if key != "total":
+            out[key] = value
+        if key == "type":
+            out["total"] = total
+    out.setdefault("total", total)
+    return out
 
 
 def _copy_links(links: Any) -> Any:

@@ -12,7 +12,7 @@ import pytest
 
 from middleware.ledger.signing import SigningKey
 from tests.leak.upstream import GATEWAY
-from tests.leak.world import World, assert_nothing_of_p1, ids_in
+from tests.leak.world import World, assert_nothing_of_p1, assert_withheld, ids_in
 
 SEARCH = "/fhir/Observation?code=718-7&_count=1"
 
@@ -199,17 +199,21 @@ async def test_patient_p2_paging_stays_in_its_compartment(world: World) -> None:
 
 async def test_count_zero_does_not_tell_whether_p1_has_matches(world: World) -> None:
     """``_count=0`` asks for no entries: its ``total`` or ``next`` link would count p1's
-    hidden matches. It is refused (count family, every caller: none sees everything) before
-    anything is asked upstream, in the same words for p1 and for a patient without records.
+    hidden matches. It is answered by counting what the practitioner may see, in the same
+    bytes for p1 (whose records exist, and are judged) and for a patient without records,
+    with no ``next`` link and without the upstream ever being asked for a page of nothing.
 
     The test this replaces checked the links only under ``if status == 200``, a branch a
-    refusal never reaches: with the guard deleted, it still passed."""
+    refusal never reached: with the guard deleted, it still passed."""
     hidden = await world.http.get("/fhir/Observation?subject=Patient/p1&_count=0", headers=world.dr)
+    assert_withheld(world, hidden)
     nobody = await world.http.get(
         "/fhir/Observation?subject=Patient/nobody&_count=0", headers=world.dr
     )
     for answer in (hidden, nobody):
-        assert answer.status_code == 403
-        assert "count family" in answer.json()["issue"][0]["diagnostics"]
-    assert hidden.content == nobody.content
-    assert world.sent_params() == []  # refused before the upstream could count anything
+        assert answer.status_code == 200
+        assert answer.json()["total"] == 0
+        assert [link["relation"] for link in answer.json()["link"]] == ["self"]
+    assert hidden.json()["link"][0]["url"].endswith("Patient/p1&_count=0")
+    assert hidden.json() | {"link": []} == nobody.json() | {"link": []}
+    assert all(("_count", "0") not in sent for sent in world.sent_params())

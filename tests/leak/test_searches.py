@@ -11,18 +11,19 @@ from tests.leak.world import FORM, World, assert_nothing_of_p1, assert_withheld,
 # --- the practitioner --------------------------------------------------------------------------
 
 
-async def test_search_by_subject_p1_releases_no_entry_and_no_total(world: World) -> None:
+async def test_search_by_subject_p1_releases_no_entry_and_a_zero_total(world: World) -> None:
     """``Observation?subject=Patient/p1``: the upstream finds p1's Observations and says how
-    many; neither the entries nor ``total`` may reach the practitioner."""
+    many; neither the entries nor the upstream's ``total`` may reach the practitioner. The
+    whole result was judged, so the total the practitioner gets is what it may see: 0."""
     got = await world.http.get("/fhir/Observation?subject=Patient/p1", headers=world.dr)
     assert got.status_code == 200
     assert "entry" not in got.json()
-    assert "total" not in got.json()
+    assert got.json()["total"] == 0
     assert_withheld(world, got)
     assert world.sent[0].url.params["subject"] == "Patient/p1"
 
 
-async def test_post_search_by_subject_p1_releases_no_entry_and_no_total(world: World) -> None:
+async def test_post_search_by_subject_p1_releases_no_entry_and_a_zero_total(world: World) -> None:
     """The same search as a form-encoded ``POST Observation/_search``: the criteria are in the
     body, where a gateway reading only the query would not see them."""
     got = await world.http.post(
@@ -32,7 +33,7 @@ async def test_post_search_by_subject_p1_releases_no_entry_and_no_total(world: W
     )
     assert got.status_code == 200
     assert "entry" not in got.json()
-    assert "total" not in got.json()
+    assert got.json()["total"] == 0
     assert_withheld(world, got)
 
 
@@ -80,37 +81,64 @@ async def test_p1_entries_of_nested_bundles_are_removed(world: World) -> None:
     "query",
     [
         "subject=Patient/p1&_summary=count",
-        "subject=Patient/p1&_summary=COUNT",
+        "subject=Patient/p1&_count=0",
+        "subject=Patient/p1&_count=0&_totalMethod=count",
         "subject=Patient/p1&_total=accurate",
         "subject=Patient/p1&_total=estimate",
         "subject=Patient/p1&_total=%20Accurate",
     ],
     ids=[
         "summary-count",
-        "summary-count-upper",
+        "count-zero",
+        "fhirpy-count",
         "total-accurate",
         "total-estimate",
         "total-padded",
     ],
 )
-async def test_counting_hidden_matches_is_refused(world: World, query: str) -> None:
+async def test_counting_hidden_matches_counts_none(world: World, query: str) -> None:
     """``_summary=count`` and ``_total`` ask the upstream to count every match, p1's hidden
-    ones included: the number alone is an oracle."""
+    ones included: the number alone is an oracle. The gateway never forwards the count; it
+    runs the search itself, judges every match and counts what the practitioner may see: 0,
+    the same answer as for a patient with no records at all."""
     got = await world.http.get(f"/fhir/Observation?{query}", headers=world.dr)
-    assert got.status_code in (400, 403)
+    nobody = await world.http.get(
+        f"/fhir/Observation?{query.replace('Patient/p1', 'Patient/nobody')}", headers=world.dr
+    )
+    assert got.status_code == 200
+    assert got.json()["total"] == 0
+    assert "entry" not in got.json()
+    assert_withheld(world, got)  # p1's records were fetched and judged, not skipped
+    assert got.json()["total"] == nobody.json()["total"]
+    assert "entry" not in nobody.json()
+    for sent in world.sent_params():
+        names = {name.strip().lower() for name, _ in sent}
+        assert not names & {"_summary", "_total", "_totalmethod"}  # no count ever asked upstream
+        assert ("_count", "0") not in sent
+
+
+async def test_an_upper_case_summary_count_is_refused_unforwarded(world: World) -> None:
+    """``_summary=COUNT``: ``_summary`` values are case-sensitive (search.html), so this is
+    no count the gateway makes, and an upstream reading it loosely must not count: 400."""
+    got = await world.http.get(
+        "/fhir/Observation?subject=Patient/p1&_summary=COUNT", headers=world.dr
+    )
+    assert got.status_code == 400
     assert "total" not in got.json()
     assert world.sent == []
 
 
-async def test_counting_in_a_post_search_body_is_refused(world: World) -> None:
+async def test_counting_in_a_post_search_body_counts_none(world: World) -> None:
     """``_summary=count`` hidden in the form body of ``POST _search``."""
     got = await world.http.post(
         "/fhir/Observation/_search",
         content=b"subject=Patient%2Fp1&_summary=count",
         headers={**world.dr, **FORM},
     )
-    assert got.status_code == 403
-    assert world.sent == []
+    assert got.status_code == 200
+    assert got.json()["total"] == 0
+    assert_withheld(world, got)
+    assert all("_summary" not in sent.url.params for sent in world.sent)
 
 
 async def test_elements_id_cannot_dodge_the_compartment_check(world: World) -> None:

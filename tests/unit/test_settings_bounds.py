@@ -102,3 +102,34 @@ def test_good_upstream_headers_load() -> None:
     headers = {"Authorization": "Bearer abc.def-ghi", "X-Tenant": "a\tb c", "X-Empty": ""}
     settings = load_settings(overrides={"upstream": UP, "upstream_headers": headers})
     assert dict(settings.upstream_headers) == headers
+
+
+# --- counts (pipeline.counting) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("count_max_resources", "0"),
+        ("count_max_resources", "10000001"),
+        ("count_max_pages", "0"),
+        ("count_page_size", "0"),
+        ("count_page_size", "10001"),
+    ],
+)
+def test_a_count_bound_out_of_range_is_refused(name: str, value: str) -> None:
+    """A bound of 0 would refuse every count; an unbounded one would let one count walk the
+    whole upstream."""
+    with pytest.raises(SettingsError, match=f"{name}: expected 1.."):
+        load_settings(env={"CONSENTRY_UPSTREAM": UP, f"CONSENTRY_{name.upper()}": value})
+
+
+def test_count_bounds_load_and_have_their_defaults() -> None:
+    default = load_settings(overrides={"upstream": UP})
+    assert (default.count_max_resources, default.count_max_pages, default.count_page_size) == (
+        10_000,
+        100,
+        1_000,
+    )
+    tuned = load_settings(overrides={"upstream": UP, "count_max_resources": 50})
+    assert tuned.count_max_resources == 50

@@ -16,6 +16,7 @@ from middleware.pipeline.guards import (
     Family,
     GuardPolicy,
     check_search,
+    count_family,
     families_of,
     pin_patient,
 )
@@ -142,6 +143,46 @@ def test_counts_refused_unless_the_caller_sees_everything(name: str, value: str,
         check_search([(name, value)], caller_kind=kind, sees_everything=False, policy=POLICY)
     if kind != "none":
         check_search([(name, value)], caller_kind=kind, sees_everything=True, policy=POLICY)
+
+
+@pytest.mark.parametrize(("name", "value"), COUNTS, ids=["summary-count", "accurate", "estimate"])
+@pytest.mark.parametrize("kind", ["patient", "user", "system", "none"])
+def test_counts_pass_where_the_gateway_counts_them(name: str, value: str, kind: str) -> None:
+    """A search the gateway answers by counting (``counted``) is not refused for asking a count,
+    whoever asks: every caller that may search may count what it may see."""
+    check_search(
+        [(name, value)], caller_kind=kind, sees_everything=False, policy=POLICY, counted=True
+    )
+
+
+def test_a_configured_count_refusal_holds_where_the_gateway_counts() -> None:
+    policy = GuardPolicy(user=frozenset({Family.COUNT}))
+    with pytest.raises(Forbidden, match="the count family"):
+        check_search(
+            [("_count", "0")],
+            caller_kind="user",
+            sees_everything=False,
+            policy=policy,
+            counted=True,
+        )
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ([("_summary", "count")], Family.COUNT),
+        ([("_count", "000")], Family.COUNT),
+        ([("_count", "0"), ("_totalMethod", "count")], Family.COUNT),
+        ([("_total", "accurate"), ("_summary", "count")], Family.COUNT),
+        ([("_total", " Estimate")], Family.TOTAL),
+        ([("_Total", "accurate"), ("_count", "3")], Family.TOTAL),
+        ([("_total", "none")], None),
+        ([("_count", "3"), ("_summary", "true")], None),
+        ([], None),
+    ],
+)
+def test_count_family(params: list[tuple[str, str]], expected: Family | None) -> None:
+    assert count_family(params) == expected
 
 
 @pytest.mark.parametrize(
@@ -340,3 +381,20 @@ def test_a_pinned_search_names_exactly_the_callers_patient(
     assert refs.kind is Kind.PATIENT_DATA
     assert refs.ids == {patient_id}
     assert not refs.unresolved
+
+
+_NAMES = st.sampled_from(["_summary", " _SUMMARY", "_count", "_Count:x", "_total", "code", "_sort"])
+_VALUES = st.sampled_from(
+    ["count", "COUNT ", "0", "00", " 0", "3", "accurate", " Estimate", "none"]
+)
+
+
+@settings(max_examples=300)
+@given(params=st.lists(st.tuples(_NAMES, _VALUES), max_size=4))
+def test_count_family_reads_counts_as_the_guard_does(params: list[tuple[str, str]]) -> None:
+    """Property: whatever the guard would refuse as a count is counted, and nothing else."""
+    found = set().union(*(families_of(n, v, frozenset()) for n, v in params))
+    expected = (
+        Family.COUNT if Family.COUNT in found else Family.TOTAL if Family.TOTAL in found else None
+    )
+    assert count_family(params) == expected
