@@ -447,6 +447,7 @@ def _export_endpoints(
         return None
     return ExportEndpoints(
         jobs=exports.jobs,
+        judging=exports.flow.judging,
         verifier=verifier,
         recorder=recorder,
         base_path=settings.base_path,

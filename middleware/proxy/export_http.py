@@ -17,11 +17,16 @@ FHIR Bulk Data Access IG v2: the kick-off (:mod:`middleware.pipeline.export`) an
 
 Job ids are random (128 bits) and a job is served only to the principal that started it
 (:func:`~middleware.audit.httptypes.principal_of`: issuer, subject, launch patient); anyone
-else gets the same 404 as for an unknown id. Every request whose token verifies is recorded
-on the ledger before it is answered (a download: before any byte of the file leaves; the
-ledger refusing: 503, nothing released); the patients of the file's lines were recorded when
-the job judged them (:mod:`middleware.pipeline.export`). A request without a valid token is
-a 401 and costs nothing durable.
+else gets the same 404 as for an unknown id.
+
+A download is judged again: the file's resources were judged when the job produced them, but
+a consent can change before the file is fetched (architecture invariant 3: a change takes
+effect for the very next request), so every line goes through the same judging as a search
+result once more, with the consents of now and the downloading token's purposes, and only
+the lines still released are sent (a file can shrink; it never grows). Every request whose
+token verifies is recorded on the ledger before it is answered (a download: with each patient
+its lines touched, before any byte leaves; the ledger refusing: 503, nothing released). A
+request without a valid token is a 401 and costs nothing durable.
 """
 
 from __future__ import annotations
@@ -53,7 +58,11 @@ from middleware.errors import (
 from middleware.fhir import jsoncodec
 from middleware.fhir.request import FhirRequest, Interaction, Level
 from middleware.logging import get_logger
+from middleware.pipeline.caller import ACTION_ACCESS, caller_of
 from middleware.pipeline.export_params import NDJSON
+from middleware.pipeline.filter import filter_answer
+from middleware.pipeline.judge import Trail
+from middleware.pipeline.judging import Judging
 from middleware.proxy.headers import request_id
 from middleware.types import Receive, Scope, Send
 
@@ -88,18 +97,21 @@ class TooCostly(UnprocessableEntity):
 
 class ExportEndpoints:
     """The ASGI app of the module docstring over ``jobs`` (the ``$export`` half's);
-    ``verifier`` checks bearer tokens, ``recorder`` puts each request on the ledger."""
+    ``verifier`` checks bearer tokens, ``recorder`` puts each request on the ledger,
+    ``judging`` (the read half's) judges each download again."""
 
     def __init__(
         self,
         *,
         jobs: ExportJobs,
+        judging: Judging,
         verifier: TokenCheck,
         recorder: Recorder,
         base_path: str,
         gateway_base: str,
     ) -> None:
         self.jobs = jobs
+        self._judging = judging
         self._verifier = verifier
         self._recorder = recorder
         self._base = base_path
@@ -110,10 +122,11 @@ class ExportEndpoints:
         headers = header_dict(scope.get("headers", []))
         seen = Seen(request_id(headers))
         identity: Identity | None = None
+        trail = Trail()
         try:
             segments, seen.request = self._route(scope)
             identity = await self._verifier.verify(headers.get("authorization"))
-            reply = self._answer(str(scope["method"]), identity, segments)
+            reply = await self._answer(str(scope["method"]), identity, segments, trail)
         except GatewayError as error:
             reply = error_reply(error)
         except Exception as exc:  # noqa: BLE001 - fail closed: no detail in the answer
@@ -127,9 +140,8 @@ class ExportEndpoints:
             )
         if identity is not None and seen.request is not None:
             try:
-                await self._recorder.record(
-                    self._exchange(scope, seen, identity, reply), "exchange"
-                )
+                exchange = self._exchange(scope, seen, identity, reply, trail)
+                await self._recorder.record(exchange, "exchange")
             except Exception as exc:  # noqa: BLE001 - unrecorded: nothing is released
                 self._log.error(
                     "export request not recorded",
@@ -174,16 +186,34 @@ class ExportEndpoints:
         )
         return segments, request
 
-    def _answer(self, method: str, identity: Identity, segments: list[str]) -> Reply:
+    async def _answer(
+        self, method: str, identity: Identity, segments: list[str], trail: Trail
+    ) -> Reply:
         owner = principal_of(identity)
         if segments[0] == _FILE:
             job = self.jobs.get(segments[1], owner)
-            body = job.ndjson(int(segments[2]))
+            body = await self._judged(identity, job.ndjson(int(segments[2])), trail)
             return Reply(200, (("content-type", NDJSON), ("cache-control", "no-store")), body)
         if method == "DELETE":
             self.jobs.cancel(segments[1], owner)
             return Reply(202, (("cache-control", "no-store"),), b"")
         return self._status(self.jobs.get(segments[1], owner))
+
+    async def _judged(self, identity: Identity, ndjson: bytes, trail: Trail) -> bytes:
+        """The lines of ``ndjson`` the caller may still be given (module docstring), judged
+        as the entries of one search page; ``trail`` records what was decided and released."""
+        entries = [{"resource": jsoncodec.decode(line)} for line in ndjson.splitlines() if line]
+        if not entries:
+            return b""
+        page = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+        judge = await self._judging.judge(caller_of(identity), ACTION_ACCESS, page, trail)
+        released, _stats = filter_answer(page, judge.allowed)
+        kept = released.get("entry") if isinstance(released, dict) else None
+        return b"".join(
+            jsoncodec.encode(entry["resource"]) + b"\n"
+            for entry in (kept if isinstance(kept, list) else ())
+            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
+        )
 
     def _status(self, job: ExportJob) -> Reply:
         if job.state == "running":
@@ -217,7 +247,9 @@ class ExportEndpoints:
         }
         return json_reply(manifest, media_type="application/json")
 
-    def _exchange(self, scope: Scope, seen: Seen, identity: Identity, reply: Reply) -> Exchange:
+    def _exchange(
+        self, scope: Scope, seen: Seen, identity: Identity, reply: Reply, trail: Trail
+    ) -> Exchange:
         assert seen.request is not None
         target = bytes(scope.get("raw_path") or str(scope["path"]).encode("utf-8"))
         query = bytes(scope.get("query_string", b""))
@@ -230,6 +262,10 @@ class ExportEndpoints:
             request_id=seen.rid,
             raw_request=raw + (b"?" + query if query else b""),
             client_address=client[0] if client else None,
+            decisions=dict(trail.decisions),
+            released=frozenset(trail.released) if reply.status < 400 else frozenset(),
+            narrowed=trail.narrowed,
+            break_glass=trail.break_glass,
         )
 
 

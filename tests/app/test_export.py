@@ -119,14 +119,18 @@ async def export(
     return location, await finished(client, location, headers)
 
 
+async def lines_of(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> list[Any]:
+    assert url.startswith(f"{GATEWAY}/$export-file/")
+    answer = await client.get(url, headers=headers)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/fhir+ndjson"
+    return [json.loads(line) for line in answer.text.splitlines()]
+
+
 async def lines(client: httpx.AsyncClient, manifest: Any, headers: dict[str, str]) -> list[Any]:
     out = []
     for item in manifest["output"]:
-        assert item["url"].startswith(f"{GATEWAY}/$export-file/")
-        answer = await client.get(item["url"], headers=headers)
-        assert answer.status_code == 200
-        assert answer.headers["content-type"] == "application/fhir+ndjson"
-        found = [json.loads(line) for line in answer.text.splitlines()]
+        found = await lines_of(client, item["url"], headers)
         assert {r["resourceType"] for r in found} == {item["type"]}, "one type a file"
         assert len(found) == item["count"]
         out += found
@@ -157,7 +161,9 @@ async def test_export_releases_nothing_of_a_denying_patient(
     ids = sorted(f"{r['resourceType']}/{r['id']}" for r in released)
     assert ids == ["Observation/o-p1", "Observation/o-p3", "Patient/p1", "Patient/p3"]
     assert "p2" not in json.dumps(released)
-    assert len(await ledger_entries(store)) == before + len(manifest["output"])  # downloads
+    downloads = b"".join(e.text for e in (await ledger_entries(store, signer))[before:])
+    assert b"Patient/p1" in downloads  # each download recorded with the patients it released
+    assert b"Patient/p2" not in downloads
     texts = b"".join(e.text for e in await ledger_entries(store, signer))
     for pid in ("p1", "p2", "p3"):  # released (p1, p3) and withheld (p2) alike
         assert f"Patient/{pid}".encode() in texts
@@ -364,3 +370,21 @@ async def test_jobs_beside_a_sqlite_store_live_on_their_own_board(
     assert len(released) == 6
     assert (tmp_path / "gw.db.patient-exports").exists()
     assert not (tmp_path / "gw.db.exports").exists()
+
+
+async def test_a_consent_given_after_the_files_were_made_holds_at_download(
+    gateway: httpx.AsyncClient, tokens: Tokens, store: MemoryLogStore, signer: SigningKey
+) -> None:
+    """The attack: export while everyone permits, then fetch the files after a patient has
+    refused the caller. The download is judged again with the consents of now: none of p2's
+    lines leave, and the download's ledger entry names the patients it released."""
+    headers = doctor(tokens)
+    _, done = await export(gateway, "/fhir/Patient/$export?_type=Observation", headers)
+    assert done.json()["output"][0]["count"] == 3  # p1, p2 and p3 when the file was made
+    await deny_dr(gateway, tokens, "p2")
+    before = len(await ledger_entries(store))
+    released = await lines_of(gateway, done.json()["output"][0]["url"], headers)
+    assert sorted(r["id"] for r in released) == ["o-p1", "o-p3"]
+    download = b"".join(e.text for e in (await ledger_entries(store, signer))[before:])
+    assert b"Patient/p1" in download
+    assert b"Patient/p3" in download
