@@ -17,10 +17,12 @@ import respx
 
 from middleware.app import Gateway
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.consent.summary import INLINE_LABEL_URL
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.consenting import DEV_ISSUER, Tokens, auth_settings, r5_consent
 
 DR = "Practitioner/dr"
+PSY = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "PSY"}
 SECRET = "SECRET-P1"
 JSON = {"content-type": "application/fhir+json"}
 
@@ -449,3 +451,32 @@ async def test_replacing_the_defaults_refuses_what_the_table_does_not_name(
     await app.aclose()
     assert everything.status_code == 403
     assert not router.calls
+
+
+async def test_document_with_a_redacted_entry_is_withheld(
+    make_client: Callable[..., httpx.AsyncClient], router: respx.Router
+) -> None:
+    """Uncovered labels redacted: the entry would be released with its labelled note cut out,
+    a document that no longer says what its author attested. The whole document is the 404,
+    while the same Observation read alone is released redacted."""
+    labelled = {
+        **obs("o-p2", "Patient/p2"),
+        "note": [
+            {"text": "routine"},
+            {
+                "text": "psychiatric history",
+                "extension": [{"url": INLINE_LABEL_URL, "valueCoding": PSY}],
+            },
+        ],
+    }
+    router.get("/Composition/c1/$document").respond(
+        200, json=document("Patient/p2", labelled), headers=JSON
+    )
+    router.get("/Observation/o-p2").respond(200, json=labelled, headers=JSON)
+    async with make_client(consent_uncovered_labels="redact") as client:
+        doc = await client.get("/fhir/Composition/c1/$document")
+        alone = await client.get("/fhir/Observation/o-p2")
+    assert alone.status_code == 200
+    assert alone.json()["note"] == [{"text": "routine"}]
+    assert doc.status_code == 404
+    assert "psychiatric" not in doc.text
