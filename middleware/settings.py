@@ -97,6 +97,8 @@ class Settings:
     # mark 42 CFR Part 2 data, and the notice its release carries.
     part_two_labels: str = ""
     part_two_notice: str = DEFAULT_PART2_NOTICE
+    # Purpose-of-use labels read as tags, not restrictions (HTEST marks test data).
+    purpose_labels_ignored: str = "HTEST"
     cursor_ttl_seconds: int = 900
     membership_timeout: float = 5.0
     membership_cache_seconds: float = 300.0
@@ -164,7 +166,11 @@ class Settings:
     @property
     def label_rules(self) -> LabelRules:
         """What counts as 42 CFR Part 2 data and its notice (validated at load)."""
-        return LabelRules(parse_labels(self.part_two_labels), self.part_two_notice)
+        return LabelRules(
+            parse_labels(self.part_two_labels),
+            self.part_two_notice,
+            _codes(self.purpose_labels_ignored),
+        )
 
     @property
     def operation_table(self) -> OperationTable:
@@ -414,10 +420,12 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("consent_signatures: expected off or patient-key")
     try:
         LabelRules(
-            parse_labels(values.get("part_two_labels", "")), values.get("part_two_notice", "x")
+            parse_labels(values.get("part_two_labels", "")),
+            values.get("part_two_notice", "x"),
+            _codes(values.get("purpose_labels_ignored", "HTEST")),
         )
     except ValueError as exc:
-        problems.append(f"part_two_labels / part_two_notice: {exc}")
+        problems.append(f"part_two_labels / part_two_notice / purpose_labels_ignored: {exc}")
     if not 0 < values.get("break_glass_minutes", 60) <= 24 * 60:
         problems.append("break_glass_minutes: expected 1..1440")
     if not 0 < values.get("cursor_ttl_seconds", 900) <= 86_400:
@@ -527,3 +535,8 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     if not (store.startswith(("sqlite:", "postgresql://", "postgres://")) or store == "memory:"):
         problems.append("store: expected sqlite:PATH, postgresql://... or memory:")
     return problems
+
+
+def _codes(text: str) -> frozenset[str]:
+    """Comma-separated codes, blanks dropped."""
+    return frozenset(part.strip() for part in text.split(",") if part.strip())

@@ -44,6 +44,7 @@ from middleware.consent.summary import INLINE_LABEL_URL
 __all__ = [
     "ACT_CODE",
     "ACT_REASON",
+    "DEFAULT_IGNORED_PURPOSES",
     "DEFAULT_LABEL_RULES",
     "DEFAULT_PART2_NOTICE",
     "DISPLAY_URL",
@@ -144,20 +145,33 @@ def _lineage(code: str) -> frozenset[str]:
 _LINEAGE: Final = MappingProxyType({code: _lineage(code) for code in PURPOSE_PARENT})
 
 
+#: Purpose-of-use labels not enforced unless a deployment says otherwise (:class:`LabelRules`).
+DEFAULT_IGNORED_PURPOSES: Final = frozenset({"HTEST"})
+
+
 @dataclass(frozen=True, slots=True)
 class LabelRules:
-    """What counts as 42 CFR Part 2 data, and the notice its disclosure carries.
+    """What counts as 42 CFR Part 2 data, the notice its disclosure carries, and the
+    purpose-of-use labels that restrict nothing.
 
-    ``part2`` always holds :data:`PART2`; ``notice`` must not be blank."""
+    ``part2`` always holds :data:`PART2`; ``notice`` must not be blank; ``ignored_purposes``
+    are v3-ActReason codes of :data:`PURPOSE_PARENT` (ValueError otherwise)."""
 
     part2: frozenset[Coding] = frozenset({PART2})
     notice: str = DEFAULT_PART2_NOTICE
+    #: Purpose-of-use codes read as tags, not as restrictions: ``HTEST`` marks test data
+    #: (synthetic data sets label every record with it); enforced, it would keep every such
+    #: record from any caller that does not claim to be testing.
+    ignored_purposes: frozenset[str] = DEFAULT_IGNORED_PURPOSES
 
     def __post_init__(self) -> None:
         if not self.notice.strip():
             raise ValueError("the 42 CFR Part 2 notice must not be blank")
         part2 = frozenset((_system(s), c) for s, c in self.part2) | {PART2}
         object.__setattr__(self, "part2", part2)
+        unknown = sorted(self.ignored_purposes - PURPOSE_PARENT.keys())
+        if unknown:
+            raise ValueError(f"not purpose-of-use codes: {', '.join(unknown)}")
 
 
 DEFAULT_LABEL_RULES: Final = LabelRules()
@@ -189,10 +203,15 @@ class Screen(Enum):
     WITHHOLD = "withhold"  # purpose-of-use labels the caller's purposes do not meet
 
 
-def screen(security: Any, purposes: frozenset[Coding], rules: LabelRules) -> Screen:
+def screen(
+    security: Any, purposes: frozenset[Coding], rules: LabelRules, *, by_purpose: bool = True
+) -> Screen:
     """The verdict of ``security`` (a resource's ``meta.security``, as received) for a caller
     with ``purposes``. Codings that are not objects with string system and code are ignored
-    (they label nothing the gateway can read)."""
+    (they label nothing the gateway can read), and so are purpose labels in
+    ``rules.ignored_purposes``, or all of them when not ``by_purpose`` (the patient reading
+    their own record: 45 CFR 164.524 gives the individual access whatever the uses the
+    information is labelled for)."""
     if not isinstance(security, list):
         return Screen.RELEASE
     labelled: set[str] = set()
@@ -205,7 +224,8 @@ def screen(security: Any, purposes: frozenset[Coding], rules: LabelRules) -> Scr
             continue
         system = _system(system)
         if system == ACT_REASON and code in PURPOSE_PARENT:
-            labelled.add(code)
+            if by_purpose and code not in rules.ignored_purposes:
+                labelled.add(code)
         elif (system, code) in rules.part2:
             part2 = True
     if labelled and not purposes_admit(labelled, purposes):
@@ -240,6 +260,7 @@ def purpose_refusal(resource: Mapping[str, Any], purposes: frozenset[Coding]) ->
             and isinstance(c.get("system"), str)
             and _system(c["system"]) == ACT_REASON
             and c.get("code") in PURPOSE_PARENT
+            and c.get("code") not in DEFAULT_LABEL_RULES.ignored_purposes
         }
     )
     return (

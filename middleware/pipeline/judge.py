@@ -18,7 +18,9 @@ needs. For one resource (contained resources included, through
 3. obligations of the permits (``redact`` with security labels) are applied: the labelled
    resource is withheld or its labelled elements removed (DS4P, :mod:`.redact`);
 4. labels on data (:mod:`middleware.consent.labels`): a resource whose purpose-of-use labels
-   none of the caller's purposes meets is withheld before anything is decided; 42 CFR Part 2
+   none of the caller's purposes meets is withheld before anything is decided (not from the
+   patient's own app: a patient-context caller sees only its own record, which is theirs to
+   read whatever uses it is labelled for); 42 CFR Part 2
    data released (a consent named it, step 2) carries the refrain label and the notice, and
    Part 2 data tied to no known patient is withheld.
 
@@ -335,7 +337,12 @@ class Judge:
         meta = resource.get("meta")
         part2 = False
         if isinstance(meta, dict) and "security" in meta:
-            screened = screen(meta["security"], self.caller.purposes, self.defaults.labels)
+            screened = screen(
+                meta["security"],
+                self.caller.purposes,
+                self.defaults.labels,
+                by_purpose=self.caller.patient is None,
+            )
             if screened is Screen.WITHHOLD:
                 return self._withhold()
             part2 = screened is Screen.PART2
@@ -406,9 +413,8 @@ class Judge:
         rules = self.defaults.labels
         meta = resource.get("meta")
         security = meta.get("security") if isinstance(meta, dict) else None
-        if screen(security, self.caller.purposes, rules) is not Screen.PART2 and not (
-            self.inline and has_part2_inline(resource, rules)
-        ):
+        screened = screen(security, self.caller.purposes, rules, by_purpose=False)
+        if screened is not Screen.PART2 and not (self.inline and has_part2_inline(resource, rules)):
             return True
         if refs.kind is not Kind.PATIENT_DATA or refs.unresolved:
             return False

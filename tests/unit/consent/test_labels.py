@@ -130,10 +130,15 @@ def test_a_purpose_meets_a_label_exactly_when_the_label_is_above_or_equal_to_it(
         at = PURPOSE_PARENT[at]
     security = [label(code) for code in labelled]
     verdict = screen(security, pou(asked), DEFAULT_LABEL_RULES)
-    if not labelled:
+    enforced = labelled - DEFAULT_LABEL_RULES.ignored_purposes  # HTEST: a tag (settings)
+    if not enforced:
         assert verdict is Screen.RELEASE
     else:
-        assert (verdict is Screen.RELEASE) == bool(ancestors & labelled)
+        assert (verdict is Screen.RELEASE) == bool(ancestors & enforced)
+    everything = LabelRules(ignored_purposes=frozenset())
+    strict = screen(security, pou(asked), everything)
+    assert (strict is Screen.RELEASE) == (not labelled or bool(ancestors & labelled))
+    assert screen(security, pou(asked), everything, by_purpose=False) is Screen.RELEASE
 
 
 # --- Part 2 data

@@ -107,9 +107,43 @@ def test_purpose_labels_decide_before_consent(
     assert j.trail.withheld == (0 if released else 1)
 
 
-def test_a_purpose_label_withholds_from_the_patient_too() -> None:
-    """The label is a handling rule on the data itself: no purpose, no release, whoever asks."""
-    assert not judge(patient_caller("p1")).allowed(observation("o1", "p1", meta=purpose("TREAT")))
+def test_a_purpose_label_does_not_keep_the_patients_own_record_from_them() -> None:
+    """45 CFR 164.524: the individual's access to their own record does not depend on the
+    uses it is labelled for (a patient app states no purpose, or PATRQT). Another patient's
+    record is still theirs to miss, by the compartment rule."""
+    own = observation("o1", "p1", meta=purpose("TREAT"))
+    assert judge(patient_caller("p1")).allowed(own)
+    assert not judge(patient_caller("p2")).allowed(observation("o2", "p1", meta=purpose("TREAT")))
+
+
+def test_the_patients_own_part2_data_under_a_purpose_label_reaches_them_marked() -> None:
+    """Not screened by purpose does not mean not Part 2: the mark still goes on."""
+    resource = observation("o1", "p1", meta={"security": [PART2, *purpose("TREAT")["security"]]})
+    assert judge(patient_caller("p1")).allowed(resource)
+    assert REFRAIN in resource["meta"]["security"]
+    assert resource["meta"]["extension"] == [NOTICE]
+
+
+def test_htest_is_a_tag_not_a_restriction_unless_configured() -> None:
+    """Synthetic data sets label every record HTEST ("test health data"): by default a caller
+    not claiming to test still gets them; a deployment that means it as a purpose enforces it."""
+    tagged = observation("o1", "p1", meta=purpose("HTEST"))
+    assert judge(dr("TREAT")).allowed(tagged)
+    assert not judge(dr("TREAT")).allowed(observation("o2", "p1", meta=purpose("HTEST", "HRESCH")))
+    strict = Judge(
+        caller=dr("TREAT"),
+        action=("http://terminology.hl7.org/CodeSystem/consentaction", "access"),
+        policies={},
+        defaults=Defaults(jurisdiction="opt-out", labels=LabelRules(ignored_purposes=frozenset())),
+        now=NOW,
+        base_urls=BASES,
+    )
+    assert not strict.allowed(observation("o3", "p1", meta=purpose("HTEST")))
+
+
+def test_only_purpose_codes_can_be_ignored() -> None:
+    with pytest.raises(ValueError, match="not purpose-of-use codes"):
+        LabelRules(ignored_purposes=frozenset({"NOPE"}))
 
 
 def test_a_purpose_label_withholds_data_of_no_patient() -> None:
