@@ -16,6 +16,9 @@ gateway serves itself is put in (each rule names the module that makes it true):
   (``pipeline.operation_table``: filtered or forwarded) remain; every other operation,
   ``$graphql`` included, is 403; messaging and documents (``$process-message``, ``POST
   [base]`` with a document Bundle) are refused and dropped;
+- Bulk Data ``$export`` (system, Patient and Group level) is the gateway's own
+  (``pipeline.export``): advertised with the Bulk Data IG's OperationDefinitions, and the
+  statement ``instantiates`` the IG's bulk-data CapabilityStatement;
 - ``conditionalRead`` becomes ``not-supported`` (reads are forwarded without the client's
   conditional headers: a 304 would confirm a record the caller may not see);
   ``conditionalDelete: multiple`` becomes ``single`` (``pipeline.writes`` resolves a
@@ -51,6 +54,13 @@ _PATCH_FORMATS: Final = ("application/json-patch+json",)
 _DROPPED: Final = ("id", "meta", "text", "url", "identifier", "version", "messaging", "document")
 _PATIENT_CONTEXT_REFUSED: Final = frozenset({"search-system", "history-system"})
 _OWN_TYPES: Final = frozenset({"Consent", "AuditEvent"})
+_BULK: Final = "http://hl7.org/fhir/uv/bulkdata"
+#: The gateway's own Bulk Data export (pipeline.export): (type or None, operation entry).
+_EXPORTS: Final = (
+    (None, {"name": "export", "definition": f"{_BULK}/OperationDefinition/export"}),
+    ("Patient", {"name": "export", "definition": f"{_BULK}/OperationDefinition/patient-export"}),
+    ("Group", {"name": "export", "definition": f"{_BULK}/OperationDefinition/group-export"}),
+)
 
 #: The gateway's own Consent API (``middleware.consent.api`` and ``consent.operations``).
 CONSENT_CAPABILITY: Final[Mapping[str, Any]] = {
@@ -150,6 +160,7 @@ def describe_gateway(
     }
     capability["format"] = list(_FORMATS)
     capability["patchFormat"] = list(_PATCH_FORMATS)
+    capability["instantiates"] = [f"{_BULK}/CapabilityStatement/bulk-data"]
     rests = capability.get("rest")
     capability["rest"] = [
         _describe_rest(rest, smart=smart, oauth_uris=oauth_uris, operations=operations)
@@ -177,6 +188,7 @@ def _describe_rest(
     described += [dict(CONSENT_CAPABILITY), dict(AUDIT_EVENT_CAPABILITY)]
     rest["resource"] = sorted(described, key=lambda resource: str(resource["type"]))
     _keep_operations(rest, None, (Level.SYSTEM,), operations)
+    _add_exports(rest)
     interactions = rest.get("interaction")
     if isinstance(interactions, list):
         for interaction in interactions:
@@ -196,6 +208,19 @@ def _describe_rest(
         security["service"] = [{"coding": [_SMART_SERVICE]}]
     rest["security"] = security
     return rest
+
+
+def _add_exports(rest: dict[str, Any]) -> None:
+    """The Bulk Data ``$export`` operations the gateway serves itself, on ``rest`` and its
+    Patient and Group entries (an upstream's own entries of that name were dropped before)."""
+    by_type = {r.get("type"): r for r in rest["resource"]}
+    for rtype, entry in _EXPORTS:
+        node = rest if rtype is None else by_type.get(rtype)
+        if node is not None:
+            node["operation"] = [
+                *(op for op in node.get("operation", ()) if op.get("name") != "export"),
+                dict(entry),
+            ]
 
 
 def _keep_operations(

@@ -222,11 +222,18 @@ async def test_metadata_advertises_no_operation_the_gateway_refuses(
     client: httpx.AsyncClient, router: respx.Router
 ) -> None:
     """Only the operations the operations table lets through are advertised (``$everything``,
-    ``$validate`` of a posted resource); ``$match``, ``$graphql`` and the rest are 403."""
+    ``$validate`` of a posted resource), and the gateway's own Bulk Data ``$export`` (system,
+    Patient, Group); ``$match``, ``$graphql`` and the rest are 403."""
     body = (await client.get("/fhir/metadata")).json()
     rest = body["rest"][0]
-    assert "operation" not in rest
-    assert [op["name"] for op in _resource(body, "Patient")["operation"]] == ["everything"]
+    bulk = "http://hl7.org/fhir/uv/bulkdata"
+    assert body["instantiates"] == [f"{bulk}/CapabilityStatement/bulk-data"]
+    assert rest["operation"] == [
+        {"name": "export", "definition": f"{bulk}/OperationDefinition/export"}
+    ]
+    patient_ops = _resource(body, "Patient")["operation"]
+    assert [op["name"] for op in patient_ops] == ["everything", "export"]
+    assert patient_ops[1]["definition"] == f"{bulk}/OperationDefinition/patient-export"
     assert [op["name"] for op in _resource(body, "Observation")["operation"]] == ["validate"]
     router.post("/Observation/$validate").respond(200, json={"resourceType": "OperationOutcome"})
     validate = await client.post(
