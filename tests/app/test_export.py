@@ -388,3 +388,13 @@ async def test_a_consent_given_after_the_files_were_made_holds_at_download(
     download = b"".join(e.text for e in (await ledger_entries(store, signer))[before:])
     assert b"Patient/p1" in download
     assert b"Patient/p3" in download
+
+
+async def test_a_download_is_judged_with_the_downloading_tokens_scopes(
+    gateway: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    """The same principal with a narrower token (Patient only) gets no Observation line."""
+    _, done = await export(gateway, "/fhir/Patient/$export?_type=Observation", doctor(tokens))
+    url = done.json()["output"][0]["url"]
+    assert await lines_of(gateway, url, doctor(tokens, "user/Patient.rs")) == []
+    assert len(await lines_of(gateway, url, doctor(tokens))) == 3
