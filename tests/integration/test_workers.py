@@ -1,5 +1,6 @@
 """Worker processes of one gateway share what the next request needs (docs/operations.md,
-"Worker processes"): consent changes, paging cursors, break-the-glass sessions, AuditEvent bulk export jobs.
+"Worker processes"): consent changes, paging cursors, break-the-glass sessions, AuditEvent and
+patient-data bulk export jobs.
 
 Which worker of ``consentry serve --workers N`` takes a connection is the kernel's choice, so
 a test through one port could pass with every request landing on the same worker. Here the
@@ -298,6 +299,46 @@ def test_a_bulk_export_kicked_off_on_one_worker_is_polled_and_downloaded_on_the_
     assert httpx.delete(status, headers=auditor, timeout=30.0).status_code == 202
     on_a = status.replace(pair.b.base_url, pair.a.base_url, 1)
     assert httpx.get(on_a, headers=auditor, timeout=30.0).status_code == 404
+
+
+def test_a_patient_data_export_kicked_off_on_one_worker_is_served_by_the_other(
+    pair: Pair, carebundle: dict[str, list[str]]
+) -> None:
+    """``Patient/$export`` started on A: status, files and DELETE answered by B (the job is
+    on the store's ``.patient-exports`` board), each file judged again by B. Under opt-in,
+    the patient who permits the exporting clinician is in it; one who permits nobody is not."""
+    patient = _patients_with_observations(carebundle, 1)[7]
+    _permit_dr(pair.a, pair, patient)
+    silent = _patients_with_observations(carebundle, 1)[8]  # no consent: opt-in denies
+    doctor = pair.bearer("dr-workers", "user/*.rs", fhir_user=DR, purpose_of_use=["HTEST"])
+    kick = httpx.get(
+        f"{pair.a.base_url}/Patient/$export",
+        params={"_type": "Patient,Observation"},
+        headers={**doctor, "prefer": "respond-async"},
+        timeout=30.0,
+    )
+    assert kick.status_code == 202, kick.text
+    status = kick.headers["content-location"].replace(PUBLIC, pair.b.base_url, 1)
+    assert "/$export-status/" in status
+    deadline = time.monotonic() + 60
+    got = httpx.get(status, headers=doctor, timeout=30.0)
+    while got.status_code == 202 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        got = httpx.get(status, headers=doctor, timeout=30.0)
+    assert got.status_code == 200, got.text
+    text = ""
+    for output in got.json()["output"]:
+        answer = httpx.get(
+            output["url"].replace(PUBLIC, pair.b.base_url, 1), headers=doctor, timeout=30.0
+        )
+        assert answer.status_code == 200, answer.text
+        text += answer.text
+    assert f'"id":"{patient}"' in text
+    assert f"Patient/{patient}" in text  # its Observations
+    assert silent not in text
+    assert httpx.delete(status, headers=doctor, timeout=30.0).status_code == 202
+    on_a = status.replace(pair.b.base_url, pair.a.base_url, 1)
+    assert httpx.get(on_a, headers=doctor, timeout=30.0).status_code == 404
 
 
 def test_the_ledger_both_gateways_appended_to_verifies_offline(
