@@ -31,6 +31,24 @@ export PATH="$bin:$PATH" # subprocesses of the tests (consentry, python) are thi
 # /tmp/peers): the repository's own installer, the one the README's demo uses.
 bash scripts/upstream.sh --install
 
+# Debian's Chromium for the browser tests (tests/browser drive /usr/bin/chromium through
+# Playwright; Playwright's own browser download is not reachable, so `playwright install` is
+# never run). Installed only when missing, as root (CI runs as root). When it cannot be
+# installed the run fails here, loudly: skipping would let CI go green without a single page,
+# CSRF or accessibility check having run.
+step "chromium for the browser tests"
+if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "scripts/test.sh: /usr/bin/chromium is missing and this is not root; install it" \
+            "with: sudo apt-get install -y --no-install-recommends chromium" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq </dev/null
+    apt-get install -y -qq --no-install-recommends chromium </dev/null >/dev/null
+    [ -x /usr/bin/chromium ] || { echo "scripts/test.sh: apt did not install chromium" >&2; exit 1; }
+fi
+
 step "ruff check";          "$bin/ruff" check .
 step "ruff format --check"; "$bin/ruff" format --check .
 step "mypy --strict";       "$bin/mypy" --strict
