@@ -18,6 +18,7 @@ from middleware.audit.evidence import EVIDENCE_PURPOSE, EvidenceReader
 from middleware.audit.exports import BulkExport
 from middleware.audit.http import AuditApi
 from middleware.audit.httptypes import AuditIndex, Json, Recorder, TokenCheck
+from middleware.audit.oversight_http import Oversight
 from middleware.audit.row import AuditRow
 from middleware.audit.searching import Searching
 from middleware.audit.shredded import shredded_rows
@@ -104,6 +105,15 @@ def build_audit_api(
             shredded=shredded,
             suspensions=suspensions,
             directory=settings.recipient_directory(),
+        ),
+        oversight=Oversight(
+            store=ledger.store,
+            append=ledger.append,
+            role=settings.audit_role,
+            after=settings.after_hours,
+            after_text=f"{settings.report_after_hours} {settings.report_timezone}",
+            gateway_name=REPORT_NAME,
+            wall_clock=wall_clock,
         ),
         base_path=settings.base_path,
         role=settings.audit_role,

@@ -18,6 +18,10 @@ request                                    answer
 ``GET .../AuditEvent/$export-file/<job>/`` one NDJSON output file
 ``<n>``
 ``GET {base}/Patient/<id>/$accounting``    the accounting of disclosures (:mod:`.accounting_http`)
+``GET|POST .../AuditEvent/$review``,       the compliance reviewer's operations: overview,
+``GET .../AuditEvent/$overview``,          break-the-glass review, date-range and access
+``.../AuditEvent/$date-range``,            reports (:mod:`.oversight_http`)
+``.../Patient/<id>/$access-report``
 =========================================  ===================================================
 
 One request: the path is routed (404/405, not recorded), the bearer token verified (401, not
@@ -42,6 +46,7 @@ from middleware.audit.access import audit_reader
 from middleware.audit.bulk import ExportJobs
 from middleware.audit.exports import BulkExport
 from middleware.audit.httptypes import Recorder, Reply, Seen, TokenCheck, error_reply
+from middleware.audit.oversight_http import Oversight
 from middleware.audit.recorder import Exchange
 from middleware.audit.searching import Searching
 from middleware.auth.identity import Identity
@@ -65,6 +70,10 @@ __all__ = ["Accounting", "AuditApi", "serves", "store_failure"]
 _FORM: Final = "application/x-www-form-urlencoded"
 # A path segment this API can route: FHIR ids (R4 §2.24.0.1), operation names, job ids.
 _SEGMENT: Final = re.compile(r"[A-Za-z0-9\-.$_]{1,64}")
+#: Operations on ``{base}/Patient/<id>`` this API answers (:mod:`.oversight_http`).
+_PATIENT_OPERATIONS: Final = frozenset({"$accounting", "$access-report"})
+#: The compliance reviewer's operations on ``{base}/AuditEvent`` (:mod:`.oversight_http`).
+_OVERSIGHT: Final = frozenset({"$overview", "$review", "$date-range"})
 
 #: The ``$accounting`` handler: (caller, the request's record, patient id, params, headers).
 Accounting = Callable[
@@ -83,7 +92,7 @@ def serves(path: str, base_path: str, query: bytes = b"") -> bool:
     if path == root or path.startswith(root + "/"):
         return True
     parts = path[len(base_path) :].split("/") if path.startswith(base_path + "/") else []
-    return len(parts) == 4 and parts[1] == "Patient" and parts[3] == "$accounting"
+    return len(parts) == 4 and parts[1] == "Patient" and parts[3] in _PATIENT_OPERATIONS
 
 
 def _names_audit_event(query: bytes) -> bool:
@@ -113,6 +122,7 @@ class AuditApi:
         searching: Searching,
         exports: BulkExport,
         accounting: Accounting | None = None,
+        oversight: Oversight | None = None,
         base_path: str,
         role: str,
         max_request_bytes: int,
@@ -124,6 +134,7 @@ class AuditApi:
         self.searching = searching
         self.exports = exports
         self._accounting = accounting
+        self._oversight = oversight
         self._base = base_path
         self._role = role
         self._max = max_request_bytes
@@ -234,6 +245,21 @@ class AuditApi:
             case ["AuditEvent", "$export-file", job, _]:
                 _allow(method, "GET")
                 return segments, _operation(method, rel, query, "$export-file", job)
+            case ["AuditEvent", name] if name in _OVERSIGHT and self._oversight is not None:
+                _allow(method, *(("GET", "POST") if name == "$review" else ("GET",)))
+                return segments, _operation(method, rel, query, name, None)
+            case ["Patient", pid, "$access-report"] if self._oversight is not None:
+                _allow(method, "GET")
+                return segments, FhirRequest(
+                    Interaction.OPERATION,
+                    method,
+                    Level.INSTANCE,
+                    rel,
+                    query,
+                    "Patient",
+                    pid,
+                    operation="$access-report",
+                )
             case ["AuditEvent", event]:
                 _allow(method, "GET")
                 return segments, FhirRequest(
@@ -264,9 +290,20 @@ class AuditApi:
         segments: list[str],
     ) -> Reply:
         params = _query(bytes(scope.get("query_string", b"")))
-        if segments[-1] == "_search":
+        if segments[-1] == "_search" or scope["method"] == "POST":
             seen.form = await self._form(receive, headers)
             params += _query(seen.form)
+        if self._oversight is not None and (
+            segments[-1] == "$access-report" or segments[-1] in _OVERSIGHT
+        ):
+            return await self._oversight.answer(
+                identity,
+                seen,
+                segments[-1],
+                params,
+                method=str(scope["method"]),
+                patient_id=segments[1] if segments[0] == "Patient" else None,
+            )
         if segments[0] == "Patient" and self._accounting is not None:
             return await self._accounting(identity, seen, segments[1], params, headers)
         if segments[1:2] not in (["$export-status"], ["$export-file"]):
