@@ -66,8 +66,11 @@ def _guards(settings: Settings) -> GuardPolicy:
             p.strip() for p in settings.sensitive_sort_params.split(",") if p.strip()
         ),
         count_max_resources=settings.count_max_resources,
+        count_max_walked=settings.count_max_walked,
         count_max_pages=settings.count_max_pages,
         count_page_size=settings.count_page_size,
+        count_deadline_seconds=settings.count_deadline_seconds,
+        count_max_concurrent=settings.count_max_concurrent,
     )
 
 

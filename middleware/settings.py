@@ -110,10 +110,14 @@ class Settings:
     unknown_patient_allowed_for: str = ""
     inference_guards_for: str = "patient"
     sensitive_sort_params: str = ""
-    # Counts answered by the gateway (pipeline.counting): upstream matches and pages walked.
+    # Counts answered by the gateway (pipeline.counting): the caller's cap on matches released,
+    # hard limits on the upstream walk (also refilling a page), its deadline, counts at once.
     count_max_resources: int = 10_000
-    count_max_pages: int = 100
+    count_max_walked: int = 100_000
+    count_max_pages: int = 1_000
     count_page_size: int = 1_000
+    count_deadline_seconds: float = 20.0
+    count_max_concurrent: int = 4
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int = 10_000
@@ -475,11 +479,19 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("audit_max_count: expected 1..1000")
     for bound, usual, most in (
         ("count_max_resources", 10_000, 10_000_000),
-        ("count_max_pages", 100, 100_000),
+        ("count_max_walked", 100_000, 100_000_000),
+        ("count_max_pages", 1_000, 100_000),
         ("count_page_size", 1_000, 10_000),
+        ("count_max_concurrent", 4, 10_000),
     ):
         if not 1 <= values.get(bound, usual) <= most:
             problems.append(f"{bound}: expected 1..{most}")
+    if values.get("count_max_walked", 100_000) <= values.get("count_max_resources", 10_000):
+        # The walk's limit must sit far above the caller's cap: padding a count with visible
+        # matches up to the cap must not bring the walk's refusal within reach (security.md).
+        problems.append("count_max_walked: expected more than count_max_resources")
+    if not 0 < values.get("count_deadline_seconds", 20.0) <= 3600:
+        problems.append("count_deadline_seconds: expected more than 0, at most 3600")
     try:
         parse_networks(values.get("metrics_clients", DEFAULT_METRICS_CLIENTS))
     except ValueError as exc:

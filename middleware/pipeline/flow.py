@@ -5,7 +5,8 @@
 :class:`~middleware.errors.GatewayError`. What it does per interaction (enforcement issue):
 
 - **read, vread, history of an instance**: forwarded without the client's conditional headers
-  (a ``304`` would confirm a record the caller may not see), then the answer is released
+  (a ``304`` would confirm a record the caller may not see; a history's ``_summary=count``,
+  ``_count=0`` and ``_total`` are refused, 400), then the answer is released
   (:mod:`~middleware.pipeline.release`: every resource judged, :mod:`~middleware.pipeline.judging`,
   and the answer filtered); a denied record, a missing one and a deleted one
   all get the same generic 404. A patient-context caller asking for another Patient gets that
@@ -39,12 +40,18 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from middleware.consent.decide import Defaults
-from middleware.errors import Forbidden
+from middleware.errors import BadRequest, Forbidden
 from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
 from middleware.fhir.request import Interaction
 from middleware.pipeline.breakglass import BreakGlass
 from middleware.pipeline.caller import check_interaction
-from middleware.pipeline.counting import Counter, has_total, total_answer, without_total
+from middleware.pipeline.counting import (
+    Counter,
+    CountSlots,
+    has_total,
+    total_answer,
+    without_total,
+)
 from middleware.pipeline.cursor import CURSOR_PARAM, CursorCodec
 from middleware.pipeline.exchange import Answer, Ask, not_found
 from middleware.pipeline.guards import Family, GuardPolicy, check_search, count_family, pin_patient
@@ -119,7 +126,10 @@ class Flow:
             break_glass=break_glass,
             memberships=memberships,
         )
-        self.releasing = Release(self.judging, pager=self.pager, rebaser=rebaser, mapper=mapper)
+        self.releasing = Release(
+            self.judging, pager=self.pager, rebaser=rebaser, mapper=mapper, walk=guards
+        )
+        self.count_slots = CountSlots(guards.count_max_concurrent)  # per process (counting.py)
         self.operations = Operations(
             operations,
             pager=self.pager,
@@ -165,6 +175,10 @@ class Flow:
         params = decode_params(request.query)
         paging = page = None
         if request.interaction is Interaction.HISTORY_INSTANCE:
+            if count_family(params) is not None:
+                # The upstream would count every version, withheld ones included: refused, never
+                # forwarded (R4 search.html#summary; the gateway counts searches only).
+                raise BadRequest("a count of one record's history is not supported")
             token = cursor_of(params)
             params = [(n, v) for n, v in params if n != CURSOR_PARAM]
             paging = self.pager.paging(request.path, params)
@@ -215,6 +229,7 @@ class Flow:
             pager=self.pager,
             policy=self.guards,
             mapper=self.mapper,
+            slots=self.count_slots,
         )
         if counted is Family.COUNT:
             return await counter.answer(ask, path, query)

@@ -26,7 +26,7 @@ By default patient-context callers are refused every inference family and user a
 callers none (:class:`GuardPolicy`). ``count`` and ``_total`` are not forwarded to anyone who
 does not see everything: a search the gateway answers itself (``check_search(counted=True)``)
 answers them by counting what the caller may see (:mod:`~middleware.pipeline.counting`, bounded
-by :attr:`GuardPolicy.count_max_resources` and :attr:`GuardPolicy.count_max_pages`); where the
+by the ``count_*`` fields of :class:`GuardPolicy`); where the
 query would reach the upstream as sent (a search inside a forwarded transaction) they are
 refused. ``_sort`` is refused only by a param listed as sensitive; the list is empty by
 default, so ``_sort`` is allowed until an operator names sensitive params.
@@ -115,9 +115,12 @@ class GuardPolicy:
     (``counted``); a set that names them refuses them even then, and even to callers that see
     everything.
 
-    A count the gateway makes walks at most ``count_max_resources`` upstream matches (hidden
-    ones included) over at most ``count_max_pages`` upstream pages of ``count_page_size``;
-    beyond either it answers 422 ``too-costly`` (:mod:`~middleware.pipeline.counting`).
+    A count the gateway makes releases at most ``count_max_resources`` matches (the caller's
+    cap: 422 ``too-costly`` beyond); its upstream work is bounded apart, by hard limits the
+    caller cannot tune: ``count_max_walked`` upstream matches (hidden ones included) over
+    ``count_max_pages`` upstream pages of ``count_page_size`` (also the bound of refilling a
+    page), within ``count_deadline_seconds``, and at most ``count_max_concurrent`` counts at
+    once in a process (:mod:`~middleware.pipeline.counting`).
     """
 
     patient: frozenset[Family] = DEFAULT_PATIENT_REFUSED
@@ -126,8 +129,11 @@ class GuardPolicy:
     sensitive_sort: frozenset[str] = frozenset()
     refuse_counts: bool = True
     count_max_resources: int = 10_000
-    count_max_pages: int = 100
+    count_max_walked: int = 100_000
+    count_max_pages: int = 1_000
     count_page_size: int = 1_000
+    count_deadline_seconds: float = 20.0
+    count_max_concurrent: int = 4
 
     def refused(
         self, caller_kind: str, *, sees_everything: bool, counted: bool = False

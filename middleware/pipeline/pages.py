@@ -4,12 +4,16 @@ When the filter removes entries from a page of search or history results, the pa
 client gets would be shorter than the one it asked for, telling it that *something* matched
 and was withheld. The flow therefore refills the page from the next upstream pages until it
 holds as many matches as the client's ``_count`` (or, without one, as the upstream's page
-held), and continues the next page exactly where this one stopped: the sealed cursor holds the
-upstream link *and* how many of that page's matches were already released (the ``skip``).
+held) or the result ends, and continues the next page exactly where this one stopped: the
+sealed cursor holds the upstream link *and* how many of that page's matches were already
+released (the ``skip``).
 
 Pure helpers for that: reading a page's matches and ``next`` link, taking ``n`` matches off
 a list of entries (``include`` and ``outcome`` entries travel with the page they came on), and
-encoding the skip into the cursor's link.
+encoding the skip into the cursor's link. The refill's bound is the walk's hard limit of
+counting (:class:`~middleware.pipeline.guards.GuardPolicy` ``count_max_pages`` and
+``count_max_walked``), not a few pages: a page left short after a few pages would tell, by its
+``next`` cursor where a patient without records gets none, that hidden matches follow.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from typing import Any, Final
 
 __all__ = [
     "MAX_COUNT",
-    "MAX_REFILL_PAGES",
     "is_match",
     "next_link",
     "requested_count",
@@ -29,9 +32,6 @@ __all__ = [
     "with_skip",
 ]
 
-#: Upstream pages fetched to fill one client page, beyond the first: a bound on the work one
-#: request can cause. A page still short after that is released short.
-MAX_REFILL_PAGES: Final = 8
 #: The largest ``_count`` read as asked: more than any page an upstream serves.
 MAX_COUNT: Final = 1_000_000
 _SKIP: Final = "#consentry-skip="

@@ -10,7 +10,12 @@ or raises a :class:`~middleware.errors.GatewayError`:
 - every resource is judged (:mod:`~middleware.pipeline.judging`) and the answer filtered
   (:func:`~middleware.pipeline.filter.filter_answer`); nothing left is the generic 404;
 - a page of search or history results is refilled from the following upstream pages until it
-  holds as many matches as the client asked for (:mod:`~middleware.pipeline.pages`);
+  holds as many matches as the client asked for or the result ends
+  (:mod:`~middleware.pipeline.pages`), bounded by the walk's hard limits of counting
+  (``count_max_pages`` upstream pages, ``count_max_walked`` matches walked, hidden ones
+  included): a page still short there is released short with a ``next`` cursor, which tells
+  only that more than that many hidden matches follow (padding with visible matches fills the
+  page and ends the walk, so it cannot lower the threshold; docs/security.md);
 - the mapping profile and ``_summary``/``_elements`` (:mod:`~middleware.pipeline.subset`) are
   applied to what is released; an answer released whole and unchanged keeps the upstream's
   bytes;
@@ -32,10 +37,10 @@ from middleware.pipeline.caller import ACTION_ACCESS
 from middleware.pipeline.cursor import rewrite_links
 from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, upstream_failure
 from middleware.pipeline.filter import filter_answer
+from middleware.pipeline.guards import GuardPolicy
 from middleware.pipeline.judging import Judging
 from middleware.pipeline.mapper import Mapper
 from middleware.pipeline.pages import (
-    MAX_REFILL_PAGES,
     is_match,
     next_link,
     requested_count,
@@ -59,15 +64,23 @@ _PAGED: Final = frozenset({"searchset", "history"})
 class Release:
     """Judges, filters and pages upstream answers (module docstring) with ``judging``; the
     read half's ``pager`` seals the cursors, ``rebaser`` rewrites upstream URLs, ``mapper``
-    (None: no profile) maps what is released."""
+    (None: no profile) maps what is released; ``walk`` bounds refilling a page (its
+    ``count_max_pages`` and ``count_max_walked``)."""
 
     def __init__(
-        self, judging: Judging, *, pager: Pager, rebaser: Rebaser, mapper: Mapper | None
+        self,
+        judging: Judging,
+        *,
+        pager: Pager,
+        rebaser: Rebaser,
+        mapper: Mapper | None,
+        walk: GuardPolicy | None = None,
     ) -> None:
         self.judging = judging
         self.pager = pager
         self.rebaser = rebaser
         self.mapper = mapper
+        self.walk = GuardPolicy() if walk is None else walk
 
     async def release(
         self,
@@ -149,12 +162,14 @@ class Release:
         kept, taken, left = take(skip_matches(entries, page.skip), target)
         refilled = page.skip > 0 or left
         resume = with_skip(page.sent, page.skip + taken) if left else following
-        fetched = 0
-        while not left and following and fetched < MAX_REFILL_PAGES:
+        pages, walked = 1, upstream_size
+        while not left and following:
             have = sum(1 for entry in kept if is_match(entry))
             if have >= target:
                 break
-            fetched += 1
+            if pages >= self.walk.count_max_pages or walked >= self.walk.count_max_walked:
+                break  # the walk's hard limit: released short, with its cursor (docstring)
+            pages += 1
             refilled = True
             link = following
             more_up = await ask.forward("GET", link, client_headers=False, headers=accept_of(ask))
@@ -163,7 +178,8 @@ class Release:
             more = more_up.document
             if not isinstance(more, dict) or more.get("resourceType") != "Bundle":
                 raise UpstreamError("the upstream server sent no Bundle page")
-            more_entries, _, following = await self._page_entries(ask, more_up, more)
+            more_entries, more_size, following = await self._page_entries(ask, more_up, more)
+            walked += more_size
             added, taken, left = take(more_entries, target - have)
             kept += added
             resume = with_skip(link, taken) if left else following
@@ -274,8 +290,10 @@ def _copy_links(links: Any) -> Any:
 
 
 def accept_of(ask: Ask) -> list[tuple[str, str]]:
-    """The client's ``Accept`` header, the only one of its headers a read's GET passes on."""
-    return [(k, v) for k, v in ask.headers.items() if k == "accept"]
+    """The ``Accept`` a read's GET sends: always FHIR JSON, the one format the gateway reads
+    (the client's own format is answered at the edge, :mod:`middleware.fhir.negotiate`)."""
+    del ask  # the same for every request, whatever the client accepts
+    return [("accept", "application/fhir+json")]
 
 
 def read_failure(up: Upstreamed, ask: Ask) -> GatewayError:

@@ -201,8 +201,12 @@ async def test_a_patient_context_count_is_pinned_to_its_compartment(
 
 @pytest.mark.parametrize(
     "limits",
-    [{"count_max_resources": 6}, {"count_max_pages": 2}],
-    ids=["resources", "pages"],
+    [
+        {"count_max_resources": 4},
+        {"count_max_resources": 5, "count_max_walked": 6},
+        {"count_max_pages": 2},
+    ],
+    ids=["released", "walked", "pages"],
 )
 async def test_beyond_the_cap_a_count_is_too_costly(
     make_app: Any, dev_key_file: Path, tokens: Tokens, upstream: Upstream, limits: dict[str, int]

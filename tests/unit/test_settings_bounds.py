@@ -115,6 +115,8 @@ def test_good_upstream_headers_load() -> None:
         ("count_max_pages", "0"),
         ("count_page_size", "0"),
         ("count_page_size", "10001"),
+        ("count_max_walked", "0"),
+        ("count_max_concurrent", "0"),
     ],
 )
 def test_a_count_bound_out_of_range_is_refused(name: str, value: str) -> None:
@@ -128,8 +130,22 @@ def test_count_bounds_load_and_have_their_defaults() -> None:
     default = load_settings(overrides={"upstream": UP})
     assert (default.count_max_resources, default.count_max_pages, default.count_page_size) == (
         10_000,
-        100,
+        1_000,
         1_000,
     )
+    assert (default.count_max_walked, default.count_deadline_seconds) == (100_000, 20.0)
+    assert default.count_max_concurrent == 4
     tuned = load_settings(overrides={"upstream": UP, "count_max_resources": 50})
     assert tuned.count_max_resources == 50
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"count_max_walked": 10_000}, {"count_max_resources": 200_000}, {"count_deadline_seconds": 0}],
+    ids=["walk-at-cap", "cap-above-walk", "no-deadline"],
+)
+def test_a_walk_limit_within_the_callers_cap_is_refused(overrides: dict[str, object]) -> None:
+    """A walk limit at or below the caller's cap would let padding with visible matches bring
+    the walk's refusal within reach of a few hidden records (docs/security.md)."""
+    with pytest.raises(SettingsError, match="count_"):
+        load_settings(overrides={"upstream": UP, **overrides})
