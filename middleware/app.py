@@ -8,7 +8,9 @@ upstream (an ``httpx`` transport such as ``httpx.MockTransport(respx_router.hand
 Routing is by exact path before anything else: the management endpoints (``/healthz``,
 ``/readyz``, ``/metrics``, the ``/ledger/`` API of ``ledger.http``; ``/auth/jwks`` when the
 development issuer is on; ``/.well-known/smart-configuration`` at the root and under the
-base), then the patient consent API (``{base}/Consent`` and below, served
+base), then the web pages (``/portal/``, ``/compliance/``, ``/static/web/``; the development
+sign-in's ``/auth/authorize`` and ``/auth/token`` when that issuer is on: ``web.routes``), then
+the patient consent API (``{base}/Consent`` and below, served
 here and never forwarded), then the audit trail's API (``{base}/AuditEvent`` and below,
 ``Patient/<id>/$accounting``, ``$export`` with ``_type=AuditEvent``: ``audit.http``, never
 forwarded), then the FHIR
@@ -73,7 +75,8 @@ from middleware.proxy.upstream import Upstream
 from middleware.settings import Settings
 from middleware.storage import ConsentStore, LogStore, open_consent_store, open_log_store
 from middleware.storage.consent_base import LOOKUP_PURPOSE
-from middleware.types import Receive, Scope, Send
+from middleware.types import ASGIApp, Receive, Scope, Send
+from middleware.web.routes import WebApp, build_web, web_serves
 
 __all__ = ["Gateway", "create_app"]
 
@@ -94,6 +97,7 @@ class Gateway:
         ledger_readers: LeafReaders,
         audit: AuditApi | None = None,
         exports: ExportEndpoints | None = None,
+        web: Callable[[ASGIApp], WebApp] | None = None,
     ) -> None:
         self.settings = settings
         self.exports = exports
@@ -103,6 +107,8 @@ class Gateway:
         self.audit = audit
         self.dev_issuer = dev_issuer
         self.metrics = proxy.metrics
+        # The web pages call this app's own APIs in-process, so they are built with it.
+        self.web = web(self) if web is not None else None
         self._scrape = ScrapeAccess.from_settings(settings.metrics_clients, settings.metrics_token)
         self._probe: asyncio.Task[bool] | None = None
         # The last readiness answer (loop time, checks) and the check running now, shared by
@@ -135,6 +141,8 @@ class Gateway:
             path = scope["path"]
             if path in self._management_paths or path.startswith("/ledger/"):
                 await self.management(scope, receive, send)
+            elif self.web is not None and web_serves(path, development=self.dev_issuer is not None):
+                await self.web(scope, receive, send)
             elif self.consent is not None and serves(path, self._base):
                 await self.consent(scope, receive, send)
             elif self.audit is not None and audit_serves(
@@ -216,6 +224,8 @@ class Gateway:
             await self.audit.aclose()
         if self.exports is not None:
             await self.exports.jobs.aclose()
+        if self.web is not None:
+            await self.web.aclose()
         await self.ledger.aclose()
 
     async def _healthz(self, _request: Request) -> Response:
@@ -436,6 +446,14 @@ def create_app(
         ledger_readers=readers,
         audit=audit,
         exports=_export_endpoints(settings, enforcement.pipeline.exports, verifier, recorder),
+        web=partial(
+            build_web,
+            settings=settings,
+            secret=secret,
+            verifier=verifier,
+            dev_issuer=dev_issuer,
+            clock=wall,
+        ),
     )
 
 
