@@ -81,13 +81,15 @@ def patients(carebundle: dict[str, list[str]]) -> list[str]:
     return list(carebundle)
 
 
-@pytest.fixture(scope="session")
+# Package scope: the driver's own event loop is gone before the asyncio tests of later
+# packages run.
+@pytest.fixture(scope="package")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     # Chromium's sandbox refuses to start as root (CI runs as root).
     args = ["--no-sandbox"] if os.geteuid() == 0 else []

@@ -68,25 +68,33 @@ class Site:
 
     # -- sign-in ---------------------------------------------------------------------------
 
-    def sign_in_patient(self, page: Page, patient: str) -> None:
+    def sign_in_patient(self, page: Page, patient: str, *, check: bool = False) -> None:
         """Open the portal, sign in as ``Patient/<patient>`` at the development authorization
-        page, and come back to the portal signed in."""
+        page, and come back to the portal signed in; ``check``: :meth:`check_page` the sign-in
+        and authorization pages on the way."""
         page.goto(self.url("/portal/"))
-        self._authorize(page, lambda: page.get_by_label("Patient").fill(patient))
-        page.wait_for_url(self.url("/portal/") + "**")
+        self._authorize(page, "portal", check)
+        page.get_by_label("Patient id").fill(patient)
+        page.get_by_role("button", name="Sign in as this patient").click()
+        page.wait_for_url(self.url("/portal/"))
 
-    def sign_in_auditor(self, page: Page) -> None:
+    def sign_in_auditor(self, page: Page, *, check: bool = False) -> None:
         """Open the dashboard and sign in as the development auditor."""
         page.goto(self.url("/compliance/"))
-        self._authorize(page, lambda: page.get_by_label("Auditor").check())
-        page.wait_for_url(self.url("/compliance/") + "**")
+        self._authorize(page, "compliance", check)
+        page.get_by_role("button", name="Sign in as the auditor").click()
+        page.wait_for_url(self.url("/compliance/"))
 
-    def _authorize(self, page: Page, choose: Any) -> None:
-        # The area's sign-in page, then the issuer's (development-only) authorization page.
-        page.get_by_role("button", name="Sign in").click()
+    def _authorize(self, page: Page, area: str, check: bool) -> None:
+        # Not signed in: the area's sign-in page, then the issuer's (development-only)
+        # authorization page.
+        page.wait_for_url(self.url(f"/{area}/signin") + "**")
+        if check:
+            self.check_page(page, f"{area}-signin")
+        page.get_by_role("button", name="Sign in", exact=True).click()
         page.wait_for_url("**/auth/authorize**")
-        choose()
-        page.get_by_role("button", name="Continue").click()
+        if check:
+            self.check_page(page, f"{area}-dev-authorize")
 
 
 def new_watched(context: BrowserContext) -> None:
