@@ -37,7 +37,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from middleware.consent.datatypes import Reader, items
-from middleware.consent.expression import CompiledExpression, compile_expression
+from middleware.consent.expression import (
+    CompiledExpression,
+    ExpressionBudget,
+    compile_expression,
+)
 from middleware.consent.limits import CEILING, ConsentLimits, limit_problems
 from middleware.consent.model import (
     CONFIDENTIALITY_SYSTEMS,
@@ -171,6 +175,8 @@ class _Builder(Reader):
     def __init__(self, version: FhirVersion) -> None:
         super().__init__()
         self.version: FhirVersion = version
+        # Shared by the consent's expressions: their AST nodes in all (expression.py)
+        self.budget = ExpressionBudget()
 
     def policy(self, raw: Mapping[str, Any], ledger_index: int | None) -> Policy | None:
         consent_id = raw.get("id")
@@ -323,7 +329,7 @@ class _Builder(Reader):
         """R5 ``provision.expression``, compiled (:mod:`middleware.consent.expression`)."""
         if node is None:
             return None
-        compiled, problems = compile_expression(node, path)
+        compiled, problems = compile_expression(node, path, self.budget)
         for problem in problems:
             self.problems.append(problem)
         return compiled
