@@ -59,6 +59,7 @@ class Settings:
     public_url: str = ""
     store: str = "sqlite:consentry.db"
     max_request_bytes: int = 16 * 1024 * 1024
+    max_xml_body_bytes: int = 4 * 1024 * 1024
     max_response_bytes: int = 64 * 1024 * 1024
     max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
     consent_max_depth: int = DEFAULT_LIMITS.max_depth
@@ -373,6 +374,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append(f"port: expected 0..65535, got {port}")
     for name in (
         "max_request_bytes",
+        "max_xml_body_bytes",
         "max_response_bytes",
         "upstream_pool_size",
         "ledger_max_batch",

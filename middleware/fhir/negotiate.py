@@ -4,11 +4,19 @@ The gateway must read every answer it releases (to rebase, to filter), and it re
 the FHIR API it proxies, a client may speak FHIR XML (``Accept`` or ``_format``, FHIR R4
 http.html §3.1.0.1.9): its XML body is converted to JSON before anything judges it and its
 answer to XML after everything else (:mod:`middleware.fhir.xmlcodec`), so the pipeline only
-ever sees JSON. ``_format`` wins over ``Accept``; an ``Accept`` naming FHIR JSON (or only
-wildcards) is answered in JSON, one naming only an XML type in XML (``q`` values are not
-weighed). Turtle, or anything else, gets 406. The gateway's own endpoints (Consent API,
-AuditEvent search) answer JSON only (:func:`check_accept`, :func:`check_json_body`). Bodies
-must be FHIR JSON, FHIR XML (proxied API), JSON Patch, or a form-encoded ``_search``.
+ever sees JSON. Every ``_format`` (by its decoded name, in the query or a form-encoded
+``_search`` body) is answered at the edge and taken out of what goes on (:func:`split_format`);
+the upstream is always asked for ``application/fhir+json``.
+
+``_format`` wins over ``Accept``; two ``_format`` values naming different formats are 400.
+``Accept`` is weighed by its ``q`` values (RFC 9110 §12.5.1; ``q=0`` means "not this"): XML
+when the client names FHIR XML (``application/fhir+xml``) above every FHIR JSON type it names
+and at least as high as any wildcard; else JSON when any JSON type or wildcard is acceptable
+(a browser's ``application/xml;q=0.9, */*;q=0.8`` gets JSON); else XML when a generic XML type
+(``application/xml``, ``text/xml``) is; else 406 (Turtle, or anything else). No ``Accept`` is
+JSON. The gateway's own endpoints (Consent API, AuditEvent search) answer JSON only
+(:func:`check_accept`, :func:`check_json_body`). Bodies must be FHIR JSON, FHIR XML (proxied
+API), JSON Patch, or a form-encoded ``_search``.
 """
 
 from __future__ import annotations
@@ -28,26 +36,25 @@ __all__ = [
     "is_xml_body",
     "media_type",
     "prefers_xml",
-    "strip_xml_format",
+    "split_format",
 ]
 
-_JSON_TYPES = frozenset(
-    {"*/*", "application/*", "application/fhir+json", "application/json", "application/json+fhir"}
-)
-_FORMAT_JSON = frozenset(
-    {"json", "application/json", "application/fhir+json", "application/json+fhir"}
-)
-_BODY_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})
-#: FHIR XML's media type, its R3-era spelling and the generic XML ones (R4 http.html §3.1.0.1.9).
-_XML_TYPES = frozenset(
-    {"application/fhir+xml", "application/xml+fhir", "application/xml", "text/xml"}
-)
-_FORMAT_XML = frozenset({"xml", *_XML_TYPES})
+_WILDCARDS = frozenset({"*/*", "application/*"})
 #: Accept values that name FHIR JSON itself rather than any type.
-_JSON_NAMED = _JSON_TYPES - {"*/*", "application/*"}
+_JSON_NAMED = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})
+_JSON_TYPES = _JSON_NAMED | _WILDCARDS
+_FORMAT_JSON = frozenset({"json", *_JSON_NAMED})
+_BODY_TYPES = _JSON_NAMED
+#: FHIR XML's media type and its R3-era spelling (R4 http.html §3.1.0.1.9).
+_FHIR_XML = frozenset({"application/fhir+xml", "application/xml+fhir"})
+#: The generic XML types, taken as FHIR XML when nothing JSON is acceptable.
+_GENERIC_XML = frozenset({"application/xml", "text/xml"})
+_XML_TYPES = _FHIR_XML | _GENERIC_XML
+_FORMAT_XML = frozenset({"xml", *_XML_TYPES})
 #: Printable ASCII but '#': a query the client did not percent-encode where it must (spaces,
 #: control characters, non-ASCII bytes) is refused, never re-encoded on its behalf.
 _QUERY = re.compile(rb"[\x21\x22\x24-\x7e]*")
+_Q = re.compile(r"\s*q\s*=\s*([0-9.]+)\s*", re.IGNORECASE)
 
 
 def media_type(value: str) -> str:
@@ -55,37 +62,69 @@ def media_type(value: str) -> str:
     return value.split(";", 1)[0].strip().lower()
 
 
+def _weights(accept: str) -> dict[str, float]:
+    """The highest ``q`` of each media type ``accept`` names (1 when unstated or unreadable)."""
+    out: dict[str, float] = {}
+    for part in accept.split(","):
+        kind, _, params = part.partition(";")
+        weight = 1.0
+        for param in params.split(";"):
+            found = _Q.fullmatch(param)
+            if found:
+                try:
+                    weight = min(float(found.group(1)), 1.0)
+                except ValueError:
+                    weight = 1.0
+        name = kind.strip().lower()
+        out[name] = max(out.get(name, 0.0), weight)
+    return out
+
+
+def _best(weights: Mapping[str, float], kinds: Iterable[str]) -> float:
+    return max((weights.get(kind, 0.0) for kind in kinds), default=0.0)
+
+
 def check_accept(headers: Mapping[str, str], params: Iterable[tuple[str, str]]) -> None:
     """406 unless ``Accept`` and every ``_format`` in ``params`` allow FHIR JSON."""
     accept = headers.get("accept")
-    if accept and not any(media_type(part) in _JSON_TYPES for part in accept.split(",")):
+    if accept and _best(_weights(accept), _JSON_TYPES) <= 0:
         raise NotAcceptable("this gateway answers in FHIR JSON only (application/fhir+json)")
     for name, value in params:
         if name == "_format" and media_type(value) not in _FORMAT_JSON:
             raise NotAcceptable("this gateway answers in FHIR JSON only (_format=json)")
 
 
-def answer_in_xml(headers: Mapping[str, str], params: Iterable[tuple[str, str]]) -> bool:
-    """Whether the proxied API answers in XML (True) or JSON (False); 406 for anything else.
-
-    The last ``_format`` decides when there is one; else ``Accept``: JSON when it names FHIR
-    JSON or a wildcard (or is absent), XML when it names only XML types."""
-    formats = [media_type(value) for name, value in params if name == "_format"]
-    for fmt in formats:
-        if fmt not in _FORMAT_JSON and fmt not in _FORMAT_XML:
+def answer_in_xml(headers: Mapping[str, str], formats: Iterable[str]) -> bool:
+    """Whether the proxied API answers in XML (True) or JSON (False), by the request's
+    ``_format`` values (all of them, decoded) or else its ``Accept`` (module docstring); 406
+    for a format the gateway cannot answer in, 400 for ``_format`` values that disagree."""
+    kinds = set()
+    for value in formats:
+        # An unencoded '+' in the query reads as a space ("application/fhir xml"); a media
+        # type has no spaces, so it is taken back as the '+' the client meant.
+        fmt = media_type(value).replace(" ", "+")
+        if fmt in _FORMAT_JSON:
+            kinds.add("json")
+        elif fmt in _FORMAT_XML:
+            kinds.add("xml")
+        else:
             raise NotAcceptable("this gateway answers in FHIR JSON or FHIR XML (_format)")
-    if formats:
-        return formats[-1] in _FORMAT_XML
-    accept = headers.get("accept")
+    if len(kinds) > 1:
+        raise BadRequest("the _format parameters name different formats", code="value")
+    if kinds:
+        return kinds == {"xml"}
+    accept = headers.get("accept", "").strip()
     if not accept:
         return False
-    kinds = {media_type(part) for part in accept.split(",")}
-    if kinds & _JSON_NAMED:
-        return False
-    if kinds & _XML_TYPES:
+    weights = _weights(accept)
+    named, wildcard = _best(weights, _JSON_NAMED), _best(weights, _WILDCARDS)
+    fhir_xml = _best(weights, _FHIR_XML)
+    if fhir_xml > 0 and fhir_xml > named and fhir_xml >= wildcard:
         return True
-    if kinds & _JSON_TYPES:
+    if named > 0 or wildcard > 0:
         return False
+    if _best(weights, _GENERIC_XML) > 0:
+        return True
     raise NotAcceptable("this gateway answers in FHIR JSON or FHIR XML (application/fhir+xml)")
 
 
@@ -96,22 +135,30 @@ def prefers_xml(headers: Mapping[str, str], query: bytes) -> bool:
         return False
     try:
         params = parse_qsl(query.decode("ascii"), keep_blank_values=True)
-        return answer_in_xml(headers, params)
+        return answer_in_xml(headers, [v for n, v in params if n == "_format"])
     except (GatewayError, UnicodeDecodeError, ValueError):
         return False
 
 
-def strip_xml_format(query: bytes) -> bytes | None:
-    """``query`` without its ``_format`` parameters when they ask for XML (the upstream is
-    always asked for JSON); ``None`` when they do not (the query goes on as it is)."""
-    parts = query.split(b"&")
-    formats = [p for p in parts if p.split(b"=", 1)[0] == b"_format"]
-    if not formats:
-        return None
-    last = unquote_to_bytes(formats[-1].partition(b"=")[2].replace(b"+", b" "))
-    if media_type(last.decode("latin-1")) not in _FORMAT_XML:
-        return None
-    return b"&".join(p for p in parts if p.split(b"=", 1)[0] != b"_format")
+def split_format(encoded: bytes) -> tuple[bytes, list[str]]:
+    """``encoded`` (a query string or a form-encoded body) without its ``_format`` parameters,
+    found by their decoded name (``%5Fformat`` is ``_format``), and their decoded values. The
+    edge answers ``_format`` itself: it is never sent on."""
+    if b"format" not in encoded.lower():  # the cheap common case (%5F and %5f included)
+        return encoded, []
+    kept: list[bytes] = []
+    formats: list[str] = []
+    for part in encoded.split(b"&"):
+        name, _, value = part.partition(b"=")
+        if _decoded(name) == b"_format":
+            formats.append(_decoded(value).decode("latin-1"))
+        else:
+            kept.append(part)
+    return b"&".join(kept), formats
+
+
+def _decoded(raw: bytes) -> bytes:
+    return unquote_to_bytes(raw.replace(b"+", b" "))
 
 
 def is_xml_body(headers: Mapping[str, str]) -> bool:
@@ -126,18 +173,14 @@ def check_json_body(headers: Mapping[str, str]) -> None:
 
 
 def check_request_negotiation(
-    request: FhirRequest, headers: Mapping[str, str], body: bytes
+    request: FhirRequest, headers: Mapping[str, str], body: bytes, formats: Iterable[str] = ()
 ) -> bool:
-    """Raise 400/406/415 unless the request can be answered in JSON or XML and its body is
+    """Raise 400/406/415 unless the request can be answered in JSON or XML (by ``formats``,
+    its ``_format`` values taken out by :func:`split_format`, and ``Accept``) and its body is
     FHIR JSON (an XML body is converted before this sees it); True when the answer is XML."""
     if not _QUERY.fullmatch(request.query):
         raise BadRequest("the query string contains characters that must be percent-encoded")
-    params = (
-        parse_qsl(request.query.decode("ascii"), keep_blank_values=True)
-        if b"_format" in request.query
-        else ()
-    )
-    xml = answer_in_xml(headers, params)
+    xml = answer_in_xml(headers, formats)
     # A form-encoded _search and patches had their media types checked by classify().
     if body and not request.via_post and request.interaction is not Interaction.PATCH:
         check_json_body(headers)

@@ -8,6 +8,10 @@ the order and cardinality come from the ``fhir.resources`` R4B models (``element
 and field annotations, through ``fhir_core``'s type helpers). R4B has R4's structure for the
 resources clinical exchanges carry; the models are used only as this table, never to validate
 or serialise (they rewrite decimals: ``1.50`` becomes ``1.5``, ``0.000001`` becomes ``1e-06``).
+
+Names come from clients (an XML root element) and from upstream answers: every lookup first
+checks the name against the fixed set of types the models define (:data:`_KNOWN`), so the
+caches below hold at most that many entries whatever is sent.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Final, Literal
 
-from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B import fhirtypes, get_fhir_model_class
 from fhir_core.utils import get_fhir_type_name, is_list_type, is_primitive_type
 
 __all__ = ["Element", "Kind", "elements", "is_resource_type"]
@@ -29,6 +33,11 @@ Kind = Literal["string", "number", "boolean", "xhtml", "complex", "resource"]
 _NUMBERS: Final = frozenset({"integer", "positiveInt", "unsignedInt", "decimal"})
 #: The version prefix ``fhir_core`` files the R4B types under.
 _PREFIX: Final = "R4."
+#: Every type name the models define (``fhirtypes`` names each ``<Name>Type``): the only names
+#: ever looked up or cached.
+_KNOWN: Final = frozenset(
+    name[:-4] for name in dir(fhirtypes) if name.endswith("Type") and name[:1].isupper()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +51,25 @@ class Element:
     type_name: str | None = None
 
 
-@cache
 def is_resource_type(name: str) -> bool:
     """Whether ``name`` is a resource type the models know (an XML root or contained
     resource's element name)."""
+    return name in _KNOWN and _is_resource_type(name)
+
+
+def elements(type_name: str) -> Mapping[str, Element] | None:
+    """The elements of ``type_name`` in FHIR order, by name; ``None`` for an unknown type."""
+    return _elements(type_name) if type_name in _KNOWN else None
+
+
+@cache
+def _is_resource_type(name: str) -> bool:
     model = _model(name)
     return model is not None and hasattr(model, "get_resource_type") and _is_resource(model)
 
 
 @cache
-def elements(type_name: str) -> Mapping[str, Element] | None:
-    """The elements of ``type_name`` in FHIR order, by name; ``None`` for an unknown type."""
+def _elements(type_name: str) -> Mapping[str, Element] | None:
     model = _model(type_name)
     if model is None:
         return None
@@ -85,7 +102,6 @@ def _is_resource(model: Any) -> bool:
     return any(base.__name__ == "Resource" for base in model.__mro__)
 
 
-@cache
 def _model(name: str) -> Any:
     try:
         return get_fhir_model_class(name)

@@ -1,6 +1,7 @@
 """The request body at the ASGI edge: whether one is announced, reading it, its Bundle type.
 
-Read whole under ``max_request_bytes`` (after decoding gzip: no zip bombs) and
+Read whole under ``max_request_bytes`` (``max_xml_body_bytes`` for FHIR XML, whose conversion
+costs far more than reading JSON; both after decoding gzip: no zip bombs) and
 ``body_timeout`` (:func:`middleware.asgi.read_body`); refused (400) on a method that takes
 none, in an unsupported ``Content-Encoding``, or nesting deeper than ``max_json_depth``
 (measured before anything decodes it, :mod:`middleware.fhir.limits`).
@@ -27,9 +28,10 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _FORM: Final = "application/x-www-form-urlencoded"
 #: Bodies not measured as JSON: the form, and FHIR XML (measured by its own converter,
 #: :func:`middleware.fhir.xmlcodec.xml_to_json`, before it becomes JSON).
-_NOT_JSON: Final = frozenset(
-    {_FORM, "application/fhir+xml", "application/xml+fhir", "application/xml", "text/xml"}
+_XML: Final = frozenset(
+    {"application/fhir+xml", "application/xml+fhir", "application/xml", "text/xml"}
 )
+_NOT_JSON: Final = frozenset({_FORM, *_XML})
 
 
 def announces_body(headers: Mapping[str, str]) -> bool:
@@ -42,8 +44,11 @@ def announces_body(headers: Mapping[str, str]) -> bool:
 async def read_request_body(
     receive: Receive, headers: Mapping[str, str], method: str, settings: Settings
 ) -> bytes:
-    """The request body, whole, at most ``max_request_bytes`` after decoding gzip."""
+    """The request body, whole, at most ``max_request_bytes`` after decoding gzip (at most
+    ``max_xml_body_bytes`` when its ``Content-Type`` is an XML one)."""
     limit = settings.max_request_bytes
+    if media_type(headers.get("content-type", "")) in _XML:
+        limit = min(limit, settings.max_xml_body_bytes)
     body = await read_body(receive, headers, limit, within=settings.body_timeout)
     if body and method not in _BODY_METHODS:
         raise BadRequest(f"a {method} request must not have a body")

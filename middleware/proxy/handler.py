@@ -16,6 +16,7 @@ here once the caller proved who it is (:meth:`ProxyHandler._audited`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Final
@@ -27,11 +28,12 @@ from middleware.fhir.classify import classify, classify_bundle
 from middleware.fhir.negotiate import (
     check_request_negotiation,
     is_xml_body,
+    media_type,
     prefers_xml,
-    strip_xml_format,
+    split_format,
 )
 from middleware.fhir.request import Interaction
-from middleware.fhir.xmlcodec import xml_to_json
+from middleware.fhir.xmlcodec import json_to_xml, xml_to_json
 from middleware.logging import get_logger
 from middleware.ops.metrics import Metrics
 from middleware.ops.reasons import refusal_reason, status_reason
@@ -44,7 +46,7 @@ from middleware.proxy.exchange_log import ExchangeLog, log_access
 from middleware.proxy.forwarder import UpstreamForwarder
 from middleware.proxy.headers import request_id
 from middleware.proxy.metadata import Capabilities
-from middleware.proxy.respond import FHIR_JSON, send_answer, send_bytes, send_error
+from middleware.proxy.respond import FHIR_JSON, FHIR_XML, send_answer, send_bytes, send_error
 from middleware.settings import Settings
 from middleware.types import Receive, Scope, Send
 
@@ -56,6 +58,10 @@ MAX_QUERY_BYTES: Final = 16 * 1024
 #: HTTP versions whose request framing is its headers alone: a request without
 #: Transfer-Encoding or Content-Length has no body (RFC 9112 §6.3 rule 7), so nothing is read.
 _LENGTH_FRAMED: Final = frozenset({"1.0", "1.1"})
+#: An XML body larger than this is converted in a worker thread, off the event loop
+#: (converting costs about 2 us per element: 64 KiB is a few milliseconds at most).
+_INLINE_XML_BYTES: Final = 64 * 1024
+_FORM: Final = "application/x-www-form-urlencoded"
 
 
 class _InternalError(GatewayError):
@@ -86,6 +92,8 @@ class ProxyHandler:
         self.metrics = metrics
         self._admission = Admission(settings, enforcement, clock=clock)
         self._capabilities = Capabilities(settings, forwarder, clock=clock)
+        #: The cached CapabilityStatement and its XML rendering (public: rendered once).
+        self._statement_xml: tuple[bytes, bytes] | None = None
         self._log = get_logger("consentry.proxy")
 
     async def aclose(self) -> None:
@@ -158,6 +166,13 @@ class ProxyHandler:
             return failure
         return error
 
+    def _as_xml(self, statement: bytes) -> bytes:
+        """The XML of the public CapabilityStatement, rendered once per statement fetched."""
+        cached = self._statement_xml
+        if cached is None or cached[0] != statement:
+            cached = self._statement_xml = (statement, json_to_xml(statement))
+        return cached[1]
+
     async def _handle(
         self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], ex: ExchangeLog
     ) -> None:
@@ -167,13 +182,14 @@ class ProxyHandler:
             raise UriTooLong(
                 f"a query string is at most {MAX_QUERY_BYTES} bytes (use POST _search)"
             )
-        # FHIR XML is spoken at this edge only: _format=xml is answered here, never sent on.
-        xml_query = strip_xml_format(query) if b"_format" in query else None
+        # The answer's format is decided at this edge only: every _format is answered here,
+        # never sent on (the upstream is always asked for FHIR JSON, below).
+        query, formats = split_format(query)
         request = classify(
             scope["method"],
             scope["path"],
             scope.get("raw_path"),
-            query if xml_query is None else xml_query,
+            query,
             headers,
             base_path=settings.base_path,
         )
@@ -184,7 +200,7 @@ class ProxyHandler:
         # What the request line and headers alone decide (query characters, Accept,
         # _format) is refused before the token is looked at; the body's type is checked
         # again below, once there is a body.
-        xml = check_request_negotiation(request, headers, b"") or xml_query is not None
+        xml = check_request_negotiation(request, headers, b"", formats)
         identity: Identity | None = None
         if request.interaction is not Interaction.CAPABILITIES:
             # Before the body is read: a caller without a valid token gets its 401 (or 429)
@@ -197,14 +213,21 @@ class ProxyHandler:
         )
         ex.bytes_in = len(body)
         ex.body_pending = False
-        xml_body = bool(body) and is_xml_body(headers)
-        if xml or xml_body:
-            # Past this edge everything speaks FHIR JSON: the pipeline, and the upstream it
-            # forwards Accept and Content-Type to; the XML answer is made on the way out.
-            headers = {**headers, "accept": "application/fhir+json"}
-            if xml_body:
-                body = xml_to_json(body, max_depth=settings.max_json_depth)
-                headers["content-type"] = "application/fhir+json"
+        if body and request.via_post and media_type(headers.get("content-type", "")) == _FORM:
+            body, more = split_format(body)  # a _format in a POST _search's form, likewise
+            if more:
+                formats += more
+                xml = check_request_negotiation(request, headers, b"", formats)
+        # Past this edge everything speaks FHIR JSON: the pipeline, and the upstream it
+        # forwards Accept and Content-Type to; an XML answer is made on the way out.
+        headers = {**headers, "accept": "application/fhir+json"}
+        if body and is_xml_body(headers):
+            body = (
+                await asyncio.to_thread(xml_to_json, body, max_depth=settings.max_json_depth)
+                if len(body) > _INLINE_XML_BYTES
+                else xml_to_json(body, max_depth=settings.max_json_depth)
+            )
+            headers["content-type"] = "application/fhir+json"
         check_request_negotiation(request, headers, body)
         if request.interaction is Interaction.BATCH:
             request = classify_bundle(request, bundle_type(body))
@@ -220,22 +243,10 @@ class ProxyHandler:
             return
         if not request.query:
             statement = await self._capabilities.statement(ex.rid)
-            if xml:
-                statement_answer = Answer(
-                    200, [("content-type", FHIR_JSON.decode())], raw=statement
-                )
-                await send_answer(
-                    send, statement_answer, headers, ex, gzip_min_bytes=gzip_min, xml=True
-                )
-                return
+            kind = FHIR_XML if xml else FHIR_JSON
+            document = self._as_xml(statement) if xml else statement
             await send_bytes(
-                send,
-                200,
-                [(b"content-type", FHIR_JSON)],
-                statement,
-                headers,
-                ex,
-                gzip_min_bytes=gzip_min,
+                send, 200, [(b"content-type", kind)], document, headers, ex, gzip_min_bytes=gzip_min
             )
             return
         # The CapabilityStatement asked with parameters (``mode=terminology``...): public

@@ -6,11 +6,15 @@ is the one OperationOutcome :func:`middleware.fhir.outcome.render_error` makes o
 the request's body was never read the connection is closed (it cannot carry another request
 until drained). The status and bytes sent are noted on the exchange's log. When the client
 asked for FHIR XML (``xml=True``), a FHIR JSON body, answer or error, is converted just before
-it goes out (:func:`middleware.fhir.xmlcodec.json_to_xml`); a JSON answer costs nothing more.
+it goes out (:func:`middleware.fhir.xmlcodec.json_to_xml`, in a worker thread when the answer
+is large); a JSON answer costs nothing more. The conversion is total for any string the answer
+holds (characters XML 1.0 cannot carry become U+FFFD), so an answer whose disclosure has been
+recorded is sent; a Bundle's own links keep ``_format=xml`` so its next page comes in XML too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import Mapping
 from typing import Final
@@ -38,6 +42,8 @@ _JSON_ANSWERS: Final = frozenset(
 #: 2,092 B in 25 us at 3, 2,027 B in 69 us at 5; a patient's Bundle (62 KB) 6.0 KB in 56 us,
 #: 5.0 KB in 154 us. Smaller by a few percent at 5, for three times the CPU of every answer.
 GZIP_LEVEL: Final = 3
+#: An answer larger than this is rendered as XML in a worker thread, off the event loop.
+_INLINE_XML_BYTES: Final = 64 * 1024
 
 
 async def send_answer(
@@ -57,8 +63,10 @@ async def send_answer(
         body = answer.raw if answer.raw is not None else jsoncodec.encode(answer.document)
         if not any(k == b"content-type" for k, _ in headers):
             headers.append((b"content-type", FHIR_JSON))
-        if xml:
-            headers, body = _as_xml(headers, body)
+        if xml and len(body) > _INLINE_XML_BYTES:
+            headers, body = await asyncio.to_thread(_as_xml, headers, body, links=True)
+        elif xml:
+            headers, body = _as_xml(headers, body, links=True)
     await send_bytes(
         send, answer.status, headers, body, client_headers, ex, gzip_min_bytes=gzip_min_bytes
     )
@@ -91,13 +99,14 @@ async def send_bytes(  # noqa: PLR0917 - the parts of one answer
 
 
 def _as_xml(
-    headers: list[tuple[bytes, bytes]], body: bytes
+    headers: list[tuple[bytes, bytes]], body: bytes, *, links: bool = False
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """``headers`` and ``body`` in FHIR XML when the body is FHIR JSON; else unchanged."""
+    """``headers`` and ``body`` in FHIR XML when the body is FHIR JSON; else unchanged. With
+    ``links``, a Bundle's own links ask for XML (``_format=xml``)."""
     kind = next((v for k, v in headers if k == b"content-type"), b"")
     if media_type(kind.decode("latin-1")) not in _JSON_ANSWERS:
         return headers, body
-    xml = json_to_xml(body)
+    xml = json_to_xml(body, link_format=links)
     kept = [(k, v) for k, v in headers if k not in (b"content-type", b"content-length")]
     return [*kept, (b"content-type", FHIR_XML)], xml
 

@@ -10,6 +10,7 @@ import pytest
 from tests.leak.upstream import SECRET, UPSTREAM
 from tests.leak.world import (
     World,
+    assert_nothing_of_p1,
     assert_same_not_found,
     assert_withheld,
     ids_in,
@@ -129,6 +130,46 @@ async def test_xml_goes_through_the_json_filter(world: World) -> None:
     for sent in world.sent:
         assert "xml" not in sent.headers.get("accept", "")
         assert "_format" not in sent.url.params
+
+
+@pytest.mark.parametrize(
+    ("url", "extra"),
+    [
+        ("/fhir/Observation/obs-p1?_format=xml&_format=json", {}),
+        ("/fhir/Observation/obs-p1?_format=json&%5Fformat=xml", {}),
+        ("/fhir/Observation/obs-p1?_format=ttl", {}),
+        ("/fhir/Observation/obs-p1", {"accept": "text/turtle"}),
+        ("/fhir/Observation/obs-p1", {"accept": "application/fhir+xml;q=0"}),
+    ],
+    ids=["xml-then-json", "json-then-encoded-xml", "turtle-format", "turtle", "xml-q0-only"],
+)
+async def test_refused_formats_send_nothing_upstream(
+    world: World, url: str, extra: dict[str, str]
+) -> None:
+    """A format the gateway cannot answer in, or ``_format`` values that disagree (one was
+    answered, the other sent on), is refused at the edge: nothing reaches the upstream and
+    nothing of p1 comes back."""
+    answer = await world.http.get(url, headers={**world.dr, **extra})
+    assert answer.status_code in (400, 406)
+    assert_nothing_of_p1(answer)
+    assert world.sent == []
+
+
+async def test_an_xml_body_in_utf16_sends_nothing_upstream(world: World) -> None:
+    """A UTF-16 body hid its DTD from the byte check: its entities were expanded and the
+    result forwarded. FHIR XML is UTF-8; anything else is refused before parsing."""
+    body = """<?xml version="1.0" encoding="UTF-16"?>
+<!DOCTYPE p [<!ENTITY s "p1-secret">]>
+<Observation xmlns="http://hl7.org/fhir"><status value="final"/><code><text value="&s;"/>
+</code><subject><reference value="Patient/p1"/></subject></Observation>""".encode("utf-16")
+    answer = await world.http.post(
+        "/fhir/Observation",
+        content=body,
+        headers={**world.dr, "content-type": "application/fhir+xml"},
+    )
+    assert answer.status_code == 400
+    assert "p1-secret" not in answer.text
+    assert world.sent == []
 
 
 # --- p1 hidden inside something else ------------------------------------------------------------
