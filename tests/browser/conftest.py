@@ -133,3 +133,22 @@ def page(context: BrowserContext) -> Page:
 def site(gateway: GatewayServer, carebundle: dict[str, list[str]], viewport: str) -> Site:
     """The gateway's pages at this test's viewport (the carebundle is loaded first)."""
     return Site(gateway, viewport, repo_root() / "build" / "screenshots")
+
+
+@pytest.fixture
+def desktop_context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh desktop-size context, for tests where the viewport does not matter."""
+    made = new_context(browser, "desktop")
+    new_watched(made)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def desktop(desktop_context: BrowserContext) -> Page:
+    return desktop_context.new_page()
+
+
+@pytest.fixture
+def desktop_site(gateway: GatewayServer, carebundle: dict[str, list[str]]) -> Site:
+    return Site(gateway, "desktop", repo_root() / "build" / "screenshots")

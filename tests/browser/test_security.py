@@ -1,0 +1,110 @@
+"""The pages' defences, tried from a real browser with real cookies.
+
+- CSRF: a form post without the session's token, with a wrong one, or with the right one from
+  another origin is refused (403) and changes nothing; a page of another site that posts a
+  form to the gateway does not carry the session cookie (SameSite=Strict) and is refused too.
+- Areas: a patient's session does not open the compliance dashboard, and signing in to the
+  dashboard as a patient is refused.
+"""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, Route, expect
+
+from tests.browser.pages import Site
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+#: Another site (Playwright answers for it; nothing leaves the machine).
+ATTACKER = "http://attacker.test"
+
+
+def _csrf(page: Page) -> str:
+    token = page.locator("input[name=csrf]").first.get_attribute("value")
+    assert token
+    return token
+
+
+def _still_signed_in(page: Page, site: Site, patient: str) -> None:
+    page.goto(site.url("/portal/"))
+    assert page.url == site.url("/portal/")
+    expect(page.get_by_text(f"Patient/{patient}")).to_be_visible()
+
+
+@pytest.mark.parametrize(
+    ("case", "origin"),
+    [("no token", "own"), ("wrong token", "own"), ("right token", ATTACKER)],
+    ids=["no-token", "wrong-token", "foreign-origin"],
+)
+def test_a_forged_sign_out_is_refused(
+    desktop: Page,
+    desktop_context: BrowserContext,
+    desktop_site: Site,
+    patients: list[str],
+    case: str,
+    origin: str,
+) -> None:
+    """The attack: make the signed-in browser post the sign-out form (the session cookie goes
+    along). Each post is refused with the 403 page and the person stays signed in."""
+    page, site = desktop, desktop_site
+    site.sign_in_patient(page, patients[0])
+    form = {"no token": {}, "wrong token": {"csrf": "x" * 43}, "right token": {"csrf": _csrf(page)}}
+    answer = desktop_context.request.post(
+        site.url("/portal/signout"),
+        form=form[case],
+        headers={"origin": site.origin if origin == "own" else origin},
+        max_redirects=0,
+    )
+    assert answer.status == 403
+    assert "Action stopped" in answer.text()
+    _still_signed_in(page, site, patients[0])
+
+
+def test_another_sites_form_does_not_carry_the_session(
+    desktop: Page, desktop_site: Site, patients: list[str]
+) -> None:
+    """The attack: a page on another site holding the right CSRF token (the worst case) submits
+    the sign-out form to the gateway. The browser sends no session cookie with it
+    (SameSite=Strict), so the gateway sees nobody signed in and sends the browser to sign in;
+    the person stays signed in."""
+    page, site = desktop, desktop_site
+    site.sign_in_patient(page, patients[0])
+    token = _csrf(page)
+    evil = (
+        '<!DOCTYPE html><html lang="en"><title>Win a prize</title><body>'
+        f'<form method="post" action="{site.url("/portal/signout")}">'
+        f'<input type="hidden" name="csrf" value="{token}">'
+        '<button type="submit">Claim</button></form></body></html>'
+    )
+
+    def attacker(route: Route) -> None:
+        route.fulfill(status=200, content_type="text/html", body=evil)
+
+    page.route(f"{ATTACKER}/**", attacker)
+    page.goto(f"{ATTACKER}/prize")
+    with page.expect_response(site.url("/portal/signout")) as sent:
+        page.get_by_role("button", name="Claim").click()
+    assert sent.value.status == 303
+    assert sent.value.headers["location"].startswith("/portal/signin")
+    assert "cookie" not in {k.lower() for k in sent.value.request.all_headers()}
+    _still_signed_in(page, site, patients[0])
+
+
+def test_a_patient_session_does_not_open_the_dashboard(
+    page: Page, site: Site, patients: list[str]
+) -> None:
+    """Signed in to the portal, the dashboard still asks for an auditor's sign-in; signing in
+    there as a patient is refused with a plain message."""
+    site.sign_in_patient(page, patients[0])
+    page.goto(site.url("/compliance/"))
+    page.wait_for_url(site.url("/compliance/signin") + "**")
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.wait_for_url("**/auth/authorize**")
+    page.get_by_label("Patient id").fill(patients[0])
+    page.get_by_role("button", name="Sign in as this patient").click()
+    page.wait_for_url(site.url("/compliance/signin") + "**")
+    expect(page.get_by_role("alert")).to_have_text("This account is not an auditor account.")
+    site.check_page(page, "compliance-signin-refused")
+    page.goto(site.url("/compliance/"))
+    page.wait_for_url(site.url("/compliance/signin") + "**")
