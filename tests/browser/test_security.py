@@ -49,7 +49,11 @@ def test_a_forged_sign_out_is_refused(
     along). Each post is refused with the 403 page and the person stays signed in."""
     page, site = desktop, desktop_site
     site.sign_in_patient(page, patients[0])
-    form = {"no token": {}, "wrong token": {"csrf": "x" * 43}, "right token": {"csrf": _csrf(page)}}
+    form: dict[str, dict[str, str | float | bool]] = {
+        "no token": {},
+        "wrong token": {"csrf": "x" * 43},
+        "right token": {"csrf": _csrf(page)},
+    }
     answer = desktop_context.request.post(
         site.url("/portal/signout"),
         form=form[case],
