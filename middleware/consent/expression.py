@@ -58,13 +58,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import fhirpathpy
-from antlr4 import CommonTokenStream, InputStream
-from antlr4.error.ErrorListener import ErrorListener
-from antlr4.tree.Tree import ParseTreeWalker
 from fhirpathpy.models import models
-from fhirpathpy.parser.ASTPathListener import ASTPathListener
-from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
-from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
+
+from middleware.consent.fhirpath_syntax import brackets, parse, size
 
 __all__ = [
     "ALLOWED_FUNCTIONS",
@@ -170,15 +166,15 @@ def compile_expression(
             f"{path}.expression: the consent's FHIRPath expressions are longer than "
             f"{MAX_CONSENT_CHARS} characters in all"
         ]
-    if _brackets(text) > MAX_BRACKETS:  # ANTLR's time grows with the square of the nesting
+    if brackets(text) > MAX_BRACKETS:  # ANTLR's time grows with the square of the nesting
         return None, [f"{path}.expression: nests deeper than {MAX_BRACKETS} brackets"]
-    ast, syntax = _parse(text)
+    ast, syntax = parse(text)
     if ast is None:
         return None, [f"{path}.expression: not valid FHIRPath ({syntax})"]
     refused = _refused(ast, 0)
     if refused:
         return None, [f"{path}.expression: {refused}"]
-    budget.nodes += _size(ast)
+    budget.nodes += size(ast)
     if budget.nodes > MAX_CONSENT_NODES:
         return None, [
             f"{path}.expression: the consent's FHIRPath expressions have more than "
@@ -205,71 +201,6 @@ def holds(expression: CompiledExpression, resource: Mapping[str, Any] | None) ->
     if isinstance(result, list) and len(result) == 1 and isinstance(result[0], bool):
         return result[0]
     return None
-
-
-class _Collect(ErrorListener):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def syntaxError(  # noqa: N802, PLR0917 - the ANTLR listener's signature
-        self, recognizer: object, symbol: object, line: int, column: int, msg: str, e: object
-    ) -> None:
-        self.errors.append(f"at character {column + 1}")
-
-
-def _parse(text: str) -> tuple[dict[str, Any] | None, str]:
-    """The fhirpathpy AST of ``text``, or None and why. One ANTLR parse: the whole text must
-    match ``entireExpression`` (fhirpathpy's own ``parse`` ignores syntax errors), and the
-    tree is walked with the library's AST builder (what ``fhirpathpy.parser.parse`` does)."""
-    listener = _Collect()
-    lexer = FHIRPathLexer(InputStream(text))
-    lexer.removeErrorListeners()
-    lexer.addErrorListener(listener)
-    parser = FHIRPathParser(CommonTokenStream(lexer))
-    parser.removeErrorListeners()
-    parser.addErrorListener(listener)
-    try:
-        tree = parser.entireExpression()  # type: ignore[no-untyped-call]
-        if listener.errors:
-            return None, listener.errors[0]
-        builder = ASTPathListener()  # type: ignore[no-untyped-call]
-        ParseTreeWalker().walk(builder, tree.expression())
-        ast: dict[str, Any] = builder.parentStack[0]
-    except RecursionError:
-        return None, "nests too deep"
-    except Exception:  # noqa: BLE001 - ANTLR or fhirpathpy on input they cannot take: refused
-        return None, "unparseable"
-    return ast, ""
-
-
-def _brackets(text: str) -> int:
-    """The deepest nesting of ``(``, ``[`` and ``{`` in ``text`` outside quoted strings and
-    delimited identifiers (FHIRPath single quotes and backticks, backslash escapes). A lexical
-    scan, linear; what it cannot tell apart is left to the parser."""
-    deepest = depth = 0
-    quote: str | None = None
-    escaped = False
-    for char in text:
-        if quote is not None:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = None
-        elif char in "'`":
-            quote = char
-        elif char in "([{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in ")]}":
-            depth -= 1
-    return deepest
-
-
-def _size(node: Mapping[str, Any]) -> int:
-    """The AST nodes under ``node`` (its depth is bounded by :func:`_refused` already)."""
-    return 1 + sum(_size(c) for c in node.get("children", ()) if isinstance(c, Mapping))
 
 
 def _refused(node: Mapping[str, Any], depth: int) -> str | None:
