@@ -3,10 +3,11 @@
 The gateway must read every answer it releases (to rebase, to filter), and it reads JSON. On
 the FHIR API it proxies, a client may speak FHIR XML (``Accept`` or ``_format``, FHIR R4
 http.html §3.1.0.1.9): its XML body is converted to JSON before anything judges it and its
-answer to XML after everything else (:mod:`middleware.fhir.xmlcodec`), so the pipeline only
-ever sees JSON. Every ``_format`` (by its decoded name, in the query or a form-encoded
-``_search`` body) is answered at the edge and taken out of what goes on (:func:`split_format`);
-the upstream is always asked for ``application/fhir+json``.
+answer to XML after everything else (:mod:`middleware.fhir.xmlcodec`,
+:mod:`middleware.fhir.xmlrender`), so the pipeline only ever sees JSON. Every ``_format`` (by
+its decoded name, in the query or a form-encoded ``_search`` body) is answered at the edge and
+taken out of what goes on (:func:`split_format`); the upstream is always asked for
+``application/fhir+json``.
 
 ``_format`` wins over ``Accept``; two ``_format`` values naming different formats are 400.
 ``Accept`` is weighed by its ``q`` values (RFC 9110 §12.5.1; ``q=0`` means "not this"): XML

@@ -33,7 +33,8 @@ from middleware.fhir.negotiate import (
     split_format,
 )
 from middleware.fhir.request import Interaction
-from middleware.fhir.xmlcodec import json_to_xml, xml_to_json
+from middleware.fhir.xmlcodec import xml_to_json
+from middleware.fhir.xmlrender import json_to_xml
 from middleware.logging import get_logger
 from middleware.ops.metrics import Metrics
 from middleware.ops.reasons import refusal_reason, status_reason

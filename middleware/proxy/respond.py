@@ -6,7 +6,7 @@ is the one OperationOutcome :func:`middleware.fhir.outcome.render_error` makes o
 the request's body was never read the connection is closed (it cannot carry another request
 until drained). The status and bytes sent are noted on the exchange's log. When the client
 asked for FHIR XML (``xml=True``), a FHIR JSON body, answer or error, is converted just before
-it goes out (:func:`middleware.fhir.xmlcodec.json_to_xml`, in a worker thread when the answer
+it goes out (:func:`middleware.fhir.xmlrender.json_to_xml`, in a worker thread when the answer
 is large); a JSON answer costs nothing more. The conversion is total for any string the answer
 holds (characters XML 1.0 cannot carry become U+FFFD), so an answer whose disclosure has been
 recorded is sent; a Bundle's own links keep ``_format=xml`` so its next page comes in XML too.
@@ -23,7 +23,7 @@ from middleware.errors import GatewayError
 from middleware.fhir import jsoncodec
 from middleware.fhir.negotiate import media_type
 from middleware.fhir.outcome import render_error
-from middleware.fhir.xmlcodec import json_to_xml
+from middleware.fhir.xmlrender import json_to_xml
 from middleware.pipeline.exchange import Answer
 from middleware.proxy.exchange_log import ExchangeLog
 from middleware.types import Send

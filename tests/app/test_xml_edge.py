@@ -18,7 +18,7 @@ import pytest
 import respx
 from lxml import etree
 
-from middleware.fhir import xmlcodec
+from middleware.fhir import xmlrender
 from middleware.proxy import handler as handler_module
 from tests.app.conftest import UPSTREAM
 
@@ -167,7 +167,7 @@ async def test_metadata_in_xml_is_rendered_once(
         headers=JSON,
     )
     rendered: list[int] = []
-    original = xmlcodec.json_to_xml
+    original = xmlrender.json_to_xml
 
     def counting(body: bytes, **kwargs: Any) -> bytes:
         rendered.append(len(body))

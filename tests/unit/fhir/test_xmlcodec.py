@@ -13,7 +13,8 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from middleware.errors import BadRequest, NotAcceptable
-from middleware.fhir.xmlcodec import json_to_xml, xml_to_json
+from middleware.fhir.xmlcodec import xml_to_json
+from middleware.fhir.xmlrender import json_to_xml
 from tests.support import carebundle_dir
 
 DEPTH = 100

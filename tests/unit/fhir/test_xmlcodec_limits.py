@@ -15,7 +15,8 @@ from lxml import etree
 
 from middleware.errors import BadRequest
 from middleware.fhir import xml_schema, xmlcodec
-from middleware.fhir.xmlcodec import json_to_xml, xml_to_json
+from middleware.fhir.xmlcodec import xml_to_json
+from middleware.fhir.xmlrender import json_to_xml
 
 DEPTH = 100
 
