@@ -13,9 +13,10 @@ or raises a :class:`~middleware.errors.GatewayError`:
   holds as many matches as the client asked for or the result ends
   (:mod:`~middleware.pipeline.pages`), bounded by the walk's hard limits of counting
   (``count_max_pages`` upstream pages, ``count_max_walked`` matches walked, hidden ones
-  included): a page still short there is released short with a ``next`` cursor, which tells
-  only that more than that many hidden matches follow (padding with visible matches fills the
-  page and ends the walk, so it cannot lower the threshold; docs/security.md);
+  included, ``count_deadline_seconds``): a page still short there is released short with a
+  ``next`` cursor, which tells only that more than that many hidden matches follow (padding
+  with visible matches fills the page and ends the walk, so it cannot lower the threshold;
+  docs/security.md);
 - the mapping profile and ``_summary``/``_elements`` (:mod:`~middleware.pipeline.subset`) are
   applied to what is released; an answer released whole and unchanged keeps the upstream's
   bytes;
@@ -28,6 +29,7 @@ or raises a :class:`~middleware.errors.GatewayError`:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -163,12 +165,21 @@ class Release:
         refilled = page.skip > 0 or left
         resume = with_skip(page.sent, page.skip + taken) if left else following
         pages, walked = 1, upstream_size
+        # The count's deadline bounds a refill too: one `_count=1` search over many hidden
+        # matches would otherwise hold the upstream and the event loop for up to
+        # count_max_pages round trips.
+        clock = asyncio.get_running_loop().time
+        ends = clock() + self.walk.count_deadline_seconds
         while not left and following:
             have = sum(1 for entry in kept if is_match(entry))
             if have >= target:
                 break
-            if pages >= self.walk.count_max_pages or walked >= self.walk.count_max_walked:
-                break  # the walk's hard limit: released short, with its cursor (docstring)
+            if (
+                pages >= self.walk.count_max_pages
+                or walked >= self.walk.count_max_walked
+                or clock() >= ends
+            ):
+                break  # the walk's hard limits: released short, with its cursor (docstring)
             pages += 1
             refilled = True
             link = following

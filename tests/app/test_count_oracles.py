@@ -239,6 +239,26 @@ async def test_a_refill_stops_at_the_walks_hard_limit(
         assert len(router.calls) == 4
 
 
+async def test_a_refill_stops_at_the_walks_deadline(
+    make_app: Any, dev_key_file: Path, tokens: Tokens, router: respx.Router
+) -> None:
+    """A page refill is bounded in time like a count: an upstream answering each page slowly
+    holds one ``_count=1`` search no longer than ``count_deadline_seconds`` (it walked up to
+    count_max_pages round trips), then the page is released short with its cursor."""
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.05)
+        return paged(request)
+
+    router.get("/Observation").mock(side_effect=slow)
+    async for client in _gateway(make_app, dev_key_file, tokens, count_deadline_seconds=0.12):
+        got = await client.get(
+            "/fhir/Observation?subject=Patient/p1&_count=1", headers=doctor(tokens)
+        )
+        assert shape(got) == (200, None, ["self", "next"], 0)
+        assert 2 <= len(router.calls) <= 5  # 12 pages without the deadline
+
+
 # -- a record's history is never counted upstream --------------------------------------------
 
 
