@@ -145,7 +145,7 @@ def split_format(encoded: bytes) -> tuple[bytes, list[str]]:
     """``encoded`` (a query string or a form-encoded body) without its ``_format`` parameters,
     found by their decoded name (``%5Fformat`` is ``_format``), and their decoded values. The
     edge answers ``_format`` itself: it is never sent on."""
-    if b"format" not in encoded.lower():  # the cheap common case (%5F and %5f included)
+    if b"format" not in encoded.lower() and b"%" not in encoded:  # the cheap common case
         return encoded, []
     kept: list[bytes] = []
     formats: list[str] = []

@@ -217,10 +217,17 @@ async def test_refused_formats_send_nothing_upstream(
     [
         ("/fhir/Observation?code=x&%5Fformat=xml", True),
         ("/fhir/Observation?code=x&%5fformat=application%2Ffhir%2Bxml", True),
+        ("/fhir/Observation?code=x&%5F%66ormat=xml", True),
         ("/fhir/Observation?code=x&_format=json", False),
         ("/fhir/Observation?code=x&_format=application/fhir+json", False),
     ],
-    ids=["encoded-name", "encoded-lower-mime", "json", "json-mime-unencoded-plus"],
+    ids=[
+        "encoded-name",
+        "encoded-lower-mime",
+        "every-letter-encoded",
+        "json",
+        "json-mime-unencoded-plus",
+    ],
 )
 async def test_every_format_is_answered_here_never_sent_on(
     client: httpx.AsyncClient, router: respx.Router, url: str, xml: bool

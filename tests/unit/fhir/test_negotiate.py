@@ -84,8 +84,18 @@ def test_formats_that_disagree_are_400() -> None:
         (b"%5fformat=application%2Ffhir%2Bxml", b"", ["application/fhir+xml"]),
         (b"_format=application/fhir+xml", b"", ["application/fhir xml"]),
         (b"format=xml&x_format=1", b"format=xml&x_format=1", []),
+        (b"code=x&%5F%66%6Frmat=xml", b"code=x", ["xml"]),
     ],
-    ids=["none", "only", "middle", "encoded-name", "encoded-lower", "plus-is-space", "others"],
+    ids=[
+        "none",
+        "only",
+        "middle",
+        "encoded-name",
+        "encoded-lower",
+        "plus-is-space",
+        "others",
+        "every-letter-encoded",
+    ],
 )
 def test_split_format_by_decoded_name(encoded: bytes, kept: bytes, formats: list[str]) -> None:
     assert split_format(encoded) == (kept, formats)
