@@ -56,6 +56,7 @@ from middleware.consent.model import (
     Effect,
     Policy,
     Provision,
+    canonical_labels,
 )
 from middleware.consent.request import Principal, ResourceSummary
 
@@ -131,6 +132,8 @@ class Defaults:
         object.__setattr__(
             self, "category_defaults", MappingProxyType(dict(self.category_defaults))
         )
+        # Resource labels reach decide() with canonical systems (summary.py); so must these.
+        object.__setattr__(self, "sensitive_labels", canonical_labels(self.sensitive_labels))
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +284,10 @@ def _uncovered(
 ) -> frozenset[Coding]:
     """The resource's labels that need explicit consent and that no permitting provision names."""
     labels = resource.security_labels
-    sensitive = labels & (defaults.sensitive_labels | defaults.labels.part2)
+    rules = defaults.labels
+    sensitive = labels & (defaults.sensitive_labels | rules.part2)
+    if labels:  # a Part 2 code with no system may mean Part 2: treated as it
+        sensitive |= {lab for lab in labels if not lab[0] and rules.is_part2(lab)}
     needs_level = (
         resource.confidentiality >= CONFIDENTIALITY_RANK[defaults.explicit_confidentiality]
     )
@@ -292,10 +298,18 @@ def _uncovered(
     for provision in permitted_by:
         covered |= provision.covers
         level = max(level, provision.covers_confidentiality)
-    missing = {lab for lab in sensitive if lab not in covered and ("", lab[1]) not in covered}
+    missing = {lab for lab in sensitive if not _covered(lab, covered)}
     if needs_level and level < resource.confidentiality:
         missing.add(_confidentiality_label(resource))
     return frozenset(missing)
+
+
+def _covered(label: Coding, covered: set[Coding]) -> bool:
+    """Whether a permit names ``label``: itself, its code with no system, or (a label with no
+    system) its code in any system."""
+    if label in covered or ("", label[1]) in covered:
+        return True
+    return not label[0] and any(code == label[1] for _, code in covered)
 
 
 def _confidentiality_label(resource: ResourceSummary) -> Coding:

@@ -26,19 +26,25 @@ carries the 42 CFR 2.32 notice on the resource itself, in the DS4P Display exten
 rendered). The notice goes on each resource, never on a Bundle: DS4P keeps privacy-revealing
 refrain tags out of a Bundle's high-water-mark labels, and the resource is what a client keeps.
 
-Codes compare by system and code; the retired ``http://hl7.org/fhir/v3/...`` URLs of
-v3-ActReason and v3-ActCode (FHIR DSTU2/STU3) name the same code systems.
+Codes compare by system and code, every alias of a v3 code system (the retired
+``http://hl7.org/fhir/v3/...`` URLs, the HL7 OIDs) read as that code system
+(:func:`~middleware.consent.model.canonical_system`, the one place). A Part 2 code with no
+system (``{"code": "42CFRPart2"}``) is Part 2 data: a label that may mean it is treated as if
+it did. What cannot be read is not vouched for: a ``meta.security`` that is not a list
+withholds the resource. Labels of ``contained`` resources roll up to their container
+(:func:`screen_resource`, :func:`contained_labels`): the container is what is released.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, Final
 
 from middleware.consent.model import Coding
+from middleware.consent.model import canonical_system as _system
 from middleware.consent.summary import INLINE_LABEL_URL
 
 __all__ = [
@@ -53,31 +59,28 @@ __all__ = [
     "REFRAIN",
     "LabelRules",
     "Screen",
+    "contained_labels",
     "has_part2_inline",
     "mark_part2",
     "parse_labels",
     "purpose_refusal",
     "purposes_admit",
+    "relabelling_refused",
     "screen",
+    "screen_resource",
 ]
 
 ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-# FHIR R4 terminologies.html: the terminology.hl7.org URLs replaced the hl7.org/fhir/v3 ones.
-_SAME_SYSTEM: Final = MappingProxyType(
-    {
-        "http://hl7.org/fhir/v3/ActReason": ACT_REASON,
-        "http://hl7.org/fhir/v3/ActCode": ACT_CODE,
-    }
-)
-
-
-def _system(system: str) -> str:
-    return _SAME_SYSTEM.get(system, system)
+#: How deep ``contained`` is followed (FHIR R4 references.html#contained: a contained resource
+#: SHALL NOT contain others; deeper nesting is withheld, not read).
+_MAX_CONTAINED: Final = 4
 
 
 def _coding(coding: dict[str, Any]) -> Coding | None:
-    system, code = coding.get("system"), coding.get("code")
+    """A label as ``(system, code)``, its system canonical; a code with no system has the
+    system ``""`` (see :meth:`LabelRules.is_part2`)."""
+    system, code = coding.get("system", ""), coding.get("code")
     if not isinstance(system, str) or not isinstance(code, str):
         return None
     return _system(system), code
@@ -163,15 +166,23 @@ class LabelRules:
     #: (synthetic data sets label every record with it); enforced, it would keep every such
     #: record from any caller that does not claim to be testing.
     ignored_purposes: frozenset[str] = DEFAULT_IGNORED_PURPOSES
+    #: The codes of ``part2``: a label with one of them and no system is Part 2 data.
+    part2_codes: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.notice.strip():
             raise ValueError("the 42 CFR Part 2 notice must not be blank")
         part2 = frozenset((_system(s), c) for s, c in self.part2) | {PART2}
         object.__setattr__(self, "part2", part2)
+        object.__setattr__(self, "part2_codes", frozenset(c for _, c in part2))
         unknown = sorted(self.ignored_purposes - PURPOSE_PARENT.keys())
         if unknown:
             raise ValueError(f"not purpose-of-use codes: {', '.join(unknown)}")
+
+    def is_part2(self, label: Coding) -> bool:
+        """Whether ``label`` (system canonical) names Part 2 data: one of :attr:`part2`, or
+        one of their codes with no system (what may mean Part 2 is treated as Part 2)."""
+        return label in self.part2 or (not label[0] and label[1] in self.part2_codes)
 
 
 DEFAULT_LABEL_RULES: Final = LabelRules()
@@ -211,26 +222,119 @@ def screen(
     (they label nothing the gateway can read), and so are purpose labels in
     ``rules.ignored_purposes``, or all of them when not ``by_purpose`` (the patient reading
     their own record: 45 CFR 164.524 gives the individual access whatever the uses the
-    information is labelled for)."""
-    if not isinstance(security, list):
+    information is labelled for). No labels (None) release; labels that are not a list
+    withhold (fail closed). A Part 2 code with no system is Part 2."""
+    if security is None:
         return Screen.RELEASE
+    if not isinstance(security, list):
+        return Screen.WITHHOLD
     labelled: set[str] = set()
     part2 = False
     for coding in security:
         if not isinstance(coding, dict):
             continue
-        system, code = coding.get("system"), coding.get("code")
+        system, code = coding.get("system", ""), coding.get("code")
         if not isinstance(system, str) or not isinstance(code, str):
             continue
         system = _system(system)
         if system == ACT_REASON and code in PURPOSE_PARENT:
             if by_purpose and code not in rules.ignored_purposes:
                 labelled.add(code)
-        elif (system, code) in rules.part2:
+        elif rules.is_part2((system, code)):
             part2 = True
     if labelled and not purposes_admit(labelled, purposes):
         return Screen.WITHHOLD
     return Screen.PART2 if part2 else Screen.RELEASE
+
+
+def screen_resource(
+    resource: Mapping[str, Any],
+    purposes: frozenset[Coding],
+    rules: LabelRules,
+    *,
+    by_purpose: bool = True,
+    depth: int = 0,
+) -> Screen:
+    """:func:`screen` of ``resource``'s own labels rolled up with those of each of its
+    ``contained`` resources: withheld when any of them is withheld, Part 2 when any is Part 2
+    (the contained resource is released inside its container). A ``contained`` that is not a
+    list, or nesting past :data:`_MAX_CONTAINED`, withholds (what cannot be read is not
+    vouched for). For a resource with neither, two dict lookups."""
+    if depth > _MAX_CONTAINED:
+        return Screen.WITHHOLD
+    meta = resource.get("meta")
+    verdict = Screen.RELEASE
+    if isinstance(meta, dict) and "security" in meta:
+        verdict = screen(meta["security"], purposes, rules, by_purpose=by_purpose)
+        if verdict is Screen.WITHHOLD:
+            return verdict
+    contained = resource.get("contained")
+    if contained is None:
+        return verdict
+    if not isinstance(contained, list):
+        return Screen.WITHHOLD
+    for inner in contained:
+        if not isinstance(inner, dict):
+            continue
+        found = screen_resource(inner, purposes, rules, by_purpose=by_purpose, depth=depth + 1)
+        if found is Screen.WITHHOLD:
+            return found
+        if found is Screen.PART2:
+            verdict = found
+    return verdict
+
+
+def contained_labels(resource: Mapping[str, Any], depth: int = 0) -> frozenset[Coding]:
+    """The resource-level labels of ``resource``'s contained resources (systems canonical),
+    to roll up into the container's for the consent decision: a permit must cover sensitive
+    data wherever in the released resource it sits."""
+    contained = resource.get("contained")
+    if not isinstance(contained, list) or depth > _MAX_CONTAINED:
+        return frozenset()
+    found: set[Coding] = set()
+    for inner in contained:
+        if not isinstance(inner, dict):
+            continue
+        meta = inner.get("meta")
+        security = meta.get("security") if isinstance(meta, dict) else None
+        for coding in security if isinstance(security, list) else ():
+            if isinstance(coding, dict) and (label := _coding(coding)) is not None:
+                found.add(label)
+        found |= contained_labels(inner, depth + 1)
+    return frozenset(found)
+
+
+def _restricting(resource: Mapping[str, Any], rules: LabelRules) -> set[Coding]:
+    """The purpose-of-use and Part 2 labels of ``resource`` itself (systems canonical)."""
+    meta = resource.get("meta")
+    security = meta.get("security") if isinstance(meta, dict) else None
+    found: set[Coding] = set()
+    for coding in security if isinstance(security, list) else ():
+        label = _coding(coding) if isinstance(coding, dict) else None
+        if label is None:
+            continue
+        system, code = label
+        purpose = system == ACT_REASON and code in PURPOSE_PARENT
+        if (purpose and code not in rules.ignored_purposes) or rules.is_part2(label):
+            found.add(label)
+    return found
+
+
+def relabelling_refused(
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    purposes: frozenset[Coding],
+    rules: LabelRules,
+) -> bool:
+    """Whether a write turning ``before`` into ``after`` removes (or changes, which removes
+    one) a purpose-of-use label the caller's ``purposes`` do not admit, or a 42 CFR Part 2
+    label (no purpose admits one): the write would release the record to callers the label
+    keeps it from. Adding labels is not refused (it only narrows who sees the record)."""
+    removed = _restricting(before, rules) - _restricting(after, rules)
+    for system, code in removed:
+        if system != ACT_REASON or not purposes_admit((code,), purposes):
+            return True
+    return False
 
 
 def purposes_admit(labelled: Iterable[str], purposes: frozenset[Coding]) -> bool:
@@ -244,14 +348,18 @@ def purposes_admit(labelled: Iterable[str], purposes: frozenset[Coding]) -> bool
     return False
 
 
-def purpose_refusal(resource: Mapping[str, Any], purposes: frozenset[Coding]) -> str | None:
-    """Why ``resource`` is withheld for ``purposes`` by its purpose-of-use labels, as a trace
-    reason (for ``Consent/$explain``), or None when they do not withhold it."""
+def purpose_refusal(
+    resource: Mapping[str, Any], purposes: frozenset[Coding], rules: LabelRules
+) -> str | None:
+    """Why ``resource`` is withheld for ``purposes`` by its purpose-of-use labels (``rules``:
+    the deployment's), its own or a contained resource's, as a trace reason (for
+    ``Consent/$explain``), or None when they do not withhold it."""
+    if screen_resource(resource, purposes, rules) is not Screen.WITHHOLD:
+        return None
     meta = resource.get("meta")
     security = meta.get("security") if isinstance(meta, Mapping) else None
-    if screen(security, purposes, DEFAULT_LABEL_RULES) is not Screen.WITHHOLD:
-        return None
-    assert isinstance(security, list)  # screen withholds only for a list of labels
+    if not isinstance(security, list):
+        return "deny: security labels that cannot be read"
     codes = sorted(
         {
             c["code"]
@@ -260,9 +368,11 @@ def purpose_refusal(resource: Mapping[str, Any], purposes: frozenset[Coding]) ->
             and isinstance(c.get("system"), str)
             and _system(c["system"]) == ACT_REASON
             and c.get("code") in PURPOSE_PARENT
-            and c.get("code") not in DEFAULT_LABEL_RULES.ignored_purposes
+            and c.get("code") not in rules.ignored_purposes
         }
     )
+    if not codes:
+        return "deny: a contained resource's labels withhold it"
     return (
         f"deny: labelled for the purposes of use {', '.join(codes)}; no purpose asked is one"
         " of them or a specialisation of one"
@@ -284,7 +394,8 @@ def has_part2_inline(node: Any, rules: LabelRules, depth: int = 0) -> bool:
             for ext in value:
                 if isinstance(ext, dict) and ext.get("url") == INLINE_LABEL_URL:
                     coding = ext.get("valueCoding")
-                    if isinstance(coding, dict) and _coding(coding) in rules.part2:
+                    label = _coding(coding) if isinstance(coding, dict) else None
+                    if label is not None and rules.is_part2(label):
                         return True
         if isinstance(value, dict | list) and has_part2_inline(value, rules, depth + 1):
             return True

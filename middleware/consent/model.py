@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Final, Literal
 
 from middleware.consent.expression import CompiledExpression
@@ -39,6 +40,8 @@ __all__ = [
     "Period",
     "Policy",
     "Provision",
+    "canonical_labels",
+    "canonical_system",
     "confidentiality_rank",
     "normalize_reference",
 ]
@@ -57,6 +60,7 @@ CONFIDENTIALITY_SYSTEMS: Final = frozenset(
     {
         "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
         "http://hl7.org/fhir/v3/Confidentiality",  # the pre-R4 URL, still seen in the wild
+        "urn:oid:2.16.840.1.113883.5.25",  # its HL7 OID (see canonical_system)
     }
 )
 # v3 Confidentiality is ordered (http://terminology.hl7.org/CodeSystem/v3-Confidentiality):
@@ -64,6 +68,39 @@ CONFIDENTIALITY_SYSTEMS: Final = frozenset(
 CONFIDENTIALITY_RANK: Final = {"U": 0, "L": 1, "M": 2, "N": 3, "R": 4, "V": 5}
 UNLABELLED_RANK: Final = CONFIDENTIALITY_RANK["N"]
 """A resource with no confidentiality label is treated as ``N`` (normal health information)."""
+
+
+_ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+_ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+_V3_CONFIDENTIALITY: Final = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+#: Other names of the v3 code systems security labels are drawn from: the retired
+#: ``http://hl7.org/fhir/v3/...`` URLs (FHIR DSTU2/STU3; R4 terminologies.html says the
+#: terminology.hl7.org URLs replace them) and the HL7 OIDs of the same code systems
+#: (ActCode 2.16.840.1.113883.5.4, ActReason 2.16.840.1.113883.5.8, Confidentiality
+#: 2.16.840.1.113883.5.25), as CDA-derived data carries them.
+_SYSTEM_ALIASES: Final = MappingProxyType(
+    {
+        "http://hl7.org/fhir/v3/ActReason": _ACT_REASON,
+        "urn:oid:2.16.840.1.113883.5.8": _ACT_REASON,
+        "http://hl7.org/fhir/v3/ActCode": _ACT_CODE,
+        "urn:oid:2.16.840.1.113883.5.4": _ACT_CODE,
+        "http://hl7.org/fhir/v3/Confidentiality": _V3_CONFIDENTIALITY,
+        "urn:oid:2.16.840.1.113883.5.25": _V3_CONFIDENTIALITY,
+    }
+)
+
+
+def canonical_system(system: str) -> str:
+    """The one name of a label's code system: every alias of a v3 code system
+    (:data:`_SYSTEM_ALIASES`) is its terminology.hl7.org URL. Every comparison of security
+    labels (resource summaries, :mod:`middleware.consent.labels`, :attr:`Provision.covers`)
+    goes through this, so that no two of them can disagree on what a label is."""
+    return _SYSTEM_ALIASES.get(system, system)
+
+
+def canonical_labels(labels: Iterable[Coding]) -> frozenset[Coding]:
+    """``labels`` with their systems made canonical (:func:`canonical_system`)."""
+    return frozenset((_SYSTEM_ALIASES.get(s, s), c) for s, c in labels)
 
 
 def confidentiality_rank(labels: Iterable[Coding]) -> int | None:
@@ -211,6 +248,8 @@ class Provision:
 
     def __post_init__(self) -> None:
         put = object.__setattr__
+        # Labels compare with a resource's, whose systems are canonical (summary.py).
+        put(self, "covers", canonical_labels(self.covers))
         put(self, "actor_refs", frozenset(a.reference for a in self.actors if a.reference))
         put(self, "actor_identifiers", frozenset(a.identifier for a in self.actors if a.identifier))
         role_only = (a.roles for a in self.actors if not a.reference and not a.identifier)
@@ -233,7 +272,11 @@ class Provision:
         put(
             self,
             "other_labels",
-            CodingSet.of(c for c in self.security_labels if c[0] not in CONFIDENTIALITY_SYSTEMS),
+            CodingSet.of(
+                c
+                for c in canonical_labels(self.security_labels)
+                if c[0] not in CONFIDENTIALITY_SYSTEMS
+            ),
         )
         by_meaning: dict[str, set[str]] = {m: set() for m in _MEANINGS}
         for ref in self.data:

@@ -252,7 +252,7 @@ async def explain(svc: ConsentService, identity: Identity, call: Call, trail: Tr
         defaults=svc.defaults,
         now=datetime.fromtimestamp(svc.wall_clock(), UTC),
     )
-    refusal = purpose_refusal(query.resource, query.purposes)
+    refusal = purpose_refusal(query.resource, query.purposes, svc.defaults.labels)
     if refusal is not None:  # the enforcer withholds it before any consent is asked
         decision = Decision(DENY, (), (*decision.trace, TraceStep(None, None, None, refusal)))
     body = render_explanation(

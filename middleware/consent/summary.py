@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Final, NamedTuple
 
 from middleware.consent.fhirtime import bounds
-from middleware.consent.model import Coding, normalize_reference
+from middleware.consent.model import Coding, canonical_labels, normalize_reference
 from middleware.consent.reads import EVERYTHING, Reads
 from middleware.consent.request import ResourceSummary
 
@@ -134,7 +134,8 @@ def facts(
         resource_id if data and isinstance(resource_id, str) else None,
         frozenset(patients),
         _codes(resource) if reads.codes else _NONE,
-        frozenset((*_codings(meta.get("security")), *inline)),
+        # Label systems made canonical here, once: decide() compares them with sets.
+        canonical_labels((*_codings(meta.get("security")), *inline)),
         _profiles(meta) if reads.profiles else _NONE,
         _clinical_date(resource) if reads.clinical_date else None,
         frozenset(r for key in _AUTHOR_ELEMENTS for r in _refs_of(resource.get(key)))

@@ -27,9 +27,9 @@ A consent decision can oblige the gateway to remove everything carrying some sec
   nested deeper than :data:`MAX_DEPTH` levels: what the gateway cannot read it cannot vouch
   for (fail closed).
 
-Labels compare by exact system and code, except that the retired ActCode system
-``http://hl7.org/fhir/v3/ActCode`` (FHIR DSTU2/STU3) and
-``http://terminology.hl7.org/CodeSystem/v3-ActCode`` (R4) are the same code system. Pure: no
+Labels compare by system and code, each alias of a v3 code system (the retired
+``http://hl7.org/fhir/v3/...`` URLs, the HL7 OIDs) read as that code system
+(:func:`~middleware.consent.model.canonical_system`). Pure: no
 I/O; values are plain decoded JSON, anything not a dict or list is an opaque leaf.
 """
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from middleware.consent.model import canonical_system as _system
 from middleware.consent.summary import INLINE_LABEL_URL
 
 __all__ = ["INLINE_LABEL_URL", "MAX_DEPTH", "REDACTED", "redact"]
@@ -46,10 +47,6 @@ REDACTED: Final = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", 
 #: The deepest JSON nesting :func:`redact` reads; deeper resources are withheld.
 MAX_DEPTH: Final = 200
 
-_ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-# Old canonical URLs of the same code systems (FHIR R4 terminologies.html: the
-# terminology.hl7.org URLs replaced the hl7.org/fhir/v3 ones).
-_SAME_SYSTEM: Final = {"http://hl7.org/fhir/v3/ActCode": _ACT_CODE}
 _EXTENSION_KEYS: Final = ("extension", "modifierExtension")
 
 
@@ -81,10 +78,6 @@ def redact(resource: dict[str, Any], labels: frozenset[tuple[str, str]]) -> dict
     if redactor.removed:
         _mark_redacted(result)
     return result
-
-
-def _system(system: str) -> str:
-    return _SAME_SYSTEM.get(system, system)
 
 
 def _emptied(before: Any, after: Any) -> bool:

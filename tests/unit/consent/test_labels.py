@@ -20,12 +20,15 @@ from middleware.consent.labels import (
     REFRAIN,
     LabelRules,
     Screen,
+    contained_labels,
     has_part2_inline,
     mark_part2,
     parse_labels,
     purpose_refusal,
     purposes_admit,
+    relabelling_refused,
     screen,
+    screen_resource,
 )
 from middleware.consent.model import Coding
 from middleware.consent.summary import INLINE_LABEL_URL
@@ -87,7 +90,6 @@ def test_the_retired_act_reason_url_is_the_same_code_system() -> None:
     "security",
     [
         None,
-        "TREAT",
         [],
         [label("N", "http://terminology.hl7.org/CodeSystem/v3-Confidentiality")],
         [{"code": "TREAT"}],  # no system: labels nothing the gateway can read
@@ -95,7 +97,7 @@ def test_the_retired_act_reason_url_is_the_same_code_system() -> None:
         [label("CONSENTED")],  # an ActReason code outside PurposeOfUse
         ["TREAT", 3, None],
     ],
-    ids=["none", "string", "empty", "confidentiality", "no-system", "abstract", "other", "junk"],
+    ids=["none", "empty", "confidentiality", "no-system", "abstract", "other", "junk"],
 )
 def test_labels_that_are_no_purpose_of_use_release(security: Any) -> None:
     assert screen(security, frozenset(), DEFAULT_LABEL_RULES) is Screen.RELEASE
@@ -207,8 +209,146 @@ def test_an_inline_part2_label_is_found_at_any_depth() -> None:
 
 def test_purpose_refusal_names_the_labels_for_explain() -> None:
     resource = {"resourceType": "Observation", "meta": {"security": [label("TREAT"), label("COC")]}}
-    reason = purpose_refusal(resource, pou("HMARKT"))
+    reason = purpose_refusal(resource, pou("HMARKT"), DEFAULT_LABEL_RULES)
     assert reason is not None
     assert "COC, TREAT" in reason
-    assert purpose_refusal(resource, pou("ETREAT")) is None
-    assert purpose_refusal({"resourceType": "Observation"}, frozenset()) is None
+    assert purpose_refusal(resource, pou("ETREAT"), DEFAULT_LABEL_RULES) is None
+    assert (
+        purpose_refusal({"resourceType": "Observation"}, frozenset(), DEFAULT_LABEL_RULES) is None
+    )
+
+
+def test_purpose_refusal_uses_the_deployments_rules() -> None:
+    """``$explain`` must say what the enforcer does: a deployment that ignores TREAT labels
+    releases a TREAT-labelled resource, and the explanation must not claim a refusal."""
+    resource = {"resourceType": "Observation", "meta": {"security": [label("HTEST")]}}
+    enforced = LabelRules(ignored_purposes=frozenset())
+    assert purpose_refusal(resource, pou("HMARKT"), DEFAULT_LABEL_RULES) is None
+    assert purpose_refusal(resource, pou("HMARKT"), enforced) is not None
+
+
+# --- odd shapes and aliases: what cannot be read is not vouched for
+
+
+@pytest.mark.parametrize(
+    "security",
+    [
+        "TREAT",
+        label("TREAT"),  # one coding where a list belongs
+        42,
+    ],
+    ids=["string", "object", "number"],
+)
+def test_labels_that_are_not_a_list_withhold(security: Any) -> None:
+    """Attack: an upstream record whose ``meta.security`` is one object, not a list, was
+    released to every caller (the labels were not read)."""
+    assert screen(security, pou("TREAT"), DEFAULT_LABEL_RULES) is Screen.WITHHOLD
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "verdict"),
+    [
+        ("urn:oid:2.16.840.1.113883.5.8", "TREAT", Screen.WITHHOLD),
+        ("http://hl7.org/fhir/v3/ActReason", "TREAT", Screen.WITHHOLD),
+        ("urn:oid:2.16.840.1.113883.5.4", "42CFRPart2", Screen.PART2),
+        ("http://hl7.org/fhir/v3/ActCode", "42CFRPart2", Screen.PART2),
+    ],
+    ids=["actreason-oid", "actreason-old-url", "actcode-oid", "actcode-old-url"],
+)
+def test_aliases_of_the_v3_systems_are_the_same_labels(
+    system: str, code: str, verdict: Screen
+) -> None:
+    """Attack: a label spelled with the HL7 OID of its code system was not recognised."""
+    assert screen([label(code, system)], pou("HMARKT"), DEFAULT_LABEL_RULES) is verdict
+
+
+def test_a_part2_code_with_no_system_is_part2() -> None:
+    """Attack: ``{"code": "42CFRPart2"}`` without a system was released unmarked under a
+    general permit; a configured Part 2 code too."""
+    assert screen([{"code": "42CFRPart2"}], frozenset(), DEFAULT_LABEL_RULES) is Screen.PART2
+    rules = LabelRules(parse_labels("SUD"))
+    assert screen([{"code": "SUD"}], frozenset(), rules) is Screen.PART2
+    assert screen([{"code": "SUD"}], frozenset(), DEFAULT_LABEL_RULES) is Screen.RELEASE
+    inline = {"url": INLINE_LABEL_URL, "valueCoding": {"code": "42CFRPart2"}}
+    assert has_part2_inline({"note": [{"extension": [inline]}]}, DEFAULT_LABEL_RULES)
+
+
+# --- contained resources roll up to their container
+
+
+def _container(*inner: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "contained": list(inner)}
+
+
+def _labelled(*codings: dict[str, str]) -> dict[str, Any]:
+    return {"resourceType": "Condition", "meta": {"security": list(codings)}}
+
+
+@pytest.mark.parametrize(
+    ("resource", "verdict"),
+    [
+        (_container(_labelled(label("TREAT"))), Screen.WITHHOLD),
+        (_container({"resourceType": "Condition"}, _labelled(label("HRESCH"))), Screen.WITHHOLD),
+        (_container(_labelled(label("42CFRPart2", ACT_CODE))), Screen.PART2),
+        (_container(_labelled(label("HMARKT"))), Screen.RELEASE),  # the caller's purpose
+        (_container({"resourceType": "Condition", "meta": {"security": "TREAT"}}), Screen.WITHHOLD),
+        (
+            {"resourceType": "Observation", "contained": {"resourceType": "Condition"}},
+            Screen.WITHHOLD,
+        ),
+        (_container(_container(_container(_container(_container(_container()))))), Screen.WITHHOLD),
+        (_container("junk", {"resourceType": "Condition"}), Screen.RELEASE),
+    ],
+    ids=[
+        "purpose",
+        "second",
+        "part2",
+        "admitted",
+        "not-a-list",
+        "contained-object",
+        "deep",
+        "junk",
+    ],
+)
+def test_contained_labels_roll_up_to_the_container(resource: Any, verdict: Screen) -> None:
+    """Attack: a TREAT- or Part 2-labelled Condition contained in an unlabelled Observation
+    was released with it to a marketing caller, unmarked."""
+    assert screen_resource(resource, pou("HMARKT"), DEFAULT_LABEL_RULES) is verdict
+
+
+def test_contained_labels_are_collected_canonical() -> None:
+    resource = _container(_labelled(label("42CFRPart2", "http://hl7.org/fhir/v3/ActCode")))
+    assert contained_labels(resource) == {PART2}
+    assert contained_labels({"resourceType": "Observation"}) == frozenset()
+
+
+# --- writes may not take away labels the caller is not entitled to
+
+
+def _with(*codings: dict[str, str]) -> dict[str, Any]:
+    return {"resourceType": "Observation", "meta": {"security": list(codings)}}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "refused"),
+    [
+        (_with(label("TREAT"), label("HRESCH")), _with(label("TREAT")), True),  # HRESCH not met
+        (_with(label("TREAT"), label("HRESCH")), _with(label("HRESCH")), False),  # TREAT met
+        (_with(label("42CFRPart2", ACT_CODE)), {"resourceType": "Observation"}, True),
+        (_with(label("42CFRPart2", ACT_CODE)), _with(label("42CFRPart2", ACT_CODE)), False),
+        (_with(label("HRESCH")), _with(label("HMARKT")), True),  # changed: HRESCH removed
+        ({"resourceType": "Observation"}, _with(label("HRESCH")), False),  # added
+        (_with(label("HTEST")), {"resourceType": "Observation"}, False),  # ignored purpose
+        (
+            _with(label("42CFRPart2", "http://hl7.org/fhir/v3/ActCode")),
+            _with(label("42CFRPart2", ACT_CODE)),
+            False,
+        ),
+    ],
+    ids=["removes-unmet", "removes-met", "strips-part2", "keeps-part2", "changes", "adds",
+         "ignored", "respelled"],
+)  # fmt: skip
+def test_relabelling_refused(before: Any, after: Any, refused: bool) -> None:
+    """Attack: a PATCH ``remove /meta/security`` (or a PUT without the labels) opened a
+    labelled record to every caller."""
+    assert relabelling_refused(before, after, pou("TREAT"), DEFAULT_LABEL_RULES) is refused
