@@ -32,7 +32,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.browser.pages import Site, new_watched
+from tests.browser.pages import BREAK_GLASS_SCOPE, Site, new_watched
 from tests.support import GatewayServer, UpstreamServer, load_carebundle
 from tests.support.peers import repo_root
 
@@ -60,10 +60,20 @@ def upstream() -> Iterator[UpstreamServer]:
         yield server
 
 
+class _Gateway(GatewayServer):
+    """The peers' gateway whose ``[auth]`` table (the generated file's last) also names the
+    scope that may break the glass."""
+
+    def _settings_file(self, port: int) -> str:
+        return super()._settings_file(port) + f'break_glass_scope = "{BREAK_GLASS_SCOPE}"\n'
+
+
 @pytest.fixture(scope="session")
 def gateway(upstream: UpstreamServer) -> Iterator[GatewayServer]:
-    with GatewayServer(
-        upstream.base_url, store="sqlite:consentry.db", consent_jurisdiction="opt-out"
+    with _Gateway(
+        upstream.base_url,
+        store="sqlite:consentry.db",
+        consent_jurisdiction="opt-out",
     ) as server:
         yield server
 

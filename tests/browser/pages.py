@@ -17,8 +17,19 @@ from playwright.sync_api import BrowserContext, Locator, Page
 
 from tests.support import GatewayServer
 
-__all__ = ["CSP_WATCH", "WCAG_TAGS", "Site", "focus_is_visible", "tab_to"]
+__all__ = [
+    "BREAK_GLASS_SCOPE",
+    "CSP_WATCH",
+    "WCAG_TAGS",
+    "Site",
+    "axe_report",
+    "focus_is_visible",
+    "new_watched",
+    "tab_to",
+]
 
+#: The scope that lets a practitioner break the glass (the test gateway's ``break_glass_scope``).
+BREAK_GLASS_SCOPE: Final = "consentry/break-glass"
 #: WCAG 2.0, 2.1 and 2.2, levels A and AA (axe-core's rule tags).
 WCAG_TAGS: Final = ("wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa")
 #: Added to every document before its own scripts: collects the CSP violations the browser
