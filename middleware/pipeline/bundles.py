@@ -259,6 +259,8 @@ class Bundles:
             body = _local(entry.get("resource"), new)
             if isinstance(body, dict):
                 refuse_own_tags(body, current)
+                if current is not None:  # no label the caller is not entitled to comes off
+                    self.writes.targets.check_labels(sub, current, body)
             await self._allow(sub, body, ACTION_COLLECT if current is None else ACTION_CORRECT)
         elif current is None:
             raise Forbidden(_REFUSED_TRANSACTION)

@@ -17,12 +17,13 @@ needs. For one resource (contained resources included, through
      own policies (:func:`~middleware.consent.decide.decide`), deny from any one withholds;
 3. obligations of the permits (``redact`` with security labels) are applied: the labelled
    resource is withheld or its labelled elements removed (DS4P, :mod:`.redact`);
-4. labels on data (:mod:`middleware.consent.labels`): a resource whose purpose-of-use labels
-   none of the caller's purposes meets is withheld before anything is decided (not from the
-   patient's own app: a patient-context caller sees only its own record, which is theirs to
-   read whatever uses it is labelled for); 42 CFR Part 2
-   data released (a consent named it, step 2) carries the refrain label and the notice, and
-   Part 2 data tied to no known patient is withheld.
+4. labels on data (:mod:`middleware.consent.labels`), its own and its contained resources':
+   a resource whose purpose-of-use labels none of the caller's purposes meets is withheld
+   before anything is decided (not from the patient's own app reading a record of that
+   patient alone, which is theirs to read whatever uses it is labelled for:
+   :meth:`Judge.screened`); 42 CFR Part 2 data released (a consent named it, step 2; a
+   contained resource's labels count as the container's) carries the refrain label and the
+   notice, and Part 2 data tied to no known patient is withheld.
 
 Every decision lands in :attr:`Judge.trail` for the audit record: which patients were
 decided, which had data released, which resources were released.
@@ -41,7 +42,13 @@ from typing import Any, Final
 from middleware.auth.scopes import allows
 from middleware.consent.decide import Decision, Defaults
 from middleware.consent.decisions import Decider, DecisionCache
-from middleware.consent.labels import Screen, has_part2_inline, mark_part2, screen
+from middleware.consent.labels import (
+    Screen,
+    contained_labels,
+    has_part2_inline,
+    mark_part2,
+    screen_resource,
+)
 from middleware.consent.model import Coding, Policy, Provision
 from middleware.consent.reads import Reads
 from middleware.consent.summary import INLINE_LABEL_URL, facts
@@ -332,17 +339,12 @@ class Judge:
             return self._withhold()
         if not self._may_see(rtype, resource):
             return self._withhold()
-        # Labels on data (middleware.consent.labels): most resources carry no meta.security,
-        # and for them this is one lookup.
+        # Labels on data (middleware.consent.labels): most resources carry no meta.security
+        # and no contained resources, and for them this is two lookups.
         meta = resource.get("meta")
         part2 = False
-        if isinstance(meta, dict) and "security" in meta:
-            screened = screen(
-                meta["security"],
-                self.caller.purposes,
-                self.defaults.labels,
-                by_purpose=self.caller.patient is None,
-            )
+        if (isinstance(meta, dict) and "security" in meta) or "contained" in resource:
+            screened = self.screened(resource)
             if screened is Screen.WITHHOLD:
                 return self._withhold()
             part2 = screened is Screen.PART2
@@ -364,6 +366,31 @@ class Judge:
         rid = resource.get("id")
         self.trail.release(references_of(refs), f"{rtype}/{rid}" if isinstance(rid, str) else None)
         return True
+
+    def screened(self, resource: Mapping[str, Any]) -> Screen:
+        """The verdict of ``resource``'s labels, contained resources' included
+        (:func:`~middleware.consent.labels.screen_resource`), for this caller. Purpose-of-use
+        labels do not withhold a patient's own record from the patient: only a patient-context
+        caller whose ``fhirUser`` is absent or is that patient (a practitioner's app launched
+        in a patient's context is not the patient), and only for a resource whose compartment
+        is that patient alone (data also about another patient is not only theirs to read)."""
+        rules, purposes = self.defaults.labels, self.caller.purposes
+        verdict = screen_resource(resource, purposes, rules)
+        if verdict is Screen.WITHHOLD and self._own_record(resource):
+            verdict = screen_resource(resource, purposes, rules, by_purpose=False)
+        return verdict
+
+    def _own_record(self, resource: Mapping[str, Any]) -> bool:
+        """Whether ``resource`` is the patient caller's own record alone (see :meth:`screened`)."""
+        own = self.caller.patient
+        if own is None or self.caller.identity.fhir_user not in (None, own):
+            return False
+        refs = self.seen.get(id(resource)) or compartment_of(resource, base_urls=self.base_urls)
+        return (
+            refs.kind is Kind.PATIENT_DATA
+            and not refs.unresolved
+            and references_of(refs) == frozenset({own})
+        )
 
     def permits(self, resource: Mapping[str, Any]) -> bool:
         """The compartment and consent verdict alone (the caller's permission to write was
@@ -393,6 +420,10 @@ class Judge:
                 found = facts(
                     resource, patients=patients, walk=self.walk, reads=self._what_is_read()
                 )
+                if "contained" in resource and (inner := contained_labels(resource)):
+                    # A contained resource is released inside its container: a permit must
+                    # cover its sensitive (and Part 2) labels as the container's own.
+                    found = found._replace(security_labels=found.security_labels | inner)
             decision = self._decider(patient).decide(found)
             self.trail.decided(patient, decision)
             if not decision.permitted:
@@ -411,9 +442,7 @@ class Judge:
         and say True only if a patient's consent was asked: data not tied to a known patient
         (no compartment, an unresolved reference) has no consent that could name it."""
         rules = self.defaults.labels
-        meta = resource.get("meta")
-        security = meta.get("security") if isinstance(meta, dict) else None
-        screened = screen(security, self.caller.purposes, rules, by_purpose=False)
+        screened = screen_resource(resource, self.caller.purposes, rules, by_purpose=False)
         if screened is not Screen.PART2 and not (self.inline and has_part2_inline(resource, rules)):
             return True
         if refs.kind is not Kind.PATIENT_DATA or refs.unresolved:

@@ -6,7 +6,10 @@ first with a search of at most two matches (:meth:`Targets.matches`): one visibl
 becomes the instance write it names; several, or any the caller may not see, get the same 412
 (a hidden match must not be written, and must not be told apart from several). A record the
 caller may not see, a missing one and a deleted one all answer the generic 404
-(:meth:`Targets.current`), and nothing is forwarded. :meth:`Targets.check` is the one consent
+(:meth:`Targets.current`), and nothing is forwarded; a target whose labels on data withhold
+it from the caller's reads (purpose of use, :mod:`middleware.consent.labels`) is such a
+record. A write may not take off a label the caller is not entitled to
+(:meth:`Targets.check_labels`). :meth:`Targets.check` is the one consent
 and compartment check of a write (FHIR consentaction ``collect`` for what is new, ``correct``
 for what exists, ``access`` for a conditional match); its refusal says neither whether a
 consent exists nor why (:data:`DENIED_WRITE`).
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from middleware.consent.labels import Screen, relabelling_refused
 from middleware.errors import BadRequest, Forbidden, GatewayError, PreconditionFailed, UpstreamError
 from middleware.fhir.request import FhirRequest, Level
 from middleware.pipeline.caller import ACTION_ACCESS, ACTION_CORRECT
@@ -89,7 +93,7 @@ class Targets:
             ):
                 raise UpstreamError("the upstream server sent another resource type")
         if current is not None:
-            await self.check(ask, current, ACTION_CORRECT, hidden=not_found)
+            await self.check(ask, current, ACTION_CORRECT, hidden=not_found, screened=True)
         return current
 
     async def matches(self, ask: Ask, rtype: str, criteria: bytes) -> list[dict[str, Any]]:
@@ -125,7 +129,7 @@ class Targets:
         if len(found) > 1 or next_link(bundle) is not None:
             raise PreconditionFailed(NO_SINGLE_MATCH)
         for resource in found:
-            await self.check(ask, resource, ACTION_ACCESS, hidden=_no_single_match)
+            await self.check(ask, resource, ACTION_ACCESS, hidden=_no_single_match, screened=True)
         return found
 
     async def check(
@@ -135,10 +139,14 @@ class Targets:
         action: tuple[str, str],
         *,
         hidden: Callable[[], GatewayError] | None = None,
+        screened: bool = False,
     ) -> None:
         """Raise unless the consent and compartment rules let the caller do ``action`` on
         ``resource``, a resource of the request's type (``hidden()`` is raised instead of the
-        generic write refusal)."""
+        generic write refusal). ``screened``: ``resource`` exists upstream, and its labels
+        must let the caller read it too (:meth:`~middleware.pipeline.judge.Judge.screened`,
+        the read rule), or a write would tell what a read hides (a PATCH ``test`` op is an
+        oracle on a record's content)."""
         kind = resource.get("resourceType")
         if not isinstance(kind, str):  # a list is unhashable: never looked up in a set
             raise BadRequest(f"the resource must be a {ask.request.resource_type} resource")
@@ -147,8 +155,19 @@ class Targets:
         if kind != ask.request.resource_type:
             raise BadRequest(f"the resource must be a {ask.request.resource_type} resource")
         judge = await self.flow.judging.judge(ask.caller, action, resource, ask.trail)
+        if screened and judge.screened(resource) is Screen.WITHHOLD:
+            raise (hidden or _denied)()
         if not judge.permits(resource):
             raise (hidden or _denied)()
+
+    def check_labels(self, ask: Ask, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """Refuse (the generic :data:`DENIED_WRITE`) a write turning ``before`` into
+        ``after`` that removes or changes a purpose-of-use label the caller's purposes do not
+        admit, or a 42 CFR Part 2 label (:func:`~middleware.consent.labels.relabelling_refused`):
+        taking a label off releases the record to the callers it kept it from."""
+        rules = self.flow.judging.defaults.labels
+        if relabelling_refused(before, after, ask.caller.purposes, rules):
+            raise _denied()
 
 
 def json_accept() -> list[tuple[str, str]]:

@@ -6,7 +6,9 @@ version with the JSON Patch applied, :mod:`~middleware.pipeline.jsonpatch`), so 
 neither touch a record the caller may not see nor move a resource into or out of a compartment
 whose consent does not allow the write (FHIR consentaction ``collect`` for what is new,
 ``correct`` for what exists; :mod:`~middleware.pipeline.targets` fetches and checks the
-target, resolving conditional ones). Then, in this order (architecture invariant 1,
+target, resolving conditional ones; a target the caller's labels on data hide answers 404
+like a read, and a write may not take off a label the caller is not entitled to). Then, in
+this order (architecture invariant 1,
 :mod:`~middleware.pipeline.write_forward`):
 
 1. the decision is recorded on the ledger (``record(ask, status, "decision")``);
@@ -179,6 +181,7 @@ class Writes:
             if body.get("id", current["id"]) != current["id"]:
                 raise BadRequest("the resource id must match the resource the condition names")
             body = {**body, "id": current["id"]}
+        self.targets.check_labels(ask, current, body)
         await self.targets.check(ask, body, ACTION_CORRECT)
         # The bytes judged are the bytes sent (a duplicate key read one way here and another
         # way upstream must not change whose record this is).
@@ -213,6 +216,7 @@ class Writes:
             ask.trail.mapped(mapper.label)
             after = mapper.write(after)
         refuse_own_tags(after, current)
+        self.targets.check_labels(ask, current, after)
         await self.targets.check(ask, after, ACTION_CORRECT)
         # What was judged is what is stored: the patched resource, sent as an update pinned to
         # the version it was computed from. Forwarding the patch would let the upstream's
