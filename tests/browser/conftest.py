@@ -117,13 +117,15 @@ def viewport(request: pytest.FixtureRequest) -> str:
 
 def new_context(browser: Browser, viewport: str) -> BrowserContext:
     """A fresh browser profile (no cookies) at ``viewport`` that accepts downloads."""
-    return browser.new_context(
+    made = browser.new_context(
         viewport=VIEWPORTS[viewport],
         accept_downloads=True,
         locale="en-US",
         is_mobile=viewport == "phone",
         has_touch=viewport == "phone",
     )
+    made.set_default_timeout(15_000)  # a page answers in well under a second
+    return made
 
 
 @pytest.fixture

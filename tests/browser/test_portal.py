@@ -1,0 +1,144 @@
+"""The patient portal in the browser.
+
+- Every page (home with a consent, the form, its confirmation, the saved result, a consent's
+  details, the change form, the revoke confirmation, "who looked at my record", a receipt and
+  the receipt check) passes :meth:`~tests.browser.pages.Site.check_page` at desktop and phone
+  size, and the keyboard reaches the main action.
+- A patient never reaches another patient's data: with a signed-in session of one patient,
+  another patient's consent (its page, change form, revoke confirmation, a forged revoke) and
+  receipt answer the generic not-found page, and the other consent stays as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from tests.browser.pages import Site, tab_to
+from tests.integration.enforcing import FHIR_JSON, deny_actor
+from tests.support import GatewayServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+NOT_FOUND = "Page not found"
+
+
+@dataclass(frozen=True)
+class Theirs:
+    """Another patient's consent, made through the Consent API with that patient's token."""
+
+    patient: str
+    consent: str
+    index: int
+    headers: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def theirs(gateway: GatewayServer, patients: list[str]) -> Theirs:
+    patient = patients[5]
+    own = gateway.bearer(f"user-{patient}", "launch/patient patient/Consent.cruds", patient=patient)
+    made = httpx.post(
+        f"{gateway.base_url}/Consent",
+        json=deny_actor(patient, "Practitioner/someone"),
+        headers={**own, **FHIR_JSON, "accept": "application/fhir+json"},
+        timeout=30.0,
+    )
+    assert made.status_code == 201, made.text
+    index = int(made.headers["x-consentry-ledger-index"])
+    return Theirs(patient, made.json()["id"], index, own)
+
+
+def _make_consent(page: Page, site: Site, who: str) -> None:
+    """Deny practitioner ``who`` from the form, through its confirmation (each page checked)."""
+    page.goto(site.url("/portal/consents/new"))
+    site.check_page(page, "portal-form")
+    page.locator("#decision-deny").check()
+    page.locator("#who-practitioner").check()
+    page.locator("#who_id").fill(who)
+    page.locator("#what-all").check()
+    tab_to(page, page.locator("main form button[type=submit]"))
+    page.keyboard.press("Enter")
+    page.wait_for_url(site.url("/portal/consents/new/review"))
+    site.check_page(page, "portal-confirm")
+    page.locator("main form button[type=submit]:not(.secondary)").click()
+    page.wait_for_url(site.url("/portal/consents/new/save"))
+    expect(page.get_by_role("status")).to_be_visible()
+    site.check_page(page, "portal-saved")
+
+
+def test_every_portal_page(page: Page, site: Site, patients: list[str]) -> None:
+    patient = patients[6]
+    site.sign_in_patient(page, patient)
+    _make_consent(page, site, f"nurse-{site.viewport}")
+
+    page.goto(site.url("/portal/"))
+    expect(page.locator("main section.card").first).to_be_visible()
+    site.check_page(page, "portal-home-with-consent")
+    tab_to(page, page.locator('main a[href="/portal/consents/new"]'))
+
+    consent = page.locator("main section.card a[href$='/change']").first.get_attribute("href")
+    assert consent is not None
+    base = consent.removesuffix("/change")
+    page.goto(site.url(base))
+    site.check_page(page, "portal-consent")
+    page.goto(site.url(f"{base}/change"))
+    site.check_page(page, "portal-change-form")
+    page.goto(site.url(f"{base}/revoke"))
+    site.check_page(page, "portal-revoke-confirm")
+
+    page.goto(site.url("/portal/access"))
+    site.check_page(page, "portal-access")
+
+    page.goto(site.url("/portal/"))
+    receipt = page.locator('main a[href^="/portal/receipts/"]').first.get_attribute("href")
+    assert receipt is not None
+    page.goto(site.url(receipt))
+    site.check_page(page, "portal-receipt")
+    page.goto(site.url("/portal/receipts/check"))
+    site.check_page(page, "portal-receipt-check")
+
+
+def test_another_patients_consent_and_receipt_are_not_found(
+    desktop: Page,
+    desktop_context: BrowserContext,
+    desktop_site: Site,
+    patients: list[str],
+    theirs: Theirs,
+) -> None:
+    """The attack: a signed-in patient puts another patient's consent id or ledger index in
+    the URL, or posts that consent's revoke form with their own valid CSRF token."""
+    page, site = desktop, desktop_site
+    site.sign_in_patient(page, patients[7])
+    for path in (
+        f"/portal/consents/{theirs.consent}",
+        f"/portal/consents/{theirs.consent}/change",
+        f"/portal/consents/{theirs.consent}/revoke",
+        f"/portal/receipts/{theirs.index}",
+        f"/portal/receipts/{theirs.index}/download",
+        f"/portal/receipts/{theirs.index}/check",
+    ):
+        answer = page.goto(site.url(path))
+        assert answer is not None
+        assert answer.status == 404, path
+        expect(page.get_by_role("heading", level=1)).to_have_text(NOT_FOUND)
+    site.check_page(page, "portal-not-found")
+
+    page.goto(site.url("/portal/"))
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    assert csrf
+    forged = desktop_context.request.post(
+        site.url(f"/portal/consents/{theirs.consent}/revoke"),
+        form={"csrf": csrf},
+        headers={"origin": site.origin},
+        max_redirects=0,
+    )
+    assert forged.status == 404
+    still = httpx.get(
+        f"{site.gateway.base_url}/Consent/{theirs.consent}",
+        headers={**theirs.headers, "accept": "application/fhir+json"},
+        timeout=30.0,
+    )
+    assert (still.status_code, still.json()["status"]) == (200, "active")
