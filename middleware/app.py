@@ -515,6 +515,7 @@ def _consent_service(
         limits=ConsentLimits(settings.consent_max_depth, settings.consent_max_provisions),
         caller_keys=caller_keys,
         signatures="patient-key" if settings.consent_signatures == "patient-key" else "off",
+        key_enrolment="patient" if settings.consent_key_enrolment == "patient" else "admin",
     )
 
 

@@ -97,7 +97,7 @@ def openapi_document(base_path: str, *, development_issuer: bool = False) -> dic
             "post": _op(
                 "register-key",
                 "Register or rotate the patient's consent-signing Ed25519 key (Parameters: "
-                "patient, publicKey)",
+                "patient, publicKey; a rotation also replaces, the version it replaces)",
                 201,
                 "Parameters",
                 _WRITE_ERRORS,

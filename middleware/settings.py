@@ -94,6 +94,8 @@ class Settings:
     consent_uncovered_labels: str = "deny"
     # "patient-key": every consent change signed by the patient's registered key (consent.signers)
     consent_signatures: str = "off"
+    # who makes a patient's first signing-key registration: "admin" or also "patient"
+    consent_key_enrolment: str = "admin"
     # Labels on data (docs/consent-api.md, "Labels on data"): labels beyond 42CFRPart2 that
     # mark 42 CFR Part 2 data, and the notice its release carries.
     part_two_labels: str = ""
@@ -424,6 +426,8 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("consent_uncovered_labels: expected deny or redact")
     if values.get("consent_signatures", "off") not in ("off", "patient-key"):
         problems.append("consent_signatures: expected off or patient-key")
+    if values.get("consent_key_enrolment", "admin") not in ("admin", "patient"):
+        problems.append("consent_key_enrolment: expected admin or patient")
     try:
         LabelRules(
             parse_labels(values.get("part_two_labels", "")),

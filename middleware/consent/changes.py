@@ -1,6 +1,7 @@
 """Recording one consent change, and answering with the recorded version.
 
-:func:`commit_change` verifies a detached signature over the canonical bytes (and, when the
+:func:`commit_change` verifies a detached signature over the canonical bytes with the version
+the change replaces (:func:`~middleware.consent.records.signed_change`; and, when the
 deployment requires it, that it is by the patient's registered key:
 :mod:`middleware.consent.signers`), appends the
 ``consent`` / ``consent-revoke`` entry (evidence: the canonical bytes; pseudonym: the
@@ -20,7 +21,7 @@ from email.utils import format_datetime
 from typing import Any, Final
 
 from middleware.consent.model import Policy
-from middleware.consent.records import canonical_consent, render_consent
+from middleware.consent.records import canonical_consent, render_consent, signed_change
 from middleware.consent.service import Call, ConsentService, Result, Trail
 from middleware.consent.signers import check_patient_signature
 from middleware.errors import UnprocessableEntity
@@ -46,12 +47,16 @@ async def commit_change(
     call: Call,
     trail: Trail,
     signed: bytes | None = None,
+    replaces: int | None = None,
 ) -> ConsentRecord:
     """Append the change to the ledger, then record it in the store (module docstring of
-    :mod:`middleware.consent.service`). A signature covers ``signed`` (default: the canonical
-    bytes recorded; a create passes those of the Consent as submitted, without ``id``)."""
+    :mod:`middleware.consent.service`). A signature covers ``signed``; by default
+    :func:`~middleware.consent.records.signed_change` of ``resource`` and ``replaces`` (the
+    version an update or revocation replaces; None for a create: the canonical bytes
+    recorded). An unsigned create under ``off`` passes those of the Consent as submitted,
+    without ``id``."""
     data = canonical_consent(resource)
-    signed = data if signed is None else signed
+    signed = signed_change(resource, replaces) if signed is None else signed
     await check_patient_signature(svc, policy.patient, call, signed)
     if call.signature is not None:
         public_key, signature = call.signature
@@ -65,7 +70,9 @@ async def commit_change(
             "publicKey": base64.b64encode(public_key).decode("ascii"),
             "signature": base64.b64encode(signature).decode("ascii"),
         }
-        if signed is not data:
+        if replaces is not None:  # the recorded version with meta.versionId = the replaced one
+            trail.signature["replaces"] = str(replaces)
+        elif signed != data:
             trail.signature["over"] = "submitted"  # the recorded version without its id
     store = await svc.store()
     pseudonym = await store.pseudonym_for(policy.patient, new_pseudonym())

@@ -23,6 +23,7 @@ __all__ = [
     "KEY_ID_PREFIX",
     "KEY_SIZE",
     "KEY_STATUS",
+    "KeyEnrolment",
     "SignatureMode",
     "is_key_id",
     "key_id",
@@ -33,6 +34,7 @@ __all__ = [
 #: An Ed25519 public key's size (RFC 8032).
 KEY_SIZE: Final = 32
 SignatureMode = Literal["off", "patient-key"]
+KeyEnrolment = Literal["admin", "patient"]
 KEY_ID_PREFIX: Final = "signer-key-"
 KEY_STATUS: Final = "registered-key"
 KEY_EXTENSION: Final = "https://consentry.dev/fhir/StructureDefinition/consent-signer-key"

@@ -25,10 +25,14 @@ register    ``POST Consent/$register-key``           the patient's consent-signi
 Authorization is :mod:`middleware.consent.access`. A patient's change to another patient's
 consent is refused with 403; a read of one is answered 404, as if it did not exist (a denied
 read must not tell what exists, ``errors.NotFound``). ``If-Match: W/"<version>"`` on update
-and revoke must name the current version (412). A detached Ed25519 signature (``PUT`` and
-``$revoke``) must verify over the canonical bytes that are recorded
-(:func:`~middleware.consent.records.canonical_consent`), else 422; on a create, whose id the
-gateway assigns, over the canonical bytes of the Consent as submitted without ``id``. Ids
+and revoke must name the current version (412); under ``consent_signatures = "patient-key"``
+it is required. A detached Ed25519 signature (``PUT`` and ``$revoke``) must verify over the
+canonical bytes that are recorded with ``meta.versionId`` the version replaced
+(:func:`~middleware.consent.records.signed_change`), else 422; on a create, whose id the
+gateway assigns, over the canonical bytes of the Consent as submitted without ``id``. Under
+``patient-key`` a create names its own id instead, covered by the signature and used once
+(409 when it exists), so no signed change applies twice. Changes of one id are serialised
+(:mod:`middleware.consent.serial`). Ids
 beginning ``signer-key-`` are reserved for registered keys (:mod:`middleware.consent.keyrecord`):
 no operation here reaches one (404).
 """
@@ -80,12 +84,15 @@ __all__ = ["HANDLERS"]
 
 _SEARCH_PARAMS: Final = frozenset({"patient", "status"})
 _VERSION: Final = re.compile(r"[1-9][0-9]{0,8}")
+_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 datatypes.html#id
 _ETAG: Final = re.compile(r'\s*(?:W/)?"(?P<version>[^"]*)"\s*')
 
 
 async def create(svc: ConsentService, identity: Identity, call: Call, trail: Trail) -> Result:
     acting = _authorize(svc, identity, "create", trail)
     resource = _consent_body(call.body)
+    if svc.signatures == "patient-key":
+        return await _create_signed(svc, acting, resource, call, trail)
     resource.pop("id", None)  # a create assigns the id (FHIR R4 http.html#create)
     submitted = canonical_consent(resource)  # what a create's signature covers
     resource["id"] = trail.consent_id = str(uuid.uuid4())
@@ -105,8 +112,39 @@ async def create(svc: ConsentService, identity: Identity, call: Call, trail: Tra
     return resource_result(svc, record, 201, location=True)
 
 
+async def _create_signed(
+    svc: ConsentService, acting: Acting, resource: dict[str, Any], call: Call, trail: Trail
+) -> Result:
+    """A create under ``patient-key``: the client names the id and the signature covers it,
+    so the signed bytes create one consent, once (a replay finds the id taken: 409)."""
+    cid = resource.get("id")
+    if not isinstance(cid, str) or not _ID.fullmatch(cid) or is_key_id(cid):
+        raise UnprocessableEntity(
+            "Consent.id: a signed create names a new id of its own (e.g. a random UUID), "
+            "covered by the signature and used once"
+        )
+    trail.consent_id = cid
+    policy = parse_consent(resource, limits=svc.limits)
+    trail.patient = policy.patient
+    check_patient(acting, policy.patient)
+    async with svc.serial.hold(cid):
+        if await (await svc.store()).current(cid) is not None:
+            raise Conflict(f"Consent/{cid} exists: a signed create's id is used once")
+        record = await commit_change(
+            svc, EntryKind.CONSENT, resource, policy, previous=None, call=call, trail=trail
+        )
+    return resource_result(svc, record, 201, location=True)
+
+
 async def update(svc: ConsentService, identity: Identity, call: Call, trail: Trail) -> Result:
     cid = _consent_id(call)
+    async with svc.serial.hold(cid):  # the version checked is the version replaced
+        return await _update(svc, identity, call, trail, cid)
+
+
+async def _update(
+    svc: ConsentService, identity: Identity, call: Call, trail: Trail, cid: str
+) -> Result:
     current = await (await svc.store()).current(cid)
     acting = _authorize(svc, identity, "create" if current is None else "update", trail)
     if current is None:
@@ -115,7 +153,7 @@ async def update(svc: ConsentService, identity: Identity, call: Call, trail: Tra
     else:
         trail.patient = current.patient
         check_patient(acting, current.patient)
-        _check_if_match(call, current)
+        _check_if_match(svc, call, current)
     resource = _consent_body(call.body)
     if resource.get("id") != cid:
         raise BadRequest("the Consent's id must equal the id in the URL (FHIR R4 http.html#update)")
@@ -129,7 +167,14 @@ async def update(svc: ConsentService, identity: Identity, call: Call, trail: Tra
     previous = current.status if current is not None else None
     kind = EntryKind.CONSENT_REVOKE if is_revocation(previous, policy.status) else EntryKind.CONSENT
     record = await commit_change(
-        svc, kind, resource, policy, previous=current, call=call, trail=trail
+        svc,
+        kind,
+        resource,
+        policy,
+        previous=current,
+        call=call,
+        trail=trail,
+        replaces=None if current is None else current.version,
     )
     return resource_result(svc, record, 200 if current is not None else 201, location=True)
 
@@ -140,10 +185,17 @@ async def revoke(svc: ConsentService, identity: Identity, call: Call, trail: Tra
         given = _json(call.body)
         if not isinstance(given, Mapping) or given.get("resourceType") != "Parameters":
             raise BadRequest("$revoke takes no input, or an empty Parameters resource")
-    current = await _existing(svc, _consent_id(call))
+    cid = _consent_id(call)
+    async with svc.serial.hold(cid):  # the version checked is the version replaced
+        return await _revoke(svc, acting, call, trail, await _existing(svc, cid))
+
+
+async def _revoke(
+    svc: ConsentService, acting: Acting, call: Call, trail: Trail, current: ConsentRecord
+) -> Result:
     trail.patient = current.patient
     check_patient(acting, current.patient)
-    _check_if_match(call, current)
+    _check_if_match(svc, call, current)
     if current.status in REVOKED_STATUSES:
         raise Conflict(f"the consent is not in force (status {current.status})")
     resource = revoked(jsoncodec.decode(current.data, max_depth=STORED_MAX_JSON_DEPTH))
@@ -162,7 +214,14 @@ async def revoke(svc: ConsentService, identity: Identity, call: Call, trail: Tra
             root=Provision(path="Consent", effect=None),
         )
     record = await commit_change(
-        svc, EntryKind.CONSENT_REVOKE, resource, policy, previous=current, call=call, trail=trail
+        svc,
+        EntryKind.CONSENT_REVOKE,
+        resource,
+        policy,
+        previous=current,
+        call=call,
+        trail=trail,
+        replaces=current.version,
     )
     return resource_result(svc, record, 200, location=False)
 
@@ -331,8 +390,13 @@ def _patient_param(value: str) -> str:
     return ref
 
 
-def _check_if_match(call: Call, current: ConsentRecord) -> None:
+def _check_if_match(svc: ConsentService, call: Call, current: ConsentRecord) -> None:
     if call.if_match is None:
+        if svc.signatures == "patient-key":  # a signed change names the version it replaces
+            raise PreconditionFailed(
+                f'this deployment requires If-Match: W/"{current.version}" on a change of an '
+                "existing consent (the version the signature covers as meta.versionId)"
+            )
         return
     match = _ETAG.fullmatch(call.if_match)
     if match is None or match["version"] != str(current.version):

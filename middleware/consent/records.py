@@ -43,6 +43,7 @@ __all__ = [
     "is_revocation",
     "render_consent",
     "revoked",
+    "signed_change",
 ]
 
 #: Elements of ``meta`` the server manages (FHIR R4 §2.36.0.1 "Resource.meta"): never stored.
@@ -79,6 +80,21 @@ def canonical_consent(resource: Mapping[str, Any]) -> bytes:
             body["meta"] = kept
         else:
             del body["meta"]
+    return jsoncodec.encode_canonical(body)
+
+
+def signed_change(resource: Mapping[str, Any], replaces: int | None) -> bytes:
+    """What a detached signature over a change covers: :func:`canonical_consent` of
+    ``resource`` with ``meta.versionId`` set to ``replaces``, the version the change replaces
+    (update, revoke), so a signed change applies once, to that version only; a create
+    (``replaces`` None) is the canonical bytes alone. A client signs the Consent it read, with
+    the ``meta.versionId`` it read, as changed. Pure."""
+    data = canonical_consent(resource)
+    if replaces is None:
+        return data
+    body = dict(jsoncodec.decode(data))
+    meta = body.get("meta")
+    body["meta"] = {**(meta if isinstance(meta, Mapping) else {}), "versionId": str(replaces)}
     return jsoncodec.encode_canonical(body)
 
 

@@ -38,10 +38,11 @@ from middleware.auth.identity import Identity
 from middleware.consent.access import Operation, patient_caller, performer
 from middleware.consent.callers import caller_tag
 from middleware.consent.decide import Defaults
-from middleware.consent.keyrecord import SignatureMode
+from middleware.consent.keyrecord import KeyEnrolment, SignatureMode
 from middleware.consent.limits import DEFAULT_LIMITS, ConsentLimits
 from middleware.consent.records import attempt_evidence
 from middleware.consent.registry import ConsentRegistry
+from middleware.consent.serial import KeyedLocks
 from middleware.errors import GatewayError, ServiceUnavailable
 from middleware.fhir.outcome import FHIR_JSON, render_error
 from middleware.ledger.entry import NewEntry
@@ -146,10 +147,14 @@ class ConsentService:
         limits: ConsentLimits = DEFAULT_LIMITS,
         caller_keys: Callable[[bytes], Awaitable[bytes]] | None = None,
         signatures: SignatureMode = "off",
+        key_enrolment: KeyEnrolment = "admin",
     ) -> None:
         self.ledger = ledger
         # "patient-key": every change is signed by the patient's registered key (signers.py).
         self.signatures: SignatureMode = signatures
+        self.serial = KeyedLocks()  # one change at a time per consent id (serial.py)
+        # Who makes a patient's first key registration: "admin" or also "patient" (signers.py).
+        self.key_enrolment: KeyEnrolment = key_enrolment
         # A chain's audit evidence key, created on first use (audit.evidence.PatientKeys.key):
         # what a patient caller's tag is derived from. Without it an attempt on another
         # patient's chain names nothing of the caller.

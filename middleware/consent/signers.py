@@ -1,13 +1,20 @@
 """Consents signed by the patient's registered key: registering it, and requiring it.
 
 **Registration** (``POST Consent/$register-key``, a ``Parameters`` with ``patient``
-(``valueReference``, ``Patient/<id>``) and ``publicKey`` (``valueBase64Binary``, a 32-byte
-Ed25519 public key)): by the patient (a patient-context token for that patient with
-``patient/Consent.u``) or a consent administrator. The first registration needs nothing else;
-a *rotation* (a key is registered already) by the patient must carry a detached signature by
-the registered (old) key over the canonical bytes of the submitted Parameters
-(``X-Consent-Signature`` / ``X-Consent-Signer-Key``, the same headers and canonical form as a
-Consent); an administrator may rotate without one (a lost key).
+(``valueReference``, ``Patient/<id>``), ``publicKey`` (``valueBase64Binary``, a 32-byte
+Ed25519 public key) and, for a rotation, ``replaces`` (``valueInteger``, the version of the
+key record it replaces)). The *first* registration (no ``replaces``; 409 when a key is
+registered already) is made by whoever the setting ``consent_key_enrolment`` names: ``admin``
+(default: a consent administrator, who has checked who the patient is) or ``patient`` (also
+the patient, with a patient-context token for that patient with ``patient/Consent.u``; a
+stolen token could then enrol the thief's key first). A *rotation* names the version it
+replaces (412 when that is not the current one), so a signed rotation applies once; by the
+patient it must carry a detached signature by the registered (old) key over the canonical
+bytes of the submitted Parameters, ``replaces`` included (``X-Consent-Signature`` /
+``X-Consent-Signer-Key``, the same headers and canonical form as a Consent); an
+administrator may rotate without one (a lost key). Registrations of one patient are
+serialised (:mod:`middleware.consent.serial`), so of two concurrent first registrations one
+is 201 and the other 409.
 
 **Where it is kept.** A registration is recorded like a consent version, so it is durable and
 rebuilt like one: a ``consent`` ledger entry on the patient's chain whose evidence is a small
@@ -21,9 +28,10 @@ signature stays optional and any key may sign): every change of a patient's cons
 update, revoke), by the patient or an administrator, must carry a signature that verifies with
 that patient's registered key (:func:`check_patient_signature`), else 422. What is signed: the
 canonical bytes of the version recorded (update, revoke: they hold the consent id, so a
-signature cannot be moved to another consent, and the patient, so not to another patient);
-for a create, whose id the gateway assigns, the canonical bytes of the Consent as submitted
-without ``id`` (the recorded version minus its ``id``).
+signature cannot be moved to another consent, the patient, so not to another patient, and
+the version replaced as ``meta.versionId``, so it applies once);
+for a create, the canonical bytes of the Consent with the id the client chose
+(:mod:`middleware.consent.operations`).
 """
 
 from __future__ import annotations
@@ -40,7 +48,13 @@ from middleware.consent.keyrecord import KEY_SIZE, KEY_STATUS, key_id, key_recor
 from middleware.consent.model import normalize_reference
 from middleware.consent.records import canonical_consent
 from middleware.consent.service import Call, ConsentService, Result, Trail
-from middleware.errors import BadRequest, UnprocessableEntity
+from middleware.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    PreconditionFailed,
+    UnprocessableEntity,
+)
 from middleware.fhir import jsoncodec
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind, new_pseudonym
@@ -87,16 +101,49 @@ async def register_key(svc: ConsentService, identity: Identity, call: Call, trai
     acting = authorize(identity, "register-key", admin_role=svc.admin_role)
     trail.acting_as = acting.as_
     params = _parameters(call.body)
-    patient, public_key = _patient(params), _public_key(params)
+    patient, public_key, replaces = _patient(params), _public_key(params), _replaces(params)
     trail.patient = patient
     check_patient(acting, patient)
     store = await svc.store()
     lookup = store.lookup(patient)
     trail.consent_id = kid = key_id(lookup)
-    current = await store.current(kid)
-    old = registered_key(current)
-    if old is not None and acting.as_ == "patient":  # an administrator may replace a lost key
-        _check_rotation(old, call, canonical_consent(params))
+    async with svc.serial.hold(kid):  # compare-and-set on the record's version
+        current = await (await svc.store()).current(kid)  # the store caught up with the ledger
+        _check_version(svc, acting.as_, current, replaces)
+        old = registered_key(current)
+        if old is not None and acting.as_ == "patient":  # an administrator may replace a lost key
+            _check_rotation(old, call, canonical_consent(params))
+        return await _record(
+            svc, trail, patient=patient, lookup=lookup, public_key=public_key, current=current
+        )
+
+
+def _check_version(
+    svc: ConsentService, acting_as: str, current: ConsentRecord | None, replaces: int | None
+) -> None:
+    if replaces is None:
+        if current is not None:
+            raise Conflict(
+                f"a key is registered (version {current.version}): a rotation names the "
+                "version it replaces (parameter replaces)"
+            )
+        if acting_as == "patient" and svc.key_enrolment != "patient":
+            raise Forbidden("a first key registration is made by a consent administrator")
+    elif current is None or current.version != replaces:
+        raise PreconditionFailed("replaces does not name the current version of the key record")
+
+
+async def _record(
+    svc: ConsentService,
+    trail: Trail,
+    *,
+    patient: str,
+    lookup: bytes,
+    public_key: bytes,
+    current: ConsentRecord | None,
+) -> Result:
+    kid = key_id(lookup)
+    store = await svc.store()
     data = canonical_consent(key_record(patient, lookup, public_key))
     pseudonym = await store.pseudonym_for(patient, new_pseudonym())
     recorded_us = svc.now_us()
@@ -173,6 +220,20 @@ def _patient(params: Mapping[str, Any]) -> str:
     if not patient.startswith("Patient/") or not _PATIENT_ID.fullmatch(patient[8:]):
         raise UnprocessableEntity("Parameters.parameter patient: a reference Patient/<id>")
     return patient
+
+
+def _replaces(params: Mapping[str, Any]) -> int | None:
+    found = [
+        p.get("valueInteger")
+        for p in params.get("parameter") or ()
+        if isinstance(p, Mapping) and p.get("name") == "replaces"
+    ]
+    if not found:
+        return None
+    value = found[0]
+    if len(found) != 1 or not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UnprocessableEntity("Parameters.parameter replaces (valueInteger): a version")
+    return value
 
 
 def _public_key(params: Mapping[str, Any]) -> bytes:

@@ -5,6 +5,7 @@ registering and rotating the key, changes that must carry its signature, and the
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import respx
 
 from middleware.app import Gateway, create_app
 from middleware.consent.keyrecord import key_id
-from middleware.consent.records import canonical_consent, revoked
+from middleware.consent.records import canonical_consent, revoked, signed_change
 from middleware.ledger.signing import SigningKey
 from middleware.settings import Settings
 from middleware.storage.consent_memory import MemoryConsentStore
@@ -41,7 +42,9 @@ def gateway_with(
     consents: MemoryConsentStore,
 ) -> Gateway:
     return create_app(
-        make_settings(auth=auth_settings(key_file), consent_signatures=mode),
+        make_settings(
+            auth=auth_settings(key_file), consent_signatures=mode, consent_key_enrolment="patient"
+        ),
         upstream=httpx.MockTransport(router.async_handler),
         store=store,
         signer=signer,
@@ -105,12 +108,14 @@ def sig(key: SigningKey, data: bytes) -> dict[str, str]:
     }
 
 
-def key_params(patient: str, key: SigningKey) -> dict[str, Any]:
+def key_params(patient: str, key: SigningKey, replaces: int | None = None) -> dict[str, Any]:
+    more = [] if replaces is None else [{"name": "replaces", "valueInteger": replaces}]
     return {
         "resourceType": "Parameters",
         "parameter": [
             {"name": "patient", "valueReference": {"reference": patient}},
             {"name": "publicKey", "valueBase64Binary": base64.b64encode(key.public_key).decode()},
+            *more,
         ],
     }
 
@@ -122,18 +127,29 @@ async def register(
     key: SigningKey,
     *,
     by: SigningKey | None = None,
+    replaces: int | None = None,
 ) -> httpx.Response:
-    params = key_params(patient, key)
+    params = key_params(patient, key, replaces)
     extra = {} if by is None else sig(by, canonical_consent(params))
     return await api.post("/fhir/Consent/$register-key", json=params, headers={**headers, **extra})
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
 
 
 async def create_signed(
     api: Client, headers: dict[str, str], body: dict[str, Any], key: SigningKey
 ) -> httpx.Response:
+    """A signed create names its own id (covered by the signature, used once)."""
+    body = {"id": new_id(), **body}
     return await api.post(
         "/fhir/Consent", json=body, headers={**headers, **sig(key, canonical_consent(body))}
     )
+
+
+def version(n: int) -> dict[str, str]:
+    return {"if-match": f'W/"{n}"'}
 
 
 # --- the whole life, signed -------------------------------------------------------------------
@@ -148,12 +164,15 @@ async def test_register_then_create_update_revoke_signed(api: Client, tokens: To
     cid = created.json()["id"]
     body = treat_only(id=cid)
     changed = await api.put(
-        f"/fhir/Consent/{cid}", json=body, headers={**me, **sig(key, canonical_consent(body))}
+        f"/fhir/Consent/{cid}",
+        json=body,
+        headers={**me, **version(1), **sig(key, signed_change(body, 1))},
     )
     assert changed.status_code == 200, changed.text
     gone = revoked(body)
     answer = await api.post(
-        f"/fhir/Consent/{cid}/$revoke", headers={**me, **sig(key, canonical_consent(gone))}
+        f"/fhir/Consent/{cid}/$revoke",
+        headers={**me, **version(2), **sig(key, signed_change(gone, 2))},
     )
     assert answer.status_code == 200, answer.text
 
@@ -163,7 +182,7 @@ async def test_an_admin_change_needs_the_patients_signature_too(
 ) -> None:
     key = SigningKey.generate("p1")
     assert (await register(api, tokens.admin(), "Patient/p1", key)).status_code == 201
-    body = r5_consent()
+    body = r5_consent(id=new_id())
     assert (await api.post("/fhir/Consent", json=body, headers=tokens.admin())).status_code == 422
     assert (await create_signed(api, tokens.admin(), body, key)).status_code == 201
 
@@ -182,20 +201,21 @@ async def test_without_a_registered_key_every_change_is_refused(
 async def test_unsigned_and_wrong_key_changes_are_refused(api: Client, tokens: Tokens) -> None:
     me, key, other = tokens.patient("p1"), SigningKey.generate("p1"), SigningKey.generate("x")
     assert (await register(api, me, "Patient/p1", key)).status_code == 201
-    unsigned = await api.post("/fhir/Consent", json=r5_consent(), headers=me)
+    unsigned = await api.post("/fhir/Consent", json=r5_consent(id=new_id()), headers=me)
     assert unsigned.status_code == 422
     assert "signed by the patient's registered key" in unsigned.text
     assert (await create_signed(api, me, r5_consent(), other)).status_code == 422
     # the registered key named, a signature by another key
-    body = r5_consent()
+    body = r5_consent(id=new_id())
     forged = {
         **sig(other, canonical_consent(body)),
         "x-consent-signer-key": sig(key, b"")["x-consent-signer-key"],
     }
     assert (await api.post("/fhir/Consent", json=body, headers={**me, **forged})).status_code == 422
     # a signature over other bytes (the patient signed a permit; a deny is sent)
-    signed_permit = sig(key, canonical_consent(r5_consent()))
-    deny = r5_consent(decision="deny")
+    cid = new_id()
+    signed_permit = sig(key, canonical_consent(r5_consent(id=cid)))
+    deny = r5_consent(decision="deny", id=cid)
     assert (
         await api.post("/fhir/Consent", json=deny, headers={**me, **signed_permit})
     ).status_code == 422
@@ -206,7 +226,14 @@ async def test_unsigned_and_wrong_key_changes_are_refused(api: Client, tokens: T
     answer = await api.put(
         f"/fhir/Consent/{cid}",
         json={**body, "id": cid},
-        headers={**me, **sig(key, canonical_consent(body))},
+        headers={**me, **version(1), **sig(key, canonical_consent(body))},
+    )
+    assert answer.status_code == 422
+    # nor one over the recorded bytes without the version it replaces
+    answer = await api.put(
+        f"/fhir/Consent/{cid}",
+        json={**body, "id": cid},
+        headers={**me, **version(1), **sig(key, canonical_consent({**body, "id": cid}))},
     )
     assert answer.status_code == 422
 
@@ -219,8 +246,9 @@ async def test_a_signature_replayed_for_another_patient_is_refused(
     k1, k2 = SigningKey.generate("p1"), SigningKey.generate("p2")
     assert (await register(api, tokens.patient("p1"), "Patient/p1", k1)).status_code == 201
     assert (await register(api, tokens.patient("p2"), "Patient/p2", k2)).status_code == 201
-    p1_signed = sig(k1, canonical_consent(r5_consent("Patient/p1")))
-    for_p2 = r5_consent("Patient/p2")
+    cid = new_id()
+    p1_signed = sig(k1, canonical_consent(r5_consent("Patient/p1", id=cid)))
+    for_p2 = r5_consent("Patient/p2", id=cid)
     answer = await api.post("/fhir/Consent", json=for_p2, headers={**tokens.admin(), **p1_signed})
     assert answer.status_code == 422
     as_p2 = {**p1_signed, "x-consent-signer-key": base64.b64encode(k2.public_key).decode()}
@@ -268,15 +296,16 @@ async def test_rotation_needs_the_old_key_or_an_admin(api: Client, tokens: Token
     old, new, newer = (SigningKey.generate(n) for n in ("old", "new", "newer"))
     assert (await register(api, me, "Patient/p1", old)).status_code == 201
     # a stolen token alone cannot replace the key
-    assert (await register(api, me, "Patient/p1", new)).status_code == 422
-    assert (await register(api, me, "Patient/p1", new, by=new)).status_code == 422
-    rotated = await register(api, me, "Patient/p1", new, by=old)
+    assert (await register(api, me, "Patient/p1", new)).status_code == 409
+    assert (await register(api, me, "Patient/p1", new, replaces=1)).status_code == 422
+    assert (await register(api, me, "Patient/p1", new, by=new, replaces=1)).status_code == 422
+    rotated = await register(api, me, "Patient/p1", new, by=old, replaces=1)
     assert rotated.status_code == 200, rotated.text
     assert {"name": "version", "valueInteger": 2} in rotated.json()["parameter"]
     assert (await create_signed(api, me, r5_consent(), old)).status_code == 422
     assert (await create_signed(api, me, r5_consent(), new)).status_code == 201
     # a lost key: the administrator replaces it without a signature
-    assert (await register(api, tokens.admin(), "Patient/p1", newer)).status_code == 200
+    assert (await register(api, tokens.admin(), "Patient/p1", newer, replaces=2)).status_code == 200
     assert (await create_signed(api, me, r5_consent(), newer)).status_code == 201
 
 
@@ -318,7 +347,7 @@ async def test_the_registered_key_is_rebuilt_from_the_ledger(
             await create_signed(other, tokens.patient("p1"), r5_consent(), key)
         ).status_code == 201
         unsigned = await other.post(
-            "/fhir/Consent", json=r5_consent(), headers=tokens.patient("p1")
+            "/fhir/Consent", json=r5_consent(id=new_id()), headers=tokens.patient("p1")
         )
         assert unsigned.status_code == 422
 
@@ -333,5 +362,7 @@ async def test_off_a_signature_is_optional_and_any_key_signs(
     assert (await api_off.post("/fhir/Consent", json=r5_consent(), headers=me)).status_code == 201
     assert (await register(api_off, me, "Patient/p1", key)).status_code == 201
     assert (await api_off.post("/fhir/Consent", json=r5_consent(), headers=me)).status_code == 201
-    other = SigningKey.generate("x")
-    assert (await create_signed(api_off, me, r5_consent(), other)).status_code == 201
+    other = SigningKey.generate("x")  # off: the gateway assigns the id; signed without one
+    body = r5_consent()
+    signed = {**me, **sig(other, canonical_consent(body))}
+    assert (await api_off.post("/fhir/Consent", json=body, headers=signed)).status_code == 201
