@@ -170,6 +170,7 @@ class DevAuthorizer:
                 scopes=scopes,
                 audience=self._audience,
                 patient=grant.patient,
+                fhir_user=f"Patient/{grant.patient}",
                 ttl=TOKEN_TTL,
                 client_id=request.client_id,
             )

@@ -34,6 +34,7 @@ from middleware.settings import Settings
 from middleware.types import ASGIApp, Receive, Scope, Send
 from middleware.web import compliance, devsignin, home, portal, signin
 from middleware.web.api import GatewayApi
+from middleware.web.calls import Unavailable
 from middleware.web.csrf import Refused, origin_of
 from middleware.web.deps import WebDeps
 from middleware.web.render import SecurityHeaders, page
@@ -129,6 +130,7 @@ def build_web(
             SignInRequired: _signin_required,
             Refused: _refused,
             HTTPException: _http_error,
+            Unavailable: _unavailable,
         },
     )
     app.state.deps = deps
@@ -161,6 +163,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code
     if status == 404:
         title, text = t("error.not_found.title"), t("error.not_found.text")
+    elif status == 403:
+        title, text = t("error.forbidden.title"), t("error.forbidden.text")
     elif status == 405:
         title, text = t("error.method.title"), t("error.method.text")
     else:
@@ -168,3 +172,14 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         title, text = t("error.bad_request.title"), t("error.bad_request.text")
     context = {"title": title, "lines": [text], "link": "", "link_text": ""}
     return page(request, "message.html", context, status=status)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    get_logger("consentry.web").warning("api unavailable", status=str(exc))
+    context = {
+        "title": t("error.unavailable.title"),
+        "lines": [t("error.unavailable.text")],
+        "link": "",
+        "link_text": "",
+    }
+    return page(request, "message.html", context, status=503, headers={"retry-after": "5"})

@@ -1,0 +1,356 @@
+"""The patient portal through the gateway: every page renders, create / change / revoke land
+on the ledger before the page confirms, receipts download and check, "who looked at my
+record" lists reads (break-the-glass explained), and another patient's data is the generic
+not-found page."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from middleware.app import Gateway
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.ledger.leaf import EntryKind
+from middleware.storage.ledger_memory import MemoryLogStore
+from tests.app.consenting import AUDIENCE, DEV_ISSUER, auth_settings, ledger_entries
+from tests.app.web_signin import ORIGIN, SAME_ORIGIN, sign_in
+
+
+@pytest.fixture
+def make_web(
+    make_app: Callable[..., Gateway], dev_key_file: Path
+) -> Callable[..., httpx.AsyncClient]:
+    def make(**overrides: Any) -> httpx.AsyncClient:
+        overrides.setdefault("auth", auth_settings(dev_key_file))
+        overrides.setdefault("consent_jurisdiction", "opt-out")
+        app = make_app(**overrides)
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        return httpx.AsyncClient(transport=transport, base_url=ORIGIN)
+
+    return make
+
+
+@pytest.fixture
+async def web(make_web: Callable[..., httpx.AsyncClient]) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_web() as c:
+        yield c
+
+
+@pytest.fixture
+def issuer(dev_key_file: Path) -> UnsafeDevelopmentIssuer:
+    return UnsafeDevelopmentIssuer.from_key_file(dev_key_file, DEV_ISSUER, enabled=True)
+
+
+DENY_DR = {
+    "decision": "deny",
+    "who": "practitioner",
+    "who_id": "dr-smith",
+    "what": "all",
+    "purpose": "",
+    "until": "",
+}
+
+
+async def _create(web: httpx.AsyncClient, csrf: str, choices: dict[str, Any]) -> httpx.Response:
+    review = await web.post(
+        "/portal/consents/new/review", data={**choices, "csrf": csrf}, headers=SAME_ORIGIN
+    )
+    assert review.status_code == 200, review.text
+    return await web.post(
+        "/portal/consents/new/save", data={**choices, "csrf": csrf}, headers=SAME_ORIGIN
+    )
+
+
+def _index(html: str) -> int:
+    found = re.search(r"entry number (\d+)", html)
+    assert found, html
+    return int(found.group(1))
+
+
+def _consent_id(html: str) -> str:
+    found = re.search(r'href="/portal/consents/([A-Za-z0-9\-.]+)">Details', html)
+    assert found, html
+    return found.group(1)
+
+
+# --- pages render ---
+
+
+async def test_every_portal_page_renders(web: httpx.AsyncClient) -> None:
+    await sign_in(web, "patient", "p1")
+    for path in ("/portal/", "/portal/consents/new", "/portal/access", "/portal/receipts/check"):
+        answer = await web.get(path)
+        assert answer.status_code == 200, (path, answer.text)
+        assert "<h1>" in answer.text
+    assert "You have not made any choices yet" in (await web.get("/portal/")).text
+
+
+# --- create, change, revoke: on the ledger before the page confirms ---
+
+
+async def test_create_lands_on_the_ledger(web: httpx.AsyncClient, store: MemoryLogStore) -> None:
+    csrf = await sign_in(web, "patient", "p1")
+    review = await web.post(
+        "/portal/consents/new/review", data={**DENY_DR, "csrf": csrf}, headers=SAME_ORIGIN
+    )
+    assert "Practitioner dr-smith may not see all your records." in review.text
+    before = await store.size()
+    saved = await web.post(
+        "/portal/consents/new/save", data={**DENY_DR, "csrf": csrf}, headers=SAME_ORIGIN
+    )
+    assert saved.status_code == 200, saved.text
+    index = _index(saved.text)
+    entries = await ledger_entries(store)
+    assert entries[index].kind == EntryKind.CONSENT
+    assert index >= before
+    assert b"Practitioner/dr-smith" in entries[index].evidence
+    home = await web.get("/portal/")
+    assert "Practitioner dr-smith may not see all your records." in home.text
+    assert f"/portal/receipts/{index}" in home.text
+
+
+async def test_review_saves_nothing(web: httpx.AsyncClient, store: MemoryLogStore) -> None:
+    csrf = await sign_in(web, "patient", "p1")
+    await web.post(
+        "/portal/consents/new/review", data={**DENY_DR, "csrf": csrf}, headers=SAME_ORIGIN
+    )
+    kinds = [e.kind for e in await ledger_entries(store)]
+    assert EntryKind.CONSENT not in kinds
+
+
+async def test_change_then_revoke(web: httpx.AsyncClient, store: MemoryLogStore) -> None:
+    csrf = await sign_in(web, "patient", "p1")
+    consent_id = _consent_id((await _create(web, csrf, DENY_DR)).text)
+    form = await web.get(f"/portal/consents/{consent_id}/change")
+    assert 'value="dr-smith"' in form.text  # pre-filled from the consent itself
+    changed = {
+        **DENY_DR,
+        "decision": "permit",
+        "what": "some",
+        "kind": "Observation",
+        "label": "PSY",
+        "until": "2099-06-30",
+    }
+    review = await web.post(
+        f"/portal/consents/{consent_id}/review", data={**changed, "csrf": csrf}, headers=SAME_ORIGIN
+    )
+    assert "Practitioner dr-smith may not see all your records." in review.text  # now
+    after = (
+        "Practitioner dr-smith may see your test results and measurements marked as "
+        "psychiatry notes from "
+    )
+    assert after in review.text
+    etag = re.search(r'name="etag" value="([^"]+)"', review.text)
+    assert etag
+    saved = await web.post(
+        f"/portal/consents/{consent_id}/save",
+        data={**changed, "csrf": csrf, "etag": etag.group(1).replace("&#34;", '"')},
+        headers=SAME_ORIGIN,
+    )
+    assert saved.status_code == 200, saved.text
+    assert (await ledger_entries(store))[_index(saved.text)].kind == EntryKind.CONSENT
+    confirm = await web.get(f"/portal/consents/{consent_id}/revoke")
+    assert "until 2099-06-30" in confirm.text
+    revoked = await web.post(
+        f"/portal/consents/{consent_id}/revoke", data={"csrf": csrf}, headers=SAME_ORIGIN
+    )
+    assert revoked.status_code == 200, revoked.text
+    assert (await ledger_entries(store))[_index(revoked.text)].kind == EntryKind.CONSENT_REVOKE
+    details = await web.get(f"/portal/consents/{consent_id}")
+    assert "No longer in effect" in details.text
+    assert details.text.count("/portal/receipts/") >= 3  # one receipt per change
+
+
+async def test_bad_choices_show_the_form_again(web: httpx.AsyncClient) -> None:
+    csrf = await sign_in(web, "patient", "p1")
+    bad = {**DENY_DR, "who_id": "../Patient/p2", "until": "2001-01-01"}
+    answer = await web.post(
+        "/portal/consents/new/review", data={**bad, "csrf": csrf}, headers=SAME_ORIGIN
+    )
+    assert answer.status_code == 400
+    assert "Type their ID" in answer.text
+    assert "The end date must be" in answer.text
+
+
+# --- CSRF ---
+
+
+@pytest.mark.parametrize(
+    ("csrf", "headers"),
+    [
+        pytest.param(None, SAME_ORIGIN, id="no-token"),
+        pytest.param("forged", SAME_ORIGIN, id="wrong-token"),
+        pytest.param("own", {"origin": "https://evil.example"}, id="foreign-origin"),
+    ],
+)
+async def test_csrf_refused_on_save_and_revoke(
+    web: httpx.AsyncClient, store: MemoryLogStore, csrf: str | None, headers: dict[str, str]
+) -> None:
+    own = await sign_in(web, "patient", "p1")
+    consent_id = _consent_id((await _create(web, own, DENY_DR)).text)
+    size = await store.size()
+    data = {} if csrf is None else {"csrf": own if csrf == "own" else csrf}
+    saved = await web.post("/portal/consents/new/save", data={**DENY_DR, **data}, headers=headers)
+    revoked = await web.post(f"/portal/consents/{consent_id}/revoke", data=data, headers=headers)
+    assert saved.status_code == 403
+    assert revoked.status_code == 403
+    assert await store.size() == size  # nothing recorded, not even an attempt
+
+
+# --- another patient's data ---
+
+
+async def test_another_patients_consent_is_not_found(
+    make_web: Callable[..., httpx.AsyncClient], store: MemoryLogStore
+) -> None:
+    async with make_web() as alice, make_web() as mallory:
+        alice_csrf = await sign_in(alice, "patient", "alice")
+        created = await _create(alice, alice_csrf, DENY_DR)
+        consent_id = _consent_id(created.text)
+        index = _index(created.text)
+        csrf = await sign_in(mallory, "patient", "mallory")
+        for path in (
+            f"/portal/consents/{consent_id}",
+            f"/portal/consents/{consent_id}/change",
+            f"/portal/consents/{consent_id}/revoke",
+            f"/portal/receipts/{index}",
+            f"/portal/receipts/{index}/download",
+            "/portal/consents/does-not-exist",
+            "/portal/consents/bad%2Fid",
+        ):
+            answer = await mallory.get(path)
+            assert answer.status_code == 404, (path, answer.status_code)
+            assert "Page not found" in answer.text
+            assert "dr-smith" not in answer.text
+        posted = await mallory.post(
+            f"/portal/consents/{consent_id}/revoke", data={"csrf": csrf}, headers=SAME_ORIGIN
+        )
+        assert posted.status_code in (403, 404)
+        assert "dr-smith" not in posted.text
+        assert "dr-smith" not in (await mallory.get("/portal/")).text
+        # alice's consent is untouched
+        assert "In effect" in (await alice.get(f"/portal/consents/{consent_id}")).text
+
+
+# --- receipts ---
+
+
+async def test_receipt_download_and_check(web: httpx.AsyncClient) -> None:
+    csrf = await sign_in(web, "patient", "p1")
+    index = _index((await _create(web, csrf, DENY_DR)).text)
+    page = await web.get(f"/portal/receipts/{index}")
+    assert page.status_code == 200
+    assert "Entry number" in page.text
+    download = await web.get(f"/portal/receipts/{index}/download")
+    assert download.status_code == 200
+    assert "attachment" in download.headers["content-disposition"]
+    receipt = download.text
+    assert receipt.startswith("c2sp.org/tlog-proof@v1\n")
+    checked = await web.get(f"/portal/receipts/{index}/check")
+    assert checked.text.count("Passed:") == 2
+    assert "Failed:" not in checked.text
+    # uploaded as a file after more entries were recorded: still included, log only grew
+    await _create(web, csrf, {**DENY_DR, "who_id": "dr-jones"})
+    uploaded = await web.post(
+        "/portal/receipts/check",
+        data={"csrf": csrf},
+        files={"file": ("receipt.txt", receipt.encode(), "text/plain")},
+        headers=SAME_ORIGIN,
+    )
+    assert uploaded.status_code == 200
+    assert uploaded.text.count("Passed:") == 2
+
+
+async def test_a_changed_receipt_fails_the_check(web: httpx.AsyncClient) -> None:
+    csrf = await sign_in(web, "patient", "p1")
+    index = _index((await _create(web, csrf, DENY_DR)).text)
+    receipt = (await web.get(f"/portal/receipts/{index}/download")).text
+    lines = receipt.split("\n")
+    extra = lines[1]
+    assert extra.startswith("extra ")
+    flipped = extra[:-6] + ("A" if extra[-6] != "A" else "B") + extra[-5:]
+    forged = "\n".join([lines[0], flipped, *lines[2:]])
+    for text in (forged, "not a receipt"):
+        answer = await web.post(
+            "/portal/receipts/check", data={"csrf": csrf, "receipt": text}, headers=SAME_ORIGIN
+        )
+        assert answer.status_code == 200
+        assert "Failed:" in answer.text
+        assert "Passed:" not in answer.text
+
+
+# --- who looked at my record ---
+
+
+async def test_who_looked_lists_reads_and_explains_break_the_glass(
+    web: httpx.AsyncClient, router: respx.Router, issuer: UnsafeDevelopmentIssuer
+) -> None:
+    router.get("/Observation/o1").respond(
+        200,
+        json={
+            "resourceType": "Observation",
+            "id": "o1",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": "Patient/p1"},
+        },
+    )
+    for who, purposes in (("dr-smith", ()), ("dr-er", ("BTG",))):
+        token = issuer.issue(
+            who,
+            scopes="user/*.rs",
+            audience=AUDIENCE,
+            fhir_user=f"Practitioner/{who}",
+            purpose_of_use=purposes,
+        )
+        read = await web.get("/fhir/Observation/o1", headers={"authorization": f"Bearer {token}"})
+        assert read.status_code == 200
+    await sign_in(web, "patient", "p1")
+    page = await web.get("/portal/access")
+    assert page.status_code == 200
+    assert "<td>Practitioner/dr-smith</td>" in page.text
+    assert "<td>Practitioner/dr-er</td>" in page.text
+    assert "Emergency access" in page.text
+    assert "Looked at" in page.text
+    again = await web.get("/portal/access")  # the first page's own search is on it now
+    assert "<td>You</td>" in again.text
+    only = await web.get("/portal/access", params={"who": "Practitioner/dr-smith"})
+    assert "<td>Practitioner/dr-smith</td>" in only.text
+    assert "<td>Practitioner/dr-er</td>" not in only.text
+    future = await web.get("/portal/access", params={"from": "2099-01-01"})
+    assert "<td>Practitioner/dr-smith</td>" not in future.text
+    bad = await web.get("/portal/access", params={"from": "yesterday"})
+    assert bad.status_code == 400
+
+
+async def test_who_looked_pages_through_the_api(
+    web: httpx.AsyncClient, router: respx.Router, issuer: UnsafeDevelopmentIssuer
+) -> None:
+    router.get("/Observation/o1").respond(
+        200,
+        json={
+            "resourceType": "Observation",
+            "id": "o1",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": "Patient/p1"},
+        },
+    )
+    token = issuer.issue(
+        "dr-smith", scopes="user/*.rs", audience=AUDIENCE, fhir_user="Practitioner/dr-smith"
+    )
+    for _ in range(55):
+        await web.get("/fhir/Observation/o1", headers={"authorization": f"Bearer {token}"})
+    await sign_in(web, "patient", "p1")
+    first = await web.get("/portal/access")
+    older = re.search(r'href="(/portal/access\?[^"]+)"', first.text)
+    assert older
+    second = await web.get(older.group(1).replace("&amp;", "&"))
+    assert second.status_code == 200
+    assert "<td>Practitioner/dr-smith</td>" in second.text
