@@ -19,7 +19,7 @@ violation reported by the browser while the page loaded.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -164,3 +164,19 @@ def desktop(desktop_context: BrowserContext) -> Page:
 @pytest.fixture
 def desktop_site(gateway: GatewayServer, carebundle: dict[str, list[str]]) -> Site:
     return Site(gateway, "desktop", repo_root() / "build" / "screenshots")
+
+
+@pytest.fixture
+def open_page(browser: Browser) -> Iterator[Callable[[], Page]]:
+    """Opens a page in a fresh desktop-size context (one person each); all closed after."""
+    made: list[BrowserContext] = []
+
+    def open_one() -> Page:
+        context = new_context(browser, "desktop")
+        new_watched(context)
+        made.append(context)
+        return context.new_page()
+
+    yield open_one
+    for context in made:
+        context.close()

@@ -17,15 +17,15 @@ Every page on the way passes :meth:`~tests.browser.pages.Site.check_page` (deskt
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import new_context
-from tests.browser.pages import Site, new_watched
+from tests.browser.pages import Site
 from tests.support import GatewayServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -42,12 +42,6 @@ def _dr_reads(gateway: GatewayServer, patient: str) -> int:
         timeout=30.0,
     )
     return answer.status_code
-
-
-def _page(browser: Browser) -> Page:
-    context = new_context(browser, "desktop")
-    new_watched(context)
-    return context.new_page()
 
 
 def _deny_dr(page: Page, site: Site) -> str:
@@ -73,7 +67,7 @@ def _deny_dr(page: Page, site: Site) -> str:
 
 
 def test_deny_read_refused_seen_revoke_read_audit_export(
-    browser: Browser,
+    open_page: Callable[[], Page],
     gateway: GatewayServer,
     desktop_site: Site,
     patients: list[str],
@@ -83,17 +77,21 @@ def test_deny_read_refused_seen_revoke_read_audit_export(
     assert _dr_reads(gateway, patient) == 200  # opt-out: nothing refused yet
 
     # 1. The patient denies dr.
-    portal = _page(browser)
+    portal = open_page()
     site.sign_in_patient(portal, patient)
     consent_id = _deny_dr(portal, site)
 
     # 2. The very next read is the generic 404.
     assert _dr_reads(gateway, patient) == 404
 
-    # 3. The patient sees the refused read.
+    # 3. The patient sees the refused read (the page's filter on who).
     portal.goto(site.url("/portal/access"))
-    refused = portal.locator("main tr", has_text=DR)
-    expect(refused.first).to_be_visible()
+    portal.locator("main form").get_by_label("Who", exact=True).fill(DR)
+    portal.get_by_role("button", name="Show", exact=True).click()
+    portal.wait_for_url("**/portal/access?**")
+    newest = portal.locator("main tbody tr").first
+    expect(newest).to_contain_text(DR)
+    expect(newest).to_contain_text("Stopped")
     site.check_page(portal, "story-access")
 
     # 4. Revoke, then dr reads again.
@@ -107,7 +105,7 @@ def test_deny_read_refused_seen_revoke_read_audit_export(
     assert _dr_reads(gateway, patient) == 200
 
     # 5. The auditor finds dr's reads of the patient, refused and released.
-    dashboard = _page(browser)
+    dashboard = open_page()
     site.sign_in_auditor(dashboard)
     dashboard.goto(site.url("/compliance/search"))
     dashboard.get_by_label("Patient").fill(patient)
