@@ -22,6 +22,11 @@ from middleware.consent.expression import (
     holds,
 )
 from middleware.consent.parse import InvalidConsent
+from middleware.consent.records import canonical_consent
+from middleware.consent.registry import ConsentRegistry, UnreadableConsent
+from middleware.storage.consent_base import ConsentRecord
+from middleware.storage.consent_memory import MemoryConsents, MemoryConsentStore
+from middleware.storage.ledger_memory import MemoryLog, MemoryLogStore
 from tests.unit.consent.builders import PATIENT
 
 UNIT: Final = (
@@ -134,3 +139,16 @@ def test_a_lone_expression_has_its_own_budget() -> None:
     for _ in range(4):
         assert compile_expression(fhirpath(UNIT), "e", shared)[0] is not None
     assert shared.nodes == 224
+
+
+async def test_a_stored_consent_over_the_budget_fails_closed_at_rebuild() -> None:
+    """A consent recorded before the budget (or under an older version) is not compiled into
+    a costly policy when the registry reads it: its patient's decisions fail closed."""
+    raw = consent(*[UNIT] * 8)  # 448 nodes: accepted before
+    store = MemoryConsentStore(MemoryConsents())
+    data = canonical_consent(raw)
+    await store.record(ConsentRecord(1, "c1", PATIENT, "active", False, 1, data))
+    start = time.process_time()
+    with pytest.raises(UnreadableConsent):
+        await ConsentRegistry(store, MemoryLogStore(MemoryLog())).policies(PATIENT)
+    assert time.process_time() - start < 0.2
