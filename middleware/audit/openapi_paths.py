@@ -116,6 +116,7 @@ def audit_paths(base: str) -> dict[str, Any]:
                 ],
             )
         },
+        **_oversight_paths(base),
         f"{base}/Patient/{{id}}/$accounting": {
             "get": _operation(
                 "The HIPAA accounting of disclosures (45 CFR 164.528) of one patient",
@@ -135,6 +136,67 @@ def audit_paths(base: str) -> dict[str, Any]:
                     {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
                     _query("_format", "json, csv or pdf"),
                 ],
+            )
+        },
+    }
+
+
+def _oversight_paths(base: str) -> dict[str, Any]:
+    """The compliance reviewer's operations (:mod:`middleware.audit.oversight_http`)."""
+    json_ok = {"200": {"description": "OK", "content": {"application/json": {}}}}
+    dates = _query("date", "[ge|le|gt|lt|eq]dateTime; repeatable")
+    files = {"200": {"description": "OK: the report", "content": {
+        "text/csv": {"schema": {"type": "string"}},
+        "application/x-ndjson": {"schema": {"type": "string"}},
+        "application/pdf": {"schema": {"type": "string"}},
+    }}}  # fmt: skip
+    patient_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        f"{base}/AuditEvent/$overview": {
+            "get": _operation(
+                "Accesses of a period at a glance (per day, per user, after hours, "
+                "break-the-glass, awaiting review); auditors only",
+                {**json_ok, **_errors(400, 401, 403, 503)},
+                parameters=[dates],
+            )
+        },
+        f"{base}/AuditEvent/$review": {
+            "get": _operation(
+                "Break-the-glass accesses awaiting review, and the latest reviews",
+                {**json_ok, **_errors(400, 401, 403, 503)},
+            ),
+            "post": _operation(
+                "Record the review of a break-the-glass access on the ledger (form: entry, "
+                "note); the reviewer is the token's user",
+                {
+                    "201": {"description": "Recorded", "content": {"application/json": {}}},
+                    **_errors(400, 401, 403, 404, 408, 413, 503),
+                    "409": {"description": "Already reviewed"},
+                },
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {"schema": {"type": "object"}}
+                    },
+                },
+            ),
+        },
+        f"{base}/AuditEvent/$date-range": {
+            "get": _operation(
+                "The date-range report, sortable on any column (CSV or NDJSON)",
+                {**files, **_errors(400, 401, 403, 503), "422": {"description": "Too many rows"}},
+                parameters=[dates, _query("_sort", "[-]column"), _query("_format", "csv, ndjson")],
+            )
+        },
+        f"{base}/Patient/{{id}}/$access-report": {
+            "get": _operation(
+                "A patient's access report: who read or changed the record (CSV, PDF, NDJSON)",
+                {
+                    **files,
+                    **_errors(400, 401, 403, 404, 503),
+                    "422": {"description": "Too many rows"},
+                },
+                parameters=[patient_id, dates, _query("_format", "csv, pdf, ndjson")],
             )
         },
     }

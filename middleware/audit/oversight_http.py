@@ -184,7 +184,7 @@ class Oversight:
             raise BadRequest("a review names one entry (entry=<ledger index>)")
         entry = _index(values["entry"])
         note = values.get("note", "").strip()
-        if not note or len(note) > MAX_NOTE or not note.isprintable():
+        if not note or len(note) > MAX_NOTE or not _printable(note):
             raise BadRequest(f"a review needs a note of 1 to {MAX_NOTE} printable characters")
         store = await self._store()
         row = await store.audit_row(entry)
@@ -221,8 +221,14 @@ async def _latest_lines(
     return lines, False
 
 
+def _printable(note: str) -> bool:
+    """Whether ``note`` is printable text, line breaks and tabs allowed (a textarea's)."""
+    return all(c.isprintable() or c in "\r\n\t" for c in note)
+
+
 def _index(text: str) -> int:
-    if not text.isdigit() or len(text) > 19:
+    # at most 18 digits: every such number is a valid SQLite INTEGER (< 2**63)
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise BadRequest("entry is a ledger index")
     return int(text)
 

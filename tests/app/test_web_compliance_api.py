@@ -161,7 +161,7 @@ async def test_a_review_is_recorded_on_the_ledger_and_leaves_the_queue(
     (waiting,) = (await queue(gateway, officer))["awaiting"]
     assert waiting["patient"] == "Patient/p1"
     assert waiting["agent"] == "Practitioner/dr"
-    form = {"entry": str(waiting["entry"]), "note": "Checked with the ED: patient unconscious."}
+    form = {"entry": str(waiting["entry"]), "note": "Checked with the ED:\r\nunconscious."}
     answer = await gateway.post("/fhir/AuditEvent/$review", data=form, headers=officer)
     assert answer.status_code == 201, answer.text
     made = answer.json()
@@ -191,13 +191,23 @@ async def test_a_review_is_recorded_on_the_ledger_and_leaves_the_queue(
     [
         ({"note": "fine"}, 400),
         ({"entry": "x1", "note": "fine"}, 400),
+        ({"entry": "9" * 19, "note": "fine"}, 400),
         ({"entry": "ENTRY", "note": ""}, 400),
         ({"entry": "ENTRY", "note": "a" * 1001}, 400),
         ({"entry": "ENTRY", "note": "fine", "reviewer": "Practitioner/someone-else"}, 400),
         ({"entry": "0", "note": "fine"}, 404),
         ({"entry": "999999", "note": "fine"}, 404),
     ],
-    ids=["no-entry", "bad-entry", "empty-note", "long-note", "reviewer-field", "not-btg", "none"],
+    ids=[
+        "no-entry",
+        "bad-entry",
+        "huge-entry",
+        "empty-note",
+        "long-note",
+        "reviewer-field",
+        "not-btg",
+        "none",
+    ],
 )
 async def test_a_malformed_review_is_refused(
     gateway: httpx.AsyncClient,
