@@ -118,6 +118,8 @@ def _sentence(node: Provision, depth: int) -> str:
     who = who_words(node.actors)
     verbs = _join(_words(_ACTIONS, (c for c in node.actions.pairs), "")) or t("action.access")
     key = "describe.rule.permit" if node.effect == "permit" else "describe.rule.deny"
+    if key == "describe.rule.deny" and not node.actors:  # "anyone may not" reads badly
+        key = "describe.rule.nobody"
     parts = [_capital(t(key, who=who, verbs=verbs, what=_what(node)))]
     purposes = _join(_words(PURPOSES, node.purposes.pairs, t("describe.code")))
     if purposes:
