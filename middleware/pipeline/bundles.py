@@ -147,6 +147,10 @@ class Bundles:
             raise BadRequest("patches inside a Bundle are not supported by the gateway")
         if request.resource_type in GATEWAY_OWNED:
             raise Forbidden(DENIED_WRITE)
+        if (request.operation or "").startswith("$export"):
+            # Bulk export is the gateway's own, never an entry: as one it would reach the
+            # operations table and, through a row naming it, the upstream.
+            raise Forbidden("bulk export is not available inside a Bundle")
         return Ask(
             request=request,
             body=body,

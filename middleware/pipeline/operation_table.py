@@ -14,9 +14,10 @@ mode                      meaning
                           withheld or redacted entry withholds the document (generic 404)
 ``filter`` (``stats``)    ``Observation/$stats``: statistics the gateway cannot filter, released
                           only when every Observation they are computed over may be seen
-``forward``               carries no patient data (terminology, ``$validate`` of a posted
-                          resource): forwarded and audited; an answer holding any resource of the
-                          patient compartment is withheld
+``forward``               carries no patient data: only the operations of
+                          :data:`FORWARDABLE` (terminology, type-level ``$validate`` of a posted
+                          resource); forwarded and audited, the answer released only when it is
+                          of a type of :data:`FORWARDED_ANSWERS` holding no patient data
 ``refuse``                403 (the same as no row)
 ========================  =====================================================================
 
@@ -25,7 +26,11 @@ Keys are written like the FHIR URL templates: ``$op`` (system level), ``Type/$op
 from the operation name (``$document``, ``$stats``, else ``bundle``); ``filter:bundle``,
 ``filter:document`` and ``filter:stats`` name it. A row for a type wins over the ``*`` row.
 :func:`parse_operations` validates rows (settings, at start) and raises ``ValueError`` naming
-every bad one.
+every bad one: a row the gateway could not enforce is refused rather than trusted, so
+``filter:bundle`` and ``filter:document`` take only the operations of :data:`BUNDLE_ANSWERS`
+and :data:`DOCUMENT_ANSWERS` (an answer of another shape cannot be judged entry by entry), and
+a row for ``$export`` (the gateway's own bulk export, never forwarded) is refused whatever it
+says.
 """
 
 from __future__ import annotations
@@ -41,8 +46,12 @@ from middleware.fhir.resource_types import RESOURCE_TYPES
 
 __all__ = [
     "ANY_TYPE",
+    "BUNDLE_ANSWERS",
     "DEFAULT_ROWS",
     "DEFAULT_TABLE",
+    "DOCUMENT_ANSWERS",
+    "FORWARDABLE",
+    "FORWARDED_ANSWERS",
     "Mode",
     "OperationTable",
     "Row",
@@ -99,6 +108,31 @@ DEFAULT_ROWS: Final[Mapping[str, str]] = {
     "*/[id]/$validate": "refuse",
 }
 
+#: The operations a ``forward`` row may name, and the types they may be called on (``*``: any,
+#: type level only): they answer about terminology or a posted resource, never about stored
+#: patient data (R4 terminology-service.html; resource-operation-validate).
+FORWARDABLE: Final[Mapping[str, frozenset[str]]] = {
+    "$expand": frozenset({"ValueSet"}),
+    "$validate-code": frozenset({"ValueSet", "CodeSystem"}),
+    "$lookup": frozenset({"CodeSystem"}),
+    "$subsumes": frozenset({"CodeSystem"}),
+    "$translate": frozenset({"ConceptMap"}),
+    "$validate": frozenset({ANY_TYPE}),
+}
+#: The resource types a forwarded operation's answer may be (anything else is withheld):
+#: what the operations of :data:`FORWARDABLE` answer with.
+FORWARDED_ANSWERS: Final = frozenset(
+    {"Parameters", "OperationOutcome", "ValueSet", "CodeSystem", "ConceptMap"}
+)
+#: Operations whose answer is a Bundle of resources (searchset or collection), each judged
+#: like a search's (``filter:bundle``): R4 patient-operation-everything,
+#: encounter-operation-everything, observation-operation-lastn, patient-operation-match,
+#: documentreference-operation-docref.
+BUNDLE_ANSWERS: Final = frozenset({"$everything", "$lastn", "$match", "$docref"})
+#: Operations whose answer is a document Bundle (``filter:document``): R4
+#: composition-operation-document, IPS ``Patient/[id]/$summary``.
+DOCUMENT_ANSWERS: Final = frozenset({"$document", "$summary"})
+
 _KEY: Final = re.compile(
     r"(?:(?P<rtype>\*|[A-Z][A-Za-z]*)/(?P<instance>\[id\]/)?)?(?P<op>\$[A-Za-z][A-Za-z0-9_\-]*)"
 )
@@ -152,6 +186,10 @@ def _mode(row: Row, text: str) -> Mode:
     if mode is None:  # plain "filter": the kind the operation's answer needs
         by_name = {"$document": Mode.DOCUMENT, "$stats": Mode.STATS}
         mode = by_name.get(row.operation, Mode.BUNDLE)
+    if row.operation.startswith("$export"):
+        # Bulk export is the gateway's own (docs/operations.md): a row would be ignored, and a
+        # forward row would reach the upstream from a batch entry. Refused whatever it says.
+        raise ValueError(f"{row.key!r}: $export is served by the gateway itself; remove the row")
     if mode is Mode.REFUSE:
         return mode
     if row.operation == "$graphql":
@@ -167,7 +205,34 @@ def _mode(row: Row, text: str) -> Mode:
         "$stats",
     ):
         raise ValueError(f"{row.key!r}: filter:stats judges Observation/$stats only")
+    _check_answer_shape(row, mode)
     return mode
+
+
+def _check_answer_shape(row: Row, mode: Mode) -> None:
+    """Refuse a row whose mode cannot be enforced on the operation's answer."""
+    if mode is Mode.FORWARD:
+        types = FORWARDABLE.get(row.operation)
+        if (
+            types is None
+            or row.level is Level.SYSTEM
+            or (ANY_TYPE not in types and row.rtype not in types)
+        ):
+            allowed = ", ".join(f"{'|'.join(sorted(t))}/{op}" for op, t in FORWARDABLE.items())
+            raise ValueError(
+                f"{row.key!r}: only operations that carry no patient data may be forwarded"
+                f" ({allowed})"
+            )
+    elif mode is Mode.BUNDLE and row.operation not in BUNDLE_ANSWERS:
+        raise ValueError(
+            f"{row.key!r}: filter:bundle judges operations answering a Bundle"
+            f" ({', '.join(sorted(BUNDLE_ANSWERS))})"
+        )
+    elif mode is Mode.DOCUMENT and row.operation not in DOCUMENT_ANSWERS:
+        raise ValueError(
+            f"{row.key!r}: filter:document judges operations answering a document"
+            f" ({', '.join(sorted(DOCUMENT_ANSWERS))})"
+        )
 
 
 def parse_operations(rows: Mapping[str, str], *, replace_defaults: bool = False) -> OperationTable:

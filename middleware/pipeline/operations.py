@@ -4,27 +4,42 @@
 :class:`~middleware.pipeline.operation_table.OperationTable` (deny by default: no row is a
 403) and enforces the row's mode:
 
-- ``filter:bundle`` (``$everything``, ``$lastn``): the answer is released like a search's
+- ``filter:bundle`` (``$everything``, ``$lastn``...): the answer is released like a search's
   (:mod:`~middleware.pipeline.release`: every resource judged, paging links sealed into
-  cursors). ``Patient/[id]/$everything`` of another patient is the generic 404 for a
-  patient-context caller, and an all-withheld instance answer is the record's 404.
-  ``$lastn``, whose parameters are Observation search parameters (R4
-  observation-operation-lastn), is treated as a search: search guards, ``_summary`` and
-  ``_elements`` applied after judging whole resources (:mod:`~middleware.pipeline.subset`),
-  and a patient-context caller's query pinned to its compartment
-  (:func:`~middleware.pipeline.guards.pin_patient`); any other type- or system-level
-  operation is refused to a patient-context caller (it cannot be narrowed). An all-withheld
-  type-level answer is an empty searchset, as a search's is: a 404 would tell matches exist.
+  cursors). Its parameters pass the search guards (:func:`~middleware.pipeline.guards.
+  check_search`, no type of the gateway's own in ``_type``/``_include``), a count
+  (``_summary=count``, ``_count=0``, ``_total``) is refused (the upstream's would count
+  withheld resources), and ``_summary``/``_elements`` are applied after judging whole
+  resources (:mod:`~middleware.pipeline.subset`: an upstream subset without ``subject`` would
+  leave the judge no patient to ask about). ``Patient/[id]/$everything`` of another patient
+  is the generic 404 for a patient-context caller, and an all-withheld instance answer is the
+  record's 404. ``$everything`` releases nothing unless the Patient itself may be seen: the
+  Patient is judged before anything is forwarded, and a first page without it released is
+  the generic 404; a resource outside the Patient compartment (Medication, Organization...)
+  is released only when a released resource references it (:mod:`~middleware.pipeline.
+  linked`). ``$lastn``, whose parameters are Observation search parameters (R4
+  observation-operation-lastn), is treated as a search: a patient-context caller's query
+  pinned to its compartment (:func:`~middleware.pipeline.guards.pin_patient`); any other
+  type- or system-level operation is refused to a patient-context caller (it cannot be
+  narrowed). An all-withheld type-level answer is an empty searchset, as a search's is: a
+  404 would tell matches exist.
 - ``filter:document`` (``Composition/[id]/$document``): released whole or not at all. A
   withheld Composition, or any withheld or redacted entry, is the generic 404: a document
   with entries missing or cut misrepresents the record it attests (R4 documents.html: the
   document is the Composition and the resources it references, together). ``persist`` (which
-  stores the document upstream) is refused.
+  stores the document upstream) is refused, and so are ``_summary``/``_elements`` (400: a
+  subset of a document is not the document; sent upstream they would be judged cut).
 - ``filter:stats`` (``Observation/$stats``): :mod:`~middleware.pipeline.stats`.
-- ``forward`` (terminology, type-level ``$validate``): forwarded with the client's body and
-  audited like every exchange; the answer is rebased and withheld (404) when it carries any
-  resource of the Patient compartment: these operations have no patient data to answer, so
-  one that does is not what the table vouched for.
+- ``forward`` (terminology, type-level ``$validate``: :data:`~middleware.pipeline.
+  operation_table.FORWARDABLE`): forwarded with the client's body and audited like every
+  exchange. These operations have no patient data to answer, so an answer that does is not
+  what the table vouched for: one whose type is not in :data:`~middleware.pipeline.
+  operation_table.FORWARDED_ANSWERS` (a Bundle, a Patient...) or that holds, at any depth, a
+  resource of the Patient compartment by the judge's rule (:func:`~middleware.pipeline.judge.
+  compartment_of`: a Device naming a patient counts) is withheld (404). Every
+  OperationOutcome, whatever its status, keeps only its structured part
+  (:func:`~middleware.pipeline.exchange.own_outcome`): free text can quote what the upstream
+  found elsewhere.
 
 Pure apart from the injected upstream seam (``Ask.forward``).
 """
@@ -36,21 +51,28 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from middleware.errors import BadRequest, Forbidden, UpstreamError
+from middleware.fhir.compartment import Kind
 from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
 from middleware.fhir.request import Interaction, Level
-from middleware.pipeline.caller import check_interaction
+from middleware.pipeline.caller import ACTION_ACCESS, check_interaction
 from middleware.pipeline.cursor import CURSOR_PARAM
 from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, own_outcome
-from middleware.pipeline.guards import GuardPolicy, check_search, pin_patient
-from middleware.pipeline.judge import GATEWAY_OWNED
+from middleware.pipeline.guards import GuardPolicy, check_search, count_family, pin_patient
+from middleware.pipeline.judge import GATEWAY_OWNED, compartment_of
 from middleware.pipeline.judging import Judging
+from middleware.pipeline.linked import keep_linked
 from middleware.pipeline.mapper import Mapper
-from middleware.pipeline.operation_table import DEFAULT_TABLE, Mode, OperationTable
+from middleware.pipeline.operation_table import (
+    DEFAULT_TABLE,
+    FORWARDED_ANSWERS,
+    Mode,
+    OperationTable,
+)
 from middleware.pipeline.paging import Page, Pager, cursor_of
 from middleware.pipeline.params import decode_params, encode_params
 from middleware.pipeline.release import Release, accept_of, read_failure
 from middleware.pipeline.stats import Stats
-from middleware.pipeline.subset import split_subset
+from middleware.pipeline.subset import Subset, apply_subset_to_answer, split_subset
 from middleware.proxy.rewrite import Rebaser
 
 __all__ = ["Operations", "holds_patient_data"]
@@ -88,7 +110,8 @@ class Operations:
         self.guards = guards
         self.base_urls = tuple(base_urls)
         self.mapper = mapper
-        self.stats = Stats(judging, pager=pager, forward=self._forward)
+        self.judging = judging
+        self.stats = Stats(judging, pager=pager, forward=self.forward_query)
         self._modes: Final[dict[Mode, Callable[[Ask], Any]]] = {
             Mode.BUNDLE: self._bundle,
             Mode.DOCUMENT: self._document,
@@ -114,18 +137,16 @@ class Operations:
         params = _query_only(ask)
         token = cursor_of(params)
         client = [(n, v) for n, v in params if n != CURSOR_PARAM]
-        subset = None
-        if request.operation in _SEARCH_LIKE:
-            # Judged on whole resources, cut after (as a search: pipeline.subset): an
-            # ``_elements`` without ``subject`` would leave the judge no patient to ask about.
-            subset, client = split_subset(client)
+        # Judged on whole resources, cut after (module docstring).
+        subset, client = split_subset(client)
+        self._guard(ask, client)
+        everything = request.operation == "$everything"
         if request.level is Level.INSTANCE:
-            if (
-                own is not None
-                and request.resource_type == "Patient"
-                and f"Patient/{request.resource_id}" != own
-            ):
+            patient = f"Patient/{request.resource_id}"
+            if own is not None and request.resource_type == "Patient" and patient != own:
                 raise not_found()
+            if everything and request.resource_type == "Patient":
+                await self._vouch_patient(ask, patient)
             released_as = ask
         else:
             client = self._narrow(ask, client)
@@ -140,20 +161,52 @@ class Operations:
         up = await ask.forward("GET", page.sent, client_headers=False, headers=accept_of(ask))
         if up.status >= 400:
             raise read_failure(up, ask)
-        return await self.releasing.release(
-            released_as, up, paging=paging, subset=subset, status=200, page=page
-        )
+        if not isinstance(up.document, dict) or up.document.get("resourceType") != "Bundle":
+            raise UpstreamError("the upstream server sent no Bundle")
+        answer = await self.releasing.release(released_as, up, paging=paging, status=200, page=page)
+        if everything:
+            first = token is None and request.level is Level.INSTANCE
+            self._keep_linked(answer, f"Patient/{request.resource_id}" if first else None)
+        return _subset(ask, answer, subset)
+
+    def _guard(self, ask: Ask, params: list[tuple[str, str]]) -> None:
+        """The search guards on a filtered operation's parameters, whatever its level (they
+        reach the upstream's search machinery as a search's do), and no count: the upstream's
+        would count what is withheld."""
+        caller = ask.caller
+        check_search(params, caller_kind=caller.context, sees_everything=False, policy=self.guards)
+        _refuse_gateway_types(params)
+        if count_family(params) is not None:
+            raise BadRequest(f"a count of {ask.request.operation} is not supported")
+
+    async def _vouch_patient(self, ask: Ask, patient: str) -> None:
+        """The generic 404, before anything is forwarded, unless the caller may see the
+        Patient whose ``$everything`` is asked: its consent answers for the whole record."""
+        probe = {"resourceType": "Patient", "id": patient.removeprefix("Patient/")}
+        judge = await self.judging.judge(ask.caller, ACTION_ACCESS, probe, ask.trail)
+        if not (ask.caller.may_see(probe) and judge.permits(probe)):
+            ask.trail.withhold()
+            raise not_found()
+
+    def _keep_linked(self, answer: Answer, patient: str | None) -> None:
+        """``$everything``'s released page without the resources outside the Patient
+        compartment that no released resource references (:mod:`.linked`); with ``patient``
+        (an instance's first page), the generic 404 unless that Patient was released."""
+        document = answer.document
+        entries = document.get("entry") if isinstance(document, dict) else None
+        kept = keep_linked(entries or [], base_urls=self.base_urls)
+        if patient is not None and not any(_is(entry, patient) for entry in kept):
+            raise not_found()
+        if kept:
+            document["entry"] = kept
+        elif isinstance(document, dict):
+            document.pop("entry", None)
 
     def _narrow(self, ask: Ask, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """A type- or system-level filtered operation's query: search guards for search-like
-        operations, and a patient-context caller's pinned to its compartment."""
+        """A type- or system-level filtered operation's query: a patient-context caller's
+        pinned to its compartment (search-like operations only; others are refused)."""
         request, caller = ask.request, ask.caller
         search_like = request.operation in _SEARCH_LIKE
-        if search_like:
-            check_search(
-                params, caller_kind=caller.context, sees_everything=False, policy=self.guards
-            )
-            _refuse_gateway_types(params)
         if caller.patient is None:
             return self._mapped(ask, params) if search_like else params
         if not search_like or request.resource_type is None:
@@ -176,6 +229,10 @@ class Operations:
             raise Forbidden("$document may not store the document through the gateway")
         if any(n == CURSOR_PARAM for n, _ in params):
             raise BadRequest("a document has no pages")
+        subset, _ = split_subset(params)
+        if subset is not None or count_family(params) is not None:
+            raise BadRequest("a document is released whole: no _summary or _elements")
+        self._guard(ask, params)
         up = await ask.forward(
             "GET", _target(request.path, params), client_headers=False, headers=accept_of(ask)
         )
@@ -198,17 +255,27 @@ class Operations:
         up = await ask.forward(request.method, target, body=ask.body, headers=accept_of(ask))
         return self.release_forwarded(ask, up)
 
+    async def forward_query(self, ask: Ask, params: Sequence[tuple[str, str]]) -> Answer:
+        """GET ``ask``'s operation with ``params`` (checked values, not the client's query)
+        and release the answer as a forwarded operation's."""
+        target = _target(ask.request.path, params)
+        up = await ask.forward("GET", target, client_headers=False, headers=accept_of(ask))
+        return self.release_forwarded(ask, up)
+
     def release_forwarded(self, ask: Ask, up: Upstreamed) -> Answer:
-        """An answer of an operation that carries no patient data: rebased, and the generic
-        404 when it holds a resource of the Patient compartment."""
+        """An answer of an operation that carries no patient data (module docstring):
+        OperationOutcomes reduced to their structured part, any other answer rebased, and the
+        generic 404 when it is not of an expected type or holds patient data."""
         document = up.document
+        if _is_outcome(document) and (up.status < 400 or up.status in (400, 422)):
+            return Answer(up.status, _headers(up, raw=False), own_outcome(document))
         if up.status >= 400:
-            if up.status in (400, 422) and _is_outcome(document):
-                return Answer(up.status, _headers(up), own_outcome(document))
             raise read_failure(up, ask)
         if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
             raise UpstreamError("the upstream server sent no FHIR resource")
-        if holds_patient_data(document):
+        if document["resourceType"] not in FORWARDED_ANSWERS or holds_patient_data(
+            document, base_urls=self.base_urls
+        ):
             ask.trail.withhold()
             raise not_found()
         occurrences = self.rebaser.occurrences(up.raw)
@@ -218,20 +285,28 @@ class Operations:
         return Answer(up.status, _headers(up), document)
 
 
-def holds_patient_data(document: Any) -> bool:
+def holds_patient_data(document: Any, *, base_urls: Sequence[str] = ()) -> bool:
     """True when ``document`` holds, at any depth (contained, Bundle entries, Parameters
-    parts), a resource of the Patient compartment, a Patient or one of the gateway's own."""
-    return any(rtype in _PATIENT_TYPES for rtype in _resource_types(document))
+    parts), a resource of the Patient compartment, a Patient or one of the gateway's own, or
+    a resource the judge counts as patient data (:func:`~middleware.pipeline.judge.
+    compartment_of`: a Device naming a patient, a Binary with a security context...)."""
+    for resource in _resources(document):
+        rtype = resource["resourceType"]
+        if rtype in _PATIENT_TYPES:
+            return True
+        if compartment_of(resource, base_urls=base_urls).kind is not Kind.NOT_PATIENT_DATA:
+            return True
+    return False
 
 
-def _resource_types(node: Any) -> Iterator[str]:
+def _resources(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object with a string ``resourceType`` in ``node``, at any depth."""
     stack = [node]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            rtype = item.get("resourceType")
-            if isinstance(rtype, str):
-                yield rtype
+            if isinstance(item.get("resourceType"), str):
+                yield item
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
@@ -257,8 +332,28 @@ def _is_outcome(document: Any) -> bool:
     return isinstance(document, dict) and document.get("resourceType") == "OperationOutcome"
 
 
-def _headers(up: Upstreamed) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in up.headers if k in _FORWARDED_HEADERS]
+def _headers(up: Upstreamed, *, raw: bool = True) -> list[tuple[str, str]]:
+    """The upstream headers released with a forwarded answer; ``raw=False``: for a body the
+    gateway rewrote (its upstream ``etag`` no longer names it)."""
+    names = _FORWARDED_HEADERS if raw else _FORWARDED_HEADERS - {"etag", "last-modified"}
+    return [(k, v) for k, v in up.headers if k in names]
+
+
+def _is(entry: Any, reference: str) -> bool:
+    """Whether ``entry`` holds the resource ``reference`` (``Type/id``)."""
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    return (
+        isinstance(resource, dict)
+        and f"{resource.get('resourceType')}/{resource.get('id')}" == reference
+    )
+
+
+def _subset(ask: Ask, answer: Answer, subset: Subset | None) -> Answer:
+    """``answer`` with ``_summary``/``_elements`` applied, after judging (module docstring)."""
+    if subset is None or answer.document is None:
+        return answer
+    ask.trail.narrow()
+    return dataclasses.replace(answer, document=apply_subset_to_answer(answer.document, subset))
 
 
 def _target(path: str, params: Sequence[tuple[str, str]]) -> str:

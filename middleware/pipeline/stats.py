@@ -10,17 +10,24 @@ releases it only when it can vouch for every input, and fails closed otherwise:
    the operation does not define is a 400 (its meaning upstream is unknown), ``include=true``
    (which would return the Observations themselves) a 403. A patient-context caller naming
    another patient gets the generic 404.
-2. Before forwarding, an Observation of that patient with the asked codes and nothing else
-   (no id, label or date) is judged: a consent that keeps this caller from the patient's
-   Observations at all answers 404 even when the patient has none (else a 200 counting
-   nothing would tell the caller so, and a 404 that there are some). Then every Observation
+2. Before forwarding, the patient's consents must grant this caller *every* Observation of
+   the patient: an Observation of that patient with no codes, labels, date or id is judged
+   (:meth:`~middleware.pipeline.judge.Judge.permits`), and no active consent of the patient
+   may hold a deny decided by what an Observation says (its codes, security labels, date,
+   id or references, an R5 ``expression``, a class other than ``Observation``), itself or
+   through a provision above it (:func:`narrowed`). Otherwise the answer is the generic
+   404, whatever data the patient has: the consent alone answers, so that the 404 cannot
+   tell whether the patient has Observations a consent hides (a probe with the asked codes
+   could not: codes without a system, labels, dates and expressions are not in a query).
+   Then every Observation
    of that patient with the asked codes is fetched with an ordinary search
    (``Observation?patient=...&code=...``, any date: a superset of what a ``period`` or
    ``duration`` selects) and judged as a search answer would be. One withheld
    or redacted Observation, a result the gateway cannot read, or more than
    :data:`MAX_PAGES` pages, and the answer is the generic 404 a denied read gets.
-3. Only then is ``$stats`` forwarded, and its answer released like a forwarded operation's
-   (no resource of the Patient compartment in it).
+3. Only then is ``$stats`` forwarded, with a query rebuilt from the checked values
+   (``subject=Patient/<id>``, the codes, and the operation's other defined parameters; never
+   the client's query string), and its answer released like a forwarded operation's.
 
 The audit of the exchange names the Observations the statistics were computed over: they
 were disclosed in summary.
@@ -29,9 +36,11 @@ were disclosed in summary.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, Final
 
+from middleware.consent.model import DENY, Policy, Provision
 from middleware.errors import BadRequest, Forbidden, UpstreamError
 from middleware.pipeline.caller import ACTION_ACCESS
 from middleware.pipeline.exchange import Answer, Ask, not_found
@@ -42,7 +51,7 @@ from middleware.pipeline.paging import Pager
 from middleware.pipeline.params import decode_params, encode_params
 from middleware.pipeline.release import read_failure
 
-__all__ = ["MAX_PAGES", "PAGE_SIZE", "Stats"]
+__all__ = ["MAX_PAGES", "PAGE_SIZE", "Stats", "narrowed"]
 
 #: How many pages of a patient's Observations are judged before the gateway gives up (404).
 MAX_PAGES: Final = 20
@@ -52,6 +61,8 @@ _DEFINED: Final = frozenset(
     {"subject", "patient", "code", "system", "coding", "duration", "period", "statistic"}
     | {"include", "limit"}
 )
+#: Defined parameters forwarded as given: they say what to compute, not over whom.
+_PASSED: Final = ("duration", "period", "statistic", "limit")
 _ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _JSON: Final = (("accept", "application/fhir+json"),)
 
@@ -65,7 +76,7 @@ class Stats:
         judging: Judging,
         *,
         pager: Pager,
-        forward: Callable[[Ask], Awaitable[Answer]],
+        forward: Callable[[Ask, Sequence[tuple[str, str]]], Awaitable[Answer]],
     ) -> None:
         self.judging = judging
         self.pager = pager
@@ -82,16 +93,24 @@ class Stats:
             raise not_found()
         if any(n == "include" and v.strip().lower() != "false" for n, v in params):
             raise Forbidden("$stats is released without the Observations (include)")
-        await self._vouch(ask, patient, _codes(params))
-        return await self._forward(ask)
+        codes = _codes(params)
+        await self._vouch(ask, patient, codes)
+        return await self._forward(ask, _query(params, patient))
 
     async def _vouch(self, ask: Ask, patient: str, codes: list[str]) -> None:
         """Judge every Observation of ``patient`` with ``codes``; 404 unless all released."""
         trail = ask.trail
         withheld, redacted = trail.withheld, trail.redacted
-        probe = _probe(patient, codes)
+        probe = _probe(patient)
         judge = await self.judging.judge(ask.caller, ACTION_ACCESS, probe, trail)
-        if not judge.allowed(probe) or trail.withheld != withheld or trail.redacted != redacted:
+        overridden = patient in judge.override  # break-the-glass: every denial overridden
+        if (
+            not (ask.caller.may_see(probe) and judge.permits(probe))
+            or (not overridden and narrowed(judge.policies.get(patient, ()), judge.now))
+            or trail.withheld != withheld
+            or trail.redacted != redacted
+        ):
+            trail.withhold()
             raise not_found()
         query = [("patient", patient), ("code", ",".join(codes)), ("_count", str(PAGE_SIZE))]
         link: str | None = f"Observation?{encode_params(query)}"
@@ -129,19 +148,57 @@ def _patient(params: list[tuple[str, str]]) -> str:
     return f"Patient/{rid}"
 
 
-def _probe(patient: str, codes: list[str]) -> dict[str, Any]:
-    """The least an Observation of ``patient`` with ``codes`` can be (FHIR R4 Observation:
-    ``status``, ``code``, here ``subject``), for the consent question asked before any data."""
-    codings = []
-    for token in codes:
-        system, bar, code = token.rpartition("|")
-        codings.append({"system": system, "code": code} if bar and system else {"code": code})
+def _probe(patient: str) -> dict[str, Any]:
+    """The least an Observation of ``patient`` can be (FHIR R4 Observation: ``status``,
+    ``code``, here ``subject``), for the consent question asked before any data."""
     return {
         "resourceType": "Observation",
         "status": "final",
-        "code": {"coding": codings},
+        "code": {},
         "subject": {"reference": patient},
     }
+
+
+def narrowed(policies: Iterable[Policy], now: datetime) -> bool:
+    """Whether one of ``policies`` (a patient's consents, those in force at ``now``) may deny
+    some Observation and not another: a deny provision that, or one of whose ancestors,
+    decides by what the Observation says (module docstring). A provision whose classes name
+    types but not Observation never applies to one: it and what it holds are skipped."""
+    for policy in policies:
+        if policy.status != "active" or (policy.period and not policy.period.contains(now)):
+            continue
+        if any(node.effect == DENY for node in _conditional(policy.root, inherited=False)):
+            return True
+    return False
+
+
+def _conditional(node: Provision, *, inherited: bool) -> Iterator[Provision]:
+    """The provisions under (and with) ``node`` that decide by what an Observation says,
+    themselves or through an ancestor (``inherited``)."""
+    if node.class_names and "Observation" not in node.class_names and not node.class_codings:
+        return
+    by_content = inherited or bool(
+        node.class_codings
+        or node.codes
+        or node.security_labels
+        or node.data_period
+        or node.data
+        or node.expression
+    )
+    if by_content:
+        yield node
+    for child in node.children:
+        yield from _conditional(child, inherited=by_content)
+
+
+def _query(params: list[tuple[str, str]], patient: str) -> list[tuple[str, str]]:
+    """The query forwarded: the checked patient and codes, the operation's other defined
+    parameters as given (values already read by :func:`_codes`)."""
+    query = [("subject", patient)]
+    query += [(n, v.strip()) for n, v in params if n == "system"]
+    query += [("code", c.strip()) for n, v in params if n == "code" for c in v.split(",")]
+    query += [(n, v.strip()) for n, v in params if n == "coding"]
+    return query + [(n, v) for n, v in params if n in _PASSED]
 
 
 def _codes(params: list[tuple[str, str]]) -> list[str]:

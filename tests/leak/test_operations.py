@@ -96,9 +96,13 @@ async def test_stats_of_p2_are_released(operating: World) -> None:
 
 
 async def test_everything_of_p1_releases_nothing_of_p1(world: World) -> None:
-    """The practitioner asks for p1's whole record in one call."""
+    """The practitioner asks for p1's whole record in one call: p1's consent answers for the
+    whole record (its Practitioners, Medications... are released only beside records of p1
+    the practitioner may see), so nothing is even asked of the upstream."""
     got = await world.http.get("/fhir/Patient/p1/$everything", headers=world.dr)
-    assert_withheld(world, got)
+    assert got.status_code == 404
+    assert_nothing_of_p1(got)
+    assert not [r for r in world.sent if r.url.path.endswith("$everything")]
 
 
 async def test_everything_of_p1_answers_like_a_missing_patient(world: World) -> None:

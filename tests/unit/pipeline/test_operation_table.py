@@ -71,6 +71,26 @@ def test_replacing_the_defaults_keeps_only_the_rows_given() -> None:
         ("Patient/[ID]/$everything", "filter", "expected $op"),
         ("Observation/$lastn", "allow", "is not one of"),
         ("Patient/$stats", "filter:stats", "Observation/$stats only"),
+        # forward: only operations that carry no patient data, on their own types
+        ("Patient/$everything", "forward", "carry no patient data may be forwarded"),
+        ("Observation/$stats", "forward", "carry no patient data may be forwarded"),
+        ("Patient/$merge", "forward", "carry no patient data may be forwarded"),
+        ("$process-message", "forward", "carry no patient data may be forwarded"),
+        ("ValueSet/$expnd", "forward", "carry no patient data may be forwarded"),
+        ("Observation/$expand", "forward", "carry no patient data may be forwarded"),
+        ("$validate", "forward", "carry no patient data may be forwarded"),
+        # filter: only on operations whose answer has the shape the mode judges
+        ("Observation/$stats", "filter:bundle", "judges operations answering a Bundle"),
+        ("CodeSystem/$lookup", "filter", "judges operations answering a Bundle"),
+        ("Observation/$lastm", "filter", "judges operations answering a Bundle"),
+        ("Composition/[id]/$document", "filter:bundle", "answering a Bundle"),
+        ("Patient/[id]/$everything", "filter:document", "answering a document"),
+        # $export is the gateway's own, whatever the row says
+        ("$export", "refuse", "$export is served by the gateway itself"),
+        ("Patient/$export", "forward", "$export is served by the gateway itself"),
+        ("Group/[id]/$export", "filter", "$export is served by the gateway itself"),
+        ("*/$export", "refuse", "$export is served by the gateway itself"),
+        ("$export-poll-status", "forward", "$export is served by the gateway itself"),
     ],
     ids=[
         "forward-instance",
@@ -84,6 +104,23 @@ def test_replacing_the_defaults_keeps_only_the_rows_given() -> None:
         "bad-level",
         "bad-mode",
         "stats-elsewhere",
+        "forward-everything",
+        "forward-stats",
+        "forward-merge",
+        "forward-process-message",
+        "forward-misspelt",
+        "forward-wrong-type",
+        "forward-system-validate",
+        "bundle-stats",
+        "bundle-lookup",
+        "bundle-misspelt",
+        "bundle-document",
+        "document-everything",
+        "export-system-refuse",
+        "export-patient-forward",
+        "export-group-filter",
+        "export-any-refuse",
+        "export-poll-status",
     ],
 )
 def test_invalid_rows_refuse_startup_naming_the_row(key: str, mode: str, message: str) -> None:
@@ -114,10 +151,52 @@ def test_rows_come_from_toml_and_the_environment() -> None:
         ),
         ({"resourceType": "ValueSet", "contained": [{"resourceType": "Patient"}]}, True),
         ({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Consent"}}]}, True),
+        (
+            {
+                "resourceType": "Parameters",
+                "parameter": [
+                    {
+                        "resource": {
+                            "resourceType": "Device",
+                            "patient": {"reference": "Patient/p1"},
+                        }
+                    }
+                ],
+            },
+            True,
+        ),
+        (
+            {
+                "resourceType": "Parameters",
+                "parameter": [{"resource": {"resourceType": "Device", "id": "d1"}}],
+            },
+            False,
+        ),
     ],
-    ids=["valueset", "outcome", "parameters-part", "contained-patient", "gateway-own"],
+    ids=[
+        "valueset",
+        "outcome",
+        "parameters-part",
+        "contained-patient",
+        "gateway-own",
+        "device-of-a-patient",
+        "device-of-nobody",
+    ],
 )
 def test_forwarded_answers_with_patient_data_are_recognised(
     document: dict[str, object], holds: bool
 ) -> None:
     assert holds_patient_data(document) is holds
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        {"Patient/$match": "filter", "Encounter/[id]/$everything": "filter"},
+        {"Patient/[id]/$summary": "filter:document"},
+        {"Patient/$validate": "forward", "ValueSet/$validate-code": "forward"},
+    ],
+    ids=["bundles", "ips-summary", "forwards"],
+)
+def test_rows_the_gateway_can_enforce_are_accepted(rows: dict[str, str]) -> None:
+    parse_operations(rows)
