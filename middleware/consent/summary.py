@@ -129,13 +129,14 @@ def facts(
             found.add(f"Patient/{resource_id}")
         patients = found
     data = reads.data
+    labels = (*_codings(meta.get("security")), *inline)
     return Facts(
         resource_type,
         resource_id if data and isinstance(resource_id, str) else None,
         frozenset(patients),
         _codes(resource) if reads.codes else _NONE,
         # Label systems made canonical here, once: decide() compares them with sets.
-        canonical_labels((*_codings(meta.get("security")), *inline)),
+        canonical_labels(labels) if labels else _NONE,
         _profiles(meta) if reads.profiles else _NONE,
         _clinical_date(resource) if reads.clinical_date else None,
         frozenset(r for key in _AUTHOR_ELEMENTS for r in _refs_of(resource.get(key)))
