@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from middleware.audit.bulk import ExportJobs
+from middleware.audit.bulk import ExportJobs, Limits
 from middleware.ledger.signing import derive_box_key
 from middleware.pipeline.export import Exports
 from middleware.pipeline.flow import Flow
@@ -48,6 +48,13 @@ def build_exports(
         events_per_file=settings.export_resources_per_file,
         keep_seconds=settings.export_keep_seconds,
         board=board,
+        limits=Limits(
+            max_bytes=settings.export_max_bytes,
+            bytes_per_file=settings.export_bytes_per_file,
+            max_seconds=settings.export_max_seconds,
+            max_per_owner=settings.export_max_running_per_owner,
+            narrow="_since or _type",
+        ),
     )
     return Exports(
         flow,

@@ -49,6 +49,7 @@ ALLOWED_FIELDS = frozenset(
         "toward",
         "carried",
         "lost",
+        "export_job",  # a bulk export job's random id (names no one; the owner's token serves it)
         "count",  # aggregate lines: how many events they stand for
         "seconds",  # ... over how long
     }

@@ -140,6 +140,10 @@ class Settings:
     export_keep_seconds: float = 3600.0
     export_page_count: int = 100
     export_max_group_members: int = 10_000
+    export_max_bytes: int = 256 * 1024 * 1024
+    export_bytes_per_file: int = 64 * 1024 * 1024
+    export_max_seconds: float = 3600.0
+    export_max_running_per_owner: int = 1
     access_report_lookback_years: int = 3
     audit_retention_years: int = 6
     audit_retention_by_kind: str = ""
@@ -474,6 +478,9 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         ("export_max_resources", 1),
         ("export_resources_per_file", 1),
         ("export_max_group_members", 1),
+        ("export_max_bytes", 1),
+        ("export_bytes_per_file", 1),
+        ("export_max_running_per_owner", 1),
     ):
         if values.get(name, low) < low:
             problems.append(f"{name}: expected at least {low}")
@@ -481,6 +488,8 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("export_page_count: expected 1..1000")
     if not values.get("export_keep_seconds", 3600.0) > 0:
         problems.append("export_keep_seconds: expected more than 0")
+    if not values.get("export_max_seconds", 3600.0) > 0:
+        problems.append("export_max_seconds: expected more than 0")
     if not 1 <= values.get("audit_max_count", 200) <= 1000:
         problems.append("audit_max_count: expected 1..1000")
     for bound, usual, most in (

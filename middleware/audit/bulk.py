@@ -13,12 +13,16 @@ through any worker stops the producer at its next :meth:`ExportJob.add`, which r
 job's state. Without a board (memory and PostgreSQL stores) jobs live in this process's
 memory: only the process that runs a job serves it, and a restart forgets it.
 
-Limits either way: at most ``max_running`` jobs run at once (429 beyond; with a board, over
-every worker), a job holds at most ``max_events`` events (it fails beyond, asking for a
-narrower ``_since``), a finished job is kept ``keep_seconds`` then deleted with its files (a
-failed job's at once): a sweeper, started by the app's lifespan startup (or the first use)
-and stopped by :meth:`ExportJobs.aclose`, expires and purges every ``sweep_seconds``
-(``keep_seconds / 4``), so files outlive ``keep_seconds`` by at most that without requests.
+Limits either way: at most ``max_running`` jobs run at once and ``max_per_owner`` of one
+owner's (429 beyond; with a board, over every worker), a job holds at most ``max_events``
+events and ``max_bytes`` bytes and runs at most ``max_seconds`` (it fails beyond, too large,
+asking for a narrower ``narrow``); a job failing for another reason is logged (its id and the
+error's type, nothing else) and reports :data:`UNAVAILABLE` when the ledger could not be
+written (try again later), else a generic failure; a finished job is kept ``keep_seconds``
+then deleted with its files (a failed job's at once): a sweeper, started by the app's
+lifespan startup (or the first use) and stopped by :meth:`ExportJobs.aclose`, expires and
+purges every ``sweep_seconds`` (``keep_seconds / 4``), so files outlive ``keep_seconds`` by
+at most that without requests.
 Job ids are random (128 bits); a job is served only to the principal that started it: anyone
 else gets the same 404 as for an unknown id. The board names no principal: it holds a keyed
 digest of each job's owner, compared in constant time
@@ -35,12 +39,27 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Final, cast
 
-from middleware.audit.bulk_job import ExportCancelled, ExportJob, ExportTooLarge, State
+from middleware.audit.bulk_job import (
+    UNAVAILABLE,
+    ExportCancelled,
+    ExportJob,
+    ExportTooLarge,
+    Limits,
+    State,
+    failed,
+)
 from middleware.audit.recorder_intents import running, started
 from middleware.errors import NotFound, TooManyRequests
 from middleware.storage.exports_sqlite import JobRow, SqliteExportBoard
 
-__all__ = ["ExportCancelled", "ExportJob", "ExportJobs", "ExportTooLarge"]
+__all__ = [
+    "UNAVAILABLE",
+    "ExportCancelled",
+    "ExportJob",
+    "ExportJobs",
+    "ExportTooLarge",
+    "Limits",
+]
 
 #: A running job whose producer wrote nothing this long is lost (a process of another host
 #: or PID namespace cannot be looked up by its pid).
@@ -65,8 +84,10 @@ class ExportJobs:
         keep_seconds: float = 3600.0,
         board: SqliteExportBoard | None = None,
         sweep_seconds: float | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._clock = clock
+        self.limits = limits or Limits()
         self._jobs: dict[str, ExportJob] = {}  # with a board: the jobs this process produces
         self.max_running = max_running
         self.max_events = max_events
@@ -93,7 +114,8 @@ class ExportJobs:
         job = ExportJob(
             id=secrets.token_hex(16), owner=owner, request=request,
             transaction_time=transaction_time, events_per_file=self.events_per_file,
-            max_events=self.max_events, board=self.board, clock=self._clock,
+            max_events=self.max_events, max_bytes=self.limits.max_bytes,
+            bytes_per_file=self.limits.bytes_per_file, board=self.board, clock=self._clock,
         )  # fmt: skip
         if self.board is not None:
             for row in self.board.running():
@@ -104,26 +126,45 @@ class ExportJobs:
                 count=0, host=self._host, pid=self._pid, started=self._started,
                 producer=self._producer, beat=self._clock(), finished_at=None,
             )  # fmt: skip
-            if not self.board.create(row, max_running=self.max_running):
+            per_owner = self.limits.max_per_owner
+            if not self.board.create(row, max_running=self.max_running, max_per_owner=per_owner):
                 raise _too_many()
-        elif sum(job.state == "running" for job in self._jobs.values()) >= self.max_running:
+        elif self._full(owner):
             raise _too_many()
         self._jobs[job.id] = job
         job.task = asyncio.create_task(self._run(job, produce))
         return job
 
+    def _full(self, owner: str) -> bool:
+        """Whether no job of ``owner`` may start now (this process's jobs)."""
+        running = [job for job in self._jobs.values() if job.state == "running"]
+        per_owner = self.limits.max_per_owner
+        mine = sum(_same(job.owner, owner) for job in running)
+        return len(running) >= self.max_running or (per_owner is not None and mine >= per_owner)
+
     async def _run(self, job: ExportJob, produce: Producer) -> None:
+        limits = self.limits
+        deadline = asyncio.timeout(limits.max_seconds)
         try:
-            await produce(job)
+            async with deadline:
+                await produce(job)
             job.flush()
         except ExportCancelled:
             self._jobs.pop(job.id, None)
             return
-        except ExportTooLarge:
+        except ExportTooLarge as exc:
             job.state, job.too_large = "failed", True
-            job.error = f"the export exceeds {self.max_events} events; narrow it with _since"
-        except Exception:  # noqa: BLE001 - a failed job reports it; never a stack trace
-            job.state, job.error = "failed", "the export failed; start it again"
+            job.error = f"the export exceeds {exc.limit}; narrow it with {limits.narrow}"
+        except TimeoutError as exc:
+            job.state, job.too_large = "failed", deadline.expired()
+            job.error = (
+                f"the export took longer than {limits.max_seconds:g} seconds;"
+                f" narrow it with {limits.narrow}"
+                if deadline.expired()
+                else failed(job, exc)
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed job reports it; never a stack trace
+            job.state, job.error = "failed", failed(job, exc)
         else:
             job.state = "done"
         job.finished_at = self._clock()
@@ -300,4 +341,6 @@ def _same(owner: str, caller: str) -> bool:
 
 
 def _too_many() -> TooManyRequests:
-    return TooManyRequests("too many exports are running; try again later", retry_after=30)
+    return TooManyRequests(
+        "too many exports are running (yours or in all); try again later", retry_after=30
+    )

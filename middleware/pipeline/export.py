@@ -19,16 +19,23 @@ the job's status URL under the gateway, :mod:`middleware.proxy.export_http`):
 - the token must grant read and search on every exported type (403 otherwise);
 - group level: the Group is read upstream and judged first, as a read is (a Group the caller
   may not see, one naming a member whose consent refuses the caller included, is the generic
-  404); only its ``Patient`` members' compartments are exported, at most ``max_members``.
+  404, and the kick-off's ledger entry names the refusing member); only its ``Patient``
+  members' compartments are exported (other members are skipped), at most ``max_members``
+  (422 beyond).
 
-Audit: each judged page is recorded on the ledger (through the same recorder as an exchange,
+Audit: the kick-off's decision (with the Group's, at group level) is recorded on the ledger
+*before* its job starts, so a kick-off the ledger refuses (503) leaves no job running. Each
+judged page is recorded on the ledger (through the same recorder as an exchange,
 under the kick-off's request id) with every patient it touched, released or withheld,
 *before* its lines are added to the job's files (architecture invariant 1: a file never holds
 a line whose patient is not on the ledger). Each download of a file is recorded again by
-:mod:`middleware.proxy.export_http`. A page the ledger cannot take fails the job.
+:mod:`middleware.proxy.export_http`. A page the ledger cannot take fails the job (reported as
+the ledger being unavailable: start again later).
 
-Jobs run on :class:`~middleware.audit.bulk.ExportJobs` (limits, owners, board shared by
-worker processes, sweeper, cancel): a job is served only to the principal that started it.
+Jobs run on :class:`~middleware.audit.bulk.ExportJobs` (limits of lines, bytes, running time
+and running jobs per owner; a board shared by worker processes, sweeper, cancel): a job is
+served only to the token owner that started it
+(:func:`~middleware.pipeline.export_params.owner_of`: the principal and its client).
 """
 
 from __future__ import annotations
@@ -40,14 +47,13 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from middleware.audit.bulk import ExportJob, ExportJobs
-from middleware.audit.httptypes import principal_of
 from middleware.audit.parts import instant
 from middleware.errors import BadRequest, Forbidden, UnprocessableEntity, UpstreamError
 from middleware.fhir import jsoncodec
 from middleware.fhir.request import Level
 from middleware.pipeline.caller import ACTION_ACCESS
 from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found
-from middleware.pipeline.export_params import export_request, searches
+from middleware.pipeline.export_params import export_request, owner_of, searches
 from middleware.pipeline.filter import filter_answer
 from middleware.pipeline.flow import Flow
 from middleware.pipeline.judge import Trail
@@ -119,8 +125,11 @@ class Exports:
         async def produce(job: ExportJob) -> None:
             await self._produce(ask, plan, job)
 
+        # The kick-off on the ledger before its job starts: a kick-off answered 503 (the
+        # ledger refusing) must leave no job running and holding a slot.
+        await self.record(ask, 202, "decision")
         job = self.jobs.start(
-            owner=principal_of(caller.identity),
+            owner=owner_of(caller.identity),
             request=ask.self_url,
             transaction_time=instant(now),
             produce=produce,
@@ -130,13 +139,20 @@ class Exports:
 
     async def _members(self, ask: Ask) -> list[str]:
         """The ids of the Group's Patient members, the Group read and judged as a read is (a
-        scratch trail: the Group is not released to the client)."""
+        scratch trail: the Group is not released to the client; its decisions are the
+        kick-off's, recorded with it, released or refused)."""
         group = ask.request.resource_id
         up = await ask.forward("GET", f"Group/{group}", client_headers=False, headers=_ACCEPT)
         if up.status >= 400:
             raise read_failure(up, ask)
         scratch = replace(ask, trail=Trail())
-        answer = await self.flow.releasing.release(scratch, up, status=200)
+        try:
+            answer = await self.flow.releasing.release(scratch, up, status=200)
+        finally:
+            for judged, decision in scratch.trail.decisions.items():
+                ask.trail.decided(judged, decision)
+            for judged in scratch.trail.overridden:
+                ask.trail.override(judged)
         document = answer.document
         if document is None and answer.raw is not None:
             document = jsoncodec.decode(answer.raw)

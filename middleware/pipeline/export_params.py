@@ -7,12 +7,19 @@ is refused with 400 ``not-supported``, as the IG lets a server do) into an
 type searches the gateway pages through (the upstream has no ``$export`` of its own).
 
 - ``_type`` absent: the Patient compartment's types (R4 CompartmentDefinition) plus Patient;
-  at most :data:`MAX_TYPES` types in one export. A gateway-owned type (Consent, AuditEvent)
-  is refused (403: its own API serves those); at patient and group level a type outside the
-  Patient compartment is refused (400), the IG's "resources in the patient compartment".
+  at most :data:`MAX_TYPES` types in one export. A name that is no FHIR R4 resource type
+  (:data:`~middleware.fhir.resource_types.RESOURCE_TYPES`, case-exact) is refused (400: it
+  would otherwise start a job only the upstream's first answer could fail). A gateway-owned
+  type (Consent, AuditEvent) is refused (403: its own API serves those); at patient and
+  group level a type outside the Patient compartment is refused (400), the IG's "resources
+  in the patient compartment".
 - ``_since`` (one FHIR instant, with time and zone) becomes ``_lastUpdated=ge<instant>``.
 - Patient and system level: one search per type; group level: one per type and member,
   pinned to the member's compartment (:func:`~middleware.pipeline.guards.pin_patient`).
+
+A job is bound to :func:`owner_of` its kick-off's token (issuer, subject, launch patient and
+the client it was issued to), and :func:`job_types` reads the types it exports back from its
+kick-off URL (what a token must still grant to see the job).
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from middleware.audit.httptypes import principal_of
+from middleware.auth.identity import Identity
 from middleware.consent.fhirtime import bounds
 from middleware.errors import BadRequest, Forbidden
 from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
+from middleware.fhir.resource_types import RESOURCE_TYPES
 from middleware.pipeline.guards import pin_patient
 from middleware.pipeline.judge import GATEWAY_OWNED
-from middleware.pipeline.params import encode_params
+from middleware.pipeline.params import decode_params, encode_params
 
 __all__ = [
     "DEFAULT_TYPES",
@@ -34,6 +44,8 @@ __all__ = [
     "NDJSON",
     "ExportRequest",
     "export_request",
+    "job_types",
+    "owner_of",
     "searches",
 ]
 
@@ -44,7 +56,6 @@ _PARAMS: Final = frozenset({"_since", "_type", "_outputFormat"})
 DEFAULT_TYPES: Final = tuple(sorted((set(PATIENT_COMPARTMENT) | {"Patient"}) - GATEWAY_OWNED))
 #: At most this many types in one export (each is at least one upstream search).
 MAX_TYPES: Final = 2 * len(DEFAULT_TYPES)
-_TYPE_NAME: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +87,8 @@ def export_request(params: Sequence[tuple[str, str]], *, compartment: bool) -> E
         elif value not in _OUTPUT_FORMATS:
             raise BadRequest("_outputFormat: only NDJSON (application/fhir+ndjson) is produced")
     for rtype in types:
-        if not rtype or not set(rtype) <= _TYPE_NAME or not rtype[0].isupper():
-            raise BadRequest("_type: expected resource type names")
+        if rtype not in RESOURCE_TYPES:
+            raise BadRequest("_type: expected FHIR resource type names")
         if rtype in GATEWAY_OWNED:
             raise Forbidden("these resources are served by the gateway's own API")
         if compartment and rtype != "Patient" and rtype not in PATIENT_COMPARTMENT:
@@ -110,3 +121,18 @@ def searches(
             pinned = pin_patient(rtype, base, member, base_urls=base_urls)
             found.append((rtype, f"{rtype}?{encode_params(pinned)}"))
     return found
+
+
+def owner_of(identity: Identity) -> str:
+    """Who an export job is bound to: the principal (issuer, subject, launch patient) and
+    the client (``client_id``/``azp``) the token was issued to, so another app of the same
+    user cannot read or cancel the job (parts hold no NUL, so they cannot run together)."""
+    return f"{principal_of(identity)}\x00{identity.client_id or ''}"
+
+
+def job_types(request_url: str) -> tuple[str, ...]:
+    """The resource types a job exports, read back from its kick-off URL (``request`` of the
+    manifest; it was accepted once, so it reads again)."""
+    query = request_url.partition("?")[2]
+    asked = export_request(decode_params(query.encode("ascii")), compartment=False)
+    return asked.types

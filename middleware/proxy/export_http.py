@@ -10,32 +10,42 @@ FHIR Bulk Data Access IG v2: the kick-off (:mod:`middleware.pipeline.export`) an
                                                     ``requiresAccessToken: true``, ``output``
                                                     ``[{type, url, count}]``, ``error: []``);
                                                     a failed job's OperationOutcome (422
-                                                    ``too-costly`` past the resource limit)
+                                                    ``too-costly`` past a limit of lines,
+                                                    bytes or running time; 503 when the
+                                                    ledger failed it; 500 otherwise)
 ``DELETE {base}/$export-status/<job>``              cancels the job and deletes its files (202)
 ``GET {base}/$export-file/<job>/<n>``               output file ``n``, NDJSON
 ==================================================  ==========================================
 
-Job ids are random (128 bits) and a job is served only to the principal that started it
-(:func:`~middleware.audit.httptypes.principal_of`: issuer, subject, launch patient); anyone
-else gets the same 404 as for an unknown id.
+Job ids are random (128 bits) and a job is served only to the token owner that started it
+(:func:`~middleware.pipeline.export_params.owner_of`: issuer, subject, launch patient and the
+client the token was issued to); anyone else gets the same 404 as for an unknown id. Status,
+manifest and DELETE also need a token granting read and search on every type the job
+exports (403 otherwise: a narrower token of the same owner learns nothing of the job).
 
 A download is judged again: the file's resources were judged when the job produced them, but
 a consent can change before the file is fetched (architecture invariant 3: a change takes
 effect for the very next request), so every line goes through the same judging as a search
 result once more, with the consents of now and the downloading token's purposes, and only
-the lines still released are sent (a file can shrink; it never grows). Every request whose
-token verifies is recorded on the ledger before it is answered (a download: with each patient
-its lines touched, before any byte leaves; the ledger refusing: 503, nothing released). A
-request without a valid token is a 401 and costs nothing durable.
+the lines still released are sent (a file can shrink; it never grows). A file is read,
+judged, recorded and sent in batches (:meth:`~middleware.audit.bulk_job.ExportJob.batches`,
+a board chunk at a time): a download holds one batch, never the whole file. Every request
+whose token verifies is recorded on the ledger before it is answered (a download: each batch
+with each patient its lines touched, before any of its bytes leave; the ledger refusing the
+first batch: 503, nothing released; a later one: the response is cut short (the ASGI server
+closes the connection), nothing of that batch released). A request without a valid token is
+a 401 and costs nothing durable.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
+from collections.abc import Iterator
 from typing import Final
 
 from middleware.asgi import header_dict
-from middleware.audit.bulk import ExportJob, ExportJobs
+from middleware.audit.bulk import UNAVAILABLE, ExportJob, ExportJobs
 from middleware.audit.http import store_failure
 from middleware.audit.httptypes import (
     Recorder,
@@ -44,11 +54,11 @@ from middleware.audit.httptypes import (
     TokenCheck,
     error_reply,
     json_reply,
-    principal_of,
 )
 from middleware.audit.recorder import Exchange
 from middleware.auth.identity import Identity
 from middleware.errors import (
+    Forbidden,
     GatewayError,
     MethodNotAllowed,
     NotFound,
@@ -59,14 +69,14 @@ from middleware.fhir import jsoncodec
 from middleware.fhir.request import FhirRequest, Interaction, Level
 from middleware.logging import get_logger
 from middleware.pipeline.caller import ACTION_ACCESS, caller_of
-from middleware.pipeline.export_params import NDJSON
+from middleware.pipeline.export_params import NDJSON, job_types, owner_of
 from middleware.pipeline.filter import filter_answer
 from middleware.pipeline.judge import Trail
 from middleware.pipeline.judging import Judging
 from middleware.proxy.headers import request_id
 from middleware.types import Receive, Scope, Send
 
-__all__ = ["ExportEndpoints", "serves"]
+__all__ = ["DownloadCut", "ExportEndpoints", "serves"]
 
 _STATUS: Final = "$export-status"
 _FILE: Final = "$export-file"
@@ -86,6 +96,20 @@ class JobFailed(GatewayError):
 
     status = 500
     code = "exception"
+
+
+class LedgerFailed(ServiceUnavailable):
+    """A job failed because the ledger could not record a page: nothing is wrong with the
+    request, it is started again later (not ``transient``: polling again does not help)."""
+
+    code = "exception"
+    retry_after = 30
+
+
+class DownloadCut(Exception):
+    """A download stopped after its first bytes (a batch the ledger did not take, a failure
+    judging it): raised so the ASGI server closes the connection and the client sees a cut
+    response, never a complete-looking short file."""
 
 
 class TooCostly(UnprocessableEntity):
@@ -126,7 +150,13 @@ class ExportEndpoints:
         try:
             segments, seen.request = self._route(scope)
             identity = await self._verifier.verify(headers.get("authorization"))
-            reply = await self._answer(str(scope["method"]), identity, segments, trail)
+            if segments[0] == _FILE:
+                job = self.jobs.get(segments[1], owner_of(identity))
+                await self._download(scope, send, seen, identity, job.batches(int(segments[2])))
+                return
+            reply = await self._answer(str(scope["method"]), identity, segments)
+        except _Answered:
+            raise DownloadCut("export download cut short") from None
         except GatewayError as error:
             reply = error_reply(error)
         except Exception as exc:  # noqa: BLE001 - fail closed: no detail in the answer
@@ -140,7 +170,7 @@ class ExportEndpoints:
             )
         if identity is not None and seen.request is not None:
             try:
-                exchange = self._exchange(scope, seen, identity, reply, trail)
+                exchange = self._exchange(scope, seen, identity, reply.status, trail)
                 await self._recorder.record(exchange, "exchange")
             except Exception as exc:  # noqa: BLE001 - unrecorded: nothing is released
                 self._log.error(
@@ -186,23 +216,62 @@ class ExportEndpoints:
         )
         return segments, request
 
-    async def _answer(
-        self, method: str, identity: Identity, segments: list[str], trail: Trail
-    ) -> Reply:
-        owner = principal_of(identity)
-        if segments[0] == _FILE:
-            job = self.jobs.get(segments[1], owner)
-            body = await self._judged(identity, job.ndjson(int(segments[2])), trail)
-            return Reply(200, (("content-type", NDJSON), ("cache-control", "no-store")), body)
+    async def _answer(self, method: str, identity: Identity, segments: list[str]) -> Reply:
+        """The status, manifest or cancel of a job the token may see (module docstring)."""
+        owner = owner_of(identity)
+        job = self.jobs.get(segments[1], owner)
+        caller = caller_of(identity)
+        for name in job_types(job.request):
+            if not (caller.may(name, "r") and caller.may(name, "s")):
+                raise Forbidden(f"the token grants no scope with read and search on {name}")
         if method == "DELETE":
             self.jobs.cancel(segments[1], owner)
             return Reply(202, (("cache-control", "no-store"),), b"")
-        return self._status(self.jobs.get(segments[1], owner))
+        return self._status(job)
 
-    async def _judged(self, identity: Identity, ndjson: bytes, trail: Trail) -> bytes:
-        """The lines of ``ndjson`` the caller may still be given (module docstring), judged
-        as the entries of one search page; ``trail`` records what was decided and released."""
-        entries = [{"resource": jsoncodec.decode(line)} for line in ndjson.splitlines() if line]
+    async def _download(
+        self,
+        scope: Scope,
+        send: Send,
+        seen: Seen,
+        identity: Identity,
+        batches: Iterator[list[bytes]],
+    ) -> None:
+        """Send a file batch by batch, each judged again and recorded before its bytes leave
+        (module docstring); raises :class:`_Answered` once the response has started."""
+        started = False
+        for lines in itertools.chain(batches, [[]]):
+            if started and not lines:
+                break
+            try:
+                trail = Trail()
+                body = await self._judged(identity, lines, trail)
+                exchange = self._exchange(scope, seen, identity, 200, trail)
+                await self._recorder.record(exchange, "exchange")
+                if not started:
+                    headers = [
+                        (b"content-type", NDJSON.encode()),
+                        (b"cache-control", b"no-store"),
+                        (b"x-request-id", seen.rid.encode()),
+                    ]
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    started = True
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            except Exception as exc:
+                if not started:
+                    raise
+                self._log.error(
+                    "export download cut", request_id=seen.rid, error_type=type(exc).__name__
+                )
+                raise _Answered from exc
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _judged(self, identity: Identity, lines: list[bytes], trail: Trail) -> bytes:
+        """The ``lines`` the caller may still be given (module docstring), judged as the
+        entries of one search page, as NDJSON; ``trail`` records what was decided and
+        released."""
+        entries = [{"resource": jsoncodec.decode(line)} for line in lines if line]
         if not entries:
             return b""
         page = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
@@ -224,10 +293,9 @@ class ExportEndpoints:
             )
             return Reply(202, headers, b"")
         if job.state == "failed" and job.too_large:
-            raise TooCostly(
-                f"the export exceeds {self.jobs.max_events} resources; narrow it with"
-                " _since or _type"
-            )
+            raise TooCostly(job.error or "the export is too large; narrow it with _since or _type")
+        if job.state == "failed" and job.error == UNAVAILABLE:
+            raise LedgerFailed(UNAVAILABLE)
         if job.state == "failed":
             raise JobFailed(job.error or "the export failed; start it again")
         output = [
@@ -248,7 +316,7 @@ class ExportEndpoints:
         return json_reply(manifest, media_type="application/json")
 
     def _exchange(
-        self, scope: Scope, seen: Seen, identity: Identity, reply: Reply, trail: Trail
+        self, scope: Scope, seen: Seen, identity: Identity, status: int, trail: Trail
     ) -> Exchange:
         assert seen.request is not None
         target = bytes(scope.get("raw_path") or str(scope["path"]).encode("utf-8"))
@@ -258,20 +326,25 @@ class ExportEndpoints:
         return Exchange(
             request=seen.request,
             identity=identity,
-            status=reply.status,
+            status=status,
             request_id=seen.rid,
             raw_request=raw + (b"?" + query if query else b""),
             client_address=client[0] if client else None,
             decisions=dict(trail.decisions),
-            released=frozenset(trail.released) if reply.status < 400 else frozenset(),
+            released=frozenset(trail.released) if status < 400 else frozenset(),
             narrowed=trail.narrowed,
             break_glass=trail.break_glass,
         )
 
 
+class _Answered(Exception):
+    """A download failed after its response started (:class:`DownloadCut` follows)."""
+
+
 def _type_of(job: ExportJob, n: int) -> str:
-    """The resource type of output file ``n`` (one type a file: its first line's)."""
-    first = job.ndjson(n).split(b"\n", 1)[0]
+    """The resource type of output file ``n`` (one type a file: its first line's; only the
+    first batch is read)."""
+    first = next(job.batches(n), [b"{}"])[0]
     document = jsoncodec.decode(first)
     kind = document.get("resourceType") if isinstance(document, dict) else None
     return kind if isinstance(kind, str) else "Resource"

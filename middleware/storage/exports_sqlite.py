@@ -36,6 +36,7 @@ import hmac
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -193,15 +194,18 @@ class SqliteExportBoard:
         db.execute("COMMIT")
         return True
 
-    def create(self, job: JobRow, *, max_running: int) -> bool:
-        """Record the running ``job`` unless ``max_running`` jobs run already (False)."""
+    def create(self, job: JobRow, *, max_running: int, max_per_owner: int | None = None) -> bool:
+        """Record the running ``job`` unless ``max_running`` jobs run already, or
+        ``max_per_owner`` of its owner's (False)."""
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            (running,) = db.execute(
-                "SELECT count(*) FROM export_job WHERE state = 'running'"
+            (running, owners) = db.execute(
+                "SELECT count(*), coalesce(sum(owner = ?), 0) FROM export_job"
+                " WHERE state = 'running'",
+                (job.owner,),
             ).fetchone()
-            if running >= max_running:
+            if running >= max_running or (max_per_owner is not None and owners >= max_per_owner):
                 db.execute("ROLLBACK")
                 return False
             db.execute(
@@ -290,6 +294,25 @@ class SqliteExportBoard:
             "SELECT data FROM chunk WHERE job = ? AND file = ? ORDER BY seq", (job_id, n)
         )
         return b"".join(bytes(data) for (data,) in rows)
+
+    def chunks(self, job_id: str, n: int) -> Iterator[bytes]:
+        """Output file ``n`` of the job chunk by chunk, each read when it is asked for (one
+        indexed read a chunk: a download holds one chunk, not the file); it ends early when
+        the job's output is deleted meanwhile."""
+        seq = 0
+        while True:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT data FROM chunk WHERE job = ? AND file = ? AND seq = ?",
+                    (job_id, n, seq),
+                )
+                .fetchone()
+            )
+            if row is None:
+                return
+            yield bytes(row[0])
+            seq += 1
 
     def delete(self, job_id: str) -> None:
         """Forget the job (a producer running it stops at its next add); its output is no

@@ -8,6 +8,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from middleware.errors import BadRequest, Forbidden, GatewayError
+from middleware.fhir.resource_types import RESOURCE_TYPES
 from middleware.pipeline.export_params import (
     DEFAULT_TYPES,
     MAX_TYPES,
@@ -15,6 +16,7 @@ from middleware.pipeline.export_params import (
     export_request,
     searches,
 )
+from middleware.pipeline.judge import GATEWAY_OWNED
 
 # --- parameters read --------------------------------------------------------------------------
 
@@ -63,12 +65,16 @@ def test_default_types_are_patient_data_without_the_gateways_own() -> None:
         ([("_type", "Observation?code=x")], True, BadRequest),
         ([("_type", "observation")], True, BadRequest),
         ([("_type", "Practitioner")], True, BadRequest),
+        # An invented name was a 202 whose job then failed at the upstream's 404 (a 500).
+        ([("_type", "Foo")], False, BadRequest),
+        ([("_type", "Patient,Observations")], True, BadRequest),
+        ([("_type", "Patient\x00")], False, BadRequest),
         ([("_type", "Consent")], False, Forbidden),
         ([("_type", "AuditEvent")], True, Forbidden),
     ],
     ids=["type-filter", "patient-param", "csv", "since-date", "since-text", "since-twice",
          "empty-type", "type-with-query", "lowercase-type", "outside-compartment",
-         "consent", "audit-event"],
+         "invented-type", "misspelt-type", "nul-in-type", "consent", "audit-event"],
 )  # fmt: skip
 def test_kick_off_refusals(
     params: list[tuple[str, str]], compartment: bool, error: type[GatewayError]
@@ -78,7 +84,8 @@ def test_kick_off_refusals(
 
 
 def test_types_are_capped() -> None:
-    names = [f"T{chr(97 + n % 26)}{chr(97 + n // 26)}" for n in range(MAX_TYPES + 1)]
+    names = sorted(RESOURCE_TYPES - GATEWAY_OWNED)[: MAX_TYPES + 1]
+    assert len(names) == MAX_TYPES + 1
     assert export_request([("_type", ",".join(names[:-1]))], compartment=False).types
     with pytest.raises(BadRequest, match="at most"):
         export_request([("_type", ",".join(names))], compartment=False)
