@@ -327,14 +327,16 @@ def relabelling_refused(
     rules: LabelRules,
 ) -> bool:
     """Whether a write turning ``before`` into ``after`` removes (or changes, which removes
-    one) a purpose-of-use label the caller's ``purposes`` do not admit, or a 42 CFR Part 2
-    label (no purpose admits one): the write would release the record to callers the label
-    keeps it from. Adding labels is not refused (it only narrows who sees the record)."""
+    one) a purpose-of-use or 42 CFR Part 2 label while the caller does not state the purpose
+    ``LABELING`` (v3-ActReason: "to assign, persist, review, modify, or remove security
+    labels"): the write would release the record to callers the label keeps it from, so only
+    a caller acting to relabel may (a caller the label admits could otherwise strip it, by a
+    ``PUT`` without ``meta``, and open the record to everyone). Adding labels is not refused
+    (it only narrows who sees the record)."""
     removed = _restricting(before, rules) - _restricting(after, rules)
-    for system, code in removed:
-        if system != ACT_REASON or not purposes_admit((code,), purposes):
-            return True
-    return False
+    return bool(removed) and (ACT_REASON, "LABELING") not in {
+        (_system(system), code) for system, code in purposes
+    }
 
 
 def purposes_admit(labelled: Iterable[str], purposes: frozenset[Coding]) -> bool:

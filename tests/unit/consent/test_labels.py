@@ -333,7 +333,8 @@ def _with(*codings: dict[str, str]) -> dict[str, Any]:
     ("before", "after", "refused"),
     [
         (_with(label("TREAT"), label("HRESCH")), _with(label("TREAT")), True),  # HRESCH not met
-        (_with(label("TREAT"), label("HRESCH")), _with(label("HRESCH")), False),  # TREAT met
+        # TREAT met, but the caller is not relabelling: a PUT without it opened the record
+        (_with(label("TREAT"), label("HRESCH")), _with(label("HRESCH")), True),
         (_with(label("42CFRPart2", ACT_CODE)), {"resourceType": "Observation"}, True),
         (_with(label("42CFRPart2", ACT_CODE)), _with(label("42CFRPart2", ACT_CODE)), False),
         (_with(label("HRESCH")), _with(label("HMARKT")), True),  # changed: HRESCH removed
@@ -352,3 +353,6 @@ def test_relabelling_refused(before: Any, after: Any, refused: bool) -> None:
     """Attack: a PATCH ``remove /meta/security`` (or a PUT without the labels) opened a
     labelled record to every caller."""
     assert relabelling_refused(before, after, pou("TREAT"), DEFAULT_LABEL_RULES) is refused
+    # A caller acting to relabel (v3-ActReason LABELING) may remove any of them.
+    relabeller = pou("TREAT") | pou("LABELING")
+    assert relabelling_refused(before, after, relabeller, DEFAULT_LABEL_RULES) is False
