@@ -17,7 +17,7 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.browser.pages import Site, tab_to
+from tests.browser.pages import BREAK_GLASS_SCOPE, Site, tab_to
 from tests.integration.enforcing import FHIR_JSON, deny_actor
 from tests.support import GatewayServer
 
@@ -142,3 +142,40 @@ def test_another_patients_consent_and_receipt_are_not_found(
         timeout=30.0,
     )
     assert (still.status_code, still.json()["status"]) == (200, "active")
+
+
+@pytest.fixture(scope="module")
+def glass_broken(gateway: GatewayServer, patients: list[str]) -> str:
+    """A patient who refused a practitioner, who then broke the glass to read the record."""
+    patient, dr = patients[8], "Practitioner/dr-emergency"
+    own = gateway.bearer(f"user-{patient}", "launch/patient patient/Consent.cruds", patient=patient)
+    glass = gateway.bearer("dr-emergency", f"user/*.rs {BREAK_GLASS_SCOPE}", fhir_user=dr)
+    with httpx.Client(timeout=30.0, headers={"accept": "application/fhir+json"}) as http:
+        made = http.post(
+            f"{gateway.base_url}/Consent",
+            json=deny_actor(patient, dr),
+            headers={**own, **FHIR_JSON},
+        )
+        assert made.status_code == 201, made.text
+        read = http.get(
+            f"{gateway.base_url}/Patient/{patient}",
+            headers={**glass, "x-break-glass-reason": "unconscious patient in the ED"},
+        )
+        assert read.is_success, read.text
+    return patient
+
+
+def test_an_emergency_access_is_explained(page: Page, site: Site, glass_broken: str) -> None:
+    """The patient whose refusal was overridden sees the practitioner's read of the record as
+    allowed and marked as an emergency access (it was released: the read answered 200), and
+    the words that say what breaking the glass means."""
+    site.sign_in_patient(page, glass_broken)
+    page.goto(site.url("/portal/access"))
+    read = page.locator("main tbody tr", has_text="Practitioner/dr-emergency").filter(
+        has_text="Looked at"
+    )
+    expect(read).to_have_count(1)
+    expect(read).to_contain_text("Emergency access")
+    expect(read).to_contain_text("Allowed")
+    expect(page.get_by_role("heading", name="Emergency access")).to_be_visible()
+    site.check_page(page, "portal-access-emergency")
