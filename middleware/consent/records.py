@@ -92,7 +92,7 @@ def signed_change(resource: Mapping[str, Any], replaces: int | None) -> bytes:
     data = canonical_consent(resource)
     if replaces is None:
         return data
-    body = dict(jsoncodec.decode(data))
+    body = dict(jsoncodec.decode(data, max_depth=STORED_MAX_JSON_DEPTH))
     meta = body.get("meta")
     body["meta"] = {**(meta if isinstance(meta, Mapping) else {}), "versionId": str(replaces)}
     return jsoncodec.encode_canonical(body)
