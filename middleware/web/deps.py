@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -23,7 +23,9 @@ class WebDeps:
     ``verifier`` (checks the token sign-in received, as the APIs will); ``origin`` (the
     gateway's own origin, for CSRF); ``root`` (its public root URL); ``clock`` (seconds since
     the epoch); ``dev`` (the development authorization endpoint, None unless the
-    development issuer is on); ``token_client`` (posts to an external token endpoint)."""
+    development issuer is on); ``token_client`` (reads an external issuer's SMART
+    configuration and posts to its token endpoint); ``discovered`` (the endpoints read from an
+    issuer's SMART configuration, by issuer)."""
 
     settings: Settings
     api: GatewayApi
@@ -35,3 +37,4 @@ class WebDeps:
     clock: Callable[[], float]
     dev: DevAuthorizer | None
     token_client: httpx.AsyncClient
+    discovered: dict[str, tuple[str, str]] = field(default_factory=dict)

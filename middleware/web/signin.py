@@ -13,7 +13,8 @@ an auditor's the audit role. ``POST /<area>/signout`` (CSRF-checked) clears the 
 
 The authorization server is the first configured issuer with an ``authorization_endpoint``;
 with none and the development issuer on, the gateway's own development endpoints
-(:mod:`middleware.web.devsignin`).
+(:mod:`middleware.web.devsignin`); else the endpoints the first issuer publishes in its
+``.well-known/smart-configuration``.
 """
 
 from __future__ import annotations
@@ -73,13 +74,49 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
     return out
 
 
-def _server(deps: WebDeps) -> _Server | None:
+async def _server(deps: WebDeps) -> _Server | None:
+    """Where to sign in: the first issuer configured with both endpoints; else the
+    development endpoints when that issuer is on; else the endpoints the first issuer
+    publishes in its ``.well-known/smart-configuration`` (SMART App Launch 2.x
+    "Conformance"), read once per process when they check out."""
     for issuer in deps.settings.auth.issuers:
         if issuer.authorization_endpoint and issuer.token_endpoint:
             return _Server(issuer.authorization_endpoint, issuer.token_endpoint, False)
     if deps.dev is not None:
         return _Server(f"{deps.root}/auth/authorize", "/auth/token", True)
-    return None
+    if not deps.settings.auth.issuers:
+        return None
+    issuer_url = deps.settings.auth.issuers[0].issuer
+    found = deps.discovered.get(issuer_url)
+    if found is None:
+        endpoints = await _discover(deps, issuer_url)
+        if endpoints is None:
+            return None
+        deps.discovered[issuer_url] = found = endpoints
+    return _Server(found[0], found[1], False)
+
+
+async def _discover(deps: WebDeps, issuer: str) -> tuple[str, str] | None:
+    """The (authorization, token) endpoints of ``issuer``'s SMART configuration, when it
+    offers the authorization code grant with PKCE S256 on the issuer's own scheme."""
+    url = f"{issuer.rstrip('/')}/.well-known/smart-configuration"
+    try:
+        answer = await deps.token_client.get(url, headers={"accept": "application/json"})
+        document = answer.json() if answer.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    authorize, token = document.get("authorization_endpoint"), document.get("token_endpoint")
+    methods = document.get("code_challenge_methods_supported")
+    scheme = issuer.split(":", 1)[0]
+    if not (isinstance(authorize, str) and isinstance(token, str)):
+        return None
+    if not (isinstance(methods, list) and "S256" in methods):
+        return None
+    if not all(u.startswith(f"{scheme}://") for u in (authorize, token)):
+        return None
+    return authorize, token
 
 
 def _title(kind: Kind) -> str:
@@ -121,7 +158,7 @@ def _again(kind: Kind, problem: str) -> Response:
 
 def _start(deps: WebDeps, kind: Kind) -> Any:
     async def endpoint(_request: Request) -> Response:
-        server = _server(deps)
+        server = await _server(deps)
         if server is None:
             return _again(kind, "no-server")
         state = secrets.token_urlsafe(24)
@@ -187,7 +224,7 @@ def _callback(deps: WebDeps, kind: Kind) -> Any:
         pending = _pending(deps, request, kind)
         code = request.query_params.get("code", "")
         state = request.query_params.get("state", "")
-        server = _server(deps)
+        server = await _server(deps)
         if pending is None or server is None:
             return _cleared(_again(kind, "expired"))
         if not secrets.compare_digest(state.encode(), str(pending["state"]).encode()) or not code:
