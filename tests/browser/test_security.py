@@ -3,16 +3,19 @@
 - CSRF: a form post without the session's token, with a wrong one, or with the right one from
   another origin is refused (403) and changes nothing; a page of another site that posts a
   form to the gateway does not carry the session cookie (SameSite=Strict) and is refused too.
+- The same for the consent form's Save: a forged one makes no Consent.
 - Areas: a patient's session does not open the compliance dashboard, and signing in to the
   dashboard as a patient is refused.
 """
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, Route, expect
 
 from tests.browser.pages import Site
+from tests.support import GatewayServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -112,3 +115,64 @@ def test_a_patient_session_does_not_open_the_dashboard(
     site.check_page(page, "compliance-signin-refused")
     page.goto(site.url("/compliance/"))
     page.wait_for_url(site.url("/compliance/signin") + "**")
+
+
+def _consents_of(gateway: GatewayServer, patient: str) -> int:
+    """How many Consents the patient has (through the Consent API, with the patient's token)."""
+    own = gateway.bearer(f"user-{patient}", "launch/patient patient/Consent.rs", patient=patient)
+    found = httpx.get(
+        f"{gateway.base_url}/Consent",
+        params={"patient": patient},
+        headers={**own, "accept": "application/fhir+json"},
+        timeout=30.0,
+    )
+    assert found.status_code == 200, found.text
+    return len(found.json().get("entry", []))
+
+
+@pytest.mark.parametrize(
+    ("case", "origin"),
+    [("no token", "own"), ("wrong token", "own"), ("right token", ATTACKER)],
+    ids=["no-token", "wrong-token", "foreign-origin"],
+)
+def test_a_forged_consent_is_refused(
+    desktop: Page,
+    desktop_context: BrowserContext,
+    desktop_site: Site,
+    gateway: GatewayServer,
+    patients: list[str],
+    case: str,
+    origin: str,
+) -> None:
+    """The attack: make the signed-in browser post the confirmation page's Save (a consent
+    that lets ``Practitioner/attacker`` see everything) without the page's token, with a wrong
+    one, or from another origin. Refused with the 403 page; no Consent is made."""
+    page, site, patient = desktop, desktop_site, patients[9]
+    site.sign_in_patient(page, patient)
+    before = _consents_of(gateway, patient)
+    page.goto(site.url("/portal/consents/new"))
+    page.locator("#decision-permit").check()
+    page.locator("#who-practitioner").check()
+    page.locator("#who_id").fill("attacker")
+    page.locator("main form button[type=submit]").click()
+    page.wait_for_url(site.url("/portal/consents/new/review"))
+    save = page.locator("main form").first
+    fields: dict[str, str | float | bool] = {}
+    for hidden in save.locator("input[type=hidden]").all():
+        name, value = hidden.get_attribute("name"), hidden.get_attribute("value")
+        assert name is not None
+        fields[name] = value or ""
+    assert fields.pop("csrf")
+    if case == "wrong token":
+        fields["csrf"] = "x" * 43
+    elif case == "right token":
+        fields["csrf"] = _csrf(page)
+    answer = desktop_context.request.post(
+        site.url("/portal/consents/new/save"),
+        form=fields,
+        headers={"origin": site.origin if origin == "own" else origin},
+        max_redirects=0,
+    )
+    assert answer.status == 403
+    assert "Action stopped" in answer.text()
+    assert _consents_of(gateway, patient) == before
