@@ -28,8 +28,8 @@ a consent can change before the file is fetched (architecture invariant 3: a cha
 effect for the very next request), so every line goes through the same judging as a search
 result once more, with the consents of now and the downloading token's purposes, and only
 the lines still released are sent (a file can shrink; it never grows). A file is read,
-judged, recorded and sent in batches (:meth:`~middleware.audit.bulk_job.ExportJob.batches`,
-a board chunk at a time): a download holds one batch, never the whole file. Every request
+judged, recorded and sent in batches (:mod:`middleware.proxy.export_download`): a download
+holds one batch, never the whole file. Every request
 whose token verifies is recorded on the ledger before it is answered (a download: each batch
 with each patient its lines touched, before any of its bytes leave; the ledger refusing the
 first batch: 503, nothing released; a later one: the response is cut short (the ASGI server
@@ -39,9 +39,7 @@ a 401 and costs nothing durable.
 
 from __future__ import annotations
 
-import itertools
 import re
-from collections.abc import Iterator
 from typing import Final
 
 from middleware.asgi import header_dict
@@ -55,7 +53,6 @@ from middleware.audit.httptypes import (
     error_reply,
     json_reply,
 )
-from middleware.audit.recorder import Exchange
 from middleware.auth.identity import Identity
 from middleware.errors import (
     Forbidden,
@@ -68,15 +65,15 @@ from middleware.errors import (
 from middleware.fhir import jsoncodec
 from middleware.fhir.request import FhirRequest, Interaction, Level
 from middleware.logging import get_logger
-from middleware.pipeline.caller import ACTION_ACCESS, caller_of
-from middleware.pipeline.export_params import NDJSON, job_types, owner_of
-from middleware.pipeline.filter import filter_answer
+from middleware.pipeline.caller import caller_of
+from middleware.pipeline.export_params import job_types, owner_of
 from middleware.pipeline.judge import Trail
 from middleware.pipeline.judging import Judging
+from middleware.proxy.export_download import Download, DownloadCut, exchange_of
 from middleware.proxy.headers import request_id
 from middleware.types import Receive, Scope, Send
 
-__all__ = ["DownloadCut", "ExportEndpoints", "serves"]
+__all__ = ["ExportEndpoints", "serves"]
 
 _STATUS: Final = "$export-status"
 _FILE: Final = "$export-file"
@@ -106,12 +103,6 @@ class LedgerFailed(ServiceUnavailable):
     retry_after = 30
 
 
-class DownloadCut(Exception):
-    """A download stopped after its first bytes (a batch the ledger did not take, a failure
-    judging it): raised so the ASGI server closes the connection and the client sees a cut
-    response, never a complete-looking short file."""
-
-
 class TooCostly(UnprocessableEntity):
     """An export job stopped at the resource limit: the client narrows it (``_since``,
     ``_type``), so a 4xx, FHIR issue type ``too-costly``."""
@@ -135,7 +126,7 @@ class ExportEndpoints:
         gateway_base: str,
     ) -> None:
         self.jobs = jobs
-        self._judging = judging
+        self._downloads = Download(judging, recorder)
         self._verifier = verifier
         self._recorder = recorder
         self._base = base_path
@@ -152,11 +143,12 @@ class ExportEndpoints:
             identity = await self._verifier.verify(headers.get("authorization"))
             if segments[0] == _FILE:
                 job = self.jobs.get(segments[1], owner_of(identity))
-                await self._download(scope, send, seen, identity, job.batches(int(segments[2])))
+                batches = job.batches(int(segments[2]))
+                await self._downloads.send(scope, send, seen, identity, batches)
                 return
             reply = await self._answer(str(scope["method"]), identity, segments)
-        except _Answered:
-            raise DownloadCut("export download cut short") from None
+        except DownloadCut:
+            raise  # bytes were sent: the connection is closed (export_download)
         except GatewayError as error:
             reply = error_reply(error)
         except Exception as exc:  # noqa: BLE001 - fail closed: no detail in the answer
@@ -170,7 +162,7 @@ class ExportEndpoints:
             )
         if identity is not None and seen.request is not None:
             try:
-                exchange = self._exchange(scope, seen, identity, reply.status, trail)
+                exchange = exchange_of(scope, seen, identity, reply.status, trail)
                 await self._recorder.record(exchange, "exchange")
             except Exception as exc:  # noqa: BLE001 - unrecorded: nothing is released
                 self._log.error(
@@ -229,61 +221,6 @@ class ExportEndpoints:
             return Reply(202, (("cache-control", "no-store"),), b"")
         return self._status(job)
 
-    async def _download(
-        self,
-        scope: Scope,
-        send: Send,
-        seen: Seen,
-        identity: Identity,
-        batches: Iterator[list[bytes]],
-    ) -> None:
-        """Send a file batch by batch, each judged again and recorded before its bytes leave
-        (module docstring); raises :class:`_Answered` once the response has started."""
-        started = False
-        for lines in itertools.chain(batches, [[]]):
-            if started and not lines:
-                break
-            try:
-                trail = Trail()
-                body = await self._judged(identity, lines, trail)
-                exchange = self._exchange(scope, seen, identity, 200, trail)
-                await self._recorder.record(exchange, "exchange")
-                if not started:
-                    headers = [
-                        (b"content-type", NDJSON.encode()),
-                        (b"cache-control", b"no-store"),
-                        (b"x-request-id", seen.rid.encode()),
-                    ]
-                    await send({"type": "http.response.start", "status": 200, "headers": headers})
-                    started = True
-                if body:
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-            except Exception as exc:
-                if not started:
-                    raise
-                self._log.error(
-                    "export download cut", request_id=seen.rid, error_type=type(exc).__name__
-                )
-                raise _Answered from exc
-        await send({"type": "http.response.body", "body": b""})
-
-    async def _judged(self, identity: Identity, lines: list[bytes], trail: Trail) -> bytes:
-        """The ``lines`` the caller may still be given (module docstring), judged as the
-        entries of one search page, as NDJSON; ``trail`` records what was decided and
-        released."""
-        entries = [{"resource": jsoncodec.decode(line)} for line in lines if line]
-        if not entries:
-            return b""
-        page = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
-        judge = await self._judging.judge(caller_of(identity), ACTION_ACCESS, page, trail)
-        released, _stats = filter_answer(page, judge.allowed)
-        kept = released.get("entry") if isinstance(released, dict) else None
-        return b"".join(
-            jsoncodec.encode(entry["resource"]) + b"\n"
-            for entry in (kept if isinstance(kept, list) else ())
-            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
-        )
-
     def _status(self, job: ExportJob) -> Reply:
         if job.state == "running":
             headers = (
@@ -314,31 +251,6 @@ class ExportEndpoints:
             "error": [],
         }
         return json_reply(manifest, media_type="application/json")
-
-    def _exchange(
-        self, scope: Scope, seen: Seen, identity: Identity, status: int, trail: Trail
-    ) -> Exchange:
-        assert seen.request is not None
-        target = bytes(scope.get("raw_path") or str(scope["path"]).encode("utf-8"))
-        query = bytes(scope.get("query_string", b""))
-        raw = str(scope["method"]).encode("ascii") + b" " + target
-        client = scope.get("client")
-        return Exchange(
-            request=seen.request,
-            identity=identity,
-            status=status,
-            request_id=seen.rid,
-            raw_request=raw + (b"?" + query if query else b""),
-            client_address=client[0] if client else None,
-            decisions=dict(trail.decisions),
-            released=frozenset(trail.released) if status < 400 else frozenset(),
-            narrowed=trail.narrowed,
-            break_glass=trail.break_glass,
-        )
-
-
-class _Answered(Exception):
-    """A download failed after its response started (:class:`DownloadCut` follows)."""
 
 
 def _type_of(job: ExportJob, n: int) -> str:

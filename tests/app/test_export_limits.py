@@ -21,7 +21,7 @@ from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, NewEntry
 from middleware.ledger.sequencer import CheckpointSigner
 from middleware.ledger.signing import SigningKey
-from middleware.proxy.export_http import DownloadCut
+from middleware.proxy.export_download import DownloadCut
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app import test_export as base
 from tests.app.consenting import Tokens, auth_settings, ledger_entries
