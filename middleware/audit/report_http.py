@@ -116,8 +116,10 @@ async def access_report_reply(
     if wanted not in ("csv", "pdf", "ndjson"):
         raise BadRequest("$access-report is served as csv, pdf or ndjson", code="not-supported")
     seen.patient = patient
-    given = [pair for pair in params if pair[0] == "date"]
-    since, until = period(given, default_since=None, now=now) if given else (None, now)
+    # Without a lower bound the report's own look-back applies (reports.access_report).
+    bounds = parse_search([p for p in params if p[0] == "date"], default_count=1, max_count=1)
+    since = bounds.query.since_us
+    until = now if bounds.query.until_us is None else bounds.query.until_us
     query = AuditQuery(patient=patient, since_us=since, until_us=until, limit=_PAGE)
     if await store.audit_count(query) > MAX_REPORT_ROWS:
         raise TooCostly(f"the period holds more than {MAX_REPORT_ROWS} rows: narrow it")

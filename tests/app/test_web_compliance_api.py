@@ -279,3 +279,39 @@ async def test_access_report_for_the_auditor_and_the_patient_only(
     assert {r["agent"] for r in rows} == {"Practitioner/dr", "Practitioner/dr-b"}
     other = tokens.patient("p2", "patient/AuditEvent.rs")
     assert (await gateway.get(path, headers=other)).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/fhir/AuditEvent/$review"),
+        ("POST", "/fhir/AuditEvent/$review"),
+        ("GET", "/fhir/AuditEvent/$date-range"),
+        ("GET", "/fhir/AuditEvent/$overview"),
+    ],
+)
+async def test_a_patient_is_refused_the_reviewers_operations(
+    gateway: httpx.AsyncClient, tokens: Tokens, method: str, path: str
+) -> None:
+    """Even with every AuditEvent scope of its own: these name other patients."""
+    headers = {"authorization": tokens.patient("p1", "patient/AuditEvent.rs")["authorization"]}
+    data = {"entry": "0", "note": "x"} if method == "POST" else None
+    answer = await gateway.request(method, path, data=data, headers=headers)
+    assert answer.status_code == 403
+
+
+async def test_access_report_keeps_its_look_back_with_only_an_end_day(
+    gateway: httpx.AsyncClient, tokens: Tokens, wall: WallClock
+) -> None:
+    """``date=le...`` alone bounds the end; the start is the report's look-back (three
+    years), as without any date: a read four years ago is not in it."""
+    reader = tokens.bearer("dr", "user/*.rs", fhir_user="Practitioner/dr")
+    wall.now = MORNING - 4 * 365 * 86400
+    assert (await gateway.get("/fhir/Observation/o-p2", headers=reader)).status_code == 200
+    wall.now = MORNING
+    assert (await gateway.get("/fhir/Observation/o-p2", headers=reader)).status_code == 200
+    path = "/fhir/Patient/p2/$access-report"
+    for params in ({}, {"date": "le2026-03-11"}):
+        answer = await gateway.get(path, params=params, headers=auditor(tokens))
+        assert answer.status_code == 200, answer.text
+        assert len(list(csv.DictReader(io.StringIO(answer.text)))) == 1
