@@ -354,3 +354,48 @@ async def test_who_looked_pages_through_the_api(
     second = await web.get(older.group(1).replace("&amp;", "&"))
     assert second.status_code == 200
     assert "<td>Practitioner/dr-smith</td>" in second.text
+
+
+# --- nothing a browser sends gives a 500 ---
+
+
+async def test_odd_requests_are_4xx_pages(web: httpx.AsyncClient) -> None:
+    csrf = await sign_in(web, "patient", "p1")
+    gets = [
+        "/portal/receipts/99999999999999999999",
+        "/portal/receipts/-1",
+        "/portal/receipts/12/download",
+        "/portal/access?cursor=not-a-cursor",
+        "/portal/access?from=2026-02-30",
+        "/portal/access?who=%00",
+        "/portal/consents/" + "a" * 65,
+        "/portal/consents/x/nothing",
+    ]
+    for path in gets:
+        answer = await web.get(path)
+        assert 400 <= answer.status_code < 500, (path, answer.status_code)
+        assert "<h1>" in answer.text
+    posts: list[tuple[str, dict[str, Any]]] = [
+        (
+            "/portal/consents/new/review",
+            {
+                "content": b"--x\r\nnot multipart",
+                "headers": {"content-type": "multipart/form-data; boundary=x"},
+            },
+        ),
+        (
+            "/portal/consents/new/review",
+            {"data": {f"f{i}": "1" for i in range(300)} | {"csrf": csrf}},
+        ),
+        ("/portal/consents/new/save", {"data": {"csrf": csrf, "decision": "permit"}}),
+        (
+            "/portal/receipts/check",
+            {"data": {"csrf": csrf, "receipt": "c2sp.org/tlog-proof@v1\nindex 01\n\nx"}},
+        ),
+        ("/portal/", {"data": {"csrf": csrf}}),
+    ]
+    for path, kwargs in posts:
+        headers = {**SAME_ORIGIN, **kwargs.pop("headers", {})}
+        answer = await web.post(path, headers=headers, **kwargs)
+        assert 200 <= answer.status_code < 500, (path, answer.status_code)
+        assert answer.status_code != 200 or "Failed:" in answer.text
