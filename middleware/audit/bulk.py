@@ -47,6 +47,7 @@ from middleware.audit.bulk_job import (
     Limits,
     State,
     failed,
+    stopped,
 )
 from middleware.audit.recorder_intents import running, started
 from middleware.errors import NotFound, TooManyRequests
@@ -155,6 +156,7 @@ class ExportJobs:
         except ExportTooLarge as exc:
             job.state, job.too_large = "failed", True
             job.error = f"the export exceeds {exc.limit}; narrow it with {limits.narrow}"
+            stopped(job, exc)
         except TimeoutError as exc:
             job.state, job.too_large = "failed", deadline.expired()
             job.error = (
@@ -163,6 +165,8 @@ class ExportJobs:
                 if deadline.expired()
                 else failed(job, exc)
             )
+            if job.too_large:
+                stopped(job, exc)
         except Exception as exc:  # noqa: BLE001 - a failed job reports it; never a stack trace
             job.state, job.error = "failed", failed(job, exc)
         else:

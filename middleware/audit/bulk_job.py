@@ -33,6 +33,7 @@ __all__ = [
     "Limits",
     "State",
     "failed",
+    "stopped",
 ]
 
 State = Literal["running", "done", "failed"]
@@ -183,6 +184,11 @@ class ExportJob:
             lines.pop()  # every line ends with a newline: nothing after the last
             for start in range(0, len(lines), BATCH_LINES):
                 yield lines[start : start + BATCH_LINES]
+
+
+def stopped(job: ExportJob, exc: Exception) -> None:
+    """Log that ``job`` stopped at a limit (its id and the error's type only)."""
+    get_logger().warning("export job too large", export_job=job.id, error_type=type(exc).__name__)
 
 
 def failed(job: ExportJob, exc: Exception) -> str:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from middleware.audit.bulk import ExportJob, ExportJobs, Limits
 from middleware.audit.bulk_job import BATCH_LINES, ExportTooLarge
@@ -32,7 +33,8 @@ BOARDS = pytest.mark.parametrize("on_board", [False, True], ids=["memory", "boar
 
 @BOARDS
 async def test_a_job_stops_at_its_byte_cap(tmp_path: Path, on_board: bool) -> None:
-    """Ten-byte lines (eleven with the newline): 35 bytes hold three, the fourth fails it."""
+    """Ten-byte lines (eleven with the newline): 35 bytes hold three, the fourth fails it;
+    the stop is logged with the job's id and the error's type only."""
 
     async def produce(job: ExportJob) -> None:
         for n in range(10):
@@ -41,7 +43,16 @@ async def test_a_job_stops_at_its_byte_cap(tmp_path: Path, on_board: bool) -> No
     jobs = _jobs(tmp_path, on_board, Limits(max_bytes=35))
     job = jobs.start(owner="o", request="r", transaction_time="t", produce=produce)
     assert job.task is not None
-    await job.task
+    with capture_logs() as logs:
+        await job.task
+    assert logs == [
+        {
+            "event": "export job too large",
+            "log_level": "warning",
+            "export_job": job.id,
+            "error_type": "ExportTooLarge",
+        }
+    ]
     seen = jobs.get(job.id, "o")
     assert seen.state == "failed"
     assert seen.too_large
