@@ -12,7 +12,9 @@ answer holding only them would say that the withheld records exist.
 :func:`keep_linked` keeps such a resource only when a released resource references it: the
 anchors are the released resources of the Patient compartment (or of an undeterminable
 patient, released by the deployment's choice), and a resource kept for them anchors in turn
-what it references (a Medication's manufacturer). Pure; entries are not copied.
+what it references (a Medication's manufacturer). For a search's ``_revinclude``, a
+resource that references a kept one is kept too (``referring``): it was asked for because it
+names a released match. Pure; entries are not copied.
 """
 
 from __future__ import annotations
@@ -38,31 +40,49 @@ def keep_linked(
     *,
     base_urls: Sequence[str],
     keep: Callable[[Any], bool] = lambda entry: False,
+    referring: bool = False,
 ) -> list[Any]:
     """The released ``entries`` of a Bundle without each resource that is not patient data
     and that no kept resource references (module docstring). ``keep`` names entries kept
-    whatever they are (a search's matches); the others are kept by reference only."""
-    anchors: list[Any] = []
-    linked: dict[str, list[int]] = {}
+    whatever they are (a search's matches); the others are kept by reference only, or, with
+    ``referring``, also when they reference a kept resource (``_revinclude``: a
+    PractitionerRole of a released Practitioner)."""
     kept: set[int] = set()
+    names: set[str] = set()  # Type/id of the kept resources
+    named: set[str] = set()  # what the kept resources reference
+    pending: dict[int, tuple[str | None, frozenset[str]]] = {}
     for index, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             continue
-        refs = compartment_of(resource, base_urls=base_urls)
-        if refs.kind is not Kind.NOT_PATIENT_DATA or keep(entry):
+        targets = frozenset(_targets(resource, base_urls))
+        if keep(entry) or (
+            compartment_of(resource, base_urls=base_urls).kind is not Kind.NOT_PATIENT_DATA
+        ):
             kept.add(index)
-            anchors.append(resource)
-        elif isinstance(resource.get("id"), str):
-            linked.setdefault(f"{resource['resourceType']}/{resource['id']}", []).append(index)
-    while anchors and linked:
-        named = {ref for anchor in anchors for ref in _targets(anchor, base_urls)}
-        anchors = []
-        for ref in named & linked.keys():
-            for index in linked.pop(ref):
+            name = _name(resource)
+            if name is not None:
+                names.add(name)
+            named |= targets
+        else:
+            pending[index] = (_name(resource), targets)
+    changed = True
+    while changed and pending:
+        changed = False
+        for index, (name, targets) in list(pending.items()):
+            if (name is not None and name in named) or (referring and targets & names):
+                del pending[index]
                 kept.add(index)
-                anchors.append(entries[index]["resource"])
+                if name is not None:
+                    names.add(name)
+                named |= targets
+                changed = True
     return [entry for index, entry in enumerate(entries) if index in kept]
+
+
+def _name(resource: dict[str, Any]) -> str | None:
+    rid = resource.get("id")
+    return f"{resource.get('resourceType')}/{rid}" if isinstance(rid, str) else None
 
 
 def _targets(resource: Any, base_urls: Sequence[str]) -> Iterator[str]:

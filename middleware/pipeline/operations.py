@@ -32,14 +32,8 @@
 - ``filter:stats`` (``Observation/$stats``): :mod:`~middleware.pipeline.stats`.
 - ``forward`` (terminology, type-level ``$validate``: :data:`~middleware.pipeline.
   operation_table.FORWARDABLE`): forwarded with the client's body and audited like every
-  exchange. These operations have no patient data to answer, so an answer that does is not
-  what the table vouched for: one whose type is not in :data:`~middleware.pipeline.
-  operation_table.FORWARDED_ANSWERS` (a Bundle, a Patient...) or that holds, at any depth, a
-  resource of the Patient compartment by the judge's rule (:func:`~middleware.pipeline.judge.
-  compartment_of`: a Device naming a patient counts) is withheld (404). Every
-  OperationOutcome, whatever its status, keeps only its structured part
-  (:func:`~middleware.pipeline.exchange.own_outcome`): free text can quote what the upstream
-  found elsewhere.
+  exchange; the answer is released only when it carries no patient data, its outcomes
+  without free text (:mod:`~middleware.pipeline.forwarded`).
 
 Pure apart from the injected upstream seam (``Ask.forward``).
 """
@@ -47,24 +41,22 @@ Pure apart from the injected upstream seam (``Ask.forward``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from middleware.errors import BadRequest, Forbidden, UpstreamError
-from middleware.fhir.compartment import Kind
-from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
 from middleware.fhir.request import Interaction, Level
 from middleware.pipeline.caller import ACTION_ACCESS, check_interaction
 from middleware.pipeline.cursor import CURSOR_PARAM
-from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, own_outcome
+from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found
+from middleware.pipeline.forwarded import release_forwarded
 from middleware.pipeline.guards import GuardPolicy, check_search, count_family, pin_patient
-from middleware.pipeline.judge import GATEWAY_OWNED, compartment_of
+from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.pipeline.judging import Judging
 from middleware.pipeline.linked import keep_linked
 from middleware.pipeline.mapper import Mapper
 from middleware.pipeline.operation_table import (
     DEFAULT_TABLE,
-    FORWARDED_ANSWERS,
     Mode,
     OperationTable,
 )
@@ -75,17 +67,13 @@ from middleware.pipeline.stats import Stats
 from middleware.pipeline.subset import Subset, apply_subset_to_answer, split_subset
 from middleware.proxy.rewrite import Rebaser
 
-__all__ = ["Operations", "holds_patient_data"]
+__all__ = ["Operations"]
 
 #: Operations whose parameters are search parameters of their type, so that a patient-context
 #: call can be pinned like a search (R4 observation-operation-lastn: "the search parameters
 #: ... of Observation").
 _SEARCH_LIKE: Final = frozenset({"$lastn"})
 _TYPE_PARAMS: Final = frozenset({"_type", "_include", "_revinclude"})
-_FORWARDED_HEADERS: Final = frozenset({"content-type", "etag", "last-modified"})
-#: Resource types that are a patient's data (the Patient compartment, R4
-#: compartmentdefinition-patient) or the gateway's own.
-_PATIENT_TYPES: Final = frozenset(PATIENT_COMPARTMENT) | {"Patient"} | GATEWAY_OWNED
 
 
 class Operations:
@@ -263,53 +251,8 @@ class Operations:
         return self.release_forwarded(ask, up)
 
     def release_forwarded(self, ask: Ask, up: Upstreamed) -> Answer:
-        """An answer of an operation that carries no patient data (module docstring):
-        OperationOutcomes reduced to their structured part, any other answer rebased, and the
-        generic 404 when it is not of an expected type or holds patient data."""
-        document = up.document
-        if _is_outcome(document) and (up.status < 400 or up.status in (400, 422)):
-            return Answer(up.status, _headers(up, raw=False), own_outcome(document))
-        if up.status >= 400:
-            raise read_failure(up, ask)
-        if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
-            raise UpstreamError("the upstream server sent no FHIR resource")
-        if document["resourceType"] not in FORWARDED_ANSWERS or holds_patient_data(
-            document, base_urls=self.base_urls
-        ):
-            ask.trail.withhold()
-            raise not_found()
-        occurrences = self.rebaser.occurrences(up.raw)
-        if not occurrences:
-            return Answer(up.status, _headers(up), raw=up.raw)
-        self.rebaser.rewrite(document, occurrences)
-        return Answer(up.status, _headers(up), document)
-
-
-def holds_patient_data(document: Any, *, base_urls: Sequence[str] = ()) -> bool:
-    """True when ``document`` holds, at any depth (contained, Bundle entries, Parameters
-    parts), a resource of the Patient compartment, a Patient or one of the gateway's own, or
-    a resource the judge counts as patient data (:func:`~middleware.pipeline.judge.
-    compartment_of`: a Device naming a patient, a Binary with a security context...)."""
-    for resource in _resources(document):
-        rtype = resource["resourceType"]
-        if rtype in _PATIENT_TYPES:
-            return True
-        if compartment_of(resource, base_urls=base_urls).kind is not Kind.NOT_PATIENT_DATA:
-            return True
-    return False
-
-
-def _resources(node: Any) -> Iterator[dict[str, Any]]:
-    """Every object with a string ``resourceType`` in ``node``, at any depth."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if isinstance(item.get("resourceType"), str):
-                yield item
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
+        """An answer of an operation that carries no patient data (:mod:`.forwarded`)."""
+        return release_forwarded(ask, up, rebaser=self.rebaser, base_urls=self.base_urls)
 
 
 def _query_only(ask: Ask) -> list[tuple[str, str]]:
@@ -326,17 +269,6 @@ def _refuse_gateway_types(params: Sequence[tuple[str, str]]) -> None:
         words = {w for part in value.split(",") for w in part.strip().split(":")}
         if words & GATEWAY_OWNED:
             raise Forbidden("these resources are served by the gateway's own API")
-
-
-def _is_outcome(document: Any) -> bool:
-    return isinstance(document, dict) and document.get("resourceType") == "OperationOutcome"
-
-
-def _headers(up: Upstreamed, *, raw: bool = True) -> list[tuple[str, str]]:
-    """The upstream headers released with a forwarded answer; ``raw=False``: for a body the
-    gateway rewrote (its upstream ``etag`` no longer names it)."""
-    names = _FORWARDED_HEADERS if raw else _FORWARDED_HEADERS - {"etag", "last-modified"}
-    return [(k, v) for k, v in up.headers if k in names]
 
 
 def _is(entry: Any, reference: str) -> bool:

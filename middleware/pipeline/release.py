@@ -17,6 +17,9 @@ or raises a :class:`~middleware.errors.GatewayError`:
   ``next`` cursor, which tells only that more than that many hidden matches follow (padding
   with visible matches fills the page and ends the walk, so it cannot lower the threshold;
   docs/security.md);
+- an ``_include``d resource outside the Patient compartment (an Organization, a Medication)
+  is released only beside a released resource it is linked to (:mod:`~middleware.pipeline.
+  linked`): beside withheld matches alone it would tell what they say;
 - the mapping profile and ``_summary``/``_elements`` (:mod:`~middleware.pipeline.subset`) are
   applied to what is released; an answer released whole and unchanged keeps the upstream's
   bytes;
@@ -41,6 +44,7 @@ from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, ups
 from middleware.pipeline.filter import filter_answer
 from middleware.pipeline.guards import GuardPolicy
 from middleware.pipeline.judging import Judging
+from middleware.pipeline.linked import keep_linked
 from middleware.pipeline.mapper import Mapper
 from middleware.pipeline.pages import (
     is_match,
@@ -194,6 +198,12 @@ class Release:
             added, taken, left = take(more_entries, target - have)
             kept += added
             resume = with_skip(link, taken) if left else following
+        if any(_included(entry) for entry in kept):
+            # An included resource outside the Patient compartment only beside a released
+            # match it is linked to (pipeline.linked): not beside withheld ones alone.
+            kept = keep_linked(
+                kept, base_urls=self.judging.base_urls, keep=_not_included, referring=True
+            )
         if not kept and page.skip == 0 and ask.request.interaction in _OF_ONE_RECORD:
             # Everything withheld: the history or $everything of a record the caller may not
             # see is the same 404 as that of a record that does not exist.
@@ -260,6 +270,16 @@ class Release:
             return [], size, following
         entries = released.get("entry")
         return (entries if isinstance(entries, list) else []), size, following
+
+
+def _included(entry: Any) -> bool:
+    """Whether ``entry`` is a search's ``include`` (``_include``/``_revinclude``)."""
+    search = entry.get("search") if isinstance(entry, dict) else None
+    return isinstance(search, dict) and search.get("mode") == "include"
+
+
+def _not_included(entry: Any) -> bool:
+    return not _included(entry)
 
 
 #: Parameters after which a first page is not the start of the whole result.

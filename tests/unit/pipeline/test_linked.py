@@ -79,3 +79,23 @@ def test_entries_named_by_keep_are_anchors() -> None:
         keep=lambda e: e["resource"]["id"] == "m1",
     )
     assert names(kept) == ["Medication/m1", "Organization/maker"]
+
+
+def test_referring_keeps_what_names_a_kept_resource() -> None:
+    """``_revinclude``: an affiliation naming the released match is kept; one naming an
+    organization nothing keeps is not, and without ``referring`` neither is."""
+    lab = {"resourceType": "Organization", "id": "lab"}
+    kept_aff = {"resourceType": "OrganizationAffiliation", "id": "a1"} | {
+        "organization": {"reference": "Organization/lab"}
+    }
+    other_aff = {"resourceType": "OrganizationAffiliation", "id": "a2"} | {
+        "organization": {"reference": "Organization/other"}
+    }
+    entries = [entry(lab), entry(kept_aff), entry(other_aff)]
+
+    def match(e: Any) -> bool:
+        return bool(e["resource"]["id"] == "lab")
+
+    linked = keep_linked(entries, base_urls=(BASE,), keep=match, referring=True)
+    assert names(linked) == ["Organization/lab", "OrganizationAffiliation/a1"]
+    assert names(keep_linked(entries, base_urls=(BASE,), keep=match)) == ["Organization/lab"]

@@ -7,8 +7,8 @@ import pytest
 
 from middleware.errors import SettingsError
 from middleware.fhir.request import Level
+from middleware.pipeline.forwarded import holds_patient_data
 from middleware.pipeline.operation_table import DEFAULT_TABLE, Mode, parse_operations
-from middleware.pipeline.operations import holds_patient_data
 from middleware.settings import load_settings
 
 T, INST, S = Level.TYPE, Level.INSTANCE, Level.SYSTEM
