@@ -5,26 +5,34 @@ with ``Authorization: Bearer <session.token>``, so a page action meets the same
 classification, token check, consent and audit scopes, and ledger recording as any client's
 call: the Consent API's answer comes back only after its change is on the ledger, and every
 read a page shows is audited by the API that served it. No page reads a store directly.
+
+Each call carries the browser's own address as the ASGI ``client`` (:func:`calling_for`, set
+by the web app for the request being answered): the APIs record it in their audit events and
+count it in their per-address limits as they would for that browser calling them directly,
+instead of every page sharing one loopback address.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any, Final
 
 import httpx
 
 from middleware.fhir import jsoncodec
-from middleware.types import ASGIApp
+from middleware.types import ASGIApp, Receive, Scope, Send
 from middleware.web.session import WebSession
 
-__all__ = ["Answer", "GatewayApi", "Params"]
+__all__ = ["Answer", "GatewayApi", "Params", "calling_for"]
 
 #: (status, decoded JSON, or the raw bytes of a non-JSON answer, headers)
 Answer = tuple[int, Any, httpx.Headers]
 #: Query parameters: a mapping, or pairs when a name repeats.
 Params = Mapping[str, str] | list[tuple[str, str | int | float | bool | None]]
+#: The address of the browser whose request a page is answering (ASGI ``client``).
+_BROWSER: ContextVar[tuple[str, int] | None] = ContextVar("consentry_web_browser", default=None)
 _ACCEPT: Final = "application/fhir+json, application/json;q=0.9, */*;q=0.1"
 
 
@@ -34,8 +42,14 @@ class GatewayApi:
     (``/fhir/Consent``, ``/ledger/checkpoint``)."""
 
     def __init__(self, app: ASGIApp, root: str, *, timeout: float = 30.0) -> None:
+        async def as_browser(scope: Scope, receive: Receive, send: Send) -> None:
+            browser = _BROWSER.get()
+            if browser is not None:
+                scope = {**scope, "client": browser}
+            await app(scope, receive, send)
+
         self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 0)),
+            transport=httpx.ASGITransport(app=as_browser, client=("127.0.0.1", 0)),
             base_url=root.rstrip("/"),
             timeout=timeout,
             follow_redirects=False,
@@ -110,3 +124,13 @@ def _decoded(response: httpx.Response) -> Any:
         except ValueError:
             return response.content
     return response.content
+
+
+def calling_for(scope: Scope) -> None:
+    """Make the API calls of the current task carry ``scope``'s client address (module
+    docstring); the web app calls it once per request, before any page code runs."""
+    client = scope.get("client")
+    if isinstance(client, tuple | list) and len(client) == 2:
+        _BROWSER.set((str(client[0]), int(client[1])))
+    else:
+        _BROWSER.set(None)

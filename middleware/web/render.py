@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from middleware.types import ASGIApp, Message, Receive, Scope, Send
+from middleware.web.api import calling_for
 from middleware.web.text import t
 
 __all__ = ["CSP", "SECURITY_HEADERS", "SecurityHeaders", "area_of", "page", "render_text"]
@@ -88,7 +89,8 @@ def page(
 
 class SecurityHeaders:
     """ASGI middleware: :data:`SECURITY_HEADERS` and ``Cache-Control`` on every answer of
-    ``app`` (a header the app set itself is replaced, never doubled)."""
+    ``app`` (a header the app set itself is replaced, never doubled); the request's client
+    address passed on to the API calls its pages make (:func:`~middleware.web.api.calling_for`)."""
 
     def __init__(self, app: ASGIApp, *, static_prefix: str) -> None:
         self.app = app
@@ -98,6 +100,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        calling_for(scope)
         static = str(scope.get("path", "")).startswith(self._static)
         cache = _STATIC_CACHE if static else _NO_STORE
         extra = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]

@@ -399,3 +399,23 @@ async def test_odd_requests_are_4xx_pages(web: httpx.AsyncClient) -> None:
         answer = await web.post(path, headers=headers, **kwargs)
         assert 200 <= answer.status_code < 500, (path, answer.status_code)
         assert answer.status_code != 200 or "Failed:" in answer.text
+
+
+async def test_api_calls_carry_the_browsers_address(
+    web: httpx.AsyncClient, issuer: UnsafeDevelopmentIssuer
+) -> None:
+    """The audit of a page's API call names the browser's address (203.0.113.7 here), as a
+    direct call would, not the gateway's loopback."""
+    await sign_in(web, "patient", "p1")
+    assert (await web.get("/portal/access")).status_code == 200
+    auditor = issuer.issue(
+        "officer", scopes="user/AuditEvent.rs", audience=AUDIENCE, roles=["ledger-auditor"]
+    )
+    found = await web.get(
+        "/fhir/AuditEvent",
+        params={"patient": "Patient/p1", "subtype": "search-type"},
+        headers={"authorization": f"Bearer {auditor}"},
+    )
+    assert found.status_code == 200, found.text
+    assert "203.0.113.7" in found.text
+    assert "127.0.0.1" not in found.text
