@@ -47,7 +47,9 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
             if (entry.get("resource") or {}).get("resourceType") == "Consent"
         ]
         # Consents in force first, then the newest
-        consents.sort(key=lambda c: (c["active"], c["index"] or -1), reverse=True)
+        consents.sort(
+            key=lambda c: (c["active"], -1 if c["index"] is None else c["index"]), reverse=True
+        )
         context = {"title": t("portal.home.title"), "session": session, "consents": consents}
         return page(request, "portal/home.html", context)
 

@@ -419,3 +419,14 @@ async def test_api_calls_carry_the_browsers_address(
     assert found.status_code == 200, found.text
     assert "203.0.113.7" in found.text
     assert "127.0.0.1" not in found.text
+
+
+async def test_home_lists_consents_in_force_first_then_newest(web: httpx.AsyncClient) -> None:
+    csrf = await sign_in(web, "patient", "p1")
+    await _create(web, csrf, DENY_DR)
+    jones = _consent_id((await _create(web, csrf, {**DENY_DR, "who_id": "dr-jones"})).text)
+    home = (await web.get("/portal/")).text
+    assert home.index("dr-jones") < home.index("dr-smith")
+    await web.post(f"/portal/consents/{jones}/revoke", data={"csrf": csrf}, headers=SAME_ORIGIN)
+    home = (await web.get("/portal/")).text
+    assert home.index("dr-smith") < home.index("dr-jones")
