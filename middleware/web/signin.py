@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -33,6 +32,7 @@ from starlette.routing import BaseRoute, Route
 from middleware.auth.devauthorize import pkce_challenge
 from middleware.errors import GatewayError
 from middleware.ledger.signing import seal, unseal
+from middleware.web.authserver import Server, authorization_server
 from middleware.web.csrf import checked_form
 from middleware.web.deps import WebDeps
 from middleware.web.render import page
@@ -54,13 +54,6 @@ STATE_COOKIE: Final = "consentry_signin"
 STATE_TTL: Final = 600.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Server:
-    authorize: str
-    token: str
-    in_process: bool  # the development token endpoint, called through the gateway itself
-
-
 def routes(deps: WebDeps) -> list[BaseRoute]:
     """The sign-in, callback and sign-out routes of both areas."""
     out: list[BaseRoute] = []
@@ -72,51 +65,6 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
             Route(f"{prefix}/signout", _signout(deps, kind), methods=["POST"]),
         ]
     return out
-
-
-async def _server(deps: WebDeps) -> _Server | None:
-    """Where to sign in: the first issuer configured with both endpoints; else the
-    development endpoints when that issuer is on; else the endpoints the first issuer
-    publishes in its ``.well-known/smart-configuration`` (SMART App Launch 2.x
-    "Conformance"), read once per process when they check out."""
-    for issuer in deps.settings.auth.issuers:
-        if issuer.authorization_endpoint and issuer.token_endpoint:
-            return _Server(issuer.authorization_endpoint, issuer.token_endpoint, False)
-    if deps.dev is not None:
-        return _Server(f"{deps.root}/auth/authorize", "/auth/token", True)
-    if not deps.settings.auth.issuers:
-        return None
-    issuer_url = deps.settings.auth.issuers[0].issuer
-    found = deps.discovered.get(issuer_url)
-    if found is None:
-        endpoints = await _discover(deps, issuer_url)
-        if endpoints is None:
-            return None
-        deps.discovered[issuer_url] = found = endpoints
-    return _Server(found[0], found[1], False)
-
-
-async def _discover(deps: WebDeps, issuer: str) -> tuple[str, str] | None:
-    """The (authorization, token) endpoints of ``issuer``'s SMART configuration, when it
-    offers the authorization code grant with PKCE S256 on the issuer's own scheme."""
-    url = f"{issuer.rstrip('/')}/.well-known/smart-configuration"
-    try:
-        answer = await deps.token_client.get(url, headers={"accept": "application/json"})
-        document = answer.json() if answer.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
-    if not isinstance(document, dict):
-        return None
-    authorize, token = document.get("authorization_endpoint"), document.get("token_endpoint")
-    methods = document.get("code_challenge_methods_supported")
-    scheme = issuer.split(":", 1)[0]
-    if not (isinstance(authorize, str) and isinstance(token, str)):
-        return None
-    if not (isinstance(methods, list) and "S256" in methods):
-        return None
-    if not all(u.startswith(f"{scheme}://") for u in (authorize, token)):
-        return None
-    return authorize, token
 
 
 def _title(kind: Kind) -> str:
@@ -158,7 +106,7 @@ def _again(kind: Kind, problem: str) -> Response:
 
 def _start(deps: WebDeps, kind: Kind) -> Any:
     async def endpoint(_request: Request) -> Response:
-        server = await _server(deps)
+        server = await authorization_server(deps)
         if server is None:
             return _again(kind, "no-server")
         state = secrets.token_urlsafe(24)
@@ -224,7 +172,7 @@ def _callback(deps: WebDeps, kind: Kind) -> Any:
         pending = _pending(deps, request, kind)
         code = request.query_params.get("code", "")
         state = request.query_params.get("state", "")
-        server = await _server(deps)
+        server = await authorization_server(deps)
         if pending is None or server is None:
             return _cleared(_again(kind, "expired"))
         if not secrets.compare_digest(state.encode(), str(pending["state"]).encode()) or not code:
@@ -265,7 +213,7 @@ def _callback(deps: WebDeps, kind: Kind) -> Any:
 
 
 async def _redeem(
-    deps: WebDeps, server: _Server, kind: Kind, code: str, verifier: str
+    deps: WebDeps, server: Server, kind: Kind, code: str, verifier: str
 ) -> str | None:
     """The access token the token endpoint gives for ``code``, or None (refused, broken)."""
     form = {
