@@ -174,23 +174,23 @@ def _callback(deps: WebDeps, kind: Kind) -> Any:
         state = request.query_params.get("state", "")
         server = await authorization_server(deps)
         if pending is None or server is None:
-            return _cleared(_again(kind, "expired"))
+            return _cleared(deps, _again(kind, "expired"))
         if not secrets.compare_digest(state.encode(), str(pending["state"]).encode()) or not code:
-            return _cleared(_again(kind, "failed"))
+            return _cleared(deps, _again(kind, "failed"))
         token = await _redeem(deps, server, kind, code, str(pending["verifier"]))
         if token is None:
-            return _cleared(_again(kind, "failed"))
+            return _cleared(deps, _again(kind, "failed"))
         try:
             identity = await deps.verifier.verify(f"Bearer {token}")
         except GatewayError:
-            return _cleared(_again(kind, "failed"))
+            return _cleared(deps, _again(kind, "failed"))
         if kind == "patient":
             if identity.patient is None:
-                return _cleared(_again(kind, "not-patient"))
+                return _cleared(deps, _again(kind, "not-patient"))
             subject = f"Patient/{identity.patient}"
         else:
             if deps.settings.audit_role not in identity.roles:
-                return _cleared(_again(kind, "not-auditor"))
+                return _cleared(deps, _again(kind, "not-auditor"))
             subject = identity.fhir_user or identity.subject
         session = WebSession(
             kind=kind,
@@ -206,8 +206,8 @@ def _callback(deps: WebDeps, kind: Kind) -> Any:
         try:
             deps.sessions.set_cookie(response, session)
         except ValueError:
-            return _cleared(_again(kind, "failed"))
-        return _cleared(response)
+            return _cleared(deps, _again(kind, "failed"))
+        return _cleared(deps, response)
 
     return endpoint
 
@@ -237,8 +237,11 @@ async def _redeem(
     return token if isinstance(token, str) and token else None
 
 
-def _cleared(response: Response) -> Response:
-    response.delete_cookie(STATE_COOKIE, path="/", httponly=True, samesite="lax")
+def _cleared(deps: WebDeps, response: Response) -> Response:
+    """``response`` deleting the sign-in state cookie (spent, whatever the outcome)."""
+    response.delete_cookie(
+        STATE_COOKIE, path="/", secure=deps.sessions.secure, httponly=True, samesite="lax"
+    )
     return response
 
 

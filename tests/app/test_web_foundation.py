@@ -15,6 +15,7 @@ import pytest
 from middleware.app import Gateway
 from middleware.web.render import CSP
 from middleware.web.session import COOKIES
+from middleware.web.signin import STATE_COOKIE
 from tests.app.consenting import auth_settings
 from tests.app.web_signin import ORIGIN, SAME_ORIGIN, csrf_of, sign_in
 
@@ -313,3 +314,24 @@ async def test_pages_use_only_the_gateway_stylesheet(web: httpx.AsyncClient) -> 
     assert "<script>" not in html
     assert "style=" not in html
     assert csrf_of(html)
+
+
+async def test_callback_is_spent_once_used(web: httpx.AsyncClient) -> None:
+    """The sign-in state cookie is deleted by the callback: replaying the callback URL (from
+    the history, a log, a shoulder) signs nobody in again."""
+    start = await web.get("/portal/signin/start")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(start.headers["location"]).query).items()}
+    granted = await web.post(
+        "/auth/authorize", data={**query, "who": "patient", "patient": "p1"}, headers=SAME_ORIGIN
+    )
+    back = urlsplit(granted.headers["location"])
+    done = await web.get(f"{back.path}?{back.query}")
+    assert done.status_code == 200
+    cleared = [c for c in done.headers.get_list("set-cookie") if c.startswith(STATE_COOKIE)]
+    assert cleared
+    assert "max-age=0" in cleared[0].lower()
+    web.cookies.delete(COOKIES["patient"])
+    again = await web.get(f"{back.path}?{back.query}")
+    assert again.status_code == 303
+    assert "problem=expired" in again.headers["location"]
+    assert (await web.get("/portal/")).status_code == 303
