@@ -8,9 +8,10 @@ as the entries of one search page with the consents of now and the downloading t
 the ledger with every patient it touched, and only then sent: a download holds one batch,
 never the whole file. The answer is streamed (no ``Content-Length``). A first batch the
 ledger refuses (or that fails to judge) raises before anything is sent, and the endpoint
-answers it (503); a later one raises :class:`DownloadCut` after the batches already sent,
-so the ASGI server closes the connection and the client sees a cut download, never a short
-file that looks complete.
+answers it (503); after a later one the response is left incomplete (no last body message):
+the ASGI server closes the connection ("ASGI callable returned without completing
+response", uvicorn; no stack trace is logged), and the client sees a cut download, never a
+short file that looks complete.
 """
 
 from __future__ import annotations
@@ -31,14 +32,9 @@ from middleware.pipeline.judge import Trail
 from middleware.pipeline.judging import Judging
 from middleware.types import Scope, Send
 
-__all__ = ["Download", "DownloadCut", "exchange_of"]
+__all__ = ["Download", "exchange_of"]
 
 _HEADERS: Final = ((b"content-type", NDJSON.encode()), (b"cache-control", b"no-store"))
-
-
-class DownloadCut(Exception):
-    """A download stopped after its first bytes (a batch the ledger did not take, a failure
-    judging it): raised so the ASGI server closes the connection."""
 
 
 class Download:
@@ -59,7 +55,8 @@ class Download:
         batches: Iterator[list[bytes]],
     ) -> None:
         """Send the file of ``batches`` to the request of ``scope`` (module docstring);
-        raises what the first batch raised, or :class:`DownloadCut` once bytes were sent."""
+        raises what the first batch raised; a later batch's failure is logged and the
+        response left incomplete."""
         started = False
         for lines in itertools.chain(batches, [[]]):  # [] so that an empty file is recorded
             if started and not lines:
@@ -81,7 +78,7 @@ class Download:
                 self._log.error(
                     "export download cut", request_id=seen.rid, error_type=type(exc).__name__
                 )
-                raise DownloadCut("export download cut short") from None
+                return  # never the last body message: the server closes the connection
         await send({"type": "http.response.body", "body": b""})
 
     async def _judged(self, identity: Identity, lines: list[bytes], trail: Trail) -> bytes:

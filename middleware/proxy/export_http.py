@@ -32,9 +32,9 @@ judged, recorded and sent in batches (:mod:`middleware.proxy.export_download`): 
 holds one batch, never the whole file. Every request
 whose token verifies is recorded on the ledger before it is answered (a download: each batch
 with each patient its lines touched, before any of its bytes leave; the ledger refusing the
-first batch: 503, nothing released; a later one: the response is cut short (the ASGI server
-closes the connection), nothing of that batch released). A request without a valid token is
-a 401 and costs nothing durable.
+first batch: 503, nothing released; a later one: the response is left incomplete and the
+ASGI server closes the connection, nothing of that batch released). A request without a
+valid token is a 401 and costs nothing durable.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ from middleware.pipeline.caller import caller_of
 from middleware.pipeline.export_params import job_types, owner_of
 from middleware.pipeline.judge import Trail
 from middleware.pipeline.judging import Judging
-from middleware.proxy.export_download import Download, DownloadCut, exchange_of
+from middleware.proxy.export_download import Download, exchange_of
 from middleware.proxy.headers import request_id
 from middleware.types import Receive, Scope, Send
 
@@ -147,8 +147,6 @@ class ExportEndpoints:
                 await self._downloads.send(scope, send, seen, identity, batches)
                 return
             reply = await self._answer(str(scope["method"]), identity, segments)
-        except DownloadCut:
-            raise  # bytes were sent: the connection is closed (export_download)
         except GatewayError as error:
             reply = error_reply(error)
         except Exception as exc:  # noqa: BLE001 - fail closed: no detail in the answer
