@@ -6,11 +6,13 @@
   size, and the keyboard reaches the main action.
 - A patient never reaches another patient's data: with a signed-in session of one patient,
   another patient's consent (its page, change form, revoke confirmation, a forged revoke) and
-  receipt answer the generic not-found page, and the other consent stays as it was.
+  receipt answer the generic not-found page; a forged revoke of it is refused and the other
+  consent stays as it was.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import httpx
@@ -103,13 +105,12 @@ def test_every_portal_page(page: Page, site: Site, patients: list[str]) -> None:
 
 def test_another_patients_consent_and_receipt_are_not_found(
     desktop: Page,
-    desktop_context: BrowserContext,
     desktop_site: Site,
     patients: list[str],
     theirs: Theirs,
 ) -> None:
     """The attack: a signed-in patient puts another patient's consent id or ledger index in
-    the URL, or posts that consent's revoke form with their own valid CSRF token."""
+    the URL: the generic not-found page, as for one that does not exist."""
     page, site = desktop, desktop_site
     site.sign_in_patient(page, patients[7])
     for path in (
@@ -126,22 +127,47 @@ def test_another_patients_consent_and_receipt_are_not_found(
         expect(page.get_by_role("heading", level=1)).to_have_text(NOT_FOUND)
     site.check_page(page, "portal-not-found")
 
-    page.goto(site.url("/portal/"))
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the Consent API answers POST Consent/<another patient's id>/$revoke with 403 "
+    "'a patient may only act on their own consents' but a missing id with 404 (GET is 404 for "
+    "both): the answer tells that the other patient's consent exists, and the page passes it on",
+)
+def test_a_forged_revoke_of_another_patients_consent_is_answered_as_a_missing_one(
+    desktop: Page,
+    desktop_context: BrowserContext,
+    desktop_site: Site,
+    patients: list[str],
+    theirs: Theirs,
+) -> None:
+    """The attack: a signed-in patient posts the revoke form of another patient's consent with
+    their own valid CSRF token. Refused, the other consent stays active, and the answer is the
+    one for a consent that does not exist (no oracle of existence)."""
+    page, site = desktop, desktop_site
+    site.sign_in_patient(page, patients[7])
     csrf = page.locator("input[name=csrf]").first.get_attribute("value")
     assert csrf
-    forged = desktop_context.request.post(
-        site.url(f"/portal/consents/{theirs.consent}/revoke"),
-        form={"csrf": csrf},
-        headers={"origin": site.origin},
-        max_redirects=0,
-    )
-    assert forged.status == 404
+
+    def revoke(consent: str) -> int:
+        answer = desktop_context.request.post(
+            site.url(f"/portal/consents/{consent}/revoke"),
+            form={"csrf": csrf},
+            headers={"origin": site.origin},
+            max_redirects=0,
+        )
+        return answer.status
+
+    # Refused, and answered as for a consent that does not exist (no oracle of existence).
+    forged, missing = revoke(theirs.consent), revoke(str(uuid.uuid4()))
+    assert forged in (403, 404)
     still = httpx.get(
         f"{site.gateway.base_url}/Consent/{theirs.consent}",
         headers={**theirs.headers, "accept": "application/fhir+json"},
         timeout=30.0,
     )
     assert (still.status_code, still.json()["status"]) == (200, "active")
+    assert forged == missing
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +191,12 @@ def glass_broken(gateway: GatewayServer, patients: list[str]) -> str:
     return patient
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="middleware/web/access_rows.py shows the read released under break-the-glass as "
+    "'Stopped' (its entry's consent decision event says deny; the RESTful event's outcome is 0) "
+    "and unmarked: only the separate Emergency Override entry ('Asked for') is marked",
+)
 def test_an_emergency_access_is_explained(page: Page, site: Site, glass_broken: str) -> None:
     """The patient whose refusal was overridden sees the practitioner's read of the record as
     allowed and marked as an emergency access (it was released: the read answered 200), and
