@@ -165,6 +165,15 @@ class ExportJob:
         """Output file ``n`` (from 0) of a finished job as NDJSON; NotFound otherwise."""
         return b"".join(line + b"\n" for batch in self.batches(n) for line in batch)
 
+    def first_line(self, n: int) -> bytes:
+        """The first line of output file ``n`` of a finished job (no newline; the whole
+        file is not read); NotFound when there is no such file."""
+        if self.state != "done" or not 0 <= n < len(self.file_counts()):
+            raise NotFound("no such export file")
+        if self.board is not None:
+            return self.board.first_line(self.id, n)
+        return self.files[n][0] if self.files[n] else b""
+
     def batches(self, n: int) -> Iterator[list[bytes]]:
         """Output file ``n`` (from 0) of a finished job as lists of at most
         :data:`BATCH_LINES` lines (no newlines), read as they are asked for (with a board,

@@ -252,9 +252,8 @@ class ExportEndpoints:
 
 
 def _type_of(job: ExportJob, n: int) -> str:
-    """The resource type of output file ``n`` (one type a file: its first line's; only the
-    first batch is read)."""
-    first = next(job.batches(n), [b"{}"])[0]
-    document = jsoncodec.decode(first)
+    """The resource type of output file ``n`` (one type a file: its first line's; only that
+    line is read)."""
+    document = jsoncodec.decode(job.first_line(n) or b"{}")
     kind = document.get("resourceType") if isinstance(document, dict) else None
     return kind if isinstance(kind, str) else "Resource"

@@ -295,6 +295,21 @@ class SqliteExportBoard:
         )
         return b"".join(bytes(data) for (data,) in rows)
 
+    def first_line(self, job_id: str, n: int) -> bytes:
+        """The first line of output file ``n`` of the job, without its newline (empty when
+        it has none): read in SQLite, never the whole chunk (a manifest names each file's
+        type by it)."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT substr(data, 1, instr(data, x'0a') - 1) FROM chunk"
+                " WHERE job = ? AND file = ? AND seq = 0",
+                (job_id, n),
+            )
+            .fetchone()
+        )
+        return b"" if row is None or row[0] is None else bytes(row[0])
+
     def chunks(self, job_id: str, n: int) -> Iterator[bytes]:
         """Output file ``n`` of the job chunk by chunk, each read when it is asked for (one
         indexed read a chunk: a download holds one chunk, not the file); it ends early when

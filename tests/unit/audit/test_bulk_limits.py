@@ -100,7 +100,9 @@ async def test_files_are_read_back_in_bounded_batches(tmp_path: Path, on_board: 
     job = jobs.start(owner="o", request="r", transaction_time="t", produce=produce)
     assert job.task is not None
     await job.task
-    batches = list(jobs.get(job.id, "o").batches(0))
+    done = jobs.get(job.id, "o")
+    assert done.first_line(0) == _line(0)  # what a manifest reads for the file's type
+    batches = list(done.batches(0))
     assert all(0 < len(batch) <= BATCH_LINES for batch in batches)
     assert [line for batch in batches for line in batch] == [_line(n) for n in range(total)]
     await jobs.aclose()
