@@ -14,7 +14,7 @@ releases it only when it can vouch for every input, and fails closed otherwise:
    the patient: an Observation of that patient with no codes, labels, date or id is judged
    (:meth:`~middleware.pipeline.judge.Judge.permits`), and no active consent of the patient
    may hold a deny decided by what an Observation says (its codes, security labels, date,
-   id or references, an R5 ``expression``, a class other than ``Observation``), itself or
+   id or references, an R5 ``expression``, a profile or coded class), itself or
    through a provision above it (:func:`narrowed`). Otherwise the answer is the generic
    404, whatever data the patient has: the consent alone answers, so that the 404 cannot
    tell whether the patient has Observations a consent hides (a probe with the asked codes
@@ -42,6 +42,7 @@ from typing import Any, Final
 
 from middleware.consent.model import DENY, Policy, Provision
 from middleware.errors import BadRequest, Forbidden, UpstreamError
+from middleware.fhir.resource_types import RESOURCE_TYPES
 from middleware.pipeline.caller import ACTION_ACCESS
 from middleware.pipeline.exchange import Answer, Ask, not_found
 from middleware.pipeline.filter import filter_answer
@@ -163,7 +164,7 @@ def narrowed(policies: Iterable[Policy], now: datetime) -> bool:
     """Whether one of ``policies`` (a patient's consents, those in force at ``now``) may deny
     some Observation and not another: a deny provision that, or one of whose ancestors,
     decides by what the Observation says (module docstring). A provision whose classes name
-    types but not Observation never applies to one: it and what it holds are skipped."""
+    other resource types only never applies to one: it and what it holds are skipped."""
     for policy in policies:
         if policy.status != "active" or (policy.period and not policy.period.contains(now)):
             continue
@@ -175,10 +176,12 @@ def narrowed(policies: Iterable[Policy], now: datetime) -> bool:
 def _conditional(node: Provision, *, inherited: bool) -> Iterator[Provision]:
     """The provisions under (and with) ``node`` that decide by what an Observation says,
     themselves or through an ancestor (``inherited``)."""
-    if node.class_names and "Observation" not in node.class_names and not node.class_codings:
-        return
+    # A provision's classes match a resource's type or profiles, or its codes (consent.match).
+    by_class = bool(node.classes) and "Observation" not in node.class_names
+    if by_class and not node.class_codings and node.class_names <= RESOURCE_TYPES:
+        return  # other resource types only: never an Observation
     by_content = inherited or bool(
-        node.class_codings
+        by_class
         or node.codes
         or node.security_labels
         or node.data_period
