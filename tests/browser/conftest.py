@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -41,6 +42,12 @@ VIEWPORTS: dict[str, ViewportSize] = {
     "desktop": {"width": 1280, "height": 900},
     "phone": {"width": 375, "height": 812},
 }
+
+
+def screenshots() -> Path:
+    """Where :meth:`Site.check_page` saves screenshots: ``$SCREENSHOTS_DIR`` (relative to the
+    repository root), else ``build/screenshots``."""
+    return repo_root() / os.environ.get("SCREENSHOTS_DIR", "build/screenshots")
 
 
 def chromium_path() -> str:
@@ -144,7 +151,7 @@ def page(context: BrowserContext) -> Page:
 @pytest.fixture
 def site(gateway: GatewayServer, carebundle: dict[str, list[str]], viewport: str) -> Site:
     """The gateway's pages at this test's viewport (the carebundle is loaded first)."""
-    return Site(gateway, viewport, repo_root() / "build" / "screenshots")
+    return Site(gateway, viewport, screenshots())
 
 
 @pytest.fixture
@@ -163,7 +170,7 @@ def desktop(desktop_context: BrowserContext) -> Page:
 
 @pytest.fixture
 def desktop_site(gateway: GatewayServer, carebundle: dict[str, list[str]]) -> Site:
-    return Site(gateway, "desktop", repo_root() / "build" / "screenshots")
+    return Site(gateway, "desktop", screenshots())
 
 
 @pytest.fixture
