@@ -488,8 +488,8 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("export_page_count: expected 1..1000")
     if not values.get("export_keep_seconds", 3600.0) > 0:
         problems.append("export_keep_seconds: expected more than 0")
-    if not values.get("export_max_seconds", 3600.0) > 0:
-        problems.append("export_max_seconds: expected more than 0")
+    if not 0 < values.get("export_max_seconds", 3600.0) < math.inf:  # nan, inf: no limit
+        problems.append("export_max_seconds: must be positive and finite (seconds)")
     if not 1 <= values.get("audit_max_count", 200) <= 1000:
         problems.append("audit_max_count: expected 1..1000")
     for bound, usual, most in (

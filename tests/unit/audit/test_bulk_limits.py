@@ -13,7 +13,8 @@ from structlog.testing import capture_logs
 
 from middleware.audit.bulk import ExportJob, ExportJobs, Limits
 from middleware.audit.bulk_job import BATCH_LINES, ExportTooLarge
-from middleware.errors import TooManyRequests
+from middleware.errors import SettingsError, TooManyRequests
+from middleware.settings import load_settings
 from middleware.storage.exports_sqlite import SqliteExportBoard
 
 KEY = bytes(range(32))
@@ -141,3 +142,23 @@ async def test_one_owner_holds_at_most_its_share_of_running_jobs(
     jobs.start(owner="bob", request="r", transaction_time="t", produce=produce)
     gate.set()
     await jobs.aclose()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("export_max_seconds", "inf"),
+        ("export_max_seconds", "nan"),
+        ("export_max_seconds", "0"),
+        ("export_max_bytes", "0"),
+        ("export_bytes_per_file", "0"),
+        ("export_max_running_per_owner", "0"),
+    ],
+    ids=["seconds-inf", "seconds-nan", "seconds-zero", "bytes-zero", "file-bytes-zero", "owner-0"],
+)
+def test_a_setting_that_would_remove_a_limit_stops_the_start(name: str, value: str) -> None:
+    """An infinite or nan running time is no time limit at all; a zero cap refuses every
+    export. Either stops the gateway's start, naming the setting."""
+    env = {"CONSENTRY_UPSTREAM": "http://upstream.test/fhir", f"CONSENTRY_{name.upper()}": value}
+    with pytest.raises(SettingsError, match=f"{name}:"):
+        load_settings(env=env)
