@@ -24,7 +24,9 @@ releases it only when it can vouch for every input, and fails closed otherwise:
    (``Observation?patient=...&code=...``, any date: a superset of what a ``period`` or
    ``duration`` selects) and judged as a search answer would be. One withheld
    or redacted Observation, a result the gateway cannot read, or more than
-   :data:`MAX_PAGES` pages, and the answer is the generic 404 a denied read gets.
+   :data:`MAX_PAGES` pages, and the answer is the generic 404 a denied read gets; so is
+   an answer with no Observation at all (nothing to summarise), so that a patient who does
+   not exist, or has none, answers as one whose consent refuses does.
 3. Only then is ``$stats`` forwarded, with a query rebuilt from the checked values
    (``subject=Patient/<id>``, the codes, and the operation's other defined parameters; never
    the client's query string), and its answer released like a forwarded operation's.
@@ -115,9 +117,10 @@ class Stats:
             raise not_found()
         query = [("patient", patient), ("code", ",".join(codes)), ("_count", str(PAGE_SIZE))]
         link: str | None = f"Observation?{encode_params(query)}"
+        found = 0
         for _ in range(MAX_PAGES):
             if link is None:
-                return
+                break
             up = await ask.forward("GET", link, client_headers=False, headers=_JSON)
             if up.status >= 400:
                 raise read_failure(up, ask)
@@ -131,8 +134,14 @@ class Stats:
             released, _ = filter_answer(page, judge.allowed)
             if released is None or trail.withheld != withheld or trail.redacted != redacted:
                 raise not_found()
+            entries = released.get("entry")
+            found += len(entries) if isinstance(entries, list) else 0
         if link is not None:
             raise not_found()  # too many to vouch for: refused like a denial
+        if not found:
+            # Nothing to summarise: the same 404 as a denial, so that a patient who does not
+            # exist (or has no such result) cannot be told from one whose consent refuses.
+            raise not_found()
 
 
 def _patient(params: list[tuple[str, str]]) -> str:

@@ -730,6 +730,26 @@ async def test_stats_under_opt_in_are_the_same_404_for_denying_unknown_and_silen
     assert not stats.calls
 
 
+async def test_stats_of_a_denying_patient_and_of_nobody_are_the_same_404(
+    gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
+) -> None:
+    """Opt-out: a patient without consent or data (here: one that does not exist) was
+    summarised as nothing (200), p1 whose consent refuses was the 404: the answer told that
+    p1 exists. Nothing to summarise is now the same 404."""
+    router.get("/Observation").respond(200, json=searchset(), headers=JSON)
+    stats = router.get("/Observation/$stats").respond(200, json=STATS, headers=JSON)
+    denied, nobody = [
+        await gateway.get(
+            f"/fhir/Observation/$stats?subject=Patient/{pid}&code=718-7&statistic=count",
+            headers=dr,
+        )
+        for pid in ("p1", "nobody")
+    ]
+    assert denied.status_code == nobody.status_code == 404
+    assert denied.content == nobody.content
+    assert not stats.calls
+
+
 async def test_stats_forward_a_query_rebuilt_from_the_checked_values(
     gateway: httpx.AsyncClient, router: respx.Router, dr: dict[str, str]
 ) -> None:
