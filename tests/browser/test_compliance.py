@@ -77,6 +77,25 @@ def test_the_review_queue(page: Page, site: Site, traffic: list[str]) -> None:
     site.check_page(page, "compliance-review")
 
 
+def test_a_reviewer_marks_the_access_reviewed(
+    desktop: Page, desktop_site: Site, traffic: list[str]
+) -> None:
+    """With the keyboard only: the note typed, the button pressed; the page says the review
+    is on the ledger, the queue is empty and the review is listed with the note."""
+    page, site = desktop, desktop_site
+    site.sign_in_auditor(page)
+    page.goto(site.url("/compliance/review"))
+    note = page.get_by_label("What you checked").first
+    tab_to(page, note)
+    page.keyboard.type("Checked with the ED: patient was unconscious.")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status")).to_contain_text("Review saved on the ledger as entry")
+    expect(page.get_by_text("Nothing is waiting for review.")).to_be_visible()
+    expect(page.locator("main table")).to_contain_text("patient was unconscious")
+    site.check_page(page, "compliance-reviewed")
+
+
 def test_the_ledger_status(page: Page, site: Site, traffic: list[str]) -> None:
     site.sign_in_auditor(page)
     page.goto(site.url("/compliance/ledger"))

@@ -103,6 +103,47 @@ def test_every_portal_page(page: Page, site: Site, patients: list[str]) -> None:
     site.check_page(page, "portal-receipt-check")
 
 
+def _choose(page: Page, name: str, value: str) -> None:
+    """With the keyboard: Tab into the radio group ``name``, then arrow keys to ``value``."""
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.name") == name:
+            break
+    else:
+        raise AssertionError(f"Tab never reached the {name} choices")
+    for _ in range(6):
+        if page.evaluate("document.activeElement.value") == value:
+            page.keyboard.press("Space")
+            return
+        page.keyboard.press("ArrowDown")
+    raise AssertionError(f"the arrow keys never reached {name}={value}")
+
+
+def test_a_consent_made_with_the_keyboard_only(
+    desktop: Page, desktop_site: Site, patients: list[str]
+) -> None:
+    """No mouse: from the home page to the saved consent, Tab, arrows, Space, typing, Enter."""
+    page, site = desktop, desktop_site
+    site.sign_in_patient(page, patients[3])
+    tab_to(page, page.locator('main a[href="/portal/consents/new"]'))
+    page.keyboard.press("Enter")
+    page.wait_for_url(site.url("/portal/consents/new"))
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    _choose(page, "decision", "deny")
+    _choose(page, "who", "practitioner")
+    tab_to(page, page.locator("#who_id"))
+    page.keyboard.type("keyboard-dr")
+    tab_to(page, page.locator("main form button[type=submit]"))
+    page.keyboard.press("Enter")
+    page.wait_for_url(site.url("/portal/consents/new/review"))
+    expect(page.locator("main")).to_contain_text("keyboard-dr")
+    tab_to(page, page.locator("main form button[type=submit]:not(.secondary)"))
+    page.keyboard.press("Enter")
+    page.wait_for_url(site.url("/portal/consents/new/save"))
+    expect(page.get_by_role("status")).to_be_visible()
+    assert page.locator("main").inner_text().count("keyboard-dr") >= 1
+
+
 def test_another_patients_consent_and_receipt_are_not_found(
     desktop: Page,
     desktop_site: Site,
