@@ -66,6 +66,10 @@ def test_a_forged_sign_out_is_refused(
     assert answer.status == 403
     assert "Action stopped" in answer.text()
     _still_signed_in(page, site, patients[0])
+    if case == "wrong token":
+        # The refusal page itself, shown at the gateway's origin (its stylesheet loads).
+        page.set_content(answer.text())
+        site.check_page(page, "error-refused")
 
 
 def test_another_sites_form_does_not_carry_the_session(
