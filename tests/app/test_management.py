@@ -41,7 +41,11 @@ async def test_metadata_describes_the_gateway_and_keeps_the_upstream_capabilitie
     assert body["implementation"]["url"] == GATEWAY
     assert "Upstream FHIR 9.9" in body["implementation"]["description"]
     patient = [r for r in body["rest"][0]["resource"] if r["type"] == "Patient"]
-    assert patient == CAPABILITY["rest"][0]["resource"]  # type: ignore[index]
+    # The upstream's Patient entry, plus the gateway's own Bulk Data export (pipeline.export)
+    upstream_patient = CAPABILITY["rest"][0]["resource"][0]  # type: ignore[index]
+    assert len(patient) == 1
+    assert patient[0]["interaction"] == upstream_patient["interaction"]
+    assert [op["name"] for op in patient[0].get("operation", [])] == ["export"]
     assert UPSTREAM not in response.text
 
 

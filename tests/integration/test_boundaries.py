@@ -97,7 +97,8 @@ def test_capability_statement_names_the_gateway(sides: Sides) -> None:
     for rtype, resource in upstream.items():
         assert via[rtype]["interaction"] == resource["interaction"], rtype
         assert via[rtype].get("searchParam") == resource.get("searchParam"), rtype
-    assert capability["format"] == ["application/fhir+json", "json"]
+    # JSON, and XML converted at the gateway's edge (fhir.xmlcodec): the upstream speaks JSON
+    assert capability["format"] == ["application/fhir+json", "json", "application/fhir+xml", "xml"]
 
 
 # --- request id -------------------------------------------------------------------------
