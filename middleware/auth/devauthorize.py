@@ -9,6 +9,12 @@ the person typed on the page, and :meth:`exchange` turns the code into an access
 by :class:`~middleware.auth.devissuer.UnsafeDevelopmentIssuer` (RFC 6749 §4.1.3, the code
 verifier checked). Anyone can be anyone here: it exists only when the development issuer is
 on, and it says so on its page and in the log.
+
+It is no token faucet: it knows one client (the web pages' ``client_id``) and, per
+``redirect_uri`` (each area's callback), the one scope set that area asks for and whether the
+person is a patient or the auditor. Any other client, redirect URI, scope or person is refused
+(400), so it only mints what the development sign-in of the pages needs (RFC 6749 §3.1.2.2,
+§3.3: the server may fully or partially ignore the scope; here it refuses instead).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from middleware.logging import get_logger
 __all__ = [
     "AuthorizeRequest",
     "DevAuthorizer",
+    "DevClient",
     "OAuthError",
     "pkce_challenge",
 ]
@@ -38,7 +45,8 @@ __all__ = [
 #: RFC 7636 §4.1: 43 to 128 characters of this set.
 _VERIFIER: Final = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 _CHALLENGE: Final = re.compile(r"[A-Za-z0-9\-_]{43}")
-_FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: A FHIR id (R4 §2.24.0.1), and not only dots (a path segment of them is a dot segment).
+_FHIR_ID: Final = re.compile(r"(?!\.+$)[A-Za-z0-9\-.]{1,64}")
 CODE_TTL: Final = 60.0
 TOKEN_TTL: Final = 3600
 MAX_CODES: Final = 1000
@@ -62,13 +70,24 @@ def pkce_challenge(verifier: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AuthorizeRequest:
-    """A checked authorization request."""
+    """A checked authorization request; ``auditor``: its callback signs in the auditor (else
+    a patient)."""
 
     client_id: str
     redirect_uri: str
     scope: str
     state: str
     code_challenge: str
+    auditor: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DevClient:
+    """What the one known client may ask for at one ``redirect_uri``: exactly ``scope`` (a
+    space-separated set), for an auditor (``auditor``) or a patient."""
+
+    scope: str
+    auditor: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,24 +100,36 @@ class _Grant:
 
 class DevAuthorizer:
     """Codes and tokens for the development sign-in (module docstring). ``origin`` is the
-    gateway's own origin (every ``redirect_uri`` must be on it); ``audience`` the token's
-    ``aud``; ``auditor_role`` the role an auditor's token carries."""
+    gateway's own origin (every ``redirect_uri`` must be on it); ``client_id`` the only
+    client; ``redirects`` what that client may ask for at each ``redirect_uri``; ``audience``
+    the token's ``aud``; ``auditor_role`` the role an auditor's token carries."""
 
     def __init__(
         self,
         issuer: UnsafeDevelopmentIssuer,
         *,
         origin: str,
+        client_id: str,
+        redirects: Mapping[str, DevClient],
         audience: str,
         auditor_role: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._issuer = issuer
         self._origin = origin.lower()
+        self._client_id = client_id
+        self._redirects = dict(redirects)
         self._audience = audience
         self._auditor_role = auditor_role
         self._clock = clock
         self._codes: OrderedDict[str, _Grant] = OrderedDict()
+        get_logger("consentry.auth").warning(
+            "development sign-in endpoint enabled",
+            reason=(
+                "/auth/authorize signs anyone in as any patient or as the auditor, with the "
+                "portal's and the dashboard's scopes only; never use it in production"
+            ),
+        )
 
     def request(self, params: Mapping[str, str]) -> AuthorizeRequest:
         """The authorization request in ``params``, checked; raises :class:`OAuthError`."""
@@ -108,23 +139,31 @@ class DevAuthorizer:
         redirect_uri = params.get("redirect_uri", "")
         state = params.get("state", "")
         challenge = params.get("code_challenge", "")
-        if not client_id or len(client_id) > 200:
-            raise OAuthError("invalid_request", "client_id is required")
+        if client_id != self._client_id:
+            raise OAuthError("unauthorized_client", "only the gateway's own pages sign in here")
         parts = urlsplit(redirect_uri)
         if f"{parts.scheme}://{parts.netloc}".lower() != self._origin or parts.fragment:
             raise OAuthError("invalid_request", "redirect_uri must be on this gateway")
+        allowed = self._redirects.get(redirect_uri)
+        if allowed is None:
+            raise OAuthError("invalid_request", "redirect_uri is not a sign-in callback")
         if not state or len(state) > 200:
             raise OAuthError("invalid_request", "state is required")
         if params.get("code_challenge_method") != "S256" or not _CHALLENGE.fullmatch(challenge):
             raise OAuthError("invalid_request", "PKCE with S256 is required")
         scope = params.get("scope", "")
-        if len(scope) > 2000:
-            raise OAuthError("invalid_scope", "scope is too long")
-        return AuthorizeRequest(client_id, redirect_uri, scope, state, challenge)
+        # The exact set the area asks for, in any order (RFC 6749 §3.3): nothing more, so the
+        # endpoint cannot mint, say, system/*.cruds for whoever reaches it.
+        if sorted(scope.split()) != sorted(allowed.scope.split()):
+            raise OAuthError("invalid_scope", "only the sign-in scopes of this page are issued")
+        scope = allowed.scope
+        return AuthorizeRequest(client_id, redirect_uri, scope, state, challenge, allowed.auditor)
 
     def grant(self, request: AuthorizeRequest, *, patient: str | None, auditor: bool) -> str:
         """A one-use code for ``patient`` (a Patient id) or an auditor; raises
         :class:`OAuthError` for a malformed patient id."""
+        if auditor != request.auditor:
+            raise OAuthError("access_denied", "this page signs in a different kind of user")
         if not auditor and (patient is None or not _FHIR_ID.fullmatch(patient)):
             raise OAuthError("invalid_request", "a patient id is letters, digits, - and .")
         now = self._clock()

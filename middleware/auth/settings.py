@@ -110,6 +110,7 @@ class AuthSettings:
     dev_issuer_url: str = ""
     dev_issuer_key_file: Path | None = None
     dev_issuer_algorithm: str = "EdDSA"
+    dev_signin_remote: bool = False
     realm: str = ""
     fhir_user_bases: tuple[str, ...] = ()
 
@@ -160,6 +161,8 @@ class AuthSettings:
             values["dev_issuer_enabled"] = check.flag(
                 "dev_issuer_enabled", data["dev_issuer_enabled"]
             )
+        if "dev_signin_remote" in data:
+            values["dev_signin_remote"] = check.flag("dev_signin_remote", data["dev_signin_remote"])
         if "dev_issuer_key_file" in data:
             path = check.text("dev_issuer_key_file", data["dev_issuer_key_file"], empty=False)
             values["dev_issuer_key_file"] = Path(path) if path else None

@@ -6,10 +6,17 @@ gateway does not route the paths). ``GET /auth/authorize`` checks the request
 labelled development-only, where one types a patient id or picks "auditor"; its ``POST``
 (same-origin only) issues a code and redirects to the ``redirect_uri`` with it and the
 ``state``. ``POST /auth/token`` is the token endpoint (JSON, RFC 6749 §5).
+
+It mints only the pages' own sign-in tokens (client ``consentry-web``, each area's callback
+and scopes: :class:`~middleware.auth.devauthorize.DevAuthorizer`), and only for a client
+connecting from a loopback address (the ASGI ``client``), so a development gateway reachable
+on a network hands no tokens to the network. The ``auth`` setting ``dev_signin_remote`` lifts
+the loopback rule (a development gateway in a container, reached through its port mapping).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -44,11 +51,17 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
     if dev is None:
         return []
 
+    remote = deps.settings.auth.dev_signin_remote
+
     async def authorize_page(request: Request) -> Response:
+        if not (remote or _loopback(request)):
+            return _refused(request, _REMOTE, status=403)
         params = {k: request.query_params.get(k, "") for k in _FIELDS}
         return _form(request, dev, params)
 
     async def authorize_post(request: Request) -> Response:
+        if not (remote or _loopback(request)):
+            return _refused(request, _REMOTE, status=403)
         check_origin(request.headers, deps.origin)
         form = await request.form(max_files=0, max_fields=50)
         params = {k: str(form.get(k, "")) for k in _FIELDS}
@@ -60,19 +73,23 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
         patient = str(form.get("patient", "")).strip()
         try:
             code = dev.grant(checked, patient=patient or None, auditor=auditor)
-        except OAuthError:
+        except OAuthError as exc:
+            if exc.error == "access_denied":
+                return _refused(request, exc)
             return _form(request, dev, params, problem=t("dev.problem.patient"), status=400)
         query = urlencode({"code": code, "state": checked.state})
         return RedirectResponse(f"{checked.redirect_uri}?{query}", status_code=303)
 
     async def token(request: Request) -> Response:
-        form = await request.form(max_files=0, max_fields=50)
         try:
+            if not (remote or _loopback(request)):
+                raise _REMOTE
+            form = await request.form(max_files=0, max_fields=50)
             answer = dev.exchange({k: str(v) for k, v in form.items()})
         except OAuthError as exc:
             return JSONResponse(
                 {"error": exc.error, "error_description": exc.description},
-                status_code=400,
+                status_code=403 if exc is _REMOTE else 400,
                 headers={"cache-control": "no-store"},
             )
         return JSONResponse(answer, headers={"cache-control": "no-store", "pragma": "no-cache"})
@@ -93,18 +110,36 @@ def _form(
     status: int = 200,
 ) -> Response:
     try:
-        dev.request(params)
+        checked = dev.request(params)
     except OAuthError as exc:
         return _refused(request, exc)
     context: dict[str, Any] = {
         "title": t("dev.title"),
+        "auditor": checked.auditor,
         "fields": [(k, v) for k, v in params.items() if v],
         "problem": problem,
     }
     return page(request, "signin/dev_authorize.html", context, status=status)
 
 
-def _refused(request: Request, exc: OAuthError) -> Response:
+_REMOTE: Final = OAuthError(
+    "access_denied", "the development sign-in answers only on this machine (loopback)"
+)
+
+
+def _loopback(request: Request) -> bool:
+    """Whether the connection comes from a loopback address (127.0.0.0/8, ::1, or an
+    IPv4-mapped loopback); an unknown or unparsable client is not."""
+    host = request.client.host if request.client is not None else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _refused(request: Request, exc: OAuthError, *, status: int = 400) -> Response:
     # Never redirect a request that failed its checks: its redirect_uri may be anyone's.
     context = {
         "title": t("dev.refused.title"),
@@ -112,4 +147,4 @@ def _refused(request: Request, exc: OAuthError) -> Response:
         "link": "",
         "link_text": "",
     }
-    return page(request, "message.html", context, status=400)
+    return page(request, "message.html", context, status=status)

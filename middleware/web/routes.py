@@ -24,7 +24,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from middleware.auth.devauthorize import DevAuthorizer
+from middleware.auth.devauthorize import DevAuthorizer, DevClient
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.auth.smart import gateway_root
 from middleware.ledger.signing import derive_box_key
@@ -94,6 +94,11 @@ def build_web(
         dev = DevAuthorizer(
             dev_issuer,
             origin=origin,
+            client_id=signin.CLIENT_ID,
+            redirects={
+                f"{root}{prefix}/callback": DevClient(signin.SCOPES[kind], kind == "auditor")
+                for kind, prefix in signin.AREAS.items()
+            },
             audience=audience,
             auditor_role=settings.audit_role,
             clock=clock,

@@ -43,7 +43,7 @@ async def web(
             headers={"content-type": "application/fhir+json"},
         )
     app: Gateway = make_app(
-        auth=auth_settings(dev_key_file, break_glass_scope=BTG_SCOPE),
+        auth=auth_settings(dev_key_file, break_glass_scope=BTG_SCOPE, dev_signin_remote=True),
         consent_jurisdiction="opt-out",
         break_glass_minutes=10,
     )

@@ -25,7 +25,7 @@ def make_web(
     make_app: Callable[..., Gateway], dev_key_file: Path
 ) -> Callable[..., httpx.AsyncClient]:
     def make(**overrides: Any) -> httpx.AsyncClient:
-        overrides.setdefault("auth", auth_settings(dev_key_file))
+        overrides.setdefault("auth", auth_settings(dev_key_file, dev_signin_remote=True))
         app = make_app(**overrides)
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
         base = str(overrides.get("public_url", ORIGIN)).removesuffix("/fhir")
@@ -335,3 +335,58 @@ async def test_callback_is_spent_once_used(web: httpx.AsyncClient) -> None:
     assert again.status_code == 303
     assert "problem=expired" in again.headers["location"]
     assert (await web.get("/portal/")).status_code == 303
+
+
+async def test_dev_authorize_is_no_token_faucet(web: httpx.AsyncClient) -> None:
+    """Attack: anyone reaching the development endpoint asked for ``system/*.cruds`` (or any
+    scope) for any client and callback, and got a token carrying it; now only the pages' own
+    client, callbacks and scope sets are served, and an auditor only through the dashboard's
+    callback."""
+    start = await web.get("/portal/signin/start")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(start.headers["location"]).query).items()}
+    attempts = [
+        {**query, "scope": "system/*.cruds user/*.cruds"},
+        {**query, "scope": query["scope"] + " user/AuditEvent.rs"},
+        {**query, "client_id": "anything"},
+        {**query, "redirect_uri": f"{ORIGIN}/x"},
+        {**query, "redirect_uri": f"{ORIGIN}/compliance/callback"},  # the patient scopes
+    ]
+    for params in attempts:
+        assert (await web.get("/auth/authorize", params=params)).status_code == 400
+        posted = await web.post(
+            "/auth/authorize", data={**params, "who": "auditor"}, headers=SAME_ORIGIN
+        )
+        assert posted.status_code == 400, params
+        assert "location" not in posted.headers
+    as_auditor = await web.post(
+        "/auth/authorize", data={**query, "who": "auditor"}, headers=SAME_ORIGIN
+    )
+    assert as_auditor.status_code == 400
+    assert "location" not in as_auditor.headers
+
+
+async def test_dev_endpoints_answer_only_loopback_clients(
+    make_app: Callable[..., Gateway], dev_key_file: Path
+) -> None:
+    """Attack: a development gateway listening on a network minted sign-in tokens for anyone
+    on it. Without ``dev_signin_remote`` only a loopback client is served."""
+    app = make_app(auth=auth_settings(dev_key_file))
+    remote = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with httpx.AsyncClient(transport=remote, base_url=ORIGIN) as web:
+        start = await web.get("/portal/signin/start")
+        query = {k: v[0] for k, v in parse_qs(urlsplit(start.headers["location"]).query).items()}
+        assert (await web.get("/auth/authorize", params=query)).status_code == 403
+        posted = await web.post(
+            "/auth/authorize",
+            data={**query, "who": "patient", "patient": "p1"},
+            headers=SAME_ORIGIN,
+        )
+        assert posted.status_code == 403
+        assert "location" not in posted.headers
+        token = await web.post("/auth/token", data={"grant_type": "authorization_code"})
+        assert token.status_code == 403
+    for host in ("127.0.0.1", "::1"):
+        local = httpx.ASGITransport(app=app, client=(host, 50000))
+        async with httpx.AsyncClient(transport=local, base_url=ORIGIN) as web:
+            await sign_in(web, "patient", "p1")
+            assert "Signed in as Patient/p1" in (await web.get("/portal/")).text

@@ -27,7 +27,7 @@ def make_web(
     make_app: Callable[..., Gateway], dev_key_file: Path
 ) -> Callable[..., httpx.AsyncClient]:
     def make(**overrides: Any) -> httpx.AsyncClient:
-        overrides.setdefault("auth", auth_settings(dev_key_file))
+        overrides.setdefault("auth", auth_settings(dev_key_file, dev_signin_remote=True))
         overrides.setdefault("consent_jurisdiction", "opt-out")
         app = make_app(**overrides)
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
