@@ -390,3 +390,16 @@ async def test_dev_endpoints_answer_only_loopback_clients(
         async with httpx.AsyncClient(transport=local, base_url=ORIGIN) as web:
             await sign_in(web, "patient", "p1")
             assert "Signed in as Patient/p1" in (await web.get("/portal/")).text
+
+
+@pytest.mark.parametrize("area", ["portal", "compliance"])
+async def test_sign_in_is_a_link_not_a_form(web: httpx.AsyncClient, area: str) -> None:
+    """Attack on availability: the sign-in button was a GET form to ``signin/start``, which
+    303s to the authorization server; with ``form-action 'self'`` Chromium blocks a form whose
+    redirect leaves the site, so no one could sign in with an external server. A link (styled
+    as a button, reached with Tab and followed with Enter) is not governed by form-action."""
+    page = await web.get(f"/{area}/signin")
+    assert page.status_code == 200
+    assert "form-action 'self'" in page.headers["content-security-policy"]
+    assert "<form" not in page.text
+    assert f'<a class="button" href="/{area}/signin/start">Sign in</a>' in page.text
