@@ -55,9 +55,11 @@ def read_receipt(text: str) -> ReadReceipt | None:
         if proof.extra is None:
             return None
         leaf = decode_leaf(proof.extra)
-    except (LedgerError, ValueError):
+        # The leaf's time is the holder's to forge: a microsecond count past year 9999 (or
+        # one the platform cannot convert) is no receipt, never a 500.
+        when = datetime.fromtimestamp(leaf.recorded_us / 1_000_000, UTC)
+    except (LedgerError, ValueError, OverflowError, OSError):
         return None
-    when = datetime.fromtimestamp(leaf.recorded_us / 1_000_000, UTC)
     return ReadReceipt(proof, checkpoint, when.strftime("%Y-%m-%d %H:%M:%S UTC"), leaf.kind.label)
 
 

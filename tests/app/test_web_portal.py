@@ -5,7 +5,9 @@ not-found page."""
 
 from __future__ import annotations
 
+import base64
 import re
+import struct
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -283,6 +285,29 @@ async def test_a_changed_receipt_fails_the_check(web: httpx.AsyncClient) -> None
         assert answer.status_code == 200
         assert "Failed:" in answer.text
         assert "Passed:" not in answer.text
+
+
+@pytest.mark.parametrize("recorded_us", [2**64 - 1, 2**62])
+async def test_a_receipt_with_an_impossible_time_does_not_check(
+    web: httpx.AsyncClient, recorded_us: int
+) -> None:
+    """Attack: a pasted receipt whose leaf's time (bytes 8-16, microseconds) lies past year
+    9999 made the page a 500 (the conversion overflowed outside the parse's error handling);
+    it is a receipt that does not read."""
+    csrf = await sign_in(web, "patient", "p1")
+    index = _index((await _create(web, csrf, DENY_DR)).text)
+    receipt = (await web.get(f"/portal/receipts/{index}/download")).text
+    found = re.search(r"^extra (\S+)$", receipt, re.M)
+    assert found is not None
+    leaf = bytearray(base64.b64decode(found.group(1)))
+    leaf[8:16] = struct.pack(">Q", recorded_us)
+    forged = receipt.replace(found.group(1), base64.b64encode(bytes(leaf)).decode())
+    answer = await web.post(
+        "/portal/receipts/check", data={"csrf": csrf, "receipt": forged}, headers=SAME_ORIGIN
+    )
+    assert answer.status_code == 200
+    assert "This is not a receipt we can read." in answer.text
+    assert "Passed:" not in answer.text
 
 
 # --- who looked at my record ---
