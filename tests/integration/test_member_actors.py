@@ -43,7 +43,7 @@ SEARCHED: Final = (
 )
 
 
-def _create(sides: Sides, resource: dict[str, Any]) -> str:
+def create_directly(sides: Sides, resource: dict[str, Any]) -> str:
     """``Type/id`` of ``resource`` created straight on the upstream."""
     rtype = resource["resourceType"]
     answer = sides.direct.post(f"{sides.upstream_base}/{rtype}", json=resource, headers=FHIR_JSON)
@@ -56,11 +56,11 @@ def directory(sides: Sides) -> dict[str, str]:
     """Two organizations, a practitioner of each, each one's PractitionerRole."""
     made: dict[str, str] = {}
     for side in ("a", "b"):
-        org = _create(sides, {"resourceType": "Organization", "name": f"Clinic {side}"})
-        practitioner = _create(
+        org = create_directly(sides, {"resourceType": "Organization", "name": f"Clinic {side}"})
+        practitioner = create_directly(
             sides, {"resourceType": "Practitioner", "name": [{"family": f"Doctor {side}"}]}
         )
-        role = _create(
+        role = create_directly(
             sides,
             {
                 "resourceType": "PractitionerRole",
@@ -71,7 +71,7 @@ def directory(sides: Sides) -> dict[str, str]:
         )
         made |= {f"org_{side}": org, f"dr_{side}": practitioner, f"role_{side}": role}
     # a department of A (Organization.partOf) and a practitioner of the department only
-    department = _create(
+    department = create_directly(
         sides,
         {
             "resourceType": "Organization",
@@ -79,10 +79,10 @@ def directory(sides: Sides) -> dict[str, str]:
             "partOf": {"reference": made["org_a"]},
         },
     )
-    practitioner = _create(
+    practitioner = create_directly(
         sides, {"resourceType": "Practitioner", "name": [{"family": "Doctor dept"}]}
     )
-    _create(
+    create_directly(
         sides,
         {
             "resourceType": "PractitionerRole",
@@ -119,19 +119,19 @@ def patient(
     return patient
 
 
-def _caller(gateway: GatewayServer, http: httpx.Client, fhir_user: str) -> Caller:
+def user_caller(gateway: GatewayServer, http: httpx.Client, fhir_user: str) -> Caller:
     sub = fhir_user.replace("/", "-")
     return Caller(http, gateway.base_url, gateway.bearer(sub, USER_SCOPES, fhir_user=fhir_user))
 
 
 @pytest.fixture(scope="module")
 def member(gateway: GatewayServer, http: httpx.Client, directory: dict[str, str]) -> Caller:
-    return _caller(gateway, http, directory["dr_a"])
+    return user_caller(gateway, http, directory["dr_a"])
 
 
 @pytest.fixture(scope="module")
 def outsider(gateway: GatewayServer, http: httpx.Client, directory: dict[str, str]) -> Caller:
-    return _caller(gateway, http, directory["dr_b"])
+    return user_caller(gateway, http, directory["dr_b"])
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +167,11 @@ def test_acting_in_its_role_changes_nothing(
     patient: str,
 ) -> None:
     """A token whose ``fhirUser`` is A's PractitionerRole: the role's organization is A."""
-    in_role = _caller(gateway, http, directory["role_a"])
+    in_role = user_caller(gateway, http, directory["role_a"])
     assert in_role.get(f"Patient/{patient}").status_code == 404
     observation = sorted(universe.of(patient, "Observation"))[0]
     assert in_role.get(observation).status_code == 404
-    other_role = _caller(gateway, http, directory["role_b"])
+    other_role = user_caller(gateway, http, directory["role_b"])
     assert other_role.get(f"Patient/{patient}").status_code == 200
 
 
@@ -179,7 +179,7 @@ def test_the_staff_of_a_department_of_the_organization_is_denied_too(
     gateway: GatewayServer, http: httpx.Client, directory: dict[str, str], patient: str
 ) -> None:
     """The department's Organization.partOf names A: a consent denying A reaches it."""
-    in_department = _caller(gateway, http, directory["dr_dept"])
+    in_department = user_caller(gateway, http, directory["dr_dept"])
     assert in_department.get(f"Patient/{patient}").status_code == 404
 
 
