@@ -8,6 +8,11 @@ sent, beside the current one for a change); only its "Save" posts to the Consent
 result page shows its ledger index and links its receipt. Every POST is CSRF-checked; the
 choices are read again from the submitted form at each step, never trusted from a hidden
 Consent.
+
+A change or a revocation first reads the consent (``GET``, with the patient's own token): it
+must be the patient's and active, so a change never creates a consent under a new id (the
+API's ``PUT`` is an update-or-create, FHIR R4 §3.1.0.4.1), and "someone else's" is the same
+not-found page as "missing" for every step (the API's 403 and 404 both become the 404 page).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from middleware.web.api import Answer
 from middleware.web.calls import expect, path_id
 from middleware.web.choices import (
     KIND_CHOICES,
@@ -78,12 +84,17 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
         created = expect(answer, "patient", 201, 200)
         return _done(request, session, "portal.done.created", created, answer[2])
 
+    async def own_active(session: WebSession, consent_id: str) -> Any:
+        """The patient's own active consent ``consent_id``; else the not-found page."""
+        current = _own(await deps.api.get(session, f"{base}/Consent/{consent_id}"))
+        if not isinstance(current, dict) or current.get("status") != "active":
+            raise HTTPException(404)
+        return current
+
     async def change_form(request: Request) -> Response:
         session = await require(request, "patient")
         consent_id = _consent_id(request)
-        current = expect(await deps.api.get(session, f"{base}/Consent/{consent_id}"), "patient")
-        if current.get("status") != "active":
-            raise HTTPException(404)
+        current = await own_active(session, consent_id)
         choices = choices_of(current) or _DEFAULT
         if request.method == "POST":  # "change my answers" from the confirmation page
             form = await checked_form(request, session)
@@ -96,7 +107,7 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
         form = await checked_form(request, session)
         action = f"/portal/consents/{consent_id}"
         answer = await deps.api.get(session, f"{base}/Consent/{consent_id}")
-        current = expect(answer, "patient")
+        current = _own(answer)
         choices, problems = read_choices(form, today())
         if choices is None:
             return _form(request, session, _DEFAULT, action, form, problems)
@@ -112,21 +123,22 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
         if choices is None:
             action = f"/portal/consents/{consent_id}"
             return _form(request, session, _DEFAULT, action, form, problems)
+        # Read first: a PUT to an id that does not exist would create it, and one to another
+        # patient's consent answers 403; both must be the same not-found page.
+        await own_active(session, consent_id)
         consent = build_consent(choices, session.subject, today(), consent_id=consent_id)
         etag = str(form.get("etag", ""))
         headers = {"if-match": etag} if etag.startswith('W/"') and len(etag) < 40 else None
         answer = await deps.api.put(session, f"{base}/Consent/{consent_id}", consent, headers)
         if answer[0] in (409, 412):
             return _message(request, session, "portal.stale.title", "portal.stale.text", 409)
-        changed = expect(answer, "patient", 200, 201)
+        changed = _own(answer, 200)
         return _done(request, session, "portal.done.changed", changed, answer[2])
 
     async def revoke_review(request: Request) -> Response:
         session = await require(request, "patient")
         consent_id = _consent_id(request)
-        current = expect(await deps.api.get(session, f"{base}/Consent/{consent_id}"), "patient")
-        if current.get("status") != "active":
-            raise HTTPException(404)
+        current = await own_active(session, consent_id)
         context = {
             "title": t("portal.revoke.title"),
             "session": session,
@@ -139,8 +151,9 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
         session = await require(request, "patient")
         consent_id = _consent_id(request)
         await checked_form(request, session)
+        await own_active(session, consent_id)
         answer = await deps.api.post(session, f"{base}/Consent/{consent_id}/$revoke")
-        revoked = expect(answer, "patient", 200)
+        revoked = _own(answer, 200)
         return _done(request, session, "portal.done.revoked", revoked, answer[2])
 
     return [
@@ -153,6 +166,14 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
         Route("/portal/consents/{consent_id}/revoke", revoke_review, methods=["GET"]),
         Route("/portal/consents/{consent_id}/revoke", revoke_save, methods=["POST"]),
     ]
+
+
+def _own(answer: Answer, *statuses: int) -> Any:
+    """:func:`expect` for a patient's call on one consent, where the API's 403 ("not
+    yours") is the not-found page like its 404, so the page never tells the two apart."""
+    if answer[0] == 403:
+        raise HTTPException(404)
+    return expect(answer, "patient", *statuses)
 
 
 def _consent_id(request: Request) -> str:

@@ -230,11 +230,26 @@ async def test_another_patients_consent_is_not_found(
             assert answer.status_code == 404, (path, answer.status_code)
             assert "Page not found" in answer.text
             assert "dr-smith" not in answer.text
-        posted = await mallory.post(
-            f"/portal/consents/{consent_id}/revoke", data={"csrf": csrf}, headers=SAME_ORIGIN
-        )
-        assert posted.status_code in (403, 404)
-        assert "dr-smith" not in posted.text
+        # Saving a change or revoking: someone else's consent and one that does not exist are
+        # the same 404 (a save to another's consent was a 403 "Not allowed" while a new id
+        # was a 200 "Saved": the PUT created it), and nothing is created or changed.
+        consents = [e for e in await ledger_entries(store) if e.kind == EntryKind.CONSENT]
+        for target in (consent_id, "does-not-exist"):
+            for action, data in (
+                ("save", {**DENY_DR, "decision": "permit", "csrf": csrf, "etag": 'W/"1"'}),
+                ("save", {**DENY_DR, "csrf": csrf}),
+                ("review", {**DENY_DR, "csrf": csrf}),
+                ("revoke", {"csrf": csrf}),
+            ):
+                posted = await mallory.post(
+                    f"/portal/consents/{target}/{action}", data=data, headers=SAME_ORIGIN
+                )
+                assert posted.status_code == 404, (target, action, posted.status_code)
+                assert "Page not found" in posted.text
+                assert "dr-smith" not in posted.text
+        after = [e for e in await ledger_entries(store) if e.kind == EntryKind.CONSENT]
+        assert len(after) == len(consents)
+        assert (await mallory.get("/portal/consents/does-not-exist")).status_code == 404
         assert "dr-smith" not in (await mallory.get("/portal/")).text
         # alice's consent is untouched
         assert "In effect" in (await alice.get(f"/portal/consents/{consent_id}")).text
