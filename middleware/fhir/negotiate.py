@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 from middleware.errors import BadRequest, GatewayError, NotAcceptable, UnsupportedMediaType
@@ -88,7 +89,7 @@ def _best(weights: Mapping[str, float], kinds: Iterable[str]) -> float:
 def check_accept(headers: Mapping[str, str], params: Iterable[tuple[str, str]]) -> None:
     """406 unless ``Accept`` and every ``_format`` in ``params`` allow FHIR JSON."""
     accept = headers.get("accept")
-    if accept and _best(_weights(accept), _JSON_TYPES) <= 0:
+    if accept and not _json_acceptable(accept):
         raise NotAcceptable("this gateway answers in FHIR JSON only (application/fhir+json)")
     for name, value in params:
         if name == "_format" and media_type(value) not in _FORMAT_JSON:
@@ -114,10 +115,27 @@ def answer_in_xml(headers: Mapping[str, str], formats: Iterable[str]) -> bool:
         raise BadRequest("the _format parameters name different formats", code="value")
     if kinds:
         return kinds == {"xml"}
-    accept = headers.get("accept", "").strip()
+    accept = headers.get("accept", "")
     if not accept:
         return False
-    weights = _weights(accept)
+    xml = _by_accept(accept)
+    if xml is None:
+        raise NotAcceptable("this gateway answers in FHIR JSON or FHIR XML (application/fhir+xml)")
+    return xml
+
+
+@lru_cache(maxsize=256)
+def _json_acceptable(accept: str) -> bool:
+    """Whether ``Accept`` allows FHIR JSON (cached like :func:`_by_accept`)."""
+    return _best(_weights(accept), _JSON_TYPES) > 0
+
+
+@lru_cache(maxsize=256)
+def _by_accept(accept: str) -> bool | None:
+    """:func:`answer_in_xml` by ``Accept`` alone: True (XML), False (JSON), None (neither).
+    Cached: weighing the header cost ~15 us on every JSON request, and clients send a handful
+    of distinct headers (bounded: a client varying it only evicts entries)."""
+    weights = _weights(accept.strip())
     named, wildcard = _best(weights, _JSON_NAMED), _best(weights, _WILDCARDS)
     fhir_xml = _best(weights, _FHIR_XML)
     if fhir_xml > 0 and fhir_xml > named and fhir_xml >= wildcard:
@@ -126,7 +144,7 @@ def answer_in_xml(headers: Mapping[str, str], formats: Iterable[str]) -> bool:
         return False
     if _best(weights, _GENERIC_XML) > 0:
         return True
-    raise NotAcceptable("this gateway answers in FHIR JSON or FHIR XML (application/fhir+xml)")
+    return None
 
 
 def prefers_xml(headers: Mapping[str, str], query: bytes) -> bool:
