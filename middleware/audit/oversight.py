@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from middleware.audit.charts import buckets
-from middleware.audit.reports import AccessLine, AfterHours, action_text
+from middleware.audit.reports import AccessLine, AfterHours, access_line
 from middleware.audit.reviews import Review
 from middleware.audit.row import AuditRow
 from middleware.ledger.leaf import EntryFlag, EntryKind
@@ -58,21 +58,7 @@ def access_lines(rows: Iterable[AuditRow]) -> list[AccessLine]:
         result = None if row.shredded else _result(row)
         if result is None:
             continue
-        lines.append(
-            AccessLine(
-                index=row.index,
-                recorded_us=row.recorded_us,
-                patient=row.patient,
-                agent=row.agent,
-                organization=row.organization,
-                client=row.client,
-                resource_types=row.resource_types,
-                action=action_text(row),
-                result=result,
-                purposes=row.purposes,
-                break_glass=row.break_glass,
-            )
-        )
+        lines.append(access_line(row, result))
     return lines
 
 

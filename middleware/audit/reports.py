@@ -30,6 +30,7 @@ __all__ = [
     "AccessReport",
     "AfterHours",
     "UserReport",
+    "access_line",
     "access_report",
     "action_text",
     "date_range",
@@ -160,7 +161,8 @@ def _result(row: AuditRow) -> str | None:
     return None
 
 
-def _line(row: AuditRow, result: str) -> AccessLine:
+def access_line(row: AuditRow, result: str) -> AccessLine:
+    """The :class:`AccessLine` of ``row``, an access with ``result``."""
     return AccessLine(
         index=row.index,
         recorded_us=row.recorded_us,
@@ -208,7 +210,7 @@ def access_report(
         result = _result(row)
         if result is None or (result == "refused" and not include_refused):
             continue
-        lines.append(_line(row, result))
+        lines.append(access_line(row, result))
     periods = periods_of(runs)
     return AccessReport(patient, since, until, tuple(lines), periods)
 
@@ -218,7 +220,7 @@ def user_activity(
 ) -> UserReport:
     """Every access by ``agent`` in the period (refused attempts included), in time order."""
     lines = [
-        _line(row, result)
+        access_line(row, result)
         for row in sorted(rows, key=lambda r: (r.recorded_us, r.index))
         if row.agent == agent
         and since_us <= row.recorded_us <= until_us
