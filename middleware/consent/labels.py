@@ -62,6 +62,7 @@ __all__ = [
     "contained_labels",
     "has_part2_inline",
     "mark_part2",
+    "meta_list",
     "parse_labels",
     "purpose_refusal",
     "purposes_admit",
@@ -404,20 +405,25 @@ def has_part2_inline(node: Any, rules: LabelRules, depth: int = 0) -> bool:
     return False
 
 
-def mark_part2(resource: dict[str, Any], rules: LabelRules) -> None:
-    """Add, in place and once each, the refrain label :data:`REFRAIN` to ``meta.security``
-    and the notice in a DS4P Display extension on ``meta`` (see the module docstring)."""
+def meta_list(resource: dict[str, Any], key: str) -> list[Any]:
+    """The list ``resource.meta[key]`` (``security``, ``extension``), made in place when
+    ``meta`` or the list is absent or not of its JSON type, so a label can be appended."""
     meta = resource.get("meta")
     if not isinstance(meta, dict):
         meta = resource["meta"] = {}
-    security = meta.get("security")
-    if not isinstance(security, list):
-        security = meta["security"] = []
+    found = meta.get(key)
+    if not isinstance(found, list):
+        found = meta[key] = []
+    return found
+
+
+def mark_part2(resource: dict[str, Any], rules: LabelRules) -> None:
+    """Add, in place and once each, the refrain label :data:`REFRAIN` to ``meta.security``
+    and the notice in a DS4P Display extension on ``meta`` (see the module docstring)."""
+    security = meta_list(resource, "security")
     if not any(isinstance(c, dict) and _coding(c) == REFRAIN for c in security):
         security.append({"system": REFRAIN[0], "code": REFRAIN[1], "display": _REFRAIN_DISPLAY})
-    extensions = meta.get("extension")
-    if not isinstance(extensions, list):
-        extensions = meta["extension"] = []
+    extensions = meta_list(resource, "extension")
     note = {"url": DISPLAY_URL, "valueAnnotation": {"text": rules.notice}}
     if note not in extensions:
         extensions.append(note)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from middleware.consent.labels import meta_list
 from middleware.consent.model import canonical_system as _system
 from middleware.consent.summary import INLINE_LABEL_URL
 
@@ -192,12 +193,7 @@ class _Redactor:
 
 def _mark_redacted(resource: dict[str, Any]) -> None:
     """Add :data:`REDACTED` to ``meta.security`` unless it is there already."""
-    meta = resource.get("meta")
-    if not isinstance(meta, dict):
-        meta = resource["meta"] = {}
-    security = meta.get("security")
-    if not isinstance(security, list):
-        security = meta["security"] = []
+    security = meta_list(resource, "security")
     system, code = REDACTED
     if not any(
         isinstance(c, dict) and (c.get("system"), c.get("code")) == REDACTED for c in security
