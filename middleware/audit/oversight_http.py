@@ -21,9 +21,13 @@ request                                     answer
 All are for auditors only (:mod:`middleware.audit.access`: the ``audit_role`` role and a
 ``user/`` or ``system/`` AuditEvent scope), except ``$access-report``, which the patient
 itself may read too, as ``$accounting``. Each request is recorded on the ledger by the API
-like every other access of the audit trail, naming the patient it was about (the reviewed
-access's patient for a review). The reviewer is the verified token's ``fhirUser`` (else
-``issuer#subject``), never a form field. Unknown parameters are 400.
+like every other access of the audit trail. The overview, the review queue and the date-range
+report answer about many patients and are recorded as an ITI-81 search of the trail is,
+naming no patient (the entry keeps who asked, when and the request); a review names the
+reviewed access's patient, an access report its patient. The reviewer is the verified
+token's ``fhirUser`` (else ``issuer#subject``), never a form field, and never the agent of
+the access reviewed (403: separation of duties); two reviews of one access at once record
+one (the other 409). Unknown parameters are 400.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from middleware.audit.reviews import MAX_NOTE, Review, ReviewLog, ReviewSource, 
 from middleware.audit.rfc3339 import format_us as to_rfc3339
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.auth.identity import Identity
+from middleware.consent.serial import KeyedLocks
 from middleware.errors import BadRequest, Conflict, Forbidden, NotFound
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryKind, micros_at
@@ -97,6 +102,7 @@ class Oversight:
         self._name = gateway_name
         self._wall = wall_clock
         self._reviews = ReviewLog()
+        self._reviewing = KeyedLocks()
 
     async def answer(
         self,
@@ -192,12 +198,23 @@ class Oversight:
         if not lines or not lines[0].break_glass:
             raise NotFound("no break-the-glass access at that ledger index")
         seen.patient = row.patient if row is not None else None
-        if entry in await self._reviews.current(store):
-            raise Conflict("that access was already reviewed")
         reviewer = identity.fhir_user or f"{identity.issuer}#{identity.subject}"
-        recorded = micros_at(self._wall())
-        evidence = review_evidence(entry=entry, reviewer=reviewer, note=note)
-        index = await self._append(NewEntry.create(EntryKind.ADMIN, evidence, recorded_us=recorded))
+        agent = lines[0].agent
+        if agent and agent in {reviewer, identity.fhir_user, identity.subject}:
+            # Oversight is by someone else: whoever broke the glass may hold the audit role
+            # too, but never signs off their own emergency access (separation of duties).
+            raise Forbidden("an access is reviewed by someone other than who made it")
+        # Check and record under one lock per reviewed entry: two reviews of the same access
+        # arriving together would both pass the check otherwise. One process only; replicas
+        # sharing a ledger could still both record, and the first recorded stands
+        # (:func:`~middleware.audit.reviews.parse_reviews`).
+        async with self._reviewing.hold(str(entry)):
+            if entry in await self._reviews.current(store):
+                raise Conflict("that access was already reviewed")
+            recorded = micros_at(self._wall())
+            evidence = review_evidence(entry=entry, reviewer=reviewer, note=note)
+            new = NewEntry.create(EntryKind.ADMIN, evidence, recorded_us=recorded)
+            index = await self._append(new)
         body = {
             "review": index,
             "entry": entry,

@@ -71,6 +71,9 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
         if status == 409:
             problem = t("compliance.review.problem.done")
             return await listing(request, session, problem=problem, status=409)
+        if status == 403:  # the access is the auditor's own: someone else reviews it
+            problem = t("compliance.review.problem.own")
+            return await listing(request, session, problem=problem, status=403)
         if status in (400, 404):
             problem = t("compliance.review.problem.entry")
             return await listing(request, session, problem=problem, status=400)

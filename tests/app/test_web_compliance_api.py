@@ -5,6 +5,7 @@ expected counts come from the traffic the test sent."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -238,6 +239,56 @@ async def test_only_an_auditor_may_record_a_review(
     answer = await gateway.post("/fhir/AuditEvent/$review", data=form, headers=headers)
     assert answer.status_code == 403
     assert len((await queue(gateway, auditor(tokens)))["awaiting"]) == 1
+
+
+async def test_the_clinician_who_broke_the_glass_cannot_review_it_as_an_auditor(
+    gateway: httpx.AsyncClient,
+    tokens: Tokens,
+    wall: WallClock,
+    store: MemoryLogStore,
+    signer: SigningKey,
+) -> None:
+    """Attack: dr broke the glass and also holds the audit role; dr marked the own emergency
+    access reviewed (201). Separation of duties: refused (403), nothing recorded, still in
+    the queue; another auditor may review it."""
+    await traffic(gateway, tokens, wall)
+    dr = auditor(tokens, "dr")
+    (waiting,) = (await queue(gateway, dr))["awaiting"]
+    assert waiting["agent"] == "Practitioner/dr"
+    form = {"entry": str(waiting["entry"]), "note": "fine"}
+    answer = await gateway.post("/fhir/AuditEvent/$review", data=form, headers=dr)
+    assert answer.status_code == 403, answer.text
+    assert not [e for e in await ledger_entries(store, signer) if reviewing(e)]
+    assert len((await queue(gateway, dr))["awaiting"]) == 1
+    other = await gateway.post("/fhir/AuditEvent/$review", data=form, headers=auditor(tokens))
+    assert other.status_code == 201, other.text
+
+
+async def test_two_reviews_of_one_access_at_once_record_one(
+    gateway: httpx.AsyncClient,
+    tokens: Tokens,
+    wall: WallClock,
+    store: MemoryLogStore,
+    signer: SigningKey,
+) -> None:
+    """Attack (race): two reviews of the same access sent together both passed the "already
+    reviewed?" check before either was recorded, and both were accepted (two review entries).
+    Checked and recorded under one lock per entry: one 201, the other 409."""
+    await traffic(gateway, tokens, wall)
+    (waiting,) = (await queue(gateway, auditor(tokens)))["awaiting"]
+    entry = str(waiting["entry"])
+    answers = await asyncio.gather(
+        *(
+            gateway.post(
+                "/fhir/AuditEvent/$review",
+                data={"entry": entry, "note": f"note {who}"},
+                headers=auditor(tokens, who),
+            )
+            for who in ("officer", "officer-b", "officer-c")
+        )
+    )
+    assert sorted(a.status_code for a in answers) == [201, 409, 409]
+    assert len([e for e in await ledger_entries(store, signer) if reviewing(e)]) == 1
 
 
 async def test_date_range_report_as_csv_and_ndjson(
