@@ -4,8 +4,8 @@
   another origin is refused (403) and changes nothing; a page of another site that posts a
   form to the gateway does not carry the session cookie (SameSite=Strict) and is refused too.
 - The same for the consent form's Save: a forged one makes no Consent.
-- Areas: a patient's session does not open the compliance dashboard, and signing in to the
-  dashboard as a patient is refused.
+- Areas: a patient's session does not open the compliance dashboard, and the dashboard's
+  sign-in gives a patient no authorization code.
 """
 
 from __future__ import annotations
@@ -103,20 +103,31 @@ def test_another_sites_form_does_not_carry_the_session(
 
 
 def test_a_patient_session_does_not_open_the_dashboard(
-    page: Page, site: Site, patients: list[str]
+    page: Page, context: BrowserContext, site: Site, patients: list[str]
 ) -> None:
-    """Signed in to the portal, the dashboard still asks for an auditor's sign-in; signing in
-    there as a patient is refused with a plain message."""
+    """Signed in to the portal, the dashboard still asks for an auditor's sign-in; its
+    authorization page offers no patient sign-in, and a forged post asking for a patient
+    there gets no authorization code."""
     site.sign_in_patient(page, patients[0])
     page.goto(site.url("/compliance/"))
     page.wait_for_url(site.url("/compliance/signin") + "**")
+    site.check_page(page, "compliance-signin")
     page.get_by_role("button", name="Sign in", exact=True).click()
     page.wait_for_url("**/auth/authorize**")
-    page.get_by_label("Patient id").fill(patients[0])
-    page.get_by_role("button", name="Sign in as this patient").click()
-    page.wait_for_url(site.url("/compliance/signin") + "**")
-    expect(page.get_by_role("alert")).to_have_text("This account is not an auditor account.")
-    site.check_page(page, "compliance-signin-refused")
+    expect(page.get_by_label("Patient id")).to_have_count(0)
+    fields: dict[str, str | float | bool] = {}
+    for hidden in page.locator("main form input[type=hidden]").all():
+        name = hidden.get_attribute("name")
+        assert name is not None
+        fields[name] = hidden.get_attribute("value") or ""
+    forged = context.request.post(
+        site.url("/auth/authorize"),
+        form={**fields, "who": "patient", "patient": patients[0]},
+        headers={"origin": site.origin},
+        max_redirects=0,
+    )
+    assert forged.status >= 400
+    assert "code=" not in forged.headers.get("location", "")
     page.goto(site.url("/compliance/"))
     page.wait_for_url(site.url("/compliance/signin") + "**")
 
