@@ -19,11 +19,11 @@ call reads only what was appended since the last one.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
+from middleware.audit.admin_json import canonical, parse_object
 from middleware.ledger.entry import Evidence
 from middleware.ledger.leaf import EntryKind, decode_leaf
 
@@ -59,15 +59,7 @@ class Review:
 def review_evidence(*, entry: int, reviewer: str, note: str) -> bytes:
     """The admin evidence of the review of the access at ledger index ``entry``."""
     body = {"type": REVIEW_TYPE, "entry": entry, "reviewer": reviewer, "note": note}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _body(data: bytes) -> dict[str, Any] | None:
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
+    return canonical(body)
 
 
 def parse_reviews(entries: Iterable[tuple[int, int, bytes]]) -> dict[int, Review]:
@@ -76,7 +68,7 @@ def parse_reviews(entries: Iterable[tuple[int, int, bytes]]) -> dict[int, Review
     same entry is not a second opinion the queue could show). Malformed ones are skipped."""
     found: dict[int, Review] = {}
     for index, recorded_us, data in sorted(entries):
-        body = _body(data)
+        body = parse_object(data)
         if body is None or body.get("type") != REVIEW_TYPE:
             continue
         entry, reviewer, note = body.get("entry"), body.get("reviewer"), body.get("note")

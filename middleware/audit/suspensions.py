@@ -18,12 +18,12 @@ it has read, so the gateway's ``$accounting`` reads only what was appended since
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from middleware.audit.accounting import Suspension
+from middleware.audit.admin_json import canonical, parse_object
 from middleware.ledger.entry import Evidence
 from middleware.ledger.leaf import EntryKind, decode_leaf
 
@@ -45,16 +45,12 @@ LIFT_TYPE: Final = "consentry/audit-suspension-lift"
 _RANGE: Final = 4096
 
 
-def _canonical(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def suspension_evidence(
     *, agency: str, end_us: int, oral: bool, reason: str, operator: str
 ) -> bytes:
     """The admin evidence of a suspension of accountings of disclosures to ``agency`` until
     ``end_us`` (exclusive, microseconds since the epoch)."""
-    return _canonical(
+    return canonical(
         {
             "type": SUSPEND_TYPE,
             "agency": agency,
@@ -68,17 +64,9 @@ def suspension_evidence(
 
 def lift_evidence(*, suspension: int, reason: str, operator: str) -> bytes:
     """The admin evidence that ends the suspension recorded at ledger index ``suspension``."""
-    return _canonical(
+    return canonical(
         {"type": LIFT_TYPE, "suspension": suspension, "reason": reason, "operator": operator}
     )
-
-
-def _body(data: bytes) -> dict[str, Any] | None:
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def parse_suspensions(entries: Iterable[tuple[int, int, bytes]]) -> list[Suspension]:
@@ -87,7 +75,7 @@ def parse_suspensions(entries: Iterable[tuple[int, int, bytes]]) -> list[Suspens
     other types, or malformed ones, are skipped (they suspend nothing)."""
     found: dict[int, Suspension] = {}
     for index, recorded_us, data in sorted(entries):
-        body = _body(data)
+        body = parse_object(data)
         if body is None:
             continue
         if body.get("type") == SUSPEND_TYPE:
@@ -117,7 +105,7 @@ def still_needed(entries: Iterable[tuple[int, int, bytes]], *, as_of_us: int) ->
     ahead: set[int] = set()
     lifts: dict[int, int] = {}
     for index, _, data in entries:
-        body = _body(data)
+        body = parse_object(data)
         if body is None:
             continue
         end, lifted = body.get("end_us"), body.get("suspension")
