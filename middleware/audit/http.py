@@ -45,7 +45,14 @@ from middleware.asgi import header_dict, read_body
 from middleware.audit.access import audit_reader
 from middleware.audit.bulk import ExportJobs
 from middleware.audit.exports import BulkExport
-from middleware.audit.httptypes import Recorder, Reply, Seen, TokenCheck, error_reply
+from middleware.audit.httptypes import (
+    Recorder,
+    Reply,
+    Seen,
+    TokenCheck,
+    error_reply,
+    send_reply,
+)
 from middleware.audit.oversight_http import Oversight
 from middleware.audit.recorder import Exchange
 from middleware.audit.searching import Searching
@@ -189,13 +196,7 @@ class AuditApi:
                     error_type=type(exc).__name__,
                 )
                 reply = error_reply(ServiceUnavailable("audit trail unavailable"))
-        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
-        out += [
-            (b"content-length", str(len(reply.body)).encode()),
-            (b"x-request-id", seen.rid.encode()),
-        ]
-        await send({"type": "http.response.start", "status": reply.status, "headers": out})
-        await send({"type": "http.response.body", "body": reply.body})
+        await send_reply(send, reply, seen.rid)
         if self._access_log:
             self._log.info(
                 "audit api",
@@ -250,16 +251,7 @@ class AuditApi:
                 return segments, _operation(method, rel, query, name, None)
             case ["Patient", pid, "$access-report"] if self._oversight is not None:
                 _allow(method, "GET")
-                return segments, FhirRequest(
-                    Interaction.OPERATION,
-                    method,
-                    Level.INSTANCE,
-                    rel,
-                    query,
-                    "Patient",
-                    pid,
-                    operation="$access-report",
-                )
+                return segments, _patient_operation(method, rel, query, pid, "$access-report")
             case ["AuditEvent", event]:
                 _allow(method, "GET")
                 return segments, FhirRequest(
@@ -267,16 +259,7 @@ class AuditApi:
                 )
             case ["Patient", pid, "$accounting"] if self._accounting is not None:
                 _allow(method, "GET")
-                return segments, FhirRequest(
-                    Interaction.OPERATION,
-                    method,
-                    Level.INSTANCE,
-                    rel,
-                    query,
-                    "Patient",
-                    pid,
-                    operation="$accounting",
-                )
+                return segments, _patient_operation(method, rel, query, pid, "$accounting")
         raise NotFound("not an AuditEvent API path")
 
     async def _answer(
@@ -405,6 +388,12 @@ def _operation(method: str, path: str, query: bytes, name: str, rid: str | None)
         None if level is Level.SYSTEM else "AuditEvent",
         rid,
         operation=name,
+    )
+
+
+def _patient_operation(method: str, path: str, query: bytes, pid: str, name: str) -> FhirRequest:
+    return FhirRequest(
+        Interaction.OPERATION, method, Level.INSTANCE, path, query, "Patient", pid, operation=name
     )
 
 

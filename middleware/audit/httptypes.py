@@ -17,6 +17,7 @@ from middleware.errors import GatewayError
 from middleware.fhir.jsoncodec import encode
 from middleware.fhir.outcome import FHIR_JSON, render_error
 from middleware.fhir.request import FhirRequest
+from middleware.types import Send
 
 __all__ = [
     "AuditIndex",
@@ -30,6 +31,7 @@ __all__ = [
     "error_reply",
     "json_reply",
     "principal_of",
+    "send_reply",
 ]
 
 Json = dict[str, Any]
@@ -100,6 +102,17 @@ def json_reply(document: Any, status: int = 200, *, media_type: str = FHIR_JSON)
     """A JSON answer, never cached (audit data is PHI)."""
     headers = (("content-type", media_type), ("cache-control", "no-store"))
     return Reply(status, headers, encode(document))
+
+
+async def send_reply(send: Send, reply: Reply, rid: str) -> None:
+    """Send ``reply`` whole on the ASGI channel, with its length and the request id."""
+    out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
+    out += [
+        (b"content-length", str(len(reply.body)).encode()),
+        (b"x-request-id", rid.encode()),
+    ]
+    await send({"type": "http.response.start", "status": reply.status, "headers": out})
+    await send({"type": "http.response.body", "body": reply.body})
 
 
 def principal_of(identity: Identity) -> str:

@@ -52,6 +52,7 @@ from middleware.audit.httptypes import (
     TokenCheck,
     error_reply,
     json_reply,
+    send_reply,
 )
 from middleware.auth.identity import Identity
 from middleware.errors import (
@@ -171,13 +172,7 @@ class ExportEndpoints:
                 reply = error_reply(
                     exc if isinstance(exc, ServiceUnavailable) else ServiceUnavailable("unrecorded")
                 )
-        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
-        out += [
-            (b"content-length", str(len(reply.body)).encode()),
-            (b"x-request-id", seen.rid.encode()),
-        ]
-        await send({"type": "http.response.start", "status": reply.status, "headers": out})
-        await send({"type": "http.response.body", "body": reply.body})
+        await send_reply(send, reply, seen.rid)
 
     def _route(self, scope: Scope) -> tuple[list[str], FhirRequest]:
         """The path's segments below the base and the FHIR request it is (for the audit);
