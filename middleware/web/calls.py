@@ -22,8 +22,10 @@ from middleware.web.session import Kind, SignInRequired
 
 __all__ = ["FHIR_ID", "Unavailable", "expect", "path_id"]
 
-#: A FHIR resource id (FHIR R4 §2.24.0.1 "id": 1 to 64 of these characters).
-FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: A FHIR resource id (FHIR R4 §2.24.0.1 "id": 1 to 64 of these characters), and not only
+#: dots: ``.`` and ``..`` are dot segments (RFC 3986 §5.2.4) that the HTTP client removes, so
+#: ``Consent/..`` would reach ``{base}`` itself (a search, or a create).
+FHIR_ID: Final = re.compile(r"(?!\.+$)[A-Za-z0-9\-.]{1,64}")
 
 
 class Unavailable(Exception):

@@ -32,7 +32,8 @@ _CONFIDENTIALITY: Final = "http://terminology.hl7.org/CodeSystem/v3-Confidential
 _ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 _RESOURCE_TYPES: Final = "http://hl7.org/fhir/resource-types"
 _PARTICIPATION: Final = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-_FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: A FHIR id, never only dots (a reference ``Practitioner/..`` names nobody).
+_FHIR_ID: Final = re.compile(r"(?!\.+$)[A-Za-z0-9\-.]{1,64}")
 _DAY: Final = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 #: The sensitivity labels offered, with their code systems.

@@ -10,7 +10,6 @@ diagnostics are for programs).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Final
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from middleware.web.api import Params
+from middleware.web.calls import FHIR_ID
 from middleware.web.render import page
 from middleware.web.session import SignInRequired, WebSession, require
 from middleware.web.text import t
@@ -33,8 +33,9 @@ __all__ = [
     "show_time",
 ]
 
-#: A FHIR id (R4 §2.24.0.1): what a patient field of a dashboard form may hold.
-ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: A FHIR id (R4 §2.24.0.1): what a patient field of a dashboard form may hold; never only
+#: dots (:data:`middleware.web.calls.FHIR_ID`: a dot segment would leave ``Patient/<id>``).
+ID: Final = FHIR_ID
 _MOST: Final = 200
 
 

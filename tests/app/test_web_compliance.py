@@ -198,12 +198,15 @@ async def test_downloads_pass_the_apis_bytes_through(
     "params",
     [
         {"report": "accounting", "patient": "../p1", "format": "pdf"},
+        # dot segments: Patient/.. would be collapsed by the HTTP client to the FHIR base
+        {"report": "accounting", "patient": "..", "format": "pdf"},
+        {"report": "access", "patient": "Patient/.", "format": "csv"},
         {"report": "accounting", "patient": "p1", "format": "exe"},
         {"report": "date-range", "from": "tomorrow", "format": "csv"},
         {"report": "date-range", "sort": "secret", "format": "csv"},
         {"report": "everything", "format": "csv"},
     ],
-    ids=["patient-path", "format", "day", "sort", "report"],
+    ids=["patient-path", "patient-dots", "patient-dot", "format", "day", "sort", "report"],
 )
 async def test_a_malformed_download_is_refused_before_the_api(
     web: httpx.AsyncClient, params: dict[str, str]

@@ -255,6 +255,78 @@ async def test_another_patients_consent_is_not_found(
         assert "In effect" in (await alice.get(f"/portal/consents/{consent_id}")).text
 
 
+async def _raw(
+    client: httpx.AsyncClient, method: str, path: str, body: bytes = b""
+) -> tuple[int, str]:
+    """``path`` sent to the app exactly as written: httpx would remove its dot segments
+    (RFC 3986 §5.2.4) before sending, and a browser or proxy may not."""
+    transport = client._transport  # the app behind this test client
+    assert isinstance(transport, httpx.ASGITransport)
+    cookies = "; ".join(f"{c.name}={c.value}" for c in client.cookies.jar)
+    headers = [
+        (b"host", b"gateway.test"),
+        (b"cookie", cookies.encode()),
+        (b"origin", ORIGIN.encode()),
+    ]
+    if body:
+        headers += [(b"content-type", b"application/x-www-form-urlencoded")]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("203.0.113.7", 50000),
+        "server": ("gateway.test", 80),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    out: dict[str, Any] = {"status": 0, "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            out["body"] += message.get("body", b"")
+
+    await transport.app(scope, receive, send)
+    return out["status"], out["body"].decode()
+
+
+async def test_a_consent_id_of_dots_is_not_found(
+    web: httpx.AsyncClient, router: respx.Router
+) -> None:
+    """Attack: ``.`` and ``..`` passed as consent ids, and the HTTP client collapsed
+    ``Consent/..`` to the Consent base: the page answered with a search of the patient's
+    consents (and a save would have posted to the base). Ids made only of dots are not FHIR
+    ids: the generic 404, and no API call."""
+    csrf = await sign_in(web, "patient", "p1")
+    await _create(web, csrf, DENY_DR)
+    body = f"csrf={csrf}&decision=deny&who=practitioner&who_id=dr-smith&what=all".encode()
+    for dots in (".", ".."):
+        for method, path in (
+            ("GET", f"/portal/consents/{dots}"),
+            ("GET", f"/portal/consents/{dots}/change"),
+            ("GET", f"/portal/consents/{dots}/revoke"),
+            ("POST", f"/portal/consents/{dots}/review"),
+            ("POST", f"/portal/consents/{dots}/save"),
+            ("POST", f"/portal/consents/{dots}/revoke"),
+        ):
+            status, text = await _raw(web, method, path, body if method == "POST" else b"")
+            assert status == 404, (method, path, status)
+            assert "Page not found" in text
+            assert "dr-smith" not in text
+    assert not router.calls  # nothing reached the upstream either
+
+
 # --- receipts ---
 
 

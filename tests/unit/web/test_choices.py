@@ -39,6 +39,8 @@ def form(**values: Any) -> FormData:
         pytest.param({"who_id": ""}, "choose.problem.who_id", id="no-id"),
         pytest.param({"who_id": "../Patient/p2"}, "choose.problem.who_id", id="path-id"),
         pytest.param({"who_id": "a" * 65}, "choose.problem.who_id", id="long-id"),
+        pytest.param({"who_id": ".."}, "choose.problem.who_id", id="dots-id"),
+        pytest.param({"who_id": "."}, "choose.problem.who_id", id="dot-id"),
         pytest.param({"what": "some"}, "choose.problem.what", id="some-without-any"),
         pytest.param({"what": "some", "kind": "Patient"}, "choose.problem.what", id="unknown-kind"),
         pytest.param(
