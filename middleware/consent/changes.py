@@ -26,8 +26,7 @@ from middleware.consent.service import Call, ConsentService, Result, Trail
 from middleware.consent.signers import check_patient_signature
 from middleware.errors import UnprocessableEntity
 from middleware.fhir import jsoncodec
-from middleware.ledger.entry import NewEntry
-from middleware.ledger.leaf import EntryKind, new_pseudonym
+from middleware.ledger.leaf import EntryKind
 from middleware.ledger.signing import verify_detached
 from middleware.storage.consent_base import ConsentRecord
 
@@ -74,30 +73,15 @@ async def commit_change(
             trail.signature["replaces"] = str(replaces)
         elif signed != data:
             trail.signature["over"] = "submitted"  # the recorded version without its id
-    store = await svc.store()
-    pseudonym = await store.pseudonym_for(policy.patient, new_pseudonym())
-    recorded_us = svc.now_us()
-    entry = NewEntry.create(
+    return await svc.record(
+        trail,
         kind,
         data,
-        recorded_us=recorded_us,
-        pseudonym=pseudonym,
-        consent=None if previous is None else previous.ledger_index,
+        consent_id=policy.consent_id,
+        patient=policy.patient,
+        status=policy.status,
+        previous=previous,
     )
-    index = await svc.ledger.append(entry)
-    record = await store.record(
-        ConsentRecord(
-            ledger_index=index,
-            consent_id=policy.consent_id,
-            patient=policy.patient,
-            status=policy.status,
-            revoked=kind is EntryKind.CONSENT_REVOKE,
-            recorded_us=recorded_us,
-            data=data,
-        )
-    )
-    trail.consent_entry, trail.version = index, record.version
-    return record
 
 
 def resource_result(

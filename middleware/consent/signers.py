@@ -56,8 +56,7 @@ from middleware.errors import (
     UnprocessableEntity,
 )
 from middleware.fhir import jsoncodec
-from middleware.ledger.entry import NewEntry
-from middleware.ledger.leaf import EntryKind, new_pseudonym
+from middleware.ledger.leaf import EntryKind
 from middleware.ledger.signing import verify_detached
 from middleware.storage.consent_base import ConsentRecord
 
@@ -142,31 +141,16 @@ async def _record(
     public_key: bytes,
     current: ConsentRecord | None,
 ) -> Result:
-    kid = key_id(lookup)
-    store = await svc.store()
     data = canonical_consent(key_record(patient, lookup, public_key))
-    pseudonym = await store.pseudonym_for(patient, new_pseudonym())
-    recorded_us = svc.now_us()
-    entry = NewEntry.create(
+    record = await svc.record(
+        trail,
         EntryKind.CONSENT,
         data,
-        recorded_us=recorded_us,
-        pseudonym=pseudonym,
-        consent=None if current is None else current.ledger_index,
+        consent_id=key_id(lookup),
+        patient=patient,
+        status=KEY_STATUS,
+        previous=current,
     )
-    index = await svc.ledger.append(entry)
-    record = await store.record(
-        ConsentRecord(
-            ledger_index=index,
-            consent_id=kid,
-            patient=patient,
-            status=KEY_STATUS,
-            revoked=False,
-            recorded_us=recorded_us,
-            data=data,
-        )
-    )
-    trail.consent_entry, trail.version = index, record.version
     body = {
         "resourceType": "Parameters",
         "parameter": [
