@@ -9,7 +9,11 @@ ledger's data secret (:func:`middleware.ledger.signing.derive_box_key`, purpose
 is of the other area, or has expired is no session: the page treats its holder as signed out.
 
 Each area has its own cookie (``consentry_portal``, ``consentry_compliance``), so a person can
-be signed in to both. :func:`current` reads one; :func:`require` raises :class:`SignInRequired`,
+be signed in to both. Over https the names carry the ``__Host-`` prefix (:func:`cookie_name`;
+RFC 6265bis §4.1.3.2): the browser then keeps the cookie only if it came Secure, from this
+host, for ``Path=/`` and with no ``Domain``, so a sibling subdomain cannot plant or shadow a
+session. Over plain http (local use) the prefix would make the browser drop the cookie, so the
+plain names stay. :func:`current` reads one; :func:`require` raises :class:`SignInRequired`,
 which the web app answers with a 303 to that area's sign-in page.
 """
 
@@ -35,6 +39,7 @@ __all__ = [
     "SessionCodec",
     "SignInRequired",
     "WebSession",
+    "cookie_name",
     "current",
     "require",
 ]
@@ -46,6 +51,16 @@ COOKIES: Final[dict[Kind, str]] = {
     "patient": "consentry_portal",
     "auditor": "consentry_compliance",
 }
+#: The prefix a Secure cookie's name takes (RFC 6265bis §4.1.3.2).
+HOST_PREFIX: Final = "__Host-"
+
+
+def cookie_name(name: str, *, secure: bool) -> str:
+    """``name`` as sent: with :data:`HOST_PREFIX` when the cookie is ``Secure`` (https),
+    unchanged otherwise (a browser refuses a ``__Host-`` cookie that is not Secure)."""
+    return HOST_PREFIX + name if secure else name
+
+
 #: Each area's sign-in page (where :class:`SignInRequired` sends the browser).
 SIGNIN_PATHS: Final[dict[Kind, str]] = {
     "patient": "/portal/signin",
@@ -130,7 +145,7 @@ class SessionCodec:
             raise ValueError("the session does not fit in a cookie")
         max_age = max(0, int(session.expires - self._clock()))
         response.set_cookie(
-            COOKIES[session.kind],
+            self.name(session.kind),
             value,
             max_age=max_age,
             path="/",
@@ -142,8 +157,12 @@ class SessionCodec:
     def clear_cookie(self, response: Response, kind: Kind) -> None:
         """Remove ``kind``'s session cookie (sign-out)."""
         response.delete_cookie(
-            COOKIES[kind], path="/", secure=self.secure, httponly=True, samesite="strict"
+            self.name(kind), path="/", secure=self.secure, httponly=True, samesite="strict"
         )
+
+    def name(self, kind: Kind) -> str:
+        """The name of ``kind``'s session cookie (:func:`cookie_name`)."""
+        return cookie_name(COOKIES[kind], secure=self.secure)
 
 
 def _codec(request: Request) -> SessionCodec:
@@ -154,7 +173,8 @@ def _codec(request: Request) -> SessionCodec:
 
 async def current(request: Request, kind: Kind) -> WebSession | None:
     """The session of ``kind`` the request's cookie holds, or None (signed out)."""
-    return _codec(request).decode(request.cookies.get(COOKIES[kind]), kind)
+    codec = _codec(request)
+    return codec.decode(request.cookies.get(codec.name(kind)), kind)
 
 
 async def require(request: Request, kind: Kind) -> WebSession:

@@ -36,7 +36,7 @@ from middleware.web.authserver import Server, authorization_server
 from middleware.web.csrf import checked_form
 from middleware.web.deps import WebDeps
 from middleware.web.render import page
-from middleware.web.session import SIGNIN_PATHS, Kind, WebSession, require
+from middleware.web.session import SIGNIN_PATHS, Kind, WebSession, cookie_name, require
 from middleware.web.text import t
 
 __all__ = ["AREAS", "CLIENT_ID", "SCOPES", "STATE_COOKIE", "routes"]
@@ -133,7 +133,7 @@ def _start(deps: WebDeps, kind: Kind) -> Any:
         }
         sealed = seal(deps.signin_key, json.dumps(pending).encode()).hex()
         response.set_cookie(
-            STATE_COOKIE,
+            _state_cookie(deps),
             sealed,
             max_age=int(STATE_TTL),
             path="/",
@@ -146,12 +146,17 @@ def _start(deps: WebDeps, kind: Kind) -> Any:
     return endpoint
 
 
+def _state_cookie(deps: WebDeps) -> str:
+    """The sign-in state cookie's name: ``__Host-`` prefixed over https, like the session's."""
+    return cookie_name(STATE_COOKIE, secure=deps.sessions.secure)
+
+
 def _redirect_uri(deps: WebDeps, kind: Kind) -> str:
     return f"{deps.root}{AREAS[kind]}/callback"
 
 
 def _pending(deps: WebDeps, request: Request, kind: Kind) -> dict[str, Any] | None:
-    raw = request.cookies.get(STATE_COOKIE, "")
+    raw = request.cookies.get(_state_cookie(deps), "")
     try:
         opened = unseal(deps.signin_key, bytes.fromhex(raw)) if 0 < len(raw) < 2000 else None
         data = json.loads(opened) if opened is not None else None
@@ -240,7 +245,7 @@ async def _redeem(
 def _cleared(deps: WebDeps, response: Response) -> Response:
     """``response`` deleting the sign-in state cookie (spent, whatever the outcome)."""
     response.delete_cookie(
-        STATE_COOKIE, path="/", secure=deps.sessions.secure, httponly=True, samesite="lax"
+        _state_cookie(deps), path="/", secure=deps.sessions.secure, httponly=True, samesite="lax"
     )
     return response
 

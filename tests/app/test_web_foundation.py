@@ -69,13 +69,18 @@ async def test_auditor_signs_in_to_the_dashboard(web: httpx.AsyncClient) -> None
 
 
 async def test_session_cookie_flags(make_web: Callable[..., httpx.AsyncClient]) -> None:
-    """HttpOnly, SameSite=Strict, Path=/; Secure when the public URL is https."""
+    """HttpOnly, SameSite=Strict, Path=/; Secure and the ``__Host-`` name prefix when the
+    public URL is https (so a sibling subdomain cannot plant or shadow the cookie: a browser
+    keeps a ``__Host-`` cookie only Secure, host-only, Path=/), plain names over http."""
     for public, secure in (
         ("http://gateway.test/fhir", False),
         ("https://gateway.test/fhir", True),
     ):
         async with make_web(public_url=public) as web:
+            prefix = "__Host-" if secure else ""
             start = await web.get("/portal/signin/start")
+            (state,) = start.headers.get_list("set-cookie")
+            assert state.startswith(f"{prefix}{STATE_COOKIE}=")
             query = {
                 k: v[0] for k, v in parse_qs(urlsplit(start.headers["location"]).query).items()
             }
@@ -87,15 +92,18 @@ async def test_session_cookie_flags(make_web: Callable[..., httpx.AsyncClient]) 
             )
             back = urlsplit(granted.headers["location"])
             done = await web.get(f"{back.path}?{back.query}")
-            cookies = [
-                c for c in done.headers.get_list("set-cookie") if c.startswith(COOKIES["patient"])
-            ]
+            name = f"{prefix}{COOKIES['patient']}="
+            cookies = [c for c in done.headers.get_list("set-cookie") if c.startswith(name)]
             assert len(cookies) == 1
             flags = [f.strip().lower() for f in cookies[0].split(";")]
             assert "httponly" in flags
             assert "samesite=strict" in flags
             assert "path=/" in flags
+            assert not [f for f in flags if f.startswith("domain")]
             assert ("secure" in flags) is secure
+            home = await web.get("/portal/")
+            assert home.status_code == 200
+            assert "Signed in as Patient/p1" in home.text
 
 
 async def test_unsigned_visitor_is_sent_to_sign_in(web: httpx.AsyncClient) -> None:

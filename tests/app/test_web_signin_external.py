@@ -24,6 +24,8 @@ from middleware.web.session import COOKIES
 
 IDP = "https://idp.example"
 ROOT = "https://gateway.example"
+#: The portal's session cookie over https: __Host- prefixed.
+SESSION = "__Host-" + COOKIES["patient"]
 
 
 class Verifier:
@@ -131,7 +133,7 @@ async def test_standalone_launch_with_pkce(
         assert home.status_code == 200
         assert "Signed in as Patient/p7" in home.text
         assert "good-token" not in home.text
-        assert "good-token" not in web.cookies[COOKIES["patient"]]
+        assert "good-token" not in web.cookies[SESSION]
 
 
 @pytest.mark.parametrize(
@@ -163,4 +165,4 @@ async def test_a_token_the_gateway_refuses_signs_nobody_in() -> None:
         done = await web.get("/portal/callback", params={"code": "c", "state": state})
         assert done.status_code == 303
         assert "problem=failed" in done.headers["location"]
-        assert COOKIES["patient"] not in web.cookies
+        assert SESSION not in web.cookies

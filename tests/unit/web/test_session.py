@@ -71,6 +71,8 @@ def test_cookie_flags(secure: bool) -> None:
     codec.set_cookie(response, _session())
     header = response.headers["set-cookie"]
     flags = [f.strip().lower() for f in header.split(";")]
-    assert header.startswith(COOKIES["patient"] + "=")
+    # __Host- over https (RFC 6265bis §4.1.3.2: Secure, Path=/, no Domain), plain over http
+    assert header.startswith(("__Host-" if secure else "") + COOKIES["patient"] + "=")
+    assert not [f for f in flags if f.startswith("domain")]
     assert {"httponly", "samesite=strict", "path=/", "max-age=600"} <= set(flags)
     assert ("secure" in flags) is secure
