@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import re
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -291,7 +291,7 @@ async def _raw(
 
     out: dict[str, Any] = {"status": 0, "body": b""}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             out["status"] = message["status"]
         elif message["type"] == "http.response.body":
