@@ -21,6 +21,7 @@ from email.utils import format_datetime
 from typing import Any, Final
 
 from middleware.consent.model import Policy
+from middleware.consent.recording import record_entry
 from middleware.consent.records import canonical_consent, render_consent, signed_change
 from middleware.consent.service import Call, ConsentService, Result, Trail
 from middleware.consent.signers import check_patient_signature
@@ -73,7 +74,8 @@ async def commit_change(
             trail.signature["replaces"] = str(replaces)
         elif signed != data:
             trail.signature["over"] = "submitted"  # the recorded version without its id
-    return await svc.record(
+    return await record_entry(
+        svc,
         trail,
         kind,
         data,

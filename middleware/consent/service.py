@@ -48,7 +48,7 @@ from middleware.fhir.outcome import FHIR_JSON, render_error
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.leaf import EntryFlag, EntryKind, new_pseudonym
 from middleware.logging import get_logger
-from middleware.storage.consent_base import ConsentRecord, ConsentStore
+from middleware.storage.consent_base import ConsentStore
 from middleware.storage.ledger_base import LogStore
 
 __all__ = [
@@ -300,45 +300,6 @@ class ConsentService:
             flags=EntryFlag.PERMIT if status < 400 else EntryFlag.NONE,
         )
         return await self.ledger.append(entry)
-
-    async def record(
-        self,
-        trail: Trail,
-        kind: EntryKind,
-        data: bytes,
-        *,
-        consent_id: str,
-        patient: str,
-        status: str,
-        previous: ConsentRecord | None,
-    ) -> ConsentRecord:
-        """Append ``data`` (canonical bytes) to the ledger as a ``kind`` entry of
-        ``patient``, linked to the ``previous`` record of the same id, then record it in the
-        store (ledger first: the store is rebuilt from the ledger); the trail names both."""
-        store = await self.store()
-        pseudonym = await store.pseudonym_for(patient, new_pseudonym())
-        recorded_us = self.now_us()
-        entry = NewEntry.create(
-            kind,
-            data,
-            recorded_us=recorded_us,
-            pseudonym=pseudonym,
-            consent=None if previous is None else previous.ledger_index,
-        )
-        index = await self.ledger.append(entry)
-        record = await store.record(
-            ConsentRecord(
-                ledger_index=index,
-                consent_id=consent_id,
-                patient=patient,
-                status=status,
-                revoked=kind is EntryKind.CONSENT_REVOKE,
-                recorded_us=recorded_us,
-                data=data,
-            )
-        )
-        trail.consent_entry, trail.version = index, record.version
-        return record
 
     def now_us(self) -> int:
         """The wall clock in microseconds since the epoch (ledger recorded times)."""

@@ -46,6 +46,7 @@ from middleware.auth.identity import Identity
 from middleware.consent.access import authorize, check_patient
 from middleware.consent.keyrecord import KEY_SIZE, KEY_STATUS, key_id, key_record, registered_key
 from middleware.consent.model import normalize_reference
+from middleware.consent.recording import record_entry
 from middleware.consent.records import canonical_consent
 from middleware.consent.service import Call, ConsentService, Result, Trail
 from middleware.errors import (
@@ -142,7 +143,8 @@ async def _record(
     current: ConsentRecord | None,
 ) -> Result:
     data = canonical_consent(key_record(patient, lookup, public_key))
-    record = await svc.record(
+    record = await record_entry(
+        svc,
         trail,
         EntryKind.CONSENT,
         data,
