@@ -59,7 +59,7 @@ from middleware.pipeline.flow import Flow
 from middleware.pipeline.judge import Trail
 from middleware.pipeline.pages import is_match, next_link
 from middleware.pipeline.params import decode_params
-from middleware.pipeline.release import read_failure
+from middleware.pipeline.release import bundle_page, read_failure
 from middleware.pipeline.write_forward import Recorder
 
 __all__ = ["EXPORT_OPERATIONS", "Exports"]
@@ -190,12 +190,7 @@ class Exports:
                 current = rtype
             link: str | None = target
             while link is not None:
-                up = await ask.forward("GET", link, client_headers=False, headers=_ACCEPT)
-                if up.status >= 400:
-                    raise read_failure(up, ask)
-                document = up.document
-                if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
-                    raise UpstreamError("the upstream server sent no Bundle page")
+                up, document = await bundle_page(ask, link)
                 following = next_link(document)  # before rebasing rewrites it
                 page = replace(ask, trail=Trail())
                 entries = await self._judged(page, up, document)

@@ -58,7 +58,7 @@ from middleware.pipeline.paging import Page, Pager, Paging
 from middleware.pipeline.subset import Subset, apply_subset_to_answer
 from middleware.proxy.rewrite import Rebaser
 
-__all__ = ["Release", "accept_of", "read_failure", "with_total"]
+__all__ = ["Release", "accept_of", "bundle_page", "read_failure", "with_total"]
 
 _RELEASED_HEADERS: Final = frozenset({"content-type", "etag", "last-modified"})
 #: Answers about one record: when all of it is withheld, the record's own 404 is answered.
@@ -187,12 +187,7 @@ class Release:
             pages += 1
             refilled = True
             link = following
-            more_up = await ask.forward("GET", link, client_headers=False, headers=accept_of(ask))
-            if more_up.status >= 400:
-                raise read_failure(more_up, ask)
-            more = more_up.document
-            if not isinstance(more, dict) or more.get("resourceType") != "Bundle":
-                raise UpstreamError("the upstream server sent no Bundle page")
+            more_up, more = await bundle_page(ask, link)
             more_entries, more_size, following = await self._page_entries(ask, more_up, more)
             walked += more_size
             added, taken, left = take(more_entries, target - have)
@@ -333,3 +328,16 @@ def read_failure(up: Upstreamed, ask: Ask) -> GatewayError:
     if isinstance(outcome, GatewayError):
         return outcome
     return UpstreamError(f"the upstream server failed ({up.status})")  # reads only: unreachable
+
+
+async def bundle_page(ask: Ask, link: str) -> tuple[Upstreamed, dict[str, Any]]:
+    """GET the upstream page ``link`` of a read: the answer and its Bundle. A failed answer
+    is raised as :func:`read_failure`; anything but a Bundle is an :class:`UpstreamError`
+    (never read as entries)."""
+    up = await ask.forward("GET", link, client_headers=False, headers=accept_of(ask))
+    if up.status >= 400:
+        raise read_failure(up, ask)
+    document = up.document
+    if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
+        raise UpstreamError("the upstream server sent no Bundle page")
+    return up, document

@@ -52,7 +52,7 @@ from middleware.pipeline.judging import Judging
 from middleware.pipeline.pages import next_link
 from middleware.pipeline.paging import Pager
 from middleware.pipeline.params import decode_params, encode_params
-from middleware.pipeline.release import read_failure
+from middleware.pipeline.release import bundle_page
 
 __all__ = ["MAX_PAGES", "PAGE_SIZE", "Stats", "narrowed"]
 
@@ -67,7 +67,6 @@ _DEFINED: Final = frozenset(
 #: Defined parameters forwarded as given: they say what to compute, not over whom.
 _PASSED: Final = ("duration", "period", "statistic", "limit")
 _ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_JSON: Final = (("accept", "application/fhir+json"),)
 
 
 class Stats:
@@ -121,12 +120,7 @@ class Stats:
         for _ in range(MAX_PAGES):
             if link is None:
                 break
-            up = await ask.forward("GET", link, client_headers=False, headers=_JSON)
-            if up.status >= 400:
-                raise read_failure(up, ask)
-            page = up.document
-            if not isinstance(page, dict) or page.get("resourceType") != "Bundle":
-                raise UpstreamError("the upstream server sent no Bundle page")
+            up, page = await bundle_page(ask, link)
             link = next_link(page)
             if link is not None and not self.pager.on_upstream(link):
                 raise UpstreamError("the upstream server sent a page link off its base")
