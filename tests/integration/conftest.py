@@ -64,3 +64,11 @@ def carebundle(gateway: GatewayServer, sides: Sides) -> dict[str, list[str]]:
 def patient_id(carebundle: dict[str, list[str]]) -> str:
     """A carebundle patient that the tests only read (writes make their own resources)."""
     return next(iter(carebundle))
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx.Client]:
+    """A plain FHIR JSON client for a module's calls to the gateway (it sends its own
+    tokens); a module that tags its calls defines its own."""
+    with httpx.Client(headers=_FHIR_JSON, timeout=60.0) as client:
+        yield client

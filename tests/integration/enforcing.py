@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tests.support import GatewayServer
+
 __all__ = [
     "FHIR_JSON",
     "GENERIC_NOT_FOUND",
@@ -26,6 +28,7 @@ __all__ = [
     "Calls",
     "Universe",
     "deny_actor",
+    "deny_by_own_consent",
     "direct_found",
     "refs",
 ]
@@ -157,6 +160,20 @@ def deny_actor(patient: str, actor: str) -> dict[str, Any]:
         "decision": "permit",
         "provision": [{"actor": [{"role": role, "reference": {"reference": actor}}]}],
     }
+
+
+def deny_by_own_consent(
+    gateway: GatewayServer, http: httpx.Client, patient: str, actor: str
+) -> None:
+    """Record :func:`deny_actor` of ``patient`` and ``actor`` through the gateway with the
+    patient's own token (a patient consenting for itself); asserts it was created."""
+    own = gateway.bearer(f"user-{patient}", "launch/patient patient/Consent.cruds", patient=patient)
+    created = http.post(
+        f"{gateway.base_url}/Consent",
+        json=deny_actor(patient, actor),
+        headers={**FHIR_JSON, **own},
+    )
+    assert created.status_code == 201, created.text
 
 
 def _patient_of(resource: Mapping[str, Any]) -> str | None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any, Final
 
 import httpx
 import pytest
 
-from tests.integration.enforcing import FHIR_JSON, Universe, deny_actor
+from tests.integration.enforcing import Universe, deny_by_own_consent
 from tests.integration.sides import Sides
 from tests.support import GatewayServer
 
@@ -33,22 +32,10 @@ PURPOSE: Final = ["HTEST"]
 
 
 @pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(headers={"accept": "application/fhir+json"}, timeout=60.0) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def denied(gateway: GatewayServer, http: httpx.Client, carebundle: dict[str, list[str]]) -> str:
     """The fourth carebundle patient, whose own consent denies :data:`PRACTITIONER`."""
     patient = list(carebundle)[3]
-    own = gateway.bearer(f"user-{patient}", "launch/patient patient/Consent.cruds", patient=patient)
-    created = http.post(
-        f"{gateway.base_url}/Consent",
-        json=deny_actor(patient, PRACTITIONER),
-        headers={**FHIR_JSON, **own},
-    )
-    assert created.status_code == 201, created.text
+    deny_by_own_consent(gateway, http, patient, PRACTITIONER)
     return patient
 
 

@@ -16,7 +16,6 @@ else changes for anyone: the patient's other callers, and every other patient.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Final
 
 import httpx
@@ -27,7 +26,7 @@ from tests.integration.enforcing import (
     GENERIC_NOT_FOUND,
     Caller,
     Universe,
-    deny_actor,
+    deny_by_own_consent,
     refs,
 )
 from tests.integration.sides import Sides
@@ -95,12 +94,6 @@ def directory(sides: Sides) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(headers={"accept": "application/fhir+json"}, timeout=60.0) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def patient(
     gateway: GatewayServer,
     http: httpx.Client,
@@ -109,13 +102,7 @@ def patient(
 ) -> str:
     """The last carebundle patient, whose own consent denies organization A."""
     patient = list(carebundle)[-1]
-    own = gateway.bearer(f"user-{patient}", "launch/patient patient/Consent.cruds", patient=patient)
-    created = http.post(
-        f"{gateway.base_url}/Consent",
-        json=deny_actor(patient, directory["org_a"]),
-        headers={**FHIR_JSON, **own},
-    )
-    assert created.status_code == 201, created.text
+    deny_by_own_consent(gateway, http, patient, directory["org_a"])
     return patient
 
 

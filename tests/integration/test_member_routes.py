@@ -26,7 +26,12 @@ import pytest
 from fhirpy import AsyncFHIRClient
 
 from tests.integration import test_member_actors as actors
-from tests.integration.enforcing import FHIR_JSON, GENERIC_NOT_FOUND, Caller, Universe, deny_actor
+from tests.integration.enforcing import (
+    GENERIC_NOT_FOUND,
+    Caller,
+    Universe,
+    deny_by_own_consent,
+)
 from tests.integration.sides import Sides
 from tests.support import GatewayServer
 
@@ -34,7 +39,6 @@ pytestmark = pytest.mark.integration
 
 # the module-scoped fixtures of test_member_actors, made anew for this module
 directory = actors.directory
-http = actors.http
 patient = actors.patient
 member = actors.member
 outsider = actors.outsider
@@ -292,13 +296,7 @@ def test_a_care_team_denied_by_a_patient_denies_its_participant(
             "participant": [{"member": {"reference": directory["dr_a"]}}],
         },
     )
-    own = gateway.bearer(f"user-{other}", "launch/patient patient/Consent.cruds", patient=other)
-    made = http.post(
-        f"{gateway.base_url}/Consent",
-        json=deny_actor(other, team),
-        headers={**FHIR_JSON, **own},
-    )
-    assert made.status_code == 201, made.text
+    deny_by_own_consent(gateway, http, other, team)
     in_team = actors.user_caller(gateway, http, directory["dr_a"])
     query = f"Observation?subject=Patient/{other}&_summary=count"
     assert (
