@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -17,31 +17,13 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import Bundle
 
 from middleware.app import Gateway
-from middleware.errors import ServiceUnavailable
-from middleware.ledger.entry import AppendResult, NewEntry
-from middleware.ledger.sequencer import CheckpointSigner
-from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.conftest import WallClock, raw_asgi_request
 from tests.app.consenting import ACT_REASON, Tokens, auth_settings
+from tests.app.outage import OutageStore
 
 AUDITOR_ROLE = "ledger-auditor"
 RESTFUL = "http://hl7.org/fhir/restful-interaction"
 Headers = dict[str, str]
-
-
-class OutageStore(MemoryLogStore):
-    """A memory log that refuses batches while :attr:`down`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-
-    async def append(
-        self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
-    ) -> list[AppendResult]:
-        if batch and self.down:
-            raise ServiceUnavailable("ledger store cannot commit")
-        return await super().append(batch, sign=sign)
 
 
 @pytest.fixture

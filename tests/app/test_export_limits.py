@@ -5,7 +5,7 @@ ledger at kick-off, during a job and at download, and the Group kick-off's audit
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,13 +17,10 @@ from structlog.testing import capture_logs
 
 from middleware.app import Gateway
 from middleware.audit.bulk_job import BATCH_LINES
-from middleware.errors import ServiceUnavailable
-from middleware.ledger.entry import AppendResult, NewEntry
-from middleware.ledger.sequencer import CheckpointSigner
 from middleware.ledger.signing import SigningKey
-from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app import test_export as base
 from tests.app.consenting import Tokens, auth_settings, ledger_entries
+from tests.app.outage import OutageStore
 from tests.app.test_export import (
     ASYNC,
     DR,
@@ -48,24 +45,9 @@ gateway = base.gateway
 UPSTREAM_PAGE_2 = "http://upstream.test:8103/fhir/Observation?page=2"
 
 
-class FlakyStore(MemoryLogStore):
-    """A memory log that refuses batches while :attr:`down`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-
-    async def append(
-        self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
-    ) -> list[AppendResult]:
-        if batch and self.down:
-            raise ServiceUnavailable("ledger store cannot commit")
-        return await super().append(batch, sign=sign)
-
-
 @pytest.fixture
-def store() -> FlakyStore:
-    return FlakyStore()
+def store() -> OutageStore:
+    return OutageStore()
 
 
 @asynccontextmanager
@@ -182,7 +164,7 @@ async def test_a_kick_off_the_ledger_refuses_leaves_no_job_running(
     dev_key_file: Path,
     router: respx.Router,
     tokens: Tokens,
-    store: FlakyStore,
+    store: OutageStore,
 ) -> None:
     """A kick-off answered 503 (ledger down) gave the client no status URL but its job ran
     on, paging the upstream and holding the only slot. Now nothing starts: the next kick-off
@@ -206,7 +188,7 @@ async def test_a_ledger_outage_mid_job_reports_try_again_not_500(
     dev_key_file: Path,
     router: respx.Router,
     tokens: Tokens,
-    store: FlakyStore,
+    store: OutageStore,
 ) -> None:
     """The ledger refusing page 2 fails the job (its lines are never kept); the status says
     the ledger was unavailable, a 503 with Retry-After, not an internal error; the failure is
@@ -251,7 +233,7 @@ async def test_a_ledger_outage_mid_job_reports_try_again_not_500(
 
 
 async def test_a_ledger_outage_at_download_releases_nothing(
-    gateway: httpx.AsyncClient, tokens: Tokens, store: FlakyStore
+    gateway: httpx.AsyncClient, tokens: Tokens, store: OutageStore
 ) -> None:
     who = doctor(tokens)
     _, done = await export(gateway, "/fhir/Patient/$export?_type=Observation", who)
@@ -268,7 +250,7 @@ async def test_a_download_is_judged_and_recorded_batch_by_batch(
     dev_key_file: Path,
     router: respx.Router,
     tokens: Tokens,
-    store: FlakyStore,
+    store: OutageStore,
     signer: SigningKey,
 ) -> None:
     """A file is never loaded whole: it is judged, recorded and sent a batch at a time (the
@@ -459,7 +441,7 @@ async def test_a_refused_group_kick_off_records_the_refusing_member(
     gateway: httpx.AsyncClient,
     tokens: Tokens,
     upstream: respx.Router,
-    store: FlakyStore,
+    store: OutageStore,
     signer: SigningKey,
 ) -> None:
     """The Group was judged on a throwaway trail: p2's record did not show the clinician's

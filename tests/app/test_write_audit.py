@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,13 @@ import respx
 from middleware.app import Gateway, create_app
 from middleware.audit.evidence import EvidenceReader
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
-from middleware.errors import ServiceUnavailable
-from middleware.ledger.entry import AppendResult, NewEntry
 from middleware.ledger.leaf import EntryFlag, EntryKind, decode_leaf
-from middleware.ledger.sequencer import CheckpointSigner
 from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.pipeline.idempotency import IDEMPOTENCY_REQUEST_TAG, IDEMPOTENCY_TAG
 from middleware.settings import Settings
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.consenting import AUDIENCE, DEV_ISSUER, auth_settings
+from tests.app.outage import OutageStore
 
 FHIR = {"content-type": "application/fhir+json"}
 CAPABILITY = {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance"}
@@ -42,28 +40,6 @@ OBSERVATION = {
     "code": {"text": "x"},
     "subject": {"reference": "Patient/p1"},
 }
-
-
-class OutageStore(MemoryLogStore):
-    """A memory log that refuses batches while :attr:`down` (a store outage), or commits one
-    and then loses the answer (:attr:`lose_answer`: the commit happened, the caller hears an
-    error)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-        self.lose_answer = False
-
-    async def append(
-        self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
-    ) -> list[AppendResult]:
-        if batch and self.down:
-            raise ServiceUnavailable("ledger store cannot commit")
-        results = await super().append(batch, sign=sign)
-        if batch and self.lose_answer:
-            self.lose_answer = False
-            raise ServiceUnavailable("connection lost before the commit's answer")
-        return results
 
 
 @pytest.fixture
