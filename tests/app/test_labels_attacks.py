@@ -6,42 +6,20 @@ pipeline.judge, pipeline.targets)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import respx
 
-from middleware.app import Gateway
-from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.consent.labels import ACT_CODE
 from middleware.pipeline.targets import DENIED_WRITE
-from tests.app.consenting import DEV_ISSUER, FHIR_JSON, Tokens, auth_settings, r5_consent
+from tests.app import test_labels as labels
+from tests.app.consenting import FHIR_JSON, Tokens, r5_consent
 from tests.app.test_labels import DR, PART2, dr, for_purposes, observation
 
-
-@pytest.fixture
-def tokens(dev_key_file: Path) -> Tokens:
-    return Tokens(UnsafeDevelopmentIssuer.from_key_file(dev_key_file, DEV_ISSUER, enabled=True))
-
-
-@pytest.fixture
-async def gateway(
-    make_app: Any, dev_key_file: Path
-) -> AsyncIterator[Callable[..., httpx.AsyncClient]]:
-    apps: list[Gateway] = []
-
-    def open_gateway(**settings: Any) -> httpx.AsyncClient:
-        app: Gateway = make_app(auth=auth_settings(dev_key_file), **settings)
-        apps.append(app)
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
-        return httpx.AsyncClient(transport=transport, base_url="http://gateway.test")
-
-    yield open_gateway
-    for app in apps:
-        await app.aclose()
+# The fixtures of the label tests (tokens, a gateway opener with settings).
+tokens = labels.tokens
+gateway = labels.gateway
 
 
 OLD_ACT_CODE = "http://hl7.org/fhir/v3/ActCode"
