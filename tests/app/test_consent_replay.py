@@ -16,6 +16,7 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -66,18 +67,30 @@ async def api(
         yield c
 
 
+Headers = dict[str, str]
+
+
+async def created(
+    api: Client, tokens: Tokens, make: Callable[..., dict[str, Any]] = r5_consent
+) -> tuple[Headers, SigningKey, str, dict[str, Any], Headers]:
+    """Patient p1 registers a key and creates ``make(id=...)`` signed by it (201 asserted):
+    her token headers, the key, the consent id, the body and the create's own headers."""
+    me, key = tokens.patient("p1"), SigningKey.generate("p1")
+    assert (await register(api, me, "Patient/p1", key)).status_code == 201
+    cid = new_id()
+    body = make(id=cid)
+    headers = {**me, **sig(key, canonical_consent(body))}
+    assert (await api.post("/fhir/Consent", json=body, headers=headers)).status_code == 201
+    return me, key, cid, body, headers
+
+
 # --- consents -------------------------------------------------------------------------------
 
 
 async def test_a_captured_create_replayed_after_revoke_is_refused(
     api: Client, tokens: Tokens
 ) -> None:
-    me, key = tokens.patient("p1"), SigningKey.generate("p1")
-    assert (await register(api, me, "Patient/p1", key)).status_code == 201
-    cid = new_id()
-    body = r5_consent(id=cid)
-    captured = {**me, **sig(key, canonical_consent(body))}
-    assert (await api.post("/fhir/Consent", json=body, headers=captured)).status_code == 201
+    me, key, cid, body, captured = await created(api, tokens)
     gone = revoked(body)
     headers = {**me, **version(1), **sig(key, signed_change(gone, 1))}
     assert (await api.post(f"/fhir/Consent/{cid}/$revoke", headers=headers)).status_code == 200
@@ -101,12 +114,7 @@ async def test_a_signed_create_names_its_own_id(api: Client, tokens: Tokens) -> 
 
 
 async def test_an_old_signed_update_is_not_applied_again(api: Client, tokens: Tokens) -> None:
-    me, key = tokens.patient("p1"), SigningKey.generate("p1")
-    assert (await register(api, me, "Patient/p1", key)).status_code == 201
-    cid = new_id()
-    first = treat_only(id=cid)
-    headers = {**me, **sig(key, canonical_consent(first))}
-    assert (await api.post("/fhir/Consent", json=first, headers=headers)).status_code == 201
+    me, key, cid, _, _ = await created(api, tokens, treat_only)
     v2 = r5_consent(id=cid)
     captured = {**me, **version(1), **sig(key, signed_change(v2, 1))}
     assert (await api.put(f"/fhir/Consent/{cid}", json=v2, headers=captured)).status_code == 200
@@ -122,12 +130,7 @@ async def test_an_old_signed_update_is_not_applied_again(api: Client, tokens: To
 
 
 async def test_a_change_without_if_match_is_refused(api: Client, tokens: Tokens) -> None:
-    me, key = tokens.patient("p1"), SigningKey.generate("p1")
-    assert (await register(api, me, "Patient/p1", key)).status_code == 201
-    cid = new_id()
-    body = r5_consent(id=cid)
-    headers = {**me, **sig(key, canonical_consent(body))}
-    assert (await api.post("/fhir/Consent", json=body, headers=headers)).status_code == 201
+    me, key, cid, body, _ = await created(api, tokens)
     v2 = treat_only(id=cid)
     answer = await api.put(
         f"/fhir/Consent/{cid}", json=v2, headers={**me, **sig(key, signed_change(v2, 1))}
@@ -142,12 +145,7 @@ async def test_a_change_without_if_match_is_refused(api: Client, tokens: Tokens)
 
 
 async def test_a_signed_update_sent_twice_at_once_applies_once(api: Client, tokens: Tokens) -> None:
-    me, key = tokens.patient("p1"), SigningKey.generate("p1")
-    assert (await register(api, me, "Patient/p1", key)).status_code == 201
-    cid = new_id()
-    body = r5_consent(id=cid)
-    headers = {**me, **sig(key, canonical_consent(body))}
-    assert (await api.post("/fhir/Consent", json=body, headers=headers)).status_code == 201
+    me, key, cid, _, _ = await created(api, tokens)
     v2 = treat_only(id=cid)
     captured = {**me, **version(1), **sig(key, signed_change(v2, 1))}
     answers = await asyncio.gather(
