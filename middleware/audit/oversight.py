@@ -18,10 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from middleware.audit.charts import buckets
-from middleware.audit.reports import AccessLine, AfterHours, access_line
+from middleware.audit.reports import AccessLine, AfterHours, access_line, access_result
 from middleware.audit.reviews import Review
 from middleware.audit.row import AuditRow
-from middleware.ledger.leaf import EntryFlag, EntryKind
+from middleware.ledger.leaf import EntryKind
 
 __all__ = [
     "ACCESS_KINDS",
@@ -38,24 +38,12 @@ ACCESS_KINDS = frozenset(
 )
 
 
-def _result(row: AuditRow) -> str | None:
-    # The access report's rule (reports.access_report, module docstring there): a permitted
-    # decision is not shown, its disclosure or write outcome is.
-    if row.kind == EntryKind.DISCLOSURE:
-        return "released"
-    if row.kind == EntryKind.ACCESS_OUTCOME:
-        return "written" if row.outcome == "0" else "failed"
-    if row.kind == EntryKind.ACCESS_DECISION and not row.flags & EntryFlag.PERMIT:
-        return "refused"
-    return None
-
-
 def access_lines(rows: Iterable[AuditRow]) -> list[AccessLine]:
     """The accesses among ``rows`` (module docstring), in the rows' order; shredded rows
     (their evidence erased: nobody, nothing) are left out."""
     lines: list[AccessLine] = []
     for row in rows:
-        result = None if row.shredded else _result(row)
+        result = None if row.shredded else access_result(row)
         if result is None:
             continue
         lines.append(access_line(row, result))

@@ -31,6 +31,7 @@ __all__ = [
     "AfterHours",
     "UserReport",
     "access_line",
+    "access_result",
     "access_report",
     "action_text",
     "date_range",
@@ -150,7 +151,7 @@ class UserReport:
     lines: tuple[AccessLine, ...]
 
 
-def _result(row: AuditRow) -> str | None:
+def access_result(row: AuditRow) -> str | None:
     """The access result of ``row``, or None when the row is not an access to show."""
     if row.kind == EntryKind.DISCLOSURE:
         return "released"
@@ -207,7 +208,7 @@ def access_report(
             continue
         if runs[-1]:
             runs.append([])
-        result = _result(row)
+        result = access_result(row)
         if result is None or (result == "refused" and not include_refused):
             continue
         lines.append(access_line(row, result))
@@ -224,7 +225,7 @@ def user_activity(
         for row in sorted(rows, key=lambda r: (r.recorded_us, r.index))
         if row.agent == agent
         and since_us <= row.recorded_us <= until_us
-        and (result := _result(row)) is not None
+        and (result := access_result(row)) is not None
     ]
     return UserReport(agent, since_us, until_us, tuple(lines))
 
