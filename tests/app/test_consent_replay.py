@@ -22,19 +22,17 @@ import httpx
 import pytest
 import respx
 
-from middleware.app import create_app
+from middleware.app import Gateway, create_app
 from middleware.consent.records import canonical_consent, revoked, signed_change
 from middleware.ledger.signing import SigningKey
 from middleware.settings import Settings
-from middleware.storage.consent_memory import MemoryConsentStore
 from middleware.storage.ledger_memory import MemoryLogStore
+from tests.app import test_consent_signers as signers
 from tests.app.conftest import FakeClock
 from tests.app.consenting import Tokens, auth_settings, r5_consent, treat_only
 from tests.app.test_consent_signers import (
-    LOOKUP_KEY,
     Client,
     client_of,
-    gateway_with,
     key_params,
     new_id,
     register,
@@ -42,28 +40,14 @@ from tests.app.test_consent_signers import (
     version,
 )
 
+# The gateway builder of the signer tests (a mode and a consent store, enrolment by patients).
+build = signers.build
+
 
 @pytest.fixture
-async def api(
-    router: respx.Router,
-    clock: FakeClock,
-    store: MemoryLogStore,
-    signer: SigningKey,
-    make_settings: Callable[..., Settings],
-    key_file: Path,
-) -> AsyncIterator[Client]:
+async def api(build: Callable[..., Gateway]) -> AsyncIterator[Client]:
     """A gateway under ``patient-key`` whose patients may enrol their own first key."""
-    app = gateway_with(
-        "patient-key",
-        router=router,
-        clock=clock,
-        store=store,
-        signer=signer,
-        make_settings=make_settings,
-        key_file=key_file,
-        consents=MemoryConsentStore(lookup_key=LOOKUP_KEY),
-    )
-    async for c in client_of(app):
+    async for c in client_of(build("patient-key")):
         yield c
 
 
