@@ -12,8 +12,9 @@ from dataclasses import replace
 from typing import Protocol
 
 from middleware.audit.row import AuditQuery, AuditRow
+from middleware.audit.sort_keys import sort_column, sort_value
 
-__all__ = ["RowSource", "all_rows", "pages"]
+__all__ = ["RowSource", "after", "all_rows", "pages"]
 
 
 class RowSource(Protocol):
@@ -30,7 +31,13 @@ async def pages(index: RowSource, query: AuditQuery) -> AsyncGenerator[list[Audi
         yield page
         if len(page) < query.limit:
             return
-        query = replace(query, after=(page[-1].recorded_us, page[-1].index))
+        query = after(query, page[-1])
+
+
+def after(query: AuditQuery, last: AuditRow) -> AuditQuery:
+    """``query`` paged on past ``last`` in its order (``after`` and ``after_value``)."""
+    value = "" if sort_column(query.sort) is None else sort_value(last, query.sort)
+    return replace(query, after=(last.recorded_us, last.index), after_value=value)
 
 
 async def all_rows(index: RowSource, query: AuditQuery) -> list[AuditRow]:

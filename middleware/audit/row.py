@@ -131,8 +131,24 @@ def shredded_row(
     )
 
 
-SortKey = Literal["date", "-date"]
-"""Row order: by (``recorded_us``, ``index``) ascending, or descending with ``-date``."""
+SortKey = Literal[
+    "date",
+    "-date",
+    "agent",
+    "-agent",
+    "patient",
+    "-patient",
+    "type",
+    "-type",
+    "action",
+    "-action",
+    "outcome",
+    "-outcome",
+    "client",
+    "-client",
+]
+"""Row order: by (``recorded_us``, ``index``) ascending, or descending with ``-date``; the
+other keys order by (column text, ``index``) (:mod:`middleware.audit.sort_keys`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +166,9 @@ class AuditQuery:
     ``include_shredded``: whether shredded rows are returned (they match only criteria on
     time, kind, pseudonym and index).
     Paging is by keyset: ``after`` is the last row's ``(recorded_us, index)`` of the previous
-    page, in the query's ``sort`` order; at most ``limit`` rows come back.
+    page, in the query's ``sort`` order, and ``after_value`` that row's
+    :func:`~middleware.audit.sort_keys.sort_value` when ``sort`` is not by date (the page
+    starts after ``(after_value, index)``); at most ``limit`` rows come back.
     """
 
     since_us: int | None = None
@@ -171,6 +189,7 @@ class AuditQuery:
     include_shredded: bool = False
     sort: SortKey = "date"
     after: tuple[int, int] | None = None
+    after_value: str = ""
     limit: int = 100
 
     def __post_init__(self) -> None:

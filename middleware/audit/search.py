@@ -20,7 +20,9 @@ subtype     a restful-interaction code (``read``, ``search-type``...), bare or w
 action      ``C`` ``R`` ``U`` ``D`` ``E``
 outcome     ``0`` ``4`` ``8`` ``12`` (bare or with the audit-event-outcome system)
 purpose     ``system|code`` or a bare code (any system)
-_sort       ``date`` or ``-date``
+_sort       one key of ``date`` ``agent`` ``patient`` ``type`` ``action`` ``outcome``
+            ``client``, ``-`` prefixed for descending; ties in the order of the ledger
+            (:mod:`~middleware.audit.sort_keys`); several keys (FHIR's comma) are refused
 _count      1.. ; more than the gateway's maximum is served as the maximum (FHIR allows fewer)
 _format     answered by content negotiation, not here
 ==========  =================================================================================
@@ -35,7 +37,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast, get_args
 
 from middleware.audit.parts import FHIR_ID
 from middleware.audit.row import AuditQuery, SortKey
@@ -86,6 +88,7 @@ _CODE: Final = re.compile(r"[^\s|,]{1,128}")
 _SYSTEM: Final = re.compile(r"[^\s|,]{1,256}")
 _PREFIX: Final = re.compile(r"([a-z]{2})?(.*)", re.DOTALL)
 _DATE_PREFIXES: Final = frozenset({"eq", "ge", "gt", "le", "lt"})
+_SORTS: Final[frozenset[str]] = frozenset(get_args(SortKey))
 _ACTIONS: Final = frozenset({"C", "R", "U", "D", "E"})
 _OUTCOMES: Final = frozenset({"0", "4", "8", "12"})
 _RESTFUL_CODES: Final = frozenset(
@@ -188,11 +191,12 @@ def _count(value: str, max_count: int) -> int:
 
 
 def _sort(value: str) -> SortKey:
-    if value == "date":
-        return "date"
-    if value == "-date":
-        return "-date"
-    raise BadRequest("_sort: AuditEvent searches sort by date or -date only")
+    if value in _SORTS:
+        return cast("SortKey", value)
+    raise BadRequest(
+        "_sort: expected one of date, agent, patient, type, action, outcome, client "
+        "(a - prefix for descending); one key only"
+    )
 
 
 def _date(value: str) -> tuple[str, str]:

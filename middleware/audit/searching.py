@@ -49,6 +49,7 @@ from middleware.audit.render import for_patient
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.audit.search import parse_search
 from middleware.audit.searchset import parse_event_id, searchset, served_event
+from middleware.audit.sort_keys import sort_column, sort_value
 from middleware.auth.identity import Identity
 from middleware.errors import BadRequest, Forbidden, NotFound
 from middleware.ledger.leaf import micros_at
@@ -143,9 +144,9 @@ class Searching:
             place = self._cursors.redeem(
                 token, principal=principal, purpose=purpose, query_digest=digest, now=now
             )
-            recorded, entry, snapshot_us, snapshot_size = _place(place)
+            recorded, entry, snapshot_us, snapshot_size, value = _place(place)
             snapshot = (snapshot_us, snapshot_size)
-            query = replace(query, after=(recorded, entry))
+            query = replace(query, after=(recorded, entry), after_value=value)
         until = snapshot[0] if query.until_us is None else min(query.until_us, snapshot[0])
         rows = await _rows(index, replace(query, until_us=until), size=snapshot[1])
         page = rows[: query.limit]
@@ -155,8 +156,12 @@ class Searching:
         next_url = None
         if len(rows) > query.limit:
             last = page[-1]
+            # Under a sort other than date the place is (value, index): the value rides
+            # along in hex (it may hold dots), sealed like the rest.
+            value = "" if sort_column(query.sort) is None else sort_value(last, query.sort)
             cursor = self._cursors.issue(
-                f"{last.recorded_us}.{last.index}.{snapshot[0]}.{snapshot[1]}",
+                f"{last.recorded_us}.{last.index}.{snapshot[0]}.{snapshot[1]}"
+                f".{value.encode().hex()}",
                 principal=principal,
                 purpose=purpose,
                 query_digest=digest,
@@ -227,11 +232,13 @@ async def _rows(index: AuditIndex, query: AuditQuery, *, size: int) -> list[Audi
     return kept[:wanted]
 
 
-def _place(text: str) -> tuple[int, int, int, int]:
+def _place(text: str) -> tuple[int, int, int, int, str]:
     """What a cursor holds (issued by us): the keyset place of the last row served and the
-    search's snapshot, ``<recorded_us>.<index>.<snapshot_us>.<snapshot_size>``."""
+    search's snapshot, ``<recorded_us>.<index>.<snapshot_us>.<snapshot_size>.<value hex>``
+    (the value is the last row's sort value, empty when sorted by date)."""
     try:
-        recorded, index, snapshot, size = (int(part) for part in text.split("."))
-    except ValueError:  # sealed by us: unreachable short of a bug
+        *numbers, value = text.split(".")
+        recorded, index, snapshot, size = (int(part) for part in numbers)
+        return recorded, index, snapshot, size, bytes.fromhex(value).decode()
+    except ValueError:  # sealed by us: unreachable short of a bug (UnicodeError included)
         raise BadRequest(_PLACE_REFUSED) from None
-    return recorded, index, snapshot, size

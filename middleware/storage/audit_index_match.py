@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 
-from middleware.audit.row import NO_INDEX_YET, AuditQuery, AuditRow
+from middleware.audit.row import NO_INDEX_YET, AuditQuery, AuditRow, SortKey
+from middleware.audit.sort_keys import descending, sort_column, sort_value
 from middleware.ledger.entry import AppendResult, NewEntry
 from middleware.ledger.errors import MalformedError
 from middleware.ledger.leaf import PSEUDONYM_SIZE
@@ -170,15 +171,23 @@ def matches(row: AuditRow, q: AuditQuery) -> bool:
     return all(checks)
 
 
+def _key(row: AuditRow, sort: SortKey) -> tuple[int | str, int]:
+    """``row``'s place in the ``sort`` order (:mod:`middleware.audit.sort_keys`)."""
+    if sort_column(sort) is None:
+        return row.recorded_us, row.index
+    return sort_value(row, sort), row.index
+
+
 def _after(row: AuditRow, q: AuditQuery) -> bool:
     if q.after is None:
         return True
-    key = (row.recorded_us, row.index)
-    return key > q.after if q.sort == "date" else key < q.after
+    after = q.after if sort_column(q.sort) is None else (q.after_value, q.after[1])
+    key = _key(row, q.sort)
+    return key < after if descending(q.sort) else key > after
 
 
 def select_rows(rows: Iterable[AuditRow], q: AuditQuery) -> list[AuditRow]:
     """The page of ``rows`` that ``q`` asks for, in its order."""
     found = [r for r in rows if matches(r, q) and _after(r, q)]
-    found.sort(key=lambda r: (r.recorded_us, r.index), reverse=q.sort == "-date")
+    found.sort(key=lambda r: _key(r, q.sort), reverse=descending(q.sort))
     return found[: q.limit]

@@ -6,7 +6,8 @@ formatted into the text. "Contains" criteria (purpose, resource type, entity) re
 table in SQLite (``consentry_audit_terms``, one row per element, indexed by field and term;
 purposes by their bare code) and GIN-indexed arrays in PostgreSQL (``@>``). The paging key
 ``after`` becomes a range on ``recorded_us`` the time indexes can seek to, plus the tie-break
-on ``idx``.
+on ``idx``; under another ``sort`` it is ``(value, idx)`` past the last row's, a row-value
+comparison (:mod:`middleware.audit.sort_keys`: the same expression orders the rows).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 from typing import Literal
 
 from middleware.audit.row import AuditQuery
+from middleware.audit.sort_keys import descending, sort_column, sort_sql
 from middleware.storage.audit_index_match import has_phi_criteria, purpose_code
 
 __all__ = [
@@ -117,11 +119,15 @@ def _where(q: AuditQuery, dialect: Dialect, *, paged: bool) -> _Where:
         w.add(f"pseudonym = {w.param(q.pseudonym)}")
     if paged and q.after is not None:
         at, index = q.after
-        more, most = (">", ">=") if q.sort == "date" else ("<", "<=")
-        w.add(
-            f"recorded_us {most} {w.param(at)} "
-            f"AND (recorded_us {more} {w.param(at)} OR idx {more} {w.param(index)})"
-        )
+        more, most = ("<", "<=") if descending(q.sort) else (">", ">=")
+        if sort_column(q.sort) is None:
+            w.add(
+                f"recorded_us {most} {w.param(at)} "
+                f"AND (recorded_us {more} {w.param(at)} OR idx {more} {w.param(index)})"
+            )
+        else:  # (value, idx) past the last row's: no index serves it (appends stay cheap)
+            key = sort_sql(q.sort, dialect)
+            w.add(f"({key}, idx) {more} ({w.param(q.after_value)}, {w.param(index)})")
     if has_phi_criteria(q) or not q.include_shredded:
         w.add(f"shredded = {false}")
     for column, value in (
@@ -157,9 +163,10 @@ def _where(q: AuditQuery, dialect: Dialect, *, paged: bool) -> _Where:
 def select_sql(q: AuditQuery, dialect: Dialect, columns: str) -> tuple[str, list[object]]:
     """``SELECT columns`` of the page ``q`` asks for, and its arguments."""
     w = _where(q, dialect, paged=True)
-    order = "ASC" if q.sort == "date" else "DESC"
+    order = "DESC" if descending(q.sort) else "ASC"
+    key = "recorded_us" if sort_column(q.sort) is None else sort_sql(q.sort, dialect)
     sql = f"SELECT {columns} FROM {_TABLE}{w.sql()}"  # noqa: S608  (constants, placeholders)
-    sql += f" ORDER BY recorded_us {order}, idx {order} LIMIT {w.param(q.limit)}"
+    sql += f" ORDER BY {key} {order}, idx {order} LIMIT {w.param(q.limit)}"
     return sql, w.args
 
 

@@ -344,7 +344,7 @@ async def test_no_answer_without_its_ledger_entry(
     [
         {"address": "x"},
         {"date": "ne2024"},
-        {"_sort": "agent"},
+        {"_sort": "name"},
         {"_count": "0"},
         {"patient": "p1,p2"},
         {"patient:missing": "true"},
