@@ -1,10 +1,16 @@
 """The dashboard's audit search (``GET /compliance/search``): the filters of the AuditEvent
-search (IHE ITI-81, ``middleware.audit.search``), a table of the events found, the time column
-sortable and pages of 50, through ``GET {base}/AuditEvent`` as the signed-in auditor.
+search (IHE ITI-81, ``middleware.audit.search``), a table of the events found, sortable by
+its time, who, patient, what (event type) and result columns, and pages of 50, through
+``GET {base}/AuditEvent`` as the signed-in auditor.
 
 The page is a plain GET form, so a search is a link (bookmark, back button) and works without
 JavaScript. Each filter becomes the API parameter of the same name; the two days become
-``date=ge<day>`` and ``date=le<day>``; the sort ``_sort=date`` or ``-date``. Paging follows the
+``date=ge<day>`` and ``date=le<day>``; the sort is the API's ``_sort`` (:data:`SORTS`; anything
+else is read as newest first). Each sortable column header is a link (keyboard reachable, no
+JavaScript) to the same search sorted by that column, ascending, or reversed when the table is
+already sorted by it (the time column starts newest first); the sorted header carries
+``aria-sort`` (WAI-ARIA 1.2, sortable table pattern) and an arrow hidden from screen readers,
+which read ``aria-sort`` instead. A new sort starts from the first page. Paging follows the
 API's own sealed cursor: the page takes ``_cursor`` from the answer's ``next`` link and hands
 it back with the same filters (the cursor is bound to them and to the auditor; the API
 refuses it otherwise). Nothing is loaded beyond the page asked for, so a search over a
@@ -31,6 +37,8 @@ __all__ = [
     "FILTERS",
     "OUTCOMES",
     "PAGE_SIZE",
+    "SORTABLE",
+    "SORTS",
     "TEXT_FIELDS",
     "event_row",
     "routes",
@@ -74,6 +82,33 @@ TEXT_FIELDS: Final = (
     ("purpose", "compliance.field.purpose", "compliance.hint.purpose"),
 )
 _OUTCOME_TEXT: Final = dict(OUTCOMES)
+#: The table's sortable columns, in its order: (API ``_sort`` key, header text key).
+SORTABLE: Final = (
+    ("date", "compliance.column.time"),
+    ("agent", "compliance.column.who"),
+    ("patient", "compliance.column.patient"),
+    ("type", "compliance.column.what"),
+    ("outcome", "compliance.column.outcome"),
+)
+#: The orders the form's select offers (every ``_sort`` of the API): (value, label key, column
+#: key); the two by time have labels of their own.
+SORTS: Final = (
+    ("-date", "compliance.sort.newest", ""),
+    ("date", "compliance.sort.oldest", ""),
+    *(
+        (f"{sign}{key}", order, column)
+        for key, column in (
+            ("agent", "compliance.column.who"),
+            ("patient", "compliance.column.patient"),
+            ("type", "compliance.column.what"),
+            ("action", "compliance.field.action"),
+            ("outcome", "compliance.column.outcome"),
+            ("client", "compliance.column.client"),
+        )
+        for sign, order in (("", "compliance.sort.ascending"), ("-", "compliance.sort.descending"))
+    ),
+)
+_SORT_VALUES: Final = frozenset(value for value, _, _ in SORTS)
 
 
 def search_params(values: dict[str, str]) -> list[tuple[str, str]]:
@@ -81,7 +116,7 @@ def search_params(values: dict[str, str]) -> list[tuple[str, str]]:
     that is not a date."""
     params = day_bounds(values.get("from", ""), values.get("to", ""))
     params += [(name, values[name]) for name in FILTERS if values.get(name)]
-    params.append(("_sort", "-date" if values.get("sort", "-date") == "-date" else "date"))
+    params.append(("_sort", _sort_of(values)))
     params.append(("_count", str(PAGE_SIZE)))
     return params
 
@@ -93,7 +128,7 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
     async def search(request: Request) -> Response:
         session = await auditor(request)
         values = {name: field(request, name) for name in ("from", "to", "sort", *FILTERS)}
-        values["sort"] = "date" if values["sort"] == "date" else "-date"
+        values["sort"] = _sort_of(values)
         context: dict[str, Any] = {
             "session": session,
             "title": t("compliance.search.title"),
@@ -105,7 +140,8 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
             "events": [],
             "problem": "",
             "next_link": "",
-            "sort_link": "",
+            "sorts": SORTS,
+            "headers": [],
         }
         if context["asked"]:
             try:
@@ -125,8 +161,7 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
                 event_row(entry.get("resource", {})) for entry in data.get("entry", [])
             ]
             shown = {k: v for k, v in values.items() if v}
-            flipped = {**shown, "sort": "date" if values["sort"] == "-date" else "-date"}
-            context["sort_link"] = "/compliance/search?" + urlencode({**flipped, "run": "1"})
+            context["headers"] = sort_headers(shown, values["sort"])
             after = _next_cursor(data)
             if after:
                 query = urlencode({**shown, "run": "1", "cursor": after})
@@ -134,6 +169,39 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
         return page(request, "compliance/search.html", context)
 
     return [Route("/compliance/search", search, methods=["GET"])]
+
+
+def _sort_of(values: dict[str, str]) -> str:
+    """The form's sort if the API answers it, else newest first."""
+    sort = values.get("sort", "")
+    return sort if sort in _SORT_VALUES else "-date"
+
+
+def sort_headers(shown: dict[str, str], sort: str) -> list[dict[str, str]]:
+    """The sortable headers of the table of a search of ``shown`` (the form's values) sorted by
+    ``sort``: each one's label, link (the same filters, the column's order, first page),
+    ``aria-sort`` value (``ascending``/``descending`` on the sorted column, "" elsewhere) and
+    the hidden text saying what the link does."""
+    headers = []
+    for key, label in SORTABLE:
+        if sort.lstrip("-") == key:
+            state = "descending" if sort.startswith("-") else "ascending"
+            target = key if sort.startswith("-") else f"-{key}"
+            hint = t("compliance.sort.flip")
+        else:
+            state = ""
+            target = "-date" if key == "date" else key
+            hint = t("compliance.sort.by_column")
+        query = urlencode({**shown, "sort": target, "run": "1"})
+        headers.append(
+            {
+                "label": t(label),
+                "link": "/compliance/search?" + query,
+                "sorted": state,
+                "hint": hint,
+            }
+        )
+    return headers
 
 
 def _next_cursor(bundle: dict[str, Any]) -> str:
