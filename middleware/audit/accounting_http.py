@@ -12,6 +12,8 @@ is chosen by ``_format`` or, without it, by ``Accept``:
 ``json``, ``application/fhir+json``, none      the FHIR ``document`` Bundle (``report_bundle``)
 ``csv``, ``text/csv``                          CSV (``report_csv``)
 ``pdf``, ``application/pdf``                   a PDF a patient can read (``report_pdf``)
+``ndjson``, ``application/fhir+ndjson``,       NDJSON, one disclosure per line with the fields
+``application/x-ndjson``                       of the per-disclosure CSV (``accounting_ndjson``)
 =============================================  =============================================
 
 Anything else is 406; any parameter other than ``_format`` is 400. The request is recorded
@@ -34,6 +36,7 @@ from middleware.audit.accounting import (
     account,
     years_before,
 )
+from middleware.audit.accounting_ndjson import accounting_ndjson
 from middleware.audit.httptypes import AuditIndex, Reply, Seen, json_reply
 from middleware.audit.paging import all_rows
 from middleware.audit.parts import FHIR_ID
@@ -48,7 +51,7 @@ from middleware.ledger.leaf import micros_at
 
 __all__ = ["AccountingEndpoint", "ShreddedOf", "SuspensionsOf"]
 
-Format = Literal["bundle", "csv", "pdf"]
+Format = Literal["bundle", "csv", "pdf", "ndjson"]
 _FORMATS: Final[Mapping[str, Format]] = {
     "json": "bundle",
     "application/fhir+json": "bundle",
@@ -57,6 +60,10 @@ _FORMATS: Final[Mapping[str, Format]] = {
     "text/csv": "csv",
     "pdf": "pdf",
     "application/pdf": "pdf",
+    "ndjson": "ndjson",
+    "application/fhir+ndjson": "ndjson",
+    "application/x-ndjson": "ndjson",
+    "application/ndjson": "ndjson",
 }
 _ANY: Final = frozenset({"*/*", "application/*"})
 _PAGE: Final = 1000
@@ -134,6 +141,9 @@ class AccountingEndpoint:
         if wanted == "csv":
             body = accounting_csv(made).encode("utf-8")
             return Reply(200, (("content-type", "text/csv; charset=utf-8"), _NO_STORE), body)
+        if wanted == "ndjson":
+            body = accounting_ndjson(made).encode("utf-8")
+            return Reply(200, (("content-type", "application/fhir+ndjson"), _NO_STORE), body)
         if wanted == "pdf":
             # reportlab is CPU-bound: off the event loop
             pdf = await asyncio.to_thread(accounting_pdf, made, gateway_name=self._name)
@@ -154,7 +164,7 @@ def _negotiate(params: list[tuple[str, str]], headers: Mapping[str, str]) -> For
     if formats:
         found = _FORMATS.get(media_type(formats[0]))
         if found is None:
-            raise NotAcceptable("$accounting is served as FHIR JSON, CSV or PDF")
+            raise NotAcceptable("$accounting is served as FHIR JSON, CSV, PDF or NDJSON")
         return found
     accept = headers.get("accept", "")
     if not accept.strip():
@@ -165,4 +175,4 @@ def _negotiate(params: list[tuple[str, str]], headers: Mapping[str, str]) -> For
             return _FORMATS[kind]
         if kind in _ANY:
             return "bundle"
-    raise NotAcceptable("$accounting is served as FHIR JSON, CSV or PDF")
+    raise NotAcceptable("$accounting is served as FHIR JSON, CSV, PDF or NDJSON")

@@ -117,7 +117,9 @@ class GatewayApi:
 
 def _decoded(response: httpx.Response) -> Any:
     kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind.endswith("json") and response.content:
+    # NDJSON (a download: application/fhir+ndjson, x-ndjson) stays bytes, even when its one
+    # line alone would parse as JSON.
+    if kind.endswith("json") and not kind.endswith("ndjson") and response.content:
         try:
             # Plain JSON (decimals as floats): pages show values, they never forward them.
             return json.loads(response.content)

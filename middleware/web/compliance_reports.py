@@ -5,7 +5,7 @@ the date-range report, each as the API renders it.
 ================  ==========================================  ===========================
 report            API (``middleware.audit``)                  formats
 ================  ==========================================  ===========================
-accounting        ``GET {base}/Patient/<id>/$accounting``     PDF, CSV
+accounting        ``GET {base}/Patient/<id>/$accounting``     PDF, CSV, NDJSON
 access            ``GET {base}/Patient/<id>/$access-report``  PDF, CSV, NDJSON
 date-range        ``GET {base}/AuditEvent/$date-range``       CSV, NDJSON
 ================  ==========================================  ===========================
@@ -37,7 +37,7 @@ __all__ = ["FORMATS", "FORMAT_TEXT", "download_request", "routes"]
 
 #: The formats each report is offered in (the API's ``_format`` values), default first.
 FORMATS: Final = {
-    "accounting": ("pdf", "csv"),
+    "accounting": ("pdf", "csv", "ndjson"),
     "access": ("pdf", "csv", "ndjson"),
     "date-range": ("csv", "ndjson"),
 }
