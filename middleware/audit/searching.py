@@ -10,7 +10,8 @@ that themselves meet the event-level criteria (``type``, ``subtype``, ``action``
 ``outcome``: an entry matched by its RESTful event also renders its AuthZconsent decision
 event, which is not returned for ``type=rest``). The ``next`` link
 carries a sealed cursor (:class:`~middleware.pipeline.cursor.CursorCodec`) holding the last
-row's keyset place ``(recorded_us, index)`` and the search's snapshot, the time and the
+row's keyset place ``(recorded_us, index)`` (and its sort value under a ``_sort`` other than
+date, :mod:`~middleware.audit.sort_keys`) and the search's snapshot, the time and the
 ledger size of its first page (later entries, its own audit entries among them, are left to a
 new search, so paging ends), bound to the caller, its purposes of use and the
 search's parameters: the cursor cannot be read, changed or used by anyone else, or for
