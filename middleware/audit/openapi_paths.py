@@ -32,7 +32,7 @@ _SEARCH_PARAMS: Final = (
     ("action", "C R U D E"),
     ("outcome", "0 4 8 12"),
     ("purpose", "system|code or code"),
-    ("_sort", "date or -date"),
+    ("_sort", "one of date, agent, patient, type, action, outcome, client; - for descending"),
     ("_count", "page size"),
     ("_cursor", "the next link's cursor"),
 )
@@ -123,18 +123,19 @@ def audit_paths(base: str) -> dict[str, Any]:
                 {
                     **_ok("Bundle", _FHIR),
                     "200": {
-                        "description": "OK: a FHIR document Bundle, CSV or PDF",
+                        "description": "OK: a FHIR document Bundle, CSV, PDF or NDJSON",
                         "content": {
                             _FHIR: {"schema": {"$ref": "#/components/schemas/Bundle"}},
                             "text/csv": {"schema": {"type": "string"}},
                             "application/pdf": {"schema": {"type": "string"}},
+                            "application/fhir+ndjson": {"schema": {"type": "string"}},
                         },
                     },
                     **_errors(400, 401, 403, 404, 406, 503),
                 },
                 parameters=[
                     {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    _query("_format", "json, csv or pdf"),
+                    _query("_format", "json, csv, pdf or ndjson"),
                 ],
             )
         },
