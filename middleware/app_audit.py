@@ -15,6 +15,7 @@ from middleware.audit.accounting import Suspension
 from middleware.audit.accounting_http import AccountingEndpoint
 from middleware.audit.bulk import ExportJobs
 from middleware.audit.evidence import EVIDENCE_PURPOSE, EvidenceReader
+from middleware.audit.export_http import ProvenAccounting
 from middleware.audit.exports import BulkExport
 from middleware.audit.http import AuditApi
 from middleware.audit.httptypes import AuditIndex, Json, Recorder, TokenCheck
@@ -105,6 +106,9 @@ def build_audit_api(
             shredded=shredded,
             suspensions=suspensions,
             directory=settings.recipient_directory(),
+            proven=ProvenAccounting(
+                store=ledger.store, wrap_key=master, rules=settings.accounting_rules
+            ),
         ),
         oversight=Oversight(
             store=ledger.store,

@@ -16,8 +16,13 @@ is chosen by ``_format`` or, without it, by ``Accept``:
 ``application/x-ndjson``                       of the per-disclosure CSV (``accounting_ndjson``)
 =============================================  =============================================
 
-Anything else is 406; any parameter other than ``_format`` is 400. The request is recorded
-like every access of the audit trail (:mod:`middleware.audit.http`), naming the patient.
+With ``_proofs=true`` (auditor only; anybody else 403) and ``_format`` ``csv`` or ``ndjson``,
+the answer is instead the verifiable export ``consentry audit export --report accounting``
+writes (:mod:`middleware.audit.export_http`; another format is 406).
+
+Anything else is 406; any parameter other than ``_format`` and ``_proofs`` is 400. The
+request is recorded like every access of the audit trail (:mod:`middleware.audit.http`),
+naming the patient.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from middleware.audit.accounting import (
     years_before,
 )
 from middleware.audit.accounting_ndjson import accounting_ndjson
+from middleware.audit.export_http import ProvenAccounting
 from middleware.audit.httptypes import AuditIndex, Reply, Seen, json_reply
 from middleware.audit.paging import all_rows
 from middleware.audit.parts import FHIR_ID
@@ -90,11 +96,14 @@ class AccountingEndpoint:
         shredded: ShreddedOf | None = None,
         suspensions: SuspensionsOf | None = None,
         directory: Mapping[str, RecipientInfo] | None = None,
+        proven: ProvenAccounting | None = None,
     ) -> None:
         """``suspensions``: the 164.528(a)(2) suspensions recorded so far (the gateway's reads
         them from the ledger, :class:`~middleware.audit.suspensions.SuspensionLog`);
         ``directory``: the recipients' names and addresses (164.528(b)(2)(ii),
-        :mod:`middleware.audit.recipients`), loaded once at start."""
+        :mod:`middleware.audit.recipients`), loaded once at start; ``proven``: the
+        ``_proofs=true`` export (None: 400)."""
+        self._proven = proven
         self._suspensions = suspensions
         self._directory = directory
         self._index = index
@@ -119,14 +128,16 @@ class AccountingEndpoint:
         reader = audit_reader(identity, role=self._role, permission="r")
         if reader.patient not in (None, patient):
             raise Forbidden("a patient may read only its own accounting of disclosures")
-        if any(name != "_format" for name, _ in params):
-            raise BadRequest("$accounting takes only _format", code="not-supported")
+        if any(name not in ("_format", "_proofs") for name, _ in params):
+            raise BadRequest("$accounting takes only _format and _proofs", code="not-supported")
         wanted = _negotiate(params, headers)
+        proofs = self._proofs(params, reader.as_ == "auditor", wanted)
         seen.patient = patient
         as_of = micros_at(self._wall())
         # Only the period the accounting covers is read (six years back by default).
         since = years_before(as_of, self._rules.lookback_years)
-        rows = await self._rows(AuditQuery(patient=patient, since_us=since, until_us=as_of))
+        own = await self._rows(AuditQuery(patient=patient, since_us=since, until_us=as_of))
+        rows = list(own)
         if self._shredded is not None:  # so the accounting names the shredded periods
             rows += await self._shredded(patient, since, as_of)
         suspended = [] if self._suspensions is None else await self._suspensions()
@@ -138,6 +149,8 @@ class AccountingEndpoint:
             suspensions=suspended,
             directory=self._directory,
         )
+        if proofs is not None:  # the patient's own rows, as the CLI's export proves them
+            return await proofs(made, own, "csv" if wanted == "csv" else "ndjson")
         if wanted == "csv":
             body = accounting_csv(made).encode("utf-8")
             return Reply(200, (("content-type", "text/csv; charset=utf-8"), _NO_STORE), body)
@@ -149,6 +162,25 @@ class AccountingEndpoint:
             pdf = await asyncio.to_thread(accounting_pdf, made, gateway_name=self._name)
             return Reply(200, (("content-type", "application/pdf"), _NO_STORE), pdf)
         return json_reply(accounting_bundle(made, gateway_name=self._name))
+
+    def _proofs(
+        self, params: list[tuple[str, str]], auditor: bool, wanted: Format
+    ) -> ProvenAccounting | None:
+        """The export maker when ``_proofs=true`` asks for one (checked before any read)."""
+        values = [value for name, value in params if name == "_proofs"]
+        if len(values) > 1 or values[0:1] not in ([], ["true"], ["false"]):
+            raise BadRequest("_proofs is true or false, given once")
+        if values != ["true"]:
+            return None
+        if not auditor:  # the openings hand out entry keys
+            raise Forbidden("the accounting with proofs is for auditors only")
+        if self._proven is None:
+            raise BadRequest(
+                "this gateway does not serve exports with proofs", code="not-supported"
+            )
+        if wanted not in ("csv", "ndjson"):
+            raise NotAcceptable("the accounting with proofs is served as CSV or NDJSON")
+        return self._proven
 
     async def _rows(self, query: AuditQuery) -> list[AuditRow]:
         return await all_rows(await self._index(), replace(query, limit=_PAGE))

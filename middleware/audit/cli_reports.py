@@ -33,15 +33,9 @@ from middleware.audit.cli_common import (
     write_output,
 )
 from middleware.audit.evidence import EVIDENCE_PURPOSE
-from middleware.audit.export import NO_CHAIN, EntryOpening
-from middleware.audit.export_collect import (
-    ExportSpec,
-    LogView,
-    SnapshotView,
-    StoreView,
-    collect_export,
-)
-from middleware.audit.export_rules import rules_json
+from middleware.audit.export import EntryOpening
+from middleware.audit.export_collect import LogView, SnapshotView, StoreView
+from middleware.audit.export_make import accounting_rows, make_export
 from middleware.audit.export_write import write_csv, write_ndjson
 from middleware.audit.facts_row import open_row
 from middleware.audit.progress import Progress
@@ -274,10 +268,9 @@ async def _report_rows(
     since, until = parse_time(args.since), parse_time(args.until, end=True)
     if kind == "accounting":
         made = await _accounting(store, args)
-        wanted = {i for entry in made.entries for i in entry.indexes}
         rows = await all_rows(store, AuditQuery(patient=made.patient))
-        since, until = made.since_us, made.until_us
-    elif kind == "access-report":
+        return accounting_rows(made, rows), made.since_us, made.until_us
+    if kind == "access-report":
         report = await _access(store, args)
         wanted = {line.index for line in report.lines}
         rows = await all_rows(store, AuditQuery(patient=report.patient))
@@ -314,24 +307,6 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
         try:
             kind = args.report
             rows, since, until = await _report_rows(store, args)
-            patient = getattr(args, "patient", None) if kind != "user-report" else None
-            pseudonym = None
-            if patient is not None:  # the verifier requires the chain of a named patient
-                pseudonym = next((r.pseudonym for r in rows if r.pseudonym), None)
-                if pseudonym is None:
-                    found = await store.audit_rows(AuditQuery(patient=patient, limit=1))
-                    pseudonym = found[0].pseudonym if found else None
-                if pseudonym is None:  # no entry names the patient: the header says so
-                    pseudonym = NO_CHAIN
-            spec = ExportSpec(
-                report=kind,
-                patient=patient,
-                agent=args.agent if kind == "user-report" else None,
-                since_us=since,
-                until_us=until,
-                pseudonym=pseudonym,
-                rules=rules_json(_rules(args)) if kind == "accounting" else None,
-            )
             # Most of the log: one snapshot read beats a read per entry.
             bulk = len(rows) * _BULK >= await store.size()
             view: LogView = (
@@ -339,12 +314,17 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                 if bulk
                 else await StoreView.open(store)
             )
-            header, entries = await collect_export(
+            header, entries = await make_export(
+                store,
                 view,
-                spec,
                 rows,
-                wrapped_keys=store.audit_keys_get,
+                report=kind,
                 wrap_key=derive_box_key(read_key(args.key_file).data_secret, EVIDENCE_PURPOSE),
+                patient=getattr(args, "patient", None) if kind != "user-report" else None,
+                agent=args.agent if kind == "user-report" else None,
+                since_us=since,
+                until_us=until,
+                rules=_rules(args) if kind == "accounting" else None,
             )
             with Progress("export", total=None) as progress:
                 temporary = private_file(args.out)
@@ -357,7 +337,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                     "report": kind,
                     "rows": len(rows),
                     "lines": lines,
-                    "complete": bool(pseudonym),
+                    "complete": bool(header.chain),
                     "rows_per_second": round(progress.rate),
                 }
         finally:

@@ -1,0 +1,103 @@
+"""``GET {base}/Patient/<id>/$accounting?_proofs=true&_format=csv|ndjson``: the accounting of
+disclosures as a verifiable export (``consentry-audit-export/v1``).
+
+The same file ``consentry audit export --report accounting --patient <id> --format csv|ndjson``
+writes (both call :func:`middleware.audit.export_make.make_export`): a header naming one
+signed checkpoint, then a line per entry with its inclusion proof, and for each disclosure
+the opening of its sealed facts, so ``consentry audit verify-export`` checks it offline
+against the gateway's trust policy. The openings hand out entry keys, so the answer is for
+the auditor only (:mod:`middleware.audit.accounting_http` refuses anybody else, a patient
+included, with 403 before anything is read). A patient no entry names gets a valid export
+with no rows (its header says there is no chain), as the CLI writes it.
+
+Bounded: an accounting of more than ``row_cap`` disclosures' entries is refused with 422
+``too-costly`` (the CLI, which streams to a file, has no cap); the file is built in memory
+and its proofs are computed off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Final, Literal
+
+from middleware.audit.accounting import Accounting, AccountingRules
+from middleware.audit.export import ExportEntry, ExportHeader
+from middleware.audit.export_collect import StoreView
+from middleware.audit.export_make import accounting_rows, make_export
+from middleware.audit.export_write import write_csv, write_ndjson
+from middleware.audit.httptypes import Reply
+from middleware.audit.row import AuditRow
+from middleware.errors import GatewayError
+from middleware.storage.ledger_base import LogStore
+
+__all__ = ["ROW_CAP", "ExportTooCostly", "ProvenAccounting"]
+
+#: The most entries a served export proves (an accounting is a few hundred at most; the
+#: cap keeps one request from holding the whole log in memory).
+ROW_CAP: Final = 50_000
+_MEDIA: Final = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
+_NO_STORE: Final = ("cache-control", "no-store")
+
+
+class ExportTooCostly(GatewayError):
+    """The export would prove more rows than the gateway serves: 422 ``too-costly``; the
+    auditor uses ``consentry audit export`` instead."""
+
+    status = 422
+    code = "too-costly"
+
+
+class ProvenAccounting:
+    """Makes the verifiable export of an accounting (module docstring) from the ledger
+    ``store`` under ``wrap_key`` (the ledger key's evidence wrap key); ``row_cap``: the most
+    entries proven (None: :data:`ROW_CAP`)."""
+
+    def __init__(
+        self,
+        *,
+        store: Callable[[], Awaitable[LogStore]],
+        wrap_key: bytes,
+        rules: AccountingRules,
+        row_cap: int | None = None,
+    ) -> None:
+        self._store = store
+        self._wrap_key = wrap_key
+        self._rules = rules
+        self._cap = row_cap
+
+    async def __call__(
+        self, made: Accounting, rows: Sequence[AuditRow], wanted: Literal["csv", "ndjson"]
+    ) -> Reply:
+        """The export of ``made`` (``rows``: the patient's index rows it was made from) as
+        ``wanted``; :class:`ExportTooCostly` beyond the cap."""
+        selected = accounting_rows(made, rows)
+        cap = ROW_CAP if self._cap is None else self._cap
+        if len(selected) > cap:
+            raise ExportTooCostly(
+                f"the accounting proves more than {cap} entries: use consentry audit export"
+            )
+        store = await self._store()
+        header, entries = await make_export(
+            store,
+            await StoreView.open(store),
+            selected,
+            report="accounting",
+            wrap_key=self._wrap_key,
+            patient=made.patient,
+            since_us=made.since_us,
+            until_us=made.until_us,
+            rules=self._rules,
+        )
+        body = await asyncio.to_thread(_render, header, entries, wanted)
+        return Reply(200, (("content-type", _MEDIA[wanted]), _NO_STORE), body)
+
+
+def _render(
+    header: ExportHeader, entries: Iterator[ExportEntry], wanted: Literal["csv", "ndjson"]
+) -> bytes:
+    """The file's bytes (the proofs are made as the entries are read: CPU, off the loop)."""
+    sink = io.BytesIO()
+    (write_csv if wanted == "csv" else write_ndjson)(header, entries, sink)
+    return sink.getvalue()
