@@ -5,10 +5,15 @@ the date-range report, each as the API renders it.
 ================  ==========================================  ===========================
 report            API (``middleware.audit``)                  formats
 ================  ==========================================  ===========================
-accounting        ``GET {base}/Patient/<id>/$accounting``     PDF, CSV, NDJSON
+accounting        ``GET {base}/Patient/<id>/$accounting``     PDF, CSV+, NDJSON+
 access            ``GET {base}/Patient/<id>/$access-report``  PDF, CSV, NDJSON
 date-range        ``GET {base}/AuditEvent/$date-range``       CSV, NDJSON
 ================  ==========================================  ===========================
+
++ The accounting's CSV and NDJSON are the verifiable export (``_proofs=true``,
+``consentry-audit-export/v1``: every disclosure with its inclusion proof against one signed
+checkpoint), which ``consentry audit verify-export`` checks offline; the dashboard is for
+auditors, who alone may have it.
 
 A download is the API's answer passed through: the page calls the API with the auditor's
 token (held server-side in the sealed session cookie; never in a URL or the page), and
@@ -48,6 +53,8 @@ FORMAT_TEXT: Final = {
     "ndjson": "compliance.format.ndjson",
 }
 _SUFFIX: Final = {"pdf": "pdf", "csv": "csv", "ndjson": "ndjson"}
+#: The accounting's formats served as the verifiable export (``$accounting?_proofs=true``).
+_PROVEN: Final = frozenset({"csv", "ndjson"})
 
 
 def download_request(values: dict[str, str], base: str) -> tuple[str, list[tuple[str, str]]]:
@@ -70,6 +77,8 @@ def download_request(values: dict[str, str], base: str) -> tuple[str, list[tuple
     if not ID.fullmatch(patient):
         raise ValueError("compliance.problem.patient")
     if report == "accounting":
+        if wanted in _PROVEN:  # the file an auditor can verify, not a plain listing
+            params.append(("_proofs", "true"))
         return f"{base}/Patient/{patient}/$accounting", params
     try:
         params += day_bounds(values.get("from", ""), values.get("to", ""))

@@ -31,9 +31,13 @@ async def test_the_dashboard_downloads_the_accounting_as_ndjson(
         "/compliance/download", params={"report": "accounting", "patient": "p1", "format": "ndjson"}
     )
     assert got.status_code == 200, got.text
-    assert got.headers["content-type"] == "application/fhir+ndjson"
+    assert got.headers["content-type"] == "application/x-ndjson"
     assert got.headers["content-disposition"] == 'attachment; filename="accounting.ndjson"'
-    assert {json.loads(line)["agent"] for line in got.text.splitlines()} == {
+    # the verifiable export: its header, then the proven rows of the disclosures
+    header, *lines = map(json.loads, got.text.splitlines())
+    assert header["format"] == "consentry-audit-export/v1"
+    assert header["report"] == "accounting"
+    assert {line["columns"]["agent"] for line in lines if line["role"] == "row"} == {
         "Practitioner/dr-b",
         "Practitioner/dr",
     }

@@ -209,6 +209,11 @@ def test_event_row_reads_a_balp_event() -> None:
             [("_format", "pdf")],
         ),
         (
+            {"report": "accounting", "patient": "p1", "format": "csv"},
+            "/fhir/Patient/p1/$accounting",
+            [("_format", "csv"), ("_proofs", "true")],
+        ),
+        (
             {"report": "access", "patient": "p1", "format": "csv", "from": "2026-01-01"},
             "/fhir/Patient/p1/$access-report",
             [("_format", "csv"), ("date", "ge2026-01-01")],
@@ -219,7 +224,7 @@ def test_event_row_reads_a_balp_event() -> None:
             [("_format", "ndjson"), ("date", "le2026-01-31"), ("_sort", "-agent")],
         ),
     ],
-    ids=["accounting", "access", "date-range"],
+    ids=["accounting", "accounting-proven", "access", "date-range"],
 )
 def test_download_requests(
     values: dict[str, str], path: str, params: list[tuple[str, str]]
