@@ -25,6 +25,7 @@ __all__ = [
     "axe_report",
     "focus_is_visible",
     "new_watched",
+    "sign_in",
     "tab_to",
 ]
 
@@ -102,10 +103,15 @@ class Site:
         page.wait_for_url(self.url(f"/{area}/signin") + "**")
         if check:
             self.check_page(page, f"{area}-signin")
-        page.get_by_role("button", name="Sign in", exact=True).click()
+        sign_in(page).click()
         page.wait_for_url("**/auth/authorize**")
         if check:
             self.check_page(page, f"{area}-dev-authorize")
+
+
+def sign_in(page: Page) -> Locator:
+    """The sign-in page's "Sign in" action (a link styled as a button)."""
+    return page.locator("main").get_by_role("link", name="Sign in", exact=True)
 
 
 def new_watched(context: BrowserContext) -> None:

@@ -169,12 +169,6 @@ def test_another_patients_consent_and_receipt_are_not_found(
     site.check_page(page, "portal-not-found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Consent API answers POST Consent/<another patient's id>/$revoke with 403 "
-    "'a patient may only act on their own consents' but a missing id with 404 (GET is 404 for "
-    "both): the answer tells that the other patient's consent exists, and the page passes it on",
-)
 def test_a_forged_revoke_of_another_patients_consent_is_answered_as_a_missing_one(
     desktop: Page,
     desktop_context: BrowserContext,

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, Route, expect
 
-from tests.browser.pages import Site
+from tests.browser.pages import Site, sign_in
 from tests.support import GatewayServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -112,7 +112,7 @@ def test_a_patient_session_does_not_open_the_dashboard(
     page.goto(site.url("/compliance/"))
     page.wait_for_url(site.url("/compliance/signin") + "**")
     site.check_page(page, "compliance-signin")
-    page.get_by_role("button", name="Sign in", exact=True).click()
+    sign_in(page).click()
     page.wait_for_url("**/auth/authorize**")
     expect(page.get_by_label("Patient id")).to_have_count(0)
     fields: dict[str, str | float | bool] = {}
