@@ -19,6 +19,7 @@ _REASONS: Final = {
     406: "Not a format this operation answers (Accept, _format)",
     408: "The body did not arrive within body_timeout",
     413: "The body is larger than max_request_bytes",
+    422: "Too costly: more rows than the operation serves (narrow it, or use the CLI)",
     429: "Too many exports running (Retry-After)",
     503: "The ledger cannot record this access, or a store is unavailable (Retry-After)",
 }
@@ -129,13 +130,20 @@ def audit_paths(base: str) -> dict[str, Any]:
                             "text/csv": {"schema": {"type": "string"}},
                             "application/pdf": {"schema": {"type": "string"}},
                             "application/fhir+ndjson": {"schema": {"type": "string"}},
+                            # _proofs=true: the consentry-audit-export/v1 NDJSON
+                            "application/x-ndjson": {"schema": {"type": "string"}},
                         },
                     },
-                    **_errors(400, 401, 403, 404, 406, 503),
+                    **_errors(400, 401, 403, 404, 406, 422, 503),
                 },
                 parameters=[
                     {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
                     _query("_format", "json, csv, pdf or ndjson"),
+                    _query(
+                        "_proofs",
+                        "true: the verifiable export (consentry-audit-export/v1) as csv or "
+                        "ndjson, for auditors only; 422 too-costly past its row cap",
+                    ),
                 ],
             )
         },
