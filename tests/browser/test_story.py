@@ -132,11 +132,6 @@ def test_deny_read_refused_seen_revoke_read_audit_export(
 
     # ... and verify-export accepts the downloaded CSV, offline.
     report = _verify_export(gateway, files["csv"], tmp_path)
-    codes = [finding["code"] for finding in report["findings"]]
-    if codes == ["header-format"]:
-        # Known gap, named so it cannot hide another failure: the dashboard's download is
-        # $accounting's plain CSV, not a consentry-audit-export/v1 file with proofs.
-        pytest.xfail("the dashboard's accounting CSV is not a verifiable export (header-format)")
     assert report["ok"] is True, report
 
 
