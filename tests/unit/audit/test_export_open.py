@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from middleware.audit import cli_reports
+from middleware.audit import export_make
 from middleware.audit.cli_common import read_key
 from middleware.audit.evidence import EVIDENCE_PURPOSE
 from middleware.audit.export_collect import ExportSpec, StoreView, collect_export
@@ -232,13 +232,13 @@ def test_the_garbage_collector_is_back_after_an_export(
     """The export pauses the collector while it gathers and writes the lines
     (cli_reports._collector_paused) and restores it, also when the export fails."""
     seen: list[bool] = []
-    collect = collect_export  # the function cli_reports calls
+    collect = collect_export  # the function the CLI calls (through export_make)
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         seen.append(gc.isenabled())
         return collect(*args, **kwargs)
 
-    monkeypatch.setattr(cli_reports, "collect_export", spy)
+    monkeypatch.setattr(export_make, "collect_export", spy)
     assert gc.isenabled()
     assert _export(log, "--report", "date-range")[0] == 0
     assert seen == [False]  # paused during the export
