@@ -10,9 +10,10 @@ the auditor only (:mod:`middleware.audit.accounting_http` refuses anybody else, 
 included, with 403 before anything is read). A patient no entry names gets a valid export
 with no rows (its header says there is no chain), as the CLI writes it.
 
-Bounded: an accounting of more than ``row_cap`` disclosures' entries is refused with 422
-``too-costly`` (the CLI, which streams to a file, has no cap); the file is built in memory
-and its proofs are computed off the event loop.
+Bounded as the other reports over HTTP are: an export of more than
+:data:`~middleware.audit.report_http.MAX_REPORT_ROWS` rows is refused with 422 ``too-costly``
+(:class:`~middleware.audit.report_http.TooCostly`; the CLI, which streams to a file, has no
+cap); the file is built in memory and its proofs are computed off the event loop.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import io
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Final, Literal
 
+from middleware.audit import report_http
 from middleware.audit.accounting import Accounting, AccountingRules
 from middleware.audit.export import ExportEntry, ExportHeader
 from middleware.audit.export_collect import StoreView
@@ -29,30 +31,18 @@ from middleware.audit.export_make import accounting_rows, make_export
 from middleware.audit.export_write import write_csv, write_ndjson
 from middleware.audit.httptypes import Reply
 from middleware.audit.row import AuditRow
-from middleware.errors import GatewayError
 from middleware.storage.ledger_base import LogStore
 
-__all__ = ["ROW_CAP", "ExportTooCostly", "ProvenAccounting"]
+__all__ = ["ProvenAccounting"]
 
-#: The most entries a served export proves (an accounting is a few hundred at most; the
-#: cap keeps one request from holding the whole log in memory).
-ROW_CAP: Final = 50_000
 _MEDIA: Final = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 _NO_STORE: Final = ("cache-control", "no-store")
-
-
-class ExportTooCostly(GatewayError):
-    """The export would prove more rows than the gateway serves: 422 ``too-costly``; the
-    auditor uses ``consentry audit export`` instead."""
-
-    status = 422
-    code = "too-costly"
 
 
 class ProvenAccounting:
     """Makes the verifiable export of an accounting (module docstring) from the ledger
     ``store`` under ``wrap_key`` (the ledger key's evidence wrap key); ``row_cap``: the most
-    entries proven (None: :data:`ROW_CAP`)."""
+    entries proven (None: the reports' :data:`~middleware.audit.report_http.MAX_REPORT_ROWS`)."""
 
     def __init__(
         self,
@@ -71,11 +61,11 @@ class ProvenAccounting:
         self, made: Accounting, rows: Sequence[AuditRow], wanted: Literal["csv", "ndjson"]
     ) -> Reply:
         """The export of ``made`` (``rows``: the patient's index rows it was made from) as
-        ``wanted``; :class:`ExportTooCostly` beyond the cap."""
+        ``wanted``; :class:`~middleware.audit.report_http.TooCostly` beyond the cap."""
         selected = accounting_rows(made, rows)
-        cap = ROW_CAP if self._cap is None else self._cap
+        cap = report_http.MAX_REPORT_ROWS if self._cap is None else self._cap
         if len(selected) > cap:
-            raise ExportTooCostly(
+            raise report_http.TooCostly(
                 f"the accounting proves more than {cap} entries: use consentry audit export"
             )
         store = await self._store()

@@ -106,7 +106,7 @@ async def test_beyond_the_row_cap_is_too_costly(
     """One request may not make the gateway prove (and hold in memory) an unbounded export:
     past the cap it is 422 too-costly, an OperationOutcome, not a 500."""
     await traffic(client, tokens)
-    monkeypatch.setattr("middleware.audit.export_http.ROW_CAP", 0)
+    monkeypatch.setattr("middleware.audit.report_http.MAX_REPORT_ROWS", 0)
     got = await client.get(
         URL.format("p1"), params={"_format": "csv", "_proofs": "true"}, headers=auditor(tokens)
     )
