@@ -133,6 +133,9 @@ def test_deny_read_refused_seen_revoke_read_audit_export(
     # ... and verify-export accepts the downloaded CSV, offline.
     report = _verify_export(gateway, files["csv"], tmp_path)
     assert report["ok"] is True, report
+    scope = (report["report"], report["scope"]["patient"])
+    assert scope == ("accounting", f"Patient/{patient}"), report
+    assert report["rows"] >= 1
 
 
 def _verify_export(gateway: GatewayServer, path: Path, tmp_path: Path) -> dict[str, Any]:
