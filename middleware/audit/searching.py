@@ -97,7 +97,13 @@ class Searching:
         """The served events of ``row``'s entry (none when it has none to show)."""
         events = await self.events(row.index)
         return [
-            served_event(event, index=row.index, n=n, gateway_root=self._root)
+            served_event(
+                event,
+                index=row.index,
+                n=n,
+                gateway_root=self._root,
+                break_glass=row.break_glass,
+            )
             for n, event in enumerate(events or ())
         ]
 
@@ -109,7 +115,13 @@ class Searching:
             return [event for row in rows for event in await self.served(row)]
         found = await self.events_many([row.index for row in rows])
         return [
-            served_event(event, index=row.index, n=n, gateway_root=self._root)
+            served_event(
+                event,
+                index=row.index,
+                n=n,
+                gateway_root=self._root,
+                break_glass=row.break_glass,
+            )
             for row, events in zip(rows, found, strict=True)
             for n, event in enumerate(events or ())
         ]

@@ -7,7 +7,10 @@ deterministic). The ``n``-th event of the entry at ledger index ``i`` is served 
 same events in the same order), and it tells a reviewer which entry to prove. Each served
 event also names its entry in ``meta``: ``meta.source`` is the entry's receipt URL
 (``/ledger/receipt/<i>``, the RFC 9162 inclusion proof) and ``meta.tag`` carries the index as
-a code of :data:`LEDGER_INDEX_SYSTEM`.
+a code of :data:`LEDGER_INDEX_SYSTEM`. An entry whose release rested on a break-the-glass
+override (its leaf's flag; the rendered events cannot say it: the decision event says deny,
+the RESTful event success) has its events tagged :data:`BREAK_GLASS_TAG` as well, so a reader
+(the patient's "who looked at my record") tells an emergency access from a refusal.
 
 A searchset (FHIR R4 bundle.html, http.html#search) carries no ``total``: a count is not
 needed to page, and one less number is one less thing to infer from.
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 __all__ = [
+    "BREAK_GLASS_TAG",
     "LEDGER_INDEX_SYSTEM",
     "event_id",
     "parse_event_id",
@@ -31,6 +35,13 @@ Json = dict[str, Any]
 
 #: ``meta.tag`` system whose code is the ledger index of the entry an event was rendered from.
 LEDGER_INDEX_SYSTEM: Final = "https://consentry.dev/fhir/CodeSystem/ledger-index"
+#: ``meta.tag`` of the events of an entry released under a break-the-glass override (the
+#: audit-flag code system of ``alerts.REVIEW_TAG``).
+BREAK_GLASS_TAG: Final = {
+    "system": "https://consentry.dev/fhir/CodeSystem/audit-flag",
+    "code": "break-the-glass",
+    "display": "Released under a break-the-glass override",
+}
 _EVENT_ID: Final = re.compile(r"(0|[1-9][0-9]{0,17})-(0|[1-9][0-9]{0,3})")
 
 
@@ -46,14 +57,19 @@ def parse_event_id(text: str) -> tuple[int, int] | None:
     return None if found is None else (int(found[1]), int(found[2]))
 
 
-def served_event(event: Json, *, index: int, n: int, gateway_root: str) -> Json:
+def served_event(
+    event: Json, *, index: int, n: int, gateway_root: str, break_glass: bool = False
+) -> Json:
     """A copy of ``event`` with its ``id`` and a ``meta`` naming its ledger entry (module
-    docstring); ``gateway_root`` is the gateway's public URL without the FHIR base path."""
+    docstring); ``gateway_root`` is the gateway's public URL without the FHIR base path;
+    ``break_glass``: the entry's leaf carries the break-the-glass flag."""
     served = dict(event)
     meta = dict(served.get("meta") or {})
     meta["source"] = f"{gateway_root}/ledger/receipt/{index}"
     tags = [t for t in meta.get("tag") or [] if t.get("system") != LEDGER_INDEX_SYSTEM]
     meta["tag"] = [*tags, {"system": LEDGER_INDEX_SYSTEM, "code": str(index)}]
+    if break_glass and BREAK_GLASS_TAG not in meta["tag"]:
+        meta["tag"].append(dict(BREAK_GLASS_TAG))
     out: Json = {"resourceType": "AuditEvent", "id": event_id(index, n), "meta": meta}
     out.update((k, v) for k, v in served.items() if k not in ("resourceType", "id", "meta"))
     return out

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from middleware.audit.searchset import BREAK_GLASS_TAG
 from middleware.web.describe import PURPOSES
 from middleware.web.text import t
 
@@ -68,10 +69,13 @@ def _row(key: str, events: list[Mapping[str, Any]], me: str) -> AccessRow:
     who_ref = _who(agent)
     purposes = set(_codes_of(agent.get("purposeOfUse")))
     subtypes = {str(s.get("code", "")) for e in events for s in _list(e.get("subtype"))}
-    break_glass = "BTG" in purposes or bool(subtypes & _OVERRIDE)
+    # The entry's release rested on a break-the-glass override: its decision event says deny,
+    # its RESTful event success (audit.searchset.BREAK_GLASS_TAG).
+    overridden = any(_tagged(e, BREAK_GLASS_TAG["code"]) for e in events)
+    break_glass = "BTG" in purposes or bool(subtypes & _OVERRIDE) or overridden
     decision = next((e for e in events if "AuthZ-Consent" in _subtypes(e)), None)
     denied = decision is not None and decision.get("outcomeDesc") == "deny"
-    allowed = str(main.get("outcome", "0")) == "0" and not denied
+    allowed = str(main.get("outcome", "0")) == "0" and (not denied or overridden)
     interaction = next(iter(_subtypes(main)), "")
     words = [t(PURPOSES[p]) if p in PURPOSES else p for p in sorted(purposes)]
     return AccessRow(
@@ -84,6 +88,17 @@ def _row(key: str, events: list[Mapping[str, Any]], me: str) -> AccessRow:
         allowed=allowed,
         result=t("access.allowed") if allowed else t("access.refused"),
         break_glass=break_glass,
+    )
+
+
+def _tagged(event: Mapping[str, Any], code: str) -> bool:
+    meta = event.get("meta")
+    tags = meta.get("tag") if isinstance(meta, Mapping) else None
+    return any(
+        isinstance(tag, Mapping)
+        and tag.get("system") == BREAK_GLASS_TAG["system"]
+        and tag.get("code") == code
+        for tag in _list(tags)
     )
 
 

@@ -12,10 +12,12 @@ import pytest
 import respx
 
 from middleware.app import Gateway
+from middleware.audit.searchset import BREAK_GLASS_TAG
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.ledger.leaf import EntryFlag
 from middleware.ledger.signing import SigningKey
 from middleware.storage.ledger_memory import MemoryLogStore
+from middleware.web.access_rows import rows
 from tests.app.conftest import WallClock
 from tests.app.consenting import (
     ACT_REASON,
@@ -175,3 +177,39 @@ async def test_a_session_board_that_cannot_take_the_claim_answers_503_and_releas
         assert answer.headers["retry-after"]
         assert "o-p1" not in answer.text
     await app.aclose()
+
+
+async def test_the_patient_sees_the_emergency_read_tagged_as_such(
+    gateway: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    """The leaf's break-the-glass flag is not in the rendered events (the decision event says
+    deny, the RESTful event success), so the patient's "who looked at my record" showed the
+    emergency read as refused. Served events of a flagged entry carry BREAK_GLASS_TAG; a plain
+    refused read's events do not."""
+    await deny_dr(gateway, tokens, "p1")
+    glass = doctor(tokens, glass=True)
+    assert (await gateway.get("/fhir/Observation/o-p1", headers=glass)).status_code == 404
+    asked = {**glass, "x-break-glass-reason": "unconscious patient in ED"}
+    assert (await gateway.get("/fhir/Observation/o-p1", headers=asked)).status_code == 200
+    found = await gateway.get(
+        "/fhir/AuditEvent",
+        params={"patient": "Patient/p1"},
+        headers=tokens.patient("p1", "patient/AuditEvent.rs"),
+    )
+    assert found.status_code == 200, found.text
+    events = [e["resource"] for e in found.json()["entry"]]
+    tagged = {e["id"].partition("-")[0] for e in events if BREAK_GLASS_TAG in e["meta"]["tag"]}
+    reads = {
+        e["id"].partition("-")[0]
+        for e in events
+        if {"code": "read"} in [{"code": s.get("code")} for s in e.get("subtype", [])]
+    }
+    assert len(reads) == 2  # the refused read and the emergency read
+    assert len(reads & tagged) == 1
+    page = rows(found.json(), "Patient/p1")
+    emergency = [r for r in page if r.index is not None and str(r.index) in reads & tagged]
+    refused = [r for r in page if r.index is not None and str(r.index) in reads - tagged]
+    assert emergency[0].allowed
+    assert emergency[0].break_glass
+    assert not refused[0].allowed
+    assert not refused[0].break_glass

@@ -226,12 +226,6 @@ def glass_broken(gateway: GatewayServer, patients: list[str]) -> str:
     return patient
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="middleware/web/access_rows.py shows the read released under break-the-glass as "
-    "'Stopped' (its entry's consent decision event says deny; the RESTful event's outcome is 0) "
-    "and unmarked: only the separate Emergency Override entry ('Asked for') is marked",
-)
 def test_an_emergency_access_is_explained(page: Page, site: Site, glass_broken: str) -> None:
     """The patient whose refusal was overridden sees the practitioner's read of the record as
     allowed and marked as an emergency access (it was released: the read answered 200), and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from middleware.audit.searchset import BREAK_GLASS_TAG
 from middleware.web.access_rows import rows
 
 REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
@@ -115,3 +116,16 @@ def test_junk_is_skipped_not_raised() -> None:
     assert row.who == "Someone unknown"
     assert rows(None, "Patient/p1") == []
     assert rows({"entry": None}, "Patient/p1") == []
+
+
+def test_a_denial_overridden_by_break_the_glass_is_allowed_and_marked() -> None:
+    """The entry's decision event says deny and its RESTful event success; the served events
+    carry the break-the-glass tag (audit.searchset): an emergency access, not a refusal."""
+    tag = {"meta": {"tag": [BREAK_GLASS_TAG]}}
+    overridden = authz(8, "Practitioner/er", "deny")
+    overridden["resource"].update(tag)
+    read = rest(8, "Practitioner/er", "read", "0")
+    read["resource"].update(tag)
+    (row,) = rows({"entry": [overridden, read]}, "Patient/p1")
+    assert row.allowed
+    assert row.break_glass
