@@ -90,7 +90,7 @@ async def test_overview_shows_the_counts_as_charts_and_tables(
     assert "5 accesses" in html
     assert "1 after hours" in html
     assert "1 break the glass" in html
-    assert "1 break-the-glass accesses waiting for review" in html
+    assert "Break-the-glass accesses waiting for review: 1" in html
     assert html.count('<svg class="chart"') == 2
     assert 'role="img"' in html
     # the text alternative: the day's row of the table, and the people table
