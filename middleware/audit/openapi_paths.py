@@ -192,9 +192,9 @@ def _oversight_paths(base: str) -> dict[str, Any]:
         },
         f"{base}/AuditEvent/$date-range": {
             "get": _operation(
-                "The date-range report, sortable on any column (CSV or NDJSON)",
+                "The date-range report, sortable on any column (CSV, NDJSON or PDF)",
                 {**files, **_errors(400, 401, 403, 503), "422": {"description": "Too many rows"}},
-                parameters=[dates, _query("_sort", "[-]column"), _query("_format", "csv, ndjson")],
+                parameters=[dates, _query("_sort", "[-]column"), _query("_format", "csv, ndjson, pdf")],
             )
         },
         f"{base}/Patient/{{id}}/$access-report": {

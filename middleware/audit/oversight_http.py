@@ -133,7 +133,9 @@ class Oversight:
         if operation == "$overview":
             return await self._overview(params)
         if operation == "$date-range":
-            return await date_range_reply(await self._store(), params, now=now)
+            return await date_range_reply(
+                await self._store(), params, now=now, gateway_name=self._name, after=self._after
+            )
         if method == "POST":
             return await self._review(identity, seen, params)
         only(params)

@@ -7,7 +7,8 @@ request                                     answer
 ==========================================  ==================================================
 ``GET {base}/AuditEvent/$date-range``       the date-range report (``reports.date_range``),
 ``?date=..&_sort=[-]<column>&_format=``     sorted on any column (ONC 170.315(d)(3)):
-                                            ``csv`` (default) or ``ndjson``; auditors only
+                                            ``csv`` (default), ``ndjson`` or ``pdf`` (at
+                                            most :data:`MAX_PDF_ROWS`); auditors only
 ``GET {base}/Patient/<id>/$access-report``  the patient access report (``reports.
 ``?date=..&_format=``                       access_report``): ``csv`` (default), ``pdf``,
                                             ``ndjson`` (its audit rows); the auditor or the
@@ -30,7 +31,7 @@ from middleware.audit.httptypes import Reply, Seen
 from middleware.audit.paging import all_rows
 from middleware.audit.parts import FHIR_ID
 from middleware.audit.report_csv import access_csv, date_range_csv, date_range_ndjson
-from middleware.audit.report_pdf import access_pdf
+from middleware.audit.report_pdf import access_pdf, date_range_pdf
 from middleware.audit.reports import DATE_RANGE_COLUMNS, AfterHours
 from middleware.audit.reports import access_report as make_access_report
 from middleware.audit.reports import date_range as make_date_range
@@ -39,6 +40,7 @@ from middleware.audit.search import parse_search
 from middleware.errors import BadRequest, Forbidden, NotFound, UnprocessableEntity
 
 __all__ = [
+    "MAX_PDF_ROWS",
     "MAX_REPORT_ROWS",
     "ReportStore",
     "TooCostly",
@@ -51,6 +53,8 @@ __all__ = [
 
 #: Most rows a date-range or access report carries over HTTP (the CLI has no limit).
 MAX_REPORT_ROWS: Final = 100_000
+#: A PDF lays out every line (reportlab, in a worker thread): a longer period is the CSV's.
+MAX_PDF_ROWS: Final = 10_000
 _PAGE: Final = 1000
 _NO_STORE: Final = ("cache-control", "no-store")
 
@@ -70,25 +74,43 @@ class TooCostly(UnprocessableEntity):
     code = "too-costly"
 
 
-async def date_range_reply(store: ReportStore, params: list[tuple[str, str]], *, now: int) -> Reply:
+async def date_range_reply(
+    store: ReportStore,
+    params: list[tuple[str, str]],
+    *,
+    now: int,
+    gateway_name: str = "Consentry",
+    after: AfterHours | None = None,
+) -> Reply:
     """``$date-range`` (module table) as of ``now`` (microseconds since the epoch)."""
     only(params, "date", "_sort", "_format")
     values = single(params, "_sort", "_format")
     wanted = values.get("_format", "csv")
-    if wanted not in ("csv", "ndjson"):
-        raise BadRequest("$date-range is served as csv or ndjson", code="not-supported")
+    if wanted not in ("csv", "ndjson", "pdf"):
+        raise BadRequest("$date-range is served as csv, ndjson or pdf", code="not-supported")
     sort = values.get("_sort", "recorded_us")
     column = sort.removeprefix("-")
     if column not in DATE_RANGE_COLUMNS:
         raise BadRequest("_sort names no column of the report")
     since, until = period(params, default_since=0, now=now)
     query = AuditQuery(since_us=since, until_us=until, limit=_PAGE)
-    if await store.audit_count(query) > MAX_REPORT_ROWS:
-        raise TooCostly(f"the period holds more than {MAX_REPORT_ROWS} rows: narrow it")
+    cap = MAX_PDF_ROWS if wanted == "pdf" else MAX_REPORT_ROWS
+    if await store.audit_count(query) > cap:
+        raise TooCostly(f"the period holds more than {cap} rows: narrow it")
     rows = await all_rows(store, query)
     chosen = make_date_range(
         rows, since_us=since, until_us=until, sort=column, descending=sort.startswith("-")
     )
+    if wanted == "pdf":
+        pdf = await asyncio.to_thread(
+            date_range_pdf,
+            chosen,
+            since_us=since,
+            until_us=until,
+            gateway_name=gateway_name,
+            after=after,
+        )
+        return _file(pdf, "application/pdf")
     if wanted == "ndjson":
         return _file(date_range_ndjson(chosen).encode(), "application/x-ndjson")
     return _file(date_range_csv(chosen).encode(), "text/csv; charset=utf-8")

@@ -47,11 +47,14 @@ from middleware.audit.reports import (
     AccessReport,
     AfterHours,
     UserReport,
+    access_line,
+    access_result,
     format_time,
     patients_touched,
 )
+from middleware.audit.row import AuditRow
 
-__all__ = ["access_pdf", "accounting_pdf", "user_pdf"]
+__all__ = ["access_pdf", "accounting_pdf", "date_range_pdf", "user_pdf"]
 
 _STYLES = getSampleStyleSheet()
 _BODY = ParagraphStyle("body", parent=_STYLES["BodyText"], fontSize=9.5, leading=12)
@@ -329,4 +332,31 @@ def user_pdf(report: UserReport, *, gateway_name: str, after: AfterHours | None 
         gateway_name=gateway_name,
         after=after,
         by_patient=True,
+    )
+
+
+def date_range_pdf(
+    rows: Sequence[AuditRow],
+    *,
+    since_us: int,
+    until_us: int,
+    gateway_name: str,
+    after: AfterHours | None = None,
+) -> bytes:
+    """The date-range report (every audit entry of a period, in the order given) as a PDF for
+    a reviewer: the activity and busiest-user charts, then one line per entry (who acted) (a refused
+    access says so; an entry that is no access, such as a consent change, says "recorded")."""
+    after = after or AfterHours()
+    lines = [access_line(row, access_result(row) or "recorded") for row in rows]
+    intro = (
+        f"From {gateway_name}: every entry of the audit trail between "
+        f"{_date(since_us, after.zone)} and {_date(until_us, after.zone)} ({len(lines)} in all)."
+    )
+    return _report_pdf(
+        lines,
+        title="Audit trail by date",
+        intro=intro,
+        gateway_name=gateway_name,
+        after=after,
+        by_patient=False,
     )

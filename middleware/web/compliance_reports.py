@@ -7,7 +7,7 @@ report            API (``middleware.audit``)                  formats
 ================  ==========================================  ===========================
 accounting        ``GET {base}/Patient/<id>/$accounting``     PDF, CSV+, NDJSON+
 access            ``GET {base}/Patient/<id>/$access-report``  PDF, CSV, NDJSON
-date-range        ``GET {base}/AuditEvent/$date-range``       CSV, NDJSON
+date-range        ``GET {base}/AuditEvent/$date-range``       CSV, NDJSON, PDF
 ================  ==========================================  ===========================
 
 + The accounting's CSV and NDJSON are the verifiable export (``_proofs=true``,
@@ -44,7 +44,7 @@ __all__ = ["FORMATS", "FORMAT_TEXT", "download_request", "routes"]
 FORMATS: Final = {
     "accounting": ("pdf", "csv", "ndjson"),
     "access": ("pdf", "csv", "ndjson"),
-    "date-range": ("csv", "ndjson"),
+    "date-range": ("csv", "ndjson", "pdf"),
 }
 #: The text key naming each format on the form.
 FORMAT_TEXT: Final = {

@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from pypdf import PdfReader
 
 from middleware.app import Gateway
+from middleware.audit import report_http
 from middleware.audit.reviews import REVIEW_TYPE
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.ledger.leaf import EntryKind
@@ -313,6 +315,26 @@ async def test_date_range_report_as_csv_and_ndjson(
         "/fhir/AuditEvent/$date-range", params={"_sort": "secret"}, headers=officer
     )
     assert bad.status_code == 400
+    params["_format"] = "pdf"
+    pdf = await gateway.get("/fhir/AuditEvent/$date-range", params=params, headers=officer)
+    assert pdf.status_code == 200, pdf.text
+    assert pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF")
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf.content)).pages)
+    assert "Audit trail by date" in text
+    assert rows[0]["agent"] in text
+
+
+async def test_a_date_range_pdf_over_its_row_cap_is_too_costly(
+    gateway: httpx.AsyncClient, tokens: Tokens, wall: WallClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await traffic(gateway, tokens, wall)
+    monkeypatch.setattr(report_http, "MAX_PDF_ROWS", 2)
+    got = await gateway.get(
+        "/fhir/AuditEvent/$date-range", params={"_format": "pdf"}, headers=auditor(tokens)
+    )
+    assert got.status_code == 422
+    assert got.json()["issue"][0]["code"] == "too-costly"
 
 
 async def test_access_report_for_the_auditor_and_the_patient_only(

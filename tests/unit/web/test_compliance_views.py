@@ -238,7 +238,7 @@ def test_download_requests(
         {"report": "accounting", "patient": "p1/../p2", "format": "pdf"},
         {"report": "accounting", "patient": "", "format": "pdf"},
         {"report": "accounting", "patient": "p1", "format": "xml"},
-        {"report": "date-range", "format": "pdf"},
+        {"report": "date-range", "format": "xml"},
         {"report": "date-range", "format": "csv", "sort": "secret"},
         {"report": "access", "patient": "p1", "format": "csv", "to": "soon"},
     ],
