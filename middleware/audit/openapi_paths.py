@@ -194,7 +194,11 @@ def _oversight_paths(base: str) -> dict[str, Any]:
             "get": _operation(
                 "The date-range report, sortable on any column (CSV, NDJSON or PDF)",
                 {**files, **_errors(400, 401, 403, 503), "422": {"description": "Too many rows"}},
-                parameters=[dates, _query("_sort", "[-]column"), _query("_format", "csv, ndjson, pdf")],
+                parameters=[
+                    dates,
+                    _query("_sort", "[-]column"),
+                    _query("_format", "csv, ndjson, pdf"),
+                ],
             )
         },
         f"{base}/Patient/{{id}}/$access-report": {
