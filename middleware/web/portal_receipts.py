@@ -47,18 +47,25 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
             raise HTTPException(404)
         return int(raw), body.decode("utf-8", "replace")
 
-    async def show(request: Request) -> Response:
+    async def receipt_page(request: Request, *, checked: bool) -> Response:
+        """One receipt, read; with ``checked`` also checked against the ledger."""
         session = await require(request, "patient")
         index, text = await fetch(request, session)
-        read = read_receipt(text)
+        if checked:
+            read, findings = await check_text(deps.api, text)
+        else:
+            read, findings = read_receipt(text), None
         context = {
             "title": t("receipt.title", index=index),
             "session": session,
             "index": index,
             "read": read,
-            "findings": None,
+            "findings": findings,
         }
         return page(request, "portal/receipt.html", context)
+
+    async def show(request: Request) -> Response:
+        return await receipt_page(request, checked=False)
 
     async def download(request: Request) -> Response:
         session = await require(request, "patient")
@@ -71,17 +78,7 @@ def routes(deps: WebDeps) -> list[BaseRoute]:
         )
 
     async def check_one(request: Request) -> Response:
-        session = await require(request, "patient")
-        index, text = await fetch(request, session)
-        read, findings = await check_text(deps.api, text)
-        context = {
-            "title": t("receipt.title", index=index),
-            "session": session,
-            "index": index,
-            "read": read,
-            "findings": findings,
-        }
-        return page(request, "portal/receipt.html", context)
+        return await receipt_page(request, checked=True)
 
     async def check_form(request: Request) -> Response:
         session = await require(request, "patient")
