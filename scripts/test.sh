@@ -31,22 +31,27 @@ export PATH="$bin:$PATH" # subprocesses of the tests (consentry, python) are thi
 # /tmp/peers): the repository's own installer, the one the README's demo uses.
 bash scripts/upstream.sh --install
 
-# Debian's Chromium for the browser tests (tests/browser drive /usr/bin/chromium through
-# Playwright; Playwright's own browser download is not reachable, so `playwright install` is
-# never run). Installed only when missing, as root (CI runs as root). When it cannot be
-# installed the run fails here, loudly: skipping would let CI go green without a single page,
-# CSRF or accessibility check having run.
-step "chromium for the browser tests"
-if [ ! -x /usr/bin/chromium ]; then
+# Debian's packages the tests drive: Chromium for the browser tests (tests/browser drive
+# /usr/bin/chromium through Playwright; Playwright's own browser download is not reachable, so
+# `playwright install` is never run) and HAProxy, the load balancer in front of the replicas of
+# tests/integration/test_replicas.py. Installed only when missing, as root (CI runs as root).
+# When they cannot be installed the run fails here, loudly: skipping would let CI go green
+# without a single page, CSRF, accessibility or replica check having run.
+step "system packages for the browser and replica tests"
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
-        echo "scripts/test.sh: /usr/bin/chromium is missing and this is not root; install it" \
-            "with: sudo apt-get install -y --no-install-recommends chromium" >&2
+        echo "scripts/test.sh: ${missing[*]} missing and this is not root; install with:" \
+            "sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq </dev/null
-    apt-get install -y -qq --no-install-recommends chromium </dev/null >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
     [ -x /usr/bin/chromium ] || { echo "scripts/test.sh: apt did not install chromium" >&2; exit 1; }
+    [ -x /usr/sbin/haproxy ] || { echo "scripts/test.sh: apt did not install haproxy" >&2; exit 1; }
 fi
 
 step "ruff check";          "$bin/ruff" check .
