@@ -6,6 +6,12 @@ keys are ``<name>+<hex key ID>+<base64(0x01 || public key)>``; signing keys can 
 ``PRIVATE+KEY+<name>+<hex key ID>+<base64(0x01 || seed)>`` form of golang.org/x/mod/sumdb/note,
 which tools of that ecosystem read.
 
+A witness cosigns checkpoints with a :class:`Cosigner` (C2SP tlog-cosignature, Ed25519
+``cosignature/v1``, key type 0x04; formats in :mod:`middleware.ledger.cosignature`); a
+:class:`CosignatureVerifier` checks one witness's cosignatures. Its secret key is written
+``PRIVATE+KEY+<name>+<hex key ID>+<base64(0x04 || seed)>``, the note-key form with the
+cosignature type byte, so a witness key file is never mistaken for a log's signing key.
+
 Ed25519 is deterministic, so signing the same text with the same key always yields the same
 note, byte for byte. Third-party exceptions stop here: callers see only ledger errors.
 
@@ -40,6 +46,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
+from middleware.ledger.cosignature import (
+    SIG_TYPE_COSIGNATURE_V1,
+    Cosignature,
+    WitnessKey,
+    cosigned_message,
+    parse_witness_vkey,
+)
 from middleware.ledger.errors import MalformedError, VerificationError
 from middleware.ledger.note import (
     SIG_TYPE_ED25519,
@@ -58,6 +71,8 @@ from middleware.ledger.note import (
 
 __all__ = [
     "BOX_KEY_SIZE",
+    "CosignatureVerifier",
+    "Cosigner",
     "PUBLIC_KEY_SIZE",
     "SEED_SIZE",
     "SIGNATURE_SIZE",
@@ -219,6 +234,116 @@ class Verifier:
 
     def __repr__(self) -> str:
         return f"Verifier({self._key.vkey()!r})"
+
+
+class Cosigner:
+    """A witness's Ed25519 ``cosignature/v1`` key (C2SP tlog-cosignature): a name and a seed.
+
+    The seed is secret (left out of ``repr``). The key ID uses type 0x04, so the same seed
+    under the same name never produces a valid *note* signature line and vice versa.
+    """
+
+    __slots__ = ("_key", "_name")
+
+    def __init__(self, name: str, seed: bytes) -> None:
+        check_key_name(name)
+        if not isinstance(seed, bytes) or len(seed) != SEED_SIZE:
+            raise MalformedError(f"an Ed25519 seed is {SEED_SIZE} bytes")
+        self._name = name
+        self._key = nacl.signing.SigningKey(seed)
+
+    @classmethod
+    def generate(cls, name: str) -> Cosigner:
+        """A fresh witness key from the operating system's CSPRNG (via libsodium)."""
+        return cls(name, bytes(nacl.signing.SigningKey.generate()))
+
+    @classmethod
+    def from_skey(cls, skey: str) -> Cosigner:
+        """Parse ``PRIVATE+KEY+<name>+<hex id>+<base64(0x04 || seed)>``; the ID must match."""
+        skey = skey.strip()
+        if not skey.startswith(_SKEY_PREFIX):
+            raise MalformedError("a witness key starts with PRIVATE+KEY+")
+        name, _, rest = skey[len(_SKEY_PREFIX) :].partition("+")
+        hex_id, _, material = rest.partition("+")
+        raw = b64decode_strict(material)
+        if len(raw) != 1 + SEED_SIZE or raw[0] != SIG_TYPE_COSIGNATURE_V1:
+            raise MalformedError("not a cosignature/v1 witness key (type 0x04)")
+        key = cls(name, raw[1:])
+        if hex_id != f"{key.key_id:08x}":
+            raise MalformedError("the witness key's ID does not match its name and key")
+        return key
+
+    def skey(self) -> str:
+        """The secret key string (see :meth:`from_skey`). Handle it as the secret it is."""
+        raw = bytes([SIG_TYPE_COSIGNATURE_V1]) + bytes(self._key)
+        material = base64.b64encode(raw).decode("ascii")
+        return f"{_SKEY_PREFIX}{self._name}+{self.key_id:08x}+{material}"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def witness_key(self) -> WitnessKey:
+        return WitnessKey(self._name, bytes(self._key.verify_key))
+
+    @property
+    def key_id(self) -> int:
+        return self.witness_key.key_id
+
+    def vkey(self) -> str:
+        """The public witness key to give logs and clients: ``<name>+<hex id>+<base64>``."""
+        return self.witness_key.vkey()
+
+    def cosign(self, body: str, timestamp: int) -> Cosignature:
+        """Cosign the checkpoint ``body`` (note text) as of the POSIX ``timestamp``."""
+        message = cosigned_message(body, timestamp)
+        signature = bytes(self._key.sign(message).signature)
+        return Cosignature(self._name, self.key_id, timestamp, signature)
+
+    def __repr__(self) -> str:
+        return f"Cosigner({self.vkey()!r})"
+
+
+class CosignatureVerifier:
+    """Checks one witness's ``cosignature/v1`` signatures; a :class:`NoteVerifier` whose
+    ``verify`` takes the cosigned message (``cosignature.cosigned_message``) and the bare
+    64-byte signature, for ``cosignature.verify_cosignatures``."""
+
+    __slots__ = ("_key", "_verify_key")
+
+    def __init__(self, key: WitnessKey) -> None:
+        self._key = key
+        self._verify_key = nacl.signing.VerifyKey(key.public_key)
+
+    @classmethod
+    def from_vkey(cls, vkey: str) -> CosignatureVerifier:
+        return cls(parse_witness_vkey(vkey))
+
+    @property
+    def name(self) -> str:
+        return self._key.name
+
+    @property
+    def key_id(self) -> int:
+        return self._key.key_id
+
+    @property
+    def key(self) -> WitnessKey:
+        return self._key
+
+    def verify(self, message: bytes, signature: bytes) -> bool:
+        """True iff ``signature`` is a valid Ed25519 signature of ``message``; never raises."""
+        if len(signature) != SIGNATURE_SIZE:
+            return False
+        try:
+            self._verify_key.verify(message, signature)
+        except nacl.exceptions.BadSignatureError:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"CosignatureVerifier({self._key.vkey()!r})"
 
 
 def verify_note(note: str | bytes, verifiers: Iterable[NoteVerifier]) -> SignedNote:
