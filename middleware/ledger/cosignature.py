@@ -183,11 +183,11 @@ def verify_cosignatures(
     """
     parsed = note if isinstance(note, SignedNote) else parse_note(note)
     known: dict[tuple[str, int], NoteVerifier] = {}
-    for witness in witnesses:
-        label = (witness.name, witness.key_id)
-        if label in known:
-            raise MalformedError(f"witness {witness.name}+{witness.key_id:08x} listed twice")
-        known[label] = witness
+    for configured in witnesses:
+        pair = (configured.name, configured.key_id)
+        if pair in known:
+            raise MalformedError(f"witness {configured.name}+{configured.key_id:08x} listed twice")
+        known[pair] = configured
     if not 1 <= quorum <= len(known):
         raise MalformedError(f"a quorum is 1 to {len(known)} witnesses, not {quorum}")
     cosigned: set[str] = set()
