@@ -37,6 +37,7 @@ from middleware.consent.labels import DEFAULT_PART2_NOTICE, LabelRules, parse_la
 from middleware.consent.limits import CEILING, DEFAULT_LIMITS
 from middleware.errors import SettingsError
 from middleware.fhir.limits import DEFAULT_MAX_JSON_DEPTH, HARD_MAX_JSON_DEPTH
+from middleware.ledger.witnesses import WitnessEndpoint, parse_witnesses
 from middleware.ops.scrape import DEFAULT_METRICS_CLIENTS, MIN_TOKEN_LENGTH, parse_networks
 from middleware.pipeline.operation_table import OperationTable, parse_operations
 from middleware.proxy.headers import header_problems
@@ -79,16 +80,16 @@ class Settings:
     access_log: bool = True
     metrics_clients: str = DEFAULT_METRICS_CLIENTS
     metrics_token: str = ""
-    # Traces (middleware.ops.tracing, docs/operations.md "Traces"): off while otlp_endpoint is
-    # empty; the OTLP/HTTP traces URL, its request headers, the ratio of new traces sampled.
-    otlp_endpoint: str = ""
-    otlp_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    trace_sample_ratio: float = 1.0
     ledger_key_file: str = "consentry-ledger.key"
     ledger_origin: str = ""
     ledger_max_batch: int = 256
     ledger_max_pending: int = 10_000
     ledger_max_wait_ms: float = 0.0
+    # Witnesses that cosign the ledger's checkpoints (docs/ledger.md, "Witnessed checkpoints"):
+    # [[witnesses]] name, url, vkey; the cosignatures /ledger/checkpoint waits for; their timeout.
+    witnesses: tuple[WitnessEndpoint, ...] = ()
+    witness_quorum: int = 0
+    witness_timeout_seconds: float = 10.0
     audit_outbox: str = ""
     consent_admin_role: str = "consent-admin"
     ledger_auditor_role: str = "ledger-auditor"
@@ -305,7 +306,7 @@ def _from_text(name: str, text: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"expected a boolean, got {text!r}")
-    if kind in (dict, AuthSettings):
+    if kind in (dict, AuthSettings, tuple):  # witnesses: a JSON array of objects
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
@@ -316,6 +317,8 @@ def _from_text(name: str, text: str) -> Any:
 def _kind(name: str) -> type:
     if name == "auth":
         return AuthSettings
+    if name == "witnesses":
+        return tuple
     spec = _FIELDS[name]
     if spec.default_factory is not dataclasses.MISSING:
         return dict
@@ -335,6 +338,8 @@ def _kind(name: str) -> type:
 
 def _coerce(name: str, value: Any) -> Any:
     kind = _kind(name)
+    if kind is tuple:
+        return parse_witnesses(value)
     if kind is AuthSettings:
         if isinstance(value, AuthSettings):
             return value
@@ -523,7 +528,6 @@ def _check(values: Mapping[str, Any]) -> list[str]:
             f"metrics_token: expected at least {MIN_TOKEN_LENGTH} printable ASCII characters"
             " without spaces"
         )
-    problems.extend(_tracing_problems(values))
     try:
         by_kind = parse_retention(values.get("audit_retention_by_kind", ""))
     except ValueError as exc:
@@ -564,23 +568,14 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         )
     except ValueError as exc:
         problems.extend(f"operations: {line}" for line in str(exc).splitlines())
+    quorum, witnesses = values.get("witness_quorum", 0), values.get("witnesses", ())
+    if not 0 <= quorum <= len(witnesses):
+        problems.append(f"witness_quorum: expected 0..{len(witnesses)} (the witnesses configured)")
+    if not 0 < values.get("witness_timeout_seconds", 10.0) <= 300:
+        problems.append("witness_timeout_seconds: expected more than 0, at most 300")
     store = values.get("store", "sqlite:consentry.db")
     if not (store.startswith(("sqlite:", "postgresql://", "postgres://")) or store == "memory:"):
         problems.append("store: expected sqlite:PATH, postgresql://... or memory:")
-    return problems
-
-
-def _tracing_problems(values: Mapping[str, Any]) -> list[str]:
-    problems: list[str] = []
-    endpoint = values.get("otlp_endpoint", "")
-    parts = urlsplit(endpoint)
-    if endpoint and (parts.scheme not in ("http", "https") or not parts.netloc):
-        problems.append("otlp_endpoint: expected an absolute http(s) URL (.../v1/traces)")
-    problems.extend(
-        f"otlp_headers: {problem}" for problem in header_problems(values.get("otlp_headers", {}))
-    )
-    if not 0.0 <= values.get("trace_sample_ratio", 1.0) <= 1.0:
-        problems.append("trace_sample_ratio: expected 0..1")
     return problems
 
 
