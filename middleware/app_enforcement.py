@@ -45,7 +45,8 @@ from middleware.proxy.forwarder import UpstreamForwarder
 from middleware.proxy.membership_reads import UpstreamDirectory
 from middleware.settings import Settings
 from middleware.storage.audit_outbox import SqliteOutbox, outbox_path
-from middleware.storage.breakglass_sqlite import BOARD_PURPOSE, session_board
+from middleware.storage.breakglass_open import session_board
+from middleware.storage.breakglass_sqlite import BOARD_PURPOSE
 
 __all__ = ["GATEWAY_NAME", "build_enforcement"]
 
@@ -158,10 +159,13 @@ def build_enforcement(
         base_urls=(settings.upstream.rstrip("/"), settings.gateway_base_url),
         allow_unknown=settings.unknown_patient_contexts,
         wall_clock=consents.wall_clock,
-        # Shared by the worker processes of one SQLite store (pipeline.breakglass).
+        # Shared by the worker processes of one SQLite store, or by every replica of a
+        # PostgreSQL one (pipeline.breakglass, storage.breakglass_open).
         break_glass=BreakGlass(
             settings.break_glass_minutes,
-            board=session_board(settings.store, derive_box_key(secret, BOARD_PURPOSE)),
+            board=session_board(
+                settings.store, derive_box_key(secret, BOARD_PURPOSE), log_store=ledger.store
+            ),
         ),
         mapper=mapper,
         memberships=_memberships(settings, forwarder, ids),

@@ -14,10 +14,11 @@ A request without the header continues an open session; once the session is over
 stand again until the caller asks again (and a new, separately reviewed session starts).
 The process that opened a session holds it (with the identity its stop event names) and
 records its start and stop. With a :class:`SessionBoard` (the worker processes of one gateway
-on a SQLite store: :mod:`middleware.storage.breakglass_sqlite`) the other processes honour it
-for callers whose token allows break-the-glass, and do not start a second one; without one
-(other stores, other replicas) a process that has not seen the request opening a session
-requires the header again (the safe direction). The clock is injected.
+on a SQLite store, :mod:`middleware.storage.breakglass_sqlite`; every replica on a PostgreSQL
+store, :mod:`middleware.storage.breakglass_postgres`) the other processes honour it for
+callers whose token allows break-the-glass, and do not start a second one; without one (a
+``memory:`` store) a process that has not seen the request opening a session requires the
+header again (the safe direction). The clock is injected.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def _denies_btg(provision: Provision) -> bool:
 class SessionBoard(Protocol):
     """The sessions open in any process of the gateway (module docstring)."""
 
-    def active(self, binding: str, patients: Iterable[str], now: float) -> frozenset[str]:
+    async def active(self, binding: str, patients: Iterable[str], now: float) -> frozenset[str]:
         """Which of ``patients`` ``binding`` holds an open session for (none when
         unreadable)."""
         ...
@@ -112,6 +113,10 @@ class SessionBoard(Protocol):
         done (what it returns is not used)."""
         ...
 
+    async def aclose(self) -> None:
+        """Finish queued releases and let go of the board (idempotent)."""
+        ...
+
 
 class BreakGlass:
     """Open emergency sessions, time-boxed to ``minutes`` (module docstring)."""
@@ -123,13 +128,13 @@ class BreakGlass:
         self._sessions: dict[tuple[str, str], Session] = {}
         self._board = board
 
-    def active(self, caller: Caller, now: float, among: Iterable[str]) -> frozenset[str]:
+    async def active(self, caller: Caller, now: float, among: Iterable[str]) -> frozenset[str]:
         """The patients ``caller`` holds an open session for (in this process, or, of the
         patients ``among``, on the board when its token allows break-the-glass: the board
         keeps digests, it can only be asked about given patients)."""
         shared = frozenset[str]()
         if self._board is not None and caller.identity.break_the_glass:
-            shared = self._board.active(caller.binding, among, now)
+            shared = await self._board.active(caller.binding, among, now)
         if not self._sessions:  # every request asks: the common answer costs nothing
             return shared
         return shared | frozenset(
@@ -174,3 +179,8 @@ class BreakGlass:
             if self._board is not None:
                 self._board.release(session.caller, session.patient, session.ends)
         return over
+
+    async def aclose(self) -> None:
+        """Let go of the board (its queued releases finish first); idempotent."""
+        if self._board is not None:
+            await self._board.aclose()

@@ -83,7 +83,7 @@ class Judging:
             now=now,
             base_urls=self.base_urls,
             allow_unknown=caller.context in self.allow_unknown,
-            override=self._override(
+            override=await self._override(
                 caller, action=action, policies=policies, trail=trail, seconds=seconds, now=now
             ),
             trail=trail,
@@ -93,7 +93,7 @@ class Judging:
             decisions=self.decisions,
         )
 
-    def _override(
+    async def _override(
         self,
         caller: Caller,
         *,
@@ -108,7 +108,7 @@ class Judging:
         whose consent refuses it. Writes are never overridden."""
         if self.break_glass is None or action != ACTION_ACCESS:
             return frozenset()
-        candidates = set(self.break_glass.active(caller, seconds, policies))
+        candidates = set(await self.break_glass.active(caller, seconds, policies))
         if trail.emergency:
             candidates |= set(policies)
         return frozenset(

@@ -35,7 +35,7 @@ from middleware.errors import ServiceUnavailable
 from middleware.ledger.signing import keyed_digest
 from middleware.storage.sidecar import beside
 
-__all__ = ["BOARD_PURPOSE", "SqliteSessionBoard", "session_board", "sessions_path"]
+__all__ = ["BOARD_PURPOSE", "SqliteSessionBoard", "sessions_path"]
 
 #: What the board's digest key is derived for: ``derive_box_key(data secret, BOARD_PURPOSE)``.
 BOARD_PURPOSE: Final = "breakglass-board"
@@ -52,18 +52,12 @@ _OLD_TABLE: Final = "session"
 
 
 def sessions_path(store: str) -> Path | None:
-    """The board's file beside a ``sqlite:`` store; None for any other store (sessions then
-    stay in each process, which asks for the reason again: the safe direction)."""
+    """The board's file beside a ``sqlite:`` store; None for any other store (a PostgreSQL
+    store has its own board, :mod:`~middleware.storage.breakglass_postgres`; in memory,
+    sessions stay in the process)."""
     if not store.startswith("sqlite:"):
         return None
     return beside(store.removeprefix("sqlite:"), ".sessions")  # the real file's: storage.sidecar
-
-
-def session_board(store: str, key: bytes) -> SqliteSessionBoard | None:
-    """The board of the ``store`` setting's gateway, None when it has none (sessions_path).
-    ``key``: 32 bytes, ``derive_box_key(ledger data secret, BOARD_PURPOSE)``."""
-    path = sessions_path(store)
-    return None if path is None else SqliteSessionBoard(path, key)
 
 
 class SqliteSessionBoard:
@@ -110,7 +104,7 @@ class SqliteSessionBoard:
             self._writer = db
         return self._writer
 
-    def active(self, binding: str, patients: Iterable[str], now: float) -> frozenset[str]:
+    async def active(self, binding: str, patients: Iterable[str], now: float) -> frozenset[str]:
         """Which of ``patients`` ``binding`` holds an open session for, in any process; none
         when the file cannot be read (the caller then asks for the reason again: the safe
         direction)."""
@@ -137,7 +131,7 @@ class SqliteSessionBoard:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._thread, self._claim, row_id, ends, now)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, RuntimeError) as exc:  # RuntimeError: closed
             raise ServiceUnavailable("break-the-glass sessions unavailable") from exc
 
     def _claim(self, row_id: bytes, ends: float, now: float) -> bool:
@@ -160,8 +154,13 @@ class SqliteSessionBoard:
         """Forget the session until ``ends``, closed now (its stop recorded); a row another
         process has since claimed anew is kept. Queued on the board's thread (the event loop
         does not wait; the future is done when it ran); a row that cannot be deleted
-        lapses."""
-        return self._thread.submit(self._release, self._id(binding, patient), ends)
+        lapses (as after :meth:`close`)."""
+        try:
+            return self._thread.submit(self._release, self._id(binding, patient), ends)
+        except RuntimeError:  # closed: the row lapses
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
 
     def _release(self, row_id: bytes, ends: float) -> None:
         try:
@@ -174,8 +173,21 @@ class SqliteSessionBoard:
         except (sqlite3.Error, OSError):
             return
 
+    async def aclose(self) -> None:
+        """:meth:`close`, waiting for the board's thread off the event loop."""
+        await asyncio.to_thread(self._close_writer)
+        self.close()
+
     def close(self) -> None:
-        """Finish the queued releases and close the file (idempotent)."""
+        """Finish the queued releases and close the file (idempotent); on the thread that
+        reads (the event loop's)."""
+        self._close_writer()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _close_writer(self) -> None:
+        """Finish the queued releases and close the writer, on the board's thread."""
 
         def close_writer() -> None:
             if self._writer is not None:
@@ -185,9 +197,6 @@ class SqliteSessionBoard:
         with contextlib.suppress(RuntimeError):  # closed before
             self._thread.submit(close_writer)
         self._thread.shutdown(wait=True)
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
 
 
 def _truncate_wal(db: sqlite3.Connection) -> None:

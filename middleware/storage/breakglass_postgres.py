@@ -1,0 +1,152 @@
+"""Open break-the-glass sessions in a PostgreSQL table every replica of the gateway reads.
+
+The same board as :class:`~middleware.storage.breakglass_sqlite.SqliteSessionBoard` (read its
+docstring for what a row means), for gateways that share a PostgreSQL store: a session one
+replica opened is honoured by every other, and no second one is started while it is open.
+A row is ``id -> ends``, ``id`` the keyed digest of the caller's binding and the patient's
+reference under ``derive_box_key(ledger data secret, "breakglass-board")``: every replica
+must share the ledger key file (it does anyway: cursors and pseudonyms derive from it), and
+the table names no patient and no caller.
+
+The table lives in the store's schema (the log store's; ``public`` for a plain DSN), on a
+small pool of the board's own (opened on first use, closed by :meth:`aclose`), so a session
+check never waits behind a ledger append. A claim runs in one transaction under an advisory
+lock of the board's (claims are rare: one per emergency session), deletes every row whose
+``ends`` has passed (a replica killed with sessions open leaves rows that lapse at once) and
+inserts the new row unless one is open. Deleted rows' bytes stay in PostgreSQL's WAL and in
+dead tuples until VACUUM; they are digests, nothing more.
+
+Failures: a check that cannot read answers "no session" (the caller is asked for the reason
+again: the safe direction); a claim that cannot write raises
+:class:`~middleware.errors.ServiceUnavailable` through
+:func:`~middleware.storage.postgres_pool.translated` (nothing is released); a release that
+cannot write leaves the row to lapse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
+
+from middleware.errors import ServiceUnavailable
+from middleware.ledger.signing import keyed_digest
+from middleware.storage.postgres_pool import open_pool, translated
+
+__all__ = ["SCHEMA", "PostgresSessionBoard"]
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS consentry_breakglass_sessions (
+    id bytea PRIMARY KEY CHECK (octet_length(id) = 32),
+    ends double precision NOT NULL
+);
+"""
+_WHAT: Final = "break-the-glass sessions"
+_LOCK_CLASS: Final = 0x42544753  # "BTGS": the board's advisory lock
+_CLAIM_LOCK: Final = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, 0)"
+_SWEEP: Final = "DELETE FROM consentry_breakglass_sessions WHERE ends <= $1"
+_INSERT: Final = (
+    "INSERT INTO consentry_breakglass_sessions (id, ends) VALUES ($1, $2) "
+    "ON CONFLICT (id) DO NOTHING RETURNING 1"
+)
+_ACTIVE: Final = (
+    "SELECT id FROM consentry_breakglass_sessions WHERE id = ANY($1::bytea[]) AND ends > $2"
+)
+_RELEASE: Final = "DELETE FROM consentry_breakglass_sessions WHERE id = $1 AND ends = $2"
+
+
+class PostgresSessionBoard:
+    """The shared board (module docstring) on ``dsn``; ``schema`` says (when first needed)
+    which schema holds the table: the log store's."""
+
+    def __init__(
+        self,
+        dsn: str,
+        key: bytes,
+        *,
+        schema: Callable[[], Awaitable[str]],
+        max_size: int = 2,
+    ) -> None:
+        keyed_digest(key, ())  # a key of the wrong size fails here, not at the first request
+        self._dsn = dsn
+        self._key = key
+        self._schema = schema
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+        self._releases: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def _id(self, binding: str, patient: str) -> bytes:
+        return keyed_digest(self._key, (binding.encode(), patient.encode()))
+
+    async def _connected(self) -> asyncpg.Pool:
+        """The board's pool, opened (and the table created) on first use; raises
+        :class:`ServiceUnavailable` when it cannot be (the next call tries again)."""
+        if self._pool is not None:
+            return self._pool
+        async with self._opening:
+            if self._closed:
+                raise ServiceUnavailable(f"{_WHAT} closed")
+            if self._pool is None:
+                schema = await self._schema()
+                self._pool = await open_pool(
+                    self._dsn, schema=schema, ddl=SCHEMA, what=_WHAT, max_size=self._max_size
+                )
+            return self._pool
+
+    async def active(self, binding: str, patients: Iterable[str], now: float) -> frozenset[str]:
+        """Which of ``patients`` ``binding`` holds an open session for, on any replica; none
+        when the table cannot be read (module docstring). One indexed read."""
+        wanted = {self._id(binding, patient): patient for patient in patients}
+        if not wanted:
+            return frozenset()
+        try:
+            pool = await self._connected()
+            async with translated(_WHAT):
+                rows = await pool.fetch(_ACTIVE, list(wanted), now)
+        except ServiceUnavailable:
+            return frozenset()
+        return frozenset(wanted[bytes(row[0])] for row in rows)
+
+    async def claim(self, binding: str, patient: str, ends: float, now: float) -> bool:
+        """Record a session until ``ends`` unless one is open (True: this replica opened it and
+        records its start); lapsed rows are deleted first. Raises :class:`ServiceUnavailable`
+        when the table cannot be written."""
+        row_id = self._id(binding, patient)
+        pool = await self._connected()
+        async with translated(_WHAT), pool.acquire() as conn, conn.transaction():
+            await conn.execute(_CLAIM_LOCK)
+            await conn.execute(_SWEEP, now)
+            inserted = await conn.fetchval(_INSERT, row_id, ends)
+        return inserted is not None
+
+    def release(self, binding: str, patient: str, ends: float) -> asyncio.Task[None]:
+        """Forget the session until ``ends``, closed now; a row another replica has since
+        claimed anew is kept. Runs as a task of the running loop (the caller does not wait;
+        :meth:`aclose` does); a row that cannot be deleted lapses."""
+        task = asyncio.get_running_loop().create_task(
+            self._release(self._id(binding, patient), ends)
+        )
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+        return task
+
+    async def _release(self, row_id: bytes, ends: float) -> None:
+        with contextlib.suppress(ServiceUnavailable):
+            pool = await self._connected()
+            async with translated(_WHAT):
+                await pool.execute(_RELEASE, row_id, ends)
+
+    async def aclose(self) -> None:
+        """Finish the queued releases and close the pool (idempotent)."""
+        if self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
+        async with self._opening:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
