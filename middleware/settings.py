@@ -80,6 +80,11 @@ class Settings:
     access_log: bool = True
     metrics_clients: str = DEFAULT_METRICS_CLIENTS
     metrics_token: str = ""
+    # Traces (middleware.ops.tracing, docs/operations.md "Traces"): off while otlp_endpoint is
+    # empty; the OTLP/HTTP traces URL, its request headers, the ratio of new traces sampled.
+    otlp_endpoint: str = ""
+    otlp_headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    trace_sample_ratio: float = 1.0
     ledger_key_file: str = "consentry-ledger.key"
     ledger_origin: str = ""
     ledger_max_batch: int = 256
@@ -528,6 +533,7 @@ def _check(values: Mapping[str, Any]) -> list[str]:
             f"metrics_token: expected at least {MIN_TOKEN_LENGTH} printable ASCII characters"
             " without spaces"
         )
+    problems.extend(_tracing_problems(values))
     try:
         by_kind = parse_retention(values.get("audit_retention_by_kind", ""))
     except ValueError as exc:
@@ -576,6 +582,20 @@ def _check(values: Mapping[str, Any]) -> list[str]:
     store = values.get("store", "sqlite:consentry.db")
     if not (store.startswith(("sqlite:", "postgresql://", "postgres://")) or store == "memory:"):
         problems.append("store: expected sqlite:PATH, postgresql://... or memory:")
+    return problems
+
+
+def _tracing_problems(values: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    endpoint = values.get("otlp_endpoint", "")
+    parts = urlsplit(endpoint)
+    if endpoint and (parts.scheme not in ("http", "https") or not parts.netloc):
+        problems.append("otlp_endpoint: expected an absolute http(s) URL (.../v1/traces)")
+    problems.extend(
+        f"otlp_headers: {problem}" for problem in header_problems(values.get("otlp_headers", {}))
+    )
+    if not 0.0 <= values.get("trace_sample_ratio", 1.0) <= 1.0:
+        problems.append("trace_sample_ratio: expected 0..1")
     return problems
 
 
