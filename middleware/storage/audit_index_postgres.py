@@ -54,7 +54,9 @@ if TYPE_CHECKING:
 __all__ = [
     "INDEX_SCHEMA",
     "clear_index",
+    "columns",
     "count_rows",
+    "distinct",
     "get_key",
     "read_row",
     "read_rows",
@@ -63,6 +65,7 @@ __all__ = [
     "shredded_chains",
     "store_key",
     "tombstoned",
+    "upsert_sql",
     "write_rows",
 ]
 
@@ -129,26 +132,37 @@ def _array(column: str) -> str:
     return f"ARRAY(SELECT jsonb_array_elements_text(u.{column}))"
 
 
-_UPSERT = (
-    f"INSERT INTO consentry_audit_index ({_COLUMNS}) "  # noqa: S608  (constants only)
-    "SELECT u.idx, u.recorded_us, u.kind, u.flags, u.patient, u.pseudonym, u.agent, "
-    f"{_array('roles')}, u.organization, u.client, {_array('purposes')}, "
-    f"{_array('purpose_codes')}, u.action, u.event_type, u.subtype, u.outcome, "
-    f"{_array('resource_types')}, {_array('entities')}, u.break_glass, u.request_id, "
-    "u.shredded FROM unnest($1::bigint[], $2::bigint[], $3::integer[], $4::integer[], "
-    "$5::text[], $6::bytea[], $7::text[], $8::jsonb[], $9::text[], $10::text[], $11::jsonb[], "
-    "$12::jsonb[], $13::text[], $14::text[], $15::text[], $16::text[], $17::jsonb[], "
-    "$18::jsonb[], $19::boolean[], $20::text[], $21::boolean[]) AS u(idx, recorded_us, kind, "
-    "flags, patient, pseudonym, agent, roles, organization, client, purposes, purpose_codes, "
-    "action, event_type, subtype, outcome, resource_types, entities, break_glass, request_id, "
-    f"shredded) ON CONFLICT (idx) DO UPDATE SET {_SET} "
-    # A row stored exactly so is not rewritten (nor are its GIN entries).
-    "WHERE (consentry_audit_index.*) IS DISTINCT FROM (excluded.*)"
-)
+#: The 21 column types of :func:`upsert_sql`'s array parameters, in order.
+_TYPES = (
+    "bigint", "bigint", "integer", "integer", "text", "bytea", "text", "jsonb", "text", "text",
+    "jsonb", "jsonb", "text", "text", "text", "text", "jsonb", "jsonb", "boolean", "text",
+    "boolean",
+)  # fmt: skip
 
 
-def _columns(rows: Sequence[AuditRow]) -> list[list[object]]:
-    """The 21 array parameters of :data:`_UPSERT`, one per column."""
+def upsert_sql(first: int = 1) -> str:
+    """The upsert of index rows whose 21 array parameters (:func:`columns`) are ``$first``
+    onwards, so that it can be one part of a larger statement (the append's)."""
+    params = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(_TYPES))
+    return (
+        f"INSERT INTO consentry_audit_index ({_COLUMNS}) "  # noqa: S608  (constants only)
+        "SELECT u.idx, u.recorded_us, u.kind, u.flags, u.patient, u.pseudonym, u.agent, "
+        f"{_array('roles')}, u.organization, u.client, {_array('purposes')}, "
+        f"{_array('purpose_codes')}, u.action, u.event_type, u.subtype, u.outcome, "
+        f"{_array('resource_types')}, {_array('entities')}, u.break_glass, u.request_id, "
+        f"u.shredded FROM unnest({params}) AS u({_COLUMNS}) "
+        f"ON CONFLICT (idx) DO UPDATE SET {_SET} "
+        # A row stored exactly so is not rewritten (nor are its GIN entries).
+        "WHERE (consentry_audit_index.*) IS DISTINCT FROM (excluded.*)"
+    )
+
+
+_UPSERT = upsert_sql()
+
+
+def columns(rows: Sequence[AuditRow]) -> list[list[object]]:
+    """The 21 array parameters of :func:`upsert_sql`, one per column; ``rows`` hold each index
+    once (``ON CONFLICT`` touches a row once: :func:`distinct`)."""
     return [
         [r.index for r in rows],
         [r.recorded_us for r in rows],
@@ -202,8 +216,12 @@ def _row(v: asyncpg.Record) -> AuditRow:
 async def write_rows(conn: _Connection, rows: Sequence[AuditRow]) -> None:
     """Upsert ``rows`` by index in one statement (inside the caller's transaction, if any)."""
     if rows:
-        rows = list({r.index: r for r in rows}.values())  # ON CONFLICT touches a row once
-        await conn.execute(_UPSERT, *_columns(rows))
+        await conn.execute(_UPSERT, *columns(distinct(rows)))
+
+
+def distinct(rows: Sequence[AuditRow]) -> list[AuditRow]:
+    """``rows`` with one per index, the last given (``ON CONFLICT`` touches a row once)."""
+    return list({r.index: r for r in rows}.values())
 
 
 async def read_rows(conn: _Connection, q: AuditQuery) -> list[AuditRow]:

@@ -34,17 +34,10 @@ from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
 from middleware.ledger.errors import OutOfRangeError
 from middleware.ledger.replay import Outcome, Replay
-from middleware.ledger.sequencer import (
-    CheckpointSigner,
-    distinct_keys,
-    distinct_pseudonyms,
-    plan_batch,
-    sign_state,
-)
-from middleware.storage import audit_index_postgres as audit_index
-from middleware.storage.audit_index_match import indexed_rows
+from middleware.ledger.sequencer import CheckpointSigner
 from middleware.storage.audit_index_stores import PostgresAuditIndex
 from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evidence_of_range
+from middleware.storage.ledger_postgres_append import append_batch
 from middleware.storage.ledger_postgres_schema import CONSENT_LEAF, SCHEMA, SIGNER_LOCK
 from middleware.storage.ledger_unreplayed import refuse_writes_unreplayed
 from middleware.storage.postgres_pool import open_pool, translated
@@ -150,67 +143,7 @@ class PostgresLogStore(PostgresAuditIndex):
         self, batch: Sequence[NewEntry], *, sign: CheckpointSigner
     ) -> list[AppendResult]:
         async with _translated(), self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(_LOCK_STATE)
-            if row is None:
-                raise ServiceUnavailable("ledger state row is missing; rebuild_state() restores it")
-            await conn.execute(SIGNER_LOCK, self.schema)
-            state = TreeState.unpack(row["size"], row["compact"], row["root"])
-            recorded: dict[str, int] = {}
-            if keys := distinct_keys(batch):
-                sql = (
-                    "SELECT idem_key, idx FROM consentry_ledger_leaves "
-                    "WHERE idem_key = ANY($1::text[])"
-                )
-                recorded = {r["idem_key"]: r["idx"] for r in await conn.fetch(sql, keys)}
-            last: dict[bytes, int] = {}
-            if pseudonyms := distinct_pseudonyms(batch):
-                sql = (
-                    "SELECT pseudonym, max(idx) AS idx FROM consentry_ledger_leaves "
-                    "WHERE pseudonym = ANY($1::bytea[]) GROUP BY pseudonym"
-                )
-                last = {r["pseudonym"]: r["idx"] for r in await conn.fetch(sql, pseudonyms)}
-            plan = plan_batch(state, batch, recorded=recorded, last_index=last)
-            audit_rows = indexed_rows(batch, plan.results)
-            new = plan.state
-            if plan.leaves:
-                rows = plan.leaves
-                await conn.execute(
-                    "INSERT INTO consentry_ledger_leaves "
-                    "(idx, leaf, leaf_hash, pseudonym, idem_key) "
-                    "SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[], $4::bytea[], "
-                    "$5::text[])",
-                    [r.index for r in rows],
-                    [r.leaf for r in rows],
-                    [r.leaf_hash for r in rows],
-                    [r.pseudonym for r in rows],
-                    [r.idempotency_key for r in rows],
-                )
-                await conn.execute(
-                    "INSERT INTO consentry_ledger_evidence (idx, salt, data) "
-                    "SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])",
-                    [r.index for r in rows],
-                    [r.salt for r in rows],
-                    [r.evidence for r in rows],
-                )
-                await conn.execute(
-                    "UPDATE consentry_ledger_state SET size = $1, compact = $2, root = $3 "
-                    "WHERE id = 1",
-                    new.size,
-                    new.packed_hashes(),
-                    new.root,
-                )
-                await audit_index.write_rows(conn, await audit_index.tombstoned(conn, audit_rows))
-            signed_sql = "SELECT 1 FROM consentry_ledger_checkpoints WHERE size = $1"
-            if plan.leaves or await conn.fetchval(signed_sql, new.size) is None:
-                signed = sign_state(sign, new)
-                await conn.execute(
-                    "INSERT INTO consentry_ledger_checkpoints (size, root, note) "
-                    "VALUES ($1, $2, $3)",
-                    signed.size,
-                    signed.root,
-                    signed.note,
-                )
-            return list(plan.results)
+            return await append_batch(conn, self.schema, batch, sign)
 
     async def size(self) -> int:
         return (await self.state()).size

@@ -20,7 +20,7 @@ from __future__ import annotations
 from middleware.ledger.merkle import EMPTY_ROOT
 from middleware.storage.audit_index_postgres import INDEX_SCHEMA
 
-__all__ = ["CONSENT_LEAF", "DDL_LOCK", "SCHEMA", "SIGNER_LOCK"]
+__all__ = ["CONSENT_LEAF", "DDL_LOCK", "LOCK_AND_READ", "SCHEMA", "SIGNER_LOCK"]
 
 #: The leaves of ``consent`` and ``consent-revoke`` entries: their kind byte (offset 5,
 #: ``middleware.ledger.leaf``) is 1 or 2; the partial index is built on this predicate.
@@ -35,6 +35,45 @@ DDL_LOCK = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, hashtext($1::text) # 1)
 #: Held by whoever signs a checkpoint, the integrator role (see ``ledger_postgres``); ``$1``
 #: is the schema name.
 SIGNER_LOCK = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, hashtext($1::text))"
+
+#: An append's first statement (``ledger_postgres_append``): ``$1`` schema name, ``$2`` the
+#: batch's idempotency keys, ``$3`` its pseudonyms, ``$4`` the pseudonyms of its index rows.
+LOCK_AND_READ = "SELECT * FROM consentry_ledger_lock_append($1, $2, $3, $4)"
+
+# The row lock, then the signer lock, in that order (as every other path takes them), then
+# the reads the plan needs. A VOLATILE function's statements each take a fresh snapshot at
+# READ COMMITTED (PostgreSQL manual, "Function Volatility Categories"), so every read after
+# the lock sees each append committed before the lock was granted: the log this batch extends.
+# The state row is missing only if a DBA removed it: the OUT values are then all NULL.
+# A pseudonym's last index is one backward index probe (ORDER BY idx DESC LIMIT 1) rather
+# than max() over its whole chain grouped, which grew with the chain (9 of 15 ms a batch of
+# 64 after 20,000 entries over 1,000 patients).
+_LOCK_APPEND = f"""
+CREATE OR REPLACE FUNCTION consentry_ledger_lock_append(
+    log text, keys text[], pseudonyms bytea[], named bytea[],
+    OUT state_size bigint, OUT state_compact bytea, OUT state_root bytea,
+    OUT key_names text[], OUT key_idx bigint[],
+    OUT chain_pseudonyms bytea[], OUT chain_idx bigint[],
+    OUT shredded bytea[], OUT checkpointed boolean
+) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    SELECT s.size, s.compact, s.root INTO state_size, state_compact, state_root
+        FROM consentry_ledger_state s WHERE s.id = 1 FOR UPDATE;
+    IF NOT FOUND THEN RETURN; END IF;
+    PERFORM pg_advisory_xact_lock({_LOCK_CLASS}, hashtext(log));
+    SELECT array_agg(l.idem_key), array_agg(l.idx) INTO key_names, key_idx
+        FROM consentry_ledger_leaves l WHERE l.idem_key = ANY(keys);
+    SELECT array_agg(p.pseudonym), array_agg(t.idx) INTO chain_pseudonyms, chain_idx
+        FROM unnest(pseudonyms) AS p(pseudonym)
+        CROSS JOIN LATERAL (SELECT l.idx FROM consentry_ledger_leaves l
+            WHERE l.pseudonym = p.pseudonym ORDER BY l.idx DESC LIMIT 1) t;
+    SELECT array_agg(d.pseudonym) INTO shredded
+        FROM consentry_audit_shredded d WHERE d.pseudonym = ANY(named);
+    checkpointed := EXISTS (
+        SELECT 1 FROM consentry_ledger_checkpoints c WHERE c.size = state_size);
+END
+$$;
+"""  # noqa: S608  (built from constants only)
 
 
 def _append_only(table: str) -> str:
@@ -109,4 +148,5 @@ CREATE OR REPLACE TRIGGER consentry_ledger_leaves_in_order AFTER INSERT ON conse
     EXECUTE FUNCTION consentry_ledger_contiguous();
 {_append_only("consentry_ledger_checkpoints")}
 {INDEX_SCHEMA}
+{_LOCK_APPEND}
 """  # noqa: S608  (built from constants only)
