@@ -1,0 +1,229 @@
+"""Two replicas on one PostgreSQL store are one system (ARCHITECTURE "Scale": nothing in a
+replica's memory is needed to serve the next request correctly). Two gateways in this
+process, each with its own pools on one fresh schema and the same ledger key, sharing a
+wall clock and an upstream:
+
+- a break-the-glass session opened through A is honoured by B without the reason being given
+  again, and B records no second start (storage.breakglass_postgres; red without the board:
+  B answered 404);
+- a paging cursor A issued redeems on B (cursor keys derive from the shared ledger key);
+- a consent change through A is enforced by B on its very next request (invariant 3: the
+  registry reads the ledger's consent position before each decision);
+- a token revoked through the shared store is refused by both (auth.revocation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import respx
+
+from middleware.app import Gateway, create_app
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.settings import Settings
+from middleware.storage.consent_base import LOOKUP_PURPOSE
+from middleware.storage.consent_postgres import PostgresConsentStore
+from middleware.storage.ledger_postgres import PostgresLogStore
+from tests.app.conftest import UPSTREAM, WallClock
+from tests.app.consenting import (
+    DEV_ISSUER,
+    Tokens,
+    auth_settings,
+    ledger_entries,
+    observation,
+    r5_consent,
+)
+from tests.contract.backends import PostgresBackend
+
+pytestmark = pytest.mark.integration
+
+BTG_SCOPE = "consentry/break-glass"
+DR = "Practitioner/dr"
+
+
+@dataclass
+class Replicas:
+    """Two gateways on one schema, a client of each, and what they share."""
+
+    apps: list[Gateway]
+    clients: list[httpx.AsyncClient]
+    backend: PostgresBackend
+    log: PostgresLogStore
+
+
+def _page(ids: list[tuple[str, str]], next_offset: int | None) -> dict[str, Any]:
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": [{"relation": "self", "url": f"{UPSTREAM}/Observation?code=x&_count=2"}],
+        "entry": [
+            {
+                "fullUrl": f"{UPSTREAM}/Observation/{oid}",
+                "resource": {**observation(f"Patient/{pid}"), "id": oid},
+                "search": {"mode": "match"},
+            }
+            for oid, pid in ids
+        ],
+    }
+    if next_offset is not None:
+        url = f"{UPSTREAM}/Observation?code=x&_count=2&_offset={next_offset}"
+        bundle["link"].append({"relation": "next", "url": url})
+    return bundle
+
+
+PAGES = {
+    "0": _page([("o1", "p1"), ("o2", "p1")], 2),
+    "2": _page([("o3", "p1"), ("o4", "p1")], None),
+}
+
+
+def _router() -> respx.Router:
+    router = respx.Router(assert_all_called=False, base_url=UPSTREAM)
+    router.get("/Observation/o-p1").respond(
+        200,
+        json={**observation("Patient/p1"), "id": "o-p1"},
+        headers={"content-type": "application/fhir+json"},
+    )
+
+    def search(request: httpx.Request) -> httpx.Response:
+        offset = parse_qs(request.url.query.decode()).get("_offset", ["0"])[0]
+        return httpx.Response(200, json=PAGES[offset])
+
+    router.get("/Observation").mock(side_effect=search)
+    return router
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Tokens:
+    key = tmp_path / "dev.jwk"
+    return Tokens(UnsafeDevelopmentIssuer.from_key_file(key, DEV_ISSUER, enabled=True))
+
+
+@pytest.fixture
+async def replicas(
+    tmp_path: Path, make_settings: Callable[..., Settings], signer: SigningKey, wall: WallClock
+) -> AsyncIterator[Replicas]:
+    backend = await PostgresBackend.create()
+    settings = make_settings(
+        store=backend.dsn,
+        auth=auth_settings(tmp_path / "dev.jwk", break_glass_scope=BTG_SCOPE),
+        consent_jurisdiction="opt-out",
+        break_glass_minutes=10,
+    )
+    upstream = httpx.MockTransport(_router().async_handler)
+    apps: list[Gateway] = []
+    opened: list[PostgresLogStore | PostgresConsentStore] = []
+    for _ in range(2):
+        log = await PostgresLogStore.open(backend.dsn, schema=backend.schema, max_size=2)
+        consents = await PostgresConsentStore.open(
+            backend.dsn,
+            lookup_key=derive_box_key(signer, LOOKUP_PURPOSE),
+            schema=backend.schema,
+            max_size=2,
+        )
+        opened += [log, consents]
+        apps.append(
+            create_app(
+                settings,
+                upstream=upstream,
+                signer=signer,
+                store=log,
+                consents=consents,
+                wall_clock=wall,
+            )
+        )
+    clients = [
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=("203.0.113.7", 50000)),
+            base_url="http://gateway.test",
+        )
+        for app in apps
+    ]
+    assert isinstance(opened[0], PostgresLogStore)
+    yield Replicas(apps, clients, backend, opened[0])
+    for client in clients:
+        await client.aclose()
+    for app in apps:
+        await app.aclose()
+    for store in opened:  # injected: ours to close
+        await store.close()
+    await backend.cleanup()
+
+
+async def _deny_dr(client: httpx.AsyncClient, tokens: Tokens) -> str:
+    """Patient p1 refuses Practitioner/dr; the consent's id."""
+    provision = {"actor": [{"reference": {"reference": DR}}]}
+    body = r5_consent("Patient/p1", "permit", provision=[provision])
+    answer = await client.post("/fhir/Consent", json=body, headers=tokens.patient("p1"))
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+def _doctor(tokens: Tokens, *, glass: bool = False) -> dict[str, str]:
+    scopes = "user/*.rs" + (f" {BTG_SCOPE}" if glass else "")
+    return tokens.bearer("dr", scopes, fhir_user=DR)
+
+
+async def test_a_session_opened_on_one_replica_is_honoured_by_the_other(
+    replicas: Replicas, tokens: Tokens, signer: SigningKey
+) -> None:
+    a, b = replicas.clients
+    await _deny_dr(a, tokens)
+    plain = _doctor(tokens, glass=True)
+    assert (await b.get("/fhir/Observation/o-p1", headers=plain)).status_code == 404
+    asked = {**plain, "x-break-glass-reason": "unconscious patient in ED"}
+    assert (await a.get("/fhir/Observation/o-p1", headers=asked)).status_code == 200
+    # B has not seen the request that opened it: without the shared board it asked again.
+    assert (await b.get("/fhir/Observation/o-p1", headers=plain)).status_code == 200
+    # B opens no second, separately reviewed session (one start on the shared ledger).
+    assert (await b.get("/fhir/Observation/o-p1", headers=asked)).status_code == 200
+    entries = await ledger_entries(replicas.log, signer)
+    assert sum(b"110127" in e.text for e in entries) == 1
+    # A caller whose token does not allow break-the-glass gets nothing from the board.
+    assert (await b.get("/fhir/Observation/o-p1", headers=_doctor(tokens))).status_code == 404
+
+
+async def test_a_session_ends_on_every_replica(
+    replicas: Replicas, tokens: Tokens, wall: WallClock
+) -> None:
+    a, b = replicas.clients
+    await _deny_dr(a, tokens)
+    plain = _doctor(tokens, glass=True)
+    asked = {**plain, "x-break-glass-reason": "unconscious patient in ED"}
+    assert (await a.get("/fhir/Observation/o-p1", headers=asked)).status_code == 200
+    wall.now += 11 * 60
+    assert (await b.get("/fhir/Observation/o-p1", headers=plain)).status_code == 404
+    assert (await a.get("/fhir/Observation/o-p1", headers=plain)).status_code == 404
+
+
+async def test_a_cursor_one_replica_issued_redeems_on_the_other(
+    replicas: Replicas, tokens: Tokens
+) -> None:
+    a, b = replicas.clients
+    first = await a.get("/fhir/Observation?code=x&_count=2", headers=_doctor(tokens))
+    assert first.status_code == 200
+    nxt = next(link["url"] for link in first.json()["link"] if link["relation"] == "next")
+    assert "_cursor=" in nxt
+    second = await b.get(nxt, headers=_doctor(tokens))
+    assert second.status_code == 200, second.text
+    assert [e["resource"]["id"] for e in second.json()["entry"]] == ["o3", "o4"]
+
+
+async def test_a_consent_change_through_one_replica_binds_the_other_at_once(
+    replicas: Replicas, tokens: Tokens
+) -> None:
+    a, b = replicas.clients
+    dr = _doctor(tokens)
+    assert (await b.get("/fhir/Observation/o-p1", headers=dr)).status_code == 200
+    cid = await _deny_dr(a, tokens)
+    assert (await b.get("/fhir/Observation/o-p1", headers=dr)).status_code == 404
+    revoked = await a.post(f"/fhir/Consent/{cid}/$revoke", headers=tokens.patient("p1"))
+    assert revoked.status_code == 200
+    assert (await b.get("/fhir/Observation/o-p1", headers=dr)).status_code == 200
