@@ -174,12 +174,6 @@ def test_a_paging_cursor_issued_by_one_replica_is_redeemed_by_the_others(
     assert _reads(cluster, cluster.others(1), page, stranger) == [400, 400]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a PostgreSQL store has no shared break-the-glass board yet "
-    "(middleware/storage/breakglass_postgres.py is being built): sessions live in one process",
-)
 def test_a_break_the_glass_session_opened_on_one_replica_holds_on_the_others(
     cluster: Cluster, patients: list[str]
 ) -> None:
