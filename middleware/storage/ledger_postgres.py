@@ -5,12 +5,14 @@ Sequencing (ARCHITECTURE "Scale"): an append transaction first locks the one sta
 reads never wait. Still holding it, the transaction takes the *signer* advisory lock
 (:data:`~middleware.storage.ledger_postgres_schema.SIGNER_LOCK`): whoever holds it is the one
 integrator allowed to sign a checkpoint. Here that is always the appender that holds the row
-lock, so the second lock costs one round trip and no waiting; it exists so that any later path
+lock, so the second lock costs no waiting; it exists so that any later path
 that signs without appending (key rotation, a standalone integrator) serialises with the
 appenders through the same lock, taken in the same order (row, then advisory: no deadlock).
 
 Transactions run at READ COMMITTED: after the row lock is granted, each later statement sees
-every append committed before it, which is exactly the log the new batch extends.
+every append committed before it, which is exactly the log the new batch extends. An append
+is four statements (:mod:`~middleware.storage.ledger_postgres_append`): ``BEGIN``, one
+function call that locks and reads, one statement that writes, ``COMMIT``.
 
 Database errors become :class:`~middleware.errors.ServiceUnavailable` in
 :func:`~middleware.storage.postgres_pool.translated`, the one place. Tables live in ``schema``
