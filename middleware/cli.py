@@ -10,7 +10,8 @@ The other commands are registered, with their subcommands, by the module that im
 them: ``consentry ledger verify|export`` and ``consentry keys generate|policy|rotate`` by
 :mod:`middleware.ledger.cli`, ``consentry token issue`` by :mod:`middleware.auth.cli`,
 ``consentry mappings check|explain`` by :mod:`middleware.mapping.cli`, ``consentry audit ...``
-by :mod:`middleware.audit.cli`. Each subcommand parser sets ``run(args, out) -> exit status``;
+by :mod:`middleware.audit.cli`, ``consentry witness keygen|serve`` by
+:mod:`middleware.witness.cli`. Each subcommand parser sets ``run(args, out) -> exit status``;
 the help shown to users is the plain text given there, never these docstrings.
 """
 
@@ -32,6 +33,7 @@ from middleware.ledger.cli import register as register_ledger
 from middleware.logging import configure_logging
 from middleware.mapping.cli import register as register_mappings
 from middleware.settings import load_settings
+from middleware.witness.cli import register as register_witness
 
 __all__ = ["main"]
 
@@ -77,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     register_ledger(commands)
     register_audit(commands)
     register_mappings(commands)
+    register_witness(commands)
     return parser
 
 
