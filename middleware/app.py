@@ -61,6 +61,7 @@ from middleware.openapi import OPENAPI_PATH, openapi_document
 from middleware.ops.causes import store_label
 from middleware.ops.metrics import Metrics
 from middleware.ops.scrape import ScrapeAccess
+from middleware.ops.tracing import Tracing, tracing_from
 from middleware.pipeline.export import Exports
 from middleware.proxy.deadline import DeadlineUpstream
 from middleware.proxy.enforcement import TokenCheck
@@ -293,6 +294,7 @@ def create_app(
     clock: Callable[[], float] | None = None,
     consents: ConsentStore | None = None,
     wall_clock: Callable[[], float] | None = None,
+    tracing: Tracing | None = None,
 ) -> Gateway:
     """Build the gateway app.
 
@@ -307,6 +309,7 @@ def create_app(
     seconds since the epoch (consent periods, cursor expiry, break-the-glass sessions, audit
     and ledger times); ``time.time`` by default. ``consents``: the consent store (pseudonyms and the
     consent index); defaults to the one ``settings.store`` names, beside the ledger.
+    ``tracing``: where request traces go; defaults to what ``otlp_endpoint`` says (empty: off).
     """
     client_factory = _upstream_factory(settings, upstream)
 
@@ -395,6 +398,12 @@ def create_app(
         enforcement=enforcement,
         metrics=metrics,
         clock=clock or time.monotonic,
+        tracing=tracing
+        or tracing_from(
+            settings.otlp_endpoint,
+            headers=settings.otlp_headers,
+            sample_ratio=settings.trace_sample_ratio,
+        ),
     )
     sessions = enforcement.pipeline.reads.break_glass
     metrics.gauge(

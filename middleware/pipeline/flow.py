@@ -43,6 +43,7 @@ from middleware.consent.decide import Defaults
 from middleware.errors import BadRequest, Forbidden
 from middleware.fhir.compartment_data import PATIENT_COMPARTMENT
 from middleware.fhir.request import Interaction
+from middleware.ops.tracing import stage
 from middleware.pipeline.breakglass import BreakGlass
 from middleware.pipeline.caller import check_interaction
 from middleware.pipeline.counting import (
@@ -272,7 +273,8 @@ class Flow:
         if self.mapper is None:
             return params
         ask.trail.mapped(self.mapper.label)
-        return self.mapper.search(resource_type, params)
+        with stage("map"):
+            return self.mapper.search(resource_type, params)
 
 
 _TYPE_PARAMS: Final = frozenset({"_type", "_include", "_revinclude"})

@@ -38,11 +38,13 @@ from typing import Any, Final
 
 from middleware.errors import GatewayError, UpstreamError
 from middleware.fhir.request import Interaction
+from middleware.ops.tracing import stage
 from middleware.pipeline.caller import ACTION_ACCESS
 from middleware.pipeline.cursor import rewrite_links
 from middleware.pipeline.exchange import Answer, Ask, Upstreamed, not_found, upstream_failure
 from middleware.pipeline.filter import filter_answer
 from middleware.pipeline.guards import GuardPolicy
+from middleware.pipeline.judge import Judge
 from middleware.pipeline.judging import Judging
 from middleware.pipeline.linked import keep_linked
 from middleware.pipeline.mapper import Mapper
@@ -126,15 +128,16 @@ class Release:
         occurrences = self.rebaser.occurrences(up.raw)
         if occurrences:
             self.rebaser.rewrite(document, occurrences)
-        judge = await self.judging.judge(ask.caller, ACTION_ACCESS, document, ask.trail, up.raw)
+        judge = await self._judge(ask, document, up.raw)
         altered = (ask.trail.redacted, ask.trail.marked)
-        released, _stats = filter_answer(document, judge.allowed)
+        released = _filtered(document, judge)
         if released is None:
             raise not_found()
         headers = self._headers(up)
         changed = bool(occurrences) or (ask.trail.redacted, ask.trail.marked) != altered
         if self.mapper is not None:
-            mapped = self.mapper.answer(released, owned=True)  # decoded and filtered here
+            with stage("map"):
+                mapped = self.mapper.answer(released, owned=True)  # decoded and filtered here
             ask.trail.mapped(self.mapper.label)
             changed |= mapped is not released
             released = mapped
@@ -213,7 +216,8 @@ class Release:
         if target == 0:
             resume = None  # a page of nothing offers no next page: "next" would tell matches exist
         if self.mapper is not None:
-            kept = self.mapper.entries(kept, owned=True)
+            with stage("map"):
+                kept = self.mapper.entries(kept, owned=True)
             ask.trail.mapped(self.mapper.label)
         if kept:
             document["entry"] = kept
@@ -259,12 +263,29 @@ class Release:
         occurrences = self.rebaser.occurrences(up.raw)
         if occurrences:
             self.rebaser.rewrite(document, occurrences)
-        judge = await self.judging.judge(ask.caller, ACTION_ACCESS, document, ask.trail, up.raw)
-        released, _stats = filter_answer(document, judge.allowed)
+        judge = await self._judge(ask, document, up.raw)
+        released = _filtered(document, judge)
         if released is None:
             return [], size, following
         entries = released.get("entry")
         return (entries if isinstance(entries, list) else []), size, following
+
+    async def _judge(self, ask: Ask, document: Any, raw: bytes) -> Judge:
+        """The judge of ``document`` for ``ask``'s caller: a trace's ``decide`` span."""
+        with stage("decide") as marks:
+            judge = await self.judging.judge(ask.caller, ACTION_ACCESS, document, ask.trail, raw)
+            marks.set("consentry.patients", len(judge.policies))
+        return judge
+
+
+def _filtered(document: Any, judge: Judge) -> Any | None:
+    """``document`` filtered by ``judge`` (:func:`filter_answer`): a trace's ``filter`` span,
+    with how many resources were kept and withheld."""
+    with stage("filter") as marks:
+        released, stats = filter_answer(document, judge.allowed)
+        marks.set("consentry.resources.kept", stats.kept)
+        marks.set("consentry.resources.withheld", stats.removed)
+    return released
 
 
 def _included(entry: Any) -> bool:

@@ -23,6 +23,7 @@ from typing import Any, Final
 from middleware.consent.labels import Screen, relabelling_refused
 from middleware.errors import BadRequest, Forbidden, GatewayError, PreconditionFailed, UpstreamError
 from middleware.fhir.request import FhirRequest, Level
+from middleware.ops.tracing import stage
 from middleware.pipeline.caller import ACTION_ACCESS, ACTION_CORRECT
 from middleware.pipeline.exchange import Ask, Upstreamed, not_found, upstream_failure
 from middleware.pipeline.flow import Flow
@@ -154,7 +155,9 @@ class Targets:
             raise Forbidden(DENIED_WRITE)  # the gateway's own consent API owns them
         if kind != ask.request.resource_type:
             raise BadRequest(f"the resource must be a {ask.request.resource_type} resource")
-        judge = await self.flow.judging.judge(ask.caller, action, resource, ask.trail)
+        with stage("decide") as marks:
+            judge = await self.flow.judging.judge(ask.caller, action, resource, ask.trail)
+            marks.set("consentry.patients", len(judge.policies))
         if screened and judge.screened(resource) is Screen.WITHHOLD:
             raise (hidden or _denied)()
         if not judge.permits(resource):

@@ -30,6 +30,7 @@ from middleware.auth.identity import Identity
 from middleware.errors import GatewayError
 from middleware.fhir.request import FhirRequest
 from middleware.ops.metrics import Metrics
+from middleware.ops.tracing import current
 from middleware.pipeline.breakglass import requested_reason
 from middleware.pipeline.caller import caller_of
 from middleware.pipeline.dispatch import Pipeline
@@ -205,13 +206,20 @@ class Enforcement:
 
 def _tally(trail: Trail, log: ExchangeLog, metrics: Metrics) -> None:
     """Count the exchange's consent decisions by effect, and mark it consent-denied when a
-    deny stood (not overridden by break-the-glass): its 403 or 404 is then the consent's."""
+    deny stood (not overridden by break-the-glass): its 403 or 404 is then the consent's.
+    The request's trace span gets the same effect and how many patients were decided."""
+    decided = 0
     for patient, decision in trail.decisions.items():
         if decision is None:  # the caller's own record: no consent is consulted
             continue
+        decided += 1
         metrics.observe_decision(decision.effect)
         if not decision.permitted and patient not in trail.overridden:
             log.consent_denied = True
+    if decided:
+        marks = current()
+        marks.set("consentry.patients", decided)
+        marks.set("consentry.decision", "deny" if log.consent_denied else "permit")
 
 
 def _bound(

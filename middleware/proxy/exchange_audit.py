@@ -5,7 +5,8 @@
 halves that record through it (:class:`~middleware.pipeline.writes.Writes` records a write's
 decision and keeps its intent before forwarding it; :class:`~middleware.pipeline.bundles.Bundles`
 records each batch entry) and the enforcement stage (:mod:`middleware.proxy.enforcement`:
-the exchange's final phase, refusals). It calls only the recorder.
+the exchange's final phase, refusals). It calls only the recorder; each commit is a trace's
+``audit`` span (:mod:`middleware.ops.tracing`).
 
 What an exchange's entries name of the resources it touched is decided in
 :mod:`middleware.audit.entities` (:func:`exchange_of` takes the resources through its
@@ -19,6 +20,7 @@ from middleware.audit.entities import named_resources
 from middleware.audit.recorder import AuditRecorder, Exchange, Phase
 from middleware.auth.identity import Identity
 from middleware.fhir.request import FhirRequest, Interaction, Level
+from middleware.ops.tracing import stage
 from middleware.pipeline.exchange import Ask
 from middleware.types import Scope
 
@@ -38,7 +40,9 @@ class ExchangeAudit:
         """Commit ``phase`` of ``ask``'s exchange to the ledger (raises ServiceUnavailable)."""
         trail = ask.trail
         intent = trail.intent if phase == "outcome" else None
-        await self.recorder.record(exchange_of(ask, status), phase, intent=intent)
+        with stage("audit") as marks:
+            marks.set("consentry.audit.phase", phase)
+            await self.recorder.record(exchange_of(ask, status), phase, intent=intent)
         if phase == "decision":
             trail.decision_committed()
         elif intent is not None:
@@ -92,17 +96,17 @@ class ExchangeAudit:
         raw: bytes,
         client_host: str | None,
     ) -> None:
-        await self.recorder.record(
-            Exchange(
-                request=request,
-                identity=identity,
-                status=status,
-                request_id=rid,
-                raw_request=raw,
-                client_address=client_host,
-            ),
-            "exchange",
+        exchange = Exchange(
+            request=request,
+            identity=identity,
+            status=status,
+            request_id=rid,
+            raw_request=raw,
+            client_address=client_host,
         )
+        with stage("audit") as marks:
+            marks.set("consentry.audit.phase", "exchange")
+            await self.recorder.record(exchange, "exchange")
 
 
 def exchange_of(ask: Ask, status: int) -> Exchange:

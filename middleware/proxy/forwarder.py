@@ -11,7 +11,9 @@ A round trip (:meth:`UpstreamForwarder.forward`): the upstream URL is built from
 (:mod:`middleware.proxy.headers`), the answer is read whole under ``max_response_bytes``
 (every later stage must see a whole resource before any of it is released), ``Location`` is
 rebased (:mod:`middleware.proxy.rewrite`), a JSON answer is decoded (too deep or invalid:
-502) and the time spent is added to the exchange's log and metrics. Upstream failures are
+502) and the time spent is added to the exchange's log and metrics. When the request is
+traced, the round trip is the ``forward`` client span and the upstream request carries its
+W3C ``traceparent`` (:mod:`middleware.ops.tracing`). Upstream failures are
 logged here, by host only (never the path or query: they can name a patient).
 """
 
@@ -27,6 +29,7 @@ from middleware.fhir import jsoncodec
 from middleware.logging import get_logger
 from middleware.ops.causes import describe
 from middleware.ops.metrics import Metrics
+from middleware.ops.tracing import inject, stage
 from middleware.pipeline.exchange import Upstreamed
 from middleware.proxy.deadline import DeadlineUpstream
 from middleware.proxy.exchange_log import ExchangeLog
@@ -109,9 +112,37 @@ class UpstreamForwarder:
             sent_headers.extend(headers)
         if body and not any(name == "content-type" for name, _ in sent_headers):
             sent_headers.append(("content-type", "application/fhir+json"))
+        with stage("forward", client=True) as marks:
+            marks.set("http.request.method", method)
+            inject(sent_headers)
+            status, answer_headers, raw = await self._round_trip(
+                UpstreamRequest(method, url, sent_headers, body), log
+            )
+            marks.set("http.response.status_code", status)
+        passed: list[tuple[str, str]] = []
+        content_type = ""
+        for name, value in answer_headers:
+            if name not in RESPONSE_HEADERS_PASSED:
+                continue
+            if name in ("location", "content-location"):
+                value = self.rebaser.url(value)  # noqa: PLW2901
+            elif name == "content-type":
+                content_type = value
+            passed.append((name, value))
+        document = (
+            decode_upstream(raw, settings.max_json_depth)
+            if raw and "json" in content_type
+            else None
+        )
+        return Upstreamed(status, passed, document, raw)
+
+    async def _round_trip(
+        self, request: UpstreamRequest, log: ExchangeLog
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Status, headers and whole body of ``request``'s answer (its time added to ``log``),
+        read under ``max_response_bytes``."""
         started = time.perf_counter()
-        request = UpstreamRequest(method, url, sent_headers, body)
-        limit = settings.max_response_bytes
+        limit = self.settings.max_response_bytes
         upstream = self.upstream
         try:
             if isinstance(upstream, DeadlineUpstream):  # the app's: one timer, not two
@@ -129,22 +160,7 @@ class UpstreamForwarder:
         seconds = time.perf_counter() - started
         log.upstream_seconds = (log.upstream_seconds or 0.0) + seconds
         self.metrics.observe_upstream(log.interaction, seconds)
-        passed: list[tuple[str, str]] = []
-        content_type = ""
-        for name, value in answer_headers:
-            if name not in RESPONSE_HEADERS_PASSED:
-                continue
-            if name in ("location", "content-location"):
-                value = self.rebaser.url(value)  # noqa: PLW2901
-            elif name == "content-type":
-                content_type = value
-            passed.append((name, value))
-        document = (
-            decode_upstream(raw, settings.max_json_depth)
-            if raw and "json" in content_type
-            else None
-        )
-        return Upstreamed(status, passed, document, raw)
+        return status, answer_headers, raw
 
     async def fetch_metadata(self, rid: str | None) -> tuple[int, bytes]:
         """``GET [base]/metadata`` as the gateway (no client header): status and raw body,

@@ -38,6 +38,7 @@ from middleware.fhir.xmlrender import json_to_xml
 from middleware.logging import get_logger
 from middleware.ops.metrics import Metrics
 from middleware.ops.reasons import refusal_reason, status_reason
+from middleware.ops.tracing import Marks, Tracing, stage
 from middleware.pipeline.exchange import Answer
 from middleware.pipeline.judge import GATEWAY_OWNED
 from middleware.proxy.admission import Admission
@@ -76,7 +77,8 @@ class ProxyHandler:
     Every part comes in built: ``forwarder`` (the one upstream client, closed by
     :meth:`aclose`; the edge itself uses it only for the public CapabilityStatement),
     ``enforcement`` (the pipeline, which holds its own reference to the same forwarder);
-    ``clock`` returns seconds (rate limits, the CapabilityStatement's cache)."""
+    ``clock`` returns seconds (rate limits, the CapabilityStatement's cache); ``tracing``
+    (None: off) opens each request's server span (:mod:`middleware.ops.tracing`)."""
 
     def __init__(
         self,
@@ -86,8 +88,10 @@ class ProxyHandler:
         enforcement: Enforcement,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.forwarder = forwarder
         self.enforcement = enforcement
         self.metrics = metrics
@@ -98,8 +102,10 @@ class ProxyHandler:
         self._log = get_logger("consentry.proxy")
 
     async def aclose(self) -> None:
-        """Close the upstream pool if it was opened."""
+        """Close the upstream pool if it was opened; export the traces still queued."""
         await self.forwarder.aclose()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_dict(scope["headers"])
@@ -107,6 +113,24 @@ class ProxyHandler:
             rid=request_id(headers), method=scope["method"], started=time.perf_counter()
         )
         exchange.body_pending = announces_body(headers)
+        if self.tracing is None:
+            await self._serve(scope, receive, send, headers, exchange)
+            return
+        with self.tracing.request(headers) as marks:
+            try:
+                await self._serve(scope, receive, send, headers, exchange)
+            finally:
+                _mark(marks, exchange)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        exchange: ExchangeLog,
+    ) -> None:
+        """One request, answered (errors rendered), counted and logged."""
         self.metrics.in_flight += 1
         try:
             await self._handle(scope, receive, send, headers, exchange)
@@ -186,14 +210,15 @@ class ProxyHandler:
         # The answer's format is decided at this edge only: every _format is answered here,
         # never sent on (the upstream is always asked for FHIR JSON, below).
         query, formats = split_format(query)
-        request = classify(
-            scope["method"],
-            scope["path"],
-            scope.get("raw_path"),
-            query,
-            headers,
-            base_path=settings.base_path,
-        )
+        with stage("classify"):
+            request = classify(
+                scope["method"],
+                scope["path"],
+                scope.get("raw_path"),
+                query,
+                headers,
+                base_path=settings.base_path,
+            )
         ex.interaction = request.interaction.value
         ex.resource_type = request.resource_type
         if request.resource_type in GATEWAY_OWNED:  # served by the gateway itself, in any form
@@ -206,7 +231,8 @@ class ProxyHandler:
         if request.interaction is not Interaction.CAPABILITIES:
             # Before the body is read: a caller without a valid token gets its 401 (or 429)
             # for the cost of its headers, its body never buffered or decoded.
-            identity = await self._admission.identify(scope, headers, ex)
+            with stage("identify"):
+                identity = await self._admission.identify(scope, headers, ex)
         body = (
             await read_request_body(receive, headers, scope["method"], settings)
             if ex.body_pending or scope.get("http_version") not in _LENGTH_FRAMED
@@ -263,3 +289,12 @@ class ProxyHandler:
             gzip_min_bytes=gzip_min,
             xml=xml,
         )
+
+
+def _mark(marks: Marks, ex: ExchangeLog) -> None:
+    """The request span's attributes: words from closed vocabularies and numbers only."""
+    marks.set("http.request.method", ex.method)
+    marks.set("fhir.interaction", ex.interaction)
+    if ex.resource_type is not None:
+        marks.set("fhir.resource_type", ex.resource_type)
+    marks.set("http.response.status_code", ex.status)

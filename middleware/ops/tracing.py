@@ -1,0 +1,285 @@
+"""Traces of FHIR requests (OpenTelemetry), with no PHI in them by construction.
+
+The only module that imports ``opentelemetry`` (an import-linter contract keeps it so). The
+stages use three helpers and never see a span:
+
+- :meth:`Tracing.request` opens a request's server span (at the ASGI edge), continuing the
+  client's trace when its W3C ``traceparent`` is well formed (Trace Context §3.2; anything
+  else starts a new trace, never an error) and keeping its ``tracestate`` as the spec asks;
+- :func:`stage` opens a child span named after one stage of :data:`STAGES`;
+- :func:`inject` writes the current span's ``traceparent``/``tracestate`` into the headers of
+  the upstream request (so the upstream's spans hang under the gateway's ``forward`` span).
+
+**No PHI.** A span's name is one of :data:`STAGES`; its attributes are set through
+:meth:`Marks.set`, which accepts only the keys of :data:`WORDS` (each with a closed vocabulary:
+an interaction, a resource *type*, a method, a decision effect, an audit phase; any other
+value becomes ``other``) and :data:`COUNTS` (non-negative integers: status codes, counts).
+No id, query, reference, token, URL, subject or client id can be expressed. Exceptions are
+never recorded as events (their messages may quote a request); a failing stage's status is
+ERROR without a description. Span events and links are limited to zero.
+
+**Off costs nothing.** Without a :class:`Tracing` (``otlp_endpoint`` empty, the default) the
+edge opens no span and :func:`stage` returns one shared no-op context manager after a single
+context-variable read. Nothing here reads ``OTEL_*`` variables: every SDK and exporter
+parameter that would fall back to one is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping, MutableSequence
+from contextlib import AbstractContextManager, contextmanager
+from types import TracebackType
+from typing import Final, Literal, get_args
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider, sampling
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from middleware.errors import GatewayError, SettingsError
+from middleware.fhir.request import Interaction
+from middleware.fhir.resource_types import RESOURCE_TYPES
+
+__all__ = [
+    "COUNTS",
+    "STAGES",
+    "WORDS",
+    "Marks",
+    "Tracing",
+    "current",
+    "inject",
+    "stage",
+    "tracing_from",
+]
+
+Stage = Literal["request", "classify", "identify", "decide", "forward", "filter", "map", "audit"]
+#: Every span name there is.
+STAGES: Final = frozenset(get_args(Stage))
+
+Word = Literal[
+    "fhir.interaction",
+    "fhir.resource_type",
+    "http.request.method",
+    "consentry.decision",
+    "consentry.audit.phase",
+]
+Count = Literal[
+    "http.response.status_code",
+    "consentry.patients",
+    "consentry.resources.kept",
+    "consentry.resources.withheld",
+]
+#: Word-valued attributes and their whole vocabulary (anything else is recorded as ``other``).
+WORDS: Final[Mapping[str, frozenset[str]]] = {
+    "fhir.interaction": frozenset(i.value for i in Interaction),
+    "fhir.resource_type": RESOURCE_TYPES,
+    "http.request.method": frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}),
+    "consentry.decision": frozenset({"permit", "deny"}),
+    "consentry.audit.phase": frozenset({"exchange", "decision", "outcome"}),
+}
+#: Integer-valued attributes (0 <= value < 2**31; anything else is dropped).
+COUNTS: Final = frozenset(get_args(Count))
+
+_TRACER: contextvars.ContextVar[trace.Tracer | None] = contextvars.ContextVar(
+    "consentry_tracer", default=None
+)
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+_TRACE_HEADERS: Final = frozenset({"traceparent", "tracestate"})
+_LIMITS: Final = SpanLimits(
+    max_attributes=16,
+    max_events=0,
+    max_links=0,
+    max_span_attributes=16,
+    max_event_attributes=0,
+    max_link_attributes=0,
+    max_attribute_length=64,
+    max_span_attribute_length=64,
+)
+
+
+class Marks:
+    """The attributes of one span, set only through the allow-list (module docstring)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: trace.Span | None) -> None:
+        self._span = span
+
+    def set(self, key: Word | Count, value: str | int) -> None:
+        """Record ``key`` (one of :data:`WORDS` or :data:`COUNTS`); anything else is dropped."""
+        span = self._span
+        if span is None:
+            return
+        if key in COUNTS:
+            if type(value) is int and 0 <= value < 2**31:
+                span.set_attribute(key, value)
+                if key == "http.response.status_code" and value >= 500:
+                    span.set_status(StatusCode.ERROR)
+            return
+        vocabulary = WORDS.get(key)
+        if vocabulary is not None and isinstance(value, str):
+            span.set_attribute(key, value if value in vocabulary else "other")
+
+
+_NO_MARKS: Final = Marks(None)
+
+
+class _Off(AbstractContextManager[Marks]):
+    """The stage of a request that is not traced: one shared, stateless instance."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Marks:
+        return _NO_MARKS
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+_OFF: Final = _Off()
+
+
+def stage(name: Stage, *, client: bool = False) -> AbstractContextManager[Marks]:
+    """A child span of the current request's, named ``name`` (``client``: a call to another
+    service, the upstream); a no-op when the request is not traced."""
+    tracer = _TRACER.get()
+    if tracer is None:
+        return _OFF
+    return _span(tracer, name, SpanKind.CLIENT if client else SpanKind.INTERNAL, None)
+
+
+def current() -> Marks:
+    """The current span's marks (the request span's, outside any :func:`stage`); no-op when
+    the request is not traced."""
+    if _TRACER.get() is None:
+        return _NO_MARKS
+    return Marks(trace.get_current_span())
+
+
+def inject(headers: MutableSequence[tuple[str, str]]) -> None:
+    """Put the current span's W3C trace context in ``headers`` (lower-case pairs), replacing
+    any there; nothing when the request is not traced."""
+    if _TRACER.get() is None:
+        return
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    if carrier:
+        headers[:] = [(k, v) for k, v in headers if k not in _TRACE_HEADERS]
+        headers.extend(carrier.items())
+
+
+@contextmanager
+def _span(
+    tracer: trace.Tracer, name: Stage, kind: SpanKind, parent: Context | None
+) -> Iterator[Marks]:
+    if name not in STAGES:  # Literal is checked by mypy only: a name is never data
+        raise ValueError("not a stage name")
+    span = tracer.start_span(name, context=parent, kind=kind)
+    # Never the library's exception event or "Type: message" status: messages may quote
+    # the request.
+    with trace.use_span(
+        span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+    ):
+        try:
+            yield Marks(span)
+        except BaseException as exc:
+            # A refusal (4xx) is the stage working; only failures mark the span.
+            if not (isinstance(exc, GatewayError) and exc.status < 500):
+                span.set_status(StatusCode.ERROR)
+            raise
+
+
+class Tracing:
+    """The gateway's tracer: built once at wiring time and handed to the ASGI edge, which
+    opens each request's span with :meth:`request`. ``provider`` is not made global."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer("consentry")
+
+    @classmethod
+    def exporting(
+        cls, exporter: SpanExporter, *, batch: bool = True, sample_ratio: float = 1.0
+    ) -> Tracing:
+        """Spans sent to ``exporter``: through a batch processor (a background thread, the
+        request path only queues), or synchronously (``batch=False``, for tests). Root spans
+        are sampled at ``sample_ratio``; a continued trace follows the client's flag."""
+        provider = TracerProvider(
+            sampler=sampling.ParentBased(sampling.TraceIdRatioBased(sample_ratio)),
+            resource=Resource({"service.name": "consentry"}),  # not Resource.create: no env
+            span_limits=_LIMITS,
+            shutdown_on_exit=False,
+            meter_provider=NoOpMeterProvider(),
+        )
+        quiet = NoOpMeterProvider()
+        processor = (
+            BatchSpanProcessor(
+                exporter,
+                max_queue_size=2048,
+                schedule_delay_millis=2000,
+                max_export_batch_size=512,
+                export_timeout_millis=10_000,
+                meter_provider=quiet,
+            )
+            if batch
+            else SimpleSpanProcessor(exporter, meter_provider=quiet)
+        )
+        provider.add_span_processor(processor)
+        return cls(provider)
+
+    def request(self, headers: Mapping[str, str]) -> AbstractContextManager[Marks]:
+        """The server span of one request (``headers``: lower-case names), current until it
+        closes; the client's trace is continued when its ``traceparent`` is valid."""
+        return self._request(headers)
+
+    @contextmanager
+    def _request(self, headers: Mapping[str, str]) -> Iterator[Marks]:
+        parent = _PROPAGATOR.extract(
+            {name: headers[name] for name in _TRACE_HEADERS if name in headers}
+        )
+        token = _TRACER.set(self.tracer)
+        try:
+            with _span(self.tracer, "request", SpanKind.SERVER, parent) as marks:
+                yield marks
+        finally:
+            _TRACER.reset(token)
+
+    def shutdown(self) -> None:
+        """Export what is queued and stop (blocking: call it off the event loop)."""
+        self.provider.shutdown()
+
+
+def tracing_from(
+    endpoint: str, *, headers: Mapping[str, str], sample_ratio: float, timeout: float = 10.0
+) -> Tracing | None:
+    """The tracing the settings ask for: ``None`` (off) when ``endpoint`` is empty, else spans
+    batched to the OTLP/HTTP ``endpoint`` (the full URL, ``.../v1/traces``)."""
+    if not endpoint:
+        return None
+    try:
+        from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+            OTLPSpanExporter,
+        )
+    except ImportError as exc:  # the optional extra: refuse to start rather than trace nothing
+        raise SettingsError(
+            "otlp_endpoint: the OTLP exporter is not installed (pip install 'consentry[otlp]')"
+        ) from exc
+    exporter = OTLPSpanExporter(
+        endpoint=endpoint,
+        headers=dict(headers),
+        timeout=timeout,
+        compression=Compression.Gzip,
+        meter_provider=NoOpMeterProvider(),
+    )
+    return Tracing.exporting(exporter, sample_ratio=sample_ratio)
