@@ -127,6 +127,9 @@ class PostgresLogStore(PostgresAuditIndex):
             what="ledger",
             min_size=min_size,
             max_size=max_size,
+            # Only transaction-scoped state here (SET LOCAL, xact advisory locks, cursors
+            # inside transactions): no reset round trip after each append.
+            session_state=False,
         )
         store = cls(pool, schema)
         try:

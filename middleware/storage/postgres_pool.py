@@ -33,6 +33,11 @@ async def translated(what: str) -> AsyncIterator[None]:
         raise ServiceUnavailable(f"{what} store unavailable") from exc
 
 
+async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
+    """A pool's reset for sessions that keep no state (asyncpg has rolled back any open
+    transaction before calling it)."""
+
+
 async def open_pool(
     dsn: str,
     *,
@@ -41,12 +46,17 @@ async def open_pool(
     what: str,
     min_size: int = 1,
     max_size: int = 10,
+    session_state: bool = True,
 ) -> asyncpg.Pool:
     """A pool on ``dsn`` with ``search_path`` = ``schema``, after creating the schema (if
     missing) and running ``ddl`` in one transaction under the DDL lock.
 
     ``ddl=None``: a read-only pool (``default_transaction_read_only``) that creates nothing;
-    the caller checks that its tables exist."""
+    the caller checks that its tables exist. ``session_state=False``: the caller promises its
+    statements leave nothing in a session past its transaction (no ``SET`` but ``SET
+    LOCAL``, no session advisory lock, no ``LISTEN``, no cursor ``WITH HOLD``), so a released
+    connection is not reset with asyncpg's reset query, one round trip per release (an open
+    transaction is still rolled back)."""
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"schema name {schema!r} is not a plain lowercase identifier")
     settings = {"search_path": schema}
@@ -54,7 +64,11 @@ async def open_pool(
         settings["default_transaction_read_only"] = "on"
     async with translated(what):
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, server_settings=settings
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            server_settings=settings,
+            reset=None if session_state else _nothing_to_reset,
         )
     if ddl is None:
         return pool
