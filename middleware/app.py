@@ -56,6 +56,7 @@ from middleware.ledger.http import LeafReaders, ledger_routes
 from middleware.ledger.keyfile import LedgerKey, new_ledger_key, save_new_ledger_key
 from middleware.ledger.service import LedgerService
 from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.ledger.witnessing import Witnessing
 from middleware.logging import get_logger
 from middleware.openapi import OPENAPI_PATH, openapi_document
 from middleware.ops.causes import store_label
@@ -99,8 +100,10 @@ class Gateway:
         audit: AuditApi | None = None,
         exports: ExportEndpoints | None = None,
         web: Callable[[ASGIApp], WebApp] | None = None,
+        witnessing: Witnessing | None = None,
     ) -> None:
         self.settings = settings
+        self.witnessing = witnessing
         self.exports = exports
         self.proxy = proxy
         self.ledger = ledger
@@ -133,7 +136,7 @@ class Gateway:
                 Route("/auth/jwks", self._jwks),
                 Route(OPENAPI_PATH, self._openapi),
                 *smart_routes(settings.auth, base_path=self._base, gateway_root=root),
-                *ledger_routes(ledger, ledger_readers),
+                *ledger_routes(ledger, ledger_readers, witnessing),
             ]
         )
 
@@ -183,6 +186,8 @@ class Gateway:
                     self.audit.jobs.start_sweeper()
                 if self.exports is not None:
                     self.exports.jobs.start_sweeper()
+                if self.witnessing is not None:  # checkpoints go to the witnesses from now on
+                    self.witnessing.start()
                 log.info(
                     "startup",
                     version=__version__,
@@ -227,6 +232,8 @@ class Gateway:
             await self.exports.jobs.aclose()
         if self.web is not None:
             await self.web.aclose()
+        if self.witnessing is not None:
+            await self.witnessing.aclose()
         await self.ledger.aclose()
 
     async def _healthz(self, _request: Request) -> Response:
@@ -450,6 +457,7 @@ def create_app(
         settings,
         proxy,
         ledger,
+        witnessing=_witnessing(settings, ledger, metrics),
         consent=consent,
         dev_issuer=dev_issuer,
         ledger_readers=readers,
@@ -464,6 +472,29 @@ def create_app(
             clock=wall,
         ),
     )
+
+
+def _witnessing(settings: Settings, ledger: LedgerService, metrics: Metrics) -> Witnessing | None:
+    """The background submitter of checkpoints to ``settings.witnesses`` (None: none)."""
+    if not settings.witnesses:
+        return None
+    witnessing = Witnessing(
+        ledger.store,
+        settings.witnesses,
+        quorum=settings.witness_quorum,
+        timeout=settings.witness_timeout_seconds,
+    )
+    metrics.gauge(
+        "ledger_witnessed_size",
+        "Tree size of the newest checkpoint a quorum of witnesses cosigned (0: none).",
+        lambda: witnessing.published_size,
+    )
+    metrics.gauge(
+        "ledger_witness_failures",
+        "Checkpoint submissions to witnesses that failed since start.",
+        lambda: sum(witnessing.failures.values()),
+    )
+    return witnessing
 
 
 def _export_endpoints(

@@ -5,7 +5,9 @@
 :class:`ExportFinding` naming the file line and ledger index:
 
 - the header: the format version, the checkpoint note's signature by a key the policy trusts
-  for the checkpoint's size, and its origin (C2SP signed-note, tlog-checkpoint);
+  for the checkpoint's size, and its origin (C2SP signed-note, tlog-checkpoint); with a
+  witness quorum in the policy, that many valid cosignatures on it
+  (:mod:`middleware.ledger.quorum`);
 - every line: the leaf parses, its RFC 9162 §2.1.3.2 inclusion proof leads to the
   checkpoint's root at the claimed index, lines are in ascending index, no index twice;
 - every ``row``/``other`` line: ``commit_evidence(salt, evidence)`` is the leaf's commitment,
@@ -48,6 +50,7 @@ from middleware.audit.verify_report import ExportFinding, ExportReport
 from middleware.ledger.checkpoint import Checkpoint, parse_checkpoint
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.leaf import decode_leaf
+from middleware.ledger.quorum import quorum_finding
 from middleware.ledger.receipt import TLOG_PROOF_HEADER, check_receipt, parse_receipt
 from middleware.ledger.signing import Verifier, verify_note
 from middleware.ledger.trust import TrustPolicy
@@ -187,5 +190,10 @@ def _checkpoint(report: ExportReport, note: str, policy: TrustPolicy) -> Checkpo
     keys = [k for s in signed.signatures if (k := policy.lookup(s.name, s.key_id))]
     if not any(k.covers(checkpoint.size) for k in keys):
         report.add("key-window", "the checkpoint's key is not valid for its size", 1)
+        return None
+    # A policy with a witness quorum: the checkpoint must carry that many cosignatures.
+    witnessed = quorum_finding(note, policy)
+    if witnessed is not None:
+        report.add(witnessed[0], f"the checkpoint: {witnessed[1]}", 1)
         return None
     return checkpoint

@@ -2,7 +2,10 @@
 
 =====================================================  ========================================
 ``GET /ledger/checkpoint``                             the latest signed checkpoint (C2SP
-                                                       tlog-checkpoint note), ``text/plain``
+                                                       tlog-checkpoint note), ``text/plain``;
+                                                       with a witness quorum, the latest one
+                                                       that quorum cosigned, cosignatures
+                                                       appended (503 until there is one)
 ``GET /ledger/proof/inclusion?index=I[&size=N]``       RFC 9162 §2.1.3 inclusion proof, JSON:
                                                        hashes only, never the leaf
 ``GET /ledger/proof/consistency?from=M[&to=N]``        RFC 9162 §2.1.4 consistency proof, JSON
@@ -75,7 +78,7 @@ from middleware.ledger.service import LedgerService
 from middleware.ledger.tree import MerkleLevels
 from middleware.storage.ledger_base import LogStore
 
-__all__ = ["MAX_ENTRIES", "LeafReaders", "TokenCheck", "ledger_routes"]
+__all__ = ["MAX_ENTRIES", "LeafReaders", "TokenCheck", "Witnessed", "ledger_routes"]
 
 #: Most entries one ``/ledger/entries`` answer carries (RFC 6962 get-entries may answer less).
 MAX_ENTRIES = 1000
@@ -108,10 +111,21 @@ class LeafReaders:
         return reader_of(identity, auditor_role=self.auditor_role, admin_role=self.admin_role)
 
 
-def ledger_routes(service: LedgerService, readers: LeafReaders) -> list[BaseRoute]:
+class Witnessed(Protocol):
+    """What the API needs of :class:`~middleware.ledger.witnessing.Witnessing`."""
+
+    quorum: int
+
+    def published(self) -> str | None: ...
+
+
+def ledger_routes(
+    service: LedgerService, readers: LeafReaders, witnessed: Witnessed | None = None
+) -> list[BaseRoute]:
     """The routes of the ``/ledger`` API over ``service``; ``readers`` guards the leaf
-    contents (see the module docstring)."""
-    api = _LedgerApi(service, readers)
+    contents; ``witnessed``, when its quorum is above 0, is what ``/ledger/checkpoint``
+    publishes (see the module docstring)."""
+    api = _LedgerApi(service, readers, witnessed)
     endpoints: list[tuple[str, _Handler]] = [
         ("/ledger/checkpoint", api.checkpoint),
         ("/ledger/proof/inclusion", api.inclusion),
@@ -145,13 +159,23 @@ def _guarded(handler: _Handler) -> _Handler:
 
 
 class _LedgerApi:
-    def __init__(self, service: LedgerService, readers: LeafReaders) -> None:
+    def __init__(
+        self, service: LedgerService, readers: LeafReaders, witnessed: Witnessed | None
+    ) -> None:
         self._service = service
         self._readers = readers
+        self._witnessed = witnessed if witnessed is not None and witnessed.quorum else None
         self._tree = MerkleLevels()
         self._lock = asyncio.Lock()
 
     async def checkpoint(self, _request: Request) -> Response:
+        if self._witnessed is not None:
+            # Only what a quorum of witnesses cosigned is published: a verifier holding it
+            # knows that many independent parties saw this tree and no other at its size.
+            note = self._witnessed.published()
+            if note is None:
+                raise ServiceUnavailable("no checkpoint carries a quorum of cosignatures yet")
+            return Response(note, media_type=_TEXT, headers={"cache-control": "no-cache"})
         latest = await (await self._service.store()).checkpoint()
         if latest is None:
             raise NotFound("the ledger has no checkpoint yet")

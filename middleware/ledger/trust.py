@@ -22,6 +22,14 @@ covers; its time is not in the signed text (C2SP tlog-checkpoint has no timestam
 retired key could backdate nothing but could "sign later" undetectably under a time window.
 With size windows, a retired key signing any size past its ``not_after`` is a finding.
 
+A policy may also require witnesses (C2SP tlog-witness): ``quorum = N`` and ``[[witnesses]]``
+tables, each with the witness's ``vkey`` (``cosignature/v1``, type 0x04) and optionally its
+``name`` (which must be the vkey's). Verifiers then require the checkpoint they check against
+to carry valid cosignatures by at least ``quorum`` of those witnesses
+(:mod:`middleware.ledger.quorum`). A quorum above the number of witnesses parses, and fails
+every verification: a policy that can never be met trusts nothing (as sigstore's policies
+treat an empty list).
+
 ``consentry keys rotate`` keeps this file in step with the key-event entries it appends
 (:mod:`middleware.ledger.keyevent`). The policy must name at least one key: an empty policy
 trusts nothing, and a verifier given one fails. Pure: ``tomllib`` and the note module only.
@@ -36,13 +44,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from middleware.ledger.checkpoint import Checkpoint
+from middleware.ledger.cosignature import WitnessKey, parse_witness_vkey
 from middleware.ledger.errors import MalformedError
 from middleware.ledger.note import VerifierKey, parse_vkey
 
-__all__ = ["TrustPolicy", "TrustedKey", "format_policy", "parse_policy"]
+__all__ = ["TrustPolicy", "TrustedKey", "TrustedWitness", "format_policy", "parse_policy"]
 
-_TOP_KEYS = frozenset({"origin", "keys"})
+_TOP_KEYS = frozenset({"origin", "keys", "witnesses", "quorum"})
 _KEY_KEYS = frozenset({"vkey", "not_before", "not_after"})
+_WITNESS_KEYS = frozenset({"vkey", "name"})
 _MAX_SIZE = 2**64 - 1
 
 
@@ -78,14 +88,36 @@ class TrustedKey:
 
 
 @dataclass(frozen=True, slots=True)
+class TrustedWitness:
+    """A witness whose ``cosignature/v1`` key is ``vkey`` (validated on construction)."""
+
+    vkey: str
+
+    def __post_init__(self) -> None:
+        parse_witness_vkey(self.vkey)
+
+    @property
+    def key(self) -> WitnessKey:
+        return parse_witness_vkey(self.vkey)
+
+
+@dataclass(frozen=True, slots=True)
 class TrustPolicy:
-    """The log's ``origin`` (checkpoints must name it) and its trusted keys (at least one,
-    each verifier key once). Validated on construction (MalformedError)."""
+    """The log's ``origin`` (checkpoints must name it), its trusted keys (at least one,
+    each verifier key once), and the ``witnesses`` of which ``quorum`` must cosign (0: no
+    witness required). Validated on construction (MalformedError)."""
 
     origin: str
     keys: tuple[TrustedKey, ...]
+    witnesses: tuple[TrustedWitness, ...] = ()
+    quorum: int = 0
 
     def __post_init__(self) -> None:
+        if not _is_size(self.quorum):
+            raise MalformedError(f"a quorum is a number of witnesses, not {self.quorum!r}")
+        names = [w.key.name for w in self.witnesses]
+        if len(set(names)) != len(names):
+            raise MalformedError("a trust policy names each witness once")
         Checkpoint(self.origin, 0, bytes(32))  # an origin a checkpoint can carry
         if not self.keys:
             raise MalformedError("a trust policy names at least one key (empty trusts nothing)")
@@ -118,7 +150,7 @@ class TrustPolicy:
             if k.vkey != successor
         ]
         keys.append(TrustedKey(successor, successor_not_before))
-        return TrustPolicy(self.origin, tuple(keys))
+        return replace(self, keys=tuple(keys))
 
 
 def parse_policy(text: str) -> TrustPolicy:
@@ -134,18 +166,33 @@ def parse_policy(text: str) -> TrustPolicy:
     entries = data.get("keys", [])
     if not isinstance(entries, list):
         raise MalformedError("trust policy: keys is an array of tables ([[keys]])")
-    return TrustPolicy(origin, tuple(_key(entry) for entry in entries))
+    witnesses = data.get("witnesses", [])
+    if not isinstance(witnesses, list):
+        raise MalformedError("trust policy: witnesses is an array of tables ([[witnesses]])")
+    quorum = data.get("quorum", 0)
+    if not _is_size(quorum):
+        raise MalformedError(f"trust policy: quorum is a number of witnesses, not {quorum!r}")
+    return TrustPolicy(
+        origin,
+        tuple(_key(entry) for entry in entries),
+        tuple(_witness(entry) for entry in witnesses),
+        quorum,
+    )
 
 
 def format_policy(policy: TrustPolicy) -> str:
     """The policy as TOML that :func:`parse_policy` reads back equal."""
     lines = ["# Consentry ledger trust policy (tree-size windows, inclusive).", ""]
     lines.append(f"origin = {_toml_string(policy.origin)}")
+    if policy.quorum or policy.witnesses:  # a top-level key: before the first table
+        lines.append(f"quorum = {policy.quorum}")
     for key in policy.keys:
         lines += ["", "[[keys]]", f"vkey = {_toml_string(key.vkey)}"]
         lines.append(f"not_before = {key.not_before}")
         if key.not_after is not None:
             lines.append(f"not_after = {key.not_after}")
+    for witness in policy.witnesses:
+        lines += ["", "[[witnesses]]", f"vkey = {_toml_string(witness.vkey)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -164,6 +211,19 @@ def _key(entry: Any) -> TrustedKey:
         if value is not None and not _is_size(value):
             raise MalformedError(f"trust policy: windows are tree sizes, not {value!r}")
     return TrustedKey(vkey, not_before, not_after)
+
+
+def _witness(entry: Any) -> TrustedWitness:
+    if not isinstance(entry, dict):
+        raise MalformedError("trust policy: each [[witnesses]] entry is a table")
+    _only(entry, _WITNESS_KEYS, "trust policy [[witnesses]]")
+    vkey, name = entry.get("vkey"), entry.get("name")
+    if not isinstance(vkey, str):
+        raise MalformedError("trust policy: a witness's vkey is a string")
+    witness = TrustedWitness(vkey)
+    if name is not None and name != witness.key.name:
+        raise MalformedError(f"trust policy: witness {name!r} has a vkey for {witness.key.name!r}")
+    return witness
 
 
 def _only(data: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:

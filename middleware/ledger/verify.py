@@ -16,7 +16,11 @@
 6. key-event entries (:mod:`middleware.ledger.keyevent`): their position and the policy's
    windows must agree with them;
 7. a checkpoint the caller remembered from before: the log must still contain it (a shorter
-   log is a rollback or truncation, another root at its size a fork).
+   log is a rollback or truncation, another root at its size a fork);
+8. with a witness quorum in the policy (:mod:`middleware.ledger.quorum`), the remembered
+   checkpoint is the witnessed one: it must be given and carry that many valid cosignatures
+   (``witness-quorum``, ``witness-cosignature``), so a log rewritten or forked away from what
+   the witnesses saw, even under the log's real key, fails.
 
 Findings carry a stable ``code``, the index or size, and ``expected`` vs ``computed`` values
 (bytes shown as base64, as in notes). The report is ``ok`` only with no finding *and* at least
@@ -46,6 +50,7 @@ from middleware.ledger.leafcheck import (
 )
 from middleware.ledger.merkle import verify_consistency
 from middleware.ledger.note import parse_note
+from middleware.ledger.quorum import quorum_finding
 from middleware.ledger.signing import Verifier, verify_note
 from middleware.ledger.snapshot import LogSnapshot
 from middleware.ledger.tree import MerkleLevels, hash_leaves
@@ -167,6 +172,10 @@ def verify_log(
         if kept is not None:
             remembered_size = kept.size
             _check_root(out, tree, kept, "remembered")
+    witnessed = quorum_finding(remembered, policy)
+    if witnessed is not None:
+        code, message, expected, computed = witnessed
+        out.add(code, message, size=remembered_size, expected=expected, computed=computed)
     return VerificationReport(
         origin=policy.origin,
         size=n,
