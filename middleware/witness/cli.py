@@ -31,6 +31,10 @@ from middleware.witness.protocol import LogConfig
 __all__ = ["parse_logs", "register"]
 
 
+_HEADER_TIMEOUT = 10.0
+_MAX_CONNECTIONS = 1024
+
+
 class _Usage(Exception):
     """A command line that cannot run (exit status 2)."""
 
@@ -112,6 +116,7 @@ def _serve(args: argparse.Namespace, _out: TextIO) -> int:
     import uvicorn  # noqa: PLC0415 - only serve needs the server
 
     from middleware.logging import configure_logging  # noqa: PLC0415
+    from middleware.proxy.connections import connection_cap, guarded_protocol  # noqa: PLC0415
     from middleware.witness.app import create_witness_app  # noqa: PLC0415
     from middleware.witness.service import Witness  # noqa: PLC0415
     from middleware.witness.state import WitnessState  # noqa: PLC0415
@@ -132,6 +137,9 @@ def _serve(args: argparse.Namespace, _out: TextIO) -> int:
             app,
             host=args.host,
             port=args.port,
+            # The gateway's header deadline and connection cap: a slow client cannot hold
+            # connections open for ever (middleware.proxy.connections).
+            http=guarded_protocol(_HEADER_TIMEOUT, connection_cap(_MAX_CONNECTIONS)),
             lifespan="off",
             access_log=False,
             log_level="warning",
