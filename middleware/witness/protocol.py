@@ -157,9 +157,11 @@ def check_submission(submission: Submission, log: LogConfig | None, state: LogSt
         raise WitnessRefusal(400, "the old size is above the checkpoint's size")
     if submission.old_size != state.size:
         raise WitnessRefusal(409, "the old size is not the last cosigned size", size=state.size)
+    if submission.proof and state.size in (0, checkpoint.size):
+        # RFC 9162 has no proof from the empty tree or to the same size: a client's mistake,
+        # not the log's, so nothing to keep.
+        raise WitnessRefusal(422, "the consistency proof must be empty")
     if checkpoint.size == state.size:
-        if submission.proof:
-            raise WitnessRefusal(422, "the consistency proof must be empty", evidence=True)
         if not hmac.compare_digest(checkpoint.root_hash, state.root_hash):
             # Two checkpoints of one size with different roots, both signed by the log: a
             # split view. 409 as tlog-witness says; the caller keeps the request.

@@ -189,8 +189,11 @@ async def test_fork_evidence_is_kept(setup: Setup, status: int, make: Callable[[
     assert setup.state.evidence(ORIGIN) == [(status, setup.state.evidence(ORIGIN)[0][1], request)]
 
 
-async def test_a_wrong_old_size_is_not_evidence(setup: Setup) -> None:
+async def test_client_mistakes_are_not_evidence(setup: Setup) -> None:
+    proof = [HASHES[0]]
+    assert (await setup.witness.add_checkpoint(format_submission(0, proof, note(4)))).status == 422
     await _accept(setup, 0, 4)
+    assert (await setup.witness.add_checkpoint(format_submission(4, proof, note(4)))).status == 422
     assert (await setup.witness.add_checkpoint(body(5, 8))).status == 409
     assert (await setup.witness.add_checkpoint(body(0, 4, key=IMPOSTOR))).status == 403
     assert setup.state.evidence(ORIGIN) == []
