@@ -159,12 +159,12 @@ def test_the_replicas_settings_load_with_the_gateways_own_loader(tmp_path: Path)
     assert PurePosixPath(settings.ledger_key_file).parent == PurePosixPath(KEYS_DIR)
     outbox = PurePosixPath(outbox_path(settings.audit_outbox, settings.store))
     assert outbox.is_relative_to(DATA_DIR)
-    script = _key_writer_script()
+    script = key_writer_script()
     assert f"--origin {settings.ledger_origin}" in " ".join(shlex.split(script))
     assert f"--key-file {PurePosixPath(settings.ledger_key_file).name}" in script
 
 
-def _key_writer_script() -> str:
+def key_writer_script() -> str:
     (name,) = one_shots(COMPOSE)
     service = COMPOSE["services"][name]
     assert service["entrypoint"] == ["sh", "-c"]
@@ -177,7 +177,7 @@ def test_the_key_writer_writes_the_keys_once(tmp_path: Path) -> None:
     """The key writer's script, run for real (``keys`` directory moved to a temporary one):
     it writes a ledger key file for the replicas' origin, and a second run (a restart of the
     stack) keeps it, so the log's identity never changes under the replicas."""
-    script = _key_writer_script().replace(KEYS_DIR, str(tmp_path))
+    script = key_writer_script().replace(KEYS_DIR, str(tmp_path))
     bin_dir = Path(sys.executable).parent
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.defpath}", "HOME": str(tmp_path)}
 
