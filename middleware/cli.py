@@ -27,6 +27,7 @@ from typing import TextIO
 from middleware import __version__
 from middleware.audit.cli import register as register_audit
 from middleware.auth.cli import register as register_token
+from middleware.auth.cli_revoke import register as register_auth
 from middleware.devsetup import add_init_parser
 from middleware.errors import SettingsError
 from middleware.ledger.cli import register as register_ledger
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     add_init_parser(commands)
     # Each module registers its own commands and subcommands (each sets ``run``).
     register_token(commands)
+    register_auth(commands)
     register_ledger(commands)
     register_audit(commands)
     register_mappings(commands)

@@ -14,6 +14,7 @@ import httpx
 
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer, generate_key, load_or_create_key
 from middleware.auth.jwks import JwksCache, StaticJwks
+from middleware.auth.revocation import RevocationList
 from middleware.auth.settings import AuthSettings
 from middleware.auth.verify import IssuerConfig, KeySource, TokenVerifier
 
@@ -49,10 +50,12 @@ def build_verifier(
     gateway_base: str = "",
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
+    revocations: RevocationList | None = None,
 ) -> TokenVerifier:
     """A verifier trusting every configured issuer, plus ``dev_issuer`` when given;
     ``gateway_base`` is the public FHIR base an absolute ``fhirUser`` may be under.
-    ``clock`` is wall-clock seconds (token times), ``monotonic`` ages the JWKS caches."""
+    ``clock`` is wall-clock seconds (token times), ``monotonic`` ages the JWKS caches;
+    ``revocations``: the tokens an administrator withdrew (auth.revocation; None: none)."""
     issuers: dict[str, IssuerConfig] = {}
     for issuer in settings.issuers:
         keys: KeySource = JwksCache(
@@ -78,4 +81,5 @@ def build_verifier(
         leeway=settings.leeway,
         clock=clock,
         realm=settings.realm or None,
+        revocations=revocations,
     )

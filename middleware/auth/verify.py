@@ -24,6 +24,11 @@ A verified token is remembered (bounded LRU, keyed by the exact token text) for 
 every request of a session is verified once, not once per request (signature checking was a
 quarter of the gateway's CPU per read). The cost: a key withdrawn from an issuer's JWK Set
 stops tokens it signed within ``CACHE_SECONDS``, not at once.
+
+Revocation (:mod:`middleware.auth.revocation`): with a ``revocations`` list, every request's
+token, cached or not, is checked against it after step 7; a revoked one is forgotten by the
+cache and answered ``invalid_token`` ("the token has been revoked"); a list that cannot tell
+raises :class:`~middleware.errors.ServiceUnavailable` (fail closed).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from joserfc.jwk import Key
 from middleware.auth.identity import ClaimError, Identity, IdentityRules, identity_from_claims
 from middleware.auth.jose import ALGORITHMS, JoseError, parse_compact, verify_signature
 from middleware.auth.jwks import JwksUnavailable
+from middleware.auth.revocation import RevocationList
 from middleware.errors import ServiceUnavailable, Unauthorized
 from middleware.logging import get_logger
 
@@ -111,6 +117,7 @@ class TokenVerifier:
         leeway: float = DEFAULT_LEEWAY,
         clock: Callable[[], float] = time.time,
         realm: str | None = None,
+        revocations: RevocationList | None = None,
     ) -> None:
         if leeway < 0:
             raise ValueError("leeway must not be negative")
@@ -119,9 +126,12 @@ class TokenVerifier:
         self._leeway = leeway
         self._clock = clock
         self._realm = realm
+        self._revocations = revocations
         self._log = get_logger("consentry.auth")
-        # token -> (identity, usable from, usable until): see the module docstring.
-        self._verified: OrderedDict[str, tuple[Identity, float, float]] = OrderedDict()
+        # token -> (identity, usable from, usable until, iat): see the module docstring.
+        self._verified: OrderedDict[str, tuple[Identity, float, float, float | None]] = (
+            OrderedDict()
+        )
         # token -> until when it stays proved (its expiry): see :meth:`proved`.
         self._proved: OrderedDict[str, float] = OrderedDict()
 
@@ -144,13 +154,13 @@ class TokenVerifier:
         now = self._clock()
         cached = self._verified.get(header)
         if cached is not None:
-            identity, start, end = cached
+            identity, start, end, iat = cached
             if start <= now < end:
                 self._verified.move_to_end(header)
-                return identity
+                return await self._unrevoked(header, identity, iat)
             del self._verified[header]
         try:
-            identity, nbf = await self._verify(header)
+            identity, nbf, iat = await self._verify(header)
         except _Refused as refused:
             self._log.info("bearer token refused", reason=refused.reason)
             raise Unauthorized(
@@ -162,7 +172,8 @@ class TokenVerifier:
             raise ServiceUnavailable("the token issuer's signing keys are unavailable") from exc
         start = -math.inf if nbf is None else nbf - self._leeway
         end = min(identity.expires_at + self._leeway, now + CACHE_SECONDS)
-        self._verified[header] = (identity, start, end)
+        await self._unrevoked(header, identity, iat)
+        self._verified[header] = (identity, start, end, iat)
         if len(self._verified) > CACHE_ENTRIES:
             self._verified.popitem(last=False)
         self._proved[header] = identity.expires_at + self._leeway
@@ -171,7 +182,17 @@ class TokenVerifier:
             self._proved.popitem(last=False)
         return identity
 
-    async def _verify(self, authorization: str) -> tuple[Identity, float | None]:
+    async def _unrevoked(self, header: str, identity: Identity, iat: float | None) -> Identity:
+        """``identity``, unless its token is revoked: then it is forgotten and refused."""
+        if self._revocations is None or not await self._revocations.revoked(identity, iat):
+            return identity
+        self._verified.pop(header, None)
+        self._proved.pop(header, None)
+        reason = "the token has been revoked"
+        self._log.info("bearer token refused", reason=reason)
+        raise Unauthorized(reason, www_authenticate=self._challenge("invalid_token", reason))
+
+    async def _verify(self, authorization: str) -> tuple[Identity, float | None, float | None]:
         match = _BEARER.fullmatch(authorization)
         if match is None:
             raise _Refused("the Authorization header is not a bearer token", "invalid_request")
@@ -196,7 +217,8 @@ class TokenVerifier:
             check_claims(
                 jws.claims, audiences=config.audiences, now=self._clock(), leeway=self._leeway
             )
-            return identity_from_claims(jws.claims, self._rules), _number(jws.claims, "nbf")
+            identity = identity_from_claims(jws.claims, self._rules)
+            return identity, _number(jws.claims, "nbf"), _number(jws.claims, "iat")
         except ClaimError as exc:
             raise _Refused(f"the token's claims are invalid: {exc}") from None
 

@@ -14,6 +14,9 @@ wall clock and an upstream:
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +29,13 @@ import respx
 
 from middleware.app import Gateway, create_app
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.auth.revocation import Revocation
 from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.settings import Settings
 from middleware.storage.consent_base import LOOKUP_PURPOSE
 from middleware.storage.consent_postgres import PostgresConsentStore
 from middleware.storage.ledger_postgres import PostgresLogStore
+from middleware.storage.revocations_open import record
 from tests.app.conftest import UPSTREAM, WallClock
 from tests.app.consenting import (
     DEV_ISSUER,
@@ -227,3 +232,35 @@ async def test_a_consent_change_through_one_replica_binds_the_other_at_once(
     revoked = await a.post(f"/fhir/Consent/{cid}/$revoke", headers=tokens.patient("p1"))
     assert revoked.status_code == 200
     assert (await b.get("/fhir/Observation/o-p1", headers=dr)).status_code == 200
+
+
+def _jti(headers: dict[str, str]) -> str:
+    payload = headers["authorization"].removeprefix("Bearer ").split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return str(claims["jti"])
+
+
+async def test_a_token_revoked_in_the_shared_store_is_refused_by_every_replica(
+    replicas: Replicas, tokens: Tokens
+) -> None:
+    """Both replicas have the token cached (verified once each); the revocation is recorded
+    once, as ``consentry auth revoke`` does, and both refuse it, told by NOTIFY (red without
+    the revocation list: the cached token stays accepted until it expires)."""
+    a, b = replicas.clients
+    stolen, kept = _doctor(tokens), _doctor(tokens)
+    for client in (a, b):
+        for headers in (stolen, kept):
+            assert (await client.get("/fhir/Observation/o-p1", headers=headers)).status_code == 200
+    revocation = Revocation("jti", _jti(stolen))
+    await record(
+        replicas.backend.dsn, revocation, reason="stolen", at=1.0, schema=replicas.backend.schema
+    )
+    for client in (a, b):
+        for _ in range(250):  # pushed within milliseconds; 5 s at most here
+            answer = await client.get("/fhir/Observation/o-p1", headers=stolen)
+            if answer.status_code != 200:
+                break
+            await asyncio.sleep(0.02)
+        assert answer.status_code == 401
+        assert "revoked" in answer.headers["www-authenticate"]
+        assert (await client.get("/fhir/Observation/o-p1", headers=kept)).status_code == 200

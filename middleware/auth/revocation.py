@@ -1,0 +1,109 @@
+"""Token revocation: which verified tokens an administrator has withdrawn (pure: no I/O).
+
+A signed token stays valid until its ``exp``; revocation lets an administrator stop one
+before that (``consentry auth revoke``). Three kinds of :class:`Revocation`:
+
+- ``jti``: the one token whose ``jti`` claim (RFC 7519 §4.1.7) is ``value``, from any issuer;
+- ``subject``: every token whose ``sub`` is ``value`` issued before ``before`` (its ``iat``,
+  RFC 7519 §4.1.6; a token without ``iat`` counts as issued before any time: the safe
+  direction), from any issuer (a ``sub`` two issuers share is revoked at both);
+- ``client``: every token whose ``client_id`` (else ``azp``) is ``value`` issued before
+  ``before``, likewise.
+
+A revocation is never lifted (a token issued later is unaffected); rows whose every token
+has expired could be dropped, but are kept: the set is small and the ledger records each.
+
+:class:`RevocationSet` is the set as one process holds it; a :class:`RevocationList` (the
+store's, :mod:`middleware.storage.revocations_open`) keeps it current in every process of the
+gateway and answers :meth:`RevocationList.revoked` for every request
+(:class:`~middleware.auth.verify.TokenVerifier` asks after the signature check or cache
+hit), raising :class:`~middleware.errors.ServiceUnavailable` when it cannot tell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal, Protocol
+
+from middleware.auth.identity import Identity
+
+__all__ = ["KINDS", "Revocation", "RevocationKind", "RevocationList", "RevocationSet"]
+
+RevocationKind = Literal["jti", "subject", "client"]
+KINDS: Final[tuple[RevocationKind, ...]] = ("jti", "subject", "client")
+#: Longest text a revocation names (a jti, subject or client id).
+MAX_VALUE: Final = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revocation (module docstring); ``before`` is None for a ``jti``, seconds since the
+    epoch for the others."""
+
+    kind: RevocationKind
+    value: str
+    before: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"a revocation's kind is one of {', '.join(KINDS)}")
+        if not self.value or len(self.value) > MAX_VALUE or not self.value.isprintable():
+            raise ValueError(f"a revocation names 1..{MAX_VALUE} printable characters")
+        if (self.kind == "jti") != (self.before is None):
+            raise ValueError("a jti revocation has no time; a subject or client one has one")
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationSet:
+    """Every revocation in force, as lookups."""
+
+    jtis: frozenset[str] = frozenset()
+    subjects: Mapping[str, float] = field(default_factory=dict)
+    clients: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, revocations: Iterable[Revocation]) -> RevocationSet:
+        """The set of ``revocations`` (several of one subject or client: the latest time)."""
+        jtis: set[str] = set()
+        subjects: dict[str, float] = {}
+        clients: dict[str, float] = {}
+        for r in revocations:
+            if r.kind == "jti":
+                jtis.add(r.value)
+                continue
+            assert r.before is not None  # checked on construction
+            table = subjects if r.kind == "subject" else clients
+            table[r.value] = max(table.get(r.value, r.before), r.before)
+        return cls(frozenset(jtis), subjects, clients)
+
+    def revokes(self, identity: Identity, issued_at: float | None) -> bool:
+        """Whether a token of ``identity`` issued at ``issued_at`` (its ``iat``; None when it
+        has none) is revoked."""
+        if identity.token_id is not None and identity.token_id in self.jtis:
+            return True
+        issued = float("-inf") if issued_at is None else issued_at
+        cutoff = self.subjects.get(identity.subject)
+        if cutoff is not None and issued < cutoff:
+            return True
+        if identity.client_id is not None:
+            cutoff = self.clients.get(identity.client_id)
+            if cutoff is not None and issued < cutoff:
+                return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self.jtis) + len(self.subjects) + len(self.clients)
+
+
+class RevocationList(Protocol):
+    """The revocations every process of the gateway enforces (module docstring)."""
+
+    async def revoked(self, identity: Identity, issued_at: float | None) -> bool:
+        """Whether the token is revoked; raises
+        :class:`~middleware.errors.ServiceUnavailable` when that cannot be told."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop listening and close connections (idempotent)."""
+        ...

@@ -1,0 +1,214 @@
+"""Token revocations shared by the processes of one store (storage.revocations_*): a revocation
+recorded anywhere binds every process's next check; on PostgreSQL a process whose listener is
+down reads the table instead of trusting its set, and reloads the whole set on reconnect, so a
+notification lost meanwhile cannot leave a revoked token usable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
+import pytest
+
+from middleware.auth.identity import Identity
+from middleware.auth.revocation import Revocation, RevocationList
+from middleware.errors import ServiceUnavailable, SettingsError
+from middleware.storage.revocations_open import record, token_revocations
+from middleware.storage.revocations_postgres import CHANNEL, LISTENER_NAME, PostgresRevocations
+from middleware.storage.revocations_sqlite import SqliteRevocations
+from tests.contract.backends import POSTGRES, PostgresBackend
+
+TOKEN = Identity(subject="dr", issuer="iss", expires_at=9e9, client_id="app", token_id="t-1")
+OTHER = Identity(subject="nurse", issuer="iss", expires_at=9e9, client_id="app2", token_id="t-2")
+
+
+async def _until(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+class Store:
+    """Lists on one store, and recording into it (as ``consentry auth revoke`` does)."""
+
+    def __init__(self, url: str, schema: str) -> None:
+        self.url = url
+        self.schema = schema
+        self.opened: list[RevocationList] = []
+
+    def list(self) -> RevocationList:
+        schema = self.schema
+
+        async def named() -> str:
+            return schema
+
+        if self.url.startswith("postgresql://"):
+            made: RevocationList = PostgresRevocations(self.url, schema=named, heartbeat=0.2)
+        else:
+            made = SqliteRevocations(Path(self.url.removeprefix("sqlite:") + ".revocations"))
+        self.opened.append(made)
+        return made
+
+    async def revoke(self, revocation: Revocation) -> None:
+        await record(self.url, revocation, reason="stolen laptop", at=1000.0, schema=self.schema)
+
+
+@pytest.fixture(params=["sqlite", POSTGRES])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    backend: PostgresBackend | None = None
+    if request.param == "sqlite":
+        made = Store(f"sqlite:{tmp_path / 'x.db'}", "public")
+    else:
+        backend = await PostgresBackend.create()
+        made = Store(backend.dsn, backend.schema)
+    yield made
+    for opened in made.opened:
+        await opened.aclose()
+    if backend is not None:
+        await backend.cleanup()
+
+
+async def _settled(listed: RevocationList) -> None:
+    """Wait until a PostgreSQL list listens (so the test exercises the pushed set)."""
+    if isinstance(listed, PostgresRevocations):
+        await listed.revoked(OTHER, None)  # starts it
+        await _until(lambda: listed.live)
+
+
+# Behaviour on both stores.
+
+
+async def test_a_revocation_binds_every_process_on_its_next_check(store: Store) -> None:
+    a, b = store.list(), store.list()
+    for listed in (a, b):
+        await _settled(listed)
+        assert not await listed.revoked(TOKEN, 500.0)
+    await store.revoke(Revocation("jti", "t-1"))
+    if isinstance(b, PostgresRevocations):  # pushed: at once, but not synchronously
+        await _until(lambda: b._set.revokes(TOKEN, 500.0))
+    assert await b.revoked(TOKEN, 500.0)
+    assert await a.revoked(TOKEN, 500.0)
+    assert not await a.revoked(OTHER, 500.0)
+
+
+@pytest.mark.parametrize(
+    ("revocation", "token", "issued_at", "revoked"),
+    [
+        # jti: that token only, whenever issued
+        (Revocation("jti", "t-1"), TOKEN, 500.0, True),
+        (Revocation("jti", "t-1"), OTHER, 500.0, False),
+        # subject: its tokens issued before the time; one without iat counts as before
+        (Revocation("subject", "dr", 600.0), TOKEN, 500.0, True),
+        (Revocation("subject", "dr", 600.0), TOKEN, 600.0, False),
+        (Revocation("subject", "dr", 600.0), TOKEN, None, True),
+        (Revocation("subject", "dr", 600.0), OTHER, 500.0, False),
+        # client: likewise, by client_id
+        (Revocation("client", "app", 600.0), TOKEN, 599.0, True),
+        (Revocation("client", "app", 600.0), TOKEN, 700.0, False),
+        (Revocation("client", "app", 600.0), OTHER, 500.0, False),
+    ],
+    ids=[
+        "jti-hit",
+        "jti-other-token",
+        "subject-before",
+        "subject-at-the-time",
+        "subject-no-iat",
+        "subject-other",
+        "client-before",
+        "client-after",
+        "client-other",
+    ],
+)
+async def test_what_a_revocation_covers(
+    store: Store, revocation: Revocation, token: Identity, issued_at: float | None, revoked: bool
+) -> None:
+    """Asked from the table (a list that is not live yet) and from the pushed set alike."""
+    await store.revoke(revocation)
+    cold = store.list()
+    assert await cold.revoked(token, issued_at) is revoked
+    await _settled(cold)
+    assert await cold.revoked(token, issued_at) is revoked
+
+
+async def test_a_later_time_for_a_subject_only_widens_it(store: Store) -> None:
+    await store.revoke(Revocation("subject", "dr", 600.0))
+    await store.revoke(Revocation("subject", "dr", 400.0))  # an older order does not narrow it
+    assert await store.list().revoked(TOKEN, 500.0)
+
+
+# PostgreSQL: the listener, and what happens while it is down.
+
+
+async def _kill_listeners(dsn: str, schema: str) -> int:
+    """Terminate the listening sessions of ``schema``'s lists (named by application_name)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        killed = await conn.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            f"{LISTENER_NAME}:{schema}",
+        )
+    finally:
+        await conn.close()
+    return len(killed)
+
+
+@pytest.mark.integration
+async def test_a_notification_lost_while_the_listener_is_down_never_lets_a_token_through() -> None:
+    """The listener is killed; a revocation recorded before it reconnects is not pushed to
+    it. Meanwhile every check reads the table, and the reconnect reloads the whole set (red
+    if the set were trusted while not live, or not reloaded on reconnect)."""
+    backend = await PostgresBackend.create()
+    store = Store(backend.dsn, backend.schema)
+    try:
+        listed = store.list()
+        assert isinstance(listed, PostgresRevocations)
+        await _settled(listed)
+        listed._heartbeat = 1.0  # a reconnect that takes a while
+        assert await _kill_listeners(backend.dsn, backend.schema) == 1
+        await _until(lambda: not listed.live)
+        await store.revoke(Revocation("jti", "t-1"))  # nobody listens: no notification
+        assert await listed.revoked(TOKEN, 500.0)  # read from the table
+        await _until(lambda: listed.live)
+        assert await listed.revoked(TOKEN, 500.0)  # from the reloaded set
+    finally:
+        for opened in store.opened:
+            await opened.aclose()
+        await backend.cleanup()
+
+
+async def test_a_database_it_cannot_reach_is_a_503() -> None:
+    """Fail closed: no listener and no table means no answer, not "not revoked"."""
+
+    async def named() -> str:
+        return "public"
+
+    dead = PostgresRevocations("postgresql://127.0.0.1:1/none", schema=named)
+    with pytest.raises(ServiceUnavailable):
+        await dead.revoked(TOKEN, 500.0)
+    await dead.aclose()
+
+
+async def test_another_schemas_notifications_are_ignored() -> None:
+    async def named() -> str:
+        return "mine"
+
+    listed = PostgresRevocations("postgresql://127.0.0.1:1/none", schema=named)
+    listed._schema = "mine"
+    listed._notified(None, 0, CHANNEL, "theirs")
+    assert not listed._reloads
+    await listed.aclose()
+
+
+def test_each_store_has_its_list(tmp_path: Path) -> None:
+    assert isinstance(token_revocations(f"sqlite:{tmp_path / 'x.db'}"), SqliteRevocations)
+    assert isinstance(token_revocations("postgresql://db/x"), PostgresRevocations)
+    assert token_revocations("memory:") is None
+
+
+async def test_a_memory_store_keeps_no_revocations() -> None:
+    with pytest.raises(SettingsError):
+        await record("memory:", Revocation("jti", "t"), reason="r", at=1.0)
