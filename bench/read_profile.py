@@ -43,6 +43,7 @@ from bench.judging import PATIENT_ID, searchset
 from middleware.app import Gateway, create_app
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.logging import configure_logging
+from middleware.ops.tracing import Tracing
 from middleware.proxy.upstream import UpstreamRequest
 from middleware.settings import load_settings
 from tests.support.peers import carebundle_dir
@@ -189,8 +190,11 @@ class Driver:
         await self._lifespan
 
 
-async def scene(workdir: Path, *, access_log: bool) -> tuple[Driver, list[tuple[bytes, bytes]]]:
-    """The started gateway, the consent recorded, and the practitioner's headers."""
+async def scene(
+    workdir: Path, *, access_log: bool, tracing: Tracing | None = None
+) -> tuple[Driver, list[tuple[bytes, bytes]]]:
+    """The started gateway (``tracing``: its traces, off by default), the consent recorded, and
+    the practitioner's headers."""
     auth = {
         "dev_issuer_enabled": True,
         "dev_issuer_url": ISSUER,
@@ -207,7 +211,7 @@ async def scene(workdir: Path, *, access_log: bool) -> tuple[Driver, list[tuple[
             "auth": auth,
         }
     )
-    app = create_app(settings, upstream=FixedUpstream())
+    app = create_app(settings, upstream=FixedUpstream(), tracing=tracing)
     driver = Driver(app)
     await driver.start()
     issuer = UnsafeDevelopmentIssuer.from_key_file(workdir / "dev-issuer.jwk", ISSUER, enabled=True)

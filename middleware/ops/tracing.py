@@ -27,12 +27,12 @@ parameter that would fall back to one is passed explicitly.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping, MutableSequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Mapping, MutableSequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Final, Literal, get_args
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import Resource
@@ -85,8 +85,13 @@ WORDS: Final[Mapping[str, frozenset[str]]] = {
 #: Integer-valued attributes (0 <= value < 2**31; anything else is dropped).
 COUNTS: Final = frozenset(get_args(Count))
 
+#: The tracer of the request being handled, when it is traced and sampled (its stages trace).
 _TRACER: contextvars.ContextVar[trace.Tracer | None] = contextvars.ContextVar(
     "consentry_tracer", default=None
+)
+#: Whether the request being handled is traced (sampled or not: its context goes upstream).
+_PROPAGATING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "consentry_propagating", default=False
 )
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _TRACE_HEADERS: Final = frozenset({"traceparent", "tracestate"})
@@ -151,16 +156,19 @@ _OFF: Final = _Off()
 
 def stage(name: Stage, *, client: bool = False) -> AbstractContextManager[Marks]:
     """A child span of the current request's, named ``name`` (``client``: a call to another
-    service, the upstream); a no-op when the request is not traced."""
+    service, the upstream); a no-op when the request is not traced or not sampled."""
     tracer = _TRACER.get()
     if tracer is None:
         return _OFF
-    return _span(tracer, name, SpanKind.CLIENT if client else SpanKind.INTERNAL, None)
+    if name not in STAGES:  # Literal is checked by mypy only: a name is never data
+        raise ValueError("not a stage name")
+    kind = SpanKind.CLIENT if client else SpanKind.INTERNAL
+    return _Open(tracer.start_span(name, kind=kind))
 
 
 def current() -> Marks:
     """The current span's marks (the request span's, outside any :func:`stage`); no-op when
-    the request is not traced."""
+    the request is not traced or not sampled."""
     if _TRACER.get() is None:
         return _NO_MARKS
     return Marks(trace.get_current_span())
@@ -168,8 +176,9 @@ def current() -> Marks:
 
 def inject(headers: MutableSequence[tuple[str, str]]) -> None:
     """Put the current span's W3C trace context in ``headers`` (lower-case pairs), replacing
-    any there; nothing when the request is not traced."""
-    if _TRACER.get() is None:
+    any there; nothing when the request is not traced. A request traced but not sampled still
+    passes its trace on (flags ``00``, Trace Context §3.2.2.5), naming the request span."""
+    if not _PROPAGATING.get():
         return
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
@@ -178,25 +187,67 @@ def inject(headers: MutableSequence[tuple[str, str]]) -> None:
         headers.extend(carrier.items())
 
 
-@contextmanager
-def _span(
-    tracer: trace.Tracer, name: Stage, kind: SpanKind, parent: Context | None
-) -> Iterator[Marks]:
-    if name not in STAGES:  # Literal is checked by mypy only: a name is never data
-        raise ValueError("not a stage name")
-    span = tracer.start_span(name, context=parent, kind=kind)
-    # Never the library's exception event or "Type: message" status: messages may quote
-    # the request.
-    with trace.use_span(
-        span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-    ):
+class _Open(AbstractContextManager[Marks]):
+    """A started span made current until the block ends (a class, not two generator-based
+    context managers: this is the per-stage cost when tracing is on)."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+        self._token: contextvars.Token[Context] | None = None
+
+    def __enter__(self) -> Marks:
+        self._token = context.attach(trace.set_span_in_context(self._span))
+        return Marks(self._span)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
-            yield Marks(span)
-        except BaseException as exc:
-            # A refusal (4xx) is the stage working; only failures mark the span.
-            if not (isinstance(exc, GatewayError) and exc.status < 500):
-                span.set_status(StatusCode.ERROR)
-            raise
+            # A refusal (4xx) is the stage working; only failures mark the span, and never
+            # with the exception's message or an exception event: messages may quote the
+            # request.
+            if error is not None and not (isinstance(error, GatewayError) and error.status < 500):
+                self._span.set_status(StatusCode.ERROR)
+        finally:
+            if self._token is not None:
+                context.detach(self._token)
+            self._span.end()
+
+
+class _Request(_Open):
+    """The request's server span, and the context variables that let its stages trace."""
+
+    __slots__ = ("_propagating", "_tracer", "_tracing")
+
+    def __init__(self, span: trace.Span, tracer: trace.Tracer) -> None:
+        super().__init__(span)
+        self._tracer = tracer if span.is_recording() else None  # unsampled: no stage spans
+        self._tracing: contextvars.Token[trace.Tracer | None] | None = None
+        self._propagating: contextvars.Token[bool] | None = None
+
+    def __enter__(self) -> Marks:
+        self._tracing = _TRACER.set(self._tracer)
+        self._propagating = _PROPAGATING.set(True)
+        return super().__enter__()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            super().__exit__(kind, error, tb)
+        finally:
+            if self._propagating is not None:
+                _PROPAGATING.reset(self._propagating)
+            if self._tracing is not None:
+                _TRACER.reset(self._tracing)
 
 
 class Tracing:
@@ -240,19 +291,11 @@ class Tracing:
     def request(self, headers: Mapping[str, str]) -> AbstractContextManager[Marks]:
         """The server span of one request (``headers``: lower-case names), current until it
         closes; the client's trace is continued when its ``traceparent`` is valid."""
-        return self._request(headers)
-
-    @contextmanager
-    def _request(self, headers: Mapping[str, str]) -> Iterator[Marks]:
         parent = _PROPAGATOR.extract(
             {name: headers[name] for name in _TRACE_HEADERS if name in headers}
         )
-        token = _TRACER.set(self.tracer)
-        try:
-            with _span(self.tracer, "request", SpanKind.SERVER, parent) as marks:
-                yield marks
-        finally:
-            _TRACER.reset(token)
+        span = self.tracer.start_span("request", context=parent, kind=SpanKind.SERVER)
+        return _Request(span, self.tracer)
 
     def shutdown(self) -> None:
         """Export what is queued and stop (blocking: call it off the event loop)."""

@@ -218,3 +218,23 @@ def test_a_missing_exporter_is_a_settings_error_not_silence(
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     with pytest.raises(SettingsError, match="consentry\\[otlp\\]"):
         build("http://127.0.0.1:9/v1/traces", headers={}, sample_ratio=1.0)
+
+
+def test_an_unsampled_request_makes_no_stage_spans_and_still_passes_its_trace_on(
+    exporter: InMemorySpanExporter,
+) -> None:
+    traced = Tracing.exporting(exporter, batch=False, sample_ratio=0.0)
+    sent: list[tuple[str, str]] = []
+    with traced.request({}):
+        assert stage("decide") is stage("filter")  # the shared no-op
+        inject(sent)
+    with traced.request({"traceparent": TRACEPARENT.removesuffix("01") + "00"}):
+        continued: list[tuple[str, str]] = []
+        inject(continued)
+    traced.shutdown()
+    assert exporter.get_finished_spans() == ()
+    (name, value), (_, value2) = *sent, *continued
+    assert name == "traceparent"
+    assert int(value[-2:], 16) & 1 == 0  # the sampled flag is off
+    assert value2.startswith(f"00-{CLIENT_TRACE}-")
+    assert int(value2[-2:], 16) & 1 == 0
