@@ -77,6 +77,7 @@ from middleware.proxy.upstream import Upstream
 from middleware.settings import Settings
 from middleware.storage import ConsentStore, LogStore, open_consent_store, open_log_store
 from middleware.storage.consent_base import LOOKUP_PURPOSE
+from middleware.storage.revocations_open import token_revocations
 from middleware.types import ASGIApp, Receive, Scope, Send
 from middleware.web.routes import WebApp, build_web, web_serves
 
@@ -234,6 +235,9 @@ class Gateway:
             await self.web.aclose()
         if self.witnessing is not None:
             await self.witnessing.aclose()
+        sessions = self.proxy.enforcement.pipeline.reads.break_glass
+        if sessions is not None:  # its board's pool or file (pipeline.breakglass)
+            await sessions.aclose()
         await self.ledger.aclose()
 
     async def _healthz(self, _request: Request) -> Response:
@@ -364,8 +368,14 @@ def create_app(
     client = None
     if any(issuer.jwks_url for issuer in settings.auth.issuers):
         client = httpx.AsyncClient(timeout=httpx.Timeout(settings.read_timeout))
+    # Tokens an administrator revoked, enforced by every process of the store (auth.revocation).
+    revocations = token_revocations(settings.store, log_store=ledger.store)
     verifier = build_verifier(
-        settings.auth, client=client, dev_issuer=dev_issuer, gateway_base=settings.gateway_base_url
+        settings.auth,
+        client=client,
+        dev_issuer=dev_issuer,
+        gateway_base=settings.gateway_base_url,
+        revocations=revocations,
     )
     wall = wall_clock or time.time
     service = _consent_service(
@@ -383,7 +393,14 @@ def create_app(
         max_request_bytes=settings.max_request_bytes,
         body_timeout=settings.body_timeout,
         max_json_depth=settings.max_json_depth,
-        closers=() if client is None else (client.aclose,),
+        closers=tuple(
+            close
+            for close in (
+                None if client is None else client.aclose,
+                None if revocations is None else revocations.aclose,
+            )
+            if close is not None
+        ),
         metrics=metrics,
         access_log=settings.access_log,
     )
