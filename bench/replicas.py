@@ -1,7 +1,7 @@
 """Replicas behind a load balancer: how soon a consent change holds everywhere, and throughput.
 
     python -m bench.replicas [--trials 200] [--duration 5] [--connections 16]
-                             [--loadgen auto|wrk|python]
+                             [--counts 1,3] [--loadgen auto|wrk|python]
 
 Starts the shared upstream FHIR server (carebundle-10 loaded into it directly), a fresh
 PostgreSQL database, three ``consentry serve --workers 1`` replicas on it sharing one settings
@@ -22,8 +22,9 @@ reads again with nothing changed (``unchanged_p50_ms``/``unchanged_p99_ms``): wh
 requests cost on their own; visibility minus that is what noticing the change costs.
 
 **Throughput.** ``GET Patient/{id}`` (permitted, a practitioner token) through HAProxy for
-``--duration`` seconds at ``--connections``, first with one replica behind it, then three
-(each after an unmeasured warm-up second). Reported: requests/s, p50/p99, and CPU per request
+``--duration`` seconds at ``--connections``, with one replica behind it, then three
+(``--counts``; e.g. ``3,1,3,1`` alternates to show the machine's drift), each after an
+unmeasured warm-up second. Reported: requests/s, p50/p99, and CPU per request
 of the replicas (utime+stime from ``/proc/<pid>/stat``, summed over the replicas behind the
 balancer) and of HAProxy; upstream, PostgreSQL and the load generator excluded.
 Writes ``bench/results/replicas.json``.
@@ -160,6 +161,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--counts", default="1,3", help="replicas behind HAProxy per throughput run, in order"
+    )
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     args = parser.parse_args()
     wrk = find_wrk() if args.loadgen != "python" else None
@@ -176,11 +180,10 @@ def main() -> None:
             ReplicaSet(upstream.base_url, dsn, workdir, 3, settings=opt_out) as replicas,
         ):
             visible = asyncio.run(_visibility(replicas, patients[0], args.trials))
+            path = f"Patient/{patients[1]}"
             runs = [
-                _throughput(
-                    replicas, n, load, f"Patient/{patients[1]}", args.duration, args.connections
-                )
-                for n in (1, 3)
+                _throughput(replicas, int(n), load, path, args.duration, args.connections)
+                for n in args.counts.split(",")
             ]
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),

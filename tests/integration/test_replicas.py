@@ -18,6 +18,8 @@ or HAProxy fails these tests, never skips them.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -192,6 +194,44 @@ def test_a_break_the_glass_session_opened_on_one_replica_holds_on_the_others(
     assert opened.status_code == 200, opened.text
     assert _reads(cluster, cluster.others(2), read, glass) == [200, 200]
     assert cluster.through_balancer(read, glass) == [200] * 3
+
+
+def _jti(headers: dict[str, str]) -> str:
+    """The ``jti`` claim of the bearer token in ``headers`` (the payload, not verified)."""
+    payload = headers["authorization"].removeprefix("Bearer ").split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    jti = claims["jti"]
+    assert isinstance(jti, str)
+    return jti
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="consentry auth revoke (the store's revocation list every replica enforces) is "
+    "being built: the command does not exist yet",
+)
+def test_a_token_revoked_on_one_replica_is_refused_by_every_replica(
+    cluster: Cluster, patients: list[str]
+) -> None:
+    """``consentry auth revoke --jti`` run beside replica 0 on the shared store: the token,
+    which every replica has just accepted (and may hold verified in its cache), is refused
+    with 401 at each replica's next request, directly and through the balancer; a token of
+    the same doctor that was not revoked still reads."""
+    read = f"Patient/{patients[4]}"
+    doomed, other = cluster.doctor(), cluster.doctor()
+    assert _jti(doomed) != _jti(other)
+    every = [g.base_url for g in cluster.gateways]
+    assert _reads(cluster, every, read, doomed) == [200] * 3
+    done = cluster.replicas.consentry(
+        "auth", "revoke", "--jti", _jti(doomed), "--reason", "laptop stolen",
+        "--operator", "security", "--store", cluster.dsn,
+        "--key-file", str(cluster.replicas.key_file),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _reads(cluster, every, read, doomed) == [401] * 3
+    assert cluster.through_balancer(read, doomed) == [401] * 3
+    assert _reads(cluster, every, read, other) == [200] * 3
 
 
 def _leaves(dsn: str) -> int:

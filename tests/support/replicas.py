@@ -29,7 +29,7 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -88,7 +88,8 @@ class ReplicaSet:
     settings file in ``workdir`` (which also holds the ledger key and the issuer's key).
 
     They start one after the other: the first creates the ledger key file the others read.
-    ``settings`` adds top-level TOML lines (e.g. ``consent_jurisdiction = "opt-out"``).
+    ``settings`` adds top-level TOML lines (e.g. ``consent_jurisdiction = "opt-out"``);
+    ``env`` is each replica's extra environment (as :class:`GatewayServer` takes it).
     """
 
     def __init__(
@@ -99,8 +100,10 @@ class ReplicaSet:
         count: int = 3,
         *,
         settings: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.upstream, self.dsn, self.workdir, self.count = upstream, dsn, workdir, count
+        self.env = dict(env or {})
         self.config = workdir / "consentry.toml"
         self.key_file = workdir / "ledger.key"
         self.extra = list(settings)
@@ -115,7 +118,9 @@ class ReplicaSet:
         )
         try:
             for _ in range(self.count):
-                gateway = GatewayServer(self.upstream, args=self.args(), startup_timeout=60.0)
+                gateway = GatewayServer(
+                    self.upstream, args=self.args(), env=self.env, startup_timeout=60.0
+                )
                 self.gateways.append(gateway.start())
         except BaseException:
             self.stop()
