@@ -461,6 +461,7 @@ def create_app(
         auditor_role=settings.ledger_auditor_role,
         admin_role=settings.consent_admin_role,
     )
+    witnessing = _witnessing(settings, ledger, metrics)
     audit = build_audit_api(
         settings,
         ledger=ledger,
@@ -469,12 +470,14 @@ def create_app(
         recorder=recorder,
         wall_clock=wall,
         clock=clock or time.monotonic,
+        # With a witness quorum, verifiable exports carry the checkpoint it cosigned.
+        witnessed=witnessing.published if witnessing is not None and witnessing.quorum else None,
     )
     return Gateway(
         settings,
         proxy,
         ledger,
-        witnessing=_witnessing(settings, ledger, metrics),
+        witnessing=witnessing,
         consent=consent,
         dev_issuer=dev_issuer,
         ledger_readers=readers,

@@ -49,9 +49,12 @@ def build_audit_api(
     recorder: Recorder,
     wall_clock: Callable[[], float],
     clock: Callable[[], float],
+    witnessed: Callable[[], str | None] | None = None,
 ) -> AuditApi:
     """The AuditEvent API of the gateway (module docstring); ``secret`` is the ledger key
-    file's data secret (``LedgerKey.data_secret``), which the keys here derive from."""
+    file's data secret (``LedgerKey.data_secret``), which the keys here derive from;
+    ``witnessed``: the checkpoint a witness quorum cosigned, which verifiable exports are
+    made against (None: no quorum, the latest checkpoint)."""
     master = derive_box_key(secret, EVIDENCE_PURPOSE)
 
     async def index() -> AuditIndex:
@@ -107,7 +110,10 @@ def build_audit_api(
             suspensions=suspensions,
             directory=settings.recipient_directory(),
             proven=ProvenAccounting(
-                store=ledger.store, wrap_key=master, rules=settings.accounting_rules
+                store=ledger.store,
+                wrap_key=master,
+                rules=settings.accounting_rules,
+                witnessed=witnessed,
             ),
         ),
         oversight=Oversight(

@@ -90,6 +90,18 @@ class StoreView:
             raise LedgerError("the log has no signed checkpoint with entries yet")
         return cls(store, stored.note, stored.size)
 
+    @classmethod
+    async def at(cls, store: LogStore, note: str) -> StoreView:
+        """The view at the checkpoint ``note`` states: one the store signed (the same
+        text), carried with more signatures (a witnessed checkpoint's cosignatures), which
+        the export's header then holds. The proofs are against its size."""
+        text = parse_note(note).text
+        size = parse_checkpoint(text).size
+        stored = await store.checkpoint(size)
+        if stored is None or size == 0 or parse_note(stored.note).text != text:
+            raise LedgerError("the witnessed checkpoint is not one this log signed")
+        return cls(store, note, size)
+
     async def leaf_hashes(self) -> list[bytes]:
         return await self.store.leaf_hashes(0, self.size)
 

@@ -14,6 +14,11 @@ Bounded as the other reports over HTTP are: an export of more than
 :data:`~middleware.audit.report_http.MAX_REPORT_ROWS` rows is refused with 422 ``too-costly``
 (:class:`~middleware.audit.report_http.TooCostly`; the CLI, which streams to a file, has no
 cap); the file is built in memory and its proofs are computed off the event loop.
+
+With a witness quorum (``witnessed``: :meth:`~middleware.ledger.witnessing.Witnessing.published`)
+the file is made against the newest checkpoint that quorum cosigned, cosignatures included,
+so a verifier whose trust policy requires them accepts it; entries after it are not in the
+file yet. Until one exists the answer is 503.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from middleware.audit.export_make import accounting_rows, make_export
 from middleware.audit.export_write import write_csv, write_ndjson
 from middleware.audit.httptypes import Reply
 from middleware.audit.row import AuditRow
+from middleware.errors import ServiceUnavailable
 from middleware.storage.ledger_base import LogStore
 
 __all__ = ["ProvenAccounting"]
@@ -51,8 +57,10 @@ class ProvenAccounting:
         wrap_key: bytes,
         rules: AccountingRules,
         row_cap: int | None = None,
+        witnessed: Callable[[], str | None] | None = None,
     ) -> None:
         self._store = store
+        self._witnessed = witnessed
         self._wrap_key = wrap_key
         self._rules = rules
         self._cap = row_cap
@@ -69,9 +77,15 @@ class ProvenAccounting:
                 f"the accounting proves more than {cap} entries: use consentry audit export"
             )
         store = await self._store()
+        if self._witnessed is None:
+            view = await StoreView.open(store)
+        elif (note := self._witnessed()) is None:
+            raise ServiceUnavailable("no checkpoint carries a quorum of cosignatures yet")
+        else:
+            view = await StoreView.at(store, note)
         header, entries = await make_export(
             store,
-            await StoreView.open(store),
+            view,
             selected,
             report="accounting",
             wrap_key=self._wrap_key,

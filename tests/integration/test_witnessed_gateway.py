@@ -1,7 +1,9 @@
 """End to end: a gateway (``consentry serve``) configured with two real witnesses
 (``consentry witness serve``) and a quorum of 2 publishes, after traffic, a checkpoint both
-witnesses cosigned, and ``consentry ledger verify`` with a trust policy requiring that quorum
-accepts its store against it (and refuses the log's own, uncosigned checkpoint)."""
+witnesses cosigned; ``consentry ledger verify`` with a trust policy requiring that quorum
+accepts its store against it (and refuses the log's own, uncosigned checkpoint), and
+``consentry audit verify-export`` accepts the verifiable accounting the gateway serves (made
+against the witnessed checkpoint)."""
 
 from __future__ import annotations
 
@@ -58,8 +60,15 @@ def test_the_published_checkpoint_carries_two_cosignatures_and_verifies_with_quo
     server, policy = gateway
     with httpx.Client(timeout=30.0) as client:
         headers = {**server.system_bearer(), "accept": "application/fhir+json"}
-        for _ in range(3):  # traffic: audited searches, each a ledger entry
-            assert client.get(f"{server.base_url}/Patient", headers=headers).status_code == 200
+        made = client.post(
+            f"{server.base_url}/Patient",
+            json={"resourceType": "Patient", "name": [{"family": "Witnessed"}]},
+            headers={**headers, "content-type": "application/fhir+json"},
+        )
+        assert made.status_code == 201, made.text
+        patient = f"Patient/{made.json()['id']}"
+        for _ in range(3):  # traffic: audited reads (disclosures), each a ledger entry
+            assert client.get(f"{server.base_url}/{patient}", headers=headers).status_code == 200
         size = _latest_size(client, server)
         assert size > 0
         note = _published(client, server, size)
@@ -83,6 +92,30 @@ def test_the_published_checkpoint_carries_two_cosignatures_and_verifies_with_quo
     report = _verify(server, trust, witnessed)
     assert not report["ok"]
     assert {f["code"] for f in report["findings"]} == {"witness-quorum"}
+
+    # The verifiable accounting the gateway serves is made against the witnessed checkpoint.
+    auditor = server.bearer(
+        "auditor", "user/AuditEvent.rs", fhir_user="Practitioner/auditor", roles=["ledger-auditor"]
+    )
+    with httpx.Client(timeout=60.0) as client:
+        got = client.get(
+            f"{server.base_url}/{patient}/$accounting",
+            params={"_format": "csv", "_proofs": "true"},
+            headers=auditor,
+        )
+    assert got.status_code == 200, got.text
+    served = tmp_path / "accounting.csv"
+    served.write_bytes(got.content)
+    done = server.consentry("audit", "verify-export", str(served), "--trust", str(trust))
+    verdict = json.loads(done.stdout)
+    assert (done.returncode, verdict["ok"]) == (0, True), done.stdout
+    assert verdict["rows"] > 0
+    without = TrustPolicy(ORIGIN, policy.keys, policy.witnesses, 0)
+    trust.write_text(format_policy(without), encoding="utf-8")  # the same file verifies
+    assert (
+        server.consentry("audit", "verify-export", str(served), "--trust", str(trust)).returncode
+        == 0
+    )
 
 
 def _generate_key(key_file: Path) -> str:
