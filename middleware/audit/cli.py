@@ -165,6 +165,12 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
 def _verify_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="an export (NDJSON or CSV) or a receipt")
     parser.add_argument("--trust", type=Path, required=True, help="trust policy file (TOML)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes that check lines (default: one per core; 1: this process alone)",
+    )
 
 
 def _reindex_args(parser: argparse.ArgumentParser) -> None:

@@ -58,7 +58,7 @@ from middleware.audit.reports import (
 from middleware.audit.row import AuditQuery, AuditRow
 from middleware.audit.shredded import shredded_rows
 from middleware.audit.suspensions import SuspensionLog
-from middleware.audit.verify_export import verify_file
+from middleware.audit.verify_parallel import verify_path
 from middleware.ledger.leaf import LeafFields
 from middleware.ledger.signing import derive_box_key
 from middleware.ledger.trust import parse_policy
@@ -385,20 +385,11 @@ def verify(args: argparse.Namespace, out: TextIO) -> int:
         policy = parse_policy(args.trust.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise Usage(f"cannot read {args.trust}: {exc}") from exc
-    with Progress("verify", total=None) as progress, args.file.open(encoding="utf-8") as lines:
-        report = verify_file(_lines(lines, progress), policy, opener=facts_opener)
+    with Progress("verify", total=None) as progress:
+        report = verify_path(
+            args.file, policy, opener=facts_opener, jobs=args.jobs, count=progress.update
+        )
         body = {"file": str(args.file), **report.to_json()}
         body["rows_per_second"] = round(progress.rate)
     print_json(out, body)
     return 0 if report.ok else 1
-
-
-def _lines(source: TextIO, progress: Progress) -> Iterator[str]:
-    """The lines of ``source``, counted on ``progress`` 256 at a time (the bar's update costs
-    about a microsecond, a tenth of a verified row) and the rest at the end."""
-    counted = 0
-    for counted, line in enumerate(source, start=1):
-        if not counted & 0xFF:
-            progress.update(0x100)
-        yield line
-    progress.update(counted & 0xFF)

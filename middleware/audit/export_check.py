@@ -16,7 +16,7 @@ from middleware.audit.export_chain import LineOrder
 from middleware.audit.export_columns import columns_for
 from middleware.audit.export_fast import Accept, csv_same, ndjson_same, row_acceptor
 from middleware.audit.export_read import ExportLine, RawLine, decode_raw_line, ndjson_line
-from middleware.audit.export_read_csv import csv_lines
+from middleware.audit.export_read_csv import csv_lines, csv_part
 from middleware.audit.export_rules import default_rule
 from middleware.audit.inclusion import InclusionChecker
 from middleware.audit.report_csv import FORMULA_START, csv_escape
@@ -113,15 +113,18 @@ class ExportChecker:
         self.apply(self.judge(lines))
         self.finish()
 
-    def judge(self, lines: Iterable[str]) -> Iterator[tuple[int, Verdict]]:
+    def judge(self, lines: Iterable[str], *, part: bool = False) -> Iterator[tuple[int, Verdict]]:
         """Each entry line's number and verdict (see :data:`Verdict`); ``lines`` are the
         file's lines after the header line (for CSV the column line first). A ``row`` line
         with its opening is tried on the fast path (``export_fast``), which passes only a
         line without findings. Changes nothing but what makes later proofs cheaper, so lines
-        may be judged ahead of the lines before them being applied."""
+        may be judged ahead of the lines before them being applied, and in parts:
+        ``part`` lines are later lines of the file, starting at a record (no column line),
+        numbered from 1 (``verify_parallel`` adds the lines before them)."""
         accept = self._accept()
         if self.escaped:
-            read = csv_lines(iter(lines), self.names)
+            it = iter(lines)
+            read = csv_part(it, self.names) if part else csv_lines(it, self.names)
             for number, line in read:
                 if accept is not None and not isinstance(line, str) and line.role == "row":
                     opening = line.opening
@@ -134,7 +137,7 @@ class ExportChecker:
                 yield number, line
             return
         names = self.names
-        for number, text in enumerate(lines, start=2):
+        for number, text in enumerate(lines, start=1 if part else 2):
             if not text or text.isspace():  # not text.strip(), without copying the line
                 continue
             if accept is not None:

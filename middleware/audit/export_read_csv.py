@@ -17,7 +17,7 @@ import msgspec
 from middleware.audit.export import PROOF_COLUMNS, EntryOpening
 from middleware.audit.export_read import LINE_ROLES, ExportLine, decode_base64  # the line, shared
 
-__all__ = ["csv_lines", "csv_records"]
+__all__ = ["csv_lines", "csv_part", "csv_records"]
 
 
 def csv_lines(
@@ -32,14 +32,23 @@ def csv_lines(
     yield from _csv_body(records, names)
 
 
+def csv_part(
+    lines: Iterator[str], names: tuple[str, ...]
+) -> Iterator[tuple[int, ExportLine | str]]:
+    """:func:`csv_lines` of later lines of the file that start at a record (no column line),
+    each numbered by the lines read from the first of ``lines`` (1 for the first)."""
+    return _csv_body(csv_records(lines), names, before=0)
+
+
 def _csv_body(
-    records: Iterator[tuple[int, list[str]]], names: tuple[str, ...]
+    records: Iterator[tuple[int, list[str]]], names: tuple[str, ...], *, before: int = 1
 ) -> Iterator[tuple[int, ExportLine | str]]:
     """:func:`csv_lines` of the records after the column line (``csv_records``' of the lines
-    after the header line, the column line read)."""
+    after the header line, the column line read); ``before``: the lines before the first
+    that ``csv_records`` read (the header line)."""
     width = len(names)
     for read, record in records:
-        number = read + 1  # the header line was not read by csv_records
+        number = read + before
         if not record:
             continue
         if len(record) != width + len(PROOF_COLUMNS):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from middleware.audit import cli_reports
+from middleware.audit import verify_parallel
 from middleware.audit.row import AuditQuery
 from middleware.audit.verify_export import verify_file
 from middleware.cli import main
@@ -362,7 +362,8 @@ def test_verify_export_streams_the_file(setup: Setup, monkeypatch: pytest.Monkey
         fed.append(text)
         return verify_file(text, *args, **kwargs)
 
-    monkeypatch.setattr(cli_reports, "verify_file", streamed)
+    # A small file is verified in this process (verify_parallel's sequential path).
+    monkeypatch.setattr(verify_parallel, "verify_file", streamed)
     status, body = setup.verify(path)
     assert (status, body["ok"]) == (0, True)
     assert body["lines"] == len(path.read_text().splitlines()) - 1  # entry lines

@@ -1,0 +1,162 @@
+"""``verify_path`` (``verify_parallel``): checking an export's blocks in worker processes
+gives the report the sequential verifier gives for the same file, for untouched and edited
+exports (``export_edits``: characters changed, lines dropped, repeated, swapped, inserted from
+other exports, the header's scope changed), NDJSON and CSV, LF and CRLF line ends, blocks
+cut anywhere; a CSV record that spans a block's end (a quoted field) sends the whole file to
+the sequential path; lines are read as ``open`` reads them (universal newlines)."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from middleware.audit import verify_parallel
+from middleware.audit.cli_reports import facts_opener
+from middleware.audit.export import format_time
+from middleware.audit.verify_export import ExportReport, verify_file
+from tests.unit.audit.export_edits import edited
+from tests.unit.audit.export_real import HOUR, REAL_POLICY, T0, real_exports
+
+_POOL: list[tuple[str, dict[str, Any]]] = [(text, {}) for _, text in sorted(real_exports().items())]
+_EDITED = edited(
+    _POOL,
+    times=[format_time(T0 + n * HOUR + d) for n in range(0, 60, 3) for d in (-1, 0, 1)],
+    patients=["Patient/a", "Patient/b", "Patient/c"],
+    agents=[f"Practitioner/pr-{n}" for n in range(4)],
+)
+
+
+@pytest.fixture
+def sequential_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files ``verify_path`` handed to its sequential path."""
+    calls: list[Path] = []
+    sequential = verify_parallel._sequential
+
+    def spy(path: Path, *args: Any) -> ExportReport:
+        calls.append(path)
+        return sequential(path, *args)
+
+    monkeypatch.setattr(verify_parallel, "_sequential", spy)
+    assert threading.active_count() == 1  # else verify_path would not fork
+    return calls
+
+
+def _sequential(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as lines:
+        return verify_file(lines, REAL_POLICY, opener=facts_opener).to_json()
+
+
+def _parallel(path: Path, block: int) -> dict[str, Any]:
+    report = verify_parallel.verify_path(
+        path, REAL_POLICY, opener=facts_opener, jobs=2, block=block
+    )
+    return report.to_json()
+
+
+def _write(folder: Path, text: str, newline: str, name: str = "export") -> Path:
+    path = folder / name
+    path.write_bytes(text.replace("\n", newline).encode("utf-8"))
+    return path
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+@pytest.mark.parametrize("name", ["date-period", "access-a", "accounting-a-period", "user-1"])
+def test_an_untouched_export_verifies_in_blocks(
+    tmp_path: Path, sequential_calls: list[Path], name: str, fmt: str, newline: str
+) -> None:
+    path = _write(tmp_path, real_exports()[name, fmt], newline)
+    for block in (256, 1000, 4096):
+        parallel = _parallel(path, block)
+        assert parallel["ok"], parallel["findings"]
+        assert parallel == _sequential(path)
+    assert sequential_calls == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_EDITED, newline=st.sampled_from(["\n", "\r\n"]), block=st.integers(64, 3000))
+def test_an_edited_export_gets_the_sequential_report(
+    tmp_path_factory: pytest.TempPathFactory,
+    case: tuple[str, dict[str, Any]],
+    newline: str,
+    block: int,
+) -> None:
+    path = _write(tmp_path_factory.mktemp("edited"), case[0], newline)
+    assert _parallel(path, block) == _sequential(path)
+
+
+@pytest.mark.parametrize("at", [2, 10, -6], ids=["first-record", "middle", "near-the-end"])
+def test_a_quoted_field_across_blocks_is_verified_sequentially(
+    tmp_path: Path, sequential_calls: list[Path], at: int
+) -> None:
+    """A CSV record whose quoted field runs over several lines swallows them (``csv.reader``);
+    a block starting inside it would read them as records of their own."""
+    lines = real_exports()["date-period", "csv"].splitlines(keepends=True)
+    where = at % len(lines)
+    lines[where] = 'x,"opened' + lines[where]
+    lines[where + 4] = 'closed",y' + lines[where + 4]
+    path = _write(tmp_path, "".join(lines), "\r\n")
+    sequential = _sequential(path)
+    assert not sequential["ok"]
+    assert _parallel(path, 600) == sequential
+    assert sequential_calls == [path]
+
+
+def test_a_quoted_field_open_at_the_end_of_the_file_needs_no_second_pass(
+    tmp_path: Path, sequential_calls: list[Path]
+) -> None:
+    text = real_exports()["date-period", "csv"] + 'x,"never closed\nrow,1\n'
+    path = _write(tmp_path, text, "\n")
+    assert _parallel(path, 500) == _sequential(path)
+    assert sequential_calls == []
+
+
+def test_a_bad_column_line_stops_the_reading_as_before(
+    tmp_path: Path, sequential_calls: list[Path]
+) -> None:
+    lines = real_exports()["date-period", "csv"].splitlines(keepends=True)
+    lines[1] = lines[1].replace("role", "rôle")
+    path = _write(tmp_path, "".join(lines), "\n")
+    parallel = _parallel(path, 300)
+    assert [f["code"] for f in parallel["findings"]] == ["line-malformed"]
+    assert parallel == _sequential(path)
+    assert sequential_calls == []
+
+
+def test_bytes_that_are_not_utf8_raise_what_the_sequential_reader_raises(
+    tmp_path: Path, sequential_calls: list[Path]
+) -> None:
+    data = real_exports()["date-period", "ndjson"].encode("utf-8")
+    path = tmp_path / "export"
+    path.write_bytes(data[: len(data) // 2] + b"\xff" + data[len(data) // 2 :])
+    with pytest.raises(UnicodeDecodeError):
+        _parallel(path, 300)
+    assert sequential_calls == [path]
+
+
+def test_a_small_file_or_one_job_is_verified_in_this_process(
+    tmp_path: Path, sequential_calls: list[Path]
+) -> None:
+    path = _write(tmp_path, real_exports()["date-period", "ndjson"], "\n")
+    assert _parallel(path, path.stat().st_size) == _sequential(path)
+    report = verify_parallel.verify_path(path, REAL_POLICY, opener=facts_opener, jobs=1)
+    assert report.ok
+    assert sequential_calls == [path, path]
+
+
+@given(st.lists(st.sampled_from(["a", "\r", "\n", "\r\n", "é", "\u2028", "\x0b"]), max_size=40))
+def test_lines_are_read_as_open_reads_them(parts: list[str]) -> None:
+    """Universal newlines: ``\\r``, ``\\n`` and ``\\r\\n`` end a line, and nothing else does
+    (not ``str.splitlines``' other separators); the reference is ``StringIO``'s reading."""
+    text = "".join(parts)
+    data = text.encode("utf-8")
+    cut = data.rfind(b"\n") + 1  # the lines of a block are whole (it ends after an LF)
+    assert verify_parallel._lines_of(data[:cut]) == list(
+        io.StringIO(data[:cut].decode("utf-8"), newline=None)
+    )
