@@ -2,6 +2,7 @@
 
     python -m bench.pg_replicas [--processes 1,2,4] [--appenders 16,64] [--duration 4]
                                 [--rows | --no-rows] [--dsn DSN]
+    python -m bench.pg_replicas --bytes-per-entry 20000
 
 Each process opens :class:`~middleware.storage.ledger_postgres.PostgresLogStore` on one shared
 schema (fresh, dropped afterwards) and runs the gateway's group-commit writer (``max_batch``
@@ -19,6 +20,9 @@ CPU per append** (utime + stime from ``/proc/<pid>/stat`` of the PostgreSQL back
 the replicas, found by ``application_name``; the WAL writer and checkpointer are not
 counted), and the wall-clock share of a batch spent waiting for the state row lock is
 ``lock_wait_share`` (time in the locking statement over time in ``store.append``).
+
+``--bytes-per-entry N`` instead appends ``N`` such entries in batches of 64 to a fresh schema
+and prints ``pg_total_relation_size`` (heap, indexes, TOAST) of each table over ``N``.
 
 The script imports ``middleware`` from ``PYTHONPATH`` first, so one file measures another
 checkout: ``PYTHONPATH=/tmp/prev python bench/pg_replicas.py``.
@@ -225,6 +229,55 @@ def run(dsn: str, processes: int, appenders: int, duration: float, rows: bool) -
     }
 
 
+#: The log's tables, with their indexes and TOAST (``pg_total_relation_size``).
+_TABLES = (
+    "consentry_ledger_leaves",
+    "consentry_ledger_evidence",
+    "consentry_ledger_checkpoints",
+    "consentry_audit_index",
+)
+
+
+async def bytes_per_entry(dsn: str, count: int, rows: bool) -> dict[str, Any]:
+    """Append ``count`` recorder-made entries (batches of 64, a checkpoint each) to a fresh
+    schema, VACUUM ANALYZE, and divide each table's total size (heap, indexes, TOAST) by
+    ``count``."""
+    from bench.audit_commit import entries  # noqa: PLC0415
+    from middleware.ledger.signing import SigningKey  # noqa: PLC0415
+    from middleware.ledger.writer import checkpoint_signer  # noqa: PLC0415
+    from middleware.storage.ledger_postgres import PostgresLogStore  # noqa: PLC0415
+
+    schema = f"consentry_bench_size_{os.getpid()}"
+    await _schema(dsn, schema, drop=False)
+    store = await PostgresLogStore.open(dsn, schema=schema)
+    try:
+        sign = checkpoint_signer(SigningKey.from_seed("bench/size", bytes(32)))
+        for start in range(0, count, 64):
+            await store.append(
+                entries(start, min(64, count - start), rows=rows, read="patient"), sign=sign
+            )
+        conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+        try:
+            for table in _TABLES:
+                await conn.execute(f"VACUUM ANALYZE {table}")
+            sizes = {
+                t: await conn.fetchval("SELECT pg_total_relation_size($1::regclass)", t)
+                for t in _TABLES
+            }
+        finally:
+            await conn.close()
+    finally:
+        await store.close()
+        await _schema(dsn, schema, drop=True)
+    per = {t.removeprefix("consentry_"): round(b / count, 1) for t, b in sizes.items()}
+    return {
+        "entries": count,
+        "rows": rows,
+        "bytes_per_entry": per,
+        "total": round(sum(sizes.values()) / count, 1),
+    }
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         dsn, schema, number, tasks, seconds, with_rows = sys.argv[2:8]
@@ -236,7 +289,18 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per run")
     parser.add_argument("--rows", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--dsn", default=DSN)
+    parser.add_argument(
+        "--bytes-per-entry",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: append N entries and print PostgreSQL bytes per entry by table",
+    )
     args = parser.parse_args()
+    if args.bytes_per_entry:
+        sys.path.append(_ROOT)
+        print(json.dumps(asyncio.run(bytes_per_entry(args.dsn, args.bytes_per_entry, args.rows))))
+        return
     for processes in (int(n) for n in args.processes.split(",")):
         for appenders in (int(n) for n in args.appenders.split(",")):
             result = run(args.dsn, processes, appenders, args.duration, args.rows)
