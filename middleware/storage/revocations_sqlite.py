@@ -20,7 +20,7 @@ from typing import Final
 from middleware.auth.identity import Identity
 from middleware.auth.revocation import Revocation, RevocationSet
 from middleware.errors import ServiceUnavailable
-from middleware.storage.sidecar import beside
+from middleware.storage.sidecar import beside, open_beside
 
 __all__ = ["SqliteRevocations", "record_sqlite_revocation", "revocations_path"]
 
@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS consentry_token_revocations (
     CHECK ((kind = 'jti') = (before IS NULL))
 ) WITHOUT ROWID;
 """
+_SUFFIX: Final = ".revocations"
 _ALL: Final = "SELECT kind, value, before FROM consentry_token_revocations"
 _INSERT: Final = (
     "INSERT INTO consentry_token_revocations (kind, value, before, revoked_at, reason) "
@@ -48,11 +49,13 @@ def revocations_path(store: str) -> Path | None:
     """The file beside a ``sqlite:`` store; None for any other store."""
     if not store.startswith("sqlite:"):
         return None
-    return beside(store.removeprefix("sqlite:"), ".revocations")
+    return beside(store.removeprefix("sqlite:"), _SUFFIX)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    # Created by `consentry auth revoke` run as root, the file gets the database's owner, so
+    # the gateway's user can still open it (storage.sidecar).
+    os.close(open_beside(path, Path(str(path).removesuffix(_SUFFIX)), os.O_RDWR))
     db = sqlite3.connect(path, timeout=2.0, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.executescript(_SCHEMA)
