@@ -152,7 +152,7 @@ def simulate(shard: Shard, seconds: float, seed: int) -> dict[str, float]:
 def split(rate: float, one: Shard, a: argparse.Namespace) -> int:
     """Shards for a tenant of ``rate`` appends/s: the fewest at most ``--lock-busy`` of the
     ceiling each whose simulated p99 meets ``--p99-ms``."""
-    k = max(1, math.ceil(rate / (one.ceiling() * a.lock_busy)))
+    k: int = max(1, math.ceil(rate / (one.ceiling() * float(a.lock_busy))))
     while True:
         shard = Shard(rate / k, a.replicas_per_shard, one.fixed_s, one.per_entry_s, one.rtt_s)
         if simulate(shard, a.seconds, a.seed)["p99_ms"] <= a.p99_ms or k >= 64:
