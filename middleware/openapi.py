@@ -142,7 +142,12 @@ def openapi_document(base_path: str, *, development_issuer: bool = False) -> dic
             "get": _op("vread", "One version", 200, "Consent", _READ_ERRORS),
         },
         "/ledger/checkpoint": {
-            "get": _ledger("The latest signed checkpoint (C2SP tlog-checkpoint)", _TEXT, None),
+            "get": _ledger(
+                "The latest signed checkpoint (C2SP tlog-checkpoint); with a witness quorum,"
+                " the newest one that quorum cosigned, its cosignatures appended",
+                _TEXT,
+                None,
+            ),
         },
         "/ledger/proof/inclusion": {
             "get": _ledger(
