@@ -9,7 +9,8 @@ wall clock and an upstream:
 - a paging cursor A issued redeems on B (cursor keys derive from the shared ledger key);
 - a consent change through A is enforced by B on its very next request (invariant 3: the
   registry reads the ledger's consent position before each decision);
-- a token revoked through the shared store is refused by both (auth.revocation).
+- a token revoked through the shared store is refused by both (auth.revocation), and the same
+  on one SQLite file (the embedded default's worker processes).
 """
 
 from __future__ import annotations
@@ -264,3 +265,33 @@ async def test_a_token_revoked_in_the_shared_store_is_refused_by_every_replica(
         assert answer.status_code == 401
         assert "revoked" in answer.headers["www-authenticate"]
         assert (await client.get("/fhir/Observation/o-p1", headers=kept)).status_code == 200
+
+
+async def test_a_revocation_binds_every_gateway_on_one_sqlite_file(
+    tmp_path: Path, make_settings: Callable[..., Settings], signer: SigningKey, tokens: Tokens
+) -> None:
+    """The embedded default: two gateways (as two workers) on one SQLite store see a revocation
+    recorded in ``<store>.revocations`` on their very next request (red without the list)."""
+    store = f"sqlite:{tmp_path / 'shared.db'}"
+    settings = make_settings(
+        store=store, auth=auth_settings(tmp_path / "dev.jwk"), consent_jurisdiction="opt-out"
+    )
+    upstream = httpx.MockTransport(_router().async_handler)
+    apps = [create_app(settings, upstream=upstream, signer=signer) for _ in range(2)]
+    clients = [
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
+        for app in apps
+    ]
+    try:
+        stolen, kept = _doctor(tokens), _doctor(tokens)
+        for client in clients:
+            assert (await client.get("/fhir/Observation/o-p1", headers=stolen)).status_code == 200
+        await record(store, Revocation("jti", _jti(stolen)), reason="stolen", at=1.0)
+        for client in clients:
+            assert (await client.get("/fhir/Observation/o-p1", headers=stolen)).status_code == 401
+            assert (await client.get("/fhir/Observation/o-p1", headers=kept)).status_code == 200
+    finally:
+        for client in clients:
+            await client.aclose()
+        for app in apps:
+            await app.aclose()
