@@ -7,7 +7,7 @@
     consentry audit user-report --agent Practitioner/y [--format csv|pdf] [--out FILE]
     consentry audit export --report accounting|access-report|user-report|date-range
         [--patient ...] [--agent ...] [--since ...] [--until ...] [--format ndjson|csv]
-        --key-file consentry-ledger.key --out FILE
+        --key-file consentry-ledger.key --out FILE [--checkpoint WITNESSED.note]
     consentry audit verify-export FILE --trust trust.toml
     consentry audit reindex --store ... --key-file consentry-ledger.key
     consentry audit shred --patient Patient/x --reason TEXT --key-file consentry-ledger.key
@@ -157,6 +157,12 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         required=True,
         choices=("accounting", "access-report", "user-report", "date-range"),
         help="which report's entries to export",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="prove against this checkpoint (a witnessed one, as GET /ledger/checkpoint "
+        "serves it with its cosignatures) instead of the log's latest",
     )
     _scope(parser)
     _output(parser, ("ndjson", "csv"))
