@@ -20,8 +20,9 @@ ERROR without a description. Span events and links are limited to zero.
 
 **Off costs nothing.** Without a :class:`Tracing` (``otlp_endpoint`` empty, the default) the
 edge opens no span and :func:`stage` returns one shared no-op context manager after a single
-context-variable read. Nothing here reads ``OTEL_*`` variables: every SDK and exporter
-parameter that would fall back to one is passed explicitly.
+context-variable read. Settings come from :mod:`middleware.settings` only: every SDK and
+exporter parameter that would fall back on an ``OTEL_*`` variable is passed explicitly (the
+OTLP exporter alone still reads its TLS-file and extra-header variables when it is built).
 """
 
 from __future__ import annotations
@@ -310,6 +311,7 @@ def tracing_from(
     if not endpoint:
         return None
     try:
+        import requests  # noqa: PLC0415
         from opentelemetry.exporter.otlp.proto.http import Compression  # noqa: PLC0415
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
             OTLPSpanExporter,
@@ -318,11 +320,16 @@ def tracing_from(
         raise SettingsError(
             "otlp_endpoint: the OTLP exporter is not installed (pip install 'consentry[otlp]')"
         ) from exc
+    # Every parameter given, so that the exporter falls back on no OTEL_EXPORTER_OTLP_*
+    # variable for them; the session given too, so that no credential-provider plugin is
+    # loaded by name from the environment. (It still reads its TLS-file and extra-header
+    # variables when built: docs/configuration.md says to leave them unset.)
     exporter = OTLPSpanExporter(
         endpoint=endpoint,
         headers=dict(headers),
         timeout=timeout,
         compression=Compression.Gzip,
+        session=requests.Session(),
         meter_provider=NoOpMeterProvider(),
     )
     return Tracing.exporting(exporter, sample_ratio=sample_ratio)

@@ -122,7 +122,11 @@ def test_tracing_from_an_empty_endpoint_is_off() -> None:
     assert build("", headers={}, sample_ratio=1.0) is None
 
 
-def test_tracing_from_an_endpoint_builds_an_otlp_exporter() -> None:
+def test_tracing_from_an_endpoint_builds_an_otlp_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built from the settings alone: a credential-provider plugin named in the environment
+    is not looked up (the exporter would load that entry point, or fail without it)."""
+    monkeypatch.setenv("OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER", "no-such-plugin")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://elsewhere:4318/v1/traces")
     traced = build("http://127.0.0.1:9/v1/traces", headers={"x-k": "v"}, sample_ratio=0.5)
     assert traced is not None
     traced.shutdown()  # nothing queued: no export attempted
