@@ -18,8 +18,11 @@ from middleware.cli import main
 from middleware.ledger.keyfile import LedgerKey, write_ledger_key
 from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.signing import SigningKey
+from middleware.storage.ledger_postgres import PostgresLogStore
 from middleware.storage.ledger_sqlite import SqliteLogStore
+from middleware.storage.revocations_postgres import PostgresRevocations
 from middleware.storage.revocations_sqlite import SqliteRevocations
+from tests.contract.backends import PostgresBackend
 
 ORIGIN = "gateway.test/ledger"
 STOLEN = Identity(subject="dr", issuer="iss", expires_at=9e9, client_id="app", token_id="t-1")
@@ -101,3 +104,32 @@ def test_usage_errors_record_nothing(tmp_path: Path, key_file: Path, argv: tuple
     assert status == 2
     assert not db.exists()
     assert not Path(f"{db}.revocations").exists()
+
+
+@pytest.mark.integration
+def test_on_postgresql_the_revocation_reaches_the_stores_schema(key_file: Path) -> None:
+    """``--store postgresql://... --schema S``: the admin entry on S's ledger, the row in S's
+    list, which a replica's list on S reports."""
+
+    async def check(backend: PostgresBackend) -> tuple[int, bool]:
+        async def named() -> str:
+            return backend.schema
+
+        listed = PostgresRevocations(backend.dsn, schema=named)
+        log = await PostgresLogStore.open(backend.dsn, schema=backend.schema)
+        try:
+            return await log.size(), await listed.revoked(STOLEN, 0.0)
+        finally:
+            await listed.aclose()
+            await log.close()
+
+    backend = asyncio.run(PostgresBackend.create())
+    try:
+        status, text = _run(
+            *("auth", "revoke", "--store", backend.dsn, "--schema", backend.schema),
+            *("--key-file", str(key_file), "--jti", "t-1", "--reason", "stolen"),
+        )
+        assert status == 0, text
+        assert asyncio.run(check(backend)) == (1, True)
+    finally:
+        asyncio.run(backend.cleanup())
