@@ -112,14 +112,14 @@ def test_the_published_checkpoint_carries_two_cosignatures_and_verifies_with_quo
     assert verdict["rows"] > 0
     # So is the file the command makes against the witnessed checkpoint (--checkpoint).
     (tmp_path / "cosigned.note").write_text(note, encoding="utf-8")
-    made = tmp_path / "accounting.ndjson"
+    exported = tmp_path / "accounting.ndjson"
     done = server.consentry(
         "audit", "export", "--store", server.store_url, "--key-file", str(tmp_path / "ledger.key"),
-        "--report", "accounting", "--patient", patient, "--format", "ndjson", "--out", str(made),
+        "--report", "accounting", "--patient", patient, "--format", "ndjson", "--out", str(exported),
         "--checkpoint", str(tmp_path / "cosigned.note"),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    done = server.consentry("audit", "verify-export", str(made), "--trust", str(trust))
+    done = server.consentry("audit", "verify-export", str(exported), "--trust", str(trust))
     assert (done.returncode, json.loads(done.stdout)["rows"]) == (0, verdict["rows"]), done.stdout
     without = TrustPolicy(ORIGIN, policy.keys, policy.witnesses, 0)
     trust.write_text(format_policy(without), encoding="utf-8")  # the same file verifies
