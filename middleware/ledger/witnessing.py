@@ -16,9 +16,10 @@ publication (:meth:`Witnessing.published`) is whatever the last round achieved.
 Publication: with ``quorum`` > 0, :meth:`published` is the newest checkpoint that at least
 ``quorum`` witnesses cosigned, with every cosignature line collected for it appended to the
 log's note; ``None`` until one has. Failures (unreachable, refused, timeouts) are logged with
-the witness's name and the HTTP status only, counted in :attr:`Witnessing.failures`, and the
-ledger keeps working. What was cosigned is kept in memory: after a restart the first round
-gets the latest checkpoint cosigned again (witnesses answer 409 with their size, then cosign).
+the witness's name and a reason code only (once when a witness starts failing, not each
+round), counted in :attr:`Witnessing.failures`, and the ledger keeps working. What was
+cosigned is kept in memory: after a restart the first round gets the latest checkpoint
+cosigned again (witnesses answer 409 with their size, then cosign).
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ class Witnessing:
         #: The size each witness last cosigned (as far as we know; 0: none).
         self._sizes: dict[str, int] = {w.name: 0 for w in witnesses}
         self._cosignatures: dict[str, tuple[NoteSignature, ...]] = {}
+        #: The reason each failing witness last failed (logged when it changes).
+        self._state: dict[str, str] = {}
         self._latest: StoredCheckpoint | None = None
         self._published: str | None = None
         self._published_size = 0
@@ -197,7 +200,10 @@ class Witnessing:
                 return await self._ask(witness, latest, exc.size)
         except _Refused as exc:
             self._count(exc.reason)
-            log.warning("witness did not cosign", witness=witness.name, reason=exc.reason)
+            # One line when a witness starts failing (or fails otherwise), not one a second.
+            if self._state.get(witness.name) != exc.reason:
+                log.warning("witness did not cosign", witness=witness.name, reason=exc.reason)
+            self._state[witness.name] = exc.reason
             return None
 
     async def _ask(
@@ -246,6 +252,8 @@ class Witnessing:
         except (UnicodeDecodeError, LedgerError):
             raise _Refused("bad-cosignature") from None
         self.cosigned += 1
+        if self._state.pop(witness.name, None) is not None:
+            get_logger("consentry.ledger").info("witness cosigns again", witness=witness.name)
         return ours
 
     def _count(self, reason: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.entry import StoredCheckpoint
@@ -222,3 +223,28 @@ def test_a_quorum_above_the_witnesses_is_refused() -> None:
 
     with pytest.raises(ValueError, match="quorum"):
         Witnessing(never, [endpoint(W1)], quorum=2)
+
+
+async def test_a_failing_witness_is_logged_once_then_once_more_when_it_recovers() -> None:
+    """One warning when a witness starts failing, not one a round; an info line when it
+    cosigns again. The lines name the witness and a reason, nothing from the log."""
+    log = base()
+    source = Source(log)
+    answers = iter([_answer(500), _answer(500), _answer(500), cosigning(W1)])
+
+    async def open_source() -> Source:
+        return source
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return next(answers)(request)
+
+    with capture_logs() as lines:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handle)) as client:
+            witnessing = Witnessing(open_source, [endpoint(W1)], quorum=1, client=client)
+            for _ in range(4):
+                await witnessing.submit_latest()
+            await witnessing.aclose()
+    events = [(line["event"], line.get("reason")) for line in lines]
+    assert events == [("witness did not cosign", "status-500"), ("witness cosigns again", None)]
+    assert witnessing.failures == {"status-500": 3}
+    assert all(set(line) <= {"event", "log_level", "witness", "reason"} for line in lines)
