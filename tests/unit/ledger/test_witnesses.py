@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,14 @@ def test_with_cosignatures_appends_each_line_once_after_the_logs() -> None:
     assert parsed.signatures[1:] == (one, two)
     assert merged.startswith(note)  # the log's note is a prefix: its signature line first
     assert with_cosignatures(merged, [two]) == merged
+
+
+def test_settings_read_witness_tables_from_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "consentry.toml"
+    config.write_text(
+        'upstream = "http://up.example/fhir"\nwitness_quorum = 1\n\n[[witnesses]]\n'
+        f'name = "w1.example"\nurl = "https://w1.example/w"\nvkey = "{W1.vkey()}"\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(config_file=config)
+    assert settings.witnesses == (WitnessEndpoint("w1.example", "https://w1.example/w", W1.vkey()),)
