@@ -51,6 +51,7 @@ from middleware.audit.bulk_job import (
 )
 from middleware.audit.recorder_intents import running, started
 from middleware.errors import NotFound, TooManyRequests
+from middleware.ops.tracing import untraced
 from middleware.storage.exports_sqlite import JobRow, SqliteExportBoard
 
 __all__ = [
@@ -133,7 +134,8 @@ class ExportJobs:
         elif self._full(owner):
             raise _too_many()
         self._jobs[job.id] = job
-        job.task = asyncio.create_task(self._run(job, produce))
+        # The job outlives the kick-off's request: no part of that request's trace.
+        job.task = asyncio.create_task(self._run(job, produce), context=untraced())
         return job
 
     def _full(self, owner: str) -> bool:

@@ -56,6 +56,7 @@ __all__ = [
     "inject",
     "stage",
     "tracing_from",
+    "untraced",
 ]
 
 Stage = Literal["request", "classify", "identify", "decide", "forward", "filter", "map", "audit"]
@@ -186,6 +187,20 @@ def inject(headers: MutableSequence[tuple[str, str]]) -> None:
     if carrier:
         headers[:] = [(k, v) for k, v in headers if k not in _TRACE_HEADERS]
         headers.extend(carrier.items())
+
+
+def untraced() -> contextvars.Context:
+    """A copy of the current context outside any request's trace: for a task a request starts
+    that outlives it (a bulk export job), whose work is no part of that request's trace."""
+    copied = contextvars.copy_context()
+    copied.run(_leave_trace)
+    return copied
+
+
+def _leave_trace() -> None:
+    _TRACER.set(None)
+    _PROPAGATING.set(False)
+    context.attach(Context())  # this copy's OTel context: empty (never detached: it is a copy)
 
 
 class _Open(AbstractContextManager[Marks]):

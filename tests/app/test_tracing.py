@@ -9,6 +9,7 @@ whole as OTLP JSON (name, attributes, events, status, resource), is searched for
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -300,3 +301,39 @@ async def test_off_no_span_and_no_trace_context_crosses_the_gateway(
     sent = route.calls.last.request.headers
     assert "traceparent" not in sent
     assert "tracestate" not in sent
+
+
+async def test_a_bulk_export_job_runs_outside_its_kick_offs_trace(
+    gateway: Callable[..., Gateway],
+    router: respx.Router,
+    exporter: InMemorySpanExporter,
+    tokens: Tokens,
+) -> None:
+    """The job outlives the kick-off's request: its upstream pages are not forward spans of
+    that (ended) request, nor does its upstream traffic carry that trace."""
+    pages = router.get("/Patient").respond(200, json=searchset(patient()))
+    headers = tokens.bearer("dr", "user/*.rs", fhir_user="Practitioner/dr")
+    app = gateway(Tracing.exporting(exporter, batch=False))
+    async with client_of(app, headers) as client:
+        kick = await client.get(
+            "/fhir/Patient/$export?_type=Patient",
+            headers={"prefer": "respond-async", "traceparent": TRACEPARENT},
+        )
+        assert kick.status_code == 202, kick.text
+        for _ in range(500):
+            status = await client.get(kick.headers["content-location"])
+            if status.status_code != 202:
+                break
+            await asyncio.sleep(0.005)
+        assert status.status_code == 200, status.text
+    await app.aclose()
+    assert pages.called
+    assert all("traceparent" not in call.request.headers for call in pages.calls)
+    in_trace = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.context and s.context.trace_id == int(CLIENT_TRACE, 16)
+    ]
+    (kick_off,) = (s for s in in_trace if s.name == "request")
+    assert kick_off.end_time is not None
+    assert all(s.start_time is not None and s.start_time <= kick_off.end_time for s in in_trace)
