@@ -12,7 +12,9 @@
 ``GET /ledger/entries?start=S[&end=E]``                leaves ``[S, E)``, at most 1,000, JSON;
                                                        an auditor's token only
 ``GET /ledger/receipt/{index}[?size=N]``               C2SP tlog-proof for one entry with its
-                                                       leaf, text; a token that may read it
+                                                       leaf, text; a token that may read it;
+                                                       without ``size``, against the witnessed
+                                                       checkpoint once it covers the entry
 =====================================================  ========================================
 
 The first three are public and carry nothing that links entries to one another or to a
@@ -70,9 +72,11 @@ from middleware.ledger.access import (
     check_listing,
     reader_of,
 )
+from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.entry import StoredCheckpoint
 from middleware.ledger.errors import LedgerError, OutOfRangeError
 from middleware.ledger.leaf import decode_leaf
+from middleware.ledger.note import parse_note
 from middleware.ledger.receipt import TlogProof, format_receipt
 from middleware.ledger.service import LedgerService
 from middleware.ledger.tree import MerkleLevels
@@ -240,9 +244,24 @@ class _LedgerApi:
         if reader.patient is not None:
             own = await self._readers.pseudonym_of(reader.patient)
         check_leaf(reader, decode_leaf(leaf), own)
+        if "size" not in request.query_params:
+            signed = await self._witnessed_for(store, index) or signed
         tree = await self._tree_at(store, signed)
         proof = TlogProof(index, tuple(tree.inclusion_proof(index, signed.size)), signed.note, leaf)
         return Response(format_receipt(proof), media_type=_TEXT)
+
+    async def _witnessed_for(self, store: LogStore, index: int) -> StoredCheckpoint | None:
+        """The published witnessed checkpoint, cosignatures included, when it covers entry
+        ``index`` (None: no quorum configured, none yet, or the entry is newer)."""
+        note = None if self._witnessed is None else self._witnessed.published()
+        if note is None:
+            return None
+        text = parse_note(note).text
+        size = parse_checkpoint(text).size
+        stored = await store.checkpoint(size) if index < size else None
+        if stored is None or parse_note(stored.note).text != text:
+            return None
+        return StoredCheckpoint(stored.size, stored.root, note)
 
     async def not_found(self, _request: Request) -> Response:
         raise NotFound("no such ledger resource")

@@ -3,7 +3,8 @@
 witnesses cosigned; ``consentry ledger verify`` with a trust policy requiring that quorum
 accepts its store against it (and refuses the log's own, uncosigned checkpoint), and
 ``consentry audit verify-export`` accepts the verifiable accounting the gateway serves (made
-against the witnessed checkpoint) and the one ``consentry audit export --checkpoint`` makes."""
+against the witnessed checkpoint), a receipt, and the file ``consentry audit export
+--checkpoint`` makes."""
 
 from __future__ import annotations
 
@@ -110,6 +111,15 @@ def test_the_published_checkpoint_carries_two_cosignatures_and_verifies_with_quo
     verdict = json.loads(done.stdout)
     assert (done.returncode, verdict["ok"]) == (0, True), done.stdout
     assert verdict["rows"] > 0
+    # A receipt for an entry the witnessed checkpoint covers carries it, cosignatures included.
+    with httpx.Client(timeout=30.0) as client:
+        got = client.get(f"{server.root_url}/ledger/receipt/1", headers=auditor)
+    assert got.status_code == 200, got.text
+    receipt = tmp_path / "receipt.txt"
+    receipt.write_bytes(got.content)
+    done = server.consentry("audit", "verify-export", str(receipt), "--trust", str(trust))
+    assert (done.returncode, json.loads(done.stdout)["ok"]) == (0, True), done.stdout
+
     # So is the file the command makes against the witnessed checkpoint (--checkpoint).
     (tmp_path / "cosigned.note").write_text(note, encoding="utf-8")
     exported = tmp_path / "accounting.ndjson"
