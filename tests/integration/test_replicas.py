@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -28,7 +29,7 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg
 import httpx
 import pytest
 
-from tests.support import GatewayServer, UpstreamServer
+from tests.support import GatewayServer, UpstreamServer, free_port
 from tests.support.replicas import ORIGIN, PUBLIC, HAProxy, ReplicaSet, fresh_database
 
 pytestmark = pytest.mark.integration
@@ -194,6 +195,34 @@ def test_a_break_the_glass_session_opened_on_one_replica_holds_on_the_others(
     assert opened.status_code == 200, opened.text
     assert _reads(cluster, cluster.others(2), read, glass) == [200, 200]
     assert cluster.through_balancer(read, glass) == [200] * 3
+
+
+def test_the_balancer_sends_nothing_to_a_replica_that_is_not_ready_or_stopped(
+    cluster: Cluster, upstream: UpstreamServer, patients: list[str], tmp_path: Path
+) -> None:
+    """A balancer of its own over replicas 0 and 1 and two more on the same store: r2, whose
+    upstream does not answer (alive, ``/readyz`` 503), and r3, stopped midway and not
+    health-checked. r2 never gets a request (the ``/readyz`` check keeps it out); once r3 is
+    stopped, every request still gets an answer from r0 or r1 (a refused connection is retried
+    on another replica, HAProxy's redispatch)."""
+    read = f"Patient/{patients[5]}"
+    doctor = cluster.doctor()
+    nowhere = f"http://127.0.0.1:{free_port()}/fhir"
+    unready = GatewayServer(nowhere, args=cluster.replicas.args(), startup_timeout=60.0)
+    doomed = GatewayServer(upstream.base_url, args=cluster.replicas.args(), startup_timeout=60.0)
+    with unready, doomed:
+        assert httpx.get(f"{unready.root_url}/readyz", timeout=30.0).status_code == 503
+        four = [*cluster.gateways[:2], unready, doomed]
+        with HAProxy(four, tmp_path, check_ms=200, ready=[0, 1, 3], unchecked=[3]) as lb:
+            url = f"{lb.base_url}/{read}"
+            time.sleep(0.6)  # three checks
+            answers = [httpx.get(url, headers=doctor, timeout=30.0) for _ in range(9)]
+            assert [a.status_code for a in answers] == [200] * 9
+            assert {a.headers["x-served-by"] for a in answers} == {"r0", "r1", "r3"}
+            doomed.stop()
+            answers = [httpx.get(url, headers=doctor, timeout=30.0) for _ in range(12)]
+            assert [a.status_code for a in answers] == [200] * 12
+            assert {a.headers["x-served-by"] for a in answers} == {"r0", "r1"}
 
 
 def _jti(headers: dict[str, str]) -> str:

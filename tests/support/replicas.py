@@ -178,17 +178,27 @@ class ReplicaSet:
 
 class HAProxy:
     """HAProxy in front of ``gateways``: round robin, ``GET /readyz`` health checks every
-    ``check_ms``, ``x-served-by: r<n>`` (n: the gateway's position) on every answer.
+    ``check_ms`` (one failure takes a server out, one success brings it back), a refused
+    connection retried on another server, ``x-served-by: r<n>`` (n: the gateway's position)
+    on every answer. ``unchecked`` positions get no health check (always taken for up).
     Foreground (``-db``), its config and log in ``workdir``; stopped by pid."""
 
     def __init__(
-        self, gateways: Sequence[GatewayServer], workdir: Path, *, check_ms: int = 500
+        self,
+        gateways: Sequence[GatewayServer],
+        workdir: Path,
+        *,
+        check_ms: int = 500,
+        ready: Sequence[int] | None = None,
+        unchecked: Sequence[int] = (),
     ) -> None:
         if not HAPROXY.exists():
             raise PeerError(f"{HAPROXY} is missing (scripts/test.sh installs Debian's haproxy)")
         self.gateways = list(gateways)
         self.workdir = workdir
         self.check_ms = check_ms
+        self.ready = range(len(self.gateways)) if ready is None else ready
+        self.unchecked = set(unchecked)
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -209,8 +219,9 @@ class HAProxy:
 
     def config(self) -> str:
         """The haproxy.cfg: one frontend, one backend of the replicas."""
+        check = f" check inter {self.check_ms}ms rise 1 fall 1"
         servers = [
-            f"    server r{n} {HOST}:{gateway.port} check inter {self.check_ms}ms rise 1 fall 1"
+            f"    server r{n} {HOST}:{gateway.port}" + ("" if n in self.unchecked else check)
             for n, gateway in enumerate(self.gateways)
         ]
         return "\n".join(
@@ -223,6 +234,10 @@ class HAProxy:
                 "    timeout client 60s",
                 "    timeout server 60s",
                 "    option http-keep-alive",
+                # A connection a stopped replica refuses is retried on another: no request
+                # reached it, so this is safe for writes too (HAProxy's redispatch).
+                "    retries 2",
+                "    option redispatch",
                 "frontend fhir",
                 f"    bind {HOST}:{self.port}",
                 "    default_backend replicas",
@@ -250,7 +265,8 @@ class HAProxy:
         self.stop()
 
     def start(self) -> Self:
-        """Start HAProxy on a free port; ready once every replica answered through it."""
+        """Start HAProxy on a free port; ready once each replica of ``ready`` (positions;
+        default all) answered through it."""
         self.port = free_port()
         cfg = self.workdir / "haproxy.cfg"
         cfg.write_text(self.config(), encoding="utf-8")
@@ -268,7 +284,7 @@ class HAProxy:
                 stderr=subprocess.STDOUT,
             )
         try:
-            self.wait_serving(set(self.names()))
+            self.wait_serving({f"r{n}" for n in self.ready})
         except BaseException:
             self.stop()
             raise
