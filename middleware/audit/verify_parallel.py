@@ -257,13 +257,15 @@ def _lines_of(data: bytes) -> list[str]:
     text wrapper."""
     if b"\r" not in data:
         return [line.decode("utf-8") for line in io.BytesIO(data)]
-    if data.count(b"\r") != data.count(b"\r\n"):  # a CR that does not end a line with LF
-        return list(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
-    # Every CR ends its line (a CSV export's records end in CRLF): cut it off.
-    return [
-        line[:-2].decode("utf-8") + "\n" if line.endswith(b"\r\n") else line.decode("utf-8")
-        for line in io.BytesIO(data)
-    ]
+    lines = []
+    for line in io.BytesIO(data):  # a CSV export's records end in CRLF
+        if line.endswith(b"\r\n") and line.find(b"\r", 0, -2) < 0:
+            lines.append(line[:-2].decode("utf-8") + "\n")
+        elif b"\r" in line:  # a CR that does not end a line with LF ends a line there
+            return list(io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+        else:
+            lines.append(line.decode("utf-8"))
+    return lines
 
 
 def _ignore(lines: int) -> None:
