@@ -97,7 +97,7 @@ def verify_path(
     if check.proofs is None or check.opener is None:  # no fast path to share out
         return _sequential(path, policy, opener, tell)
     tell(1)
-    if not _in_parallel(check, path, bounds, jobs=jobs, tell=tell):
+    if bounds and not _in_parallel(check, path, bounds, jobs=min(jobs, len(bounds)), tell=tell):
         return _sequential(path, policy, opener, tell)
     check.finish()
     return report

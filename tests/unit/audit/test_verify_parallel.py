@@ -160,3 +160,12 @@ def test_lines_are_read_as_open_reads_them(parts: list[str]) -> None:
     assert verify_parallel._lines_of(data[:cut]) == list(
         io.StringIO(data[:cut].decode("utf-8"), newline=None)
     )
+
+
+def test_a_file_of_one_long_header_line_has_no_blocks(
+    tmp_path: Path, sequential_calls: list[Path]
+) -> None:
+    header = real_exports()["date-period", "ndjson"].splitlines()[0]
+    path = _write(tmp_path, header + " " * 2000 + "\n", "\n")
+    assert _parallel(path, 500) == _sequential(path)
+    assert sequential_calls == []
