@@ -234,12 +234,6 @@ def _jti(headers: dict[str, str]) -> str:
     return jti
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="consentry auth revoke (the store's revocation list every replica enforces) is "
-    "being built: the command does not exist yet",
-)
 def test_a_token_revoked_on_one_replica_is_refused_by_every_replica(
     cluster: Cluster, patients: list[str]
 ) -> None:
