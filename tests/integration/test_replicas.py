@@ -1,5 +1,5 @@
 """Three replicas on one PostgreSQL database behind HAProxy: nothing a replica holds in memory
-is needed to serve the next request correctly (docs/operations.md, "Several replicas").
+is needed to serve the next request correctly (docs/operations.md, "Replicas").
 
 Three ``consentry serve --workers 1`` processes share a fresh PostgreSQL database, one
 settings file, one ledger key file (the data secret cursors and sessions derive from) and one
@@ -7,12 +7,15 @@ token issuer; Debian's HAProxy balances them round robin, health-checking ``/rea
 (:mod:`tests.support.replicas`). The gateways run under the ``opt-out`` jurisdiction: without
 a consent the doctor reads the record, and a patient's deny consent stops that.
 
-Each check makes its change through one named replica and then asks every *other* replica
-directly, and all three through the balancer (three requests in a row, which the balancer's
-``x-served-by`` header shows landing on each replica once). Every replica has answered a
-request for the patient before the change, so a replica that served from a warm cache would
-answer the old way and fail the test. Marked ``integration``; a missing upstream, PostgreSQL
-or HAProxy fails these tests, never skips them.
+What one replica does, the others honour at their very next request, asked directly and all
+three through the balancer (three requests in a row, which the balancer's ``x-served-by``
+header shows landing on each replica once): a consent change and its revocation, a paging
+cursor, a break-the-glass session, a token revoked with ``consentry auth revoke`` on the
+shared store. Every replica has answered the caller before the change, so a replica serving
+from a warm cache would answer the old way and fail the test. The one ledger they all append
+to verifies, and the balancer keeps requests away from a replica that is not ready or gone.
+Marked ``integration``; a missing upstream, PostgreSQL or HAProxy fails these tests, never
+skips them.
 """
 
 from __future__ import annotations
