@@ -1,7 +1,7 @@
 """Replicas behind a load balancer: how soon a consent change holds everywhere, and throughput.
 
     python -m bench.replicas [--trials 200] [--duration 5] [--connections 16]
-                             [--counts 1,3] [--loadgen auto|wrk|python]
+                             [--counts 1,3] [--loadgen auto|wrk|python] [--profile]
 
 Starts the shared upstream FHIR server (carebundle-10 loaded into it directly), a fresh
 PostgreSQL database, three ``consentry serve --workers 1`` replicas on it sharing one settings
@@ -27,6 +27,9 @@ requests cost on their own; visibility minus that is what noticing the change co
 unmeasured warm-up second. Reported: requests/s, p50/p99, and CPU per request
 of the replicas (utime+stime from ``/proc/<pid>/stat``, summed over the replicas behind the
 balancer) and of HAProxy; upstream, PostgreSQL and the load generator excluded.
+``--profile`` also prints replica 0's event-loop CPU per request by stage in each throughput
+run (:mod:`bench.cpu_sampler` in replica 0 only, as :mod:`bench.edge_profile` uses it; per
+request = over the run's requests divided by the replicas behind the balancer).
 Writes ``bench/results/replicas.json``.
 """
 
@@ -48,7 +51,10 @@ import httpx
 
 from bench import loadgen
 from bench.proxy import Loader, cpu_seconds, find_wrk, wrk_loader
+from bench.stacks import load as load_stacks
+from bench.stacks import stage_table, stages
 from tests.support import UpstreamServer, load_carebundle
+from tests.support.peers import repo_root
 from tests.support.replicas import HAProxy, ReplicaSet, fresh_database
 
 RESULTS: Final = Path(__file__).parent / "results" / "replicas.json"
@@ -131,7 +137,13 @@ async def _visibility(replicas: ReplicaSet, patient: str, trials: int) -> dict[s
 
 
 def _throughput(
-    replicas: ReplicaSet, count: int, load: Loader, path: str, duration: float, connections: int
+    replicas: ReplicaSet,
+    count: int,
+    load: Loader,
+    path: str,
+    duration: float,
+    connections: int,
+    sampler: Path | None = None,
 ) -> dict[str, Any]:
     gateways = replicas.gateways[:count]
     doctor = replicas.bearer("bench-replicas", "user/*.rs", fhir_user=DR)
@@ -139,10 +151,15 @@ def _throughput(
     with HAProxy(gateways, workdir) as lb:
         url = f"{lb.base_url}/{path}"
         load(url, connections, 1.0, doctor)  # warm-up, unmeasured
+        if sampler is not None:
+            Path(f"{sampler}.on").touch()
+            time.sleep(0.2)  # the sampler looks at its switch 20 times a second
         before = sum(cpu_seconds(g.pid) for g in gateways), cpu_seconds(lb.pid)
         result = load(url, connections, duration, doctor)
         after = sum(cpu_seconds(g.pid) for g in gateways), cpu_seconds(lb.pid)
     done = max(result.requests, 1)
+    if sampler is not None:
+        _print_profile(sampler, count, done / count)
     return {
         "replicas": count,
         "connections": connections,
@@ -156,6 +173,20 @@ def _throughput(
     }
 
 
+def _print_profile(sampler: Path, count: int, requests: float) -> None:
+    """Replica 0's sampled loop-thread CPU by stage, per request it served (round robin:
+    ``requests`` is the run's requests over the replicas)."""
+    Path(f"{sampler}.on").unlink()
+    done, raw = Path(f"{sampler}.done"), Path(f"{sampler}.raw")
+    while not done.exists():
+        time.sleep(0.05)
+    profile = load_stacks(raw, "all")
+    print(f"\nreplica 0 of {count}, sampled:")
+    print(stage_table(stages(profile), profile.samples, 1.0 / requests))
+    done.unlink()
+    raw.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200)
@@ -165,6 +196,9 @@ def main() -> None:
         "--counts", default="1,3", help="replicas behind HAProxy per throughput run, in order"
     )
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample replica 0's CPU by stage (bench.stacks)"
+    )
     args = parser.parse_args()
     wrk = find_wrk() if args.loadgen != "python" else None
     if args.loadgen == "wrk" and wrk is None:
@@ -172,17 +206,26 @@ def main() -> None:
     load: Loader = wrk_loader(wrk) if wrk else loadgen.run
     workdir = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
     opt_out = ['consent_jurisdiction = "opt-out"', "access_log = false"]
+    sampler = workdir / "sampler" if args.profile else None
+    boot = repo_root() / "bench" / "sampler_boot"
+
+    def env(n: int) -> dict[str, str]:
+        """Replica 0 runs bench/cpu_sampler.py (started by sitecustomize), switched by file."""
+        if sampler is None or n != 0:
+            return {}
+        return {"PYTHONPATH": f"{repo_root()}{os.pathsep}{boot}", "EDGE_SAMPLER": str(sampler)}
+
     with UpstreamServer() as upstream:
         with httpx.Client(timeout=60.0) as client:
             patients = list(load_carebundle(upstream.base_url, client))
         with (
             fresh_database() as dsn,
-            ReplicaSet(upstream.base_url, dsn, workdir, 3, settings=opt_out) as replicas,
+            ReplicaSet(upstream.base_url, dsn, workdir, 3, settings=opt_out, env=env) as replicas,
         ):
             visible = asyncio.run(_visibility(replicas, patients[0], args.trials))
             path = f"Patient/{patients[1]}"
             runs = [
-                _throughput(replicas, int(n), load, path, args.duration, args.connections)
+                _throughput(replicas, int(n), load, path, args.duration, args.connections, sampler)
                 for n in args.counts.split(",")
             ]
     report = {

@@ -29,7 +29,7 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -89,7 +89,7 @@ class ReplicaSet:
 
     They start one after the other: the first creates the ledger key file the others read.
     ``settings`` adds top-level TOML lines (e.g. ``consent_jurisdiction = "opt-out"``);
-    ``env`` is each replica's extra environment (as :class:`GatewayServer` takes it).
+    ``env(n)`` is replica ``n``'s extra environment (as :class:`GatewayServer` takes it).
     """
 
     def __init__(
@@ -100,10 +100,10 @@ class ReplicaSet:
         count: int = 3,
         *,
         settings: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
+        env: Callable[[int], Mapping[str, str]] | None = None,
     ) -> None:
         self.upstream, self.dsn, self.workdir, self.count = upstream, dsn, workdir, count
-        self.env = dict(env or {})
+        self.env = env
         self.config = workdir / "consentry.toml"
         self.key_file = workdir / "ledger.key"
         self.extra = list(settings)
@@ -117,9 +117,10 @@ class ReplicaSet:
             self.workdir / "dev.jwk", ISSUER, enabled=True
         )
         try:
-            for _ in range(self.count):
+            for n in range(self.count):
+                env = self.env(n) if self.env is not None else None
                 gateway = GatewayServer(
-                    self.upstream, args=self.args(), env=self.env, startup_timeout=60.0
+                    self.upstream, args=self.args(), env=env, startup_timeout=60.0
                 )
                 self.gateways.append(gateway.start())
         except BaseException:
