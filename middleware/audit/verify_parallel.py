@@ -197,13 +197,11 @@ def _judge(start: int, end: int, first: bool) -> _Judged:
     if len(data) != end - start:
         raise OSError("the file changed while it was verified")
     lines = _lines_of(data)
-    if check.escaped:
-        counted = _Ends(iter(lines))
-        judged = check.judge(counted, part=not first)
-    else:
-        judged = check.judge(lines, part=not first)
+    # Without a quote a CSV block has no quoted field: each line is a record (csv_records).
+    counted = _Ends(iter(lines)) if check.escaped and (first or b'"' in data) else None
+    judged = check.judge(lines if counted is None else counted, part=not first)
     sent: list[_Sent] = [(n, v[0], tuple(v[1])) if type(v) is tuple else (n, v) for n, v in judged]
-    if not check.escaped:
+    if counted is None:
         return len(lines), sent, True, False
     # Ran out once (the loop's end): every record ended in the block. Twice: a CSV reader ran
     # out inside a quoted field first. Never: the reader stopped early.
