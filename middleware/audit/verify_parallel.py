@@ -75,7 +75,7 @@ def verify_path(
     ``block`` bytes; ``count`` is told the lines read as they are. The report is the one
     ``verify_file`` makes of the file's text (module docstring)."""
     tell = count or _ignore
-    jobs = len(os.sched_getaffinity(0)) if jobs is None else jobs
+    jobs = _cores() if jobs is None else jobs
     size = path.stat().st_size
     if (
         jobs < 2
@@ -264,6 +264,14 @@ def _lines_of(data: bytes) -> list[str]:
         else:
             lines.append(line.decode("utf-8"))
     return lines
+
+
+def _cores() -> int:
+    """The cores this process may run on (all of the machine's where that is not known)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux: no affinity call
+        return os.cpu_count() or 1
 
 
 def _ignore(lines: int) -> None:
