@@ -166,6 +166,13 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
     )
     _scope(parser)
     _output(parser, ("ndjson", "csv"))
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="processes that make a large date-range export (default: one per core; "
+        "1: this process alone)",
+    )
 
 
 def _verify_args(parser: argparse.ArgumentParser) -> None:

@@ -45,7 +45,15 @@ from middleware.ledger.tree import hash_leaves
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_bulk import BulkLog
 
-__all__ = ["ExportSpec", "LogView", "SnapshotView", "StoreView", "StoredEvidence", "collect_export"]
+__all__ = [
+    "ExportSpec",
+    "LogView",
+    "SnapshotView",
+    "StoreView",
+    "StoredEvidence",
+    "collect_export",
+    "proof_tree",
+]
 
 #: An entry's stored evidence as a view returns it: ``(index, salt, data)``, the row as the
 #: database driver returns it (no object built per entry).
@@ -148,6 +156,10 @@ class SnapshotView:
     async def leaf_hashes(self) -> list[bytes]:
         return hash_leaves(self._log.leaves[: self.size])
 
+    def leaf(self, index: int) -> bytes:
+        """The stored leaf at ``index`` (unchecked)."""
+        return self._log.leaves[index]
+
     async def leaves(self, indexes: Sequence[int]) -> dict[int, bytes]:
         return dict(zip(indexes, map(self._log.leaves.__getitem__, indexes), strict=True))
 
@@ -182,18 +194,20 @@ async def collect_export(
     *,
     wrapped_keys: Callable[[Sequence[bytes]], Awaitable[Mapping[bytes, bytes]]],
     wrap_key: bytes,
+    tree: ProofMaker | None = None,
 ) -> tuple[ExportHeader, Iterator[ExportEntry]]:
     """The header and the entry lines of an export of ``rows`` (module docstring), with the
     columns of ``spec.report``'s kind (``export_columns``; a row the kind does not show is
     left out, or an ``other`` line of a chain).
     ``wrapped_keys(pseudonyms)`` is the store's ``audit_keys_get`` (one read for every
     patient of the file: a read each was some 35 µs a patient); ``wrap_key`` the ledger
-    key's evidence wrap key. An entry whose patient key is gone (shredded) has no opening."""
+    key's evidence wrap key. An entry whose patient key is gone (shredded) has no opening.
+    ``tree``: :func:`proof_tree` of ``view`` made already (an export made in parts shares
+    one); None: made here."""
     size = view.size
-    checkpoint = parse_checkpoint(parse_note(view.note).text)
-    origin = checkpoint.origin
-    tree = ProofMaker(await view.leaf_hashes())
-    _check_tree(tree, checkpoint.size, checkpoint.root_hash, size)
+    origin = parse_checkpoint(parse_note(view.note).text).origin
+    if tree is None:
+        tree = await proof_tree(view)
     names, columns_of = columns_for(spec.report)
     columns: dict[int, Sequence[str]] = {}  # the rows the report shows, by ledger index
     for row in rows:
@@ -253,6 +267,15 @@ async def collect_export(
         lines, tree=tree, size=size, leaves=leaves, openings=openings, columns=columns
     )
     return header, entries
+
+
+async def proof_tree(view: LogView) -> ProofMaker:
+    """The tree the proofs are made from: ``view``'s leaf hashes, checked to have its signed
+    checkpoint's size and root (RFC 9162 §2.1.1)."""
+    checkpoint = parse_checkpoint(parse_note(view.note).text)
+    tree = ProofMaker(await view.leaf_hashes())
+    _check_tree(tree, checkpoint.size, checkpoint.root_hash, view.size)
+    return tree
 
 
 # -- what the export checks of the log it reads ----------------------------------------------

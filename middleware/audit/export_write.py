@@ -27,7 +27,7 @@ import msgspec
 from middleware.audit.export import PROOF_COLUMNS, ExportEntry, ExportHeader
 from middleware.audit.report_csv import FORMULA_START
 
-__all__ = ["csv_record", "write_csv", "write_ndjson"]
+__all__ = ["csv_record", "export_head", "write_csv", "write_entries", "write_ndjson"]
 
 
 def write_ndjson(
@@ -46,6 +46,11 @@ def write_ndjson(
     Each line is a :class:`_Line` struct, its columns a struct of the header's columns
     (:func:`_columns_type`): msgspec writes their fields in order, as the dict's keys were,
     and building them costs a tenth of building the dicts."""
+    return _write(out, *_ndjson_parts(header), entries, progress)
+
+
+def _ndjson_parts(header: ExportHeader) -> tuple[str, Callable[[list[ExportEntry]], bytes]]:
+    """The NDJSON file's first line, and the encoder of a chunk of entry lines."""
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     encode = _LINES.encode_lines
     columns_type, width = _columns_type(header.columns), len(header.columns)
@@ -53,7 +58,7 @@ def write_ndjson(
     def lines(chunk: list[ExportEntry]) -> bytes:
         return encode([_wire(entry, columns_type, width) for entry in chunk])
 
-    return _write(out, dumps(header.to_json()) + "\n", entries, lines, progress)
+    return dumps(header.to_json()) + "\n", lines
 
 
 def write_csv(
@@ -72,6 +77,11 @@ def write_csv(
     the index and base64 cells, none of which ever needs quoting, so they are joined as
     ``binascii`` writes them, without being decoded, scanned for quotes and encoded again
     (that, and a text stream's encoding, was two fifths of a CSV export's time)."""
+    return _write(out, *_csv_parts(header), entries, progress)
+
+
+def _csv_parts(header: ExportHeader) -> tuple[str, Callable[[list[ExportEntry]], bytes]]:
+    """The CSV file's header line and column record, and the encoder of a chunk of records."""
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     width = len(header.columns)
     head = "#" + dumps(header.to_json()) + "\r\n" + csv_record([*header.columns, *PROOF_COLUMNS])
@@ -79,14 +89,35 @@ def write_csv(
     def records(chunk: list[ExportEntry]) -> bytes:
         return b"".join([_csv_bytes(entry, width) for entry in chunk])
 
-    return _write(out, head, entries, records, progress)
+    return head, records
+
+
+def export_head(header: ExportHeader, fmt: str) -> bytes:
+    """The bytes ``fmt``'s writer (``"ndjson"`` or ``"csv"``) writes before the entries."""
+    head, _ = _csv_parts(header) if fmt == "csv" else _ndjson_parts(header)
+    return head.encode("utf-8")
+
+
+def write_entries(
+    header: ExportHeader,
+    entries: Iterable[ExportEntry],
+    out: BinaryIO,
+    fmt: str,
+    *,
+    progress: Callable[[int], object] | None = None,
+) -> int:
+    """The bytes ``fmt``'s writer writes after :func:`export_head`: the entry lines only (a
+    part of a file made in parts, ``export_parallel``); returns the lines written."""
+    _, encode = _csv_parts(header) if fmt == "csv" else _ndjson_parts(header)
+    with _Writer(out) as writer:
+        return _encode_all(entries, encode, progress, writer.put)
 
 
 def _write(
     out: TextIO | BinaryIO,
     head: str,
-    entries: Iterable[ExportEntry],
     encode: Callable[[list[ExportEntry]], bytes],
+    entries: Iterable[ExportEntry],
     progress: Callable[[int], object] | None,
 ) -> int:
     """Write ``head``, then ``encode(chunk)`` (UTF-8) of each chunk of ``entries``, to
