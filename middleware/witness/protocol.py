@@ -12,9 +12,15 @@ HTTP status the spec prescribes:
 404   the checkpoint's origin is not a log this witness is configured for
 409   old size is not the size the witness last cosigned (body: that size, ``text/x.tlog.size``);
       or same size, different root hash (a fork: ``evidence`` is set, the caller keeps it)
-422   the consistency proof does not verify (``evidence`` is set: a signed checkpoint that
-      does not extend the last one the witness cosigned)
+422   the consistency proof does not verify
 ====  =====================================================================================
+
+Only the same-size fork is evidence: two roots for one size, each signed by the log, prove
+the log misbehaved whoever sends them. A 422 proves nothing about the log: the proof comes
+from the client, so anyone holding a public checkpoint larger than the cosigned one can send
+a garbage proof with it; the witness cannot tell a fork from a bad proof there, and keeps
+nothing. The evidence is the checkpoint text with only the signatures that verified under
+the log's keys (lines by other keys are the sender's, not the log's, and are dropped).
 
 A checkpoint smaller than the remembered one is refused either way (409 when the client
 says the old size is the new one's, 400 when it gives the remembered size): a witness never
@@ -62,12 +68,17 @@ class WitnessRefusal(Exception):
     """An ``add-checkpoint`` the witness will not cosign, with the HTTP ``status`` to answer.
 
     ``size`` is set on a size mismatch (409): the size the witness last cosigned, the whole
-    response body. ``evidence`` is True when the request is a validly signed checkpoint that
-    conflicts with what the witness cosigned (fork or bad proof): worth keeping.
+    response body. ``evidence`` is set on a fork (same size, another root, signed by the
+    log): the checkpoint with only the log's verified signatures, worth keeping.
     """
 
     def __init__(
-        self, status: int, reason: str, *, size: int | None = None, evidence: bool = False
+        self,
+        status: int,
+        reason: str,
+        *,
+        size: int | None = None,
+        evidence: SignedNote | None = None,
     ) -> None:
         super().__init__(reason)
         self.status = status
@@ -152,7 +163,7 @@ def check_submission(submission: Submission, log: LogConfig | None, state: LogSt
     """
     if log is None:
         raise WitnessRefusal(404, "unknown log")
-    checkpoint = _verified(submission.note, log)
+    checkpoint, signed_by_log = _verified(submission.note, log)
     if submission.old_size > checkpoint.size:
         raise WitnessRefusal(400, "the old size is above the checkpoint's size")
     if submission.old_size != state.size:
@@ -164,21 +175,23 @@ def check_submission(submission: Submission, log: LogConfig | None, state: LogSt
     if checkpoint.size == state.size:
         if not hmac.compare_digest(checkpoint.root_hash, state.root_hash):
             # Two checkpoints of one size with different roots, both signed by the log: a
-            # split view. 409 as tlog-witness says; the caller keeps the request.
-            raise WitnessRefusal(409, "same size, different root hash", evidence=True)
+            # split view. 409 as tlog-witness says; the caller keeps the log-signed note.
+            raise WitnessRefusal(409, "same size, different root hash", evidence=signed_by_log)
         return checkpoint
     try:
         verify_consistency(
             state.size, checkpoint.size, state.root_hash, checkpoint.root_hash, submission.proof
         )
     except VerificationError:
-        raise WitnessRefusal(422, "the consistency proof does not verify", evidence=True) from None
+        # Not evidence: the proof is the client's (see the module docstring).
+        raise WitnessRefusal(422, "the consistency proof does not verify") from None
     return checkpoint
 
 
-def _verified(note: SignedNote, log: LogConfig) -> Checkpoint:
+def _verified(note: SignedNote, log: LogConfig) -> tuple[Checkpoint, SignedNote]:
+    """The checkpoint, and the note with only the signatures by the log's keys."""
     try:
-        verify_note_signatures(note, log.verifiers)
+        verified = verify_note_signatures(note, log.verifiers)
     except VerificationError:
         raise WitnessRefusal(403, "no valid signature by the log's key") from None
     try:
@@ -187,7 +200,7 @@ def _verified(note: SignedNote, log: LogConfig) -> Checkpoint:
         raise WitnessRefusal(400, str(exc)) from None
     if checkpoint.origin != log.origin:  # the note was looked up by its first line
         raise WitnessRefusal(404, "unknown log")
-    return checkpoint
+    return checkpoint, SignedNote(note.text, verified)
 
 
 def format_submission(old_size: int, proof: Sequence[bytes], note: str) -> bytes:

@@ -3,9 +3,12 @@
 :meth:`Witness.add_checkpoint` runs :mod:`~middleware.witness.protocol`'s checks and the state
 file's compare-and-swap under one lock, so submissions are serialised in this process; the
 swap itself is what keeps two processes on one file from rolling a log back (tlog-witness's
-race). The cosignature is made only after the new state is durable, and is timestamped by the
-injected clock. Every outcome is an :class:`Answer` (status, body, content type): bad input
-never raises out of here; a state file that fails is a 503.
+race). Every accepted checkpoint goes through the swap, the same one again included: the
+state was read outside its transaction, so only the swap can say the log is still there. The
+cosignature is made only after that (the new state durable), and is timestamped by the
+injected clock then. A fork is kept once per checkpoint (:meth:`WitnessState.keep_fork`) and
+warned about once; nothing else is evidence. Every outcome is an :class:`Answer` (status,
+body, content type): bad input never raises out of here; a state file that fails is a 503.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from middleware.ledger.note import SignedNote
 from middleware.ledger.signing import Cosigner
 from middleware.logging import get_logger
 from middleware.witness.protocol import (
@@ -73,19 +77,10 @@ class Witness:
                 try:
                     checkpoint = check_submission(submission, log, state)
                 except WitnessRefusal as refusal:
-                    if refusal.evidence:
-                        await asyncio.to_thread(
-                            self._state.keep_evidence,
-                            submission.origin,
-                            refusal.status,
-                            refusal.reason,
-                            body,
-                        )
-                        _log.warning(
-                            "witness kept evidence of log misbehaviour",
-                            status=refusal.status,
-                            reason=refusal.reason,
-                        )
+                    if refusal.evidence is not None:
+                        await self._keep_fork(submission.origin, refusal.evidence)
+                    elif refusal.status == 422:
+                        _log.debug("witness refused a consistency proof", reason=refusal.reason)
                     return _refused(refusal)
                 new = LogState(
                     checkpoint.origin,
@@ -93,15 +88,21 @@ class Witness:
                     checkpoint.root_hash,
                     submission.note.format(),
                 )
-                if (new.size, new.root_hash) != (state.size, state.root_hash):
-                    swapped, current = await asyncio.to_thread(self._state.swap, state, new)
-                    if not swapped:  # another process moved the log since we read it
-                        return _refused(WitnessRefusal(409, "the log moved", size=current.size))
+                swapped, current = await asyncio.to_thread(self._state.swap, state, new)
+                if not swapped:  # another process moved the log since we read it
+                    return _refused(WitnessRefusal(409, "the log moved", size=current.size))
         except sqlite3.Error as exc:
             _log.error("witness state file failed", error_type=type(exc).__name__)
             return Answer(503, "the witness cannot record its state now\n")
         cosignature = self._cosigner.cosign(submission.note.text, int(self._clock()))
         return Answer(200, cosignature.line())
+
+    async def _keep_fork(self, origin: str, note: SignedNote) -> None:
+        outcome = await asyncio.to_thread(self._state.keep_fork, origin, note)
+        if outcome == "kept":
+            _log.warning("witness kept evidence of a log fork", origin=origin)
+        elif outcome == "full":
+            _log.info("witness fork evidence is full for this log", origin=origin)
 
 
 def _refused(refusal: WitnessRefusal) -> Answer:

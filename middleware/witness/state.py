@@ -10,8 +10,13 @@ Contract:
   durable commit (WAL, ``synchronous=FULL``: the commit is on disk, not only in the OS). If
   another request (this process or another on the same file) moved the log in between, it
   writes nothing and returns the current state, and the caller answers 409 with its size.
-- :meth:`WitnessState.keep_evidence` stores a validly signed request that conflicts with the
-  cosigned state (a fork, a bad proof), as tlog-witness allows: proof of log misbehaviour.
+  A ``new`` equal to ``expected`` (the same checkpoint again) is confirmed the same way,
+  inside the transaction, and nothing is written.
+- :meth:`WitnessState.keep_fork` stores a fork (a checkpoint of the cosigned size with another
+  root, with only the log's verified signatures), as tlog-witness allows: proof of log
+  misbehaviour. Kept once per checkpoint text (UNIQUE SHA-256 of it) and at most
+  ``fork_cap`` per origin, so what anyone can send cannot grow the file without limit (only
+  the log's key can make a fork at all).
 - Tree sizes are stored as decimal text: they are uint64 and SQLite integers are signed.
 - Losing this file means the witness forgets what it cosigned: retire the witness key then,
   do not restart it with an empty file (it would cosign a rolled-back or forked log).
@@ -19,14 +24,17 @@ Contract:
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Literal
 
+from middleware.ledger.note import SignedNote
 from middleware.witness.protocol import LogState
 
-__all__ = ["WitnessState"]
+__all__ = ["FORK_CAP", "ForkOutcome", "WitnessState"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS witness_log (
@@ -36,21 +44,28 @@ CREATE TABLE IF NOT EXISTS witness_log (
     note TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS witness_evidence (
+CREATE TABLE IF NOT EXISTS witness_fork (
     id INTEGER PRIMARY KEY,
     origin TEXT NOT NULL,
+    digest BLOB NOT NULL UNIQUE,
     received_at INTEGER NOT NULL,
-    status INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    request BLOB NOT NULL
+    note TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS witness_fork_origin ON witness_fork (origin);
 """
+
+#: Forks kept per origin: a log that signed this many has long been caught.
+FORK_CAP = 1000
+
+#: What :meth:`WitnessState.keep_fork` did: stored it, had it already, or had no room.
+ForkOutcome = Literal["kept", "known", "full"]
 
 
 class WitnessState:
     """The state file. Thread-safe (one connection behind a lock); call from worker threads."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, fork_cap: int = FORK_CAP) -> None:
+        self._fork_cap = fork_cap
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
@@ -76,6 +91,9 @@ class WitnessState:
                 if (current.size, current.root_hash) != (expected.size, expected.root_hash):
                     self._db.execute("ROLLBACK")
                     return False, current
+                if (new.size, new.root_hash) == (current.size, current.root_hash):
+                    self._db.execute("ROLLBACK")  # confirmed; the stored note stays
+                    return True, current
                 self._db.execute(
                     "INSERT INTO witness_log (origin, size, root, note, updated_at)"
                     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET"
@@ -90,22 +108,41 @@ class WitnessState:
                 raise
             return True, new
 
-    def keep_evidence(self, origin: str, status: int, reason: str, request: bytes) -> None:
+    def keep_fork(self, origin: str, note: SignedNote) -> ForkOutcome:
+        """Keep ``note`` (a fork, signatures by the log only) unless its text is kept already
+        or ``origin`` has ``fork_cap`` forks; durable before it returns "kept"."""
+        digest = hashlib.sha256(note.message).digest()
         with self._lock:
-            self._db.execute(
-                "INSERT INTO witness_evidence (origin, received_at, status, reason, request)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (origin, int(time.time()), status, reason, request),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                outcome: ForkOutcome = "kept"
+                count = "SELECT count(*) FROM witness_fork WHERE origin = ?"
+                if self._db.execute(
+                    "SELECT 1 FROM witness_fork WHERE digest = ?", (digest,)
+                ).fetchone():
+                    outcome = "known"
+                elif self._db.execute(count, (origin,)).fetchone()[0] >= self._fork_cap:
+                    outcome = "full"
+                else:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO witness_fork (origin, digest, received_at, note)"
+                        " VALUES (?, ?, ?, ?)",
+                        (origin, digest, int(time.time()), note.format()),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            return outcome
 
-    def evidence(self, origin: str) -> list[tuple[int, str, bytes]]:
-        """The kept requests of ``origin``, oldest first: ``(status, reason, request)``."""
+    def forks(self, origin: str) -> list[str]:
+        """The forks kept for ``origin``, oldest first: each a signed note."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT status, reason, request FROM witness_evidence WHERE origin = ? ORDER BY id",
-                (origin,),
+                "SELECT note FROM witness_fork WHERE origin = ? ORDER BY id", (origin,)
             ).fetchall()
-        return [(int(s), str(r), bytes(b)) for s, r, b in rows]
+        return [str(row[0]) for row in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -1,6 +1,6 @@
 """``consentry witness serve`` as a real process cosigning the checkpoints of a real ledger
 (a SQLite log store written through its append API), over HTTP; its state survives a restart
-and it refuses a fork signed by the log's own key."""
+and it refuses a fork signed by the log's own key, keeping it (and not a bad proof) as evidence."""
 
 from __future__ import annotations
 
@@ -57,11 +57,16 @@ async def test_a_witness_process_cosigns_every_checkpoint_of_a_real_ledger(tmp_p
             answer = await client.post(url, content=format_submission(old, [], fork))
             assert answer.status_code == 409
             assert not answer.text.startswith("\u2014")
+
+            # A larger tree with a proof that does not verify: the client's, not evidence.
+            ahead = KEY.sign_checkpoint(Checkpoint(ORIGIN, old + 5, root(forked + forked[:5])))
+            answer = await client.post(url, content=format_submission(old, [bytes(32)], ahead))
+            assert answer.status_code == 422
         witness.stop()
         state = WitnessState(witness.state_path)
         try:
             assert state.get(ORIGIN).note == last_note
-            assert [status for status, _, _ in state.evidence(ORIGIN)] == [409]
+            assert state.forks(ORIGIN) == [fork]  # kept: the log signed both roots
         finally:
             state.close()
     finally:

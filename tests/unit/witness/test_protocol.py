@@ -1,9 +1,9 @@
-"""tlog-witness ``add-checkpoint``: every status the spec prescribes, the state the witness keeps,
-and the evidence it records (a real SQLite state file; real Ed25519 keys)."""
+"""tlog-witness ``add-checkpoint``: every status the spec prescribes and the state the witness
+keeps (a real SQLite state file; real Ed25519 keys). Evidence: ``test_evidence``; races and a
+failing state file: ``test_races``."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,24 +171,6 @@ async def test_refusals(
     assert setup.state.get(ORIGIN) == remembered  # a refusal never moves the state
 
 
-@pytest.mark.parametrize(
-    ("status", "make"),
-    [
-        (409, lambda: format_submission(8, [], note(8, leaves=FORKED))),
-        (
-            422,
-            lambda: format_submission(8, consistency_proof(FORKED, 8, 12), note(12, leaves=FORKED)),
-        ),
-    ],
-    ids=["same-size-fork", "inconsistent-extension"],
-)
-async def test_fork_evidence_is_kept(setup: Setup, status: int, make: Callable[[], bytes]) -> None:
-    await _accept(setup, 0, 8)
-    request = make()
-    assert (await setup.witness.add_checkpoint(request)).status == status
-    assert setup.state.evidence(ORIGIN) == [(status, setup.state.evidence(ORIGIN)[0][1], request)]
-
-
 async def test_client_mistakes_are_not_evidence(setup: Setup) -> None:
     proof = [HASHES[0]]
     assert (await setup.witness.add_checkpoint(format_submission(0, proof, note(4)))).status == 422
@@ -196,7 +178,7 @@ async def test_client_mistakes_are_not_evidence(setup: Setup) -> None:
     assert (await setup.witness.add_checkpoint(format_submission(4, proof, note(4)))).status == 422
     assert (await setup.witness.add_checkpoint(body(5, 8))).status == 409
     assert (await setup.witness.add_checkpoint(body(0, 4, key=IMPOSTOR))).status == 403
-    assert setup.state.evidence(ORIGIN) == []
+    assert setup.state.forks(ORIGIN) == []
 
 
 MALFORMED = [
@@ -227,38 +209,6 @@ async def test_malformed_bodies_are_400(setup: Setup, request_body: bytes) -> No
 async def test_a_body_above_the_limit_is_413(setup: Setup) -> None:
     answer = await setup.witness.add_checkpoint(b"old 0\n" + b"x" * MAX_BODY_BYTES)
     assert answer.status == 413
-
-
-# --- atomicity ---------------------------------------------------------------------------------
-
-
-async def test_concurrent_submissions_from_one_size_cosign_one_and_refuse_the_rest(
-    setup: Setup,
-) -> None:
-    await _accept(setup, 0, 4)
-    answers = await asyncio.gather(
-        *(setup.witness.add_checkpoint(body(4, n)) for n in range(5, 16))
-    )
-    assert sorted(a.status for a in answers) == [200] + [409] * 10
-    winner = 5 + [a.status for a in answers].index(200)
-    assert setup.state.get(ORIGIN).size == winner
-
-
-async def test_a_second_process_on_the_same_file_cannot_roll_back(tmp_path: Path) -> None:
-    """Two witnesses on one state file: the one that read a stale state loses the swap."""
-    first, second = WitnessState(tmp_path / "w.db"), WitnessState(tmp_path / "w.db")
-    try:
-        stale = second.get(ORIGIN)
-        logs = {ORIGIN: LogConfig(ORIGIN, (LOG.verifier(),))}
-        assert (await Witness(logs, first, WITNESS).add_checkpoint(body(0, 8))).status == 200
-        moved = first.get(ORIGIN)
-        swapped, current = second.swap(stale, moved.__class__(ORIGIN, 4, root(HASHES[:4]), ""))
-        assert not swapped
-        assert current.size == 8
-        assert second.get(ORIGIN).size == 8
-    finally:
-        first.close()
-        second.close()
 
 
 def test_a_signed_note_round_trips_its_format() -> None:
