@@ -219,7 +219,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         """Close the upstream pool and the consent API, then the ledger (committing what is
-        queued)."""
+        queued), then the traces (at most a few seconds)."""
         if self._probe is not None:
             self._probe.cancel()
             self._probe = None
@@ -239,6 +239,8 @@ class Gateway:
         if sessions is not None:  # its board's pool or file (pipeline.breakglass)
             await sessions.aclose()
         await self.ledger.aclose()
+        if self.proxy.tracing is not None:  # last, and bounded: a collector may be down
+            await asyncio.to_thread(self.proxy.tracing.shutdown)
 
     async def _healthz(self, _request: Request) -> Response:
         """Liveness only: the process serves HTTP (start-up already required the stores)."""

@@ -102,10 +102,9 @@ class ProxyHandler:
         self._log = get_logger("consentry.proxy")
 
     async def aclose(self) -> None:
-        """Close the upstream pool if it was opened; export the traces still queued."""
+        """Close the upstream pool if it was opened (``tracing`` is closed by its owner,
+        last: :meth:`middleware.app.Gateway.aclose`)."""
         await self.forwarder.aclose()
-        if self.tracing is not None:
-            await asyncio.to_thread(self.tracing.shutdown)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_dict(scope["headers"])
