@@ -32,6 +32,7 @@ import uvicorn
 
 from middleware.errors import GatewayError, SettingsError
 from middleware.logging import configure_logging
+from middleware.ops.scrape import parse_networks
 from middleware.settings import Settings
 
 __all__ = [
@@ -97,6 +98,7 @@ def _config(settings: Settings) -> uvicorn.Config:
     from middleware.proxy.connections import connection_cap, guarded_protocol  # noqa: PLC0415
 
     app = create_app(settings)
+    trusted = parse_networks(settings.forwarded_allow_ips)
     # httptools, with a deadline for request headers and a connection cap (uvicorn has
     # neither): see middleware.proxy.connections.
     protocol = guarded_protocol(settings.header_timeout, connection_cap(settings.max_connections))
@@ -110,7 +112,13 @@ def _config(settings: Settings) -> uvicorn.Config:
         access_log=False,
         log_level="warning",
         server_header=False,
-        proxy_headers=False,
+        # The client's address (rate limits, the ledger's record, metrics_clients) is the
+        # TCP peer's, unless that peer is one of the trusted proxies of forwarded_allow_ips:
+        # then it is the rightmost address of X-Forwarded-For not itself a trusted proxy
+        # (uvicorn's ProxyHeadersMiddleware). No proxy is trusted by default, so a client
+        # cannot name another address by sending the header itself.
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=[str(network) for network in trusted] or None,
     )
 
 

@@ -76,6 +76,8 @@ class Settings:
     metadata_ttl: float = 300.0
     gzip_min_bytes: int = 1024
     trust_forwarded_headers: bool = False
+    # Proxies whose X-Forwarded-For names the client (serving.py; docs/configuration.md).
+    forwarded_allow_ips: str = ""
     log_level: str = "info"
     access_log: bool = True
     metrics_clients: str = DEFAULT_METRICS_CLIENTS
@@ -522,10 +524,14 @@ def _check(values: Mapping[str, Any]) -> list[str]:
         problems.append("count_max_walked: expected more than count_max_resources")
     if not 0 < values.get("count_deadline_seconds", 20.0) <= 3600:
         problems.append("count_deadline_seconds: expected more than 0, at most 3600")
-    try:
-        parse_networks(values.get("metrics_clients", DEFAULT_METRICS_CLIENTS))
-    except ValueError as exc:
-        problems.append(f"metrics_clients: {exc}")
+    for networks, default in (
+        ("metrics_clients", DEFAULT_METRICS_CLIENTS),
+        ("forwarded_allow_ips", ""),
+    ):
+        try:
+            parse_networks(values.get(networks, default))
+        except ValueError as exc:
+            problems.append(f"{networks}: {exc}")
     token = values.get("metrics_token", "")
     printable = token.isascii() and token.isprintable() and " " not in token
     if token and (len(token) < MIN_TOKEN_LENGTH or not printable):
