@@ -1,6 +1,6 @@
 """Audit export and offline verification speed: rows per second of each (goal >= 100,000).
 
-    python -m bench.audit_export [--entries 50000] [--patients 200] [--profile]
+    python -m bench.audit_export [--entries 50000] [--patients 200] [--jobs N] [--profile]
 
 Fills a fresh SQLite ledger (temporary directory) with ``--entries`` audit entries as the
 recorder writes them (sealed facts, index rows; ``tests.support.audit_fill``), then
@@ -17,8 +17,9 @@ measures, in this process:
   without HTTP: index rows page by page, each page's entries read together, opened, rendered
   as BALP AuditEvents (``Searching.served_many``) and encoded as NDJSON lines.
 
-Each phase is timed once, wall clock and CPU time (the process, its threads and the worker
-processes it started; the fill is not timed).
+``--jobs`` is handed to ``export`` and ``verify-export`` (default: theirs, one process per
+core; 1: each in one process). Each phase is timed once, wall clock and CPU time (the
+process, its threads and the worker processes it started; the fill is not timed).
 ``--profile`` prints the top of a cProfile of each export and verification. Prints a Markdown
 table and writes
 ``bench/results/audit_export.json``.
@@ -136,8 +137,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=50_000)
     parser.add_argument("--patients", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=None, help="export and verify-export --jobs")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
+    jobs = [] if args.jobs is None else ["--jobs", str(args.jobs)]
     directory = Path(tempfile.mkdtemp(prefix="consentry-audit-export-"))
     key = SigningKey.generate(ORIGIN)
     write_ledger_key(directory / "ledger.key", LedgerKey(key, ORIGIN))
@@ -155,12 +158,11 @@ def main() -> None:
     for report, fmt, extra in cases:
         path = directory / f"{report}.{fmt}"
         argv = ["audit", "export", *common, "--report", report, "--format", fmt, *extra]
-        seconds, cpu, body = _run([*argv, "--out", str(path)], profile=args.profile)
+        seconds, cpu, body = _run([*argv, *jobs, "--out", str(path)], profile=args.profile)
         rows = int(body["rows"])
         results.append(_result(f"export {report} {fmt}", rows, seconds, cpu))
-        seconds, cpu, body = _run(
-            ["audit", "verify-export", str(path), "--trust", str(trust)], profile=args.profile
-        )
+        verify = ["audit", "verify-export", str(path), "--trust", str(trust), *jobs]
+        seconds, cpu, body = _run(verify, profile=args.profile)
         if not body["ok"]:
             raise SystemExit(f"verify-export found something: {body['findings'][:3]}")
         results.append(_result(f"verify-export {report} {fmt}", int(body["rows"]), seconds, cpu))
@@ -191,6 +193,7 @@ def main() -> None:
                 "machine": f"{platform.machine()} {platform.python_version()}",
                 "entries": args.entries,
                 "patients": args.patients,
+                "jobs": args.jobs,
                 "results": results,
             },
             indent=2,
