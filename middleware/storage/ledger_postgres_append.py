@@ -17,7 +17,7 @@ Inside the caller's transaction (READ COMMITTED) on one connection:
    touch disjoint rows; the evidence's foreign key and the leaves' contiguity trigger run at
    the end of the statement, over all its rows, as they ran after separate statements.
 
-Before this module an append took eleven statements (lock, signer lock, keys, pseudonyms,
+Before this module an append took twelve statements (lock, signer lock, keys, pseudonyms,
 leaves, evidence, state, shredded, index, checkpoint, plus ``BEGIN`` and ``COMMIT``); the
 semantics are unchanged: same locks in the same order, same rows, one transaction.
 """
