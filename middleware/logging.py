@@ -5,19 +5,32 @@ log pipeline ends in :class:`ScrubPHI`, an allow-list: only fields named in
 :data:`ALLOWED_FIELDS` survive, every other field is dropped and counted in ``scrubbed``. Query
 strings, resource ids, bodies and identities are never among the allowed fields. Values of
 allowed string fields are cut to a short length.
+
+A library that logs through the standard library (OpenTelemetry's SDK and exporter: their
+messages can quote a client's header) is routed through :class:`LibraryLog` by
+:func:`quiet_library`: one fixed event naming the library's logger, never its message or
+arguments, and at most one line a minute per logger.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import msgspec
 import structlog
 
-__all__ = ["ALLOWED_FIELDS", "ScrubPHI", "configure_logging", "get_logger"]
+__all__ = [
+    "ALLOWED_FIELDS",
+    "LibraryLog",
+    "ScrubPHI",
+    "configure_logging",
+    "get_logger",
+    "quiet_library",
+]
 
 #: Fields an operational log event may carry. Adding one here is a privacy decision.
 ALLOWED_FIELDS = frozenset(
@@ -98,3 +111,39 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
 def get_logger(name: str = "consentry") -> Any:
     """The gateway's structlog logger."""
     return structlog.get_logger(name)
+
+
+class LibraryLog(logging.Handler):
+    """Standard-library records (WARNING and above) as the fixed event ``library log`` with
+    the record's logger name and level: the message and its arguments are dropped unread, as
+    they may quote client input. A logger's records within a minute of its last line are
+    counted into the next line (``count``), so a client cannot flood the log."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        super().__init__(logging.WARNING)
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        now = time.monotonic()
+        name = record.name
+        last = self._last.get(name)
+        held = self._held.get(name, 0) + 1
+        if last is not None and now - last < self._interval:
+            self._held[name] = held
+            return
+        self._last[name], self._held[name] = now, 0
+        log = get_logger("consentry.library")
+        method = log.error if record.levelno >= logging.ERROR else log.warning
+        method("library log", logger=name, count=held)
+
+
+def quiet_library(name: str) -> None:
+    """Route the stdlib logger ``name`` (and its children) through :class:`LibraryLog` only:
+    it no longer propagates to the root logger, nor reaches ``logging.lastResort`` (stderr).
+    Idempotent."""
+    library = logging.getLogger(name)
+    library.propagate = False
+    if not any(isinstance(h, LibraryLog) for h in library.handlers):
+        library.addHandler(LibraryLog())

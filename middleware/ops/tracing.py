@@ -5,10 +5,18 @@ stages use three helpers and never see a span:
 
 - :meth:`Tracing.request` opens a request's server span (at the ASGI edge), continuing the
   client's trace when its W3C ``traceparent`` is well formed (Trace Context §3.2; anything
-  else starts a new trace, never an error) and keeping its ``tracestate`` as the spec asks;
+  else starts a new trace, never an error);
 - :func:`stage` opens a child span named after one stage of :data:`STAGES`;
-- :func:`inject` writes the current span's ``traceparent``/``tracestate`` into the headers of
-  the upstream request (so the upstream's spans hang under the gateway's ``forward`` span).
+- :func:`inject` writes the current span's ``traceparent`` into the headers of the upstream
+  request (so the upstream's spans hang under the gateway's ``forward`` span).
+
+**The client's ``tracestate`` is dropped**, never exported nor forwarded: it is free text a
+caller chooses (it could carry PHI), and a participant may start a fresh one (Trace Context
+§3.3.1.1, §3.5: ours is empty). **Callers do not decide sampling**: each request is sampled at
+``sample_ratio`` by a random draw, whatever the ``traceparent``'s sampled flag or trace id
+(:class:`_Draw`); an unauthenticated caller can neither force tracing nor hide from it.
+OpenTelemetry's own stdlib log lines (which can quote a header) go through
+:func:`middleware.logging.quiet_library`, never to stderr.
 
 **No PHI.** A span's name is one of :data:`STAGES`; its attributes are set through
 :meth:`Marks.set`, which accepts only the keys of :data:`WORDS` (each with a closed vocabulary:
@@ -28,6 +36,8 @@ OTLP exporter alone still reads its TLS-file and extra-header variables when it 
 from __future__ import annotations
 
 import contextvars
+import random
+import threading
 from collections.abc import Mapping, MutableSequence
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -41,10 +51,12 @@ from opentelemetry.sdk.trace import SpanLimits, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 from middleware.errors import GatewayError, SettingsError
 from middleware.fhir.request import Interaction
 from middleware.fhir.resource_types import RESOURCE_TYPES
+from middleware.logging import quiet_library
 
 __all__ = [
     "COUNTS",
@@ -97,6 +109,8 @@ _PROPAGATING: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _TRACE_HEADERS: Final = frozenset({"traceparent", "tracestate"})
+#: The SDK's own bound on a traceparent it parses (longer ones it logs about, then ignores).
+_TRACEPARENT_MAX: Final = 512
 _LIMITS: Final = SpanLimits(
     max_attributes=16,
     max_events=0,
@@ -178,8 +192,9 @@ def current() -> Marks:
 
 def inject(headers: MutableSequence[tuple[str, str]]) -> None:
     """Put the current span's W3C trace context in ``headers`` (lower-case pairs), replacing
-    any there; nothing when the request is not traced. A request traced but not sampled still
-    passes its trace on (flags ``00``, Trace Context §3.2.2.5), naming the request span."""
+    any there (a ``tracestate`` too: none is sent); nothing when the request is not traced. A
+    request traced but not sampled still passes its trace on (flags ``00``, Trace Context
+    §3.2.2.5), naming the request span."""
     if not _PROPAGATING.get():
         return
     carrier: dict[str, str] = {}
@@ -270,8 +285,10 @@ class Tracing:
     """The gateway's tracer: built once at wiring time and handed to the ASGI edge, which
     opens each request's span with :meth:`request`. ``provider`` is not made global."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, *, shutdown_seconds: float = 2.0) -> None:
+        quiet_library("opentelemetry")
         self.provider = provider
+        self._shutdown_seconds = shutdown_seconds
         self.tracer = provider.get_tracer("consentry")
 
     @classmethod
@@ -279,10 +296,14 @@ class Tracing:
         cls, exporter: SpanExporter, *, batch: bool = True, sample_ratio: float = 1.0
     ) -> Tracing:
         """Spans sent to ``exporter``: through a batch processor (a background thread, the
-        request path only queues), or synchronously (``batch=False``, for tests). Root spans
-        are sampled at ``sample_ratio``; a continued trace follows the client's flag."""
+        request path only queues), or synchronously (``batch=False``, for tests). Requests
+        are sampled at ``sample_ratio``, continued traces too (module docstring); a stage
+        follows its request."""
+        draw = _Draw(sample_ratio)
         provider = TracerProvider(
-            sampler=sampling.ParentBased(sampling.TraceIdRatioBased(sample_ratio)),
+            sampler=sampling.ParentBased(
+                draw, remote_parent_sampled=draw, remote_parent_not_sampled=draw
+            ),
             resource=Resource({"service.name": "consentry"}),  # not Resource.create: no env
             span_limits=_LIMITS,
             shutdown_on_exit=False,
@@ -306,16 +327,51 @@ class Tracing:
 
     def request(self, headers: Mapping[str, str]) -> AbstractContextManager[Marks]:
         """The server span of one request (``headers``: lower-case names), current until it
-        closes; the client's trace is continued when its ``traceparent`` is valid."""
-        parent = _PROPAGATOR.extract(
-            {name: headers[name] for name in _TRACE_HEADERS if name in headers}
-        )
+        closes; the client's trace is continued when its ``traceparent`` is valid. Its
+        ``tracestate`` is not read (module docstring)."""
+        traceparent = headers.get("traceparent", "")
+        carrier = {"traceparent": traceparent} if len(traceparent) <= _TRACEPARENT_MAX else {}
+        parent = _PROPAGATOR.extract(carrier)
         span = self.tracer.start_span("request", context=parent, kind=SpanKind.SERVER)
         return _Request(span, self.tracer)
 
     def shutdown(self) -> None:
-        """Export what is queued and stop (blocking: call it off the event loop)."""
-        self.provider.shutdown()
+        """Export what is queued and stop, waiting at most ``shutdown_seconds`` (blocking:
+        call it off the event loop, last, after the stores have closed). The SDK's shutdown
+        would wait up to 30 s for an unreachable collector; it runs on a daemon thread, left
+        behind when the time is up (its spans are lost; the process may exit)."""
+        closing = threading.Thread(
+            target=self.provider.shutdown, name="consentry-tracing-shutdown", daemon=True
+        )
+        closing.start()
+        closing.join(self._shutdown_seconds)
+
+
+class _Draw(sampling.Sampler):
+    """Sample a request at ``ratio`` by a random draw. Not ``TraceIdRatioBased``: that one
+    reads the trace id's low bits, which a client continuing its trace chooses."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = ratio
+
+    def should_sample(  # noqa: PLR0917 (the SDK's signature)
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: object = None,
+        trace_state: object = None,
+    ) -> sampling.SamplingResult:
+        # trace_state None: the span's is empty, never the parent's (the client's).
+        sampled = random.random() < self._ratio  # noqa: S311 (a share, not a secret)
+        return sampling.SamplingResult(
+            sampling.Decision.RECORD_AND_SAMPLE if sampled else sampling.Decision.DROP
+        )
+
+    def get_description(self) -> str:
+        return f"Draw{{{self._ratio}}}"
 
 
 def tracing_from(

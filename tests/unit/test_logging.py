@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
-from middleware.logging import ScrubPHI, configure_logging, get_logger
+from middleware.logging import ScrubPHI, configure_logging, get_logger, quiet_library
 
 
 def test_scrubber_drops_unknown_fields_and_counts_them() -> None:
@@ -27,3 +28,27 @@ def test_configured_logger_writes_json_lines() -> None:
     assert line["event"] == "hello"
     assert line["level"] == "info"
     assert "body" not in line
+
+
+def test_a_quieted_librarys_records_are_one_fixed_line_without_their_message() -> None:
+    """A library's message may quote a client's header: only its logger name and level are
+    written, once a minute, and nothing reaches the root logger (stderr)."""
+    stream = io.StringIO()
+    configure_logging("info", stream)
+    name = "test_logging.chatty"
+    quiet_library(name)
+    quiet_library(name)  # idempotent: one handler
+    chatty = logging.getLogger(f"{name}.child")
+    for _ in range(3):
+        chatty.warning("Member %s", "Patient/123 John Smith")
+    chatty.info("below the handler's level")
+    assert "John Smith" not in stream.getvalue()
+    (line,) = (json.loads(text) for text in stream.getvalue().splitlines())
+    assert {k: v for k, v in line.items() if k != "timestamp"} == {
+        "event": "library log",
+        "level": "warning",
+        "logger": f"{name}.child",
+        "count": 1,
+    }
+    assert not logging.getLogger(name).propagate
+    assert len(logging.getLogger(name).handlers) == 1

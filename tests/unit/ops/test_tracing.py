@@ -1,8 +1,15 @@
 """The tracing helpers: only allow-listed attributes reach a span, off is a shared no-op,
-W3C trace context in and out, and no ``OTEL_*`` variable changes what the settings say."""
+W3C trace context in and out (the client's ``tracestate`` neither exported nor forwarded),
+the gateway (not the client) decides sampling, OpenTelemetry's own log lines never quote a
+header, shutdown is bounded when the collector hangs, and no ``OTEL_*`` variable changes what
+the settings say."""
 
 from __future__ import annotations
 
+import logging
+import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +24,11 @@ from middleware.ops.tracing import tracing_from as build
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+#: A valid tracestate (every member well formed) full of PHI, and an invalid one (which the
+#: SDK's parser would log, quoting it).
+PHI_TRACESTATE = "usr=patient-123,mrn=987654,nm=esmeralda"
+BAD_TRACESTATE = "a=1,Patient/123 John Smith SSN 123-45-6789"
+PHI_WORDS = ("patient-123", "987654", "esmeralda", "John Smith", "123-45-6789")
 
 
 @pytest.fixture
@@ -138,7 +150,7 @@ def test_tracing_from_an_endpoint_builds_an_otlp_exporter(monkeypatch: pytest.Mo
 def test_a_valid_traceparent_continues_the_clients_trace_and_stages_hang_under_the_request(
     tracing: Tracing, exporter: InMemorySpanExporter
 ) -> None:
-    with tracing.request({"traceparent": TRACEPARENT, "tracestate": "vendor=abc"}):
+    with tracing.request({"traceparent": TRACEPARENT, "tracestate": PHI_TRACESTATE}):
         with stage("classify"):
             pass
         with stage("forward", client=True):
@@ -157,12 +169,15 @@ def test_a_valid_traceparent_continues_the_clients_trace_and_stages_hang_under_t
         assert parent is not None
         assert parent.span_id == request.context.span_id
     assert forward.context is not None
-    # Out: exactly one traceparent, naming the forward span of the same trace.
-    assert dict(sent) == {
-        "traceparent": f"00-{CLIENT_TRACE}-{forward.context.span_id:016x}-01",
-        "tracestate": "vendor=abc",
-    }
-    assert len(sent) == 2
+    # Out: exactly one traceparent, naming the forward span of the same trace; the client's
+    # tracestate neither goes upstream nor is on any span (OTLP exports a span's trace_state).
+    assert sent == [("traceparent", f"00-{CLIENT_TRACE}-{forward.context.span_id:016x}-01")]
+    for span in exporter.get_finished_spans():
+        assert span.context is not None
+        assert not span.context.trace_state
+        assert span.parent is None or not span.parent.trace_state
+        for word in PHI_WORDS:
+            assert word not in (span.to_json() or "")
 
 
 @pytest.mark.parametrize(
@@ -242,3 +257,99 @@ def test_an_unsampled_request_makes_no_stage_spans_and_still_passes_its_trace_on
     assert int(value[-2:], 16) & 1 == 0  # the sampled flag is off
     assert value2.startswith(f"00-{CLIENT_TRACE}-")
     assert int(value2[-2:], 16) & 1 == 0
+
+
+# -- the gateway samples, not the client -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ratio", "flags", "spans"),
+    [
+        (0.0, "01", 0),  # a client's sampled flag does not force tracing
+        (1.0, "00", 2),  # nor does its unsampled flag hide its requests
+        (0.0, "00", 0),
+        (1.0, "01", 2),
+    ],
+    ids=["ratio-0-client-01", "ratio-1-client-00", "ratio-0-client-00", "ratio-1-client-01"],
+)
+def test_the_sample_ratio_applies_whatever_the_clients_flag(
+    exporter: InMemorySpanExporter, ratio: float, flags: str, spans: int
+) -> None:
+    traced = Tracing.exporting(exporter, batch=False, sample_ratio=ratio)
+    with traced.request({"traceparent": TRACEPARENT.removesuffix("01") + flags}), stage("classify"):
+        pass
+    traced.shutdown()
+    assert len(exporter.get_finished_spans()) == spans
+
+
+def test_a_client_chosen_trace_id_does_not_force_sampling(exporter: InMemorySpanExporter) -> None:
+    """A trace id whose low 64 bits are zero is below every ratio's bound in the SDK's
+    ``TraceIdRatioBased``: at 1%, 200 such requests are all sampled there, ~2 here."""
+    traced = Tracing.exporting(exporter, batch=False, sample_ratio=0.01)
+    low = f"00-{'7' * 16}{'0' * 15}1-{CLIENT_SPAN}-01"
+    for _ in range(200):
+        with traced.request({"traceparent": low}):
+            pass
+    traced.shutdown()
+    assert len(exporter.get_finished_spans()) < 50
+
+
+# -- OpenTelemetry's own logs --------------------------------------------------------------------
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_malicious_trace_headers_print_nothing_quoting_them(
+    tracing: Tracing, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing reaches the root logger (whatever handles it in production: pytest's caplog
+    cannot tell, it hooks non-propagating loggers too) nor stderr."""
+    root = logging.getLogger()
+    kept = _Kept()
+    root.addHandler(kept)
+    try:
+        for traceparent in (TRACEPARENT, f"00-{CLIENT_TRACE}-John Smith-01", "John Smith" * 60):
+            for tracestate in (BAD_TRACESTATE, PHI_TRACESTATE, "x" * 9000 + "John Smith"):
+                with tracing.request({"traceparent": traceparent, "tracestate": tracestate}):
+                    pass
+        # Whatever the library logs is never its message: one fixed line at most.
+        logging.getLogger("opentelemetry.sdk.trace").warning("Member %s", BAD_TRACESTATE)
+    finally:
+        root.removeHandler(kept)
+    out, err = capfd.readouterr()
+    assert not kept.lines
+    for word in PHI_WORDS:
+        assert word not in out
+        assert word not in err
+
+
+# -- shutdown ------------------------------------------------------------------------------------
+
+
+def test_shutdown_with_a_collector_that_never_answers_is_bounded() -> None:
+    """The collector accepts the connection (the listen backlog) and never answers: the
+    SDK's own shutdown would wait 30 s for the export."""
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(8)
+        port = blackhole.getsockname()[1]
+        traced = build(
+            f"http://127.0.0.1:{port}/v1/traces", headers={}, sample_ratio=1.0, timeout=3.0
+        )
+        assert traced is not None
+        with traced.request({}), stage("classify"):
+            pass
+        started = time.perf_counter()
+        traced.shutdown()
+        elapsed = time.perf_counter() - started
+    assert elapsed < 2.9  # bounded (2 s), not the exporter's own timeout (3 s here)
+    for thread in threading.enumerate():  # the export gives up once its timeout passes
+        if thread.name.startswith(("OtelBatch", "consentry-tracing")):
+            thread.join(10)
