@@ -1,7 +1,8 @@
 """``deploy/compose.yaml``: valid against the compose-spec JSON schema (the copy check-jsonschema
 ships, so the check runs offline); the gateways' environment is settings the gateway's own
 loader accepts; every container is hardened and health-checked; three replicas share the key
-files (read-only) and the store, and keep their own data; the one-shot key writer works
+files (read-only) and the store, and keep their own data; they trust ``X-Forwarded-For``
+from the load balancer's fixed address only; the one-shot key writer works
 (run here for real) and leaves existing keys alone.
 
 No container engine runs in CI: images are not built or pulled, containers not started.
@@ -10,6 +11,7 @@ No container engine runs in CI: images are not built or pulled, containers not s
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 import shlex
@@ -137,6 +139,26 @@ def compose_problems(compose: Compose) -> list[str]:
     balancer = services.get("loadbalancer", {}).get("depends_on", {})
     if set(balancer) != set(replicas):
         problems.append("loadbalancer: expected to wait for every replica")
+    problems += forwarding_problems(compose)
+    return problems
+
+
+def forwarding_problems(compose: Compose) -> list[str]:
+    """The replicas trust ``X-Forwarded-For`` from the load balancer's fixed address, and
+    from nothing else (a wider trust would let any container name any client)."""
+    networks = compose["services"]["loadbalancer"].get("networks", {})
+    address = networks.get("default", {}).get("ipv4_address", "")
+    subnets = [
+        ipaddress.ip_network(c["subnet"])
+        for c in compose.get("networks", {}).get("default", {}).get("ipam", {}).get("config", [])
+    ]
+    problems = []
+    if not address or not any(ipaddress.ip_address(address) in net for net in subnets):
+        problems.append("loadbalancer: expected a fixed address in the default network's subnet")
+    for name, service in gateways(compose).items():
+        trusted = service["environment"].get("CONSENTRY_FORWARDED_ALLOW_IPS")
+        if trusted != address:
+            problems.append(f"{name}: forwarded_allow_ips {trusted!r}, expected {address!r}")
     return problems
 
 
@@ -237,6 +259,9 @@ _postgres, _gw1, _gw2 = _service("postgres"), _service("gateway-1"), _service("g
         (compose_problems, _edit(lambda c: _gw1(c).update(volumes=["keys:/etc/consentry/keys", "gateway-1-data:/var/lib/consentry"])), "read-only"),
         (compose_problems, _edit(lambda c: _gw2(c).update(volumes=["keys:/etc/consentry/keys:ro", "gateway-1-data:/var/lib/consentry"])), "of its own"),
         (compose_problems, _edit(lambda c: _gw2(c).update(environment={**_gw1(c)["environment"], "CONSENTRY_LOG_LEVEL": "debug"})), "settings differ"),
+        (compose_problems, _edit(lambda c: c["services"]["loadbalancer"]["networks"]["default"].update(ipv4_address="172.30.81.10")), "fixed address"),
+        (compose_problems, _edit(lambda c: [g["environment"].update(CONSENTRY_FORWARDED_ALLOW_IPS="172.30.80.0/24") for g in gateways(c).values()]), "forwarded_allow_ips"),
+        (compose_problems, _edit(lambda c: [g["environment"].pop("CONSENTRY_FORWARDED_ALLOW_IPS", None) for g in gateways(c).values()]), "forwarded_allow_ips"),
     ],
 )  # fmt: skip
 def test_a_broken_compose_file_is_refused(

@@ -1,5 +1,5 @@
 """``deploy/Dockerfile``, linted statically (no container engine runs in CI): the image is
-built from the wheel and nothing else, runs as a fixed non-root uid, has a HEALTHCHECK on
+built from the wheel (with the ``[otlp]`` extra) and nothing else, runs as a fixed non-root uid, has a HEALTHCHECK on
 ``/readyz`` and starts ``consentry serve``; its ``CONSENTRY_*`` environment is valid settings.
 
 That the wheel installs and serves in an empty environment, and that the HEALTHCHECK command
@@ -37,6 +37,11 @@ def dockerfile_problems(text: str) -> list[str]:
     installs = [i.arguments for i in final if i.keyword == "RUN" and "pip install" in i.arguments]
     if not installs or not all("--no-index" in run and "/wheels" in run for run in installs):
         problems.append("the final stage must install from the built wheels only (--no-index)")
+    # The [otlp] extra: without it otlp_endpoint stops the gateway at start (tracing.py).
+    if not any("pip wheel" in i.arguments and ".[otlp]" in i.arguments for i in build):
+        problems.append("the build stage must build the [otlp] extra's wheels too")
+    if not any("consentry[otlp]" in run for run in installs):
+        problems.append("the final stage must install consentry[otlp]")
     users = [i.arguments for i in final if i.keyword == "USER"]
     if not users:
         problems.append("no USER: the gateway would run as root")
@@ -87,10 +92,12 @@ def _replace(old: str, new: str) -> str:
             id="source-in-final-stage",
         ),
         pytest.param(
-            _replace("--no-index --find-links /wheels consentry", "consentry"),
+            _replace('--no-index --find-links /wheels "consentry[otlp]"', '"consentry[otlp]"'),
             "built wheels only",
             id="installs-from-an-index",
         ),
+        pytest.param(_replace('"consentry[otlp]"', "consentry"), "[otlp]", id="no-otlp"),
+        pytest.param(_replace('".[otlp]"', "."), "[otlp] extra", id="no-otlp-wheels"),
         # -- health and start
         pytest.param(_replace("/readyz", "/healthz"), "asks /readyz", id="liveness-as-health"),
         pytest.param(

@@ -1,8 +1,13 @@
 """``deploy/haproxy.cfg``: HAProxy accepts it (``haproxy -c``, Debian's haproxy, which
 scripts/test.sh installs); it balances round robin over exactly the compose file's gateway
-replicas, checking ``/readyz``; and, run for real in front of three small local servers
-(addresses and check interval rewritten, everything else as written), it sends requests only
-to the replicas whose ``/readyz`` answers 200, in turn, and takes a replica back once it does.
+replicas, checking ``/readyz``, sends Bulk Data export requests to one of them, retries a
+refused connection on another replica and adds the client's address to ``X-Forwarded-For``.
+Run for real in front of three small local servers (addresses and check interval rewritten,
+everything else as written): it sends requests only to the replicas whose ``/readyz``
+answers 200, in turn, and takes a replica back once it does; every export request reaches
+the one export replica (its backup while it is down); a replica stopped between two checks
+costs no request; the replica sees the balancer's ``X-Forwarded-For`` line after the
+client's own.
 """
 
 from __future__ import annotations
@@ -56,24 +61,51 @@ def check_problems(text: str, tmp_path: Path) -> list[str]:
     return problems
 
 
+def section(text: str, name: str) -> str:
+    """The lines of one section (``backend gateways``) up to the next section."""
+    match = re.search(rf"^{re.escape(name)}\n((?:[ \t].*\n|\n)*)", text + "\n", re.MULTILINE)
+    return match.group(1) if match else ""
+
+
+def _servers(backend: str) -> dict[str, str]:
+    """Each server's name and the rest of its line."""
+    return dict(re.findall(r"^\s+server (\S+) (.+)$", backend, re.MULTILINE))
+
+
+def _checks_readyz(backend: str) -> bool:
+    return bool(
+        re.search(r"^\s+http-check send meth GET uri /readyz$", backend, re.MULTILINE)
+        and re.search(r"^\s+http-check expect status 200$", backend, re.MULTILINE)
+    )
+
+
 def shape_problems(text: str) -> list[str]:
     problems: list[str] = []
-    backend = text.split("\nbackend gateways", 1)[-1] if "\nbackend gateways" in text else ""
+    backend, exports = section(text, "backend gateways"), section(text, "backend exports")
+    defaults = section(text, "defaults")
     if not re.search(r"^\s+balance roundrobin$", backend, re.MULTILINE):
         problems.append("backend: expected balance roundrobin")
-    if not re.search(r"^\s+http-check send meth GET uri /readyz$", backend, re.MULTILINE):
-        problems.append("backend: expected a GET /readyz health check")
-    if not re.search(r"^\s+http-check expect status 200$", backend, re.MULTILINE):
-        problems.append("backend: expected the check to want status 200")
-    servers = dict(re.findall(r"^\s+server (\S+) (\S+)", backend, re.MULTILINE))
-    replicas = {
+    for name, lines in (("backend", backend), ("exports", exports)):
+        if not _checks_readyz(lines):
+            problems.append(f"{name}: expected a GET /readyz health check wanting 200")
+    replicas = sorted(
         name
         for name, service in COMPOSE["services"].items()
         if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile"
         and name.startswith("gateway")
-    }
+    )
+    servers = _servers(backend)
     if servers != {name: f"{name}:8080" for name in replicas}:
-        problems.append(f"backend: servers {servers} are not the replicas {sorted(replicas)}")
+        problems.append(f"backend: servers {servers} are not the replicas {replicas}")
+    # Export jobs live in one replica's memory: one active server, the others backups.
+    expected = {
+        name: f"{name}:8080" + ("" if i == 0 else " backup") for i, name in enumerate(replicas)
+    }
+    if _servers(exports) != expected:
+        problems.append(f"exports: servers {_servers(exports)}, expected {expected}")
+    for needed in ("retries 2", "option redispatch", "option forwardfor"):
+        if not re.search(rf"^\s+{needed}$", defaults, re.MULTILINE):
+            problems.append(f"defaults: expected {needed}")
     return problems
 
 
@@ -107,6 +139,12 @@ def test_haproxy_refuses_a_broken_configuration(broken: str, problem: str, tmp_p
         pytest.param(
             CONFIG.replace("    server gateway-3 gateway-3:8080\n", ""), "replicas", id="server"
         ),
+        pytest.param(
+            CONFIG.replace("gateway-2:8080 backup", "gateway-2:8080"), "exports", id="two-exporters"
+        ),
+        pytest.param(CONFIG.replace("    retries 2\n", ""), "retries", id="no-retries"),
+        pytest.param(CONFIG.replace("option redispatch", ""), "redispatch", id="no-redispatch"),
+        pytest.param(CONFIG.replace("option forwardfor", ""), "forwardfor", id="no-forwardfor"),
     ],
 )
 def test_a_configuration_of_another_shape_is_refused(broken: str, problem: str) -> None:
@@ -119,7 +157,8 @@ def test_a_configuration_of_another_shape_is_refused(broken: str, problem: str) 
 
 class _Replica(ThreadingHTTPServer):
     """A stand-in gateway: ``/readyz`` answers 200 while ``ready``, else 503; any other path
-    answers 200 with the replica's name."""
+    answers 200 with the replica's name, and the ``X-Forwarded-For`` lines it received in
+    the ``x-seen-forwarded-for`` header."""
 
     def __init__(self, name: str) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -137,11 +176,16 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = 200, self.server.name.encode()
         self.send_response(status)
         self.send_header("content-length", str(len(body)))
+        seen = self.headers.get_all("x-forwarded-for") or []
+        self.send_header("x-seen-forwarded-for", " | ".join(seen))
         self.end_headers()
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet."""
+
+
+NAMES = ["gateway-1", "gateway-2", "gateway-3"]
 
 
 @contextmanager
@@ -184,39 +228,129 @@ def _until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.1)
 
 
-def test_haproxy_sends_requests_only_to_ready_replicas_in_turn(tmp_path: Path) -> None:
-    names = ["gateway-1", "gateway-2", "gateway-3"]
-    with _replicas(names) as replicas, httpx.Client(timeout=5.0) as client:
-        port, monitor = free_port(), free_port()
-        path = tmp_path / "haproxy.cfg"
-        path.write_text(_local(CONFIG, port, monitor, replicas), encoding="utf-8")
-        process = subprocess.Popen(
-            [_haproxy(), "-db", "-f", str(path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+@contextmanager
+def _balancing(
+    tmp_path: Path, replicas: dict[str, _Replica], client: httpx.Client, *, interval: str = ""
+) -> Iterator[str]:
+    """HAProxy running the configuration in front of ``replicas`` (checks every 100 ms, or
+    at the shipped ``interval`` when given), every replica taking requests; its base URL."""
+    port, monitor = free_port(), free_port()
+    text = _local(CONFIG, port, monitor, replicas)
+    if interval:
+        text = text.replace("inter 100ms", f"inter {interval}")
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(text, encoding="utf-8")
+    process = subprocess.Popen(
+        [_haproxy(), "-db", "-f", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def monitor_up() -> bool:
+            try:
+                return client.get(f"http://127.0.0.1:{monitor}/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        url = f"http://127.0.0.1:{port}"
+        _until(monitor_up, "haproxy's monitor never answered")
+        _until(
+            lambda: set(_answers(client, f"{url}/fhir/metadata", 9)) == set(replicas),
+            "not every replica got requests",
         )
-        try:
-            url = f"http://127.0.0.1:{port}/fhir/metadata"
+        yield url
+    finally:
+        stop_process(process)
 
-            def spread() -> Counter[str]:
-                return Counter(_answers(client, url, 30))
 
-            def monitor_up() -> bool:
-                try:
-                    return client.get(f"http://127.0.0.1:{monitor}/healthz").status_code == 200
-                except httpx.TransportError:
-                    return False
+def test_haproxy_sends_requests_only_to_ready_replicas_in_turn(tmp_path: Path) -> None:
+    with (
+        _replicas(NAMES) as replicas,
+        httpx.Client(timeout=5.0) as client,
+        _balancing(tmp_path, replicas, client) as base,
+    ):
+        url = f"{base}/fhir/metadata"
 
-            _until(monitor_up, "haproxy's monitor never answered")
-            _until(lambda: set(spread()) == set(names), "not every replica got requests")
-            assert spread() == Counter(dict.fromkeys(names, 10))  # round robin: in turn
+        def spread() -> Counter[str]:
+            return Counter(_answers(client, url, 30))
 
-            replicas["gateway-2"].ready = False  # /readyz 503: no more requests for it
-            _until(lambda: "gateway-2" not in spread(), "a replica not ready kept requests")
-            assert spread() == Counter({"gateway-1": 15, "gateway-3": 15})
+        assert spread() == Counter(dict.fromkeys(NAMES, 10))  # round robin: in turn
 
-            replicas["gateway-2"].ready = True
-            _until(lambda: set(spread()) == set(names), "the ready replica was not taken back")
-        finally:
-            stop_process(process)
+        replicas["gateway-2"].ready = False  # /readyz 503: no more requests for it
+        _until(lambda: "gateway-2" not in spread(), "a replica not ready kept requests")
+        assert spread() == Counter({"gateway-1": 15, "gateway-3": 15})
+
+        replicas["gateway-2"].ready = True
+        _until(lambda: set(spread()) == set(NAMES), "the ready replica was not taken back")
+
+
+#: Bulk Data requests (kick-offs at the three levels, a job's status and a file), and
+#: paths that only look alike.
+EXPORTS = [
+    "/fhir/$export",
+    "/fhir/Patient/$export?_type=Observation",
+    "/fhir/Group/g-1/$export",
+    "/fhir/$export-status/0123abcd",
+    "/fhir/$export-file/0123abcd/0",
+]
+NOT_EXPORTS = ["/fhir/Patient", "/fhir/Patient/$exports", "/fhir/Patient/p1/$everything"]
+
+
+def test_every_bulk_export_request_goes_to_one_replica(tmp_path: Path) -> None:
+    """A job lives in the memory of the replica that took its kick-off: the kick-off, the
+    status polls and the downloads all reach gateway-1, other requests every replica; with
+    gateway-1 not ready, the first backup takes them."""
+    with (
+        _replicas(NAMES) as replicas,
+        httpx.Client(timeout=5.0) as client,
+        _balancing(tmp_path, replicas, client) as base,
+    ):
+        for path in EXPORTS:
+            assert set(_answers(client, base + path, 4)) == {"gateway-1"}, path
+        for path in NOT_EXPORTS:
+            assert set(_answers(client, base + path, 3)) == set(NAMES), path
+
+        replicas["gateway-1"].ready = False
+        _until(
+            lambda: set(_answers(client, base + EXPORTS[3], 3)) == {"gateway-2"},
+            "the backup did not take the exports",
+        )
+
+
+def test_a_stopped_replica_costs_no_request(tmp_path: Path) -> None:
+    """A replica stops (a crash, a restart) between two health checks (the shipped 5 s): the
+    connections it refuses are retried on another replica, so no request fails or waits
+    (red without ``retries`` and ``option redispatch``: a 503 after a 3 s stall)."""
+    with (
+        _replicas(NAMES) as replicas,
+        httpx.Client(timeout=10.0) as client,
+        _balancing(tmp_path, replicas, client, interval="5s") as base,
+    ):
+        stopped = replicas["gateway-2"]
+        stopped.shutdown()
+        stopped.server_close()
+        answers: Counter[tuple[int, str]] = Counter()
+        slowest = 0.0
+        for _ in range(30):
+            started = time.monotonic()
+            response = client.get(f"{base}/fhir/metadata")
+            slowest = max(slowest, time.monotonic() - started)
+            answers[response.status_code, response.text] += 1
+        assert set(answers) == {(200, "gateway-1"), (200, "gateway-3")}, answers
+        assert slowest < 1.0, slowest
+
+
+def test_haproxy_adds_the_clients_address_after_any_the_client_sent(tmp_path: Path) -> None:
+    """``option forwardfor``: the replica sees the client's own line, then the balancer's
+    with the address it took the connection from (the gateway takes the rightmost)."""
+    with (
+        _replicas(NAMES) as replicas,
+        httpx.Client(timeout=5.0) as client,
+        _balancing(tmp_path, replicas, client) as base,
+    ):
+        spoofed = client.get(f"{base}/fhir/Patient", headers={"x-forwarded-for": "203.0.113.7"})
+        plain = client.get(f"{base}/fhir/Patient")
+    assert spoofed.headers["x-seen-forwarded-for"] == "203.0.113.7 | 127.0.0.1"
+    assert plain.headers["x-seen-forwarded-for"] == "127.0.0.1"
