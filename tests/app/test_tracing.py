@@ -1,15 +1,20 @@
 """Traces of real requests through the gateway: the stage spans of one trace, W3C trace
-context in (a client's trace continues) and out (the upstream request names the gateway's
-``forward`` span), and no PHI anywhere in what is exported.
+context in (a client's trace continues, its ``tracestate`` is dropped) and out (the upstream
+request names the gateway's ``forward`` span), no PHI anywhere in what is exported, and a
+shutdown that closes the stores before the traces, bounded when the collector hangs.
 
 The gateway is built with an in-memory exporter (``create_app(tracing=...)``); requests are
 full of patient ids, names, references, codes and tokens, and every exported span, rendered
-whole as OTLP JSON (name, attributes, events, status, resource), is searched for each of them.
+whole as OTLP JSON (name, attributes, events, status, resource, trace state), is searched for
+each of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -23,7 +28,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from middleware.app import Gateway, create_app
 from middleware.ledger.signing import SigningKey
-from middleware.ops.tracing import COUNTS, STAGES, WORDS, Tracing
+from middleware.ops.tracing import COUNTS, STAGES, WORDS, Tracing, tracing_from
 from middleware.settings import Settings
 from middleware.storage.ledger_memory import MemoryLogStore
 from tests.app.conftest import FakeClock, WallClock, raw_asgi_request
@@ -37,6 +42,8 @@ REQUEST_ID: Final = "rid-Weatherwax-42"
 CLIENT_TRACE: Final = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN: Final = "00f067aa0ba902b7"
 TRACEPARENT: Final = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+#: A well-formed tracestate a client filled with PHI (each member valid, so the SDK keeps it).
+TRACESTATE: Final = f"usr={PATIENT.lower()},nm={NAME.lower()}"
 
 
 def patient() -> dict[str, Any]:
@@ -113,7 +120,18 @@ def secrets_of(headers: dict[str, str]) -> list[str]:
     parts (the JWT's payload and signature name the subject and prove it)."""
     token = headers["authorization"].removeprefix("Bearer ")
     _head, payload, signature = token.split(".")
-    return [PATIENT, NAME, GIVEN, CODE, REQUEST_ID, "obs-Q1", token, payload, signature]
+    return [
+        PATIENT,
+        NAME,
+        GIVEN,
+        CODE,
+        REQUEST_ID,
+        "obs-Q1",
+        token,
+        payload,
+        signature,
+        *(secret.lower() for secret in (PATIENT, NAME)),  # as the tracestate spells them
+    ]
 
 
 def assert_no_phi(spans: Sequence[ReadableSpan], secrets: list[str]) -> None:
@@ -145,7 +163,11 @@ async def test_a_read_is_one_trace_of_stage_spans_continuing_the_clients_and_sen
         answer = await client.get(
             f"/fhir/Patient/{PATIENT}",
             params={"_elements": "name"},
-            headers={"traceparent": TRACEPARENT, "x-request-id": REQUEST_ID},
+            headers={
+                "traceparent": TRACEPARENT,
+                "tracestate": TRACESTATE,
+                "x-request-id": REQUEST_ID,
+            },
         )
     assert answer.status_code == 200, answer.text
     spans = exporter.get_finished_spans()
@@ -182,6 +204,7 @@ async def test_a_read_is_one_trace_of_stage_spans_continuing_the_clients_and_sen
     # Out: the upstream request names the gateway's forward span, in the same trace.
     sent = route.calls.last.request.headers
     assert sent["traceparent"] == f"00-{CLIENT_TRACE}-{forward.context.span_id:016x}-01"
+    assert "tracestate" not in sent  # the client's is dropped, and the gateway has none
 
 
 async def test_a_denied_search_full_of_phi_records_the_decision_and_counts_only(
@@ -257,7 +280,7 @@ async def test_a_patient_callers_refused_and_malformed_requests_leave_no_phi(
     async with client_of(app, headers) as client:
         other = await client.get(
             "/fhir/Patient/pat-OTHER-Weatherwax",
-            headers={"traceparent": f"00-{GIVEN}-{NAME}-01"},
+            headers={"traceparent": f"00-{GIVEN}-{NAME}-01", "tracestate": f"a=1,{GIVEN} {NAME}"},
         )
         posted = await client.post(
             "/fhir/Observation/_search",
@@ -337,3 +360,41 @@ async def test_a_bulk_export_job_runs_outside_its_kick_offs_trace(
     (kick_off,) = (s for s in in_trace if s.name == "request")
     assert kick_off.end_time is not None
     assert all(s.start_time is not None and s.start_time <= kick_off.end_time for s in in_trace)
+
+
+async def test_shutdown_closes_the_stores_first_and_waits_little_for_a_hung_collector(
+    gateway: Callable[..., Gateway],
+    router: respx.Router,
+    store: MemoryLogStore,
+    tokens: Tokens,
+) -> None:
+    """The collector accepts connections (the listen backlog) and never answers: the
+    gateway closes its ledger store before the traces, and the traces within ~2 s (the SDK's
+    own shutdown waits 30 s; the exporter's timeout here is 3 s)."""
+    router.get(f"/Patient/{PATIENT}").respond(200, json=patient())
+    headers = tokens.bearer("dr", "user/*.rs", fhir_user="Practitioner/dr")
+    seen: list[bool] = []
+
+    class Watched(Tracing):
+        def shutdown(self) -> None:
+            seen.append(store.available)
+            super().shutdown()
+
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(8)
+        endpoint = f"http://127.0.0.1:{blackhole.getsockname()[1]}/v1/traces"
+        built = tracing_from(endpoint, headers={}, sample_ratio=1.0, timeout=3.0)
+        assert built is not None
+        app = gateway(Watched(built.provider))
+        async with client_of(app, headers) as client:
+            answer = await client.get(f"/fhir/Patient/{PATIENT}")
+        assert answer.status_code == 200
+        started = time.perf_counter()
+        await app.aclose()
+        elapsed = time.perf_counter() - started
+    assert seen == [False]  # the ledger's store was closed when tracing shut down
+    assert elapsed < 2.9
+    for thread in threading.enumerate():  # the export gives up once its timeout passes
+        if thread.name.startswith(("OtelBatch", "consentry-tracing")):
+            thread.join(10)
