@@ -26,9 +26,10 @@ A policy may also require witnesses (C2SP tlog-witness): ``quorum = N`` and ``[[
 tables, each with the witness's ``vkey`` (``cosignature/v1``, type 0x04) and optionally its
 ``name`` (which must be the vkey's). Verifiers then require the checkpoint they check against
 to carry valid cosignatures by at least ``quorum`` of those witnesses
-(:mod:`middleware.ledger.quorum`). A quorum above the number of witnesses parses, and fails
-every verification: a policy that can never be met trusts nothing (as sigstore's policies
-treat an empty list).
+(:mod:`middleware.ledger.quorum`). Each witness has its own public key: one key under two
+names is refused, as it would be one party counted twice. A quorum above the number of
+witnesses parses, and fails every verification: a policy that can never be met trusts
+nothing (as sigstore's policies treat an empty list).
 
 ``consentry keys rotate`` keeps this file in step with the key-event entries it appends
 (:mod:`middleware.ledger.keyevent`). The policy must name at least one key: an empty policy
@@ -118,6 +119,11 @@ class TrustPolicy:
         names = [w.key.name for w in self.witnesses]
         if len(set(names)) != len(names):
             raise MalformedError("a trust policy names each witness once")
+        # A vkey embeds its name: one private key listed under two names would count twice
+        # toward the quorum while being one party (the quorum promises independent ones).
+        public = [w.key.public_key for w in self.witnesses]
+        if len(set(public)) != len(public):
+            raise MalformedError("a trust policy lists each witness public key once")
         Checkpoint(self.origin, 0, bytes(32))  # an origin a checkpoint can carry
         if not self.keys:
             raise MalformedError("a trust policy names at least one key (empty trusts nothing)")

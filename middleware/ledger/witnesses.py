@@ -76,7 +76,7 @@ class WitnessEndpoint:
 
 def parse_witnesses(value: Any) -> tuple[WitnessEndpoint, ...]:
     """The ``witnesses`` setting: a list of tables ``{name, url, vkey}`` (TOML
-    ``[[witnesses]]``, JSON in the environment); each name and key once. Raises
+    ``[[witnesses]]``, JSON in the environment); each name and public key once. Raises
     :class:`ValueError` naming the problem."""
     if isinstance(value, tuple) and all(isinstance(w, WitnessEndpoint) for w in value):
         return value
@@ -95,8 +95,10 @@ def parse_witnesses(value: Any) -> tuple[WitnessEndpoint, ...]:
         except MalformedError as exc:
             raise ValueError(str(exc)) from None
     names = [w.name for w in out]
-    if len(set(names)) != len(names) or len({w.vkey for w in out}) != len(out):
-        raise ValueError("each witness is named once, with its own key")
+    # Public-key bytes, not vkey strings: a vkey embeds its name, so one key under two
+    # names would pass a string comparison and meet a quorum of 2 alone.
+    if len(set(names)) != len(names) or len({w.key.public_key for w in out}) != len(out):
+        raise ValueError("each witness is named once, with its own public key")
     return tuple(out)
 
 

@@ -17,6 +17,9 @@ from tests.unit.ledger.logs import POLICY
 W1 = Cosigner.generate("w1.test")
 W2 = Cosigner.generate("w2.test")
 W3 = Cosigner.generate("w3.test")
+#: W1's private key under another name: one party, two vkeys that differ only by the name.
+W1_ALIAS = Cosigner("w1-alias.test", bytes.fromhex("11" * 32))
+W1_SAME = Cosigner("w1-same.test", bytes.fromhex("11" * 32))
 CHECKPOINT = Checkpoint(ORIGIN, 5, bytes(range(32)))
 NOTE = KEY.sign_checkpoint(CHECKPOINT)
 
@@ -54,6 +57,7 @@ def test_policy_with_witnesses_round_trips_through_toml() -> None:
         f'[[witnesses]]\nvkey = "{W1.vkey()}"\n\n[[witnesses]]\nvkey = "{W1.vkey()}"\n',
         f'[[witnesses]]\nvkey = "{W1.vkey()}"\nweight = 2\n',
         'witnesses = "w1"\n',
+        f'[[witnesses]]\nvkey = "{W1_ALIAS.vkey()}"\n\n[[witnesses]]\nvkey = "{W1_SAME.vkey()}"\n',
     ],
     ids=[
         "negative",
@@ -64,6 +68,7 @@ def test_policy_with_witnesses_round_trips_through_toml() -> None:
         "twice",
         "unknown",
         "not-tables",
+        "one-key-two-names",
     ],
 )
 def test_bad_witness_policies_are_refused(extra: str) -> None:
@@ -72,6 +77,14 @@ def test_bad_witness_policies_are_refused(extra: str) -> None:
     text = f"{head}\n{top}\n[[keys]]{tables}\n{witness_tables}"
     with pytest.raises(MalformedError):
         parse_policy(text)
+
+
+def test_one_key_under_two_names_cannot_make_a_quorum_of_two() -> None:
+    """Two vkeys that differ only by the name are one party: the policy is refused, so a
+    note that key cosigned under both names never passes a quorum of 2."""
+    assert W1_ALIAS.vkey() != W1_SAME.vkey()
+    with pytest.raises(MalformedError, match="public key once"):
+        policy(2, W1_ALIAS, W1_SAME)
 
 
 def test_rotation_keeps_the_witnesses() -> None:

@@ -61,6 +61,14 @@ def test_settings_read_witnesses_from_toml_tables_and_env_json() -> None:
         ([{**_entry(W1), "extra": "x"}], 0, "exactly name, url and vkey"),
         ([{**_entry(W1), "vkey": LOG.vkey()}], 0, "type 0x04"),
         ("w1", 0, "a list of tables"),
+        (
+            [
+                _entry(Cosigner("a.example", b"\x07" * 32)),
+                _entry(Cosigner("b.example", b"\x07" * 32)),
+            ],
+            2,
+            "its own public key",
+        ),
     ],
     ids=[
         "quorum-without-witnesses",
@@ -73,6 +81,7 @@ def test_settings_read_witnesses_from_toml_tables_and_env_json() -> None:
         "unknown-field",
         "log-key-not-witness-key",
         "not-a-list",
+        "one-key-two-names",
     ],
 )
 def test_bad_witness_settings_are_refused(witnesses: object, quorum: int, problem: str) -> None:
