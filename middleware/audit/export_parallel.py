@@ -14,8 +14,9 @@ of ``recorded_us`` per job, of about as many leaves each. Worker processes, fork
 snapshot and the tree (nothing is sent to them), each open the store themselves, read only
 so (``open_log_store(replay=False)``), read their slice's index rows, collect its lines
 (``collect_export``, which checks every leaf it reads as it always does) and write their
-encoded bytes (``export_write.write_entries``) to a file of their own. This process writes
-the header and appends the parts in order (``os.copy_file_range``).
+encoded bytes (``export_write.write_entries``) to a file of their own. This process makes
+the first slice's lines itself, straight into the output after the header, then appends the
+workers' parts in order (``os.copy_file_range``).
 
 The slices are by time and the lines by index, so the parts are the sequential file's only
 when each part's indexes all come after the previous part's; a log's times rise with its
@@ -37,6 +38,7 @@ import asyncio
 import bisect
 import contextlib
 import gc
+import itertools
 import multiprocessing
 import os
 import shutil
@@ -46,6 +48,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import BinaryIO
 
 from middleware.audit.cli_common import all_rows
 from middleware.audit.export import ExportEntry, ExportHeader
@@ -189,11 +192,12 @@ def _run_parts(
     *,
     tell: Callable[[int], object] | None,
 ) -> tuple[int, int] | None:
-    """Fork a worker per slice, then append their parts to ``out`` in order as they end."""
+    """Fork a worker for each slice but the first, make the first here, straight into
+    ``out`` after the header, then append the workers' parts in order as they end."""
     context = multiprocessing.get_context("fork")
     workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
     try:
-        for number, period in enumerate(slices):
+        for number, period in enumerate(slices[1:], start=1):
             receive, send = context.Pipe(duplex=False)
             process = context.Process(
                 target=_part,
@@ -204,23 +208,28 @@ def _run_parts(
             process.start()
             send.close()  # the worker's end: EOF here when it ends without a word
             workers.append((process, receive))
-        rows = lines = 0
-        last = -1
         with out.open("r+b") as sink:
             sink.write(export_head(header, shared.job.fmt))
-            sink.flush()
-            for number, (_, receive) in enumerate(workers):
-                outcome = _outcome(receive)
-                if outcome is None:
+            try:
+                outcome = _make_part(shared, slices[0], sink)
+            except Exception:  # noqa: BLE001 - the sequential path says what it is
+                return None
+            outcomes = itertools.chain([outcome], (_outcome(end) for _, end in workers))
+            rows = lines = 0
+            last = -1
+            for number, made in enumerate(outcomes):
+                if made is None:
                     return None
-                part_rows, part_lines, low, high = outcome
+                part_rows, part_lines, low, high = made
                 if low >= 0:
                     if low <= last:  # this part's lines are not all after the last part's
                         return None
                     last = high
                 rows, lines = rows + part_rows, lines + part_lines
-                _append(sink.fileno(), directory / f"part-{number}")
-                (directory / f"part-{number}").unlink()
+                if number:
+                    sink.flush()  # the bytes buffered before, then the kernel's copy
+                    _append(sink.fileno(), directory / f"part-{number}")
+                    (directory / f"part-{number}").unlink()
                 if tell is not None:
                     tell(part_lines)
         return rows, lines
@@ -262,7 +271,7 @@ def _copy(source: int, target: int, count: int) -> int:
     return os.sendfile(target, source, None, count)
 
 
-# -- in a worker -------------------------------------------------------------------------------
+# -- in a worker (and in this process, for the first part) -------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,18 +293,19 @@ def _part(shared: _Shared, period: _Slice, path: Path, send: Connection) -> None
     gc.disable()
     outcome: _Outcome = None
     with contextlib.suppress(BaseException):  # reported as None; an interrupt ends it anyway
-        outcome = _make_part(shared, period, path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as sink:
+            outcome = _make_part(shared, period, sink)
     with contextlib.suppress(OSError):
         send.send(outcome)
     send.close()
 
 
-def _make_part(shared: _Shared, period: _Slice, path: Path) -> _Outcome:
+def _make_part(shared: _Shared, period: _Slice, sink: BinaryIO) -> _Outcome:
+    """The slice's lines written to ``sink``; what :data:`_Outcome` says of them."""
     job, view = shared.job, shared.view
     rows, header, entries = asyncio.run(_collect_part(shared, period))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(fd, "wb") as sink:
-        lines = write_entries(header, entries, sink, job.fmt)
+    lines = write_entries(header, entries, sink, job.fmt)
     # A superset of the lines' indexes (the rows of the proved tree): parts whose rows do not
     # overlap have lines that do not.
     indexes = [r.index for r in rows if 0 <= r.index < view.size]
