@@ -10,6 +10,7 @@ No cluster runs in CI: what a kubelet or an admission controller would add is no
 from __future__ import annotations
 
 import copy
+import ipaddress
 import tomllib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -89,9 +90,18 @@ def test_a_manifest_the_schemas_refuse(change: Callable[[Docs], None], problem: 
     assert any(problem in line for line in found), found
 
 
-def test_kustomization_applies_every_manifest() -> None:
+#: The Secret's example: created by hand (docs/deploy.md), never applied with the rest.
+SECRET_EXAMPLE = "secret.example.yaml"
+
+
+def test_kustomization_applies_every_manifest_but_the_secrets_example() -> None:
+    """``kubectl apply -k`` after ``kubectl create secret`` must not overwrite the real
+    Secret with the example's placeholders: no Secret is a resource of the kustomization."""
     (kustomization,) = DOCS["kustomization.yaml"]
-    assert set(kustomization["resources"]) == set(DOCS) - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == set(DOCS) - {"kustomization.yaml", SECRET_EXAMPLE}
+    applied = [doc for name in kustomization["resources"] for doc in DOCS[name]]
+    assert all(doc["kind"] != "Secret" for doc in applied)
+    assert [doc["kind"] for doc in DOCS[SECRET_EXAMPLE]] == ["Secret"]
 
 
 # -- the settings a pod gets ----------------------------------------------------------------
@@ -143,6 +153,54 @@ def test_the_pods_settings_load_with_the_gateways_own_loader(tmp_path: Path) -> 
     data = next(name for name, path in mounts.items() if outbox.is_relative_to(path))
     assert "emptyDir" in volumes[data]
     assert settings.port == next(p["containerPort"] for p in container["ports"])
+
+
+def test_the_gateway_trusts_forwarded_addresses_from_the_ingress_only(tmp_path: Path) -> None:
+    """Behind the ingress controller every client would share its address: the pods take the
+    forwarded one, from the pod network only, which the NetworkPolicy admits the ingress
+    controller's pods from and nothing else."""
+    settings = pod_settings(DOCS, tmp_path)
+    assert settings.forwarded_allow_ips
+    networks = [ipaddress.ip_network(n.strip()) for n in settings.forwarded_allow_ips.split(",")]
+    assert all(network.prefixlen >= 8 and not network.is_global for network in networks)
+
+
+#: Memory of the gateway itself beside its exports: an allowance (the process, its pools, a
+#: download's batch), not a measurement.
+GATEWAY_MIB = 384
+
+
+def export_memory_problems(docs: Docs, workdir: Path) -> list[str]:
+    """On PostgreSQL a Bulk export's files live in the pod's memory: the running jobs at their
+    byte limit, the /tmp tmpfs (memory-backed) and the gateway must fit the memory limit."""
+    settings = pod_settings(docs, workdir)
+    pod = _pod(docs)
+    (container,) = pod["containers"]
+    tmp = next(m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    tmpfs = next(v["emptyDir"] for v in pod["volumes"] if v["name"] == tmp)
+    mib = 1024 * 1024
+    exports = settings.export_max_running * settings.export_max_bytes // mib
+    tmp_mib = _mebibytes(tmpfs["sizeLimit"]) if tmpfs.get("medium") == "Memory" else 0
+    limit = _mebibytes(container["resources"]["limits"]["memory"])
+    if exports + tmp_mib + GATEWAY_MIB > limit:
+        return [f"exports {exports} MiB + /tmp {tmp_mib} MiB + {GATEWAY_MIB} MiB > {limit} MiB"]
+    return []
+
+
+def _mebibytes(quantity: str) -> int:
+    units = {"Mi": 1, "Gi": 1024}
+    return int(float(quantity[:-2]) * units[quantity[-2:]])
+
+
+def test_two_export_jobs_fit_the_pods_memory(tmp_path: Path) -> None:
+    assert export_memory_problems(DOCS, tmp_path) == []
+    # The default export_max_bytes (256 MiB) would not.
+    broken = _edit(lambda d: _setting(d, "export_max_bytes = 268435456"))
+    toml = _one(broken, "ConfigMap")["data"]["consentry.toml"]
+    _one(broken, "ConfigMap")["data"]["consentry.toml"] = toml.replace(
+        "export_max_bytes = 134217728\n", ""
+    )
+    assert export_memory_problems(broken, tmp_path) != []
 
 
 def _edit(change: Callable[[Docs], None]) -> Docs:

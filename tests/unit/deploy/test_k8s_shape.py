@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import re
+import tomllib
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -112,6 +114,49 @@ def selection_problems(docs: Docs) -> list[str]:
     return problems
 
 
+#: Where cluster DNS answers (kube-dns's pods; CoreDNS keeps the label).
+KUBE_DNS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+}
+
+
+def destinations(docs: Docs) -> list[tuple[str, str, int]]:
+    """What the gateway connects to, from its settings (the ConfigMap's TOML, the Secret's
+    store DSN): (what, host, port) for the store, the upstream and each issuer's JWKS."""
+    settings = tomllib.loads(_one(docs, "ConfigMap")["data"]["consentry.toml"])
+    urls = [
+        ("store", _one(docs, "Secret")["stringData"]["store"]),
+        ("upstream", settings["upstream"]),
+    ]
+    urls += [("jwks", issuer["jwks_url"]) for issuer in settings["auth"]["issuers"]]
+    found = []
+    for what, url in urls:
+        parts = urlsplit(url)
+        default = {"https": 443, "http": 80, "postgresql": 5432}[parts.scheme]
+        found.append((what, parts.hostname or "", parts.port or default))
+    return found
+
+
+def _reaches(rule: dict[str, Any], host: str, port: int) -> bool:
+    """Whether an egress rule lets a connection to ``host:port`` out: a Service's name
+    (``<service>.<namespace>.svc...``) by its namespace, any other host by an address block."""
+    if not any(p["port"] == port and p.get("protocol", "TCP") == "TCP" for p in rule["ports"]):
+        return False
+    labels = host.split(".")
+    if len(labels) > 2 and labels[2] == "svc":
+        namespace = labels[1]
+        return any(
+            to.get("namespaceSelector", {})
+            .get("matchLabels", {})
+            .get("kubernetes.io/metadata.name")
+            == namespace
+            and to.get("podSelector", {}).get("matchLabels")
+            for to in rule["to"]
+        )
+    return any("ipBlock" in to for to in rule["to"])
+
+
 def network_problems(docs: Docs) -> list[str]:
     problems: list[str] = []
     spec = _one(docs, "NetworkPolicy")["spec"]
@@ -121,16 +166,24 @@ def network_problems(docs: Docs) -> list[str]:
         sources = rule.get("from", [])
         if not sources or any("ipBlock" in s or "podSelector" not in s for s in sources):
             problems.append("ingress: only from the ingress controller's pods")
-    allowed = {
-        (port.get("protocol", "TCP"), port["port"])
-        for rule in spec.get("egress", [])
-        for port in rule.get("ports", [])
-    }
     if not rule_ports_closed(spec):
         problems.append("egress: a rule without ports opens every port")
-    for needed in (("TCP", 5432), ("UDP", 53), ("TCP", 53)):
+        return problems
+    egress = spec.get("egress", [])
+    for what, host, port in destinations(docs):
+        if not any(_reaches(rule, host, port) for rule in egress):
+            problems.append(f"egress: nothing lets the {what} out ({host}:{port})")
+    dns = [
+        rule
+        for rule in egress
+        if any(p["port"] == 53 for p in rule["ports"])  # what answers port 53 is cluster DNS
+    ]
+    allowed = {(p.get("protocol", "TCP"), p["port"]) for rule in dns for p in rule["ports"]}
+    for needed in (("UDP", 53), ("TCP", 53)):
         if needed not in allowed:
             problems.append(f"egress: {needed[1]}/{needed[0]} missing")
+    if any(to != KUBE_DNS for rule in dns for to in rule["to"]):
+        problems.append("egress: port 53 open to something other than kube-dns")
     return problems
 
 
@@ -155,6 +208,17 @@ def test_the_manifests_pass(rule: Callable[[Docs], list[str]]) -> None:
 def _security(docs: Docs) -> dict[str, Any]:
     security: dict[str, Any] = _container(docs)["securityContext"]
     return security
+
+
+def _egress(docs: Docs) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = _one(docs, "NetworkPolicy")["spec"]["egress"]
+    return rules
+
+
+def _settings(docs: Docs, old: str, new: str) -> None:
+    data = _one(docs, "ConfigMap")["data"]
+    assert old in data["consentry.toml"], old
+    data["consentry.toml"] = data["consentry.toml"].replace(old, new)
 
 
 def _mount(docs: Docs, path: str) -> dict[str, Any]:
@@ -184,6 +248,14 @@ def _mount(docs: Docs, path: str) -> dict[str, Any]:
         (network_problems, _edit(lambda d: _one(d, "NetworkPolicy")["spec"]["ingress"][0].update({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})), "ingress"),
         (network_problems, _edit(lambda d: _one(d, "NetworkPolicy")["spec"]["egress"][0].pop("ports")), "every port"),
         (network_problems, _edit(lambda d: _one(d, "NetworkPolicy")["spec"]["egress"].pop()), "53/UDP"),
+        (network_problems, _edit(lambda d: _egress(d).pop(1)), "the upstream"),
+        (network_problems, _edit(lambda d: _egress(d)[1]["ports"][0].update(port=9999)), "the upstream"),
+        (network_problems, _edit(lambda d: _egress(d)[0]["to"][0]["namespaceSelector"]["matchLabels"].update({"kubernetes.io/metadata.name": "other"})), "the store"),
+        (network_problems, _edit(lambda d: _egress(d)[2]["ports"][0].update(port=8443)), "the jwks"),
+        (network_problems, _edit(lambda d: _egress(d)[3].update(to=[{"podSelector": {"matchLabels": {"x": "y"}}}])), "other than kube-dns"),
+        (network_problems, _edit(lambda d: _egress(d)[3].update(to=[{"ipBlock": {"cidr": "0.0.0.0/0"}}])), "other than kube-dns"),
+        (network_problems, _edit(lambda d: _settings(d, "fhir-server.fhir.svc", "fhir-server.records.svc")), "the upstream"),
+        (network_problems, _edit(lambda d: _settings(d, "idp.example.org/realms/clinic/protocol", "idp.example.org:8443/realms/clinic/protocol")), "the jwks"),
     ],
 )  # fmt: skip
 def test_a_broken_manifest_is_refused(
