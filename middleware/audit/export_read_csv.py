@@ -2,6 +2,10 @@
 lines, without judging: :func:`csv_lines` is :func:`~middleware.audit.export_read.ndjson_lines`
 for a CSV file (the ``#`` header line read by ``export_read.read_header``), and
 :func:`csv_records` is what ``csv.reader`` yields, faster for the records an export writes.
+
+Two findings end the reading (each a :class:`Stop`, the last thing yielded): a column line
+that is not the header's, and a record the CSV reader refuses (``csv.Error``: a field longer
+than ``csv.field_size_limit()``), after which where the record ends is not known.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ import msgspec
 from middleware.audit.export import PROOF_COLUMNS, EntryOpening
 from middleware.audit.export_read import LINE_ROLES, ExportLine, decode_base64  # the line, shared
 
-__all__ = ["csv_lines", "csv_part", "csv_records"]
+__all__ = ["Stop", "csv_lines", "csv_part", "csv_records"]
+
+
+class Stop(str):
+    """Why a line cannot be read (the finding's message) when no line after it is read."""
+
+    __slots__ = ()
 
 
 def csv_lines(
@@ -25,11 +35,15 @@ def csv_lines(
 ) -> Iterator[tuple[int, ExportLine | str]]:
     """The CSV records after the ``#`` header line (the column line first)."""
     records = csv_records(lines)
-    _, head = next(records, (0, None))
-    if head != [*names, *PROOF_COLUMNS]:
-        yield 2, "the column line is not the header's columns then the proof columns"
+    try:
+        read, head = next(records, (0, None))
+    except csv.Error as exc:
+        yield 2, Stop(f"not a CSV record: {exc}")
         return
-    yield from _csv_body(records, names)
+    if head != [*names, *PROOF_COLUMNS]:
+        yield 2, Stop("the column line is not the header's columns then the proof columns")
+        return
+    yield from _csv_body(records, names, after=read)
 
 
 def csv_part(
@@ -41,29 +55,38 @@ def csv_part(
 
 
 def _csv_body(
-    records: Iterator[tuple[int, list[str]]], names: tuple[str, ...], *, before: int = 1
+    records: Iterator[tuple[int, list[str]]],
+    names: tuple[str, ...],
+    *,
+    before: int = 1,
+    after: int = 0,
 ) -> Iterator[tuple[int, ExportLine | str]]:
     """:func:`csv_lines` of the records after the column line (``csv_records``' of the lines
     after the header line, the column line read); ``before``: the lines before the first
-    that ``csv_records`` read (the header line)."""
+    that ``csv_records`` read (the header line); ``after``: the lines it has read (the column
+    line's)."""
     width = len(names)
-    for read, record in records:
-        number = read + before
-        if not record:
-            continue
-        if len(record) != width + len(PROOF_COLUMNS):
-            yield number, f"{len(record)} cells, not {width + len(PROOF_COLUMNS)}"
-            continue
-        role, index, leaf, proof, salt, evidence, key = record[width:]
-        values = tuple(record[:width]) if role == "row" else None
-        try:
-            at = int(index) if index.isdigit() else index
-            yield number, _csv_line(role, at, record[width + 2 :], values) or _parse(
-                role, at, leaf, proof,
-                salt=salt or None, evidence=evidence or None, key=key or None, values=values,
-            )  # fmt: skip
-        except (ValueError, TypeError, binascii.Error) as exc:
-            yield number, f"not an export record: {exc}"
+    number = after + before  # the last line read
+    try:
+        for read, record in records:
+            number = read + before
+            if not record:
+                continue
+            if len(record) != width + len(PROOF_COLUMNS):
+                yield number, f"{len(record)} cells, not {width + len(PROOF_COLUMNS)}"
+                continue
+            role, index, leaf, proof, salt, evidence, key = record[width:]
+            values = tuple(record[:width]) if role == "row" else None
+            try:
+                at = int(index) if index.isdigit() else index
+                yield number, _csv_line(role, at, record[width + 2 :], values) or _parse(
+                    role, at, leaf, proof,
+                    salt=salt or None, evidence=evidence or None, key=key or None, values=values,
+                )  # fmt: skip
+            except (ValueError, TypeError, binascii.Error) as exc:
+                yield number, f"not an export record: {exc}"
+    except csv.Error as exc:  # the reader's; the next record starts after the last line read
+        yield number + 1, Stop(f"not a CSV record: {exc}")
 
 
 def _csv_line(

@@ -21,11 +21,20 @@ bytes.
 A CSV record may span lines (a quoted field), so a block's records are the file's only when
 the block starts at a record. The first block does; by induction the next one does when the
 block before it ended outside a quoted field (its CSV reader never ran out of lines inside
-a record). When a block other than the last ends inside a record, or judging any block
-raises (a byte that is not UTF-8...), the whole file is verified again on the sequential
-path, which reports (or raises) what it always did. Files under two blocks, receipts,
-exports without a trusted checkpoint or an opener (no fast path), and a process with other
-threads alive (a fork copies their locks held) are verified sequentially.
+a record). Where the reader stops (a finding after which it reads nothing, ``Stop``: a bad
+column line, a record the CSV reader refuses) the verdicts stop too. When a block other than
+the last ends inside a record or stops after running out of lines (it might have read on),
+or judging any block raises (a byte that is not UTF-8, a worker killed...), the whole file
+is verified again on the sequential path, which reports (or raises) what it always did; the
+lines it reads are told to ``count`` only past those told already. Files under two blocks,
+receipts, exports without a trusted checkpoint or an opener (no fast path), and a process
+with other threads alive (a fork copies their locks held) are verified sequentially.
+
+The file is opened once: its size is that open file's, and every read (the header, the
+blocks' ends, the workers' ``pread`` of the inherited descriptor, the sequential path) is of
+it, so a file put in its place (a rename) mid-run is not read. A write into it is: when its
+size or modification time differ after the run, :func:`verify_path` raises ``OSError``
+rather than report on bytes that changed while they were read.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from middleware.audit.export_check import ExportChecker, RowOpener, Verdict
+from middleware.audit.export_read_csv import Stop
 from middleware.audit.verify_export import begin_export, verify_file
 from middleware.audit.verify_report import ExportReport
 from middleware.ledger.leaf import LeafFields
@@ -56,9 +66,10 @@ BLOCK_BYTES = 1 << 22
 #: Counts lines the sequential path has read (``Progress.update``).
 Count = Callable[[int], None]
 
-#: What a worker judges a block with: the checker made from the header, inherited by fork.
+#: What a worker judges a block with: the checker made from the header, and the descriptor of
+#: the file the parent opened, both inherited by fork.
 _checker: ExportChecker | None = None
-_path = ""
+_fd = -1
 
 
 def verify_path(
@@ -73,32 +84,54 @@ def verify_path(
     """Verify the export (or receipt) at ``path`` against ``policy`` with up to ``jobs``
     worker processes (None: one per core this process may use; 1: none), blocks of about
     ``block`` bytes; ``count`` is told the lines read as they are. The report is the one
-    ``verify_file`` makes of the file's text (module docstring)."""
-    tell = count or _ignore
+    ``verify_file`` makes of the file's text (module docstring); OSError when the file was
+    written to meanwhile."""
+    tell = _Once(count or _ignore)
     jobs = _cores() if jobs is None else jobs
-    size = path.stat().st_size
+    with path.open("rb") as raw:
+        before = os.fstat(raw.fileno())
+        report = _verify(
+            raw, before.st_size, policy, opener=opener, jobs=jobs, block=block, tell=tell
+        )
+        after = os.fstat(raw.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise OSError(f"{path} changed while it was verified")
+    return report
+
+
+def _verify(
+    raw: BinaryIO,
+    size: int,
+    policy: TrustPolicy,
+    *,
+    opener: RowOpener | None,
+    jobs: int,
+    block: int,
+    tell: _Once,
+) -> ExportReport:
+    """:func:`verify_path` of the open file ``raw`` of ``size`` bytes."""
     if (
         jobs < 2
         or size < 2 * block
         or threading.active_count() > 1
         or "fork" not in multiprocessing.get_all_start_methods()
     ):
-        return _sequential(path, policy, opener, tell)
-    with path.open("rb") as raw:
-        heading = _lines_of(raw.readline())
-        start = raw.tell()
-        bounds = _blocks(raw, start, size, block)
+        return _sequential(raw, policy, opener, tell)
+    heading = _lines_of(raw.readline())
+    bounds = _blocks(raw, raw.tell(), size, block)
     if len(heading) != 1 or heading[0].rstrip("\n") == TLOG_PROOF_HEADER:
-        return _sequential(path, policy, opener, tell)  # a receipt, or a lone CR in line 1
+        return _sequential(raw, policy, opener, tell)  # a receipt, or a lone CR in line 1
     report, check = begin_export(heading[0], policy, opener=opener)
     if check is None:  # the header is unusable: nothing else is read (verify_export)
         tell(1)
         return report
     if check.proofs is None or check.opener is None:  # no fast path to share out
-        return _sequential(path, policy, opener, tell)
+        return _sequential(raw, policy, opener, tell)
     tell(1)
-    if bounds and not _in_parallel(check, path, bounds, jobs=min(jobs, len(bounds)), tell=tell):
-        return _sequential(path, policy, opener, tell)
+    fd, jobs = raw.fileno(), min(jobs, len(bounds))
+    if bounds and not _in_parallel(check, fd, bounds, jobs=jobs, tell=tell):
+        tell.again()
+        return _sequential(raw, policy, opener, tell)
     check.finish()
     return report
 
@@ -116,14 +149,14 @@ def _blocks(raw: BinaryIO, start: int, size: int, block: int) -> list[tuple[int,
 
 
 def _in_parallel(
-    check: ExportChecker, path: Path, bounds: list[tuple[int, int]], *, jobs: int, tell: Count
+    check: ExportChecker, fd: int, bounds: list[tuple[int, int]], *, jobs: int, tell: Count
 ) -> bool:
-    """Judge the blocks at ``bounds`` of the file on ``jobs`` processes and apply the verdicts
-    in order; False when the file must be verified sequentially instead (module docstring),
-    the report then being unfinished."""
+    """Judge the blocks at ``bounds`` of the open file ``fd`` on ``jobs`` processes and apply
+    the verdicts in order; False when the file must be verified sequentially instead (module
+    docstring), the report then being unfinished."""
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(
-        jobs, mp_context=context, initializer=_install, initargs=(check, str(path))
+        jobs, mp_context=context, initializer=_install, initargs=(check, fd)
     ) as pool:
         # At most two blocks a worker in flight: the verdicts waiting stay few (memory).
         ahead = 2 * jobs
@@ -141,7 +174,7 @@ def _in_parallel(
                     return False
                 check.apply(_verdicts(verdicts, before))
                 tell(lines)
-                if stopped:  # the sequential reader stops here too (csv_lines' column line)
+                if stopped:  # the sequential reader stops here too (export_read_csv.Stop)
                     pool.shutdown(cancel_futures=True)
                     return True
                 before = before + lines if before else 1 + lines
@@ -166,16 +199,17 @@ def _verdicts(sent: list[_Sent], before: int) -> Iterator[tuple[int, Verdict]]:
 #: A verdict as sent back: a passed row as ``(number, index, the leaf's fields as a plain
 #: tuple)`` (pickled in a third of the time of a ``LeafFields``), any other as judged.
 _Sent = tuple[int, int, tuple[Any, ...]] | tuple[int, Verdict]
-#: A judged block: its lines, its lines' verdicts, whether it ended outside a CSV record, and
-#: whether the reader stopped before its end (a CSV column line that is not the header's).
+#: A judged block: its lines, its lines' verdicts, whether its records are the file's (it
+#: ended outside a CSV record, or the reader stopped before its end), and whether the reader
+#: stopped (its last verdict a ``Stop``).
 _Judged = tuple[int, list[_Sent], bool, bool]
 #: ``LeafFields`` from a tuple, without its generated ``__new__`` (``leaf._new_fields``).
 _new_fields = tuple.__new__
 
 
-def _install(check: ExportChecker, path: str) -> None:
-    global _checker, _path
-    _checker, _path = check, path
+def _install(check: ExportChecker, fd: int) -> None:
+    global _checker, _fd
+    _checker, _fd = check, fd
     # The collector would walk the heap inherited from the parent, writing to every page of it
     # (copy on write); nothing a block makes outlives it but its verdicts, which hold no cycle.
     gc.freeze()
@@ -185,15 +219,12 @@ def _install(check: ExportChecker, path: str) -> None:
 def _judge(start: int, end: int, first: bool) -> _Judged:
     """The verdicts of the file's bytes ``start`` to ``end`` (whole lines; ``first``: the
     block after the header line, numbered as the file's lines, else numbered from 1). The
-    worker reads them itself: sending them would cost as much as reading them."""
+    worker reads them itself, from the parent's open file: sending them would cost as much as
+    reading them."""
     check = _checker
     if check is None:
         raise RuntimeError("the worker has no checker")
-    fd = os.open(_path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, end - start, start)
-    finally:
-        os.close(fd)
+    data = os.pread(_fd, end - start, start)
     if len(data) != end - start:
         raise OSError("the file changed while it was verified")
     lines = _lines_of(data)
@@ -201,11 +232,14 @@ def _judge(start: int, end: int, first: bool) -> _Judged:
     counted = _Ends(iter(lines)) if check.escaped and (first or b'"' in data) else None
     judged = check.judge(lines if counted is None else counted, part=not first)
     sent: list[_Sent] = [(n, v[0], tuple(v[1])) if type(v) is tuple else (n, v) for n, v in judged]
-    if counted is None:
-        return len(lines), sent, True, False
+    stopped = bool(sent) and isinstance(sent[-1][-1], Stop)
+    if counted is None:  # no quoted field: no record runs past a line
+        return len(lines), sent, True, stopped
+    if stopped:  # read as the file's only if the reader never ran out of the block's lines
+        return len(lines), sent, counted.ends == 0, True
     # Ran out once (the loop's end): every record ended in the block. Twice: a CSV reader ran
-    # out inside a quoted field first. Never: the reader stopped early.
-    return len(lines), sent, counted.ends < 2, counted.ends == 0
+    # out inside a quoted field first.
+    return len(lines), sent, counted.ends < 2, False
 
 
 class _Ends:
@@ -232,9 +266,12 @@ class _Ends:
 
 
 def _sequential(
-    path: Path, policy: TrustPolicy, opener: RowOpener | None, tell: Count
+    raw: BinaryIO, policy: TrustPolicy, opener: RowOpener | None, tell: Count
 ) -> ExportReport:
-    with path.open(encoding="utf-8") as lines:
+    """``verify_file`` of the open file ``raw`` from its start, read as ``open`` reads it."""
+    # The descriptor's own offset: a buffered seek may stay inside the buffer, not moving it.
+    os.lseek(raw.fileno(), 0, os.SEEK_SET)
+    with open(raw.fileno(), encoding="utf-8", closefd=False) as lines:
         return verify_file(_counted(lines, tell), policy, opener=opener)
 
 
@@ -246,6 +283,26 @@ def _counted(source: Iterator[str], tell: Count) -> Iterator[str]:
             tell(0x100)
         yield line
     tell(counted & 0xFF)
+
+
+class _Once:
+    """Tells ``tell`` each line once: after :meth:`again` (a second reading, from the file's
+    start), only the lines past those told before."""
+
+    __slots__ = ("read", "tell", "told")
+
+    def __init__(self, tell: Count) -> None:
+        self.tell = tell
+        self.read = self.told = 0
+
+    def __call__(self, lines: int) -> None:
+        self.read += lines
+        if self.read > self.told:
+            self.tell(self.read - self.told)
+            self.told = self.read
+
+    def again(self) -> None:
+        self.read = 0
 
 
 def _lines_of(data: bytes) -> list[str]:

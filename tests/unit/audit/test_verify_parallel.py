@@ -3,14 +3,21 @@ gives the report the sequential verifier gives for the same file, for untouched 
 exports (``export_edits``: characters changed, lines dropped, repeated, swapped, inserted from
 other exports, the header's scope changed), NDJSON and CSV, LF and CRLF line ends, blocks
 cut anywhere; a CSV record that spans a block's end (a quoted field) sends the whole file to
-the sequential path; lines are read as ``open`` reads them (universal newlines)."""
+the sequential path, the lines told to the progress once; where the CSV reader stops (a bad
+column line, a field over the CSV field size limit) the report stops as the sequential one
+does; lines are read as ``open`` reads them (universal newlines). The file is the one opened
+at the start: one put in its place mid-run is not read, a write into it raises ``OSError``;
+a worker killed mid-run sends the file to the sequential path."""
 
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,9 +45,9 @@ def sequential_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     sequential = verify_parallel._sequential
 
-    def spy(path: Path, *args: Any) -> ExportReport:
-        calls.append(path)
-        return sequential(path, *args)
+    def spy(raw: BinaryIO, *args: Any) -> ExportReport:
+        calls.append(Path(raw.name))
+        return sequential(raw, *args)
 
     monkeypatch.setattr(verify_parallel, "_sequential", spy)
     assert threading.active_count() == 1  # else verify_path would not fork
@@ -52,9 +59,9 @@ def _sequential(path: Path) -> dict[str, Any]:
         return verify_file(lines, REAL_POLICY, opener=facts_opener).to_json()
 
 
-def _parallel(path: Path, block: int) -> dict[str, Any]:
+def _parallel(path: Path, block: int, count: verify_parallel.Count | None = None) -> dict[str, Any]:
     report = verify_parallel.verify_path(
-        path, REAL_POLICY, opener=facts_opener, jobs=2, block=block
+        path, REAL_POLICY, opener=facts_opener, jobs=2, block=block, count=count
     )
     return report.to_json()
 
@@ -104,8 +111,10 @@ def test_a_quoted_field_across_blocks_is_verified_sequentially(
     path = _write(tmp_path, "".join(lines), "\r\n")
     sequential = _sequential(path)
     assert not sequential["ok"]
-    assert _parallel(path, 600) == sequential
+    told: list[int] = []
+    assert _parallel(path, 600, told.append) == sequential
     assert sequential_calls == [path]
+    assert sum(told) == len(lines)  # each line told once, though read twice
 
 
 def test_a_quoted_field_open_at_the_end_of_the_file_needs_no_second_pass(
@@ -127,6 +136,107 @@ def test_a_bad_column_line_stops_the_reading_as_before(
     assert [f["code"] for f in parallel["findings"]] == ["line-malformed"]
     assert parallel == _sequential(path)
     assert sequential_calls == []
+
+
+@pytest.mark.parametrize("block", [300, 600, 1200, 2000])
+def test_a_column_line_running_past_the_first_block_stops_the_reading_as_before(
+    tmp_path: Path, sequential_calls: list[Path], block: int
+) -> None:
+    """The column line opens a quoted field closed five lines on: the sequential reader reads
+    them as that one record, refuses it and stops; the first block's reader runs out inside
+    it (and might have read on), so the file is read sequentially."""
+    lines = real_exports()["date-period", "csv"].splitlines(keepends=True)
+    lines[1] = '"' + lines[1]
+    lines[6] = 'x"' + lines[6]
+    path = _write(tmp_path, "".join(lines), "\n")
+    sequential = _sequential(path)
+    assert (sequential["lines"], sequential["rows"]) == (1, 0)
+    assert _parallel(path, block) == sequential
+    assert sequential_calls == [path]
+
+
+@pytest.mark.parametrize("at", [1, 20, -2], ids=["column-line", "middle", "near-the-end"])
+def test_a_field_over_the_csv_limit_is_a_finding_that_stops_the_reading(
+    tmp_path: Path, sequential_calls: list[Path], at: int
+) -> None:
+    """``csv.reader`` raises ``csv.Error`` on a field longer than ``csv.field_size_limit()``;
+    where that record ends is not known, so the reading stops there, on both paths."""
+    lines = real_exports()["date-period", "csv"].splitlines(keepends=True)
+    where = at % len(lines)
+    lines[where] = lines[where].replace(",", "," + "A" * 140_000, 1)
+    path = _write(tmp_path, "".join(lines), "\r\n")
+    sequential = _sequential(path)
+    assert sequential["lines"] == max(where - 2, 0) + 1  # the entry lines before it, and it
+    [finding] = sequential["findings"]
+    assert (finding["code"], finding["line"]) == ("line-malformed", where + 1)
+    assert "field larger than field limit" in finding["message"]
+    assert _parallel(path, 500) == sequential
+    assert sequential_calls == []
+
+
+def test_a_file_put_in_its_place_mid_run_is_not_read(
+    tmp_path: Path, sequential_calls: list[Path]
+) -> None:
+    """Every read is of the file opened at the start: an untouched export renamed over the
+    edited one once the workers run does not make the edited one verify."""
+    text = real_exports()["date-period", "ndjson"]
+    lines = text.splitlines(keepends=True)
+    lines[-3] = lines[-3].replace("Practitioner/pr-", "Practitioner/px-", 1)
+    path = _write(tmp_path, "".join(lines), "\n")
+    expected = _sequential(path)
+    assert [f["code"] for f in expected["findings"]] == ["edited"]
+    honest = _write(tmp_path, text, "\n", name="honest")
+
+    def swap(lines: int) -> None:
+        if honest.exists() and multiprocessing.active_children():
+            os.replace(honest, path)
+
+    assert _parallel(path, 200, swap) == expected
+    assert not honest.exists()
+    assert sequential_calls == []
+
+
+def test_a_write_into_the_file_mid_run_raises(tmp_path: Path) -> None:
+    """A write into the open file (its size or modification time differ after the run):
+    ``OSError``, no report of bytes that changed while they were read."""
+    text = real_exports()["date-period", "ndjson"]
+    path = _write(tmp_path, text, "\n")
+    os.utime(path, ns=(0, 0))  # a modification time the write below cannot keep
+    at = text.rindex("Practitioner/pr-") + len("Practitioner/p")
+    written: list[int] = []
+
+    def write(lines: int) -> None:
+        if not written and multiprocessing.active_children():
+            with path.open("r+b") as file:
+                written.append(file.seek(at))
+                file.write(b"x")
+
+    with pytest.raises(OSError, match="changed while it was verified"):
+        _parallel(path, 200, write)
+    assert written
+
+
+def test_a_worker_killed_mid_run_leaves_the_sequential_report(
+    tmp_path: Path, sequential_calls: list[Path]
+) -> None:
+    """The pool breaks (``BrokenProcessPool``): the file is read sequentially, each line told
+    to the progress once."""
+    path = _write(tmp_path, real_exports()["date-period", "ndjson"], "\n")
+    killed: list[int] = []
+    told: list[int] = []
+
+    def kill(lines: int) -> None:
+        told.append(lines)
+        for child in multiprocessing.active_children()[: 1 - len(killed)]:
+            assert child.pid is not None
+            os.kill(child.pid, signal.SIGKILL)
+            killed.append(child.pid)
+
+    assert _parallel(path, 200, kill) == _sequential(path)
+    assert killed
+    assert sequential_calls == [path]
+    assert sum(told) == len(path.read_bytes().splitlines())
+    assert multiprocessing.active_children() == []
 
 
 def test_bytes_that_are_not_utf8_raise_what_the_sequential_reader_raises(
