@@ -143,6 +143,14 @@ def compose_problems(compose: Compose) -> list[str]:
     return problems
 
 
+def _trust(compose: Compose, proxies: str | None) -> None:
+    """Every replica's forwarded_allow_ips set to ``proxies`` (None: unset)."""
+    for service in gateways(compose).values():
+        service["environment"].pop("CONSENTRY_FORWARDED_ALLOW_IPS", None)
+        if proxies is not None:
+            service["environment"]["CONSENTRY_FORWARDED_ALLOW_IPS"] = proxies
+
+
 def forwarding_problems(compose: Compose) -> list[str]:
     """The replicas trust ``X-Forwarded-For`` from the load balancer's fixed address, and
     from nothing else (a wider trust would let any container name any client)."""
@@ -260,8 +268,8 @@ _postgres, _gw1, _gw2 = _service("postgres"), _service("gateway-1"), _service("g
         (compose_problems, _edit(lambda c: _gw2(c).update(volumes=["keys:/etc/consentry/keys:ro", "gateway-1-data:/var/lib/consentry"])), "of its own"),
         (compose_problems, _edit(lambda c: _gw2(c).update(environment={**_gw1(c)["environment"], "CONSENTRY_LOG_LEVEL": "debug"})), "settings differ"),
         (compose_problems, _edit(lambda c: c["services"]["loadbalancer"]["networks"]["default"].update(ipv4_address="172.30.81.10")), "fixed address"),
-        (compose_problems, _edit(lambda c: [g["environment"].update(CONSENTRY_FORWARDED_ALLOW_IPS="172.30.80.0/24") for g in gateways(c).values()]), "forwarded_allow_ips"),
-        (compose_problems, _edit(lambda c: [g["environment"].pop("CONSENTRY_FORWARDED_ALLOW_IPS", None) for g in gateways(c).values()]), "forwarded_allow_ips"),
+        (compose_problems, _edit(lambda c: _trust(c, "172.30.80.0/24")), "forwarded_allow_ips"),
+        (compose_problems, _edit(lambda c: _trust(c, None)), "forwarded_allow_ips"),
     ],
 )  # fmt: skip
 def test_a_broken_compose_file_is_refused(

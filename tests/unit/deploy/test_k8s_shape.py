@@ -248,7 +248,7 @@ def _mount(docs: Docs, path: str) -> dict[str, Any]:
         (network_problems, _edit(lambda d: _one(d, "NetworkPolicy")["spec"]["ingress"][0].update({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})), "ingress"),
         (network_problems, _edit(lambda d: _one(d, "NetworkPolicy")["spec"]["egress"][0].pop("ports")), "every port"),
         (network_problems, _edit(lambda d: _one(d, "NetworkPolicy")["spec"]["egress"].pop()), "53/UDP"),
-        (network_problems, _edit(lambda d: _egress(d).pop(1)), "the upstream"),
+        (network_problems, _edit(lambda d: _egress(d).remove(_egress(d)[1])), "the upstream"),
         (network_problems, _edit(lambda d: _egress(d)[1]["ports"][0].update(port=9999)), "the upstream"),
         (network_problems, _edit(lambda d: _egress(d)[0]["to"][0]["namespaceSelector"]["matchLabels"].update({"kubernetes.io/metadata.name": "other"})), "the store"),
         (network_problems, _edit(lambda d: _egress(d)[2]["ports"][0].update(port=8443)), "the jwks"),
