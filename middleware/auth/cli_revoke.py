@@ -3,6 +3,11 @@
     consentry auth revoke --jti ID --reason TEXT [--store URL] [--schema S] [--key-file F]
     consentry auth revoke --subject SUB [--before TIME] --reason TEXT ...
     consentry auth revoke --client CLIENT_ID [--before TIME] --reason TEXT ...
+    consentry auth revoke ... --ledger-entry N   (after a failure: the list only)
+
+It acts on an existing gateway store only: a missing SQLite file, a PostgreSQL schema without
+a ledger, or an empty ledger is refused (exit 2), so that a wrong ``--store`` (a relative
+path is resolved against the operator's directory) cannot create a list no gateway reads.
 
 A governed action: the command first appends an ``ADMIN`` ledger entry (kind 6, no
 pseudonym: it is about a caller, not a patient) whose plain canonical JSON evidence names the
@@ -11,9 +16,19 @@ signed with the ledger key like every append; then it records the revocation in 
 (:mod:`middleware.storage.revocations_open`), which every gateway process on the store
 enforces from its next request (PostgreSQL: pushed by NOTIFY; SQLite: seen by each worker
 before its next check). ``--before`` (a subject's or client's tokens issued before it; default
-now) is a date or an RFC 3339 time. If the second step fails the command exits 2 and can be
-run again: the list keeps one row per revoked value. Output: one JSON object (the admin
-entry's index and what was revoked).
+now) is a date or an RFC 3339 time.
+
+The evidence cannot be crypto-shredded, and a patient's SMART token has the patient's user id
+as ``sub``: so a subject is recorded only as a keyed digest (``subject_digest``: HMAC-SHA256
+under a key derived from the ledger key file's data secret); whoever holds the key file can
+check which subject an entry names, nobody else can. Each entry also carries ``revocation``,
+the keyed digest of what is revoked (kind, value, time).
+
+If the list cannot be written after the entry was appended, the command exits 2 naming the
+entry; ``--ledger-entry N`` then records the revocation that entry names (checked by its
+``revocation`` digest; a subject's or client's time taken from it) without appending another.
+Output: one JSON object (the admin entry's index, whether it was appended now, what was
+revoked, and where the list is).
 """
 
 from __future__ import annotations
@@ -21,20 +36,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import hashlib
+import hmac
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Final, TextIO
 
-from middleware.audit.admin_json import canonical
+from middleware.audit.admin_json import canonical, parse_object
 from middleware.audit.cli_common import Usage, now_us, opened, parse_time, print_json, read_key
 from middleware.auth.revocation import Revocation, RevocationKind
 from middleware.errors import GatewayError, SettingsError
 from middleware.ledger.entry import NewEntry
 from middleware.ledger.errors import LedgerError
+from middleware.ledger.keyfile import LedgerKey
 from middleware.ledger.leaf import EntryKind
+from middleware.ledger.signing import derive_box_key
 from middleware.ledger.writer import checkpoint_signer
-from middleware.storage.revocations_open import record
+from middleware.storage.ledger_base import LogStore
+from middleware.storage.revocations_open import ledger_exists, record, where
 
 __all__ = ["REVOCATION_TYPE", "register", "revoke"]
 
@@ -42,6 +63,8 @@ __all__ = ["REVOCATION_TYPE", "register", "revoke"]
 REVOCATION_TYPE: Final = "consentry/token-revocation"
 _DEFAULT_STORE: Final = "sqlite:consentry.db"
 _DEFAULT_KEY: Final = "consentry-ledger.key"
+#: What the revocation digests' key is derived for (``derive_box_key``).
+_DIGEST_PURPOSE: Final = "token-revocation"
 _DESCRIPTION: Final = (
     "Revoke access tokens (by jti, or a subject's or client's issued before a time)."
 )
@@ -73,6 +96,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=Path(_DEFAULT_KEY),
         help=f"the ledger's key file (default {_DEFAULT_KEY})",
     )
+    add(
+        "--ledger-entry",
+        type=int,
+        metavar="N",
+        help="record the revocation admin entry N names (after a failure), appending nothing",
+    )
     parser.set_defaults(run=_run)
 
 
@@ -84,7 +113,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         return 2
 
 
-def _revocation(args: argparse.Namespace) -> Revocation:
+def _revocation(args: argparse.Namespace, recorded_before: float | None = None) -> Revocation:
     kind: RevocationKind
     if args.jti is not None:
         if args.before is not None:
@@ -92,8 +121,58 @@ def _revocation(args: argparse.Namespace) -> Revocation:
         return Revocation("jti", args.jti)
     kind, value = ("subject", args.subject) if args.subject is not None else ("client", args.client)
     before_us = parse_time(args.before)  # a date: its first moment (UTC)
-    before = time.time() if before_us is None else before_us / 1e6
+    if before_us is not None:
+        before = before_us / 1e6
+    else:
+        before = time.time() if recorded_before is None else recorded_before
     return Revocation(kind, value, before)
+
+
+def _digest(key: bytes, data: str) -> str:
+    return hmac.new(key, data.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _evidence(
+    revocation: Revocation, key: bytes, *, reason: str, operator: str
+) -> dict[str, object]:
+    """The admin entry's evidence (module docstring): no subject in the clear."""
+    what = {"kind": revocation.kind, "value": revocation.value, "before": revocation.before}
+    named = canonical(what).decode("utf-8")
+    body: dict[str, object] = {"type": REVOCATION_TYPE, "kind": revocation.kind}
+    if revocation.kind == "subject":
+        body["subject_digest"] = _digest(key, revocation.value)
+    else:
+        body["value"] = revocation.value
+    body |= {
+        "before": revocation.before,
+        "reason": reason,
+        "operator": operator,
+        "revocation": _digest(key, named),
+    }
+    return body
+
+
+async def _recorded(store: LogStore, index: int) -> dict[str, object]:
+    """The evidence of admin entry ``index``, if it is a revocation's."""
+    if not 0 <= index < await store.size():
+        raise Usage(f"--ledger-entry {index}: the ledger has no such entry")
+    evidence = await store.evidence(index)
+    body = None if evidence is None else parse_object(evidence.data)
+    if body is None or body.get("type") != REVOCATION_TYPE:
+        raise Usage(f"--ledger-entry {index} is not a token revocation")
+    return body
+
+
+def _shown(args: argparse.Namespace) -> str:
+    """The store, as an operator should check it (a relative path resolved)."""
+    if args.store.startswith("sqlite:"):
+        return f"{args.store} ({os.path.abspath(args.store.removeprefix('sqlite:'))})"
+    return f"schema {args.schema!r} of {args.store}"
+
+
+async def _open_existing(args: argparse.Namespace, shown: str) -> None:
+    if not await ledger_exists(args.store, args.schema):
+        raise Usage(f"no gateway store (no ledger) at {shown}: nothing recorded")
 
 
 def revoke(args: argparse.Namespace, out: TextIO) -> int:
@@ -101,36 +180,54 @@ def revoke(args: argparse.Namespace, out: TextIO) -> int:
     if not args.reason.strip():
         raise Usage("--reason must say why")
     try:
-        revocation = _revocation(args)
+        _revocation(args)  # usage errors before anything is read
     except ValueError as exc:
         raise Usage(str(exc)) from None
-    ledger_key = read_key(args.key_file)
+    ledger_key: LedgerKey = read_key(args.key_file)
+    key = derive_box_key(ledger_key.data_secret, _DIGEST_PURPOSE)
     operator = args.operator or getpass.getuser()
-    evidence = canonical(
-        {
-            "type": REVOCATION_TYPE,
-            "kind": revocation.kind,
-            "value": revocation.value,
-            "before": revocation.before,
-            "reason": args.reason,
-            "operator": operator,
-        }
-    )
+    listed = where(args.store, args.schema)
+    shown = _shown(args)
 
     async def run() -> dict[str, object]:
+        await _open_existing(args, shown)
         recorded = now_us()
         async with opened(args) as store:
-            entry = NewEntry.create(EntryKind.ADMIN, evidence, recorded_us=recorded)
-            sign = checkpoint_signer(ledger_key.key, ledger_key.origin)
-            (result,) = await store.append([entry], sign=sign)
-        await record(
-            args.store, revocation, reason=args.reason, at=recorded / 1e6, schema=args.schema
-        )
+            if await store.size() == 0:
+                raise Usage(f"the ledger at {shown} is empty: not a running gateway's store")
+            if args.ledger_entry is None:
+                revocation = _revocation(args)
+                body = _evidence(revocation, key, reason=args.reason, operator=operator)
+                entry = NewEntry.create(EntryKind.ADMIN, canonical(body), recorded_us=recorded)
+                sign = checkpoint_signer(ledger_key.key, ledger_key.origin)
+                (result,) = await store.append([entry], sign=sign)
+                index = result.index
+            else:
+                index = args.ledger_entry
+                body = await _recorded(store, index)
+                before = body.get("before")
+                revocation = _revocation(args, before if isinstance(before, float) else None)
+                expected = _evidence(revocation, key, reason=args.reason, operator=operator)
+                if not hmac.compare_digest(
+                    str(body.get("revocation")), str(expected["revocation"])
+                ):
+                    raise Usage(f"admin entry {index} records another revocation")
+        try:
+            await record(
+                args.store, revocation, reason=args.reason, at=recorded / 1e6, schema=args.schema
+            )
+        except (GatewayError, OSError) as exc:
+            raise Usage(
+                f"admin entry {index} records the revocation, but it is NOT in force: {exc} "
+                f"({listed}); run again with --ledger-entry {index} to record it"
+            ) from exc
         return {
-            "admin_entry": result.index,
+            "admin_entry": index,
+            "appended": args.ledger_entry is None,
             "kind": revocation.kind,
             "value": revocation.value,
             "before": revocation.before,
+            "revocations": listed,
         }
 
     print_json(out, asyncio.run(run()))

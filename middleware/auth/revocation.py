@@ -13,6 +13,16 @@ before that (``consentry auth revoke``). Three kinds of :class:`Revocation`:
 A revocation is never lifted (a token issued later is unaffected); rows whose every token
 has expired could be dropped, but are kept: the set is small and the ledger records each.
 
+Clock skew: a token's ``iat`` comes from its issuer's clock and ``before`` from the clock of the
+host that ran ``consentry auth revoke``; the verifier accepts an ``iat`` up to its ``leeway``
+seconds in the future, so it asks with ``iat - leeway`` (:meth:`RevocationList.revoked`):
+a subject's or client's token is revoked when ``iat < before + leeway``. A token issued up to
+``leeway`` seconds after ``before`` is therefore refused too (the safe direction).
+
+A stored row is read back with :meth:`RevocationSet.of_rows`, which never raises: a row that
+is not a usable revocation (written by hand, or by another version) is skipped and counted,
+so that one bad row cannot turn every authenticated request into an error.
+
 :class:`RevocationSet` is the set as one process holds it; a :class:`RevocationList` (the
 store's, :mod:`middleware.storage.revocations_open`) keeps it current in every process of the
 gateway and answers :meth:`RevocationList.revoked` for every request
@@ -22,6 +32,7 @@ hit), raising :class:`~middleware.errors.ServiceUnavailable` when it cannot tell
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
@@ -77,6 +88,32 @@ class RevocationSet:
             table[r.value] = max(table.get(r.value, r.before), r.before)
         return cls(frozenset(jtis), subjects, clients)
 
+    @classmethod
+    def of_rows(cls, rows: Iterable[tuple[object, object, object]]) -> tuple[RevocationSet, int]:
+        """The set of stored ``(kind, value, before)`` rows, and how many were skipped
+        (module docstring). A row's value is taken as stored, however long: the table holds
+        what was revoked, and enforcing it is the safe direction."""
+        jtis: set[str] = set()
+        subjects: dict[str, float] = {}
+        clients: dict[str, float] = {}
+        skipped = 0
+        for kind, value, before in rows:
+            if not isinstance(value, str) or not value:
+                skipped += 1
+            elif kind == "jti" and before is None:
+                jtis.add(value)
+            elif (
+                kind in ("subject", "client")
+                and isinstance(before, int | float)
+                and not isinstance(before, bool)
+                and not math.isnan(before)
+            ):
+                table = subjects if kind == "subject" else clients
+                table[value] = max(table.get(value, float(before)), float(before))
+            else:
+                skipped += 1
+        return cls(frozenset(jtis), subjects, clients), skipped
+
     def revokes(self, identity: Identity, issued_at: float | None) -> bool:
         """Whether a token of ``identity`` issued at ``issued_at`` (its ``iat``; None when it
         has none) is revoked."""
@@ -100,7 +137,9 @@ class RevocationList(Protocol):
     """The revocations every process of the gateway enforces (module docstring)."""
 
     async def revoked(self, identity: Identity, issued_at: float | None) -> bool:
-        """Whether the token is revoked; raises
+        """Whether the token is revoked. ``issued_at`` is the earliest time it may have been
+        issued by this host's clock (its ``iat`` less the verifier's leeway: module
+        docstring), None without ``iat``; raises
         :class:`~middleware.errors.ServiceUnavailable` when that cannot be told."""
         ...
 

@@ -27,7 +27,8 @@ stops tokens it signed within ``CACHE_SECONDS``, not at once.
 
 Revocation (:mod:`middleware.auth.revocation`): with a ``revocations`` list, every request's
 token, cached or not, is checked against it after step 7; a revoked one is forgotten by the
-cache and answered ``invalid_token`` ("the token has been revoked"); a list that cannot tell
+cache and answered ``invalid_token`` ("the token has been revoked"); the list is asked with
+``iat - leeway`` (clock skew, :mod:`middleware.auth.revocation`); a list that cannot tell
 raises :class:`~middleware.errors.ServiceUnavailable` (fail closed).
 """
 
@@ -184,7 +185,12 @@ class TokenVerifier:
 
     async def _unrevoked(self, header: str, identity: Identity, iat: float | None) -> Identity:
         """``identity``, unless its token is revoked: then it is forgotten and refused."""
-        if self._revocations is None or not await self._revocations.revoked(identity, iat):
+        if self._revocations is None:
+            return identity
+        # An iat up to leeway ahead of our clock is accepted (verify_claims), so the cutoff
+        # gets the same margin: a fast issuer clock must not lift a subject's revocation.
+        earliest = None if iat is None else iat - self._leeway
+        if not await self._revocations.revoked(identity, earliest):
             return identity
         self._verified.pop(header, None)
         self._proved.pop(header, None)

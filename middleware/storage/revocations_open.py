@@ -6,18 +6,25 @@
 - ``postgresql://...``: a table in the log store's schema, pushed to every replica by
   LISTEN/NOTIFY (:mod:`~middleware.storage.revocations_postgres`);
 - ``memory:``: none (a development store: nothing to share).
+
+:func:`ledger_exists` and :func:`where` serve ``consentry auth revoke``, which must write to
+the list a running gateway reads, never to a new store it created by mistake.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 
 from middleware.auth.revocation import Revocation
 from middleware.errors import ServiceUnavailable, SettingsError
 from middleware.storage.breakglass_open import store_schema
 from middleware.storage.ledger_base import LogStore
-from middleware.storage.postgres_pool import open_pool
+from middleware.storage.postgres_pool import open_pool, translated
 from middleware.storage.revocations_postgres import SCHEMA, PostgresRevocations, record_revocation
 from middleware.storage.revocations_sqlite import (
     SqliteRevocations,
@@ -25,7 +32,7 @@ from middleware.storage.revocations_sqlite import (
     revocations_path,
 )
 
-__all__ = ["record", "token_revocations"]
+__all__ = ["ledger_exists", "record", "token_revocations", "where"]
 
 _POSTGRES = ("postgresql://", "postgres://")
 
@@ -65,3 +72,29 @@ async def record(
         record_sqlite_revocation(path, revocation, reason=reason, at=at)
     except (OSError, sqlite3.Error) as exc:
         raise ServiceUnavailable("token revocation store unavailable") from exc
+
+
+async def ledger_exists(store: str, schema: str = "public") -> bool:
+    """Whether ``store`` already holds a ledger (an SQLite file that exists; a PostgreSQL
+    schema with the ledger's table), found without creating anything."""
+    if store.startswith(_POSTGRES):
+        async with translated("log"):
+            conn = await asyncpg.connect(store, timeout=10)
+            try:
+                found = await conn.fetchval(
+                    "SELECT to_regclass(format('%I.consentry_ledger_leaves', $1::text))", schema
+                )
+            finally:
+                await conn.close()
+        return found is not None
+    if store.startswith("sqlite:"):
+        return await asyncio.to_thread(Path(store.removeprefix("sqlite:")).is_file)
+    return False
+
+
+def where(store: str, schema: str = "public") -> str:
+    """Where ``store``'s list is, for an operator: the file's absolute path, or the table."""
+    path = revocations_path(store)
+    if path is not None:
+        return str(path)
+    return f"PostgreSQL table {schema}.consentry_token_revocations"

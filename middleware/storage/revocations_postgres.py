@@ -8,9 +8,15 @@ as payload (PostgreSQL delivers it at commit, to every listening session).
 Each process holds the whole set in memory (:class:`PostgresRevocations`). A listener task
 keeps one connection of its own ``LISTEN``-ing; after ``LISTEN`` it reloads the whole table,
 and only then is the set *live*: a notification sent before the reconnect is covered by the
-reload, one sent after arrives and triggers another. Every :data:`HEARTBEAT` seconds it asks
-the connection for ``SELECT 1``; a connection that does not answer within the heartbeat, or
-that closes, makes the set not live and the task reconnects. While it is not live (starting,
+reload, one sent after arrives and triggers another. The set stops being live the moment
+asyncpg sees the listening connection close, however it closed (a termination listener; and a
+check also looks at the connection itself), not at the next heartbeat: a revocation committed
+after the listener died is never answered from the stale set. Every :data:`HEARTBEAT` seconds
+the task asks the connection for ``SELECT 1``; one that does not answer within the heartbeat
+(a half-open TCP connection) makes the set not live too, and the task reconnects. A reload
+that fails for any reason leaves the set not live; rows are read back with
+:meth:`~middleware.auth.revocation.RevocationSet.of_rows` (a bad row is skipped, counted and
+logged). While it is not live (starting,
 reconnecting, or the database down) each check reads the table for the token at hand (one
 indexed read per key) instead of trusting a set that may be stale: a revoked token is never
 accepted past a lost notification, at the price of a read per request until the listener is
@@ -22,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Final
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 
@@ -86,10 +92,6 @@ async def record_revocation(
         await conn.execute(_NOTIFY, CHANNEL)
 
 
-def _set_of(rows: list[Any]) -> RevocationSet:
-    return RevocationSet.of(Revocation(row[0], row[1], row[2]) for row in rows)
-
-
 class PostgresRevocations:
     """The revocation list of one process (module docstring), started on first use."""
 
@@ -137,7 +139,8 @@ class PostgresRevocations:
         """Whether the token is revoked: from the set while it is live, else from the table
         (raises :class:`ServiceUnavailable` when it cannot be read)."""
         pool = await self._connected()
-        if self.live:
+        conn = self._conn
+        if self.live and conn is not None and not conn.is_closed():
             return self._set.revokes(identity, issued_at)
         issued = float("-inf") if issued_at is None else issued_at
         async with translated(_WHAT):
@@ -154,8 +157,13 @@ class PostgresRevocations:
         async with translated(_WHAT):
             rows = await pool.fetch(_ALL)
         if generation > self._applied:
+            # O(rows): built on a worker thread, so a long list does not stall the event loop.
+            built = [(row[0], row[1], row[2]) for row in rows]
+            held, skipped = await asyncio.to_thread(RevocationSet.of_rows, built)
+            if skipped:
+                self._log.warning("unusable token revocation rows skipped", count=skipped)
             self._applied = generation
-            self._set = _set_of(rows)
+            self._set = held
             self.changed.set()
             self.changed = asyncio.Event()
 
@@ -169,11 +177,17 @@ class PostgresRevocations:
     async def _reload_or_drop(self) -> None:
         try:
             await self._reload()
-        except ServiceUnavailable:
+        except Exception:  # noqa: BLE001  # any failure, not only a 503: never live on a stale set
             # Not applied: checks read the table until a reconnect has reloaded the set.
             self.live = False
             if self._conn is not None:
                 self._conn.terminate()
+
+    def _lost(self, conn: object) -> None:
+        """asyncpg's termination listener: the listening connection closed (module docstring);
+        a late call for a connection already replaced is ignored."""
+        if self._conn is None or conn is self._conn:
+            self.live = False
 
     async def _listen(self) -> None:
         """Keep a LISTEN connection (module docstring) until closed."""
@@ -186,20 +200,15 @@ class PostgresRevocations:
                     server_settings={"application_name": f"{LISTENER_NAME}:{self._schema}"},
                 )
                 self._conn = conn
+                conn.add_termination_listener(self._lost)
                 await conn.add_listener(CHANNEL, self._notified)
                 await self._reload()
                 self.live = True
                 while not conn.is_closed():
                     await asyncio.sleep(self._heartbeat)
                     await asyncio.wait_for(conn.fetchval("SELECT 1"), self._heartbeat)
-            except (
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                OSError,
-                TimeoutError,
-                ServiceUnavailable,
-            ):
-                pass
+            except Exception as exc:  # noqa: BLE001  # any failure reconnects: the task lives on
+                self._log.info("token revocation listener lost", error=type(exc).__name__)
             finally:
                 self.live = False
                 self._conn = None

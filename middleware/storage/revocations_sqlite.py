@@ -5,13 +5,21 @@ same table, in a file of its own beside the store (mode 0600, WAL mode, so a rea
 waits for a writer). Each process holds the whole set in memory and, before each check, asks
 its connection for ``PRAGMA data_version``, which changes when another connection (another
 worker, ``consentry auth revoke``) has committed to the file since: then it reloads the set.
-So a revocation binds every worker on its very next request, at the cost of one pragma per
-request. A file that cannot be read raises :class:`~middleware.errors.ServiceUnavailable`
-(fail closed). Reads are short and run on the event loop (like the session board's).
+So a revocation binds every worker on its very next request, at the cost of one pragma and
+one ``stat`` of the path per request. A file that cannot be read raises
+:class:`~middleware.errors.ServiceUnavailable` (fail closed) and drops the connection, so the
+next check opens the file afresh; so does a path that no longer names the open file (deleted
+and recreated, or replaced: its device and inode differ), so a replacement is enforced at once
+rather than the unlinked file's rows. The pragma runs on the event loop; a reload (O(rows))
+runs on a worker thread while checks wait for it. Rows are read back with
+:meth:`~middleware.auth.revocation.RevocationSet.of_rows` (a bad row is skipped, counted and
+logged, never an error). After :meth:`SqliteRevocations.aclose` every check is a 503: the
+file is never reopened behind the gateway's back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from pathlib import Path
@@ -20,6 +28,7 @@ from typing import Final
 from middleware.auth.identity import Identity
 from middleware.auth.revocation import Revocation, RevocationSet
 from middleware.errors import ServiceUnavailable
+from middleware.logging import get_logger
 from middleware.storage.sidecar import beside, open_beside
 
 __all__ = ["SqliteRevocations", "record_sqlite_revocation", "revocations_path"]
@@ -56,9 +65,14 @@ def _connect(path: Path) -> sqlite3.Connection:
     # Created by `consentry auth revoke` run as root, the file gets the database's owner, so
     # the gateway's user can still open it (storage.sidecar).
     os.close(open_beside(path, Path(str(path).removesuffix(_SUFFIX)), os.O_RDWR))
-    db = sqlite3.connect(path, timeout=2.0, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(_SCHEMA)
+    # check_same_thread off: a reload reads on a worker thread, one at a time (the lock).
+    db = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
@@ -72,35 +86,68 @@ def record_sqlite_revocation(path: Path, revocation: Revocation, *, reason: str,
         db.close()
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
 class SqliteRevocations:
     """The revocation list of one process on ``path`` (module docstring)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # the open file's (st_dev, st_ino)
         self._version: int | None = None
         self._set = RevocationSet()
+        self._reloading = asyncio.Lock()
+        self._closed = False
+        #: Rows skipped by the last reload (not usable revocations).
+        self.skipped = 0
+        self._log = get_logger("consentry.auth")
 
-    def _current(self) -> RevocationSet:
+    def _drop(self) -> None:
+        db, self._db, self._file, self._version = self._db, None, None, None
+        if db is not None:
+            db.close()
+
+    def _opened(self) -> sqlite3.Connection:
+        """The connection, (re)opened when there is none or the path names another file."""
+        if self._db is not None and _identity(self.path) != self._file:
+            self._drop()
         if self._db is None:
             self._db = _connect(self.path)
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._version:
-            rows = self._db.execute(_ALL).fetchall()
-            self._set = RevocationSet.of(Revocation(k, v, b) for k, v, b in rows)
-            self._version = version
-        return self._set
+            self._file = _identity(self.path)
+        return self._db
+
+    def _load(self, db: sqlite3.Connection) -> RevocationSet:
+        held, skipped = RevocationSet.of_rows(db.execute(_ALL).fetchall())
+        if skipped:
+            self._log.warning("unusable token revocation rows skipped", count=skipped)
+        self.skipped = skipped
+        return held
+
+    async def _current(self) -> RevocationSet:
+        async with self._reloading:  # a check waits for a reload in progress
+            if self._closed:
+                raise ServiceUnavailable("token revocation store closed")
+            try:
+                db = self._opened()
+                version = db.execute("PRAGMA data_version").fetchone()[0]
+                if version != self._version:
+                    self._set = await asyncio.to_thread(self._load, db)
+                    self._version = version
+            except (sqlite3.Error, OSError) as exc:
+                self._drop()
+                raise ServiceUnavailable("token revocation store unavailable") from exc
+            return self._set
 
     async def revoked(self, identity: Identity, issued_at: float | None) -> bool:
         """Whether the token is revoked (the set reloaded first if the file changed)."""
-        try:
-            return self._current().revokes(identity, issued_at)
-        except (sqlite3.Error, OSError) as exc:
-            self._version = None
-            raise ServiceUnavailable("token revocation store unavailable") from exc
+        return (await self._current()).revokes(identity, issued_at)
 
     async def aclose(self) -> None:
-        """Close the file (idempotent)."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Close the file (idempotent); later checks are refused (module docstring)."""
+        async with self._reloading:
+            self._closed = True
+            self._drop()

@@ -67,12 +67,54 @@ async def test_a_cached_token_is_refused_once_revoked_and_forgotten() -> None:
 
 
 async def test_a_subjects_tokens_issued_before_the_time_are_refused() -> None:
+    """Refused while ``iat < before + leeway`` (the skew the verifier allows ``iat``)."""
     listed = FakeList()
-    listed.set = RevocationSet.of([Revocation("subject", "alice", NOW - 10)])
-    verifier = make_verifier(revocations=listed)
+    listed.set = RevocationSet.of([Revocation("subject", "alice", NOW - 100)])
+    verifier = make_verifier(revocations=listed, leeway=30.0)
     with pytest.raises(Unauthorized, match="revoked"):
-        await verifier.verify(f"Bearer {mint(ED, iat=int(NOW) - 20)}")
-    assert await verifier.verify(f"Bearer {mint(ED, iat=int(NOW) - 5)}")
+        await verifier.verify(f"Bearer {mint(ED, iat=int(NOW) - 110)}")
+    with pytest.raises(Unauthorized, match="revoked"):
+        await verifier.verify(f"Bearer {mint(ED, iat=int(NOW) - 71)}")
+    assert await verifier.verify(f"Bearer {mint(ED, iat=int(NOW) - 70)}")
+
+
+@pytest.mark.parametrize("kind", ["subject", "client"])
+async def test_a_fast_issuer_clock_does_not_escape_a_revocation(kind: RevocationKind) -> None:
+    """Revoked "now"; the issuer's clock runs 20 s fast, within the 30 s the verifier allows
+    an ``iat`` ahead. Red before: the raw ``iat`` was compared, and the token accepted."""
+    token = mint(ED, iat=int(NOW) + 20)
+    listed = FakeList()
+    verifier = make_verifier(revocations=listed, leeway=30.0)
+    identity = await verifier.verify(f"Bearer {token}")
+    value = identity.subject if kind == "subject" else identity.client_id
+    assert value is not None
+    listed.set = RevocationSet.of([Revocation(kind, value, NOW)])
+    with pytest.raises(Unauthorized, match="revoked"):
+        await verifier.verify(f"Bearer {token}")
+
+
+# Stored rows: read back without raising (a bad one must not make every request a 500).
+
+
+def test_stored_rows_are_read_back_and_bad_ones_skipped_and_counted() -> None:
+    rows: list[tuple[object, object, object]] = [
+        ("jti", "t-1", None),
+        ("jti", "x" * 600, None),  # longer than a new revocation may be: still enforced
+        ("subject", "dr", 5.0),
+        ("subject", "dr", 7),
+        ("client", "app\x00", 3.0),  # not printable: still enforced
+        ("subject", "nan", float("nan")),
+        ("client", "c", "soon"),
+        ("jti", "t-2", 4.0),
+        ("other", "x", 1.0),
+        ("jti", None, None),
+        ("subject", "", 1.0),
+    ]
+    held, skipped = RevocationSet.of_rows(rows)
+    assert held.jtis == {"t-1", "x" * 600}
+    assert held.subjects == {"dr": 7.0}
+    assert held.clients == {"app\x00": 3.0}
+    assert skipped == 6
 
 
 async def test_a_list_that_cannot_tell_is_a_503_even_for_a_cached_token() -> None:

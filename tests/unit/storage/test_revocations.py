@@ -6,6 +6,7 @@ notification lost meanwhile cannot leave a revoked token usable."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from middleware.auth.revocation import Revocation, RevocationList
 from middleware.errors import ServiceUnavailable, SettingsError
 from middleware.storage.revocations_open import record, token_revocations
 from middleware.storage.revocations_postgres import CHANNEL, LISTENER_NAME, PostgresRevocations
+from middleware.storage.revocations_sqlite import _SCHEMA as _SQLITE_SCHEMA
 from middleware.storage.revocations_sqlite import SqliteRevocations
 from tests.contract.backends import POSTGRES, PostgresBackend
 
@@ -158,18 +160,19 @@ async def _kill_listeners(dsn: str, schema: str) -> int:
 
 @pytest.mark.integration
 async def test_a_notification_lost_while_the_listener_is_down_never_lets_a_token_through() -> None:
-    """The listener is killed; a revocation recorded before it reconnects is not pushed to
-    it. Meanwhile every check reads the table, and the reconnect reloads the whole set (red
-    if the set were trusted while not live, or not reloaded on reconnect)."""
+    """The listener is killed and a revocation recorded right away, before the listener task
+    wakes from its heartbeat; it is not pushed to it. Every check from then reads the table,
+    and the reconnect reloads the whole set (red if the set were trusted once its connection
+    closed, as it was until the next heartbeat, or not reloaded on reconnect)."""
     backend = await PostgresBackend.create()
     store = Store(backend.dsn, backend.schema)
     try:
         listed = store.list()
         assert isinstance(listed, PostgresRevocations)
         await _settled(listed)
-        listed._heartbeat = 1.0  # a reconnect that takes a while
+        listed._heartbeat = 2.0  # the task wakes long after the revocation below
+        await asyncio.sleep(0.3)  # the task is inside its (now longer) heartbeat sleep
         assert await _kill_listeners(backend.dsn, backend.schema) == 1
-        await _until(lambda: not listed.live)
         await store.revoke(Revocation("jti", "t-1"))  # nobody listens: no notification
         assert await listed.revoked(TOKEN, 500.0)  # read from the table
         await _until(lambda: listed.live)
@@ -212,3 +215,93 @@ def test_each_store_has_its_list(tmp_path: Path) -> None:
 async def test_a_memory_store_keeps_no_revocations() -> None:
     with pytest.raises(SettingsError):
         await record("memory:", Revocation("jti", "t"), reason="r", at=1.0)
+
+
+# SQLite: the file replaced, a bad row, and a closed list.
+
+
+def _delete(path: Path, *suffixes: str) -> None:
+    for suffix in suffixes:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+async def test_sqlite_a_replaced_file_is_followed_at_once(tmp_path: Path) -> None:
+    """The file (and its -wal, -shm) deleted and recreated by a revocation: the running list
+    enforces the new file. Red before: it kept reading the unlinked file (not revoked)."""
+    path = tmp_path / "x.db.revocations"
+    listed = SqliteRevocations(path)
+    try:
+        assert not await listed.revoked(TOKEN, 500.0)
+        _delete(path, "", "-wal", "-shm")
+        await record(f"sqlite:{tmp_path / 'x.db'}", Revocation("jti", "t-1"), reason="r", at=1.0)
+        assert await listed.revoked(TOKEN, 500.0)
+    finally:
+        await listed.aclose()
+
+
+async def test_sqlite_an_unreadable_file_is_a_503_then_recovers(tmp_path: Path) -> None:
+    """A failed check drops the connection, so the next opens the file again. Red before:
+    the broken connection was kept, a 503 on every check until a restart."""
+    path = tmp_path / "x.db.revocations"
+    listed = SqliteRevocations(path)
+    try:
+        assert not await listed.revoked(TOKEN, 500.0)
+        path.unlink()
+        path.mkdir()  # the path now names something that is not a database
+        with pytest.raises(ServiceUnavailable):
+            await listed.revoked(TOKEN, 500.0)
+        path.rmdir()
+        _delete(path, "-wal", "-shm")
+        await record(f"sqlite:{tmp_path / 'x.db'}", Revocation("jti", "t-1"), reason="r", at=1.0)
+        assert await listed.revoked(TOKEN, 500.0)
+    finally:
+        await listed.aclose()
+
+
+async def test_a_bad_stored_row_is_skipped_and_the_rest_enforced(store: Store) -> None:
+    """Rows no ``Revocation`` accepts (written by hand): a 600-character jti is enforced,
+    a client row whose time is not a number is skipped. Red before: ValueError (a 500) on
+    SQLite; on PostgreSQL the listener died on the reload."""
+    long_jti = "j" * 600
+    rows = [("jti", long_jti, None), ("client", "app", "NaN")]
+    if store.url.startswith("sqlite:"):
+        db = sqlite3.connect(store.url.removeprefix("sqlite:") + ".revocations")
+        try:
+            db.executescript(_SQLITE_SCHEMA)
+            db.executemany(
+                "INSERT INTO consentry_token_revocations VALUES (?, ?, ?, 1, 'r')",
+                [(k, v, b) for k, v, b in rows],
+            )
+            db.commit()
+        finally:
+            db.close()
+    listed = store.list()
+    await _settled(listed)
+    if not store.url.startswith("sqlite:"):
+        conn = await asyncpg.connect(store.url, server_settings={"search_path": store.schema})
+        try:
+            await conn.execute(
+                "INSERT INTO consentry_token_revocations VALUES ('jti', $1, NULL, 1, 'r'), "
+                "('client', 'app', 'NaN'::float8, 1, 'r')",
+                long_jti,
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, store.schema)
+        finally:
+            await conn.close()
+        assert isinstance(listed, PostgresRevocations)
+        await _until(lambda: long_jti in listed._set.jtis)
+        assert listed.live
+    stolen = Identity(subject="x", issuer="iss", expires_at=9e9, client_id="app", token_id=long_jti)
+    assert await listed.revoked(stolen, 500.0)
+    assert not await listed.revoked(OTHER, 500.0)
+
+
+async def test_sqlite_a_closed_list_refuses_and_does_not_reopen(tmp_path: Path) -> None:
+    """Red before: a check after ``aclose`` silently reopened a connection never closed."""
+    listed = SqliteRevocations(tmp_path / "x.db.revocations")
+    assert not await listed.revoked(TOKEN, 500.0)
+    await listed.aclose()
+    with pytest.raises(ServiceUnavailable):
+        await listed.revoked(TOKEN, 500.0)
+    assert listed._db is None
+    await listed.aclose()
