@@ -246,3 +246,22 @@ def test_the_shares_cover_the_rows_and_the_first_is_the_smallest(parts: int) -> 
     assert sum(shares) == pytest.approx(1.0)
     assert all(s >= 0 for s in shares)
     assert shares[0] < min(shares[1:])
+
+
+def test_an_interrupt_ends_the_workers_and_removes_every_part(
+    log: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Ctrl-C while the workers run (raised here from the progress callback, after this
+    process's own part): the interrupt goes on, every worker is ended and joined, and neither
+    the parts nor the unfinished output are left."""
+    store, key = log
+
+    def interrupt(lines: int) -> None:
+        raise KeyboardInterrupt
+
+    args = _parser().parse_args([*_argv(store, key, tmp_path / "parts"), "--jobs", "4"])
+    out = private_file(args.out)
+    with pytest.raises(KeyboardInterrupt):
+        export_in_parts(cli_reports._parts_job(args), out, jobs=4, min_rows=0, tell=interrupt)
+    assert _leftovers(tmp_path) == []
+    assert multiprocessing.active_children() == []
