@@ -26,6 +26,7 @@ from middleware.cli import _parser, main
 from middleware.ledger.keyfile import LedgerKey, write_ledger_key
 from middleware.ledger.signing import SigningKey
 from middleware.storage.ledger_sqlite import SqliteLogStore
+from tests.contract.backends import PostgresBackend
 from tests.support.audit_fill import fill_audit_log, pseudonym_of
 
 ORIGIN = "gw.example/fhir/ledger"
@@ -265,3 +266,36 @@ def test_an_interrupt_ends_the_workers_and_removes_every_part(
         export_in_parts(cli_reports._parts_job(args), out, jobs=4, min_rows=0, tell=interrupt)
     assert _leftovers(tmp_path) == []
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+def test_on_postgresql_the_parts_make_the_sequential_file(tmp_path: Path, fmt: str) -> None:
+    """The same on PostgreSQL (a schema of its own): each worker opens its own connection."""
+    backend = asyncio.run(PostgresBackend.create())
+    key = SigningKey.from_seed(ORIGIN, bytes(range(32)))
+    write_ledger_key(tmp_path / "ledger.key", LedgerKey(key, ORIGIN))
+
+    async def fill() -> None:
+        store = await backend.open()
+        try:
+            await fill_audit_log(
+                store, key, ORIGIN, count=COUNT, patients=PATIENTS, start_us=T0, step_us=HOUR
+            )
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(fill())
+        extra = ["--schema", backend.schema, "--format", fmt]
+        argv = _argv(backend.dsn, tmp_path / "ledger.key", tmp_path / "one", *extra)
+        expected, answer = _sequential(argv)
+        for jobs in (2, 3):
+            out = tmp_path / f"parts-{jobs}"
+            argv = _argv(backend.dsn, tmp_path / "ledger.key", out, *extra)
+            made = _in_parts(argv, jobs)
+            assert made is not None
+            assert out.read_bytes() == expected
+            assert _without_rate(made) == _without_rate(answer)
+        assert multiprocessing.active_children() == []
+    finally:
+        asyncio.run(backend.cleanup())
