@@ -10,13 +10,12 @@ alone and the parts' bytes joined in order.
 How: this process reads the log once (``storage.ledger_bulk``, the snapshot the sequential
 path reads for an export of most of the log), makes and checks the tree
 (``export_collect.proof_tree``) and the header, and cuts the query's period into one slice
-of ``recorded_us`` per job, of about as many leaves each. Worker processes, forked with the
-snapshot and the tree (nothing is sent to them), each open the store themselves, read only
-so (``open_log_store(replay=False)``), read their slice's index rows, collect its lines
-(``collect_export``, which checks every leaf it reads as it always does) and write their
-encoded bytes (``export_write.write_entries``) to a file of their own. This process makes
-the first slice's lines itself, straight into the output after the header, then appends the
-workers' parts in order (``os.copy_file_range``).
+of ``recorded_us`` per job (:func:`_shares`). Worker processes, forked with the snapshot
+and the tree (nothing is sent to them), each make a slice's part (``export_part``: their own
+read-only store, the slice's index rows, the lines collected and checked as always, the
+encoded bytes) in a file of their own. This process makes the first slice's lines itself,
+straight into the output after the header, then appends the workers' parts in order
+(``os.copy_file_range``).
 
 The slices are by time and the lines by index, so the parts are the sequential file's only
 when each part's indexes all come after the previous part's; a log's times rise with its
@@ -37,25 +36,22 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import gc
 import itertools
 import multiprocessing
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import BinaryIO
 
-from middleware.audit.cli_common import all_rows
-from middleware.audit.export import ExportEntry, ExportHeader
-from middleware.audit.export_collect import ExportSpec, SnapshotView, collect_export, proof_tree
-from middleware.audit.export_write import export_head, write_entries
+from middleware.audit.export import ExportHeader
+from middleware.audit.export_collect import SnapshotView, collect_export, proof_tree
+from middleware.audit.export_part import Outcome, PartsJob, Shared, Slice, make_part, part_worker
+from middleware.audit.export_write import export_head
 from middleware.audit.proofs import ProofMaker
-from middleware.audit.row import AuditQuery, AuditRow
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.leaf import leaf_fields
 from middleware.storage.ledger_bulk import read_bulk
@@ -68,23 +64,6 @@ __all__ = ["PARALLEL_ROWS", "PartsJob", "export_in_parts", "usable_cores"]
 PARALLEL_ROWS = 20_000
 #: An export of less than 1/_BULK of the log reads entry by entry (``cli_reports._BULK``).
 _BULK = 8
-#: A part's outcome as a worker sends it: ``(rows read, lines written, lowest index,
-#: highest index)`` (-1, -1: no row), or None when it failed.
-_Outcome = tuple[int, int, int, int] | None
-
-
-@dataclass(frozen=True, slots=True)
-class PartsJob:
-    """What every part shares: the store (``url``, ``schema``), the index ``query`` the export
-    stands for (no patient: a patient's export proves its chain, which is not cut), the
-    file's ``fmt`` (``"ndjson"`` or ``"csv"``), its ``spec`` and the evidence ``wrap_key``."""
-
-    url: str
-    schema: str
-    query: AuditQuery
-    fmt: str
-    spec: ExportSpec
-    wrap_key: bytes
 
 
 def usable_cores() -> int:
@@ -122,7 +101,7 @@ def export_in_parts(
     view, tree, header, slices = prepared
     directory = Path(tempfile.mkdtemp(prefix=".consentry-export-", dir=out.parent))
     try:
-        shared = _Shared(job, view, tree)
+        shared = Shared(job, view, tree)
         return _run_parts(shared, header, slices, directory, out, tell=tell)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -130,12 +109,10 @@ def export_in_parts(
 
 # -- in this process ---------------------------------------------------------------------------
 
-_Slice = tuple[int | None, int | None]  # since_us, until_us (inclusive; None: open)
-
 
 async def _prepare(
     job: PartsJob, jobs: int, min_rows: int
-) -> tuple[SnapshotView, ProofMaker, ExportHeader, list[_Slice]] | None:
+) -> tuple[SnapshotView, ProofMaker, ExportHeader, list[Slice]] | None:
     """The snapshot, the checked tree, the header and the slices; None: too small to cut,
     or a log the sequential path is to judge."""
     store = await open_log_store(job.url, schema=job.schema, replay=False)
@@ -161,7 +138,7 @@ async def _no_keys(pseudonyms: Sequence[bytes]) -> Mapping[bytes, bytes]:
     return {}  # the header's export has no entry, so needs no key
 
 
-def _slices(view: SnapshotView, since: int | None, until: int | None, parts: int) -> list[_Slice]:
+def _slices(view: SnapshotView, since: int | None, until: int | None, parts: int) -> list[Slice]:
     """``[since, until]`` cut at the times of leaves in it (:func:`_shares` of them), each
     cut time starting the next slice: together exactly the period, whatever the times. The
     leaves are searched as if their times rose with their indexes, which only makes the
@@ -197,9 +174,9 @@ def _shares(parts: int) -> list[float]:
 
 
 def _run_parts(
-    shared: _Shared,
+    shared: Shared,
     header: ExportHeader,
-    slices: list[_Slice],
+    slices: list[Slice],
     directory: Path,
     out: Path,
     *,
@@ -213,7 +190,7 @@ def _run_parts(
         for number, period in enumerate(slices[1:], start=1):
             receive, send = context.Pipe(duplex=False)
             process = context.Process(
-                target=_part,
+                target=part_worker,
                 args=(shared, period, directory / f"part-{number}", send),
                 name=f"consentry-export-{number}",
                 daemon=True,
@@ -224,7 +201,7 @@ def _run_parts(
         with out.open("r+b") as sink:
             sink.write(export_head(header, shared.job.fmt))
             try:
-                outcome = _make_part(shared, slices[0], sink)
+                outcome = make_part(shared, slices[0], sink)
             except Exception:  # noqa: BLE001 - the sequential path says what it is
                 return None
             outcomes = itertools.chain([outcome], (_outcome(end) for _, end in workers))
@@ -255,9 +232,9 @@ def _run_parts(
             worker.close()
 
 
-def _outcome(receive: Connection) -> _Outcome:
+def _outcome(receive: Connection) -> Outcome:
     try:
-        sent: _Outcome = receive.recv()
+        sent: Outcome = receive.recv()
     except EOFError:  # the worker ended without a word (killed)
         return None
     return sent
@@ -282,67 +259,3 @@ def _copy(source: int, target: int, count: int) -> int:
         with contextlib.suppress(OSError):  # not between these file systems: sendfile
             return os.copy_file_range(source, target, count)
     return os.sendfile(target, source, None, count)
-
-
-# -- in a worker (and in this process, for the first part) -------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Shared:
-    """What a worker inherits by fork: the job, the snapshot and the checked tree."""
-
-    job: PartsJob
-    view: SnapshotView
-    tree: ProofMaker
-
-
-def _part(shared: _Shared, period: _Slice, path: Path, send: Connection) -> None:
-    """A worker's whole life: its part written to ``path``, its outcome sent. Any failure is
-    sent as None, without a trace on standard error (the sequential path then says what it
-    is, and a trace could show a row's values)."""
-    # The collector would walk the heap inherited from the parent (copy on write) to find no
-    # cycle: the sequential export pauses it too (cli_reports._collector_paused).
-    gc.freeze()
-    gc.disable()
-    outcome: _Outcome = None
-    with contextlib.suppress(BaseException):  # reported as None; an interrupt ends it anyway
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with open(fd, "wb") as sink:
-            outcome = _make_part(shared, period, sink)
-    with contextlib.suppress(OSError):
-        send.send(outcome)
-    send.close()
-
-
-def _make_part(shared: _Shared, period: _Slice, sink: BinaryIO) -> _Outcome:
-    """The slice's lines written to ``sink``; what :data:`_Outcome` says of them."""
-    job, view = shared.job, shared.view
-    rows, header, entries = asyncio.run(_collect_part(shared, period))
-    lines = write_entries(header, entries, sink, job.fmt)
-    # A superset of the lines' indexes (the rows of the proved tree): parts whose rows do not
-    # overlap have lines that do not.
-    indexes = [r.index for r in rows if 0 <= r.index < view.size]
-    return len(rows), lines, min(indexes, default=-1), max(indexes, default=-1)
-
-
-async def _collect_part(
-    shared: _Shared, period: _Slice
-) -> tuple[list[AuditRow], ExportHeader, Iterator[ExportEntry]]:
-    """The slice's index rows and lines (made lazily from what was read: the store is closed
-    before they are)."""
-    job = shared.job
-    store = await open_log_store(job.url, schema=job.schema, replay=False)
-    try:
-        since, until = period
-        rows = await all_rows(store, replace(job.query, since_us=since, until_us=until))
-        header, entries = await collect_export(
-            shared.view,
-            job.spec,
-            rows,
-            wrapped_keys=store.audit_keys_get,
-            wrap_key=job.wrap_key,
-            tree=shared.tree,
-        )
-    finally:
-        await store.close()
-    return rows, header, entries
