@@ -10,7 +10,7 @@ alone and the parts' bytes joined in order.
 How: this process reads the log once (``storage.ledger_bulk``, the snapshot the sequential
 path reads for an export of most of the log), makes and checks the tree
 (``export_collect.proof_tree``) and the header, and cuts the query's period into one slice
-of ``recorded_us`` per job (:func:`_shares`). Worker processes, forked with the snapshot
+of ``recorded_us`` per job, of about as many leaves each. Worker processes, forked with the snapshot
 and the tree (nothing is sent to them), each make a slice's part (``export_part``: their own
 read-only store, the slice's index rows, the lines collected and checked as always, the
 encoded bytes) in a file of their own. This process makes the first slice's lines itself,
@@ -139,10 +139,12 @@ async def _no_keys(pseudonyms: Sequence[bytes]) -> Mapping[bytes, bytes]:
 
 
 def _slices(view: SnapshotView, since: int | None, until: int | None, parts: int) -> list[Slice]:
-    """``[since, until]`` cut at the times of leaves in it (:func:`_shares` of them), each
-    cut time starting the next slice: together exactly the period, whatever the times. The
-    leaves are searched as if their times rose with their indexes, which only makes the
-    parts less even where they do not."""
+    """``[since, until]`` cut at the times of leaves spread evenly over the leaves in it,
+    each cut time starting the next slice: together exactly the period, whatever the times.
+    The leaves are searched as if their times rose with their indexes, which only makes the
+    parts less even where they do not. The parts are even: the work this process did before
+    the fork delays no part, and its own part and a worker's cost about the same a row (each
+    process copies the pages of the snapshot it touches)."""
 
     def recorded(index: int) -> int:
         return leaf_fields(view.leaf(index)).recorded_us
@@ -150,27 +152,14 @@ def _slices(view: SnapshotView, since: int | None, until: int | None, parts: int
     first = 0 if since is None else bisect.bisect_left(range(view.size), since, key=recorded)
     end = view.size if until is None else bisect.bisect_right(range(view.size), until, key=recorded)
     cuts: list[int] = []
-    for share in itertools.accumulate(_shares(parts)[:-1]):
-        at = recorded(first + int((end - first) * share)) if end > first else None
+    for k in range(1, parts):
+        at = recorded(first + (end - first) * k // parts) if end > first else None
         low = cuts[-1] if cuts else since
         if at is not None and (low is None or at > low) and (until is None or at <= until):
             cuts.append(at)
     starts: list[int | None] = [since, *cuts]
     ends: list[int | None] = [*(c - 1 for c in cuts), until]
     return list(zip(starts, ends, strict=True))
-
-
-#: The command's work before the fork (the snapshot and the tree) over its rows' work, about
-#: 0.13 s to 0.6 s for 50,000 rows (docs/audit.md, Speed).
-_BEFORE = 0.2
-
-
-def _shares(parts: int) -> list[float]:
-    """The share of the rows each part gets, the first (this process's) less by the work it
-    did before the fork, so that all end together: with ``b`` that work over the rows' and
-    ``n`` parts, each worker's is ``(1 + b) / n`` and the first's ``(1 + b) / n - b``."""
-    first = max((1 + _BEFORE) / parts - _BEFORE, 0.0)
-    return [first] + [(1 - first) / (parts - 1)] * (parts - 1)
 
 
 def _run_parts(

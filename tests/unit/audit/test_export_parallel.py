@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from middleware.audit import cli_reports
 from middleware.audit.cli_common import private_file
-from middleware.audit.export_parallel import _shares, export_in_parts
+from middleware.audit.export_parallel import export_in_parts
 from middleware.cli import _parser, main
 from middleware.ledger.keyfile import LedgerKey, write_ledger_key
 from middleware.ledger.signing import SigningKey
@@ -174,8 +174,11 @@ def test_interleaved_parts_are_left_to_the_sequential_path(tmp_path: Path) -> No
     writes the sequential file."""
     store, key = _fill(tmp_path, [(COUNT, 100), (COUNT, 0)])
     expected, _ = _sequential(_argv(store, key, tmp_path / "one"))
-    # Two jobs: leaves 0-37 and 48-95 before the cut at leaf 38's time, 38-47 after it.
-    assert _in_parts(_argv(store, key, tmp_path / "parts"), 2) is None
+    # Two jobs cut at the second run's first time: one part holds nothing, the other all.
+    assert _in_parts(_argv(store, key, tmp_path / "halves"), 2) is not None
+    assert (tmp_path / "halves").read_bytes() == expected
+    # Three: leaves 0-31 and 48-95 before the cut at leaf 32's time, 32-47 after it.
+    assert _in_parts(_argv(store, key, tmp_path / "parts"), 3) is None
     assert not (tmp_path / "parts").exists()
     assert not (tmp_path / "parts.tmp").exists()
     assert _leftovers(tmp_path) == []
@@ -236,17 +239,6 @@ def test_the_parts_are_private_while_they_exist(log: tuple[str, Path], tmp_path:
 def _files(directory: Path) -> Iterator[Path]:
     with contextlib.suppress(FileNotFoundError):
         yield from list(directory.iterdir())
-
-
-@pytest.mark.parametrize("parts", [2, 3, 4, 8, 64])
-def test_the_shares_cover_the_rows_and_the_first_is_the_smallest(parts: int) -> None:
-    """This process's part is smaller by the work it did before the fork; the shares add up
-    to all the rows, none negative."""
-    shares = _shares(parts)
-    assert len(shares) == parts
-    assert sum(shares) == pytest.approx(1.0)
-    assert all(s >= 0 for s in shares)
-    assert shares[0] < min(shares[1:])
 
 
 def test_an_interrupt_ends_the_workers_and_removes_every_part(
