@@ -505,6 +505,7 @@ def _witnessing(settings: Settings, ledger: LedgerService, metrics: Metrics) -> 
         settings.witnesses,
         quorum=settings.witness_quorum,
         timeout=settings.witness_timeout_seconds,
+        tree=ledger.tree,  # the one tree the /ledger proofs use too
     )
     metrics.gauge(
         "ledger_witnessed_size",

@@ -35,17 +35,16 @@ note with the log's key, then the proof against its root. Hashes are base64. Bad
 are 400, sizes or indexes the log does not have are 404, an unavailable ledger is 503, each as
 an OperationOutcome (``fhir.outcome.render_error``).
 
-Proofs come from an in-memory copy of the tree's complete subtrees
-(:class:`~middleware.ledger.tree.MerkleLevels`), extended from the store's leaf hashes as the
-log grows, and checked against each checkpoint's root before use: a copy that disagrees with
-the store is dropped and the request fails (503) rather than serve a proof that cannot verify.
+Proofs come from the service's in-memory tree (:attr:`LedgerService.tree
+<middleware.ledger.service.LedgerService.tree>`, shared with the witnessing task), grown from
+the store's leaf hashes as the log grows, and checked against each checkpoint's root before
+use: a tree that disagrees with the store is dropped and the request fails (503) rather than
+serve a proof that cannot verify.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import hmac
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -169,8 +168,6 @@ class _LedgerApi:
         self._service = service
         self._readers = readers
         self._witnessed = witnessed if witnessed is not None and witnessed.quorum else None
-        self._tree = MerkleLevels()
-        self._lock = asyncio.Lock()
 
     async def checkpoint(self, _request: Request) -> Response:
         if self._witnessed is not None:
@@ -276,14 +273,9 @@ class _LedgerApi:
         return store, signed
 
     async def _tree_at(self, store: LogStore, signed: StoredCheckpoint) -> MerkleLevels:
-        """The cached tree, grown to at least ``signed.size`` and agreeing with its root."""
-        async with self._lock:
-            if self._tree.size < signed.size:
-                self._tree.extend(await store.leaf_hashes(self._tree.size, signed.size))
-            if not hmac.compare_digest(self._tree.root(signed.size), signed.root):
-                self._tree = MerkleLevels()  # rebuilt from the store on the next request
-                raise ServiceUnavailable("ledger proof cache disagrees with the store")
-            return self._tree
+        """The shared tree, grown to at least ``signed.size`` and agreeing with its root
+        (a disagreement is a LedgerError: 503)."""
+        return await self._service.tree.at(store, signed)
 
 
 def _number(request: Request, name: str, text: str | None = None) -> int:

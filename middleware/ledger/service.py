@@ -16,6 +16,9 @@ Before the writer signs anything, the log's identity is checked against the key 
 (:mod:`middleware.ledger.identity`): a log another key or origin signed is never continued.
 The refusal is the cause of the ``ServiceUnavailable`` raised: start-up stops with its
 message (``app_health``); to a request it is one more reason the ledger is unavailable.
+
+The service also owns the log's one in-memory tree (:attr:`LedgerService.tree`, a
+:class:`~middleware.ledger.prooftree.ProofTree`) for whoever needs proofs.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from middleware.ledger.entry import NewEntry
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.identity import LedgerIdentityError, check_identity
 from middleware.ledger.keyfile import LedgerKey
+from middleware.ledger.prooftree import ProofTree
 from middleware.ledger.signing import SigningKey
 from middleware.ledger.writer import CommitObserver, LedgerWriter
 from middleware.logging import get_logger
@@ -72,6 +76,9 @@ class LedgerService:
         self._writer: LedgerWriter | None = None
         self._lock = asyncio.Lock()
         self._last_probe: float | None = None
+        #: The one in-memory tree of the log: ``/ledger`` proofs and the witnessing task
+        #: share it (:mod:`middleware.ledger.prooftree`), so it is built and held once.
+        self.tree = ProofTree()
 
     async def writer(self) -> LedgerWriter:
         """The running writer; opens the store and starts the writer on first use. A log

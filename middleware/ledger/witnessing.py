@@ -1,25 +1,44 @@
 """Getting the ledger's checkpoints cosigned by witnesses (C2SP tlog-witness), off the hot path.
 
 :class:`Witnessing` runs one background task. Each round it reads the store's latest signed
-checkpoint and submits it, to every configured witness that has not cosigned that size yet,
-concurrently (``add-checkpoint``, :mod:`middleware.ledger.witnesses`), each with the RFC 9162
-consistency proof from the size that witness last cosigned. A witness that answers 409 with
-another size (it cosigned something we do not remember, e.g. before a restart) is asked once
-more with the proof from the size it reports. Each cosignature is checked against the
-witness's configured key before it is kept (a witness answering garbage counts as failed).
+checkpoint and submits it, to every configured witness that has not cosigned that size yet
+and has no request under way, concurrently (``add-checkpoint``,
+:mod:`middleware.ledger.witnesses`), each with the RFC 9162 consistency proof from the size
+that witness last cosigned. A witness that answers 409 with a smaller size (it cosigned
+something we do not remember, e.g. before a restart) is asked once more with the proof from
+the size it reports. Each cosignature is checked against the witness's configured key before
+it is kept, and one valid line per witness is kept (a witness answering garbage counts as
+failed).
 
-Rounds run every ``interval`` seconds and when :meth:`Witnessing.wake` is called; a round
-reads only the *latest* checkpoint, so a burst of commits costs one submission (coalesced,
-nothing queues). No request waits for a witness: appends never see this task, and the
-publication (:meth:`Witnessing.published`) is whatever the last round achieved.
+One witness cannot hold the others up: each request, the 409 retry included, ends within
+``timeout`` seconds in all (not per read: a witness dripping one byte at a time is cut off),
+an answer longer than :data:`MAX_ANSWER` bytes is refused unread, and a round returns as soon
+as a quorum cosigned; the requests still running go on and, if they cosign that checkpoint,
+add their line to its publication.
+
+Several replicas share one store and submit to the same witnesses: a 409 naming a size
+*larger* than the checkpoint we read means another replica got there first. That is counted
+in :attr:`Witnessing.behind`, not as a failure; only when a later round still reads a store
+smaller than what a witness holds is it the rollback alarm (``witness-ahead``). The store
+returning another root for a size already seen is evidence of a fork: logged (the size only)
+and counted as ``fork``.
+
+Rounds run every ``interval`` seconds (:meth:`Witnessing.wake` starts one sooner; the gateway
+does not call it, so a commit reaches the witnesses within ``interval``). A round reads only
+the *latest* checkpoint, so a burst of commits costs one submission (coalesced, nothing
+queues). No request waits for a witness: appends never see this task, and the publication
+(:meth:`Witnessing.published`) is whatever the rounds achieved. Proofs come from the log's
+shared in-memory tree (:mod:`middleware.ledger.prooftree`), which the first round builds (in
+slices, the event loop running between them).
 
 Publication: with ``quorum`` > 0, :meth:`published` is the newest checkpoint that at least
-``quorum`` witnesses cosigned, with every cosignature line collected for it appended to the
-log's note; ``None`` until one has. Failures (unreachable, refused, timeouts) are logged with
-the witness's name and a reason code only (once when a witness starts failing, not each
-round), counted in :attr:`Witnessing.failures`, and the ledger keeps working. What was
-cosigned is kept in memory: after a restart the first round gets the latest checkpoint
-cosigned again (witnesses answer 409 with their size, then cosign).
+``quorum`` witnesses cosigned, with their cosignature lines appended to the log's note
+(never one older than this object already published); ``None`` until one has. Failures
+(unreachable, refused, timeouts) are logged with the witness's name and a reason code only
+(once when a witness starts failing, not each round), counted in :attr:`Witnessing.failures`,
+and the ledger keeps working. What was cosigned is kept in memory: after a restart the first
+round gets the latest checkpoint cosigned again (witnesses answer 409 with their size, then
+cosign).
 """
 
 from __future__ import annotations
@@ -36,6 +55,7 @@ from middleware.ledger.cosignature import parse_cosignature_lines, verify_cosign
 from middleware.ledger.entry import StoredCheckpoint
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.note import NoteSignature, parse_note
+from middleware.ledger.prooftree import ProofTree
 from middleware.ledger.signing import CosignatureVerifier
 from middleware.ledger.tree import MerkleLevels
 from middleware.ledger.witnesses import (
@@ -47,9 +67,11 @@ from middleware.ledger.witnesses import (
 )
 from middleware.logging import get_logger
 
-__all__ = ["CheckpointSource", "Witnessing"]
+__all__ = ["MAX_ANSWER", "CheckpointSource", "Witnessing"]
 
-_CONTENT_TYPE = "text/plain; charset=utf-8"
+#: The longest witness answer read: a few cosignature lines (each about 120 bytes) or a size.
+MAX_ANSWER = 4096
+_HEADERS = {"content-type": "text/plain; charset=utf-8", "accept-encoding": "identity"}
 
 
 class CheckpointSource(Protocol):
@@ -73,7 +95,8 @@ class _Refused(Exception):
 class Witnessing:
     """Submits the latest checkpoint to ``witnesses`` and keeps what they cosign (module
     docstring). ``store`` returns the opened log store; ``client`` is an
-    :class:`httpx.AsyncClient` (one is made, and closed by :meth:`aclose`, when None)."""
+    :class:`httpx.AsyncClient` (one is made, and closed by :meth:`aclose`, when None);
+    ``tree`` is the log's shared tree (the ledger service's; a new one when None)."""
 
     def __init__(
         self,
@@ -84,6 +107,7 @@ class Witnessing:
         timeout: float = 10.0,
         interval: float = 1.0,
         client: httpx.AsyncClient | None = None,
+        tree: ProofTree | None = None,
     ) -> None:
         if not 0 <= quorum <= len(witnesses):
             raise ValueError("a quorum is 0 to the number of witnesses")
@@ -95,21 +119,26 @@ class Witnessing:
         self._interval = interval
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout)
-        #: The size each witness last cosigned (as far as we know; 0: none).
+        self._tree = tree if tree is not None else ProofTree()
+        #: The size each witness last cosigned or reported holding (0: none known).
         self._sizes: dict[str, int] = {w.name: 0 for w in witnesses}
-        self._cosignatures: dict[str, tuple[NoteSignature, ...]] = {}
+        #: The one cosignature line each witness gave for :attr:`_latest`.
+        self._cosignatures: dict[str, NoteSignature] = {}
+        self._inflight: dict[str, asyncio.Task[None]] = {}
         #: The reason each failing witness last failed (logged when it changes).
         self._state: dict[str, str] = {}
+        self._forks: set[int] = set()
         self._latest: StoredCheckpoint | None = None
         self._published: str | None = None
         self._published_size = 0
-        self._tree = MerkleLevels()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: Submissions that failed, by reason (``unreachable``, ``status-422``, ...).
         self.failures: dict[str, int] = {}
         #: Cosignatures received and kept.
         self.cosigned = 0
+        #: 409s naming a size above the store's latest: another replica was first (normal).
+        self.behind = 0
 
     def published(self) -> str | None:
         """The newest checkpoint note carrying a quorum of cosignatures (None: none yet)."""
@@ -130,10 +159,12 @@ class Witnessing:
             self._task = asyncio.create_task(self._run(), name="consentry-witnessing")
 
     async def aclose(self) -> None:
-        """Stop the task and close the client if this object made it."""
-        task, self._task = self._task, None
-        if task is not None:
+        """Stop the task and the requests under way; close the client if this object made it."""
+        tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
+        self._task = None
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._own_client:
@@ -156,7 +187,8 @@ class Witnessing:
                     await self._wakeup.wait()
 
     async def submit_latest(self) -> None:
-        """One round: submit the latest checkpoint to every witness that has not cosigned it."""
+        """One round: ask every witness that has not cosigned the latest checkpoint (and has
+        no request under way); return once a quorum cosigned it or no request is left."""
         store = await self._store()
         latest = await store.checkpoint()
         if latest is None:
@@ -164,85 +196,140 @@ class Witnessing:
         if self._latest is None or latest.size != self._latest.size:
             self._latest, self._cosignatures = latest, {}
         elif not hmac.compare_digest(latest.root, self._latest.root):
-            return  # two roots for one size: the store is refused by its own replay
-        await self._grow(store, latest)
-        pending = [w for w in self._witnesses if w.name not in self._cosignatures]
-        results = await asyncio.gather(*(self._submit(w, latest) for w in pending))
-        for witness, lines in zip(pending, results, strict=True):
-            if lines is not None:
-                self._cosignatures[witness.name] = lines
-                self._sizes[witness.name] = latest.size
-        if self.quorum and len(self._cosignatures) >= self.quorum:
-            every = [s for lines in self._cosignatures.values() for s in lines]
-            self._published = with_cosignatures(latest.note, every)
-            self._published_size = latest.size
+            self._fork(latest.size)
+            return
+        tree = await self._tree.at(store, latest)
+        for witness in self._witnesses:
+            name = witness.name
+            if name not in self._cosignatures and name not in self._inflight:
+                task = asyncio.create_task(self._request(witness, latest, tree))
+                self._inflight[name] = task
+        waiting = set(self._inflight.values())
+        while waiting and not self._publish():
+            _, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
 
-    async def _grow(self, store: CheckpointSource, latest: StoredCheckpoint) -> None:
-        if self._tree.size < latest.size:
-            self._tree.extend(await store.leaf_hashes(self._tree.size, latest.size))
-        if not hmac.compare_digest(self._tree.root(latest.size), latest.root):
-            self._tree = MerkleLevels()
-            raise LedgerError("the witnessing tree disagrees with the store's checkpoint")
+    def _publish(self) -> bool:
+        """Publish :attr:`_latest` with its lines if a quorum cosigned it; True if it did."""
+        latest = self._latest
+        if not self.quorum or latest is None or len(self._cosignatures) < self.quorum:
+            return False
+        if latest.size < self._published_size:
+            return True  # a replica's lagging read: never publish backwards
+        self._published = with_cosignatures(latest.note, self._cosignatures.values())
+        self._published_size = latest.size
+        return True
+
+    def _fork(self, size: int) -> None:
+        """The store gave two roots for one size: fork evidence in our own store."""
+        self._count("fork")
+        if size not in self._forks:
+            self._forks.add(size)
+            get_logger("consentry.ledger").error(
+                "the store returned two roots for one checkpoint size", size=size
+            )
+
+    async def _request(
+        self, witness: WitnessEndpoint, latest: StoredCheckpoint, tree: MerkleLevels
+    ) -> None:
+        """One witness's submission, as a task: keep its line if ``latest`` is still current."""
+        try:
+            line = await self._submit(witness, latest, tree)
+            current = self._latest
+            if (
+                line is not None
+                and current is not None
+                and current.size == latest.size
+                and hmac.compare_digest(current.root, latest.root)
+            ):
+                self._cosignatures[witness.name] = line
+                self._publish()  # a late answer adds its line to the publication
+        except Exception as exc:  # noqa: BLE001  # a bug here must not end the gateway's task
+            self._count("error")
+            get_logger("consentry.ledger").error(
+                "witness request failed", witness=witness.name, error_type=type(exc).__name__
+            )
+        finally:
+            self._inflight.pop(witness.name, None)
 
     async def _submit(
-        self, witness: WitnessEndpoint, latest: StoredCheckpoint
-    ) -> tuple[NoteSignature, ...] | None:
-        """The witness's cosignature lines for ``latest``, or None (logged and counted)."""
-        log = get_logger("consentry.ledger")
-        old = min(self._sizes[witness.name], latest.size)
+        self, witness: WitnessEndpoint, latest: StoredCheckpoint, tree: MerkleLevels
+    ) -> NoteSignature | None:
+        """The witness's cosignature line for ``latest``, or None (logged and counted)."""
+        held = self._sizes[witness.name]
         try:
+            if held > latest.size:
+                # A witness reported a larger tree of this log in an earlier round and the
+                # store is still below it: a rollback (or a fork signed elsewhere).
+                raise _Refused("witness-ahead")
             try:
-                return await self._ask(witness, latest, old)
+                return await self._ask(witness, latest, tree, held)
             except _Refused as exc:
                 if exc.size is None:
                     raise
+                if exc.size > latest.size:
+                    self.behind += 1  # another replica submitted a newer checkpoint first
+                    return None
                 # 409: the witness holds another size; once more from there (tlog-witness).
-                return await self._ask(witness, latest, exc.size)
+                return await self._ask(witness, latest, tree, exc.size)
         except _Refused as exc:
             self._count(exc.reason)
             # One line when a witness starts failing (or fails otherwise), not one a second.
             if self._state.get(witness.name) != exc.reason:
-                log.warning("witness did not cosign", witness=witness.name, reason=exc.reason)
+                get_logger("consentry.ledger").warning(
+                    "witness did not cosign", witness=witness.name, reason=exc.reason
+                )
             self._state[witness.name] = exc.reason
             return None
 
     async def _ask(
-        self, witness: WitnessEndpoint, latest: StoredCheckpoint, old: int
-    ) -> tuple[NoteSignature, ...]:
-        if old > latest.size:
-            # The witness cosigned a larger tree of this log than the store holds: a rollback
-            # (or a fork signed elsewhere). Never something to retry past.
-            raise _Refused("witness-ahead")
-        proof = self._tree.consistency_proof(old, latest.size) if old > 0 else []
+        self, witness: WitnessEndpoint, latest: StoredCheckpoint, tree: MerkleLevels, old: int
+    ) -> NoteSignature:
+        proof = tree.consistency_proof(old, latest.size) if old > 0 else []
         body = add_checkpoint_body(old, proof, latest.note)
         try:
-            response = await self._client.post(
-                add_checkpoint_url(witness),
-                content=body,
-                headers={"content-type": _CONTENT_TYPE},
-                timeout=self._timeout,
-            )
-        except httpx.HTTPError:
-            raise _Refused("unreachable") from None
-        if response.status_code == 409:
+            async with asyncio.timeout(self._timeout):  # the whole exchange, not each read
+                status, content = await self._post(add_checkpoint_url(witness), body)
+        except TimeoutError:
+            raise _Refused("timeout") from None
+        if status == 409:
             # The witness holds another size (its body says which: ask again from there), or
             # this very size with another root (a fork: nothing to retry).
             try:
-                size = conflict_size(response.content)
+                size = conflict_size(content)
             except LedgerError:
                 raise _Refused("conflict") from None
             if size == old:
                 raise _Refused("conflict")
             self._sizes[witness.name] = size
             raise _Refused("conflict", size)
-        if response.status_code != 200:
-            raise _Refused(f"status-{response.status_code}")
-        return self._check(witness, latest, response.content)
+        if status != 200:
+            raise _Refused(f"status-{status}")
+        line = self._check(witness, latest, content)
+        self._sizes[witness.name] = latest.size
+        return line
+
+    async def _post(self, url: str, body: bytes) -> tuple[int, bytes]:
+        """POST ``body``; the status and at most :data:`MAX_ANSWER` bytes of answer."""
+        try:
+            async with self._client.stream(
+                "POST", url, content=body, headers=_HEADERS, timeout=self._timeout
+            ) as response:
+                if response.headers.get("content-encoding", "identity") != "identity":
+                    raise _Refused("bad-answer")  # we asked for none: no decompression bomb
+                content = bytearray()
+                async for chunk in response.aiter_bytes():  # identity: no decoding
+                    content += chunk
+                    if len(content) > MAX_ANSWER:
+                        raise _Refused("too-large")
+                return response.status_code, bytes(content)
+        except httpx.HTTPError:
+            raise _Refused("unreachable") from None
 
     def _check(
         self, witness: WitnessEndpoint, latest: StoredCheckpoint, content: bytes
-    ) -> tuple[NoteSignature, ...]:
-        """The answer's lines that are the witness's valid cosignature of ``latest``."""
+    ) -> NoteSignature:
+        """The first of the answer's lines by the witness's key, if every such line is a
+        valid cosignature of ``latest`` (one by its key that is not is evidence, not noise)."""
         text = parse_note(latest.note).text
         try:
             lines = parse_cosignature_lines(content.decode("utf-8"), text)
@@ -254,7 +341,7 @@ class Witnessing:
         self.cosigned += 1
         if self._state.pop(witness.name, None) is not None:
             get_logger("consentry.ledger").info("witness cosigns again", witness=witness.name)
-        return ours
+        return ours[0]
 
     def _count(self, reason: str) -> None:
         self.failures[reason] = self.failures.get(reason, 0) + 1
