@@ -7,7 +7,7 @@ import pytest
 
 from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.errors import MalformedError
-from middleware.ledger.quorum import quorum_finding
+from middleware.ledger.quorum import FUTURE_SKEW, quorum_finding
 from middleware.ledger.signing import Cosigner, SigningKey
 from middleware.ledger.trust import TrustedWitness, TrustPolicy, format_policy, parse_policy
 from middleware.ledger.witnesses import with_cosignatures
@@ -127,3 +127,29 @@ def test_rotation_keeps_the_witnesses() -> None:
 def test_quorum_finding(rules: TrustPolicy, note: str | None, code: str | None) -> None:
     found = quorum_finding(note, rules)
     assert (found[0] if found else None) == code
+
+
+@pytest.mark.parametrize(
+    ("skew", "code"),
+    [
+        (0, None),
+        (FUTURE_SKEW, None),
+        (FUTURE_SKEW + 1, "witness-cosignature"),
+        (2**40, "witness-cosignature"),
+    ],
+    ids=["now", "within-skew", "past-skew", "far-future"],
+)
+def test_a_cosignature_dated_in_the_future_fails(skew: int, code: str | None) -> None:
+    """tlog-cosignature lets verifiers reject future timestamps: past FUTURE_SKEW of the
+    verifier's clock, the line is a broken or lying witness's."""
+    now = 1_700_000_000
+    note = with_cosignatures(NOTE, [W1.cosign(CHECKPOINT.body(), now + skew).note_signature()])
+    finding = quorum_finding(note, policy(1, W1), now=now)
+    assert (finding and finding[0]) == code
+
+
+def test_the_clock_is_the_default_now() -> None:
+    far = with_cosignatures(NOTE, [W1.cosign(CHECKPOINT.body(), 2**62).note_signature()])
+    finding = quorum_finding(far, policy(1, W1))
+    assert finding is not None
+    assert finding[0] == "witness-cosignature"
