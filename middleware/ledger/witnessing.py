@@ -1,44 +1,30 @@
 """Getting the ledger's checkpoints cosigned by witnesses (C2SP tlog-witness), off the hot path.
 
-:class:`Witnessing` runs one background task. Each round it reads the store's latest signed
-checkpoint and submits it, to every configured witness that has not cosigned that size yet
-and has no request under way, concurrently (``add-checkpoint``,
-:mod:`middleware.ledger.witnesses`), each with the RFC 9162 consistency proof from the size
-that witness last cosigned. A witness that answers 409 with a smaller size (it cosigned
-something we do not remember, e.g. before a restart) is asked once more with the proof from
-the size it reports. Each cosignature is checked against the witness's configured key before
-it is kept, and one valid line per witness is kept (a witness answering garbage counts as
-failed).
+:class:`Witnessing` runs one background task. Each round reads the store's latest signed
+checkpoint and submits it (``add-checkpoint``, :mod:`middleware.ledger.witnesses`) to every
+witness that has not cosigned it and has no request under way, concurrently, each with the
+RFC 9162 consistency proof from the size that witness last cosigned (proofs from the log's
+shared tree, :mod:`middleware.ledger.prooftree`). A 409 naming a smaller size (a witness that
+cosigned something we forgot, e.g. before a restart) is retried once from that size. Each
+answer is checked against the witness's key; one valid line per witness is kept.
 
-One witness cannot hold the others up: each request, the 409 retry included, ends within
-``timeout`` seconds in all (not per read: a witness dripping one byte at a time is cut off),
-an answer longer than :data:`MAX_ANSWER` bytes is refused unread, and a round returns as soon
-as a quorum cosigned; the requests still running go on and, if they cosign that checkpoint,
-add their line to its publication.
+One witness cannot hold up the others: each request ends within ``timeout`` seconds in
+all, not per read (two with the retry); an answer over :data:`MAX_ANSWER` bytes is refused; a round
+returns once a quorum cosigned, and requests still running add their line when they end.
 
-Several replicas share one store and submit to the same witnesses: a 409 naming a size
-*larger* than the checkpoint we read means another replica got there first. That is counted
-in :attr:`Witnessing.behind`, not as a failure; only when a later round still reads a store
-smaller than what a witness holds is it the rollback alarm (``witness-ahead``). The store
-returning another root for a size already seen is evidence of a fork: logged (the size only)
-and counted as ``fork``.
+Replicas share one store and the witnesses: a 409 naming a size *above* the checkpoint we
+read is another replica's submission (counted in :attr:`Witnessing.behind`, not a failure);
+a store still below it a round later is the rollback alarm (``witness-ahead``). Two roots
+from the store for one size are fork evidence: logged (the size only), counted as ``fork``.
 
 Rounds run every ``interval`` seconds (:meth:`Witnessing.wake` starts one sooner; the gateway
-does not call it, so a commit reaches the witnesses within ``interval``). A round reads only
-the *latest* checkpoint, so a burst of commits costs one submission (coalesced, nothing
-queues). No request waits for a witness: appends never see this task, and the publication
-(:meth:`Witnessing.published`) is whatever the rounds achieved. Proofs come from the log's
-shared in-memory tree (:mod:`middleware.ledger.prooftree`), which the first round builds (in
-slices, the event loop running between them).
-
-Publication: with ``quorum`` > 0, :meth:`published` is the newest checkpoint that at least
-``quorum`` witnesses cosigned, with their cosignature lines appended to the log's note
-(never one older than this object already published); ``None`` until one has. Failures
-(unreachable, refused, timeouts) are logged with the witness's name and a reason code only
-(once when a witness starts failing, not each round), counted in :attr:`Witnessing.failures`,
-and the ledger keeps working. What was cosigned is kept in memory: after a restart the first
-round gets the latest checkpoint cosigned again (witnesses answer 409 with their size, then
-cosign).
+does not call it) and read only the *latest* checkpoint: a burst of commits costs one
+submission. No request waits for a witness. With ``quorum`` > 0, :meth:`published` is the
+newest checkpoint at least ``quorum`` witnesses cosigned, their lines appended to the log's
+note, never older than one already published; ``None`` until then. Failures are logged with
+the witness's name and a reason code only (once when a witness starts failing), counted in
+:attr:`Witnessing.failures`, and the ledger keeps working. What was cosigned is kept in
+memory: after a restart the first round gets the latest checkpoint cosigned again.
 """
 
 from __future__ import annotations
