@@ -76,6 +76,7 @@ from middleware.proxy.reconcile import reconcile
 from middleware.proxy.upstream import Upstream
 from middleware.settings import Settings
 from middleware.storage import ConsentStore, LogStore, open_consent_store, open_log_store
+from middleware.storage.breakglass_open import store_schema
 from middleware.storage.consent_base import LOOKUP_PURPOSE
 from middleware.storage.revocations_open import token_revocations
 from middleware.types import ASGIApp, Receive, Scope, Send
@@ -409,6 +410,8 @@ def create_app(
     # The three stages of a FHIR request, each built once with the next: the upstream
     # forwarder, the enforced pipeline over it, the ASGI edge over both.
     forwarder = UpstreamForwarder(settings, upstream_factory=factory, metrics=metrics)
+    # Export jobs of a PostgreSQL store live in its schema, shared by every replica.
+    export_schema = "public" if store is None else store_schema(store)
     enforcement = build_enforcement(
         settings,
         forwarder,
@@ -417,6 +420,7 @@ def create_app(
         secret=secret,
         verifier=verifier,
         metrics=metrics,
+        export_schema=export_schema,
     )
     proxy = ProxyHandler(
         settings,
@@ -472,6 +476,7 @@ def create_app(
         recorder=recorder,
         wall_clock=wall,
         clock=clock or time.monotonic,
+        export_schema=export_schema,
         # With a witness quorum, verifiable exports carry the checkpoint it cosigned.
         witnessed=witnessing.published if witnessing is not None and witnessing.quorum else None,
     )

@@ -30,7 +30,8 @@ from middleware.ledger.signing import derive_box_key
 from middleware.pipeline.cursor import CursorCodec
 from middleware.settings import Settings
 from middleware.storage.consent_base import LOOKUP_PURPOSE, lookup_of
-from middleware.storage.exports_sqlite import OWNER_PURPOSE, export_board
+from middleware.storage.exports_open import open_export_board
+from middleware.storage.exports_sqlite import OWNER_PURPOSE
 
 __all__ = ["DEFAULT_PAGE", "REPORT_NAME", "build_audit_api"]
 
@@ -50,11 +51,13 @@ def build_audit_api(
     wall_clock: Callable[[], float],
     clock: Callable[[], float],
     witnessed: Callable[[], str | None] | None = None,
+    export_schema: str = "public",
 ) -> AuditApi:
     """The AuditEvent API of the gateway (module docstring); ``secret`` is the ledger key
     file's data secret (``LedgerKey.data_secret``), which the keys here derive from;
     ``witnessed``: the checkpoint a witness quorum cosigned, which verifiable exports are
-    made against (None: no quorum, the latest checkpoint)."""
+    made against (None: no quorum, the latest checkpoint); ``export_schema``: where a
+    PostgreSQL store's export jobs are (the log store's schema)."""
     master = derive_box_key(secret, EVIDENCE_PURPOSE)
 
     async def index() -> AuditIndex:
@@ -91,8 +94,11 @@ def build_audit_api(
         wall_clock=wall_clock,
         events_many=events_many,
     )
-    # jobs shared by the workers of a SQLite store, their owners as keyed digests
-    board = export_board(settings.store, derive_box_key(secret, OWNER_PURPOSE))
+    # jobs shared by the workers of a SQLite store or the replicas of a PostgreSQL one,
+    # their owners as keyed digests
+    board = open_export_board(
+        settings.store, derive_box_key(secret, OWNER_PURPOSE), kind="audit", schema=export_schema
+    )
     jobs = ExportJobs(clock=clock if board is None else wall_clock, board=board)
     exports = BulkExport(searching=searching, jobs=jobs, wall_clock=wall_clock)
     return AuditApi(

@@ -130,10 +130,12 @@ def build_enforcement(
     secret: bytes,
     verifier: TokenCheck,
     metrics: Metrics,
+    export_schema: str = "public",
 ) -> Enforcement:
     """The enforcement stage (see the module docstring), reaching the upstream through
     ``forwarder``; ``secret`` is the ledger key file's data secret
-    (``LedgerKey.data_secret``), which every key here derives from."""
+    (``LedgerKey.data_secret``), which every key here derives from; ``export_schema``: where
+    a PostgreSQL store's export jobs are (the log store's schema)."""
 
     mapper = _mapper(settings)
     ids = _id_edge(settings, mapper, secret)
@@ -201,7 +203,12 @@ def build_enforcement(
         directory=DirectoryGuard(settings.directory_admin_role),
     )
     exports = build_exports(
-        settings, flow, audit.record, secret=secret, wall_clock=consents.wall_clock
+        settings,
+        flow,
+        audit.record,
+        secret=secret,
+        wall_clock=consents.wall_clock,
+        schema=export_schema,
     )
     pipeline = Pipeline(flow, writes, Bundles(writes, base_path=settings.base_path), exports)
     return Enforcement(

@@ -2,10 +2,11 @@
 status and file endpoints :mod:`middleware.proxy.export_http`).
 
 Jobs run on the audit export's job machine (:class:`~middleware.audit.bulk.ExportJobs`) with a
-board of their own: beside a SQLite store, ``<store>.patient-exports`` (shared by the worker
-processes, owners as keyed digests under the ledger key's ``patient-exports`` key, the
-files' lines overwritten when deleted); with any other store, in each process's memory (only
-the process that took the kick-off serves the job).
+board of their own (:mod:`middleware.storage.exports_open`), owners as keyed digests under the
+ledger key's ``patient-exports`` key: beside a SQLite store, ``<store>.patient-exports``
+(shared by the worker processes, the files' lines overwritten when deleted); with a PostgreSQL
+store, tables in its schema (shared by every replica: any replica answers status, download and
+DELETE); with a memory store, in the process's memory.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from middleware.pipeline.export import Exports
 from middleware.pipeline.flow import Flow
 from middleware.pipeline.write_forward import Recorder
 from middleware.settings import Settings
-from middleware.storage.exports_sqlite import SqliteExportBoard
-from middleware.storage.sidecar import beside
+from middleware.storage.exports_open import open_export_board
 
 __all__ = ["OWNER_PURPOSE", "build_exports"]
 
@@ -34,13 +34,12 @@ def build_exports(
     *,
     secret: bytes,
     wall_clock: Callable[[], float],
+    schema: str = "public",
 ) -> Exports:
     """The ``$export`` half over ``flow``, recording each judged page through ``record``;
-    ``secret`` is the ledger key file's data secret."""
-    board = None
-    if settings.store.startswith("sqlite:"):
-        path = beside(settings.store.removeprefix("sqlite:"), ".patient-exports")
-        board = SqliteExportBoard(path, derive_box_key(secret, OWNER_PURPOSE))
+    ``secret`` is the ledger key file's data secret; ``schema``: a PostgreSQL store's."""
+    key = derive_box_key(secret, OWNER_PURPOSE)
+    board = open_export_board(settings.store, key, kind="patient", schema=schema)
     jobs = ExportJobs(
         clock=wall_clock,
         max_running=settings.export_max_running,

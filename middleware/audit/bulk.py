@@ -4,13 +4,16 @@ Kick-off starts a job (:meth:`ExportJobs.start`), whose producer writes NDJSON l
 (:meth:`ExportJob.add`); the status URL reports progress (202, ``X-Progress``), then the
 manifest (200); each output file is served; DELETE cancels the job and forgets it.
 
-With a **board** (:mod:`middleware.storage.exports_sqlite`, ``<store>.exports`` beside a
-SQLite store) a job's state and files are shared by every worker process: the worker that
-took the kick-off produces, any worker answers status, manifest, download and DELETE. A job
-whose producer is gone (its pid and start time name no running process on this host, or it
-wrote nothing for ``LAPSE_SECONDS``) is reported failed by the next status poll; a cancel
-through any worker stops the producer at its next :meth:`ExportJob.add`, which reads the
-job's state. Without a board (memory and PostgreSQL stores) jobs live in this process's
+With a **board** (:mod:`middleware.storage.exports_base`: a file beside a SQLite store shared
+by its worker processes, or tables in a PostgreSQL store shared by every replica;
+:mod:`middleware.storage.exports_open` picks it) a job's state and files are shared: the
+process that took the kick-off produces, any process answers status, manifest, download and
+DELETE. The producer renews its job's lease every :data:`BEAT_SECONDS` (and with each chunk);
+a job whose lease lapsed (``LAPSE_SECONDS``: its replica died or hangs) or, on a local board,
+whose producing process is gone (its pid and start time name no running process on this host)
+is reported failed by the next status poll, with :data:`PRODUCER_GONE`, never "in progress"
+forever. A cancel through any process stops the producer at its next :meth:`ExportJob.add`,
+which reads the job's state. Without a board (a memory store) jobs live in this process's
 memory: only the process that runs a job serves it, and a restart forgets it.
 
 Limits either way: at most ``max_running`` jobs run at once and ``max_per_owner`` of one
@@ -26,7 +29,7 @@ at most that without requests.
 Job ids are random (128 bits); a job is served only to the principal that started it: anyone
 else gets the same 404 as for an unknown id. The board names no principal: it holds a keyed
 digest of each job's owner, compared in constant time
-(:meth:`~middleware.storage.exports_sqlite.SqliteExportBoard.owned_by`).
+(:meth:`~middleware.storage.exports_base.ExportBoard.owned_by`).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from middleware.audit.bulk_job import (
 from middleware.audit.recorder_intents import running, started
 from middleware.errors import NotFound, TooManyRequests
 from middleware.ops.tracing import untraced
-from middleware.storage.exports_sqlite import JobRow, SqliteExportBoard
+from middleware.storage.exports_base import ExportBoard, JobRow
 
 __all__ = [
     "UNAVAILABLE",
@@ -63,9 +66,12 @@ __all__ = [
     "Limits",
 ]
 
-#: A running job whose producer wrote nothing this long is lost (a process of another host
-#: or PID namespace cannot be looked up by its pid).
-LAPSE_SECONDS: Final = 300.0
+#: A running job whose producer neither wrote nor renewed its lease this long is lost (a
+#: process of another host or PID namespace cannot be looked up by its pid; a replica that
+#: died renews nothing).
+LAPSE_SECONDS: Final = 60.0
+#: How often a producer renews its job's lease on the board (well inside LAPSE_SECONDS).
+BEAT_SECONDS: Final = 15.0
 #: What a job whose producing process ended reports (its partial output is deleted).
 PRODUCER_GONE: Final = "the export stopped when its gateway process ended; restart the export"
 
@@ -84,7 +90,7 @@ class ExportJobs:
         max_events: int = 1_000_000,
         events_per_file: int = 10_000,
         keep_seconds: float = 3600.0,
-        board: SqliteExportBoard | None = None,
+        board: ExportBoard | None = None,
         sweep_seconds: float | None = None,
         limits: Limits | None = None,
     ) -> None:
@@ -148,6 +154,9 @@ class ExportJobs:
     async def _run(self, job: ExportJob, produce: Producer) -> None:
         limits = self.limits
         deadline = asyncio.timeout(limits.max_seconds)
+        beating = None
+        if self.board is not None:  # the lease: a producer between chunks is not lost
+            beating = asyncio.create_task(self._beat(self.board, job.id), context=untraced())
         try:
             async with deadline:
                 await produce(job)
@@ -173,6 +182,9 @@ class ExportJobs:
             job.state, job.error = "failed", failed(job, exc)
         else:
             job.state = "done"
+        finally:
+            if beating is not None:
+                beating.cancel()
         job.finished_at = self._clock()
         if self.board is not None:
             self._jobs.pop(job.id, None)
@@ -182,6 +194,15 @@ class ExportJobs:
                 )
             if job.state == "failed":
                 self._purge_soon()
+
+    async def _beat(self, board: ExportBoard, job_id: str) -> None:
+        """Renew ``job_id``'s lease every BEAT_SECONDS while it runs (a board that cannot be
+        written now: the next beat; the lease lapses only if none gets through)."""
+        while True:
+            await asyncio.sleep(BEAT_SECONDS)
+            with contextlib.suppress(Exception):
+                if not board.beat(job_id, now=self._clock()):
+                    return  # cancelled or failed elsewhere: the producer stops at its next add
 
     def get(self, job_id: str, owner: str) -> ExportJob:
         """The job ``job_id`` of ``owner``; NotFound (the same) for an unknown id or another
@@ -217,10 +238,12 @@ class ExportJobs:
         if row.state != "running":
             return False
         if row.beat >= self._clock() - LAPSE_SECONDS:
-            if row.host != self._host:
-                return False  # a process of another host cannot be looked up: it runs
-            mine = row.producer == self._producer
-            if (row.id in self._jobs) if mine else running(row.pid, row.started):
+            if row.producer == self._producer:
+                if row.id in self._jobs:
+                    return False  # this table's own producer runs it
+            elif not self.board.local or row.host != self._host:
+                return False  # within its lease; a process elsewhere cannot be looked up
+            elif running(row.pid, row.started):
                 return False
         return self._lose(row.id)
 
@@ -238,7 +261,7 @@ class ExportJobs:
         return lost
 
     def _purge_soon(self) -> None:
-        """Delete forgotten and failed output (SqliteExportBoard.purge) in a thread, one
+        """Delete forgotten and failed output (ExportBoard.purge) in a thread, one
         purge at a time (at once when no event loop runs)."""
         assert self.board is not None
         self._purge_again = True
@@ -252,7 +275,7 @@ class ExportJobs:
             return
         self._purging = loop.create_task(self._purge(self.board))
 
-    async def _purge(self, board: SqliteExportBoard) -> None:
+    async def _purge(self, board: ExportBoard) -> None:
         while self._purge_again:
             self._purge_again = False
             with contextlib.suppress(Exception):  # left for the next purge

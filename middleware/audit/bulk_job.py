@@ -2,7 +2,7 @@
 (:mod:`middleware.audit.bulk` runs the jobs and says where they live).
 
 A job keeps its NDJSON lines in memory (``files``), or with a board
-(:mod:`middleware.storage.exports_sqlite`) writes them there as chunks of at most
+(:mod:`middleware.storage.exports_base`) writes them there as chunks of at most
 ``CHUNK_BYTES``, reading the job's state before each line so a cancel through another worker
 stops it (:class:`ExportCancelled`). Either way a job holds at most ``max_events`` lines and
 ``max_bytes`` bytes (:class:`ExportTooLarge` beyond: without a board every line is in this
@@ -21,7 +21,7 @@ from typing import Final, Literal
 
 from middleware.errors import GatewayError, NotFound
 from middleware.logging import get_logger
-from middleware.storage.exports_sqlite import SqliteExportBoard
+from middleware.storage.exports_base import ExportBoard
 
 __all__ = [
     "BATCH_LINES",
@@ -84,7 +84,7 @@ class ExportJob:
     too_large: bool = False  # failed past max_events: the client's to narrow (a 4xx)
     finished_at: float | None = None
     task: asyncio.Task[None] | None = None
-    board: SqliteExportBoard | None = None
+    board: ExportBoard | None = None
     clock: Callable[[], float] = time.time  # the board's (ExportJobs.clock)
     counts: list[int] = field(default_factory=list)  # lines of each file (with a board)
     _pending: list[bytes] = field(default_factory=list)  # lines not yet on the board

@@ -37,11 +37,11 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from middleware.ledger.signing import keyed_digest
+from middleware.storage.exports_base import JobRow
 from middleware.storage.sidecar import beside
 
 __all__ = ["OWNER_PURPOSE", "JobRow", "SqliteExportBoard", "export_board", "exports_path"]
@@ -91,30 +91,6 @@ _SELECT: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class JobRow:
-    """One job as the board holds it: who asked (``owner``: the board's keyed digest of the
-    caller, :meth:`SqliteExportBoard.owner_digest`), what, its ``state`` (running, done, failed)
-    and, while running, which process produces it (``host``, ``pid`` and its ``started``
-    time: together they name one process, a reused pid told apart; ``producer``: which
-    job table of that process, a random id; ``beat``: when the producer last wrote)."""
-
-    id: str
-    owner: bytes
-    request: str
-    transaction_time: str
-    state: str
-    error: str | None
-    too_large: bool
-    count: int
-    host: str
-    pid: int
-    started: str
-    producer: str
-    beat: float
-    finished_at: float | None
-
-
 def exports_path(store: str) -> Path | None:
     """The board's file beside a ``sqlite:`` store; None for any other store (jobs then stay
     in each process's memory)."""
@@ -133,6 +109,9 @@ def export_board(store: str, key: bytes) -> SqliteExportBoard | None:
 class SqliteExportBoard:
     """The shared board (module docstring); opened on first use. ``key``: the owners' digest
     key (32 bytes, the same in every worker)."""
+
+    #: Every producer is a process of this machine (the file is local): its pid is looked up.
+    local = True
 
     def __init__(self, path: Path, key: bytes, *, busy_timeout: float = 5.0) -> None:
         keyed_digest(key, ())  # a key of the wrong size fails here, not at the first export
@@ -242,6 +221,10 @@ class SqliteExportBoard:
             job_id,
         )
 
+    def beat(self, job_id: str, *, now: float) -> bool:
+        """Renew a running job's lease (its ``beat``); False when it no longer runs."""
+        return self._write([("UPDATE export_job SET beat = ? WHERE id = ?", (now, job_id))], job_id)
+
     def finish(self, job_id: str, *, error: str | None, too_large: bool, now: float) -> bool:
         """End a running job: done (``error`` None) or failed, whose output is no longer
         served and deleted by the next :meth:`purge`; False when it was not running (nothing
@@ -328,6 +311,11 @@ class SqliteExportBoard:
                 return
             yield bytes(row[0])
             seq += 1
+
+    def stored_chunks(self) -> int:
+        """How many chunks the file holds (what a purge has left)."""
+        (count,) = self._conn().execute("SELECT count(*) FROM chunk").fetchone()
+        return int(count)
 
     def delete(self, job_id: str) -> None:
         """Forget the job (a producer running it stops at its next add); its output is no
