@@ -93,6 +93,7 @@ class ExportJobs:
         board: ExportBoard | None = None,
         sweep_seconds: float | None = None,
         limits: Limits | None = None,
+        beat_seconds: float = BEAT_SECONDS,
     ) -> None:
         self._clock = clock
         self.limits = limits or Limits()
@@ -111,6 +112,8 @@ class ExportJobs:
         #: How often the sweeper expires and purges (default ``keep_seconds / 4``, at least 1 s).
         self.sweep_seconds = max(1.0, keep_seconds / 4) if sweep_seconds is None else sweep_seconds
         self._sweeper: asyncio.Task[None] | None = None
+        #: How often a producer renews its job's lease on the board (BEAT_SECONDS).
+        self.beat_seconds = beat_seconds
 
     def start(
         self, *, owner: str, request: str, transaction_time: str, produce: Producer
@@ -196,10 +199,10 @@ class ExportJobs:
                 self._purge_soon()
 
     async def _beat(self, board: ExportBoard, job_id: str) -> None:
-        """Renew ``job_id``'s lease every BEAT_SECONDS while it runs (a board that cannot be
+        """Renew ``job_id``'s lease every ``beat_seconds`` while it runs (a board that cannot be
         written now: the next beat; the lease lapses only if none gets through)."""
         while True:
-            await asyncio.sleep(BEAT_SECONDS)
+            await asyncio.sleep(self.beat_seconds)
             with contextlib.suppress(Exception):
                 if not board.beat(job_id, now=self._clock()):
                     return  # cancelled or failed elsewhere: the producer stops at its next add

@@ -1,8 +1,11 @@
-"""Bulk export jobs shared by the workers of one SQLite store (middleware/audit/bulk.py with
-middleware/storage/exports_sqlite.py). Two :class:`ExportJobs` on one board file are two
-workers: a job kicked off on A is answered by B (status, manifest, files, DELETE), for its
-owner only; a lost producer is reported failed; expired and failed jobs leave no output; the
-board names no owner (keyed digests only)."""
+"""Bulk export jobs shared by the processes of one gateway (middleware/audit/bulk.py with a
+board: middleware/storage/exports_sqlite.py, the workers of one SQLite store, and
+middleware/storage/exports_postgres.py, the replicas of one PostgreSQL store). Two
+:class:`ExportJobs` on one board are two processes: a job kicked off on A is answered by B
+(status, manifest, files, DELETE), for its owner only; a lost producer is reported failed;
+expired and failed jobs leave no output; the board names no owner (keyed digests only). The
+behaviour tests run on both boards (``boards``); what only a file has (its mode, zeroed
+pages, a WAL, pid look-ups) runs on SQLite."""
 
 from __future__ import annotations
 
@@ -15,19 +18,26 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 import pytest
 
 from middleware.audit.bulk import LAPSE_SECONDS, PRODUCER_GONE, ExportJob, ExportJobs
 from middleware.audit.recorder_intents import started
 from middleware.errors import NotFound, TooManyRequests
 from middleware.ledger.signing import keyed_digest
+from middleware.storage.exports_base import ExportBoard
+from middleware.storage.exports_open import open_export_board
+from middleware.storage.exports_postgres import PostgresExportBoard
 from middleware.storage.exports_sqlite import (
     JobRow,
     SqliteExportBoard,
     export_board,
     exports_path,
 )
+from middleware.storage.loop_thread import LoopThread
+from tests.contract.backends import postgres_dsn
 
 #: The owners' digest key every worker of one gateway derives (the same ledger key file).
 KEY = bytes(range(32))
@@ -53,8 +63,66 @@ def clock() -> Clock:
     return Clock()
 
 
+class Boards:
+    """Boards on one shared place (each :meth:`new` one is another process's), of ``kind``:
+    a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+
+    def __init__(self, kind: str, board_file: Path) -> None:
+        self.kind = kind
+        self.board_file = board_file
+        self.schema = f"consentry_t_{os.urandom(6).hex()}"
+        self.opened: list[ExportBoard] = []
+
+    def new(self, key: bytes = KEY, **kwargs: Any) -> ExportBoard:
+        board: ExportBoard
+        if self.kind == "sqlite":
+            board = SqliteExportBoard(self.board_file, key, **kwargs)
+        else:  # exact "still running?" reads: a DELETE stops the producer at its next add
+            kwargs.setdefault("state_ttl", 0.0)
+            dsn = postgres_dsn()
+            board = PostgresExportBoard(dsn, key, kind="audit", schema=self.schema, **kwargs)
+        self.opened.append(board)
+        return board
+
+    def chunks(self) -> int:
+        """How many output chunks the board holds."""
+        return self.new().stored_chunks()
+
+    def cleanup(self) -> None:
+        for board in self.opened:
+            board.close()
+        if self.kind == "postgres":
+            thread = LoopThread("drop")
+            thread.run(_drop(self.schema), timeout=30)
+            thread.close()
+
+
+async def _drop(schema: str) -> None:
+    conn = await asyncpg.connect(postgres_dsn())
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)],
+)
+def boards(request: pytest.FixtureRequest, board_file: Path) -> Iterator[Boards]:
+    made = Boards(request.param, board_file)
+    yield made
+    made.cleanup()
+
+
 @pytest.fixture
-def workers(board_file: Path, clock: Clock) -> Iterator[tuple[ExportJobs, ExportJobs]]:
+def workers(boards: Boards, clock: Clock) -> tuple[ExportJobs, ExportJobs]:
+    a = ExportJobs(clock=clock, board=boards.new(), events_per_file=3)
+    b = ExportJobs(clock=clock, board=boards.new(), events_per_file=3)
+    return a, b
+
+
+@pytest.fixture
+def sqlite_workers(board_file: Path, clock: Clock) -> Iterator[tuple[ExportJobs, ExportJobs]]:
     a = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), events_per_file=3)
     b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), events_per_file=3)
     yield a, b
@@ -89,16 +157,32 @@ def _chunks(board_file: Path) -> int:
 # -- where the board is -----------------------------------------------------------------------
 
 
-def test_only_a_sqlite_store_has_a_board(tmp_path: Path) -> None:
+def test_only_a_sqlite_store_has_a_board_file(tmp_path: Path) -> None:
     assert exports_path(f"sqlite:{tmp_path}/c.db") == tmp_path / "c.db.exports"
     assert export_board("memory:", KEY) is None
     assert export_board("postgresql://db/consentry", KEY) is None
 
 
+def test_the_board_is_chosen_by_the_store(tmp_path: Path) -> None:
+    """A SQLite store's workers share a file beside it (one a kind of export), a PostgreSQL
+    store's replicas share tables in its schema; a memory store's jobs stay in the process."""
+    audit = open_export_board(f"sqlite:{tmp_path}/c.db", KEY, kind="audit")
+    patient = open_export_board(f"sqlite:{tmp_path}/c.db", KEY, kind="patient")
+    assert isinstance(audit, SqliteExportBoard)
+    assert audit.path == tmp_path / "c.db.exports"
+    assert isinstance(patient, SqliteExportBoard)
+    assert patient.path == tmp_path / "c.db.patient-exports"
+    for dsn in ("postgresql://db/consentry", "postgres://db/consentry"):
+        assert isinstance(open_export_board(dsn, KEY, kind="patient"), PostgresExportBoard)
+    assert open_export_board("memory:", KEY, kind="audit") is None
+    with pytest.raises(ValueError, match="kind"):
+        open_export_board("memory:", KEY, kind="other")
+
+
 def test_the_board_file_is_the_owners_only(
-    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+    sqlite_workers: tuple[ExportJobs, ExportJobs], board_file: Path
 ) -> None:
-    a, _ = workers
+    a, _ = sqlite_workers
     assert a.board is not None
     a.board.running()
     assert board_file.stat().st_mode & 0o777 == 0o600
@@ -169,7 +253,7 @@ async def test_a_job_is_its_owners_only_on_every_worker(
 
 
 async def test_delete_on_b_stops_as_producer_at_its_next_add_and_forgets_the_job(
-    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+    workers: tuple[ExportJobs, ExportJobs], boards: Boards
 ) -> None:
     a, b = workers
     added: list[int] = []
@@ -192,13 +276,13 @@ async def test_delete_on_b_stops_as_producer_at_its_next_add_and_forgets_the_job
     for jobs in (a, b):
         with pytest.raises(NotFound):
             jobs.get(job.id, "auditor")
-    assert _chunks(board_file) == 0
+    assert boards.chunks() == 0
     _start(a, _lines(0))  # its running place is free
 
 
-async def test_running_jobs_are_bounded_over_every_worker(board_file: Path, clock: Clock) -> None:
-    a = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), max_running=1)
-    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), max_running=1)
+async def test_running_jobs_are_bounded_over_every_worker(boards: Boards, clock: Clock) -> None:
+    a = ExportJobs(clock=clock, board=boards.new(), max_running=1)
+    b = ExportJobs(clock=clock, board=boards.new(), max_running=1)
     blocked = asyncio.Event()
 
     async def produce(job: ExportJob) -> None:
@@ -217,25 +301,25 @@ async def test_running_jobs_are_bounded_over_every_worker(board_file: Path, cloc
 
 
 async def test_an_expired_job_is_deleted_with_its_files(
-    workers: tuple[ExportJobs, ExportJobs], clock: Clock, board_file: Path
+    workers: tuple[ExportJobs, ExportJobs], clock: Clock, boards: Boards
 ) -> None:
     a, b = workers
     a.keep_seconds = b.keep_seconds = 10
     job = _start(a, _lines(2))
     await _settle(job)
-    assert _chunks(board_file) == 1
+    assert boards.chunks() == 1
     clock.now += 10
     assert b.get(job.id, "auditor").state == "done"
     clock.now += 0.5
     _start(b, _lines(0))  # expiry happens on the next start, by any worker
     await b.drain()
-    assert _chunks(board_file) == 0
+    assert boards.chunks() == 0
     with pytest.raises(NotFound):
         a.get(job.id, "auditor")
 
 
 async def test_a_status_request_for_any_job_deletes_the_expired_ones(
-    workers: tuple[ExportJobs, ExportJobs], clock: Clock, board_file: Path
+    workers: tuple[ExportJobs, ExportJobs], clock: Clock, boards: Boards
 ) -> None:
     """Files on disk do not wait for the next kick-off: any worker's next request deletes
     every expired job (and only those)."""
@@ -249,18 +333,18 @@ async def test_a_status_request_for_any_job_deletes_the_expired_ones(
     clock.now += 6
     assert b.get(young.id, "auditor").state == "done"
     await b.drain()
-    assert _chunks(board_file) == 1
+    assert boards.chunks() == 1
     with pytest.raises(NotFound):
         a.get(old.id, "auditor")
     assert a.get(young.id, "auditor").ndjson(0) == b"0\n"
 
 
 async def test_deleted_export_lines_are_overwritten_in_the_file(
-    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+    sqlite_workers: tuple[ExportJobs, ExportJobs], board_file: Path
 ) -> None:
     """secure_delete and a truncated WAL: the PHI of a cancelled job is left neither in free
     pages of the file nor in old frames of its WAL."""
-    a, b = workers
+    a, b = sqlite_workers
     marker = b"PHI-MARKER-" + b"z" * 64
 
     async def produce(job: ExportJob) -> None:
@@ -281,7 +365,7 @@ def _file_bytes(board_file: Path) -> bytes:
 
 
 async def test_a_job_past_max_events_fails_and_keeps_no_partial_output(
-    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+    workers: tuple[ExportJobs, ExportJobs], boards: Boards
 ) -> None:
     a, b = workers
     a.max_events = 4
@@ -292,7 +376,7 @@ async def test_a_job_past_max_events_fails_and_keeps_no_partial_output(
     assert seen.too_large
     assert "_since" in str(seen.error)
     await a.drain()
-    assert _chunks(board_file) == 0
+    assert boards.chunks() == 0
 
 
 # -- producers that are gone ---------------------------------------------------------------------
@@ -307,9 +391,9 @@ def _row(job_id: str, pid: int, since: str, host: str, beat: float = 1_000.0) ->
 
 
 def test_a_job_whose_producing_process_ended_is_reported_failed(
-    workers: tuple[ExportJobs, ExportJobs],
+    sqlite_workers: tuple[ExportJobs, ExportJobs],
 ) -> None:
-    _, b = workers
+    _, b = sqlite_workers
     assert b.board is not None
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     since = started(child.pid)
@@ -326,9 +410,9 @@ def test_a_job_whose_producing_process_ended_is_reported_failed(
 
 
 def test_a_job_whose_producer_still_runs_is_running(
-    workers: tuple[ExportJobs, ExportJobs],
+    sqlite_workers: tuple[ExportJobs, ExportJobs],
 ) -> None:
-    _, b = workers
+    _, b = sqlite_workers
     assert b.board is not None
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -378,6 +462,65 @@ async def test_a_producer_that_writes_keeps_its_job_running_past_the_lapse(
     await _settle(job)
 
 
+async def test_a_producer_between_chunks_renews_its_lease(boards: Boards, clock: Clock) -> None:
+    """A producer that writes nothing for longer than the lapse (a slow upstream, a large
+    page being judged) renews its job's lease every ``beat_seconds``: another process does
+    not fail it as lost (failed before: only a chunk renewed it, and a PostgreSQL replica
+    cannot look the producer's pid up)."""
+    a = ExportJobs(clock=clock, board=boards.new(), beat_seconds=0.01)
+    b = ExportJobs(clock=clock, board=boards.new())
+    gate = asyncio.Event()
+
+    async def produce(job: ExportJob) -> None:
+        await gate.wait()
+
+    job = _start(a, produce)
+    for _ in range(3):
+        clock.now += LAPSE_SECONDS - 1
+        await asyncio.sleep(0.05)
+        assert b.get(job.id, "auditor").state == "running"
+    gate.set()
+    await _settle(job)
+    assert b.get(job.id, "auditor").state == "done"
+    await a.aclose()
+
+
+@pytest.mark.integration
+async def test_a_cancel_elsewhere_stops_a_postgres_producer_by_its_next_chunk(
+    board_file: Path, clock: Clock
+) -> None:
+    """A PostgreSQL producer answers "still running?" from its last read for ``state_ttl``
+    (one round trip a line would hold the event loop): a DELETE through another replica
+    stops it at its next chunk at the latest, which is refused, and nothing it wrote stays."""
+    boards = Boards("postgres", board_file)
+    try:
+        a = ExportJobs(clock=clock, board=boards.new(state_ttl=60.0), events_per_file=3)
+        b = ExportJobs(clock=clock, board=boards.new(), events_per_file=3)
+        added: list[int] = []
+        gate = asyncio.Event()
+
+        async def produce(job: ExportJob) -> None:
+            for n in range(10):
+                if n == 4:
+                    await gate.wait()
+                job.add(str(n).encode())
+                added.append(n)
+
+        job = _start(a, produce)
+        await asyncio.sleep(0)
+        b.cancel(job.id, "auditor")
+        gate.set()
+        await _settle(job)
+        assert added == [0, 1, 2, 3, 4]  # line 5 completes a file: its chunk is refused
+        await b.drain()
+        for jobs in (a, b):
+            with pytest.raises(NotFound):
+                jobs.get(job.id, "auditor")
+        assert boards.chunks() == 0
+    finally:
+        boards.cleanup()
+
+
 async def test_a_worker_that_stops_fails_its_running_jobs_for_the_others(
     workers: tuple[ExportJobs, ExportJobs],
 ) -> None:
@@ -389,10 +532,12 @@ async def test_a_worker_that_stops_fails_its_running_jobs_for_the_others(
     assert (seen.state, seen.error) == ("failed", PRODUCER_GONE)
 
 
-async def test_a_lost_producer_frees_its_running_place(board_file: Path, clock: Clock) -> None:
-    b = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), max_running=1)
+async def test_a_lost_producer_frees_its_running_place(boards: Boards, clock: Clock) -> None:
+    b = ExportJobs(clock=clock, board=boards.new(), max_running=1)
     assert b.board is not None
     b.board.create(_row("lost", 2**22 + 7, "0", socket.gethostname()), max_running=1)
+    if not b.board.local:  # no pid to look up: lost once its lease lapsed
+        clock.now += LAPSE_SECONDS + 1
     job = _start(b, _lines(1))
     await _settle(job)
     assert b.get("lost", "auditor").state == "failed"
@@ -403,7 +548,7 @@ async def test_a_lost_producer_frees_its_running_place(board_file: Path, clock: 
 
 
 async def test_a_purge_deletes_forgotten_output_only(
-    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+    workers: tuple[ExportJobs, ExportJobs], boards: Boards
 ) -> None:
     """Output is deleted in slices, off the event loop, after its job is forgotten; the
     files of kept jobs (and of a job still running) are untouched."""
@@ -426,7 +571,7 @@ async def test_a_purge_deletes_forgotten_output_only(
     with pytest.raises(NotFound):  # forgotten at once, before its output is deleted
         a.get(dropped.id, "auditor")
     await b.drain()
-    assert _chunks(board_file) == 14 + 1
+    assert boards.chunks() == 14 + 1
     assert [a.get(kept.id, "auditor").ndjson(n) for n in range(14)] == before
     gate.set()
     await _settle(running)
@@ -434,14 +579,14 @@ async def test_a_purge_deletes_forgotten_output_only(
 
 
 async def test_a_finished_job_outlives_the_worker_that_ran_it(
-    workers: tuple[ExportJobs, ExportJobs], board_file: Path, clock: Clock
+    workers: tuple[ExportJobs, ExportJobs], boards: Boards, clock: Clock
 ) -> None:
     """A restart: the worker that produced the job stops; a new one serves its files."""
     a, _ = workers
     job = _start(a, _lines(4))
     await _settle(job)
     await a.aclose()
-    restarted = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), events_per_file=3)
+    restarted = ExportJobs(clock=clock, board=boards.new(), events_per_file=3)
     seen = restarted.get(job.id, "auditor")
     assert seen.state == "done"
     assert [seen.ndjson(0), seen.ndjson(1)] == [b"0\n1\n2\n", b"3\n"]
@@ -452,41 +597,41 @@ async def test_a_finished_job_outlives_the_worker_that_ran_it(
 
 
 async def test_expired_output_is_purged_on_a_timer_without_requests(
-    board_file: Path, clock: Clock
+    boards: Boards, clock: Clock
 ) -> None:
     """Finished jobs' PHI lines do not wait for another export request: the sweeper, started
     on first use, expires and purges every ``sweep_seconds`` (failed before: the lines stayed
     until someone's next kick-off or poll)."""
-    jobs = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), sweep_seconds=0.01)
+    jobs = ExportJobs(clock=clock, board=boards.new(), sweep_seconds=0.01)
     job = _start(jobs, _lines(1))
     await _settle(job)
-    assert _chunks(board_file) == 1
+    assert boards.chunks() == 1
     clock.now += 10 * 3600  # ten hours, keep_seconds is one; no export request meanwhile
     for _ in range(200):
         await asyncio.sleep(0.01)
-        if _chunks(board_file) == 0:
+        if boards.chunks() == 0:
             break
-    assert _chunks(board_file) == 0
+    assert boards.chunks() == 0
     await jobs.aclose()
 
 
 async def test_a_restarted_worker_sweeps_from_startup_without_requests(
-    board_file: Path, clock: Clock
+    boards: Boards, clock: Clock
 ) -> None:
     """The lifespan startup starts the sweeper: a restarted worker that serves no export
     request still deletes the files its predecessor left past their keep."""
-    old = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY))
+    old = ExportJobs(clock=clock, board=boards.new())
     await _settle(_start(old, _lines(1)))
     await old.aclose()
     clock.now += 2 * 3600
-    new = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY), sweep_seconds=0.01)
+    new = ExportJobs(clock=clock, board=boards.new(), sweep_seconds=0.01)
     assert not new.sweeping()
     new.start_sweeper()
     for _ in range(200):
         await asyncio.sleep(0.01)
-        if _chunks(board_file) == 0:
+        if boards.chunks() == 0:
             break
-    assert _chunks(board_file) == 0
+    assert boards.chunks() == 0
     await new.aclose()
     assert not new.sweeping()
 
@@ -497,7 +642,7 @@ def test_the_sweep_period_defaults_to_a_quarter_of_the_keep() -> None:
 
 
 async def test_a_worker_purges_chunks_whose_job_row_is_gone_on_first_use(
-    workers: tuple[ExportJobs, ExportJobs], board_file: Path, clock: Clock
+    workers: tuple[ExportJobs, ExportJobs], boards: Boards, clock: Clock
 ) -> None:
     """A worker killed between a job row's delete and its purge leaves chunks of no job: the
     next worker's first use (here a poll for an unknown job) deletes them (failed before)."""
@@ -507,22 +652,22 @@ async def test_a_worker_purges_chunks_whose_job_row_is_gone_on_first_use(
     assert a.board is not None
     a.board.delete(job.id)  # the DELETE's row removal; the worker dies before its purge
     await a.aclose()
-    fresh = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY))
+    fresh = ExportJobs(clock=clock, board=boards.new())
     with pytest.raises(NotFound):
         fresh.get(job.id, "auditor")
     await asyncio.sleep(0)  # the sweeper's first round
     await fresh.drain()
-    assert _chunks(board_file) == 0
+    assert boards.chunks() == 0
     await fresh.aclose()
 
 
 @pytest.mark.parametrize("shared", [True, False])
 async def test_a_non_ascii_principal_gets_the_404(
-    board_file: Path, clock: Clock, shared: bool
+    boards: Boards, clock: Clock, shared: bool
 ) -> None:
     """Owners are compared as UTF-8 bytes: a caller whose subject is not ASCII gets the same
     404 as anyone else (failed before: compare_digest raised TypeError, a 500)."""
-    board = SqliteExportBoard(board_file, KEY) if shared else None
+    board = boards.new() if shared else None
     jobs = ExportJobs(clock=clock, board=board)
     job = _start(jobs, _lines(1), owner="iss\x00alice\x00")
     await _settle(job)
@@ -574,13 +719,13 @@ def _raw(board_file: Path) -> bytes:
 
 
 async def test_the_board_names_no_owner_and_serves_the_owner_on_every_worker(
-    workers: tuple[ExportJobs, ExportJobs], board_file: Path
+    sqlite_workers: tuple[ExportJobs, ExportJobs], board_file: Path
 ) -> None:
     """A job's row held its owner (issuer, subject and launch patient) in the clear, so the
     file told whoever read it who exported what, for which patient. It holds a keyed digest:
     no part of the owner is in the file (failed before: the subject was), anyone else still
     gets the 404 on both workers, and the owner is served and cancels through either."""
-    a, b = workers
+    a, b = sqlite_workers
     job = _start(a, _lines(4), owner=ALICE)
     await _settle(job)
     raw = _raw(board_file)
@@ -605,13 +750,13 @@ async def test_the_board_names_no_owner_and_serves_the_owner_on_every_worker(
             jobs.get(job.id, ALICE)
 
 
-async def test_another_key_owns_nothing(board_file: Path, clock: Clock) -> None:
+async def test_another_key_owns_nothing(boards: Boards, clock: Clock) -> None:
     """A board opened under another key (another gateway's ledger key) serves no job: the
     digest, not the id alone, says whose a job is."""
-    mine = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, KEY))
+    mine = ExportJobs(clock=clock, board=boards.new())
     job = _start(mine, _lines(1), owner=ALICE)
     await _settle(job)
-    other = ExportJobs(clock=clock, board=SqliteExportBoard(board_file, bytes(32)))
+    other = ExportJobs(clock=clock, board=boards.new(bytes(32)))
     with pytest.raises(NotFound):
         other.get(job.id, ALICE)
     assert mine.get(job.id, ALICE).state == "done"
@@ -622,6 +767,8 @@ async def test_another_key_owns_nothing(board_file: Path, clock: Clock) -> None:
 def test_a_key_of_the_wrong_size_is_refused(board_file: Path) -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         SqliteExportBoard(board_file, b"short")
+    with pytest.raises(ValueError, match="32 bytes"):
+        PostgresExportBoard("postgresql://db/consentry", b"short", kind="audit")
 
 
 async def test_an_old_boards_jobs_are_nobodys_and_its_owners_are_erased(
