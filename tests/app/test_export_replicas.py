@@ -1,0 +1,153 @@
+"""Bulk Data ``$export`` jobs are shared by replicas on one PostgreSQL store (ARCHITECTURE
+"Scale": nothing in a replica's memory is needed to serve the next request). Two gateways in
+this process, each with its own pools on one fresh schema and the same ledger key: a job
+kicked off through A is polled, downloaded and deleted through B, for its owner only (anyone
+else gets the 404 of an unknown job on B too). Failed before the PostgreSQL board: B answered
+404 for A's job (it lived in A's memory)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from middleware.app import Gateway, create_app
+from middleware.auth.devissuer import UnsafeDevelopmentIssuer
+from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.settings import Settings
+from middleware.storage.consent_base import LOOKUP_PURPOSE
+from middleware.storage.consent_postgres import PostgresConsentStore
+from middleware.storage.ledger_postgres import PostgresLogStore
+from tests.app.conftest import WallClock
+from tests.app.consenting import DEV_ISSUER, Tokens, auth_settings
+from tests.app.test_export import ASYNC, FHIR, STATUS_URL, finished, lines, patient, searchset
+from tests.contract.backends import PostgresBackend
+
+pytestmark = pytest.mark.integration
+
+PEOPLE = ("p1", "p2", "p3")
+AUDITOR = "ledger-auditor"
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> Tokens:
+    return Tokens(
+        UnsafeDevelopmentIssuer.from_key_file(tmp_path / "dev.jwk", DEV_ISSUER, enabled=True)
+    )
+
+
+def _upstream() -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/Patient"):
+            body = searchset(*(patient(p) for p in PEOPLE))
+            return httpx.Response(200, json=body, headers=FHIR)
+        return httpx.Response(404)
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.fixture
+async def replicas(
+    tmp_path: Path, make_settings: Callable[..., Settings], signer: SigningKey, wall: WallClock
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    backend = await PostgresBackend.create()
+    settings = make_settings(
+        store=backend.dsn,
+        auth=auth_settings(tmp_path / "dev.jwk"),
+        consent_jurisdiction="opt-out",
+    )
+    upstream = _upstream()
+    apps: list[Gateway] = []
+    opened: list[PostgresLogStore | PostgresConsentStore] = []
+    for _ in range(2):
+        log = await PostgresLogStore.open(backend.dsn, schema=backend.schema, max_size=2)
+        consents = await PostgresConsentStore.open(
+            backend.dsn,
+            lookup_key=derive_box_key(signer, LOOKUP_PURPOSE),
+            schema=backend.schema,
+            max_size=2,
+        )
+        opened += [log, consents]
+        apps.append(
+            create_app(
+                settings,
+                upstream=upstream,
+                signer=signer,
+                store=log,
+                consents=consents,
+                wall_clock=wall,
+            )
+        )
+    clients = [
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=("203.0.113.7", 50000)),
+            base_url="http://gateway.test",
+        )
+        for app in apps
+    ]
+    yield clients
+    for client in clients:
+        await client.aclose()
+    for app in apps:
+        await app.aclose()
+    for store in opened:  # injected: ours to close
+        await store.close()
+    await backend.cleanup()
+
+
+async def test_a_job_kicked_off_on_a_is_polled_downloaded_and_deleted_on_b(
+    replicas: list[httpx.AsyncClient], tokens: Tokens
+) -> None:
+    a, b = replicas
+    mine = tokens.bearer("ehr-backend", "system/*.rs")
+    other = tokens.bearer("another-backend", "system/*.rs")
+    kick = await a.get("/fhir/$export?_type=Patient", headers={**mine, **ASYNC})
+    assert kick.status_code == 202, kick.text
+    location = kick.headers["content-location"]
+    assert STATUS_URL.fullmatch(location), location
+    done = await finished(b, location, mine)
+    assert done.status_code == 200, done.text
+    manifest = done.json()
+    assert [item["type"] for item in manifest["output"]] == ["Patient"]
+    found = await lines(b, manifest, mine)
+    assert sorted(r["id"] for r in found) == list(PEOPLE)
+    # Another caller learns nothing on either replica: the 404 of an unknown job.
+    file_url = manifest["output"][0]["url"]
+    for client in (a, b):
+        assert (await client.get(location, headers=other)).status_code == 404
+        assert (await client.get(file_url, headers=other)).status_code == 404
+        assert (await client.delete(location, headers=other)).status_code == 404
+    # Deleted through B: gone on both, files included.
+    assert (await b.delete(location, headers=mine)).status_code == 202
+    for client in (a, b):
+        assert (await client.get(location, headers=mine)).status_code == 404
+        assert (await client.get(file_url, headers=mine)).status_code == 404
+
+
+async def test_an_auditevent_export_kicked_off_on_a_is_served_by_b(
+    replicas: list[httpx.AsyncClient], tokens: Tokens
+) -> None:
+    """The AuditEvent bulk export shares its own board the same way (tables of its own)."""
+    a, b = replicas
+    await a.get("/fhir/$export?_type=Patient", headers=tokens.bearer("ehr", "system/*.rs"))
+    officer = tokens.bearer(
+        "officer", "user/AuditEvent.rs", fhir_user="Practitioner/officer", roles=[AUDITOR]
+    )
+    kick = await a.get("/fhir/AuditEvent/$export", headers={**officer, **ASYNC})
+    assert kick.status_code == 202, kick.text
+    location = kick.headers["content-location"]
+    done = await finished(b, location, officer)
+    assert done.status_code == 200, done.text
+    outputs = done.json()["output"]
+    assert outputs
+    part = await b.get(outputs[0]["url"], headers=officer)
+    assert part.status_code == 200
+    assert all('"resourceType":"AuditEvent"' in line for line in part.text.splitlines())
+    other = tokens.bearer(
+        "officer-2", "user/AuditEvent.rs", fhir_user="Practitioner/officer-2", roles=[AUDITOR]
+    )
+    assert (await b.get(location, headers=other)).status_code == 404
+    assert (await b.delete(location, headers=officer)).status_code == 202
+    assert (await a.get(location, headers=officer)).status_code == 404
