@@ -16,7 +16,10 @@ the task asks the connection for ``SELECT 1``; one that does not answer within t
 (a half-open TCP connection) makes the set not live too, and the task reconnects. A reload
 that fails for any reason leaves the set not live; rows are read back with
 :meth:`~middleware.auth.revocation.RevocationSet.of_rows` (a bad row is skipped, counted and
-logged). While it is not live (starting,
+logged). A check made while a reload is in flight is answered from the set held before it:
+a revocation binds this process once the reload its notification started is applied, and a
+set is never replaced by one read earlier (:meth:`PostgresRevocations._reload`). While it is
+not live (starting,
 reconnecting, or the database down) each check reads the table for the token at hand (one
 indexed read per key) instead of trusting a set that may be stale: a revoked token is never
 accepted past a lost notification, at the price of a read per request until the listener is
@@ -150,7 +153,13 @@ class PostgresRevocations:
         return row is not None
 
     async def _reload(self) -> None:
-        """Read the whole table; keep it unless a reload started later was applied first."""
+        """Read the whole table; keep it unless a reload started later was applied first.
+
+        Reloads overlap (two notifications close together, or one racing the reconnect's
+        reload) and their builds may finish in either order, so the generation is checked
+        after the build too: an older snapshot never replaces a newer one. A later reload
+        read the table after every notification that started an earlier one had arrived,
+        so its snapshot holds every revocation the earlier one held."""
         self._generation += 1
         generation = self._generation
         pool = await self._connected()
@@ -162,6 +171,8 @@ class PostgresRevocations:
             held, skipped = await asyncio.to_thread(RevocationSet.of_rows, built)
             if skipped:
                 self._log.warning("unusable token revocation rows skipped", count=skipped)
+            if generation <= self._applied:  # a newer reload was applied during the build
+                return
             self._applied = generation
             self._set = held
             self.changed.set()

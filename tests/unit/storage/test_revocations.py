@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 import pytest
 
 from middleware.auth.identity import Identity
-from middleware.auth.revocation import Revocation, RevocationList
+from middleware.auth.revocation import Revocation, RevocationList, RevocationSet
 from middleware.errors import ServiceUnavailable, SettingsError
 from middleware.storage.revocations_open import record, token_revocations
 from middleware.storage.revocations_postgres import CHANNEL, LISTENER_NAME, PostgresRevocations
@@ -22,6 +24,7 @@ from middleware.storage.revocations_sqlite import _SCHEMA as _SQLITE_SCHEMA
 from middleware.storage.revocations_sqlite import SqliteRevocations
 from tests.contract.backends import POSTGRES, PostgresBackend
 
+BuiltSet = tuple[RevocationSet, int]
 TOKEN = Identity(subject="dr", issuer="iss", expires_at=9e9, client_id="app", token_id="t-1")
 OTHER = Identity(subject="nurse", issuer="iss", expires_at=9e9, client_id="app2", token_id="t-2")
 
@@ -177,6 +180,43 @@ async def test_a_notification_lost_while_the_listener_is_down_never_lets_a_token
         assert await listed.revoked(TOKEN, 500.0)  # read from the table
         await _until(lambda: listed.live)
         assert await listed.revoked(TOKEN, 500.0)  # from the reloaded set
+    finally:
+        for opened in store.opened:
+            await opened.aclose()
+        await backend.cleanup()
+
+
+@pytest.mark.integration
+async def test_an_older_reload_finishing_last_never_replaces_a_newer_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two reloads in flight: the first (one row) is slow to build, the second (two rows)
+    is applied meanwhile; the first's older snapshot is then discarded, not applied. Red
+    before: it replaced the newer set and the list stayed live on it (t-2 accepted)."""
+    backend = await PostgresBackend.create()
+    store = Store(backend.dsn, backend.schema)
+    built = RevocationSet.of_rows
+    entered = threading.Event()
+
+    def slow_for_the_older(rows: Iterable[tuple[object, object, object]]) -> BuiltSet:
+        rows = list(rows)
+        if len(rows) == 1:  # the first reload's snapshot: t-1 only
+            entered.set()
+            time.sleep(0.5)
+        return built(rows)
+
+    try:
+        listed = store.list()
+        assert isinstance(listed, PostgresRevocations)
+        await _settled(listed)
+        monkeypatch.setattr(RevocationSet, "of_rows", slow_for_the_older)
+        await store.revoke(Revocation("jti", "t-1"))
+        assert await asyncio.to_thread(entered.wait, 10)  # the first reload is building
+        await store.revoke(Revocation("jti", "t-2"))
+        await _until(lambda: listed._generation == 3 and not listed._reloads)
+        assert listed.live
+        assert await listed.revoked(TOKEN, 500.0)
+        assert await listed.revoked(OTHER, 500.0)
     finally:
         for opened in store.opened:
             await opened.aclose()
