@@ -11,7 +11,8 @@ What one replica does, the others honour at their very next request, asked direc
 three through the balancer (three requests in a row, which the balancer's ``x-served-by``
 header shows landing on each replica once): a consent change and its revocation, a paging
 cursor, a break-the-glass session, a token revoked with ``consentry auth revoke`` on the
-shared store. Every replica has answered the caller before the change, so a replica serving
+shared store, a Bulk Data ``$export`` job (polled and downloaded through the replicas that did
+not take the kick-off). Every replica has answered the caller before the change, so a replica serving
 from a warm cache would answer the old way and fail the test. The one ledger they all append
 to verifies, and the balancer keeps requests away from a replica that is not ready or gone.
 Marked ``integration``; a missing upstream, PostgreSQL or HAProxy fails these tests, never
@@ -292,3 +293,45 @@ def test_the_ledger_all_three_replicas_appended_to_verifies(
         "ledger", "verify", "--store", cluster.dsn, "--trust", str(trust)
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_an_export_kicked_off_on_one_replica_is_polled_and_downloaded_on_the_others(
+    cluster: Cluster, patients: list[str]
+) -> None:
+    """``$export`` through replica 0; its status polled and its files downloaded through
+    replicas 1 and 2 in turn (the job lives in the shared store, not in replica 0's memory),
+    for its caller only; a DELETE through replica 2 forgets it on all three."""
+    doctor = cluster.doctor()
+    kick = httpx.get(
+        f"{cluster.gateways[0].base_url}/Patient/$export",
+        params={"_type": "Patient"},
+        headers={**doctor, "prefer": "respond-async"},
+        timeout=30.0,
+    )
+    assert kick.status_code == 202, kick.text
+    status = kick.headers["content-location"].removeprefix(PUBLIC + "/")
+    others = cluster.others(0)
+    deadline, turn = time.monotonic() + 120, 0
+    while True:
+        answer = httpx.get(f"{others[turn % 2]}/{status}", headers=doctor, timeout=30.0)
+        turn += 1
+        if answer.status_code == 200:
+            break
+        assert answer.status_code == 202, answer.text
+        assert time.monotonic() < deadline, "the export did not finish in time"
+        time.sleep(0.2)
+    outputs = answer.json()["output"]
+    assert [item["type"] for item in outputs] == ["Patient"]
+    path = outputs[0]["url"].removeprefix(PUBLIC + "/")
+    files = [httpx.get(f"{base}/{path}", headers=doctor, timeout=30.0) for base in others]
+    assert [f.status_code for f in files] == [200, 200]
+    assert files[0].content == files[1].content
+    exported = [json.loads(line)["id"] for line in files[0].text.splitlines()]
+    assert len(exported) == outputs[0]["count"]
+    assert patients[3] in exported  # the carebundle is there (no consent refuses the doctor)
+    stranger = cluster.replicas.bearer("other", "user/*.rs", fhir_user="Practitioner/other")
+    assert _reads(cluster, others, status, stranger) == [404, 404]
+    gone = httpx.delete(f"{others[1]}/{status}", headers=doctor, timeout=30.0)
+    assert gone.status_code == 202, gone.text
+    every = [g.base_url for g in cluster.gateways]
+    assert _reads(cluster, every, status, doctor) == [404] * 3
