@@ -1,11 +1,12 @@
 """``deploy/haproxy.cfg``: HAProxy accepts it (``haproxy -c``, Debian's haproxy, which
 scripts/test.sh installs); it balances round robin over exactly the compose file's gateway
-replicas, checking ``/readyz``, sends Bulk Data export requests to one of them, retries a
-refused connection on another replica and adds the client's address to ``X-Forwarded-For``.
+replicas, checking ``/readyz``, Bulk Data export requests too (no backend of their own: the
+jobs are in the shared store), retries a refused connection on another replica and adds the
+client's address to ``X-Forwarded-For``.
 Run for real in front of three small local servers (addresses and check interval rewritten,
 everything else as written): it sends requests only to the replicas whose ``/readyz``
-answers 200, in turn, and takes a replica back once it does; every export request reaches
-the one export replica (its backup while it is down); a replica stopped between two checks
+answers 200, in turn, and takes a replica back once it does; export requests are balanced
+like any other; a replica stopped between two checks
 costs no request; the replica sees the balancer's ``X-Forwarded-For`` line after the
 client's own.
 """
@@ -81,13 +82,12 @@ def _checks_readyz(backend: str) -> bool:
 
 def shape_problems(text: str) -> list[str]:
     problems: list[str] = []
-    backend, exports = section(text, "backend gateways"), section(text, "backend exports")
+    backend = section(text, "backend gateways")
     defaults = section(text, "defaults")
     if not re.search(r"^\s+balance roundrobin$", backend, re.MULTILINE):
         problems.append("backend: expected balance roundrobin")
-    for name, lines in (("backend", backend), ("exports", exports)):
-        if not _checks_readyz(lines):
-            problems.append(f"{name}: expected a GET /readyz health check wanting 200")
+    if not _checks_readyz(backend):
+        problems.append("backend: expected a GET /readyz health check wanting 200")
     replicas = sorted(
         name
         for name, service in COMPOSE["services"].items()
@@ -97,12 +97,12 @@ def shape_problems(text: str) -> list[str]:
     servers = _servers(backend)
     if servers != {name: f"{name}:8080" for name in replicas}:
         problems.append(f"backend: servers {servers} are not the replicas {replicas}")
-    # Export jobs live in one replica's memory: one active server, the others backups.
-    expected = {
-        name: f"{name}:8080" + ("" if i == 0 else " backup") for i, name in enumerate(replicas)
-    }
-    if _servers(exports) != expected:
-        problems.append(f"exports: servers {_servers(exports)}, expected {expected}")
+    # Export jobs are in the shared store: no request is pinned to one replica.
+    frontend = section(text, "frontend fhir")
+    if re.search(r"^\s+use_backend ", frontend, re.MULTILINE) or re.search(
+        r"^backend (?!gateways$)", text, re.MULTILINE
+    ):
+        problems.append("frontend: every request goes to backend gateways (no pinning)")
     for needed in ("retries 2", "option redispatch", "option forwardfor"):
         if not re.search(rf"^\s+{needed}$", defaults, re.MULTILINE):
             problems.append(f"defaults: expected {needed}")
@@ -140,7 +140,13 @@ def test_haproxy_refuses_a_broken_configuration(broken: str, problem: str, tmp_p
             CONFIG.replace("    server gateway-3 gateway-3:8080\n", ""), "replicas", id="server"
         ),
         pytest.param(
-            CONFIG.replace("gateway-2:8080 backup", "gateway-2:8080"), "exports", id="two-exporters"
+            CONFIG.replace(
+                "    default_backend gateways",
+                "    acl bulk_export path_beg '/fhir/$export-status/'\n"
+                "    use_backend exports if bulk_export\n    default_backend gateways",
+            ),
+            "pinning",
+            id="export-pinning",
         ),
         pytest.param(CONFIG.replace("    retries 2\n", ""), "retries", id="no-retries"),
         pytest.param(CONFIG.replace("option redispatch", ""), "redispatch", id="no-redispatch"),
@@ -286,8 +292,7 @@ def test_haproxy_sends_requests_only_to_ready_replicas_in_turn(tmp_path: Path) -
         _until(lambda: set(spread()) == set(NAMES), "the ready replica was not taken back")
 
 
-#: Bulk Data requests (kick-offs at the three levels, a job's status and a file), and
-#: paths that only look alike.
+#: Bulk Data requests (kick-offs at the three levels, a job's status and a file).
 EXPORTS = [
     "/fhir/$export",
     "/fhir/Patient/$export?_type=Observation",
@@ -295,28 +300,19 @@ EXPORTS = [
     "/fhir/$export-status/0123abcd",
     "/fhir/$export-file/0123abcd/0",
 ]
-NOT_EXPORTS = ["/fhir/Patient", "/fhir/Patient/$exports", "/fhir/Patient/p1/$everything"]
 
 
-def test_every_bulk_export_request_goes_to_one_replica(tmp_path: Path) -> None:
-    """A job lives in the memory of the replica that took its kick-off: the kick-off, the
-    status polls and the downloads all reach gateway-1, other requests every replica; with
-    gateway-1 not ready, the first backup takes them."""
+def test_bulk_export_requests_are_balanced_like_any_other(tmp_path: Path) -> None:
+    """A job is in the shared store, so any replica answers it: the kick-off, the status
+    polls and the downloads reach every replica in turn (they all went to gateway-1 while
+    jobs lived in one replica's memory)."""
     with (
         _replicas(NAMES) as replicas,
         httpx.Client(timeout=5.0) as client,
         _balancing(tmp_path, replicas, client) as base,
     ):
         for path in EXPORTS:
-            assert set(_answers(client, base + path, 4)) == {"gateway-1"}, path
-        for path in NOT_EXPORTS:
             assert set(_answers(client, base + path, 3)) == set(NAMES), path
-
-        replicas["gateway-1"].ready = False
-        _until(
-            lambda: set(_answers(client, base + EXPORTS[3], 3)) == {"gateway-2"},
-            "the backup did not take the exports",
-        )
 
 
 def test_a_stopped_replica_costs_no_request(tmp_path: Path) -> None:
