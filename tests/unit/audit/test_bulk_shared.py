@@ -25,7 +25,7 @@ import pytest
 
 from middleware.audit.bulk import LAPSE_SECONDS, PRODUCER_GONE, ExportJob, ExportJobs
 from middleware.audit.recorder_intents import started
-from middleware.errors import NotFound, TooManyRequests
+from middleware.errors import NotFound, ServiceUnavailable, TooManyRequests
 from middleware.ledger.signing import keyed_digest
 from middleware.storage.exports_base import ExportBoard
 from middleware.storage.exports_open import open_export_board
@@ -38,6 +38,7 @@ from middleware.storage.exports_sqlite import (
 )
 from middleware.storage.loop_thread import LoopThread
 from tests.contract.backends import postgres_dsn
+from tests.support import free_port
 
 #: The owners' digest key every worker of one gateway derives (the same ledger key file).
 KEY = bytes(range(32))
@@ -802,4 +803,19 @@ async def test_an_old_boards_jobs_are_nobodys_and_its_owners_are_erased(
     assert b"alice-subject-7f3" not in _raw(board_file)
     await jobs.sweep()
     assert _chunks(board_file) == 0
+    await jobs.aclose()
+
+
+async def test_a_postgres_board_that_cannot_be_reached_fails_closed(clock: Clock) -> None:
+    """No database: kick-off, status and DELETE raise ServiceUnavailable (a 503 with
+    Retry-After), never the 404 of an unknown job nor a guess; nothing is started."""
+    dsn = f"postgresql://127.0.0.1:{free_port()}/nowhere"
+    board = PostgresExportBoard(dsn, KEY, kind="patient", timeout=5.0)
+    jobs = ExportJobs(clock=clock, board=board)
+    with pytest.raises(ServiceUnavailable):
+        _start(jobs, _lines(1))
+    with pytest.raises(ServiceUnavailable):
+        jobs.get("0" * 32, "auditor")
+    with pytest.raises(ServiceUnavailable):
+        jobs.cancel("0" * 32, "auditor")
     await jobs.aclose()
