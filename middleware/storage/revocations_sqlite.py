@@ -10,7 +10,12 @@ one ``stat`` of the path per request. A file that cannot be read raises
 :class:`~middleware.errors.ServiceUnavailable` (fail closed) and drops the connection, so the
 next check opens the file afresh; so does a path that no longer names the open file (deleted
 and recreated, or replaced: its device and inode differ), so a replacement is enforced at once
-rather than the unlinked file's rows. The pragma runs on the event loop; a reload (O(rows))
+rather than the unlinked file's rows. The path is checked before and after each open, and an
+open during which it changed is retried, so the file recorded is the file opened. A list
+creates the file only at its first open (a new store); once open, it reopens only a file that
+exists: a path deleted while the gateway runs is a 503 on every check until the file is back
+(``consentry auth revoke``, or a restore), never an empty list that accepts every revoked
+token again. The pragma runs on the event loop; a reload (O(rows))
 runs on a worker thread while checks wait for it. Rows are read back with
 :meth:`~middleware.auth.revocation.RevocationSet.of_rows` (a bad row is skipped, counted and
 logged, never an error). After :meth:`SqliteRevocations.aclose` every check is a 503: the
@@ -24,6 +29,7 @@ import os
 import sqlite3
 from pathlib import Path
 from typing import Final
+from urllib.parse import quote
 
 from middleware.auth.identity import Identity
 from middleware.auth.revocation import Revocation, RevocationSet
@@ -45,6 +51,8 @@ CREATE TABLE IF NOT EXISTS consentry_token_revocations (
 ) WITHOUT ROWID;
 """
 _SUFFIX: Final = ".revocations"
+#: Opens tried while the path keeps naming another file before the check is a 503.
+_ATTEMPTS: Final = 3
 _ALL: Final = "SELECT kind, value, before FROM consentry_token_revocations"
 _INSERT: Final = (
     "INSERT INTO consentry_token_revocations (kind, value, before, revoked_at, reason) "
@@ -61,12 +69,23 @@ def revocations_path(store: str) -> Path | None:
     return beside(store.removeprefix("sqlite:"), _SUFFIX)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _create(path: Path) -> None:
     # Created by `consentry auth revoke` run as root, the file gets the database's owner, so
     # the gateway's user can still open it (storage.sidecar).
     os.close(open_beside(path, Path(str(path).removesuffix(_SUFFIX)), os.O_RDWR))
+
+
+def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    """A connection to the file at ``path``, created first if ``create``; otherwise a
+    missing file raises ``sqlite3.OperationalError`` (SQLite's ``mode=rw`` URI)."""
+    if create:
+        _create(path)
+    # mode=rw: open, never create (sqlite3.connect alone creates a missing file).
+    target = f"file:{quote(str(path.absolute()))}?mode=rw"
     # check_same_thread off: a reload reads on a worker thread, one at a time (the lock).
-    db = sqlite3.connect(path, timeout=2.0, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(
+        target, timeout=2.0, isolation_level=None, check_same_thread=False, uri=True
+    )
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(_SCHEMA)
@@ -91,6 +110,26 @@ def _identity(path: Path) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
+def _open(path: Path, *, create: bool) -> tuple[sqlite3.Connection, tuple[int, int]]:
+    """A connection and the (st_dev, st_ino) of the file it opened: the path's identity
+    before and after the open agree (SQLite gives no descriptor to ``fstat``). Raises
+    ``sqlite3.Error`` or ``OSError`` (also when the path kept changing)."""
+    if create:
+        _create(path)
+    for _ in range(_ATTEMPTS):
+        before = _identity(path)
+        db = _connect(path, create=False)
+        try:
+            after = _identity(path)
+        except BaseException:
+            db.close()
+            raise
+        if after == before:
+            return db, after
+        db.close()  # replaced while it was opened: which file `db` has is unknown
+    raise OSError("the token revocation file kept changing while it was opened")
+
+
 class SqliteRevocations:
     """The revocation list of one process on ``path`` (module docstring)."""
 
@@ -102,6 +141,7 @@ class SqliteRevocations:
         self._set = RevocationSet()
         self._reloading = asyncio.Lock()
         self._closed = False
+        self._was_open = False  # opened once: never created again (module docstring)
         #: Rows skipped by the last reload (not usable revocations).
         self.skipped = 0
         self._log = get_logger("consentry.auth")
@@ -116,8 +156,8 @@ class SqliteRevocations:
         if self._db is not None and _identity(self.path) != self._file:
             self._drop()
         if self._db is None:
-            self._db = _connect(self.path)
-            self._file = _identity(self.path)
+            self._db, self._file = _open(self.path, create=not self._was_open)
+            self._was_open = True
         return self._db
 
     def _load(self, db: sqlite3.Connection) -> RevocationSet:

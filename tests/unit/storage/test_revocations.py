@@ -6,6 +6,7 @@ notification lost meanwhile cannot leave a revoked token usable."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -18,10 +19,11 @@ import pytest
 from middleware.auth.identity import Identity
 from middleware.auth.revocation import Revocation, RevocationList, RevocationSet
 from middleware.errors import ServiceUnavailable, SettingsError
+from middleware.storage import revocations_sqlite
 from middleware.storage.revocations_open import record, token_revocations
 from middleware.storage.revocations_postgres import CHANNEL, LISTENER_NAME, PostgresRevocations
 from middleware.storage.revocations_sqlite import _SCHEMA as _SQLITE_SCHEMA
-from middleware.storage.revocations_sqlite import SqliteRevocations
+from middleware.storage.revocations_sqlite import SqliteRevocations, record_sqlite_revocation
 from tests.contract.backends import POSTGRES, PostgresBackend
 
 BuiltSet = tuple[RevocationSet, int]
@@ -93,8 +95,10 @@ async def test_a_revocation_binds_every_process_on_its_next_check(store: Store) 
         await _settled(listed)
         assert not await listed.revoked(TOKEN, 500.0)
     await store.revoke(Revocation("jti", "t-1"))
-    if isinstance(b, PostgresRevocations):  # pushed: at once, but not synchronously
-        await _until(lambda: b._set.revokes(TOKEN, 500.0))
+    for listed in (a, b):
+        if isinstance(listed, PostgresRevocations):  # pushed: at once, not synchronously
+            held: PostgresRevocations = listed
+            await _until(lambda: held._set.revokes(TOKEN, 500.0))  # noqa: B023  # awaited here
     assert await b.revoked(TOKEN, 500.0)
     assert await a.revoked(TOKEN, 500.0)
     assert not await a.revoked(OTHER, 500.0)
@@ -274,6 +278,58 @@ async def test_sqlite_a_replaced_file_is_followed_at_once(tmp_path: Path) -> Non
         assert not await listed.revoked(TOKEN, 500.0)
         _delete(path, "", "-wal", "-shm")
         await record(f"sqlite:{tmp_path / 'x.db'}", Revocation("jti", "t-1"), reason="r", at=1.0)
+        assert await listed.revoked(TOKEN, 500.0)
+    finally:
+        await listed.aclose()
+
+
+async def test_sqlite_a_deleted_file_is_a_503_until_it_is_back(tmp_path: Path) -> None:
+    """The file deleted while the gateway runs: every check is a 503 and the gateway does not
+    create an empty one; once a revocation (or a restore) brings the file back, it is read.
+    Red before: one 503, then the check created an empty file and t-1 was accepted."""
+    path = tmp_path / "x.db.revocations"
+    listed = SqliteRevocations(path)
+    try:
+        await record(f"sqlite:{tmp_path / 'x.db'}", Revocation("jti", "t-1"), reason="r", at=1.0)
+        assert await listed.revoked(TOKEN, 500.0)
+        _delete(path, "", "-wal", "-shm")
+        for _ in range(3):
+            with pytest.raises(ServiceUnavailable):
+                await listed.revoked(TOKEN, 500.0)
+        assert not path.exists()
+        await record(f"sqlite:{tmp_path / 'x.db'}", Revocation("jti", "t-2"), reason="r", at=1.0)
+        assert await listed.revoked(OTHER, 500.0)
+    finally:
+        await listed.aclose()
+
+
+async def test_sqlite_a_file_replaced_while_it_is_opened_is_not_mistaken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is replaced between the open and the recording of which file is open: the
+    open is retried, so the file at the path is the one read. Red before: the new file's
+    identity was recorded for the old file's connection, and t-1 revoked in the file at the
+    path was never seen."""
+    path = tmp_path / "x.db.revocations"
+    fresh = tmp_path / "new.revocations"
+    record_sqlite_revocation(path, Revocation("jti", "other"), reason="r", at=1.0)
+    record_sqlite_revocation(fresh, Revocation("jti", "seed"), reason="r", at=1.0)
+    connect = revocations_sqlite._connect
+    replaced: list[bool] = []
+
+    def replacing(at: Path, **create: bool) -> sqlite3.Connection:
+        db = connect(at, **create)
+        if at == path and not replaced:
+            replaced.append(True)
+            os.replace(fresh, path)  # after the open, before its identity is taken
+        return db
+
+    monkeypatch.setattr(revocations_sqlite, "_connect", replacing)
+    listed = SqliteRevocations(path)
+    try:
+        assert not await listed.revoked(TOKEN, 500.0)
+        assert replaced
+        record_sqlite_revocation(path, Revocation("jti", "t-1"), reason="r", at=2.0)
         assert await listed.revoked(TOKEN, 500.0)
     finally:
         await listed.aclose()
