@@ -7,13 +7,16 @@ else gets the 404 of an unknown job on B too). Failed before the PostgreSQL boar
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from middleware.app import Gateway, create_app
+from middleware.audit.bulk import LAPSE_SECONDS, PRODUCER_GONE
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.settings import Settings
@@ -38,27 +41,42 @@ def tokens(tmp_path: Path) -> Tokens:
     )
 
 
-def _upstream() -> httpx.MockTransport:
-    def handler(request: httpx.Request) -> httpx.Response:
+class Upstream:
+    """Three patients; a search for ``Group`` (``_type=Group``) waits until ``release`` is
+    set: a producer that hangs mid-export."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def handler(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/Group"):
+            self.waiting.set()
+            await self.release.wait()
+            return httpx.Response(200, json=searchset(), headers=FHIR)
         if request.url.path.endswith("/Patient"):
             body = searchset(*(patient(p) for p in PEOPLE))
             return httpx.Response(200, json=body, headers=FHIR)
         return httpx.Response(404)
 
-    return httpx.MockTransport(handler)
+
+@dataclass
+class Replicas:
+    clients: list[httpx.AsyncClient]
+    upstream: Upstream
 
 
 @pytest.fixture
 async def replicas(
     tmp_path: Path, make_settings: Callable[..., Settings], signer: SigningKey, wall: WallClock
-) -> AsyncIterator[list[httpx.AsyncClient]]:
+) -> AsyncIterator[Replicas]:
     backend = await PostgresBackend.create()
     settings = make_settings(
         store=backend.dsn,
         auth=auth_settings(tmp_path / "dev.jwk"),
         consent_jurisdiction="opt-out",
     )
-    upstream = _upstream()
+    upstream = Upstream()
     apps: list[Gateway] = []
     opened: list[PostgresLogStore | PostgresConsentStore] = []
     for _ in range(2):
@@ -73,7 +91,7 @@ async def replicas(
         apps.append(
             create_app(
                 settings,
-                upstream=upstream,
+                upstream=httpx.MockTransport(upstream.handler),
                 signer=signer,
                 store=log,
                 consents=consents,
@@ -87,7 +105,8 @@ async def replicas(
         )
         for app in apps
     ]
-    yield clients
+    yield Replicas(clients, upstream)
+    upstream.release.set()
     for client in clients:
         await client.aclose()
     for app in apps:
@@ -98,9 +117,9 @@ async def replicas(
 
 
 async def test_a_job_kicked_off_on_a_is_polled_downloaded_and_deleted_on_b(
-    replicas: list[httpx.AsyncClient], tokens: Tokens
+    replicas: Replicas, tokens: Tokens
 ) -> None:
-    a, b = replicas
+    a, b = replicas.clients
     mine = tokens.bearer("ehr-backend", "system/*.rs")
     other = tokens.bearer("another-backend", "system/*.rs")
     kick = await a.get("/fhir/$export?_type=Patient", headers={**mine, **ASYNC})
@@ -127,10 +146,10 @@ async def test_a_job_kicked_off_on_a_is_polled_downloaded_and_deleted_on_b(
 
 
 async def test_an_auditevent_export_kicked_off_on_a_is_served_by_b(
-    replicas: list[httpx.AsyncClient], tokens: Tokens
+    replicas: Replicas, tokens: Tokens
 ) -> None:
     """The AuditEvent bulk export shares its own board the same way (tables of its own)."""
-    a, b = replicas
+    a, b = replicas.clients
     await a.get("/fhir/$export?_type=Patient", headers=tokens.bearer("ehr", "system/*.rs"))
     officer = tokens.bearer(
         "officer", "user/AuditEvent.rs", fhir_user="Practitioner/officer", roles=[AUDITOR]
@@ -151,3 +170,29 @@ async def test_an_auditevent_export_kicked_off_on_a_is_served_by_b(
     assert (await b.get(location, headers=other)).status_code == 404
     assert (await b.delete(location, headers=officer)).status_code == 202
     assert (await a.get(location, headers=officer)).status_code == 404
+
+
+async def test_a_job_whose_replica_stopped_renewing_is_failed_on_b_not_in_progress(
+    replicas: Replicas, tokens: Tokens, wall: WallClock
+) -> None:
+    """A's producer hangs (as on a replica that died, it renews nothing): once its lease has
+    lapsed, B answers the status with an OperationOutcome saying to start again, not 202
+    forever; A's producer, released later, writes nothing more (the job is no longer
+    running)."""
+    a, b = replicas.clients
+    mine = tokens.bearer("ehr-backend", "system/*.rs")
+    kick = await a.get("/fhir/$export?_type=Group", headers={**mine, **ASYNC})
+    assert kick.status_code == 202, kick.text
+    location = kick.headers["content-location"]
+    await asyncio.wait_for(replicas.upstream.waiting.wait(), 10)
+    assert (await b.get(location, headers=mine)).status_code == 202
+    wall.now += LAPSE_SECONDS + 1
+    lost = await b.get(location, headers=mine)
+    assert lost.status_code == 500, lost.text
+    outcome = lost.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert PRODUCER_GONE in outcome["issue"][0]["diagnostics"]
+    replicas.upstream.release.set()
+    await asyncio.sleep(0.05)
+    again = await a.get(location, headers=mine)
+    assert again.status_code == 500
