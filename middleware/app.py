@@ -52,6 +52,7 @@ from middleware.consent.limits import ConsentLimits
 from middleware.consent.service import ConsentService
 from middleware.errors import GatewayError, NotFound, ServiceUnavailable
 from middleware.fhir.outcome import render_error
+from middleware.forwarded import peer_host
 from middleware.ledger.http import LeafReaders, ledger_routes
 from middleware.ledger.keyfile import LedgerKey, new_ledger_key, save_new_ledger_key
 from middleware.ledger.service import LedgerService
@@ -291,8 +292,8 @@ class Gateway:
     async def _metrics(self, request: Request) -> Response:
         """The Prometheus text, to the scrapers ``metrics_clients``/``metrics_token`` allow."""
         try:
-            client = request.client.host if request.client else None
-            self._scrape.check(client, request.headers.get("authorization"))
+            # The TCP peer, never a forwarded address (middleware.forwarded).
+            self._scrape.check(peer_host(request.scope), request.headers.get("authorization"))
         except GatewayError as refused:
             status, headers, body = render_error(refused)
             return Response(body, status_code=status, headers=_str_headers(headers))

@@ -31,9 +31,11 @@ from typing import Final
 import uvicorn
 
 from middleware.errors import GatewayError, SettingsError
+from middleware.forwarded import ForwardedFor
 from middleware.logging import configure_logging
 from middleware.ops.scrape import parse_networks
 from middleware.settings import Settings
+from middleware.types import ASGIApp
 
 __all__ = [
     "GC_THRESHOLDS",
@@ -97,8 +99,12 @@ def _config(settings: Settings) -> uvicorn.Config:
     from middleware.app import create_app  # noqa: PLC0415
     from middleware.proxy.connections import connection_cap, guarded_protocol  # noqa: PLC0415
 
-    app = create_app(settings)
+    app: ASGIApp = create_app(settings)
     trusted = parse_networks(settings.forwarded_allow_ips)
+    if trusted:
+        # The client address from X-Forwarded-For, the TCP peer kept beside it (see
+        # middleware.forwarded); uvicorn's own proxy_headers is off below.
+        app = ForwardedFor(app, trusted)
     # httptools, with a deadline for request headers and a connection cap (uvicorn has
     # neither): see middleware.proxy.connections.
     protocol = guarded_protocol(settings.header_timeout, connection_cap(settings.max_connections))
@@ -112,13 +118,9 @@ def _config(settings: Settings) -> uvicorn.Config:
         access_log=False,
         log_level="warning",
         server_header=False,
-        # The client's address (rate limits, the ledger's record, metrics_clients) is the
-        # TCP peer's, unless that peer is one of the trusted proxies of forwarded_allow_ips:
-        # then it is the rightmost address of X-Forwarded-For not itself a trusted proxy
-        # (uvicorn's ProxyHeadersMiddleware). No proxy is trusted by default, so a client
-        # cannot name another address by sending the header itself.
-        proxy_headers=bool(trusted),
-        forwarded_allow_ips=[str(network) for network in trusted] or None,
+        # Never uvicorn's ProxyHeadersMiddleware: it accepts any text as the address, takes
+        # the scheme from X-Forwarded-Proto, and leaves no trace of the TCP peer.
+        proxy_headers=False,
     )
 
 

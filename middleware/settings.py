@@ -76,7 +76,7 @@ class Settings:
     metadata_ttl: float = 300.0
     gzip_min_bytes: int = 1024
     trust_forwarded_headers: bool = False
-    # Proxies whose X-Forwarded-For names the client (serving.py; docs/configuration.md).
+    # Proxies whose X-Forwarded-For names the client (middleware.forwarded; configuration.md).
     forwarded_allow_ips: str = ""
     log_level: str = "info"
     access_log: bool = True

@@ -7,9 +7,9 @@ listens on every interface, as in the container image. A scraper elsewhere is le
 address (``metrics_clients``, a comma list of addresses or networks) or by the bearer token
 ``metrics_token`` (RFC 6750 §2.1 ``Authorization: Bearer``), compared in constant time.
 
-The address is the TCP peer's (the ASGI ``client``), never a forwarded header: a reverse
-proxy on the same host makes every client look local, so do not route ``/metrics`` through one
-(or set ``metrics_clients = ""`` and a token).
+The address is the TCP peer's (:func:`middleware.forwarded.peer_host`), never a forwarded
+one, even from a trusted proxy: a reverse proxy on the same host makes every client look
+local, so do not route ``/metrics`` through one (or set ``metrics_clients = ""`` and a token).
 """
 
 from __future__ import annotations

@@ -9,9 +9,10 @@ labelled development-only, where one types a patient id or picks "auditor"; its 
 
 It mints only the pages' own sign-in tokens (client ``consentry-web``, each area's callback
 and scopes: :class:`~middleware.auth.devauthorize.DevAuthorizer`), and only for a client
-connecting from a loopback address (the ASGI ``client``), so a development gateway reachable
-on a network hands no tokens to the network. The ``auth`` setting ``dev_signin_remote`` lifts
-the loopback rule (a development gateway in a container, reached through its port mapping).
+connecting from a loopback address (the TCP peer's, even behind a trusted proxy), so a
+development gateway reachable on a network hands no tokens to the network. The ``auth``
+setting ``dev_signin_remote`` lifts the loopback rule (a development gateway in a container,
+reached through its port mapping).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from middleware.auth.devauthorize import DevAuthorizer, OAuthError
+from middleware.forwarded import peer_host
 from middleware.web.csrf import check_origin
 from middleware.web.deps import WebDeps
 from middleware.web.render import page
@@ -129,8 +131,9 @@ _REMOTE: Final = OAuthError(
 
 def _loopback(request: Request) -> bool:
     """Whether the connection comes from a loopback address (127.0.0.0/8, ::1, or an
-    IPv4-mapped loopback); an unknown or unparsable client is not."""
-    host = request.client.host if request.client is not None else ""
+    IPv4-mapped loopback); an unknown or unparsable client is not. The TCP peer's address,
+    never one a trusted proxy forwarded (middleware.forwarded)."""
+    host = peer_host(request.scope) or ""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
