@@ -164,7 +164,8 @@ def test_a_configuration_of_another_shape_is_refused(broken: str, problem: str) 
 class _Replica(ThreadingHTTPServer):
     """A stand-in gateway: ``/readyz`` answers 200 while ``ready``, else 503; any other path
     answers 200 with the replica's name, and the ``X-Forwarded-For`` lines it received in
-    the ``x-seen-forwarded-for`` header."""
+    the ``x-seen-forwarded-for`` header (likewise ``x-seen-x-forwarded-proto``,
+    ``-x-forwarded-host`` and ``-forwarded``)."""
 
     def __init__(self, name: str) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -184,6 +185,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         seen = self.headers.get_all("x-forwarded-for") or []
         self.send_header("x-seen-forwarded-for", " | ".join(seen))
+        for name in ("x-forwarded-proto", "x-forwarded-host", "forwarded"):
+            self.send_header(f"x-seen-{name}", " | ".join(self.headers.get_all(name) or []))
         self.end_headers()
         self.wfile.write(body)
 
@@ -350,3 +353,22 @@ def test_haproxy_adds_the_clients_address_after_any_the_client_sent(tmp_path: Pa
         plain = client.get(f"{base}/fhir/Patient")
     assert spoofed.headers["x-seen-forwarded-for"] == "203.0.113.7 | 127.0.0.1"
     assert plain.headers["x-seen-forwarded-for"] == "127.0.0.1"
+
+
+def test_haproxy_passes_on_no_scheme_or_host_the_client_wrote(tmp_path: Path) -> None:
+    """The replica sees the scheme HAProxy was reached by (plain HTTP here), never the
+    client's own X-Forwarded-Proto, X-Forwarded-Host or Forwarded."""
+    claimed = {
+        "x-forwarded-proto": "https",
+        "x-forwarded-host": "bank.example",
+        "forwarded": "for=127.0.0.1;proto=https;host=bank.example",
+    }
+    with (
+        _replicas(NAMES) as replicas,
+        httpx.Client(timeout=5.0) as client,
+        _balancing(tmp_path, replicas, client) as base,
+    ):
+        seen = client.get(f"{base}/fhir/Patient", headers=claimed).headers
+    assert seen["x-seen-x-forwarded-proto"] == "http"
+    assert seen["x-seen-x-forwarded-host"] == ""
+    assert seen["x-seen-forwarded"] == ""
