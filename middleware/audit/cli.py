@@ -170,8 +170,8 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=int,
         default=None,
-        help="processes that make a large date-range export (default: one per core; "
-        "1: this process alone)",
+        help="processes that make a large date-range export (default and most: one per "
+        "usable core, and one per 10,000 rows; 1: this process alone)",
     )
 
 

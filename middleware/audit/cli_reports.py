@@ -15,6 +15,7 @@ import contextlib
 import gc
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TextIO, TypeVar
@@ -36,7 +37,7 @@ from middleware.audit.evidence import EVIDENCE_PURPOSE
 from middleware.audit.export import EntryOpening
 from middleware.audit.export_collect import ExportSpec, LogView, SnapshotView, StoreView
 from middleware.audit.export_make import accounting_rows, make_export
-from middleware.audit.export_parallel import PARALLEL_ROWS, PartsJob, export_in_parts
+from middleware.audit.export_parallel import PARALLEL_ROWS, PartsJob, Terminated, export_in_parts
 from middleware.audit.export_write import write_csv, write_ndjson
 from middleware.audit.facts_row import open_row
 from middleware.audit.progress import Progress
@@ -302,6 +303,7 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
     command that writes still replay."""
     if args.out is None:
         raise Usage("name the export file with --out")
+    started = time.perf_counter()  # rows_per_second: both paths from here
 
     async def run() -> dict[str, object]:
         store = await open_log_store(args.store, schema=args.schema, replay=False)
@@ -341,23 +343,37 @@ def export(args: argparse.Namespace, out: TextIO) -> int:
                     "rows": len(rows),
                     "lines": lines,
                     "complete": bool(header.chain),
-                    "rows_per_second": round(progress.rate),
+                    "rows_per_second": _rate(progress.done, started),
                 }
         finally:
             await store.close()
 
     with _collector_paused():
-        made = _in_parts(args) or asyncio.run(run())
+        made = _in_parts(args, started=started) or asyncio.run(run())
     print_json(out, made)
     return 0
 
 
+def _rate(done: int, started: float) -> int:
+    """Per second of the command's whole run (``started``: its ``perf_counter``), whichever
+    path made the file."""
+    seconds = time.perf_counter() - started
+    return round(done / seconds) if seconds > 0 else 0
+
+
 def _in_parts(
-    args: argparse.Namespace, *, min_rows: int = PARALLEL_ROWS
+    args: argparse.Namespace,
+    *,
+    min_rows: int = PARALLEL_ROWS,
+    cores: int | None = None,
+    started: float | None = None,
 ) -> dict[str, object] | None:
     """A date-range export of at least ``min_rows`` rows made by worker processes
-    (``export_parallel``), the same bytes and the same answer as ``export``'s; None:
-    ``export`` makes it here instead."""
+    (``export_parallel``: at most ``cores``, None: the usable ones), the same bytes and the
+    same answer as ``export``'s (its rate from ``started``, None: from here); None:
+    ``export`` makes it here instead. SIGTERM or SIGHUP meanwhile ends the process as the
+    signal would have, once the workers and the unfinished file are gone."""
+    started = time.perf_counter() if started is None else started
     if args.report != "date-range" or args.checkpoint is not None or args.patient is not None:
         return None
     job = _parts_job(args)
@@ -365,10 +381,17 @@ def _in_parts(
         temporary = private_file(args.out)
         try:
             made = export_in_parts(
-                job, temporary, jobs=args.jobs, min_rows=min_rows, tell=progress.update
+                job,
+                temporary,
+                jobs=args.jobs,
+                cores=cores,
+                min_rows=min_rows,
+                tell=progress.update,
             )
-        except BaseException:
+        except BaseException as exc:
             temporary.unlink(missing_ok=True)
+            if isinstance(exc, Terminated):
+                exc.deliver()
             raise
         if made is None:
             temporary.unlink(missing_ok=True)
@@ -381,7 +404,7 @@ def _in_parts(
             "rows": rows,
             "lines": lines,
             "complete": False,  # no patient chain (header.chain is None)
-            "rows_per_second": round(progress.rate),
+            "rows_per_second": _rate(progress.done, started),
         }
 
 

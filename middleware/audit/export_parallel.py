@@ -26,9 +26,20 @@ which writes (or raises) what it always did. Exports of fewer than :data:`PARALL
 rows, or of less than an eighth of the log, are left to the sequential path, as is a
 process with other threads alive (a fork copies their locks held).
 
-The parts' files live in a private directory (``mkdtemp``: mode 0700) beside the output,
-each created 0600 and named by its number only (no PHI in a name); the directory is removed
-on every path, an error or an interrupt included, and every worker is ended and joined.
+No part has a name: each is a file this process opens without one (``O_TMPFILE``, or made
+and unlinked at once where that flag is not supported), 0600, in the output's directory,
+before it forks the worker that writes it; the worker writes the descriptor it inherited,
+and this process copies from its own. A part so opened is gone, disk space included, once
+the last process holding it ends, however it ends. Until then the parts take about as much
+disk again as the export (the output and the parts side by side); a part that cannot be
+appended (``ENOSPC``, any ``OSError``) leaves the file to the sequential path, which needs
+the output's room only. The workers cannot outlive this process (``export_signals``): each
+dies with it (Linux's ``PR_SET_PDEATHSIG``, SIGKILL), and while workers run, SIGTERM and
+SIGHUP are an interrupt here, as Ctrl-C is, so every worker is ended and joined on every
+path, an error or an interrupt included (the caller then re-delivers the signal).
+
+Never more processes than :func:`usable_cores` nor than one per ``min_rows / 2`` rows: more
+would only add forks and page copies (a worker that waits for a core gains nothing).
 """
 
 from __future__ import annotations
@@ -39,7 +50,6 @@ import contextlib
 import itertools
 import multiprocessing
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +60,7 @@ from pathlib import Path
 from middleware.audit.export import ExportHeader
 from middleware.audit.export_collect import SnapshotView, collect_export, proof_tree
 from middleware.audit.export_part import Outcome, PartsJob, Shared, Slice, make_part, part_worker
+from middleware.audit.export_signals import Terminated, blocked, terminations_interrupt
 from middleware.audit.export_write import export_head
 from middleware.audit.proofs import ProofMaker
 from middleware.ledger.errors import LedgerError
@@ -57,7 +68,7 @@ from middleware.ledger.leaf import leaf_fields
 from middleware.storage.ledger_bulk import read_bulk
 from middleware.storage.ledger_open import open_log_store
 
-__all__ = ["PARALLEL_ROWS", "PartsJob", "export_in_parts", "usable_cores"]
+__all__ = ["PARALLEL_ROWS", "PartsJob", "Terminated", "export_in_parts", "usable_cores"]
 
 #: Exports of fewer rows are made sequentially: forking and reading the whole log would cost
 #: more than the second core saves.
@@ -79,32 +90,33 @@ def export_in_parts(
     out: Path,
     *,
     jobs: int | None = None,
+    cores: int | None = None,
     min_rows: int = PARALLEL_ROWS,
     tell: Callable[[int], object] | None = None,
 ) -> tuple[int, int] | None:
     """Write ``job``'s export to ``out`` (an empty private file) with up to ``jobs`` worker
-    processes (None: one per usable core); ``tell`` is told each part's lines as it is
+    processes (None: one per core), no more than ``cores`` (None: :func:`usable_cores`) nor
+    than one per ``min_rows / 2`` rows; ``tell`` is told each part's lines as it is
     appended. Returns ``(rows, lines)``, or None when the file is to be made sequentially
-    (module docstring), ``out`` then holding anything or nothing."""
-    jobs = usable_cores() if jobs is None else jobs
+    (module docstring), ``out`` then holding anything or nothing. SIGTERM or SIGHUP meanwhile
+    raises :class:`Terminated` once every worker is ended."""
+    cores = usable_cores() if cores is None else cores
+    jobs = min(cores if jobs is None else jobs, cores)
     if (
         jobs < 2
         or job.query.patient is not None
         or job.spec.pseudonym is not None
         or threading.active_count() > 1
+        or threading.current_thread() is not threading.main_thread()  # signal handlers
         or "fork" not in multiprocessing.get_all_start_methods()
     ):
         return None
-    prepared = asyncio.run(_prepare(job, jobs, min_rows))
-    if prepared is None:
-        return None
-    view, tree, header, slices = prepared
-    directory = Path(tempfile.mkdtemp(prefix=".consentry-export-", dir=out.parent))
-    try:
-        shared = Shared(job, view, tree)
-        return _run_parts(shared, header, slices, directory, out, tell=tell)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    with terminations_interrupt():
+        prepared = asyncio.run(_prepare(job, jobs, min_rows))
+        if prepared is None:
+            return None
+        view, tree, header, slices = prepared
+        return _run_parts(Shared(job, view, tree), header, slices, out, tell=tell)
 
 
 # -- in this process ---------------------------------------------------------------------------
@@ -120,6 +132,8 @@ async def _prepare(
         count = await store.audit_count(replace(job.query, limit=1, after=None))
         if count < max(min_rows, 1) or count * _BULK < await store.size():
             return None
+        if min_rows > 0:  # a part of min_rows / 2 rows at least
+            jobs = min(jobs, max(2, 2 * count // min_rows))
     finally:
         await store.close()
     try:
@@ -166,59 +180,95 @@ def _run_parts(
     shared: Shared,
     header: ExportHeader,
     slices: list[Slice],
-    directory: Path,
     out: Path,
     *,
     tell: Callable[[int], object] | None,
 ) -> tuple[int, int] | None:
-    """Fork a worker for each slice but the first, make the first here, straight into
-    ``out`` after the header, then append the workers' parts in order as they end."""
+    """Fork a worker for each slice but the first, each with its part's file opened here
+    first; make the first here, straight into ``out`` after the header, then append the
+    workers' parts in order as they end."""
     context = multiprocessing.get_context("fork")
     workers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+    parts: list[int] = []
     try:
-        for number, period in enumerate(slices[1:], start=1):
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(
-                target=part_worker,
-                args=(shared, period, directory / f"part-{number}", send),
-                name=f"consentry-export-{number}",
-                daemon=True,
+        with blocked():  # no SIGTERM between a fork and the worker's own dispositions
+            for number, period in enumerate(slices[1:], start=1):
+                parts.append(_nameless(out.parent))
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(
+                    target=part_worker,
+                    args=(shared, period, parts[-1], send, os.getpid()),
+                    name=f"consentry-export-{number}",
+                    daemon=True,
+                )
+                workers.append((process, receive))
+                process.start()
+                send.close()  # the worker's end: EOF here when it ends without a word
+        try:
+            return _join(
+                shared, header, slices[0], workers=workers, parts=parts, out=out, tell=tell
             )
-            process.start()
-            send.close()  # the worker's end: EOF here when it ends without a word
-            workers.append((process, receive))
-        with out.open("r+b") as sink:
-            sink.write(export_head(header, shared.job.fmt))
-            try:
-                outcome = make_part(shared, slices[0], sink)
-            except Exception:  # noqa: BLE001 - the sequential path says what it is
-                return None
-            outcomes = itertools.chain([outcome], (_outcome(end) for _, end in workers))
-            rows = lines = 0
-            last = -1
-            for number, made in enumerate(outcomes):
-                if made is None:
-                    return None
-                part_rows, part_lines, low, high = made
-                if low >= 0:
-                    if low <= last:  # this part's lines are not all after the last part's
-                        return None
-                    last = high
-                rows, lines = rows + part_rows, lines + part_lines
-                if number:
-                    sink.flush()  # the bytes buffered before, then the kernel's copy
-                    _append(sink.fileno(), directory / f"part-{number}")
-                    (directory / f"part-{number}").unlink()
-                if tell is not None:
-                    tell(part_lines)
-        return rows, lines
+        except OSError:  # ENOSPC or any: the sequential path needs only the output's room
+            return None
     finally:
         for worker, end in workers:  # each ended (killed if need be) and joined
             end.close()
+            if worker.pid is None:  # not started
+                continue
             if worker.is_alive():
                 worker.kill()
             worker.join()
             worker.close()
+        for fd in parts:  # its disk freed once no worker holds it either
+            os.close(fd)
+
+
+def _join(
+    shared: Shared,
+    header: ExportHeader,
+    first: Slice,
+    *,
+    workers: list[tuple[multiprocessing.process.BaseProcess, Connection]],
+    parts: list[int],
+    out: Path,
+    tell: Callable[[int], object] | None,
+) -> tuple[int, int] | None:
+    """The header and the first slice's lines written to ``out``, then each worker's part
+    appended as it ends; None at the first part that fails or overlaps the one before."""
+    with out.open("r+b") as sink:
+        sink.write(export_head(header, shared.job.fmt))
+        try:
+            outcome = make_part(shared, first, sink)
+        except Exception:  # noqa: BLE001 - the sequential path says what it is
+            return None
+        outcomes = itertools.chain([outcome], (_outcome(end) for _, end in workers))
+        rows = lines = 0
+        last = -1
+        for number, made in enumerate(outcomes):
+            if made is None:
+                return None
+            part_rows, part_lines, low, high = made
+            if low >= 0:
+                if low <= last:  # this part's lines are not all after the last part's
+                    return None
+                last = high
+            rows, lines = rows + part_rows, lines + part_lines
+            if number:
+                sink.flush()  # the bytes buffered before, then the kernel's copy
+                _append(sink.fileno(), parts[number - 1])
+            if tell is not None:
+                tell(part_lines)
+    return rows, lines
+
+
+def _nameless(directory: Path) -> int:
+    """A new file in ``directory`` (the output's file system: the kernel can copy within it),
+    0600, open for reading and writing, that has no name (``tempfile.TemporaryFile``:
+    ``O_TMPFILE`` where the file system supports it, else made and unlinked at once)."""
+    made = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - its descriptor is kept
+    fd = os.dup(made.fileno())
+    made.close()
+    return fd
 
 
 def _outcome(receive: Connection) -> Outcome:
@@ -229,22 +279,20 @@ def _outcome(receive: Connection) -> Outcome:
     return sent
 
 
-def _append(fd: int, part: Path) -> None:
-    """The bytes of ``part`` appended at ``fd``'s position, copied by the kernel."""
-    source = os.open(part, os.O_RDONLY)
-    try:
-        left = os.fstat(source).st_size
-        while left > 0:
-            copied = _copy(source, fd, left)
-            if copied == 0:
-                raise OSError("a part of the export shrank while it was copied")
-            left -= copied
-    finally:
-        os.close(source)
+def _append(fd: int, part: int) -> None:
+    """The bytes of the file open at ``part``, from its start, appended at ``fd``'s position,
+    copied by the kernel."""
+    size = os.fstat(part).st_size
+    offset = 0
+    while offset < size:
+        copied = _copy(part, fd, offset, size - offset)
+        if copied == 0:
+            raise OSError("a part of the export shrank while it was copied")
+        offset += copied
 
 
-def _copy(source: int, target: int, count: int) -> int:
+def _copy(source: int, target: int, offset: int, count: int) -> int:
     if hasattr(os, "copy_file_range"):
         with contextlib.suppress(OSError):  # not between these file systems: sendfile
-            return os.copy_file_range(source, target, count)
-    return os.sendfile(target, source, None, count)
+            return os.copy_file_range(source, target, count, offset)
+    return os.sendfile(target, source, offset, count)

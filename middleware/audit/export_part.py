@@ -1,7 +1,8 @@
 """One part of an export made in parts (:mod:`middleware.audit.export_parallel`): the lines
 of a slice of recorded time, made by a forked worker (:func:`part_worker`, which writes them
-to a file of its own and sends back what :data:`Outcome` says) or by the command itself
-(:func:`make_part`, straight into the output).
+to the file the command opened for it, without a name, and sends back what :data:`Outcome`
+says) or by the command itself (:func:`make_part`, straight into the output). A worker dies
+with the command (``export_signals.die_with_parent``).
 
 A part opens the store itself, read only (``open_log_store(replay=False)``), reads its
 slice's index rows and collects their lines against the snapshot and the tree it inherited
@@ -15,16 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import BinaryIO
 
 from middleware.audit.cli_common import all_rows
 from middleware.audit.export import ExportEntry, ExportHeader
 from middleware.audit.export_collect import ExportSpec, SnapshotView, collect_export
+from middleware.audit.export_signals import die_with_parent
 from middleware.audit.export_write import write_entries
 from middleware.audit.proofs import ProofMaker
 from middleware.audit.row import AuditQuery, AuditRow
@@ -62,19 +62,20 @@ class Shared:
     tree: ProofMaker
 
 
-def part_worker(shared: Shared, period: Slice, path: Path, send: Connection) -> None:
-    """A worker's whole life: its part written to ``path``, its outcome sent. Any failure is
+def part_worker(shared: Shared, period: Slice, fd: int, send: Connection, parent: int) -> None:
+    """A worker's whole life (forked by ``parent``): its part written to the file open at
+    ``fd`` (inherited: the command reads it when told), its outcome sent. Any failure is
     sent as None, without a trace on standard error (the sequential path then says what it
     is, and a trace could show a row's values)."""
+    die_with_parent(parent)
     # The collector would walk the heap inherited from the parent (copy on write) to find no
     # cycle: the sequential export pauses it too (cli_reports._collector_paused).
     gc.freeze()
     gc.disable()
     outcome: Outcome = None
-    with contextlib.suppress(BaseException):  # reported as None; an interrupt ends it anyway
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with open(fd, "wb") as sink:
-            outcome = make_part(shared, period, sink)
+    # Any failure is reported as None; an interrupt ends the worker anyway.
+    with contextlib.suppress(BaseException), open(fd, "wb", closefd=False) as sink:
+        outcome = make_part(shared, period, sink)
     with contextlib.suppress(OSError):
         send.send(outcome)
     send.close()

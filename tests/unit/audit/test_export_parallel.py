@@ -1,27 +1,40 @@
 """``consentry audit export`` made in parts by worker processes (``export_parallel``) writes
 the very bytes, and gives the same answer, as the export made in one process, for any period,
 job count and format; when it cannot (parts whose indexes interleave, a worker that fails) it
-makes nothing, leaves no file, directory or process behind, and the sequential path decides."""
+makes nothing, leaves no file, directory or process behind, and the sequential path decides. The parts have no name, and no worker outlives the command,
+whatever signal ends it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import json
 import multiprocessing
+import os
+import signal
 import sqlite3
 import stat
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from middleware.audit import cli_reports
+from middleware.audit import (
+    cli_reports,
+    export_make,
+    export_parallel,
+    export_part,
+    export_signals,
+)
 from middleware.audit.cli_common import private_file
-from middleware.audit.export_parallel import export_in_parts
+from middleware.audit.export_parallel import export_in_parts, usable_cores
 from middleware.cli import _parser, main
 from middleware.ledger.keyfile import LedgerKey, write_ledger_key
 from middleware.ledger.signing import SigningKey
@@ -76,9 +89,10 @@ def _sequential(argv: list[str]) -> tuple[bytes, dict[str, object]]:
 
 
 def _in_parts(argv: list[str], jobs: int) -> dict[str, object] | None:
-    """The export made by ``jobs`` workers, however few its rows (the CLI's own builder)."""
+    """The export made by ``jobs`` workers, however few its rows and cores (the CLI's own
+    builder)."""
     args = _parser().parse_args([*argv, "--jobs", str(jobs)])
-    return cli_reports._in_parts(args, min_rows=0)
+    return cli_reports._in_parts(args, min_rows=0, cores=jobs)
 
 
 def _hour(h: int) -> str:
@@ -216,48 +230,232 @@ def test_a_failing_worker_leaves_nothing_and_the_sequential_path_reports(tmp_pat
     assert not (tmp_path / "parts").exists()
 
 
-def test_the_parts_are_private_while_they_exist(log: tuple[str, Path], tmp_path: Path) -> None:
-    """The parts' directory is its owner's only (0700), each part 0600, named by its number."""
+def _open_files_under(directory: Path) -> list[tuple[str, int]]:
+    """This process's open files under ``directory``: where each points, its mode."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed since
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(directory)):
+                found.append((target, stat.S_IMODE(os.fstat(int(fd)).st_mode)))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc")
+def test_the_parts_have_no_name_and_are_private(log: tuple[str, Path], tmp_path: Path) -> None:
+    """While the parts exist, the output's directory holds only the unfinished output: each
+    part is an open file without a name (``(deleted)`` or ``O_TMPFILE``'s ``#inode``), 0600."""
     store, key = log
     argv = _argv(store, key, tmp_path / "parts")
-    seen: list[tuple[int, list[tuple[str, int]]]] = []
+    names: list[list[str]] = []
+    parts: list[list[tuple[str, int]]] = []
 
     def look(lines: int) -> None:
-        for directory in tmp_path.glob(".consentry-export-*"):
-            parts = [(p.name, stat.S_IMODE(p.stat().st_mode)) for p in _files(directory)]
-            seen.append((stat.S_IMODE(directory.stat().st_mode), parts))
+        names.append(sorted(p.name for p in tmp_path.iterdir()))
+        parts.append([f for f in _open_files_under(tmp_path) if not f[0].endswith(".tmp")])
 
     args = _parser().parse_args([*argv, "--jobs", "4"])
     job = cli_reports._parts_job(args)
-    assert export_in_parts(job, private_file(args.out), jobs=4, min_rows=0, tell=look)
-    assert seen
-    assert all(mode == 0o700 for mode, _ in seen)
-    assert all(m == 0o600 and n.startswith("part-") for _, parts in seen for n, m in parts)
-    assert _leftovers(tmp_path) == []
+    assert export_in_parts(job, private_file(args.out), jobs=4, cores=4, min_rows=0, tell=look)
+    assert names
+    assert all(seen == ["parts.tmp"] for seen in names)
+    assert [len(open_parts) for open_parts in parts] == [3, 3, 3, 3]  # closed only at the end
+    assert all(
+        target.endswith(" (deleted)") and mode == 0o600
+        for open_parts in parts
+        for target, mode in open_parts
+    )
+    assert _open_files_under(tmp_path) == []
 
 
-def _files(directory: Path) -> Iterator[Path]:
-    with contextlib.suppress(FileNotFoundError):
-        yield from list(directory.iterdir())
+def _slow_workers(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every forked worker sleeps ``seconds`` before its part (this process's part is not
+    delayed)."""
+    parent, made = os.getpid(), export_part.make_part
+
+    def slow(shared: export_part.Shared, period: Any, sink: Any) -> export_part.Outcome:
+        if os.getpid() != parent:
+            time.sleep(seconds)
+        return made(shared, period, sink)
+
+    monkeypatch.setattr(export_part, "make_part", slow)
 
 
 def test_an_interrupt_ends_the_workers_and_removes_every_part(
-    log: tuple[str, Path], tmp_path: Path
+    log: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C while the workers run (raised here from the progress callback, after this
-    process's own part): the interrupt goes on, every worker is ended and joined, and neither
-    the parts nor the unfinished output are left."""
+    process's own part; the workers busy for 30 s more): the interrupt goes on at once,
+    every worker is killed and joined, and neither the parts nor the output are left."""
     store, key = log
+    _slow_workers(monkeypatch, 30)
+    raised: list[float] = []
 
     def interrupt(lines: int) -> None:
+        raised.append(time.perf_counter())
         raise KeyboardInterrupt
 
     args = _parser().parse_args([*_argv(store, key, tmp_path / "parts"), "--jobs", "4"])
-    out = private_file(args.out)
+    job = cli_reports._parts_job(args)
     with pytest.raises(KeyboardInterrupt):
-        export_in_parts(cli_reports._parts_job(args), out, jobs=4, min_rows=0, tell=interrupt)
+        export_in_parts(job, private_file(args.out), jobs=4, cores=4, min_rows=0, tell=interrupt)
+    assert time.perf_counter() - raised[0] < 2  # the workers killed, not waited for
     assert _leftovers(tmp_path) == []
     assert multiprocessing.active_children() == []
+    assert _open_files_under(tmp_path) == []
+
+
+def test_a_part_that_cannot_be_appended_leaves_the_file_to_the_sequential_path(
+    log: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk full while a part is appended (ENOSPC from the kernel's copy): nothing is
+    made in parts and nothing is left, so the sequential path has the room it needs."""
+    store, key = log
+
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export_parallel, "_copy", full)
+    assert _in_parts(_argv(store, key, tmp_path / "parts"), 3) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert multiprocessing.active_children() == []
+    assert _open_files_under(tmp_path) == []
+
+
+def test_never_more_workers_than_cores_nor_than_the_rows_are_worth(
+    log: tuple[str, Path], tmp_path: Path
+) -> None:
+    """``--jobs 64`` makes one part per usable core at most, and a part has ``min_rows / 2``
+    rows at least (48 rows, 32 the least to cut: 3 parts of 16)."""
+    store, key = log
+    args = _parser().parse_args([*_argv(store, key, tmp_path / "parts"), "--jobs", "64"])
+    job = cli_reports._parts_job(args)
+    parts: list[int] = []
+    made = export_in_parts(job, private_file(args.out), jobs=64, min_rows=0, tell=parts.append)
+    assert len(parts) == (usable_cores() if made else 0)
+    parts.clear()
+    assert export_in_parts(
+        job, private_file(args.out), jobs=64, cores=64, min_rows=32, tell=parts.append
+    )
+    assert len(parts) == 3
+    assert multiprocessing.active_children() == []
+
+
+def test_the_rate_counts_the_whole_command_on_both_paths(
+    log: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``rows_per_second`` is per second since the command started, whichever path made the
+    file: the time before the writing (here 0.5 s more to collect, or a start 100 s ago)
+    counts."""
+    store, key = log
+    made = export_make.make_export
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.5)
+        return await made(*args, **kwargs)
+
+    monkeypatch.setattr(cli_reports, "make_export", slow)
+    _, answer = _sequential(_argv(store, key, tmp_path / "one"))
+    assert 0 < int(str(answer["rows_per_second"])) <= COUNT / 0.5
+    args = _parser().parse_args([*_argv(store, key, tmp_path / "parts"), "--jobs", "2"])
+    parts = cli_reports._in_parts(args, min_rows=0, cores=2, started=time.perf_counter() - 100)
+    assert parts is not None
+    assert parts["rows_per_second"] == round(COUNT / 100)
+
+
+def test_a_signal_ignored_stays_ignored_and_the_handlers_are_restored() -> None:
+    """Under ``nohup`` (SIGHUP ignored) a closed session does not end the export; SIGTERM
+    raises while the parts are made, and its handler is the one before after."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with export_signals.terminations_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            with pytest.raises(export_signals.Terminated):
+                signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+# -- the command killed ----------------------------------------------------------------------------
+
+#: ``consentry audit export`` (``cli_reports.export``) however few the rows, on 3 cores, whose
+#: workers each write a little of their part, leave a mark named by their pid, then sleep.
+_SLOW_EXPORT = """
+import os, sys, time
+from pathlib import Path
+from middleware.audit import cli_reports, export_part
+from middleware.cli import _parser
+marks, parent, made = Path(sys.argv[1]), os.getpid(), export_part.make_part
+def slow(shared, period, sink):
+    if os.getpid() == parent:
+        return made(shared, period, sink)
+    sink.write(b"x" * 65536)
+    sink.flush()
+    (marks / str(os.getpid())).touch()
+    time.sleep(60)
+export_part.make_part = slow
+cli_reports._in_parts.__kwdefaults__.update(min_rows=0, cores=3)
+sys.exit(cli_reports.export(_parser().parse_args(sys.argv[2:]), sys.stdout))
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie that its new parent has not reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG: Linux")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_a_killed_command_leaves_no_worker_and_no_part(
+    log: tuple[str, Path], tmp_path: Path, signum: signal.Signals
+) -> None:
+    """The command (a process of its own) killed while its workers run: it ends by that
+    signal, every worker ends with it, and no part is left on disk (they have no name; the
+    last holder gone, they are gone). SIGTERM and SIGHUP also remove the unfinished output;
+    after SIGKILL, which nothing can catch, that file (``<out>.tmp``, 0600) is removed by the
+    next export to the same name."""
+    store, key = log
+    marks, out = tmp_path / "marks", tmp_path / "out"
+    marks.mkdir()
+    out.mkdir()
+    argv = [*_argv(store, key, out / "x.ndjson"), "--jobs", "3"]
+    root = Path(__file__).resolve().parents[3]
+    command = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_EXPORT, str(marks), *argv],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            workers = [int(p.name) for p in marks.iterdir()]
+        assert len(workers) == 2
+        command.send_signal(signum)
+        _, err = command.communicate(timeout=10)
+        assert command.returncode == -signum
+        deadline = time.monotonic() + 5
+        while any(map(_running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(map(_running, workers))
+        left = sorted(p.name for p in out.iterdir())
+        assert left == ([] if signum != signal.SIGKILL else ["x.ndjson.tmp"])
+        assert b"Traceback" not in err
+    finally:
+        for pid in workers:  # on a failure: none left running for a minute
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if command.poll() is None:
+            command.kill()
+        command.communicate()  # its pipe closed
 
 
 @pytest.mark.parametrize("fmt", ["ndjson", "csv"])
