@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -55,6 +57,18 @@ _TOKENS: Final = bearers(_KEY_FILE)
 # The document the gateway serves (tests/fuzz/test_openapi_routes.py checks they are equal);
 # schemathesis parametrizes from it at collection, before any app exists.
 schema = schemathesis.openapi.from_dict(openapi_document(BASE, development_issuer=True))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _end_schemathesis_portal() -> Iterator[None]:
+    """schemathesis runs every in-process ASGI call on one event-loop thread of its own,
+    kept for the rest of the process (ended only at exit). Ended after this module, so the
+    tests after it run in a process with no thread but the main one: the audit exports and
+    their verification fork worker processes only then (a fork with other threads alive is
+    refused, and those tests would see the sequential path instead)."""
+    yield
+    asgi._shutdown()  # what schemathesis registers with atexit
+    assert not [t for t in threading.enumerate() if t.name.startswith("asyncio")]
 
 
 @pytest.fixture
