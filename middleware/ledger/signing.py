@@ -36,6 +36,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import nacl.bindings
 import nacl.exceptions
@@ -110,6 +111,25 @@ _EVIDENCE_KEY: bytes = b"consentry/evkey1"
 _ZERO_NONCE: bytes = bytes(nacl.bindings.crypto_secretbox_NONCEBYTES)
 
 
+def _split_skey(skey: str, sig_type: int, what: str, wrong_type: str) -> tuple[str, str, bytes]:
+    """``PRIVATE+KEY+<name>+<hex id>+<base64(type || seed)>`` as (name, hex id, seed); the
+    type byte must be ``sig_type``. ``what`` and ``wrong_type`` word the errors."""
+    if not skey.startswith(_SKEY_PREFIX):
+        raise MalformedError(f"{what} starts with PRIVATE+KEY+")
+    name, _, rest = skey[len(_SKEY_PREFIX) :].partition("+")
+    hex_id, _, material = rest.partition("+")
+    raw = b64decode_strict(material)
+    if len(raw) != 1 + SEED_SIZE or raw[0] != sig_type:
+        raise MalformedError(wrong_type)
+    return name, hex_id, raw[1:]
+
+
+def _check_skey_id(hex_id: str, key_id: int, what: str) -> None:
+    """The key ID written in a secret key string must be the one its name and seed give."""
+    if hex_id != f"{key_id:08x}":
+        raise MalformedError(f"{what}'s ID does not match its name and key")
+
+
 @dataclass(frozen=True, slots=True)
 class SigningKey:
     """An Ed25519 note-signing key: a key name and a 32-byte RFC 8032 seed.
@@ -140,16 +160,14 @@ class SigningKey:
     @classmethod
     def from_skey(cls, skey: str) -> SigningKey:
         """Parse ``PRIVATE+KEY+<name>+<hex id>+<base64(0x01 || seed)>``; the ID must match."""
-        if not skey.startswith(_SKEY_PREFIX):
-            raise MalformedError("a signing key starts with PRIVATE+KEY+")
-        name, _, rest = skey[len(_SKEY_PREFIX) :].partition("+")
-        hex_id, _, material = rest.partition("+")
-        raw = b64decode_strict(material)
-        if len(raw) != 1 + SEED_SIZE or raw[0] != SIG_TYPE_ED25519:
-            raise MalformedError("unsupported signing key type (only Ed25519, 0x01)")
-        key = cls(name, raw[1:])
-        if hex_id != f"{key.key_id:08x}":
-            raise MalformedError("the signing key's ID does not match its name and key")
+        name, hex_id, seed = _split_skey(
+            skey,
+            SIG_TYPE_ED25519,
+            "a signing key",
+            "unsupported signing key type (only Ed25519, 0x01)",
+        )
+        key = cls(name, seed)
+        _check_skey_id(hex_id, key.key_id, "the signing key")
         return key
 
     def skey(self) -> str:
@@ -196,19 +214,30 @@ class SigningKey:
         return self.sign_note(checkpoint.body())
 
 
-class Verifier:
-    """Verifies Ed25519 note signatures by one key; a :class:`NoteVerifier`."""
+class _PublicKey(Protocol):
+    """What a verifier needs of a public key (:class:`VerifierKey`, :class:`WitnessKey`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def key_id(self) -> int: ...
+    @property
+    def public_key(self) -> bytes: ...
+    def vkey(self) -> str: ...
+
+
+_K = TypeVar("_K", bound=_PublicKey)
+
+
+class _Ed25519Verifier(Generic[_K]):
+    """One public key and its nacl verify key: what :class:`Verifier` and
+    :class:`CosignatureVerifier` share (they differ only in the key's type byte)."""
 
     __slots__ = ("_key", "_verify_key")
 
-    def __init__(self, key: VerifierKey) -> None:
+    def __init__(self, key: _K) -> None:
         self._key = key
         self._verify_key = nacl.signing.VerifyKey(key.public_key)
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> Verifier:
-        """Parse a verifier key string (``<name>+<hex id>+<base64(0x01 || key)>``)."""
-        return cls(parse_vkey(vkey))
 
     @property
     def name(self) -> str:
@@ -219,7 +248,7 @@ class Verifier:
         return self._key.key_id
 
     @property
-    def key(self) -> VerifierKey:
+    def key(self) -> _K:
         return self._key
 
     def verify(self, message: bytes, signature: bytes) -> bool:
@@ -233,7 +262,18 @@ class Verifier:
         return True
 
     def __repr__(self) -> str:
-        return f"Verifier({self._key.vkey()!r})"
+        return f"{type(self).__name__}({self._key.vkey()!r})"
+
+
+class Verifier(_Ed25519Verifier[VerifierKey]):
+    """Verifies Ed25519 note signatures by one key; a :class:`NoteVerifier`."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_vkey(cls, vkey: str) -> Verifier:
+        """Parse a verifier key string (``<name>+<hex id>+<base64(0x01 || key)>``)."""
+        return cls(parse_vkey(vkey))
 
 
 class Cosigner:
@@ -260,17 +300,14 @@ class Cosigner:
     @classmethod
     def from_skey(cls, skey: str) -> Cosigner:
         """Parse ``PRIVATE+KEY+<name>+<hex id>+<base64(0x04 || seed)>``; the ID must match."""
-        skey = skey.strip()
-        if not skey.startswith(_SKEY_PREFIX):
-            raise MalformedError("a witness key starts with PRIVATE+KEY+")
-        name, _, rest = skey[len(_SKEY_PREFIX) :].partition("+")
-        hex_id, _, material = rest.partition("+")
-        raw = b64decode_strict(material)
-        if len(raw) != 1 + SEED_SIZE or raw[0] != SIG_TYPE_COSIGNATURE_V1:
-            raise MalformedError("not a cosignature/v1 witness key (type 0x04)")
-        key = cls(name, raw[1:])
-        if hex_id != f"{key.key_id:08x}":
-            raise MalformedError("the witness key's ID does not match its name and key")
+        name, hex_id, seed = _split_skey(
+            skey.strip(),
+            SIG_TYPE_COSIGNATURE_V1,
+            "a witness key",
+            "not a cosignature/v1 witness key (type 0x04)",
+        )
+        key = cls(name, seed)
+        _check_skey_id(hex_id, key.key_id, "the witness key")
         return key
 
     def skey(self) -> str:
@@ -305,45 +342,16 @@ class Cosigner:
         return f"Cosigner({self.vkey()!r})"
 
 
-class CosignatureVerifier:
+class CosignatureVerifier(_Ed25519Verifier[WitnessKey]):
     """Checks one witness's ``cosignature/v1`` signatures; a :class:`NoteVerifier` whose
     ``verify`` takes the cosigned message (``cosignature.cosigned_message``) and the bare
     64-byte signature, for ``cosignature.verify_cosignatures``."""
 
-    __slots__ = ("_key", "_verify_key")
-
-    def __init__(self, key: WitnessKey) -> None:
-        self._key = key
-        self._verify_key = nacl.signing.VerifyKey(key.public_key)
+    __slots__ = ()
 
     @classmethod
     def from_vkey(cls, vkey: str) -> CosignatureVerifier:
         return cls(parse_witness_vkey(vkey))
-
-    @property
-    def name(self) -> str:
-        return self._key.name
-
-    @property
-    def key_id(self) -> int:
-        return self._key.key_id
-
-    @property
-    def key(self) -> WitnessKey:
-        return self._key
-
-    def verify(self, message: bytes, signature: bytes) -> bool:
-        """True iff ``signature`` is a valid Ed25519 signature of ``message``; never raises."""
-        if len(signature) != SIGNATURE_SIZE:
-            return False
-        try:
-            self._verify_key.verify(message, signature)
-        except nacl.exceptions.BadSignatureError:
-            return False
-        return True
-
-    def __repr__(self) -> str:
-        return f"CosignatureVerifier({self._key.vkey()!r})"
 
 
 def verify_note(note: str | bytes, verifiers: Iterable[NoteVerifier]) -> SignedNote:
