@@ -13,25 +13,22 @@ import httpx
 import pytest
 
 from middleware.app import Gateway, create_app
-from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.consent.rebuild import rebuild_from_ledger
 from middleware.ledger.signing import SigningKey, derive_box_key
 from middleware.settings import Settings
 from middleware.storage.consent_base import LOOKUP_PURPOSE
 from middleware.storage.consent_memory import MemoryConsentStore
-from middleware.storage.consent_postgres import PostgresConsentStore
 from middleware.storage.consent_sqlite import SqliteConsentStore
-from middleware.storage.ledger_postgres import PostgresLogStore
 from tests.app.consenting import (
     ACT_REASON,
-    DEV_ISSUER,
     Tokens,
     auth_settings,
     observation,
     r5_consent,
     treat_only,
 )
-from tests.contract.backends import POSTGRES, PostgresBackend
+from tests.app.shared_schema import clients_of, gateways_on_one_schema
+from tests.contract.backends import POSTGRES
 
 EXPLAIN = "/fhir/Consent/$explain"
 ASK = {
@@ -41,60 +38,33 @@ ASK = {
 }
 
 
-@pytest.fixture
-def tokens(tmp_path: Path) -> Tokens:
-    key = tmp_path / "dev.jwk"
-    return Tokens(UnsafeDevelopmentIssuer.from_key_file(key, DEV_ISSUER, enabled=True))
-
-
 @pytest.fixture(params=["sqlite", POSTGRES])
 async def replicas(
     request: pytest.FixtureRequest,
     tmp_path: Path,
+    key_file: Path,
     make_settings: Callable[..., Settings],
     signer: SigningKey,
 ) -> AsyncIterator[list[Gateway]]:
     """Two gateways on one database: SQLite named by the ``store`` setting, or PostgreSQL
     (a fresh schema, dropped after) through stores injected into each."""
-    auth = auth_settings(tmp_path / "dev.jwk")
+    auth = auth_settings(key_file)
     upstream = httpx.MockTransport(lambda _request: httpx.Response(599))
     if request.param == "sqlite":
         settings = make_settings(store=f"sqlite:{tmp_path / 'shared.db'}", auth=auth)
         yield [create_app(settings, upstream=upstream, signer=signer) for _ in range(2)]
         return
-    backend = await PostgresBackend.create()
-    settings = make_settings(store=backend.dsn, auth=auth)
-    made: list[Gateway] = []
-    opened: list[PostgresLogStore | PostgresConsentStore] = []
-    for _ in range(2):
-        log = await PostgresLogStore.open(backend.dsn, schema=backend.schema, max_size=2)
-        consents = await PostgresConsentStore.open(
-            backend.dsn,
-            lookup_key=derive_box_key(signer, LOOKUP_PURPOSE),
-            schema=backend.schema,
-            max_size=2,
-        )
-        opened += [log, consents]
-        made.append(
-            create_app(settings, upstream=upstream, signer=signer, store=log, consents=consents)
-        )
-    yield made
-    for app in made:
-        await app.aclose()
-    for store in opened:  # injected: ours to close (closing twice is harmless)
-        await store.close()
-    await backend.cleanup()
+    async with gateways_on_one_schema(
+        lambda dsn: make_settings(store=dsn, auth=auth), signer, upstream
+    ) as shared:
+        yield shared.apps
 
 
 @pytest.fixture
 async def clients(replicas: list[Gateway]) -> AsyncIterator[list[httpx.AsyncClient]]:
-    made = [
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
-        for app in replicas
-    ]
-    yield made
-    for client, app in zip(made, replicas, strict=True):
-        await client.aclose()
+    async with clients_of(replicas) as made:
+        yield made
+    for app in replicas:
         await app.aclose()
 
 
@@ -157,14 +127,18 @@ async def test_the_index_is_rebuilt_from_the_ledger(
 
 
 async def test_the_gateway_keys_its_pseudonym_table_with_the_ledger_key(
-    tmp_path: Path, make_settings: Callable[..., Settings], signer: SigningKey, tokens: Tokens
+    tmp_path: Path,
+    key_file: Path,
+    make_settings: Callable[..., Settings],
+    signer: SigningKey,
+    tokens: Tokens,
 ) -> None:
     """The store the gateway opens from its ``store`` setting finds pseudonyms under
     ``derive_box_key(ledger key, "pseudonyms")``: a store opened with that key on the same
     file finds the patient's, one opened with another key finds none, and the table's rows
     hold no reference."""
     path = tmp_path / "shared.db"
-    settings = make_settings(store=f"sqlite:{path}", auth=auth_settings(tmp_path / "dev.jwk"))
+    settings = make_settings(store=f"sqlite:{path}", auth=auth_settings(key_file))
     upstream = httpx.MockTransport(lambda _request: httpx.Response(599))
     app = create_app(settings, upstream=upstream, signer=signer)
     async with httpx.AsyncClient(

@@ -15,30 +15,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from middleware.app import Gateway, create_app
 from middleware.audit.bulk import LAPSE_SECONDS, PRODUCER_GONE
-from middleware.auth.devissuer import UnsafeDevelopmentIssuer
-from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.ledger.signing import SigningKey
 from middleware.settings import Settings
-from middleware.storage.consent_base import LOOKUP_PURPOSE
-from middleware.storage.consent_postgres import PostgresConsentStore
-from middleware.storage.ledger_postgres import PostgresLogStore
 from tests.app.conftest import WallClock
-from tests.app.consenting import DEV_ISSUER, Tokens, auth_settings
+from tests.app.consenting import Tokens, auth_settings
+from tests.app.shared_schema import clients_of, gateways_on_one_schema
 from tests.app.test_export import ASYNC, FHIR, STATUS_URL, finished, lines, patient, searchset
-from tests.contract.backends import PostgresBackend
 
 pytestmark = pytest.mark.integration
 
 PEOPLE = ("p1", "p2", "p3")
 AUDITOR = "ledger-auditor"
-
-
-@pytest.fixture
-def tokens(tmp_path: Path) -> Tokens:
-    return Tokens(
-        UnsafeDevelopmentIssuer.from_key_file(tmp_path / "dev.jwk", DEV_ISSUER, enabled=True)
-    )
 
 
 class Upstream:
@@ -68,52 +56,21 @@ class Replicas:
 
 @pytest.fixture
 async def replicas(
-    tmp_path: Path, make_settings: Callable[..., Settings], signer: SigningKey, wall: WallClock
+    key_file: Path, make_settings: Callable[..., Settings], signer: SigningKey, wall: WallClock
 ) -> AsyncIterator[Replicas]:
-    backend = await PostgresBackend.create()
-    settings = make_settings(
-        store=backend.dsn,
-        auth=auth_settings(tmp_path / "dev.jwk"),
-        consent_jurisdiction="opt-out",
-    )
+    def settings(dsn: str) -> Settings:
+        return make_settings(
+            store=dsn, auth=auth_settings(key_file), consent_jurisdiction="opt-out"
+        )
+
     upstream = Upstream()
-    apps: list[Gateway] = []
-    opened: list[PostgresLogStore | PostgresConsentStore] = []
-    for _ in range(2):
-        log = await PostgresLogStore.open(backend.dsn, schema=backend.schema, max_size=2)
-        consents = await PostgresConsentStore.open(
-            backend.dsn,
-            lookup_key=derive_box_key(signer, LOOKUP_PURPOSE),
-            schema=backend.schema,
-            max_size=2,
-        )
-        opened += [log, consents]
-        apps.append(
-            create_app(
-                settings,
-                upstream=httpx.MockTransport(upstream.handler),
-                signer=signer,
-                store=log,
-                consents=consents,
-                wall_clock=wall,
-            )
-        )
-    clients = [
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=("203.0.113.7", 50000)),
-            base_url="http://gateway.test",
-        )
-        for app in apps
-    ]
-    yield Replicas(clients, upstream)
-    upstream.release.set()
-    for client in clients:
-        await client.aclose()
-    for app in apps:
-        await app.aclose()
-    for store in opened:  # injected: ours to close
-        await store.close()
-    await backend.cleanup()
+    transport = httpx.MockTransport(upstream.handler)
+    async with (
+        gateways_on_one_schema(settings, signer, transport, wall_clock=wall) as shared,
+        clients_of(shared.apps, peer=("203.0.113.7", 50000)) as clients,
+    ):
+        yield Replicas(clients, upstream)
+        upstream.release.set()
 
 
 async def test_a_job_kicked_off_on_a_is_polled_downloaded_and_deleted_on_b(

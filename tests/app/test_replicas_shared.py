@@ -29,23 +29,20 @@ import pytest
 import respx
 
 from middleware.app import Gateway, create_app
-from middleware.auth.devissuer import UnsafeDevelopmentIssuer
 from middleware.auth.revocation import Revocation
-from middleware.ledger.signing import SigningKey, derive_box_key
+from middleware.ledger.signing import SigningKey
 from middleware.settings import Settings
-from middleware.storage.consent_base import LOOKUP_PURPOSE
-from middleware.storage.consent_postgres import PostgresConsentStore
 from middleware.storage.ledger_postgres import PostgresLogStore
 from middleware.storage.revocations_open import record
 from tests.app.conftest import UPSTREAM, WallClock
 from tests.app.consenting import (
-    DEV_ISSUER,
     Tokens,
     auth_settings,
     ledger_entries,
     observation,
     r5_consent,
 )
+from tests.app.shared_schema import clients_of, gateways_on_one_schema
 from tests.contract.backends import PostgresBackend
 
 pytestmark = pytest.mark.integration
@@ -107,60 +104,23 @@ def _router() -> respx.Router:
 
 
 @pytest.fixture
-def tokens(tmp_path: Path) -> Tokens:
-    key = tmp_path / "dev.jwk"
-    return Tokens(UnsafeDevelopmentIssuer.from_key_file(key, DEV_ISSUER, enabled=True))
-
-
-@pytest.fixture
 async def replicas(
-    tmp_path: Path, make_settings: Callable[..., Settings], signer: SigningKey, wall: WallClock
+    key_file: Path, make_settings: Callable[..., Settings], signer: SigningKey, wall: WallClock
 ) -> AsyncIterator[Replicas]:
-    backend = await PostgresBackend.create()
-    settings = make_settings(
-        store=backend.dsn,
-        auth=auth_settings(tmp_path / "dev.jwk", break_glass_scope=BTG_SCOPE),
-        consent_jurisdiction="opt-out",
-        break_glass_minutes=10,
-    )
+    def settings(dsn: str) -> Settings:
+        return make_settings(
+            store=dsn,
+            auth=auth_settings(key_file, break_glass_scope=BTG_SCOPE),
+            consent_jurisdiction="opt-out",
+            break_glass_minutes=10,
+        )
+
     upstream = httpx.MockTransport(_router().async_handler)
-    apps: list[Gateway] = []
-    opened: list[PostgresLogStore | PostgresConsentStore] = []
-    for _ in range(2):
-        log = await PostgresLogStore.open(backend.dsn, schema=backend.schema, max_size=2)
-        consents = await PostgresConsentStore.open(
-            backend.dsn,
-            lookup_key=derive_box_key(signer, LOOKUP_PURPOSE),
-            schema=backend.schema,
-            max_size=2,
-        )
-        opened += [log, consents]
-        apps.append(
-            create_app(
-                settings,
-                upstream=upstream,
-                signer=signer,
-                store=log,
-                consents=consents,
-                wall_clock=wall,
-            )
-        )
-    clients = [
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=("203.0.113.7", 50000)),
-            base_url="http://gateway.test",
-        )
-        for app in apps
-    ]
-    assert isinstance(opened[0], PostgresLogStore)
-    yield Replicas(apps, clients, backend, opened[0])
-    for client in clients:
-        await client.aclose()
-    for app in apps:
-        await app.aclose()
-    for store in opened:  # injected: ours to close
-        await store.close()
-    await backend.cleanup()
+    async with (
+        gateways_on_one_schema(settings, signer, upstream, wall_clock=wall) as shared,
+        clients_of(shared.apps, peer=("203.0.113.7", 50000)) as clients,
+    ):
+        yield Replicas(shared.apps, clients, shared.backend, shared.log)
 
 
 async def _deny_dr(client: httpx.AsyncClient, tokens: Tokens) -> str:
@@ -268,30 +228,32 @@ async def test_a_token_revoked_in_the_shared_store_is_refused_by_every_replica(
 
 
 async def test_a_revocation_binds_every_gateway_on_one_sqlite_file(
-    tmp_path: Path, make_settings: Callable[..., Settings], signer: SigningKey, tokens: Tokens
+    tmp_path: Path,
+    key_file: Path,
+    make_settings: Callable[..., Settings],
+    signer: SigningKey,
+    tokens: Tokens,
 ) -> None:
     """The embedded default: two gateways (as two workers) on one SQLite store see a revocation
     recorded in ``<store>.revocations`` on their very next request (red without the list)."""
     store = f"sqlite:{tmp_path / 'shared.db'}"
     settings = make_settings(
-        store=store, auth=auth_settings(tmp_path / "dev.jwk"), consent_jurisdiction="opt-out"
+        store=store, auth=auth_settings(key_file), consent_jurisdiction="opt-out"
     )
     upstream = httpx.MockTransport(_router().async_handler)
     apps = [create_app(settings, upstream=upstream, signer=signer) for _ in range(2)]
-    clients = [
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway.test")
-        for app in apps
-    ]
     try:
-        stolen, kept = _doctor(tokens), _doctor(tokens)
-        for client in clients:
-            assert (await client.get("/fhir/Observation/o-p1", headers=stolen)).status_code == 200
-        await record(store, Revocation("jti", _jti(stolen)), reason="stolen", at=1.0)
-        for client in clients:
-            assert (await client.get("/fhir/Observation/o-p1", headers=stolen)).status_code == 401
-            assert (await client.get("/fhir/Observation/o-p1", headers=kept)).status_code == 200
+        async with clients_of(apps) as clients:
+            stolen, kept = _doctor(tokens), _doctor(tokens)
+            for client in clients:
+                answer = await client.get("/fhir/Observation/o-p1", headers=stolen)
+                assert answer.status_code == 200
+            await record(store, Revocation("jti", _jti(stolen)), reason="stolen", at=1.0)
+            for client in clients:
+                answer = await client.get("/fhir/Observation/o-p1", headers=stolen)
+                assert answer.status_code == 401
+                answer = await client.get("/fhir/Observation/o-p1", headers=kept)
+                assert answer.status_code == 200
     finally:
-        for client in clients:
-            await client.aclose()
         for app in apps:
             await app.aclose()
