@@ -111,23 +111,37 @@ _EVIDENCE_KEY: bytes = b"consentry/evkey1"
 _ZERO_NONCE: bytes = bytes(nacl.bindings.crypto_secretbox_NONCEBYTES)
 
 
-def _split_skey(skey: str, sig_type: int, what: str, wrong_type: str) -> tuple[str, str, bytes]:
-    """``PRIVATE+KEY+<name>+<hex id>+<base64(type || seed)>`` as (name, hex id, seed); the
-    type byte must be ``sig_type``. ``what`` and ``wrong_type`` word the errors."""
+class _HasKeyId(Protocol):
+    @property
+    def key_id(self) -> int: ...
+
+
+_S = TypeVar("_S", bound=_HasKeyId)
+
+
+def _parse_skey(
+    skey: str, sig_type: int, make: Callable[[str, bytes], _S], what: str, wrong_type: str
+) -> _S:
+    """Parse ``PRIVATE+KEY+<name>+<hex id>+<base64(type || seed)>`` into ``make(name, seed)``:
+    the type byte must be ``sig_type`` and the written ID the one the name and seed give.
+    ``what`` (the key's kind) and ``wrong_type`` word the errors."""
     if not skey.startswith(_SKEY_PREFIX):
-        raise MalformedError(f"{what} starts with PRIVATE+KEY+")
+        raise MalformedError(f"a {what} starts with PRIVATE+KEY+")
     name, _, rest = skey[len(_SKEY_PREFIX) :].partition("+")
     hex_id, _, material = rest.partition("+")
     raw = b64decode_strict(material)
     if len(raw) != 1 + SEED_SIZE or raw[0] != sig_type:
         raise MalformedError(wrong_type)
-    return name, hex_id, raw[1:]
+    key = make(name, raw[1:])
+    if hex_id != f"{key.key_id:08x}":
+        raise MalformedError(f"the {what}'s ID does not match its name and key")
+    return key
 
 
-def _check_skey_id(hex_id: str, key_id: int, what: str) -> None:
-    """The key ID written in a secret key string must be the one its name and seed give."""
-    if hex_id != f"{key_id:08x}":
-        raise MalformedError(f"{what}'s ID does not match its name and key")
+def _format_skey(name: str, key_id: int, sig_type: int, seed: bytes) -> str:
+    """The secret key string :func:`_parse_skey` reads."""
+    material = base64.b64encode(bytes([sig_type]) + seed).decode("ascii")
+    return f"{_SKEY_PREFIX}{name}+{key_id:08x}+{material}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,20 +174,17 @@ class SigningKey:
     @classmethod
     def from_skey(cls, skey: str) -> SigningKey:
         """Parse ``PRIVATE+KEY+<name>+<hex id>+<base64(0x01 || seed)>``; the ID must match."""
-        name, hex_id, seed = _split_skey(
+        return _parse_skey(
             skey,
             SIG_TYPE_ED25519,
-            "a signing key",
+            cls,
+            "signing key",
             "unsupported signing key type (only Ed25519, 0x01)",
         )
-        key = cls(name, seed)
-        _check_skey_id(hex_id, key.key_id, "the signing key")
-        return key
 
     def skey(self) -> str:
         """The secret key string (see :meth:`from_skey`). Handle it as the secret it is."""
-        material = base64.b64encode(bytes([SIG_TYPE_ED25519]) + self.seed).decode("ascii")
-        return f"{_SKEY_PREFIX}{self.name}+{self.key_id:08x}+{material}"
+        return _format_skey(self.name, self.key_id, SIG_TYPE_ED25519, self.seed)
 
     @property
     def public_key(self) -> bytes:
@@ -300,21 +311,17 @@ class Cosigner:
     @classmethod
     def from_skey(cls, skey: str) -> Cosigner:
         """Parse ``PRIVATE+KEY+<name>+<hex id>+<base64(0x04 || seed)>``; the ID must match."""
-        name, hex_id, seed = _split_skey(
+        return _parse_skey(
             skey.strip(),
             SIG_TYPE_COSIGNATURE_V1,
-            "a witness key",
+            cls,
+            "witness key",
             "not a cosignature/v1 witness key (type 0x04)",
         )
-        key = cls(name, seed)
-        _check_skey_id(hex_id, key.key_id, "the witness key")
-        return key
 
     def skey(self) -> str:
         """The secret key string (see :meth:`from_skey`). Handle it as the secret it is."""
-        raw = bytes([SIG_TYPE_COSIGNATURE_V1]) + bytes(self._key)
-        material = base64.b64encode(raw).decode("ascii")
-        return f"{_SKEY_PREFIX}{self._name}+{self.key_id:08x}+{material}"
+        return _format_skey(self._name, self.key_id, SIG_TYPE_COSIGNATURE_V1, bytes(self._key))
 
     @property
     def name(self) -> str:
