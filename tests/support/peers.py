@@ -46,6 +46,7 @@ __all__ = [
     "SHARED_ENV",
     "SYSTEM_SCOPES",
     "PeerError",
+    "Running",
     "UpstreamServer",
     "carebundle_dir",
     "free_port",
@@ -124,7 +125,30 @@ def install_upstream(peers_dir: Path | None = None) -> Path:
     return peers / "medplum"
 
 
-class _Peer:
+class Running:
+    """Something started by :meth:`start` and stopped by :meth:`stop`; a ``with`` block does
+    both (``stop`` also when the block raises)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _Peer(Running):
     """A child process with a log file, ready when ``/healthz`` answers, stopped by pid."""
 
     name = "peer"
@@ -146,18 +170,6 @@ class _Peer:
     def root_url(self) -> str:
         """``http://127.0.0.1:<port>``, where ``/healthz`` lives."""
         return f"http://{HOST}:{self.port}"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         """Start the child on a free port and wait until it is healthy."""

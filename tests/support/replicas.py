@@ -31,7 +31,6 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,7 +38,14 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg
 import httpx
 
 from middleware.auth.devissuer import UnsafeDevelopmentIssuer
-from tests.support.peers import HOST, GatewayServer, PeerError, free_port, stop_process
+from tests.support.peers import (
+    HOST,
+    GatewayServer,
+    PeerError,
+    Running,
+    free_port,
+    stop_process,
+)
 
 __all__ = ["HAPROXY", "PUBLIC", "HAProxy", "ReplicaSet", "fresh_database"]
 
@@ -83,7 +89,7 @@ def _admin_sql(dsn: str, sql: str) -> None:
         raise PeerError(f"PostgreSQL at {dsn}: {type(exc).__name__}: {exc}") from exc
 
 
-class ReplicaSet:
+class ReplicaSet(Running):
     """``count`` gateways (``consentry serve --workers 1``) on the PostgreSQL ``dsn``, one
     settings file in ``workdir`` (which also holds the ledger key and the issuer's key).
 
@@ -110,7 +116,8 @@ class ReplicaSet:
         self.gateways: list[GatewayServer] = []
         self.issuer: UnsafeDevelopmentIssuer | None = None
 
-    def __enter__(self) -> Self:
+    def start(self) -> Self:
+        """Start the replicas one after the other; all stopped if one fails to start."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(self._settings(), encoding="utf-8")
         self.issuer = UnsafeDevelopmentIssuer.from_key_file(
@@ -127,14 +134,6 @@ class ReplicaSet:
             self.stop()
             raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def stop(self) -> None:
         """Stop every replica started (each by its pid)."""
@@ -177,7 +176,7 @@ class ReplicaSet:
         return self.gateways[0].consentry(*argv, timeout=timeout)
 
 
-class HAProxy:
+class HAProxy(Running):
     """HAProxy in front of ``gateways``: round robin, ``GET /readyz`` health checks every
     ``check_ms`` (one failure takes a server out, one success brings it back), a refused
     connection retried on another server, ``x-served-by: r<n>`` (n: the gateway's position)
@@ -252,18 +251,6 @@ class HAProxy:
                 "",
             ]
         )
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         """Start HAProxy on a free port; ready once each replica of ``ready`` (positions;
