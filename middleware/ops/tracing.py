@@ -229,6 +229,7 @@ class _Open(AbstractContextManager[Marks]):
         self._token: contextvars.Token[Context] | None = None
 
     def __enter__(self) -> Marks:
+        self._enter()
         self._token = context.attach(trace.set_span_in_context(self._span))
         return Marks(self._span)
 
@@ -245,9 +246,18 @@ class _Open(AbstractContextManager[Marks]):
             if error is not None and not (isinstance(error, GatewayError) and error.status < 500):
                 self._span.set_status(StatusCode.ERROR)
         finally:
-            if self._token is not None:
-                context.detach(self._token)
-            self._span.end()
+            try:
+                if self._token is not None:
+                    context.detach(self._token)
+                self._span.end()
+            finally:
+                self._exit()
+
+    def _enter(self) -> None:
+        """Set before the span is made current (a subclass's context variables)."""
+
+    def _exit(self) -> None:
+        """Undo :meth:`_enter`, last, whatever went before."""
 
 
 class _Request(_Open):
@@ -261,24 +271,15 @@ class _Request(_Open):
         self._tracing: contextvars.Token[trace.Tracer | None] | None = None
         self._propagating: contextvars.Token[bool] | None = None
 
-    def __enter__(self) -> Marks:
+    def _enter(self) -> None:
         self._tracing = _TRACER.set(self._tracer)
         self._propagating = _PROPAGATING.set(True)
-        return super().__enter__()
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            super().__exit__(kind, error, tb)
-        finally:
-            if self._propagating is not None:
-                _PROPAGATING.reset(self._propagating)
-            if self._tracing is not None:
-                _TRACER.reset(self._tracing)
+    def _exit(self) -> None:
+        if self._propagating is not None:
+            _PROPAGATING.reset(self._propagating)
+        if self._tracing is not None:
+            _TRACER.reset(self._tracing)
 
 
 class Tracing:
