@@ -36,28 +36,33 @@ async def _append(app: Gateway, count: int) -> None:
         await app.ledger.append(entry)
 
 
-async def _checkpoint(app: Gateway) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
-        return await c.get("/ledger/checkpoint")
-
-
-async def test_unreachable_witnesses_leave_the_ledger_working_and_publish_nothing(
-    make_app: Callable[..., Gateway], dev_key_file: Path
-) -> None:
-    app = make_app(
+def _awaiting_one(make_app: Callable[..., Gateway], dev_key_file: Path) -> Gateway:
+    """A gateway wanting one cosignature from the unreachable witness (2 s timeout)."""
+    return make_app(
         auth=auth_settings(dev_key_file),
         witnesses=_witnesses(),
         witness_quorum=1,
         witness_timeout_seconds=2.0,
     )
+
+
+async def _get(app: Gateway, path: str, **params: int) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
+        return await c.get(path, params=params)
+
+
+async def test_unreachable_witnesses_leave_the_ledger_working_and_publish_nothing(
+    make_app: Callable[..., Gateway], dev_key_file: Path
+) -> None:
+    app = _awaiting_one(make_app, dev_key_file)
     try:
         await _append(app, 3)
         assert app.witnessing is not None
         await app.witnessing.submit_latest()
         await _append(app, 2)  # appends never wait for witnesses
         assert app.witnessing.failures == {"unreachable": 1}
-        answer = await _checkpoint(app)
+        answer = await _get(app, "/ledger/checkpoint")
         assert answer.status_code == 503
         assert answer.json()["resourceType"] == "OperationOutcome"
         assert "\u2014" not in answer.text  # no note, cosigned or not
@@ -71,7 +76,7 @@ async def test_without_a_quorum_the_latest_checkpoint_is_served(
     app = make_app(auth=auth_settings(dev_key_file), witnesses=_witnesses(), witness_quorum=0)
     try:
         await _append(app, 3)
-        answer = await _checkpoint(app)
+        answer = await _get(app, "/ledger/checkpoint")
         assert answer.status_code == 200
         assert answer.text.split("\n")[1] == "3"
     finally:
@@ -84,19 +89,12 @@ async def test_proofs_and_witnessing_share_one_tree(
     """The witnessing round and a /ledger proof both need the log's tree: one is built and
     held, not one each (the tree costs about 140 MiB per 10**6 entries)."""
     before = {id(t) for t in gc.get_objects() if isinstance(t, MerkleLevels)}
-    app = make_app(
-        auth=auth_settings(dev_key_file),
-        witnesses=_witnesses(),
-        witness_quorum=1,
-        witness_timeout_seconds=2.0,
-    )
+    app = _awaiting_one(make_app, dev_key_file)
     try:
         await _append(app, 5)
         assert app.witnessing is not None
         await app.witnessing.submit_latest()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
-            answer = await c.get("/ledger/proof/inclusion", params={"index": 2})
+        answer = await _get(app, "/ledger/proof/inclusion", index=2)
         assert answer.status_code == 200
         gc.collect()
         trees = [
