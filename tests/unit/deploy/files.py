@@ -22,11 +22,14 @@ from middleware.settings import ENV_PREFIX, Settings, load_settings
 
 __all__ = [
     "DEPLOY",
+    "Docs",
     "Instruction",
     "image_env",
     "instructions",
     "k8s_documents",
     "load_with",
+    "one_of_kind",
+    "pod_spec",
     "service_link_env",
     "stages",
 ]
@@ -78,12 +81,28 @@ def image_env(text: str) -> dict[str, str]:
     return env
 
 
-def k8s_documents(folder: Path) -> dict[str, list[dict[str, Any]]]:
+#: Manifest documents by file name (as :func:`k8s_documents` reads them).
+Docs = dict[str, list[dict[str, Any]]]
+
+
+def k8s_documents(folder: Path) -> Docs:
     """Every YAML document of the manifests in ``folder``, by file name."""
     return {
         path.name: [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
         for path in sorted(folder.glob("*.yaml"))
     }
+
+
+def one_of_kind(docs: Docs, kind: str) -> dict[str, Any]:
+    """The one document of ``kind`` (fails unless there is exactly one)."""
+    (found,) = [doc for file in docs.values() for doc in file if doc["kind"] == kind]
+    return found
+
+
+def pod_spec(docs: Docs) -> dict[str, Any]:
+    """The Deployment's pod template spec."""
+    spec: dict[str, Any] = one_of_kind(docs, "Deployment")["spec"]["template"]["spec"]
+    return spec
 
 
 def service_link_env(services: Sequence[Mapping[str, Any]]) -> dict[str, str]:

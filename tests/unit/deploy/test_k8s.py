@@ -14,7 +14,6 @@ import ipaddress
 import tomllib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -23,24 +22,21 @@ from kubernetes_validate import utils as kv_utils
 from middleware.errors import SettingsError
 from middleware.settings import ENV_PREFIX, Settings
 from middleware.storage.audit_outbox import outbox_path
-from tests.unit.deploy.files import DEPLOY, image_env, k8s_documents, load_with, service_link_env
+from tests.unit.deploy.files import (
+    DEPLOY,
+    Docs,
+    image_env,
+    k8s_documents,
+    load_with,
+    one_of_kind,
+    pod_spec,
+    service_link_env,
+)
 
 K8S = DEPLOY / "k8s"
 DOCS = k8s_documents(K8S)
 #: The oldest Kubernetes the manifests are checked against, and the newest bundled schemas.
 VERSIONS = ("1.29.0", kv_utils.latest_version())
-
-Docs = dict[str, list[dict[str, Any]]]
-
-
-def _one(docs: Docs, kind: str) -> dict[str, Any]:
-    (found,) = [doc for file in docs.values() for doc in file if doc["kind"] == kind]
-    return found
-
-
-def _pod(docs: Docs) -> dict[str, Any]:
-    spec: dict[str, Any] = _one(docs, "Deployment")["spec"]["template"]["spec"]
-    return spec
 
 
 # -- schemas --------------------------------------------------------------------------------
@@ -65,7 +61,7 @@ def test_every_manifest_is_valid_against_the_kubernetes_schemas(version: str) ->
 
 
 def _misspell(docs: Docs) -> None:
-    security = _pod(docs)["containers"][0]["securityContext"]
+    security = pod_spec(docs)["containers"][0]["securityContext"]
     security["readOnlyRootFilesytem"] = security.pop("readOnlyRootFilesystem")
 
 
@@ -74,12 +70,14 @@ def _misspell(docs: Docs) -> None:
     [
         pytest.param(_misspell, "'readOnlyRootFilesytem' was unexpected", id="misspelt-field"),
         pytest.param(
-            lambda d: _one(d, "Deployment")["spec"].update(replicas="3"),
+            lambda d: one_of_kind(d, "Deployment")["spec"].update(replicas="3"),
             "'3' is not of type 'integer'",
             id="wrong-type",
         ),
         pytest.param(
-            lambda d: _one(d, "HorizontalPodAutoscaler").update(apiVersion="autoscaling/v2beta1"),
+            lambda d: one_of_kind(d, "HorizontalPodAutoscaler").update(
+                apiVersion="autoscaling/v2beta1"
+            ),
             "hpa.yaml",  # removed in Kubernetes 1.25: no schema
             id="removed-api",
         ),
@@ -111,7 +109,7 @@ def pod_settings(docs: Docs, workdir: Path) -> Settings:
     """The settings a gateway pod loads: ``--config`` names the mounted ConfigMap's TOML; the
     environment is the image's, the container's (secrets resolved from the Secret) and, with
     service links on, the variables Kubernetes adds for each Service."""
-    pod = _pod(docs)
+    pod = pod_spec(docs)
     (container,) = pod["containers"]
     args = container["args"]
     config = PurePosixPath(args[args.index("--config") + 1])
@@ -119,10 +117,10 @@ def pod_settings(docs: Docs, workdir: Path) -> Settings:
         m for m in container["volumeMounts"] if PurePosixPath(m["mountPath"]) == config.parent
     )
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
-    configmap = _one(docs, "ConfigMap")
+    configmap = one_of_kind(docs, "ConfigMap")
     assert volume["configMap"]["name"] == configmap["metadata"]["name"]
     toml = configmap["data"][config.name]
-    secret = _one(docs, "Secret")
+    secret = one_of_kind(docs, "Secret")
     env = image_env((DEPLOY / "Dockerfile").read_text(encoding="utf-8"))
     for var in container.get("env", []):
         if "value" in var:
@@ -143,9 +141,9 @@ def test_the_pods_settings_load_with_the_gateways_own_loader(tmp_path: Path) -> 
     writable data volume."""
     settings = pod_settings(DOCS, tmp_path)
     assert settings.store.startswith("postgresql://")
-    (container,) = _pod(DOCS)["containers"]
+    (container,) = pod_spec(DOCS)["containers"]
     mounts = {m["name"]: PurePosixPath(m["mountPath"]) for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in _pod(DOCS)["volumes"]}
+    volumes = {v["name"]: v for v in pod_spec(DOCS)["volumes"]}
     key = PurePosixPath(settings.ledger_key_file)
     keys = next(name for name, path in mounts.items() if key.parent == path)
     assert [item["path"] for item in volumes[keys]["secret"]["items"]] == [key.name]
@@ -174,7 +172,7 @@ def export_memory_problems(docs: Docs, workdir: Path) -> list[str]:
     """On PostgreSQL a Bulk export's files live in the pod's memory: the running jobs at their
     byte limit, the /tmp tmpfs (memory-backed) and the gateway must fit the memory limit."""
     settings = pod_settings(docs, workdir)
-    pod = _pod(docs)
+    pod = pod_spec(docs)
     (container,) = pod["containers"]
     tmp = next(m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
     tmpfs = next(v["emptyDir"] for v in pod["volumes"] if v["name"] == tmp)
@@ -196,8 +194,8 @@ def test_two_export_jobs_fit_the_pods_memory(tmp_path: Path) -> None:
     assert export_memory_problems(DOCS, tmp_path) == []
     # The default export_max_bytes (256 MiB) would not.
     broken = _edit(lambda d: _setting(d, "export_max_bytes = 268435456"))
-    toml = _one(broken, "ConfigMap")["data"]["consentry.toml"]
-    _one(broken, "ConfigMap")["data"]["consentry.toml"] = toml.replace(
+    toml = one_of_kind(broken, "ConfigMap")["data"]["consentry.toml"]
+    one_of_kind(broken, "ConfigMap")["data"]["consentry.toml"] = toml.replace(
         "export_max_bytes = 134217728\n", ""
     )
     assert export_memory_problems(broken, tmp_path) != []
@@ -210,8 +208,8 @@ def _edit(change: Callable[[Docs], None]) -> Docs:
 
 
 def _setting(docs: Docs, line: str) -> None:
-    _one(docs, "ConfigMap")["data"]["consentry.toml"] = (
-        line + "\n" + _one(docs, "ConfigMap")["data"]["consentry.toml"]
+    one_of_kind(docs, "ConfigMap")["data"]["consentry.toml"] = (
+        line + "\n" + one_of_kind(docs, "ConfigMap")["data"]["consentry.toml"]
     )
 
 
@@ -231,7 +229,7 @@ def _setting(docs: Docs, line: str) -> None:
         # Kubernetes' service links give CONSENTRY_SERVICE_HOST, CONSENTRY_PORT=tcp://...
         # for the Service named consentry: unknown settings, a port that is no number.
         pytest.param(
-            _edit(lambda d: _pod(d).pop("enableServiceLinks")),
+            _edit(lambda d: pod_spec(d).pop("enableServiceLinks")),
             "CONSENTRY_SERVICE_HOST",
             id="service-links-on",
         ),
@@ -247,8 +245,8 @@ def test_a_broken_configuration_stops_the_gateway(
 def shadowed_settings(docs: Docs) -> set[str]:
     """Settings of the ConfigMap's TOML that the pod's environment overrides (the environment
     wins): a value there that does nothing."""
-    toml = tomllib.loads(_one(docs, "ConfigMap")["data"]["consentry.toml"])
-    (container,) = _pod(docs)["containers"]
+    toml = tomllib.loads(one_of_kind(docs, "ConfigMap")["data"]["consentry.toml"])
+    (container,) = pod_spec(docs)["containers"]
     env = set(image_env((DEPLOY / "Dockerfile").read_text(encoding="utf-8")))
     env |= {var["name"] for var in container.get("env", [])}
     return {name for name in toml if f"{ENV_PREFIX}{name.upper()}" in env}

@@ -20,35 +20,24 @@ import pytest
 
 from middleware.ledger.errors import MalformedError
 from middleware.ledger.keyfile import parse_ledger_key
-from tests.unit.deploy.files import DEPLOY, k8s_documents
+from tests.unit.deploy.files import DEPLOY, Docs, k8s_documents, one_of_kind, pod_spec
 
-Docs = dict[str, list[dict[str, Any]]]
 DOCS = k8s_documents(DEPLOY / "k8s")
 WRITABLE = ("/var/lib/consentry", "/tmp")
 
 
-def _one(docs: Docs, kind: str) -> dict[str, Any]:
-    (found,) = [doc for file in docs.values() for doc in file if doc["kind"] == kind]
-    return found
-
-
-def _pod(docs: Docs) -> dict[str, Any]:
-    spec: dict[str, Any] = _one(docs, "Deployment")["spec"]["template"]["spec"]
-    return spec
-
-
 def _container(docs: Docs) -> dict[str, Any]:
-    (container,) = _pod(docs)["containers"]
+    (container,) = pod_spec(docs)["containers"]
     result: dict[str, Any] = container
     return result
 
 
 def deployment_problems(docs: Docs) -> list[str]:
     problems: list[str] = []
-    deployment = _one(docs, "Deployment")
+    deployment = one_of_kind(docs, "Deployment")
     if deployment["spec"].get("replicas") != 3:
         problems.append("replicas: expected 3")
-    pod, container = _pod(docs), _container(docs)
+    pod, container = pod_spec(docs), _container(docs)
     for probe, path in (
         ("startupProbe", "/healthz"),
         ("livenessProbe", "/healthz"),
@@ -90,26 +79,28 @@ def selection_problems(docs: Docs) -> list[str]:
     """The Service, the PodDisruptionBudget, the HorizontalPodAutoscaler and the
     NetworkPolicy act on the Deployment's pods."""
     problems: list[str] = []
-    labels = _one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    labels = one_of_kind(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
 
     def selects(selector: dict[str, str], what: str) -> None:
         if not selector or any(labels.get(k) != v for k, v in selector.items()):
             problems.append(f"{what}: does not select the gateway's pods")
 
-    selects(_one(docs, "Service")["spec"]["selector"], "Service")
-    selects(_one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], "PDB")
-    selects(_one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], "NetworkPolicy")
+    selects(one_of_kind(docs, "Service")["spec"]["selector"], "Service")
+    selects(one_of_kind(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], "PDB")
+    selects(
+        one_of_kind(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], "NetworkPolicy"
+    )
     ports = {p["name"] for p in _container(docs)["ports"]}
-    if any(p["targetPort"] not in ports for p in _one(docs, "Service")["spec"]["ports"]):
+    if any(p["targetPort"] not in ports for p in one_of_kind(docs, "Service")["spec"]["ports"]):
         problems.append("Service: targetPort names no container port")
-    hpa = _one(docs, "HorizontalPodAutoscaler")["spec"]
+    hpa = one_of_kind(docs, "HorizontalPodAutoscaler")["spec"]
     target = hpa["scaleTargetRef"]
     if (target["kind"], target["name"]) != (
         "Deployment",
-        _one(docs, "Deployment")["metadata"]["name"],
+        one_of_kind(docs, "Deployment")["metadata"]["name"],
     ):
         problems.append("HPA: does not scale the Deployment")
-    if hpa["minReplicas"] <= _one(docs, "PodDisruptionBudget")["spec"]["minAvailable"]:
+    if hpa["minReplicas"] <= one_of_kind(docs, "PodDisruptionBudget")["spec"]["minAvailable"]:
         problems.append("HPA: minReplicas at or below the PDB's minAvailable blocks every drain")
     return problems
 
@@ -124,9 +115,9 @@ KUBE_DNS = {
 def destinations(docs: Docs) -> list[tuple[str, str, int]]:
     """What the gateway connects to, from its settings (the ConfigMap's TOML, the Secret's
     store DSN): (what, host, port) for the store, the upstream and each issuer's JWKS."""
-    settings = tomllib.loads(_one(docs, "ConfigMap")["data"]["consentry.toml"])
+    settings = tomllib.loads(one_of_kind(docs, "ConfigMap")["data"]["consentry.toml"])
     urls = [
-        ("store", _one(docs, "Secret")["stringData"]["store"]),
+        ("store", one_of_kind(docs, "Secret")["stringData"]["store"]),
         ("upstream", settings["upstream"]),
     ]
     urls += [("jwks", issuer["jwks_url"]) for issuer in settings["auth"]["issuers"]]
@@ -159,7 +150,7 @@ def _reaches(rule: dict[str, Any], host: str, port: int) -> bool:
 
 def network_problems(docs: Docs) -> list[str]:
     problems: list[str] = []
-    spec = _one(docs, "NetworkPolicy")["spec"]
+    spec = one_of_kind(docs, "NetworkPolicy")["spec"]
     if set(spec.get("policyTypes", [])) != {"Ingress", "Egress"}:
         problems.append("policyTypes: expected Ingress and Egress")
     for rule in spec.get("ingress", []):
@@ -211,12 +202,12 @@ def _security(docs: Docs) -> dict[str, Any]:
 
 
 def _egress(docs: Docs) -> list[dict[str, Any]]:
-    rules: list[dict[str, Any]] = _one(docs, "NetworkPolicy")["spec"]["egress"]
+    rules: list[dict[str, Any]] = one_of_kind(docs, "NetworkPolicy")["spec"]["egress"]
     return rules
 
 
 def _settings(docs: Docs, old: str, new: str) -> None:
-    data = _one(docs, "ConfigMap")["data"]
+    data = one_of_kind(docs, "ConfigMap")["data"]
     assert old in data["consentry.toml"], old
     data["consentry.toml"] = data["consentry.toml"].replace(old, new)
 
@@ -229,25 +220,25 @@ def _mount(docs: Docs, path: str) -> dict[str, Any]:
     ("rule", "broken", "problem"),
     [
         # -- the pod
-        (deployment_problems, _edit(lambda d: _one(d, "Deployment")["spec"].update(replicas=1)), "replicas"),
+        (deployment_problems, _edit(lambda d: one_of_kind(d, "Deployment")["spec"].update(replicas=1)), "replicas"),
         (deployment_problems, _edit(lambda d: _container(d)["readinessProbe"]["httpGet"].update(path="/healthz")), "readinessProbe"),
         (deployment_problems, _edit(lambda d: _container(d).pop("livenessProbe")), "livenessProbe"),
         (deployment_problems, _edit(lambda d: _security(d).update(readOnlyRootFilesystem=False)), "readOnlyRootFilesystem"),
         (deployment_problems, _edit(lambda d: _security(d)["capabilities"].update(drop=["NET_RAW"])), "drop ALL"),
         (deployment_problems, _edit(lambda d: _security(d).update(allowPrivilegeEscalation=True)), "allowPrivilegeEscalation"),
-        (deployment_problems, _edit(lambda d: _pod(d)["securityContext"].pop("runAsNonRoot")), "runAsNonRoot"),
-        (deployment_problems, _edit(lambda d: _pod(d)["securityContext"].pop("seccompProfile")), "seccompProfile"),
+        (deployment_problems, _edit(lambda d: pod_spec(d)["securityContext"].pop("runAsNonRoot")), "runAsNonRoot"),
+        (deployment_problems, _edit(lambda d: pod_spec(d)["securityContext"].pop("seccompProfile")), "seccompProfile"),
         (deployment_problems, _edit(lambda d: _container(d)["resources"].pop("limits")), "memory limit"),
         (deployment_problems, _edit(lambda d: _mount(d, "/etc/consentry/keys").pop("readOnly")), "/etc/consentry/keys writable"),
         (deployment_problems, _edit(lambda d: _container(d)["volumeMounts"].remove(_mount(d, "/tmp"))), "writable volumes at"),
         # -- what acts on the pods
-        (selection_problems, _edit(lambda d: _one(d, "Service")["spec"]["selector"].update({"app.kubernetes.io/name": "other"})), "Service"),
-        (selection_problems, _edit(lambda d: _one(d, "HorizontalPodAutoscaler")["spec"].update(minReplicas=2)), "minReplicas"),
-        (selection_problems, _edit(lambda d: _one(d, "Service")["spec"]["ports"][0].update(targetPort="web")), "targetPort"),
+        (selection_problems, _edit(lambda d: one_of_kind(d, "Service")["spec"]["selector"].update({"app.kubernetes.io/name": "other"})), "Service"),
+        (selection_problems, _edit(lambda d: one_of_kind(d, "HorizontalPodAutoscaler")["spec"].update(minReplicas=2)), "minReplicas"),
+        (selection_problems, _edit(lambda d: one_of_kind(d, "Service")["spec"]["ports"][0].update(targetPort="web")), "targetPort"),
         # -- the network
-        (network_problems, _edit(lambda d: _one(d, "NetworkPolicy")["spec"]["ingress"][0].update({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})), "ingress"),
-        (network_problems, _edit(lambda d: _one(d, "NetworkPolicy")["spec"]["egress"][0].pop("ports")), "every port"),
-        (network_problems, _edit(lambda d: _one(d, "NetworkPolicy")["spec"]["egress"].pop()), "53/UDP"),
+        (network_problems, _edit(lambda d: one_of_kind(d, "NetworkPolicy")["spec"]["ingress"][0].update({"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})), "ingress"),
+        (network_problems, _edit(lambda d: one_of_kind(d, "NetworkPolicy")["spec"]["egress"][0].pop("ports")), "every port"),
+        (network_problems, _edit(lambda d: one_of_kind(d, "NetworkPolicy")["spec"]["egress"].pop()), "53/UDP"),
         (network_problems, _edit(lambda d: _egress(d).remove(_egress(d)[1])), "the upstream"),
         (network_problems, _edit(lambda d: _egress(d)[1]["ports"][0].update(port=9999)), "the upstream"),
         (network_problems, _edit(lambda d: _egress(d)[0]["to"][0]["namespaceSelector"]["matchLabels"].update({"kubernetes.io/metadata.name": "other"})), "the store"),
@@ -268,7 +259,7 @@ def test_a_broken_manifest_is_refused(
 def test_the_secret_is_a_template_without_key_material() -> None:
     """The Secret's values are placeholders: the ledger key file is no key, the store DSN has
     no password; and no file under deploy/ holds a C2SP private key."""
-    secret = _one(DOCS, "Secret")["stringData"]
+    secret = one_of_kind(DOCS, "Secret")["stringData"]
     assert all("REPLACE" in value for value in secret.values())
     with pytest.raises(MalformedError):
         parse_ledger_key(secret["consentry-ledger.key"])
@@ -282,7 +273,7 @@ def test_the_key_file_is_mounted_read_only_from_the_secret() -> None:
     """Every replica reads the one key file; none can create or replace it (the gateway
     creates a missing key file, which here would be a second log identity)."""
     keys = _mount(DOCS, "/etc/consentry/keys")
-    volume = next(v for v in _pod(DOCS)["volumes"] if v["name"] == keys["name"])
+    volume = next(v for v in pod_spec(DOCS)["volumes"] if v["name"] == keys["name"])
     assert keys["readOnly"] is True
-    assert volume["secret"]["secretName"] == _one(DOCS, "Secret")["metadata"]["name"]
+    assert volume["secret"]["secretName"] == one_of_kind(DOCS, "Secret")["metadata"]["name"]
     assert PurePosixPath(keys["mountPath"]) == PurePosixPath("/etc/consentry/keys")
