@@ -253,10 +253,9 @@ async def test_a_job_is_its_owners_only_on_every_worker(
     assert b.get(job.id, "auditor").state == "done"
 
 
-async def test_delete_on_b_stops_as_producer_at_its_next_add_and_forgets_the_job(
-    workers: tuple[ExportJobs, ExportJobs], boards: Boards
-) -> None:
-    a, b = workers
+async def _cancel_on_b_midway(a: ExportJobs, b: ExportJobs) -> tuple[ExportJob, list[int]]:
+    """Start on ``a`` a producer of lines 0 to 9 that waits before line 4, cancel the job on
+    ``b`` meanwhile, then let the producer go on: the job, and the lines it added."""
     added: list[int] = []
     gate = asyncio.Event()
 
@@ -272,6 +271,14 @@ async def test_delete_on_b_stops_as_producer_at_its_next_add_and_forgets_the_job
     b.cancel(job.id, "auditor")
     gate.set()
     await _settle(job)
+    return job, added
+
+
+async def test_delete_on_b_stops_as_producer_at_its_next_add_and_forgets_the_job(
+    workers: tuple[ExportJobs, ExportJobs], boards: Boards
+) -> None:
+    a, b = workers
+    job, added = await _cancel_on_b_midway(a, b)
     assert added == [0, 1, 2, 3]
     await b.drain()
     for jobs in (a, b):
@@ -497,21 +504,7 @@ async def test_a_cancel_elsewhere_stops_a_postgres_producer_by_its_next_chunk(
     try:
         a = ExportJobs(clock=clock, board=boards.new(state_ttl=60.0), events_per_file=3)
         b = ExportJobs(clock=clock, board=boards.new(), events_per_file=3)
-        added: list[int] = []
-        gate = asyncio.Event()
-
-        async def produce(job: ExportJob) -> None:
-            for n in range(10):
-                if n == 4:
-                    await gate.wait()
-                job.add(str(n).encode())
-                added.append(n)
-
-        job = _start(a, produce)
-        await asyncio.sleep(0)
-        b.cancel(job.id, "auditor")
-        gate.set()
-        await _settle(job)
+        job, added = await _cancel_on_b_midway(a, b)
         assert added == [0, 1, 2, 3, 4]  # line 5 completes a file: its chunk is refused
         await b.drain()
         for jobs in (a, b):
