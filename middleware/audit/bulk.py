@@ -204,7 +204,12 @@ class ExportJobs:
         while True:
             await asyncio.sleep(self.beat_seconds)
             with contextlib.suppress(Exception):
-                if not board.beat(job_id, now=self._clock()):
+                now = self._clock()
+                if board.local:
+                    renewed = board.beat(job_id, now=now)
+                else:  # off the loop: see _expire
+                    renewed = await asyncio.to_thread(board.beat, job_id, now=now)
+                if not renewed:
                     return  # cancelled or failed elsewhere: the producer stops at its next add
 
     def get(self, job_id: str, owner: str) -> ExportJob:
@@ -312,10 +317,22 @@ class ExportJobs:
         row a killed worker deleted before its purge). The sweeper runs it at once, then every
         ``sweep_seconds``, so output never outlives ``keep_seconds`` by more than that even
         without requests."""
-        self._forget_old()
+        if self.board is not None and not self.board.local:
+            self._purge_soon()  # chunks of no job: now, not after the expiry's thread
+            await self._expire(self.board)
+        else:
+            self._forget_old()
         if self.board is not None:
             self._purge_soon()
             await self.drain()
+
+    async def _expire(self, board: ExportBoard) -> None:
+        """The sweeper's expiry on a board of another machine (PostgreSQL), in a thread: a
+        store that stops answering holds a call up to the board's timeout, and the event loop
+        must keep serving meanwhile (its calls are thread-safe). A local board (SQLite) stays
+        on the loop: one connection, shared with the loop's write transactions. A request's
+        own calls stay on the loop: a known limit, bounded by the board's timeout."""
+        await asyncio.to_thread(board.expire, self._clock() - self.keep_seconds)
 
     async def drain(self) -> None:
         """Wait until the output forgotten so far is deleted."""
