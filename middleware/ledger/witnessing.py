@@ -6,7 +6,8 @@ witness that has not cosigned it and has no request under way, concurrently, eac
 RFC 9162 consistency proof from the size that witness last cosigned (proofs from the log's
 shared tree, :mod:`middleware.ledger.prooftree`). A 409 naming a smaller size (a witness that
 cosigned something we forgot, e.g. before a restart) is retried once from that size. Each
-answer is checked against the witness's key; one valid line per witness is kept.
+answer is checked against the witness's key and dated at most ``quorum.FUTURE_SKEW`` ahead of
+our clock (verifiers reject a later one); one valid line per witness is kept.
 
 One witness cannot hold up the others: each request ends within ``timeout`` seconds in
 all, not per read (two with the retry); an answer over :data:`MAX_ANSWER` bytes is refused; a round
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -42,6 +44,7 @@ from middleware.ledger.entry import StoredCheckpoint
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.note import NoteSignature, parse_note
 from middleware.ledger.prooftree import ProofTree
+from middleware.ledger.quorum import FUTURE_SKEW
 from middleware.ledger.signing import CosignatureVerifier
 from middleware.ledger.tree import MerkleLevels
 from middleware.ledger.witnesses import (
@@ -82,7 +85,8 @@ class Witnessing:
     """Submits the latest checkpoint to ``witnesses`` and keeps what they cosign (module
     docstring). ``store`` returns the opened log store; ``client`` is an
     :class:`httpx.AsyncClient` (one is made, and closed by :meth:`aclose`, when None);
-    ``tree`` is the log's shared tree (the ledger service's; a new one when None)."""
+    ``tree`` is the log's shared tree (the ledger service's; a new one when None); ``clock``: POSIX
+    seconds, bounding the cosignatures' dates."""
 
     def __init__(
         self,
@@ -94,6 +98,7 @@ class Witnessing:
         interval: float = 1.0,
         client: httpx.AsyncClient | None = None,
         tree: ProofTree | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 <= quorum <= len(witnesses):
             raise ValueError("a quorum is 0 to the number of witnesses")
@@ -106,6 +111,7 @@ class Witnessing:
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self._tree = tree if tree is not None else ProofTree()
+        self._clock = clock
         #: The size each witness last cosigned or reported holding (0: none known).
         self._sizes: dict[str, int] = {w.name: 0 for w in witnesses}
         #: The one cosignature line each witness gave for :attr:`_latest`.
@@ -315,13 +321,16 @@ class Witnessing:
         self, witness: WitnessEndpoint, latest: StoredCheckpoint, content: bytes
     ) -> NoteSignature:
         """The first of the answer's lines by the witness's key, if every such line is a
-        valid cosignature of ``latest`` (one by its key that is not is evidence, not noise)."""
+        valid cosignature of ``latest`` (one by its key that is not is evidence, not noise) and
+        none is dated more than FUTURE_SKEW ahead of our clock: verifiers reject such a line
+        (ledger.quorum), and with it the whole published note."""
         text = parse_note(latest.note).text
         try:
             lines = parse_cosignature_lines(content.decode("utf-8"), text)
             key = self._verifiers[witness.name]
             ours = tuple(s for s in lines if (s.name, s.key_id) == (key.name, key.key_id))
-            verify_cosignatures(with_cosignatures(latest.note, ours), [key], 1)
+            not_after = int(self._clock()) + FUTURE_SKEW
+            verify_cosignatures(with_cosignatures(latest.note, ours), [key], 1, not_after=not_after)
         except (UnicodeDecodeError, LedgerError):
             raise _Refused("bad-cosignature") from None
         self.cosigned += 1

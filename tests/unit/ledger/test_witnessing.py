@@ -6,6 +6,7 @@ publishes. The real witness (``consentry witness serve``) is in
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import httpx
@@ -15,6 +16,7 @@ from structlog.testing import capture_logs
 from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.entry import StoredCheckpoint
 from middleware.ledger.note import parse_note
+from middleware.ledger.quorum import FUTURE_SKEW
 from middleware.ledger.signing import Cosigner
 from middleware.ledger.tree import MerkleLevels, hash_leaves
 from middleware.ledger.witnesses import WitnessEndpoint
@@ -49,9 +51,12 @@ def endpoint(cosigner: Cosigner) -> WitnessEndpoint:
     return WitnessEndpoint(cosigner.name, f"http://{cosigner.name}", cosigner.vkey())
 
 
-def cosigning(signer: Cosigner, held: dict[str, int] | None = None) -> Handler:
+def cosigning(
+    signer: Cosigner, held: dict[str, int] | None = None, *, at: int = 1_700_000_000
+) -> Handler:
     """A witness that cosigns whatever arrives (as ``signer``) once ``old`` is the size it
-    holds (``held``, by name; 0 at first), else answers 409 with that size."""
+    holds (``held``, by name; 0 at first), else answers 409 with that size; its
+    cosignatures are dated ``at``."""
     sizes = held if held is not None else {}
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -61,7 +66,7 @@ def cosigning(signer: Cosigner, held: dict[str, int] | None = None) -> Handler:
             return httpx.Response(409, content=f"{size}\n".encode())
         text = submission.note.text
         sizes[signer.name] = parse_checkpoint(text).size
-        return httpx.Response(200, content=signer.cosign(text, 1_700_000_000).line().encode())
+        return httpx.Response(200, content=signer.cosign(text, at).line().encode())
 
     return handle
 
@@ -75,7 +80,12 @@ def router(handlers: dict[str, Handler], seen: list[httpx.Request]) -> httpx.Asy
 
 
 async def run(
-    log: Log, handlers: dict[str, Handler], quorum: int, *, rounds: int = 1
+    log: Log,
+    handlers: dict[str, Handler],
+    quorum: int,
+    *,
+    rounds: int = 1,
+    clock: Callable[[], float] = time.time,
 ) -> tuple[Witnessing, list[httpx.Request]]:
     source = Source(log)
 
@@ -85,7 +95,7 @@ async def run(
     seen: list[httpx.Request] = []
     async with router(handlers, seen) as client:
         witnesses = [endpoint(W1 if "w1" in h else W2) for h in handlers]
-        witnessing = Witnessing(open_source, witnesses, quorum=quorum, client=client)
+        witnessing = Witnessing(open_source, witnesses, quorum=quorum, client=client, clock=clock)
         for _ in range(rounds):
             await witnessing.submit_latest()
         await witnessing.aclose()
@@ -102,6 +112,31 @@ async def test_a_quorum_publishes_the_note_with_every_cosignature() -> None:
     assert done.published_size == 16
     assert [r.url.path for r in seen] == ["/add-checkpoint"] * 2
     assert all(r.content.startswith(b"old 0\n\n") for r in seen)
+
+
+NOW = 1_700_000_000
+
+
+async def test_a_cosignature_dated_too_far_ahead_is_refused() -> None:
+    """A witness whose clock runs fast: its line dated more than FUTURE_SKEW after ours is
+    refused (bad-cosignature), not published (verifiers reject a note carrying it; it was
+    kept before); the other witness's line alone makes the quorum of 1."""
+    fast = cosigning(W1, at=NOW + FUTURE_SKEW + 1)
+    done, _ = await run(
+        base(), {"w1.test": fast, "w2.test": cosigning(W2, at=NOW)}, 1, clock=lambda: NOW
+    )
+    assert done.failures == {"bad-cosignature": 1}
+    note = done.published()
+    assert note is not None
+    assert [s.name for s in parse_note(note).signatures[1:]] == ["w2.test"]
+
+
+async def test_a_cosignature_dated_within_the_skew_is_kept() -> None:
+    done, _ = await run(
+        base(), {"w1.test": cosigning(W1, at=NOW + FUTURE_SKEW)}, 1, clock=lambda: NOW
+    )
+    assert done.failures == {}
+    assert done.published() is not None
 
 
 async def test_a_witness_already_cosigned_is_not_asked_again_for_that_size() -> None:
