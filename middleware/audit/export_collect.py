@@ -42,7 +42,7 @@ from middleware.ledger.merkle import leaf_hash
 from middleware.ledger.note import parse_note
 from middleware.ledger.signing import evidence_keyer
 from middleware.ledger.tree import hash_leaves
-from middleware.storage.ledger_base import LogStore
+from middleware.storage.ledger_base import LogStore, signed_as
 from middleware.storage.ledger_bulk import BulkLog
 
 __all__ = [
@@ -103,12 +103,10 @@ class StoreView:
         """The view at the checkpoint ``note`` states: one the store signed (the same
         text), carried with more signatures (a witnessed checkpoint's cosignatures), which
         the export's header then holds. The proofs are against its size."""
-        text = parse_note(note).text
-        size = parse_checkpoint(text).size
-        stored = await store.checkpoint(size)
-        if stored is None or size == 0 or parse_note(stored.note).text != text:
+        stored = await signed_as(store, note)
+        if stored is None or stored.size == 0:
             raise LedgerError("the witnessed checkpoint is not one this log signed")
-        return cls(store, note, size)
+        return cls(store, note, stored.size)
 
     async def leaf_hashes(self) -> list[bytes]:
         return await self.store.leaf_hashes(0, self.size)

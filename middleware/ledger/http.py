@@ -71,15 +71,13 @@ from middleware.ledger.access import (
     check_listing,
     reader_of,
 )
-from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.entry import StoredCheckpoint
 from middleware.ledger.errors import LedgerError, OutOfRangeError
 from middleware.ledger.leaf import decode_leaf
-from middleware.ledger.note import parse_note
 from middleware.ledger.receipt import TlogProof, format_receipt
 from middleware.ledger.service import LedgerService
 from middleware.ledger.tree import MerkleLevels
-from middleware.storage.ledger_base import LogStore
+from middleware.storage.ledger_base import LogStore, signed_as
 
 __all__ = ["MAX_ENTRIES", "LeafReaders", "TokenCheck", "Witnessed", "ledger_routes"]
 
@@ -253,10 +251,8 @@ class _LedgerApi:
         note = None if self._witnessed is None else self._witnessed.published()
         if note is None:
             return None
-        text = parse_note(note).text
-        size = parse_checkpoint(text).size
-        stored = await store.checkpoint(size) if index < size else None
-        if stored is None or parse_note(stored.note).text != text:
+        stored = await signed_as(store, note)
+        if stored is None or index >= stored.size:
             return None
         return StoredCheckpoint(stored.size, stored.root, note)
 

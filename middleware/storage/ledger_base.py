@@ -36,11 +36,13 @@ from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 from middleware.audit.row import AuditQuery, AuditRow
+from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.entry import AppendResult, Evidence, NewEntry, StoredCheckpoint, TreeState
 from middleware.ledger.errors import OutOfRangeError
+from middleware.ledger.note import parse_note
 from middleware.ledger.sequencer import CheckpointSigner
 
-__all__ = ["EVIDENCE_RANGE", "PROBE_LOCK_WAIT", "LogStore", "evidence_of_range"]
+__all__ = ["EVIDENCE_RANGE", "PROBE_LOCK_WAIT", "LogStore", "evidence_of_range", "signed_as"]
 
 #: Seconds :meth:`LogStore.probe_commit` waits for the append lock (a readiness check must
 #: answer within its own time budget, and a lock held that long already delays every request).
@@ -261,3 +263,14 @@ class LogStore(Protocol):
     async def close(self) -> None:
         """Release connections (idempotent)."""
         ...
+
+
+async def signed_as(store: LogStore, note: str) -> StoredCheckpoint | None:
+    """The checkpoint ``store`` signed that ``note`` states: the stored one of its size whose
+    note has the same text (``note`` may carry more signatures, a witnessed checkpoint's
+    cosignatures); ``None`` when the store holds none such."""
+    text = parse_note(note).text
+    stored = await store.checkpoint(parse_checkpoint(text).size)
+    if stored is None or parse_note(stored.note).text != text:
+        return None
+    return stored
