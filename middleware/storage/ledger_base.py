@@ -12,6 +12,7 @@ table          holds                                                 UPDATE / DE
 =============  ====================================================  ===========================
 ``leaves``     index, leaf bytes, leaf hash, pseudonym, idem. key    refused by triggers
 ``checkpoints``  size, root, signed note; one row per size            refused by triggers
+``witnessed``  size, the note with a quorum's cosignatures; grows     refused by triggers
 ``evidence``   index, salt, evidence bytes (opaque, maybe ciphertext)  allowed: crypto-shredding
 ``state``      the one row: size, compact range, root                 updated by each append
 ``heartbeat``  the one row: a counter outside the log                 updated by each probe
@@ -159,6 +160,18 @@ class LogStore(Protocol):
 
     async def checkpoints(self) -> list[StoredCheckpoint]:
         """Every checkpoint, by ascending size."""
+        ...
+
+    async def witnessed(self) -> tuple[int, str] | None:
+        """The witnessed checkpoint kept of the largest size, ``(size, note)`` as stored
+        (unchecked: :mod:`~middleware.storage.ledger_witnessed`); ``None`` if none is kept."""
+        ...
+
+    async def keep_witnessed(self, note: str) -> bool:
+        """Keep the witnessed checkpoint ``note`` (the log's note with a quorum of cosignature
+        lines) unless one of its size or larger is kept: append-only by size, the first of a
+        size stays (:mod:`~middleware.storage.ledger_witnessed`). True if it was kept;
+        ``MalformedError`` if ``note`` states no checkpoint."""
         ...
 
     async def rebuild_state(self) -> TreeState:

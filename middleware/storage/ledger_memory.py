@@ -38,6 +38,7 @@ from middleware.storage.audit_index_match import (
     select_rows,
     tombstoned,
 )
+from middleware.storage.ledger_witnessed import witnessed_size
 
 __all__ = ["MemoryLog", "MemoryLogStore"]
 
@@ -66,6 +67,8 @@ class MemoryLog:
     #: The tombstones: pseudonyms a shred recorded (their rows are written shredded, their
     #: keys never stored again).
     shredded: dict[bytes, bytes | None] = field(default_factory=dict)
+    #: The witnessed checkpoints kept, by size (``ledger_witnessed``'s contract).
+    witnessed: dict[int, str] = field(default_factory=dict)
 
 
 class MemoryLogStore:
@@ -166,6 +169,19 @@ class MemoryLogStore:
     async def checkpoints(self) -> list[StoredCheckpoint]:
         self._check()
         return [self.log.checkpoints[s] for s in sorted(self.log.checkpoints)]
+
+    async def witnessed(self) -> tuple[int, str] | None:
+        self._check()
+        kept = self.log.witnessed
+        return (max(kept), kept[max(kept)]) if kept else None
+
+    async def keep_witnessed(self, note: str) -> bool:
+        size = witnessed_size(note)
+        self._writing()
+        if any(kept >= size for kept in self.log.witnessed):
+            return False
+        self.log.witnessed[size] = note
+        return True
 
     async def rebuild_state(self) -> TreeState:
         self._check()

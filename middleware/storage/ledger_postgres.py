@@ -42,6 +42,7 @@ from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evid
 from middleware.storage.ledger_postgres_append import append_batch
 from middleware.storage.ledger_postgres_schema import CONSENT_LEAF, SCHEMA, SIGNER_LOCK
 from middleware.storage.ledger_unreplayed import refuse_writes_unreplayed
+from middleware.storage.ledger_witnessed import PostgresWitnessed
 from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["PostgresLogStore"]
@@ -93,8 +94,9 @@ def _translated() -> AbstractAsyncContextManager[None]:
 
 
 @refuse_writes_unreplayed
-class PostgresLogStore(PostgresAuditIndex):
-    """A log store in PostgreSQL; create it with :meth:`open`."""
+class PostgresLogStore(PostgresAuditIndex, PostgresWitnessed):
+    """A log store in PostgreSQL; create it with :meth:`open` (witnessed checkpoints:
+    :class:`~middleware.storage.ledger_witnessed.PostgresWitnessed`)."""
 
     name = "postgresql"
 

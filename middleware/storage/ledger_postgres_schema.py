@@ -1,6 +1,8 @@
 """The PostgreSQL schema of the log store (tables are described in ``ledger_base``).
 
-Row triggers refuse ``UPDATE`` and ``DELETE`` on leaves and checkpoints, and statement
+Row triggers refuse ``UPDATE`` and ``DELETE`` on leaves, checkpoints and witnessed
+checkpoints (and an insert of a witnessed checkpoint not above every size kept:
+:mod:`~middleware.storage.ledger_witnessed`), and statement
 triggers refuse ``TRUNCATE`` (which fires no row trigger). A statement trigger over the
 inserted rows (a transition table) refuses leaves that do not take the next indexes, so a
 hand-made row cannot open a gap or land beyond the end. PostgreSQL has no
@@ -147,6 +149,27 @@ CREATE OR REPLACE TRIGGER consentry_ledger_leaves_in_order AFTER INSERT ON conse
     REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT
     EXECUTE FUNCTION consentry_ledger_contiguous();
 {_append_only("consentry_ledger_checkpoints")}
+CREATE TABLE IF NOT EXISTS consentry_ledger_witnessed (
+    size bigint PRIMARY KEY CHECK (size >= 0),
+    note text NOT NULL
+);
+CREATE OR REPLACE FUNCTION consentry_ledger_witnessed_grows() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE newer boolean;
+BEGIN
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE size >= $1)',
+                   TG_TABLE_SCHEMA, TG_TABLE_NAME) INTO newer USING NEW.size;
+    IF newer THEN
+        RAISE EXCEPTION 'consentry ledger: witnessed checkpoints only grow'
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE OR REPLACE TRIGGER consentry_ledger_witnessed_grows
+    BEFORE INSERT ON consentry_ledger_witnessed
+    FOR EACH ROW EXECUTE FUNCTION consentry_ledger_witnessed_grows();
+{_append_only("consentry_ledger_witnessed")}
 {INDEX_SCHEMA}
 {_LOCK_APPEND}
 """  # noqa: S608  (built from constants only)

@@ -41,6 +41,7 @@ from middleware.storage.consent_seq import ConsentSeq, announcing
 from middleware.storage.ledger_base import EVIDENCE_RANGE, PROBE_LOCK_WAIT, evidence_of_range
 from middleware.storage.ledger_sqlite_schema import CONSENT_LEAF, SCHEMA
 from middleware.storage.ledger_unreplayed import refuse_writes_unreplayed
+from middleware.storage.ledger_witnessed import SqliteWitnessed
 from middleware.storage.sqlite_worker import SqliteWorker
 
 __all__ = ["SqliteLogStore"]
@@ -68,9 +69,10 @@ _RANGES = {
 
 
 @refuse_writes_unreplayed
-class SqliteLogStore(SqliteAuditIndex):
+class SqliteLogStore(SqliteAuditIndex, SqliteWitnessed):
     """A log store in one SQLite file; create it with :meth:`open`. The audit index's
-    methods are :class:`~middleware.storage.audit_index_stores.SqliteAuditIndex`'s."""
+    methods are :class:`~middleware.storage.audit_index_stores.SqliteAuditIndex`'s, the
+    witnessed checkpoints' :class:`~middleware.storage.ledger_witnessed.SqliteWitnessed`'s."""
 
     name = "sqlite"
 

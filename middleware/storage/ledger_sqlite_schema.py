@@ -3,11 +3,13 @@
 Triggers make the log append-only at the SQL level, so an ``UPDATE`` or ``DELETE`` typed into
 ``sqlite3`` by hand aborts. SQLite's ``INSERT OR REPLACE`` deletes a conflicting row *without*
 firing delete triggers (unless ``PRAGMA recursive_triggers`` is on, a per-connection setting a
-DBA's shell does not have), so inserts are checked too: a leaf must take the next index and a
-checkpoint a size not signed yet. The evidence table has no triggers on purpose
-(crypto-shredding deletes or overwrites evidence; the leaf keeps the commitment), and neither
-have the audit index and key tables (:data:`~middleware.storage.audit_index_sqlite.INDEX_SCHEMA`:
-derived data that shred and reindex rewrite, and the keys a shred deletes).
+DBA's shell does not have), so inserts are checked too: a leaf must take the next index, a
+checkpoint a size not signed yet, and a witnessed checkpoint
+(:mod:`~middleware.storage.ledger_witnessed`) a size above every one kept. The evidence table
+has no triggers on purpose (crypto-shredding deletes or overwrites evidence; the leaf keeps
+the commitment), and neither have the audit index and key tables
+(:data:`~middleware.storage.audit_index_sqlite.INDEX_SCHEMA`: derived data that shred and
+reindex rewrite, and the keys a shred deletes).
 
 The script brackets itself in ``BEGIN IMMEDIATE`` ... ``COMMIT`` so two processes creating
 the same file do not interleave.
@@ -81,6 +83,15 @@ CREATE TRIGGER IF NOT EXISTS consentry_ledger_checkpoints_once
 BEFORE INSERT ON consentry_ledger_checkpoints
 WHEN EXISTS (SELECT 1 FROM consentry_ledger_checkpoints WHERE size = NEW.size)
 BEGIN SELECT RAISE(ABORT, 'consentry ledger: a size is signed once'); END;
+CREATE TABLE IF NOT EXISTS consentry_ledger_witnessed (
+    size INTEGER PRIMARY KEY CHECK (size >= 0),
+    note TEXT NOT NULL
+);
+{_append_only("consentry_ledger_witnessed")}
+CREATE TRIGGER IF NOT EXISTS consentry_ledger_witnessed_grows
+BEFORE INSERT ON consentry_ledger_witnessed
+WHEN EXISTS (SELECT 1 FROM consentry_ledger_witnessed WHERE size >= NEW.size)
+BEGIN SELECT RAISE(ABORT, 'consentry ledger: witnessed checkpoints only grow'); END;
 {INDEX_SCHEMA}
 COMMIT;
 """  # noqa: S608  (built from constants only)

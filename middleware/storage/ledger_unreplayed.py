@@ -29,7 +29,16 @@ UNREPLAYED = "a log opened without its replay does not write"
 
 #: ``LogStore`` methods that write to the database.
 WRITES = frozenset(
-    {"append", "audit_key", "shred", "shred_entries", "reindex", "clear_index", "probe_commit"}
+    {
+        "append",
+        "audit_key",
+        "shred",
+        "shred_entries",
+        "reindex",
+        "clear_index",
+        "probe_commit",
+        "keep_witnessed",
+    }
 )
 #: ``LogStore`` methods that only read (``rebuild_state``: see the module docstring).
 READS = frozenset(
@@ -45,6 +54,7 @@ READS = frozenset(
         "consents_after",
         "checkpoint",
         "checkpoints",
+        "witnessed",
         "rebuild_state",
         "ping",
         "audit_rows",

@@ -16,13 +16,14 @@ import pytest
 
 from middleware.audit.row import AuditQuery
 from middleware.errors import ServiceUnavailable
+from middleware.ledger.checkpoint import Checkpoint
 from middleware.ledger.errors import LedgerError
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_postgres import PostgresLogStore
 from middleware.storage.ledger_sqlite import SqliteLogStore
 from middleware.storage.ledger_unreplayed import UNREPLAYED, WRITES
 from tests.contract.backends import Backend, PostgresBackend, SqliteBackend
-from tests.contract.helpers import PSEUDONYMS, SIGN
+from tests.contract.helpers import KEY, ORIGIN, PSEUDONYMS, SIGN
 from tests.contract.test_audit_index import EXPECTED, PA, ROWS, _filled, audit_entry
 
 #: A pseudonym with no key yet (``audit_key`` would create one).
@@ -40,6 +41,9 @@ WRITE_CALLS: dict[str, Callable[[LogStore], Awaitable[object]]] = {
     "reindex": lambda s: s.reindex([CHANGED]),
     "clear_index": lambda s: s.clear_index(),
     "probe_commit": lambda s: s.probe_commit(),
+    "keep_witnessed": lambda s: s.keep_witnessed(
+        KEY.sign_checkpoint(Checkpoint(ORIGIN, 99, bytes(32)))
+    ),
 }
 
 
@@ -64,6 +68,7 @@ async def _seen(store: LogStore, backend: Backend) -> object:
         await store.audit_key_get(KEYLESS),
         await store.shredded_chains(b"link"),
         await backend.heartbeats(),
+        await store.witnessed(),
     )
 
 

@@ -1,0 +1,92 @@
+"""The witnessed checkpoints of the SQL log stores, as mixins (the ledger modules keep the log).
+
+A witnessed checkpoint is the log's signed checkpoint note with the cosignature lines of a
+quorum of witnesses appended (:mod:`middleware.ledger.witnessing`). Gateway replicas keep the
+newest one in the log's store, so every replica publishes the same one and a restarted replica
+publishes at once, before any witness answers again.
+
+Contract (:class:`~middleware.storage.ledger_base.LogStore`'s ``witnessed`` and
+``keep_witnessed``; the memory store honours it too):
+
+- Append-only by size: a note is kept only if its tree size is larger than every size kept
+  before (one statement, or one transaction under a table lock in PostgreSQL, so two replicas
+  keeping at once cannot both win with sizes out of order). A note of the same size as one
+  kept is refused: the *first* stays. Its cosignatures already met the quorum; more lines add
+  nothing a verifier needs, and rows never change (the ledger's append-only triggers refuse
+  ``UPDATE`` and ``DELETE``; an insert below the newest size is refused by a trigger too).
+- ``witnessed()`` returns the row of the largest size, ``(size, note)``, as stored: the store
+  does not check it. A store edited by hand (the triggers dropped) can hold anything, which is
+  why :class:`~middleware.ledger.witnessing.Witnessing` verifies a stored note against the
+  witnesses' keys, the quorum and the log before it publishes it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
+
+from middleware.ledger.checkpoint import parse_checkpoint
+from middleware.ledger.note import parse_note
+from middleware.storage.postgres_pool import translated
+from middleware.storage.sqlite_worker import SqliteWorker
+
+__all__ = ["PostgresWitnessed", "SqliteWitnessed", "witnessed_size"]
+
+_NEWEST = "SELECT size, note FROM consentry_ledger_witnessed ORDER BY size DESC LIMIT 1"
+_SQLITE_KEEP = (
+    "INSERT INTO consentry_ledger_witnessed (size, note) SELECT ?, ? "
+    "WHERE NOT EXISTS (SELECT 1 FROM consentry_ledger_witnessed WHERE size >= ?)"
+)
+# SHARE ROW EXCLUSIVE conflicts with itself and with inserts, not with readers: two keepers
+# in turn, each seeing the other's row (READ COMMITTED: a fresh snapshot per statement).
+_PG_LOCK = "LOCK TABLE consentry_ledger_witnessed IN SHARE ROW EXCLUSIVE MODE"
+_PG_KEEP = (
+    "INSERT INTO consentry_ledger_witnessed (size, note) SELECT $1, $2 "
+    "WHERE NOT EXISTS (SELECT 1 FROM consentry_ledger_witnessed WHERE size >= $1)"
+)
+
+
+def witnessed_size(note: str) -> int:
+    """The tree size the checkpoint ``note`` states; ``MalformedError`` if it is no note."""
+    return parse_checkpoint(parse_note(note).text).size
+
+
+class SqliteWitnessed:
+    """Needs ``_db``, the writer of the log's file (its ``read_now`` reads on the loop)."""
+
+    _db: SqliteWorker
+
+    async def witnessed(self) -> tuple[int, str] | None:
+        """The kept witnessed checkpoint of the largest size, ``(size, note)``; None: none."""
+        row = await self._db.read_now(lambda c: c.execute(_NEWEST).fetchone())
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    async def keep_witnessed(self, note: str) -> bool:
+        """Keep ``note`` unless a size as large is kept already; True if it was kept."""
+        size = witnessed_size(note)
+
+        def keep(c: sqlite3.Connection) -> bool:
+            return c.execute(_SQLITE_KEEP, (size, note, size)).rowcount == 1
+
+        return await self._db.transaction(keep)
+
+
+class PostgresWitnessed:
+    """Needs ``_pool``, the store's pool (``search_path``: the log's schema)."""
+
+    _pool: asyncpg.Pool
+
+    async def witnessed(self) -> tuple[int, str] | None:
+        """The kept witnessed checkpoint of the largest size, ``(size, note)``; None: none."""
+        async with translated("ledger"):
+            row = await self._pool.fetchrow(_NEWEST)
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    async def keep_witnessed(self, note: str) -> bool:
+        """Keep ``note`` unless a size as large is kept already; True if it was kept."""
+        size = witnessed_size(note)
+        async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_PG_LOCK)
+            status: str = await conn.execute(_PG_KEEP, size, note)
+        return status == "INSERT 0 1"
