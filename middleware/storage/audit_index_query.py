@@ -7,7 +7,11 @@ table in SQLite (``consentry_audit_terms``, one row per element, indexed by fiel
 purposes by their bare code) and GIN-indexed arrays in PostgreSQL (``@>``). The paging key
 ``after`` becomes a range on ``recorded_us`` the time indexes can seek to, plus the tie-break
 on ``idx``; under another ``sort`` it is ``(value, idx)`` past the last row's, a row-value
-comparison (:mod:`middleware.audit.sort_keys`: the same expression orders the rows).
+comparison (:mod:`middleware.audit.sort_keys`: the same expression orders the rows). A pseudonym is
+found in SQLite through the log's own index of chains (the leaves' ``(pseudonym, idx)``, in
+the same file): every index row states its leaf's pseudonym (an append refuses a row that
+does not, ``reindex`` too: ``audit_index_sqlite.disagreeing``); the row's column is compared
+as well.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ _PG_ARRAYS = {
 }
 
 _TABLE = "consentry_audit_index"
+#: A chain's indexes in SQLite: the leaves' partial index ``(pseudonym, idx)`` holds them in
+#: order, so the audit index needs no ``(pseudonym, recorded_us)`` index of its own.
+_CHAIN = "SELECT idx FROM consentry_ledger_leaves WHERE pseudonym ="
 
 
 class _Where:
@@ -117,6 +124,8 @@ def _where(q: AuditQuery, dialect: Dialect, *, paged: bool) -> _Where:
             w.add(f"kind = ANY({w.param(kinds)}::integer[])")
     if q.pseudonym is not None:
         w.add(f"pseudonym = {w.param(q.pseudonym)}")
+        if dialect == "sqlite":  # found through the leaves' index (module docstring)
+            w.add(f"idx IN ({_CHAIN} {w.param(q.pseudonym)})")
     if paged and q.after is not None:
         at, index = q.after
         more, most = ("<", "<=") if descending(q.sort) else (">", ">=")

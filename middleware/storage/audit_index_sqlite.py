@@ -7,8 +7,13 @@ Tables (beside the log, in the same file; none is under the log's append-only tr
     one row per indexed ledger entry, keyed by ``idx`` (the ``INTEGER PRIMARY KEY``, so every
     secondary index ends in it and serves ``ORDER BY recorded_us, idx``): a column per
     :class:`~middleware.audit.row.AuditRow` field, its tuples as JSON arrays. Indexes on
-    ``(recorded_us)``, ``(patient, recorded_us)``, ``(pseudonym, recorded_us)``,
-    ``(agent, recorded_us)``.
+    ``(recorded_us)``, ``(patient, recorded_us)``, ``(agent, recorded_us)``. A search by
+    pseudonym goes through the log's index of chains instead, the leaves' partial index
+    ``(pseudonym, idx)`` in the same file (``audit_index_query``): every row states its
+    leaf's pseudonym (an append refuses a row that does not, ``reindex`` refuses it too,
+    :func:`disagreeing`; shreds keep the pseudonym), so a fourth B-tree written on every
+    append served nothing the leaves' does not (docs/audit.md, the writer's share). A file
+    an earlier version wrote loses that index when a writer opens it (:data:`INDEX_SCHEMA`).
 ``consentry_audit_terms``
     the elements of the "contains" fields, one row each (``field``, ``term``, the row's
     ``recorded_us`` and ``idx``), indexed in that order: a query seeks to a term and a time
@@ -27,11 +32,11 @@ Tables (beside the log, in the same file; none is under the log's append-only tr
     shredded and
     ``audit_key`` stores no key for them (:func:`tombstoned`, :func:`store_key`).
 
-A full rebuild (``clear_index`` then ``reindex`` in chunks) drops the five secondary indexes
-and builds them once at the end (:func:`build_indexes`, sorting), which costs about half as
-much as inserting into five B-trees row by row; the store builds them before its next search,
-shred or close, and every store's open builds any that are missing. Meanwhile the index stays
-correct, only unindexed.
+A full rebuild (``clear_index`` then ``reindex`` in chunks) drops the four secondary indexes
+and builds them once at the end (:func:`build_indexes`, sorting), which cost about half as
+much as inserting into them row by row (measured with five); the store builds them before its
+next search, shred or close, and every store's open builds any that are missing. Meanwhile
+the index stays correct, only unindexed.
 
 A shred runs with ``PRAGMA secure_delete`` on (freed cells are overwritten with zeros, so the
 wrapped key does not linger in free pages) and then truncates the WAL, which still holds the
@@ -63,12 +68,14 @@ from middleware.storage.audit_index_unchanged import unchanged
 
 __all__ = [
     "COLUMNS",
+    "DROPPED",
     "INDEX_SCHEMA",
     "ROW_COLUMNS_DDL",
     "build_indexes",
     "clear_index",
     "count_rows",
     "decode_row",
+    "disagreeing",
     "get_key",
     "read_row",
     "read_rows",
@@ -114,11 +121,13 @@ ROW_COLUMNS_DDL = """
 _SECONDARY = {
     "consentry_audit_index_time": "consentry_audit_index (recorded_us)",
     "consentry_audit_index_patient": "consentry_audit_index (patient, recorded_us)",
-    "consentry_audit_index_pseudonym": "consentry_audit_index (pseudonym, recorded_us)",
     "consentry_audit_index_agent": "consentry_audit_index (agent, recorded_us)",
     "consentry_audit_terms_lookup": "consentry_audit_terms (field, term, recorded_us, idx)",
 }
 _INDEXES = "\n".join(f"CREATE INDEX IF NOT EXISTS {n} ON {on};" for n, on in _SECONDARY.items())
+#: The ``(pseudonym, recorded_us)`` index earlier versions kept (module docstring): dropped by
+#: the schema script a writer runs on open (idempotent), never built again.
+DROPPED = "consentry_audit_index_pseudonym"
 
 INDEX_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS consentry_audit_index ({ROW_COLUMNS_DDL});
@@ -129,6 +138,7 @@ CREATE TABLE IF NOT EXISTS consentry_audit_terms (
     idx INTEGER NOT NULL
 );
 {_INDEXES}
+DROP INDEX IF EXISTS {DROPPED};
 CREATE TABLE IF NOT EXISTS consentry_audit_keys (
     pseudonym BLOB PRIMARY KEY CHECK (length(pseudonym) = 16),
     wrapped BLOB NOT NULL
@@ -338,6 +348,26 @@ def count_rows(c: sqlite3.Connection, q: AuditQuery) -> int:
 
 
 _READ_ROW = f"SELECT {_COLUMNS} FROM consentry_audit_index WHERE idx = ?1"  # noqa: S608
+#: A pseudonym's unshredded rows, found through the leaves' index of chains (module docstring).
+_CHAIN_ROWS = (
+    f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608  (constants only)
+    "WHERE idx IN (SELECT idx FROM consentry_ledger_leaves WHERE pseudonym = ?1) "
+    "AND pseudonym = ?1 AND shredded = 0"
+)
+_LEAF_PSEUDONYMS = (
+    "SELECT idx, pseudonym FROM consentry_ledger_leaves "
+    "WHERE idx IN (SELECT value FROM json_each(?))"
+)
+_NO_LEAF = object()
+
+
+def disagreeing(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> list[int]:
+    """The indexes of ``rows`` whose leaf is missing or names another pseudonym (or none
+    where the row names one), ascending; empty when every row states its leaf's pseudonym,
+    which a search by pseudonym relies on (module docstring). One indexed read."""
+    wanted = json.dumps(sorted({r.index for r in rows}))
+    leaves = {i: None if p is None else bytes(p) for i, p in c.execute(_LEAF_PSEUDONYMS, (wanted,))}
+    return sorted({r.index for r in rows if leaves.get(r.index, _NO_LEAF) != r.pseudonym})
 
 
 def read_row(c: sqlite3.Connection, index: int) -> AuditRow | None:
@@ -403,11 +433,7 @@ def shred(c: sqlite3.Connection, pseudonym: bytes, link: bytes | None = None) ->
             "ON CONFLICT (pseudonym) DO UPDATE SET link = coalesce(link, excluded.link)",
             (pseudonym, link),
         )
-        sql = (
-            f"SELECT {_COLUMNS} FROM consentry_audit_index "  # noqa: S608
-            "WHERE pseudonym = ? AND shredded = 0"
-        )
-        rows = [_row(v).shred() for v in c.execute(sql, (pseudonym,)).fetchall()]
+        rows = [_row(v).shred() for v in c.execute(_CHAIN_ROWS, (pseudonym,)).fetchall()]
         write_rows(c, rows)
     return len(rows)
 

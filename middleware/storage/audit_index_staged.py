@@ -13,7 +13,11 @@ from every search. :func:`adopt` moves such rows once, when a writer opens the f
 * a row whose pseudonym is tombstoned, or whose evidence is gone (a shred or retention of a
   process that saw the indexed tables alone), moves in its shredded form
   (:meth:`~middleware.audit.row.AuditRow.shred`), so no shredded patient's PHI is filed;
-* the rest move as an append writes them, terms included (``audit_index_sqlite.write_rows``).
+* the rest move as an append writes them, terms included (``audit_index_sqlite.write_rows``);
+* a row whose leaf is missing or names another pseudonym fails the open
+  (:class:`~middleware.ledger.errors.VerificationError`, nothing moved): the append that
+  staged it refused such rows, and a search by pseudonym finds rows through their leaves
+  (``audit_index_sqlite.disagreeing``).
 
 The table is emptied, not dropped: a process of the earlier version still running on the
 same file (a rolling upgrade) reads and probes it on every search and append, and would fail
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 
+from middleware.ledger.errors import VerificationError
 from middleware.storage import audit_index_sqlite as lite
 
 __all__ = ["STAGED", "adopt"]
@@ -56,6 +61,9 @@ def adopt(c: sqlite3.Connection) -> int:
         try:
             found = c.execute(_NEW).fetchall()
             rows = [lite.decode_row(v[:-1]) for v in found]
+            bad = lite.disagreeing(c, rows)
+            if bad:
+                raise VerificationError(f"staged index rows disagree with their leaves: {bad[:10]}")
             gone = {r.index for r, v in zip(rows, found, strict=True) if v[-1]}
             rows = [r.shred() if r.index in gone else r for r in lite.tombstoned(c, rows)]
             shredded = sum(r.shredded for r in rows)

@@ -49,6 +49,14 @@ def _sqlite_keys(c: sqlite3.Connection, pseudonyms: Sequence[bytes]) -> dict[byt
     return out
 
 
+def _reindex(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
+    bad = lite.disagreeing(c, rows)
+    if bad:  # ledger indexes only: no PHI in the message
+        raise ValueError(f"reindexed rows disagree with their leaves' pseudonyms: {bad[:10]}")
+    # A shred may have run since the caller read the keys: its patients' rows go in shredded.
+    lite.write_rows(c, lite.tombstoned(c, rows))
+
+
 class SqliteAuditIndex:
     """Needs ``_db`` (the writer) and ``_reader`` (a ``query_only`` connection) on one file."""
 
@@ -94,9 +102,11 @@ class SqliteAuditIndex:
         return await self._db.run(lambda c: lite.shred_entries(c, wanted))
 
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
+        """As the contract says; besides, a row whose leaf is missing or names another
+        pseudonym is refused (``ValueError``, nothing written): a search by pseudonym finds
+        rows through their leaves (``audit_index_sqlite``)."""
         check_reindex(rows)
-        # A shred may have run since the caller read the keys: its patients' rows go in shredded.
-        await self._db.transaction(lambda c: lite.write_rows(c, lite.tombstoned(c, rows)))
+        await self._db.transaction(lambda c: _reindex(c, rows))
 
     async def clear_index(self) -> None:
         """Empty the index for a bulk rebuild: the secondary indexes are dropped now and

@@ -17,7 +17,16 @@ from middleware.audit.paging import after
 from middleware.audit.row import AuditQuery, SortKey
 from middleware.storage.audit_index_match import select_rows
 from middleware.storage.ledger_base import LogStore
-from tests.contract.test_audit_index import PA, PB, SPECS, V3, _filled, _indexes, make_row
+from tests.contract.test_audit_index import (
+    PA,
+    PB,
+    SPECS,
+    V3,
+    _filled,
+    _indexes,
+    make_row,
+    with_leaves,
+)
 
 #: Row n of SPECS: agent a b a - a c; patient 1 1 2 - 1 2; client app1 app1 app2 - app2 app1;
 #: action R R C E R R; type rest rest rest DCM rest rest; outcome 0 0 4 8 0 0.
@@ -81,7 +90,9 @@ async def test_outcome_sorts_as_a_number_and_text_by_code_point(store: LogStore)
         base._replace(outcome="0", agent="Practitioner/Z"),
         base._replace(outcome="8", agent="Practitioner/a"),
     ]
-    await store.reindex([make_row(s, index=n) for n, s in enumerate(specs)])
+    rows = [make_row(s, index=n) for n, s in enumerate(specs)]
+    await with_leaves(store, rows)
+    await store.reindex(rows)
     assert await _indexes(store, AuditQuery(sort="outcome")) == [2, 1, 3, 0]
     assert await _indexes(store, AuditQuery(sort="agent")) == [2, 1, 3, 0]
     assert await _indexes(store, AuditQuery(sort="-agent")) == [0, 3, 1, 2]
@@ -106,6 +117,7 @@ async def test_sql_backends_agree_with_the_rules_on_every_sort(store: LogStore) 
             purposes=(f"{V3}|TREAT",) if n % 2 else (),
         )
         rows.append(make_row(spec, index=n))
+    await with_leaves(store, rows)
     await store.reindex(rows)
     for _ in range(200):
         sort: SortKey = pick(SORTS)

@@ -5,12 +5,14 @@ unseen with its old searchable elements left behind."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from middleware.audit.row import AuditQuery
 from middleware.errors import ServiceUnavailable
+from middleware.storage import audit_index_sqlite as lite
 from middleware.storage.ledger_sqlite import SqliteLogStore
 from tests.contract.helpers import SIGN
 from tests.contract.test_audit_index import EXPECTED, ROWS, audit_entry
@@ -19,7 +21,11 @@ from tests.contract.test_audit_index import EXPECTED, ROWS, audit_entry
 async def test_a_stored_row_at_an_appended_index_fails_the_append(tmp_path: Path) -> None:
     store = await SqliteLogStore.open(tmp_path / "log.db")
     try:
-        await store.reindex([EXPECTED[1].at(0)])  # a row at index 0, the log still empty
+        # A row at index 0, the log still empty (a reindex refuses a row without its leaf).
+        with sqlite3.connect(tmp_path / "log.db", isolation_level=None) as c:
+            c.execute("BEGIN IMMEDIATE")
+            lite.write_rows(c, [EXPECTED[1].at(0)], fresh=True)
+            c.execute("COMMIT")
         with pytest.raises(ServiceUnavailable):
             await store.append([audit_entry(ROWS[0])], sign=SIGN)
         assert await store.size() == 0

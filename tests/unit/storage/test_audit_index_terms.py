@@ -22,6 +22,7 @@ from middleware.storage.audit_index_query import TERM_ENTITY
 from middleware.storage.ledger_sqlite import SqliteLogStore
 from middleware.storage.ledger_sqlite_schema import SCHEMA
 from tests.contract.helpers import PSEUDONYMS
+from tests.contract.test_audit_index import with_leaves
 
 REFS = ["Patient/1", "Patient/2", "Observation/1", "Condition/3"]
 
@@ -89,6 +90,7 @@ async def test_a_row_found_by_its_patient_reference_files_no_posting_for_it(
     store = await SqliteLogStore.open(tmp_path / "log.db")
     try:
         row = _row(0, "Patient/1", ("Patient/1", "Observation/1"))
+        await with_leaves(store, [row])
         await store.reindex([row])
         assert await store.audit_rows(AuditQuery(entity="Patient/1")) == [row]
         assert await store.audit_rows(AuditQuery(entity="Observation/1")) == [row]
@@ -107,6 +109,7 @@ async def test_replacing_a_row_an_earlier_version_wrote_drops_its_patient_postin
     store = await SqliteLogStore.open(tmp_path / "log.db")
     try:
         old = _row(0, "Patient/1", ("Patient/1",))
+        await with_leaves(store, [old])
         await store.reindex([old])
         with sqlite3.connect(tmp_path / "log.db") as c:  # the earlier version's posting
             c.execute(lite._TERM, (TERM_ENTITY, "Patient/1", 0, 0))
