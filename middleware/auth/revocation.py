@@ -10,8 +10,10 @@ before that (``consentry auth revoke``). Three kinds of :class:`Revocation`:
 - ``client``: every token whose ``client_id`` (else ``azp``) is ``value`` issued before
   ``before``, likewise.
 
-A revocation is never lifted (a token issued later is unaffected); rows whose every token
-has expired could be dropped, but are kept: the set is small and the ledger records each.
+A revocation stays until an administrator lifts it (``consentry auth revoke --lift``, itself
+on the ledger); a token issued after a subject's or client's time is unaffected anyway. A
+``jti`` revocation recorded with its token's ``exp`` may be pruned once that token cannot be
+accepted anywhere (:data:`PRUNE_MARGIN`); nothing else is pruned.
 
 Clock skew: a token's ``iat`` comes from its issuer's clock and ``before`` from the clock of the
 host that ran ``consentry auth revoke``; the verifier accepts an ``iat`` up to its ``leeway``
@@ -39,12 +41,25 @@ from typing import Final, Literal, Protocol
 
 from middleware.auth.identity import Identity
 
-__all__ = ["KINDS", "Revocation", "RevocationKind", "RevocationList", "RevocationSet"]
+__all__ = [
+    "KINDS",
+    "PRUNE_MARGIN",
+    "Lifted",
+    "Revocation",
+    "RevocationKind",
+    "RevocationList",
+    "RevocationSet",
+    "StoredRevocation",
+]
 
 RevocationKind = Literal["jti", "subject", "client"]
 KINDS: Final[tuple[RevocationKind, ...]] = ("jti", "subject", "client")
 #: Longest text a revocation names (a jti, subject or client id).
 MAX_VALUE: Final = 512
+#: Seconds past a token's ``exp`` before its ``jti`` revocation may be pruned: the largest
+#: ``leeway`` a verifier may be set to (auth settings: 300 s, so no gateway still accepts the
+#: token), and as much again for the clock of the host that prunes running ahead.
+PRUNE_MARGIN: Final = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,32 @@ class Revocation:
             raise ValueError(f"a revocation names 1..{MAX_VALUE} printable characters")
         if (self.kind == "jti") != (self.before is None):
             raise ValueError("a jti revocation has no time; a subject or client one has one")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRevocation:
+    """A row of the store's list, as an operator sees it: what, since when (``revoked_at``,
+    seconds since the epoch), why, which admin ledger entry recorded it (None for a row
+    written before entries were kept), and a ``jti``'s token ``exp`` when the revocation
+    named it (None: unknown, never pruned)."""
+
+    kind: str
+    value: str
+    before: float | None
+    revoked_at: float
+    reason: str
+    admin_entry: int | None
+    expires: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lifted:
+    """What lifting a revocation under admin entry ``entry`` did: ``removed`` it; found it
+    ``absent`` (lifted meanwhile); or ``kept`` it, because the revocation in force was
+    recorded by ``stands``, an entry appended after the lift's (the ledger's order wins)."""
+
+    outcome: Literal["removed", "absent", "kept"]
+    stands: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

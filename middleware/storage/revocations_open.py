@@ -7,34 +7,64 @@
   LISTEN/NOTIFY (:mod:`~middleware.storage.revocations_postgres`);
 - ``memory:``: none (a development store: nothing to share).
 
-:func:`ledger_exists` and :func:`where` serve ``consentry auth revoke``, which must write to
-the list a running gateway reads, never to a new store it created by mistake.
+:func:`record`, :func:`lift`, :func:`listed`, :func:`find` and :func:`prune` serve
+``consentry auth revoke`` and ``consentry auth revocations``; :func:`ledger_exists` and
+:func:`where` make sure those act on the list a running gateway reads, never on a new store
+they created by mistake.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 
-from middleware.auth.revocation import Revocation
+from middleware.auth.revocation import Lifted, Revocation, StoredRevocation
 from middleware.errors import ServiceUnavailable, SettingsError
 from middleware.storage.breakglass_open import store_schema
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.postgres_pool import open_pool, translated
-from middleware.storage.revocations_postgres import SCHEMA, PostgresRevocations, record_revocation
+from middleware.storage.revocations_admin_postgres import (
+    find_postgres,
+    lift_postgres,
+    list_postgres,
+    prune_postgres,
+)
+from middleware.storage.revocations_admin_sqlite import (
+    find_sqlite,
+    lift_sqlite,
+    list_sqlite,
+    prune_sqlite,
+)
+from middleware.storage.revocations_postgres import (
+    ADMIN_SCHEMA,
+    PostgresRevocations,
+    record_revocation,
+)
 from middleware.storage.revocations_sqlite import (
     SqliteRevocations,
     record_sqlite_revocation,
     revocations_path,
 )
 
-__all__ = ["ledger_exists", "record", "token_revocations", "where"]
+__all__ = [
+    "find",
+    "ledger_exists",
+    "lift",
+    "listed",
+    "prune",
+    "record",
+    "token_revocations",
+    "where",
+]
 
 _POSTGRES = ("postgresql://", "postgres://")
+T = TypeVar("T")
 
 
 def token_revocations(
@@ -52,26 +82,97 @@ def token_revocations(
     return None if path is None else SqliteRevocations(path)
 
 
-async def record(
-    store: str, revocation: Revocation, *, reason: str, at: float, schema: str = "public"
-) -> None:
-    """Record ``revocation`` in the list of ``store`` (tables in ``schema`` for PostgreSQL);
-    raises :class:`ServiceUnavailable` when it cannot be written, :class:`SettingsError` for
-    a store that has no list."""
-    if store.startswith(_POSTGRES):
-        pool = await open_pool(store, schema=schema, ddl=SCHEMA, what="token revocation")
-        try:
-            await record_revocation(pool, revocation, reason=reason, at=at)
-        finally:
-            await pool.close()
-        return
+@asynccontextmanager
+async def _pool(store: str, schema: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await open_pool(store, schema=schema, ddl=ADMIN_SCHEMA, what="token revocation")
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _path(store: str) -> Path:
     path = revocations_path(store)
     if path is None:
         raise SettingsError(f"store {store!r} keeps no token revocations")
+    return path
+
+
+async def _in_thread(call: Callable[[], T]) -> T:
     try:
-        record_sqlite_revocation(path, revocation, reason=reason, at=at)
+        return await asyncio.to_thread(call)
     except (OSError, sqlite3.Error) as exc:
         raise ServiceUnavailable("token revocation store unavailable") from exc
+
+
+async def record(
+    store: str,
+    revocation: Revocation,
+    *,
+    reason: str,
+    at: float,
+    schema: str = "public",
+    entry: int | None = None,
+    expires: float | None = None,
+) -> int | None:
+    """Record ``revocation`` (admin entry ``entry``; a ``jti``'s token ``exp`` if known) in
+    the list of ``store`` (tables in ``schema`` for PostgreSQL); None once done, else the
+    entry of a lift appended after ``entry``, which wins (nothing written). Raises
+    :class:`ServiceUnavailable` when it cannot be written, :class:`SettingsError` for a store
+    that has no list."""
+    if store.startswith(_POSTGRES):
+        async with _pool(store, schema) as pool:
+            return await record_revocation(
+                pool, revocation, reason=reason, at=at, entry=entry, expires=expires
+            )
+    path = _path(store)
+    return await _in_thread(
+        lambda: record_sqlite_revocation(
+            path, revocation, reason=reason, at=at, entry=entry, expires=expires
+        )
+    )
+
+
+async def listed(store: str, schema: str = "public") -> list[StoredRevocation]:
+    """Every revocation in the list of ``store``, oldest first (errors as :func:`record`)."""
+    if store.startswith(_POSTGRES):
+        async with _pool(store, schema) as pool:
+            return await list_postgres(pool)
+    path = _path(store)
+    return await _in_thread(lambda: list_sqlite(path))
+
+
+async def find(
+    store: str, kind: str, value: str, schema: str = "public"
+) -> StoredRevocation | None:
+    """The revocation of ``kind`` ``value`` in the list of ``store``, if any."""
+    if store.startswith(_POSTGRES):
+        async with _pool(store, schema) as pool:
+            return await find_postgres(pool, kind, value)
+    path = _path(store)
+    return await _in_thread(lambda: find_sqlite(path, kind, value))
+
+
+async def lift(
+    store: str, kind: str, value: str, *, entry: int, at: float, schema: str = "public"
+) -> Lifted:
+    """Lift the revocation of ``kind`` ``value`` under admin entry ``entry``: the ledger's
+    order wins (:class:`~middleware.auth.revocation.Lifted`); errors as :func:`record`."""
+    if store.startswith(_POSTGRES):
+        async with _pool(store, schema) as pool:
+            return await lift_postgres(pool, kind, value, entry=entry, at=at)
+    path = _path(store)
+    return await _in_thread(lambda: lift_sqlite(path, kind, value, entry=entry, at=at))
+
+
+async def prune(store: str, *, expired_before: float, schema: str = "public") -> int:
+    """Drop the ``jti`` revocations whose recorded token ``exp`` is before ``expired_before``;
+    how many (errors as :func:`record`)."""
+    if store.startswith(_POSTGRES):
+        async with _pool(store, schema) as pool:
+            return await prune_postgres(pool, expired_before=expired_before)
+    path = _path(store)
+    return await _in_thread(lambda: prune_sqlite(path, expired_before=expired_before))
 
 
 async def ledger_exists(store: str, schema: str = "public") -> bool:

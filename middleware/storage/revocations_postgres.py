@@ -42,10 +42,13 @@ from middleware.logging import get_logger
 from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = [
+    "ADMIN_SCHEMA",
     "CHANNEL",
     "HEARTBEAT",
     "LISTENER_NAME",
+    "NOTIFY",
     "SCHEMA",
+    "WRITE_LOCK",
     "PostgresRevocations",
     "record_revocation",
 ]
@@ -57,10 +60,38 @@ CREATE TABLE IF NOT EXISTS consentry_token_revocations (
     before double precision,
     revoked_at double precision NOT NULL,
     reason text NOT NULL,
+    admin_entry bigint,
+    expires double precision,
     PRIMARY KEY (kind, value),
     CHECK ((kind = 'jti') = (before IS NULL))
 );
+CREATE TABLE IF NOT EXISTS consentry_token_revocation_lifts (
+    kind text NOT NULL,
+    value text NOT NULL,
+    admin_entry bigint NOT NULL,
+    lifted_at double precision NOT NULL,
+    PRIMARY KEY (kind, value)
+);
 """
+#: What an administrator's command runs: :data:`SCHEMA`, and the columns a table made by an
+#: earlier version lacks, added only when missing (an ALTER would lock out the replicas' reads
+#: for a moment at every run).
+ADMIN_SCHEMA: Final = (
+    SCHEMA  # noqa: S608  (constants only)
+    + """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema =
+            current_schema() AND table_name = 'consentry_token_revocations'
+            AND column_name = 'admin_entry') THEN
+        ALTER TABLE consentry_token_revocations ADD COLUMN admin_entry bigint,
+            ADD COLUMN expires double precision;
+    END IF;
+END $$;
+"""
+)
+#: Taken first by every write of an administrator's command, so a revocation and a lift of
+#: the same thing go one after the other (the replicas' reads take no lock on this table).
+WRITE_LOCK: Final = "LOCK TABLE consentry_token_revocation_lifts IN SHARE ROW EXCLUSIVE MODE"
 #: The notification channel; the payload is the schema whose table changed.
 CHANNEL: Final = "consentry_token_revocations"
 #: Seconds between the listener's liveness checks (and the longest it waits for an answer).
@@ -74,25 +105,51 @@ _ONE: Final = (
     "OR (kind = 'subject' AND value = $2 AND before > $4) "
     "OR (kind = 'client' AND value = $3 AND before > $4) LIMIT 1"
 )
+# admin_entry: the later (GREATEST skips a NULL); expires: the later, NULL (unknown: never
+# pruned) if either is.
 _INSERT: Final = (
-    "INSERT INTO consentry_token_revocations (kind, value, before, revoked_at, reason) "
-    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, value) DO UPDATE SET "
+    "INSERT INTO consentry_token_revocations "
+    "(kind, value, before, revoked_at, reason, admin_entry, expires) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (kind, value) DO UPDATE SET "
     "before = GREATEST(consentry_token_revocations.before, excluded.before), "
-    "revoked_at = excluded.revoked_at, reason = excluded.reason"
+    "revoked_at = excluded.revoked_at, reason = excluded.reason, "
+    "admin_entry = GREATEST(consentry_token_revocations.admin_entry, excluded.admin_entry), "
+    "expires = CASE WHEN consentry_token_revocations.expires IS NULL "
+    "OR excluded.expires IS NULL THEN NULL "
+    "ELSE GREATEST(consentry_token_revocations.expires, excluded.expires) END"
 )
-_NOTIFY: Final = "SELECT pg_notify($1, current_schema())"
+_LIFTED: Final = (
+    "SELECT admin_entry FROM consentry_token_revocation_lifts WHERE kind = $1 AND value = $2"
+)
+NOTIFY: Final = "SELECT pg_notify($1, current_schema())"
 
 
 async def record_revocation(
-    pool: asyncpg.Pool, revocation: Revocation, *, reason: str, at: float
-) -> None:
-    """Insert ``revocation`` (a subject's or client's time only ever moves later) and notify
-    every listener, in one transaction. ``pool``'s search_path is the store's schema."""
+    pool: asyncpg.Pool,
+    revocation: Revocation,
+    *,
+    reason: str,
+    at: float,
+    entry: int | None = None,
+    expires: float | None = None,
+) -> int | None:
+    """Insert ``revocation``, recorded by admin entry ``entry`` (a subject's or client's time
+    only ever moves later), and notify every listener, in one transaction; None once done.
+    A lift recorded by an entry after ``entry`` wins: nothing is written and its entry is
+    returned (:data:`WRITE_LOCK` orders the two). ``pool``'s search_path is the store's
+    schema, its tables made with :data:`ADMIN_SCHEMA` (or :data:`SCHEMA` on a new store)."""
     async with translated(_WHAT), pool.acquire() as conn, conn.transaction():
+        await conn.execute(WRITE_LOCK)
+        if entry is not None:
+            lift = await conn.fetchval(_LIFTED, revocation.kind, revocation.value)
+            if lift is not None and lift > entry:
+                return int(lift)
         await conn.execute(
-            _INSERT, revocation.kind, revocation.value, revocation.before, at, reason
+            _INSERT,
+            *(revocation.kind, revocation.value, revocation.before, at, reason, entry, expires),
         )
-        await conn.execute(_NOTIFY, CHANNEL)
+        await conn.execute(NOTIFY, CHANNEL)
+    return None
 
 
 class PostgresRevocations:

@@ -37,7 +37,13 @@ from middleware.errors import ServiceUnavailable
 from middleware.logging import get_logger
 from middleware.storage.sidecar import beside, open_beside
 
-__all__ = ["SqliteRevocations", "record_sqlite_revocation", "revocations_path"]
+__all__ = [
+    "SqliteRevocations",
+    "connect",
+    "record_sqlite_revocation",
+    "revocations_path",
+    "upgrade",
+]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS consentry_token_revocations (
@@ -46,19 +52,39 @@ CREATE TABLE IF NOT EXISTS consentry_token_revocations (
     before REAL,
     revoked_at REAL NOT NULL,
     reason TEXT NOT NULL,
+    admin_entry INTEGER,
+    expires REAL,
     PRIMARY KEY (kind, value),
     CHECK ((kind = 'jti') = (before IS NULL))
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS consentry_token_revocation_lifts (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    admin_entry INTEGER NOT NULL,
+    lifted_at REAL NOT NULL,
+    PRIMARY KEY (kind, value)
+) WITHOUT ROWID;
 """
+#: Columns a list written by an earlier version lacks (added by :func:`upgrade`).
+_ADDED: Final = (("admin_entry", "INTEGER"), ("expires", "REAL"))
 _SUFFIX: Final = ".revocations"
 #: Opens tried while the path keeps naming another file before the check is a 503.
 _ATTEMPTS: Final = 3
 _ALL: Final = "SELECT kind, value, before FROM consentry_token_revocations"
+# admin_entry: the later of the two (either may be NULL); expires: the later, NULL (unknown:
+# never pruned) if either is (SQLite's max() of a NULL is NULL).
 _INSERT: Final = (
-    "INSERT INTO consentry_token_revocations (kind, value, before, revoked_at, reason) "
-    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, value) DO UPDATE SET "
+    "INSERT INTO consentry_token_revocations "
+    "(kind, value, before, revoked_at, reason, admin_entry, expires) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, value) DO UPDATE SET "
     "before = max(consentry_token_revocations.before, excluded.before), "
-    "revoked_at = excluded.revoked_at, reason = excluded.reason"
+    "revoked_at = excluded.revoked_at, reason = excluded.reason, "
+    "admin_entry = max(coalesce(consentry_token_revocations.admin_entry, excluded.admin_entry), "
+    "coalesce(excluded.admin_entry, consentry_token_revocations.admin_entry)), "
+    "expires = max(consentry_token_revocations.expires, excluded.expires)"
+)
+_LIFTED: Final = (
+    "SELECT admin_entry FROM consentry_token_revocation_lifts WHERE kind = ? AND value = ?"
 )
 
 
@@ -95,12 +121,54 @@ def _connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     return db
 
 
-def record_sqlite_revocation(path: Path, revocation: Revocation, *, reason: str, at: float) -> None:
-    """Insert ``revocation`` (a subject's or client's time only ever moves later). Raises
-    ``sqlite3.Error`` or ``OSError``."""
+def connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    """A connection to the list at ``path`` for an administrator's command (created first
+    only if ``create``); raises ``sqlite3.Error`` or ``OSError``."""
+    return _connect(path, create=create)
+
+
+def upgrade(db: sqlite3.Connection) -> None:
+    """Add the columns a list written by an earlier version lacks (NULL in its rows)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(consentry_token_revocations)")}
+    for name, kind in _ADDED:
+        if name not in columns:
+            db.execute(f"ALTER TABLE consentry_token_revocations ADD COLUMN {name} {kind}")
+
+
+def record_sqlite_revocation(
+    path: Path,
+    revocation: Revocation,
+    *,
+    reason: str,
+    at: float,
+    entry: int | None = None,
+    expires: float | None = None,
+) -> int | None:
+    """Insert ``revocation``, recorded by admin entry ``entry`` (a subject's or client's time
+    only ever moves later); None once done. A lift recorded by an entry after ``entry``
+    (:mod:`middleware.storage.revocations_admin_sqlite`) wins: nothing is written and its
+    entry is returned. One write transaction, so a concurrent lift goes before or after it.
+    Raises ``sqlite3.Error`` or ``OSError``."""
     db = _connect(path)
     try:
-        db.execute(_INSERT, (revocation.kind, revocation.value, revocation.before, at, reason))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            upgrade(db)
+            if entry is not None:
+                lift = db.execute(_LIFTED, (revocation.kind, revocation.value)).fetchone()
+                if lift is not None and lift[0] > entry:
+                    db.execute("ROLLBACK")
+                    return int(lift[0])
+            db.execute(
+                _INSERT,
+                (revocation.kind, revocation.value, revocation.before, at, reason, entry, expires),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return None
     finally:
         db.close()
 

@@ -365,7 +365,8 @@ async def test_a_bad_stored_row_is_skipped_and_the_rest_enforced(store: Store) -
         try:
             db.executescript(_SQLITE_SCHEMA)
             db.executemany(
-                "INSERT INTO consentry_token_revocations VALUES (?, ?, ?, 1, 'r')",
+                "INSERT INTO consentry_token_revocations (kind, value, before, revoked_at, reason) "
+                "VALUES (?, ?, ?, 1, 'r')",
                 [(k, v, b) for k, v, b in rows],
             )
             db.commit()
@@ -377,7 +378,8 @@ async def test_a_bad_stored_row_is_skipped_and_the_rest_enforced(store: Store) -
         conn = await asyncpg.connect(store.url, server_settings={"search_path": store.schema})
         try:
             await conn.execute(
-                "INSERT INTO consentry_token_revocations VALUES ('jti', $1, NULL, 1, 'r'), "
+                "INSERT INTO consentry_token_revocations (kind, value, before, revoked_at, reason) "
+                "VALUES ('jti', $1, NULL, 1, 'r'), "
                 "('client', 'app', 'NaN'::float8, 1, 'r')",
                 long_jti,
             )
