@@ -1,8 +1,10 @@
 """``consentry auth revoke``: withdraw access tokens before they expire, on every replica.
 
-    consentry auth revoke --jti ID --reason TEXT [--store URL] [--schema S] [--key-file F]
+    consentry auth revoke --jti ID [--expires TIME] --reason TEXT [--store URL] [--schema S]
+        [--key-file F]
     consentry auth revoke --subject SUB [--before TIME] --reason TEXT ...
     consentry auth revoke --client CLIENT_ID [--before TIME] --reason TEXT ...
+    consentry auth revoke --lift (--jti ID | --subject SUB | --client ID) --reason TEXT ...
     consentry auth revoke ... --ledger-entry N   (after a failure: the list only)
 
 It acts on an existing gateway store only: a missing SQLite file, a PostgreSQL schema without
@@ -12,23 +14,29 @@ path is resolved against the operator's directory) cannot create a list no gatew
 A governed action: the command first appends an ``ADMIN`` ledger entry (kind 6, no
 pseudonym: it is about a caller, not a patient) whose plain canonical JSON evidence names the
 revocation, the reason and the operator (``{"type": "consentry/token-revocation", ...}``),
-signed with the ledger key like every append; then it records the revocation in the store's list
-(:mod:`middleware.storage.revocations_open`), which every gateway process on the store
-enforces from its next request (PostgreSQL: pushed by NOTIFY; SQLite: seen by each worker
-before its next check). ``--before`` (a subject's or client's tokens issued before it; default
-now) is a date or an RFC 3339 time.
+signed with the ledger key like every append; then it records the revocation, with that
+entry's index, in the store's list (:mod:`middleware.storage.revocations_open`), which every
+gateway process on the store enforces from its next request (PostgreSQL: pushed by NOTIFY;
+SQLite: seen by each worker before its next check). ``--before`` (a subject's or client's
+tokens issued before it; default now) is a date or an RFC 3339 time. ``--expires`` (a
+``jti`` only: the token's ``exp``, an RFC 3339 time or a NumericDate) lets
+``consentry auth revocations --prune`` drop the row once that token has expired everywhere.
 
-The evidence cannot be crypto-shredded, and a patient's SMART token has the patient's user id
-as ``sub``: so a subject is recorded only as a keyed digest (``subject_digest``: HMAC-SHA256
-under a key derived from the ledger key file's data secret); whoever holds the key file can
-check which subject an entry names, nobody else can. Each entry also carries ``revocation``,
-the keyed digest of what is revoked (kind, value, time).
+A subject is recorded only as a keyed digest (``subject_digest``,
+:mod:`middleware.auth.cli_revoke_common`). Each entry also carries ``revocation``, the keyed
+digest of what is revoked (kind, value, time).
+
+``--lift`` undoes a revocation the same way (:mod:`middleware.auth.cli_lift`): an option of
+this command rather than a command of its own because it takes the very same selector,
+store, key and ``--ledger-entry`` options, and reads as what it is, a revocation lifted.
 
 If the list cannot be written after the entry was appended, the command exits 2 naming the
 entry; ``--ledger-entry N`` then records the revocation that entry names (checked by its
-``revocation`` digest; a subject's or client's time taken from it) without appending another.
-Output: one JSON object (the admin entry's index, whether it was appended now, what was
-revoked, and where the list is).
+``revocation`` digest; a subject's or client's time, and a jti's ``expires``, taken from it)
+without appending another. A lift appended after the entry wins (the ledger's order): the
+revocation is then not recorded and the command exits 2 saying so. Output: one JSON object
+(the admin entry's index, whether it was appended now, what was revoked, and where the list
+is).
 """
 
 from __future__ import annotations
@@ -36,78 +44,73 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import hashlib
 import hmac
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Final, TextIO
 
-from middleware.audit.admin_json import canonical, parse_object
+from middleware.audit.admin_json import canonical
 from middleware.audit.cli_common import Usage, now_us, opened, parse_time, print_json, read_key
+from middleware.auth import cli_lift, cli_revocations
+from middleware.auth.cli_revoke_common import (
+    add_store_options,
+    append_admin,
+    digest,
+    digest_key,
+    open_existing,
+    recorded_body,
+    require_entries,
+)
 from middleware.auth.revocation import Revocation, RevocationKind
 from middleware.errors import GatewayError, SettingsError
-from middleware.ledger.entry import NewEntry
 from middleware.ledger.errors import LedgerError
-from middleware.ledger.keyfile import LedgerKey
-from middleware.ledger.leaf import EntryKind
-from middleware.ledger.signing import derive_box_key
-from middleware.ledger.writer import checkpoint_signer
-from middleware.storage.ledger_base import LogStore
-from middleware.storage.revocations_open import ledger_exists, record, where
+from middleware.storage.revocations_open import record, where
 
 __all__ = ["REVOCATION_TYPE", "register", "revoke"]
 
 #: The ``type`` of a revocation's admin evidence.
 REVOCATION_TYPE: Final = "consentry/token-revocation"
-_DEFAULT_STORE: Final = "sqlite:consentry.db"
-_DEFAULT_KEY: Final = "consentry-ledger.key"
-#: What the revocation digests' key is derived for (``derive_box_key``).
-_DIGEST_PURPOSE: Final = "token-revocation"
 _DESCRIPTION: Final = (
-    "Revoke access tokens (by jti, or a subject's or client's issued before a time)."
+    "Revoke access tokens (by jti, or a subject's or client's issued before a time), "
+    "or lift a revocation (--lift)."
 )
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``auth`` and its subcommand ``revoke`` to ``commands``; sets ``run``."""
+    """Add ``auth`` and its subcommands ``revoke`` and ``revocations``; sets ``run``."""
     about = "Access token administration."
     auth = commands.add_parser("auth", help="access token administration", description=about)
     actions = auth.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    parser = actions.add_parser("revoke", help="revoke access tokens", description=_DESCRIPTION)
+    parser = actions.add_parser(
+        "revoke", help="revoke access tokens, or lift a revocation", description=_DESCRIPTION
+    )
     add = parser.add_argument
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--jti", help="the token's jti claim")
     which.add_argument("--subject", help="every token of this sub issued before --before")
     which.add_argument("--client", help="every token of this client_id issued before --before")
     add("--before", help="issued before this RFC 3339 time or day's start, UTC (default now)")
+    add(
+        "--expires",
+        help="--jti: the token's exp (RFC 3339 time or NumericDate), so the row can be pruned",
+    )
+    add("--lift", action="store_true", help="lift the revocation of --jti/--subject/--client")
     add("--reason", required=True, help="why (recorded on the ledger; write no PHI here)")
     add("--operator", help="who orders it (default: the login name)")
-    add(
-        "--store",
-        default=_DEFAULT_STORE,
-        help=f"sqlite:PATH or postgresql://... (default {_DEFAULT_STORE})",
-    )
-    add("--schema", default="public", help="PostgreSQL schema (default public)")
-    add(
-        "--key-file",
-        type=Path,
-        default=Path(_DEFAULT_KEY),
-        help=f"the ledger's key file (default {_DEFAULT_KEY})",
-    )
+    add_store_options(parser)
     add(
         "--ledger-entry",
         type=int,
         metavar="N",
-        help="record the revocation admin entry N names (after a failure), appending nothing",
+        help="record what admin entry N names (after a failure), appending nothing",
     )
     parser.set_defaults(run=_run)
+    cli_revocations.register(actions)
 
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        return revoke(args, out)
+        return cli_lift.lift(args, out) if args.lift else revoke(args, out)
     except (Usage, LedgerError, GatewayError, SettingsError, OSError, ValueError) as exc:
         print(f"consentry auth revoke: {exc}", file=sys.stderr)
         return 2
@@ -119,6 +122,8 @@ def _revocation(args: argparse.Namespace, recorded_before: float | None = None) 
         if args.before is not None:
             raise Usage("--before goes with --subject or --client, not --jti")
         return Revocation("jti", args.jti)
+    if args.expires is not None:
+        raise Usage("--expires goes with --jti (a subject's or client's row is never pruned)")
     kind, value = ("subject", args.subject) if args.subject is not None else ("client", args.client)
     before_us = parse_time(args.before)  # a date: its first moment (UTC)
     if before_us is not None:
@@ -128,51 +133,32 @@ def _revocation(args: argparse.Namespace, recorded_before: float | None = None) 
     return Revocation(kind, value, before)
 
 
-def _digest(key: bytes, data: str) -> str:
-    return hmac.new(key, data.encode("utf-8"), hashlib.sha256).hexdigest()
+def _expires(text: str | None) -> float | None:
+    """``--expires``: a NumericDate (RFC 7519 §2) or an RFC 3339 time/date."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return float(text)
+    moment = parse_time(text)
+    return None if moment is None else moment / 1e6
 
 
 def _evidence(
-    revocation: Revocation, key: bytes, *, reason: str, operator: str
+    revocation: Revocation, key: bytes, *, reason: str, operator: str, expires: float | None
 ) -> dict[str, object]:
     """The admin entry's evidence (module docstring): no subject in the clear."""
     what = {"kind": revocation.kind, "value": revocation.value, "before": revocation.before}
     named = canonical(what).decode("utf-8")
     body: dict[str, object] = {"type": REVOCATION_TYPE, "kind": revocation.kind}
     if revocation.kind == "subject":
-        body["subject_digest"] = _digest(key, revocation.value)
+        body["subject_digest"] = digest(key, revocation.value)
     else:
         body["value"] = revocation.value
-    body |= {
-        "before": revocation.before,
-        "reason": reason,
-        "operator": operator,
-        "revocation": _digest(key, named),
-    }
+    body |= {"before": revocation.before, "reason": reason, "operator": operator}
+    if expires is not None:
+        body["expires"] = expires
+    body["revocation"] = digest(key, named)
     return body
-
-
-async def _recorded(store: LogStore, index: int) -> dict[str, object]:
-    """The evidence of admin entry ``index``, if it is a revocation's."""
-    if not 0 <= index < await store.size():
-        raise Usage(f"--ledger-entry {index}: the ledger has no such entry")
-    evidence = await store.evidence(index)
-    body = None if evidence is None else parse_object(evidence.data)
-    if body is None or body.get("type") != REVOCATION_TYPE:
-        raise Usage(f"--ledger-entry {index} is not a token revocation")
-    return body
-
-
-def _shown(args: argparse.Namespace) -> str:
-    """The store, as an operator should check it (a relative path resolved)."""
-    if args.store.startswith("sqlite:"):
-        return f"{args.store} ({os.path.abspath(args.store.removeprefix('sqlite:'))})"
-    return f"schema {args.schema!r} of {args.store}"
-
-
-async def _open_existing(args: argparse.Namespace, shown: str) -> None:
-    if not await ledger_exists(args.store, args.schema):
-        raise Usage(f"no gateway store (no ledger) at {shown}: nothing recorded")
 
 
 def revoke(args: argparse.Namespace, out: TextIO) -> int:
@@ -181,52 +167,67 @@ def revoke(args: argparse.Namespace, out: TextIO) -> int:
         raise Usage("--reason must say why")
     try:
         _revocation(args)  # usage errors before anything is read
+        expires = _expires(args.expires)
     except ValueError as exc:
         raise Usage(str(exc)) from None
-    ledger_key: LedgerKey = read_key(args.key_file)
-    key = derive_box_key(ledger_key.data_secret, _DIGEST_PURPOSE)
+    ledger_key = read_key(args.key_file)
+    key = digest_key(ledger_key)
     operator = args.operator or getpass.getuser()
     listed = where(args.store, args.schema)
-    shown = _shown(args)
 
     async def run() -> dict[str, object]:
-        await _open_existing(args, shown)
+        nonlocal expires
+        await open_existing(args)
         recorded = now_us()
         async with opened(args) as store:
-            if await store.size() == 0:
-                raise Usage(f"the ledger at {shown} is empty: not a running gateway's store")
+            await require_entries(store, args)
             if args.ledger_entry is None:
                 revocation = _revocation(args)
-                body = _evidence(revocation, key, reason=args.reason, operator=operator)
-                entry = NewEntry.create(EntryKind.ADMIN, canonical(body), recorded_us=recorded)
-                sign = checkpoint_signer(ledger_key.key, ledger_key.origin)
-                (result,) = await store.append([entry], sign=sign)
-                index = result.index
+                body = _evidence(
+                    revocation, key, reason=args.reason, operator=operator, expires=expires
+                )
+                index = await append_admin(store, ledger_key, body, recorded)
             else:
                 index = args.ledger_entry
-                body = await _recorded(store, index)
-                before = body.get("before")
+                body = await recorded_body(store, index, REVOCATION_TYPE, "token revocation")
+                before, named = body.get("before"), body.get("expires")
                 revocation = _revocation(args, before if isinstance(before, float) else None)
-                expected = _evidence(revocation, key, reason=args.reason, operator=operator)
+                expires = float(named) if isinstance(named, int | float) else expires
+                expected = _evidence(
+                    revocation, key, reason=args.reason, operator=operator, expires=expires
+                )
                 if not hmac.compare_digest(
                     str(body.get("revocation")), str(expected["revocation"])
                 ):
                     raise Usage(f"admin entry {index} records another revocation")
         try:
-            await record(
-                args.store, revocation, reason=args.reason, at=recorded / 1e6, schema=args.schema
+            lifted_by = await record(
+                args.store,
+                revocation,
+                reason=args.reason,
+                at=recorded / 1e6,
+                schema=args.schema,
+                entry=index,
+                expires=expires,
             )
         except (GatewayError, OSError) as exc:
             raise Usage(
                 f"admin entry {index} records the revocation, but it is NOT in force: {exc} "
                 f"({listed}); run again with --ledger-entry {index} to record it"
             ) from exc
+        if lifted_by is not None:
+            raise Usage(
+                f"admin entry {index} records the revocation, but admin entry {lifted_by}, "
+                f"appended after it, lifts it (the ledger's order wins): it is NOT in force; "
+                "revoke again if it must be"
+            )
         return {
             "admin_entry": index,
             "appended": args.ledger_entry is None,
             "kind": revocation.kind,
             "value": revocation.value,
             "before": revocation.before,
+            "expires": expires,
             "revocations": listed,
         }
 

@@ -101,6 +101,7 @@ def test_a_revocation_is_recorded_on_the_ledger_then_enforced(db: Path, key_file
         "kind": "jti",
         "value": "t-1",
         "before": None,
+        "expires": None,
         "revocations": f"{db}.revocations",
     }
     (entry,) = asyncio.run(_admin_entries(db))
