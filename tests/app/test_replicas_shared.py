@@ -9,8 +9,9 @@ wall clock and an upstream:
 - a paging cursor A issued redeems on B (cursor keys derive from the shared ledger key);
 - a consent change through A is enforced by B on its very next request (invariant 3: the
   registry reads the ledger's consent position before each decision);
-- a token revoked through the shared store is refused by both (auth.revocation), and the same
-  on one SQLite file (the embedded default's worker processes).
+- a token revoked through the shared store is refused by both (auth.revocation), and accepted
+  by both again once the revocation is lifted; the same on one SQLite file (the embedded
+  default's worker processes).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from middleware.auth.revocation import Revocation
 from middleware.ledger.signing import SigningKey
 from middleware.settings import Settings
 from middleware.storage.ledger_postgres import PostgresLogStore
-from middleware.storage.revocations_open import record
+from middleware.storage.revocations_open import lift, record
 from tests.app.conftest import UPSTREAM, WallClock
 from tests.app.consenting import (
     Tokens,
@@ -225,6 +226,23 @@ async def test_a_token_revoked_in_the_shared_store_is_refused_by_every_replica(
         assert answer.status_code == 401
         assert "revoked" in answer.headers["www-authenticate"]
         assert (await client.get("/fhir/Observation/o-p1", headers=kept)).status_code == 200
+    # lifted (as `consentry auth revoke --lift` does, after its ledger entry): both accept it
+    # again, told by the same NOTIFY (red before: there was no lift)
+    await lift(
+        replicas.backend.dsn,
+        "jti",
+        revocation.value,
+        entry=1,
+        at=2.0,
+        schema=replicas.backend.schema,
+    )
+    for client in (a, b):
+        for _ in range(250):
+            answer = await client.get("/fhir/Observation/o-p1", headers=stolen)
+            if answer.status_code == 200:
+                break
+            await asyncio.sleep(0.02)
+        assert answer.status_code == 200
 
 
 async def test_a_revocation_binds_every_gateway_on_one_sqlite_file(
@@ -253,6 +271,10 @@ async def test_a_revocation_binds_every_gateway_on_one_sqlite_file(
                 answer = await client.get("/fhir/Observation/o-p1", headers=stolen)
                 assert answer.status_code == 401
                 answer = await client.get("/fhir/Observation/o-p1", headers=kept)
+                assert answer.status_code == 200
+            await lift(store, "jti", _jti(stolen), entry=1, at=2.0)  # and lifted: accepted again
+            for client in clients:
+                answer = await client.get("/fhir/Observation/o-p1", headers=stolen)
                 assert answer.status_code == 200
     finally:
         for app in apps:
