@@ -11,11 +11,15 @@ agents; reads touching one resource, searches up to ten; a few purposes of use),
 - **reindex**: ``clear_index()`` and ``reindex()`` in chunks of ``--batch`` rows, as
   ``consentry audit reindex`` does, into a fresh SQLite file (WAL, ``synchronous=FULL``) and
   a fresh PostgreSQL schema (``BENCH_POSTGRES_DSN`` or ``postgresql://127.0.0.1:5432/test``).
-  Only the ``reindex`` calls are timed (not building the rows). The index is written without
-  leaves: it is derived data and the store does not check it against the log.
+  Only the ``reindex`` calls are timed (not building the rows). The log's leaves are appended
+  first, untimed and without index rows (entries of the rows' time, kind, flags and
+  pseudonym, dummy evidence): SQLite refuses a reindexed row whose leaf is missing or names
+  another pseudonym, and finds a pseudonym's rows through the leaves' index.
 - **accounting**: for 20 patients, every row of ``AuditQuery(patient=..., since_us=six years
   ago)`` read page by page (1,000 a page, keyset paging) as an accounting of disclosures
-  does, and its ``audit_count``; median and worst. Plus the first page (100 rows) of a
+  does, and its ``audit_count``; median and worst. The same for the patient's pseudonym
+  (``AuditQuery(pseudonym=..., include_shredded=True)``, how an accounting reads the chains
+  a shred left). Plus the first page (100 rows) of a
   one-day date-range search, of a bare purpose code over a month and of an entity.
 
 Prints a Markdown table and writes ``bench/results/audit_index.json``.
@@ -39,6 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from middleware.audit.row import AuditQuery, AuditRow
+from middleware.ledger.entry import NewEntry
+from middleware.ledger.leaf import EntryFlag, EntryKind
+from middleware.ledger.signing import SigningKey
+from middleware.ledger.writer import checkpoint_signer
 from middleware.storage.ledger_base import LogStore
 from middleware.storage.ledger_postgres import PostgresLogStore
 from middleware.storage.ledger_sqlite import SqliteLogStore
@@ -50,12 +58,14 @@ _V3 = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 _PURPOSES = [f"{_V3}|TREAT", f"{_V3}|HPAYMT", f"{_V3}|HOPERAT", f"{_V3}|PUBHLTH", f"{_V3}|HRESCH"]
 _TYPES = ["Observation", "Condition", "MedicationRequest", "Encounter", "Patient"]
 _REST = "http://terminology.hl7.org/CodeSystem/audit-event-type|rest"
+_ORIGIN = "bench.consentry.example/audit-index"
+_SIGN = checkpoint_signer(SigningKey.from_seed(_ORIGIN, bytes([7]) * 32), _ORIGIN)
 
 
 def rows(count: int, patients: int, now_us: int, seed: int = 7) -> Iterator[AuditRow]:
     """``count`` rows with indexes 0..count-1, times ascending over seven years."""
     rng = random.Random(seed)
-    pseudonyms = [secrets.token_bytes(16) for _ in range(patients)]
+    chains = pseudonyms(patients, seed)
     start = now_us - 7 * _YEAR
     step = 7 * _YEAR // max(count, 1)
     for index in range(count):
@@ -72,7 +82,7 @@ def rows(count: int, patients: int, now_us: int, seed: int = 7) -> Iterator[Audi
             kind=kind,
             flags=1,
             patient=f"Patient/p{p}",
-            pseudonym=pseudonyms[p],
+            pseudonym=chains[p],
             agent=f"Practitioner/{rng.randrange(500)}",
             roles=("doctor",),
             organization=f"Organization/{rng.randrange(20)}",
@@ -89,11 +99,37 @@ def rows(count: int, patients: int, now_us: int, seed: int = 7) -> Iterator[Audi
         )
 
 
+def pseudonyms(patients: int, seed: int = 7) -> list[bytes]:
+    """The patients' pseudonyms (seeded apart from :func:`rows`' other choices)."""
+    rng = random.Random(seed + 1)
+    return [rng.randbytes(16) for _ in range(patients)]
+
+
+async def append_leaves(store: LogStore, args: argparse.Namespace, now_us: int) -> None:
+    """Append the entries :func:`rows` index, without index rows (module docstring)."""
+    batch: list[NewEntry] = []
+    for row in rows(args.rows, args.patients, now_us):
+        batch.append(
+            NewEntry.create(
+                EntryKind(row.kind),
+                b"bench",
+                recorded_us=row.recorded_us,
+                pseudonym=row.pseudonym,
+                flags=EntryFlag(row.flags),
+            )
+        )
+        if len(batch) == args.batch:
+            await store.append(batch, sign=_SIGN)
+            batch = []
+    await store.append(batch, sign=_SIGN)
+
+
 async def reindex(store: LogStore, args: argparse.Namespace, now_us: int) -> dict[str, float]:
     """Rows per second of a full rebuild: ``clear_index``, every ``reindex`` chunk and the
     first search (which builds the secondary indexes a bulk rebuild defers), by wall clock
     and by this process's CPU time (on a shared machine the wall clock also counts other
-    processes' turns)."""
+    processes' turns). The leaves are appended first (untimed)."""
+    await append_leaves(store, args, now_us)
     wall = cpu = 0.0
 
     async def timed_call(fn: Callable[[], Awaitable[object]]) -> None:
@@ -131,15 +167,32 @@ async def accounting(store: LogStore, patient: str, since_us: int) -> int:
     return read
 
 
+async def chain(store: LogStore, pseudonym: bytes, since_us: int) -> int:
+    """Every row of the pseudonym since ``since_us`` (shredded ones too), a page at a time."""
+    query = AuditQuery(pseudonym=pseudonym, include_shredded=True, since_us=since_us, limit=1000)
+    read = 0
+    while page := await store.audit_rows(query):
+        read += len(page)
+        query = replace(query, after=(page[-1].recorded_us, page[-1].index))
+    return read
+
+
 async def queries(store: LogStore, args: argparse.Namespace, now_us: int) -> dict[str, Any]:
     rng = random.Random(11)
     since = now_us - 6 * _YEAR
-    walks, counts, sizes = [], [], []
+    chains = pseudonyms(args.patients)
+    walks, counts, sizes, chain_walks = [], [], [], []
     for _ in range(20):
-        patient = f"Patient/p{rng.randrange(args.patients)}"
+        number = rng.randrange(args.patients)
+        patient = f"Patient/p{number}"
         seconds, read = await timed(lambda p=patient: accounting(store, p, since))  # type: ignore[misc]
         walks.append(seconds)
         sizes.append(read)
+        seconds, in_chain = await timed(
+            lambda p=chains[number]: chain(store, p, since)  # type: ignore[misc]
+        )
+        chain_walks.append(seconds)
+        assert in_chain == read, (in_chain, read)
         seconds, counted = await timed(
             lambda p=patient: store.audit_count(AuditQuery(patient=p, since_us=since))  # type: ignore[misc]
         )
@@ -162,6 +215,8 @@ async def queries(store: LogStore, args: argparse.Namespace, now_us: int) -> dic
         "accounting_ms_median": statistics.median(walks) * 1000,
         "accounting_ms_max": max(walks) * 1000,
         "count_ms_median": statistics.median(counts) * 1000,
+        "chain_ms_median": statistics.median(chain_walks) * 1000,
+        "chain_ms_max": max(chain_walks) * 1000,
         "first_page_ms": first_pages,
     }
 
@@ -201,16 +256,17 @@ def main() -> None:
     print(f"audit index, {args.rows:,} rows, {args.patients:,} patients ({platform.node()})\n")
     print(
         "| backend | reindex rows/s | accounting rows | accounting ms (median / max) "
-        "| count ms | first pages ms |"
+        "| count ms | pseudonym ms (median / max) | first pages ms |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         firsts = ", ".join(f"{k}: {v:.1f}" for k, v in r["first_page_ms"].items())
         print(
             f"| {r['backend']} | {r['reindex_rows_per_s']:,.0f} "
             f"({r['reindex_rows_per_cpu_s']:,.0f} per CPU s) | {r['accounting_rows_median']:.0f} "
             f"| {r['accounting_ms_median']:.1f} / {r['accounting_ms_max']:.1f} "
-            f"| {r['count_ms_median']:.1f} | {firsts} |"
+            f"| {r['count_ms_median']:.1f} "
+            f"| {r['chain_ms_median']:.1f} / {r['chain_ms_max']:.1f} | {firsts} |"
         )
     out = Path(__file__).parent / "results" / "audit_index.json"
     out.parent.mkdir(exist_ok=True)
