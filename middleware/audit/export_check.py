@@ -14,7 +14,8 @@ from typing import Any
 from middleware.audit.export import EntryOpening, format_time, shredded_columns
 from middleware.audit.export_chain import LineOrder
 from middleware.audit.export_columns import columns_for
-from middleware.audit.export_fast import Accept, csv_same, ndjson_same, row_acceptor
+from middleware.audit.export_fast import Accept, Same, csv_same, ndjson_same, row_acceptor
+from middleware.audit.export_fast_csv import joined_same, judge_plain
 from middleware.audit.export_read import ExportLine, RawLine, decode_raw_line, ndjson_line
 from middleware.audit.export_read_csv import csv_lines, csv_part
 from middleware.audit.export_rules import default_rule
@@ -125,16 +126,7 @@ class ExportChecker:
         if self.escaped:
             it = iter(lines)
             read = csv_part(it, self.names) if part else csv_lines(it, self.names)
-            for number, line in read:
-                if accept is not None and not isinstance(line, str) and line.role == "row":
-                    opening = line.opening
-                    if opening is not None:
-                        index = line.index
-                        leaf = accept(index, line.leaf, line.proof, opening, line.columns)
-                        if leaf is not None:
-                            yield number, (index, leaf)
-                            continue
-                yield number, line
+            yield from _csv_verdicts(read, accept)
             return
         names = self.names
         for number, text in enumerate(lines, start=1 if part else 2):
@@ -155,6 +147,30 @@ class ExportChecker:
                             continue
             yield number, ndjson_line(text, names)
 
+    def judge_plain(self, lines: Sequence[str], *, part: bool) -> Iterator[tuple[int, Verdict]]:
+        """:meth:`judge` of a CSV export's lines as ``export_fast_csv.plain_lines`` gives them
+        (without their newlines, no quote: each line a record): the same verdicts, sooner,
+        a ``row`` line's cells compared joined (``export_fast_csv.judge_plain``)."""
+        names = self.names
+        if not part:  # the column line first, as csv_lines reads it (a Stop ends the reading)
+            stop = list(csv_lines(iter(lines[:1]), names))
+            if stop:
+                yield from stop
+                return
+        accept = self._accept()
+
+        def slow(number: int, line: str) -> Iterator[tuple[int, Verdict]]:
+            read = csv_part(iter((line,)), names)  # one line, one record: numbered 1
+            return _csv_verdicts(((number, verdict) for _, verdict in read), accept)
+
+        yield from judge_plain(
+            lines if part else lines[1:],
+            len(names),
+            after=0 if part else 2,  # the column line is the file's second
+            accept=self._accept(joined_same(len(names))),
+            slow=slow,
+        )
+
     def apply(self, verdicts: Iterable[tuple[int, Verdict]]) -> None:
         """Count and check judged lines, in file order: a passed row counted and fed to the
         order; any other line through :meth:`entry` (or a ``line-malformed`` finding)."""
@@ -169,17 +185,20 @@ class ExportChecker:
             else:
                 entry(number, verdict)
 
-    def _accept(self) -> Accept | None:
-        """The fast path's check of a row line, None when every line takes the full path (no
-        trusted checkpoint, no opener)."""
+    def _accept(self, same: Same | None = None) -> Accept | None:
+        """The fast path's check of a row line (its cells compared by ``same``, default the
+        format's), None when every line takes the full path (no trusted checkpoint, no
+        opener)."""
         if self.proofs is None or self.opener is None:
             return None
         header = self.header
+        if same is None:
+            same = csv_same if self.escaped else ndjson_same(self.names)
         return row_acceptor(
             proofs=self.proofs,
             opener=self.opener,
             columns=self.columns,
-            same=csv_same if self.escaped else ndjson_same(self.names),
+            same=same,
             since=header["since"],
             until=header["until"],
             patient=header.get("patient"),
@@ -286,6 +305,23 @@ class ExportChecker:
         """After the last line: the chain's end (``LineOrder.finish``) into the scope."""
         tail = self.order.finish()
         self.report.scope["tail"] = tail
+
+
+def _csv_verdicts(
+    read: Iterable[tuple[int, ExportLine | str]], accept: Accept | None
+) -> Iterator[tuple[int, Verdict]]:
+    """The verdicts of CSV lines as read: a ``row`` line with its opening tried on the fast
+    path (``accept``; None: none), any other line as read."""
+    for number, line in read:
+        if accept is not None and not isinstance(line, str) and line.role == "row":
+            opening = line.opening
+            if opening is not None:
+                index = line.index
+                leaf = accept(index, line.leaf, line.proof, opening, line.columns)
+                if leaf is not None:
+                    yield number, (index, leaf)
+                    continue
+        yield number, line
 
 
 def _differing(names: Sequence[str], given: Sequence[str] | None, expected: Sequence[str]) -> str:

@@ -16,7 +16,9 @@ reader decodes the file (UTF-8, universal newlines). Worker processes, forked wi
 checker made from the header, judge blocks; this process applies their verdicts in file
 order, each line numbered by the lines before its block. Nothing is trusted from a worker
 that this process could not have computed itself: a worker runs the same code on the same
-bytes.
+bytes. A CSV block without a quote (each line one record) is judged by
+:meth:`~middleware.audit.export_check.ExportChecker.judge_plain` (``export_fast_csv``), the
+same verdicts as ``judge`` of its lines.
 
 A CSV record may span lines (a quoted field), so a block's records are the file's only when
 the block starts at a record. The first block does; by induction the next one does when the
@@ -45,12 +47,13 @@ import multiprocessing
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from middleware.audit.export_check import ExportChecker, RowOpener, Verdict
+from middleware.audit.export_fast_csv import plain_lines
 from middleware.audit.export_read_csv import Stop
 from middleware.audit.verify_export import begin_export, verify_file
 from middleware.audit.verify_report import ExportReport
@@ -227,11 +230,15 @@ def _judge(start: int, end: int, first: bool) -> _Judged:
     data = os.pread(_fd, end - start, start)
     if len(data) != end - start:
         raise OSError("the file changed while it was verified")
+    plain = plain_lines(data) if check.escaped else None
+    if plain is not None:  # no quoted field: no record runs past a line, each line is one
+        sent = _sent(check.judge_plain(plain, part=not first))
+        return len(plain), sent, True, bool(sent) and isinstance(sent[-1][-1], Stop)
     lines = _lines_of(data)
     # Without a quote a CSV block has no quoted field: each line is a record (csv_records).
     counted = _Ends(iter(lines)) if check.escaped and (first or b'"' in data) else None
     judged = check.judge(lines if counted is None else counted, part=not first)
-    sent: list[_Sent] = [(n, v[0], tuple(v[1])) if type(v) is tuple else (n, v) for n, v in judged]
+    sent = _sent(judged)
     stopped = bool(sent) and isinstance(sent[-1][-1], Stop)
     if counted is None:  # no quoted field: no record runs past a line
         return len(lines), sent, True, stopped
@@ -240,6 +247,11 @@ def _judge(start: int, end: int, first: bool) -> _Judged:
     # Ran out once (the loop's end): every record ended in the block. Twice: a CSV reader ran
     # out inside a quoted field first.
     return len(lines), sent, counted.ends < 2, False
+
+
+def _sent(judged: Iterable[tuple[int, Verdict]]) -> list[_Sent]:
+    """The verdicts as sent back (:data:`_Sent`)."""
+    return [(n, v[0], tuple(v[1])) if type(v) is tuple else (n, v) for n, v in judged]
 
 
 class _Ends:
