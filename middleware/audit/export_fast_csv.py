@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import operator
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -37,6 +38,9 @@ Judged = tuple[int, Any]
 Slow = Callable[[int, str], Iterator[Judged]]
 
 _FIRST_CHARACTER = operator.itemgetter(slice(0, 1))  # c[:1]: empty for an empty cell
+#: A comma then a formula's first character (``report_csv.FORMULA_START``): one regular
+#: expression search finds it in a third of the time of testing each cell's first character.
+_formula_after_comma = re.compile(",[" + re.escape("".join(sorted(FORMULA_START))) + "]").search
 #: The five binary cells of a row as a JSON array (``export_read_csv._decode_cells``).
 _decode_cells = msgspec.json.Decoder(tuple[bytes, ...]).decode
 
@@ -80,15 +84,15 @@ def joined_same(width: int) -> Callable[[Sequence[str], Any], bool]:
         if len(cells) != width or type(given) is not str or given.count(",") != width - 1:
             return False
         try:
-            # Most rows have no cell to escape, which a loop in C over their first characters
-            # finds. Joined with commas, cells holding none (a joined text of width - 1
-            # commas, as given has) are equal exactly when the texts are.
+            joined = ",".join(cells)
+            if joined == given:
+                # Then no cell holds a comma (given's width - 1 commas are the joins), so the
+                # cells start given and after each comma: equal unless one needs its escape.
+                return given[:1] not in FORMULA_START and _formula_after_comma(given) is None
             if FORMULA_START.isdisjoint(map(_FIRST_CHARACTER, cells)):
-                return ",".join(cells) == given
-            return (
-                ",".join([c if c[:1] not in FORMULA_START else csv_escape(c) for c in cells])
-                == given
-            )
+                return False  # nothing to escape: the cells as the file holds them differ
+            escaped = [c if c[:1] not in FORMULA_START else csv_escape(c) for c in cells]
+            return ",".join(escaped) == given
         except TypeError:  # a cell that is not text: not what a file holds
             return False
 
