@@ -340,6 +340,8 @@ def _check_lines(
     ``tree`` was made from these very leaves, ``LogView.hashes_from_leaves``; ``hashed``: the
     indexes :func:`_check_chain` checked already), and a ``tail`` leaf is not the patient's
     (the tail proves the chain ends)."""
+    if tree is not None and _hashes_match(tree, [i for _, i in lines if i not in hashed], leaves):
+        tree = None  # every hash checked at once: the loop below then finds no mismatch
     for role, index in lines:
         leaf = leaves[index]
         try:
@@ -350,6 +352,18 @@ def _check_lines(
             _check_hash(tree, index, leaf)
         if role == "tail" and pseudonym_of_leaf == pseudonym:
             raise VerificationError(f"leaf {index} of the patient's chain is not in its chain")
+
+
+def _hashes_match(tree: ProofMaker, indexes: Sequence[int], leaves: Mapping[int, bytes]) -> bool:
+    """Whether each leaf at ``indexes`` hashes to ``tree``'s leaf at its index: the checks of
+    :func:`_check_hash`, in one batch (``hash_leaves``, one comparison of the concatenated
+    hashes, about a third of the cost of a call per leaf). False: some leaf does not (or is
+    no bytes), and the caller checks them one by one to report the first as before."""
+    try:
+        computed = b"".join(hash_leaves(map(leaves.__getitem__, indexes)))
+    except TypeError:  # not bytes: _check_hash reports it as it did
+        return False
+    return hmac.compare_digest(computed, b"".join(map(tree.leaf_hash, indexes)))
 
 
 def _check_hash(tree: ProofMaker | None, index: int, leaf: bytes) -> None:

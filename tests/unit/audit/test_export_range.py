@@ -1,0 +1,142 @@
+"""An export made in parts reads only the checkpoint and the stored leaf hashes before its
+workers start; each part reads its own leaves and evidence (``export_range``,
+``ledger_bulk.read_range``) and checks every leaf it reads against the tree, so a forged log
+gives no file in parts: the sequential export then refuses it as it always did. The batched
+leaf-hash check of ``export_collect`` reports what the check leaf by leaf reported."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from middleware.audit.export import Role
+from middleware.audit.export_collect import _check_lines
+from middleware.audit.proofs import ProofMaker
+from middleware.ledger.errors import VerificationError
+from middleware.ledger.merkle import leaf_hash
+from middleware.ledger.tree import hash_leaves
+from middleware.storage.ledger_bulk import read_bulk, read_hashes, read_range
+from tests.unit.audit.test_export_parallel import (
+    COUNT,
+    _argv,
+    _fill,
+    _in_parts,
+    _leftovers,
+    _sequential,
+)
+
+
+def _edit(store: str, sql: str, args: tuple[object, ...]) -> None:
+    """A superuser's edit of the leaf table (its append-only triggers dropped first)."""
+    conn = sqlite3.connect(store.removeprefix("sqlite:"))
+    try:
+        for suffix in ("no_update", "no_delete"):
+            conn.execute(f"DROP TRIGGER IF EXISTS consentry_ledger_leaves_{suffix}")
+        conn.execute(sql, args)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _forged(store: str, index: int) -> bytes:
+    """Leaf ``index`` with its recorded time changed (valid, another hash)."""
+    conn = sqlite3.connect(store.removeprefix("sqlite:"))
+    try:
+        row = conn.execute("SELECT leaf FROM consentry_ledger_leaves WHERE idx = ?", (index,))
+        forged = bytearray(row.fetchone()[0])
+    finally:
+        conn.close()
+    forged[15] ^= 1  # the recorded time's last byte
+    return bytes(forged)
+
+
+def _refused_in_parts(tmp_path: Path, store: str, key: Path) -> None:
+    """No file in parts, nothing left behind, and the command exits 2 as the sequential
+    export does."""
+    assert _in_parts(_argv(store, key, tmp_path / "parts"), 3) is None
+    assert not (tmp_path / "parts").exists()
+    assert _leftovers(tmp_path) == []
+    assert multiprocessing.active_children() == []
+    with pytest.raises(AssertionError):  # _sequential asserts exit status 0
+        _sequential(_argv(store, key, tmp_path / "one"))
+
+
+@pytest.mark.parametrize("index", [5, COUNT // 2 + 3], ids=["first part", "a worker's part"])
+def test_a_leaf_forged_under_its_stored_hash_gives_no_file_in_parts(
+    tmp_path: Path, index: int
+) -> None:
+    """The stored hashes keep the signed root, so only the part reading the leaf can see
+    it: its check against the tree fails the part (the command's own or a worker's)."""
+    store, key = _fill(tmp_path, [(COUNT, 0)])
+    _edit(
+        store,
+        "UPDATE consentry_ledger_leaves SET leaf = ? WHERE idx = ?",
+        (_forged(store, index), index),
+    )
+    _refused_in_parts(tmp_path, store, key)
+
+
+def test_a_leaf_forged_with_its_hash_gives_no_file_in_parts(tmp_path: Path) -> None:
+    """A leaf and its stored hash both changed: the hashes no longer have the signed root,
+    which the command checks before any part starts."""
+    store, key = _fill(tmp_path, [(COUNT, 0)])
+    forged = _forged(store, 7)
+    _edit(
+        store,
+        "UPDATE consentry_ledger_leaves SET leaf = ?, leaf_hash = ? WHERE idx = 7",
+        (forged, leaf_hash(forged)),
+    )
+    _refused_in_parts(tmp_path, store, key)
+
+
+def test_the_reads_are_the_snapshot_s(tmp_path: Path) -> None:
+    """``read_hashes`` and ``read_range`` give what ``read_bulk`` gives for the same log: its
+    note, the hashes of its leaves, and a range's leaves and evidence rows as stored."""
+    store, _ = _fill(tmp_path, [(COUNT, 0)])
+    bulk = asyncio.run(read_bulk(store))
+    note, hashes = asyncio.run(read_hashes(store))
+    assert note == bulk.note
+    assert hashes == hash_leaves(bulk.leaves)
+    part = asyncio.run(read_range(store, 10, 20))
+    assert dict(part.leaves) == {i: bulk.leaves[i] for i in range(10, 21)}
+    assert dict(part.evidence) == {i: bulk.evidence[i] for i in range(10, 21)}
+
+
+@pytest.fixture(scope="module")
+def leaves(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    store, _ = _fill(tmp_path_factory.mktemp("leaves"), [(COUNT, 0)])
+    return asyncio.run(read_bulk(store)).leaves
+
+
+@pytest.mark.parametrize("bad", [0, 17, COUNT - 1], ids=["first", "middle", "last"])
+def test_the_batched_hash_check_reports_the_leaf_that_does_not_match(
+    leaves: list[bytes], bad: int
+) -> None:
+    """One valid leaf that does not hash to the tree's leaf among many (hashed in one
+    batch): the error names it, as the check leaf by leaf did."""
+    tree = ProofMaker(hash_leaves(leaves))
+    lines: list[tuple[Role, int]] = [("row", i) for i in range(len(leaves))]
+    changed = dict(enumerate(leaves))
+    forged = bytearray(leaves[bad])
+    forged[15] ^= 1
+    changed[bad] = bytes(forged)
+    with pytest.raises(VerificationError, match=f"stored hash of leaf {bad} does not match"):
+        _check_lines(lines, changed, tree, None)
+    _check_lines(lines, dict(enumerate(leaves)), tree, None)  # the honest leaves pass
+
+
+def test_a_malformed_leaf_before_a_mismatch_is_reported_first(leaves: list[bytes]) -> None:
+    """Line by line, as before the batch: the first line's fault is the one reported."""
+    tree = ProofMaker(hash_leaves(leaves))
+    lines: list[tuple[Role, int]] = [("row", i) for i in range(len(leaves))]
+    changed = dict(enumerate(leaves))
+    changed[3] = b"not a leaf"
+    forged = bytearray(leaves[20])
+    forged[15] ^= 1
+    changed[20] = bytes(forged)
+    with pytest.raises(VerificationError, match="leaf 3 is malformed"):
+        _check_lines(lines, changed, tree, None)
