@@ -46,6 +46,7 @@ from middleware.auth.cli_revoke_common import (
 )
 from middleware.auth.revocation import Revocation, RevocationKind
 from middleware.errors import GatewayError
+from middleware.ledger.errors import LedgerError
 from middleware.storage.revocations_open import find, where
 from middleware.storage.revocations_open import lift as lift_in_list
 
@@ -120,7 +121,12 @@ def lift(args: argparse.Namespace, out: TextIO) -> int:
                 body = _evidence(
                     kind, value, key, revoked_by=revoked_by, reason=args.reason, operator=operator
                 )
-                index = await append_admin(store, ledger_key, body, recorded)
+                try:
+                    index = await append_admin(store, ledger_key, body, recorded)
+                except (GatewayError, LedgerError) as exc:
+                    raise Usage(
+                        f"no ledger entry ({exc}): nothing lifted, the revocation is in force"
+                    ) from exc
             else:
                 index = args.ledger_entry
                 body = await recorded_body(store, index, LIFT_TYPE, "revocation lift")

@@ -3,7 +3,9 @@
 The table ``consentry_token_revocations`` (in the log store's schema) holds one row per
 revoked ``jti``, subject or client (:mod:`middleware.auth.revocation`). :func:`record_revocation`
 inserts one and, in the same transaction, sends ``NOTIFY`` on :data:`CHANNEL` with the schema
-as payload (PostgreSQL delivers it at commit, to every listening session).
+as payload (PostgreSQL delivers it at commit, to every listening session). A lift or a prune
+(:mod:`~middleware.storage.revocations_admin_postgres`) removes rows and notifies the same
+way.
 
 Each process holds the whole set in memory (:class:`PostgresRevocations`). A listener task
 keeps one connection of its own ``LISTEN``-ing; after ``LISTEN`` it reloads the whole table,

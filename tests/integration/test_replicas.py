@@ -244,7 +244,7 @@ def test_a_token_revoked_on_one_replica_is_refused_by_every_replica(
     """``consentry auth revoke --jti`` run beside replica 0 on the shared store: the token,
     which every replica has just accepted (and may hold verified in its cache), is refused
     with 401 at each replica's next request, directly and through the balancer; a token of
-    the same doctor that was not revoked still reads."""
+    the same doctor that was not revoked still reads; ``--lift`` makes each accept it again."""
     read = f"Patient/{patients[4]}"
     doomed, other = cluster.doctor(), cluster.doctor()
     assert _jti(doomed) != _jti(other)
@@ -259,6 +259,14 @@ def test_a_token_revoked_on_one_replica_is_refused_by_every_replica(
     assert _reads(cluster, every, read, doomed) == [401] * 3
     assert cluster.through_balancer(read, doomed) == [401] * 3
     assert _reads(cluster, every, read, other) == [200] * 3
+    # lifted (a mistaken revocation): every replica accepts the token again
+    lifted = cluster.replicas.consentry(
+        "auth", "revoke", "--lift", "--jti", _jti(doomed), "--reason", "laptop found",
+        "--operator", "security", "--store", cluster.dsn,
+        "--key-file", str(cluster.replicas.key_file),
+    )  # fmt: skip
+    assert lifted.returncode == 0, lifted.stdout + lifted.stderr
+    assert _reads(cluster, every, read, doomed) == [200] * 3
 
 
 def _leaves(dsn: str) -> int:
