@@ -517,6 +517,7 @@ def _witnessing(settings: Settings, ledger: LedgerService, metrics: Metrics) -> 
         "ledger_witnessed_size",
         "Tree size of the newest checkpoint a quorum of witnesses cosigned (0: none).",
         lambda: witnessing.published_size,
+        kept=ledger.store,  # every replica publishes the store's newest witnessed checkpoint
     )
     metrics.gauge(
         "ledger_witness_failures",

@@ -9,7 +9,7 @@ proxy, nor the proxy's here), and records every access through the proxy's audit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from middleware.audit.accounting import Suspension
 from middleware.audit.accounting_http import AccountingEndpoint
@@ -50,7 +50,7 @@ def build_audit_api(
     recorder: Recorder,
     wall_clock: Callable[[], float],
     clock: Callable[[], float],
-    witnessed: Callable[[], str | None] | None = None,
+    witnessed: Callable[[], Awaitable[str | None]] | None = None,
     export_schema: str = "public",
 ) -> AuditApi:
     """The AuditEvent API of the gateway (module docstring); ``secret`` is the ledger key

@@ -57,7 +57,7 @@ class ProvenAccounting:
         wrap_key: bytes,
         rules: AccountingRules,
         row_cap: int | None = None,
-        witnessed: Callable[[], str | None] | None = None,
+        witnessed: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self._store = store
         self._witnessed = witnessed
@@ -79,7 +79,7 @@ class ProvenAccounting:
         store = await self._store()
         if self._witnessed is None:
             view = await StoreView.open(store)
-        elif (note := self._witnessed()) is None:
+        elif (note := await self._witnessed()) is None:
             raise ServiceUnavailable("no checkpoint carries a quorum of cosignatures yet")
         else:
             view = await StoreView.at(store, note)

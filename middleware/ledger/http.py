@@ -117,7 +117,7 @@ class Witnessed(Protocol):
 
     quorum: int
 
-    def published(self) -> str | None: ...
+    async def published(self) -> str | None: ...
 
 
 def ledger_routes(
@@ -171,7 +171,7 @@ class _LedgerApi:
         if self._witnessed is not None:
             # Only what a quorum of witnesses cosigned is published: a verifier holding it
             # knows that many independent parties saw this tree and no other at its size.
-            note = self._witnessed.published()
+            note = await self._witnessed.published()
             if note is None:
                 raise ServiceUnavailable("no checkpoint carries a quorum of cosignatures yet")
             return Response(note, media_type=_TEXT, headers={"cache-control": "no-cache"})
@@ -248,7 +248,7 @@ class _LedgerApi:
     async def _witnessed_for(self, store: LogStore, index: int) -> StoredCheckpoint | None:
         """The published witnessed checkpoint, cosignatures included, when it covers entry
         ``index`` (None: no quorum configured, none yet, or the entry is newer)."""
-        note = None if self._witnessed is None else self._witnessed.published()
+        note = None if self._witnessed is None else await self._witnessed.published()
         if note is None:
             return None
         stored = await signed_as(store, note)

@@ -24,8 +24,14 @@ submission. No request waits for a witness. With ``quorum`` > 0, :meth:`publishe
 newest checkpoint at least ``quorum`` witnesses cosigned, their lines appended to the log's
 note, never older than one already published; ``None`` until then. Failures are logged with
 the witness's name and a reason code only (once when a witness starts failing), counted in
-:attr:`Witnessing.failures`, and the ledger keeps working. What was cosigned is kept in
-memory: after a restart the first round gets the latest checkpoint cosigned again.
+:attr:`Witnessing.failures`, and the ledger keeps working.
+
+With ``kept`` (the gateway passes the log's store), a checkpoint a quorum cosigned is kept in
+the store before it is published, and :meth:`published` reads the store's newest (verified
+again) on every call: every replica publishes the same one, never going backwards, and a
+restarted one publishes at once (:mod:`middleware.ledger.publication`, which states the
+staleness bound and what is refused). Without ``kept`` (tests), what was cosigned lives in this
+object only.
 """
 
 from __future__ import annotations
@@ -44,9 +50,11 @@ from middleware.ledger.entry import StoredCheckpoint
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.note import NoteSignature, parse_note
 from middleware.ledger.prooftree import ProofTree
+from middleware.ledger.publication import Publication
 from middleware.ledger.quorum import FUTURE_SKEW
 from middleware.ledger.signing import CosignatureVerifier
 from middleware.ledger.tree import MerkleLevels
+from middleware.ledger.witnessed_store import KeptWitnessed
 from middleware.ledger.witnesses import (
     WitnessEndpoint,
     add_checkpoint_body,
@@ -86,7 +94,8 @@ class Witnessing:
     docstring). ``store`` returns the opened log store; ``client`` is an
     :class:`httpx.AsyncClient` (one is made, and closed by :meth:`aclose`, when None);
     ``tree`` is the log's shared tree (the ledger service's; a new one when None); ``clock``: POSIX
-    seconds, bounding the cosignatures' dates."""
+    seconds, bounding the cosignatures' dates; ``kept`` returns the store that keeps the
+    witnessed checkpoints every replica publishes (None: this object's memory only)."""
 
     def __init__(
         self,
@@ -99,6 +108,7 @@ class Witnessing:
         client: httpx.AsyncClient | None = None,
         tree: ProofTree | None = None,
         clock: Callable[[], float] = time.time,
+        kept: Callable[[], Awaitable[KeptWitnessed]] | None = None,
     ) -> None:
         if not 0 <= quorum <= len(witnesses):
             raise ValueError("a quorum is 0 to the number of witnesses")
@@ -121,8 +131,9 @@ class Witnessing:
         self._state: dict[str, str] = {}
         self._forks: set[int] = set()
         self._latest: StoredCheckpoint | None = None
-        self._published: str | None = None
-        self._published_size = 0
+        self._publication = Publication(
+            list(self._verifiers.values()), quorum, kept=kept, count=self._count, clock=clock
+        )
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         #: Submissions that failed, by reason (``unreachable``, ``status-422``, ...).
@@ -132,14 +143,15 @@ class Witnessing:
         #: 409s naming a size above the store's latest: another replica was first (normal).
         self.behind = 0
 
-    def published(self) -> str | None:
-        """The newest checkpoint note carrying a quorum of cosignatures (None: none yet)."""
-        return self._published
+    async def published(self) -> str | None:
+        """The newest checkpoint note carrying a quorum of cosignatures (None: none yet);
+        with ``kept``, the store's newest once verified (module docstring)."""
+        return await self._publication.current() if self.quorum else None
 
     @property
     def published_size(self) -> int:
         """The size of :meth:`published` (0 when there is none), for metrics."""
-        return self._published_size
+        return self._publication.size
 
     def wake(self) -> None:
         """Run a round now rather than at the next interval (cheap; never blocks)."""
@@ -180,7 +192,9 @@ class Witnessing:
 
     async def submit_latest(self) -> None:
         """One round: ask every witness that has not cosigned the latest checkpoint (and has
-        no request under way); return once a quorum cosigned it or no request is left."""
+        no request under way); return once a quorum cosigned it (and it is kept) or no
+        request is left."""
+        await self.published()  # what the replicas kept since (and the metrics' size)
         store = await self._store()
         latest = await store.checkpoint()
         if latest is None:
@@ -199,16 +213,16 @@ class Witnessing:
         waiting = set(self._inflight.values())
         while waiting and not self._publish():
             _, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        await self._publication.keep()
 
     def _publish(self) -> bool:
-        """Publish :attr:`_latest` with its lines if a quorum cosigned it; True if it did."""
+        """Offer :attr:`_latest` with its lines for publication if a quorum cosigned it;
+        True if a quorum did (``Publication.keep`` then keeps it, with ``kept``)."""
         latest = self._latest
         if not self.quorum or latest is None or len(self._cosignatures) < self.quorum:
             return False
-        if latest.size < self._published_size:
-            return True  # a replica's lagging read: never publish backwards
-        self._published = with_cosignatures(latest.note, self._cosignatures.values())
-        self._published_size = latest.size
+        note = with_cosignatures(latest.note, self._cosignatures.values())
+        self._publication.offer(note, latest.size)
         return True
 
     def _fork(self, size: int) -> None:
@@ -235,6 +249,7 @@ class Witnessing:
             ):
                 self._cosignatures[witness.name] = line
                 self._publish()  # a late answer adds its line to the publication
+                await self._publication.keep()
         except Exception as exc:  # noqa: BLE001  # a bug here must not end the gateway's task
             self._count("error")
             get_logger("consentry.ledger").error(

@@ -102,11 +102,11 @@ async def test_a_fork_shown_to_two_witnesses_never_gets_a_quorum_of_two(
     w1, w2 = servers
     one, other = base(), forked()
     assert one.notes[-1] != other.notes[-1]  # the same size, two roots
-    assert (await witness(one, [w1], 1)).published() is not None
-    assert (await witness(other, [w2], 1)).published() is not None
+    assert await (await witness(one, [w1], 1)).published() is not None
+    assert await (await witness(other, [w2], 1)).published() is not None
     for log in (one, other):
         both = await witness(log, [w1, w2], 2)
-        assert both.published() is None
+        assert await both.published() is None
         # Its own first witness cosigns it again (after a 409 naming size 16, from 16 to
         # 16); the other holds the other root at 16 and refuses: 409 (tlog-witness).
         assert both.failures == {"conflict": 1}
@@ -118,7 +118,7 @@ async def test_one_witness_shown_both_branches_refuses_the_second_with_409(
 ) -> None:
     w1, _ = servers
     one, other = base(), forked()
-    assert (await witness(one, [w1], 1)).published() is not None
+    assert await (await witness(one, [w1], 1)).published() is not None
     body = add_checkpoint_body(16, [], other.notes[-1])
     async with httpx.AsyncClient() as client:
         answer = await client.post(add_checkpoint_url(w1.endpoint), content=body)
@@ -136,13 +136,13 @@ async def test_a_rolled_back_log_is_refused_and_its_checkpoint_fails_the_quorum(
     witnessed one shows the rollback."""
     w1, _ = servers
     full = base()
-    witnessed = (await witness(full, [w1], 1)).published()
+    witnessed = await (await witness(full, [w1], 1)).published()
     assert witnessed is not None
     older = Log(
         full.leaves[:12], full.notes[:-1], {i: e for i, e in full.evidence.items() if i < 12}
     )
     again = await witness(older, [w1], 1, rounds=2)
-    assert again.published() is None
+    assert await again.published() is None
     # w1 answered 409 with 16 > 12 (a replica behind another, as far as one round knows);
     # the store still at 12 a round later is the rollback alarm.
     assert (again.behind, again.failures) == (1, {"witness-ahead": 1})
@@ -178,13 +178,13 @@ async def test_a_rewrite_signed_with_the_stolen_key_is_refused_and_reported(
     checkpoint for want of cosignatures; the receipt check of ``audit verify-export`` too."""
     w1, w2 = servers
     real = base()
-    witnessed = (await witness(real, [w1, w2], 2)).published()
+    witnessed = await (await witness(real, [w1, w2], 2)).published()
     assert witnessed is not None
     assert len(parse_note(witnessed).signatures) == 3  # the log's, then two cosignatures
     other = build([[entry(500 + n * 4 + i) for i in range(4)] for n in range(5)])
     rewritten = resigned(real.leaves[:8] + other.leaves[8:20])
     attempt = await witness(rewritten, [w1, w2], 2)
-    assert attempt.published() is None
+    assert await attempt.published() is None
     assert attempt.failures == {"status-422": 2}
 
     rules = tmp_path / "trust.toml"

@@ -105,7 +105,7 @@ async def run(
 async def test_a_quorum_publishes_the_note_with_every_cosignature() -> None:
     log = base()
     done, seen = await run(log, {"w1.test": cosigning(W1), "w2.test": cosigning(W2)}, 2)
-    note = done.published()
+    note = await done.published()
     assert note is not None
     assert note.startswith(log.notes[-1])  # the log's note, then the cosignature lines
     assert sorted(s.name for s in parse_note(note).signatures[1:]) == ["w1.test", "w2.test"]
@@ -126,7 +126,7 @@ async def test_a_cosignature_dated_too_far_ahead_is_refused() -> None:
         base(), {"w1.test": fast, "w2.test": cosigning(W2, at=NOW)}, 1, clock=lambda: NOW
     )
     assert done.failures == {"bad-cosignature": 1}
-    note = done.published()
+    note = await done.published()
     assert note is not None
     assert [s.name for s in parse_note(note).signatures[1:]] == ["w2.test"]
 
@@ -136,13 +136,13 @@ async def test_a_cosignature_dated_within_the_skew_is_kept() -> None:
         base(), {"w1.test": cosigning(W1, at=NOW + FUTURE_SKEW)}, 1, clock=lambda: NOW
     )
     assert done.failures == {}
-    assert done.published() is not None
+    assert await done.published() is not None
 
 
 async def test_a_witness_already_cosigned_is_not_asked_again_for_that_size() -> None:
     done, seen = await run(base(), {"w1.test": cosigning(W1)}, 1, rounds=3)
     assert len(seen) == 1
-    assert done.published() is not None
+    assert await done.published() is not None
 
 
 async def test_after_a_409_the_proof_starts_at_the_size_the_witness_holds() -> None:
@@ -150,7 +150,7 @@ async def test_after_a_409_the_proof_starts_at_the_size_the_witness_holds() -> N
     from 8 with the RFC 9162 proof from 8 to 16."""
     log = base()
     done, seen = await run(log, {"w1.test": cosigning(W1, {"w1.test": 8})}, 1)
-    assert done.published() is not None
+    assert await done.published() is not None
     assert done.failures == {}
     first, second = (parse_submission(r.content) for r in seen)
     assert (first.old_size, second.old_size) == (0, 8)
@@ -216,14 +216,14 @@ async def test_a_witness_that_does_not_cosign_is_counted_and_nothing_is_publishe
     handler: Handler, reason: str
 ) -> None:
     done, _ = await run(base(), {"w1.test": handler, "w2.test": cosigning(W2)}, 2)
-    assert done.published() is None
+    assert await done.published() is None
     assert done.failures == {reason: 1}
     assert done.cosigned == 1  # w2's
 
 
 async def test_without_a_quorum_nothing_is_published() -> None:
     done, _ = await run(base(), {"w1.test": cosigning(W1)}, 0)
-    assert done.published() is None
+    assert await done.published() is None
     assert done.cosigned == 1
 
 
@@ -247,7 +247,7 @@ async def test_the_background_task_coalesces_and_stops_cleanly() -> None:
         await witnessing.aclose()
     assert source.reads >= 3
     assert len(seen) == 1
-    assert witnessing.published() is not None
+    assert await witnessing.published() is not None
 
 
 def test_a_quorum_above_the_witnesses_is_refused() -> None:
