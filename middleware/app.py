@@ -512,12 +512,12 @@ def _witnessing(settings: Settings, ledger: LedgerService, metrics: Metrics) -> 
         quorum=settings.witness_quorum,
         timeout=settings.witness_timeout_seconds,
         tree=ledger.tree,  # the one tree the /ledger proofs use too
+        kept=ledger.store,  # every replica publishes the store's newest witnessed checkpoint
     )
     metrics.gauge(
         "ledger_witnessed_size",
         "Tree size of the newest checkpoint a quorum of witnesses cosigned (0: none).",
         lambda: witnessing.published_size,
-        kept=ledger.store,  # every replica publishes the store's newest witnessed checkpoint
     )
     metrics.gauge(
         "ledger_witness_failures",
