@@ -421,3 +421,36 @@ async def test_a_list_made_by_an_earlier_version_is_upgraded(gateway: Gateway) -
     status, text, _ = await gateway.run("revocations")
     (row,) = json.loads(text)["revocations"]
     assert (row["admin_entry"], row["expires"]) == (2, 1893456000.0)
+
+
+@pytest.mark.integration
+async def test_on_postgresql_a_revocation_and_a_lift_wait_for_each_other() -> None:
+    """Each reads the other's row, then writes: under one table lock, so that a lift and a
+    revocation of one thing cannot interleave (red without the lock: both ran at once)."""
+    backend = await PostgresBackend.create()
+    url, schema = backend.dsn, backend.schema
+    try:
+        await record(url, Revocation("jti", "t-0"), reason="r", at=1.0, schema=schema, entry=1)
+        conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "LOCK TABLE consentry_token_revocation_lifts IN SHARE ROW EXCLUSIVE MODE"
+                )
+                revoking = asyncio.create_task(
+                    record(
+                        url, Revocation("jti", "t-1"), reason="r", at=1.0, schema=schema, entry=2
+                    )
+                )
+                lifting = asyncio.create_task(
+                    lift(url, "jti", "t-0", entry=3, at=2.0, schema=schema)
+                )
+                await asyncio.sleep(0.5)
+                assert not revoking.done()
+                assert not lifting.done()
+            assert await revoking is None
+            assert await lifting == Lifted("removed")
+        finally:
+            await conn.close()
+    finally:
+        await backend.cleanup()
