@@ -191,6 +191,9 @@ class Gateway:
                     self.exports.jobs.start_sweeper()
                 if self.witnessing is not None:  # checkpoints go to the witnesses from now on
                     self.witnessing.start()
+                stops = self.proxy.enforcement.glass_stops
+                if stops is not None:  # stops owed by gone processes (proxy.glass_stops)
+                    stops.start()
                 log.info(
                     "startup",
                     version=__version__,
@@ -237,6 +240,8 @@ class Gateway:
             await self.web.aclose()
         if self.witnessing is not None:
             await self.witnessing.aclose()
+        if self.proxy.enforcement.glass_stops is not None:
+            await self.proxy.enforcement.glass_stops.aclose()
         sessions = self.proxy.enforcement.pipeline.reads.break_glass
         if sessions is not None:  # its board's pool or file (pipeline.breakglass)
             await sessions.aclose()

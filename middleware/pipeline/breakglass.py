@@ -19,24 +19,35 @@ store, :mod:`middleware.storage.breakglass_postgres`) the other processes honour
 callers whose token allows break-the-glass, and do not start a second one; without one (a
 ``memory:`` store) a process that has not seen the request opening a session requires the
 header again (the safe direction). The clock is injected.
+
+A stop must not depend on its opener living to record it. Once the start is on the ledger the
+opener leaves the stop's facts on the board (:meth:`BreakGlass.owe`, sealed there), and
+whoever records the stop first *takes* the board's row (one atomic update: exactly one taker):
+the opener when the session is over (:meth:`BreakGlass.expire`), or, for a session still owed
+``GRACE`` seconds after it ended (its opener killed, out of memory, its node gone), any
+process's sweep (:meth:`BreakGlass.overdue`). A taker that cannot record the stop gives the row
+back (:meth:`BreakGlass.settle`); one that dies holding it leaves a take that lapses after the
+board's lease, and the row is taken again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final, Protocol
 
 from middleware.auth.identity import Identity
 from middleware.consent.model import DENY, Policy, Provision
-from middleware.errors import BadRequest, Forbidden
+from middleware.errors import BadRequest, Forbidden, ServiceUnavailable
 from middleware.pipeline.caller import Caller
 
 __all__ = [
     "BREAK_GLASS_HEADER",
     "BTG",
+    "GRACE",
     "BreakGlass",
+    "Owed",
     "Session",
     "SessionBoard",
     "forbids_break_glass",
@@ -47,18 +58,34 @@ BREAK_GLASS_HEADER: Final = "x-break-glass-reason"
 #: v3-ActReason BTG, "break the glass": the purpose a consent names to refuse emergency access.
 BTG: Final = ("http://terminology.hl7.org/CodeSystem/v3-ActReason", "BTG")
 _MAX_REASON: Final = 200
+#: Seconds after its end before another process records a session's stop: its opener records
+#: it within its sweep interval (:mod:`middleware.proxy.glass_stops`) or its next request.
+GRACE: Final = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """A stop the board holds (its row, ``id`` and ``ends``), taken by one process to record:
+    ``stop`` the bytes the opener left (:meth:`BreakGlass.owe`), opened."""
+
+    id: bytes
+    ends: float
+    stop: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Session:
     """One open emergency session of one caller (its identity, for the stop event) for one
-    patient (``Patient/<id>``)."""
+    patient (``Patient/<id>``). ``owed``: its stop is on the board (whoever takes it records
+    it); ``taken``: the board's row this process took to record the stop."""
 
     caller: str
     identity: Identity
     patient: str
     started: float
     ends: float
+    owed: bool = False
+    taken: Owed | None = None
 
 
 def requested_reason(headers: Mapping[str, str], caller: Caller) -> str | None:
@@ -113,6 +140,26 @@ class SessionBoard(Protocol):
         done (what it returns is not used)."""
         ...
 
+    async def owe(self, binding: str, patient: str, ends: float, stop: bytes) -> None:
+        """Keep ``stop`` (sealed) for the session until ``ends``, until a taker settles it.
+        Raises :class:`~middleware.errors.ServiceUnavailable` when it cannot."""
+        ...
+
+    async def take(self, binding: str, patient: str, ends: float, now: float) -> Owed | None:
+        """Take the session's owed stop unless it is gone (recorded) or taken by another
+        whose take has not lapsed. Raises ServiceUnavailable when it cannot tell."""
+        ...
+
+    async def take_overdue(self, before: float, now: float) -> list[Owed]:
+        """Take the owed stops of sessions that ended at or before ``before`` and that no
+        live take holds (a few at a time); none when the board cannot be written."""
+        ...
+
+    async def settle(self, owed: Owed, *, recorded: bool) -> None:
+        """Forget a taken stop once ``recorded``, else give it back to be taken again (a
+        failure leaves the take to lapse)."""
+        ...
+
     async def aclose(self) -> None:
         """Finish queued releases and let go of the board (idempotent)."""
         ...
@@ -143,6 +190,15 @@ class BreakGlass:
             if s.caller == caller.binding and s.ends > now
         )
 
+    @property
+    def shared(self) -> bool:
+        """Whether the sessions are on a board (other processes honour them)."""
+        return self._board is not None
+
+    def holding(self) -> bool:
+        """Whether this process holds any session (the per-request check, without a task)."""
+        return bool(self._sessions)
+
     def open_count(self, now: float) -> int:
         """How many sessions are open at ``now`` (for the metrics gauge)."""
         if not self._sessions:
@@ -168,17 +224,72 @@ class BreakGlass:
                 opened.append(patient)
         return opened
 
-    def expire(self, now: float) -> list[Session]:
-        """Close and return every session whose time is over (their stop events must be
-        recorded)."""
+    async def owe(self, caller: Caller, patient: str, stop: bytes) -> bool:
+        """Leave the stop of the session this process opened for ``caller`` and ``patient``
+        on the board (``stop``: what a sweep needs to record it; its start is on the ledger).
+        False when there is no board or it cannot take it: this process then records the stop
+        alone (as before boards kept stops); True once any process may."""
+        key = (caller.binding, patient)
+        session = self._sessions.get(key)
+        if self._board is None or session is None:
+            return False
+        try:
+            await self._board.owe(caller.binding, patient, session.ends, stop)
+        except ServiceUnavailable:
+            return False
+        if self._sessions.get(key) is session:
+            self._sessions[key] = replace(session, owed=True)
+        return True
+
+    async def expire(self, now: float) -> list[Session]:
+        """Close and return every session whose time is over whose stop this process is to
+        record: one it did not leave on the board, or one whose row it took (a row another
+        process took or recorded is dropped here). A session the board cannot answer for is
+        kept and tried again. Pass each returned session to :meth:`settle`."""
         if not self._sessions:
             return []
-        over = [s for s in self._sessions.values() if s.ends <= now]
-        for session in over:
-            del self._sessions[(session.caller, session.patient)]
+        over: list[Session] = []
+        for session in [s for s in self._sessions.values() if s.ends <= now]:
+            taken = None
+            if session.owed:
+                assert self._board is not None  # owed only through a board
+                try:
+                    taken = await self._board.take(
+                        session.caller, session.patient, session.ends, now
+                    )
+                except ServiceUnavailable:
+                    continue  # kept: taken (or found recorded) at a later call
+            key = (session.caller, session.patient)
+            if self._sessions.get(key) is not session:
+                continue  # closed meanwhile by a concurrent call
+            del self._sessions[key]
             if self._board is not None:
                 self._board.release(session.caller, session.patient, session.ends)
+            if session.owed and taken is None:
+                continue  # recorded, or being recorded, by another process
+            over.append(replace(session, taken=taken))
         return over
+
+    async def settle(self, session: Session, *, recorded: bool) -> None:
+        """After :meth:`expire`: the stop of ``session`` was ``recorded`` (its board row goes),
+        or not (kept, with its row given back, for a later :meth:`expire` or sweep)."""
+        if not recorded:
+            key = (session.caller, session.patient)
+            self._sessions.setdefault(key, replace(session, taken=None))
+        if self._board is not None and session.taken is not None:
+            await self._board.settle(session.taken, recorded=recorded)
+
+    async def overdue(self, now: float) -> list[Owed]:
+        """Take the stops still owed ``GRACE`` seconds after their session ended (their opener
+        is gone), for this process to record; pass each to :meth:`settle_owed`."""
+        if self._board is None:
+            return []
+        return await self._board.take_overdue(now - GRACE, now)
+
+    async def settle_owed(self, owed: Owed, *, recorded: bool) -> None:
+        """After :meth:`overdue`: forget ``owed`` once ``recorded``, else give it back."""
+        if self._board is not None:
+            await self._board.settle(owed, recorded=recorded)
 
     async def aclose(self) -> None:
         """Let go of the board (its queued releases finish first); idempotent."""

@@ -40,6 +40,7 @@ from middleware.pipeline.judge import Trail
 from middleware.proxy.exchange_audit import ExchangeAudit, final_phase, raw_request
 from middleware.proxy.exchange_log import ExchangeLog
 from middleware.proxy.forwarder import UpstreamForwarder
+from middleware.proxy.glass_stops import GlassStops
 from middleware.types import Scope
 
 __all__ = ["Enforcement", "TokenCheck"]
@@ -82,6 +83,13 @@ class Enforcement:
         self.metrics = metrics
         self.ids = ids
         self._gateway_base = gateway_base.rstrip("/")
+        sessions = pipeline.reads.break_glass
+        #: Records the break-the-glass stops (its sweep started by the app; None: no sessions).
+        self.glass_stops = (
+            None
+            if sessions is None
+            else GlassStops(audit.recorder, sessions, pipeline.reads.wall_clock)
+        )
 
     @property
     def recorder(self) -> AuditRecorder:
@@ -167,7 +175,7 @@ class Enforcement:
             return
         opened = await sessions.open(ask.caller, sorted(ask.trail.overridden), reads.wall_clock())
         if opened:
-            await self.recorder.record_break_glass(
+            indexes = await self.recorder.record_break_glass(
                 "started",
                 identity=ask.caller.identity,
                 patients=opened,
@@ -175,21 +183,14 @@ class Enforcement:
                 client_address=ask.client_address,
                 reason=reason,
             )
+            if self.glass_stops is not None:  # any process may now record their stops
+                await self.glass_stops.started(ask.caller, opened, indexes)
 
     async def _close_expired(self, rid: str, client_host: str | None) -> None:
-        """Record the stop of every emergency session whose time is over."""
-        reads = self.pipeline.reads
-        sessions = reads.break_glass
-        if sessions is None:
-            return
-        for session in sessions.expire(reads.wall_clock()):
-            await self.recorder.record_break_glass(
-                "stopped",
-                identity=session.identity,
-                patients=[session.patient],
-                request_id=rid,
-                client_address=client_host,
-            )
+        """Record the stop of every emergency session of this process whose time is over."""
+        stops = self.glass_stops
+        if stops is not None and stops.sessions.holding():
+            await stops.close_expired(rid, client_host)
 
     def _forwarder(
         self, client: dict[str, str], client_host: str | None, log: ExchangeLog

@@ -16,6 +16,13 @@ lock of the board's (claims are rare: one per emergency session), deletes every 
 inserts the new row unless one is open. Deleted rows' bytes stay in PostgreSQL's WAL and in
 dead tuples until VACUUM; they are digests, nothing more.
 
+The stops owed (:class:`~middleware.pipeline.breakglass.BreakGlass` docstring) are a second
+table, ``(id, ends) -> stop, taken_until``, ``stop`` sealed as on the SQLite board (under the
+key :data:`~middleware.storage.breakglass_sqlite.STOP_PURPOSE` derives from the board's). A
+take is one ``UPDATE ... RETURNING``: a second replica updating the same row waits for the
+first to commit and then no longer matches (READ COMMITTED re-checks the condition), so one
+replica takes it; a sweep picks its rows ``FOR UPDATE SKIP LOCKED``.
+
 Failures: a check that cannot read answers "no session" (the caller is asked for the reason
 again: the safe direction); a claim that cannot write raises
 :class:`~middleware.errors.ServiceUnavailable` through
@@ -33,7 +40,9 @@ from typing import Final
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 
 from middleware.errors import ServiceUnavailable
-from middleware.ledger.signing import keyed_digest
+from middleware.ledger.signing import derive_box_key, keyed_digest, seal, unseal
+from middleware.pipeline.breakglass import Owed
+from middleware.storage.breakglass_sqlite import BATCH, LEASE, STOP_PURPOSE
 from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["SCHEMA", "PostgresSessionBoard"]
@@ -42,6 +51,13 @@ SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS consentry_breakglass_sessions (
     id bytea PRIMARY KEY CHECK (octet_length(id) = 32),
     ends double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS consentry_breakglass_stops (
+    id bytea NOT NULL CHECK (octet_length(id) = 32),
+    ends double precision NOT NULL,
+    stop bytea NOT NULL,
+    taken_until double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (id, ends)
 );
 """
 _WHAT: Final = "break-the-glass sessions"
@@ -56,6 +72,23 @@ _ACTIVE: Final = (
     "SELECT id FROM consentry_breakglass_sessions WHERE id = ANY($1::bytea[]) AND ends > $2"
 )
 _RELEASE: Final = "DELETE FROM consentry_breakglass_sessions WHERE id = $1 AND ends = $2"
+_OWE: Final = (
+    "INSERT INTO consentry_breakglass_stops (id, ends, stop) VALUES ($1, $2, $3) "
+    "ON CONFLICT (id, ends) DO UPDATE SET stop = EXCLUDED.stop"
+)
+_TAKE_ONE: Final = (
+    "UPDATE consentry_breakglass_stops SET taken_until = $4 "
+    "WHERE id = $1 AND ends = $2 AND taken_until <= $3 RETURNING stop"
+)
+_TAKE_OVERDUE: Final = (
+    "UPDATE consentry_breakglass_stops SET taken_until = $3 WHERE (id, ends) IN ("
+    "SELECT id, ends FROM consentry_breakglass_stops WHERE ends <= $1 AND taken_until <= $2 "
+    "ORDER BY ends LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING id, ends, stop"
+)
+_SETTLE: Final = "DELETE FROM consentry_breakglass_stops WHERE id = $1 AND ends = $2"
+_GIVE_BACK: Final = (
+    "UPDATE consentry_breakglass_stops SET taken_until = 0 WHERE id = $1 AND ends = $2"
+)
 
 
 class PostgresSessionBoard:
@@ -73,6 +106,7 @@ class PostgresSessionBoard:
         keyed_digest(key, ())  # a key of the wrong size fails here, not at the first request
         self._dsn = dsn
         self._key = key
+        self._stop_key = derive_box_key(key, STOP_PURPOSE)
         self._schema = schema
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
@@ -140,6 +174,48 @@ class PostgresSessionBoard:
             pool = await self._connected()
             async with translated(_WHAT):
                 await pool.execute(_RELEASE, row_id, ends)
+
+    async def owe(self, binding: str, patient: str, ends: float, stop: bytes) -> None:
+        """Keep ``stop``, sealed, for the session until ``ends``. Raises
+        :class:`ServiceUnavailable` when the table cannot be written."""
+        pool = await self._connected()
+        async with translated(_WHAT):
+            await pool.execute(_OWE, self._id(binding, patient), ends, seal(self._stop_key, stop))
+
+    async def take(self, binding: str, patient: str, ends: float, now: float) -> Owed | None:
+        """Take the session's owed stop (None: recorded, or taken by another replica under a
+        live lease). Raises :class:`ServiceUnavailable` when the table cannot be written."""
+        row_id = self._id(binding, patient)
+        pool = await self._connected()
+        async with translated(_WHAT):
+            sealed = await pool.fetchval(_TAKE_ONE, row_id, ends, now, now + LEASE)
+        return None if sealed is None else self._opened(row_id, ends, bytes(sealed))
+
+    async def take_overdue(self, before: float, now: float) -> list[Owed]:
+        """Take up to ``BATCH`` owed stops of sessions ended by ``before`` and not held by a
+        live take; none when the table cannot be written (the next sweep tries again)."""
+        try:
+            pool = await self._connected()
+            async with translated(_WHAT):
+                rows = await pool.fetch(_TAKE_OVERDUE, before, now, now + LEASE, BATCH)
+        except ServiceUnavailable:
+            return []
+        taken = (self._opened(bytes(r[0]), float(r[1]), bytes(r[2])) for r in rows)
+        return [owed for owed in taken if owed is not None]
+
+    async def settle(self, owed: Owed, *, recorded: bool) -> None:
+        """Delete ``owed``'s row once ``recorded``, else give it back (its lease ends now); a
+        failure leaves the lease to lapse."""
+        with contextlib.suppress(ServiceUnavailable):
+            pool = await self._connected()
+            async with translated(_WHAT):
+                await pool.execute(_SETTLE if recorded else _GIVE_BACK, owed.id, owed.ends)
+
+    def _opened(self, row_id: bytes, ends: float, sealed: bytes) -> Owed | None:
+        """The row's stop opened; None when it does not open under this key (it stays taken
+        until its lease lapses)."""
+        stop = unseal(self._stop_key, sealed)
+        return None if stop is None else Owed(row_id, ends, stop)
 
     async def aclose(self) -> None:
         """Finish the queued releases and close the pool (idempotent)."""

@@ -18,6 +18,14 @@ closes) run on the board's own thread, one at a time, with ``secure_delete`` on.
 deletes the rows whose ``ends`` has passed (a process killed with its sessions open leaves
 rows that lapse at once and are gone at the next claim); a delete is followed by a WAL
 truncation, so no deleted row outlives it in the ``-wal`` file either.
+
+A second table keeps the stops owed (:class:`~middleware.pipeline.breakglass.BreakGlass`
+docstring): ``(id, ends) -> stop, taken_until``, ``stop`` sealed
+(:func:`~middleware.ledger.signing.seal`, XSalsa20-Poly1305) under a key derived from the
+board's, so the file still names no patient and no caller in the clear. A take is one
+``UPDATE ... RETURNING`` in a write transaction (one writer at a time across the processes:
+exactly one taker); ``taken_until`` is the take's lease. A settled row is deleted (and the WAL
+truncated). A sweep first looks with a read (no write when nothing is owed).
 """
 
 from __future__ import annotations
@@ -29,23 +37,45 @@ import sqlite3
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from middleware.errors import ServiceUnavailable
-from middleware.ledger.signing import keyed_digest
+from middleware.ledger.signing import derive_box_key, keyed_digest, seal, unseal
+from middleware.pipeline.breakglass import Owed
 from middleware.storage.sidecar import beside
 
 __all__ = ["BOARD_PURPOSE", "SqliteSessionBoard", "sessions_path"]
 
 #: What the board's digest key is derived for: ``derive_box_key(data secret, BOARD_PURPOSE)``.
 BOARD_PURPOSE: Final = "breakglass-board"
+#: What the key sealing owed stops is derived for, from the board's key (both boards').
+STOP_PURPOSE: Final = "breakglass-stop"
+#: Seconds a take holds an owed stop: far longer than a ledger append may take.
+LEASE: Final = 300.0
+#: Owed stops one sweep takes at most (the rest at the next).
+BATCH: Final = 16
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS open_session (
     id BLOB PRIMARY KEY,
     ends REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owed_stop (
+    id BLOB NOT NULL,
+    ends REAL NOT NULL,
+    stop BLOB NOT NULL,
+    taken_until REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (id, ends)
+) WITHOUT ROWID;
 """
+_TAKE_ONE: Final = (
+    "UPDATE owed_stop SET taken_until = ? WHERE id = ? AND ends = ? AND taken_until <= ? "
+    "RETURNING stop"
+)
+_TAKE_OVERDUE: Final = (
+    "UPDATE owed_stop SET taken_until = ? WHERE (id, ends) IN (SELECT id, ends FROM owed_stop "
+    "WHERE ends <= ? AND taken_until <= ? ORDER BY ends LIMIT ?) RETURNING id, ends, stop"
+)
 # The table of the first version held the patient's reference in the clear: dropped (with
 # secure_delete on, its pages are zeroed) the first time a newer gateway opens the file.
 _OLD_TABLE: Final = "session"
@@ -67,6 +97,7 @@ class SqliteSessionBoard:
         keyed_digest(key, ())  # a key of the wrong size fails here, not at the first request
         self.path = path
         self._key = key
+        self._stop_key = derive_box_key(key, STOP_PURPOSE)
         self._busy_timeout = busy_timeout
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
@@ -172,6 +203,79 @@ class SqliteSessionBoard:
                 _truncate_wal(db)
         except (sqlite3.Error, OSError):
             return
+
+    async def owe(self, binding: str, patient: str, ends: float, stop: bytes) -> None:
+        """Keep ``stop``, sealed, for the session until ``ends`` (on the board's thread).
+        Raises :class:`ServiceUnavailable` when the file cannot be written."""
+        sealed = seal(self._stop_key, stop)
+        await self._write(
+            "INSERT OR REPLACE INTO owed_stop (id, ends, stop) VALUES (?, ?, ?)",
+            (self._id(binding, patient), ends, sealed),
+        )
+
+    async def take(self, binding: str, patient: str, ends: float, now: float) -> Owed | None:
+        """Take the session's owed stop (None: recorded, or taken by another under a live
+        lease). Raises :class:`ServiceUnavailable` when the file cannot be written."""
+        row_id = self._id(binding, patient)
+        rows = await self._write(_TAKE_ONE, (now + LEASE, row_id, ends, now))
+        return self._opened(row_id, ends, rows[0][0]) if rows else None
+
+    async def take_overdue(self, before: float, now: float) -> list[Owed]:
+        """Take up to ``BATCH`` owed stops of sessions ended by ``before`` and not held by a
+        live take; none when nothing is owed or the file cannot be used (the next sweep tries
+        again). A row that does not open under this key stays taken until its lease lapses."""
+        try:
+            db = self._read_conn()
+            due = db.execute(
+                "SELECT 1 FROM owed_stop WHERE ends <= ? AND taken_until <= ? LIMIT 1",
+                (before, now),
+            ).fetchone()
+            if due is None:
+                return []
+            rows = await self._write(_TAKE_OVERDUE, (now + LEASE, before, now, BATCH))
+        except (sqlite3.Error, OSError, ServiceUnavailable):
+            return []
+        taken = (self._opened(bytes(i), float(e), bytes(s)) for i, e, s in rows)
+        return [owed for owed in taken if owed is not None]
+
+    async def settle(self, owed: Owed, *, recorded: bool) -> None:
+        """Delete ``owed``'s row once ``recorded``, else give it back (its lease ends now); a
+        failure leaves the lease to lapse."""
+        if recorded:
+            sql = "DELETE FROM owed_stop WHERE id = ? AND ends = ?"
+        else:
+            sql = "UPDATE owed_stop SET taken_until = 0 WHERE id = ? AND ends = ?"
+        with contextlib.suppress(ServiceUnavailable):
+            await self._write(sql, (owed.id, owed.ends), truncate=recorded)
+
+    def _opened(self, row_id: bytes, ends: float, sealed: bytes) -> Owed | None:
+        stop = unseal(self._stop_key, sealed)
+        return None if stop is None else Owed(row_id, ends, stop)
+
+    async def _write(
+        self, sql: str, args: tuple[object, ...], *, truncate: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement in a write transaction on the board's thread; its rows. Raises
+        :class:`ServiceUnavailable` when the file cannot be written."""
+
+        def run() -> list[tuple[Any, ...]]:
+            db = self._write_conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = db.execute(sql, args).fetchall()
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            if truncate:
+                _truncate_wal(db)
+            return rows
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._thread, run)
+        except (sqlite3.Error, OSError, RuntimeError) as exc:  # RuntimeError: closed
+            raise ServiceUnavailable("break-the-glass sessions unavailable") from exc
 
     async def aclose(self) -> None:
         """:meth:`close`, waiting for the board's thread off the event loop."""

@@ -88,7 +88,7 @@ async def test_a_session_opened_by_one_worker_is_honoured_by_the_other(boards: B
     assert await b.active(dr, 101.0, [P1, P2]) == {P1}
     # The other worker does not start a second, separately recorded session.
     assert await b.open(dr, [P1], now=101.0) == []
-    assert b.expire(now=10_000.0) == []  # not its session to close
+    assert await b.expire(now=10_000.0) == []  # not its session to close
     # Another caller, or the same subject's token without the permission, gets nothing.
     assert await b.active(_caller(subject="other"), 101.0, [P1, P2]) == frozenset()
     assert await b.active(_caller(glass=False), 101.0, [P1, P2]) == frozenset()
@@ -103,7 +103,7 @@ async def test_the_session_ends_for_every_worker_when_it_is_over(boards: Boards)
     assert (
         await b.active(dr, end, [P1, P2]) == frozenset()
     )  # lapsed, even before its stop is recorded
-    stopped = a.expire(now=end)
+    stopped = await a.expire(now=end)
     assert sorted(s.patient for s in stopped) == [P1, P2]
     # A new request may open a new session anywhere, recorded by the worker that opens it.
     assert await b.open(dr, [P1], now=end + 1) == [P1]
