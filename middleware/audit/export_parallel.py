@@ -7,15 +7,16 @@ signed checkpoint (RFC 9162 §2.1.3.1). A line depends only on its row, its leaf
 its patient's key and the tree; so the rows can be cut into parts, each part's lines made
 alone and the parts' bytes joined in order.
 
-How: this process reads the log once (``storage.ledger_bulk``, the snapshot the sequential
-path reads for an export of most of the log), makes and checks the tree
-(``export_collect.proof_tree``) and the header, and cuts the query's period into one slice
-of ``recorded_us`` per job, of about as many leaves each. Worker processes, forked with the snapshot
-and the tree (nothing is sent to them), each make a slice's part (``export_part``: their own
-read-only store, the slice's index rows, the lines collected and checked as always, the
-encoded bytes) in a file of their own. This process makes the first slice's lines itself,
-straight into the output after the header, then appends the workers' parts in order
-(``os.copy_file_range``).
+How: this process reads only the latest signed checkpoint and the stored leaf hashes
+(``storage.ledger_bulk.read_hashes``), makes the tree and checks it against the checkpoint's
+root (``export_collect.proof_tree``), writes the header, and cuts the query's period into
+one slice of ``recorded_us`` per job, of about as many leaves each (a few single leaf reads).
+Worker processes, forked with the checkpoint and the tree (nothing is sent to them), each
+make a slice's part (``export_part``: their own read-only store, the slice's index rows, the
+leaves and evidence of the indexes those span, every leaf read checked against the tree,
+the lines collected as always, the encoded bytes) in a file of their own. This process
+makes the first slice's lines itself, straight into the output after the header, then
+appends the workers' parts in order (``os.copy_file_range``).
 
 The slices are by time and the lines by index, so the parts are the sequential file's only
 when each part's indexes all come after the previous part's; a log's times rise with its
