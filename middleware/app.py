@@ -191,8 +191,10 @@ class Gateway:
                     self.exports.jobs.start_sweeper()
                 if self.witnessing is not None:  # checkpoints go to the witnesses from now on
                     self.witnessing.start()
-                stops = self.proxy.enforcement.glass_stops
-                if stops is not None:  # stops owed by gone processes (proxy.glass_stops)
+                # Stops owed by gone processes (proxy.glass_stops); where no token may break
+                # the glass, no session opens and the board is left unopened.
+                stops, auth = self.proxy.enforcement.glass_stops, self.settings.auth
+                if stops is not None and (auth.break_glass_scope or auth.break_glass_roles):
                     stops.start()
                 log.info(
                     "startup",

@@ -7,6 +7,7 @@ its death left a start without a stop."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from middleware.storage.ledger_postgres import PostgresLogStore
 from tests.app.conftest import UPSTREAM, WallClock
 from tests.app.consenting import Tokens, auth_settings, ledger_entries, observation, r5_consent
 from tests.app.shared_schema import clients_of, gateways_on_one_schema
+from tests.app.test_operations import Lifespan
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +126,22 @@ async def test_a_live_openers_stop_is_its_own_and_the_only_one(
     assert await replicas.stops(0).sweep() == 0
     assert (await b.get("/fhir/Observation/o-p1", headers=plain)).status_code == 404
     assert len(await _stops(replicas, signer)) == 1
+
+
+async def test_a_replica_starting_records_the_stops_a_dead_one_left(
+    replicas: Replicas, tokens: Tokens, wall: WallClock, signer: SigningKey
+) -> None:
+    """The sweep runs at start-up (red without it: nothing was recorded until 30 s later)."""
+    await _open_session(replicas, tokens)
+    wall.now += SESSION + GRACE  # A died; B (re)starts after the session's end
+    lifespan = Lifespan(replicas.apps[1])
+    assert (await lifespan.startup())["type"] == "lifespan.startup.complete"
+    try:
+        for _ in range(250):
+            if await _stops(replicas, signer):
+                break
+            await asyncio.sleep(0.02)
+        (stop,) = await _stops(replicas, signer)
+        assert b"opener gone" in stop
+    finally:
+        await lifespan.shutdown()
