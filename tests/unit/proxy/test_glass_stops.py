@@ -205,6 +205,21 @@ async def test_a_stop_being_recorded_is_not_taken_again(gateway: Gateway) -> Non
     assert len(gateway.facts("break-glass-stopped")) == 1
 
 
+async def test_a_take_whose_taker_died_lapses_and_is_taken_again(gateway: Gateway) -> None:
+    """A process killed while recording a stop (taken, not recorded) holds it for the lease
+    only; then another records it."""
+    opener, dying, other = gateway.process(), gateway.process(), gateway.process()
+    await _open(opener)
+    del opener
+    gateway.now = ENDS + GRACE
+    assert len(await dying.sessions.overdue(gateway.now)) == 1  # taken, then killed
+    del dying
+    assert await other.sweep() == 0
+    gateway.now += LEASE
+    assert await other.sweep() == 1
+    assert len(gateway.facts("break-glass-stopped")) == 1
+
+
 async def test_a_stop_the_ledger_refuses_stays_owed(gateway: Gateway) -> None:
     """Fail closed: a sweep whose append fails gives the row back at once (not only after the
     lease), and the next sweep records the stop; none is lost."""
