@@ -7,16 +7,15 @@ signed checkpoint (RFC 9162 §2.1.3.1). A line depends only on its row, its leaf
 its patient's key and the tree; so the rows can be cut into parts, each part's lines made
 alone and the parts' bytes joined in order.
 
-How: this process reads only the latest signed checkpoint and the stored leaf hashes
-(``storage.ledger_bulk.read_hashes``), makes the tree and checks it against the checkpoint's
-root (``export_collect.proof_tree``), writes the header, and cuts the query's period into
-one slice of ``recorded_us`` per job, of about as many leaves each (a few single leaf reads).
-Worker processes, forked with the checkpoint and the tree (nothing is sent to them), each
-make a slice's part (``export_part``: their own read-only store, the slice's index rows, the
-leaves and evidence of the indexes those span, every leaf read checked against the tree,
-the lines collected as always, the encoded bytes) in a file of their own. This process
-makes the first slice's lines itself, straight into the output after the header, then
-appends the workers' parts in order (``os.copy_file_range``).
+How: this process reads the log once (``storage.ledger_bulk``, the snapshot the sequential
+path reads for an export of most of the log), makes and checks the tree
+(``export_collect.proof_tree``) and the header, and cuts the query's period into one slice
+of ``recorded_us`` per job, of about as many leaves each. Worker processes, forked with the snapshot
+and the tree (nothing is sent to them), each make a slice's part (``export_part``: their own
+read-only store, the slice's index rows, the lines collected and checked as always, the
+encoded bytes) in a file of their own. This process makes the first slice's lines itself,
+straight into the output after the header, then appends the workers' parts in order
+(``os.copy_file_range``).
 
 The slices are by time and the lines by index, so the parts are the sequential file's only
 when each part's indexes all come after the previous part's; a log's times rise with its
@@ -46,6 +45,7 @@ would only add forks and page copies (a worker that waits for a core gains nothi
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import multiprocessing
@@ -58,16 +58,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from middleware.audit.export import ExportHeader
-from middleware.audit.export_collect import collect_export, proof_tree
+from middleware.audit.export_collect import SnapshotView, collect_export, proof_tree
 from middleware.audit.export_part import Outcome, PartsJob, Shared, Slice, make_part, part_worker
-from middleware.audit.export_range import RangeView, checkpoint_size
 from middleware.audit.export_signals import Terminated, blocked, terminations_interrupt
 from middleware.audit.export_write import export_head
 from middleware.audit.proofs import ProofMaker
 from middleware.ledger.errors import LedgerError
 from middleware.ledger.leaf import leaf_fields
-from middleware.storage.ledger_base import LogStore
-from middleware.storage.ledger_bulk import read_hashes
+from middleware.storage.ledger_bulk import read_bulk
 from middleware.storage.ledger_open import open_log_store
 
 __all__ = ["PARALLEL_ROWS", "PartsJob", "Terminated", "export_in_parts", "usable_cores"]
@@ -118,7 +116,7 @@ def export_in_parts(
         if prepared is None:
             return None
         view, tree, header, slices = prepared
-        return _run_parts(Shared(job, view.note, view.size, tree), header, slices, out, tell=tell)
+        return _run_parts(Shared(job, view, tree), header, slices, out, tell=tell)
 
 
 # -- in this process ---------------------------------------------------------------------------
@@ -126,9 +124,9 @@ def export_in_parts(
 
 async def _prepare(
     job: PartsJob, jobs: int, min_rows: int
-) -> tuple[RangeView, ProofMaker, ExportHeader, list[Slice]] | None:
-    """The checkpoint with the stored leaf hashes, the tree checked against it, the header
-    and the slices; None: too small to cut, or a log the sequential path is to judge."""
+) -> tuple[SnapshotView, ProofMaker, ExportHeader, list[Slice]] | None:
+    """The snapshot, the checked tree, the header and the slices; None: too small to cut,
+    or a log the sequential path is to judge."""
     store = await open_log_store(job.url, schema=job.schema, replay=False)
     try:
         count = await store.audit_count(replace(job.query, limit=1, after=None))
@@ -136,18 +134,17 @@ async def _prepare(
             return None
         if min_rows > 0:  # a part of min_rows / 2 rows at least
             jobs = min(jobs, max(2, 2 * count // min_rows))
-        try:
-            note, hashes = await read_hashes(job.url, schema=job.schema)
-            view = RangeView(note or "", checkpoint_size(note, len(hashes)), hashes=hashes)
-            tree = await proof_tree(view)
-            header, _ = await collect_export(
-                view, job.spec, [], wrapped_keys=_no_keys, wrap_key=job.wrap_key, tree=tree
-            )
-            slices = await _slices(store, view.size, job.query.since_us, job.query.until_us, jobs)
-        except LedgerError:  # the sequential path reports it
-            return None
     finally:
         await store.close()
+    try:
+        view = SnapshotView(await read_bulk(job.url, schema=job.schema))
+        tree = await proof_tree(view)
+        header, _ = await collect_export(
+            view, job.spec, [], wrapped_keys=_no_keys, wrap_key=job.wrap_key, tree=tree
+        )
+        slices = _slices(view, job.query.since_us, job.query.until_us, jobs)
+    except LedgerError:  # the sequential path reports it
+        return None
     return view, tree, header, slices
 
 
@@ -155,39 +152,22 @@ async def _no_keys(pseudonyms: Sequence[bytes]) -> Mapping[bytes, bytes]:
     return {}  # the header's export has no entry, so needs no key
 
 
-async def _slices(
-    store: LogStore, size: int, since: int | None, until: int | None, parts: int
-) -> list[Slice]:
-    """``[since, until]`` cut at the times of leaves spread evenly over the leaves in it
-    (of the first ``size``), each cut time starting the next slice: together exactly the
-    period, whatever the times. The leaves are searched as if their times rose with their
-    indexes, which only makes the parts less even where they do not (a leaf read here is
-    not trusted: a forged time moves a cut, which the parts' order check and the checks of
-    every leaf a part exports make harmless). The parts are even: the work this process did
-    before the fork delays no part, and its own part and a worker's cost about the same a
-    row."""
+def _slices(view: SnapshotView, since: int | None, until: int | None, parts: int) -> list[Slice]:
+    """``[since, until]`` cut at the times of leaves spread evenly over the leaves in it,
+    each cut time starting the next slice: together exactly the period, whatever the times.
+    The leaves are searched as if their times rose with their indexes, which only makes the
+    parts less even where they do not. The parts are even: the work this process did before
+    the fork delays no part, and its own part and a worker's cost about the same a row (each
+    process copies the pages of the snapshot it touches)."""
 
-    async def recorded(index: int) -> int:
-        (leaf,) = await store.leaves(index, index + 1)
-        return leaf_fields(leaf).recorded_us
+    def recorded(index: int) -> int:
+        return leaf_fields(view.leaf(index)).recorded_us
 
-    async def first_after(low: int, high: int, time: int, *, inclusive: bool) -> int:
-        """The first index in ``[low, high)`` whose time is above ``time`` (at or above
-        it when not ``inclusive``): ``bisect_right`` or ``bisect_left``."""
-        while low < high:
-            middle = (low + high) // 2
-            at = await recorded(middle)
-            if at < time or (inclusive and at == time):
-                low = middle + 1
-            else:
-                high = middle
-        return low
-
-    first = 0 if since is None else await first_after(0, size, since, inclusive=False)
-    end = size if until is None else await first_after(first, size, until, inclusive=True)
+    first = 0 if since is None else bisect.bisect_left(range(view.size), since, key=recorded)
+    end = view.size if until is None else bisect.bisect_right(range(view.size), until, key=recorded)
     cuts: list[int] = []
     for k in range(1, parts):
-        at = await recorded(first + (end - first) * k // parts) if end > first else None
+        at = recorded(first + (end - first) * k // parts) if end > first else None
         low = cuts[-1] if cuts else since
         if at is not None and (low is None or at > low) and (until is None or at <= until):
             cuts.append(at)

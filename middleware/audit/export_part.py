@@ -5,11 +5,10 @@ says) or by the command itself (:func:`make_part`, straight into the output). A 
 with the command (``export_signals.die_with_parent``).
 
 A part opens the store itself, read only (``open_log_store(replay=False)``), reads its
-slice's index rows, then the leaves and evidence of the indexes they span as stored
-(``storage.ledger_bulk.read_range``), and collects their lines against the checkpoint and
-the checked tree it inherited (:class:`Shared`; ``export_collect.collect_export`` over an
-``export_range.RangeView``, which checks every leaf read hashes to the tree's leaf at its
-index), then encodes them as the sequential writer does (``export_write.write_entries``).
+slice's index rows and collects their lines against the snapshot and the tree it inherited
+(:class:`Shared`; ``export_collect.collect_export``, which checks every leaf it reads as for
+a sequential export), then encodes them as the sequential writer does
+(``export_write.write_entries``).
 """
 
 from __future__ import annotations
@@ -24,13 +23,11 @@ from typing import BinaryIO
 
 from middleware.audit.cli_common import all_rows
 from middleware.audit.export import ExportEntry, ExportHeader
-from middleware.audit.export_collect import ExportSpec, collect_export
-from middleware.audit.export_range import RangeView
+from middleware.audit.export_collect import ExportSpec, SnapshotView, collect_export
 from middleware.audit.export_signals import die_with_parent
 from middleware.audit.export_write import write_entries
 from middleware.audit.proofs import ProofMaker
-from middleware.audit.row import AuditQuery
-from middleware.storage.ledger_bulk import LeafRange, read_range
+from middleware.audit.row import AuditQuery, AuditRow
 from middleware.storage.ledger_open import open_log_store
 
 __all__ = ["Outcome", "PartsJob", "Shared", "Slice", "make_part", "part_worker"]
@@ -58,12 +55,10 @@ class PartsJob:
 
 @dataclass(frozen=True, slots=True)
 class Shared:
-    """What a worker inherits by fork: the job, the signed checkpoint ``note`` the export
-    proves against (of tree ``size``) and the tree checked against it."""
+    """What a worker inherits by fork: the job, the snapshot and the checked tree."""
 
     job: PartsJob
-    note: str
-    size: int
+    view: SnapshotView
     tree: ProofMaker
 
 
@@ -88,33 +83,27 @@ def part_worker(shared: Shared, period: Slice, fd: int, send: Connection, parent
 
 def make_part(shared: Shared, period: Slice, sink: BinaryIO) -> Outcome:
     """The slice's lines written to ``sink``; what :data:`Outcome` says of them."""
-    rows, low, high, header, entries = asyncio.run(_collect_part(shared, period))
-    lines = write_entries(header, entries, sink, shared.job.fmt)
-    return rows, lines, low, high
+    job, view = shared.job, shared.view
+    rows, header, entries = asyncio.run(_collect_part(shared, period))
+    lines = write_entries(header, entries, sink, job.fmt)
+    # A superset of the lines' indexes (the rows of the proved tree): parts whose rows do not
+    # overlap have lines that do not.
+    indexes = [r.index for r in rows if 0 <= r.index < view.size]
+    return len(rows), lines, min(indexes, default=-1), max(indexes, default=-1)
 
 
 async def _collect_part(
     shared: Shared, period: Slice
-) -> tuple[int, int, int, ExportHeader, Iterator[ExportEntry]]:
-    """The count of the slice's index rows, the lowest and highest index of those in the
-    proved tree (-1, -1: none; a superset of the lines' indexes, so parts whose rows do not
-    overlap have lines that do not), and the lines (made lazily from what was read: the
-    store is closed before they are)."""
+) -> tuple[list[AuditRow], ExportHeader, Iterator[ExportEntry]]:
+    """The slice's index rows and lines (made lazily from what was read: the store is closed
+    before they are)."""
     job = shared.job
     store = await open_log_store(job.url, schema=job.schema, replay=False)
     try:
         since, until = period
         rows = await all_rows(store, replace(job.query, since_us=since, until_us=until))
-        indexes = [r.index for r in rows if 0 <= r.index < shared.size]
-        low, high = min(indexes, default=-1), max(indexes, default=-1)
-        read = (
-            LeafRange({}, {})
-            if low < 0
-            else await read_range(job.url, low, high, schema=job.schema)
-        )
-        view = RangeView(shared.note, shared.size, leaves=read.leaves, evidence=read.evidence)
         header, entries = await collect_export(
-            view,
+            shared.view,
             job.spec,
             rows,
             wrapped_keys=store.audit_keys_get,
@@ -123,4 +112,4 @@ async def _collect_part(
         )
     finally:
         await store.close()
-    return len(rows), low, high, header, entries
+    return rows, header, entries

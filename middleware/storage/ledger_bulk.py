@@ -21,7 +21,7 @@ from typing import Any
 
 from middleware.storage.ledger_dump_read import Read, blob, blobs, note_text, read_snapshot
 
-__all__ = ["BulkLog", "LeafRange", "read_bulk", "read_hashes", "read_range"]
+__all__ = ["BulkLog", "read_bulk"]
 
 _READS = (
     Read("SELECT note FROM consentry_ledger_checkpoints ORDER BY size DESC LIMIT 1", one=True),
@@ -59,7 +59,6 @@ async def read_bulk(url: str, *, schema: str = "public") -> BulkLog:
 
 
 _FIRST = itemgetter(0)
-_SECOND = itemgetter(1)
 
 
 def _bulk(note: Any, leaves: Sequence[Any], evidence: Sequence[Any]) -> BulkLog:
@@ -71,54 +70,6 @@ def _bulk(note: Any, leaves: Sequence[Any], evidence: Sequence[Any]) -> BulkLog:
         note=text,
         leaves=blobs(list(map(_FIRST, leaves))),
         evidence=dict(zip(map(int, map(_FIRST, rows)), rows, strict=True)),
-    )
-
-
-async def read_hashes(url: str, *, schema: str = "public") -> tuple[str | None, list[bytes]]:
-    """The latest signed checkpoint note (None: none yet; the one :func:`read_bulk` reads)
-    and every stored leaf hash in index order, in one read-only transaction: what an export
-    made in parts reads before its workers start (they read their own leaves,
-    :func:`read_range`). Unchecked: the export checks the hashes against the note's root."""
-    note, hashes = await read_snapshot(url, _HASHES, schema=schema)
-    return None if note is None else note_text(note[0]), blobs(list(map(_FIRST, hashes)))
-
-
-_HASHES = (_READS[0], Read("SELECT leaf_hash FROM consentry_ledger_leaves ORDER BY idx"))
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class LeafRange:
-    """The leaves and evidence rows of the indexes ``[first, last]`` as :func:`read_range`
-    read them: ``leaves`` by index, ``evidence`` ``(index, salt, data)`` by index (as in
-    :class:`BulkLog`; shredded evidence is absent)."""
-
-    leaves: Mapping[int, bytes]
-    evidence: Mapping[int, tuple[int, bytes, bytes]]
-
-    def __repr__(self) -> str:
-        return f"LeafRange(leaves={len(self.leaves)}, evidence={len(self.evidence)})"
-
-
-async def read_range(url: str, first: int, last: int, *, schema: str = "public") -> LeafRange:
-    """The stored leaves and evidence of the indexes ``first`` to ``last`` (inclusive), in
-    one read-only transaction, as stored (the rows as the driver returns them, values that
-    are not bytes encoded as :func:`read_bulk` encodes them): a part of an export made in
-    parts reads its own slice of the log."""
-    where = f"WHERE idx BETWEEN {int(first)} AND {int(last)}"  # integers, not text
-    reads = (
-        Read(f"SELECT idx, leaf FROM consentry_ledger_leaves {where}"),  # noqa: S608
-        Read(
-            f"SELECT idx, salt, data FROM consentry_ledger_evidence {where} "  # noqa: S608
-            "AND salt IS NOT NULL AND data IS NOT NULL"
-        ),
-    )
-    leaves, evidence = await read_snapshot(url, reads, schema=schema)
-    if evidence and type(evidence[0]) is not tuple:  # asyncpg's Records
-        evidence = [tuple(r) for r in evidence]
-    values = blobs(list(map(_SECOND, leaves)))
-    return LeafRange(
-        leaves=dict(zip(map(int, map(_FIRST, leaves)), values, strict=True)),
-        evidence=_bulk(None, [], evidence).evidence,
     )
 
 

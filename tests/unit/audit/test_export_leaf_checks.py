@@ -1,8 +1,7 @@
-"""An export made in parts reads only the checkpoint and the stored leaf hashes before its
-workers start; each part reads its own leaves and evidence (``export_range``,
-``ledger_bulk.read_range``) and checks every leaf it reads against the tree, so a forged log
-gives no file in parts: the sequential export then refuses it as it always did. The batched
-leaf-hash check of ``export_collect`` reports what the check leaf by leaf reported."""
+"""A forged log gives no export made in parts (``export_parallel``): a leaf changed under its
+stored hash or with it, in the command's part or a worker's, leaves the file to the
+sequential export, which refuses it as it always did. The batched leaf-hash check of
+``export_collect._check_lines`` reports what the check leaf by leaf reported."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from middleware.audit.proofs import ProofMaker
 from middleware.ledger.errors import VerificationError
 from middleware.ledger.merkle import leaf_hash
 from middleware.ledger.tree import hash_leaves
-from middleware.storage.ledger_bulk import read_bulk, read_hashes, read_range
+from middleware.storage.ledger_bulk import read_bulk
 from tests.unit.audit.test_export_parallel import (
     COUNT,
     _argv,
@@ -69,8 +68,7 @@ def _refused_in_parts(tmp_path: Path, store: str, key: Path) -> None:
 def test_a_leaf_forged_under_its_stored_hash_gives_no_file_in_parts(
     tmp_path: Path, index: int
 ) -> None:
-    """The stored hashes keep the signed root, so only the part reading the leaf can see
-    it: its check against the tree fails the part (the command's own or a worker's)."""
+    """The stored hashes keep the signed root; the leaves' own hashes do not."""
     store, key = _fill(tmp_path, [(COUNT, 0)])
     _edit(
         store,
@@ -81,8 +79,7 @@ def test_a_leaf_forged_under_its_stored_hash_gives_no_file_in_parts(
 
 
 def test_a_leaf_forged_with_its_hash_gives_no_file_in_parts(tmp_path: Path) -> None:
-    """A leaf and its stored hash both changed: the hashes no longer have the signed root,
-    which the command checks before any part starts."""
+    """A leaf and its stored hash both changed: neither has the signed root."""
     store, key = _fill(tmp_path, [(COUNT, 0)])
     forged = _forged(store, 7)
     _edit(
@@ -91,19 +88,6 @@ def test_a_leaf_forged_with_its_hash_gives_no_file_in_parts(tmp_path: Path) -> N
         (forged, leaf_hash(forged)),
     )
     _refused_in_parts(tmp_path, store, key)
-
-
-def test_the_reads_are_the_snapshot_s(tmp_path: Path) -> None:
-    """``read_hashes`` and ``read_range`` give what ``read_bulk`` gives for the same log: its
-    note, the hashes of its leaves, and a range's leaves and evidence rows as stored."""
-    store, _ = _fill(tmp_path, [(COUNT, 0)])
-    bulk = asyncio.run(read_bulk(store))
-    note, hashes = asyncio.run(read_hashes(store))
-    assert note == bulk.note
-    assert hashes == hash_leaves(bulk.leaves)
-    part = asyncio.run(read_range(store, 10, 20))
-    assert dict(part.leaves) == {i: bulk.leaves[i] for i in range(10, 21)}
-    assert dict(part.evidence) == {i: bulk.evidence[i] for i in range(10, 21)}
 
 
 @pytest.fixture(scope="module")
