@@ -8,6 +8,7 @@ Pure: the ``opener`` (which decrypts, see ``middleware.audit.evidence``) is hand
 from __future__ import annotations
 
 import hmac
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -147,13 +148,14 @@ class ExportChecker:
                             continue
             yield number, ndjson_line(text, names)
 
-    def judge_plain(self, lines: Sequence[str], *, part: bool) -> Iterator[tuple[int, Verdict]]:
-        """:meth:`judge` of a CSV export's lines as ``export_fast_csv.plain_lines`` gives them
+    def judge_plain(self, lines: Iterable[str], *, part: bool) -> Iterator[tuple[int, Verdict]]:
+        """:meth:`judge` of a CSV export's lines as ``export_fast_csv.PlainLines`` gives them
         (without their newlines, no quote: each line a record): the same verdicts, sooner,
-        a ``row`` line's cells compared joined (``export_fast_csv.judge_plain``)."""
-        names = self.names
+        a ``row`` line's cells compared joined (``export_fast_csv.judge_plain``). Raises
+        what iterating ``lines`` raises."""
+        names, it = self.names, iter(lines)
         if not part:  # the column line first, as csv_lines reads it (a Stop ends the reading)
-            stop = list(csv_lines(iter(lines[:1]), names))
+            stop = list(csv_lines(itertools.islice(it, 1), names))
             if stop:
                 yield from stop
                 return
@@ -164,7 +166,7 @@ class ExportChecker:
             return _csv_verdicts(((number, verdict) for _, verdict in read), accept)
 
         yield from judge_plain(
-            lines if part else lines[1:],
+            it,
             len(names),
             after=0 if part else 2,  # the column line is the file's second
             accept=self._accept(joined_same(len(names))),

@@ -20,7 +20,7 @@ import csv
 import io
 import operator
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import msgspec
@@ -29,7 +29,7 @@ from middleware.audit.export import EntryOpening
 from middleware.audit.export_fast import Accept
 from middleware.audit.report_csv import FORMULA_START, csv_escape
 
-__all__ = ["joined_same", "judge_plain", "plain_lines"]
+__all__ = ["NotPlain", "PlainLines", "joined_same", "judge_plain", "plain_lines"]
 
 #: A line's verdict as ``ExportChecker.judge`` yields it (``export_check.Verdict``).
 Judged = tuple[int, Any]
@@ -45,33 +45,64 @@ _formula_after_comma = re.compile(",[" + re.escape("".join(sorted(FORMULA_START)
 _decode_cells = msgspec.json.Decoder(tuple[bytes, ...]).decode
 
 
-def plain_lines(data: bytes) -> list[str] | None:
-    """The lines of ``data`` (whole lines of a CSV export, UTF-8) without their newlines, as
-    ``open`` reads them (universal newlines), when each is a record by itself that
-    ``csv_records`` splits at its commas: no quote, no NUL, every line ending in ``\n`` or
-    every one in ``\r\n`` and holding no other carriage return, each shorter than
-    ``csv.field_size_limit()``; None otherwise. Raises UnicodeDecodeError as reading the
-    lines one by one does."""
+class NotPlain(ValueError):
+    """A line of the block is not what :class:`PlainLines` reads (it is read line by line)."""
+
+
+class PlainLines:
+    """The lines of ``data`` (whole lines of a CSV export, UTF-8, ending in a newline)
+    without their newlines, as ``open`` reads them (universal newlines), when each is a
+    record by itself that ``csv_records`` splits at its commas: no quote, no NUL, every line
+    ending in ``\n`` or every one in ``\r\n`` holding no other carriage return, each
+    shorter than ``csv.field_size_limit()``. Iterated once, a line at a time: a line that is
+    not so raises :class:`NotPlain` when it is reached, bytes that are not UTF-8 raise
+    UnicodeDecodeError (as reading the lines one by one does). ``read``: the lines read."""
+
+    __slots__ = ("_lines", "data", "read")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.read = 0
+        self._lines = self._each()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._lines
+
+    def count(self) -> int:
+        """All the lines (the ones not iterated yet read now)."""
+        for _ in self._lines:
+            pass
+        return self.read
+
+    def _each(self) -> Iterator[str]:
+        # Cut at each "\n" by BytesIO (memchr), each line decoded when it is judged and
+        # dropped after: the lines of a whole block held at once (4 MB of new strings) cost
+        # the allocator's fresh pages, as much again as reading them.
+        limit = csv.field_size_limit()
+        if b"\r" not in self.data:
+            for raw in io.BytesIO(self.data):
+                self.read += 1
+                line = raw[:-1].decode("utf-8")
+                if len(line) >= limit:
+                    raise NotPlain
+                yield line
+            return
+        for raw in io.BytesIO(self.data):
+            self.read += 1
+            if raw[-2:] != b"\r\n":
+                raise NotPlain
+            line = raw[:-2].decode("utf-8")
+            if len(line) >= limit or "\r" in line:  # a carriage return alone ends a line
+                raise NotPlain
+            yield line
+
+
+def plain_lines(data: bytes) -> PlainLines | None:
+    """:class:`PlainLines` of ``data``, None when its bytes show at once that they are not
+    so (a quote, a NUL, no newline at the end)."""
     if b'"' in data or b"\0" in data or not data.endswith(b"\n"):
         return None
-    # Cut at each "\n" by BytesIO (memchr), each line decoded by itself: a pass over the
-    # block's text in Python's character loops (split, replace) costs as much again.
-    raw = list(io.BytesIO(data))
-    if b"\r" not in data:
-        lines = [line[:-1].decode("utf-8") for line in raw]
-    elif all(map(_ENDS_IN_CRLF, raw)):
-        lines = [line[:-2].decode("utf-8") for line in raw]
-        if any(map(_HOLDS_CR, lines)):  # a carriage return alone ends a line there
-            return None
-    else:
-        return None
-    if max(map(len, lines)) >= csv.field_size_limit():
-        return None
-    return lines
-
-
-_ENDS_IN_CRLF = operator.methodcaller("endswith", b"\r\n")
-_HOLDS_CR = operator.methodcaller("__contains__", "\r")
+    return PlainLines(data)
 
 
 def joined_same(width: int) -> Callable[[Sequence[str], Any], bool]:
@@ -100,7 +131,7 @@ def joined_same(width: int) -> Callable[[Sequence[str], Any], bool]:
 
 
 def judge_plain(
-    lines: Sequence[str], width: int, *, after: int, accept: Accept | None, slow: Slow
+    lines: Iterable[str], width: int, *, after: int, accept: Accept | None, slow: Slow
 ) -> Iterator[Judged]:
     """The verdicts of ``lines`` (records after the column line, each a line without its
     newline, as :func:`plain_lines` gives them), numbered from ``after + 1``, for an export

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from middleware.audit.export_check import ExportChecker, RowOpener, Verdict
-from middleware.audit.export_fast_csv import plain_lines
+from middleware.audit.export_fast_csv import NotPlain, plain_lines
 from middleware.audit.export_read_csv import Stop
 from middleware.audit.verify_export import begin_export, verify_file
 from middleware.audit.verify_report import ExportReport
@@ -232,8 +232,13 @@ def _judge(start: int, end: int, first: bool) -> _Judged:
         raise OSError("the file changed while it was verified")
     plain = plain_lines(data) if check.escaped else None
     if plain is not None:  # no quoted field: no record runs past a line, each line is one
-        sent = _sent(check.judge_plain(plain, part=not first))
-        return len(plain), sent, True, bool(sent) and isinstance(sent[-1][-1], Stop)
+        try:
+            sent = _sent(check.judge_plain(plain, part=not first))
+            read = plain.count()
+        except NotPlain:  # a line it does not read: the whole block line by line, below
+            pass
+        else:
+            return read, sent, True, bool(sent) and isinstance(sent[-1][-1], Stop)
     lines = _lines_of(data)
     # Without a quote a CSV block has no quoted field: each line is a record (csv_records).
     counted = _Ends(iter(lines)) if check.escaped and (first or b'"' in data) else None

@@ -11,21 +11,23 @@ export's rows all pass on the fast path (none left to the slow one)."""
 from __future__ import annotations
 
 import csv
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from middleware.audit import export_check
+from middleware.audit import export_check, verify_parallel
 from middleware.audit.cli_reports import facts_opener
 from middleware.audit.export import format_time
 from middleware.audit.export_check import ExportChecker
 from middleware.audit.export_fast import csv_same
-from middleware.audit.export_fast_csv import joined_same, plain_lines
+from middleware.audit.export_fast_csv import NotPlain, joined_same, plain_lines
 from middleware.audit.export_read_csv import csv_part
 from middleware.audit.report_csv import csv_escape
-from middleware.audit.verify_export import begin_export
+from middleware.audit.verify_export import begin_export, verify_file
 from middleware.audit.verify_parallel import _lines_of
 from tests.unit.audit.export_edits import edited
 from tests.unit.audit.export_real import HOUR, REAL_POLICY, T0, real_exports
@@ -75,23 +77,37 @@ def _mutated(draw: st.DrawFn) -> tuple[str, int]:
     return head + "\n" + body.replace("\n", newline), cut
 
 
+def _plain_verdicts(data: bytes, check: ExportChecker, *, part: bool) -> Any:
+    """``judge_plain``'s verdicts of ``data`` and its lines, None when the worker reads the
+    block line by line instead (``plain_lines`` None, or ``NotPlain`` raised)."""
+    plain = plain_lines(data)
+    if plain is None:
+        assert b'"' in data or b"\0" in data or not data.endswith(b"\n")
+        return None
+    try:
+        verdicts = _typed(check.judge_plain(plain, part=part))
+        return verdicts, plain.count()
+    except NotPlain:  # a carriage return that does not end a line with LF
+        assert b"\r" in data
+        return None
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_mutated())
 def test_the_verdicts_are_the_line_by_line_paths(case: tuple[str, int]) -> None:
     text, cut = case
     check, data = _checker(text)
-    plain = plain_lines(data)
-    if plain is None:  # the worker reads the block line by line: nothing to compare
-        assert b'"' in data or b"\0" in data or b"\r" in data or not data.endswith(b"\n")
-        return
-    old = _typed(check.judge(_lines_of(data)))
-    assert _typed(_checker(text)[0].judge_plain(plain, part=False)) == old
+    plain = _plain_verdicts(data, check, part=False)
+    if plain is not None:
+        lines = _lines_of(data)
+        assert plain == (_typed(_checker(text)[0].judge(lines)), len(lines))
     # A later block: the lines from ``cut`` on (no column line), numbered from 1.
     pieces = data.split(b"\n", cut)
     part = pieces[-1] if len(pieces) > cut else b""
-    if part:
-        old = _typed(_checker(text)[0].judge(_lines_of(part), part=True))
-        assert _typed(_checker(text)[0].judge_plain(plain_lines(part) or [], part=True)) == old
+    plain = _plain_verdicts(part, _checker(text)[0], part=True) if part else None
+    if plain is not None:
+        lines = _lines_of(part)
+        assert plain == (_typed(_checker(text)[0].judge(lines, part=True)), len(lines))
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
@@ -108,8 +124,9 @@ def test_an_untouched_exports_rows_all_pass_on_the_fast_path(
     monkeypatch.setattr(export_check, "csv_part", spy)
     for text, _ in _CSV:
         check, data = _checker(text.replace("\n", newline))
-        plain = plain_lines(data)
-        assert plain is not None
+        plain_read = plain_lines(data)
+        assert plain_read is not None
+        plain = list(plain_read)
         slow.clear()
         verdicts = list(check.judge_plain(plain, part=False))
         rows = [line for line in plain[1:] if line.split(",")[-7] == "row"]
@@ -124,12 +141,18 @@ _PIECES = ["a", ",", '"', "\r", "\n", "\r\n", "\0", "é"]
 @given(st.lists(st.sampled_from(_PIECES), max_size=30))
 def test_plain_lines_are_the_records_open_and_the_csv_reader_read(pieces: list[str]) -> None:
     data = "".join(pieces).encode()
-    plain = plain_lines(data)
+    read = plain_lines(data)
+    try:
+        plain = None if read is None else list(read)
+    except NotPlain:
+        plain = None
     lines = _lines_of(data)
     crlf_only = data.count(b"\r") == data.count(b"\r\n") == data.count(b"\n")
     readable = b'"' not in data and b"\0" not in data and data.endswith(b"\n")
     assert (plain is not None) is (readable and (b"\r" not in data or crlf_only))
     if plain is not None:
+        assert read is not None
+        assert read.count() == len(plain)
         assert plain == [line.removesuffix("\n") for line in lines]
         for line in plain:
             assert list(csv.reader([line])) == [line.split(",") if line else []]
@@ -138,8 +161,10 @@ def test_plain_lines_are_the_records_open_and_the_csv_reader_read(pieces: list[s
 def test_bytes_that_are_not_utf8_raise_as_the_lines_do() -> None:
     with pytest.raises(UnicodeDecodeError):
         _lines_of(b"a\xff\n")
+    read = plain_lines(b"a\xff\n")
+    assert read is not None
     with pytest.raises(UnicodeDecodeError):
-        plain_lines(b"a\xff\n")
+        read.count()
 
 
 _CELL = st.text(st.sampled_from(["a", ",", "=", "+", "-", "@", "\t", "'", " ", "é"]), max_size=4)
@@ -163,3 +188,39 @@ def test_joined_same_is_csv_same_of_the_cells_split(
     split = tuple(given.split(","))
     expected = len(split) == width and csv_same(cells, split)
     assert joined_same(width)(cells, given) is expected
+
+
+@pytest.mark.parametrize(
+    ("mark", "at"),
+    [("\r", "mid-line"), ("\r\n", "lf-line"), ("\n", "bare-lf")],
+    ids=["lone-cr", "crlf-in-lf-file", "lf-in-crlf-file"],
+)
+def test_a_block_the_fast_path_stops_in_is_judged_line_by_line(
+    tmp_path: Path, mark: str, at: str
+) -> None:
+    """A line end the fast path does not read (a lone CR; a block mixing LF and CRLF) met
+    after rows it judged: the worker judges that block again line by line, and the report
+    is the sequential one (the lone CR ends a line there, as ``open`` reads it)."""
+    text = real_exports()["date-period", "csv"]
+    lines = text.splitlines(keepends=True)
+    middle = len(lines) * 2 // 3
+    line = lines[middle]
+    if at == "mid-line":  # CRLF file, a CR inside a row line
+        body = "".join(lines).replace("\n", "\r\n")
+        cut = len("".join(lines[:middle]).replace("\n", "\r\n")) + len(line) // 2
+        body = body[:cut] + mark + body[cut:]
+    elif at == "lf-line":  # LF file, one line ending in CRLF
+        body = "".join([*lines[:middle], line[:-1] + mark, *lines[middle + 1 :]])
+    else:  # CRLF file, one line ending in LF only
+        crlf = [x.replace("\n", "\r\n") for x in lines]
+        body = "".join([*crlf[:middle], line, *crlf[middle + 1 :]])
+    path = tmp_path / "export.csv"
+    path.write_bytes(body.encode("utf-8"))
+    assert threading.active_count() == 1  # else verify_path would not fork
+    with path.open(encoding="utf-8") as read:
+        sequential = verify_file(read, REAL_POLICY, opener=facts_opener).to_json()
+    for block in (1024, 4000, 9000):  # blocks of one line, and of lines before and after it
+        parallel = verify_parallel.verify_path(
+            path, REAL_POLICY, opener=facts_opener, jobs=2, block=block
+        )
+        assert parallel.to_json() == sequential
