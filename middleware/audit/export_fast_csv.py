@@ -1,5 +1,6 @@
 """The verifier's fast path for a CSV export's lines when none holds a quote: a block of
-whole lines judged from its text at once (:func:`plain_lines`, :func:`judge_plain`).
+whole lines (a ``verify_parallel`` worker's) read a line at a time without the CSV reader
+(:func:`plain_lines`) and judged (:func:`judge_plain`).
 
 Without a quote no field is quoted, so a line is one record, its cells the line split at
 its commas (what ``export_read_csv.csv_records`` makes of such a line). A ``row`` line's
@@ -11,7 +12,9 @@ is so judged (its cells as many as the header's and the proof columns, role ``ro
 decimal index, the five binary cells given, no backslash, all five base64 that msgspec
 decodes); it passes only when the acceptor passes it, so its verdict is the one that path
 gives. Every other line, and a line the acceptor does not pass, is judged by that path
-(``slow``), which reports what it always did.
+(``slow``), which reports what it always did. A line whose end is not read so (a lone
+carriage return, LF and CRLF in one block) raises :class:`NotPlain` when it is reached, and
+the worker judges the whole block again line by line (judging changes nothing that matters).
 """
 
 from __future__ import annotations
