@@ -11,9 +11,10 @@ Tables (beside the log, in the same file; none is under the log's append-only tr
     pseudonym goes through the log's index of chains instead, the leaves' partial index
     ``(pseudonym, idx)`` in the same file (``audit_index_query``): every row states its
     leaf's pseudonym (an append refuses a row that does not, ``reindex`` refuses it too,
-    :func:`disagreeing`; shreds keep the pseudonym), so a fourth B-tree written on every
-    append served nothing the leaves' does not (docs/audit.md, the writer's share). A file
-    an earlier version wrote loses that index when a writer opens it (:data:`INDEX_SCHEMA`).
+    :func:`disagreeing`; shreds keep the pseudonym), so the index's own
+    ``(pseudonym, recorded_us)``, a random page written by every append, is not kept (a
+    chain's rows are sorted by time after the lookup; docs/audit.md, the writer's share). A
+    file an earlier version wrote loses it when a writer opens it (:data:`INDEX_SCHEMA`).
 ``consentry_audit_terms``
     the elements of the "contains" fields, one row each (``field``, ``term``, the row's
     ``recorded_us`` and ``idx``), indexed in that order: a query seeks to a term and a time
