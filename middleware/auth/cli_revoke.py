@@ -19,10 +19,14 @@ entry's index, in the store's list (:mod:`middleware.storage.revocations_open`),
 gateway process on the store enforces from its next request (PostgreSQL: pushed by NOTIFY;
 SQLite: seen by each worker before its next check). ``--before`` (a subject's or client's
 tokens issued before it; default now) is a date or an RFC 3339 time. ``--expires`` (a
-``jti`` only: the token's ``exp``, an RFC 3339 time or a NumericDate) lets
+``jti`` only: the token's ``exp``, an RFC 3339 time or a NumericDate; a date alone is read as
+its last moment, so that a row is never pruned before its token expired) lets
 ``consentry auth revocations --prune`` drop the row once that token has expired everywhere.
+An ``--expires`` more than :data:`~middleware.auth.revocation.PRUNE_MARGIN` in the past, or
+after the year 9999, is refused: the first would be pruned at once (a mistyped ``exp`` would
+let a valid token back in), the second is no token's ``exp``.
 
-A subject is recorded only as a keyed digest (``subject_digest``,
+A subject is recorded and printed only as a keyed digest (``subject_digest``,
 :mod:`middleware.auth.cli_revoke_common`). Each entry also carries ``revocation``, the keyed
 digest of what is revoked (kind, value, time).
 
@@ -32,11 +36,13 @@ store, key and ``--ledger-entry`` options, and reads as what it is, a revocation
 
 If the list cannot be written after the entry was appended, the command exits 2 naming the
 entry; ``--ledger-entry N`` then records the revocation that entry names (checked by its
-``revocation`` digest; a subject's or client's time, and a jti's ``expires``, taken from it)
-without appending another. A lift appended after the entry wins (the ledger's order): the
+``revocation`` digest; a subject's or client's time, and a jti's ``expires``, taken from it:
+an entry without ``expires`` is recorded without one, never pruned, and an ``--expires`` that
+differs from the entry's is refused, since only the ledger's says what was ordered) without
+appending another. A lift appended after the entry wins (the ledger's order): the
 revocation is then not recorded and the command exits 2 saying so. Output: one JSON object
-(the admin entry's index, whether it was appended now, what was revoked, and where the list
-is).
+(the admin entry's index, whether it was appended now, what was revoked: a subject as its
+``subject_digest``, as ``consentry auth revocations`` lists it; and where the list is).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import argparse
 import asyncio
 import getpass
 import hmac
+import math
 import sys
 import time
 from typing import Final, TextIO
@@ -61,7 +68,7 @@ from middleware.auth.cli_revoke_common import (
     recorded_body,
     require_entries,
 )
-from middleware.auth.revocation import Revocation, RevocationKind
+from middleware.auth.revocation import PRUNE_MARGIN, Revocation, RevocationKind
 from middleware.errors import GatewayError, SettingsError
 from middleware.ledger.errors import LedgerError
 from middleware.storage.revocations_open import record, where
@@ -70,6 +77,8 @@ __all__ = ["REVOCATION_TYPE", "register", "revoke"]
 
 #: The ``type`` of a revocation's admin evidence.
 REVOCATION_TYPE: Final = "consentry/token-revocation"
+#: ``--expires`` must be before 10000-01-01T00:00:00Z (no RFC 3339 time is later).
+_YEAR_10000: Final = 253402300800.0
 _DESCRIPTION: Final = (
     "Revoke access tokens (by jti, or a subject's or client's issued before a time), "
     "or lift a revocation (--lift)."
@@ -92,7 +101,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add("--before", help="issued before this RFC 3339 time or day's start, UTC (default now)")
     add(
         "--expires",
-        help="--jti: the token's exp (RFC 3339 time or NumericDate), so the row can be pruned",
+        help="--jti: the token's exp (RFC 3339 time, NumericDate, or a date: its end, UTC), "
+        "so the row can be pruned",
     )
     add("--lift", action="store_true", help="lift the revocation of --jti/--subject/--client")
     add("--reason", required=True, help="why (recorded on the ledger; write no PHI here)")
@@ -134,13 +144,47 @@ def _revocation(args: argparse.Namespace, recorded_before: float | None = None) 
 
 
 def _expires(text: str | None) -> float | None:
-    """``--expires``: a NumericDate (RFC 7519 §2) or an RFC 3339 time/date."""
+    """``--expires``: a NumericDate (RFC 7519 §2, ASCII digits), an RFC 3339 time or a date
+    (its last microsecond, UTC: a row pruned later than the token's real ``exp``, never
+    earlier); Usage from :data:`_YEAR_10000` on (a long digit run would be ``inf``, which no
+    JSON evidence can carry)."""
     if text is None:
         return None
-    if text.isdigit():
-        return float(text)
-    moment = parse_time(text)
-    return None if moment is None else moment / 1e6
+    value: float | None
+    if text.isascii() and text.isdigit():
+        value = float(text)
+    else:
+        moment = parse_time(text, end=True)
+        value = None if moment is None else moment / 1e6
+    if value is not None and not (math.isfinite(value) and value < _YEAR_10000):
+        raise Usage(f"--expires {text!r} is after the year 9999: no token's exp")
+    return value
+
+
+def _not_past(text: str, expires: float) -> None:
+    """Refuse an ``--expires`` that ``revocations --prune`` would drop at once: the token
+    is refused as expired everywhere already, or ``exp`` was mistyped (module docstring)."""
+    if expires < time.time() - PRUNE_MARGIN:
+        raise Usage(
+            f"--expires {text!r} is more than {PRUNE_MARGIN:.0f} s past: that token is refused "
+            "as expired already, and the row would be pruned at once; check the token's exp, "
+            "or leave --expires out (the row is then never pruned)"
+        )
+
+
+def _entry_expires(body: dict[str, object], index: int, given: float | None) -> float | None:
+    """The ``expires`` admin entry ``index`` records (None: never pruned); an ``--expires``
+    ``given`` with ``--ledger-entry`` must be that one (it is not in the entry's digest)."""
+    named = body.get("expires")
+    recorded = (
+        float(named) if isinstance(named, int | float) and not isinstance(named, bool) else None
+    )
+    if given is not None and given != recorded:
+        raise Usage(
+            f"admin entry {index} records expires {recorded}, not {given}: leave --expires out "
+            "(the entry's is used)"
+        )
+    return recorded
 
 
 def _evidence(
@@ -170,6 +214,8 @@ def revoke(args: argparse.Namespace, out: TextIO) -> int:
         expires = _expires(args.expires)
     except ValueError as exc:
         raise Usage(str(exc)) from None
+    if expires is not None and args.ledger_entry is None:
+        _not_past(args.expires, expires)  # a replay records the entry's, whatever its age
     ledger_key = read_key(args.key_file)
     key = digest_key(ledger_key)
     operator = args.operator or getpass.getuser()
@@ -190,9 +236,9 @@ def revoke(args: argparse.Namespace, out: TextIO) -> int:
             else:
                 index = args.ledger_entry
                 body = await recorded_body(store, index, REVOCATION_TYPE, "token revocation")
-                before, named = body.get("before"), body.get("expires")
+                before = body.get("before")
                 revocation = _revocation(args, before if isinstance(before, float) else None)
-                expires = float(named) if isinstance(named, int | float) else expires
+                expires = _entry_expires(body, index, expires)
                 expected = _evidence(
                     revocation, key, reason=args.reason, operator=operator, expires=expires
                 )
@@ -221,11 +267,16 @@ def revoke(args: argparse.Namespace, out: TextIO) -> int:
                 f"appended after it, lifts it (the ledger's order wins): it is NOT in force; "
                 "revoke again if it must be"
             )
+        named = (
+            {"subject_digest": digest(key, revocation.value)}
+            if revocation.kind == "subject"
+            else {"value": revocation.value}
+        )
         return {
             "admin_entry": index,
             "appended": args.ledger_entry is None,
             "kind": revocation.kind,
-            "value": revocation.value,
+            **named,
             "before": revocation.before,
             "expires": expires,
             "revocations": listed,

@@ -137,6 +137,8 @@ def test_a_subject_is_on_the_ledger_only_as_a_keyed_digest(db: Path, key_file: P
         *("--subject", "patient-1234", "--before", "2026-01-01", "--reason", "x"),
     )
     assert status == 0, text
+    assert "patient-1234" not in text  # nor in the output (red before: it was)
+    assert json.loads(text)["subject_digest"] == _digest("patient-1234")
     (entry,) = asyncio.run(_admin_entries(db))
     assert "patient-1234" not in json.dumps(entry)
     assert entry["subject_digest"] == _digest("patient-1234")
