@@ -11,7 +11,9 @@ entry that recorded the revocation (None for a row older than that column), reas
 signed with the ledger key; only then does it remove the row, and every gateway process stops
 refusing those tokens as it would start refusing a revocation (PostgreSQL: NOTIFY in the same
 transaction; SQLite: ``PRAGMA data_version``). No entry, no lift: a ledger that cannot be
-appended to leaves the revocation in force.
+appended to leaves the revocation in force (the command cannot always tell whether an append
+that failed was committed, a connection lost after the commit, so it says the revocation is
+in force and how to apply such an entry, not that there is none).
 
 A lift and a revocation of the same thing may race (two operators). Each is ordered by its
 admin entry's index, and the store applies them so that the one appended last wins whatever
@@ -23,7 +25,8 @@ whole.
 
 If the list cannot be written after the entry was appended, the command exits 2 naming the
 entry (the revocation is still in force); ``--ledger-entry N`` then applies the lift entry N
-names (checked by its ``lifts`` digest) without appending another. Output: one JSON object.
+names (checked by its ``lifts`` digest) without appending another. Output: one JSON object
+(a subject as its ``subject_digest``, as ``consentry auth revocations`` lists it).
 """
 
 from __future__ import annotations
@@ -125,7 +128,9 @@ def lift(args: argparse.Namespace, out: TextIO) -> int:
                     index = await append_admin(store, ledger_key, body, recorded)
                 except (GatewayError, LedgerError) as exc:
                     raise Usage(
-                        f"no ledger entry ({exc}): nothing lifted, the revocation is in force"
+                        f"the ledger append failed ({exc}): nothing lifted, the revocation is "
+                        "in force; if a lift entry was committed all the same (the ledger's "
+                        "newest admin entries), --ledger-entry N applies it"
                     ) from exc
             else:
                 index = args.ledger_entry
@@ -152,11 +157,12 @@ def lift(args: argparse.Namespace, out: TextIO) -> int:
                 "appended after it, revoked it again (the ledger's order wins): it is STILL "
                 "revoked; lift again if it must go"
             )
+        named = {"subject_digest": digest(key, value)} if kind == "subject" else {"value": value}
         return {
             "admin_entry": index,
             "appended": args.ledger_entry is None,
             "lifted": kind,
-            "value": value,
+            **named,
             "revoked_by": revoked_by,
             "removed": lifted.outcome == "removed",
             "revocations": listed,
