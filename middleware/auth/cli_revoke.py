@@ -180,9 +180,10 @@ def _entry_expires(body: dict[str, object], index: int, given: float | None) -> 
         float(named) if isinstance(named, int | float) and not isinstance(named, bool) else None
     )
     if given is not None and given != recorded:
+        says = "no expires" if recorded is None else f"expires {recorded}"
         raise Usage(
-            f"admin entry {index} records expires {recorded}, not {given}: leave --expires out "
-            "(the entry's is used)"
+            f"admin entry {index} records {says}, not {given}: leave --expires out (the "
+            "entry's is used)"
         )
     return recorded
 
