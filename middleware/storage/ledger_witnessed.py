@@ -18,6 +18,14 @@ Contract (:class:`~middleware.storage.ledger_base.LogStore`'s ``witnessed`` and
   does not check it. A store edited by hand (the triggers dropped) can hold anything, which is
   why :class:`~middleware.ledger.witnessing.Witnessing` verifies a stored note against the
   witnesses' keys, the quorum and the log before it publishes it.
+
+PostgreSQL: ``keep_witnessed`` waits at most :data:`KEEP_LOCK_WAIT` seconds for the table lock
+(``SET LOCAL lock_timeout``), then raises ``ServiceUnavailable``: a transaction left open on
+the table (a DBA's session) cannot hold the witnessing task; its write is tried again at the next
+round. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE`` needs the ``UPDATE``, ``DELETE`` or
+``TRUNCATE`` privilege on ``consentry_ledger_witnessed`` (PostgreSQL's ``LOCK`` reference), not
+only ``INSERT``: without it every keep fails (counted ``store``) and replicas publish only their
+own quorum's notes.
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ from middleware.ledger.note import parse_note
 from middleware.storage.postgres_pool import translated
 from middleware.storage.sqlite_worker import SqliteWorker
 
-__all__ = ["PostgresWitnessed", "SqliteWitnessed", "witnessed_size"]
+__all__ = ["KEEP_LOCK_WAIT", "PostgresWitnessed", "SqliteWitnessed", "witnessed_size"]
+
+#: Seconds a PostgreSQL keep waits for the table lock (other keepers hold it for one insert).
+KEEP_LOCK_WAIT = 5.0
 
 _NEWEST = "SELECT size, note FROM consentry_ledger_witnessed ORDER BY size DESC LIMIT 1"
 _SQLITE_KEEP = (
@@ -87,6 +98,7 @@ class PostgresWitnessed:
         """Keep ``note`` unless a size as large is kept already; True if it was kept."""
         size = witnessed_size(note)
         async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_PG_LOCK)
+            # One round trip (no parameters: the simple protocol); milliseconds, an int.
+            await conn.execute(f"SET LOCAL lock_timeout = {int(KEEP_LOCK_WAIT * 1000)}; {_PG_LOCK}")
             status: str = await conn.execute(_PG_KEEP, size, note)
         return status == "INSERT 0 1"
