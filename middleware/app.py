@@ -520,6 +520,7 @@ def _witnessing(settings: Settings, ledger: LedgerService, metrics: Metrics) -> 
         timeout=settings.witness_timeout_seconds,
         tree=ledger.tree,  # the one tree the /ledger proofs use too
         kept=ledger.store,  # every replica publishes the store's newest witnessed checkpoint
+        log_key=ledger.key.verifier(),  # ... once its log signature verifies (and the rest)
     )
     metrics.gauge(
         "ledger_witnessed_size",

@@ -10,8 +10,10 @@ gateway's witness policy (its ``witnesses`` and ``witness_quorum``):
    ``kept-malformed``);
 2. the log signed a checkpoint of that size with this very text, so the root is the log's root
    at that size (``kept-not-logged``);
-3. the note is the log's note, byte for byte, with more signature lines after it: the log's
-   own signature is the one it made (``kept-log-signature``);
+3. the note is the log's note, byte for byte, with more signature lines after it, and the log's
+   signature on it verifies with the log's key (``kept-log-signature``): the checkpoint row is
+   in the same database, so a DBA replacing the signature line in both rows is caught only by
+   the key;
 4. a quorum of the configured witnesses cosigned it, every line by a configured witness's key
    verifies, none dated more than :data:`~middleware.ledger.quorum.FUTURE_SKEW` ahead of our
    clock (``kept-cosignature``; too few: ``kept-quorum``). Lines by keys not configured (a
@@ -31,6 +33,7 @@ from middleware.ledger.entry import StoredCheckpoint
 from middleware.ledger.errors import LedgerError, VerificationError
 from middleware.ledger.note import NoteVerifier, parse_note
 from middleware.ledger.quorum import FUTURE_SKEW
+from middleware.ledger.signing import verify_checkpoint
 from middleware.ledger.witnesses import with_cosignatures
 
 __all__ = ["KeptWitnessed", "refusal"]
@@ -53,11 +56,13 @@ async def refusal(
     witnesses: Sequence[NoteVerifier],
     quorum: int,
     *,
+    log: NoteVerifier,
     now: float,
 ) -> str | None:
     """Why the kept row ``(size, note)`` must not be published (a reason code, module
     docstring), or None when it may: ``quorum`` (at least 1) of ``witnesses`` cosigned it,
-    and it is the log's checkpoint at that size. ``now``: POSIX seconds."""
+    and it is the log's checkpoint at that size, signed by ``log`` (the log's key).
+    ``now``: POSIX seconds. The store's errors (reading the log's checkpoint) propagate."""
     size, note = kept
     try:
         parsed = parse_note(note)
@@ -70,6 +75,10 @@ async def refusal(
     if logged is None or parse_note(logged.note).text != parsed.text:
         return "kept-not-logged"
     if with_cosignatures(logged.note, parsed.signatures) != note:
+        return "kept-log-signature"
+    try:
+        verify_checkpoint(note, [log])  # witness lines: other keys, ignored (signed-note)
+    except LedgerError:
         return "kept-log-signature"
     try:
         verify_cosignatures(parsed, witnesses, quorum, not_after=int(now) + FUTURE_SKEW)

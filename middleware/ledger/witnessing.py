@@ -30,8 +30,10 @@ With ``kept`` (the gateway passes the log's store), a checkpoint a quorum cosign
 the store before it is published, and :meth:`published` reads the store's newest (verified
 again) on every call: every replica publishes the same one, never going backwards, and a
 restarted one publishes at once (:mod:`middleware.ledger.publication`, which states the
-staleness bound and what is refused). Without ``kept`` (tests), what was cosigned lives in this
-object only.
+staleness bound, what is refused, and what a replica publishes while the store cannot keep a
+quorum's note: that note, its write tried again each round). ``log_key`` (the log's verifier,
+required with ``kept``) checks the log's signature on a kept note. Without ``kept`` (tests),
+what was cosigned lives in this object only.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import httpx
 from middleware.ledger.cosignature import parse_cosignature_lines, verify_cosignatures
 from middleware.ledger.entry import StoredCheckpoint
 from middleware.ledger.errors import LedgerError
-from middleware.ledger.note import NoteSignature, parse_note
+from middleware.ledger.note import NoteSignature, NoteVerifier, parse_note
 from middleware.ledger.prooftree import ProofTree
 from middleware.ledger.publication import Publication
 from middleware.ledger.quorum import FUTURE_SKEW
@@ -95,7 +97,8 @@ class Witnessing:
     :class:`httpx.AsyncClient` (one is made, and closed by :meth:`aclose`, when None);
     ``tree`` is the log's shared tree (the ledger service's; a new one when None); ``clock``: POSIX
     seconds, bounding the cosignatures' dates; ``kept`` returns the store that keeps the
-    witnessed checkpoints every replica publishes (None: this object's memory only)."""
+    witnessed checkpoints every replica publishes (None: this object's memory only), whose
+    notes are checked against ``log_key`` (required with ``kept``: ``ValueError``)."""
 
     def __init__(
         self,
@@ -109,6 +112,7 @@ class Witnessing:
         tree: ProofTree | None = None,
         clock: Callable[[], float] = time.time,
         kept: Callable[[], Awaitable[KeptWitnessed]] | None = None,
+        log_key: NoteVerifier | None = None,
     ) -> None:
         if not 0 <= quorum <= len(witnesses):
             raise ValueError("a quorum is 0 to the number of witnesses")
@@ -132,7 +136,12 @@ class Witnessing:
         self._forks: set[int] = set()
         self._latest: StoredCheckpoint | None = None
         self._publication = Publication(
-            list(self._verifiers.values()), quorum, kept=kept, count=self._count, clock=clock
+            list(self._verifiers.values()),
+            quorum,
+            kept=kept,
+            log=log_key,
+            count=self._count,
+            clock=clock,
         )
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

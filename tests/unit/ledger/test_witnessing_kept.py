@@ -68,6 +68,7 @@ async def gateway(
             client=client,
             clock=lambda: NOW,
             kept=opened,
+            log_key=KEY.verifier(),
         )
         try:
             yield witnessing
