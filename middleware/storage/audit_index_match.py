@@ -19,7 +19,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from middleware.audit.row import NO_INDEX_YET, AuditQuery, AuditRow, SortKey
 from middleware.audit.sort_keys import descending, sort_column, sort_value
@@ -30,9 +30,11 @@ from middleware.ledger.leaf import PSEUDONYM_SIZE
 __all__ = [
     "check_indexes",
     "check_key",
+    "check_leaves",
     "check_pseudonym",
     "check_pseudonyms",
     "check_reindex",
+    "disagreeing",
     "has_phi_criteria",
     "indexed_rows",
     "matches",
@@ -74,6 +76,25 @@ def check_reindex(rows: Sequence[AuditRow]) -> None:
     for row in rows:
         if row.index < 0:
             raise ValueError(f"a reindexed row needs its ledger index, not {row.index}")
+
+
+def check_leaves(rows: Sequence[AuditRow], leaves: Mapping[int, bytes | None]) -> None:
+    """Refuse ``rows`` (``ValueError`` naming up to ten ledger indexes: no PHI) when one's leaf
+    is not in ``leaves`` (ledger index -> the leaf's pseudonym, ``None`` for a leaf without
+    one) or names another pseudonym than the row: what every backend's ``reindex`` checks
+    (``LogStore.reindex``; SQLite's search by pseudonym finds rows through their leaves)."""
+    bad = disagreeing(rows, leaves)
+    if bad:
+        raise ValueError(f"reindexed rows disagree with their leaves' pseudonyms: {bad[:10]}")
+
+
+def disagreeing(rows: Sequence[AuditRow], leaves: Mapping[int, bytes | None]) -> list[int]:
+    """The indexes of ``rows`` whose leaf is not in ``leaves`` or names another pseudonym (or
+    none where the row names one), ascending (:func:`check_leaves`)."""
+    return sorted({r.index for r in rows if leaves.get(r.index, _NO_LEAF) != r.pseudonym})
+
+
+_NO_LEAF = object()
 
 
 def check_indexes(indexes: Sequence[int]) -> list[int]:

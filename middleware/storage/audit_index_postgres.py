@@ -58,6 +58,7 @@ __all__ = [
     "count_rows",
     "distinct",
     "get_key",
+    "leaf_pseudonyms",
     "read_row",
     "read_rows",
     "shred",
@@ -243,6 +244,16 @@ async def read_row(conn: _Connection, index: int) -> AuditRow | None:
 _LOCK_LOG = "SELECT 1 FROM consentry_ledger_state WHERE id = 1 FOR UPDATE"
 _SHARE_LOG = "SELECT 1 FROM consentry_ledger_state WHERE id = 1 FOR SHARE"
 _SHREDDED = "SELECT pseudonym FROM consentry_audit_shredded WHERE pseudonym = ANY($1::bytea[])"
+_LEAF_PSEUDONYMS = (
+    "SELECT idx, pseudonym FROM consentry_ledger_leaves WHERE idx = ANY($1::bigint[])"
+)
+
+
+async def leaf_pseudonyms(conn: _Connection, rows: Sequence[AuditRow]) -> dict[int, bytes | None]:
+    """The pseudonym of each stored leaf of ``rows`` by ledger index (``None`` for a leaf
+    without one; a missing leaf is absent): what ``reindex`` checks its rows against."""
+    found = await conn.fetch(_LEAF_PSEUDONYMS, sorted({r.index for r in rows}))
+    return {int(v["idx"]): None if v["pseudonym"] is None else bytes(v["pseudonym"]) for v in found}
 
 
 async def tombstoned(conn: _Connection, rows: Sequence[AuditRow]) -> list[AuditRow]:

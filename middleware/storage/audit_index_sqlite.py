@@ -54,6 +54,7 @@ from collections.abc import Iterator, Sequence
 import msgspec
 
 from middleware.audit.row import AuditQuery, AuditRow
+from middleware.storage.audit_index_match import disagreeing as match_disagreeing
 from middleware.storage.audit_index_match import purpose_code
 from middleware.storage.audit_index_match import tombstoned as match_tombstoned
 from middleware.storage.audit_index_query import (
@@ -78,6 +79,7 @@ __all__ = [
     "decode_row",
     "disagreeing",
     "get_key",
+    "leaf_pseudonyms",
     "read_row",
     "read_rows",
     "shred",
@@ -359,16 +361,21 @@ _LEAF_PSEUDONYMS = (
     "SELECT idx, pseudonym FROM consentry_ledger_leaves "
     "WHERE idx IN (SELECT value FROM json_each(?))"
 )
-_NO_LEAF = object()
+
+
+def leaf_pseudonyms(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> dict[int, bytes | None]:
+    """The pseudonym of each stored leaf of ``rows`` by ledger index (``None`` for a leaf
+    without one; a missing leaf is absent). One indexed read."""
+    wanted = json.dumps(sorted({r.index for r in rows}))
+    found = c.execute(_LEAF_PSEUDONYMS, (wanted,))
+    return {i: None if p is None else bytes(p) for i, p in found}
 
 
 def disagreeing(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> list[int]:
     """The indexes of ``rows`` whose leaf is missing or names another pseudonym (or none
     where the row names one), ascending; empty when every row states its leaf's pseudonym,
     which a search by pseudonym relies on (module docstring). One indexed read."""
-    wanted = json.dumps(sorted({r.index for r in rows}))
-    leaves = {i: None if p is None else bytes(p) for i, p in c.execute(_LEAF_PSEUDONYMS, (wanted,))}
-    return sorted({r.index for r in rows if leaves.get(r.index, _NO_LEAF) != r.pseudonym})
+    return match_disagreeing(rows, leaf_pseudonyms(c, rows))
 
 
 def read_row(c: sqlite3.Connection, index: int) -> AuditRow | None:

@@ -22,6 +22,7 @@ from middleware.storage import audit_index_sqlite as lite
 from middleware.storage.audit_index_match import (
     check_indexes,
     check_key,
+    check_leaves,
     check_pseudonym,
     check_pseudonyms,
     check_reindex,
@@ -50,9 +51,7 @@ def _sqlite_keys(c: sqlite3.Connection, pseudonyms: Sequence[bytes]) -> dict[byt
 
 
 def _reindex(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
-    bad = lite.disagreeing(c, rows)
-    if bad:  # ledger indexes only: no PHI in the message
-        raise ValueError(f"reindexed rows disagree with their leaves' pseudonyms: {bad[:10]}")
+    check_leaves(rows, lite.leaf_pseudonyms(c, rows))
     # A shred may have run since the caller read the keys: its patients' rows go in shredded.
     lite.write_rows(c, lite.tombstoned(c, rows))
 
@@ -102,9 +101,6 @@ class SqliteAuditIndex:
         return await self._db.run(lambda c: lite.shred_entries(c, wanted))
 
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
-        """As the contract says; besides, a row whose leaf is missing or names another
-        pseudonym is refused (``ValueError``, nothing written): a search by pseudonym finds
-        rows through their leaves (``audit_index_sqlite``)."""
         check_reindex(rows)
         await self._db.transaction(lambda c: _reindex(c, rows))
 
@@ -170,6 +166,7 @@ class PostgresAuditIndex:
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
         check_reindex(rows)
         async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
+            check_leaves(rows, await pg.leaf_pseudonyms(conn, rows))
             await pg.write_rows(conn, await pg.tombstoned(conn, rows))  # as SQLite's
 
     async def clear_index(self) -> None:

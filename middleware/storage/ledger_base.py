@@ -266,7 +266,9 @@ class LogStore(Protocol):
 
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
         """Upsert ``rows`` into the index by their index, in one transaction (callers pass
-        chunks of a few thousand). Each row's ``index`` must be set (``ValueError``)."""
+        chunks of a few thousand). Each row's ``index`` must be set, and each row must state
+        its leaf's pseudonym (``None`` where the leaf has none); a row of an entry not in the
+        log or naming another pseudonym fails the call (``ValueError``, nothing written)."""
         ...
 
     async def clear_index(self) -> None:

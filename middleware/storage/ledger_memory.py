@@ -30,6 +30,7 @@ from middleware.ledger.sequencer import (
 from middleware.storage.audit_index_match import (
     check_indexes,
     check_key,
+    check_leaves,
     check_pseudonym,
     check_pseudonyms,
     check_reindex,
@@ -263,6 +264,8 @@ class MemoryLogStore:
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
         check_reindex(rows)
         self._writing()
+        known = self.log.pseudonyms
+        check_leaves(rows, {r.index: known[r.index] for r in rows if r.index < len(known)})
         self.log.audit.update((r.index, r) for r in tombstoned(rows, self.log.shredded))
 
     async def clear_index(self) -> None:

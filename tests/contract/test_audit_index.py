@@ -545,6 +545,28 @@ async def test_reindex_refuses_a_row_without_its_index(store: LogStore) -> None:
         await store.reindex([ROWS[0]])
 
 
+@pytest.mark.parametrize("where", ["other-pseudonym", "no-pseudonym", "no-leaf"])
+async def test_reindex_refuses_a_row_that_does_not_state_its_leafs_pseudonym(
+    store: LogStore, where: str
+) -> None:
+    """Every backend alike (``LogStore.reindex``): SQLite's search by pseudonym finds rows
+    through their leaves, where such a row would be missing."""
+    await _filled(store)
+    bad = {
+        "other-pseudonym": struct_replace(EXPECTED[0], pseudonym=PB),
+        "no-pseudonym": struct_replace(EXPECTED[0], pseudonym=None),
+        "no-leaf": EXPECTED[0].at(6),
+    }[where]
+    changed = struct_replace(EXPECTED[1], agent="Practitioner/z")
+    with pytest.raises(ValueError, match="leaves"):
+        await store.reindex([changed, bad])
+    assert await store.audit_row(1) == EXPECTED[1], "nothing written"
+    assert await store.audit_row(6) is None
+    assert EXPECTED[3].pseudonym is None
+    await store.reindex([changed, EXPECTED[3]])  # a leaf without a pseudonym: agrees
+    assert await store.audit_row(1) == changed
+
+
 # --- the index is derived data, the log is not ----------------------------------------------
 
 
