@@ -14,7 +14,8 @@ Tables (beside the log, in the same file; none is under the log's append-only tr
     :func:`disagreeing`; shreds keep the pseudonym), so the index's own
     ``(pseudonym, recorded_us)``, a random page written by every append, is not kept (a
     chain's rows are sorted by time after the lookup; docs/audit.md, the writer's share). A
-    file an earlier version wrote loses it when a writer opens it (:data:`INDEX_SCHEMA`).
+    file an earlier version wrote loses it when a writer opens it, once every row agrees with
+    its leaf (``audit_index_upgrade``).
 ``consentry_audit_terms``
     the elements of the "contains" fields, one row each (``field``, ``term``, the row's
     ``recorded_us`` and ``idx``), indexed in that order: a query seeks to a term and a time
@@ -129,7 +130,8 @@ _SECONDARY = {
 }
 _INDEXES = "\n".join(f"CREATE INDEX IF NOT EXISTS {n} ON {on};" for n, on in _SECONDARY.items())
 #: The ``(pseudonym, recorded_us)`` index earlier versions kept (module docstring): dropped by
-#: the schema script a writer runs on open (idempotent), never built again.
+#: a writer's open once every row agrees with its leaf (``audit_index_upgrade``), never built
+#: again.
 DROPPED = "consentry_audit_index_pseudonym"
 
 INDEX_SCHEMA = f"""
@@ -141,7 +143,6 @@ CREATE TABLE IF NOT EXISTS consentry_audit_terms (
     idx INTEGER NOT NULL
 );
 {_INDEXES}
-DROP INDEX IF EXISTS {DROPPED};
 CREATE TABLE IF NOT EXISTS consentry_audit_keys (
     pseudonym BLOB PRIMARY KEY CHECK (length(pseudonym) = 16),
     wrapped BLOB NOT NULL

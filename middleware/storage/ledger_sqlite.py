@@ -34,7 +34,7 @@ from middleware.ledger.sequencer import (
     sign_state,
 )
 from middleware.storage import audit_index_sqlite as audit_index
-from middleware.storage import audit_index_staged
+from middleware.storage import audit_index_staged, audit_index_upgrade
 from middleware.storage.audit_index_match import indexed_rows
 from middleware.storage.audit_index_stores import SqliteAuditIndex
 from middleware.storage.consent_seq import ConsentSeq, announcing
@@ -124,6 +124,7 @@ class SqliteLogStore(SqliteAuditIndex, SqliteWitnessed):
             await store._reader.connect()
             if replay:
                 await store.rebuild_state()
+                await store._db.run(audit_index_upgrade.drop_old)
                 await store._db.run(audit_index_staged.adopt)
                 await store._settle_announcements()
             else:
