@@ -38,7 +38,7 @@ from middleware.audit.row import AuditRow
 from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.errors import LedgerError, MalformedError, VerificationError
 from middleware.ledger.leaf import PSEUDONYM_SIZE, decode_leaf, leaf_link
-from middleware.ledger.merkle import leaf_hash
+from middleware.ledger.merkle import HASH_SIZE, leaf_hash
 from middleware.ledger.note import parse_note
 from middleware.ledger.signing import evidence_keyer
 from middleware.ledger.tree import hash_leaves
@@ -358,12 +358,19 @@ def _hashes_match(tree: ProofMaker, indexes: Sequence[int], leaves: Mapping[int,
     """Whether each leaf at ``indexes`` hashes to ``tree``'s leaf at its index: the checks of
     :func:`_check_hash`, in one batch (``hash_leaves``, one comparison of the concatenated
     hashes, about a third of the cost of a call per leaf). False: some leaf does not (or is
-    no bytes), and the caller checks them one by one to report the first as before."""
+    no bytes, or some stored hash is not :data:`HASH_SIZE` bytes), and the caller checks
+    them one by one to report the first as before."""
     try:
         computed = b"".join(hash_leaves(map(leaves.__getitem__, indexes)))
     except TypeError:  # not bytes: _check_hash reports it as it did
         return False
-    return hmac.compare_digest(computed, b"".join(map(tree.leaf_hash, indexes)))
+    stored = list(map(tree.leaf_hash, indexes))
+    # Equal concatenations are equal hashes only if each stored one is 32 bytes, as each
+    # computed one is: two neighbours' stored hashes re-split (31 + 33 bytes) keep both the
+    # concatenation and the root (a node hashes L || R), yet neither leaf's proof is right.
+    if any(len(h) != HASH_SIZE for h in stored):
+        return False
+    return hmac.compare_digest(computed, b"".join(stored))
 
 
 def _check_hash(tree: ProofMaker | None, index: int, leaf: bytes) -> None:
