@@ -39,6 +39,7 @@ __all__ = [
     "indexed_rows",
     "matches",
     "purpose_code",
+    "refuse_disagreeing",
     "select_rows",
     "tombstoned",
 ]
@@ -83,9 +84,13 @@ def check_leaves(rows: Sequence[AuditRow], leaves: Mapping[int, bytes | None]) -
     is not in ``leaves`` (ledger index -> the leaf's pseudonym, ``None`` for a leaf without
     one) or names another pseudonym than the row: what every backend's ``reindex`` checks
     (``LogStore.reindex``; SQLite's search by pseudonym finds rows through their leaves)."""
-    bad = disagreeing(rows, leaves)
+    refuse_disagreeing(disagreeing(rows, leaves))
+
+
+def refuse_disagreeing(bad: Sequence[int]) -> None:
+    """The ``ValueError`` of :func:`check_leaves` when ``bad`` (ledger indexes) is not empty."""
     if bad:
-        raise ValueError(f"reindexed rows disagree with their leaves' pseudonyms: {bad[:10]}")
+        raise ValueError(f"reindexed rows disagree with their leaves' pseudonyms: {list(bad[:10])}")
 
 
 def disagreeing(rows: Sequence[AuditRow], leaves: Mapping[int, bytes | None]) -> list[int]:

@@ -56,9 +56,9 @@ __all__ = [
     "clear_index",
     "columns",
     "count_rows",
+    "disagreeing",
     "distinct",
     "get_key",
-    "leaf_pseudonyms",
     "read_row",
     "read_rows",
     "shred",
@@ -244,16 +244,20 @@ async def read_row(conn: _Connection, index: int) -> AuditRow | None:
 _LOCK_LOG = "SELECT 1 FROM consentry_ledger_state WHERE id = 1 FOR UPDATE"
 _SHARE_LOG = "SELECT 1 FROM consentry_ledger_state WHERE id = 1 FOR SHARE"
 _SHREDDED = "SELECT pseudonym FROM consentry_audit_shredded WHERE pseudonym = ANY($1::bytea[])"
-_LEAF_PSEUDONYMS = (
-    "SELECT idx, pseudonym FROM consentry_ledger_leaves WHERE idx = ANY($1::bigint[])"
+#: The rows ($1 indexes, $2 pseudonyms) whose leaf is missing or names another pseudonym:
+#: compared in the server, so a chunk that agrees (every rebuild's) sends no row back.
+_DISAGREEING = (
+    "SELECT DISTINCT r.idx FROM unnest($1::bigint[], $2::bytea[]) AS r(idx, pseudonym) "
+    "LEFT JOIN consentry_ledger_leaves l ON l.idx = r.idx "
+    "WHERE l.idx IS NULL OR l.pseudonym IS DISTINCT FROM r.pseudonym ORDER BY r.idx"
 )
 
 
-async def leaf_pseudonyms(conn: _Connection, rows: Sequence[AuditRow]) -> dict[int, bytes | None]:
-    """The pseudonym of each stored leaf of ``rows`` by ledger index (``None`` for a leaf
-    without one; a missing leaf is absent): what ``reindex`` checks its rows against."""
-    found = await conn.fetch(_LEAF_PSEUDONYMS, sorted({r.index for r in rows}))
-    return {int(v["idx"]): None if v["pseudonym"] is None else bytes(v["pseudonym"]) for v in found}
+async def disagreeing(conn: _Connection, rows: Sequence[AuditRow]) -> list[int]:
+    """The indexes of ``rows`` whose leaf is missing or names another pseudonym (or none
+    where the row names one), ascending: what ``reindex`` refuses (``check_leaves``)."""
+    found = await conn.fetch(_DISAGREEING, [r.index for r in rows], [r.pseudonym for r in rows])
+    return [int(v["idx"]) for v in found]
 
 
 async def tombstoned(conn: _Connection, rows: Sequence[AuditRow]) -> list[AuditRow]:

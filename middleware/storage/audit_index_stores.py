@@ -26,6 +26,7 @@ from middleware.storage.audit_index_match import (
     check_pseudonym,
     check_pseudonyms,
     check_reindex,
+    refuse_disagreeing,
 )
 from middleware.storage.postgres_pool import translated
 from middleware.storage.sqlite_worker import SqliteWorker
@@ -166,7 +167,7 @@ class PostgresAuditIndex:
     async def reindex(self, rows: Sequence[AuditRow]) -> None:
         check_reindex(rows)
         async with translated("ledger"), self._pool.acquire() as conn, conn.transaction():
-            check_leaves(rows, await pg.leaf_pseudonyms(conn, rows))
+            refuse_disagreeing(await pg.disagreeing(conn, rows))
             await pg.write_rows(conn, await pg.tombstoned(conn, rows))  # as SQLite's
 
     async def clear_index(self) -> None:
