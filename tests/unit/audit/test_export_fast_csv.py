@@ -6,7 +6,8 @@ backslashes, carriage returns, NULs, formula characters, other digits), LF and C
 ends, from the column line or from any later line. ``plain_lines`` is the lines ``open``
 reads, each a record ``csv.reader`` splits at its commas, and None for a block it cannot
 read so; ``joined_same`` answers what ``csv_same`` answers of the cells split. An untouched
-export's rows all pass on the fast path (none left to the slow one)."""
+export's rows all pass on the fast path (none left to the slow one). Each guard that turns a
+line away from the fast path has an example the verdicts differ on without it."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from middleware.audit.export_fast_csv import NotPlain, joined_same, plain_lines
 from middleware.audit.export_read_csv import csv_part
 from middleware.audit.report_csv import csv_escape
 from middleware.audit.verify_export import begin_export, verify_file
-from middleware.audit.verify_parallel import _lines_of
+from middleware.audit.verify_parallel import _lines_of, verify_path
 from tests.unit.audit.export_edits import edited
 from tests.unit.audit.export_real import HOUR, REAL_POLICY, T0, real_exports
 
@@ -87,8 +88,8 @@ def _plain_verdicts(data: bytes, check: ExportChecker, *, part: bool) -> Any:
     try:
         verdicts = _typed(check.judge_plain(plain, part=part))
         return verdicts, plain.count()
-    except NotPlain:  # a carriage return that does not end a line with LF
-        assert b"\r" in data
+    except NotPlain:  # a carriage return that does not end a line with LF, a long line
+        assert b"\r" in data or max(map(len, data.split(b"\n"))) >= csv.field_size_limit()
         return None
 
 
@@ -223,4 +224,62 @@ def test_a_block_the_fast_path_stops_in_is_judged_line_by_line(
         parallel = verify_parallel.verify_path(
             path, REAL_POLICY, opener=facts_opener, jobs=2, block=block
         )
+        assert parallel.to_json() == sequential
+
+
+def _row_edited(text: str, case: str) -> str:
+    """``text`` with a ``row`` line in its middle changed (``long-cell``: its first and last
+    ``row`` lines) so that the line-by-line path does not pass it (or stops at it): each
+    change is what a guard of ``export_fast_csv.judge_plain`` or ``PlainLines`` turns away
+    from the fast path."""
+    lines = text.split("\n")
+    rows = [n for n, line in enumerate(lines) if line.count(",") > 7 and ",row," in line]
+    number = rows[len(rows) // 2]
+    given, role, index, *binary = lines[number].rsplit(",", 7)
+    if case in ("index-plus", "index-space"):  # int() reads it, str.isdigit does not
+        index = ("+" if case == "index-plus" else " ") + index
+    elif case == "unicode-escape":  # msgspec reads \u0041 as A, base64 refuses the backslash
+        binary[-1] = f"\\u{ord(binary[-1][0]):04x}" + binary[-1][1:]
+    elif case == "slash-escape":  # \/ is / to msgspec
+        cell = next(n for n, c in enumerate(binary) if "/" in c)
+        binary[cell] = binary[cell].replace("/", "\\/", 1)
+    else:  # the first and last rows' first cell over csv.field_size_limit() (131,072)
+        assert case == "long-cell"
+        for at in (rows[0], rows[-1]):  # the first stops the reading, the second pads
+            cells = lines[at].split(",")
+            lines[at] = ",".join(["a" * 140_000, *cells[1:]])
+        return "\n".join(lines)
+    lines[number] = ",".join([given, role, index, *binary])
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize(
+    "case", ["index-plus", "index-space", "unicode-escape", "slash-escape", "long-cell"]
+)
+def test_a_row_the_line_by_line_path_refuses_gets_its_verdict(
+    tmp_path: Path, case: str, newline: str
+) -> None:
+    """Each guard of the fast path met in a block with lines before and after its line:
+    ``judge_plain``'s verdicts are ``judge``'s, and ``verify_path`` in blocks gives the
+    sequential report (an index written ``+n`` or after a space, a JSON escape in a base64 cell,
+    a cell longer than the field size limit: each refused or a stop, not a row passed)."""
+    text = _row_edited(real_exports()["date-period", "csv"], case).replace("\n", newline)
+    check, data = _checker(text)
+    lines = _lines_of(data)
+    expected = _typed(_checker(text)[0].judge(lines))
+    assert any(type(v) is not tuple for _, _, v in expected)  # the line is not a row passed
+    plain = _plain_verdicts(data, check, part=False)
+    assert plain is None or plain == (expected, len(lines))
+    path = tmp_path / "export.csv"
+    path.write_bytes(text.encode("utf-8"))
+    assert threading.active_count() == 1  # else verify_path would not fork
+    with path.open(encoding="utf-8") as read:
+        sequential = verify_file(read, REAL_POLICY, opener=facts_opener).to_json()
+    # Blocks of a few lines; for the long cell, blocks of 150,000 bytes, the first holding
+    # the long line and the lines after it (a 4,000-byte block ends at the long line).
+    blocks = (4000, 150_000) if case == "long-cell" else (4000,)
+    assert len(data) >= 2 * blocks[-1]  # else verify_path reads the file sequentially
+    for block in blocks:
+        parallel = verify_path(path, REAL_POLICY, opener=facts_opener, jobs=2, block=block)
         assert parallel.to_json() == sequential
