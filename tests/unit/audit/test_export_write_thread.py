@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from middleware.audit.export import ExportEntry, ExportHeader
-from middleware.audit.export_write import write_csv, write_ndjson
+from middleware.audit.export_write import _CHUNK, write_csv, write_ndjson
 
 HEADER = ExportHeader(report="date-range", checkpoint="c", origin="o", columns=("a",))
 WRITERS = pytest.mark.parametrize("write", [write_ndjson, write_csv], ids=["ndjson", "csv"])
@@ -46,16 +46,29 @@ def test_the_chunks_are_written_in_order_from_another_thread(write: Any) -> None
     assert threading.active_count() == threads
 
 
+CHUNKS = 5  # chunks of _CHUNK lines after the header, each one write
+
+
+def _head_lines(write: Any) -> int:
+    """The lines ``write`` writes before the entries (its first write)."""
+    out = io.BytesIO()
+    write(HEADER, _entries(0), out)
+    return out.getvalue().count(b"\n")
+
+
 @WRITERS
-@pytest.mark.parametrize("fail_at", [1, 2, 4], ids=["first", "second", "last"])
+@pytest.mark.parametrize("fail_at", [1, 2, CHUNKS], ids=["first", "second", "last"])
 def test_a_failed_write_is_raised_to_the_caller(write: Any, fail_at: int) -> None:
-    """Five chunks of 4,096 lines after the header; the write of one fails."""
+    """CHUNKS chunks of _CHUNK lines after the header; the write of chunk ``fail_at`` fails
+    (the last: raised when the writer ends, no chunk put after it). The chunks before it are
+    written, none after it is tried."""
     threads = threading.active_count()
     sink = FailingSink(fail_at)
     with pytest.raises(OSError, match="disk full"):
-        write(HEADER, _entries(5 * 4096), sink)
+        write(HEADER, _entries(CHUNKS * _CHUNK), sink)
     assert threading.active_count() == threads
-    assert sink.getvalue().count(b"\n") < 5 * 4096
+    assert sink.writes == fail_at + 1  # the header's write, then one a chunk
+    assert sink.getvalue().count(b"\n") == _head_lines(write) + (fail_at - 1) * _CHUNK
 
 
 @WRITERS
@@ -65,11 +78,11 @@ def test_an_error_from_the_lines_is_the_caller_s(write: Any) -> None:
     threads = threading.active_count()
 
     def failing() -> Iterator[ExportEntry]:
-        yield from _entries(4096 * 3)
+        yield from _entries(_CHUNK * 3)
         raise ValueError("a leaf is malformed")
 
     out = io.BytesIO()
     with pytest.raises(ValueError, match="malformed"):
         write(HEADER, failing(), out)
     assert threading.active_count() == threads
-    assert out.getvalue().count(b"\n") <= 4096 * 3 + 2
+    assert out.getvalue().count(b"\n") <= _CHUNK * 3 + _head_lines(write)
