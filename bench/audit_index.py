@@ -13,8 +13,8 @@ agents; reads touching one resource, searches up to ten; a few purposes of use),
   a fresh PostgreSQL schema (``BENCH_POSTGRES_DSN`` or ``postgresql://127.0.0.1:5432/test``).
   Only the ``reindex`` calls are timed (not building the rows). The log's leaves are appended
   first, untimed and without index rows (entries of the rows' time, kind, flags and
-  pseudonym, dummy evidence): SQLite refuses a reindexed row whose leaf is missing or names
-  another pseudonym, and finds a pseudonym's rows through the leaves' index.
+  pseudonym, dummy evidence): every store refuses a reindexed row whose leaf is missing or
+  names another pseudonym, and SQLite finds a pseudonym's rows through the leaves' index.
 - **accounting**: for 20 patients, every row of ``AuditQuery(patient=..., since_us=six years
   ago)`` read page by page (1,000 a page, keyset paging) as an accounting of disclosures
   does, and its ``audit_count``; median and worst. The same for the patient's pseudonym
