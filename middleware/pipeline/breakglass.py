@@ -27,7 +27,13 @@ the opener when the session is over (:meth:`BreakGlass.expire`), or, for a sessi
 ``GRACE`` seconds after it ended (its opener killed, out of memory, its node gone), any
 process's sweep (:meth:`BreakGlass.overdue`). A taker that cannot record the stop gives the row
 back (:meth:`BreakGlass.settle`); one that dies holding it leaves a take that lapses after the
-board's lease, and the row is taken again.
+board's lease, and the row is taken again. A recorded row is marked so (sealed); the opener,
+which holds its stop in memory, records it itself unless the board proves another did.
+
+An expired session is never continued: it moves to the stops this process still owes, and a
+new request with the header opens (and records the start of) a new one. A session whose
+start the ledger did not take is dropped at once (:meth:`BreakGlass.abandon`), so nothing
+honours it without a start on the ledger.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ __all__ = [
     "BREAK_GLASS_HEADER",
     "BTG",
     "GRACE",
+    "HELD",
+    "RECORDED_BY_OTHER",
     "BreakGlass",
     "Owed",
     "Session",
@@ -61,6 +69,10 @@ _MAX_REASON: Final = 200
 #: Seconds after its end before another process records a session's stop: its opener records
 #: it within its sweep interval (:mod:`middleware.proxy.glass_stops`) or its next request.
 GRACE: Final = 120.0
+#: :meth:`SessionBoard.take` took nothing: another process holds the row under a live lease.
+HELD: Final = "held"
+#: :meth:`SessionBoard.take` took nothing: the row, readable, is marked recorded.
+RECORDED_BY_OTHER: Final = "recorded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +88,10 @@ class Owed:
 @dataclass(frozen=True, slots=True)
 class Session:
     """One open emergency session of one caller (its identity, for the stop event) for one
-    patient (``Patient/<id>``). ``owed``: its stop is on the board (whoever takes it records
-    it); ``taken``: the board's row this process took to record the stop."""
+    patient (``Patient/<id>``). ``owed``: its stop may be on the board (whoever takes it
+    records it); ``taken``: the board's row this process took to record the stop;
+    ``unproven``: why this process records a stop it did not take (the board's reason code:
+    the row was missing, unreadable, or held under a lease no taker sets)."""
 
     caller: str
     identity: Identity
@@ -86,6 +100,7 @@ class Session:
     ends: float
     owed: bool = False
     taken: Owed | None = None
+    unproven: str | None = None
 
 
 def requested_reason(headers: Mapping[str, str], caller: Caller) -> str | None:
@@ -145,9 +160,15 @@ class SessionBoard(Protocol):
         Raises :class:`~middleware.errors.ServiceUnavailable` when it cannot."""
         ...
 
-    async def take(self, binding: str, patient: str, ends: float, now: float) -> Owed | None:
-        """Take the session's owed stop unless it is gone (recorded) or taken by another
-        whose take has not lapsed. Raises ServiceUnavailable when it cannot tell."""
+    async def take(self, binding: str, patient: str, ends: float, now: float) -> Owed | str:
+        """Take the session's owed stop; else why not: :data:`RECORDED_BY_OTHER` (proof),
+        :data:`HELD`, or a reason code (no proof another records it). Raises
+        ServiceUnavailable when it cannot tell."""
+        ...
+
+    async def recorded(self, binding: str, patient: str, ends: float) -> None:
+        """Mark the session's stop recorded (this process recorded it without a take);
+        a failure is swallowed (the opener's record stands)."""
         ...
 
     async def take_overdue(self, before: float, now: float) -> list[Owed]:
@@ -156,8 +177,8 @@ class SessionBoard(Protocol):
         ...
 
     async def settle(self, owed: Owed, *, recorded: bool) -> None:
-        """Forget a taken stop once ``recorded``, else give it back to be taken again (a
-        failure leaves the take to lapse)."""
+        """Mark a taken stop ``recorded``, else give it back to be taken again (a failure
+        leaves the take to lapse)."""
         ...
 
     async def aclose(self) -> None:
@@ -173,6 +194,8 @@ class BreakGlass:
             raise ValueError("a break-the-glass session lasts a positive number of minutes")
         self.seconds = minutes * 60
         self._sessions: dict[tuple[str, str], Session] = {}
+        #: Sessions over whose stop this process is still to record (or prove recorded).
+        self._closing: dict[tuple[str, str, float], Session] = {}
         self._board = board
 
     async def active(self, caller: Caller, now: float, among: Iterable[str]) -> frozenset[str]:
@@ -197,7 +220,7 @@ class BreakGlass:
 
     def holding(self) -> bool:
         """Whether this process holds any session (the per-request check, without a task)."""
-        return bool(self._sessions)
+        return bool(self._sessions or self._closing)
 
     def open_count(self, now: float) -> int:
         """How many sessions are open at ``now`` (for the metrics gauge)."""
@@ -214,8 +237,8 @@ class BreakGlass:
             key = (caller.binding, patient)
             current = self._sessions.get(key)
             if current is None or current.ends <= now:
-                if current is not None:
-                    continue  # expired, not yet closed: expire() records its stop first
+                if current is not None:  # never continued (R7-1): its stop is still owed
+                    self._close(current)
                 ends = now + self.seconds
                 board = self._board
                 if board is not None and not await board.claim(caller.binding, patient, ends, now):
@@ -224,60 +247,87 @@ class BreakGlass:
                 opened.append(patient)
         return opened
 
+    def abandon(self, caller: Caller, patients: Iterable[str]) -> None:
+        """Drop the sessions :meth:`open` just opened for ``patients`` (their start is not
+        on the ledger): not honoured here nor, once released, by another process."""
+        for patient in patients:
+            session = self._sessions.pop((caller.binding, patient), None)
+            if session is not None and self._board is not None:
+                self._board.release(session.caller, session.patient, session.ends)
+
+    def _close(self, session: Session) -> None:
+        """Move ``session`` (over) from the open ones to those whose stop is owed."""
+        if self._sessions.get((session.caller, session.patient)) is session:
+            del self._sessions[(session.caller, session.patient)]
+            if self._board is not None:
+                self._board.release(session.caller, session.patient, session.ends)
+        self._closing[(session.caller, session.patient, session.ends)] = session
+
     async def owe(self, caller: Caller, patient: str, stop: bytes) -> bool:
         """Leave the stop of the session this process opened for ``caller`` and ``patient``
         on the board (``stop``: what a sweep needs to record it; its start is on the ledger).
-        False when there is no board or it cannot take it: this process then records the stop
-        alone (as before boards kept stops); True once any process may."""
+        False when there is no board or it cannot take it (it may have kept it all the same:
+        the answer was lost); this process then takes the row or, finding none, records the
+        stop alone. True once any process may."""
         key = (caller.binding, patient)
         session = self._sessions.get(key)
         if self._board is None or session is None:
             return False
+        stored = True
         try:
             await self._board.owe(caller.binding, patient, session.ends, stop)
         except ServiceUnavailable:
-            return False
+            stored = False  # maybe stored: the take at expire() tells (no second stop)
         if self._sessions.get(key) is session:
             self._sessions[key] = replace(session, owed=True)
-        return True
+        return stored
 
     async def expire(self, now: float) -> list[Session]:
-        """Close and return every session whose time is over whose stop this process is to
-        record: one it did not leave on the board, or one whose row it took (a row another
-        process took or recorded is dropped here). A session the board cannot answer for is
-        kept and tried again. Pass each returned session to :meth:`settle`."""
-        if not self._sessions:
+        """Close every session whose time is over and return those whose stop this process is
+        to record: one not left on the board, one whose row it took, or one the board cannot
+        prove recorded by another (``unproven`` says why). A row another process holds under
+        a live lease, or a board that cannot answer, keeps the stop here for a later call.
+        Pass each returned session to :meth:`settle`."""
+        if not self.holding():
             return []
-        over: list[Session] = []
         for session in [s for s in self._sessions.values() if s.ends <= now]:
-            taken = None
+            self._close(session)
+        over: list[Session] = []
+        for key, session in list(self._closing.items()):
+            found: Owed | str | None = None
             if session.owed:
                 assert self._board is not None  # owed only through a board
                 try:
-                    taken = await self._board.take(
+                    found = await self._board.take(
                         session.caller, session.patient, session.ends, now
                     )
                 except ServiceUnavailable:
                     continue  # kept: taken (or found recorded) at a later call
-            key = (session.caller, session.patient)
-            if self._sessions.get(key) is not session:
+                if found == HELD:
+                    continue  # being recorded by another; kept until the board proves it
+            if self._closing.get(key) is not session:
                 continue  # closed meanwhile by a concurrent call
-            del self._sessions[key]
-            if self._board is not None:
-                self._board.release(session.caller, session.patient, session.ends)
-            if session.owed and taken is None:
-                continue  # recorded, or being recorded, by another process
-            over.append(replace(session, taken=taken))
+            del self._closing[key]
+            if found == RECORDED_BY_OTHER:
+                continue
+            if isinstance(found, str):
+                over.append(replace(session, unproven=found))
+            else:
+                over.append(replace(session, taken=found))
         return over
 
     async def settle(self, session: Session, *, recorded: bool) -> None:
-        """After :meth:`expire`: the stop of ``session`` was ``recorded`` (its board row goes),
-        or not (kept, with its row given back, for a later :meth:`expire` or sweep)."""
+        """After :meth:`expire`: the stop of ``session`` was ``recorded`` (its board row is
+        marked so), or not (kept, with its row given back, for a later :meth:`expire`)."""
         if not recorded:
-            key = (session.caller, session.patient)
-            self._sessions.setdefault(key, replace(session, taken=None))
-        if self._board is not None and session.taken is not None:
+            key = (session.caller, session.patient, session.ends)
+            self._closing.setdefault(key, replace(session, taken=None, unproven=None))
+        if self._board is None:
+            return
+        if session.taken is not None:
             await self._board.settle(session.taken, recorded=recorded)
+        elif recorded and session.owed:
+            await self._board.recorded(session.caller, session.patient, session.ends)
 
     async def overdue(self, now: float) -> list[Owed]:
         """Take the stops still owed ``GRACE`` seconds after their session ended (their opener

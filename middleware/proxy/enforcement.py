@@ -175,14 +175,20 @@ class Enforcement:
             return
         opened = await sessions.open(ask.caller, sorted(ask.trail.overridden), reads.wall_clock())
         if opened:
-            indexes = await self.recorder.record_break_glass(
-                "started",
-                identity=ask.caller.identity,
-                patients=opened,
-                request_id=ask.request_id,
-                client_address=ask.client_address,
-                reason=reason,
-            )
+            try:
+                indexes = await self.recorder.record_break_glass(
+                    "started",
+                    identity=ask.caller.identity,
+                    patients=opened,
+                    request_id=ask.request_id,
+                    client_address=ask.client_address,
+                    reason=reason,
+                )
+            except BaseException:
+                # Emergency access only once its start is durable: nothing honours a
+                # session whose start the ledger did not take (the header is needed again).
+                sessions.abandon(ask.caller, opened)
+                raise
             if self.glass_stops is not None:  # any process may now record their stops
                 await self.glass_stops.started(ask.caller, opened, indexes)
 

@@ -17,9 +17,10 @@ still open. Now (:mod:`middleware.pipeline.breakglass` docstring):
   a request id of its own, and the reason ``opener gone; ...`` with the start's ledger index.
 
 Exactly one process takes a row (the board's atomic update), so a stop is recorded once; a
-stop the ledger does not take goes back to the board and is taken again (never lost). The one
-window left: a process that dies after the ledger took its stop and before the board forgot
-it; the row is taken again once its lease lapses, and a second stop is recorded.
+stop the ledger does not take goes back to the board and is taken again (never lost). An
+append already handed to the ledger's writer is awaited (up to ``drain`` seconds) even when
+the sweep is cancelled at shutdown: its row is marked or given back by the outcome, never
+given back blindly. The windows left are in docs/security.md (known limits).
 """
 
 from __future__ import annotations
@@ -72,11 +73,15 @@ class GlassStops:
         wall_clock: Callable[[], float],
         *,
         every: float = SWEEP_EVERY,
+        drain: float = 5.0,
     ) -> None:
         self.recorder = recorder
         self.sessions = sessions
         self.wall_clock = wall_clock
         self.every = every
+        self.drain = drain
+        #: Stops recorded without the board's proof, by reason code (missing, unreadable, ...).
+        self.unproven: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._log = get_logger("consentry.breakglass")
 
@@ -98,20 +103,46 @@ class GlassStops:
         take one (it stays to be recorded later). How many were recorded."""
         over = await self.sessions.expire(self.wall_clock())
         for done, session in enumerate(over):
-            try:
-                await self.recorder.record_break_glass(
+            if session.unproven is not None:  # the board's row is no proof: recorded here
+                self.unproven[session.unproven] = self.unproven.get(session.unproven, 0) + 1
+                self._log.warning("break-glass stop row unproven", reason=session.unproven)
+            append = asyncio.ensure_future(
+                self.recorder.record_break_glass(
                     "stopped",
                     identity=session.identity,
                     patients=[session.patient],
                     request_id=rid,
                     client_address=client_host,
                 )
+            )
+            try:
+                recorded = await self._outcome(append)
             except BaseException:
-                for left in over[done:]:  # kept (and given back): recorded later
+                for left in over[done + 1 :]:  # kept (and given back): recorded later
                     await self.sessions.settle(left, recorded=False)
+                if append.done():  # settled by what the ledger did, never blindly
+                    await self.sessions.settle(session, recorded=_committed(append))
                 raise
-            await self.sessions.settle(session, recorded=True)
+            await self.sessions.settle(session, recorded=recorded)
+            if not recorded:
+                for left in over[done + 1 :]:
+                    await self.sessions.settle(left, recorded=False)
+                append.result()  # raises the ledger's refusal
         return len(over)
+
+    async def _outcome(self, append: asyncio.Future[list[int]]) -> bool:
+        """Whether ``append`` committed. On cancellation (shutdown) the writer may still
+        commit it: wait up to ``drain`` seconds for the outcome, then re-raise (a take left
+        undecided lapses with its lease)."""
+        try:
+            await asyncio.shield(append)
+        except asyncio.CancelledError:
+            if not append.done():
+                await asyncio.wait({append}, timeout=self.drain)
+            raise
+        except ServiceUnavailable:
+            return False
+        return True
 
     async def sweep(self) -> int:
         """One sweep: this process's own sessions that are over, then the stops other
@@ -129,11 +160,11 @@ class GlassStops:
     async def _record_owed(self, owed: Owed) -> int:
         note = _read_note(owed.stop)
         if note is None:  # not ours to read: its take lapses (logged, never guessed at)
-            self._log.error("break-glass stop unreadable")
+            self._log.error("break-glass stop unreadable", reason="bad-note")
             return 0
         identity, patient, start = note
-        try:
-            await self.recorder.record_break_glass(
+        append = asyncio.ensure_future(
+            self.recorder.record_break_glass(
                 "stopped",
                 identity=identity,
                 patients=[patient],
@@ -141,14 +172,18 @@ class GlassStops:
                 client_address=None,
                 reason=f"opener gone; stopped by another process (start: ledger index {start})",
             )
-        except ServiceUnavailable:
-            await self.sessions.settle_owed(owed, recorded=False)
-            return 0
+        )
+        try:
+            recorded = await self._outcome(append)
+        except asyncio.CancelledError:
+            if append.done():
+                await self.sessions.settle_owed(owed, recorded=_committed(append))
+            raise
         except ValueError:  # a patient no entry can name: its take lapses (never guessed at)
-            self._log.error("break-glass stop unreadable")
+            self._log.error("break-glass stop unreadable", reason="unnamed-patient")
             return 0
-        await self.sessions.settle_owed(owed, recorded=True)
-        return 1
+        await self.sessions.settle_owed(owed, recorded=recorded)
+        return int(recorded)
 
     def start(self) -> None:
         """Sweep now (what a previous incarnation left), then every ``every`` seconds."""
@@ -170,6 +205,11 @@ class GlassStops:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _committed(append: asyncio.Future[list[int]]) -> bool:
+    """Whether a finished append committed (it returned)."""
+    return not append.cancelled() and append.exception() is None
 
 
 def _sweep_id() -> str:

@@ -40,9 +40,18 @@ from typing import Final
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 
 from middleware.errors import ServiceUnavailable
-from middleware.ledger.signing import derive_box_key, keyed_digest, seal, unseal
-from middleware.pipeline.breakglass import Owed
-from middleware.storage.breakglass_sqlite import BATCH, LEASE, STOP_PURPOSE
+from middleware.ledger.signing import derive_box_key, keyed_digest
+from middleware.pipeline.breakglass import RECORDED_BY_OTHER, Owed
+from middleware.storage.breakglass_rows import (
+    KEEP,
+    LEASE,
+    RECORDED,
+    open_row,
+    seal_recorded,
+    seal_stop,
+    verdict,
+)
+from middleware.storage.breakglass_sqlite import BATCH, STOP_PURPOSE, opened
 from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["SCHEMA", "PostgresSessionBoard"]
@@ -85,7 +94,12 @@ _TAKE_OVERDUE: Final = (
     "SELECT id, ends FROM consentry_breakglass_stops WHERE ends <= $1 AND taken_until <= $2 "
     "ORDER BY ends LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING id, ends, stop"
 )
-_SETTLE: Final = "DELETE FROM consentry_breakglass_stops WHERE id = $1 AND ends = $2"
+_ROW: Final = "SELECT stop, taken_until FROM consentry_breakglass_stops WHERE id = $1 AND ends = $2"
+_MARK: Final = (
+    "INSERT INTO consentry_breakglass_stops (id, ends, stop, taken_until) VALUES ($1, $2, $3, $4) "
+    "ON CONFLICT (id, ends) DO UPDATE SET stop = EXCLUDED.stop, taken_until = EXCLUDED.taken_until"
+)
+_FORGET: Final = "DELETE FROM consentry_breakglass_stops WHERE taken_until = $1 AND ends <= $2"
 _GIVE_BACK: Final = (
     "UPDATE consentry_breakglass_stops SET taken_until = 0 WHERE id = $1 AND ends = $2"
 )
@@ -107,6 +121,8 @@ class PostgresSessionBoard:
         self._dsn = dsn
         self._key = key
         self._stop_key = derive_box_key(key, STOP_PURPOSE)
+        #: Owed-stop rows a sweep took that did not open (reason code ``unreadable``).
+        self.unreadable = 0
         self._schema = schema
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
@@ -180,16 +196,38 @@ class PostgresSessionBoard:
         :class:`ServiceUnavailable` when the table cannot be written."""
         pool = await self._connected()
         async with translated(_WHAT):
-            await pool.execute(_OWE, self._id(binding, patient), ends, seal(self._stop_key, stop))
+            row_id = self._id(binding, patient)
+            await pool.execute(_OWE, row_id, ends, seal_stop(self._stop_key, row_id, ends, stop))
 
-    async def take(self, binding: str, patient: str, ends: float, now: float) -> Owed | None:
-        """Take the session's owed stop (None: recorded, or taken by another replica under a
-        live lease). Raises :class:`ServiceUnavailable` when the table cannot be written."""
+    async def take(self, binding: str, patient: str, ends: float, now: float) -> Owed | str:
+        """Take the session's owed stop, else why not
+        (:func:`~middleware.storage.breakglass_rows.verdict`, from the row read in the same
+        transaction). Raises :class:`ServiceUnavailable` when the table cannot be written."""
         row_id = self._id(binding, patient)
         pool = await self._connected()
-        async with translated(_WHAT):
-            sealed = await pool.fetchval(_TAKE_ONE, row_id, ends, now, now + LEASE)
-        return None if sealed is None else self._opened(row_id, ends, bytes(sealed))
+        async with translated(_WHAT), pool.acquire() as conn, conn.transaction():
+            sealed = await conn.fetchval(_TAKE_ONE, row_id, ends, now, now + LEASE)
+            found = None if sealed is not None else await conn.fetchrow(_ROW, row_id, ends)
+        if sealed is not None:
+            stop = open_row(self._stop_key, row_id, ends, bytes(sealed))
+            if stop is None or stop is True:
+                return "unreadable" if stop is None else RECORDED_BY_OTHER
+            return Owed(row_id, ends, stop)
+        row = None if found is None else (bytes(found[0]), float(found[1]))
+        return verdict(self._stop_key, row_id, ends, row, now)
+
+    async def recorded(self, binding: str, patient: str, ends: float) -> None:
+        """Mark the session's stop recorded (its row kept ``KEEP`` seconds as the proof); a
+        failure is swallowed."""
+        await self._mark(self._id(binding, patient), ends)
+
+    async def _mark(self, row_id: bytes, ends: float) -> None:
+        sealed = seal_recorded(self._stop_key, row_id, ends)
+        with contextlib.suppress(ServiceUnavailable):
+            pool = await self._connected()
+            async with translated(_WHAT):
+                await pool.execute(_MARK, row_id, ends, sealed, RECORDED)
+                await pool.execute(_FORGET, RECORDED, ends - KEEP)
 
     async def take_overdue(self, before: float, now: float) -> list[Owed]:
         """Take up to ``BATCH`` owed stops of sessions ended by ``before`` and not held by a
@@ -200,22 +238,25 @@ class PostgresSessionBoard:
                 rows = await pool.fetch(_TAKE_OVERDUE, before, now, now + LEASE, BATCH)
         except ServiceUnavailable:
             return []
-        taken = (self._opened(bytes(r[0]), float(r[1]), bytes(r[2])) for r in rows)
-        return [owed for owed in taken if owed is not None]
+        taken: list[Owed] = []
+        for r in rows:
+            owed = opened(self._stop_key, bytes(r[0]), float(r[1]), bytes(r[2]))
+            if isinstance(owed, Owed):
+                taken.append(owed)
+            elif owed is None:
+                self.unreadable += 1
+        return taken
 
     async def settle(self, owed: Owed, *, recorded: bool) -> None:
-        """Delete ``owed``'s row once ``recorded``, else give it back (its lease ends now); a
-        failure leaves the lease to lapse."""
+        """Mark ``owed``'s row recorded once ``recorded``, else give it back (its lease ends
+        now); a failure leaves the lease to lapse."""
+        if recorded:
+            await self._mark(owed.id, owed.ends)
+            return
         with contextlib.suppress(ServiceUnavailable):
             pool = await self._connected()
             async with translated(_WHAT):
-                await pool.execute(_SETTLE if recorded else _GIVE_BACK, owed.id, owed.ends)
-
-    def _opened(self, row_id: bytes, ends: float, sealed: bytes) -> Owed | None:
-        """The row's stop opened; None when it does not open under this key (it stays taken
-        until its lease lapses)."""
-        stop = unseal(self._stop_key, sealed)
-        return None if stop is None else Owed(row_id, ends, stop)
+                await pool.execute(_GIVE_BACK, owed.id, owed.ends)
 
     async def aclose(self) -> None:
         """Finish the queued releases and close the pool (idempotent)."""

@@ -24,7 +24,8 @@ docstring): ``(id, ends) -> stop, taken_until``, ``stop`` sealed
 (:func:`~middleware.ledger.signing.seal`, XSalsa20-Poly1305) under a key derived from the
 board's, so the file still names no patient and no caller in the clear. A take is one
 ``UPDATE ... RETURNING`` in a write transaction (one writer at a time across the processes:
-exactly one taker); ``taken_until`` is the take's lease. A settled row is deleted (and the WAL
+exactly one taker); ``taken_until`` is the take's lease. A recorded row is marked so
+(:mod:`~middleware.storage.breakglass_rows`) and deleted a day after its end (the WAL
 truncated). A sweep first looks with a read (no write when nothing is owed).
 """
 
@@ -37,21 +38,29 @@ import sqlite3
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from middleware.errors import ServiceUnavailable
-from middleware.ledger.signing import derive_box_key, keyed_digest, seal, unseal
-from middleware.pipeline.breakglass import Owed
+from middleware.ledger.signing import derive_box_key, keyed_digest
+from middleware.logging import get_logger
+from middleware.pipeline.breakglass import RECORDED_BY_OTHER, Owed
+from middleware.storage.breakglass_rows import (
+    KEEP,
+    LEASE,
+    RECORDED,
+    open_row,
+    seal_recorded,
+    seal_stop,
+    verdict,
+)
 from middleware.storage.sidecar import beside
 
-__all__ = ["BOARD_PURPOSE", "SqliteSessionBoard", "sessions_path"]
+__all__ = ["BOARD_PURPOSE", "LEASE", "SqliteSessionBoard", "opened", "sessions_path"]
 
 #: What the board's digest key is derived for: ``derive_box_key(data secret, BOARD_PURPOSE)``.
 BOARD_PURPOSE: Final = "breakglass-board"
 #: What the key sealing owed stops is derived for, from the board's key (both boards').
 STOP_PURPOSE: Final = "breakglass-stop"
-#: Seconds a take holds an owed stop: far longer than a ledger append may take.
-LEASE: Final = 300.0
 #: Owed stops one sweep takes at most (the rest at the next).
 BATCH: Final = 16
 
@@ -79,6 +88,19 @@ _TAKE_OVERDUE: Final = (
 # The table of the first version held the patient's reference in the clear: dropped (with
 # secure_delete on, its pages are zeroed) the first time a newer gateway opens the file.
 _OLD_TABLE: Final = "session"
+_MARK: Final = "INSERT OR REPLACE INTO owed_stop (id, ends, stop, taken_until) VALUES (?, ?, ?, ?)"
+_FORGET: Final = "DELETE FROM owed_stop WHERE taken_until = ? AND ends <= ?"
+_LOG: Final = get_logger("consentry.breakglass")
+
+
+def opened(key: bytes, row_id: bytes, ends: float, sealed: bytes) -> Owed | Literal[True] | None:
+    """A row a sweep took, opened: its stop, True for one marked recorded, None (logged with
+    its reason code, counted by the caller) for one that does not open: its take lapses,
+    never guessed at."""
+    stop = open_row(key, row_id, ends, sealed)
+    if stop is None:
+        _LOG.error("break-glass owed stop unreadable", reason="unreadable")
+    return stop if stop is None or stop is True else Owed(row_id, ends, stop)
 
 
 def sessions_path(store: str) -> Path | None:
@@ -102,6 +124,8 @@ class SqliteSessionBoard:
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="breakglass-board")
+        #: Owed-stop rows a sweep took that did not open (reason code ``unreadable``).
+        self.unreadable = 0
 
     def _id(self, binding: str, patient: str) -> bytes:
         return keyed_digest(self._key, (binding.encode(), patient.encode()))
@@ -207,18 +231,43 @@ class SqliteSessionBoard:
     async def owe(self, binding: str, patient: str, ends: float, stop: bytes) -> None:
         """Keep ``stop``, sealed, for the session until ``ends`` (on the board's thread).
         Raises :class:`ServiceUnavailable` when the file cannot be written."""
-        sealed = seal(self._stop_key, stop)
+        row_id = self._id(binding, patient)
+        sealed = seal_stop(self._stop_key, row_id, ends, stop)
         await self._write(
             "INSERT OR REPLACE INTO owed_stop (id, ends, stop) VALUES (?, ?, ?)",
-            (self._id(binding, patient), ends, sealed),
+            (row_id, ends, sealed),
         )
 
-    async def take(self, binding: str, patient: str, ends: float, now: float) -> Owed | None:
-        """Take the session's owed stop (None: recorded, or taken by another under a live
-        lease). Raises :class:`ServiceUnavailable` when the file cannot be written."""
+    async def take(self, binding: str, patient: str, ends: float, now: float) -> Owed | str:
+        """Take the session's owed stop, else why not
+        (:func:`~middleware.storage.breakglass_rows.verdict`, from the row read in the same
+        transaction). Raises :class:`ServiceUnavailable` when the file cannot be written."""
         row_id = self._id(binding, patient)
-        rows = await self._write(_TAKE_ONE, (now + LEASE, row_id, ends, now))
-        return self._opened(row_id, ends, rows[0][0]) if rows else None
+        rows = await self._write(
+            _TAKE_ONE,
+            (now + LEASE, row_id, ends, now),
+            then=(
+                "SELECT stop, taken_until FROM owed_stop WHERE id = ? AND ends = ?",
+                (row_id, ends),
+            ),
+        )
+        if rows and len(rows[0]) == 1:  # taken
+            stop = open_row(self._stop_key, row_id, ends, rows[0][0])
+            if stop is None or stop is True:
+                return "unreadable" if stop is None else RECORDED_BY_OTHER
+            return Owed(row_id, ends, stop)
+        row = (bytes(rows[0][0]), float(rows[0][1])) if rows else None
+        return verdict(self._stop_key, row_id, ends, row, now)
+
+    async def recorded(self, binding: str, patient: str, ends: float) -> None:
+        """Mark the session's stop recorded (module docstring); a failure is swallowed."""
+        await self._mark(self._id(binding, patient), ends)
+
+    async def _mark(self, row_id: bytes, ends: float) -> None:
+        sealed = seal_recorded(self._stop_key, row_id, ends)
+        with contextlib.suppress(ServiceUnavailable):
+            await self._write(_MARK, (row_id, ends, sealed, RECORDED))
+            await self._write(_FORGET, (RECORDED, ends - KEEP), truncate=True)
 
     async def take_overdue(self, before: float, now: float) -> list[Owed]:
         """Take up to ``BATCH`` owed stops of sessions ended by ``before`` and not held by a
@@ -235,27 +284,37 @@ class SqliteSessionBoard:
             rows = await self._write(_TAKE_OVERDUE, (now + LEASE, before, now, BATCH))
         except (sqlite3.Error, OSError, ServiceUnavailable):
             return []
-        taken = (self._opened(bytes(i), float(e), bytes(s)) for i, e, s in rows)
-        return [owed for owed in taken if owed is not None]
+        taken: list[Owed] = []
+        for i, e, s in rows:
+            owed = opened(self._stop_key, bytes(i), float(e), bytes(s))
+            if isinstance(owed, Owed):
+                taken.append(owed)
+            elif owed is None:
+                self.unreadable += 1
+        return taken
 
     async def settle(self, owed: Owed, *, recorded: bool) -> None:
-        """Delete ``owed``'s row once ``recorded``, else give it back (its lease ends now); a
-        failure leaves the lease to lapse."""
+        """Mark ``owed``'s row recorded once ``recorded``, else give it back (its lease ends
+        now); a failure leaves the lease to lapse."""
         if recorded:
-            sql = "DELETE FROM owed_stop WHERE id = ? AND ends = ?"
-        else:
-            sql = "UPDATE owed_stop SET taken_until = 0 WHERE id = ? AND ends = ?"
+            await self._mark(owed.id, owed.ends)
+            return
         with contextlib.suppress(ServiceUnavailable):
-            await self._write(sql, (owed.id, owed.ends), truncate=recorded)
-
-    def _opened(self, row_id: bytes, ends: float, sealed: bytes) -> Owed | None:
-        stop = unseal(self._stop_key, sealed)
-        return None if stop is None else Owed(row_id, ends, stop)
+            await self._write(
+                "UPDATE owed_stop SET taken_until = 0 WHERE id = ? AND ends = ?",
+                (owed.id, owed.ends),
+            )
 
     async def _write(
-        self, sql: str, args: tuple[object, ...], *, truncate: bool = False
+        self,
+        sql: str,
+        args: tuple[object, ...],
+        *,
+        truncate: bool = False,
+        then: tuple[str, tuple[object, ...]] | None = None,
     ) -> list[tuple[Any, ...]]:
-        """Run one statement in a write transaction on the board's thread; its rows. Raises
+        """Run one statement in a write transaction on the board's thread; its rows (or, when
+        it has none, those of the query ``then`` in the same transaction). Raises
         :class:`ServiceUnavailable` when the file cannot be written."""
 
         def run() -> list[tuple[Any, ...]]:
@@ -263,6 +322,8 @@ class SqliteSessionBoard:
             db.execute("BEGIN IMMEDIATE")
             try:
                 rows = db.execute(sql, args).fetchall()
+                if not rows and then is not None:
+                    rows = db.execute(*then).fetchall()
             except BaseException:
                 db.execute("ROLLBACK")
                 raise

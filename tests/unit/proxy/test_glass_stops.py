@@ -23,6 +23,7 @@ from middleware.pipeline.breakglass import GRACE, BreakGlass, SessionBoard
 from middleware.pipeline.caller import Caller
 from middleware.proxy.glass_stops import GlassStops
 from middleware.storage.breakglass_postgres import PostgresSessionBoard
+from middleware.storage.breakglass_rows import KEEP, RECORDED
 from middleware.storage.breakglass_sqlite import LEASE, SqliteSessionBoard
 from tests.contract.backends import POSTGRES, PostgresBackend
 from tests.unit.audit.test_recorder import FakeLedger, Pseudonyms, opened, recorder
@@ -189,7 +190,7 @@ async def test_processes_sweeping_at_once_record_one_stop(gateway: Gateway) -> N
 
 async def test_a_stop_being_recorded_is_not_taken_again(gateway: Gateway) -> None:
     """While one process records a stop (its append in flight), the others' sweeps and the
-    opener leave it alone."""
+    opener leave it alone; the opener keeps it until the board shows it recorded."""
     opener, first, second = gateway.process(), gateway.process(), gateway.process()
     await _open(opener)
     gateway.now = ENDS + GRACE
@@ -199,9 +200,11 @@ async def test_a_stop_being_recorded_is_not_taken_again(gateway: Gateway) -> Non
     gateway.ledger.gate = None  # the others' appends would go through at once
     assert await second.sweep() == 0
     assert await opener.close_expired("rid-6", None) == 0
-    assert not opener.sessions.holding()
+    assert opener.sessions.holding()  # held by another's live lease: no proof yet
     gate.set()
     assert await asyncio.wait_for(recording, 5) == 1
+    assert await opener.close_expired("rid-7", None) == 0  # the row is marked recorded
+    assert not opener.sessions.holding()
     assert len(gateway.facts("break-glass-stopped")) == 1
 
 
@@ -274,9 +277,11 @@ def _leaks(path: Path) -> list[str]:
     return found
 
 
-async def test_the_owed_stop_is_sealed_in_the_file_and_gone_once_recorded(
+async def test_the_owed_stop_is_sealed_in_the_file_and_gone_a_day_after_recorded(
     tmp_path: Path,
 ) -> None:
+    """Recorded, the row keeps only the mark (the opener's proof) and goes KEEP seconds
+    after its end, at the next mark."""
     path = tmp_path / "x.db.sessions"
     gateway = Gateway(lambda: SqliteSessionBoard(path, KEY))
     opener, other = gateway.process(), gateway.process()
@@ -286,9 +291,15 @@ async def test_the_owed_stop_is_sealed_in_the_file_and_gone_once_recorded(
     assert _leaks(path) == []
     gateway.now = ENDS + GRACE
     assert await other.sweep() == 1
-    rows = sqlite3.connect(path).execute("SELECT count(*) FROM owed_stop").fetchone()
-    assert rows == (0,)
-    assert (tmp_path / "x.db.sessions-wal").stat().st_size == 0  # truncated after the delete
+    rows = sqlite3.connect(path).execute("SELECT ends, taken_until FROM owed_stop").fetchall()
+    assert rows == [(ENDS, RECORDED)]
+    assert (tmp_path / "x.db.sessions-wal").stat().st_size == 0  # truncated after the mark
+    later = ENDS + KEEP
+    await _open(other, later - 600)
+    gateway.now = later
+    assert await other.close_expired("rid-8", None) == 1
+    rows = sqlite3.connect(path).execute("SELECT ends, taken_until FROM owed_stop").fetchall()
+    assert rows == [(later, RECORDED)]  # the first row forgotten
     for stops in (opener, other):
         await stops.sessions.aclose()
 
