@@ -21,7 +21,8 @@ table, ``(id, ends) -> stop, taken_until``, ``stop`` sealed as on the SQLite boa
 key :data:`~middleware.storage.breakglass_sqlite.STOP_PURPOSE` derives from the board's). A
 take is one ``UPDATE ... RETURNING``: a second replica updating the same row waits for the
 first to commit and then no longer matches (READ COMMITTED re-checks the condition), so one
-replica takes it; a sweep picks its rows ``FOR UPDATE SKIP LOCKED``.
+replica takes it; a sweep picks its rows ``FOR UPDATE SKIP LOCKED``. A recorded row is marked
+so (:mod:`~middleware.storage.breakglass_rows`) and deleted a day after its end.
 
 Failures: a check that cannot read answers "no session" (the caller is asked for the reason
 again: the safe direction); a claim that cannot write raises
@@ -47,11 +48,12 @@ from middleware.storage.breakglass_rows import (
     LEASE,
     RECORDED,
     open_row,
+    opened,
     seal_recorded,
     seal_stop,
     verdict,
 )
-from middleware.storage.breakglass_sqlite import BATCH, STOP_PURPOSE, opened
+from middleware.storage.breakglass_sqlite import BATCH, STOP_PURPOSE
 from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["SCHEMA", "PostgresSessionBoard"]

@@ -20,9 +20,19 @@ import struct
 from typing import Final, Literal
 
 from middleware.ledger.signing import seal, unseal
-from middleware.pipeline.breakglass import HELD, RECORDED_BY_OTHER
+from middleware.logging import get_logger
+from middleware.pipeline.breakglass import HELD, RECORDED_BY_OTHER, Owed
 
-__all__ = ["KEEP", "LEASE", "RECORDED", "open_row", "seal_recorded", "seal_stop", "verdict"]
+__all__ = [
+    "KEEP",
+    "LEASE",
+    "RECORDED",
+    "open_row",
+    "opened",
+    "seal_recorded",
+    "seal_stop",
+    "verdict",
+]
 
 #: Seconds a take holds an owed stop: far longer than a ledger append may take.
 LEASE: Final = 300.0
@@ -32,6 +42,7 @@ RECORDED: Final = 1e300
 KEEP: Final = 86400.0
 _STOP: Final = b"S"
 _MARK: Final = b"R"
+_LOG: Final = get_logger("consentry.breakglass")
 
 
 def _bound(kind: bytes, row_id: bytes, ends: float) -> bytes:
@@ -77,3 +88,13 @@ def verdict(
     if now < row[1] <= now + LEASE:
         return HELD
     return "lease-out-of-range"
+
+
+def opened(key: bytes, row_id: bytes, ends: float, sealed: bytes) -> Owed | Literal[True] | None:
+    """A row a sweep took, opened: its stop, True for one marked recorded, None (logged with
+    its reason code, counted by the caller) for one that does not open: its take lapses,
+    never guessed at."""
+    stop = open_row(key, row_id, ends, sealed)
+    if stop is None:
+        _LOG.error("break-glass owed stop unreadable", reason="unreadable")
+    return stop if stop is None or stop is True else Owed(row_id, ends, stop)

@@ -38,24 +38,24 @@ import sqlite3
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.signing import derive_box_key, keyed_digest
-from middleware.logging import get_logger
 from middleware.pipeline.breakglass import RECORDED_BY_OTHER, Owed
 from middleware.storage.breakglass_rows import (
     KEEP,
     LEASE,
     RECORDED,
     open_row,
+    opened,
     seal_recorded,
     seal_stop,
     verdict,
 )
 from middleware.storage.sidecar import beside
 
-__all__ = ["BOARD_PURPOSE", "LEASE", "SqliteSessionBoard", "opened", "sessions_path"]
+__all__ = ["BOARD_PURPOSE", "LEASE", "SqliteSessionBoard", "sessions_path"]
 
 #: What the board's digest key is derived for: ``derive_box_key(data secret, BOARD_PURPOSE)``.
 BOARD_PURPOSE: Final = "breakglass-board"
@@ -90,17 +90,6 @@ _TAKE_OVERDUE: Final = (
 _OLD_TABLE: Final = "session"
 _MARK: Final = "INSERT OR REPLACE INTO owed_stop (id, ends, stop, taken_until) VALUES (?, ?, ?, ?)"
 _FORGET: Final = "DELETE FROM owed_stop WHERE taken_until = ? AND ends <= ?"
-_LOG: Final = get_logger("consentry.breakglass")
-
-
-def opened(key: bytes, row_id: bytes, ends: float, sealed: bytes) -> Owed | Literal[True] | None:
-    """A row a sweep took, opened: its stop, True for one marked recorded, None (logged with
-    its reason code, counted by the caller) for one that does not open: its take lapses,
-    never guessed at."""
-    stop = open_row(key, row_id, ends, sealed)
-    if stop is None:
-        _LOG.error("break-glass owed stop unreadable", reason="unreadable")
-    return stop if stop is None or stop is True else Owed(row_id, ends, stop)
 
 
 def sessions_path(store: str) -> Path | None:
