@@ -9,8 +9,8 @@ Contract (:class:`~middleware.storage.ledger_base.LogStore`'s ``witnessed`` and
 ``keep_witnessed``; the memory store honours it too):
 
 - Append-only by size: a note is kept only if its tree size is larger than every size kept
-  before (one statement, or one transaction under a table lock in PostgreSQL, so two replicas
-  keeping at once cannot both win with sizes out of order). A note of the same size as one
+  before (one statement, or one transaction under an advisory lock in PostgreSQL, so two
+  replicas keeping at once cannot both win with sizes out of order). A note of the same size as one
   kept is refused: the *first* stays. Its cosignatures already met the quorum; more lines add
   nothing a verifier needs, and rows never change (the ledger's append-only triggers refuse
   ``UPDATE`` and ``DELETE``; an insert below the newest size is refused by a trigger too).
@@ -19,13 +19,14 @@ Contract (:class:`~middleware.storage.ledger_base.LogStore`'s ``witnessed`` and
   why :class:`~middleware.ledger.witnessing.Witnessing` verifies a stored note against the
   witnesses' keys, the quorum and the log before it publishes it.
 
-PostgreSQL: ``keep_witnessed`` waits at most :data:`KEEP_LOCK_WAIT` seconds for the table lock
-(``SET LOCAL lock_timeout``), then raises ``ServiceUnavailable``: a transaction left open on
-the table (a DBA's session) cannot hold the witnessing task; its write is tried again at the next
-round. ``LOCK TABLE ... IN SHARE ROW EXCLUSIVE MODE`` needs the ``UPDATE``, ``DELETE`` or
-``TRUNCATE`` privilege on ``consentry_ledger_witnessed`` (PostgreSQL's ``LOCK`` reference), not
-only ``INSERT``: without it every keep fails (counted ``store``) and replicas publish only their
-own quorum's notes.
+PostgreSQL: keepers take a transaction-level advisory lock (:data:`_LOCK_CLASS`, and the
+schema's ``hashtext`` as the second key, as the log's own locks in
+:mod:`~middleware.storage.ledger_postgres_schema`: logs in other schemas do not wait), so it
+needs no privilege beyond ``SELECT`` and ``INSERT`` on an append-only table (``LOCK TABLE``
+would need ``UPDATE``, ``DELETE`` or ``TRUNCATE``). ``keep_witnessed`` waits at most
+:data:`KEEP_LOCK_WAIT` seconds for that lock or the table (``SET LOCAL lock_timeout``), then
+raises ``ServiceUnavailable``: a transaction left open on the table or the lock (a DBA's
+session) cannot hold the witnessing task; its write is tried again at the next round.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from middleware.storage.sqlite_worker import SqliteWorker
 
 __all__ = ["KEEP_LOCK_WAIT", "PostgresWitnessed", "SqliteWitnessed", "witnessed_size"]
 
-#: Seconds a PostgreSQL keep waits for the table lock (other keepers hold it for one insert).
+#: Seconds a PostgreSQL keep waits for its lock (other keepers hold it for one insert).
 KEEP_LOCK_WAIT = 5.0
 
 _NEWEST = "SELECT size, note FROM consentry_ledger_witnessed ORDER BY size DESC LIMIT 1"
@@ -49,9 +50,12 @@ _SQLITE_KEEP = (
     "INSERT INTO consentry_ledger_witnessed (size, note) SELECT ?, ? "
     "WHERE NOT EXISTS (SELECT 1 FROM consentry_ledger_witnessed WHERE size >= ?)"
 )
-# SHARE ROW EXCLUSIVE conflicts with itself and with inserts, not with readers: two keepers
-# in turn, each seeing the other's row (READ COMMITTED: a fresh snapshot per statement).
-_PG_LOCK = "LOCK TABLE consentry_ledger_witnessed IN SHARE ROW EXCLUSIVE MODE"
+#: First key of the keepers' advisory lock ("CSWT"); the second is the schema's hashtext (the
+#: pool's search_path is the log's schema), so logs in different schemas do not wait.
+_LOCK_CLASS = 0x43535754
+# Keepers in turn, each seeing the other's row (READ COMMITTED: a fresh snapshot per
+# statement); readers take no lock and are not held.
+_PG_LOCK = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, hashtext(current_schema()))"
 _PG_KEEP = (
     "INSERT INTO consentry_ledger_witnessed (size, note) SELECT $1, $2 "
     "WHERE NOT EXISTS (SELECT 1 FROM consentry_ledger_witnessed WHERE size >= $1)"
