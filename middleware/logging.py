@@ -64,6 +64,7 @@ ALLOWED_FIELDS = frozenset(
         "lost",
         "export_job",  # a bulk export job's random id (names no one; the owner's token serves it)
         "count",  # aggregate lines: how many events they stand for
+        "ledger_indexes",  # positions in the audit ledger (name no one): rows to repair
         "seconds",  # ... over how long
     }
 )

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
+from msgspec.structs import replace
+
 from middleware.audit.row import NO_INDEX_YET, AuditQuery, AuditRow, SortKey
 from middleware.audit.sort_keys import descending, sort_column, sort_value
 from middleware.ledger.entry import AppendResult, NewEntry
@@ -28,6 +30,7 @@ from middleware.ledger.errors import MalformedError
 from middleware.ledger.leaf import PSEUDONYM_SIZE
 
 __all__ = [
+    "agreeing",
     "check_indexes",
     "check_key",
     "check_leaves",
@@ -100,6 +103,28 @@ def disagreeing(rows: Sequence[AuditRow], leaves: Mapping[int, bytes | None]) ->
 
 
 _NO_LEAF = object()
+
+
+def agreeing(
+    rows: Sequence[AuditRow], leaves: Mapping[int, bytes | None]
+) -> tuple[list[AuditRow], list[int]]:
+    """``rows`` with each one :func:`disagreeing` with ``leaves`` replaced by its shredded
+    form stating its leaf's pseudonym (a row without a leaf: shredded as it stands), and the
+    indexes so replaced, ascending. What a SQLite writer's open files for a row an earlier
+    version left disagreeing (``audit_index_upgrade``, ``audit_index_staged``): found on its
+    leaf's chain, no PHI a shred could miss; ``consentry audit reindex`` rebuilds it from the
+    entry's evidence."""
+    bad = disagreeing(rows, leaves)
+    if not bad:
+        return list(rows), bad
+    wrong = set(bad)
+    out = [
+        (replace(r, pseudonym=leaves[r.index]) if r.index in leaves else r).shred()
+        if r.index in wrong
+        else r
+        for r in rows
+    ]
+    return out, bad
 
 
 def check_indexes(indexes: Sequence[int]) -> list[int]:

@@ -83,6 +83,7 @@ __all__ = [
     "leaf_pseudonyms",
     "read_row",
     "read_rows",
+    "secure_transaction",
     "shred",
     "shred_entries",
     "shredded_chains",
@@ -435,7 +436,7 @@ def shred(c: sqlite3.Connection, pseudonym: bytes, link: bytes | None = None) ->
     """Delete the pseudonym's key and replace its unshredded rows by their shredded form, in
     one transaction with ``secure_delete`` on; then truncate the WAL. Returns rows shredded.
     Runs on the worker thread outside any transaction (it brackets its own)."""
-    with _secure_transaction(c):
+    with secure_transaction(c):
         c.execute("DELETE FROM consentry_audit_keys WHERE pseudonym = ?", (pseudonym,))
         c.execute(
             "INSERT INTO consentry_audit_shredded (pseudonym, link) VALUES (?, ?) "
@@ -452,7 +453,7 @@ def shred_entries(c: sqlite3.Connection, indexes: Sequence[int]) -> int:
     ``secure_delete`` on; then truncate the WAL. Returns how many evidence rows were deleted.
     Runs on the worker thread outside any transaction (it brackets its own)."""
     wanted = json.dumps(list(indexes))
-    with _secure_transaction(c):
+    with secure_transaction(c):
         removed = c.execute(
             "DELETE FROM consentry_ledger_evidence WHERE idx IN (SELECT value FROM json_each(?))",
             (wanted,),
@@ -463,10 +464,11 @@ def shred_entries(c: sqlite3.Connection, indexes: Sequence[int]) -> int:
 
 
 @contextlib.contextmanager
-def _secure_transaction(c: sqlite3.Connection) -> Iterator[None]:
+def secure_transaction(c: sqlite3.Connection) -> Iterator[None]:
     """One ``BEGIN IMMEDIATE`` transaction with ``secure_delete`` on (module docstring):
     committed when the block ends, rolled back when it raises; after a commit the WAL is
-    truncated. For the worker thread outside any transaction."""
+    truncated. For the worker thread outside any transaction (a shred, and the upgrades a
+    writer's open runs: ``audit_index_upgrade``, ``audit_index_staged``)."""
     c.execute("PRAGMA secure_delete = ON")
     try:
         c.execute("BEGIN IMMEDIATE")

@@ -22,7 +22,6 @@ from middleware.storage import audit_index_sqlite as lite
 from middleware.storage.audit_index_match import (
     check_indexes,
     check_key,
-    check_leaves,
     check_pseudonym,
     check_pseudonyms,
     check_reindex,
@@ -52,7 +51,7 @@ def _sqlite_keys(c: sqlite3.Connection, pseudonyms: Sequence[bytes]) -> dict[byt
 
 
 def _reindex(c: sqlite3.Connection, rows: Sequence[AuditRow]) -> None:
-    check_leaves(rows, lite.leaf_pseudonyms(c, rows))
+    refuse_disagreeing(lite.disagreeing(c, rows))  # as PostgreSQL's (PostgresAuditIndex)
     # A shred may have run since the caller read the keys: its patients' rows go in shredded.
     lite.write_rows(c, lite.tombstoned(c, rows))
 

@@ -3,8 +3,9 @@
 ``(pseudonym, recorded_us)`` index is gone from new files, dropped from a file an earlier
 version wrote when a writer opens it, and not built again by a bulk rebuild; a search by
 pseudonym still returns exactly the chain's rows (shredded ones on request) and its plan reads
-the leaves' index; a reindexed or staged row that does not state its leaf's pseudonym is
-refused, since such a row would be missing from those searches.
+the leaves' index; a reindexed row that does not state its leaf's pseudonym is refused, and a
+staged one moves shredded, stating its leaf's pseudonym, since such a row would be missing
+from those searches.
 
 Expected rows are the contract suite's (``test_audit_index``: pseudonym ``PA`` is entries 0,
 1 and 4)."""
@@ -18,7 +19,6 @@ import pytest
 from msgspec.structs import replace
 
 from middleware.audit.row import AuditQuery
-from middleware.ledger.errors import VerificationError
 from middleware.storage import audit_index_sqlite as lite
 from middleware.storage.audit_index_query import count_sql, select_sql
 from middleware.storage.audit_index_staged import STAGED
@@ -134,7 +134,9 @@ async def test_reindex_refuses_a_row_that_does_not_state_its_leafs_pseudonym(
         await store.close()
 
 
-async def test_a_staged_row_that_disagrees_with_its_leaf_fails_the_open(tmp_path: Path) -> None:
+async def test_a_staged_row_that_disagrees_with_its_leaf_moves_shredded(tmp_path: Path) -> None:
+    """Stating its leaf's pseudonym (a row without a leaf: as it stands), with a warning
+    (``test_audit_index_repair``); the open does not fail."""
     path = tmp_path / "log.db"
     await _written(path)
     cols = lite.COLUMNS
@@ -143,9 +145,17 @@ async def test_a_staged_row_that_disagrees_with_its_leaf_fails_the_open(tmp_path
         c.execute(f"INSERT INTO {STAGED} ({cols}) SELECT {cols} FROM consentry_audit_index "
                   "WHERE idx = 4")  # fmt: skip
         c.execute(f"UPDATE {STAGED} SET pseudonym = ?", (PB,))
+        rest = cols.partition(", ")[2]  # no leaf at 9
+        c.execute(f"INSERT INTO {STAGED} ({cols}) SELECT 9, {rest} FROM {STAGED} WHERE idx = 4")
         c.execute("DELETE FROM consentry_audit_terms WHERE idx = 4")
         c.execute("DELETE FROM consentry_audit_index WHERE idx = 4")
-    with pytest.raises(VerificationError, match="leaves"):
-        await SqliteLogStore.open(path)
+    store = await SqliteLogStore.open(path)
+    try:
+        assert await store.audit_row(4) == EXPECTED[4].shred(), "stating its leaf's (PA)"
+        assert await store.audit_row(9) == replace(EXPECTED[4], pseudonym=PB).at(9).shred()
+        found = await store.audit_rows(AuditQuery(pseudonym=PA, include_shredded=True))
+        assert [r.index for r in found] == [0, 1, 4]
+    finally:
+        await store.close()
     with sqlite3.connect(path) as c:
-        assert c.execute(f"SELECT count(*) FROM {STAGED}").fetchone()[0] == 1, "nothing moved"
+        assert c.execute(f"SELECT count(*) FROM {STAGED}").fetchone()[0] == 0, "all moved"
