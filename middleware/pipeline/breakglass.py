@@ -31,9 +31,15 @@ board's lease, and the row is taken again. A recorded row is marked so (sealed);
 which holds its stop in memory, records it itself unless the board proves another did.
 
 An expired session is never continued: it moves to the stops this process still owes, and a
-new request with the header opens (and records the start of) a new one. A session whose
-start the ledger did not take is dropped at once (:meth:`BreakGlass.abandon`), so nothing
-honours it without a start on the ledger.
+new request with the header opens (and records the start of) a new one; a request without
+the header never opens one (review R7b-2). Emergency access only once its start is durable
+(review R7b-1/3): :meth:`BreakGlass.open` claims a session *pending*; it is honoured (here, and
+on the board by every process) only once :meth:`BreakGlass.begin` says its start is on the
+ledger. Whatever a call to :meth:`~BreakGlass.open` claimed and did not see begun is dropped
+(:meth:`BreakGlass.abandon`) on every failure path, cancellation included; a board row left
+pending (its release lost) is honoured nowhere and stops blocking a claim after ``PENDING``
+seconds. A pending claim blocks a second one: that request is refused (503, retry), never
+released on the strength of a start not yet durable.
 """
 
 from __future__ import annotations
@@ -51,8 +57,11 @@ from middleware.pipeline.caller import Caller
 __all__ = [
     "BREAK_GLASS_HEADER",
     "BTG",
+    "BeingOpened",
     "GRACE",
     "HELD",
+    "HELD_RETRY",
+    "PENDING",
     "RECORDED_BY_OTHER",
     "BreakGlass",
     "Owed",
@@ -73,6 +82,21 @@ GRACE: Final = 120.0
 HELD: Final = "held"
 #: :meth:`SessionBoard.take` took nothing: the row, readable, is marked recorded.
 RECORDED_BY_OTHER: Final = "recorded"
+#: Seconds a pending claim (its start not yet on the ledger) blocks another claim of the same
+#: session: far longer than a start append may take; after that the row is inert and replaced.
+PENDING: Final = 60.0
+#: Seconds between two takes of a stop another process holds (R7b-4: a held row is not asked
+#: for at every request; its lease is ``LEASE``, the sweep asks every ``SWEEP_EVERY``).
+HELD_RETRY: Final = 10.0
+
+
+class BeingOpened(ServiceUnavailable):
+    """A session is pending (its start undecided), here or in another process: this request is
+    refused (503, retry). Raised by :meth:`SessionBoard.claim` it says the row is another's:
+    nothing of this call is on the board, nothing to release."""
+
+    def __init__(self) -> None:
+        super().__init__("an emergency session is being opened; retry")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +115,9 @@ class Session:
     patient (``Patient/<id>``). ``owed``: its stop may be on the board (whoever takes it
     records it); ``taken``: the board's row this process took to record the stop;
     ``unproven``: why this process records a stop it did not take (the board's reason code:
-    the row was missing, unreadable, or held under a lease no taker sets)."""
+    the row was missing, unreadable, or held under a lease no taker sets); ``pending``: its
+    start is not yet on the ledger (honoured nowhere); ``retry_at``: when to ask the board
+    again for a stop another process holds."""
 
     caller: str
     identity: Identity
@@ -101,6 +127,8 @@ class Session:
     owed: bool = False
     taken: Owed | None = None
     unproven: str | None = None
+    pending: bool = False
+    retry_at: float = 0.0
 
 
 def requested_reason(headers: Mapping[str, str], caller: Caller) -> str | None:
@@ -141,13 +169,21 @@ class SessionBoard(Protocol):
     """The sessions open in any process of the gateway (module docstring)."""
 
     async def active(self, binding: str, patients: Iterable[str], now: float) -> frozenset[str]:
-        """Which of ``patients`` ``binding`` holds an open session for (none when
-        unreadable)."""
+        """Which of ``patients`` ``binding`` holds an open session for whose start is on the
+        ledger (:meth:`confirm`; none when unreadable)."""
         ...
 
     async def claim(self, binding: str, patient: str, ends: float, now: float) -> bool:
-        """Record a session unless one is open; True when this call recorded it. Raises
-        :class:`~middleware.errors.ServiceUnavailable` when it cannot tell."""
+        """Record a session, pending, unless one is open; True when this call recorded it,
+        False when a started one is open. Raises :class:`~middleware.errors.ServiceUnavailable`
+        when it cannot tell; :class:`BeingOpened` when another's pending claim (under ``PENDING``
+        seconds old) holds the session: its start is undecided."""
+        ...
+
+    async def confirm(self, binding: str, patient: str, ends: float) -> None:
+        """Mark the session claimed until ``ends`` started (its start is on the ledger): from
+        now on every process honours it. A failure is swallowed (it stays pending: honoured
+        by its opener only)."""
         ...
 
     def release(self, binding: str, patient: str, ends: float) -> object:
@@ -210,7 +246,7 @@ class BreakGlass:
         return shared | frozenset(
             s.patient
             for s in self._sessions.values()
-            if s.caller == caller.binding and s.ends > now
+            if s.caller == caller.binding and s.ends > now and not s.pending
         )
 
     @property
@@ -229,30 +265,76 @@ class BreakGlass:
         return sum(1 for s in self._sessions.values() if s.ends > now)
 
     async def open(self, caller: Caller, patients: Iterable[str], now: float) -> list[str]:
-        """Open sessions for ``patients`` that have none; returns the newly opened ones
-        (their start events must be recorded). Raises
-        :class:`~middleware.errors.ServiceUnavailable` when the board cannot take a claim."""
+        """Open sessions, pending, for ``patients`` that have none; returns the newly opened
+        ones: record their starts, then pass them to :meth:`begin` (else to :meth:`abandon`).
+        Only for a request that gives the reason (the header): never a renewal. Raises
+        :class:`~middleware.errors.ServiceUnavailable` when the board cannot take a claim, or
+        when a session is being opened (pending) here or elsewhere; then nothing this call
+        claimed is kept (R7b-1: not the first patients' claims either)."""
         opened: list[str] = []
-        for patient in patients:
-            key = (caller.binding, patient)
-            current = self._sessions.get(key)
-            if current is None or current.ends <= now:
+        board = self._board
+        try:
+            for patient in patients:
+                key = (caller.binding, patient)
+                current = self._sessions.get(key)
+                if current is not None and current.ends > now:
+                    if current.pending:  # its start undecided: nothing released on it
+                        raise BeingOpened
+                    continue
                 if current is not None:  # never continued (R7-1): its stop is still owed
                     self._close(current)
                 ends = now + self.seconds
-                board = self._board
-                if board is not None and not await board.claim(caller.binding, patient, ends, now):
-                    continue  # open in another process, which records its start and stop
-                self._sessions[key] = Session(caller.binding, caller.identity, patient, now, ends)
+                # In memory (pending) before the claim: a claim whose answer is lost is
+                # released by abandon() like one that answered.
+                session = Session(caller.binding, caller.identity, patient, now, ends, pending=True)
+                self._sessions[key] = session
                 opened.append(patient)
+                if board is None:
+                    continue
+                try:
+                    claimed = await board.claim(caller.binding, patient, ends, now)
+                except BeingOpened:  # the row is another's: not ours to release
+                    self._forget(session, opened)
+                    raise
+                if not claimed:  # started in another process, which records its start and stop
+                    self._forget(session, opened)
+        except BaseException:
+            self.abandon(caller, opened)
+            raise
         return opened
 
-    def abandon(self, caller: Caller, patients: Iterable[str]) -> None:
-        """Drop the sessions :meth:`open` just opened for ``patients`` (their start is not
-        on the ledger): not honoured here nor, once released, by another process."""
+    def _forget(self, session: Session, opened: list[str]) -> None:
+        """Drop ``session``, pending, which :meth:`open` did not claim on the board."""
+        opened.remove(session.patient)
+        if self._sessions.get((session.caller, session.patient)) is session:
+            del self._sessions[(session.caller, session.patient)]
+
+    async def begin(self, caller: Caller, patients: Iterable[str]) -> None:
+        """The starts of the sessions :meth:`open` opened for ``patients`` are on the ledger:
+        honoured here at once (before any await: a cancellation cannot separate the start
+        from the session) and, once the board confirms them, by every process."""
+        begun: list[Session] = []
         for patient in patients:
-            session = self._sessions.pop((caller.binding, patient), None)
-            if session is not None and self._board is not None:
+            key = (caller.binding, patient)
+            session = self._sessions.get(key)
+            if session is not None and session.pending:
+                self._sessions[key] = replace(session, pending=False)
+                begun.append(session)
+        if self._board is not None:
+            for session in begun:
+                await self._board.confirm(session.caller, session.patient, session.ends)
+
+    def abandon(self, caller: Caller, patients: Iterable[str]) -> None:
+        """Drop the pending sessions :meth:`open` opened for ``patients`` (their start is not
+        on the ledger): not honoured here nor, pending on the board, by another process; the
+        board's row is released (a release lost leaves an inert row)."""
+        for patient in patients:
+            key = (caller.binding, patient)
+            session = self._sessions.get(key)
+            if session is None or not session.pending:
+                continue
+            del self._sessions[key]
+            if self._board is not None:
                 self._board.release(session.caller, session.patient, session.ends)
 
     def _close(self, session: Session) -> None:
@@ -290,21 +372,25 @@ class BreakGlass:
         Pass each returned session to :meth:`settle`."""
         if not self.holding():
             return []
-        for session in [s for s in self._sessions.values() if s.ends <= now]:
+        for session in [s for s in self._sessions.values() if s.ends <= now and not s.pending]:
             self._close(session)
         over: list[Session] = []
         for key, session in list(self._closing.items()):
             found: Owed | str | None = None
             if session.owed:
                 assert self._board is not None  # owed only through a board
+                if now < session.retry_at:
+                    continue  # held by another a moment ago (R7b-4): asked again later
                 try:
                     found = await self._board.take(
                         session.caller, session.patient, session.ends, now
                     )
                 except ServiceUnavailable:
                     continue  # kept: taken (or found recorded) at a later call
-                if found == HELD:
-                    continue  # being recorded by another; kept until the board proves it
+                if found == HELD:  # being recorded by another; kept until the board proves it
+                    if self._closing.get(key) is session:
+                        self._closing[key] = replace(session, retry_at=now + HELD_RETRY)
+                    continue
             if self._closing.get(key) is not session:
                 continue  # closed meanwhile by a concurrent call
             del self._closing[key]
@@ -319,13 +405,16 @@ class BreakGlass:
     async def settle(self, session: Session, *, recorded: bool) -> None:
         """After :meth:`expire`: the stop of ``session`` was ``recorded`` (its board row is
         marked so), or not (kept, with its row given back, for a later :meth:`expire`)."""
+        key = (session.caller, session.patient, session.ends)
         if not recorded:
-            key = (session.caller, session.patient, session.ends)
             self._closing.setdefault(key, replace(session, taken=None, unproven=None))
         if self._board is None:
             return
         if session.taken is not None:
             await self._board.settle(session.taken, recorded=recorded)
+            kept = self._closing.get(key)
+            if not recorded and kept is not None:  # our own row, given back: ask again now
+                self._closing[key] = replace(kept, retry_at=0.0)
         elif recorded and session.owed:
             await self._board.recorded(session.caller, session.patient, session.ends)
 

@@ -168,29 +168,37 @@ class Enforcement:
 
     async def _open_sessions(self, ask: Ask, reason: str | None) -> None:
         """Start (and record, before anything is released) the emergency sessions this
-        exchange's overrides opened."""
+        exchange's overrides opened. Only a request giving the reason opens one: without it,
+        an override came from a session open at the decision, never renewed (R7b-2)."""
         reads = self.pipeline.reads
         sessions = reads.break_glass
-        if sessions is None or not ask.trail.overridden:
+        if sessions is None or reason is None or not ask.trail.overridden:
             return
-        opened = await sessions.open(ask.caller, sorted(ask.trail.overridden), reads.wall_clock())
-        if opened:
-            try:
-                indexes = await self.recorder.record_break_glass(
-                    "started",
-                    identity=ask.caller.identity,
-                    patients=opened,
-                    request_id=ask.request_id,
-                    client_address=ask.client_address,
-                    reason=reason,
-                )
-            except BaseException:
-                # Emergency access only once its start is durable: nothing honours a
-                # session whose start the ledger did not take (the header is needed again).
-                sessions.abandon(ask.caller, opened)
-                raise
-            if self.glass_stops is not None:  # any process may now record their stops
-                await self.glass_stops.started(ask.caller, opened, indexes)
+        opened: list[str] = []
+        try:
+            # open() drops what it claimed when it fails; what it opened is dropped below
+            # unless its start is durable, on every path out, cancellation included (R7b-1).
+            opened = await sessions.open(
+                ask.caller, sorted(ask.trail.overridden), reads.wall_clock()
+            )
+            if not opened:
+                return
+            indexes = await self.recorder.record_break_glass(
+                "started",
+                identity=ask.caller.identity,
+                patients=opened,
+                request_id=ask.request_id,
+                client_address=ask.client_address,
+                reason=reason,
+            )
+        except BaseException:
+            # Emergency access only once its start is durable: nothing honours a
+            # session whose start the ledger did not take (the header is needed again).
+            sessions.abandon(ask.caller, opened)
+            raise
+        await sessions.begin(ask.caller, opened)  # honoured from here (R7b-3)
+        if self.glass_stops is not None:  # any process may now record their stops
+            await self.glass_stops.started(ask.caller, opened, indexes)
 
     async def _close_expired(self, rid: str, client_host: str | None) -> None:
         """Record the stop of every emergency session of this process whose time is over."""

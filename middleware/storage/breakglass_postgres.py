@@ -13,8 +13,10 @@ small pool of the board's own (opened on first use, closed by :meth:`aclose`), s
 check never waits behind a ledger append. A claim runs in one transaction under an advisory
 lock of the board's (claims are rare: one per emergency session), deletes every row whose
 ``ends`` has passed (a replica killed with sessions open leaves rows that lapse at once) and
-inserts the new row unless one is open. Deleted rows' bytes stay in PostgreSQL's WAL and in
-dead tuples until VACUUM; they are digests, nothing more.
+inserts the new row, pending, unless one is open; it is honoured once confirmed started, as
+on the SQLite board (``pending_until``; added to an older table by ``ADD COLUMN IF NOT
+EXISTS`` under the DDL lock, so replicas opening at once add it once). Deleted rows' bytes
+stay in PostgreSQL's WAL and in dead tuples until VACUUM; they are digests, nothing more.
 
 The stops owed (:class:`~middleware.pipeline.breakglass.BreakGlass` docstring) are a second
 table, ``(id, ends) -> stop, taken_until``, ``stop`` sealed as on the SQLite board (under the
@@ -42,7 +44,7 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg
 
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.signing import derive_box_key, keyed_digest
-from middleware.pipeline.breakglass import RECORDED_BY_OTHER, Owed
+from middleware.pipeline.breakglass import PENDING, RECORDED_BY_OTHER, BeingOpened, Owed
 from middleware.storage.breakglass_rows import (
     KEEP,
     LEASE,
@@ -53,7 +55,7 @@ from middleware.storage.breakglass_rows import (
     seal_stop,
     verdict,
 )
-from middleware.storage.breakglass_sqlite import BATCH, STOP_PURPOSE
+from middleware.storage.breakglass_sqlite import BATCH, STARTED, STOP_PURPOSE
 from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["SCHEMA", "PostgresSessionBoard"]
@@ -63,6 +65,8 @@ CREATE TABLE IF NOT EXISTS consentry_breakglass_sessions (
     id bytea PRIMARY KEY CHECK (octet_length(id) = 32),
     ends double precision NOT NULL
 );
+ALTER TABLE consentry_breakglass_sessions
+    ADD COLUMN IF NOT EXISTS pending_until double precision NOT NULL DEFAULT 0;
 CREATE TABLE IF NOT EXISTS consentry_breakglass_stops (
     id bytea NOT NULL CHECK (octet_length(id) = 32),
     ends double precision NOT NULL,
@@ -74,13 +78,21 @@ CREATE TABLE IF NOT EXISTS consentry_breakglass_stops (
 _WHAT: Final = "break-the-glass sessions"
 _LOCK_CLASS: Final = 0x42544753  # "BTGS": the board's advisory lock
 _CLAIM_LOCK: Final = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, 0)"
-_SWEEP: Final = "DELETE FROM consentry_breakglass_sessions WHERE ends <= $1"
+_SWEEP: Final = (
+    "DELETE FROM consentry_breakglass_sessions WHERE ends <= $1 "
+    "OR (pending_until >= 0 AND pending_until <= $1)"
+)
 _INSERT: Final = (
-    "INSERT INTO consentry_breakglass_sessions (id, ends) VALUES ($1, $2) "
+    "INSERT INTO consentry_breakglass_sessions (id, ends, pending_until) VALUES ($1, $2, $3) "
     "ON CONFLICT (id) DO NOTHING RETURNING 1"
 )
+_HELD: Final = "SELECT pending_until FROM consentry_breakglass_sessions WHERE id = $1"
+_CONFIRM: Final = (
+    "UPDATE consentry_breakglass_sessions SET pending_until = $3 WHERE id = $1 AND ends = $2"
+)
 _ACTIVE: Final = (
-    "SELECT id FROM consentry_breakglass_sessions WHERE id = ANY($1::bytea[]) AND ends > $2"
+    "SELECT id FROM consentry_breakglass_sessions WHERE id = ANY($1::bytea[]) AND ends > $2 "
+    "AND pending_until = $3"
 )
 _RELEASE: Final = "DELETE FROM consentry_breakglass_sessions WHERE id = $1 AND ends = $2"
 _OWE: Final = (
@@ -159,22 +171,34 @@ class PostgresSessionBoard:
         try:
             pool = await self._connected()
             async with translated(_WHAT):
-                rows = await pool.fetch(_ACTIVE, list(wanted), now)
+                rows = await pool.fetch(_ACTIVE, list(wanted), now, STARTED)
         except ServiceUnavailable:
             return frozenset()
         return frozenset(wanted[bytes(row[0])] for row in rows)
 
     async def claim(self, binding: str, patient: str, ends: float, now: float) -> bool:
-        """Record a session until ``ends`` unless one is open (True: this replica opened it and
-        records its start); lapsed rows are deleted first. Raises :class:`ServiceUnavailable`
-        when the table cannot be written."""
+        """Record a session until ``ends``, pending, unless one is open (True: this replica
+        opened it and records its start; False: a started one is open); lapsed rows (and inert
+        pending ones) are deleted first. Raises :class:`ServiceUnavailable` when the table
+        cannot be written, or when another's pending claim holds the session."""
         row_id = self._id(binding, patient)
         pool = await self._connected()
         async with translated(_WHAT), pool.acquire() as conn, conn.transaction():
             await conn.execute(_CLAIM_LOCK)
             await conn.execute(_SWEEP, now)
-            inserted = await conn.fetchval(_INSERT, row_id, ends)
+            inserted = await conn.fetchval(_INSERT, row_id, ends, now + PENDING)
+            held = None if inserted is not None else await conn.fetchval(_HELD, row_id)
+        if inserted is None and held != STARTED:
+            raise BeingOpened
         return inserted is not None
+
+    async def confirm(self, binding: str, patient: str, ends: float) -> None:
+        """Mark the pending session until ``ends`` started: honoured by every replica from now
+        on. A failure is swallowed (it stays pending: inert)."""
+        with contextlib.suppress(ServiceUnavailable):
+            pool = await self._connected()
+            async with translated(_WHAT):
+                await pool.execute(_CONFIRM, self._id(binding, patient), ends, STARTED)
 
     def release(self, binding: str, patient: str, ends: float) -> asyncio.Task[None]:
         """Forget the session until ``ends``, closed now; a row another replica has since

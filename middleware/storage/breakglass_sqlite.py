@@ -10,6 +10,13 @@ caller's binding (issuer/subject/client) and the patient's reference
 file names no patient and no caller: without the ledger key nobody can tell whose session a
 row is. A check asks for the patients of the document at hand and compares digests.
 
+A claim writes its row *pending* (``pending_until``: the claim time plus
+:data:`~middleware.pipeline.breakglass.PENDING`); :meth:`SqliteSessionBoard.confirm` marks it
+started (``pending_until = STARTED``) once the start is on the ledger, and only a started row
+is honoured (review R7b-3: fail closed). A pending row blocks another claim until its
+``pending_until``, then it is inert and replaced; a release that is lost leaves only that. The
+column is added to an older file when it is opened (its rows, default 0, are inert).
+
 The file is its own (``<store>.sessions`` beside a SQLite store, mode 0600): a session check
 never waits for a ledger commit. WAL mode, so a read never waits for a writer. Reads are
 short indexed lookups made on the event loop (like
@@ -42,7 +49,7 @@ from typing import Any, Final
 
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.signing import derive_box_key, keyed_digest
-from middleware.pipeline.breakglass import RECORDED_BY_OTHER, Owed
+from middleware.pipeline.breakglass import PENDING, RECORDED_BY_OTHER, BeingOpened, Owed
 from middleware.storage.breakglass_rows import (
     KEEP,
     LEASE,
@@ -55,7 +62,7 @@ from middleware.storage.breakglass_rows import (
 )
 from middleware.storage.sidecar import beside
 
-__all__ = ["BOARD_PURPOSE", "LEASE", "SqliteSessionBoard", "sessions_path"]
+__all__ = ["BOARD_PURPOSE", "LEASE", "STARTED", "SqliteSessionBoard", "sessions_path"]
 
 #: What the board's digest key is derived for: ``derive_box_key(data secret, BOARD_PURPOSE)``.
 BOARD_PURPOSE: Final = "breakglass-board"
@@ -63,11 +70,14 @@ BOARD_PURPOSE: Final = "breakglass-board"
 STOP_PURPOSE: Final = "breakglass-stop"
 #: Owed stops one sweep takes at most (the rest at the next).
 BATCH: Final = 16
+#: ``pending_until`` of a started session's row (both boards): honoured; any other is pending.
+STARTED: Final = -1.0
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS open_session (
     id BLOB PRIMARY KEY,
-    ends REAL NOT NULL
+    ends REAL NOT NULL,
+    pending_until REAL NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS owed_stop (
     id BLOB NOT NULL,
@@ -125,6 +135,7 @@ class SqliteSessionBoard:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA secure_delete=ON")
         db.executescript(_SCHEMA)
+        _add_pending_column(db)
         return db
 
     def _read_conn(self) -> sqlite3.Connection:
@@ -158,8 +169,8 @@ class SqliteSessionBoard:
                 patient
                 for patient in patients
                 if db.execute(
-                    "SELECT 1 FROM open_session WHERE id = ? AND ends > ?",
-                    (self._id(binding, patient), now),
+                    "SELECT 1 FROM open_session WHERE id = ? AND ends > ? AND pending_until = ?",
+                    (self._id(binding, patient), now, STARTED),
                 ).fetchone()
                 is not None
             )
@@ -167,32 +178,56 @@ class SqliteSessionBoard:
             return frozenset()
 
     async def claim(self, binding: str, patient: str, ends: float, now: float) -> bool:
-        """Record a session until ``ends`` unless one is open (True: this process opened it
-        and records its start), on the board's thread; lapsed rows are deleted first. Raises
-        :class:`ServiceUnavailable` when the file cannot be written (the exchange then fails:
-        nothing is released)."""
+        """Record a session until ``ends``, pending, unless one is open (True: this process
+        opened it and records its start; False: a started one is open), on the board's
+        thread; lapsed rows (and inert pending ones) are deleted first. Raises
+        :class:`ServiceUnavailable` when the file cannot be written, or when another's pending
+        claim holds the session (the exchange then fails: nothing is released)."""
         row_id = self._id(binding, patient)
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._thread, self._claim, row_id, ends, now)
+            held = await loop.run_in_executor(self._thread, self._claim, row_id, ends, now)
         except (sqlite3.Error, OSError, RuntimeError) as exc:  # RuntimeError: closed
             raise ServiceUnavailable("break-the-glass sessions unavailable") from exc
+        if held is not None and held != STARTED:
+            raise BeingOpened
+        return held is None
 
-    def _claim(self, row_id: bytes, ends: float, now: float) -> bool:
+    def _claim(self, row_id: bytes, ends: float, now: float) -> float | None:
+        """The ``pending_until`` of the row holding the session, None when this call wrote
+        one."""
         db = self._write_conn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            swept = db.execute("DELETE FROM open_session WHERE ends <= ?", (now,)).rowcount
-            held = db.execute("SELECT 1 FROM open_session WHERE id = ?", (row_id,)).fetchone()
+            swept = db.execute(
+                "DELETE FROM open_session WHERE ends <= ? OR (pending_until >= 0 AND "
+                "pending_until <= ?)",
+                (now, now),
+            ).rowcount
+            held = db.execute(
+                "SELECT pending_until FROM open_session WHERE id = ?", (row_id,)
+            ).fetchone()
             if held is None:
-                db.execute("INSERT INTO open_session (id, ends) VALUES (?, ?)", (row_id, ends))
+                db.execute(
+                    "INSERT INTO open_session (id, ends, pending_until) VALUES (?, ?, ?)",
+                    (row_id, ends, now + PENDING),
+                )
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         if swept:
             _truncate_wal(db)
-        return held is None
+        return None if held is None else float(held[0])
+
+    async def confirm(self, binding: str, patient: str, ends: float) -> None:
+        """Mark the pending session until ``ends`` started (module docstring): honoured by
+        every process from now on. A failure is swallowed (it stays pending: inert)."""
+        with contextlib.suppress(ServiceUnavailable):
+            await self._write(
+                "UPDATE open_session SET pending_until = ? WHERE id = ? AND ends = ?",
+                (STARTED, self._id(binding, patient), ends),
+            )
 
     def release(self, binding: str, patient: str, ends: float) -> Future[None]:
         """Forget the session until ``ends``, closed now (its stop recorded); a row another
@@ -351,6 +386,19 @@ class SqliteSessionBoard:
         with contextlib.suppress(RuntimeError):  # closed before
             self._thread.submit(close_writer)
         self._thread.shutdown(wait=True)
+
+
+def _add_pending_column(db: sqlite3.Connection) -> None:
+    """Give a file of an older version the ``pending_until`` column (idempotent; another
+    worker adding it at the same moment is no error). Its rows get 0: inert, never honoured."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(open_session)")}
+    if "pending_until" in columns:
+        return
+    try:
+        db.execute("ALTER TABLE open_session ADD COLUMN pending_until REAL NOT NULL DEFAULT 0")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
 
 
 def _truncate_wal(db: sqlite3.Connection) -> None:

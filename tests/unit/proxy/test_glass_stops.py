@@ -19,7 +19,7 @@ from middleware.audit.facts import AuditFacts
 from middleware.auth.identity import Identity
 from middleware.errors import ServiceUnavailable
 from middleware.ledger.entry import NewEntry
-from middleware.pipeline.breakglass import GRACE, BreakGlass, SessionBoard
+from middleware.pipeline.breakglass import GRACE, HELD_RETRY, BreakGlass, SessionBoard
 from middleware.pipeline.caller import Caller
 from middleware.proxy.glass_stops import GlassStops
 from middleware.storage.breakglass_postgres import PostgresSessionBoard
@@ -116,13 +116,14 @@ async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 
 async def _open(stops: GlassStops, now: float = START) -> int:
-    """Open a session for P1 as the enforcement does: claim, record the start, leave the stop
-    on the board. The start's ledger index."""
+    """Open a session for P1 as the enforcement does: claim, record the start, begin it (honoured
+    from then on), leave the stop on the board. The start's ledger index."""
     dr = _caller()
     assert await stops.sessions.open(dr, [P1], now) == [P1]
     (index,) = await stops.recorder.record_break_glass(
         "started", identity=dr.identity, patients=[P1], request_id="rid-1", client_address=None
     )
+    await stops.sessions.begin(dr, [P1])
     await stops.started(dr, [P1], [index])
     return index
 
@@ -203,7 +204,10 @@ async def test_a_stop_being_recorded_is_not_taken_again(gateway: Gateway) -> Non
     assert opener.sessions.holding()  # held by another's live lease: no proof yet
     gate.set()
     assert await asyncio.wait_for(recording, 5) == 1
-    assert await opener.close_expired("rid-7", None) == 0  # the row is marked recorded
+    assert await opener.close_expired("rid-7", None) == 0  # held a moment ago: not asked
+    assert opener.sessions.holding()
+    gateway.now += HELD_RETRY
+    assert await opener.close_expired("rid-8", None) == 0  # the row is marked recorded
     assert not opener.sessions.holding()
     assert len(gateway.facts("break-glass-stopped")) == 1
 

@@ -3,8 +3,9 @@ did (review R7): an edited board row (deleted, its lease pushed far ahead, its s
 changed or moved to another row) no longer suppresses it; an ambiguous ``owe``, a give-back
 racing a request, and a shutdown while the stop's append is queued record one stop, not two
 or none; an expired session is never continued, and a session whose start the ledger did not
-take is honoured nowhere. Red before: each test's assertion on the count of stops or on the
-session (see the comment at it)."""
+take is honoured nowhere (tests/app/test_break_glass_pending.py, through the request path).
+Red before: each test's assertion on the count of stops or on the session (see the comment
+at it)."""
 
 from __future__ import annotations
 
@@ -219,15 +220,3 @@ async def test_an_expired_session_is_never_continued(gateway: Gateway) -> None: 
     board.take = real_take  # type: ignore[method-assign]
     assert await opener.close_expired("rid-2", None) == 1  # the old session's stop
     assert opener.sessions.open_count(gateway.now) == 1  # the new one open
-
-
-async def test_a_session_whose_start_failed_is_honoured_nowhere(gateway: Gateway) -> None:  # noqa: F811
-    opener, other = gateway.process(), gateway.process()
-    dr = _caller()
-    assert await opener.sessions.open(dr, [P1], gateway.now) == [P1]
-    opener.sessions.abandon(dr, [P1])
-    assert not opener.sessions.holding()
-    await asyncio.sleep(0.05)  # the release runs (a queued write)
-    for process in (opener, other):
-        assert await process.sessions.active(dr, gateway.now, [P1]) == frozenset()
-    assert await other.sessions.open(dr, [P1], gateway.now) == [P1]  # claimable again

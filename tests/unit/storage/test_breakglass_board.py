@@ -85,6 +85,8 @@ async def test_a_session_opened_by_one_worker_is_honoured_by_the_other(boards: B
     a, b = _workers(boards)
     dr = _caller()
     assert await a.open(dr, [P1], now=100.0) == [P1]
+    assert await b.active(dr, 101.0, [P1, P2]) == frozenset()  # its start not yet durable
+    await a.begin(dr, [P1])  # the start is on the ledger
     assert await b.active(dr, 101.0, [P1, P2]) == {P1}
     # The other worker does not start a second, separately recorded session.
     assert await b.open(dr, [P1], now=101.0) == []
@@ -98,6 +100,7 @@ async def test_the_session_ends_for_every_worker_when_it_is_over(boards: Boards)
     a, b = _workers(boards)
     dr = _caller()
     await a.open(dr, [P1, P2], now=100.0)
+    await a.begin(dr, [P1, P2])
     end = 100.0 + 600
     assert await b.active(dr, end - 1, [P1, P2]) == {P1, P2}
     assert (
@@ -107,6 +110,7 @@ async def test_the_session_ends_for_every_worker_when_it_is_over(boards: Boards)
     assert sorted(s.patient for s in stopped) == [P1, P2]
     # A new request may open a new session anywhere, recorded by the worker that opens it.
     assert await b.open(dr, [P1], now=end + 1) == [P1]
+    await b.begin(dr, [P1])
     assert await a.active(dr, end + 2, [P1, P2]) == {P1}
 
 
@@ -122,8 +126,10 @@ async def _released(done: object) -> None:
 async def test_a_late_close_does_not_end_a_newer_session(boards: Boards) -> None:
     board, other = boards(), boards()
     assert await board.claim("dr", P1, ends=700.0, now=100.0)
+    await board.confirm("dr", P1, ends=700.0)
     assert not await other.claim("dr", P1, ends=800.0, now=200.0)  # open: refused
     assert await other.claim("dr", P1, ends=1400.0, now=800.0)  # lapsed: replaced
+    await other.confirm("dr", P1, ends=1400.0)
     await _released(board.release("dr", P1, ends=700.0))  # the first one's stop, late
     assert await board.active("dr", [P1], now=900.0) == {P1}
     await _released(other.release("dr", P1, ends=1400.0))
@@ -131,10 +137,16 @@ async def test_a_late_close_does_not_end_a_newer_session(boards: Boards) -> None
 
 
 async def test_two_processes_claiming_at_once_open_one_session(boards: Boards) -> None:
-    """Claims race (one emergency request routed to two replicas at once): one wins."""
+    """Claims race (one emergency request routed to two replicas at once): one wins; the
+    others are refused (503, retry) while its start is undecided, never told "open"."""
     racers = [boards() for _ in range(4)]
-    won = await asyncio.gather(*(b.claim("dr", P1, ends=700.0, now=100.0) for b in racers))
-    assert sorted(won) == [False, False, False, True]
+    won = await asyncio.gather(
+        *(b.claim("dr", P1, ends=700.0, now=100.0) for b in racers), return_exceptions=True
+    )
+    assert won.count(True) == 1
+    assert sum(isinstance(w, ServiceUnavailable) for w in won) == 3
+    await racers[won.index(True)].confirm("dr", P1, ends=700.0)
+    assert await racers[0].claim("dr", P1, ends=800.0, now=200.0) is False  # started: open
 
 
 def test_each_store_has_its_board(tmp_path: Path) -> None:
@@ -157,6 +169,7 @@ async def test_the_file_never_names_the_patient_or_the_caller(tmp_path: Path) ->
     board, other = SqliteSessionBoard(path, KEY), SqliteSessionBoard(path, KEY)
     assert await board.claim("iss\x00dr-lee\x00", "Patient/ada-4711", ends=700.0, now=100.0)
     assert await board.claim("iss\x00dr-lee\x00", "Patient/bob-0815", ends=700.0, now=100.0)
+    await board.confirm("iss\x00dr-lee\x00", "Patient/ada-4711", ends=700.0)
     assert await other.active("iss\x00dr-lee\x00", ["Patient/ada-4711"], 200.0) == {
         "Patient/ada-4711"
     }
