@@ -80,15 +80,10 @@ async def lift_postgres(
     async with translated(_WHAT), pool.acquire() as conn, conn.transaction():
         await conn.execute(WRITE_LOCK)
         row = await conn.fetchrow(_ONE, kind, value)
-        found = None if row is None else _row(row)
-        if found is None:
-            lifted = Lifted("absent")
-        elif found.admin_entry is not None and found.admin_entry > entry:
-            lifted = Lifted("kept", found.admin_entry)
-        else:
+        lifted = Lifted.of(None if row is None else _row(row), entry)
+        if lifted.outcome == "removed":
             await conn.execute(_DELETE, kind, value)
             await conn.execute(NOTIFY, CHANNEL)
-            lifted = Lifted("removed")
         await conn.execute(_TOMBSTONE, kind, value, entry, at)
     return lifted
 

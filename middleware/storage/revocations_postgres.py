@@ -91,9 +91,15 @@ DO $$ BEGIN
 END $$;
 """
 )
+#: First key of the revocation list's two-key advisory lock; the second is derived from the
+#: store's schema (``hashtext(current_schema())``), so lists in different schemas do not wait
+#: for each other (the scheme of ``ledger_postgres_schema.SIGNER_LOCK`` and ``DDL_LOCK``).
+_LOCK_CLASS: Final = 0x43525643  # "CRVC"
 #: Taken first by every write of an administrator's command, so a revocation and a lift of
-#: the same thing go one after the other (the replicas' reads take no lock on this table).
-WRITE_LOCK: Final = "LOCK TABLE consentry_token_revocation_lifts IN SHARE ROW EXCLUSIVE MODE"
+#: the same thing go one after the other; a transaction-level advisory lock, which needs no
+#: privilege on the tables (a ``LOCK TABLE`` strong enough needs UPDATE, DELETE or TRUNCATE)
+#: and which the replicas' reads never wait for.
+WRITE_LOCK: Final = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, hashtext(current_schema()))"
 #: The notification channel; the payload is the schema whose table changed.
 CHANNEL: Final = "consentry_token_revocations"
 #: Seconds between the listener's liveness checks (and the longest it waits for an answer).

@@ -14,6 +14,7 @@ import pytest
 
 from middleware.auth.revocation import Lifted, Revocation
 from middleware.storage.revocations_open import find, lift, record
+from middleware.storage.revocations_postgres import WRITE_LOCK
 from tests.contract.backends import PostgresBackend
 
 pytestmark = pytest.mark.integration
@@ -44,16 +45,14 @@ async def test_a_revocation_and_a_lift_wait_for_a_holder_of_the_lock(
     backend: PostgresBackend,
 ) -> None:
     """Each reads the other's row, then writes: both wait while another session holds the
-    lifts table's lock (red without the lock in ``record_revocation``: the revocation ran
+    list's write lock (red without the lock in ``record_revocation``: the revocation ran
     at once)."""
     url, schema = backend.dsn, backend.schema
     await record(url, Revocation("jti", "t-0"), reason="r", at=1.0, schema=schema, entry=1)
     conn = await _connect(backend)
     try:
         async with conn.transaction():
-            await conn.execute(
-                "LOCK TABLE consentry_token_revocation_lifts IN SHARE ROW EXCLUSIVE MODE"
-            )
+            await conn.execute(WRITE_LOCK)  # in the store's schema (search_path)
             revoking = asyncio.create_task(
                 record(url, Revocation("jti", "t-1"), reason="r", at=1.0, schema=schema, entry=2)
             )
