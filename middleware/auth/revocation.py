@@ -105,6 +105,17 @@ class Lifted:
     outcome: Literal["removed", "absent", "kept"]
     stands: int | None = None
 
+    @classmethod
+    def of(cls, found: StoredRevocation | None, entry: int) -> Lifted:
+        """What a lift under admin entry ``entry`` does to ``found``, the row it read under
+        the list's write lock (every backend's rule): none is ``absent``; one recorded by a
+        later entry is ``kept``; else it is ``removed`` (the caller deletes it)."""
+        if found is None:
+            return cls("absent")
+        if found.admin_entry is not None and found.admin_entry > entry:
+            return cls("kept", found.admin_entry)
+        return cls("removed")
+
 
 @dataclass(frozen=True, slots=True)
 class RevocationSet:

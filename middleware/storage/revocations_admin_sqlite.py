@@ -3,8 +3,11 @@
 one row, a lift, and pruning.
 
 None of these creates the file: a missing list holds nothing (no row to find, list, lift or
-prune). A lift and a prune are one write transaction each (``BEGIN IMMEDIATE``), like a
-revocation, so the three go one after another; every worker sees the change before its next
+prune). A list and a find are reads (one snapshot; they take no write lock, so they never wait
+for a writer nor hold one up; a list an earlier version wrote reads its missing columns as
+NULL, as the upgrade would fill them). A lift and a prune are one write transaction each
+(``BEGIN IMMEDIATE``, adding those columns first), like a revocation, so the three go one
+after another; every worker sees the change before its next
 check (``PRAGMA data_version``). Each function blocks: run it on a worker thread. Raises
 ``sqlite3.Error`` or ``OSError``.
 """
@@ -20,15 +23,12 @@ from middleware.storage.revocations_sqlite import connect, upgrade
 
 __all__ = ["find_sqlite", "lift_sqlite", "list_sqlite", "prune_sqlite"]
 
-_COLUMNS: Final = "kind, value, before, revoked_at, reason, admin_entry, expires"
-_ALL: Final = (
-    f"SELECT {_COLUMNS} FROM consentry_token_revocations "  # noqa: S608  (constants only)
-    "ORDER BY revoked_at, kind, value"
-)
-_ONE: Final = (
-    f"SELECT {_COLUMNS} FROM consentry_token_revocations "  # noqa: S608  (constants only)
-    "WHERE kind = ? AND value = ?"
-)
+_NAMES: Final = ("kind", "value", "before", "revoked_at", "reason", "admin_entry", "expires")
+_COLUMNS: Final = ", ".join(_NAMES)
+_FROM: Final = " FROM consentry_token_revocations "
+_ORDER: Final = "ORDER BY revoked_at, kind, value"
+_WHERE: Final = "WHERE kind = ? AND value = ?"
+_ONE: Final = f"SELECT {_COLUMNS}{_FROM}{_WHERE}"
 _DELETE: Final = "DELETE FROM consentry_token_revocations WHERE kind = ? AND value = ?"
 # The later lift's entry stays (an older one, applied late by --ledger-entry, changes nothing).
 _TOMBSTONE: Final = (
@@ -57,7 +57,7 @@ def _row(row: tuple[object, ...]) -> StoredRevocation:
 
 
 def _open(path: Path) -> sqlite3.Connection | None:
-    """The list's connection, columns upgraded; None when there is no file."""
+    """The list's connection, columns upgraded (a write); None when there is no file."""
     if not path.is_file():
         return None
     db = connect(path, create=False)
@@ -71,27 +71,32 @@ def _open(path: Path) -> sqlite3.Connection | None:
     return db
 
 
-def list_sqlite(path: Path) -> list[StoredRevocation]:
-    """Every row, oldest first."""
-    db = _open(path)
-    if db is None:
+def _read(path: Path, condition: str, args: tuple[str, ...] = ()) -> list[StoredRevocation]:
+    """The rows meeting ``condition`` (SQL after ``FROM``), in one read transaction (no write
+    lock; module docstring); none when there is no file."""
+    if not path.is_file():
         return []
+    db = connect(path, create=False)
     try:
-        return [_row(row) for row in db.execute(_ALL).fetchall()]
+        db.execute("BEGIN")  # deferred: a read snapshot of the columns and the rows
+        present = {r[1] for r in db.execute("PRAGMA table_info(consentry_token_revocations)")}
+        columns = ", ".join(c if c in present else f"NULL AS {c}" for c in _NAMES)
+        rows = db.execute(f"SELECT {columns}{_FROM}{condition}", args).fetchall()
+        db.execute("COMMIT")
+        return [_row(row) for row in rows]
     finally:
         db.close()
+
+
+def list_sqlite(path: Path) -> list[StoredRevocation]:
+    """Every row, oldest first (a read)."""
+    return _read(path, _ORDER)
 
 
 def find_sqlite(path: Path, kind: str, value: str) -> StoredRevocation | None:
-    """The row revoking ``kind`` ``value``, if any."""
-    db = _open(path)
-    if db is None:
-        return None
-    try:
-        row = db.execute(_ONE, (kind, value)).fetchone()
-        return None if row is None else _row(row)
-    finally:
-        db.close()
+    """The row revoking ``kind`` ``value``, if any (a read)."""
+    found = _read(path, _WHERE, (kind, value))
+    return found[0] if found else None
 
 
 def lift_sqlite(path: Path, kind: str, value: str, *, entry: int, at: float) -> Lifted:
@@ -103,14 +108,9 @@ def lift_sqlite(path: Path, kind: str, value: str, *, entry: int, at: float) -> 
         try:
             upgrade(db)
             row = db.execute(_ONE, (kind, value)).fetchone()
-            found = None if row is None else _row(row)
-            if found is None:
-                lifted = Lifted("absent")
-            elif found.admin_entry is not None and found.admin_entry > entry:
-                lifted = Lifted("kept", found.admin_entry)
-            else:
+            lifted = Lifted.of(None if row is None else _row(row), entry)
+            if lifted.outcome == "removed":
                 db.execute(_DELETE, (kind, value))
-                lifted = Lifted("removed")
             db.execute(_TOMBSTONE, (kind, value, entry, at))
             db.execute("COMMIT")
         except BaseException:

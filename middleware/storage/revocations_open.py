@@ -105,6 +105,21 @@ async def _in_thread(call: Callable[[], T]) -> T:
         raise ServiceUnavailable("token revocation store unavailable") from exc
 
 
+async def _on_list(
+    store: str,
+    schema: str,
+    postgres: Callable[[asyncpg.Pool], Awaitable[T]],
+    sqlite: Callable[[Path], T],
+) -> T:
+    """``postgres`` on a pool in ``schema`` of a PostgreSQL ``store`` (its tables made first),
+    else ``sqlite`` on the list's file, on a worker thread; errors as :func:`record`."""
+    if store.startswith(_POSTGRES):
+        async with _pool(store, schema) as pool:
+            return await postgres(pool)
+    path = _path(store)
+    return await _in_thread(lambda: sqlite(path))
+
+
 async def record(
     store: str,
     revocation: Revocation,
@@ -120,37 +135,33 @@ async def record(
     entry of a lift appended after ``entry``, which wins (nothing written). Raises
     :class:`ServiceUnavailable` when it cannot be written, :class:`SettingsError` for a store
     that has no list."""
-    if store.startswith(_POSTGRES):
-        async with _pool(store, schema) as pool:
-            return await record_revocation(
-                pool, revocation, reason=reason, at=at, entry=entry, expires=expires
-            )
-    path = _path(store)
-    return await _in_thread(
-        lambda: record_sqlite_revocation(
+    return await _on_list(
+        store,
+        schema,
+        lambda pool: record_revocation(
+            pool, revocation, reason=reason, at=at, entry=entry, expires=expires
+        ),
+        lambda path: record_sqlite_revocation(
             path, revocation, reason=reason, at=at, entry=entry, expires=expires
-        )
+        ),
     )
 
 
 async def listed(store: str, schema: str = "public") -> list[StoredRevocation]:
     """Every revocation in the list of ``store``, oldest first (errors as :func:`record`)."""
-    if store.startswith(_POSTGRES):
-        async with _pool(store, schema) as pool:
-            return await list_postgres(pool)
-    path = _path(store)
-    return await _in_thread(lambda: list_sqlite(path))
+    return await _on_list(store, schema, list_postgres, list_sqlite)
 
 
 async def find(
     store: str, kind: str, value: str, schema: str = "public"
 ) -> StoredRevocation | None:
     """The revocation of ``kind`` ``value`` in the list of ``store``, if any."""
-    if store.startswith(_POSTGRES):
-        async with _pool(store, schema) as pool:
-            return await find_postgres(pool, kind, value)
-    path = _path(store)
-    return await _in_thread(lambda: find_sqlite(path, kind, value))
+    return await _on_list(
+        store,
+        schema,
+        lambda pool: find_postgres(pool, kind, value),
+        lambda path: find_sqlite(path, kind, value),
+    )
 
 
 async def lift(
@@ -158,21 +169,23 @@ async def lift(
 ) -> Lifted:
     """Lift the revocation of ``kind`` ``value`` under admin entry ``entry``: the ledger's
     order wins (:class:`~middleware.auth.revocation.Lifted`); errors as :func:`record`."""
-    if store.startswith(_POSTGRES):
-        async with _pool(store, schema) as pool:
-            return await lift_postgres(pool, kind, value, entry=entry, at=at)
-    path = _path(store)
-    return await _in_thread(lambda: lift_sqlite(path, kind, value, entry=entry, at=at))
+    return await _on_list(
+        store,
+        schema,
+        lambda pool: lift_postgres(pool, kind, value, entry=entry, at=at),
+        lambda path: lift_sqlite(path, kind, value, entry=entry, at=at),
+    )
 
 
 async def prune(store: str, *, expired_before: float, schema: str = "public") -> int:
     """Drop the ``jti`` revocations whose recorded token ``exp`` is before ``expired_before``;
     how many (errors as :func:`record`)."""
-    if store.startswith(_POSTGRES):
-        async with _pool(store, schema) as pool:
-            return await prune_postgres(pool, expired_before=expired_before)
-    path = _path(store)
-    return await _in_thread(lambda: prune_sqlite(path, expired_before=expired_before))
+    return await _on_list(
+        store,
+        schema,
+        lambda pool: prune_postgres(pool, expired_before=expired_before),
+        lambda path: prune_sqlite(path, expired_before=expired_before),
+    )
 
 
 async def ledger_exists(store: str, schema: str = "public") -> bool:
