@@ -27,6 +27,7 @@ __all__ = [
     "KEEP",
     "LEASE",
     "RECORDED",
+    "SKEW",
     "open_row",
     "opened",
     "seal_recorded",
@@ -36,6 +37,9 @@ __all__ = [
 
 #: Seconds a take holds an owed stop: far longer than a ledger append may take.
 LEASE: Final = 300.0
+#: Seconds the clocks of two processes may differ: a lease set by a taker whose clock runs
+#: ahead ends up to this much after ``now + LEASE`` and is still a taker's (review R7b-5).
+SKEW: Final = 60.0
 #: ``taken_until`` of a recorded row: later than any ``now``, so no take selects it.
 RECORDED: Final = 1e300
 #: Seconds after ``ends`` a recorded row is kept (the opener's proof), then deleted.
@@ -76,8 +80,9 @@ def verdict(
 ) -> str:
     """Why a take of row ``(row_id, ends)`` took nothing, from the row as read after it
     (``(stop, taken_until)`` or None): :data:`RECORDED_BY_OTHER` (the mark: proof),
-    :data:`HELD` (a readable stop under a lease a taker set: another records it now), else a
-    reason code (``missing``, ``unreadable``, ``lease-out-of-range``): no proof."""
+    :data:`HELD` (a readable stop under a lease a taker set, its clock up to :data:`SKEW`
+    ahead: another records it now), else a reason code (``missing``, ``unreadable``,
+    ``lease-out-of-range``): no proof."""
     if row is None:
         return "missing"
     opened = open_row(key, row_id, ends, row[0])
@@ -85,7 +90,7 @@ def verdict(
         return "unreadable"
     if opened is True:
         return RECORDED_BY_OTHER
-    if now < row[1] <= now + LEASE:
+    if now < row[1] <= now + LEASE + SKEW:
         return HELD
     return "lease-out-of-range"
 

@@ -1,5 +1,6 @@
-"""A board honours only a session whose start is on the ledger (review R7b-3), and a stop held
-by another process is not asked for at every request (R7b-4); on both boards (SQLite file,
+"""A board honours only a session whose start is on the ledger (review R7b-3), a stop held
+by another process is not asked for at every request (R7b-4) nor recorded again by an
+opener whose clock runs behind the taker's (R7b-5); on both boards (SQLite file,
 PostgreSQL schema), and on a board of the previous version. Red before: the assertions
 marked "was"."""
 
@@ -14,9 +15,11 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg
 import pytest
 
 from middleware.pipeline.breakglass import GRACE, HELD_RETRY, PENDING, BeingOpened, BreakGlass
+from middleware.proxy.glass_stops import GlassStops
 from middleware.storage.breakglass_postgres import PostgresSessionBoard
 from middleware.storage.breakglass_sqlite import SqliteSessionBoard
 from tests.contract.backends import PostgresBackend
+from tests.unit.audit.test_recorder import recorder
 from tests.unit.proxy.test_glass_stops import ENDS, Gateway, _open, gateway  # noqa: F401
 from tests.unit.storage.test_breakglass_board import KEY, P1, Boards, _caller, boards  # noqa: F401
 
@@ -115,3 +118,21 @@ async def test_a_held_stop_is_not_asked_for_at_every_request(gateway: Gateway) -
     assert opener.sessions.holding()
     assert len(takes) == 5  # was 50
     assert all(b - a >= HELD_RETRY for a, b in itertools.pairwise(takes))
+
+
+async def test_a_taker_whose_clock_runs_ahead_holds_the_stop(gateway: Gateway) -> None:  # noqa: F811
+    """Another process, its clock 1 s ahead, takes the row while the opener (late: its ledger
+    was down) asks for it: one stop (was two: the lease looked out of range)."""
+    opener = gateway.process()
+    rec, _ = recorder(gateway.ledger, gateway.pseudonyms)
+    ahead = GlassStops(rec, BreakGlass(10, board=gateway.boards()), lambda: gateway.now + 1)
+    await _open(opener)
+    gateway.now = ENDS + GRACE
+    (owed,) = await ahead.sessions.overdue(gateway.now + 1)
+    assert await opener.close_expired("rid", None) == 0  # was 1: "lease-out-of-range"
+    assert opener.unproven == {}
+    assert await ahead._record_owed(owed) == 1
+    gateway.now += HELD_RETRY
+    assert await opener.close_expired("rid-2", None) == 0
+    assert not opener.sessions.holding()
+    assert len(gateway.facts("break-glass-stopped")) == 1
