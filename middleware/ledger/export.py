@@ -41,6 +41,7 @@ from middleware.ledger.note import parse_note
 from middleware.ledger.snapshot import LogSnapshot
 from middleware.ledger.tree import MerkleLevels
 from middleware.ledger.verify import ConsistencyProof
+from middleware.storage.ledger_witnessed import witnessed_size
 
 __all__ = ["EXPORT_FORMAT", "ExportError", "ExportedLog", "read_export", "write_export"]
 
@@ -196,7 +197,7 @@ def _evidence_lines(snapshot: LogSnapshot, *, key_events_only: bool) -> bytes:
 
 def _claimed_size(note: str) -> int | None:
     try:
-        return parse_checkpoint(parse_note(note).text).size
+        return witnessed_size(note)  # one parser of a note's size (the stores' too)
     except MalformedError:
         return None
 

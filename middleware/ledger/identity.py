@@ -27,7 +27,7 @@ from middleware.ledger.leaf import EntryKind, decode_leaf
 from middleware.ledger.note import parse_note, verify_signatures
 from middleware.storage.ledger_base import LogStore
 
-__all__ = ["LedgerIdentityError", "check_identity", "judge_identity"]
+__all__ = ["LedgerIdentityError", "check_identity", "final_key_event", "judge_identity"]
 
 _FIX_KEY = "start with the key file that signed this log (ledger_key_file), or with another store"
 
@@ -94,14 +94,16 @@ async def check_identity(store: LogStore, ledger_key: LedgerKey) -> None:
         try:
             judge_identity(latest, ledger_key)
         except LedgerIdentityError:
-            handover = await _final_key_event(store, latest.size)
+            handover = await final_key_event(store, latest.size)
             if handover is None:
                 raise
     judge_identity(latest, ledger_key, handover)
 
 
-async def _final_key_event(store: LogStore, size: int) -> KeyEvent | None:
-    """The key event at ``size - 1``, if the leaf there is one and its evidence is intact."""
+async def final_key_event(store: LogStore, size: int) -> KeyEvent | None:
+    """The key event at ``size - 1``, if the leaf there is one and its evidence is intact
+    (the rotation the checkpoint of ``size`` ends with; also read by
+    :mod:`~middleware.ledger.witnessed_store` for the log's earlier keys)."""
     (leaf,) = await store.leaves(size - 1, size)
     if decode_leaf(leaf).kind is not EntryKind.KEY_EVENT:
         return None

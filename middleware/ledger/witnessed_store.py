@@ -11,9 +11,15 @@ gateway's witness policy (its ``witnesses`` and ``witness_quorum``):
 2. the log signed a checkpoint of that size with this very text, so the root is the log's root
    at that size (``kept-not-logged``);
 3. the note is the log's note, byte for byte, with more signature lines after it, and the log's
-   signature on it verifies with the log's key (``kept-log-signature``): the checkpoint row is
-   in the same database, so a DBA replacing the signature line in both rows is caught only by
-   the key;
+   signature on it verifies with the key that signed the log at that size
+   (``kept-log-signature``): the checkpoint row is in the same database, so a DBA replacing the
+   signature line in both rows is caught only by the key. That key is the log's current key or,
+   for a size signed before ``consentry keys rotate``, a key it retired: :func:`signer_at` walks
+   the log's key events back from the current key, as the gateway's identity check reads the
+   handover (:func:`~middleware.ledger.identity.final_key_event`: a key-event leaf with its
+   evidence, at the position its sizes state). Like that check it trusts the key-event leaf as
+   stored; whether the later checkpoints' roots commit to it is ``consentry ledger verify``'s
+   work (``key-window`` and root findings);
 4. a quorum of the configured witnesses cosigned it, every line by a configured witness's key
    verifies, none dated more than :data:`~middleware.ledger.quorum.FUTURE_SKEW` ahead of our
    clock (``kept-cosignature``; too few: ``kept-quorum``). Lines by keys not configured (a
@@ -25,29 +31,23 @@ The reason codes are what :class:`~middleware.ledger.witnessing.Witnessing` logs
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TypeAlias
 
-from middleware.ledger.checkpoint import parse_checkpoint
 from middleware.ledger.cosignature import verify_cosignatures
 from middleware.ledger.entry import StoredCheckpoint
 from middleware.ledger.errors import LedgerError, VerificationError
+from middleware.ledger.identity import final_key_event
 from middleware.ledger.note import NoteVerifier, parse_note
 from middleware.ledger.quorum import FUTURE_SKEW
-from middleware.ledger.signing import verify_checkpoint
+from middleware.ledger.signing import Verifier, verify_checkpoint
 from middleware.ledger.witnesses import with_cosignatures
+from middleware.storage.ledger_base import LogStore, signed_as
+from middleware.storage.ledger_witnessed import witnessed_size
 
-__all__ = ["KeptWitnessed", "refusal"]
+__all__ = ["KeptWitnessed", "refusal", "signer_at"]
 
-
-class KeptWitnessed(Protocol):
-    """What publishing reads and writes of the log store
-    (:class:`~middleware.storage.ledger_base.LogStore`)."""
-
-    async def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None: ...
-
-    async def witnessed(self) -> tuple[int, str] | None: ...
-
-    async def keep_witnessed(self, note: str) -> bool: ...
+#: What publishing reads and writes: the log's store (its checkpoints, key events and rows).
+KeptWitnessed: TypeAlias = LogStore
 
 
 async def refusal(
@@ -61,25 +61,26 @@ async def refusal(
 ) -> str | None:
     """Why the kept row ``(size, note)`` must not be published (a reason code, module
     docstring), or None when it may: ``quorum`` (at least 1) of ``witnesses`` cosigned it,
-    and it is the log's checkpoint at that size, signed by ``log`` (the log's key).
+    and it is the log's checkpoint at that size, signed by ``log`` (the log's current key) or
+    by the earlier key the log's key events name for that size (:func:`signer_at`).
     ``now``: POSIX seconds. The store's errors (reading the log's checkpoint) propagate."""
     size, note = kept
     try:
         parsed = parse_note(note)
-        stated = parse_checkpoint(parsed.text).size
+        stated = witnessed_size(note)
     except LedgerError:
         return "kept-malformed"
     if stated != size:
         return "kept-size"
-    logged = await store.checkpoint(size)
-    if logged is None or parse_note(logged.note).text != parsed.text:
+    logged = await signed_as(store, note)
+    if logged is None:
         return "kept-not-logged"
     if with_cosignatures(logged.note, parsed.signatures) != note:
         return "kept-log-signature"
-    try:
-        verify_checkpoint(note, [log])  # witness lines: other keys, ignored (signed-note)
-    except LedgerError:
-        return "kept-log-signature"
+    if not _verifies(note, log):  # witness lines: other keys, ignored (signed-note)
+        signer = await signer_at(store, log, size)  # a size signed before a rotation
+        if signer is None or not _verifies(note, signer):
+            return "kept-log-signature"
     try:
         verify_cosignatures(parsed, witnesses, quorum, not_after=int(now) + FUTURE_SKEW)
     except VerificationError as exc:
@@ -87,3 +88,52 @@ async def refusal(
     except LedgerError:
         return "kept-cosignature"
     return None
+
+
+async def signer_at(store: LogStore, log: NoteVerifier, size: int) -> NoteVerifier | None:
+    """The key that signed the log's checkpoint of ``size`` by the log's key events: ``log``
+    (the current key) or a key retired, event by event, in its favour; None when the events
+    name none (no rotation recorded, a chain broken, ``size`` not signed).
+
+    Each key signs one run of checkpoints (the key windows ``ledger verify`` checks), found by
+    a binary search over the store's checkpoints (a few signature checks); the checkpoint
+    below a run is the retired key's last, ending with the key event naming the run's key as
+    its successor. Reads every checkpoint: called only for a kept note the current key did
+    not sign (one signed before a rotation), once per such note."""
+    notes = await store.checkpoints()
+    key, end = log, len(notes)
+    while True:
+        start = _run_start(notes, end, key)
+        if start < end and notes[start].size <= size:
+            return key
+        if start == 0 or (start == end and key is not log):  # a retired key signs its last
+            return None
+        event = await final_key_event(store, notes[start - 1].size)
+        if event is None:
+            return None
+        retired, successor = Verifier.from_vkey(event.retired), Verifier.from_vkey(event.successor)
+        if (successor.name, successor.key_id) != (key.name, key.key_id):
+            return None
+        key, end = retired, start
+
+
+def _run_start(notes: Sequence[StoredCheckpoint], end: int, key: NoteVerifier) -> int:
+    """The first of ``notes[:end]`` of the run ``key`` signs up to ``end`` (``end``: none),
+    assuming the checkpoints it signs are contiguous (a store where they are not fails the
+    key-event checks after this, or the note's own signature check)."""
+    low, high = 0, end
+    while low < high:
+        mid = (low + high) // 2
+        if _verifies(notes[mid].note, key):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def _verifies(note: str, key: NoteVerifier) -> bool:
+    try:
+        verify_checkpoint(note, [key])
+    except LedgerError:
+        return False
+    return True
