@@ -529,7 +529,8 @@ def _witnessing(settings: Settings, ledger: LedgerService, metrics: Metrics) -> 
     )
     metrics.gauge(
         "ledger_witness_failures",
-        "Checkpoint submissions to witnesses that failed since start.",
+        "Witnessing failures since start: submissions to witnesses, rounds the store failed, "
+        "kept witnessed checkpoints refused.",
         lambda: sum(witnessing.failures.values()),
     )
     return witnessing

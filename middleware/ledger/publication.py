@@ -9,13 +9,17 @@ With ``kept`` (the gateway passes the log's store), a quorum's note is kept in t
 stays) *before* it is published, and :meth:`Publication.current` reads the store's newest on
 every call: one indexed read; a note already checked is compared, not verified again. So:
 
-- every replica on one store publishes the same checkpoint, and a client switching replicas
-  never sees it go backwards: the staleness bound is the store's commit (a note is published
-  by anyone only once it is kept, and each call reads what is committed);
+- one replica never publishes a checkpoint older than one it published before;
+- while the store keeps what a quorum cosigned, every replica on it publishes the same
+  checkpoint and a client switching replicas (or a restarted one) never sees it go backwards:
+  the staleness bound is the store's commit (a note is published only once it is kept, and
+  each call reads what is committed). The one exception is the last bullet: a quorum's note
+  the store failed to keep is published by the replica that got it, ahead of the others;
 - a restarted replica publishes what the store holds at its first call, witnesses down or not;
 - a kept note is published only once verified again
   (:func:`~middleware.ledger.witnessed_store.refusal`: the witnesses' keys, the quorum,
-  ``FUTURE_SKEW``, the log's root at that size and its signature by the log's key). One that
+  ``FUTURE_SKEW``, the log's root at that size and its signature by the log's key, or by the
+  key the log's key events name for that size after a rotation). One that
   fails is refused: logged (``kept witnessed checkpoint refused`` with its reason code), counted
   under that code, and not checked again while it stays the newest, except a
   ``kept-cosignature`` refusal, checked again every :data:`RECHECK` seconds (a line dated
@@ -24,8 +28,9 @@ every call: one indexed read; a note already checked is compared, not verified a
   publishing what it had, or its own quorum's note when the store refuses to keep it below a
   forged larger row (availability over agreement while the store holds a forgery);
 - when the store cannot be read or written, or fails while a row is checked (``store``
-  counted), the replica publishes what it had, or its own quorum's note: a quorum's note is
-  still one. A quorum's note the store failed to keep stays pending and its write is tried
+  counted once per witnessing round, :meth:`Publication.settle`, however many reads failed),
+  the replica publishes what it had, or its own quorum's note: a quorum's note is still one.
+  A quorum's note the store failed to keep stays pending and its write is tried
   again, one write at a time, at the end of each later round (and when a late answer comes),
   until it is kept or a newer quorum's note replaces it. Meanwhile this replica publishes it
   and the others publish the store's newest (older): a client switching replicas can see the
@@ -58,7 +63,7 @@ class Publication:
     """The newest witnessed checkpoint a replica publishes (module docstring). ``witnesses``
     and ``quorum`` (at least 1) are the policy a kept note is checked against, with ``log``,
     the log's key (required with ``kept``: ``ValueError``); ``count`` counts a failure by
-    reason code; ``clock``: POSIX seconds."""
+    reason code (``store``: at :meth:`settle`); ``clock``: POSIX seconds."""
 
     def __init__(
         self,
@@ -88,6 +93,21 @@ class Publication:
         #: One check of a new row at a time; one write of a pending note at a time.
         self._adopting = asyncio.Lock()
         self._keeping = asyncio.Lock()
+        #: The store failed since the last :meth:`settle` (a read or a write).
+        self._store_failed = False
+
+    def failed(self) -> None:
+        """The store failed outside this object (the round's own reads): count it at
+        :meth:`settle` like a failure here."""
+        self._store_failed = True
+
+    def settle(self) -> None:
+        """Count ``store`` once if the store failed since the last call: the witnessing round
+        calls this once, so reads (``GET /ledger/checkpoint``, receipts, exports: each calls
+        :meth:`current`) during an outage add one a round at most, not one a request."""
+        if self._store_failed:
+            self._store_failed = False
+            self._count("store")
 
     async def current(self) -> str | None:
         """The note published now (None: none yet); with ``kept``, the store's newest once
@@ -98,7 +118,7 @@ class Publication:
             store = await self._kept()
             kept = await store.witnessed()
         except _STORE_ERRORS:
-            self._count("store")  # what we had: still a quorum's note, never older
+            self._store_failed = True  # what we had: still a quorum's note, never older
             return self._note
         if kept is not None and self._unchecked(kept[1]):
             async with self._adopting:  # single flight: the others wait for its verdict
@@ -141,7 +161,7 @@ class Publication:
                 store = await self._kept()
                 kept = await store.keep_witnessed(note)
             except _STORE_ERRORS as exc:
-                self._count("store")
+                self._store_failed = True
                 get_logger("consentry.ledger").warning(
                     "witnessed checkpoint not kept yet", size=size, error_type=type(exc).__name__
                 )
@@ -167,7 +187,7 @@ class Publication:
         try:
             reason = await refusal(store, kept, self._witnesses, self._quorum, log=log, now=now)
         except _STORE_ERRORS:
-            self._count("store")  # what we had; the row is checked again at the next call
+            self._store_failed = True  # what we had; the row is checked again at the next call
             return
         if reason is not None:
             self._refused = (note, now + RECHECK if reason in _RECHECKED else math.inf)

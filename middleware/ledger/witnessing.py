@@ -28,10 +28,11 @@ the witness's name and a reason code only (once when a witness starts failing), 
 
 With ``kept`` (the gateway passes the log's store), a checkpoint a quorum cosigned is kept in
 the store before it is published, and :meth:`published` reads the store's newest (verified
-again) on every call: every replica publishes the same one, never going backwards, and a
-restarted one publishes at once (:mod:`middleware.ledger.publication`, which states the
-staleness bound, what is refused, and what a replica publishes while the store cannot keep a
-quorum's note: that note, its write tried again each round). ``log_key`` (the log's verifier,
+again) on every call: a replica never goes backwards; while the store keeps what a quorum
+cosigned, every replica publishes the same one and a restarted one publishes it at once
+(:mod:`middleware.ledger.publication`, which states the staleness bound, what is refused, and
+what a replica publishes while the store cannot keep a quorum's note: that note, ahead of the
+other replicas, its write tried again each round). ``log_key`` (the log's verifier,
 required with ``kept``) checks the log's signature on a kept note. Without ``kept`` (tests),
 what was cosigned lives in this object only.
 """
@@ -145,7 +146,8 @@ class Witnessing:
         )
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        #: Submissions that failed, by reason (``unreachable``, ``status-422``, ...).
+        #: Submissions that failed, by reason (``unreachable``, ``status-422``, ...;
+        #: ``store``: rounds the store failed, one a round however many reads failed).
         self.failures: dict[str, int] = {}
         #: Cosignatures received and kept.
         self.cosigned = 0
@@ -188,8 +190,7 @@ class Witnessing:
         while True:
             try:
                 await self.submit_latest()
-            except (OSError, LedgerError, ValueError) as exc:  # the store, not a witness
-                self._count("store")
+            except (OSError, LedgerError, ValueError) as exc:  # the store: counted by the round
                 log.warning("witnessing round failed", error_type=type(exc).__name__)
             except Exception as exc:  # noqa: BLE001  # the ledger must keep working without us
                 self._count("error")
@@ -202,7 +203,17 @@ class Witnessing:
     async def submit_latest(self) -> None:
         """One round: ask every witness that has not cosigned the latest checkpoint (and has
         no request under way); return once a quorum cosigned it (and it is kept) or no
-        request is left."""
+        request is left. A round that the store failed (reading, keeping, or a read of
+        :meth:`published` since the last round) counts ``store`` once."""
+        try:
+            await self._round()
+        except (OSError, LedgerError, ValueError):
+            self._publication.failed()
+            raise
+        finally:
+            self._publication.settle()
+
+    async def _round(self) -> None:
         await self.published()  # what the replicas kept since (and the metrics' size)
         store = await self._store()
         latest = await store.checkpoint()

@@ -3,9 +3,11 @@
 
 - a restarted gateway publishes what the store holds at once, its witnesses down (it answered
   503 until a round got a quorum again, forever with the witnesses down);
-- two gateways on one store publish the same checkpoint and never go backwards, also when both
-  got a quorum for one size (the first kept wins: each published its own before) and while a
-  quorum's note is being kept (it is published only once kept);
+- two gateways on one store, the store keeping what they write, publish the same checkpoint
+  and never go backwards, also when both got a quorum for one size (the first kept wins: each
+  published its own before) and while a quorum's note is being kept (it is published only
+  once kept); while a write fails, the replica that got the quorum is ahead
+  (test_witnessing_kept_faults);
 - a kept note that does not verify (a bad or future-dated cosignature, too few, a root or size
   the log did not sign, another log signature, rubbish) is not published, counted once under
   its reason code and logged; a forged larger row does not stop a replica publishing its own.
