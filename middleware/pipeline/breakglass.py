@@ -44,7 +44,7 @@ released on the strength of a start not yet durable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Final, Protocol
@@ -85,6 +85,8 @@ RECORDED_BY_OTHER: Final = "recorded"
 #: Seconds a pending claim (its start not yet on the ledger) blocks another claim of the same
 #: session: far longer than a start append may take; after that the row is inert and replaced.
 PENDING: Final = 60.0
+#: Sweeps that try again a mark the board refused (at 30 s: about the lease, 300 s).
+MARK_TRIES: Final = 10
 #: Seconds between two takes of a stop another process holds (R7b-4: a held row is not asked
 #: for at every request; its lease is ``LEASE``, the sweep asks every ``SWEEP_EVERY``).
 HELD_RETRY: Final = 10.0
@@ -202,9 +204,9 @@ class SessionBoard(Protocol):
         ServiceUnavailable when it cannot tell."""
         ...
 
-    async def recorded(self, binding: str, patient: str, ends: float) -> None:
+    async def recorded(self, binding: str, patient: str, ends: float) -> bool:
         """Mark the session's stop recorded (this process recorded it without a take);
-        a failure is swallowed (the opener's record stands)."""
+        False when the board cannot be written (the opener's record stands; may be retried)."""
         ...
 
     async def take_overdue(self, before: float, now: float) -> list[Owed]:
@@ -212,9 +214,9 @@ class SessionBoard(Protocol):
         live take holds (a few at a time); none when the board cannot be written."""
         ...
 
-    async def settle(self, owed: Owed, *, recorded: bool) -> None:
-        """Mark a taken stop ``recorded``, else give it back to be taken again (a failure
-        leaves the take to lapse)."""
+    async def settle(self, owed: Owed, *, recorded: bool) -> bool:
+        """Mark a taken stop ``recorded``, else give it back to be taken again; False when
+        the board cannot be written (the take lapses after its lease: a mark is retried)."""
         ...
 
     async def aclose(self) -> None:
@@ -233,6 +235,9 @@ class BreakGlass:
         #: Sessions over whose stop this process is still to record (or prove recorded).
         self._closing: dict[tuple[str, str, float], Session] = {}
         self._board = board
+        #: Marks "recorded" the board refused, tried again at each sweep (R7b-6: a row whose
+        #: mark is lost lapses after its lease and is recorded again), with the tries left.
+        self._marks: list[tuple[Callable[[], Awaitable[bool]], int]] = []
 
     async def active(self, caller: Caller, now: float, among: Iterable[str]) -> frozenset[str]:
         """The patients ``caller`` holds an open session for (in this process, or, of the
@@ -410,25 +415,43 @@ class BreakGlass:
             self._closing.setdefault(key, replace(session, taken=None, unproven=None))
         if self._board is None:
             return
+        board = self._board
         if session.taken is not None:
-            await self._board.settle(session.taken, recorded=recorded)
+            taken = session.taken
+            if not await board.settle(taken, recorded=recorded) and recorded:
+                self._remark(lambda: board.settle(taken, recorded=True))
             kept = self._closing.get(key)
             if not recorded and kept is not None:  # our own row, given back: ask again now
                 self._closing[key] = replace(kept, retry_at=0.0)
         elif recorded and session.owed:
-            await self._board.recorded(session.caller, session.patient, session.ends)
+            c, p, e = session.caller, session.patient, session.ends
+            if not await board.recorded(c, p, e):
+                self._remark(lambda: board.recorded(c, p, e))
+
+    def _remark(self, mark: Callable[[], Awaitable[bool]]) -> None:
+        self._marks.append((mark, MARK_TRIES))
+
+    async def _retry_marks(self) -> None:
+        """Try again the marks the board refused (each at most ``MARK_TRIES`` times)."""
+        marks, self._marks = self._marks, []
+        for mark, tries in marks:
+            if not await mark() and tries > 1:
+                self._marks.append((mark, tries - 1))
 
     async def overdue(self, now: float) -> list[Owed]:
         """Take the stops still owed ``GRACE`` seconds after their session ended (their opener
         is gone), for this process to record; pass each to :meth:`settle_owed`."""
         if self._board is None:
             return []
+        if self._marks:
+            await self._retry_marks()
         return await self._board.take_overdue(now - GRACE, now)
 
     async def settle_owed(self, owed: Owed, *, recorded: bool) -> None:
         """After :meth:`overdue`: forget ``owed`` once ``recorded``, else give it back."""
-        if self._board is not None:
-            await self._board.settle(owed, recorded=recorded)
+        board = self._board
+        if board is not None and not await board.settle(owed, recorded=recorded) and recorded:
+            self._remark(lambda: board.settle(owed, recorded=True))
 
     async def aclose(self) -> None:
         """Let go of the board (its queued releases finish first); idempotent."""

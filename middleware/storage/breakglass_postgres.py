@@ -242,18 +242,23 @@ class PostgresSessionBoard:
         row = None if found is None else (bytes(found[0]), float(found[1]))
         return verdict(self._stop_key, row_id, ends, row, now)
 
-    async def recorded(self, binding: str, patient: str, ends: float) -> None:
-        """Mark the session's stop recorded (its row kept ``KEEP`` seconds as the proof); a
-        failure is swallowed."""
-        await self._mark(self._id(binding, patient), ends)
+    async def recorded(self, binding: str, patient: str, ends: float) -> bool:
+        """Mark the session's stop recorded (its row kept ``KEEP`` seconds as the proof);
+        False when the table cannot be written (the caller may try again)."""
+        return await self._mark(self._id(binding, patient), ends)
 
-    async def _mark(self, row_id: bytes, ends: float) -> None:
+    async def _mark(self, row_id: bytes, ends: float) -> bool:
         sealed = seal_recorded(self._stop_key, row_id, ends)
-        with contextlib.suppress(ServiceUnavailable):
+        try:
             pool = await self._connected()
             async with translated(_WHAT):
                 await pool.execute(_MARK, row_id, ends, sealed, RECORDED)
+        except ServiceUnavailable:
+            return False
+        with contextlib.suppress(ServiceUnavailable):  # forgotten at a later mark
+            async with translated(_WHAT):
                 await pool.execute(_FORGET, RECORDED, ends - KEEP)
+        return True
 
     async def take_overdue(self, before: float, now: float) -> list[Owed]:
         """Take up to ``BATCH`` owed stops of sessions ended by ``before`` and not held by a
@@ -273,16 +278,18 @@ class PostgresSessionBoard:
                 self.unreadable += 1
         return taken
 
-    async def settle(self, owed: Owed, *, recorded: bool) -> None:
+    async def settle(self, owed: Owed, *, recorded: bool) -> bool:
         """Mark ``owed``'s row recorded once ``recorded``, else give it back (its lease ends
-        now); a failure leaves the lease to lapse."""
+        now); False when the table cannot be written (the lease then lapses)."""
         if recorded:
-            await self._mark(owed.id, owed.ends)
-            return
-        with contextlib.suppress(ServiceUnavailable):
+            return await self._mark(owed.id, owed.ends)
+        try:
             pool = await self._connected()
             async with translated(_WHAT):
                 await pool.execute(_GIVE_BACK, owed.id, owed.ends)
+        except ServiceUnavailable:
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Finish the queued releases and close the pool (idempotent)."""

@@ -283,15 +283,20 @@ class SqliteSessionBoard:
         row = (bytes(rows[0][0]), float(rows[0][1])) if rows else None
         return verdict(self._stop_key, row_id, ends, row, now)
 
-    async def recorded(self, binding: str, patient: str, ends: float) -> None:
-        """Mark the session's stop recorded (module docstring); a failure is swallowed."""
-        await self._mark(self._id(binding, patient), ends)
+    async def recorded(self, binding: str, patient: str, ends: float) -> bool:
+        """Mark the session's stop recorded (module docstring); False when the file cannot
+        be written (the caller may try again)."""
+        return await self._mark(self._id(binding, patient), ends)
 
-    async def _mark(self, row_id: bytes, ends: float) -> None:
+    async def _mark(self, row_id: bytes, ends: float) -> bool:
         sealed = seal_recorded(self._stop_key, row_id, ends)
-        with contextlib.suppress(ServiceUnavailable):
+        try:
             await self._write(_MARK, (row_id, ends, sealed, RECORDED))
+        except ServiceUnavailable:
+            return False
+        with contextlib.suppress(ServiceUnavailable):  # forgotten at a later mark
             await self._write(_FORGET, (RECORDED, ends - KEEP), truncate=True)
+        return True
 
     async def take_overdue(self, before: float, now: float) -> list[Owed]:
         """Take up to ``BATCH`` owed stops of sessions ended by ``before`` and not held by a
@@ -317,17 +322,19 @@ class SqliteSessionBoard:
                 self.unreadable += 1
         return taken
 
-    async def settle(self, owed: Owed, *, recorded: bool) -> None:
+    async def settle(self, owed: Owed, *, recorded: bool) -> bool:
         """Mark ``owed``'s row recorded once ``recorded``, else give it back (its lease ends
-        now); a failure leaves the lease to lapse."""
+        now); False when the file cannot be written (the lease then lapses)."""
         if recorded:
-            await self._mark(owed.id, owed.ends)
-            return
-        with contextlib.suppress(ServiceUnavailable):
+            return await self._mark(owed.id, owed.ends)
+        try:
             await self._write(
                 "UPDATE owed_stop SET taken_until = 0 WHERE id = ? AND ends = ?",
                 (owed.id, owed.ends),
             )
+        except ServiceUnavailable:
+            return False
+        return True
 
     async def _write(
         self,

@@ -1,8 +1,8 @@
 """A board honours only a session whose start is on the ledger (review R7b-3), a stop held
 by another process is not asked for at every request (R7b-4) nor recorded again by an
-opener whose clock runs behind the taker's (R7b-5); on both boards (SQLite file,
-PostgreSQL schema), and on a board of the previous version. Red before: the assertions
-marked "was"."""
+opener whose clock runs behind the taker's (R7b-5), nor again after a mark the board refused
+once (R7b-6); on both boards (SQLite file, PostgreSQL schema), and on a board of the previous
+version. Red before: the assertions marked "was"."""
 
 from __future__ import annotations
 
@@ -14,9 +14,17 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped,unused-ignore]  # typed by asyncpg-stubs
 import pytest
 
-from middleware.pipeline.breakglass import GRACE, HELD_RETRY, PENDING, BeingOpened, BreakGlass
+from middleware.pipeline.breakglass import (
+    GRACE,
+    HELD_RETRY,
+    PENDING,
+    BeingOpened,
+    BreakGlass,
+    Owed,
+)
 from middleware.proxy.glass_stops import GlassStops
 from middleware.storage.breakglass_postgres import PostgresSessionBoard
+from middleware.storage.breakglass_rows import LEASE
 from middleware.storage.breakglass_sqlite import SqliteSessionBoard
 from tests.contract.backends import PostgresBackend
 from tests.unit.audit.test_recorder import recorder
@@ -135,4 +143,33 @@ async def test_a_taker_whose_clock_runs_ahead_holds_the_stop(gateway: Gateway) -
     gateway.now += HELD_RETRY
     assert await opener.close_expired("rid-2", None) == 0
     assert not opener.sessions.holding()
+    assert len(gateway.facts("break-glass-stopped")) == 1
+
+
+async def test_a_mark_the_board_refused_once_is_written_at_the_next_sweep(
+    gateway: Gateway,  # noqa: F811
+) -> None:
+    """The opener recorded its stop; the board refused the mark once (a transient error, no
+    process died): its next sweep marks it, and no other process records it again after the
+    lease (was: two stops)."""
+    opener, other = gateway.process(), gateway.process()
+    await _open(opener)
+    board = opener.sessions._board
+    assert board is not None
+    real, refused = board.settle, list[bool]()
+
+    async def busy_once(owed: Owed, *, recorded: bool) -> bool:
+        if recorded and not refused:
+            refused.append(True)
+            return False  # as the board answers when it cannot be written
+        return await real(owed, recorded=recorded)
+
+    board.settle = busy_once  # type: ignore[method-assign]
+    gateway.now = ENDS
+    assert await opener.close_expired("rid", None) == 1
+    assert refused
+    gateway.now = ENDS + 30
+    assert await opener.sweep() == 0  # marks it
+    gateway.now = ENDS + GRACE + LEASE + 1
+    assert await other.sweep() == 0  # was 1: the row's lease lapsed, taken again
     assert len(gateway.facts("break-glass-stopped")) == 1
