@@ -47,11 +47,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final
 
 from middleware.auth.identity import Identity
 from middleware.consent.model import DENY, Policy, Provision
 from middleware.errors import BadRequest, Forbidden, ServiceUnavailable
+from middleware.pipeline.breakglass_board import (
+    HELD,
+    PENDING,
+    RECORDED_BY_OTHER,
+    BeingOpened,
+    Owed,
+    SessionBoard,
+)
 from middleware.pipeline.caller import Caller
 
 __all__ = [
@@ -78,37 +86,11 @@ _MAX_REASON: Final = 200
 #: Seconds after its end before another process records a session's stop: its opener records
 #: it within its sweep interval (:mod:`middleware.proxy.glass_stops`) or its next request.
 GRACE: Final = 120.0
-#: :meth:`SessionBoard.take` took nothing: another process holds the row under a live lease.
-HELD: Final = "held"
-#: :meth:`SessionBoard.take` took nothing: the row, readable, is marked recorded.
-RECORDED_BY_OTHER: Final = "recorded"
-#: Seconds a pending claim (its start not yet on the ledger) blocks another claim of the same
-#: session: far longer than a start append may take; after that the row is inert and replaced.
-PENDING: Final = 60.0
 #: Sweeps that try again a mark the board refused (at 30 s: about the lease, 300 s).
 MARK_TRIES: Final = 10
 #: Seconds between two takes of a stop another process holds (R7b-4: a held row is not asked
 #: for at every request; its lease is ``LEASE``, the sweep asks every ``SWEEP_EVERY``).
 HELD_RETRY: Final = 10.0
-
-
-class BeingOpened(ServiceUnavailable):
-    """A session is pending (its start undecided), here or in another process: this request is
-    refused (503, retry). Raised by :meth:`SessionBoard.claim` it says the row is another's:
-    nothing of this call is on the board, nothing to release."""
-
-    def __init__(self) -> None:
-        super().__init__("an emergency session is being opened; retry")
-
-
-@dataclass(frozen=True, slots=True)
-class Owed:
-    """A stop the board holds (its row, ``id`` and ``ends``), taken by one process to record:
-    ``stop`` the bytes the opener left (:meth:`BreakGlass.owe`), opened."""
-
-    id: bytes
-    ends: float
-    stop: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,63 +147,6 @@ def _denies_btg(provision: Provision) -> bool:
     if provision.effect == DENY and provision.purposes.matches(BTG):
         return True
     return any(_denies_btg(child) for child in provision.children)
-
-
-class SessionBoard(Protocol):
-    """The sessions open in any process of the gateway (module docstring)."""
-
-    async def active(self, binding: str, patients: Iterable[str], now: float) -> frozenset[str]:
-        """Which of ``patients`` ``binding`` holds an open session for whose start is on the
-        ledger (:meth:`confirm`; none when unreadable)."""
-        ...
-
-    async def claim(self, binding: str, patient: str, ends: float, now: float) -> bool:
-        """Record a session, pending, unless one is open; True when this call recorded it,
-        False when a started one is open. Raises :class:`~middleware.errors.ServiceUnavailable`
-        when it cannot tell; :class:`BeingOpened` when another's pending claim (under ``PENDING``
-        seconds old) holds the session: its start is undecided."""
-        ...
-
-    async def confirm(self, binding: str, patient: str, ends: float) -> None:
-        """Mark the session claimed until ``ends`` started (its start is on the ledger): from
-        now on every process honours it. A failure is swallowed (it stays pending: honoured
-        by its opener only)."""
-        ...
-
-    def release(self, binding: str, patient: str, ends: float) -> object:
-        """Forget a closed session (only the one until ``ends``); may return before it is
-        done (what it returns is not used)."""
-        ...
-
-    async def owe(self, binding: str, patient: str, ends: float, stop: bytes) -> None:
-        """Keep ``stop`` (sealed) for the session until ``ends``, until a taker settles it.
-        Raises :class:`~middleware.errors.ServiceUnavailable` when it cannot."""
-        ...
-
-    async def take(self, binding: str, patient: str, ends: float, now: float) -> Owed | str:
-        """Take the session's owed stop; else why not: :data:`RECORDED_BY_OTHER` (proof),
-        :data:`HELD`, or a reason code (no proof another records it). Raises
-        ServiceUnavailable when it cannot tell."""
-        ...
-
-    async def recorded(self, binding: str, patient: str, ends: float) -> bool:
-        """Mark the session's stop recorded (this process recorded it without a take);
-        False when the board cannot be written (the opener's record stands; may be retried)."""
-        ...
-
-    async def take_overdue(self, before: float, now: float) -> list[Owed]:
-        """Take the owed stops of sessions that ended at or before ``before`` and that no
-        live take holds (a few at a time); none when the board cannot be written."""
-        ...
-
-    async def settle(self, owed: Owed, *, recorded: bool) -> bool:
-        """Mark a taken stop ``recorded``, else give it back to be taken again; False when
-        the board cannot be written (the take lapses after its lease: a mark is retried)."""
-        ...
-
-    async def aclose(self) -> None:
-        """Finish queued releases and let go of the board (idempotent)."""
-        ...
 
 
 class BreakGlass:
