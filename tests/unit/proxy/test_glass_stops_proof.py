@@ -147,11 +147,11 @@ async def test_a_give_back_racing_a_request_keeps_the_stop_with_the_opener(
     assert board is not None
     real_settle, gate, giving_back = board.settle, asyncio.Event(), asyncio.Event()
 
-    async def slow_settle(owed: object, *, recorded: bool) -> None:
+    async def slow_settle(owed: object, *, recorded: bool) -> bool:
         if not recorded:  # the give-back stalls (a busy board)
             giving_back.set()
             await gate.wait()
-        await real_settle(owed, recorded=recorded)  # type: ignore[arg-type]
+        return await real_settle(owed, recorded=recorded)  # type: ignore[arg-type]
 
     board.settle = slow_settle  # type: ignore[method-assign]
     gateway.ledger.down = True
