@@ -38,8 +38,10 @@ on the board by every process) only once :meth:`BreakGlass.begin` says its start
 ledger. Whatever a call to :meth:`~BreakGlass.open` claimed and did not see begun is dropped
 (:meth:`BreakGlass.abandon`) on every failure path, cancellation included; a board row left
 pending (its release lost) is honoured nowhere and stops blocking a claim after ``PENDING``
-seconds. A pending claim blocks a second one: that request is refused (503, retry), never
-released on the strength of a start not yet durable.
+seconds. A pending claim (here: even past its end, R7c-1) blocks a second one: that request is
+refused (503, retry), never released on the strength of a start not yet durable; begin and
+abandon act on the very sessions open returned, the board's confirm and release on the claim
+until their ``ends``.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ GRACE: Final = 120.0
 #: Sweeps that try again a mark the board refused (at 30 s: about the lease, 300 s).
 MARK_TRIES: Final = 10
 #: Seconds between two takes of a stop another process holds (R7b-4: a held row is not asked
-#: for at every request; its lease is ``LEASE``, the sweep asks every ``SWEEP_EVERY``).
+#: for at every request; its lease is ``LEASE``, the sweep asks every ``SWEEP_EVERY``), or
+#: of one the board could not answer for (R7c-3).
 HELD_RETRY: Final = 10.0
 
 
@@ -101,7 +104,7 @@ class Session:
     ``unproven``: why this process records a stop it did not take (the board's reason code:
     the row was missing, unreadable, or held under a lease no taker sets); ``pending``: its
     start is not yet on the ledger (honoured nowhere); ``retry_at``: when to ask the board
-    again for a stop another process holds."""
+    again for a stop another process holds (or the board could not answer for)."""
 
     caller: str
     identity: Identity
@@ -194,22 +197,24 @@ class BreakGlass:
             return 0
         return sum(1 for s in self._sessions.values() if s.ends > now)
 
-    async def open(self, caller: Caller, patients: Iterable[str], now: float) -> list[str]:
+    async def open(self, caller: Caller, patients: Iterable[str], now: float) -> list[Session]:
         """Open sessions, pending, for ``patients`` that have none; returns the newly opened
-        ones: record their starts, then pass them to :meth:`begin` (else to :meth:`abandon`).
-        Only for a request that gives the reason (the header): never a renewal. Raises
-        :class:`~middleware.errors.ServiceUnavailable` when the board cannot take a claim, or
-        when a session is being opened (pending) here or elsewhere; then nothing this call
-        claimed is kept (R7b-1: not the first patients' claims either)."""
-        opened: list[str] = []
+        ones: record their starts, then pass these very sessions to :meth:`begin` (else to
+        :meth:`abandon`). Only for a request that gives the reason (the header): never a
+        renewal. Raises :class:`~middleware.errors.ServiceUnavailable` when the board cannot
+        take a claim, or when a session is being opened (pending) here or elsewhere, expired
+        or not (R7c-1: a start append may outlast its session; a second session opened then
+        would be confused with it); then nothing this call claimed is kept (R7b-1: not the
+        first patients' claims either)."""
+        opened: list[Session] = []
         board = self._board
         try:
             for patient in patients:
                 key = (caller.binding, patient)
                 current = self._sessions.get(key)
+                if current is not None and current.pending:  # its start undecided
+                    raise BeingOpened
                 if current is not None and current.ends > now:
-                    if current.pending:  # its start undecided: nothing released on it
-                        raise BeingOpened
                     continue
                 if current is not None:  # never continued (R7-1): its stop is still owed
                     self._close(current)
@@ -218,7 +223,7 @@ class BreakGlass:
                 # released by abandon() like one that answered.
                 session = Session(caller.binding, caller.identity, patient, now, ends, pending=True)
                 self._sessions[key] = session
-                opened.append(patient)
+                opened.append(session)
                 if board is None:
                     continue
                 try:
@@ -229,39 +234,40 @@ class BreakGlass:
                 if not claimed:  # started in another process, which records its start and stop
                     self._forget(session, opened)
         except BaseException:
-            self.abandon(caller, opened)
+            self.abandon(opened)
             raise
         return opened
 
-    def _forget(self, session: Session, opened: list[str]) -> None:
+    def _forget(self, session: Session, opened: list[Session]) -> None:
         """Drop ``session``, pending, which :meth:`open` did not claim on the board."""
-        opened.remove(session.patient)
+        opened.remove(session)
         if self._sessions.get((session.caller, session.patient)) is session:
             del self._sessions[(session.caller, session.patient)]
 
-    async def begin(self, caller: Caller, patients: Iterable[str]) -> None:
-        """The starts of the sessions :meth:`open` opened for ``patients`` are on the ledger:
+    async def begin(self, sessions: Iterable[Session]) -> None:
+        """The starts of ``sessions`` (as :meth:`open` returned them) are on the ledger:
         honoured here at once (before any await: a cancellation cannot separate the start
-        from the session) and, once the board confirms them, by every process."""
+        from the session) and, once the board confirms them (the claim until their ``ends``,
+        no other), by every process. Only these very sessions (R7c-1: never another opened
+        since for the same caller and patient)."""
         begun: list[Session] = []
-        for patient in patients:
-            key = (caller.binding, patient)
-            session = self._sessions.get(key)
-            if session is not None and session.pending:
+        for session in sessions:
+            key = (session.caller, session.patient)
+            if self._sessions.get(key) is session and session.pending:
                 self._sessions[key] = replace(session, pending=False)
                 begun.append(session)
         if self._board is not None:
             for session in begun:
                 await self._board.confirm(session.caller, session.patient, session.ends)
 
-    def abandon(self, caller: Caller, patients: Iterable[str]) -> None:
-        """Drop the pending sessions :meth:`open` opened for ``patients`` (their start is not
-        on the ledger): not honoured here nor, pending on the board, by another process; the
-        board's row is released (a release lost leaves an inert row)."""
-        for patient in patients:
-            key = (caller.binding, patient)
-            session = self._sessions.get(key)
-            if session is None or not session.pending:
+    def abandon(self, sessions: Iterable[Session]) -> None:
+        """Drop ``sessions`` (as :meth:`open` returned them), still pending: their start is not
+        on the ledger. Not honoured here nor, pending on the board, by another process; the
+        board's row (the claim until their ``ends``) is released (a release lost leaves an
+        inert row)."""
+        for session in sessions:
+            key = (session.caller, session.patient)
+            if self._sessions.get(key) is not session or not session.pending:
                 continue
             del self._sessions[key]
             if self._board is not None:
@@ -275,19 +281,19 @@ class BreakGlass:
                 self._board.release(session.caller, session.patient, session.ends)
         self._closing[(session.caller, session.patient, session.ends)] = session
 
-    async def owe(self, caller: Caller, patient: str, stop: bytes) -> bool:
-        """Leave the stop of the session this process opened for ``caller`` and ``patient``
-        on the board (``stop``: what a sweep needs to record it; its start is on the ledger).
-        False when there is no board or it cannot take it (it may have kept it all the same:
-        the answer was lost); this process then takes the row or, finding none, records the
-        stop alone. True once any process may."""
-        key = (caller.binding, patient)
+    async def owe(self, opened: Session, stop: bytes) -> bool:
+        """Leave the stop of ``opened`` (a session :meth:`open` returned, begun) on the board
+        (``stop``: what a sweep needs to record it; its start is on the ledger). False when
+        there is no board, the session is no longer open here, or the board cannot take it
+        (it may have kept it all the same: the answer was lost); this process then takes the
+        row or, finding none, records the stop alone. True once any process may."""
+        key = (opened.caller, opened.patient)
         session = self._sessions.get(key)
-        if self._board is None or session is None:
-            return False
+        if self._board is None or session is None or session.ends != opened.ends:
+            return False  # R7c-1: never another session's row (ends: the claim's own)
         stored = True
         try:
-            await self._board.owe(caller.binding, patient, session.ends, stop)
+            await self._board.owe(session.caller, session.patient, session.ends, stop)
         except ServiceUnavailable:
             stored = False  # maybe stored: the take at expire() tells (no second stop)
         if self._sessions.get(key) is session:
@@ -315,8 +321,11 @@ class BreakGlass:
                     found = await self._board.take(
                         session.caller, session.patient, session.ends, now
                     )
-                except ServiceUnavailable:
-                    continue  # kept: taken (or found recorded) at a later call
+                except ServiceUnavailable:  # kept, asked again after HELD_RETRY (R7c-3:
+                    # not a take, nor a pool reopened, at every request while it is down)
+                    if self._closing.get(key) is session:
+                        self._closing[key] = replace(session, retry_at=now + HELD_RETRY)
+                    continue
                 if found == HELD:  # being recorded by another; kept until the board proves it
                     if self._closing.get(key) is session:
                         self._closing[key] = replace(session, retry_at=now + HELD_RETRY)

@@ -31,7 +31,7 @@ from middleware.errors import GatewayError
 from middleware.fhir.request import FhirRequest
 from middleware.ops.metrics import Metrics
 from middleware.ops.tracing import current
-from middleware.pipeline.breakglass import requested_reason
+from middleware.pipeline.breakglass import Session, requested_reason
 from middleware.pipeline.caller import caller_of
 from middleware.pipeline.dispatch import Pipeline
 from middleware.pipeline.exchange import Answer, Ask, Forwarder, Upstreamed
@@ -174,7 +174,7 @@ class Enforcement:
         sessions = reads.break_glass
         if sessions is None or reason is None or not ask.trail.overridden:
             return
-        opened: list[str] = []
+        opened: list[Session] = []
         try:
             # open() drops what it claimed when it fails; what it opened is dropped below
             # unless its start is durable, on every path out, cancellation included (R7b-1).
@@ -186,7 +186,7 @@ class Enforcement:
             indexes = await self.recorder.record_break_glass(
                 "started",
                 identity=ask.caller.identity,
-                patients=opened,
+                patients=[session.patient for session in opened],
                 request_id=ask.request_id,
                 client_address=ask.client_address,
                 reason=reason,
@@ -194,9 +194,9 @@ class Enforcement:
         except BaseException:
             # Emergency access only once its start is durable: nothing honours a
             # session whose start the ledger did not take (the header is needed again).
-            sessions.abandon(ask.caller, opened)
+            sessions.abandon(opened)
             raise
-        await sessions.begin(ask.caller, opened)  # honoured from here (R7b-3)
+        await sessions.begin(opened)  # honoured from here (R7b-3); these very ones (R7c-1)
         if self.glass_stops is not None:  # any process may now record their stops
             await self.glass_stops.started(ask.caller, opened, indexes)
 

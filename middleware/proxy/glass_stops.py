@@ -38,7 +38,7 @@ from middleware.audit.recorder import AuditRecorder
 from middleware.auth.identity import Identity
 from middleware.errors import ServiceUnavailable
 from middleware.logging import get_logger
-from middleware.pipeline.breakglass import BreakGlass, Owed
+from middleware.pipeline.breakglass import BreakGlass, Owed, Session
 from middleware.pipeline.caller import Caller as RequestCaller
 
 __all__ = ["SWEEP_EVERY", "GlassStops", "stop_note"]
@@ -86,15 +86,16 @@ class GlassStops:
         self._log = get_logger("consentry.breakglass")
 
     async def started(
-        self, caller: RequestCaller, patients: Sequence[str], indexes: Sequence[int]
+        self, caller: RequestCaller, sessions: Sequence[Session], indexes: Sequence[int]
     ) -> None:
-        """The starts of ``patients``' sessions are the ledger's ``indexes``: leave their stops
-        on the board (where the board cannot take one, this process records it alone)."""
+        """The starts of ``sessions`` (begun: :meth:`BreakGlass.begin`) are the ledger's
+        ``indexes``: leave their stops on the board (where the board cannot take one, this
+        process records it alone)."""
         if not self.sessions.shared:
             return  # sessions in this process alone: it records their stops (memory store)
-        for patient, index in zip(patients, indexes, strict=True):
-            note = stop_note(caller.identity, patient, index)
-            if not await self.sessions.owe(caller, patient, note):
+        for session, index in zip(sessions, indexes, strict=True):
+            note = stop_note(caller.identity, session.patient, index)
+            if not await self.sessions.owe(session, note):
                 self._log.warning("break-glass stop not shared", start_index=index)
 
     async def close_expired(self, rid: str, client_host: str | None) -> int:

@@ -119,12 +119,13 @@ async def _open(stops: GlassStops, now: float = START) -> int:
     """Open a session for P1 as the enforcement does: claim, record the start, begin it (honoured
     from then on), leave the stop on the board. The start's ledger index."""
     dr = _caller()
-    assert await stops.sessions.open(dr, [P1], now) == [P1]
+    opened = await stops.sessions.open(dr, [P1], now)
+    assert [s.patient for s in opened] == [P1]
     (index,) = await stops.recorder.record_break_glass(
         "started", identity=dr.identity, patients=[P1], request_id="rid-1", client_address=None
     )
-    await stops.sessions.begin(dr, [P1])
-    await stops.started(dr, [P1], [index])
+    await stops.sessions.begin(opened)
+    await stops.started(dr, opened, [index])
     return index
 
 

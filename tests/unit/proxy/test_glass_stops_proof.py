@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 
 from middleware.errors import ServiceUnavailable
-from middleware.pipeline.breakglass import GRACE
+from middleware.pipeline.breakglass import GRACE, HELD_RETRY
 from middleware.storage.breakglass_rows import LEASE
 from middleware.storage.breakglass_sqlite import SqliteSessionBoard
 from tests.unit.proxy.test_glass_stops import (
@@ -216,7 +216,9 @@ async def test_an_expired_session_is_never_continued(gateway: Gateway) -> None: 
     assert opener.sessions.holding()  # its stop still owed here
     dr = _caller()
     assert await opener.sessions.active(dr, gateway.now, [P1]) == frozenset()
-    assert await opener.sessions.open(dr, [P1], gateway.now) == [P1]  # was []
+    assert [s.patient for s in await opener.sessions.open(dr, [P1], gateway.now)] == [P1]  # was []
     board.take = real_take  # type: ignore[method-assign]
+    assert await opener.close_expired("rid-2", None) == 0  # not asked again at once (R7c-3)
+    gateway.now += HELD_RETRY
     assert await opener.close_expired("rid-2", None) == 1  # the old session's stop
     assert opener.sessions.open_count(gateway.now) == 1  # the new one open

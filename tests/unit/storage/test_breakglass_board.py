@@ -84,9 +84,10 @@ def _workers(boards: Boards) -> tuple[BreakGlass, BreakGlass]:
 async def test_a_session_opened_by_one_worker_is_honoured_by_the_other(boards: Boards) -> None:
     a, b = _workers(boards)
     dr = _caller()
-    assert await a.open(dr, [P1], now=100.0) == [P1]
+    opened = await a.open(dr, [P1], now=100.0)
+    assert [s.patient for s in opened] == [P1]
     assert await b.active(dr, 101.0, [P1, P2]) == frozenset()  # its start not yet durable
-    await a.begin(dr, [P1])  # the start is on the ledger
+    await a.begin(opened)  # the start is on the ledger
     assert await b.active(dr, 101.0, [P1, P2]) == {P1}
     # The other worker does not start a second, separately recorded session.
     assert await b.open(dr, [P1], now=101.0) == []
@@ -99,8 +100,7 @@ async def test_a_session_opened_by_one_worker_is_honoured_by_the_other(boards: B
 async def test_the_session_ends_for_every_worker_when_it_is_over(boards: Boards) -> None:
     a, b = _workers(boards)
     dr = _caller()
-    await a.open(dr, [P1, P2], now=100.0)
-    await a.begin(dr, [P1, P2])
+    await a.begin(await a.open(dr, [P1, P2], now=100.0))
     end = 100.0 + 600
     assert await b.active(dr, end - 1, [P1, P2]) == {P1, P2}
     assert (
@@ -109,8 +109,9 @@ async def test_the_session_ends_for_every_worker_when_it_is_over(boards: Boards)
     stopped = await a.expire(now=end)
     assert sorted(s.patient for s in stopped) == [P1, P2]
     # A new request may open a new session anywhere, recorded by the worker that opens it.
-    assert await b.open(dr, [P1], now=end + 1) == [P1]
-    await b.begin(dr, [P1])
+    opened = await b.open(dr, [P1], now=end + 1)
+    assert [s.patient for s in opened] == [P1]
+    await b.begin(opened)
     assert await a.active(dr, end + 2, [P1, P2]) == {P1}
 
 

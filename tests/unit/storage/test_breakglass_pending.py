@@ -35,13 +35,14 @@ from tests.unit.storage.test_breakglass_board import KEY, P1, Boards, _caller, b
 async def test_a_claim_is_honoured_elsewhere_only_once_started(boards: Boards) -> None:  # noqa: F811
     a, b = BreakGlass(10, board=boards()), BreakGlass(10, board=boards())
     dr = _caller()
-    assert await a.open(dr, [P1], 100.0) == [P1]
+    opened = await a.open(dr, [P1], 100.0)
+    assert [s.patient for s in opened] == [P1]
     assert await b.active(dr, 101.0, [P1]) == frozenset()  # was {P1}: start not yet durable
     assert await a.active(dr, 101.0, [P1]) == frozenset()  # not here either
     with pytest.raises(BeingOpened):  # a second claim waits for the first's outcome
         await b.open(dr, [P1], 101.0)
     assert not b.holding()
-    await a.begin(dr, [P1])
+    await a.begin(opened)
     assert await b.active(dr, 102.0, [P1]) == {P1}
     assert await b.open(dr, [P1], 102.0) == []  # started elsewhere: recorded there
 
@@ -51,16 +52,17 @@ async def test_a_lost_release_leaves_an_inert_row(boards: Boards) -> None:  # no
     (was: honoured until the session's end), and it blocks a claim ``PENDING`` seconds only."""
     a, b = BreakGlass(10, board=boards()), BreakGlass(10, board=boards())
     dr = _caller()
-    assert await a.open(dr, [P1], 100.0) == [P1]
+    opened = await a.open(dr, [P1], 100.0)
+    assert [s.patient for s in opened] == [P1]
     board = a._board
     assert board is not None
     board.release = lambda *args: None  # type: ignore[method-assign]
-    a.abandon(dr, [P1])
+    a.abandon(opened)
     assert not a.holding()
     assert await b.active(dr, 500.0, [P1]) == frozenset()  # was {P1}
     with pytest.raises(BeingOpened):
         await b.open(dr, [P1], 100.0 + PENDING - 1)
-    assert await b.open(dr, [P1], 100.0 + PENDING) == [P1]  # the inert row replaced
+    assert [s.patient for s in await b.open(dr, [P1], 100.0 + PENDING)] == [P1]  # replaced
 
 
 async def test_an_older_sqlite_board_gets_the_column(tmp_path: Path) -> None:
