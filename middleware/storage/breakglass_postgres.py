@@ -14,9 +14,11 @@ check never waits behind a ledger append. A claim runs in one transaction under 
 lock of the board's (claims are rare: one per emergency session), deletes every row whose
 ``ends`` has passed (a replica killed with sessions open leaves rows that lapse at once) and
 inserts the new row, pending, unless one is open; it is honoured once confirmed started, as
-on the SQLite board (``pending_until``; added to an older table by ``ADD COLUMN IF NOT
-EXISTS`` under the DDL lock, so replicas opening at once add it once). Deleted rows' bytes
-stay in PostgreSQL's WAL and in dead tuples until VACUUM; they are digests, nothing more.
+on the SQLite board (``pending_until``; added to an older table under the DDL lock, so
+replicas opening at once add it once; tables and column are made only when missing, review
+R7c-4, so a role with only the tables' DML grants and USAGE on the schema opens a board
+already upgraded). Deleted rows' bytes stay in PostgreSQL's WAL and in dead tuples until
+VACUUM; they are digests, nothing more.
 
 The stops owed (:class:`~middleware.pipeline.breakglass.BreakGlass` docstring) are a second
 table, ``(id, ends) -> stop, taken_until``, ``stop`` sealed as on the SQLite board (under the
@@ -60,20 +62,36 @@ from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["SCHEMA", "PostgresSessionBoard"]
 
+# Each table made, and the column added to an older one, only when missing (R7c-4): CREATE
+# TABLE IF NOT EXISTS still needs the CREATE privilege on the schema and ALTER TABLE the
+# table's owner (and an ACCESS EXCLUSIVE lock), which a role with the DML grants lacks.
 SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS consentry_breakglass_sessions (
-    id bytea PRIMARY KEY CHECK (octet_length(id) = 32),
-    ends double precision NOT NULL
-);
-ALTER TABLE consentry_breakglass_sessions
-    ADD COLUMN IF NOT EXISTS pending_until double precision NOT NULL DEFAULT 0;
-CREATE TABLE IF NOT EXISTS consentry_breakglass_stops (
-    id bytea NOT NULL CHECK (octet_length(id) = 32),
-    ends double precision NOT NULL,
-    stop bytea NOT NULL,
-    taken_until double precision NOT NULL DEFAULT 0,
-    PRIMARY KEY (id, ends)
-);
+DO $$
+BEGIN
+    IF to_regclass('consentry_breakglass_sessions') IS NULL THEN
+        CREATE TABLE consentry_breakglass_sessions (
+            id bytea PRIMARY KEY CHECK (octet_length(id) = 32),
+            ends double precision NOT NULL,
+            pending_until double precision NOT NULL DEFAULT 0
+        );
+    ELSIF NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = 'consentry_breakglass_sessions'::regclass
+            AND attname = 'pending_until' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE consentry_breakglass_sessions
+            ADD COLUMN pending_until double precision NOT NULL DEFAULT 0;
+    END IF;
+    IF to_regclass('consentry_breakglass_stops') IS NULL THEN
+        CREATE TABLE consentry_breakglass_stops (
+            id bytea NOT NULL CHECK (octet_length(id) = 32),
+            ends double precision NOT NULL,
+            stop bytea NOT NULL,
+            taken_until double precision NOT NULL DEFAULT 0,
+            PRIMARY KEY (id, ends)
+        );
+    END IF;
+END $$;
 """
 _WHAT: Final = "break-the-glass sessions"
 _LOCK_CLASS: Final = 0x42544753  # "BTGS": the board's advisory lock
