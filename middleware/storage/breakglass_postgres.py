@@ -14,8 +14,9 @@ check never waits behind a ledger append. A claim runs in one transaction under 
 lock of the board's (claims are rare: one per emergency session), deletes every row whose
 ``ends`` has passed (a replica killed with sessions open leaves rows that lapse at once) and
 inserts the new row, pending, unless one is open; it is honoured once confirmed started, as
-on the SQLite board (``pending_until``; added to an older table under the DDL lock, so
-replicas opening at once add it once; tables and column are made only when missing, review
+on the SQLite board (``pending_until``, the claim's end in ``claim_ends`` until then, ``ends``
+past for an earlier version; added to an older table under the DDL lock, so
+replicas opening at once add them once; tables and columns are made only when missing, review
 R7c-4, so a role with only the tables' DML grants and USAGE on the schema opens a board
 already upgraded). Deleted rows' bytes stay in PostgreSQL's WAL and in dead tuples until
 VACUUM; they are digests, nothing more.
@@ -57,7 +58,7 @@ from middleware.storage.breakglass_rows import (
     seal_stop,
     verdict,
 )
-from middleware.storage.breakglass_sqlite import BATCH, STARTED, STOP_PURPOSE
+from middleware.storage.breakglass_sqlite import BATCH, STARTED, STOP_PURPOSE, UNSTARTED
 from middleware.storage.postgres_pool import open_pool, translated
 
 __all__ = ["SCHEMA", "PostgresSessionBoard"]
@@ -72,15 +73,17 @@ BEGIN
         CREATE TABLE consentry_breakglass_sessions (
             id bytea PRIMARY KEY CHECK (octet_length(id) = 32),
             ends double precision NOT NULL,
-            pending_until double precision NOT NULL DEFAULT 0
+            pending_until double precision NOT NULL DEFAULT 0,
+            claim_ends double precision NOT NULL DEFAULT 0
         );
-    ELSIF NOT EXISTS (
-        SELECT 1 FROM pg_attribute
+    ELSIF (
+        SELECT count(*) FROM pg_attribute
         WHERE attrelid = 'consentry_breakglass_sessions'::regclass
-            AND attname = 'pending_until' AND NOT attisdropped
-    ) THEN
+            AND attname IN ('pending_until', 'claim_ends') AND NOT attisdropped
+    ) < 2 THEN
         ALTER TABLE consentry_breakglass_sessions
-            ADD COLUMN pending_until double precision NOT NULL DEFAULT 0;
+            ADD COLUMN IF NOT EXISTS pending_until double precision NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS claim_ends double precision NOT NULL DEFAULT 0;
     END IF;
     IF to_regclass('consentry_breakglass_stops') IS NULL THEN
         CREATE TABLE consentry_breakglass_stops (
@@ -96,23 +99,27 @@ END $$;
 _WHAT: Final = "break-the-glass sessions"
 _LOCK_CLASS: Final = 0x42544753  # "BTGS": the board's advisory lock
 _CLAIM_LOCK: Final = f"SELECT pg_advisory_xact_lock({_LOCK_CLASS}, 0)"
+# As on the SQLite board (its module docstring, R7c-2): a claim's ``ends`` is UNSTARTED (its
+# end in ``claim_ends``) until confirmed; a started row lapses at its end, a pending one (an
+# older table's rows: 0, inert) at its ``pending_until``.
 _SWEEP: Final = (
-    "DELETE FROM consentry_breakglass_sessions WHERE ends <= $1 "
+    "DELETE FROM consentry_breakglass_sessions WHERE (pending_until < 0 AND ends <= $1) "
     "OR (pending_until >= 0 AND pending_until <= $1)"
 )
 _INSERT: Final = (
-    "INSERT INTO consentry_breakglass_sessions (id, ends, pending_until) VALUES ($1, $2, $3) "
-    "ON CONFLICT (id) DO NOTHING RETURNING 1"
+    "INSERT INTO consentry_breakglass_sessions (id, ends, pending_until, claim_ends) "
+    "VALUES ($1, $4, $3, $2) ON CONFLICT (id) DO NOTHING RETURNING 1"
 )
 _HELD: Final = "SELECT pending_until FROM consentry_breakglass_sessions WHERE id = $1"
 _CONFIRM: Final = (
-    "UPDATE consentry_breakglass_sessions SET pending_until = $3 WHERE id = $1 AND ends = $2"
+    "UPDATE consentry_breakglass_sessions SET pending_until = $3, ends = claim_ends "
+    "WHERE id = $1 AND claim_ends = $2 AND pending_until > 0"
 )
 _ACTIVE: Final = (
     "SELECT id FROM consentry_breakglass_sessions WHERE id = ANY($1::bytea[]) AND ends > $2 "
     "AND pending_until = $3"
 )
-_RELEASE: Final = "DELETE FROM consentry_breakglass_sessions WHERE id = $1 AND ends = $2"
+_RELEASE: Final = "DELETE FROM consentry_breakglass_sessions WHERE id = $1 AND claim_ends = $2"
 _OWE: Final = (
     "INSERT INTO consentry_breakglass_stops (id, ends, stop) VALUES ($1, $2, $3) "
     "ON CONFLICT (id, ends) DO UPDATE SET stop = EXCLUDED.stop"
@@ -204,7 +211,7 @@ class PostgresSessionBoard:
         async with translated(_WHAT), pool.acquire() as conn, conn.transaction():
             await conn.execute(_CLAIM_LOCK)
             await conn.execute(_SWEEP, now)
-            inserted = await conn.fetchval(_INSERT, row_id, ends, now + PENDING)
+            inserted = await conn.fetchval(_INSERT, row_id, ends, now + PENDING, UNSTARTED)
             held = None if inserted is not None else await conn.fetchval(_HELD, row_id)
         if inserted is None and held != STARTED:
             raise BeingOpened

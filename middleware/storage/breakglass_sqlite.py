@@ -14,8 +14,12 @@ A claim writes its row *pending* (``pending_until``: the claim time plus
 :data:`~middleware.pipeline.breakglass.PENDING`); :meth:`SqliteSessionBoard.confirm` marks it
 started (``pending_until = STARTED``) once the start is on the ledger, and only a started row
 is honoured (review R7b-3: fail closed). A pending row blocks another claim until its
-``pending_until``, then it is inert and replaced; a release that is lost leaves only that. The
-column is added to an older file when it is opened (its rows, default 0, are inert).
+``pending_until``, then it is inert and replaced; a release that is lost leaves only that. Its
+``ends`` holds :data:`UNSTARTED` (the past) until it is confirmed, the claim's end in
+``claim_ends``, so a process of an earlier version, whose only test is ``ends``, honours no
+claim whose start is not on the ledger (review R7c-2); the confirm applies to that claim only
+(its ``claim_ends``). The columns are added to an older file when it is opened; its rows
+(``pending_until`` 0, as if pending) are inert and replaced at the next claim.
 
 The file is its own (``<store>.sessions`` beside a SQLite store, mode 0600): a session check
 never waits for a ledger commit. WAL mode, so a read never waits for a writer. Reads are
@@ -62,7 +66,7 @@ from middleware.storage.breakglass_rows import (
 )
 from middleware.storage.sidecar import beside
 
-__all__ = ["BOARD_PURPOSE", "LEASE", "STARTED", "SqliteSessionBoard", "sessions_path"]
+__all__ = ["BOARD_PURPOSE", "LEASE", "STARTED", "UNSTARTED", "SqliteSessionBoard", "sessions_path"]
 
 #: What the board's digest key is derived for: ``derive_box_key(data secret, BOARD_PURPOSE)``.
 BOARD_PURPOSE: Final = "breakglass-board"
@@ -72,12 +76,15 @@ STOP_PURPOSE: Final = "breakglass-stop"
 BATCH: Final = 16
 #: ``pending_until`` of a started session's row (both boards): honoured; any other is pending.
 STARTED: Final = -1.0
+#: ``ends`` of a claim not yet started (both boards): past for any reader (module docstring).
+UNSTARTED: Final = 0.0
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS open_session (
     id BLOB PRIMARY KEY,
     ends REAL NOT NULL,
-    pending_until REAL NOT NULL DEFAULT 0
+    pending_until REAL NOT NULL DEFAULT 0,
+    claim_ends REAL NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS owed_stop (
     id BLOB NOT NULL,
@@ -98,6 +105,18 @@ _TAKE_OVERDUE: Final = (
 # The table of the first version held the patient's reference in the clear: dropped (with
 # secure_delete on, its pages are zeroed) the first time a newer gateway opens the file.
 _OLD_TABLE: Final = "session"
+# A claim is written with ``ends`` UNSTARTED (its end in ``claim_ends``) and gets its end only
+# when confirmed started, so a process of an earlier version (``ends > now`` its only test)
+# honours no claim whose start is not yet on the ledger (review R7c-2). A row lapses by its
+# end once started, by ``pending_until`` while pending (an older file's rows: 0, inert).
+_SWEEP: Final = (
+    "DELETE FROM open_session WHERE (pending_until < 0 AND ends <= ?) "
+    "OR (pending_until >= 0 AND pending_until <= ?)"
+)
+_CONFIRM: Final = (
+    "UPDATE open_session SET pending_until = ?, ends = claim_ends "
+    "WHERE id = ? AND claim_ends = ? AND pending_until > 0"
+)
 _MARK: Final = "INSERT OR REPLACE INTO owed_stop (id, ends, stop, taken_until) VALUES (?, ?, ?, ?)"
 _FORGET: Final = "DELETE FROM owed_stop WHERE taken_until = ? AND ends <= ?"
 
@@ -135,7 +154,7 @@ class SqliteSessionBoard:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA secure_delete=ON")
         db.executescript(_SCHEMA)
-        _add_pending_column(db)
+        _add_columns(db)
         return db
 
     def _read_conn(self) -> sqlite3.Connection:
@@ -199,18 +218,15 @@ class SqliteSessionBoard:
         db = self._write_conn()
         db.execute("BEGIN IMMEDIATE")
         try:
-            swept = db.execute(
-                "DELETE FROM open_session WHERE ends <= ? OR (pending_until >= 0 AND "
-                "pending_until <= ?)",
-                (now, now),
-            ).rowcount
+            swept = db.execute(_SWEEP, (now, now)).rowcount
             held = db.execute(
                 "SELECT pending_until FROM open_session WHERE id = ?", (row_id,)
             ).fetchone()
             if held is None:
                 db.execute(
-                    "INSERT INTO open_session (id, ends, pending_until) VALUES (?, ?, ?)",
-                    (row_id, ends, now + PENDING),
+                    "INSERT INTO open_session (id, ends, pending_until, claim_ends) "
+                    "VALUES (?, ?, ?, ?)",
+                    (row_id, UNSTARTED, now + PENDING, ends),
                 )
         except BaseException:
             db.execute("ROLLBACK")
@@ -224,10 +240,7 @@ class SqliteSessionBoard:
         """Mark the pending session until ``ends`` started (module docstring): honoured by
         every process from now on. A failure is swallowed (it stays pending: inert)."""
         with contextlib.suppress(ServiceUnavailable):
-            await self._write(
-                "UPDATE open_session SET pending_until = ? WHERE id = ? AND ends = ?",
-                (STARTED, self._id(binding, patient), ends),
-            )
+            await self._write(_CONFIRM, (STARTED, self._id(binding, patient), ends))
 
     def release(self, binding: str, patient: str, ends: float) -> Future[None]:
         """Forget the session until ``ends``, closed now (its stop recorded); a row another
@@ -245,7 +258,7 @@ class SqliteSessionBoard:
         try:
             db = self._write_conn()
             gone = db.execute(
-                "DELETE FROM open_session WHERE id = ? AND ends = ?", (row_id, ends)
+                "DELETE FROM open_session WHERE id = ? AND claim_ends = ?", (row_id, ends)
             ).rowcount
             if gone:
                 _truncate_wal(db)
@@ -395,17 +408,19 @@ class SqliteSessionBoard:
         self._thread.shutdown(wait=True)
 
 
-def _add_pending_column(db: sqlite3.Connection) -> None:
-    """Give a file of an older version the ``pending_until`` column (idempotent; another
-    worker adding it at the same moment is no error). Its rows get 0: inert, never honoured."""
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Give a file of an older version the ``pending_until`` and ``claim_ends`` columns
+    (idempotent; another worker adding them at the same moment is no error). Its rows get 0:
+    inert, never honoured."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(open_session)")}
-    if "pending_until" in columns:
-        return
-    try:
-        db.execute("ALTER TABLE open_session ADD COLUMN pending_until REAL NOT NULL DEFAULT 0")
-    except sqlite3.OperationalError as exc:
-        if "duplicate column" not in str(exc):
-            raise
+    for column in ("pending_until", "claim_ends"):
+        if column in columns:
+            continue
+        try:
+            db.execute(f"ALTER TABLE open_session ADD COLUMN {column} REAL NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _truncate_wal(db: sqlite3.Connection) -> None:

@@ -241,7 +241,9 @@ async def test_the_table_never_names_the_patient_or_the_caller() -> None:
         assert await board.claim("iss\x00x\x00", "Patient/p9", ends=1700.0, now=800.0)
         conn = await asyncpg.connect(backend.dsn, server_settings={"search_path": schema})
         try:
-            rows = await conn.fetch("SELECT id, ends FROM consentry_breakglass_sessions")
+            rows = await conn.fetch(
+                "SELECT id, claim_ends AS ends FROM consentry_breakglass_sessions"
+            )
         finally:
             await conn.close()
         assert [(len(r["id"]), r["ends"]) for r in rows] == [(32, 1700.0)]
