@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -231,6 +232,12 @@ def test_a_worker_killed_mid_run_leaves_the_sequential_report(
             assert child.pid is not None
             os.kill(child.pid, signal.SIGKILL)
             killed.append(child.pid)
+            # Let the pool see the death before the other worker judges what is left:
+            # otherwise a fast worker may finish every remaining block first and the pool
+            # never breaks (this test's subject); that made the test flaky.
+            while child.is_alive():
+                time.sleep(0.005)
+            time.sleep(0.3)
 
     assert _parallel(path, 200, kill) == _sequential(path)
     assert killed
