@@ -226,9 +226,13 @@ def test_a_worker_killed_mid_run_leaves_the_sequential_report(
     killed: list[int] = []
     told: list[int] = []
 
+    earlier = {c.pid for c in multiprocessing.active_children()}
+
     def kill(lines: int) -> None:
         told.append(lines)
-        for child in multiprocessing.active_children()[: 1 - len(killed)]:
+        # Only this run's workers: a child another test left alive is not the pool's.
+        workers = [c for c in multiprocessing.active_children() if c.pid not in earlier]
+        for child in workers[: 1 - len(killed)]:
             assert child.pid is not None
             os.kill(child.pid, signal.SIGKILL)
             killed.append(child.pid)
