@@ -53,7 +53,7 @@ from middleware.storage.breakglass_rows import (
     LEASE,
     RECORDED,
     open_row,
-    opened,
+    opened_all,
     seal_recorded,
     seal_stop,
     verdict,
@@ -294,13 +294,10 @@ class PostgresSessionBoard:
                 rows = await pool.fetch(_TAKE_OVERDUE, before, now, now + LEASE, BATCH)
         except ServiceUnavailable:
             return []
-        taken: list[Owed] = []
-        for r in rows:
-            owed = opened(self._stop_key, bytes(r[0]), float(r[1]), bytes(r[2]))
-            if isinstance(owed, Owed):
-                taken.append(owed)
-            elif owed is None:
-                self.unreadable += 1
+        taken, unreadable = opened_all(
+            self._stop_key, ((bytes(r[0]), float(r[1]), bytes(r[2])) for r in rows)
+        )
+        self.unreadable += unreadable
         return taken
 
     async def settle(self, owed: Owed, *, recorded: bool) -> bool:

@@ -17,6 +17,7 @@ under a lease no taker could have set is no proof (spec: review finding R7-3, fa
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import Final, Literal
 
 from middleware.ledger.signing import seal, unseal
@@ -30,6 +31,7 @@ __all__ = [
     "SKEW",
     "open_row",
     "opened",
+    "opened_all",
     "seal_recorded",
     "seal_stop",
     "verdict",
@@ -103,3 +105,18 @@ def opened(key: bytes, row_id: bytes, ends: float, sealed: bytes) -> Owed | Lite
     if stop is None:
         _LOG.error("break-glass owed stop unreadable", reason="unreadable")
     return stop if stop is None or stop is True else Owed(row_id, ends, stop)
+
+
+def opened_all(key: bytes, rows: Iterable[tuple[bytes, float, bytes]]) -> tuple[list[Owed], int]:
+    """The rows a sweep took (``(id, ends, sealed stop)``), opened (:func:`opened`): the stops
+    owed, and how many did not open (the boards count them); rows marked recorded are left
+    out."""
+    taken: list[Owed] = []
+    unreadable = 0
+    for row_id, ends, sealed in rows:
+        owed = opened(key, row_id, ends, sealed)
+        if isinstance(owed, Owed):
+            taken.append(owed)
+        elif owed is None:
+            unreadable += 1
+    return taken, unreadable

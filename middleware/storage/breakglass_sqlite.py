@@ -59,7 +59,7 @@ from middleware.storage.breakglass_rows import (
     LEASE,
     RECORDED,
     open_row,
-    opened,
+    opened_all,
     seal_recorded,
     seal_stop,
     verdict,
@@ -326,13 +326,10 @@ class SqliteSessionBoard:
             rows = await self._write(_TAKE_OVERDUE, (now + LEASE, before, now, BATCH))
         except (sqlite3.Error, OSError, ServiceUnavailable):
             return []
-        taken: list[Owed] = []
-        for i, e, s in rows:
-            owed = opened(self._stop_key, bytes(i), float(e), bytes(s))
-            if isinstance(owed, Owed):
-                taken.append(owed)
-            elif owed is None:
-                self.unreadable += 1
+        taken, unreadable = opened_all(
+            self._stop_key, ((bytes(i), float(e), bytes(s)) for i, e, s in rows)
+        )
+        self.unreadable += unreadable
         return taken
 
     async def settle(self, owed: Owed, *, recorded: bool) -> bool:
